@@ -1,0 +1,19 @@
+//! The `daffe` binary: glue between clap and the subcommand modules in `daffe_plugin::cli`.
+use clap::{Parser, Subcommand};
+
+/// daffe: Docker volumes with storage profiles (`NAME@PROFILE`), and a data mover
+/// that migrates them between hosts and to EBS snapshots.
+#[derive(Parser)]
+#[command(name = "daffe", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match cli.command {}
+}

@@ -1,0 +1,1 @@
+//! Storage profiles for daffe volumes (pure code, no I/O).

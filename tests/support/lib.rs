@@ -1,0 +1,1 @@
+//! Helpers shared by the end-to-end tests, so each test reads like an operator's steps.
