@@ -11,9 +11,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// EBS snapshots of an image or block device: push (full or incremental) and pull.
+    Snapshot(daffe_plugin::cli::snapshot::SnapshotArgs),
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Snapshot(a) => daffe_plugin::cli::snapshot::run(a),
+    }
 }

@@ -113,7 +113,8 @@ impl ImageReader {
     /// Ascending, non-overlapping ranges of blocks that overlap data. Blocks
     /// outside them lie wholly in holes: zero, never read.
     pub fn data_block_ranges(&self) -> Result<Vec<Range<u64>>, ImageError> {
-        let all = || vec![0..self.size.div_ceil(BLOCK_BYTES)];
+        // One range of every block (not a Vec of block numbers).
+        let all = || std::iter::once(0..self.size.div_ceil(BLOCK_BYTES)).collect();
         if self.is_device || self.size == 0 {
             return Ok(if self.size == 0 { Vec::new() } else { all() });
         }

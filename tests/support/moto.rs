@@ -1,0 +1,124 @@
+//! A moto server for one test: started on a free 127.0.0.1 port from
+//! `DAFFE_MOTO_SERVER` (default /var/tmp/daffe-venv/bin/moto_server), reset
+//! before use, killed on drop. A missing moto fails the test: it never skips.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const DEFAULT_MOTO: &str = "/var/tmp/daffe-venv/bin/moto_server";
+/// moto imports all its services at start; on a busy 2-core machine that can take a while.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running moto server.
+#[derive(Debug)]
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+    pub url: String,
+}
+
+/// The moto executable this run uses.
+pub fn moto_server_path() -> PathBuf {
+    std::env::var_os("DAFFE_MOTO_SERVER").map_or_else(|| PathBuf::from(DEFAULT_MOTO), PathBuf::from)
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port on 127.0.0.1");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Sends one small HTTP request and returns the status code.
+pub fn http_status(port: u16, method: &str, path: &str) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf)?;
+    let head = String::from_utf8_lossy(&buf);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad reply: {head:.80}")))
+}
+
+impl Moto {
+    /// Starts a server and waits until it answers; panics (fails the test) if
+    /// moto is missing or does not come up.
+    pub fn start() -> Moto {
+        let path = moto_server_path();
+        assert!(
+            path.exists(),
+            "moto_server not found at {} (set DAFFE_MOTO_SERVER; tests/run-all.sh installs it)",
+            path.display()
+        );
+        let mut last_err = String::new();
+        // A port picked free can be taken before moto binds it: try a few.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut child = Command::new(&path)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting {}: {e}", path.display()));
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last_err = format!("moto exited with {status}");
+                    break;
+                }
+                match http_status(port, "POST", "/moto-api/reset") {
+                    Ok(200) => {
+                        return Moto {
+                            child,
+                            port,
+                            url: format!("http://127.0.0.1:{port}"),
+                        };
+                    }
+                    Ok(code) => last_err = format!("reset answered {code}"),
+                    Err(e) => last_err = e.to_string(),
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("moto did not start: {last_err}");
+    }
+
+    /// Wipes all state.
+    pub fn reset(&self) {
+        let code = http_status(self.port, "POST", "/moto-api/reset").expect("reset moto");
+        assert_eq!(code, 200, "moto reset");
+    }
+
+    /// Environment for an AWS client talking to this server: dummy
+    /// credentials, a region, no instance metadata lookups.
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "testing".into()),
+            ("AWS_SECRET_ACCESS_KEY", "testing".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("AWS_CONFIG_FILE", "/dev/null".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/dev/null".into()),
+        ]
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
