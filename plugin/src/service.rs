@@ -8,8 +8,9 @@
 //!   a slow mkfs runs.
 //! - Operations on one volume run one at a time (a per-NAME lock); different
 //!   volumes proceed in parallel.
-//! - Create is idempotent for the same docker name and profile; the same NAME
-//!   under another docker name or profile is refused.
+//! - Create is idempotent for the same NAME and profile (`db` and
+//!   `db@default` are the same volume); the same NAME with another profile is
+//!   refused. Get echoes whichever docker name it was asked for.
 //! - Mounts are a persisted multiset per (NAME, ID); the backend mounts at the
 //!   first and unmounts at the last. A Mount that fails, or whose caller gave
 //!   up waiting, leaves the count and the mount as they were: docker sends no
@@ -143,13 +144,15 @@ impl VolumeService {
             .clone()
     }
 
-    /// The record docker calls `docker_name`. A record with the same NAME but
-    /// another docker name is a different docker volume, so it is not found.
+    /// The record a docker name refers to. NAME is the identity; the docker
+    /// name may omit the profile (`db` is `db@default` is FlockerProfiles'
+    /// rule, and `db` names whatever `db` is), but a profile it names must be
+    /// the volume's: `db@default` is not the `db@gold` volume.
     fn find(&self, docker_name: &str) -> Result<VolumeRecord, ServiceError> {
         let not_found = || ServiceError::NotFound(docker_name.to_owned());
         let parsed = VolumeName::parse(docker_name).map_err(|_| not_found())?;
         match self.store.get(parsed.name())? {
-            Some(r) if r.docker_name == docker_name => Ok(r),
+            Some(r) if parsed.profile().is_none_or(|p| p == r.profile) => Ok(r),
             _ => Err(not_found()),
         }
     }
@@ -176,7 +179,7 @@ impl VolumeService {
         let vlock = self.volume_lock(&req.name);
         let _g = lock(&vlock);
         if let Some(existing) = self.store.get(&req.name)? {
-            if existing.docker_name == docker_name && existing.profile == req.profile {
+            if existing.profile == req.profile {
                 return Ok(());
             }
             return Err(ServiceError::Exists {
@@ -320,7 +323,10 @@ impl VolumeService {
 
     pub fn get(&self, docker_name: &str) -> Result<VolumeInfo, ServiceError> {
         let rec = self.find(docker_name)?;
-        Ok(self.info(&rec))
+        let mut info = self.info(&rec);
+        // dockerd matches the answer to its question by name.
+        info.name = docker_name.to_owned();
+        Ok(info)
     }
 
     pub fn list(&self) -> Result<Vec<VolumeInfo>, ServiceError> {

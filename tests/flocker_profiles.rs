@@ -1,0 +1,100 @@
+//! FlockerProfiles' two examples, verbatim but for the driver name and the
+//! image (a local busybox: no registry here), against the real engine.
+
+use daffe_e2e::docker::test_image;
+use daffe_e2e::plugin::Plugin;
+
+#[test]
+fn cheapvolume_example_writes_and_a_new_container_reads_back() {
+    let p = Plugin::start();
+    let img = test_image();
+    let testapp = p.container("testapp");
+    // docker run --name testapp --volume-driver=flocker -v cheapvolume@default:/data busybox sh -c "echo hello > /data/state.txt"
+    p.docker.ok(&[
+        "run",
+        "--name",
+        &testapp,
+        &format!("--volume-driver={}", p.name),
+        "-v",
+        "cheapvolume@default:/data",
+        &img,
+        "sh",
+        "-c",
+        "echo hello > /data/state.txt",
+    ]);
+    let out = p.docker.ok(&[
+        "run",
+        "--rm",
+        &format!("--volume-driver={}", p.name),
+        "-v",
+        "cheapvolume@default:/data",
+        &img,
+        "cat",
+        "/data/state.txt",
+    ]);
+    assert_eq!(out, "hello");
+    let v = p.docker.volume_inspect("cheapvolume@default");
+    assert_eq!(v["Driver"], p.name.as_str());
+    assert_eq!(v["Status"]["profile"], "default");
+    assert_eq!(v["Status"]["format"], "dir");
+    assert_eq!(v["Status"]["backend"], "local");
+    // "-v name@default:/data is equivalent to -v name:/data"
+    let out = p.docker.ok(&[
+        "run",
+        "--rm",
+        &format!("--volume-driver={}", p.name),
+        "-v",
+        "cheapvolume:/data",
+        &img,
+        "cat",
+        "/data/state.txt",
+    ]);
+    assert_eq!(out, "hello");
+}
+
+#[test]
+fn highperfvolume_example_gets_a_gold_block_volume() {
+    let p = Plugin::start();
+    let img = test_image();
+    let mongo = p.container("mongo");
+    // docker run --name mongo -p 27017:27017 --volume-driver=flocker -v highperfvolume@gold:/data mongo:3.0.4
+    // (the host port is left to docker: parallel runs must not clash on 27017)
+    p.docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &mongo,
+        "-p",
+        "27017",
+        &format!("--volume-driver={}", p.name),
+        "-v",
+        "highperfvolume@gold:/data",
+        &img,
+        "sh",
+        "-c",
+        "echo ready > /data/db.txt; sleep 600",
+    ]);
+    let v = p.docker.volume_inspect("highperfvolume@gold");
+    assert_eq!(v["Status"]["profile"], "gold");
+    assert_eq!(v["Status"]["format"], "block");
+    assert_eq!(v["Status"]["size"], "1G");
+    assert_eq!(v["Status"]["settings"]["filesystem"], "ext4");
+    assert_eq!(v["Status"]["mounted"], true);
+    // The container sees an ext4 filesystem of about 1 GiB at /data.
+    let df = p.docker.ok(&["exec", &mongo, "df", "-k", "/data"]);
+    let kib: u64 = df
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((900 * 1024..=1024 * 1024).contains(&kib), "{df}");
+    assert_eq!(
+        p.docker.ok(&["exec", &mongo, "cat", "/data/db.txt"]),
+        "ready"
+    );
+    assert_eq!(p.mount_count("highperfvolume"), 1);
+}
