@@ -200,7 +200,7 @@ impl PrivateDockerd {
         docker.wait_ready(Duration::from_secs(60));
         // Bring the test image across from the main engine.
         let image = test_image();
-        let save = Command::new("docker")
+        let mut save = Command::new("docker")
             .args(["save", &image])
             .stdout(Stdio::piped())
             .spawn()
@@ -208,9 +208,10 @@ impl PrivateDockerd {
         let load = docker
             .command()
             .arg("load")
-            .stdin(save.stdout.unwrap())
+            .stdin(save.stdout.take().unwrap())
             .output()
             .unwrap();
+        assert!(save.wait().unwrap().success(), "docker save {image}");
         assert!(
             load.status.success(),
             "docker load: {}",
