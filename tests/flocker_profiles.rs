@@ -98,3 +98,34 @@ fn highperfvolume_example_gets_a_gold_block_volume() {
     );
     assert_eq!(p.mount_count("highperfvolume"), 1);
 }
+
+#[test]
+fn anonymous_volumes_get_the_default_profile() {
+    let p = Plugin::start();
+    let c = p.container("anon");
+    p.docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &c,
+        &format!("--volume-driver={}", p.name),
+        "-v",
+        "/data",
+        &test_image(),
+        "sh",
+        "-c",
+        "echo anon > /data/f; sleep 600",
+    ]);
+    let vol = p
+        .docker
+        .ok(&["inspect", "-f", "{{(index .Mounts 0).Name}}", &c]);
+    assert_eq!(vol.len(), 64, "{vol}");
+    let v = p.inspect(&vol);
+    assert_eq!(v["profile"], "default");
+    assert_eq!(v["mount_count"], 1);
+    p.docker.ok(&["rm", "-f", "-v", &c]);
+    assert!(
+        !p.docker.volume_names(&p.name).contains(&vol),
+        "rm -v removed it"
+    );
+}

@@ -65,7 +65,13 @@ async fn main() {
     println!("rss_before_kib={}", rss_kib(pid));
     let t = Instant::now();
     for i in 0..n {
-        let r = post(&c, &sock, "/VolumeDriver.Create", format!(r#"{{"Name":"bench{i}"}}"#)).await;
+        let r = post(
+            &c,
+            &sock,
+            "/VolumeDriver.Create",
+            format!(r#"{{"Name":"bench{i}"}}"#),
+        )
+        .await;
         assert_eq!(r["Err"], "", "create bench{i}: {r}");
     }
     println!("create: {n} volumes in {:.2}s", t.elapsed().as_secs_f64());
@@ -79,7 +85,13 @@ async fn main() {
         x ^= x << 17;
         let name = format!("bench{}", x % n as u64);
         let t = Instant::now();
-        let r = post(&c, &sock, "/VolumeDriver.Get", format!(r#"{{"Name":"{name}"}}"#)).await;
+        let r = post(
+            &c,
+            &sock,
+            "/VolumeDriver.Get",
+            format!(r#"{{"Name":"{name}"}}"#),
+        )
+        .await;
         lat.push(t.elapsed());
         assert_eq!(r["Volume"]["Name"], name.as_str(), "{r}");
     }
@@ -94,6 +106,12 @@ async fn main() {
     report("list", lat);
     println!("rss_after_kib={}", rss_kib(pid));
     for i in 0..n {
-        post(&c, &sock, "/VolumeDriver.Remove", format!(r#"{{"Name":"bench{i}"}}"#)).await;
+        post(
+            &c,
+            &sock,
+            "/VolumeDriver.Remove",
+            format!(r#"{{"Name":"bench{i}"}}"#),
+        )
+        .await;
     }
 }

@@ -329,20 +329,23 @@ impl VolumeService {
         Ok(info)
     }
 
-    pub fn list(&self) -> Result<Vec<VolumeInfo>, ServiceError> {
-        Ok(self.store.list()?.iter().map(|r| self.info(r)).collect())
+    /// Docker names and mountpoints: all List needs. No status, so no
+    /// per-volume work beyond decoding the records.
+    pub fn list(&self) -> Result<Vec<(String, PathBuf)>, ServiceError> {
+        Ok(self
+            .store
+            .list()?
+            .into_iter()
+            .map(|r| {
+                let mp = self.backend.path(vref(&r));
+                (r.docker_name, mp)
+            })
+            .collect())
     }
 
     /// A volume by NAME or by docker name, for the CLI.
     pub fn inspect(&self, name: &str) -> Result<VolumeView, ServiceError> {
-        let parsed =
-            VolumeName::parse(name).map_err(|_| ServiceError::NotFound(name.to_owned()))?;
-        let rec = self
-            .store
-            .get(parsed.name())?
-            .filter(|r| parsed.profile().is_none() || r.docker_name == name)
-            .ok_or_else(|| ServiceError::NotFound(name.to_owned()))?;
-        Ok(self.view(rec))
+        self.find(name).map(|r| self.view(r))
     }
 
     pub fn views(&self) -> Result<Vec<VolumeView>, ServiceError> {

@@ -291,7 +291,7 @@ fn state_survives_a_restart_and_interrupted_creates_are_cleaned() {
     fake.calls();
     svc.recover().unwrap();
     assert_eq!(fake.calls(), ["remove half"]);
-    let names: Vec<_> = svc.list().unwrap().into_iter().map(|v| v.name).collect();
+    let names: Vec<_> = svc.list().unwrap().into_iter().map(|v| v.0).collect();
     assert_eq!(names, ["keep"]);
     assert_eq!(svc.inspect("keep").unwrap().mount_count, 1);
     svc.unmount("keep", "c1").unwrap();

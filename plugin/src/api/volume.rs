@@ -48,7 +48,7 @@ pub async fn handle(svc: &Arc<VolumeService>, limits: Limits, req: Request) -> R
         Request::List => svc.list().map(|vs| {
             let list: Vec<_> = vs
                 .iter()
-                .map(|v| json!({ "Name": v.name, "Mountpoint": v.mountpoint }))
+                .map(|(name, mp)| json!({ "Name": name, "Mountpoint": mp }))
                 .collect();
             Reply::ok(json!({ "Volumes": list }))
         }),
