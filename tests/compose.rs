@@ -74,6 +74,22 @@ volumes:
         .docker
         .ok(&["exec", &p.container("app"), "cat", "/data/count"]);
     assert_eq!(count, "x\nx", "the second up saw the first one's data");
+    let df = p
+        .docker
+        .ok(&["exec", &p.container("app"), "df", "-k", "/data"]);
+    let kib: u64 = df
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        kib <= 48 * 1024 && kib > 38 * 1024,
+        "a 48M block volume (ext4 keeps ~15% at this size): {df}"
+    );
     compose(&p, &project, &["down", "-v"]);
     assert!(
         !p.docker.volume_names(&p.name).contains(&vol),

@@ -1,19 +1,22 @@
 //! FlockerProfiles' two examples, verbatim but for the driver name and the
 //! image (a local busybox: no registry here), against the real engine.
+//! Each on a private engine, so the verbatim names (`testapp`,
+//! `cheapvolume`, port 27017) cannot clash with anything else on the host.
 
-use daffe_e2e::docker::test_image;
+use daffe_e2e::docker::{PrivateDockerd, test_image};
 use daffe_e2e::plugin::Plugin;
 
 #[test]
 fn cheapvolume_example_writes_and_a_new_container_reads_back() {
-    let p = Plugin::start();
+    let engine = PrivateDockerd::start();
+    let p = Plugin::start_for(&engine, None);
     let img = test_image();
-    let testapp = p.container("testapp");
+    let testapp = "testapp";
     // docker run --name testapp --volume-driver=flocker -v cheapvolume@default:/data busybox sh -c "echo hello > /data/state.txt"
     p.docker.ok(&[
         "run",
         "--name",
-        &testapp,
+        testapp,
         &format!("--volume-driver={}", p.name),
         "-v",
         "cheapvolume@default:/data",
@@ -50,22 +53,23 @@ fn cheapvolume_example_writes_and_a_new_container_reads_back() {
         "/data/state.txt",
     ]);
     assert_eq!(out, "hello");
+    p.docker.ok(&["rm", testapp]);
 }
 
 #[test]
 fn highperfvolume_example_gets_a_gold_block_volume() {
-    let p = Plugin::start();
+    let engine = PrivateDockerd::start();
+    let p = Plugin::start_for(&engine, None);
     let img = test_image();
-    let mongo = p.container("mongo");
+    let mongo = "mongo";
     // docker run --name mongo -p 27017:27017 --volume-driver=flocker -v highperfvolume@gold:/data mongo:3.0.4
-    // (the host port is left to docker: parallel runs must not clash on 27017)
     p.docker.ok(&[
         "run",
         "-d",
         "--name",
-        &mongo,
+        mongo,
         "-p",
-        "27017",
+        "27017:27017",
         &format!("--volume-driver={}", p.name),
         "-v",
         "highperfvolume@gold:/data",
@@ -81,7 +85,7 @@ fn highperfvolume_example_gets_a_gold_block_volume() {
     assert_eq!(v["Status"]["settings"]["filesystem"], "ext4");
     assert_eq!(v["Status"]["mounted"], true);
     // The container sees an ext4 filesystem of about 1 GiB at /data.
-    let df = p.docker.ok(&["exec", &mongo, "df", "-k", "/data"]);
+    let df = p.docker.ok(&["exec", mongo, "df", "-k", "/data"]);
     let kib: u64 = df
         .lines()
         .nth(1)
@@ -93,10 +97,12 @@ fn highperfvolume_example_gets_a_gold_block_volume() {
         .unwrap();
     assert!((900 * 1024..=1024 * 1024).contains(&kib), "{df}");
     assert_eq!(
-        p.docker.ok(&["exec", &mongo, "cat", "/data/db.txt"]),
+        p.docker.ok(&["exec", mongo, "cat", "/data/db.txt"]),
         "ready"
     );
     assert_eq!(p.mount_count("highperfvolume"), 1);
+    p.docker.ok(&["rm", "-f", mongo]);
+    assert_eq!(p.mount_count("highperfvolume"), 0);
 }
 
 #[test]

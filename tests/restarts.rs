@@ -172,6 +172,29 @@ fn a_dockerd_restart_keeps_the_volumes() {
         ]);
         assert_eq!(out, "kept", "{v}");
     }
+    // The gold volume is still its own 1 GiB filesystem, not the directory under it.
+    let df = d.ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "drblk@gold:/data",
+        &img,
+        "df",
+        "-k",
+        "/data",
+    ]);
+    let kib: u64 = df
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((900 * 1024..=1024 * 1024).contains(&kib), "{df}");
     d.ok(&["rm", "-f", &c]);
     for v in ["dr@default", "drblk@gold"] {
         d.ok(&["volume", "rm", v]);

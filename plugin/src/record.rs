@@ -12,8 +12,13 @@ use std::collections::BTreeMap;
 /// One volume, keyed in the store by `name` (NAME without `@PROFILE`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeRecord {
-    /// The name exactly as docker created it (`db@gold`): what Get and List echo.
+    /// The name exactly as docker created it (`db@gold`).
     pub docker_name: String,
+    /// Other docker names docker holds for this volume (`db` for `db@default`,
+    /// FlockerProfiles' equivalence). Each docker name is a handle: Remove
+    /// drops one, and deletes the data only with the last.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
+    pub aliases: std::collections::BTreeSet<String>,
     /// NAME: the identity on this host, unique whatever the profile.
     pub name: String,
     pub profile: String,
@@ -31,6 +36,31 @@ pub struct VolumeRecord {
     /// Mount multiset: how many times each docker mount ID holds the volume.
     #[serde(default)]
     pub mounts: Mounts,
+}
+
+impl VolumeRecord {
+    /// Every docker name of this volume, the creating one first.
+    pub fn docker_names(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.docker_name.as_str()).chain(self.aliases.iter().map(String::as_str))
+    }
+
+    pub fn knows(&self, docker_name: &str) -> bool {
+        self.docker_name == docker_name || self.aliases.contains(docker_name)
+    }
+
+    /// Drops the handle `docker_name`; returns whether other handles remain
+    /// (then the data must stay).
+    pub fn drop_name(&mut self, docker_name: &str) -> bool {
+        if self.docker_name == docker_name {
+            match self.aliases.pop_first() {
+                Some(next) => self.docker_name = next,
+                None => return false,
+            }
+        } else {
+            self.aliases.remove(docker_name);
+        }
+        true
+    }
 }
 
 /// Where a volume is in its life. Mount is allowed only in `Ready`.
@@ -125,6 +155,19 @@ mod tests {
         assert_eq!(m.release("a"), Some(true), "last one");
         assert!(m.is_empty());
         assert_eq!(m.release("a"), None);
+    }
+
+    #[test]
+    fn docker_names_are_handles() {
+        let json = r#"{"docker_name":"v@default","name":"v","profile":"default","backend":"local",
+            "settings":{"backend":"local","root":"/d","format":"dir","size":null,"filesystem":null},
+            "created_at":5}"#;
+        let mut r: VolumeRecord = serde_json::from_str(json).unwrap();
+        r.aliases.insert("v".into());
+        assert!(r.knows("v") && r.knows("v@default") && !r.knows("v@gold"));
+        assert!(r.drop_name("v@default"), "v remains");
+        assert_eq!(r.docker_names().collect::<Vec<_>>(), ["v"]);
+        assert!(!r.drop_name("v"), "that was the last");
     }
 
     #[test]

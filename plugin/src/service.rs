@@ -178,8 +178,13 @@ impl VolumeService {
         let req = self.catalog.request(docker_name, opts)?;
         let vlock = self.volume_lock(&req.name);
         let _g = lock(&vlock);
-        if let Some(existing) = self.store.get(&req.name)? {
+        if let Some(mut existing) = self.store.get(&req.name)? {
             if existing.profile == req.profile {
+                // docker now holds this name too: record the handle.
+                if !existing.knows(docker_name) {
+                    existing.aliases.insert(docker_name.to_owned());
+                    self.store.put(&existing)?;
+                }
                 return Ok(());
             }
             return Err(ServiceError::Exists {
@@ -193,6 +198,7 @@ impl VolumeService {
             .resolve(&req, self.backend.kind(), &self.data_root)?;
         let mut rec = VolumeRecord {
             docker_name: req.docker_name,
+            aliases: Default::default(),
             name: req.name,
             profile: req.profile,
             backend: self.backend.kind(),
@@ -222,7 +228,7 @@ impl VolumeService {
         let rec = self.find(docker_name)?;
         let vlock = self.volume_lock(&rec.name);
         let _g = lock(&vlock);
-        let rec = self.find(docker_name)?; // re-read under the lock
+        let mut rec = self.find(docker_name)?; // re-read under the lock
         if !rec.mounts.is_empty() {
             return Err(ServiceError::InUse {
                 docker_name: rec.docker_name.clone(),
@@ -234,6 +240,19 @@ impl VolumeService {
                     .collect::<Vec<_>>()
                     .join(", "),
             });
+        }
+        // Another docker name still refers to the volume: drop this handle
+        // only. (A name never recorded, e.g. from before aliases were kept,
+        // counts as a handle of its own.)
+        let others = if rec.knows(docker_name) {
+            rec.drop_name(docker_name)
+        } else {
+            true
+        };
+        if others {
+            self.store.put(&rec)?;
+            tracing::info!(volume = %rec.name, name = docker_name, "docker name dropped; the volume stays for its other names");
+            return Ok(());
         }
         // Storage first: if that fails the record stays, and a retry finds it.
         self.backend.remove(vref(&rec))?;
@@ -321,12 +340,30 @@ impl VolumeService {
         Ok(self.backend.path(vref(&rec)))
     }
 
-    pub fn get(&self, docker_name: &str) -> Result<VolumeInfo, ServiceError> {
+    /// Get, answered from the store without any lock when the name is one
+    /// docker already holds. `Ok(None)`: the volume exists under a name docker
+    /// does not hold yet; call [`VolumeService::get_recording`].
+    pub fn get(&self, docker_name: &str) -> Result<Option<VolumeInfo>, ServiceError> {
         let rec = self.find(docker_name)?;
-        let mut info = self.info(&rec);
-        // dockerd matches the answer to its question by name.
-        info.name = docker_name.to_owned();
-        Ok(info)
+        if !rec.knows(docker_name) {
+            return Ok(None);
+        }
+        Ok(Some(self.info(&rec, docker_name)))
+    }
+
+    /// Get for a new docker name of an existing volume: dockerd will keep
+    /// the name once Get answers, so the handle is recorded first.
+    pub fn get_recording(&self, docker_name: &str) -> Result<VolumeInfo, ServiceError> {
+        let rec = self.find(docker_name)?;
+        let vlock = self.volume_lock(&rec.name);
+        let _g = lock(&vlock);
+        let mut rec = self.find(docker_name)?;
+        if !rec.knows(docker_name) {
+            rec.aliases.insert(docker_name.to_owned());
+            self.store.put(&rec)?;
+            tracing::info!(volume = %rec.name, name = docker_name, "new docker name");
+        }
+        Ok(self.info(&rec, docker_name))
     }
 
     /// Docker names and mountpoints: all List needs. No status, so no
@@ -336,9 +373,11 @@ impl VolumeService {
             .store
             .list()?
             .into_iter()
-            .map(|r| {
+            .flat_map(|r| {
                 let mp = self.backend.path(vref(&r));
-                (r.docker_name, mp)
+                r.docker_names()
+                    .map(|n| (n.to_owned(), mp.clone()))
+                    .collect::<Vec<_>>()
             })
             .collect())
     }
@@ -366,9 +405,10 @@ impl VolumeService {
         }
     }
 
-    fn info(&self, rec: &VolumeRecord) -> VolumeInfo {
+    fn info(&self, rec: &VolumeRecord, docker_name: &str) -> VolumeInfo {
         VolumeInfo {
-            name: rec.docker_name.clone(),
+            // dockerd matches the answer to its question by name.
+            name: docker_name.to_owned(),
             mountpoint: self.backend.path(vref(rec)),
             created_at: crate::time::rfc3339(rec.created_at),
             status: self.status(rec),

@@ -122,8 +122,10 @@ fn create_is_idempotent_for_same_name_and_profile_only() {
     // FlockerProfiles: `name` is `name@default`.
     e.svc.create("cheap@default", &no_opts()).unwrap();
     e.svc.create("cheap", &no_opts()).unwrap();
-    assert_eq!(e.svc.get("cheap").unwrap().name, "cheap");
-    assert_eq!(e.svc.list().unwrap().len(), 2);
+    assert_eq!(e.svc.get("cheap").unwrap().unwrap().name, "cheap");
+    // Each docker name docker holds is listed.
+    let names: Vec<_> = e.svc.list().unwrap().into_iter().map(|v| v.0).collect();
+    assert_eq!(names, ["cheap@default", "cheap", "db@gold", "db"]);
 }
 
 #[test]
@@ -155,7 +157,7 @@ fn get_echoes_the_docker_name_and_reports_status() {
     e.svc
         .create("db@gold", &[("size".to_owned(), "64M".to_owned())].into())
         .unwrap();
-    let v = e.svc.get("db@gold").unwrap();
+    let v = e.svc.get("db@gold").unwrap().unwrap();
     assert_eq!(v.name, "db@gold");
     assert_eq!(v.mountpoint, Path::new("/fake/db"));
     assert!(v.created_at.ends_with('Z'));
@@ -172,7 +174,10 @@ fn get_echoes_the_docker_name_and_reports_status() {
     assert_eq!(v.status["options"]["size"], "64M");
     assert_eq!(v.status["fake"], true, "backend status is included");
     // NAME alone finds it (echoed as asked); another profile does not.
-    assert_eq!(e.svc.get("db").unwrap().name, "db");
+    // A name docker does not hold yet is recorded before Get answers.
+    assert!(e.svc.get("db").unwrap().is_none());
+    assert_eq!(e.svc.get_recording("db").unwrap().name, "db");
+    assert_eq!(e.svc.get("db").unwrap().unwrap().name, "db");
     assert!(matches!(
         e.svc.get("db@default"),
         Err(ServiceError::NotFound(_))
@@ -180,7 +185,7 @@ fn get_echoes_the_docker_name_and_reports_status() {
     assert!(matches!(e.svc.get("a@b@c"), Err(ServiceError::NotFound(_))));
     // The CLI may use NAME.
     assert_eq!(e.svc.inspect("db").unwrap().record.docker_name, "db@gold");
-    assert_eq!(e.svc.list().unwrap().len(), 1);
+    assert_eq!(e.svc.list().unwrap().len(), 2, "db@gold and db");
 }
 
 #[test]
@@ -188,7 +193,10 @@ fn anonymous_volumes_get_the_default_profile() {
     let e = env();
     let anon = "3f1c0a9b8e7d6c5b4a3928171615141312111009080706050403020100ffeedd";
     e.svc.create(anon, &no_opts()).unwrap();
-    assert_eq!(e.svc.get(anon).unwrap().status["profile"], "default");
+    assert_eq!(
+        e.svc.get(anon).unwrap().unwrap().status["profile"],
+        "default"
+    );
 }
 
 #[test]
@@ -326,4 +334,32 @@ fn parallel_creates_and_mounts_leave_exact_counts() {
     });
     assert_eq!(e.fake.calls(), ["unmount shared"]);
     assert_eq!(e.svc.inspect("shared").unwrap().mount_count, 0);
+}
+
+#[test]
+fn remove_drops_one_docker_name_and_the_data_with_the_last() {
+    let e = env();
+    e.svc.create("v@default", &no_opts()).unwrap();
+    e.svc.get_recording("v").unwrap(); // docker run -v v:/data
+    e.fake.calls();
+    e.svc.mount("v", "c1", &go()).unwrap();
+    assert!(matches!(
+        e.svc.remove("v@default"),
+        Err(ServiceError::InUse { .. })
+    ));
+    e.svc.unmount("v@default", "c1").unwrap();
+    e.svc.remove("v@default").unwrap();
+    assert_eq!(
+        e.fake.calls(),
+        ["mount v", "unmount v"],
+        "data kept for `v`"
+    );
+    assert!(
+        matches!(e.svc.get("v@default"), Ok(None)),
+        "v@default is no longer held"
+    );
+    assert!(e.svc.get("v").unwrap().is_some());
+    e.svc.remove("v").unwrap();
+    assert_eq!(e.fake.calls(), ["remove v"]);
+    assert!(matches!(e.svc.get("v"), Err(ServiceError::NotFound(_))));
 }

@@ -166,6 +166,7 @@ mod tests {
     pub(crate) fn record(name: &str) -> VolumeRecord {
         VolumeRecord {
             docker_name: format!("{name}@default"),
+            aliases: Default::default(),
             name: name.to_owned(),
             profile: "default".into(),
             backend: BackendKind::Local,

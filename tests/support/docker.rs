@@ -161,8 +161,8 @@ pub fn import_busybox(d: &Docker, image: &str) {
 }
 
 /// A second Docker Engine, private to one test: its own data root, exec root,
-/// socket, pidfile and containerd, no bridge or iptables (containers use
-/// `--network none`) in its own network namespace, and its own legacy plugin directory: it runs in a mount
+/// socket, pidfile and containerd; its own network namespace (with its own
+/// docker0: containers get networking, `-p` works inside it); and its own legacy plugin directory: it runs in a mount
 /// namespace (slave of the host's, so the plugin's loop mounts reach it) where
 /// [`PrivateDockerd::plugins_dir`] is bound over /run/docker/plugins.
 ///
@@ -195,6 +195,27 @@ impl PrivateDockerd {
             child: None,
             name,
         };
+        // The plugin's data root lives under a shared mount made before the
+        // engine's namespace exists, so the plugin's loop mounts propagate
+        // into it (and into the namespace of a restarted engine).
+        let shared = d.shared_dir();
+        std::fs::create_dir_all(&shared).unwrap();
+        let bind = Command::new("mount")
+            .arg("--bind")
+            .arg(&shared)
+            .arg(&shared)
+            .status()
+            .unwrap();
+        let share = Command::new("mount")
+            .arg("--make-rshared")
+            .arg(&shared)
+            .status()
+            .unwrap();
+        assert!(
+            bind.success() && share.success(),
+            "making {} a shared mount",
+            shared.display()
+        );
         d.spawn();
         let docker = d.docker();
         docker.wait_ready(Duration::from_secs(60));
@@ -224,6 +245,11 @@ impl PrivateDockerd {
         PathBuf::from(format!("/run/daffe-{}", self.name))
     }
 
+    /// A shared mount for plugins' data roots (see `start`).
+    pub fn shared_dir(&self) -> PathBuf {
+        self.dir.path().join("shared")
+    }
+
     /// Where this engine looks for legacy plugin sockets (host path).
     pub fn plugins_dir(&self) -> PathBuf {
         self.dir.path().join("plugins")
@@ -239,9 +265,10 @@ impl PrivateDockerd {
         // unshare runs sh, which binds the plugin dir and execs dockerd: the
         // child's pid ends up being dockerd's.
         let child = Command::new("unshare")
-            // -n: its own network namespace. Never run a `--bridge=none`
-            // dockerd in the host's: at start it deletes docker0, which
-            // breaks the shared engine's containers.
+            // -n: its own network namespace, where it makes its own docker0
+            // and iptables rules. (Never run a second dockerd in the host's:
+            // with `--bridge=none` it deletes the host's docker0 at start,
+            // and without it the two fight over docker0.)
             .args(["-m", "-n", "--propagation", "slave", "sh", "-c"])
             .arg(r#"mount --bind "$0" /run/docker/plugins && exec "$@""#)
             .arg(self.plugins_dir())

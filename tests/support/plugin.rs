@@ -33,6 +33,7 @@ pub struct Plugin {
     pub docker: Docker,
     /// Where dockerd looks for legacy plugins.
     plugins_dir: PathBuf,
+    data_root: PathBuf,
     child: Option<Child>,
     config: Option<PathBuf>,
 }
@@ -44,7 +45,14 @@ impl Plugin {
 
     /// Starts a plugin for a private engine (see [`crate::docker::PrivateDockerd`]).
     pub fn start_for(engine: &crate::docker::PrivateDockerd, config: Option<&str>) -> Self {
-        Self::start_in(engine.docker(), engine.plugins_dir(), config)
+        let mut p = Self::start_in(
+            engine.docker(),
+            engine.plugins_dir(),
+            config,
+            Some(engine.shared_dir()),
+        );
+        p.wait_ready();
+        p
     }
 
     /// Starts with a config file whose text is `config` (sockets and data root
@@ -54,10 +62,18 @@ impl Plugin {
     }
 
     pub fn start_with(docker: Docker, config: Option<&str>) -> Self {
-        Self::start_in(docker, PathBuf::from("/run/docker/plugins"), config)
+        let mut p = Self::start_in(docker, PathBuf::from("/run/docker/plugins"), config, None);
+        p.wait_ready();
+        p
     }
 
-    fn start_in(docker: Docker, plugins_dir: PathBuf, config: Option<&str>) -> Self {
+    /// `data_parent`: where the data root goes (default: the temp dir).
+    fn start_in(
+        docker: Docker,
+        plugins_dir: PathBuf,
+        config: Option<&str>,
+        data_parent: Option<PathBuf>,
+    ) -> Self {
         let name = crate::unique("daffe-t");
         let dir = tempfile::Builder::new()
             .prefix("daffe-e2e-")
@@ -68,15 +84,20 @@ impl Plugin {
             std::fs::write(&p, text).unwrap();
             p
         });
+        let data_root = data_parent
+            .unwrap_or_else(|| dir.path().to_owned())
+            .join(&name)
+            .join("data");
         let mut p = Self {
             name,
             dir,
             docker,
+            data_root,
             plugins_dir,
             child: None,
             config,
         };
-        p.spawn();
+        p.spawn_only();
         p
     }
 
@@ -89,10 +110,15 @@ impl Plugin {
     }
 
     pub fn data_root(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data_root.clone()
     }
 
     fn spawn(&mut self) {
+        self.spawn_only();
+        self.wait_ready();
+    }
+
+    fn spawn_only(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -114,7 +140,6 @@ impl Plugin {
             cmd.arg("--config").arg(c);
         }
         self.child = Some(cmd.spawn().expect("cannot start daffe serve"));
-        self.wait_ready();
     }
 
     /// Waits until the control socket answers (both sockets are bound before
@@ -237,6 +262,8 @@ impl Drop for Plugin {
         self.stop();
         let _ = std::fs::remove_file(self.socket());
         unmount_under(self.dir.path());
+        unmount_under(&self.data_root);
+        let _ = std::fs::remove_dir_all(&self.data_root);
     }
 }
 

@@ -42,9 +42,17 @@ pub async fn handle(svc: &Arc<VolumeService>, limits: Limits, req: Request) -> R
         Request::Path { name } => svc
             .path(&name)
             .map(|p| Reply::ok(json!({ "Mountpoint": p }))),
-        Request::Get { name } => svc
-            .get(&name)
-            .map(|v| Reply::ok(json!({ "Volume": volume_json(&v) }))),
+        Request::Get { name } => match svc.get(&name) {
+            Ok(Some(v)) => Ok(v),
+            // A new docker name for an existing volume: recorded under the
+            // volume's lock, off the async threads.
+            Ok(None) => {
+                let n = name.clone();
+                bounded::run("get", &n, limits.fast, move |_| svc.get_recording(&name)).await
+            }
+            Err(e) => Err(e),
+        }
+        .map(|v| Reply::ok(json!({ "Volume": volume_json(&v) }))),
         Request::List => svc.list().map(|vs| {
             let list: Vec<_> = vs
                 .iter()

@@ -78,7 +78,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .enable_all()
         .build()
         .map_err(ServeError::Runtime)?;
-    rt.block_on(async {
+    let result = rt.block_on(async {
         let driver_listener = server::bind(&cfg.socket)?;
         let control_listener = match server::bind(&cfg.control_socket) {
             Ok(l) => l,
@@ -121,9 +121,14 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
         tracing::info!("stopped");
         Ok(())
-    })
+    });
+    // A backend call still running (a hung mount(8)) must not hold up the
+    // exit: its volume's state is whatever was last committed, which the
+    // next start trusts.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
     // Volumes stay mounted across a daemon stop on purpose: running
     // containers keep using them, and the persisted counts pick up after.
+    result
 }
 
 /// SIGTERM (systemd, dockerd stopping a managed plugin) or SIGINT.
