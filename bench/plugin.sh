@@ -6,14 +6,17 @@
 #  2. Straight on the socket with 1,000 volumes: Get and List p50/p99, and the
 #     daemon's RSS.
 # Run as root with dockerd up. Usage: bench/plugin.sh [CYCLES=50]
-# Env: DAFFE_BIN (default: release build), DAFFE_TEST_IMAGE (default daffe-test/busybox:latest).
+# Env: PROFILE (release | debug, default release), DAFFE_BIN (default: that
+# profile's build), DAFFE_TEST_IMAGE (default daffe-test/busybox:latest).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 cycles="${1:-50}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$here/target}"
-(cd "$here" && cargo build --release -q -p daffe-plugin --example socket_bench)
-bin="${DAFFE_BIN:-$CARGO_TARGET_DIR/release/daffe}"
-sockbench="$CARGO_TARGET_DIR/release/examples/socket_bench"
+profile="${PROFILE:-release}"
+flag=--release; [ "$profile" = release ] || flag=
+(cd "$here" && cargo build $flag -q -p daffe-plugin --bin daffe --example socket_bench)
+bin="${DAFFE_BIN:-$CARGO_TARGET_DIR/$profile/daffe}"
+sockbench="$CARGO_TARGET_DIR/$profile/examples/socket_bench"
 img="${DAFFE_TEST_IMAGE:-daffe-test/busybox:latest}"
 if ! docker image inspect "$img" >/dev/null 2>&1; then
   "$here/scripts/import-busybox.sh" "$img"

@@ -142,10 +142,10 @@ async fn respond<H: Handler>(handler: &H, req: Request<Incoming>) -> Response<Fu
             format!("reading the request body: {e}"),
         ),
     };
-    let body = serde_json::to_vec(&reply.body).unwrap_or_default();
+    let body = reply.to_bytes();
     Response::builder()
         .status(reply.status)
         .header("Content-Type", "application/vnd.docker.plugins.v1.2+json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(body))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }

@@ -95,8 +95,17 @@ pub struct VolumeView {
     pub status: Status,
 }
 
+/// List's answer, tagged with the write generation it was read at.
+type ListCache = (u64, Arc<Vec<(String, PathBuf)>>);
+
 pub struct VolumeService {
     store: Store,
+    /// Bumped after every committed write; a cached List is valid only for
+    /// the generation it was read at. dockerd calls List for every `docker
+    /// volume ls` and more; decoding 1,000 records each time costs
+    /// milliseconds, the cache microseconds.
+    generation: std::sync::atomic::AtomicU64,
+    list_cache: Mutex<Option<ListCache>>,
     backend: Arc<dyn Backend>,
     catalog: Catalog,
     data_root: PathBuf,
@@ -118,6 +127,8 @@ impl VolumeService {
     ) -> Self {
         Self {
             store,
+            generation: std::sync::atomic::AtomicU64::new(0),
+            list_cache: Mutex::new(None),
             backend,
             catalog,
             data_root,
@@ -135,6 +146,30 @@ impl VolumeService {
 
     pub fn data_root(&self) -> &Path {
         &self.data_root
+    }
+
+    fn put(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
+        let r = self.store.put(rec);
+        self.bump();
+        r
+    }
+
+    fn delete(&self, name: &str) -> Result<bool, StoreError> {
+        let r = self.store.delete(name);
+        self.bump();
+        r
+    }
+
+    /// After the commit (or a failed one, conservatively), never before: a
+    /// List that read the old state is then tagged with the old generation.
+    fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// Counts committed writes; equal values mean nothing changed between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     fn volume_lock(&self, name: &str) -> Arc<Mutex<()>> {
@@ -164,7 +199,7 @@ impl VolumeService {
             if r.state == VolumeState::Creating {
                 tracing::warn!(volume = %r.docker_name, "removing a volume whose Create was interrupted");
                 self.backend.remove(vref(&r))?;
-                self.store.delete(&r.name)?;
+                self.delete(&r.name)?;
             }
         }
         Ok(())
@@ -183,7 +218,7 @@ impl VolumeService {
                 // docker now holds this name too: record the handle.
                 if !existing.knows(docker_name) {
                     existing.aliases.insert(docker_name.to_owned());
-                    self.store.put(&existing)?;
+                    self.put(&existing)?;
                 }
                 return Ok(());
             }
@@ -210,16 +245,16 @@ impl VolumeService {
         };
         // Intent first: a crash during the backend's work leaves a record
         // that `recover` cleans up, never storage nobody knows about.
-        self.store.put(&rec)?;
+        self.put(&rec)?;
         if let Err(e) = self.backend.create(vref(&rec)) {
             if let Err(e2) = self.backend.remove(vref(&rec)) {
                 tracing::error!(volume = %rec.docker_name, error = %e2, "cleaning up after a failed create");
             }
-            self.store.delete(&rec.name)?;
+            self.delete(&rec.name)?;
             return Err(e.into());
         }
         rec.state = VolumeState::Ready;
-        self.store.put(&rec)?;
+        self.put(&rec)?;
         tracing::info!(volume = %rec.docker_name, profile = %rec.profile, "created");
         Ok(())
     }
@@ -250,13 +285,13 @@ impl VolumeService {
             true
         };
         if others {
-            self.store.put(&rec)?;
+            self.put(&rec)?;
             tracing::info!(volume = %rec.name, name = docker_name, "docker name dropped; the volume stays for its other names");
             return Ok(());
         }
         // Storage first: if that fails the record stays, and a retry finds it.
         self.backend.remove(vref(&rec))?;
-        self.store.delete(&rec.name)?;
+        self.delete(&rec.name)?;
         tracing::info!(volume = %rec.docker_name, "removed");
         Ok(())
     }
@@ -306,7 +341,7 @@ impl VolumeService {
                 secs: fence.secs(),
             });
         }
-        if let Err(e) = self.store.put(&rec) {
+        if let Err(e) = self.put(&rec) {
             undo(&rec);
             return Err(e.into());
         }
@@ -327,7 +362,7 @@ impl VolumeService {
         };
         // The count goes first: if the real unmount then fails (busy), the
         // next Mount finds it mounted and reuses it, and Remove retries it.
-        self.store.put(&rec)?;
+        self.put(&rec)?;
         if last {
             self.backend.unmount(vref(&rec))?;
         }
@@ -360,26 +395,36 @@ impl VolumeService {
         let mut rec = self.find(docker_name)?;
         if !rec.knows(docker_name) {
             rec.aliases.insert(docker_name.to_owned());
-            self.store.put(&rec)?;
+            self.put(&rec)?;
             tracing::info!(volume = %rec.name, name = docker_name, "new docker name");
         }
         Ok(self.info(&rec, docker_name))
     }
 
-    /// Docker names and mountpoints: all List needs. No status, so no
-    /// per-volume work beyond decoding the records.
-    pub fn list(&self) -> Result<Vec<(String, PathBuf)>, ServiceError> {
-        Ok(self
-            .store
-            .list()?
-            .into_iter()
-            .flat_map(|r| {
-                let mp = self.backend.path(vref(&r));
-                r.docker_names()
-                    .map(|n| (n.to_owned(), mp.clone()))
-                    .collect::<Vec<_>>()
-            })
-            .collect())
+    /// Docker names and mountpoints: all List needs, from a cache that is
+    /// valid until the next write.
+    pub fn list(&self) -> Result<Arc<Vec<(String, PathBuf)>>, ServiceError> {
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::Acquire);
+        if let Some((g, cached)) = &*lock(&self.list_cache)
+            && *g == generation
+        {
+            return Ok(cached.clone());
+        }
+        let fresh: Arc<Vec<_>> = Arc::new(
+            self.store
+                .list()?
+                .into_iter()
+                .flat_map(|r| {
+                    let mp = self.backend.path(vref(&r));
+                    r.docker_names()
+                        .map(|n| (n.to_owned(), mp.clone()))
+                        .collect::<Vec<_>>()
+                })
+                .collect(),
+        );
+        *lock(&self.list_cache) = Some((generation, fresh.clone()));
+        Ok(fresh)
     }
 
     /// A volume by NAME or by docker name, for the CLI.

@@ -124,7 +124,7 @@ fn create_is_idempotent_for_same_name_and_profile_only() {
     e.svc.create("cheap", &no_opts()).unwrap();
     assert_eq!(e.svc.get("cheap").unwrap().unwrap().name, "cheap");
     // Each docker name docker holds is listed.
-    let names: Vec<_> = e.svc.list().unwrap().into_iter().map(|v| v.0).collect();
+    let names: Vec<_> = e.svc.list().unwrap().iter().map(|v| v.0.clone()).collect();
     assert_eq!(names, ["cheap@default", "cheap", "db@gold", "db"]);
 }
 
@@ -299,7 +299,7 @@ fn state_survives_a_restart_and_interrupted_creates_are_cleaned() {
     fake.calls();
     svc.recover().unwrap();
     assert_eq!(fake.calls(), ["remove half"]);
-    let names: Vec<_> = svc.list().unwrap().into_iter().map(|v| v.0).collect();
+    let names: Vec<_> = svc.list().unwrap().iter().map(|v| v.0.clone()).collect();
     assert_eq!(names, ["keep"]);
     assert_eq!(svc.inspect("keep").unwrap().mount_count, 1);
     svc.unmount("keep", "c1").unwrap();
@@ -362,4 +362,22 @@ fn remove_drops_one_docker_name_and_the_data_with_the_last() {
     e.svc.remove("v").unwrap();
     assert_eq!(e.fake.calls(), ["remove v"]);
     assert!(matches!(e.svc.get("v"), Err(ServiceError::NotFound(_))));
+}
+
+#[test]
+fn the_list_cache_follows_every_write() {
+    let e = env();
+    assert!(e.svc.list().unwrap().is_empty());
+    e.svc.create("a", &no_opts()).unwrap();
+    assert_eq!(e.svc.list().unwrap().len(), 1);
+    let first = e.svc.list().unwrap();
+    assert!(
+        Arc::ptr_eq(&first, &e.svc.list().unwrap()),
+        "served from the cache"
+    );
+    e.svc.get_recording("a@default").unwrap();
+    assert_eq!(e.svc.list().unwrap().len(), 2, "a new docker name");
+    e.svc.remove("a@default").unwrap();
+    e.svc.remove("a").unwrap();
+    assert!(e.svc.list().unwrap().is_empty());
 }

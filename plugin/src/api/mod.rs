@@ -38,11 +38,16 @@ impl Default for Limits {
 pub struct DriverApi {
     svc: Arc<VolumeService>,
     limits: Limits,
+    list_cache: Arc<volume::ListCache>,
 }
 
 impl DriverApi {
     pub fn new(svc: Arc<VolumeService>, limits: Limits) -> Self {
-        Self { svc, limits }
+        Self {
+            svc,
+            limits,
+            list_cache: Arc::default(),
+        }
     }
 
     /// Answers one POST to `path` with `body`.
@@ -55,7 +60,7 @@ impl DriverApi {
         match req {
             Request::Activate => plugin::activate(),
             Request::Capabilities => plugin::capabilities(),
-            other => volume::handle(&self.svc, self.limits, other).await,
+            other => volume::handle(&self.svc, self.limits, &self.list_cache, other).await,
         }
     }
 }

@@ -13,6 +13,8 @@ use serde_json::{Value, json};
 pub struct Reply {
     pub status: StatusCode,
     pub body: Value,
+    /// Already serialised JSON sent instead of `body` (a cached List).
+    pub raw: Option<bytes::Bytes>,
 }
 
 impl Reply {
@@ -22,10 +24,7 @@ impl Reply {
             m.entry("Err")
                 .or_insert_with(|| Value::String(String::new()));
         }
-        Self {
-            status: StatusCode::OK,
-            body,
-        }
+        Self::json(body)
     }
 
     /// A success carrying a plain JSON document (control API).
@@ -33,6 +32,24 @@ impl Reply {
         Self {
             status: StatusCode::OK,
             body,
+            raw: None,
+        }
+    }
+
+    /// A success whose JSON is already serialised.
+    pub fn raw(json: bytes::Bytes) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body: Value::Null,
+            raw: Some(json),
+        }
+    }
+
+    /// The bytes to send.
+    pub fn to_bytes(&self) -> bytes::Bytes {
+        match &self.raw {
+            Some(b) => b.clone(),
+            None => serde_json::to_vec(&self.body).unwrap_or_default().into(),
         }
     }
 
@@ -40,6 +57,7 @@ impl Reply {
         Self {
             status,
             body: json!({ "Err": message.into() }),
+            raw: None,
         }
     }
 

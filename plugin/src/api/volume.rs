@@ -8,7 +8,58 @@ use crate::service::{VolumeInfo, VolumeService};
 use serde_json::json;
 use std::sync::Arc;
 
-pub async fn handle(svc: &Arc<VolumeService>, limits: Limits, req: Request) -> Reply {
+/// List's serialised reply, tagged with the service's write generation:
+/// `docker volume ls` and dockerd's sweeps call List often, and with
+/// thousands of volumes building the JSON is most of the cost.
+pub type ListCache = std::sync::Mutex<Option<(u64, bytes::Bytes)>>;
+
+fn list(svc: &VolumeService, cache: &ListCache) -> Reply {
+    let generation = svc.generation();
+    {
+        let c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((g, bytes)) = &*c
+            && *g == generation
+        {
+            return Reply::raw(bytes.clone());
+        }
+    }
+    #[derive(serde::Serialize)]
+    struct Entry<'a> {
+        #[serde(rename = "Name")]
+        name: &'a str,
+        #[serde(rename = "Mountpoint")]
+        mountpoint: &'a std::path::Path,
+    }
+    #[derive(serde::Serialize)]
+    struct ListReply<'a> {
+        #[serde(rename = "Volumes")]
+        volumes: Vec<Entry<'a>>,
+        #[serde(rename = "Err")]
+        err: &'a str,
+    }
+    match svc.list() {
+        Ok(vs) => {
+            let body = ListReply {
+                volumes: vs
+                    .iter()
+                    .map(|(name, mountpoint)| Entry { name, mountpoint })
+                    .collect(),
+                err: "",
+            };
+            let bytes = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
+            *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, bytes.clone()));
+            Reply::raw(bytes)
+        }
+        Err(e) => Reply::from(e),
+    }
+}
+
+pub async fn handle(
+    svc: &Arc<VolumeService>,
+    limits: Limits,
+    list_cache: &ListCache,
+    req: Request,
+) -> Reply {
     let svc = svc.clone();
     let result = match req {
         Request::Create { name, opts } => {
@@ -53,13 +104,7 @@ pub async fn handle(svc: &Arc<VolumeService>, limits: Limits, req: Request) -> R
             Err(e) => Err(e),
         }
         .map(|v| Reply::ok(json!({ "Volume": volume_json(&v) }))),
-        Request::List => svc.list().map(|vs| {
-            let list: Vec<_> = vs
-                .iter()
-                .map(|(name, mp)| json!({ "Name": name, "Mountpoint": mp }))
-                .collect();
-            Reply::ok(json!({ "Volumes": list }))
-        }),
+        Request::List => return list(&svc, list_cache),
         Request::Activate | Request::Capabilities => {
             return Reply::error(
                 hyper::StatusCode::INTERNAL_SERVER_ERROR,
