@@ -104,6 +104,29 @@ async fn main() {
         assert_eq!(r["Volumes"].as_array().map(Vec::len), Some(n));
     }
     report("list", lat);
+    // List right after a write: the cache is cold, the store is scanned.
+    let mut lat = Vec::with_capacity(100);
+    for i in 0..100 {
+        let r = post(
+            &c,
+            &sock,
+            "/VolumeDriver.Mount",
+            format!(r#"{{"Name":"bench0","ID":"b{i}"}}"#),
+        )
+        .await;
+        assert_eq!(r["Err"], "", "{r}");
+        let t = Instant::now();
+        post(&c, &sock, "/VolumeDriver.List", "{}".into()).await;
+        lat.push(t.elapsed());
+        post(
+            &c,
+            &sock,
+            "/VolumeDriver.Unmount",
+            format!(r#"{{"Name":"bench0","ID":"b{i}"}}"#),
+        )
+        .await;
+    }
+    report("list after a write", lat);
     println!("rss_after_kib={}", rss_kib(pid));
     for i in 0..n {
         post(
