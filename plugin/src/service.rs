@@ -10,7 +10,10 @@
 //!   volumes proceed in parallel.
 //! - Create is idempotent for the same NAME and profile (`db` and
 //!   `db@default` are the same volume); the same NAME with another profile is
-//!   refused. Get echoes whichever docker name it was asked for.
+//!   refused. Get echoes whichever docker name it was asked for. dockerd keeps
+//!   every name it gets an answer for, so each is recorded as a handle
+//!   (`VolumeRecord::aliases`), listed, and dropped by its own Remove; the
+//!   data goes with the last handle.
 //! - Mounts are a persisted multiset per (NAME, ID); the backend mounts at the
 //!   first and unmounts at the last. A Mount that fails, or whose caller gave
 //!   up waiting, leaves the count and the mount as they were: docker sends no
