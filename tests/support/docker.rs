@@ -262,6 +262,8 @@ impl PrivateDockerd {
             .open(self.dir.path().join("dockerd.log"))
             .unwrap();
         std::fs::create_dir_all(self.plugins_dir()).unwrap();
+        // The bind target; absent on a host that never saw a plugin.
+        std::fs::create_dir_all("/run/docker/plugins").unwrap();
         // unshare runs sh, which binds the plugin dir and execs dockerd: the
         // child's pid ends up being dockerd's.
         let child = Command::new("unshare")
