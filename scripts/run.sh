@@ -13,15 +13,6 @@ ensure_dockerd
 ensure_test_image
 build_daffe release
 install -m 0755 "$DAFFE_BIN" /usr/local/bin/daffe
-
-if ! [ -S /run/docker/plugins/daffe.sock ] || ! daffe volume ls >/dev/null 2>&1; then
-    log "starting the daffe plugin (log: /var/log/daffe.log)"
-    mkdir -p /run/docker/plugins
-    (setsid /usr/local/bin/daffe serve >/var/log/daffe.log 2>&1 &)
-    for _ in $(seq 1 50); do
-        [ -S /run/docker/plugins/daffe.sock ] && break
-        sleep 0.1
-    done
-    [ -S /run/docker/plugins/daffe.sock ] || { tail /var/log/daffe.log >&2; die "the plugin did not start"; }
-fi
+export DAFFE_BIN=/usr/local/bin/daffe
+# demo.sh starts `daffe serve` (legacy plugin "daffe") unless it already runs.
 exec bash scripts/demo.sh
