@@ -1,5 +1,6 @@
 //! The `daffe` binary: glue between clap and the subcommand modules in `daffe_plugin::cli`.
 use clap::{Parser, Subcommand};
+use daffe_plugin::cli;
 
 /// daffe: Docker volumes with storage profiles (`NAME@PROFILE`), and a data mover
 /// that migrates them between hosts and to EBS snapshots.
@@ -12,13 +13,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the volume plugin daemon.
+    Serve(cli::serve::ServeArgs),
+    /// Inspect volumes (through the daemon's control socket).
+    Volume(cli::volume::VolumeArgs),
+    /// Show storage profiles.
+    Profiles(cli::profiles::ProfilesArgs),
     /// EBS snapshots of an image or block device: push (full or incremental) and pull.
-    Snapshot(daffe_plugin::cli::snapshot::SnapshotArgs),
+    Snapshot(cli::snapshot::SnapshotArgs),
 }
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Snapshot(a) => daffe_plugin::cli::snapshot::run(a),
+    match Cli::parse().command {
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Volume(a) => cli::volume::run(a),
+        Command::Profiles(a) => cli::profiles::run(a),
+        Command::Snapshot(a) => cli::snapshot::run(a),
     }
 }

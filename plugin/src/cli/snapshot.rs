@@ -97,10 +97,7 @@ pub struct PullArgs {
 
 /// Runs `daffe snapshot ...`.
 pub fn run(args: SnapshotArgs) -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .try_init();
+    super::init_logging();
     match args.command {
         SnapshotCommand::Push(a) => run_push(a),
         SnapshotCommand::Pull(a) => run_pull(a),

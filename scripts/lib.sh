@@ -1,0 +1,86 @@
+# Shared set-up steps for scripts/run.sh (the main job) and tests/run-all.sh
+# (every test). Source it; each function is idempotent and prints what it does.
+# Assumes a Debian 12 machine with Rust, run as root.
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Packages the product and the tests need. docker.io is Debian's Docker Engine;
+# docker-compose is the compose CLI the tests use; rsync/casync are the peers
+# the benchmarks compare with; busybox-static makes the test image (no registry
+# is reachable); attr/acl set xattrs and ACLs in the metadata tests.
+DAFFE_PACKAGES=(docker.io docker-compose containerd runc rsync casync e2fsprogs busybox-static
+    python3-venv iproute2 attr acl util-linux kmod time jq)
+
+need_root() { [ "$(id -u)" = 0 ] || die "run as root (the plugin mounts filesystems and talks to dockerd)"; }
+
+ensure_packages() {
+    local missing=()
+    for p in "${DAFFE_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "installing: ${missing[*]}"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    modprobe loop 2>/dev/null || true
+}
+
+# moto's server mode stands in for EC2 and EBS; a venv keeps it off the system Python.
+DAFFE_VENV=${DAFFE_VENV:-/var/tmp/daffe-venv}
+ensure_moto() {
+    if [ ! -x "$DAFFE_VENV/bin/moto_server" ]; then
+        log "installing moto[server] into $DAFFE_VENV"
+        python3 -m venv "$DAFFE_VENV"
+        "$DAFFE_VENV/bin/pip" install -q 'moto[server]==5.*'
+    fi
+    export DAFFE_MOTO_SERVER="$DAFFE_VENV/bin/moto_server"
+}
+
+# Start dockerd unless one answers. systemd may be absent (containers, CI), so
+# start it by hand and wait for its socket.
+ensure_dockerd() {
+    if docker info >/dev/null 2>&1; then return; fi
+    log "starting dockerd (log: /var/log/daffe-dockerd.log)"
+    (setsid dockerd >/var/log/daffe-dockerd.log 2>&1 &)
+    for _ in $(seq 1 60); do
+        docker info >/dev/null 2>&1 && return
+        sleep 1
+    done
+    tail -20 /var/log/daffe-dockerd.log >&2
+    die "dockerd did not come up within 60 s"
+}
+
+# A busybox image built locally: docker import of a one-file rootfs.
+DAFFE_TEST_IMAGE=${DAFFE_TEST_IMAGE:-daffe-test/busybox:latest}
+ensure_test_image() {
+    export DAFFE_TEST_IMAGE
+    if docker image inspect "$DAFFE_TEST_IMAGE" >/dev/null 2>&1; then return; fi
+    log "importing $DAFFE_TEST_IMAGE from /bin/busybox"
+    local root
+    root=$(mktemp -d)
+    mkdir -p "$root/bin" "$root/tmp" "$root/etc"
+    cp /bin/busybox "$root/bin/busybox"
+    for applet in $("$root/bin/busybox" --list); do
+        [ "$applet" = busybox ] || ln -sf busybox "$root/bin/$applet"
+    done
+    echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
+    tar -C "$root" -c . | docker import -c 'CMD ["/bin/sh"]' - "$DAFFE_TEST_IMAGE" >/dev/null
+    rm -rf "$root"
+    # The FlockerProfiles examples say plain `busybox`.
+    docker image inspect busybox:latest >/dev/null 2>&1 || docker tag "$DAFFE_TEST_IMAGE" busybox:latest
+}
+
+# Build the workspace binaries; sets DAFFE_BIN. PROFILE=release for benchmarks.
+build_daffe() {
+    local profile=${1:-dev}
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+    log "building daffe ($profile profile, target dir $CARGO_TARGET_DIR)"
+    cargo build --locked --profile "$profile" --workspace --bins
+    local dir=$profile
+    [ "$profile" = dev ] && dir=debug
+    export DAFFE_BIN="$CARGO_TARGET_DIR/$dir/daffe"
+    [ -x "$DAFFE_BIN" ] || die "no binary at $DAFFE_BIN"
+}
