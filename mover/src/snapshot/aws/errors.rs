@@ -36,6 +36,10 @@ const NOT_FOUND_CODES: &[&str] = &[
     "InvalidVolume.NotFound",
 ];
 
+/// Longest error text kept from the SDK: enough for AWS's message, not for a
+/// dumped HTML page.
+const MAX_MESSAGE: usize = 300;
+
 /// The retry kind of an AWS error code and HTTP status.
 pub fn classify_code(code: &str, status: u16) -> ErrorKind {
     if THROTTLE_CODES.contains(&code) || status == 429 {
@@ -54,7 +58,15 @@ pub fn from_sdk_error<E>(op: &'static str, err: SdkError<E, HttpResponse>) -> Ap
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let message = DisplayErrorContext(&err).to_string();
+    let mut message = DisplayErrorContext(&err).to_string();
+    if message.len() > MAX_MESSAGE {
+        let cut = (0..=MAX_MESSAGE)
+            .rev()
+            .find(|&i| message.is_char_boundary(i))
+            .unwrap_or(0);
+        message.truncate(cut);
+        message.push_str("...");
+    }
     match &err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
@@ -72,7 +84,13 @@ where
                 ErrorKind::Permanent => ErrorKind::Transient,
                 k => k,
             };
-            ApiError::new(op, kind, format!("HTTP {status}"), message)
+            // The SDK's text here embeds the whole raw reply; keep it short.
+            ApiError::new(
+                op,
+                kind,
+                format!("HTTP {status}"),
+                format!("unreadable reply with status {status}"),
+            )
         }
         SdkError::TimeoutError(_) => ApiError::new(op, ErrorKind::Transient, "Timeout", message),
         SdkError::DispatchFailure(df) => {
