@@ -2,3 +2,6 @@
 //! only what the destination lacks, round after round.
 //!
 //! See `DESIGN.md` in this crate for the contract between the modules.
+
+pub mod chunk;
+pub mod manifest;
