@@ -82,16 +82,15 @@ pub struct Header {
     pub chunker_version: String,
     /// Indexed by class code.
     pub classes: Vec<ClassSizes>,
-    pub created_unix_ns: i128,
+    /// Free text (the source's name). No timestamp on purpose: the same tree
+    /// must give the same root, so a rerun after an interruption recognises
+    /// the round it resumes.
     pub label: String,
 }
 
 impl Header {
     /// A header for this build's chunker.
     pub fn new(mode: Mode, label: &str) -> Header {
-        let created_unix_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
         Header {
             magic: MAGIC,
             version: VERSION,
@@ -110,7 +109,6 @@ impl Header {
                     }
                 })
                 .collect(),
-            created_unix_ns,
             label: label.into(),
         }
     }
