@@ -354,7 +354,7 @@ impl Receiver {
         // 3. Unchanged round: nothing to do if the applied tree still is
         //    what the applied manifest says.
         let applied = self.applied_root();
-        let validity = self.validity(applied.as_ref(), &mut index, resume)?;
+        let validity = self.validity(applied.as_ref(), &mut index, opts.verify == Verify::All)?;
         if applied == Some(new_root) && validity.all_valid {
             std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
             let _ = std::fs::remove_dir_all(&seed_dir);
@@ -486,7 +486,7 @@ impl Receiver {
         &self,
         applied: Option<&ChunkId>,
         index: &mut ChunkIndex,
-        resume: bool,
+        scrub: bool,
     ) -> Result<Validity, ReceiveError> {
         let mut v = Validity {
             valid: Vec::new(),
@@ -506,7 +506,11 @@ impl Receiver {
         let mut all = stat.is_some();
         let mut idx = 0u32;
         let mut cur_valid = false;
-        let _ = resume;
+        // With `scrub`, every chunk of the applied tree is re-read and checked:
+        // an entry with a bad chunk is invalid (restaged), its good chunks
+        // stay usable.
+        let mut cur_file: Option<File> = None;
+        let mut buf = Vec::new();
         while let Some(item) = r.next()? {
             match item {
                 Item::Entry(e) => {
@@ -529,9 +533,21 @@ impl Receiver {
                         v.paths.push(idx, &e.path);
                     }
                     cur_valid = ok && e.kind.has_data();
+                    cur_file = None;
+                    if scrub && cur_valid {
+                        cur_file = self.open_dest(&e.path, OFlags::RDONLY | OFlags::NOFOLLOW).ok().map(File::from);
+                    }
                     idx += 1;
                 }
                 Item::Chunk(c) => {
+                    if let Some(f) = &cur_file
+                        && !read_verified(f, c.offset, c.len, &c.id, &mut buf).unwrap_or(false)
+                    {
+                        tracing::warn!("scrub: chunk at {} of entry #{} is corrupt", c.offset, idx - 1);
+                        v.valid[idx as usize - 1] = false;
+                        all = false;
+                        continue;
+                    }
                     if cur_valid {
                         index.add(
                             &c.id,
