@@ -33,6 +33,8 @@ pub struct SyncOptions {
     pub progress: Arc<dyn ProgressSink>,
     /// Rounds retried when the source changes under the scan.
     pub retries: u32,
+    /// Bytes written between durability checkpoints.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for SyncOptions {
@@ -44,6 +46,7 @@ impl Default for SyncOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: Arc::new(NoProgress),
             retries: 3,
+            checkpoint_bytes: receive::CHECKPOINT_BYTES,
         }
     }
 }
@@ -157,7 +160,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
     let ropts = ReceiveOptions {
         verify: opts.verify,
         progress: opts.progress.clone(),
-        checkpoint_bytes: receive::CHECKPOINT_BYTES,
+        checkpoint_bytes: opts.checkpoint_bytes.max(1),
     };
     let mut stats = SyncStats::default();
     // Finish an interrupted, committed round before reading anything.
