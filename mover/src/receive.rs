@@ -263,7 +263,7 @@ impl Receiver {
         let mut stats = RoundStats::default();
         self.apply(&mut stats)?;
         self.sync_fs()?;
-        self.promote()?;
+        self.promote(None, &mut stats, opts)?;
         Ok(true)
     }
 
@@ -388,6 +388,8 @@ impl Receiver {
                 .map_err(io_err(b"pack"))?,
             pack_len,
             stage_files: HashMap::new(),
+            unfinished: HashMap::new(),
+            flush_pending_after: false,
             applied_file: None,
             seed_files: HashMap::new(),
             window: Window {
@@ -435,16 +437,23 @@ impl Receiver {
         self.apply(&mut stats)?;
         stats.apply_ms = t1.elapsed().as_millis() as u64;
         let t2 = Instant::now();
+        // The applied data must be durable before the state says so.
+        self.sync_fs()?;
         if opts.verify != Verify::None {
             opts.progress.event(&Progress::Phase {
                 phase: Phase::Verify,
                 total_bytes: 0,
             });
-            self.verify(&touched, opts.verify == Verify::All, &mut stats, opts)?;
         }
+        let check = (opts.verify != Verify::None).then_some((touched.as_slice(), opts.verify == Verify::All));
+        let failures = self.promote(check, &mut stats, opts)?;
         stats.verify_ms = t2.elapsed().as_millis() as u64;
-        self.sync_fs()?;
-        self.promote()?;
+        if !failures.is_empty() {
+            return Err(ReceiveError::Verify {
+                path: failures.join(", "),
+                why: "does not match the manifest after apply; the next round repairs it".into(),
+            });
+        }
         stats.entries = trailer.entries;
         opts.progress.event(&Progress::Phase {
             phase: Phase::Done,
@@ -700,50 +709,25 @@ impl Receiver {
         self.round_dir().join("stage")
     }
 
-    /// Finishes a staged entry and renames it into place.
-    fn place(&self, stage: u32, e: &Entry, stats: &mut RoundStats) -> Result<(), ReceiveError> {
-        let sd = File::open(self.stage_dir()).map_err(io_err(b"stage dir"))?;
+    /// Renames a finished staged entry into place (its data and metadata
+    /// were set while staging). Idempotent: a missing stage file was renamed
+    /// by an earlier replay.
+    fn place(&self, stage: u32, e: &Entry, _stats: &mut RoundStats) -> Result<(), ReceiveError> {
         let sname = stage.to_string();
         let sname = OsStr::new(&sname);
-        match fsmeta::stat_at(sd.as_fd(), sname) {
-            Err(_) => {
-                // Renamed by an earlier replay: metadata was set before.
-                return Ok(());
-            }
-            Ok(_) => {}
-        }
-        match e.kind {
-            Kind::File | Kind::Image => {
-                let fd = rustix::fs::openat(sd.as_fd(), sname, OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(errno(&e.path))?;
-                rustix::fs::ftruncate(&fd, e.size).map_err(errno(&e.path))?;
-                fsmeta::apply_fd(fd.as_fd(), e, &mut stats.skipped)?;
-            }
-            Kind::Symlink => fsmeta::apply_link(sd.as_fd(), sname, e, &mut stats.skipped)?,
-            _ => {
-                rustix::fs::chownat(
-                    sd.as_fd(),
-                    sname,
-                    Some(rustix::fs::Uid::from_raw(e.uid)),
-                    Some(rustix::fs::Gid::from_raw(e.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(errno(&e.path))?;
-                rustix::fs::chmodat(sd.as_fd(), sname, Mode::from_raw_mode(e.mode as _), AtFlags::empty())
-                    .map_err(errno(&e.path))?;
-                fsmeta::apply_link(sd.as_fd(), sname, e, &mut stats.skipped)?;
-            }
-        }
-        match (&self.root, &self.dest) {
+        let r = match (&self.root, &self.dest) {
             (Some(root), _) => {
+                let sd = File::open(self.stage_dir()).map_err(io_err(b"stage dir"))?;
                 let (dir, name) = root.parent(&e.path)?;
-                rustix::fs::renameat(sd.as_fd(), sname, dir.as_fd(), name).map_err(errno(&e.path))?;
+                rustix::fs::renameat(sd.as_fd(), sname, dir.as_fd(), name)
             }
-            (None, d) => {
-                std::fs::rename(self.stage_dir().join(stage.to_string()), d.path()).map_err(io_err(b"image"))?;
-            }
+            (None, d) => std::fs::rename(self.stage_dir().join(sname), d.path())
+                .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)),
+        };
+        match r {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(err) => Err(errno(&e.path)(err)),
         }
-        Ok(())
     }
 
     fn link(&self, path: &[u8], target: &[u8]) -> Result<(), ReceiveError> {
@@ -776,75 +760,17 @@ impl Receiver {
         Ok(())
     }
 
-    fn verify(&self, touched: &[u32], all: bool, stats: &mut RoundStats, opts: &ReceiveOptions) -> Result<(), ReceiveError> {
-        let mut r = ManifestReader::new(BufReader::with_capacity(
-            1 << 20,
-            File::open(self.round_dir().join("manifest")).map_err(io_err(b"manifest"))?,
-        ))?;
-        let mut idx = 0u32;
-        let mut ti = 0usize;
-        let mut cur: Option<(Entry, File)> = None;
-        let mut buf = Vec::new();
-        while let Some(item) = r.next()? {
-            match item {
-                Item::Entry(e) => {
-                    let this = idx;
-                    idx += 1;
-                    cur = None;
-                    while ti < touched.len() && touched[ti] < this {
-                        ti += 1;
-                    }
-                    let hit = ti < touched.len() && touched[ti] == this;
-                    if !(hit || all && e.kind.has_data()) {
-                        continue;
-                    }
-                    let st = self.stat_dest(&e.path).ok_or_else(|| ReceiveError::Verify {
-                        path: e.display_path(),
-                        why: "missing after apply".into(),
-                    })?;
-                    let block = st.kind == StatKind::BlockDev;
-                    if !block && !fsmeta::meta_matches(&st, &e) {
-                        return Err(ReceiveError::Verify {
-                            path: e.display_path(),
-                            why: format!("metadata differs: {st:?}"),
-                        });
-                    }
-                    if e.kind.has_data() {
-                        if !block && st.size != e.size {
-                            return Err(ReceiveError::Verify {
-                                path: e.display_path(),
-                                why: format!("size {} != {}", st.size, e.size),
-                            });
-                        }
-                        let fd = self.open_dest(&e.path, OFlags::RDONLY | OFlags::NOFOLLOW)?;
-                        cur = Some((e, File::from(fd)));
-                    }
-                }
-                Item::Chunk(c) => {
-                    if let Some((e, f)) = &cur {
-                        if !read_verified(f, c.offset, c.len, &c.id, &mut buf).map_err(io_err(&e.path))? {
-                            return Err(ReceiveError::Verify {
-                                path: e.display_path(),
-                                why: format!("chunk at {} does not match {}", c.offset, c.id),
-                            });
-                        }
-                        stats.bytes_verified += u64::from(c.len);
-                        opts.progress.event(&Progress::Verified { bytes: u64::from(c.len) });
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Makes the round's manifest the applied one, with a fresh stat cache.
-    fn promote(&self) -> Result<(), ReceiveError> {
+    /// With `check`, entries this round touched (or all data entries) are
+    /// verified in the same pass: metadata against the manifest, data chunk
+    /// by chunk. An entry that fails gets no stat record, so the next round
+    /// treats it as changed and repairs it; the failures are returned.
+    fn promote(&self, check: Option<(&[u32], bool)>, stats: &mut RoundStats, opts: &ReceiveOptions) -> Result<Vec<String>, ReceiveError> {
         if let Some(r) = &self.root {
             r.forget();
         }
         let rd = self.round_dir();
         let m = rd.join("manifest");
-        let root = manifest::validate(BufReader::new(File::open(&m).map_err(io_err(b"manifest"))?))?.root;
         // Wait until the filesystem clock has moved past our last write, so
         // any later change behind our back gets a different ctime than the
         // one recorded here (no racy entries at the destination).
@@ -852,13 +778,90 @@ impl Receiver {
         let stat_new = self.state.join("applied.stat.new");
         let mut w = StatWriter::create(&stat_new)?;
         let mut r = ManifestReader::new(BufReader::with_capacity(1 << 20, File::open(&m).map_err(io_err(b"manifest"))?))?;
-        while let Some(e) = r.next_entry()? {
-            if let Some(st) = self.stat_dest(&e.path) {
-                let mut rec = StatRec::new(&e.path, &st, i128::MIN / 2);
-                rec.racy = false;
-                w.push(&rec)?;
+        let (touched, all) = check.unwrap_or((&[], false));
+        let checking = check.is_some();
+        let mut failures = Vec::new();
+        let mut idx = 0u32;
+        let mut ti = 0usize;
+        let mut buf = Vec::new();
+        // (entry, open file, stat record, still good)
+        let mut cur: Option<(Entry, Option<File>, Option<StatRec>, bool)> = None;
+        let finish = |cur: &mut Option<(Entry, Option<File>, Option<StatRec>, bool)>,
+                          w: &mut StatWriter,
+                          failures: &mut Vec<String>|
+         -> Result<(), ReceiveError> {
+            if let Some((e, _, rec, good)) = cur.take() {
+                match (rec, good) {
+                    (Some(rec), true) => w.push(&rec)?,
+                    (_, false) => failures.push(e.display_path()),
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        while let Some(item) = r.next()? {
+            match item {
+                Item::Entry(e) => {
+                    finish(&mut cur, &mut w, &mut failures)?;
+                    let this = idx;
+                    idx += 1;
+                    while ti < touched.len() && touched[ti] < this {
+                        ti += 1;
+                    }
+                    let verify = checking && ((ti < touched.len() && touched[ti] == this) || (all && e.kind.has_data()));
+                    let mut file = None;
+                    let st = if verify && e.kind.has_data() {
+                        match self.open_dest(&e.path, OFlags::RDONLY | OFlags::NOFOLLOW) {
+                            Ok(fd) => {
+                                let f = File::from(fd);
+                                let st = fsmeta::stat_fd(f.as_fd(), &e.path).ok().map(|mut st| {
+                                    if st.kind == StatKind::BlockDev {
+                                        st.size = crate::scan::image_size(&f, &st).unwrap_or(0);
+                                    }
+                                    st
+                                });
+                                file = Some(f);
+                                st
+                            }
+                            Err(_) => None,
+                        }
+                    } else {
+                        self.stat_dest(&e.path)
+                    };
+                    let mut good = true;
+                    if verify {
+                        good = match &st {
+                            None => false,
+                            Some(st) if st.kind == StatKind::BlockDev => st.size >= e.size,
+                            Some(st) => fsmeta::meta_matches(st, &e) && (!e.kind.has_data() || st.size == e.size),
+                        };
+                        if !good {
+                            tracing::error!("verify: {} does not match the manifest: {st:?}", e.display_path());
+                        }
+                    }
+                    let rec = st.map(|st| {
+                        let mut rec = StatRec::new(&e.path, &st, i128::MIN / 2);
+                        rec.racy = false;
+                        rec
+                    });
+                    cur = Some((e, file, rec, good));
+                }
+                Item::Chunk(c) => {
+                    if let Some((e, Some(f), _, good)) = &mut cur
+                        && *good
+                    {
+                        if !read_verified(f, c.offset, c.len, &c.id, &mut buf).map_err(io_err(&e.path))? {
+                            tracing::error!("verify: {} chunk at {} does not match {}", e.display_path(), c.offset, c.id);
+                            *good = false;
+                        }
+                        stats.bytes_verified += u64::from(c.len);
+                        opts.progress.event(&Progress::Verified { bytes: u64::from(c.len) });
+                    }
+                }
             }
         }
+        finish(&mut cur, &mut w, &mut failures)?;
+        let root = r.trailer().map(|t| t.root).ok_or(ManifestError::Truncated(0))?;
         w.finish(&root, true)?;
         let man_new = self.state.join("applied.manifest.new");
         let _ = std::fs::remove_file(&man_new);
@@ -870,8 +873,25 @@ impl Receiver {
             .map_err(io_err(b"state dir"))?;
         std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
         let _ = std::fs::remove_dir_all(self.state.join("seed"));
-        Ok(())
+        Ok(failures)
     }
+}
+
+/// Owner, mode, xattrs, times of a symlink or special file (by name).
+fn special_meta(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, e: &Entry, skips: &mut Vec<Skip>) -> Result<(), ReceiveError> {
+    if e.kind != Kind::Symlink {
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(e.uid)),
+            Some(rustix::fs::Gid::from_raw(e.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(errno(&e.path))?;
+        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(e.mode as _), AtFlags::empty()).map_err(errno(&e.path))?;
+    }
+    fsmeta::apply_link(dir, name, e, skips)?;
+    Ok(())
 }
 
 fn remove_at(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, path: &[u8]) -> Result<(), ReceiveError> {
@@ -926,6 +946,9 @@ struct Planner<'a> {
     pack: File,
     pack_len: u64,
     stage_files: HashMap<u32, File>,
+    /// Staged files waiting for deferred chunks: (writes left, entry).
+    unfinished: HashMap<u32, (u32, Entry)>,
+    flush_pending_after: bool,
     applied_file: Option<(u32, File)>,
     seed_files: HashMap<u32, File>,
     window: Window,
@@ -1164,7 +1187,7 @@ impl Planner<'_> {
             Kind::Symlink => rustix::fs::symlinkat(OsStr::from_bytes(&e.target), sd.as_fd(), name).map_err(errno(&e.path))?,
             _ => fsmeta::make_special(sd.as_fd(), name, e)?,
         }
-        Ok(())
+        special_meta(sd.as_fd(), name, e, &mut self.stats.skipped)
     }
 
     /// Plans a data entry; returns whether its data changes.
@@ -1278,13 +1301,50 @@ impl Planner<'_> {
     }
 
     fn stage_file(&mut self, i: u32, e: &Entry, r: &mut ManifestReader<BufReader<File>>) -> Result<(), ReceiveError> {
-        // Create the staged file now (even empty or all holes).
-        self.stage_file_handle(i)?;
+        let mut deferred = 0u32;
+        let mut flush = false;
         while let Some(c) = r.next_chunk()? {
-            self.resolve(i, c, Target::Stage { entry: i, offset: c.offset })?;
+            if self.resolve(i, c, Target::Stage { entry: i, offset: c.offset })? {
+                deferred += 1;
+            }
+            flush |= std::mem::take(&mut self.flush_pending_after);
+        }
+        if deferred == 0 {
+            self.finish_stage(i, e)?;
+        } else {
+            self.unfinished.insert(i, (deferred, e.clone()));
+        }
+        if flush {
+            self.flush_window()?;
         }
         self.op(2, &Op::Place { stage: i, entry: e.clone() })?;
         self.touched.push(i);
+        Ok(())
+    }
+
+    /// A staged file has all its data: set its size (the tail hole) and its
+    /// metadata now, on the handle we already hold, so that applying it is
+    /// a single rename.
+    fn finish_stage(&mut self, i: u32, e: &Entry) -> Result<(), ReceiveError> {
+        let f = self.stage_file_handle(i)?;
+        rustix::fs::ftruncate(f, e.size).map_err(errno(&e.path))?;
+        let f = self.stage_files.remove(&i).expect("opened above");
+        fsmeta::apply_fd(f.as_fd(), e, &mut self.stats.skipped)?;
+        Ok(())
+    }
+
+    /// One chunk write that `stage_file` deferred has landed.
+    fn landed(&mut self, i: u32) -> Result<(), ReceiveError> {
+        let done = match self.unfinished.get_mut(&i) {
+            Some((n, _)) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => false,
+        };
+        if done && let Some((_, e)) = self.unfinished.remove(&i) {
+            self.finish_stage(i, &e)?;
+        }
         Ok(())
     }
 
@@ -1337,6 +1397,9 @@ impl Planner<'_> {
             let at = self.pack_len;
             self.pack_len += u64::from(c.len);
             self.resolve(i, c, Target::Pack { offset: at })?;
+            if std::mem::take(&mut self.flush_pending_after) {
+                self.flush_window()?;
+            }
             self.op(
                 2,
                 &Op::PatchWrite {
@@ -1357,8 +1420,11 @@ impl Planner<'_> {
 
     fn stage_file_handle(&mut self, entry: u32) -> Result<&File, ReceiveError> {
         if !self.stage_files.contains_key(&entry) {
-            if self.stage_files.len() >= 64 {
-                self.stage_files.clear();
+            // A few handles suffice: chunks arrive in manifest order.
+            if self.stage_files.len() >= 16
+                && let Some(k) = self.stage_files.keys().next().copied()
+            {
+                self.stage_files.remove(&k);
             }
             let p = self.rx.stage_dir().join(entry.to_string());
             let f = OpenOptions::new()
@@ -1375,7 +1441,8 @@ impl Planner<'_> {
     }
 
     /// Finds chunk `c` (needed at `target`) locally or queues a want.
-    fn resolve(&mut self, i: u32, c: ChunkRef, target: Target) -> Result<(), ReceiveError> {
+    /// True when the write is deferred to a fetch window.
+    fn resolve(&mut self, i: u32, c: ChunkRef, target: Target) -> Result<bool, ReceiveError> {
         if let Some((loc, len)) = self.index.get(&c.id)
             && len == c.len
         {
@@ -1383,7 +1450,7 @@ impl Planner<'_> {
                 Loc::Pending { want } => {
                     self.window.dests[want as usize].push(target);
                     self.stats.chunks_reused += 1;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Loc::Stage { entry, offset } if target == (Target::Stage { entry, offset }) => {
                     // Already there from an interrupted attempt (durable).
@@ -1393,13 +1460,13 @@ impl Planner<'_> {
                     self.buf = buf;
                     if ok {
                         self.stats.chunks_reused += 1;
-                        return Ok(());
+                        return Ok(false);
                     }
                     self.index.remove(&c.id);
                 }
                 Loc::Pack { offset } if target == (Target::Pack { offset }) => {
                     self.stats.chunks_reused += 1;
-                    return Ok(());
+                    return Ok(false);
                 }
                 _ => {
                     if self.copy_local(loc, &c)? {
@@ -1409,7 +1476,7 @@ impl Planner<'_> {
                         self.stats.chunks_reused += 1;
                         self.stats.bytes_reused += u64::from(c.len);
                         self.opts.progress.event(&Progress::Moved { bytes: u64::from(c.len) });
-                        return Ok(());
+                        return Ok(false);
                     }
                     self.index.remove(&c.id);
                 }
@@ -1427,9 +1494,11 @@ impl Planner<'_> {
         self.window.bytes += u64::from(c.len);
         self.index.set(&c.id, Loc::Pending { want: w }, c.len);
         if self.window.wants.len() >= WINDOW_WANTS || self.window.bytes >= WINDOW_BYTES {
-            self.flush_window()?;
+            // The caller counts this want as deferred even if the window is
+            // flushed right now: `landed` runs when the caller has recorded it.
+            self.flush_pending_after = true;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Reads a chunk from a local location into `self.buf`, verified.
@@ -1563,7 +1632,11 @@ impl Planner<'_> {
                     w.len,
                 );
                 for t in &dests[k] {
-                    if let Err(e) = self.write_target(*t, &c, data) {
+                    let r = self.write_target(*t, &c, data).and_then(|_| match t {
+                        Target::Stage { entry, .. } => self.landed(*entry),
+                        Target::Pack { .. } => Ok(()),
+                    });
+                    if let Err(e) = r {
                         failure = Some(e);
                         return Err("write failed".into());
                     }

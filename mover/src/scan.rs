@@ -149,6 +149,9 @@ struct Part {
 enum PState {
     /// No data, or data copied from the last manifest.
     Plain { reuse: bool },
+    /// A small file read and hashed inline (one chunk, no worker round trip:
+    /// for small files the hand-off costs more than the hashing).
+    Ready(Option<ChunkRef>),
     Chunking {
         file: Arc<File>,
         extents: Vec<(u64, u64)>,
@@ -187,7 +190,21 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
         }
         let short = got < want;
         let at_end = j.read_end == j.ext_end || short;
-        let chunks = chunk_segment(&j.class.chunker(), &buf[..got], j.seg, at_end);
+        let chunks = if j.class == ChunkClass::Small {
+            // Small files (<= SMALL_MAX) are one chunk per extent.
+            let data = &buf[..got];
+            if data.is_empty() {
+                Vec::new()
+            } else {
+                vec![ChunkRef {
+                    offset: j.seg,
+                    len: got as u32,
+                    id: ChunkId::of(data),
+                }]
+            }
+        } else {
+            chunk_segment(&j.class.chunker(), &buf[..got], j.seg, at_end)
+        };
         if results
             .send(JobResult {
                 seq: j.seq,
@@ -309,8 +326,43 @@ impl Scanner {
                 } else {
                     fsmeta::data_extents(f.as_fd(), entry.size, &entry.path)?
                 };
-                let file = Arc::new(f);
                 let class = entry.chunk_class();
+                if class == ChunkClass::Small && extents.len() <= 1 {
+                    let mut chunk = None;
+                    if let Some(&(s0, e0)) = extents.first() {
+                        let mut buf = vec![0u8; (e0 - s0) as usize];
+                        let mut got = 0;
+                        while got < buf.len() {
+                            match f.read_at(&mut buf[got..], s0 + got as u64) {
+                                Ok(0) => break,
+                                Ok(n) => got += n,
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                                Err(e) => return Err(io_err(&entry.path)(e)),
+                            }
+                        }
+                        self.stats.bytes_hashed += got as u64;
+                        if got > 0 {
+                            chunk = Some(ChunkRef {
+                                offset: s0,
+                                len: got as u32,
+                                id: ChunkId::of(&buf[..got]),
+                            });
+                        }
+                    }
+                    let mut stat = stat;
+                    let after = fsmeta::stat_fd(f.as_fd(), &entry.path)?;
+                    if after.size != stat.size || after.mtime_ns != stat.mtime_ns || after.ctime_ns != stat.ctime_ns {
+                        stat.racy = true;
+                    }
+                    self.queue.push_back(Pending {
+                        entry,
+                        stat,
+                        state: PState::Ready(chunk),
+                    });
+                    self.flush()?;
+                    return Ok(());
+                }
+                let file = Arc::new(f);
                 let look = LOOKAHEAD_MAXES * u64::from(class.max_len());
                 let mut parts = Vec::new();
                 let mut jobs = Vec::new();
@@ -397,6 +449,20 @@ impl Scanner {
                     let head = self.queue.pop_front().expect("front exists");
                     self.base_seq += 1;
                     self.write_plain(head, reuse)?;
+                    continue;
+                }
+                PState::Ready(chunk) => {
+                    let chunk = *chunk;
+                    let head = self.queue.pop_front().expect("front exists");
+                    self.base_seq += 1;
+                    self.writer.write(&Record::Entry(head.entry.clone()))?;
+                    let mut last_end = None;
+                    if let Some(c) = chunk {
+                        write_chunk(&mut self.writer, c, &mut last_end)?;
+                    }
+                    self.paths.push(self.entry_index, &head.entry.path);
+                    self.entry_index += 1;
+                    self.statw.push(&head.stat)?;
                     continue;
                 }
                 PState::Chunking { .. } => advance_chunking(head, &mut self.writer)?,
