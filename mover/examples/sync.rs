@@ -40,7 +40,10 @@ fn main() -> ExitCode {
     };
     match sync(&s, &d, &opts) {
         Ok(stats) => {
-            println!("{}", serde_json::to_string_pretty(&stats).expect("stats serialize"));
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&stats).expect("stats serialize")
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{ChunkId, ChunkRef};
 use crate::fsmeta::{self, FsMetaError, Skip, StatKind};
 use crate::journal::{FramedReader, FramedWriter, JRec, JournalError, Stored, read_journal};
-use crate::manifest::{self, Entry, Item, Kind, ManifestError, ManifestReader, PathTable, path_cmp};
+use crate::manifest::{
+    self, Entry, Item, Kind, ManifestError, ManifestReader, PathTable, path_cmp,
+};
 use crate::progress::{Phase, Progress, ProgressSink};
 use crate::safe_path::{Root, SafePathError};
 use crate::source::{ChunkSource, SinkError, SourceError, Want};
@@ -45,7 +47,10 @@ const WINDOW_BYTES: u64 = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
     #[error("destination {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     SafePath(#[from] SafePathError),
     #[error(transparent)]
@@ -164,17 +169,40 @@ pub struct RoundStats {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Op {
     /// Remove (recursively) whatever is at `path`.
-    Delete { path: Vec<u8> },
-    Mkdir { path: Vec<u8> },
+    Delete {
+        path: Vec<u8>,
+    },
+    Mkdir {
+        path: Vec<u8>,
+    },
     /// Finish staged entry `stage/<n>` (size, metadata) and rename it in.
-    Place { stage: u32, entry: Entry },
+    Place {
+        stage: u32,
+        entry: Entry,
+    },
     /// Write pack bytes into the existing file at `path`.
-    PatchWrite { path: Vec<u8>, offset: u64, len: u32, pack: u64, id: ChunkId },
+    PatchWrite {
+        path: Vec<u8>,
+        offset: u64,
+        len: u32,
+        pack: u64,
+        id: ChunkId,
+    },
     /// After a patch: size, holes, metadata.
-    PatchEnd { entry: Entry, holes: Vec<(u64, u64)> },
-    Meta { entry: Entry },
-    Link { path: Vec<u8>, target: Vec<u8> },
-    DirMeta { entry: Entry },
+    PatchEnd {
+        entry: Entry,
+        holes: Vec<(u64, u64)>,
+    },
+    Meta {
+        entry: Entry,
+    },
+    Link {
+        path: Vec<u8>,
+        target: Vec<u8>,
+    },
+    DirMeta {
+        entry: Entry,
+    },
 }
 
 const OPS: [&str; 4] = ["ops.delete", "ops.mkdir", "ops.place", "ops.dirmeta"];
@@ -211,7 +239,10 @@ impl std::fmt::Debug for Receiver {
 /// Default state dir: beside the destination, so it is on the same
 /// filesystem (renames from the round dir into the tree must not cross one).
 pub fn default_state_dir(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let mut s = std::ffi::OsString::from(".");
     s.push(name);
     s.push(".daffe-state");
@@ -273,7 +304,11 @@ impl Receiver {
     }
 
     /// Runs one round against `src`.
-    pub fn run_round(&mut self, src: &mut dyn ChunkSource, opts: &ReceiveOptions) -> Result<RoundStats, ReceiveError> {
+    pub fn run_round(
+        &mut self,
+        src: &mut dyn ChunkSource,
+        opts: &ReceiveOptions,
+    ) -> Result<RoundStats, ReceiveError> {
         let mut stats = RoundStats::default();
         if self.recover(opts)? {
             stats.recovered = true;
@@ -289,13 +324,17 @@ impl Receiver {
             src.manifest(&mut w).map_err(ReceiveError::Source)?;
             std::io::Write::flush(&mut w).map_err(io_err(b"manifest"))?;
         }
-        let trailer = manifest::validate(BufReader::new(File::open(&mtmp).map_err(io_err(b"manifest"))?))?;
+        let trailer = manifest::validate(BufReader::new(
+            File::open(&mtmp).map_err(io_err(b"manifest"))?,
+        ))?;
         let new_root = trailer.root;
         stats.root = new_root.to_hex();
         stats.chunks_total = trailer.chunks;
-        let mode = ManifestReader::new(BufReader::new(File::open(&mtmp).map_err(io_err(b"manifest"))?))?
-            .header()
-            .mode;
+        let mode = ManifestReader::new(BufReader::new(
+            File::open(&mtmp).map_err(io_err(b"manifest"))?,
+        ))?
+        .header()
+        .mode;
         let want_mode = match self.dest {
             Destination::Tree(_) => manifest::Mode::Tree,
             Destination::Image(_) => manifest::Mode::Image,
@@ -317,7 +356,9 @@ impl Receiver {
         if resume {
             for (s, len, id) in &old_round.durable {
                 match *s {
-                    Stored::Stage { entry, offset } => index.set(id, Loc::Stage { entry, offset }, *len),
+                    Stored::Stage { entry, offset } => {
+                        index.set(id, Loc::Stage { entry, offset }, *len)
+                    }
                     Stored::Pack { offset } => {
                         index.set(id, Loc::Pack { offset }, *len);
                         pack_len = pack_len.max(offset + u64::from(*len));
@@ -445,7 +486,8 @@ impl Receiver {
                 total_bytes: 0,
             });
         }
-        let check = (opts.verify != Verify::None).then_some((touched.as_slice(), opts.verify == Verify::All));
+        let check = (opts.verify != Verify::None)
+            .then_some((touched.as_slice(), opts.verify == Verify::All));
         let failures = self.promote(check, &mut stats, opts)?;
         stats.verify_ms = t2.elapsed().as_millis() as u64;
         if !failures.is_empty() {
@@ -531,20 +573,25 @@ impl Receiver {
                     let ok = match (&rec, &st) {
                         (Some(rec), Some(st)) => {
                             // Block devices have no useful timestamps: trust them.
-                            (st.kind == StatKind::BlockDev && e.kind == Kind::Image) || rec.unchanged(st)
+                            (st.kind == StatKind::BlockDev && e.kind == Kind::Image)
+                                || rec.unchanged(st)
                         }
                         _ => false,
                     };
                     all &= ok;
                     v.valid.push(ok);
-                    v.single.push(st.is_some_and(|s| s.nlink <= 1 || s.kind == StatKind::Dir));
+                    v.single
+                        .push(st.is_some_and(|s| s.nlink <= 1 || s.kind == StatKind::Dir));
                     if ok && e.kind.has_data() {
                         v.paths.push(idx, &e.path);
                     }
                     cur_valid = ok && e.kind.has_data();
                     cur_file = None;
                     if scrub && cur_valid {
-                        cur_file = self.open_dest(&e.path, OFlags::RDONLY | OFlags::NOFOLLOW).ok().map(File::from);
+                        cur_file = self
+                            .open_dest(&e.path, OFlags::RDONLY | OFlags::NOFOLLOW)
+                            .ok()
+                            .map(File::from);
                     }
                     idx += 1;
                 }
@@ -552,7 +599,11 @@ impl Receiver {
                     if let Some(f) = &cur_file
                         && !read_verified(f, c.offset, c.len, &c.id, &mut buf).unwrap_or(false)
                     {
-                        tracing::warn!("scrub: chunk at {} of entry #{} is corrupt", c.offset, idx - 1);
+                        tracing::warn!(
+                            "scrub: chunk at {} of entry #{} is corrupt",
+                            c.offset,
+                            idx - 1
+                        );
                         v.valid[idx as usize - 1] = false;
                         all = false;
                         continue;
@@ -663,7 +714,10 @@ impl Receiver {
                     Op::Meta { entry } => self.meta(&entry, stats)?,
                     Op::Link { path, target } => self.link(&path, &target)?,
                     Op::DirMeta { entry } => {
-                        let fd = self.open_dest(&entry.path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)?;
+                        let fd = self.open_dest(
+                            &entry.path,
+                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                        )?;
                         fsmeta::apply_fd(fd.as_fd(), &entry, &mut stats.skipped)?;
                     }
                 }
@@ -690,8 +744,13 @@ impl Receiver {
                         AtFlags::SYMLINK_NOFOLLOW,
                     )
                     .map_err(errno(&e.path))?;
-                    rustix::fs::chmodat(dir.as_fd(), name, Mode::from_raw_mode(e.mode as _), AtFlags::empty())
-                        .map_err(errno(&e.path))?;
+                    rustix::fs::chmodat(
+                        dir.as_fd(),
+                        name,
+                        Mode::from_raw_mode(e.mode as _),
+                        AtFlags::empty(),
+                    )
+                    .map_err(errno(&e.path))?;
                 }
                 fsmeta::apply_link(dir.as_fd(), name, e, &mut stats.skipped)?;
             }
@@ -737,7 +796,8 @@ impl Receiver {
         let sd = File::open(self.stage_dir()).map_err(io_err(b"stage dir"))?;
         let tmp = OsStr::new("link.tmp");
         let _ = rustix::fs::unlinkat(sd.as_fd(), tmp, AtFlags::empty());
-        rustix::fs::linkat(tdir.as_fd(), tname, sd.as_fd(), tmp, AtFlags::empty()).map_err(errno(path))?;
+        rustix::fs::linkat(tdir.as_fd(), tname, sd.as_fd(), tmp, AtFlags::empty())
+            .map_err(errno(path))?;
         let (dir, name) = root.parent(path)?;
         rustix::fs::renameat(sd.as_fd(), tmp, dir.as_fd(), name).map_err(errno(path))?;
         // rename() between two names of one inode does nothing: clean up.
@@ -765,7 +825,12 @@ impl Receiver {
     /// verified in the same pass: metadata against the manifest, data chunk
     /// by chunk. An entry that fails gets no stat record, so the next round
     /// treats it as changed and repairs it; the failures are returned.
-    fn promote(&self, check: Option<(&[u32], bool)>, stats: &mut RoundStats, opts: &ReceiveOptions) -> Result<Vec<String>, ReceiveError> {
+    fn promote(
+        &self,
+        check: Option<(&[u32], bool)>,
+        stats: &mut RoundStats,
+        opts: &ReceiveOptions,
+    ) -> Result<Vec<String>, ReceiveError> {
         if let Some(r) = &self.root {
             r.forget();
         }
@@ -777,7 +842,10 @@ impl Receiver {
         std::thread::sleep(Duration::from_millis(20));
         let stat_new = self.state.join("applied.stat.new");
         let mut w = StatWriter::create(&stat_new)?;
-        let mut r = ManifestReader::new(BufReader::with_capacity(1 << 20, File::open(&m).map_err(io_err(b"manifest"))?))?;
+        let mut r = ManifestReader::new(BufReader::with_capacity(
+            1 << 20,
+            File::open(&m).map_err(io_err(b"manifest"))?,
+        ))?;
         let (touched, all) = check.unwrap_or((&[], false));
         let checking = check.is_some();
         let mut failures = Vec::new();
@@ -787,8 +855,8 @@ impl Receiver {
         // (entry, open file, stat record, still good)
         let mut cur: Option<(Entry, Option<File>, Option<StatRec>, bool)> = None;
         let finish = |cur: &mut Option<(Entry, Option<File>, Option<StatRec>, bool)>,
-                          w: &mut StatWriter,
-                          failures: &mut Vec<String>|
+                      w: &mut StatWriter,
+                      failures: &mut Vec<String>|
          -> Result<(), ReceiveError> {
             if let Some((e, _, rec, good)) = cur.take() {
                 match (rec, good) {
@@ -808,7 +876,9 @@ impl Receiver {
                     while ti < touched.len() && touched[ti] < this {
                         ti += 1;
                     }
-                    let verify = checking && ((ti < touched.len() && touched[ti] == this) || (all && e.kind.has_data()));
+                    let verify = checking
+                        && ((ti < touched.len() && touched[ti] == this)
+                            || (all && e.kind.has_data()));
                     let mut file = None;
                     let st = if verify && e.kind.has_data() {
                         match self.open_dest(&e.path, OFlags::RDONLY | OFlags::NOFOLLOW) {
@@ -833,10 +903,16 @@ impl Receiver {
                         good = match &st {
                             None => false,
                             Some(st) if st.kind == StatKind::BlockDev => st.size >= e.size,
-                            Some(st) => fsmeta::meta_matches(st, &e) && (!e.kind.has_data() || st.size == e.size),
+                            Some(st) => {
+                                fsmeta::meta_matches(st, &e)
+                                    && (!e.kind.has_data() || st.size == e.size)
+                            }
                         };
                         if !good {
-                            tracing::error!("verify: {} does not match the manifest: {st:?}", e.display_path());
+                            tracing::error!(
+                                "verify: {} does not match the manifest: {st:?}",
+                                e.display_path()
+                            );
                         }
                     }
                     let rec = st.map(|st| {
@@ -850,24 +926,38 @@ impl Receiver {
                     if let Some((e, Some(f), _, good)) = &mut cur
                         && *good
                     {
-                        if !read_verified(f, c.offset, c.len, &c.id, &mut buf).map_err(io_err(&e.path))? {
-                            tracing::error!("verify: {} chunk at {} does not match {}", e.display_path(), c.offset, c.id);
+                        if !read_verified(f, c.offset, c.len, &c.id, &mut buf)
+                            .map_err(io_err(&e.path))?
+                        {
+                            tracing::error!(
+                                "verify: {} chunk at {} does not match {}",
+                                e.display_path(),
+                                c.offset,
+                                c.id
+                            );
                             *good = false;
                         }
                         stats.bytes_verified += u64::from(c.len);
-                        opts.progress.event(&Progress::Verified { bytes: u64::from(c.len) });
+                        opts.progress.event(&Progress::Verified {
+                            bytes: u64::from(c.len),
+                        });
                     }
                 }
             }
         }
         finish(&mut cur, &mut w, &mut failures)?;
-        let root = r.trailer().map(|t| t.root).ok_or(ManifestError::Truncated(0))?;
+        let root = r
+            .trailer()
+            .map(|t| t.root)
+            .ok_or(ManifestError::Truncated(0))?;
         w.finish(&root, true)?;
         let man_new = self.state.join("applied.manifest.new");
         let _ = std::fs::remove_file(&man_new);
         std::fs::hard_link(&m, &man_new).map_err(io_err(b"applied.manifest"))?;
-        std::fs::rename(&stat_new, self.state.join("applied.stat")).map_err(io_err(b"applied.stat"))?;
-        std::fs::rename(&man_new, self.state.join("applied.manifest")).map_err(io_err(b"applied.manifest"))?;
+        std::fs::rename(&stat_new, self.state.join("applied.stat"))
+            .map_err(io_err(b"applied.stat"))?;
+        std::fs::rename(&man_new, self.state.join("applied.manifest"))
+            .map_err(io_err(b"applied.manifest"))?;
         File::open(&self.state)
             .and_then(|d| d.sync_all())
             .map_err(io_err(b"state dir"))?;
@@ -878,7 +968,12 @@ impl Receiver {
 }
 
 /// Owner, mode, xattrs, times of a symlink or special file (by name).
-fn special_meta(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, e: &Entry, skips: &mut Vec<Skip>) -> Result<(), ReceiveError> {
+fn special_meta(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &OsStr,
+    e: &Entry,
+    skips: &mut Vec<Skip>,
+) -> Result<(), ReceiveError> {
     if e.kind != Kind::Symlink {
         rustix::fs::chownat(
             dir,
@@ -888,20 +983,35 @@ fn special_meta(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, e: &Entry, skips
             AtFlags::SYMLINK_NOFOLLOW,
         )
         .map_err(errno(&e.path))?;
-        rustix::fs::chmodat(dir, name, Mode::from_raw_mode(e.mode as _), AtFlags::empty()).map_err(errno(&e.path))?;
+        rustix::fs::chmodat(
+            dir,
+            name,
+            Mode::from_raw_mode(e.mode as _),
+            AtFlags::empty(),
+        )
+        .map_err(errno(&e.path))?;
     }
     fsmeta::apply_link(dir, name, e, skips)?;
     Ok(())
 }
 
-fn remove_at(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, path: &[u8]) -> Result<(), ReceiveError> {
+fn remove_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &OsStr,
+    path: &[u8],
+) -> Result<(), ReceiveError> {
     let st = match fsmeta::stat_at(dir, name) {
         Ok(st) => st,
         Err(_) => return Ok(()),
     };
     if st.kind == StatKind::Dir {
-        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(errno(path))?;
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno(path))?;
         let mut names = Vec::new();
         for ent in rustix::fs::Dir::read_from(&fd).map_err(errno(path))? {
             let ent = ent.map_err(errno(path))?;
@@ -980,7 +1090,10 @@ impl Planner<'_> {
     fn plan(&mut self) -> Result<(), ReceiveError> {
         let rd = self.rx.round_dir();
         let mpath = rd.join("manifest");
-        let mut newr = ManifestReader::new(BufReader::with_capacity(1 << 20, File::open(&mpath).map_err(io_err(b"manifest"))?))?;
+        let mut newr = ManifestReader::new(BufReader::with_capacity(
+            1 << 20,
+            File::open(&mpath).map_err(io_err(b"manifest"))?,
+        ))?;
         let header = newr.header().clone();
         let applied_path = self.rx.state.join("applied.manifest");
         let mut old = if self.validity.valid.is_empty() {
@@ -1025,8 +1138,18 @@ impl Planner<'_> {
             }
             let same = match &old_peek {
                 Some((oi, oe, opos)) if oe.path == e.path => {
-                    let valid = self.validity.valid.get(*oi as usize).copied().unwrap_or(false);
-                    let single = self.validity.single.get(*oi as usize).copied().unwrap_or(false);
+                    let valid = self
+                        .validity
+                        .valid
+                        .get(*oi as usize)
+                        .copied()
+                        .unwrap_or(false);
+                    let single = self
+                        .validity
+                        .single
+                        .get(*oi as usize)
+                        .copied()
+                        .unwrap_or(false);
                     Some((*oi, oe.clone(), *opos, valid, single))
                 }
                 _ => None,
@@ -1039,18 +1162,32 @@ impl Planner<'_> {
                             // A directory changed behind our back may hold
                             // names we never wrote: list it, and delete what
                             // the new manifest does not name when it closes.
-                            let extra = if *valid { None } else { Some(self.list_dest(&e.path)) };
+                            let extra = if *valid {
+                                None
+                            } else {
+                                Some(self.list_dest(&e.path))
+                            };
                             (true, meta_differs(oe, &e) || !*valid, extra)
                         }
                         Some(_) => {
-                            self.op(0, &Op::Delete { path: e.path.clone() })?;
+                            self.op(
+                                0,
+                                &Op::Delete {
+                                    path: e.path.clone(),
+                                },
+                            )?;
                             (false, true, None)
                         }
                         None if e.path.is_empty() => (true, true, Some(self.list_dest(&e.path))),
                         None => (false, true, None),
                     };
                     if !existed {
-                        self.op(1, &Op::Mkdir { path: e.path.clone() })?;
+                        self.op(
+                            1,
+                            &Op::Mkdir {
+                                path: e.path.clone(),
+                            },
+                        )?;
                     }
                     mark_parent(&mut dirs, &e.path);
                     dirs.push(OpenDir {
@@ -1061,7 +1198,16 @@ impl Planner<'_> {
                     });
                 }
                 Kind::File | Kind::Image => {
-                    let changed = self.plan_data(i, &e, epos, &header, &mut newr, same.as_ref(), old_header.as_ref(), &mut old)?;
+                    let changed = self.plan_data(
+                        i,
+                        &e,
+                        epos,
+                        &header,
+                        &mut newr,
+                        same.as_ref(),
+                        old_header.as_ref(),
+                        &mut old,
+                    )?;
                     if changed {
                         changed_files.insert(e.path.clone());
                         mark_parent(&mut dirs, &e.path);
@@ -1079,15 +1225,28 @@ impl Planner<'_> {
                     };
                     if !ok {
                         if same.as_ref().is_some_and(|s| s.1.kind == Kind::Dir) {
-                            self.op(0, &Op::Delete { path: e.path.clone() })?;
+                            self.op(
+                                0,
+                                &Op::Delete {
+                                    path: e.path.clone(),
+                                },
+                            )?;
                         }
-                        self.op(2, &Op::Link { path: e.path.clone(), target: e.target.clone() })?;
+                        self.op(
+                            2,
+                            &Op::Link {
+                                path: e.path.clone(),
+                                target: e.target.clone(),
+                            },
+                        )?;
                         mark_parent(&mut dirs, &e.path);
                     }
                 }
                 Kind::Symlink | Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
                     let keep = match &same {
-                        Some((_, oe, _, true, _)) => oe.kind == e.kind && oe.target == e.target && oe.rdev == e.rdev,
+                        Some((_, oe, _, true, _)) => {
+                            oe.kind == e.kind && oe.target == e.target && oe.rdev == e.rdev
+                        }
                         _ => false,
                     };
                     if keep {
@@ -1099,10 +1258,21 @@ impl Planner<'_> {
                         }
                     } else {
                         if same.as_ref().is_some_and(|s| s.1.kind == Kind::Dir) {
-                            self.op(0, &Op::Delete { path: e.path.clone() })?;
+                            self.op(
+                                0,
+                                &Op::Delete {
+                                    path: e.path.clone(),
+                                },
+                            )?;
                         }
                         self.stage_special(i, &e)?;
-                        self.op(2, &Op::Place { stage: i, entry: e.clone() })?;
+                        self.op(
+                            2,
+                            &Op::Place {
+                                stage: i,
+                                entry: e.clone(),
+                            },
+                        )?;
                         self.touched.push(i);
                         mark_parent(&mut dirs, &e.path);
                     }
@@ -1113,7 +1283,12 @@ impl Planner<'_> {
             }
         }
         while let Some((_, oe, _)) = old_peek.take() {
-            self.op(0, &Op::Delete { path: oe.path.clone() })?;
+            self.op(
+                0,
+                &Op::Delete {
+                    path: oe.path.clone(),
+                },
+            )?;
             mark_parent(&mut dirs, &oe.path);
             old_peek = next_old(&mut old)?;
         }
@@ -1126,7 +1301,8 @@ impl Planner<'_> {
     fn close_dirs(&mut self, dirs: &mut Vec<OpenDir>, path: &[u8]) -> Result<(), ReceiveError> {
         while let Some(top) = dirs.last() {
             let t = &top.entry.path;
-            let is_ancestor = t.is_empty() || (path.len() > t.len() && path.starts_with(t) && path[t.len()] == b'/');
+            let is_ancestor = t.is_empty()
+                || (path.len() > t.len() && path.starts_with(t) && path[t.len()] == b'/');
             if is_ancestor {
                 return Ok(());
             }
@@ -1148,14 +1324,22 @@ impl Planner<'_> {
             touched = true;
         }
         if touched || d.changed {
-            self.op(3, &Op::DirMeta { entry: d.entry.clone() })?;
+            self.op(
+                3,
+                &Op::DirMeta {
+                    entry: d.entry.clone(),
+                },
+            )?;
         }
         Ok(())
     }
 
     /// Names in a destination directory, sorted.
     fn list_dest(&self, path: &[u8]) -> Vec<Vec<u8>> {
-        let Ok(fd) = self.rx.open_dest(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW) else {
+        let Ok(fd) = self
+            .rx
+            .open_dest(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
+        else {
             return Vec::new();
         };
         let mut names = Vec::new();
@@ -1184,7 +1368,8 @@ impl Planner<'_> {
         let name = OsStr::new(&name);
         let _ = rustix::fs::unlinkat(sd.as_fd(), name, AtFlags::empty());
         match e.kind {
-            Kind::Symlink => rustix::fs::symlinkat(OsStr::from_bytes(&e.target), sd.as_fd(), name).map_err(errno(&e.path))?,
+            Kind::Symlink => rustix::fs::symlinkat(OsStr::from_bytes(&e.target), sd.as_fd(), name)
+                .map_err(errno(&e.path))?,
             _ => fsmeta::make_special(sd.as_fd(), name, e)?,
         }
         special_meta(sd.as_fd(), name, e, &mut self.stats.skipped)
@@ -1209,7 +1394,10 @@ impl Planner<'_> {
             _ => false,
         };
         let device = self.rx.root.is_none()
-            && self.rx.stat_dest(b"").is_some_and(|s| s.kind == StatKind::BlockDev);
+            && self
+                .rx
+                .stat_dest(b"")
+                .is_some_and(|s| s.kind == StatKind::BlockDev);
         if device {
             let have = self.rx.stat_dest(b"").map_or(0, |s| s.size);
             if have < e.size {
@@ -1292,7 +1480,12 @@ impl Planner<'_> {
             self.stage_file(i, e, &mut r)?;
         } else {
             if same.is_some_and(|s| s.1.kind == Kind::Dir) {
-                self.op(0, &Op::Delete { path: e.path.clone() })?;
+                self.op(
+                    0,
+                    &Op::Delete {
+                        path: e.path.clone(),
+                    },
+                )?;
             }
             self.stage_file(i, e, newr)?;
         }
@@ -1300,11 +1493,23 @@ impl Planner<'_> {
         Ok(true)
     }
 
-    fn stage_file(&mut self, i: u32, e: &Entry, r: &mut ManifestReader<BufReader<File>>) -> Result<(), ReceiveError> {
+    fn stage_file(
+        &mut self,
+        i: u32,
+        e: &Entry,
+        r: &mut ManifestReader<BufReader<File>>,
+    ) -> Result<(), ReceiveError> {
         let mut deferred = 0u32;
         let mut flush = false;
         while let Some(c) = r.next_chunk()? {
-            if self.resolve(i, c, Target::Stage { entry: i, offset: c.offset })? {
+            if self.resolve(
+                i,
+                c,
+                Target::Stage {
+                    entry: i,
+                    offset: c.offset,
+                },
+            )? {
                 deferred += 1;
             }
             flush |= std::mem::take(&mut self.flush_pending_after);
@@ -1317,7 +1522,13 @@ impl Planner<'_> {
         if flush {
             self.flush_window()?;
         }
-        self.op(2, &Op::Place { stage: i, entry: e.clone() })?;
+        self.op(
+            2,
+            &Op::Place {
+                stage: i,
+                entry: e.clone(),
+            },
+        )?;
         self.touched.push(i);
         Ok(())
     }
@@ -1359,12 +1570,14 @@ impl Planner<'_> {
         old_pos: Option<u64>,
         old_header: Option<&manifest::Header>,
     ) -> Result<(), ReceiveError> {
-        let mut r = ManifestReader::resume_at(BufReader::new(reopen(mpath, epos)?), header.clone(), epos);
+        let mut r =
+            ManifestReader::resume_at(BufReader::new(reopen(mpath, epos)?), header.clone(), epos);
         r.next_entry()?;
         let apath = self.rx.state.join("applied.manifest");
         let mut o = match (old_pos, old_header) {
             (Some(p), Some(h)) => {
-                let mut o = ManifestReader::resume_at(BufReader::new(reopen(&apath, p)?), h.clone(), p);
+                let mut o =
+                    ManifestReader::resume_at(BufReader::new(reopen(&apath, p)?), h.clone(), p);
                 o.next_entry()?;
                 Some(o)
             }
@@ -1414,7 +1627,13 @@ impl Planner<'_> {
         if e.size > end {
             holes.push((end, e.size - end));
         }
-        self.op(2, &Op::PatchEnd { entry: e.clone(), holes })?;
+        self.op(
+            2,
+            &Op::PatchEnd {
+                entry: e.clone(),
+                holes,
+            },
+        )?;
         Ok(())
     }
 
@@ -1455,8 +1674,9 @@ impl Planner<'_> {
                 Loc::Stage { entry, offset } if target == (Target::Stage { entry, offset }) => {
                     // Already there from an interrupted attempt (durable).
                     let mut buf = std::mem::take(&mut self.buf);
-                    let ok = read_verified(self.stage_file_handle(entry)?, offset, len, &c.id, &mut buf)
-                        .map_err(io_err(b"stage"))?;
+                    let ok =
+                        read_verified(self.stage_file_handle(entry)?, offset, len, &c.id, &mut buf)
+                            .map_err(io_err(b"stage"))?;
                     self.buf = buf;
                     if ok {
                         self.stats.chunks_reused += 1;
@@ -1475,7 +1695,9 @@ impl Planner<'_> {
                         self.buf = data;
                         self.stats.chunks_reused += 1;
                         self.stats.bytes_reused += u64::from(c.len);
-                        self.opts.progress.event(&Progress::Moved { bytes: u64::from(c.len) });
+                        self.opts.progress.event(&Progress::Moved {
+                            bytes: u64::from(c.len),
+                        });
                         return Ok(false);
                     }
                     self.index.remove(&c.id);
@@ -1527,7 +1749,9 @@ impl Planner<'_> {
                 let f = self.stage_file_handle(entry)?;
                 read_verified(f, offset, c.len, &c.id, &mut buf).unwrap_or(false)
             }
-            Loc::Pack { offset } => read_verified(&self.pack, offset, c.len, &c.id, &mut buf).unwrap_or(false),
+            Loc::Pack { offset } => {
+                read_verified(&self.pack, offset, c.len, &c.id, &mut buf).unwrap_or(false)
+            }
             Loc::Seed { file, offset } => {
                 if !self.seed_files.contains_key(&file) {
                     match self.seeds.get(file as usize).map(File::open) {
@@ -1540,7 +1764,8 @@ impl Planner<'_> {
                         }
                     }
                 }
-                read_verified(&self.seed_files[&file], offset, c.len, &c.id, &mut buf).unwrap_or(false)
+                read_verified(&self.seed_files[&file], offset, c.len, &c.id, &mut buf)
+                    .unwrap_or(false)
             }
             Loc::Pending { .. } => false,
         };
@@ -1620,7 +1845,9 @@ impl Planner<'_> {
                 };
                 self.stats.chunks_new += 1;
                 self.stats.bytes_fetched += data.len() as u64;
-                self.opts.progress.event(&Progress::Moved { bytes: data.len() as u64 });
+                self.opts.progress.event(&Progress::Moved {
+                    bytes: data.len() as u64,
+                });
                 // The first destination becomes the chunk's home for later dups.
                 let first = dests[k][0];
                 self.index.set(
@@ -1662,7 +1889,8 @@ fn libc_nofollow() -> i32 {
 
 fn reopen(path: &Path, pos: u64) -> Result<File, ReceiveError> {
     let mut f = File::open(path).map_err(io_err(path.as_os_str().as_bytes()))?;
-    f.seek(SeekFrom::Start(pos)).map_err(io_err(path.as_os_str().as_bytes()))?;
+    f.seek(SeekFrom::Start(pos))
+        .map_err(io_err(path.as_os_str().as_bytes()))?;
     Ok(f)
 }
 
@@ -1681,7 +1909,11 @@ fn mark_seen(dirs: &mut [OpenDir], path: &[u8]) {
         return;
     }
     let parent = manifest::parent_of(path);
-    let name = &path[if parent.is_empty() { 0 } else { parent.len() + 1 }..];
+    let name = &path[if parent.is_empty() {
+        0
+    } else {
+        parent.len() + 1
+    }..];
     if let Some(d) = dirs.iter_mut().rev().find(|d| d.entry.path == parent)
         && let Some(extra) = d.extra.as_mut()
         && let Ok(i) = extra.binary_search_by(|n| n.as_slice().cmp(name))
@@ -1698,4 +1930,3 @@ fn meta_differs(old: &Entry, new: &Entry) -> bool {
         || old.mtime_ns != new.mtime_ns
         || old.xattrs != new.xattrs
 }
-

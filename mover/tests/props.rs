@@ -13,32 +13,104 @@ use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Edit {
-    Write { file: usize, off: u64, len: usize, seed: u64 },
-    Truncate { file: usize, len: u64 },
-    Create { dir: usize, name: u8, len: usize, seed: u64 },
-    Remove { file: usize },
-    Chmod { file: usize, mode: u32 },
-    Xattr { file: usize, v: u8 },
-    Symlink { dir: usize, name: u8, target: u8 },
-    Hardlink { file: usize, dir: usize, name: u8 },
-    Mkdir { dir: usize, name: u8 },
-    RemoveDir { dir: usize },
-    Sparse { dir: usize, name: u8, hole: u64, len: usize },
+    Write {
+        file: usize,
+        off: u64,
+        len: usize,
+        seed: u64,
+    },
+    Truncate {
+        file: usize,
+        len: u64,
+    },
+    Create {
+        dir: usize,
+        name: u8,
+        len: usize,
+        seed: u64,
+    },
+    Remove {
+        file: usize,
+    },
+    Chmod {
+        file: usize,
+        mode: u32,
+    },
+    Xattr {
+        file: usize,
+        v: u8,
+    },
+    Symlink {
+        dir: usize,
+        name: u8,
+        target: u8,
+    },
+    Hardlink {
+        file: usize,
+        dir: usize,
+        name: u8,
+    },
+    Mkdir {
+        dir: usize,
+        name: u8,
+    },
+    RemoveDir {
+        dir: usize,
+    },
+    Sparse {
+        dir: usize,
+        name: u8,
+        hole: u64,
+        len: usize,
+    },
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
     prop_oneof![
-        (any::<usize>(), 0u64..400_000, 1usize..70_000, any::<u64>()).prop_map(|(file, off, len, seed)| Edit::Write { file, off, len, seed }),
+        (any::<usize>(), 0u64..400_000, 1usize..70_000, any::<u64>()).prop_map(
+            |(file, off, len, seed)| Edit::Write {
+                file,
+                off,
+                len,
+                seed
+            }
+        ),
         (any::<usize>(), 0u64..300_000).prop_map(|(file, len)| Edit::Truncate { file, len }),
-        (any::<usize>(), any::<u8>(), 0usize..300_000, any::<u64>()).prop_map(|(dir, name, len, seed)| Edit::Create { dir, name, len, seed }),
+        (any::<usize>(), any::<u8>(), 0usize..300_000, any::<u64>()).prop_map(
+            |(dir, name, len, seed)| Edit::Create {
+                dir,
+                name,
+                len,
+                seed
+            }
+        ),
         any::<usize>().prop_map(|file| Edit::Remove { file }),
-        (any::<usize>(), 0u32..0o7777).prop_map(|(file, mode)| Edit::Chmod { file, mode: mode | 0o400 }),
+        (any::<usize>(), 0u32..0o7777).prop_map(|(file, mode)| Edit::Chmod {
+            file,
+            mode: mode | 0o400
+        }),
         (any::<usize>(), any::<u8>()).prop_map(|(file, v)| Edit::Xattr { file, v }),
-        (any::<usize>(), any::<u8>(), any::<u8>()).prop_map(|(dir, name, target)| Edit::Symlink { dir, name, target }),
-        (any::<usize>(), any::<usize>(), any::<u8>()).prop_map(|(file, dir, name)| Edit::Hardlink { file, dir, name }),
+        (any::<usize>(), any::<u8>(), any::<u8>()).prop_map(|(dir, name, target)| Edit::Symlink {
+            dir,
+            name,
+            target
+        }),
+        (any::<usize>(), any::<usize>(), any::<u8>())
+            .prop_map(|(file, dir, name)| Edit::Hardlink { file, dir, name }),
         (any::<usize>(), any::<u8>()).prop_map(|(dir, name)| Edit::Mkdir { dir, name }),
         any::<usize>().prop_map(|dir| Edit::RemoveDir { dir }),
-        (any::<usize>(), any::<u8>(), 0u64..2_000_000, 1usize..100_000).prop_map(|(dir, name, hole, len)| Edit::Sparse { dir, name, hole, len }),
+        (
+            any::<usize>(),
+            any::<u8>(),
+            0u64..2_000_000,
+            1usize..100_000
+        )
+            .prop_map(|(dir, name, hole, len)| Edit::Sparse {
+                dir,
+                name,
+                hole,
+                len
+            }),
     ]
 }
 
@@ -49,7 +121,10 @@ fn list(root: &Path, dirs: bool) -> Vec<PathBuf> {
         if dirs {
             out.push(d.clone());
         }
-        let mut es: Vec<_> = fs::read_dir(&d).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut es: Vec<_> = fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         es.sort();
         for p in es {
             let md = fs::symlink_metadata(&p).unwrap();
@@ -73,7 +148,12 @@ fn apply(root: &Path, e: &Edit) {
     let dirs = list(root, true);
     let pick = |v: &Vec<PathBuf>, i: usize| v.get(i % v.len().max(1)).cloned();
     match e.clone() {
-        Edit::Write { file, off, len, seed } => {
+        Edit::Write {
+            file,
+            off,
+            len,
+            seed,
+        } => {
             if let Some(p) = pick(&files, file) {
                 let f = fs::OpenOptions::new().write(true).open(p).unwrap();
                 f.write_all_at(&bytes(len, seed), off).unwrap();
@@ -81,10 +161,20 @@ fn apply(root: &Path, e: &Edit) {
         }
         Edit::Truncate { file, len } => {
             if let Some(p) = pick(&files, file) {
-                fs::OpenOptions::new().write(true).open(p).unwrap().set_len(len).unwrap();
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(p)
+                    .unwrap()
+                    .set_len(len)
+                    .unwrap();
             }
         }
-        Edit::Create { dir, name: n, len, seed } => {
+        Edit::Create {
+            dir,
+            name: n,
+            len,
+            seed,
+        } => {
             let p = pick(&dirs, dir).unwrap().join(name(n));
             if fs::symlink_metadata(&p).is_err() {
                 fs::write(p, bytes(len, seed)).unwrap();
@@ -102,10 +192,15 @@ fn apply(root: &Path, e: &Edit) {
         }
         Edit::Xattr { file, v } => {
             if let Some(p) = pick(&files, file) {
-                rustix::fs::lsetxattr(&p, "user.prop", &[v; 3], rustix::fs::XattrFlags::empty()).unwrap();
+                rustix::fs::lsetxattr(&p, "user.prop", &[v; 3], rustix::fs::XattrFlags::empty())
+                    .unwrap();
             }
         }
-        Edit::Symlink { dir, name: n, target } => {
+        Edit::Symlink {
+            dir,
+            name: n,
+            target,
+        } => {
             let p = pick(&dirs, dir).unwrap().join(name(n));
             if fs::symlink_metadata(&p).is_err() {
                 std::os::unix::fs::symlink(name(target), p).unwrap();
@@ -131,7 +226,12 @@ fn apply(root: &Path, e: &Edit) {
                 fs::remove_dir_all(d).unwrap();
             }
         }
-        Edit::Sparse { dir, name: n, hole, len } => {
+        Edit::Sparse {
+            dir,
+            name: n,
+            hole,
+            len,
+        } => {
             let p = pick(&dirs, dir).unwrap().join(name(n));
             if fs::symlink_metadata(&p).is_err() {
                 write_sparse(&p, hole + len as u64 + 8192, &[(hole, len)], hole);

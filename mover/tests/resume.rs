@@ -20,7 +20,8 @@ use mover::{Destination, Phase, Progress, Source, sync};
 const CHECKPOINT: u64 = 8 << 20;
 
 fn die() -> ! {
-    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL).unwrap();
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
+        .unwrap();
     unreachable!("SIGKILL returned")
 }
 
@@ -31,25 +32,40 @@ fn child_entry() {
         return;
     };
     let mut it = spec.split(';');
-    let (base, point) = (it.next().unwrap().to_string(), it.next().unwrap().to_string());
+    let (base, point) = (
+        it.next().unwrap().to_string(),
+        it.next().unwrap().to_string(),
+    );
     let base = Path::new(&base);
     let moved = Arc::new(AtomicU64::new(0));
     let entries_at_kill = 500;
     let sink = move |ev: &Progress| match (point.as_str(), ev) {
         ("scan", Progress::Scanned { entries, .. }) if *entries >= entries_at_kill => die(),
-        ("fetch", Progress::Moved { bytes }) => {
-            if moved.fetch_add(*bytes, Ordering::Relaxed) + bytes > 3 * CHECKPOINT + CHECKPOINT / 2 {
-                die()
-            }
+        ("fetch", Progress::Moved { bytes })
+            if moved.fetch_add(*bytes, Ordering::Relaxed) + bytes
+                > 3 * CHECKPOINT + CHECKPOINT / 2 =>
+        {
+            die()
         }
-        ("apply", Progress::Phase { phase: Phase::Apply, .. }) => die(),
+        (
+            "apply",
+            Progress::Phase {
+                phase: Phase::Apply,
+                ..
+            },
+        ) => die(),
         ("verify", Progress::Verified { .. }) => die(),
         _ => {}
     };
     let mut o = opts(base);
     o.progress = Arc::new(sink);
     o.checkpoint_bytes = CHECKPOINT;
-    sync(&Source::Tree(base.join("src")), &Destination::Tree(base.join("dst")), &o).unwrap();
+    sync(
+        &Source::Tree(base.join("src")),
+        &Destination::Tree(base.join("dst")),
+        &o,
+    )
+    .unwrap();
     // Reaching here means the kill point was never hit: fail loudly.
     std::process::exit(3);
 }
@@ -57,7 +73,11 @@ fn child_entry() {
 fn corpus(src: &Path) {
     std::fs::create_dir_all(src.join("many")).unwrap();
     for i in 0..2000u64 {
-        std::fs::write(src.join(format!("many/f{i:05}")), bytes(2000 + (i as usize % 7) * 1000, i)).unwrap();
+        std::fs::write(
+            src.join(format!("many/f{i:05}")),
+            bytes(2000 + (i as usize % 7) * 1000, i),
+        )
+        .unwrap();
     }
     std::fs::write(src.join("big.db"), bytes(40 << 20, 77)).unwrap();
     write_sparse(&src.join("sparse"), 64 << 20, &[(16 << 20, 8 << 20)], 78);
@@ -79,16 +99,33 @@ fn kill_and_resume(point: &str) {
         .status()
         .unwrap();
     use std::os::unix::process::ExitStatusExt;
-    assert_eq!(status.signal(), Some(9), "child was not killed at {point}: {status:?}");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "child was not killed at {point}: {status:?}"
+    );
     let durable = durable_bytes(&base.join("state"));
-    let total = 40u64 * (1 << 20) + (8 << 20) + (0..2000u64).map(|i| 2000 + (i % 7) * 1000).sum::<u64>();
-    let s = sync(&Source::Tree(base.join("src")), &Destination::Tree(base.join("dst")), &opts(base)).unwrap();
+    let total =
+        40u64 * (1 << 20) + (8 << 20) + (0..2000u64).map(|i| 2000 + (i % 7) * 1000).sum::<u64>();
+    let s = sync(
+        &Source::Tree(base.join("src")),
+        &Destination::Tree(base.join("dst")),
+        &opts(base),
+    )
+    .unwrap();
     assert_same_tree(&base.join("src"), &base.join("dst"));
     match point {
         "scan" => assert_eq!(s.bytes_fetched, total, "{s:#?}"),
         "fetch" => {
-            assert!(durable >= 3 * CHECKPOINT, "only {durable} bytes durable before the kill");
-            assert_eq!(s.bytes_fetched, total - durable, "rerun fetched more than what was missing: {s:#?}");
+            assert!(
+                durable >= 3 * CHECKPOINT,
+                "only {durable} bytes durable before the kill"
+            );
+            assert_eq!(
+                s.bytes_fetched,
+                total - durable,
+                "rerun fetched more than what was missing: {s:#?}"
+            );
         }
         "apply" | "verify" => {
             assert!(s.recovered, "committed round not replayed: {s:#?}");

@@ -28,13 +28,23 @@ fn hundred_thousand_files() {
         }
     }
     let o = opts(t.path());
-    let s = sync(&Source::Tree(src.clone()), &Destination::Tree(dst.clone()), &o).unwrap();
+    let s = sync(
+        &Source::Tree(src.clone()),
+        &Destination::Tree(dst.clone()),
+        &o,
+    )
+    .unwrap();
     assert_eq!(s.entries, 1 + 500 + 100_000, "{s:#?}");
     assert_same_tree(&src, &dst);
     // Edit a few, and sync again.
     fs::write(src.join("d007/f009"), b"changed").unwrap();
     fs::remove_file(src.join("d400/f000")).unwrap();
-    let s = sync(&Source::Tree(src.clone()), &Destination::Tree(dst.clone()), &o).unwrap();
+    let s = sync(
+        &Source::Tree(src.clone()),
+        &Destination::Tree(dst.clone()),
+        &o,
+    )
+    .unwrap();
     assert_eq!(s.entries, 1 + 500 + 100_000 - 1);
     assert_eq!(fs::read(dst.join("d007/f009")).unwrap(), b"changed");
     assert!(!dst.join("d400/f000").exists());

@@ -11,7 +11,12 @@ use common::*;
 use mover::{Destination, Source, sync};
 
 fn run(base: &Path, src: &Path, dst: &Path) -> mover::SyncStats {
-    sync(&Source::Tree(src.into()), &Destination::Tree(dst.into()), &opts(base)).unwrap()
+    sync(
+        &Source::Tree(src.into()),
+        &Destination::Tree(dst.into()),
+        &opts(base),
+    )
+    .unwrap()
 }
 
 fn setx(p: &Path, name: &str, value: &[u8]) {
@@ -21,7 +26,13 @@ fn setx(p: &Path, name: &str, value: &[u8]) {
 /// A POSIX ACL xattr (user::rw-, user:1234:r--, group::r--, mask::r--, other::---).
 fn acl_blob() -> Vec<u8> {
     let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, 1234), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)] {
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, 1234),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
         v.extend_from_slice(&tag.to_le_bytes());
         v.extend_from_slice(&perm.to_le_bytes());
         v.extend_from_slice(&id.to_le_bytes());
@@ -51,9 +62,30 @@ fn build_matrix(src: &Path) {
     fs::hard_link(src.join("dir/hl-a"), src.join("hl-b")).unwrap();
     fs::hard_link(src.join("dir/hl-a"), src.join("dir/sub/hl-c")).unwrap();
     // Special files.
-    rustix::fs::mknodat(rustix::fs::CWD, &src.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o640), 0).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &src.join("null"), rustix::fs::FileType::CharacterDevice, rustix::fs::Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 3)).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &src.join("blk"), rustix::fs::FileType::BlockDevice, rustix::fs::Mode::from_raw_mode(0o660), rustix::fs::makedev(7, 200)).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("blk"),
+        rustix::fs::FileType::BlockDevice,
+        rustix::fs::Mode::from_raw_mode(0o660),
+        rustix::fs::makedev(7, 200),
+    )
+    .unwrap();
     // A socket: skipped with a warning.
     let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
     // xattrs in every namespace we carry, and an ACL.
@@ -65,11 +97,24 @@ fn build_matrix(src: &Path) {
     setx(&src.join("dir"), "system.posix_acl_default", &acl_blob());
     setx(&src.join("abs-link"), "trusted.on-link", b"l");
     // Sparse: holes at the start, middle and end.
-    write_sparse(&src.join("sparse"), 64 << 20, &[(8 << 20, 100_000), (40 << 20, 3 << 20)], 9);
+    write_sparse(
+        &src.join("sparse"),
+        64 << 20,
+        &[(8 << 20, 100_000), (40 << 20, 3 << 20)],
+        9,
+    );
     // A name that is not UTF-8.
-    fs::write(src.join(std::ffi::OsStr::from_bytes(b"bin\xff\xfename")), b"raw name").unwrap();
+    fs::write(
+        src.join(std::ffi::OsStr::from_bytes(b"bin\xff\xfename")),
+        b"raw name",
+    )
+    .unwrap();
     // Times last (creating children bumps directory times).
-    for (p, ns) in [("small", 1_234_567_890_123_456_789i128), ("dir/sub/file", 1_000_000_001), ("dangling", 42_000_000_007)] {
+    for (p, ns) in [
+        ("small", 1_234_567_890_123_456_789i128),
+        ("dir/sub/file", 1_000_000_001),
+        ("dangling", 42_000_000_007),
+    ] {
         set_mtime(&src.join(p), ns);
     }
     set_mtime(&src.join("dir/sub"), 5_000_000_005);
@@ -83,7 +128,11 @@ fn metadata_matrix() {
     build_matrix(&src);
     let s = run(t.path(), &src, &dst);
     assert_same_tree(&src, &dst);
-    assert!(s.skipped.iter().any(|k| k.what == "socket"), "socket not reported: {:?}", s.skipped);
+    assert!(
+        s.skipped.iter().any(|k| k.what == "socket"),
+        "socket not reported: {:?}",
+        s.skipped
+    );
     assert!(!dst.join("sock").exists());
     // Hardlinks stay one inode.
     use std::os::unix::fs::MetadataExt;
@@ -92,8 +141,15 @@ fn metadata_matrix() {
     assert_eq!(a.ino(), fs::metadata(dst.join("hl-b")).unwrap().ino());
     // The sparse file keeps its holes (allocated blocks << size).
     let sp = fs::metadata(dst.join("sparse")).unwrap();
-    assert!(sp.blocks() * 512 < 5 << 20, "sparse file filled: {} blocks", sp.blocks());
-    assert_eq!(fs::read_link(dst.join("abs-link")).unwrap(), Path::new("/etc/passwd"));
+    assert!(
+        sp.blocks() * 512 < 5 << 20,
+        "sparse file filled: {} blocks",
+        sp.blocks()
+    );
+    assert_eq!(
+        fs::read_link(dst.join("abs-link")).unwrap(),
+        Path::new("/etc/passwd")
+    );
 }
 
 #[test]
@@ -127,12 +183,19 @@ fn incremental_edits_deletions_and_type_changes() {
     run(t.path(), &src, &dst);
     // Rewrite a few 4 KiB pages of the db in place, append to a file,
     // delete, change types, chmod, add an xattr, rename a dir.
-    let f = fs::OpenOptions::new().write(true).open(src.join("big.db")).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(src.join("big.db"))
+        .unwrap();
     for i in 0..8u64 {
-        f.write_all_at(&bytes(4096, 100 + i), (i * 997 + 13) * 4096).unwrap();
+        f.write_all_at(&bytes(4096, 100 + i), (i * 997 + 13) * 4096)
+            .unwrap();
     }
     drop(f);
-    let mut log = fs::OpenOptions::new().append(true).open(src.join("dir/hl-a")).unwrap();
+    let mut log = fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("dir/hl-a"))
+        .unwrap();
     std::io::Write::write_all(&mut log, &bytes(50_000, 12)).unwrap();
     fs::remove_file(src.join("hl-b")).unwrap();
     fs::remove_file(src.join("empty")).unwrap();
@@ -147,7 +210,11 @@ fn incremental_edits_deletions_and_type_changes() {
     assert_same_tree(&src, &dst);
     // The db was patched in place, and far less than it was fetched.
     assert_eq!(s.files_patched, 1, "{s:#?}");
-    assert!(s.bytes_fetched < 2 << 20, "fetched {} for 8 page rewrites", s.bytes_fetched);
+    assert!(
+        s.bytes_fetched < 2 << 20,
+        "fetched {} for 8 page rewrites",
+        s.bytes_fetched
+    );
     // The renamed directory's files were found locally, not fetched.
     assert!(s.bytes_reused >= 200_000, "{s:#?}");
 }
@@ -177,7 +244,10 @@ fn changes_behind_our_back_are_repaired() {
     age_tree(&src);
     run(t.path(), &src, &dst);
     // Corrupt a destination file, add a stray file, remove one.
-    let f = fs::OpenOptions::new().write(true).open(dst.join("d/f")).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(dst.join("d/f"))
+        .unwrap();
     f.write_all_at(b"CORRUPTED", 1000).unwrap();
     drop(f);
     fs::write(dst.join("d/stray"), b"not in the source").unwrap();
@@ -204,7 +274,10 @@ fn corrupted_stored_chunk_is_detected_and_refetched() {
     run(t.path(), &src, &dst);
     // Corrupt a byte in the middle, keep size and mtime; fake an unchanged
     // stat cache entry by rewriting applied.stat from the current stat.
-    let f = fs::OpenOptions::new().write(true).open(dst.join("a")).unwrap();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .open(dst.join("a"))
+        .unwrap();
     f.write_all_at(&[data[500_000] ^ 0xff], 500_000).unwrap();
     drop(f);
     refresh_applied_stat(&t.path().join("state"), &dst);
@@ -213,12 +286,21 @@ fn corrupted_stored_chunk_is_detected_and_refetched() {
     // b is correct (copied chunks verified, the corrupt one fetched) ...
     assert_eq!(fs::read(dst.join("b")).unwrap(), data);
     assert!(s.chunks_new >= 1, "{s:#?}");
-    assert_ne!(fs::read(dst.join("a")).unwrap(), data, "stat cache hid the corruption");
+    assert_ne!(
+        fs::read(dst.join("a")).unwrap(),
+        data,
+        "stat cache hid the corruption"
+    );
     // ... and a verify-all round (a scrub) finds a's corrupt chunk and
     // repairs it (from b's good copy, so nothing needs fetching).
     let mut o = opts(t.path());
     o.verify = mover::Verify::All;
-    let s = sync(&Source::Tree(src.clone()), &Destination::Tree(dst.clone()), &o).unwrap();
+    let s = sync(
+        &Source::Tree(src.clone()),
+        &Destination::Tree(dst.clone()),
+        &o,
+    )
+    .unwrap();
     assert_same_tree(&src, &dst);
     assert_eq!(s.files_staged, 1, "{s:#?}");
 }
@@ -227,9 +309,12 @@ fn corrupted_stored_chunk_is_detected_and_refetched() {
 fn refresh_applied_stat(state: &Path, dst: &Path) {
     use mover::statcache::{StatReader, StatRec, StatWriter};
     let m = state.join("applied.manifest");
-    let root = mover::manifest::validate(std::io::BufReader::new(File::open(&m).unwrap())).unwrap().root;
+    let root = mover::manifest::validate(std::io::BufReader::new(File::open(&m).unwrap()))
+        .unwrap()
+        .root;
     let mut r = StatReader::open(&state.join("applied.stat"), &root).unwrap();
-    let mut mr = mover::ManifestReader::new(std::io::BufReader::new(File::open(&m).unwrap())).unwrap();
+    let mut mr =
+        mover::ManifestReader::new(std::io::BufReader::new(File::open(&m).unwrap())).unwrap();
     let tmp = state.join("applied.stat.tmp");
     let mut w = StatWriter::create(&tmp).unwrap();
     while let Some(e) = mr.next_entry().unwrap() {

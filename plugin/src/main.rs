@@ -11,9 +11,14 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Sync a local tree or image into DST (incremental, atomic, resumable).
+    Sync(daffe_plugin::cli::sync::SyncArgs),
+}
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    match cli.command {}
+    match cli.command {
+        Command::Sync(args) => daffe_plugin::cli::sync::run(args),
+    }
 }

@@ -1,1 +1,2 @@
 //! One module per `daffe` subcommand: its clap argument struct and its `run`.
+pub mod sync;
