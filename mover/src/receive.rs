@@ -395,8 +395,14 @@ impl Receiver {
         // 3. Unchanged round: nothing to do if the applied tree still is
         //    what the applied manifest says.
         let applied = self.applied_root();
-        let validity = self.validity(applied.as_ref(), &mut index, opts.verify == Verify::All)?;
-        if applied == Some(new_root) && validity.all_valid {
+        // The chunk index is only needed when something changed: an
+        // unchanged round only lstats.
+        let same_root = applied == Some(new_root);
+        let mut validity = self.validity(applied.as_ref(), (!same_root).then_some(&mut index), opts.verify == Verify::All)?;
+        if same_root && !validity.all_valid {
+            validity = self.validity(applied.as_ref(), Some(&mut index), opts.verify == Verify::All)?;
+        }
+        if same_root && validity.all_valid {
             std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
             let _ = std::fs::remove_dir_all(&seed_dir);
             stats.entries = trailer.entries;
@@ -536,7 +542,7 @@ impl Receiver {
     fn validity(
         &self,
         applied: Option<&ChunkId>,
-        index: &mut ChunkIndex,
+        mut index: Option<&mut ChunkIndex>,
         scrub: bool,
     ) -> Result<Validity, ReceiveError> {
         let mut v = Validity {
@@ -608,7 +614,7 @@ impl Receiver {
                         all = false;
                         continue;
                     }
-                    if cur_valid {
+                    if cur_valid && let Some(index) = index.as_deref_mut() {
                         index.add(
                             &c.id,
                             Loc::Applied {
