@@ -357,7 +357,11 @@ impl Receiver {
         // ends here, before anything is written or synced: it only lstats.
         let applied = self.applied_root();
         let same_root = applied == Some(new_root);
-        if same_root && self.validity(applied.as_ref(), None, opts.verify == Verify::All)?.all_valid {
+        if same_root
+            && self
+                .validity(applied.as_ref(), None, opts.verify == Verify::All)?
+                .all_valid
+        {
             let _ = std::fs::remove_file(&mtmp);
             if rd.exists() {
                 std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
@@ -419,7 +423,11 @@ impl Receiver {
 
         // 3. Which applied entries are still as we left them; their chunks
         //    are local sources.
-        let validity = self.validity(applied.as_ref(), Some(&mut index), opts.verify == Verify::All)?;
+        let validity = self.validity(
+            applied.as_ref(),
+            Some(&mut index),
+            opts.verify == Verify::All,
+        )?;
 
         // 4. Plan, copy local chunks, fetch the rest.
         opts.progress.event(&Progress::Phase {

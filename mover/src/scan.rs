@@ -275,7 +275,12 @@ struct Scanner {
 }
 
 impl Scanner {
-    fn new(cache_dir: &Path, mode: MMode, opts: ScanOptions, use_cache: bool) -> Result<Scanner, ScanError> {
+    fn new(
+        cache_dir: &Path,
+        mode: MMode,
+        opts: ScanOptions,
+        use_cache: bool,
+    ) -> Result<Scanner, ScanError> {
         std::fs::create_dir_all(cache_dir).map_err(io_err(cache_dir.as_os_str().as_bytes()))?;
         let cache = open_cache(cache_dir).filter(|c| use_cache && c.manifest.header().mode == mode);
         let mpath = cache_dir.join("next.manifest");
@@ -537,7 +542,9 @@ impl Scanner {
             let bad = |e: ManifestError| ScanError::Cache(e.to_string());
             let old = loop {
                 match cache.manifest.next_entry().map_err(bad)? {
-                    Some(e) if crate::manifest::path_cmp(&e.path, &p.entry.path).is_lt() => continue,
+                    Some(e) if crate::manifest::path_cmp(&e.path, &p.entry.path).is_lt() => {
+                        continue;
+                    }
                     other => break other,
                 }
             };
@@ -581,7 +588,12 @@ impl Scanner {
         // Read the rest of the last manifest: its root is checked at its end,
         // so what was reused from it is proven intact.
         if let Some(c) = self.cache.as_mut() {
-            while c.manifest.next().map_err(|e| ScanError::Cache(e.to_string()))?.is_some() {}
+            while c
+                .manifest
+                .next()
+                .map_err(|e| ScanError::Cache(e.to_string()))?
+                .is_some()
+            {}
         }
         let (_, trailer) = self.writer.finish()?;
         self.statw.finish(&trailer.root, false)?;
@@ -780,14 +792,22 @@ fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
 pub fn scan_tree(root: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
     match scan_tree_with(root, cache_dir, opts.clone(), true) {
         Err(ScanError::Cache(why)) => {
-            tracing::warn!("source cache in {} unusable ({why}); rescanning without it", cache_dir.display());
+            tracing::warn!(
+                "source cache in {} unusable ({why}); rescanning without it",
+                cache_dir.display()
+            );
             scan_tree_with(root, cache_dir, opts, false)
         }
         r => r,
     }
 }
 
-fn scan_tree_with(root: &Path, cache_dir: &Path, opts: ScanOptions, use_cache: bool) -> Result<Scan, ScanError> {
+fn scan_tree_with(
+    root: &Path,
+    cache_dir: &Path,
+    opts: ScanOptions,
+    use_cache: bool,
+) -> Result<Scan, ScanError> {
     let rootfd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
@@ -931,14 +951,22 @@ pub fn image_size(f: &File, st: &FileStat) -> std::io::Result<u64> {
 pub fn scan_image(path: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
     match scan_image_with(path, cache_dir, opts.clone(), true) {
         Err(ScanError::Cache(why)) => {
-            tracing::warn!("source cache in {} unusable ({why}); rescanning without it", cache_dir.display());
+            tracing::warn!(
+                "source cache in {} unusable ({why}); rescanning without it",
+                cache_dir.display()
+            );
             scan_image_with(path, cache_dir, opts, false)
         }
         r => r,
     }
 }
 
-fn scan_image_with(path: &Path, cache_dir: &Path, opts: ScanOptions, use_cache: bool) -> Result<Scan, ScanError> {
+fn scan_image_with(
+    path: &Path,
+    cache_dir: &Path,
+    opts: ScanOptions,
+    use_cache: bool,
+) -> Result<Scan, ScanError> {
     let f = File::open(path).map_err(io_err(path.as_os_str().as_bytes()))?;
     let st = fsmeta::stat_fd(f.as_fd(), b"")?;
     if !matches!(st.kind, StatKind::File | StatKind::BlockDev) {

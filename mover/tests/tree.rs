@@ -349,5 +349,8 @@ fn torn_source_cache_means_a_full_rescan_not_a_failure() {
     fs::write(src.join("d/f7"), b"changed").unwrap();
     let s = run(t.path(), &src, &dst);
     assert_same_tree(&src, &dst);
-    assert!(s.bytes_hashed > 100_000, "the scan should have re-read everything: {s:#?}");
+    assert!(
+        s.bytes_hashed > 100_000,
+        "the scan should have re-read everything: {s:#?}"
+    );
 }
