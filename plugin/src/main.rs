@@ -21,6 +21,8 @@ enum Command {
     Profiles(cli::profiles::ProfilesArgs),
     /// EBS snapshots of an image or block device: push (full or incremental) and pull.
     Snapshot(cli::snapshot::SnapshotArgs),
+    /// Sync a local tree or image into DST (incremental, atomic, resumable).
+    Sync(cli::sync::SyncArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -29,5 +31,6 @@ fn main() -> std::process::ExitCode {
         Command::Volume(a) => cli::volume::run(a),
         Command::Profiles(a) => cli::profiles::run(a),
         Command::Snapshot(a) => cli::snapshot::run(a),
+        Command::Sync(a) => cli::sync::run(a),
     }
 }

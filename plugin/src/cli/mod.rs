@@ -3,6 +3,7 @@
 pub mod profiles;
 pub mod serve;
 pub mod snapshot;
+pub mod sync;
 pub mod volume;
 
 use std::process::ExitCode;
