@@ -2,3 +2,5 @@
 //! only what the destination lacks, round after round.
 //!
 //! See `DESIGN.md` in this crate for the contract between the modules.
+
+pub mod net;
