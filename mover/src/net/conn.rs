@@ -135,6 +135,11 @@ impl<S: Read + Write> Conn<S> {
         &self.stream
     }
 
+    /// The raw stream, for tests that play a peer breaking the framing.
+    pub fn stream_mut(&mut self) -> &mut S {
+        &mut self.stream
+    }
+
     pub fn compression(&self) -> bool {
         self.codec.enabled()
     }
@@ -142,7 +147,9 @@ impl<S: Read + Write> Conn<S> {
     pub fn send(&mut self, m: &Message) -> Result<(), ConnError> {
         let (k, payload) = m.encode(&mut self.head)?;
         match payload {
-            Some(p) => frame::write_frame(&mut self.stream, k, &[&self.head, p], &mut self.scratch)?,
+            Some(p) => {
+                frame::write_frame(&mut self.stream, k, &[&self.head, p], &mut self.scratch)?
+            }
             None => frame::write_frame(&mut self.stream, k, &[&self.head], &mut self.scratch)?,
         }
         Ok(())
@@ -170,19 +177,7 @@ impl<S: Read + Write> Conn<S> {
         Ok(())
     }
 
-    /// Tells the receiver the source could no longer read this want's bytes
-    /// (the file shrank or vanished since the scan): the entry is stale.
-    pub fn send_gone(&mut self, index: u32) -> Result<(), ConnError> {
-        self.send(&Message::Chunk {
-            header: ChunkHeader {
-                index,
-                codec: Codec::Gone,
-            },
-            data: Vec::new(),
-        })
-    }
-
-    /// Decodes a received chunk payload into `out` (exactly `expected` bytes).
+    /// Decodes a received chunk payload into `out` (at most `expected` bytes).
     pub fn decode_chunk(
         &mut self,
         codec: Codec,
@@ -256,7 +251,8 @@ mod tests {
                 assert_eq!(header.index, 4);
                 assert_eq!(header.codec, Codec::Zstd);
                 let mut out = Vec::new();
-                b.decode_chunk(header.codec, &data, 100_000, &mut out).unwrap();
+                b.decode_chunk(header.codec, &data, 100_000, &mut out)
+                    .unwrap();
                 assert_eq!(out, raw);
             }
             m => panic!("got {}", m.name()),

@@ -37,7 +37,10 @@ pub fn write_frame<W: Write>(
     let body_len: usize = body.iter().map(|b| b.len()).sum();
     let len = body_len + 1;
     if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
     }
     scratch.clear();
     // len <= MAX_FRAME < u32::MAX, checked above.
@@ -71,7 +74,10 @@ pub fn read_frame<R: Read>(r: &mut R, buf: &mut Vec<u8>) -> Result<u8, FrameErro
         return Err(FrameError::Empty);
     }
     if len > MAX_FRAME {
-        return Err(FrameError::TooLarge { len, max: MAX_FRAME });
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_FRAME,
+        });
     }
     let mut kind = [0u8; 1];
     r.read_exact(&mut kind)?;
@@ -98,7 +104,10 @@ mod tests {
         assert_eq!(buf, b"abcd");
         assert_eq!(read_frame(&mut r, &mut buf).unwrap(), 9);
         assert!(buf.is_empty());
-        assert!(matches!(read_frame(&mut r, &mut buf), Err(FrameError::Closed)));
+        assert!(matches!(
+            read_frame(&mut r, &mut buf),
+            Err(FrameError::Closed)
+        ));
     }
 
     #[test]

@@ -204,7 +204,10 @@ mod tests {
             assert_eq!(mode, 0o600, "{}", f.display());
         }
         assert_eq!(read(&a.ca).unwrap(), read(&b.ca).unwrap());
-        assert!(!d.path().join("b").join(CA_KEY).exists(), "CA key stays home");
+        assert!(
+            !d.path().join("b").join(CA_KEY).exists(),
+            "CA key stays home"
+        );
     }
 
     #[test]

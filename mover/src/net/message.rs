@@ -65,7 +65,7 @@ pub struct RoundRequest {
 /// `entry`, expected to hash to `id`. The receiver checks the id on arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireWant {
-    pub entry: u64,
+    pub entry: u32,
     pub offset: u64,
     pub len: u32,
     pub id: [u8; 32],
@@ -76,12 +76,11 @@ pub struct WireWant {
 pub enum Codec {
     Raw,
     Zstd,
-    /// No payload: the source could not read these bytes any more (the file
-    /// changed since its scan). The receiver treats the entry as stale.
-    Gone,
 }
 
-/// Header of a chunk reply: which want of the current batch it answers.
+/// Header of a chunk reply: which want of the current batch it answers. The
+/// payload may be *shorter* than the want (the file shrank since the scan: the
+/// receiver's id check then marks the entry stale), never longer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkHeader {
     /// Index of the want in the batch it answers.
@@ -140,13 +139,13 @@ pub enum Message {
     Control(Vec<u8>),
     ControlReply(Vec<u8>),
     StartRound(RoundRequest),
-    /// Receiver -> sender: send your manifest; `have` is the root of the
-    /// manifest the receiver already applied (a hint; the receiver still checks).
-    GetManifest {
-        have: Option<[u8; 32]>,
-    },
+    /// Receiver -> sender: stream this round's manifest.
+    GetManifest,
     ManifestData(Vec<u8>),
-    ManifestEnd,
+    /// End of the manifest, with the root the sender computed.
+    ManifestEnd {
+        root: [u8; 32],
+    },
     Fetch(Vec<WireWant>),
     Chunk {
         header: ChunkHeader,
@@ -213,9 +212,9 @@ impl Message {
             Message::Control(_) => "Control",
             Message::ControlReply(_) => "ControlReply",
             Message::StartRound(_) => "StartRound",
-            Message::GetManifest { .. } => "GetManifest",
+            Message::GetManifest => "GetManifest",
             Message::ManifestData(_) => "ManifestData",
-            Message::ManifestEnd => "ManifestEnd",
+            Message::ManifestEnd { .. } => "ManifestEnd",
             Message::Fetch(_) => "Fetch",
             Message::Chunk { .. } => "Chunk",
             Message::FetchEnd => "FetchEnd",
@@ -234,11 +233,11 @@ impl Message {
             Message::Control(b) => return Ok((kind::CONTROL, Some(b))),
             Message::ControlReply(b) => return Ok((kind::CONTROL_REPLY, Some(b))),
             Message::StartRound(r) => put(head, "StartRound", r).map(|_| kind::START_ROUND)?,
-            Message::GetManifest { have } => {
-                put(head, "GetManifest", have).map(|_| kind::GET_MANIFEST)?
-            }
+            Message::GetManifest => kind::GET_MANIFEST,
             Message::ManifestData(b) => return Ok((kind::MANIFEST_DATA, Some(b))),
-            Message::ManifestEnd => kind::MANIFEST_END,
+            Message::ManifestEnd { root } => {
+                put(head, "ManifestEnd", root).map(|_| kind::MANIFEST_END)?
+            }
             Message::Fetch(w) => {
                 check_wants(w)?;
                 put(head, "Fetch", w).map(|_| kind::FETCH)?
@@ -270,11 +269,11 @@ impl Message {
                 check_len("round target", r.target.len(), MAX_NAME_LEN)?;
                 Message::StartRound(r)
             }
-            kind::GET_MANIFEST => Message::GetManifest {
-                have: take_all(body, "GetManifest")?,
-            },
+            kind::GET_MANIFEST => empty(body, "GetManifest", Message::GetManifest)?,
             kind::MANIFEST_DATA => Message::ManifestData(body.to_vec()),
-            kind::MANIFEST_END => empty(body, "ManifestEnd", Message::ManifestEnd)?,
+            kind::MANIFEST_END => Message::ManifestEnd {
+                root: take_all(body, "ManifestEnd")?,
+            },
             kind::FETCH => {
                 let w: Vec<WireWant> = take_all(body, "Fetch")?;
                 check_wants(&w)?;
@@ -307,8 +306,8 @@ fn put<T: Serialize>(head: &mut Vec<u8>, what: &'static str, v: &T) -> Result<()
 }
 
 fn take_all<'a, T: Deserialize<'a>>(body: &'a [u8], what: &'static str) -> Result<T, MessageError> {
-    let (v, rest) =
-        postcard::take_from_bytes(body).map_err(|source| MessageError::Malformed { what, source })?;
+    let (v, rest) = postcard::take_from_bytes(body)
+        .map_err(|source| MessageError::Malformed { what, source })?;
     if !rest.is_empty() {
         return Err(MessageError::Trailing {
             what,
@@ -390,10 +389,9 @@ mod tests {
                 round: 2,
                 final_round: true,
             }),
-            Message::GetManifest { have: None },
-            Message::GetManifest { have: Some([1; 32]) },
+            Message::GetManifest,
             Message::ManifestData(vec![0, 1, 2]),
-            Message::ManifestEnd,
+            Message::ManifestEnd { root: [4; 32] },
             Message::Fetch(vec![want(4096), want(1)]),
             Message::Chunk {
                 header: ChunkHeader {
@@ -429,7 +427,9 @@ mod tests {
     #[test]
     fn trailing_bytes_and_bodies_on_empty_messages_are_refused() {
         let mut head = Vec::new();
-        let (k, _) = Message::GetManifest { have: None }.encode(&mut head).unwrap();
+        let (k, _) = Message::ManifestEnd { root: [0; 32] }
+            .encode(&mut head)
+            .unwrap();
         head.push(0);
         assert!(matches!(
             Message::decode(k, &head),

@@ -8,14 +8,23 @@
 //! - `identity`: the cluster CA and node certificates (rcgen).
 //! - `tls`: rustls mutual-TLS configurations.
 //! - `conn`: a connection: `Hello` exchange, send/receive messages and chunks.
+//! - `stream`: TCP + bandwidth limit + TLS, dial and accept.
+//! - `serve`: the sending side of a round (answers from a `RoundSource`).
+//! - `netsource`: the receiving side's view of the remote source.
+//! - `peer`: the dialer (`daffe migrate`); `agent`: the acceptor (`daffe agent`).
 //!
 //! The dialer is the *source* of a volume; the acceptor (the agent) receives
 //! and drives each round (receiver-driven, as in `DESIGN.md`).
 
+pub mod agent;
 pub mod bwlimit;
 pub mod compress;
 pub mod conn;
 pub mod frame;
 pub mod identity;
 pub mod message;
+pub mod netsource;
+pub mod peer;
+pub mod serve;
+pub mod stream;
 pub mod tls;
