@@ -1,1 +1,23 @@
 //! Helpers shared by the end-to-end tests, so each test reads like an operator's steps.
+//!
+//! - [`netns`]: two hosts as network namespaces on a shaped veth link, and a
+//!   Docker engine inside one of them.
+
+pub mod netns;
+
+/// A short unique token for names: pid + a per-process counter + clock bits,
+/// so parallel tests and parallel test binaries never collide.
+pub fn unique(prefix: &str) -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}{:x}{:x}{:x}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed),
+        nanos & 0xfff
+    )
+}
