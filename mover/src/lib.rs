@@ -1,6 +1,37 @@
 //! daffe's data mover: make a destination identical to a source while sending
 //! only what the destination lacks, round after round.
 //!
-//! See `DESIGN.md` in this crate for the contract between the modules.
+//! Map of the crate (see `DESIGN.md` for the contract between the modules):
+//! - [`sync`]: the entry point: [`sync()`], [`Source`], [`Destination`],
+//!   [`SyncOptions`], [`SyncStats`].
+//! - [`chunk`]: chunk ids, chunker classes, chunk loops.
+//! - [`manifest`]: the streamed manifest format, reader and writer.
+//! - [`scan`] / [`source`]: the source side ([`Sender`]) and the
+//!   [`ChunkSource`] trait transports implement.
+//! - [`receive`]: the destination side ([`Receiver`]): one atomic round.
+//! - [`store`], [`journal`], [`statcache`], [`fsmeta`], [`safe_path`]: the
+//!   pieces the receiver and the scanner stand on.
+//! - [`progress`]: progress events.
+//! - [`net`]: moving volumes between hosts (peer protocol, mutual TLS,
+//!   bandwidth limit, the agent and the dialer).
 
+pub mod chunk;
+pub mod fsmeta;
+pub mod journal;
+pub mod manifest;
 pub mod net;
+pub mod progress;
+pub mod receive;
+pub mod safe_path;
+pub mod scan;
+pub mod source;
+pub mod statcache;
+pub mod store;
+pub mod sync;
+
+pub use chunk::{ChunkClass, ChunkId};
+pub use manifest::{ManifestId, ManifestReader, ManifestWriter};
+pub use progress::{Phase, Progress, ProgressSink};
+pub use receive::{Destination, ReceiveOptions, Receiver, RoundStats, Verify};
+pub use source::{ChunkSource, Sender, Source, Want};
+pub use sync::{SyncError, SyncOptions, SyncStats, sync};

@@ -1,0 +1,987 @@
+//! The manifest: a streamed, versioned description of a whole tree or image.
+//!
+//! Records are postcard-encoded, each behind a LEB128 length. The writer and
+//! the reader work over any `Write`/`Read` and hold one record at a time, so
+//! memory does not grow with tree or file size. The reader validates as it
+//! goes (order, safe paths, chunk lengths, extents, root hash): those checks
+//! are what keep a lying or broken peer out.
+
+use std::cmp::Ordering;
+use std::io::{self, BufRead, Write};
+
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{CHUNKER_NAME, CHUNKER_VERSION, ChunkClass, ChunkId, ChunkRef};
+
+/// Magic at the start of every manifest.
+pub const MAGIC: [u8; 8] = *b"DAFFEMF1";
+/// Format version this code reads and writes.
+pub const VERSION: u16 = 1;
+/// Longest record accepted: an entry with large xattrs (ACLs, SELinux labels)
+/// stays far below; anything longer is a broken or hostile stream.
+const MAX_RECORD: usize = 16 << 20;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    /// The underlying stream failed.
+    #[error("manifest i/o: {0}")]
+    Io(#[from] io::Error),
+    /// A record did not decode.
+    #[error("manifest record {index}: cannot decode: {source}")]
+    Decode {
+        index: u64,
+        source: postcard::Error,
+    },
+    /// A record could not be encoded.
+    #[error("manifest: cannot encode record: {0}")]
+    Encode(postcard::Error),
+    /// The stream is not a manifest this code understands.
+    #[error("manifest header: {0}")]
+    Header(String),
+    /// The stream violates a rule of the format.
+    #[error("manifest invalid at record {index} (path {path:?}): {why}")]
+    Invalid {
+        index: u64,
+        path: String,
+        why: String,
+    },
+    /// The root hash in the trailer does not match the bytes read.
+    #[error("manifest root mismatch: trailer says {claimed}, bytes hash to {actual}")]
+    RootMismatch { claimed: ChunkId, actual: ChunkId },
+    /// The stream ended before the trailer.
+    #[error("manifest truncated after record {0}")]
+    Truncated(u64),
+}
+
+/// Tree (a directory) or image (a file or block device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// A directory tree.
+    Tree,
+    /// One byte image.
+    Image,
+}
+
+/// Sizes of one chunker class, as recorded in the header.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassSizes {
+    pub name: String,
+    pub min: u32,
+    pub avg: u32,
+    pub max: u32,
+}
+
+/// First record of a manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub magic: [u8; 8],
+    pub version: u16,
+    pub mode: Mode,
+    pub chunker: String,
+    pub chunker_version: String,
+    /// Indexed by class code.
+    pub classes: Vec<ClassSizes>,
+    /// Free text (the source's name). No timestamp on purpose: the same tree
+    /// must give the same root, so a rerun after an interruption recognises
+    /// the round it resumes.
+    pub label: String,
+}
+
+impl Header {
+    /// A header for this build's chunker.
+    pub fn new(mode: Mode, label: &str) -> Header {
+        Header {
+            magic: MAGIC,
+            version: VERSION,
+            mode,
+            chunker: CHUNKER_NAME.into(),
+            chunker_version: CHUNKER_VERSION.into(),
+            classes: ChunkClass::ALL
+                .iter()
+                .map(|c| {
+                    let (min, avg, max) = c.sizes();
+                    ClassSizes {
+                        name: c.name().into(),
+                        min,
+                        avg,
+                        max,
+                    }
+                })
+                .collect(),
+            label: label.into(),
+        }
+    }
+
+    /// Whether chunks described by this header can be matched against chunks
+    /// this build cuts (same chunker, version and sizes): otherwise dedup
+    /// across the two would silently fail.
+    pub fn same_chunking(&self, other: &Header) -> bool {
+        self.chunker == other.chunker
+            && self.chunker_version == other.chunker_version
+            && self.classes == other.classes
+    }
+}
+
+/// What kind of filesystem object an entry is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    Dir,
+    File,
+    Symlink,
+    /// Another name for an earlier `File` entry (`target` is its path).
+    Hardlink,
+    Fifo,
+    CharDev,
+    BlockDev,
+    /// The single entry of an image manifest (path empty).
+    Image,
+}
+
+impl Kind {
+    /// Whether the entry carries data extents.
+    pub fn has_data(self) -> bool {
+        matches!(self, Kind::File | Kind::Image)
+    }
+}
+
+/// One filesystem object and its metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Relative, `/`-separated raw bytes; empty for the tree root and the image.
+    pub path: Vec<u8>,
+    pub kind: Kind,
+    /// Permission bits and set-id/sticky bits (no file type bits).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Modification time, `sec * 1e9 + nsec`.
+    pub mtime_ns: i128,
+    /// Byte size (files, images); 0 otherwise.
+    pub size: u64,
+    /// Device number for char/block devices.
+    pub rdev: u64,
+    /// Symlink target, or the path of the hardlink's `File` entry.
+    pub target: Vec<u8>,
+    /// Extended attributes (name, value), sorted by name. ACLs are here as
+    /// `system.posix_acl_access` / `system.posix_acl_default`.
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Chunker class code (see [`ChunkClass::code`]).
+    pub class: u8,
+}
+
+impl Entry {
+    /// The entry's chunk class.
+    pub fn chunk_class(&self) -> ChunkClass {
+        ChunkClass::from_code(self.class).unwrap_or(ChunkClass::Default)
+    }
+
+    /// Lossy display form of the path, for errors and logs.
+    pub fn display_path(&self) -> String {
+        String::from_utf8_lossy(&self.path).into_owned()
+    }
+}
+
+/// Last record: counts and the root hash over every byte before it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trailer {
+    pub entries: u64,
+    pub chunks: u64,
+    pub data_bytes: u64,
+    pub root: ChunkId,
+}
+
+/// A manifest is identified by its root hash.
+pub type ManifestId = ChunkId;
+
+/// The records of the body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    Entry(Entry),
+    /// A data extent of the current entry starts at this offset.
+    Extent { offset: u64 },
+    /// The next chunk of the current extent.
+    Chunk { len: u32, id: ChunkId },
+    Trailer(Trailer),
+}
+
+/// Orders paths as the manifest does: depth-first pre-order with siblings
+/// sorted bytewise, i.e. component-wise comparison (an ancestor comes first).
+pub fn path_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    if a.is_empty() || b.is_empty() {
+        return a.len().cmp(&b.len());
+    }
+    let mut ia = a.split(|&c| c == b'/');
+    let mut ib = b.split(|&c| c == b'/');
+    loop {
+        match (ia.next(), ib.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => match x.cmp(y) {
+                Ordering::Equal => continue,
+                o => return o,
+            },
+        }
+    }
+}
+
+/// Whether `path` is a safe relative manifest path: no empty, `.` or `..`
+/// components, no leading `/`, no NUL.
+pub fn path_is_safe(path: &[u8]) -> bool {
+    !path.is_empty()
+        && !path.contains(&0)
+        && path
+            .split(|&c| c == b'/')
+            .all(|c| !c.is_empty() && c != b"." && c != b"..")
+}
+
+/// The parent of a non-empty path (`""` for top-level names).
+pub fn parent_of(path: &[u8]) -> &[u8] {
+    match path.iter().rposition(|&c| c == b'/') {
+        Some(i) => &path[..i],
+        None => b"",
+    }
+}
+
+fn write_varint(mut v: u64, out: &mut Vec<u8>) {
+    loop {
+        let b = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(b);
+            return;
+        }
+        out.push(b | 0x80);
+    }
+}
+
+/// Streams records to a `Write`, hashing every byte for the root.
+pub struct ManifestWriter<W: Write> {
+    out: W,
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+    entries: u64,
+    chunks: u64,
+    data_bytes: u64,
+}
+
+impl<W: Write> ManifestWriter<W> {
+    /// Starts a manifest with `header`.
+    pub fn new(out: W, header: &Header) -> Result<Self, ManifestError> {
+        let mut w = ManifestWriter {
+            out,
+            hasher: blake3::Hasher::new(),
+            buf: Vec::with_capacity(256),
+            entries: 0,
+            chunks: 0,
+            data_bytes: 0,
+        };
+        let body = postcard::to_stdvec(header).map_err(ManifestError::Encode)?;
+        w.put(&body)?;
+        Ok(w)
+    }
+
+    fn put(&mut self, body: &[u8]) -> Result<(), ManifestError> {
+        self.buf.clear();
+        write_varint(body.len() as u64, &mut self.buf);
+        self.buf.extend_from_slice(body);
+        self.hasher.update(&self.buf);
+        self.out.write_all(&self.buf)?;
+        Ok(())
+    }
+
+    /// Writes one body record (not the trailer: see [`finish`](Self::finish)).
+    pub fn write(&mut self, rec: &Record) -> Result<(), ManifestError> {
+        match rec {
+            Record::Entry(_) => self.entries += 1,
+            Record::Chunk { len, .. } => {
+                self.chunks += 1;
+                self.data_bytes += u64::from(*len);
+            }
+            Record::Extent { .. } => {}
+            Record::Trailer(_) => {
+                return Err(ManifestError::Header("trailer written by finish()".into()));
+            }
+        }
+        let body = postcard::to_stdvec(rec).map_err(ManifestError::Encode)?;
+        self.put(&body)
+    }
+
+    /// Writes an entry followed by its chunk list (extents derived from
+    /// chunk contiguity: a gap starts a new extent).
+    pub fn write_entry(&mut self, e: &Entry, chunks: &[ChunkRef]) -> Result<(), ManifestError> {
+        self.write(&Record::Entry(e.clone()))?;
+        let mut end = None;
+        for c in chunks {
+            if end != Some(c.offset) {
+                self.write(&Record::Extent { offset: c.offset })?;
+            }
+            self.write(&Record::Chunk { len: c.len, id: c.id })?;
+            end = Some(c.end());
+        }
+        Ok(())
+    }
+
+    /// Writes the trailer and returns the writer and the trailer.
+    pub fn finish(mut self) -> Result<(W, Trailer), ManifestError> {
+        let trailer = Trailer {
+            entries: self.entries,
+            chunks: self.chunks,
+            data_bytes: self.data_bytes,
+            root: ChunkId(*self.hasher.finalize().as_bytes()),
+        };
+        let body =
+            postcard::to_stdvec(&Record::Trailer(trailer.clone())).map_err(ManifestError::Encode)?;
+        self.buf.clear();
+        write_varint(body.len() as u64, &mut self.buf);
+        self.buf.extend_from_slice(&body);
+        self.out.write_all(&self.buf)?;
+        self.out.flush()?;
+        Ok((self.out, trailer))
+    }
+}
+
+/// One entry with its data layout, as handed out by [`ManifestReader`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Item {
+    /// An entry; its chunks follow as `Chunk` items.
+    Entry(Entry),
+    /// A chunk of the last entry, with its absolute offset.
+    Chunk(ChunkRef),
+}
+
+/// Reads and validates a manifest record by record.
+pub struct ManifestReader<R: BufRead> {
+    inp: R,
+    hasher: blake3::Hasher,
+    hashing: bool,
+    header: Header,
+    buf: Vec<u8>,
+    index: u64,
+    // validation state
+    last_path: Option<Vec<u8>>,
+    dirs: Vec<Vec<u8>>,
+    cur: Option<CurEntry>,
+    entries: u64,
+    chunks: u64,
+    data_bytes: u64,
+    trailer: Option<Trailer>,
+    peeked: Option<Item>,
+    /// Byte offset of the next record in the stream.
+    pos: u64,
+    entry_pos: u64,
+}
+
+struct CurEntry {
+    path: Vec<u8>,
+    size: u64,
+    max_len: u32,
+    has_data: bool,
+    /// End of the current extent (next chunk offset); None before the first.
+    next: Option<u64>,
+}
+
+impl<R: BufRead> ManifestReader<R> {
+    /// Reads and checks the header.
+    pub fn new(mut inp: R) -> Result<Self, ManifestError> {
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = Vec::new();
+        let mut pos = 0;
+        if !read_record(&mut inp, &mut buf, Some(&mut hasher), &mut pos)? {
+            return Err(ManifestError::Header("empty stream".into()));
+        }
+        let header: Header =
+            postcard::from_bytes(&buf).map_err(|e| ManifestError::Header(e.to_string()))?;
+        if header.magic != MAGIC {
+            return Err(ManifestError::Header("bad magic: not a daffe manifest".into()));
+        }
+        if header.version != VERSION {
+            return Err(ManifestError::Header(format!(
+                "version {} (this build reads {VERSION})",
+                header.version
+            )));
+        }
+        if header.classes.len() != ChunkClass::ALL.len() {
+            return Err(ManifestError::Header("unexpected chunk class table".into()));
+        }
+        Ok(ManifestReader {
+            inp,
+            hasher,
+            hashing: true,
+            header,
+            buf,
+            index: 0,
+            last_path: None,
+            dirs: Vec::new(),
+            cur: None,
+            entries: 0,
+            chunks: 0,
+            data_bytes: 0,
+            trailer: None,
+            peeked: None,
+            pos,
+            entry_pos: 0,
+        })
+    }
+
+    /// A reader positioned at an entry record found earlier at byte `pos`
+    /// (see [`entry_pos`](Self::entry_pos)): no root check, no order check
+    /// against earlier entries. Used to re-walk one entry's chunk list.
+    pub fn resume_at(inp: R, header: Header, pos: u64) -> Self {
+        ManifestReader {
+            inp,
+            hasher: blake3::Hasher::new(),
+            hashing: false,
+            header,
+            buf: Vec::new(),
+            index: 0,
+            last_path: None,
+            dirs: Vec::new(),
+            cur: None,
+            entries: 0,
+            chunks: 0,
+            data_bytes: 0,
+            trailer: None,
+            peeked: None,
+            pos,
+            entry_pos: pos,
+        }
+    }
+
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Byte offset of the last entry record returned.
+    pub fn entry_pos(&self) -> u64 {
+        self.entry_pos
+    }
+
+    /// The trailer, once [`next`](Self::next) returned `None`.
+    pub fn trailer(&self) -> Option<&Trailer> {
+        self.trailer.as_ref()
+    }
+
+    fn invalid(&self, why: impl Into<String>) -> ManifestError {
+        ManifestError::Invalid {
+            index: self.index,
+            path: self
+                .cur
+                .as_ref()
+                .map(|c| String::from_utf8_lossy(&c.path).into_owned())
+                .unwrap_or_default(),
+            why: why.into(),
+        }
+    }
+
+    /// Looks at the next item without consuming it.
+    pub fn peek(&mut self) -> Result<Option<&Item>, ManifestError> {
+        if self.peeked.is_none() {
+            self.peeked = self.read_item()?;
+        }
+        Ok(self.peeked.as_ref())
+    }
+
+    /// The next item, or `None` after a valid trailer.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Result<Option<Item>, ManifestError> {
+        if let Some(i) = self.peeked.take() {
+            return Ok(Some(i));
+        }
+        self.read_item()
+    }
+
+    /// The next entry, skipping the chunks of the current one.
+    pub fn next_entry(&mut self) -> Result<Option<Entry>, ManifestError> {
+        loop {
+            match self.next()? {
+                Some(Item::Entry(e)) => return Ok(Some(e)),
+                Some(Item::Chunk(_)) => continue,
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next chunk of the current entry, or `None` at its end.
+    pub fn next_chunk(&mut self) -> Result<Option<ChunkRef>, ManifestError> {
+        match self.peek()? {
+            Some(Item::Chunk(_)) => match self.next()? {
+                Some(Item::Chunk(c)) => Ok(Some(c)),
+                _ => unreachable_item(),
+            },
+            _ => Ok(None),
+        }
+    }
+
+    fn read_item(&mut self) -> Result<Option<Item>, ManifestError> {
+        loop {
+            if self.trailer.is_some() {
+                return Ok(None);
+            }
+            let rec_pos = self.pos;
+            // The trailer is not part of the root: hash only after decoding.
+            if !read_record(&mut self.inp, &mut self.buf, None, &mut self.pos)? {
+                if !self.hashing {
+                    return Ok(None);
+                }
+                return Err(ManifestError::Truncated(self.index));
+            }
+            self.index += 1;
+            let rec: Record = postcard::from_bytes(&self.buf).map_err(|source| {
+                ManifestError::Decode {
+                    index: self.index,
+                    source,
+                }
+            })?;
+            if !matches!(rec, Record::Trailer(_)) && self.hashing {
+                let mut pre = Vec::with_capacity(10);
+                write_varint(self.buf.len() as u64, &mut pre);
+                self.hasher.update(&pre);
+                self.hasher.update(&self.buf);
+            }
+            match rec {
+                Record::Entry(e) => {
+                    if !self.hashing && self.entries > 0 {
+                        // Re-walk of one entry: stop at the next one.
+                        self.trailer = Some(Trailer {
+                            entries: 0,
+                            chunks: 0,
+                            data_bytes: 0,
+                            root: ChunkId([0; 32]),
+                        });
+                        return Ok(None);
+                    }
+                    self.finish_entry()?;
+                    self.check_entry(&e)?;
+                    self.entries += 1;
+                    self.entry_pos = rec_pos;
+                    return Ok(Some(Item::Entry(e)));
+                }
+                Record::Extent { offset } => {
+                    let Some((has_data, next, size)) =
+                        self.cur.as_ref().map(|c| (c.has_data, c.next, c.size))
+                    else {
+                        return Err(self.invalid("extent before any entry"));
+                    };
+                    if !has_data {
+                        return Err(self.invalid("extent on an entry without data"));
+                    }
+                    if let Some(prev_end) = next
+                        && offset <= prev_end
+                    {
+                        return Err(self.invalid(format!(
+                            "extent at {offset} overlaps or touches previous data ending at {prev_end}"
+                        )));
+                    }
+                    if offset >= size {
+                        return Err(self.invalid(format!("extent at {offset} past size {size}")));
+                    }
+                    if let Some(c) = self.cur.as_mut() {
+                        c.next = Some(offset);
+                    }
+                    continue;
+                }
+                Record::Chunk { len, id } => {
+                    let Some((next, size, max_len)) =
+                        self.cur.as_ref().map(|c| (c.next, c.size, c.max_len))
+                    else {
+                        return Err(self.invalid("chunk before any entry"));
+                    };
+                    let Some(offset) = next else {
+                        return Err(self.invalid("chunk before any extent"));
+                    };
+                    if len == 0 || len > max_len {
+                        return Err(self.invalid(format!("chunk length {len} outside 1..={max_len}")));
+                    }
+                    let end = offset + u64::from(len);
+                    if end > size {
+                        return Err(self.invalid(format!("chunk ending at {end} passes size {size}")));
+                    }
+                    if let Some(c) = self.cur.as_mut() {
+                        c.next = Some(end);
+                    }
+                    self.chunks += 1;
+                    self.data_bytes += u64::from(len);
+                    return Ok(Some(Item::Chunk(ChunkRef { offset, len, id })));
+                }
+                Record::Trailer(_) if !self.hashing => {
+                    self.trailer = Some(Trailer {
+                        entries: 0,
+                        chunks: 0,
+                        data_bytes: 0,
+                        root: ChunkId([0; 32]),
+                    });
+                    return Ok(None);
+                }
+                Record::Trailer(t) => {
+                    self.finish_entry()?;
+                    let actual = ChunkId(*self.hasher.finalize().as_bytes());
+                    if t.root != actual {
+                        return Err(ManifestError::RootMismatch {
+                            claimed: t.root,
+                            actual,
+                        });
+                    }
+                    if t.entries != self.entries
+                        || t.chunks != self.chunks
+                        || t.data_bytes != self.data_bytes
+                    {
+                        return Err(self.invalid("trailer counts do not match the body"));
+                    }
+                    self.trailer = Some(t);
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    fn finish_entry(&mut self) -> Result<(), ManifestError> {
+        self.cur = None;
+        Ok(())
+    }
+
+    fn check_entry(&mut self, e: &Entry) -> Result<(), ManifestError> {
+        let bad = |why: String| ManifestError::Invalid {
+            index: self.index,
+            path: e.display_path(),
+            why,
+        };
+        let class = ChunkClass::from_code(e.class)
+            .ok_or_else(|| bad(format!("unknown chunk class {}", e.class)))?;
+        if self.hashing {
+            match self.header.mode {
+                Mode::Image => {
+                    if self.entries > 0 || e.kind != Kind::Image || !e.path.is_empty() {
+                        return Err(bad("an image manifest holds exactly one Image entry".into()));
+                    }
+                }
+                Mode::Tree => {
+                    if self.entries == 0 {
+                        if !e.path.is_empty() || e.kind != Kind::Dir {
+                            return Err(bad("a tree manifest starts with its root dir".into()));
+                        }
+                        self.dirs.push(Vec::new());
+                    } else {
+                        if !path_is_safe(&e.path) {
+                            return Err(bad("unsafe path".into()));
+                        }
+                        if e.kind == Kind::Image {
+                            return Err(bad("Image entry in a tree".into()));
+                        }
+                        if let Some(last) = &self.last_path
+                            && path_cmp(last, &e.path) != Ordering::Less
+                        {
+                            return Err(bad("paths out of order or duplicated".into()));
+                        }
+                        let parent = parent_of(&e.path);
+                        while let Some(top) = self.dirs.last() {
+                            if top.as_slice() == parent {
+                                break;
+                            }
+                            self.dirs.pop();
+                        }
+                        if self.dirs.is_empty() {
+                            return Err(bad("parent directory not listed before it".into()));
+                        }
+                        if e.kind == Kind::Dir {
+                            self.dirs.push(e.path.clone());
+                        }
+                        if e.kind == Kind::Hardlink
+                            && (!path_is_safe(&e.target)
+                                || path_cmp(&e.target, &e.path) != Ordering::Less)
+                        {
+                            return Err(bad("hardlink target must be an earlier path".into()));
+                        }
+                    }
+                }
+            }
+            self.last_path = Some(e.path.clone());
+        }
+        if !e.kind.has_data() && e.size != 0 {
+            return Err(bad("size on an entry without data".into()));
+        }
+        self.cur = Some(CurEntry {
+            path: e.path.clone(),
+            size: e.size,
+            max_len: class.max_len(),
+            has_data: e.kind.has_data(),
+            next: None,
+        });
+        Ok(())
+    }
+}
+
+fn unreachable_item() -> Result<Option<ChunkRef>, ManifestError> {
+    Err(ManifestError::Header("reader state lost a peeked chunk".into()))
+}
+
+/// Reads one length-prefixed record into `buf`; false at a clean end.
+fn read_record<R: BufRead>(
+    inp: &mut R,
+    buf: &mut Vec<u8>,
+    hasher: Option<&mut blake3::Hasher>,
+    pos: &mut u64,
+) -> Result<bool, ManifestError> {
+    let mut len: u64 = 0;
+    let mut shift = 0;
+    let mut pre = [0u8; 10];
+    let mut npre = 0;
+    loop {
+        let mut b = [0u8; 1];
+        match inp.read(&mut b) {
+            Ok(0) if npre == 0 => return Ok(false),
+            Ok(0) => {
+                return Err(ManifestError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "manifest ends inside a length",
+                )));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        }
+        if npre == pre.len() {
+            return Err(ManifestError::Header("record length too long".into()));
+        }
+        pre[npre] = b[0];
+        npre += 1;
+        len |= u64::from(b[0] & 0x7f) << shift;
+        shift += 7;
+        if b[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    if len > MAX_RECORD {
+        return Err(ManifestError::Header(format!("record of {len} bytes is too long")));
+    }
+    buf.resize(len, 0);
+    inp.read_exact(buf)?;
+    if let Some(h) = hasher {
+        h.update(&pre[..npre]);
+        h.update(buf);
+    }
+    *pos += (npre + len) as u64;
+    Ok(true)
+}
+
+/// Reads a whole manifest to check it and returns its trailer.
+pub fn validate<R: BufRead>(inp: R) -> Result<Trailer, ManifestError> {
+    let mut r = ManifestReader::new(inp)?;
+    while r.next()?.is_some() {}
+    r.trailer()
+        .cloned()
+        .ok_or(ManifestError::Truncated(r.index))
+}
+
+/// Maps entry indexes of one manifest to the paths of its data-carrying
+/// entries. Kept as one byte arena plus offsets: about `path + 12` bytes per
+/// file, so a 1M-file tree costs tens of MiB, not gigabytes.
+#[derive(Debug, Default)]
+pub struct PathTable {
+    arena: Vec<u8>,
+    /// (entry index, start in arena), sorted by entry index.
+    index: Vec<(u32, u32)>,
+    ends: Vec<u32>,
+}
+
+impl PathTable {
+    /// Adds an entry's path (entry indexes must grow).
+    pub fn push(&mut self, entry: u32, path: &[u8]) {
+        self.index.push((entry, self.arena.len() as u32));
+        self.arena.extend_from_slice(path);
+        self.ends.push(self.arena.len() as u32);
+    }
+
+    /// The path of entry `entry`, if it was added.
+    pub fn get(&self, entry: u32) -> Option<&[u8]> {
+        let i = self.index.binary_search_by_key(&entry, |e| e.0).ok()?;
+        let start = self.index[i].1 as usize;
+        Some(&self.arena[start..self.ends[i] as usize])
+    }
+
+    /// Number of paths.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+}
+
+/// A reader over a byte slice that implements `BufRead` (tests, small inputs).
+pub fn slice_reader(b: &[u8]) -> io::BufReader<&[u8]> {
+    io::BufReader::new(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &[u8], kind: Kind, size: u64) -> Entry {
+        Entry {
+            path: path.to_vec(),
+            kind,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            mtime_ns: 1,
+            size,
+            rdev: 0,
+            target: Vec::new(),
+            xattrs: Vec::new(),
+            class: ChunkClass::Db.code(),
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        let mut w = ManifestWriter::new(Vec::new(), &Header::new(Mode::Tree, "t")).unwrap();
+        w.write_entry(&entry(b"", Kind::Dir, 0), &[]).unwrap();
+        w.write_entry(&entry(b"a", Kind::Dir, 0), &[]).unwrap();
+        let id = ChunkId::of(b"x");
+        w.write_entry(
+            &entry(b"a/f", Kind::File, 100_000),
+            &[
+                ChunkRef { offset: 0, len: 4096, id },
+                ChunkRef { offset: 8192, len: 4096, id },
+            ],
+        )
+        .unwrap();
+        w.write_entry(&entry(b"a-b", Kind::File, 0), &[]).unwrap();
+        w.finish().unwrap().0
+    }
+
+    #[test]
+    fn round_trip_and_root() {
+        let bytes = sample();
+        let mut r = ManifestReader::new(slice_reader(&bytes)).unwrap();
+        let mut items = Vec::new();
+        while let Some(i) = r.next().unwrap() {
+            items.push(i);
+        }
+        assert_eq!(items.len(), 6);
+        assert_eq!(
+            items[3],
+            Item::Chunk(ChunkRef { offset: 0, len: 4096, id: ChunkId::of(b"x") })
+        );
+        assert_eq!(
+            items[4],
+            Item::Chunk(ChunkRef { offset: 8192, len: 4096, id: ChunkId::of(b"x") })
+        );
+        let t = r.trailer().unwrap();
+        assert_eq!((t.entries, t.chunks, t.data_bytes), (4, 2, 8192));
+    }
+
+    #[test]
+    fn any_flipped_byte_is_caught() {
+        let bytes = sample();
+        for i in 0..bytes.len() {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            assert!(validate(slice_reader(&b)).is_err(), "flip at {i} accepted");
+        }
+    }
+
+    #[test]
+    fn truncation_is_caught() {
+        let bytes = sample();
+        for n in 0..bytes.len() {
+            assert!(validate(slice_reader(&bytes[..n])).is_err(), "truncation at {n} accepted");
+        }
+    }
+
+    fn with_entries(entries: &[Entry], chunks: &[(usize, ChunkRef)]) -> Vec<u8> {
+        let mut w = ManifestWriter::new(Vec::new(), &Header::new(Mode::Tree, "t")).unwrap();
+        for (i, e) in entries.iter().enumerate() {
+            let cs: Vec<ChunkRef> = chunks.iter().filter(|c| c.0 == i).map(|c| c.1).collect();
+            w.write_entry(e, &cs).unwrap();
+        }
+        w.finish().unwrap().0
+    }
+
+    #[test]
+    fn hostile_manifests_are_refused() {
+        let root = entry(b"", Kind::Dir, 0);
+        let id = ChunkId::of(b"y");
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("dotdot", with_entries(&[root.clone(), entry(b"..", Kind::File, 0)], &[])),
+            ("abs", with_entries(&[root.clone(), entry(b"/etc", Kind::File, 0)], &[])),
+            ("empty comp", with_entries(&[root.clone(), entry(b"a//b", Kind::File, 0)], &[])),
+            (
+                "order",
+                with_entries(
+                    &[root.clone(), entry(b"b", Kind::File, 0), entry(b"a", Kind::File, 0)],
+                    &[],
+                ),
+            ),
+            (
+                "dup",
+                with_entries(
+                    &[root.clone(), entry(b"a", Kind::File, 0), entry(b"a", Kind::File, 0)],
+                    &[],
+                ),
+            ),
+            ("orphan", with_entries(&[root.clone(), entry(b"x/y", Kind::File, 0)], &[])),
+            (
+                "long chunk",
+                with_entries(
+                    &[root.clone(), entry(b"f", Kind::File, 1 << 20)],
+                    &[(1, ChunkRef { offset: 0, len: 70_000, id })],
+                ),
+            ),
+            (
+                "past size",
+                with_entries(
+                    &[root.clone(), entry(b"f", Kind::File, 100)],
+                    &[(1, ChunkRef { offset: 0, len: 200, id })],
+                ),
+            ),
+            (
+                "overlap",
+                with_entries(
+                    &[root.clone(), entry(b"f", Kind::File, 100_000)],
+                    &[
+                        (1, ChunkRef { offset: 8192, len: 100, id }),
+                        (1, ChunkRef { offset: 100, len: 100, id }),
+                    ],
+                ),
+            ),
+            (
+                "hardlink forward",
+                with_entries(
+                    &[root.clone(), {
+                        let mut e = entry(b"a", Kind::Hardlink, 0);
+                        e.target = b"b".to_vec();
+                        e
+                    }],
+                    &[],
+                ),
+            ),
+            ("no root", with_entries(&[entry(b"a", Kind::File, 0)], &[])),
+        ];
+        for (name, bytes) in cases {
+            assert!(validate(slice_reader(&bytes)).is_err(), "{name} accepted");
+        }
+    }
+
+    #[test]
+    fn path_order_is_preorder() {
+        let mut v: Vec<&[u8]> = vec![b"a-c", b"a/b", b"a", b"a/b/c", b"b", b"a0"];
+        v.sort_by(|a, b| path_cmp(a, b));
+        assert_eq!(v, vec![&b"a"[..], b"a/b", b"a/b/c", b"a-c", b"a0", b"b"]);
+    }
+
+    #[test]
+    fn path_table_lookups() {
+        let mut t = PathTable::default();
+        t.push(3, b"x/y");
+        t.push(9, b"z");
+        assert_eq!(t.get(3), Some(&b"x/y"[..]));
+        assert_eq!(t.get(9), Some(&b"z"[..]));
+        assert_eq!(t.get(4), None);
+    }
+}

@@ -1,0 +1,62 @@
+//! Progress events: what a round is doing, for a progress bar or a log.
+//!
+//! The engine calls a [`ProgressSink`] from its worker threads; sinks must be
+//! cheap (they run in the data path) and thread-safe.
+
+use serde::{Deserialize, Serialize};
+
+/// The phases of a sync, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Phase {
+    /// Replaying an interrupted round's committed journal.
+    Recover,
+    /// Walking and chunking the source.
+    Scan,
+    /// Deciding what the destination lacks.
+    Plan,
+    /// Fetching and writing chunks.
+    Fetch,
+    /// Applying the round to the destination.
+    Apply,
+    /// Re-reading what the round wrote.
+    Verify,
+    /// Done.
+    Done,
+}
+
+/// One progress event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Progress {
+    /// A new phase starts. `total_bytes` is known for Fetch (bytes to fetch
+    /// or copy) and Verify.
+    Phase { phase: Phase, total_bytes: u64 },
+    /// The scan looked at more entries / read more data.
+    Scanned { entries: u64, bytes_hashed: u64 },
+    /// Bytes of chunk data made available at the destination (fetched or
+    /// copied locally) since the last event.
+    Moved { bytes: u64 },
+    /// Bytes verified since the last event.
+    Verified { bytes: u64 },
+    /// Something was left out (a socket, an xattr the kernel refused).
+    Warning { message: String },
+}
+
+/// Receives progress events.
+pub trait ProgressSink: Send + Sync {
+    /// Called for every event; must not block for long.
+    fn event(&self, ev: &Progress);
+}
+
+/// A sink that drops everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+
+impl ProgressSink for NoProgress {
+    fn event(&self, _ev: &Progress) {}
+}
+
+impl<F: Fn(&Progress) + Send + Sync> ProgressSink for F {
+    fn event(&self, ev: &Progress) {
+        self(ev)
+    }
+}

@@ -1,0 +1,203 @@
+//! The public entry point: [`sync`] a [`Source`] into a [`Destination`] and
+//! get [`SyncStats`] back. In-process: the sender and the receiver run in one
+//! process (the network layer pairs them across hosts instead).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsmeta::Skip;
+use crate::progress::{NoProgress, Phase, Progress, ProgressSink};
+use crate::receive::{self, ReceiveError, ReceiveOptions, Receiver, RoundStats, Verify};
+use crate::scan::{ScanError, ScanOptions, ScanStats};
+use crate::source::Sender;
+
+pub use crate::receive::Destination;
+pub use crate::source::Source;
+
+/// Settings for [`sync`].
+#[derive(Clone)]
+pub struct SyncOptions {
+    /// Destination state dir (must be on the destination's filesystem).
+    /// Default: `.NAME.daffe-state` beside the destination.
+    pub state_dir: Option<PathBuf>,
+    /// Source stat cache dir. Default: `source-cache` in the state dir.
+    pub cache_dir: Option<PathBuf>,
+    /// What to re-read after applying.
+    pub verify: Verify,
+    /// Chunking threads (default: available cores).
+    pub threads: usize,
+    /// Progress events.
+    pub progress: Arc<dyn ProgressSink>,
+    /// Rounds retried when the source changes under the scan.
+    pub retries: u32,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            state_dir: None,
+            cache_dir: None,
+            verify: Verify::Touched,
+            threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            progress: Arc::new(NoProgress),
+            retries: 3,
+        }
+    }
+}
+
+impl std::fmt::Debug for SyncOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncOptions")
+            .field("state_dir", &self.state_dir)
+            .field("cache_dir", &self.cache_dir)
+            .field("verify", &self.verify)
+            .field("threads", &self.threads)
+            .field("retries", &self.retries)
+            .finish()
+    }
+}
+
+/// Errors of [`sync`].
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("scan: {0}")]
+    Scan(#[from] ScanError),
+    #[error("receive: {0}")]
+    Receive(#[from] ReceiveError),
+    #[error("source and destination kinds differ (tree vs image)")]
+    KindMismatch,
+}
+
+/// What a sync did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStats {
+    /// Root hash of the manifest now applied.
+    pub manifest_root: String,
+    pub entries: u64,
+    pub files: u64,
+    /// Logical size of all files scanned.
+    pub bytes_scanned: u64,
+    /// Data read and hashed at the source (0 in an unchanged round).
+    pub bytes_hashed: u64,
+    /// Entries the source reused from its stat cache.
+    pub entries_reused: u64,
+    pub chunks_total: u64,
+    /// Chunks fetched from the source.
+    pub chunks_new: u64,
+    /// Chunks found at the destination (in place, copied, or duplicates).
+    pub chunks_reused: u64,
+    /// Chunk payload received from the source.
+    pub bytes_fetched: u64,
+    /// Bytes copied from data the destination already had.
+    pub bytes_reused: u64,
+    /// Data bytes written at the destination (staged files, pack, patches).
+    pub bytes_written: u64,
+    pub bytes_verified: u64,
+    pub files_staged: u64,
+    pub files_patched: u64,
+    pub meta_only: u64,
+    pub deleted: u64,
+    /// Rounds redone because the source changed during the sync.
+    pub stale_retries: u32,
+    /// A committed round from an interrupted run was replayed first.
+    pub recovered: bool,
+    /// Things left out (sockets, xattrs the kernel refused), with reasons.
+    pub skipped: Vec<Skip>,
+    pub scan_ms: u64,
+    pub plan_ms: u64,
+    pub fetch_ms: u64,
+    pub apply_ms: u64,
+    pub verify_ms: u64,
+    pub duration_ms: u64,
+}
+
+impl SyncStats {
+    fn absorb(&mut self, scan: &ScanStats, r: RoundStats) {
+        self.entries = scan.entries;
+        self.files = scan.files;
+        self.bytes_scanned = scan.bytes_scanned;
+        self.bytes_hashed += scan.bytes_hashed;
+        self.entries_reused = scan.entries_reused;
+        self.manifest_root = r.root;
+        self.recovered |= r.recovered;
+        self.chunks_total = r.chunks_total;
+        self.chunks_new += r.chunks_new;
+        self.chunks_reused += r.chunks_reused;
+        self.bytes_fetched += r.bytes_fetched;
+        self.bytes_reused += r.bytes_reused;
+        self.bytes_written += r.bytes_written;
+        self.bytes_verified += r.bytes_verified;
+        self.files_staged += r.files_staged;
+        self.files_patched += r.files_patched;
+        self.meta_only += r.meta_only;
+        self.deleted += r.deleted;
+        self.skipped.extend(r.skipped);
+        self.plan_ms += r.plan_ms;
+        self.fetch_ms += r.fetch_ms;
+        self.apply_ms += r.apply_ms;
+        self.verify_ms += r.verify_ms;
+    }
+}
+
+/// Makes `dst` identical to `src`, sending only what `dst` lacks.
+pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncStats, SyncError> {
+    let t0 = Instant::now();
+    if matches!((src, dst), (Source::Tree(_), Destination::Image(_)) | (Source::Image(_), Destination::Tree(_))) {
+        return Err(SyncError::KindMismatch);
+    }
+    let state = opts
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| receive::default_state_dir(dst.path()));
+    let cache = opts.cache_dir.clone().unwrap_or_else(|| state.join("source-cache"));
+    let mut rx = Receiver::open(dst, &state)?;
+    let ropts = ReceiveOptions {
+        verify: opts.verify,
+        progress: opts.progress.clone(),
+        checkpoint_bytes: receive::CHECKPOINT_BYTES,
+    };
+    let mut stats = SyncStats::default();
+    // Finish an interrupted, committed round before reading anything.
+    stats.recovered = rx.recover(&ropts)?;
+    let label = src.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut attempt = 0;
+    loop {
+        opts.progress.event(&Progress::Phase {
+            phase: Phase::Scan,
+            total_bytes: 0,
+        });
+        let ts = Instant::now();
+        let mut sender = Sender::scan(
+            src,
+            &cache,
+            ScanOptions {
+                threads: opts.threads.max(1),
+                label: label.clone(),
+                progress: opts.progress.clone(),
+            },
+        )?;
+        stats.scan_ms += ts.elapsed().as_millis() as u64;
+        for s in sender.skipped() {
+            stats.skipped.push(s.clone());
+        }
+        let scan_stats = sender.stats().clone();
+        match rx.run_round(&mut sender, &ropts) {
+            Ok(r) => {
+                stats.absorb(&scan_stats, r);
+                break;
+            }
+            Err(ReceiveError::Stale { path, offset }) if attempt < opts.retries => {
+                tracing::info!("source changed during the round ({path} at {offset}); rescanning");
+                stats.bytes_hashed += scan_stats.bytes_hashed;
+                attempt += 1;
+                stats.stale_retries = attempt;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    stats.duration_ms = t0.elapsed().as_millis() as u64;
+    Ok(stats)
+}
