@@ -20,9 +20,10 @@ use mover::net::message::{
 };
 use mover::net::netsource::NetSource;
 use mover::net::peer::Peer;
-use mover::net::serve::{BoxError, ChunkSink, RoundSource};
+use mover::net::serve::ChunkSink;
 use mover::net::stream::Endpoint;
 use mover::net::tls;
+use mover::{ChunkId, ChunkSource, Want, source::SourceError};
 
 /// A source of `n` chunks; its "manifest" is the postcard list of wants.
 struct FakeSource {
@@ -62,15 +63,15 @@ impl FakeSource {
     }
 }
 
-impl RoundSource for FakeSource {
-    fn manifest(&mut self, out: &mut dyn Write) -> Result<[u8; 32], BoxError> {
-        let bytes = postcard::to_stdvec(&self.wants())?;
-        out.write_all(&bytes)?;
-        Ok(*blake3::hash(&bytes).as_bytes())
+impl ChunkSource for FakeSource {
+    fn manifest(&mut self, out: &mut dyn Write) -> Result<ChunkId, SourceError> {
+        let bytes = postcard::to_stdvec(&self.wants()).unwrap();
+        out.write_all(&bytes).map_err(SourceError::Manifest)?;
+        Ok(ChunkId(*blake3::hash(&bytes).as_bytes()))
     }
-    fn fetch(&mut self, wants: &[WireWant], sink: &mut ChunkSink<'_>) -> Result<(), BoxError> {
+    fn fetch(&mut self, wants: &[Want], sink: &mut ChunkSink<'_>) -> Result<(), SourceError> {
         for (i, w) in wants.iter().enumerate() {
-            sink(i, &self.chunks[w.entry as usize])?;
+            sink(i, &self.chunks[w.entry as usize]).map_err(SourceError::Sink)?;
         }
         Ok(())
     }
@@ -87,14 +88,16 @@ struct MemHandler {
 impl MemHandler {
     fn receive(&self, source: &mut NetSource<'_>) -> Result<(Vec<Vec<u8>>, u64), String> {
         let mut manifest = Vec::new();
-        let root = source.manifest(&mut manifest).map_err(|e| e.to_string())?;
+        let root = source
+            .receive_manifest(&mut manifest)
+            .map_err(|e| e.to_string())?;
         if *blake3::hash(&manifest).as_bytes() != root {
             return Err("manifest root mismatch".into());
         }
         let wants: Vec<WireWant> = postcard::from_bytes(&manifest).map_err(|e| e.to_string())?;
         let mut got = Vec::new();
         source
-            .fetch(&wants, &mut |i, data| {
+            .fetch_wire(&wants, &mut |i, data| {
                 if *blake3::hash(data).as_bytes() != wants[i].id {
                     return Err(format!("chunk {i} fails its id").into());
                 }
@@ -318,7 +321,7 @@ fn hostile_round(s: &Setup, lie: impl FnOnce(&mut Peer, &[WireWant])) -> String 
     conn.send(&Message::StartRound(request("hostile"))).unwrap();
     assert_eq!(conn.recv().unwrap(), Message::GetManifest);
     let mut m = Vec::new();
-    let root = src.manifest(&mut m).unwrap();
+    let root = src.manifest(&mut m).unwrap().0;
     conn.send(&Message::ManifestData(m)).unwrap();
     conn.send(&Message::ManifestEnd { root }).unwrap();
     let wants = match conn.recv().unwrap() {

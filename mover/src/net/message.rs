@@ -116,11 +116,17 @@ pub enum ErrorCode {
     Invalid,
     /// A failure on the peer that may pass (I/O, a link that dropped mid-round).
     Transient,
+    /// The source changed under its scan: what arrived is stored; rescan and
+    /// push the round again.
+    Stale,
 }
 
 impl ErrorCode {
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorCode::Busy | ErrorCode::Transient)
+        matches!(
+            self,
+            ErrorCode::Busy | ErrorCode::Transient | ErrorCode::Stale
+        )
     }
 }
 

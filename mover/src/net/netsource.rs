@@ -9,6 +9,8 @@ use super::conn::{Conn, ConnError};
 use super::message::{MAX_CHUNK_LEN, MAX_WANTS_PER_BATCH, Message, WireWant};
 use super::serve::{BoxError, ChunkSink};
 use super::stream::BoxStream;
+use crate::chunk::ChunkId;
+use crate::source::{ChunkSource, SourceError, Want};
 
 /// Chunk bytes asked for per `Fetch`: one request-response per 16 MiB keeps
 /// the link busy (a 100 Mbit/s link needs 1.3 s for it, against a sub-ms
@@ -40,6 +42,29 @@ pub enum NetSourceError {
 impl NetSourceError {
     pub fn retryable(&self) -> bool {
         matches!(self, NetSourceError::Conn(c) if c.retryable())
+    }
+}
+
+impl From<NetSourceError> for SourceError {
+    fn from(e: NetSourceError) -> SourceError {
+        match e {
+            NetSourceError::Sink(s) => SourceError::Sink(s),
+            NetSourceError::ManifestWrite(io) => SourceError::Manifest(io),
+            other => SourceError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// The receiver drives a round through this: every answer has been checked
+/// by the methods below; the receiver then checks each chunk's id.
+impl ChunkSource for NetSource<'_> {
+    fn manifest(&mut self, out: &mut dyn Write) -> Result<ChunkId, SourceError> {
+        Ok(ChunkId(self.receive_manifest(out)?))
+    }
+
+    fn fetch(&mut self, wants: &[Want], sink: &mut ChunkSink<'_>) -> Result<(), SourceError> {
+        let wire: Vec<WireWant> = wants.iter().map(WireWant::from).collect();
+        Ok(self.fetch_wire(&wire, sink)?)
     }
 }
 
@@ -82,7 +107,7 @@ impl<'c> NetSource<'c> {
 
     /// Receives the manifest into `out`; returns the root the peer claims
     /// (the manifest reader checks it against the bytes).
-    pub fn manifest(&mut self, out: &mut dyn Write) -> Result<[u8; 32], NetSourceError> {
+    pub fn receive_manifest(&mut self, out: &mut dyn Write) -> Result<[u8; 32], NetSourceError> {
         self.conn.send(&Message::GetManifest)?;
         let mut total = 0u64;
         loop {
@@ -110,7 +135,7 @@ impl<'c> NetSource<'c> {
 
     /// Fetches `wants` in batches and calls `sink(i, bytes)` for each, in
     /// order. A sink error leaves the connection mid-batch: drop it.
-    pub fn fetch(
+    pub fn fetch_wire(
         &mut self,
         wants: &[WireWant],
         sink: &mut ChunkSink<'_>,
@@ -218,7 +243,7 @@ mod tests {
         });
         let mut src = NetSource::new(&mut rx).with_max_manifest(1 << 20);
         let mut sink = Vec::new();
-        let err = src.manifest(&mut sink).unwrap_err();
+        let err = src.receive_manifest(&mut sink).unwrap_err();
         assert!(
             matches!(err, NetSourceError::ManifestTooLarge { .. }),
             "{err}"
@@ -238,7 +263,7 @@ mod tests {
             len: MAX_CHUNK_LEN + 1,
             id: [0; 32],
         };
-        let err = src.fetch(&[w], &mut |_, _| Ok(())).unwrap_err();
+        let err = src.fetch_wire(&[w], &mut |_, _| Ok(())).unwrap_err();
         assert!(matches!(err, NetSourceError::WantTooLong { .. }));
     }
 }

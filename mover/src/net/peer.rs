@@ -8,8 +8,9 @@ use rustls::ClientConfig;
 
 use super::conn::{Conn, ConnError};
 use super::message::{Message, RoundRequest, RoundSummary};
-use super::serve::{self, RoundSource, ServeError, ServeEvent};
+use super::serve::{self, ServeError, ServeEvent};
 use super::stream::{self, BoxStream, Endpoint, StreamError};
+use crate::source::ChunkSource;
 
 /// A TCP connect that takes longer than this means the host is unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,7 +65,7 @@ impl Peer {
     pub fn push_round(
         &mut self,
         req: &RoundRequest,
-        source: &mut dyn RoundSource,
+        source: &mut dyn ChunkSource,
         progress: &mut dyn FnMut(ServeEvent),
     ) -> Result<RoundSummary, ServeError> {
         serve::push_round(&mut self.conn, req, source, progress)

@@ -1,30 +1,45 @@
 //! The sending side of a round, on the dialer (the source host): after
-//! `StartRound`, answer the receiver's requests from a [`RoundSource`] (the
-//! mover's `Sender`) until it says `RoundDone`.
+//! `StartRound`, answer the receiver's requests from a [`ChunkSource`] (the
+//! mover's [`crate::Sender`]) until it says `RoundDone`.
 
 use std::io::{self, Write};
 
 use super::conn::{Conn, ConnError};
 use super::message::{ErrorCode, Message, RoundRequest, RoundSummary, WireWant};
 use super::stream::BoxStream;
+use crate::chunk::ChunkId;
+use crate::source::{ChunkSource, SourceError, Want};
 
-/// Errors of sources and sinks crossing this layer.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Errors of sinks crossing this layer (the mover's `SinkError`).
+pub type BoxError = crate::source::SinkError;
 /// Receives the bytes of want `i` of a fetch, in order.
 pub type ChunkSink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), BoxError> + 'a;
+
+impl From<WireWant> for Want {
+    fn from(w: WireWant) -> Want {
+        Want {
+            entry: w.entry,
+            offset: w.offset,
+            len: w.len,
+            id: ChunkId(w.id),
+        }
+    }
+}
+
+impl From<&Want> for WireWant {
+    fn from(w: &Want) -> WireWant {
+        WireWant {
+            entry: w.entry,
+            offset: w.offset,
+            len: w.len,
+            id: w.id.0,
+        }
+    }
+}
 
 /// Manifest bytes per `ManifestData` frame: big enough that framing costs
 /// nothing, small enough to keep the receiver's disk writes streaming.
 const MANIFEST_PIECE: usize = 256 * 1024;
-
-/// What the sending side serves: the round's manifest and positional reads.
-/// The mover's `Sender` is one (through its `ChunkSource` impl).
-pub trait RoundSource {
-    /// Streams the manifest into `out`; returns its root.
-    fn manifest(&mut self, out: &mut dyn Write) -> Result<[u8; 32], BoxError>;
-    /// Calls `sink(i, bytes)` for every want, in order.
-    fn fetch(&mut self, wants: &[WireWant], sink: &mut ChunkSink<'_>) -> Result<(), BoxError>;
-}
 
 /// Errors serving a round.
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +47,7 @@ pub enum ServeError {
     #[error(transparent)]
     Conn(#[from] ConnError),
     #[error("reading the source: {0}")]
-    Source(BoxError),
+    Source(SourceError),
 }
 
 impl ServeError {
@@ -95,7 +110,7 @@ impl Write for ManifestFrames<'_> {
 pub fn push_round(
     conn: &mut Conn<BoxStream>,
     req: &RoundRequest,
-    source: &mut dyn RoundSource,
+    source: &mut dyn ChunkSource,
     progress: &mut dyn FnMut(ServeEvent),
 ) -> Result<RoundSummary, ServeError> {
     conn.send(&Message::StartRound(req.clone()))?;
@@ -109,8 +124,8 @@ pub fn push_round(
                     failed: None,
                 };
                 let root = source.manifest(&mut w).and_then(|r| {
-                    w.flush()?;
-                    Ok(r)
+                    w.flush().map_err(SourceError::Manifest)?;
+                    Ok(r.0)
                 });
                 let sent = w.sent;
                 if let Some(e) = w.failed.take() {
@@ -126,7 +141,8 @@ pub fn push_round(
                 progress(ServeEvent::ManifestSent { bytes: sent });
                 conn.send(&Message::ManifestEnd { root })?;
             }
-            Message::Fetch(wants) => {
+            Message::Fetch(wire) => {
+                let wants: Vec<Want> = wire.into_iter().map(Want::from).collect();
                 let mut link: Option<ConnError> = None;
                 let r = source.fetch(&wants, &mut |i, data| {
                     // i < wants.len() <= MAX_WANTS_PER_BATCH, fits u32.
