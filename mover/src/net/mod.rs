@@ -12,6 +12,8 @@
 //! - `serve`: the sending side of a round (answers from a `RoundSource`).
 //! - `netsource`: the receiving side's view of the remote source.
 //! - `peer`: the dialer (`daffe migrate`); `agent`: the acceptor (`daffe agent`).
+//! - `rounds`: one round end to end: receive into a destination; scan and
+//!   push with retries (resume after a cut link, rescan after a stale scan).
 //!
 //! The dialer is the *source* of a volume; the acceptor (the agent) receives
 //! and drives each round (receiver-driven, as in `DESIGN.md`).
@@ -25,6 +27,7 @@ pub mod identity;
 pub mod message;
 pub mod netsource;
 pub mod peer;
+pub mod rounds;
 pub mod serve;
 pub mod stream;
 pub mod tls;

@@ -81,7 +81,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
             "file"
         };
         let link_group = if ft.is_file() && md.nlink() > 1 {
-            inodes.entry((md.dev(), md.ino())).or_insert_with(|| rel.clone()).clone()
+            inodes
+                .entry((md.dev(), md.ino()))
+                .or_insert_with(|| rel.clone())
+                .clone()
         } else {
             rel.clone()
         };
@@ -104,7 +107,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
             (None, vec![])
         };
         let target = if ft.is_symlink() {
-            std::fs::read_link(&full).unwrap().as_os_str().as_bytes().to_vec()
+            std::fs::read_link(&full)
+                .unwrap()
+                .as_os_str()
+                .as_bytes()
+                .to_vec()
         } else {
             vec![]
         };
@@ -136,7 +143,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
             rel.clone(),
             Node {
                 kind: kind.into(),
-                mode: if ft.is_symlink() { 0 } else { md.mode() & 0o7777 },
+                mode: if ft.is_symlink() {
+                    0
+                } else {
+                    md.mode() & 0o7777
+                },
                 uid: md.uid(),
                 gid: md.gid(),
                 mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
@@ -144,7 +155,11 @@ pub fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, Node> {
                 data,
                 extents,
                 target,
-                rdev: if ft.is_char_device() || ft.is_block_device() { md.rdev() } else { 0 },
+                rdev: if ft.is_char_device() || ft.is_block_device() {
+                    md.rdev()
+                } else {
+                    0
+                },
                 xattrs,
                 link_group,
             },
@@ -165,8 +180,14 @@ pub fn join(root: &Path, rel: &[u8]) -> PathBuf {
 pub fn assert_same_tree(src: &Path, dst: &Path) {
     let a = snapshot(src);
     let b = snapshot(dst);
-    let ka: Vec<_> = a.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
-    let kb: Vec<_> = b.keys().map(|k| String::from_utf8_lossy(k).into_owned()).collect();
+    let ka: Vec<_> = a
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
+    let kb: Vec<_> = b
+        .keys()
+        .map(|k| String::from_utf8_lossy(k).into_owned())
+        .collect();
     assert_eq!(ka, kb, "different entries");
     for (k, na) in &a {
         let nb = &b[k];
@@ -177,13 +198,22 @@ pub fn assert_same_tree(src: &Path, dst: &Path) {
 /// Sets mtime (ns) without following symlinks.
 pub fn set_mtime(p: &Path, ns: i128) {
     let ts = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec { tv_sec: 1, tv_nsec: 0 },
+        last_access: rustix::fs::Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        },
         last_modification: rustix::fs::Timespec {
             tv_sec: (ns / 1_000_000_000) as i64,
             tv_nsec: (ns % 1_000_000_000) as _,
         },
     };
-    rustix::fs::utimensat(rustix::fs::CWD, p, &ts, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &ts,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 /// Deterministic pseudo-random bytes.
