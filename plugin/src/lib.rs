@@ -1,5 +1,26 @@
 //! daffe: a Docker volume plugin with storage profiles, and the `daffe` command line.
 //!
-//! Map of the crate:
-//! - `cli`: one module per `daffe` subcommand (argument struct + `run`).
+//! Map of the crate (a request's path through it, top to bottom):
+//! - [`server`]: HTTP/1 over unix sockets; `serve(listener, handler, shutdown)`.
+//! - [`api`]: the VolumeDriver protocol: requests parsed into values, replies
+//!   and error mapping in one place.
+//! - [`control`]: the control socket's routes (profiles, volumes) for the CLI.
+//! - [`bounded`]: blocking work under a time limit, with commit-or-abandon.
+//! - [`service`]: volume semantics (idempotent create, mount multiset, rollback).
+//! - [`record`], [`store`]: the durable volume record, kept in redb.
+//! - [`backend`]: storage backends behind the `Backend` trait (local dir/block).
+//! - [`config`]: `daffe serve` configuration.
+//! - [`client`]: the CLI's client for daffe's sockets (hyperlocal).
+//! - [`cli`]: one module per `daffe` subcommand.
+pub mod api;
+pub mod backend;
+pub mod bounded;
 pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod record;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod time;

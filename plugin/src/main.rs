@@ -1,5 +1,6 @@
 //! The `daffe` binary: glue between clap and the subcommand modules in `daffe_plugin::cli`.
 use clap::{Parser, Subcommand};
+use daffe_plugin::cli;
 
 /// daffe: Docker volumes with storage profiles (`NAME@PROFILE`), and a data mover
 /// that migrates them between hosts and to EBS snapshots.
@@ -11,9 +12,19 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Run the volume plugin daemon.
+    Serve(cli::serve::ServeArgs),
+    /// Inspect volumes (through the daemon's control socket).
+    Volume(cli::volume::VolumeArgs),
+    /// Show storage profiles.
+    Profiles(cli::profiles::ProfilesArgs),
+}
 
 fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
-    match cli.command {}
+    match Cli::parse().command {
+        Command::Serve(a) => cli::serve::run(a),
+        Command::Volume(a) => cli::volume::run(a),
+        Command::Profiles(a) => cli::profiles::run(a),
+    }
 }

@@ -1,1 +1,43 @@
 //! One module per `daffe` subcommand: its clap argument struct and its `run`.
+
+pub mod profiles;
+pub mod serve;
+pub mod volume;
+
+use std::process::ExitCode;
+
+/// Logs to stderr; `DAFFE_LOG` (or `RUST_LOG`) takes a tracing filter,
+/// default `info`.
+pub fn init_logging() {
+    let filter = std::env::var("DAFFE_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// A small runtime for one-shot client commands.
+pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, std::io::Error> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f))
+}
+
+/// Prints an error as text on stderr, or as `{"error": ...}` on stdout with
+/// `--json`; exit code 1.
+pub(crate) fn fail(json: bool, msg: impl std::fmt::Display) -> ExitCode {
+    if json {
+        println!("{}", serde_json::json!({ "error": msg.to_string() }));
+    } else {
+        eprintln!("daffe: {msg}");
+    }
+    ExitCode::FAILURE
+}
+
+/// Prints a JSON value, pretty.
+pub(crate) fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}

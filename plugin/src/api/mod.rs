@@ -1,0 +1,70 @@
+//! Docker's VolumeDriver protocol: requests parsed into values ([`request`]),
+//! carried out against the service ([`volume`], [`plugin`]), and every
+//! outcome turned into a reply in one place ([`reply`]).
+
+pub mod plugin;
+pub mod reply;
+pub mod request;
+pub mod volume;
+
+use crate::service::VolumeService;
+use reply::Reply;
+use request::Request;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Time limits per call, under dockerd's own (Create and Mount 120 s, the
+/// rest 60 s) with margin, so docker always gets our answer (and its message)
+/// instead of its own timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Create and Mount: mkfs of a large image, an EBS attach.
+    pub slow: Duration,
+    /// Remove, Unmount, Path: deleting a large tree, an EBS detach.
+    pub fast: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            slow: Duration::from_secs(100),
+            fast: Duration::from_secs(50),
+        }
+    }
+}
+
+/// The VolumeDriver endpoint set, bound to a service.
+#[derive(Clone)]
+pub struct DriverApi {
+    svc: Arc<VolumeService>,
+    limits: Limits,
+}
+
+impl DriverApi {
+    pub fn new(svc: Arc<VolumeService>, limits: Limits) -> Self {
+        Self { svc, limits }
+    }
+
+    /// Answers one POST to `path` with `body`.
+    pub async fn handle(&self, path: &str, body: &[u8]) -> Reply {
+        let req = match Request::parse(path, body) {
+            Ok(r) => r,
+            Err(e) => return Reply::from(e),
+        };
+        tracing::debug!(?req, "request");
+        match req {
+            Request::Activate => plugin::activate(),
+            Request::Capabilities => plugin::capabilities(),
+            other => volume::handle(&self.svc, self.limits, other).await,
+        }
+    }
+}
+
+impl crate::server::Handler for DriverApi {
+    async fn call(&self, method: &hyper::Method, path: &str, body: bytes::Bytes) -> Reply {
+        if method != hyper::Method::POST {
+            return Reply::method_not_allowed(method);
+        }
+        self.handle(path, &body).await
+    }
+}

@@ -1,0 +1,82 @@
+//! Replies, and the one place that turns errors into them.
+//!
+//! Failures go out as HTTP 500 with `{"Err": message}`, as Docker's own
+//! plugin helpers do: dockerd passes the message on, so it reaches the
+//! docker CLI ("Error response from daemon: ... VolumeDriver.Create: <ours>").
+
+use super::request::ParseError;
+use crate::service::ServiceError;
+use hyper::StatusCode;
+use serde_json::{Value, json};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Reply {
+    /// A success; adds the empty `Err` every VolumeDriver reply carries.
+    pub fn ok(mut body: Value) -> Self {
+        if let Value::Object(m) = &mut body {
+            m.entry("Err")
+                .or_insert_with(|| Value::String(String::new()));
+        }
+        Self {
+            status: StatusCode::OK,
+            body,
+        }
+    }
+
+    /// A success carrying a plain JSON document (control API).
+    pub fn json(body: Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+        }
+    }
+
+    pub fn error(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "Err": message.into() }),
+        }
+    }
+
+    pub fn method_not_allowed(method: &hyper::Method) -> Self {
+        Self::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed"),
+        )
+    }
+}
+
+impl From<ParseError> for Reply {
+    fn from(e: ParseError) -> Self {
+        let status = match e {
+            ParseError::UnknownEndpoint(_) => StatusCode::NOT_FOUND,
+            ParseError::Body { .. } => StatusCode::BAD_REQUEST,
+        };
+        Self::error(status, e.to_string())
+    }
+}
+
+impl From<ServiceError> for Reply {
+    fn from(e: ServiceError) -> Self {
+        use ServiceError as E;
+        let status = match &e {
+            E::Request(_) | E::Resolve(_) => StatusCode::BAD_REQUEST,
+            E::NotFound(_) => StatusCode::NOT_FOUND,
+            E::Exists { .. } | E::InUse { .. } | E::NotMountable { .. } => StatusCode::CONFLICT,
+            E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            E::Store(_) | E::Backend(_) | E::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        match status {
+            StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
+                tracing::info!(error = %e, "refused")
+            }
+            _ => tracing::warn!(error = %e, "failed"),
+        }
+        Self::error(status, e.to_string())
+    }
+}

@@ -1,0 +1,168 @@
+//! The local backend: volumes stored on this host, under each profile's root,
+//! as a directory (`dir`) or a loop-mounted filesystem image (`block`).
+//!
+//! Layout, the same for both formats so tools (and the mover) find things:
+//! `ROOT/NAME/data` is the mountpoint handed to docker; a `block` volume also
+//! has its image at `ROOT/NAME/image.FS`.
+
+use super::{Backend, BackendError, Status, VolumeRef, local_block, local_dir};
+use profiles::{BackendKind, LocalFormat, LocalSettings, Settings};
+use std::path::PathBuf;
+
+/// Name of the directory docker sees, inside the volume's directory.
+pub const DATA_DIR: &str = "data";
+
+pub struct LocalBackend;
+
+/// A local volume's paths.
+#[derive(Debug, Clone)]
+pub struct LocalPaths {
+    /// `ROOT/NAME`: everything of this volume lives here.
+    pub dir: PathBuf,
+    /// `ROOT/NAME/data`: the mountpoint.
+    pub data: PathBuf,
+}
+
+impl LocalPaths {
+    pub fn new(name: &str, s: &LocalSettings) -> Self {
+        let dir = s.root.join(name);
+        Self {
+            data: dir.join(DATA_DIR),
+            dir,
+        }
+    }
+}
+
+fn local<'a>(vol: VolumeRef<'a>) -> Result<&'a LocalSettings, BackendError> {
+    match vol.settings {
+        Settings::Local(s) => Ok(s),
+        Settings::Ebs(_) => Err(BackendError::WrongBackend {
+            volume: vol.name.to_owned(),
+            got: BackendKind::Ebs,
+            want: BackendKind::Local,
+        }),
+    }
+}
+
+impl Backend for LocalBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Local
+    }
+
+    fn create(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        let s = local(vol)?;
+        let p = LocalPaths::new(vol.name, s);
+        match s.format {
+            LocalFormat::Dir => local_dir::create(vol.name, &p),
+            LocalFormat::Block => local_block::create(vol.name, s, &p),
+        }
+    }
+
+    fn remove(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        let s = local(vol)?;
+        let p = LocalPaths::new(vol.name, s);
+        if s.format == LocalFormat::Block {
+            local_block::unmount(vol.name, &p)?;
+        }
+        match std::fs::remove_dir_all(&p.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BackendError::io(vol.name, "removing", &p.dir, e)),
+        }
+    }
+
+    fn mount(&self, vol: VolumeRef<'_>) -> Result<PathBuf, BackendError> {
+        let s = local(vol)?;
+        let p = LocalPaths::new(vol.name, s);
+        match s.format {
+            LocalFormat::Dir => local_dir::mount(vol.name, &p)?,
+            LocalFormat::Block => local_block::mount(vol.name, s, &p)?,
+        }
+        Ok(p.data)
+    }
+
+    fn unmount(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        let s = local(vol)?;
+        match s.format {
+            LocalFormat::Dir => Ok(()),
+            LocalFormat::Block => local_block::unmount(vol.name, &LocalPaths::new(vol.name, s)),
+        }
+    }
+
+    fn path(&self, vol: VolumeRef<'_>) -> PathBuf {
+        match vol.settings {
+            Settings::Local(s) => LocalPaths::new(vol.name, s).data,
+            Settings::Ebs(_) => PathBuf::new(),
+        }
+    }
+
+    fn status(&self, vol: VolumeRef<'_>) -> Status {
+        let mut st = Status::new();
+        let Settings::Local(s) = vol.settings else {
+            return st;
+        };
+        let p = LocalPaths::new(vol.name, s);
+        st.insert("root".into(), s.root.display().to_string().into());
+        if s.format == LocalFormat::Block {
+            st.insert(
+                "image".into(),
+                local_block::image_path(s, &p).display().to_string().into(),
+            );
+            st.insert("mounted".into(), super::sys::is_mountpoint(&p.data).into());
+        }
+        st
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_volumes_live_under_their_root_and_remove_deletes_data() {
+        let root = tempfile::tempdir().unwrap();
+        let settings = Settings::Local(LocalSettings {
+            root: root.path().join("local/default"),
+            format: LocalFormat::Dir,
+            size: None,
+            filesystem: None,
+        });
+        let vol = VolumeRef {
+            name: "db",
+            settings: &settings,
+        };
+        let b = LocalBackend;
+        b.create(vol).unwrap();
+        b.create(vol).unwrap(); // idempotent
+        let mp = b.mount(vol).unwrap();
+        assert_eq!(mp, root.path().join("local/default/db/data"));
+        assert_eq!(b.path(vol), mp);
+        std::fs::write(mp.join("f"), b"x").unwrap();
+        b.unmount(vol).unwrap();
+        assert!(mp.join("f").exists(), "unmount of a dir keeps the data");
+        b.remove(vol).unwrap();
+        assert!(!root.path().join("local/default/db").exists());
+        b.remove(vol).unwrap(); // idempotent
+    }
+
+    #[test]
+    fn ebs_settings_are_refused() {
+        let settings = Settings::Ebs(profiles::EbsSettings {
+            volume_type: profiles::EbsVolumeType::Gp3,
+            size_gib: 1,
+            iops: None,
+            throughput: None,
+            encrypted: false,
+            kms_key_id: None,
+            keep_on_remove: false,
+        });
+        let vol = VolumeRef {
+            name: "db",
+            settings: &settings,
+        };
+        assert!(matches!(
+            LocalBackend.create(vol),
+            Err(BackendError::WrongBackend { .. })
+        ));
+    }
+}

@@ -1,0 +1,109 @@
+//! `block` volumes: a sparse image file of the requested size, formatted at
+//! Create and loop-mounted at the volume's first Mount. The filesystem gives a
+//! real size limit, and the image is what block-level transfer moves later.
+
+use super::BackendError;
+use super::local::LocalPaths;
+use super::sys;
+use profiles::{Filesystem, LocalSettings};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+pub fn image_path(s: &LocalSettings, p: &LocalPaths) -> PathBuf {
+    let fs = s.filesystem.unwrap_or(Filesystem::Ext4);
+    p.dir.join(format!("image.{}", fs.as_str()))
+}
+
+fn cmd_err(volume: &str) -> impl FnOnce(sys::CommandError) -> BackendError + '_ {
+    move |source| BackendError::Command {
+        volume: volume.to_owned(),
+        source,
+    }
+}
+
+/// Makes and formats the image. Create runs only for a new volume (or to
+/// redo one whose Create was interrupted), so an existing image is replaced.
+pub fn create(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
+    let size = s.size.ok_or_else(|| BackendError::Other {
+        volume: name.to_owned(),
+        message: "a block volume needs a size".into(),
+    })?;
+    std::fs::create_dir_all(&p.data).map_err(|e| BackendError::io(name, "creating", &p.data, e))?;
+    let img = image_path(s, p);
+    let file =
+        std::fs::File::create(&img).map_err(|e| BackendError::io(name, "creating", &img, e))?;
+    // set_len on a new file makes it sparse: the image costs no space until written.
+    file.set_len(size.bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| BackendError::io(name, "sizing", &img, e))?;
+    drop(file);
+    let img_arg = img.as_os_str();
+    match s.filesystem.unwrap_or(Filesystem::Ext4) {
+        // -m 0: no blocks reserved for root; an application volume should get
+        // all of the size it asked for. nodiscard: the sparse file is already
+        // empty; lazy init: formatting a large image stays fast.
+        Filesystem::Ext4 => sys::run(
+            "mkfs.ext4",
+            &[
+                OsStr::new("-q"),
+                OsStr::new("-F"),
+                OsStr::new("-m"),
+                OsStr::new("0"),
+                OsStr::new("-E"),
+                OsStr::new("nodiscard,lazy_itable_init=1,lazy_journal_init=1"),
+                img_arg,
+            ],
+        ),
+        Filesystem::Xfs => sys::run(
+            "mkfs.xfs",
+            &[
+                OsStr::new("-q"),
+                OsStr::new("-f"),
+                OsStr::new("-K"),
+                img_arg,
+            ],
+        ),
+    }
+    .map_err(cmd_err(name))
+}
+
+/// Loop-mounts the image on the data directory, unless it already is (a
+/// crash between the mount and the count's commit leaves it mounted).
+pub fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
+    if sys::is_mountpoint(&p.data) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&p.data).map_err(|e| BackendError::io(name, "creating", &p.data, e))?;
+    let img = image_path(s, p);
+    if !img.exists() {
+        return Err(BackendError::Other {
+            volume: name.to_owned(),
+            message: format!("image {} is missing", img.display()),
+        });
+    }
+    let fs = s.filesystem.unwrap_or(Filesystem::Ext4);
+    sys::run(
+        "mount",
+        &[
+            OsStr::new("-t"),
+            OsStr::new(fs.as_str()),
+            OsStr::new("-o"),
+            OsStr::new("loop"),
+            img.as_os_str(),
+            p.data.as_os_str(),
+        ],
+    )
+    .map_err(cmd_err(name))
+}
+
+/// Unmounts (which also frees the autoclear loop device), if mounted.
+pub fn unmount(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
+    if !sys::is_mountpoint(&p.data) {
+        return Ok(());
+    }
+    unmount_path(&p.data).map_err(cmd_err(name))
+}
+
+fn unmount_path(dir: &Path) -> Result<(), sys::CommandError> {
+    sys::run("umount", &[dir.as_os_str()])
+}

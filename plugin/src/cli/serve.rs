@@ -1,0 +1,146 @@
+//! `daffe serve`: the volume plugin daemon (VolumeDriver socket + control socket).
+
+use crate::api::{DriverApi, Limits};
+use crate::config::Config;
+use crate::control::ControlApi;
+use crate::service::VolumeService;
+use crate::store::Store;
+use crate::{backend, server};
+use clap::Args;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Config file (default: /etc/daffe/daffe.toml if it exists).
+    #[arg(long, env = "DAFFE_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// VolumeDriver socket; dockerd finds /run/docker/plugins/NAME.sock as plugin NAME.
+    #[arg(long, env = "DAFFE_SOCKET")]
+    pub socket: Option<PathBuf>,
+    /// Control socket for the daffe CLI.
+    #[arg(long, env = "DAFFE_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
+    /// State and default volume roots.
+    #[arg(long, env = "DAFFE_DATA_ROOT")]
+    pub data_root: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ServeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Backend(#[from] backend::BackendError),
+    #[error("recovering interrupted work: {0}")]
+    Recover(#[from] crate::service::ServiceError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+pub fn run(args: ServeArgs) -> ExitCode {
+    super::init_logging();
+    match serve(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if let Some(s) = args.socket {
+        cfg.socket = s;
+    }
+    if let Some(s) = args.control_socket {
+        cfg.control_socket = s;
+    }
+    if let Some(d) = args.data_root {
+        cfg.data_root = d;
+    }
+    let store = Store::open(&cfg.store_path())?;
+    let backend = backend::open(cfg.backend)?;
+    let svc = Arc::new(VolumeService::new(
+        store,
+        backend,
+        cfg.catalog.clone(),
+        cfg.data_root.clone(),
+    ));
+    svc.recover()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
+    rt.block_on(async {
+        let driver_listener = server::bind(&cfg.socket)?;
+        let control_listener = match server::bind(&cfg.control_socket) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = std::fs::remove_file(&cfg.socket);
+                return Err(e.into());
+            }
+        };
+        tracing::info!(
+            socket = %cfg.socket.display(),
+            control = %cfg.control_socket.display(),
+            data_root = %cfg.data_root.display(),
+            backend = %cfg.backend,
+            config = ?cfg.source,
+            profiles = %cfg.catalog.names(),
+            "serving"
+        );
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        let driver = tokio::spawn(server::serve(
+            driver_listener,
+            Arc::new(DriverApi::new(svc.clone(), Limits::default())),
+            stopped(stop_rx.clone()),
+        ));
+        let control = tokio::spawn(server::serve(
+            control_listener,
+            Arc::new(ControlApi::new(svc.clone())),
+            stopped(stop_rx),
+        ));
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let _ = tokio::join!(driver, control);
+        for path in [&cfg.socket, &cfg.control_socket] {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(socket = %path.display(), error = %e, "removing the socket");
+            }
+        }
+        tracing::info!("stopped");
+        Ok(())
+    })
+    // Volumes stay mounted across a daemon stop on purpose: running
+    // containers keep using them, and the persisted counts pick up after.
+}
+
+/// SIGTERM (systemd, dockerd stopping a managed plugin) or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

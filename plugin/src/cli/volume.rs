@@ -1,0 +1,112 @@
+//! `daffe volume ls|inspect`: volumes as the daemon's store holds them, read
+//! through the control socket (the store's file is locked by the daemon).
+
+use crate::client;
+use crate::control::{DEFAULT_CONTROL_SOCKET, percent_encode};
+use clap::{Args, Subcommand};
+use hyper::Method;
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct VolumeArgs {
+    /// The daemon's control socket.
+    #[arg(long, global = true, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    #[command(subcommand)]
+    pub command: VolumeCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// List volumes.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one volume: record, settings, mount counts per docker mount ID.
+    Inspect {
+        /// NAME or docker name (NAME@PROFILE).
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn run(args: VolumeArgs) -> ExitCode {
+    let (path, json) = match &args.command {
+        VolumeCommand::Ls { json } => ("/v1/volumes".to_owned(), *json),
+        VolumeCommand::Inspect { name, json } => {
+            (format!("/v1/volumes/{}", percent_encode(name)), *json)
+        }
+    };
+    let reply = match super::block_on(client::call(&args.control_socket, Method::GET, &path, None))
+    {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return super::fail(json, e),
+        Err(e) => return super::fail(json, e),
+    };
+    if json {
+        super::print_json(&reply);
+        return ExitCode::SUCCESS;
+    }
+    match args.command {
+        VolumeCommand::Ls { .. } => {
+            print_table(reply.as_array().map(Vec::as_slice).unwrap_or_default())
+        }
+        VolumeCommand::Inspect { .. } => print_one(&reply),
+    }
+    ExitCode::SUCCESS
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(vols: &[Value]) {
+    println!(
+        "{:<32} {:<10} {:<6} {:<9} {:<6} {:<8} DOCKER NAME",
+        "NAME", "PROFILE", "FORMAT", "SIZE", "MOUNTS", "STATE"
+    );
+    for v in vols {
+        let st = &v["status"];
+        println!(
+            "{:<32} {:<10} {:<6} {:<9} {:<6} {:<8} {}",
+            s(&v["name"]),
+            s(&v["profile"]),
+            s(&st["format"]),
+            s(&st["size"]),
+            s(&v["mount_count"]),
+            s(&v["state"]),
+            s(&v["docker_name"]),
+        );
+    }
+}
+
+fn print_one(v: &Value) {
+    let st = &v["status"];
+    for (label, value) in [
+        ("Name", &v["name"]),
+        ("Docker name", &v["docker_name"]),
+        ("Profile", &v["profile"]),
+        ("Backend", &v["backend"]),
+        ("Format", &st["format"]),
+        ("Size", &st["size"]),
+        ("State", &v["state"]),
+        ("Mountpoint", &v["mountpoint"]),
+        ("Mounts", &v["mount_count"]),
+    ] {
+        println!("{label:<12} {}", s(value));
+    }
+    if let Some(ids) = v["mounts"].as_object() {
+        for (id, n) in ids {
+            println!("  {id} x{n}");
+        }
+    }
+    println!("{:<12} {}", "Settings", v["settings"]);
+}

@@ -1,0 +1,149 @@
+//! The durable description of one volume: what the store keeps, what Get,
+//! `daffe volume inspect` and the control API show.
+//!
+//! Pure data with its rules (the mount multiset, the lifecycle states); the
+//! store persists it, the service changes it. New fields must be
+//! `#[serde(default)]` so records written by older daemons still load.
+
+use profiles::{BackendKind, Settings};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One volume, keyed in the store by `name` (NAME without `@PROFILE`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    /// The name exactly as docker created it (`db@gold`): what Get and List echo.
+    pub docker_name: String,
+    /// NAME: the identity on this host, unique whatever the profile.
+    pub name: String,
+    pub profile: String,
+    pub backend: BackendKind,
+    /// The profile resolved against the backend at Create time. Kept, so a
+    /// later change to the profile does not silently change an existing volume.
+    pub settings: Settings,
+    /// The `-o` options docker passed at Create.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+    #[serde(default)]
+    pub state: VolumeState,
+    /// Mount multiset: how many times each docker mount ID holds the volume.
+    #[serde(default)]
+    pub mounts: Mounts,
+}
+
+/// Where a volume is in its life. Mount is allowed only in `Ready`.
+///
+/// `Creating` is written before the backend makes the storage, so a crash in
+/// between leaves a record the next start can clean up instead of orphaned
+/// storage. The migration work adds its states here (e.g. `Moving`,
+/// `Moved { to }`) together with their fencing rules in [`VolumeState::mount_refusal`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeState {
+    Creating,
+    #[default]
+    Ready,
+}
+
+impl VolumeState {
+    /// Why Mount must be refused in this state, if it must.
+    pub fn mount_refusal(&self) -> Option<String> {
+        match self {
+            Self::Creating => Some("it is still being created".to_owned()),
+            Self::Ready => None,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Creating => "creating",
+            Self::Ready => "ready",
+        }
+    }
+}
+
+/// Docker's mount IDs are reused (`docker cp` into a running container mounts
+/// again with the container's ID), so mounts are counted per ID, and the
+/// volume is really unmounted only when every count is back to zero.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Mounts(BTreeMap<String, u32>);
+
+impl Mounts {
+    /// Total mounts over all IDs.
+    pub fn total(&self) -> u64 {
+        self.0.values().map(|&n| u64::from(n)).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn count(&self, id: &str) -> u32 {
+        self.0.get(id).copied().unwrap_or(0)
+    }
+
+    /// Adds one mount for `id`; returns whether it was the volume's first.
+    pub fn add(&mut self, id: &str) -> bool {
+        let first = self.0.is_empty();
+        *self.0.entry(id.to_owned()).or_insert(0) += 1;
+        first
+    }
+
+    /// Drops one mount for `id`. Returns `None` if `id` held no mount, else
+    /// whether that was the volume's last.
+    pub fn release(&mut self, id: &str) -> Option<bool> {
+        let n = self.0.get_mut(id)?;
+        *n -= 1;
+        if *n == 0 {
+            self.0.remove(id);
+        }
+        Some(self.0.is_empty())
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.0.iter().map(|(k, &v)| (k.as_str(), v))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mounts_are_a_multiset() {
+        let mut m = Mounts::default();
+        assert!(m.add("a"), "first mount of the volume");
+        assert!(!m.add("a"), "same ID again (docker cp)");
+        assert!(!m.add("b"));
+        assert_eq!((m.total(), m.count("a"), m.count("b")), (3, 2, 1));
+        assert_eq!(m.release("zzz"), None, "unknown ID");
+        assert_eq!(m.release("a"), Some(false));
+        assert_eq!(m.release("b"), Some(false));
+        assert_eq!(m.release("a"), Some(true), "last one");
+        assert!(m.is_empty());
+        assert_eq!(m.release("a"), None);
+    }
+
+    #[test]
+    fn records_round_trip_and_old_records_load() {
+        let json = r#"{"docker_name":"db@gold","name":"db","profile":"gold","backend":"local",
+            "settings":{"backend":"local","root":"/d/local/gold","format":"block","size":"1G","filesystem":"ext4"},
+            "created_at":5}"#;
+        let r: VolumeRecord = serde_json::from_str(json).unwrap();
+        assert_eq!(r.state, VolumeState::Ready);
+        assert!(r.mounts.is_empty() && r.options.is_empty());
+        let mut r2 = r.clone();
+        r2.mounts.add("c1");
+        r2.state = VolumeState::Creating;
+        let back: VolumeRecord =
+            serde_json::from_str(&serde_json::to_string(&r2).unwrap()).unwrap();
+        assert_eq!(back, r2);
+        assert_eq!(
+            serde_json::to_value(&r2).unwrap()["state"],
+            serde_json::json!("creating")
+        );
+    }
+}

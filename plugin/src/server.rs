@@ -1,0 +1,151 @@
+//! HTTP/1 over a unix socket (hyper 1), shared by the VolumeDriver socket and
+//! the control socket.
+//!
+//! `serve(listener, handler, shutdown)` takes its listener and shutdown signal
+//! as arguments, so tests bind a temporary socket and stop it at will. On
+//! shutdown it stops accepting, asks open connections to finish their current
+//! request, and waits for them (bounded by [`DRAIN_LIMIT`]).
+
+use crate::api::reply::Reply;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::UnixListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+/// Largest request body read: VolumeDriver bodies are a name, an ID and a few
+/// options; anything bigger is a mistake or an attack.
+const MAX_BODY: usize = 1 << 20;
+
+/// How long shutdown waits for in-flight requests: longer than the slowest
+/// handler's limit would hold up a systemd stop; a request cut off here is
+/// answered by dockerd's retry against the restarted daemon.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// A request handler: (method, path, body) to a JSON reply.
+pub trait Handler: Send + Sync + 'static {
+    fn call(&self, method: &Method, path: &str, body: Bytes) -> impl Future<Output = Reply> + Send;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("socket {path}: another process is serving it (is daffe already running?)")]
+    InUse { path: PathBuf },
+    #[error("socket {path}: {what}: {source}")]
+    Io {
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Binds a unix socket at `path`, replacing a stale one (a socket file left
+/// by a crashed daemon: connecting to it is refused), but never one a live
+/// process serves.
+pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    let io = |what| {
+        move |source| ServerError::Io {
+            path: path.to_owned(),
+            what,
+            source,
+        }
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io("creating its directory"))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(ServerError::InUse {
+                path: path.to_owned(),
+            });
+        }
+        tracing::info!(socket = %path.display(), "removing a stale socket");
+        std::fs::remove_file(path).map_err(io("removing the stale socket"))?;
+    }
+    UnixListener::bind(path).map_err(io("binding"))
+}
+
+/// Serves `handler` on `listener` until `shutdown` resolves.
+pub async fn serve<H: Handler>(
+    listener: UnixListener,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut conns = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        // EMFILE and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let handler = handler.clone();
+                let mut stop = stop_rx.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let handler = handler.clone();
+                        async move { Ok::<_, std::convert::Infallible>(respond(&*handler, req).await) }
+                    });
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        r = conn.as_mut() => if let Err(e) = r { tracing::debug!(error = %e, "connection") },
+                        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+                // Reap finished connections so the set does not grow without bound.
+                while conns.try_join_next().is_some() {}
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(DRAIN_LIMIT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        tracing::warn!("in-flight requests did not finish in time; closing");
+        conns.abort_all();
+    }
+}
+
+async fn respond<H: Handler>(handler: &H, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let reply = match Limited::new(body, MAX_BODY).collect().await {
+        Ok(b) => {
+            handler
+                .call(&parts.method, parts.uri.path(), b.to_bytes())
+                .await
+        }
+        Err(e) => Reply::error(
+            StatusCode::BAD_REQUEST,
+            format!("reading the request body: {e}"),
+        ),
+    };
+    let body = serde_json::to_vec(&reply.body).unwrap_or_default();
+    Response::builder()
+        .status(reply.status)
+        .header("Content-Type", "application/vnd.docker.plugins.v1.2+json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
