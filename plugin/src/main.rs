@@ -19,6 +19,10 @@ enum Command {
     Volume(cli::volume::VolumeArgs),
     /// Show storage profiles.
     Profiles(cli::profiles::ProfilesArgs),
+    /// Receive volumes from other hosts (mutual TLS); `init`/`issue` make certificates.
+    Agent(cli::agent::AgentArgs),
+    /// Move a volume to another host's agent: pre-copy rounds, short cutover.
+    Migrate(cli::migrate::MigrateArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -26,5 +30,7 @@ fn main() -> std::process::ExitCode {
         Command::Serve(a) => cli::serve::run(a),
         Command::Volume(a) => cli::volume::run(a),
         Command::Profiles(a) => cli::profiles::run(a),
+        Command::Agent(a) => cli::agent::run(a),
+        Command::Migrate(a) => cli::migrate::run(a),
     }
 }

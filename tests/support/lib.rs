@@ -2,7 +2,9 @@
 //!
 //! - [`netns`]: two hosts as network namespaces on a shaped veth link, and a
 //!   Docker engine inside one of them.
+//! - [`hosts`]: two daffe hosts on that link (plugins, B's agent, `migrate`).
 
+pub mod hosts;
 pub mod netns;
 
 /// A short unique token for names: pid + a per-process counter + clock bits,
