@@ -17,10 +17,14 @@ W=${1:-/var/tmp/daffe-bench-net}
 RATE=${RATE:-100mbit}
 IMAGE=${DAFFE_TEST_IMAGE:-daffe-test/busybox:latest}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/daffe-target-net}
-cargo build --release -q -p mover --example netpeer
-cargo build --release -q -p daffe-plugin --bin daffe
-NP=$CARGO_TARGET_DIR/release/examples/netpeer
-DAFFE=$CARGO_TARGET_DIR/release/daffe
+# BUILD=dev reuses the test build (deps at -O2, hashing/chunking at -O3, our
+# code at -O1; see Cargo.toml) when a release build of the AWS SDK is too slow.
+BUILD=${BUILD:-release}
+if [ "$BUILD" = release ]; then OUT=release; else OUT=debug; fi
+cargo build --profile "$BUILD" -q -p mover --example netpeer
+cargo build --profile "$BUILD" -q -p daffe-plugin --bin daffe
+NP=$CARGO_TARGET_DIR/$OUT/examples/netpeer
+DAFFE=$CARGO_TARGET_DIR/$OUT/daffe
 
 ID=$$
 NA=dbna$ID NB=dbnb$ID VA=vba$ID VB=vbb$ID

@@ -119,14 +119,13 @@ pub struct RunArgs {
 pub fn run(args: AgentArgs) -> ExitCode {
     match args.command {
         Some(AgentCommand::Init { dir, name }) => match identity::init(&dir, &name) {
-            Ok(f) => {
+            Ok(_) => {
                 println!(
                     "created a cluster CA and the certificate of {name} in {} \
                      (CA key: {}; keep it here)",
                     dir.display(),
                     dir.join(identity::CA_KEY).display()
                 );
-                let _ = f;
                 ExitCode::SUCCESS
             }
             Err(e) => super::fail(false, e),

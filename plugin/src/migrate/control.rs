@@ -51,11 +51,11 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, Reply> {
 /// Answers a migration route, or `None` if `path` is not one (the caller
 /// then routes it as before).
 pub fn route(svc: &VolumeService, method: &Method, segs: &[&str], body: &[u8]) -> Option<Reply> {
-    let r = match (method, segs) {
-        (&Method::GET, ["v1", "volumes", name, "transfer"]) => {
-            svc.transfer_paths(name).map(|p| json!(p))
-        }
-        (&Method::POST, ["v1", "volumes", name, op]) => {
+    let get = *method == Method::GET;
+    let post = *method == Method::POST;
+    let r = match segs {
+        ["v1", "volumes", name, "transfer"] if get => svc.transfer_paths(name).map(|p| json!(p)),
+        ["v1", "volumes", name, op] if post => {
             let result = match *op {
                 "move" | "fence" | "moved" => match parse::<To>(body) {
                     Ok(t) => match *op {
@@ -71,13 +71,13 @@ pub fn route(svc: &VolumeService, method: &Method, segs: &[&str], body: &[u8]) -
             };
             result.map(|v| json!(v))
         }
-        (&Method::POST, ["v1", "receive", "check"]) => match parse::<Check>(body) {
+        ["v1", "receive", "check"] if post => match parse::<Check>(body) {
             Ok(c) => svc
                 .check_receive(&c.volume, &c.options, c.need_bytes)
                 .map(|v| json!(v)),
             Err(reply) => return Some(reply),
         },
-        (&Method::POST, ["v1", "receive", "prepare"]) => match parse::<Prepare>(body) {
+        ["v1", "receive", "prepare"] if post => match parse::<Prepare>(body) {
             Ok(p) => svc
                 .prepare_receive(&p.volume, &p.options, &p.from)
                 .map(|v| json!(v)),
