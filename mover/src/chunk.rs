@@ -189,7 +189,7 @@ impl Chunker {
     /// Validates the sizes (fastcdc checks them only with debug asserts).
     pub fn new(min: u32, avg: u32, max: u32) -> Result<Chunker, ChunkError> {
         let bad = |why| ChunkError::BadSizes { min, avg, max, why };
-        if min % 2 != 0 || avg % 2 != 0 || max % 2 != 0 {
+        if !min.is_multiple_of(2) || !avg.is_multiple_of(2) || !max.is_multiple_of(2) {
             return Err(bad("sizes must be even"));
         }
         if !(min <= avg && avg <= max) {
@@ -459,7 +459,12 @@ mod tests {
         let data = golden_input(4 << 20, 0xdaff_e001);
         // (class, first five cut offsets, number of chunks, id of first chunk prefix)
         let cases: [(ChunkClass, [usize; 5], usize, &str); 2] = [
-            (ChunkClass::Db, GOLDEN_DB_CUTS, GOLDEN_DB_COUNT, GOLDEN_DB_FIRST_ID),
+            (
+                ChunkClass::Db,
+                GOLDEN_DB_CUTS,
+                GOLDEN_DB_COUNT,
+                GOLDEN_DB_FIRST_ID,
+            ),
             (
                 ChunkClass::Default,
                 GOLDEN_DEFAULT_CUTS,
@@ -495,10 +500,16 @@ mod tests {
     fn classes_follow_paths_and_sizes() {
         assert_eq!(ChunkClass::for_path(b"a/b.txt", 10), ChunkClass::Small);
         assert_eq!(ChunkClass::for_path(b"data/x.db", 1 << 30), ChunkClass::Db);
-        assert_eq!(ChunkClass::for_path(b"pg/base/16384/2619", 1 << 20), ChunkClass::Db);
+        assert_eq!(
+            ChunkClass::for_path(b"pg/base/16384/2619", 1 << 20),
+            ChunkClass::Db
+        );
         assert_eq!(ChunkClass::for_path(b"ibdata1", 1 << 20), ChunkClass::Db);
         assert_eq!(ChunkClass::for_path(b"a.sqlite3", 1 << 20), ChunkClass::Db);
-        assert_eq!(ChunkClass::for_path(b"log/app.log", 1 << 20), ChunkClass::Default);
+        assert_eq!(
+            ChunkClass::for_path(b"log/app.log", 1 << 20),
+            ChunkClass::Default
+        );
         for c in ChunkClass::ALL {
             assert_eq!(ChunkClass::from_code(c.code()), Some(c));
         }

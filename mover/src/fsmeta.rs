@@ -11,9 +11,11 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
-use rustix::fs::{AtFlags, FallocateFlags, FileType, Gid, Mode, SeekFrom, Timespec, Timestamps, Uid};
+use rustix::fs::{
+    AtFlags, FallocateFlags, FileType, Gid, Mode, SeekFrom, Timespec, Timestamps, Uid,
+};
 
-use crate::manifest::{Entry, Kind};
+use crate::manifest::{Entry, Kind, Xattrs};
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +67,9 @@ pub enum StatKind {
 }
 
 impl FileStat {
-    /// Converts a rustix stat.
+    /// Converts a rustix stat. (The casts are no-ops on x86_64 but not on
+    /// every target: `struct stat` field types differ per architecture.)
+    #[allow(clippy::unnecessary_cast)]
     pub fn from_stat(st: &rustix::fs::Stat) -> FileStat {
         let kind = match FileType::from_raw_mode(st.st_mode as _) {
             FileType::Directory => StatKind::Dir,
@@ -135,7 +139,10 @@ pub fn xattr_wanted(name: &[u8]) -> bool {
 #[derive(Clone, Copy)]
 pub enum XTarget<'a> {
     Fd(BorrowedFd<'a>),
-    Link { dir: BorrowedFd<'a>, name: &'a OsStr },
+    Link {
+        dir: BorrowedFd<'a>,
+        name: &'a OsStr,
+    },
 }
 
 fn link_path(dir: BorrowedFd<'_>, name: &OsStr) -> Vec<u8> {
@@ -188,7 +195,7 @@ fn get_raw(t: XTarget<'_>, name: &[u8]) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// Reads the carried xattrs, sorted by name.
-pub fn read_xattrs(t: XTarget<'_>, path: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, FsMetaError> {
+pub fn read_xattrs(t: XTarget<'_>, path: &[u8]) -> Result<Xattrs, FsMetaError> {
     let err = |source| FsMetaError::Sys {
         op: "read xattrs of",
         path: String::from_utf8_lossy(path).into_owned(),
@@ -211,7 +218,11 @@ pub fn read_xattrs(t: XTarget<'_>, path: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)
 /// Data extents `(start, end)` of an open regular file or image via
 /// SEEK_DATA/SEEK_HOLE. Devices (and filesystems without the support) are
 /// all data.
-pub fn data_extents(fd: BorrowedFd<'_>, size: u64, path: &[u8]) -> Result<Vec<(u64, u64)>, FsMetaError> {
+pub fn data_extents(
+    fd: BorrowedFd<'_>,
+    size: u64,
+    path: &[u8],
+) -> Result<Vec<(u64, u64)>, FsMetaError> {
     let mut out = Vec::new();
     let mut pos = 0u64;
     while pos < size {
@@ -242,8 +253,13 @@ pub fn punch_hole(fd: BorrowedFd<'_>, off: u64, len: u64, path: &[u8]) -> Result
     if len == 0 {
         return Ok(());
     }
-    rustix::fs::fallocate(fd, FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE, off, len)
-        .map_err(sys("punch hole in", path))
+    rustix::fs::fallocate(
+        fd,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        off,
+        len,
+    )
+    .map_err(sys("punch hole in", path))
 }
 
 /// A metadata item that could not be applied (namespace not permitted, ...).
@@ -286,7 +302,12 @@ pub fn apply_fd(fd: BorrowedFd<'_>, e: &Entry, skips: &mut Vec<Skip>) -> Result<
 }
 
 /// Applies owner, xattrs and times to a symlink (its mode is not settable).
-pub fn apply_link(dir: BorrowedFd<'_>, name: &OsStr, e: &Entry, skips: &mut Vec<Skip>) -> Result<(), FsMetaError> {
+pub fn apply_link(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    e: &Entry,
+    skips: &mut Vec<Skip>,
+) -> Result<(), FsMetaError> {
     let p = &e.path;
     rustix::fs::chownat(
         dir,
@@ -297,7 +318,8 @@ pub fn apply_link(dir: BorrowedFd<'_>, name: &OsStr, e: &Entry, skips: &mut Vec<
     )
     .map_err(sys("chown", p))?;
     set_xattrs(XTarget::Link { dir, name }, e, skips)?;
-    rustix::fs::utimensat(dir, name, &times(e), AtFlags::SYMLINK_NOFOLLOW).map_err(sys("set times of", p))?;
+    rustix::fs::utimensat(dir, name, &times(e), AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(sys("set times of", p))?;
     Ok(())
 }
 
@@ -323,13 +345,17 @@ pub fn set_xattrs(t: XTarget<'_>, e: &Entry, skips: &mut Vec<Skip>) -> Result<()
         let cname = OsStr::from_bytes(name);
         let r = match t {
             XTarget::Fd(fd) => rustix::fs::fremovexattr(fd, cname),
-            XTarget::Link { dir, name: n } => rustix::fs::lremovexattr(OsStr::from_bytes(&link_path(dir, n)), cname),
+            XTarget::Link { dir, name: n } => {
+                rustix::fs::lremovexattr(OsStr::from_bytes(&link_path(dir, n)), cname)
+            }
         };
         match r {
             Ok(()) | Err(rustix::io::Errno::NODATA) => {}
-            Err(err @ (rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP | rustix::io::Errno::ACCESS)) => {
-                skip(skips, name, err)
-            }
+            Err(
+                err @ (rustix::io::Errno::PERM
+                | rustix::io::Errno::NOTSUP
+                | rustix::io::Errno::ACCESS),
+            ) => skip(skips, name, err),
             Err(err) => return Err(sys("remove xattr of", &e.path)(err)),
         }
     }
@@ -347,9 +373,11 @@ pub fn set_xattrs(t: XTarget<'_>, e: &Entry, skips: &mut Vec<Skip>) -> Result<()
         };
         match r {
             Ok(()) => {}
-            Err(err @ (rustix::io::Errno::PERM | rustix::io::Errno::NOTSUP | rustix::io::Errno::ACCESS)) => {
-                skip(skips, name, err)
-            }
+            Err(
+                err @ (rustix::io::Errno::PERM
+                | rustix::io::Errno::NOTSUP
+                | rustix::io::Errno::ACCESS),
+            ) => skip(skips, name, err),
             Err(err) => return Err(sys("set xattr of", &e.path)(err)),
         }
     }
@@ -364,16 +392,18 @@ pub fn make_special(dir: BorrowedFd<'_>, name: &OsStr, e: &Entry) -> Result<(), 
         Kind::BlockDev => FileType::BlockDevice,
         _ => FileType::RegularFile,
     };
-    rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), e.rdev as _).map_err(sys("mknod", &e.path))
+    rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(0o600), e.rdev as _)
+        .map_err(sys("mknod", &e.path))
 }
 
 /// Whether the destination object's stat already matches the entry's
 /// metadata (used by verification). Symlink modes are not compared.
 pub fn meta_matches(st: &FileStat, e: &Entry) -> bool {
-    let kind_ok = st.manifest_kind() == Some(match e.kind {
-        Kind::Hardlink | Kind::Image => Kind::File,
-        k => k,
-    });
+    let kind_ok = st.manifest_kind()
+        == Some(match e.kind {
+            Kind::Hardlink | Kind::Image => Kind::File,
+            k => k,
+        });
     kind_ok
         && st.uid == e.uid
         && st.gid == e.gid

@@ -24,7 +24,10 @@ pub enum JournalError {
     #[error("journal {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("journal {path}: cannot encode: {source}")]
-    Encode { path: PathBuf, source: postcard::Error },
+    Encode {
+        path: PathBuf,
+        source: postcard::Error,
+    },
 }
 
 /// Where a durably stored chunk sits inside the round dir.
@@ -83,7 +86,10 @@ impl FramedWriter {
         let mut head = [0u8; 12];
         head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
         head[4..].copy_from_slice(&sum.as_bytes()[..8]);
-        let r = self.out.write_all(&head).and_then(|_| self.out.write_all(&body));
+        let r = self
+            .out
+            .write_all(&head)
+            .and_then(|_| self.out.write_all(&body));
         r.map_err(|source| JournalError::Io {
             path: self.path.clone(),
             source,
@@ -98,10 +104,13 @@ impl FramedWriter {
         };
         self.out.flush().map_err(io)?;
         if durable {
-            self.out.get_ref().sync_data().map_err(|source| JournalError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
+            self.out
+                .get_ref()
+                .sync_data()
+                .map_err(|source| JournalError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -182,14 +191,18 @@ mod tests {
         let mut w = FramedWriter::open(&p, true).unwrap();
         let root = ChunkId::of(b"r");
         w.push(&JRec::Begin { root }).unwrap();
-        w.push(&JRec::Durable(vec![(Stored::Pack { offset: 0 }, 5, root)])).unwrap();
+        w.push(&JRec::Durable(vec![(Stored::Pack { offset: 0 }, 5, root)]))
+            .unwrap();
         w.push(&JRec::Commit).unwrap();
         w.flush(true).unwrap();
         let full = std::fs::read(&p).unwrap();
         for cut in 0..full.len() {
             std::fs::write(&p, &full[..cut]).unwrap();
             let st = read_journal(&p).unwrap();
-            assert!(!st.committed || cut == full.len(), "commit seen in a torn journal");
+            assert!(
+                !st.committed || cut == full.len(),
+                "commit seen in a torn journal"
+            );
         }
         std::fs::write(&p, &full).unwrap();
         let st = read_journal(&p).unwrap();

@@ -29,10 +29,7 @@ pub enum ManifestError {
     Io(#[from] io::Error),
     /// A record did not decode.
     #[error("manifest record {index}: cannot decode: {source}")]
-    Decode {
-        index: u64,
-        source: postcard::Error,
-    },
+    Decode { index: u64, source: postcard::Error },
     /// A record could not be encoded.
     #[error("manifest: cannot encode record: {0}")]
     Encode(postcard::Error),
@@ -145,6 +142,9 @@ impl Kind {
     }
 }
 
+/// Extended attributes as (name, value) pairs, sorted by name.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One filesystem object and its metadata.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -165,7 +165,7 @@ pub struct Entry {
     pub target: Vec<u8>,
     /// Extended attributes (name, value), sorted by name. ACLs are here as
     /// `system.posix_acl_access` / `system.posix_acl_default`.
-    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub xattrs: Xattrs,
     /// Chunker class code (see [`ChunkClass::code`]).
     pub class: u8,
 }
@@ -199,9 +199,14 @@ pub type ManifestId = ChunkId;
 pub enum Record {
     Entry(Entry),
     /// A data extent of the current entry starts at this offset.
-    Extent { offset: u64 },
+    Extent {
+        offset: u64,
+    },
     /// The next chunk of the current extent.
-    Chunk { len: u32, id: ChunkId },
+    Chunk {
+        len: u32,
+        id: ChunkId,
+    },
     Trailer(Trailer),
 }
 
@@ -317,7 +322,10 @@ impl<W: Write> ManifestWriter<W> {
             if end != Some(c.offset) {
                 self.write(&Record::Extent { offset: c.offset })?;
             }
-            self.write(&Record::Chunk { len: c.len, id: c.id })?;
+            self.write(&Record::Chunk {
+                len: c.len,
+                id: c.id,
+            })?;
             end = Some(c.end());
         }
         Ok(())
@@ -331,8 +339,8 @@ impl<W: Write> ManifestWriter<W> {
             data_bytes: self.data_bytes,
             root: ChunkId(*self.hasher.finalize().as_bytes()),
         };
-        let body =
-            postcard::to_stdvec(&Record::Trailer(trailer.clone())).map_err(ManifestError::Encode)?;
+        let body = postcard::to_stdvec(&Record::Trailer(trailer.clone()))
+            .map_err(ManifestError::Encode)?;
         self.buf.clear();
         write_varint(body.len() as u64, &mut self.buf);
         self.buf.extend_from_slice(&body);
@@ -394,7 +402,9 @@ impl<R: BufRead> ManifestReader<R> {
         let header: Header =
             postcard::from_bytes(&buf).map_err(|e| ManifestError::Header(e.to_string()))?;
         if header.magic != MAGIC {
-            return Err(ManifestError::Header("bad magic: not a daffe manifest".into()));
+            return Err(ManifestError::Header(
+                "bad magic: not a daffe manifest".into(),
+            ));
         }
         if header.version != VERSION {
             return Err(ManifestError::Header(format!(
@@ -529,12 +539,11 @@ impl<R: BufRead> ManifestReader<R> {
                 return Err(ManifestError::Truncated(self.index));
             }
             self.index += 1;
-            let rec: Record = postcard::from_bytes(&self.buf).map_err(|source| {
-                ManifestError::Decode {
+            let rec: Record =
+                postcard::from_bytes(&self.buf).map_err(|source| ManifestError::Decode {
                     index: self.index,
                     source,
-                }
-            })?;
+                })?;
             if !matches!(rec, Record::Trailer(_)) && self.hashing {
                 let mut pre = Vec::with_capacity(10);
                 write_varint(self.buf.len() as u64, &mut pre);
@@ -593,11 +602,15 @@ impl<R: BufRead> ManifestReader<R> {
                         return Err(self.invalid("chunk before any extent"));
                     };
                     if len == 0 || len > max_len {
-                        return Err(self.invalid(format!("chunk length {len} outside 1..={max_len}")));
+                        return Err(
+                            self.invalid(format!("chunk length {len} outside 1..={max_len}"))
+                        );
                     }
                     let end = offset + u64::from(len);
                     if end > size {
-                        return Err(self.invalid(format!("chunk ending at {end} passes size {size}")));
+                        return Err(
+                            self.invalid(format!("chunk ending at {end} passes size {size}"))
+                        );
                     }
                     if let Some(c) = self.cur.as_mut() {
                         c.next = Some(end);
@@ -714,7 +727,9 @@ impl<R: BufRead> ManifestReader<R> {
 }
 
 fn unreachable_item() -> Result<Option<ChunkRef>, ManifestError> {
-    Err(ManifestError::Header("reader state lost a peeked chunk".into()))
+    Err(ManifestError::Header(
+        "reader state lost a peeked chunk".into(),
+    ))
 }
 
 /// Reads one length-prefixed record into `buf`; false at a clean end.
@@ -755,7 +770,9 @@ fn read_record<R: BufRead>(
     }
     let len = usize::try_from(len).unwrap_or(usize::MAX);
     if len > MAX_RECORD {
-        return Err(ManifestError::Header(format!("record of {len} bytes is too long")));
+        return Err(ManifestError::Header(format!(
+            "record of {len} bytes is too long"
+        )));
     }
     buf.resize(len, 0);
     inp.read_exact(buf)?;
@@ -846,8 +863,16 @@ mod tests {
         w.write_entry(
             &entry(b"a/f", Kind::File, 100_000),
             &[
-                ChunkRef { offset: 0, len: 4096, id },
-                ChunkRef { offset: 8192, len: 4096, id },
+                ChunkRef {
+                    offset: 0,
+                    len: 4096,
+                    id,
+                },
+                ChunkRef {
+                    offset: 8192,
+                    len: 4096,
+                    id,
+                },
             ],
         )
         .unwrap();
@@ -866,11 +891,19 @@ mod tests {
         assert_eq!(items.len(), 6);
         assert_eq!(
             items[3],
-            Item::Chunk(ChunkRef { offset: 0, len: 4096, id: ChunkId::of(b"x") })
+            Item::Chunk(ChunkRef {
+                offset: 0,
+                len: 4096,
+                id: ChunkId::of(b"x")
+            })
         );
         assert_eq!(
             items[4],
-            Item::Chunk(ChunkRef { offset: 8192, len: 4096, id: ChunkId::of(b"x") })
+            Item::Chunk(ChunkRef {
+                offset: 8192,
+                len: 4096,
+                id: ChunkId::of(b"x")
+            })
         );
         let t = r.trailer().unwrap();
         assert_eq!((t.entries, t.chunks, t.data_bytes), (4, 2, 8192));
@@ -890,7 +923,10 @@ mod tests {
     fn truncation_is_caught() {
         let bytes = sample();
         for n in 0..bytes.len() {
-            assert!(validate(slice_reader(&bytes[..n])).is_err(), "truncation at {n} accepted");
+            assert!(
+                validate(slice_reader(&bytes[..n])).is_err(),
+                "truncation at {n} accepted"
+            );
         }
     }
 
@@ -908,36 +944,70 @@ mod tests {
         let root = entry(b"", Kind::Dir, 0);
         let id = ChunkId::of(b"y");
         let cases: Vec<(&str, Vec<u8>)> = vec![
-            ("dotdot", with_entries(&[root.clone(), entry(b"..", Kind::File, 0)], &[])),
-            ("abs", with_entries(&[root.clone(), entry(b"/etc", Kind::File, 0)], &[])),
-            ("empty comp", with_entries(&[root.clone(), entry(b"a//b", Kind::File, 0)], &[])),
+            (
+                "dotdot",
+                with_entries(&[root.clone(), entry(b"..", Kind::File, 0)], &[]),
+            ),
+            (
+                "abs",
+                with_entries(&[root.clone(), entry(b"/etc", Kind::File, 0)], &[]),
+            ),
+            (
+                "empty comp",
+                with_entries(&[root.clone(), entry(b"a//b", Kind::File, 0)], &[]),
+            ),
             (
                 "order",
                 with_entries(
-                    &[root.clone(), entry(b"b", Kind::File, 0), entry(b"a", Kind::File, 0)],
+                    &[
+                        root.clone(),
+                        entry(b"b", Kind::File, 0),
+                        entry(b"a", Kind::File, 0),
+                    ],
                     &[],
                 ),
             ),
             (
                 "dup",
                 with_entries(
-                    &[root.clone(), entry(b"a", Kind::File, 0), entry(b"a", Kind::File, 0)],
+                    &[
+                        root.clone(),
+                        entry(b"a", Kind::File, 0),
+                        entry(b"a", Kind::File, 0),
+                    ],
                     &[],
                 ),
             ),
-            ("orphan", with_entries(&[root.clone(), entry(b"x/y", Kind::File, 0)], &[])),
+            (
+                "orphan",
+                with_entries(&[root.clone(), entry(b"x/y", Kind::File, 0)], &[]),
+            ),
             (
                 "long chunk",
                 with_entries(
                     &[root.clone(), entry(b"f", Kind::File, 1 << 20)],
-                    &[(1, ChunkRef { offset: 0, len: 70_000, id })],
+                    &[(
+                        1,
+                        ChunkRef {
+                            offset: 0,
+                            len: 70_000,
+                            id,
+                        },
+                    )],
                 ),
             ),
             (
                 "past size",
                 with_entries(
                     &[root.clone(), entry(b"f", Kind::File, 100)],
-                    &[(1, ChunkRef { offset: 0, len: 200, id })],
+                    &[(
+                        1,
+                        ChunkRef {
+                            offset: 0,
+                            len: 200,
+                            id,
+                        },
+                    )],
                 ),
             ),
             (
@@ -945,8 +1015,22 @@ mod tests {
                 with_entries(
                     &[root.clone(), entry(b"f", Kind::File, 100_000)],
                     &[
-                        (1, ChunkRef { offset: 8192, len: 100, id }),
-                        (1, ChunkRef { offset: 100, len: 100, id }),
+                        (
+                            1,
+                            ChunkRef {
+                                offset: 8192,
+                                len: 100,
+                                id,
+                            },
+                        ),
+                        (
+                            1,
+                            ChunkRef {
+                                offset: 100,
+                                len: 100,
+                                id,
+                            },
+                        ),
                     ],
                 ),
             ),

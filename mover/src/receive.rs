@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 use crate::chunk::{ChunkId, ChunkRef};
 use crate::fsmeta::{self, FsMetaError, Skip, StatKind};
 use crate::journal::{FramedReader, FramedWriter, JRec, JournalError, Stored, read_journal};
-use crate::manifest::{self, Entry, Item, Kind, ManifestError, ManifestReader, PathTable, path_cmp};
+use crate::manifest::{
+    self, Entry, Item, Kind, ManifestError, ManifestReader, PathTable, path_cmp,
+};
 use crate::progress::{Phase, Progress, ProgressSink};
 use crate::safe_path::{Root, SafePathError};
 use crate::source::{ChunkSource, SinkError, SourceError, Want};
@@ -45,7 +47,10 @@ const WINDOW_BYTES: u64 = 64 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
     #[error("destination {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     SafePath(#[from] SafePathError),
     #[error(transparent)]
@@ -164,17 +169,40 @@ pub struct RoundStats {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 enum Op {
     /// Remove (recursively) whatever is at `path`.
-    Delete { path: Vec<u8> },
-    Mkdir { path: Vec<u8> },
+    Delete {
+        path: Vec<u8>,
+    },
+    Mkdir {
+        path: Vec<u8>,
+    },
     /// Finish staged entry `stage/<n>` (size, metadata) and rename it in.
-    Place { stage: u32, entry: Entry },
+    Place {
+        stage: u32,
+        entry: Entry,
+    },
     /// Write pack bytes into the existing file at `path`.
-    PatchWrite { path: Vec<u8>, offset: u64, len: u32, pack: u64, id: ChunkId },
+    PatchWrite {
+        path: Vec<u8>,
+        offset: u64,
+        len: u32,
+        pack: u64,
+        id: ChunkId,
+    },
     /// After a patch: size, holes, metadata.
-    PatchEnd { entry: Entry, holes: Vec<(u64, u64)> },
-    Meta { entry: Entry },
-    Link { path: Vec<u8>, target: Vec<u8> },
-    DirMeta { entry: Entry },
+    PatchEnd {
+        entry: Entry,
+        holes: Vec<(u64, u64)>,
+    },
+    Meta {
+        entry: Entry,
+    },
+    Link {
+        path: Vec<u8>,
+        target: Vec<u8>,
+    },
+    DirMeta {
+        entry: Entry,
+    },
 }
 
 const OPS: [&str; 4] = ["ops.delete", "ops.mkdir", "ops.place", "ops.dirmeta"];
@@ -211,7 +239,10 @@ impl std::fmt::Debug for Receiver {
 /// Default state dir: beside the destination, so it is on the same
 /// filesystem (renames from the round dir into the tree must not cross one).
 pub fn default_state_dir(dest: &Path) -> PathBuf {
-    let name = dest.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let name = dest
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     let mut s = std::ffi::OsString::from(".");
     s.push(name);
     s.push(".daffe-state");
@@ -263,7 +294,7 @@ impl Receiver {
         let mut stats = RoundStats::default();
         self.apply(&mut stats)?;
         self.sync_fs()?;
-        self.promote()?;
+        self.promote(None, &mut stats, opts)?;
         Ok(true)
     }
 
@@ -273,7 +304,11 @@ impl Receiver {
     }
 
     /// Runs one round against `src`.
-    pub fn run_round(&mut self, src: &mut dyn ChunkSource, opts: &ReceiveOptions) -> Result<RoundStats, ReceiveError> {
+    pub fn run_round(
+        &mut self,
+        src: &mut dyn ChunkSource,
+        opts: &ReceiveOptions,
+    ) -> Result<RoundStats, ReceiveError> {
         let mut stats = RoundStats::default();
         if self.recover(opts)? {
             stats.recovered = true;
@@ -289,13 +324,17 @@ impl Receiver {
             src.manifest(&mut w).map_err(ReceiveError::Source)?;
             std::io::Write::flush(&mut w).map_err(io_err(b"manifest"))?;
         }
-        let trailer = manifest::validate(BufReader::new(File::open(&mtmp).map_err(io_err(b"manifest"))?))?;
+        let trailer = manifest::validate(BufReader::new(
+            File::open(&mtmp).map_err(io_err(b"manifest"))?,
+        ))?;
         let new_root = trailer.root;
         stats.root = new_root.to_hex();
         stats.chunks_total = trailer.chunks;
-        let mode = ManifestReader::new(BufReader::new(File::open(&mtmp).map_err(io_err(b"manifest"))?))?
-            .header()
-            .mode;
+        let mode = ManifestReader::new(BufReader::new(
+            File::open(&mtmp).map_err(io_err(b"manifest"))?,
+        ))?
+        .header()
+        .mode;
         let want_mode = match self.dest {
             Destination::Tree(_) => manifest::Mode::Tree,
             Destination::Image(_) => manifest::Mode::Image,
@@ -317,7 +356,9 @@ impl Receiver {
         if resume {
             for (s, len, id) in &old_round.durable {
                 match *s {
-                    Stored::Stage { entry, offset } => index.set(id, Loc::Stage { entry, offset }, *len),
+                    Stored::Stage { entry, offset } => {
+                        index.set(id, Loc::Stage { entry, offset }, *len)
+                    }
                     Stored::Pack { offset } => {
                         index.set(id, Loc::Pack { offset }, *len);
                         pack_len = pack_len.max(offset + u64::from(*len));
@@ -354,7 +395,7 @@ impl Receiver {
         // 3. Unchanged round: nothing to do if the applied tree still is
         //    what the applied manifest says.
         let applied = self.applied_root();
-        let validity = self.validity(applied.as_ref(), &mut index, resume)?;
+        let validity = self.validity(applied.as_ref(), &mut index, opts.verify == Verify::All)?;
         if applied == Some(new_root) && validity.all_valid {
             std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
             let _ = std::fs::remove_dir_all(&seed_dir);
@@ -388,6 +429,8 @@ impl Receiver {
                 .map_err(io_err(b"pack"))?,
             pack_len,
             stage_files: HashMap::new(),
+            unfinished: HashMap::new(),
+            flush_pending_after: false,
             applied_file: None,
             seed_files: HashMap::new(),
             window: Window {
@@ -435,16 +478,24 @@ impl Receiver {
         self.apply(&mut stats)?;
         stats.apply_ms = t1.elapsed().as_millis() as u64;
         let t2 = Instant::now();
+        // The applied data must be durable before the state says so.
+        self.sync_fs()?;
         if opts.verify != Verify::None {
             opts.progress.event(&Progress::Phase {
                 phase: Phase::Verify,
                 total_bytes: 0,
             });
-            self.verify(&touched, opts.verify == Verify::All, &mut stats, opts)?;
         }
+        let check = (opts.verify != Verify::None)
+            .then_some((touched.as_slice(), opts.verify == Verify::All));
+        let failures = self.promote(check, &mut stats, opts)?;
         stats.verify_ms = t2.elapsed().as_millis() as u64;
-        self.sync_fs()?;
-        self.promote()?;
+        if !failures.is_empty() {
+            return Err(ReceiveError::Verify {
+                path: failures.join(", "),
+                why: "does not match the manifest after apply; the next round repairs it".into(),
+            });
+        }
         stats.entries = trailer.entries;
         opts.progress.event(&Progress::Phase {
             phase: Phase::Done,
@@ -486,7 +537,7 @@ impl Receiver {
         &self,
         applied: Option<&ChunkId>,
         index: &mut ChunkIndex,
-        resume: bool,
+        scrub: bool,
     ) -> Result<Validity, ReceiveError> {
         let mut v = Validity {
             valid: Vec::new(),
@@ -506,7 +557,11 @@ impl Receiver {
         let mut all = stat.is_some();
         let mut idx = 0u32;
         let mut cur_valid = false;
-        let _ = resume;
+        // With `scrub`, every chunk of the applied tree is re-read and checked:
+        // an entry with a bad chunk is invalid (restaged), its good chunks
+        // stay usable.
+        let mut cur_file: Option<File> = None;
+        let mut buf = Vec::new();
         while let Some(item) = r.next()? {
             match item {
                 Item::Entry(e) => {
@@ -518,20 +573,41 @@ impl Receiver {
                     let ok = match (&rec, &st) {
                         (Some(rec), Some(st)) => {
                             // Block devices have no useful timestamps: trust them.
-                            (st.kind == StatKind::BlockDev && e.kind == Kind::Image) || rec.unchanged(st)
+                            (st.kind == StatKind::BlockDev && e.kind == Kind::Image)
+                                || rec.unchanged(st)
                         }
                         _ => false,
                     };
                     all &= ok;
                     v.valid.push(ok);
-                    v.single.push(st.is_some_and(|s| s.nlink <= 1 || s.kind == StatKind::Dir));
+                    v.single
+                        .push(st.is_some_and(|s| s.nlink <= 1 || s.kind == StatKind::Dir));
                     if ok && e.kind.has_data() {
                         v.paths.push(idx, &e.path);
                     }
                     cur_valid = ok && e.kind.has_data();
+                    cur_file = None;
+                    if scrub && cur_valid {
+                        cur_file = self
+                            .open_dest(&e.path, OFlags::RDONLY | OFlags::NOFOLLOW)
+                            .ok()
+                            .map(File::from);
+                    }
                     idx += 1;
                 }
                 Item::Chunk(c) => {
+                    if let Some(f) = &cur_file
+                        && !read_verified(f, c.offset, c.len, &c.id, &mut buf).unwrap_or(false)
+                    {
+                        tracing::warn!(
+                            "scrub: chunk at {} of entry #{} is corrupt",
+                            c.offset,
+                            idx - 1
+                        );
+                        v.valid[idx as usize - 1] = false;
+                        all = false;
+                        continue;
+                    }
                     if cur_valid {
                         index.add(
                             &c.id,
@@ -638,7 +714,10 @@ impl Receiver {
                     Op::Meta { entry } => self.meta(&entry, stats)?,
                     Op::Link { path, target } => self.link(&path, &target)?,
                     Op::DirMeta { entry } => {
-                        let fd = self.open_dest(&entry.path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)?;
+                        let fd = self.open_dest(
+                            &entry.path,
+                            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+                        )?;
                         fsmeta::apply_fd(fd.as_fd(), &entry, &mut stats.skipped)?;
                     }
                 }
@@ -665,8 +744,13 @@ impl Receiver {
                         AtFlags::SYMLINK_NOFOLLOW,
                     )
                     .map_err(errno(&e.path))?;
-                    rustix::fs::chmodat(dir.as_fd(), name, Mode::from_raw_mode(e.mode as _), AtFlags::empty())
-                        .map_err(errno(&e.path))?;
+                    rustix::fs::chmodat(
+                        dir.as_fd(),
+                        name,
+                        Mode::from_raw_mode(e.mode as _),
+                        AtFlags::empty(),
+                    )
+                    .map_err(errno(&e.path))?;
                 }
                 fsmeta::apply_link(dir.as_fd(), name, e, &mut stats.skipped)?;
             }
@@ -684,50 +768,25 @@ impl Receiver {
         self.round_dir().join("stage")
     }
 
-    /// Finishes a staged entry and renames it into place.
-    fn place(&self, stage: u32, e: &Entry, stats: &mut RoundStats) -> Result<(), ReceiveError> {
-        let sd = File::open(self.stage_dir()).map_err(io_err(b"stage dir"))?;
+    /// Renames a finished staged entry into place (its data and metadata
+    /// were set while staging). Idempotent: a missing stage file was renamed
+    /// by an earlier replay.
+    fn place(&self, stage: u32, e: &Entry, _stats: &mut RoundStats) -> Result<(), ReceiveError> {
         let sname = stage.to_string();
         let sname = OsStr::new(&sname);
-        match fsmeta::stat_at(sd.as_fd(), sname) {
-            Err(_) => {
-                // Renamed by an earlier replay: metadata was set before.
-                return Ok(());
-            }
-            Ok(_) => {}
-        }
-        match e.kind {
-            Kind::File | Kind::Image => {
-                let fd = rustix::fs::openat(sd.as_fd(), sname, OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-                    .map_err(errno(&e.path))?;
-                rustix::fs::ftruncate(&fd, e.size).map_err(errno(&e.path))?;
-                fsmeta::apply_fd(fd.as_fd(), e, &mut stats.skipped)?;
-            }
-            Kind::Symlink => fsmeta::apply_link(sd.as_fd(), sname, e, &mut stats.skipped)?,
-            _ => {
-                rustix::fs::chownat(
-                    sd.as_fd(),
-                    sname,
-                    Some(rustix::fs::Uid::from_raw(e.uid)),
-                    Some(rustix::fs::Gid::from_raw(e.gid)),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(errno(&e.path))?;
-                rustix::fs::chmodat(sd.as_fd(), sname, Mode::from_raw_mode(e.mode as _), AtFlags::empty())
-                    .map_err(errno(&e.path))?;
-                fsmeta::apply_link(sd.as_fd(), sname, e, &mut stats.skipped)?;
-            }
-        }
-        match (&self.root, &self.dest) {
+        let r = match (&self.root, &self.dest) {
             (Some(root), _) => {
+                let sd = File::open(self.stage_dir()).map_err(io_err(b"stage dir"))?;
                 let (dir, name) = root.parent(&e.path)?;
-                rustix::fs::renameat(sd.as_fd(), sname, dir.as_fd(), name).map_err(errno(&e.path))?;
+                rustix::fs::renameat(sd.as_fd(), sname, dir.as_fd(), name)
             }
-            (None, d) => {
-                std::fs::rename(self.stage_dir().join(stage.to_string()), d.path()).map_err(io_err(b"image"))?;
-            }
+            (None, d) => std::fs::rename(self.stage_dir().join(sname), d.path())
+                .map_err(|e| rustix::io::Errno::from_io_error(&e).unwrap_or(rustix::io::Errno::IO)),
+        };
+        match r {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+            Err(err) => Err(errno(&e.path)(err)),
         }
-        Ok(())
     }
 
     fn link(&self, path: &[u8], target: &[u8]) -> Result<(), ReceiveError> {
@@ -737,7 +796,8 @@ impl Receiver {
         let sd = File::open(self.stage_dir()).map_err(io_err(b"stage dir"))?;
         let tmp = OsStr::new("link.tmp");
         let _ = rustix::fs::unlinkat(sd.as_fd(), tmp, AtFlags::empty());
-        rustix::fs::linkat(tdir.as_fd(), tname, sd.as_fd(), tmp, AtFlags::empty()).map_err(errno(path))?;
+        rustix::fs::linkat(tdir.as_fd(), tname, sd.as_fd(), tmp, AtFlags::empty())
+            .map_err(errno(path))?;
         let (dir, name) = root.parent(path)?;
         rustix::fs::renameat(sd.as_fd(), tmp, dir.as_fd(), name).map_err(errno(path))?;
         // rename() between two names of one inode does nothing: clean up.
@@ -760,112 +820,198 @@ impl Receiver {
         Ok(())
     }
 
-    fn verify(&self, touched: &[u32], all: bool, stats: &mut RoundStats, opts: &ReceiveOptions) -> Result<(), ReceiveError> {
-        let mut r = ManifestReader::new(BufReader::with_capacity(
-            1 << 20,
-            File::open(self.round_dir().join("manifest")).map_err(io_err(b"manifest"))?,
-        ))?;
-        let mut idx = 0u32;
-        let mut ti = 0usize;
-        let mut cur: Option<(Entry, File)> = None;
-        let mut buf = Vec::new();
-        while let Some(item) = r.next()? {
-            match item {
-                Item::Entry(e) => {
-                    let this = idx;
-                    idx += 1;
-                    cur = None;
-                    while ti < touched.len() && touched[ti] < this {
-                        ti += 1;
-                    }
-                    let hit = ti < touched.len() && touched[ti] == this;
-                    if !(hit || all && e.kind.has_data()) {
-                        continue;
-                    }
-                    let st = self.stat_dest(&e.path).ok_or_else(|| ReceiveError::Verify {
-                        path: e.display_path(),
-                        why: "missing after apply".into(),
-                    })?;
-                    let block = st.kind == StatKind::BlockDev;
-                    if !block && !fsmeta::meta_matches(&st, &e) {
-                        return Err(ReceiveError::Verify {
-                            path: e.display_path(),
-                            why: format!("metadata differs: {st:?}"),
-                        });
-                    }
-                    if e.kind.has_data() {
-                        if !block && st.size != e.size {
-                            return Err(ReceiveError::Verify {
-                                path: e.display_path(),
-                                why: format!("size {} != {}", st.size, e.size),
-                            });
-                        }
-                        let fd = self.open_dest(&e.path, OFlags::RDONLY | OFlags::NOFOLLOW)?;
-                        cur = Some((e, File::from(fd)));
-                    }
-                }
-                Item::Chunk(c) => {
-                    if let Some((e, f)) = &cur {
-                        if !read_verified(f, c.offset, c.len, &c.id, &mut buf).map_err(io_err(&e.path))? {
-                            return Err(ReceiveError::Verify {
-                                path: e.display_path(),
-                                why: format!("chunk at {} does not match {}", c.offset, c.id),
-                            });
-                        }
-                        stats.bytes_verified += u64::from(c.len);
-                        opts.progress.event(&Progress::Verified { bytes: u64::from(c.len) });
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Makes the round's manifest the applied one, with a fresh stat cache.
-    fn promote(&self) -> Result<(), ReceiveError> {
+    /// With `check`, entries this round touched (or all data entries) are
+    /// verified in the same pass: metadata against the manifest, data chunk
+    /// by chunk. An entry that fails gets no stat record, so the next round
+    /// treats it as changed and repairs it; the failures are returned.
+    fn promote(
+        &self,
+        check: Option<(&[u32], bool)>,
+        stats: &mut RoundStats,
+        opts: &ReceiveOptions,
+    ) -> Result<Vec<String>, ReceiveError> {
         if let Some(r) = &self.root {
             r.forget();
         }
         let rd = self.round_dir();
         let m = rd.join("manifest");
-        let root = manifest::validate(BufReader::new(File::open(&m).map_err(io_err(b"manifest"))?))?.root;
         // Wait until the filesystem clock has moved past our last write, so
         // any later change behind our back gets a different ctime than the
         // one recorded here (no racy entries at the destination).
         std::thread::sleep(Duration::from_millis(20));
         let stat_new = self.state.join("applied.stat.new");
         let mut w = StatWriter::create(&stat_new)?;
-        let mut r = ManifestReader::new(BufReader::with_capacity(1 << 20, File::open(&m).map_err(io_err(b"manifest"))?))?;
-        while let Some(e) = r.next_entry()? {
-            if let Some(st) = self.stat_dest(&e.path) {
-                let mut rec = StatRec::new(&e.path, &st, i128::MIN / 2);
-                rec.racy = false;
-                w.push(&rec)?;
+        let mut r = ManifestReader::new(BufReader::with_capacity(
+            1 << 20,
+            File::open(&m).map_err(io_err(b"manifest"))?,
+        ))?;
+        let (touched, all) = check.unwrap_or((&[], false));
+        let checking = check.is_some();
+        let mut failures = Vec::new();
+        let mut idx = 0u32;
+        let mut ti = 0usize;
+        let mut buf = Vec::new();
+        // (entry, open file, stat record, still good)
+        let mut cur: Option<(Entry, Option<File>, Option<StatRec>, bool)> = None;
+        let finish = |cur: &mut Option<(Entry, Option<File>, Option<StatRec>, bool)>,
+                      w: &mut StatWriter,
+                      failures: &mut Vec<String>|
+         -> Result<(), ReceiveError> {
+            if let Some((e, _, rec, good)) = cur.take() {
+                match (rec, good) {
+                    (Some(rec), true) => w.push(&rec)?,
+                    (_, false) => failures.push(e.display_path()),
+                    _ => {}
+                }
+            }
+            Ok(())
+        };
+        while let Some(item) = r.next()? {
+            match item {
+                Item::Entry(e) => {
+                    finish(&mut cur, &mut w, &mut failures)?;
+                    let this = idx;
+                    idx += 1;
+                    while ti < touched.len() && touched[ti] < this {
+                        ti += 1;
+                    }
+                    let verify = checking
+                        && ((ti < touched.len() && touched[ti] == this)
+                            || (all && e.kind.has_data()));
+                    let mut file = None;
+                    let st = if verify && e.kind.has_data() {
+                        match self.open_dest(&e.path, OFlags::RDONLY | OFlags::NOFOLLOW) {
+                            Ok(fd) => {
+                                let f = File::from(fd);
+                                let st = fsmeta::stat_fd(f.as_fd(), &e.path).ok().map(|mut st| {
+                                    if st.kind == StatKind::BlockDev {
+                                        st.size = crate::scan::image_size(&f, &st).unwrap_or(0);
+                                    }
+                                    st
+                                });
+                                file = Some(f);
+                                st
+                            }
+                            Err(_) => None,
+                        }
+                    } else {
+                        self.stat_dest(&e.path)
+                    };
+                    let mut good = true;
+                    if verify {
+                        good = match &st {
+                            None => false,
+                            Some(st) if st.kind == StatKind::BlockDev => st.size >= e.size,
+                            Some(st) => {
+                                fsmeta::meta_matches(st, &e)
+                                    && (!e.kind.has_data() || st.size == e.size)
+                            }
+                        };
+                        if !good {
+                            tracing::error!(
+                                "verify: {} does not match the manifest: {st:?}",
+                                e.display_path()
+                            );
+                        }
+                    }
+                    let rec = st.map(|st| {
+                        let mut rec = StatRec::new(&e.path, &st, i128::MIN / 2);
+                        rec.racy = false;
+                        rec
+                    });
+                    cur = Some((e, file, rec, good));
+                }
+                Item::Chunk(c) => {
+                    if let Some((e, Some(f), _, good)) = &mut cur
+                        && *good
+                    {
+                        if !read_verified(f, c.offset, c.len, &c.id, &mut buf)
+                            .map_err(io_err(&e.path))?
+                        {
+                            tracing::error!(
+                                "verify: {} chunk at {} does not match {}",
+                                e.display_path(),
+                                c.offset,
+                                c.id
+                            );
+                            *good = false;
+                        }
+                        stats.bytes_verified += u64::from(c.len);
+                        opts.progress.event(&Progress::Verified {
+                            bytes: u64::from(c.len),
+                        });
+                    }
+                }
             }
         }
+        finish(&mut cur, &mut w, &mut failures)?;
+        let root = r
+            .trailer()
+            .map(|t| t.root)
+            .ok_or(ManifestError::Truncated(0))?;
         w.finish(&root, true)?;
         let man_new = self.state.join("applied.manifest.new");
         let _ = std::fs::remove_file(&man_new);
         std::fs::hard_link(&m, &man_new).map_err(io_err(b"applied.manifest"))?;
-        std::fs::rename(&stat_new, self.state.join("applied.stat")).map_err(io_err(b"applied.stat"))?;
-        std::fs::rename(&man_new, self.state.join("applied.manifest")).map_err(io_err(b"applied.manifest"))?;
+        std::fs::rename(&stat_new, self.state.join("applied.stat"))
+            .map_err(io_err(b"applied.stat"))?;
+        std::fs::rename(&man_new, self.state.join("applied.manifest"))
+            .map_err(io_err(b"applied.manifest"))?;
         File::open(&self.state)
             .and_then(|d| d.sync_all())
             .map_err(io_err(b"state dir"))?;
         std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
         let _ = std::fs::remove_dir_all(self.state.join("seed"));
-        Ok(())
+        Ok(failures)
     }
 }
 
-fn remove_at(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr, path: &[u8]) -> Result<(), ReceiveError> {
+/// Owner, mode, xattrs, times of a symlink or special file (by name).
+fn special_meta(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &OsStr,
+    e: &Entry,
+    skips: &mut Vec<Skip>,
+) -> Result<(), ReceiveError> {
+    if e.kind != Kind::Symlink {
+        rustix::fs::chownat(
+            dir,
+            name,
+            Some(rustix::fs::Uid::from_raw(e.uid)),
+            Some(rustix::fs::Gid::from_raw(e.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(errno(&e.path))?;
+        rustix::fs::chmodat(
+            dir,
+            name,
+            Mode::from_raw_mode(e.mode as _),
+            AtFlags::empty(),
+        )
+        .map_err(errno(&e.path))?;
+    }
+    fsmeta::apply_link(dir, name, e, skips)?;
+    Ok(())
+}
+
+fn remove_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &OsStr,
+    path: &[u8],
+) -> Result<(), ReceiveError> {
     let st = match fsmeta::stat_at(dir, name) {
         Ok(st) => st,
         Err(_) => return Ok(()),
     };
     if st.kind == StatKind::Dir {
-        let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(errno(path))?;
+        let fd = rustix::fs::openat(
+            dir,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno(path))?;
         let mut names = Vec::new();
         for ent in rustix::fs::Dir::read_from(&fd).map_err(errno(path))? {
             let ent = ent.map_err(errno(path))?;
@@ -910,6 +1056,9 @@ struct Planner<'a> {
     pack: File,
     pack_len: u64,
     stage_files: HashMap<u32, File>,
+    /// Staged files waiting for deferred chunks: (writes left, entry).
+    unfinished: HashMap<u32, (u32, Entry)>,
+    flush_pending_after: bool,
     applied_file: Option<(u32, File)>,
     seed_files: HashMap<u32, File>,
     window: Window,
@@ -941,7 +1090,10 @@ impl Planner<'_> {
     fn plan(&mut self) -> Result<(), ReceiveError> {
         let rd = self.rx.round_dir();
         let mpath = rd.join("manifest");
-        let mut newr = ManifestReader::new(BufReader::with_capacity(1 << 20, File::open(&mpath).map_err(io_err(b"manifest"))?))?;
+        let mut newr = ManifestReader::new(BufReader::with_capacity(
+            1 << 20,
+            File::open(&mpath).map_err(io_err(b"manifest"))?,
+        ))?;
         let header = newr.header().clone();
         let applied_path = self.rx.state.join("applied.manifest");
         let mut old = if self.validity.valid.is_empty() {
@@ -986,8 +1138,18 @@ impl Planner<'_> {
             }
             let same = match &old_peek {
                 Some((oi, oe, opos)) if oe.path == e.path => {
-                    let valid = self.validity.valid.get(*oi as usize).copied().unwrap_or(false);
-                    let single = self.validity.single.get(*oi as usize).copied().unwrap_or(false);
+                    let valid = self
+                        .validity
+                        .valid
+                        .get(*oi as usize)
+                        .copied()
+                        .unwrap_or(false);
+                    let single = self
+                        .validity
+                        .single
+                        .get(*oi as usize)
+                        .copied()
+                        .unwrap_or(false);
                     Some((*oi, oe.clone(), *opos, valid, single))
                 }
                 _ => None,
@@ -1000,18 +1162,32 @@ impl Planner<'_> {
                             // A directory changed behind our back may hold
                             // names we never wrote: list it, and delete what
                             // the new manifest does not name when it closes.
-                            let extra = if *valid { None } else { Some(self.list_dest(&e.path)) };
+                            let extra = if *valid {
+                                None
+                            } else {
+                                Some(self.list_dest(&e.path))
+                            };
                             (true, meta_differs(oe, &e) || !*valid, extra)
                         }
                         Some(_) => {
-                            self.op(0, &Op::Delete { path: e.path.clone() })?;
+                            self.op(
+                                0,
+                                &Op::Delete {
+                                    path: e.path.clone(),
+                                },
+                            )?;
                             (false, true, None)
                         }
                         None if e.path.is_empty() => (true, true, Some(self.list_dest(&e.path))),
                         None => (false, true, None),
                     };
                     if !existed {
-                        self.op(1, &Op::Mkdir { path: e.path.clone() })?;
+                        self.op(
+                            1,
+                            &Op::Mkdir {
+                                path: e.path.clone(),
+                            },
+                        )?;
                     }
                     mark_parent(&mut dirs, &e.path);
                     dirs.push(OpenDir {
@@ -1022,7 +1198,16 @@ impl Planner<'_> {
                     });
                 }
                 Kind::File | Kind::Image => {
-                    let changed = self.plan_data(i, &e, epos, &header, &mut newr, same.as_ref(), old_header.as_ref(), &mut old)?;
+                    let changed = self.plan_data(
+                        i,
+                        &e,
+                        epos,
+                        &header,
+                        &mut newr,
+                        same.as_ref(),
+                        old_header.as_ref(),
+                        &mut old,
+                    )?;
                     if changed {
                         changed_files.insert(e.path.clone());
                         mark_parent(&mut dirs, &e.path);
@@ -1040,15 +1225,28 @@ impl Planner<'_> {
                     };
                     if !ok {
                         if same.as_ref().is_some_and(|s| s.1.kind == Kind::Dir) {
-                            self.op(0, &Op::Delete { path: e.path.clone() })?;
+                            self.op(
+                                0,
+                                &Op::Delete {
+                                    path: e.path.clone(),
+                                },
+                            )?;
                         }
-                        self.op(2, &Op::Link { path: e.path.clone(), target: e.target.clone() })?;
+                        self.op(
+                            2,
+                            &Op::Link {
+                                path: e.path.clone(),
+                                target: e.target.clone(),
+                            },
+                        )?;
                         mark_parent(&mut dirs, &e.path);
                     }
                 }
                 Kind::Symlink | Kind::Fifo | Kind::CharDev | Kind::BlockDev => {
                     let keep = match &same {
-                        Some((_, oe, _, true, _)) => oe.kind == e.kind && oe.target == e.target && oe.rdev == e.rdev,
+                        Some((_, oe, _, true, _)) => {
+                            oe.kind == e.kind && oe.target == e.target && oe.rdev == e.rdev
+                        }
                         _ => false,
                     };
                     if keep {
@@ -1060,10 +1258,21 @@ impl Planner<'_> {
                         }
                     } else {
                         if same.as_ref().is_some_and(|s| s.1.kind == Kind::Dir) {
-                            self.op(0, &Op::Delete { path: e.path.clone() })?;
+                            self.op(
+                                0,
+                                &Op::Delete {
+                                    path: e.path.clone(),
+                                },
+                            )?;
                         }
                         self.stage_special(i, &e)?;
-                        self.op(2, &Op::Place { stage: i, entry: e.clone() })?;
+                        self.op(
+                            2,
+                            &Op::Place {
+                                stage: i,
+                                entry: e.clone(),
+                            },
+                        )?;
                         self.touched.push(i);
                         mark_parent(&mut dirs, &e.path);
                     }
@@ -1074,7 +1283,12 @@ impl Planner<'_> {
             }
         }
         while let Some((_, oe, _)) = old_peek.take() {
-            self.op(0, &Op::Delete { path: oe.path.clone() })?;
+            self.op(
+                0,
+                &Op::Delete {
+                    path: oe.path.clone(),
+                },
+            )?;
             mark_parent(&mut dirs, &oe.path);
             old_peek = next_old(&mut old)?;
         }
@@ -1087,7 +1301,8 @@ impl Planner<'_> {
     fn close_dirs(&mut self, dirs: &mut Vec<OpenDir>, path: &[u8]) -> Result<(), ReceiveError> {
         while let Some(top) = dirs.last() {
             let t = &top.entry.path;
-            let is_ancestor = t.is_empty() || (path.len() > t.len() && path.starts_with(t) && path[t.len()] == b'/');
+            let is_ancestor = t.is_empty()
+                || (path.len() > t.len() && path.starts_with(t) && path[t.len()] == b'/');
             if is_ancestor {
                 return Ok(());
             }
@@ -1109,14 +1324,22 @@ impl Planner<'_> {
             touched = true;
         }
         if touched || d.changed {
-            self.op(3, &Op::DirMeta { entry: d.entry.clone() })?;
+            self.op(
+                3,
+                &Op::DirMeta {
+                    entry: d.entry.clone(),
+                },
+            )?;
         }
         Ok(())
     }
 
     /// Names in a destination directory, sorted.
     fn list_dest(&self, path: &[u8]) -> Vec<Vec<u8>> {
-        let Ok(fd) = self.rx.open_dest(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW) else {
+        let Ok(fd) = self
+            .rx
+            .open_dest(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW)
+        else {
             return Vec::new();
         };
         let mut names = Vec::new();
@@ -1145,10 +1368,11 @@ impl Planner<'_> {
         let name = OsStr::new(&name);
         let _ = rustix::fs::unlinkat(sd.as_fd(), name, AtFlags::empty());
         match e.kind {
-            Kind::Symlink => rustix::fs::symlinkat(OsStr::from_bytes(&e.target), sd.as_fd(), name).map_err(errno(&e.path))?,
+            Kind::Symlink => rustix::fs::symlinkat(OsStr::from_bytes(&e.target), sd.as_fd(), name)
+                .map_err(errno(&e.path))?,
             _ => fsmeta::make_special(sd.as_fd(), name, e)?,
         }
-        Ok(())
+        special_meta(sd.as_fd(), name, e, &mut self.stats.skipped)
     }
 
     /// Plans a data entry; returns whether its data changes.
@@ -1170,7 +1394,10 @@ impl Planner<'_> {
             _ => false,
         };
         let device = self.rx.root.is_none()
-            && self.rx.stat_dest(b"").is_some_and(|s| s.kind == StatKind::BlockDev);
+            && self
+                .rx
+                .stat_dest(b"")
+                .is_some_and(|s| s.kind == StatKind::BlockDev);
         if device {
             let have = self.rx.stat_dest(b"").map_or(0, |s| s.size);
             if have < e.size {
@@ -1253,7 +1480,12 @@ impl Planner<'_> {
             self.stage_file(i, e, &mut r)?;
         } else {
             if same.is_some_and(|s| s.1.kind == Kind::Dir) {
-                self.op(0, &Op::Delete { path: e.path.clone() })?;
+                self.op(
+                    0,
+                    &Op::Delete {
+                        path: e.path.clone(),
+                    },
+                )?;
             }
             self.stage_file(i, e, newr)?;
         }
@@ -1261,14 +1493,69 @@ impl Planner<'_> {
         Ok(true)
     }
 
-    fn stage_file(&mut self, i: u32, e: &Entry, r: &mut ManifestReader<BufReader<File>>) -> Result<(), ReceiveError> {
-        // Create the staged file now (even empty or all holes).
-        self.stage_file_handle(i)?;
+    fn stage_file(
+        &mut self,
+        i: u32,
+        e: &Entry,
+        r: &mut ManifestReader<BufReader<File>>,
+    ) -> Result<(), ReceiveError> {
+        let mut deferred = 0u32;
+        let mut flush = false;
         while let Some(c) = r.next_chunk()? {
-            self.resolve(i, c, Target::Stage { entry: i, offset: c.offset })?;
+            if self.resolve(
+                i,
+                c,
+                Target::Stage {
+                    entry: i,
+                    offset: c.offset,
+                },
+            )? {
+                deferred += 1;
+            }
+            flush |= std::mem::take(&mut self.flush_pending_after);
         }
-        self.op(2, &Op::Place { stage: i, entry: e.clone() })?;
+        if deferred == 0 {
+            self.finish_stage(i, e)?;
+        } else {
+            self.unfinished.insert(i, (deferred, e.clone()));
+        }
+        if flush {
+            self.flush_window()?;
+        }
+        self.op(
+            2,
+            &Op::Place {
+                stage: i,
+                entry: e.clone(),
+            },
+        )?;
         self.touched.push(i);
+        Ok(())
+    }
+
+    /// A staged file has all its data: set its size (the tail hole) and its
+    /// metadata now, on the handle we already hold, so that applying it is
+    /// a single rename.
+    fn finish_stage(&mut self, i: u32, e: &Entry) -> Result<(), ReceiveError> {
+        let f = self.stage_file_handle(i)?;
+        rustix::fs::ftruncate(f, e.size).map_err(errno(&e.path))?;
+        let f = self.stage_files.remove(&i).expect("opened above");
+        fsmeta::apply_fd(f.as_fd(), e, &mut self.stats.skipped)?;
+        Ok(())
+    }
+
+    /// One chunk write that `stage_file` deferred has landed.
+    fn landed(&mut self, i: u32) -> Result<(), ReceiveError> {
+        let done = match self.unfinished.get_mut(&i) {
+            Some((n, _)) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => false,
+        };
+        if done && let Some((_, e)) = self.unfinished.remove(&i) {
+            self.finish_stage(i, &e)?;
+        }
         Ok(())
     }
 
@@ -1283,12 +1570,14 @@ impl Planner<'_> {
         old_pos: Option<u64>,
         old_header: Option<&manifest::Header>,
     ) -> Result<(), ReceiveError> {
-        let mut r = ManifestReader::resume_at(BufReader::new(reopen(mpath, epos)?), header.clone(), epos);
+        let mut r =
+            ManifestReader::resume_at(BufReader::new(reopen(mpath, epos)?), header.clone(), epos);
         r.next_entry()?;
         let apath = self.rx.state.join("applied.manifest");
         let mut o = match (old_pos, old_header) {
             (Some(p), Some(h)) => {
-                let mut o = ManifestReader::resume_at(BufReader::new(reopen(&apath, p)?), h.clone(), p);
+                let mut o =
+                    ManifestReader::resume_at(BufReader::new(reopen(&apath, p)?), h.clone(), p);
                 o.next_entry()?;
                 Some(o)
             }
@@ -1321,6 +1610,9 @@ impl Planner<'_> {
             let at = self.pack_len;
             self.pack_len += u64::from(c.len);
             self.resolve(i, c, Target::Pack { offset: at })?;
+            if std::mem::take(&mut self.flush_pending_after) {
+                self.flush_window()?;
+            }
             self.op(
                 2,
                 &Op::PatchWrite {
@@ -1335,14 +1627,23 @@ impl Planner<'_> {
         if e.size > end {
             holes.push((end, e.size - end));
         }
-        self.op(2, &Op::PatchEnd { entry: e.clone(), holes })?;
+        self.op(
+            2,
+            &Op::PatchEnd {
+                entry: e.clone(),
+                holes,
+            },
+        )?;
         Ok(())
     }
 
     fn stage_file_handle(&mut self, entry: u32) -> Result<&File, ReceiveError> {
         if !self.stage_files.contains_key(&entry) {
-            if self.stage_files.len() >= 64 {
-                self.stage_files.clear();
+            // A few handles suffice: chunks arrive in manifest order.
+            if self.stage_files.len() >= 16
+                && let Some(k) = self.stage_files.keys().next().copied()
+            {
+                self.stage_files.remove(&k);
             }
             let p = self.rx.stage_dir().join(entry.to_string());
             let f = OpenOptions::new()
@@ -1359,7 +1660,8 @@ impl Planner<'_> {
     }
 
     /// Finds chunk `c` (needed at `target`) locally or queues a want.
-    fn resolve(&mut self, i: u32, c: ChunkRef, target: Target) -> Result<(), ReceiveError> {
+    /// True when the write is deferred to a fetch window.
+    fn resolve(&mut self, i: u32, c: ChunkRef, target: Target) -> Result<bool, ReceiveError> {
         if let Some((loc, len)) = self.index.get(&c.id)
             && len == c.len
         {
@@ -1367,23 +1669,24 @@ impl Planner<'_> {
                 Loc::Pending { want } => {
                     self.window.dests[want as usize].push(target);
                     self.stats.chunks_reused += 1;
-                    return Ok(());
+                    return Ok(true);
                 }
                 Loc::Stage { entry, offset } if target == (Target::Stage { entry, offset }) => {
                     // Already there from an interrupted attempt (durable).
                     let mut buf = std::mem::take(&mut self.buf);
-                    let ok = read_verified(self.stage_file_handle(entry)?, offset, len, &c.id, &mut buf)
-                        .map_err(io_err(b"stage"))?;
+                    let ok =
+                        read_verified(self.stage_file_handle(entry)?, offset, len, &c.id, &mut buf)
+                            .map_err(io_err(b"stage"))?;
                     self.buf = buf;
                     if ok {
                         self.stats.chunks_reused += 1;
-                        return Ok(());
+                        return Ok(false);
                     }
                     self.index.remove(&c.id);
                 }
                 Loc::Pack { offset } if target == (Target::Pack { offset }) => {
                     self.stats.chunks_reused += 1;
-                    return Ok(());
+                    return Ok(false);
                 }
                 _ => {
                     if self.copy_local(loc, &c)? {
@@ -1392,8 +1695,10 @@ impl Planner<'_> {
                         self.buf = data;
                         self.stats.chunks_reused += 1;
                         self.stats.bytes_reused += u64::from(c.len);
-                        self.opts.progress.event(&Progress::Moved { bytes: u64::from(c.len) });
-                        return Ok(());
+                        self.opts.progress.event(&Progress::Moved {
+                            bytes: u64::from(c.len),
+                        });
+                        return Ok(false);
                     }
                     self.index.remove(&c.id);
                 }
@@ -1411,9 +1716,11 @@ impl Planner<'_> {
         self.window.bytes += u64::from(c.len);
         self.index.set(&c.id, Loc::Pending { want: w }, c.len);
         if self.window.wants.len() >= WINDOW_WANTS || self.window.bytes >= WINDOW_BYTES {
-            self.flush_window()?;
+            // The caller counts this want as deferred even if the window is
+            // flushed right now: `landed` runs when the caller has recorded it.
+            self.flush_pending_after = true;
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Reads a chunk from a local location into `self.buf`, verified.
@@ -1442,7 +1749,9 @@ impl Planner<'_> {
                 let f = self.stage_file_handle(entry)?;
                 read_verified(f, offset, c.len, &c.id, &mut buf).unwrap_or(false)
             }
-            Loc::Pack { offset } => read_verified(&self.pack, offset, c.len, &c.id, &mut buf).unwrap_or(false),
+            Loc::Pack { offset } => {
+                read_verified(&self.pack, offset, c.len, &c.id, &mut buf).unwrap_or(false)
+            }
             Loc::Seed { file, offset } => {
                 if !self.seed_files.contains_key(&file) {
                     match self.seeds.get(file as usize).map(File::open) {
@@ -1455,7 +1764,8 @@ impl Planner<'_> {
                         }
                     }
                 }
-                read_verified(&self.seed_files[&file], offset, c.len, &c.id, &mut buf).unwrap_or(false)
+                read_verified(&self.seed_files[&file], offset, c.len, &c.id, &mut buf)
+                    .unwrap_or(false)
             }
             Loc::Pending { .. } => false,
         };
@@ -1535,7 +1845,9 @@ impl Planner<'_> {
                 };
                 self.stats.chunks_new += 1;
                 self.stats.bytes_fetched += data.len() as u64;
-                self.opts.progress.event(&Progress::Moved { bytes: data.len() as u64 });
+                self.opts.progress.event(&Progress::Moved {
+                    bytes: data.len() as u64,
+                });
                 // The first destination becomes the chunk's home for later dups.
                 let first = dests[k][0];
                 self.index.set(
@@ -1547,7 +1859,11 @@ impl Planner<'_> {
                     w.len,
                 );
                 for t in &dests[k] {
-                    if let Err(e) = self.write_target(*t, &c, data) {
+                    let r = self.write_target(*t, &c, data).and_then(|_| match t {
+                        Target::Stage { entry, .. } => self.landed(*entry),
+                        Target::Pack { .. } => Ok(()),
+                    });
+                    if let Err(e) = r {
                         failure = Some(e);
                         return Err("write failed".into());
                     }
@@ -1573,7 +1889,8 @@ fn libc_nofollow() -> i32 {
 
 fn reopen(path: &Path, pos: u64) -> Result<File, ReceiveError> {
     let mut f = File::open(path).map_err(io_err(path.as_os_str().as_bytes()))?;
-    f.seek(SeekFrom::Start(pos)).map_err(io_err(path.as_os_str().as_bytes()))?;
+    f.seek(SeekFrom::Start(pos))
+        .map_err(io_err(path.as_os_str().as_bytes()))?;
     Ok(f)
 }
 
@@ -1592,7 +1909,11 @@ fn mark_seen(dirs: &mut [OpenDir], path: &[u8]) {
         return;
     }
     let parent = manifest::parent_of(path);
-    let name = &path[if parent.is_empty() { 0 } else { parent.len() + 1 }..];
+    let name = &path[if parent.is_empty() {
+        0
+    } else {
+        parent.len() + 1
+    }..];
     if let Some(d) = dirs.iter_mut().rev().find(|d| d.entry.path == parent)
         && let Some(extra) = d.extra.as_mut()
         && let Ok(i) = extra.binary_search_by(|n| n.as_slice().cmp(name))
@@ -1609,4 +1930,3 @@ fn meta_differs(old: &Entry, new: &Entry) -> bool {
         || old.mtime_ns != new.mtime_ns
         || old.xattrs != new.xattrs
 }
-

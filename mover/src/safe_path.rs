@@ -91,7 +91,9 @@ impl Root {
                 .map_err(|e| self.err(rel, e));
         }
         if !path_is_safe(rel) {
-            return Err(SafePathError::Unsafe(String::from_utf8_lossy(rel).into_owned()));
+            return Err(SafePathError::Unsafe(
+                String::from_utf8_lossy(rel).into_owned(),
+            ));
         }
         rustix::fs::openat2(
             &self.fd,
@@ -111,7 +113,9 @@ impl Root {
         rel: &'p [u8],
     ) -> Result<(std::rc::Rc<OwnedFd>, &'p OsStr), SafePathError> {
         if !path_is_safe(rel) {
-            return Err(SafePathError::Unsafe(String::from_utf8_lossy(rel).into_owned()));
+            return Err(SafePathError::Unsafe(
+                String::from_utf8_lossy(rel).into_owned(),
+            ));
         }
         let (dir, name) = match rel.iter().rposition(|&c| c == b'/') {
             Some(i) => (&rel[..i], &rel[i + 1..]),
@@ -150,7 +154,14 @@ mod tests {
         std::os::unix::fs::symlink("..", root.join("up")).unwrap();
         std::os::unix::fs::symlink(t.path(), root.join("abs")).unwrap();
         let r = Root::open(&root).unwrap();
-        for bad in [&b"../secret"[..], b"/etc/passwd", b"up/secret", b"abs/secret", b"d/../../secret", b""] {
+        for bad in [
+            &b"../secret"[..],
+            b"/etc/passwd",
+            b"up/secret",
+            b"abs/secret",
+            b"d/../../secret",
+            b"",
+        ] {
             let res = r.open_at(bad, OFlags::RDONLY, Mode::empty());
             if bad.is_empty() {
                 continue; // the root itself is fine

@@ -54,7 +54,10 @@ const MAX_PENDING: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
     #[error("scanning {path:?}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Meta(#[from] FsMetaError),
     #[error(transparent)]
@@ -149,6 +152,9 @@ struct Part {
 enum PState {
     /// No data, or data copied from the last manifest.
     Plain { reuse: bool },
+    /// A small file read and hashed inline (one chunk, no worker round trip:
+    /// for small files the hand-off costs more than the hashing).
+    Ready(Option<ChunkRef>),
     Chunking {
         file: Arc<File>,
         extents: Vec<(u64, u64)>,
@@ -187,7 +193,21 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
         }
         let short = got < want;
         let at_end = j.read_end == j.ext_end || short;
-        let chunks = chunk_segment(&j.class.chunker(), &buf[..got], j.seg, at_end);
+        let chunks = if j.class == ChunkClass::Small {
+            // Small files (<= SMALL_MAX) are one chunk per extent.
+            let data = &buf[..got];
+            if data.is_empty() {
+                Vec::new()
+            } else {
+                vec![ChunkRef {
+                    offset: j.seg,
+                    len: got as u32,
+                    id: ChunkId::of(data),
+                }]
+            }
+        } else {
+            chunk_segment(&j.class.chunker(), &buf[..got], j.seg, at_end)
+        };
         if results
             .send(JobResult {
                 seq: j.seq,
@@ -216,7 +236,11 @@ fn open_cache(dir: &Path) -> Option<Cache> {
     // a torn or foreign cache must mean "no reuse", never a failed scan.
     let trailer = crate::manifest::validate(BufReader::new(File::open(&mpath).ok()?)).ok()?;
     let stat = StatReader::open(&dir.join(LAST_STAT), &trailer.root)?;
-    let manifest = ManifestReader::new(BufReader::with_capacity(256 * 1024, File::open(&mpath).ok()?)).ok()?;
+    let manifest = ManifestReader::new(BufReader::with_capacity(
+        256 * 1024,
+        File::open(&mpath).ok()?,
+    ))
+    .ok()?;
     let mut me = Header::new(manifest.header().mode, "");
     me.label.clone_from(&manifest.header().label);
     if !manifest.header().same_chunking(&me) {
@@ -250,7 +274,10 @@ impl Scanner {
         let cache = open_cache(cache_dir).filter(|c| c.manifest.header().mode == mode);
         let mpath = cache_dir.join("next.manifest");
         let f = File::create(&mpath).map_err(io_err(mpath.as_os_str().as_bytes()))?;
-        let writer = ManifestWriter::new(BufWriter::with_capacity(1 << 20, f), &Header::new(mode, &opts.label))?;
+        let writer = ManifestWriter::new(
+            BufWriter::with_capacity(1 << 20, f),
+            &Header::new(mode, &opts.label),
+        )?;
         let statw = StatWriter::create(&cache_dir.join("next.stat"))?;
         let (jtx, jrx) = unbounded::<Job>();
         let (rtx, rrx) = unbounded::<JobResult>();
@@ -288,7 +315,13 @@ impl Scanner {
 
     /// Queues one entry. `file` is the open file for data-carrying entries
     /// that must be read.
-    fn add(&mut self, entry: Entry, st: &FileStat, reuse: bool, file: Option<File>) -> Result<(), ScanError> {
+    fn add(
+        &mut self,
+        entry: Entry,
+        st: &FileStat,
+        reuse: bool,
+        file: Option<File>,
+    ) -> Result<(), ScanError> {
         self.stats.entries += 1;
         if entry.kind.has_data() {
             self.stats.files += 1;
@@ -302,15 +335,58 @@ impl Scanner {
         let state = match file {
             Some(f) if !reuse && entry.kind.has_data() => {
                 let extents = if st.kind == StatKind::BlockDev
-                    || (st.blocks * 512 >= entry.size.next_multiple_of(4096) && entry.size <= crate::chunk::SMALL_MAX)
+                    || (st.blocks * 512 >= entry.size.next_multiple_of(4096)
+                        && entry.size <= crate::chunk::SMALL_MAX)
                 {
                     // Dense small files (and devices): skip the two lseeks.
-                    if entry.size > 0 { vec![(0, entry.size)] } else { vec![] }
+                    if entry.size > 0 {
+                        vec![(0, entry.size)]
+                    } else {
+                        vec![]
+                    }
                 } else {
                     fsmeta::data_extents(f.as_fd(), entry.size, &entry.path)?
                 };
-                let file = Arc::new(f);
                 let class = entry.chunk_class();
+                if class == ChunkClass::Small && extents.len() <= 1 {
+                    let mut chunk = None;
+                    if let Some(&(s0, e0)) = extents.first() {
+                        let mut buf = vec![0u8; (e0 - s0) as usize];
+                        let mut got = 0;
+                        while got < buf.len() {
+                            match f.read_at(&mut buf[got..], s0 + got as u64) {
+                                Ok(0) => break,
+                                Ok(n) => got += n,
+                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                                Err(e) => return Err(io_err(&entry.path)(e)),
+                            }
+                        }
+                        self.stats.bytes_hashed += got as u64;
+                        if got > 0 {
+                            chunk = Some(ChunkRef {
+                                offset: s0,
+                                len: got as u32,
+                                id: ChunkId::of(&buf[..got]),
+                            });
+                        }
+                    }
+                    let mut stat = stat;
+                    let after = fsmeta::stat_fd(f.as_fd(), &entry.path)?;
+                    if after.size != stat.size
+                        || after.mtime_ns != stat.mtime_ns
+                        || after.ctime_ns != stat.ctime_ns
+                    {
+                        stat.racy = true;
+                    }
+                    self.queue.push_back(Pending {
+                        entry,
+                        stat,
+                        state: PState::Ready(chunk),
+                    });
+                    self.flush()?;
+                    return Ok(());
+                }
+                let file = Arc::new(f);
                 let look = LOOKAHEAD_MAXES * u64::from(class.max_len());
                 let mut parts = Vec::new();
                 let mut jobs = Vec::new();
@@ -318,7 +394,11 @@ impl Scanner {
                     let mut seg = s;
                     while seg < e {
                         let seg_end = (seg + SEGMENT).min(e);
-                        let read_end = if seg_end == e { e } else { (seg_end + look).min(e) };
+                        let read_end = if seg_end == e {
+                            e
+                        } else {
+                            (seg_end + look).min(e)
+                        };
                         jobs.push(Job {
                             seq,
                             part: parts.len(),
@@ -349,7 +429,11 @@ impl Scanner {
                         self.flush()?;
                     }
                     self.in_flight += 1;
-                    self.jobs.as_ref().ok_or(ScanError::Worker)?.send(j).map_err(|_| ScanError::Worker)?;
+                    self.jobs
+                        .as_ref()
+                        .ok_or(ScanError::Worker)?
+                        .send(j)
+                        .map_err(|_| ScanError::Worker)?;
                 }
                 self.flush()?;
                 return Ok(());
@@ -399,6 +483,20 @@ impl Scanner {
                     self.write_plain(head, reuse)?;
                     continue;
                 }
+                PState::Ready(chunk) => {
+                    let chunk = *chunk;
+                    let head = self.queue.pop_front().expect("front exists");
+                    self.base_seq += 1;
+                    self.writer.write(&Record::Entry(head.entry.clone()))?;
+                    let mut last_end = None;
+                    if let Some(c) = chunk {
+                        write_chunk(&mut self.writer, c, &mut last_end)?;
+                    }
+                    self.paths.push(self.entry_index, &head.entry.path);
+                    self.entry_index += 1;
+                    self.statw.push(&head.stat)?;
+                    continue;
+                }
                 PState::Chunking { .. } => advance_chunking(head, &mut self.writer)?,
             };
             if !done {
@@ -432,7 +530,9 @@ impl Scanner {
             let cache = self.cache.as_mut().expect("reuse implies a cache");
             let old = loop {
                 match cache.manifest.next_entry()? {
-                    Some(e) if crate::manifest::path_cmp(&e.path, &p.entry.path).is_lt() => continue,
+                    Some(e) if crate::manifest::path_cmp(&e.path, &p.entry.path).is_lt() => {
+                        continue;
+                    }
                     other => break other,
                 }
             };
@@ -448,7 +548,9 @@ impl Scanner {
                     // The cache lost this entry: it is not trustworthy.
                     return Err(ScanError::Io {
                         path: p.entry.display_path(),
-                        source: std::io::Error::other("source stat cache is inconsistent; remove the cache dir"),
+                        source: std::io::Error::other(
+                            "source stat cache is inconsistent; remove the cache dir",
+                        ),
                     });
                 }
             }
@@ -476,12 +578,15 @@ impl Scanner {
         let (_, trailer) = self.writer.finish()?;
         self.statw.finish(&trailer.root, false)?;
         let m = cache_dir.join(LAST_MANIFEST);
-        let rn = |a: &str, b: &Path| std::fs::rename(cache_dir.join(a), b).map_err(io_err(b.as_os_str().as_bytes()));
+        let rn = |a: &str, b: &Path| {
+            std::fs::rename(cache_dir.join(a), b).map_err(io_err(b.as_os_str().as_bytes()))
+        };
         rn("next.stat", &cache_dir.join(LAST_STAT))?;
         rn("next.manifest", &m)?;
-        let header = ManifestReader::new(BufReader::new(File::open(&m).map_err(io_err(b"manifest"))?))?
-            .header()
-            .clone();
+        let header =
+            ManifestReader::new(BufReader::new(File::open(&m).map_err(io_err(b"manifest"))?))?
+                .header()
+                .clone();
         Ok(Scan {
             manifest: m,
             header,
@@ -503,13 +608,19 @@ pub(crate) fn write_chunk<W: std::io::Write>(
     if *last_end != Some(c.offset) {
         w.write(&Record::Extent { offset: c.offset })?;
     }
-    w.write(&Record::Chunk { len: c.len, id: c.id })?;
+    w.write(&Record::Chunk {
+        len: c.len,
+        id: c.id,
+    })?;
     *last_end = Some(c.end());
     Ok(())
 }
 
 /// Moves a chunking entry forward; true when all of it is written.
-fn advance_chunking(p: &mut Pending, w: &mut ManifestWriter<BufWriter<File>>) -> Result<bool, ScanError> {
+fn advance_chunking(
+    p: &mut Pending,
+    w: &mut ManifestWriter<BufWriter<File>>,
+) -> Result<bool, ScanError> {
     let PState::Chunking {
         file,
         extents,
@@ -589,7 +700,11 @@ fn finish_extent(
         // A file that shrank while read keeps what was read; it is marked
         // racy and re-read next round (the receiver's verification catches
         // the mismatch this round).
-        Err(ScanError::Io { source, .. }) if shrunk && source.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+        Err(ScanError::Io { source, .. })
+            if shrunk && source.kind() == std::io::ErrorKind::UnexpectedEof =>
+        {
+            Ok(())
+        }
         other => other,
     }
 }
@@ -655,8 +770,12 @@ fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
 /// Scans the tree at `root` into `CACHE/last.manifest`, using and refreshing
 /// the stat cache in `cache_dir`.
 pub fn scan_tree(root: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
-    let rootfd = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|_| ScanError::NotADir(root.to_path_buf()))?;
+    let rootfd = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|_| ScanError::NotADir(root.to_path_buf()))?;
     let mut s = Scanner::new(cache_dir, MMode::Tree, opts)?;
     let st = fsmeta::stat_fd(rootfd.as_fd(), b"")?;
     let reuse = s.cached(b"", &st)?;
@@ -682,7 +801,11 @@ pub fn scan_tree(root: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Sca
         let st = match fsmeta::stat_at(dirfd.as_fd(), oname) {
             Ok(st) => st,
             // Vanished between readdir and lstat: it is simply not there.
-            Err(FsMetaError::Sys { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(FsMetaError::Sys { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                continue;
+            }
             Err(e) => return Err(e.into()),
         };
         let Some(kind) = st.manifest_kind() else {
@@ -738,7 +861,8 @@ pub fn scan_tree(root: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Sca
                 if reuse {
                     s.add(e, &st, true, None)?;
                 } else {
-                    let fd = open_file(dirfd.as_fd(), oname).map_err(|err| io_err(&e.path)(err.into()))?;
+                    let fd = open_file(dirfd.as_fd(), oname)
+                        .map_err(|err| io_err(&e.path)(err.into()))?;
                     e.xattrs = fsmeta::read_xattrs(XTarget::Fd(fd.as_fd()), &e.path)?;
                     s.add(e, &st, false, Some(File::from(fd)))?;
                 }
@@ -748,14 +872,26 @@ pub fn scan_tree(root: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Sca
                     e.target = rustix::fs::readlinkat(dirfd.as_fd(), oname, Vec::new())
                         .map_err(|err| io_err(&e.path)(err.into()))?
                         .into_bytes();
-                    e.xattrs = fsmeta::read_xattrs(XTarget::Link { dir: dirfd.as_fd(), name: oname }, &e.path)?;
+                    e.xattrs = fsmeta::read_xattrs(
+                        XTarget::Link {
+                            dir: dirfd.as_fd(),
+                            name: oname,
+                        },
+                        &e.path,
+                    )?;
                 }
                 s.add(e, &st, reuse, None)?;
             }
             _ => {
                 e.rdev = st.rdev;
                 if !reuse {
-                    e.xattrs = fsmeta::read_xattrs(XTarget::Link { dir: dirfd.as_fd(), name: oname }, &e.path)?;
+                    e.xattrs = fsmeta::read_xattrs(
+                        XTarget::Link {
+                            dir: dirfd.as_fd(),
+                            name: oname,
+                        },
+                        &e.path,
+                    )?;
                 }
                 s.add(e, &st, reuse, None)?;
             }

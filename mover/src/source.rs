@@ -35,6 +35,9 @@ pub struct Want {
 /// Error a sink returns to stop a fetch.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Receives each wanted chunk: (index in the wants slice, bytes).
+pub type Sink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), SinkError> + 'a;
+
 /// Errors of a chunk source.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -62,11 +65,7 @@ pub trait ChunkSource {
 
     /// Delivers the bytes of every want to `sink(index, bytes)`, in order.
     /// The receiver verifies them; a source need not.
-    fn fetch(
-        &mut self,
-        wants: &[Want],
-        sink: &mut dyn FnMut(usize, &[u8]) -> Result<(), SinkError>,
-    ) -> Result<(), SourceError>;
+    fn fetch(&mut self, wants: &[Want], sink: &mut Sink<'_>) -> Result<(), SourceError>;
 }
 
 /// What to sync from or to: a directory tree or a byte image.
@@ -97,7 +96,9 @@ pub struct Sender {
 
 impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sender").field("source", &self.source).finish()
+        f.debug_struct("Sender")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -150,7 +151,11 @@ impl Sender {
 
     fn file(&mut self, entry: u32) -> Result<&File, SourceError> {
         if self.open.as_ref().is_none_or(|(e, _)| *e != entry) {
-            let path = self.scan.paths.get(entry).ok_or(SourceError::UnknownEntry(entry))?;
+            let path = self
+                .scan
+                .paths
+                .get(entry)
+                .ok_or(SourceError::UnknownEntry(entry))?;
             let f = match (&self.root, &self.source) {
                 (Some(root), _) => root
                     .open_at(path, OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty())
@@ -211,11 +216,7 @@ impl ChunkSource for Sender {
         Ok(self.scan.trailer.root)
     }
 
-    fn fetch(
-        &mut self,
-        wants: &[Want],
-        sink: &mut dyn FnMut(usize, &[u8]) -> Result<(), SinkError>,
-    ) -> Result<(), SourceError> {
+    fn fetch(&mut self, wants: &[Want], sink: &mut Sink<'_>) -> Result<(), SourceError> {
         let mut buf = Vec::new();
         for (i, w) in wants.iter().enumerate() {
             self.read_chunk(w, &mut buf)?;

@@ -35,7 +35,10 @@ pub enum StatCacheError {
     #[error("stat cache {path}: {source}")]
     Io { path: String, source: io::Error },
     #[error("stat cache {path}: bad record: {source}")]
-    Decode { path: String, source: postcard::Error },
+    Decode {
+        path: String,
+        source: postcard::Error,
+    },
 }
 
 /// One entry's identity and change markers.
@@ -96,7 +99,10 @@ impl StatWriter {
     /// Creates (truncates) `path`.
     pub fn create(path: &Path) -> Result<StatWriter, StatCacheError> {
         let p = path.display().to_string();
-        let f = File::create(path).map_err(|source| StatCacheError::Io { path: p.clone(), source })?;
+        let f = File::create(path).map_err(|source| StatCacheError::Io {
+            path: p.clone(),
+            source,
+        })?;
         Ok(StatWriter {
             out: BufWriter::with_capacity(256 * 1024, f),
             path: p,
@@ -214,10 +220,12 @@ impl StatReader {
             }
         }
         self.buf.resize(len as usize, 0);
-        self.inp.read_exact(&mut self.buf).map_err(|source| StatCacheError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
+        self.inp
+            .read_exact(&mut self.buf)
+            .map_err(|source| StatCacheError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
         postcard::from_bytes(&self.buf)
             .map(Some)
             .map_err(|source| StatCacheError::Decode {

@@ -69,7 +69,13 @@ impl ChunkIndex {
 
 /// Reads `len` bytes at `offset` into `buf` and checks them against `id`.
 /// `Ok(false)` means short or corrupt: the chunk is not really there.
-pub fn read_verified(f: &File, offset: u64, len: u32, id: &ChunkId, buf: &mut Vec<u8>) -> io::Result<bool> {
+pub fn read_verified(
+    f: &File,
+    offset: u64,
+    len: u32,
+    id: &ChunkId,
+    buf: &mut Vec<u8>,
+) -> io::Result<bool> {
     buf.resize(len as usize, 0);
     let mut got = 0;
     while got < buf.len() {

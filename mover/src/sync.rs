@@ -33,6 +33,8 @@ pub struct SyncOptions {
     pub progress: Arc<dyn ProgressSink>,
     /// Rounds retried when the source changes under the scan.
     pub retries: u32,
+    /// Bytes written between durability checkpoints.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for SyncOptions {
@@ -44,6 +46,7 @@ impl Default for SyncOptions {
             threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             progress: Arc::new(NoProgress),
             retries: 3,
+            checkpoint_bytes: receive::CHECKPOINT_BYTES,
         }
     }
 }
@@ -145,24 +148,36 @@ impl SyncStats {
 /// Makes `dst` identical to `src`, sending only what `dst` lacks.
 pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncStats, SyncError> {
     let t0 = Instant::now();
-    if matches!((src, dst), (Source::Tree(_), Destination::Image(_)) | (Source::Image(_), Destination::Tree(_))) {
+    if matches!(
+        (src, dst),
+        (Source::Tree(_), Destination::Image(_)) | (Source::Image(_), Destination::Tree(_))
+    ) {
         return Err(SyncError::KindMismatch);
     }
     let state = opts
         .state_dir
         .clone()
         .unwrap_or_else(|| receive::default_state_dir(dst.path()));
-    let cache = opts.cache_dir.clone().unwrap_or_else(|| state.join("source-cache"));
+    let cache = opts
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| state.join("source-cache"));
     let mut rx = Receiver::open(dst, &state)?;
     let ropts = ReceiveOptions {
         verify: opts.verify,
         progress: opts.progress.clone(),
-        checkpoint_bytes: receive::CHECKPOINT_BYTES,
+        checkpoint_bytes: opts.checkpoint_bytes.max(1),
     };
-    let mut stats = SyncStats::default();
     // Finish an interrupted, committed round before reading anything.
-    stats.recovered = rx.recover(&ropts)?;
-    let label = src.path().file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let mut stats = SyncStats {
+        recovered: rx.recover(&ropts)?,
+        ..SyncStats::default()
+    };
+    let label = src
+        .path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut attempt = 0;
     loop {
         opts.progress.event(&Progress::Phase {

@@ -23,6 +23,8 @@ enum Command {
     Agent(cli::agent::AgentArgs),
     /// Move a volume to another host's agent: pre-copy rounds, short cutover.
     Migrate(cli::migrate::MigrateArgs),
+    /// Sync a local tree or image into DST (incremental, atomic, resumable).
+    Sync(cli::sync::SyncArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -32,5 +34,6 @@ fn main() -> std::process::ExitCode {
         Command::Profiles(a) => cli::profiles::run(a),
         Command::Agent(a) => cli::agent::run(a),
         Command::Migrate(a) => cli::migrate::run(a),
+        Command::Sync(a) => cli::sync::run(a),
     }
 }

@@ -4,6 +4,7 @@ pub mod agent;
 pub mod migrate;
 pub mod profiles;
 pub mod serve;
+pub mod sync;
 pub mod volume;
 
 use std::process::ExitCode;

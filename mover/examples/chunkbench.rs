@@ -1,0 +1,80 @@
+//! Chunk+hash throughput: in memory (one core, per class), or over a file
+//! (the scanner's ordered parallel chunking, all cores).
+//!
+//! ```text
+//! chunkbench mem [MiB]        # in-memory, single thread, db and default classes
+//! chunkbench file PATH        # scan one file (image mode) with all cores
+//! ```
+
+use std::time::Instant;
+
+use mover::chunk::{ChunkClass, ChunkId};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("file") => {
+            let path = std::path::PathBuf::from(args.get(1).expect("chunkbench file PATH"));
+            let cache = tempfile_dir();
+            let t = Instant::now();
+            let s = mover::scan::scan_image(
+                &path,
+                &cache,
+                mover::scan::ScanOptions {
+                    threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    label: String::new(),
+                    progress: std::sync::Arc::new(mover::progress::NoProgress),
+                },
+            )
+            .expect("scan");
+            let secs = t.elapsed().as_secs_f64();
+            let _ = std::fs::remove_dir_all(&cache);
+            println!(
+                "{{\"bytes\": {}, \"chunks\": {}, \"seconds\": {secs:.3}, \"gib_per_s\": {:.2}}}",
+                s.stats.bytes_hashed,
+                s.trailer.chunks,
+                s.stats.bytes_hashed as f64 / secs / (1u64 << 30) as f64
+            );
+        }
+        _ => {
+            let mib: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1024);
+            let data = pseudo_random(mib << 20);
+            for class in [ChunkClass::Db, ChunkClass::Default] {
+                let chunker = class.chunker();
+                let t = Instant::now();
+                let mut n = 0usize;
+                let mut x = 0u8;
+                for (o, l) in chunker.cuts(&data, true) {
+                    x ^= ChunkId::of(&data[o..o + l]).0[0];
+                    n += 1;
+                }
+                let secs = t.elapsed().as_secs_f64();
+                println!(
+                    "{{\"class\": \"{}\", \"bytes\": {}, \"chunks\": {n}, \"seconds\": {secs:.3}, \"gib_per_s\": {:.2}, \"x\": {x}}}",
+                    class.name(),
+                    data.len(),
+                    data.len() as f64 / secs / (1u64 << 30) as f64
+                );
+            }
+        }
+    }
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("chunkbench-{}", std::process::id()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+fn pseudo_random(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut v = Vec::with_capacity(len);
+    while v.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        v.extend_from_slice(&x.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}

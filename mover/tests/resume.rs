@@ -1,0 +1,156 @@
+//! Interrupt and resume: a child process runs a sync and is killed with
+//! SIGKILL at several points (during the scan, mid-fetch after some
+//! checkpoints, right after the commit, during verification). A rerun must
+//! complete, leave the destination equal to the source, and fetch only what
+//! the killed run had not durably stored.
+//!
+//! The child is this test binary itself, re-executed with `MOVER_CHILD` set
+//! (so no separately built binary is needed); its progress sink sends
+//! SIGKILL to its own process at the chosen point.
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use common::*;
+use mover::{Destination, Phase, Progress, Source, sync};
+
+const CHECKPOINT: u64 = 8 << 20;
+
+fn die() -> ! {
+    rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
+        .unwrap();
+    unreachable!("SIGKILL returned")
+}
+
+/// Entry point of the child: runs only when re-executed with MOVER_CHILD.
+#[test]
+fn child_entry() {
+    let Ok(spec) = std::env::var("MOVER_CHILD") else {
+        return;
+    };
+    let mut it = spec.split(';');
+    let (base, point) = (
+        it.next().unwrap().to_string(),
+        it.next().unwrap().to_string(),
+    );
+    let base = Path::new(&base);
+    let moved = Arc::new(AtomicU64::new(0));
+    let entries_at_kill = 500;
+    let sink = move |ev: &Progress| match (point.as_str(), ev) {
+        ("scan", Progress::Scanned { entries, .. }) if *entries >= entries_at_kill => die(),
+        ("fetch", Progress::Moved { bytes })
+            if moved.fetch_add(*bytes, Ordering::Relaxed) + bytes
+                > 3 * CHECKPOINT + CHECKPOINT / 2 =>
+        {
+            die()
+        }
+        (
+            "apply",
+            Progress::Phase {
+                phase: Phase::Apply,
+                ..
+            },
+        ) => die(),
+        ("verify", Progress::Verified { .. }) => die(),
+        _ => {}
+    };
+    let mut o = opts(base);
+    o.progress = Arc::new(sink);
+    o.checkpoint_bytes = CHECKPOINT;
+    sync(
+        &Source::Tree(base.join("src")),
+        &Destination::Tree(base.join("dst")),
+        &o,
+    )
+    .unwrap();
+    // Reaching here means the kill point was never hit: fail loudly.
+    std::process::exit(3);
+}
+
+fn corpus(src: &Path) {
+    std::fs::create_dir_all(src.join("many")).unwrap();
+    for i in 0..2000u64 {
+        std::fs::write(
+            src.join(format!("many/f{i:05}")),
+            bytes(2000 + (i as usize % 7) * 1000, i),
+        )
+        .unwrap();
+    }
+    std::fs::write(src.join("big.db"), bytes(40 << 20, 77)).unwrap();
+    write_sparse(&src.join("sparse"), 64 << 20, &[(16 << 20, 8 << 20)], 78);
+}
+
+fn durable_bytes(state: &Path) -> u64 {
+    let j = mover::journal::read_journal(&state.join("round/journal")).unwrap();
+    j.durable.iter().map(|(_, len, _)| u64::from(*len)).sum()
+}
+
+fn kill_and_resume(point: &str) {
+    let t = tempfile::tempdir().unwrap();
+    let base = t.path();
+    corpus(&base.join("src"));
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .env("MOVER_CHILD", format!("{};{point}", base.display()))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "child was not killed at {point}: {status:?}"
+    );
+    let durable = durable_bytes(&base.join("state"));
+    let total =
+        40u64 * (1 << 20) + (8 << 20) + (0..2000u64).map(|i| 2000 + (i % 7) * 1000).sum::<u64>();
+    let s = sync(
+        &Source::Tree(base.join("src")),
+        &Destination::Tree(base.join("dst")),
+        &opts(base),
+    )
+    .unwrap();
+    assert_same_tree(&base.join("src"), &base.join("dst"));
+    match point {
+        "scan" => assert_eq!(s.bytes_fetched, total, "{s:#?}"),
+        "fetch" => {
+            assert!(
+                durable >= 3 * CHECKPOINT,
+                "only {durable} bytes durable before the kill"
+            );
+            assert_eq!(
+                s.bytes_fetched,
+                total - durable,
+                "rerun fetched more than what was missing: {s:#?}"
+            );
+        }
+        "apply" | "verify" => {
+            assert!(s.recovered, "committed round not replayed: {s:#?}");
+            assert_eq!(s.bytes_fetched, 0, "{s:#?}");
+        }
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn kill_during_scan() {
+    kill_and_resume("scan");
+}
+
+#[test]
+fn kill_mid_fetch() {
+    kill_and_resume("fetch");
+}
+
+#[test]
+fn kill_after_commit() {
+    kill_and_resume("apply");
+}
+
+#[test]
+fn kill_during_verify() {
+    kill_and_resume("verify");
+}
