@@ -104,6 +104,33 @@ fn free_bytes(path: &Path) -> Result<u64, std::io::Error> {
     }
 }
 
+/// Makes the receiving side's storage blank. A block volume's image is
+/// emptied to all holes at its size: the receiver writes the source's data
+/// extents and punches only what its own earlier rounds wrote, so anything
+/// `mkfs` (or an older copy) left where the source has holes would survive.
+/// A tree is blank already when freshly created.
+fn blank_for_receive(paths: &TransferPaths) -> std::io::Result<()> {
+    if paths.mode == TransferMode::Image {
+        let f = std::fs::OpenOptions::new().write(true).open(&paths.data)?;
+        let len = f.metadata()?.len();
+        f.set_len(0)?;
+        f.set_len(len)?;
+        f.sync_all()?;
+    }
+    match std::fs::remove_dir_all(&paths.state_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn blank_error(rec: &VolumeRecord, e: std::io::Error) -> ServiceError {
+    ServiceError::Migration {
+        op: "receive",
+        name: rec.docker_name.clone(),
+        message: format!("preparing blank storage: {e}"),
+    }
+}
+
 fn wrong_state(rec: &VolumeRecord, op: &'static str, want: &str) -> ServiceError {
     ServiceError::Migration {
         op,
@@ -301,6 +328,15 @@ impl VolumeService {
                     profile: existing.profile,
                 });
             }
+            if let VolumeState::Moved { .. } = existing.state {
+                // Our old copy of a volume that moved away and now comes
+                // back: start from blank storage (the receiver only knows
+                // what its own rounds wrote, not what this copy holds).
+                self.backend.remove(vref(&existing))?;
+                self.backend.create(vref(&existing))?;
+                let paths = transfer_paths(&existing)?;
+                blank_for_receive(&paths).map_err(|e| blank_error(&existing, e))?;
+            }
             if existing.state != receiving {
                 existing.state = receiving;
                 self.store.put(&existing)?;
@@ -330,6 +366,12 @@ impl VolumeService {
             }
             self.store.delete(&rec.name)?;
             return Err(e.into());
+        }
+        let paths = transfer_paths(&rec)?;
+        if let Err(e) = blank_for_receive(&paths) {
+            let _ = self.backend.remove(vref(&rec));
+            self.store.delete(&rec.name)?;
+            return Err(blank_error(&rec, e));
         }
         rec.state = receiving;
         self.store.put(&rec)?;
@@ -433,6 +475,19 @@ mod tests {
     }
 
     #[test]
+    fn a_received_block_image_starts_as_all_holes() {
+        use std::os::unix::fs::MetadataExt;
+        let (_d, svc) = svc();
+        let p = svc
+            .prepare_receive("g@gold", &BTreeMap::new(), "hosta")
+            .unwrap();
+        assert_eq!(p.mode, TransferMode::Image);
+        let md = std::fs::metadata(&p.data).unwrap();
+        assert!(md.len() > 0, "the image keeps its size");
+        assert_eq!(md.blocks(), 0, "mkfs data must not survive into a receive");
+    }
+
+    #[test]
     fn a_moved_volume_can_come_back() {
         let (_d, svc) = svc();
         let opts = BTreeMap::new();
@@ -440,7 +495,10 @@ mod tests {
         svc.begin_move("v", "hostb").unwrap();
         svc.fence("v", "hostb").unwrap();
         svc.finish_move("v", "hostb").unwrap();
+        let p = svc.transfer_paths("v").unwrap();
+        std::fs::write(p.data.join("stale"), b"old copy").unwrap();
         svc.prepare_receive("v", &opts, "hostb").unwrap();
+        assert!(!p.data.join("stale").exists(), "the old copy is blanked");
         svc.take_ownership("v").unwrap();
         svc.mount("v", "c", &fence()).unwrap();
     }
