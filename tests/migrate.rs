@@ -98,8 +98,20 @@ fn the_web_counter_keeps_its_count_across_hosts() {
     let name_a = h.container("counter");
     ok(
         h.docker_a(&[
-            "run", "-d", "--name", &name_a, "--network", "host", "--volume-driver", &h.plugin,
-            "-v", "counter@gold:/data", &image, "sh", "-c", &counter_script("A", port),
+            "run",
+            "-d",
+            "--name",
+            &name_a,
+            "--network",
+            "host",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            "counter@gold:/data",
+            &image,
+            "sh",
+            "-c",
+            &counter_script("A", port),
         ]),
         "start counter on A",
     );
@@ -156,14 +168,32 @@ fn the_web_counter_keeps_its_count_across_hosts() {
     let name_b = h.container("counter-b");
     ok(
         h.docker_b(&[
-            "run", "-d", "--name", &name_b, "--network", "host", "--volume-driver", &h.plugin,
-            "-v", "counter@gold:/data", &image, "sh", "-c", &counter_script("B", port),
+            "run",
+            "-d",
+            "--name",
+            &name_b,
+            "--network",
+            "host",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            "counter@gold:/data",
+            &image,
+            "sh",
+            "-c",
+            &counter_script("B", port),
         ]),
         "start counter on B",
     );
     let url_b = format!("http://127.0.0.1:{port}/cgi-bin/count");
     let n1 = wait_http(|| {
-        let out = h.link.b.command("curl").args(["-sS", "--max-time", "5", &url_b]).output().map_err(|e| e.to_string())?;
+        let out = h
+            .link
+            .b
+            .command("curl")
+            .args(["-sS", "--max-time", "5", &url_b])
+            .output()
+            .map_err(|e| e.to_string())?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
         } else {
@@ -195,7 +225,15 @@ fn a_1gib_volume_moves_while_a_writer_appends_1mb_per_second() {
     let image = test_image();
     ok(
         h.docker_a(&[
-            "run", "--rm", "--volume-driver", &h.plugin, "-v", "big:/data", &image, "sh", "-c",
+            "run",
+            "--rm",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            "big:/data",
+            &image,
+            "sh",
+            "-c",
             "for i in 1 2 3 4 5 6 7 8; do head -c 134217728 /dev/urandom > /data/f$i; done",
         ]),
         "fill 1 GiB",
@@ -203,8 +241,17 @@ fn a_1gib_volume_moves_while_a_writer_appends_1mb_per_second() {
     let writer = h.container("writer");
     ok(
         h.docker_a(&[
-            "run", "-d", "--name", &writer, "--volume-driver", &h.plugin, "-v", "big:/data",
-            &image, "sh", "-c",
+            "run",
+            "-d",
+            "--name",
+            &writer,
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            "big:/data",
+            &image,
+            "sh",
+            "-c",
             "while true; do head -c 1048576 /dev/urandom >> /data/log; sleep 1; done",
         ]),
         "start the writer",
@@ -233,7 +280,15 @@ fn a_cut_link_and_a_killed_agent_resume_without_resending_what_was_stored() {
     let image = test_image();
     ok(
         h.docker_a(&[
-            "run", "--rm", "--volume-driver", &h.plugin, "-v", "res:/data", &image, "sh", "-c",
+            "run",
+            "--rm",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            "res:/data",
+            &image,
+            "sh",
+            "-c",
             "for i in 1 2 3 4 5 6; do head -c 33554432 /dev/urandom > /data/f$i; done",
         ]),
         "fill 192 MiB",
@@ -278,8 +333,16 @@ fn a_peer_without_our_certificate_gets_nothing_and_writes_nothing() {
     let image = test_image();
     ok(
         h.docker_a(&[
-            "run", "--rm", "--volume-driver", &h.plugin, "-v", "secret:/data", &image, "sh",
-            "-c", "echo s3cret > /data/x",
+            "run",
+            "--rm",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            "secret:/data",
+            &image,
+            "sh",
+            "-c",
+            "echo s3cret > /data/x",
         ]),
         "make a volume",
     );
@@ -296,7 +359,14 @@ fn a_peer_without_our_certificate_gets_nothing_and_writes_nothing() {
         .link
         .a
         .command(daffe_bin())
-        .args(["migrate", "secret", "--to", &ADDR_B.to_string(), "--name", "mallory"])
+        .args([
+            "migrate",
+            "secret",
+            "--to",
+            &ADDR_B.to_string(),
+            "--name",
+            "mallory",
+        ])
         .arg("--tls-dir")
         .arg(rogue.path().join("tls"))
         .arg("--control-socket")

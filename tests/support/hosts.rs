@@ -106,7 +106,10 @@ impl DaffeHost {
     }
 
     pub fn inspect(&self, volume: &str) -> serde_json::Value {
-        let out = must(self.daffe(&["volume", "inspect", volume, "--json"]), "inspect");
+        let out = must(
+            self.daffe(&["volume", "inspect", volume, "--json"]),
+            "inspect",
+        );
         serde_json::from_str(&out).expect("inspect JSON")
     }
 
@@ -118,7 +121,11 @@ impl DaffeHost {
             if let Some(c) = &mut self.serve
                 && let Ok(Some(st)) = c.try_wait()
             {
-                panic!("daffe serve ({}) exited {st}:\n{}", self.label, self.log("serve"));
+                panic!(
+                    "daffe serve ({}) exited {st}:\n{}",
+                    self.label,
+                    self.log("serve")
+                );
             }
             assert!(
                 t.elapsed() < Duration::from_secs(30),
@@ -146,7 +153,7 @@ pub struct TwoHosts {
     pub plugin: String,
     pub a: DaffeHost,
     pub b: DaffeHost,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     agent_args: Vec<String>,
 }
 
@@ -177,7 +184,10 @@ impl TwoHosts {
                 agent: None,
             }
         };
-        let mut a = mk("a", PathBuf::from(format!("/run/docker/plugins/{plugin}.sock")));
+        let mut a = mk(
+            "a",
+            PathBuf::from(format!("/run/docker/plugins/{plugin}.sock")),
+        );
         let mut b = mk("b", docker_b.plugins_dir.join(format!("{plugin}.sock")));
         // A's daemon serves the default engine from the root namespaces.
         let mut cmd = Command::new(daffe_bin());
@@ -215,7 +225,7 @@ impl TwoHosts {
             plugin,
             a,
             b,
-            _dir: dir,
+            dir,
             agent_args: vec![],
         };
         hosts.start_agent(&[]);
@@ -383,7 +393,7 @@ impl Drop for TwoHosts {
         // Unmount what A's plugin may have left (B's mounts die with its
         // mount namespace when its engine stops).
         if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let root = self._dir.path().to_string_lossy().into_owned();
+            let root = self.dir.path().to_string_lossy().into_owned();
             let mut points: Vec<&str> = info
                 .lines()
                 .filter_map(|l| l.split(' ').nth(4))

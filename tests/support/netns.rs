@@ -290,7 +290,7 @@ impl NsDockerd {
 
     /// Copies an image from the default engine: `docker save | docker -H load`.
     pub fn load_image(&self, image: &str) {
-        let save = Command::new("docker")
+        let mut save = Command::new("docker")
             .args(["save", image])
             .stdout(Stdio::piped())
             .spawn()
@@ -298,12 +298,13 @@ impl NsDockerd {
         let out = self
             .docker()
             .arg("load")
-            .stdin(save.stdout.expect("save stdout"))
+            .stdin(save.stdout.take().expect("save stdout"))
             .output()
             .expect("docker load");
+        let saved = save.wait().expect("docker save");
         assert!(
-            out.status.success(),
-            "docker load: {}",
+            saved.success() && out.status.success(),
+            "docker save | load: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
