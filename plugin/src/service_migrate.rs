@@ -451,7 +451,10 @@ mod tests {
         assert_eq!(p.mode, TransferMode::Tree);
         assert!(p.data.ends_with("r/data"));
         let err = svc.mount("r@default", "c", &fence()).unwrap_err();
-        assert!(err.to_string().contains("being received from hosta"), "{err}");
+        assert!(
+            err.to_string().contains("being received from hosta"),
+            "{err}"
+        );
         // Resuming an interrupted receive finds the same volume.
         assert_eq!(svc.prepare_receive("r@default", &opts, "hosta").unwrap(), p);
         assert!(svc.check_receive("r@default", &opts, 1).unwrap().resuming);

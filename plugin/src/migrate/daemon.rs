@@ -84,19 +84,31 @@ impl Daemon {
     }
 
     pub fn begin_move(&self, name: &str, to: &str) -> Result<(), DaemonError> {
-        self.call(Method::POST, &Self::vol(name, "move"), Some(json!({ "to": to })))
-            .map(drop)
+        self.call(
+            Method::POST,
+            &Self::vol(name, "move"),
+            Some(json!({ "to": to })),
+        )
+        .map(drop)
     }
 
     /// Fences the volume if nothing mounts it; `in_use()` on the error otherwise.
     pub fn fence(&self, name: &str, to: &str) -> Result<(), DaemonError> {
-        self.call(Method::POST, &Self::vol(name, "fence"), Some(json!({ "to": to })))
-            .map(drop)
+        self.call(
+            Method::POST,
+            &Self::vol(name, "fence"),
+            Some(json!({ "to": to })),
+        )
+        .map(drop)
     }
 
     pub fn finish_move(&self, name: &str, to: &str) -> Result<(), DaemonError> {
-        self.call(Method::POST, &Self::vol(name, "moved"), Some(json!({ "to": to })))
-            .map(drop)
+        self.call(
+            Method::POST,
+            &Self::vol(name, "moved"),
+            Some(json!({ "to": to })),
+        )
+        .map(drop)
     }
 
     pub fn abort_move(&self, name: &str) -> Result<(), DaemonError> {

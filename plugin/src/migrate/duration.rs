@@ -29,7 +29,14 @@ mod tests {
 
     #[test]
     fn table() {
-        for (s, ms) in [("2s", 2000), ("1.5s", 1500), ("500ms", 500), ("10m", 600_000), ("1h", 3_600_000), ("3", 3000)] {
+        for (s, ms) in [
+            ("2s", 2000),
+            ("1.5s", 1500),
+            ("500ms", 500),
+            ("10m", 600_000),
+            ("1h", 3_600_000),
+            ("3", 3000),
+        ] {
             assert_eq!(parse(s).unwrap(), Duration::from_millis(ms), "{s}");
         }
         for bad in ["", "s", "2 weeks", "-1s", "1d"] {

@@ -184,7 +184,12 @@ fn rounds_converge_then_cutover_fences_final_round_commits_and_marks_moved() {
     let d = tempfile::tempdir().unwrap();
     let host = FakeHost::new(d.path(), "ready", None);
     // 100 MB, 30 MB (10 s at 10 MB/s -> continue), 1 MB (0.1 s -> fits), final 2 KB.
-    let mut dest = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(1_000_000), Ok(2000)]);
+    let mut dest = dest(vec![
+        Ok(100_000_000),
+        Ok(30_000_000),
+        Ok(1_000_000),
+        Ok(2000),
+    ]);
     let mut events = vec![];
     let r = migrate(&host, &mut dest, &opts(), &mut |e| events.push(e)).unwrap();
     assert_eq!(r.rounds.len(), 4);
@@ -193,7 +198,13 @@ fn rounds_converge_then_cutover_fences_final_round_commits_and_marks_moved() {
     assert_eq!(r.bytes_moved, 131_002_000);
     assert_eq!(
         host.log(),
-        vec!["move hostb", "fence: in use", "fence: in use", "fence hostb", "moved hostb"]
+        vec![
+            "move hostb",
+            "fence: in use",
+            "fence: in use",
+            "fence hostb",
+            "moved hostb"
+        ]
     );
     assert_eq!(
         dest.log,
@@ -231,7 +242,11 @@ fn a_lost_commit_keeps_the_source_fenced_and_a_rerun_finishes() {
     dest1.commit_fails = true;
     let err = migrate(&host, &mut dest1, &opts(), &mut |_| {}).unwrap_err();
     assert!(matches!(err, MigrateError::Handover { .. }), "{err}");
-    assert!(!host.log().contains(&"abort".to_string()), "{:?}", host.log());
+    assert!(
+        !host.log().contains(&"abort".to_string()),
+        "{:?}",
+        host.log()
+    );
     // The rerun finds the volume fenced for hostb: no pre-copy, final round, commit.
     let host2 = FakeHost::new(d.path(), "fenced", Some("hostb"));
     *host2.mounted_polls.borrow_mut() = 0;

@@ -29,7 +29,9 @@ pub enum PeerReply {
     Preflight(ReceiveCheck),
     Prepared,
     /// Milliseconds since the Unix epoch when the destination became owner.
-    Committed { ready_unix_ms: u64 },
+    Committed {
+        ready_unix_ms: u64,
+    },
 }
 
 #[cfg(test)]
