@@ -18,6 +18,8 @@ fn main() -> ExitCode {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--image" => image = true,
+            // Stats are always printed as JSON; accepted for `daffe sync` parity.
+            "--json" => {}
             "--state-dir" => opts.state_dir = args.next().map(PathBuf::from),
             "--verify" => {
                 opts.verify = match args.next().as_deref() {

@@ -275,10 +275,18 @@ impl Receiver {
         self.state.join("round")
     }
 
-    /// Root of the applied manifest, if any round was applied.
+    /// Root of the applied manifest, if any round was applied. Read from the
+    /// footer of `applied.stat` (written with it, renamed just before it), so
+    /// an unchanged round does not decode the manifest once more; the
+    /// validity pass then reads the manifest itself and checks its root.
     pub fn applied_root(&self) -> Option<ChunkId> {
-        let f = File::open(self.state.join("applied.manifest")).ok()?;
-        manifest::validate(BufReader::new(f)).ok().map(|t| t.root)
+        if !self.state.join("applied.manifest").exists() {
+            return None;
+        }
+        crate::statcache::footer_root(&self.state.join("applied.stat")).or_else(|| {
+            let f = File::open(self.state.join("applied.manifest")).ok()?;
+            manifest::validate(BufReader::new(f)).ok().map(|t| t.root)
+        })
     }
 
     /// Replays a committed but unfinished round. True if there was one.
@@ -345,6 +353,27 @@ impl Receiver {
                 dest: self.dest.path().display().to_string(),
             });
         }
+        // An unchanged round (same root, destination still as we left it)
+        // ends here, before anything is written or synced: it only lstats.
+        let applied = self.applied_root();
+        let same_root = applied == Some(new_root);
+        if same_root
+            && self
+                .validity(applied.as_ref(), None, opts.verify == Verify::All)?
+                .all_valid
+        {
+            let _ = std::fs::remove_file(&mtmp);
+            if rd.exists() {
+                std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
+            }
+            stats.entries = trailer.entries;
+            stats.plan_ms = t0.elapsed().as_millis() as u64;
+            opts.progress.event(&Progress::Phase {
+                phase: Phase::Done,
+                total_bytes: 0,
+            });
+            return Ok(stats);
+        }
         // 2. An interrupted round: same manifest -> resume in place; another
         //    manifest -> its durable chunks become seeds.
         let old_round = read_journal(&rd.join("journal"))?;
@@ -392,21 +421,13 @@ impl Receiver {
         }
         std::fs::rename(&mtmp, rd.join("manifest")).map_err(io_err(b"manifest"))?;
 
-        // 3. Unchanged round: nothing to do if the applied tree still is
-        //    what the applied manifest says.
-        let applied = self.applied_root();
-        let validity = self.validity(applied.as_ref(), &mut index, opts.verify == Verify::All)?;
-        if applied == Some(new_root) && validity.all_valid {
-            std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
-            let _ = std::fs::remove_dir_all(&seed_dir);
-            stats.entries = trailer.entries;
-            stats.plan_ms = t0.elapsed().as_millis() as u64;
-            opts.progress.event(&Progress::Phase {
-                phase: Phase::Done,
-                total_bytes: 0,
-            });
-            return Ok(stats);
-        }
+        // 3. Which applied entries are still as we left them; their chunks
+        //    are local sources.
+        let validity = self.validity(
+            applied.as_ref(),
+            Some(&mut index),
+            opts.verify == Verify::All,
+        )?;
 
         // 4. Plan, copy local chunks, fetch the rest.
         opts.progress.event(&Progress::Phase {
@@ -536,7 +557,7 @@ impl Receiver {
     fn validity(
         &self,
         applied: Option<&ChunkId>,
-        index: &mut ChunkIndex,
+        mut index: Option<&mut ChunkIndex>,
         scrub: bool,
     ) -> Result<Validity, ReceiveError> {
         let mut v = Validity {
@@ -608,7 +629,7 @@ impl Receiver {
                         all = false;
                         continue;
                     }
-                    if cur_valid {
+                    if cur_valid && let Some(index) = index.as_deref_mut() {
                         index.add(
                             &c.id,
                             Loc::Applied {
@@ -620,6 +641,11 @@ impl Receiver {
                     }
                 }
             }
+        }
+        if r.trailer().map(|t| t.root) != Some(*root) {
+            // applied.stat belongs to another manifest: trust nothing.
+            v.valid.iter_mut().for_each(|x| *x = false);
+            all = false;
         }
         v.all_valid = all;
         Ok(v)

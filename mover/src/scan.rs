@@ -70,6 +70,10 @@ pub enum ScanError {
     NotAnImage(PathBuf),
     #[error("scan worker thread died")]
     Worker,
+    /// The last scan's cache is unusable (torn, foreign): the scan is redone
+    /// without it.
+    #[error("source cache unusable: {0}")]
+    Cache(String),
 }
 
 fn io_err(path: &[u8]) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
@@ -232,10 +236,12 @@ struct Cache {
 
 fn open_cache(dir: &Path) -> Option<Cache> {
     let mpath = dir.join(LAST_MANIFEST);
-    // Validate the whole last manifest first (a few MiB even for big trees):
-    // a torn or foreign cache must mean "no reuse", never a failed scan.
-    let trailer = crate::manifest::validate(BufReader::new(File::open(&mpath).ok()?)).ok()?;
-    let stat = StatReader::open(&dir.join(LAST_STAT), &trailer.root)?;
+    // The stat cache's footer names the manifest it pairs with; the last
+    // manifest is validated as it is read for reuse (root checked at its
+    // end). A torn or foreign cache fails that scan, which is then redone
+    // without the cache (`scan_tree`/`scan_image`): never a failed sync.
+    let root = crate::statcache::footer_root(&dir.join(LAST_STAT))?;
+    let stat = StatReader::open(&dir.join(LAST_STAT), &root)?;
     let manifest = ManifestReader::new(BufReader::with_capacity(
         256 * 1024,
         File::open(&mpath).ok()?,
@@ -269,9 +275,14 @@ struct Scanner {
 }
 
 impl Scanner {
-    fn new(cache_dir: &Path, mode: MMode, opts: ScanOptions) -> Result<Scanner, ScanError> {
+    fn new(
+        cache_dir: &Path,
+        mode: MMode,
+        opts: ScanOptions,
+        use_cache: bool,
+    ) -> Result<Scanner, ScanError> {
         std::fs::create_dir_all(cache_dir).map_err(io_err(cache_dir.as_os_str().as_bytes()))?;
-        let cache = open_cache(cache_dir).filter(|c| c.manifest.header().mode == mode);
+        let cache = open_cache(cache_dir).filter(|c| use_cache && c.manifest.header().mode == mode);
         let mpath = cache_dir.join("next.manifest");
         let f = File::create(&mpath).map_err(io_err(mpath.as_os_str().as_bytes()))?;
         let writer = ManifestWriter::new(
@@ -528,8 +539,9 @@ impl Scanner {
         self.entry_index += 1;
         if reuse {
             let cache = self.cache.as_mut().expect("reuse implies a cache");
+            let bad = |e: ManifestError| ScanError::Cache(e.to_string());
             let old = loop {
-                match cache.manifest.next_entry()? {
+                match cache.manifest.next_entry().map_err(bad)? {
                     Some(e) if crate::manifest::path_cmp(&e.path, &p.entry.path).is_lt() => {
                         continue;
                     }
@@ -540,18 +552,16 @@ impl Scanner {
                 Some(old) if old.path == p.entry.path && old.kind == p.entry.kind => {
                     self.writer.write(&Record::Entry(old))?;
                     let mut last_end = None;
-                    while let Some(c) = cache.manifest.next_chunk()? {
+                    while let Some(c) = cache.manifest.next_chunk().map_err(bad)? {
                         write_chunk(&mut self.writer, c, &mut last_end)?;
                     }
                 }
                 _ => {
-                    // The cache lost this entry: it is not trustworthy.
-                    return Err(ScanError::Io {
-                        path: p.entry.display_path(),
-                        source: std::io::Error::other(
-                            "source stat cache is inconsistent; remove the cache dir",
-                        ),
-                    });
+                    // The stat cache names an entry its manifest lacks.
+                    return Err(ScanError::Cache(format!(
+                        "{} missing from the last manifest",
+                        p.entry.display_path()
+                    )));
                 }
             }
         } else {
@@ -574,6 +584,16 @@ impl Scanner {
         self.jobs = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        // Read the rest of the last manifest: its root is checked at its end,
+        // so what was reused from it is proven intact.
+        if let Some(c) = self.cache.as_mut() {
+            while c
+                .manifest
+                .next()
+                .map_err(|e| ScanError::Cache(e.to_string()))?
+                .is_some()
+            {}
         }
         let (_, trailer) = self.writer.finish()?;
         self.statw.finish(&trailer.root, false)?;
@@ -770,13 +790,31 @@ fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
 /// Scans the tree at `root` into `CACHE/last.manifest`, using and refreshing
 /// the stat cache in `cache_dir`.
 pub fn scan_tree(root: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
+    match scan_tree_with(root, cache_dir, opts.clone(), true) {
+        Err(ScanError::Cache(why)) => {
+            tracing::warn!(
+                "source cache in {} unusable ({why}); rescanning without it",
+                cache_dir.display()
+            );
+            scan_tree_with(root, cache_dir, opts, false)
+        }
+        r => r,
+    }
+}
+
+fn scan_tree_with(
+    root: &Path,
+    cache_dir: &Path,
+    opts: ScanOptions,
+    use_cache: bool,
+) -> Result<Scan, ScanError> {
     let rootfd = rustix::fs::open(
         root,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|_| ScanError::NotADir(root.to_path_buf()))?;
-    let mut s = Scanner::new(cache_dir, MMode::Tree, opts)?;
+    let mut s = Scanner::new(cache_dir, MMode::Tree, opts, use_cache)?;
     let st = fsmeta::stat_fd(rootfd.as_fd(), b"")?;
     let reuse = s.cached(b"", &st)?;
     let mut e = base_entry(Vec::new(), Kind::Dir, &st);
@@ -911,12 +949,30 @@ pub fn image_size(f: &File, st: &FileStat) -> std::io::Result<u64> {
 
 /// Scans the image (regular file or block device) at `path`.
 pub fn scan_image(path: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
+    match scan_image_with(path, cache_dir, opts.clone(), true) {
+        Err(ScanError::Cache(why)) => {
+            tracing::warn!(
+                "source cache in {} unusable ({why}); rescanning without it",
+                cache_dir.display()
+            );
+            scan_image_with(path, cache_dir, opts, false)
+        }
+        r => r,
+    }
+}
+
+fn scan_image_with(
+    path: &Path,
+    cache_dir: &Path,
+    opts: ScanOptions,
+    use_cache: bool,
+) -> Result<Scan, ScanError> {
     let f = File::open(path).map_err(io_err(path.as_os_str().as_bytes()))?;
     let st = fsmeta::stat_fd(f.as_fd(), b"")?;
     if !matches!(st.kind, StatKind::File | StatKind::BlockDev) {
         return Err(ScanError::NotAnImage(path.to_path_buf()));
     }
-    let mut s = Scanner::new(cache_dir, MMode::Image, opts)?;
+    let mut s = Scanner::new(cache_dir, MMode::Image, opts, use_cache)?;
     let mut st2 = st;
     st2.size = image_size(&f, &st).map_err(io_err(path.as_os_str().as_bytes()))?;
     // A device's timestamps say nothing about its contents: always read it.

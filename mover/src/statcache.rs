@@ -88,6 +88,24 @@ pub fn now_ns() -> i128 {
         .map_or(0, |d| d.as_nanos() as i128)
 }
 
+/// The manifest root named in a stat cache's footer.
+pub fn footer_root(path: &Path) -> Option<ChunkId> {
+    let mut f = File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    if len < 40 {
+        return None;
+    }
+    f.seek(SeekFrom::Start(len - 40)).ok()?;
+    let mut footer = [0u8; 40];
+    f.read_exact(&mut footer).ok()?;
+    if footer[32..] != FOOTER_MAGIC {
+        return None;
+    }
+    let mut root = [0u8; 32];
+    root.copy_from_slice(&footer[..32]);
+    Some(ChunkId(root))
+}
+
 /// Streams records to a file; [`finish`](Self::finish) writes the footer.
 pub struct StatWriter {
     out: BufWriter<File>,

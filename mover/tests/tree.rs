@@ -329,3 +329,28 @@ fn refresh_applied_stat(state: &Path, dst: &Path) {
     w.finish(&root, true).unwrap();
     fs::rename(tmp, state.join("applied.stat")).unwrap();
 }
+
+#[test]
+fn torn_source_cache_means_a_full_rescan_not_a_failure() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fs::create_dir_all(src.join("d")).unwrap();
+    for i in 0..50u64 {
+        fs::write(src.join(format!("d/f{i}")), bytes(3000, i)).unwrap();
+    }
+    age_tree(&src);
+    run(t.path(), &src, &dst);
+    // Flip a byte in the middle of the source's cached manifest.
+    let m = t.path().join("cache/last.manifest");
+    let mut b = fs::read(&m).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 0x55;
+    fs::write(&m, b).unwrap();
+    fs::write(src.join("d/f7"), b"changed").unwrap();
+    let s = run(t.path(), &src, &dst);
+    assert_same_tree(&src, &dst);
+    assert!(
+        s.bytes_hashed > 100_000,
+        "the scan should have re-read everything: {s:#?}"
+    );
+}
