@@ -10,7 +10,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # the benchmarks compare with; busybox-static makes the test image (no registry
 # is reachable); attr/acl set xattrs and ACLs in the metadata tests.
 DAFFE_PACKAGES=(docker.io docker-compose containerd runc rsync casync e2fsprogs busybox-static
-    python3-venv iproute2 attr acl util-linux kmod time jq)
+    python3-venv iproute2 attr acl util-linux kmod time jq curl bc procps)
 
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (the plugin mounts filesystems and talks to dockerd)"; }
 

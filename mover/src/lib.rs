@@ -13,11 +13,14 @@
 //!   pieces the receiver and the scanner stand on.
 //! - [`progress`]: progress events.
 //! - [`snapshot`]: the EBS snapshot target (push/pull of images, per-snapshot block index).
+//! - [`net`]: moving volumes between hosts (peer protocol, mutual TLS,
+//!   bandwidth limit, the agent and the dialer).
 
 pub mod chunk;
 pub mod fsmeta;
 pub mod journal;
 pub mod manifest;
+pub mod net;
 pub mod progress;
 pub mod receive;
 pub mod safe_path;

@@ -53,7 +53,12 @@ impl ControlApi {
 }
 
 impl Handler for ControlApi {
-    async fn call(&self, method: &Method, path: &str, _body: Bytes) -> Reply {
+    async fn call(&self, method: &Method, path: &str, body: Bytes) -> Reply {
+        let decoded = percent_decode(path);
+        let segs: Vec<&str> = decoded.trim_matches('/').split('/').collect();
+        if let Some(reply) = crate::migrate::control::route(&self.svc, method, &segs, &body) {
+            return reply;
+        }
         self.route(method, path)
     }
 }

@@ -11,6 +11,7 @@
 //! - [`backend`]: storage backends behind the `Backend` trait (local dir/block).
 //! - [`config`]: `daffe serve` configuration.
 //! - [`client`]: the CLI's client for daffe's sockets (hyperlocal).
+//! - [`migrate`]: moving a volume to another host (`daffe migrate`, `daffe agent`).
 //! - [`cli`]: one module per `daffe` subcommand.
 pub mod api;
 pub mod backend;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod migrate;
 pub mod record;
 pub mod server;
 pub mod service;

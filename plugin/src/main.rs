@@ -21,6 +21,10 @@ enum Command {
     Profiles(cli::profiles::ProfilesArgs),
     /// EBS snapshots of an image or block device: push (full or incremental) and pull.
     Snapshot(cli::snapshot::SnapshotArgs),
+    /// Receive volumes from other hosts (mutual TLS); `init`/`issue` make certificates.
+    Agent(cli::agent::AgentArgs),
+    /// Move a volume to another host's agent: pre-copy rounds, short cutover.
+    Migrate(cli::migrate::MigrateArgs),
     /// Sync a local tree or image into DST (incremental, atomic, resumable).
     Sync(cli::sync::SyncArgs),
 }
@@ -31,6 +35,8 @@ fn main() -> std::process::ExitCode {
         Command::Volume(a) => cli::volume::run(a),
         Command::Profiles(a) => cli::profiles::run(a),
         Command::Snapshot(a) => cli::snapshot::run(a),
+        Command::Agent(a) => cli::agent::run(a),
+        Command::Migrate(a) => cli::migrate::run(a),
         Command::Sync(a) => cli::sync::run(a),
     }
 }

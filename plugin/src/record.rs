@@ -63,18 +63,41 @@ impl VolumeRecord {
     }
 }
 
-/// Where a volume is in its life. Mount is allowed only in `Ready`.
+/// Where a volume is in its life. Mount is allowed only in `Ready` and
+/// `Moving`.
 ///
 /// `Creating` is written before the backend makes the storage, so a crash in
 /// between leaves a record the next start can clean up instead of orphaned
-/// storage. The migration work adds its states here (e.g. `Moving`,
-/// `Moved { to }`) together with their fencing rules in [`VolumeState::mount_refusal`].
+/// storage.
+///
+/// Migration (see `migrate`): the source goes `Ready -> Moving` (pre-copy
+/// rounds while the app runs) `-> Fenced` (unmounted, no new mounts, final
+/// round) `-> Moved` (the destination owns it; Mount fails with "volume moved
+/// to HOST"). An aborted move goes back to `Ready`. The destination goes
+/// `Receiving -> Ready` when the source hands ownership over; a volume that
+/// was `Moved` away may be received back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum VolumeState {
     Creating,
     #[default]
     Ready,
+    /// Pre-copy rounds to `to` are running; the volume stays mountable.
+    Moving {
+        to: String,
+    },
+    /// Cutover to `to`: unmounted, new mounts refused, final round running.
+    Fenced {
+        to: String,
+    },
+    /// `to` owns the volume now; this copy is fenced for good.
+    Moved {
+        to: String,
+    },
+    /// Rounds from `from` are arriving; not mountable until handed over.
+    Receiving {
+        from: String,
+    },
 }
 
 impl VolumeState {
@@ -82,7 +105,12 @@ impl VolumeState {
     pub fn mount_refusal(&self) -> Option<String> {
         match self {
             Self::Creating => Some("it is still being created".to_owned()),
-            Self::Ready => None,
+            Self::Ready | Self::Moving { .. } => None,
+            Self::Fenced { to } => Some(format!("volume is being moved to {to}")),
+            Self::Moved { to } => Some(format!("volume moved to {to}")),
+            Self::Receiving { from } => Some(format!(
+                "volume is being received from {from}; not ready yet"
+            )),
         }
     }
 
@@ -90,6 +118,19 @@ impl VolumeState {
         match self {
             Self::Creating => "creating",
             Self::Ready => "ready",
+            Self::Moving { .. } => "moving",
+            Self::Fenced { .. } => "fenced",
+            Self::Moved { .. } => "moved",
+            Self::Receiving { .. } => "receiving",
+        }
+    }
+
+    /// The other host of a migration in progress or done, if any.
+    pub fn peer(&self) -> Option<&str> {
+        match self {
+            Self::Moving { to } | Self::Fenced { to } | Self::Moved { to } => Some(to),
+            Self::Receiving { from } => Some(from),
+            Self::Creating | Self::Ready => None,
         }
     }
 }

@@ -69,6 +69,13 @@ pub enum ServiceError {
         name: String,
         secs: u64,
     },
+    /// A migration step that the volume's state or this host refuses.
+    #[error("{op} of volume {name:?}: {message}")]
+    Migration {
+        op: &'static str,
+        name: String,
+        message: String,
+    },
     #[error("{op} of volume {name:?}: internal error: {message}")]
     Internal {
         op: &'static str,
@@ -525,3 +532,6 @@ fn now_secs() -> u64 {
 #[cfg(test)]
 #[path = "service_tests.rs"]
 mod tests;
+
+#[path = "service_migrate.rs"]
+pub mod migrate;

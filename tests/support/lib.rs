@@ -6,10 +6,15 @@
 //! - [`fault_proxy`]: an HTTP proxy that records requests and injects 429/500.
 //! - [`plugin`]: a `daffe serve` under a unique legacy plugin name, cleaned up
 //!   on drop together with its containers and volumes.
+//! - [`netns`]: two hosts as network namespaces on a shaped veth link, and a
+//!   Docker engine inside one of them.
+//! - [`hosts`]: two daffe hosts on that link (plugins, B's agent, `migrate`).
 
 pub mod docker;
 pub mod fault_proxy;
+pub mod hosts;
 pub mod moto;
+pub mod netns;
 pub mod plugin;
 
 /// A short unique token for names: pid + a per-process counter + clock bits,

@@ -85,7 +85,9 @@ impl From<ServiceError> for Reply {
         let status = match &e {
             E::Request(_) | E::Resolve(_) => StatusCode::BAD_REQUEST,
             E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::Exists { .. } | E::InUse { .. } | E::NotMountable { .. } => StatusCode::CONFLICT,
+            E::Exists { .. } | E::InUse { .. } | E::NotMountable { .. } | E::Migration { .. } => {
+                StatusCode::CONFLICT
+            }
             E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             E::Store(_) | E::Backend(_) | E::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -1,5 +1,7 @@
 //! One module per `daffe` subcommand: its clap argument struct and its `run`.
 
+pub mod agent;
+pub mod migrate;
 pub mod profiles;
 pub mod serve;
 pub mod snapshot;

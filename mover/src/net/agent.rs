@@ -1,0 +1,233 @@
+//! The acceptor: listens for peers, authenticates them (mutual TLS, in
+//! `stream::accept`), and hands their requests to a [`RoundHandler`] (daffe's
+//! plugin: preflight, receiving a volume, ownership handover).
+//!
+//! One thread per connection, a bounded number of them. Rounds into the same
+//! target are serialised: a retry that arrives while the connection it
+//! replaces is still timing out waits for it, then resumes from what the
+//! first one stored durably.
+
+use std::collections::HashSet;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use rustls::ServerConfig;
+
+use super::conn::{Conn, ConnError};
+use super::frame::FrameError;
+use super::message::{ErrorCode, Message, RoundRequest, RoundSummary, WireError};
+use super::netsource::NetSource;
+use super::stream::{self, BoxStream, Endpoint};
+
+/// Connections served at once. Migrations are few; the bound keeps a flood of
+/// (even authenticated) connections from exhausting threads.
+const MAX_CONNECTIONS: usize = 64;
+/// How often the accept loop looks at the shutdown flag.
+const ACCEPT_POLL: Duration = Duration::from_millis(50);
+
+/// Who is talking to us.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The node name from the peer's `Hello` (for logs and ownership records).
+    pub node: String,
+    pub addr: SocketAddr,
+}
+
+/// What the agent does with authenticated requests.
+pub trait RoundHandler: Send + Sync {
+    /// An application request (opaque bytes), answered with bytes or an error.
+    fn control(&self, peer: &PeerInfo, body: &[u8]) -> Result<Vec<u8>, WireError>;
+    /// Receive one round into `req.target`, pulling from `source`.
+    fn round(
+        &self,
+        peer: &PeerInfo,
+        req: &RoundRequest,
+        source: &mut NetSource<'_>,
+    ) -> Result<RoundSummary, WireError>;
+}
+
+/// Serialises rounds per target.
+#[derive(Debug, Default)]
+struct TargetLocks {
+    held: Mutex<HashSet<String>>,
+    cv: Condvar,
+}
+
+struct TargetGuard<'a> {
+    locks: &'a TargetLocks,
+    target: String,
+}
+
+impl Drop for TargetGuard<'_> {
+    fn drop(&mut self) {
+        let mut held = self.locks.held.lock().unwrap_or_else(|p| p.into_inner());
+        held.remove(&self.target);
+        self.locks.cv.notify_all();
+    }
+}
+
+impl TargetLocks {
+    fn acquire(&self, target: &str, wait: Duration) -> Option<TargetGuard<'_>> {
+        let deadline = Instant::now() + wait;
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while held.contains(target) {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            held = self
+                .cv
+                .wait_timeout(held, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        held.insert(target.to_string());
+        Some(TargetGuard {
+            locks: self,
+            target: target.to_string(),
+        })
+    }
+}
+
+/// An agent: TLS config, endpoint options, handler.
+pub struct Agent {
+    tls: Arc<ServerConfig>,
+    ep: Endpoint,
+    handler: Arc<dyn RoundHandler>,
+    locks: TargetLocks,
+    active: AtomicUsize,
+    /// How long a round waits for an earlier round on the same target: a bit
+    /// more than the socket timeout, after which the earlier one has failed.
+    busy_wait: Duration,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("ep", &self.ep).finish()
+    }
+}
+
+impl Agent {
+    pub fn new(tls: Arc<ServerConfig>, ep: Endpoint, handler: Arc<dyn RoundHandler>) -> Self {
+        let busy_wait = ep.io_timeout + Duration::from_secs(5);
+        Agent {
+            tls,
+            ep,
+            handler,
+            locks: TargetLocks::default(),
+            active: AtomicUsize::new(0),
+            busy_wait,
+        }
+    }
+
+    /// Accepts connections until `shutdown` is set. Each runs on its own thread.
+    pub fn serve(self: &Arc<Self>, listener: TcpListener, shutdown: &AtomicBool) -> io::Result<()> {
+        listener.set_nonblocking(true)?;
+        while !shutdown.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((tcp, addr)) => {
+                    tcp.set_nonblocking(false)?;
+                    if self.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+                        self.active.fetch_sub(1, Ordering::SeqCst);
+                        tracing::warn!(%addr, "too many peer connections; dropping one");
+                        continue;
+                    }
+                    let me = Arc::clone(self);
+                    std::thread::Builder::new()
+                        .name(format!("agent-{addr}"))
+                        .spawn(move || {
+                            me.connection(tcp, addr);
+                            me.active.fetch_sub(1, Ordering::SeqCst);
+                        })?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    std::thread::sleep(ACCEPT_POLL);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn connection(&self, tcp: std::net::TcpStream, addr: SocketAddr) {
+        let mut conn = match stream::accept(tcp, &self.tls, &self.ep) {
+            Ok(c) => c,
+            Err(e) => {
+                // Unauthenticated or not a daffe peer: it got nothing from us.
+                tracing::warn!(%addr, error = %e, "peer refused");
+                return;
+            }
+        };
+        let peer = PeerInfo {
+            node: conn.peer().node.clone(),
+            addr,
+        };
+        tracing::info!(%addr, node = %peer.node, "peer connected");
+        if let Err(e) = self.session(&mut conn, &peer) {
+            match e {
+                ConnError::Frame(FrameError::Closed) => {}
+                e => tracing::warn!(%addr, node = %peer.node, error = %e, "peer session ended"),
+            }
+        }
+    }
+
+    /// Serves requests until the peer says `Bye`, closes, or a round fails.
+    fn session(&self, conn: &mut Conn<BoxStream>, peer: &PeerInfo) -> Result<(), ConnError> {
+        loop {
+            match conn.recv()? {
+                Message::Control(body) => match self.handler.control(peer, &body) {
+                    Ok(reply) => conn.send(&Message::ControlReply(reply))?,
+                    Err(e) => conn.send(&Message::Error(e))?,
+                },
+                Message::StartRound(req) => {
+                    let Some(_guard) = self.locks.acquire(&req.target, self.busy_wait) else {
+                        conn.send_error(
+                            ErrorCode::Busy,
+                            format!("a round into {} is still running", req.target),
+                        );
+                        return Ok(());
+                    };
+                    let mut source = NetSource::new(conn);
+                    match self.handler.round(peer, &req, &mut source) {
+                        Ok(summary) => conn.send(&Message::RoundDone(summary))?,
+                        Err(e) => {
+                            // The stream may be mid-batch: report, then close.
+                            tracing::warn!(node = %peer.node, target = %req.target,
+                                error = %e.message, "round failed");
+                            conn.send_error(e.code, e.message);
+                            return Ok(());
+                        }
+                    }
+                }
+                Message::Bye => return Ok(()),
+                other => {
+                    conn.send_error(
+                        ErrorCode::Invalid,
+                        format!("unexpected {} outside a round", other.name()),
+                    );
+                    return Err(ConnError::Unexpected {
+                        expected: "Control, StartRound or Bye",
+                        got: other.name(),
+                    });
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn target_locks_serialise_and_time_out() {
+        let locks = TargetLocks::default();
+        let g = locks.acquire("v", Duration::ZERO).unwrap();
+        assert!(locks.acquire("v", Duration::from_millis(20)).is_none());
+        assert!(locks.acquire("w", Duration::ZERO).is_some());
+        drop(g);
+        assert!(locks.acquire("v", Duration::ZERO).is_some());
+    }
+}

@@ -1,0 +1,33 @@
+//! Moving volumes between hosts: the peer protocol and its ends.
+//!
+//! Map (bottom up):
+//! - `frame`: length-prefixed frames with a hard size limit.
+//! - `message`: the protocol's messages, strictly decoded.
+//! - `compress`: optional zstd per chunk, bounded decompression.
+//! - `bwlimit`: one token bucket per process, charged by every socket.
+//! - `identity`: the cluster CA and node certificates (rcgen).
+//! - `tls`: rustls mutual-TLS configurations.
+//! - `conn`: a connection: `Hello` exchange, send/receive messages and chunks.
+//! - `stream`: TCP + bandwidth limit + TLS, dial and accept.
+//! - `serve`: the sending side of a round (answers from a `RoundSource`).
+//! - `netsource`: the receiving side's view of the remote source.
+//! - `peer`: the dialer (`daffe migrate`); `agent`: the acceptor (`daffe agent`).
+//! - `rounds`: one round end to end: receive into a destination; scan and
+//!   push with retries (resume after a cut link, rescan after a stale scan).
+//!
+//! The dialer is the *source* of a volume; the acceptor (the agent) receives
+//! and drives each round (receiver-driven, as in `DESIGN.md`).
+
+pub mod agent;
+pub mod bwlimit;
+pub mod compress;
+pub mod conn;
+pub mod frame;
+pub mod identity;
+pub mod message;
+pub mod netsource;
+pub mod peer;
+pub mod rounds;
+pub mod serve;
+pub mod stream;
+pub mod tls;

@@ -1,0 +1,83 @@
+//! The dialing side, used on the source host by `daffe migrate`: connect to
+//! an agent, ask it things (control requests), push rounds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+
+use super::conn::{Conn, ConnError};
+use super::message::{Message, RoundRequest, RoundSummary};
+use super::serve::{self, ServeError, ServeEvent};
+use super::stream::{self, BoxStream, Endpoint, StreamError};
+use crate::source::ChunkSource;
+
+/// A TCP connect that takes longer than this means the host is unreachable.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An authenticated connection to an agent.
+#[derive(Debug)]
+pub struct Peer {
+    conn: Conn<BoxStream>,
+    addr: String,
+}
+
+impl Peer {
+    /// Dials `addr` (`HOST[:PORT]`) with mutual TLS.
+    pub fn connect(
+        addr: &str,
+        tls: &Arc<ClientConfig>,
+        ep: &Endpoint,
+    ) -> Result<Peer, StreamError> {
+        let conn = stream::dial(addr, tls, ep, CONNECT_TIMEOUT)?;
+        Ok(Peer {
+            conn,
+            addr: addr.to_string(),
+        })
+    }
+
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The agent's node name.
+    pub fn node(&self) -> &str {
+        &self.conn.peer().node
+    }
+
+    pub fn compression(&self) -> bool {
+        self.conn.compression()
+    }
+
+    /// Sends an application request and returns the agent's reply.
+    pub fn control(&mut self, body: &[u8]) -> Result<Vec<u8>, ConnError> {
+        self.conn.send(&Message::Control(body.to_vec()))?;
+        match self.conn.recv()? {
+            Message::ControlReply(b) => Ok(b),
+            other => Err(ConnError::Unexpected {
+                expected: "ControlReply",
+                got: other.name(),
+            }),
+        }
+    }
+
+    /// Pushes one round: the agent receives `req.target` from `source`.
+    pub fn push_round(
+        &mut self,
+        req: &RoundRequest,
+        source: &mut dyn ChunkSource,
+        progress: &mut dyn FnMut(ServeEvent),
+    ) -> Result<RoundSummary, ServeError> {
+        serve::push_round(&mut self.conn, req, source, progress)
+    }
+
+    /// Ends the session politely.
+    pub fn bye(mut self) {
+        let _ = self.conn.send(&Message::Bye);
+    }
+
+    /// Gives access to the raw connection (tests that play a hostile sender).
+    pub fn conn_mut(&mut self) -> &mut Conn<BoxStream> {
+        &mut self.conn
+    }
+}

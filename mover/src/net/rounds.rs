@@ -1,0 +1,296 @@
+//! One round end to end, for embedders (daffe's agent and `migrate`, tests):
+//! - [`receive_round`]: the acceptor side, a mover [`Receiver`] fed by a
+//!   [`NetSource`], errors mapped to protocol error codes;
+//! - [`RoundPusher`]: the dialer side, scan + push with retries: a cut link
+//!   or a restarted agent is retried (the receiver resumes from what it stored
+//!   durably), a source that changed under its scan is rescanned.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::ClientConfig;
+
+use super::message::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
+use super::netsource::NetSource;
+use super::peer::Peer;
+use super::serve::{ServeError, ServeEvent};
+use super::stream::{Endpoint, StreamError};
+use crate::receive::{Destination, ReceiveError, ReceiveOptions, Receiver, RoundStats};
+use crate::scan::{ScanError, ScanOptions, ScanStats};
+use crate::source::{Sender, Source, SourceError};
+
+/// Receives one round into `dest` (state in `state_dir`) from `source`.
+pub fn receive_round(
+    dest: &Destination,
+    state_dir: &Path,
+    source: &mut NetSource<'_>,
+    opts: &ReceiveOptions,
+) -> Result<RoundSummary, WireError> {
+    let t = Instant::now();
+    let mut rx = Receiver::open(dest, state_dir).map_err(wire_error)?;
+    let stats = rx.run_round(source, opts).map_err(wire_error)?;
+    Ok(summary(&stats, t.elapsed()))
+}
+
+fn summary(s: &RoundStats, took: Duration) -> RoundSummary {
+    let mut root = [0u8; 32];
+    if let Some(bytes) = hex32(&s.root) {
+        root = bytes;
+    }
+    RoundSummary {
+        files: s.entries,
+        chunks_total: s.chunks_total,
+        chunks_new: s.chunks_new,
+        chunks_reused: s.chunks_reused,
+        bytes_fetched: s.bytes_fetched,
+        bytes_written: s.bytes_written,
+        stale: 0,
+        root,
+        duration_ms: took.as_millis() as u64,
+    }
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// How a receiver failure is reported to the sender, and whether it retries.
+pub fn wire_error(e: ReceiveError) -> WireError {
+    let code = match &e {
+        ReceiveError::Stale { .. } => ErrorCode::Stale,
+        ReceiveError::Source(SourceError::Transport(_)) => ErrorCode::Transient,
+        ReceiveError::Manifest(_)
+        | ReceiveError::SafePath(_)
+        | ReceiveError::ModeMismatch { .. } => ErrorCode::Invalid,
+        _ => ErrorCode::Refused,
+    };
+    WireError {
+        code,
+        message: e.to_string(),
+    }
+}
+
+/// Retry policy of the dialer.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    /// Give up on a round after this long without success.
+    pub deadline: Duration,
+    /// First pause between attempts; doubles up to `max_backoff`.
+    pub backoff: Duration,
+    pub max_backoff: Duration,
+    /// Rescans allowed when the source changes under a scan.
+    pub stale_rescans: u32,
+}
+
+impl Default for RetryPolicy {
+    /// Five minutes: a link flap or an agent restart is over well before; a
+    /// host that is gone for longer needs the operator, not a loop.
+    fn default() -> Self {
+        RetryPolicy {
+            deadline: Duration::from_secs(300),
+            backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+            stale_rescans: 3,
+        }
+    }
+}
+
+/// Errors pushing a round.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("scanning {path}: {source}")]
+    Scan { path: String, source: ScanError },
+    #[error("connecting: {0}")]
+    Connect(#[from] StreamError),
+    #[error("round {round} into {target}: {source}")]
+    Round {
+        target: String,
+        round: u32,
+        source: ServeError,
+    },
+    #[error("round {round} into {target}: the source kept changing under {rescans} rescans")]
+    StillStale {
+        target: String,
+        round: u32,
+        rescans: u32,
+    },
+}
+
+impl PushError {
+    /// The source changed under every scan: fine for a pre-copy round (the
+    /// next one or the final round catches up), fatal for a final round.
+    pub fn is_stale(&self) -> bool {
+        matches!(self, PushError::StillStale { .. })
+    }
+}
+
+/// What one pushed round did.
+#[derive(Debug, Clone, Default)]
+pub struct PushReport {
+    pub summary: RoundSummary,
+    pub scan: ScanStats,
+    pub scan_time: Duration,
+    /// From the round's first request to the receiver's `RoundDone` (last attempt).
+    pub transfer_time: Duration,
+    /// Wire bytes sent and received by this push (TLS included, all attempts).
+    pub wire_sent: u64,
+    pub wire_received: u64,
+    pub attempts: u32,
+    pub rescans: u32,
+}
+
+/// Pushes rounds of one source to one agent target.
+pub struct RoundPusher {
+    pub addr: String,
+    pub tls: Arc<ClientConfig>,
+    pub ep: Endpoint,
+    pub source: Source,
+    /// The sender's stat cache (kept between rounds: unchanged files are not re-read).
+    pub cache_dir: PathBuf,
+    pub target: String,
+    pub scan_threads: usize,
+    pub retry: RetryPolicy,
+}
+
+impl std::fmt::Debug for RoundPusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoundPusher")
+            .field("addr", &self.addr)
+            .field("target", &self.target)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl RoundPusher {
+    fn scan(&self) -> Result<(Sender, Duration), PushError> {
+        let t = Instant::now();
+        let s = Sender::scan(
+            &self.source,
+            &self.cache_dir,
+            ScanOptions {
+                threads: self.scan_threads.max(1),
+                label: self.target.clone(),
+                progress: Arc::new(crate::progress::NoProgress),
+            },
+        )
+        .map_err(|source| PushError::Scan {
+            path: self.source.path().display().to_string(),
+            source,
+        })?;
+        Ok((s, t.elapsed()))
+    }
+
+    /// Connects (retrying while the policy allows).
+    pub fn connect(&self) -> Result<Peer, PushError> {
+        let start = Instant::now();
+        let mut pause = self.retry.backoff;
+        loop {
+            match Peer::connect(&self.addr, &self.tls, &self.ep) {
+                Ok(p) => return Ok(p),
+                Err(e) if e.retryable() && start.elapsed() < self.retry.deadline => {
+                    tracing::info!(addr = %self.addr, error = %e, "agent unreachable; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(self.retry.max_backoff);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Scans and pushes round `round`; on a cut link reconnects and pushes
+    /// again (the receiver keeps what it stored), on a stale source rescans.
+    pub fn push(
+        &self,
+        round: u32,
+        final_round: bool,
+        progress: &mut dyn FnMut(ServeEvent),
+    ) -> Result<PushReport, PushError> {
+        let mode = match self.source {
+            Source::Tree(_) => TransferMode::Tree,
+            Source::Image(_) => TransferMode::Image,
+        };
+        let req = RoundRequest {
+            target: self.target.clone(),
+            mode,
+            round,
+            final_round,
+        };
+        let sent0 = self.ep.counters.sent();
+        let recv0 = self.ep.counters.received();
+        let start = Instant::now();
+        let mut report = PushReport::default();
+        let (mut sender, scan_time) = self.scan()?;
+        report.scan_time = scan_time;
+        report.scan = sender.stats().clone();
+        let mut pause = self.retry.backoff;
+        loop {
+            report.attempts += 1;
+            let mut peer = self.connect()?;
+            let t = Instant::now();
+            match peer.push_round(&req, &mut sender, progress) {
+                Ok(summary) => {
+                    report.transfer_time = t.elapsed();
+                    report.summary = summary;
+                    peer.bye();
+                    report.wire_sent = self.ep.counters.sent() - sent0;
+                    report.wire_received = self.ep.counters.received() - recv0;
+                    return Ok(report);
+                }
+                Err(e) => {
+                    drop(peer);
+                    let stale = matches!(&e, ServeError::Conn(super::conn::ConnError::Remote { error, .. })
+                        if error.code == ErrorCode::Stale);
+                    if stale {
+                        if report.rescans >= self.retry.stale_rescans {
+                            return Err(PushError::StillStale {
+                                target: self.target.clone(),
+                                round,
+                                rescans: report.rescans,
+                            });
+                        }
+                        report.rescans += 1;
+                        let (s, t) = self.scan()?;
+                        sender = s;
+                        report.scan_time += t;
+                        report.scan = sender.stats().clone();
+                        continue;
+                    }
+                    if !e.retryable() || start.elapsed() >= self.retry.deadline {
+                        return Err(PushError::Round {
+                            target: self.target.clone(),
+                            round,
+                            source: e,
+                        });
+                    }
+                    tracing::info!(target = %self.target, round, error = %e, "round interrupted; retrying");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(self.retry.max_backoff);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_roots_parse() {
+        let h = "00ff".repeat(16);
+        let b = hex32(&h).unwrap();
+        assert_eq!(b[0], 0);
+        assert_eq!(b[1], 0xff);
+        assert!(hex32("xyz").is_none());
+        assert!(hex32(&"zz".repeat(32)).is_none());
+    }
+}

@@ -1,0 +1,206 @@
+//! `daffe agent`: listens for peers (mutual TLS) and receives volumes into
+//! the local daemon's storage. `daffe agent init` makes a cluster CA and this
+//! node's certificate; `daffe agent issue` makes another node's.
+
+use crate::control::DEFAULT_CONTROL_SOCKET;
+use crate::migrate::agent::AgentHandler;
+use crate::migrate::daemon::Daemon;
+use crate::migrate::duration;
+use clap::{Args, Subcommand};
+use mover::net::agent::Agent;
+use mover::net::bwlimit::{TokenBucket, parse_rate};
+use mover::net::identity::{self, NodeFiles};
+use mover::net::stream::Endpoint;
+use mover::net::tls;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Where `init` puts, and every command looks for, the node's TLS files.
+pub const DEFAULT_TLS_DIR: &str = "/etc/daffe/agent";
+/// The agents' port (see `mover::net::stream::DEFAULT_PORT`).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7450";
+
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    pub command: Option<AgentCommand>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Create a cluster CA and this node's certificate (ca.pem, ca.key,
+    /// node.pem, node.key). Keep ca.key here; give other nodes `issue` output.
+    Init {
+        #[arg(long, default_value = DEFAULT_TLS_DIR)]
+        dir: PathBuf,
+        /// This node's name (letters, digits, '.', '-', '_').
+        #[arg(long)]
+        name: String,
+    },
+    /// Issue a certificate for another node with the CA in --ca-dir.
+    Issue {
+        #[arg(long, default_value = DEFAULT_TLS_DIR)]
+        ca_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Directory to write ca.pem, node.pem, node.key into (copy it to the node).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Options shared by the agent and `daffe migrate`: identity and link.
+#[derive(Debug, Clone, Args)]
+pub struct PeerOptions {
+    /// Directory with ca.pem, node.pem, node.key (see `daffe agent init`).
+    #[arg(long, env = "DAFFE_TLS_DIR", default_value = DEFAULT_TLS_DIR)]
+    pub tls_dir: PathBuf,
+    /// This node's name in the peer protocol (default: the host name).
+    #[arg(long, env = "DAFFE_NODE_NAME")]
+    pub name: Option<String>,
+    /// Bandwidth limit shared by all streams of this process: bytes/s with
+    /// K/M/G (binary) or bits with kbit/mbit/gbit, e.g. 10M or 100mbit.
+    #[arg(long)]
+    pub bwlimit: Option<String>,
+    /// Do not compress chunks (zstd) on the wire.
+    #[arg(long)]
+    pub no_compress: bool,
+    /// A peer silent this long is considered gone.
+    #[arg(long, default_value = "60s")]
+    pub io_timeout: String,
+}
+
+impl PeerOptions {
+    pub fn node_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_else(|_| "daffe-node".into())
+        })
+    }
+
+    pub fn files(&self) -> NodeFiles {
+        NodeFiles::in_dir(&self.tls_dir)
+    }
+
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        let mut ep = Endpoint::new(&self.node_name());
+        ep.hello.zstd = !self.no_compress;
+        ep.io_timeout = duration::parse(&self.io_timeout).map_err(|e| e.to_string())?;
+        if let Some(r) = &self.bwlimit {
+            let rate = parse_rate(r).map_err(|e| e.to_string())?;
+            ep.bucket = Some(Arc::new(TokenBucket::new(rate)));
+        }
+        Ok(ep)
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// TCP address to listen on.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: String,
+    /// The local daemon's control socket.
+    #[arg(long, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    /// Make received data durable (and resumable after a cut) every this
+    /// many bytes (K/M/G suffixes).
+    #[arg(long, default_value = "64M")]
+    pub checkpoint: profiles::ByteSize,
+    #[command(flatten)]
+    pub peer: PeerOptions,
+}
+
+pub fn run(args: AgentArgs) -> ExitCode {
+    match args.command {
+        Some(AgentCommand::Init { dir, name }) => match identity::init(&dir, &name) {
+            Ok(_) => {
+                println!(
+                    "created a cluster CA and the certificate of {name} in {} \
+                     (CA key: {}; keep it here)",
+                    dir.display(),
+                    dir.join(identity::CA_KEY).display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => super::fail(false, e),
+        },
+        Some(AgentCommand::Issue { ca_dir, name, out }) => {
+            match identity::issue(&ca_dir, &name, &out) {
+                Ok(_) => {
+                    println!(
+                        "issued the certificate of {name} in {} (copy that directory to {name})",
+                        out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => super::fail(false, e),
+            }
+        }
+        None => serve(args.run),
+    }
+}
+
+fn serve(args: RunArgs) -> ExitCode {
+    super::init_logging();
+    let ep = match args.peer.endpoint() {
+        Ok(ep) => ep,
+        Err(e) => return super::fail(false, e),
+    };
+    let tls = match tls::server_config(&args.peer.files()) {
+        Ok(t) => t,
+        Err(e) => return super::fail(false, format!("{e} (see `daffe agent init`)")),
+    };
+    let listener = match std::net::TcpListener::bind(&args.listen) {
+        Ok(l) => l,
+        Err(e) => return super::fail(false, format!("cannot listen on {}: {e}", args.listen)),
+    };
+    let mut handler = AgentHandler::new(Daemon::new(&args.control_socket));
+    handler.checkpoint_bytes = args.checkpoint.bytes().max(1);
+    let handler = Arc::new(handler);
+    let node = ep.hello.node.clone();
+    let agent = Arc::new(Agent::new(tls, ep, handler));
+    let shutdown = Arc::new(AtomicBool::new(false));
+    if let Err(e) = watch_signals(shutdown.clone()) {
+        return super::fail(false, format!("cannot watch signals: {e}"));
+    }
+    tracing::info!(listen = %args.listen, %node, "daffe agent listening");
+    match agent.serve(listener, &shutdown) {
+        Ok(()) => {
+            tracing::info!("daffe agent stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::fail(false, format!("agent: {e}")),
+    }
+}
+
+/// SIGTERM or SIGINT sets `flag` (a tokio runtime on a side thread waits).
+fn watch_signals(flag: Arc<AtomicBool>) -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            rt.block_on(async {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut int)) = (
+                    signal(SignalKind::terminate()),
+                    signal(SignalKind::interrupt()),
+                ) else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                flag.store(true, Ordering::SeqCst);
+            })
+        })?;
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! `daffe migrate VOLUME --to HOST[:PORT]`: moves a volume to another host's
+//! agent with pre-copy rounds and a short cutover (see `crate::migrate`).
+//! Run it on the source host; it talks to the local daemon and the peer.
+//!
+//! At cutover it waits until the volume is unmounted: stop the containers
+//! that use it (`docker stop`) when it says so. It never stops them itself.
+
+use super::agent::PeerOptions;
+use crate::control::DEFAULT_CONTROL_SOCKET;
+use crate::migrate::daemon::Daemon;
+use crate::migrate::duration;
+use crate::migrate::orchestrate::{Event, MigrateOptions, RemoteAgent, migrate};
+use crate::migrate::plan::DEFAULT_MAX_ROUNDS;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use mover::Source;
+use mover::net::rounds::{RetryPolicy, RoundPusher};
+use mover::net::tls;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The volume (NAME or NAME@PROFILE).
+    pub volume: String,
+    /// The destination agent: HOST[:PORT] (default port 7450).
+    #[arg(long)]
+    pub to: String,
+    /// Downtime target: pre-copy continues until the final round is
+    /// expected to take less than this.
+    #[arg(long, default_value = "2s")]
+    pub max_downtime: String,
+    /// Pre-copy rounds at most.
+    #[arg(long, default_value_t = DEFAULT_MAX_ROUNDS)]
+    pub max_rounds: u32,
+    /// How long to wait for the containers to be stopped at cutover.
+    #[arg(long, default_value = "10m")]
+    pub unmount_timeout: String,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// The local daemon's control socket.
+    #[arg(long, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub control_socket: PathBuf,
+    #[command(flatten)]
+    pub peer: PeerOptions,
+}
+
+/// Pause between looks at the mount count at cutover: the downtime is
+/// measured from the look that saw it unmounted, so this bounds the error.
+const FENCE_POLL: Duration = Duration::from_millis(20);
+
+pub fn run(args: MigrateArgs) -> ExitCode {
+    super::init_logging();
+    let json = args.json;
+    let parse = |s: &str| duration::parse(s).map_err(|e| e.to_string());
+    let (max_downtime, unmount_timeout) =
+        match (parse(&args.max_downtime), parse(&args.unmount_timeout)) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(e), _) | (_, Err(e)) => return super::fail(json, e),
+        };
+    let ep = match args.peer.endpoint() {
+        Ok(ep) => ep,
+        Err(e) => return super::fail(json, e),
+    };
+    let tls = match tls::client_config(&args.peer.files()) {
+        Ok(t) => t,
+        Err(e) => return super::fail(json, format!("{e} (see `daffe agent init`)")),
+    };
+    let daemon = Daemon::new(&args.control_socket);
+    let mut dest = RemoteAgent {
+        pusher: RoundPusher {
+            addr: args.to.clone(),
+            tls,
+            ep,
+            source: Source::Tree(PathBuf::new()),
+            cache_dir: PathBuf::new(),
+            target: args.volume.clone(),
+            scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            retry: RetryPolicy::default(),
+        },
+    };
+    let opts = MigrateOptions {
+        volume: args.volume.clone(),
+        to: args.to.clone(),
+        max_downtime,
+        max_rounds: args.max_rounds.max(1),
+        unmount_timeout,
+        fence_poll: FENCE_POLL,
+    };
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    // Lines the operator (or a script reading stderr) acts on are printed
+    // whether or not stderr is a terminal; the bar only draws on one.
+    let say = |bar: &ProgressBar, line: String| {
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    let volume = args.volume.clone();
+    let result = migrate(&daemon, &mut dest, &opts, &mut |ev| match ev {
+        Event::Preflight(c) => say(
+            &bar,
+            format!(
+                "{}: destination {} has profile {} and {} bytes free{}",
+                volume,
+                args.to,
+                c.profile,
+                c.free_bytes,
+                if c.resuming {
+                    " (resuming an earlier transfer)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        Event::RoundStart { round, final_round } => {
+            bar.set_position(0);
+            bar.set_message(format!(
+                "round {round} ({})",
+                if final_round { "final" } else { "pre-copy" }
+            ));
+            bar.enable_steady_tick(Duration::from_millis(200));
+        }
+        Event::Bytes(b) => bar.inc(b),
+        Event::RoundEnd(r) => say(
+            &bar,
+            format!(
+                "round {} ({}): {} bytes changed, {} on the wire, scan {} ms, transfer {} ms{}",
+                r.round,
+                if r.final_round { "final" } else { "pre-copy" },
+                r.bytes,
+                r.wire_bytes,
+                r.scan_ms,
+                r.transfer_ms,
+                r.estimate_ms
+                    .map(|e| format!(", final round estimated at {e} ms"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Event::WaitingForUnmount => say(
+            &bar,
+            format!(
+                "waiting for {volume} to be unmounted: stop the containers using it (docker stop)"
+            ),
+        ),
+        Event::Unmounted => say(&bar, format!("{volume} unmounted and fenced; final round")),
+        Event::Committed => say(&bar, format!("{} owns {volume} now", args.to)),
+    });
+    bar.finish_and_clear();
+    match result {
+        Ok(report) => {
+            if json {
+                super::print_json(&serde_json::to_value(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::fail(json, e),
+    }
+}

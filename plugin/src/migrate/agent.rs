@@ -1,0 +1,157 @@
+//! The agent's request handler (destination side): answers `migrate`'s
+//! preflight, prepares the volume in the local daemon, receives rounds into
+//! its storage with the mover, and takes ownership at commit.
+//!
+//! A round is accepted only into a volume this daemon holds in state
+//! `Receiving` from the same peer: an owned (`Ready`) volume is never
+//! written by a peer, whatever it asks.
+
+use super::daemon::{Daemon, DaemonError};
+use super::wire::{PeerReply, PeerRequest};
+use crate::client::ClientError;
+use crate::service::migrate::TransferMode as LocalMode;
+use mover::ReceiveOptions;
+use mover::net::agent::{PeerInfo, RoundHandler};
+use mover::net::message::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
+use mover::net::netsource::NetSource;
+use mover::net::rounds::receive_round;
+use mover::{Destination, Verify};
+
+/// Receiver checkpoint interval: after a cut link at most this much is
+/// fetched again (5 s at 100 Mbit/s), for one syncfs per interval.
+pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+
+pub struct AgentHandler {
+    pub daemon: Daemon,
+    pub checkpoint_bytes: u64,
+    pub verify: Verify,
+}
+
+impl AgentHandler {
+    pub fn new(daemon: Daemon) -> Self {
+        AgentHandler {
+            daemon,
+            checkpoint_bytes: CHECKPOINT_BYTES,
+            verify: Verify::Touched,
+        }
+    }
+}
+
+fn refused(message: impl Into<String>) -> WireError {
+    WireError {
+        code: ErrorCode::Refused,
+        message: message.into(),
+    }
+}
+
+fn daemon_error(e: DaemonError) -> WireError {
+    let code = match &e {
+        DaemonError::Client(ClientError::Connect { .. } | ClientError::Timeout { .. }) => {
+            ErrorCode::Transient
+        }
+        _ => ErrorCode::Refused,
+    };
+    WireError {
+        code,
+        message: e.to_string(),
+    }
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl RoundHandler for AgentHandler {
+    fn control(&self, peer: &PeerInfo, body: &[u8]) -> Result<Vec<u8>, WireError> {
+        let req: PeerRequest = serde_json::from_slice(body).map_err(|e| WireError {
+            code: ErrorCode::Invalid,
+            message: format!("unknown request: {e}"),
+        })?;
+        let reply = match req {
+            PeerRequest::Preflight {
+                volume,
+                options,
+                need_bytes,
+            } => PeerReply::Preflight(
+                self.daemon
+                    .check_receive(&volume, &options, need_bytes)
+                    .map_err(daemon_error)?,
+            ),
+            PeerRequest::Prepare { volume, options } => {
+                self.daemon
+                    .prepare_receive(&volume, &options, &peer.node)
+                    .map_err(daemon_error)?;
+                PeerReply::Prepared
+            }
+            PeerRequest::Commit { volume } => {
+                let p = self.daemon.transfer_paths(&volume).map_err(daemon_error)?;
+                if p.state != "receiving" && p.state != "ready" {
+                    return Err(refused(format!(
+                        "volume {volume} is {} here; nothing to commit",
+                        p.state
+                    )));
+                }
+                self.daemon.take_ownership(&volume).map_err(daemon_error)?;
+                tracing::info!(%volume, from = %peer.node, "volume received; this host owns it now");
+                PeerReply::Committed {
+                    ready_unix_ms: now_unix_ms(),
+                }
+            }
+        };
+        serde_json::to_vec(&reply).map_err(|e| refused(e.to_string()))
+    }
+
+    fn round(
+        &self,
+        peer: &PeerInfo,
+        req: &RoundRequest,
+        source: &mut NetSource<'_>,
+    ) -> Result<RoundSummary, WireError> {
+        let paths = self
+            .daemon
+            .transfer_paths(&req.target)
+            .map_err(daemon_error)?;
+        if paths.state != "receiving" {
+            return Err(refused(format!(
+                "volume {} is {} on this host; rounds go only into a volume being received \
+                 (prepare it first)",
+                req.target, paths.state
+            )));
+        }
+        if let Some(from) = &paths.peer
+            && *from != peer.node
+        {
+            return Err(refused(format!(
+                "volume {} is being received from {from}, not from {}",
+                req.target, peer.node
+            )));
+        }
+        let dest = match (paths.mode, req.mode) {
+            (LocalMode::Tree, TransferMode::Tree) => Destination::Tree(paths.data.clone()),
+            (LocalMode::Image, TransferMode::Image) => Destination::Image(paths.data.clone()),
+            (have, got) => {
+                return Err(WireError {
+                    code: ErrorCode::Invalid,
+                    message: format!(
+                        "volume {} is a {have:?} volume here; the round is {got:?}",
+                        req.target
+                    ),
+                });
+            }
+        };
+        let opts = ReceiveOptions {
+            verify: self.verify,
+            checkpoint_bytes: self.checkpoint_bytes,
+            ..Default::default()
+        };
+        tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,
+            from = %peer.node, "receiving round");
+        let summary = receive_round(&dest, &paths.state_dir, source, &opts)?;
+        tracing::info!(volume = %req.target, round = req.round, bytes = summary.bytes_fetched,
+            ms = summary.duration_ms, "round applied");
+        Ok(summary)
+    }
+}

@@ -1,0 +1,28 @@
+//! Migrating a volume to another host (`daffe migrate`, `daffe agent`).
+//!
+//! Map:
+//! - [`control`]: the daemon's control routes a migration uses (POST): move,
+//!   fence, finish, abort on the source; check, prepare, own on the destination.
+//! - [`daemon`]: the blocking client of those routes, for the CLI processes.
+//! - [`wire`]: the JSON requests `migrate` sends to the peer's agent.
+//! - [`agent`]: the agent's request handler: receives rounds into the local
+//!   daemon's storage.
+//! - [`plan`]: the pre-copy convergence rule (pure).
+//! - [`orchestrate`]: the source side's state machine: preflight, pre-copy
+//!   rounds, cutover, final round, handover, report.
+//! - [`report`]: what a migration did, for humans and `--json`.
+//! - [`duration`]: `2s`, `500ms`, `10m` on the command line.
+//!
+//! Who stops the application: the operator (`docker stop`), on the source
+//! host, when `migrate` says it waits for the unmount. The plugin never calls
+//! dockerd; `migrate` only watches the daemon's mount count and fences the
+//! volume in the same locked step that sees it reach zero.
+
+pub mod agent;
+pub mod control;
+pub mod daemon;
+pub mod duration;
+pub mod orchestrate;
+pub mod plan;
+pub mod report;
+pub mod wire;

@@ -1,0 +1,146 @@
+//! What a migration did: rounds, bytes per round, total time, downtime (from
+//! the unmount on the source to "ready" on the destination), for the
+//! operator's screen and for `--json`.
+
+use serde::Serialize;
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RoundReport {
+    pub round: u32,
+    pub final_round: bool,
+    /// Chunk payload the destination fetched (changed data).
+    pub bytes: u64,
+    /// Bytes on the wire (TLS, framing, compression included) both ways.
+    pub wire_bytes: u64,
+    pub chunks_new: u64,
+    pub chunks_total: u64,
+    pub scan_ms: u64,
+    pub transfer_ms: u64,
+    /// Connection attempts (more than 1: the link was cut and resumed).
+    pub attempts: u32,
+    /// The source changed under every scan: the round did not complete.
+    pub stale: bool,
+    /// Estimated final-round time after this round (pre-copy rounds).
+    pub estimate_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Report {
+    pub volume: String,
+    pub to: String,
+    /// `tree` (dir volume) or `image` (block volume).
+    pub mode: String,
+    /// Bytes the volume occupies on the source (allocated blocks).
+    pub used_bytes: u64,
+    pub rounds: Vec<RoundReport>,
+    /// Sum of the rounds' fetched bytes.
+    pub bytes_moved: u64,
+    pub wire_bytes: u64,
+    pub compression: bool,
+    /// Why pre-copy stopped (`fits`, `not-shrinking`, `max-rounds`).
+    pub cutover_reason: String,
+    pub max_downtime_ms: u64,
+    pub total_ms: u64,
+    /// From asking for the unmount to seeing it (the operator's part).
+    pub unmount_wait_ms: u64,
+    /// From the unmount on the source to the destination owning the volume.
+    pub downtime_ms: u64,
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+impl Report {
+    /// The operator's summary.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "migrated {} to {} ({}, {} used)\n",
+            self.volume,
+            self.to,
+            self.mode,
+            human_bytes(self.used_bytes)
+        );
+        s.push_str("  round  kind      data        wire        scan     transfer\n");
+        for r in &self.rounds {
+            s.push_str(&format!(
+                "  {:>5}  {:<8}  {:>10}  {:>10}  {:>6} ms  {:>6} ms{}\n",
+                r.round,
+                if r.final_round { "final" } else { "pre-copy" },
+                human_bytes(r.bytes),
+                human_bytes(r.wire_bytes),
+                r.scan_ms,
+                r.transfer_ms,
+                match (r.attempts, r.stale) {
+                    (_, true) => "  (source kept changing)".to_string(),
+                    (a, _) if a > 1 => format!("  ({a} attempts)"),
+                    _ => String::new(),
+                }
+            ));
+        }
+        s.push_str(&format!(
+            "  moved {} ({} on the wire), cutover: {}\n",
+            human_bytes(self.bytes_moved),
+            human_bytes(self.wire_bytes),
+            self.cutover_reason
+        ));
+        s.push_str(&format!(
+            "  total {:.1} s, waited {:.1} s for the unmount, downtime {} ms (target {} ms)\n",
+            self.total_ms as f64 / 1000.0,
+            self.unmount_wait_ms as f64 / 1000.0,
+            self.downtime_ms,
+            self.max_downtime_ms
+        ));
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_names_rounds_and_downtime() {
+        let r = Report {
+            volume: "counter@gold".into(),
+            to: "10.231.0.2".into(),
+            mode: "image".into(),
+            used_bytes: 3 << 20,
+            rounds: vec![
+                RoundReport {
+                    round: 1,
+                    bytes: 3 << 20,
+                    ..Default::default()
+                },
+                RoundReport {
+                    round: 2,
+                    final_round: true,
+                    bytes: 4096,
+                    attempts: 2,
+                    ..Default::default()
+                },
+            ],
+            downtime_ms: 420,
+            cutover_reason: "fits".into(),
+            ..Default::default()
+        };
+        let text = r.render();
+        assert!(text.contains("counter@gold"));
+        assert!(text.contains("3.0 MiB"));
+        assert!(text.contains("final"));
+        assert!(text.contains("(2 attempts)"));
+        assert!(text.contains("downtime 420 ms"));
+        assert_eq!(human_bytes(512), "512 B");
+    }
+}

@@ -1,0 +1,51 @@
+//! What `daffe migrate` asks the destination's agent (JSON in the peer
+//! protocol's `Control` messages; the mover carries them, opaque).
+
+use crate::service::migrate::ReceiveCheck;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum PeerRequest {
+    /// Phase I: does the destination have the profile and the room?
+    Preflight {
+        volume: String,
+        options: BTreeMap<String, String>,
+        need_bytes: u64,
+    },
+    /// Create (or find, when resuming) the volume in state `Receiving`.
+    Prepare {
+        volume: String,
+        options: BTreeMap<String, String>,
+    },
+    /// The final round is applied: the destination owns the volume now.
+    Commit { volume: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum PeerReply {
+    Preflight(ReceiveCheck),
+    Prepared,
+    /// Milliseconds since the Unix epoch when the destination became owner.
+    Committed {
+        ready_unix_ms: u64,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_tagged_json() {
+        let r = PeerRequest::Commit {
+            volume: "counter@gold".into(),
+        };
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(s, r#"{"op":"commit","volume":"counter@gold"}"#);
+        assert_eq!(serde_json::from_str::<PeerRequest>(&s).unwrap(), r);
+        assert!(serde_json::from_str::<PeerRequest>(r#"{"op":"rm -rf"}"#).is_err());
+    }
+}
