@@ -8,11 +8,13 @@
 //! - [`bounded`]: blocking work under a time limit, with commit-or-abandon.
 //! - [`service`]: volume semantics (idempotent create, mount multiset, rollback).
 //! - [`record`], [`store`]: the durable volume record, kept in redb.
-//! - [`backend`]: storage backends behind the `Backend` trait (local dir/block).
+//! - [`backend`]: storage backends behind the `Backend` trait (local dir/block, EBS).
+//! - [`aws`]: the EC2 calls of the EBS backend behind a trait; this instance's identity.
 //! - [`config`]: `daffe serve` configuration.
 //! - [`client`]: the CLI's client for daffe's sockets (hyperlocal).
 //! - [`cli`]: one module per `daffe` subcommand.
 pub mod api;
+pub mod aws;
 pub mod backend;
 pub mod bounded;
 pub mod cli;

@@ -507,6 +507,8 @@ fn vref(r: &VolumeRecord) -> VolumeRef<'_> {
     VolumeRef {
         name: &r.name,
         settings: &r.settings,
+        profile: &r.profile,
+        docker_name: &r.docker_name,
     }
 }
 

@@ -66,7 +66,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         cfg.data_root = d;
     }
     let store = Store::open(&cfg.store_path())?;
-    let backend = backend::open(cfg.backend)?;
+    let backend = backend::open(&cfg)?;
     let svc = Arc::new(VolumeService::new(
         store,
         backend,
