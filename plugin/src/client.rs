@@ -41,6 +41,18 @@ pub async fn call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, ClientError> {
+    call_within(socket, method, path, body, CALL_LIMIT).await
+}
+
+/// Like [`call`] with its own time limit, for routes that call AWS (the
+/// daemon bounds those itself; `limit` should be a little longer).
+pub async fn call_within(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    limit: Duration,
+) -> Result<serde_json::Value, ClientError> {
     let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = Request::builder()
@@ -73,11 +85,11 @@ pub async fn call(
         Ok::<_, ClientError>((status, bytes))
     };
     let (status, bytes) =
-        tokio::time::timeout(CALL_LIMIT, fut)
+        tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| ClientError::Timeout {
                 socket: socket.to_owned(),
-                secs: CALL_LIMIT.as_secs(),
+                secs: limit.as_secs(),
             })??;
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|source| ClientError::Json {

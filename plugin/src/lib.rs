@@ -4,7 +4,8 @@
 //! - [`server`]: HTTP/1 over unix sockets; `serve(listener, handler, shutdown)`.
 //! - [`api`]: the VolumeDriver protocol: requests parsed into values, replies
 //!   and error mapping in one place.
-//! - [`control`]: the control socket's routes (profiles, volumes) for the CLI.
+//! - [`control`], [`control_ext`]: the control socket's routes (profiles, volumes,
+//!   set-profile, EBS migration steps) for the CLI.
 //! - [`bounded`]: blocking work under a time limit, with commit-or-abandon.
 //! - [`service`]: volume semantics (idempotent create, mount multiset, rollback).
 //! - [`record`], [`store`]: the durable volume record, kept in redb.
@@ -17,10 +18,12 @@ pub mod api;
 pub mod aws;
 pub mod backend;
 pub mod bounded;
+pub mod catalog_store;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod control_ext;
 pub mod record;
 pub mod server;
 pub mod service;

@@ -276,7 +276,7 @@ impl EbsBackend {
             })
     }
 
-    fn cached_id(&self, name: &str) -> Option<String> {
+    pub(crate) fn cached_id(&self, name: &str) -> Option<String> {
         lock(&self.ids).get(name).cloned()
     }
 

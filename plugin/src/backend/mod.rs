@@ -18,6 +18,8 @@ pub mod ebs_error;
 pub mod ebs_fs;
 mod ebs_ops;
 pub mod ebs_tags;
+#[cfg(test)]
+pub(crate) mod ebs_testkit;
 pub mod ebs_wait;
 pub mod local;
 pub mod local_block;
