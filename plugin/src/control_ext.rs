@@ -34,11 +34,27 @@ pub const DEFINE_LIMIT: Duration = Duration::from_secs(110);
 /// EBS migration steps: attach and copy have 90 s budgets.
 pub const EBS_STEP_LIMIT: Duration = Duration::from_secs(100);
 
-#[derive(Debug, Deserialize)]
+/// `{"name": N, ...ProfileDef}`. Parsed by hand rather than with
+/// `#[serde(flatten)]`, which would silently drop unknown keys (a misspelt
+/// `ebs` section would define a profile without it).
+#[derive(Debug)]
 struct Define {
     name: String,
-    #[serde(flatten)]
     def: ProfileDef,
+}
+
+fn parse_define(body: &[u8]) -> Result<Define, Reply> {
+    let bad = |m: String| Reply::error(StatusCode::BAD_REQUEST, format!("bad request body: {m}"));
+    let mut obj: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let name = match obj.remove("name") {
+        Some(serde_json::Value::String(n)) => n,
+        Some(_) => return Err(bad("\"name\" must be a string".into())),
+        None => return Err(bad("missing \"name\" (the profile's name)".into())),
+    };
+    let def = serde_json::from_value(serde_json::Value::Object(obj))
+        .map_err(|e| bad(format!("profile {name:?}: {e}")))?;
+    Ok(Define { name, def })
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,7 +100,7 @@ pub async fn route(
     let svc = svc.clone();
     let reply = match segs {
         ["v1", "configuration", "profiles"] if post => {
-            let d: Define = match parse(body) {
+            let d = match parse_define(body) {
                 Ok(d) => d,
                 Err(r) => return Some(r),
             };

@@ -116,6 +116,29 @@ impl VolumeService {
         Ok(out)
     }
 
+    /// Static validation checks each value alone; whether they fit together
+    /// (gp3 throughput against its IOPS, IOPS against the size) depends on a
+    /// size. A definition that cannot make a volume of its own default size
+    /// is refused now, as a bad definition, rather than at the next Create.
+    /// Both sections are checked: the catalog may be shared by hosts on
+    /// either backend.
+    fn check_default_size(&self, cat: &Catalog, name: &str) -> Result<(), ServiceError> {
+        use profiles::BackendKind;
+        for kind in [BackendKind::Local, BackendKind::Ebs] {
+            match cat.resolve_profile("(default size)", name, None, kind, &self.data_root) {
+                Ok(_) | Err(ResolveError::NoBackendSection { .. }) => {}
+                Err(ResolveError::Ebs {
+                    profile, source, ..
+                }) => return Err(CatalogError::Ebs { profile, source }.into()),
+                Err(ResolveError::Local {
+                    profile, source, ..
+                }) => return Err(CatalogError::Local { profile, source }.into()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
     /// `daffe volume set-profile NAME PROFILE`.
     pub fn set_profile(&self, name: &str, profile: &str) -> Result<VolumeChange, ServiceError> {
         let cat = self.catalog.snapshot();
@@ -140,6 +163,7 @@ impl VolumeService {
         const OP: &str = "define profile";
         let mut writer = self.catalog.writer();
         let candidate = writer.candidate(name, def.clone())?;
+        self.check_default_size(&candidate, name)?;
         let volumes: Vec<VolumeRecord> = self
             .store
             .list()?
@@ -199,3 +223,7 @@ impl VolumeService {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+#[path = "service_profiles_tests.rs"]
+pub(crate) mod tests;
