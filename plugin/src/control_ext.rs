@@ -213,3 +213,7 @@ pub async fn route(
     };
     Some(reply)
 }
+
+#[cfg(test)]
+#[path = "control_ext_tests.rs"]
+mod tests;
