@@ -106,3 +106,35 @@ pub async fn call_within(
     }
     Ok(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_daemon_that_never_answers_is_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        // Accepts and holds connections, never answers: a wedged daemon.
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let limit = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let e = call_within(&sock, Method::GET, "/v1/volumes", None, limit)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.abort();
+
+        let e = call(&dir.path().join("absent.sock"), Method::GET, "/", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
+    }
+}
