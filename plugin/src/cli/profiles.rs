@@ -124,6 +124,10 @@ fn ebs_summary(v: &Value) -> String {
         Value::Number(n) => out += &format!(" {n} IOPS"),
         rule => out += &format!(" {}/GiB IOPS", rule["per_gib"]),
     }
+    // Throughput is what set-profile most often changes on gp3.
+    if let Some(t) = v["throughput"].as_u64() {
+        out += &format!(" {t} MiB/s");
+    }
     if v["encrypted"] == true {
         out += " encrypted";
     }
