@@ -178,3 +178,45 @@ async fn set_profile_route_changes_the_volume_or_says_why_not() {
     let (status, reply) = call(&api, Method::GET, "/v1/volumes/db%40silver", Value::Null).await;
     assert_eq!(status, StatusCode::OK, "{reply}");
 }
+
+#[tokio::test]
+async fn a_storage_failure_while_reapplying_is_a_502_naming_the_volume() {
+    let r = rig();
+    let (svc, _d) = ebs_service(&r);
+    let api = ControlApi::new(svc.clone());
+    let (status, _) = call(&api, Method::POST, PROFILES, silver()).await;
+    assert_eq!(status, StatusCode::OK);
+    svc.create("a@silver", &BTreeMap::new()).unwrap();
+    let with =
+        |t: u32| json!({"name": "silver", "ebs": {"type": "gp3", "iops": 4000, "throughput": t}});
+    let (status, reply) = call(&api, Method::POST, PROFILES, with(300)).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    // AWS is still applying that change: the next one is refused by EC2.
+    let (status, reply) = call(&api, Method::POST, PROFILES, with(400)).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{reply}");
+    assert!(err(&reply).contains("was defined"), "{reply}");
+    let v = &reply["volumes"][0];
+    assert_eq!(v["docker_name"], "a@silver");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("IncorrectModificationState"),
+        "{reply}"
+    );
+    // The profile is the new one; the volume's record keeps what EBS has.
+    assert_eq!(
+        svc.catalog()
+            .get("silver")
+            .unwrap()
+            .def
+            .ebs
+            .as_ref()
+            .unwrap()
+            .throughput,
+        Some(400)
+    );
+    assert_eq!(r.volume_of("a").throughput, Some(300));
+    let (_, reply) = call(&api, Method::GET, "/v1/volumes/a", Value::Null).await;
+    assert_eq!(reply["settings"]["throughput"], 300, "{reply}");
+}
