@@ -246,3 +246,7 @@ impl VolumeService {
         self.ebs_facts(docker_name)
     }
 }
+
+#[cfg(test)]
+#[path = "service_ebs_tests.rs"]
+mod tests;
