@@ -78,6 +78,15 @@ fn set_profile_modifies_an_ebs_volume_in_place_then_records_it() {
     assert!(svc.get("db").unwrap().is_some());
     assert_eq!(svc.find("db@silver").unwrap().name, "db");
 
+    // A docker name with the old profile in it stays valid: dockerd keeps
+    // `web@default` and asks for it again after a restart.
+    svc.create("web@default", &no_opts()).unwrap();
+    svc.set_profile("web@default", "silver").unwrap();
+    let info = svc.get("web@default").unwrap().expect("old docker name");
+    assert_eq!(info.name, "web@default");
+    assert_eq!(svc.find("web@default").unwrap().profile, "silver");
+    r.ec2.take_calls();
+
     // Again: nothing to do, no AWS call.
     let again = svc.set_profile("db@silver", "silver").unwrap();
     assert!(!again.modified && again.changes.is_empty(), "{again:?}");
