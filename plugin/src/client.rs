@@ -41,6 +41,18 @@ pub async fn call(
     path: &str,
     body: Option<&serde_json::Value>,
 ) -> Result<serde_json::Value, ClientError> {
+    call_within(socket, method, path, body, CALL_LIMIT).await
+}
+
+/// Like [`call`] with its own time limit, for routes that call AWS (the
+/// daemon bounds those itself; `limit` should be a little longer).
+pub async fn call_within(
+    socket: &Path,
+    method: Method,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    limit: Duration,
+) -> Result<serde_json::Value, ClientError> {
     let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let req = Request::builder()
@@ -73,11 +85,11 @@ pub async fn call(
         Ok::<_, ClientError>((status, bytes))
     };
     let (status, bytes) =
-        tokio::time::timeout(CALL_LIMIT, fut)
+        tokio::time::timeout(limit, fut)
             .await
             .map_err(|_| ClientError::Timeout {
                 socket: socket.to_owned(),
-                secs: CALL_LIMIT.as_secs(),
+                secs: limit.as_secs(),
             })??;
     let value: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|source| ClientError::Json {
@@ -93,4 +105,36 @@ pub async fn call(
         });
     }
     Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_daemon_that_never_answers_is_a_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("control.sock");
+        let listener = tokio::net::UnixListener::bind(&sock).unwrap();
+        // Accepts and holds connections, never answers: a wedged daemon.
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let limit = Duration::from_millis(200);
+        let started = std::time::Instant::now();
+        let e = call_within(&sock, Method::GET, "/v1/volumes", None, limit)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        held.abort();
+
+        let e = call(&dir.path().join("absent.sock"), Method::GET, "/", None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Connect { .. }), "{e}");
+    }
 }

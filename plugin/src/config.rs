@@ -7,11 +7,14 @@
 //! control_socket = "/run/daffe/control.sock"
 //! data_root = "/var/lib/daffe"                 # store, and default profile roots
 //! backend = "local"                            # or "ebs"
+//! [aws]                                        # see backend::ebs_config
+//! availability_zone = "us-east-1a"
 //! [profiles.silver.local]                      # see profiles::Catalog
 //! format = "block"
 //! default_size = "5G"
 //! ```
 
+use crate::backend::ebs_config::EbsConfig;
 use profiles::{BackendKind, Catalog, CatalogError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,7 @@ struct File {
     control_socket: Option<PathBuf>,
     data_root: Option<PathBuf>,
     backend: Option<BackendKind>,
+    aws: Option<EbsConfig>,
     /// Parsed by [`Catalog::from_config_toml`].
     #[serde(default)]
     #[allow(dead_code)]
@@ -41,6 +45,8 @@ pub struct Config {
     pub control_socket: PathBuf,
     pub data_root: PathBuf,
     pub backend: BackendKind,
+    /// `[aws]`: the EBS backend's and the migration commands' AWS settings.
+    pub aws: EbsConfig,
     pub catalog: Catalog,
     /// The file read, if any.
     pub source: Option<PathBuf>,
@@ -72,6 +78,7 @@ impl Default for Config {
             control_socket: crate::control::DEFAULT_CONTROL_SOCKET.into(),
             data_root: DEFAULT_DATA_ROOT.into(),
             backend: BackendKind::Local,
+            aws: EbsConfig::default(),
             catalog: Catalog::builtin(),
             source: None,
         }
@@ -109,6 +116,7 @@ impl Config {
             control_socket: file.control_socket.unwrap_or(d.control_socket),
             data_root: file.data_root.unwrap_or(d.data_root),
             backend: file.backend.unwrap_or(d.backend),
+            aws: file.aws.unwrap_or_default(),
             catalog,
             source: Some(path.to_owned()),
         };
@@ -145,11 +153,15 @@ mod tests {
             control_socket = "/run/x/control.sock"
             data_root = "/srv/daffe"
             backend = "ebs"
+            [aws]
+            availability_zone = "us-east-1b"
+            device_resolver = "loop"
             [profiles.silver.local]
             format = "block"
             default_size = "5G"
         "#;
         let c = Config::parse(text, Path::new("t.toml")).unwrap();
+        assert_eq!(c.aws.availability_zone.as_deref(), Some("us-east-1b"));
         assert_eq!(c.socket, Path::new("/run/docker/plugins/x.sock"));
         assert_eq!(c.control_socket, Path::new("/run/x/control.sock"));
         assert_eq!(c.data_root, Path::new("/srv/daffe"));
@@ -171,6 +183,7 @@ mod tests {
         let cases = [
             ("sockett = \"/x\"", "unknown field"),
             ("backend = \"nfs\"", "unknown variant"),
+            ("[aws]\nzone = \"x\"", "unknown field"),
             ("data_root = \"rel\"", "data_root must be an absolute path"),
             (
                 "[profiles.x.local]\nformat = \"tape\"",

@@ -7,8 +7,9 @@
 //! - `/v1/volumes`: every volume with its record, mountpoint, mount counts.
 //! - `/v1/volumes/NAME`: one volume, by NAME or by docker name (`db@gold`).
 //!
-//! Errors are `{"Err": message}` with a 4xx/5xx status. Migration adds its
-//! routes here (e.g. `POST /v1/volumes/NAME/fence`).
+//! Errors are `{"Err": message}` with a 4xx/5xx status. Routes that change
+//! things (profiles, set-profile, EBS migration steps) are in
+//! [`crate::control_ext`].
 
 use crate::api::reply::Reply;
 use crate::server::Handler;
@@ -38,7 +39,8 @@ impl ControlApi {
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         let result = match segs.as_slice() {
             ["v1", "configuration", "profiles"] => {
-                let profiles: Vec<_> = self.svc.catalog().iter().collect();
+                let catalog = self.svc.catalog();
+                let profiles: Vec<_> = catalog.iter().collect();
                 return Reply::json(json!({
                     "backend": self.svc.backend_kind(),
                     "profiles": profiles,
@@ -57,6 +59,9 @@ impl Handler for ControlApi {
         let decoded = percent_decode(path);
         let segs: Vec<&str> = decoded.trim_matches('/').split('/').collect();
         if let Some(reply) = crate::migrate::control::route(&self.svc, method, &segs, &body) {
+            return reply;
+        }
+        if let Some(reply) = crate::control_ext::route(&self.svc, method, &segs, &body).await {
             return reply;
         }
         self.route(method, path)

@@ -22,9 +22,12 @@
 
 use crate::backend::{Backend, BackendError, Status, VolumeRef};
 use crate::bounded::Fence;
+use crate::catalog_store::{CatalogStoreError, SharedCatalog};
 use crate::record::{Mounts, VolumeRecord, VolumeState};
 use crate::store::{Store, StoreError};
-use profiles::{Catalog, LocalFormat, RequestError, ResolveError, Settings, VolumeName};
+use profiles::{
+    Catalog, CatalogError, LocalFormat, RequestError, ResolveError, Settings, VolumeName,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -76,6 +79,18 @@ pub enum ServiceError {
         name: String,
         message: String,
     },
+    /// A change the volume's backend or state cannot take (set-profile,
+    /// a profile redefined, an EBS migration step).
+    #[error("{op} of {name:?} refused: {reason}")]
+    Refused {
+        op: &'static str,
+        name: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    CatalogStore(#[from] CatalogStoreError),
     #[error("{op} of volume {name:?}: internal error: {message}")]
     Internal {
         op: &'static str,
@@ -117,7 +132,8 @@ pub struct VolumeService {
     generation: std::sync::atomic::AtomicU64,
     list_cache: Mutex<Option<ListCache>>,
     backend: Arc<dyn Backend>,
-    catalog: Catalog,
+    /// Changes at run time (`POST /v1/configuration/profiles`).
+    catalog: SharedCatalog,
     data_root: PathBuf,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -140,14 +156,24 @@ impl VolumeService {
             generation: std::sync::atomic::AtomicU64::new(0),
             list_cache: Mutex::new(None),
             backend,
-            catalog,
+            catalog: SharedCatalog::new(catalog),
             data_root,
             locks: Mutex::new(HashMap::new()),
         }
     }
 
-    pub fn catalog(&self) -> &Catalog {
-        &self.catalog
+    /// The profiles now (a snapshot: a later definition does not change it).
+    pub fn catalog(&self) -> Arc<Catalog> {
+        self.catalog.snapshot()
+    }
+
+    /// Lays the profiles defined through the control API (kept under
+    /// `state_dir`) over the configured ones, and keeps later definitions
+    /// there. Called once at start.
+    pub fn persist_profiles(&mut self, state_dir: &Path) -> Result<(), ServiceError> {
+        let base = (*self.catalog.snapshot()).clone();
+        self.catalog = SharedCatalog::open(base, state_dir)?;
+        Ok(())
     }
 
     pub fn backend_kind(&self) -> profiles::BackendKind {
@@ -197,7 +223,11 @@ impl VolumeService {
         let not_found = || ServiceError::NotFound(docker_name.to_owned());
         let parsed = VolumeName::parse(docker_name).map_err(|_| not_found())?;
         match self.store.get(parsed.name())? {
-            Some(r) if parsed.profile().is_none_or(|p| p == r.profile) => Ok(r),
+            // A docker name the volume holds stays valid after set-profile
+            // (dockerd keeps `db@gold` and asks for it after a restart).
+            Some(r) if r.knows(docker_name) || parsed.profile().is_none_or(|p| p == r.profile) => {
+                Ok(r)
+            }
             _ => Err(not_found()),
         }
     }
@@ -514,6 +544,8 @@ fn vref(r: &VolumeRecord) -> VolumeRef<'_> {
     VolumeRef {
         name: &r.name,
         settings: &r.settings,
+        profile: &r.profile,
+        docker_name: &r.docker_name,
     }
 }
 
@@ -535,3 +567,9 @@ mod tests;
 
 #[path = "service_migrate.rs"]
 pub mod migrate;
+
+#[path = "service_profiles.rs"]
+pub mod profile_change;
+
+#[path = "service_ebs.rs"]
+pub mod ebs;

@@ -405,7 +405,7 @@ mod tests {
     fn svc() -> (tempfile::TempDir, VolumeService) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("state.redb")).unwrap();
-        let backend = crate::backend::open(profiles::BackendKind::Local).unwrap();
+        let backend = crate::backend::open(&crate::config::Config::default()).unwrap();
         let catalog = Catalog::builtin();
         let svc = VolumeService::new(store, backend, catalog, dir.path().to_path_buf());
         (dir, svc)

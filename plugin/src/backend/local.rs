@@ -130,6 +130,8 @@ mod tests {
         let vol = VolumeRef {
             name: "db",
             settings: &settings,
+            profile: "default",
+            docker_name: "db",
         };
         let b = LocalBackend;
         b.create(vol).unwrap();
@@ -159,6 +161,8 @@ mod tests {
         let vol = VolumeRef {
             name: "db",
             settings: &settings,
+            profile: "default",
+            docker_name: "db",
         };
         assert!(matches!(
             LocalBackend.create(vol),

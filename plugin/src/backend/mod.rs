@@ -10,9 +10,21 @@
 //! Every method must be idempotent: after a crash the service may repeat a
 //! create, mount, unmount or remove that already happened (wholly or in part).
 
+pub mod change;
+pub mod device;
+pub mod ebs;
+pub mod ebs_config;
+pub mod ebs_error;
+pub mod ebs_fs;
+mod ebs_ops;
+pub mod ebs_tags;
+#[cfg(test)]
+pub(crate) mod ebs_testkit;
+pub mod ebs_wait;
 pub mod local;
 pub mod local_block;
 pub mod local_dir;
+pub mod loop_device;
 pub mod sys;
 
 use profiles::{BackendKind, Settings};
@@ -20,11 +32,32 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// What a backend gets to work on: a volume's NAME and its resolved settings.
+/// What a backend gets to work on: a volume's NAME and its resolved settings
+/// (plus its profile and docker name, which the EBS backend writes into the
+/// volume's tags so records can be rebuilt from AWS).
 #[derive(Debug, Clone, Copy)]
 pub struct VolumeRef<'a> {
     pub name: &'a str,
     pub settings: &'a Settings,
+    pub profile: &'a str,
+    pub docker_name: &'a str,
+}
+
+/// A volume the backend's storage holds, as found at start (EBS: tagged for
+/// this host's cluster and zone), for rebuilding a lost record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub name: String,
+    pub profile: String,
+    pub docker_name: String,
+    pub created_at: Option<u64>,
+    /// Settings read from the storage itself; `keep_on_remove` is the
+    /// service's to decide (from the profile).
+    pub settings: Settings,
+    /// The storage's own id (EBS volume id), for logs.
+    pub storage_id: String,
+    /// Nobody owns it yet: adopting it claims it for this host.
+    pub unclaimed: bool,
 }
 
 /// Backend-specific facts for Get's `Status` (`docker volume inspect`).
@@ -52,6 +85,38 @@ pub trait Backend: Send + Sync {
 
     /// Facts for `docker volume inspect`; cheap (no remote calls).
     fn status(&self, vol: VolumeRef<'_>) -> Status;
+
+    /// Volumes the storage holds for this host (rebuilding records from
+    /// the storage); local storage has nothing to report.
+    fn discover(&self) -> Result<Vec<Discovered>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    /// Takes a discovered volume as this host's (EBS: claims it by tag).
+    fn adopt(&self, _found: &Discovered) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    /// Applies a planned settings change (`change::plan`) to the storage.
+    /// Backends without remote changes accept record-only plans.
+    fn apply_change(
+        &self,
+        vol: VolumeRef<'_>,
+        change: &change::SettingsChange,
+    ) -> Result<(), BackendError> {
+        match &change.modify {
+            None => Ok(()),
+            Some(_) => Err(BackendError::Other {
+                volume: vol.name.to_owned(),
+                message: format!("the {} backend cannot modify volumes", self.kind()),
+            }),
+        }
+    }
+
+    /// The EBS backend, for its own operations (migration through snapshots).
+    fn ebs(&self) -> Option<&ebs::EbsBackend> {
+        None
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,8 +141,16 @@ pub enum BackendError {
     },
     #[error("volume {volume:?}: {message}")]
     Other { volume: String, message: String },
-    #[error("the {0} backend is not available in this build")]
-    Unavailable(BackendKind),
+    #[error(transparent)]
+    Ebs(#[from] Box<ebs_error::EbsError>),
+    #[error("starting the EBS backend: {0}")]
+    EbsStart(String),
+}
+
+impl From<ebs_error::EbsError> for BackendError {
+    fn from(e: ebs_error::EbsError) -> Self {
+        Self::Ebs(Box::new(e))
+    }
 }
 
 impl BackendError {
@@ -96,12 +169,11 @@ impl BackendError {
     }
 }
 
-/// The backend a host runs, made from its kind.
-pub fn open(kind: BackendKind) -> Result<Arc<dyn Backend>, BackendError> {
-    match kind {
+/// The backend a host runs, made from its config. The EBS backend fails to
+/// open (and the daemon to start) rather than fall back to local storage.
+pub fn open(cfg: &crate::config::Config) -> Result<Arc<dyn Backend>, BackendError> {
+    match cfg.backend {
         BackendKind::Local => Ok(Arc::new(local::LocalBackend)),
-        // The EBS backend lands with the EBS work; refusing here keeps a host
-        // configured for EBS from silently storing volumes locally.
-        BackendKind::Ebs => Err(BackendError::Unavailable(kind)),
+        BackendKind::Ebs => Ok(Arc::new(ebs::EbsBackend::open(&cfg.aws, &cfg.data_root)?)),
     }
 }

@@ -27,6 +27,11 @@ pub enum CommandError {
 
 /// Runs `program args...`, failing with its stderr on a non-zero exit.
 pub fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), CommandError> {
+    output(program, args).map(drop)
+}
+
+/// Like [`run`], returning what the program printed on stdout.
+pub fn output(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, CommandError> {
     let out = Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -36,7 +41,7 @@ pub fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), CommandError>
             source,
         })?;
     if out.status.success() {
-        return Ok(());
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
     let mut command = program.to_owned();
     for a in args {

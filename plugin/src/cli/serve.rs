@@ -66,14 +66,24 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         cfg.data_root = d;
     }
     let store = Store::open(&cfg.store_path())?;
-    let backend = backend::open(cfg.backend)?;
-    let svc = Arc::new(VolumeService::new(
-        store,
-        backend,
-        cfg.catalog.clone(),
-        cfg.data_root.clone(),
-    ));
+    let backend = backend::open(&cfg)?;
+    let mut svc = VolumeService::new(store, backend, cfg.catalog.clone(), cfg.data_root.clone());
+    svc.persist_profiles(&cfg.data_root.join("state"))?;
+    let svc = Arc::new(svc);
     svc.recover()?;
+    // Records for volumes the storage has and the store lacks (EBS: tagged
+    // for this host). A failure (AWS unreachable) must not keep the daemon
+    // from serving the volumes it knows: dockerd forgets volumes whose
+    // plugin denies them.
+    match svc.rebuild() {
+        Ok(names) if !names.is_empty() => {
+            tracing::info!(volumes = %names.join(", "), "records rebuilt from the storage");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "rebuilding records from the storage failed; serving the known volumes")
+        }
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -93,7 +103,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
             data_root = %cfg.data_root.display(),
             backend = %cfg.backend,
             config = ?cfg.source,
-            profiles = %cfg.catalog.names(),
+            profiles = %svc.catalog().names(),
             "serving"
         );
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

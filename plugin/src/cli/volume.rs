@@ -1,5 +1,6 @@
-//! `daffe volume ls|inspect`: volumes as the daemon's store holds them, read
-//! through the control socket (the store's file is locked by the daemon).
+//! `daffe volume ls|inspect|set-profile`: volumes as the daemon's store holds
+//! them, read (and set-profile changed) through the control socket (the
+//! store's file is locked by the daemon).
 
 use crate::client;
 use crate::control::{DEFAULT_CONTROL_SOCKET, percent_encode};
@@ -32,6 +33,55 @@ pub enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Move a volume to another profile, changing its storage in place where
+    /// the backend can (EBS: type, IOPS, throughput); refused otherwise.
+    SetProfile {
+        /// NAME or docker name (NAME@PROFILE).
+        name: String,
+        profile: String,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// set-profile may call AWS; the daemon bounds it at 50 s
+/// (`control_ext::SET_PROFILE_LIMIT`).
+const SET_PROFILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn set_profile(socket: &std::path::Path, name: &str, profile: &str, json: bool) -> ExitCode {
+    let path = format!("/v1/volumes/{}/profile", percent_encode(name));
+    let body = serde_json::json!({ "profile": profile });
+    let reply = match super::block_on(crate::client::call_within(
+        socket,
+        Method::POST,
+        &path,
+        Some(&body),
+        SET_PROFILE_LIMIT,
+    )) {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return super::fail(json, e),
+        Err(e) => return super::fail(json, e),
+    };
+    if json {
+        super::print_json(&reply);
+        return ExitCode::SUCCESS;
+    }
+    let changes: Vec<&str> = reply["changes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    println!(
+        "{}: profile {} -> {}{}",
+        s(&reply["docker_name"]),
+        s(&reply["from_profile"]),
+        s(&reply["to_profile"]),
+        if changes.is_empty() {
+            " (record only)".to_owned()
+        } else {
+            format!(": {}", changes.join(", "))
+        }
+    );
+    ExitCode::SUCCESS
 }
 
 pub fn run(args: VolumeArgs) -> ExitCode {
@@ -40,6 +90,11 @@ pub fn run(args: VolumeArgs) -> ExitCode {
         VolumeCommand::Inspect { name, json } => {
             (format!("/v1/volumes/{}", percent_encode(name)), *json)
         }
+        VolumeCommand::SetProfile {
+            name,
+            profile,
+            json,
+        } => return set_profile(&args.control_socket, name, profile, *json),
     };
     let reply = match super::block_on(client::call(&args.control_socket, Method::GET, &path, None))
     {
@@ -56,6 +111,8 @@ pub fn run(args: VolumeArgs) -> ExitCode {
             print_table(reply.as_array().map(Vec::as_slice).unwrap_or_default())
         }
         VolumeCommand::Inspect { .. } => print_one(&reply),
+        // Answered above.
+        VolumeCommand::SetProfile { .. } => {}
     }
     ExitCode::SUCCESS
 }
