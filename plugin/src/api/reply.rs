@@ -85,10 +85,11 @@ impl From<ServiceError> for Reply {
         let status = match &e {
             E::Request(_) | E::Resolve(_) | E::Catalog(_) => StatusCode::BAD_REQUEST,
             E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::Exists { .. } | E::InUse { .. } | E::NotMountable { .. } | E::Refused { .. }
-            | E::Migration { .. } => {
-                StatusCode::CONFLICT
-            }
+            E::Exists { .. }
+            | E::InUse { .. }
+            | E::NotMountable { .. }
+            | E::Refused { .. }
+            | E::Migration { .. } => StatusCode::CONFLICT,
             E::CatalogStore(_) => StatusCode::INTERNAL_SERVER_ERROR,
             E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             E::Store(_) | E::Backend(_) | E::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
