@@ -44,13 +44,15 @@ fn profiles_endpoint_lists_profiles_per_backend() {
         (status, body["Err"].as_str().unwrap()),
         (404, "no route /v1/nope")
     );
-    let (status, _) = call_socket(
+    // A definition without a name is refused with the reason.
+    let (status, reply) = call_socket(
         &p.control_socket(),
         "POST",
         "/v1/configuration/profiles",
         "{}",
     );
-    assert_eq!(status, 405);
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["Err"].as_str().unwrap().contains("name"), "{reply}");
     // The CLI shows the same.
     let out = p.daffe(&["profiles", "ls", "--json"]);
     assert!(out.status.success());
@@ -130,4 +132,64 @@ fn volume_cli_lists_and_inspects() {
             .contains("volume \"nosuch\" not found"),
         "{err}"
     );
+}
+
+/// FlockerProfiles' POST: a profile defined at runtime is listed, docker can
+/// use it at once, and it is still there after the daemon restarts.
+#[test]
+fn a_profile_posted_at_runtime_is_usable_and_survives_a_restart() {
+    let mut p = Plugin::start();
+    let def = r#"{"name": "bronze", "description": "small block volumes",
+                  "local": {"format": "block", "default_size": "16M"}}"#;
+    let (status, reply) = call_socket(
+        &p.control_socket(),
+        "POST",
+        "/v1/configuration/profiles",
+        def,
+    );
+    assert_eq!(status, 200, "{reply}");
+    // A bad value is a 400 that says which, and changes nothing.
+    let bad = r#"{"name": "bronze", "local": {"format": "floppy"}}"#;
+    let (status, reply) = call_socket(
+        &p.control_socket(),
+        "POST",
+        "/v1/configuration/profiles",
+        bad,
+    );
+    assert_eq!(status, 400, "{reply}");
+    assert!(reply["Err"].as_str().unwrap().contains("floppy"), "{reply}");
+    let names = |p: &Plugin| -> Vec<String> {
+        let mut n: Vec<String> = body_of(p)["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&p), ["bronze", "default", "gold"]);
+    p.restart();
+    assert_eq!(names(&p), ["bronze", "default", "gold"]);
+    let out = p.docker.ok(&[
+        "run",
+        "--rm",
+        &format!("--volume-driver={}", p.name),
+        "-v",
+        "small@bronze:/data",
+        &test_image(),
+        "df",
+        "-k",
+        "/data",
+    ]);
+    let kib: u64 = out
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(kib <= 16 * 1024 && kib > 10 * 1024, "{out}");
 }

@@ -102,6 +102,33 @@ impl Moto {
         assert_eq!(code, 200, "moto reset");
     }
 
+    /// Calls the EC2 Query API directly (what the test itself needs from
+    /// moto: instances to attach to, the volumes as EC2 sees them) and
+    /// returns the XML reply. moto routes by the credential scope of the
+    /// Authorization header and does not check the signature.
+    pub fn ec2(&self, action: &str, params: &[(&str, &str)]) -> String {
+        let mut body = format!("Action={action}&Version=2016-11-15");
+        for (k, v) in params {
+            body.push_str(&format!("&{k}={v}"));
+        }
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to moto");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/ec2/aws4_request, SignedHeaders=host, Signature=0\r\n\
+             Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{body}",
+            port = self.port,
+            len = body.len(),
+        )
+        .expect("write to moto");
+        let mut reply = String::new();
+        s.read_to_string(&mut reply).expect("read moto's reply");
+        let (head, xml) = reply.split_once("\r\n\r\n").unwrap_or((&reply, ""));
+        assert!(head.contains(" 200 "), "moto {action}: {head}\n{xml}");
+        xml.to_owned()
+    }
+
     /// Environment for an AWS client talking to this server: dummy
     /// credentials, a region, no instance metadata lookups.
     pub fn env(&self) -> Vec<(&'static str, String)> {
@@ -121,4 +148,20 @@ impl Drop for Moto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The text of every `<tag>...</tag>` in `xml`, in order (moto's replies are
+/// flat enough that this beats pulling in an XML parser for tests).
+pub fn xml_values(xml: &str, tag: &str) -> Vec<String> {
+    let open = format!("<{tag}>");
+    let close = format!("</{tag}>");
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        rest = &rest[i + open.len()..];
+        let Some(j) = rest.find(&close) else { break };
+        out.push(rest[..j].to_owned());
+        rest = &rest[j + close.len()..];
+    }
+    out
 }

@@ -36,6 +36,8 @@ pub struct Plugin {
     data_root: PathBuf,
     child: Option<Child>,
     config: Option<PathBuf>,
+    /// Extra environment for `daffe serve` (e.g. AWS credentials for moto).
+    envs: Vec<(&'static str, String)>,
 }
 
 impl Plugin {
@@ -50,6 +52,7 @@ impl Plugin {
             engine.plugins_dir(),
             config,
             Some(engine.shared_dir()),
+            Vec::new(),
         );
         p.wait_ready();
         p
@@ -62,7 +65,22 @@ impl Plugin {
     }
 
     pub fn start_with(docker: Docker, config: Option<&str>) -> Self {
-        let mut p = Self::start_in(docker, PathBuf::from("/run/docker/plugins"), config, None);
+        Self::start_with_env(docker, config, Vec::new())
+    }
+
+    /// Like [`Plugin::start_with`], with extra environment for the daemon.
+    pub fn start_with_env(
+        docker: Docker,
+        config: Option<&str>,
+        envs: Vec<(&'static str, String)>,
+    ) -> Self {
+        let mut p = Self::start_in(
+            docker,
+            PathBuf::from("/run/docker/plugins"),
+            config,
+            None,
+            envs,
+        );
         p.wait_ready();
         p
     }
@@ -73,6 +91,7 @@ impl Plugin {
         plugins_dir: PathBuf,
         config: Option<&str>,
         data_parent: Option<PathBuf>,
+        envs: Vec<(&'static str, String)>,
     ) -> Self {
         let name = crate::unique("daffe-t");
         let dir = tempfile::Builder::new()
@@ -96,6 +115,7 @@ impl Plugin {
             plugins_dir,
             child: None,
             config,
+            envs,
         };
         p.spawn_only();
         p
@@ -133,6 +153,7 @@ impl Plugin {
             .arg("--data-root")
             .arg(self.data_root())
             .env("DAFFE_LOG", "debug")
+            .envs(self.envs.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log);
