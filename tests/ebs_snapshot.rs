@@ -8,6 +8,7 @@
 use base64::Engine as _;
 use daffe_e2e::fault_proxy::{FaultProxy, Injected, Seen};
 use daffe_e2e::moto::Moto;
+use daffe_e2e::plugin::daffe_bin;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use std::fs::{self, File, OpenOptions};
@@ -16,11 +17,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BLOCK: u64 = 524_288;
-
-fn daffe_bin() -> PathBuf {
-    let p = std::env::var_os("DAFFE_BIN").expect("DAFFE_BIN must point at the built daffe binary");
-    PathBuf::from(p)
-}
 
 struct Env {
     moto: Moto,

@@ -66,27 +66,31 @@ fn profiles_endpoint_lists_profiles_per_backend() {
         "{text}"
     );
     // And docker can use the configured profile.
+    let (kib, out) = df_kib(&p, "mid@silver");
+    assert!(kib <= 24 * 1024 && kib > 18 * 1024, "{out}");
+}
+
+/// The size in KiB that `df` shows for `volume` mounted in a container, and
+/// df's output.
+fn df_kib(p: &Plugin, volume: &str) -> (u64, String) {
     let out = p.docker.ok(&[
         "run",
         "--rm",
         &format!("--volume-driver={}", p.name),
         "-v",
-        "mid@silver:/data",
+        &format!("{volume}:/data"),
         &test_image(),
         "df",
         "-k",
         "/data",
     ]);
-    let kib: u64 = out
+    let kib = out
         .lines()
         .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(kib <= 24 * 1024 && kib > 18 * 1024, "{out}");
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse().ok())
+        .unwrap_or_else(|| panic!("no size in df's output: {out}"));
+    (kib, out)
 }
 
 fn body_of(p: &Plugin) -> serde_json::Value {
@@ -171,25 +175,6 @@ fn a_profile_posted_at_runtime_is_usable_and_survives_a_restart() {
     assert_eq!(names(&p), ["bronze", "default", "gold"]);
     p.restart();
     assert_eq!(names(&p), ["bronze", "default", "gold"]);
-    let out = p.docker.ok(&[
-        "run",
-        "--rm",
-        &format!("--volume-driver={}", p.name),
-        "-v",
-        "small@bronze:/data",
-        &test_image(),
-        "df",
-        "-k",
-        "/data",
-    ]);
-    let kib: u64 = out
-        .lines()
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (kib, out) = df_kib(&p, "small@bronze");
     assert!(kib <= 16 * 1024 && kib > 10 * 1024, "{out}");
 }

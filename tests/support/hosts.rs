@@ -16,27 +16,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// The daffe binary: `DAFFE_BIN`, else the workspace's debug build.
-pub fn daffe_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("DAFFE_BIN") {
-        return p.into();
-    }
-    let target = option_env!("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let bin = target.join("debug/daffe");
-    assert!(
-        bin.exists(),
-        "{} missing: build it (cargo build -p daffe-plugin) or set DAFFE_BIN",
-        bin.display()
-    );
-    bin
-}
+pub use crate::plugin::daffe_bin;
 
-/// The local busybox image (`DAFFE_TEST_IMAGE`).
-pub fn test_image() -> String {
-    std::env::var("DAFFE_TEST_IMAGE").unwrap_or_else(|_| "daffe-test/busybox:latest".into())
-}
+pub use crate::docker::test_image;
 
 fn must(out: Output, what: &str) -> String {
     assert!(
