@@ -23,7 +23,8 @@ enum Command {
     Snapshot(cli::snapshot::SnapshotArgs),
     /// Receive volumes from other hosts (mutual TLS); `init`/`issue` make certificates.
     Agent(cli::agent::AgentArgs),
-    /// Move a volume to another host's agent: pre-copy rounds, short cutover.
+    /// Move a volume to another host's agent (--to), or an EBS volume to another
+    /// zone through snapshots (--via-ebs --to-zone): pre-copy rounds, short cutover.
     Migrate(cli::migrate::MigrateArgs),
     /// Sync a local tree or image into DST (incremental, atomic, resumable).
     Sync(cli::sync::SyncArgs),

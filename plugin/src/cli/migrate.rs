@@ -4,6 +4,9 @@
 //!
 //! At cutover it waits until the volume is unmounted: stop the containers
 //! that use it (`docker stop`) when it says so. It never stops them itself.
+//!
+//! With `--via-ebs --to-zone ZONE` it moves an EBS volume to another zone
+//! through snapshots instead (see `super::migrate_ebs`).
 
 use super::agent::PeerOptions;
 use crate::control::DEFAULT_CONTROL_SOCKET;
@@ -25,15 +28,27 @@ pub struct MigrateArgs {
     /// The volume (NAME or NAME@PROFILE).
     pub volume: String,
     /// The destination agent: HOST[:PORT] (default port 7450).
-    #[arg(long)]
-    pub to: String,
+    #[arg(long, required_unless_present = "via_ebs", conflicts_with = "via_ebs")]
+    pub to: Option<String>,
+    /// Move an EBS volume to another availability zone through snapshots:
+    /// pre-copy snapshots while it is in use, a final one once the containers
+    /// are stopped (stop them when told to; daffe never does), and a new
+    /// volume in --to-zone from the final snapshot.
+    #[arg(long, requires = "to_zone")]
+    pub via_ebs: bool,
+    /// The zone of the new volume (with --via-ebs).
+    #[arg(long, requires = "via_ebs", value_name = "ZONE")]
+    pub to_zone: Option<String>,
+    #[command(flatten)]
+    pub ebs: super::migrate_ebs::EbsArgs,
     /// Downtime target: pre-copy continues until the final round is
     /// expected to take less than this.
     #[arg(long, default_value = "2s")]
     pub max_downtime: String,
-    /// Pre-copy rounds at most.
-    #[arg(long, default_value_t = DEFAULT_MAX_ROUNDS)]
-    pub max_rounds: u32,
+    /// Pre-copy rounds at most (default 10; 5 with --via-ebs, where each
+    /// round is a snapshot).
+    #[arg(long)]
+    pub max_rounds: Option<u32>,
     /// How long to wait for the containers to be stopped at cutover.
     #[arg(long, default_value = "10m")]
     pub unmount_timeout: String,
@@ -52,7 +67,11 @@ pub struct MigrateArgs {
 const FENCE_POLL: Duration = Duration::from_millis(20);
 
 pub fn run(args: MigrateArgs) -> ExitCode {
+    if args.via_ebs {
+        return super::migrate_ebs::run(args);
+    }
     super::init_logging();
+    let to = args.to.clone().unwrap_or_default();
     let json = args.json;
     let parse = |s: &str| duration::parse(s).map_err(|e| e.to_string());
     let (max_downtime, unmount_timeout) =
@@ -71,7 +90,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
     let daemon = Daemon::new(&args.control_socket);
     let mut dest = RemoteAgent {
         pusher: RoundPusher {
-            addr: args.to.clone(),
+            addr: to.clone(),
             tls,
             ep,
             source: Source::Tree(PathBuf::new()),
@@ -83,9 +102,9 @@ pub fn run(args: MigrateArgs) -> ExitCode {
     };
     let opts = MigrateOptions {
         volume: args.volume.clone(),
-        to: args.to.clone(),
+        to: to.clone(),
         max_downtime,
-        max_rounds: args.max_rounds.max(1),
+        max_rounds: args.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS).max(1),
         unmount_timeout,
         fence_poll: FENCE_POLL,
     };
@@ -110,7 +129,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             format!(
                 "{}: destination {} has profile {} and {} bytes free{}",
                 volume,
-                args.to,
+                to,
                 c.profile,
                 c.free_bytes,
                 if c.resuming {
@@ -151,7 +170,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             ),
         ),
         Event::Unmounted => say(&bar, format!("{volume} unmounted and fenced; final round")),
-        Event::Committed => say(&bar, format!("{} owns {volume} now", args.to)),
+        Event::Committed => say(&bar, format!("{to} owns {volume} now")),
     });
     bar.finish_and_clear();
     match result {

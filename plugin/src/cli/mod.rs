@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod migrate;
+pub mod migrate_ebs;
 pub mod profiles;
 pub mod serve;
 pub mod snapshot;

@@ -11,6 +11,8 @@
 //! - [`orchestrate`]: the source side's state machine: preflight, pre-copy
 //!   rounds, cutover, final round, handover, report.
 //! - [`report`]: what a migration did, for humans and `--json`.
+//! - [`ebs`], [`ebs_io`]: `daffe migrate --via-ebs`, to another zone through
+//!   EBS snapshots (sequencing; the daemon client and the snapshot pusher).
 //! - [`duration`]: `2s`, `500ms`, `10m` on the command line.
 //!
 //! Who stops the application: the operator (`docker stop`), on the source
@@ -22,6 +24,8 @@ pub mod agent;
 pub mod control;
 pub mod daemon;
 pub mod duration;
+pub mod ebs;
+pub mod ebs_io;
 pub mod orchestrate;
 pub mod plan;
 pub mod report;

@@ -1,0 +1,141 @@
+//! `daffe migrate VOLUME --via-ebs --to-zone ZONE`: the CLI side of
+//! `crate::migrate::ebs`. Run it on the host whose daemon serves the volume.
+//!
+//! AWS region, endpoint and the block-index state dir default to the
+//! daemon's `[aws]` config (from the volume's facts), so the snapshots are
+//! pushed where the daemon will look for them; flags override.
+
+use super::migrate::MigrateArgs;
+use crate::migrate::duration;
+use crate::migrate::ebs::{
+    DEFAULT_MAX_ROUNDS, EbsEvent, EbsMigrateOptions, EbsSteps, SMALL_ROUND_BLOCKS, migrate_ebs,
+};
+use crate::migrate::ebs_io::{AwsPusher, DaemonSteps};
+use clap::Args;
+use mover::snapshot::aws::{AwsOptions, AwsSnapshotApi};
+use mover::snapshot::{IndexStore, NoProgress, PushOptions, TransferOptions};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// `--via-ebs` options (ignored without it).
+#[derive(Debug, Args)]
+pub struct EbsArgs {
+    /// With --via-ebs: AWS region (default: the daemon's `[aws]` region).
+    #[arg(long, requires = "via_ebs")]
+    pub region: Option<String>,
+    /// With --via-ebs: endpoint URL for EBS (default: the daemon's).
+    #[arg(long, requires = "via_ebs")]
+    pub endpoint_url: Option<String>,
+    /// With --via-ebs: where snapshot block indexes are kept (default: the
+    /// daemon's `snapshot_state_dir`).
+    #[arg(long, requires = "via_ebs", env = "DAFFE_SNAPSHOT_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+/// Pause between fence attempts while the containers are still running.
+const FENCE_POLL: Duration = Duration::from_millis(200);
+
+pub fn run(args: MigrateArgs) -> ExitCode {
+    super::init_logging();
+    let json = args.json;
+    let zone = args.to_zone.clone().unwrap_or_default();
+    let unmount_timeout = match duration::parse(&args.unmount_timeout) {
+        Ok(d) => d,
+        Err(e) => return super::fail(json, e),
+    };
+    let steps = DaemonSteps {
+        socket: args.control_socket.clone(),
+        volume: args.volume.clone(),
+    };
+    // The daemon's AWS side, for the pushes' defaults.
+    let facts = match steps.facts() {
+        Ok(f) => f,
+        Err(e) => return super::fail(json, format!("{}: {e}", args.volume)),
+    };
+    let api = match AwsSnapshotApi::connect(&AwsOptions {
+        region: args.ebs.region.clone().or(facts.aws.region.clone()),
+        endpoint_url: args
+            .ebs
+            .endpoint_url
+            .clone()
+            .or(facts.aws.endpoint_url.clone()),
+        call_timeout: None,
+    }) {
+        Ok(a) => a,
+        Err(e) => return super::fail(json, e),
+    };
+    let state_dir = args
+        .ebs
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| facts.aws.snapshot_state_dir.clone());
+    let mut pusher = AwsPusher {
+        api,
+        store: IndexStore::new(&state_dir),
+        opts: PushOptions {
+            description: Some(format!("daffe migrate {} to {zone}", args.volume)),
+            // AWS tag values are at most 256 characters.
+            tags: vec![(
+                "daffe:source".into(),
+                facts.docker_name.chars().take(256).collect(),
+            )],
+            // Children inherit the parent's encryption; the full round is
+            // encrypted like the volume (AWS's default key unless named).
+            encrypted: facts.encrypted,
+            kms_key_arn: facts.kms_key_id.clone(),
+            transfer: TransferOptions::default(),
+            parent: None,
+        },
+        progress: &NoProgress,
+    };
+    let opts = EbsMigrateOptions {
+        volume: args.volume.clone(),
+        to_zone: zone.clone(),
+        max_rounds: args.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS).max(1),
+        small_round_blocks: SMALL_ROUND_BLOCKS,
+        unmount_timeout,
+        fence_poll: FENCE_POLL,
+    };
+    let volume = args.volume.clone();
+    // Progress lines go to stderr whether or not it is a terminal: the
+    // operator acts on "waiting for ... unmounted".
+    let result = migrate_ebs(&steps, &mut pusher, &opts, &mut |ev| match ev {
+        EbsEvent::Preflight(f) => eprintln!(
+            "{volume}: EBS volume {} in {}, {} GiB; moving to {zone}",
+            f.volume_id, f.zone, f.size_gib
+        ),
+        EbsEvent::RoundStart { round, final_round } => eprintln!(
+            "round {round} ({}): pushing a snapshot",
+            if final_round { "final" } else { "pre-copy" }
+        ),
+        EbsEvent::RoundEnd(r) => eprintln!(
+            "round {} ({}): {} blocks changed, {} bytes, {:.1} s -> {}",
+            r.round,
+            if r.final_round { "final" } else { "pre-copy" },
+            r.blocks_changed,
+            r.bytes,
+            r.secs,
+            r.snapshot_id
+        ),
+        EbsEvent::NoPreCopy => {
+            eprintln!("{volume} is not attached here (not mounted): no pre-copy, one final round")
+        }
+        EbsEvent::WaitingForUnmount => eprintln!(
+            "waiting for {volume} to be unmounted: stop the containers using it (docker stop)"
+        ),
+        EbsEvent::Fenced => eprintln!("{volume} fenced (Mount refused); final round"),
+        EbsEvent::Copied { volume_id } => eprintln!("{volume_id} created in {zone}"),
+    });
+    match result {
+        Ok(report) => {
+            if json {
+                super::print_json(&serde_json::to_value(&report).unwrap_or_default());
+            } else {
+                print!("{}", report.render());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::fail(json, e),
+    }
+}
