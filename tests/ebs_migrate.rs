@@ -1,0 +1,134 @@
+//! `daffe migrate VOLUME --via-ebs --to-zone ZONE` through the plugin against
+//! moto: the volume's device is pushed as EBS snapshots, a new volume is
+//! created in ZONE from the final snapshot, and the source refuses Mount
+//! ("moved"). Every EC2 fact is read back from moto itself.
+
+use daffe_e2e::docker::{Docker, test_image};
+use daffe_e2e::moto::{Moto, xml_values};
+use daffe_e2e::plugin::{Plugin, daffe_bin};
+use std::process::{Command, Stdio};
+
+fn one(xml: &str, tag: &str) -> String {
+    xml_values(xml, tag)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"))
+}
+
+/// A moto instance in us-east-1b and a plugin on the EBS backend (loop
+/// devices stand in for NVMe).
+fn setup(moto: &Moto) -> Plugin {
+    let xml = moto.ec2(
+        "RunInstances",
+        &[
+            ("ImageId", "ami-12c6146b"),
+            ("MinCount", "1"),
+            ("MaxCount", "1"),
+            ("Placement.AvailabilityZone", "us-east-1b"),
+        ],
+    );
+    let config = format!(
+        r#"
+backend = "ebs"
+[aws]
+region = "us-east-1"
+endpoint_url = "{url}"
+instance_id = "{instance}"
+availability_zone = "{zone}"
+device_resolver = "loop"
+"#,
+        url = moto.url,
+        instance = one(&xml, "instanceId"),
+        zone = one(&xml, "availabilityZone"),
+    );
+    Plugin::start_with_env(Docker::default(), Some(&config), moto.env())
+}
+
+#[test]
+fn a_volume_moves_to_another_zone_through_snapshots() {
+    let moto = Moto::start();
+    moto.reset();
+    let p = setup(&moto);
+    let driver = format!("--volume-driver={}", p.name);
+    let img = test_image();
+
+    p.docker.ok(&[
+        "volume",
+        "create",
+        &format!("--driver={}", p.name),
+        "db@gold",
+    ]);
+    let source_id = p.docker.volume_inspect("db@gold")["Status"]["volume_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    p.docker.ok(&[
+        "run",
+        "--rm",
+        &driver,
+        "-v",
+        "db@gold:/data",
+        &img,
+        "sh",
+        "-c",
+        "echo kept > /data/state.txt",
+    ]);
+
+    // Block indexes in a temporary state dir, not the host's.
+    let state = tempfile::tempdir().unwrap();
+    let out = Command::new(daffe_bin())
+        .args([
+            "migrate",
+            "db@gold",
+            "--via-ebs",
+            "--to-zone",
+            "us-east-1c",
+            "--json",
+            "--endpoint-url",
+            &moto.url,
+            "--region",
+            "us-east-1",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .envs(moto.env())
+        .env("DAFFE_CONTROL_SOCKET", p.control_socket())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run daffe");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "migrate failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stderr}"));
+    assert_eq!(report["to_zone"], "us-east-1c", "{report}");
+    assert_eq!(report["source_volume_id"], source_id.as_str(), "{report}");
+    // Not mounted: no pre-copy, one full round after the fence.
+    let rounds = report["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 1, "{report}");
+    assert!(
+        rounds[0]["blocks_changed"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert!(stderr.contains("fenced"), "{stderr}");
+
+    // The new volume, as EC2 sees it: in the new zone, from the final snapshot.
+    let new_id = report["new_volume_id"].as_str().unwrap();
+    assert_ne!(new_id, source_id);
+    let xml = moto.ec2("DescribeVolumes", &[("VolumeId.1", new_id)]);
+    assert_eq!(one(&xml, "availabilityZone"), "us-east-1c", "{xml}");
+    assert_eq!(
+        one(&xml, "snapshotId"),
+        report["final_snapshot_id"].as_str().unwrap(),
+        "{xml}"
+    );
+
+    // The source is moved: Mount refuses and says where it went.
+    let err = p
+        .docker
+        .fails(&["run", "--rm", &driver, "-v", "db@gold:/data", &img, "true"]);
+    assert!(err.contains("moved"), "{err}");
+}
