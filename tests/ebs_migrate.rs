@@ -6,6 +6,7 @@
 use daffe_e2e::docker::{Docker, test_image};
 use daffe_e2e::moto::{Moto, xml_values};
 use daffe_e2e::plugin::{Plugin, daffe_bin};
+use std::io::BufRead;
 use std::process::{Command, Stdio};
 
 fn one(xml: &str, tag: &str) -> String {
@@ -130,5 +131,111 @@ fn a_volume_moves_to_another_zone_through_snapshots() {
     let err = p
         .docker
         .fails(&["run", "--rm", &driver, "-v", "db@gold:/data", &img, "true"]);
+    assert!(err.contains("moved"), "{err}");
+}
+
+#[test]
+fn a_mounted_volume_is_pre_copied_then_moved_once_its_container_stops() {
+    let moto = Moto::start();
+    moto.reset();
+    let p = setup(&moto);
+    let driver = format!("--volume-driver={}", p.name);
+    let img = test_image();
+    p.docker.ok(&[
+        "volume",
+        "create",
+        &format!("--driver={}", p.name),
+        "-o",
+        "size=4G",
+        "web@gold",
+    ]);
+    // A writer that keeps changing the volume during pre-copy.
+    let c = p.container("writer");
+    p.docker.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &c,
+        &driver,
+        "-v",
+        "web@gold:/data",
+        &img,
+        "sh",
+        "-c",
+        "while true; do date >> /data/log; sync; sleep 0.2; done",
+    ]);
+
+    let state = tempfile::tempdir().unwrap();
+    let mut child = Command::new(daffe_bin())
+        .args([
+            "migrate",
+            "web@gold",
+            "--via-ebs",
+            "--to-zone",
+            "us-east-1c",
+            "--json",
+            "--max-rounds",
+            "3",
+            "--unmount-timeout",
+            "2m",
+            "--state-dir",
+        ])
+        .arg(state.path())
+        .envs(moto.env())
+        .env("DAFFE_CONTROL_SOCKET", p.control_socket())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run daffe");
+    // The operator's part: stop the container when migrate asks for it.
+    let mut stderr = String::new();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        stderr += &line;
+        stderr += "\n";
+        if line.starts_with("waiting for web@gold to be unmounted") {
+            p.docker.ok(&["rm", "-f", &c]);
+            break;
+        }
+    }
+    for line in lines {
+        stderr += &line.unwrap();
+        stderr += "\n";
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "migrate failed:\n{}\n{stderr}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stderr}"));
+    let rounds = report["rounds"].as_array().unwrap();
+    assert!(rounds.len() >= 2, "{report}");
+    assert_eq!(rounds[0]["final_round"], false, "{report}");
+    assert!(rounds[0]["parent"].is_null(), "{report}");
+    // Each round is incremental against the one before; the last is final.
+    for w in rounds.windows(2) {
+        assert_eq!(w[1]["parent"], w[0]["snapshot_id"], "{report}");
+    }
+    let last = rounds.last().unwrap();
+    assert_eq!(last["final_round"], true, "{report}");
+    assert_eq!(last["snapshot_id"], report["final_snapshot_id"], "{report}");
+
+    let xml = moto.ec2(
+        "DescribeVolumes",
+        &[("VolumeId.1", report["new_volume_id"].as_str().unwrap())],
+    );
+    assert_eq!(one(&xml, "availabilityZone"), "us-east-1c", "{xml}");
+    assert_eq!(
+        one(&xml, "snapshotId"),
+        report["final_snapshot_id"].as_str().unwrap(),
+        "{xml}"
+    );
+    let err = p
+        .docker
+        .fails(&["run", "--rm", &driver, "-v", "web@gold:/data", &img, "true"]);
     assert!(err.contains("moved"), "{err}");
 }

@@ -116,10 +116,16 @@ pub struct AwsPusher<'a> {
 
 impl Pusher for AwsPusher<'_> {
     fn push(&mut self, device: &Path, parent: Option<&str>) -> Result<PushReport, PushError> {
-        let opts = PushOptions {
+        let mut opts = PushOptions {
             parent: parent.map(str::to_owned),
             ..self.opts.clone()
         };
+        // AWS refuses Encrypted with a parent: a child inherits its
+        // parent's encryption, so only the full round asks for it.
+        if opts.parent.is_some() {
+            opts.encrypted = false;
+            opts.kms_key_arn = None;
+        }
         push(&self.api, &self.store, device, &opts, self.progress)
     }
 }
