@@ -19,13 +19,18 @@ fn one(xml: &str, tag: &str) -> String {
 /// A moto instance in us-east-1b and a plugin on the EBS backend (loop
 /// devices stand in for NVMe).
 fn setup(moto: &Moto) -> Plugin {
+    host_in(moto, "us-east-1b")
+}
+
+/// A moto instance in `zone` and a plugin on the EBS backend for it.
+fn host_in(moto: &Moto, zone: &str) -> Plugin {
     let xml = moto.ec2(
         "RunInstances",
         &[
             ("ImageId", "ami-12c6146b"),
             ("MinCount", "1"),
             ("MaxCount", "1"),
-            ("Placement.AvailabilityZone", "us-east-1b"),
+            ("Placement.AvailabilityZone", zone),
         ],
     );
     let config = format!(
@@ -132,6 +137,28 @@ fn a_volume_moves_to_another_zone_through_snapshots() {
         .docker
         .fails(&["run", "--rm", &driver, "-v", "db@gold:/data", &img, "true"]);
     assert!(err.contains("moved"), "{err}");
+
+    // A host in the target zone adopts the copy (tags: this cluster, this
+    // zone, unclaimed) and reads the data back, hydrated from the snapshot.
+    // Docker holds one volume per name, so the source host lets go first.
+    p.docker.ok(&["volume", "rm", "db@gold"]);
+    drop(p);
+    let b = host_in(&moto, "us-east-1c");
+    // Asked of daffe, not `docker volume inspect`: without a driver, docker
+    // would ask every plugin it ever saw, dead test plugins included.
+    let v = b.inspect("db@gold");
+    assert!(v.to_string().contains(new_id), "{v}");
+    let out = b.docker.ok(&[
+        "run",
+        "--rm",
+        &format!("--volume-driver={}", b.name),
+        "-v",
+        "db@gold:/data",
+        &img,
+        "cat",
+        "/data/state.txt",
+    ]);
+    assert_eq!(out, "kept");
 }
 
 #[test]
