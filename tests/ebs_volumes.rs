@@ -220,6 +220,10 @@ fn ebs_volumes_follow_their_profile_and_the_mount_lifecycle() {
     );
     let v = describe(&moto, &db);
     assert_eq!((v.volume_type.as_str(), v.iops), ("gp3", 4000), "{v:?}");
+    assert_eq!(
+        v.tags.get("daffe:profile").map(String::as_str),
+        Some("silver")
+    );
     assert_eq!(p.inspect("db@gold")["profile"], "silver");
     // A change EBS cannot make in place (dropping encryption) is refused
     // and leaves the volume as it was.

@@ -108,6 +108,12 @@ impl VolumeService {
             return Ok(out);
         }
         self.backend.apply_change(vref(&rec), &plan)?;
+        if let Some(ebs) = self.backend.ebs() {
+            // After the storage change: a failure here leaves the old tag,
+            // which a retry of the same set-profile fixes.
+            ebs.retag_profile(&rec.name, profile)
+                .map_err(BackendError::from)?;
+        }
         rec.profile = profile.to_owned();
         rec.settings = plan.settings;
         self.put(&rec)?;

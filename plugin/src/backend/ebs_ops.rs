@@ -210,6 +210,19 @@ impl EbsBackend {
         Ok(())
     }
 
+    /// Re-tags the volume with its new profile, so a record rebuilt from
+    /// AWS (lost state dir, another zone) gets the profile it has now.
+    pub fn retag_profile(&self, name: &str, profile: &str) -> Result<(), EbsError> {
+        let d = self.deadline(super::ebs::CHANGE_BUDGET);
+        let v = self.require(name, &d)?;
+        let t = [(tags::PROFILE.to_owned(), profile.to_owned())]
+            .into_iter()
+            .collect();
+        self.aws(name, Some(&v.id), "CreateTags", &d, None, || {
+            self.ec2.create_tags(&v.id, &t)
+        })
+    }
+
     /// Volumes of this cluster and zone that this host owns or may claim.
     pub(super) fn discover_volumes(&self) -> Result<Vec<Discovered>, EbsError> {
         let d = self.deadline(super::ebs::CREATE_BUDGET);
