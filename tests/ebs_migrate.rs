@@ -4,17 +4,10 @@
 //! ("moved"). Every EC2 fact is read back from moto itself.
 
 use daffe_e2e::docker::{Docker, test_image};
-use daffe_e2e::moto::{Moto, xml_values};
+use daffe_e2e::moto::{Moto, xml_value as one};
 use daffe_e2e::plugin::{Plugin, daffe_bin};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
-
-fn one(xml: &str, tag: &str) -> String {
-    xml_values(xml, tag)
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"))
-}
 
 /// A moto instance in us-east-1b and a plugin on the EBS backend (loop
 /// devices stand in for NVMe).
@@ -24,29 +17,8 @@ fn setup(moto: &Moto) -> Plugin {
 
 /// A moto instance in `zone` and a plugin on the EBS backend for it.
 fn host_in(moto: &Moto, zone: &str) -> Plugin {
-    let xml = moto.ec2(
-        "RunInstances",
-        &[
-            ("ImageId", "ami-12c6146b"),
-            ("MinCount", "1"),
-            ("MaxCount", "1"),
-            ("Placement.AvailabilityZone", zone),
-        ],
-    );
-    let config = format!(
-        r#"
-backend = "ebs"
-[aws]
-region = "us-east-1"
-endpoint_url = "{url}"
-instance_id = "{instance}"
-availability_zone = "{zone}"
-device_resolver = "loop"
-"#,
-        url = moto.url,
-        instance = one(&xml, "instanceId"),
-        zone = one(&xml, "availabilityZone"),
-    );
+    let (instance, zone) = moto.run_instance(zone);
+    let config = moto.ebs_config(&instance, &zone);
     Plugin::start_with_env(Docker::default(), Some(&config), moto.env())
 }
 

@@ -8,7 +8,7 @@
 //! from moto itself, not from daffe.
 
 use daffe_e2e::docker::{Docker, test_image};
-use daffe_e2e::moto::{Moto, xml_values};
+use daffe_e2e::moto::{Moto, xml_value as one, xml_values};
 use daffe_e2e::plugin::Plugin;
 use std::collections::BTreeMap;
 
@@ -25,13 +25,6 @@ struct Ec2Volume {
     /// The instance it is attached to, if any.
     attached_to: Option<String>,
     tags: BTreeMap<String, String>,
-}
-
-fn one(xml: &str, tag: &str) -> String {
-    xml_values(xml, tag)
-        .into_iter()
-        .next()
-        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"))
 }
 
 fn describe(moto: &Moto, id: &str) -> Ec2Volume {
@@ -72,27 +65,9 @@ fn volume_id(p: &Plugin, name: &str) -> String {
 /// A moto instance to attach to, and a plugin on the EBS backend pointing at
 /// moto with the loop-device resolver.
 fn setup(moto: &Moto) -> (Plugin, String, String) {
-    let xml = moto.ec2(
-        "RunInstances",
-        &[
-            ("ImageId", "ami-12c6146b"),
-            ("MinCount", "1"),
-            ("MaxCount", "1"),
-            ("Placement.AvailabilityZone", "us-east-1b"),
-        ],
-    );
-    let instance = one(&xml, "instanceId");
-    let zone = one(&xml, "availabilityZone");
-    let config = format!(
-        r#"
-backend = "ebs"
-[aws]
-region = "us-east-1"
-endpoint_url = "{url}"
-instance_id = "{instance}"
-availability_zone = "{zone}"
-device_resolver = "loop"
-
+    let (instance, zone) = moto.run_instance("us-east-1b");
+    let config = moto.ebs_config(&instance, &zone)
+        + r#"
 [profiles.silver]
 description = "gp3 with more IOPS, encrypted"
 [profiles.silver.ebs]
@@ -102,9 +77,7 @@ throughput = 250
 encrypted = true
 [profiles.silver.local]
 format = "dir"
-"#,
-        url = moto.url
-    );
+"#;
     let p = Plugin::start_with_env(Docker::default(), Some(&config), moto.env());
     (p, instance, zone)
 }

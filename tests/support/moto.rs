@@ -129,6 +129,41 @@ impl Moto {
         xml.to_owned()
     }
 
+    /// Starts a moto instance in `zone`; returns (instance id, zone): the
+    /// "host" an EBS-backed plugin attaches volumes to.
+    pub fn run_instance(&self, zone: &str) -> (String, String) {
+        let xml = self.ec2(
+            "RunInstances",
+            &[
+                ("ImageId", "ami-12c6146b"),
+                ("MinCount", "1"),
+                ("MaxCount", "1"),
+                ("Placement.AvailabilityZone", zone),
+            ],
+        );
+        (
+            xml_value(&xml, "instanceId"),
+            xml_value(&xml, "availabilityZone"),
+        )
+    }
+
+    /// A `daffe serve` config on the EBS backend for `instance` in `zone`,
+    /// pointing at this server, with loop devices standing in for NVMe.
+    pub fn ebs_config(&self, instance: &str, zone: &str) -> String {
+        format!(
+            r#"
+backend = "ebs"
+[aws]
+region = "us-east-1"
+endpoint_url = "{url}"
+instance_id = "{instance}"
+availability_zone = "{zone}"
+device_resolver = "loop"
+"#,
+            url = self.url
+        )
+    }
+
     /// Environment for an AWS client talking to this server: dummy
     /// credentials, a region, no instance metadata lookups.
     pub fn env(&self) -> Vec<(&'static str, String)> {
@@ -164,4 +199,12 @@ pub fn xml_values(xml: &str, tag: &str) -> Vec<String> {
         rest = &rest[j + close.len()..];
     }
     out
+}
+
+/// The first `<tag>` in `xml`; fails the test if there is none.
+pub fn xml_value(xml: &str, tag: &str) -> String {
+    xml_values(xml, tag)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no <{tag}> in {xml}"))
 }
