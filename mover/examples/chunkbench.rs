@@ -4,6 +4,7 @@
 //! ```text
 //! chunkbench mem [MiB]        # in-memory, single thread, db and default classes
 //! chunkbench file PATH        # scan one file (image mode) with all cores
+//! chunkbench tree PATH CACHE  # scan a tree with a stat cache in CACHE
 //! ```
 
 use std::time::Instant;
@@ -13,6 +14,29 @@ use mover::chunk::{ChunkClass, ChunkId};
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
+        Some("tree") => {
+            // Scan a tree with a stat cache kept in CACHE (as rounds do).
+            let path = std::path::PathBuf::from(args.get(1).expect("chunkbench tree PATH CACHE"));
+            let cache = std::path::PathBuf::from(args.get(2).expect("chunkbench tree PATH CACHE"));
+            let t = Instant::now();
+            let s = mover::scan::scan_tree(
+                &path,
+                &cache,
+                mover::scan::ScanOptions {
+                    threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+                    label: String::new(),
+                    progress: std::sync::Arc::new(mover::progress::NoProgress),
+                },
+            )
+            .expect("scan");
+            println!(
+                "{{\"entries\": {}, \"reused\": {}, \"bytes_hashed\": {}, \"seconds\": {:.3}}}",
+                s.stats.entries,
+                s.stats.entries_reused,
+                s.stats.bytes_hashed,
+                t.elapsed().as_secs_f64()
+            );
+        }
         Some("file") => {
             let path = std::path::PathBuf::from(args.get(1).expect("chunkbench file PATH"));
             let cache = tempfile_dir();

@@ -20,10 +20,10 @@ use mover::net::bwlimit::{TokenBucket, parse_rate};
 use mover::net::identity::{self, NodeFiles};
 use mover::net::message::{RoundRequest, RoundSummary, TransferMode, WireError};
 use mover::net::netsource::NetSource;
-use mover::net::rounds::{RetryPolicy, RoundPusher, receive_round};
+use mover::net::rounds::{RetryPolicy, RoundPusher, receive_round, summary, wire_error};
 use mover::net::stream::Endpoint;
 use mover::net::tls;
-use mover::{Destination, ReceiveOptions, Source};
+use mover::{Destination, ReceiveOptions, Receiver, Source};
 
 struct Base(PathBuf);
 
@@ -43,7 +43,17 @@ impl RoundHandler for Base {
             TransferMode::Image => Destination::Image(p),
         };
         let state = self.0.join(".state").join(&req.target);
-        receive_round(&dest, &state, src, &ReceiveOptions::default())
+        if std::env::var_os("ROUND_STATS").is_none() {
+            return receive_round(&dest, &state, src, &ReceiveOptions::default());
+        }
+        // The receiver's phase times, for benchmarks (one JSON line per round).
+        let t = std::time::Instant::now();
+        let mut rx = Receiver::open(&dest, &state).map_err(wire_error)?;
+        let st = rx
+            .run_round(src, &ReceiveOptions::default())
+            .map_err(wire_error)?;
+        eprintln!("{}", serde_json::to_string(&st).unwrap_or_default());
+        Ok(summary(&st, t.elapsed()))
     }
 }
 

@@ -5,7 +5,8 @@
 //! - [`sync`]: the entry point: [`sync()`], [`Source`], [`Destination`],
 //!   [`SyncOptions`], [`SyncStats`].
 //! - [`chunk`]: chunk ids, chunker classes, chunk loops.
-//! - [`manifest`]: the streamed manifest format, reader and writer.
+//! - [`manifest`]: the streamed manifest format, reader and writer;
+//!   [`manifest_delta`]: a manifest sent as a delta against an earlier one.
 //! - [`scan`] / [`source`]: the source side ([`Sender`]) and the
 //!   [`ChunkSource`] trait transports implement.
 //! - [`receive`]: the destination side ([`Receiver`]): one atomic round.
@@ -20,6 +21,7 @@ pub mod chunk;
 pub mod fsmeta;
 pub mod journal;
 pub mod manifest;
+pub mod manifest_delta;
 pub mod net;
 pub mod progress;
 pub mod receive;
@@ -34,6 +36,6 @@ pub mod sync;
 pub use chunk::{ChunkClass, ChunkId};
 pub use manifest::{ManifestId, ManifestReader, ManifestWriter};
 pub use progress::{Phase, Progress, ProgressSink};
-pub use receive::{Destination, ReceiveOptions, Receiver, RoundStats, Verify};
-pub use source::{ChunkSource, Sender, Source, Want};
+pub use receive::{Destination, Intact, ReceiveOptions, Receiver, RoundStats, Verify};
+pub use source::{ChunkSource, ManifestBase, Sender, Source, Want};
 pub use sync::{SyncError, SyncOptions, SyncStats, sync};

@@ -249,7 +249,7 @@ pub fn parent_of(path: &[u8]) -> &[u8] {
     }
 }
 
-fn write_varint(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn write_varint(mut v: u64, out: &mut Vec<u8>) {
     loop {
         let b = (v & 0x7f) as u8;
         v >>= 7;
@@ -733,7 +733,7 @@ fn unreachable_item() -> Result<Option<ChunkRef>, ManifestError> {
 }
 
 /// Reads one length-prefixed record into `buf`; false at a clean end.
-fn read_record<R: BufRead>(
+pub(crate) fn read_record<R: BufRead>(
     inp: &mut R,
     buf: &mut Vec<u8>,
     hasher: Option<&mut blake3::Hasher>,

@@ -15,7 +15,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +31,7 @@ use crate::manifest::{
 };
 use crate::progress::{Phase, Progress, ProgressSink};
 use crate::safe_path::{Root, SafePathError};
-use crate::source::{ChunkSource, SinkError, SourceError, Want};
+use crate::source::{ChunkSource, ManifestBase, SinkError, SourceError, Want};
 use crate::statcache::{StatCacheError, StatReader, StatRec, StatWriter};
 use crate::store::{ChunkIndex, Loc, read_verified, write_all_at};
 
@@ -217,6 +217,10 @@ enum Target {
 struct Window {
     wants: Vec<Want>,
     dests: Vec<Vec<Target>>,
+    /// Per want: the destination path whose same range holds the previous
+    /// version of the chunk (files patched in place), and how many of those
+    /// bytes exist. A remote source then sends only what differs.
+    bases: Vec<Option<(Vec<u8>, u32)>>,
     bytes: u64,
 }
 
@@ -311,11 +315,41 @@ impl Receiver {
         rustix::fs::syncfs(&f).map_err(|e| io_err(self.state.as_os_str().as_bytes())(e.into()))
     }
 
+    /// The applied round, if the destination is still exactly as it left it
+    /// (every entry matches `applied.stat`; with `scrub`, every chunk is
+    /// re-read and checked too). Reads only; safe to run on another thread
+    /// (with its own [`Receiver`]) while the source scans, then handed to
+    /// [`Receiver::run_round_checked`].
+    pub fn intact(&self, scrub: bool) -> Result<Option<Intact>, ReceiveError> {
+        let Some(root) = self.applied_root() else {
+            return Ok(None);
+        };
+        let v = self.validity(Some(&root), None, scrub)?;
+        Ok(v.all_valid.then_some(Intact {
+            root,
+            entries: v.valid.len() as u64,
+            chunks: v.chunks,
+        }))
+    }
+
     /// Runs one round against `src`.
     pub fn run_round(
         &mut self,
         src: &mut dyn ChunkSource,
         opts: &ReceiveOptions,
+    ) -> Result<RoundStats, ReceiveError> {
+        self.run_round_checked(src, opts, None)
+    }
+
+    /// [`Receiver::run_round`], given what [`Receiver::intact`] found just
+    /// before (for example while the source scanned). When the source's
+    /// root hint names that same root, the round ends at once: no manifest
+    /// is read, nothing is written.
+    pub fn run_round_checked(
+        &mut self,
+        src: &mut dyn ChunkSource,
+        opts: &ReceiveOptions,
+        intact: Option<Intact>,
     ) -> Result<RoundStats, ReceiveError> {
         let mut stats = RoundStats::default();
         if self.recover(opts)? {
@@ -323,18 +357,48 @@ impl Receiver {
         }
         let t0 = Instant::now();
         let rd = self.round_dir();
+        let scrub = opts.verify == Verify::All;
+        let applied = self.applied_root();
+        if let (Some(hint), Some(root)) = (src.root_hint(), applied)
+            && hint == root
+        {
+            // A replayed round changed the tree after `intact` looked.
+            let known = intact.filter(|i| i.root == root && !stats.recovered);
+            let known = match known {
+                Some(k) => Some(k),
+                None => self.intact(scrub)?,
+            };
+            if let Some(k) = known {
+                self.end_unchanged(&rd, opts)?;
+                stats.root = root.to_hex();
+                stats.entries = k.entries;
+                stats.chunks_total = k.chunks;
+                stats.plan_ms = t0.elapsed().as_millis() as u64;
+                return Ok(stats);
+            }
+        }
         // 1. The manifest, into the round dir (validated as we read it later;
         //    validated whole right now so a bad one never touches anything).
         let mtmp = self.state.join("incoming.manifest");
-        {
-            let f = File::create(&mtmp).map_err(io_err(mtmp.as_os_str().as_bytes()))?;
-            let mut w = BufWriter::with_capacity(1 << 20, f);
-            src.manifest(&mut w).map_err(ReceiveError::Source)?;
-            std::io::Write::flush(&mut w).map_err(io_err(b"manifest"))?;
-        }
-        let trailer = manifest::validate(BufReader::new(
-            File::open(&mtmp).map_err(io_err(b"manifest"))?,
-        ))?;
+        let base = applied.map(|root| ManifestBase {
+            root,
+            path: self.state.join("applied.manifest"),
+        });
+        let via_delta = self.receive_manifest(src, base.as_ref(), &mtmp)?;
+        let check = || -> Result<manifest::Trailer, ReceiveError> {
+            Ok(manifest::validate(BufReader::new(
+                File::open(&mtmp).map_err(io_err(b"manifest"))?,
+            ))?)
+        };
+        let trailer = match check() {
+            Err(e) if via_delta => {
+                // Our base or the peer's copy of it differs: ask again whole.
+                tracing::warn!("manifest rebuilt from a delta is invalid ({e}); fetching it whole");
+                self.receive_manifest(src, None, &mtmp)?;
+                check()?
+            }
+            r => r?,
+        };
         let new_root = trailer.root;
         stats.root = new_root.to_hex();
         stats.chunks_total = trailer.chunks;
@@ -355,23 +419,12 @@ impl Receiver {
         }
         // An unchanged round (same root, destination still as we left it)
         // ends here, before anything is written or synced: it only lstats.
-        let applied = self.applied_root();
         let same_root = applied == Some(new_root);
-        if same_root
-            && self
-                .validity(applied.as_ref(), None, opts.verify == Verify::All)?
-                .all_valid
-        {
+        if same_root && self.validity(applied.as_ref(), None, scrub)?.all_valid {
             let _ = std::fs::remove_file(&mtmp);
-            if rd.exists() {
-                std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
-            }
+            self.end_unchanged(&rd, opts)?;
             stats.entries = trailer.entries;
             stats.plan_ms = t0.elapsed().as_millis() as u64;
-            opts.progress.event(&Progress::Phase {
-                phase: Phase::Done,
-                total_bytes: 0,
-            });
             return Ok(stats);
         }
         // 2. An interrupted round: same manifest -> resume in place; another
@@ -423,11 +476,7 @@ impl Receiver {
 
         // 3. Which applied entries are still as we left them; their chunks
         //    are local sources.
-        let validity = self.validity(
-            applied.as_ref(),
-            Some(&mut index),
-            opts.verify == Verify::All,
-        )?;
+        let validity = self.validity(applied.as_ref(), Some(&mut index), scrub)?;
 
         // 4. Plan, copy local chunks, fetch the rest.
         opts.progress.event(&Progress::Phase {
@@ -457,6 +506,7 @@ impl Receiver {
             window: Window {
                 wants: Vec::new(),
                 dests: Vec::new(),
+                bases: Vec::new(),
                 bytes: 0,
             },
             durable: Vec::new(),
@@ -525,6 +575,43 @@ impl Receiver {
         Ok(stats)
     }
 
+    /// Receives the round's manifest into `to`, as a delta against `base`
+    /// when the source can do that. True if it came as a delta.
+    fn receive_manifest(
+        &self,
+        src: &mut dyn ChunkSource,
+        base: Option<&ManifestBase>,
+        to: &Path,
+    ) -> Result<bool, ReceiveError> {
+        let f = File::create(to).map_err(io_err(to.as_os_str().as_bytes()))?;
+        let mut w = BufWriter::with_capacity(1 << 20, f);
+        let via_delta = match base {
+            Some(b) => src
+                .manifest_since(b, &mut w)
+                .map_err(ReceiveError::Source)?
+                .is_some(),
+            None => false,
+        };
+        if !via_delta {
+            src.manifest(&mut w).map_err(ReceiveError::Source)?;
+        }
+        std::io::Write::flush(&mut w).map_err(io_err(b"manifest"))?;
+        Ok(via_delta)
+    }
+
+    /// Ends a round that changes nothing: an interrupted, uncommitted round
+    /// is dropped (the destination is already what the source holds).
+    fn end_unchanged(&self, rd: &Path, opts: &ReceiveOptions) -> Result<(), ReceiveError> {
+        if rd.exists() {
+            std::fs::remove_dir_all(rd).map_err(io_err(b"round dir"))?;
+        }
+        opts.progress.event(&Progress::Phase {
+            phase: Phase::Done,
+            total_bytes: 0,
+        });
+        Ok(())
+    }
+
     /// Opens the destination object for an entry path.
     fn open_dest(&self, path: &[u8], flags: OFlags) -> Result<OwnedFd, ReceiveError> {
         match (&self.root, &self.dest) {
@@ -565,6 +652,7 @@ impl Receiver {
             single: Vec::new(),
             paths: PathTable::default(),
             all_valid: false,
+            chunks: 0,
         };
         let Some(root) = applied else {
             return Ok(v);
@@ -617,6 +705,7 @@ impl Receiver {
                     idx += 1;
                 }
                 Item::Chunk(c) => {
+                    v.chunks += 1;
                     if let Some(f) = &cur_file
                         && !read_verified(f, c.offset, c.len, &c.id, &mut buf).unwrap_or(false)
                     {
@@ -1069,6 +1158,16 @@ struct Validity {
     single: Vec<bool>,
     paths: PathTable,
     all_valid: bool,
+    /// Chunk records in the applied manifest.
+    chunks: u64,
+}
+
+/// The destination is exactly as the round with this manifest left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Intact {
+    pub root: ChunkId,
+    pub entries: u64,
+    pub chunks: u64,
 }
 
 /// Planning state for one round.
@@ -1492,7 +1591,8 @@ impl Planner<'_> {
             let single = same.is_some_and(|s| s.4);
             if device || (single && changed * 2 < e.size.max(1)) {
                 let old_pos = same.map(|s| s.2);
-                self.patch(i, e, epos, header, &mpath, old_pos, old_header)?;
+                let old_size = same.filter(|_| old_usable).map(|s| s.1.size);
+                self.patch(i, e, epos, header, &mpath, old_pos, old_header, old_size)?;
                 self.stats.files_patched += 1;
                 return Ok(true);
             }
@@ -1595,6 +1695,7 @@ impl Planner<'_> {
         mpath: &Path,
         old_pos: Option<u64>,
         old_header: Option<&manifest::Header>,
+        old_size: Option<u64>,
     ) -> Result<(), ReceiveError> {
         let mut r =
             ManifestReader::resume_at(BufReader::new(reopen(mpath, epos)?), header.clone(), epos);
@@ -1635,7 +1736,13 @@ impl Planner<'_> {
             }
             let at = self.pack_len;
             self.pack_len += u64::from(c.len);
+            let asked = self.window.wants.len();
             self.resolve(i, c, Target::Pack { offset: at })?;
+            // A new want: our file still holds the old bytes of this range.
+            let have = old_size.map_or(0, |s| s.saturating_sub(c.offset).min(u64::from(c.len)));
+            if self.window.wants.len() > asked && have > 0 {
+                self.window.bases[asked] = Some((e.path.clone(), have as u32));
+            }
             if std::mem::take(&mut self.flush_pending_after) {
                 self.flush_window()?;
             }
@@ -1739,6 +1846,7 @@ impl Planner<'_> {
             id: c.id,
         });
         self.window.dests.push(vec![target]);
+        self.window.bases.push(None);
         self.window.bytes += u64::from(c.len);
         self.index.set(&c.id, Loc::Pending { want: w }, c.len);
         if self.window.wants.len() >= WINDOW_WANTS || self.window.bytes >= WINDOW_BYTES {
@@ -1842,6 +1950,35 @@ impl Planner<'_> {
         Ok(())
     }
 
+    /// The previous bytes of the window's patched ranges (None when there is
+    /// none). A base that cannot be read is simply not offered.
+    fn read_bases(&mut self, wants: &[Want]) -> Option<Vec<Option<Vec<u8>>>> {
+        let refs = std::mem::take(&mut self.window.bases);
+        if refs.iter().all(Option::is_none) {
+            return None;
+        }
+        let mut open: Option<(Vec<u8>, File)> = None;
+        let out = refs
+            .into_iter()
+            .zip(wants)
+            .map(|(r, w)| {
+                let (path, len) = r?;
+                if open.as_ref().is_none_or(|(p, _)| *p != path) {
+                    let f = self
+                        .rx
+                        .open_dest(&path, OFlags::RDONLY | OFlags::NOFOLLOW)
+                        .ok()?;
+                    open = Some((path, File::from(f)));
+                }
+                let (_, f) = open.as_ref()?;
+                let mut buf = vec![0u8; len as usize];
+                f.read_exact_at(&mut buf, w.offset).ok()?;
+                Some(buf)
+            })
+            .collect();
+        Some(out)
+    }
+
     fn flush_window(&mut self) -> Result<(), ReceiveError> {
         if self.window.wants.is_empty() {
             return Ok(());
@@ -1849,6 +1986,7 @@ impl Planner<'_> {
         let t = Instant::now();
         let wants = std::mem::take(&mut self.window.wants);
         let dests = std::mem::take(&mut self.window.dests);
+        let bases = self.read_bases(&wants);
         self.window.bytes = 0;
         let Some(src) = self.src.take() else {
             return Ok(());
@@ -1896,7 +2034,10 @@ impl Planner<'_> {
                 }
                 Ok(())
             };
-            src.fetch(&wants, &mut sink)
+            match &bases {
+                Some(b) => src.fetch_with_bases(&wants, b, &mut sink),
+                None => src.fetch(&wants, &mut sink),
+            }
         };
         self.src = Some(src);
         if let Err(e) = r {

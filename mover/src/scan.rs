@@ -44,11 +44,18 @@ const SEGMENT: u64 = 16 << 20;
 /// cut sequence meets the next segment's (they almost always meet within a
 /// few chunks; when not, the joiner chunks the gap itself).
 const LOOKAHEAD_MAXES: u64 = 4;
-/// Chunking jobs in flight: keeps both workers busy without holding many
-/// files open.
-const IN_FLIGHT: usize = 32;
-/// Entries waiting to be written behind a slow one (bounded memory).
-const MAX_PENDING: usize = 4096;
+/// Bytes per read syscall. Far below a segment on purpose: on a cold page
+/// cache, `dd` here spends 1.2 s of system time reading 1 GiB in 16 MiB
+/// blocks and 0.14 s in 128 KiB ones (small sequential reads ride the
+/// kernel's readahead; a huge one waits for its pages, then copies them).
+const READ_PIECE: usize = 256 << 10;
+/// Chunking jobs in flight. Enough that a 4 GiB file is queued whole and
+/// the walk goes on behind it (the cold lstats of the next thousands of
+/// entries overlap its hashing), while at most this many files are open.
+const IN_FLIGHT: usize = 256;
+/// Entries waiting to be written behind a slow one (bounded memory: a few
+/// hundred bytes each).
+const MAX_PENDING: usize = 65536;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -181,11 +188,21 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
     let mut buf = Vec::new();
     while let Ok(j) = jobs.recv() {
         let want = (j.read_end - j.seg) as usize;
+        // Both workers read one file at different offsets through one open
+        // file description, which the kernel's sequential readahead takes
+        // for random access: ask for the whole segment up front instead.
+        let _ = rustix::fs::fadvise(
+            &*j.file,
+            j.seg,
+            std::num::NonZeroU64::new(want as u64),
+            rustix::fs::Advice::WillNeed,
+        );
         buf.resize(want, 0);
         let mut got = 0usize;
         let mut error = None;
         while got < want {
-            match j.file.read_at(&mut buf[got..], j.seg + got as u64) {
+            let end = (got + READ_PIECE).min(want);
+            match j.file.read_at(&mut buf[got..end], j.seg + got as u64) {
                 Ok(0) => break,
                 Ok(n) => got += n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

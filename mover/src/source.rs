@@ -63,10 +63,71 @@ pub trait ChunkSource {
     /// Streams this round's manifest into `out` and returns its root.
     fn manifest(&mut self, out: &mut dyn Write) -> Result<ManifestId, SourceError>;
 
+    /// This round's manifest root, when the source knows it before sending
+    /// the manifest. A receiver whose destination is intact at that root
+    /// ends the round without asking for the manifest. (Trusting the hint is
+    /// safe: a source could as well send the old manifest itself.)
+    fn root_hint(&self) -> Option<ManifestId> {
+        None
+    }
+
+    /// [`ChunkSource::fetch`], given for some wants the receiver's previous
+    /// bytes of the same range (`bases[i]`, possibly shorter than the want):
+    /// a source across a slow link may send only the blocks that differ.
+    /// Every want is still delivered whole, each once, in any order.
+    fn fetch_with_bases(
+        &mut self,
+        wants: &[Want],
+        bases: &[Option<Vec<u8>>],
+        sink: &mut Sink<'_>,
+    ) -> Result<(), SourceError> {
+        let _ = bases;
+        self.fetch(wants, sink)
+    }
+
+    /// Receiver side: streams this round's manifest into `out` like
+    /// [`ChunkSource::manifest`], free to save transfer with `base`, a
+    /// manifest the receiver holds. `Ok(None)`: this source cannot use a
+    /// base and wrote nothing; call `manifest`. The receiver validates what
+    /// arrives either way, and asks again whole if a delta rebuilt it wrong.
+    fn manifest_since(
+        &mut self,
+        base: &ManifestBase,
+        out: &mut dyn Write,
+    ) -> Result<Option<ManifestId>, SourceError> {
+        let _ = (base, out);
+        Ok(None)
+    }
+
+    /// Sending side: writes this round's manifest as a delta (see
+    /// [`crate::manifest_delta`]) against the earlier manifest with root
+    /// `base`, if this source still has it. `Ok(None)`: it does not, and
+    /// nothing was written.
+    fn manifest_delta(
+        &mut self,
+        base: &ManifestId,
+        out: &mut dyn Write,
+    ) -> Result<Option<ManifestId>, SourceError> {
+        let _ = (base, out);
+        Ok(None)
+    }
+
     /// Delivers the bytes of every want to `sink(index, bytes)`, in order.
     /// The receiver verifies them; a source need not.
     fn fetch(&mut self, wants: &[Want], sink: &mut Sink<'_>) -> Result<(), SourceError>;
 }
+
+/// A manifest the receiver holds (the one it applied last).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestBase {
+    pub root: ManifestId,
+    pub path: PathBuf,
+}
+
+/// Manifests a [`Sender`] keeps after sending them, as delta bases for the
+/// receiver's next round (one per recent round: a receiver is normally one
+/// round behind, or two after a round that went stale).
+const SENT_KEPT: usize = 4;
 
 /// What to sync from or to: a directory tree or a byte image.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +210,49 @@ impl Sender {
         &self.scan.skipped
     }
 
+    fn sent_dir(&self) -> PathBuf {
+        self.scan
+            .manifest
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join("sent")
+    }
+
+    /// Keeps this round's manifest (a hard link: the scan cache replaces
+    /// `last.manifest` by rename) as a delta base for the next round, and
+    /// forgets the oldest. Best effort: without it the next manifest
+    /// travels whole.
+    fn remember_sent(&self) {
+        let dir = self.sent_dir();
+        let name = dir.join(format!("{}.manifest", self.scan.trailer.root.to_hex()));
+        let r = std::fs::create_dir_all(&dir).and_then(|()| {
+            match std::fs::hard_link(&self.scan.manifest, &name) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+                r => r,
+            }
+        });
+        if let Err(e) = r {
+            tracing::warn!("keeping {} as a delta base: {e}", name.display());
+            return;
+        }
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut kept: Vec<(std::time::SystemTime, PathBuf)> = rd
+            .filter_map(|e| {
+                let e = e.ok()?;
+                Some((e.metadata().ok()?.modified().ok()?, e.path()))
+            })
+            .collect();
+        kept.sort();
+        let over = kept.len().saturating_sub(SENT_KEPT);
+        for (_, p) in kept.into_iter().take(over) {
+            if p != name {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+
     fn file(&mut self, entry: u32) -> Result<&File, SourceError> {
         if self.open.as_ref().is_none_or(|(e, _)| *e != entry) {
             let path = self
@@ -213,7 +317,58 @@ impl ChunkSource for Sender {
             }
             out.write_all(&buf[..n]).map_err(SourceError::Manifest)?;
         }
+        self.remember_sent();
         Ok(self.scan.trailer.root)
+    }
+
+    fn manifest_delta(
+        &mut self,
+        base: &ManifestId,
+        out: &mut dyn Write,
+    ) -> Result<Option<ManifestId>, SourceError> {
+        let path = self.sent_dir().join(format!("{}.manifest", base.to_hex()));
+        let Ok(b) = File::open(&path) else {
+            return Ok(None);
+        };
+        // Encoded aside first: a damaged base must cost a whole manifest,
+        // not a round (nothing reaches `out` until the delta is complete).
+        let tmp = self.sent_dir().join("delta.tmp");
+        let encoded = File::create(&tmp).and_then(|f| {
+            let n = File::open(&self.scan.manifest)?;
+            crate::manifest_delta::encode(
+                base,
+                BufReader::with_capacity(256 * 1024, b),
+                BufReader::with_capacity(256 * 1024, n),
+                io::BufWriter::with_capacity(256 * 1024, f),
+            )
+            .map_err(|e| io::Error::other(e.to_string()))
+        });
+        let st = match encoded {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::warn!(
+                    "manifest delta against {}: {e}; sending it whole",
+                    path.display()
+                );
+                let _ = std::fs::remove_file(&tmp);
+                return Ok(None);
+            }
+        };
+        let copied = File::open(&tmp).and_then(|mut f| io::copy(&mut f, out));
+        let _ = std::fs::remove_file(&tmp);
+        copied.map_err(SourceError::Manifest)?;
+        tracing::debug!(
+            "manifest sent as a delta: {} bytes ({} records copied, {} sent)",
+            st.delta_bytes,
+            st.copied,
+            st.literal_records
+        );
+        self.remember_sent();
+        Ok(Some(self.scan.trailer.root))
+    }
+
+    fn root_hint(&self) -> Option<ManifestId> {
+        Some(self.scan.trailer.root)
     }
 
     fn fetch(&mut self, wants: &[Want], sink: &mut Sink<'_>) -> Result<(), SourceError> {

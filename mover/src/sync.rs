@@ -178,6 +178,13 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
+    // Check the destination while the source scans: an unchanged round then
+    // costs the longer of the two walks, not their sum.
+    let scrub = opts.verify == Verify::All;
+    let mut check = Some({
+        let (dst, state) = (dst.clone(), state.clone());
+        std::thread::spawn(move || Receiver::open(&dst, &state)?.intact(scrub))
+    });
     let mut attempt = 0;
     loop {
         opts.progress.event(&Progress::Phase {
@@ -199,7 +206,12 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
             stats.skipped.push(s.clone());
         }
         let scan_stats = sender.stats().clone();
-        match rx.run_round(&mut sender, &ropts) {
+        // A panicked check only means no head start: the round checks itself.
+        let intact = match check.take().map(|h| h.join()) {
+            Some(Ok(r)) => r?,
+            _ => None,
+        };
+        match rx.run_round_checked(&mut sender, &ropts, intact) {
             Ok(r) => {
                 stats.absorb(&scan_stats, r);
                 break;

@@ -160,12 +160,15 @@ fn unchanged_round_reads_nothing_and_fetches_nothing() {
     build_matrix(&src);
     // Age the tree past the racy window so the stat cache can vouch for it.
     age_tree(&src);
-    run(t.path(), &src, &dst);
+    let first = run(t.path(), &src, &dst);
     let s = run(t.path(), &src, &dst);
     assert_same_tree(&src, &dst);
     assert_eq!(s.bytes_hashed, 0, "{s:#?}");
     assert_eq!(s.chunks_new, 0);
     assert_eq!(s.bytes_written, 0);
+    // The counts of the round it kept.
+    assert_eq!(s.manifest_root, first.manifest_root);
+    assert_eq!(s.chunks_total, first.chunks_total);
 }
 
 /// Waits out the racy-timestamp window (ctime cannot be set back).

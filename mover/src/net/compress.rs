@@ -82,7 +82,8 @@ impl ChunkCodec {
     }
 
     /// Decodes a payload into `out`: at most `expected` bytes (fewer when the
-    /// source file shrank; the receiver's id check catches that).
+    /// source file shrank; the receiver's id check catches that). A patch
+    /// codec decodes to the patch itself (the caller applies it).
     pub fn decode(
         &mut self,
         codec: Codec,
@@ -92,7 +93,7 @@ impl ChunkCodec {
     ) -> Result<(), CompressError> {
         out.clear();
         match codec {
-            Codec::Raw => {
+            Codec::Raw | Codec::Patch => {
                 if data.len() > expected as usize {
                     return Err(CompressError::Length {
                         got: data.len(),
@@ -101,7 +102,7 @@ impl ChunkCodec {
                 }
                 out.extend_from_slice(data);
             }
-            Codec::Zstd => {
+            Codec::Zstd | Codec::PatchZstd => {
                 if !self.enabled {
                     return Err(CompressError::NotNegotiated);
                 }

@@ -87,7 +87,9 @@ impl<S: Read + Write> Conn<S> {
             min_version: PROTOCOL_VERSION,
             max_version: PROTOCOL_VERSION,
             node: opts.node.clone(),
-            features: if opts.zstd { feature::ZSTD } else { 0 },
+            features: feature::MANIFEST_DELTA
+                | feature::CHUNK_PATCH
+                | if opts.zstd { feature::ZSTD } else { 0 },
         };
         let mut head = Vec::new();
         let mut scratch = Vec::new();
@@ -124,6 +126,16 @@ impl<S: Read + Write> Conn<S> {
             peer,
             codec: ChunkCodec::new(zstd),
         })
+    }
+
+    /// Whether the peer takes `FetchPatched` (chunk patches).
+    pub fn chunk_patch(&self) -> bool {
+        self.peer.features & feature::CHUNK_PATCH != 0
+    }
+
+    /// Whether the peer takes `GetManifestSince` (manifest deltas).
+    pub fn manifest_delta(&self) -> bool {
+        self.peer.features & feature::MANIFEST_DELTA != 0
     }
 
     /// The peer's `Hello` (its node name is for logs: identity is the TLS certificate).
@@ -166,7 +178,22 @@ impl<S: Read + Write> Conn<S> {
     /// Sends one chunk reply, compressed when negotiated and worth it, without
     /// copying the data into a `Message`.
     pub fn send_chunk(&mut self, index: u32, raw: &[u8]) -> Result<(), ConnError> {
+        self.send_payload(index, raw, false)
+    }
+
+    /// Sends a chunk reply that is a patch (see `patch`), compressed when
+    /// negotiated and worth it.
+    pub fn send_patch(&mut self, index: u32, patch: &[u8]) -> Result<(), ConnError> {
+        self.send_payload(index, patch, true)
+    }
+
+    fn send_payload(&mut self, index: u32, raw: &[u8], patch: bool) -> Result<(), ConnError> {
         let (codec, wire) = self.codec.encode(raw)?;
+        let codec = match (patch, codec) {
+            (true, Codec::Zstd) => Codec::PatchZstd,
+            (true, _) => Codec::Patch,
+            (false, c) => c,
+        };
         self.head.clear();
         let header = ChunkHeader { index, codec };
         let h = postcard::to_stdvec(&header).map_err(|source| MessageError::Encode {

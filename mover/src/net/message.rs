@@ -27,6 +27,12 @@ pub const MAX_NAME_LEN: usize = 1024;
 pub mod feature {
     /// Chunk payloads may be zstd-compressed.
     pub const ZSTD: u32 = 1;
+    /// The manifest may travel as a delta against one the receiver holds
+    /// (`GetManifestSince` / `ManifestDelta`).
+    pub const MANIFEST_DELTA: u32 = 2;
+    /// Wants may carry block sums of the receiver's previous bytes
+    /// (`FetchPatched`), answered with chunk patches (see `patch`).
+    pub const CHUNK_PATCH: u32 = 4;
 }
 
 /// First message each way after TLS is up.
@@ -71,11 +77,23 @@ pub struct WireWant {
     pub id: [u8; 32],
 }
 
+/// A want with the sums of the receiver's previous version of its range
+/// (empty: it has none; the chunk comes whole).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchWant {
+    pub want: WireWant,
+    pub sums: Vec<super::patch::BlockSum>,
+}
+
 /// How a chunk payload is encoded on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Codec {
     Raw,
     Zstd,
+    /// A patch against the receiver's previous bytes (`FetchPatched` only).
+    Patch,
+    /// A zstd-compressed patch.
+    PatchZstd,
 }
 
 /// Header of a chunk reply: which want of the current batch it answers. The
@@ -148,11 +166,22 @@ pub enum Message {
     /// Receiver -> sender: stream this round's manifest.
     GetManifest,
     ManifestData(Vec<u8>),
+    /// Receiver -> sender: stream this round's manifest, as a delta against
+    /// the manifest with root `base` if the sender still has it (answered
+    /// with `ManifestDelta` frames), else whole (`ManifestData`).
+    GetManifestSince {
+        base: [u8; 32],
+    },
+    /// A piece of a manifest delta (see `manifest_delta`).
+    ManifestDelta(Vec<u8>),
     /// End of the manifest, with the root the sender computed.
     ManifestEnd {
         root: [u8; 32],
     },
     Fetch(Vec<WireWant>),
+    /// `Fetch` with block sums for wants the receiver holds an older version
+    /// of: those may be answered with patches.
+    FetchPatched(Vec<PatchWant>),
     Chunk {
         header: ChunkHeader,
         data: Vec<u8>,
@@ -180,6 +209,9 @@ mod kind {
     pub const FETCH_END: u8 = 11;
     pub const ROUND_DONE: u8 = 12;
     pub const BYE: u8 = 13;
+    pub const GET_MANIFEST_SINCE: u8 = 14;
+    pub const MANIFEST_DELTA: u8 = 15;
+    pub const FETCH_PATCHED: u8 = 16;
 }
 
 /// Errors while decoding or encoding a message.
@@ -220,8 +252,11 @@ impl Message {
             Message::StartRound(_) => "StartRound",
             Message::GetManifest => "GetManifest",
             Message::ManifestData(_) => "ManifestData",
+            Message::GetManifestSince { .. } => "GetManifestSince",
+            Message::ManifestDelta(_) => "ManifestDelta",
             Message::ManifestEnd { .. } => "ManifestEnd",
             Message::Fetch(_) => "Fetch",
+            Message::FetchPatched(_) => "FetchPatched",
             Message::Chunk { .. } => "Chunk",
             Message::FetchEnd => "FetchEnd",
             Message::RoundDone(_) => "RoundDone",
@@ -241,12 +276,20 @@ impl Message {
             Message::StartRound(r) => put(head, "StartRound", r).map(|_| kind::START_ROUND)?,
             Message::GetManifest => kind::GET_MANIFEST,
             Message::ManifestData(b) => return Ok((kind::MANIFEST_DATA, Some(b))),
+            Message::GetManifestSince { base } => {
+                put(head, "GetManifestSince", base).map(|_| kind::GET_MANIFEST_SINCE)?
+            }
+            Message::ManifestDelta(b) => return Ok((kind::MANIFEST_DELTA, Some(b))),
             Message::ManifestEnd { root } => {
                 put(head, "ManifestEnd", root).map(|_| kind::MANIFEST_END)?
             }
             Message::Fetch(w) => {
                 check_wants(w)?;
                 put(head, "Fetch", w).map(|_| kind::FETCH)?
+            }
+            Message::FetchPatched(w) => {
+                check_patch_wants(w)?;
+                put(head, "FetchPatched", w).map(|_| kind::FETCH_PATCHED)?
             }
             Message::Chunk { header, data } => {
                 put(head, "Chunk", header)?;
@@ -277,6 +320,10 @@ impl Message {
             }
             kind::GET_MANIFEST => empty(body, "GetManifest", Message::GetManifest)?,
             kind::MANIFEST_DATA => Message::ManifestData(body.to_vec()),
+            kind::GET_MANIFEST_SINCE => Message::GetManifestSince {
+                base: take_all(body, "GetManifestSince")?,
+            },
+            kind::MANIFEST_DELTA => Message::ManifestDelta(body.to_vec()),
             kind::MANIFEST_END => Message::ManifestEnd {
                 root: take_all(body, "ManifestEnd")?,
             },
@@ -284,6 +331,11 @@ impl Message {
                 let w: Vec<WireWant> = take_all(body, "Fetch")?;
                 check_wants(&w)?;
                 Message::Fetch(w)
+            }
+            kind::FETCH_PATCHED => {
+                let w: Vec<PatchWant> = take_all(body, "FetchPatched")?;
+                check_patch_wants(&w)?;
+                Message::FetchPatched(w)
             }
             kind::CHUNK => {
                 let (header, rest): (ChunkHeader, &[u8]) = postcard::take_from_bytes(body)
@@ -350,6 +402,17 @@ fn check_wants(w: &[WireWant]) -> Result<(), MessageError> {
     Ok(())
 }
 
+fn check_patch_wants(w: &[PatchWant]) -> Result<(), MessageError> {
+    check_len("wants per batch", w.len(), MAX_WANTS_PER_BATCH)?;
+    for p in w {
+        check_len("want length", p.want.len as usize, MAX_CHUNK_LEN as usize)?;
+        // One sum per block of the want, at most.
+        let blocks = super::patch::blocks(p.want.offset, p.want.len as usize);
+        check_len("block sums of a want", p.sums.len(), blocks)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +460,17 @@ mod tests {
             }),
             Message::GetManifest,
             Message::ManifestData(vec![0, 1, 2]),
+            Message::GetManifestSince { base: [9; 32] },
+            Message::FetchPatched(vec![PatchWant {
+                want: WireWant {
+                    entry: 1,
+                    offset: 8192,
+                    len: 16384,
+                    id: [4; 32],
+                },
+                sums: vec![[1; 8], [2; 8]],
+            }]),
+            Message::ManifestDelta(vec![3, 4]),
             Message::ManifestEnd { root: [4; 32] },
             Message::Fetch(vec![want(4096), want(1)]),
             Message::Chunk {

@@ -4,6 +4,8 @@
 //! - `frame`: length-prefixed frames with a hard size limit.
 //! - `message`: the protocol's messages, strictly decoded.
 //! - `compress`: optional zstd per chunk, bounded decompression.
+//! - `patch`: a chunk sent as the 4 KiB blocks that differ from the receiver's
+//!   previous version of the same range.
 //! - `bwlimit`: one token bucket per process, charged by every socket.
 //! - `identity`: the cluster CA and node certificates (rcgen).
 //! - `tls`: rustls mutual-TLS configurations.
@@ -26,6 +28,7 @@ pub mod frame;
 pub mod identity;
 pub mod message;
 pub mod netsource;
+pub mod patch;
 pub mod peer;
 pub mod rounds;
 pub mod serve;

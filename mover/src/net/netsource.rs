@@ -3,14 +3,17 @@
 //! messages and checks every answer (order, index, length, limits) before the
 //! receiver sees a byte. The receiver then verifies each chunk's id itself.
 
-use std::io::Write;
+use std::fs::File;
+use std::io::{BufReader, Write};
 
 use super::conn::{Conn, ConnError};
-use super::message::{MAX_CHUNK_LEN, MAX_WANTS_PER_BATCH, Message, WireWant};
+use super::message::{Codec, MAX_CHUNK_LEN, MAX_WANTS_PER_BATCH, Message, PatchWant, WireWant};
+use super::patch;
 use super::serve::{BoxError, ChunkSink};
 use super::stream::BoxStream;
 use crate::chunk::ChunkId;
-use crate::source::{ChunkSource, SourceError, Want};
+use crate::manifest_delta::DeltaApplier;
+use crate::source::{ChunkSource, ManifestBase, SourceError, Want};
 
 /// Chunk bytes asked for per `Fetch`: one request-response per 16 MiB keeps
 /// the link busy (a 100 Mbit/s link needs 1.3 s for it, against a sub-ms
@@ -35,6 +38,8 @@ pub enum NetSourceError {
     ShortBatch { answered: usize, asked: usize },
     #[error("want {index} asks for {len} bytes, over the protocol limit")]
     WantTooLong { index: usize, len: u32 },
+    #[error("peer sent a patch for want {index}, which has no base")]
+    UnaskedPatch { index: usize },
     #[error("receiver stopped the fetch: {0}")]
     Sink(BoxError),
 }
@@ -62,10 +67,49 @@ impl ChunkSource for NetSource<'_> {
         Ok(ChunkId(self.receive_manifest(out)?))
     }
 
+    fn manifest_since(
+        &mut self,
+        base: &ManifestBase,
+        out: &mut dyn Write,
+    ) -> Result<Option<ChunkId>, SourceError> {
+        if !self.conn.manifest_delta() {
+            return Ok(None);
+        }
+        self.conn
+            .send(&Message::GetManifestSince { base: base.root.0 })
+            .map_err(NetSourceError::from)?;
+        Ok(Some(ChunkId(self.read_manifest(out, Some(base))?)))
+    }
+
     fn fetch(&mut self, wants: &[Want], sink: &mut ChunkSink<'_>) -> Result<(), SourceError> {
         let wire: Vec<WireWant> = wants.iter().map(WireWant::from).collect();
         Ok(self.fetch_wire(&wire, sink)?)
     }
+
+    fn fetch_with_bases(
+        &mut self,
+        wants: &[Want],
+        bases: &[Option<Vec<u8>>],
+        sink: &mut ChunkSink<'_>,
+    ) -> Result<(), SourceError> {
+        let wire: Vec<WireWant> = wants.iter().map(WireWant::from).collect();
+        if !self.conn.chunk_patch() || bases.iter().all(Option::is_none) {
+            return Ok(self.fetch_wire(&wire, sink)?);
+        }
+        Ok(self.fetch_patched(&wire, bases, sink)?)
+    }
+}
+
+/// A patched fetch's state: the receiver's previous bytes per want, and the
+/// wants whose patch did not rebuild (to fetch again whole).
+type Patching<'a> = (&'a [Option<Vec<u8>>], &'a mut Vec<usize>);
+
+/// Where received manifest frames go.
+enum ManifestSink<'o> {
+    Whole(&'o mut dyn Write),
+    Delta(DeltaApplier<BufReader<File>, &'o mut dyn Write>),
+    /// A delta that failed to apply: the rest is drained unread.
+    Broken,
 }
 
 /// The remote source of one round, on the acceptor (receiving) side.
@@ -109,23 +153,86 @@ impl<'c> NetSource<'c> {
     /// (the manifest reader checks it against the bytes).
     pub fn receive_manifest(&mut self, out: &mut dyn Write) -> Result<[u8; 32], NetSourceError> {
         self.conn.send(&Message::GetManifest)?;
+        self.read_manifest(out, None)
+    }
+
+    /// Reads `ManifestData` (whole) or `ManifestDelta` (against `base`)
+    /// frames up to `ManifestEnd`. A delta that does not apply is drained
+    /// and left incomplete in `out`: the receiver's validation then fails
+    /// and it asks for the manifest whole.
+    fn read_manifest(
+        &mut self,
+        out: &mut dyn Write,
+        base: Option<&ManifestBase>,
+    ) -> Result<[u8; 32], NetSourceError> {
+        let mut sink = ManifestSink::Whole(out);
         let mut total = 0u64;
         loop {
-            match self.conn.recv()? {
-                Message::ManifestData(d) => {
-                    total += d.len() as u64;
-                    if total > self.max_manifest {
-                        return Err(NetSourceError::ManifestTooLarge {
-                            max: self.max_manifest,
-                        });
+            let (delta, d) = match self.conn.recv()? {
+                Message::ManifestData(d) => (false, d),
+                Message::ManifestDelta(d) => (true, d),
+                Message::ManifestEnd { root } => {
+                    if let ManifestSink::Delta(a) = sink
+                        && let Err(e) = a.finish()
+                    {
+                        tracing::warn!("peer's manifest delta does not apply: {e}");
                     }
-                    out.write_all(&d).map_err(NetSourceError::ManifestWrite)?;
+                    return Ok(root);
                 }
-                Message::ManifestEnd { root } => return Ok(root),
                 other => {
                     return Err(ConnError::Unexpected {
-                        expected: "ManifestData or ManifestEnd",
+                        expected: "ManifestData, ManifestDelta or ManifestEnd",
                         got: other.name(),
+                    }
+                    .into());
+                }
+            };
+            let first = total == 0;
+            total += d.len() as u64;
+            if total > self.max_manifest {
+                return Err(NetSourceError::ManifestTooLarge {
+                    max: self.max_manifest,
+                });
+            }
+            if delta
+                && first
+                && let Some(b) = base
+            {
+                sink = match sink {
+                    ManifestSink::Whole(w) => match File::open(&b.path) {
+                        Ok(f) => ManifestSink::Delta(DeltaApplier::new(
+                            BufReader::with_capacity(256 * 1024, f),
+                            b.root,
+                            w,
+                            self.max_manifest,
+                        )),
+                        Err(e) => {
+                            tracing::warn!("opening our manifest delta base: {e}");
+                            ManifestSink::Broken
+                        }
+                    },
+                    other => other,
+                };
+            }
+            match (&mut sink, delta) {
+                (ManifestSink::Whole(w), false) => {
+                    w.write_all(&d).map_err(NetSourceError::ManifestWrite)?;
+                }
+                (ManifestSink::Delta(a), true) => {
+                    if let Err(e) = a.write_all(&d) {
+                        tracing::warn!("peer's manifest delta does not apply: {e}");
+                        sink = ManifestSink::Broken;
+                    }
+                }
+                (ManifestSink::Broken, _) => {}
+                (_, delta) => {
+                    return Err(ConnError::Unexpected {
+                        expected: "one kind of manifest frame",
+                        got: if delta {
+                            "ManifestDelta"
+                        } else {
+                            "ManifestData"
+                        },
                     }
                     .into());
                 }
@@ -138,6 +245,38 @@ impl<'c> NetSource<'c> {
     pub fn fetch_wire(
         &mut self,
         wants: &[WireWant],
+        sink: &mut ChunkSink<'_>,
+    ) -> Result<(), NetSourceError> {
+        self.fetch_batches(wants, None, sink)
+    }
+
+    /// [`NetSource::fetch_wire`] with the receiver's previous bytes for some
+    /// wants: those may come as patches, rebuilt and checked against their
+    /// ids here. One that does not rebuild (a stale base, a hash collision)
+    /// is fetched again whole after the others, so `sink` sees it late.
+    pub fn fetch_patched(
+        &mut self,
+        wants: &[WireWant],
+        bases: &[Option<Vec<u8>>],
+        sink: &mut ChunkSink<'_>,
+    ) -> Result<(), NetSourceError> {
+        let mut redo = Vec::new();
+        self.fetch_batches(wants, Some((bases, &mut redo)), sink)?;
+        if redo.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(
+            "{} patched chunks did not rebuild; fetching them whole",
+            redo.len()
+        );
+        let again: Vec<WireWant> = redo.iter().map(|&i| wants[i]).collect();
+        self.fetch_batches(&again, None, &mut |k, data| sink(redo[k], data))
+    }
+
+    fn fetch_batches(
+        &mut self,
+        wants: &[WireWant],
+        mut bases: Option<Patching<'_>>,
         sink: &mut ChunkSink<'_>,
     ) -> Result<(), NetSourceError> {
         if let Some((index, w)) = wants
@@ -155,7 +294,10 @@ impl<'c> NetSource<'c> {
                 bytes += u64::from(wants[end].len);
                 end += 1;
             }
-            self.batch(start, &wants[start..end], sink)?;
+            let patched = bases
+                .as_mut()
+                .map(|(b, redo)| (&b[start..end], &mut **redo));
+            self.batch(start, &wants[start..end], patched, sink)?;
             start = end;
         }
         Ok(())
@@ -165,10 +307,28 @@ impl<'c> NetSource<'c> {
         &mut self,
         base: usize,
         batch: &[WireWant],
+        mut patched: Option<Patching<'_>>,
         sink: &mut ChunkSink<'_>,
     ) -> Result<(), NetSourceError> {
-        self.conn.send(&Message::Fetch(batch.to_vec()))?;
+        match &patched {
+            Some((olds, _)) => {
+                let pw = batch
+                    .iter()
+                    .zip(olds.iter())
+                    .map(|(w, old)| PatchWant {
+                        want: *w,
+                        sums: old
+                            .as_deref()
+                            .map(|o| patch::block_sums(o, w.offset))
+                            .unwrap_or_default(),
+                    })
+                    .collect();
+                self.conn.send(&Message::FetchPatched(pw))?;
+            }
+            None => self.conn.send(&Message::Fetch(batch.to_vec()))?,
+        }
         let mut next = 0usize;
+        let mut pbuf = Vec::new();
         loop {
             match self.conn.recv()? {
                 Message::Chunk { header, data } => {
@@ -179,18 +339,57 @@ impl<'c> NetSource<'c> {
                             got,
                         });
                     }
+                    let want = batch[next];
+                    let is_patch = matches!(header.codec, Codec::Patch | Codec::PatchZstd);
+                    let old = match (&patched, is_patch) {
+                        (Some((olds, _)), true) => match &olds[next] {
+                            Some(o) => Some(o),
+                            None => return Err(NetSourceError::UnaskedPatch { index: next }),
+                        },
+                        (None, true) => return Err(NetSourceError::UnaskedPatch { index: next }),
+                        _ => None,
+                    };
                     let mut buf = std::mem::take(&mut self.buf);
-                    let r = self
-                        .conn
-                        .decode_chunk(header.codec, &data, batch[next].len, &mut buf);
-                    if let Err(e) = r {
-                        self.buf = buf;
-                        return Err(e.into());
-                    }
-                    self.bytes_fetched += buf.len() as u64;
-                    let r = sink(base + next, &buf);
+                    let r = match old {
+                        Some(old) => {
+                            let limit = patch::max_len(want.offset, want.len as usize) as u32;
+                            self.conn
+                                .decode_chunk(header.codec, &data, limit, &mut pbuf)
+                                .map(|()| {
+                                    patch::apply(
+                                        old,
+                                        &pbuf,
+                                        want.offset,
+                                        want.len as usize,
+                                        &mut buf,
+                                    )
+                                    .is_ok()
+                                        && ChunkId::of(&buf).0 == want.id
+                                })
+                        }
+                        None => self
+                            .conn
+                            .decode_chunk(header.codec, &data, want.len, &mut buf)
+                            .map(|()| true),
+                    };
+                    let rebuilt = match r {
+                        Ok(ok) => ok,
+                        Err(e) => {
+                            self.buf = buf;
+                            return Err(e.into());
+                        }
+                    };
+                    let r = if rebuilt {
+                        self.bytes_fetched += buf.len() as u64;
+                        sink(base + next, &buf).map_err(NetSourceError::Sink)
+                    } else {
+                        if let Some((_, redo)) = patched.as_mut() {
+                            redo.push(base + next);
+                        }
+                        Ok(())
+                    };
                     self.buf = buf;
-                    r.map_err(NetSourceError::Sink)?;
+                    r?;
                     next += 1;
                 }
                 Message::FetchEnd => {
@@ -251,6 +450,82 @@ mod tests {
         assert!(sink.len() <= 1 << 20);
         drop(rx);
         t.join().unwrap();
+    }
+
+    fn want(data: &[u8]) -> WireWant {
+        WireWant {
+            entry: 0,
+            offset: 0,
+            len: data.len() as u32,
+            id: ChunkId::of(data).0,
+        }
+    }
+
+    #[test]
+    fn a_patch_that_does_not_rebuild_is_fetched_again_whole() {
+        let (mut rx, mut tx) = pair();
+        let old = vec![7u8; 3 * patch::BLOCK];
+        let mut new0 = old.clone();
+        new0[5000] = 1;
+        let new1 = vec![9u8; 1000];
+        let wants = [want(&new0), want(&new1)];
+        let t = std::thread::spawn(move || {
+            let Message::FetchPatched(pw) = tx.recv().unwrap() else {
+                panic!("expected FetchPatched")
+            };
+            assert_eq!(pw[0].sums.len(), 3);
+            assert!(pw[1].sums.is_empty());
+            // A patch that applies but yields other bytes (a stale base).
+            let mut bogus = new0.clone();
+            bogus[5001] = 2;
+            let mut p = Vec::new();
+            assert!(patch::encode(&bogus, 0, &pw[0].sums, &mut p));
+            tx.send_patch(0, &p).unwrap();
+            tx.send_chunk(1, &new1).unwrap();
+            tx.send(&Message::FetchEnd).unwrap();
+            let Message::Fetch(again) = tx.recv().unwrap() else {
+                panic!("expected Fetch")
+            };
+            assert_eq!(again.len(), 1);
+            assert_eq!(again[0].id, ChunkId::of(&new0).0);
+            tx.send_chunk(0, &new0).unwrap();
+            tx.send(&Message::FetchEnd).unwrap();
+            tx
+        });
+        let mut src = NetSource::new(&mut rx);
+        let mut got = Vec::new();
+        src.fetch_patched(&wants, &[Some(old), None], &mut |i, d| {
+            got.push((i, d.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        let new0 = ChunkId::of(&got[1].1);
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0, got[1].0), (1, 0));
+        assert_eq!(new0.0, wants[0].id);
+        drop(t.join().unwrap());
+    }
+
+    #[test]
+    fn a_patch_for_a_want_without_base_is_refused() {
+        let (mut rx, mut tx) = pair();
+        let data = vec![3u8; 100];
+        let wants = [want(&data), want(&data)];
+        let t = std::thread::spawn(move || {
+            let _ = tx.recv().unwrap();
+            tx.send_chunk(0, &data).unwrap();
+            tx.send_patch(1, &[1, 2, 3]).unwrap();
+            tx
+        });
+        let mut src = NetSource::new(&mut rx);
+        let err = src
+            .fetch_patched(&wants, &[Some(vec![3u8; 100]), None], &mut |_, _| Ok(()))
+            .unwrap_err();
+        assert!(
+            matches!(err, NetSourceError::UnaskedPatch { index: 1 }),
+            "{err}"
+        );
+        drop(t.join().unwrap());
     }
 
     #[test]

@@ -33,7 +33,8 @@ pub fn receive_round(
     Ok(summary(&stats, t.elapsed()))
 }
 
-fn summary(s: &RoundStats, took: Duration) -> RoundSummary {
+/// The summary a receiver sends back for a round it ran.
+pub fn summary(s: &RoundStats, took: Duration) -> RoundSummary {
     let mut root = [0u8; 32];
     if let Some(bytes) = hex32(&s.root) {
         root = bytes;

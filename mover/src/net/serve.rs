@@ -6,6 +6,7 @@ use std::io::{self, Write};
 
 use super::conn::{Conn, ConnError};
 use super::message::{ErrorCode, Message, RoundRequest, RoundSummary, WireWant};
+use super::patch::{self, BlockSum};
 use super::stream::BoxStream;
 use crate::chunk::ChunkId;
 use crate::source::{ChunkSource, SourceError, Want};
@@ -69,6 +70,8 @@ pub enum ServeEvent {
 /// Writes manifest bytes as `ManifestData` frames.
 struct ManifestFrames<'a> {
     conn: &'a mut Conn<BoxStream>,
+    /// `ManifestDelta` frames, else `ManifestData`.
+    delta: bool,
     buf: Vec<u8>,
     sent: u64,
     failed: Option<ConnError>,
@@ -81,7 +84,12 @@ impl ManifestFrames<'_> {
         }
         let data = std::mem::take(&mut self.buf);
         self.sent += data.len() as u64;
-        let r = self.conn.send(&Message::ManifestData(data));
+        let m = if self.delta {
+            Message::ManifestDelta(data)
+        } else {
+            Message::ManifestData(data)
+        };
+        let r = self.conn.send(&m);
         self.buf = Vec::with_capacity(MANIFEST_PIECE);
         r.map_err(|e| {
             let msg = e.to_string();
@@ -105,6 +113,106 @@ impl Write for ManifestFrames<'_> {
     }
 }
 
+/// Streams the manifest: as a delta against `base` when the source still has
+/// it, else whole; then `ManifestEnd`.
+fn send_manifest(
+    conn: &mut Conn<BoxStream>,
+    source: &mut dyn ChunkSource,
+    base: Option<ChunkId>,
+    progress: &mut dyn FnMut(ServeEvent),
+) -> Result<(), ServeError> {
+    let mut sent = 0;
+    let mut root = None;
+    for delta in [true, false] {
+        if delta && base.is_none() {
+            continue;
+        }
+        let mut w = ManifestFrames {
+            conn: &mut *conn,
+            delta,
+            buf: Vec::with_capacity(MANIFEST_PIECE),
+            sent: 0,
+            failed: None,
+        };
+        let r = match base {
+            Some(b) if delta => source.manifest_delta(&b, &mut w),
+            _ => source.manifest(&mut w).map(Some),
+        }
+        .and_then(|r| {
+            w.flush().map_err(SourceError::Manifest)?;
+            Ok(r)
+        });
+        sent += w.sent;
+        if let Some(e) = w.failed.take() {
+            return Err(e.into());
+        }
+        match r {
+            Ok(Some(r)) => {
+                root = Some(r);
+                break;
+            }
+            // No such base here: nothing was written, send it whole.
+            Ok(None) => {}
+            Err(e) => {
+                conn.send_error(ErrorCode::Transient, format!("source manifest: {e}"));
+                return Err(ServeError::Source(e));
+            }
+        }
+    }
+    let root = root.expect("the whole manifest is always sent or fails");
+    progress(ServeEvent::ManifestSent { bytes: sent });
+    conn.send(&Message::ManifestEnd { root: root.0 })?;
+    Ok(())
+}
+
+/// Answers one fetch: every want's bytes, in order, then `FetchEnd`. A want
+/// with block sums of the receiver's older bytes goes as a patch when that
+/// saves enough.
+fn serve_fetch(
+    conn: &mut Conn<BoxStream>,
+    source: &mut dyn ChunkSource,
+    wants: &[Want],
+    sums: &[Vec<BlockSum>],
+    progress: &mut dyn FnMut(ServeEvent),
+) -> Result<(), ServeError> {
+    let mut link: Option<ConnError> = None;
+    let mut p = Vec::new();
+    let r = source.fetch(wants, &mut |i, data| {
+        // i < wants.len() <= MAX_WANTS_PER_BATCH, fits u32.
+        let s = sums.get(i).map_or(&[][..], |s| &s[..]);
+        let patched = !s.is_empty()
+            && data.len() == wants[i].len as usize
+            && patch::encode(data, wants[i].offset, s, &mut p);
+        let sent = if patched {
+            conn.send_patch(i as u32, &p)
+        } else {
+            conn.send_chunk(i as u32, data)
+        };
+        match sent {
+            Ok(()) => {
+                progress(ServeEvent::ChunkSent {
+                    bytes: data.len() as u64,
+                });
+                Ok(())
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                link = Some(e);
+                Err(msg.into())
+            }
+        }
+    });
+    if let Some(e) = link {
+        return Err(e.into());
+    }
+    if let Err(e) = r {
+        conn.send_error(ErrorCode::Transient, format!("source read: {e}"));
+        return Err(ServeError::Source(e));
+    }
+    conn.send(&Message::FetchEnd)?;
+    Ok(())
+}
+
 /// Asks the acceptor to receive a round, then serves it. Returns the
 /// receiver's summary.
 pub fn push_round(
@@ -116,64 +224,24 @@ pub fn push_round(
     conn.send(&Message::StartRound(req.clone()))?;
     loop {
         match conn.recv()? {
-            Message::GetManifest => {
-                let mut w = ManifestFrames {
-                    conn: &mut *conn,
-                    buf: Vec::with_capacity(MANIFEST_PIECE),
-                    sent: 0,
-                    failed: None,
-                };
-                let root = source.manifest(&mut w).and_then(|r| {
-                    w.flush().map_err(SourceError::Manifest)?;
-                    Ok(r.0)
-                });
-                let sent = w.sent;
-                if let Some(e) = w.failed.take() {
-                    return Err(e.into());
-                }
-                let root = match root {
-                    Ok(r) => r,
-                    Err(e) => {
-                        conn.send_error(ErrorCode::Transient, format!("source manifest: {e}"));
-                        return Err(ServeError::Source(e));
-                    }
-                };
-                progress(ServeEvent::ManifestSent { bytes: sent });
-                conn.send(&Message::ManifestEnd { root })?;
+            Message::GetManifest => send_manifest(conn, source, None, progress)?,
+            Message::GetManifestSince { base } => {
+                send_manifest(conn, source, Some(ChunkId(base)), progress)?
             }
             Message::Fetch(wire) => {
                 let wants: Vec<Want> = wire.into_iter().map(Want::from).collect();
-                let mut link: Option<ConnError> = None;
-                let r = source.fetch(&wants, &mut |i, data| {
-                    // i < wants.len() <= MAX_WANTS_PER_BATCH, fits u32.
-                    match conn.send_chunk(i as u32, data) {
-                        Ok(()) => {
-                            progress(ServeEvent::ChunkSent {
-                                bytes: data.len() as u64,
-                            });
-                            Ok(())
-                        }
-                        Err(e) => {
-                            let msg = e.to_string();
-                            link = Some(e);
-                            Err(msg.into())
-                        }
-                    }
-                });
-                if let Some(e) = link {
-                    return Err(e.into());
-                }
-                if let Err(e) = r {
-                    conn.send_error(ErrorCode::Transient, format!("source read: {e}"));
-                    return Err(ServeError::Source(e));
-                }
-                conn.send(&Message::FetchEnd)?;
+                serve_fetch(conn, source, &wants, &[], progress)?;
+            }
+            Message::FetchPatched(pw) => {
+                let wants: Vec<Want> = pw.iter().map(|p| Want::from(p.want)).collect();
+                let sums: Vec<Vec<BlockSum>> = pw.into_iter().map(|p| p.sums).collect();
+                serve_fetch(conn, source, &wants, &sums, progress)?;
             }
             Message::RoundDone(summary) => return Ok(summary),
             other => {
                 conn.send_error(ErrorCode::Invalid, format!("unexpected {}", other.name()));
                 return Err(ConnError::Unexpected {
-                    expected: "GetManifest, Fetch or RoundDone",
+                    expected: "GetManifest(Since), Fetch(Patched) or RoundDone",
                     got: other.name(),
                 }
                 .into());
