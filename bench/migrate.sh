@@ -20,7 +20,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/daffe-target-net}
 # BUILD=dev reuses the test build (deps at -O2, hashing/chunking at -O3, our
 # code at -O1; see Cargo.toml) when a release build of the AWS SDK is too slow.
 BUILD=${BUILD:-release}
-# PUSH_WRAP prefixes daffe's sending command (e.g. "perf record -g -o F --").
+# PUSH_WRAP prefixes daffe's sending command (e.g. "perf record -g -o F --");
+# RECV_PERF=FILE records a system-wide perf profile of step 2.
 # STEPS="1 2" runs the rsync comparisons only (no daffe binary needed).
 # Step 1 keeps both destinations as they were after it in $W/r1; STEPS=2 alone
 # restores them from there (and refreshes daffe's source cache with an
@@ -96,7 +97,8 @@ PIDS+=($!)
 $NP init "$W/tls/a" hosta
 $NP issue "$W/tls/a" hostb "$W/tls/b"
 inB env ROUND_STATS=1 $NP receive $B:7451 "$W/tls/b" "$W/ours" 2> "$R/agent.log" &
-PIDS+=($!)
+AGENT=$!
+PIDS+=($AGENT)
 sleep 1
 
 run_daffe() { # round
@@ -132,7 +134,12 @@ if ! has 1; then
 fi
 python3 bench/mover_corpus.py mutate "$W/work"
 sleep 2
-drop; run_daffe 2
+drop
+# RECV_PERF=FILE profiles the machine during the incremental round (the
+# receiving agent is the pid in results/agent.pid).
+if [ -n "${RECV_PERF:-}" ]; then echo "$AGENT" > "$R/agent.pid"; perf record -a -g -o "$RECV_PERF" 2>/dev/null & PERF=$!; sleep 0.5; fi
+run_daffe 2
+if [ -n "${RECV_PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" || true; fi
 drop; run_rsync incr
 fi
 

@@ -377,6 +377,19 @@ impl Receiver {
                 return Ok(stats);
             }
         }
+        // 0. Which applied entries are still as we left them (their chunks
+        //    are local sources): checked on another thread while the manifest
+        //    arrives. On a cold cache the lstats of a big tree take as long
+        //    as everything else in planning. It only reads.
+        let pre = applied.map(|root| {
+            let (dest, state) = (self.dest.clone(), self.state.clone());
+            std::thread::spawn(move || {
+                let mut index = ChunkIndex::default();
+                let rx = Receiver::open(&dest, &state)?;
+                let v = rx.validity(Some(&root), Some(&mut index), scrub)?;
+                Ok::<_, ReceiveError>((v, index))
+            })
+        });
         // 1. The manifest, into the round dir (validated as we read it later;
         //    validated whole right now so a bad one never touches anything).
         let mtmp = self.state.join("incoming.manifest");
@@ -417,10 +430,20 @@ impl Receiver {
                 dest: self.dest.path().display().to_string(),
             });
         }
+        let (validity, mut index) = match pre.map(|h| h.join()) {
+            Some(Ok(r)) => r?,
+            // The checking thread panicked: check here (same code, same answer).
+            Some(Err(_)) => {
+                let mut index = ChunkIndex::default();
+                let v = self.validity(applied.as_ref(), Some(&mut index), scrub)?;
+                (v, index)
+            }
+            None => (self.validity(None, None, scrub)?, ChunkIndex::default()),
+        };
         // An unchanged round (same root, destination still as we left it)
         // ends here, before anything is written or synced: it only lstats.
         let same_root = applied == Some(new_root);
-        if same_root && self.validity(applied.as_ref(), None, scrub)?.all_valid {
+        if same_root && validity.all_valid {
             let _ = std::fs::remove_file(&mtmp);
             self.end_unchanged(&rd, opts)?;
             stats.entries = trailer.entries;
@@ -431,7 +454,8 @@ impl Receiver {
         //    manifest -> its durable chunks become seeds.
         let old_round = read_journal(&rd.join("journal"))?;
         let seed_dir = self.state.join("seed");
-        let mut index = ChunkIndex::default();
+        // Durable chunks of an interrupted round are set over the applied
+        // tree's locations (`set` replaces what `validity` added).
         let mut seeds: Vec<PathBuf> = Vec::new();
         let mut pack_len = 0u64;
         let resume = old_round.root == Some(new_root) && rd.join("manifest").exists();
@@ -473,10 +497,6 @@ impl Receiver {
             j.flush(true)?;
         }
         std::fs::rename(&mtmp, rd.join("manifest")).map_err(io_err(b"manifest"))?;
-
-        // 3. Which applied entries are still as we left them; their chunks
-        //    are local sources.
-        let validity = self.validity(applied.as_ref(), Some(&mut index), scrub)?;
 
         // 4. Plan, copy local chunks, fetch the rest.
         opts.progress.event(&Progress::Phase {
@@ -1957,20 +1977,32 @@ impl Planner<'_> {
         if refs.iter().all(Option::is_none) {
             return None;
         }
-        let mut open: Option<(Vec<u8>, File)> = None;
+        // Open each file once; ask the kernel for every range up front (one
+        // deep queue of reads instead of one cold random read at a time).
+        let mut files: HashMap<Vec<u8>, Option<File>> = HashMap::new();
+        for (r, w) in refs.iter().zip(wants) {
+            let Some((path, len)) = r else { continue };
+            let f = files.entry(path.clone()).or_insert_with(|| {
+                self.rx
+                    .open_dest(path, OFlags::RDONLY | OFlags::NOFOLLOW)
+                    .ok()
+                    .map(File::from)
+            });
+            if let Some(f) = f {
+                let _ = rustix::fs::fadvise(
+                    &*f,
+                    w.offset,
+                    std::num::NonZeroU64::new(u64::from(*len)),
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+        }
         let out = refs
             .into_iter()
             .zip(wants)
             .map(|(r, w)| {
                 let (path, len) = r?;
-                if open.as_ref().is_none_or(|(p, _)| *p != path) {
-                    let f = self
-                        .rx
-                        .open_dest(&path, OFlags::RDONLY | OFlags::NOFOLLOW)
-                        .ok()?;
-                    open = Some((path, File::from(f)));
-                }
-                let (_, f) = open.as_ref()?;
+                let f = files.get(&path)?.as_ref()?;
                 let mut buf = vec![0u8; len as usize];
                 f.read_exact_at(&mut buf, w.offset).ok()?;
                 Some(buf)
