@@ -50,6 +50,8 @@ cleanup() {
 trap cleanup EXIT
 inA() { nsenter --net=/var/run/netns/$NA -- "$@"; }
 inB() { nsenter --net=/var/run/netns/$NB -- "$@"; }
+# Background daemons are started with nsenter itself (not through inA/inB),
+# so that $! is the daemon (nsenter execs it) and cleanup can kill it.
 
 # The link: two namespaces, a veth pair, tbf on both ends (see tests/support/netns.rs).
 ip netns add $NA; ip netns add $NB
@@ -92,11 +94,11 @@ gid = root
 read only = false
 use chroot = false
 EOC
-inB rsync --daemon --no-detach --config="$W/rsyncd.conf" --address=$B --port=8730 --log-file="$R/rsyncd.log" &
+nsenter --net=/var/run/netns/$NB -- rsync --daemon --no-detach --config="$W/rsyncd.conf" --address=$B --port=8730 --log-file="$R/rsyncd.log" &
 PIDS+=($!)
 $NP init "$W/tls/a" hosta
 $NP issue "$W/tls/a" hostb "$W/tls/b"
-inB env ROUND_STATS=1 $NP receive $B:7451 "$W/tls/b" "$W/ours" 2> "$R/agent.log" &
+nsenter --net=/var/run/netns/$NB -- env ROUND_STATS=1 $NP receive $B:7451 "$W/tls/b" "$W/ours" 2> "$R/agent.log" &
 AGENT=$!
 PIDS+=($AGENT)
 sleep 1
@@ -150,12 +152,12 @@ rm -rf "$W/mig/a/"* "$W/mig/b/"*
 $DAFFE serve --socket "/run/docker/plugins/$PLUGIN.sock" --control-socket "$W/mig/a/control.sock" \
   --data-root "$W/mig/a/data" 2> "$R/serve-a.log" &
 PIDS+=($!)
-inB $DAFFE serve --socket "$W/mig/b/plugin.sock" --control-socket "$W/mig/b/control.sock" \
+nsenter --net=/var/run/netns/$NB -- $DAFFE serve --socket "$W/mig/b/plugin.sock" --control-socket "$W/mig/b/control.sock" \
   --data-root "$W/mig/b/data" 2> "$R/serve-b.log" &
 PIDS+=($!)
 $DAFFE agent init --dir "$W/mig/a/tls" --name hosta > /dev/null
 $DAFFE agent issue --ca-dir "$W/mig/a/tls" --name hostb --out "$W/mig/b/tls" > /dev/null
-inB $DAFFE agent --listen $B:7450 --name hostb --tls-dir "$W/mig/b/tls" \
+nsenter --net=/var/run/netns/$NB -- $DAFFE agent --listen $B:7450 --name hostb --tls-dir "$W/mig/b/tls" \
   --control-socket "$W/mig/b/control.sock" 2> "$R/agent-b.log" &
 PIDS+=($!)
 for _ in $(seq 100); do [ -S "$W/mig/a/control.sock" ] && [ -S "$W/mig/b/control.sock" ] && break; sleep 0.1; done
