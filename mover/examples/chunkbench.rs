@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use mover::chunk::{ChunkClass, ChunkId};
+use mover::chunk::{ChunkClass, chunk_segment};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -67,12 +67,11 @@ fn main() {
                 let chunker = class.chunker();
                 let t = Instant::now();
                 let cpu0 = thread_cpu();
-                let mut n = 0usize;
-                let mut x = 0u8;
-                for (o, l) in chunker.cuts(&data, true) {
-                    x ^= ChunkId::of(&data[o..o + l]).0[0];
-                    n += 1;
-                }
+                // The scanner's own chunk loop (`chunk_segment`), over one
+                // segment spanning the whole buffer.
+                let chunks = chunk_segment(&chunker, &data, 0, true);
+                let n = chunks.len();
+                let x = chunks.iter().fold(0u8, |x, c| x ^ c.id.0[0]);
                 let secs = t.elapsed().as_secs_f64();
                 let cpu = thread_cpu() - cpu0;
                 // Per core = per CPU-second of this thread: on a shared,

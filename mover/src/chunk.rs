@@ -2,15 +2,19 @@
 //! file) and the buffer-reusing chunk loops.
 //!
 //! Cut points come from fastcdc 5.0.0 `v2020` (normalisation level 1); ids are
-//! blake3 hashes. Everything here is pure: it works over slices or any `Read`.
-//! The golden vectors in the tests pin the cut points: a fastcdc upgrade that
-//! moves them fails a test instead of silently breaking dedup across rounds.
+//! blake3 hashes. Long inputs are cut as two halves at once ([`lockstep`]),
+//! with exactly the serial cut points. Everything here is pure: it works over
+//! slices or any `Read`. The golden vectors in the tests pin the cut points: a
+//! fastcdc upgrade that moves them fails a test instead of silently breaking
+//! dedup across rounds.
 
 use std::fmt;
 use std::io::{self, Read};
 
 use fastcdc::v2020::{self, Normalization};
 use serde::{Deserialize, Serialize};
+
+mod lockstep;
 
 /// The chunker recorded in every manifest header.
 pub const CHUNKER_NAME: &str = "fastcdc-v2020";
@@ -241,19 +245,109 @@ impl Chunker {
     /// `at_end` is false, a last chunk that runs into the end of `data` is
     /// left out: more input could move its cut.
     pub fn cuts(&self, data: &[u8], at_end: bool) -> Vec<(usize, usize)> {
-        let mut out = Vec::with_capacity(data.len() / self.avg + 1);
-        let mut p = 0;
-        while p < data.len() {
-            let n = self.cut(&data[p..]);
-            if !at_end && p + n == data.len() && n < self.max {
-                break;
+        self.chunks(data, 0, at_end, &|o, d: &[u8]| (o as usize, d.len()))
+    }
+
+    /// The chunks of `data` (whose first byte sits at offset `base`), cut as
+    /// [`Chunker::cuts`] cuts them; `make` turns each chunk's offset and bytes
+    /// into its record right after it is cut, while its bytes are still in
+    /// the CPU cache (hashing them there is cheaper than after the whole
+    /// input is cut).
+    ///
+    /// Long inputs are cut as two halves in lockstep ([`lockstep`]), spliced
+    /// back into the serial sequence by a [`SegmentJoin`]: the same chunks,
+    /// in less CPU time.
+    fn chunks<C: Span>(
+        &self,
+        data: &[u8],
+        base: u64,
+        at_end: bool,
+        make: &impl Fn(u64, &[u8]) -> C,
+    ) -> Vec<C> {
+        if data.len() < LOCKSTEP_MIN_MAXES * self.max {
+            let mut out = Vec::with_capacity(data.len() / self.avg + 1);
+            let mut p = base;
+            while let Ok(c) = self.chunk_at(data, base, at_end, p, make) {
+                p = c.end();
+                out.push(c);
             }
-            out.push((p, n));
-            p += n;
+            return out;
         }
+        let mid = data.len() / 2;
+        let first = lockstep::Region {
+            data: &data[..mid],
+            base,
+            at_end: false,
+        };
+        let second = lockstep::Region {
+            data: &data[mid..],
+            base: base + mid as u64,
+            at_end,
+        };
+        let lists = lockstep::chunks2(self, first, second, make);
+        self.splice(data, base, at_end, lists, make)
+    }
+
+    /// The chunk of `data` (based at `base`) starting at offset `p`, or
+    /// `Stop` where the serial loop ends: at the end of `data`, or at a last
+    /// chunk that is not definitive (`at_end` false, see [`Chunker::cuts`]).
+    fn chunk_at<C>(
+        &self,
+        data: &[u8],
+        base: u64,
+        at_end: bool,
+        p: u64,
+        make: &impl Fn(u64, &[u8]) -> C,
+    ) -> Result<C, Stop> {
+        let i = (p - base) as usize;
+        if i >= data.len() {
+            return Err(Stop);
+        }
+        let n = self.cut(&data[i..]);
+        if !at_end && i + n == data.len() && n < self.max {
+            return Err(Stop);
+        }
+        Ok(make(p, &data[i..i + n]))
+    }
+
+    /// Joins the chunk lists of consecutive regions of `data` (the first
+    /// starting at `data[0]`, each ending where the next starts, each cut as
+    /// [`Chunker::cuts`] cuts a region alone) into the chunks of the whole of
+    /// `data`.
+    fn splice<C: Span>(
+        &self,
+        data: &[u8],
+        base: u64,
+        at_end: bool,
+        lists: [Vec<C>; 2],
+        make: &impl Fn(u64, &[u8]) -> C,
+    ) -> Vec<C> {
+        let mut out = Vec::with_capacity(data.len() / self.avg + 1);
+        let mut serial = |p: u64| self.chunk_at(data, base, at_end, p, make);
+        let mut emit = |c: C| -> Result<(), Stop> {
+            out.push(c);
+            Ok(())
+        };
+        let mut join = SegmentJoin::new(base);
+        // `Stop` ends the sequence exactly where the serial loop ends:
+        // nothing to report.
+        let _ = lists
+            .into_iter()
+            .try_for_each(|list| join.push(list, &mut serial, &mut emit))
+            .and_then(|()| join.finish(base + data.len() as u64, &mut serial, &mut emit));
         out
     }
 }
+
+/// The serial chunk sequence of an input has ended (see `Chunker::chunk_at`).
+struct Stop;
+
+/// Inputs shorter than this many maximum chunks are cut serially: splitting
+/// costs the one or two chunks after the split point twice (until the first
+/// half's sequence meets the second's), which only pays on long inputs. The
+/// scanner's segments (16 MiB plus a lookahead of 4 maxima) reach it for every
+/// class.
+const LOCKSTEP_MIN_MAXES: usize = 16;
 
 /// One chunk of a data extent: where it starts (absolute file offset), its
 /// length and its id.
@@ -334,16 +428,48 @@ pub fn chunk_reader<R: Read, E: From<ChunkError>>(
 ///
 /// Feed segment lists in order with [`SegmentJoin::push`]; the first list must
 /// start at the extent start. `serial` chunks from a given offset when no list
-/// covers it (rare: only when two sequences did not meet within the lookahead).
+/// covers it (for the scanner's segments rare: only when two sequences did not
+/// meet within the lookahead; for [`Chunker::cuts`]'s halves, which have no
+/// lookahead, the one or two chunks until the first half meets the second).
+///
+/// The lists hold [`ChunkRef`]s (the scanner's segments) or bare
+/// (offset, len) cuts ([`Chunker::cuts`] splicing its lockstep halves).
 #[derive(Debug)]
-pub struct SegmentJoin {
+pub struct SegmentJoin<C = ChunkRef> {
     next: u64,
-    carry: std::collections::VecDeque<ChunkRef>,
+    carry: std::collections::VecDeque<C>,
 }
 
-impl SegmentJoin {
+/// A chunk as [`SegmentJoin`] sees it: where it starts and ends.
+pub trait Span: Copy {
+    /// Offset of the first byte.
+    fn start(&self) -> u64;
+    /// One past the last byte.
+    fn end(&self) -> u64;
+}
+
+impl Span for ChunkRef {
+    fn start(&self) -> u64 {
+        self.offset
+    }
+    fn end(&self) -> u64 {
+        ChunkRef::end(self)
+    }
+}
+
+/// An (offset, len) cut as [`Chunker::cuts`] lists it.
+impl Span for (usize, usize) {
+    fn start(&self) -> u64 {
+        self.0 as u64
+    }
+    fn end(&self) -> u64 {
+        (self.0 + self.1) as u64
+    }
+}
+
+impl<C: Span> SegmentJoin<C> {
     /// A join for an extent starting at `start`.
-    pub fn new(start: u64) -> SegmentJoin {
+    pub fn new(start: u64) -> SegmentJoin<C> {
         SegmentJoin {
             next: start,
             carry: Default::default(),
@@ -360,18 +486,18 @@ impl SegmentJoin {
     /// meets `list`.
     pub fn push<E>(
         &mut self,
-        list: Vec<ChunkRef>,
-        serial: &mut dyn FnMut(u64) -> Result<ChunkRef, E>,
-        emit: &mut dyn FnMut(ChunkRef) -> Result<(), E>,
+        list: Vec<C>,
+        serial: &mut dyn FnMut(u64) -> Result<C, E>,
+        emit: &mut dyn FnMut(C) -> Result<(), E>,
     ) -> Result<(), E> {
         let Some(first) = list.first() else {
             return Ok(());
         };
-        let seg_start = first.offset;
-        let last_start = list.last().map_or(seg_start, |c| c.offset);
+        let seg_start = first.start();
+        let last_start = list.last().map_or(seg_start, |c| c.start());
         loop {
             if self.next >= seg_start {
-                if let Ok(i) = list.binary_search_by_key(&self.next, |c| c.offset) {
+                if let Ok(i) = list.binary_search_by_key(&self.next, |c| c.start()) {
                     self.carry = list[i..].iter().copied().collect();
                     return Ok(());
                 }
@@ -382,7 +508,7 @@ impl SegmentJoin {
                 }
             }
             let c = match self.carry.pop_front() {
-                Some(c) if c.offset == self.next => c,
+                Some(c) if c.start() == self.next => c,
                 _ => {
                     self.carry.clear();
                     serial(self.next)?
@@ -397,12 +523,12 @@ impl SegmentJoin {
     pub fn finish<E>(
         &mut self,
         end: u64,
-        serial: &mut dyn FnMut(u64) -> Result<ChunkRef, E>,
-        emit: &mut dyn FnMut(ChunkRef) -> Result<(), E>,
+        serial: &mut dyn FnMut(u64) -> Result<C, E>,
+        emit: &mut dyn FnMut(C) -> Result<(), E>,
     ) -> Result<(), E> {
         while self.next < end {
             let c = match self.carry.pop_front() {
-                Some(c) if c.offset == self.next => c,
+                Some(c) if c.start() == self.next => c,
                 _ => {
                     self.carry.clear();
                     serial(self.next)?
@@ -416,18 +542,15 @@ impl SegmentJoin {
 }
 
 /// Chunks a segment of an in-memory extent: `data` holds the extent bytes
-/// from `seg` on (segment plus lookahead), `ext_end_in_data` says whether it
-/// reaches the extent end. Ids are computed here (on the worker thread).
+/// from `seg` on (segment plus lookahead), `at_end` says whether it reaches
+/// the extent end. Ids are computed here (on the worker thread), each right
+/// after its chunk is cut.
 pub fn chunk_segment(chunker: &Chunker, data: &[u8], seg: u64, at_end: bool) -> Vec<ChunkRef> {
-    chunker
-        .cuts(data, at_end)
-        .into_iter()
-        .map(|(o, n)| ChunkRef {
-            offset: seg + o as u64,
-            len: n as u32,
-            id: ChunkId::of(&data[o..o + n]),
-        })
-        .collect()
+    chunker.chunks(data, seg, at_end, &|offset, bytes: &[u8]| ChunkRef {
+        offset,
+        len: bytes.len() as u32,
+        id: ChunkId::of(bytes),
+    })
 }
 
 #[cfg(test)]
@@ -539,6 +662,30 @@ mod tests {
                 got.push((o as usize, c.len()));
                 Ok(())
             }).unwrap();
+            prop_assert_eq!(got, want);
+        }
+
+        /// Lockstep halves spliced together give exactly fastcdc's serial
+        /// cuts, for any sizes, lengths around the lockstep threshold and end
+        /// flag.
+        #[test]
+        fn cuts_match_fastcdc(sizes in lockstep::tests::sizes(), len_maxes in 0usize..40,
+                              extra in 0usize..70_000, seed in any::<u64>(), at_end in any::<bool>()) {
+            let (min, avg, max) = sizes;
+            let chunker = Chunker::new(min as u32, avg as u32, max as u32).unwrap();
+            let data = lockstep::tests::mixed_input(len_maxes * max + extra, seed);
+            let want = lockstep::tests::fastcdc_cuts(&data, sizes, at_end);
+            prop_assert_eq!(chunker.cuts(&data, at_end), want.clone());
+            // The same cuts with ids, at an offset, as the scanner gets them.
+            let base = 1 << 40;
+            let got: Vec<(usize, usize)> = chunk_segment(&chunker, &data, base, at_end)
+                .into_iter()
+                .map(|c| {
+                    let (o, n) = ((c.offset - base) as usize, c.len as usize);
+                    assert_eq!(c.id, ChunkId::of(&data[o..o + n]));
+                    (o, n)
+                })
+                .collect();
             prop_assert_eq!(got, want);
         }
 
