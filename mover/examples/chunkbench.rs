@@ -19,16 +19,7 @@ fn main() {
             let path = std::path::PathBuf::from(args.get(1).expect("chunkbench tree PATH CACHE"));
             let cache = std::path::PathBuf::from(args.get(2).expect("chunkbench tree PATH CACHE"));
             let t = Instant::now();
-            let s = mover::scan::scan_tree(
-                &path,
-                &cache,
-                mover::scan::ScanOptions {
-                    threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-                    label: String::new(),
-                    progress: std::sync::Arc::new(mover::progress::NoProgress),
-                },
-            )
-            .expect("scan");
+            let s = mover::scan::scan_tree(&path, &cache, scan_options()).expect("scan");
             println!(
                 "{{\"entries\": {}, \"reused\": {}, \"bytes_hashed\": {}, \"seconds\": {:.3}}}",
                 s.stats.entries,
@@ -41,16 +32,7 @@ fn main() {
             let path = std::path::PathBuf::from(args.get(1).expect("chunkbench file PATH"));
             let cache = tempfile_dir();
             let t = Instant::now();
-            let s = mover::scan::scan_image(
-                &path,
-                &cache,
-                mover::scan::ScanOptions {
-                    threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-                    label: String::new(),
-                    progress: std::sync::Arc::new(mover::progress::NoProgress),
-                },
-            )
-            .expect("scan");
+            let s = mover::scan::scan_image(&path, &cache, scan_options()).expect("scan");
             let secs = t.elapsed().as_secs_f64();
             let _ = std::fs::remove_dir_all(&cache);
             println!(
@@ -98,6 +80,15 @@ fn tempfile_dir() -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("chunkbench-{}", std::process::id()));
     std::fs::create_dir_all(&d).expect("temp dir");
     d
+}
+
+/// The scanner's settings in a round: all cores, no progress display.
+fn scan_options() -> mover::scan::ScanOptions {
+    mover::scan::ScanOptions {
+        threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+        label: String::new(),
+        progress: std::sync::Arc::new(mover::progress::NoProgress),
+    }
 }
 
 fn pseudo_random(len: usize) -> Vec<u8> {

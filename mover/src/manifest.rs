@@ -836,10 +836,11 @@ pub fn slice_reader(b: &[u8]) -> io::BufReader<&[u8]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn entry(path: &[u8], kind: Kind, size: u64) -> Entry {
+    /// An entry with fixed metadata (shared with other modules' tests).
+    pub(crate) fn entry(path: &[u8], kind: Kind, size: u64) -> Entry {
         Entry {
             path: path.to_vec(),
             kind,

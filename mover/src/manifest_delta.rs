@@ -478,19 +478,7 @@ mod tests {
     use crate::manifest::{Entry, Header, Kind, ManifestWriter, Mode, slice_reader, validate};
 
     fn file(path: &str, size: u64) -> Entry {
-        Entry {
-            path: path.as_bytes().to_vec(),
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            mtime_ns: 1,
-            size,
-            rdev: 0,
-            target: Vec::new(),
-            xattrs: Vec::new(),
-            class: 0,
-        }
+        crate::manifest::tests::entry(path.as_bytes(), Kind::File, size)
     }
 
     fn chunk(offset: u64, len: u32, seed: u64) -> ChunkRef {
