@@ -839,7 +839,18 @@ impl Receiver {
                             rustix::fs::ftruncate(&fd, entry.size).map_err(errno(&entry.path))?;
                         }
                         for (o, l) in holes {
-                            fsmeta::punch_hole(fd.as_fd(), o, l, &entry.path)?;
+                            if o + l == entry.size && !self.is_block_device(&fd) {
+                                // A hole up to a size that is not block-aligned:
+                                // punching would only zero the last partial
+                                // block (still allocated, so data to SEEK_DATA).
+                                // Cutting the file there and extending it again
+                                // leaves a real hole, as the source has.
+                                rustix::fs::ftruncate(&fd, o).map_err(errno(&entry.path))?;
+                                rustix::fs::ftruncate(&fd, entry.size)
+                                    .map_err(errno(&entry.path))?;
+                            } else {
+                                fsmeta::punch_hole(fd.as_fd(), o, l, &entry.path)?;
+                            }
                         }
                         if !self.is_block_device(&fd) {
                             fsmeta::apply_fd(fd.as_fd(), &entry, &mut stats.skipped)?;
