@@ -44,8 +44,10 @@ echo "== 1. chunk+hash in memory (1 GiB, one core)"
 $CHB mem 1024 | tee "$R/mem.json"
 
 echo "== 2. chunking the 1 GiB db file: daffe vs casync make"
+# Caches dropped before each run: both tools read the file from disk (a bare
+# `sync` let one run wait on writeback from the previous step).
 hyperfine -N --runs "$RUNS" --export-json "$R/chunk.json" \
-  --prepare "sync" \
+  --prepare "bash -c 'sync; echo 3 > /proc/sys/vm/drop_caches'" \
   -n daffe "$CHB file $SRC/db/app.db" \
   -n casync "bash -c 'rm -rf $W/castr $W/db.caibx; casync make --store=$W/castr $W/db.caibx $SRC/db/app.db'"
 
