@@ -36,6 +36,6 @@ pub mod sync;
 pub use chunk::{ChunkClass, ChunkId};
 pub use manifest::{ManifestId, ManifestReader, ManifestWriter};
 pub use progress::{Phase, Progress, ProgressSink};
-pub use receive::{Destination, Intact, ReceiveOptions, Receiver, RoundStats, Verify};
+pub use receive::{Checked, Destination, ReceiveOptions, Receiver, RoundStats, Verify};
 pub use source::{ChunkSource, ManifestBase, Sender, Source, Want};
 pub use sync::{SyncError, SyncOptions, SyncStats, sync};

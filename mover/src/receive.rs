@@ -315,20 +315,21 @@ impl Receiver {
         rustix::fs::syncfs(&f).map_err(|e| io_err(self.state.as_os_str().as_bytes())(e.into()))
     }
 
-    /// The applied round, if the destination is still exactly as it left it
-    /// (every entry matches `applied.stat`; with `scrub`, every chunk is
-    /// re-read and checked too). Reads only; safe to run on another thread
-    /// (with its own [`Receiver`]) while the source scans, then handed to
-    /// [`Receiver::run_round_checked`].
-    pub fn intact(&self, scrub: bool) -> Result<Option<Intact>, ReceiveError> {
+    /// Which applied entries are still exactly as the last round left them
+    /// (each matches `applied.stat`; with `scrub`, every chunk is re-read and
+    /// checked too), and where their chunks are. None before any round.
+    /// Reads only: run it on another thread (with its own [`Receiver`])
+    /// while the source scans, and hand it to [`Receiver::run_round_checked`].
+    pub fn check(&self, scrub: bool) -> Result<Option<Checked>, ReceiveError> {
         let Some(root) = self.applied_root() else {
             return Ok(None);
         };
-        let v = self.validity(Some(&root), None, scrub)?;
-        Ok(v.all_valid.then_some(Intact {
+        let mut index = ChunkIndex::default();
+        let validity = self.validity(Some(&root), Some(&mut index), scrub)?;
+        Ok(Some(Checked {
             root,
-            entries: v.valid.len() as u64,
-            chunks: v.chunks,
+            validity,
+            index,
         }))
     }
 
@@ -341,15 +342,16 @@ impl Receiver {
         self.run_round_checked(src, opts, None)
     }
 
-    /// [`Receiver::run_round`], given what [`Receiver::intact`] found just
+    /// [`Receiver::run_round`], given what [`Receiver::check`] found just
     /// before (for example while the source scanned). When the source's
-    /// root hint names that same root, the round ends at once: no manifest
-    /// is read, nothing is written.
+    /// root hint names the checked root and the destination is intact, the
+    /// round ends at once: no manifest is read, nothing is written.
+    /// Otherwise the check serves as this round's validity pass.
     pub fn run_round_checked(
         &mut self,
         src: &mut dyn ChunkSource,
         opts: &ReceiveOptions,
-        intact: Option<Intact>,
+        checked: Option<Checked>,
     ) -> Result<RoundStats, ReceiveError> {
         let mut stats = RoundStats::default();
         if self.recover(opts)? {
@@ -359,36 +361,26 @@ impl Receiver {
         let rd = self.round_dir();
         let scrub = opts.verify == Verify::All;
         let applied = self.applied_root();
-        if let (Some(hint), Some(root)) = (src.root_hint(), applied)
-            && hint == root
+        // A replayed round changed the tree after the check looked.
+        let checked = checked.filter(|c| Some(c.root) == applied && !stats.recovered);
+        if let Some(c) = &checked
+            && c.validity.all_valid
+            && src.root_hint() == Some(c.root)
         {
-            // A replayed round changed the tree after `intact` looked.
-            let known = intact.filter(|i| i.root == root && !stats.recovered);
-            let known = match known {
-                Some(k) => Some(k),
-                None => self.intact(scrub)?,
-            };
-            if let Some(k) = known {
-                self.end_unchanged(&rd, opts)?;
-                stats.root = root.to_hex();
-                stats.entries = k.entries;
-                stats.chunks_total = k.chunks;
-                stats.plan_ms = t0.elapsed().as_millis() as u64;
-                return Ok(stats);
-            }
+            self.end_unchanged(&rd, opts)?;
+            stats.root = c.root.to_hex();
+            stats.entries = c.validity.valid.len() as u64;
+            stats.chunks_total = c.validity.chunks;
+            stats.plan_ms = t0.elapsed().as_millis() as u64;
+            return Ok(stats);
         }
         // 0. Which applied entries are still as we left them (their chunks
-        //    are local sources): checked on another thread while the manifest
-        //    arrives. On a cold cache the lstats of a big tree take as long
-        //    as everything else in planning. It only reads.
-        let pre = applied.map(|root| {
+        //    are local sources): unless checked already, checked on another
+        //    thread while the manifest arrives. On a cold cache the lstats of
+        //    a big tree take as long as everything else in planning.
+        let running = (checked.is_none() && applied.is_some()).then(|| {
             let (dest, state) = (self.dest.clone(), self.state.clone());
-            std::thread::spawn(move || {
-                let mut index = ChunkIndex::default();
-                let rx = Receiver::open(&dest, &state)?;
-                let v = rx.validity(Some(&root), Some(&mut index), scrub)?;
-                Ok::<_, ReceiveError>((v, index))
-            })
+            std::thread::spawn(move || Receiver::open(&dest, &state)?.check(scrub))
         });
         // 1. The manifest, into the round dir (validated as we read it later;
         //    validated whole right now so a bad one never touches anything).
@@ -430,14 +422,15 @@ impl Receiver {
                 dest: self.dest.path().display().to_string(),
             });
         }
-        let (validity, mut index) = match pre.map(|h| h.join()) {
-            Some(Ok(r)) => r?,
+        let checked = match (checked, running.map(|h| h.join())) {
+            (Some(c), _) => Some(c),
+            (None, Some(Ok(r))) => r?,
             // The checking thread panicked: check here (same code, same answer).
-            Some(Err(_)) => {
-                let mut index = ChunkIndex::default();
-                let v = self.validity(applied.as_ref(), Some(&mut index), scrub)?;
-                (v, index)
-            }
+            (None, Some(Err(_))) => self.check(scrub)?,
+            (None, None) => None,
+        };
+        let (validity, mut index) = match checked {
+            Some(c) => (c.validity, c.index),
             None => (self.validity(None, None, scrub)?, ChunkIndex::default()),
         };
         // An unchanged round (same root, destination still as we left it)
@@ -1193,12 +1186,21 @@ struct Validity {
     chunks: u64,
 }
 
-/// The destination is exactly as the round with this manifest left it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Intact {
-    pub root: ChunkId,
-    pub entries: u64,
-    pub chunks: u64,
+/// The destination as [`Receiver::check`] found it: which applied entries
+/// are intact and where their chunks are.
+pub struct Checked {
+    root: ChunkId,
+    validity: Validity,
+    index: ChunkIndex,
+}
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checked")
+            .field("root", &self.root)
+            .field("intact", &self.validity.all_valid)
+            .finish()
+    }
 }
 
 /// Planning state for one round.

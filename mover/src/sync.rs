@@ -179,11 +179,12 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     // Check the destination while the source scans: an unchanged round then
-    // costs the longer of the two walks, not their sum.
+    // costs the longer of the two walks, not their sum, and a changed round
+    // plans with this check instead of walking the destination again.
     let scrub = opts.verify == Verify::All;
     let mut check = Some({
         let (dst, state) = (dst.clone(), state.clone());
-        std::thread::spawn(move || Receiver::open(&dst, &state)?.intact(scrub))
+        std::thread::spawn(move || Receiver::open(&dst, &state)?.check(scrub))
     });
     let mut attempt = 0;
     loop {
@@ -207,11 +208,11 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         }
         let scan_stats = sender.stats().clone();
         // A panicked check only means no head start: the round checks itself.
-        let intact = match check.take().map(|h| h.join()) {
+        let checked = match check.take().map(|h| h.join()) {
             Some(Ok(r)) => r?,
             _ => None,
         };
-        match rx.run_round_checked(&mut sender, &ropts, intact) {
+        match rx.run_round_checked(&mut sender, &ropts, checked) {
             Ok(r) => {
                 stats.absorb(&scan_stats, r);
                 break;
