@@ -173,15 +173,5 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         Event::Committed => say(&bar, format!("{to} owns {volume} now")),
     });
     bar.finish_and_clear();
-    match result {
-        Ok(report) => {
-            if json {
-                super::print_json(&serde_json::to_value(&report).unwrap_or_default());
-            } else {
-                print!("{}", report.render());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => super::fail(json, e),
-    }
+    super::finish_report(json, result, |r| r.render())
 }

@@ -127,15 +127,5 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         EbsEvent::Fenced => eprintln!("{volume} fenced (Mount refused); final round"),
         EbsEvent::Copied { volume_id } => eprintln!("{volume_id} created in {zone}"),
     });
-    match result {
-        Ok(report) => {
-            if json {
-                super::print_json(&serde_json::to_value(&report).unwrap_or_default());
-            } else {
-                print!("{}", report.render());
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => super::fail(json, e),
-    }
+    super::finish_report(json, result, |r| r.render())
 }

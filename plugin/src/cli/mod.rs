@@ -46,3 +46,23 @@ pub(crate) fn fail(json: bool, msg: impl std::fmt::Display) -> ExitCode {
 pub(crate) fn print_json(v: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
+
+/// Ends a command that produces a report: the report as JSON or rendered
+/// text, or the error.
+pub(crate) fn finish_report<R: serde::Serialize, E: std::fmt::Display>(
+    json: bool,
+    result: Result<R, E>,
+    render: impl FnOnce(&R) -> String,
+) -> ExitCode {
+    match result {
+        Ok(report) => {
+            if json {
+                print_json(&serde_json::to_value(&report).unwrap_or_default());
+            } else {
+                print!("{}", render(&report));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(json, e),
+    }
+}
