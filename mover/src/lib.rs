@@ -12,6 +12,8 @@
 //! - [`receive`]: the destination side ([`Receiver`]): one atomic round.
 //! - [`store`], [`journal`], [`statcache`], [`fsmeta`], [`safe_path`]: the
 //!   pieces the receiver and the scanner stand on.
+//! - [`preflight`]: what `sync` checks before touching anything (source there,
+//!   no overlap, no foreign destination overwritten unless asked).
 //! - [`progress`]: progress events.
 //! - [`snapshot`]: the EBS snapshot target (push/pull of images, per-snapshot block index).
 //! - [`net`]: moving volumes between hosts (peer protocol, mutual TLS,
@@ -23,6 +25,7 @@ pub mod journal;
 pub mod manifest;
 pub mod manifest_delta;
 pub mod net;
+pub mod preflight;
 pub mod progress;
 pub mod receive;
 pub mod safe_path;

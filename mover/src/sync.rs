@@ -9,6 +9,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::fsmeta::Skip;
+use crate::preflight::{self, PreflightError};
 use crate::progress::{NoProgress, Phase, Progress, ProgressSink};
 use crate::receive::{self, ReceiveError, ReceiveOptions, Receiver, RoundStats, Verify};
 use crate::scan::{ScanError, ScanOptions, ScanStats};
@@ -35,6 +36,10 @@ pub struct SyncOptions {
     pub retries: u32,
     /// Bytes written between durability checkpoints.
     pub checkpoint_bytes: u64,
+    /// Accept a destination daffe has not synced to before that is not empty:
+    /// what the source lacks is deleted there (`daffe sync --delete`). Off by
+    /// default: see [`crate::preflight`].
+    pub allow_foreign: bool,
 }
 
 impl Default for SyncOptions {
@@ -47,6 +52,7 @@ impl Default for SyncOptions {
             progress: Arc::new(NoProgress),
             retries: 3,
             checkpoint_bytes: receive::CHECKPOINT_BYTES,
+            allow_foreign: false,
         }
     }
 }
@@ -59,6 +65,7 @@ impl std::fmt::Debug for SyncOptions {
             .field("verify", &self.verify)
             .field("threads", &self.threads)
             .field("retries", &self.retries)
+            .field("allow_foreign", &self.allow_foreign)
             .finish()
     }
 }
@@ -72,6 +79,8 @@ pub enum SyncError {
     Receive(#[from] ReceiveError),
     #[error("source and destination kinds differ (tree vs image)")]
     KindMismatch,
+    #[error("{0}")]
+    Preflight(#[from] PreflightError),
 }
 
 /// What a sync did.
@@ -158,6 +167,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         .state_dir
         .clone()
         .unwrap_or_else(|| receive::default_state_dir(dst.path()));
+    preflight::check(src, dst, &state, opts.allow_foreign)?;
     let cache = opts
         .cache_dir
         .clone()
