@@ -183,6 +183,12 @@ impl<S> Throttled<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// Starts (or stops) charging the bucket: an acceptor charges nothing
+    /// until the peer has authenticated.
+    pub fn set_bucket(&mut self, bucket: Option<Arc<TokenBucket>>) {
+        self.bucket = bucket;
+    }
 }
 
 impl<S: Read> Read for Throttled<S> {
