@@ -16,11 +16,13 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # metapackage that names the contrib modules explicitly.
 # etcd-server/etcd-client (3.4) back the cluster tests: one member per Swarm
 # node namespace. protobuf-compiler: the etcd client crate compiles etcd's
-# .proto files at build time and needs protoc.
+# .proto files at build time and needs protoc plus the well-known types
+# (google/protobuf/descriptor.proto) from libprotobuf-dev, which protoc only
+# recommends (and we install without recommends).
 DAFFE_PACKAGES=(docker.io docker-compose containerd runc rsync casync e2fsprogs busybox-static
     python3-venv iproute2 attr acl util-linux kmod time jq curl bc procps
     postgresql-15 postgresql-client-15 postgresql-contrib
-    etcd-server etcd-client protobuf-compiler)
+    etcd-server etcd-client protobuf-compiler libprotobuf-dev)
 
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (the plugin mounts filesystems and talks to dockerd)"; }
 
