@@ -81,11 +81,28 @@ fn runs_on_a_plain_directory_and_again_on_a_copy() {
     // --rate 300 over ~3 s: far from what the machine could do unthrottled.
     let tps = report.committed as f64 / report.wall.as_secs_f64();
     assert!(tps < 450.0, "rate limit not applied: {tps:.0} TPS");
+    let mut committed = report.committed;
+    pg.ledger().check(committed);
+
+    // The cutover sequence: the server stopped (-m fast) under load ends
+    // pgbench, which still reports what it saw commit.
+    let bench = pg.pgbench(&PgbenchOptions {
+        clients: 4,
+        rate: Some(300),
+        duration: None,
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    pg.stop();
+    let report = bench.wait();
+    assert!(report.aborted, "pgbench did not notice: {}", report.text);
+    assert!(report.committed > 100, "{}", report.text);
+    committed += report.committed;
+    pg.checksums();
+    pg.start();
     let ledger = pg.ledger();
-    ledger.check(report.committed);
+    ledger.check(committed);
     pg.amcheck();
     pg.stop();
-    pg.checksums();
 
     // The destination after a move: a copy of the stopped directory, owned by
     // root as a copy tool running as root leaves it.
