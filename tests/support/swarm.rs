@@ -181,20 +181,42 @@ impl Node {
     /// Starts `cmd` (made with [`Node::enter`]) as a process of this node,
     /// output to `dir/label.log`; it is killed by [`Swarm::kill_node`] and
     /// at teardown. Returns its pid.
-    pub fn spawn(&mut self, label: &str, mut cmd: Command) -> u32 {
+    pub fn spawn(&mut self, label: &str, cmd: Command) -> u32 {
+        let child = self.launch(label, cmd);
+        let pid = child.id();
+        self.procs.push((label.to_owned(), child));
+        pid
+    }
+
+    /// Spawns `cmd` with its output appended to `dir/label.log`.
+    fn launch(&self, label: &str, mut cmd: Command) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{label}.log")))
             .unwrap();
-        let child = cmd
-            .stdout(log.try_clone().unwrap())
+        cmd.stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {label} on {}: {e}", self.name));
-        let pid = child.id();
-        self.procs.push((label.to_owned(), child));
-        pid
+            .unwrap_or_else(|e| panic!("cannot start {label} on {}: {e}", self.name))
+    }
+
+    /// Waits until `ready()` (at most [`ENGINE_READY`]); panics with the
+    /// log if `child` exits first.
+    fn wait_started(&self, child: &mut Child, label: &str, ready: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !ready() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("{label} on {} exited {st}:\n{}", self.name, self.log(label));
+            }
+            assert!(
+                t.elapsed() < ENGINE_READY,
+                "{label} on {} not ready:\n{}",
+                self.name,
+                self.log(label)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// kill -9 the processes started under `label`.
@@ -241,11 +263,6 @@ impl Node {
             "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
         )
         .unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("containerd.log"))
-            .unwrap();
         let mut cmd = self.enter("containerd");
         cmd.arg("--config")
             .arg(&config)
@@ -254,39 +271,17 @@ impl Node {
             .arg("--state")
             .arg(self.exec_root.join("containerd"))
             .arg("--address")
-            .arg(self.containerd_socket())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.containerd = Some(cmd.spawn().expect("cannot start containerd"));
-        let t = Instant::now();
-        while !self.containerd_socket().exists() {
-            if let Some(c) = &mut self.containerd
-                && let Ok(Some(st)) = c.try_wait()
-            {
-                panic!(
-                    "containerd on {} exited {st}:\n{}",
-                    self.name,
-                    self.log("containerd")
-                );
-            }
-            assert!(
-                t.elapsed() < ENGINE_READY,
-                "containerd on {} not ready:\n{}",
-                self.name,
-                self.log("containerd")
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            .arg(self.containerd_socket());
+        // Unowned on a panic: teardown finds it in the node's namespace.
+        let mut child = self.launch("containerd", cmd);
+        let socket = self.containerd_socket();
+        self.wait_started(&mut child, "containerd", || socket.exists());
+        self.containerd = Some(child);
     }
 
     /// Starts (or restarts) the node's engine and waits until it answers.
     pub fn start_dockerd(&mut self) {
         assert!(self.dockerd_pid().is_none(), "{}: dockerd runs", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("dockerd.log"))
-            .unwrap();
         let mut cmd = self.enter("dockerd");
         cmd.arg("--config-file")
             .arg(self.dir.join("daemon.json"))
@@ -307,28 +302,16 @@ impl Node {
                 "--iptables=false",
                 "--ip-masq=false",
                 "--ip6tables=false",
-            ])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log);
-        self.dockerd = Some(cmd.spawn().expect("cannot start dockerd"));
-        let t = Instant::now();
-        while !self
-            .docker()
-            .run(&["info", "--format", "{{.ID}}"])
-            .status
-            .success()
-        {
-            if self.dockerd_pid().is_none() {
-                panic!("dockerd on {} exited:\n{}", self.name, self.log("dockerd"));
-            }
-            assert!(
-                t.elapsed() < ENGINE_READY,
-                "dockerd on {} not ready:\n{}",
-                self.name,
-                self.log("dockerd")
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+            ]);
+        let mut child = self.launch("dockerd", cmd);
+        let docker = self.docker();
+        self.wait_started(&mut child, "dockerd", || {
+            docker
+                .run(&["info", "--format", "{{.ID}}"])
+                .status
+                .success()
+        });
+        self.dockerd = Some(child);
     }
 
     /// kill -9 the engine (its containers keep running under their shims).
