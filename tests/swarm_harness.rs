@@ -198,14 +198,38 @@ fn etcd_survives_one_member_and_a_cut_link_is_cut() {
         .wait_ready(2, Duration::from_secs(30));
     assert_eq!(get(&s, 2, "harness/c").as_deref(), Some("3"));
 
+    // Shaping puts a tbf on both ends of the node's cable.
+    s.shape(3, "100mbit");
+    let qdisc = s.nodes[2]
+        .enter("tc")
+        .args(["qdisc", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    let qdisc = String::from_utf8_lossy(&qdisc.stdout);
+    assert!(
+        qdisc.contains("tbf") && qdisc.contains("100Mbit"),
+        "{qdisc}"
+    );
+    assert!(ping(&s, 3, 1));
+
     // The engines noticed nothing lasting: every node is Ready again.
+    let t = Instant::now();
     s.wait_nodes_ready(Duration::from_secs(60));
+    eprintln!(
+        "all nodes Ready {:.1} s after the cable came back",
+        t.elapsed().as_secs_f64()
+    );
     // A dead engine is started again by the next test's reset; prove the
     // helper here: node 3's dockerd killed, restarted, Ready.
     s.kill_node(3);
     assert!(s.node(3).dockerd_pid().is_none());
+    let t = Instant::now();
     s.node(3).start_dockerd();
     s.wait_nodes_ready(Duration::from_secs(90));
+    eprintln!(
+        "node 3 Ready again {:.1} s after its engine restarted",
+        t.elapsed().as_secs_f64()
+    );
 }
 
 #[test]

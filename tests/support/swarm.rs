@@ -822,7 +822,6 @@ impl Swarm {
                     .output();
             }
         }
-        let mut restarted = false;
         for node in &mut self.nodes {
             if node
                 .containerd
@@ -833,12 +832,11 @@ impl Swarm {
             }
             if node.dockerd_pid().is_none() {
                 node.start_dockerd();
-                restarted = true;
             }
         }
-        if restarted {
-            self.wait_nodes_ready(NODES_READY);
-        }
+        // A restarted engine, or a node whose cable was cut for a while,
+        // takes up to about 20 s to be Ready again; one `node ls` otherwise.
+        self.wait_nodes_ready(NODES_READY);
         let m = self.manager();
         let services = m.ok(&["service", "ls", "-q"]);
         for s in services.lines() {
