@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every daffe test: installs what the tests need (Docker Engine, compose,
-# rsync, casync, e2fsprogs, moto in a venv), starts dockerd if none runs, builds,
+# rsync, casync, e2fsprogs, PostgreSQL 15, etcd, protoc, moto in a venv),
+# starts dockerd if none runs, builds,
 # then runs the unit, property and end-to-end tests and the lint gates.
 # Needs root. CI calls this through .ci/run.
 set -euo pipefail
