@@ -2,9 +2,21 @@
 
 use super::BackendError;
 use super::local::LocalPaths;
+use std::os::unix::fs::PermissionsExt;
+
+/// A new volume's directory is what containers see at their mount point:
+/// 0755, as Docker's local driver makes it, whatever the daemon's umask
+/// (0077 under the systemd unit). Set once, at creation: a container that
+/// later narrows it (a database's 0700 data directory) keeps its choice.
+const NEW_DIR_MODE: u32 = 0o755;
 
 pub fn create(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
-    std::fs::create_dir_all(&p.data).map_err(|e| BackendError::io(name, "creating", &p.data, e))
+    if p.data.is_dir() {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&p.data).map_err(|e| BackendError::io(name, "creating", &p.data, e))?;
+    std::fs::set_permissions(&p.data, std::fs::Permissions::from_mode(NEW_DIR_MODE))
+        .map_err(|e| BackendError::io(name, "setting the mode of", &p.data, e))
 }
 
 /// Recreates the directory if someone deleted it, so docker can still bind it.
