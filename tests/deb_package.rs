@@ -108,10 +108,9 @@ fn host_mirror() -> (String, String) {
         .expect("VERSION_CODENAME in /etc/os-release (a Debian host)")
         .trim_matches('"')
         .to_owned();
-    let mut sources = Vec::new();
-    for path in ["/etc/apt/sources.list"] {
-        sources.extend(std::fs::read_to_string(path).ok());
-    }
+    let mut sources: Vec<String> = std::fs::read_to_string("/etc/apt/sources.list")
+        .into_iter()
+        .collect();
     if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
         let mut files: Vec<PathBuf> = dir.filter_map(|e| Some(e.ok()?.path())).collect();
         files.sort();
