@@ -19,10 +19,14 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # .proto files at build time and needs protoc plus the well-known types
 # (google/protobuf/descriptor.proto) from libprotobuf-dev, which protoc only
 # recommends (and we install without recommends).
+# debootstrap makes the clean root the Debian package test installs into;
+# binutils strips the packaged binary; systemd's systemd-analyze checks the
+# units.
 DAFFE_PACKAGES=(docker.io docker-compose containerd runc rsync casync e2fsprogs busybox-static
     python3-venv iproute2 attr acl util-linux kmod time jq curl bc procps
     postgresql-15 postgresql-client-15 postgresql-contrib
-    etcd-server etcd-client protobuf-compiler libprotobuf-dev)
+    etcd-server etcd-client protobuf-compiler libprotobuf-dev
+    debootstrap binutils systemd)
 
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (the plugin mounts filesystems and talks to dockerd)"; }
 
@@ -128,4 +132,30 @@ build_daffe() {
     [ "$profile" = dev ] && dir=debug
     export DAFFE_BIN="$CARGO_TARGET_DIR/$dir/daffe"
     [ -x "$DAFFE_BIN" ] || die "no binary at $DAFFE_BIN"
+}
+
+# Seconds `docker volume ls` takes on the default engine. A healthy engine
+# answers in about 10 ms; each legacy plugin dockerd has used and lost costs
+# its 15 s retry window (dockerd keeps them until it restarts).
+volume_ls_seconds() {
+    local t0 t1
+    t0=$(date +%s.%N)
+    docker volume ls >/dev/null
+    t1=$(date +%s.%N)
+    echo "$t1 - $t0" | bc
+}
+
+# Fails if the engine got slower than BEFORE (seconds) by more than the
+# margin: 5 s is hundreds of times a healthy answer, so load on a busy
+# machine does not trip it, and a third of what one lost plugin costs, so
+# a single one does.
+ENGINE_SLOWDOWN_MARGIN=5
+check_engine_as_found() {
+    local before=$1 after
+    after=$(volume_ls_seconds)
+    log "docker volume ls: ${before}s before the tests, ${after}s after"
+    if [ "$(echo "$after > $before + $ENGINE_SLOWDOWN_MARGIN" | bc)" = 1 ]; then
+        printf 'error: the tests left the Docker engine slower (docker volume ls %ss, was %ss): a test plugin was left registered with it\n' "$after" "$before" >&2
+        return 1
+    fi
 }

@@ -19,7 +19,13 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The tests must leave the host's engine as they found them (each test plugin
+# runs on a private engine); measured around the whole suite.
+engine_before=$(volume_ls_seconds)
 log "cargo test (unit, property, end-to-end)"
 # --no-fail-fast: one failing suite must not hide the others' results.
-cargo test --locked --workspace --no-fail-fast "$@"
+status=0
+cargo test --locked --workspace --no-fail-fast "$@" || status=$?
+check_engine_as_found "$engine_before" || status=1
+[ "$status" = 0 ] || exit "$status"
 log "all tests passed"

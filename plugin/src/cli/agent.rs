@@ -170,6 +170,7 @@ fn serve(args: RunArgs) -> ExitCode {
         return super::fail(false, format!("cannot watch signals: {e}"));
     }
     tracing::info!(listen = %args.listen, %node, "daffe agent listening");
+    super::notify::ready();
     match agent.serve(listener, &shutdown) {
         Ok(()) => {
             tracing::info!("daffe agent stopped");

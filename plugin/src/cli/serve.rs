@@ -108,6 +108,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 return Err(e.into());
             }
         };
+        super::notify::ready();
         tracing::info!(
             socket = %cfg.socket.display(),
             control = %cfg.control_socket.display(),
@@ -133,6 +134,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         ));
         shutdown_signal().await;
         tracing::info!("shutting down");
+        super::notify::stopping();
         let _ = stop_tx.send(true);
         let _ = tokio::join!(driver, control);
         for path in [&cfg.socket, &cfg.control_socket] {

@@ -121,6 +121,7 @@ fn fail(json: bool, f: Failure) -> ExitCode {
     } else {
         eprintln!("daffe snapshot: {}", f.error);
     }
+    super::logging::flush_sdk_note();
     ExitCode::FAILURE
 }
 
