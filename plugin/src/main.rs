@@ -28,6 +28,9 @@ enum Command {
     Migrate(cli::migrate::MigrateArgs),
     /// Sync a local tree or image into DST (incremental, atomic, resumable).
     Sync(cli::sync::SyncArgs),
+    /// Follow the clients: observe where requests come from, advise where
+    /// to serve them, simulate a circadian day, forward the old address.
+    Placement(cli::placement::PlacementArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,5 +42,6 @@ fn main() -> std::process::ExitCode {
         Command::Agent(a) => cli::agent::run(a),
         Command::Migrate(a) => cli::migrate::run(a),
         Command::Sync(a) => cli::sync::run(a),
+        Command::Placement(a) => cli::placement::run(a),
     }
 }

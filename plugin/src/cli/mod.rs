@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod migrate;
 pub mod migrate_ebs;
+pub mod placement;
 pub mod profiles;
 pub mod serve;
 pub mod snapshot;
