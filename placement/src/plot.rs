@@ -17,13 +17,19 @@ pub struct PlotError {
 /// shows the day's shape and the moves without a point per step.
 const BUCKET_S: f64 = 900.0;
 
-const COLORS: [RGBColor; 6] = [
-    RGBColor(90, 90, 90),
-    RGBColor(230, 120, 20),
-    RGBColor(30, 110, 200),
-    RGBColor(40, 160, 60),
-    RGBColor(170, 40, 160),
-    RGBColor(200, 40, 40),
+/// Ten distinguishable colours (Tableau 10), so nine client regions and
+/// four policies each get their own.
+const COLORS: [RGBColor; 10] = [
+    RGBColor(89, 89, 89),
+    RGBColor(242, 142, 43),
+    RGBColor(78, 121, 167),
+    RGBColor(89, 161, 79),
+    RGBColor(225, 87, 89),
+    RGBColor(176, 122, 161),
+    RGBColor(118, 183, 178),
+    RGBColor(237, 201, 72),
+    RGBColor(156, 117, 95),
+    RGBColor(255, 157, 167),
 ];
 
 fn color(i: usize) -> RGBColor {

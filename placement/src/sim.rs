@@ -507,6 +507,10 @@ pub fn render_table(r: &SimResult) -> String {
             p.bytes_moved / (1024.0 * 1024.0),
         ));
     }
+    s.push_str(&format!(
+        "(downtime, failed requests and bytes are totals over the {} day(s))\n",
+        r.days
+    ));
     s
 }
 

@@ -201,7 +201,9 @@ impl MmdbWriter {
         Value::Map(vec![
             ("binary_format_major_version".into(), Value::U16(2)),
             ("binary_format_minor_version".into(), Value::U16(0)),
-            ("build_epoch".into(), Value::U64(0)),
+            // libmaxminddb takes 0 for "missing" and refuses the file; a
+            // fixed value keeps the output byte-for-byte reproducible.
+            ("build_epoch".into(), Value::U64(1)),
             (
                 "database_type".into(),
                 Value::Str(self.database_type.clone()),
