@@ -212,7 +212,7 @@ mod tests {
             total_s: 110.0,
             rounds: 4,
         };
-        let a = advise(&AdviseInput {
+        let input = AdviseInput {
             state: &st,
             table: &table,
             sites: &sites,
@@ -222,8 +222,8 @@ mod tests {
             move_estimate: est,
             rule: &rule,
             demand: &dcfg,
-        })
-        .unwrap();
+        };
+        let a = advise(&input).unwrap();
         assert_eq!(a.best_now, "eu-west-1");
         assert!(a.at_best.mean_ms < a.at_current.mean_ms);
         assert!(a.at_best.p95_ms < a.at_current.p95_ms);
@@ -243,17 +243,7 @@ mod tests {
         assert_eq!(json["decision"]["to"], "eu-west-1");
         let bad = AdviseInput {
             current: "moon-1",
-            ..AdviseInput {
-                state: &st,
-                table: &table,
-                sites: &sites,
-                current: "us-east-1",
-                now: 3600.0,
-                access_ms: 0.0,
-                move_estimate: est,
-                rule: &rule,
-                demand: &dcfg,
-            }
+            ..input
         };
         assert!(advise(&bad).is_err());
     }

@@ -81,27 +81,31 @@ fn observe_then_advise_moves_a_service_toward_its_clients() {
     let mut text = lines(T0, 900, 100);
     text.push_str("not a log line\n10.1.2.3 - - [01/Dec/2026:10:20:00 +0000] \"GET / HTTP/1.1\" 200 1 \"-\" \"t\"\n");
     std::fs::write(&log, text).unwrap();
-    let out = daffe()
-        .args([
-            "placement",
-            "observe",
-            "--service",
-            "web",
-            "--json",
-            "--log",
-        ])
-        .arg(&log)
-        .arg("--mmdb")
-        .arg(&db)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let observe = || {
+        let out = daffe()
+            .args([
+                "placement",
+                "observe",
+                "--service",
+                "web",
+                "--json",
+                "--log",
+            ])
+            .arg(&log)
+            .arg("--mmdb")
+            .arg(&db)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let out = observe();
     let v = json(&out);
     assert_eq!(v["lines"], 1002);
     assert_eq!(v["malformed"], 1);
@@ -109,22 +113,7 @@ fn observe_then_advise_moves_a_service_toward_its_clients() {
     assert_eq!(v["requests_by_region"]["ap-northeast-1"], 900);
     assert_eq!(v["requests_by_region"]["eu-central-1"], 100);
     // Observing again reads nothing twice.
-    let again = daffe()
-        .args([
-            "placement",
-            "observe",
-            "--service",
-            "web",
-            "--json",
-            "--log",
-        ])
-        .arg(&log)
-        .arg("--mmdb")
-        .arg(&db)
-        .arg("--state-dir")
-        .arg(&state)
-        .output()
-        .unwrap();
+    let again = observe();
     assert_eq!(json(&again)["lines"], 1002);
 
     let advise = |region: &str| {
