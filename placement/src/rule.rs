@@ -81,8 +81,13 @@ impl Default for RuleConfig {
     }
 }
 
+/// Rule settings that cannot work (the message names the rule).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("rule settings: {0}")]
+pub struct RuleError(String);
+
 impl RuleConfig {
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RuleError> {
         let ok = |v: f64| v.is_finite() && v >= 0.0;
         if !(ok(self.margin)
             && ok(self.min_stay_s)
@@ -97,10 +102,10 @@ impl RuleConfig {
             && self.horizon_s >= self.plan_step_s
             && self.horizon_s / self.plan_step_s <= 2016.0)
         {
-            return Err(format!(
-                "rule settings must be finite and not negative, plan_step_s at least 60 and horizon_s \
+            return Err(RuleError(format!(
+                "all must be finite and not negative, plan_step_s at least 60 and horizon_s \
                  between one and 2016 plan steps: {self:?}"
-            ));
+            )));
         }
         Ok(())
     }

@@ -227,7 +227,7 @@ impl Scenario {
             .model()
             .validate()
             .or_else(|e| bad(e.to_string()))?;
-        self.rule.validate().or_else(bad)?;
+        self.rule.validate().or_else(|e| bad(e.to_string()))?;
         Ok(())
     }
 

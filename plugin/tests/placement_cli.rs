@@ -234,6 +234,53 @@ fn observe_then_advise_moves_a_service_toward_its_clients() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--mmdb"));
 }
 
+#[test]
+fn observe_reads_json_lines_with_a_region_field_without_a_database() {
+    let d = tempfile::tempdir().unwrap();
+    let log = d.path().join("access.jsonl");
+    std::fs::write(
+        &log,
+        "{\"edge\":{\"region\":\"eu-west-1\"},\"ts\":1796119200}\n\
+         {\"edge\":{\"region\":\"eu-west-1\"},\"ts\":\"2026-12-01T10:00:01Z\"}\n\
+         {\"edge\":{},\"ts\":1796119202}\n\
+         [1, 2]\n",
+    )
+    .unwrap();
+    let out = daffe()
+        .args([
+            "placement",
+            "observe",
+            "--service",
+            "api",
+            "--json",
+            "--format",
+            "json",
+        ])
+        .args([
+            "--region-field",
+            "edge.region",
+            "--time-field",
+            "ts",
+            "--log",
+        ])
+        .arg(&log)
+        .arg("--state-dir")
+        .arg(d.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = json(&out);
+    assert_eq!(v["lines"], 4);
+    // No region and no IP field value: malformed; not an object: malformed.
+    assert_eq!(v["malformed"], 2);
+    assert_eq!(v["requests_by_region"]["eu-west-1"], 2);
+    assert_eq!(v["last_request"], 1_796_119_201.0);
+}
+
 fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {

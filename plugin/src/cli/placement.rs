@@ -199,6 +199,8 @@ fn observe(a: ObserveArgs) -> Result<serde_json::Value, String> {
     let mut st = state::load(&path, &a.service)
         .map_err(|e| e.to_string())?
         .unwrap_or_else(|| ServiceState::new(&a.service, &cfg));
+    // The flag holds for this run even on an older state.
+    st.demand.now.half_life_s = cfg.half_life_s.max(1.0);
     let mut tail = Follower::new(&a.log, st.position);
     let mut pass = |st: &mut ServiceState| -> Result<usize, String> {
         let got = tail.poll().map_err(|e| e.to_string())?;
