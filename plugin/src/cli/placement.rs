@@ -345,6 +345,7 @@ impl MoveArgs {
 
 #[derive(Debug, Args)]
 pub struct AdviseArgs {
+    /// The service, as given to `observe --service`.
     pub service: String,
     /// Region label of the node serving the service now.
     #[arg(long)]
@@ -353,6 +354,7 @@ pub struct AdviseArgs {
     /// every region of the RTT table).
     #[arg(long, value_delimiter = ',')]
     pub sites: Vec<String>,
+    /// Directory of `observe`'s state files (SERVICE.json).
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
     #[command(flatten)]
