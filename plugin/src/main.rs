@@ -31,6 +31,9 @@ enum Command {
     /// Write shell completions or man pages (run when packaging).
     #[command(hide = true)]
     Generate(cli::generate::GenerateArgs),
+    /// Follow the clients: observe where requests come from, advise where
+    /// to serve them, simulate a circadian day, forward the old address.
+    Placement(cli::placement::PlacementArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -43,5 +46,6 @@ fn main() -> std::process::ExitCode {
         Command::Migrate(a) => cli::migrate::run(a),
         Command::Sync(a) => cli::sync::run(a),
         Command::Generate(a) => cli::generate::run(a, Cli::command()),
+        Command::Placement(a) => cli::placement::run(a),
     }
 }

@@ -6,6 +6,7 @@ pub mod logging;
 pub mod migrate;
 pub mod migrate_ebs;
 pub mod notify;
+pub mod placement;
 pub mod profiles;
 pub mod serve;
 pub mod snapshot;
