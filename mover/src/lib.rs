@@ -18,24 +18,28 @@
 //!   bandwidth limit, the agent and the dialer).
 
 pub mod chunk;
+pub mod chunk_index;
 pub mod fsmeta;
 pub mod journal;
 pub mod manifest;
 pub mod manifest_delta;
 pub mod net;
 pub mod progress;
+mod read_full;
 pub mod receive;
 pub mod safe_path;
 pub mod scan;
 pub mod snapshot;
 pub mod source;
 pub mod statcache;
-pub mod store;
 pub mod sync;
 
 pub use chunk::{ChunkClass, ChunkId};
 pub use manifest::{ManifestId, ManifestReader, ManifestWriter};
 pub use progress::{Phase, Progress, ProgressSink};
-pub use receive::{Checked, Destination, ReceiveOptions, Receiver, RoundStats, Verify};
+pub use receive::{
+    Action, Change, Checked, Destination, Preview, ReceiveOptions, Receiver, RoundStats, Tally,
+    Verify,
+};
 pub use source::{ChunkSource, ManifestBase, Sender, Source, Want};
-pub use sync::{SyncError, SyncOptions, SyncStats, sync};
+pub use sync::{SyncError, SyncOptions, SyncStats, preview, sync};
