@@ -55,16 +55,6 @@ impl ChunkIndex {
     pub fn remove(&mut self, id: &ChunkId) {
         self.map.remove(&id.prefix());
     }
-
-    /// Number of chunks known.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether empty.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 /// Reads `len` bytes at `offset` into `buf` and checks them against `id`.

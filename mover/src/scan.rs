@@ -19,7 +19,6 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -34,6 +33,7 @@ use crate::manifest::{
     Record, Trailer,
 };
 use crate::progress::{Progress, ProgressSink};
+use crate::read_full::{read_full_at, read_full_at_in};
 use crate::statcache::{StatCacheError, StatReader, StatRec, StatWriter, now_ns};
 
 /// Segment size for parallel chunking of one extent: large enough that the
@@ -198,20 +198,10 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
             rustix::fs::Advice::WillNeed,
         );
         buf.resize(want, 0);
-        let mut got = 0usize;
-        let mut error = None;
-        while got < want {
-            let end = (got + READ_PIECE).min(want);
-            match j.file.read_at(&mut buf[got..end], j.seg + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
-        }
+        let (got, error) = match read_full_at_in(&j.file, &mut buf, j.seg, READ_PIECE) {
+            Ok(got) => (got, None),
+            Err(e) => (0, Some(e)),
+        };
         let short = got < want;
         let at_end = j.read_end == j.ext_end || short;
         let chunks = if j.class == ChunkClass::Small {
@@ -380,15 +370,7 @@ impl Scanner {
                     let mut chunk = None;
                     if let Some(&(s0, e0)) = extents.first() {
                         let mut buf = vec![0u8; (e0 - s0) as usize];
-                        let mut got = 0;
-                        while got < buf.len() {
-                            match f.read_at(&mut buf[got..], s0 + got as u64) {
-                                Ok(0) => break,
-                                Ok(n) => got += n,
-                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(io_err(&entry.path)(e)),
-                            }
-                        }
+                        let got = read_full_at(&f, &mut buf, s0).map_err(io_err(&entry.path))?;
                         self.stats.bytes_hashed += got as u64;
                         if got > 0 {
                             chunk = Some(ChunkRef {
@@ -682,15 +664,7 @@ fn advance_chunking(
     // Chunks the joiner must cut itself (rare), read straight from the file.
     let mut serial = |at: u64| -> Result<ChunkRef, ScanError> {
         buf.resize(chunker.max(), 0);
-        let mut got = 0;
-        while got < buf.len() {
-            match file.read_at(&mut buf[got..], at + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_err(&path)(e)),
-            }
-        }
+        let got = read_full_at(file, &mut buf, at).map_err(io_err(&path))?;
         if got == 0 {
             return Err(ScanError::Io {
                 path: String::from_utf8_lossy(&path).into_owned(),

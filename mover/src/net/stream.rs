@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
 
-use super::bwlimit::{Throttled, TokenBucket, WireCounters};
+use super::bwlimit::{Throttled, WireCounters};
 use super::conn::{Conn, ConnError, HelloOptions};
 use super::tls::agent_server_name;
+use crate::rate::RateLimiter;
 
 /// Any stream a connection can run over.
 pub trait Stream: Read + Write + Send {}
@@ -55,7 +56,7 @@ impl StreamError {
 pub struct Endpoint {
     pub hello: HelloOptions,
     /// The process-wide bandwidth limit, if any.
-    pub bucket: Option<Arc<TokenBucket>>,
+    pub bucket: Option<Arc<RateLimiter>>,
     /// Wire byte counters of this process (or of one migration).
     pub counters: Arc<WireCounters>,
     /// Read and write timeout on the socket: a peer or link silent this long

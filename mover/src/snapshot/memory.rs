@@ -14,9 +14,11 @@
 //! [`MemoryEbs::hide_new_snapshots`] makes a new snapshot "not found" for its
 //! first few calls, like AWS's eventual consistency.
 
-use super::api::{ApiError, BlockPage, ErrorKind, FetchedBlock, ListedBlock, SnapshotApi, Started};
+use super::api::{BlockPage, FetchedBlock, ListedBlock, SnapshotApi, Started};
 use super::block::{BLOCKS_PER_GIB, BlockHash, linear_checksum};
 use super::rules::{self, StartRequest};
+use crate::aws::ApiError;
+use crate::retry::ErrorKind;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 

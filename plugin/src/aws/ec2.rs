@@ -6,7 +6,7 @@
 //! one attempt: errors are `ApiError`s whose kind the one retry layer
 //! (`mover::snapshot::retry`) acts on. Nothing below this trait retries.
 
-use mover::snapshot::ApiError;
+use mover::aws::ApiError;
 use std::collections::BTreeMap;
 
 /// A DescribeVolumes filter: name (`tag:daffe:cluster`, `availability-zone`,

@@ -14,4 +14,4 @@ pub mod ec2_sdk;
 pub mod identity;
 
 pub use ec2::{AttachmentFacts, Ec2Api, Filter, Modify, NewVolume, SnapshotFacts, VolumeFacts};
-pub use mover::snapshot::ApiError;
+pub use mover::aws::ApiError;
