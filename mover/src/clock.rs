@@ -5,6 +5,12 @@
 
 use std::time::{Duration, Instant};
 
+/// Milliseconds of `d`, for a report (saturating: no round lasts 584
+/// million years).
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// A time source that can also wait.
 pub trait Clock: Send + Sync {
     fn now(&self) -> Instant;

@@ -85,14 +85,14 @@ impl FileStat {
             perm: st.st_mode as u32 & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
-            size: st.st_size as u64,
-            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec as i64),
-            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec as i64),
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
             dev: st.st_dev as u64,
             ino: st.st_ino as u64,
             nlink: st.st_nlink as u64,
             rdev: st.st_rdev as u64,
-            blocks: st.st_blocks as u64,
+            blocks: u64::try_from(st.st_blocks).unwrap_or(0),
         }
     }
 
@@ -272,8 +272,13 @@ pub struct Skip {
 
 fn ts(ns: i128) -> Timespec {
     Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000) as i64,
-        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+        // Times outside what the kernel can store are clamped to its range.
+        tv_sec: i64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or(if ns < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }),
+        tv_nsec: ns.rem_euclid(1_000_000_000).try_into().unwrap_or(0),
     }
 }
 

@@ -84,7 +84,11 @@ impl FramedWriter {
         })?;
         let sum = blake3::hash(&body);
         let mut head = [0u8; 12];
-        head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        let len = u32::try_from(body.len()).map_err(|_| JournalError::Encode {
+            path: self.path.clone(),
+            source: postcard::Error::SerializeBufferFull,
+        })?;
+        head[..4].copy_from_slice(&len.to_le_bytes());
         head[4..].copy_from_slice(&sum.as_bytes()[..8]);
         let r = self
             .out

@@ -421,7 +421,8 @@ impl<B: BufRead, W: Write> DeltaApplier<B, W> {
                     if n > MAX_LITERAL {
                         return Err(bad(format!("manifest delta literal of {n} bytes")));
                     }
-                    let n = n as usize;
+                    let n =
+                        usize::try_from(n).map_err(|_| bad("manifest delta literal too long"))?;
                     if rest.len() < head + n {
                         break;
                     }

@@ -85,7 +85,7 @@ impl StatRec {
 pub fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
 /// The manifest root named in a stat cache's footer.
@@ -237,7 +237,11 @@ impl StatReader {
                 break;
             }
         }
-        self.buf.resize(len as usize, 0);
+        let len = usize::try_from(len).map_err(|_| StatCacheError::Io {
+            path: self.path.clone(),
+            source: io::ErrorKind::InvalidData.into(),
+        })?;
+        self.buf.resize(len, 0);
         self.inp
             .read_exact(&mut self.buf)
             .map_err(|source| StatCacheError::Io {

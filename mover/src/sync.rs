@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::millis;
 use crate::fsmeta::Skip;
 use crate::progress::{NoProgress, Phase, Progress, ProgressSink};
 use crate::receive::{
@@ -246,7 +247,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
                 progress: opts.progress.clone(),
             },
         )?;
-        stats.scan_ms += ts.elapsed().as_millis() as u64;
+        stats.scan_ms += millis(ts.elapsed());
         for s in sender.skipped() {
             stats.skipped.push(s.clone());
         }
@@ -270,7 +271,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
             Err(e) => return Err(e.into()),
         }
     }
-    stats.duration_ms = t0.elapsed().as_millis() as u64;
+    stats.duration_ms = millis(t0.elapsed());
     Ok(stats)
 }
 
@@ -281,7 +282,9 @@ mod tests {
     use std::path::Path;
 
     fn write(p: &Path, bytes: usize, seed: u8) {
-        let data: Vec<u8> = (0..bytes).map(|i| (i as u8).wrapping_mul(seed)).collect();
+        let data: Vec<u8> = (0..bytes)
+            .map(|i| u8::try_from(i % 256).unwrap().wrapping_mul(seed))
+            .collect();
         std::fs::write(p, data).unwrap();
     }
 

@@ -370,12 +370,12 @@ impl Hostile {
             } else {
                 vec![ChunkRef {
                     offset: 0,
-                    len: bytes.len() as u32,
+                    len: u32::try_from(bytes.len()).unwrap(),
                     id: ChunkId(*blake3::hash(&bytes).as_bytes()),
                 }]
             };
             w.write_entry(&e, &chunks).unwrap();
-            data.insert((i as u32, 0), bytes);
+            data.insert((u32::try_from(i).unwrap(), 0), bytes);
         }
         let (manifest, trailer) = w.finish().unwrap();
         Hostile {

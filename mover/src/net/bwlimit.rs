@@ -33,6 +33,11 @@ pub enum RateError {
 }
 
 /// Parses a rate in bytes per second: `1048576`, `512K`, `1.5M`, `1G`, `100mbit`.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the rate is finite, >= 1 (checked) and far below 2^53"
+)]
 pub fn parse_rate(s: &str) -> Result<u64, RateError> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix("/s").unwrap_or(&t);
@@ -55,7 +60,6 @@ pub fn parse_rate(s: &str) -> Result<u64, RateError> {
     if !rate.is_finite() || rate < 1.0 {
         return Err(RateError::Zero(s.to_string()));
     }
-    // Rates are far below 2^53 bytes/s; the float is exact enough.
     Ok(rate as u64)
 }
 

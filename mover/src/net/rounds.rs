@@ -16,7 +16,7 @@ use super::netsource::NetSource;
 use super::peer::Peer;
 use super::serve::{ServeError, ServeEvent};
 use super::stream::{Endpoint, StreamError};
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SystemClock, millis};
 use crate::receive::{Destination, ReceiveError, ReceiveOptions, Receiver, RoundStats};
 use crate::retry::{Attempts, ErrorKind, RetryPolicy};
 use crate::scan::{ScanError, ScanOptions, ScanStats};
@@ -50,7 +50,7 @@ pub fn summary(s: &RoundStats, took: Duration) -> RoundSummary {
         bytes_written: s.bytes_written,
         stale: 0,
         root,
-        duration_ms: took.as_millis() as u64,
+        duration_ms: millis(took),
     }
 }
 

@@ -19,6 +19,7 @@ use super::plan::{PlanInput, StoredManifest, plan};
 use super::verify::{Checked, Recheck, promote, validity};
 use crate::chunk::ChunkId;
 use crate::chunk_index::{ChunkIndex, Loc};
+use crate::clock::millis;
 use crate::journal::{FramedWriter, JRec, Stored, read_journal};
 use crate::manifest::{self, ManifestReader};
 use crate::progress::{Phase, Progress};
@@ -408,9 +409,4 @@ fn fetch_manifest(
     }
     std::io::Write::flush(&mut w).map_err(io_err(b"manifest"))?;
     Ok(via_delta)
-}
-
-/// Milliseconds for a report (saturating: a round does not last 584 million years).
-pub(super) fn millis(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

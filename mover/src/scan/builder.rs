@@ -94,6 +94,10 @@ struct Pending {
     state: PState,
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a job reads one segment plus lookahead (tens of MiB); a small file's extent is at most SMALL_MAX"
+)]
 fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
     let mut buf = Vec::new();
     while let Ok(j) = jobs.recv() {
@@ -292,13 +296,19 @@ impl Scanner {
                 if class == ChunkClass::Small && extents.len() <= 1 {
                     let mut chunk = None;
                     if let Some(&(s0, e0)) = extents.first() {
+                        #[allow(
+                            clippy::cast_possible_truncation,
+                            reason = "a small file: at most SMALL_MAX"
+                        )]
                         let mut buf = vec![0u8; (e0 - s0) as usize];
                         let got = read_full_at(&f, &mut buf, s0).map_err(io_err(&entry.path))?;
                         self.stats.bytes_hashed += got as u64;
                         if got > 0 {
+                            #[allow(clippy::cast_possible_truncation, reason = "at most SMALL_MAX")]
+                            let len = got as u32;
                             chunk = Some(ChunkRef {
                                 offset: s0,
-                                len: got as u32,
+                                len,
                                 id: ChunkId::of(&buf[..got]),
                             });
                         }
@@ -390,6 +400,10 @@ impl Scanner {
             entries: self.stats.entries,
             bytes_hashed: self.stats.bytes_hashed,
         });
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "a queue position, at most MAX_PENDING"
+        )]
         let idx = (r.seq - self.base_seq) as usize;
         let p = &mut self.queue[idx];
         if let Some(e) = r.error {
@@ -595,9 +609,14 @@ fn advance_chunking(
             });
         }
         let n = chunker.cut(&buf[..got]);
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "a chunk is at most its class's max"
+        )]
+        let len = n as u32;
         Ok(ChunkRef {
             offset: at,
-            len: n as u32,
+            len,
             id: ChunkId::of(&buf[..n]),
         })
     };

@@ -179,7 +179,7 @@ pub fn push(
     let started_at = clock.now();
     let snapshot_id = started.snapshot_id;
     if let Some(bs) = started.reported_block_size
-        && bs != BLOCK_BYTES as i64
+        && u64::try_from(bs) != Ok(BLOCK_BYTES)
     {
         tracing::warn!(
             "{snapshot_id}: the endpoint reports BlockSize {bs}; ignoring it, EBS blocks are {BLOCK_SIZE} bytes"

@@ -71,7 +71,7 @@ fn fill_block(path: &Path, index: u64, byte: u8) {
     let mut data = vec![byte; len];
     // Vary the content inside the block so equal bytes in two blocks still
     // make distinct data where the test wants it.
-    data[0] = byte.wrapping_add(index as u8);
+    data[0] = byte.wrapping_add(u8::try_from(index % 256).unwrap());
     f.write_all_at(&data, index * BLOCK_BYTES).unwrap();
 }
 
