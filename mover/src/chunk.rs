@@ -513,16 +513,26 @@ impl<C: Span> SegmentJoin<C> {
                     return Ok(());
                 }
             }
-            let c = match self.carry.pop_front() {
-                Some(c) if c.start() == self.next => c,
-                _ => {
-                    self.carry.clear();
-                    serial(self.next)?
-                }
-            };
-            self.next = c.end();
-            emit(c)?;
+            self.step(serial, emit)?;
         }
+    }
+
+    /// Emits the next chunk of the serial sequence: the carried one if it
+    /// starts where the sequence is, else one cut serially.
+    fn step<E>(
+        &mut self,
+        serial: &mut dyn FnMut(u64) -> Result<C, E>,
+        emit: &mut dyn FnMut(C) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let c = match self.carry.pop_front() {
+            Some(c) if c.start() == self.next => c,
+            _ => {
+                self.carry.clear();
+                serial(self.next)?
+            }
+        };
+        self.next = c.end();
+        emit(c)
     }
 
     /// Emits the rest of the serial sequence up to `end`.
@@ -533,15 +543,7 @@ impl<C: Span> SegmentJoin<C> {
         emit: &mut dyn FnMut(C) -> Result<(), E>,
     ) -> Result<(), E> {
         while self.next < end {
-            let c = match self.carry.pop_front() {
-                Some(c) if c.start() == self.next => c,
-                _ => {
-                    self.carry.clear();
-                    serial(self.next)?
-                }
-            };
-            self.next = c.end();
-            emit(c)?;
+            self.step(serial, emit)?;
         }
         Ok(())
     }

@@ -4,10 +4,14 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{
+    ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData,
+    StreamOwned,
+};
 
 use super::bwlimit::{Throttled, WireCounters};
 use super::conn::{Conn, ConnError, HelloOptions};
@@ -126,27 +130,37 @@ pub fn dial(
     };
     let tcp = TcpStream::connect_timeout(&sa, connect_timeout).map_err(connect)?;
     tcp_setup(&tcp, ep).map_err(connect)?;
+    let tls_conn = ClientConnection::new(tls.clone(), agent_server_name()).map_err(|source| {
+        StreamError::Rustls {
+            addr: addr.to_string(),
+            source,
+        }
+    })?;
+    handshake(tcp, tls_conn, ep, addr.to_string())
+}
+
+/// The TLS handshake over the throttled socket, then the `Hello` exchange.
+fn handshake<C, S>(
+    tcp: TcpStream,
+    mut tls_conn: C,
+    ep: &Endpoint,
+    addr: String,
+) -> Result<Conn<BoxStream>, StreamError>
+where
+    C: DerefMut<Target = ConnectionCommon<S>> + Send + 'static,
+    S: SideData + 'static,
+{
     let mut sock = Throttled::new(tcp, ep.bucket.clone(), ep.counters.clone());
-    let mut tls_conn =
-        ClientConnection::new(tls.clone(), agent_server_name()).map_err(|source| {
-            StreamError::Rustls {
-                addr: addr.to_string(),
-                source,
-            }
-        })?;
     while tls_conn.is_handshaking() {
         tls_conn
             .complete_io(&mut sock)
             .map_err(|source| StreamError::Tls {
-                addr: addr.to_string(),
+                addr: addr.clone(),
                 source,
             })?;
     }
     let stream: BoxStream = Box::new(StreamOwned::new(tls_conn, sock));
-    Conn::handshake(stream, &ep.hello).map_err(|source| StreamError::Protocol {
-        addr: addr.to_string(),
-        source,
-    })
+    Conn::handshake(stream, &ep.hello).map_err(|source| StreamError::Protocol { addr, source })
 }
 
 /// Accepts the TLS and `Hello` part of an incoming connection. A peer without
@@ -164,22 +178,11 @@ pub fn accept(
         addr: addr.clone(),
         source,
     })?;
-    let mut sock = Throttled::new(tcp, ep.bucket.clone(), ep.counters.clone());
-    let mut tls_conn =
-        ServerConnection::new(tls.clone()).map_err(|source| StreamError::Rustls {
-            addr: addr.clone(),
-            source,
-        })?;
-    while tls_conn.is_handshaking() {
-        tls_conn
-            .complete_io(&mut sock)
-            .map_err(|source| StreamError::Tls {
-                addr: addr.clone(),
-                source,
-            })?;
-    }
-    let stream: BoxStream = Box::new(StreamOwned::new(tls_conn, sock));
-    Conn::handshake(stream, &ep.hello).map_err(|source| StreamError::Protocol { addr, source })
+    let tls_conn = ServerConnection::new(tls.clone()).map_err(|source| StreamError::Rustls {
+        addr: addr.clone(),
+        source,
+    })?;
+    handshake(tcp, tls_conn, ep, addr)
 }
 
 #[cfg(test)]

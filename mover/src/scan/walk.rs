@@ -80,13 +80,25 @@ fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
 /// Scans the tree at `root` into `CACHE/last.manifest`, using and refreshing
 /// the stat cache in `cache_dir`.
 pub fn scan_tree(root: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
-    match scan_tree_with(root, cache_dir, opts.clone(), true) {
+    with_cache_fallback(cache_dir, opts, |opts, use_cache| {
+        scan_tree_with(root, cache_dir, opts, use_cache)
+    })
+}
+
+/// Runs a scan with the source cache, and again without it if the cache
+/// turns out unusable (torn or foreign: never a failed scan).
+fn with_cache_fallback(
+    cache_dir: &Path,
+    opts: ScanOptions,
+    scan: impl Fn(ScanOptions, bool) -> Result<Scan, ScanError>,
+) -> Result<Scan, ScanError> {
+    match scan(opts.clone(), true) {
         Err(ScanError::Cache(why)) => {
             tracing::warn!(
                 "source cache in {} unusable ({why}); rescanning without it",
                 cache_dir.display()
             );
-            scan_tree_with(root, cache_dir, opts, false)
+            scan(opts, false)
         }
         r => r,
     }
@@ -156,6 +168,16 @@ fn scan_tree_with(
         }
         let reuse = s.cached(&path, &st)?;
         let mut e = base_entry(path, kind, &st);
+        // xattrs of a symlink or special file, read by name (not followed).
+        let link_xattrs = |path: &[u8]| {
+            fsmeta::read_xattrs(
+                XTarget::Link {
+                    dir: dirfd.as_fd(),
+                    name: oname,
+                },
+                path,
+            )
+        };
         match kind {
             Kind::Dir => {
                 let fd = rustix::fs::openat(
@@ -194,26 +216,14 @@ fn scan_tree_with(
                     e.target = rustix::fs::readlinkat(dirfd.as_fd(), oname, Vec::new())
                         .map_err(|err| io_err(&e.path)(err.into()))?
                         .into_bytes();
-                    e.xattrs = fsmeta::read_xattrs(
-                        XTarget::Link {
-                            dir: dirfd.as_fd(),
-                            name: oname,
-                        },
-                        &e.path,
-                    )?;
+                    e.xattrs = link_xattrs(&e.path)?;
                 }
                 s.add(e, &st, reuse, None)?;
             }
             _ => {
                 e.rdev = st.rdev;
                 if !reuse {
-                    e.xattrs = fsmeta::read_xattrs(
-                        XTarget::Link {
-                            dir: dirfd.as_fd(),
-                            name: oname,
-                        },
-                        &e.path,
-                    )?;
+                    e.xattrs = link_xattrs(&e.path)?;
                 }
                 s.add(e, &st, reuse, None)?;
             }
@@ -233,16 +243,9 @@ pub fn image_size(f: &File, st: &FileStat) -> std::io::Result<u64> {
 
 /// Scans the image (regular file or block device) at `path`.
 pub fn scan_image(path: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
-    match scan_image_with(path, cache_dir, opts.clone(), true) {
-        Err(ScanError::Cache(why)) => {
-            tracing::warn!(
-                "source cache in {} unusable ({why}); rescanning without it",
-                cache_dir.display()
-            );
-            scan_image_with(path, cache_dir, opts, false)
-        }
-        r => r,
-    }
+    with_cache_fallback(cache_dir, opts, |opts, use_cache| {
+        scan_image_with(path, cache_dir, opts, use_cache)
+    })
 }
 
 fn scan_image_with(
