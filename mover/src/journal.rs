@@ -41,7 +41,7 @@ pub enum Stored {
 
 /// Journal records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JRec {
+pub(crate) enum JRec {
     /// The round's new manifest.
     Begin { root: ChunkId },
     /// These chunks are durable (written and synced).
@@ -51,7 +51,7 @@ pub enum JRec {
 }
 
 /// Appends framed records to a file.
-pub struct FramedWriter {
+pub(crate) struct FramedWriter {
     out: BufWriter<File>,
     path: PathBuf,
 }
@@ -121,7 +121,7 @@ impl FramedWriter {
 }
 
 /// Reads framed records up to the first torn or corrupt one.
-pub struct FramedReader {
+pub(crate) struct FramedReader {
     inp: BufReader<File>,
     buf: Vec<u8>,
 }

@@ -22,13 +22,13 @@
 
 pub mod agent;
 pub mod bwlimit;
-pub mod compress;
+pub(crate) mod compress;
 pub mod conn;
-pub mod frame;
+pub(crate) mod frame;
 pub mod identity;
 pub mod message;
 pub mod netsource;
-pub mod patch;
+pub(crate) mod patch;
 pub mod peer;
 pub mod rounds;
 pub mod serve;

@@ -27,8 +27,8 @@ pub mod api;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod block;
-pub mod diff;
-pub mod image;
+pub(crate) mod diff;
+pub(crate) mod image;
 pub mod index;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;
