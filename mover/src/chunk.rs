@@ -87,8 +87,9 @@ pub enum ChunkClass {
     /// many-small-files case pays no CDC cost and one id names the file.
     Small,
     /// Random-rewrite files (databases, block images): small chunks so that a
-    /// rewritten 4 KiB page re-sends little (FIELD-NOTES: 7.5% of a file is
-    /// re-sent after 1% random page rewrites at 4K/16K/64K, 22% at 16K/64K/256K).
+    /// rewritten 4 KiB page re-sends little (measured: 7.5% of a file is
+    /// re-sent after 1% random page rewrites at 4K/16K/64K, 22% at
+    /// 16K/64K/256K; DESIGN.md, "Facts the code relies on").
     Db,
     /// Everything else: larger chunks, fewer manifest records and index entries.
     Default,
