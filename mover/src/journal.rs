@@ -43,7 +43,7 @@ pub enum Stored {
 
 /// Journal records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JRec {
+pub(crate) enum JRec {
     /// The round's new manifest.
     Begin { root: ChunkId },
     /// These chunks are durable (written and synced).
@@ -53,7 +53,7 @@ pub enum JRec {
 }
 
 /// Appends framed records to a file.
-pub struct FramedWriter {
+pub(crate) struct FramedWriter {
     out: BufWriter<File>,
     path: PathBuf,
 }
@@ -94,7 +94,11 @@ impl FramedWriter {
         })?;
         let sum = blake3::hash(&body);
         let mut head = [0u8; 12];
-        head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        let len = u32::try_from(body.len()).map_err(|_| JournalError::Encode {
+            path: self.path.clone(),
+            source: postcard::Error::SerializeBufferFull,
+        })?;
+        head[..4].copy_from_slice(&len.to_le_bytes());
         head[4..].copy_from_slice(&sum.as_bytes()[..8]);
         let r = self
             .out
@@ -136,7 +140,7 @@ fn intact_prefix(path: &Path) -> Result<u64, JournalError> {
 }
 
 /// Reads framed records up to the first torn or corrupt one.
-pub struct FramedReader {
+pub(crate) struct FramedReader {
     inp: BufReader<File>,
     buf: Vec<u8>,
     /// Bytes of the intact records read so far.

@@ -41,7 +41,7 @@ impl FakeSource {
                         .finalize_xof()
                         .fill(&mut c);
                 } else {
-                    c.fill(i as u8); // compressible
+                    c.fill(i.to_le_bytes()[0]); // compressible
                 }
                 c
             })
@@ -54,9 +54,9 @@ impl FakeSource {
             .iter()
             .enumerate()
             .map(|(i, c)| WireWant {
-                entry: i as u32,
+                entry: u32::try_from(i).unwrap(),
                 offset: 0,
-                len: c.len() as u32,
+                len: u32::try_from(c.len()).unwrap(),
                 id: *blake3::hash(c).as_bytes(),
             })
             .collect()

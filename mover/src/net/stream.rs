@@ -4,14 +4,19 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::ops::DerefMut;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{
+    ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData,
+    StreamOwned,
+};
 
-use super::bwlimit::{Throttled, TokenBucket, WireCounters};
+use super::bwlimit::{Throttled, WireCounters};
 use super::conn::{Conn, ConnError, HelloOptions};
 use super::tls::agent_server_name;
+use crate::rate::RateLimiter;
 
 /// Any stream a connection can run over.
 pub trait Stream: Read + Write + Send {}
@@ -60,7 +65,7 @@ impl StreamError {
 pub struct Endpoint {
     pub hello: HelloOptions,
     /// The process-wide bandwidth limit, if any.
-    pub bucket: Option<Arc<TokenBucket>>,
+    pub bucket: Option<Arc<RateLimiter>>,
     /// Wire byte counters of this process (or of one migration).
     pub counters: Arc<WireCounters>,
     /// Read and write timeout on the socket: a peer or link silent this long
@@ -135,70 +140,31 @@ pub fn dial(
     };
     let tcp = TcpStream::connect_timeout(&sa, connect_timeout).map_err(connect)?;
     tcp_setup(&tcp, ep).map_err(connect)?;
-    let mut sock = Throttled::new(tcp, ep.bucket.clone(), ep.counters.clone());
-    let mut tls_conn =
-        ClientConnection::new(tls.clone(), agent_server_name()).map_err(|source| {
-            StreamError::Rustls {
-                addr: addr.to_string(),
-                source,
-            }
-        })?;
-    while tls_conn.is_handshaking() {
-        tls_conn
-            .complete_io(&mut sock)
-            .map_err(|source| StreamError::Tls {
-                addr: addr.to_string(),
-                source,
-            })?;
-    }
-    let stream: BoxStream = Box::new(StreamOwned::new(tls_conn, sock));
-    Conn::handshake(stream, &ep.hello).map_err(|source| StreamError::Protocol {
-        addr: addr.to_string(),
-        source,
-    })
-}
-
-/// Socket timeouts for the next step of a handshake that must end by
-/// `deadline`: the time left, or the I/O timeout if that is shorter.
-fn until(tcp: &TcpStream, ep: &Endpoint, deadline: Instant) -> io::Result<()> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        return Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("handshake not done within {:?}", ep.handshake_timeout),
-        ));
-    }
-    let t = Some(left.min(ep.io_timeout));
-    tcp.set_read_timeout(t)?;
-    tcp.set_write_timeout(t)
-}
-
-/// Accepts the TLS and `Hello` part of an incoming connection. A peer without
-/// a certificate of our CA fails here, before any handler runs. The whole of
-/// it must fit in [`Endpoint::handshake_timeout`], and its bytes are counted
-/// but not charged to the bandwidth limit: an unauthenticated peer must not
-/// slow the authenticated ones down.
-pub fn accept(
-    tcp: TcpStream,
-    tls: &Arc<ServerConfig>,
-    ep: &Endpoint,
-) -> Result<Conn<BoxStream>, StreamError> {
-    let deadline = Instant::now() + ep.handshake_timeout;
-    let addr = tcp
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "unknown peer".into());
-    let connect = |source| StreamError::Connect {
-        addr: addr.clone(),
-        source,
-    };
-    tcp_setup(&tcp, ep).map_err(connect)?;
-    let mut sock = Throttled::new(tcp, None, ep.counters.clone());
-    let mut tls_conn =
-        ServerConnection::new(tls.clone()).map_err(|source| StreamError::Rustls {
-            addr: addr.clone(),
+    let tls_conn = ClientConnection::new(tls.clone(), agent_server_name()).map_err(|source| {
+        StreamError::Rustls {
+            addr: addr.to_string(),
             source,
-        })?;
+        }
+    })?;
+    handshake(tcp, tls_conn, ep, addr.to_string())
+}
+
+/// The TLS handshake, then the `Hello` exchange, all within
+/// [`Endpoint::handshake_timeout`]. Their bytes are counted but not charged to
+/// the bandwidth limit: an unauthenticated peer must not slow the
+/// authenticated ones down (the bucket is set once the `Hello`s are done).
+fn handshake<C, S>(
+    tcp: TcpStream,
+    mut tls_conn: C,
+    ep: &Endpoint,
+    addr: String,
+) -> Result<Conn<BoxStream>, StreamError>
+where
+    C: DerefMut<Target = ConnectionCommon<S>> + Send + 'static,
+    S: SideData + 'static,
+{
+    let deadline = Instant::now() + ep.handshake_timeout;
+    let mut sock = Throttled::new(tcp, None, ep.counters.clone());
     let tls_err = |source| StreamError::Tls {
         addr: addr.clone(),
         source,
@@ -234,9 +200,47 @@ pub fn accept(
             }
         })?;
     let sock = &mut conn.stream_mut().sock;
-    tcp_setup(sock.get_ref(), ep).map_err(connect)?;
+    tcp_setup(sock.get_ref(), ep).map_err(|source| StreamError::Connect { addr, source })?;
     sock.set_bucket(ep.bucket.clone());
     Ok(conn.map_stream(|s| Box::new(s) as BoxStream))
+}
+
+/// Socket timeouts for the next step of a handshake that must end by
+/// `deadline`: the time left, or the I/O timeout if that is shorter.
+fn until(tcp: &TcpStream, ep: &Endpoint, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("handshake not done within {:?}", ep.handshake_timeout),
+        ));
+    }
+    let t = Some(left.min(ep.io_timeout));
+    tcp.set_read_timeout(t)?;
+    tcp.set_write_timeout(t)
+}
+
+/// Accepts the TLS and `Hello` part of an incoming connection. A peer without
+/// a certificate of our CA fails here, before any handler runs; the whole of
+/// it must fit in [`Endpoint::handshake_timeout`] (see [`handshake`]).
+pub fn accept(
+    tcp: TcpStream,
+    tls: &Arc<ServerConfig>,
+    ep: &Endpoint,
+) -> Result<Conn<BoxStream>, StreamError> {
+    let addr = tcp
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| "unknown peer".into());
+    tcp_setup(&tcp, ep).map_err(|source| StreamError::Connect {
+        addr: addr.clone(),
+        source,
+    })?;
+    let tls_conn = ServerConnection::new(tls.clone()).map_err(|source| StreamError::Rustls {
+        addr: addr.clone(),
+        source,
+    })?;
+    handshake(tcp, tls_conn, ep, addr)
 }
 
 #[cfg(test)]

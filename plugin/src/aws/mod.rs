@@ -5,8 +5,8 @@
 //! from IMDS or the config: [`identity`]).
 //!
 //! SDK configuration (standard chain, endpoint/region overrides, timeouts,
-//! SDK retries off) and the one retry layer come from `mover::snapshot`, so
-//! EC2 and EBS calls behave alike.
+//! SDK retries off) comes from `mover::aws` and the one retry layer from
+//! `mover::retry`, so EC2 and EBS calls behave alike.
 
 pub mod ec2;
 pub mod ec2_memory;
@@ -14,4 +14,4 @@ pub mod ec2_sdk;
 pub mod identity;
 
 pub use ec2::{AttachmentFacts, Ec2Api, Filter, Modify, NewVolume, SnapshotFacts, VolumeFacts};
-pub use mover::snapshot::ApiError;
+pub use mover::aws::ApiError;

@@ -207,7 +207,7 @@ pub(crate) fn ensure_dir(path: &Path) -> Result<(), DeviceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mover::snapshot::pace::ManualClock;
+    use mover::clock::ManualClock;
     use std::sync::Arc;
 
     fn facts(id: &str) -> VolumeFacts {

@@ -35,9 +35,8 @@ use super::loop_device::{Hydrate, LoopResolver};
 use super::{Backend, BackendError, Discovered, Status, VolumeRef};
 use crate::aws::identity;
 use crate::aws::{ApiError, Ec2Api, NewVolume, VolumeFacts, ec2_sdk::SdkEc2};
-use mover::snapshot::pace::{Clock, SystemClock};
-use mover::snapshot::retry::{Exhausted, Retrier};
-use mover::snapshot::{ErrorKind, RetryPolicy};
+use mover::clock::{Clock, SystemClock};
+use mover::retry::{ErrorKind, Exhausted, Retrier, RetryPolicy};
 use profiles::{BackendKind, EbsSettings, Settings};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -71,6 +70,7 @@ pub const EC2_RETRY: RetryPolicy = RetryPolicy {
     base_delay: Duration::from_millis(250),
     max_delay: Duration::from_secs(4),
     not_found_window: Duration::from_secs(30),
+    ..RetryPolicy::AWS
 };
 
 /// Attach names, in AWS's recommended range for Linux EBS volumes. On Nitro
@@ -545,8 +545,9 @@ impl EbsBackend {
 /// Fills a loop file from an EBS snapshot (the loop resolver's stand-in for
 /// EBS's lazy loading), with the snapshot indexes in the state dir.
 fn snapshot_hydrator(cfg: &EbsConfig) -> Result<Hydrate, BackendError> {
+    use mover::progress::NoProgress;
     use mover::snapshot::aws::AwsSnapshotApi;
-    use mover::snapshot::{IndexStore, NoProgress, PullOptions, pull};
+    use mover::snapshot::{IndexStore, PullOptions, pull};
     let api = AwsSnapshotApi::connect(&cfg.aws_options())
         .map_err(|e| BackendError::EbsStart(e.to_string()))?;
     let store = IndexStore::new(cfg.snapshot_state_dir());

@@ -4,7 +4,7 @@
 
 use super::device::DeviceError;
 use super::sys::CommandError;
-use mover::snapshot::ApiError;
+use mover::aws::ApiError;
 use std::path::PathBuf;
 
 fn id(volume_id: &Option<String>) -> String {

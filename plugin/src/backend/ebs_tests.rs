@@ -270,7 +270,7 @@ fn remove_deletes_or_keeps_and_is_idempotent() {
 
 #[test]
 fn throttling_is_retried_and_failures_name_volume_and_code() {
-    use mover::snapshot::ApiError;
+    use mover::aws::ApiError;
     let r = rig();
     let s = profile_settings("default", None);
     let v = vref("db", "default", &s);

@@ -7,8 +7,9 @@ use crate::control::percent_encode;
 use crate::control_ext::EBS_STEP_LIMIT;
 use crate::service::ebs::EbsFacts;
 use hyper::{Method, StatusCode};
+use mover::progress::BlockProgress;
 use mover::snapshot::aws::AwsSnapshotApi;
-use mover::snapshot::{IndexStore, Progress, PushError, PushOptions, PushReport, push};
+use mover::snapshot::{IndexStore, PushError, PushOptions, PushReport, push};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -111,7 +112,7 @@ pub struct AwsPusher<'a> {
     pub store: IndexStore,
     /// Tags, description and transfer settings; `parent` is set per round.
     pub opts: PushOptions,
-    pub progress: &'a dyn Progress,
+    pub progress: &'a dyn BlockProgress,
 }
 
 impl Pusher for AwsPusher<'_> {

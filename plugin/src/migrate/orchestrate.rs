@@ -22,7 +22,7 @@ use super::wire::{PeerReply, PeerRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
 use mover::Source;
 use mover::net::conn::ConnError;
-use mover::net::rounds::{PushError, PushReport, RoundPusher};
+use mover::net::rounds::{RoundPushError, RoundPushReport, RoundPusher};
 use mover::net::serve::ServeEvent;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ pub enum MigrateError {
     #[error("destination: {0}")]
     Peer(#[from] ConnError),
     #[error("destination: {0}")]
-    Push(#[from] PushError),
+    Push(#[from] RoundPushError),
     #[error("destination sent an unexpected reply: {0}")]
     Reply(String),
     #[error("volume {volume} already moved to {to}")]
@@ -107,7 +107,7 @@ pub trait DestHost {
         round: u32,
         final_round: bool,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<PushReport, PushError>;
+    ) -> Result<RoundPushReport, RoundPushError>;
     fn compression(&self) -> bool;
 }
 
@@ -134,7 +134,7 @@ impl DestHost for RemoteAgent {
         round: u32,
         final_round: bool,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<PushReport, PushError> {
+    ) -> Result<RoundPushReport, RoundPushError> {
         self.pusher.push(round, final_round, &mut |ev| {
             if let ServeEvent::ChunkSent { bytes } = ev {
                 progress(bytes)
@@ -199,7 +199,7 @@ pub fn used_bytes(paths: &TransferPaths) -> Result<u64, MigrateError> {
     }
 }
 
-fn round_report(round: u32, final_round: bool, r: &PushReport) -> RoundReport {
+fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundReport {
     RoundReport {
         round,
         final_round,

@@ -81,8 +81,8 @@ struct FakeDest {
     commit_fails: bool,
 }
 
-fn push_report(bytes: u64) -> PushReport {
-    PushReport {
+fn push_report(bytes: u64) -> RoundPushReport {
+    RoundPushReport {
         summary: RoundSummary {
             bytes_fetched: bytes,
             ..Default::default()
@@ -134,19 +134,19 @@ impl DestHost for FakeDest {
         round: u32,
         final_round: bool,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<PushReport, PushError> {
+    ) -> Result<RoundPushReport, RoundPushError> {
         self.log.push(format!("round {round} final={final_round}"));
         match self.rounds.pop_front().unwrap_or(Ok(0)) {
             Ok(b) => {
                 progress(b);
                 Ok(push_report(b))
             }
-            Err("stale") => Err(PushError::StillStale {
+            Err("stale") => Err(RoundPushError::StillStale {
                 target: "counter@gold".into(),
                 round,
                 rescans: 3,
             }),
-            Err(_) => Err(PushError::Scan {
+            Err(_) => Err(RoundPushError::Scan {
                 path: "/x".into(),
                 source: mover::scan::ScanError::Io {
                     path: "/x".into(),

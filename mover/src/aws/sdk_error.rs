@@ -1,10 +1,12 @@
 //! Turning SDK errors into `ApiError`s: the AWS error code (or the HTTP status
 //! when the reply had none, as moto's HTML 500 pages do) and the retry kind the
-//! one retry layer acts on. `classify_code` is shared with the EC2 calls.
-//! Missing credentials are permanent: the chain that found none will find
-//! none on a retry either, so the operator hears it at once.
+//! one retry layer acts on. Generic over the operation's error, so the EBS
+//! and the EC2 clients share it. Missing credentials are permanent: the chain
+//! that found none will find none on a retry either, so the operator hears it
+//! at once.
 
-use crate::snapshot::api::{ApiError, ErrorKind};
+use super::ApiError;
+use crate::retry::ErrorKind;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ebs::config::http::HttpResponse;
 use aws_sdk_ebs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
