@@ -21,7 +21,7 @@ use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"DAFFESI1";
+pub(crate) const MAGIC: &[u8; 8] = b"DAFFESI1";
 const VERSION: u16 = 1;
 /// Longest snapshot id we accept as a file name (AWS ids are ~22 chars).
 const MAX_ID_LEN: usize = 128;
