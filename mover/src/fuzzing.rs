@@ -25,8 +25,11 @@ use crate::snapshot::block::BlockHash;
 use crate::snapshot::{BlockIndex, IndexStore};
 use crate::statcache::{self, StatReader, StatRec, StatWriter};
 
+/// A harness: feeds one input to a decoder; panics on a bug.
+pub type Harness = fn(&[u8]);
+
 /// Every harness, by the name of its fuzz target and corpus directory.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Harness)] = &[
     ("manifest", manifest),
     ("stat_cache", stat_cache),
     ("journal", journal),
@@ -336,8 +339,8 @@ fn file_entry(path: &str, kind: Kind, size: u64) -> Entry {
 
 /// A tree manifest of files `(path, size, seed)` under a root and dir `a`.
 fn sample_manifest(files: &[(&str, u64, u64)]) -> (Vec<u8>, ChunkId) {
-    let mut w = ManifestWriter::new(Vec::new(), &Header::new(Mode::Tree, "seed"))
-        .expect("manifest header");
+    let mut w =
+        ManifestWriter::new(Vec::new(), &Header::new(Mode::Tree, "seed")).expect("manifest header");
     w.write_entry(&file_entry("", Kind::Dir, 0), &[])
         .expect("entry");
     w.write_entry(&file_entry("a", Kind::Dir, 0), &[])
@@ -366,8 +369,8 @@ fn sample_manifest(files: &[(&str, u64, u64)]) -> (Vec<u8>, ChunkId) {
 }
 
 fn image_manifest() -> Vec<u8> {
-    let mut w = ManifestWriter::new(Vec::new(), &Header::new(Mode::Image, "img"))
-        .expect("manifest header");
+    let mut w =
+        ManifestWriter::new(Vec::new(), &Header::new(Mode::Image, "img")).expect("manifest header");
     let e = file_entry("", Kind::Image, 3 * 4096);
     let chunks: Vec<ChunkRef> = (0..3)
         .map(|i| ChunkRef {
