@@ -309,7 +309,10 @@ mod tests {
         assert!(matches!(err, IndexError::Corrupt { .. }), "{err}");
         ix.volume_gib = MAX_VOLUME_GIB;
         std::fs::write(store.path_of("snap-0a1b").unwrap(), ix.encode().unwrap()).unwrap();
-        assert_eq!(store.load("snap-0a1b").unwrap().unwrap().volume_gib, MAX_VOLUME_GIB);
+        assert_eq!(
+            store.load("snap-0a1b").unwrap().unwrap().volume_gib,
+            MAX_VOLUME_GIB
+        );
     }
 
     #[test]
