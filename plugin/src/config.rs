@@ -138,7 +138,7 @@ impl Config {
 
     /// The store's file under the data root.
     pub fn store_path(&self) -> PathBuf {
-        self.data_root.join("state").join(crate::store::STORE_FILE)
+        self.data_root.join("state").join(crate::state::STORE_FILE)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::backend::ebs_testkit::rig;
 use crate::control::ControlApi;
 use crate::server::Handler;
 use crate::service::VolumeService;
-use crate::service::profile_change::tests::ebs_service;
+use crate::service::tests::ebs_service;
 use hyper::body::Bytes;
 use hyper::{Method, StatusCode};
 use profiles::Catalog;
@@ -98,7 +98,7 @@ async fn posted_profiles_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let open = || {
         let mut svc = VolumeService::new(
-            crate::store::Store::open(&dir.path().join("state.redb")).unwrap(),
+            crate::state::Records::open(&dir.path().join("state.redb")).unwrap(),
             r.be.clone(),
             Catalog::builtin(),
             dir.path().to_owned(),

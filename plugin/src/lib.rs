@@ -8,7 +8,8 @@
 //!   set-profile, EBS migration steps) for the CLI.
 //! - [`bounded`]: blocking work under a time limit, with commit-or-abandon.
 //! - [`service`]: volume semantics (idempotent create, mount multiset, rollback).
-//! - [`record`], [`store`]: the durable volume record, kept in redb.
+//! - [`state`]: the volume records (one writer, [`state::Records`]) and the
+//!   run-time profile catalog.
 //! - [`backend`]: storage backends behind the `Backend` trait (local dir/block, EBS).
 //! - [`aws`]: the EC2 calls of the EBS backend behind a trait; this instance's identity.
 //! - [`config`]: `daffe serve` configuration.
@@ -19,15 +20,13 @@ pub mod api;
 pub mod aws;
 pub mod backend;
 pub mod bounded;
-pub mod catalog_store;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod control_ext;
 pub mod migrate;
-pub mod record;
 pub mod server;
 pub mod service;
-pub mod store;
+pub mod state;
 pub mod time;

@@ -5,7 +5,7 @@
 //! docker CLI ("Error response from daemon: ... VolumeDriver.Create: <ours>").
 
 use super::request::ParseError;
-use crate::service::ServiceError;
+use crate::service::{ErrorCode, ServiceError};
 use hyper::StatusCode;
 use serde_json::{Value, json};
 
@@ -79,21 +79,24 @@ impl From<ParseError> for Reply {
     }
 }
 
+/// The HTTP status of each kind of failure.
+pub fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Invalid => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Exists
+        | ErrorCode::InUse
+        | ErrorCode::NotMountable
+        | ErrorCode::Moved
+        | ErrorCode::Refused => StatusCode::CONFLICT,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<ServiceError> for Reply {
     fn from(e: ServiceError) -> Self {
-        use ServiceError as E;
-        let status = match &e {
-            E::Request(_) | E::Resolve(_) | E::Catalog(_) => StatusCode::BAD_REQUEST,
-            E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::Exists { .. }
-            | E::InUse { .. }
-            | E::NotMountable { .. }
-            | E::Refused { .. }
-            | E::Migration { .. } => StatusCode::CONFLICT,
-            E::CatalogStore(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            E::Store(_) | E::Backend(_) | E::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = status_of(e.code());
         match status {
             StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
                 tracing::info!(error = %e, "refused")

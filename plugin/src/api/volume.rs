@@ -8,9 +8,12 @@ use crate::service::{VolumeInfo, VolumeService};
 use serde_json::json;
 use std::sync::Arc;
 
-/// List's serialised reply, tagged with the service's write generation:
-/// `docker volume ls` and dockerd's sweeps call List often, and with
-/// thousands of volumes building the JSON is most of the cost.
+/// List's serialised reply, tagged with the records' write generation: the
+/// daemon's one List cache. `docker volume ls` and dockerd's sweeps call List
+/// often, and with thousands of volumes reading the records and building the
+/// JSON is most of the cost. Every record write goes through
+/// `state::Records`, which moves the generation, so the cache is never
+/// served after a write.
 pub type ListCache = std::sync::Mutex<Option<(u64, bytes::Bytes)>>;
 
 fn list(svc: &VolumeService, cache: &ListCache) -> Reply {

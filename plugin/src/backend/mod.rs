@@ -169,11 +169,16 @@ impl BackendError {
     }
 }
 
-/// The backend a host runs, made from its config. The EBS backend fails to
-/// open (and the daemon to start) rather than fall back to local storage.
-pub fn open(cfg: &crate::config::Config) -> Result<Arc<dyn Backend>, BackendError> {
-    match cfg.backend {
+/// The backend a host runs, made from its config (`backend`, `[aws]`, the
+/// data root). The EBS backend fails to open (and the daemon to start)
+/// rather than fall back to local storage.
+pub fn open(
+    kind: BackendKind,
+    aws: &ebs_config::EbsConfig,
+    data_root: &Path,
+) -> Result<Arc<dyn Backend>, BackendError> {
+    match kind {
         BackendKind::Local => Ok(Arc::new(local::LocalBackend)),
-        BackendKind::Ebs => Ok(Arc::new(ebs::EbsBackend::open(&cfg.aws, &cfg.data_root)?)),
+        BackendKind::Ebs => Ok(Arc::new(ebs::EbsBackend::open(aws, data_root)?)),
     }
 }

@@ -4,7 +4,7 @@ use crate::api::{DriverApi, Limits};
 use crate::config::Config;
 use crate::control::ControlApi;
 use crate::service::VolumeService;
-use crate::store::Store;
+use crate::state::Records;
 use crate::{backend, server};
 use clap::Args;
 use std::path::PathBuf;
@@ -32,7 +32,7 @@ enum ServeError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::state::StoreError),
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
     #[error("recovering interrupted work: {0}")]
@@ -65,9 +65,9 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(d) = args.data_root {
         cfg.data_root = d;
     }
-    let store = Store::open(&cfg.store_path())?;
-    let backend = backend::open(&cfg)?;
-    let mut svc = VolumeService::new(store, backend, cfg.catalog.clone(), cfg.data_root.clone());
+    let records = Records::open(&cfg.store_path())?;
+    let backend = backend::open(cfg.backend, &cfg.aws, &cfg.data_root)?;
+    let mut svc = VolumeService::new(records, backend, cfg.catalog.clone(), cfg.data_root.clone());
     svc.persist_profiles(&cfg.data_root.join("state"))?;
     let svc = Arc::new(svc);
     svc.recover()?;

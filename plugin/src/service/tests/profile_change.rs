@@ -1,21 +1,10 @@
 //! set-profile and profile definitions against the EBS backend over the
 //! in-memory EC2 (AWS's rules for ModifyVolume), on virtual time.
 
-use super::*;
+use super::{ebs_service, no_opts, records};
 use crate::backend::ebs_testkit::{Rig, rig};
-
-/// A service over the EBS backend of `r`, with its store and state in a
-/// temporary directory.
-pub(crate) fn ebs_service(r: &Rig) -> (Arc<VolumeService>, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let svc = VolumeService::new(
-        Store::open(&dir.path().join("state.redb")).unwrap(),
-        r.be.clone(),
-        Catalog::builtin(),
-        dir.path().to_owned(),
-    );
-    (Arc::new(svc), dir)
-}
+use crate::service::{ServiceError, VolumeService};
+use profiles::{Catalog, ProfileDef, Settings};
 
 pub(crate) fn def(v: serde_json::Value) -> ProfileDef {
     serde_json::from_value(v).unwrap()
@@ -37,10 +26,6 @@ fn modify_calls(r: &Rig) -> usize {
         .iter()
         .filter(|c| c.starts_with("ModifyVolume"))
         .count()
-}
-
-fn no_opts() -> BTreeMap<String, String> {
-    BTreeMap::new()
 }
 
 #[test]
@@ -182,7 +167,7 @@ fn defined_profiles_survive_a_restart_of_the_service() {
     let dir = tempfile::tempdir().unwrap();
     let open = || {
         let mut svc = VolumeService::new(
-            Store::open(&dir.path().join("state.redb")).unwrap(),
+            records(dir.path()),
             r.be.clone(),
             Catalog::builtin(),
             dir.path().to_owned(),

@@ -12,7 +12,7 @@
 //! a newer daemon can read them; unknown-field-tolerant decoding keeps old
 //! records loadable.
 
-use crate::record::VolumeRecord;
+use super::record::VolumeRecord;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
 
@@ -46,16 +46,16 @@ pub enum StoreError {
     },
 }
 
-/// The volume store. Cheap to share behind an `Arc`; redb serialises writers
-/// and lets readers run concurrently with them.
-pub struct Store {
+/// The volume store: redb serialises writers and lets readers run
+/// concurrently with them. Only [`super::Records`] holds one.
+pub(super) struct Store {
     db: Database,
     path: PathBuf,
 }
 
 impl Store {
     /// Opens (or creates) the store at `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(super) fn open(path: &Path) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
                 path: path.to_owned(),
@@ -81,10 +81,6 @@ impl Store {
             Ok(())
         })?;
         Ok(store)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
@@ -115,7 +111,7 @@ impl Store {
     }
 
     /// The record of NAME, if any.
-    pub fn get(&self, name: &str) -> Result<Option<VolumeRecord>, StoreError> {
+    pub(super) fn get(&self, name: &str) -> Result<Option<VolumeRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = txn.open_table(VOLUMES).map_err(|e| self.db_err(e))?;
         match table.get(name).map_err(|e| self.db_err(e))? {
@@ -125,7 +121,7 @@ impl Store {
     }
 
     /// Every record, ordered by NAME.
-    pub fn list(&self) -> Result<Vec<VolumeRecord>, StoreError> {
+    pub(super) fn list(&self) -> Result<Vec<VolumeRecord>, StoreError> {
         let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
         let table = txn.open_table(VOLUMES).map_err(|e| self.db_err(e))?;
         let mut out = Vec::new();
@@ -137,7 +133,7 @@ impl Store {
     }
 
     /// Writes `rec` (insert or replace), durably.
-    pub fn put(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
+    pub(super) fn put(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
         // Serialising our own types cannot fail (string keys, no floats).
         let bytes = serde_json::to_vec(rec).unwrap_or_default();
         self.write(|t| {
@@ -147,7 +143,7 @@ impl Store {
     }
 
     /// Deletes NAME's record, durably; returns whether it existed.
-    pub fn delete(&self, name: &str) -> Result<bool, StoreError> {
+    pub(super) fn delete(&self, name: &str) -> Result<bool, StoreError> {
         let mut existed = false;
         self.write(|t| {
             existed = t.remove(name)?.is_some();
@@ -158,9 +154,9 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use super::super::record::{Mounts, VolumeState};
     use super::*;
-    use crate::record::{Mounts, VolumeState};
     use profiles::{BackendKind, LocalFormat, LocalSettings, Settings};
 
     pub(crate) fn record(name: &str) -> VolumeRecord {
@@ -249,7 +245,7 @@ mod tests {
             let mut child = std::process::Command::new(&exe)
                 .args([
                     "--exact",
-                    "store::tests::kill_9_during_writes_loses_and_corrupts_nothing",
+                    "state::store::tests::kill_9_during_writes_loses_and_corrupts_nothing",
                     "--nocapture",
                     "--test-threads=1",
                 ])

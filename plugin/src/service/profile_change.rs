@@ -11,9 +11,12 @@
 //! settings (the record always says what the storage has) and is reported;
 //! `set-profile` with the same profile retries it.
 
-use super::*;
+use super::{ServiceError, VolumeService, vref};
+use crate::backend::BackendError;
 use crate::backend::change::{self, SettingsChange};
-use profiles::{ByteSize, Profile, ProfileDef};
+use crate::state::record::{VolumeRecord, VolumeState};
+use profiles::{ByteSize, Catalog, CatalogError, Profile, ProfileDef, ResolveError, Settings};
+use serde::Serialize;
 
 /// What a change did to one volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,43 +86,41 @@ impl VolumeService {
         cat: &Catalog,
         op: &'static str,
     ) -> Result<VolumeChange, ServiceError> {
-        let rec = self.find(docker_name)?;
-        let vlock = self.volume_lock(&rec.name);
-        let _g = lock(&vlock);
-        let mut rec = self.find(docker_name)?;
-        if rec.state != VolumeState::Ready {
-            return Err(ServiceError::Refused {
-                op,
-                name: rec.docker_name,
-                reason: format!("the volume is {}", rec.state.as_str()),
-            });
-        }
-        let plan = self.plan_for(cat, &rec, profile, op)?;
-        let out = VolumeChange {
-            name: rec.name.clone(),
-            docker_name: rec.docker_name.clone(),
-            from_profile: rec.profile.clone(),
-            to_profile: profile.to_owned(),
-            changes: plan.notes.clone(),
-            modified: plan.modify.is_some(),
-            error: None,
-        };
-        if rec.profile == profile && rec.settings == plan.settings {
-            return Ok(out);
-        }
-        self.backend.apply_change(vref(&rec), &plan)?;
-        if let Some(ebs) = self.backend.ebs() {
-            // After the storage change: a failure here leaves the old tag,
-            // which a retry of the same set-profile fixes.
-            ebs.retag_profile(&rec.name, profile)
-                .map_err(BackendError::from)?;
-        }
-        rec.profile = profile.to_owned();
-        rec.settings = plan.settings;
-        self.put(&rec)?;
-        tracing::info!(volume = %rec.docker_name, from = %out.from_profile, to = profile,
-            changes = %out.changes.join(", "), "profile changed");
-        Ok(out)
+        self.locked(docker_name, |mut rec| {
+            if rec.state != VolumeState::Ready {
+                return Err(ServiceError::Refused {
+                    op,
+                    name: rec.docker_name,
+                    reason: format!("the volume is {}", rec.state.as_str()),
+                });
+            }
+            let plan = self.plan_for(cat, &rec, profile, op)?;
+            let out = VolumeChange {
+                name: rec.name.clone(),
+                docker_name: rec.docker_name.clone(),
+                from_profile: rec.profile.clone(),
+                to_profile: profile.to_owned(),
+                changes: plan.notes.clone(),
+                modified: plan.modify.is_some(),
+                error: None,
+            };
+            if rec.profile == profile && rec.settings == plan.settings {
+                return Ok(out);
+            }
+            self.backend.apply_change(vref(&rec), &plan)?;
+            if let Some(ebs) = self.backend.ebs() {
+                // After the storage change: a failure here leaves the old tag,
+                // which a retry of the same set-profile fixes.
+                ebs.retag_profile(&rec.name, profile)
+                    .map_err(BackendError::from)?;
+            }
+            rec.profile = profile.to_owned();
+            rec.settings = plan.settings;
+            self.records.put(&rec)?;
+            tracing::info!(volume = %rec.docker_name, from = %out.from_profile, to = profile,
+                changes = %out.changes.join(", "), "profile changed");
+            Ok(out)
+        })
     }
 
     /// Static validation checks each value alone; whether they fit together
@@ -171,7 +172,7 @@ impl VolumeService {
         let candidate = writer.candidate(name, def.clone())?;
         self.check_default_size(&candidate, name)?;
         let volumes: Vec<VolumeRecord> = self
-            .store
+            .records
             .list()?
             .into_iter()
             .filter(|r| r.profile == name)
@@ -229,7 +230,3 @@ impl VolumeService {
         Ok(report)
     }
 }
-
-#[cfg(test)]
-#[path = "service_profiles_tests.rs"]
-pub(crate) mod tests;

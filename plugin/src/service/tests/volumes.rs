@@ -1,107 +1,16 @@
-//! Service semantics against a fake backend and a temporary store.
+//! Docker's volume semantics against a fake backend and temporary records.
 
-use super::*;
-use crate::backend::BackendError;
-use profiles::BackendKind;
-use std::sync::atomic::{AtomicBool, Ordering};
+use super::{Env, env, go, no_opts};
+use crate::bounded::{BoundedError, Fence};
+use crate::service::ServiceError;
+use crate::service::VolumeService;
+use crate::state::Records;
+use crate::state::record::{Mounts, VolumeState};
+use profiles::Catalog;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
-
-/// A backend that records what it is asked and fails on demand.
-#[derive(Default)]
-struct Fake {
-    calls: Mutex<Vec<String>>,
-    mounted: Mutex<std::collections::HashSet<String>>,
-    fail_create: AtomicBool,
-    fail_mount: AtomicBool,
-}
-
-impl Fake {
-    fn calls(&self) -> Vec<String> {
-        std::mem::take(&mut *lock(&self.calls))
-    }
-    fn log(&self, what: &str, name: &str) {
-        lock(&self.calls).push(format!("{what} {name}"));
-    }
-    fn is_mounted(&self, name: &str) -> bool {
-        lock(&self.mounted).contains(name)
-    }
-}
-
-fn fail(name: &str) -> BackendError {
-    BackendError::Other {
-        volume: name.into(),
-        message: "injected".into(),
-    }
-}
-
-impl Backend for Fake {
-    fn kind(&self) -> BackendKind {
-        BackendKind::Local
-    }
-    fn create(&self, v: VolumeRef<'_>) -> Result<(), BackendError> {
-        self.log("create", v.name);
-        if self.fail_create.load(Ordering::SeqCst) {
-            return Err(fail(v.name));
-        }
-        Ok(())
-    }
-    fn remove(&self, v: VolumeRef<'_>) -> Result<(), BackendError> {
-        self.log("remove", v.name);
-        Ok(())
-    }
-    fn mount(&self, v: VolumeRef<'_>) -> Result<PathBuf, BackendError> {
-        self.log("mount", v.name);
-        if self.fail_mount.load(Ordering::SeqCst) {
-            return Err(fail(v.name));
-        }
-        lock(&self.mounted).insert(v.name.to_owned());
-        Ok(self.path(v))
-    }
-    fn unmount(&self, v: VolumeRef<'_>) -> Result<(), BackendError> {
-        self.log("unmount", v.name);
-        lock(&self.mounted).remove(v.name);
-        Ok(())
-    }
-    fn path(&self, v: VolumeRef<'_>) -> PathBuf {
-        PathBuf::from("/fake").join(v.name)
-    }
-    fn status(&self, _: VolumeRef<'_>) -> Status {
-        Status::from([("fake".to_owned(), true.into())])
-    }
-}
-
-struct Env {
-    svc: Arc<VolumeService>,
-    fake: Arc<Fake>,
-    _dir: tempfile::TempDir,
-    store_path: PathBuf,
-}
-
-fn env() -> Env {
-    let dir = tempfile::tempdir().unwrap();
-    let store_path = dir.path().join("state.redb");
-    let fake = Arc::new(Fake::default());
-    let svc = VolumeService::new(
-        Store::open(&store_path).unwrap(),
-        fake.clone(),
-        Catalog::builtin(),
-        dir.path().to_owned(),
-    );
-    Env {
-        svc: Arc::new(svc),
-        fake,
-        _dir: dir,
-        store_path,
-    }
-}
-
-fn no_opts() -> BTreeMap<String, String> {
-    BTreeMap::new()
-}
-
-fn go() -> Fence {
-    Fence::unbounded()
-}
 
 #[test]
 fn create_is_idempotent_for_same_name_and_profile_only() {
@@ -256,7 +165,7 @@ fn an_abandoned_mount_is_rolled_back() {
     assert!(fence.abandon());
     assert!(matches!(
         e.svc.mount("v", "c1", &fence),
-        Err(ServiceError::Timeout { .. })
+        Err(ServiceError::Bounded(BoundedError::Timeout { .. }))
     ));
     assert_eq!(e.svc.inspect("v").unwrap().mount_count, 0);
     assert!(!e.fake.is_mounted("v"));
@@ -277,12 +186,12 @@ fn state_survives_a_restart_and_interrupted_creates_are_cleaned() {
     e.svc.create("keep", &no_opts()).unwrap();
     e.svc.mount("keep", "c1", &go()).unwrap();
     // A Create cut off after its intent record.
-    let mut rec = e.svc.store.get("keep").unwrap().unwrap();
+    let mut rec = e.svc.records.get("keep").unwrap().unwrap();
     rec.name = "half".into();
     rec.docker_name = "half".into();
     rec.state = VolumeState::Creating;
     rec.mounts = Mounts::default();
-    e.svc.store.put(&rec).unwrap();
+    e.svc.records.put(&rec).unwrap();
     let Env {
         svc,
         fake,
@@ -291,7 +200,7 @@ fn state_survives_a_restart_and_interrupted_creates_are_cleaned() {
     } = e;
     drop(svc);
     let svc = VolumeService::new(
-        Store::open(&store_path).unwrap(),
+        Records::open(&store_path).unwrap(),
         fake.clone(),
         Catalog::builtin(),
         "/d".into(),
@@ -362,22 +271,4 @@ fn remove_drops_one_docker_name_and_the_data_with_the_last() {
     e.svc.remove("v").unwrap();
     assert_eq!(e.fake.calls(), ["remove v"]);
     assert!(matches!(e.svc.get("v"), Err(ServiceError::NotFound(_))));
-}
-
-#[test]
-fn the_list_cache_follows_every_write() {
-    let e = env();
-    assert!(e.svc.list().unwrap().is_empty());
-    e.svc.create("a", &no_opts()).unwrap();
-    assert_eq!(e.svc.list().unwrap().len(), 1);
-    let first = e.svc.list().unwrap();
-    assert!(
-        Arc::ptr_eq(&first, &e.svc.list().unwrap()),
-        "served from the cache"
-    );
-    e.svc.get_recording("a@default").unwrap();
-    assert_eq!(e.svc.list().unwrap().len(), 2, "a new docker name");
-    e.svc.remove("a@default").unwrap();
-    e.svc.remove("a").unwrap();
-    assert!(e.svc.list().unwrap().is_empty());
 }

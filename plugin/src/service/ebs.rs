@@ -13,9 +13,14 @@
 //!   another zone, mark the source moved. Each runs under the volume's lock;
 //!   fence and attach require the volume unmounted, so no Mount slips in.
 
-use super::*;
+use super::{ServiceError, VolumeService, in_use, lock, now_secs};
 use crate::backend::ebs::{AwsSide, EbsBackend};
-use crate::backend::ebs_tags;
+use crate::backend::{BackendError, ebs_tags};
+use crate::state::record::{Mounts, VolumeRecord, VolumeState};
+use profiles::{Settings, VolumeName};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 /// What the migration CLI needs to know about an EBS volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -48,7 +53,7 @@ impl VolumeService {
             }
             let vlock = self.volume_lock(&f.name);
             let _g = lock(&vlock);
-            if self.store.get(&f.name)?.is_some() {
+            if self.records.get(&f.name)?.is_some() {
                 continue;
             }
             let cat = self.catalog.snapshot();
@@ -83,7 +88,7 @@ impl VolumeService {
                 state: VolumeState::Ready,
                 mounts: Mounts::default(),
             };
-            self.put(&rec)?;
+            self.records.put(&rec)?;
             tracing::info!(volume = %rec.docker_name, id = %f.storage_id, "record rebuilt from the storage");
             rebuilt.push(rec.docker_name);
         }
@@ -110,23 +115,12 @@ impl VolumeService {
         unmounted: bool,
         f: impl FnOnce(&VolumeRecord) -> Result<T, ServiceError>,
     ) -> Result<T, ServiceError> {
-        let rec = self.find(docker_name)?;
-        let vlock = self.volume_lock(&rec.name);
-        let _g = lock(&vlock);
-        let rec = self.find(docker_name)?;
-        if unmounted && !rec.mounts.is_empty() {
-            return Err(ServiceError::InUse {
-                docker_name: rec.docker_name.clone(),
-                mounts: rec.mounts.total(),
-                ids: rec
-                    .mounts
-                    .ids()
-                    .map(|(id, _)| short_id(id).to_owned())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            });
-        }
-        f(&rec)
+        self.locked(docker_name, |rec| {
+            if unmounted && !rec.mounts.is_empty() {
+                return Err(in_use(&rec));
+            }
+            f(&rec)
+        })
     }
 
     /// The volume's EBS facts (GET `/v1/volumes/NAME/ebs`).
@@ -246,7 +240,3 @@ impl VolumeService {
         self.ebs_facts(docker_name)
     }
 }
-
-#[cfg(test)]
-#[path = "service_ebs_tests.rs"]
-mod tests;

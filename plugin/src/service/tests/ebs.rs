@@ -1,8 +1,11 @@
 //! Records rebuilt from EBS at start, over the in-memory EC2.
 
-use super::*;
+use super::ebs_service;
+use crate::backend::Backend;
 use crate::backend::ebs_testkit::{ME, ZONE, profile_settings, rig, rig_in, vref};
-use crate::service::profile_change::tests::ebs_service;
+use crate::state::record::VolumeState;
+use profiles::Settings;
+use std::collections::BTreeMap;
 
 #[test]
 fn lost_records_are_rebuilt_once_and_unknown_profiles_keep_their_data() {

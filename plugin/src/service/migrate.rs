@@ -7,10 +7,14 @@
 //! `fence` fail with "in use". Nothing here calls dockerd (a handler must
 //! never wait on it): the operator, or `daffe migrate`, stops the containers.
 
-use super::*;
+use super::{ServiceError, VolumeService, VolumeView, in_use, lock, vref};
 use crate::backend::local::LocalPaths;
 use crate::backend::local_block;
-use serde::Deserialize;
+use crate::state::record::{VolumeRecord, VolumeState};
+use profiles::{LocalFormat, Settings};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 /// Directory, inside a local volume's directory (beside `data`), where the
 /// receiving mover keeps its state: same filesystem as the data (staged files
@@ -109,26 +113,26 @@ fn free_bytes(path: &Path) -> Result<u64, std::io::Error> {
 /// extents and punches only what its own earlier rounds wrote, so anything
 /// `mkfs` (or an older copy) left where the source has holes would survive.
 /// A tree is blank already when freshly created.
-fn blank_for_receive(paths: &TransferPaths) -> std::io::Result<()> {
-    if paths.mode == TransferMode::Image {
-        let f = std::fs::OpenOptions::new().write(true).open(&paths.data)?;
-        let len = f.metadata()?.len();
-        f.set_len(0)?;
-        f.set_len(len)?;
-        f.sync_all()?;
-    }
-    match std::fs::remove_dir_all(&paths.state_dir) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-        _ => Ok(()),
-    }
-}
-
-fn blank_error(rec: &VolumeRecord, e: std::io::Error) -> ServiceError {
-    ServiceError::Migration {
+fn blank_for_receive(rec: &VolumeRecord) -> Result<(), ServiceError> {
+    let paths = transfer_paths(rec)?;
+    let blank = || -> std::io::Result<()> {
+        if paths.mode == TransferMode::Image {
+            let f = std::fs::OpenOptions::new().write(true).open(&paths.data)?;
+            let len = f.metadata()?.len();
+            f.set_len(0)?;
+            f.set_len(len)?;
+            f.sync_all()?;
+        }
+        match std::fs::remove_dir_all(&paths.state_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    };
+    blank().map_err(|e| ServiceError::Migration {
         op: "receive",
         name: rec.docker_name.clone(),
         message: format!("preparing blank storage: {e}"),
-    }
+    })
 }
 
 fn wrong_state(rec: &VolumeRecord, op: &'static str, want: &str) -> ServiceError {
@@ -154,18 +158,16 @@ impl VolumeService {
         docker_name: &str,
         f: impl FnOnce(&mut VolumeRecord) -> Result<(), ServiceError>,
     ) -> Result<VolumeView, ServiceError> {
-        let rec = self.find(docker_name)?;
-        let vlock = self.volume_lock(&rec.name);
-        let _g = lock(&vlock);
-        let mut rec = self.find(docker_name)?;
-        let before = rec.state.clone();
-        f(&mut rec)?;
-        if rec.state != before {
-            self.store.put(&rec)?;
-            tracing::info!(volume = %rec.docker_name, from = before.as_str(),
-                to = rec.state.as_str(), peer = rec.state.peer().unwrap_or(""), "migration state");
-        }
-        Ok(self.view(rec))
+        self.locked(docker_name, |mut rec| {
+            let before = rec.state.clone();
+            f(&mut rec)?;
+            if rec.state != before {
+                self.records.put(&rec)?;
+                tracing::info!(volume = %rec.docker_name, from = before.as_str(),
+                    to = rec.state.as_str(), peer = rec.state.peer().unwrap_or(""), "migration state");
+            }
+            Ok(self.view(rec))
+        })
     }
 
     /// Where the mover finds this volume.
@@ -196,16 +198,7 @@ impl VolumeService {
                 _ => return Err(wrong_state(rec, "fence", &format!("moving to {to}"))),
             }
             if !rec.mounts.is_empty() {
-                return Err(ServiceError::InUse {
-                    docker_name: rec.docker_name.clone(),
-                    mounts: rec.mounts.total(),
-                    ids: rec
-                        .mounts
-                        .ids()
-                        .map(|(id, _)| short_id(id).to_owned())
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
+                return Err(in_use(rec));
             }
             rec.state = VolumeState::Fenced { to: to.to_owned() };
             Ok(())
@@ -256,7 +249,7 @@ impl VolumeService {
             });
         };
         let mut resuming = false;
-        if let Some(existing) = self.store.get(&req.name)? {
+        if let Some(existing) = self.records.get(&req.name)? {
             match &existing.state {
                 VolumeState::Receiving { .. } => resuming = true,
                 VolumeState::Moved { .. } => {}
@@ -315,7 +308,7 @@ impl VolumeService {
         let receiving = VolumeState::Receiving {
             from: from.to_owned(),
         };
-        if let Some(mut existing) = self.store.get(&req.name)? {
+        if let Some(mut existing) = self.records.get(&req.name)? {
             let ok = existing.docker_name == docker_name
                 && matches!(
                     existing.state,
@@ -334,48 +327,18 @@ impl VolumeService {
                 // what its own rounds wrote, not what this copy holds).
                 self.backend.remove(vref(&existing))?;
                 self.backend.create(vref(&existing))?;
-                let paths = transfer_paths(&existing)?;
-                blank_for_receive(&paths).map_err(|e| blank_error(&existing, e))?;
+                blank_for_receive(&existing)?;
             }
             if existing.state != receiving {
                 existing.state = receiving;
-                self.store.put(&existing)?;
+                self.records.put(&existing)?;
             }
             return transfer_paths(&existing);
         }
-        let settings = self
-            .catalog
-            .resolve(&req, self.backend.kind(), &self.data_root)?;
-        let mut rec = VolumeRecord {
-            docker_name: req.docker_name,
-            aliases: Default::default(),
-            name: req.name,
-            profile: req.profile,
-            backend: self.backend.kind(),
-            settings,
-            options: opts.clone(),
-            created_at: now_secs(),
-            state: VolumeState::Creating,
-            mounts: Mounts::default(),
-        };
-        // Same intent-first order as Create: a crash leaves a `Creating`
-        // record that `recover` cleans up.
-        self.store.put(&rec)?;
-        if let Err(e) = self.backend.create(vref(&rec)) {
-            if let Err(e2) = self.backend.remove(vref(&rec)) {
-                tracing::error!(volume = %rec.docker_name, error = %e2, "cleaning up after a failed receive");
-            }
-            self.store.delete(&rec.name)?;
-            return Err(e.into());
-        }
-        let paths = transfer_paths(&rec)?;
-        if let Err(e) = blank_for_receive(&paths) {
-            let _ = self.backend.remove(vref(&rec));
-            self.store.delete(&rec.name)?;
-            return Err(blank_error(&rec, e));
-        }
+        let mut rec = self.new_record(req, opts, VolumeState::Creating)?;
+        self.create_storage(&rec, blank_for_receive)?;
         rec.state = receiving;
-        self.store.put(&rec)?;
+        self.records.put(&rec)?;
         tracing::info!(volume = %rec.docker_name, from, "receiving");
         transfer_paths(&rec)
     }
@@ -390,120 +353,5 @@ impl VolumeService {
             }
             _ => Err(wrong_state(rec, "take_ownership", "receiving")),
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::bounded::Fence;
-
-    fn fence() -> Fence {
-        Fence::new(std::time::Duration::from_secs(10))
-    }
-
-    fn svc() -> (tempfile::TempDir, VolumeService) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("state.redb")).unwrap();
-        let backend = crate::backend::open(&crate::config::Config::default()).unwrap();
-        let catalog = Catalog::builtin();
-        let svc = VolumeService::new(store, backend, catalog, dir.path().to_path_buf());
-        (dir, svc)
-    }
-
-    #[test]
-    fn fence_waits_for_unmount_and_then_refuses_mounts() {
-        let (_d, svc) = svc();
-        svc.create("v", &BTreeMap::new()).unwrap();
-        svc.mount("v", "c1", &fence()).unwrap();
-        svc.begin_move("v", "hostb").unwrap();
-        // Pre-copy: still mountable.
-        svc.mount("v", "c2", &fence()).unwrap();
-        let err = svc.fence("v", "hostb").unwrap_err();
-        assert!(matches!(err, ServiceError::InUse { .. }), "{err}");
-        svc.unmount("v", "c1").unwrap();
-        svc.unmount("v", "c2").unwrap();
-        svc.fence("v", "hostb").unwrap();
-        let err = svc.mount("v", "c3", &fence()).unwrap_err();
-        assert!(err.to_string().contains("being moved to hostb"), "{err}");
-        svc.finish_move("v", "hostb").unwrap();
-        let err = svc.mount("v", "c3", &fence()).unwrap_err();
-        assert!(err.to_string().contains("volume moved to hostb"), "{err}");
-        // A finished move cannot be aborted or fenced for another host.
-        assert!(svc.abort_move("v").is_err());
-        assert!(svc.fence("v", "hostc").is_err());
-    }
-
-    #[test]
-    fn an_aborted_move_makes_the_volume_usable_again() {
-        let (_d, svc) = svc();
-        svc.create("v", &BTreeMap::new()).unwrap();
-        svc.begin_move("v", "hostb").unwrap();
-        svc.fence("v", "hostb").unwrap();
-        svc.abort_move("v").unwrap();
-        svc.mount("v", "c1", &fence()).unwrap();
-    }
-
-    #[test]
-    fn receiving_is_not_mountable_until_ownership_and_never_overwrites() {
-        let (_d, svc) = svc();
-        let opts = BTreeMap::new();
-        let p = svc.prepare_receive("r@default", &opts, "hosta").unwrap();
-        assert_eq!(p.mode, TransferMode::Tree);
-        assert!(p.data.ends_with("r/data"));
-        let err = svc.mount("r@default", "c", &fence()).unwrap_err();
-        assert!(
-            err.to_string().contains("being received from hosta"),
-            "{err}"
-        );
-        // Resuming an interrupted receive finds the same volume.
-        assert_eq!(svc.prepare_receive("r@default", &opts, "hosta").unwrap(), p);
-        assert!(svc.check_receive("r@default", &opts, 1).unwrap().resuming);
-        svc.take_ownership("r@default").unwrap();
-        svc.mount("r@default", "c", &fence()).unwrap();
-        // An owned volume is never received into.
-        assert!(svc.prepare_receive("r@default", &opts, "hosta").is_err());
-        assert!(svc.check_receive("r@default", &opts, 1).is_err());
-    }
-
-    #[test]
-    fn check_receive_wants_the_profile_and_room() {
-        let (_d, svc) = svc();
-        let opts = BTreeMap::new();
-        let err = svc.check_receive("x@nosuch", &opts, 0).unwrap_err();
-        assert!(err.to_string().contains("nosuch"), "{err}");
-        let err = svc.check_receive("x", &opts, u64::MAX).unwrap_err();
-        assert!(err.to_string().contains("not enough room"), "{err}");
-        let ok = svc.check_receive("x", &opts, 1).unwrap();
-        assert!(ok.free_bytes > 0 && !ok.resuming);
-    }
-
-    #[test]
-    fn a_received_block_image_starts_as_all_holes() {
-        use std::os::unix::fs::MetadataExt;
-        let (_d, svc) = svc();
-        let p = svc
-            .prepare_receive("g@gold", &BTreeMap::new(), "hosta")
-            .unwrap();
-        assert_eq!(p.mode, TransferMode::Image);
-        let md = std::fs::metadata(&p.data).unwrap();
-        assert!(md.len() > 0, "the image keeps its size");
-        assert_eq!(md.blocks(), 0, "mkfs data must not survive into a receive");
-    }
-
-    #[test]
-    fn a_moved_volume_can_come_back() {
-        let (_d, svc) = svc();
-        let opts = BTreeMap::new();
-        svc.create("v", &opts).unwrap();
-        svc.begin_move("v", "hostb").unwrap();
-        svc.fence("v", "hostb").unwrap();
-        svc.finish_move("v", "hostb").unwrap();
-        let p = svc.transfer_paths("v").unwrap();
-        std::fs::write(p.data.join("stale"), b"old copy").unwrap();
-        svc.prepare_receive("v", &opts, "hostb").unwrap();
-        assert!(!p.data.join("stale").exists(), "the old copy is blanked");
-        svc.take_ownership("v").unwrap();
-        svc.mount("v", "c", &fence()).unwrap();
     }
 }
