@@ -23,6 +23,8 @@ pub const DEFAULT_CONFIG: &str = "/etc/daffe/daffe.toml";
 /// Where dockerd looks for a legacy plugin named `daffe`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/daffe.sock";
 pub const DEFAULT_DATA_ROOT: &str = "/var/lib/daffe";
+/// Where the control socket lives unless configured otherwise.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/daffe/control.sock";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,7 +77,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             socket: DEFAULT_SOCKET.into(),
-            control_socket: crate::control::DEFAULT_CONTROL_SOCKET.into(),
+            control_socket: DEFAULT_CONTROL_SOCKET.into(),
             data_root: DEFAULT_DATA_ROOT.into(),
             backend: BackendKind::Local,
             aws: EbsConfig::default(),

@@ -4,8 +4,8 @@
 //! - [`server`]: HTTP/1 over unix sockets; `serve(listener, handler, shutdown)`.
 //! - [`api`]: the VolumeDriver protocol: requests parsed into values, replies
 //!   and error mapping in one place.
-//! - [`control`], [`control_ext`]: the control socket's routes (profiles, volumes,
-//!   set-profile, EBS migration steps) for the CLI.
+//! - [`control`]: the control socket: one request parser, one router (every
+//!   route bounded like the VolumeDriver handlers), one client.
 //! - [`bounded`]: blocking work under a time limit, with commit-or-abandon.
 //! - [`service`]: volume semantics (idempotent create, mount multiset, rollback).
 //! - [`state`]: the volume records (one writer, [`state::Records`]) and the
@@ -13,7 +13,6 @@
 //! - [`backend`]: storage backends behind the `Backend` trait (local dir/block, EBS).
 //! - [`aws`]: the EC2 calls of the EBS backend behind a trait; this instance's identity.
 //! - [`config`]: `daffe serve` configuration.
-//! - [`client`]: the CLI's client for daffe's sockets (hyperlocal).
 //! - [`migrate`]: moving a volume to another host (`daffe migrate`, `daffe agent`).
 //! - [`cli`]: one module per `daffe` subcommand.
 pub mod api;
@@ -21,10 +20,8 @@ pub mod aws;
 pub mod backend;
 pub mod bounded;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod control;
-pub mod control_ext;
 pub mod migrate;
 pub mod server;
 pub mod service;

@@ -7,8 +7,8 @@ pub mod reply;
 pub mod request;
 pub mod volume;
 
+use crate::server::Reply;
 use crate::service::VolumeService;
-use reply::Reply;
 use request::Request;
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,6 +1,6 @@
 //! Plugin-level endpoints: handshake and capabilities.
 
-use super::reply::Reply;
+use crate::server::Reply;
 use serde_json::json;
 
 pub fn activate() -> Reply {

@@ -1,9 +1,9 @@
 //! Volume endpoints: Create, Remove, Mount, Unmount, Path, Get, List.
 
 use super::Limits;
-use super::reply::Reply;
 use super::request::Request;
 use crate::bounded;
+use crate::server::Reply;
 use crate::service::{VolumeInfo, VolumeService};
 use serde_json::json;
 use std::sync::Arc;

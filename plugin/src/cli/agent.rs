@@ -2,9 +2,9 @@
 //! the local daemon's storage. `daffe agent init` makes a cluster CA and this
 //! node's certificate; `daffe agent issue` makes another node's.
 
-use crate::control::DEFAULT_CONTROL_SOCKET;
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::control::ControlClient;
 use crate::migrate::agent::AgentHandler;
-use crate::migrate::daemon::Daemon;
 use crate::migrate::duration;
 use clap::{Args, Subcommand};
 use mover::net::agent::Agent;
@@ -160,7 +160,7 @@ fn serve(args: RunArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return super::fail(false, format!("cannot listen on {}: {e}", args.listen)),
     };
-    let mut handler = AgentHandler::new(Daemon::new(&args.control_socket));
+    let mut handler = AgentHandler::new(ControlClient::new(&args.control_socket));
     handler.checkpoint_bytes = args.checkpoint.bytes().max(1);
     let handler = Arc::new(handler);
     let node = ep.hello.node.clone();

@@ -9,8 +9,8 @@
 //! through snapshots instead (see `super::migrate_ebs`).
 
 use super::agent::PeerOptions;
-use crate::control::DEFAULT_CONTROL_SOCKET;
-use crate::migrate::daemon::Daemon;
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::control::ControlClient;
 use crate::migrate::duration;
 use crate::migrate::orchestrate::{Event, MigrateOptions, RemoteAgent, migrate};
 use crate::migrate::plan::DEFAULT_MAX_ROUNDS;
@@ -68,7 +68,15 @@ const FENCE_POLL: Duration = Duration::from_millis(20);
 
 pub fn run(args: MigrateArgs) -> ExitCode {
     if args.via_ebs {
-        return super::migrate_ebs::run(args);
+        return super::migrate_ebs::run(&super::migrate_ebs::ViaEbs {
+            volume: &args.volume,
+            to_zone: args.to_zone.as_deref().unwrap_or_default(),
+            max_rounds: args.max_rounds,
+            unmount_timeout: &args.unmount_timeout,
+            json: args.json,
+            control_socket: &args.control_socket,
+            ebs: &args.ebs,
+        });
     }
     super::init_logging();
     let to = args.to.clone().unwrap_or_default();
@@ -87,7 +95,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return super::fail(json, format!("{e} (see `daffe agent init`)")),
     };
-    let daemon = Daemon::new(&args.control_socket);
+    let daemon = ControlClient::new(&args.control_socket);
     let mut dest = RemoteAgent {
         pusher: RoundPusher {
             addr: to.clone(),

@@ -5,16 +5,17 @@
 //! daemon's `[aws]` config (from the volume's facts), so the snapshots are
 //! pushed where the daemon will look for them; flags override.
 
-use super::migrate::MigrateArgs;
+use crate::control::ControlClient;
 use crate::migrate::duration;
 use crate::migrate::ebs::{
-    DEFAULT_MAX_ROUNDS, EbsEvent, EbsMigrateOptions, EbsSteps, SMALL_ROUND_BLOCKS, migrate_ebs,
+    DEFAULT_MAX_ROUNDS, DaemonSteps, EbsEvent, EbsMigrateOptions, EbsSteps, SMALL_ROUND_BLOCKS,
+    migrate_ebs,
 };
-use crate::migrate::ebs_io::{AwsPusher, DaemonSteps};
+use crate::migrate::ebs_snapshots::AwsPusher;
 use clap::Args;
 use mover::snapshot::aws::{AwsOptions, AwsSnapshotApi};
 use mover::snapshot::{IndexStore, NoProgress, PushOptions, TransferOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -36,17 +37,29 @@ pub struct EbsArgs {
 /// Pause between fence attempts while the containers are still running.
 const FENCE_POLL: Duration = Duration::from_millis(200);
 
-pub fn run(args: MigrateArgs) -> ExitCode {
+/// What `daffe migrate --via-ebs` was asked (from `MigrateArgs`).
+#[derive(Debug)]
+pub struct ViaEbs<'a> {
+    pub volume: &'a str,
+    pub to_zone: &'a str,
+    pub max_rounds: Option<u32>,
+    pub unmount_timeout: &'a str,
+    pub json: bool,
+    pub control_socket: &'a Path,
+    pub ebs: &'a EbsArgs,
+}
+
+pub fn run(args: &ViaEbs<'_>) -> ExitCode {
     super::init_logging();
     let json = args.json;
-    let zone = args.to_zone.clone().unwrap_or_default();
-    let unmount_timeout = match duration::parse(&args.unmount_timeout) {
+    let zone = args.to_zone.to_owned();
+    let unmount_timeout = match duration::parse(args.unmount_timeout) {
         Ok(d) => d,
         Err(e) => return super::fail(json, e),
     };
     let steps = DaemonSteps {
-        socket: args.control_socket.clone(),
-        volume: args.volume.clone(),
+        daemon: ControlClient::new(args.control_socket),
+        volume: args.volume.to_owned(),
     };
     // The daemon's AWS side, for the pushes' defaults.
     let facts = match steps.facts() {
@@ -90,14 +103,14 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         progress: &NoProgress,
     };
     let opts = EbsMigrateOptions {
-        volume: args.volume.clone(),
+        volume: args.volume.to_owned(),
         to_zone: zone.clone(),
         max_rounds: args.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS).max(1),
         small_round_blocks: SMALL_ROUND_BLOCKS,
         unmount_timeout,
         fence_poll: FENCE_POLL,
     };
-    let volume = args.volume.clone();
+    let volume = args.volume.to_owned();
     // Progress lines go to stderr whether or not it is a terminal: the
     // operator acts on "waiting for ... unmounted".
     let result = migrate_ebs(&steps, &mut pusher, &opts, &mut |ev| match ev {

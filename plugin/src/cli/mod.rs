@@ -23,14 +23,6 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// A small runtime for one-shot client commands.
-pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, std::io::Error> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f))
-}
-
 /// Prints an error as text on stderr, or as `{"error": ...}` on stdout with
 /// `--json`; exit code 1.
 pub(crate) fn fail(json: bool, msg: impl std::fmt::Display) -> ExitCode {

@@ -2,7 +2,7 @@
 
 use crate::api::{DriverApi, Limits};
 use crate::config::Config;
-use crate::control::ControlApi;
+use crate::control::{self, ControlApi};
 use crate::service::VolumeService;
 use crate::state::Records;
 use crate::{backend, server};
@@ -117,7 +117,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         ));
         let control = tokio::spawn(server::serve(
             control_listener,
-            Arc::new(ControlApi::new(svc.clone())),
+            Arc::new(ControlApi::new(svc.clone(), control::Limits::default())),
             stopped(stop_rx),
         ));
         shutdown_signal().await;

@@ -1,9 +1,9 @@
-//! The control routes that change things, called as the socket calls them
-//! (path, JSON body), over a service on the EBS backend and the in-memory
-//! EC2.
+//! The control routes, called as the socket calls them (method, path, JSON
+//! body), over a service on the EBS backend and the in-memory EC2 or on the
+//! local backend; and the routes' time limits over real sockets.
 
+use super::{ControlApi, Limits};
 use crate::backend::ebs_testkit::rig;
-use crate::control::ControlApi;
 use crate::server::Handler;
 use crate::service::VolumeService;
 use crate::service::tests::ebs_service;
@@ -13,6 +13,8 @@ use profiles::Catalog;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+
+mod limits;
 
 async fn call(api: &ControlApi, method: Method, path: &str, body: Value) -> (StatusCode, Value) {
     let body = if body.is_null() {
@@ -39,7 +41,7 @@ fn silver() -> Value {
 async fn posted_profiles_are_validated_with_400s_and_listed() {
     let r = rig();
     let (svc, _d) = ebs_service(&r);
-    let api = ControlApi::new(svc);
+    let api = ControlApi::new(svc, Limits::default());
     let bad = [
         (json!({"ebs": {"type": "gp3"}}), "missing \"name\""),
         (
@@ -104,7 +106,7 @@ async fn posted_profiles_survive_a_restart() {
             dir.path().to_owned(),
         );
         svc.persist_profiles(&dir.path().join("state")).unwrap();
-        ControlApi::new(Arc::new(svc))
+        ControlApi::new(Arc::new(svc), Limits::default())
     };
     let api = open();
     let (status, reply) = call(&api, Method::POST, PROFILES, silver()).await;
@@ -126,7 +128,7 @@ async fn set_profile_route_changes_the_volume_or_says_why_not() {
     let r = rig();
     let (svc, _d) = ebs_service(&r);
     svc.create("db", &BTreeMap::new()).unwrap();
-    let api = ControlApi::new(svc.clone());
+    let api = ControlApi::new(svc.clone(), Limits::default());
     let (status, _) = call(&api, Method::POST, PROFILES, silver()).await;
     assert_eq!(status, StatusCode::OK);
 
@@ -183,7 +185,7 @@ async fn set_profile_route_changes_the_volume_or_says_why_not() {
 async fn a_storage_failure_while_reapplying_is_a_502_naming_the_volume() {
     let r = rig();
     let (svc, _d) = ebs_service(&r);
-    let api = ControlApi::new(svc.clone());
+    let api = ControlApi::new(svc.clone(), Limits::default());
     let (status, _) = call(&api, Method::POST, PROFILES, silver()).await;
     assert_eq!(status, StatusCode::OK);
     svc.create("a@silver", &BTreeMap::new()).unwrap();
@@ -219,4 +221,64 @@ async fn a_storage_failure_while_reapplying_is_a_502_naming_the_volume() {
     assert_eq!(r.volume_of("a").throughput, Some(300));
     let (_, reply) = call(&api, Method::GET, "/v1/volumes/a", Value::Null).await;
     assert_eq!(reply["settings"]["throughput"], 300, "{reply}");
+}
+
+/// Failures say what kind they are (`"Code"`) beside the message, from the
+/// parser and from the service alike.
+#[tokio::test]
+async fn failures_carry_their_code() {
+    let r = rig();
+    let (svc, _d) = ebs_service(&r);
+    svc.create("db", &BTreeMap::new()).unwrap();
+    let api = ControlApi::new(svc, Limits::default());
+    let cases = [
+        (
+            Method::GET,
+            "/v1/nope",
+            Value::Null,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::PUT,
+            "/v1/volumes",
+            Value::Null,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid",
+        ),
+        (
+            Method::POST,
+            "/v1/volumes/db/move",
+            json!({}),
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            Method::GET,
+            "/v1/volumes/ghost",
+            Value::Null,
+            StatusCode::NOT_FOUND,
+            "not_found",
+        ),
+        (
+            Method::POST,
+            "/v1/volumes/db/fence",
+            json!({"to": "hostb"}),
+            StatusCode::CONFLICT,
+            "refused",
+        ),
+        (
+            Method::POST,
+            "/v1/receive/check",
+            json!({"volume": "x"}),
+            StatusCode::CONFLICT,
+            "refused",
+        ),
+    ];
+    for (method, path, body, want_status, want_code) in cases {
+        let (status, reply) = call(&api, method.clone(), path, body).await;
+        assert_eq!(status, want_status, "{method} {path}: {reply}");
+        assert_eq!(reply["Code"], want_code, "{method} {path}: {reply}");
+        assert!(!err(&reply).is_empty(), "{method} {path}: {reply}");
+    }
 }
