@@ -7,14 +7,14 @@
 //! control_socket = "/run/daffe/control.sock"
 //! data_root = "/var/lib/daffe"                 # store, and default profile roots
 //! backend = "local"                            # or "ebs"
-//! [aws]                                        # see backend::ebs_config
+//! [aws]                                        # see backend::ebs::config
 //! availability_zone = "us-east-1a"
 //! [profiles.silver.local]                      # see profiles::Catalog
 //! format = "block"
 //! default_size = "5G"
 //! ```
 
-use crate::backend::ebs_config::EbsConfig;
+use crate::backend::ebs::EbsConfig;
 use profiles::{BackendKind, Catalog, CatalogError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

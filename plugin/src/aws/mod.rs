@@ -1,15 +1,16 @@
 //! The plugin's AWS side: the EC2 calls the EBS backend makes, behind the
 //! [`ec2::Ec2Api`] trait (the seam to AWS), with the SDK implementation
-//! ([`ec2_sdk`]), a faithful in-memory double for unit tests
-//! ([`ec2_memory`]), and this instance's identity (instance id and zone,
-//! from IMDS or the config: [`identity`]).
+//! ([`ec2_sdk`]), a faithful in-memory double for unit tests (`ec2_memory`,
+//! compiled for tests only), and this instance's identity (instance id and
+//! zone, from IMDS or the config: [`identity`]).
 //!
 //! SDK configuration (standard chain, endpoint/region overrides, timeouts,
 //! SDK retries off) and the one retry layer come from `mover::snapshot`, so
 //! EC2 and EBS calls behave alike.
 
 pub mod ec2;
-pub mod ec2_memory;
+#[cfg(test)]
+pub(crate) mod ec2_memory;
 pub mod ec2_sdk;
 pub mod identity;
 

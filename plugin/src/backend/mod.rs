@@ -11,20 +11,8 @@
 //! create, mount, unmount or remove that already happened (wholly or in part).
 
 pub mod change;
-pub mod device;
 pub mod ebs;
-pub mod ebs_config;
-pub mod ebs_error;
-pub mod ebs_fs;
-mod ebs_ops;
-pub mod ebs_tags;
-#[cfg(test)]
-pub(crate) mod ebs_testkit;
-pub mod ebs_wait;
 pub mod local;
-pub mod local_block;
-pub mod local_dir;
-pub mod loop_device;
 pub mod sys;
 
 use profiles::{BackendKind, Settings};
@@ -112,11 +100,6 @@ pub trait Backend: Send + Sync {
             }),
         }
     }
-
-    /// The EBS backend, for its own operations (migration through snapshots).
-    fn ebs(&self) -> Option<&ebs::EbsBackend> {
-        None
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,13 +110,8 @@ pub enum BackendError {
         got: BackendKind,
         want: BackendKind,
     },
-    #[error("volume {volume:?}: {what} {path}: {source}")]
-    Io {
-        volume: String,
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] VolumeIoError),
     #[error("volume {volume:?}: {source}")]
     Command {
         volume: String,
@@ -142,15 +120,25 @@ pub enum BackendError {
     #[error("volume {volume:?}: {message}")]
     Other { volume: String, message: String },
     #[error(transparent)]
-    Ebs(#[from] Box<ebs_error::EbsError>),
+    Ebs(#[from] Box<ebs::EbsError>),
     #[error("starting the EBS backend: {0}")]
     EbsStart(String),
 }
 
-impl From<ebs_error::EbsError> for BackendError {
-    fn from(e: ebs_error::EbsError) -> Self {
+impl From<ebs::EbsError> for BackendError {
+    fn from(e: ebs::EbsError) -> Self {
         Self::Ebs(Box::new(e))
     }
+}
+
+/// A file operation on a volume's storage that failed (either backend).
+#[derive(Debug, thiserror::Error)]
+#[error("volume {volume:?}: {what} {path}: {source}")]
+pub struct VolumeIoError {
+    pub volume: String,
+    pub what: &'static str,
+    pub path: PathBuf,
+    pub source: std::io::Error,
 }
 
 impl BackendError {
@@ -160,25 +148,51 @@ impl BackendError {
         path: &Path,
         source: std::io::Error,
     ) -> Self {
-        Self::Io {
+        Self::Io(VolumeIoError {
             volume: volume.to_owned(),
             what,
             path: path.to_owned(),
             source,
+        })
+    }
+}
+
+/// The storage a host runs: its backend, and, when that is the EBS backend,
+/// the same backend as its own type for what only EBS does (the zone
+/// migration's steps, re-tagging a volume's profile). Typed at start, so
+/// nothing asks a `dyn Backend` what it really is.
+#[derive(Clone)]
+pub struct Storage {
+    pub backend: Arc<dyn Backend>,
+    pub ebs: Option<Arc<ebs::EbsBackend>>,
+}
+
+impl Storage {
+    /// A backend without EBS operations (local, or a test's fake).
+    pub fn plain(backend: Arc<dyn Backend>) -> Self {
+        Self { backend, ebs: None }
+    }
+
+    pub fn ebs(be: Arc<ebs::EbsBackend>) -> Self {
+        Self {
+            backend: be.clone(),
+            ebs: Some(be),
         }
     }
 }
 
-/// The backend a host runs, made from its config (`backend`, `[aws]`, the
+/// The storage a host runs, made from its config (`backend`, `[aws]`, the
 /// data root). The EBS backend fails to open (and the daemon to start)
 /// rather than fall back to local storage.
 pub fn open(
     kind: BackendKind,
-    aws: &ebs_config::EbsConfig,
+    aws: &ebs::EbsConfig,
     data_root: &Path,
-) -> Result<Arc<dyn Backend>, BackendError> {
+) -> Result<Storage, BackendError> {
     match kind {
-        BackendKind::Local => Ok(Arc::new(local::LocalBackend)),
-        BackendKind::Ebs => Ok(Arc::new(ebs::EbsBackend::open(aws, data_root)?)),
+        BackendKind::Local => Ok(Storage::plain(Arc::new(local::LocalBackend))),
+        BackendKind::Ebs => Ok(Storage::ebs(Arc::new(ebs::EbsBackend::open(
+            aws, data_root,
+        )?))),
     }
 }

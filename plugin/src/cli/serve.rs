@@ -66,8 +66,8 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         cfg.data_root = d;
     }
     let records = Records::open(&cfg.store_path())?;
-    let backend = backend::open(cfg.backend, &cfg.aws, &cfg.data_root)?;
-    let mut svc = VolumeService::new(records, backend, cfg.catalog.clone(), cfg.data_root.clone());
+    let storage = backend::open(cfg.backend, &cfg.aws, &cfg.data_root)?;
+    let mut svc = VolumeService::new(records, storage, cfg.catalog.clone(), cfg.data_root.clone());
     svc.persist_profiles(&cfg.data_root.join("state"))?;
     let svc = Arc::new(svc);
     svc.recover()?;

@@ -3,7 +3,7 @@
 //! local backend; and the routes' time limits over real sockets.
 
 use super::{ControlApi, Limits};
-use crate::backend::ebs_testkit::rig;
+use crate::backend::ebs::testkit::rig;
 use crate::server::Handler;
 use crate::service::VolumeService;
 use crate::service::tests::ebs_service;
@@ -101,7 +101,7 @@ async fn posted_profiles_survive_a_restart() {
     let open = || {
         let mut svc = VolumeService::new(
             crate::state::Records::open(&dir.path().join("state.redb")).unwrap(),
-            r.be.clone(),
+            crate::backend::Storage::ebs(r.be.clone()),
             Catalog::builtin(),
             dir.path().to_owned(),
         );

@@ -14,8 +14,8 @@
 //!   fence and attach require the volume unmounted, so no Mount slips in.
 
 use super::{ServiceError, VolumeService, in_use, lock, now_secs};
-use crate::backend::ebs::{AwsSide, EbsBackend};
-use crate::backend::{BackendError, ebs_tags};
+use crate::backend::BackendError;
+use crate::backend::ebs::{AwsSide, EbsBackend, tags as ebs_tags};
 use crate::state::record::{Mounts, VolumeRecord, VolumeState};
 use profiles::{Settings, VolumeName};
 use serde::Serialize;
@@ -96,7 +96,7 @@ impl VolumeService {
     }
 
     fn ebs_backend(&self, op: &'static str, name: &str) -> Result<&EbsBackend, ServiceError> {
-        self.backend.ebs().ok_or_else(|| ServiceError::Refused {
+        self.ebs.as_deref().ok_or_else(|| ServiceError::Refused {
             op,
             name: name.to_owned(),
             reason: format!(

@@ -9,7 +9,7 @@
 
 use super::{ServiceError, VolumeService, VolumeView, in_use, lock, vref};
 use crate::backend::local::LocalPaths;
-use crate::backend::local_block;
+use crate::backend::local::paths::image_path;
 use crate::state::record::{VolumeRecord, VolumeState};
 use profiles::{LocalFormat, Settings};
 use serde::{Deserialize, Serialize};
@@ -77,7 +77,7 @@ fn transfer_paths(rec: &VolumeRecord) -> Result<TransferPaths, ServiceError> {
     let p = LocalPaths::new(&rec.name, s);
     let (mode, data) = match s.format {
         LocalFormat::Dir => (TransferMode::Tree, p.data.clone()),
-        LocalFormat::Block => (TransferMode::Image, local_block::image_path(s, &p)),
+        LocalFormat::Block => (TransferMode::Image, image_path(s, &p)),
     };
     Ok(TransferPaths {
         docker_name: rec.docker_name.clone(),

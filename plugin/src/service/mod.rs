@@ -37,7 +37,8 @@ pub(crate) mod tests;
 pub use error::{ErrorCode, ServiceError};
 pub use volumes::{VolumeInfo, VolumeView};
 
-use crate::backend::{Backend, VolumeRef};
+use crate::backend::ebs::EbsBackend;
+use crate::backend::{Backend, Storage, VolumeRef};
 use crate::state::Records;
 use crate::state::catalog::SharedCatalog;
 use crate::state::record::{Mounts, VolumeRecord, VolumeState};
@@ -50,6 +51,8 @@ pub struct VolumeService {
     /// The one way records are read and written.
     records: Records,
     backend: Arc<dyn Backend>,
+    /// The same backend when it is EBS, for what only EBS does.
+    ebs: Option<Arc<EbsBackend>>,
     /// Changes at run time (`POST /v1/configuration/profiles`).
     catalog: SharedCatalog,
     data_root: PathBuf,
@@ -63,15 +66,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl VolumeService {
-    pub fn new(
-        records: Records,
-        backend: Arc<dyn Backend>,
-        catalog: Catalog,
-        data_root: PathBuf,
-    ) -> Self {
+    pub fn new(records: Records, storage: Storage, catalog: Catalog, data_root: PathBuf) -> Self {
         Self {
             records,
-            backend,
+            backend: storage.backend,
+            ebs: storage.ebs,
             catalog: SharedCatalog::new(catalog),
             data_root,
             locks: Mutex::new(HashMap::new()),

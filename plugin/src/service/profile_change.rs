@@ -108,7 +108,7 @@ impl VolumeService {
                 return Ok(out);
             }
             self.backend.apply_change(vref(&rec), &plan)?;
-            if let Some(ebs) = self.backend.ebs() {
+            if let Some(ebs) = &self.ebs {
                 // After the storage change: a failure here leaves the old tag,
                 // which a retry of the same set-profile fixes.
                 ebs.retag_profile(&rec.name, profile)

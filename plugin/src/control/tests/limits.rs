@@ -4,7 +4,7 @@
 //! its limit; the client reads the typed codes back.
 
 use crate::api::DriverApi;
-use crate::backend::{Backend, BackendError, Status, VolumeRef};
+use crate::backend::{Backend, BackendError, Status, Storage, VolumeRef};
 use crate::bounded::Fence;
 use crate::control::{ClientError, ControlApi, ControlClient, ControlRequest, Limits};
 use crate::service::{ErrorCode, VolumeService};
@@ -122,10 +122,10 @@ impl Daemon {
     }
 }
 
-fn service(dir: &Path, backend: Arc<dyn Backend>) -> Arc<VolumeService> {
+fn service(dir: &Path, storage: Storage) -> Arc<VolumeService> {
     Arc::new(VolumeService::new(
         Records::open(&dir.join("state.redb")).unwrap(),
-        backend,
+        storage,
         Catalog::builtin(),
         dir.to_owned(),
     ))
@@ -145,7 +145,7 @@ fn hardening_12_a_blocked_control_route_neither_stalls_docker_nor_outlives_its_l
         entered: Mutex::new(entered_tx),
         release: Mutex::new(release_rx),
     };
-    let svc = service(dir.path(), Arc::new(gate));
+    let svc = service(dir.path(), Storage::plain(Arc::new(gate)));
     svc.create("other", &Default::default()).unwrap();
     let limits = Limits {
         quick: Duration::from_millis(500),

@@ -2,7 +2,7 @@
 
 use super::ebs_service;
 use crate::backend::Backend;
-use crate::backend::ebs_testkit::{ME, ZONE, profile_settings, rig, rig_in, vref};
+use crate::backend::ebs::testkit::{ME, ZONE, profile_settings, rig, rig_in, vref};
 use crate::state::record::VolumeState;
 use profiles::Settings;
 use std::collections::BTreeMap;

@@ -8,7 +8,7 @@
 use super::{ebs_service, env, local_service, no_opts};
 use crate::api::{DriverApi, Limits};
 use crate::backend::Backend;
-use crate::backend::ebs_testkit::{ME, ZONE, rig, rig_in};
+use crate::backend::ebs::testkit::{ME, ZONE, rig, rig_in};
 use crate::service::VolumeService;
 use std::sync::Arc;
 
@@ -156,10 +156,10 @@ async fn list_is_right_after_every_ebs_migration_step_and_rebuild() {
     let api2 = DriverApi::new(again.clone(), Limits::default());
     again.create("kept", &no_opts()).unwrap();
     assert_list(&api2, &again, "create on a fresh host").await;
-    r.be.create(crate::backend::ebs_testkit::vref(
+    r.be.create(crate::backend::ebs::testkit::vref(
         "lost",
         "default",
-        &crate::backend::ebs_testkit::profile_settings("default", None),
+        &crate::backend::ebs::testkit::profile_settings("default", None),
     ))
     .unwrap();
     assert_eq!(again.rebuild().unwrap(), ["lost"]);

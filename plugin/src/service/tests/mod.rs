@@ -11,7 +11,7 @@ mod profile_change;
 mod volumes;
 
 use super::VolumeService;
-use crate::backend::{Backend, BackendError, Status, VolumeRef};
+use crate::backend::{Backend, BackendError, Status, Storage, VolumeRef};
 use crate::bounded::Fence;
 use crate::state::Records;
 use profiles::{BackendKind, Catalog};
@@ -50,12 +50,12 @@ fn local_service() -> (tempfile::TempDir, VolumeService) {
 /// A service over the EBS backend of `r`, with its store and state in a
 /// temporary directory.
 pub(crate) fn ebs_service(
-    r: &crate::backend::ebs_testkit::Rig,
+    r: &crate::backend::ebs::testkit::Rig,
 ) -> (Arc<VolumeService>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let svc = VolumeService::new(
         records(dir.path()),
-        r.be.clone(),
+        Storage::ebs(r.be.clone()),
         Catalog::builtin(),
         dir.path().to_owned(),
     );
@@ -148,7 +148,7 @@ fn env() -> Env {
     let fake = Arc::new(Fake::default());
     let svc = VolumeService::new(
         Records::open(&store_path).unwrap(),
-        fake.clone(),
+        Storage::plain(fake.clone()),
         Catalog::builtin(),
         dir.path().to_owned(),
     );

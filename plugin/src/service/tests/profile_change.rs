@@ -2,7 +2,7 @@
 //! in-memory EC2 (AWS's rules for ModifyVolume), on virtual time.
 
 use super::{ebs_service, no_opts, records};
-use crate::backend::ebs_testkit::{Rig, rig};
+use crate::backend::ebs::testkit::{Rig, rig};
 use crate::service::{ServiceError, VolumeService};
 use profiles::{Catalog, ProfileDef, Settings};
 
@@ -168,7 +168,7 @@ fn defined_profiles_survive_a_restart_of_the_service() {
     let open = || {
         let mut svc = VolumeService::new(
             records(dir.path()),
-            r.be.clone(),
+            crate::backend::Storage::ebs(r.be.clone()),
             Catalog::builtin(),
             dir.path().to_owned(),
         );

@@ -201,7 +201,7 @@ fn state_survives_a_restart_and_interrupted_creates_are_cleaned() {
     drop(svc);
     let svc = VolumeService::new(
         Records::open(&store_path).unwrap(),
-        fake.clone(),
+        crate::backend::Storage::plain(fake.clone()),
         Catalog::builtin(),
         "/d".into(),
     );

@@ -2,17 +2,11 @@
 //! Create and loop-mounted at the volume's first Mount. The filesystem gives a
 //! real size limit, and the image is what block-level transfer moves later.
 
-use super::BackendError;
-use super::local::LocalPaths;
-use super::sys;
+use super::super::{BackendError, sys};
+use super::paths::{LocalPaths, image_path};
 use profiles::{Filesystem, LocalSettings};
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-
-pub fn image_path(s: &LocalSettings, p: &LocalPaths) -> PathBuf {
-    let fs = s.filesystem.unwrap_or(Filesystem::Ext4);
-    p.dir.join(format!("image.{}", fs.as_str()))
-}
+use std::path::Path;
 
 fn cmd_err(volume: &str) -> impl FnOnce(sys::CommandError) -> BackendError + '_ {
     move |source| BackendError::Command {

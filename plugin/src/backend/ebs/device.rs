@@ -10,9 +10,9 @@
 //! [`NvmeResolver`] tries the udev link, then the serials in sysfs (no udev
 //! in some containers), then the Xen name.
 
-use super::ebs_wait::Deadline;
+use super::wait::Deadline;
 use crate::aws::VolumeFacts;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How often to look for a device that is not there yet: udev creates the
@@ -37,7 +37,7 @@ pub enum DeviceError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Command(#[from] super::sys::CommandError),
+    Command(#[from] super::super::sys::CommandError),
     #[error("preparing {volume_id} from snapshot {snapshot_id}: {message}")]
     Hydrate {
         volume_id: String,
@@ -193,15 +193,6 @@ impl DeviceResolver for NvmeResolver {
     fn forget(&self, _volume_id: &str) -> Result<(), DeviceError> {
         Ok(())
     }
-}
-
-/// Creates `path`'s parent directories, naming the path on failure.
-pub(crate) fn ensure_dir(path: &Path) -> Result<(), DeviceError> {
-    std::fs::create_dir_all(path).map_err(|source| DeviceError::Io {
-        what: "creating",
-        path: path.to_owned(),
-        source,
-    })
 }
 
 #[cfg(test)]

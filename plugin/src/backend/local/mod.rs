@@ -5,33 +5,23 @@
 //! `ROOT/NAME/data` is the mountpoint handed to docker; a `block` volume also
 //! has its image at `ROOT/NAME/image.FS`.
 
-use super::{Backend, BackendError, Status, VolumeRef, local_block, local_dir};
+//!
+//! - this file: [`LocalBackend`].
+//! - [`paths`]: where a local volume's directory, mountpoint and image are.
+//! - [`dir`], [`block`]: the two formats.
+
+pub mod block;
+pub mod dir;
+pub mod paths;
+
+pub use paths::LocalPaths;
+
+use super::{Backend, BackendError, Status, VolumeRef};
+use paths::image_path;
 use profiles::{BackendKind, LocalFormat, LocalSettings, Settings};
 use std::path::PathBuf;
 
-/// Name of the directory docker sees, inside the volume's directory.
-pub const DATA_DIR: &str = "data";
-
 pub struct LocalBackend;
-
-/// A local volume's paths.
-#[derive(Debug, Clone)]
-pub struct LocalPaths {
-    /// `ROOT/NAME`: everything of this volume lives here.
-    pub dir: PathBuf,
-    /// `ROOT/NAME/data`: the mountpoint.
-    pub data: PathBuf,
-}
-
-impl LocalPaths {
-    pub fn new(name: &str, s: &LocalSettings) -> Self {
-        let dir = s.root.join(name);
-        Self {
-            data: dir.join(DATA_DIR),
-            dir,
-        }
-    }
-}
 
 fn local<'a>(vol: VolumeRef<'a>) -> Result<&'a LocalSettings, BackendError> {
     match vol.settings {
@@ -53,8 +43,8 @@ impl Backend for LocalBackend {
         let s = local(vol)?;
         let p = LocalPaths::new(vol.name, s);
         match s.format {
-            LocalFormat::Dir => local_dir::create(vol.name, &p),
-            LocalFormat::Block => local_block::create(vol.name, s, &p),
+            LocalFormat::Dir => dir::create(vol.name, &p),
+            LocalFormat::Block => block::create(vol.name, s, &p),
         }
     }
 
@@ -62,7 +52,7 @@ impl Backend for LocalBackend {
         let s = local(vol)?;
         let p = LocalPaths::new(vol.name, s);
         if s.format == LocalFormat::Block {
-            local_block::unmount(vol.name, &p)?;
+            block::unmount(vol.name, &p)?;
         }
         match std::fs::remove_dir_all(&p.dir) {
             Ok(()) => Ok(()),
@@ -75,8 +65,8 @@ impl Backend for LocalBackend {
         let s = local(vol)?;
         let p = LocalPaths::new(vol.name, s);
         match s.format {
-            LocalFormat::Dir => local_dir::mount(vol.name, &p)?,
-            LocalFormat::Block => local_block::mount(vol.name, s, &p)?,
+            LocalFormat::Dir => dir::mount(vol.name, &p)?,
+            LocalFormat::Block => block::mount(vol.name, s, &p)?,
         }
         Ok(p.data)
     }
@@ -85,7 +75,7 @@ impl Backend for LocalBackend {
         let s = local(vol)?;
         match s.format {
             LocalFormat::Dir => Ok(()),
-            LocalFormat::Block => local_block::unmount(vol.name, &LocalPaths::new(vol.name, s)),
+            LocalFormat::Block => block::unmount(vol.name, &LocalPaths::new(vol.name, s)),
         }
     }
 
@@ -106,7 +96,7 @@ impl Backend for LocalBackend {
         if s.format == LocalFormat::Block {
             st.insert(
                 "image".into(),
-                local_block::image_path(s, &p).display().to_string().into(),
+                image_path(s, &p).display().to_string().into(),
             );
             st.insert("mounted".into(), super::sys::is_mountpoint(&p.data).into());
         }

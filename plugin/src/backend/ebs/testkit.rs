@@ -2,13 +2,13 @@
 //! service's: a fake device resolver, fake filesystem steps, and a rig that
 //! builds an `EbsBackend` over the in-memory EC2 on virtual time.
 
-use super::VolumeRef;
+use super::super::VolumeRef;
+use super::super::sys::CommandError;
+use super::backend::{AwsSide, EbsBackend, Parts, lock};
 use super::device::{DeviceError, DeviceResolver};
-use super::ebs::{AwsSide, EbsBackend, Parts, lock};
-use super::ebs_fs::Filesystems;
-use super::ebs_tags::Scope;
-use super::ebs_wait::Deadline;
-use super::sys::CommandError;
+use super::fs::Filesystems;
+use super::tags::Scope;
+use super::wait::Deadline;
 use crate::aws::VolumeFacts;
 use crate::aws::ec2_memory::MemoryEc2;
 use mover::snapshot::pace::ManualClock;

@@ -1,7 +1,7 @@
 //! The EBS backend: a daffe volume is an EBS volume in this host's zone.
 //!
 //! - Create: CreateVolume with the profile's type, size, IOPS, throughput,
-//!   encryption and KMS key, in this instance's zone, tagged (`ebs_tags`) so
+//!   encryption and KMS key, in this instance's zone, tagged ([`super::tags`]) so
 //!   the volume can be found by NAME and records rebuilt from AWS; then wait
 //!   until it is `available`.
 //! - First Mount: AttachVolume to this instance, wait until `attached`, find
@@ -23,23 +23,25 @@
 //! under those (below), checked by every wait and every AWS call, and every
 //! EC2 call has a 10 s timeout (`aws::ec2_sdk`). Retries (throttling, 5xx,
 //! not-yet-visible new volumes) go through the one retry layer.
+//!
+//! Attach and detach are in [`super::attach`]; rebuild in
+//! [`super::rebuild`]; the zone migration's steps in [`super::zone`].
 
-use super::change::SettingsChange;
+use super::super::change::SettingsChange;
+use super::super::{Backend, BackendError, Discovered, Status, VolumeIoError, VolumeRef};
+use super::config::{EbsConfig, ResolverKind};
 use super::device::{DeviceResolver, NvmeResolver};
-use super::ebs_config::{EbsConfig, ResolverKind};
-use super::ebs_error::EbsError;
-use super::ebs_fs::{Filesystems, SystemFs};
-use super::ebs_tags::{self as tags, Scope, TagState};
-use super::ebs_wait::Deadline;
-use super::loop_device::{Hydrate, LoopResolver};
-use super::{Backend, BackendError, Discovered, Status, VolumeRef};
+use super::error::EbsError;
+use super::fs::{Filesystems, SystemFs};
+use super::tags::{self, Scope, TagState};
+use super::wait::Deadline;
 use crate::aws::identity;
 use crate::aws::{ApiError, Ec2Api, NewVolume, VolumeFacts, ec2_sdk::SdkEc2};
 use mover::snapshot::pace::{Clock, SystemClock};
 use mover::snapshot::retry::{Exhausted, Retrier};
 use mover::snapshot::{ErrorKind, RetryPolicy};
 use profiles::{BackendKind, EbsSettings, Settings};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -61,6 +63,9 @@ pub const UNMOUNT_BUDGET: Duration = Duration::from_secs(45);
 pub const ROLLBACK_BUDGET: Duration = Duration::from_secs(45);
 /// A profile change (ModifyVolume), from the control API (50 s limit).
 pub const CHANGE_BUDGET: Duration = Duration::from_secs(45);
+/// Creating a volume from a snapshot in another zone and waiting until it
+/// is `available`, under the control API's 100 s limit for EBS steps.
+pub const COPY_BUDGET: Duration = Duration::from_secs(90);
 
 /// Retries for EC2 calls: 6 attempts with backoff from 250 ms to 4 s make
 /// at most ~10 s of waiting, which a 45-90 s budget absorbs; "not found" is
@@ -150,6 +155,57 @@ fn settings<'a>(vol: &VolumeRef<'a>) -> Result<&'a EbsSettings, BackendError> {
     }
 }
 
+/// CreateVolume's parameters for a volume of settings `s` in `zone` (from
+/// `snapshot_id` if given), tagged at creation with `tags`.
+pub(super) fn new_volume(
+    name: &str,
+    s: &EbsSettings,
+    zone: &str,
+    snapshot_id: Option<&str>,
+    tags: BTreeMap<String, String>,
+) -> NewVolume {
+    NewVolume {
+        zone: zone.to_owned(),
+        size_gib: s.size_gib,
+        volume_type: s.volume_type.as_str().to_owned(),
+        iops: s.iops,
+        throughput: s.throughput,
+        encrypted: s.encrypted,
+        kms_key_id: s.kms_key_id.clone(),
+        snapshot_id: snapshot_id.map(str::to_owned),
+        tags,
+        client_token: client_token(name),
+    }
+}
+
+/// The loop stand-in for EBS devices (`device_resolver = "loop"`), in a
+/// daffe built for tests.
+#[cfg(any(test, feature = "testing"))]
+fn loop_resolver(
+    cfg: &EbsConfig,
+    data_root: &Path,
+) -> Result<Arc<dyn DeviceResolver>, BackendError> {
+    use super::loop_stand_in::{LoopResolver, snapshot_hydrator};
+    Ok(Arc::new(LoopResolver::new(
+        cfg.loop_dir(data_root),
+        Some(snapshot_hydrator(cfg)?),
+    )))
+}
+
+/// A production build has no loop stand-in: the config asks for a test
+/// double, which is refused at start with the reason.
+#[cfg(not(any(test, feature = "testing")))]
+fn loop_resolver(
+    _cfg: &EbsConfig,
+    _data_root: &Path,
+) -> Result<Arc<dyn DeviceResolver>, BackendError> {
+    Err(BackendError::EbsStart(
+        "[aws] device_resolver = \"loop\" stands loop devices in for EBS volumes in tests; \
+         this daffe was built without its `testing` feature (use \"nvme\" on EC2)"
+            .into(),
+    ))
+}
+
 /// A fresh CreateVolume idempotency token: the same for every retry of one
 /// Create, never reused by another (a name created, removed and created
 /// again must get a new volume).
@@ -193,10 +249,7 @@ impl EbsBackend {
             .map_err(|e| start(&e))?;
         let resolver: Arc<dyn DeviceResolver> = match cfg.device_resolver {
             ResolverKind::Nvme => Arc::new(NvmeResolver::default()),
-            ResolverKind::Loop => Arc::new(LoopResolver::new(
-                cfg.loop_dir(data_root),
-                Some(snapshot_hydrator(cfg)?),
-            )),
+            ResolverKind::Loop => loop_resolver(cfg, data_root)?,
         };
         let side = AwsSide {
             region: Some(ec2.region().to_owned()),
@@ -375,25 +428,15 @@ impl EbsBackend {
             self.wait_available(vol.name, &v.id, self.clock.now(), &d)?;
             return Ok(());
         }
-        let req = NewVolume {
-            zone: self.scope.zone.clone(),
-            size_gib: s.size_gib,
-            volume_type: s.volume_type.as_str().to_owned(),
-            iops: s.iops,
-            throughput: s.throughput,
-            encrypted: s.encrypted,
-            kms_key_id: s.kms_key_id.clone(),
-            snapshot_id: None,
-            tags: tags::for_new(
-                &self.scope.cluster,
-                Some(&self.scope.instance_id),
-                vol.name,
-                vol.profile,
-                vol.docker_name,
-                now_secs(),
-            ),
-            client_token: client_token(vol.name),
-        };
+        let t = tags::for_new(
+            &self.scope.cluster,
+            Some(&self.scope.instance_id),
+            vol.name,
+            vol.profile,
+            vol.docker_name,
+            now_secs(),
+        );
+        let req = new_volume(vol.name, s, &self.scope.zone, None, t);
         let created = self.clock.now();
         let v = self.aws(vol.name, None, "CreateVolume", &d, None, || {
             self.ec2.create_volume(&req)
@@ -466,15 +509,45 @@ impl EbsBackend {
             tracing::info!(volume = name, volume_id = %v.id, device = %dev.display(), "new volume: making ext4");
             self.fs.mkfs(&dev).map_err(cmd)?;
         }
-        std::fs::create_dir_all(mp).map_err(|source| EbsError::Io {
-            volume: name.to_owned(),
-            what: "creating",
-            path: mp.to_owned(),
-            source,
+        std::fs::create_dir_all(mp).map_err(|source| {
+            EbsError::Io(VolumeIoError {
+                volume: name.to_owned(),
+                what: "creating",
+                path: mp.to_owned(),
+                source,
+            })
         })?;
         self.fs.mount(&dev, mp).map_err(cmd)?;
         tracing::info!(volume = name, volume_id = %v.id, device = %dev.display(), "mounted");
         Ok(())
+    }
+
+    /// Applies a planned change: one ModifyVolume with every changed value.
+    fn modify(&self, name: &str, change: &SettingsChange) -> Result<(), EbsError> {
+        let Some(m) = &change.modify else {
+            return Ok(());
+        };
+        let d = self.deadline(CHANGE_BUDGET);
+        let v = self.require(name, &d)?;
+        let state = self.aws(name, Some(&v.id), "ModifyVolume", &d, None, || {
+            self.ec2.modify_volume(&v.id, m)
+        })?;
+        tracing::info!(volume = name, volume_id = %v.id, changes = %change.notes.join(", "),
+            modification = %state, "ModifyVolume accepted");
+        Ok(())
+    }
+
+    /// Re-tags the volume with its new profile, so a record rebuilt from
+    /// AWS (lost state dir, another zone) gets the profile it has now.
+    pub fn retag_profile(&self, name: &str, profile: &str) -> Result<(), EbsError> {
+        let d = self.deadline(CHANGE_BUDGET);
+        let v = self.require(name, &d)?;
+        let t = [(tags::PROFILE.to_owned(), profile.to_owned())]
+            .into_iter()
+            .collect();
+        self.aws(name, Some(&v.id), "CreateTags", &d, None, || {
+            self.ec2.create_tags(&v.id, &t)
+        })
     }
 
     fn unmount_volume(&self, name: &str, d: &Deadline) -> Result<(), EbsError> {
@@ -542,28 +615,6 @@ impl EbsBackend {
     }
 }
 
-/// Fills a loop file from an EBS snapshot (the loop resolver's stand-in for
-/// EBS's lazy loading), with the snapshot indexes in the state dir.
-fn snapshot_hydrator(cfg: &EbsConfig) -> Result<Hydrate, BackendError> {
-    use mover::snapshot::aws::AwsSnapshotApi;
-    use mover::snapshot::{IndexStore, NoProgress, PullOptions, pull};
-    let api = AwsSnapshotApi::connect(&cfg.aws_options())
-        .map_err(|e| BackendError::EbsStart(e.to_string()))?;
-    let store = IndexStore::new(cfg.snapshot_state_dir());
-    Ok(Arc::new(move |snap: &str, path: &Path| {
-        pull(
-            &api,
-            &store,
-            snap,
-            path,
-            &PullOptions::default(),
-            &NoProgress,
-        )
-        .map(drop)
-        .map_err(|e| e.to_string())
-    }))
-}
-
 impl Backend for EbsBackend {
     fn kind(&self) -> BackendKind {
         BackendKind::Ebs
@@ -627,12 +678,4 @@ impl Backend for EbsBackend {
         settings(&vol)?;
         Ok(self.modify(vol.name, change)?)
     }
-
-    fn ebs(&self) -> Option<&EbsBackend> {
-        Some(self)
-    }
 }
-
-#[cfg(test)]
-#[path = "ebs_tests.rs"]
-mod tests;

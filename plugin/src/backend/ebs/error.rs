@@ -2,10 +2,10 @@
 //! known, the EBS volume id; AWS failures carry the operation, the AWS error
 //! code and how many attempts the retry layer made.
 
+use super::super::VolumeIoError;
+use super::super::sys::CommandError;
 use super::device::DeviceError;
-use super::sys::CommandError;
 use mover::snapshot::ApiError;
-use std::path::PathBuf;
 
 fn id(volume_id: &Option<String>) -> String {
     volume_id
@@ -113,13 +113,8 @@ pub enum EbsError {
         volume_id: Option<String>,
         source: CommandError,
     },
-    #[error("volume {volume:?}: {what} {path}: {source}")]
-    Io {
-        volume: String,
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(VolumeIoError),
     #[error("volume {volume:?}{}: snapshot {snapshot_id} is {state}; a volume can be made only from a completed snapshot", id(.volume_id))]
     SnapshotState {
         volume: String,

@@ -8,7 +8,7 @@
 //! made from a snapshot, or one whose first Mount failed after mkfs, already
 //! has its filesystem.
 
-use super::sys::{self, CommandError};
+use super::super::sys::{self, CommandError};
 use std::ffi::OsStr;
 use std::path::Path;
 

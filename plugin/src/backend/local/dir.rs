@@ -1,7 +1,7 @@
 //! `dir` volumes: a plain directory. Nothing to attach or mount; no size limit.
 
-use super::BackendError;
-use super::local::LocalPaths;
+use super::super::BackendError;
+use super::paths::LocalPaths;
 
 pub fn create(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
     std::fs::create_dir_all(&p.data).map_err(|e| BackendError::io(name, "creating", &p.data, e))

@@ -4,12 +4,19 @@
 //! waits, rollback of a failed first Mount, time budgets), the CreateVolume
 //! parameters, tags, rebuild, modify and the migration steps.
 
-use super::*;
-use crate::backend::change;
-use profiles::EbsVolumeType;
+use super::backend::*;
+use super::error::EbsError;
+use super::fs::Filesystems;
+use super::tags;
+use super::testkit::*;
+use crate::aws::{Ec2Api, NewVolume};
+use crate::backend::{Backend, BackendError, change};
+use mover::snapshot::ErrorKind;
+use profiles::{EbsVolumeType, Settings};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-
-use crate::backend::ebs_testkit::*;
+use std::time::Duration;
 
 #[test]
 fn create_sends_the_profile_and_tags_and_waits_for_available() {
@@ -63,7 +70,7 @@ fn create_is_idempotent_and_rides_out_eventual_consistency() {
         clock: fresh.clock.clone(),
         scope,
         mount_root: PathBuf::from("/nonexistent"),
-        side: fresh.be.side.clone(),
+        side: fresh.be.side().clone(),
     });
     again.create(vref("db", "default", &s)).unwrap();
     assert_eq!(r.ec2.volume_ids(), [id]);

@@ -1,5 +1,7 @@
 //! A stand-in for EBS block devices, for tests on machines that are not EC2
-//! instances (`[aws] device_resolver = "loop"`): each volume id is backed by
+//! instances (`[aws] device_resolver = "loop"`; built only for tests and
+//! with the `testing` feature, which the end-to-end tests' build turns on,
+//! never into a release binary): each volume id is backed by
 //! a sparse file of the volume's size, `DIR/vol-....img`, put on a loop
 //! device when the volume is attached, so tests mount real filesystems while
 //! the EC2 side (attach, detach, delete) goes to moto.
@@ -8,9 +10,10 @@
 //! the first time it is attached (what EBS does lazily), through a
 //! [`Hydrate`] function (the EBS direct-API pull).
 
-use super::device::{DeviceError, DeviceResolver, ensure_dir};
-use super::ebs_wait::Deadline;
-use super::sys;
+use super::super::{BackendError, sys};
+use super::config::EbsConfig;
+use super::device::{DeviceError, DeviceResolver};
+use super::wait::Deadline;
 use crate::aws::VolumeFacts;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -42,6 +45,15 @@ fn parse_losetup_j(out: &str) -> Vec<PathBuf> {
         .filter_map(|l| l.split_once(':').map(|(dev, _)| PathBuf::from(dev.trim())))
         .filter(|p| p.as_os_str().len() > "/dev/loop".len())
         .collect()
+}
+
+/// Creates `path`'s parent directories, naming the path on failure.
+fn ensure_dir(path: &Path) -> Result<(), DeviceError> {
+    std::fs::create_dir_all(path).map_err(|source| DeviceError::Io {
+        what: "creating",
+        path: path.to_owned(),
+        source,
+    })
 }
 
 impl LoopResolver {
@@ -101,6 +113,28 @@ impl LoopResolver {
         }
         Ok(())
     }
+}
+
+/// Fills a loop file from an EBS snapshot (the loop resolver's stand-in for
+/// EBS's lazy loading), with the snapshot indexes in the state dir.
+pub(super) fn snapshot_hydrator(cfg: &EbsConfig) -> Result<Hydrate, BackendError> {
+    use mover::snapshot::aws::AwsSnapshotApi;
+    use mover::snapshot::{IndexStore, NoProgress, PullOptions, pull};
+    let api = AwsSnapshotApi::connect(&cfg.aws_options())
+        .map_err(|e| BackendError::EbsStart(e.to_string()))?;
+    let store = IndexStore::new(cfg.snapshot_state_dir());
+    Ok(Arc::new(move |snap: &str, path: &Path| {
+        pull(
+            &api,
+            &store,
+            snap,
+            path,
+            &PullOptions::default(),
+            &NoProgress,
+        )
+        .map(drop)
+        .map_err(|e| e.to_string())
+    }))
 }
 
 impl DeviceResolver for LoopResolver {
