@@ -17,7 +17,7 @@ const ABANDONED: u8 = 2;
 
 /// Why a bounded call has no result for its caller.
 #[derive(Debug, thiserror::Error)]
-pub enum BoundedError {
+pub(crate) enum BoundedError {
     #[error(
         "{op} of volume {name:?} did not finish within {secs} s; it was rolled back or will be"
     )]
@@ -36,27 +36,28 @@ pub enum BoundedError {
 
 /// Decides, once, whether a bounded call's effect stands.
 #[derive(Debug, Clone)]
-pub struct Fence {
+pub(crate) struct Fence {
     state: Arc<AtomicU8>,
     secs: u64,
 }
 
 impl Fence {
-    pub fn new(limit: Duration) -> Self {
+    pub(crate) fn new(limit: Duration) -> Self {
         Self {
             state: Arc::new(AtomicU8::new(RUNNING)),
             secs: limit.as_secs(),
         }
     }
 
-    /// A fence nobody abandons (tests, tools).
-    pub fn unbounded() -> Self {
+    /// A fence nobody abandons.
+    #[cfg(test)]
+    pub(crate) fn unbounded() -> Self {
         Self::new(Duration::MAX)
     }
 
     /// Called by the work just before it makes its effect durable: true if
     /// the caller still waits (and now will get the result).
-    pub fn try_commit(&self) -> bool {
+    pub(crate) fn try_commit(&self) -> bool {
         self.state
             .compare_exchange(RUNNING, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -64,17 +65,17 @@ impl Fence {
 
     /// Called by the caller when its time is up: true if the work had not
     /// committed (and now never will).
-    pub fn abandon(&self) -> bool {
+    pub(crate) fn abandon(&self) -> bool {
         self.state
             .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
-    pub fn is_abandoned(&self) -> bool {
+    pub(crate) fn is_abandoned(&self) -> bool {
         self.state.load(Ordering::Acquire) == ABANDONED
     }
 
-    pub fn secs(&self) -> u64 {
+    pub(crate) fn secs(&self) -> u64 {
         self.secs
     }
 }
@@ -82,7 +83,12 @@ impl Fence {
 /// Runs `f` on the blocking pool; gives up after `limit` unless `f` has
 /// already passed its fence's commit point, in which case its result is
 /// awaited (it is about to finish).
-pub async fn run<T, E, F>(op: &'static str, name: &str, limit: Duration, f: F) -> Result<T, E>
+pub(crate) async fn run<T, E, F>(
+    op: &'static str,
+    name: &str,
+    limit: Duration,
+    f: F,
+) -> Result<T, E>
 where
     T: Send + 'static,
     E: From<BoundedError> + Send + 'static,

@@ -15,15 +15,15 @@
 //! - [`config`]: `daffe serve` configuration.
 //! - [`migrate`]: moving a volume to another host (`daffe migrate`, `daffe agent`).
 //! - [`cli`]: one module per `daffe` subcommand.
-pub mod api;
-pub mod aws;
-pub mod backend;
-pub mod bounded;
+mod api;
+mod aws;
+mod backend;
+mod bounded;
 pub mod cli;
-pub mod config;
-pub mod control;
-pub mod migrate;
-pub mod server;
-pub mod service;
-pub mod state;
-pub mod time;
+mod config;
+mod control;
+mod migrate;
+mod server;
+mod service;
+mod state;
+mod time;

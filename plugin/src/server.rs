@@ -28,20 +28,20 @@ const MAX_BODY: usize = 1 << 20;
 /// How long shutdown waits for in-flight requests: longer than the slowest
 /// handler's limit would hold up a systemd stop; a request cut off here is
 /// answered by dockerd's retry against the restarted daemon.
-pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// A JSON reply: a status and a body (`{"Err": ...}` for failures).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
     /// Already serialised JSON sent instead of `body` (a cached List).
-    pub raw: Option<bytes::Bytes>,
+    pub(crate) raw: Option<bytes::Bytes>,
 }
 
 impl Reply {
     /// A success; adds the empty `Err` every VolumeDriver reply carries.
-    pub fn ok(mut body: Value) -> Self {
+    pub(crate) fn ok(mut body: Value) -> Self {
         if let Value::Object(m) = &mut body {
             m.entry("Err")
                 .or_insert_with(|| Value::String(String::new()));
@@ -50,7 +50,7 @@ impl Reply {
     }
 
     /// A success carrying a plain JSON document (control API).
-    pub fn json(body: Value) -> Self {
+    pub(crate) fn json(body: Value) -> Self {
         Self {
             status: StatusCode::OK,
             body,
@@ -59,7 +59,7 @@ impl Reply {
     }
 
     /// A success whose JSON is already serialised.
-    pub fn raw(json: bytes::Bytes) -> Self {
+    pub(crate) fn raw(json: bytes::Bytes) -> Self {
         Self {
             status: StatusCode::OK,
             body: Value::Null,
@@ -68,14 +68,14 @@ impl Reply {
     }
 
     /// The bytes to send.
-    pub fn to_bytes(&self) -> bytes::Bytes {
+    pub(crate) fn to_bytes(&self) -> bytes::Bytes {
         match &self.raw {
             Some(b) => b.clone(),
             None => serde_json::to_vec(&self.body).unwrap_or_default().into(),
         }
     }
 
-    pub fn error(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
             body: json!({ "Err": message.into() }),
@@ -83,7 +83,7 @@ impl Reply {
         }
     }
 
-    pub fn method_not_allowed(method: &hyper::Method) -> Self {
+    pub(crate) fn method_not_allowed(method: &hyper::Method) -> Self {
         Self::error(
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {method} not allowed"),
@@ -92,12 +92,12 @@ impl Reply {
 }
 
 /// A request handler: (method, path, body) to a JSON reply.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     fn call(&self, method: &Method, path: &str, body: Bytes) -> impl Future<Output = Reply> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     #[error("socket {path}: another process is serving it (is daffe already running?)")]
     InUse { path: PathBuf },
     #[error("socket {path}: {what}: {source}")]
@@ -111,7 +111,7 @@ pub enum ServerError {
 /// Binds a unix socket at `path`, replacing a stale one (a socket file left
 /// by a crashed daemon: connecting to it is refused), but never one a live
 /// process serves.
-pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     let io = |what| {
         move |source| ServerError::Io {
             path: path.to_owned(),
@@ -135,7 +135,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Serves `handler` on `listener` until `shutdown` resolves.
-pub async fn serve<H: Handler>(
+pub(crate) async fn serve<H: Handler>(
     listener: UnixListener,
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,

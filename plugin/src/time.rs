@@ -2,7 +2,7 @@
 //! date crate: the civil-from-days conversion is a few lines.
 
 /// `2026-11-23T12:08:24Z` for `secs` since the Unix epoch (UTC).
-pub fn rfc3339(secs: u64) -> String {
+pub(crate) fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);

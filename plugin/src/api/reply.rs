@@ -24,7 +24,7 @@ impl From<ParseError> for Reply {
 }
 
 /// The HTTP status of each kind of failure.
-pub fn status_of(code: ErrorCode) -> StatusCode {
+pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
     match code {
         ErrorCode::Invalid => StatusCode::BAD_REQUEST,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
@@ -52,14 +52,14 @@ impl From<ServiceError> for Reply {
 }
 
 /// A control API failure: status, code and message.
-pub fn failure(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Reply {
+pub(crate) fn failure(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Reply {
     let mut r = Reply::error(status, message);
     r.body["Code"] = json!(code);
     r
 }
 
 /// A service failure with its code (control API).
-pub fn coded(e: ServiceError) -> Reply {
+pub(crate) fn coded(e: ServiceError) -> Reply {
     let code = e.code();
     let mut r = Reply::from(e);
     r.body["Code"] = json!(code);

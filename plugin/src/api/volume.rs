@@ -14,7 +14,7 @@ use std::sync::Arc;
 /// JSON is most of the cost. Every record write goes through
 /// `state::Records`, which moves the generation, so the cache is never
 /// served after a write.
-pub type ListCache = std::sync::Mutex<Option<(u64, bytes::Bytes)>>;
+pub(crate) type ListCache = std::sync::Mutex<Option<(u64, bytes::Bytes)>>;
 
 fn list(svc: &VolumeService, cache: &ListCache) -> Reply {
     let generation = svc.generation();
@@ -57,7 +57,7 @@ fn list(svc: &VolumeService, cache: &ListCache) -> Reply {
     }
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     svc: &Arc<VolumeService>,
     limits: Limits,
     list_cache: &ListCache,

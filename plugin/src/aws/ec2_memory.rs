@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 /// Zones a fresh double knows.
-pub const ZONES: &[&str] = &["us-east-1a", "us-east-1b", "us-east-1c"];
+pub(crate) const ZONES: &[&str] = &["us-east-1a", "us-east-1b", "us-east-1c"];
 
 #[derive(Debug, Clone)]
 struct Vol {
@@ -50,7 +50,7 @@ struct State {
 
 /// The double.
 #[derive(Debug)]
-pub struct MemoryEc2 {
+pub(crate) struct MemoryEc2 {
     state: Mutex<State>,
 }
 
@@ -165,7 +165,7 @@ fn defaults(ty: &str, iops: Option<u32>, throughput: Option<u32>) -> (Option<u32
 }
 
 impl MemoryEc2 {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             state: Mutex::new(State {
                 zones: ZONES.iter().map(|z| (*z).to_owned()).collect(),
@@ -180,12 +180,12 @@ impl MemoryEc2 {
     }
 
     /// An instance (RunInstances' part we need).
-    pub fn add_instance(&self, id: &str, zone: &str) {
+    pub(crate) fn add_instance(&self, id: &str, zone: &str) {
         self.st().instances.insert(id.to_owned(), zone.to_owned());
     }
 
     /// A snapshot as if made with the EBS direct APIs.
-    pub fn add_snapshot(&self, id: &str, size_gib: u64, encrypted: bool, state: &str) {
+    pub(crate) fn add_snapshot(&self, id: &str, size_gib: u64, encrypted: bool, state: &str) {
         self.st().snapshots.insert(
             id.to_owned(),
             SnapshotFacts {
@@ -197,39 +197,39 @@ impl MemoryEc2 {
         );
     }
 
-    pub fn set_snapshot_state(&self, id: &str, state: &str) {
+    pub(crate) fn set_snapshot_state(&self, id: &str, state: &str) {
         if let Some(s) = self.st().snapshots.get_mut(id) {
             s.state = state.to_owned();
         }
     }
 
     /// Describes a transition lasts (`u32::MAX`: forever).
-    pub fn set_settle(&self, describes: u32) {
+    pub(crate) fn set_settle(&self, describes: u32) {
         self.st().settle = describes;
     }
 
     /// Describes a new volume stays invisible for.
-    pub fn set_invisible(&self, describes: u32) {
+    pub(crate) fn set_invisible(&self, describes: u32) {
         self.st().invisible = describes;
     }
 
     /// The next call of `op` fails with `error` (queued, one per call).
-    pub fn fail_next(&self, op: &'static str, error: ApiError) {
+    pub(crate) fn fail_next(&self, op: &'static str, error: ApiError) {
         self.st().faults.entry(op).or_default().push_back(error);
     }
 
     /// Every call so far, as `Op volume-or-resource`; then forgets them.
-    pub fn take_calls(&self) -> Vec<String> {
+    pub(crate) fn take_calls(&self) -> Vec<String> {
         std::mem::take(&mut self.st().calls)
     }
 
     /// A volume as it is now, without the effects of a describe.
-    pub fn peek(&self, id: &str) -> Option<VolumeFacts> {
+    pub(crate) fn peek(&self, id: &str) -> Option<VolumeFacts> {
         self.st().volumes.get(id).map(|v| v.facts.clone())
     }
 
     /// Every volume id.
-    pub fn volume_ids(&self) -> Vec<String> {
+    pub(crate) fn volume_ids(&self) -> Vec<String> {
         self.st().volumes.keys().cloned().collect()
     }
 

@@ -8,11 +8,11 @@
 //! SDK retries off) and the one retry layer come from `mover::snapshot`, so
 //! EC2 and EBS calls behave alike.
 
-pub mod ec2;
+pub(crate) mod ec2;
 #[cfg(test)]
 pub(crate) mod ec2_memory;
-pub mod ec2_sdk;
-pub mod identity;
+pub(crate) mod ec2_sdk;
+pub(crate) mod identity;
 
-pub use ec2::{AttachmentFacts, Ec2Api, Filter, Modify, NewVolume, SnapshotFacts, VolumeFacts};
-pub use mover::snapshot::ApiError;
+pub(crate) use ec2::{Ec2Api, Filter, Modify, NewVolume, VolumeFacts};
+pub(crate) use mover::snapshot::ApiError;

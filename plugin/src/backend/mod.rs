@@ -10,10 +10,10 @@
 //! Every method must be idempotent: after a crash the service may repeat a
 //! create, mount, unmount or remove that already happened (wholly or in part).
 
-pub mod change;
-pub mod ebs;
-pub mod local;
-pub mod sys;
+pub(crate) mod change;
+pub(crate) mod ebs;
+pub(crate) mod local;
+pub(crate) mod sys;
 
 use profiles::{BackendKind, Settings};
 use std::collections::BTreeMap;
@@ -24,34 +24,34 @@ use std::sync::Arc;
 /// (plus its profile and docker name, which the EBS backend writes into the
 /// volume's tags so records can be rebuilt from AWS).
 #[derive(Debug, Clone, Copy)]
-pub struct VolumeRef<'a> {
-    pub name: &'a str,
-    pub settings: &'a Settings,
-    pub profile: &'a str,
-    pub docker_name: &'a str,
+pub(crate) struct VolumeRef<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) settings: &'a Settings,
+    pub(crate) profile: &'a str,
+    pub(crate) docker_name: &'a str,
 }
 
 /// A volume the backend's storage holds, as found at start (EBS: tagged for
 /// this host's cluster and zone), for rebuilding a lost record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Discovered {
-    pub name: String,
-    pub profile: String,
-    pub docker_name: String,
-    pub created_at: Option<u64>,
+pub(crate) struct Discovered {
+    pub(crate) name: String,
+    pub(crate) profile: String,
+    pub(crate) docker_name: String,
+    pub(crate) created_at: Option<u64>,
     /// Settings read from the storage itself; `keep_on_remove` is the
     /// service's to decide (from the profile).
-    pub settings: Settings,
+    pub(crate) settings: Settings,
     /// The storage's own id (EBS volume id), for logs.
-    pub storage_id: String,
+    pub(crate) storage_id: String,
     /// Nobody owns it yet: adopting it claims it for this host.
-    pub unclaimed: bool,
+    pub(crate) unclaimed: bool,
 }
 
 /// Backend-specific facts for Get's `Status` (`docker volume inspect`).
-pub type Status = BTreeMap<String, serde_json::Value>;
+pub(crate) type Status = BTreeMap<String, serde_json::Value>;
 
-pub trait Backend: Send + Sync {
+pub(crate) trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
 
     /// Makes the storage (directory; sparse image + mkfs; EBS CreateVolume).
@@ -103,7 +103,7 @@ pub trait Backend: Send + Sync {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub(crate) enum BackendError {
     #[error("volume {volume:?}: settings are for the {got} backend, this host runs {want}")]
     WrongBackend {
         volume: String,
@@ -134,11 +134,11 @@ impl From<ebs::EbsError> for BackendError {
 /// A file operation on a volume's storage that failed (either backend).
 #[derive(Debug, thiserror::Error)]
 #[error("volume {volume:?}: {what} {path}: {source}")]
-pub struct VolumeIoError {
-    pub volume: String,
-    pub what: &'static str,
-    pub path: PathBuf,
-    pub source: std::io::Error,
+pub(crate) struct VolumeIoError {
+    pub(crate) volume: String,
+    pub(crate) what: &'static str,
+    pub(crate) path: PathBuf,
+    pub(crate) source: std::io::Error,
 }
 
 impl BackendError {
@@ -162,18 +162,18 @@ impl BackendError {
 /// migration's steps, re-tagging a volume's profile). Typed at start, so
 /// nothing asks a `dyn Backend` what it really is.
 #[derive(Clone)]
-pub struct Storage {
-    pub backend: Arc<dyn Backend>,
-    pub ebs: Option<Arc<ebs::EbsBackend>>,
+pub(crate) struct Storage {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) ebs: Option<Arc<ebs::EbsBackend>>,
 }
 
 impl Storage {
     /// A backend without EBS operations (local, or a test's fake).
-    pub fn plain(backend: Arc<dyn Backend>) -> Self {
+    pub(crate) fn plain(backend: Arc<dyn Backend>) -> Self {
         Self { backend, ebs: None }
     }
 
-    pub fn ebs(be: Arc<ebs::EbsBackend>) -> Self {
+    pub(crate) fn ebs(be: Arc<ebs::EbsBackend>) -> Self {
         Self {
             backend: be.clone(),
             ebs: Some(be),
@@ -184,7 +184,7 @@ impl Storage {
 /// The storage a host runs, made from its config (`backend`, `[aws]`, the
 /// data root). The EBS backend fails to open (and the daemon to start)
 /// rather than fall back to local storage.
-pub fn open(
+pub(crate) fn open(
     kind: BackendKind,
     aws: &ebs::EbsConfig,
     data_root: &Path,

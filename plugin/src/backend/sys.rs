@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::Command;
 
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     #[error("cannot run {program}: {source} (is it installed and on PATH?)")]
     Spawn {
         program: String,
@@ -26,12 +26,12 @@ pub enum CommandError {
 }
 
 /// Runs `program args...`, failing with its stderr on a non-zero exit.
-pub fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), CommandError> {
+pub(crate) fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), CommandError> {
     output(program, args).map(drop)
 }
 
 /// Like [`run`], returning what the program printed on stdout.
-pub fn output(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, CommandError> {
+pub(crate) fn output(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, CommandError> {
     let out = Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -56,7 +56,7 @@ pub fn output(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, Comman
 }
 
 /// Whether something is mounted exactly at `dir` (in this mount namespace).
-pub fn is_mountpoint(dir: &Path) -> bool {
+pub(crate) fn is_mountpoint(dir: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };

@@ -21,17 +21,17 @@ use std::time::Duration;
 
 /// `--via-ebs` options (ignored without it).
 #[derive(Debug, Args)]
-pub struct EbsArgs {
+pub(crate) struct EbsArgs {
     /// With --via-ebs: AWS region (default: the daemon's `[aws]` region).
     #[arg(long, requires = "via_ebs")]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// With --via-ebs: endpoint URL for EBS (default: the daemon's).
     #[arg(long, requires = "via_ebs")]
-    pub endpoint_url: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
     /// With --via-ebs: where snapshot block indexes are kept (default: the
     /// daemon's `snapshot_state_dir`).
     #[arg(long, requires = "via_ebs", env = "DAFFE_SNAPSHOT_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
 /// Pause between fence attempts while the containers are still running.
@@ -39,17 +39,17 @@ const FENCE_POLL: Duration = Duration::from_millis(200);
 
 /// What `daffe migrate --via-ebs` was asked (from `MigrateArgs`).
 #[derive(Debug)]
-pub struct ViaEbs<'a> {
-    pub volume: &'a str,
-    pub to_zone: &'a str,
-    pub max_rounds: Option<u32>,
-    pub unmount_timeout: &'a str,
-    pub json: bool,
-    pub control_socket: &'a Path,
-    pub ebs: &'a EbsArgs,
+pub(crate) struct ViaEbs<'a> {
+    pub(crate) volume: &'a str,
+    pub(crate) to_zone: &'a str,
+    pub(crate) max_rounds: Option<u32>,
+    pub(crate) unmount_timeout: &'a str,
+    pub(crate) json: bool,
+    pub(crate) control_socket: &'a Path,
+    pub(crate) ebs: &'a EbsArgs,
 }
 
-pub fn run(args: &ViaEbs<'_>) -> ExitCode {
+pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
     super::init_logging();
     let json = args.json;
     let zone = args.to_zone.to_owned();

@@ -2,7 +2,7 @@
 
 pub mod agent;
 pub mod migrate;
-pub mod migrate_ebs;
+pub(crate) mod migrate_ebs;
 pub mod profiles;
 pub mod serve;
 pub mod snapshot;
@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 /// Logs to stderr; `DAFFE_LOG` (or `RUST_LOG`) takes a tracing filter,
 /// default `info`.
-pub fn init_logging() {
+pub(crate) fn init_logging() {
     let filter = std::env::var("DAFFE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".into());

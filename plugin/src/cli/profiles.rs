@@ -12,16 +12,16 @@ use std::process::ExitCode;
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
     #[arg(long, global = true, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
-    pub control_socket: PathBuf,
+    pub(crate) control_socket: PathBuf,
     /// Config file to read when no daemon answers.
     #[arg(long, global = true, env = "DAFFE_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: ProfilesCommand,
+    pub(crate) command: ProfilesCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ProfilesCommand {
+pub(crate) enum ProfilesCommand {
     /// List profiles.
     Ls {
         #[arg(long)]

@@ -15,16 +15,16 @@ use std::sync::Arc;
 pub struct ServeArgs {
     /// Config file (default: /etc/daffe/daffe.toml if it exists).
     #[arg(long, env = "DAFFE_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// VolumeDriver socket; dockerd finds /run/docker/plugins/NAME.sock as plugin NAME.
     #[arg(long, env = "DAFFE_SOCKET")]
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// Control socket for the daffe CLI.
     #[arg(long, env = "DAFFE_CONTROL_SOCKET")]
-    pub control_socket: Option<PathBuf>,
+    pub(crate) control_socket: Option<PathBuf>,
     /// State and default volume roots.
     #[arg(long, env = "DAFFE_DATA_ROOT")]
-    pub data_root: Option<PathBuf>,
+    pub(crate) data_root: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

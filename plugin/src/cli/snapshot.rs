@@ -22,11 +22,11 @@ use std::process::ExitCode;
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     #[command(subcommand)]
-    pub command: SnapshotCommand,
+    pub(crate) command: SnapshotCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SnapshotCommand {
+pub(crate) enum SnapshotCommand {
     /// Upload SOURCE (an image file or block device) as a new EBS snapshot.
     /// With --parent, only the blocks changed since the parent are sent.
     Push(PushArgs),
@@ -37,62 +37,62 @@ pub enum SnapshotCommand {
 
 /// Options shared by push and pull.
 #[derive(Debug, Args)]
-pub struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// Where block indexes are kept.
     #[arg(long, default_value = DEFAULT_STATE_DIR, env = "DAFFE_SNAPSHOT_STATE_DIR")]
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Print a JSON report (or a JSON error) on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// AWS region (default: the standard AWS chain).
     #[arg(long)]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// Endpoint URL for EBS (e.g. a moto server).
     #[arg(long)]
-    pub endpoint_url: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
     /// Block requests in flight at once.
     #[arg(long, default_value_t = mover::snapshot::transfer::DEFAULT_CONCURRENCY)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Cap on block requests per second (AWS allows about 1000 per snapshot).
     #[arg(long, default_value_t = mover::snapshot::pace::DEFAULT_REQUESTS_PER_SEC)]
-    pub max_rate: u32,
+    pub(crate) max_rate: u32,
     /// Attempts per request before giving up on throttling or server errors.
     #[arg(long, default_value_t = mover::snapshot::retry::DEFAULT_MAX_ATTEMPTS)]
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
 }
 
 #[derive(Debug, Args)]
-pub struct PushArgs {
+pub(crate) struct PushArgs {
     /// Image file or block device.
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
     /// Parent snapshot: send only what changed since it (its index must be in --state-dir).
     #[arg(long, value_name = "SNAP")]
-    pub parent: Option<String>,
+    pub(crate) parent: Option<String>,
     /// Encrypt the snapshot (not with --parent: a child inherits its parent's encryption).
     #[arg(long)]
-    pub encrypted: bool,
+    pub(crate) encrypted: bool,
     /// KMS key for --encrypted.
     #[arg(long)]
-    pub kms_key_arn: Option<String>,
+    pub(crate) kms_key_arn: Option<String>,
     /// Snapshot description.
     #[arg(long)]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct PullArgs {
+pub(crate) struct PullArgs {
     /// Snapshot to restore.
     #[arg(value_name = "SNAP")]
-    pub snapshot: String,
+    pub(crate) snapshot: String,
     /// Image file (created if missing) or block device.
-    pub dest: PathBuf,
+    pub(crate) dest: PathBuf,
     /// Snapshot DEST holds now: write only the blocks that differ.
     #[arg(long, value_name = "SNAP")]
-    pub base: Option<String>,
+    pub(crate) base: Option<String>,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// Runs `daffe snapshot ...`.

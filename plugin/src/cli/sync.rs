@@ -22,28 +22,28 @@ use mover::{Destination, Phase, Progress, ProgressSink, Source, SyncOptions, Syn
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// Source: a directory, or an image file / block device.
-    pub src: PathBuf,
+    pub(crate) src: PathBuf,
     /// Destination: a directory (created if missing), or an image file /
     /// block device (for an image source).
-    pub dst: PathBuf,
+    pub(crate) dst: PathBuf,
     /// Print the stats as JSON on stdout (no progress bar).
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Destination state dir (same filesystem as DST).
     /// Default: `.DSTNAME.daffe-state` beside DST.
     #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// What to re-read after applying.
     #[arg(long, value_enum, default_value_t = VerifyArg::Touched)]
-    pub verify: VerifyArg,
+    pub(crate) verify: VerifyArg,
     /// Chunking threads (default: all cores).
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
 }
 
 /// `--verify` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum VerifyArg {
+pub(crate) enum VerifyArg {
     /// Only chunks are checked on arrival.
     None,
     /// Re-read what this run wrote.

@@ -13,13 +13,13 @@ use std::process::ExitCode;
 pub struct VolumeArgs {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
-    pub control_socket: PathBuf,
+    pub(crate) control_socket: PathBuf,
     #[command(subcommand)]
-    pub command: VolumeCommand,
+    pub(crate) command: VolumeCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum VolumeCommand {
+pub(crate) enum VolumeCommand {
     /// List volumes.
     Ls {
         #[arg(long)]

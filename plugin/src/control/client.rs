@@ -24,10 +24,10 @@ use std::time::Duration;
 /// Waited beyond the daemon's own limit for a request: its timeout answer,
 /// which names the step, must arrive before the client gives up (a local
 /// socket delivers it in microseconds; 2 s absorbs a loaded host).
-pub const CLIENT_MARGIN: Duration = Duration::from_secs(2);
+pub(crate) const CLIENT_MARGIN: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub(crate) enum ClientError {
     #[error(
         "cannot reach the daffe daemon at {socket}: {message} (is `daffe serve` running? see --control-socket)"
     )]
@@ -58,7 +58,7 @@ pub enum ClientError {
 
 impl ClientError {
     /// The daemon's code for a refusal.
-    pub fn code(&self) -> Option<ErrorCode> {
+    pub(crate) fn code(&self) -> Option<ErrorCode> {
         match self {
             Self::Status { code, .. } => *code,
             _ => None,
@@ -66,13 +66,13 @@ impl ClientError {
     }
 
     /// The daemon refused because the volume is mounted.
-    pub fn in_use(&self) -> bool {
+    pub(crate) fn in_use(&self) -> bool {
         self.code() == Some(ErrorCode::InUse)
     }
 
     /// Trying again later may work: the daemon was unreachable, or slower
     /// than its limit.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         matches!(self, Self::Connect { .. } | Self::Timeout { .. })
             || self.code() == Some(ErrorCode::Timeout)
     }
@@ -80,19 +80,19 @@ impl ClientError {
 
 /// The local daemon, through its control socket.
 #[derive(Debug, Clone)]
-pub struct ControlClient {
+pub(crate) struct ControlClient {
     socket: PathBuf,
 }
 
 impl ControlClient {
-    pub fn new(socket: &Path) -> Self {
+    pub(crate) fn new(socket: &Path) -> Self {
         Self {
             socket: socket.to_path_buf(),
         }
     }
 
     /// Sends `req`; the JSON reply of a 2xx answer, else the refusal.
-    pub fn send(&self, req: &ControlRequest) -> Result<Value, ClientError> {
+    pub(crate) fn send(&self, req: &ControlRequest) -> Result<Value, ClientError> {
         let (method, path, body) = req.to_http();
         let limit = Limits::default().of(req) + CLIENT_MARGIN;
         tokio::runtime::Builder::new_current_thread()
@@ -103,7 +103,10 @@ impl ControlClient {
     }
 
     /// Like [`ControlClient::send`], decoding the reply.
-    pub fn send_as<T: DeserializeOwned>(&self, req: &ControlRequest) -> Result<T, ClientError> {
+    pub(crate) fn send_as<T: DeserializeOwned>(
+        &self,
+        req: &ControlRequest,
+    ) -> Result<T, ClientError> {
         let v = self.send(req)?;
         serde_json::from_value(v).map_err(|source| ClientError::Decode {
             path: req.to_http().1,

@@ -9,13 +9,13 @@
 //!   handlers; failures carry a typed code.
 //! - [`client`]: the one client, [`ControlClient`].
 
-pub mod client;
-pub mod request;
-pub mod routes;
+pub(crate) mod client;
+pub(crate) mod request;
+pub(crate) mod routes;
 
 #[cfg(test)]
 mod tests;
 
-pub use client::{ClientError, ControlClient};
-pub use request::{ControlRequest, EbsStep};
-pub use routes::{ControlApi, Limits};
+pub(crate) use client::{ClientError, ControlClient};
+pub(crate) use request::{ControlRequest, EbsStep};
+pub(crate) use routes::{ControlApi, Limits};

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 
 /// One control API request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ControlRequest {
+pub(crate) enum ControlRequest {
     /// The profiles and what each means on every backend.
     Profiles,
     /// Defines or redefines a profile and re-applies it to its volumes.
@@ -75,7 +75,7 @@ pub enum ControlRequest {
 
 /// The daemon's steps of an EBS zone migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EbsStep {
+pub(crate) enum EbsStep {
     Fence { zone: String },
     Unfence,
     Attach,
@@ -85,7 +85,7 @@ pub enum EbsStep {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     #[error("no route {0}")]
     NoRoute(String),
     #[error("method {method} not allowed on {path}")]
@@ -169,7 +169,7 @@ fn define(bytes: &[u8]) -> Result<ControlRequest, RequestError> {
 impl ControlRequest {
     /// Parses one request. Path segments are percent-decoded one by one
     /// (clients may escape the `@` of `db@gold`).
-    pub fn parse(method: &Method, path: &str, bytes: &[u8]) -> Result<Self, RequestError> {
+    pub(crate) fn parse(method: &Method, path: &str, bytes: &[u8]) -> Result<Self, RequestError> {
         use ControlRequest as R;
         let segs: Vec<String> = path
             .trim_matches('/')
@@ -289,7 +289,7 @@ impl ControlRequest {
 
     /// The method, path and body that [`ControlRequest::parse`] reads back
     /// as `self`.
-    pub fn to_http(&self) -> (Method, String, Option<Value>) {
+    pub(crate) fn to_http(&self) -> (Method, String, Option<Value>) {
         use ControlRequest as R;
         let vol = |n: &str, op: &str| match op {
             "" => format!("/v1/volumes/{}", percent_encode(n)),
@@ -351,7 +351,7 @@ impl ControlRequest {
     }
 
     /// What the request does, for logs and timeout messages.
-    pub fn op(&self) -> &'static str {
+    pub(crate) fn op(&self) -> &'static str {
         use ControlRequest as R;
         match self {
             R::Profiles => "list profiles",
@@ -380,7 +380,7 @@ impl ControlRequest {
     }
 
     /// The volume (or profile) the request is about; empty for the lists.
-    pub fn subject(&self) -> &str {
+    pub(crate) fn subject(&self) -> &str {
         use ControlRequest as R;
         match self {
             R::Profiles | R::Volumes => "",
@@ -401,7 +401,7 @@ impl ControlRequest {
 }
 
 /// Decodes `%XX` escapes; anything else, a bad escape included, is kept.
-pub fn percent_decode(s: &str) -> String {
+pub(crate) fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -423,7 +423,7 @@ pub fn percent_decode(s: &str) -> String {
 }
 
 /// Escapes everything but unreserved characters, for building request paths.
-pub fn percent_encode(s: &str) -> String {
+pub(crate) fn percent_encode(s: &str) -> String {
     s.bytes()
         .map(|c| match c {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {

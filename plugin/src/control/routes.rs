@@ -24,19 +24,19 @@ use std::time::Duration;
 /// client waits a little longer ([`super::client::CLIENT_MARGIN`]), so the
 /// daemon's message, which names the step, reaches it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Reads of the records and profiles, and the migration state steps
     /// (a wait for the volume's lock; the Create and blanking of a received
     /// volume): milliseconds when healthy; the CLI has always given the
     /// daemon 10 s.
-    pub quick: Duration,
+    pub(crate) quick: Duration,
     /// One AWS change or lookup (set-profile's ModifyVolume, an EBS
     /// volume's facts), within the EBS backend's 45 s budgets.
-    pub aws: Duration,
+    pub(crate) aws: Duration,
     /// EBS migration steps: attach and copy have 90 s budgets.
-    pub ebs_step: Duration,
+    pub(crate) ebs_step: Duration,
     /// A profile definition re-applied to its volumes one by one.
-    pub define: Duration,
+    pub(crate) define: Duration,
 }
 
 impl Default for Limits {
@@ -52,7 +52,7 @@ impl Default for Limits {
 
 impl Limits {
     /// The limit of `req`.
-    pub fn of(&self, req: &ControlRequest) -> Duration {
+    pub(crate) fn of(&self, req: &ControlRequest) -> Duration {
         use ControlRequest as R;
         match req {
             R::Profiles
@@ -74,18 +74,18 @@ impl Limits {
 }
 
 /// The control API, bound to a service.
-pub struct ControlApi {
+pub(crate) struct ControlApi {
     svc: Arc<VolumeService>,
     limits: Limits,
 }
 
 impl ControlApi {
-    pub fn new(svc: Arc<VolumeService>, limits: Limits) -> Self {
+    pub(crate) fn new(svc: Arc<VolumeService>, limits: Limits) -> Self {
         Self { svc, limits }
     }
 
     /// Answers one request.
-    pub async fn handle(&self, method: &Method, path: &str, body: &[u8]) -> Reply {
+    pub(crate) async fn handle(&self, method: &Method, path: &str, body: &[u8]) -> Reply {
         let req = match ControlRequest::parse(method, path, body) {
             Ok(r) => r,
             Err(e) => return refused(&e),

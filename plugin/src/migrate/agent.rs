@@ -18,17 +18,17 @@ use mover::{Destination, Verify};
 
 /// Receiver checkpoint interval: after a cut link at most this much is
 /// fetched again (5 s at 100 Mbit/s), for one syncfs per interval.
-pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+pub(crate) const CHECKPOINT_BYTES: u64 = 64 << 20;
 
-pub struct AgentHandler {
+pub(crate) struct AgentHandler {
     /// The local daemon.
-    pub daemon: ControlClient,
-    pub checkpoint_bytes: u64,
-    pub verify: Verify,
+    pub(crate) daemon: ControlClient,
+    pub(crate) checkpoint_bytes: u64,
+    pub(crate) verify: Verify,
 }
 
 impl AgentHandler {
-    pub fn new(daemon: ControlClient) -> Self {
+    pub(crate) fn new(daemon: ControlClient) -> Self {
         AgentHandler {
             daemon,
             checkpoint_bytes: CHECKPOINT_BYTES,

@@ -28,22 +28,22 @@ use std::time::{Duration, Instant};
 
 /// A round that uploads at most this many blocks (512 KiB each) is small
 /// enough that the final round after the fence is short: stop pre-copying.
-pub const SMALL_ROUND_BLOCKS: u64 = 64;
+pub(crate) const SMALL_ROUND_BLOCKS: u64 = 64;
 
 /// Pre-copy rounds at most, by default.
-pub const DEFAULT_MAX_ROUNDS: u32 = 5;
+pub(crate) const DEFAULT_MAX_ROUNDS: u32 = 5;
 
 /// A failed daemon step, as the daemon client reports it.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct StepError {
-    pub message: String,
+pub(crate) struct StepError {
+    pub(crate) message: String,
     /// The daemon refused because the volume is mounted (fence, attach).
-    pub in_use: bool,
+    pub(crate) in_use: bool,
 }
 
 /// The daemon's EBS migration steps for one volume.
-pub trait EbsSteps {
+pub(crate) trait EbsSteps {
     fn facts(&self) -> Result<EbsFacts, StepError>;
     fn fence(&self, zone: &str) -> Result<(), StepError>;
     fn unfence(&self) -> Result<(), StepError>;
@@ -56,9 +56,9 @@ pub trait EbsSteps {
 
 /// The daemon's side of [`EbsSteps`]: one volume's `/v1/volumes/NAME/ebs`
 /// routes, through the control client.
-pub struct DaemonSteps {
-    pub daemon: ControlClient,
-    pub volume: String,
+pub(crate) struct DaemonSteps {
+    pub(crate) daemon: ControlClient,
+    pub(crate) volume: String,
 }
 
 impl DaemonSteps {
@@ -123,12 +123,12 @@ impl EbsSteps for DaemonSteps {
 }
 
 /// Pushes a device as a snapshot, incremental against `parent`.
-pub trait Pusher {
+pub(crate) trait Pusher {
     fn push(&mut self, device: &Path, parent: Option<&str>) -> Result<PushReport, PushError>;
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum EbsMigrateError {
+pub(crate) enum EbsMigrateError {
     #[error("{volume}: {step} failed: {source}")]
     Step {
         volume: String,
@@ -169,36 +169,36 @@ pub enum EbsMigrateError {
 
 /// One snapshot push.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Round {
-    pub round: u32,
-    pub final_round: bool,
-    pub snapshot_id: String,
-    pub parent: Option<String>,
+pub(crate) struct Round {
+    pub(crate) round: u32,
+    pub(crate) final_round: bool,
+    pub(crate) snapshot_id: String,
+    pub(crate) parent: Option<String>,
     /// Blocks sent (changed since the parent, or non-zero for a full push).
-    pub blocks_changed: u64,
-    pub bytes: u64,
-    pub secs: f64,
+    pub(crate) blocks_changed: u64,
+    pub(crate) bytes: u64,
+    pub(crate) secs: f64,
 }
 
 /// What a migration did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EbsReport {
-    pub volume: String,
-    pub source_volume_id: String,
-    pub from_zone: String,
-    pub to_zone: String,
-    pub new_volume_id: String,
-    pub final_snapshot_id: String,
-    pub rounds: Vec<Round>,
-    pub bytes: u64,
-    pub total_secs: f64,
+pub(crate) struct EbsReport {
+    pub(crate) volume: String,
+    pub(crate) source_volume_id: String,
+    pub(crate) from_zone: String,
+    pub(crate) to_zone: String,
+    pub(crate) new_volume_id: String,
+    pub(crate) final_snapshot_id: String,
+    pub(crate) rounds: Vec<Round>,
+    pub(crate) bytes: u64,
+    pub(crate) total_secs: f64,
     /// From the fence to the new volume's creation: the time the volume
     /// could be used nowhere.
-    pub downtime_secs: f64,
+    pub(crate) downtime_secs: f64,
 }
 
 impl EbsReport {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = format!(
             "{} moved from {} ({}) to {} ({}) via snapshot {}\n",
             self.volume,
@@ -228,19 +228,19 @@ impl EbsReport {
 }
 
 #[derive(Debug, Clone)]
-pub struct EbsMigrateOptions {
-    pub volume: String,
-    pub to_zone: String,
-    pub max_rounds: u32,
-    pub small_round_blocks: u64,
-    pub unmount_timeout: Duration,
+pub(crate) struct EbsMigrateOptions {
+    pub(crate) volume: String,
+    pub(crate) to_zone: String,
+    pub(crate) max_rounds: u32,
+    pub(crate) small_round_blocks: u64,
+    pub(crate) unmount_timeout: Duration,
     /// Pause between fence attempts while the volume is still mounted.
-    pub fence_poll: Duration,
+    pub(crate) fence_poll: Duration,
 }
 
 /// What the CLI shows as it goes.
 #[derive(Debug)]
-pub enum EbsEvent<'a> {
+pub(crate) enum EbsEvent<'a> {
     Preflight(&'a EbsFacts),
     RoundStart {
         round: u32,
@@ -257,7 +257,7 @@ pub enum EbsEvent<'a> {
 }
 
 /// Runs the migration; see the module comment for the sequence.
-pub fn migrate_ebs(
+pub(crate) fn migrate_ebs(
     steps: &dyn EbsSteps,
     pusher: &mut dyn Pusher,
     opts: &EbsMigrateOptions,

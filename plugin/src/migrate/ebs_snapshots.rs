@@ -9,12 +9,12 @@ use std::path::Path;
 
 /// Pushes through the EBS direct APIs; block indexes in `store`, so each
 /// round's index is the next round's parent.
-pub struct AwsPusher<'a> {
-    pub api: AwsSnapshotApi,
-    pub store: IndexStore,
+pub(crate) struct AwsPusher<'a> {
+    pub(crate) api: AwsSnapshotApi,
+    pub(crate) store: IndexStore,
     /// Tags, description and transfer settings; `parent` is set per round.
-    pub opts: PushOptions,
-    pub progress: &'a dyn Progress,
+    pub(crate) opts: PushOptions,
+    pub(crate) progress: &'a dyn Progress,
 }
 
 impl Pusher for AwsPusher<'_> {

@@ -20,11 +20,11 @@
 //! dockerd; `migrate` only watches the daemon's mount count and fences the
 //! volume in the same locked step that sees it reach zero.
 
-pub mod agent;
-pub mod duration;
-pub mod ebs;
-pub mod ebs_snapshots;
-pub mod orchestrate;
-pub mod plan;
-pub mod report;
-pub mod wire;
+pub(crate) mod agent;
+pub(crate) mod duration;
+pub(crate) mod ebs;
+pub(crate) mod ebs_snapshots;
+pub(crate) mod orchestrate;
+pub(crate) mod plan;
+pub(crate) mod report;
+pub(crate) mod wire;

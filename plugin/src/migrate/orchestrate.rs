@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
-pub enum MigrateError {
+pub(crate) enum MigrateError {
     #[error("local daemon: {0}")]
     Daemon(#[from] ClientError),
     #[error("destination: {0}")]
@@ -70,7 +70,7 @@ pub enum MigrateError {
 }
 
 /// The local daemon, as the orchestrator sees it.
-pub trait SourceHost {
+pub(crate) trait SourceHost {
     fn transfer_paths(&self, volume: &str) -> Result<TransferPaths, ClientError>;
     fn begin_move(&self, volume: &str, to: &str) -> Result<(), ClientError>;
     /// Fences if unmounted; an error with `in_use()` otherwise.
@@ -115,7 +115,7 @@ impl SourceHost for ControlClient {
 }
 
 /// The destination's agent, as the orchestrator sees it.
-pub trait DestHost {
+pub(crate) trait DestHost {
     fn request(&mut self, req: &PeerRequest) -> Result<PeerReply, MigrateError>;
     /// Sets what rounds send (known after the local lookup).
     fn set_source(&mut self, target: &str, source: Source, cache_dir: PathBuf);
@@ -129,8 +129,8 @@ pub trait DestHost {
 }
 
 /// The real destination: a [`RoundPusher`] to an agent.
-pub struct RemoteAgent {
-    pub pusher: RoundPusher,
+pub(crate) struct RemoteAgent {
+    pub(crate) pusher: RoundPusher,
 }
 
 impl DestHost for RemoteAgent {
@@ -165,20 +165,20 @@ impl DestHost for RemoteAgent {
 
 /// What the operator asked for.
 #[derive(Debug, Clone)]
-pub struct MigrateOptions {
-    pub volume: String,
+pub(crate) struct MigrateOptions {
+    pub(crate) volume: String,
     /// The destination as given (`HOST[:PORT]`): also what a fenced Mount names.
-    pub to: String,
-    pub max_downtime: Duration,
-    pub max_rounds: u32,
-    pub unmount_timeout: Duration,
+    pub(crate) to: String,
+    pub(crate) max_downtime: Duration,
+    pub(crate) max_rounds: u32,
+    pub(crate) unmount_timeout: Duration,
     /// How often the unmount is looked for: bounds the downtime measurement error.
-    pub fence_poll: Duration,
+    pub(crate) fence_poll: Duration,
 }
 
 /// Progress, for a bar or a log.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub(crate) enum Event {
     Preflight(ReceiveCheck),
     RoundStart { round: u32, final_round: bool },
     Bytes(u64),
@@ -189,7 +189,7 @@ pub enum Event {
 }
 
 /// Bytes the data occupies on disk (allocated blocks: holes do not count).
-pub fn used_bytes(paths: &TransferPaths) -> Result<u64, MigrateError> {
+pub(crate) fn used_bytes(paths: &TransferPaths) -> Result<u64, MigrateError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| MigrateError::Used { path, source }
@@ -233,7 +233,7 @@ fn round_report(round: u32, final_round: bool, r: &PushReport) -> RoundReport {
 }
 
 /// Runs a migration. `event` sees progress.
-pub fn migrate(
+pub(crate) fn migrate(
     host: &dyn SourceHost,
     dest: &mut dyn DestHost,
     opts: &MigrateOptions,

@@ -5,46 +5,46 @@
 use serde::Serialize;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RoundReport {
-    pub round: u32,
-    pub final_round: bool,
+pub(crate) struct RoundReport {
+    pub(crate) round: u32,
+    pub(crate) final_round: bool,
     /// Chunk payload the destination fetched (changed data).
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Bytes on the wire (TLS, framing, compression included) both ways.
-    pub wire_bytes: u64,
-    pub chunks_new: u64,
-    pub chunks_total: u64,
-    pub scan_ms: u64,
-    pub transfer_ms: u64,
+    pub(crate) wire_bytes: u64,
+    pub(crate) chunks_new: u64,
+    pub(crate) chunks_total: u64,
+    pub(crate) scan_ms: u64,
+    pub(crate) transfer_ms: u64,
     /// Connection attempts (more than 1: the link was cut and resumed).
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// The source changed under every scan: the round did not complete.
-    pub stale: bool,
+    pub(crate) stale: bool,
     /// Estimated final-round time after this round (pre-copy rounds).
-    pub estimate_ms: Option<u64>,
+    pub(crate) estimate_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Report {
-    pub volume: String,
-    pub to: String,
+pub(crate) struct Report {
+    pub(crate) volume: String,
+    pub(crate) to: String,
     /// `tree` (dir volume) or `image` (block volume).
-    pub mode: String,
+    pub(crate) mode: String,
     /// Bytes the volume occupies on the source (allocated blocks).
-    pub used_bytes: u64,
-    pub rounds: Vec<RoundReport>,
+    pub(crate) used_bytes: u64,
+    pub(crate) rounds: Vec<RoundReport>,
     /// Sum of the rounds' fetched bytes.
-    pub bytes_moved: u64,
-    pub wire_bytes: u64,
-    pub compression: bool,
+    pub(crate) bytes_moved: u64,
+    pub(crate) wire_bytes: u64,
+    pub(crate) compression: bool,
     /// Why pre-copy stopped (`fits`, `not-shrinking`, `max-rounds`).
-    pub cutover_reason: String,
-    pub max_downtime_ms: u64,
-    pub total_ms: u64,
+    pub(crate) cutover_reason: String,
+    pub(crate) max_downtime_ms: u64,
+    pub(crate) total_ms: u64,
     /// From asking for the unmount to seeing it (the operator's part).
-    pub unmount_wait_ms: u64,
+    pub(crate) unmount_wait_ms: u64,
     /// From the unmount on the source to the destination owning the volume.
-    pub downtime_ms: u64,
+    pub(crate) downtime_ms: u64,
 }
 
 fn human_bytes(b: u64) -> String {
@@ -64,7 +64,7 @@ fn human_bytes(b: u64) -> String {
 
 impl Report {
     /// The operator's summary.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = format!(
             "migrated {} to {} ({}, {} used)\n",
             self.volume,

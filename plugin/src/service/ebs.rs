@@ -24,27 +24,27 @@ use std::path::PathBuf;
 
 /// What the migration CLI needs to know about an EBS volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct EbsFacts {
-    pub name: String,
-    pub docker_name: String,
-    pub profile: String,
-    pub volume_id: String,
-    pub zone: String,
-    pub size_gib: u64,
-    pub encrypted: bool,
-    pub kms_key_id: Option<String>,
+pub(crate) struct EbsFacts {
+    pub(crate) name: String,
+    pub(crate) docker_name: String,
+    pub(crate) profile: String,
+    pub(crate) volume_id: String,
+    pub(crate) zone: String,
+    pub(crate) size_gib: u64,
+    pub(crate) encrypted: bool,
+    pub(crate) kms_key_id: Option<String>,
     /// `daffe:state` tag (`fenced:ZONE`, `moved:ZONE:VOL`), if any.
-    pub tag_state: Option<String>,
-    pub mount_count: u64,
+    pub(crate) tag_state: Option<String>,
+    pub(crate) mount_count: u64,
     /// The block device while attached to this host.
-    pub device: Option<PathBuf>,
-    pub aws: AwsSide,
+    pub(crate) device: Option<PathBuf>,
+    pub(crate) aws: AwsSide,
 }
 
 impl VolumeService {
     /// Records for the volumes the backend holds and the store lacks;
     /// returns their docker names.
-    pub fn rebuild(&self) -> Result<Vec<String>, ServiceError> {
+    pub(crate) fn rebuild(&self) -> Result<Vec<String>, ServiceError> {
         let mut rebuilt = Vec::new();
         for f in self.backend.discover()? {
             if VolumeName::parse(&f.name).is_err() {
@@ -124,7 +124,7 @@ impl VolumeService {
     }
 
     /// The volume's EBS facts (GET `/v1/volumes/NAME/ebs`).
-    pub fn ebs_facts(&self, docker_name: &str) -> Result<EbsFacts, ServiceError> {
+    pub(crate) fn ebs_facts(&self, docker_name: &str) -> Result<EbsFacts, ServiceError> {
         let rec = self.find(docker_name)?;
         let be = self.ebs_backend("ebs facts", &rec.docker_name)?;
         let v = be.facts(&rec.name).map_err(BackendError::from)?;
@@ -148,7 +148,11 @@ impl VolumeService {
     }
 
     /// Cutover: fences the unmounted volume for `zone` (Mount refused).
-    pub fn ebs_fence(&self, docker_name: &str, zone: &str) -> Result<EbsFacts, ServiceError> {
+    pub(crate) fn ebs_fence(
+        &self,
+        docker_name: &str,
+        zone: &str,
+    ) -> Result<EbsFacts, ServiceError> {
         self.with_volume(docker_name, true, |rec| {
             if rec.state != VolumeState::Ready {
                 return Err(ServiceError::Refused {
@@ -165,7 +169,7 @@ impl VolumeService {
     }
 
     /// An aborted move: the volume is usable here again.
-    pub fn ebs_unfence(&self, docker_name: &str) -> Result<EbsFacts, ServiceError> {
+    pub(crate) fn ebs_unfence(&self, docker_name: &str) -> Result<EbsFacts, ServiceError> {
         self.with_volume(docker_name, false, |rec| {
             let be = self.ebs_backend("unfence", &rec.docker_name)?;
             be.unfence(&rec.name).map_err(BackendError::from)?;
@@ -175,7 +179,7 @@ impl VolumeService {
     }
 
     /// Attaches the fenced volume to read it; returns its block device.
-    pub fn ebs_attach(&self, docker_name: &str) -> Result<PathBuf, ServiceError> {
+    pub(crate) fn ebs_attach(&self, docker_name: &str) -> Result<PathBuf, ServiceError> {
         self.with_volume(docker_name, true, |rec| {
             let be = self.ebs_backend("attach", &rec.docker_name)?;
             Ok(be
@@ -184,7 +188,7 @@ impl VolumeService {
         })
     }
 
-    pub fn ebs_detach(&self, docker_name: &str) -> Result<(), ServiceError> {
+    pub(crate) fn ebs_detach(&self, docker_name: &str) -> Result<(), ServiceError> {
         self.with_volume(docker_name, true, |rec| {
             let be = self.ebs_backend("detach", &rec.docker_name)?;
             Ok(be
@@ -195,7 +199,7 @@ impl VolumeService {
 
     /// Creates the volume's copy in `zone` from `snapshot_id`, with the
     /// volume's settings; returns the new volume id.
-    pub fn ebs_copy(
+    pub(crate) fn ebs_copy(
         &self,
         docker_name: &str,
         snapshot_id: &str,
@@ -225,7 +229,7 @@ impl VolumeService {
     }
 
     /// The source is moved for good (Mount refused; Remove deletes it).
-    pub fn ebs_moved(
+    pub(crate) fn ebs_moved(
         &self,
         docker_name: &str,
         zone: &str,

@@ -12,7 +12,7 @@ use profiles::{CatalogError, RequestError, ResolveError};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
+pub(crate) enum ServiceError {
     #[error(transparent)]
     Request(#[from] RequestError),
     #[error(transparent)]
@@ -81,7 +81,7 @@ pub enum ServiceError {
 /// What kind of failure an error is, for callers that act on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum ErrorCode {
+pub(crate) enum ErrorCode {
     /// The request, a name, a profile or a definition is wrong: fix it.
     Invalid,
     /// No such volume (or route).
@@ -106,7 +106,7 @@ pub enum ErrorCode {
 
 impl ServiceError {
     /// The one mapping from errors to codes.
-    pub fn code(&self) -> ErrorCode {
+    pub(crate) fn code(&self) -> ErrorCode {
         use ServiceError as E;
         match self {
             E::Request(_) | E::Resolve(_) | E::Catalog(_) => ErrorCode::Invalid,

@@ -19,14 +19,14 @@ use std::path::{Path, PathBuf};
 /// Directory, inside a local volume's directory (beside `data`), where the
 /// receiving mover keeps its state: same filesystem as the data (staged files
 /// are renamed in), outside the tree docker sees.
-pub const RECEIVE_STATE_DIR: &str = ".mover-receive";
+pub(crate) const RECEIVE_STATE_DIR: &str = ".mover-receive";
 /// Same, for the sending side's stat cache (kept between rounds).
-pub const SEND_CACHE_DIR: &str = ".mover-send";
+pub(crate) const SEND_CACHE_DIR: &str = ".mover-send";
 
 /// How a volume's data is moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum TransferMode {
+pub(crate) enum TransferMode {
     /// A `dir` volume: its directory tree.
     Tree,
     /// A `block` volume: its filesystem image.
@@ -35,35 +35,35 @@ pub enum TransferMode {
 
 /// Where the mover reads or writes a volume, on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TransferPaths {
-    pub docker_name: String,
-    pub profile: String,
-    pub mode: TransferMode,
+pub(crate) struct TransferPaths {
+    pub(crate) docker_name: String,
+    pub(crate) profile: String,
+    pub(crate) mode: TransferMode,
     /// The tree (`ROOT/NAME/data`) or the image (`ROOT/NAME/image.FS`).
-    pub data: PathBuf,
+    pub(crate) data: PathBuf,
     /// Receiver state (destination side).
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Sender stat cache (source side).
-    pub cache_dir: PathBuf,
+    pub(crate) cache_dir: PathBuf,
     /// The `-o` options to re-create the volume with elsewhere (size...).
-    pub options: BTreeMap<String, String>,
-    pub state: String,
+    pub(crate) options: BTreeMap<String, String>,
+    pub(crate) state: String,
     /// The other host of a migration (`Moving`/`Fenced`/`Moved` to, `Receiving` from).
     #[serde(default)]
-    pub peer: Option<String>,
+    pub(crate) peer: Option<String>,
 }
 
 /// A destination's answer to "could you receive this volume?".
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReceiveCheck {
-    pub docker_name: String,
-    pub profile: String,
+pub(crate) struct ReceiveCheck {
+    pub(crate) docker_name: String,
+    pub(crate) profile: String,
     /// Where the volume would live (the profile's root on this host).
-    pub root: PathBuf,
-    pub free_bytes: u64,
-    pub need_bytes: u64,
+    pub(crate) root: PathBuf,
+    pub(crate) free_bytes: u64,
+    pub(crate) need_bytes: u64,
     /// A partial copy from an earlier, interrupted migration is there.
-    pub resuming: bool,
+    pub(crate) resuming: bool,
 }
 
 fn transfer_paths(rec: &VolumeRecord) -> Result<TransferPaths, ServiceError> {
@@ -171,12 +171,16 @@ impl VolumeService {
     }
 
     /// Where the mover finds this volume.
-    pub fn transfer_paths(&self, docker_name: &str) -> Result<TransferPaths, ServiceError> {
+    pub(crate) fn transfer_paths(&self, docker_name: &str) -> Result<TransferPaths, ServiceError> {
         transfer_paths(&self.find(docker_name)?)
     }
 
     /// Source: pre-copy to `to` starts. The volume stays mountable.
-    pub fn begin_move(&self, docker_name: &str, to: &str) -> Result<VolumeView, ServiceError> {
+    pub(crate) fn begin_move(
+        &self,
+        docker_name: &str,
+        to: &str,
+    ) -> Result<VolumeView, ServiceError> {
         self.change_state(docker_name, |rec| {
             transfer_paths(rec)?;
             match &rec.state {
@@ -191,7 +195,7 @@ impl VolumeService {
 
     /// Source: cutover. Succeeds only when nothing has the volume mounted;
     /// from then on Mount is refused ("being moved to HOST").
-    pub fn fence(&self, docker_name: &str, to: &str) -> Result<VolumeView, ServiceError> {
+    pub(crate) fn fence(&self, docker_name: &str, to: &str) -> Result<VolumeView, ServiceError> {
         self.change_state(docker_name, |rec| {
             match &rec.state {
                 VolumeState::Moving { to: t } | VolumeState::Fenced { to: t } if t == to => {}
@@ -207,7 +211,11 @@ impl VolumeService {
 
     /// Source: the destination owns the volume now. Mount fails for good
     /// with "volume moved to HOST" (Remove still works, to reclaim space).
-    pub fn finish_move(&self, docker_name: &str, to: &str) -> Result<VolumeView, ServiceError> {
+    pub(crate) fn finish_move(
+        &self,
+        docker_name: &str,
+        to: &str,
+    ) -> Result<VolumeView, ServiceError> {
         self.change_state(docker_name, |rec| match &rec.state {
             VolumeState::Fenced { to: t } | VolumeState::Moved { to: t } if t == to => {
                 rec.state = VolumeState::Moved { to: to.to_owned() };
@@ -219,7 +227,7 @@ impl VolumeService {
 
     /// Source: a move that did not hand ownership over is called off; the
     /// volume is usable here again.
-    pub fn abort_move(&self, docker_name: &str) -> Result<VolumeView, ServiceError> {
+    pub(crate) fn abort_move(&self, docker_name: &str) -> Result<VolumeView, ServiceError> {
         self.change_state(docker_name, |rec| match &rec.state {
             VolumeState::Moving { .. } | VolumeState::Fenced { .. } | VolumeState::Ready => {
                 rec.state = VolumeState::Ready;
@@ -231,7 +239,7 @@ impl VolumeService {
 
     /// Destination: can `docker_name` (with `opts`) be received from `from`,
     /// needing `need_bytes`? Nothing is changed.
-    pub fn check_receive(
+    pub(crate) fn check_receive(
         &self,
         docker_name: &str,
         opts: &BTreeMap<String, String>,
@@ -296,7 +304,7 @@ impl VolumeService {
 
     /// Destination: makes (or finds) the volume in state `Receiving` and
     /// returns where rounds write. A `Ready` volume here is never overwritten.
-    pub fn prepare_receive(
+    pub(crate) fn prepare_receive(
         &self,
         docker_name: &str,
         opts: &BTreeMap<String, String>,
@@ -345,7 +353,7 @@ impl VolumeService {
 
     /// Destination: the source handed the volume over; it is ours and
     /// mountable. Repeating it is fine (the source may retry the handover).
-    pub fn take_ownership(&self, docker_name: &str) -> Result<VolumeView, ServiceError> {
+    pub(crate) fn take_ownership(&self, docker_name: &str) -> Result<VolumeView, ServiceError> {
         self.change_state(docker_name, |rec| match &rec.state {
             VolumeState::Receiving { .. } | VolumeState::Ready => {
                 rec.state = VolumeState::Ready;

@@ -34,8 +34,8 @@ mod volumes;
 #[cfg(test)]
 pub(crate) mod tests;
 
-pub use error::{ErrorCode, ServiceError};
-pub use volumes::{VolumeInfo, VolumeView};
+pub(crate) use error::{ErrorCode, ServiceError};
+pub(crate) use volumes::{VolumeInfo, VolumeView};
 
 use crate::backend::ebs::EbsBackend;
 use crate::backend::{Backend, Storage, VolumeRef};
@@ -47,7 +47,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub struct VolumeService {
+pub(crate) struct VolumeService {
     /// The one way records are read and written.
     records: Records,
     backend: Arc<dyn Backend>,
@@ -66,7 +66,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl VolumeService {
-    pub fn new(records: Records, storage: Storage, catalog: Catalog, data_root: PathBuf) -> Self {
+    pub(crate) fn new(
+        records: Records,
+        storage: Storage,
+        catalog: Catalog,
+        data_root: PathBuf,
+    ) -> Self {
         Self {
             records,
             backend: storage.backend,
@@ -78,26 +83,26 @@ impl VolumeService {
     }
 
     /// The profiles now (a snapshot: a later definition does not change it).
-    pub fn catalog(&self) -> Arc<Catalog> {
+    pub(crate) fn catalog(&self) -> Arc<Catalog> {
         self.catalog.snapshot()
     }
 
     /// Lays the profiles defined through the control API (kept under
     /// `state_dir`) over the configured ones, and keeps later definitions
     /// there. Called once at start.
-    pub fn persist_profiles(&mut self, state_dir: &Path) -> Result<(), ServiceError> {
+    pub(crate) fn persist_profiles(&mut self, state_dir: &Path) -> Result<(), ServiceError> {
         let base = (*self.catalog.snapshot()).clone();
         self.catalog = SharedCatalog::open(base, state_dir)?;
         Ok(())
     }
 
-    pub fn backend_kind(&self) -> profiles::BackendKind {
+    pub(crate) fn backend_kind(&self) -> profiles::BackendKind {
         self.backend.kind()
     }
 
     /// Counts record writes; equal values mean nothing changed between
     /// (List's cache is keyed by it).
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.records.generation()
     }
 

@@ -20,29 +20,29 @@ use serde::Serialize;
 
 /// What a change did to one volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VolumeChange {
-    pub name: String,
-    pub docker_name: String,
-    pub from_profile: String,
-    pub to_profile: String,
+pub(crate) struct VolumeChange {
+    pub(crate) name: String,
+    pub(crate) docker_name: String,
+    pub(crate) from_profile: String,
+    pub(crate) to_profile: String,
     /// `type gp3 -> io2`, ...; empty when only the record changed.
-    pub changes: Vec<String>,
+    pub(crate) changes: Vec<String>,
     /// Whether the storage was modified (EBS ModifyVolume).
-    pub modified: bool,
+    pub(crate) modified: bool,
     /// Set when this volume could not be changed (the others may have been).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
+    pub(crate) error: Option<String>,
 }
 
 /// What a profile definition did.
 #[derive(Debug, Clone, Serialize)]
-pub struct DefineReport {
-    pub profile: Profile,
-    pub volumes: Vec<VolumeChange>,
+pub(crate) struct DefineReport {
+    pub(crate) profile: Profile,
+    pub(crate) volumes: Vec<VolumeChange>,
 }
 
 impl DefineReport {
-    pub fn failures(&self) -> impl Iterator<Item = &VolumeChange> {
+    pub(crate) fn failures(&self) -> impl Iterator<Item = &VolumeChange> {
         self.volumes.iter().filter(|v| v.error.is_some())
     }
 }
@@ -147,7 +147,11 @@ impl VolumeService {
     }
 
     /// `daffe volume set-profile NAME PROFILE`.
-    pub fn set_profile(&self, name: &str, profile: &str) -> Result<VolumeChange, ServiceError> {
+    pub(crate) fn set_profile(
+        &self,
+        name: &str,
+        profile: &str,
+    ) -> Result<VolumeChange, ServiceError> {
         let cat = self.catalog.snapshot();
         if cat.get(profile).is_none() {
             return Err(ResolveError::UnknownProfile {
@@ -162,7 +166,7 @@ impl VolumeService {
     /// `POST /v1/configuration/profiles`: defines or replaces `name`, after
     /// checking every volume of that profile can take the new definition;
     /// then applies it to them one by one.
-    pub fn define_profile(
+    pub(crate) fn define_profile(
         &self,
         name: &str,
         def: ProfileDef,

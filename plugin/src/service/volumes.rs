@@ -26,29 +26,29 @@ use std::path::PathBuf;
 
 /// What Get and List report for a volume.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VolumeInfo {
-    pub name: String,
-    pub mountpoint: PathBuf,
+pub(crate) struct VolumeInfo {
+    pub(crate) name: String,
+    pub(crate) mountpoint: PathBuf,
     /// RFC 3339, as docker expects.
-    pub created_at: String,
-    pub status: Status,
+    pub(crate) created_at: String,
+    pub(crate) status: Status,
 }
 
 /// Everything known about a volume, for `daffe volume inspect` and the
 /// control API.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct VolumeView {
+pub(crate) struct VolumeView {
     #[serde(flatten)]
-    pub record: VolumeRecord,
-    pub mountpoint: PathBuf,
-    pub mount_count: u64,
-    pub status: Status,
+    pub(crate) record: VolumeRecord,
+    pub(crate) mountpoint: PathBuf,
+    pub(crate) mount_count: u64,
+    pub(crate) status: Status,
 }
 
 impl VolumeService {
     /// Finishes what a crash interrupted: volumes still `Creating` were never
     /// reported to docker as created, so their storage and record go.
-    pub fn recover(&self) -> Result<(), ServiceError> {
+    pub(crate) fn recover(&self) -> Result<(), ServiceError> {
         for r in self.records.list()? {
             if r.state == VolumeState::Creating {
                 tracing::warn!(volume = %r.docker_name, "removing a volume whose Create was interrupted");
@@ -59,7 +59,7 @@ impl VolumeService {
         Ok(())
     }
 
-    pub fn create(
+    pub(crate) fn create(
         &self,
         docker_name: &str,
         opts: &BTreeMap<String, String>,
@@ -90,7 +90,7 @@ impl VolumeService {
         Ok(())
     }
 
-    pub fn remove(&self, docker_name: &str) -> Result<(), ServiceError> {
+    pub(crate) fn remove(&self, docker_name: &str) -> Result<(), ServiceError> {
         self.locked(docker_name, |mut rec| {
             if !rec.mounts.is_empty() {
                 return Err(in_use(&rec));
@@ -118,7 +118,7 @@ impl VolumeService {
 
     /// Mounts for `id`. `fence` decides, under the volume's lock, whether the
     /// caller is still waiting; if not, nothing is changed.
-    pub fn mount(
+    pub(crate) fn mount(
         &self,
         docker_name: &str,
         id: &str,
@@ -167,7 +167,7 @@ impl VolumeService {
         })
     }
 
-    pub fn unmount(&self, docker_name: &str, id: &str) -> Result<(), ServiceError> {
+    pub(crate) fn unmount(&self, docker_name: &str, id: &str) -> Result<(), ServiceError> {
         self.locked(docker_name, |mut rec| {
             let Some(last) = rec.mounts.release(id) else {
                 // Nothing to undo: an Unmount for an ID we never counted (e.g.
@@ -186,7 +186,7 @@ impl VolumeService {
         })
     }
 
-    pub fn path(&self, docker_name: &str) -> Result<PathBuf, ServiceError> {
+    pub(crate) fn path(&self, docker_name: &str) -> Result<PathBuf, ServiceError> {
         let rec = self.find(docker_name)?;
         Ok(self.backend.path(vref(&rec)))
     }
@@ -194,7 +194,7 @@ impl VolumeService {
     /// Get, answered from the records without any lock when the name is one
     /// docker already holds. `Ok(None)`: the volume exists under a name docker
     /// does not hold yet; call [`VolumeService::get_recording`].
-    pub fn get(&self, docker_name: &str) -> Result<Option<VolumeInfo>, ServiceError> {
+    pub(crate) fn get(&self, docker_name: &str) -> Result<Option<VolumeInfo>, ServiceError> {
         let rec = self.find(docker_name)?;
         if !rec.knows(docker_name) {
             return Ok(None);
@@ -204,7 +204,7 @@ impl VolumeService {
 
     /// Get for a new docker name of an existing volume: dockerd will keep
     /// the name once Get answers, so the handle is recorded first.
-    pub fn get_recording(&self, docker_name: &str) -> Result<VolumeInfo, ServiceError> {
+    pub(crate) fn get_recording(&self, docker_name: &str) -> Result<VolumeInfo, ServiceError> {
         self.locked(docker_name, |mut rec| {
             if !rec.knows(docker_name) {
                 rec.aliases.insert(docker_name.to_owned());
@@ -217,7 +217,7 @@ impl VolumeService {
 
     /// Docker names and mountpoints: all List needs. Read afresh; the
     /// VolumeDriver List caches its reply by [`VolumeService::generation`].
-    pub fn list(&self) -> Result<Vec<(String, PathBuf)>, ServiceError> {
+    pub(crate) fn list(&self) -> Result<Vec<(String, PathBuf)>, ServiceError> {
         Ok(self
             .records
             .list()?
@@ -232,11 +232,11 @@ impl VolumeService {
     }
 
     /// A volume by NAME or by docker name, for the CLI.
-    pub fn inspect(&self, name: &str) -> Result<VolumeView, ServiceError> {
+    pub(crate) fn inspect(&self, name: &str) -> Result<VolumeView, ServiceError> {
         self.find(name).map(|r| self.view(r))
     }
 
-    pub fn views(&self) -> Result<Vec<VolumeView>, ServiceError> {
+    pub(crate) fn views(&self) -> Result<Vec<VolumeView>, ServiceError> {
         Ok(self
             .records
             .list()?

@@ -9,8 +9,8 @@
 //! a restart as the volumes made with it do.
 
 use profiles::{
-    BackendKind, Catalog, CatalogError, Profile, ProfileDef, RequestError, ResolveError, Settings,
-    VolumeRequest, catalog::ProfileList,
+    BackendKind, Catalog, CatalogError, ProfileDef, RequestError, ResolveError, Settings,
+    VolumeRequest,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 /// The file under the state directory.
-pub const PROFILES_FILE: &str = "profiles.json";
+pub(crate) const PROFILES_FILE: &str = "profiles.json";
 
 #[derive(Debug, thiserror::Error)]
-pub enum CatalogStoreError {
+pub(crate) enum CatalogStoreError {
     #[error("profiles file {path}: {source}")]
     Io {
         path: PathBuf,
@@ -41,7 +41,7 @@ struct Overrides {
     profiles: BTreeMap<String, ProfileDef>,
 }
 
-pub struct SharedCatalog {
+pub(crate) struct SharedCatalog {
     current: RwLock<Arc<Catalog>>,
     /// Where defined profiles are kept; `None`: not persisted (tests).
     file: Option<PathBuf>,
@@ -66,7 +66,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogStoreError + '_ 
 
 impl SharedCatalog {
     /// A catalog that is not persisted.
-    pub fn new(catalog: Catalog) -> Self {
+    pub(crate) fn new(catalog: Catalog) -> Self {
         Self {
             current: RwLock::new(Arc::new(catalog)),
             file: None,
@@ -76,7 +76,7 @@ impl SharedCatalog {
 
     /// `base` (built-ins and config file) with the profiles defined earlier
     /// laid over it, persisted in `state_dir`.
-    pub fn open(base: Catalog, state_dir: &Path) -> Result<Self, CatalogStoreError> {
+    pub(crate) fn open(base: Catalog, state_dir: &Path) -> Result<Self, CatalogStoreError> {
         let path = state_dir.join(PROFILES_FILE);
         let overrides = match std::fs::read(&path) {
             Ok(bytes) => {
@@ -106,7 +106,7 @@ impl SharedCatalog {
     }
 
     /// The catalog now.
-    pub fn snapshot(&self) -> Arc<Catalog> {
+    pub(crate) fn snapshot(&self) -> Arc<Catalog> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -115,7 +115,7 @@ impl SharedCatalog {
 
     /// Takes the writer's lock: one definition at a time, from candidate to
     /// commit.
-    pub fn writer(&self) -> Writer<'_> {
+    pub(crate) fn writer(&self) -> Writer<'_> {
         Writer {
             cat: self,
             overrides: self.overrides.lock().unwrap_or_else(|p| p.into_inner()),
@@ -124,7 +124,7 @@ impl SharedCatalog {
 
     // Pass-throughs to the current catalog, for the service's readers.
 
-    pub fn request(
+    pub(crate) fn request(
         &self,
         docker_name: &str,
         opts: &BTreeMap<String, String>,
@@ -132,7 +132,7 @@ impl SharedCatalog {
         self.snapshot().request(docker_name, opts)
     }
 
-    pub fn resolve(
+    pub(crate) fn resolve(
         &self,
         req: &VolumeRequest,
         backend: BackendKind,
@@ -140,32 +140,24 @@ impl SharedCatalog {
     ) -> Result<Settings, ResolveError> {
         self.snapshot().resolve(req, backend, data_root)
     }
-
-    pub fn names(&self) -> ProfileList {
-        self.snapshot().names()
-    }
-
-    pub fn get(&self, name: &str) -> Option<Profile> {
-        self.snapshot().get(name).cloned()
-    }
 }
 
 /// A writer holding the lock.
-pub struct Writer<'a> {
+pub(crate) struct Writer<'a> {
     cat: &'a SharedCatalog,
     overrides: MutexGuard<'a, BTreeMap<String, ProfileDef>>,
 }
 
 impl Writer<'_> {
     /// The catalog as it would be with `name` defined as `def`.
-    pub fn candidate(&self, name: &str, def: ProfileDef) -> Result<Catalog, CatalogError> {
+    pub(crate) fn candidate(&self, name: &str, def: ProfileDef) -> Result<Catalog, CatalogError> {
         let mut c = (*self.cat.snapshot()).clone();
         c.define(name, def)?;
         Ok(c)
     }
 
     /// Persists the definition, then makes `candidate` current.
-    pub fn commit(
+    pub(crate) fn commit(
         &mut self,
         name: &str,
         def: ProfileDef,
@@ -229,10 +221,13 @@ mod tests {
             w.commit("silver", silver(), cand).unwrap();
         }
         assert!(before.get("silver").is_none(), "snapshots do not change");
-        assert!(sc.get("silver").is_some());
+        assert!(sc.snapshot().get("silver").is_some());
         let again = SharedCatalog::open(Catalog::builtin(), t.path()).unwrap();
-        assert_eq!(again.get("silver").unwrap().def, silver());
-        assert_eq!(again.names().to_string(), "default, gold, silver");
+        assert_eq!(again.snapshot().get("silver").unwrap().def, silver());
+        assert_eq!(
+            again.snapshot().names().to_string(),
+            "default, gold, silver"
+        );
         // A bad definition never becomes a candidate.
         let bad: ProfileDef =
             serde_json::from_value(serde_json::json!({"description": "x"})).unwrap();

@@ -11,10 +11,10 @@
 //! - [`catalog`]: the profile catalog, changed at run time through the
 //!   control API and persisted beside the store.
 
-pub mod catalog;
-pub mod record;
+pub(crate) mod catalog;
+pub(crate) mod record;
 mod records;
 mod store;
 
-pub use records::Records;
-pub use store::{STORE_FILE, StoreError};
+pub(crate) use records::Records;
+pub(crate) use store::{STORE_FILE, StoreError};

@@ -11,46 +11,46 @@ use std::collections::BTreeMap;
 
 /// One volume, keyed in the store by `name` (NAME without `@PROFILE`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VolumeRecord {
+pub(crate) struct VolumeRecord {
     /// The name exactly as docker created it (`db@gold`).
-    pub docker_name: String,
+    pub(crate) docker_name: String,
     /// Other docker names docker holds for this volume (`db` for `db@default`,
     /// FlockerProfiles' equivalence). Each docker name is a handle: Remove
     /// drops one, and deletes the data only with the last.
     #[serde(default, skip_serializing_if = "std::collections::BTreeSet::is_empty")]
-    pub aliases: std::collections::BTreeSet<String>,
+    pub(crate) aliases: std::collections::BTreeSet<String>,
     /// NAME: the identity on this host, unique whatever the profile.
-    pub name: String,
-    pub profile: String,
-    pub backend: BackendKind,
+    pub(crate) name: String,
+    pub(crate) profile: String,
+    pub(crate) backend: BackendKind,
     /// The profile resolved against the backend at Create time. Kept, so a
     /// later change to the profile does not silently change an existing volume.
-    pub settings: Settings,
+    pub(crate) settings: Settings,
     /// The `-o` options docker passed at Create.
     #[serde(default)]
-    pub options: BTreeMap<String, String>,
+    pub(crate) options: BTreeMap<String, String>,
     /// Seconds since the Unix epoch.
-    pub created_at: u64,
+    pub(crate) created_at: u64,
     #[serde(default)]
-    pub state: VolumeState,
+    pub(crate) state: VolumeState,
     /// Mount multiset: how many times each docker mount ID holds the volume.
     #[serde(default)]
-    pub mounts: Mounts,
+    pub(crate) mounts: Mounts,
 }
 
 impl VolumeRecord {
     /// Every docker name of this volume, the creating one first.
-    pub fn docker_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn docker_names(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.docker_name.as_str()).chain(self.aliases.iter().map(String::as_str))
     }
 
-    pub fn knows(&self, docker_name: &str) -> bool {
+    pub(crate) fn knows(&self, docker_name: &str) -> bool {
         self.docker_name == docker_name || self.aliases.contains(docker_name)
     }
 
     /// Drops the handle `docker_name`; returns whether other handles remain
     /// (then the data must stay).
-    pub fn drop_name(&mut self, docker_name: &str) -> bool {
+    pub(crate) fn drop_name(&mut self, docker_name: &str) -> bool {
         if self.docker_name == docker_name {
             match self.aliases.pop_first() {
                 Some(next) => self.docker_name = next,
@@ -78,7 +78,7 @@ impl VolumeRecord {
 /// was `Moved` away may be received back.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
-pub enum VolumeState {
+pub(crate) enum VolumeState {
     Creating,
     #[default]
     Ready,
@@ -102,7 +102,7 @@ pub enum VolumeState {
 
 impl VolumeState {
     /// Why Mount must be refused in this state, if it must.
-    pub fn mount_refusal(&self) -> Option<String> {
+    pub(crate) fn mount_refusal(&self) -> Option<String> {
         match self {
             Self::Creating => Some("it is still being created".to_owned()),
             Self::Ready | Self::Moving { .. } => None,
@@ -114,7 +114,7 @@ impl VolumeState {
         }
     }
 
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             Self::Creating => "creating",
             Self::Ready => "ready",
@@ -126,7 +126,7 @@ impl VolumeState {
     }
 
     /// The other host of a migration in progress or done, if any.
-    pub fn peer(&self) -> Option<&str> {
+    pub(crate) fn peer(&self) -> Option<&str> {
         match self {
             Self::Moving { to } | Self::Fenced { to } | Self::Moved { to } => Some(to),
             Self::Receiving { from } => Some(from),
@@ -140,24 +140,25 @@ impl VolumeState {
 /// volume is really unmounted only when every count is back to zero.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(transparent)]
-pub struct Mounts(BTreeMap<String, u32>);
+pub(crate) struct Mounts(BTreeMap<String, u32>);
 
 impl Mounts {
     /// Total mounts over all IDs.
-    pub fn total(&self) -> u64 {
+    pub(crate) fn total(&self) -> u64 {
         self.0.values().map(|&n| u64::from(n)).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
-    pub fn count(&self, id: &str) -> u32 {
+    #[cfg(test)]
+    pub(crate) fn count(&self, id: &str) -> u32 {
         self.0.get(id).copied().unwrap_or(0)
     }
 
     /// Adds one mount for `id`; returns whether it was the volume's first.
-    pub fn add(&mut self, id: &str) -> bool {
+    pub(crate) fn add(&mut self, id: &str) -> bool {
         let first = self.0.is_empty();
         *self.0.entry(id.to_owned()).or_insert(0) += 1;
         first
@@ -165,7 +166,7 @@ impl Mounts {
 
     /// Drops one mount for `id`. Returns `None` if `id` held no mount, else
     /// whether that was the volume's last.
-    pub fn release(&mut self, id: &str) -> Option<bool> {
+    pub(crate) fn release(&mut self, id: &str) -> Option<bool> {
         let n = self.0.get_mut(id)?;
         *n -= 1;
         if *n == 0 {
@@ -174,7 +175,7 @@ impl Mounts {
         Some(self.0.is_empty())
     }
 
-    pub fn ids(&self) -> impl Iterator<Item = (&str, u32)> {
+    pub(crate) fn ids(&self) -> impl Iterator<Item = (&str, u32)> {
         self.0.iter().map(|(k, &v)| (k.as_str(), v))
     }
 }

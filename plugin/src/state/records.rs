@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The volume records of this host, durable in redb.
-pub struct Records {
+pub(crate) struct Records {
     store: Store,
     /// Bumped after every write (committed or failed); a value read before
     /// reading the records tags what was read: equal generations mean
@@ -22,7 +22,7 @@ pub struct Records {
 
 impl Records {
     /// Opens (or creates) the records' store at `path`.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
         Ok(Self {
             store: Store::open(path)?,
             generation: AtomicU64::new(0),
@@ -30,24 +30,24 @@ impl Records {
     }
 
     /// The record of NAME, if any.
-    pub fn get(&self, name: &str) -> Result<Option<VolumeRecord>, StoreError> {
+    pub(crate) fn get(&self, name: &str) -> Result<Option<VolumeRecord>, StoreError> {
         self.store.get(name)
     }
 
     /// Every record, ordered by NAME.
-    pub fn list(&self) -> Result<Vec<VolumeRecord>, StoreError> {
+    pub(crate) fn list(&self) -> Result<Vec<VolumeRecord>, StoreError> {
         self.store.list()
     }
 
     /// Writes `rec` (insert or replace), durably.
-    pub fn put(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
+    pub(crate) fn put(&self, rec: &VolumeRecord) -> Result<(), StoreError> {
         let r = self.store.put(rec);
         self.bump();
         r
     }
 
     /// Deletes NAME's record, durably; returns whether it existed.
-    pub fn delete(&self, name: &str) -> Result<bool, StoreError> {
+    pub(crate) fn delete(&self, name: &str) -> Result<bool, StoreError> {
         let r = self.store.delete(name);
         self.bump();
         r
@@ -61,7 +61,7 @@ impl Records {
     }
 
     /// Counts writes; read it *before* reading the records it tags.
-    pub fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
 }

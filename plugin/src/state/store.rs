@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
 
 /// File name of the store inside the state directory.
-pub const STORE_FILE: &str = "daffe.redb";
+pub(crate) const STORE_FILE: &str = "daffe.redb";
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("state store {path}: cannot create its directory: {source}")]
     Dir {
         path: PathBuf,

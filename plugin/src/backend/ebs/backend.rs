@@ -48,30 +48,30 @@ use std::time::{Duration, Instant};
 
 /// Create: CreateVolume, then `creating` -> `available` (seconds for an
 /// empty volume). Under the service's 100 s limit with room for a retry.
-pub const CREATE_BUDGET: Duration = Duration::from_secs(90);
+pub(crate) const CREATE_BUDGET: Duration = Duration::from_secs(90);
 /// Mount: attach (AWS: a few seconds, rarely 30), device, mkfs, mount.
 /// Under the service's 100 s limit.
-pub const MOUNT_BUDGET: Duration = Duration::from_secs(90);
+pub(crate) const MOUNT_BUDGET: Duration = Duration::from_secs(90);
 /// Of the mount budget, waiting for the device after `attached`: udev
 /// takes milliseconds; 30 s means it will not come.
-pub const DEVICE_BUDGET: Duration = Duration::from_secs(30);
+pub(crate) const DEVICE_BUDGET: Duration = Duration::from_secs(30);
 /// Unmount and Remove: umount, detach (AWS: seconds), delete. Under the
 /// service's 50 s limit.
-pub const UNMOUNT_BUDGET: Duration = Duration::from_secs(45);
+pub(crate) const UNMOUNT_BUDGET: Duration = Duration::from_secs(45);
 /// Detaching again after a failed first Mount. Its own budget, since the
 /// mount may have spent its own.
-pub const ROLLBACK_BUDGET: Duration = Duration::from_secs(45);
+pub(crate) const ROLLBACK_BUDGET: Duration = Duration::from_secs(45);
 /// A profile change (ModifyVolume), from the control API (50 s limit).
-pub const CHANGE_BUDGET: Duration = Duration::from_secs(45);
+pub(crate) const CHANGE_BUDGET: Duration = Duration::from_secs(45);
 /// Creating a volume from a snapshot in another zone and waiting until it
 /// is `available`, under the control API's 100 s limit for EBS steps.
-pub const COPY_BUDGET: Duration = Duration::from_secs(90);
+pub(crate) const COPY_BUDGET: Duration = Duration::from_secs(90);
 
 /// Retries for EC2 calls: 6 attempts with backoff from 250 ms to 4 s make
 /// at most ~10 s of waiting, which a 45-90 s budget absorbs; "not found" is
 /// retried for 30 s after a CreateVolume (EC2's eventual consistency is
 /// seconds, not the minutes EBS snapshots take).
-pub const EC2_RETRY: RetryPolicy = RetryPolicy {
+pub(crate) const EC2_RETRY: RetryPolicy = RetryPolicy {
     max_attempts: 6,
     base_delay: Duration::from_millis(250),
     max_delay: Duration::from_secs(4),
@@ -81,39 +81,39 @@ pub const EC2_RETRY: RetryPolicy = RetryPolicy {
 /// Attach names, in AWS's recommended range for Linux EBS volumes. On Nitro
 /// the name only has to be unique per instance; 21 volumes per host is
 /// within every instance type's attachment limit.
-pub const DEVICE_NAMES: &[&str] = &[
+pub(crate) const DEVICE_NAMES: &[&str] = &[
     "/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/sdi", "/dev/sdj", "/dev/sdk", "/dev/sdl", "/dev/sdm",
     "/dev/sdn", "/dev/sdo", "/dev/sdp", "/dev/sdq", "/dev/sdr", "/dev/sds", "/dev/sdt", "/dev/sdu",
     "/dev/sdv", "/dev/sdw", "/dev/sdx", "/dev/sdy", "/dev/sdz",
 ];
 
 /// Directory under the data root where EBS volumes are mounted.
-pub const MOUNT_DIR: &str = "ebs";
+pub(crate) const MOUNT_DIR: &str = "ebs";
 
 /// What the migration commands need to know about the AWS side.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct AwsSide {
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub cluster: String,
-    pub instance_id: String,
-    pub zone: String,
-    pub snapshot_state_dir: PathBuf,
-    pub device_resolver: String,
+pub(crate) struct AwsSide {
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
+    pub(crate) cluster: String,
+    pub(crate) instance_id: String,
+    pub(crate) zone: String,
+    pub(crate) snapshot_state_dir: PathBuf,
+    pub(crate) device_resolver: String,
 }
 
 /// The parts the backend is made of; tests put doubles in.
-pub struct Parts {
-    pub ec2: Arc<dyn Ec2Api>,
-    pub resolver: Arc<dyn DeviceResolver>,
-    pub fs: Arc<dyn Filesystems>,
-    pub clock: Arc<dyn Clock>,
-    pub scope: Scope,
-    pub mount_root: PathBuf,
-    pub side: AwsSide,
+pub(crate) struct Parts {
+    pub(crate) ec2: Arc<dyn Ec2Api>,
+    pub(crate) resolver: Arc<dyn DeviceResolver>,
+    pub(crate) fs: Arc<dyn Filesystems>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) scope: Scope,
+    pub(crate) mount_root: PathBuf,
+    pub(crate) side: AwsSide,
 }
 
-pub struct EbsBackend {
+pub(crate) struct EbsBackend {
     pub(super) ec2: Arc<dyn Ec2Api>,
     pub(super) resolver: Arc<dyn DeviceResolver>,
     pub(super) fs: Arc<dyn Filesystems>,
@@ -224,7 +224,7 @@ pub(super) fn now_secs() -> u64 {
 }
 
 impl EbsBackend {
-    pub fn new(p: Parts) -> Self {
+    pub(crate) fn new(p: Parts) -> Self {
         Self {
             ec2: p.ec2,
             resolver: p.resolver,
@@ -241,7 +241,7 @@ impl EbsBackend {
 
     /// The backend for `daffe serve`: EC2 from the standard chain with the
     /// config's overrides, identity from the config or IMDS.
-    pub fn open(cfg: &EbsConfig, data_root: &Path) -> Result<Self, BackendError> {
+    pub(crate) fn open(cfg: &EbsConfig, data_root: &Path) -> Result<Self, BackendError> {
         let start = |e: &dyn std::fmt::Display| BackendError::EbsStart(e.to_string());
         let opts = cfg.aws_options();
         let ec2 = SdkEc2::connect(&opts).map_err(|e| start(&e))?;
@@ -279,19 +279,15 @@ impl EbsBackend {
         }))
     }
 
-    pub fn side(&self) -> &AwsSide {
+    pub(crate) fn side(&self) -> &AwsSide {
         &self.side
-    }
-
-    pub fn scope(&self) -> &Scope {
-        &self.scope
     }
 
     pub(super) fn deadline(&self, budget: Duration) -> Deadline {
         Deadline::new(self.clock.clone(), budget)
     }
 
-    pub fn mountpoint(&self, name: &str) -> PathBuf {
+    pub(crate) fn mountpoint(&self, name: &str) -> PathBuf {
         self.mount_root.join(name).join("data")
     }
 
@@ -539,7 +535,7 @@ impl EbsBackend {
 
     /// Re-tags the volume with its new profile, so a record rebuilt from
     /// AWS (lost state dir, another zone) gets the profile it has now.
-    pub fn retag_profile(&self, name: &str, profile: &str) -> Result<(), EbsError> {
+    pub(crate) fn retag_profile(&self, name: &str, profile: &str) -> Result<(), EbsError> {
         let d = self.deadline(CHANGE_BUDGET);
         let v = self.require(name, &d)?;
         let t = [(tags::PROFILE.to_owned(), profile.to_owned())]

@@ -17,15 +17,15 @@
 
 use mover::snapshot::aws::AwsOptions;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Cluster of volumes a host belongs to when the config names none.
-pub const DEFAULT_CLUSTER: &str = "default";
+pub(crate) const DEFAULT_CLUSTER: &str = "default";
 
 /// How the backend finds an attached volume's block device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum ResolverKind {
+pub(crate) enum ResolverKind {
     /// NVMe serial / udev link / Xen name: real EC2 instances.
     #[default]
     Nvme,
@@ -35,25 +35,25 @@ pub enum ResolverKind {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EbsConfig {
-    pub region: Option<String>,
-    pub endpoint_url: Option<String>,
-    pub instance_id: Option<String>,
-    pub availability_zone: Option<String>,
-    pub cluster: Option<String>,
+pub(crate) struct EbsConfig {
+    pub(crate) region: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
+    pub(crate) instance_id: Option<String>,
+    pub(crate) availability_zone: Option<String>,
+    pub(crate) cluster: Option<String>,
     #[serde(default)]
-    pub device_resolver: ResolverKind,
-    pub loop_dir: Option<PathBuf>,
-    pub snapshot_state_dir: Option<PathBuf>,
+    pub(crate) device_resolver: ResolverKind,
+    pub(crate) loop_dir: Option<PathBuf>,
+    pub(crate) snapshot_state_dir: Option<PathBuf>,
 }
 
 impl EbsConfig {
-    pub fn cluster(&self) -> &str {
+    pub(crate) fn cluster(&self) -> &str {
         self.cluster.as_deref().unwrap_or(DEFAULT_CLUSTER)
     }
 
     /// SDK overrides for EC2 and EBS clients.
-    pub fn aws_options(&self) -> AwsOptions {
+    pub(crate) fn aws_options(&self) -> AwsOptions {
         AwsOptions {
             region: self.region.clone(),
             endpoint_url: self.endpoint_url.clone(),
@@ -61,14 +61,16 @@ impl EbsConfig {
         }
     }
 
-    pub fn loop_dir(&self, data_root: &Path) -> PathBuf {
+    /// The loop stand-in's backing files (tests).
+    #[cfg(any(test, feature = "testing"))]
+    pub(crate) fn loop_dir(&self, data_root: &std::path::Path) -> PathBuf {
         self.loop_dir
             .clone()
             .unwrap_or_else(|| data_root.join("ebs-loop"))
     }
 
     /// Block indexes of snapshots (shared with `daffe snapshot`).
-    pub fn snapshot_state_dir(&self) -> PathBuf {
+    pub(crate) fn snapshot_state_dir(&self) -> PathBuf {
         self.snapshot_state_dir
             .clone()
             .unwrap_or_else(|| mover::snapshot::DEFAULT_STATE_DIR.into())
@@ -94,8 +96,8 @@ mod tests {
         assert_eq!(c.device_resolver, ResolverKind::Loop);
         assert_eq!(c.cluster(), DEFAULT_CLUSTER);
         assert_eq!(
-            c.loop_dir(Path::new("/var/lib/daffe")),
-            Path::new("/var/lib/daffe/ebs-loop")
+            c.loop_dir(std::path::Path::new("/var/lib/daffe")),
+            std::path::Path::new("/var/lib/daffe/ebs-loop")
         );
         assert_eq!(c.aws_options().region.as_deref(), Some("eu-west-3"));
         let e = toml::from_str::<EbsConfig>("regoin = \"x\"").unwrap_err();

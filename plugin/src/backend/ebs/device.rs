@@ -20,7 +20,7 @@ use std::time::Duration;
 const LOOK_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
-pub enum DeviceError {
+pub(crate) enum DeviceError {
     #[error(
         "no block device for {volume_id} appeared within {secs} s \
          (looked for {looked}); is it attached to this instance?"
@@ -30,6 +30,8 @@ pub enum DeviceError {
         secs: u64,
         looked: String,
     },
+    /// The loop stand-in's backing file.
+    #[cfg(any(test, feature = "testing"))]
     #[error("{what} {path}: {source}")]
     Io {
         what: &'static str,
@@ -38,6 +40,8 @@ pub enum DeviceError {
     },
     #[error(transparent)]
     Command(#[from] super::super::sys::CommandError),
+    /// The loop stand-in filling its file from a snapshot.
+    #[cfg(any(test, feature = "testing"))]
     #[error("preparing {volume_id} from snapshot {snapshot_id}: {message}")]
     Hydrate {
         volume_id: String,
@@ -47,7 +51,7 @@ pub enum DeviceError {
 }
 
 /// Maps attached EBS volumes to block devices on this host.
-pub trait DeviceResolver: Send + Sync {
+pub(crate) trait DeviceResolver: Send + Sync {
     /// Short name for logs and `docker volume inspect` (`nvme`, `loop`).
     fn name(&self) -> &'static str;
 
@@ -72,7 +76,7 @@ pub trait DeviceResolver: Send + Sync {
 }
 
 /// `vol-0123` -> `vol0123`: the NVMe serial of an EBS volume.
-pub fn nvme_serial(volume_id: &str) -> String {
+pub(crate) fn nvme_serial(volume_id: &str) -> String {
     volume_id.replacen('-', "", 1)
 }
 
@@ -87,11 +91,11 @@ fn xen_name(attach_device: &str) -> Option<String> {
 
 /// The real resolver.
 #[derive(Debug, Clone)]
-pub struct NvmeResolver {
+pub(crate) struct NvmeResolver {
     /// `/dev` (a temp dir in tests).
-    pub dev: PathBuf,
+    pub(crate) dev: PathBuf,
     /// `/sys` (a temp dir in tests).
-    pub sys: PathBuf,
+    pub(crate) sys: PathBuf,
 }
 
 impl Default for NvmeResolver {

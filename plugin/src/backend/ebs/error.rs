@@ -15,7 +15,7 @@ fn id(volume_id: &Option<String>) -> String {
 }
 
 /// Advice for AWS error codes an operator can act on.
-pub fn hint(code: &str) -> &'static str {
+pub(crate) fn hint(code: &str) -> &'static str {
     match code {
         "IncorrectModificationState" => {
             "; a previous change to this volume is still being applied, try again once it completes"
@@ -33,7 +33,7 @@ pub fn hint(code: &str) -> &'static str {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum EbsError {
+pub(crate) enum EbsError {
     #[error("volume {volume:?}{}: {source} (after {attempts} attempt(s)){}", id(.volume_id), hint(&.source.code))]
     Aws {
         volume: String,
@@ -128,7 +128,7 @@ pub enum EbsError {
 
 impl EbsError {
     /// The AWS error code, for errors that came from AWS.
-    pub fn aws_code(&self) -> Option<&str> {
+    pub(crate) fn aws_code(&self) -> Option<&str> {
         match self {
             Self::Aws { source, .. } => Some(&source.code),
             _ => None,

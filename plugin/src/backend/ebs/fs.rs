@@ -15,7 +15,7 @@ use std::path::Path;
 /// `blkid -p` exit status when the device holds no known signature.
 const BLKID_NOTHING_FOUND: i32 = 2;
 
-pub trait Filesystems: Send + Sync {
+pub(crate) trait Filesystems: Send + Sync {
     /// Whether `dev` holds a filesystem (or any signature blkid knows).
     fn has_filesystem(&self, dev: &Path) -> Result<bool, CommandError>;
     fn mkfs(&self, dev: &Path) -> Result<(), CommandError>;
@@ -26,7 +26,7 @@ pub trait Filesystems: Send + Sync {
 
 /// The real thing: blkid, mkfs.ext4, mount, umount.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct SystemFs;
+pub(crate) struct SystemFs;
 
 impl Filesystems for SystemFs {
     fn has_filesystem(&self, dev: &Path) -> Result<bool, CommandError> {

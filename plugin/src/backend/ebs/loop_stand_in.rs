@@ -22,9 +22,9 @@ use std::sync::Arc;
 const GIB: u64 = 1 << 30;
 
 /// Fills `path` with the content of snapshot `snapshot_id`.
-pub type Hydrate = Arc<dyn Fn(&str, &Path) -> Result<(), String> + Send + Sync>;
+pub(crate) type Hydrate = Arc<dyn Fn(&str, &Path) -> Result<(), String> + Send + Sync>;
 
-pub struct LoopResolver {
+pub(crate) struct LoopResolver {
     dir: PathBuf,
     hydrate: Option<Hydrate>,
 }
@@ -57,14 +57,14 @@ fn ensure_dir(path: &Path) -> Result<(), DeviceError> {
 }
 
 impl LoopResolver {
-    pub fn new(dir: impl Into<PathBuf>, hydrate: Option<Hydrate>) -> Self {
+    pub(crate) fn new(dir: impl Into<PathBuf>, hydrate: Option<Hydrate>) -> Self {
         Self {
             dir: dir.into(),
             hydrate,
         }
     }
 
-    pub fn file_of(&self, volume_id: &str) -> PathBuf {
+    pub(crate) fn file_of(&self, volume_id: &str) -> PathBuf {
         self.dir.join(format!("{volume_id}.img"))
     }
 

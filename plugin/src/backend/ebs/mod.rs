@@ -18,23 +18,23 @@
 //! The EC2 calls themselves are behind `crate::aws::Ec2Api`.
 
 mod attach;
-pub mod backend;
-pub mod config;
-pub mod device;
-pub mod error;
-pub mod fs;
+pub(crate) mod backend;
+pub(crate) mod config;
+pub(crate) mod device;
+pub(crate) mod error;
+pub(crate) mod fs;
 #[cfg(any(test, feature = "testing"))]
-pub mod loop_stand_in;
+pub(crate) mod loop_stand_in;
 mod rebuild;
-pub mod tags;
+pub(crate) mod tags;
 #[cfg(test)]
 pub(crate) mod testkit;
-pub mod wait;
-pub mod zone;
+pub(crate) mod wait;
+pub(crate) mod zone;
 
 #[cfg(test)]
 mod tests;
 
-pub use backend::{AwsSide, EbsBackend};
-pub use config::EbsConfig;
-pub use error::EbsError;
+pub(crate) use backend::{AwsSide, EbsBackend};
+pub(crate) use config::EbsConfig;
+pub(crate) use error::EbsError;

@@ -24,22 +24,22 @@ use crate::aws::{Filter, VolumeFacts};
 use profiles::EbsSettings;
 use std::collections::BTreeMap;
 
-pub const CLUSTER: &str = "daffe:cluster";
-pub const HOST: &str = "daffe:host";
-pub const NAME: &str = "daffe:name";
-pub const PROFILE: &str = "daffe:profile";
-pub const DOCKER_NAME: &str = "daffe:docker-name";
-pub const CREATED: &str = "daffe:created";
-pub const STATE: &str = "daffe:state";
-pub const MIGRATED_FROM: &str = "daffe:migrated-from";
-pub const CONSOLE_NAME: &str = "Name";
+pub(crate) const CLUSTER: &str = "daffe:cluster";
+pub(crate) const HOST: &str = "daffe:host";
+pub(crate) const NAME: &str = "daffe:name";
+pub(crate) const PROFILE: &str = "daffe:profile";
+pub(crate) const DOCKER_NAME: &str = "daffe:docker-name";
+pub(crate) const CREATED: &str = "daffe:created";
+pub(crate) const STATE: &str = "daffe:state";
+pub(crate) const MIGRATED_FROM: &str = "daffe:migrated-from";
+pub(crate) const CONSOLE_NAME: &str = "Name";
 
 /// AWS's limit on a tag value's length.
 const MAX_VALUE: usize = 256;
 
 /// What `daffe:state` says.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TagState {
+pub(crate) enum TagState {
     Released,
     Fenced {
         zone: String,
@@ -53,7 +53,7 @@ pub enum TagState {
 }
 
 impl TagState {
-    pub fn parse(v: &str) -> Self {
+    pub(crate) fn parse(v: &str) -> Self {
         if v == "released" {
             return Self::Released;
         }
@@ -69,7 +69,7 @@ impl TagState {
         Self::Other(v.into())
     }
 
-    pub fn value(&self) -> String {
+    pub(crate) fn value(&self) -> String {
         match self {
             Self::Released => "released".into(),
             Self::Fenced { zone } => format!("fenced:{zone}"),
@@ -79,7 +79,7 @@ impl TagState {
     }
 
     /// Why a volume in this state cannot be mounted here.
-    pub fn refusal(&self) -> String {
+    pub(crate) fn refusal(&self) -> String {
         match self {
             Self::Released => "it was released (removed from docker, kept in EBS)".into(),
             Self::Fenced { zone } => format!("it is being moved to {zone}"),
@@ -91,10 +91,10 @@ impl TagState {
 
 /// Who is asking: the host's cluster, instance and zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scope {
-    pub cluster: String,
-    pub instance_id: String,
-    pub zone: String,
+pub(crate) struct Scope {
+    pub(crate) cluster: String,
+    pub(crate) instance_id: String,
+    pub(crate) zone: String,
 }
 
 fn clip(v: &str) -> String {
@@ -103,7 +103,7 @@ fn clip(v: &str) -> String {
 
 /// Tags of a new volume. `owner`: the host's instance id, or `None` for a
 /// volume left for a host of its zone to claim.
-pub fn for_new(
+pub(crate) fn for_new(
     cluster: &str,
     owner: Option<&str>,
     name: &str,
@@ -126,7 +126,7 @@ pub fn for_new(
 
 /// DescribeVolumes filters for the volumes named `name` in the scope's
 /// cluster and zone.
-pub fn by_name(scope: &Scope, name: &str) -> Vec<Filter> {
+pub(crate) fn by_name(scope: &Scope, name: &str) -> Vec<Filter> {
     vec![
         (format!("tag:{CLUSTER}"), vec![scope.cluster.clone()]),
         (format!("tag:{NAME}"), vec![name.to_owned()]),
@@ -135,21 +135,21 @@ pub fn by_name(scope: &Scope, name: &str) -> Vec<Filter> {
 }
 
 /// DescribeVolumes filters for every volume of the scope's cluster and zone.
-pub fn in_scope(scope: &Scope) -> Vec<Filter> {
+pub(crate) fn in_scope(scope: &Scope) -> Vec<Filter> {
     vec![
         (format!("tag:{CLUSTER}"), vec![scope.cluster.clone()]),
         ("availability-zone".into(), vec![scope.zone.clone()]),
     ]
 }
 
-pub fn state_of(v: &VolumeFacts) -> Option<TagState> {
+pub(crate) fn state_of(v: &VolumeFacts) -> Option<TagState> {
     v.tag(STATE).map(TagState::parse)
 }
 
 /// Of the volumes found by name, the one this host uses: not released,
 /// owned by this host or unclaimed (a released volume was given up, and
 /// another host's volume is not ours even in our zone).
-pub fn pick<'a>(
+pub(crate) fn pick<'a>(
     scope: &Scope,
     found: &'a [VolumeFacts],
 ) -> Result<Option<&'a VolumeFacts>, Vec<&'a VolumeFacts>> {
@@ -168,19 +168,19 @@ pub fn pick<'a>(
 
 /// A volume AWS has that a host may hold a record for.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub volume_id: String,
-    pub name: String,
-    pub profile: String,
-    pub docker_name: String,
-    pub created: Option<u64>,
+pub(crate) struct Found {
+    pub(crate) volume_id: String,
+    pub(crate) name: String,
+    pub(crate) profile: String,
+    pub(crate) docker_name: String,
+    pub(crate) created: Option<u64>,
     /// No `daffe:host` yet: the host claims it when it takes it.
-    pub unclaimed: bool,
-    pub facts: VolumeFacts,
+    pub(crate) unclaimed: bool,
+    pub(crate) facts: VolumeFacts,
 }
 
 /// Why a volume in scope is not one to rebuild, or what it is.
-pub fn classify(scope: &Scope, v: &VolumeFacts) -> Result<Found, String> {
+pub(crate) fn classify(scope: &Scope, v: &VolumeFacts) -> Result<Found, String> {
     let name = v.tag(NAME).ok_or("no daffe:name tag")?;
     if let Some(s) = state_of(v) {
         return Err(format!("not in use here: {}", s.refusal()));
@@ -212,7 +212,7 @@ pub fn classify(scope: &Scope, v: &VolumeFacts) -> Result<Found, String> {
 /// The settings a record holds for an existing volume, read from the volume
 /// itself (the truth, whatever its profile says today). gp3 at its baseline
 /// reads as "AWS's default", as a profile without IOPS/throughput resolves.
-pub fn settings_of(v: &VolumeFacts, keep_on_remove: bool) -> Option<EbsSettings> {
+pub(crate) fn settings_of(v: &VolumeFacts, keep_on_remove: bool) -> Option<EbsSettings> {
     let ty = crate::aws::ec2::parse_volume_type(&v.volume_type)?;
     let lim = ty.limits();
     let baseline_iops = lim.iops.and_then(|l| l.baseline);
@@ -323,7 +323,7 @@ mod tests {
             assert!(e.contains(want), "{}: {e}", v.id);
         }
         let mut attached = vol("v8", &[(NAME, "f")]);
-        attached.attachments.push(crate::aws::AttachmentFacts {
+        attached.attachments.push(crate::aws::ec2::AttachmentFacts {
             instance_id: "i-other".into(),
             device: "/dev/sdf".into(),
             state: "attached".into(),

@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub const ME: &str = "i-0me";
-pub const ZONE: &str = "us-east-1a";
+pub(crate) const ME: &str = "i-0me";
+pub(crate) const ZONE: &str = "us-east-1a";
 
 #[derive(Default)]
-pub struct FakeResolver {
-    pub calls: Mutex<Vec<String>>,
-    pub fail: AtomicBool,
+pub(crate) struct FakeResolver {
+    pub(crate) calls: Mutex<Vec<String>>,
+    pub(crate) fail: AtomicBool,
 }
 
 impl DeviceResolver for FakeResolver {
@@ -61,14 +61,14 @@ impl DeviceResolver for FakeResolver {
 }
 
 #[derive(Default)]
-pub struct FakeFs {
-    pub formatted: Mutex<HashSet<PathBuf>>,
-    pub mounted: Mutex<HashMap<PathBuf, PathBuf>>,
-    pub mkfs_count: Mutex<u32>,
-    pub fail_mount: AtomicBool,
+pub(crate) struct FakeFs {
+    pub(crate) formatted: Mutex<HashSet<PathBuf>>,
+    pub(crate) mounted: Mutex<HashMap<PathBuf, PathBuf>>,
+    pub(crate) mkfs_count: Mutex<u32>,
+    pub(crate) fail_mount: AtomicBool,
 }
 
-pub fn failed(what: &str) -> CommandError {
+pub(crate) fn failed(what: &str) -> CommandError {
     CommandError::Spawn {
         program: what.into(),
         source: std::io::Error::other("injected"),
@@ -100,17 +100,17 @@ impl Filesystems for FakeFs {
     }
 }
 
-pub struct Rig {
-    pub ec2: Arc<MemoryEc2>,
-    pub resolver: Arc<FakeResolver>,
-    pub fs: Arc<FakeFs>,
-    pub clock: Arc<ManualClock>,
-    pub be: Arc<EbsBackend>,
+pub(crate) struct Rig {
+    pub(crate) ec2: Arc<MemoryEc2>,
+    pub(crate) resolver: Arc<FakeResolver>,
+    pub(crate) fs: Arc<FakeFs>,
+    pub(crate) clock: Arc<ManualClock>,
+    pub(crate) be: Arc<EbsBackend>,
     /// Holds the mount root and snapshot state dir until the rig drops.
     _dir: tempfile::TempDir,
 }
 
-pub fn rig_in(instance: &str, zone: &str, ec2: Arc<MemoryEc2>) -> Rig {
+pub(crate) fn rig_in(instance: &str, zone: &str, ec2: Arc<MemoryEc2>) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     ec2.add_instance(instance, zone);
     let resolver = Arc::new(FakeResolver::default());
@@ -147,7 +147,7 @@ pub fn rig_in(instance: &str, zone: &str, ec2: Arc<MemoryEc2>) -> Rig {
     }
 }
 
-pub fn rig() -> Rig {
+pub(crate) fn rig() -> Rig {
     let ec2 = Arc::new(MemoryEc2::new());
     // Every transition takes three looks, as AWS's take seconds.
     ec2.set_settle(3);
@@ -155,7 +155,7 @@ pub fn rig() -> Rig {
 }
 
 /// Settings of a built-in profile at `size_gib`.
-pub fn profile_settings(profile: &str, size_gib: Option<u64>) -> Settings {
+pub(crate) fn profile_settings(profile: &str, size_gib: Option<u64>) -> Settings {
     Catalog::builtin()
         .resolve_profile(
             "v",
@@ -167,7 +167,7 @@ pub fn profile_settings(profile: &str, size_gib: Option<u64>) -> Settings {
         .unwrap()
 }
 
-pub fn vref<'a>(name: &'a str, profile: &'a str, s: &'a Settings) -> VolumeRef<'a> {
+pub(crate) fn vref<'a>(name: &'a str, profile: &'a str, s: &'a Settings) -> VolumeRef<'a> {
     VolumeRef {
         name,
         settings: s,
@@ -177,11 +177,11 @@ pub fn vref<'a>(name: &'a str, profile: &'a str, s: &'a Settings) -> VolumeRef<'
 }
 
 impl Rig {
-    pub fn volume_of(&self, name: &str) -> VolumeFacts {
+    pub(crate) fn volume_of(&self, name: &str) -> VolumeFacts {
         let id = self.be.cached_id(name).expect("volume id known");
         self.ec2.peek(&id).expect("volume exists")
     }
-    pub fn resolver_calls(&self) -> Vec<String> {
+    pub(crate) fn resolver_calls(&self) -> Vec<String> {
         std::mem::take(&mut *lock(&self.resolver.calls))
     }
 }

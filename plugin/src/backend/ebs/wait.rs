@@ -11,15 +11,15 @@ use std::time::{Duration, Instant};
 
 /// First pause between two looks at a changing state: AWS attaches in a few
 /// seconds, so looking 4 times a second costs little and answers soon.
-pub const POLL_FIRST: Duration = Duration::from_millis(250);
+pub(crate) const POLL_FIRST: Duration = Duration::from_millis(250);
 /// Longest pause between looks: DescribeVolumes has a per-account rate
 /// limit shared by every caller; one look every 2 s per waiting volume stays
 /// far below it.
-pub const POLL_MAX: Duration = Duration::from_secs(2);
+pub(crate) const POLL_MAX: Duration = Duration::from_secs(2);
 
 /// The end of an operation's time budget.
 #[derive(Clone)]
-pub struct Deadline {
+pub(crate) struct Deadline {
     clock: Arc<dyn Clock>,
     start: Instant,
     budget: Duration,
@@ -35,7 +35,7 @@ impl std::fmt::Debug for Deadline {
 }
 
 impl Deadline {
-    pub fn new(clock: Arc<dyn Clock>, budget: Duration) -> Self {
+    pub(crate) fn new(clock: Arc<dyn Clock>, budget: Duration) -> Self {
         let start = clock.now();
         Self {
             clock,
@@ -45,30 +45,26 @@ impl Deadline {
     }
 
     /// A shorter budget inside this one (a phase of the operation).
-    pub fn within(&self, budget: Duration) -> Self {
+    pub(crate) fn within(&self, budget: Duration) -> Self {
         Self::new(self.clock.clone(), budget.min(self.remaining()))
     }
 
-    pub fn clock(&self) -> &dyn Clock {
-        self.clock.as_ref()
-    }
-
-    pub fn remaining(&self) -> Duration {
+    pub(crate) fn remaining(&self) -> Duration {
         self.budget
             .saturating_sub(self.clock.now().saturating_duration_since(self.start))
     }
 
-    pub fn passed(&self) -> bool {
+    pub(crate) fn passed(&self) -> bool {
         self.remaining().is_zero()
     }
 
     /// The whole budget, for messages.
-    pub fn secs(&self) -> u64 {
+    pub(crate) fn secs(&self) -> u64 {
         self.budget.as_secs()
     }
 
     /// Sleeps `d`, or what is left of the budget if less.
-    pub fn sleep(&self, d: Duration) {
+    pub(crate) fn sleep(&self, d: Duration) {
         let d = d.min(self.remaining());
         if !d.is_zero() {
             self.clock.sleep(d);
@@ -78,7 +74,7 @@ impl Deadline {
     /// Calls `look` until it returns `Some`, pausing between looks (from
     /// [`POLL_FIRST`] doubling to [`POLL_MAX`]); `Ok(None)` once the budget is
     /// spent. Errors from `look` end the wait at once.
-    pub fn poll<T, E>(
+    pub(crate) fn poll<T, E>(
         &self,
         mut look: impl FnMut() -> Result<Option<T>, E>,
     ) -> Result<Option<T>, E> {

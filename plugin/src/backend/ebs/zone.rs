@@ -22,7 +22,7 @@ use std::time::Duration;
 /// (EBS direct-API snapshots are `completed` once CompleteSnapshot returns;
 /// EC2 CreateSnapshot ones can take minutes, which the CLI's own retries
 /// cover).
-pub const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 
 impl EbsBackend {
     fn set_state(
@@ -49,13 +49,13 @@ impl EbsBackend {
     }
 
     /// The volume of NAME with its current facts, for the migration commands.
-    pub fn facts(&self, name: &str) -> Result<VolumeFacts, EbsError> {
+    pub(crate) fn facts(&self, name: &str) -> Result<VolumeFacts, EbsError> {
         let d = self.deadline(UNMOUNT_BUDGET);
         self.require(name, &d)
     }
 
     /// The block device of NAME if attached here now (no waiting).
-    pub fn current_device(&self, v: &VolumeFacts) -> Option<PathBuf> {
+    pub(crate) fn current_device(&self, v: &VolumeFacts) -> Option<PathBuf> {
         let a = v.attachment_to(&self.scope.instance_id)?;
         (a.state == "attached")
             .then(|| self.resolver.current(&v.id, Some(&a.device)))
@@ -65,7 +65,7 @@ impl EbsBackend {
     /// Cutover: tags the volume `fenced:ZONE`, so no Mount uses it (any host),
     /// while the last snapshot is taken. The caller has checked that nothing
     /// mounts it.
-    pub fn fence(&self, name: &str, zone: &str) -> Result<VolumeFacts, EbsError> {
+    pub(crate) fn fence(&self, name: &str, zone: &str) -> Result<VolumeFacts, EbsError> {
         let d = self.deadline(UNMOUNT_BUDGET);
         let v = self.require(name, &d)?;
         match tags::state_of(&v) {
@@ -92,7 +92,7 @@ impl EbsBackend {
     }
 
     /// An aborted move: the fence goes, the volume is usable here again.
-    pub fn unfence(&self, name: &str) -> Result<(), EbsError> {
+    pub(crate) fn unfence(&self, name: &str) -> Result<(), EbsError> {
         let d = self.deadline(UNMOUNT_BUDGET);
         let v = self.require(name, &d)?;
         if let Some(TagState::Fenced { .. }) = tags::state_of(&v) {
@@ -115,7 +115,7 @@ impl EbsBackend {
 
     /// Attaches a fenced volume to read its device (the final snapshot);
     /// returns the block device.
-    pub fn attach_for_transfer(&self, name: &str) -> Result<PathBuf, EbsError> {
+    pub(crate) fn attach_for_transfer(&self, name: &str) -> Result<PathBuf, EbsError> {
         let d = self.deadline(MOUNT_BUDGET);
         let v = self.require_fenced(name, &d)?;
         let attach_name = self.attach(name, &v, &d)?;
@@ -139,7 +139,7 @@ impl EbsBackend {
     }
 
     /// Detaches after the transfer.
-    pub fn detach_after_transfer(&self, name: &str) -> Result<(), EbsError> {
+    pub(crate) fn detach_after_transfer(&self, name: &str) -> Result<(), EbsError> {
         let d = self.deadline(UNMOUNT_BUDGET);
         let v = self.require(name, &d)?;
         self.detach(name, &v.id, &d)
@@ -148,7 +148,7 @@ impl EbsBackend {
     /// Creates the volume's copy in `zone` from `snapshot_id` with the
     /// volume's settings, tagged for a host of that zone to claim; waits
     /// until it is `available`. Returns the new volume.
-    pub fn create_in_zone(
+    pub(crate) fn create_in_zone(
         &self,
         name: &str,
         profile: &str,
@@ -208,7 +208,7 @@ impl EbsBackend {
 
     /// After the copy exists: the source is marked moved for good (Mount
     /// refused, never rebuilt); Remove still deletes it.
-    pub fn mark_moved(&self, name: &str, zone: &str, new_id: &str) -> Result<(), EbsError> {
+    pub(crate) fn mark_moved(&self, name: &str, zone: &str, new_id: &str) -> Result<(), EbsError> {
         let d = self.deadline(UNMOUNT_BUDGET);
         let v = self.require(name, &d)?;
         self.set_state(

@@ -17,7 +17,7 @@ fn cmd_err(volume: &str) -> impl FnOnce(sys::CommandError) -> BackendError + '_ 
 
 /// Makes and formats the image. Create runs only for a new volume (or to
 /// redo one whose Create was interrupted), so an existing image is replaced.
-pub fn create(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
+pub(crate) fn create(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
     let size = s.size.ok_or_else(|| BackendError::Other {
         volume: name.to_owned(),
         message: "a block volume needs a size".into(),
@@ -63,7 +63,7 @@ pub fn create(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), Backe
 
 /// Loop-mounts the image on the data directory, unless it already is (a
 /// crash between the mount and the count's commit leaves it mounted).
-pub fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
+pub(crate) fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
     if sys::is_mountpoint(&p.data) {
         return Ok(());
     }
@@ -91,7 +91,7 @@ pub fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), Backen
 }
 
 /// Unmounts (which also frees the autoclear loop device), if mounted.
-pub fn unmount(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
+pub(crate) fn unmount(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
     if !sys::is_mountpoint(&p.data) {
         return Ok(());
     }

@@ -10,18 +10,18 @@
 //! - [`paths`]: where a local volume's directory, mountpoint and image are.
 //! - [`dir`], [`block`]: the two formats.
 
-pub mod block;
-pub mod dir;
-pub mod paths;
+pub(crate) mod block;
+pub(crate) mod dir;
+pub(crate) mod paths;
 
-pub use paths::LocalPaths;
+pub(crate) use paths::LocalPaths;
 
 use super::{Backend, BackendError, Status, VolumeRef};
 use paths::image_path;
 use profiles::{BackendKind, LocalFormat, LocalSettings, Settings};
 use std::path::PathBuf;
 
-pub struct LocalBackend;
+pub(crate) struct LocalBackend;
 
 fn local<'a>(vol: VolumeRef<'a>) -> Result<&'a LocalSettings, BackendError> {
     match vol.settings {

@@ -6,19 +6,19 @@ use profiles::{Filesystem, LocalSettings};
 use std::path::PathBuf;
 
 /// Name of the directory docker sees, inside the volume's directory.
-pub const DATA_DIR: &str = "data";
+pub(crate) const DATA_DIR: &str = "data";
 
 /// A local volume's paths.
 #[derive(Debug, Clone)]
-pub struct LocalPaths {
+pub(crate) struct LocalPaths {
     /// `ROOT/NAME`: everything of this volume lives here.
-    pub dir: PathBuf,
+    pub(crate) dir: PathBuf,
     /// `ROOT/NAME/data`: the mountpoint.
-    pub data: PathBuf,
+    pub(crate) data: PathBuf,
 }
 
 impl LocalPaths {
-    pub fn new(name: &str, s: &LocalSettings) -> Self {
+    pub(crate) fn new(name: &str, s: &LocalSettings) -> Self {
         let dir = s.root.join(name);
         Self {
             data: dir.join(DATA_DIR),
@@ -28,7 +28,7 @@ impl LocalPaths {
 }
 
 /// A `block` volume's image file (`ROOT/NAME/image.ext4`).
-pub fn image_path(s: &LocalSettings, p: &LocalPaths) -> PathBuf {
+pub(crate) fn image_path(s: &LocalSettings, p: &LocalPaths) -> PathBuf {
     let fs = s.filesystem.unwrap_or(Filesystem::Ext4);
     p.dir.join(format!("image.{}", fs.as_str()))
 }
