@@ -2,6 +2,7 @@
 //! incrementally (only what DST lacks is copied), with a progress bar on a
 //! terminal and `--json` stats for scripts.
 
+use crate::migrate::report::{human_bytes, secs_of_ms};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,24 +79,13 @@ impl ProgressSink for Bar {
             } => {
                 self.0.set_message(format!(
                     "scanning: {entries} entries, {} hashed",
-                    human(*bytes_hashed)
+                    human_bytes(*bytes_hashed)
                 ));
             }
             Progress::Moved { bytes } | Progress::Verified { bytes } => self.0.inc(*bytes),
             Progress::Warning { message } => self.0.println(format!("warning: {message}")),
         }
     }
-}
-
-fn human(b: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", units[i])
 }
 
 fn is_image(p: &std::path::Path) -> bool {
@@ -107,15 +97,15 @@ fn summary(s: &SyncStats) -> String {
     format!(
         "synced {} entries ({} scanned, {} hashed): {} chunks new ({} fetched), {} reused ({}), {} written, {} deleted, in {:.2}s",
         s.entries,
-        human(s.bytes_scanned),
-        human(s.bytes_hashed),
+        human_bytes(s.bytes_scanned),
+        human_bytes(s.bytes_hashed),
         s.chunks_new,
-        human(s.bytes_fetched),
+        human_bytes(s.bytes_fetched),
         s.chunks_reused,
-        human(s.bytes_reused),
-        human(s.bytes_written),
+        human_bytes(s.bytes_reused),
+        human_bytes(s.bytes_written),
         s.deleted,
-        s.duration_ms as f64 / 1000.0
+        secs_of_ms(s.duration_ms)
     )
 }
 
@@ -199,13 +189,6 @@ pub fn run(args: SyncArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(0), "0.0 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(3 << 30), "3.0 GiB");
-    }
 
     #[test]
     fn syncs_a_tree_and_an_image() {

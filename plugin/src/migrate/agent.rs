@@ -68,7 +68,7 @@ impl AgentHandler {
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(super::report::millis)
         .unwrap_or(0)
 }
 

@@ -290,7 +290,7 @@ pub(crate) fn migrate_ebs(
                       final_round: bool,
                       on: &mut dyn FnMut(EbsEvent<'_>)|
      -> Result<(), EbsMigrateError> {
-        let round = rounds.len() as u32 + 1;
+        let round = count(rounds) + 1;
         let parent = rounds.last().map(|r| r.snapshot_id.clone());
         on(EbsEvent::RoundStart { round, final_round });
         let r = pusher
@@ -319,7 +319,7 @@ pub(crate) fn migrate_ebs(
     // Pre-copy, only from a device attached for a running container.
     match &facts.device {
         Some(dev) => {
-            while (rounds.len() as u32) < opts.max_rounds.max(1) {
+            while count(&rounds) < opts.max_rounds.max(1) {
                 push_round(pusher, &mut rounds, dev, false, on)?;
                 if converged(&rounds, opts.small_round_blocks) {
                     break;
@@ -407,6 +407,11 @@ pub(crate) fn migrate_ebs(
         total_secs: started.elapsed().as_secs_f64(),
         downtime_secs: downtime.as_secs_f64(),
     })
+}
+
+/// How many rounds ran (saturating: there are at most `max_rounds`).
+fn count(rounds: &[Round]) -> u32 {
+    u32::try_from(rounds.len()).unwrap_or(u32::MAX)
 }
 
 /// Pre-copy has done what it can: the last round was small, or no smaller

@@ -16,7 +16,7 @@
 //! the handover (every step is idempotent), never two owners.
 
 use super::plan::{self, Decision, RoundObs, Why};
-use super::report::{Report, RoundReport};
+use super::report::{Report, RoundReport, millis};
 use super::wire::{PeerReply, PeerRequest};
 use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
@@ -224,8 +224,8 @@ fn round_report(round: u32, final_round: bool, r: &PushReport) -> RoundReport {
         wire_bytes: r.wire_sent + r.wire_received,
         chunks_new: r.summary.chunks_new,
         chunks_total: r.summary.chunks_total,
-        scan_ms: r.scan_time.as_millis() as u64,
-        transfer_ms: r.transfer_time.as_millis() as u64,
+        scan_ms: millis(r.scan_time),
+        transfer_ms: millis(r.transfer_time),
         attempts: r.attempts,
         stale: false,
         estimate_ms: None,
@@ -272,7 +272,7 @@ pub(crate) fn migrate(
         },
         used_bytes: used,
         compression: dest.compression(),
-        max_downtime_ms: opts.max_downtime.as_millis() as u64,
+        max_downtime_ms: millis(opts.max_downtime),
         ..Default::default()
     };
 
@@ -341,7 +341,7 @@ pub(crate) fn migrate(
                 Decision::Continue { estimate } => (estimate, None),
                 Decision::Cutover { estimate, why } => (estimate, Some(why)),
             };
-            rr.estimate_ms = Some(estimate.as_millis().min(u128::from(u64::MAX)) as u64);
+            rr.estimate_ms = Some(millis(estimate));
             event(Event::RoundEnd(rr.clone()));
             report.rounds.push(rr);
             if let Some(why) = why {
@@ -381,7 +381,7 @@ pub(crate) fn migrate(
         }
     }
     let t_unmount = Instant::now();
-    report.unmount_wait_ms = (t_unmount - tw).as_millis() as u64;
+    report.unmount_wait_ms = millis(t_unmount - tw);
     event(Event::Unmounted);
 
     // Final round: the source is quiesced, so it cannot be stale; a failure
@@ -421,10 +421,10 @@ pub(crate) fn migrate(
     host.finish_move(vol, to)
         .map_err(|e| handover(MigrateError::Daemon(e)))?;
 
-    report.downtime_ms = (t_ready - t_unmount).as_millis() as u64;
+    report.downtime_ms = millis(t_ready - t_unmount);
     report.bytes_moved = report.rounds.iter().map(|r| r.bytes).sum();
     report.wire_bytes = report.rounds.iter().map(|r| r.wire_bytes).sum();
-    report.total_ms = t0.elapsed().as_millis() as u64;
+    report.total_ms = millis(t0.elapsed());
     Ok(report)
 }
 

@@ -53,6 +53,10 @@ pub(crate) enum Why {
 
 /// Delivered throughput in bytes/s over all measured rounds; `None` until a
 /// round moved enough to measure.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "a rate: f64's 52 bits hold byte counts exactly to 4 PiB, and more is rounding"
+)]
 pub(crate) fn throughput(rounds: &[RoundObs]) -> Option<f64> {
     let (bytes, time) = rounds
         .iter()
@@ -65,6 +69,10 @@ pub(crate) fn throughput(rounds: &[RoundObs]) -> Option<f64> {
 
 /// The final round's expected duration if the next round moved what the
 /// last one did: scan + dirty / throughput.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "an estimate: f64's 52 bits hold byte counts exactly to 4 PiB"
+)]
 pub(crate) fn estimate(rounds: &[RoundObs]) -> Duration {
     let Some(last) = rounds.last() else {
         return Duration::MAX;
@@ -77,10 +85,19 @@ pub(crate) fn estimate(rounds: &[RoundObs]) -> Duration {
     last.scan + transfer
 }
 
+/// The last round moved at least [`SHRINK`] of what the one before did.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "a 10% threshold: rounding past 4 PiB cannot change the answer"
+)]
+fn shrunk_too_little(last: u64, prev: u64) -> bool {
+    last as f64 >= prev as f64 * SHRINK
+}
+
 /// Decides after each round.
 pub(crate) fn decide(rounds: &[RoundObs], target: Duration, max_rounds: u32) -> Decision {
     let estimate = estimate(rounds);
-    let n = rounds.len() as u32;
+    let n = u32::try_from(rounds.len()).unwrap_or(u32::MAX);
     let Some(last) = rounds.last() else {
         return Decision::Continue { estimate };
     };
@@ -100,7 +117,7 @@ pub(crate) fn decide(rounds: &[RoundObs], target: Duration, max_rounds: u32) -> 
     // against round 2's predecessor would compare a delta with the whole).
     if n >= 3 && !last.stale {
         let prev = rounds[rounds.len() - 2];
-        if !prev.stale && last.dirty_bytes as f64 >= prev.dirty_bytes as f64 * SHRINK {
+        if !prev.stale && shrunk_too_little(last.dirty_bytes, prev.dirty_bytes) {
             return Decision::Cutover {
                 estimate,
                 why: Why::NotShrinking,

@@ -3,6 +3,7 @@
 //! operator's screen and for `--json`.
 
 use serde::Serialize;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub(crate) struct RoundReport {
@@ -47,7 +48,27 @@ pub(crate) struct Report {
     pub(crate) downtime_ms: u64,
 }
 
-fn human_bytes(b: u64) -> String {
+/// Milliseconds of `d`, for reports (saturating: no report spans 584
+/// million years).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Seconds of a millisecond count, for display.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "display only: an f64 holds milliseconds exactly up to 285,000 years"
+)]
+pub(crate) fn secs_of_ms(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// `1.5 KiB`, `3.0 GiB`: a byte count for people.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "display only: one decimal of a binary unit needs 11 bits, f64 has 52"
+)]
+pub(crate) fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;
@@ -97,8 +118,8 @@ impl Report {
         ));
         s.push_str(&format!(
             "  total {:.1} s, waited {:.1} s for the unmount, downtime {} ms (target {} ms)\n",
-            self.total_ms as f64 / 1000.0,
-            self.unmount_wait_ms as f64 / 1000.0,
+            secs_of_ms(self.total_ms),
+            secs_of_ms(self.unmount_wait_ms),
             self.downtime_ms,
             self.max_downtime_ms
         ));
@@ -142,5 +163,7 @@ mod tests {
         assert!(text.contains("(2 attempts)"));
         assert!(text.contains("downtime 420 ms"));
         assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 }
