@@ -1,5 +1,5 @@
 //! An in-memory EC2 that keeps AWS's rules, for unit tests of the EBS
-//! backend: where moto is lenient (FIELD-NOTES: it ignores ClientToken,
+//! backend: where moto is lenient (moto 5 ignores ClientToken,
 //! attaches across zones, attaches an attached volume again, has no IOPS
 //! limits) this double refuses as AWS does, so our code is tested against the
 //! real rules.
@@ -161,6 +161,13 @@ fn defaults(ty: &str, iops: Option<u32>, throughput: Option<u32>) -> (Option<u32
         (iops.or(Some(3_000)), throughput.or(Some(125)))
     } else {
         (iops, throughput)
+    }
+}
+
+impl State {
+    /// The volume `id`; `InvalidVolume.NotFound` for `op` if unknown.
+    fn volume(&mut self, op: &'static str, id: &str) -> Result<&mut Vol, ApiError> {
+        self.volumes.get_mut(id).ok_or_else(|| not_found(op, id))
     }
 }
 
@@ -385,10 +392,7 @@ impl Ec2Api for MemoryEc2 {
     fn describe_volume(&self, volume_id: &str) -> Result<VolumeFacts, ApiError> {
         const OP: &str = "DescribeVolumes";
         let mut st = self.enter(OP, volume_id)?;
-        let v = st
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         if v.invisible > 0 {
             v.invisible -= 1;
             return Err(not_found(OP, volume_id));
@@ -442,10 +446,7 @@ impl Ec2Api for MemoryEc2 {
                 .any(|a| a.instance_id == instance_id && a.device == device)
         });
         let settle = st.settle;
-        let v = st
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         if v.facts.zone != zone {
             return Err(bad(
                 OP,
@@ -496,10 +497,7 @@ impl Ec2Api for MemoryEc2 {
         const OP: &str = "DetachVolume";
         let mut st = self.enter(OP, volume_id)?;
         let settle = st.settle;
-        let v = st
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         let Some(a) = v
             .facts
             .attachments
@@ -521,10 +519,7 @@ impl Ec2Api for MemoryEc2 {
     fn delete_volume(&self, volume_id: &str) -> Result<(), ApiError> {
         const OP: &str = "DeleteVolume";
         let mut st = self.enter(OP, volume_id)?;
-        let v = st
-            .volumes
-            .get(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         if let Some(a) = v.facts.attachments.first() {
             return Err(bad(
                 OP,
@@ -543,10 +538,7 @@ impl Ec2Api for MemoryEc2 {
         const OP: &str = "ModifyVolume";
         let mut st = self.enter(OP, volume_id)?;
         let settle = st.settle;
-        let v = st
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         if change.is_empty() {
             return Err(bad(
                 OP,
@@ -599,10 +591,7 @@ impl Ec2Api for MemoryEc2 {
     ) -> Result<(), ApiError> {
         const OP: &str = "CreateTags";
         let mut st = self.enter(OP, resource_id)?;
-        let v = st
-            .volumes
-            .get_mut(resource_id)
-            .ok_or_else(|| not_found(OP, resource_id))?;
+        let v = st.volume(OP, resource_id)?;
         v.facts.tags.extend(tags.clone());
         Ok(())
     }
@@ -610,10 +599,7 @@ impl Ec2Api for MemoryEc2 {
     fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), ApiError> {
         const OP: &str = "DeleteTags";
         let mut st = self.enter(OP, resource_id)?;
-        let v = st
-            .volumes
-            .get_mut(resource_id)
-            .ok_or_else(|| not_found(OP, resource_id))?;
+        let v = st.volume(OP, resource_id)?;
         for k in keys {
             v.facts.tags.remove(k);
         }

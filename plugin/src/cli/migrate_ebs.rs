@@ -122,15 +122,7 @@ pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
             "round {round} ({}): pushing a snapshot",
             if final_round { "final" } else { "pre-copy" }
         ),
-        EbsEvent::RoundEnd(r) => eprintln!(
-            "round {} ({}): {} blocks changed, {} bytes, {:.1} s -> {}",
-            r.round,
-            if r.final_round { "final" } else { "pre-copy" },
-            r.blocks_changed,
-            r.bytes,
-            r.secs,
-            r.snapshot_id
-        ),
+        EbsEvent::RoundEnd(r) => eprintln!("{}", r.line()),
         EbsEvent::NoPreCopy => {
             eprintln!("{volume} is not attached here (not mounted): no pre-copy, one final round")
         }

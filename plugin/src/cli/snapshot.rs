@@ -112,6 +112,37 @@ struct Failure {
     aws_code: Option<String>,
 }
 
+impl Failure {
+    fn new(error: String, snapshot_id: Option<&str>, aws_code: Option<&str>) -> Self {
+        Self {
+            error,
+            snapshot_id: snapshot_id.map(str::to_owned),
+            aws_code: aws_code.map(str::to_owned),
+        }
+    }
+}
+
+/// Ends a push or pull: its report (JSON, or `text` of it), or the failure
+/// with the snapshot id and AWS code it carries.
+fn finish<R: Serialize, E>(
+    json: bool,
+    result: Result<R, E>,
+    failure: impl FnOnce(&E) -> Failure,
+    text: impl FnOnce(&R) -> String,
+) -> ExitCode {
+    match result {
+        Ok(r) if json => {
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            println!("{}", text(&r));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(json, failure(&e)),
+    }
+}
+
 fn fail(json: bool, f: Failure) -> ExitCode {
     if json {
         println!(
@@ -130,11 +161,7 @@ fn connect(c: &CommonArgs) -> Result<AwsSnapshotApi, Failure> {
         endpoint_url: c.endpoint_url.clone(),
         call_timeout: None,
     })
-    .map_err(|e| Failure {
-        error: e.to_string(),
-        snapshot_id: None,
-        aws_code: None,
-    })
+    .map_err(|e| Failure::new(e.to_string(), None, None))
 }
 
 fn transfer(c: &CommonArgs) -> TransferOptions {
@@ -207,33 +234,23 @@ fn run_push(a: PushArgs) -> ExitCode {
     };
     let bar = Bar::new(json);
     let store = IndexStore::new(&a.common.state_dir);
-    match push(&api, &store, &a.source, &opts, bar.sink()) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                println!(
-                    "{}: {} blocks uploaded ({} zero), {} skipped, {} MiB in {:.1} s, {} retries",
-                    r.snapshot_id,
-                    r.blocks_uploaded,
-                    r.zero_blocks_uploaded,
-                    r.blocks_skipped,
-                    r.bytes_uploaded >> 20,
-                    r.duration_secs,
-                    r.retries
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(
-            json,
-            Failure {
-                error: e.to_string(),
-                snapshot_id: e.snapshot_id().map(str::to_owned),
-                aws_code: e.aws_code().map(str::to_owned),
-            },
-        ),
-    }
+    finish(
+        json,
+        push(&api, &store, &a.source, &opts, bar.sink()),
+        |e| Failure::new(e.to_string(), e.snapshot_id(), e.aws_code()),
+        |r| {
+            format!(
+                "{}: {} blocks uploaded ({} zero), {} skipped, {} MiB in {:.1} s, {} retries",
+                r.snapshot_id,
+                r.blocks_uploaded,
+                r.zero_blocks_uploaded,
+                r.blocks_skipped,
+                r.bytes_uploaded >> 20,
+                r.duration_secs,
+                r.retries
+            )
+        },
+    )
 }
 
 fn run_pull(a: PullArgs) -> ExitCode {
@@ -248,31 +265,21 @@ fn run_pull(a: PullArgs) -> ExitCode {
     };
     let bar = Bar::new(json);
     let store = IndexStore::new(&a.common.state_dir);
-    match pull(&api, &store, &a.snapshot, &a.dest, &opts, bar.sink()) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                println!(
-                    "{} -> {}: {} blocks written, {} zeroed, {} MiB in {:.1} s, {} retries",
-                    r.snapshot_id,
-                    a.dest.display(),
-                    r.blocks_written,
-                    r.blocks_zeroed,
-                    r.bytes_written >> 20,
-                    r.duration_secs,
-                    r.retries
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(
-            json,
-            Failure {
-                error: e.to_string(),
-                snapshot_id: e.snapshot_id().map(str::to_owned),
-                aws_code: e.aws_code().map(str::to_owned),
-            },
-        ),
-    }
+    finish(
+        json,
+        pull(&api, &store, &a.snapshot, &a.dest, &opts, bar.sink()),
+        |e| Failure::new(e.to_string(), e.snapshot_id(), e.aws_code()),
+        |r| {
+            format!(
+                "{} -> {}: {} blocks written, {} zeroed, {} MiB in {:.1} s, {} retries",
+                r.snapshot_id,
+                a.dest.display(),
+                r.blocks_written,
+                r.blocks_zeroed,
+                r.bytes_written >> 20,
+                r.duration_secs,
+                r.retries
+            )
+        },
+    )
 }

@@ -180,6 +180,25 @@ pub(crate) struct Round {
     pub(crate) secs: f64,
 }
 
+impl Round {
+    /// `round 2 (pre-copy): 17 blocks, 8912896 bytes, 1.2 s -> snap-...`
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "round {} ({}): {} blocks, {} bytes, {:.1} s -> {}",
+            self.round,
+            if self.final_round {
+                "final"
+            } else {
+                "pre-copy"
+            },
+            self.blocks_changed,
+            self.bytes,
+            self.secs,
+            self.snapshot_id
+        )
+    }
+}
+
 /// What a migration did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct EbsReport {
@@ -209,15 +228,7 @@ impl EbsReport {
             self.final_snapshot_id
         );
         for r in &self.rounds {
-            s += &format!(
-                "  round {} ({}): {} blocks, {} bytes, {:.1} s, {}\n",
-                r.round,
-                if r.final_round { "final" } else { "pre-copy" },
-                r.blocks_changed,
-                r.bytes,
-                r.secs,
-                r.snapshot_id
-            );
+            s += &format!("  {}\n", r.line());
         }
         s += &format!(
             "  {} bytes in {:.1} s, downtime {:.1} s\n",

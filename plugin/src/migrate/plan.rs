@@ -1,5 +1,5 @@
-//! When to stop pre-copying and cut over (FIELD-NOTES, "Convergence of
-//! pre-copy"): measure delivered throughput; cut over when the estimated
+//! When to stop pre-copying and cut over (the rule of iterative pre-copy
+//! migration): measure delivered throughput; cut over when the estimated
 //! final round, dirty bytes at that throughput plus the time to scan, fits
 //! the downtime target; stop iterating when a round does not shrink the dirty
 //! set (the application writes as fast as we copy: more rounds do not help).
