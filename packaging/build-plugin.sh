@@ -6,11 +6,15 @@
 # The rootfs is self-contained: the daffe binary, mkfs.ext4 (and mkfs.xfs if
 # present), mount and umount, each with the shared libraries ldd lists.
 #
-# Usage: packaging/build-plugin.sh [--name NAME] [--bin PATH] [--dir DIR] [--no-enable]
+# Usage: packaging/build-plugin.sh [--name NAME] [--bin PATH] [--dir DIR]
+#                                  [--config-dir DIR] [--no-enable]
 #   --name   plugin name (default daffe; docker calls the driver NAME:latest)
 #   --bin    the daffe binary (default $DAFFE_BIN, else target/release/daffe,
 #            built with cargo if missing)
 #   --dir    where to build the plugin directory (default: a temp dir, removed after)
+#   --config-dir  host directory the plugin sees as /etc/daffe, where it reads
+#            daffe.toml (default /etc/daffe, made if missing: docker refuses
+#            to enable a plugin whose bind-mount source is absent)
 #   --no-enable  create the plugin but leave it disabled
 set -euo pipefail
 
@@ -19,13 +23,15 @@ name=daffe
 bin="${DAFFE_BIN:-}"
 dir=""
 enable=1
+config_dir=/etc/daffe
 while [ $# -gt 0 ]; do
   case "$1" in
     --name) name="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --dir) dir="$2"; shift 2 ;;
+    --config-dir) config_dir="$2"; shift 2 ;;
     --no-enable) enable=0; shift ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "build-plugin.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -47,7 +53,7 @@ fi
 trap '[ -n "$cleanup" ] && rm -rf "$cleanup"' EXIT
 rootfs="$dir/rootfs"
 rm -rf "$rootfs"
-mkdir -p "$rootfs"/{bin,sbin,etc,dev,proc,sys,tmp,run/docker/plugins,var/lib/daffe}
+mkdir -p "$rootfs"/{bin,sbin,etc/daffe,dev,proc,sys,tmp,run/docker/plugins,var/lib/daffe}
 
 # copy_with_libs FILE DEST: the file plus every library ldd names, at their paths.
 copy_with_libs() {
@@ -74,6 +80,8 @@ if docker plugin inspect "$name" >/dev/null 2>&1; then
   exit 1
 fi
 docker plugin create "$name" "$dir"
+mkdir -p "$config_dir"
+docker plugin set "$name" "config.source=$config_dir"
 if [ "$enable" = 1 ]; then
   docker plugin enable "$name"
 fi

@@ -3,7 +3,7 @@
 //! created in ZONE from the final snapshot, and the source refuses Mount
 //! ("moved"). Every EC2 fact is read back from moto itself.
 
-use daffe_e2e::docker::{Docker, test_image};
+use daffe_e2e::docker::test_image;
 use daffe_e2e::moto::{Moto, xml_value as one};
 use daffe_e2e::plugin::{Plugin, daffe_bin};
 use std::io::BufRead;
@@ -19,7 +19,7 @@ fn setup(moto: &Moto) -> Plugin {
 fn host_in(moto: &Moto, zone: &str) -> Plugin {
     let (instance, zone) = moto.run_instance(zone);
     let config = moto.ebs_config(&instance, &zone);
-    Plugin::start_with_env(Docker::default(), Some(&config), moto.env())
+    Plugin::start_with_env(Some(&config), moto.env())
 }
 
 #[test]

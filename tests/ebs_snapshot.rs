@@ -404,3 +404,118 @@ fn a_server_that_keeps_failing_is_given_up_on_after_max_attempts() {
         .count();
     assert_eq!(tries, 3);
 }
+
+/// A daffe run with no AWS configuration at all: no credentials, no region,
+/// no profile files, and the instance metadata service either off or pointed
+/// at a closed local port (never the real one). Returns (status, stdout,
+/// stderr).
+fn without_aws(args: &[&str], imds: Option<u16>) -> (bool, String, String) {
+    let mut cmd = Command::new(daffe_bin());
+    cmd.args(args);
+    for var in [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "DAFFE_LOG",
+        "RUST_LOG",
+        "DAFFE_LOG_FORMAT",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_CONFIG_FILE", "/dev/null")
+        .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
+    match imds {
+        None => cmd.env("AWS_EC2_METADATA_DISABLED", "true"),
+        Some(port) => cmd.env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        ),
+    };
+    let out = cmd.output().expect("run daffe");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A 127.0.0.1 port nothing listens on.
+fn closed_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// Missing credentials are not retried: one attempt, not ten over ~40 s of
+/// backoff. Throttling and 5xx still are (the tests above).
+#[test]
+fn a_push_without_credentials_fails_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    sparse_image(&src, 2 * BLOCK);
+    write_block(&src, 0, 5);
+    let endpoint = format!("http://127.0.0.1:{}", closed_port());
+    let state = dir.path().join("state");
+    let (ok, stdout, stderr) = without_aws(
+        &[
+            "snapshot",
+            "push",
+            src.to_str().unwrap(),
+            "--json",
+            "--region",
+            "us-east-1",
+            "--endpoint-url",
+            &endpoint,
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!ok, "{stdout}");
+    let err: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("no JSON ({e}): {stdout}\n{stderr}"));
+    assert_eq!(err["aws_code"], "NoCredentials", "{err}");
+    let text = str_of(&err, "error");
+    assert!(
+        text.contains("after 1 attempt") && text.contains("credential"),
+        "{err}"
+    );
+}
+
+/// The AWS SDK's warnings (here: no region from the metadata service) come
+/// after daffe's own error, on one line, without colour codes.
+#[test]
+fn aws_sdk_warnings_come_after_the_error_on_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src.img");
+    sparse_image(&src, BLOCK);
+    let state = dir.path().join("state");
+    let (ok, _, stderr) = without_aws(
+        &[
+            "snapshot",
+            "push",
+            src.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+        Some(closed_port()),
+    );
+    assert!(!ok, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].starts_with("daffe snapshot: no AWS region"),
+        "{stderr}"
+    );
+    assert!(
+        lines[1].starts_with("  AWS SDK: failed to load region from IMDS") && lines[1].len() < 400,
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "colour codes in {stderr:?}");
+}

@@ -7,7 +7,7 @@
 //! ModifyVolume; Remove deletes the EC2 volume. Every EC2 fact is read back
 //! from moto itself, not from daffe.
 
-use daffe_e2e::docker::{Docker, test_image};
+use daffe_e2e::docker::test_image;
 use daffe_e2e::moto::{Moto, xml_value as one, xml_values};
 use daffe_e2e::plugin::Plugin;
 use std::collections::BTreeMap;
@@ -78,7 +78,7 @@ encrypted = true
 [profiles.silver.local]
 format = "dir"
 "#;
-    let p = Plugin::start_with_env(Docker::default(), Some(&config), moto.env());
+    let p = Plugin::start_with_env(Some(&config), moto.env());
     (p, instance, zone)
 }
 

@@ -1,5 +1,7 @@
 //! The managed plugin end to end: build the rootfs, `docker plugin create`
 //! and `enable`, use volumes, `disable -f` and `enable` keep them, remove.
+//! The plugin reads its config file from the host directory mounted at
+//! /etc/daffe (`--config-dir`): a profile defined there is usable.
 
 use daffe_e2e::docker::{Docker, test_image};
 use daffe_e2e::plugin::{call_socket, daffe_bin};
@@ -32,10 +34,19 @@ fn managed_plugin_install_use_disable_enable_remove() {
     let d = Docker::default();
     let name = daffe_e2e::unique("daffe-m");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/build-plugin.sh");
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("daffe.toml"),
+        "[profiles.silver]\ndescription = \"from the mounted config\"\n\
+         [profiles.silver.local]\nformat = \"dir\"\n",
+    )
+    .unwrap();
     let out = Command::new("bash")
         .arg(&script)
         .args(["--name", &name, "--bin"])
         .arg(daffe_bin())
+        .arg("--config-dir")
+        .arg(config.path())
         .output()
         .unwrap();
     let installed = Installed {
@@ -93,6 +104,25 @@ fn managed_plugin_install_use_disable_enable_remove() {
         (200, Some(1)),
         "{view}"
     );
+
+    // The profile from the config directory the plugin sees as /etc/daffe.
+    let (status, profiles) =
+        call_socket(Path::new(&control), "GET", "/v1/configuration/profiles", "");
+    assert_eq!(status, 200, "{profiles}");
+    assert!(
+        profiles["profiles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "silver" && p["description"] == "from the mounted config"),
+        "{profiles}"
+    );
+    d.ok(&["volume", "create", "-d", &driver, "msilver@silver"]);
+    assert_eq!(
+        d.volume_inspect("msilver@silver")["Status"]["profile"],
+        "silver"
+    );
+    d.ok(&["volume", "rm", "msilver@silver"]);
 
     d.ok(&["rm", "-f", &c]);
     d.ok(&["plugin", "disable", "-f", &name]);

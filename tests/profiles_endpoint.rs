@@ -1,5 +1,6 @@
 //! GET /v1/configuration/profiles (FlockerProfiles' endpoint) and `daffe
-//! profiles ls`, with a configured profile that docker can then use.
+//! profiles ls`, with a configured profile that docker can then use; `daffe
+//! profiles set` with the README's own profile block.
 
 use daffe_e2e::docker::test_image;
 use daffe_e2e::plugin::{Plugin, call_socket};
@@ -177,4 +178,40 @@ fn a_profile_posted_at_runtime_is_usable_and_survives_a_restart() {
     assert_eq!(names(&p), ["bronze", "default", "gold"]);
     let (kib, out) = df_kib(&p, "small@bronze");
     assert!(kib <= 16 * 1024 && kib > 10 * 1024, "{out}");
+}
+
+/// The README's `daffe profiles set silver silver.toml` with the README's own
+/// `[profiles.silver]` block, as an operator would copy it.
+#[test]
+fn profiles_set_takes_the_readme_block() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("README.md");
+    let block = readme
+        .split("```toml")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("[profiles.silver]"))
+        .expect("a toml block with [profiles.silver] in the README");
+    let p = Plugin::start();
+    let file = p.dir.path().join("silver.toml");
+    std::fs::write(&file, block).unwrap();
+    let out = p.daffe(&["profiles", "set", "silver", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let silver = body_of(&p)["profiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "silver")
+        .cloned()
+        .expect("silver defined");
+    assert_eq!(
+        silver["description"], "general purpose, encrypted",
+        "{silver}"
+    );
+    assert_eq!(silver["ebs"]["type"], "gp3", "{silver}");
 }

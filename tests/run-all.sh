@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every daffe test: installs what the tests need (Docker Engine, compose,
-# rsync, casync, e2fsprogs, moto in a venv), starts dockerd if none runs, builds,
+# rsync, casync, e2fsprogs, PostgreSQL 15, etcd, protoc, moto in a venv),
+# starts dockerd if none runs, builds,
 # then runs the unit, property and end-to-end tests and the lint gates.
 # Needs root. CI calls this through .ci/run.
 set -euo pipefail
@@ -18,7 +19,13 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The tests must leave the host's engine as they found them (each test plugin
+# runs on a private engine); measured around the whole suite.
+engine_before=$(volume_ls_seconds)
 log "cargo test (unit, property, end-to-end)"
 # --no-fail-fast: one failing suite must not hide the others' results.
-cargo test --locked --workspace --no-fail-fast "$@"
+status=0
+cargo test --locked --workspace --no-fail-fast "$@" || status=$?
+check_engine_as_found "$engine_before" || status=1
+[ "$status" = 0 ] || exit "$status"
 log "all tests passed"

@@ -39,7 +39,7 @@ fn main() {
                 "{{\"bytes\": {}, \"chunks\": {}, \"seconds\": {secs:.3}, \"gib_per_s\": {:.2}}}",
                 s.stats.bytes_hashed,
                 s.trailer.chunks,
-                s.stats.bytes_hashed as f64 / secs / (1u64 << 30) as f64
+                gib_per_s(s.stats.bytes_hashed, secs)
             );
         }
         _ => {
@@ -62,15 +62,28 @@ fn main() {
                     "{{\"class\": \"{}\", \"bytes\": {}, \"chunks\": {n}, \"seconds\": {secs:.3}, \"cpu_seconds\": {cpu:.3}, \"gib_per_s\": {:.2}, \"gib_per_cpu_s\": {:.2}, \"x\": {x}}}",
                     class.name(),
                     data.len(),
-                    data.len() as f64 / secs / (1u64 << 30) as f64,
-                    data.len() as f64 / cpu / (1u64 << 30) as f64
+                    gib_per_s(data.len() as u64, secs),
+                    gib_per_s(data.len() as u64, cpu)
                 );
             }
         }
     }
 }
 
+/// GiB per second, for the report.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "a figure for a human; f64 is plenty"
+)]
+fn gib_per_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / secs / (1u64 << 30) as f64
+}
+
 /// CPU time of the calling thread, in seconds.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "seconds of CPU time; f64 is plenty"
+)]
 fn thread_cpu() -> f64 {
     let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
     t.tv_sec as f64 + t.tv_nsec as f64 / 1e9

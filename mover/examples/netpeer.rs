@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use mover::net::agent::{Agent, PeerInfo, RoundHandler};
-use mover::net::bwlimit::{TokenBucket, parse_rate};
+use mover::net::bwlimit::{bandwidth_limiter, parse_rate};
 use mover::net::identity::{self, NodeFiles};
 use mover::net::message::{RoundRequest, RoundSummary, TransferMode, WireError};
 use mover::net::netsource::NetSource;
-use mover::net::rounds::{RetryPolicy, RoundPusher, receive_round, summary, wire_error};
+use mover::net::rounds::{RoundPushRetry, RoundPusher, receive_round, summary, wire_error};
 use mover::net::stream::Endpoint;
 use mover::net::tls;
 use mover::{Destination, ReceiveOptions, Receiver, Source};
@@ -61,7 +61,9 @@ fn endpoint(name: &str) -> Endpoint {
     let mut ep = Endpoint::new(name);
     ep.hello.zstd = std::env::var_os("NOZSTD").is_none();
     if let Ok(r) = std::env::var("BWLIMIT") {
-        ep.bucket = Some(Arc::new(TokenBucket::new(parse_rate(&r).expect("BWLIMIT"))));
+        ep.bucket = Some(Arc::new(bandwidth_limiter(
+            parse_rate(&r).expect("BWLIMIT"),
+        )));
     }
     ep
 }
@@ -102,7 +104,7 @@ fn main() {
                 target: s(5),
                 cache_dir: PathBuf::from(s(6)),
                 scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-                retry: RetryPolicy::default(),
+                retry: RoundPushRetry::default(),
             };
             let round: u32 = s(7).parse().unwrap_or_else(|_| usage());
             let r = p.push(round, false, &mut |_| {}).expect("push");

@@ -87,8 +87,9 @@ pub enum ChunkClass {
     /// many-small-files case pays no CDC cost and one id names the file.
     Small,
     /// Random-rewrite files (databases, block images): small chunks so that a
-    /// rewritten 4 KiB page re-sends little (FIELD-NOTES: 7.5% of a file is
-    /// re-sent after 1% random page rewrites at 4K/16K/64K, 22% at 16K/64K/256K).
+    /// rewritten 4 KiB page re-sends little (measured: 7.5% of a file is
+    /// re-sent after 1% random page rewrites at 4K/16K/64K, 22% at
+    /// 16K/64K/256K; DESIGN.md, "Facts the code relies on").
     Db,
     /// Everything else: larger chunks, fewer manifest records and index entries.
     Default,
@@ -127,6 +128,7 @@ impl ChunkClass {
 
     /// (min, avg, max) chunk sizes. `Small` uses CDC only if someone feeds it a
     /// longer input; its max bounds every chunk of a small file.
+    #[allow(clippy::cast_possible_truncation, reason = "SMALL_MAX is 64 KiB")]
     pub fn sizes(self) -> (u32, u32, u32) {
         match self {
             // max == SMALL_MAX: the whole small file is one chunk.
@@ -244,6 +246,10 @@ impl Chunker {
     /// Cut points of `data` starting at `data[0]`, as (offset, len). When
     /// `at_end` is false, a last chunk that runs into the end of `data` is
     /// left out: more input could move its cut.
+    #[allow(
+        clippy::cast_possible_truncation,
+        reason = "offsets from 0 into `data`, which is in memory"
+    )]
     pub fn cuts(&self, data: &[u8], at_end: bool) -> Vec<(usize, usize)> {
         self.chunks(data, 0, at_end, &|o, d: &[u8]| (o as usize, d.len()))
     }
@@ -299,7 +305,7 @@ impl Chunker {
         p: u64,
         make: &impl Fn(u64, &[u8]) -> C,
     ) -> Result<C, Stop> {
-        let i = (p - base) as usize;
+        let i = usize::try_from(p - base).unwrap_or(usize::MAX);
         if i >= data.len() {
             return Err(Stop);
         }
@@ -397,7 +403,8 @@ pub fn chunk_reader<R: Read, E: From<ChunkError>>(
             filled -= start;
             start = 0;
             while filled < buf.len() && read_total < len {
-                let want = (buf.len() - filled).min((len - read_total) as usize);
+                let want = (buf.len() - filled)
+                    .min(usize::try_from(len - read_total).unwrap_or(usize::MAX));
                 let n = match r.read(&mut buf[filled..filled + want]) {
                     Ok(n) => n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -507,16 +514,26 @@ impl<C: Span> SegmentJoin<C> {
                     return Ok(());
                 }
             }
-            let c = match self.carry.pop_front() {
-                Some(c) if c.start() == self.next => c,
-                _ => {
-                    self.carry.clear();
-                    serial(self.next)?
-                }
-            };
-            self.next = c.end();
-            emit(c)?;
+            self.step(serial, emit)?;
         }
+    }
+
+    /// Emits the next chunk of the serial sequence: the carried one if it
+    /// starts where the sequence is, else one cut serially.
+    fn step<E>(
+        &mut self,
+        serial: &mut dyn FnMut(u64) -> Result<C, E>,
+        emit: &mut dyn FnMut(C) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let c = match self.carry.pop_front() {
+            Some(c) if c.start() == self.next => c,
+            _ => {
+                self.carry.clear();
+                serial(self.next)?
+            }
+        };
+        self.next = c.end();
+        emit(c)
     }
 
     /// Emits the rest of the serial sequence up to `end`.
@@ -527,15 +544,7 @@ impl<C: Span> SegmentJoin<C> {
         emit: &mut dyn FnMut(C) -> Result<(), E>,
     ) -> Result<(), E> {
         while self.next < end {
-            let c = match self.carry.pop_front() {
-                Some(c) if c.start() == self.next => c,
-                _ => {
-                    self.carry.clear();
-                    serial(self.next)?
-                }
-            };
-            self.next = c.end();
-            emit(c)?;
+            self.step(serial, emit)?;
         }
         Ok(())
     }
@@ -545,6 +554,10 @@ impl<C: Span> SegmentJoin<C> {
 /// from `seg` on (segment plus lookahead), `at_end` says whether it reaches
 /// the extent end. Ids are computed here (on the worker thread), each right
 /// after its chunk is cut.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a chunk is at most its class's max (1 MiB)"
+)]
 pub fn chunk_segment(chunker: &Chunker, data: &[u8], seg: u64, at_end: bool) -> Vec<ChunkRef> {
     chunker.chunks(data, seg, at_end, &|offset, bytes: &[u8]| ChunkRef {
         offset,
@@ -659,7 +672,7 @@ mod tests {
             let mut got = Vec::new();
             let mut buf = Vec::new();
             chunk_reader::<_, ChunkError>(Trickle { d: &data, step }, &chunker, 0, len as u64, &mut buf, |o, c| {
-                got.push((o as usize, c.len()));
+                got.push((usize::try_from(o).unwrap(), c.len()));
                 Ok(())
             }).unwrap();
             prop_assert_eq!(got, want);
@@ -672,7 +685,7 @@ mod tests {
         fn cuts_match_fastcdc(sizes in lockstep::tests::sizes(), len_maxes in 0usize..40,
                               extra in 0usize..70_000, seed in any::<u64>(), at_end in any::<bool>()) {
             let (min, avg, max) = sizes;
-            let chunker = Chunker::new(min as u32, avg as u32, max as u32).unwrap();
+            let chunker = Chunker::new(u32::try_from(min).unwrap(), u32::try_from(avg).unwrap(), u32::try_from(max).unwrap()).unwrap();
             let data = lockstep::tests::mixed_input(len_maxes * max + extra, seed);
             let want = lockstep::tests::fastcdc_cuts(&data, sizes, at_end);
             prop_assert_eq!(chunker.cuts(&data, at_end), want.clone());
@@ -681,7 +694,7 @@ mod tests {
             let got: Vec<(usize, usize)> = chunk_segment(&chunker, &data, base, at_end)
                 .into_iter()
                 .map(|c| {
-                    let (o, n) = ((c.offset - base) as usize, c.len as usize);
+                    let (o, n) = (usize::try_from(c.offset - base).unwrap(), c.len as usize);
                     assert_eq!(c.id, ChunkId::of(&data[o..o + n]));
                     (o, n)
                 })
@@ -700,9 +713,9 @@ mod tests {
             let mut join = SegmentJoin::new(0);
             let mut got = Vec::new();
             let mut serial_fn = |p: u64| -> Result<ChunkRef, ()> {
-                let p = p as usize;
+                let p = usize::try_from(p).unwrap();
                 let n = chunker.cut(&data[p..]);
-                Ok(ChunkRef { offset: p as u64, len: n as u32, id: ChunkId::of(&data[p..p + n]) })
+                Ok(ChunkRef { offset: p as u64, len: u32::try_from(n).unwrap(), id: ChunkId::of(&data[p..p + n]) })
             };
             let mut s = 0;
             while s < len {

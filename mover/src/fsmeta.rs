@@ -8,7 +8,7 @@
 
 use std::ffi::OsStr;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{
@@ -85,14 +85,14 @@ impl FileStat {
             perm: st.st_mode as u32 & 0o7777,
             uid: st.st_uid,
             gid: st.st_gid,
-            size: st.st_size as u64,
-            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec as i64),
-            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec as i64),
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            ctime_ns: i128::from(st.st_ctime) * 1_000_000_000 + i128::from(st.st_ctime_nsec),
             dev: st.st_dev as u64,
             ino: st.st_ino as u64,
             nlink: st.st_nlink as u64,
             rdev: st.st_rdev as u64,
-            blocks: st.st_blocks as u64,
+            blocks: u64::try_from(st.st_blocks).unwrap_or(0),
         }
     }
 
@@ -111,7 +111,7 @@ impl FileStat {
 }
 
 /// lstat of `name` in `dir`.
-pub fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<FileStat, FsMetaError> {
+pub(crate) fn stat_at(dir: BorrowedFd<'_>, name: &OsStr) -> Result<FileStat, FsMetaError> {
     rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .map(|s| FileStat::from_stat(&s))
         .map_err(sys("lstat", name.as_bytes()))
@@ -125,7 +125,7 @@ pub fn stat_fd(fd: BorrowedFd<'_>, path: &[u8]) -> Result<FileStat, FsMetaError>
 }
 
 /// xattr namespaces the mover carries. ACLs travel as their system.* xattrs.
-pub fn xattr_wanted(name: &[u8]) -> bool {
+pub(crate) fn xattr_wanted(name: &[u8]) -> bool {
     name.starts_with(b"user.")
         || name.starts_with(b"security.")
         || name.starts_with(b"trusted.")
@@ -249,7 +249,12 @@ pub fn data_extents(
 }
 
 /// Punches a hole (keeps the size). Block devices zero the range instead.
-pub fn punch_hole(fd: BorrowedFd<'_>, off: u64, len: u64, path: &[u8]) -> Result<(), FsMetaError> {
+pub(crate) fn punch_hole(
+    fd: BorrowedFd<'_>,
+    off: u64,
+    len: u64,
+    path: &[u8],
+) -> Result<(), FsMetaError> {
     if len == 0 {
         return Ok(());
     }
@@ -272,8 +277,13 @@ pub struct Skip {
 
 fn ts(ns: i128) -> Timespec {
     Timespec {
-        tv_sec: ns.div_euclid(1_000_000_000) as i64,
-        tv_nsec: ns.rem_euclid(1_000_000_000) as _,
+        // Times outside what the kernel can store are clamped to its range.
+        tv_sec: i64::try_from(ns.div_euclid(1_000_000_000)).unwrap_or(if ns < 0 {
+            i64::MIN
+        } else {
+            i64::MAX
+        }),
+        tv_nsec: ns.rem_euclid(1_000_000_000).try_into().unwrap_or(0),
     }
 }
 
@@ -289,7 +299,11 @@ fn times(e: &Entry) -> Timestamps {
 }
 
 /// Applies owner, mode, xattrs, times to an open file or directory.
-pub fn apply_fd(fd: BorrowedFd<'_>, e: &Entry, skips: &mut Vec<Skip>) -> Result<(), FsMetaError> {
+pub(crate) fn apply_fd(
+    fd: BorrowedFd<'_>,
+    e: &Entry,
+    skips: &mut Vec<Skip>,
+) -> Result<(), FsMetaError> {
     let p = &e.path;
     // SAFETY-free: rustix ids from raw numeric values (numeric ids are carried as-is).
     let uid = Uid::from_raw(e.uid);
@@ -302,7 +316,7 @@ pub fn apply_fd(fd: BorrowedFd<'_>, e: &Entry, skips: &mut Vec<Skip>) -> Result<
 }
 
 /// Applies owner, xattrs and times to a symlink (its mode is not settable).
-pub fn apply_link(
+pub(crate) fn apply_link(
     dir: BorrowedFd<'_>,
     name: &OsStr,
     e: &Entry,
@@ -326,7 +340,11 @@ pub fn apply_link(
 /// Makes the carried xattrs of the target equal to the entry's: removes the
 /// extra ones, sets missing or different ones. Namespaces the kernel refuses
 /// (EPERM, ENOTSUP) are reported as skips, not errors.
-pub fn set_xattrs(t: XTarget<'_>, e: &Entry, skips: &mut Vec<Skip>) -> Result<(), FsMetaError> {
+pub(crate) fn set_xattrs(
+    t: XTarget<'_>,
+    e: &Entry,
+    skips: &mut Vec<Skip>,
+) -> Result<(), FsMetaError> {
     let have = read_xattrs(t, &e.path)?;
     if have == e.xattrs {
         return Ok(());
@@ -385,7 +403,11 @@ pub fn set_xattrs(t: XTarget<'_>, e: &Entry, skips: &mut Vec<Skip>) -> Result<()
 }
 
 /// Creates a special file (fifo, char or block device) named `name` in `dir`.
-pub fn make_special(dir: BorrowedFd<'_>, name: &OsStr, e: &Entry) -> Result<(), FsMetaError> {
+pub(crate) fn make_special(
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
+    e: &Entry,
+) -> Result<(), FsMetaError> {
     let ft = match e.kind {
         Kind::Fifo => FileType::Fifo,
         Kind::CharDev => FileType::CharacterDevice,
@@ -398,7 +420,7 @@ pub fn make_special(dir: BorrowedFd<'_>, name: &OsStr, e: &Entry) -> Result<(), 
 
 /// Whether the destination object's stat already matches the entry's
 /// metadata (used by verification). Symlink modes are not compared.
-pub fn meta_matches(st: &FileStat, e: &Entry) -> bool {
+pub(crate) fn meta_matches(st: &FileStat, e: &Entry) -> bool {
     let kind_ok = st.manifest_kind()
         == Some(match e.kind {
             Kind::Hardlink | Kind::Image => Kind::File,
@@ -409,9 +431,4 @@ pub fn meta_matches(st: &FileStat, e: &Entry) -> bool {
         && st.gid == e.gid
         && (e.kind == Kind::Symlink || st.perm == e.mode)
         && st.mtime_ns == e.mtime_ns
-}
-
-/// Convenience for fds that are files.
-pub fn fd_of<F: AsFd>(f: &F) -> BorrowedFd<'_> {
-    f.as_fd()
 }

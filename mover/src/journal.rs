@@ -2,7 +2,9 @@
 //!
 //! The journal is append-only: each record is `len (u32 LE) | blake3[..8] |
 //! postcard body`. A torn tail (kill -9 mid-append) fails its checksum and is
-//! ignored, so the journal always reads back as a clean prefix. Records say
+//! ignored, so the journal always reads back as a clean prefix. Opening for
+//! append cuts a torn tail off first: records appended after it (a Commit,
+//! say) would otherwise be hidden behind it forever. Records say
 //! which chunks are durably stored (after a sync of the filesystem) and,
 //! last, that the round is committed: from then on its ops are replayed to
 //! completion, whatever happens.
@@ -41,7 +43,7 @@ pub enum Stored {
 
 /// Journal records.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum JRec {
+pub(crate) enum JRec {
     /// The round's new manifest.
     Begin { root: ChunkId },
     /// These chunks are durable (written and synced).
@@ -51,7 +53,7 @@ pub enum JRec {
 }
 
 /// Appends framed records to a file.
-pub struct FramedWriter {
+pub(crate) struct FramedWriter {
     out: BufWriter<File>,
     path: PathBuf,
 }
@@ -70,6 +72,14 @@ impl FramedWriter {
             .truncate(truncate)
             .open(path)
             .map_err(io)?;
+        if !truncate {
+            let valid = intact_prefix(path)?;
+            if f.metadata().map_err(io)?.len() > valid {
+                // Appends go to the end whatever the offset (O_APPEND), so
+                // cutting the file is all it takes.
+                f.set_len(valid).map_err(io)?;
+            }
+        }
         Ok(FramedWriter {
             out: BufWriter::with_capacity(256 * 1024, f),
             path: path.to_path_buf(),
@@ -84,7 +94,11 @@ impl FramedWriter {
         })?;
         let sum = blake3::hash(&body);
         let mut head = [0u8; 12];
-        head[..4].copy_from_slice(&(body.len() as u32).to_le_bytes());
+        let len = u32::try_from(body.len()).map_err(|_| JournalError::Encode {
+            path: self.path.clone(),
+            source: postcard::Error::SerializeBufferFull,
+        })?;
+        head[..4].copy_from_slice(&len.to_le_bytes());
         head[4..].copy_from_slice(&sum.as_bytes()[..8]);
         let r = self
             .out
@@ -116,10 +130,21 @@ impl FramedWriter {
     }
 }
 
+/// Length of the run of intact records at the start of `path` (0 if missing).
+fn intact_prefix(path: &Path) -> Result<u64, JournalError> {
+    let Some(mut r) = FramedReader::open(path)? else {
+        return Ok(0);
+    };
+    while r.next_frame() {}
+    Ok(r.intact)
+}
+
 /// Reads framed records up to the first torn or corrupt one.
-pub struct FramedReader {
+pub(crate) struct FramedReader {
     inp: BufReader<File>,
     buf: Vec<u8>,
+    /// Bytes of the intact records read so far.
+    intact: u64,
 }
 
 impl FramedReader {
@@ -129,6 +154,7 @@ impl FramedReader {
             Ok(f) => Ok(Some(FramedReader {
                 inp: BufReader::with_capacity(256 * 1024, f),
                 buf: Vec::new(),
+                intact: 0,
             })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(JournalError::Io {
@@ -138,18 +164,32 @@ impl FramedReader {
         }
     }
 
+    /// Reads the next frame into `buf` if it is whole and its checksum holds.
+    fn next_frame(&mut self) -> bool {
+        let mut head = [0u8; 12];
+        if self.inp.read_exact(&mut head).is_err() {
+            return false;
+        }
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
+        // A record is at most a few MiB (a Durable batch); a larger length is
+        // a torn or corrupt header, not a reason to allocate it.
+        if len > 64 << 20 {
+            return false;
+        }
+        self.buf.resize(len as usize, 0);
+        if self.inp.read_exact(&mut self.buf).is_err()
+            || blake3::hash(&self.buf).as_bytes()[..8] != head[4..]
+        {
+            return false;
+        }
+        self.intact += 12 + u64::from(len);
+        true
+    }
+
     /// The next intact record; `None` at the end or at a torn tail.
     #[allow(clippy::should_implement_trait)]
     pub fn next<T: DeserializeOwned>(&mut self) -> Option<T> {
-        let mut head = [0u8; 12];
-        self.inp.read_exact(&mut head).ok()?;
-        let len = u32::from_le_bytes(head[..4].try_into().ok()?) as usize;
-        if len > 64 << 20 {
-            return None;
-        }
-        self.buf.resize(len, 0);
-        self.inp.read_exact(&mut self.buf).ok()?;
-        if blake3::hash(&self.buf).as_bytes()[..8] != head[4..] {
+        if !self.next_frame() {
             return None;
         }
         postcard::from_bytes(&self.buf).ok()
@@ -209,5 +249,46 @@ mod tests {
         assert!(st.committed);
         assert_eq!(st.root, Some(root));
         assert_eq!(st.durable.len(), 1);
+    }
+
+    /// Hardening finding 4: a torn tail hid every record appended after it,
+    /// Commit included, so a committed round was not replayed after a crash.
+    #[test]
+    fn finding_04_records_appended_after_a_torn_tail_are_read() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j");
+        let root = ChunkId::of(b"r");
+        let mut w = FramedWriter::open(&p, true).unwrap();
+        w.push(&JRec::Begin { root }).unwrap();
+        w.flush(true).unwrap();
+        let intact = std::fs::read(&p).unwrap();
+        // Every way of tearing the next record, then a reopen and appends.
+        let mut next = Vec::new();
+        {
+            let q = d.path().join("one");
+            let mut w = FramedWriter::open(&q, true).unwrap();
+            w.push(&JRec::Durable(vec![(Stored::Pack { offset: 0 }, 5, root)]))
+                .unwrap();
+            w.flush(true).unwrap();
+            next.extend(std::fs::read(&q).unwrap());
+        }
+        for cut in 1..next.len() {
+            let mut torn = intact.clone();
+            torn.extend_from_slice(&next[..cut]);
+            std::fs::write(&p, &torn).unwrap();
+            let mut w = FramedWriter::open(&p, false).unwrap();
+            w.push(&JRec::Durable(vec![(Stored::Pack { offset: 8 }, 3, root)]))
+                .unwrap();
+            w.push(&JRec::Commit).unwrap();
+            w.flush(true).unwrap();
+            let st = read_journal(&p).unwrap();
+            assert!(st.committed, "cut {cut}: the commit is hidden");
+            assert_eq!(st.root, Some(root));
+            assert_eq!(
+                st.durable,
+                vec![(Stored::Pack { offset: 8 }, 3, root)],
+                "cut {cut}"
+            );
+        }
     }
 }

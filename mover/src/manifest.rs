@@ -806,10 +806,17 @@ pub struct PathTable {
 
 impl PathTable {
     /// Adds an entry's path (entry indexes must grow).
+    /// Panics past 4 GiB of path bytes (tens of millions of files; a
+    /// manifest from a peer is cut off at 4 GiB, so it cannot get there).
     pub fn push(&mut self, entry: u32, path: &[u8]) {
-        self.index.push((entry, self.arena.len() as u32));
+        self.index.push((entry, self.arena_len()));
         self.arena.extend_from_slice(path);
-        self.ends.push(self.arena.len() as u32);
+        let end = self.arena_len();
+        self.ends.push(end);
+    }
+
+    fn arena_len(&self) -> u32 {
+        u32::try_from(self.arena.len()).expect("a path table holds under 4 GiB of paths")
     }
 
     /// The path of entry `entry`, if it was added.

@@ -12,7 +12,8 @@
 //! cost only their changed records; an insertion in the middle of a file
 //! shifts the offsets after it, and that file's later records travel whole.
 //!
-//! The output is the new manifest byte for byte. The applier checks only the
+//! The output is the new manifest byte for byte. The applier (the network
+//! receiver's side: feature `net`) checks only the
 //! delta's own framing and the base it names; the receiver then validates
 //! the rebuilt manifest like any other (order, limits, root hash), so a bad
 //! delta or a base that differs is caught there and costs a full manifest.
@@ -34,6 +35,7 @@ const SKIP: u8 = 2;
 const LITERAL: u8 = 3;
 /// Literal bytes the encoder gathers before emitting an op.
 const LITERAL_PIECE: usize = 64 * 1024;
+#[cfg(any(test, feature = "net"))]
 /// Longest literal the applier accepts (a single huge record still fits:
 /// manifest records are at most 16 MiB, see `manifest::MAX_RECORD`).
 const MAX_LITERAL: u64 = 17 << 20;
@@ -314,10 +316,12 @@ pub fn encode<B: BufRead, N: BufRead, W: Write>(
     Ok(w.finish()?)
 }
 
+#[cfg(any(test, feature = "net"))]
 fn bad(why: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, why.into())
 }
 
+#[cfg(any(test, feature = "net"))]
 /// Rebuilds a manifest from its base and a delta streamed in through
 /// [`Write`] (in pieces of any size). Call [`DeltaApplier::finish`] at the end.
 pub struct DeltaApplier<B: BufRead, W: Write> {
@@ -333,6 +337,7 @@ pub struct DeltaApplier<B: BufRead, W: Write> {
     max_out: u64,
 }
 
+#[cfg(any(test, feature = "net"))]
 impl<B: BufRead, W: Write> DeltaApplier<B, W> {
     /// `base` is the manifest whose root is `base_root`; output beyond
     /// `max_out` bytes is refused (a hostile delta cannot fill a disk).
@@ -416,7 +421,8 @@ impl<B: BufRead, W: Write> DeltaApplier<B, W> {
                     if n > MAX_LITERAL {
                         return Err(bad(format!("manifest delta literal of {n} bytes")));
                     }
-                    let n = n as usize;
+                    let n =
+                        usize::try_from(n).map_err(|_| bad("manifest delta literal too long"))?;
                     if rest.len() < head + n {
                         break;
                     }
@@ -442,6 +448,7 @@ impl<B: BufRead, W: Write> DeltaApplier<B, W> {
     }
 }
 
+#[cfg(any(test, feature = "net"))]
 /// A LEB128 value at the start of `b` and its length; None when incomplete.
 fn read_varint(b: &[u8]) -> io::Result<Option<(u64, usize)>> {
     let mut v = 0u64;
@@ -460,6 +467,7 @@ fn read_varint(b: &[u8]) -> io::Result<Option<(u64, usize)>> {
     Ok(None)
 }
 
+#[cfg(any(test, feature = "net"))]
 impl<B: BufRead, W: Write> Write for DeltaApplier<B, W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.pending.extend_from_slice(data);

@@ -1,7 +1,10 @@
-//! Progress events: what a round is doing, for a progress bar or a log.
+//! Progress reporting, for a progress bar or a log.
 //!
-//! The engine calls a [`ProgressSink`] from its worker threads; sinks must be
-//! cheap (they run in the data path) and thread-safe.
+//! - A sync round sends [`Progress`] events to a [`ProgressSink`].
+//! - An EBS snapshot push or pull counts blocks through [`BlockProgress`].
+//!
+//! Both are called from worker threads: they must be cheap (they run in the
+//! data path) and thread-safe. [`NoProgress`] drops everything, for either.
 
 use serde::{Deserialize, Serialize};
 
@@ -47,12 +50,28 @@ pub trait ProgressSink: Send + Sync {
     fn event(&self, ev: &Progress);
 }
 
-/// A sink that drops everything.
+/// Progress of an EBS snapshot push or pull, in blocks.
+pub trait BlockProgress: Sync {
+    /// A phase starts with this many blocks to go through.
+    fn begin(&self, phase: &str, total: u64);
+    /// `n` more blocks done.
+    fn advance(&self, n: u64);
+    /// The phase is over.
+    fn end(&self);
+}
+
+/// Progress that goes nowhere.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoProgress;
 
 impl ProgressSink for NoProgress {
     fn event(&self, _ev: &Progress) {}
+}
+
+impl BlockProgress for NoProgress {
+    fn begin(&self, _: &str, _: u64) {}
+    fn advance(&self, _: u64) {}
+    fn end(&self) {}
 }
 
 impl<F: Fn(&Progress) + Send + Sync> ProgressSink for F {

@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{Mode, OFlags};
@@ -14,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
 use crate::manifest::{ManifestId, Mode as MMode};
+use crate::read_full::read_full_at;
 use crate::safe_path::Root;
 use crate::scan::{self, Scan, ScanError, ScanOptions, ScanStats};
 
@@ -285,22 +285,14 @@ impl Sender {
     pub fn read_chunk(&mut self, w: &Want, buf: &mut Vec<u8>) -> Result<(), SourceError> {
         buf.resize(w.len as usize, 0);
         let f = self.file(w.entry)?;
-        let mut got = 0;
-        while got < buf.len() {
-            match f.read_at(&mut buf[got..], w.offset + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(source) => {
-                    let path = self.scan.paths.get(w.entry).unwrap_or(b"");
-                    return Err(SourceError::Read {
-                        path: String::from_utf8_lossy(path).into_owned(),
-                        offset: w.offset,
-                        source,
-                    });
-                }
+        let got = read_full_at(f, buf, w.offset).map_err(|source| {
+            let path = self.scan.paths.get(w.entry).unwrap_or(b"");
+            SourceError::Read {
+                path: String::from_utf8_lossy(path).into_owned(),
+                offset: w.offset,
+                source,
             }
-        }
+        })?;
         buf.truncate(got);
         Ok(())
     }

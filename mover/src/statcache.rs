@@ -85,11 +85,12 @@ impl StatRec {
 pub fn now_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
+        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
-/// The manifest root named in a stat cache's footer.
-pub fn footer_root(path: &Path) -> Option<ChunkId> {
+/// Opens a stat cache and reads its 40-byte footer (root, magic); also
+/// returns the file's length. None if missing or too short.
+fn open_with_footer(path: &Path) -> Option<(File, u64, [u8; 40])> {
     let mut f = File::open(path).ok()?;
     let len = f.metadata().ok()?.len();
     if len < 40 {
@@ -98,6 +99,12 @@ pub fn footer_root(path: &Path) -> Option<ChunkId> {
     f.seek(SeekFrom::Start(len - 40)).ok()?;
     let mut footer = [0u8; 40];
     f.read_exact(&mut footer).ok()?;
+    Some((f, len, footer))
+}
+
+/// The manifest root named in a stat cache's footer.
+pub fn footer_root(path: &Path) -> Option<ChunkId> {
+    let (_, _, footer) = open_with_footer(path)?;
     if footer[32..] != FOOTER_MAGIC {
         return None;
     }
@@ -186,14 +193,7 @@ impl StatReader {
     /// Opens `path` if it exists and belongs to the manifest `root`; `None`
     /// otherwise (a missing or foreign cache just means no reuse).
     pub fn open(path: &Path, root: &ChunkId) -> Option<StatReader> {
-        let mut f = File::open(path).ok()?;
-        let len = f.metadata().ok()?.len();
-        if len < 40 {
-            return None;
-        }
-        f.seek(SeekFrom::Start(len - 40)).ok()?;
-        let mut footer = [0u8; 40];
-        f.read_exact(&mut footer).ok()?;
+        let (mut f, len, footer) = open_with_footer(path)?;
         if footer[32..] != FOOTER_MAGIC || footer[..32] != root.0 {
             return None;
         }
@@ -237,7 +237,11 @@ impl StatReader {
                 break;
             }
         }
-        self.buf.resize(len as usize, 0);
+        let len = usize::try_from(len).map_err(|_| StatCacheError::Io {
+            path: self.path.clone(),
+            source: io::ErrorKind::InvalidData.into(),
+        })?;
+        self.buf.resize(len, 0);
         self.inp
             .read_exact(&mut self.buf)
             .map_err(|source| StatCacheError::Io {

@@ -8,9 +8,13 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::millis;
 use crate::fsmeta::Skip;
+use crate::preflight::{self, PreflightError};
 use crate::progress::{NoProgress, Phase, Progress, ProgressSink};
-use crate::receive::{self, ReceiveError, ReceiveOptions, Receiver, RoundStats, Verify};
+use crate::receive::{
+    self, Change, Preview, ReceiveError, ReceiveOptions, Receiver, RoundStats, Verify,
+};
 use crate::scan::{ScanError, ScanOptions, ScanStats};
 use crate::source::Sender;
 
@@ -35,6 +39,10 @@ pub struct SyncOptions {
     pub retries: u32,
     /// Bytes written between durability checkpoints.
     pub checkpoint_bytes: u64,
+    /// Accept a destination daffe has not synced to before that is not empty:
+    /// what the source lacks is deleted there (`daffe sync --delete`). Off by
+    /// default: see [`crate::preflight`].
+    pub allow_foreign: bool,
 }
 
 impl Default for SyncOptions {
@@ -47,6 +55,7 @@ impl Default for SyncOptions {
             progress: Arc::new(NoProgress),
             retries: 3,
             checkpoint_bytes: receive::CHECKPOINT_BYTES,
+            allow_foreign: false,
         }
     }
 }
@@ -59,6 +68,7 @@ impl std::fmt::Debug for SyncOptions {
             .field("verify", &self.verify)
             .field("threads", &self.threads)
             .field("retries", &self.retries)
+            .field("allow_foreign", &self.allow_foreign)
             .finish()
     }
 }
@@ -72,6 +82,8 @@ pub enum SyncError {
     Receive(#[from] ReceiveError),
     #[error("source and destination kinds differ (tree vs image)")]
     KindMismatch,
+    #[error("{0}")]
+    Preflight(#[from] PreflightError),
 }
 
 /// What a sync did.
@@ -145,9 +157,13 @@ impl SyncStats {
     }
 }
 
-/// Makes `dst` identical to `src`, sending only what `dst` lacks.
-pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncStats, SyncError> {
-    let t0 = Instant::now();
+/// The destination's state dir and the source's cache dir, once the kinds
+/// of `src` and `dst` are known to match.
+fn dirs(
+    src: &Source,
+    dst: &Destination,
+    opts: &SyncOptions,
+) -> Result<(PathBuf, PathBuf), SyncError> {
     if matches!(
         (src, dst),
         (Source::Tree(_), Destination::Image(_)) | (Source::Image(_), Destination::Tree(_))
@@ -158,10 +174,53 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         .state_dir
         .clone()
         .unwrap_or_else(|| receive::default_state_dir(dst.path()));
+    preflight::check(src, dst, &state, opts.allow_foreign)?;
     let cache = opts
         .cache_dir
         .clone()
         .unwrap_or_else(|| state.join("source-cache"));
+    Ok((state, cache))
+}
+
+/// What [`sync`] would do, without doing it (a dry run): the source is
+/// scanned first (a bad source fails before anything is created), then
+/// `each` sees every path the round would create, change or delete, and the
+/// totals are returned. Nothing in the destination tree is written; the
+/// destination directory and its state dir are created if missing (the
+/// state dir also holds the source's stat cache by default).
+pub fn preview(
+    src: &Source,
+    dst: &Destination,
+    opts: &SyncOptions,
+    each: &mut dyn FnMut(&Change),
+) -> Result<Preview, SyncError> {
+    let (state, cache) = dirs(src, dst, opts)?;
+    let label = source_label(src);
+    let mut sender = Sender::scan(
+        src,
+        &cache,
+        ScanOptions {
+            threads: opts.threads.max(1),
+            label,
+            progress: opts.progress.clone(),
+        },
+    )?;
+    let rx = Receiver::open(dst, &state)?;
+    Ok(rx.preview(&mut sender, each)?)
+}
+
+/// The manifest label of a source: its last path component.
+fn source_label(src: &Source) -> String {
+    src.path()
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Makes `dst` identical to `src`, sending only what `dst` lacks.
+pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncStats, SyncError> {
+    let t0 = Instant::now();
+    let (state, cache) = dirs(src, dst, opts)?;
     let mut rx = Receiver::open(dst, &state)?;
     let ropts = ReceiveOptions {
         verify: opts.verify,
@@ -173,11 +232,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         recovered: rx.recover(&ropts)?,
         ..SyncStats::default()
     };
-    let label = src
-        .path()
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let label = source_label(src);
     // Check the destination while the source scans: an unchanged round then
     // costs the longer of the two walks, not their sum, and a changed round
     // plans with this check instead of walking the destination again.
@@ -202,7 +257,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
                 progress: opts.progress.clone(),
             },
         )?;
-        stats.scan_ms += ts.elapsed().as_millis() as u64;
+        stats.scan_ms += millis(ts.elapsed());
         for s in sender.skipped() {
             stats.skipped.push(s.clone());
         }
@@ -226,6 +281,72 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
             Err(e) => return Err(e.into()),
         }
     }
-    stats.duration_ms = t0.elapsed().as_millis() as u64;
+    stats.duration_ms = millis(t0.elapsed());
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::receive::Action;
+    use std::path::Path;
+
+    fn write(p: &Path, bytes: usize, seed: u8) {
+        let data: Vec<u8> = (0..bytes)
+            .map(|i| u8::try_from(i % 256).unwrap().wrapping_mul(seed))
+            .collect();
+        std::fs::write(p, data).unwrap();
+    }
+
+    #[test]
+    fn preview_reports_what_a_round_would_do_and_changes_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(src.join("d")).unwrap();
+        write(&src.join("a"), 1000, 3);
+        write(&src.join("d/b"), 5000, 5);
+        let (s, d) = (Source::Tree(src.clone()), Destination::Tree(dst.clone()));
+        let opts = SyncOptions {
+            threads: 1,
+            ..SyncOptions::default()
+        };
+
+        // Into an empty destination: everything would be created.
+        let mut seen = Vec::new();
+        let p = preview(&s, &d, &opts, &mut |c| {
+            seen.push((c.action, c.display_path()))
+        })
+        .unwrap();
+        assert_eq!(p.created.entries, 3, "{seen:?}");
+        assert_eq!(p.created.bytes, 6000);
+        assert!(p.changed.entries == 1 && p.deleted.entries == 0, "{p:?}");
+        assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
+
+        sync(&s, &d, &opts).unwrap();
+        let unchanged = preview(&s, &d, &opts, &mut |_| {}).unwrap();
+        assert!(unchanged.is_empty(), "{unchanged:?}");
+
+        // Change one file, add one, remove one.
+        write(&src.join("d/b"), 7000, 7);
+        write(&src.join("c"), 300, 11);
+        std::fs::remove_file(src.join("a")).unwrap();
+        let mut seen = Vec::new();
+        let p = preview(&s, &d, &opts, &mut |c| {
+            seen.push((c.action, c.display_path()))
+        })
+        .unwrap();
+        assert!(seen.contains(&(Action::Delete, "a".into())), "{seen:?}");
+        assert!(seen.contains(&(Action::Create, "c".into())), "{seen:?}");
+        assert!(seen.contains(&(Action::Replace, "d/b".into())), "{seen:?}");
+        assert_eq!((p.created.entries, p.created.bytes), (1, 300));
+        assert_eq!((p.deleted.entries, p.deleted.bytes), (1, 1000));
+        assert_eq!(std::fs::read(dst.join("a")).unwrap().len(), 1000);
+        assert_eq!(std::fs::read(dst.join("d/b")).unwrap().len(), 5000);
+
+        // The round then does what the preview said.
+        let st = sync(&s, &d, &opts).unwrap();
+        assert_eq!(st.deleted, 1);
+        assert_eq!(st.files_staged, 2);
+        assert_eq!(std::fs::read(dst.join("d/b")).unwrap().len(), 7000);
+    }
 }

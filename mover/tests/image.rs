@@ -98,6 +98,18 @@ fn block_device_destination() {
     let result = std::panic::catch_unwind(|| {
         let mut o = opts(t.path());
         o.state_dir = Some(t.path().join("devstate"));
+        // A device daffe has not synced to before is overwritten only when
+        // the caller allows it (`daffe sync --delete`).
+        let refused = sync(
+            &Source::Image(src.clone()),
+            &Destination::Image(dev.clone().into()),
+            &o,
+        );
+        assert!(
+            matches!(refused, Err(mover::SyncError::Preflight(_))),
+            "{refused:?}"
+        );
+        o.allow_foreign = true;
         sync(
             &Source::Image(src.clone()),
             &Destination::Image(dev.clone().into()),

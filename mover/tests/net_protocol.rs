@@ -41,7 +41,7 @@ impl FakeSource {
                         .finalize_xof()
                         .fill(&mut c);
                 } else {
-                    c.fill(i as u8); // compressible
+                    c.fill(i.to_le_bytes()[0]); // compressible
                 }
                 c
             })
@@ -54,9 +54,9 @@ impl FakeSource {
             .iter()
             .enumerate()
             .map(|(i, c)| WireWant {
-                entry: i as u32,
+                entry: u32::try_from(i).unwrap(),
                 offset: 0,
-                len: c.len() as u32,
+                len: u32::try_from(c.len()).unwrap(),
                 id: *blake3::hash(c).as_bytes(),
             })
             .collect()
@@ -166,6 +166,10 @@ impl Drop for Setup {
     }
 }
 
+/// The agent's handshake deadline in these tests: shorter than its 5 s I/O
+/// timeout, so a connection cut at 2 s was cut by the deadline.
+const HANDSHAKE: Duration = Duration::from_secs(2);
+
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let a_files = identity::init(&dir.path().join("a"), "hosta").unwrap();
@@ -174,6 +178,7 @@ fn setup() -> Setup {
     let handler = Arc::new(MemHandler::default());
     let mut ep = Endpoint::new("hostb");
     ep.io_timeout = Duration::from_secs(5);
+    ep.handshake_timeout = HANDSHAKE;
     let agent = Arc::new(Agent::new(
         tls::server_config(&b_files).unwrap(),
         ep,
@@ -462,4 +467,92 @@ fn wire_counters_see_both_directions() {
     let mut peer = Peer::connect(&s.addr, &tls::client_config(&s.a_files).unwrap(), &ep).unwrap();
     peer.control(b"x").unwrap();
     assert!(counters.sent() > 0 && counters.received() > 0);
+}
+
+/// A TCP connection to `addr` from the loopback address `from`.
+fn tcp_from(from: [u8; 4], addr: &str) -> std::net::TcpStream {
+    let sock = rustix::net::socket(
+        rustix::net::AddressFamily::INET,
+        rustix::net::SocketType::STREAM,
+        None,
+    )
+    .unwrap();
+    let src = std::net::SocketAddr::from((from, 0));
+    rustix::net::bind(&sock, &src).unwrap();
+    let dst: std::net::SocketAddr = addr.parse().unwrap();
+    rustix::net::connect(&sock, &dst).unwrap();
+    std::net::TcpStream::from(sock)
+}
+
+/// How long until the agent closes `tcp` (reads see EOF or an error).
+fn time_to_close(mut tcp: std::net::TcpStream, limit: Duration) -> Duration {
+    use std::io::Read;
+    let t0 = std::time::Instant::now();
+    tcp.set_read_timeout(Some(limit)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => return t0.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// Hardening finding 1: connection slots were taken at accept, before TLS,
+/// with only a 60 s per-read timeout: 64 idle TCP connections locked every
+/// peer out, and a slowloris or a truncated ClientHello was held for minutes.
+#[test]
+fn finding_01_strangers_in_their_handshake_neither_lock_out_peers_nor_stay() {
+    let s = setup();
+    // 70 idle connections from another loopback address.
+    let idle: Vec<_> = (0..70).map(|_| tcp_from([127, 0, 0, 2], &s.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let cfg = tls::client_config(&s.a_files).unwrap();
+    let t0 = std::time::Instant::now();
+    let mut peer = Peer::connect(&s.addr, &cfg, &endpoint(true)).unwrap();
+    assert_eq!(peer.control(b"hi").unwrap(), b"hello hosta");
+    assert!(
+        t0.elapsed() < HANDSHAKE,
+        "the peer waited {:?}",
+        t0.elapsed()
+    );
+    peer.bye();
+    // Every idle one is cut at the handshake deadline, not the I/O timeout.
+    let limit = HANDSHAKE + Duration::from_secs(2);
+    for tcp in idle.into_iter().take(3) {
+        assert!(time_to_close(tcp, limit) < limit);
+    }
+    // A slowloris: one byte of a real ClientHello every 300 ms.
+    let hello = {
+        let mut c = rustls::ClientConnection::new(cfg.clone(), tls::agent_server_name()).unwrap();
+        let mut out = Vec::new();
+        c.write_tls(&mut out).unwrap();
+        out
+    };
+    let slow = tcp_from([127, 0, 0, 3], &s.addr);
+    let mut writer = slow.try_clone().unwrap();
+    let drip = std::thread::spawn(move || {
+        for b in hello.iter().take(40) {
+            if writer.write_all(std::slice::from_ref(b)).is_err() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    assert!(time_to_close(slow, limit) < limit, "slowloris still held");
+    drip.join().unwrap();
+    // A ClientHello cut in half, then silence.
+    let mut half = tcp_from([127, 0, 0, 4], &s.addr);
+    let hello = {
+        let mut c = rustls::ClientConnection::new(cfg, tls::agent_server_name()).unwrap();
+        let mut out = Vec::new();
+        c.write_tls(&mut out).unwrap();
+        out
+    };
+    half.write_all(&hello[..hello.len() / 2]).unwrap();
+    assert!(
+        time_to_close(half, limit) < limit,
+        "truncated hello still held"
+    );
+    assert_eq!(s.handler.calls.load(Ordering::SeqCst), 1);
 }

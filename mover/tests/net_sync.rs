@@ -22,10 +22,11 @@ use mover::net::identity::{self, NodeFiles};
 use mover::net::message::{RoundRequest, RoundSummary, TransferMode, WireError};
 use mover::net::netsource::NetSource;
 use mover::net::peer::Peer;
-use mover::net::rounds::{RetryPolicy, RoundPusher, receive_round};
+use mover::net::rounds::{RoundPushRetry, RoundPusher, receive_round};
 use mover::net::serve::{ChunkSink, ServeEvent};
 use mover::net::stream::Endpoint;
 use mover::net::tls;
+use mover::retry::RetryPolicy;
 use mover::source::SourceError;
 use mover::{ChunkId, ChunkSource, Destination, ReceiveOptions, Source, Want};
 
@@ -133,9 +134,12 @@ impl Net {
             cache_dir: self.dir.path().join("a-cache").join(target),
             target: target.into(),
             scan_threads: 2,
-            retry: RetryPolicy {
-                deadline: Duration::from_secs(20),
-                ..Default::default()
+            retry: RoundPushRetry {
+                reconnect: RetryPolicy {
+                    deadline: Some(Duration::from_secs(20)),
+                    ..RetryPolicy::RECONNECT
+                },
+                ..RoundPushRetry::default()
             },
         }
     }
@@ -366,12 +370,12 @@ impl Hostile {
             } else {
                 vec![ChunkRef {
                     offset: 0,
-                    len: bytes.len() as u32,
+                    len: u32::try_from(bytes.len()).unwrap(),
                     id: ChunkId(*blake3::hash(&bytes).as_bytes()),
                 }]
             };
             w.write_entry(&e, &chunks).unwrap();
-            data.insert((i as u32, 0), bytes);
+            data.insert((u32::try_from(i).unwrap(), 0), bytes);
         }
         let (manifest, trailer) = w.finish().unwrap();
         Hostile {

@@ -75,7 +75,7 @@ fn corpus(src: &Path) {
     for i in 0..2000u64 {
         std::fs::write(
             src.join(format!("many/f{i:05}")),
-            bytes(2000 + (i as usize % 7) * 1000, i),
+            bytes(2000 + usize::try_from(i % 7).unwrap() * 1000, i),
         )
         .unwrap();
     }

@@ -1,5 +1,5 @@
 //! The `daffe` binary: glue between clap and the subcommand modules in `daffe_plugin::cli`.
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use daffe_plugin::cli;
 
 /// daffe: Docker volumes with storage profiles (`NAME@PROFILE`), and a data mover
@@ -28,6 +28,12 @@ enum Command {
     Migrate(cli::migrate::MigrateArgs),
     /// Sync a local tree or image into DST (incremental, atomic, resumable).
     Sync(cli::sync::SyncArgs),
+    /// Write shell completions or man pages (run when packaging).
+    #[command(hide = true)]
+    Generate(cli::generate::GenerateArgs),
+    /// Follow the clients: observe where requests come from, advise where
+    /// to serve them, simulate a circadian day, forward the old address.
+    Placement(cli::placement::PlacementArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -39,5 +45,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent(a) => cli::agent::run(a),
         Command::Migrate(a) => cli::migrate::run(a),
         Command::Sync(a) => cli::sync::run(a),
+        Command::Generate(a) => cli::generate::run(a, Cli::command()),
+        Command::Placement(a) => cli::placement::run(a),
     }
 }

@@ -9,13 +9,22 @@
 //! - [`netns`]: two hosts as network namespaces on a shaped veth link, and a
 //!   Docker engine inside one of them.
 //! - [`hosts`]: two daffe hosts on that link (plugins, B's agent, `migrate`).
+//! - [`swarm`]: a three-manager Docker Swarm of namespaced nodes with an
+//!   etcd member each ([`etcd`]), failure tools, service helpers; shareable
+//!   by the tests of one binary.
+//! - [`postgres`]: PostgreSQL 15 + pgbench as a workload on any data
+//!   directory (also inside another host's namespaces), and the checks that
+//!   say a moved database is whole.
 
 pub mod docker;
+pub mod etcd;
 pub mod fault_proxy;
 pub mod hosts;
 pub mod moto;
 pub mod netns;
 pub mod plugin;
+pub mod postgres;
+pub mod swarm;
 
 /// A short unique token for names: pid + a per-process counter + clock bits,
 /// so parallel tests and parallel test binaries never collide.

@@ -16,7 +16,7 @@
 //!   fails the test (never skips it).
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -266,6 +266,15 @@ impl NsDockerd {
     /// The pid of the dockerd process (`sh` exec'd into it).
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(Child::id).unwrap_or(0)
+    }
+
+    /// Where to run commands inside this engine's network and mount
+    /// namespaces (e.g. a PostgreSQL on one of its plugin's volumes).
+    pub fn place(&self) -> crate::postgres::Place {
+        crate::postgres::Place::namespaces(
+            &self.netns,
+            Path::new(&format!("/proc/{}/ns/mnt", self.pid())),
+        )
     }
 
     /// A `docker -H` command for this engine.

@@ -1,10 +1,17 @@
 //! A `daffe serve` for one test: unique legacy plugin name
-//! (`/run/docker/plugins/daffe-t<unique>.sock`), its own data root and
-//! control socket in a temporary directory. Dropping it removes the test's
-//! containers and volumes (while the plugin still answers), stops the daemon,
-//! unmounts what is left and deletes the directory.
+//! (`daffe-t<unique>.sock`), its own data root and control socket in a
+//! temporary directory, and a Docker engine of its own (or one the test
+//! brings, [`Plugin::start_for`]), never the host's. Dropping it, also when
+//! the test panics, removes the test's containers and volumes (while the
+//! plugin still answers), stops the daemon, unmounts what is left, deletes
+//! the directory and stops its engine.
+//!
+//! Why never the host's engine: dockerd keeps every legacy plugin it ever
+//! used until it restarts, and asks each about every volume it does not
+//! know, retrying a vanished socket for seconds. A dozen finished test
+//! plugins made `docker volume ls` on the host take 15 s.
 
-use crate::docker::Docker;
+use crate::docker::{Docker, PrivateDockerd};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -38,15 +45,20 @@ pub struct Plugin {
     config: Option<PathBuf>,
     /// Extra environment for `daffe serve` (e.g. AWS credentials for moto).
     envs: Vec<(&'static str, String)>,
+    /// The engine this plugin started for itself; stopped after the plugin
+    /// (fields drop after `Drop::drop` has cleaned up).
+    engine: Option<PrivateDockerd>,
 }
 
 impl Plugin {
+    /// A plugin with the built-in profiles, on an engine of its own.
     pub fn start() -> Self {
-        Self::start_with(Docker::default(), None)
+        Self::start_with_env(None, Vec::new())
     }
 
-    /// Starts a plugin for a private engine (see [`crate::docker::PrivateDockerd`]).
-    pub fn start_for(engine: &crate::docker::PrivateDockerd, config: Option<&str>) -> Self {
+    /// Starts a plugin for a private engine the test owns (see
+    /// [`crate::docker::PrivateDockerd`]), e.g. to restart that engine.
+    pub fn start_for(engine: &PrivateDockerd, config: Option<&str>) -> Self {
         let mut p = Self::start_in(
             engine.docker(),
             engine.plugins_dir(),
@@ -59,28 +71,23 @@ impl Plugin {
     }
 
     /// Starts with a config file whose text is `config` (sockets and data root
-    /// still come from the flags).
+    /// still come from the flags), on an engine of its own.
     pub fn start_with_config(config: &str) -> Self {
-        Self::start_with(Docker::default(), Some(config))
+        Self::start_with_env(Some(config), Vec::new())
     }
 
-    pub fn start_with(docker: Docker, config: Option<&str>) -> Self {
-        Self::start_with_env(docker, config, Vec::new())
-    }
-
-    /// Like [`Plugin::start_with`], with extra environment for the daemon.
-    pub fn start_with_env(
-        docker: Docker,
-        config: Option<&str>,
-        envs: Vec<(&'static str, String)>,
-    ) -> Self {
+    /// Like [`Plugin::start_with_config`], with extra environment for the
+    /// daemon (e.g. AWS credentials for moto).
+    pub fn start_with_env(config: Option<&str>, envs: Vec<(&'static str, String)>) -> Self {
+        let engine = PrivateDockerd::start();
         let mut p = Self::start_in(
-            docker,
-            PathBuf::from("/run/docker/plugins"),
+            engine.docker(),
+            engine.plugins_dir(),
             config,
-            None,
+            Some(engine.shared_dir()),
             envs,
         );
+        p.engine = Some(engine);
         p.wait_ready();
         p
     }
@@ -116,6 +123,7 @@ impl Plugin {
             child: None,
             config,
             envs,
+            engine: None,
         };
         p.spawn_only();
         p

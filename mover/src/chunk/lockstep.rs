@@ -410,11 +410,15 @@ pub(super) mod tests {
             x
         };
         for _ in 0..len / 50_000 {
-            let at = next() as usize % len;
-            let run = (next() as usize % 80_000).min(len - at);
+            let at = usize::try_from(next() % len as u64).unwrap();
+            let run = usize::try_from(next() % 80_000).unwrap().min(len - at);
             let fill = next();
             for (i, b) in data[at..at + run].iter_mut().enumerate() {
-                *b = if fill % 2 == 0 { 0 } else { (i % 7) as u8 };
+                *b = if fill % 2 == 0 {
+                    0
+                } else {
+                    u8::try_from(i % 7).unwrap()
+                };
             }
         }
         data
@@ -435,7 +439,7 @@ pub(super) mod tests {
             c,
             region(a, at_end_a),
             region(b, at_end_b),
-            &|o, d: &[u8]| (o as usize, d.len()),
+            &|o, d: &[u8]| (usize::try_from(o).unwrap(), d.len()),
         )
     }
 
@@ -519,7 +523,7 @@ pub(super) mod tests {
         fn lanes_match_fastcdc(sizes in sizes(), len_a in 0usize..300_000, len_b in 0usize..300_000,
                                seed in any::<u64>(), at_end_a in any::<bool>(), at_end_b in any::<bool>()) {
             let (min, avg, max) = sizes;
-            let c = Chunker::new(min as u32, avg as u32, max as u32).unwrap();
+            let c = Chunker::new(u32::try_from(min).unwrap(), u32::try_from(avg).unwrap(), u32::try_from(max).unwrap()).unwrap();
             let a = mixed_input(len_a, seed);
             let b = mixed_input(len_b, seed ^ 0x5555);
             let [got_a, got_b] = cuts2(&c, (&a, at_end_a), (&b, at_end_b));

@@ -7,9 +7,9 @@
 //! replaces is still timing out waits for it, then resumes from what the
 //! first one stored durably.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -22,9 +22,18 @@ use super::message::{ErrorCode, Message, RoundRequest, RoundSummary, WireError};
 use super::netsource::NetSource;
 use super::stream::{self, BoxStream, Endpoint};
 
-/// Connections served at once. Migrations are few; the bound keeps a flood of
-/// (even authenticated) connections from exhausting threads.
+/// Authenticated connections served at once. Migrations are few; the bound
+/// keeps a flood of (even authenticated) connections from exhausting threads.
+/// A slot is taken only after the TLS handshake and `Hello`: idle or
+/// half-open connections from strangers never hold one.
 const MAX_CONNECTIONS: usize = 64;
+/// Connections still in their handshake, from everyone together. Each is a
+/// thread for at most the handshake deadline (see `Endpoint`).
+const MAX_PREAUTH: usize = 64;
+/// Connections still in their handshake from one source address: a peer
+/// needs one or two (a dial and a retry); a flood from one address must not
+/// take everyone's pre-auth room.
+const MAX_PREAUTH_PER_ADDR: usize = 8;
 /// How often the accept loop looks at the shutdown flag.
 const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
@@ -89,13 +98,75 @@ impl TargetLocks {
     }
 }
 
+/// Connections counted by phase: in their handshake (per source address and
+/// in all), and authenticated.
+#[derive(Debug, Default)]
+struct Slots {
+    preauth: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    active: AtomicUsize,
+}
+
+/// Releases a pre-auth place on drop (also when the thread panics).
+struct PreauthGuard {
+    slots: Arc<Slots>,
+    ip: IpAddr,
+}
+
+impl Drop for PreauthGuard {
+    fn drop(&mut self) {
+        let mut g = self.slots.preauth.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.1.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Releases an authenticated slot on drop (also when the handler panics).
+struct ActiveGuard(Arc<Slots>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Slots {
+    /// A pre-auth place for a connection from `ip`, if there is room.
+    fn preauth(self: &Arc<Self>, ip: IpAddr) -> Option<PreauthGuard> {
+        let mut g = self.preauth.lock().unwrap_or_else(|p| p.into_inner());
+        let from_ip = g.1.get(&ip).copied().unwrap_or(0);
+        if g.0 >= MAX_PREAUTH || from_ip >= MAX_PREAUTH_PER_ADDR {
+            return None;
+        }
+        g.0 += 1;
+        *g.1.entry(ip).or_default() += 1;
+        Some(PreauthGuard {
+            slots: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// An authenticated slot, if there is room.
+    fn active(self: &Arc<Self>) -> Option<ActiveGuard> {
+        if self.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(ActiveGuard(Arc::clone(self)))
+    }
+}
+
 /// An agent: TLS config, endpoint options, handler.
 pub struct Agent {
     tls: Arc<ServerConfig>,
     ep: Endpoint,
     handler: Arc<dyn RoundHandler>,
     locks: TargetLocks,
-    active: AtomicUsize,
+    slots: Arc<Slots>,
     /// How long a round waits for an earlier round on the same target: a bit
     /// more than the socket timeout, after which the earlier one has failed.
     busy_wait: Duration,
@@ -115,7 +186,7 @@ impl Agent {
             ep,
             handler,
             locks: TargetLocks::default(),
-            active: AtomicUsize::new(0),
+            slots: Arc::default(),
             busy_wait,
         }
     }
@@ -127,18 +198,14 @@ impl Agent {
             match listener.accept() {
                 Ok((tcp, addr)) => {
                     tcp.set_nonblocking(false)?;
-                    if self.active.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
-                        self.active.fetch_sub(1, Ordering::SeqCst);
-                        tracing::warn!(%addr, "too many peer connections; dropping one");
+                    let Some(preauth) = self.slots.preauth(addr.ip()) else {
+                        tracing::warn!(%addr, "too many connections in their handshake; dropping one");
                         continue;
-                    }
+                    };
                     let me = Arc::clone(self);
                     std::thread::Builder::new()
                         .name(format!("agent-{addr}"))
-                        .spawn(move || {
-                            me.connection(tcp, addr);
-                            me.active.fetch_sub(1, Ordering::SeqCst);
-                        })?;
+                        .spawn(move || me.connection(tcp, addr, preauth))?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(ACCEPT_POLL),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -151,14 +218,26 @@ impl Agent {
         Ok(())
     }
 
-    fn connection(&self, tcp: std::net::TcpStream, addr: SocketAddr) {
-        let mut conn = match stream::accept(tcp, &self.tls, &self.ep) {
+    /// Serves one connection. `preauth` holds its place among connections
+    /// in their handshake until the peer has authenticated (or failed to).
+    fn connection(&self, tcp: std::net::TcpStream, addr: SocketAddr, preauth: PreauthGuard) {
+        let accepted = stream::accept(tcp, &self.tls, &self.ep);
+        drop(preauth);
+        let mut conn = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Unauthenticated or not a daffe peer: it got nothing from us.
                 tracing::warn!(%addr, error = %e, "peer refused");
                 return;
             }
+        };
+        let Some(_slot) = self.slots.active() else {
+            tracing::warn!(%addr, "too many peer connections; refusing one");
+            conn.send_error(
+                ErrorCode::Busy,
+                "too many peer connections; try again later",
+            );
+            return;
         };
         let peer = PeerInfo {
             node: conn.peer().node.clone(),

@@ -1,21 +1,24 @@
-//! Bandwidth limit: one token bucket per process, shared by every stream
-//! (FIELD-NOTES: per-stream limits add up past the operator's cap), and a
-//! stream wrapper that charges it for every byte read or written on the socket.
+//! Bandwidth limit: one rate limiter per process charged in bytes, shared by
+//! every stream (per-stream limits add up past the operator's cap: two
+//! streams at "10 MB/s" each move 20), and a stream wrapper that charges it
+//! for every byte read or written on the socket. Also `--bwlimit` parsing.
 //!
-//! The wrapper sits *under* TLS, so it limits and counts real wire bytes. The
-//! clock is a trait so the bucket's arithmetic is tested without sleeping.
+//! The wrapper sits *under* TLS, so it limits and counts real wire bytes.
 
 use std::io::{self, Read, Write};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::rate::RateLimiter;
 
 /// The bucket holds at most this much time's worth of tokens: short enough that
 /// a paused stream cannot burst far past the limit (a `tc tbf` queue drops what
 /// overflows), long enough that a 16 KiB TLS record never waits on rounding.
 const BURST: Duration = Duration::from_millis(100);
 /// Lower bound of the burst, so a tiny limit still passes one TLS record.
-const MIN_BURST_BYTES: f64 = 16.0 * 1024.0;
+const MIN_BURST_BYTES: u64 = 16 * 1024;
 
 /// Errors parsing a `--bwlimit` value.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +33,11 @@ pub enum RateError {
 }
 
 /// Parses a rate in bytes per second: `1048576`, `512K`, `1.5M`, `1G`, `100mbit`.
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the rate is finite, >= 1 (checked) and far below 2^53"
+)]
 pub fn parse_rate(s: &str) -> Result<u64, RateError> {
     let t = s.trim().to_ascii_lowercase();
     let t = t.strip_suffix("/s").unwrap_or(&t);
@@ -52,99 +60,21 @@ pub fn parse_rate(s: &str) -> Result<u64, RateError> {
     if !rate.is_finite() || rate < 1.0 {
         return Err(RateError::Zero(s.to_string()));
     }
-    // Rates are far below 2^53 bytes/s; the float is exact enough.
     Ok(rate as u64)
 }
 
-/// Time source of the bucket.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> Instant;
-    fn sleep(&self, d: Duration);
+/// The process's bandwidth limit: the crate's rate limiter charged in bytes,
+/// with a burst of [`BURST`] worth of bytes (at least one TLS record).
+pub fn bandwidth_limiter(bytes_per_sec: u64) -> RateLimiter {
+    bandwidth_limiter_on(bytes_per_sec, Arc::new(SystemClock))
 }
 
-/// The real clock.
-#[derive(Debug, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> Instant {
-        Instant::now()
-    }
-    fn sleep(&self, d: Duration) {
-        std::thread::sleep(d);
-    }
-}
-
-struct State {
-    /// May go negative: a taker that overdraws sleeps off its own debt, so
-    /// concurrent streams queue behind each other and the sum stays at the rate.
-    tokens: f64,
-    last: Instant,
-}
-
-/// A token bucket shared by all streams of a process.
-pub struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    clock: Arc<dyn Clock>,
-    state: Mutex<State>,
-}
-
-impl std::fmt::Debug for TokenBucket {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenBucket")
-            .field("rate", &self.rate)
-            .field("burst", &self.burst)
-            .finish()
-    }
-}
-
-impl TokenBucket {
-    /// A bucket of `bytes_per_sec`, starting full.
-    pub fn new(bytes_per_sec: u64) -> Self {
-        Self::with_clock(bytes_per_sec, Arc::new(SystemClock))
-    }
-
-    pub fn with_clock(bytes_per_sec: u64, clock: Arc<dyn Clock>) -> Self {
-        let rate = bytes_per_sec.max(1) as f64;
-        let burst = (rate * BURST.as_secs_f64()).max(MIN_BURST_BYTES);
-        let last = clock.now();
-        TokenBucket {
-            rate,
-            burst,
-            clock,
-            state: Mutex::new(State {
-                tokens: burst,
-                last,
-            }),
-        }
-    }
-
-    pub fn rate(&self) -> u64 {
-        self.rate as u64
-    }
-
-    /// Charges `n` bytes; sleeps as long as the bucket is in debt.
-    pub fn take(&self, n: usize) {
-        let wait = {
-            // A poisoned lock only means another thread panicked mid-update of
-            // two floats; the values are still usable.
-            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let now = self.clock.now();
-            let elapsed = now.saturating_duration_since(st.last).as_secs_f64();
-            st.last = now;
-            st.tokens = (st.tokens + elapsed * self.rate).min(self.burst);
-            st.tokens -= n as f64;
-            if st.tokens < 0.0 {
-                Duration::from_secs_f64(-st.tokens / self.rate)
-            } else {
-                Duration::ZERO
-            }
-        };
-        if !wait.is_zero() {
-            self.clock.sleep(wait);
-        }
-    }
+fn bandwidth_limiter_on(bytes_per_sec: u64, clock: Arc<dyn Clock>) -> RateLimiter {
+    let rate = bytes_per_sec.max(1);
+    let burst = u64::try_from(u128::from(rate) * BURST.as_millis() / 1000)
+        .unwrap_or(u64::MAX)
+        .max(MIN_BURST_BYTES);
+    RateLimiter::with_clock(rate, burst, clock)
 }
 
 /// Bytes that crossed the socket, both ways (TLS overhead included).
@@ -167,12 +97,12 @@ impl WireCounters {
 #[derive(Debug)]
 pub struct Throttled<S> {
     inner: S,
-    bucket: Option<Arc<TokenBucket>>,
+    bucket: Option<Arc<RateLimiter>>,
     counters: Arc<WireCounters>,
 }
 
 impl<S> Throttled<S> {
-    pub fn new(inner: S, bucket: Option<Arc<TokenBucket>>, counters: Arc<WireCounters>) -> Self {
+    pub fn new(inner: S, bucket: Option<Arc<RateLimiter>>, counters: Arc<WireCounters>) -> Self {
         Throttled {
             inner,
             bucket,
@@ -183,6 +113,12 @@ impl<S> Throttled<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    /// Starts (or stops) charging the bucket: an acceptor charges nothing
+    /// until the peer has authenticated.
+    pub fn set_bucket(&mut self, bucket: Option<Arc<RateLimiter>>) {
+        self.bucket = bucket;
+    }
 }
 
 impl<S: Read> Read for Throttled<S> {
@@ -192,7 +128,7 @@ impl<S: Read> Read for Throttled<S> {
             .received
             .fetch_add(n as u64, Ordering::Relaxed);
         if let Some(b) = &self.bucket {
-            b.take(n);
+            b.take(n as u64);
         }
         Ok(n)
     }
@@ -203,7 +139,7 @@ impl<S: Write> Write for Throttled<S> {
         let n = self.inner.write(buf)?;
         self.counters.sent.fetch_add(n as u64, Ordering::Relaxed);
         if let Some(b) = &self.bucket {
-            b.take(n);
+            b.take(n as u64);
         }
         Ok(n)
     }
@@ -215,27 +151,7 @@ impl<S: Write> Write for Throttled<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A clock that only moves when someone sleeps, and records the sleeps.
-    #[derive(Default)]
-    struct FakeClock {
-        t: Mutex<(Option<Instant>, Duration)>,
-    }
-
-    impl Clock for FakeClock {
-        fn now(&self) -> Instant {
-            let mut g = self.t.lock().unwrap();
-            let base = *g.0.get_or_insert_with(Instant::now);
-            base + g.1
-        }
-        fn sleep(&self, d: Duration) {
-            self.t.lock().unwrap().1 += d;
-        }
-    }
-
-    fn elapsed(c: &FakeClock) -> Duration {
-        c.t.lock().unwrap().1
-    }
+    use crate::clock::ManualClock;
 
     #[test]
     fn parse_rate_table() {
@@ -258,21 +174,24 @@ mod tests {
     }
 
     #[test]
-    fn bucket_delivers_the_rate_after_the_burst() {
-        let clock = Arc::new(FakeClock::default());
-        let b = TokenBucket::with_clock(1_000_000, clock.clone());
-        // 100 ms of burst is free, then 10 MB at 1 MB/s takes 10 s minus the burst.
-        for _ in 0..1000 {
-            b.take(10_000);
-        }
-        let t = elapsed(&clock).as_secs_f64();
-        assert!((t - 9.9).abs() < 0.01, "took {t} s");
+    fn the_burst_is_100_ms_and_at_least_one_tls_record() {
+        let clock = Arc::new(ManualClock::default());
+        // 1 MB/s: 100 kB go at once, the next byte waits.
+        let lim = bandwidth_limiter_on(1_000_000, clock.clone());
+        lim.take(100_000);
+        assert!(clock.sleeps().is_empty());
+        lim.take(1000);
+        assert_eq!(clock.sleeps(), [Duration::from_millis(1)]);
+        // 1 kB/s: a 16 KiB record still goes at once.
+        let lim = bandwidth_limiter_on(1000, clock.clone());
+        lim.take(16 * 1024);
+        assert_eq!(clock.sleeps().len(), 1);
     }
 
     #[test]
-    fn one_bucket_is_shared_by_all_streams() {
-        let clock = Arc::new(FakeClock::default());
-        let b = Arc::new(TokenBucket::with_clock(1_000_000, clock.clone()));
+    fn one_limiter_is_shared_by_all_streams() {
+        let clock = Arc::new(ManualClock::default());
+        let b = Arc::new(bandwidth_limiter_on(1_000_000, clock.clone()));
         let counters = Arc::new(WireCounters::default());
         let mut s1 = Throttled::new(Vec::new(), Some(b.clone()), counters.clone());
         let mut s2 = Throttled::new(Vec::new(), Some(b.clone()), counters.clone());
@@ -280,33 +199,21 @@ mod tests {
             s1.write_all(&[0u8; 10_000]).unwrap();
             s2.write_all(&[0u8; 10_000]).unwrap();
         }
-        // 2 MB through one 1 MB/s bucket: ~2 s, not ~1 s as two buckets would give.
-        let t = elapsed(&clock).as_secs_f64();
+        // 2 MB through one 1 MB/s limiter: ~2 s, not ~1 s as two would give.
+        let t = clock.elapsed().as_secs_f64();
         assert!((t - 1.9).abs() < 0.01, "took {t} s");
         assert_eq!(counters.sent(), 2_000_000);
     }
 
     #[test]
-    fn idle_time_refills_only_up_to_the_burst() {
-        let clock = Arc::new(FakeClock::default());
-        let b = TokenBucket::with_clock(1_000_000, clock.clone());
-        clock.sleep(Duration::from_secs(60));
-        let before = elapsed(&clock);
-        b.take(1_100_000);
-        // A minute idle buys 100 ms of burst, not 60 s: 1.1 MB still waits 1 s.
-        let waited = (elapsed(&clock) - before).as_secs_f64();
-        assert!((waited - 1.0).abs() < 0.01, "waited {waited} s");
-    }
-
-    #[test]
     fn reads_are_counted_and_charged() {
-        let clock = Arc::new(FakeClock::default());
-        let b = Arc::new(TokenBucket::with_clock(100_000, clock.clone()));
+        let clock = Arc::new(ManualClock::default());
+        let b = Arc::new(bandwidth_limiter_on(100_000, clock.clone()));
         let counters = Arc::new(WireCounters::default());
         let mut r = Throttled::new(&[1u8; 300_000][..], Some(b), counters.clone());
         let mut sink = Vec::new();
         r.read_to_end(&mut sink).unwrap();
         assert_eq!(counters.received(), 300_000);
-        assert!(elapsed(&clock).as_secs_f64() > 2.5);
+        assert!(clock.elapsed().as_secs_f64() > 2.5);
     }
 }

@@ -136,7 +136,8 @@ mod tests {
         let wire = wire.to_vec();
         let mut rx = ChunkCodec::new(true);
         let mut out = Vec::new();
-        rx.decode(codec, &wire, raw.len() as u32, &mut out).unwrap();
+        rx.decode(codec, &wire, u32::try_from(raw.len()).unwrap(), &mut out)
+            .unwrap();
         assert_eq!(out, raw);
     }
 

@@ -156,6 +156,19 @@ impl<S: Read + Write> Conn<S> {
         self.codec.enabled()
     }
 
+    /// The same connection over `f(stream)` (e.g. boxed, once the handshake
+    /// is done on the concrete stream).
+    pub fn map_stream<T>(self, f: impl FnOnce(S) -> T) -> Conn<T> {
+        Conn {
+            stream: f(self.stream),
+            rbuf: self.rbuf,
+            head: self.head,
+            scratch: self.scratch,
+            peer: self.peer,
+            codec: self.codec,
+        }
+    }
+
     pub fn send(&mut self, m: &Message) -> Result<(), ConnError> {
         let (k, payload) = m.encode(&mut self.head)?;
         match payload {

@@ -42,9 +42,12 @@ pub fn write_frame<W: Write>(
             max: MAX_FRAME,
         });
     }
+    let wire_len = u32::try_from(len).map_err(|_| FrameError::TooLarge {
+        len,
+        max: MAX_FRAME,
+    })?;
     scratch.clear();
-    // len <= MAX_FRAME < u32::MAX, checked above.
-    scratch.extend_from_slice(&(len as u32).to_le_bytes());
+    scratch.extend_from_slice(&wire_len.to_le_bytes());
     scratch.push(kind);
     for part in body {
         scratch.extend_from_slice(part);

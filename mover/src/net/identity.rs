@@ -87,7 +87,7 @@ fn set_validity(p: &mut CertificateParams, years: i32) {
         .unwrap_or(0);
     // Calendar precision is not needed: start a year back (clock skew between
     // hosts), end `years` ahead.
-    let year = 1970 + (secs / 31_556_952) as i32;
+    let year = 1970 + i32::try_from(secs / 31_556_952).unwrap_or(0);
     p.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
     p.not_after = rcgen::date_time_ymd(year + years, 1, 1);
 }

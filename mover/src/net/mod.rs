@@ -6,29 +6,33 @@
 //! - `compress`: optional zstd per chunk, bounded decompression.
 //! - `patch`: a chunk sent as the 4 KiB blocks that differ from the receiver's
 //!   previous version of the same range.
-//! - `bwlimit`: one token bucket per process, charged by every socket.
+//! - `bwlimit`: one rate limiter per process (`crate::rate`), charged in
+//!   bytes by every socket; `--bwlimit` parsing.
 //! - `identity`: the cluster CA and node certificates (rcgen).
 //! - `tls`: rustls mutual-TLS configurations.
 //! - `conn`: a connection: `Hello` exchange, send/receive messages and chunks.
 //! - `stream`: TCP + bandwidth limit + TLS, dial and accept.
-//! - `serve`: the sending side of a round (answers from a `RoundSource`).
+//! - `serve`: the sending side of a round (answers from a `ChunkSource`).
 //! - `netsource`: the receiving side's view of the remote source.
 //! - `peer`: the dialer (`daffe migrate`); `agent`: the acceptor (`daffe agent`).
 //! - `rounds`: one round end to end: receive into a destination; scan and
-//!   push with retries (resume after a cut link, rescan after a stale scan).
+//!   push with retries (resume after a cut link, on `crate::retry`'s
+//!   reconnect policy; rescan after a stale scan).
+//!
+//! Behind the mover feature `net` (rustls, rcgen, zstd).
 //!
 //! The dialer is the *source* of a volume; the acceptor (the agent) receives
 //! and drives each round (receiver-driven, as in `DESIGN.md`).
 
 pub mod agent;
 pub mod bwlimit;
-pub mod compress;
+pub(crate) mod compress;
 pub mod conn;
-pub mod frame;
+pub(crate) mod frame;
 pub mod identity;
 pub mod message;
 pub mod netsource;
-pub mod patch;
+pub(crate) mod patch;
 pub mod peer;
 pub mod rounds;
 pub mod serve;

@@ -352,7 +352,9 @@ impl<'c> NetSource<'c> {
                     let mut buf = std::mem::take(&mut self.buf);
                     let r = match old {
                         Some(old) => {
-                            let limit = patch::max_len(want.offset, want.len as usize) as u32;
+                            let limit =
+                                u32::try_from(patch::max_len(want.offset, want.len as usize))
+                                    .unwrap_or(u32::MAX);
                             self.conn
                                 .decode_chunk(header.codec, &data, limit, &mut pbuf)
                                 .map(|()| {
@@ -456,7 +458,7 @@ mod tests {
         WireWant {
             entry: 0,
             offset: 0,
-            len: data.len() as u32,
+            len: u32::try_from(data.len()).unwrap(),
             id: ChunkId::of(data).0,
         }
     }

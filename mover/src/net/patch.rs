@@ -46,6 +46,7 @@ fn sum(block: &[u8]) -> BlockSum {
 
 /// The blocks of `len` bytes at file offset `offset`, as ranges of the chunk.
 fn spans(offset: u64, len: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+    #[allow(clippy::cast_possible_truncation, reason = "a remainder below BLOCK")]
     let head = (BLOCK - (offset % BLOCK as u64) as usize) % BLOCK;
     let mut at = 0;
     std::iter::from_fn(move || {
@@ -147,7 +148,7 @@ mod tests {
         let old = data(5 * BLOCK + 100, 1);
         let mut new = old.clone();
         // File page 5 (aligned) rewritten: chunk bytes from 2 pages in.
-        let page = 5 * BLOCK - (at as usize);
+        let page = 5 * BLOCK - usize::try_from(at).unwrap();
         new[page..page + BLOCK].copy_from_slice(&data(BLOCK, 2));
         let mut p = Vec::new();
         assert!(encode(&new, at, &block_sums(&old, at), &mut p));

@@ -16,7 +16,9 @@ use super::netsource::NetSource;
 use super::peer::Peer;
 use super::serve::{ServeError, ServeEvent};
 use super::stream::{Endpoint, StreamError};
+use crate::clock::{Clock, SystemClock, millis};
 use crate::receive::{Destination, ReceiveError, ReceiveOptions, Receiver, RoundStats};
+use crate::retry::{Attempts, ErrorKind, RetryPolicy};
 use crate::scan::{ScanError, ScanOptions, ScanStats};
 use crate::source::{Sender, Source, SourceError};
 
@@ -48,7 +50,7 @@ pub fn summary(s: &RoundStats, took: Duration) -> RoundSummary {
         bytes_written: s.bytes_written,
         stale: 0,
         root,
-        duration_ms: took.as_millis() as u64,
+        duration_ms: millis(took),
     }
 }
 
@@ -79,26 +81,19 @@ pub fn wire_error(e: ReceiveError) -> WireError {
     }
 }
 
-/// Retry policy of the dialer.
+/// How the dialer retries a round.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
-    /// Give up on a round after this long without success.
-    pub deadline: Duration,
-    /// First pause between attempts; doubles up to `max_backoff`.
-    pub backoff: Duration,
-    pub max_backoff: Duration,
+pub struct RoundPushRetry {
+    /// Reconnecting after a cut link or a restarted agent.
+    pub reconnect: RetryPolicy,
     /// Rescans allowed when the source changes under a scan.
     pub stale_rescans: u32,
 }
 
-impl Default for RetryPolicy {
-    /// Five minutes: a link flap or an agent restart is over well before; a
-    /// host that is gone for longer needs the operator, not a loop.
+impl Default for RoundPushRetry {
     fn default() -> Self {
-        RetryPolicy {
-            deadline: Duration::from_secs(300),
-            backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(5),
+        RoundPushRetry {
+            reconnect: RetryPolicy::RECONNECT,
             stale_rescans: 3,
         }
     }
@@ -106,7 +101,7 @@ impl Default for RetryPolicy {
 
 /// Errors pushing a round.
 #[derive(Debug, thiserror::Error)]
-pub enum PushError {
+pub enum RoundPushError {
     #[error("scanning {path}: {source}")]
     Scan { path: String, source: ScanError },
     #[error("connecting: {0}")]
@@ -125,17 +120,17 @@ pub enum PushError {
     },
 }
 
-impl PushError {
+impl RoundPushError {
     /// The source changed under every scan: fine for a pre-copy round (the
     /// next one or the final round catches up), fatal for a final round.
     pub fn is_stale(&self) -> bool {
-        matches!(self, PushError::StillStale { .. })
+        matches!(self, RoundPushError::StillStale { .. })
     }
 }
 
 /// What one pushed round did.
 #[derive(Debug, Clone, Default)]
-pub struct PushReport {
+pub struct RoundPushReport {
     pub summary: RoundSummary,
     pub scan: ScanStats,
     pub scan_time: Duration,
@@ -158,7 +153,7 @@ pub struct RoundPusher {
     pub cache_dir: PathBuf,
     pub target: String,
     pub scan_threads: usize,
-    pub retry: RetryPolicy,
+    pub retry: RoundPushRetry,
 }
 
 impl std::fmt::Debug for RoundPusher {
@@ -172,7 +167,7 @@ impl std::fmt::Debug for RoundPusher {
 }
 
 impl RoundPusher {
-    fn scan(&self) -> Result<(Sender, Duration), PushError> {
+    fn scan(&self) -> Result<(Sender, Duration), RoundPushError> {
         let t = Instant::now();
         let s = Sender::scan(
             &self.source,
@@ -183,7 +178,7 @@ impl RoundPusher {
                 progress: Arc::new(crate::progress::NoProgress),
             },
         )
-        .map_err(|source| PushError::Scan {
+        .map_err(|source| RoundPushError::Scan {
             path: self.source.path().display().to_string(),
             source,
         })?;
@@ -191,19 +186,19 @@ impl RoundPusher {
     }
 
     /// Connects (retrying while the policy allows).
-    pub fn connect(&self) -> Result<Peer, PushError> {
-        let start = Instant::now();
-        let mut pause = self.retry.backoff;
+    pub fn connect(&self) -> Result<Peer, RoundPushError> {
+        let clock = SystemClock;
+        let mut attempts = Attempts::new(self.retry.reconnect, &clock, None);
         loop {
-            match Peer::connect(&self.addr, &self.tls, &self.ep) {
+            let e = match Peer::connect(&self.addr, &self.tls, &self.ep) {
                 Ok(p) => return Ok(p),
-                Err(e) if e.retryable() && start.elapsed() < self.retry.deadline => {
-                    tracing::info!(addr = %self.addr, error = %e, "agent unreachable; retrying");
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(self.retry.max_backoff);
-                }
-                Err(e) => return Err(e.into()),
-            }
+                Err(e) => e,
+            };
+            let Some(pause) = attempts.failed(retry_kind(e.retryable())) else {
+                return Err(e.into());
+            };
+            tracing::info!(addr = %self.addr, error = %e, "agent unreachable; retrying");
+            clock.sleep(pause);
         }
     }
 
@@ -214,7 +209,7 @@ impl RoundPusher {
         round: u32,
         final_round: bool,
         progress: &mut dyn FnMut(ServeEvent),
-    ) -> Result<PushReport, PushError> {
+    ) -> Result<RoundPushReport, RoundPushError> {
         let mode = match self.source {
             Source::Tree(_) => TransferMode::Tree,
             Source::Image(_) => TransferMode::Image,
@@ -227,12 +222,12 @@ impl RoundPusher {
         };
         let sent0 = self.ep.counters.sent();
         let recv0 = self.ep.counters.received();
-        let start = Instant::now();
-        let mut report = PushReport::default();
+        let clock = SystemClock;
+        let mut retries = Attempts::new(self.retry.reconnect, &clock, None);
+        let mut report = RoundPushReport::default();
         let (mut sender, scan_time) = self.scan()?;
         report.scan_time = scan_time;
         report.scan = sender.stats().clone();
-        let mut pause = self.retry.backoff;
         loop {
             report.attempts += 1;
             let mut peer = self.connect()?;
@@ -252,7 +247,7 @@ impl RoundPusher {
                         if error.code == ErrorCode::Stale);
                     if stale {
                         if report.rescans >= self.retry.stale_rescans {
-                            return Err(PushError::StillStale {
+                            return Err(RoundPushError::StillStale {
                                 target: self.target.clone(),
                                 round,
                                 rescans: report.rescans,
@@ -265,19 +260,28 @@ impl RoundPusher {
                         report.scan = sender.stats().clone();
                         continue;
                     }
-                    if !e.retryable() || start.elapsed() >= self.retry.deadline {
-                        return Err(PushError::Round {
+                    let Some(pause) = retries.failed(retry_kind(e.retryable())) else {
+                        return Err(RoundPushError::Round {
                             target: self.target.clone(),
                             round,
                             source: e,
                         });
-                    }
+                    };
                     tracing::info!(target = %self.target, round, error = %e, "round interrupted; retrying");
-                    std::thread::sleep(pause);
-                    pause = (pause * 2).min(self.retry.max_backoff);
+                    clock.sleep(pause);
                 }
             }
         }
+    }
+}
+
+/// A network error's retry kind: a cut link or an unreachable agent may
+/// pass; anything else will not.
+fn retry_kind(retryable: bool) -> ErrorKind {
+    if retryable {
+        ErrorKind::Transient
+    } else {
+        ErrorKind::Permanent
     }
 }
 

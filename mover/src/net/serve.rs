@@ -178,15 +178,19 @@ fn serve_fetch(
     let mut link: Option<ConnError> = None;
     let mut p = Vec::new();
     let r = source.fetch(wants, &mut |i, data| {
-        // i < wants.len() <= MAX_WANTS_PER_BATCH, fits u32.
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "i < wants.len() <= MAX_WANTS_PER_BATCH"
+        )]
+        let index = i as u32;
         let s = sums.get(i).map_or(&[][..], |s| &s[..]);
         let patched = !s.is_empty()
             && data.len() == wants[i].len as usize
             && patch::encode(data, wants[i].offset, s, &mut p);
         let sent = if patched {
-            conn.send_patch(i as u32, &p)
+            conn.send_patch(index, &p)
         } else {
-            conn.send_chunk(i as u32, data)
+            conn.send_chunk(index, data)
         };
         match sent {
             Ok(()) => {

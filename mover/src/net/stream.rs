@@ -4,14 +4,19 @@
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::ops::DerefMut;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rustls::{ClientConfig, ClientConnection, ServerConfig, ServerConnection, StreamOwned};
+use rustls::{
+    ClientConfig, ClientConnection, ConnectionCommon, ServerConfig, ServerConnection, SideData,
+    StreamOwned,
+};
 
-use super::bwlimit::{Throttled, TokenBucket, WireCounters};
+use super::bwlimit::{Throttled, WireCounters};
 use super::conn::{Conn, ConnError, HelloOptions};
 use super::tls::agent_server_name;
+use crate::rate::RateLimiter;
 
 /// Any stream a connection can run over.
 pub trait Stream: Read + Write + Send {}
@@ -22,6 +27,11 @@ pub type BoxStream = Box<dyn Stream>;
 
 /// The agents' TCP port when `HOST` comes without one.
 pub const DEFAULT_PORT: u16 = 7450;
+
+/// Default for [`Endpoint::handshake_timeout`]: a TLS 1.3 handshake and the
+/// `Hello`s are four round trips and a few KiB, well under a second even on
+/// a slow inter-region link; 10 s leaves room for a loaded peer.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Errors opening a connection.
 #[derive(Debug, thiserror::Error)]
@@ -55,12 +65,16 @@ impl StreamError {
 pub struct Endpoint {
     pub hello: HelloOptions,
     /// The process-wide bandwidth limit, if any.
-    pub bucket: Option<Arc<TokenBucket>>,
+    pub bucket: Option<Arc<RateLimiter>>,
     /// Wire byte counters of this process (or of one migration).
     pub counters: Arc<WireCounters>,
     /// Read and write timeout on the socket: a peer or link silent this long
     /// is dead. Long enough for the receiver's apply/verify between messages.
     pub io_timeout: Duration,
+    /// The whole of an incoming connection's TLS handshake and `Hello` must
+    /// fit in this: a peer that trickles bytes (slowloris) or stops halfway
+    /// is cut off, whatever the per-read timeout.
+    pub handshake_timeout: Duration,
 }
 
 impl Endpoint {
@@ -75,6 +89,7 @@ impl Endpoint {
             bucket: None,
             counters: Arc::new(WireCounters::default()),
             io_timeout: Duration::from_secs(60),
+            handshake_timeout: HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -125,31 +140,89 @@ pub fn dial(
     };
     let tcp = TcpStream::connect_timeout(&sa, connect_timeout).map_err(connect)?;
     tcp_setup(&tcp, ep).map_err(connect)?;
-    let mut sock = Throttled::new(tcp, ep.bucket.clone(), ep.counters.clone());
-    let mut tls_conn =
-        ClientConnection::new(tls.clone(), agent_server_name()).map_err(|source| {
-            StreamError::Rustls {
-                addr: addr.to_string(),
+    let tls_conn = ClientConnection::new(tls.clone(), agent_server_name()).map_err(|source| {
+        StreamError::Rustls {
+            addr: addr.to_string(),
+            source,
+        }
+    })?;
+    handshake(tcp, tls_conn, ep, addr.to_string())
+}
+
+/// The TLS handshake, then the `Hello` exchange, all within
+/// [`Endpoint::handshake_timeout`]. Their bytes are counted but not charged to
+/// the bandwidth limit: an unauthenticated peer must not slow the
+/// authenticated ones down (the bucket is set once the `Hello`s are done).
+fn handshake<C, S>(
+    tcp: TcpStream,
+    mut tls_conn: C,
+    ep: &Endpoint,
+    addr: String,
+) -> Result<Conn<BoxStream>, StreamError>
+where
+    C: DerefMut<Target = ConnectionCommon<S>> + Send + 'static,
+    S: SideData + 'static,
+{
+    let deadline = Instant::now() + ep.handshake_timeout;
+    let mut sock = Throttled::new(tcp, None, ep.counters.clone());
+    let tls_err = |source| StreamError::Tls {
+        addr: addr.clone(),
+        source,
+    };
+    // One read or write at a time, each bounded by the time left (rustls'
+    // `complete_io` loops until the handshake ends, so a peer trickling a
+    // byte per second would never hit a per-read timeout).
+    while tls_conn.is_handshaking() {
+        until(sock.get_ref(), ep, deadline).map_err(tls_err)?;
+        if tls_conn.wants_write() {
+            tls_conn.write_tls(&mut sock).map_err(tls_err)?;
+            continue;
+        }
+        if tls_conn.read_tls(&mut sock).map_err(tls_err)? == 0 {
+            return Err(tls_err(io::ErrorKind::UnexpectedEof.into()));
+        }
+        if let Err(e) = tls_conn.process_new_packets() {
+            // Tell the peer why (the alert rustls queued), as complete_io does.
+            let _ = tls_conn.write_tls(&mut sock);
+            return Err(tls_err(io::Error::new(io::ErrorKind::InvalidData, e)));
+        }
+    }
+    while tls_conn.wants_write() {
+        until(sock.get_ref(), ep, deadline).map_err(tls_err)?;
+        tls_conn.write_tls(&mut sock).map_err(tls_err)?;
+    }
+    until(sock.get_ref(), ep, deadline).map_err(tls_err)?;
+    let mut conn =
+        Conn::handshake(StreamOwned::new(tls_conn, sock), &ep.hello).map_err(|source| {
+            StreamError::Protocol {
+                addr: addr.clone(),
                 source,
             }
         })?;
-    while tls_conn.is_handshaking() {
-        tls_conn
-            .complete_io(&mut sock)
-            .map_err(|source| StreamError::Tls {
-                addr: addr.to_string(),
-                source,
-            })?;
+    let sock = &mut conn.stream_mut().sock;
+    tcp_setup(sock.get_ref(), ep).map_err(|source| StreamError::Connect { addr, source })?;
+    sock.set_bucket(ep.bucket.clone());
+    Ok(conn.map_stream(|s| Box::new(s) as BoxStream))
+}
+
+/// Socket timeouts for the next step of a handshake that must end by
+/// `deadline`: the time left, or the I/O timeout if that is shorter.
+fn until(tcp: &TcpStream, ep: &Endpoint, deadline: Instant) -> io::Result<()> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("handshake not done within {:?}", ep.handshake_timeout),
+        ));
     }
-    let stream: BoxStream = Box::new(StreamOwned::new(tls_conn, sock));
-    Conn::handshake(stream, &ep.hello).map_err(|source| StreamError::Protocol {
-        addr: addr.to_string(),
-        source,
-    })
+    let t = Some(left.min(ep.io_timeout));
+    tcp.set_read_timeout(t)?;
+    tcp.set_write_timeout(t)
 }
 
 /// Accepts the TLS and `Hello` part of an incoming connection. A peer without
-/// a certificate of our CA fails here, before any handler runs.
+/// a certificate of our CA fails here, before any handler runs; the whole of
+/// it must fit in [`Endpoint::handshake_timeout`] (see [`handshake`]).
 pub fn accept(
     tcp: TcpStream,
     tls: &Arc<ServerConfig>,
@@ -163,22 +236,11 @@ pub fn accept(
         addr: addr.clone(),
         source,
     })?;
-    let mut sock = Throttled::new(tcp, ep.bucket.clone(), ep.counters.clone());
-    let mut tls_conn =
-        ServerConnection::new(tls.clone()).map_err(|source| StreamError::Rustls {
-            addr: addr.clone(),
-            source,
-        })?;
-    while tls_conn.is_handshaking() {
-        tls_conn
-            .complete_io(&mut sock)
-            .map_err(|source| StreamError::Tls {
-                addr: addr.clone(),
-                source,
-            })?;
-    }
-    let stream: BoxStream = Box::new(StreamOwned::new(tls_conn, sock));
-    Conn::handshake(stream, &ep.hello).map_err(|source| StreamError::Protocol { addr, source })
+    let tls_conn = ServerConnection::new(tls.clone()).map_err(|source| StreamError::Rustls {
+        addr: addr.clone(),
+        source,
+    })?;
+    handshake(tcp, tls_conn, ep, addr)
 }
 
 #[cfg(test)]

@@ -3,53 +3,12 @@
 //! in-memory double `memory::MemoryEbs`, which enforces AWS's rules.
 //!
 //! Calls are blocking and the trait is `Sync`: push and pull call it from a pool
-//! of worker threads. Errors carry a [`ErrorKind`] that the one retry layer
-//! (`retry`) acts on; nothing below this trait retries.
+//! of worker threads. Errors are [`ApiError`]s, whose kind the one retry layer
+//! (`crate::retry`) acts on; nothing below this trait retries.
 
 use super::block::BlockHash;
 use super::rules::StartRequest;
-use std::fmt;
-
-/// How a failed call may be retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// RequestThrottledException, ThrottlingException, HTTP 429: back off, retry.
-    Throttled,
-    /// 5xx, timeouts, dropped connections: retry.
-    Transient,
-    /// ResourceNotFoundException: retried only where the resource may be too
-    /// new to be seen yet (a snapshot just started).
-    NotFound,
-    /// Anything else: retrying cannot help.
-    Permanent,
-}
-
-/// A failed call, with the operation and the AWS error code (or HTTP status).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{op}: {code}: {message}")]
-pub struct ApiError {
-    pub op: &'static str,
-    pub kind: ErrorKind,
-    /// AWS error code (`ValidationException`), or `HTTP 500` when the reply had none.
-    pub code: String,
-    pub message: String,
-}
-
-impl ApiError {
-    pub fn new(
-        op: &'static str,
-        kind: ErrorKind,
-        code: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            op,
-            kind,
-            code: code.into(),
-            message: message.into(),
-        }
-    }
-}
+use crate::aws::ApiError;
 
 /// What StartSnapshot returned that we use. The returned BlockSize is
 /// deliberately not here: blocks are 524288 bytes, whatever a server says.
@@ -121,15 +80,4 @@ pub trait SnapshotApi: Send + Sync {
         index: u64,
         token: &str,
     ) -> Result<FetchedBlock, ApiError>;
-}
-
-impl fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Throttled => "throttled",
-            Self::Transient => "transient",
-            Self::NotFound => "not found",
-            Self::Permanent => "permanent",
-        })
-    }
 }

@@ -106,10 +106,6 @@ impl ImageReader {
         self.size
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Ascending, non-overlapping ranges of blocks that overlap data. Blocks
     /// outside them lie wholly in holes: zero, never read.
     pub fn data_block_ranges(&self) -> Result<Vec<Range<u64>>, ImageError> {

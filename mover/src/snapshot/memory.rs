@@ -14,9 +14,11 @@
 //! [`MemoryEbs::hide_new_snapshots`] makes a new snapshot "not found" for its
 //! first few calls, like AWS's eventual consistency.
 
-use super::api::{ApiError, BlockPage, ErrorKind, FetchedBlock, ListedBlock, SnapshotApi, Started};
+use super::api::{BlockPage, FetchedBlock, ListedBlock, SnapshotApi, Started};
 use super::block::{BLOCKS_PER_GIB, BlockHash, linear_checksum};
 use super::rules::{self, StartRequest};
+use crate::aws::ApiError;
+use crate::retry::ErrorKind;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,6 +33,17 @@ pub struct Call {
     pub index: Option<u64>,
     /// For PutSnapshotBlock: whether the data was all zero.
     pub zero: bool,
+}
+
+impl Call {
+    fn new(op: &'static str, snapshot_id: &str, index: Option<u64>, zero: bool) -> Call {
+        Call {
+            op,
+            snapshot_id: snapshot_id.to_owned(),
+            index,
+            zero,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -173,12 +186,7 @@ impl MemoryEbs {
 impl SnapshotApi for MemoryEbs {
     fn start_snapshot(&self, req: &StartRequest) -> Result<Started, ApiError> {
         const OP: &str = "StartSnapshot";
-        let mut st = self.enter(Call {
-            op: OP,
-            snapshot_id: String::new(),
-            index: None,
-            zero: false,
-        })?;
+        let mut st = self.enter(Call::new(OP, "", None, false))?;
         rules::check_start(req).map_err(|e| validation(OP, e.to_string()))?;
         if let Some(tok) = &req.client_token
             && let Some(id) = st.client_tokens.get(tok)
@@ -228,12 +236,7 @@ impl SnapshotApi for MemoryEbs {
     ) -> Result<(), ApiError> {
         const OP: &str = "PutSnapshotBlock";
         let zero = super::block::is_zero(data);
-        let mut st = self.enter(Call {
-            op: OP,
-            snapshot_id: snapshot_id.to_owned(),
-            index: Some(index),
-            zero,
-        })?;
+        let mut st = self.enter(Call::new(OP, snapshot_id, Some(index), zero))?;
         let seq = st.calls.len();
         let snap = st
             .snaps
@@ -267,12 +270,7 @@ impl SnapshotApi for MemoryEbs {
         aggregate: &BlockHash,
     ) -> Result<String, ApiError> {
         const OP: &str = "CompleteSnapshot";
-        let mut st = self.enter(Call {
-            op: OP,
-            snapshot_id: snapshot_id.to_owned(),
-            index: None,
-            zero: false,
-        })?;
+        let mut st = self.enter(Call::new(OP, snapshot_id, None, false))?;
         let snap = st
             .snaps
             .get_mut(snapshot_id)
@@ -306,12 +304,7 @@ impl SnapshotApi for MemoryEbs {
         next_token: Option<&str>,
     ) -> Result<BlockPage, ApiError> {
         const OP: &str = "ListSnapshotBlocks";
-        let st = self.enter(Call {
-            op: OP,
-            snapshot_id: snapshot_id.to_owned(),
-            index: None,
-            zero: false,
-        })?;
+        let st = self.enter(Call::new(OP, snapshot_id, None, false))?;
         let snap = st
             .snaps
             .get(snapshot_id)
@@ -352,12 +345,7 @@ impl SnapshotApi for MemoryEbs {
         token: &str,
     ) -> Result<FetchedBlock, ApiError> {
         const OP: &str = "GetSnapshotBlock";
-        let st = self.enter(Call {
-            op: OP,
-            snapshot_id: snapshot_id.to_owned(),
-            index: Some(index),
-            zero: false,
-        })?;
+        let st = self.enter(Call::new(OP, snapshot_id, Some(index), false))?;
         let snap = st
             .snaps
             .get(snapshot_id)

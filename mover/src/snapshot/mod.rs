@@ -9,13 +9,14 @@
 //! - `index`: per-snapshot block index (SHA-256 per block) in a state dir.
 //! - `diff`: which blocks a push sends and a pull writes.
 //! - `image`: block reader (SEEK_DATA/SEEK_HOLE) and writer (holes kept/punched).
-//! - `api`: the `SnapshotApi` trait (the seam to AWS) and its error kinds.
-//! - `retry`, `pace`: the one retry layer; the clock and the shared rate cap.
-//! - `transfer`: options, progress and the worker pool shared by push and pull.
+//! - `api`: the `SnapshotApi` trait (the seam to AWS).
+//! - `transfer`: options and the worker pool shared by push and pull (under
+//!   the crate's one rate limiter and one retry layer).
 //! - `push`, `pull`: the operations.
-//! - `memory`: an in-memory endpoint enforcing AWS's rules, for tests.
-//! - `aws` (feature `aws`): the AWS SDK implementation and the SDK config
-//!   (standard chain, endpoint/region overrides, timeouts, SDK retries off).
+//! - `memory` (tests, feature `testing`): an in-memory endpoint enforcing
+//!   AWS's rules.
+//! - `aws` (feature `aws`): the AWS SDK implementation (its SDK config and
+//!   error conversion are `crate::aws`'s, shared with the EC2 calls).
 //!
 //! Why our own index: moto (the test endpoint) ignores ParentSnapshotId and
 //! gets ListChangedBlocks wrong, and even AWS's ListChangedBlocks cannot tell
@@ -26,24 +27,22 @@ pub mod api;
 #[cfg(feature = "aws")]
 pub mod aws;
 pub mod block;
-pub mod diff;
-pub mod image;
+pub(crate) mod diff;
+pub(crate) mod image;
 pub mod index;
+#[cfg(any(test, feature = "testing"))]
 pub mod memory;
-pub mod pace;
 pub mod pull;
 pub mod push;
-pub mod retry;
 pub mod rules;
 pub mod transfer;
 
-pub use api::{ApiError, ErrorKind, SnapshotApi};
+pub use api::SnapshotApi;
 pub use block::BLOCK_SIZE;
 pub use index::{BlockIndex, DEFAULT_STATE_DIR, IndexStore};
 pub use pull::{PullError, PullOptions, PullReport, pull};
 pub use push::{PushError, PushOptions, PushReport, push};
-pub use retry::RetryPolicy;
-pub use transfer::{NoProgress, Progress, TransferOptions};
+pub use transfer::TransferOptions;
 
 #[cfg(test)]
 mod tests;

@@ -12,15 +12,17 @@
 //! for (made elsewhere) is pulled in full from its listing, verified by its
 //! checksums, and its index stored for later incremental pulls.
 
-use super::api::{ApiError, SnapshotApi};
+use super::api::SnapshotApi;
 use super::block::{BLOCK_BYTES, BlockHash, GIB, is_zero};
 use super::diff::{PullAction, pull_plan};
 use super::image::{ImageError, ImageWriter};
 use super::index::{BlockIndex, IndexError, IndexStore};
-use super::pace::RateLimiter;
-use super::retry::{Exhausted, Retrier};
 use super::rules::{self, RuleError};
-use super::transfer::{Progress, TransferOptions, run_pool};
+use super::transfer::{TransferOptions, run_pool};
+use crate::aws::ApiError;
+use crate::progress::BlockProgress;
+use crate::rate::RateLimiter;
+use crate::retry::{Exhausted, Retrier};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -161,7 +163,7 @@ fn list_all(
                 &|| format!("{snapshot_id}: ListSnapshotBlocks"),
                 None,
                 || {
-                    limiter.acquire(retrier.clock());
+                    limiter.take(1);
                     api.list_blocks(snapshot_id, token.as_deref())
                 },
             )
@@ -180,7 +182,7 @@ fn list_all(
 }
 
 /// ListSnapshotBlocks is limited to about 50 requests/s per account; stay under.
-const LIST_REQUESTS_PER_SEC: u32 = 40;
+const LIST_REQUESTS_PER_SEC: u64 = 40;
 
 /// Pulls `snapshot_id` into `dest` (an image file, created if missing, or a
 /// block device).
@@ -190,7 +192,7 @@ pub fn pull(
     snapshot_id: &str,
     dest: &Path,
     opts: &PullOptions,
-    progress: &dyn Progress,
+    progress: &dyn BlockProgress,
 ) -> Result<PullReport, PullError> {
     let t0 = Instant::now();
     store.path_of(snapshot_id)?;
@@ -208,7 +210,8 @@ pub fn pull(
     }
     let clock = opts.transfer.clock.as_ref();
     let retrier = Retrier::new(opts.transfer.retry, clock);
-    let list_limiter = RateLimiter::new(LIST_REQUESTS_PER_SEC, 1);
+    let list_limiter =
+        RateLimiter::with_clock(LIST_REQUESTS_PER_SEC, 1, opts.transfer.clock.clone());
     let (listed, listed_volume) = list_all(api, &retrier, &list_limiter, snapshot_id)?;
 
     // The work: (block, what to do) ascending, with where to fetch from.
@@ -266,7 +269,7 @@ pub fn pull(
         .unwrap_or(1);
 
     progress.begin("pull", jobs.len() as u64);
-    let limiter = RateLimiter::new(opts.transfer.requests_per_sec, opts.transfer.burst);
+    let limiter = opts.transfer.limiter();
     let (fetched, written, zeroed) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let bytes_written = AtomicU64::new(0);
     let rebuilt: Mutex<Vec<(u64, BlockHash)>> = Mutex::new(Vec::new());
@@ -288,7 +291,7 @@ pub fn pull(
         };
         let block = retrier
             .run(&|| format!("{snap}: GetSnapshotBlock {i}"), None, || {
-                limiter.acquire(clock);
+                limiter.take(1);
                 api.get_block(&snap, i, &token)
             })
             .map_err(|Exhausted { error, attempts }| PullError::Get {

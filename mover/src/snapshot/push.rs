@@ -9,7 +9,7 @@
 //! index is stored, and only then: a failed push leaves no index, and AWS
 //! cancels the pending snapshot after its timeout.
 
-use super::api::{ApiError, SnapshotApi};
+use super::api::SnapshotApi;
 use super::block::{
     BLOCK_BYTES, BLOCK_SIZE, BlockHash, BlockState, blocks_for, linear_checksum, state_of,
     volume_gib_for, zero_block_hash,
@@ -17,10 +17,11 @@ use super::block::{
 use super::diff::{PushAction, merge_ascending, push_action};
 use super::image::{ImageError, ImageReader};
 use super::index::{BlockIndex, IndexError, IndexStore};
-use super::pace::RateLimiter;
-use super::retry::{Exhausted, Retrier};
 use super::rules::{self, RuleError, StartRequest};
-use super::transfer::{Progress, TransferOptions, client_token, run_pool};
+use super::transfer::{TransferOptions, client_token, run_pool};
+use crate::aws::ApiError;
+use crate::progress::BlockProgress;
+use crate::retry::{Exhausted, Retrier};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -138,7 +139,7 @@ pub fn push(
     store: &IndexStore,
     source: &Path,
     opts: &PushOptions,
-    progress: &dyn Progress,
+    progress: &dyn BlockProgress,
 ) -> Result<PushReport, PushError> {
     let t0 = Instant::now();
     let reader = ImageReader::open(source)?;
@@ -178,7 +179,7 @@ pub fn push(
     let started_at = clock.now();
     let snapshot_id = started.snapshot_id;
     if let Some(bs) = started.reported_block_size
-        && bs != BLOCK_BYTES as i64
+        && u64::try_from(bs) != Ok(BLOCK_BYTES)
     {
         tracing::warn!(
             "{snapshot_id}: the endpoint reports BlockSize {bs}; ignoring it, EBS blocks are {BLOCK_SIZE} bytes"
@@ -201,7 +202,7 @@ pub fn push(
     };
     progress.begin("push", candidates().count() as u64);
 
-    let limiter = RateLimiter::new(opts.transfer.requests_per_sec, opts.transfer.burst);
+    let limiter = opts.transfer.limiter();
     let written: Mutex<Vec<(u64, BlockHash)>> = Mutex::new(Vec::new());
     let (uploaded, zeros, read) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let zero_hash = zero_block_hash();
@@ -253,7 +254,7 @@ pub fn push(
         let what = || format!("{snapshot_id}: PutSnapshotBlock {}", job.index);
         retrier
             .run(&what, Some(started_at), || {
-                limiter.acquire(clock);
+                limiter.take(1);
                 api.put_block(&snapshot_id, job.index, &job.data, &job.hash)
             })
             .map_err(|Exhausted { error, attempts }| PushError::Put {

@@ -1,13 +1,16 @@
 //! Push and pull end to end against the in-memory endpoint (which enforces
 //! AWS's rules), on virtual time.
 
-use super::api::{ApiError, BlockPage, ErrorKind, FetchedBlock, SnapshotApi, Started};
+use super::api::{BlockPage, FetchedBlock, SnapshotApi, Started};
 use super::block::{BLOCK_BYTES, BLOCK_SIZE, BlockHash};
 use super::image::ImageReader;
 use super::memory::MemoryEbs;
-use super::pace::ManualClock;
 use super::rules::StartRequest;
 use super::*;
+use crate::aws::ApiError;
+use crate::clock::ManualClock;
+use crate::progress::NoProgress;
+use crate::retry::ErrorKind;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -68,7 +71,7 @@ fn fill_block(path: &Path, index: u64, byte: u8) {
     let mut data = vec![byte; len];
     // Vary the content inside the block so equal bytes in two blocks still
     // make distinct data where the test wants it.
-    data[0] = byte.wrapping_add(index as u8);
+    data[0] = byte.wrapping_add(u8::try_from(index % 256).unwrap());
     f.write_all_at(&data, index * BLOCK_BYTES).unwrap();
 }
 

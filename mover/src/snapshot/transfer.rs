@@ -1,12 +1,20 @@
-//! What push and pull share: tuning options, progress reporting, the worker
-//! pool that runs block requests concurrently, and ClientToken generation.
+//! What push and pull share: tuning options, the worker pool that runs block
+//! requests concurrently, and ClientToken generation.
 
-use super::pace::{Clock, DEFAULT_BURST, DEFAULT_REQUESTS_PER_SEC, SystemClock};
-use super::retry::RetryPolicy;
+use crate::clock::{Clock, SystemClock};
+use crate::rate::RateLimiter;
+use crate::retry::RetryPolicy;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// AWS allows about 1000 PutSnapshotBlock (and GetSnapshotBlock) requests per
+/// second per snapshot; we aim 10% under so bursts and clock drift between us
+/// and AWS do not trip RequestThrottledException.
+pub const DEFAULT_REQUESTS_PER_SEC: u32 = 900;
+/// Requests allowed back to back after an idle spell: one per default worker.
+pub const DEFAULT_BURST: u32 = 64;
 
 /// Block requests in flight at once. At ~50-100 ms per 512 KiB request, 64 in
 /// flight are what it takes to approach AWS's ~1000 requests/s per snapshot;
@@ -47,24 +55,15 @@ impl Default for TransferOptions {
     }
 }
 
-/// Progress of a push or pull, in blocks.
-pub trait Progress: Sync {
-    /// A phase starts with this many blocks to go through.
-    fn begin(&self, phase: &str, total: u64);
-    /// `n` more blocks done.
-    fn advance(&self, n: u64);
-    /// The phase is over.
-    fn end(&self);
-}
-
-/// Progress that goes nowhere.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn begin(&self, _: &str, _: u64) {}
-    fn advance(&self, _: u64) {}
-    fn end(&self) {}
+impl TransferOptions {
+    /// The rate cap of block requests these options ask for, on their clock.
+    pub(crate) fn limiter(&self) -> RateLimiter {
+        RateLimiter::with_clock(
+            u64::from(self.requests_per_sec),
+            u64::from(self.burst),
+            self.clock.clone(),
+        )
+    }
 }
 
 /// Runs `work` on jobs from `produce` in `concurrency` threads. Stops at the

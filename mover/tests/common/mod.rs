@@ -203,7 +203,7 @@ pub fn set_mtime(p: &Path, ns: i128) {
             tv_nsec: 0,
         },
         last_modification: rustix::fs::Timespec {
-            tv_sec: (ns / 1_000_000_000) as i64,
+            tv_sec: i64::try_from(ns / 1_000_000_000).unwrap(),
             tv_nsec: (ns % 1_000_000_000) as _,
         },
     };

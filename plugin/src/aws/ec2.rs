@@ -4,9 +4,9 @@
 //!
 //! Calls are blocking (the backend runs on the blocking pool) and one call is
 //! one attempt: errors are `ApiError`s whose kind the one retry layer
-//! (`mover::snapshot::retry`) acts on. Nothing below this trait retries.
+//! (`mover::retry`) acts on. Nothing below this trait retries.
 
-use mover::snapshot::ApiError;
+use mover::aws::ApiError;
 use std::collections::BTreeMap;
 
 /// A DescribeVolumes filter: name (`tag:daffe:cluster`, `availability-zone`,

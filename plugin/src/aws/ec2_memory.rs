@@ -15,7 +15,8 @@ use super::ec2::{
     AttachmentFacts, Ec2Api, Filter, Modify, NewVolume, SnapshotFacts, VolumeFacts,
     parse_volume_type,
 };
-use mover::snapshot::{ApiError, ErrorKind};
+use mover::aws::ApiError;
+use mover::retry::ErrorKind;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 

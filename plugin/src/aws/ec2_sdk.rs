@@ -6,8 +6,8 @@
 
 use super::ec2::{AttachmentFacts, Ec2Api, Filter, Modify, NewVolume, SnapshotFacts, VolumeFacts};
 use aws_sdk_ec2::types::{self as t, ResourceType, Tag, TagSpecification, VolumeType};
-use mover::snapshot::aws::{AwsConfigError, AwsOptions, from_sdk_error, load_sdk_config};
-use mover::snapshot::{ApiError, ErrorKind};
+use mover::aws::{ApiError, AwsConfigError, AwsOptions, from_sdk_error, load_sdk_config};
+use mover::retry::ErrorKind;
 use std::collections::BTreeMap;
 use std::time::Duration;
 

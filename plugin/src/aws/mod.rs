@@ -5,8 +5,8 @@
 //! zone, from IMDS or the config: [`identity`]).
 //!
 //! SDK configuration (standard chain, endpoint/region overrides, timeouts,
-//! SDK retries off) and the one retry layer come from `mover::snapshot`, so
-//! EC2 and EBS calls behave alike.
+//! SDK retries off) comes from `mover::aws` and the one retry layer from
+//! `mover::retry`, so EC2 and EBS calls behave alike.
 
 pub(crate) mod ec2;
 #[cfg(test)]
@@ -15,4 +15,4 @@ pub(crate) mod ec2_sdk;
 pub(crate) mod identity;
 
 pub(crate) use ec2::{Ec2Api, Filter, Modify, NewVolume, VolumeFacts};
-pub(crate) use mover::snapshot::ApiError;
+pub(crate) use mover::aws::ApiError;

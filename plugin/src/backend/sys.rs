@@ -7,8 +7,30 @@
 //! the loop ioctls would be more code for the same result. The managed
 //! plugin's rootfs ships these tools (see packaging/).
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+
+/// Options on every filesystem daffe mounts. A volume's content comes from
+/// containers (which may `mknod` and `chmod u+s` as root inside) and from
+/// migration peers: a setuid-root binary or a device node placed there must
+/// never become a way to root, or to a host disk, for a user of this host.
+/// Bind mounts inherit these flags, so containers get them too.
+pub(crate) const SAFE_MOUNT_OPTIONS: &str = "nosuid,nodev";
+
+/// Makes `dir` (and missing parents) and sets it to 0700, so only root can
+/// pass it: a volume's files (setuid binaries, world-writable files a
+/// container made) are then out of reach of the host's other users, whatever
+/// their modes. An existing, looser directory (made by an older daffe) is
+/// tightened. Docker's own volume store is private the same way.
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let meta = std::fs::metadata(dir)?;
+    if meta.permissions().mode() & 0o777 != 0o700 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CommandError {

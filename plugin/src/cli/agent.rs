@@ -8,7 +8,7 @@ use crate::migrate::agent::AgentHandler;
 use crate::migrate::duration;
 use clap::{Args, Subcommand};
 use mover::net::agent::Agent;
-use mover::net::bwlimit::{TokenBucket, parse_rate};
+use mover::net::bwlimit::{bandwidth_limiter, parse_rate};
 use mover::net::identity::{self, NodeFiles};
 use mover::net::stream::Endpoint;
 use mover::net::tls;
@@ -94,7 +94,7 @@ impl PeerOptions {
         ep.io_timeout = duration::parse(&self.io_timeout).map_err(|e| e.to_string())?;
         if let Some(r) = &self.bwlimit {
             let rate = parse_rate(r).map_err(|e| e.to_string())?;
-            ep.bucket = Some(Arc::new(TokenBucket::new(rate)));
+            ep.bucket = Some(Arc::new(bandwidth_limiter(rate)));
         }
         Ok(ep)
     }
@@ -170,6 +170,7 @@ fn serve(args: RunArgs) -> ExitCode {
         return super::fail(false, format!("cannot watch signals: {e}"));
     }
     tracing::info!(listen = %args.listen, %node, "daffe agent listening");
+    super::notify::ready();
     match agent.serve(listener, &shutdown) {
         Ok(()) => {
             tracing::info!("daffe agent stopped");

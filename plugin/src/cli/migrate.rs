@@ -17,7 +17,7 @@ use crate::migrate::plan::DEFAULT_MAX_ROUNDS;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mover::Source;
-use mover::net::rounds::{RetryPolicy, RoundPusher};
+use mover::net::rounds::{RoundPushRetry, RoundPusher};
 use mover::net::tls;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,7 +105,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             cache_dir: PathBuf::new(),
             target: args.volume.clone(),
             scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            retry: RetryPolicy::default(),
+            retry: RoundPushRetry::default(),
         },
     };
     let opts = MigrateOptions {

@@ -13,8 +13,10 @@ use crate::migrate::ebs::{
 };
 use crate::migrate::ebs_snapshots::AwsPusher;
 use clap::Args;
-use mover::snapshot::aws::{AwsOptions, AwsSnapshotApi};
-use mover::snapshot::{IndexStore, NoProgress, PushOptions, TransferOptions};
+use mover::aws::AwsOptions;
+use mover::progress::NoProgress;
+use mover::snapshot::aws::AwsSnapshotApi;
+use mover::snapshot::{IndexStore, PushOptions, TransferOptions};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;

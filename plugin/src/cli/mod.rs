@@ -1,8 +1,12 @@
 //! One module per `daffe` subcommand: its clap argument struct and its `run`.
 
 pub mod agent;
+pub mod generate;
+pub(crate) mod logging;
 pub mod migrate;
 pub(crate) mod migrate_ebs;
+pub(crate) mod notify;
+pub mod placement;
 pub mod profiles;
 pub mod serve;
 pub mod snapshot;
@@ -11,16 +15,10 @@ pub mod volume;
 
 use std::process::ExitCode;
 
-/// Logs to stderr; `DAFFE_LOG` (or `RUST_LOG`) takes a tracing filter,
-/// default `info`.
+/// Logs to stderr (see [`logging`]): `DAFFE_LOG` (or `RUST_LOG`) takes a
+/// tracing filter, default `info`; `DAFFE_LOG_FORMAT=json` for JSON lines.
 pub(crate) fn init_logging() {
-    let filter = std::env::var("DAFFE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+    logging::init();
 }
 
 /// Prints an error as text on stderr, or as `{"error": ...}` on stdout with
@@ -31,6 +29,7 @@ pub(crate) fn fail(json: bool, msg: impl std::fmt::Display) -> ExitCode {
     } else {
         eprintln!("daffe: {msg}");
     }
+    logging::flush_sdk_note();
     ExitCode::FAILURE
 }
 

@@ -29,8 +29,9 @@ pub(crate) enum ProfilesCommand {
     },
     /// Define or redefine a profile on the running daemon (POST
     /// /v1/configuration/profiles) and re-apply it to that profile's volumes.
-    /// FILE holds the definition as in the config file's [profiles.NAME]
-    /// table (TOML), or as JSON (a .json file).
+    /// FILE holds the definition: TOML as in the config file, either with
+    /// its [profiles.NAME] table (other profiles in it are ignored) or the
+    /// table's keys alone; or JSON (a .json file).
     Set {
         name: String,
         file: PathBuf,
@@ -124,16 +125,49 @@ fn ebs_summary(v: &Value) -> String {
     out
 }
 
+/// A profile definition in TOML: the config file's form (`[profiles.NAME]`,
+/// so a block copied from daffe.toml works as is) or the table's keys alone.
+fn toml_definition(name: &str, text: &str) -> Result<profiles::ProfileDef, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let Some(all) = doc.remove("profiles") else {
+        return toml::Value::Table(doc)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string());
+    };
+    let mut all = match all {
+        toml::Value::Table(t) => t,
+        _ => return Err("`profiles` must be a table of [profiles.NAME] tables".into()),
+    };
+    if !doc.is_empty() {
+        let keys: Vec<&str> = doc.keys().map(String::as_str).collect();
+        return Err(format!(
+            "keys outside [profiles.{name}]: {}; give the profile's table only",
+            keys.join(", ")
+        ));
+    }
+    let def = all.remove(name).ok_or_else(|| {
+        let have: Vec<&str> = all.keys().map(String::as_str).collect();
+        format!(
+            "no [profiles.{name}] table (the file has: {})",
+            if have.is_empty() {
+                "none".to_owned()
+            } else {
+                have.join(", ")
+            }
+        )
+    })?;
+    def.try_into().map_err(|e: toml::de::Error| e.to_string())
+}
+
 fn set(socket: &std::path::Path, name: &str, file: &std::path::Path, json: bool) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => return super::fail(json, format!("{}: {e}", file.display())),
     };
-    let def: Result<profiles::ProfileDef, String> = if file.extension().is_some_and(|e| e == "json")
-    {
+    let def = if file.extension().is_some_and(|e| e == "json") {
         serde_json::from_str(&text).map_err(|e| e.to_string())
     } else {
-        toml::from_str(&text).map_err(|e| e.to_string())
+        toml_definition(name, &text)
     };
     let def = match def {
         Ok(d) => d,
@@ -172,4 +206,49 @@ fn set(socket: &std::path::Path, name: &str, file: &std::path::Path, json: bool)
         );
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_definition_is_read_from_either_toml_form() {
+        let table = "[profiles.silver]\ndescription = \"d\"\n[profiles.silver.local]\nformat = \"dir\"\n\
+                     [profiles.other]\ndescription = \"o\"\n";
+        let bare = "description = \"d\"\n[local]\nformat = \"dir\"\n";
+        let a = toml_definition("silver", table).unwrap();
+        let b = toml_definition("silver", bare).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(a.description, "d");
+        assert!(a.local.is_some() && a.ebs.is_none());
+
+        let refused = [
+            (
+                "gold",
+                table,
+                "no [profiles.gold] table (the file has: other, silver)",
+            ),
+            (
+                "silver",
+                "backend = \"ebs\"\n[profiles.silver]\n",
+                "keys outside [profiles.silver]: backend",
+            ),
+            ("silver", "profiles = 3\n", "must be a table"),
+            (
+                "silver",
+                "descripton = \"typo\"\n",
+                "unknown field `descripton`",
+            ),
+            (
+                "silver",
+                "[profiles.silver]\nlocal = { format = \"tape\" }\n",
+                "tape",
+            ),
+        ];
+        for (name, text, want) in refused {
+            let e = toml_definition(name, text).unwrap_err();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
 }

@@ -41,6 +41,11 @@ enum ServeError {
     Server(#[from] server::ServerError),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("making the data root {} private: {source}", path.display())]
+    DataRoot {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -65,6 +70,12 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
     if let Some(d) = args.data_root {
         cfg.data_root = d;
     }
+    // The data root holds every volume's files: private to root (see
+    // backend::sys::private_dir), tightened if an older daffe made it 0755.
+    crate::backend::sys::private_dir(&cfg.data_root).map_err(|source| ServeError::DataRoot {
+        path: cfg.data_root.clone(),
+        source,
+    })?;
     let records = Records::open(&cfg.store_path())?;
     let storage = backend::open(cfg.backend, &cfg.aws, &cfg.data_root)?;
     let mut svc = VolumeService::new(records, storage, cfg.catalog.clone(), cfg.data_root.clone());
@@ -97,6 +108,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 return Err(e.into());
             }
         };
+        super::notify::ready();
         tracing::info!(
             socket = %cfg.socket.display(),
             control = %cfg.control_socket.display(),
@@ -122,6 +134,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         ));
         shutdown_signal().await;
         tracing::info!("shutting down");
+        super::notify::stopping();
         let _ = stop_tx.send(true);
         let _ = tokio::join!(driver, control);
         for path in [&cfg.socket, &cfg.control_socket] {

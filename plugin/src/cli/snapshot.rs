@@ -8,10 +8,12 @@
 
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use mover::snapshot::aws::{AwsOptions, AwsSnapshotApi};
+use mover::aws::AwsOptions;
+use mover::progress::{BlockProgress, NoProgress};
+use mover::retry::RetryPolicy;
+use mover::snapshot::aws::AwsSnapshotApi;
 use mover::snapshot::{
-    DEFAULT_STATE_DIR, IndexStore, NoProgress, Progress, PullOptions, PushOptions, RetryPolicy,
-    TransferOptions, pull, push,
+    DEFAULT_STATE_DIR, IndexStore, PullOptions, PushOptions, TransferOptions, pull, push,
 };
 use serde::Serialize;
 use std::io::IsTerminal;
@@ -54,10 +56,10 @@ pub(crate) struct CommonArgs {
     #[arg(long, default_value_t = mover::snapshot::transfer::DEFAULT_CONCURRENCY)]
     pub(crate) concurrency: usize,
     /// Cap on block requests per second (AWS allows about 1000 per snapshot).
-    #[arg(long, default_value_t = mover::snapshot::pace::DEFAULT_REQUESTS_PER_SEC)]
+    #[arg(long, default_value_t = mover::snapshot::transfer::DEFAULT_REQUESTS_PER_SEC)]
     pub(crate) max_rate: u32,
     /// Attempts per request before giving up on throttling or server errors.
-    #[arg(long, default_value_t = mover::snapshot::retry::DEFAULT_MAX_ATTEMPTS)]
+    #[arg(long, default_value_t = mover::retry::DEFAULT_MAX_ATTEMPTS)]
     pub(crate) max_attempts: u32,
 }
 
@@ -152,6 +154,7 @@ fn fail(json: bool, f: Failure) -> ExitCode {
     } else {
         eprintln!("daffe snapshot: {}", f.error);
     }
+    super::logging::flush_sdk_note();
     ExitCode::FAILURE
 }
 
@@ -183,12 +186,12 @@ impl Bar {
     fn new(json: bool) -> Self {
         Self((!json && std::io::stderr().is_terminal()).then(ProgressBar::hidden))
     }
-    fn sink(&self) -> &dyn Progress {
+    fn sink(&self) -> &dyn BlockProgress {
         if self.0.is_some() { self } else { &NoProgress }
     }
 }
 
-impl Progress for Bar {
+impl BlockProgress for Bar {
     fn begin(&self, phase: &str, total: u64) {
         if let Some(pb) = &self.0 {
             pb.set_draw_target(indicatif::ProgressDrawTarget::stderr());

@@ -40,6 +40,12 @@ pub struct SyncArgs {
     /// Chunking threads (default: all cores).
     #[arg(long)]
     pub(crate) threads: Option<usize>,
+    /// Allow a first sync into a non-empty directory (or an existing image)
+    /// that daffe has not synced to before: files there that SRC lacks are
+    /// deleted (an image is overwritten). Without it such a DST is refused.
+    /// Later runs into a daffe destination need no flag.
+    #[arg(long, visible_alias = "force")]
+    pub(crate) delete: bool,
 }
 
 /// `--verify` values.
@@ -129,6 +135,7 @@ pub fn run(args: SyncArgs) -> ExitCode {
             VerifyArg::Touched => Verify::Touched,
             VerifyArg::All => Verify::All,
         },
+        allow_foreign: args.delete,
         ..SyncOptions::default()
     };
     if let Some(t) = args.threads {
@@ -189,6 +196,7 @@ pub fn run(args: SyncArgs) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn syncs_a_tree_and_an_image() {
@@ -203,6 +211,7 @@ mod tests {
             state_dir: None,
             verify: VerifyArg::Touched,
             threads: Some(1),
+            delete: false,
         };
         assert_eq!(
             run(args(src.clone(), t.path().join("dst"))),
@@ -221,5 +230,43 @@ mod tests {
         );
         // A tree into an existing image is refused, with an error, not a panic.
         assert_eq!(run(args(src, t.path().join("b.img"))), ExitCode::FAILURE);
+    }
+
+    #[test]
+    fn never_deletes_or_creates_without_being_asked() {
+        let t = tempfile::tempdir().expect("tempdir");
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        let args = |src: &Path, dst: &Path, delete: bool| SyncArgs {
+            src: src.to_owned(),
+            dst: dst.to_owned(),
+            json: true,
+            state_dir: None,
+            verify: VerifyArg::Touched,
+            threads: Some(1),
+            delete,
+        };
+        // A missing source creates nothing.
+        assert_eq!(run(args(&src, &dst, false)), ExitCode::FAILURE);
+        assert!(!dst.exists());
+        assert!(!t.path().join(".dst.daffe-state").exists());
+        std::fs::create_dir(&src).expect("mkdir");
+        std::fs::write(src.join("new"), b"n").expect("write");
+        // A non-empty directory daffe never synced to keeps its files...
+        std::fs::create_dir(&dst).expect("mkdir");
+        std::fs::write(dst.join("precious"), b"p").expect("write");
+        assert_eq!(run(args(&src, &dst, false)), ExitCode::FAILURE);
+        assert!(dst.join("precious").exists());
+        assert!(!dst.join("new").exists());
+        // ...unless --delete says otherwise; later runs need no flag.
+        assert_eq!(run(args(&src, &dst, true)), ExitCode::SUCCESS);
+        assert!(!dst.join("precious").exists());
+        std::fs::write(src.join("new2"), b"n").expect("write");
+        assert_eq!(run(args(&src, &dst, false)), ExitCode::SUCCESS);
+        assert!(dst.join("new2").exists());
+        // Overlapping source and destination are refused, even with --delete.
+        for bad in [src.clone(), src.join("inner")] {
+            assert_eq!(run(args(&src, &bad, true)), ExitCode::FAILURE);
+        }
+        assert!(!src.join("inner").exists());
     }
 }

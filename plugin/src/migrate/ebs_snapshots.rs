@@ -3,8 +3,9 @@
 //! block index the next round's parent.
 
 use super::ebs::Pusher;
+use mover::progress::BlockProgress;
 use mover::snapshot::aws::AwsSnapshotApi;
-use mover::snapshot::{IndexStore, Progress, PushError, PushOptions, PushReport, push};
+use mover::snapshot::{IndexStore, PushError, PushOptions, PushReport, push};
 use std::path::Path;
 
 /// Pushes through the EBS direct APIs; block indexes in `store`, so each
@@ -14,7 +15,7 @@ pub(crate) struct AwsPusher<'a> {
     pub(crate) store: IndexStore,
     /// Tags, description and transfer settings; `parent` is set per round.
     pub(crate) opts: PushOptions,
-    pub(crate) progress: &'a dyn Progress,
+    pub(crate) progress: &'a dyn BlockProgress,
 }
 
 impl Pusher for AwsPusher<'_> {

@@ -22,7 +22,7 @@ use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
 use mover::Source;
 use mover::net::conn::ConnError;
-use mover::net::rounds::{PushError, PushReport, RoundPusher};
+use mover::net::rounds::{RoundPushError, RoundPushReport, RoundPusher};
 use mover::net::serve::ServeEvent;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,7 @@ pub(crate) enum MigrateError {
     #[error("destination: {0}")]
     Peer(#[from] ConnError),
     #[error("destination: {0}")]
-    Push(#[from] PushError),
+    Push(#[from] RoundPushError),
     #[error("destination sent an unexpected reply: {0}")]
     Reply(String),
     #[error("volume {volume} already moved to {to}")]
@@ -124,7 +124,7 @@ pub(crate) trait DestHost {
         round: u32,
         final_round: bool,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<PushReport, PushError>;
+    ) -> Result<RoundPushReport, RoundPushError>;
     fn compression(&self) -> bool;
 }
 
@@ -151,7 +151,7 @@ impl DestHost for RemoteAgent {
         round: u32,
         final_round: bool,
         progress: &mut dyn FnMut(u64),
-    ) -> Result<PushReport, PushError> {
+    ) -> Result<RoundPushReport, RoundPushError> {
         self.pusher.push(round, final_round, &mut |ev| {
             if let ServeEvent::ChunkSent { bytes } = ev {
                 progress(bytes)
@@ -216,7 +216,7 @@ pub(crate) fn used_bytes(paths: &TransferPaths) -> Result<u64, MigrateError> {
     }
 }
 
-fn round_report(round: u32, final_round: bool, r: &PushReport) -> RoundReport {
+fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundReport {
     RoundReport {
         round,
         final_round,
@@ -513,8 +513,8 @@ mod tests {
         commit_fails: bool,
     }
 
-    fn push_report(bytes: u64) -> PushReport {
-        PushReport {
+    fn push_report(bytes: u64) -> RoundPushReport {
+        RoundPushReport {
             summary: RoundSummary {
                 bytes_fetched: bytes,
                 ..Default::default()
@@ -566,19 +566,19 @@ mod tests {
             round: u32,
             final_round: bool,
             progress: &mut dyn FnMut(u64),
-        ) -> Result<PushReport, PushError> {
+        ) -> Result<RoundPushReport, RoundPushError> {
             self.log.push(format!("round {round} final={final_round}"));
             match self.rounds.pop_front().unwrap_or(Ok(0)) {
                 Ok(b) => {
                     progress(b);
                     Ok(push_report(b))
                 }
-                Err("stale") => Err(PushError::StillStale {
+                Err("stale") => Err(RoundPushError::StillStale {
                     target: "counter@gold".into(),
                     round,
                     rescans: 3,
                 }),
-                Err(_) => Err(PushError::Scan {
+                Err(_) => Err(RoundPushError::Scan {
                     path: "/x".into(),
                     source: mover::scan::ScanError::Io {
                         path: "/x".into(),

@@ -37,9 +37,8 @@ use super::tags::{self, Scope, TagState};
 use super::wait::Deadline;
 use crate::aws::identity;
 use crate::aws::{ApiError, Ec2Api, NewVolume, VolumeFacts, ec2_sdk::SdkEc2};
-use mover::snapshot::pace::{Clock, SystemClock};
-use mover::snapshot::retry::{Exhausted, Retrier};
-use mover::snapshot::{ErrorKind, RetryPolicy};
+use mover::clock::{Clock, SystemClock};
+use mover::retry::{ErrorKind, Exhausted, Retrier, RetryPolicy};
 use profiles::{BackendKind, EbsSettings, Settings};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -76,6 +75,7 @@ pub(crate) const EC2_RETRY: RetryPolicy = RetryPolicy {
     base_delay: Duration::from_millis(250),
     max_delay: Duration::from_secs(4),
     not_found_window: Duration::from_secs(30),
+    ..RetryPolicy::AWS
 };
 
 /// Attach names, in AWS's recommended range for Linux EBS volumes. On Nitro

@@ -15,7 +15,7 @@
 //! snapshot_state_dir = "/var/lib/daffe/snapshots"
 //! ```
 
-use mover::snapshot::aws::AwsOptions;
+use mover::aws::AwsOptions;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 

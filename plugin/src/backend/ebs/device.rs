@@ -202,7 +202,7 @@ impl DeviceResolver for NvmeResolver {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mover::snapshot::pace::ManualClock;
+    use mover::clock::ManualClock;
     use std::sync::Arc;
 
     fn facts(id: &str) -> VolumeFacts {

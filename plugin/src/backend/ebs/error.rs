@@ -5,7 +5,7 @@
 use super::super::VolumeIoError;
 use super::super::sys::CommandError;
 use super::device::DeviceError;
-use mover::snapshot::ApiError;
+use mover::aws::ApiError;
 
 fn id(volume_id: &Option<String>) -> String {
     volume_id

@@ -64,6 +64,8 @@ impl Filesystems for SystemFs {
             &[
                 OsStr::new("-t"),
                 OsStr::new("ext4"),
+                OsStr::new("-o"),
+                OsStr::new(sys::SAFE_MOUNT_OPTIONS),
                 dev.as_os_str(),
                 mountpoint.as_os_str(),
             ],

@@ -118,8 +118,9 @@ impl LoopResolver {
 /// Fills a loop file from an EBS snapshot (the loop resolver's stand-in for
 /// EBS's lazy loading), with the snapshot indexes in the state dir.
 pub(super) fn snapshot_hydrator(cfg: &EbsConfig) -> Result<Hydrate, BackendError> {
+    use mover::progress::NoProgress;
     use mover::snapshot::aws::AwsSnapshotApi;
-    use mover::snapshot::{IndexStore, NoProgress, PullOptions, pull};
+    use mover::snapshot::{IndexStore, PullOptions, pull};
     let api = AwsSnapshotApi::connect(&cfg.aws_options())
         .map_err(|e| BackendError::EbsStart(e.to_string()))?;
     let store = IndexStore::new(cfg.snapshot_state_dir());

@@ -11,7 +11,7 @@ use super::tags::Scope;
 use super::wait::Deadline;
 use crate::aws::VolumeFacts;
 use crate::aws::ec2_memory::MemoryEc2;
-use mover::snapshot::pace::ManualClock;
+use mover::clock::ManualClock;
 use profiles::{BackendKind, ByteSize, Catalog, Settings};
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};

@@ -11,7 +11,7 @@ use super::tags;
 use super::testkit::*;
 use crate::aws::{Ec2Api, NewVolume};
 use crate::backend::{Backend, BackendError, change};
-use mover::snapshot::ErrorKind;
+use mover::retry::ErrorKind;
 use profiles::{EbsVolumeType, Settings};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -277,7 +277,7 @@ fn remove_deletes_or_keeps_and_is_idempotent() {
 
 #[test]
 fn throttling_is_retried_and_failures_name_volume_and_code() {
-    use mover::snapshot::ApiError;
+    use mover::aws::ApiError;
     let r = rig();
     let s = profile_settings("default", None);
     let v = vref("db", "default", &s);

@@ -5,7 +5,7 @@
 //! Time comes from a `Clock` (mover's), so tests of the waits run on
 //! virtual time.
 
-use mover::snapshot::pace::Clock;
+use mover::clock::Clock;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,7 +97,7 @@ impl Deadline {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mover::snapshot::pace::ManualClock;
+    use mover::clock::ManualClock;
 
     #[test]
     fn polls_back_off_and_stop_at_the_budget() {

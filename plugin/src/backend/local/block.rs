@@ -8,6 +8,13 @@ use profiles::{Filesystem, LocalSettings};
 use std::ffi::OsStr;
 use std::path::Path;
 
+/// `ROOT/NAME` private (0700, tightened if an older daffe made it 0755), the
+/// mountpoint inside it.
+fn private_dirs(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
+    sys::private_dir(&p.dir).map_err(|e| BackendError::io(name, "creating", &p.dir, e))?;
+    std::fs::create_dir_all(&p.data).map_err(|e| BackendError::io(name, "creating", &p.data, e))
+}
+
 fn cmd_err(volume: &str) -> impl FnOnce(sys::CommandError) -> BackendError + '_ {
     move |source| BackendError::Command {
         volume: volume.to_owned(),
@@ -22,7 +29,7 @@ pub(crate) fn create(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<()
         volume: name.to_owned(),
         message: "a block volume needs a size".into(),
     })?;
-    std::fs::create_dir_all(&p.data).map_err(|e| BackendError::io(name, "creating", &p.data, e))?;
+    private_dirs(name, p)?;
     let img = image_path(s, p);
     let file =
         std::fs::File::create(&img).map_err(|e| BackendError::io(name, "creating", &img, e))?;
@@ -67,7 +74,7 @@ pub(crate) fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(),
     if sys::is_mountpoint(&p.data) {
         return Ok(());
     }
-    std::fs::create_dir_all(&p.data).map_err(|e| BackendError::io(name, "creating", &p.data, e))?;
+    private_dirs(name, p)?;
     let img = image_path(s, p);
     if !img.exists() {
         return Err(BackendError::Other {
@@ -76,13 +83,14 @@ pub(crate) fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(),
         });
     }
     let fs = s.filesystem.unwrap_or(Filesystem::Ext4);
+    let options = format!("loop,{}", sys::SAFE_MOUNT_OPTIONS);
     sys::run(
         "mount",
         &[
             OsStr::new("-t"),
             OsStr::new(fs.as_str()),
             OsStr::new("-o"),
-            OsStr::new("loop"),
+            OsStr::new(&options),
             img.as_os_str(),
             p.data.as_os_str(),
         ],

@@ -1,6 +1,6 @@
-//! Destination-side chunk availability: which chunks the destination already
-//! holds and where (applied tree, this round's staged files and pack, an
-//! interrupted round's seeds), and verified reads of them.
+//! The chunk index: which chunks the destination already holds and where
+//! (applied tree, this round's staged files and pack, an interrupted round's
+//! seeds), and verified reads of them.
 //!
 //! The index is keyed by the first 8 bytes of the id (about 32 bytes per
 //! chunk in memory). Every read through it is verified against the full id,
@@ -10,9 +10,9 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 
 use crate::chunk::ChunkId;
+use crate::read_full::read_full_at;
 
 /// Where a chunk's bytes can be read at the destination.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,16 +55,6 @@ impl ChunkIndex {
     pub fn remove(&mut self, id: &ChunkId) {
         self.map.remove(&id.prefix());
     }
-
-    /// Number of chunks known.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    /// Whether empty.
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 /// Reads `len` bytes at `offset` into `buf` and checks them against `id`.
@@ -77,19 +67,6 @@ pub fn read_verified(
     buf: &mut Vec<u8>,
 ) -> io::Result<bool> {
     buf.resize(len as usize, 0);
-    let mut got = 0;
-    while got < buf.len() {
-        match f.read_at(&mut buf[got..], offset + got as u64) {
-            Ok(0) => return Ok(false),
-            Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(ChunkId::of(buf) == *id)
-}
-
-/// Writes all of `data` at `offset`.
-pub fn write_all_at(f: &File, data: &[u8], offset: u64) -> io::Result<()> {
-    f.write_all_at(data, offset)
+    let got = read_full_at(f, buf, offset)?;
+    Ok(got == buf.len() && ChunkId::of(buf) == *id)
 }

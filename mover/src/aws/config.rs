@@ -1,7 +1,7 @@
 //! SDK configuration for every AWS client daffe makes (EBS here; EC2 for the
 //! EBS backend): the standard chain (env, profile, IMDS) for credentials and
 //! region, with `--region`/`--endpoint-url` overrides; a timeout on every call;
-//! and the SDK's own retries turned off, because `snapshot::retry` is the one
+//! and the SDK's own retries turned off, because `crate::retry` is the one
 //! retry layer (two layers would multiply attempts: 3 SDK tries x 10 ours).
 
 use aws_config::retry::RetryConfig;

@@ -1,16 +1,15 @@
-//! `SnapshotApi` over the AWS SDK's EBS client.
+//! `SnapshotApi` over the AWS SDK's EBS client (feature `aws`; the SDK
+//! configuration and error conversion it uses are `crate::aws`'s).
 //!
 //! The trait is blocking (push and pull run worker threads); this type owns a
 //! small tokio runtime and blocks on it from those threads. Do not call it from
 //! inside another tokio runtime's async context (use `spawn_blocking`).
 
-use super::config::{AwsConfigError, AwsOptions, load_sdk_config};
-use super::errors::from_sdk_error;
-use crate::snapshot::api::{
-    ApiError, BlockPage, ErrorKind, FetchedBlock, ListedBlock, SnapshotApi, Started,
-};
-use crate::snapshot::block::{BLOCK_SIZE, BlockHash};
-use crate::snapshot::rules::StartRequest;
+use super::api::{BlockPage, FetchedBlock, ListedBlock, SnapshotApi, Started};
+use super::block::{BLOCK_SIZE, BlockHash};
+use super::rules::StartRequest;
+use crate::aws::{ApiError, AwsConfigError, AwsOptions, from_sdk_error, load_sdk_config};
+use crate::retry::ErrorKind;
 use aws_sdk_ebs::primitives::ByteStream;
 use aws_sdk_ebs::types::{ChecksumAggregationMethod, ChecksumAlgorithm, Tag};
 

@@ -1,40 +1,29 @@
-//! Scanning a source: walk a tree (sorted, depth-first, pre-order) or open an
-//! image, and write its manifest.
-//!
-//! - Hardlinks: one (dev, ino) map per scan; the first path is the `File`,
-//!   later ones are `Hardlink` entries naming it.
-//! - Stat cache: an entry whose (dev, ino, size, mtime, ctime) match the last
-//!   scan's record (and was not racy) is copied from the last manifest; no
-//!   data is read, no xattr is listed.
-//! - Chunking runs on worker threads in ordered parallel: big extents are cut
-//!   into segments chunked independently and spliced back into the serial
-//!   cut sequence ([`SegmentJoin`]), so two cores work on one large file and
-//!   the result is identical to a single-threaded scan.
-//! - Memory: one pending window of entries and chunk lists; chunk lists are
-//!   streamed to the manifest as segments complete, never held per file.
+//! The manifest being built: entries wait in an ordered queue while their
+//! data is chunked on worker threads (large extents in segments, spliced
+//! back into the serial cut sequence), entries the stat cache vouches for
+//! are copied from the last manifest, and everything is written in manifest
+//! order to the manifest and the new stat cache.
 
-use std::collections::{HashMap, VecDeque};
-use std::ffi::OsStr;
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
-use rustix::fs::{Mode, OFlags};
-use serde::{Deserialize, Serialize};
 
 use crate::chunk::{ChunkClass, ChunkId, ChunkRef, SegmentJoin, chunk_segment};
-use crate::fsmeta::{self, FileStat, FsMetaError, Skip, StatKind, XTarget};
+use crate::fsmeta::{self, FileStat, Skip, StatKind};
 use crate::manifest::{
-    Entry, Header, Kind, ManifestError, ManifestReader, ManifestWriter, Mode as MMode, PathTable,
-    Record, Trailer,
+    Entry, Header, ManifestError, ManifestReader, ManifestWriter, Mode as MMode, PathTable, Record,
 };
-use crate::progress::{Progress, ProgressSink};
-use crate::statcache::{StatCacheError, StatReader, StatRec, StatWriter, now_ns};
+use crate::progress::Progress;
+use crate::read_full::{read_full_at, read_full_at_in};
+use crate::statcache::{StatReader, StatRec, StatWriter, now_ns};
+
+use super::options::{LAST_MANIFEST, LAST_STAT, Scan, ScanError, ScanOptions, ScanStats, io_err};
 
 /// Segment size for parallel chunking of one extent: large enough that the
 /// resync overhead at segment starts (a few chunks) is noise, small enough
@@ -56,85 +45,6 @@ const IN_FLIGHT: usize = 256;
 /// Entries waiting to be written behind a slow one (bounded memory: a few
 /// hundred bytes each).
 const MAX_PENDING: usize = 65536;
-
-/// Errors of this module.
-#[derive(Debug, thiserror::Error)]
-pub enum ScanError {
-    #[error("scanning {path:?}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Meta(#[from] FsMetaError),
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    #[error(transparent)]
-    StatCache(#[from] StatCacheError),
-    #[error("source {0}: not a directory")]
-    NotADir(PathBuf),
-    #[error("source {0}: not a regular file or block device")]
-    NotAnImage(PathBuf),
-    #[error("scan worker thread died")]
-    Worker,
-    /// The last scan's cache is unusable (torn, foreign): the scan is redone
-    /// without it.
-    #[error("source cache unusable: {0}")]
-    Cache(String),
-}
-
-fn io_err(path: &[u8]) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
-    move |source| ScanError::Io {
-        path: String::from_utf8_lossy(path).into_owned(),
-        source,
-    }
-}
-
-/// What the scan read and decided.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScanStats {
-    /// Entries in the manifest.
-    pub entries: u64,
-    /// Regular files (and images).
-    pub files: u64,
-    /// Logical bytes of all files (data plus holes).
-    pub bytes_scanned: u64,
-    /// Data bytes read and hashed (0 for entries reused from the stat cache).
-    pub bytes_hashed: u64,
-    /// Entries copied from the last manifest without reading data.
-    pub entries_reused: u64,
-    /// Sockets left out.
-    pub sockets_skipped: u64,
-}
-
-/// Scan settings.
-#[derive(Clone)]
-pub struct ScanOptions {
-    /// Worker threads for chunking (>= 1).
-    pub threads: usize,
-    /// Manifest label.
-    pub label: String,
-    /// Progress sink.
-    pub progress: Arc<dyn ProgressSink>,
-}
-
-/// A finished scan: the manifest on disk and what the sender needs to answer
-/// positional chunk requests.
-#[derive(Debug)]
-pub struct Scan {
-    /// The manifest file (`CACHE/last.manifest`).
-    pub manifest: PathBuf,
-    pub header: Header,
-    pub trailer: Trailer,
-    /// Entry index -> path, for data-carrying entries.
-    pub paths: PathTable,
-    pub stats: ScanStats,
-    pub skipped: Vec<Skip>,
-}
-
-/// Names of the cache files in the source's cache dir.
-pub const LAST_MANIFEST: &str = "last.manifest";
-const LAST_STAT: &str = "last.stat";
 
 struct Job {
     seq: u64,
@@ -184,6 +94,10 @@ struct Pending {
     state: PState,
 }
 
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a job reads one segment plus lookahead (tens of MiB); a small file's extent is at most SMALL_MAX"
+)]
 fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
     let mut buf = Vec::new();
     while let Ok(j) = jobs.recv() {
@@ -198,20 +112,10 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
             rustix::fs::Advice::WillNeed,
         );
         buf.resize(want, 0);
-        let mut got = 0usize;
-        let mut error = None;
-        while got < want {
-            let end = (got + READ_PIECE).min(want);
-            match j.file.read_at(&mut buf[got..end], j.seg + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
-            }
-        }
+        let (got, error) = match read_full_at_in(&j.file, &mut buf, j.seg, READ_PIECE) {
+            Ok(got) => (got, None),
+            Err(e) => (0, Some(e)),
+        };
         let short = got < want;
         let at_end = j.read_end == j.ext_end || short;
         let chunks = if j.class == ChunkClass::Small {
@@ -272,7 +176,7 @@ fn open_cache(dir: &Path) -> Option<Cache> {
     Some(Cache { stat, manifest })
 }
 
-struct Scanner {
+pub(super) struct Scanner {
     opts: ScanOptions,
     start_ns: i128,
     cache: Option<Cache>,
@@ -287,12 +191,11 @@ struct Scanner {
     jobs: Option<Sender<Job>>,
     results: Receiver<JobResult>,
     threads: Vec<std::thread::JoinHandle<()>>,
-    hardlinks: HashMap<(u64, u64), Vec<u8>>,
     entry_index: u32,
 }
 
 impl Scanner {
-    fn new(
+    pub(super) fn new(
         cache_dir: &Path,
         mode: MMode,
         opts: ScanOptions,
@@ -329,12 +232,26 @@ impl Scanner {
             jobs: Some(jtx),
             results: rrx,
             threads,
-            hardlinks: HashMap::new(),
             entry_index: 0,
         })
     }
 
-    fn cached(&mut self, path: &[u8], st: &FileStat) -> Result<bool, ScanError> {
+    /// A socket is left out (reported, not an error).
+    pub(super) fn skip_socket(&mut self, path: &[u8]) {
+        self.stats.sockets_skipped += 1;
+        let msg = format!("skipping socket {:?}", String::from_utf8_lossy(path));
+        tracing::warn!("{msg}");
+        self.opts
+            .progress
+            .event(&Progress::Warning { message: msg });
+        self.skipped.push(Skip {
+            path: String::from_utf8_lossy(path).into_owned(),
+            what: "socket".into(),
+            reason: "sockets cannot be copied".into(),
+        });
+    }
+
+    pub(super) fn cached(&mut self, path: &[u8], st: &FileStat) -> Result<bool, ScanError> {
         let Some(c) = self.cache.as_mut() else {
             return Ok(false);
         };
@@ -343,7 +260,7 @@ impl Scanner {
 
     /// Queues one entry. `file` is the open file for data-carrying entries
     /// that must be read.
-    fn add(
+    pub(super) fn add(
         &mut self,
         entry: Entry,
         st: &FileStat,
@@ -379,21 +296,19 @@ impl Scanner {
                 if class == ChunkClass::Small && extents.len() <= 1 {
                     let mut chunk = None;
                     if let Some(&(s0, e0)) = extents.first() {
+                        #[allow(
+                            clippy::cast_possible_truncation,
+                            reason = "a small file: at most SMALL_MAX"
+                        )]
                         let mut buf = vec![0u8; (e0 - s0) as usize];
-                        let mut got = 0;
-                        while got < buf.len() {
-                            match f.read_at(&mut buf[got..], s0 + got as u64) {
-                                Ok(0) => break,
-                                Ok(n) => got += n,
-                                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                                Err(e) => return Err(io_err(&entry.path)(e)),
-                            }
-                        }
+                        let got = read_full_at(&f, &mut buf, s0).map_err(io_err(&entry.path))?;
                         self.stats.bytes_hashed += got as u64;
                         if got > 0 {
+                            #[allow(clippy::cast_possible_truncation, reason = "at most SMALL_MAX")]
+                            let len = got as u32;
                             chunk = Some(ChunkRef {
                                 offset: s0,
-                                len: got as u32,
+                                len,
                                 id: ChunkId::of(&buf[..got]),
                             });
                         }
@@ -485,6 +400,10 @@ impl Scanner {
             entries: self.stats.entries,
             bytes_hashed: self.stats.bytes_hashed,
         });
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "a queue position, at most MAX_PENDING"
+        )]
         let idx = (r.seq - self.base_seq) as usize;
         let p = &mut self.queue[idx];
         if let Some(e) = r.error {
@@ -591,7 +510,7 @@ impl Scanner {
         Ok(())
     }
 
-    fn finish(mut self, cache_dir: &Path) -> Result<Scan, ScanError> {
+    pub(super) fn finish(mut self, cache_dir: &Path) -> Result<Scan, ScanError> {
         while !self.queue.is_empty() {
             self.flush()?;
             if !self.queue.is_empty() {
@@ -637,7 +556,7 @@ impl Scanner {
 
 /// Writes a chunk record, preceded by an extent record when it does not
 /// continue the previous chunk.
-pub(crate) fn write_chunk<W: std::io::Write>(
+fn write_chunk<W: std::io::Write>(
     w: &mut ManifestWriter<W>,
     c: ChunkRef,
     last_end: &mut Option<u64>,
@@ -682,15 +601,7 @@ fn advance_chunking(
     // Chunks the joiner must cut itself (rare), read straight from the file.
     let mut serial = |at: u64| -> Result<ChunkRef, ScanError> {
         buf.resize(chunker.max(), 0);
-        let mut got = 0;
-        while got < buf.len() {
-            match file.read_at(&mut buf[got..], at + got as u64) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(io_err(&path)(e)),
-            }
-        }
+        let got = read_full_at(file, &mut buf, at).map_err(io_err(&path))?;
         if got == 0 {
             return Err(ScanError::Io {
                 path: String::from_utf8_lossy(&path).into_owned(),
@@ -698,9 +609,14 @@ fn advance_chunking(
             });
         }
         let n = chunker.cut(&buf[..got]);
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "a chunk is at most its class's max"
+        )]
+        let len = n as u32;
         Ok(ChunkRef {
             offset: at,
-            len: n as u32,
+            len,
             id: ChunkId::of(&buf[..n]),
         })
     };
@@ -744,259 +660,4 @@ fn finish_extent(
         }
         other => other,
     }
-}
-
-fn base_entry(path: Vec<u8>, kind: Kind, st: &FileStat) -> Entry {
-    Entry {
-        path,
-        kind,
-        mode: st.perm,
-        uid: st.uid,
-        gid: st.gid,
-        mtime_ns: st.mtime_ns,
-        size: 0,
-        rdev: 0,
-        target: Vec::new(),
-        xattrs: Vec::new(),
-        class: ChunkClass::Small.code(),
-    }
-}
-
-fn open_file(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
-    // O_NOATIME keeps a scan from dirtying every inode; only the owner (or
-    // root) may ask for it, so fall back without it.
-    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
-        Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, base, Mode::empty()),
-        r => r,
-    }
-}
-
-struct Frame {
-    fd: Arc<OwnedFd>,
-    path: Vec<u8>,
-    /// Children, sorted descending so `pop` yields them in order.
-    names: Vec<Vec<u8>>,
-}
-
-fn list_dir(fd: &OwnedFd, path: &[u8]) -> Result<Vec<Vec<u8>>, ScanError> {
-    let mut names = Vec::new();
-    let dir = rustix::fs::Dir::read_from(fd).map_err(|e| io_err(path)(e.into()))?;
-    for ent in dir {
-        let ent = ent.map_err(|e| io_err(path)(e.into()))?;
-        let n = ent.file_name().to_bytes();
-        if n != b"." && n != b".." {
-            names.push(n.to_vec());
-        }
-    }
-    names.sort_unstable_by(|a, b| b.cmp(a));
-    Ok(names)
-}
-
-fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
-    if dir.is_empty() {
-        return name.to_vec();
-    }
-    let mut p = Vec::with_capacity(dir.len() + 1 + name.len());
-    p.extend_from_slice(dir);
-    p.push(b'/');
-    p.extend_from_slice(name);
-    p
-}
-
-/// Scans the tree at `root` into `CACHE/last.manifest`, using and refreshing
-/// the stat cache in `cache_dir`.
-pub fn scan_tree(root: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
-    match scan_tree_with(root, cache_dir, opts.clone(), true) {
-        Err(ScanError::Cache(why)) => {
-            tracing::warn!(
-                "source cache in {} unusable ({why}); rescanning without it",
-                cache_dir.display()
-            );
-            scan_tree_with(root, cache_dir, opts, false)
-        }
-        r => r,
-    }
-}
-
-fn scan_tree_with(
-    root: &Path,
-    cache_dir: &Path,
-    opts: ScanOptions,
-    use_cache: bool,
-) -> Result<Scan, ScanError> {
-    let rootfd = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|_| ScanError::NotADir(root.to_path_buf()))?;
-    let mut s = Scanner::new(cache_dir, MMode::Tree, opts, use_cache)?;
-    let st = fsmeta::stat_fd(rootfd.as_fd(), b"")?;
-    let reuse = s.cached(b"", &st)?;
-    let mut e = base_entry(Vec::new(), Kind::Dir, &st);
-    if !reuse {
-        e.xattrs = fsmeta::read_xattrs(XTarget::Fd(rootfd.as_fd()), b"")?;
-    }
-    s.add(e, &st, reuse, None)?;
-    let names = list_dir(&rootfd, b"")?;
-    let mut stack = vec![Frame {
-        fd: Arc::new(rootfd),
-        path: Vec::new(),
-        names,
-    }];
-    while let Some(top) = stack.last_mut() {
-        let Some(name) = top.names.pop() else {
-            stack.pop();
-            continue;
-        };
-        let dirfd = top.fd.clone();
-        let path = join_path(&top.path, &name);
-        let oname = OsStr::from_bytes(&name);
-        let st = match fsmeta::stat_at(dirfd.as_fd(), oname) {
-            Ok(st) => st,
-            // Vanished between readdir and lstat: it is simply not there.
-            Err(FsMetaError::Sys { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let Some(kind) = st.manifest_kind() else {
-            s.stats.sockets_skipped += 1;
-            let msg = format!("skipping socket {:?}", String::from_utf8_lossy(&path));
-            tracing::warn!("{msg}");
-            s.opts.progress.event(&Progress::Warning { message: msg });
-            s.skipped.push(Skip {
-                path: String::from_utf8_lossy(&path).into_owned(),
-                what: "socket".into(),
-                reason: "sockets cannot be copied".into(),
-            });
-            continue;
-        };
-        // Hardlinks: later names of an inode already seen.
-        if kind == Kind::File && st.nlink > 1 {
-            if let Some(first) = s.hardlinks.get(&(st.dev, st.ino)) {
-                let mut e = base_entry(path, Kind::Hardlink, &st);
-                e.target = first.clone();
-                // Keep the stat cache cursor moving past this path.
-                let _ = s.cached(&e.path, &st)?;
-                s.add(e, &st, false, None)?;
-                continue;
-            }
-            s.hardlinks.insert((st.dev, st.ino), path.clone());
-        }
-        let reuse = s.cached(&path, &st)?;
-        let mut e = base_entry(path, kind, &st);
-        match kind {
-            Kind::Dir => {
-                let fd = rustix::fs::openat(
-                    dirfd.as_fd(),
-                    oname,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|err| io_err(&e.path)(err.into()))?;
-                if !reuse {
-                    e.xattrs = fsmeta::read_xattrs(XTarget::Fd(fd.as_fd()), &e.path)?;
-                }
-                let names = list_dir(&fd, &e.path)?;
-                let p = e.path.clone();
-                s.add(e, &st, reuse, None)?;
-                stack.push(Frame {
-                    fd: Arc::new(fd),
-                    path: p,
-                    names,
-                });
-            }
-            Kind::File => {
-                e.size = st.size;
-                e.class = ChunkClass::for_path(&e.path, st.size).code();
-                if reuse {
-                    s.add(e, &st, true, None)?;
-                } else {
-                    let fd = open_file(dirfd.as_fd(), oname)
-                        .map_err(|err| io_err(&e.path)(err.into()))?;
-                    e.xattrs = fsmeta::read_xattrs(XTarget::Fd(fd.as_fd()), &e.path)?;
-                    s.add(e, &st, false, Some(File::from(fd)))?;
-                }
-            }
-            Kind::Symlink => {
-                if !reuse {
-                    e.target = rustix::fs::readlinkat(dirfd.as_fd(), oname, Vec::new())
-                        .map_err(|err| io_err(&e.path)(err.into()))?
-                        .into_bytes();
-                    e.xattrs = fsmeta::read_xattrs(
-                        XTarget::Link {
-                            dir: dirfd.as_fd(),
-                            name: oname,
-                        },
-                        &e.path,
-                    )?;
-                }
-                s.add(e, &st, reuse, None)?;
-            }
-            _ => {
-                e.rdev = st.rdev;
-                if !reuse {
-                    e.xattrs = fsmeta::read_xattrs(
-                        XTarget::Link {
-                            dir: dirfd.as_fd(),
-                            name: oname,
-                        },
-                        &e.path,
-                    )?;
-                }
-                s.add(e, &st, reuse, None)?;
-            }
-        }
-    }
-    s.finish(cache_dir)
-}
-
-/// Size of a block device or regular file.
-pub fn image_size(f: &File, st: &FileStat) -> std::io::Result<u64> {
-    if st.kind == StatKind::BlockDev {
-        rustix::fs::seek(f, rustix::fs::SeekFrom::End(0)).map_err(Into::into)
-    } else {
-        Ok(st.size)
-    }
-}
-
-/// Scans the image (regular file or block device) at `path`.
-pub fn scan_image(path: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
-    match scan_image_with(path, cache_dir, opts.clone(), true) {
-        Err(ScanError::Cache(why)) => {
-            tracing::warn!(
-                "source cache in {} unusable ({why}); rescanning without it",
-                cache_dir.display()
-            );
-            scan_image_with(path, cache_dir, opts, false)
-        }
-        r => r,
-    }
-}
-
-fn scan_image_with(
-    path: &Path,
-    cache_dir: &Path,
-    opts: ScanOptions,
-    use_cache: bool,
-) -> Result<Scan, ScanError> {
-    let f = File::open(path).map_err(io_err(path.as_os_str().as_bytes()))?;
-    let st = fsmeta::stat_fd(f.as_fd(), b"")?;
-    if !matches!(st.kind, StatKind::File | StatKind::BlockDev) {
-        return Err(ScanError::NotAnImage(path.to_path_buf()));
-    }
-    let mut s = Scanner::new(cache_dir, MMode::Image, opts, use_cache)?;
-    let mut st2 = st;
-    st2.size = image_size(&f, &st).map_err(io_err(path.as_os_str().as_bytes()))?;
-    // A device's timestamps say nothing about its contents: always read it.
-    let reuse = st.kind == StatKind::File && s.cached(b"", &st2)?;
-    let mut e = base_entry(Vec::new(), Kind::Image, &st2);
-    e.size = st2.size;
-    e.class = ChunkClass::Db.code();
-    s.add(e, &st2, reuse, if reuse { None } else { Some(f) })?;
-    s.finish(cache_dir)
 }

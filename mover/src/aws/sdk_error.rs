@@ -1,8 +1,13 @@
 //! Turning SDK errors into `ApiError`s: the AWS error code (or the HTTP status
 //! when the reply had none, as moto's HTML 500 pages do) and the retry kind the
-//! one retry layer acts on. `classify_code` is shared with the EC2 calls.
+//! one retry layer acts on. Generic over the operation's error, so the EBS
+//! and the EC2 clients share it. Missing credentials are permanent: the chain
+//! that found none will find none on a retry either, so the operator hears it
+//! at once.
 
-use crate::snapshot::api::{ApiError, ErrorKind};
+use super::ApiError;
+use crate::retry::ErrorKind;
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_ebs::config::http::HttpResponse;
 use aws_sdk_ebs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
@@ -93,6 +98,9 @@ where
             )
         }
         SdkError::TimeoutError(_) => ApiError::new(op, ErrorKind::Transient, "Timeout", message),
+        SdkError::DispatchFailure(_) if credentials_unusable(&err) => {
+            ApiError::new(op, ErrorKind::Permanent, "NoCredentials", message)
+        }
         SdkError::DispatchFailure(df) => {
             let kind = if df.is_user() {
                 ErrorKind::Permanent
@@ -103,6 +111,25 @@ where
         }
         _ => ApiError::new(op, ErrorKind::Permanent, "ClientError", message),
     }
+}
+
+/// Whether `err` comes from a credential chain that found no credentials or
+/// has a configuration that cannot work (the SDK reports both as a dispatch
+/// failure, before any request is sent). A provider that timed out or failed
+/// (IMDS busy, STS 5xx) is not this: it may succeed on a retry.
+fn credentials_unusable(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return matches!(
+                c,
+                CredentialsError::CredentialsNotLoaded(_)
+                    | CredentialsError::InvalidConfiguration(_)
+            );
+        }
+        next = e.source();
+    }
+    false
 }
 
 #[cfg(test)]
@@ -126,5 +153,51 @@ mod tests {
         for (code, status, kind) in cases {
             assert_eq!(classify_code(code, status), kind, "{code} {status}");
         }
+    }
+
+    /// A real EBS client whose credential chain finds nothing (as with no
+    /// env, no profile and no instance role) fails before sending anything;
+    /// the error must be permanent, or the retry layer spends ~40 s on it.
+    /// A provider that fails for a passing reason stays retryable.
+    #[test]
+    fn missing_credentials_are_permanent_and_a_failing_provider_is_not() {
+        use aws_credential_types::provider::{ProvideCredentials, future};
+        #[derive(Debug)]
+        struct Chain(fn() -> CredentialsError);
+        impl ProvideCredentials for Chain {
+            fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+            where
+                Self: 'a,
+            {
+                future::ProvideCredentials::ready(Err((self.0)()))
+            }
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let call = |chain: Chain| {
+            let conf = aws_sdk_ebs::Config::builder()
+                .behavior_version(aws_sdk_ebs::config::BehaviorVersion::latest())
+                .region(aws_sdk_ebs::config::Region::new("us-east-1"))
+                // Nothing listens here, and nothing must be sent anyway.
+                .endpoint_url("http://127.0.0.1:9")
+                .credentials_provider(chain)
+                .build();
+            let client = aws_sdk_ebs::Client::from_conf(conf);
+            let err = rt
+                .block_on(client.start_snapshot().volume_size(1).send())
+                .unwrap_err();
+            from_sdk_error("StartSnapshot", err)
+        };
+        let none = call(Chain(|| {
+            CredentialsError::not_loaded("no credentials found in chain")
+        }));
+        assert_eq!(none.kind, ErrorKind::Permanent, "{none}");
+        assert_eq!(none.code, "NoCredentials");
+        let flaky = call(Chain(|| {
+            CredentialsError::provider_error("IMDS answered 503")
+        }));
+        assert_eq!(flaky.kind, ErrorKind::Transient, "{flaky}");
     }
 }

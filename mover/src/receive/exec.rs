@@ -1,0 +1,447 @@
+//! The plan's executor: carries out each decision of [`super::plan`] as it
+//! comes. Ops go to their streams; each chunk the round needs is found
+//! locally (the chunk index: the applied tree, this round's staged files and
+//! pack, an interrupted round's seeds; every copy read back and verified
+//! against its id) or asked of the source in windows (DESIGN.md steps 4-6).
+//! Every arriving chunk is hashed and compared with its id before it is
+//! written; the writer checkpoints as it goes.
+//!
+//! A chunk that does not match its id means the source changed since its
+//! scan. Today that ends the round (`ReceiveError::Stale`) after the chunks
+//! that did arrive are made durable; they seed the next attempt. The one
+//! place that decides this is [`Executor::mismatch`]: a pre-copy round that
+//! keeps what it moved would mark the want's entry dirty there and go on,
+//! and report the round as partial from [`Executed`].
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::dest::Dest;
+use super::error::{ReceiveError, io_err};
+use super::ops::Op;
+use super::options::{ReceiveOptions, RoundStats};
+use super::plan::{Counts, PlanSink};
+use super::writer::{Target, Writer};
+use crate::chunk::{ChunkId, ChunkRef};
+use crate::chunk_index::{ChunkIndex, Loc, read_verified};
+use crate::journal::FramedWriter;
+use crate::manifest::{Entry, PathTable};
+use crate::progress::Progress;
+use crate::read_full::read_full_at;
+use crate::source::{ChunkSource, SinkError, Want};
+
+/// Wants per fetch window (bounded memory; a network source pipelines a
+/// window as one batch).
+const WINDOW_WANTS: usize = 8192;
+/// Bytes per fetch window, for the same reason.
+const WINDOW_BYTES: u64 = 64 << 20;
+
+/// Wants asked of the source together.
+#[derive(Default)]
+struct Window {
+    wants: Vec<Want>,
+    /// Per want: every place its bytes go (duplicates wait on the first).
+    dests: Vec<Vec<Target>>,
+    /// Per want: the destination path whose same range holds the previous
+    /// version of the chunk (files patched in place), and how many of those
+    /// bytes exist. A remote source then sends only what differs.
+    bases: Vec<Option<(Vec<u8>, u32)>>,
+    bytes: u64,
+}
+
+/// Where local chunk sources are.
+pub(super) struct Local<'a> {
+    pub(super) index: ChunkIndex,
+    /// Paths of the valid applied data entries (`Loc::Applied` numbers them).
+    pub(super) applied: &'a PathTable,
+    /// Files of an interrupted round's durable chunks (`Loc::Seed` numbers them).
+    pub(super) seeds: Vec<PathBuf>,
+}
+
+/// What the execution left for the commit.
+pub(super) struct Executed {
+    /// The round's journal, for the commit record.
+    pub(super) journal: FramedWriter,
+    /// New-manifest entries whose data this round staged (verified after).
+    pub(super) touched: Vec<u32>,
+    pub(super) fetch_time: Duration,
+}
+
+/// Executes one round's plan.
+pub(super) struct Executor<'a> {
+    dest: &'a Dest,
+    opts: &'a ReceiveOptions,
+    src: Option<&'a mut dyn ChunkSource>,
+    local: Local<'a>,
+    writer: Writer<'a>,
+    stats: &'a mut RoundStats,
+    window: Window,
+    /// The last want filled the window: fetch it once the caller has
+    /// recorded the want (see `stage_chunk`).
+    window_full: bool,
+    /// Chunks of the file being staged that wait on a fetch, and whether
+    /// the window filled meanwhile.
+    deferred: u32,
+    flush_after_stage: bool,
+    /// Staged files waiting for deferred chunks: (writes left, entry).
+    unfinished: HashMap<u32, (u32, Entry)>,
+    applied_file: Option<(u32, File)>,
+    seed_files: HashMap<u32, File>,
+    buf: Vec<u8>,
+    touched: Vec<u32>,
+    fetch_time: Duration,
+}
+
+impl<'a> Executor<'a> {
+    pub(super) fn new(
+        dest: &'a Dest,
+        opts: &'a ReceiveOptions,
+        src: &'a mut dyn ChunkSource,
+        local: Local<'a>,
+        stats: &'a mut RoundStats,
+    ) -> Result<Self, ReceiveError> {
+        Ok(Executor {
+            dest,
+            opts,
+            src: Some(src),
+            local,
+            writer: Writer::open(dest, opts.checkpoint_bytes)?,
+            stats,
+            window: Window::default(),
+            window_full: false,
+            deferred: 0,
+            flush_after_stage: false,
+            unfinished: HashMap::new(),
+            applied_file: None,
+            seed_files: HashMap::new(),
+            buf: Vec::new(),
+            touched: Vec::new(),
+            fetch_time: Duration::ZERO,
+        })
+    }
+
+    /// After the plan: the plan's counts go into the stats, the last window
+    /// is fetched, everything is checkpointed and the op streams written.
+    pub(super) fn finish(mut self, counts: Counts) -> Result<Executed, ReceiveError> {
+        self.stats.files_staged += counts.files_staged;
+        self.stats.files_patched += counts.files_patched;
+        self.stats.meta_only += counts.meta_only;
+        self.stats.chunks_reused += counts.in_place;
+        self.flush_window()?;
+        Ok(Executed {
+            journal: self.writer.finish()?,
+            touched: self.touched,
+            fetch_time: self.fetch_time,
+        })
+    }
+
+    /// Finds chunk `c` (needed at `target`) locally or queues a want.
+    /// True when the write is deferred to a fetch window.
+    fn resolve(&mut self, i: u32, c: ChunkRef, target: Target) -> Result<bool, ReceiveError> {
+        if let Some((loc, len)) = self.local.index.get(&c.id)
+            && len == c.len
+        {
+            match loc {
+                Loc::Pending { want } => {
+                    self.window.dests[want as usize].push(target);
+                    self.stats.chunks_reused += 1;
+                    return Ok(true);
+                }
+                Loc::Stage { entry, offset } if target == (Target::Stage { entry, offset }) => {
+                    // Already there from an interrupted attempt (durable).
+                    let mut buf = std::mem::take(&mut self.buf);
+                    let f = self.writer.stage_file(entry)?;
+                    let ok =
+                        read_verified(f, offset, len, &c.id, &mut buf).map_err(io_err(b"stage"))?;
+                    self.buf = buf;
+                    if ok {
+                        self.stats.chunks_reused += 1;
+                        return Ok(false);
+                    }
+                    self.local.index.remove(&c.id);
+                }
+                Loc::Pack { offset } if target == (Target::Pack { offset }) => {
+                    self.stats.chunks_reused += 1;
+                    return Ok(false);
+                }
+                _ => {
+                    if self.copy_local(loc, &c)? {
+                        let data = std::mem::take(&mut self.buf);
+                        self.write_target(target, &c, &data)?;
+                        self.buf = data;
+                        self.stats.chunks_reused += 1;
+                        self.stats.bytes_reused += u64::from(c.len);
+                        self.opts.progress.event(&Progress::Moved {
+                            bytes: u64::from(c.len),
+                        });
+                        return Ok(false);
+                    }
+                    self.local.index.remove(&c.id);
+                }
+            }
+        }
+        // Ask the source.
+        let w = u32::try_from(self.window.wants.len()).expect("a window holds few wants");
+        self.window.wants.push(Want {
+            entry: i,
+            offset: c.offset,
+            len: c.len,
+            id: c.id,
+        });
+        self.window.dests.push(vec![target]);
+        self.window.bases.push(None);
+        self.window.bytes += u64::from(c.len);
+        self.local.index.set(&c.id, Loc::Pending { want: w }, c.len);
+        if self.window.wants.len() >= WINDOW_WANTS || self.window.bytes >= WINDOW_BYTES {
+            // The caller counts this want as deferred even if the window is
+            // fetched right now: `landed` runs when the caller has recorded it.
+            self.window_full = true;
+        }
+        Ok(true)
+    }
+
+    /// Reads a chunk from a local location into `self.buf`, verified.
+    fn copy_local(&mut self, loc: Loc, c: &ChunkRef) -> Result<bool, ReceiveError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let ok = match self.local_file(loc)? {
+            Some((f, offset)) => read_verified(f, offset, c.len, &c.id, &mut buf).unwrap_or(false),
+            None => false,
+        };
+        self.buf = buf;
+        Ok(ok)
+    }
+
+    /// The open file and offset behind a local location (None when it
+    /// cannot be opened: the chunk is then fetched).
+    fn local_file(&mut self, loc: Loc) -> Result<Option<(&File, u64)>, ReceiveError> {
+        Ok(match loc {
+            Loc::Applied { entry, offset } => {
+                if self.applied_file.as_ref().is_none_or(|(e, _)| *e != entry) {
+                    let Some(path) = self.local.applied.get(entry) else {
+                        return Ok(None);
+                    };
+                    match self.dest.open_entry_ro(path) {
+                        Ok(f) => self.applied_file = Some((entry, f)),
+                        Err(_) => return Ok(None),
+                    }
+                }
+                self.applied_file.as_ref().map(|(_, f)| (f, offset))
+            }
+            Loc::Stage { entry, offset } => Some((self.writer.stage_file(entry)?, offset)),
+            Loc::Pack { offset } => Some((self.writer.pack(), offset)),
+            Loc::Seed { file, offset } => {
+                if !self.seed_files.contains_key(&file) {
+                    match self.local.seeds.get(file as usize).map(File::open) {
+                        Some(Ok(f)) => {
+                            self.seed_files.insert(file, f);
+                        }
+                        _ => return Ok(None),
+                    }
+                }
+                self.seed_files.get(&file).map(|f| (f, offset))
+            }
+            Loc::Pending { .. } => None,
+        })
+    }
+
+    fn write_target(&mut self, t: Target, c: &ChunkRef, data: &[u8]) -> Result<(), ReceiveError> {
+        self.writer.write(t, c, data)?;
+        if !matches!(self.local.index.get(&c.id), Some((Loc::Pending { .. }, _))) {
+            self.local.index.add(&c.id, t.loc(), c.len);
+        }
+        self.stats.bytes_written += data.len() as u64;
+        Ok(())
+    }
+
+    /// One chunk write that `stage_end` deferred has landed.
+    fn landed(&mut self, i: u32) -> Result<(), ReceiveError> {
+        let done = match self.unfinished.get_mut(&i) {
+            Some((n, _)) => {
+                *n -= 1;
+                *n == 0
+            }
+            None => false,
+        };
+        if done && let Some((_, e)) = self.unfinished.remove(&i) {
+            self.writer.finish_stage(i, &e, &mut self.stats.skipped)?;
+        }
+        Ok(())
+    }
+
+    /// The previous bytes of the window's patched ranges (None when there is
+    /// none). A base that cannot be read is simply not offered.
+    fn read_bases(&mut self, wants: &[Want]) -> Option<Vec<Option<Vec<u8>>>> {
+        let refs = std::mem::take(&mut self.window.bases);
+        if refs.iter().all(Option::is_none) {
+            return None;
+        }
+        // Open each file once; ask the kernel for every range up front (one
+        // deep queue of reads instead of one cold random read at a time).
+        let mut files: HashMap<Vec<u8>, Option<File>> = HashMap::new();
+        for (r, w) in refs.iter().zip(wants) {
+            let Some((path, len)) = r else { continue };
+            let f = files
+                .entry(path.clone())
+                .or_insert_with(|| self.dest.open_entry_ro(path).ok());
+            if let Some(f) = f {
+                let _ = rustix::fs::fadvise(
+                    &*f,
+                    w.offset,
+                    std::num::NonZeroU64::new(u64::from(*len)),
+                    rustix::fs::Advice::WillNeed,
+                );
+            }
+        }
+        let out = refs
+            .into_iter()
+            .zip(wants)
+            .map(|(r, w)| {
+                let (path, len) = r?;
+                let f = files.get(&path)?.as_ref()?;
+                let mut buf = vec![0u8; len as usize];
+                let got = read_full_at(f, &mut buf, w.offset).ok()?;
+                (got == buf.len()).then_some(buf)
+            })
+            .collect();
+        Some(out)
+    }
+
+    /// A chunk that does not match its want: the source changed since its
+    /// scan. The round stops here (see the module doc).
+    fn mismatch(w: &Want) -> ReceiveError {
+        ReceiveError::Stale {
+            path: format!("entry #{}", w.entry),
+            offset: w.offset,
+        }
+    }
+
+    /// Asks the source for the window's wants and writes each verified
+    /// arrival to every place that waits for it.
+    fn flush_window(&mut self) -> Result<(), ReceiveError> {
+        if self.window.wants.is_empty() {
+            return Ok(());
+        }
+        let t = Instant::now();
+        let wants = std::mem::take(&mut self.window.wants);
+        let dests = std::mem::take(&mut self.window.dests);
+        let bases = self.read_bases(&wants);
+        self.window.bytes = 0;
+        let Some(src) = self.src.take() else {
+            return Ok(());
+        };
+        let mut failure: Option<ReceiveError> = None;
+        let r = {
+            let mut sink = |k: usize, data: &[u8]| -> Result<(), SinkError> {
+                let w = &wants[k];
+                if data.len() != w.len as usize || ChunkId::of(data) != w.id {
+                    failure = Some(Self::mismatch(w));
+                    return Err("chunk does not match its id".into());
+                }
+                if let Err(e) = self.arrived(w, &dests[k], data) {
+                    failure = Some(e);
+                    return Err("write failed".into());
+                }
+                Ok(())
+            };
+            match &bases {
+                Some(b) => src.fetch_with_bases(&wants, b, &mut sink),
+                None => src.fetch(&wants, &mut sink),
+            }
+        };
+        self.src = Some(src);
+        if let Err(e) = r {
+            // Keep what arrived: make it durable before failing.
+            let _ = self.writer.checkpoint();
+            return Err(failure.take().unwrap_or(ReceiveError::Source(e)));
+        }
+        self.fetch_time += t.elapsed();
+        Ok(())
+    }
+
+    /// A verified chunk arrived for `w`: write it wherever it is needed.
+    fn arrived(&mut self, w: &Want, dests: &[Target], data: &[u8]) -> Result<(), ReceiveError> {
+        let c = ChunkRef {
+            offset: w.offset,
+            len: w.len,
+            id: w.id,
+        };
+        self.stats.chunks_new += 1;
+        self.stats.bytes_fetched += data.len() as u64;
+        self.opts.progress.event(&Progress::Moved {
+            bytes: data.len() as u64,
+        });
+        // The first destination becomes the chunk's home for later dups.
+        self.local.index.set(&w.id, dests[0].loc(), w.len);
+        for t in dests {
+            self.write_target(*t, &c, data)?;
+            if let Target::Stage { entry, .. } = t {
+                self.landed(*entry)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PlanSink for Executor<'_> {
+    fn op(&mut self, op: Op) -> Result<(), ReceiveError> {
+        if let Op::Place { stage, .. } = &op {
+            self.touched.push(*stage);
+        }
+        self.writer.op(&op)
+    }
+
+    fn special(&mut self, entry: u32, e: &Entry) -> Result<(), ReceiveError> {
+        self.writer.stage_special(entry, e, &mut self.stats.skipped)
+    }
+
+    fn stage_chunk(&mut self, entry: u32, c: ChunkRef) -> Result<(), ReceiveError> {
+        let target = Target::Stage {
+            entry,
+            offset: c.offset,
+        };
+        if self.resolve(entry, c, target)? {
+            self.deferred += 1;
+        }
+        // A staged file's deferred count must be recorded before any of its
+        // chunks land: the window is fetched after its last chunk is named.
+        self.flush_after_stage |= std::mem::take(&mut self.window_full);
+        Ok(())
+    }
+
+    fn stage_end(&mut self, entry: u32, e: &Entry) -> Result<(), ReceiveError> {
+        match std::mem::take(&mut self.deferred) {
+            0 => self
+                .writer
+                .finish_stage(entry, e, &mut self.stats.skipped)?,
+            n => {
+                self.unfinished.insert(entry, (n, e.clone()));
+            }
+        }
+        if std::mem::take(&mut self.flush_after_stage) {
+            self.flush_window()?;
+        }
+        Ok(())
+    }
+
+    fn patch_chunk(
+        &mut self,
+        entry: u32,
+        path: &[u8],
+        c: ChunkRef,
+        pack: u64,
+        base: u32,
+    ) -> Result<(), ReceiveError> {
+        let asked = self.window.wants.len();
+        self.resolve(entry, c, Target::Pack { offset: pack })?;
+        // A new want: our file still holds the old bytes of this range.
+        if self.window.wants.len() > asked && base > 0 {
+            self.window.bases[asked] = Some((path.to_vec(), base));
+        }
+        if std::mem::take(&mut self.window_full) {
+            self.flush_window()?;
+        }
+        Ok(())
+    }
+}

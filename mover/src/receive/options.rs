@@ -1,0 +1,95 @@
+//! What a receiver round is told (where to write, how much to verify, how
+//! often to checkpoint) and what it reports.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsmeta::Skip;
+use crate::progress::ProgressSink;
+
+/// Bytes written between checkpoints: a kill -9 re-fetches at most this
+/// much; larger means fewer filesystem syncs (each one waits for writeback).
+pub const CHECKPOINT_BYTES: u64 = 512 << 20;
+
+/// Where the receiver writes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Destination {
+    /// A directory (created if missing).
+    Tree(PathBuf),
+    /// A regular file (created if missing) or a block device.
+    Image(PathBuf),
+}
+
+impl Destination {
+    /// The path.
+    pub fn path(&self) -> &Path {
+        match self {
+            Destination::Tree(p) | Destination::Image(p) => p,
+        }
+    }
+}
+
+/// How much to re-read after applying.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verify {
+    /// Nothing (chunks are still verified on arrival).
+    None,
+    /// What this round wrote.
+    #[default]
+    Touched,
+    /// Every data entry.
+    All,
+}
+
+/// Receiver settings.
+#[derive(Clone)]
+pub struct ReceiveOptions {
+    pub verify: Verify,
+    pub progress: Arc<dyn ProgressSink>,
+    pub checkpoint_bytes: u64,
+}
+
+impl Default for ReceiveOptions {
+    fn default() -> Self {
+        ReceiveOptions {
+            verify: Verify::Touched,
+            progress: Arc::new(crate::progress::NoProgress),
+            checkpoint_bytes: CHECKPOINT_BYTES,
+        }
+    }
+}
+
+/// What a round did at the destination.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundStats {
+    /// Root of the manifest now applied.
+    pub root: String,
+    /// A committed round found at start and replayed.
+    pub recovered: bool,
+    pub entries: u64,
+    pub files_staged: u64,
+    pub files_patched: u64,
+    pub meta_only: u64,
+    pub deleted: u64,
+    /// Chunks listed in the manifest.
+    pub chunks_total: u64,
+    /// Chunks fetched from the source.
+    pub chunks_new: u64,
+    /// Chunk placements served locally (already in place, or copied from
+    /// the destination's own data, or a duplicate fetched earlier).
+    pub chunks_reused: u64,
+    /// Payload bytes received from the source.
+    pub bytes_fetched: u64,
+    /// Bytes copied from data already at the destination.
+    pub bytes_reused: u64,
+    /// Data bytes written (staged files, pack, in-place patches).
+    pub bytes_written: u64,
+    pub bytes_verified: u64,
+    pub skipped: Vec<Skip>,
+    pub plan_ms: u64,
+    pub fetch_ms: u64,
+    pub apply_ms: u64,
+    pub verify_ms: u64,
+}

@@ -1,0 +1,220 @@
+//! Where a round's data and records go before its commit: staged files
+//! (`round/stage/<entry>`), the pack (chunks of files patched in place), the
+//! four op streams, and the journal, whose `Durable` records say which
+//! chunks survived a crash. A chunk counts as stored only after a
+//! checkpoint: `syncfs`, then its `Durable` record, then the journal's fsync.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+
+use rustix::fs::{AtFlags, OFlags};
+
+use super::apply::special_meta;
+use super::dest::Dest;
+use super::error::{ReceiveError, errno, io_err};
+use super::ops::{Op, STREAMS};
+use crate::chunk::{ChunkId, ChunkRef};
+use crate::chunk_index::Loc;
+use crate::fsmeta::{self, Skip};
+use crate::journal::{FramedWriter, JRec, Stored};
+use crate::manifest::{Entry, Kind};
+
+/// Staged files kept open at once: chunks arrive in manifest order, so the
+/// files being written are the last few named.
+const OPEN_STAGE_FILES: usize = 16;
+/// `Durable` records per journal record (bounded record size).
+const DURABLE_PER_RECORD: usize = 4096;
+
+/// Where a chunk is written this round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Target {
+    /// Staged file `stage/<entry>` at `offset`.
+    Stage { entry: u32, offset: u64 },
+    /// The pack at `offset`.
+    Pack { offset: u64 },
+}
+
+impl Target {
+    /// The chunk index's name for the same place.
+    pub(super) fn loc(self) -> Loc {
+        match self {
+            Target::Stage { entry, offset } => Loc::Stage { entry, offset },
+            Target::Pack { offset } => Loc::Pack { offset },
+        }
+    }
+
+    fn stored(self) -> Stored {
+        match self {
+            Target::Stage { entry, offset } => Stored::Stage { entry, offset },
+            Target::Pack { offset } => Stored::Pack { offset },
+        }
+    }
+}
+
+/// The round dir's writers.
+pub(super) struct Writer<'a> {
+    dest: &'a Dest,
+    pack: File,
+    stage_files: HashMap<u32, File>,
+    /// Chunks written since the last checkpoint.
+    durable: Vec<(Stored, u32, ChunkId)>,
+    since_checkpoint: u64,
+    checkpoint_bytes: u64,
+    journal: FramedWriter,
+    ops: Vec<FramedWriter>,
+}
+
+impl<'a> Writer<'a> {
+    /// Opens the round dir's pack and journal (both kept: a resumed round
+    /// goes on from them) and empty op streams (the plan writes them again).
+    pub(super) fn open(dest: &'a Dest, checkpoint_bytes: u64) -> Result<Self, ReceiveError> {
+        let rd = dest.round_dir();
+        let pack = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .write(true)
+            .truncate(false)
+            .open(rd.join("pack"))
+            .map_err(io_err(b"pack"))?;
+        Ok(Writer {
+            dest,
+            pack,
+            stage_files: HashMap::new(),
+            durable: Vec::new(),
+            since_checkpoint: 0,
+            checkpoint_bytes,
+            journal: FramedWriter::open(&rd.join("journal"), false)?,
+            ops: STREAMS
+                .iter()
+                .map(|n| FramedWriter::open(&rd.join(n), true))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// Appends an op to its stream.
+    pub(super) fn op(&mut self, op: &Op) -> Result<(), ReceiveError> {
+        Ok(self.ops[op.stream()].push(op)?)
+    }
+
+    /// The pack (read back for duplicates of chunks written to it).
+    pub(super) fn pack(&self) -> &File {
+        &self.pack
+    }
+
+    /// Staged file `entry`, opened (created) if needed.
+    pub(super) fn stage_file(&mut self, entry: u32) -> Result<&File, ReceiveError> {
+        if !self.stage_files.contains_key(&entry) {
+            if self.stage_files.len() >= OPEN_STAGE_FILES
+                && let Some(k) = self.stage_files.keys().next().copied()
+            {
+                self.stage_files.remove(&k);
+            }
+            let p = self.dest.stage_dir().join(entry.to_string());
+            let f = OpenOptions::new()
+                .create(true)
+                .read(true)
+                .write(true)
+                .truncate(false)
+                .custom_flags(nofollow())
+                .open(&p)
+                .map_err(io_err(p.as_os_str().as_bytes()))?;
+            self.stage_files.insert(entry, f);
+        }
+        Ok(&self.stage_files[&entry])
+    }
+
+    /// Writes a verified chunk at `t`; checkpoints when enough was written.
+    pub(super) fn write(
+        &mut self,
+        t: Target,
+        c: &ChunkRef,
+        data: &[u8],
+    ) -> Result<(), ReceiveError> {
+        match t {
+            Target::Stage { entry, offset } => {
+                let f = self.stage_file(entry)?;
+                f.write_all_at(data, offset).map_err(io_err(b"stage"))?;
+            }
+            Target::Pack { offset } => {
+                self.pack
+                    .write_all_at(data, offset)
+                    .map_err(io_err(b"pack"))?;
+            }
+        }
+        self.durable.push((t.stored(), c.len, c.id));
+        self.since_checkpoint += data.len() as u64;
+        if self.since_checkpoint >= self.checkpoint_bytes {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// A staged file has all its data: set its size (the tail hole) and its
+    /// metadata now, on the handle we already hold, so that applying it is
+    /// a single rename.
+    pub(super) fn finish_stage(
+        &mut self,
+        i: u32,
+        e: &Entry,
+        skipped: &mut Vec<Skip>,
+    ) -> Result<(), ReceiveError> {
+        let f = self.stage_file(i)?;
+        rustix::fs::ftruncate(f, e.size).map_err(errno(&e.path))?;
+        let f = self.stage_files.remove(&i).expect("opened above");
+        fsmeta::apply_fd(f.as_fd(), e, skipped)?;
+        Ok(())
+    }
+
+    /// Stages a symlink, fifo or device node as `stage/<i>`, metadata set.
+    pub(super) fn stage_special(
+        &mut self,
+        i: u32,
+        e: &Entry,
+        skipped: &mut Vec<Skip>,
+    ) -> Result<(), ReceiveError> {
+        let sd = File::open(self.dest.stage_dir()).map_err(io_err(b"stage dir"))?;
+        let name = i.to_string();
+        let name = OsStr::new(&name);
+        let _ = rustix::fs::unlinkat(sd.as_fd(), name, AtFlags::empty());
+        match e.kind {
+            Kind::Symlink => rustix::fs::symlinkat(OsStr::from_bytes(&e.target), sd.as_fd(), name)
+                .map_err(errno(&e.path))?,
+            _ => fsmeta::make_special(sd.as_fd(), name, e)?,
+        }
+        special_meta(sd.as_fd(), name, e, skipped)
+    }
+
+    /// Makes everything written so far durable, then says so in the journal.
+    pub(super) fn checkpoint(&mut self) -> Result<(), ReceiveError> {
+        if self.durable.is_empty() {
+            return Ok(());
+        }
+        self.dest.sync_fs()?;
+        let recs = std::mem::take(&mut self.durable);
+        for part in recs.chunks(DURABLE_PER_RECORD) {
+            self.journal.push(&JRec::Durable(part.to_vec()))?;
+        }
+        self.journal.flush(true)?;
+        self.since_checkpoint = 0;
+        Ok(())
+    }
+
+    /// The last checkpoint, then the op streams written out (made durable
+    /// by the commit's `syncfs`); returns the journal for the commit record.
+    pub(super) fn finish(mut self) -> Result<FramedWriter, ReceiveError> {
+        self.checkpoint()?;
+        for o in &mut self.ops {
+            o.flush(false)?;
+        }
+        Ok(self.journal)
+    }
+}
+
+/// `O_NOFOLLOW` as `OpenOptionsExt::custom_flags` takes it (a C `int`).
+fn nofollow() -> i32 {
+    OFlags::NOFOLLOW.bits().cast_signed()
+}

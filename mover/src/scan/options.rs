@@ -1,0 +1,91 @@
+//! What a scan is told, what it reports, how it fails, and what it leaves:
+//! the manifest on disk plus what the sender needs to answer chunk requests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fsmeta::{FsMetaError, Skip};
+use crate::manifest::{Header, ManifestError, PathTable, Trailer};
+use crate::progress::ProgressSink;
+use crate::statcache::StatCacheError;
+
+/// Errors of this module.
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("scanning {path:?}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Meta(#[from] FsMetaError),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    StatCache(#[from] StatCacheError),
+    #[error("source {0}: not a directory")]
+    NotADir(PathBuf),
+    #[error("source {0}: not a regular file or block device")]
+    NotAnImage(PathBuf),
+    #[error("scan worker thread died")]
+    Worker,
+    /// The last scan's cache is unusable (torn, foreign): the scan is redone
+    /// without it.
+    #[error("source cache unusable: {0}")]
+    Cache(String),
+}
+
+pub(super) fn io_err(path: &[u8]) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
+    move |source| ScanError::Io {
+        path: String::from_utf8_lossy(path).into_owned(),
+        source,
+    }
+}
+
+/// What the scan read and decided.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScanStats {
+    /// Entries in the manifest.
+    pub entries: u64,
+    /// Regular files (and images).
+    pub files: u64,
+    /// Logical bytes of all files (data plus holes).
+    pub bytes_scanned: u64,
+    /// Data bytes read and hashed (0 for entries reused from the stat cache).
+    pub bytes_hashed: u64,
+    /// Entries copied from the last manifest without reading data.
+    pub entries_reused: u64,
+    /// Sockets left out.
+    pub sockets_skipped: u64,
+}
+
+/// Scan settings.
+#[derive(Clone)]
+pub struct ScanOptions {
+    /// Worker threads for chunking (>= 1).
+    pub threads: usize,
+    /// Manifest label.
+    pub label: String,
+    /// Progress sink.
+    pub progress: Arc<dyn ProgressSink>,
+}
+
+/// A finished scan: the manifest on disk and what the sender needs to answer
+/// positional chunk requests.
+#[derive(Debug)]
+pub struct Scan {
+    /// The manifest file (`CACHE/last.manifest`).
+    pub manifest: PathBuf,
+    pub header: Header,
+    pub trailer: Trailer,
+    /// Entry index -> path, for data-carrying entries.
+    pub paths: PathTable,
+    pub stats: ScanStats,
+    pub skipped: Vec<Skip>,
+}
+
+/// Names of the cache files in the source's cache dir.
+pub const LAST_MANIFEST: &str = "last.manifest";
+pub(super) const LAST_STAT: &str = "last.stat";

@@ -1,0 +1,39 @@
+//! daffe placement: follow the clients. Where a service's requests come
+//! from, which site would serve them fastest, whether a move (of the
+//! service and its volume) pays for its downtime, and what that policy
+//! would have done over a simulated day. Pure library code but for the log
+//! follower, the state file and the TCP forwarder; no Docker.
+//! `DESIGN.md` states the decision rule and the models.
+//!
+//! Map:
+//! - observe: [`logline`] (access-log parsers), [`geo`] (IP to region via
+//!   an `.mmdb`), [`rates`] (decayed rates, daily profile, forecast),
+//!   [`tail`] (follow a growing, rotating log), [`state`] (what `observe`
+//!   keeps between runs, written atomically).
+//! - model: [`rtt`] (inter-region round trips, built-in cloudping table),
+//!   [`latency`] (request-weighted mean and percentiles), [`cost`] (a
+//!   move's downtime and bytes, fitted from `daffe migrate --json`).
+//! - decide: [`dp`] (cheapest site sequence), [`rule`] (the move rule),
+//!   [`advise`] (the `advise` report), [`actuator`] (how `follow` will act).
+//! - simulate: [`scenario`], [`sim`] (four policies compared), [`plot`].
+//! - keep clients connected: [`forward`] (TCP forwarder for a grace period).
+
+pub mod actuator;
+pub mod advise;
+pub mod cost;
+pub mod dp;
+pub mod forward;
+pub mod geo;
+pub mod latency;
+pub mod logline;
+pub mod plot;
+pub mod rates;
+pub mod rtt;
+pub mod rule;
+pub mod scenario;
+pub mod sim;
+pub mod state;
+pub mod tail;
+
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
