@@ -168,7 +168,7 @@ fn tree_writer(root: PathBuf, stop: Arc<AtomicBool>, ops: Arc<AtomicU64>) {
         if n >= 3 {
             let _ = std::fs::remove_file(root.join(format!("new-{}", n - 3)));
         }
-        if n >= 1 && n % 2 == 0 {
+        if n >= 1 && n.is_multiple_of(2) {
             let _ = std::fs::rename(
                 root.join(format!("new-{}", n - 1)),
                 root.join(format!("renamed-{}", n - 1)),
