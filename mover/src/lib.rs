@@ -34,6 +34,7 @@ pub mod aws;
 pub mod chunk;
 pub(crate) mod chunk_index;
 pub mod clock;
+pub mod converge;
 pub mod fsmeta;
 // Fuzz harnesses and seed inputs for `fuzz/` and the corpus replay test.
 #[cfg(feature = "testing")]

@@ -162,6 +162,9 @@ impl RoundHandler for AgentHandler {
         let opts = ReceiveOptions {
             verify: self.verify,
             checkpoint_bytes: self.checkpoint_bytes,
+            // Pre-copy rounds keep what they moved when the app outruns
+            // them; the final round must be exact.
+            precopy: !req.final_round,
             ..Default::default()
         };
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,
