@@ -197,7 +197,7 @@ pub fn estimate(rounds: &[RoundMeasure], t: &Targets) -> Estimate {
         return Estimate::default();
     };
     let interval = last.wall + t.cutover_gap;
-    let final_bytes = (rate * interval.as_secs_f64()).round() as u64;
+    let final_bytes = f64_to_u64((rate * interval.as_secs_f64()).round());
     // A round's fixed cost: what its transfer took beyond its bytes at the
     // link's rate (connection, manifest, commit, syncs). The smallest seen.
     let fixed = rounds
@@ -280,7 +280,7 @@ pub struct Composition {
 /// `rate x time` of it; the rest was written after the request (shutdown
 /// flushes). An estimate from the rate, not a second scan.
 pub fn composition(final_bytes: u64, dirty_rate: f64, scan_to_request: Duration) -> Composition {
-    let before = ((dirty_rate * scan_to_request.as_secs_f64()).round() as u64).min(final_bytes);
+    let before = f64_to_u64((dirty_rate * scan_to_request.as_secs_f64()).round()).min(final_bytes);
     Composition {
         before_unmount: before,
         after_unmount: final_bytes - before,
@@ -289,3 +289,12 @@ pub fn composition(final_bytes: u64, dirty_rate: f64, scan_to_request: Duration)
 
 #[cfg(test)]
 mod tests;
+
+/// `x as u64` for a byte estimate (a rate times a duration), kept in one
+/// place. The cast saturates: NaN and negatives give 0, values above
+/// `u64::MAX` give `u64::MAX`; callers round first, so for any estimate that
+/// fits (below 16 EiB) nothing is lost beyond the rounding they chose.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn f64_to_u64(x: f64) -> u64 {
+    x as u64
+}

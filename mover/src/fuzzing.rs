@@ -133,7 +133,11 @@ pub fn journal(data: &[u8]) {
         while rest.len() >= 2 {
             let n = usize::from(u16::from_le_bytes([rest[0], rest[1]])).min(rest.len() - 2);
             let body = &rest[2..2 + n];
-            out.extend_from_slice(&(n as u32).to_le_bytes());
+            out.extend_from_slice(
+                &u32::try_from(n)
+                    .expect("n is at most u16::MAX")
+                    .to_le_bytes(),
+            );
             out.extend_from_slice(&blake3::hash(body).as_bytes()[..8]);
             out.extend_from_slice(body);
             rest = &rest[2 + n..];
@@ -436,7 +440,11 @@ fn journal_fixup_seed() -> Vec<u8> {
     let mut v = vec![1];
     for rec in journal_records() {
         let body = postcard::to_stdvec(&rec).expect("journal record");
-        v.extend_from_slice(&(body.len() as u16).to_le_bytes());
+        v.extend_from_slice(
+            &u16::try_from(body.len())
+                .expect("a journal record seed is under 64 KiB")
+                .to_le_bytes(),
+        );
         v.extend_from_slice(&body);
     }
     v
@@ -481,7 +489,10 @@ fn net_seeds(
     )
     .expect("delta");
     for split in [255u8, 7] {
-        let mut v = (base.len() as u16).to_le_bytes().to_vec();
+        let mut v = u16::try_from(base.len())
+            .expect("the delta seed base is under 64 KiB")
+            .to_le_bytes()
+            .to_vec();
         v.extend_from_slice(base);
         v.push(split);
         v.extend_from_slice(&delta);
@@ -566,9 +577,20 @@ fn net_seeds(
         &patch::block_sums(&old, offset),
         &mut p
     ));
-    let mut v = (offset as u16).to_le_bytes().to_vec();
-    v.extend_from_slice(&(new_chunk.len() as u16).to_le_bytes());
-    v.extend_from_slice(&(old.len() as u16).to_le_bytes());
+    let mut v = u16::try_from(offset)
+        .expect("the patch seed offset is under 64 KiB")
+        .to_le_bytes()
+        .to_vec();
+    v.extend_from_slice(
+        &u16::try_from(new_chunk.len())
+            .expect("the patch seed chunk is under 64 KiB")
+            .to_le_bytes(),
+    );
+    v.extend_from_slice(
+        &u16::try_from(old.len())
+            .expect("the patch seed chunk is under 64 KiB")
+            .to_le_bytes(),
+    );
     v.extend_from_slice(&old);
     v.extend_from_slice(&p);
     out.push(("patch", "one-block".into(), v));
@@ -585,7 +607,11 @@ fn net_seeds(
             Codec::PatchZstd => 3,
         };
         let mut v = vec![code];
-        v.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+        v.extend_from_slice(
+            &u32::try_from(raw.len())
+                .expect("a seed chunk is under 4 GiB")
+                .to_le_bytes(),
+        );
         v.extend_from_slice(&0u16.to_le_bytes());
         v.extend_from_slice(wire);
         out.push(("zstd_chunk", name.into(), v));

@@ -47,7 +47,7 @@ fn the_rate_comes_from_the_interval_not_the_last_round() {
     assert!((rate - want).abs() < 1.0, "{rate} vs {want}");
     // The final round carries rate x round 2's wall time, not round 2's 6 MB.
     let e = estimate(&[r1, r2], &targets(1000));
-    let final_want = (want * r2.wall.as_secs_f64()) as u64;
+    let final_want = super::f64_to_u64(want * r2.wall.as_secs_f64());
     assert!(
         e.final_bytes.abs_diff(final_want) < 16,
         "{} vs {final_want}",
