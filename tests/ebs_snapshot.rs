@@ -17,6 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 const BLOCK: u64 = 524_288;
+/// [`BLOCK`] as a buffer length.
+const BLOCK_LEN: usize = 524_288;
 
 struct Env {
     moto: Moto,
@@ -92,7 +94,8 @@ fn write_block(path: &Path, index: u64, seed: u64) {
         .open(path)
         .expect("open image");
     let size = f.metadata().expect("stat").len();
-    let len = size.saturating_sub(index * BLOCK).min(BLOCK) as usize;
+    let len =
+        usize::try_from(size.saturating_sub(index * BLOCK).min(BLOCK)).expect("at most BLOCK");
     f.write_all_at(&pattern(seed, len), index * BLOCK)
         .expect("write block");
 }
@@ -102,7 +105,7 @@ fn zero_block(path: &Path, index: u64) {
         .write(true)
         .open(path)
         .expect("open image");
-    f.write_all_at(&vec![0; BLOCK as usize], index * BLOCK)
+    f.write_all_at(&vec![0; BLOCK_LEN], index * BLOCK)
         .expect("zero block");
 }
 
@@ -270,7 +273,7 @@ fn ebs_rules_hold_on_the_wire() {
     }
     let last = sent.iter().find(|(_, i, _)| *i == 6).unwrap();
     let mut padded = pattern(13, 1234);
-    padded.resize(BLOCK as usize, 0);
+    padded.resize(BLOCK_LEN, 0);
     assert_eq!(
         last.2.body_sha256,
         b64_sha256(&padded),
@@ -297,7 +300,7 @@ fn ebs_rules_hold_on_the_wire() {
         .collect();
     assert_eq!(child.len(), 1);
     assert_eq!(child[0].1, 3);
-    assert_eq!(child[0].2.body_sha256, b64_sha256(&vec![0; BLOCK as usize]));
+    assert_eq!(child[0].2.body_sha256, b64_sha256(&vec![0; BLOCK_LEN]));
     // The pull reads through the parent for the other blocks (moto does not).
     let dest = env.path("odd-back.img");
     env.ok(&proxy.url, &["pull", &s1, dest.to_str().unwrap()]);

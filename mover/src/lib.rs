@@ -28,13 +28,17 @@
 //!
 //! Features: `net` (the network side: rustls, rcgen, zstd), `aws` (the AWS
 //! SDK implementation of the EBS target), `testing` (test doubles: an
-//! in-memory EBS endpoint, a virtual clock).
+//! in-memory EBS endpoint, a virtual clock, the `fuzzing` harnesses).
 
 pub mod aws;
 pub mod chunk;
 pub(crate) mod chunk_index;
 pub mod clock;
+pub mod converge;
 pub mod fsmeta;
+// Fuzz harnesses and seed inputs for `fuzz/` and the corpus replay test.
+#[cfg(feature = "testing")]
+pub mod fuzzing;
 pub mod journal;
 pub mod manifest;
 pub(crate) mod manifest_delta;

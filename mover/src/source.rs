@@ -267,7 +267,10 @@ impl Sender {
                     .map_err(|e| SourceError::Read {
                         path: String::from_utf8_lossy(path).into_owned(),
                         offset: 0,
-                        source: io::Error::other(e.to_string()),
+                        source: match e {
+                            crate::safe_path::SafePathError::Open { source, .. } => source,
+                            other => io::Error::other(other.to_string()),
+                        },
                     })?,
                 (None, src) => File::open(src.path()).map_err(|source| SourceError::Read {
                     path: src.path().display().to_string(),
@@ -281,10 +284,19 @@ impl Sender {
     }
 
     /// Reads the bytes a want names into `buf` (resized to `len`). A file
-    /// that shrank gives fewer bytes: the receiver's check then fails.
+    /// that shrank gives fewer bytes, and one deleted or renamed away since
+    /// the scan gives none: the receiver's check then fails and (in a
+    /// pre-copy round) marks the entry dirty instead of failing the round.
     pub fn read_chunk(&mut self, w: &Want, buf: &mut Vec<u8>) -> Result<(), SourceError> {
         buf.resize(w.len as usize, 0);
-        let f = self.file(w.entry)?;
+        let f = match self.file(w.entry) {
+            Ok(f) => f,
+            Err(SourceError::Read { source, .. }) if gone(&source) => {
+                buf.clear();
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
         let got = read_full_at(f, buf, w.offset).map_err(|source| {
             let path = self.scan.paths.get(w.entry).unwrap_or(b"");
             SourceError::Read {
@@ -371,6 +383,18 @@ impl ChunkSource for Sender {
         }
         Ok(())
     }
+}
+
+/// An open error that means the scanned entry is no longer there as a
+/// file: deleted, renamed away, or replaced by a symlink or a directory.
+fn gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+        || matches!(
+            e.raw_os_error(),
+            Some(c) if c == rustix::io::Errno::LOOP.raw_os_error()
+                || c == rustix::io::Errno::ISDIR.raw_os_error()
+                || c == rustix::io::Errno::NOTDIR.raw_os_error()
+        )
 }
 
 /// For error messages.

@@ -237,10 +237,17 @@ impl StatReader {
                 break;
             }
         }
-        let len = usize::try_from(len).map_err(|_| StatCacheError::Io {
-            path: self.path.clone(),
-            source: io::ErrorKind::InvalidData.into(),
-        })?;
+        // A record cannot be longer than what is left of the file: checked
+        // before allocating, so a corrupt length costs an error, not our
+        // memory (hardening: the fuzzer's stat_cache target found the
+        // unbounded allocation).
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&n| n as u64 <= self.inp.limit())
+            .ok_or_else(|| StatCacheError::Io {
+                path: self.path.clone(),
+                source: io::ErrorKind::InvalidData.into(),
+            })?;
         self.buf.resize(len, 0);
         self.inp
             .read_exact(&mut self.buf)
@@ -307,5 +314,28 @@ mod tests {
         assert!(r.find(b"a-missing").unwrap().is_none());
         assert_eq!(r.find(b"b").unwrap().unwrap().size, 3);
         assert!(r.find(b"c").unwrap().is_none());
+    }
+
+    /// Hardening (fuzzing): a record length past the end of the file (a
+    /// corrupt cache) made the reader allocate it, up to 2^63 bytes: an
+    /// abort or an OOM kill of the scan instead of "no reuse".
+    #[test]
+    fn fuzz_record_length_past_the_file_is_an_error_not_an_allocation() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s");
+        let mut w = StatWriter::create(&p).unwrap();
+        w.push(&rec(b"a", 1)).unwrap();
+        let root = ChunkId::of(b"m");
+        w.finish(&root, false).unwrap();
+        // Splice a record whose length says 2^62 bytes before the footer.
+        let mut bytes = std::fs::read(&p).unwrap();
+        let footer = bytes.split_off(bytes.len() - 40);
+        bytes.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
+        bytes.extend_from_slice(b"short");
+        bytes.extend_from_slice(&footer);
+        std::fs::write(&p, &bytes).unwrap();
+        let mut r = StatReader::open(&p, &root).unwrap();
+        assert_eq!(r.find(b"a").unwrap().unwrap().size, 1);
+        assert!(matches!(r.find(b"b"), Err(StatCacheError::Io { .. })));
     }
 }

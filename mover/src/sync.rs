@@ -226,6 +226,8 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         verify: opts.verify,
         progress: opts.progress.clone(),
         checkpoint_bytes: opts.checkpoint_bytes.max(1),
+        // A local sync is one exact round (retried when the source moves).
+        precopy: false,
     };
     // Finish an interrupted, committed round before reading anything.
     let mut stats = SyncStats {

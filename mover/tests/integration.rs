@@ -7,11 +7,16 @@
 
 mod common;
 
+#[cfg(all(feature = "net", feature = "testing"))]
+mod fuzz_corpus;
 mod image;
+#[cfg(feature = "net")]
+mod live_precopy;
 #[cfg(feature = "net")]
 mod net_protocol;
 #[cfg(feature = "net")]
 mod net_sync;
+mod partial;
 mod props;
 mod resume;
 mod tree;

@@ -164,7 +164,7 @@ pub fn fit(reports: &[(String, MigrateReport)], restart_s: f64) -> Result<MoveMo
         }
         volume = volume.max(r.used_bytes as f64);
         max_down = max_down.max(r.max_downtime_ms as f64 / 1000.0);
-        max_rounds = max_rounds.max(r.rounds.len() as u32);
+        max_rounds = max_rounds.max(u32::try_from(r.rounds.len()).unwrap_or(u32::MAX));
         let tp = b / s;
         let last = r.rounds.last().map_or(0.0, |x| x.bytes as f64);
         overhead += (r.downtime_ms as f64 / 1000.0 - last / tp).max(0.0);

@@ -141,7 +141,8 @@ mod tests {
     ) -> f64 {
         let (k_n, s_n) = (cost.len(), cost[0].len());
         let mut best = f64::INFINITY;
-        for code in 0..s_n.pow(k_n as u32) {
+        let k_n = u32::try_from(k_n).expect("brute force runs on a handful of clients");
+        for code in 0..s_n.pow(k_n) {
             let mut c = code;
             let path: Vec<usize> = (0..k_n)
                 .map(|_| {

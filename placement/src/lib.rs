@@ -37,3 +37,24 @@ pub mod tail;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+/// `x as usize` for a step count or an index computed in f64 (a duration
+/// over a step, rounded or ceiled by the caller), kept in one place. The
+/// cast saturates: NaN and negatives give 0, values past `usize::MAX` give
+/// `usize::MAX`, so a caller's `.max(1)` or bounds check still holds. The
+/// inputs are small non-negative whole numbers (steps in a horizon, hours,
+/// label counts), which convert exactly.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+pub(crate) fn f64_to_usize(x: f64) -> usize {
+    x as usize
+}
+
+/// `x as i64` for a time in seconds since the epoch held in f64, kept in
+/// one place. The cast drops the fraction (towards zero) and saturates at
+/// the `i64` range; every caller passes whole or sub-second times within
+/// a few centuries of 1970, far inside it, where only the fraction goes,
+/// as intended (bins are whole seconds).
+#[allow(clippy::cast_possible_truncation)]
+pub(crate) fn f64_to_i64(x: f64) -> i64 {
+    x as i64
+}

@@ -184,7 +184,7 @@ fn parse_json(
                 if !(0.0..1e11).contains(&secs) {
                     return Err(LineError::Time(n.to_string()));
                 }
-                secs as i64
+                crate::f64_to_i64(secs)
             }
             Some(Value::String(s)) => parse_time(s)?,
             _ => return Err(LineError::MissingField(f.to_owned())),
@@ -224,13 +224,13 @@ pub fn parse_time(s: &str) -> Result<i64, LineError> {
         let mut p = d.split('/');
         let day = num(p.next().ok_or_else(bad)?, 1, 31).ok_or_else(bad)?;
         let mon = p.next().ok_or_else(bad)?;
-        let month = [
+        let month0 = [
             "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
         ]
         .iter()
         .position(|m| *m == mon)
-        .ok_or_else(bad)? as i64
-            + 1;
+        .ok_or_else(bad)?;
+        let month = i64::try_from(month0).expect("an index into 12 months") + 1;
         let year = num(p.next().ok_or_else(bad)?, 1970, 9999).ok_or_else(bad)?;
         let sign = match zone.as_bytes().first() {
             Some(b'+') => 1,

@@ -38,7 +38,7 @@ fn color(i: usize) -> RGBColor {
 
 /// (hour, mean of `values` over the bucket), skipping empty buckets.
 fn buckets(values: &[f64], step_s: f64) -> Vec<(f64, f64)> {
-    let per = ((BUCKET_S / step_s).round() as usize).max(1);
+    let per = crate::f64_to_usize((BUCKET_S / step_s).round()).max(1);
     values
         .chunks(per)
         .enumerate()
@@ -85,8 +85,9 @@ fn draw(
     let fmt = |y: &f64| match y_names {
         Some(n) => {
             let i = y.round();
-            if (y - i).abs() < 1e-6 && i >= 0.0 && (i as usize) < n.len() {
-                n[i as usize].clone()
+            let idx = crate::f64_to_usize(i);
+            if (y - i).abs() < 1e-6 && i >= 0.0 && idx < n.len() {
+                n[idx].clone()
             } else {
                 String::new()
             }
@@ -96,7 +97,7 @@ fn draw(
     let mut mesh = chart.configure_mesh();
     mesh.x_desc("hours from the start (UTC)")
         .y_desc(y_desc)
-        .x_labels(((hours / 3.0) as usize).clamp(8, 25))
+        .x_labels(crate::f64_to_usize(hours / 3.0).clamp(8, 25))
         .y_label_formatter(&fmt);
     if let Some(n) = y_names {
         mesh.y_labels(n.len() * 2 + 1);

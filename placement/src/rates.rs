@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 /// swing per hour) and leaves enough requests per bin to be stable.
 pub const BIN_S: i64 = 3600;
 pub const BINS: usize = 24;
+/// [`BINS`] for arithmetic on signed bin numbers (kept equal to it; a
+/// const cast would need an `allow`).
+const BINS_I64: i64 = 24;
 
 /// Exponentially decayed request counts per region.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,7 +96,7 @@ impl DiurnalProfile {
     }
 
     fn fold(&mut self, abs_bin: i64, counts: &BTreeMap<String, f64>) {
-        let slot = abs_bin.rem_euclid(BINS as i64) as usize;
+        let slot = usize::try_from(abs_bin.rem_euclid(BINS_I64)).expect("rem_euclid is in 0..BINS");
         let first = !self.filled[slot];
         let mut regions: Vec<String> = self.bins.keys().cloned().collect();
         regions.extend(counts.keys().cloned());
@@ -129,7 +132,7 @@ impl DiurnalProfile {
             Some(cur) if bin > cur => {
                 let counts = std::mem::take(&mut self.current);
                 self.fold(cur, &counts);
-                if bin - cur <= BINS as i64 {
+                if bin - cur <= BINS_I64 {
                     for b in cur + 1..bin {
                         self.fold(b, &BTreeMap::new());
                     }
@@ -142,7 +145,8 @@ impl DiurnalProfile {
 
     /// The profile's rate for `region` at time `t` (0 for unseen regions).
     pub fn rate(&self, region: &str, t: i64) -> f64 {
-        let slot = t.div_euclid(BIN_S).rem_euclid(BINS as i64) as usize;
+        let slot = usize::try_from(t.div_euclid(BIN_S).rem_euclid(BINS_I64))
+            .expect("rem_euclid is in 0..BINS");
         self.bins.get(region).map_or(0.0, |b| b[slot])
     }
 }
@@ -192,7 +196,7 @@ impl Demand {
 
     pub fn add(&mut self, t: f64, region: &str, n: f64) {
         self.now.add(t, region, n);
-        self.profile.add(t.floor() as i64, region, n);
+        self.profile.add(crate::f64_to_i64(t.floor()), region, n);
     }
 
     /// Forecast rates per region for each of `segments` periods of `seg_s`
@@ -221,9 +225,9 @@ impl Demand {
                 regions
                     .iter()
                     .map(|r| {
-                        let base_now = self.profile.rate(r, (t - lag) as i64);
+                        let base_now = self.profile.rate(r, crate::f64_to_i64(t - lag));
                         let cur = now.get(*r).copied().unwrap_or(0.0);
-                        let prof = self.profile.rate(r, mid as i64);
+                        let prof = self.profile.rate(r, crate::f64_to_i64(mid));
                         let v = if base_now > 0.0 {
                             let ratio = (cur / base_now).clamp(1.0 / MAX_RATIO, MAX_RATIO);
                             prof * (1.0 + (ratio - 1.0) * fade)
@@ -294,9 +298,10 @@ mod tests {
             d.add(f64::from(s), "eu", eu);
             d.add(f64::from(s), "ap", ap);
         }
-        let t = 2.0 * 86_400.0 + 6.0 * 3600.0;
+        let t_s = 2 * 86_400 + 6 * 3600;
+        let t = f64::from(t_s);
         // Keep feeding the habit up to t.
-        for s in (2 * 86_400..t as i32).step_by(10) {
+        for s in (2 * 86_400..t_s).step_by(10) {
             d.add(f64::from(s), "eu", 100.0);
             d.add(f64::from(s), "ap", 10.0);
         }

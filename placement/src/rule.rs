@@ -112,7 +112,7 @@ impl RuleConfig {
 
     /// Plan steps in the horizon.
     pub fn segments(&self) -> usize {
-        (self.horizon_s / self.plan_step_s).ceil() as usize
+        crate::f64_to_usize((self.horizon_s / self.plan_step_s).ceil())
     }
 }
 
@@ -213,14 +213,15 @@ pub fn decide(s: &Situation<'_>) -> Decision {
         .recent_moves
         .iter()
         .filter(|t| s.now - **t < DAY_S)
-        .count() as u32;
+        .count();
+    let moves_last_day = u32::try_from(moves_last_day).unwrap_or(u32::MAX);
     let last_move = s
         .recent_moves
         .iter()
         .copied()
         .fold(f64::NEG_INFINITY, f64::max);
-    let min_stay_steps = ((cfg.min_stay_s / seg).ceil() as usize).max(1);
-    let tie_steps = ((cfg.tie_window_s / seg).ceil() as usize).max(1);
+    let min_stay_steps = crate::f64_to_usize((cfg.min_stay_s / seg).ceil()).max(1);
+    let tie_steps = crate::f64_to_usize((cfg.tie_window_s / seg).ceil()).max(1);
     // The gate's threshold, priced into the plan so that the plan never
     // counts on a move (out, or back) the gate would refuse.
     let horizon_reqs: f64 = rate.iter().sum::<f64>() * seg;

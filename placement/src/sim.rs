@@ -182,7 +182,7 @@ impl World<'_> {
     }
     /// Steps an online move takes before the new site serves.
     fn lag_steps(&self) -> usize {
-        ((self.est.total_s / self.step_s()).ceil() as usize).max(1)
+        crate::f64_to_usize((self.est.total_s / self.step_s()).ceil()).max(1)
     }
 }
 
@@ -231,7 +231,7 @@ fn online(
 }
 
 fn follow_the_sun(w: &World<'_>, start: usize) -> Run {
-    let per_hour = ((3600.0 / w.step_s()).round() as usize).max(1);
+    let per_hour = crate::f64_to_usize((3600.0 / w.step_s()).round()).max(1);
     online(w, start, |k, _| {
         if !(k - w.warm_steps).is_multiple_of(per_hour) || k < per_hour {
             return None;
@@ -266,7 +266,7 @@ fn daffe(w: &World<'_>, start: usize) -> Run {
     for k in 0..w.warm_steps {
         feed(&mut demand, k);
     }
-    let every = ((w.scn.decide_every_s / step).round() as usize).max(1);
+    let every = crate::f64_to_usize((w.scn.decide_every_s / step).round()).max(1);
     let mut recent: Vec<f64> = Vec::new();
     let cfg = w.scn.rule;
     let mut fed = w.warm_steps;
@@ -280,7 +280,7 @@ fn daffe(w: &World<'_>, start: usize) -> Run {
             return None;
         }
         let now = k as f64 * step;
-        demand.profile.advance(now as i64);
+        demand.profile.advance(crate::f64_to_i64(now));
         let forecast = demand.forecast(now, cfg.segments(), cfg.plan_step_s, dcfg.fade_s);
         let d = rule::decide(&Situation {
             now,
@@ -364,7 +364,7 @@ fn score(w: &World<'_>, name: &str, run: &Run) -> PolicyResult {
             mix.add(*n, w.table.get(w.regions[r], w.sites[j]), w.scn.access_ms);
         }
     }
-    let moves = run.moves.len() as u32;
+    let moves = u32::try_from(run.moves.len()).unwrap_or(u32::MAX);
     let bytes = f64::from(moves) * w.est.bytes;
     let name_of = |j: usize| w.table.name(w.sites[j]).to_owned();
     PolicyResult {
@@ -410,7 +410,7 @@ pub fn run(scn: &Scenario, table: &RttTable, model: &MoveModel) -> Result<SimRes
                 .collect()
         })
         .collect();
-    let per_day = (DAY_S / scn.step_s).round() as usize;
+    let per_day = crate::f64_to_usize((DAY_S / scn.step_s).round());
     let warm_steps = per_day * scn.warmup_days as usize;
     let total_steps = warm_steps + per_day * scn.days as usize;
     let mut rng = SplitMix(scn.seed ^ 0x6461_6666_6521);

@@ -24,6 +24,13 @@ async fn post(c: &C, sock: &PathBuf, path: &str, body: String) -> serde_json::Va
     serde_json::from_slice(&bytes).expect("json")
 }
 
+/// The `p` quantile (nearest rank) of `sorted`.
+#[allow(
+    clippy::cast_precision_loss,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a rank among at most millions of samples, clamped to the slice"
+)]
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i]

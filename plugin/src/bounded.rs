@@ -7,7 +7,6 @@
 //! [`Fence`]: the call commits only if the caller still waits, and the caller
 //! reports a timeout only if the call has not committed. Exactly one wins.
 
-use crate::service::ServiceError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
@@ -16,29 +15,49 @@ const RUNNING: u8 = 0;
 const COMMITTED: u8 = 1;
 const ABANDONED: u8 = 2;
 
+/// Why a bounded call has no result for its caller.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BoundedError {
+    #[error(
+        "{op} of volume {name:?} did not finish within {secs} s; it was rolled back or will be"
+    )]
+    Timeout {
+        op: &'static str,
+        name: String,
+        secs: u64,
+    },
+    #[error("{op} of volume {name:?}: internal error: {message}")]
+    Panicked {
+        op: &'static str,
+        name: String,
+        message: String,
+    },
+}
+
 /// Decides, once, whether a bounded call's effect stands.
 #[derive(Debug, Clone)]
-pub struct Fence {
+pub(crate) struct Fence {
     state: Arc<AtomicU8>,
     secs: u64,
 }
 
 impl Fence {
-    pub fn new(limit: Duration) -> Self {
+    pub(crate) fn new(limit: Duration) -> Self {
         Self {
             state: Arc::new(AtomicU8::new(RUNNING)),
             secs: limit.as_secs(),
         }
     }
 
-    /// A fence nobody abandons (tests, tools).
-    pub fn unbounded() -> Self {
+    /// A fence nobody abandons.
+    #[cfg(test)]
+    pub(crate) fn unbounded() -> Self {
         Self::new(Duration::MAX)
     }
 
     /// Called by the work just before it makes its effect durable: true if
     /// the caller still waits (and now will get the result).
-    pub fn try_commit(&self) -> bool {
+    pub(crate) fn try_commit(&self) -> bool {
         self.state
             .compare_exchange(RUNNING, COMMITTED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
@@ -46,17 +65,17 @@ impl Fence {
 
     /// Called by the caller when its time is up: true if the work had not
     /// committed (and now never will).
-    pub fn abandon(&self) -> bool {
+    pub(crate) fn abandon(&self) -> bool {
         self.state
             .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 
-    pub fn is_abandoned(&self) -> bool {
+    pub(crate) fn is_abandoned(&self) -> bool {
         self.state.load(Ordering::Acquire) == ABANDONED
     }
 
-    pub fn secs(&self) -> u64 {
+    pub(crate) fn secs(&self) -> u64 {
         self.secs
     }
 }
@@ -64,15 +83,16 @@ impl Fence {
 /// Runs `f` on the blocking pool; gives up after `limit` unless `f` has
 /// already passed its fence's commit point, in which case its result is
 /// awaited (it is about to finish).
-pub async fn run<T, F>(
+pub(crate) async fn run<T, E, F>(
     op: &'static str,
     name: &str,
     limit: Duration,
     f: F,
-) -> Result<T, ServiceError>
+) -> Result<T, E>
 where
     T: Send + 'static,
-    F: FnOnce(&Fence) -> Result<T, ServiceError> + Send + 'static,
+    E: From<BoundedError> + Send + 'static,
+    F: FnOnce(&Fence) -> Result<T, E> + Send + 'static,
 {
     let fence = Fence::new(limit);
     let theirs = fence.clone();
@@ -86,18 +106,21 @@ where
                 secs = limit.as_secs(),
                 "timed out; the work goes on in the background"
             );
-            return Err(ServiceError::Timeout {
+            return Err(BoundedError::Timeout {
                 op,
                 name: name.to_owned(),
                 secs: limit.as_secs(),
-            });
+            }
+            .into());
         }
         Err(_) => handle.await,
     };
-    joined.map_err(|e| ServiceError::Internal {
-        op,
-        name: name.to_owned(),
-        message: e.to_string(),
+    joined.map_err(|e| {
+        E::from(BoundedError::Panicked {
+            op,
+            name: name.to_owned(),
+            message: e.to_string(),
+        })
     })?
 }
 
@@ -119,14 +142,15 @@ mod tests {
     #[tokio::test]
     async fn slow_work_times_out_and_is_told_so() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let r: Result<(), _> = run("mount", "v", Duration::from_millis(50), move |fence| {
-            std::thread::sleep(Duration::from_millis(200));
-            tx.send(fence.try_commit()).unwrap();
-            Ok(())
-        })
-        .await;
+        let r: Result<(), BoundedError> =
+            run("mount", "v", Duration::from_millis(50), move |fence| {
+                std::thread::sleep(Duration::from_millis(200));
+                tx.send(fence.try_commit()).unwrap();
+                Ok(())
+            })
+            .await;
         assert!(
-            matches!(r, Err(ServiceError::Timeout { op: "mount", .. })),
+            matches!(r, Err(BoundedError::Timeout { op: "mount", .. })),
             "{r:?}"
         );
         assert!(!rx.recv().unwrap(), "the work learns it must not commit");
@@ -137,7 +161,7 @@ mod tests {
         let r = run("mount", "v", Duration::from_millis(50), |fence| {
             assert!(fence.try_commit());
             std::thread::sleep(Duration::from_millis(150));
-            Ok(7)
+            Ok::<_, BoundedError>(7)
         })
         .await;
         assert_eq!(r.unwrap(), 7);

@@ -7,22 +7,24 @@
 //! control_socket = "/run/daffe/control.sock"
 //! data_root = "/var/lib/daffe"                 # store, and default profile roots
 //! backend = "local"                            # or "ebs"
-//! [aws]                                        # see backend::ebs_config
+//! [aws]                                        # see backend::ebs::config
 //! availability_zone = "us-east-1a"
 //! [profiles.silver.local]                      # see profiles::Catalog
 //! format = "block"
 //! default_size = "5G"
 //! ```
 
-use crate::backend::ebs_config::EbsConfig;
+use crate::backend::ebs::EbsConfig;
 use profiles::{BackendKind, Catalog, CatalogError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-pub const DEFAULT_CONFIG: &str = "/etc/daffe/daffe.toml";
+pub(crate) const DEFAULT_CONFIG: &str = "/etc/daffe/daffe.toml";
 /// Where dockerd looks for a legacy plugin named `daffe`.
-pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/daffe.sock";
-pub const DEFAULT_DATA_ROOT: &str = "/var/lib/daffe";
+pub(crate) const DEFAULT_SOCKET: &str = "/run/docker/plugins/daffe.sock";
+pub(crate) const DEFAULT_DATA_ROOT: &str = "/var/lib/daffe";
+/// Where the control socket lives unless configured otherwise.
+pub(crate) const DEFAULT_CONTROL_SOCKET: &str = "/run/daffe/control.sock";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,20 +42,20 @@ struct File {
 
 /// Everything `daffe serve` needs to start.
 #[derive(Debug, Clone)]
-pub struct Config {
-    pub socket: PathBuf,
-    pub control_socket: PathBuf,
-    pub data_root: PathBuf,
-    pub backend: BackendKind,
+pub(crate) struct Config {
+    pub(crate) socket: PathBuf,
+    pub(crate) control_socket: PathBuf,
+    pub(crate) data_root: PathBuf,
+    pub(crate) backend: BackendKind,
     /// `[aws]`: the EBS backend's and the migration commands' AWS settings.
-    pub aws: EbsConfig,
-    pub catalog: Catalog,
+    pub(crate) aws: EbsConfig,
+    pub(crate) catalog: Catalog,
     /// The file read, if any.
-    pub source: Option<PathBuf>,
+    pub(crate) source: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
+pub(crate) enum ConfigError {
     #[error("config {path}: {source}")]
     Read {
         path: PathBuf,
@@ -75,7 +77,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             socket: DEFAULT_SOCKET.into(),
-            control_socket: crate::control::DEFAULT_CONTROL_SOCKET.into(),
+            control_socket: DEFAULT_CONTROL_SOCKET.into(),
             data_root: DEFAULT_DATA_ROOT.into(),
             backend: BackendKind::Local,
             aws: EbsConfig::default(),
@@ -87,7 +89,7 @@ impl Default for Config {
 
 impl Config {
     /// Loads `path`, or the default file if present, or the defaults.
-    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+    pub(crate) fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
         let path = match path {
             Some(p) => p.to_owned(),
             None if Path::new(DEFAULT_CONFIG).exists() => DEFAULT_CONFIG.into(),
@@ -101,7 +103,7 @@ impl Config {
     }
 
     /// Parses a config document; `path` is for messages.
-    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
         let file: File = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.to_string(),
@@ -137,8 +139,8 @@ impl Config {
     }
 
     /// The store's file under the data root.
-    pub fn store_path(&self) -> PathBuf {
-        self.data_root.join("state").join(crate::store::STORE_FILE)
+    pub(crate) fn store_path(&self) -> PathBuf {
+        self.data_root.join("state").join(crate::state::STORE_FILE)
     }
 }
 

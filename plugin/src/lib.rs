@@ -1,33 +1,46 @@
 //! daffe: a Docker volume plugin with storage profiles, and the `daffe` command line.
 //!
-//! Map of the crate (a request's path through it, top to bottom):
-//! - [`server`]: HTTP/1 over unix sockets; `serve(listener, handler, shutdown)`.
-//! - [`api`]: the VolumeDriver protocol: requests parsed into values, replies
-//!   and error mapping in one place.
-//! - [`control`], [`control_ext`]: the control socket's routes (profiles, volumes,
-//!   set-profile, EBS migration steps) for the CLI.
-//! - [`bounded`]: blocking work under a time limit, with commit-or-abandon.
-//! - [`service`]: volume semantics (idempotent create, mount multiset, rollback).
-//! - [`record`], [`store`]: the durable volume record, kept in redb.
-//! - [`backend`]: storage backends behind the `Backend` trait (local dir/block, EBS).
-//! - [`aws`]: the EC2 calls of the EBS backend behind a trait; this instance's identity.
-//! - [`config`]: `daffe serve` configuration.
-//! - [`client`]: the CLI's client for daffe's sockets (hyperlocal).
-//! - [`migrate`]: moving a volume to another host (`daffe migrate`, `daffe agent`).
-//! - [`cli`]: one module per `daffe` subcommand.
-pub mod api;
-pub mod aws;
-pub mod backend;
-pub mod bounded;
-pub mod catalog_store;
+//! The library serves only the `daffe` binary (`main.rs` calls [`cli`]), so
+//! everything else is `pub(crate)`. Map of the crate, a request's path
+//! through it from top to bottom, and the one file to open for each concern:
+//!
+//! - [`cli`]: one module per `daffe` subcommand (`cli/serve.rs` wires the
+//!   daemon together).
+//! - [`server`]: HTTP/1 over unix sockets; `serve(listener, handler,
+//!   shutdown)`; the `Reply` both sockets send.
+//! - [`api`]: the VolumeDriver socket: requests parsed into values
+//!   (`api/request.rs`), the endpoints, and the one place service errors
+//!   become replies (`api/reply.rs`).
+//! - [`control`]: the control socket. The API, every route as a value:
+//!   `control/request.rs`; the one router, each route bounded:
+//!   `control/routes.rs`; the one client: `control/client.rs`.
+//! - [`bounded`]: blocking work on tokio's blocking pool under a time limit,
+//!   with commit-or-abandon (both sockets' handlers use it).
+//! - [`service`]: volume semantics (idempotent create, mount multiset,
+//!   rollback, migration states, profile changes); errors with typed codes.
+//! - [`state`]: what the daemon keeps. Record writes: `state/records.rs`
+//!   (`Records`, the one writer, which keeps List's cache right); the record
+//!   itself, the redb store, the run-time profile catalog.
+//! - [`backend`]: storage behind the `Backend` trait: `backend/local/` (dir,
+//!   block) and `backend/ebs/` (EBS attach: `backend/ebs/attach.rs`).
+//! - [`aws`]: the EC2 calls of the EBS backend behind a trait; this
+//!   instance's identity.
+//! - [`migrate`]: moving a volume to another host or zone (`daffe migrate`,
+//!   `daffe agent`): the source's state machine, the agent, the EBS sequence.
+//! - [`config`]: `daffe serve` configuration; [`time`]: RFC 3339 times.
+//!
+//! No module imports one that imports it back (no import cycles); test
+//! doubles are compiled for tests only, or with the `testing` feature for
+//! the ones the end-to-end tests need inside the binary.
+mod api;
+mod aws;
+mod backend;
+mod bounded;
 pub mod cli;
-pub mod client;
-pub mod config;
-pub mod control;
-pub mod control_ext;
-pub mod migrate;
-pub mod record;
-pub mod server;
-pub mod service;
-pub mod store;
-pub mod time;
+mod config;
+mod control;
+mod migrate;
+mod server;
+mod service;
+mod state;
+mod time;

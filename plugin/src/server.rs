@@ -1,17 +1,18 @@
 //! HTTP/1 over a unix socket (hyper 1), shared by the VolumeDriver socket and
-//! the control socket.
+//! the control socket: a [`Handler`] turns (method, path, body) into a
+//! [`Reply`].
 //!
 //! `serve(listener, handler, shutdown)` takes its listener and shutdown signal
 //! as arguments, so tests bind a temporary socket and stop it at will. On
 //! shutdown it stops accepting, asks open connections to finish their current
 //! request, and waits for them (bounded by [`DRAIN_LIMIT`]).
 
-use crate::api::reply::Reply;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,15 +28,76 @@ const MAX_BODY: usize = 1 << 20;
 /// How long shutdown waits for in-flight requests: longer than the slowest
 /// handler's limit would hold up a systemd stop; a request cut off here is
 /// answered by dockerd's retry against the restarted daemon.
-pub const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// A JSON reply: a status and a body (`{"Err": ...}` for failures).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Value,
+    /// Already serialised JSON sent instead of `body` (a cached List).
+    pub(crate) raw: Option<bytes::Bytes>,
+}
+
+impl Reply {
+    /// A success; adds the empty `Err` every VolumeDriver reply carries.
+    pub(crate) fn ok(mut body: Value) -> Self {
+        if let Value::Object(m) = &mut body {
+            m.entry("Err")
+                .or_insert_with(|| Value::String(String::new()));
+        }
+        Self::json(body)
+    }
+
+    /// A success carrying a plain JSON document (control API).
+    pub(crate) fn json(body: Value) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body,
+            raw: None,
+        }
+    }
+
+    /// A success whose JSON is already serialised.
+    pub(crate) fn raw(json: bytes::Bytes) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body: Value::Null,
+            raw: Some(json),
+        }
+    }
+
+    /// The bytes to send.
+    pub(crate) fn to_bytes(&self) -> bytes::Bytes {
+        match &self.raw {
+            Some(b) => b.clone(),
+            None => serde_json::to_vec(&self.body).unwrap_or_default().into(),
+        }
+    }
+
+    pub(crate) fn error(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: json!({ "Err": message.into() }),
+            raw: None,
+        }
+    }
+
+    pub(crate) fn method_not_allowed(method: &hyper::Method) -> Self {
+        Self::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed"),
+        )
+    }
+}
 
 /// A request handler: (method, path, body) to a JSON reply.
-pub trait Handler: Send + Sync + 'static {
+pub(crate) trait Handler: Send + Sync + 'static {
     fn call(&self, method: &Method, path: &str, body: Bytes) -> impl Future<Output = Reply> + Send;
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum ServerError {
+pub(crate) enum ServerError {
     #[error("socket {path}: another process is serving it (is daffe already running?)")]
     InUse { path: PathBuf },
     #[error("socket {path}: {what}: {source}")]
@@ -49,7 +111,7 @@ pub enum ServerError {
 /// Binds a unix socket at `path`, replacing a stale one (a socket file left
 /// by a crashed daemon: connecting to it is refused), but never one a live
 /// process serves.
-pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     let io = |what| {
         move |source| ServerError::Io {
             path: path.to_owned(),
@@ -73,7 +135,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
 }
 
 /// Serves `handler` on `listener` until `shutdown` resolves.
-pub async fn serve<H: Handler>(
+pub(crate) async fn serve<H: Handler>(
     listener: UnixListener,
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,

@@ -2,7 +2,11 @@
 //! date crate: the civil-from-days conversion is a few lines.
 
 /// `2026-11-23T12:08:24Z` for `secs` since the Unix epoch (UTC).
-pub fn rfc3339(secs: u64) -> String {
+#[allow(
+    clippy::cast_possible_wrap,
+    reason = "days since 1970 of a u64 second count are below 2^48"
+)]
+pub(crate) fn rfc3339(secs: u64) -> String {
     let days = secs / 86_400;
     let rem = secs % 86_400;
     let (y, m, d) = civil_from_days(days as i64);
@@ -15,6 +19,11 @@ pub fn rfc3339(secs: u64) -> String {
 }
 
 /// Howard Hinnant's algorithm: days since 1970-01-01 to (year, month, day).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "the algorithm yields a day in 1..=31 and a month in 1..=12"
+)]
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
     let era = z.div_euclid(146_097);

@@ -52,7 +52,7 @@ fn lines(start: i64, tokyo: usize, munich: usize) -> String {
         } else {
             "192.0.2.9"
         };
-        let t = start + i as i64;
+        let t = start + i64::try_from(i).expect("a test writes few lines");
         let (d, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
         // 2026-12-01 is day 20788 since the epoch.
         assert_eq!(d, 20_788, "the test writes times on 2026-12-01 only");

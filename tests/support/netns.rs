@@ -2,7 +2,8 @@
 //! both directions are shaped with `tc tbf`, and (optionally) a Docker engine
 //! living inside one of them.
 //!
-//! Rules this helper keeps (CONTRIBUTING, FIELD-NOTES):
+//! Rules this helper keeps (CONTRIBUTING.md, "Tests" and "Test hosts on one
+//! machine"):
 //! - Addresses are assigned only inside the namespaces it creates
 //!   (10.231.0.1/30 and 10.231.0.2/30 on the veth): each pair of namespaces is
 //!   its own little network, so parallel tests can reuse them.

@@ -544,13 +544,23 @@ pub fn parse_summary(text: &str) -> PgbenchReport {
         })
     };
     PgbenchReport {
-        committed: num("number of transactions actually processed:").map_or(0, |v| v as u64),
-        failed: num("number of failed transactions:").map_or(0, |v| v as u64),
+        committed: num("number of transactions actually processed:").map_or(0, count_from_f64),
+        failed: num("number of failed transactions:").map_or(0, count_from_f64),
         latency_avg_ms: num("latency average ="),
         latency_stddev_ms: num("latency stddev ="),
         tps: num("tps ="),
         ..PgbenchReport::default()
     }
+}
+
+/// `x as u64` for a transaction count pgbench printed (or a sum of its
+/// progress rates times seconds), kept in one place. The cast drops the
+/// fraction and saturates (NaN and negatives give 0); the counts are
+/// whole, non-negative and far below 2^53, so only an estimate's fraction
+/// goes.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn count_from_f64(x: f64) -> u64 {
+    x as u64
 }
 
 /// A pgbench run in the background.
@@ -581,7 +591,7 @@ impl Pgbench {
             sum += x.tps * (x.at - last);
             last = x.at;
         }
-        sum as u64
+        count_from_f64(sum)
     }
 
     /// Ends the run now: terminates pgbench's connections (pgbench then

@@ -1,6 +1,6 @@
 //! A real three-manager Docker Swarm on one machine, for the cluster tests.
 //!
-//! Shape (FIELD-NOTES, "Swarm"):
+//! Shape (CONTRIBUTING.md, "Test hosts on one machine", for why):
 //! - a bridge `br0` in a namespace of its own, the "switch";
 //! - nodes 1..=N, each a network namespace with `eth0` = 10.232.0.N/24 on a
 //!   veth to that bridge, and its own mount and UTS namespaces (hostname

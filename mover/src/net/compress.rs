@@ -113,9 +113,17 @@ impl ChunkCodec {
                 let d = self.decompressor.as_mut().ok_or_else(|| {
                     CompressError::Setup(std::io::Error::other("decompressor missing after init"))
                 })?;
-                out.reserve(expected as usize);
-                d.decompress_to_buffer(data, out)
-                    .map_err(|source| CompressError::Decompress { expected, source })?;
+                // Decompress into exactly `expected` bytes: a `Vec`
+                // destination would be bounded by its capacity, which a
+                // reused buffer may have far above this want.
+                out.resize(expected as usize, 0);
+                match d.decompress_to_buffer(data, out.as_mut_slice()) {
+                    Ok(n) => out.truncate(n),
+                    Err(source) => {
+                        out.clear();
+                        return Err(CompressError::Decompress { expected, source });
+                    }
+                }
             }
         }
         Ok(())
@@ -172,6 +180,23 @@ mod tests {
         let err = rx.decode(Codec::Zstd, &wire, 4096, &mut out).unwrap_err();
         assert!(matches!(err, CompressError::Decompress { .. }), "{err}");
         assert!(out.capacity() < 1 << 20);
+    }
+
+    /// Hardening (fuzzing): the bound came from the output buffer's
+    /// capacity, not from `expected`. The receiver reuses its buffer, so
+    /// after one big chunk a small want accepted (and spent CPU on) a payload
+    /// up to that big chunk's size.
+    #[test]
+    fn fuzz_bound_is_the_want_not_a_reused_buffers_capacity() {
+        let wire = zstd::bulk::compress(&vec![7u8; 100_000], 1).unwrap();
+        let mut rx = ChunkCodec::new(true);
+        let mut out = Vec::with_capacity(1 << 20);
+        let err = rx.decode(Codec::Zstd, &wire, 4096, &mut out).unwrap_err();
+        assert!(matches!(err, CompressError::Decompress { .. }), "{err}");
+        assert!(out.len() <= 4096);
+        // The exact length still decodes into the same (larger) buffer.
+        rx.decode(Codec::Zstd, &wire, 100_000, &mut out).unwrap();
+        assert_eq!(out, vec![7u8; 100_000]);
     }
 
     #[test]

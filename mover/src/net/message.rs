@@ -1,4 +1,4 @@
-//! The peer protocol's messages (version 1) and their encoding in frames.
+//! The peer protocol's messages (version 2) and their encoding in frames.
 //!
 //! Each message is one frame whose kind byte says which message it is. Small
 //! messages carry a postcard body; bulk payloads (manifest bytes, chunk data)
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// apart from an old daffe.
 pub const MAGIC: [u8; 8] = *b"DAFFENET";
 /// The protocol version this build speaks. Bump on any change of a message.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Longest chunk we send or accept. The mover's largest chunker class max is
 /// 4 MiB; this is the frame budget for one chunk (see `frame::MAX_FRAME`).
 pub const MAX_CHUNK_LEN: u32 = 8 * 1024 * 1024;
@@ -116,11 +116,13 @@ pub struct RoundSummary {
     /// Chunk payload received (uncompressed): the round's dirty data.
     pub bytes_fetched: u64,
     pub bytes_written: u64,
-    /// Entries that changed at the source while being sent (kept at their old
-    /// version this round).
+    /// Entries that changed at the source while being sent (their changed
+    /// ranges kept at their old version this round; pre-copy rounds only).
     pub stale: u64,
     pub root: [u8; 32],
     pub duration_ms: u64,
+    /// Bytes of those ranges (version 2): they go again next round.
+    pub bytes_dirty: u64,
 }
 
 /// Why a request failed. `Busy` and `Transient` are worth a retry.
@@ -154,7 +156,7 @@ pub struct WireError {
     pub message: String,
 }
 
-/// Every message of protocol version 1.
+/// Every message of protocol version 2.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Message {
     Hello(Hello),

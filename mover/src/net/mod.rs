@@ -18,6 +18,8 @@
 //! - `rounds`: one round end to end: receive into a destination; scan and
 //!   push with retries (resume after a cut link, on `crate::retry`'s
 //!   reconnect policy; rescan after a stale scan).
+//! - `precopy`: the pre-copy loop of a live migration: rounds until
+//!   `crate::converge` says stop, a hook before the last one, the report.
 //!
 //! Behind the mover feature `net` (rustls, rcgen, zstd).
 //!
@@ -34,6 +36,7 @@ pub mod message;
 pub mod netsource;
 pub(crate) mod patch;
 pub mod peer;
+pub mod precopy;
 pub mod rounds;
 pub mod serve;
 pub mod stream;

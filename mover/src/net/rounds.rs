@@ -48,9 +48,10 @@ pub fn summary(s: &RoundStats, took: Duration) -> RoundSummary {
         chunks_reused: s.chunks_reused,
         bytes_fetched: s.bytes_fetched,
         bytes_written: s.bytes_written,
-        stale: 0,
+        stale: s.entries_dirty,
         root,
         duration_ms: millis(took),
+        bytes_dirty: s.bytes_dirty,
     }
 }
 

@@ -15,10 +15,12 @@ use super::dest::Dest;
 use super::error::{ReceiveError, errno, io_err, lossy};
 use super::ops::{Op, STREAMS};
 use super::options::RoundStats;
+use crate::chunk::ChunkId;
 use crate::chunk_index::read_verified;
 use crate::fsmeta::{self, Skip, StatKind};
 use crate::journal::FramedReader;
 use crate::manifest::{Entry, Kind};
+use crate::read_full::read_full_at;
 
 /// Replays the committed ops (idempotent).
 pub(super) fn apply(d: &Dest, stats: &mut RoundStats) -> Result<(), ReceiveError> {
@@ -29,6 +31,11 @@ pub(super) fn apply(d: &Dest, stats: &mut RoundStats) -> Result<(), ReceiveError
     }
     let rd = d.round_dir();
     let pack = File::open(rd.join("pack")).ok();
+    // Patches a partial pre-copy round could not fill: those ranges keep
+    // their previous bytes (the round's manifest says so).
+    let skips = super::partial::read_skips(&rd)?;
+    // Patches stored as the pages that differ from the file's bytes.
+    let pages = super::pages::read_pages_file(&rd)?;
     let mut buf = Vec::new();
     for name in STREAMS {
         let Some(mut r) = FramedReader::open(&rd.join(name))? else {
@@ -59,6 +66,9 @@ pub(super) fn apply(d: &Dest, stats: &mut RoundStats) -> Result<(), ReceiveError
                     pack: at,
                     id,
                 } => {
+                    if skips.contains(&at) {
+                        continue;
+                    }
                     if patch_file.as_ref().is_none_or(|(p, _)| *p != path) {
                         let fd = d.open_entry(&path, OFlags::RDWR | OFlags::NOFOLLOW)?;
                         patch_file = Some((path.clone(), File::from(fd)));
@@ -68,6 +78,10 @@ pub(super) fn apply(d: &Dest, stats: &mut RoundStats) -> Result<(), ReceiveError
                         path: lossy(&path),
                         why: "pack missing for a committed patch".into(),
                     })?;
+                    if let Some(list) = pages.get(&at) {
+                        patch_pages(f, pk, &path, (offset, len, at, &id), list, &mut buf)?;
+                        continue;
+                    }
                     if !read_verified(pk, at, len, &id, &mut buf).map_err(io_err(b"pack"))? {
                         // Already applied by an earlier replay and the
                         // pack lost? The pack is durable before commit,
@@ -222,6 +236,41 @@ fn link(d: &Dest, path: &[u8], target: &[u8]) -> Result<(), ReceiveError> {
 }
 
 /// Removes whatever is at `path`, recursively, beneath the root.
+/// A page patch: the chunk is the file's current bytes of its range with
+/// the pack's pages over them; checked against its id, then only the pages
+/// are written. Idempotent: after a partial write the rebuilt chunk is the
+/// same.
+fn patch_pages(
+    f: &File,
+    pack: &File,
+    path: &[u8],
+    (offset, len, at, id): (u64, u32, u64, &ChunkId),
+    pages: &[(u32, u32)],
+    buf: &mut Vec<u8>,
+) -> Result<(), ReceiveError> {
+    buf.clear();
+    buf.resize(len as usize, 0);
+    // Past the file's end the range reads as zeros, as the base did.
+    read_full_at(f, buf, offset).map_err(io_err(path))?;
+    for &(o, l) in pages {
+        let r = o as usize..o as usize + l as usize;
+        pack.read_exact_at(&mut buf[r], at + u64::from(o))
+            .map_err(io_err(b"pack"))?;
+    }
+    if ChunkId::of(buf) != *id {
+        return Err(ReceiveError::Verify {
+            path: lossy(path),
+            why: format!("page patch at {offset} does not rebuild chunk {id}"),
+        });
+    }
+    for &(o, l) in pages {
+        let r = o as usize..o as usize + l as usize;
+        f.write_all_at(&buf[r], offset + u64::from(o))
+            .map_err(io_err(path))?;
+    }
+    Ok(())
+}
+
 fn delete(d: &Dest, path: &[u8]) -> Result<(), ReceiveError> {
     let Some(root) = d.root.as_ref() else {
         return Ok(());

@@ -7,11 +7,17 @@
 //! written; the writer checkpoints as it goes.
 //!
 //! A chunk that does not match its id means the source changed since its
-//! scan. Today that ends the round (`ReceiveError::Stale`) after the chunks
-//! that did arrive are made durable; they seed the next attempt. The one
-//! place that decides this is [`Executor::mismatch`]: a pre-copy round that
-//! keeps what it moved would mark the want's entry dirty there and go on,
-//! and report the round as partial from [`Executed`].
+//! scan. The one place that decides what follows is [`Executor::mismatch`]:
+//! - a final round (`ReceiveOptions::precopy` off) must be exact: it stops
+//!   (`ReceiveError::Stale`) after the chunks that did arrive are made
+//!   durable; they seed the next attempt;
+//! - a pre-copy round keeps what it moved. The want's range is marked
+//!   *dirty* and the round goes on: a staged file keeps zeros there, a file
+//!   patched in place keeps its previous bytes there (its `PatchWrite` is
+//!   skipped at apply). [`Executed::dirty`] names each such range with the
+//!   id of the bytes it will hold, so the round can rewrite its manifest to
+//!   say exactly what the destination holds (`super::partial`); the next
+//!   round then sees those ranges differ from the source and sends them.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,6 +28,7 @@ use super::dest::Dest;
 use super::error::{ReceiveError, io_err};
 use super::ops::Op;
 use super::options::{ReceiveOptions, RoundStats};
+use super::pages;
 use super::plan::{Counts, PlanSink};
 use super::writer::{Target, Writer};
 use crate::chunk::{ChunkId, ChunkRef};
@@ -51,6 +58,19 @@ struct Window {
     bytes: u64,
 }
 
+/// A range a pre-copy round could not fill because the source changed: what
+/// the destination holds there after apply, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Dirty {
+    /// New-manifest entry index and the chunk's offset in it.
+    pub(super) entry: u32,
+    pub(super) offset: u64,
+    pub(super) len: u32,
+    /// The id of the bytes the destination will hold in that range (zeros
+    /// in a staged file, the previous bytes in a patched one).
+    pub(super) holds: ChunkId,
+}
+
 /// Where local chunk sources are.
 pub(super) struct Local<'a> {
     pub(super) index: ChunkIndex,
@@ -67,6 +87,12 @@ pub(super) struct Executed {
     /// New-manifest entries whose data this round staged (verified after).
     pub(super) touched: Vec<u32>,
     pub(super) fetch_time: Duration,
+    /// Ranges left dirty (pre-copy rounds only), in no particular order.
+    pub(super) dirty: Vec<Dirty>,
+    /// Pack offsets whose `PatchWrite` must be skipped at apply.
+    pub(super) skip_patches: Vec<u64>,
+    /// Pack offsets holding only the pages that differ (`super::pages`).
+    pub(super) page_patches: Vec<(u64, Vec<(u32, u32)>)>,
 }
 
 /// Executes one round's plan.
@@ -92,6 +118,12 @@ pub(super) struct Executor<'a> {
     buf: Vec<u8>,
     touched: Vec<u32>,
     fetch_time: Duration,
+    /// Pack offset of each patch want -> (entry, offset in the file, path):
+    /// where a dirty pack target's range lies.
+    patches: HashMap<u64, (u32, u64, Vec<u8>)>,
+    dirty: Vec<Dirty>,
+    skip_patches: Vec<u64>,
+    page_patches: Vec<(u64, Vec<(u32, u32)>)>,
 }
 
 impl<'a> Executor<'a> {
@@ -119,6 +151,10 @@ impl<'a> Executor<'a> {
             buf: Vec::new(),
             touched: Vec::new(),
             fetch_time: Duration::ZERO,
+            patches: HashMap::new(),
+            dirty: Vec::new(),
+            skip_patches: Vec::new(),
+            page_patches: Vec::new(),
         })
     }
 
@@ -134,6 +170,9 @@ impl<'a> Executor<'a> {
             journal: self.writer.finish()?,
             touched: self.touched,
             fetch_time: self.fetch_time,
+            dirty: self.dirty,
+            skip_patches: self.skip_patches,
+            page_patches: self.page_patches,
         })
     }
 
@@ -309,12 +348,63 @@ impl<'a> Executor<'a> {
     }
 
     /// A chunk that does not match its want: the source changed since its
-    /// scan. The round stops here (see the module doc).
-    fn mismatch(w: &Want) -> ReceiveError {
-        ReceiveError::Stale {
-            path: format!("entry #{}", w.entry),
-            offset: w.offset,
+    /// scan. A final round stops here; a pre-copy round marks every place
+    /// the want was for dirty and goes on (see the module doc).
+    fn mismatch(&mut self, w: &Want, dests: &[Target]) -> Result<(), ReceiveError> {
+        if !self.opts.precopy {
+            return Err(ReceiveError::Stale {
+                path: format!("entry #{}", w.entry),
+                offset: w.offset,
+            });
         }
+        // Later wants of the same id must not join this finished want.
+        self.local.index.remove(&w.id);
+        self.stats.chunks_dirty += 1;
+        self.stats.bytes_dirty += u64::from(w.len);
+        for t in dests {
+            match *t {
+                Target::Stage { entry, offset } => {
+                    // Zeros, written (not left a hole) so that a resumed
+                    // attempt's bytes cannot linger there.
+                    let zeros = vec![0u8; w.len as usize];
+                    let holds = ChunkId::of(&zeros);
+                    let c = ChunkRef {
+                        offset,
+                        len: w.len,
+                        id: holds,
+                    };
+                    self.writer.write(*t, &c, &zeros)?;
+                    self.dirty.push(Dirty {
+                        entry,
+                        offset,
+                        len: w.len,
+                        holds,
+                    });
+                    self.landed(entry)?;
+                }
+                Target::Pack { offset: pack } => {
+                    let Some((entry, offset, path)) = self.patches.get(&pack).cloned() else {
+                        return Err(ReceiveError::Stale {
+                            path: format!("entry #{}", w.entry),
+                            offset: w.offset,
+                        });
+                    };
+                    // The file keeps its previous bytes there (zeros past
+                    // its current end, which the patch's size extends).
+                    let mut buf = vec![0u8; w.len as usize];
+                    let f = self.dest.open_entry_ro(&path)?;
+                    read_full_at(&f, &mut buf, offset).map_err(io_err(&path))?;
+                    self.dirty.push(Dirty {
+                        entry,
+                        offset,
+                        len: w.len,
+                        holds: ChunkId::of(&buf),
+                    });
+                    self.skip_patches.push(pack);
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Asks the source for the window's wants and writes each verified
@@ -336,10 +426,14 @@ impl<'a> Executor<'a> {
             let mut sink = |k: usize, data: &[u8]| -> Result<(), SinkError> {
                 let w = &wants[k];
                 if data.len() != w.len as usize || ChunkId::of(data) != w.id {
-                    failure = Some(Self::mismatch(w));
-                    return Err("chunk does not match its id".into());
+                    if let Err(e) = self.mismatch(w, &dests[k]) {
+                        failure = Some(e);
+                        return Err("chunk does not match its id".into());
+                    }
+                    return Ok(());
                 }
-                if let Err(e) = self.arrived(w, &dests[k], data) {
+                let base = bases.as_ref().and_then(|b| b[k].as_deref());
+                if let Err(e) = self.arrived(w, &dests[k], data, base) {
                     failure = Some(e);
                     return Err("write failed".into());
                 }
@@ -361,7 +455,15 @@ impl<'a> Executor<'a> {
     }
 
     /// A verified chunk arrived for `w`: write it wherever it is needed.
-    fn arrived(&mut self, w: &Want, dests: &[Target], data: &[u8]) -> Result<(), ReceiveError> {
+    /// A patch whose previous bytes (`base`) differ in few pages stores
+    /// only those pages (`super::pages`).
+    fn arrived(
+        &mut self,
+        w: &Want,
+        dests: &[Target],
+        data: &[u8],
+        base: Option<&[u8]>,
+    ) -> Result<(), ReceiveError> {
         let c = ChunkRef {
             offset: w.offset,
             len: w.len,
@@ -372,6 +474,18 @@ impl<'a> Executor<'a> {
         self.opts.progress.event(&Progress::Moved {
             bytes: data.len() as u64,
         });
+        if let ([Target::Pack { offset: pack }], Some(old)) = (dests, base)
+            && old.len() == data.len()
+        {
+            let pages = pages::diff_pages(w.offset, data, old);
+            if 2 * pages::covered(&pages) <= data.len() as u64 {
+                self.stats.bytes_written += self.writer.write_pages(*pack, data, &pages)?;
+                // The pack does not hold the whole chunk: not a source.
+                self.local.index.remove(&w.id);
+                self.page_patches.push((*pack, pages));
+                return Ok(());
+            }
+        }
         // The first destination becomes the chunk's home for later dups.
         self.local.index.set(&w.id, dests[0].loc(), w.len);
         for t in dests {
@@ -434,7 +548,9 @@ impl PlanSink for Executor<'_> {
         base: u32,
     ) -> Result<(), ReceiveError> {
         let asked = self.window.wants.len();
-        self.resolve(entry, c, Target::Pack { offset: pack })?;
+        if self.resolve(entry, c, Target::Pack { offset: pack })? && self.opts.precopy {
+            self.patches.insert(pack, (entry, c.offset, path.to_vec()));
+        }
         // A new want: our file still holds the old bytes of this range.
         if self.window.wants.len() > asked && base > 0 {
             self.window.bases[asked] = Some((path.to_vec(), base));

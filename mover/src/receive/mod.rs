@@ -18,6 +18,8 @@
 //! - `writer`: staged files, pack, op streams, journal checkpoints.
 //! - `verify`: validity before a round; verify and promote after it.
 //! - `exec`: the plan's executor (local copies, fetch windows).
+//! - `partial`: what a pre-copy round that the source outran keeps.
+//! - `pages`: patches written as the 4 KiB pages that differ.
 //! - `round`: [`Receiver`], which sequences a round's steps.
 //! - `preview`: a dry run of the plan.
 
@@ -27,6 +29,8 @@ mod error;
 mod exec;
 mod ops;
 mod options;
+mod pages;
+mod partial;
 mod plan;
 mod preview;
 mod round;

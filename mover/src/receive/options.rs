@@ -49,6 +49,12 @@ pub struct ReceiveOptions {
     pub verify: Verify,
     pub progress: Arc<dyn ProgressSink>,
     pub checkpoint_bytes: u64,
+    /// A pre-copy round: the app still writes, so a chunk that changed at
+    /// the source since its scan marks its range dirty (sent again next
+    /// round) instead of failing the round, and everything else the round
+    /// moved is kept and applied. Off for a final round, which must be
+    /// exact (such a chunk fails it with `ReceiveError::Stale`).
+    pub precopy: bool,
 }
 
 impl Default for ReceiveOptions {
@@ -57,6 +63,7 @@ impl Default for ReceiveOptions {
             verify: Verify::Touched,
             progress: Arc::new(crate::progress::NoProgress),
             checkpoint_bytes: CHECKPOINT_BYTES,
+            precopy: false,
         }
     }
 }
@@ -87,6 +94,15 @@ pub struct RoundStats {
     /// Data bytes written (staged files, pack, in-place patches).
     pub bytes_written: u64,
     pub bytes_verified: u64,
+    /// Chunks the source changed under this (pre-copy) round: their ranges
+    /// keep older bytes and go again next round. Nonzero = a partial round.
+    #[serde(default)]
+    pub chunks_dirty: u64,
+    #[serde(default)]
+    pub bytes_dirty: u64,
+    /// Entries with at least one dirty range.
+    #[serde(default)]
+    pub entries_dirty: u64,
     pub skipped: Vec<Skip>,
     pub plan_ms: u64,
     pub fetch_ms: u64,

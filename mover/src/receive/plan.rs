@@ -444,7 +444,8 @@ impl<M: StoredManifest> Planner<'_, '_, M> {
     /// Plans a data entry (file or image); returns whether its data changes.
     /// Unchanged: nothing, or a `Meta` op. Changed and patchable (a block
     /// device always; a valid single-link file whose changed bytes are under
-    /// half its size): patch in place. Anything else: stage anew.
+    /// half its size, or whose size did not change): patch in place.
+    /// Anything else: stage anew.
     fn plan_data(
         &mut self,
         d: &DataEntry<'_>,
@@ -512,7 +513,10 @@ impl<M: StoredManifest> Planner<'_, '_, M> {
             return Ok(false);
         }
         let single = same.is_some_and(|o| o.single);
-        if device.is_some() || (single && changed * 2 < e.size.max(1)) {
+        // A file rewritten in place (same size: a database's pages) is
+        // patched however much of it changed by chunk: its chunks then go
+        // as the 4 KiB pages that differ (`super::pages`), not whole.
+        if device.is_some() || (single && (changed * 2 < e.size.max(1) || size_same)) {
             let old_at = same.map(|o| o.pos);
             let old_size = same.filter(|_| old_usable).map(|o| o.entry.size);
             let written = self.patch(d, old_at, old_size)?;

@@ -15,6 +15,8 @@ use super::dest::{Dest, ManifestFile};
 use super::error::{ReceiveError, io_err};
 use super::exec::{Executor, Local};
 use super::options::{Destination, ReceiveOptions, RoundStats, Verify};
+use super::pages;
+use super::partial;
 use super::plan::{PlanInput, StoredManifest, plan};
 use super::verify::{Checked, Recheck, promote, validity};
 use crate::chunk::ChunkId;
@@ -218,6 +220,24 @@ impl Receiver {
         let done = exec.finish(counts)?;
         stats.plan_ms = millis(t0.elapsed().saturating_sub(done.fetch_time));
         stats.fetch_ms = millis(done.fetch_time);
+        // A partial pre-copy round: the manifest is made to say what the
+        // destination will hold, and apply is told which patches to skip.
+        partial::write_skips(&rd, &done.skip_patches)?;
+        pages::write_pages_file(&rd, &done.page_patches)?;
+        let mut trailer = incoming.trailer;
+        if !done.dirty.is_empty() {
+            trailer = partial::rewrite_manifest(&rd.join("manifest"), &done.dirty)?;
+            stats.root = trailer.root.to_hex();
+            let entries: std::collections::HashSet<u32> =
+                done.dirty.iter().map(|d| d.entry).collect();
+            stats.entries_dirty = entries.len() as u64;
+            tracing::info!(
+                chunks = stats.chunks_dirty,
+                bytes = stats.bytes_dirty,
+                entries = stats.entries_dirty,
+                "pre-copy round partial: the source changed under it; those ranges go next round"
+            );
+        }
 
         // 7. Commit: ops and data are on disk (the last checkpoint synced
         //    the filesystem; this sync covers the op streams), so the commit
@@ -258,7 +278,7 @@ impl Receiver {
                 why: "does not match the manifest after apply; the next round repairs it".into(),
             });
         }
-        stats.entries = incoming.trailer.entries;
+        stats.entries = trailer.entries;
         opts.progress.event(&Progress::Phase {
             phase: Phase::Done,
             total_bytes: 0,

@@ -153,6 +153,29 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
+    /// Writes only `pages` (offset in the chunk, length) of a verified
+    /// chunk into the pack at `pack`: a patch whose destination already
+    /// holds the rest (see `partial::PAGES_FILE`). No `Durable` record: the
+    /// pack does not hold the whole chunk, so a resumed round must not take
+    /// it from there (the commit's sync makes the pages durable).
+    pub(super) fn write_pages(
+        &mut self,
+        pack: u64,
+        data: &[u8],
+        pages: &[(u32, u32)],
+    ) -> Result<u64, ReceiveError> {
+        let mut n = 0u64;
+        for &(off, len) in pages {
+            let (a, b) = (off as usize, off as usize + len as usize);
+            self.pack
+                .write_all_at(&data[a..b], pack + u64::from(off))
+                .map_err(io_err(b"pack"))?;
+            n += u64::from(len);
+        }
+        self.since_checkpoint += n;
+        Ok(n)
+    }
+
     /// A staged file has all its data: set its size (the tail hole) and its
     /// metadata now, on the handle we already hold, so that applying it is
     /// a single rename.

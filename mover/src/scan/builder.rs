@@ -598,9 +598,20 @@ fn advance_chunking(
     let chunker = class.chunker();
     let path = p.entry.path.clone();
     let mut buf = Vec::new();
+    // The end of the extent being joined: a serial cut never reads past it.
+    // A file that grows while it is scanned would otherwise yield a chunk
+    // that passes the size (or the next extent) the entry recorded, and the
+    // receiver rejects the whole manifest; bounded, the entry is simply
+    // racy (re-read next round) and its new bytes travel then.
+    let limit = std::cell::Cell::new(u64::MAX);
     // Chunks the joiner must cut itself (rare), read straight from the file.
     let mut serial = |at: u64| -> Result<ChunkRef, ScanError> {
-        buf.resize(chunker.max(), 0);
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "bounded by the class max, a usize"
+        )]
+        let room = limit.get().saturating_sub(at).min(chunker.max() as u64) as usize;
+        buf.resize(room, 0);
         let got = read_full_at(file, &mut buf, at).map_err(io_err(&path))?;
         if got == 0 {
             return Err(ScanError::Io {
@@ -628,15 +639,18 @@ fn advance_chunking(
         let ext = parts[*next_part].ext;
         if join.as_ref().is_none_or(|(e, _)| *e != ext) {
             if let Some((e, mut j)) = join.take() {
+                limit.set(extents[e].1);
                 finish_extent(&mut j, extents[e].1, *shrunk, &mut serial, &mut emit)?;
             }
             *join = Some((ext, SegmentJoin::new(extents[ext].0)));
         }
+        limit.set(extents[ext].1);
         let (_, j) = join.as_mut().expect("set above");
         j.push(list, &mut serial, &mut emit)?;
         *next_part += 1;
     }
     if let Some((e, mut j)) = join.take() {
+        limit.set(extents[e].1);
         finish_extent(&mut j, extents[e].1, *shrunk, &mut serial, &mut emit)?;
     }
     Ok(true)

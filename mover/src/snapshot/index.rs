@@ -14,14 +14,14 @@
 //! File format: `DAFFESI1`, a postcard body, then the SHA-256 of the body (a torn
 //! or bit-flipped file is refused, never half-read).
 
-use super::block::{BLOCK_BYTES, BLOCKS_PER_GIB, BlockHash, BlockState};
+use super::block::{BLOCK_BYTES, BLOCKS_PER_GIB, BlockHash, BlockState, MAX_VOLUME_GIB};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-const MAGIC: &[u8; 8] = b"DAFFESI1";
+pub(crate) const MAGIC: &[u8; 8] = b"DAFFESI1";
 const VERSION: u16 = 1;
 /// Longest snapshot id we accept as a file name (AWS ids are ~22 chars).
 const MAX_ID_LEN: usize = 128;
@@ -172,6 +172,11 @@ impl BlockIndex {
         if b.version != VERSION {
             return Err(format!("unknown version {}", b.version));
         }
+        // EBS's limit; also keeps volume_blocks() from overflowing
+        // (hardening: the block_index fuzz target found the overflow).
+        if b.index.volume_gib > MAX_VOLUME_GIB {
+            return Err(format!("volume of {} GiB", b.index.volume_gib));
+        }
         let sorted = b.index.blocks.windows(2).all(|w| w[0].0 < w[1].0);
         let inside = b
             .index
@@ -288,6 +293,26 @@ mod tests {
         ix.push_data(1, BlockHash::of(b"one")).unwrap();
         ix.push_data(4000, BlockHash::of(b"far")).unwrap();
         ix
+    }
+
+    /// Hardening (fuzzing): a checksummed file naming a volume of 2^64-1
+    /// GiB overflowed `volume_blocks()` (a panic with overflow checks, a
+    /// wrapped bound without) instead of being refused as corrupt.
+    #[test]
+    fn fuzz_oversized_volume_is_corrupt_not_an_overflow() {
+        let d = tempfile::tempdir().unwrap();
+        let store = IndexStore::new(d.path());
+        let mut ix = sample();
+        ix.volume_gib = u64::MAX;
+        std::fs::write(store.path_of("snap-0a1b").unwrap(), ix.encode().unwrap()).unwrap();
+        let err = store.load("snap-0a1b").unwrap_err();
+        assert!(matches!(err, IndexError::Corrupt { .. }), "{err}");
+        ix.volume_gib = MAX_VOLUME_GIB;
+        std::fs::write(store.path_of("snap-0a1b").unwrap(), ix.encode().unwrap()).unwrap();
+        assert_eq!(
+            store.load("snap-0a1b").unwrap().unwrap().volume_gib,
+            MAX_VOLUME_GIB
+        );
     }
 
     #[test]

@@ -92,8 +92,8 @@ fn within_budget(p: &PolicyResult, budget: u32) -> bool {
         p.move_log
             .iter()
             .filter(|o| o.decided_h <= m.decided_h && m.decided_h - o.decided_h < 24.0)
-            .count() as u32
-            <= budget
+            .count()
+            <= budget as usize
     })
 }
 

@@ -110,10 +110,22 @@ fn uint(out: &mut Vec<u8>, ty: u8, v: u64) {
 /// above 7), size in the low 5 (29-31 announce 1-3 more size bytes).
 fn control(out: &mut Vec<u8>, ty: u8, size: usize) {
     let (first, extra): (u8, Vec<u8>) = match size {
-        0..=28 => (size as u8, vec![]),
-        29..=284 => (29, vec![(size - 29) as u8]),
-        285..=65_820 => (30, ((size - 285) as u16).to_be_bytes().to_vec()),
-        _ => (31, ((size - 65_821) as u32).to_be_bytes()[1..].to_vec()),
+        0..=28 => (u8::try_from(size).expect("0..=28"), vec![]),
+        29..=284 => (29, vec![u8::try_from(size - 29).expect("0..=255")]),
+        285..=65_820 => (
+            30,
+            u16::try_from(size - 285)
+                .expect("0..=65_535")
+                .to_be_bytes()
+                .to_vec(),
+        ),
+        _ => (
+            31,
+            u32::try_from(size - 65_821)
+                .expect("a test database is under 4 GiB")
+                .to_be_bytes()[1..]
+                .to_vec(),
+        ),
     };
     if ty <= 7 {
         out.push((ty << 5) | first);
@@ -217,7 +229,10 @@ impl MmdbWriter {
                 "languages".into(),
                 Value::Array(vec![Value::Str("en".into())]),
             ),
-            ("node_count".into(), Value::U32(count as u32)),
+            (
+                "node_count".into(),
+                Value::U32(u32::try_from(count).expect("a test database has few nodes")),
+            ),
             ("record_size".into(), Value::U16(32)),
         ])
         .encode(&mut out);

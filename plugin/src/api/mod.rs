@@ -2,13 +2,13 @@
 //! carried out against the service ([`volume`], [`plugin`]), and every
 //! outcome turned into a reply in one place ([`reply`]).
 
-pub mod plugin;
-pub mod reply;
-pub mod request;
-pub mod volume;
+pub(crate) mod plugin;
+pub(crate) mod reply;
+pub(crate) mod request;
+pub(crate) mod volume;
 
+use crate::server::Reply;
 use crate::service::VolumeService;
-use reply::Reply;
 use request::Request;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +17,11 @@ use std::time::Duration;
 /// rest 60 s) with margin, so docker always gets our answer (and its message)
 /// instead of its own timeout.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Create and Mount: mkfs of a large image, an EBS attach.
-    pub slow: Duration,
+    pub(crate) slow: Duration,
     /// Remove, Unmount, Path: deleting a large tree, an EBS detach.
-    pub fast: Duration,
+    pub(crate) fast: Duration,
 }
 
 impl Default for Limits {
@@ -35,14 +35,14 @@ impl Default for Limits {
 
 /// The VolumeDriver endpoint set, bound to a service.
 #[derive(Clone)]
-pub struct DriverApi {
+pub(crate) struct DriverApi {
     svc: Arc<VolumeService>,
     limits: Limits,
     list_cache: Arc<volume::ListCache>,
 }
 
 impl DriverApi {
-    pub fn new(svc: Arc<VolumeService>, limits: Limits) -> Self {
+    pub(crate) fn new(svc: Arc<VolumeService>, limits: Limits) -> Self {
         Self {
             svc,
             limits,
@@ -51,7 +51,7 @@ impl DriverApi {
     }
 
     /// Answers one POST to `path` with `body`.
-    pub async fn handle(&self, path: &str, body: &[u8]) -> Reply {
+    pub(crate) async fn handle(&self, path: &str, body: &[u8]) -> Reply {
         let req = match Request::parse(path, body) {
             Ok(r) => r,
             Err(e) => return Reply::from(e),

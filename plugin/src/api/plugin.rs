@@ -1,14 +1,14 @@
 //! Plugin-level endpoints: handshake and capabilities.
 
-use super::reply::Reply;
+use crate::server::Reply;
 use serde_json::json;
 
-pub fn activate() -> Reply {
+pub(crate) fn activate() -> Reply {
     Reply::ok(json!({ "Implements": ["VolumeDriver"] }))
 }
 
 /// `local` scope: a volume lives on this host; dockerd does not assume other
 /// hosts see the same volume under the same name.
-pub fn capabilities() -> Reply {
+pub(crate) fn capabilities() -> Reply {
     Reply::ok(json!({ "Capabilities": { "Scope": "local" } }))
 }

@@ -1,73 +1,17 @@
-//! Replies, and the one place that turns errors into them.
+//! The one place that turns service errors into replies, for both sockets:
+//! the status comes from the error's code ([`status_of`]).
 //!
-//! Failures go out as HTTP 500 with `{"Err": message}`, as Docker's own
-//! plugin helpers do: dockerd passes the message on, so it reaches the
-//! docker CLI ("Error response from daemon: ... VolumeDriver.Create: <ours>").
+//! Failures go out with `{"Err": message}`, as Docker's own plugin helpers
+//! do: dockerd passes the message on, so it reaches the docker CLI ("Error
+//! response from daemon: ... VolumeDriver.Create: <ours>"). The control API
+//! adds the code (`"Code": "in_use"`, [`coded`]); VolumeDriver replies keep
+//! Docker's shape.
 
 use super::request::ParseError;
-use crate::service::ServiceError;
+use crate::server::Reply;
+use crate::service::{ErrorCode, ServiceError};
 use hyper::StatusCode;
-use serde_json::{Value, json};
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    pub status: StatusCode,
-    pub body: Value,
-    /// Already serialised JSON sent instead of `body` (a cached List).
-    pub raw: Option<bytes::Bytes>,
-}
-
-impl Reply {
-    /// A success; adds the empty `Err` every VolumeDriver reply carries.
-    pub fn ok(mut body: Value) -> Self {
-        if let Value::Object(m) = &mut body {
-            m.entry("Err")
-                .or_insert_with(|| Value::String(String::new()));
-        }
-        Self::json(body)
-    }
-
-    /// A success carrying a plain JSON document (control API).
-    pub fn json(body: Value) -> Self {
-        Self {
-            status: StatusCode::OK,
-            body,
-            raw: None,
-        }
-    }
-
-    /// A success whose JSON is already serialised.
-    pub fn raw(json: bytes::Bytes) -> Self {
-        Self {
-            status: StatusCode::OK,
-            body: Value::Null,
-            raw: Some(json),
-        }
-    }
-
-    /// The bytes to send.
-    pub fn to_bytes(&self) -> bytes::Bytes {
-        match &self.raw {
-            Some(b) => b.clone(),
-            None => serde_json::to_vec(&self.body).unwrap_or_default().into(),
-        }
-    }
-
-    pub fn error(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            body: json!({ "Err": message.into() }),
-            raw: None,
-        }
-    }
-
-    pub fn method_not_allowed(method: &hyper::Method) -> Self {
-        Self::error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("method {method} not allowed"),
-        )
-    }
-}
+use serde_json::json;
 
 impl From<ParseError> for Reply {
     fn from(e: ParseError) -> Self {
@@ -79,21 +23,24 @@ impl From<ParseError> for Reply {
     }
 }
 
+/// The HTTP status of each kind of failure.
+pub(crate) fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::Invalid => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Exists
+        | ErrorCode::InUse
+        | ErrorCode::NotMountable
+        | ErrorCode::Moved
+        | ErrorCode::Refused => StatusCode::CONFLICT,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
 impl From<ServiceError> for Reply {
     fn from(e: ServiceError) -> Self {
-        use ServiceError as E;
-        let status = match &e {
-            E::Request(_) | E::Resolve(_) | E::Catalog(_) => StatusCode::BAD_REQUEST,
-            E::NotFound(_) => StatusCode::NOT_FOUND,
-            E::Exists { .. }
-            | E::InUse { .. }
-            | E::NotMountable { .. }
-            | E::Refused { .. }
-            | E::Migration { .. } => StatusCode::CONFLICT,
-            E::CatalogStore(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            E::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            E::Store(_) | E::Backend(_) | E::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-        };
+        let status = status_of(e.code());
         match status {
             StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
                 tracing::info!(error = %e, "refused")
@@ -102,4 +49,19 @@ impl From<ServiceError> for Reply {
         }
         Self::error(status, e.to_string())
     }
+}
+
+/// A control API failure: status, code and message.
+pub(crate) fn failure(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Reply {
+    let mut r = Reply::error(status, message);
+    r.body["Code"] = json!(code);
+    r
+}
+
+/// A service failure with its code (control API).
+pub(crate) fn coded(e: ServiceError) -> Reply {
+    let code = e.code();
+    let mut r = Reply::from(e);
+    r.body["Code"] = json!(code);
+    r
 }

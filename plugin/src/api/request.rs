@@ -4,7 +4,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
+pub(crate) enum Request {
     Activate,
     Capabilities,
     Create {
@@ -32,7 +32,7 @@ pub enum Request {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     #[error("unknown endpoint {0}")]
     UnknownEndpoint(String),
     #[error("{endpoint}: invalid request body: {message}")]
@@ -64,7 +64,7 @@ struct MountBody {
 }
 
 impl Request {
-    pub fn parse(path: &str, body: &[u8]) -> Result<Self, ParseError> {
+    pub(crate) fn parse(path: &str, body: &[u8]) -> Result<Self, ParseError> {
         fn json<'a, T: Deserialize<'a>>(endpoint: &str, body: &'a [u8]) -> Result<T, ParseError> {
             serde_json::from_slice(body).map_err(|e| ParseError::Body {
                 endpoint: endpoint.to_owned(),

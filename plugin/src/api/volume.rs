@@ -1,17 +1,20 @@
 //! Volume endpoints: Create, Remove, Mount, Unmount, Path, Get, List.
 
 use super::Limits;
-use super::reply::Reply;
 use super::request::Request;
 use crate::bounded;
+use crate::server::Reply;
 use crate::service::{VolumeInfo, VolumeService};
 use serde_json::json;
 use std::sync::Arc;
 
-/// List's serialised reply, tagged with the service's write generation:
-/// `docker volume ls` and dockerd's sweeps call List often, and with
-/// thousands of volumes building the JSON is most of the cost.
-pub type ListCache = std::sync::Mutex<Option<(u64, bytes::Bytes)>>;
+/// List's serialised reply, tagged with the records' write generation: the
+/// daemon's one List cache. `docker volume ls` and dockerd's sweeps call List
+/// often, and with thousands of volumes reading the records and building the
+/// JSON is most of the cost. Every record write goes through
+/// `state::Records`, which moves the generation, so the cache is never
+/// served after a write.
+pub(crate) type ListCache = std::sync::Mutex<Option<(u64, bytes::Bytes)>>;
 
 fn list(svc: &VolumeService, cache: &ListCache) -> Reply {
     let generation = svc.generation();
@@ -54,7 +57,7 @@ fn list(svc: &VolumeService, cache: &ListCache) -> Reply {
     }
 }
 
-pub async fn handle(
+pub(crate) async fn handle(
     svc: &Arc<VolumeService>,
     limits: Limits,
     list_cache: &ListCache,

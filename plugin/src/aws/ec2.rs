@@ -11,100 +11,100 @@ use std::collections::BTreeMap;
 
 /// A DescribeVolumes filter: name (`tag:daffe:cluster`, `availability-zone`,
 /// `attachment.instance-id`, ...) and the values any of which may match.
-pub type Filter = (String, Vec<String>);
+pub(crate) type Filter = (String, Vec<String>);
 
 /// CreateVolume parameters.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct NewVolume {
-    pub zone: String,
-    pub size_gib: u64,
-    pub volume_type: String,
-    pub iops: Option<u32>,
-    pub throughput: Option<u32>,
-    pub encrypted: bool,
-    pub kms_key_id: Option<String>,
-    pub snapshot_id: Option<String>,
+pub(crate) struct NewVolume {
+    pub(crate) zone: String,
+    pub(crate) size_gib: u64,
+    pub(crate) volume_type: String,
+    pub(crate) iops: Option<u32>,
+    pub(crate) throughput: Option<u32>,
+    pub(crate) encrypted: bool,
+    pub(crate) kms_key_id: Option<String>,
+    pub(crate) snapshot_id: Option<String>,
     /// Put on the volume at creation (TagSpecifications), so a volume never
     /// exists untagged.
-    pub tags: BTreeMap<String, String>,
+    pub(crate) tags: BTreeMap<String, String>,
     /// Idempotency token: a retried CreateVolume returns the same volume.
-    pub client_token: String,
+    pub(crate) client_token: String,
 }
 
 /// ModifyVolume parameters; `None` leaves a value as AWS decides.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Modify {
-    pub volume_type: Option<String>,
-    pub iops: Option<u32>,
-    pub throughput: Option<u32>,
+pub(crate) struct Modify {
+    pub(crate) volume_type: Option<String>,
+    pub(crate) iops: Option<u32>,
+    pub(crate) throughput: Option<u32>,
 }
 
 impl Modify {
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.volume_type.is_none() && self.iops.is_none() && self.throughput.is_none()
     }
 }
 
 /// One attachment of a volume.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AttachmentFacts {
-    pub instance_id: String,
+pub(crate) struct AttachmentFacts {
+    pub(crate) instance_id: String,
     /// The device name given to AttachVolume (`/dev/sdf`).
-    pub device: String,
+    pub(crate) device: String,
     /// attaching | attached | detaching | detached | busy
-    pub state: String,
+    pub(crate) state: String,
 }
 
 /// A volume as DescribeVolumes reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VolumeFacts {
-    pub id: String,
-    pub zone: String,
-    pub size_gib: u64,
-    pub volume_type: String,
-    pub iops: Option<u32>,
-    pub throughput: Option<u32>,
-    pub encrypted: bool,
-    pub kms_key_id: Option<String>,
+pub(crate) struct VolumeFacts {
+    pub(crate) id: String,
+    pub(crate) zone: String,
+    pub(crate) size_gib: u64,
+    pub(crate) volume_type: String,
+    pub(crate) iops: Option<u32>,
+    pub(crate) throughput: Option<u32>,
+    pub(crate) encrypted: bool,
+    pub(crate) kms_key_id: Option<String>,
     /// creating | available | in-use | deleting | deleted | error
-    pub state: String,
-    pub snapshot_id: Option<String>,
-    pub attachments: Vec<AttachmentFacts>,
-    pub tags: BTreeMap<String, String>,
+    pub(crate) state: String,
+    pub(crate) snapshot_id: Option<String>,
+    pub(crate) attachments: Vec<AttachmentFacts>,
+    pub(crate) tags: BTreeMap<String, String>,
 }
 
 impl VolumeFacts {
     /// The attachment to `instance`, if any (detached ones do not count).
-    pub fn attachment_to(&self, instance: &str) -> Option<&AttachmentFacts> {
+    pub(crate) fn attachment_to(&self, instance: &str) -> Option<&AttachmentFacts> {
         self.attachments
             .iter()
             .find(|a| a.instance_id == instance && a.state != "detached")
     }
 
     /// An attachment to another instance, if any.
-    pub fn attachment_elsewhere(&self, instance: &str) -> Option<&AttachmentFacts> {
+    pub(crate) fn attachment_elsewhere(&self, instance: &str) -> Option<&AttachmentFacts> {
         self.attachments
             .iter()
             .find(|a| a.instance_id != instance && a.state != "detached")
     }
 
-    pub fn tag(&self, key: &str) -> Option<&str> {
+    pub(crate) fn tag(&self, key: &str) -> Option<&str> {
         self.tags.get(key).map(String::as_str)
     }
 }
 
 /// A snapshot as DescribeSnapshots reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SnapshotFacts {
-    pub id: String,
+pub(crate) struct SnapshotFacts {
+    pub(crate) id: String,
     /// pending | completed | error | recoverable | recovering
-    pub state: String,
-    pub volume_size_gib: u64,
-    pub encrypted: bool,
+    pub(crate) state: String,
+    pub(crate) volume_size_gib: u64,
+    pub(crate) encrypted: bool,
 }
 
 /// The EC2 API, as the EBS backend uses it.
-pub trait Ec2Api: Send + Sync {
+pub(crate) trait Ec2Api: Send + Sync {
     fn create_volume(&self, req: &NewVolume) -> Result<VolumeFacts, ApiError>;
 
     /// DescribeVolumes of one volume; `InvalidVolume.NotFound` if unknown.
@@ -143,7 +143,7 @@ pub trait Ec2Api: Send + Sync {
 }
 
 /// The profile type of an AWS `VolumeType` string.
-pub fn parse_volume_type(s: &str) -> Option<profiles::EbsVolumeType> {
+pub(crate) fn parse_volume_type(s: &str) -> Option<profiles::EbsVolumeType> {
     use profiles::EbsVolumeType as T;
     [T::Gp3, T::Gp2, T::Io1, T::Io2, T::St1, T::Sc1, T::Standard]
         .into_iter()

@@ -1,5 +1,5 @@
 //! An in-memory EC2 that keeps AWS's rules, for unit tests of the EBS
-//! backend: where moto is lenient (FIELD-NOTES: it ignores ClientToken,
+//! backend: where moto is lenient (moto 5 ignores ClientToken,
 //! attaches across zones, attaches an attached volume again, has no IOPS
 //! limits) this double refuses as AWS does, so our code is tested against the
 //! real rules.
@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 /// Zones a fresh double knows.
-pub const ZONES: &[&str] = &["us-east-1a", "us-east-1b", "us-east-1c"];
+pub(crate) const ZONES: &[&str] = &["us-east-1a", "us-east-1b", "us-east-1c"];
 
 #[derive(Debug, Clone)]
 struct Vol {
@@ -51,7 +51,7 @@ struct State {
 
 /// The double.
 #[derive(Debug)]
-pub struct MemoryEc2 {
+pub(crate) struct MemoryEc2 {
     state: Mutex<State>,
 }
 
@@ -165,8 +165,15 @@ fn defaults(ty: &str, iops: Option<u32>, throughput: Option<u32>) -> (Option<u32
     }
 }
 
+impl State {
+    /// The volume `id`; `InvalidVolume.NotFound` for `op` if unknown.
+    fn volume(&mut self, op: &'static str, id: &str) -> Result<&mut Vol, ApiError> {
+        self.volumes.get_mut(id).ok_or_else(|| not_found(op, id))
+    }
+}
+
 impl MemoryEc2 {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             state: Mutex::new(State {
                 zones: ZONES.iter().map(|z| (*z).to_owned()).collect(),
@@ -181,12 +188,12 @@ impl MemoryEc2 {
     }
 
     /// An instance (RunInstances' part we need).
-    pub fn add_instance(&self, id: &str, zone: &str) {
+    pub(crate) fn add_instance(&self, id: &str, zone: &str) {
         self.st().instances.insert(id.to_owned(), zone.to_owned());
     }
 
     /// A snapshot as if made with the EBS direct APIs.
-    pub fn add_snapshot(&self, id: &str, size_gib: u64, encrypted: bool, state: &str) {
+    pub(crate) fn add_snapshot(&self, id: &str, size_gib: u64, encrypted: bool, state: &str) {
         self.st().snapshots.insert(
             id.to_owned(),
             SnapshotFacts {
@@ -198,39 +205,39 @@ impl MemoryEc2 {
         );
     }
 
-    pub fn set_snapshot_state(&self, id: &str, state: &str) {
+    pub(crate) fn set_snapshot_state(&self, id: &str, state: &str) {
         if let Some(s) = self.st().snapshots.get_mut(id) {
             s.state = state.to_owned();
         }
     }
 
     /// Describes a transition lasts (`u32::MAX`: forever).
-    pub fn set_settle(&self, describes: u32) {
+    pub(crate) fn set_settle(&self, describes: u32) {
         self.st().settle = describes;
     }
 
     /// Describes a new volume stays invisible for.
-    pub fn set_invisible(&self, describes: u32) {
+    pub(crate) fn set_invisible(&self, describes: u32) {
         self.st().invisible = describes;
     }
 
     /// The next call of `op` fails with `error` (queued, one per call).
-    pub fn fail_next(&self, op: &'static str, error: ApiError) {
+    pub(crate) fn fail_next(&self, op: &'static str, error: ApiError) {
         self.st().faults.entry(op).or_default().push_back(error);
     }
 
     /// Every call so far, as `Op volume-or-resource`; then forgets them.
-    pub fn take_calls(&self) -> Vec<String> {
+    pub(crate) fn take_calls(&self) -> Vec<String> {
         std::mem::take(&mut self.st().calls)
     }
 
     /// A volume as it is now, without the effects of a describe.
-    pub fn peek(&self, id: &str) -> Option<VolumeFacts> {
+    pub(crate) fn peek(&self, id: &str) -> Option<VolumeFacts> {
         self.st().volumes.get(id).map(|v| v.facts.clone())
     }
 
     /// Every volume id.
-    pub fn volume_ids(&self) -> Vec<String> {
+    pub(crate) fn volume_ids(&self) -> Vec<String> {
         self.st().volumes.keys().cloned().collect()
     }
 
@@ -386,10 +393,7 @@ impl Ec2Api for MemoryEc2 {
     fn describe_volume(&self, volume_id: &str) -> Result<VolumeFacts, ApiError> {
         const OP: &str = "DescribeVolumes";
         let mut st = self.enter(OP, volume_id)?;
-        let v = st
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         if v.invisible > 0 {
             v.invisible -= 1;
             return Err(not_found(OP, volume_id));
@@ -443,10 +447,7 @@ impl Ec2Api for MemoryEc2 {
                 .any(|a| a.instance_id == instance_id && a.device == device)
         });
         let settle = st.settle;
-        let v = st
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         if v.facts.zone != zone {
             return Err(bad(
                 OP,
@@ -497,10 +498,7 @@ impl Ec2Api for MemoryEc2 {
         const OP: &str = "DetachVolume";
         let mut st = self.enter(OP, volume_id)?;
         let settle = st.settle;
-        let v = st
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         let Some(a) = v
             .facts
             .attachments
@@ -522,10 +520,7 @@ impl Ec2Api for MemoryEc2 {
     fn delete_volume(&self, volume_id: &str) -> Result<(), ApiError> {
         const OP: &str = "DeleteVolume";
         let mut st = self.enter(OP, volume_id)?;
-        let v = st
-            .volumes
-            .get(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         if let Some(a) = v.facts.attachments.first() {
             return Err(bad(
                 OP,
@@ -544,10 +539,7 @@ impl Ec2Api for MemoryEc2 {
         const OP: &str = "ModifyVolume";
         let mut st = self.enter(OP, volume_id)?;
         let settle = st.settle;
-        let v = st
-            .volumes
-            .get_mut(volume_id)
-            .ok_or_else(|| not_found(OP, volume_id))?;
+        let v = st.volume(OP, volume_id)?;
         if change.is_empty() {
             return Err(bad(
                 OP,
@@ -600,10 +592,7 @@ impl Ec2Api for MemoryEc2 {
     ) -> Result<(), ApiError> {
         const OP: &str = "CreateTags";
         let mut st = self.enter(OP, resource_id)?;
-        let v = st
-            .volumes
-            .get_mut(resource_id)
-            .ok_or_else(|| not_found(OP, resource_id))?;
+        let v = st.volume(OP, resource_id)?;
         v.facts.tags.extend(tags.clone());
         Ok(())
     }
@@ -611,10 +600,7 @@ impl Ec2Api for MemoryEc2 {
     fn delete_tags(&self, resource_id: &str, keys: &[String]) -> Result<(), ApiError> {
         const OP: &str = "DeleteTags";
         let mut st = self.enter(OP, resource_id)?;
-        let v = st
-            .volumes
-            .get_mut(resource_id)
-            .ok_or_else(|| not_found(OP, resource_id))?;
+        let v = st.volume(OP, resource_id)?;
         for k in keys {
             v.facts.tags.remove(k);
         }

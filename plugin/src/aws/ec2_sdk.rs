@@ -19,11 +19,11 @@ const PAGE: i32 = 500;
 /// Per-call timeout for EC2: the control plane answers in well under a
 /// second; 10 s bounds a hung call so the plugin's handler budgets hold
 /// (see `backend::ebs` for the budgets).
-pub const EC2_CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const EC2_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The EC2 API through the AWS SDK.
 #[derive(Debug)]
-pub struct SdkEc2 {
+pub(crate) struct SdkEc2 {
     client: aws_sdk_ec2::Client,
     rt: tokio::runtime::Runtime,
     region: String,
@@ -32,7 +32,7 @@ pub struct SdkEc2 {
 impl SdkEc2 {
     /// Builds the client from the standard chain plus `opts` (a missing
     /// `call_timeout` becomes [`EC2_CALL_TIMEOUT`]).
-    pub fn connect(opts: &AwsOptions) -> Result<Self, AwsConfigError> {
+    pub(crate) fn connect(opts: &AwsOptions) -> Result<Self, AwsConfigError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(RUNTIME_THREADS)
             .thread_name("daffe-ec2")
@@ -54,7 +54,7 @@ impl SdkEc2 {
     }
 
     /// The region the client talks to.
-    pub fn region(&self) -> &str {
+    pub(crate) fn region(&self) -> &str {
         &self.region
     }
 }

@@ -13,13 +13,13 @@ const IMDS_ATTEMPTS: u32 = 3;
 
 /// This host's place in EC2.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub instance_id: String,
-    pub zone: String,
+pub(crate) struct Identity {
+    pub(crate) instance_id: String,
+    pub(crate) zone: String,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum IdentityError {
+pub(crate) enum IdentityError {
     #[error(
         "cannot read {what} from the EC2 instance metadata service ({message}); \
          on a host without IMDS set [aws] instance_id and availability_zone in the config"
@@ -31,7 +31,10 @@ pub enum IdentityError {
 
 /// The identity from `instance_id`/`zone` when both are given, else IMDS
 /// fills in what is missing.
-pub fn resolve(instance_id: Option<&str>, zone: Option<&str>) -> Result<Identity, IdentityError> {
+pub(crate) fn resolve(
+    instance_id: Option<&str>,
+    zone: Option<&str>,
+) -> Result<Identity, IdentityError> {
     if let (Some(i), Some(z)) = (instance_id, zone) {
         return Ok(Identity {
             instance_id: i.to_owned(),

@@ -21,28 +21,22 @@ use profiles::{EbsSettings, EbsVolumeType, LocalFormat, LocalSettings, Settings}
 
 /// What a change does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SettingsChange {
+pub(crate) struct SettingsChange {
     /// The settings the record holds once applied.
-    pub settings: Settings,
+    pub(crate) settings: Settings,
     /// The EBS ModifyVolume to make, if any.
-    pub modify: Option<Modify>,
+    pub(crate) modify: Option<Modify>,
     /// What changes, for the operator (`type gp3 -> io2`, ...).
-    pub notes: Vec<String>,
-}
-
-impl SettingsChange {
-    pub fn is_noop(&self) -> bool {
-        self.modify.is_none() && self.notes.is_empty()
-    }
+    pub(crate) notes: Vec<String>,
 }
 
 /// A change the backend cannot make.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
-pub struct Refused(pub String);
+pub(crate) struct Refused(pub(crate) String);
 
 /// Plans moving a volume from `from` to `to` (resolved at its current size).
-pub fn plan(from: &Settings, to: &Settings) -> Result<SettingsChange, Refused> {
+pub(crate) fn plan(from: &Settings, to: &Settings) -> Result<SettingsChange, Refused> {
     match (from, to) {
         (Settings::Local(a), Settings::Local(b)) => plan_local(a, b),
         (Settings::Ebs(a), Settings::Ebs(b)) => plan_ebs(a, b),

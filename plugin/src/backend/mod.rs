@@ -10,22 +10,10 @@
 //! Every method must be idempotent: after a crash the service may repeat a
 //! create, mount, unmount or remove that already happened (wholly or in part).
 
-pub mod change;
-pub mod device;
-pub mod ebs;
-pub mod ebs_config;
-pub mod ebs_error;
-pub mod ebs_fs;
-mod ebs_ops;
-pub mod ebs_tags;
-#[cfg(test)]
-pub(crate) mod ebs_testkit;
-pub mod ebs_wait;
-pub mod local;
-pub mod local_block;
-pub mod local_dir;
-pub mod loop_device;
-pub mod sys;
+pub(crate) mod change;
+pub(crate) mod ebs;
+pub(crate) mod local;
+pub(crate) mod sys;
 
 use profiles::{BackendKind, Settings};
 use std::collections::BTreeMap;
@@ -36,34 +24,34 @@ use std::sync::Arc;
 /// (plus its profile and docker name, which the EBS backend writes into the
 /// volume's tags so records can be rebuilt from AWS).
 #[derive(Debug, Clone, Copy)]
-pub struct VolumeRef<'a> {
-    pub name: &'a str,
-    pub settings: &'a Settings,
-    pub profile: &'a str,
-    pub docker_name: &'a str,
+pub(crate) struct VolumeRef<'a> {
+    pub(crate) name: &'a str,
+    pub(crate) settings: &'a Settings,
+    pub(crate) profile: &'a str,
+    pub(crate) docker_name: &'a str,
 }
 
 /// A volume the backend's storage holds, as found at start (EBS: tagged for
 /// this host's cluster and zone), for rebuilding a lost record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Discovered {
-    pub name: String,
-    pub profile: String,
-    pub docker_name: String,
-    pub created_at: Option<u64>,
+pub(crate) struct Discovered {
+    pub(crate) name: String,
+    pub(crate) profile: String,
+    pub(crate) docker_name: String,
+    pub(crate) created_at: Option<u64>,
     /// Settings read from the storage itself; `keep_on_remove` is the
     /// service's to decide (from the profile).
-    pub settings: Settings,
+    pub(crate) settings: Settings,
     /// The storage's own id (EBS volume id), for logs.
-    pub storage_id: String,
+    pub(crate) storage_id: String,
     /// Nobody owns it yet: adopting it claims it for this host.
-    pub unclaimed: bool,
+    pub(crate) unclaimed: bool,
 }
 
 /// Backend-specific facts for Get's `Status` (`docker volume inspect`).
-pub type Status = BTreeMap<String, serde_json::Value>;
+pub(crate) type Status = BTreeMap<String, serde_json::Value>;
 
-pub trait Backend: Send + Sync {
+pub(crate) trait Backend: Send + Sync {
     fn kind(&self) -> BackendKind;
 
     /// Makes the storage (directory; sparse image + mkfs; EBS CreateVolume).
@@ -112,28 +100,18 @@ pub trait Backend: Send + Sync {
             }),
         }
     }
-
-    /// The EBS backend, for its own operations (migration through snapshots).
-    fn ebs(&self) -> Option<&ebs::EbsBackend> {
-        None
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum BackendError {
+pub(crate) enum BackendError {
     #[error("volume {volume:?}: settings are for the {got} backend, this host runs {want}")]
     WrongBackend {
         volume: String,
         got: BackendKind,
         want: BackendKind,
     },
-    #[error("volume {volume:?}: {what} {path}: {source}")]
-    Io {
-        volume: String,
-        what: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] VolumeIoError),
     #[error("volume {volume:?}: {source}")]
     Command {
         volume: String,
@@ -142,15 +120,25 @@ pub enum BackendError {
     #[error("volume {volume:?}: {message}")]
     Other { volume: String, message: String },
     #[error(transparent)]
-    Ebs(#[from] Box<ebs_error::EbsError>),
+    Ebs(#[from] Box<ebs::EbsError>),
     #[error("starting the EBS backend: {0}")]
     EbsStart(String),
 }
 
-impl From<ebs_error::EbsError> for BackendError {
-    fn from(e: ebs_error::EbsError) -> Self {
+impl From<ebs::EbsError> for BackendError {
+    fn from(e: ebs::EbsError) -> Self {
         Self::Ebs(Box::new(e))
     }
+}
+
+/// A file operation on a volume's storage that failed (either backend).
+#[derive(Debug, thiserror::Error)]
+#[error("volume {volume:?}: {what} {path}: {source}")]
+pub(crate) struct VolumeIoError {
+    pub(crate) volume: String,
+    pub(crate) what: &'static str,
+    pub(crate) path: PathBuf,
+    pub(crate) source: std::io::Error,
 }
 
 impl BackendError {
@@ -160,20 +148,51 @@ impl BackendError {
         path: &Path,
         source: std::io::Error,
     ) -> Self {
-        Self::Io {
+        Self::Io(VolumeIoError {
             volume: volume.to_owned(),
             what,
             path: path.to_owned(),
             source,
+        })
+    }
+}
+
+/// The storage a host runs: its backend, and, when that is the EBS backend,
+/// the same backend as its own type for what only EBS does (the zone
+/// migration's steps, re-tagging a volume's profile). Typed at start, so
+/// nothing asks a `dyn Backend` what it really is.
+#[derive(Clone)]
+pub(crate) struct Storage {
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) ebs: Option<Arc<ebs::EbsBackend>>,
+}
+
+impl Storage {
+    /// A backend without EBS operations (local, or a test's fake).
+    pub(crate) fn plain(backend: Arc<dyn Backend>) -> Self {
+        Self { backend, ebs: None }
+    }
+
+    pub(crate) fn ebs(be: Arc<ebs::EbsBackend>) -> Self {
+        Self {
+            backend: be.clone(),
+            ebs: Some(be),
         }
     }
 }
 
-/// The backend a host runs, made from its config. The EBS backend fails to
-/// open (and the daemon to start) rather than fall back to local storage.
-pub fn open(cfg: &crate::config::Config) -> Result<Arc<dyn Backend>, BackendError> {
-    match cfg.backend {
-        BackendKind::Local => Ok(Arc::new(local::LocalBackend)),
-        BackendKind::Ebs => Ok(Arc::new(ebs::EbsBackend::open(&cfg.aws, &cfg.data_root)?)),
+/// The storage a host runs, made from its config (`backend`, `[aws]`, the
+/// data root). The EBS backend fails to open (and the daemon to start)
+/// rather than fall back to local storage.
+pub(crate) fn open(
+    kind: BackendKind,
+    aws: &ebs::EbsConfig,
+    data_root: &Path,
+) -> Result<Storage, BackendError> {
+    match kind {
+        BackendKind::Local => Ok(Storage::plain(Arc::new(local::LocalBackend))),
+        BackendKind::Ebs => Ok(Storage::ebs(Arc::new(ebs::EbsBackend::open(
+            aws, data_root,
+        )?))),
     }
 }

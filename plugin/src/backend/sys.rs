@@ -16,14 +16,14 @@ use std::process::Command;
 /// migration peers: a setuid-root binary or a device node placed there must
 /// never become a way to root, or to a host disk, for a user of this host.
 /// Bind mounts inherit these flags, so containers get them too.
-pub const SAFE_MOUNT_OPTIONS: &str = "nosuid,nodev";
+pub(crate) const SAFE_MOUNT_OPTIONS: &str = "nosuid,nodev";
 
 /// Makes `dir` (and missing parents) and sets it to 0700, so only root can
 /// pass it: a volume's files (setuid binaries, world-writable files a
 /// container made) are then out of reach of the host's other users, whatever
 /// their modes. An existing, looser directory (made by an older daffe) is
 /// tightened. Docker's own volume store is private the same way.
-pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     let meta = std::fs::metadata(dir)?;
     if meta.permissions().mode() & 0o777 != 0o700 {
@@ -33,7 +33,7 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     #[error("cannot run {program}: {source} (is it installed and on PATH?)")]
     Spawn {
         program: String,
@@ -48,12 +48,12 @@ pub enum CommandError {
 }
 
 /// Runs `program args...`, failing with its stderr on a non-zero exit.
-pub fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), CommandError> {
+pub(crate) fn run(program: &str, args: &[&std::ffi::OsStr]) -> Result<(), CommandError> {
     output(program, args).map(drop)
 }
 
 /// Like [`run`], returning what the program printed on stdout.
-pub fn output(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, CommandError> {
+pub(crate) fn output(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, CommandError> {
     let out = Command::new(program)
         .args(args)
         .stdin(std::process::Stdio::null())
@@ -78,7 +78,7 @@ pub fn output(program: &str, args: &[&std::ffi::OsStr]) -> Result<String, Comman
 }
 
 /// Whether something is mounted exactly at `dir` (in this mount namespace).
-pub fn is_mountpoint(dir: &Path) -> bool {
+pub(crate) fn is_mountpoint(dir: &Path) -> bool {
     let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return false;
     };

@@ -2,9 +2,9 @@
 //! the local daemon's storage. `daffe agent init` makes a cluster CA and this
 //! node's certificate; `daffe agent issue` makes another node's.
 
-use crate::control::DEFAULT_CONTROL_SOCKET;
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::control::ControlClient;
 use crate::migrate::agent::AgentHandler;
-use crate::migrate::daemon::Daemon;
 use crate::migrate::duration;
 use clap::{Args, Subcommand};
 use mover::net::agent::Agent;
@@ -18,21 +18,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Where `init` puts, and every command looks for, the node's TLS files.
-pub const DEFAULT_TLS_DIR: &str = "/etc/daffe/agent";
+pub(crate) const DEFAULT_TLS_DIR: &str = "/etc/daffe/agent";
 /// The agents' port (see `mover::net::stream::DEFAULT_PORT`).
-pub const DEFAULT_LISTEN: &str = "0.0.0.0:7450";
+pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:7450";
 
 #[derive(Debug, Args)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct AgentArgs {
     #[command(subcommand)]
-    pub command: Option<AgentCommand>,
+    pub(crate) command: Option<AgentCommand>,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub(crate) run: RunArgs,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AgentCommand {
+pub(crate) enum AgentCommand {
     /// Create a cluster CA and this node's certificate (ca.pem, ca.key,
     /// node.pem, node.key). Keep ca.key here; give other nodes `issue` output.
     Init {
@@ -56,27 +56,27 @@ pub enum AgentCommand {
 
 /// Options shared by the agent and `daffe migrate`: identity and link.
 #[derive(Debug, Clone, Args)]
-pub struct PeerOptions {
+pub(crate) struct PeerOptions {
     /// Directory with ca.pem, node.pem, node.key (see `daffe agent init`).
     #[arg(long, env = "DAFFE_TLS_DIR", default_value = DEFAULT_TLS_DIR)]
-    pub tls_dir: PathBuf,
+    pub(crate) tls_dir: PathBuf,
     /// This node's name in the peer protocol (default: the host name).
     #[arg(long, env = "DAFFE_NODE_NAME")]
-    pub name: Option<String>,
+    pub(crate) name: Option<String>,
     /// Bandwidth limit shared by all streams of this process: bytes/s with
     /// K/M/G (binary) or bits with kbit/mbit/gbit, e.g. 10M or 100mbit.
     #[arg(long)]
-    pub bwlimit: Option<String>,
+    pub(crate) bwlimit: Option<String>,
     /// Do not compress chunks (zstd) on the wire.
     #[arg(long)]
-    pub no_compress: bool,
+    pub(crate) no_compress: bool,
     /// A peer silent this long is considered gone.
     #[arg(long, default_value = "60s")]
-    pub io_timeout: String,
+    pub(crate) io_timeout: String,
 }
 
 impl PeerOptions {
-    pub fn node_name(&self) -> String {
+    pub(crate) fn node_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
             std::fs::read_to_string("/proc/sys/kernel/hostname")
                 .map(|s| s.trim().to_owned())
@@ -84,11 +84,11 @@ impl PeerOptions {
         })
     }
 
-    pub fn files(&self) -> NodeFiles {
+    pub(crate) fn files(&self) -> NodeFiles {
         NodeFiles::in_dir(&self.tls_dir)
     }
 
-    pub fn endpoint(&self) -> Result<Endpoint, String> {
+    pub(crate) fn endpoint(&self) -> Result<Endpoint, String> {
         let mut ep = Endpoint::new(&self.node_name());
         ep.hello.zstd = !self.no_compress;
         ep.io_timeout = duration::parse(&self.io_timeout).map_err(|e| e.to_string())?;
@@ -101,19 +101,19 @@ impl PeerOptions {
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// TCP address to listen on.
     #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: String,
+    pub(crate) listen: String,
     /// The local daemon's control socket.
     #[arg(long, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
-    pub control_socket: PathBuf,
+    pub(crate) control_socket: PathBuf,
     /// Make received data durable (and resumable after a cut) every this
     /// many bytes (K/M/G suffixes).
     #[arg(long, default_value = "64M")]
-    pub checkpoint: profiles::ByteSize,
+    pub(crate) checkpoint: profiles::ByteSize,
     #[command(flatten)]
-    pub peer: PeerOptions,
+    pub(crate) peer: PeerOptions,
 }
 
 pub fn run(args: AgentArgs) -> ExitCode {
@@ -160,7 +160,7 @@ fn serve(args: RunArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return super::fail(false, format!("cannot listen on {}: {e}", args.listen)),
     };
-    let mut handler = AgentHandler::new(Daemon::new(&args.control_socket));
+    let mut handler = AgentHandler::new(ControlClient::new(&args.control_socket));
     handler.checkpoint_bytes = args.checkpoint.bytes().max(1);
     let handler = Arc::new(handler);
     let node = ep.hello.node.clone();

@@ -11,11 +11,11 @@ use std::process::ExitCode;
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
     #[command(subcommand)]
-    pub what: GenerateCommand,
+    pub(crate) what: GenerateCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum GenerateCommand {
+pub(crate) enum GenerateCommand {
     /// Completion scripts for bash (`daffe`), zsh (`_daffe`) and fish
     /// (`daffe.fish`) into DIR, named as each shell looks them up.
     Completions { dir: PathBuf },
@@ -25,7 +25,7 @@ pub enum GenerateCommand {
 
 #[derive(Debug, thiserror::Error)]
 #[error("writing {what} into {dir}: {source}")]
-pub struct GenerateError {
+pub(crate) struct GenerateError {
     what: &'static str,
     dir: PathBuf,
     source: std::io::Error,
@@ -35,7 +35,7 @@ pub struct GenerateError {
 const SHELLS: [Shell; 3] = [Shell::Bash, Shell::Zsh, Shell::Fish];
 
 /// Writes completion scripts for `cmd` into `dir`; returns the files.
-pub fn completions(cmd: &clap::Command, dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
+pub(crate) fn completions(cmd: &clap::Command, dir: &Path) -> Result<Vec<PathBuf>, GenerateError> {
     let err = |source| GenerateError {
         what: "completions",
         dir: dir.to_owned(),
@@ -50,7 +50,7 @@ pub fn completions(cmd: &clap::Command, dir: &Path) -> Result<Vec<PathBuf>, Gene
 }
 
 /// Writes man pages for `cmd` and its visible subcommands into `dir`.
-pub fn man_pages(cmd: &clap::Command, dir: &Path) -> Result<(), GenerateError> {
+pub(crate) fn man_pages(cmd: &clap::Command, dir: &Path) -> Result<(), GenerateError> {
     let err = |source| GenerateError {
         what: "man pages",
         dir: dir.to_owned(),

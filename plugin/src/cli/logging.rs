@@ -26,13 +26,13 @@ const MAX_NOTE: usize = 240;
 
 /// How log lines are written (`DAFFE_LOG_FORMAT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Text,
     Json,
 }
 
 /// Parses `DAFFE_LOG_FORMAT`: unset or empty is text.
-pub fn parse_format(value: Option<&str>) -> Result<Format, String> {
+pub(crate) fn parse_format(value: Option<&str>) -> Result<Format, String> {
     match value.map(str::trim) {
         None | Some("") => Ok(Format::Text),
         Some(v) if v.eq_ignore_ascii_case("text") => Ok(Format::Text),
@@ -217,7 +217,7 @@ where
 
 /// Logs to stderr; `DAFFE_LOG` (or `RUST_LOG`) takes a tracing filter,
 /// default `info`; `DAFFE_LOG_FORMAT` is `text` (default) or `json`.
-pub fn init() {
+pub(crate) fn init() {
     use std::io::IsTerminal;
     let filter = std::env::var("DAFFE_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
@@ -239,7 +239,7 @@ pub fn init() {
 
 /// Writes the held-back SDK warning, if any, to stderr: called right after a
 /// command printed its error.
-pub fn flush_sdk_note() {
+pub(crate) fn flush_sdk_note() {
     let Some(inst) = INSTALLED.get() else {
         return;
     };

@@ -9,8 +9,8 @@
 //! through snapshots instead (see `super::migrate_ebs`).
 
 use super::agent::PeerOptions;
-use crate::control::DEFAULT_CONTROL_SOCKET;
-use crate::migrate::daemon::Daemon;
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::control::ControlClient;
 use crate::migrate::duration;
 use crate::migrate::orchestrate::{Event, MigrateOptions, RemoteAgent, migrate};
 use crate::migrate::plan::DEFAULT_MAX_ROUNDS;
@@ -26,40 +26,40 @@ use std::time::Duration;
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
     /// The volume (NAME or NAME@PROFILE).
-    pub volume: String,
+    pub(crate) volume: String,
     /// The destination agent: HOST[:PORT] (default port 7450).
     #[arg(long, required_unless_present = "via_ebs", conflicts_with = "via_ebs")]
-    pub to: Option<String>,
+    pub(crate) to: Option<String>,
     /// Move an EBS volume to another availability zone through snapshots:
     /// pre-copy snapshots while it is in use, a final one once the containers
     /// are stopped (stop them when told to; daffe never does), and a new
     /// volume in --to-zone from the final snapshot.
     #[arg(long, requires = "to_zone")]
-    pub via_ebs: bool,
+    pub(crate) via_ebs: bool,
     /// The zone of the new volume (with --via-ebs).
     #[arg(long, requires = "via_ebs", value_name = "ZONE")]
-    pub to_zone: Option<String>,
+    pub(crate) to_zone: Option<String>,
     #[command(flatten)]
-    pub ebs: super::migrate_ebs::EbsArgs,
+    pub(crate) ebs: super::migrate_ebs::EbsArgs,
     /// Downtime target: pre-copy continues until the final round is
     /// expected to take less than this.
     #[arg(long, default_value = "2s")]
-    pub max_downtime: String,
+    pub(crate) max_downtime: String,
     /// Pre-copy rounds at most (default 10; 5 with --via-ebs, where each
     /// round is a snapshot).
     #[arg(long)]
-    pub max_rounds: Option<u32>,
+    pub(crate) max_rounds: Option<u32>,
     /// How long to wait for the containers to be stopped at cutover.
     #[arg(long, default_value = "10m")]
-    pub unmount_timeout: String,
+    pub(crate) unmount_timeout: String,
     /// Print the report as JSON on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// The local daemon's control socket.
     #[arg(long, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
-    pub control_socket: PathBuf,
+    pub(crate) control_socket: PathBuf,
     #[command(flatten)]
-    pub peer: PeerOptions,
+    pub(crate) peer: PeerOptions,
 }
 
 /// Pause between looks at the mount count at cutover: the downtime is
@@ -68,7 +68,15 @@ const FENCE_POLL: Duration = Duration::from_millis(20);
 
 pub fn run(args: MigrateArgs) -> ExitCode {
     if args.via_ebs {
-        return super::migrate_ebs::run(args);
+        return super::migrate_ebs::run(&super::migrate_ebs::ViaEbs {
+            volume: &args.volume,
+            to_zone: args.to_zone.as_deref().unwrap_or_default(),
+            max_rounds: args.max_rounds,
+            unmount_timeout: &args.unmount_timeout,
+            json: args.json,
+            control_socket: &args.control_socket,
+            ebs: &args.ebs,
+        });
     }
     super::init_logging();
     let to = args.to.clone().unwrap_or_default();
@@ -87,7 +95,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return super::fail(json, format!("{e} (see `daffe agent init`)")),
     };
-    let daemon = Daemon::new(&args.control_socket);
+    let daemon = ControlClient::new(&args.control_socket);
     let mut dest = RemoteAgent {
         pusher: RoundPusher {
             addr: to.clone(),

@@ -5,50 +5,63 @@
 //! daemon's `[aws]` config (from the volume's facts), so the snapshots are
 //! pushed where the daemon will look for them; flags override.
 
-use super::migrate::MigrateArgs;
+use crate::control::ControlClient;
 use crate::migrate::duration;
 use crate::migrate::ebs::{
-    DEFAULT_MAX_ROUNDS, EbsEvent, EbsMigrateOptions, EbsSteps, SMALL_ROUND_BLOCKS, migrate_ebs,
+    DEFAULT_MAX_ROUNDS, DaemonSteps, EbsEvent, EbsMigrateOptions, EbsSteps, SMALL_ROUND_BLOCKS,
+    migrate_ebs,
 };
-use crate::migrate::ebs_io::{AwsPusher, DaemonSteps};
+use crate::migrate::ebs_snapshots::AwsPusher;
 use clap::Args;
 use mover::aws::AwsOptions;
 use mover::progress::NoProgress;
 use mover::snapshot::aws::AwsSnapshotApi;
 use mover::snapshot::{IndexStore, PushOptions, TransferOptions};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 /// `--via-ebs` options (ignored without it).
 #[derive(Debug, Args)]
-pub struct EbsArgs {
+pub(crate) struct EbsArgs {
     /// With --via-ebs: AWS region (default: the daemon's `[aws]` region).
     #[arg(long, requires = "via_ebs")]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// With --via-ebs: endpoint URL for EBS (default: the daemon's).
     #[arg(long, requires = "via_ebs")]
-    pub endpoint_url: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
     /// With --via-ebs: where snapshot block indexes are kept (default: the
     /// daemon's `snapshot_state_dir`).
     #[arg(long, requires = "via_ebs", env = "DAFFE_SNAPSHOT_STATE_DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
 }
 
 /// Pause between fence attempts while the containers are still running.
 const FENCE_POLL: Duration = Duration::from_millis(200);
 
-pub fn run(args: MigrateArgs) -> ExitCode {
+/// What `daffe migrate --via-ebs` was asked (from `MigrateArgs`).
+#[derive(Debug)]
+pub(crate) struct ViaEbs<'a> {
+    pub(crate) volume: &'a str,
+    pub(crate) to_zone: &'a str,
+    pub(crate) max_rounds: Option<u32>,
+    pub(crate) unmount_timeout: &'a str,
+    pub(crate) json: bool,
+    pub(crate) control_socket: &'a Path,
+    pub(crate) ebs: &'a EbsArgs,
+}
+
+pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
     super::init_logging();
     let json = args.json;
-    let zone = args.to_zone.clone().unwrap_or_default();
-    let unmount_timeout = match duration::parse(&args.unmount_timeout) {
+    let zone = args.to_zone.to_owned();
+    let unmount_timeout = match duration::parse(args.unmount_timeout) {
         Ok(d) => d,
         Err(e) => return super::fail(json, e),
     };
     let steps = DaemonSteps {
-        socket: args.control_socket.clone(),
-        volume: args.volume.clone(),
+        daemon: ControlClient::new(args.control_socket),
+        volume: args.volume.to_owned(),
     };
     // The daemon's AWS side, for the pushes' defaults.
     let facts = match steps.facts() {
@@ -92,14 +105,14 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         progress: &NoProgress,
     };
     let opts = EbsMigrateOptions {
-        volume: args.volume.clone(),
+        volume: args.volume.to_owned(),
         to_zone: zone.clone(),
         max_rounds: args.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS).max(1),
         small_round_blocks: SMALL_ROUND_BLOCKS,
         unmount_timeout,
         fence_poll: FENCE_POLL,
     };
-    let volume = args.volume.clone();
+    let volume = args.volume.to_owned();
     // Progress lines go to stderr whether or not it is a terminal: the
     // operator acts on "waiting for ... unmounted".
     let result = migrate_ebs(&steps, &mut pusher, &opts, &mut |ev| match ev {
@@ -111,15 +124,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             "round {round} ({}): pushing a snapshot",
             if final_round { "final" } else { "pre-copy" }
         ),
-        EbsEvent::RoundEnd(r) => eprintln!(
-            "round {} ({}): {} blocks changed, {} bytes, {:.1} s -> {}",
-            r.round,
-            if r.final_round { "final" } else { "pre-copy" },
-            r.blocks_changed,
-            r.bytes,
-            r.secs,
-            r.snapshot_id
-        ),
+        EbsEvent::RoundEnd(r) => eprintln!("{}", r.line()),
         EbsEvent::NoPreCopy => {
             eprintln!("{volume} is not attached here (not mounted): no pre-copy, one final round")
         }

@@ -2,10 +2,10 @@
 
 pub mod agent;
 pub mod generate;
-pub mod logging;
+pub(crate) mod logging;
 pub mod migrate;
-pub mod migrate_ebs;
-pub mod notify;
+pub(crate) mod migrate_ebs;
+pub(crate) mod notify;
 pub mod placement;
 pub mod profiles;
 pub mod serve;
@@ -17,16 +17,8 @@ use std::process::ExitCode;
 
 /// Logs to stderr (see [`logging`]): `DAFFE_LOG` (or `RUST_LOG`) takes a
 /// tracing filter, default `info`; `DAFFE_LOG_FORMAT=json` for JSON lines.
-pub fn init_logging() {
+pub(crate) fn init_logging() {
     logging::init();
-}
-
-/// A small runtime for one-shot client commands.
-pub(crate) fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, std::io::Error> {
-    Ok(tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(f))
 }
 
 /// Prints an error as text on stderr, or as `{"error": ...}` on stdout with

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 
 /// Where notifications go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// A socket file.
     Path(PathBuf),
     /// A socket in the abstract namespace (`@name` in the variable).
@@ -21,7 +21,7 @@ pub enum Target {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
+pub(crate) enum NotifyError {
     #[error(
         "NOTIFY_SOCKET={0:?} is neither an absolute path nor @abstract (vsock is not supported)"
     )]
@@ -34,7 +34,7 @@ pub enum NotifyError {
 }
 
 /// Parses the value of `$NOTIFY_SOCKET`.
-pub fn parse_target(value: &OsStr) -> Result<Target, NotifyError> {
+pub(crate) fn parse_target(value: &OsStr) -> Result<Target, NotifyError> {
     let bytes = value.as_bytes();
     match bytes.first() {
         Some(b'/') => Ok(Target::Path(PathBuf::from(value))),
@@ -46,7 +46,7 @@ pub fn parse_target(value: &OsStr) -> Result<Target, NotifyError> {
 }
 
 /// Sends `state` (newline-separated `KEY=VALUE` assignments) to `target`.
-pub fn send(target: &Target, state: &str) -> Result<(), NotifyError> {
+pub(crate) fn send(target: &Target, state: &str) -> Result<(), NotifyError> {
     let err = |source| NotifyError::Send {
         socket: format!("{target:?}"),
         source,
@@ -75,12 +75,12 @@ fn notify(state: &str) {
 }
 
 /// The daemon serves: its sockets are bound and answer.
-pub fn ready() {
+pub(crate) fn ready() {
     notify("READY=1");
 }
 
 /// The daemon is shutting down (systemd shows "deactivating" at once).
-pub fn stopping() {
+pub(crate) fn stopping() {
     notify("STOPPING=1");
 }
 

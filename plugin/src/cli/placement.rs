@@ -31,16 +31,16 @@ use std::process::ExitCode;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where `observe` keeps one JSON file per service.
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/daffe/placement";
+pub(crate) const DEFAULT_STATE_DIR: &str = "/var/lib/daffe/placement";
 
 #[derive(Debug, Args)]
 pub struct PlacementArgs {
     #[command(subcommand)]
-    pub command: PlacementCommand,
+    pub(crate) command: PlacementCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PlacementCommand {
+pub(crate) enum PlacementCommand {
     /// Read a service's access log and keep request rates per client region.
     Observe(ObserveArgs),
     /// Best region for a service now, latency there and here, and whether
@@ -55,7 +55,7 @@ pub enum PlacementCommand {
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Format {
+pub(crate) enum Format {
     /// nginx/Apache combined (or common) log format.
     Combined,
     /// One JSON object per line (see --ip-field, --region-field, --time-field).
@@ -63,11 +63,11 @@ pub enum Format {
 }
 
 #[derive(Debug, Args)]
-pub struct TableArgs {
+pub(crate) struct TableArgs {
     /// An RTT table laid over the built-in one (TOML: `regions` + `p50_ms`
     /// [+ `p90_ms`] matrices, `[[pair]]` entries, `[coords]`).
     #[arg(long, value_name = "FILE")]
-    pub rtt: Option<PathBuf>,
+    pub(crate) rtt: Option<PathBuf>,
 }
 
 impl TableArgs {
@@ -83,49 +83,49 @@ impl TableArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ObserveArgs {
+pub(crate) struct ObserveArgs {
     /// The service the log belongs to (names the state file).
     #[arg(long)]
-    pub service: String,
+    pub(crate) service: String,
     /// The access log.
     #[arg(long, value_name = "FILE")]
-    pub log: PathBuf,
+    pub(crate) log: PathBuf,
     #[arg(long, value_enum, default_value = "combined")]
-    pub format: Format,
+    pub(crate) format: Format,
     /// JSON: field with the client IP (dotted path for nested objects).
     #[arg(long, default_value = "remote_addr")]
-    pub ip_field: String,
+    pub(crate) ip_field: String,
     /// JSON: field with the client's region (used when present).
     #[arg(long)]
-    pub region_field: Option<String>,
+    pub(crate) region_field: Option<String>,
     /// JSON: field with the request time (Unix seconds/ms or RFC 3339);
     /// without it, the time the line is read.
     #[arg(long)]
-    pub time_field: Option<String>,
+    pub(crate) time_field: Option<String>,
     /// MaxMind-format database (GeoIP2/GeoLite2 City or Country, or one
     /// with a `cloud_region` field) to place client IPs.
     #[arg(long, value_name = "FILE")]
-    pub mmdb: Option<PathBuf>,
+    pub(crate) mmdb: Option<PathBuf>,
     #[command(flatten)]
-    pub table: TableArgs,
+    pub(crate) table: TableArgs,
     /// Directory of the state files (SERVICE.json).
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Keep following the log as it grows (rotation and truncation
     /// handled) until SIGINT/SIGTERM; the state is saved periodically.
     #[arg(long)]
-    pub follow: bool,
+    pub(crate) follow: bool,
     /// How often to look for new lines when following.
     #[arg(long, default_value = "1s")]
-    pub poll: String,
+    pub(crate) poll: String,
     /// How often to save the state when following.
     #[arg(long, default_value = "10s")]
-    pub save_every: String,
+    pub(crate) save_every: String,
     /// Half-life of the "now" rates.
     #[arg(long, default_value = "10m")]
-    pub half_life: String,
+    pub(crate) half_life: String,
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 /// Places nothing: a log whose clients are named by region needs no
@@ -248,29 +248,29 @@ fn observe(a: ObserveArgs) -> Result<serde_json::Value, String> {
 
 /// The move model's flags, shared by `advise` (and `simulate`'s reports).
 #[derive(Debug, Args)]
-pub struct MoveArgs {
+pub(crate) struct MoveArgs {
     /// A `daffe migrate --json` report to fit the move model to
     /// (repeatable); the flags below override what it gives.
     #[arg(long = "migrate-report", value_name = "FILE")]
-    pub reports: Vec<PathBuf>,
+    pub(crate) reports: Vec<PathBuf>,
     /// The volume's size (e.g. 20G).
     #[arg(long)]
-    pub volume_size: Option<String>,
+    pub(crate) volume_size: Option<String>,
     /// Bytes the service writes per second (e.g. 1M).
     #[arg(long)]
-    pub dirty_rate: Option<String>,
+    pub(crate) dirty_rate: Option<String>,
     /// Pre-copy throughput to the other site, bytes per second (e.g. 10M).
     #[arg(long)]
-    pub throughput: Option<String>,
+    pub(crate) throughput: Option<String>,
     /// Cutover work besides the final round's data (unmount, hand-over).
     #[arg(long)]
-    pub overhead: Option<String>,
+    pub(crate) overhead: Option<String>,
     /// Container stop and start around the cutover.
     #[arg(long, default_value = "0s")]
-    pub restart: String,
+    pub(crate) restart: String,
     /// The downtime target `daffe migrate --max-downtime` would use.
     #[arg(long)]
-    pub max_downtime: Option<String>,
+    pub(crate) max_downtime: Option<String>,
 }
 
 fn read_reports(paths: &[PathBuf]) -> Result<Vec<(String, MigrateReport)>, String> {
@@ -344,34 +344,34 @@ impl MoveArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct AdviseArgs {
+pub(crate) struct AdviseArgs {
     /// The service, as given to `observe --service`.
-    pub service: String,
+    pub(crate) service: String,
     /// Region label of the node serving the service now.
     #[arg(long)]
-    pub region: String,
+    pub(crate) region: String,
     /// Regions with a node that can run it (comma-separated; default:
     /// every region of the RTT table).
     #[arg(long, value_delimiter = ',')]
-    pub sites: Vec<String>,
+    pub(crate) sites: Vec<String>,
     /// Directory of `observe`'s state files (SERVICE.json).
     #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     #[command(flatten)]
-    pub table: TableArgs,
+    pub(crate) table: TableArgs,
     #[command(flatten)]
-    pub moves: MoveArgs,
+    pub(crate) moves: MoveArgs,
     /// The rule's settings (TOML, keys of placement/DESIGN.md's table).
     #[arg(long, value_name = "FILE")]
-    pub rule: Option<PathBuf>,
+    pub(crate) rule: Option<PathBuf>,
     /// Clients' access latency added to every request (ms).
     #[arg(long, default_value_t = 0.0)]
-    pub access_ms: f64,
+    pub(crate) access_ms: f64,
     /// Decide as of this time (Unix seconds; default: now). For replayed logs.
     #[arg(long)]
-    pub at: Option<f64>,
+    pub(crate) at: Option<f64>,
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 fn read_rule(p: &Option<PathBuf>) -> Result<RuleConfig, String> {
@@ -419,21 +419,21 @@ fn do_advise(a: &AdviseArgs) -> Result<advise::Advice, String> {
 }
 
 #[derive(Debug, Args)]
-pub struct SimulateArgs {
+pub(crate) struct SimulateArgs {
     /// The scenario (TOML; see placement/scenarios/).
     #[arg(long, value_name = "FILE")]
-    pub scenario: PathBuf,
+    pub(crate) scenario: PathBuf,
     /// Where the SVG plots go (created if missing).
     #[arg(long, value_name = "DIR")]
-    pub out: PathBuf,
+    pub(crate) out: PathBuf,
     /// `daffe migrate --json` reports: the move cost model is fitted to
     /// them instead of the scenario's `[moves]`.
     #[arg(long = "migrate-report", value_name = "FILE")]
-    pub reports: Vec<PathBuf>,
+    pub(crate) reports: Vec<PathBuf>,
     #[command(flatten)]
-    pub table: TableArgs,
+    pub(crate) table: TableArgs,
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -462,21 +462,21 @@ fn simulate(a: &SimulateArgs) -> Result<SimReport, String> {
 }
 
 #[derive(Debug, Args)]
-pub struct ForwardArgs {
+pub(crate) struct ForwardArgs {
     /// Where clients still arrive (the old node's address), e.g. 0.0.0.0:8080.
     #[arg(long)]
-    pub listen: String,
+    pub(crate) listen: String,
     /// The new node's address.
     #[arg(long)]
-    pub to: String,
+    pub(crate) to: String,
     /// How long to keep accepting (then new connections are refused).
     #[arg(long)]
-    pub grace: String,
+    pub(crate) grace: String,
     /// How long connections still open after the grace may go on.
     #[arg(long, default_value = "60s")]
-    pub drain: String,
+    pub(crate) drain: String,
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
 }
 
 fn do_forward(a: &ForwardArgs) -> Result<forward::ForwardReport, String> {

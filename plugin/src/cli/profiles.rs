@@ -2,11 +2,9 @@
 //! daemon (GET /v1/configuration/profiles); if none runs, reads the config
 //! file the daemon would read, and says so.
 
-use crate::client;
-use crate::config::Config;
-use crate::control::DEFAULT_CONTROL_SOCKET;
+use crate::config::{Config, DEFAULT_CONTROL_SOCKET};
+use crate::control::{ClientError, ControlClient, ControlRequest};
 use clap::{Args, Subcommand};
-use hyper::Method;
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,16 +12,16 @@ use std::process::ExitCode;
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
     #[arg(long, global = true, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
-    pub control_socket: PathBuf,
+    pub(crate) control_socket: PathBuf,
     /// Config file to read when no daemon answers.
     #[arg(long, global = true, env = "DAFFE_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     #[command(subcommand)]
-    pub command: ProfilesCommand,
+    pub(crate) command: ProfilesCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ProfilesCommand {
+pub(crate) enum ProfilesCommand {
     /// List profiles.
     Ls {
         #[arg(long)]
@@ -49,27 +47,19 @@ pub fn run(args: ProfilesArgs) -> ExitCode {
             return set(&args.control_socket, &name, &file, json);
         }
     };
-    let reply = match super::block_on(client::call(
-        &args.control_socket,
-        Method::GET,
-        "/v1/configuration/profiles",
-        None,
-    )) {
-        Ok(Ok(v)) => v,
-        Ok(Err(client::ClientError::Connect { .. })) => {
-            match Config::load(args.config.as_deref()) {
-                Ok(cfg) => {
-                    eprintln!(
-                        "daffe: no daemon at {}; showing the config file's profiles",
-                        args.control_socket.display()
-                    );
-                    let profiles: Vec<_> = cfg.catalog.iter().collect();
-                    json!({ "backend": cfg.backend, "profiles": profiles })
-                }
-                Err(e) => return super::fail(json, e),
+    let reply = match ControlClient::new(&args.control_socket).send(&ControlRequest::Profiles) {
+        Ok(v) => v,
+        Err(ClientError::Connect { .. }) => match Config::load(args.config.as_deref()) {
+            Ok(cfg) => {
+                eprintln!(
+                    "daffe: no daemon at {}; showing the config file's profiles",
+                    args.control_socket.display()
+                );
+                let profiles: Vec<_> = cfg.catalog.iter().collect();
+                json!({ "backend": cfg.backend, "profiles": profiles })
             }
-        }
-        Ok(Err(e)) => return super::fail(json, e),
+            Err(e) => return super::fail(json, e),
+        },
         Err(e) => return super::fail(json, e),
     };
     if json {
@@ -169,10 +159,6 @@ fn toml_definition(name: &str, text: &str) -> Result<profiles::ProfileDef, Strin
     def.try_into().map_err(|e: toml::de::Error| e.to_string())
 }
 
-/// A daemon call that re-applies a profile to many volumes takes a while;
-/// the daemon bounds it at 110 s (`control_ext::DEFINE_LIMIT`).
-const SET_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
-
 fn set(socket: &std::path::Path, name: &str, file: &std::path::Path, json: bool) -> ExitCode {
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
@@ -183,21 +169,16 @@ fn set(socket: &std::path::Path, name: &str, file: &std::path::Path, json: bool)
     } else {
         toml_definition(name, &text)
     };
-    let mut body = match def.and_then(|d| serde_json::to_value(d).map_err(|e| e.to_string())) {
-        Ok(v) => v,
+    let def = match def {
+        Ok(d) => d,
         Err(e) => return super::fail(json, format!("{}: {e}", file.display())),
     };
-    body["name"] = json!(name);
-    let reply = super::block_on(client::call_within(
-        socket,
-        Method::POST,
-        "/v1/configuration/profiles",
-        Some(&body),
-        SET_LIMIT,
-    ));
-    let reply = match reply {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return super::fail(json, e),
+    let req = ControlRequest::DefineProfile {
+        name: name.to_owned(),
+        def,
+    };
+    let reply = match ControlClient::new(socket).send(&req) {
+        Ok(v) => v,
         Err(e) => return super::fail(json, e),
     };
     if json {

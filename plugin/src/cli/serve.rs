@@ -2,9 +2,9 @@
 
 use crate::api::{DriverApi, Limits};
 use crate::config::Config;
-use crate::control::ControlApi;
+use crate::control::{self, ControlApi};
 use crate::service::VolumeService;
-use crate::store::Store;
+use crate::state::Records;
 use crate::{backend, server};
 use clap::Args;
 use std::path::PathBuf;
@@ -15,16 +15,16 @@ use std::sync::Arc;
 pub struct ServeArgs {
     /// Config file (default: /etc/daffe/daffe.toml if it exists).
     #[arg(long, env = "DAFFE_CONFIG")]
-    pub config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// VolumeDriver socket; dockerd finds /run/docker/plugins/NAME.sock as plugin NAME.
     #[arg(long, env = "DAFFE_SOCKET")]
-    pub socket: Option<PathBuf>,
+    pub(crate) socket: Option<PathBuf>,
     /// Control socket for the daffe CLI.
     #[arg(long, env = "DAFFE_CONTROL_SOCKET")]
-    pub control_socket: Option<PathBuf>,
+    pub(crate) control_socket: Option<PathBuf>,
     /// State and default volume roots.
     #[arg(long, env = "DAFFE_DATA_ROOT")]
-    pub data_root: Option<PathBuf>,
+    pub(crate) data_root: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,7 +32,7 @@ enum ServeError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] crate::state::StoreError),
     #[error(transparent)]
     Backend(#[from] backend::BackendError),
     #[error("recovering interrupted work: {0}")]
@@ -76,9 +76,9 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         path: cfg.data_root.clone(),
         source,
     })?;
-    let store = Store::open(&cfg.store_path())?;
-    let backend = backend::open(&cfg)?;
-    let mut svc = VolumeService::new(store, backend, cfg.catalog.clone(), cfg.data_root.clone());
+    let records = Records::open(&cfg.store_path())?;
+    let storage = backend::open(cfg.backend, &cfg.aws, &cfg.data_root)?;
+    let mut svc = VolumeService::new(records, storage, cfg.catalog.clone(), cfg.data_root.clone());
     svc.persist_profiles(&cfg.data_root.join("state"))?;
     let svc = Arc::new(svc);
     svc.recover()?;
@@ -129,7 +129,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         ));
         let control = tokio::spawn(server::serve(
             control_listener,
-            Arc::new(ControlApi::new(svc.clone())),
+            Arc::new(ControlApi::new(svc.clone(), control::Limits::default())),
             stopped(stop_rx),
         ));
         shutdown_signal().await;

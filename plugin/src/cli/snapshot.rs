@@ -24,11 +24,11 @@ use std::process::ExitCode;
 #[derive(Debug, Args)]
 pub struct SnapshotArgs {
     #[command(subcommand)]
-    pub command: SnapshotCommand,
+    pub(crate) command: SnapshotCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SnapshotCommand {
+pub(crate) enum SnapshotCommand {
     /// Upload SOURCE (an image file or block device) as a new EBS snapshot.
     /// With --parent, only the blocks changed since the parent are sent.
     Push(PushArgs),
@@ -39,62 +39,62 @@ pub enum SnapshotCommand {
 
 /// Options shared by push and pull.
 #[derive(Debug, Args)]
-pub struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// Where block indexes are kept.
     #[arg(long, default_value = DEFAULT_STATE_DIR, env = "DAFFE_SNAPSHOT_STATE_DIR")]
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Print a JSON report (or a JSON error) on stdout.
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// AWS region (default: the standard AWS chain).
     #[arg(long)]
-    pub region: Option<String>,
+    pub(crate) region: Option<String>,
     /// Endpoint URL for EBS (e.g. a moto server).
     #[arg(long)]
-    pub endpoint_url: Option<String>,
+    pub(crate) endpoint_url: Option<String>,
     /// Block requests in flight at once.
     #[arg(long, default_value_t = mover::snapshot::transfer::DEFAULT_CONCURRENCY)]
-    pub concurrency: usize,
+    pub(crate) concurrency: usize,
     /// Cap on block requests per second (AWS allows about 1000 per snapshot).
     #[arg(long, default_value_t = mover::snapshot::transfer::DEFAULT_REQUESTS_PER_SEC)]
-    pub max_rate: u32,
+    pub(crate) max_rate: u32,
     /// Attempts per request before giving up on throttling or server errors.
     #[arg(long, default_value_t = mover::retry::DEFAULT_MAX_ATTEMPTS)]
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
 }
 
 #[derive(Debug, Args)]
-pub struct PushArgs {
+pub(crate) struct PushArgs {
     /// Image file or block device.
-    pub source: PathBuf,
+    pub(crate) source: PathBuf,
     /// Parent snapshot: send only what changed since it (its index must be in --state-dir).
     #[arg(long, value_name = "SNAP")]
-    pub parent: Option<String>,
+    pub(crate) parent: Option<String>,
     /// Encrypt the snapshot (not with --parent: a child inherits its parent's encryption).
     #[arg(long)]
-    pub encrypted: bool,
+    pub(crate) encrypted: bool,
     /// KMS key for --encrypted.
     #[arg(long)]
-    pub kms_key_arn: Option<String>,
+    pub(crate) kms_key_arn: Option<String>,
     /// Snapshot description.
     #[arg(long)]
-    pub description: Option<String>,
+    pub(crate) description: Option<String>,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 #[derive(Debug, Args)]
-pub struct PullArgs {
+pub(crate) struct PullArgs {
     /// Snapshot to restore.
     #[arg(value_name = "SNAP")]
-    pub snapshot: String,
+    pub(crate) snapshot: String,
     /// Image file (created if missing) or block device.
-    pub dest: PathBuf,
+    pub(crate) dest: PathBuf,
     /// Snapshot DEST holds now: write only the blocks that differ.
     #[arg(long, value_name = "SNAP")]
-    pub base: Option<String>,
+    pub(crate) base: Option<String>,
     #[command(flatten)]
-    pub common: CommonArgs,
+    pub(crate) common: CommonArgs,
 }
 
 /// Runs `daffe snapshot ...`.
@@ -112,6 +112,37 @@ struct Failure {
     error: String,
     snapshot_id: Option<String>,
     aws_code: Option<String>,
+}
+
+impl Failure {
+    fn new(error: String, snapshot_id: Option<&str>, aws_code: Option<&str>) -> Self {
+        Self {
+            error,
+            snapshot_id: snapshot_id.map(str::to_owned),
+            aws_code: aws_code.map(str::to_owned),
+        }
+    }
+}
+
+/// Ends a push or pull: its report (JSON, or `text` of it), or the failure
+/// with the snapshot id and AWS code it carries.
+fn finish<R: Serialize, E>(
+    json: bool,
+    result: Result<R, E>,
+    failure: impl FnOnce(&E) -> Failure,
+    text: impl FnOnce(&R) -> String,
+) -> ExitCode {
+    match result {
+        Ok(r) if json => {
+            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Ok(r) => {
+            println!("{}", text(&r));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(json, failure(&e)),
+    }
 }
 
 fn fail(json: bool, f: Failure) -> ExitCode {
@@ -133,11 +164,7 @@ fn connect(c: &CommonArgs) -> Result<AwsSnapshotApi, Failure> {
         endpoint_url: c.endpoint_url.clone(),
         call_timeout: None,
     })
-    .map_err(|e| Failure {
-        error: e.to_string(),
-        snapshot_id: None,
-        aws_code: None,
-    })
+    .map_err(|e| Failure::new(e.to_string(), None, None))
 }
 
 fn transfer(c: &CommonArgs) -> TransferOptions {
@@ -210,33 +237,23 @@ fn run_push(a: PushArgs) -> ExitCode {
     };
     let bar = Bar::new(json);
     let store = IndexStore::new(&a.common.state_dir);
-    match push(&api, &store, &a.source, &opts, bar.sink()) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                println!(
-                    "{}: {} blocks uploaded ({} zero), {} skipped, {} MiB in {:.1} s, {} retries",
-                    r.snapshot_id,
-                    r.blocks_uploaded,
-                    r.zero_blocks_uploaded,
-                    r.blocks_skipped,
-                    r.bytes_uploaded >> 20,
-                    r.duration_secs,
-                    r.retries
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(
-            json,
-            Failure {
-                error: e.to_string(),
-                snapshot_id: e.snapshot_id().map(str::to_owned),
-                aws_code: e.aws_code().map(str::to_owned),
-            },
-        ),
-    }
+    finish(
+        json,
+        push(&api, &store, &a.source, &opts, bar.sink()),
+        |e| Failure::new(e.to_string(), e.snapshot_id(), e.aws_code()),
+        |r| {
+            format!(
+                "{}: {} blocks uploaded ({} zero), {} skipped, {} MiB in {:.1} s, {} retries",
+                r.snapshot_id,
+                r.blocks_uploaded,
+                r.zero_blocks_uploaded,
+                r.blocks_skipped,
+                r.bytes_uploaded >> 20,
+                r.duration_secs,
+                r.retries
+            )
+        },
+    )
 }
 
 fn run_pull(a: PullArgs) -> ExitCode {
@@ -251,31 +268,21 @@ fn run_pull(a: PullArgs) -> ExitCode {
     };
     let bar = Bar::new(json);
     let store = IndexStore::new(&a.common.state_dir);
-    match pull(&api, &store, &a.snapshot, &a.dest, &opts, bar.sink()) {
-        Ok(r) => {
-            if json {
-                println!("{}", serde_json::to_string(&r).unwrap_or_default());
-            } else {
-                println!(
-                    "{} -> {}: {} blocks written, {} zeroed, {} MiB in {:.1} s, {} retries",
-                    r.snapshot_id,
-                    a.dest.display(),
-                    r.blocks_written,
-                    r.blocks_zeroed,
-                    r.bytes_written >> 20,
-                    r.duration_secs,
-                    r.retries
-                );
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => fail(
-            json,
-            Failure {
-                error: e.to_string(),
-                snapshot_id: e.snapshot_id().map(str::to_owned),
-                aws_code: e.aws_code().map(str::to_owned),
-            },
-        ),
-    }
+    finish(
+        json,
+        pull(&api, &store, &a.snapshot, &a.dest, &opts, bar.sink()),
+        |e| Failure::new(e.to_string(), e.snapshot_id(), e.aws_code()),
+        |r| {
+            format!(
+                "{} -> {}: {} blocks written, {} zeroed, {} MiB in {:.1} s, {} retries",
+                r.snapshot_id,
+                a.dest.display(),
+                r.blocks_written,
+                r.blocks_zeroed,
+                r.bytes_written >> 20,
+                r.duration_secs,
+                r.retries
+            )
+        },
+    )
 }

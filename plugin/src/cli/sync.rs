@@ -2,6 +2,7 @@
 //! incrementally (only what DST lacks is copied), with a progress bar on a
 //! terminal and `--json` stats for scripts.
 
+use crate::migrate::report::{human_bytes, secs_of_ms};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -22,34 +23,34 @@ use mover::{Destination, Phase, Progress, ProgressSink, Source, SyncOptions, Syn
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// Source: a directory, or an image file / block device.
-    pub src: PathBuf,
+    pub(crate) src: PathBuf,
     /// Destination: a directory (created if missing), or an image file /
     /// block device (for an image source).
-    pub dst: PathBuf,
+    pub(crate) dst: PathBuf,
     /// Print the stats as JSON on stdout (no progress bar).
     #[arg(long)]
-    pub json: bool,
+    pub(crate) json: bool,
     /// Destination state dir (same filesystem as DST).
     /// Default: `.DSTNAME.daffe-state` beside DST.
     #[arg(long, value_name = "DIR")]
-    pub state_dir: Option<PathBuf>,
+    pub(crate) state_dir: Option<PathBuf>,
     /// What to re-read after applying.
     #[arg(long, value_enum, default_value_t = VerifyArg::Touched)]
-    pub verify: VerifyArg,
+    pub(crate) verify: VerifyArg,
     /// Chunking threads (default: all cores).
     #[arg(long)]
-    pub threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// Allow a first sync into a non-empty directory (or an existing image)
     /// that daffe has not synced to before: files there that SRC lacks are
     /// deleted (an image is overwritten). Without it such a DST is refused.
     /// Later runs into a daffe destination need no flag.
     #[arg(long, visible_alias = "force")]
-    pub delete: bool,
+    pub(crate) delete: bool,
 }
 
 /// `--verify` values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum VerifyArg {
+pub(crate) enum VerifyArg {
     /// Only chunks are checked on arrival.
     None,
     /// Re-read what this run wrote.
@@ -84,24 +85,13 @@ impl ProgressSink for Bar {
             } => {
                 self.0.set_message(format!(
                     "scanning: {entries} entries, {} hashed",
-                    human(*bytes_hashed)
+                    human_bytes(*bytes_hashed)
                 ));
             }
             Progress::Moved { bytes } | Progress::Verified { bytes } => self.0.inc(*bytes),
             Progress::Warning { message } => self.0.println(format!("warning: {message}")),
         }
     }
-}
-
-fn human(b: u64) -> String {
-    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < units.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    format!("{v:.1} {}", units[i])
 }
 
 fn is_image(p: &std::path::Path) -> bool {
@@ -113,15 +103,15 @@ fn summary(s: &SyncStats) -> String {
     format!(
         "synced {} entries ({} scanned, {} hashed): {} chunks new ({} fetched), {} reused ({}), {} written, {} deleted, in {:.2}s",
         s.entries,
-        human(s.bytes_scanned),
-        human(s.bytes_hashed),
+        human_bytes(s.bytes_scanned),
+        human_bytes(s.bytes_hashed),
         s.chunks_new,
-        human(s.bytes_fetched),
+        human_bytes(s.bytes_fetched),
         s.chunks_reused,
-        human(s.bytes_reused),
-        human(s.bytes_written),
+        human_bytes(s.bytes_reused),
+        human_bytes(s.bytes_written),
         s.deleted,
-        s.duration_ms as f64 / 1000.0
+        secs_of_ms(s.duration_ms)
     )
 }
 
@@ -207,13 +197,6 @@ pub fn run(args: SyncArgs) -> ExitCode {
 mod tests {
     use super::*;
     use std::path::Path;
-
-    #[test]
-    fn human_sizes() {
-        assert_eq!(human(0), "0.0 B");
-        assert_eq!(human(1536), "1.5 KiB");
-        assert_eq!(human(3 << 30), "3.0 GiB");
-    }
 
     #[test]
     fn syncs_a_tree_and_an_image() {

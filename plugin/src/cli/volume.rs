@@ -2,10 +2,9 @@
 //! them, read (and set-profile changed) through the control socket (the
 //! store's file is locked by the daemon).
 
-use crate::client;
-use crate::control::{DEFAULT_CONTROL_SOCKET, percent_encode};
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::control::{ControlClient, ControlRequest};
 use clap::{Args, Subcommand};
-use hyper::Method;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,13 +13,13 @@ use std::process::ExitCode;
 pub struct VolumeArgs {
     /// The daemon's control socket.
     #[arg(long, global = true, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
-    pub control_socket: PathBuf,
+    pub(crate) control_socket: PathBuf,
     #[command(subcommand)]
-    pub command: VolumeCommand,
+    pub(crate) command: VolumeCommand,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum VolumeCommand {
+pub(crate) enum VolumeCommand {
     /// List volumes.
     Ls {
         #[arg(long)]
@@ -44,28 +43,8 @@ pub enum VolumeCommand {
     },
 }
 
-/// set-profile may call AWS; the daemon bounds it at 50 s
-/// (`control_ext::SET_PROFILE_LIMIT`).
-const SET_PROFILE_LIMIT: std::time::Duration = std::time::Duration::from_secs(60);
-
-fn set_profile(socket: &std::path::Path, name: &str, profile: &str, json: bool) -> ExitCode {
-    let path = format!("/v1/volumes/{}/profile", percent_encode(name));
-    let body = serde_json::json!({ "profile": profile });
-    let reply = match super::block_on(crate::client::call_within(
-        socket,
-        Method::POST,
-        &path,
-        Some(&body),
-        SET_PROFILE_LIMIT,
-    )) {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return super::fail(json, e),
-        Err(e) => return super::fail(json, e),
-    };
-    if json {
-        super::print_json(&reply);
-        return ExitCode::SUCCESS;
-    }
+/// Prints set-profile's reply.
+fn print_change(reply: &Value) {
     let changes: Vec<&str> = reply["changes"]
         .as_array()
         .map(|a| a.iter().filter_map(Value::as_str).collect())
@@ -81,25 +60,26 @@ fn set_profile(socket: &std::path::Path, name: &str, profile: &str, json: bool) 
             format!(": {}", changes.join(", "))
         }
     );
-    ExitCode::SUCCESS
 }
 
 pub fn run(args: VolumeArgs) -> ExitCode {
-    let (path, json) = match &args.command {
-        VolumeCommand::Ls { json } => ("/v1/volumes".to_owned(), *json),
+    let (req, json) = match &args.command {
+        VolumeCommand::Ls { json } => (ControlRequest::Volumes, *json),
         VolumeCommand::Inspect { name, json } => {
-            (format!("/v1/volumes/{}", percent_encode(name)), *json)
+            let name = name.clone();
+            (ControlRequest::Volume { name }, *json)
         }
         VolumeCommand::SetProfile {
             name,
             profile,
             json,
-        } => return set_profile(&args.control_socket, name, profile, *json),
+        } => {
+            let (name, profile) = (name.clone(), profile.clone());
+            (ControlRequest::SetProfile { name, profile }, *json)
+        }
     };
-    let reply = match super::block_on(client::call(&args.control_socket, Method::GET, &path, None))
-    {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return super::fail(json, e),
+    let reply = match ControlClient::new(&args.control_socket).send(&req) {
+        Ok(v) => v,
         Err(e) => return super::fail(json, e),
     };
     if json {
@@ -111,8 +91,7 @@ pub fn run(args: VolumeArgs) -> ExitCode {
             print_table(reply.as_array().map(Vec::as_slice).unwrap_or_default())
         }
         VolumeCommand::Inspect { .. } => print_one(&reply),
-        // Answered above.
-        VolumeCommand::SetProfile { .. } => {}
+        VolumeCommand::SetProfile { .. } => print_change(&reply),
     }
     ExitCode::SUCCESS
 }

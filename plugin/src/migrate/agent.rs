@@ -6,10 +6,9 @@
 //! `Receiving` from the same peer: an owned (`Ready`) volume is never
 //! written by a peer, whatever it asks.
 
-use super::daemon::{Daemon, DaemonError};
 use super::wire::{PeerReply, PeerRequest};
-use crate::client::ClientError;
-use crate::service::migrate::TransferMode as LocalMode;
+use crate::control::{ClientError, ControlClient, ControlRequest};
+use crate::service::migrate::{ReceiveCheck, TransferMode as LocalMode, TransferPaths};
 use mover::ReceiveOptions;
 use mover::net::agent::{PeerInfo, RoundHandler};
 use mover::net::message::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
@@ -19,16 +18,17 @@ use mover::{Destination, Verify};
 
 /// Receiver checkpoint interval: after a cut link at most this much is
 /// fetched again (5 s at 100 Mbit/s), for one syncfs per interval.
-pub const CHECKPOINT_BYTES: u64 = 64 << 20;
+pub(crate) const CHECKPOINT_BYTES: u64 = 64 << 20;
 
-pub struct AgentHandler {
-    pub daemon: Daemon,
-    pub checkpoint_bytes: u64,
-    pub verify: Verify,
+pub(crate) struct AgentHandler {
+    /// The local daemon.
+    pub(crate) daemon: ControlClient,
+    pub(crate) checkpoint_bytes: u64,
+    pub(crate) verify: Verify,
 }
 
 impl AgentHandler {
-    pub fn new(daemon: Daemon) -> Self {
+    pub(crate) fn new(daemon: ControlClient) -> Self {
         AgentHandler {
             daemon,
             checkpoint_bytes: CHECKPOINT_BYTES,
@@ -44,23 +44,31 @@ fn refused(message: impl Into<String>) -> WireError {
     }
 }
 
-fn daemon_error(e: DaemonError) -> WireError {
-    let code = match &e {
-        DaemonError::Client(ClientError::Connect { .. } | ClientError::Timeout { .. }) => {
-            ErrorCode::Transient
-        }
-        _ => ErrorCode::Refused,
-    };
+fn daemon_error(e: ClientError) -> WireError {
     WireError {
-        code,
+        code: if e.is_transient() {
+            ErrorCode::Transient
+        } else {
+            ErrorCode::Refused
+        },
         message: e.to_string(),
+    }
+}
+
+impl AgentHandler {
+    fn transfer_paths(&self, volume: &str) -> Result<TransferPaths, WireError> {
+        self.daemon
+            .send_as(&ControlRequest::Transfer {
+                name: volume.to_owned(),
+            })
+            .map_err(daemon_error)
     }
 }
 
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(super::report::millis)
         .unwrap_or(0)
 }
 
@@ -77,24 +85,36 @@ impl RoundHandler for AgentHandler {
                 need_bytes,
             } => PeerReply::Preflight(
                 self.daemon
-                    .check_receive(&volume, &options, need_bytes)
+                    .send_as::<ReceiveCheck>(&ControlRequest::CheckReceive {
+                        volume,
+                        options,
+                        need_bytes,
+                    })
                     .map_err(daemon_error)?,
             ),
             PeerRequest::Prepare { volume, options } => {
                 self.daemon
-                    .prepare_receive(&volume, &options, &peer.node)
+                    .send(&ControlRequest::PrepareReceive {
+                        volume,
+                        options,
+                        from: peer.node.clone(),
+                    })
                     .map_err(daemon_error)?;
                 PeerReply::Prepared
             }
             PeerRequest::Commit { volume } => {
-                let p = self.daemon.transfer_paths(&volume).map_err(daemon_error)?;
+                let p = self.transfer_paths(&volume)?;
                 if p.state != "receiving" && p.state != "ready" {
                     return Err(refused(format!(
                         "volume {volume} is {} here; nothing to commit",
                         p.state
                     )));
                 }
-                self.daemon.take_ownership(&volume).map_err(daemon_error)?;
+                self.daemon
+                    .send(&ControlRequest::Own {
+                        name: volume.clone(),
+                    })
+                    .map_err(daemon_error)?;
                 tracing::info!(%volume, from = %peer.node, "volume received; this host owns it now");
                 PeerReply::Committed {
                     ready_unix_ms: now_unix_ms(),
@@ -110,10 +130,7 @@ impl RoundHandler for AgentHandler {
         req: &RoundRequest,
         source: &mut NetSource<'_>,
     ) -> Result<RoundSummary, WireError> {
-        let paths = self
-            .daemon
-            .transfer_paths(&req.target)
-            .map_err(daemon_error)?;
+        let paths = self.transfer_paths(&req.target)?;
         if paths.state != "receiving" {
             return Err(refused(format!(
                 "volume {} is {} on this host; rounds go only into a volume being received \
@@ -145,6 +162,9 @@ impl RoundHandler for AgentHandler {
         let opts = ReceiveOptions {
             verify: self.verify,
             checkpoint_bytes: self.checkpoint_bytes,
+            // Pre-copy rounds keep what they moved when the app outruns
+            // them; the final round must be exact.
+            precopy: !req.final_round,
             ..Default::default()
         };
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{0:?} is not a duration: use a number with ms, s, m or h (2s, 500ms, 10m)")]
-pub struct DurationError(String);
+pub(crate) struct DurationError(String);
 
-pub fn parse(s: &str) -> Result<Duration, DurationError> {
+pub(crate) fn parse(s: &str) -> Result<Duration, DurationError> {
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))

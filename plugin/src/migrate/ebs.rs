@@ -16,8 +16,10 @@
 //!    Any failure after the fence lifts it, so the volume is usable again.
 //!
 //! The daemon and the snapshot pushes are traits so the sequencing is
-//! tested with fakes (`ebs_tests.rs`).
+//! tested with fakes (below); the real sides are [`DaemonSteps`] here and
+//! `super::ebs_snapshots`.
 
+use crate::control::{ControlClient, ControlRequest, EbsStep};
 use crate::service::ebs::EbsFacts;
 use mover::snapshot::{PushError, PushReport};
 use serde::Serialize;
@@ -26,22 +28,22 @@ use std::time::{Duration, Instant};
 
 /// A round that uploads at most this many blocks (512 KiB each) is small
 /// enough that the final round after the fence is short: stop pre-copying.
-pub const SMALL_ROUND_BLOCKS: u64 = 64;
+pub(crate) const SMALL_ROUND_BLOCKS: u64 = 64;
 
 /// Pre-copy rounds at most, by default.
-pub const DEFAULT_MAX_ROUNDS: u32 = 5;
+pub(crate) const DEFAULT_MAX_ROUNDS: u32 = 5;
 
 /// A failed daemon step, as the daemon client reports it.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct StepError {
-    pub message: String,
+pub(crate) struct StepError {
+    pub(crate) message: String,
     /// The daemon refused because the volume is mounted (fence, attach).
-    pub in_use: bool,
+    pub(crate) in_use: bool,
 }
 
 /// The daemon's EBS migration steps for one volume.
-pub trait EbsSteps {
+pub(crate) trait EbsSteps {
     fn facts(&self) -> Result<EbsFacts, StepError>;
     fn fence(&self, zone: &str) -> Result<(), StepError>;
     fn unfence(&self) -> Result<(), StepError>;
@@ -52,13 +54,81 @@ pub trait EbsSteps {
     fn moved(&self, zone: &str, volume_id: &str) -> Result<(), StepError>;
 }
 
+/// The daemon's side of [`EbsSteps`]: one volume's `/v1/volumes/NAME/ebs`
+/// routes, through the control client.
+pub(crate) struct DaemonSteps {
+    pub(crate) daemon: ControlClient,
+    pub(crate) volume: String,
+}
+
+impl DaemonSteps {
+    fn send(&self, step: Option<EbsStep>) -> Result<serde_json::Value, StepError> {
+        let name = self.volume.clone();
+        let req = match step {
+            Some(step) => ControlRequest::Ebs { name, step },
+            None => ControlRequest::EbsFacts { name },
+        };
+        self.daemon.send(&req).map_err(|e| StepError {
+            // The service refuses fence and attach while a container
+            // mounts the volume: that is the cutover's wait signal.
+            in_use: e.in_use(),
+            message: e.to_string(),
+        })
+    }
+
+    /// A string field of a step's reply.
+    fn field(&self, step: EbsStep, key: &str) -> Result<String, StepError> {
+        let v = self.send(Some(step))?;
+        v[key].as_str().map(str::to_owned).ok_or_else(|| StepError {
+            message: format!("the daemon's reply has no {key:?}: {v}"),
+            in_use: false,
+        })
+    }
+}
+
+impl EbsSteps for DaemonSteps {
+    fn facts(&self) -> Result<EbsFacts, StepError> {
+        serde_json::from_value(self.send(None)?).map_err(|e| StepError {
+            message: format!("the daemon's EBS facts are not what daffe expects: {e}"),
+            in_use: false,
+        })
+    }
+    fn fence(&self, zone: &str) -> Result<(), StepError> {
+        let zone = zone.to_owned();
+        self.send(Some(EbsStep::Fence { zone })).map(drop)
+    }
+    fn unfence(&self) -> Result<(), StepError> {
+        self.send(Some(EbsStep::Unfence)).map(drop)
+    }
+    fn attach(&self) -> Result<PathBuf, StepError> {
+        self.field(EbsStep::Attach, "device").map(PathBuf::from)
+    }
+    fn detach(&self) -> Result<(), StepError> {
+        self.send(Some(EbsStep::Detach)).map(drop)
+    }
+    fn copy(&self, snapshot_id: &str, zone: &str) -> Result<String, StepError> {
+        let step = EbsStep::Copy {
+            snapshot_id: snapshot_id.to_owned(),
+            zone: zone.to_owned(),
+        };
+        self.field(step, "volume_id")
+    }
+    fn moved(&self, zone: &str, volume_id: &str) -> Result<(), StepError> {
+        let step = EbsStep::Moved {
+            zone: zone.to_owned(),
+            volume_id: volume_id.to_owned(),
+        };
+        self.send(Some(step)).map(drop)
+    }
+}
+
 /// Pushes a device as a snapshot, incremental against `parent`.
-pub trait Pusher {
+pub(crate) trait Pusher {
     fn push(&mut self, device: &Path, parent: Option<&str>) -> Result<PushReport, PushError>;
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum EbsMigrateError {
+pub(crate) enum EbsMigrateError {
     #[error("{volume}: {step} failed: {source}")]
     Step {
         volume: String,
@@ -99,36 +169,55 @@ pub enum EbsMigrateError {
 
 /// One snapshot push.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Round {
-    pub round: u32,
-    pub final_round: bool,
-    pub snapshot_id: String,
-    pub parent: Option<String>,
+pub(crate) struct Round {
+    pub(crate) round: u32,
+    pub(crate) final_round: bool,
+    pub(crate) snapshot_id: String,
+    pub(crate) parent: Option<String>,
     /// Blocks sent (changed since the parent, or non-zero for a full push).
-    pub blocks_changed: u64,
-    pub bytes: u64,
-    pub secs: f64,
+    pub(crate) blocks_changed: u64,
+    pub(crate) bytes: u64,
+    pub(crate) secs: f64,
+}
+
+impl Round {
+    /// `round 2 (pre-copy): 17 blocks, 8912896 bytes, 1.2 s -> snap-...`
+    pub(crate) fn line(&self) -> String {
+        format!(
+            "round {} ({}): {} blocks, {} bytes, {:.1} s -> {}",
+            self.round,
+            if self.final_round {
+                "final"
+            } else {
+                "pre-copy"
+            },
+            self.blocks_changed,
+            self.bytes,
+            self.secs,
+            self.snapshot_id
+        )
+    }
 }
 
 /// What a migration did.
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct EbsReport {
-    pub volume: String,
-    pub source_volume_id: String,
-    pub from_zone: String,
-    pub to_zone: String,
-    pub new_volume_id: String,
-    pub final_snapshot_id: String,
-    pub rounds: Vec<Round>,
-    pub bytes: u64,
-    pub total_secs: f64,
+pub(crate) struct EbsReport {
+    pub(crate) volume: String,
+    pub(crate) source_volume_id: String,
+    pub(crate) from_zone: String,
+    pub(crate) to_zone: String,
+    pub(crate) new_volume_id: String,
+    pub(crate) final_snapshot_id: String,
+    pub(crate) rounds: Vec<Round>,
+    pub(crate) bytes: u64,
+    pub(crate) total_secs: f64,
     /// From the fence to the new volume's creation: the time the volume
     /// could be used nowhere.
-    pub downtime_secs: f64,
+    pub(crate) downtime_secs: f64,
 }
 
 impl EbsReport {
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = format!(
             "{} moved from {} ({}) to {} ({}) via snapshot {}\n",
             self.volume,
@@ -139,15 +228,7 @@ impl EbsReport {
             self.final_snapshot_id
         );
         for r in &self.rounds {
-            s += &format!(
-                "  round {} ({}): {} blocks, {} bytes, {:.1} s, {}\n",
-                r.round,
-                if r.final_round { "final" } else { "pre-copy" },
-                r.blocks_changed,
-                r.bytes,
-                r.secs,
-                r.snapshot_id
-            );
+            s += &format!("  {}\n", r.line());
         }
         s += &format!(
             "  {} bytes in {:.1} s, downtime {:.1} s\n",
@@ -158,19 +239,19 @@ impl EbsReport {
 }
 
 #[derive(Debug, Clone)]
-pub struct EbsMigrateOptions {
-    pub volume: String,
-    pub to_zone: String,
-    pub max_rounds: u32,
-    pub small_round_blocks: u64,
-    pub unmount_timeout: Duration,
+pub(crate) struct EbsMigrateOptions {
+    pub(crate) volume: String,
+    pub(crate) to_zone: String,
+    pub(crate) max_rounds: u32,
+    pub(crate) small_round_blocks: u64,
+    pub(crate) unmount_timeout: Duration,
     /// Pause between fence attempts while the volume is still mounted.
-    pub fence_poll: Duration,
+    pub(crate) fence_poll: Duration,
 }
 
 /// What the CLI shows as it goes.
 #[derive(Debug)]
-pub enum EbsEvent<'a> {
+pub(crate) enum EbsEvent<'a> {
     Preflight(&'a EbsFacts),
     RoundStart {
         round: u32,
@@ -187,7 +268,7 @@ pub enum EbsEvent<'a> {
 }
 
 /// Runs the migration; see the module comment for the sequence.
-pub fn migrate_ebs(
+pub(crate) fn migrate_ebs(
     steps: &dyn EbsSteps,
     pusher: &mut dyn Pusher,
     opts: &EbsMigrateOptions,
@@ -220,7 +301,7 @@ pub fn migrate_ebs(
                       final_round: bool,
                       on: &mut dyn FnMut(EbsEvent<'_>)|
      -> Result<(), EbsMigrateError> {
-        let round = rounds.len() as u32 + 1;
+        let round = count(rounds) + 1;
         let parent = rounds.last().map(|r| r.snapshot_id.clone());
         on(EbsEvent::RoundStart { round, final_round });
         let r = pusher
@@ -249,7 +330,7 @@ pub fn migrate_ebs(
     // Pre-copy, only from a device attached for a running container.
     match &facts.device {
         Some(dev) => {
-            while (rounds.len() as u32) < opts.max_rounds.max(1) {
+            while count(&rounds) < opts.max_rounds.max(1) {
                 push_round(pusher, &mut rounds, dev, false, on)?;
                 if converged(&rounds, opts.small_round_blocks) {
                     break;
@@ -339,6 +420,11 @@ pub fn migrate_ebs(
     })
 }
 
+/// How many rounds ran (saturating: there are at most `max_rounds`).
+fn count(rounds: &[Round]) -> u32 {
+    u32::try_from(rounds.len()).unwrap_or(u32::MAX)
+}
+
 /// Pre-copy has done what it can: the last round was small, or no smaller
 /// than the one before (the writer dirties blocks as fast as we send them).
 fn converged(rounds: &[Round], small: u64) -> bool {
@@ -352,5 +438,280 @@ fn converged(rounds: &[Round], small: u64) -> bool {
 }
 
 #[cfg(test)]
-#[path = "ebs_tests.rs"]
-mod tests;
+mod tests {
+    use super::*;
+    use crate::backend::ebs::AwsSide;
+    use std::cell::RefCell;
+    use std::collections::VecDeque;
+
+    /// The daemon: records the steps called; the fence answers "in use"
+    /// `busy_fences` times first.
+    #[derive(Default)]
+    struct FakeSteps {
+        device: Option<PathBuf>,
+        busy_fences: RefCell<u32>,
+        fail_copy: bool,
+        calls: RefCell<Vec<String>>,
+    }
+
+    fn facts(device: Option<PathBuf>) -> EbsFacts {
+        EbsFacts {
+            name: "db".into(),
+            docker_name: "db@gold".into(),
+            profile: "gold".into(),
+            volume_id: "vol-src".into(),
+            zone: "us-east-1a".into(),
+            size_gib: 1,
+            encrypted: false,
+            kms_key_id: None,
+            tag_state: None,
+            mount_count: u64::from(device.is_some()),
+            device,
+            aws: AwsSide {
+                region: None,
+                endpoint_url: None,
+                cluster: "default".into(),
+                instance_id: "i-1".into(),
+                zone: "us-east-1a".into(),
+                snapshot_state_dir: PathBuf::from("/tmp/x"),
+                device_resolver: "loop".into(),
+            },
+        }
+    }
+
+    impl FakeSteps {
+        fn log(&self, s: impl Into<String>) {
+            self.calls.borrow_mut().push(s.into());
+        }
+        fn calls(&self) -> Vec<String> {
+            self.calls.borrow().clone()
+        }
+    }
+
+    impl EbsSteps for FakeSteps {
+        fn facts(&self) -> Result<EbsFacts, StepError> {
+            self.log("facts");
+            Ok(facts(self.device.clone()))
+        }
+        fn fence(&self, zone: &str) -> Result<(), StepError> {
+            let mut busy = self.busy_fences.borrow_mut();
+            if *busy > 0 {
+                *busy -= 1;
+                self.log("fence:busy");
+                return Err(StepError {
+                    message: "in use".into(),
+                    in_use: true,
+                });
+            }
+            self.log(format!("fence:{zone}"));
+            Ok(())
+        }
+        fn unfence(&self) -> Result<(), StepError> {
+            self.log("unfence");
+            Ok(())
+        }
+        fn attach(&self) -> Result<PathBuf, StepError> {
+            self.log("attach");
+            Ok(PathBuf::from("/dev/attached"))
+        }
+        fn detach(&self) -> Result<(), StepError> {
+            self.log("detach");
+            Ok(())
+        }
+        fn copy(&self, snapshot_id: &str, zone: &str) -> Result<String, StepError> {
+            self.log(format!("copy:{snapshot_id}:{zone}"));
+            if self.fail_copy {
+                return Err(StepError {
+                    message: "InvalidSnapshot.NotFound".into(),
+                    in_use: false,
+                });
+            }
+            Ok("vol-new".into())
+        }
+        fn moved(&self, zone: &str, volume_id: &str) -> Result<(), StepError> {
+            self.log(format!("moved:{zone}:{volume_id}"));
+            Ok(())
+        }
+    }
+
+    /// Pushes that upload the given block counts in turn.
+    struct FakePusher {
+        blocks: VecDeque<u64>,
+        pushes: Vec<(PathBuf, Option<String>)>,
+    }
+
+    impl FakePusher {
+        fn new(blocks: &[u64]) -> Self {
+            Self {
+                blocks: blocks.iter().copied().collect(),
+                pushes: Vec::new(),
+            }
+        }
+    }
+
+    impl Pusher for FakePusher {
+        fn push(&mut self, device: &Path, parent: Option<&str>) -> Result<PushReport, PushError> {
+            self.pushes
+                .push((device.to_owned(), parent.map(str::to_owned)));
+            let n = self.pushes.len();
+            let blocks = self.blocks.pop_front().unwrap_or(0);
+            Ok(PushReport {
+                snapshot_id: format!("snap-{n}"),
+                parent: parent.map(str::to_owned),
+                volume_gib: 1,
+                source_bytes: 1 << 30,
+                blocks_read: blocks,
+                blocks_uploaded: blocks,
+                zero_blocks_uploaded: 0,
+                blocks_skipped: 2048 - blocks,
+                bytes_uploaded: blocks * 512 * 1024,
+                retries: 0,
+                duration_secs: 0.1,
+                index_path: PathBuf::new(),
+            })
+        }
+    }
+
+    fn opts() -> EbsMigrateOptions {
+        EbsMigrateOptions {
+            volume: "db@gold".into(),
+            to_zone: "us-east-1c".into(),
+            max_rounds: 5,
+            small_round_blocks: SMALL_ROUND_BLOCKS,
+            unmount_timeout: Duration::from_secs(5),
+            fence_poll: Duration::from_millis(1),
+        }
+    }
+
+    #[test]
+    fn pre_copy_stops_when_rounds_stop_shrinking_then_final_round_and_copy() {
+        let steps = FakeSteps {
+            device: Some(PathBuf::from("/dev/live")),
+            busy_fences: RefCell::new(2),
+            ..Default::default()
+        };
+        // Full 1000, then 300, then 400 (not shrinking: stop), final 50.
+        let mut pusher = FakePusher::new(&[1000, 300, 400, 50]);
+        let mut waited = 0;
+        let report = migrate_ebs(&steps, &mut pusher, &opts(), &mut |e| {
+            if matches!(e, EbsEvent::WaitingForUnmount) {
+                waited += 1;
+            }
+        })
+        .unwrap();
+        assert_eq!(waited, 1);
+        let parents: Vec<_> = pusher.pushes.iter().map(|p| p.1.clone()).collect();
+        assert_eq!(
+            parents,
+            [
+                None,
+                Some("snap-1".into()),
+                Some("snap-2".into()),
+                Some("snap-3".into())
+            ]
+        );
+        assert_eq!(pusher.pushes[0].0, PathBuf::from("/dev/live"));
+        assert_eq!(pusher.pushes[3].0, PathBuf::from("/dev/attached"));
+        let blocks: Vec<_> = report.rounds.iter().map(|r| r.blocks_changed).collect();
+        assert_eq!(blocks, [1000, 300, 400, 50]);
+        assert!(report.rounds[3].final_round && !report.rounds[2].final_round);
+        assert_eq!(report.final_snapshot_id, "snap-4");
+        assert_eq!(report.new_volume_id, "vol-new");
+        assert_eq!(report.bytes, 1750 * 512 * 1024);
+        assert_eq!(
+            steps.calls(),
+            [
+                "facts",
+                "fence:busy",
+                "fence:busy",
+                "fence:us-east-1c",
+                "attach",
+                "detach",
+                "copy:snap-4:us-east-1c",
+                "moved:us-east-1c:vol-new"
+            ]
+        );
+    }
+
+    #[test]
+    fn pre_copy_stops_at_a_small_round_or_max_rounds() {
+        let steps = FakeSteps {
+            device: Some(PathBuf::from("/dev/live")),
+            ..Default::default()
+        };
+        let mut pusher = FakePusher::new(&[1000, 500, 10, 5]);
+        let r = migrate_ebs(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap();
+        assert_eq!(r.rounds.len(), 4, "3 pre-copy (the third is small) + final");
+
+        let mut pusher = FakePusher::new(&[1000, 900, 800, 700, 600, 500]);
+        let o = EbsMigrateOptions {
+            max_rounds: 2,
+            ..opts()
+        };
+        let r = migrate_ebs(&steps, &mut pusher, &o, &mut |_| {}).unwrap();
+        assert_eq!(r.rounds.len(), 3, "2 pre-copy + final");
+    }
+
+    #[test]
+    fn an_unmounted_volume_gets_one_full_push_after_the_fence() {
+        let steps = FakeSteps::default();
+        let mut pusher = FakePusher::new(&[100]);
+        let r = migrate_ebs(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap();
+        assert_eq!(pusher.pushes, [(PathBuf::from("/dev/attached"), None)]);
+        assert_eq!(r.rounds.len(), 1);
+        assert!(r.rounds[0].final_round);
+    }
+
+    #[test]
+    fn a_failure_after_the_fence_unfences() {
+        let steps = FakeSteps {
+            fail_copy: true,
+            ..Default::default()
+        };
+        let mut pusher = FakePusher::new(&[100]);
+        let e = migrate_ebs(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                EbsMigrateError::AfterFence {
+                    unfence_error: None,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains("InvalidSnapshot.NotFound"), "{msg}");
+        assert!(msg.contains("usable here again"), "{msg}");
+        assert_eq!(steps.calls().last().unwrap(), "unfence");
+        assert!(!steps.calls().iter().any(|c| c.starts_with("moved")));
+    }
+
+    #[test]
+    fn same_zone_and_unmount_timeout_are_refused_without_a_fence() {
+        let steps = FakeSteps::default();
+        let o = EbsMigrateOptions {
+            to_zone: "us-east-1a".into(),
+            ..opts()
+        };
+        let e = migrate_ebs(&steps, &mut FakePusher::new(&[]), &o, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, EbsMigrateError::SameZone { .. }), "{e}");
+
+        let steps = FakeSteps {
+            busy_fences: RefCell::new(u32::MAX),
+            ..Default::default()
+        };
+        let o = EbsMigrateOptions {
+            unmount_timeout: Duration::from_millis(20),
+            ..opts()
+        };
+        let e = migrate_ebs(&steps, &mut FakePusher::new(&[]), &o, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, EbsMigrateError::UnmountTimeout { .. }), "{e}");
+        assert!(
+            !steps
+                .calls()
+                .iter()
+                .any(|c| c == "unfence" || c == "attach")
+        );
+    }
+}

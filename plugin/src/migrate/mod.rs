@@ -1,9 +1,8 @@
 //! Migrating a volume to another host (`daffe migrate`, `daffe agent`).
 //!
-//! Map:
-//! - [`control`]: the daemon's control routes a migration uses (POST): move,
-//!   fence, finish, abort on the source; check, prepare, own on the destination.
-//! - [`daemon`]: the blocking client of those routes, for the CLI processes.
+//! The daemon's side (state changes on the source and the destination, the
+//! EBS steps) is in `crate::service`, reached through the control socket's
+//! client (`crate::control::client`). Map of this folder:
 //! - [`wire`]: the JSON requests `migrate` sends to the peer's agent.
 //! - [`agent`]: the agent's request handler: receives rounds into the local
 //!   daemon's storage.
@@ -11,8 +10,9 @@
 //! - [`orchestrate`]: the source side's state machine: preflight, pre-copy
 //!   rounds, cutover, final round, handover, report.
 //! - [`report`]: what a migration did, for humans and `--json`.
-//! - [`ebs`], [`ebs_io`]: `daffe migrate --via-ebs`, to another zone through
-//!   EBS snapshots (sequencing; the daemon client and the snapshot pusher).
+//! - [`ebs`], [`ebs_snapshots`]: `daffe migrate --via-ebs`, to another zone
+//!   through EBS snapshots (sequencing and the daemon's steps; the snapshot
+//!   pushes).
 //! - [`duration`]: `2s`, `500ms`, `10m` on the command line.
 //!
 //! Who stops the application: the operator (`docker stop`), on the source
@@ -20,13 +20,11 @@
 //! dockerd; `migrate` only watches the daemon's mount count and fences the
 //! volume in the same locked step that sees it reach zero.
 
-pub mod agent;
-pub mod control;
-pub mod daemon;
-pub mod duration;
-pub mod ebs;
-pub mod ebs_io;
-pub mod orchestrate;
-pub mod plan;
-pub mod report;
-pub mod wire;
+pub(crate) mod agent;
+pub(crate) mod duration;
+pub(crate) mod ebs;
+pub(crate) mod ebs_snapshots;
+pub(crate) mod orchestrate;
+pub(crate) mod plan;
+pub(crate) mod report;
+pub(crate) mod wire;

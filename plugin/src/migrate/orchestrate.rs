@@ -15,10 +15,10 @@
 //! answer lost, the source stays fenced: rerunning `daffe migrate` finishes
 //! the handover (every step is idempotent), never two owners.
 
-use super::daemon::{Daemon, DaemonError};
 use super::plan::{self, Decision, RoundObs, Why};
-use super::report::{Report, RoundReport};
+use super::report::{Report, RoundReport, millis};
 use super::wire::{PeerReply, PeerRequest};
+use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
 use mover::Source;
 use mover::net::conn::ConnError;
@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
-pub enum MigrateError {
+pub(crate) enum MigrateError {
     #[error("local daemon: {0}")]
-    Daemon(#[from] DaemonError),
+    Daemon(#[from] ClientError),
     #[error("destination: {0}")]
     Peer(#[from] ConnError),
     #[error("destination: {0}")]
@@ -70,35 +70,52 @@ pub enum MigrateError {
 }
 
 /// The local daemon, as the orchestrator sees it.
-pub trait SourceHost {
-    fn transfer_paths(&self, volume: &str) -> Result<TransferPaths, DaemonError>;
-    fn begin_move(&self, volume: &str, to: &str) -> Result<(), DaemonError>;
+pub(crate) trait SourceHost {
+    fn transfer_paths(&self, volume: &str) -> Result<TransferPaths, ClientError>;
+    fn begin_move(&self, volume: &str, to: &str) -> Result<(), ClientError>;
     /// Fences if unmounted; an error with `in_use()` otherwise.
-    fn fence(&self, volume: &str, to: &str) -> Result<(), DaemonError>;
-    fn finish_move(&self, volume: &str, to: &str) -> Result<(), DaemonError>;
-    fn abort_move(&self, volume: &str) -> Result<(), DaemonError>;
+    fn fence(&self, volume: &str, to: &str) -> Result<(), ClientError>;
+    fn finish_move(&self, volume: &str, to: &str) -> Result<(), ClientError>;
+    fn abort_move(&self, volume: &str) -> Result<(), ClientError>;
 }
 
-impl SourceHost for Daemon {
-    fn transfer_paths(&self, volume: &str) -> Result<TransferPaths, DaemonError> {
-        Daemon::transfer_paths(self, volume)
+impl SourceHost for ControlClient {
+    fn transfer_paths(&self, volume: &str) -> Result<TransferPaths, ClientError> {
+        self.send_as(&ControlRequest::Transfer {
+            name: volume.to_owned(),
+        })
     }
-    fn begin_move(&self, volume: &str, to: &str) -> Result<(), DaemonError> {
-        Daemon::begin_move(self, volume, to)
+    fn begin_move(&self, volume: &str, to: &str) -> Result<(), ClientError> {
+        self.send(&ControlRequest::Move {
+            name: volume.to_owned(),
+            to: to.to_owned(),
+        })
+        .map(drop)
     }
-    fn fence(&self, volume: &str, to: &str) -> Result<(), DaemonError> {
-        Daemon::fence(self, volume, to)
+    fn fence(&self, volume: &str, to: &str) -> Result<(), ClientError> {
+        self.send(&ControlRequest::Fence {
+            name: volume.to_owned(),
+            to: to.to_owned(),
+        })
+        .map(drop)
     }
-    fn finish_move(&self, volume: &str, to: &str) -> Result<(), DaemonError> {
-        Daemon::finish_move(self, volume, to)
+    fn finish_move(&self, volume: &str, to: &str) -> Result<(), ClientError> {
+        self.send(&ControlRequest::FinishMove {
+            name: volume.to_owned(),
+            to: to.to_owned(),
+        })
+        .map(drop)
     }
-    fn abort_move(&self, volume: &str) -> Result<(), DaemonError> {
-        Daemon::abort_move(self, volume)
+    fn abort_move(&self, volume: &str) -> Result<(), ClientError> {
+        self.send(&ControlRequest::AbortMove {
+            name: volume.to_owned(),
+        })
+        .map(drop)
     }
 }
 
 /// The destination's agent, as the orchestrator sees it.
-pub trait DestHost {
+pub(crate) trait DestHost {
     fn request(&mut self, req: &PeerRequest) -> Result<PeerReply, MigrateError>;
     /// Sets what rounds send (known after the local lookup).
     fn set_source(&mut self, target: &str, source: Source, cache_dir: PathBuf);
@@ -112,8 +129,8 @@ pub trait DestHost {
 }
 
 /// The real destination: a [`RoundPusher`] to an agent.
-pub struct RemoteAgent {
-    pub pusher: RoundPusher,
+pub(crate) struct RemoteAgent {
+    pub(crate) pusher: RoundPusher,
 }
 
 impl DestHost for RemoteAgent {
@@ -148,20 +165,20 @@ impl DestHost for RemoteAgent {
 
 /// What the operator asked for.
 #[derive(Debug, Clone)]
-pub struct MigrateOptions {
-    pub volume: String,
+pub(crate) struct MigrateOptions {
+    pub(crate) volume: String,
     /// The destination as given (`HOST[:PORT]`): also what a fenced Mount names.
-    pub to: String,
-    pub max_downtime: Duration,
-    pub max_rounds: u32,
-    pub unmount_timeout: Duration,
+    pub(crate) to: String,
+    pub(crate) max_downtime: Duration,
+    pub(crate) max_rounds: u32,
+    pub(crate) unmount_timeout: Duration,
     /// How often the unmount is looked for: bounds the downtime measurement error.
-    pub fence_poll: Duration,
+    pub(crate) fence_poll: Duration,
 }
 
 /// Progress, for a bar or a log.
 #[derive(Debug, Clone)]
-pub enum Event {
+pub(crate) enum Event {
     Preflight(ReceiveCheck),
     RoundStart { round: u32, final_round: bool },
     Bytes(u64),
@@ -172,7 +189,7 @@ pub enum Event {
 }
 
 /// Bytes the data occupies on disk (allocated blocks: holes do not count).
-pub fn used_bytes(paths: &TransferPaths) -> Result<u64, MigrateError> {
+pub(crate) fn used_bytes(paths: &TransferPaths) -> Result<u64, MigrateError> {
     let err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| MigrateError::Used { path, source }
@@ -207,8 +224,8 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         wire_bytes: r.wire_sent + r.wire_received,
         chunks_new: r.summary.chunks_new,
         chunks_total: r.summary.chunks_total,
-        scan_ms: r.scan_time.as_millis() as u64,
-        transfer_ms: r.transfer_time.as_millis() as u64,
+        scan_ms: millis(r.scan_time),
+        transfer_ms: millis(r.transfer_time),
         attempts: r.attempts,
         stale: false,
         estimate_ms: None,
@@ -216,7 +233,7 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
 }
 
 /// Runs a migration. `event` sees progress.
-pub fn migrate(
+pub(crate) fn migrate(
     host: &dyn SourceHost,
     dest: &mut dyn DestHost,
     opts: &MigrateOptions,
@@ -255,7 +272,7 @@ pub fn migrate(
         },
         used_bytes: used,
         compression: dest.compression(),
-        max_downtime_ms: opts.max_downtime.as_millis() as u64,
+        max_downtime_ms: millis(opts.max_downtime),
         ..Default::default()
     };
 
@@ -324,7 +341,7 @@ pub fn migrate(
                 Decision::Continue { estimate } => (estimate, None),
                 Decision::Cutover { estimate, why } => (estimate, Some(why)),
             };
-            rr.estimate_ms = Some(estimate.as_millis().min(u128::from(u64::MAX)) as u64);
+            rr.estimate_ms = Some(millis(estimate));
             event(Event::RoundEnd(rr.clone()));
             report.rounds.push(rr);
             if let Some(why) = why {
@@ -364,7 +381,7 @@ pub fn migrate(
         }
     }
     let t_unmount = Instant::now();
-    report.unmount_wait_ms = (t_unmount - tw).as_millis() as u64;
+    report.unmount_wait_ms = millis(t_unmount - tw);
     event(Event::Unmounted);
 
     // Final round: the source is quiesced, so it cannot be stale; a failure
@@ -404,13 +421,307 @@ pub fn migrate(
     host.finish_move(vol, to)
         .map_err(|e| handover(MigrateError::Daemon(e)))?;
 
-    report.downtime_ms = (t_ready - t_unmount).as_millis() as u64;
+    report.downtime_ms = millis(t_ready - t_unmount);
     report.bytes_moved = report.rounds.iter().map(|r| r.bytes).sum();
     report.wire_bytes = report.rounds.iter().map(|r| r.wire_bytes).sum();
-    report.total_ms = t0.elapsed().as_millis() as u64;
+    report.total_ms = millis(t0.elapsed());
     Ok(report)
 }
 
 #[cfg(test)]
-#[path = "orchestrate_tests.rs"]
-mod tests;
+/// The orchestrator against doubles of the local daemon and the agent.
+mod tests {
+    use super::*;
+    use mover::net::message::RoundSummary;
+    use mover::scan::ScanStats;
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, VecDeque};
+
+    /// A daemon double: a state, a mount count that drops after some polls.
+    struct FakeHost {
+        paths: TransferPaths,
+        log: RefCell<Vec<String>>,
+        mounted_polls: RefCell<u32>,
+    }
+
+    impl FakeHost {
+        fn new(dir: &Path, state: &str, peer: Option<&str>) -> Self {
+            std::fs::create_dir_all(dir.join("data")).unwrap();
+            std::fs::write(dir.join("data/count"), b"3").unwrap();
+            FakeHost {
+                paths: TransferPaths {
+                    docker_name: "counter@gold".into(),
+                    profile: "gold".into(),
+                    mode: TransferMode::Tree,
+                    data: dir.join("data"),
+                    state_dir: dir.join("state"),
+                    cache_dir: dir.join("cache"),
+                    options: BTreeMap::new(),
+                    state: state.into(),
+                    peer: peer.map(str::to_owned),
+                },
+                log: RefCell::new(vec![]),
+                mounted_polls: RefCell::new(2),
+            }
+        }
+        fn log(&self) -> Vec<String> {
+            self.log.borrow().clone()
+        }
+    }
+
+    fn in_use() -> ClientError {
+        ClientError::Status {
+            socket: "/x".into(),
+            status: hyper::StatusCode::CONFLICT,
+            code: Some(crate::service::ErrorCode::InUse),
+            message: "volume \"v\" is in use: 1 mount(s)".into(),
+        }
+    }
+
+    impl SourceHost for FakeHost {
+        fn transfer_paths(&self, _v: &str) -> Result<TransferPaths, ClientError> {
+            Ok(self.paths.clone())
+        }
+        fn begin_move(&self, _v: &str, to: &str) -> Result<(), ClientError> {
+            self.log.borrow_mut().push(format!("move {to}"));
+            Ok(())
+        }
+        fn fence(&self, _v: &str, to: &str) -> Result<(), ClientError> {
+            let mut left = self.mounted_polls.borrow_mut();
+            if *left > 0 {
+                *left -= 1;
+                self.log.borrow_mut().push("fence: in use".into());
+                return Err(in_use());
+            }
+            self.log.borrow_mut().push(format!("fence {to}"));
+            Ok(())
+        }
+        fn finish_move(&self, _v: &str, to: &str) -> Result<(), ClientError> {
+            self.log.borrow_mut().push(format!("moved {to}"));
+            Ok(())
+        }
+        fn abort_move(&self, _v: &str) -> Result<(), ClientError> {
+            self.log.borrow_mut().push("abort".into());
+            Ok(())
+        }
+    }
+
+    /// An agent double: scripted round outcomes (dirty bytes), a commit result.
+    struct FakeDest {
+        rounds: VecDeque<Result<u64, &'static str>>,
+        log: Vec<String>,
+        commit_fails: bool,
+    }
+
+    fn push_report(bytes: u64) -> RoundPushReport {
+        RoundPushReport {
+            summary: RoundSummary {
+                bytes_fetched: bytes,
+                ..Default::default()
+            },
+            scan: ScanStats::default(),
+            scan_time: Duration::from_millis(10),
+            // 10 MB/s.
+            transfer_time: Duration::from_millis(bytes / 10_000),
+            wire_sent: bytes,
+            wire_received: 0,
+            attempts: 1,
+            rescans: 0,
+        }
+    }
+
+    impl DestHost for FakeDest {
+        fn request(&mut self, req: &PeerRequest) -> Result<PeerReply, MigrateError> {
+            match req {
+                PeerRequest::Preflight { need_bytes, .. } => {
+                    self.log.push("preflight".into());
+                    Ok(PeerReply::Preflight(ReceiveCheck {
+                        docker_name: "counter@gold".into(),
+                        profile: "gold".into(),
+                        root: "/x".into(),
+                        free_bytes: 1 << 40,
+                        need_bytes: *need_bytes,
+                        resuming: false,
+                    }))
+                }
+                PeerRequest::Prepare { .. } => {
+                    self.log.push("prepare".into());
+                    Ok(PeerReply::Prepared)
+                }
+                PeerRequest::Commit { .. } => {
+                    self.log.push("commit".into());
+                    if self.commit_fails {
+                        Err(MigrateError::Reply("link cut".into()))
+                    } else {
+                        Ok(PeerReply::Committed { ready_unix_ms: 1 })
+                    }
+                }
+            }
+        }
+        fn set_source(&mut self, target: &str, _s: Source, _c: PathBuf) {
+            self.log.push(format!("source {target}"));
+        }
+        fn round(
+            &mut self,
+            round: u32,
+            final_round: bool,
+            progress: &mut dyn FnMut(u64),
+        ) -> Result<RoundPushReport, RoundPushError> {
+            self.log.push(format!("round {round} final={final_round}"));
+            match self.rounds.pop_front().unwrap_or(Ok(0)) {
+                Ok(b) => {
+                    progress(b);
+                    Ok(push_report(b))
+                }
+                Err("stale") => Err(RoundPushError::StillStale {
+                    target: "counter@gold".into(),
+                    round,
+                    rescans: 3,
+                }),
+                Err(_) => Err(RoundPushError::Scan {
+                    path: "/x".into(),
+                    source: mover::scan::ScanError::Io {
+                        path: "/x".into(),
+                        source: std::io::Error::other("disk on fire"),
+                    },
+                }),
+            }
+        }
+        fn compression(&self) -> bool {
+            true
+        }
+    }
+
+    fn opts() -> MigrateOptions {
+        MigrateOptions {
+            volume: "counter@gold".into(),
+            to: "hostb".into(),
+            max_downtime: Duration::from_secs(2),
+            max_rounds: 10,
+            unmount_timeout: Duration::from_secs(5),
+            fence_poll: Duration::from_millis(1),
+        }
+    }
+
+    fn dest(rounds: Vec<Result<u64, &'static str>>) -> FakeDest {
+        FakeDest {
+            rounds: rounds.into(),
+            log: vec![],
+            commit_fails: false,
+        }
+    }
+
+    #[test]
+    fn rounds_converge_then_cutover_fences_final_round_commits_and_marks_moved() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        // 100 MB, 30 MB (10 s at 10 MB/s -> continue), 1 MB (0.1 s -> fits), final 2 KB.
+        let mut dest = dest(vec![
+            Ok(100_000_000),
+            Ok(30_000_000),
+            Ok(1_000_000),
+            Ok(2000),
+        ]);
+        let mut events = vec![];
+        let r = migrate(&host, &mut dest, &opts(), &mut |e| events.push(e)).unwrap();
+        assert_eq!(r.rounds.len(), 4);
+        assert!(r.rounds[3].final_round);
+        assert_eq!(r.cutover_reason, "fits");
+        assert_eq!(r.bytes_moved, 131_002_000);
+        assert_eq!(
+            host.log(),
+            vec![
+                "move hostb",
+                "fence: in use",
+                "fence: in use",
+                "fence hostb",
+                "moved hostb"
+            ]
+        );
+        assert_eq!(
+            dest.log,
+            vec![
+                "preflight",
+                "prepare",
+                "source counter@gold",
+                "round 1 final=false",
+                "round 2 final=false",
+                "round 3 final=false",
+                "round 4 final=true",
+                "commit"
+            ]
+        );
+        assert!(events.iter().any(|e| matches!(e, Event::WaitingForUnmount)));
+        assert!(r.used_bytes > 0);
+    }
+
+    #[test]
+    fn a_failed_final_round_gives_the_volume_back() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        let mut dest = dest(vec![Ok(1000), Err("io")]);
+        let err = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("disk on fire"), "{err}");
+        assert_eq!(host.log().last().unwrap(), "abort");
+        assert!(!dest.log.contains(&"commit".to_string()));
+    }
+
+    #[test]
+    fn a_lost_commit_keeps_the_source_fenced_and_a_rerun_finishes() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        let mut dest1 = dest(vec![Ok(1000)]);
+        dest1.commit_fails = true;
+        let err = migrate(&host, &mut dest1, &opts(), &mut |_| {}).unwrap_err();
+        assert!(matches!(err, MigrateError::Handover { .. }), "{err}");
+        assert!(
+            !host.log().contains(&"abort".to_string()),
+            "{:?}",
+            host.log()
+        );
+        // The rerun finds the volume fenced for hostb: no pre-copy, final round, commit.
+        let host2 = FakeHost::new(d.path(), "fenced", Some("hostb"));
+        *host2.mounted_polls.borrow_mut() = 0;
+        let mut dest2 = dest(vec![Ok(0)]);
+        let r = migrate(&host2, &mut dest2, &opts(), &mut |_| {}).unwrap();
+        assert_eq!(r.rounds.len(), 1);
+        assert!(r.rounds[0].final_round);
+        assert_eq!(host2.log(), vec!["fence hostb", "moved hostb"]);
+    }
+
+    #[test]
+    fn stale_pre_copy_rounds_are_survived() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        let mut dest = dest(vec![Ok(50_000_000), Err("stale"), Ok(100_000), Ok(10)]);
+        let r = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap();
+        assert!(r.rounds[1].stale);
+        assert!(r.rounds.last().unwrap().final_round);
+    }
+
+    #[test]
+    fn a_volume_that_stays_mounted_times_out_and_is_unfenced() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        *host.mounted_polls.borrow_mut() = u32::MAX;
+        let mut o = opts();
+        o.unmount_timeout = Duration::from_millis(30);
+        let mut dest = dest(vec![Ok(10)]);
+        let err = migrate(&host, &mut dest, &o, &mut |_| {}).unwrap_err();
+        assert!(matches!(err, MigrateError::UnmountTimeout { .. }), "{err}");
+        assert_eq!(host.log().last().unwrap(), "abort");
+    }
+
+    #[test]
+    fn moved_and_foreign_states_are_refused_before_anything_happens() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "moved", Some("hostc"));
+        let mut dest = dest(vec![]);
+        let err = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap_err();
+        assert!(err.to_string().contains("already moved to hostc"), "{err}");
+        let host = FakeHost::new(d.path(), "moving", Some("hostc"));
+        let err = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap_err();
+        assert!(matches!(err, MigrateError::Busy { .. }), "{err}");
+        assert!(dest.log.is_empty());
+    }
+}

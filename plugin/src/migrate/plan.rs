@@ -1,5 +1,5 @@
-//! When to stop pre-copying and cut over (FIELD-NOTES, "Convergence of
-//! pre-copy"): measure delivered throughput; cut over when the estimated
+//! When to stop pre-copying and cut over (the rule of iterative pre-copy
+//! migration): measure delivered throughput; cut over when the estimated
 //! final round, dirty bytes at that throughput plus the time to scan, fits
 //! the downtime target; stop iterating when a round does not shrink the dirty
 //! set (the application writes as fast as we copy: more rounds do not help).
@@ -15,26 +15,26 @@ const SHRINK: f64 = 0.9;
 /// packets): such rounds do not feed the estimate.
 const MIN_MEASURED: Duration = Duration::from_millis(50);
 /// Rounds run at most this many times unless the caller says otherwise.
-pub const DEFAULT_MAX_ROUNDS: u32 = 10;
+pub(crate) const DEFAULT_MAX_ROUNDS: u32 = 10;
 
 /// What one pre-copy round showed.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RoundObs {
+pub(crate) struct RoundObs {
     /// Chunk payload the destination fetched: data that changed since the
     /// round before (or everything, in round 1).
-    pub dirty_bytes: u64,
+    pub(crate) dirty_bytes: u64,
     /// Bytes on the wire for it.
-    pub wire_bytes: u64,
+    pub(crate) wire_bytes: u64,
     /// Time from the round's request to the destination's answer.
-    pub transfer: Duration,
+    pub(crate) transfer: Duration,
     /// Time the source's scan took (the final round pays it too).
-    pub scan: Duration,
+    pub(crate) scan: Duration,
     /// The source changed under the scan: the round is incomplete.
-    pub stale: bool,
+    pub(crate) stale: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Another pre-copy round.
     Continue { estimate: Duration },
     /// Stop the application and run the final round.
@@ -42,7 +42,7 @@ pub enum Decision {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Why {
+pub(crate) enum Why {
     /// The estimated final round fits the target.
     Fits,
     /// The last round did not shrink the dirty set.
@@ -53,7 +53,11 @@ pub enum Why {
 
 /// Delivered throughput in bytes/s over all measured rounds; `None` until a
 /// round moved enough to measure.
-pub fn throughput(rounds: &[RoundObs]) -> Option<f64> {
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "a rate: f64's 52 bits hold byte counts exactly to 4 PiB, and more is rounding"
+)]
+pub(crate) fn throughput(rounds: &[RoundObs]) -> Option<f64> {
     let (bytes, time) = rounds
         .iter()
         .filter(|r| r.transfer >= MIN_MEASURED)
@@ -65,7 +69,11 @@ pub fn throughput(rounds: &[RoundObs]) -> Option<f64> {
 
 /// The final round's expected duration if the next round moved what the
 /// last one did: scan + dirty / throughput.
-pub fn estimate(rounds: &[RoundObs]) -> Duration {
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "an estimate: f64's 52 bits hold byte counts exactly to 4 PiB"
+)]
+pub(crate) fn estimate(rounds: &[RoundObs]) -> Duration {
     let Some(last) = rounds.last() else {
         return Duration::MAX;
     };
@@ -77,10 +85,19 @@ pub fn estimate(rounds: &[RoundObs]) -> Duration {
     last.scan + transfer
 }
 
+/// The last round moved at least [`SHRINK`] of what the one before did.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "a 10% threshold: rounding past 4 PiB cannot change the answer"
+)]
+fn shrunk_too_little(last: u64, prev: u64) -> bool {
+    last as f64 >= prev as f64 * SHRINK
+}
+
 /// Decides after each round.
-pub fn decide(rounds: &[RoundObs], target: Duration, max_rounds: u32) -> Decision {
+pub(crate) fn decide(rounds: &[RoundObs], target: Duration, max_rounds: u32) -> Decision {
     let estimate = estimate(rounds);
-    let n = rounds.len() as u32;
+    let n = u32::try_from(rounds.len()).unwrap_or(u32::MAX);
     let Some(last) = rounds.last() else {
         return Decision::Continue { estimate };
     };
@@ -100,7 +117,7 @@ pub fn decide(rounds: &[RoundObs], target: Duration, max_rounds: u32) -> Decisio
     // against round 2's predecessor would compare a delta with the whole).
     if n >= 3 && !last.stale {
         let prev = rounds[rounds.len() - 2];
-        if !prev.stale && last.dirty_bytes as f64 >= prev.dirty_bytes as f64 * SHRINK {
+        if !prev.stale && shrunk_too_little(last.dirty_bytes, prev.dirty_bytes) {
             return Decision::Cutover {
                 estimate,
                 why: Why::NotShrinking,

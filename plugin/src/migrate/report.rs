@@ -3,51 +3,72 @@
 //! operator's screen and for `--json`.
 
 use serde::Serialize;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct RoundReport {
-    pub round: u32,
-    pub final_round: bool,
+pub(crate) struct RoundReport {
+    pub(crate) round: u32,
+    pub(crate) final_round: bool,
     /// Chunk payload the destination fetched (changed data).
-    pub bytes: u64,
+    pub(crate) bytes: u64,
     /// Bytes on the wire (TLS, framing, compression included) both ways.
-    pub wire_bytes: u64,
-    pub chunks_new: u64,
-    pub chunks_total: u64,
-    pub scan_ms: u64,
-    pub transfer_ms: u64,
+    pub(crate) wire_bytes: u64,
+    pub(crate) chunks_new: u64,
+    pub(crate) chunks_total: u64,
+    pub(crate) scan_ms: u64,
+    pub(crate) transfer_ms: u64,
     /// Connection attempts (more than 1: the link was cut and resumed).
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// The source changed under every scan: the round did not complete.
-    pub stale: bool,
+    pub(crate) stale: bool,
     /// Estimated final-round time after this round (pre-copy rounds).
-    pub estimate_ms: Option<u64>,
+    pub(crate) estimate_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Report {
-    pub volume: String,
-    pub to: String,
+pub(crate) struct Report {
+    pub(crate) volume: String,
+    pub(crate) to: String,
     /// `tree` (dir volume) or `image` (block volume).
-    pub mode: String,
+    pub(crate) mode: String,
     /// Bytes the volume occupies on the source (allocated blocks).
-    pub used_bytes: u64,
-    pub rounds: Vec<RoundReport>,
+    pub(crate) used_bytes: u64,
+    pub(crate) rounds: Vec<RoundReport>,
     /// Sum of the rounds' fetched bytes.
-    pub bytes_moved: u64,
-    pub wire_bytes: u64,
-    pub compression: bool,
+    pub(crate) bytes_moved: u64,
+    pub(crate) wire_bytes: u64,
+    pub(crate) compression: bool,
     /// Why pre-copy stopped (`fits`, `not-shrinking`, `max-rounds`).
-    pub cutover_reason: String,
-    pub max_downtime_ms: u64,
-    pub total_ms: u64,
+    pub(crate) cutover_reason: String,
+    pub(crate) max_downtime_ms: u64,
+    pub(crate) total_ms: u64,
     /// From asking for the unmount to seeing it (the operator's part).
-    pub unmount_wait_ms: u64,
+    pub(crate) unmount_wait_ms: u64,
     /// From the unmount on the source to the destination owning the volume.
-    pub downtime_ms: u64,
+    pub(crate) downtime_ms: u64,
 }
 
-fn human_bytes(b: u64) -> String {
+/// Milliseconds of `d`, for reports (saturating: no report spans 584
+/// million years).
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Seconds of a millisecond count, for display.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "display only: an f64 holds milliseconds exactly up to 285,000 years"
+)]
+pub(crate) fn secs_of_ms(ms: u64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+/// `1.5 KiB`, `3.0 GiB`: a byte count for people.
+#[allow(
+    clippy::cast_precision_loss,
+    reason = "display only: one decimal of a binary unit needs 11 bits, f64 has 52"
+)]
+pub(crate) fn human_bytes(b: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = b as f64;
     let mut u = 0;
@@ -64,7 +85,7 @@ fn human_bytes(b: u64) -> String {
 
 impl Report {
     /// The operator's summary.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let mut s = format!(
             "migrated {} to {} ({}, {} used)\n",
             self.volume,
@@ -97,8 +118,8 @@ impl Report {
         ));
         s.push_str(&format!(
             "  total {:.1} s, waited {:.1} s for the unmount, downtime {} ms (target {} ms)\n",
-            self.total_ms as f64 / 1000.0,
-            self.unmount_wait_ms as f64 / 1000.0,
+            secs_of_ms(self.total_ms),
+            secs_of_ms(self.unmount_wait_ms),
             self.downtime_ms,
             self.max_downtime_ms
         ));
@@ -142,5 +163,7 @@ mod tests {
         assert!(text.contains("(2 attempts)"));
         assert!(text.contains("downtime 420 ms"));
         assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
     }
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum PeerRequest {
+pub(crate) enum PeerRequest {
     /// Phase I: does the destination have the profile and the room?
     Preflight {
         volume: String,
@@ -25,7 +25,7 @@ pub enum PeerRequest {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
-pub enum PeerReply {
+pub(crate) enum PeerReply {
     Preflight(ReceiveCheck),
     Prepared,
     /// Milliseconds since the Unix epoch when the destination became owner.

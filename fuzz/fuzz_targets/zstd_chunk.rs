@@ -1,0 +1,5 @@
+#![no_main]
+//! Fuzz target `zstd_chunk`: see `mover::fuzzing::zstd_chunk` for the input layout and
+//! what it checks.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover::fuzzing::zstd_chunk(data));

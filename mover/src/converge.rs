@@ -1,0 +1,300 @@
+//! When to stop pre-copy, and what the final round will cost: the
+//! convergence model of live migration, **pure** (measurements in,
+//! decisions out; no clock, no I/O).
+//!
+//! Each pre-copy round `k` sends what changed at the source between scan
+//! `k-1` and scan `k` (plus what the source changed under round `k-1`, which
+//! changed in the same interval). So the *dirty rate* is round `k`'s payload
+//! over the time between the two scans (round `k-1`'s wall time, rounds run
+//! back to back), and the final round will carry about `dirty rate x (last
+//! round's wall time + the wait for the unmount)`. The estimate is built
+//! from that rate and the measured link throughput, not from the last
+//! round's size: a round that happened to be short (or partial) says little
+//! about what the next interval dirties.
+//!
+//! The rate is over *unique* bytes: a page rewritten ten times in an
+//! interval is sent once. That is what makes pre-copy converge for a
+//! database whose hot set is small, and why the rate of a long interval can
+//! be lower than that of a short one; using the most recent interval (close
+//! in length to the final one) keeps the estimate honest.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Rounds whose payload is under this do not measure the link (their time is
+/// all fixed cost).
+pub const LINK_SAMPLE_MIN_BYTES: u64 = 1 << 20;
+/// A round "still converges" while it moves less than this share of the
+/// round before it.
+pub const SHRINK_RATIO: f64 = 0.8;
+/// The write rate "exceeds the link" when the link would spend more than
+/// this share of its time carrying it.
+pub const OUTPACED_SHARE: f64 = 0.9;
+
+/// What one pre-copy round measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundMeasure {
+    /// Payload the round applied (chunks fetched, uncompressed).
+    pub bytes_moved: u64,
+    /// Bytes the source changed under the round (left dirty: they go next
+    /// round). Nonzero means the round was partial.
+    pub bytes_dirty: u64,
+    /// Bytes on the wire, both ways, all attempts (TLS and compression in).
+    pub wire_bytes: u64,
+    /// Scan time at the source.
+    pub scan: Duration,
+    /// From the round's first request to the receiver's answer.
+    pub transfer: Duration,
+    /// From the start of the round's scan to the start of the next scan.
+    pub wall: Duration,
+}
+
+/// The operator's targets.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Targets {
+    pub max_downtime: Duration,
+    /// Pre-copy rounds at most (the final round not counted).
+    pub max_rounds: u32,
+    /// Refuse the cutover when the estimate exceeds `max_downtime`.
+    pub strict: bool,
+    /// The link's rate in bytes/s when known (e.g. a `--bwlimit`); else it
+    /// is measured from the rounds.
+    pub link_rate: Option<f64>,
+    /// Expected time from the end of the last pre-copy round to the final
+    /// round's scan (the unmount): the final round also carries what is
+    /// dirtied then.
+    pub cutover_gap: Duration,
+}
+
+/// The model's view after some rounds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Unique bytes dirtied per second at the source (latest interval).
+    pub dirty_rate: f64,
+    /// Payload bytes per second the link carries (wire rate / wire ratio).
+    pub link_rate: f64,
+    /// Wire bytes per payload byte (compression, TLS, patch savings).
+    pub wire_ratio: f64,
+    /// Payload the final round is expected to carry.
+    pub final_bytes: u64,
+    /// Expected downtime: the final round's scan, its fixed cost, and its
+    /// bytes over the link.
+    pub downtime: Duration,
+}
+
+impl Estimate {
+    /// The write rate is more than the link can absorb: pre-copy cannot
+    /// converge, whatever the number of rounds.
+    pub fn outpaced(&self) -> bool {
+        self.link_rate > 0.0 && self.dirty_rate * self.wire_ratio > OUTPACED_SHARE * self.link_rate
+    }
+}
+
+/// Why pre-copy stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopReason {
+    /// The estimated downtime fits the target.
+    Fits,
+    /// Rounds stopped shrinking: more would not bring the final round down.
+    NotConverging,
+    /// The source dirties data faster than the link carries it.
+    WriteRateExceedsLink,
+    /// The round limit.
+    MaxRounds,
+}
+
+impl StopReason {
+    /// The name the report uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Fits => "fits",
+            StopReason::NotConverging => "not-converging",
+            StopReason::WriteRateExceedsLink => "write-rate-exceeds-link",
+            StopReason::MaxRounds => "max-rounds",
+        }
+    }
+}
+
+/// What to do after a round.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Decision {
+    /// Another pre-copy round.
+    Continue(Estimate),
+    /// Cut over now.
+    Stop {
+        reason: StopReason,
+        estimate: Estimate,
+    },
+    /// Strict mode: the estimate exceeds the target; do not cut over (the
+    /// source stays unfenced, the app keeps running).
+    Refuse {
+        reason: StopReason,
+        estimate: Estimate,
+    },
+}
+
+impl Decision {
+    pub fn estimate(&self) -> Estimate {
+        match *self {
+            Decision::Continue(e)
+            | Decision::Stop { estimate: e, .. }
+            | Decision::Refuse { estimate: e, .. } => e,
+        }
+    }
+}
+
+/// Wire bytes per payload byte over the rounds that moved data (1 when
+/// none did).
+fn wire_ratio(rounds: &[RoundMeasure]) -> f64 {
+    let (p, w) = rounds
+        .iter()
+        .filter(|r| r.bytes_moved > 0)
+        .fold((0u64, 0u64), |(p, w), r| {
+            (p + r.bytes_moved, w + r.wire_bytes)
+        });
+    if p == 0 { 1.0 } else { w as f64 / p as f64 }
+}
+
+/// Payload bytes per second the link carried: over the rounds that moved
+/// enough to measure it, the wire bytes over the transfer time.
+fn measured_link(rounds: &[RoundMeasure], ratio: f64) -> Option<f64> {
+    let (w, t) = rounds
+        .iter()
+        .filter(|r| r.bytes_moved >= LINK_SAMPLE_MIN_BYTES && !r.transfer.is_zero())
+        .fold((0u64, 0f64), |(w, t), r| {
+            (w + r.wire_bytes, t + r.transfer.as_secs_f64())
+        });
+    (t > 0.0 && w > 0).then(|| w as f64 / t / ratio.max(1e-9))
+}
+
+/// Unique bytes dirtied per second over the latest interval: the last
+/// round's payload over the time since the previous round's scan (the
+/// previous round's wall time), or what the source changed under the last
+/// round over its own wall time when that is more (a lower bound of what it
+/// dirtied then). After one round only the latter (the first round carries
+/// the whole volume, not a rate).
+pub fn dirty_rate(rounds: &[RoundMeasure]) -> f64 {
+    let secs = |d: Duration| d.as_secs_f64().max(1e-3);
+    let under = |r: &RoundMeasure| r.bytes_dirty as f64 / secs(r.wall);
+    match rounds {
+        [] => 0.0,
+        [only] => under(only),
+        [.., prev, last] => (last.bytes_moved as f64 / secs(prev.wall)).max(under(last)),
+    }
+}
+
+/// The estimate after `rounds` (at least one).
+pub fn estimate(rounds: &[RoundMeasure], t: &Targets) -> Estimate {
+    let ratio = wire_ratio(rounds);
+    let link = t
+        .link_rate
+        .or_else(|| measured_link(rounds, ratio))
+        .unwrap_or(0.0);
+    let rate = dirty_rate(rounds);
+    let Some(last) = rounds.last() else {
+        return Estimate::default();
+    };
+    let interval = last.wall + t.cutover_gap;
+    let final_bytes = f64_to_u64((rate * interval.as_secs_f64()).round());
+    // A round's fixed cost: what its transfer took beyond its bytes at the
+    // link's rate (connection, manifest, commit, syncs). The smallest seen.
+    let fixed = rounds
+        .iter()
+        .filter(|_| link > 0.0)
+        .map(|r| {
+            let carry = r.wire_bytes as f64 / (link * ratio);
+            (r.transfer.as_secs_f64() - carry).max(0.0)
+        })
+        .fold(f64::INFINITY, f64::min);
+    let fixed = if fixed.is_finite() {
+        fixed
+    } else {
+        last.transfer.as_secs_f64()
+    };
+    let carry = if link > 0.0 {
+        final_bytes as f64 / link
+    } else {
+        0.0
+    };
+    Estimate {
+        dirty_rate: rate,
+        link_rate: link,
+        wire_ratio: ratio,
+        final_bytes,
+        downtime: last.scan + Duration::from_secs_f64(fixed + carry),
+    }
+}
+
+/// The decision after `rounds` (at least one) pre-copy rounds.
+pub fn decide(rounds: &[RoundMeasure], t: &Targets) -> Decision {
+    let est = estimate(rounds, t);
+    let n = rounds.len();
+    // One round gives no rate (it carried the whole volume): never "fits".
+    let reason = if n >= 2 && est.downtime <= t.max_downtime {
+        Some(StopReason::Fits)
+    } else if n >= 2 && est.outpaced() {
+        Some(StopReason::WriteRateExceedsLink)
+    } else if n >= 3 && !shrinking(&rounds[n - 3..]) {
+        Some(StopReason::NotConverging)
+    } else if n >= t.max_rounds as usize {
+        Some(StopReason::MaxRounds)
+    } else {
+        None
+    };
+    match reason {
+        None => Decision::Continue(est),
+        Some(reason) if t.strict && est.downtime > t.max_downtime => Decision::Refuse {
+            reason,
+            estimate: est,
+        },
+        Some(reason) => Decision::Stop {
+            reason,
+            estimate: est,
+        },
+    }
+}
+
+/// Whether the later of three rounds still shrink: each moves (with what it
+/// left dirty) less than [`SHRINK_RATIO`] of the one before, or little.
+fn shrinking(three: &[RoundMeasure]) -> bool {
+    let size = |r: &RoundMeasure| (r.bytes_moved + r.bytes_dirty) as f64;
+    three.windows(2).any(|w| {
+        size(&w[1]) < SHRINK_RATIO * size(&w[0]) || size(&w[1]) < LINK_SAMPLE_MIN_BYTES as f64
+    })
+}
+
+/// How the final round's bytes split around the unmount request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Composition {
+    /// Dirtied between the last pre-copy round's scan and the unmount
+    /// request (the app was running: a hook such as a checkpoint lands here).
+    pub before_unmount: u64,
+    /// Dirtied after the unmount request (the app's shutdown writes).
+    pub after_unmount: u64,
+}
+
+/// Splits the final round's payload: at the measured dirty rate, the time
+/// from the last pre-copy scan to the unmount request accounts for at most
+/// `rate x time` of it; the rest was written after the request (shutdown
+/// flushes). An estimate from the rate, not a second scan.
+pub fn composition(final_bytes: u64, dirty_rate: f64, scan_to_request: Duration) -> Composition {
+    let before = f64_to_u64((dirty_rate * scan_to_request.as_secs_f64()).round()).min(final_bytes);
+    Composition {
+        before_unmount: before,
+        after_unmount: final_bytes - before,
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+/// `x as u64` for a byte estimate (a rate times a duration), kept in one
+/// place. The cast saturates: NaN and negatives give 0, values above
+/// `u64::MAX` give `u64::MAX`; callers round first, so for any estimate that
+/// fits (below 16 EiB) nothing is lost beyond the rounding they chose.
+#[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+fn f64_to_u64(x: f64) -> u64 {
+    x as u64
+}

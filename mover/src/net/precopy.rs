@@ -1,0 +1,375 @@
+//! The pre-copy loop of a live migration, for embedders (daffe's
+//! `migrate`): rounds while the app runs, each one keeping what it moved
+//! (the receiver marks what the source changed under it dirty, see
+//! `receive::partial`), until [`crate::converge`] says to stop; then the
+//! caller unmounts and runs the final round.
+//!
+//! The loop only decides and measures. Where rounds go is a
+//! [`RoundTarget`] ([`RoundPusher`] in production); what the embedder does
+//! between rounds is [`PreCopyHooks`]: progress after each round, and a
+//! command before the *last* pre-copy round (`--before-cutover`, e.g. a
+//! database checkpoint), so that what it flushes travels while the app
+//! still runs. The result is data ([`PreCopyReport`], serde) for the
+//! embedder's own report.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::rounds::{RoundPushError, RoundPushReport, RoundPusher};
+use crate::clock::millis;
+use crate::converge::{self, Composition, Decision, Estimate, RoundMeasure, StopReason, Targets};
+
+/// Where rounds go.
+pub trait RoundTarget {
+    /// Scans and pushes round `round` (numbered from 1 per migration).
+    fn push_round(
+        &mut self,
+        round: u32,
+        final_round: bool,
+    ) -> Result<RoundPushReport, RoundPushError>;
+}
+
+impl RoundTarget for RoundPusher {
+    fn push_round(
+        &mut self,
+        round: u32,
+        final_round: bool,
+    ) -> Result<RoundPushReport, RoundPushError> {
+        self.push(round, final_round, &mut |_| {})
+    }
+}
+
+/// What the embedder does between rounds. Every method has a default that
+/// does nothing.
+pub trait PreCopyHooks {
+    /// A pre-copy round ended (with the estimate after it).
+    fn round_done(&mut self, _round: &PreCopyRound) {}
+    /// True when [`PreCopyHooks::before_last_round`] does something: the
+    /// loop then runs one more pre-copy round after it.
+    fn has_before_last_round(&self) -> bool {
+        false
+    }
+    /// Pre-copy decided to stop: runs before the one more (last) pre-copy
+    /// round that carries what it flushed. An error ends pre-copy with
+    /// [`PreCopyError::Hook`]; nothing is fenced.
+    fn before_last_round(&mut self, _estimate: &Estimate) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// No hooks.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoHooks;
+impl PreCopyHooks for NoHooks {}
+
+/// One pre-copy round in the report.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PreCopyRound {
+    pub round: u32,
+    /// Payload applied at the destination (kept even when the round was
+    /// partial).
+    pub bytes_moved: u64,
+    /// Bytes the source changed under the round: sent again next round.
+    pub bytes_dirty: u64,
+    /// Entries with such bytes.
+    pub entries_dirty: u64,
+    /// The source changed under the round (it still applied the rest).
+    pub partial: bool,
+    pub wire_bytes: u64,
+    pub scan_ms: u64,
+    pub transfer_ms: u64,
+    pub wall_ms: u64,
+    pub attempts: u32,
+    /// The round ran after the before-cutover hook.
+    pub after_hook: bool,
+    /// The model's view after this round.
+    pub estimate: Estimate,
+}
+
+/// What pre-copy did and why it stopped.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PreCopyReport {
+    pub rounds: Vec<PreCopyRound>,
+    pub reason: StopReason,
+    /// The estimate when pre-copy stopped: the final round's expected
+    /// payload and downtime, and the rates they come from.
+    pub estimate: Estimate,
+    /// The source dirties data faster than the link carries it (the
+    /// estimate has the figures; see [`PreCopyReport::outpaced_message`]).
+    pub outpaced: bool,
+    pub hook_ran: bool,
+    /// The number the final round should carry.
+    pub next_round: u32,
+    /// When the last pre-copy round's scan started (the final round carries
+    /// what was dirtied since).
+    #[serde(skip)]
+    pub last_scan_started: Option<Instant>,
+}
+
+impl PreCopyReport {
+    /// Said before the unmount is requested when the writes outpace the
+    /// link: the dirty rate, the link rate and the expected downtime.
+    pub fn outpaced_message(&self) -> Option<String> {
+        self.outpaced.then(|| {
+            let e = &self.estimate;
+            format!(
+                "the source dirties {:.1} MB/s and the link carries {:.1} MB/s: pre-copy cannot \
+                 converge; expect about {:.1} s of downtime ({} MB in the final round)",
+                e.dirty_rate / 1e6,
+                e.link_rate / 1e6,
+                e.downtime.as_secs_f64(),
+                e.final_bytes / 1_000_000
+            )
+        })
+    }
+
+    /// The final round's account: its bytes against the estimate, and how
+    /// they split around the unmount request (`unmount_requested`: when the
+    /// embedder asked for it).
+    pub fn final_round(&self, r: &RoundPushReport, unmount_requested: Instant) -> FinalRound {
+        let since = self.last_scan_started.map_or(Duration::ZERO, |t| {
+            unmount_requested.saturating_duration_since(t)
+        });
+        FinalRound {
+            bytes: r.summary.bytes_fetched,
+            wire_bytes: r.wire_sent + r.wire_received,
+            estimated_bytes: self.estimate.final_bytes,
+            estimated_downtime_ms: millis(self.estimate.downtime),
+            composition: converge::composition(
+                r.summary.bytes_fetched,
+                self.estimate.dirty_rate,
+                since,
+            ),
+        }
+    }
+}
+
+/// The final round, for the report.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FinalRound {
+    pub bytes: u64,
+    pub wire_bytes: u64,
+    pub estimated_bytes: u64,
+    pub estimated_downtime_ms: u64,
+    /// Bytes dirtied before the unmount request vs after (from the dirty
+    /// rate).
+    pub composition: Composition,
+}
+
+/// Errors of pre-copy. None of them fences anything.
+#[derive(Debug, thiserror::Error)]
+pub enum PreCopyError {
+    #[error(transparent)]
+    Push(#[from] RoundPushError),
+    #[error("the before-cutover hook failed: {0}")]
+    Hook(String),
+    #[error(
+        "strict mode: the estimated downtime {:.1} s exceeds the target {:.1} s ({}; the source \
+         dirties {:.1} MB/s, the link carries {:.1} MB/s); not cutting over",
+        .report.estimate.downtime.as_secs_f64(), .max_downtime.as_secs_f64(),
+        .report.reason.as_str(), .report.estimate.dirty_rate / 1e6,
+        .report.estimate.link_rate / 1e6
+    )]
+    Refused {
+        report: Box<PreCopyReport>,
+        max_downtime: Duration,
+    },
+}
+
+/// Runs pre-copy rounds `first_round..` into `target` until the model says
+/// to stop (see the module doc). Returns the report; the caller then
+/// unmounts and pushes round `report.next_round` as the final round.
+pub fn precopy(
+    target: &mut dyn RoundTarget,
+    targets: &Targets,
+    first_round: u32,
+    hooks: &mut dyn PreCopyHooks,
+) -> Result<PreCopyReport, PreCopyError> {
+    let mut measures: Vec<RoundMeasure> = Vec::new();
+    let mut rounds: Vec<PreCopyRound> = Vec::new();
+    let mut round = first_round;
+    let mut hook_ran = false;
+    let mut stop: Option<StopReason> = None;
+    let mut last_scan_started: Option<Instant>;
+    loop {
+        let t = Instant::now();
+        last_scan_started = Some(t);
+        let r = match target.push_round(round, false) {
+            Ok(r) => r,
+            // A source that kept changing under every rescan (a receiver
+            // that does not keep partial rounds): nothing moved, go on.
+            Err(e) if e.is_stale() => RoundPushReport::default(),
+            Err(e) => return Err(e.into()),
+        };
+        let m = RoundMeasure {
+            bytes_moved: r.summary.bytes_fetched,
+            bytes_dirty: r.summary.bytes_dirty,
+            wire_bytes: r.wire_sent + r.wire_received,
+            scan: r.scan_time,
+            transfer: r.transfer_time,
+            wall: t.elapsed(),
+        };
+        measures.push(m);
+        let decision = converge::decide(&measures, targets);
+        let pr = PreCopyRound {
+            round,
+            bytes_moved: m.bytes_moved,
+            bytes_dirty: m.bytes_dirty,
+            entries_dirty: r.summary.stale,
+            partial: r.summary.bytes_dirty > 0,
+            wire_bytes: m.wire_bytes,
+            scan_ms: millis(m.scan),
+            transfer_ms: millis(m.transfer),
+            wall_ms: millis(m.wall),
+            attempts: r.attempts,
+            after_hook: hook_ran,
+            estimate: decision.estimate(),
+        };
+        hooks.round_done(&pr);
+        rounds.push(pr);
+        round += 1;
+        let report = |reason, estimate: Estimate, rounds| PreCopyReport {
+            rounds,
+            reason,
+            outpaced: estimate.outpaced(),
+            estimate,
+            hook_ran,
+            next_round: round,
+            last_scan_started,
+        };
+        if let Some(reason) = stop {
+            // The round after the hook was the last one.
+            return match decision {
+                Decision::Refuse { estimate, .. } => Err(PreCopyError::Refused {
+                    report: Box::new(report(reason, estimate, rounds)),
+                    max_downtime: targets.max_downtime,
+                }),
+                d => Ok(report(reason, d.estimate(), rounds)),
+            };
+        }
+        match decision {
+            Decision::Continue(_) => {}
+            Decision::Refuse { reason, estimate } => {
+                return Err(PreCopyError::Refused {
+                    report: Box::new(report(reason, estimate, rounds)),
+                    max_downtime: targets.max_downtime,
+                });
+            }
+            Decision::Stop { reason, estimate } => {
+                if !hooks.has_before_last_round() {
+                    return Ok(report(reason, estimate, rounds));
+                }
+                hooks
+                    .before_last_round(&estimate)
+                    .map_err(PreCopyError::Hook)?;
+                hook_ran = true;
+                stop = Some(reason);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::message::RoundSummary;
+
+    /// Rounds that each move `sizes[i]` bytes in `sizes[i] / 10 MB/s`.
+    struct Scripted {
+        sizes: Vec<u64>,
+        log: Vec<String>,
+    }
+
+    impl RoundTarget for Scripted {
+        fn push_round(&mut self, round: u32, fin: bool) -> Result<RoundPushReport, RoundPushError> {
+            self.log.push(format!("round {round} final={fin}"));
+            let b = self.sizes.get(round as usize - 1).copied().unwrap_or(0);
+            let transfer = Duration::from_secs_f64(b as f64 / 10e6);
+            std::thread::sleep(transfer);
+            Ok(RoundPushReport {
+                summary: RoundSummary {
+                    bytes_fetched: b,
+                    ..Default::default()
+                },
+                transfer_time: transfer,
+                wire_sent: b,
+                ..Default::default()
+            })
+        }
+    }
+
+    struct Hook<'a>(&'a mut Vec<String>);
+    impl PreCopyHooks for Hook<'_> {
+        fn has_before_last_round(&self) -> bool {
+            true
+        }
+        fn before_last_round(&mut self, _: &Estimate) -> Result<(), String> {
+            self.0.push("hook".into());
+            Ok(())
+        }
+    }
+
+    fn targets(max_ms: u64, strict: bool) -> Targets {
+        Targets {
+            max_downtime: Duration::from_millis(max_ms),
+            max_rounds: 5,
+            strict,
+            link_rate: None,
+            cutover_gap: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn the_hook_runs_before_one_more_last_round() {
+        let mut t = Scripted {
+            sizes: vec![2_000_000, 10_000, 1_000],
+            log: Vec::new(),
+        };
+        let mut hook_log = Vec::new();
+        let r = precopy(&mut t, &targets(2000, false), 1, &mut Hook(&mut hook_log)).unwrap();
+        assert_eq!(r.reason, StopReason::Fits);
+        assert!(r.hook_ran);
+        assert_eq!(hook_log, ["hook"]);
+        // Round 2 fits (a 2 s target; one round never does): the hook, then
+        // round 3, the last.
+        assert_eq!(
+            t.log,
+            [
+                "round 1 final=false",
+                "round 2 final=false",
+                "round 3 final=false"
+            ]
+        );
+        assert!(r.rounds[2].after_hook && !r.rounds[1].after_hook);
+        assert_eq!(r.next_round, 4);
+    }
+
+    #[test]
+    fn without_a_hook_it_stops_at_the_decision() {
+        let mut t = Scripted {
+            sizes: vec![2_000_000],
+            log: Vec::new(),
+        };
+        let r = precopy(&mut t, &targets(2000, false), 1, &mut NoHooks).unwrap();
+        assert_eq!(t.log, ["round 1 final=false", "round 2 final=false"]);
+        assert_eq!(r.rounds[0].bytes_moved, 2_000_000);
+        assert!(!r.hook_ran);
+    }
+
+    #[test]
+    fn strict_refuses_with_the_figures() {
+        // Each round moves as much as the last: writes at link speed.
+        let mut t = Scripted {
+            sizes: vec![3_000_000, 3_000_000, 3_000_000, 3_000_000, 3_000_000],
+            log: Vec::new(),
+        };
+        let e = precopy(&mut t, &targets(10, true), 1, &mut NoHooks).unwrap_err();
+        let PreCopyError::Refused { report, .. } = &e else {
+            panic!("{e}")
+        };
+        assert!(report.estimate.downtime > Duration::from_millis(10));
+        assert!(e.to_string().contains("MB/s"), "{e}");
+        assert!(t.log.iter().all(|l| l.ends_with("final=false")));
+    }
+}

@@ -1,0 +1,111 @@
+//! `block` volumes: a sparse image file of the requested size, formatted at
+//! Create and loop-mounted at the volume's first Mount. The filesystem gives a
+//! real size limit, and the image is what block-level transfer moves later.
+
+use super::super::{BackendError, sys};
+use super::paths::{LocalPaths, image_path};
+use profiles::{Filesystem, LocalSettings};
+use std::ffi::OsStr;
+use std::path::Path;
+
+/// `ROOT/NAME` private (0700, tightened if an older daffe made it 0755), the
+/// mountpoint inside it.
+fn private_dirs(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
+    sys::private_dir(&p.dir).map_err(|e| BackendError::io(name, "creating", &p.dir, e))?;
+    std::fs::create_dir_all(&p.data).map_err(|e| BackendError::io(name, "creating", &p.data, e))
+}
+
+fn cmd_err(volume: &str) -> impl FnOnce(sys::CommandError) -> BackendError + '_ {
+    move |source| BackendError::Command {
+        volume: volume.to_owned(),
+        source,
+    }
+}
+
+/// Makes and formats the image. Create runs only for a new volume (or to
+/// redo one whose Create was interrupted), so an existing image is replaced.
+pub(crate) fn create(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
+    let size = s.size.ok_or_else(|| BackendError::Other {
+        volume: name.to_owned(),
+        message: "a block volume needs a size".into(),
+    })?;
+    private_dirs(name, p)?;
+    let img = image_path(s, p);
+    let file =
+        std::fs::File::create(&img).map_err(|e| BackendError::io(name, "creating", &img, e))?;
+    // set_len on a new file makes it sparse: the image costs no space until written.
+    file.set_len(size.bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| BackendError::io(name, "sizing", &img, e))?;
+    drop(file);
+    let img_arg = img.as_os_str();
+    match s.filesystem.unwrap_or(Filesystem::Ext4) {
+        // -m 0: no blocks reserved for root; an application volume should get
+        // all of the size it asked for. nodiscard: the sparse file is already
+        // empty; lazy init: formatting a large image stays fast.
+        Filesystem::Ext4 => sys::run(
+            "mkfs.ext4",
+            &[
+                OsStr::new("-q"),
+                OsStr::new("-F"),
+                OsStr::new("-m"),
+                OsStr::new("0"),
+                OsStr::new("-E"),
+                OsStr::new("nodiscard,lazy_itable_init=1,lazy_journal_init=1"),
+                img_arg,
+            ],
+        ),
+        Filesystem::Xfs => sys::run(
+            "mkfs.xfs",
+            &[
+                OsStr::new("-q"),
+                OsStr::new("-f"),
+                OsStr::new("-K"),
+                img_arg,
+            ],
+        ),
+    }
+    .map_err(cmd_err(name))
+}
+
+/// Loop-mounts the image on the data directory, unless it already is (a
+/// crash between the mount and the count's commit leaves it mounted).
+pub(crate) fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
+    if sys::is_mountpoint(&p.data) {
+        return Ok(());
+    }
+    private_dirs(name, p)?;
+    let img = image_path(s, p);
+    if !img.exists() {
+        return Err(BackendError::Other {
+            volume: name.to_owned(),
+            message: format!("image {} is missing", img.display()),
+        });
+    }
+    let fs = s.filesystem.unwrap_or(Filesystem::Ext4);
+    let options = format!("loop,{}", sys::SAFE_MOUNT_OPTIONS);
+    sys::run(
+        "mount",
+        &[
+            OsStr::new("-t"),
+            OsStr::new(fs.as_str()),
+            OsStr::new("-o"),
+            OsStr::new(&options),
+            img.as_os_str(),
+            p.data.as_os_str(),
+        ],
+    )
+    .map_err(cmd_err(name))
+}
+
+/// Unmounts (which also frees the autoclear loop device), if mounted.
+pub(crate) fn unmount(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
+    if !sys::is_mountpoint(&p.data) {
+        return Ok(());
+    }
+    unmount_path(&p.data).map_err(cmd_err(name))
+}
+
+fn unmount_path(dir: &Path) -> Result<(), sys::CommandError> {
+    sys::run("umount", &[dir.as_os_str()])
+}

@@ -1,0 +1,162 @@
+//! The local backend: volumes stored on this host, under each profile's root,
+//! as a directory (`dir`) or a loop-mounted filesystem image (`block`).
+//!
+//! Layout, the same for both formats so tools (and the mover) find things:
+//! `ROOT/NAME/data` is the mountpoint handed to docker; a `block` volume also
+//! has its image at `ROOT/NAME/image.FS`.
+
+//!
+//! - this file: [`LocalBackend`].
+//! - [`paths`]: where a local volume's directory, mountpoint and image are.
+//! - [`dir`], [`block`]: the two formats.
+
+pub(crate) mod block;
+pub(crate) mod dir;
+pub(crate) mod paths;
+
+pub(crate) use paths::LocalPaths;
+
+use super::{Backend, BackendError, Status, VolumeRef};
+use paths::image_path;
+use profiles::{BackendKind, LocalFormat, LocalSettings, Settings};
+use std::path::PathBuf;
+
+pub(crate) struct LocalBackend;
+
+fn local<'a>(vol: VolumeRef<'a>) -> Result<&'a LocalSettings, BackendError> {
+    match vol.settings {
+        Settings::Local(s) => Ok(s),
+        Settings::Ebs(_) => Err(BackendError::WrongBackend {
+            volume: vol.name.to_owned(),
+            got: BackendKind::Ebs,
+            want: BackendKind::Local,
+        }),
+    }
+}
+
+impl Backend for LocalBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Local
+    }
+
+    fn create(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        let s = local(vol)?;
+        let p = LocalPaths::new(vol.name, s);
+        match s.format {
+            LocalFormat::Dir => dir::create(vol.name, &p),
+            LocalFormat::Block => block::create(vol.name, s, &p),
+        }
+    }
+
+    fn remove(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        let s = local(vol)?;
+        let p = LocalPaths::new(vol.name, s);
+        if s.format == LocalFormat::Block {
+            block::unmount(vol.name, &p)?;
+        }
+        match std::fs::remove_dir_all(&p.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(BackendError::io(vol.name, "removing", &p.dir, e)),
+        }
+    }
+
+    fn mount(&self, vol: VolumeRef<'_>) -> Result<PathBuf, BackendError> {
+        let s = local(vol)?;
+        let p = LocalPaths::new(vol.name, s);
+        match s.format {
+            LocalFormat::Dir => dir::mount(vol.name, &p)?,
+            LocalFormat::Block => block::mount(vol.name, s, &p)?,
+        }
+        Ok(p.data)
+    }
+
+    fn unmount(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        let s = local(vol)?;
+        match s.format {
+            LocalFormat::Dir => Ok(()),
+            LocalFormat::Block => block::unmount(vol.name, &LocalPaths::new(vol.name, s)),
+        }
+    }
+
+    fn path(&self, vol: VolumeRef<'_>) -> PathBuf {
+        match vol.settings {
+            Settings::Local(s) => LocalPaths::new(vol.name, s).data,
+            Settings::Ebs(_) => PathBuf::new(),
+        }
+    }
+
+    fn status(&self, vol: VolumeRef<'_>) -> Status {
+        let mut st = Status::new();
+        let Settings::Local(s) = vol.settings else {
+            return st;
+        };
+        let p = LocalPaths::new(vol.name, s);
+        st.insert("root".into(), s.root.display().to_string().into());
+        if s.format == LocalFormat::Block {
+            st.insert(
+                "image".into(),
+                image_path(s, &p).display().to_string().into(),
+            );
+            st.insert("mounted".into(), super::sys::is_mountpoint(&p.data).into());
+        }
+        st
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dir_volumes_live_under_their_root_and_remove_deletes_data() {
+        let root = tempfile::tempdir().unwrap();
+        let settings = Settings::Local(LocalSettings {
+            root: root.path().join("local/default"),
+            format: LocalFormat::Dir,
+            size: None,
+            filesystem: None,
+        });
+        let vol = VolumeRef {
+            name: "db",
+            settings: &settings,
+            profile: "default",
+            docker_name: "db",
+        };
+        let b = LocalBackend;
+        b.create(vol).unwrap();
+        b.create(vol).unwrap(); // idempotent
+        let mp = b.mount(vol).unwrap();
+        assert_eq!(mp, root.path().join("local/default/db/data"));
+        assert_eq!(b.path(vol), mp);
+        std::fs::write(mp.join("f"), b"x").unwrap();
+        b.unmount(vol).unwrap();
+        assert!(mp.join("f").exists(), "unmount of a dir keeps the data");
+        b.remove(vol).unwrap();
+        assert!(!root.path().join("local/default/db").exists());
+        b.remove(vol).unwrap(); // idempotent
+    }
+
+    #[test]
+    fn ebs_settings_are_refused() {
+        let settings = Settings::Ebs(profiles::EbsSettings {
+            volume_type: profiles::EbsVolumeType::Gp3,
+            size_gib: 1,
+            iops: None,
+            throughput: None,
+            encrypted: false,
+            kms_key_id: None,
+            keep_on_remove: false,
+        });
+        let vol = VolumeRef {
+            name: "db",
+            settings: &settings,
+            profile: "default",
+            docker_name: "db",
+        };
+        assert!(matches!(
+            LocalBackend.create(vol),
+            Err(BackendError::WrongBackend { .. })
+        ));
+    }
+}

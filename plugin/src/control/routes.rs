@@ -1,0 +1,193 @@
+//! The control socket's one router: a request is parsed
+//! ([`ControlRequest::parse`]), then carried out on the blocking pool under
+//! its time limit ([`crate::bounded`]), like the VolumeDriver handlers, so
+//! no route (an mkfs for a received volume, an fsync, a wait for a volume's
+//! lock, an AWS call) ever runs on an async worker and stalls the
+//! VolumeDriver socket. Replies are JSON; failures are `{"Err": message,
+//! "Code": code}` with a 4xx/5xx status (codes: [`ErrorCode`]).
+
+use super::request::{ControlRequest, EbsStep, RequestError};
+use crate::api::reply::{coded, failure};
+use crate::bounded;
+use crate::server::{Handler, Reply};
+use crate::service::profile_change::DefineReport;
+use crate::service::{ErrorCode, ServiceError, VolumeService};
+use bytes::Bytes;
+use hyper::{Method, StatusCode};
+use serde::Serialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long each kind of request may run before it is answered with a
+/// timeout (the work goes on, or is rolled back, in the background). The
+/// client waits a little longer ([`super::client::CLIENT_MARGIN`]), so the
+/// daemon's message, which names the step, reaches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Reads of the records and profiles, and the migration state steps
+    /// (a wait for the volume's lock; the Create and blanking of a received
+    /// volume): milliseconds when healthy; the CLI has always given the
+    /// daemon 10 s.
+    pub(crate) quick: Duration,
+    /// One AWS change or lookup (set-profile's ModifyVolume, an EBS
+    /// volume's facts), within the EBS backend's 45 s budgets.
+    pub(crate) aws: Duration,
+    /// EBS migration steps: attach and copy have 90 s budgets.
+    pub(crate) ebs_step: Duration,
+    /// A profile definition re-applied to its volumes one by one.
+    pub(crate) define: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            quick: Duration::from_secs(8),
+            aws: Duration::from_secs(50),
+            ebs_step: Duration::from_secs(100),
+            define: Duration::from_secs(110),
+        }
+    }
+}
+
+impl Limits {
+    /// The limit of `req`.
+    pub(crate) fn of(&self, req: &ControlRequest) -> Duration {
+        use ControlRequest as R;
+        match req {
+            R::Profiles
+            | R::Volumes
+            | R::Volume { .. }
+            | R::Transfer { .. }
+            | R::Move { .. }
+            | R::Fence { .. }
+            | R::FinishMove { .. }
+            | R::AbortMove { .. }
+            | R::Own { .. }
+            | R::CheckReceive { .. }
+            | R::PrepareReceive { .. } => self.quick,
+            R::SetProfile { .. } | R::EbsFacts { .. } => self.aws,
+            R::Ebs { .. } => self.ebs_step,
+            R::DefineProfile { .. } => self.define,
+        }
+    }
+}
+
+/// The control API, bound to a service.
+pub(crate) struct ControlApi {
+    svc: Arc<VolumeService>,
+    limits: Limits,
+}
+
+impl ControlApi {
+    pub(crate) fn new(svc: Arc<VolumeService>, limits: Limits) -> Self {
+        Self { svc, limits }
+    }
+
+    /// Answers one request.
+    pub(crate) async fn handle(&self, method: &Method, path: &str, body: &[u8]) -> Reply {
+        let req = match ControlRequest::parse(method, path, body) {
+            Ok(r) => r,
+            Err(e) => return refused(&e),
+        };
+        tracing::debug!(?req, "control request");
+        let limit = self.limits.of(&req);
+        let (op, subject) = (req.op(), req.subject().to_owned());
+        let svc = self.svc.clone();
+        bounded::run(op, &subject, limit, move |_| answer(&svc, req))
+            .await
+            .unwrap_or_else(coded)
+    }
+}
+
+impl Handler for ControlApi {
+    async fn call(&self, method: &Method, path: &str, body: Bytes) -> Reply {
+        self.handle(method, path, &body).await
+    }
+}
+
+/// A request that never reached the service.
+fn refused(e: &RequestError) -> Reply {
+    let (status, code) = match e {
+        RequestError::NoRoute(_) => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+        RequestError::Method { .. } => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::Invalid),
+        RequestError::Body(_) => (StatusCode::BAD_REQUEST, ErrorCode::Invalid),
+    };
+    tracing::info!(error = %e, "control request refused");
+    failure(status, code, e.to_string())
+}
+
+fn json(v: impl Serialize) -> Reply {
+    Reply::json(serde_json::to_value(v).unwrap_or_default())
+}
+
+/// Carries out `req` (on the blocking pool).
+fn answer(svc: &VolumeService, req: ControlRequest) -> Result<Reply, ServiceError> {
+    use ControlRequest as R;
+    Ok(match req {
+        R::Profiles => {
+            let catalog = svc.catalog();
+            let profiles: Vec<_> = catalog.iter().collect();
+            json(json!({ "backend": svc.backend_kind(), "profiles": profiles }))
+        }
+        R::DefineProfile { name, def } => defined(&name, &svc.define_profile(&name, def)?),
+        R::Volumes => json(svc.views()?),
+        R::Volume { name } => json(svc.inspect(&name)?),
+        R::SetProfile { name, profile } => json(svc.set_profile(&name, &profile)?),
+        R::Transfer { name } => json(svc.transfer_paths(&name)?),
+        R::Move { name, to } => json(svc.begin_move(&name, &to)?),
+        R::Fence { name, to } => json(svc.fence(&name, &to)?),
+        R::FinishMove { name, to } => json(svc.finish_move(&name, &to)?),
+        R::AbortMove { name } => json(svc.abort_move(&name)?),
+        R::Own { name } => json(svc.take_ownership(&name)?),
+        R::CheckReceive {
+            volume,
+            options,
+            need_bytes,
+        } => json(svc.check_receive(&volume, &options, need_bytes)?),
+        R::PrepareReceive {
+            volume,
+            options,
+            from,
+        } => json(svc.prepare_receive(&volume, &options, &from)?),
+        R::EbsFacts { name } => json(svc.ebs_facts(&name)?),
+        R::Ebs { name, step } => match step {
+            EbsStep::Fence { zone } => json(svc.ebs_fence(&name, &zone)?),
+            EbsStep::Unfence => json(svc.ebs_unfence(&name)?),
+            EbsStep::Attach => json(json!({ "device": svc.ebs_attach(&name)? })),
+            EbsStep::Detach => {
+                svc.ebs_detach(&name)?;
+                json(json!({}))
+            }
+            EbsStep::Copy { snapshot_id, zone } => {
+                json(json!({ "volume_id": svc.ebs_copy(&name, &snapshot_id, &zone)? }))
+            }
+            EbsStep::Moved { zone, volume_id } => json(svc.ebs_moved(&name, &zone, &volume_id)?),
+        },
+    })
+}
+
+/// A profile definition's reply: 200 with what it did, or 502 with the same
+/// body plus `Err` when some volume's storage call failed (the profile was
+/// defined all the same).
+fn defined(name: &str, report: &DefineReport) -> Reply {
+    let failures: Vec<String> = report
+        .failures()
+        .map(|v| v.error.clone().unwrap_or_default())
+        .collect();
+    let mut body = serde_json::to_value(report).unwrap_or_default();
+    if failures.is_empty() {
+        return Reply::json(body);
+    }
+    body["Err"] = json!(format!(
+        "profile {name:?} was defined, but {} volume(s) could not be changed: {}",
+        failures.len(),
+        failures.join("; ")
+    ));
+    body["Code"] = json!(ErrorCode::Failed);
+    Reply {
+        status: StatusCode::BAD_GATEWAY,
+        body,
+        raw: None,
+    }
+}

@@ -1,0 +1,106 @@
+//! Migration states on the source and the destination, over the local
+//! backend.
+
+use super::{go, local_service};
+use crate::service::migrate::TransferMode;
+use crate::service::{ErrorCode, ServiceError};
+use std::collections::BTreeMap;
+
+#[test]
+fn fence_waits_for_unmount_and_then_refuses_mounts() {
+    let (_d, svc) = local_service();
+    svc.create("v", &BTreeMap::new()).unwrap();
+    svc.mount("v", "c1", &go()).unwrap();
+    svc.begin_move("v", "hostb").unwrap();
+    // Pre-copy: still mountable.
+    svc.mount("v", "c2", &go()).unwrap();
+    let err = svc.fence("v", "hostb").unwrap_err();
+    assert!(matches!(err, ServiceError::InUse { .. }), "{err}");
+    assert_eq!(err.code(), ErrorCode::InUse);
+    svc.unmount("v", "c1").unwrap();
+    svc.unmount("v", "c2").unwrap();
+    svc.fence("v", "hostb").unwrap();
+    let err = svc.mount("v", "c3", &go()).unwrap_err();
+    assert!(err.to_string().contains("being moved to hostb"), "{err}");
+    assert_eq!(err.code(), ErrorCode::NotMountable);
+    svc.finish_move("v", "hostb").unwrap();
+    let err = svc.mount("v", "c3", &go()).unwrap_err();
+    assert!(err.to_string().contains("volume moved to hostb"), "{err}");
+    assert_eq!(err.code(), ErrorCode::Moved);
+    // A finished move cannot be aborted or fenced for another host.
+    assert!(svc.abort_move("v").is_err());
+    assert!(svc.fence("v", "hostc").is_err());
+}
+
+#[test]
+fn an_aborted_move_makes_the_volume_usable_again() {
+    let (_d, svc) = local_service();
+    svc.create("v", &BTreeMap::new()).unwrap();
+    svc.begin_move("v", "hostb").unwrap();
+    svc.fence("v", "hostb").unwrap();
+    svc.abort_move("v").unwrap();
+    svc.mount("v", "c1", &go()).unwrap();
+}
+
+#[test]
+fn receiving_is_not_mountable_until_ownership_and_never_overwrites() {
+    let (_d, svc) = local_service();
+    let opts = BTreeMap::new();
+    let p = svc.prepare_receive("r@default", &opts, "hosta").unwrap();
+    assert_eq!(p.mode, TransferMode::Tree);
+    assert!(p.data.ends_with("r/data"));
+    let err = svc.mount("r@default", "c", &go()).unwrap_err();
+    assert!(
+        err.to_string().contains("being received from hosta"),
+        "{err}"
+    );
+    // Resuming an interrupted receive finds the same volume.
+    assert_eq!(svc.prepare_receive("r@default", &opts, "hosta").unwrap(), p);
+    assert!(svc.check_receive("r@default", &opts, 1).unwrap().resuming);
+    svc.take_ownership("r@default").unwrap();
+    svc.mount("r@default", "c", &go()).unwrap();
+    // An owned volume is never received into.
+    assert!(svc.prepare_receive("r@default", &opts, "hosta").is_err());
+    assert!(svc.check_receive("r@default", &opts, 1).is_err());
+}
+
+#[test]
+fn check_receive_wants_the_profile_and_room() {
+    let (_d, svc) = local_service();
+    let opts = BTreeMap::new();
+    let err = svc.check_receive("x@nosuch", &opts, 0).unwrap_err();
+    assert!(err.to_string().contains("nosuch"), "{err}");
+    let err = svc.check_receive("x", &opts, u64::MAX).unwrap_err();
+    assert!(err.to_string().contains("not enough room"), "{err}");
+    let ok = svc.check_receive("x", &opts, 1).unwrap();
+    assert!(ok.free_bytes > 0 && !ok.resuming);
+}
+
+#[test]
+fn a_received_block_image_starts_as_all_holes() {
+    use std::os::unix::fs::MetadataExt;
+    let (_d, svc) = local_service();
+    let p = svc
+        .prepare_receive("g@gold", &BTreeMap::new(), "hosta")
+        .unwrap();
+    assert_eq!(p.mode, TransferMode::Image);
+    let md = std::fs::metadata(&p.data).unwrap();
+    assert!(md.len() > 0, "the image keeps its size");
+    assert_eq!(md.blocks(), 0, "mkfs data must not survive into a receive");
+}
+
+#[test]
+fn a_moved_volume_can_come_back() {
+    let (_d, svc) = local_service();
+    let opts = BTreeMap::new();
+    svc.create("v", &opts).unwrap();
+    svc.begin_move("v", "hostb").unwrap();
+    svc.fence("v", "hostb").unwrap();
+    svc.finish_move("v", "hostb").unwrap();
+    let p = svc.transfer_paths("v").unwrap();
+    std::fs::write(p.data.join("stale"), b"old copy").unwrap();
+    svc.prepare_receive("v", &opts, "hostb").unwrap();
+    assert!(!p.data.join("stale").exists(), "the old copy is blanked");
+    svc.take_ownership("v").unwrap();
+    svc.mount("v", "c", &go()).unwrap();
+}

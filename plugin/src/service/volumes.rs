@@ -1,0 +1,305 @@
+//! Docker's volume semantics, as dockerd's VolumeDriver client expects them
+//! (the plugin README's "How it behaves" says the same for operators):
+//!
+//! - Create is idempotent for the same NAME and profile (`db` and
+//!   `db@default` are the same volume); the same NAME with another profile is
+//!   refused. Get echoes whichever docker name it was asked for. dockerd keeps
+//!   every name it gets an answer for, so each is recorded as a handle
+//!   (`VolumeRecord::aliases`), listed, and dropped by its own Remove; the
+//!   data goes with the last handle.
+//! - Mounts are a persisted multiset per (NAME, ID); the backend mounts at the
+//!   first and unmounts at the last. A Mount that fails, or whose caller gave
+//!   up waiting, leaves the count and the mount as they were: docker sends no
+//!   Unmount after a failed Mount.
+//! - Remove refuses a volume that is mounted.
+//! - A Create cut off by a crash is rolled back at the next start
+//!   ([`VolumeService::recover`]).
+
+use super::{ServiceError, VolumeService, in_use, lock, short_id, vref};
+use crate::backend::Status;
+use crate::bounded::{BoundedError, Fence};
+use crate::state::record::{VolumeRecord, VolumeState};
+use profiles::{LocalFormat, Settings};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// What Get and List report for a volume.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct VolumeInfo {
+    pub(crate) name: String,
+    pub(crate) mountpoint: PathBuf,
+    /// RFC 3339, as docker expects.
+    pub(crate) created_at: String,
+    pub(crate) status: Status,
+}
+
+/// Everything known about a volume, for `daffe volume inspect` and the
+/// control API.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub(crate) struct VolumeView {
+    #[serde(flatten)]
+    pub(crate) record: VolumeRecord,
+    pub(crate) mountpoint: PathBuf,
+    pub(crate) mount_count: u64,
+    pub(crate) status: Status,
+}
+
+impl VolumeService {
+    /// Finishes what a crash interrupted: volumes still `Creating` were never
+    /// reported to docker as created, so their storage and record go.
+    pub(crate) fn recover(&self) -> Result<(), ServiceError> {
+        for r in self.records.list()? {
+            if r.state == VolumeState::Creating {
+                tracing::warn!(volume = %r.docker_name, "removing a volume whose Create was interrupted");
+                self.backend.remove(vref(&r))?;
+                self.records.delete(&r.name)?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn create(
+        &self,
+        docker_name: &str,
+        opts: &BTreeMap<String, String>,
+    ) -> Result<(), ServiceError> {
+        let req = self.catalog.request(docker_name, opts)?;
+        let vlock = self.volume_lock(&req.name);
+        let _g = lock(&vlock);
+        if let Some(mut existing) = self.records.get(&req.name)? {
+            if existing.profile == req.profile {
+                // docker now holds this name too: record the handle.
+                if !existing.knows(docker_name) {
+                    existing.aliases.insert(docker_name.to_owned());
+                    self.records.put(&existing)?;
+                }
+                return Ok(());
+            }
+            return Err(ServiceError::Exists {
+                name: req.name,
+                existing: existing.docker_name,
+                profile: existing.profile,
+            });
+        }
+        let mut rec = self.new_record(req, opts, VolumeState::Creating)?;
+        self.create_storage(&rec, |_| Ok(()))?;
+        rec.state = VolumeState::Ready;
+        self.records.put(&rec)?;
+        tracing::info!(volume = %rec.docker_name, profile = %rec.profile, "created");
+        Ok(())
+    }
+
+    pub(crate) fn remove(&self, docker_name: &str) -> Result<(), ServiceError> {
+        self.locked(docker_name, |mut rec| {
+            if !rec.mounts.is_empty() {
+                return Err(in_use(&rec));
+            }
+            // Another docker name still refers to the volume: drop this
+            // handle only. (A name never recorded, e.g. from before aliases
+            // were kept, counts as a handle of its own.)
+            let others = if rec.knows(docker_name) {
+                rec.drop_name(docker_name)
+            } else {
+                true
+            };
+            if others {
+                self.records.put(&rec)?;
+                tracing::info!(volume = %rec.name, name = docker_name, "docker name dropped; the volume stays for its other names");
+                return Ok(());
+            }
+            // Storage first: if that fails the record stays, and a retry finds it.
+            self.backend.remove(vref(&rec))?;
+            self.records.delete(&rec.name)?;
+            tracing::info!(volume = %rec.docker_name, "removed");
+            Ok(())
+        })
+    }
+
+    /// Mounts for `id`. `fence` decides, under the volume's lock, whether the
+    /// caller is still waiting; if not, nothing is changed.
+    pub(crate) fn mount(
+        &self,
+        docker_name: &str,
+        id: &str,
+        fence: &Fence,
+    ) -> Result<PathBuf, ServiceError> {
+        self.locked(docker_name, |mut rec| {
+            let timeout = |rec: VolumeRecord| {
+                ServiceError::from(BoundedError::Timeout {
+                    op: "mount",
+                    name: rec.docker_name,
+                    secs: fence.secs(),
+                })
+            };
+            if fence.is_abandoned() {
+                return Err(timeout(rec));
+            }
+            if let Some(reason) = rec.state.mount_refusal() {
+                return Err(ServiceError::NotMountable {
+                    moved: matches!(rec.state, VolumeState::Moved { .. }),
+                    docker_name: rec.docker_name,
+                    reason,
+                });
+            }
+            let first = rec.mounts.is_empty();
+            let path = if first {
+                self.backend.mount(vref(&rec))?
+            } else {
+                self.backend.path(vref(&rec))
+            };
+            rec.mounts.add(id);
+            let undo = |rec: &VolumeRecord| {
+                if first && let Err(e) = self.backend.unmount(vref(rec)) {
+                    tracing::error!(volume = %rec.docker_name, error = %e, "rolling back a mount");
+                }
+            };
+            if !fence.try_commit() {
+                undo(&rec);
+                return Err(timeout(rec));
+            }
+            if let Err(e) = self.records.put(&rec) {
+                undo(&rec);
+                return Err(e.into());
+            }
+            tracing::info!(volume = %rec.docker_name, id = short_id(id), total = rec.mounts.total(), "mounted");
+            Ok(path)
+        })
+    }
+
+    pub(crate) fn unmount(&self, docker_name: &str, id: &str) -> Result<(), ServiceError> {
+        self.locked(docker_name, |mut rec| {
+            let Some(last) = rec.mounts.release(id) else {
+                // Nothing to undo: an Unmount for an ID we never counted (e.g.
+                // a state dir wiped by hand). Refusing would only wedge docker.
+                tracing::warn!(volume = %rec.docker_name, id = short_id(id), "unmount for an ID that holds no mount; ignored");
+                return Ok(());
+            };
+            // The count goes first: if the real unmount then fails (busy), the
+            // next Mount finds it mounted and reuses it, and Remove retries it.
+            self.records.put(&rec)?;
+            if last {
+                self.backend.unmount(vref(&rec))?;
+            }
+            tracing::info!(volume = %rec.docker_name, id = short_id(id), total = rec.mounts.total(), "unmounted");
+            Ok(())
+        })
+    }
+
+    pub(crate) fn path(&self, docker_name: &str) -> Result<PathBuf, ServiceError> {
+        let rec = self.find(docker_name)?;
+        Ok(self.backend.path(vref(&rec)))
+    }
+
+    /// Get, answered from the records without any lock when the name is one
+    /// docker already holds. `Ok(None)`: the volume exists under a name docker
+    /// does not hold yet; call [`VolumeService::get_recording`].
+    pub(crate) fn get(&self, docker_name: &str) -> Result<Option<VolumeInfo>, ServiceError> {
+        let rec = self.find(docker_name)?;
+        if !rec.knows(docker_name) {
+            return Ok(None);
+        }
+        Ok(Some(self.info(&rec, docker_name)))
+    }
+
+    /// Get for a new docker name of an existing volume: dockerd will keep
+    /// the name once Get answers, so the handle is recorded first.
+    pub(crate) fn get_recording(&self, docker_name: &str) -> Result<VolumeInfo, ServiceError> {
+        self.locked(docker_name, |mut rec| {
+            if !rec.knows(docker_name) {
+                rec.aliases.insert(docker_name.to_owned());
+                self.records.put(&rec)?;
+                tracing::info!(volume = %rec.name, name = docker_name, "new docker name");
+            }
+            Ok(self.info(&rec, docker_name))
+        })
+    }
+
+    /// Docker names and mountpoints: all List needs. Read afresh; the
+    /// VolumeDriver List caches its reply by [`VolumeService::generation`].
+    pub(crate) fn list(&self) -> Result<Vec<(String, PathBuf)>, ServiceError> {
+        Ok(self
+            .records
+            .list()?
+            .into_iter()
+            .flat_map(|r| {
+                let mp = self.backend.path(vref(&r));
+                r.docker_names()
+                    .map(|n| (n.to_owned(), mp.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
+    /// A volume by NAME or by docker name, for the CLI.
+    pub(crate) fn inspect(&self, name: &str) -> Result<VolumeView, ServiceError> {
+        self.find(name).map(|r| self.view(r))
+    }
+
+    pub(crate) fn views(&self) -> Result<Vec<VolumeView>, ServiceError> {
+        Ok(self
+            .records
+            .list()?
+            .into_iter()
+            .map(|r| self.view(r))
+            .collect())
+    }
+
+    pub(super) fn view(&self, record: VolumeRecord) -> VolumeView {
+        VolumeView {
+            mountpoint: self.backend.path(vref(&record)),
+            mount_count: record.mounts.total(),
+            status: self.status(&record),
+            record,
+        }
+    }
+
+    fn info(&self, rec: &VolumeRecord, docker_name: &str) -> VolumeInfo {
+        VolumeInfo {
+            // dockerd matches the answer to its question by name.
+            name: docker_name.to_owned(),
+            mountpoint: self.backend.path(vref(rec)),
+            created_at: crate::time::rfc3339(rec.created_at),
+            status: self.status(rec),
+        }
+    }
+
+    /// Get's `Status`: profile, backend, format, size, state, mounts, then the
+    /// resolved settings and the backend's own facts.
+    fn status(&self, rec: &VolumeRecord) -> Status {
+        let mut st = Status::new();
+        st.insert("profile".into(), rec.profile.clone().into());
+        st.insert("backend".into(), rec.backend.to_string().into());
+        let (format, size) = match &rec.settings {
+            Settings::Local(l) => (
+                match l.format {
+                    LocalFormat::Dir => "dir",
+                    LocalFormat::Block => "block",
+                },
+                l.size.map(|s| s.to_string()),
+            ),
+            Settings::Ebs(e) => ("block", Some(format!("{}G", e.size_gib))),
+        };
+        st.insert("format".into(), format.into());
+        st.insert(
+            "size".into(),
+            size.unwrap_or_else(|| "unlimited".into()).into(),
+        );
+        st.insert("state".into(), rec.state.as_str().into());
+        st.insert("mounts".into(), rec.mounts.total().into());
+        st.insert(
+            "settings".into(),
+            serde_json::to_value(&rec.settings).unwrap_or_default(),
+        );
+        if !rec.options.is_empty() {
+            st.insert(
+                "options".into(),
+                serde_json::to_value(&rec.options).unwrap_or_default(),
+            );
+        }
+        for (k, v) in self.backend.status(vref(rec)) {
+            st.entry(k).or_insert(v);
+        }
+        st
+    }
+}
