@@ -1,13 +1,12 @@
 //! Image mode: regular-file images with holes, incremental patches, and a
 //! block device (loop) destination. Run as root.
-mod common;
 
 use std::fs;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::process::Command;
 
-use common::*;
+use crate::common::*;
 use mover::{Destination, Source, sync};
 
 fn image_sync(base: &Path, src: &Path, dst: &Path) -> mover::SyncStats {

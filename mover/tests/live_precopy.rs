@@ -5,7 +5,7 @@
 //! round); after the writer stops, one exact final round leaves the
 //! destination byte-identical to the source's last state.
 
-mod common;
+use crate::common;
 
 use std::fs::OpenOptions;
 use std::net::TcpListener;

@@ -4,8 +4,6 @@
 //! manifest cannot make the receiver write outside its destination; a round
 //! cut mid-transfer resumes and re-sends only what was not stored durably.
 
-mod common;
-
 use std::collections::HashMap;
 use std::io::Write;
 use std::net::TcpListener;
@@ -15,6 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::common;
 use mover::chunk::ChunkRef;
 use mover::manifest::{Entry, Header, Kind, ManifestWriter, Mode};
 use mover::net::agent::{Agent, PeerInfo, RoundHandler};

@@ -6,7 +6,7 @@
 //! A final round (not pre-copy) under the same change still fails: it must
 //! be exact.
 
-mod common;
+use crate::common;
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;

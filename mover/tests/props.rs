@@ -1,13 +1,12 @@
 //! Property tests: random trees and random edit scripts; after every sync
 //! the destination equals the source, bit for bit and attribute for
 //! attribute.
-mod common;
 
 use std::fs;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use mover::{Destination, Source, sync};
 use proptest::prelude::*;
 

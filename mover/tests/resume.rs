@@ -7,14 +7,13 @@
 //! The child is this test binary itself, re-executed with `MOVER_CHILD` set
 //! (so no separately built binary is needed); its progress sink sends
 //! SIGKILL to its own process at the chosen point.
-mod common;
 
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use common::*;
+use crate::common::*;
 use mover::{Destination, Phase, Progress, Source, sync};
 
 const CHECKPOINT: u64 = 8 << 20;
@@ -23,6 +22,17 @@ fn die() -> ! {
     rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL)
         .unwrap();
     unreachable!("SIGKILL returned")
+}
+
+/// The child's test name as libtest knows it (`resume::child_entry`): this
+/// file is a module of the `integration` binary, and `--exact` matches the
+/// full path without the crate name. A name that matched nothing would run
+/// no test, and the signal assertion below would fail.
+fn child_test_name() -> String {
+    let module = module_path!()
+        .split_once("::")
+        .map_or(module_path!(), |(_crate, rest)| rest);
+    format!("{module}::child_entry")
 }
 
 /// Entry point of the child: runs only when re-executed with MOVER_CHILD.
@@ -93,7 +103,12 @@ fn kill_and_resume(point: &str) {
     let base = t.path();
     corpus(&base.join("src"));
     let status = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            &child_test_name(),
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("MOVER_CHILD", format!("{};{point}", base.display()))
         .stdout(std::process::Stdio::null())
         .status()

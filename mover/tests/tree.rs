@@ -1,13 +1,12 @@
 //! Tree mode end to end: the metadata matrix, sparse files, incremental
 //! rounds, deletions and type changes, corruption repair. Run as root.
-mod common;
 
 use std::fs::{self, File};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use mover::{Destination, Source, sync};
 
 fn run(base: &Path, src: &Path, dst: &Path) -> mover::SyncStats {
