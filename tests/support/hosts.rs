@@ -1,6 +1,10 @@
 //! Two daffe hosts on one machine, built on [`crate::netns`]:
-//! - host A: the machine's default Docker engine, a `daffe serve` in the root
-//!   mount namespace, `daffe migrate` run inside namespace A;
+//! - host A: a private Docker engine ([`PrivateDockerd`], never the
+//!   host's: dockerd keeps every legacy plugin it ever listed until it
+//!   restarts, so a finished test's plugin would slow the host's `docker
+//!   volume ls` by 15 s), a `daffe serve` in the root namespaces whose data
+//!   root sits in that engine's shared mount, `daffe migrate` run inside
+//!   namespace A;
 //! - host B: its own Docker engine in namespace B (own mount namespace), a
 //!   `daffe serve` inside B's namespaces, and `daffe agent` listening on B's
 //!   link address.
@@ -9,6 +13,7 @@
 //! `--volume-driver NAME -v counter@gold:/data` reads the same on both hosts.
 //! Everything is stopped and removed on drop.
 
+use crate::docker::PrivateDockerd;
 use crate::netns::{ADDR_B, Link, NsDockerd};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -131,6 +136,7 @@ impl DaffeHost {
 /// A test's two hosts.
 pub struct TwoHosts {
     pub link: Link,
+    pub docker_a: PrivateDockerd,
     pub docker_b: NsDockerd,
     pub plugin: String,
     pub a: DaffeHost,
@@ -148,6 +154,7 @@ impl TwoHosts {
             "migration tests need root (network namespaces, dockerd, loop devices)"
         );
         let link = Link::new(rate);
+        let docker_a = PrivateDockerd::start();
         let docker_b = NsDockerd::start(&link.b);
         docker_b.load_image(&test_image());
         let plugin = crate::unique("daffe-t");
@@ -155,8 +162,15 @@ impl TwoHosts {
             .prefix("daffe-mig-")
             .tempdir_in("/var/tmp")
             .unwrap();
+        // A's data root must sit in its engine's shared mount, so A's loop
+        // mounts reach the engine's mount namespace.
+        let a_dir = docker_a.shared_dir().join("a");
         let mk = |label: &'static str, socket: PathBuf| {
-            let d = dir.path().join(label);
+            let d = if label == "a" {
+                a_dir.clone()
+            } else {
+                dir.path().join(label)
+            };
             std::fs::create_dir_all(&d).unwrap();
             DaffeHost {
                 label,
@@ -166,12 +180,9 @@ impl TwoHosts {
                 agent: None,
             }
         };
-        let mut a = mk(
-            "a",
-            PathBuf::from(format!("/run/docker/plugins/{plugin}.sock")),
-        );
+        let mut a = mk("a", docker_a.plugins_dir().join(format!("{plugin}.sock")));
         let mut b = mk("b", docker_b.plugins_dir.join(format!("{plugin}.sock")));
-        // A's daemon serves the default engine from the root namespaces.
+        // A's daemon serves A's private engine from the root namespaces.
         let mut cmd = Command::new(daffe_bin());
         serve_args(&mut cmd, &a);
         a.serve = Some(spawn_logged(cmd, &a.dir.join("serve.log")));
@@ -203,6 +214,7 @@ impl TwoHosts {
         );
         let mut hosts = TwoHosts {
             link,
+            docker_a,
             docker_b,
             plugin,
             a,
@@ -297,13 +309,14 @@ impl TwoHosts {
         s
     }
 
-    /// `docker ARGS` on host A (the default engine).
+    /// `docker ARGS` on host A (its private engine).
     pub fn docker_a(&self, args: &[&str]) -> Output {
-        Command::new("docker")
+        self.docker_a
+            .docker()
+            .command()
             .args(args)
-            .stdin(Stdio::null())
             .output()
-            .expect("docker")
+            .expect("docker -H A")
     }
 
     /// `docker ARGS` on host B.
@@ -373,18 +386,9 @@ impl Drop for TwoHosts {
         stop(&mut self.b.serve);
         let _ = std::fs::remove_file(&self.a.socket);
         // Unmount what A's plugin may have left (B's mounts die with its
-        // mount namespace when its engine stops).
-        if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-            let root = self.dir.path().to_string_lossy().into_owned();
-            let mut points: Vec<&str> = info
-                .lines()
-                .filter_map(|l| l.split(' ').nth(4))
-                .filter(|p| p.starts_with(&root))
-                .collect();
-            points.sort_by_key(|p| std::cmp::Reverse(p.len()));
-            for p in points {
-                let _ = Command::new("umount").arg("-l").arg(p).status();
-            }
-        }
+        // mount namespace when its engine stops; A's engine unmounts its
+        // own directory when it is dropped, after this).
+        crate::plugin::unmount_under(&self.a.dir);
+        crate::plugin::unmount_under(self.dir.path());
     }
 }
