@@ -134,6 +134,18 @@ build_daffe() {
     [ -x "$DAFFE_BIN" ] || die "no binary at $DAFFE_BIN"
 }
 
+# Builds what the tests run, the test binaries and the daffe binary, in one
+# pass. `cargo build --bins` resolves features without the dev-dependencies
+# (placement's tokio test-util), so everything on tokio, the AWS SDK
+# included, would compile a second time for the tests.
+build_tests() {
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+    log "building daffe and the tests (target dir $CARGO_TARGET_DIR)"
+    cargo test --locked --workspace --no-run
+    export DAFFE_BIN="$CARGO_TARGET_DIR/debug/daffe"
+    [ -x "$DAFFE_BIN" ] || die "no binary at $DAFFE_BIN"
+}
+
 # Seconds `docker volume ls` takes on the default engine. A healthy engine
 # answers in about 10 ms; each legacy plugin dockerd has used and lost costs
 # its 15 s retry window (dockerd keeps them until it restarts).

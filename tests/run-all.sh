@@ -13,7 +13,7 @@ ensure_packages
 ensure_moto
 ensure_dockerd
 ensure_test_image
-build_daffe dev
+build_tests
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -7,128 +7,28 @@
 
 use crate::common;
 
+use crate::common::net::Net;
+
 use std::fs::OpenOptions;
-use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mover::net::agent::{Agent, PeerInfo, RoundHandler};
-use mover::net::identity::{self, NodeFiles};
-use mover::net::message::{RoundRequest, RoundSummary, TransferMode, WireError};
-use mover::net::netsource::NetSource;
-use mover::net::rounds::{RoundPushRetry, RoundPusher, receive_round};
-use mover::net::stream::Endpoint;
-use mover::net::tls;
-use mover::retry::RetryPolicy;
-use mover::{Destination, ReceiveOptions, Source};
+use mover::Source;
+use mover::net::rounds::RoundPusher;
 
-/// Receives every target under `base/dst`, pre-copy rounds as pre-copy.
-struct Handler {
-    base: PathBuf,
-    errors: Mutex<Vec<String>>,
+/// The agent receives rounds not marked final as pre-copy rounds, as the
+/// plugin's agent does; a pre-copy round must not need a rescan any more.
+fn precopy_net() -> Net {
+    Net::with(4 << 20, true)
 }
 
-impl RoundHandler for Handler {
-    fn control(&self, _peer: &PeerInfo, body: &[u8]) -> Result<Vec<u8>, WireError> {
-        Ok(body.to_vec())
-    }
-    fn round(
-        &self,
-        _peer: &PeerInfo,
-        req: &RoundRequest,
-        source: &mut NetSource<'_>,
-    ) -> Result<RoundSummary, WireError> {
-        let p = self.base.join("dst").join(&req.target);
-        let dest = match req.mode {
-            TransferMode::Tree => Destination::Tree(p),
-            TransferMode::Image => Destination::Image(p),
-        };
-        let opts = ReceiveOptions {
-            checkpoint_bytes: 4 << 20,
-            precopy: !req.final_round,
-            ..Default::default()
-        };
-        let state = self.base.join("state").join(&req.target);
-        receive_round(&dest, &state, source, &opts).inspect_err(|e| {
-            self.errors.lock().unwrap().push(e.message.clone());
-        })
-    }
-}
-
-struct Net {
-    dir: tempfile::TempDir,
-    addr: String,
-    a: NodeFiles,
-    handler: Arc<Handler>,
-    shutdown: Arc<AtomicBool>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Net {
-    fn start() -> Net {
-        let dir = tempfile::tempdir().unwrap();
-        let a = identity::init(&dir.path().join("tls-a"), "hosta").unwrap();
-        let b = identity::issue(
-            &dir.path().join("tls-a"),
-            "hostb",
-            &dir.path().join("tls-b"),
-        )
-        .unwrap();
-        let handler = Arc::new(Handler {
-            base: dir.path().join("b"),
-            errors: Mutex::new(Vec::new()),
-        });
-        std::fs::create_dir_all(dir.path().join("b/dst")).unwrap();
-        let mut ep = Endpoint::new("hostb");
-        ep.io_timeout = Duration::from_secs(10);
-        let agent = Arc::new(Agent::new(
-            tls::server_config(&b).unwrap(),
-            ep,
-            handler.clone(),
-        ));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let sd = shutdown.clone();
-        std::thread::spawn(move || agent.serve(listener, &sd).unwrap());
-        Net {
-            dir,
-            addr,
-            a,
-            handler,
-            shutdown,
-        }
-    }
-
-    fn pusher(&self, source: Source, target: &str) -> RoundPusher {
-        let mut ep = Endpoint::new("hosta");
-        ep.io_timeout = Duration::from_secs(10);
-        RoundPusher {
-            addr: self.addr.clone(),
-            tls: tls::client_config(&self.a).unwrap(),
-            ep,
-            source,
-            cache_dir: self.dir.path().join("a-cache").join(target),
-            target: target.into(),
-            scan_threads: 2,
-            retry: RoundPushRetry {
-                reconnect: RetryPolicy {
-                    deadline: Some(Duration::from_secs(20)),
-                    ..RetryPolicy::RECONNECT
-                },
-                // A pre-copy round must not need a rescan any more.
-                stale_rescans: 0,
-            },
-        }
-    }
+fn pusher(net: &Net, source: Source, target: &str) -> RoundPusher {
+    let mut p = pusher(&net, source, target);
+    p.retry.stale_rescans = 0;
+    p
 }
 
 /// A tiny deterministic generator (no shared state between threads).
@@ -217,7 +117,7 @@ fn precopy_under(
         let before = ops.load(Ordering::SeqCst);
         let r = pusher
             .push(round, false, &mut |_| {})
-            .unwrap_or_else(|e| panic!("pre-copy round {round}: {e}; {:?}", net.handler.errors));
+            .unwrap_or_else(|e| panic!("pre-copy round {round}: {e}; {:?}", net.errors()));
         assert_eq!(r.rescans, 0, "round {round} was discarded and rescanned");
         assert!(
             ops.load(Ordering::SeqCst) > before,
@@ -244,7 +144,7 @@ fn assert_progress(moved: &[u64], dirty: &[u64]) {
 
 #[test]
 fn a_tree_under_writes_converges_and_ends_identical() {
-    let net = Net::start();
+    let net = precopy_net();
     let src = net.dir.path().join("a/vol");
     std::fs::create_dir_all(src.join("sub")).unwrap();
     std::fs::write(src.join("db"), common::bytes(24 << 20, 1)).unwrap();
@@ -252,7 +152,7 @@ fn a_tree_under_writes_converges_and_ends_identical() {
     for i in 0..20 {
         std::fs::write(src.join(format!("sub/f{i}")), common::bytes(50_000, 10 + i)).unwrap();
     }
-    let pusher = net.pusher(Source::Tree(src.clone()), "vol");
+    let pusher = pusher(&net, Source::Tree(src.clone()), "vol");
     let root = src.clone();
     let (moved, dirty) = precopy_under(&net, &pusher, 4, move |stop, ops| {
         tree_writer(root, stop, ops)
@@ -263,11 +163,11 @@ fn a_tree_under_writes_converges_and_ends_identical() {
 
 #[test]
 fn an_image_under_writes_converges_and_ends_identical() {
-    let net = Net::start();
+    let net = precopy_net();
     let img = net.dir.path().join("a/vol.img");
     std::fs::create_dir_all(img.parent().unwrap()).unwrap();
     std::fs::write(&img, common::bytes(32 << 20, 3)).unwrap();
-    let pusher = net.pusher(Source::Image(img.clone()), "vol.img");
+    let pusher = pusher(&net, Source::Image(img.clone()), "vol.img");
     let i2 = img.clone();
     let (moved, dirty) = precopy_under(&net, &pusher, 4, move |stop, ops| {
         image_writer(i2, stop, ops)
@@ -285,11 +185,11 @@ fn an_image_under_writes_converges_and_ends_identical() {
 /// rewrites, every scan's manifest is accepted.
 #[test]
 fn a_file_growing_mid_scan_never_fails_the_round() {
-    let net = Net::start();
+    let net = precopy_net();
     let src = net.dir.path().join("a/grow");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("table"), common::bytes(40 << 20, 5)).unwrap();
-    let pusher = net.pusher(Source::Tree(src.clone()), "grow");
+    let pusher = pusher(&net, Source::Tree(src.clone()), "grow");
     let stop = Arc::new(AtomicBool::new(false));
     let w = {
         let stop = stop.clone();

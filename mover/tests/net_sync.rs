@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common;
+use crate::common::net::Net;
 use mover::chunk::ChunkRef;
 use mover::manifest::{Entry, Header, Kind, ManifestWriter, Mode};
 use mover::net::agent::{Agent, PeerInfo, RoundHandler};
@@ -28,134 +29,6 @@ use mover::net::tls;
 use mover::retry::RetryPolicy;
 use mover::source::SourceError;
 use mover::{ChunkId, ChunkSource, Destination, ReceiveOptions, Source, Want};
-
-/// Receives every target under `base`: `NAME` as a tree, `NAME.img` as an image.
-struct DirHandler {
-    base: PathBuf,
-    checkpoint_bytes: u64,
-    errors: Mutex<Vec<String>>,
-}
-
-impl DirHandler {
-    fn dest(&self, req: &RoundRequest) -> Destination {
-        let p = self.base.join("dst").join(&req.target);
-        match req.mode {
-            TransferMode::Tree => Destination::Tree(p),
-            TransferMode::Image => Destination::Image(p),
-        }
-    }
-}
-
-impl RoundHandler for DirHandler {
-    fn control(&self, _peer: &PeerInfo, body: &[u8]) -> Result<Vec<u8>, WireError> {
-        Ok(body.to_vec())
-    }
-    fn round(
-        &self,
-        _peer: &PeerInfo,
-        req: &RoundRequest,
-        source: &mut NetSource<'_>,
-    ) -> Result<RoundSummary, WireError> {
-        let opts = ReceiveOptions {
-            checkpoint_bytes: self.checkpoint_bytes,
-            ..Default::default()
-        };
-        let state = self.base.join("state").join(&req.target);
-        receive_round(&self.dest(req), &state, source, &opts).inspect_err(|e| {
-            self.errors.lock().unwrap().push(e.message.clone());
-        })
-    }
-}
-
-struct Net {
-    dir: tempfile::TempDir,
-    addr: String,
-    a: NodeFiles,
-    handler: Arc<DirHandler>,
-    shutdown: Arc<AtomicBool>,
-}
-
-impl Drop for Net {
-    fn drop(&mut self) {
-        self.shutdown.store(true, Ordering::SeqCst);
-    }
-}
-
-impl Net {
-    fn start() -> Net {
-        let dir = tempfile::tempdir().unwrap();
-        let a = identity::init(&dir.path().join("tls-a"), "hosta").unwrap();
-        let b = identity::issue(
-            &dir.path().join("tls-a"),
-            "hostb",
-            &dir.path().join("tls-b"),
-        )
-        .unwrap();
-        let handler = Arc::new(DirHandler {
-            base: dir.path().join("b"),
-            checkpoint_bytes: 1 << 20,
-            errors: Mutex::new(Vec::new()),
-        });
-        std::fs::create_dir_all(dir.path().join("b/dst")).unwrap();
-        let mut ep = Endpoint::new("hostb");
-        ep.io_timeout = Duration::from_secs(10);
-        let agent = Arc::new(Agent::new(
-            tls::server_config(&b).unwrap(),
-            ep,
-            handler.clone(),
-        ));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let sd = shutdown.clone();
-        std::thread::spawn(move || agent.serve(listener, &sd).unwrap());
-        Net {
-            dir,
-            addr,
-            a,
-            handler,
-            shutdown,
-        }
-    }
-
-    fn dst(&self, target: &str) -> PathBuf {
-        self.dir.path().join("b/dst").join(target)
-    }
-
-    fn pusher(&self, source: Source, target: &str) -> RoundPusher {
-        let mut ep = Endpoint::new("hosta");
-        ep.io_timeout = Duration::from_secs(10);
-        RoundPusher {
-            addr: self.addr.clone(),
-            tls: tls::client_config(&self.a).unwrap(),
-            ep,
-            source,
-            cache_dir: self.dir.path().join("a-cache").join(target),
-            target: target.into(),
-            scan_threads: 2,
-            retry: RoundPushRetry {
-                reconnect: RetryPolicy {
-                    deadline: Some(Duration::from_secs(20)),
-                    ..RetryPolicy::RECONNECT
-                },
-                ..RoundPushRetry::default()
-            },
-        }
-    }
-
-    fn peer(&self) -> Peer {
-        Peer::connect(
-            &self.addr,
-            &tls::client_config(&self.a).unwrap(),
-            &Endpoint::new("hosta"),
-        )
-        .unwrap()
-    }
-
-    fn errors(&self) -> String {
-        self.handler.errors.lock().unwrap().join("; ")
-    }
-}
 
 fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("sub/deeper")).unwrap();

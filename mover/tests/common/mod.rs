@@ -2,6 +2,9 @@
 //! (data, holes, metadata, xattrs, hardlink groups) to compare two of them.
 #![allow(dead_code)]
 
+#[cfg(feature = "net")]
+pub mod net;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::File;
