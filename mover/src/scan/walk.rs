@@ -15,6 +15,7 @@ use rustix::fs::{Mode, OFlags};
 use crate::chunk::ChunkClass;
 use crate::fsmeta::{self, FileStat, FsMetaError, StatKind, XTarget};
 use crate::manifest::{Entry, Kind, Mode as MMode};
+use crate::regular_file;
 
 use super::builder::Scanner;
 use super::options::{Scan, ScanError, ScanOptions, io_err};
@@ -32,16 +33,6 @@ fn base_entry(path: Vec<u8>, kind: Kind, st: &FileStat) -> Entry {
         target: Vec::new(),
         xattrs: Vec::new(),
         class: ChunkClass::Small.code(),
-    }
-}
-
-fn open_file(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
-    // O_NOATIME keeps a scan from dirtying every inode; only the owner (or
-    // root) may ask for it, so fall back without it.
-    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
-        Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, base, Mode::empty()),
-        r => r,
     }
 }
 
@@ -205,8 +196,19 @@ fn scan_tree_with(
                 if reuse {
                     s.add(e, &st, true, None)?;
                 } else {
-                    let fd = open_file(dirfd.as_fd(), oname)
-                        .map_err(|err| io_err(&e.path)(err.into()))?;
+                    // Not whatever is at the path now: the file the lstat saw
+                    // (a FIFO or device swapped in is left out, never read).
+                    let fd =
+                        match regular_file::open_at(dirfd.as_fd(), oname, Some((st.dev, st.ino)))
+                            .map_err(io_err(&e.path))?
+                        {
+                            regular_file::Opened::File(fd) => fd,
+                            regular_file::Opened::Changed(what) => {
+                                hardlinks.remove(&(st.dev, st.ino));
+                                s.skip_changed(&e.path, what);
+                                continue;
+                            }
+                        };
                     e.xattrs = fsmeta::read_xattrs(XTarget::Fd(fd.as_fd()), &e.path)?;
                     s.add(e, &st, false, Some(File::from(fd)))?;
                 }
