@@ -49,6 +49,7 @@ pub mod progress;
 pub mod rate;
 mod read_full;
 pub mod receive;
+pub mod regular_file;
 pub mod retry;
 pub mod safe_path;
 pub mod scan;

@@ -8,12 +8,13 @@ use std::io::{self, BufReader, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{Mode, OFlags};
+use rustix::fs::Mode;
 use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
 use crate::manifest::{ManifestId, Mode as MMode};
 use crate::read_full::read_full_at;
+use crate::regular_file;
 use crate::safe_path::Root;
 use crate::scan::{self, Scan, ScanError, ScanOptions, ScanStats};
 
@@ -253,25 +254,47 @@ impl Sender {
         }
     }
 
-    fn file(&mut self, entry: u32) -> Result<&File, SourceError> {
+    /// The open file of `entry`, or `None` when it is gone: deleted,
+    /// renamed away, or replaced by anything but a regular file (a FIFO or
+    /// device node swapped in is never read; the receiver's check then
+    /// marks the entry dirty).
+    fn file(&mut self, entry: u32) -> Result<Option<&File>, SourceError> {
         if self.open.as_ref().is_none_or(|(e, _)| *e != entry) {
             let path = self
                 .scan
                 .paths
                 .get(entry)
                 .ok_or(SourceError::UnknownEntry(entry))?;
+            let read_err = |source| SourceError::Read {
+                path: String::from_utf8_lossy(path).into_owned(),
+                offset: 0,
+                source,
+            };
             let f = match (&self.root, &self.source) {
-                (Some(root), _) => root
-                    .open_at(path, OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty())
-                    .map(File::from)
-                    .map_err(|e| SourceError::Read {
-                        path: String::from_utf8_lossy(path).into_owned(),
-                        offset: 0,
-                        source: match e {
-                            crate::safe_path::SafePathError::Open { source, .. } => source,
-                            other => io::Error::other(other.to_string()),
-                        },
-                    })?,
+                (Some(root), _) => {
+                    let fd = match root.open_at(path, regular_file::FLAGS, Mode::empty()) {
+                        Ok(fd) => fd,
+                        Err(crate::safe_path::SafePathError::Open { source, .. })
+                            if gone(&source) =>
+                        {
+                            return Ok(None);
+                        }
+                        Err(crate::safe_path::SafePathError::Open { source, .. }) => {
+                            return Err(read_err(source));
+                        }
+                        Err(other) => return Err(read_err(io::Error::other(other.to_string()))),
+                    };
+                    match regular_file::check(fd, None).map_err(read_err)? {
+                        regular_file::Opened::File(fd) => File::from(fd),
+                        regular_file::Opened::Changed(what) => {
+                            tracing::warn!(
+                                "{:?} is now {what}; not read",
+                                String::from_utf8_lossy(path)
+                            );
+                            return Ok(None);
+                        }
+                    }
+                }
                 (None, src) => File::open(src.path()).map_err(|source| SourceError::Read {
                     path: src.path().display().to_string(),
                     offset: 0,
@@ -280,7 +303,7 @@ impl Sender {
             };
             self.open = Some((entry, f));
         }
-        Ok(&self.open.as_ref().expect("set above").1)
+        Ok(Some(&self.open.as_ref().expect("set above").1))
     }
 
     /// Reads the bytes a want names into `buf` (resized to `len`). A file
@@ -289,13 +312,9 @@ impl Sender {
     /// pre-copy round) marks the entry dirty instead of failing the round.
     pub fn read_chunk(&mut self, w: &Want, buf: &mut Vec<u8>) -> Result<(), SourceError> {
         buf.resize(w.len as usize, 0);
-        let f = match self.file(w.entry) {
-            Ok(f) => f,
-            Err(SourceError::Read { source, .. }) if gone(&source) => {
-                buf.clear();
-                return Ok(());
-            }
-            Err(e) => return Err(e),
+        let Some(f) = self.file(w.entry)? else {
+            buf.clear();
+            return Ok(());
         };
         let got = read_full_at(f, buf, w.offset).map_err(|source| {
             let path = self.scan.paths.get(w.entry).unwrap_or(b"");

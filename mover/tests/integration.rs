@@ -9,6 +9,8 @@ mod common;
 
 #[cfg(all(feature = "net", feature = "testing"))]
 mod fuzz_corpus;
+mod hardening_open;
+mod hardening_vanish;
 mod image;
 #[cfg(feature = "net")]
 mod live_precopy;

@@ -14,6 +14,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -131,7 +132,20 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
         tracing::info!(socket = %path.display(), "removing a stale socket");
         std::fs::remove_file(path).map_err(io("removing the stale socket"))?;
     }
-    UnixListener::bind(path).map_err(io("binding"))
+    // Bound under a temporary name, made 0600, then renamed into place: the
+    // socket never exists at `path` with the umask's mode (issue 12,
+    // finding 10). Only root (dockerd, the `daffe` CLI under sudo) connects.
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp).map_err(io("binding"))?;
+    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
+        .map_err(io("setting its mode"))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(io("renaming into place")));
+    if let Err(e) = placed {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 /// Serves `handler` on `listener` until `shutdown` resolves.
@@ -210,4 +224,31 @@ async fn respond<H: Handler>(handler: &H, req: Request<Incoming>) -> Response<Fu
         .header("Content-Type", "application/vnd.docker.plugins.v1.2+json")
         .body(Full::new(body))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 12, finding 10: the sockets must not rely on the umask (0022
+    /// gave a world-connectable 0755 socket).
+    #[tokio::test]
+    async fn finding_10_sockets_are_0600_whatever_the_umask() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("s.sock");
+        let _l = bind(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "socket mode {mode:o}");
+        // Rebinding over a stale socket keeps the mode, and leaves no
+        // temporary name behind.
+        drop(_l);
+        let _l = bind(&p).unwrap();
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "socket mode {mode:o}");
+        let names: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("s.sock")]);
+    }
 }

@@ -83,10 +83,23 @@ impl Dest {
             .expect("only tree entries reach here, and trees have a root")
     }
 
-    /// Makes everything written to the destination filesystem durable.
+    /// Makes everything written to the destination filesystem durable, and
+    /// an image destination too: a block device's cache belongs to no
+    /// filesystem, so `syncfs` leaves its writes dirty (the kernel flushes
+    /// them only at the device's last close, which a mount or another
+    /// opener defers; issue 12, finding 8). An image file not written yet
+    /// (staged this round) has nothing to flush.
     pub(super) fn sync_fs(&self) -> Result<(), ReceiveError> {
         let f = File::open(&self.state).map_err(io_err(self.state.as_os_str().as_bytes()))?;
-        rustix::fs::syncfs(&f).map_err(|e| io_err(self.state.as_os_str().as_bytes())(e.into()))
+        rustix::fs::syncfs(&f).map_err(|e| io_err(self.state.as_os_str().as_bytes())(e.into()))?;
+        if let (None, Destination::Image(p)) = (&self.root, &self.dest) {
+            match File::open(p) {
+                Ok(img) => img.sync_data().map_err(io_err(p.as_os_str().as_bytes()))?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err(p.as_os_str().as_bytes())(e)),
+            }
+        }
+        Ok(())
     }
 
     /// Opens the destination object for an entry path.

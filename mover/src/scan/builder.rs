@@ -251,6 +251,25 @@ impl Scanner {
         });
     }
 
+    /// A regular file replaced by something else between its lstat and its
+    /// open is left out of this round (reported, not read): the next round
+    /// sees whatever is there then.
+    pub(super) fn skip_changed(&mut self, path: &[u8], what: &str) {
+        let msg = format!(
+            "skipping {:?}: replaced by {what} while scanning",
+            String::from_utf8_lossy(path)
+        );
+        tracing::warn!("{msg}");
+        self.opts
+            .progress
+            .event(&Progress::Warning { message: msg });
+        self.skipped.push(Skip {
+            path: String::from_utf8_lossy(path).into_owned(),
+            what: "changed".into(),
+            reason: format!("replaced by {what} while scanning; not read"),
+        });
+    }
+
     pub(super) fn cached(&mut self, path: &[u8], st: &FileStat) -> Result<bool, ScanError> {
         let Some(c) = self.cache.as_mut() else {
             return Ok(false);

@@ -15,6 +15,7 @@ use rustix::fs::{Mode, OFlags};
 use crate::chunk::ChunkClass;
 use crate::fsmeta::{self, FileStat, FsMetaError, StatKind, XTarget};
 use crate::manifest::{Entry, Kind, Mode as MMode};
+use crate::regular_file;
 
 use super::builder::Scanner;
 use super::options::{Scan, ScanError, ScanOptions, io_err};
@@ -35,14 +36,21 @@ fn base_entry(path: Vec<u8>, kind: Kind, st: &FileStat) -> Entry {
     }
 }
 
-fn open_file(dir: std::os::fd::BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
-    // O_NOATIME keeps a scan from dirtying every inode; only the owner (or
-    // root) may ask for it, so fall back without it.
-    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    match rustix::fs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
-        Err(rustix::io::Errno::PERM) => rustix::fs::openat(dir, name, base, Mode::empty()),
-        r => r,
-    }
+/// An error that means the entry vanished (deleted, renamed away, or its
+/// parent or itself replaced by a symlink or a file) between the listing
+/// and reading it: the entry is not in this round, which is not a failure
+/// (issue 12, finding 9). The next round sees whatever is there then.
+fn vanished(e: &ScanError) -> bool {
+    let source = match e {
+        ScanError::Io { source, .. } | ScanError::Meta(FsMetaError::Sys { source, .. }) => source,
+        _ => return false,
+    };
+    source.kind() == std::io::ErrorKind::NotFound
+        || matches!(
+            source.raw_os_error(),
+            Some(c) if c == rustix::io::Errno::LOOP.raw_os_error()
+                || c == rustix::io::Errno::NOTDIR.raw_os_error()
+        )
 }
 
 struct Frame {
@@ -132,6 +140,32 @@ fn scan_tree_with(
         path: Vec::new(),
         names,
     }];
+    // Reading one entry: a vanished entry is left out (`continue`), any
+    // other error fails the scan. Only for steps before `add`.
+    macro_rules! or_gone {
+        ($e:expr, $path:expr, $st:expr) => {
+            match $e {
+                Ok(v) => v,
+                Err(err) => {
+                    let err = ScanError::from(err);
+                    if !vanished(&err) {
+                        return Err(err);
+                    }
+                    tracing::debug!(
+                        "{:?} vanished while scanning: {err}",
+                        String::from_utf8_lossy($path)
+                    );
+                    if hardlinks
+                        .get(&($st.dev, $st.ino))
+                        .is_some_and(|p| p.as_slice() == $path)
+                    {
+                        hardlinks.remove(&($st.dev, $st.ino));
+                    }
+                    continue;
+                }
+            }
+        };
+    }
     while let Some(top) = stack.last_mut() {
         let Some(name) = top.names.pop() else {
             stack.pop();
@@ -140,15 +174,11 @@ fn scan_tree_with(
         let dirfd = top.fd.clone();
         let path = join_path(&top.path, &name);
         let oname = OsStr::from_bytes(&name);
-        let st = match fsmeta::stat_at(dirfd.as_fd(), oname) {
+        let st = match fsmeta::stat_at(dirfd.as_fd(), oname).map_err(ScanError::from) {
             Ok(st) => st,
             // Vanished between readdir and lstat: it is simply not there.
-            Err(FsMetaError::Sys { source, .. })
-                if source.kind() == std::io::ErrorKind::NotFound =>
-            {
-                continue;
-            }
-            Err(e) => return Err(e.into()),
+            Err(e) if vanished(&e) => continue,
+            Err(e) => return Err(e),
         };
         let Some(kind) = st.manifest_kind() else {
             s.skip_socket(&path);
@@ -180,17 +210,25 @@ fn scan_tree_with(
         };
         match kind {
             Kind::Dir => {
-                let fd = rustix::fs::openat(
-                    dirfd.as_fd(),
-                    oname,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )
-                .map_err(|err| io_err(&e.path)(err.into()))?;
+                let fd = or_gone!(
+                    rustix::fs::openat(
+                        dirfd.as_fd(),
+                        oname,
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )
+                    .map_err(|err| io_err(&e.path)(err.into())),
+                    &e.path,
+                    st
+                );
                 if !reuse {
-                    e.xattrs = fsmeta::read_xattrs(XTarget::Fd(fd.as_fd()), &e.path)?;
+                    e.xattrs = or_gone!(
+                        fsmeta::read_xattrs(XTarget::Fd(fd.as_fd()), &e.path),
+                        &e.path,
+                        st
+                    );
                 }
-                let names = list_dir(&fd, &e.path)?;
+                let names = or_gone!(list_dir(&fd, &e.path), &e.path, st);
                 let p = e.path.clone();
                 s.add(e, &st, reuse, None)?;
                 stack.push(Frame {
@@ -205,25 +243,46 @@ fn scan_tree_with(
                 if reuse {
                     s.add(e, &st, true, None)?;
                 } else {
-                    let fd = open_file(dirfd.as_fd(), oname)
-                        .map_err(|err| io_err(&e.path)(err.into()))?;
-                    e.xattrs = fsmeta::read_xattrs(XTarget::Fd(fd.as_fd()), &e.path)?;
+                    // Not whatever is at the path now: the file the lstat saw
+                    // (a FIFO or device swapped in is left out, never read).
+                    let fd = match or_gone!(
+                        regular_file::open_at(dirfd.as_fd(), oname, Some((st.dev, st.ino)))
+                            .map_err(io_err(&e.path)),
+                        &e.path,
+                        st
+                    ) {
+                        regular_file::Opened::File(fd) => fd,
+                        regular_file::Opened::Changed(what) => {
+                            hardlinks.remove(&(st.dev, st.ino));
+                            s.skip_changed(&e.path, what);
+                            continue;
+                        }
+                    };
+                    e.xattrs = or_gone!(
+                        fsmeta::read_xattrs(XTarget::Fd(fd.as_fd()), &e.path),
+                        &e.path,
+                        st
+                    );
                     s.add(e, &st, false, Some(File::from(fd)))?;
                 }
             }
             Kind::Symlink => {
                 if !reuse {
-                    e.target = rustix::fs::readlinkat(dirfd.as_fd(), oname, Vec::new())
-                        .map_err(|err| io_err(&e.path)(err.into()))?
-                        .into_bytes();
-                    e.xattrs = link_xattrs(&e.path)?;
+                    e.target = or_gone!(
+                        rustix::fs::readlinkat(dirfd.as_fd(), oname, Vec::new())
+                            .map_err(|err| io_err(&e.path)(err.into())),
+                        &e.path,
+                        st
+                    )
+                    .into_bytes();
+                    e.xattrs = or_gone!(link_xattrs(&e.path), &e.path, st);
                 }
                 s.add(e, &st, reuse, None)?;
             }
             _ => {
                 e.rdev = st.rdev;
                 if !reuse {
-                    e.xattrs = link_xattrs(&e.path)?;
+                    e.xattrs = or_gone!(link_xattrs(&e.path), &e.path, st);
                 }
                 s.add(e, &st, reuse, None)?;
             }
