@@ -126,6 +126,7 @@ impl Net {
                 },
                 // A pre-copy round must not need a rescan any more.
                 stale_rescans: 0,
+                ..RoundPushRetry::default()
             },
         }
     }
