@@ -21,6 +21,7 @@ mod flocker_profiles;
 mod hardening;
 mod managed_plugin;
 mod migrate;
+mod migrate_connect;
 mod netns_harness;
 mod postgres_harness;
 mod profiles_endpoint;

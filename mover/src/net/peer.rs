@@ -36,6 +36,24 @@ impl Peer {
         })
     }
 
+    /// Dials `addr` with the whole of it (TCP connect, TLS handshake,
+    /// `Hello`) bounded by `timeout`: a first contact, where a host that does
+    /// not answer within seconds is the wrong one or down.
+    pub fn connect_within(
+        addr: &str,
+        tls: &Arc<ClientConfig>,
+        ep: &Endpoint,
+        timeout: Duration,
+    ) -> Result<Peer, StreamError> {
+        let mut ep = ep.clone();
+        ep.handshake_timeout = ep.handshake_timeout.min(timeout);
+        let conn = stream::dial(addr, tls, &ep, timeout.min(CONNECT_TIMEOUT))?;
+        Ok(Peer {
+            conn,
+            addr: addr.to_string(),
+        })
+    }
+
     pub fn addr(&self) -> &str {
         &self.addr
     }

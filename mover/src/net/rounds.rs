@@ -5,8 +5,10 @@
 //!   or a restarted agent is retried (the receiver resumes from what it stored
 //!   durably), a source that changed under its scan is rescanned.
 
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustls::ClientConfig;
@@ -15,7 +17,7 @@ use super::message::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireEr
 use super::netsource::NetSource;
 use super::peer::Peer;
 use super::serve::{ServeError, ServeEvent};
-use super::stream::{Endpoint, StreamError};
+use super::stream::{Endpoint, StreamError, with_default_port};
 use crate::clock::{Clock, SystemClock, millis};
 use crate::receive::{Destination, ReceiveError, ReceiveOptions, Receiver, RoundStats};
 use crate::retry::{Attempts, ErrorKind, RetryPolicy};
@@ -82,6 +84,9 @@ pub fn wire_error(e: ReceiveError) -> WireError {
     }
 }
 
+/// Default for [`RoundPushRetry::connect_timeout`].
+pub const FIRST_CONTACT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How the dialer retries a round.
 #[derive(Debug, Clone)]
 pub struct RoundPushRetry {
@@ -89,6 +94,14 @@ pub struct RoundPushRetry {
     pub reconnect: RetryPolicy,
     /// Rescans allowed when the source changes under a scan.
     pub stale_rescans: u32,
+    /// The first contact with the agent is one try, TCP connect, TLS and
+    /// `Hello` within this. An agent never reached is a wrong address, a
+    /// firewall or an agent not running, which waiting does not fix: the
+    /// operator hears it in seconds, not after `reconnect`'s deadline.
+    pub connect_timeout: Duration,
+    /// Set once the agent answered (shared by clones): from then on a failed
+    /// connect is a cut link or a restarting agent, retried under `reconnect`.
+    pub reached: Arc<AtomicBool>,
 }
 
 impl Default for RoundPushRetry {
@@ -96,7 +109,43 @@ impl Default for RoundPushRetry {
         RoundPushRetry {
             reconnect: RetryPolicy::RECONNECT,
             stale_rescans: 3,
+            connect_timeout: FIRST_CONTACT_TIMEOUT,
+            reached: Arc::new(AtomicBool::new(false)),
         }
+    }
+}
+
+/// Why a first contact failed in words an operator acts on, or `None` when
+/// the agent was reached and said no (a certificate of another CA, another
+/// protocol version): that error is reported as it is.
+pub fn unreachable_reason(e: &StreamError, timeout: Duration) -> Option<String> {
+    let timed_out =
+        |k: io::ErrorKind| matches!(k, io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock);
+    match e {
+        StreamError::Resolve { source, .. } => Some(format!("cannot resolve the host: {source}")),
+        StreamError::Connect { source, .. } => Some(match source.kind() {
+            io::ErrorKind::ConnectionRefused => "connection refused".into(),
+            k if timed_out(k) => format!("timed out: no TCP connection within {timeout:?}"),
+            _ => source.to_string(),
+        }),
+        StreamError::Tls { source, .. } if timed_out(source.kind()) => Some(format!(
+            "timed out: the TLS handshake did not complete within {timeout:?} (is a daffe agent listening there?)"
+        )),
+        StreamError::Tls { source, .. }
+            if matches!(
+                source.kind(),
+                io::ErrorKind::UnexpectedEof
+                    | io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            Some(format!(
+                "connection closed during the TLS handshake: {source} (is it a daffe agent of the same CA?)"
+            ))
+        }
+        StreamError::Protocol { source, .. } if source.retryable() => Some(source.to_string()),
+        _ => None,
     }
 }
 
@@ -107,6 +156,12 @@ pub enum RoundPushError {
     Scan { path: String, source: ScanError },
     #[error("connecting: {0}")]
     Connect(#[from] StreamError),
+    #[error("cannot reach {addr} ({reason})")]
+    Unreachable {
+        addr: String,
+        reason: String,
+        source: StreamError,
+    },
     #[error("round {round} into {target}: {source}")]
     Round {
         target: String,
@@ -186,8 +241,24 @@ impl RoundPusher {
         Ok((s, t.elapsed()))
     }
 
-    /// Connects (retrying while the policy allows).
+    /// Connects: the first contact once, within `retry.connect_timeout`;
+    /// after the agent answered once, retrying while `retry.reconnect` allows.
     pub fn connect(&self) -> Result<Peer, RoundPushError> {
+        if !self.retry.reached.load(Ordering::Relaxed) {
+            let t = self.retry.connect_timeout;
+            let peer = Peer::connect_within(&self.addr, &self.tls, &self.ep, t).map_err(|e| {
+                match unreachable_reason(&e, t) {
+                    Some(reason) => RoundPushError::Unreachable {
+                        addr: with_default_port(&self.addr),
+                        reason,
+                        source: e,
+                    },
+                    None => e.into(),
+                }
+            })?;
+            self.retry.reached.store(true, Ordering::Relaxed);
+            return Ok(peer);
+        }
         let clock = SystemClock;
         let mut attempts = Attempts::new(self.retry.reconnect, &clock, None);
         loop {
@@ -298,5 +369,34 @@ mod tests {
         assert_eq!(b[1], 0xff);
         assert!(hex32("xyz").is_none());
         assert!(hex32(&"zz".repeat(32)).is_none());
+    }
+
+    #[test]
+    fn a_first_contact_failure_names_its_reason() {
+        let t = Duration::from_secs(5);
+        let connect = |k: io::ErrorKind| StreamError::Connect {
+            addr: "h:1".into(),
+            source: k.into(),
+        };
+        let tls = |k: io::ErrorKind| StreamError::Tls {
+            addr: "h:1".into(),
+            source: k.into(),
+        };
+        let reason = |e: StreamError| unreachable_reason(&e, t);
+        assert_eq!(
+            reason(connect(io::ErrorKind::ConnectionRefused)).as_deref(),
+            Some("connection refused")
+        );
+        for k in [io::ErrorKind::TimedOut, io::ErrorKind::WouldBlock] {
+            assert!(reason(connect(k)).unwrap().starts_with("timed out"));
+            assert!(reason(tls(k)).unwrap().starts_with("timed out"));
+        }
+        assert!(
+            reason(tls(io::ErrorKind::UnexpectedEof))
+                .unwrap()
+                .contains("TLS")
+        );
+        // Reached, and refused us: not "unreachable", the error as it is.
+        assert!(reason(tls(io::ErrorKind::InvalidData)).is_none());
     }
 }

@@ -94,20 +94,25 @@ impl Endpoint {
     }
 }
 
-/// Splits `HOST[:PORT]` (IPv6 as `[::1]:PORT`) and resolves it.
-pub fn resolve(addr: &str) -> Result<SocketAddr, StreamError> {
+/// `HOST[:PORT]` with the port made explicit (the agent's default when
+/// absent), as errors name it: `host:7450`, `[::1]:7450`.
+pub fn with_default_port(addr: &str) -> String {
     // Already has a port: `1.2.3.4:5`, `[::1]:5`, `host:5`.
     let has_port = addr.parse::<SocketAddr>().is_ok()
         || addr.starts_with('[')
         || addr.matches(':').count() == 1;
-    let with_port = if has_port {
+    if has_port {
         addr.to_string()
     } else if addr.contains(':') {
         format!("[{addr}]:{DEFAULT_PORT}")
     } else {
         format!("{addr}:{DEFAULT_PORT}")
-    };
-    with_port
+    }
+}
+
+/// Splits `HOST[:PORT]` (IPv6 as `[::1]:PORT`) and resolves it.
+pub fn resolve(addr: &str) -> Result<SocketAddr, StreamError> {
+    with_default_port(addr)
         .to_socket_addrs()
         .map_err(|source| StreamError::Resolve {
             addr: addr.to_string(),

@@ -49,6 +49,12 @@ pub struct MigrateArgs {
     /// round is a snapshot).
     #[arg(long)]
     pub(crate) max_rounds: Option<u32>,
+    /// How long the first contact with the destination agent may take (TCP
+    /// connect and TLS handshake). An agent not reached by then fails the
+    /// command with "cannot reach HOST:PORT (...)"; once reached, a cut link
+    /// is retried for up to 5 minutes.
+    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    pub(crate) connect_timeout: String,
     /// How long to wait for the containers to be stopped at cutover.
     #[arg(long, default_value = "10m")]
     pub(crate) unmount_timeout: String,
@@ -82,11 +88,14 @@ pub fn run(args: MigrateArgs) -> ExitCode {
     let to = args.to.clone().unwrap_or_default();
     let json = args.json;
     let parse = |s: &str| duration::parse(s).map_err(|e| e.to_string());
-    let (max_downtime, unmount_timeout) =
-        match (parse(&args.max_downtime), parse(&args.unmount_timeout)) {
-            (Ok(a), Ok(b)) => (a, b),
-            (Err(e), _) | (_, Err(e)) => return super::fail(json, e),
-        };
+    let (max_downtime, unmount_timeout, connect_timeout) = match (
+        parse(&args.max_downtime),
+        parse(&args.unmount_timeout),
+        parse(&args.connect_timeout),
+    ) {
+        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return super::fail(json, e),
+    };
     let ep = match args.peer.endpoint() {
         Ok(ep) => ep,
         Err(e) => return super::fail(json, e),
@@ -105,7 +114,10 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             cache_dir: PathBuf::new(),
             target: args.volume.clone(),
             scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            retry: RoundPushRetry::default(),
+            retry: RoundPushRetry {
+                connect_timeout,
+                ..RoundPushRetry::default()
+            },
         },
     };
     let opts = MigrateOptions {
