@@ -12,8 +12,9 @@ use super::agent::PeerOptions;
 use crate::config::DEFAULT_CONTROL_SOCKET;
 use crate::control::ControlClient;
 use crate::migrate::duration;
-use crate::migrate::orchestrate::{Event, MigrateOptions, RemoteAgent, migrate};
-use crate::migrate::plan::DEFAULT_MAX_ROUNDS;
+use crate::migrate::orchestrate::{
+    DEFAULT_MAX_ROUNDS, Event, MigrateOptions, RemoteAgent, migrate,
+};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mover::Source;
@@ -42,9 +43,15 @@ pub struct MigrateArgs {
     #[command(flatten)]
     pub(crate) ebs: super::migrate_ebs::EbsArgs,
     /// Downtime target: pre-copy continues until the final round is
-    /// expected to take less than this.
+    /// expected (from the measured dirty rate and link rate) to take less
+    /// than this, or until rounds stop converging.
     #[arg(long, default_value = "2s")]
     pub(crate) max_downtime: String,
+    /// Refuse the cutover when the estimated downtime exceeds
+    /// --max-downtime: exit non-zero with the figures, the volume not
+    /// fenced, the application still running.
+    #[arg(long)]
+    pub(crate) strict: bool,
     /// Pre-copy rounds at most (default 10; 5 with --via-ebs, where each
     /// round is a snapshot).
     #[arg(long)]
@@ -127,6 +134,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         max_rounds: args.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS).max(1),
         unmount_timeout,
         fence_poll: FENCE_POLL,
+        strict: args.strict,
     };
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -171,18 +179,27 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         Event::RoundEnd(r) => say(
             &bar,
             format!(
-                "round {} ({}): {} bytes changed, {} on the wire, scan {} ms, transfer {} ms{}",
+                "round {} ({}): {} bytes changed, {} on the wire, scan {} ms, transfer {} ms{}{}",
                 r.round,
                 if r.final_round { "final" } else { "pre-copy" },
                 r.bytes,
                 r.wire_bytes,
                 r.scan_ms,
                 r.transfer_ms,
+                if r.partial {
+                    format!(
+                        " (partial: {} bytes changed under it, sent next round)",
+                        r.bytes_dirty
+                    )
+                } else {
+                    String::new()
+                },
                 r.estimate_ms
                     .map(|e| format!(", final round estimated at {e} ms"))
                     .unwrap_or_default()
             ),
         ),
+        Event::Outpaced(msg) => say(&bar, format!("warning: {msg}")),
         Event::WaitingForUnmount => say(
             &bar,
             format!(

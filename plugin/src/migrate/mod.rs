@@ -6,9 +6,8 @@
 //! - [`wire`]: the JSON requests `migrate` sends to the peer's agent.
 //! - [`agent`]: the agent's request handler: receives rounds into the local
 //!   daemon's storage.
-//! - [`plan`]: the pre-copy convergence rule (pure).
 //! - [`orchestrate`]: the source side's state machine: preflight, pre-copy
-//!   rounds, cutover, final round, handover, report.
+//!   rounds (`mover::net::precopy`, `mover::converge`), cutover, final round, handover, report.
 //! - [`report`]: what a migration did, for humans and `--json`.
 //! - [`ebs`], [`ebs_snapshots`]: `daffe migrate --via-ebs`, to another zone
 //!   through EBS snapshots (sequencing and the daemon's steps; the snapshot
@@ -25,6 +24,5 @@ pub(crate) mod duration;
 pub(crate) mod ebs;
 pub(crate) mod ebs_snapshots;
 pub(crate) mod orchestrate;
-pub(crate) mod plan;
 pub(crate) mod report;
 pub(crate) mod wire;

@@ -3,8 +3,10 @@
 //!
 //! 1. Preflight (the thesis' phase I): the destination answers (so it is
 //!    reachable and authenticated), has the profile and the room.
-//! 2. Pre-copy rounds while the volume stays mounted and in use, until
-//!    [`plan::decide`] says cut over.
+//! 2. Pre-copy rounds while the volume stays mounted and in use:
+//!    [`mover::net::precopy`] runs them (partial rounds are kept) until
+//!    [`mover::converge`] says cut over, or, in strict mode, refuses (then
+//!    nothing is fenced and the application keeps running).
 //! 3. Cutover: wait until nothing mounts the volume (the operator stops the
 //!    container; see `mod.rs`), fencing it in the same locked step; final
 //!    round; the destination takes ownership; the source is marked moved.
@@ -15,15 +17,19 @@
 //! answer lost, the source stays fenced: rerunning `daffe migrate` finishes
 //! the handover (every step is idempotent), never two owners.
 
-use super::plan::{self, Decision, RoundObs, Why};
-use super::report::{Report, RoundReport, millis};
+use super::report::{EstimateReport, Report, RoundReport, millis};
 use super::wire::{PeerReply, PeerRequest};
 use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
 use mover::Source;
+use mover::converge::Targets;
 use mover::net::conn::ConnError;
+use mover::net::precopy::{
+    self, PreCopyError, PreCopyHooks, PreCopyReport, PreCopyRound, RoundTarget,
+};
 use mover::net::rounds::{RoundPushError, RoundPushReport, RoundPusher};
 use mover::net::serve::ServeEvent;
+use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -36,6 +42,10 @@ pub(crate) enum MigrateError {
     Peer(#[from] ConnError),
     #[error("destination: {0}")]
     Push(#[from] RoundPushError),
+    /// Pre-copy stopped without fencing (strict mode's refusal, with its
+    /// figures; a failed hook).
+    #[error("{0}; {1} was not fenced and stays in use here")]
+    PreCopy(String, String),
     #[error("destination sent an unexpected reply: {0}")]
     Reply(String),
     #[error("volume {volume} already moved to {to}")]
@@ -174,15 +184,25 @@ pub(crate) struct MigrateOptions {
     pub(crate) unmount_timeout: Duration,
     /// How often the unmount is looked for: bounds the downtime measurement error.
     pub(crate) fence_poll: Duration,
+    /// Refuse the cutover (unfenced) when the estimate exceeds `max_downtime`.
+    pub(crate) strict: bool,
 }
+
+/// Pre-copy rounds at most unless the operator says otherwise.
+pub(crate) const DEFAULT_MAX_ROUNDS: u32 = 10;
 
 /// Progress, for a bar or a log.
 #[derive(Debug, Clone)]
 pub(crate) enum Event {
     Preflight(ReceiveCheck),
-    RoundStart { round: u32, final_round: bool },
+    RoundStart {
+        round: u32,
+        final_round: bool,
+    },
     Bytes(u64),
     RoundEnd(RoundReport),
+    /// The writes outpace the link: the figures, before the unmount is asked for.
+    Outpaced(String),
     WaitingForUnmount,
     Unmounted,
     Committed,
@@ -221,14 +241,73 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         round,
         final_round,
         bytes: r.summary.bytes_fetched,
+        bytes_dirty: r.summary.bytes_dirty,
+        partial: r.summary.bytes_dirty > 0,
         wire_bytes: r.wire_sent + r.wire_received,
         chunks_new: r.summary.chunks_new,
         chunks_total: r.summary.chunks_total,
         scan_ms: millis(r.scan_time),
         transfer_ms: millis(r.transfer_time),
         attempts: r.attempts,
-        stale: false,
+        after_hook: false,
         estimate_ms: None,
+    }
+}
+
+/// Pre-copy rounds go to the destination, with progress events; each
+/// round's push report is kept for [`ReportRounds`].
+struct DestRounds<'a, 'e> {
+    dest: &'a mut dyn DestHost,
+    event: &'a RefCell<&'e mut dyn FnMut(Event)>,
+    pushes: &'a RefCell<Vec<RoundPushReport>>,
+}
+
+impl RoundTarget for DestRounds<'_, '_> {
+    fn push_round(
+        &mut self,
+        round: u32,
+        final_round: bool,
+    ) -> Result<RoundPushReport, RoundPushError> {
+        (self.event.borrow_mut())(Event::RoundStart { round, final_round });
+        let event = self.event;
+        let r = self.dest.round(round, final_round, &mut |b| {
+            (event.borrow_mut())(Event::Bytes(b))
+        })?;
+        self.pushes.borrow_mut().push(r.clone());
+        Ok(r)
+    }
+}
+
+/// Each pre-copy round, once the model has seen it, into the report and the
+/// operator's progress.
+struct ReportRounds<'a, 'e> {
+    event: &'a RefCell<&'e mut dyn FnMut(Event)>,
+    pushes: &'a RefCell<Vec<RoundPushReport>>,
+    rounds: &'a mut Vec<RoundReport>,
+}
+
+impl PreCopyHooks for ReportRounds<'_, '_> {
+    fn round_done(&mut self, p: &PreCopyRound) {
+        // A round that never completed (the source changed under every
+        // rescan) has no push report: its figures are the loop's.
+        let mut rr = match self.pushes.borrow_mut().pop() {
+            Some(r) => round_report(p.round, false, &r),
+            None => RoundReport {
+                round: p.round,
+                bytes: p.bytes_moved,
+                bytes_dirty: p.bytes_dirty,
+                partial: p.partial,
+                wire_bytes: p.wire_bytes,
+                scan_ms: p.scan_ms,
+                transfer_ms: p.transfer_ms,
+                attempts: p.attempts,
+                ..Default::default()
+            },
+        };
+        rr.after_hook = p.after_hook;
+        rr.estimate_ms = Some(millis(p.estimate.downtime));
+        (self.event.borrow_mut())(Event::RoundEnd(rr.clone()));
+        self.rounds.push(rr);
     }
 }
 
@@ -295,67 +374,58 @@ pub(crate) fn migrate(
     };
     dest.set_source(&paths.docker_name, source, paths.cache_dir.clone());
 
-    // 2. Pre-copy.
+    // 2. Pre-copy, through mover's loop and convergence model: rounds under
+    // writes are partial but kept (the agent receives with `precopy`).
     let mut round = 0u32;
-    if !resume_cutover {
+    let mut precopy_report: Option<PreCopyReport> = None;
+    let event = RefCell::new(event);
+    if resume_cutover {
+        report.cutover_reason = "resumed".into();
+    } else {
         host.begin_move(vol, to)?;
-        let mut obs: Vec<RoundObs> = Vec::new();
-        loop {
-            round += 1;
-            event(Event::RoundStart {
-                round,
-                final_round: false,
-            });
-            let mut rr = match dest.round(round, false, &mut |b| event(Event::Bytes(b))) {
-                Ok(r) => {
-                    obs.push(RoundObs {
-                        dirty_bytes: r.summary.bytes_fetched,
-                        wire_bytes: r.wire_sent + r.wire_received,
-                        transfer: r.transfer_time,
-                        scan: r.scan_time,
-                        stale: false,
-                    });
-                    round_report(round, false, &r)
-                }
-                Err(e) if e.is_stale() => {
-                    obs.push(RoundObs {
-                        dirty_bytes: obs.last().map_or(u64::MAX, |o| o.dirty_bytes),
-                        wire_bytes: 0,
-                        transfer: Duration::ZERO,
-                        scan: Duration::ZERO,
-                        stale: true,
-                    });
-                    RoundReport {
-                        round,
-                        stale: true,
-                        ..Default::default()
-                    }
-                }
-                Err(e) => {
-                    let _ = host.abort_move(vol);
-                    return Err(e.into());
-                }
-            };
-            let decision = plan::decide(&obs, opts.max_downtime, opts.max_rounds);
-            let (estimate, why) = match decision {
-                Decision::Continue { estimate } => (estimate, None),
-                Decision::Cutover { estimate, why } => (estimate, Some(why)),
-            };
-            rr.estimate_ms = Some(millis(estimate));
-            event(Event::RoundEnd(rr.clone()));
-            report.rounds.push(rr);
-            if let Some(why) = why {
-                report.cutover_reason = match why {
-                    Why::Fits => "fits",
-                    Why::NotShrinking => "not-shrinking",
-                    Why::MaxRounds => "max-rounds",
-                }
-                .into();
-                break;
+        let targets = Targets {
+            max_downtime: opts.max_downtime,
+            max_rounds: opts.max_rounds,
+            strict: opts.strict,
+            link_rate: None,
+            // The unmount is seen within a poll of the operator's stop.
+            cutover_gap: opts.fence_poll,
+        };
+        let pushes = RefCell::new(Vec::new());
+        let mut target = DestRounds {
+            dest: &mut *dest,
+            event: &event,
+            pushes: &pushes,
+        };
+        let mut hooks = ReportRounds {
+            event: &event,
+            pushes: &pushes,
+            rounds: &mut report.rounds,
+        };
+        match precopy::precopy(&mut target, &targets, 1, &mut hooks) {
+            Ok(pr) => {
+                round = pr.next_round - 1;
+                report.cutover_reason = pr.reason.as_str().into();
+                precopy_report = Some(pr);
+            }
+            Err(e) => {
+                // Nothing was fenced: the application keeps running here.
+                let _ = host.abort_move(vol);
+                return Err(match e {
+                    PreCopyError::Push(e) => e.into(),
+                    e => MigrateError::PreCopy(e.to_string(), vol.clone()),
+                });
             }
         }
-    } else {
-        report.cutover_reason = "resumed".into();
+    }
+    let event = event.into_inner();
+    if let Some(pr) = &precopy_report {
+        report.estimate = Some(EstimateReport::of(&pr.estimate, pr.outpaced));
+        // Said before the unmount is asked for: the operator decides with
+        // the figures in hand.
+        if let Some(msg) = pr.outpaced_message() {
+            event(Event::Outpaced(msg));
+        }
     }
 
     // 3. Cutover: wait for the unmount, fencing in the same step.
@@ -393,6 +463,9 @@ pub(crate) fn migrate(
     });
     match dest.round(round, true, &mut |b| event(Event::Bytes(b))) {
         Ok(r) => {
+            if let Some(pr) = &precopy_report {
+                report.final_round = Some(pr.final_round(&r, tw));
+            }
             let rr = round_report(round, true, &r);
             event(Event::RoundEnd(rr.clone()));
             report.rounds.push(rr);
@@ -509,20 +582,26 @@ mod tests {
     /// An agent double: scripted round outcomes (dirty bytes), a commit result.
     struct FakeDest {
         rounds: VecDeque<Result<u64, &'static str>>,
+        /// Bytes the source changes under each round (partial rounds).
+        dirty: VecDeque<u64>,
         log: Vec<String>,
         commit_fails: bool,
     }
 
-    fn push_report(bytes: u64) -> RoundPushReport {
+    /// A round over a 1 GB/s link: it takes (really: the model measures
+    /// wall time) 1 ms per MB.
+    fn push_report(bytes: u64, dirty: u64) -> RoundPushReport {
+        let transfer = Duration::from_micros(bytes / 1000);
+        std::thread::sleep(transfer);
         RoundPushReport {
             summary: RoundSummary {
                 bytes_fetched: bytes,
+                bytes_dirty: dirty,
                 ..Default::default()
             },
             scan: ScanStats::default(),
             scan_time: Duration::from_millis(10),
-            // 10 MB/s.
-            transfer_time: Duration::from_millis(bytes / 10_000),
+            transfer_time: transfer,
             wire_sent: bytes,
             wire_received: 0,
             attempts: 1,
@@ -571,7 +650,7 @@ mod tests {
             match self.rounds.pop_front().unwrap_or(Ok(0)) {
                 Ok(b) => {
                     progress(b);
-                    Ok(push_report(b))
+                    Ok(push_report(b, self.dirty.pop_front().unwrap_or(0)))
                 }
                 Err("stale") => Err(RoundPushError::StillStale {
                     target: "counter@gold".into(),
@@ -600,12 +679,14 @@ mod tests {
             max_rounds: 10,
             unmount_timeout: Duration::from_secs(5),
             fence_poll: Duration::from_millis(1),
+            strict: false,
         }
     }
 
     fn dest(rounds: Vec<Result<u64, &'static str>>) -> FakeDest {
         FakeDest {
             rounds: rounds.into(),
+            dirty: VecDeque::new(),
             log: vec![],
             commit_fails: false,
         }
@@ -615,19 +696,26 @@ mod tests {
     fn rounds_converge_then_cutover_fences_final_round_commits_and_marks_moved() {
         let d = tempfile::tempdir().unwrap();
         let host = FakeHost::new(d.path(), "ready", None);
-        // 100 MB, 30 MB (10 s at 10 MB/s -> continue), 1 MB (0.1 s -> fits), final 2 KB.
-        let mut dest = dest(vec![
-            Ok(100_000_000),
-            Ok(30_000_000),
-            Ok(1_000_000),
-            Ok(2000),
-        ]);
+        // 100 MB (one round never fits), 30 MB (its estimate does), final 2 KB.
+        let mut dest = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(2000)]);
         let mut events = vec![];
         let r = migrate(&host, &mut dest, &opts(), &mut |e| events.push(e)).unwrap();
-        assert_eq!(r.rounds.len(), 4);
-        assert!(r.rounds[3].final_round);
+        assert_eq!(r.rounds.len(), 3);
+        assert!(r.rounds[2].final_round);
         assert_eq!(r.cutover_reason, "fits");
-        assert_eq!(r.bytes_moved, 131_002_000);
+        assert_eq!(r.bytes_moved, 130_002_000);
+        let e = r.estimate.as_ref().unwrap();
+        assert!(
+            e.downtime_ms <= 2000 && e.link_rate > 0 && !e.outpaced,
+            "{e:?}"
+        );
+        assert!(r.rounds[1].estimate_ms.is_some());
+        let f = r.final_round.as_ref().unwrap();
+        assert_eq!(f.bytes, 2000);
+        assert_eq!(
+            f.composition.before_unmount + f.composition.after_unmount,
+            2000
+        );
         assert_eq!(
             host.log(),
             vec![
@@ -646,8 +734,7 @@ mod tests {
                 "source counter@gold",
                 "round 1 final=false",
                 "round 2 final=false",
-                "round 3 final=false",
-                "round 4 final=true",
+                "round 3 final=true",
                 "commit"
             ]
         );
@@ -695,8 +782,77 @@ mod tests {
         let host = FakeHost::new(d.path(), "ready", None);
         let mut dest = dest(vec![Ok(50_000_000), Err("stale"), Ok(100_000), Ok(10)]);
         let r = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap();
-        assert!(r.rounds[1].stale);
+        assert_eq!(r.rounds[1].bytes, 0);
         assert!(r.rounds.last().unwrap().final_round);
+    }
+
+    #[test]
+    fn partial_rounds_are_reported_with_their_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        let mut dest = dest(vec![Ok(20_000_000), Ok(2_000_000), Ok(10_000), Ok(500)]);
+        dest.dirty = vec![300_000, 40_000].into();
+        let r = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap();
+        let first = &r.rounds[0];
+        assert!(first.partial && !first.final_round);
+        assert_eq!((first.bytes, first.bytes_dirty), (20_000_000, 300_000));
+        assert!(r.rounds[1].partial);
+        assert_eq!(r.rounds[1].bytes, 2_000_000);
+        assert!(r.rounds.last().unwrap().final_round);
+        assert_eq!(r.bytes_moved, r.rounds.iter().map(|x| x.bytes).sum::<u64>());
+    }
+
+    /// Every pre-copy round moves as much as the one before: the source
+    /// writes as fast as the link carries.
+    fn outpacing_dest() -> FakeDest {
+        dest(vec![Ok(3_000_000); 12])
+    }
+
+    #[test]
+    fn strict_mode_refuses_unfenced_with_the_figures() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        let mut dest = outpacing_dest();
+        let mut o = opts();
+        o.strict = true;
+        o.max_downtime = Duration::from_millis(1);
+        let mut events = vec![];
+        let err = migrate(&host, &mut dest, &o, &mut |e| events.push(e)).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, MigrateError::PreCopy(..)), "{msg}");
+        assert!(msg.contains("strict mode") && msg.contains("MB/s"), "{msg}");
+        assert!(msg.contains("not fenced"), "{msg}");
+        // Never fenced, given back, no final round, no commit.
+        assert_eq!(host.log(), vec!["move hostb", "abort"]);
+        assert!(
+            dest.log
+                .iter()
+                .all(|l| !l.ends_with("final=true") && l != "commit")
+        );
+        assert!(!events.iter().any(|e| matches!(e, Event::WaitingForUnmount)));
+    }
+
+    #[test]
+    fn outpacing_writes_are_said_before_the_unmount_is_asked_for() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        *host.mounted_polls.borrow_mut() = 0;
+        let mut dest = outpacing_dest();
+        let mut o = opts();
+        o.max_downtime = Duration::from_millis(1);
+        let mut events = vec![];
+        let r = migrate(&host, &mut dest, &o, &mut |e| events.push(e)).unwrap();
+        assert_eq!(r.cutover_reason, "write-rate-exceeds-link");
+        assert!(r.estimate.as_ref().unwrap().outpaced);
+        let said = events
+            .iter()
+            .position(|e| matches!(e, Event::Outpaced(m) if m.contains("MB/s")))
+            .expect("an outpaced warning");
+        let waiting = events
+            .iter()
+            .position(|e| matches!(e, Event::WaitingForUnmount))
+            .unwrap();
+        assert!(said < waiting);
     }
 
     #[test]

@@ -2,15 +2,57 @@
 //! the unmount on the source to "ready" on the destination), for the
 //! operator's screen and for `--json`.
 
+use mover::converge::Estimate;
+use mover::net::precopy::FinalRound;
 use serde::Serialize;
 use std::time::Duration;
+
+/// The estimate, in the report's units.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct EstimateReport {
+    pub(crate) downtime_ms: u64,
+    pub(crate) final_bytes: u64,
+    /// Unique bytes dirtied per second at the source.
+    pub(crate) dirty_rate: u64,
+    /// Payload bytes per second the link carries.
+    pub(crate) link_rate: u64,
+    /// The writes outpace the link: pre-copy could not converge.
+    pub(crate) outpaced: bool,
+}
+
+impl EstimateReport {
+    pub(crate) fn of(e: &Estimate, outpaced: bool) -> Self {
+        EstimateReport {
+            downtime_ms: millis(e.downtime),
+            final_bytes: e.final_bytes,
+            dirty_rate: rate(e.dirty_rate),
+            link_rate: rate(e.link_rate),
+            outpaced,
+        }
+    }
+}
+
+/// A rate in whole bytes per second (saturating; NaN is 0).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "a rate for the report: the cast saturates, sub-byte precision does not matter"
+)]
+fn rate(r: f64) -> u64 {
+    r.round() as u64
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub(crate) struct RoundReport {
     pub(crate) round: u32,
     pub(crate) final_round: bool,
-    /// Chunk payload the destination fetched (changed data).
+    /// Chunk payload the destination fetched (changed data), kept even when
+    /// the round was partial.
     pub(crate) bytes: u64,
+    /// Bytes the source changed under the round: they go again next round.
+    pub(crate) bytes_dirty: u64,
+    /// The source changed under the round; what it moved is kept.
+    pub(crate) partial: bool,
     /// Bytes on the wire (TLS, framing, compression included) both ways.
     pub(crate) wire_bytes: u64,
     pub(crate) chunks_new: u64,
@@ -19,8 +61,8 @@ pub(crate) struct RoundReport {
     pub(crate) transfer_ms: u64,
     /// Connection attempts (more than 1: the link was cut and resumed).
     pub(crate) attempts: u32,
-    /// The source changed under every scan: the round did not complete.
-    pub(crate) stale: bool,
+    /// The round ran after the before-cutover hook.
+    pub(crate) after_hook: bool,
     /// Estimated final-round time after this round (pre-copy rounds).
     pub(crate) estimate_ms: Option<u64>,
 }
@@ -38,8 +80,14 @@ pub(crate) struct Report {
     pub(crate) bytes_moved: u64,
     pub(crate) wire_bytes: u64,
     pub(crate) compression: bool,
-    /// Why pre-copy stopped (`fits`, `not-shrinking`, `max-rounds`).
+    /// Why pre-copy stopped (`fits`, `not-converging`,
+    /// `write-rate-exceeds-link`, `max-rounds`; `resumed`).
     pub(crate) cutover_reason: String,
+    /// The convergence model's estimate when pre-copy stopped (none when a
+    /// rerun resumed a cutover).
+    pub(crate) estimate: Option<EstimateReport>,
+    /// The final round against the estimate, and its composition.
+    pub(crate) final_round: Option<FinalRound>,
     pub(crate) max_downtime_ms: u64,
     pub(crate) total_ms: u64,
     /// From asking for the unmount to seeing it (the operator's part).
@@ -103,8 +151,11 @@ impl Report {
                 human_bytes(r.wire_bytes),
                 r.scan_ms,
                 r.transfer_ms,
-                match (r.attempts, r.stale) {
-                    (_, true) => "  (source kept changing)".to_string(),
+                match (r.attempts, r.partial) {
+                    (_, true) => format!(
+                        "  (partial: {} changed under it)",
+                        human_bytes(r.bytes_dirty)
+                    ),
                     (a, _) if a > 1 => format!("  ({a} attempts)"),
                     _ => String::new(),
                 }
@@ -116,6 +167,19 @@ impl Report {
             human_bytes(self.wire_bytes),
             self.cutover_reason
         ));
+        if let (Some(e), Some(f)) = (&self.estimate, &self.final_round) {
+            s.push_str(&format!(
+                "  estimate {} ms for {} (dirty {}/s, link {}/s); final round {}: {} dirtied \
+                 before the unmount request, {} after\n",
+                e.downtime_ms,
+                human_bytes(e.final_bytes),
+                human_bytes(e.dirty_rate),
+                human_bytes(e.link_rate),
+                human_bytes(f.bytes),
+                human_bytes(f.composition.before_unmount),
+                human_bytes(f.composition.after_unmount),
+            ));
+        }
         s.push_str(&format!(
             "  total {:.1} s, waited {:.1} s for the unmount, downtime {} ms (target {} ms)\n",
             secs_of_ms(self.total_ms),
