@@ -5,6 +5,7 @@
 
 use daffe_e2e::hosts::{TwoHosts, daffe_bin, test_image};
 use daffe_e2e::netns::ADDR_B;
+use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,15 +28,18 @@ exec httpd -f -p 127.0.0.1:{port} -h /www"#
     )
 }
 
-/// A port for the counter on A's (shared) root namespace.
+/// A port for the counter on A (free on the root namespace; A's engine has
+/// a network namespace of its own, where it is free too).
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
 
-fn curl_root(url: &str) -> Result<String, String> {
-    let out = Command::new("curl")
-        .args(["-sS", "--max-time", "5", url])
+/// `curl URL` inside the network namespace `net` (host A's engine's).
+fn curl_in(net: &Path, url: &str) -> Result<String, String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", net.display()))
+        .args(["curl", "-sS", "--max-time", "5", url])
         .output()
         .map_err(|e| e.to_string())?;
     if out.status.success() {
@@ -116,20 +120,22 @@ fn the_web_counter_keeps_its_count_across_hosts() {
         "start counter on A",
     );
     let url = format!("http://127.0.0.1:{port}/cgi-bin/count");
-    let first = wait_http(|| curl_root(&url));
+    let net_a = h.docker_a.net_ns();
+    let first = wait_http(|| curl_in(&net_a, &url));
     assert_eq!(first, "A: 1");
-    assert_eq!(curl_root(&url).unwrap(), "A: 2");
-    assert_eq!(curl_root(&url).unwrap(), "A: 3");
+    assert_eq!(curl_in(&net_a, &url).unwrap(), "A: 2");
+    assert_eq!(curl_in(&net_a, &url).unwrap(), "A: 3");
 
     // Steady write load while the pre-copy rounds run.
     let stop = Arc::new(AtomicBool::new(false));
     let load = {
         let stop = stop.clone();
         let url = url.clone();
+        let net_a = net_a.clone();
         std::thread::spawn(move || {
             let mut seen = vec![];
             while !stop.load(Ordering::SeqCst) {
-                if let Ok(r) = curl_root(&url) {
+                if let Ok(r) = curl_in(&net_a, &url) {
                     seen.push(count_of(&r));
                 }
                 std::thread::sleep(Duration::from_millis(100));

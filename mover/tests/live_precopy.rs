@@ -26,7 +26,7 @@ fn precopy_net() -> Net {
 }
 
 fn pusher(net: &Net, source: Source, target: &str) -> RoundPusher {
-    let mut p = pusher(&net, source, target);
+    let mut p = net.pusher(source, target);
     p.retry.stale_rescans = 0;
     p
 }

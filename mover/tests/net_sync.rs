@@ -6,29 +6,21 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::TcpListener;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::common;
 use crate::common::net::Net;
 use mover::chunk::ChunkRef;
 use mover::manifest::{Entry, Header, Kind, ManifestWriter, Mode};
-use mover::net::agent::{Agent, PeerInfo, RoundHandler};
-use mover::net::identity::{self, NodeFiles};
-use mover::net::message::{RoundRequest, RoundSummary, TransferMode, WireError};
-use mover::net::netsource::NetSource;
-use mover::net::peer::Peer;
-use mover::net::rounds::{RoundPushRetry, RoundPusher, receive_round};
+use mover::net::message::{RoundRequest, TransferMode};
+use mover::net::rounds::RoundPusher;
 use mover::net::serve::{ChunkSink, ServeEvent};
-use mover::net::stream::Endpoint;
-use mover::net::tls;
-use mover::retry::RetryPolicy;
 use mover::source::SourceError;
-use mover::{ChunkId, ChunkSource, Destination, ReceiveOptions, Source, Want};
+use mover::{ChunkId, ChunkSource, Source, Want};
 
 fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("sub/deeper")).unwrap();

@@ -272,7 +272,8 @@ impl PrivateDockerd {
             // with `--bridge=none` it deletes the host's docker0 at start,
             // and without it the two fight over docker0.)
             .args(["-m", "-n", "--propagation", "slave", "sh", "-c"])
-            .arg(r#"mount --bind "$0" /run/docker/plugins && exec "$@""#)
+            // lo up: containers with `--network host` serve on 127.0.0.1.
+            .arg(r#"mount --bind "$0" /run/docker/plugins && ip link set lo up && exec "$@""#)
             .arg(self.plugins_dir())
             .arg("dockerd")
             .arg("--data-root")
@@ -299,6 +300,14 @@ impl PrivateDockerd {
 
     pub fn docker(&self) -> Docker {
         Docker::at(&self.socket)
+    }
+
+    /// The engine's network namespace (its containers' `--network host`),
+    /// for `nsenter --net=`. unshare and sh exec into dockerd, so the
+    /// child's pid is dockerd's.
+    pub fn net_ns(&self) -> PathBuf {
+        let pid = self.child.as_ref().expect("engine running").id();
+        PathBuf::from(format!("/proc/{pid}/ns/net"))
     }
 
     /// Stops the engine (SIGTERM, as systemd does) and starts it again.

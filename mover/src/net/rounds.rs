@@ -160,7 +160,9 @@ pub enum RoundPushError {
     Unreachable {
         addr: String,
         reason: String,
-        source: StreamError,
+        // Boxed: the variant would otherwise make every Result of this type
+        // large (clippy::result_large_err).
+        source: Box<StreamError>,
     },
     #[error("round {round} into {target}: {source}")]
     Round {
@@ -251,7 +253,7 @@ impl RoundPusher {
                     Some(reason) => RoundPushError::Unreachable {
                         addr: with_default_port(&self.addr),
                         reason,
-                        source: e,
+                        source: Box::new(e),
                     },
                     None => e.into(),
                 }

@@ -38,9 +38,8 @@ pub use services::{Task, parse_tasks};
 
 use crate::docker::Docker;
 use crate::etcd::EtcdCluster;
-use crate::postgres::Place;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};

@@ -38,7 +38,7 @@ impl Node {
         PathBuf::from("/var/run/netns").join(&self.netns)
     }
 
-    fn holder_pid(&self) -> u32 {
+    pub(super) fn holder_pid(&self) -> u32 {
         self.holder.as_ref().map(Child::id).expect("node holder")
     }
 
@@ -150,7 +150,7 @@ impl Node {
     /// -9 leaves it and the containers' shims running, and a restarted
     /// dockerd reconnects to it. (A containerd that dockerd starts itself
     /// outlives it too, and blocks the next one's start on its lock.)
-    fn start_containerd(&mut self) {
+    pub(super) fn start_containerd(&mut self) {
         let config = self.dir.join("containerd.toml");
         std::fs::write(
             &config,
