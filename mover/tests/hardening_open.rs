@@ -6,28 +6,13 @@
 //! device case that mattered, the scanner hashing it into the manifest, is
 //! tested at the open helper, `mover::regular_file`.)
 
-use crate::common;
+use crate::common::{self, scan_sender as scan};
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use mover::scan::ScanOptions;
-use mover::{Destination, ReceiveOptions, Receiver, RoundStats, Sender, Source};
+use mover::{Destination, ReceiveOptions, Receiver, RoundStats, Source};
 use rustix::fs::{FileType, Mode};
-
-fn scan(src: &Source, cache: &Path) -> Sender {
-    Sender::scan(
-        src,
-        cache,
-        ScanOptions {
-            threads: 2,
-            label: "t".into(),
-            progress: Arc::new(mover::progress::NoProgress),
-        },
-    )
-    .unwrap()
-}
 
 /// Scans a one-file tree, swaps `make` in at the file's path, and runs a
 /// pre-copy round (bounded: a FIFO read would block it forever).

@@ -83,17 +83,7 @@ fn block_device_destination() {
     f.set_len(32 << 20).unwrap();
     f.write_all_at(&vec![0xAAu8; 1 << 20], 10 << 20).unwrap(); // garbage where the source has a hole
     drop(f);
-    let out = Command::new("losetup")
-        .args(["--find", "--show"])
-        .arg(&backing)
-        .output()
-        .expect("losetup runs");
-    assert!(
-        out.status.success(),
-        "losetup failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let dev = losetup(&backing);
     let result = std::panic::catch_unwind(|| {
         let mut o = opts(t.path());
         o.state_dir = Some(t.path().join("devstate"));
@@ -146,17 +136,7 @@ fn finding_08_block_device_destination_is_fsynced() {
         .unwrap()
         .set_len(16 << 20)
         .unwrap();
-    let out = Command::new("losetup")
-        .args(["--find", "--show"])
-        .arg(&backing)
-        .output()
-        .expect("losetup runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let dev = losetup(&backing);
     let result = std::panic::catch_unwind(|| {
         let _held = fs::File::open(&dev).unwrap();
         let stat = format!("/sys/block/{}/stat", dev.trim_start_matches("/dev/"));

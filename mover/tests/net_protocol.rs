@@ -5,12 +5,12 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::TcpListener;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mover::net::agent::{Agent, PeerInfo, RoundHandler};
+use crate::common::net::serve_agent;
+use mover::net::agent::{PeerInfo, RoundHandler};
 use mover::net::bwlimit::WireCounters;
 use mover::net::conn::ConnError;
 use mover::net::identity::{self, NodeFiles};
@@ -179,16 +179,7 @@ fn setup() -> Setup {
     let mut ep = Endpoint::new("hostb");
     ep.io_timeout = Duration::from_secs(5);
     ep.handshake_timeout = HANDSHAKE;
-    let agent = Arc::new(Agent::new(
-        tls::server_config(&b_files).unwrap(),
-        ep,
-        handler.clone(),
-    ));
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let shutdown = Arc::new(AtomicBool::new(false));
-    let sd = shutdown.clone();
-    std::thread::spawn(move || agent.serve(listener, &sd).unwrap());
+    let (addr, shutdown) = serve_agent(&b_files, ep, handler.clone());
     Setup {
         _dir: dir,
         addr,

@@ -6,29 +6,14 @@
 //! A final round (not pre-copy) under the same change still fails: it must
 //! be exact.
 
-use crate::common;
+use crate::common::{self, scan_sender as scan};
 
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
 
 use mover::receive::ReceiveError;
-use mover::scan::ScanOptions;
 use mover::{Destination, ReceiveOptions, Receiver, RoundStats, Sender, Source};
-
-fn scan(src: &Source, cache: &Path) -> Sender {
-    Sender::scan(
-        src,
-        cache,
-        ScanOptions {
-            threads: 2,
-            label: "t".into(),
-            progress: Arc::new(mover::progress::NoProgress),
-        },
-    )
-    .unwrap()
-}
 
 fn round(
     dest: &Destination,

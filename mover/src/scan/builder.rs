@@ -240,15 +240,7 @@ impl Scanner {
     pub(super) fn skip_socket(&mut self, path: &[u8]) {
         self.stats.sockets_skipped += 1;
         let msg = format!("skipping socket {:?}", String::from_utf8_lossy(path));
-        tracing::warn!("{msg}");
-        self.opts
-            .progress
-            .event(&Progress::Warning { message: msg });
-        self.skipped.push(Skip {
-            path: String::from_utf8_lossy(path).into_owned(),
-            what: "socket".into(),
-            reason: "sockets cannot be copied".into(),
-        });
+        self.skip(path, msg, "socket", "sockets cannot be copied".into());
     }
 
     /// A regular file replaced by something else between its lstat and its
@@ -259,14 +251,20 @@ impl Scanner {
             "skipping {:?}: replaced by {what} while scanning",
             String::from_utf8_lossy(path)
         );
+        let reason = format!("replaced by {what} while scanning; not read");
+        self.skip(path, msg, "changed", reason);
+    }
+
+    /// Logs and reports `msg`, and lists `path` among the skipped entries.
+    fn skip(&mut self, path: &[u8], msg: String, what: &str, reason: String) {
         tracing::warn!("{msg}");
         self.opts
             .progress
             .event(&Progress::Warning { message: msg });
         self.skipped.push(Skip {
             path: String::from_utf8_lossy(path).into_owned(),
-            what: "changed".into(),
-            reason: format!("replaced by {what} while scanning; not read"),
+            what: what.into(),
+            reason,
         });
     }
 

@@ -250,3 +250,33 @@ pub fn opts(base: &Path) -> mover::SyncOptions {
         ..Default::default()
     }
 }
+
+/// Attaches `backing` to a free loop device; returns the device's path.
+/// The caller detaches it (`losetup -d`).
+pub fn losetup(backing: &Path) -> String {
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(backing)
+        .output()
+        .expect("losetup runs");
+    assert!(
+        out.status.success(),
+        "losetup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Scans `src` with two threads and no progress output, for a round.
+pub fn scan_sender(src: &mover::Source, cache: &Path) -> mover::Sender {
+    mover::Sender::scan(
+        src,
+        cache,
+        mover::scan::ScanOptions {
+            threads: 2,
+            label: "t".into(),
+            progress: std::sync::Arc::new(mover::progress::NoProgress),
+        },
+    )
+    .unwrap()
+}

@@ -62,6 +62,22 @@ impl RoundHandler for DirHandler {
     }
 }
 
+/// Starts an agent with `files`' identity on a free port of 127.0.0.1;
+/// returns its address and the flag that stops it.
+pub fn serve_agent(
+    files: &NodeFiles,
+    ep: Endpoint,
+    handler: Arc<dyn RoundHandler>,
+) -> (String, Arc<AtomicBool>) {
+    let agent = Arc::new(Agent::new(tls::server_config(files).unwrap(), ep, handler));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let sd = shutdown.clone();
+    std::thread::spawn(move || agent.serve(listener, &sd).unwrap());
+    (addr, shutdown)
+}
+
 /// Host A's certificate and host B's agent, stopped on drop.
 pub struct Net {
     pub dir: tempfile::TempDir,
@@ -101,16 +117,7 @@ impl Net {
         std::fs::create_dir_all(dir.path().join("b/dst")).unwrap();
         let mut ep = Endpoint::new("hostb");
         ep.io_timeout = Duration::from_secs(10);
-        let agent = Arc::new(Agent::new(
-            tls::server_config(&b).unwrap(),
-            ep,
-            handler.clone(),
-        ));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let shutdown = Arc::new(AtomicBool::new(false));
-        let sd = shutdown.clone();
-        std::thread::spawn(move || agent.serve(listener, &sd).unwrap());
+        let (addr, shutdown) = serve_agent(&b, ep, handler.clone());
         Net {
             dir,
             addr,
