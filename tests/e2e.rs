@@ -22,6 +22,7 @@ mod hardening;
 mod managed_plugin;
 mod migrate;
 mod migrate_connect;
+mod migrate_live;
 mod netns_harness;
 mod postgres_harness;
 mod profiles_endpoint;
