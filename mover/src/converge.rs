@@ -295,6 +295,6 @@ mod tests;
 /// `u64::MAX` give `u64::MAX`; callers round first, so for any estimate that
 /// fits (below 16 EiB) nothing is lost beyond the rounding they chose.
 #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-fn f64_to_u64(x: f64) -> u64 {
+pub fn f64_to_u64(x: f64) -> u64 {
     x as u64
 }

@@ -33,13 +33,8 @@ impl EstimateReport {
 }
 
 /// A rate in whole bytes per second (saturating; NaN is 0).
-#[allow(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "a rate for the report: the cast saturates, sub-byte precision does not matter"
-)]
 fn rate(r: f64) -> u64 {
-    r.round() as u64
+    mover::converge::f64_to_u64(r.round())
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
