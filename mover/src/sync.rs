@@ -9,7 +9,6 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::millis;
-use crate::fsmeta::Skip;
 use crate::preflight::{self, PreflightError};
 use crate::progress::{NoProgress, Phase, Progress, ProgressSink};
 use crate::receive::{
@@ -86,12 +85,13 @@ pub enum SyncError {
     Preflight(#[from] PreflightError),
 }
 
-/// What a sync did.
+/// What a sync did: the source's scan beside what its rounds did at the
+/// destination (summed over the attempts; the manifest is the last one's).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncStats {
-    /// Root hash of the manifest now applied.
-    pub manifest_root: String,
-    pub entries: u64,
+    /// The destination's side, in the same terms as one network round.
+    #[serde(flatten)]
+    pub rounds: RoundStats,
     pub files: u64,
     /// Logical size of all files scanned.
     pub bytes_scanned: u64,
@@ -99,61 +99,19 @@ pub struct SyncStats {
     pub bytes_hashed: u64,
     /// Entries the source reused from its stat cache.
     pub entries_reused: u64,
-    pub chunks_total: u64,
-    /// Chunks fetched from the source.
-    pub chunks_new: u64,
-    /// Chunks found at the destination (in place, copied, or duplicates).
-    pub chunks_reused: u64,
-    /// Chunk payload received from the source.
-    pub bytes_fetched: u64,
-    /// Bytes copied from data the destination already had.
-    pub bytes_reused: u64,
-    /// Data bytes written at the destination (staged files, pack, patches).
-    pub bytes_written: u64,
-    pub bytes_verified: u64,
-    pub files_staged: u64,
-    pub files_patched: u64,
-    pub meta_only: u64,
-    pub deleted: u64,
     /// Rounds redone because the source changed during the sync.
     pub stale_retries: u32,
-    /// A committed round from an interrupted run was replayed first.
-    pub recovered: bool,
-    /// Things left out (sockets, xattrs the kernel refused), with reasons.
-    pub skipped: Vec<Skip>,
     pub scan_ms: u64,
-    pub plan_ms: u64,
-    pub fetch_ms: u64,
-    pub apply_ms: u64,
-    pub verify_ms: u64,
     pub duration_ms: u64,
 }
 
 impl SyncStats {
     fn absorb(&mut self, scan: &ScanStats, r: RoundStats) {
-        self.entries = scan.entries;
         self.files = scan.files;
         self.bytes_scanned = scan.bytes_scanned;
         self.bytes_hashed += scan.bytes_hashed;
         self.entries_reused = scan.entries_reused;
-        self.manifest_root = r.root;
-        self.recovered |= r.recovered;
-        self.chunks_total = r.chunks_total;
-        self.chunks_new += r.chunks_new;
-        self.chunks_reused += r.chunks_reused;
-        self.bytes_fetched += r.bytes_fetched;
-        self.bytes_reused += r.bytes_reused;
-        self.bytes_written += r.bytes_written;
-        self.bytes_verified += r.bytes_verified;
-        self.files_staged += r.files_staged;
-        self.files_patched += r.files_patched;
-        self.meta_only += r.meta_only;
-        self.deleted += r.deleted;
-        self.skipped.extend(r.skipped);
-        self.plan_ms += r.plan_ms;
-        self.fetch_ms += r.fetch_ms;
-        self.apply_ms += r.apply_ms;
-        self.verify_ms += r.verify_ms;
+        self.rounds.add(r);
     }
 }
 
@@ -230,10 +188,8 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         precopy: false,
     };
     // Finish an interrupted, committed round before reading anything.
-    let mut stats = SyncStats {
-        recovered: rx.recover(&ropts)?,
-        ..SyncStats::default()
-    };
+    let mut stats = SyncStats::default();
+    stats.rounds.recovered = rx.recover(&ropts)?;
     let label = source_label(src);
     // Check the destination while the source scans: an unchanged round then
     // costs the longer of the two walks, not their sum, and a changed round
@@ -261,7 +217,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         )?;
         stats.scan_ms += millis(ts.elapsed());
         for s in sender.skipped() {
-            stats.skipped.push(s.clone());
+            stats.rounds.skipped.push(s.clone());
         }
         let scan_stats = sender.stats().clone();
         // A panicked check only means no head start: the round checks itself.
@@ -347,8 +303,8 @@ mod tests {
 
         // The round then does what the preview said.
         let st = sync(&s, &d, &opts).unwrap();
-        assert_eq!(st.deleted, 1);
-        assert_eq!(st.files_staged, 2);
+        assert_eq!(st.rounds.deleted, 1);
+        assert_eq!(st.rounds.files_staged, 2);
         assert_eq!(std::fs::read(dst.join("d/b")).unwrap().len(), 7000);
     }
 }

@@ -37,7 +37,7 @@ fn sparse_image_file_round_trip_and_patch() {
     let s = image_sync(t.path(), &src, &dst);
     assert_eq!(fs::read(&src).unwrap(), fs::read(&dst).unwrap());
     assert_eq!(extents(&src), extents(&dst), "holes not preserved");
-    assert_eq!(s.bytes_fetched, (1 << 20) + (5 << 20) + 4096);
+    assert_eq!(s.rounds.bytes_fetched, (1 << 20) + (5 << 20) + 4096);
     // Rewrite pages, punch a hole, grow the image.
     let f = fs::OpenOptions::new().write(true).open(&src).unwrap();
     for i in 0..16u64 {
@@ -60,8 +60,8 @@ fn sparse_image_file_round_trip_and_patch() {
         extents(&dst),
         "holes not preserved after patch"
     );
-    assert_eq!(s.files_patched, 1, "{s:#?}");
-    assert!(s.bytes_fetched < 2 << 20, "{s:#?}");
+    assert_eq!(s.rounds.files_patched, 1, "{s:#?}");
+    assert!(s.rounds.bytes_fetched < 2 << 20, "{s:#?}");
     assert!(fs::metadata(&dst).unwrap().blocks() * 512 < 8 << 20);
 }
 

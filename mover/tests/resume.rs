@@ -130,21 +130,21 @@ fn kill_and_resume(point: &str) {
     .unwrap();
     assert_same_tree(&base.join("src"), &base.join("dst"));
     match point {
-        "scan" => assert_eq!(s.bytes_fetched, total, "{s:#?}"),
+        "scan" => assert_eq!(s.rounds.bytes_fetched, total, "{s:#?}"),
         "fetch" => {
             assert!(
                 durable >= 3 * CHECKPOINT,
                 "only {durable} bytes durable before the kill"
             );
             assert_eq!(
-                s.bytes_fetched,
+                s.rounds.bytes_fetched,
                 total - durable,
                 "rerun fetched more than what was missing: {s:#?}"
             );
         }
         "apply" | "verify" => {
-            assert!(s.recovered, "committed round not replayed: {s:#?}");
-            assert_eq!(s.bytes_fetched, 0, "{s:#?}");
+            assert!(s.rounds.recovered, "committed round not replayed: {s:#?}");
+            assert_eq!(s.rounds.bytes_fetched, 0, "{s:#?}");
         }
         _ => unreachable!(),
     }

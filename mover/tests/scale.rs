@@ -34,7 +34,7 @@ fn hundred_thousand_files() {
         &o,
     )
     .unwrap();
-    assert_eq!(s.entries, 1 + 500 + 100_000, "{s:#?}");
+    assert_eq!(s.rounds.entries, 1 + 500 + 100_000, "{s:#?}");
     assert_same_tree(&src, &dst);
     // Edit a few, and sync again.
     fs::write(src.join("d007/f009"), b"changed").unwrap();
@@ -45,7 +45,7 @@ fn hundred_thousand_files() {
         &o,
     )
     .unwrap();
-    assert_eq!(s.entries, 1 + 500 + 100_000 - 1);
+    assert_eq!(s.rounds.entries, 1 + 500 + 100_000 - 1);
     assert_eq!(fs::read(dst.join("d007/f009")).unwrap(), b"changed");
     assert!(!dst.join("d400/f000").exists());
     let rss = peak_rss_kib();

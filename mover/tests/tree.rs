@@ -128,9 +128,9 @@ fn metadata_matrix() {
     let s = run(t.path(), &src, &dst);
     assert_same_tree(&src, &dst);
     assert!(
-        s.skipped.iter().any(|k| k.what == "socket"),
+        s.rounds.skipped.iter().any(|k| k.what == "socket"),
         "socket not reported: {:?}",
-        s.skipped
+        s.rounds.skipped
     );
     assert!(!dst.join("sock").exists());
     // Hardlinks stay one inode.
@@ -163,11 +163,11 @@ fn unchanged_round_reads_nothing_and_fetches_nothing() {
     let s = run(t.path(), &src, &dst);
     assert_same_tree(&src, &dst);
     assert_eq!(s.bytes_hashed, 0, "{s:#?}");
-    assert_eq!(s.chunks_new, 0);
-    assert_eq!(s.bytes_written, 0);
+    assert_eq!(s.rounds.chunks_new, 0);
+    assert_eq!(s.rounds.bytes_written, 0);
     // The counts of the round it kept.
-    assert_eq!(s.manifest_root, first.manifest_root);
-    assert_eq!(s.chunks_total, first.chunks_total);
+    assert_eq!(s.rounds.root, first.rounds.root);
+    assert_eq!(s.rounds.chunks_total, first.rounds.chunks_total);
 }
 
 /// Waits out the racy-timestamp window (ctime cannot be set back).
@@ -211,14 +211,14 @@ fn incremental_edits_deletions_and_type_changes() {
     let s = run(t.path(), &src, &dst);
     assert_same_tree(&src, &dst);
     // The db was patched in place, and far less than it was fetched.
-    assert_eq!(s.files_patched, 1, "{s:#?}");
+    assert_eq!(s.rounds.files_patched, 1, "{s:#?}");
     assert!(
-        s.bytes_fetched < 2 << 20,
+        s.rounds.bytes_fetched < 2 << 20,
         "fetched {} for 8 page rewrites",
-        s.bytes_fetched
+        s.rounds.bytes_fetched
     );
     // The renamed directory's files were found locally, not fetched.
-    assert!(s.bytes_reused >= 200_000, "{s:#?}");
+    assert!(s.rounds.bytes_reused >= 200_000, "{s:#?}");
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn identical_data_is_fetched_once() {
     }
     let s = run(t.path(), &src, &dst);
     assert_same_tree(&src, &dst);
-    assert_eq!(s.bytes_fetched, 3 << 20, "{s:#?}");
+    assert_eq!(s.rounds.bytes_fetched, 3 << 20, "{s:#?}");
 }
 
 #[test]
@@ -253,7 +253,7 @@ fn a_tail_that_becomes_a_hole_is_a_hole_at_the_destination() {
     drop(file);
     age_tree(&src);
     let s = run(t.path(), &src, &dst);
-    assert_eq!(s.files_patched, 1, "{s:#?}");
+    assert_eq!(s.rounds.files_patched, 1, "{s:#?}");
     assert_same_tree(&src, &dst);
 }
 
@@ -279,7 +279,7 @@ fn changes_behind_our_back_are_repaired() {
     let s = run(t.path(), &src, &dst);
     assert_same_tree(&src, &dst);
     assert_eq!(s.bytes_hashed, 0, "source must not be re-read: {s:#?}");
-    assert!(s.chunks_new >= 1);
+    assert!(s.rounds.chunks_new >= 1);
 }
 
 #[test]
@@ -309,7 +309,7 @@ fn corrupted_stored_chunk_is_detected_and_refetched() {
     let s = run(t.path(), &src, &dst);
     // b is correct (copied chunks verified, the corrupt one fetched) ...
     assert_eq!(fs::read(dst.join("b")).unwrap(), data);
-    assert!(s.chunks_new >= 1, "{s:#?}");
+    assert!(s.rounds.chunks_new >= 1, "{s:#?}");
     assert_ne!(
         fs::read(dst.join("a")).unwrap(),
         data,
@@ -326,7 +326,7 @@ fn corrupted_stored_chunk_is_detected_and_refetched() {
     )
     .unwrap();
     assert_same_tree(&src, &dst);
-    assert_eq!(s.files_staged, 1, "{s:#?}");
+    assert_eq!(s.rounds.files_staged, 1, "{s:#?}");
 }
 
 /// Test hook: pretend the destination's current stat is what we last wrote.

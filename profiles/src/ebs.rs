@@ -378,20 +378,13 @@ mod tests {
     use super::*;
     use crate::size::GIB;
 
+    /// The built-in gold profile's EBS spec: the tests check the rule the
+    /// catalog ships, not a copy of it.
     fn gold() -> EbsSpec {
-        EbsSpec {
-            volume_type: EbsVolumeType::Io2,
-            iops: Some(IopsRule::PerGib {
-                per_gib: 30,
-                min: None,
-                max: None,
-            }),
-            throughput: None,
-            encrypted: true,
-            kms_key_id: None,
-            default_size: ByteSize(10 * GIB),
-            keep_on_remove: false,
-        }
+        crate::catalog::Catalog::builtin()
+            .get("gold")
+            .and_then(|p| p.def.ebs.clone())
+            .expect("the built-in gold profile has an EBS spec")
     }
 
     #[test]

@@ -109,3 +109,65 @@ pub struct RoundStats {
     pub apply_ms: u64,
     pub verify_ms: u64,
 }
+
+impl RoundStats {
+    /// Adds round `r` to a running total: counters and times sum; the
+    /// manifest (root, entry and chunk counts) is the latest round's.
+    pub fn add(&mut self, r: RoundStats) {
+        self.root = r.root;
+        self.recovered |= r.recovered;
+        self.entries = r.entries;
+        self.chunks_total = r.chunks_total;
+        self.files_staged += r.files_staged;
+        self.files_patched += r.files_patched;
+        self.meta_only += r.meta_only;
+        self.deleted += r.deleted;
+        self.chunks_new += r.chunks_new;
+        self.chunks_reused += r.chunks_reused;
+        self.bytes_fetched += r.bytes_fetched;
+        self.bytes_reused += r.bytes_reused;
+        self.bytes_written += r.bytes_written;
+        self.bytes_verified += r.bytes_verified;
+        self.chunks_dirty += r.chunks_dirty;
+        self.bytes_dirty += r.bytes_dirty;
+        self.entries_dirty += r.entries_dirty;
+        self.skipped.extend(r.skipped);
+        self.plan_ms += r.plan_ms;
+        self.fetch_ms += r.fetch_ms;
+        self.apply_ms += r.apply_ms;
+        self.verify_ms += r.verify_ms;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_sums_the_counters_and_keeps_the_latest_manifest() {
+        let round = |root: &str, fetched: u64, recovered: bool| RoundStats {
+            root: root.into(),
+            recovered,
+            entries: fetched,
+            chunks_total: fetched,
+            bytes_fetched: fetched,
+            bytes_dirty: 1,
+            fetch_ms: 2,
+            skipped: vec![Skip {
+                path: root.into(),
+                what: "socket".into(),
+                reason: "test".into(),
+            }],
+            ..RoundStats::default()
+        };
+        let mut total = RoundStats::default();
+        total.add(round("a", 10, true));
+        total.add(round("b", 5, false));
+        assert_eq!(total.root, "b");
+        assert!(total.recovered, "a recovery in any round is reported");
+        assert_eq!((total.entries, total.chunks_total), (5, 5));
+        assert_eq!(total.bytes_fetched, 15);
+        assert_eq!((total.bytes_dirty, total.fetch_ms), (2, 4));
+        assert_eq!(total.skipped.len(), 2);
+    }
+}

@@ -102,15 +102,15 @@ fn is_image(p: &std::path::Path) -> bool {
 fn summary(s: &SyncStats) -> String {
     format!(
         "synced {} entries ({} scanned, {} hashed): {} chunks new ({} fetched), {} reused ({}), {} written, {} deleted, in {:.2}s",
-        s.entries,
+        s.rounds.entries,
         human_bytes(s.bytes_scanned),
         human_bytes(s.bytes_hashed),
-        s.chunks_new,
-        human_bytes(s.bytes_fetched),
-        s.chunks_reused,
-        human_bytes(s.bytes_reused),
-        human_bytes(s.bytes_written),
-        s.deleted,
+        s.rounds.chunks_new,
+        human_bytes(s.rounds.bytes_fetched),
+        s.rounds.chunks_reused,
+        human_bytes(s.rounds.bytes_reused),
+        human_bytes(s.rounds.bytes_written),
+        s.rounds.deleted,
         secs_of_ms(s.duration_ms)
     )
 }
@@ -171,7 +171,7 @@ pub fn run(args: SyncArgs) -> ExitCode {
                     }
                 }
             } else {
-                for s in &stats.skipped {
+                for s in &stats.rounds.skipped {
                     eprintln!("warning: {}: {} not copied: {}", s.path, s.what, s.reason);
                 }
                 println!("{}", summary(&stats));
