@@ -476,15 +476,12 @@ mod tests {
 
     #[test]
     fn gp3_defaults_send_nothing_extra() {
-        let spec = EbsSpec {
-            volume_type: EbsVolumeType::Gp3,
-            iops: None,
-            throughput: None,
-            encrypted: false,
-            kms_key_id: None,
-            default_size: ByteSize(10 * GIB),
-            keep_on_remove: false,
-        };
+        // The built-in default profile's EBS spec is plain gp3.
+        let spec = crate::catalog::Catalog::builtin()
+            .get("default")
+            .and_then(|p| p.def.ebs.clone())
+            .expect("the built-in default profile has an EBS spec");
+        assert_eq!(spec.volume_type, EbsVolumeType::Gp3);
         let s = spec.settings(None).unwrap();
         assert_eq!((s.size_gib, s.iops, s.throughput), (10, None, None));
         // Sizes round up to whole GiB; 1 byte is a 1 GiB volume.
