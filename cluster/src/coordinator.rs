@@ -1,0 +1,100 @@
+//! The etcd operations cluster mode needs, as a trait: the daemon's etcd
+//! client implements it; [`crate::memory`] is its double for tests.
+//!
+//! Every write that decides something is one etcd transaction (compare,
+//! then put or delete), so two nodes racing get one answer: one `Create`
+//! makes the volume, one `claim` wins, and `Remove` cannot remove a volume
+//! that a node owns.
+
+use crate::epoch::Epoch;
+use crate::keys::BadComponent;
+use std::time::Duration;
+
+/// An etcd lease, as etcd numbers it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct LeaseId(pub i64);
+
+/// Who owns a volume now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    pub epoch: Epoch,
+    pub lease: LeaseId,
+}
+
+/// A volume's catalogue record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeEntry {
+    pub name: String,
+    /// The daemon's own serialization of the record (profile, size, ...).
+    pub record: Vec<u8>,
+    /// etcd's create revision: tells a re-created volume from the old one.
+    pub created: u64,
+}
+
+/// The outcome of [`Coordinator::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claim {
+    /// This node owns the volume from this epoch on.
+    Won(Epoch),
+    /// Another owner (or a newer ownership of this node) stands.
+    Held(Owner),
+}
+
+/// The outcome of [`Coordinator::remove_volume`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Removed {
+    Removed,
+    Absent,
+    /// A node owns it (has it mounted, or keeps it as its writer).
+    Owned(Owner),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CoordinatorError {
+    /// No quorum, a timeout, a refused connection: nothing was decided.
+    #[error("etcd unavailable: {0}")]
+    Unavailable(String),
+    /// The lease expired or was revoked: this node owns nothing under it.
+    #[error("lease {0:?} is gone (expired or revoked)")]
+    LeaseGone(LeaseId),
+    #[error(transparent)]
+    BadKey(#[from] BadComponent),
+}
+
+/// One node's view of the cluster's consistent store.
+pub trait Coordinator: Send + Sync {
+    /// A new lease of `ttl`.
+    fn grant(&self, ttl: Duration) -> Result<LeaseId, CoordinatorError>;
+    /// Renews `lease`; the caller records when it *sent* this (see
+    /// [`crate::lease`]).
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordinatorError>;
+    /// Ends `lease` at once, deleting what is attached to it.
+    fn revoke(&self, lease: LeaseId) -> Result<(), CoordinatorError>;
+
+    /// Creates the catalogue record unless one exists. Returns the record
+    /// that stands and whether this call made it.
+    fn create_volume(
+        &self,
+        name: &str,
+        record: &[u8],
+    ) -> Result<(VolumeEntry, bool), CoordinatorError>;
+    fn volume(&self, name: &str) -> Result<Option<VolumeEntry>, CoordinatorError>;
+    fn volumes(&self) -> Result<Vec<VolumeEntry>, CoordinatorError>;
+    /// Removes the record (and nothing else) only if no node owns it.
+    fn remove_volume(&self, name: &str) -> Result<Removed, CoordinatorError>;
+
+    fn owner(&self, volume: &str) -> Result<Option<Owner>, CoordinatorError>;
+    /// Takes ownership for `node` under `lease` if nobody owns the volume,
+    /// or, for a planned handover, if `handover_from` is still the current
+    /// epoch. The new epoch is the owner key's new revision.
+    fn claim(
+        &self,
+        volume: &str,
+        node: &str,
+        lease: LeaseId,
+        handover_from: Option<Epoch>,
+    ) -> Result<Claim, CoordinatorError>;
+    /// Gives ownership up if `epoch` is still current; false if it was not.
+    fn release(&self, volume: &str, epoch: Epoch) -> Result<bool, CoordinatorError>;
+}
