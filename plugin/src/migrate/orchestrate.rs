@@ -17,6 +17,7 @@
 //! answer lost, the source stays fenced: rerunning `daffe migrate` finishes
 //! the handover (every step is idempotent), never two owners.
 
+use super::hook::{self, BeforeCutover, HookReport};
 use super::report::{EstimateReport, Report, RoundReport, millis};
 use super::wire::{PeerReply, PeerRequest};
 use crate::control::{ClientError, ControlClient, ControlRequest};
@@ -186,6 +187,8 @@ pub(crate) struct MigrateOptions {
     pub(crate) fence_poll: Duration,
     /// Refuse the cutover (unfenced) when the estimate exceeds `max_downtime`.
     pub(crate) strict: bool,
+    /// Run before the last pre-copy round (`--before-cutover`).
+    pub(crate) before_cutover: Option<BeforeCutover>,
 }
 
 /// Pre-copy rounds at most unless the operator says otherwise.
@@ -203,6 +206,10 @@ pub(crate) enum Event {
     RoundEnd(RoundReport),
     /// The writes outpace the link: the figures, before the unmount is asked for.
     Outpaced(String),
+    /// The before-cutover hook starts (its command).
+    HookStart(String),
+    /// The before-cutover hook ended (successfully or not).
+    HookDone(HookReport),
     WaitingForUnmount,
     Unmounted,
     Committed,
@@ -280,13 +287,31 @@ impl RoundTarget for DestRounds<'_, '_> {
 
 /// Each pre-copy round, once the model has seen it, into the report and the
 /// operator's progress.
+/// Runs the before-cutover hook when pre-copy decides to stop.
 struct ReportRounds<'a, 'e> {
     event: &'a RefCell<&'e mut dyn FnMut(Event)>,
     pushes: &'a RefCell<Vec<RoundPushReport>>,
     rounds: &'a mut Vec<RoundReport>,
+    hook: Option<&'a BeforeCutover>,
+    hook_report: &'a mut Option<HookReport>,
 }
 
 impl PreCopyHooks for ReportRounds<'_, '_> {
+    fn has_before_last_round(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    fn before_last_round(&mut self, _estimate: &mover::converge::Estimate) -> Result<(), String> {
+        let Some(h) = self.hook else { return Ok(()) };
+        (self.event.borrow_mut())(Event::HookStart(h.command.clone()));
+        let r = hook::run(h).map_err(|e| e.to_string())?;
+        (self.event.borrow_mut())(Event::HookDone(r.clone()));
+        let ok = r.succeeded();
+        let failure = r.failure();
+        *self.hook_report = Some(r);
+        if ok { Ok(()) } else { Err(failure) }
+    }
+
     fn round_done(&mut self, p: &PreCopyRound) {
         // A round that never completed (the source changed under every
         // rescan) has no push report: its figures are the loop's.
@@ -401,6 +426,8 @@ pub(crate) fn migrate(
             event: &event,
             pushes: &pushes,
             rounds: &mut report.rounds,
+            hook: opts.before_cutover.as_ref(),
+            hook_report: &mut report.before_cutover,
         };
         match precopy::precopy(&mut target, &targets, 1, &mut hooks) {
             Ok(pr) => {
@@ -680,6 +707,7 @@ mod tests {
             unmount_timeout: Duration::from_secs(5),
             fence_poll: Duration::from_millis(1),
             strict: false,
+            before_cutover: None,
         }
     }
 
@@ -853,6 +881,72 @@ mod tests {
             .position(|e| matches!(e, Event::WaitingForUnmount))
             .unwrap();
         assert!(said < waiting);
+    }
+
+    #[test]
+    fn the_before_cutover_hook_runs_before_the_last_pre_copy_round_and_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        *host.mounted_polls.borrow_mut() = 0;
+        let marker = d.path().join("hook-ran");
+        // 100 MB, then 30 MB (fits): the hook, one more round, the final.
+        let mut dest = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(5000), Ok(10)]);
+        let mut o = opts();
+        o.before_cutover = Some(BeforeCutover {
+            command: format!("touch {}", marker.display()),
+            timeout: Duration::from_secs(10),
+        });
+        let mut events = vec![];
+        let r = migrate(&host, &mut dest, &o, &mut |e| events.push(e)).unwrap();
+        assert!(marker.exists());
+        let h = r.before_cutover.as_ref().expect("the hook in the report");
+        assert_eq!((h.exit_status, h.timed_out), (Some(0), false));
+        assert!(h.command.starts_with("touch "));
+        let kinds: Vec<(bool, bool)> = r
+            .rounds
+            .iter()
+            .map(|x| (x.after_hook, x.final_round))
+            .collect();
+        assert_eq!(
+            kinds,
+            [(false, false), (false, false), (true, false), (false, true)]
+        );
+        // The hook ran after round 2 ended and before round 3 started.
+        let at = |f: &dyn Fn(&Event) -> bool| events.iter().position(f).unwrap();
+        let hook_at = at(&|e| matches!(e, Event::HookStart(_)));
+        let r2_end = at(&|e| matches!(e, Event::RoundEnd(x) if x.round == 2));
+        let r3_start = at(&|e| matches!(e, Event::RoundStart { round: 3, .. }));
+        assert!(r2_end < hook_at && hook_at < r3_start);
+        assert!(r.render().contains("before-cutover `touch "));
+    }
+
+    #[test]
+    fn a_failing_hook_stops_unfenced_with_its_stderr() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        let mut dest = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(5000)]);
+        let mut o = opts();
+        o.before_cutover = Some(BeforeCutover {
+            command: "echo no checkpoint for you >&2; exit 3".into(),
+            timeout: Duration::from_secs(10),
+        });
+        let err = migrate(&host, &mut dest, &o, &mut |_| {}).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, MigrateError::PreCopy(..)), "{msg}");
+        assert!(
+            msg.contains("before-cutover hook failed")
+                && msg.contains("status 3")
+                && msg.contains("no checkpoint for you")
+                && msg.contains("not fenced"),
+            "{msg}"
+        );
+        assert_eq!(host.log(), vec!["move hostb", "abort"]);
+        assert!(
+            dest.log
+                .iter()
+                .all(|l| !l.ends_with("final=true") && l != "commit")
+        );
+        assert!(!dest.log.contains(&"round 3 final=false".to_string()));
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub(crate) struct Report {
     pub(crate) estimate: Option<EstimateReport>,
     /// The final round against the estimate, and its composition.
     pub(crate) final_round: Option<FinalRound>,
+    /// The `--before-cutover` command's run, when one was given.
+    pub(crate) before_cutover: Option<super::hook::HookReport>,
     pub(crate) max_downtime_ms: u64,
     pub(crate) total_ms: u64,
     /// From asking for the unmount to seeing it (the operator's part).
@@ -173,6 +175,14 @@ impl Report {
                 human_bytes(f.bytes),
                 human_bytes(f.composition.before_unmount),
                 human_bytes(f.composition.after_unmount),
+            ));
+        }
+        if let Some(h) = &self.before_cutover {
+            s.push_str(&format!(
+                "  before-cutover `{}`: exit {}, {:.1} s\n",
+                h.command,
+                h.exit_status.map_or_else(|| "-".into(), |c| c.to_string()),
+                h.seconds
             ));
         }
         s.push_str(&format!(
