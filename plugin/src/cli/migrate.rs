@@ -220,6 +220,10 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             ),
         ),
         Event::Outpaced(msg) => say(&bar, format!("warning: {msg}")),
+        Event::FlushFailed(msg) => say(
+            &bar,
+            format!("warning: {msg}; the round reads what is on disk"),
+        ),
         Event::HookStart(cmd) => say(&bar, format!("before-cutover: running `{cmd}`")),
         Event::HookDone(h) => say(
             &bar,

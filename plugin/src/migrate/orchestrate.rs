@@ -17,6 +17,7 @@
 //! answer lost, the source stays fenced: rerunning `daffe migrate` finishes
 //! the handover (every step is idempotent), never two owners.
 
+use super::flush::{self, FlushError};
 use super::hook::{self, BeforeCutover, HookReport};
 use super::report::{EstimateReport, Report, RoundReport, millis};
 use super::wire::{PeerReply, PeerRequest};
@@ -88,6 +89,9 @@ pub(crate) trait SourceHost {
     fn fence(&self, volume: &str, to: &str) -> Result<(), ClientError>;
     fn finish_move(&self, volume: &str, to: &str) -> Result<(), ClientError>;
     fn abort_move(&self, volume: &str) -> Result<(), ClientError>;
+    /// Flushes a block volume's mounted filesystem to its image (before a
+    /// pre-copy round); how long it took, or none when it is not mounted.
+    fn flush(&self, mountpoint: &Path) -> Result<Option<Duration>, FlushError>;
 }
 
 impl SourceHost for ControlClient {
@@ -122,6 +126,14 @@ impl SourceHost for ControlClient {
             name: volume.to_owned(),
         })
         .map(drop)
+    }
+    fn flush(&self, mountpoint: &Path) -> Result<Option<Duration>, FlushError> {
+        // Unmounted, the image is already what the filesystem wrote (and a
+        // syncfs there would flush the filesystem holding the directory).
+        if !crate::backend::sys::is_mountpoint(mountpoint) {
+            return Ok(None);
+        }
+        flush::syncfs(mountpoint, flush::FLUSH_LIMIT).map(Some)
     }
 }
 
@@ -206,6 +218,9 @@ pub(crate) enum Event {
     RoundEnd(RoundReport),
     /// The writes outpace the link: the figures, before the unmount is asked for.
     Outpaced(String),
+    /// A block volume's flush before a round failed or timed out (the round
+    /// goes on with what is on disk).
+    FlushFailed(String),
     /// The before-cutover hook starts (its command).
     HookStart(String),
     /// The before-cutover hook ended (successfully or not).
@@ -258,6 +273,7 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         attempts: r.attempts,
         after_hook: false,
         estimate_ms: None,
+        flush_ms: None,
     }
 }
 
@@ -267,6 +283,10 @@ struct DestRounds<'a, 'e> {
     dest: &'a mut dyn DestHost,
     event: &'a RefCell<&'e mut dyn FnMut(Event)>,
     pushes: &'a RefCell<Vec<RoundPushReport>>,
+    /// A block volume's mountpoint, flushed before each pre-copy round.
+    flush: Option<(&'a dyn SourceHost, &'a Path)>,
+    /// The last flush's time, for the round's report.
+    flush_ms: &'a RefCell<Option<u64>>,
 }
 
 impl RoundTarget for DestRounds<'_, '_> {
@@ -275,6 +295,12 @@ impl RoundTarget for DestRounds<'_, '_> {
         round: u32,
         final_round: bool,
     ) -> Result<RoundPushReport, RoundPushError> {
+        if let (Some((host, mp)), false) = (self.flush, final_round) {
+            match host.flush(mp) {
+                Ok(took) => *self.flush_ms.borrow_mut() = took.map(millis),
+                Err(e) => (self.event.borrow_mut())(Event::FlushFailed(e.to_string())),
+            }
+        }
         (self.event.borrow_mut())(Event::RoundStart { round, final_round });
         let event = self.event;
         let r = self.dest.round(round, final_round, &mut |b| {
@@ -291,6 +317,7 @@ impl RoundTarget for DestRounds<'_, '_> {
 struct ReportRounds<'a, 'e> {
     event: &'a RefCell<&'e mut dyn FnMut(Event)>,
     pushes: &'a RefCell<Vec<RoundPushReport>>,
+    flush_ms: &'a RefCell<Option<u64>>,
     rounds: &'a mut Vec<RoundReport>,
     hook: Option<&'a BeforeCutover>,
     hook_report: &'a mut Option<HookReport>,
@@ -330,6 +357,7 @@ impl PreCopyHooks for ReportRounds<'_, '_> {
             },
         };
         rr.after_hook = p.after_hook;
+        rr.flush_ms = self.flush_ms.borrow_mut().take();
         rr.estimate_ms = Some(millis(p.estimate.downtime));
         (self.event.borrow_mut())(Event::RoundEnd(rr.clone()));
         self.rounds.push(rr);
@@ -417,14 +445,18 @@ pub(crate) fn migrate(
             cutover_gap: opts.fence_poll,
         };
         let pushes = RefCell::new(Vec::new());
+        let flush_ms = RefCell::new(None);
         let mut target = DestRounds {
             dest: &mut *dest,
             event: &event,
             pushes: &pushes,
+            flush: paths.mountpoint.as_deref().map(|mp| (host, mp)),
+            flush_ms: &flush_ms,
         };
         let mut hooks = ReportRounds {
             event: &event,
             pushes: &pushes,
+            flush_ms: &flush_ms,
             rounds: &mut report.rounds,
             hook: opts.before_cutover.as_ref(),
             hook_report: &mut report.before_cutover,
@@ -559,6 +591,7 @@ mod tests {
                     options: BTreeMap::new(),
                     state: state.into(),
                     peer: peer.map(str::to_owned),
+                    mountpoint: None,
                 },
                 log: RefCell::new(vec![]),
                 mounted_polls: RefCell::new(2),
@@ -603,6 +636,12 @@ mod tests {
         fn abort_move(&self, _v: &str) -> Result<(), ClientError> {
             self.log.borrow_mut().push("abort".into());
             Ok(())
+        }
+        fn flush(&self, mp: &Path) -> Result<Option<Duration>, FlushError> {
+            self.log
+                .borrow_mut()
+                .push(format!("flush {}", mp.display()));
+            Ok(Some(Duration::from_millis(3)))
         }
     }
 
@@ -947,6 +986,28 @@ mod tests {
                 .all(|l| !l.ends_with("final=true") && l != "commit")
         );
         assert!(!dest.log.contains(&"round 3 final=false".to_string()));
+    }
+
+    #[test]
+    fn a_block_volume_is_flushed_before_each_pre_copy_round_not_the_final_one() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = FakeHost::new(d.path(), "ready", None);
+        host.paths.mountpoint = Some("/vol/data".into());
+        *host.mounted_polls.borrow_mut() = 0;
+        let mut dest = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(2000)]);
+        let r = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap();
+        assert_eq!(
+            host.log(),
+            vec![
+                "move hostb",
+                "flush /vol/data",
+                "flush /vol/data",
+                "fence hostb",
+                "moved hostb"
+            ]
+        );
+        let flushes: Vec<_> = r.rounds.iter().map(|x| x.flush_ms).collect();
+        assert_eq!(flushes, [Some(3), Some(3), None]);
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub(crate) struct RoundReport {
     pub(crate) attempts: u32,
     /// The round ran after the before-cutover hook.
     pub(crate) after_hook: bool,
+    /// A block volume's syncfs before the round (pre-copy rounds while it
+    /// is mounted).
+    pub(crate) flush_ms: Option<u64>,
     /// Estimated final-round time after this round (pre-copy rounds).
     pub(crate) estimate_ms: Option<u64>,
 }
