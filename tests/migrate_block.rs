@@ -1,6 +1,8 @@
 //! Live migration of block (`gold`) volumes (issue 11 item 2), between two
 //! hosts on a shaped link: pre-copy rounds see what the filesystem holds
-//! (syncfs before each round), not an image the kernel has not written yet.
+//! (syncfs before each round), not an image the kernel has not written yet;
+//! an image whose filesystem another mount namespace still holds is never
+//! moved (item 2, holder check).
 
 use daffe_e2e::hosts::{TwoHosts, test_image};
 use std::time::{Duration, Instant};
@@ -133,4 +135,95 @@ fn data_written_just_before_migrate_travels_in_pre_copy_on_a_block_volume() {
         "hash on B",
     ));
     assert_eq!(want, got);
+}
+
+/// A process that unshared its mount namespace while the volume was
+/// mounted keeps the filesystem alive after docker's Unmount, with data
+/// the image does not have yet. migrate refuses the cutover naming it, and
+/// leaves the source unfenced; once it is gone, migrate moves every byte.
+#[test]
+fn a_filesystem_held_by_another_mount_namespace_is_never_moved_stale() {
+    let h = TwoHosts::start("100mbit");
+    let vol = "held@gold";
+    let app = block_volume_in_use(&h, vol);
+    ok(
+        h.docker_a(&[
+            "exec",
+            &app,
+            "sh",
+            "-c",
+            "head -c 8388608 /dev/urandom > /data/before",
+        ]),
+        "write before",
+    );
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "600"])
+        .spawn()
+        .expect("unshare");
+    let pid = holder.id();
+    std::thread::sleep(Duration::from_millis(500));
+    // Written after the holder copied the mount: the same filesystem.
+    ok(
+        h.docker_a(&[
+            "exec",
+            &app,
+            "sh",
+            "-c",
+            "head -c 16777216 /dev/urandom > /data/after",
+        ]),
+        "write after",
+    );
+    let want = ok(
+        h.docker_a(&[
+            "exec",
+            &app,
+            "sh",
+            "-c",
+            "cd /data && sha256sum before after",
+        ]),
+        "hash on A",
+    );
+    let (child, rx) = h.migrate(vol, &["--max-downtime", "2s"]);
+    wait_line(&rx, "waiting for", Duration::from_secs(300));
+    // docker may report the plugin's Unmount error; the container stops anyway.
+    let _ = h.docker_a(&["stop", &app]);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("first migrate: {stdout}");
+    assert!(!out.status.success(), "moved a held image: {stdout}");
+    assert!(
+        stdout.contains("refusing the cutover")
+            && stdout.contains(&format!("pid {pid} (sleep)"))
+            && stdout.contains("mount namespace"),
+        "{stdout}"
+    );
+    assert_eq!(h.a.inspect(vol)["status"]["state"], "ready", "left fenced");
+    // The Unmount handler said so too, instead of counting it unmounted.
+    assert!(
+        h.a.log("serve").contains(&format!("pid {pid} (sleep)")),
+        "Unmount did not report the holder:\n{}",
+        h.a.log("serve")
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let (child, _rx) = h.migrate(vol, &["--max-downtime", "2s"]);
+    let report = h.finish(child);
+    eprintln!("report: {report:#}");
+    let got = ok(
+        h.docker_b(&[
+            "run",
+            "--rm",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            &format!("{vol}:/data"),
+            &test_image(),
+            "sh",
+            "-c",
+            "cd /data && sha256sum before after",
+        ]),
+        "hash on B",
+    );
+    assert_eq!(want, got, "B's copy differs");
 }

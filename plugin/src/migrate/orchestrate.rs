@@ -21,6 +21,7 @@ use super::flush::{self, FlushError};
 use super::hook::{self, BeforeCutover, HookReport};
 use super::report::{EstimateReport, Report, RoundReport, millis};
 use super::wire::{PeerReply, PeerRequest};
+use crate::backend::local::holders;
 use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
 use mover::Source;
@@ -65,6 +66,12 @@ pub(crate) enum MigrateError {
          (docker stop) and run daffe migrate again"
     )]
     UnmountTimeout { volume: String, secs: u64 },
+    #[error(
+        "refusing the cutover of {volume}: {holder}. Its image would be stale; stop that \
+         process (or make it leave the mount) and run daffe migrate again. {volume} was not \
+         moved and is not fenced"
+    )]
+    Held { volume: String, holder: String },
     #[error("measuring {path}: {source}")]
     Used {
         path: PathBuf,
@@ -92,6 +99,9 @@ pub(crate) trait SourceHost {
     /// Flushes a block volume's mounted filesystem to its image (before a
     /// pre-copy round); how long it took, or none when it is not mounted.
     fn flush(&self, mountpoint: &Path) -> Result<Option<Duration>, FlushError>;
+    /// Who still holds a block volume's filesystem after the unmount (a
+    /// mount namespace, a loop holder); none when it is released everywhere.
+    fn held(&self, image: &Path) -> Option<String>;
 }
 
 impl SourceHost for ControlClient {
@@ -134,6 +144,9 @@ impl SourceHost for ControlClient {
             return Ok(None);
         }
         flush::syncfs(mountpoint, flush::FLUSH_LIMIT).map(Some)
+    }
+    fn held(&self, image: &Path) -> Option<String> {
+        holders::describe(&holders::check(image))
     }
 }
 
@@ -511,6 +524,17 @@ pub(crate) fn migrate(
     }
     let t_unmount = Instant::now();
     report.unmount_wait_ms = millis(t_unmount - tw);
+    // Unmounted here is not enough for an image: another mount namespace
+    // may still hold the filesystem, with data the image does not have yet.
+    if paths.mode == TransferMode::Image
+        && let Some(holder) = host.held(&paths.data)
+    {
+        let _ = host.abort_move(vol);
+        return Err(MigrateError::Held {
+            volume: vol.clone(),
+            holder,
+        });
+    }
     event(Event::Unmounted);
 
     // Final round: the source is quiesced, so it cannot be stale; a failure
@@ -574,6 +598,8 @@ mod tests {
         paths: TransferPaths,
         log: RefCell<Vec<String>>,
         mounted_polls: RefCell<u32>,
+        /// Who holds the image after the unmount.
+        holder: Option<String>,
     }
 
     impl FakeHost {
@@ -595,6 +621,7 @@ mod tests {
                 },
                 log: RefCell::new(vec![]),
                 mounted_polls: RefCell::new(2),
+                holder: None,
             }
         }
         fn log(&self) -> Vec<String> {
@@ -642,6 +669,10 @@ mod tests {
                 .borrow_mut()
                 .push(format!("flush {}", mp.display()));
             Ok(Some(Duration::from_millis(3)))
+        }
+        fn held(&self, _image: &Path) -> Option<String> {
+            self.log.borrow_mut().push("held?".into());
+            self.holder.clone()
         }
     }
 
@@ -1008,6 +1039,39 @@ mod tests {
         );
         let flushes: Vec<_> = r.rounds.iter().map(|x| x.flush_ms).collect();
         assert_eq!(flushes, [Some(3), Some(3), None]);
+    }
+
+    #[test]
+    fn an_image_still_held_elsewhere_is_never_moved_and_the_source_is_unfenced() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = FakeHost::new(d.path(), "ready", None);
+        host.paths.mode = TransferMode::Image;
+        host.paths.data = d.path().join("data/count");
+        host.holder = Some("/dev/loop3 (7:3) is still mounted ... of pid 4242 (sleep)".into());
+        *host.mounted_polls.borrow_mut() = 0;
+        let mut dest1 = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(2000)]);
+        let err = migrate(&host, &mut dest1, &opts(), &mut |_| {}).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, MigrateError::Held { .. }), "{msg}");
+        assert!(
+            msg.contains("pid 4242 (sleep)") && msg.contains("not fenced"),
+            "{msg}"
+        );
+        assert_eq!(
+            host.log(),
+            vec!["move hostb", "fence hostb", "held?", "abort"]
+        );
+        assert!(
+            dest1
+                .log
+                .iter()
+                .all(|l| !l.ends_with("final=true") && l != "commit")
+        );
+        // Released: the same move goes through.
+        host.holder = None;
+        let mut dest2 = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(2000)]);
+        migrate(&host, &mut dest2, &opts(), &mut |_| {}).unwrap();
+        assert!(dest2.log.contains(&"commit".to_string()));
     }
 
     #[test]
