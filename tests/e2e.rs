@@ -21,6 +21,7 @@ mod flocker_profiles;
 mod hardening;
 mod managed_plugin;
 mod migrate;
+mod migrate_block;
 mod migrate_connect;
 mod migrate_live;
 mod netns_harness;

@@ -1,6 +1,8 @@
 //! Live pre-copy's decisions end to end (issue 11), between two hosts on a
 //! shaped link: a writer faster than the link, under `--strict`, is refused
-//! before anything is fenced, and the app keeps running on the source.
+//! before anything is fenced, and the app keeps running on the source; the
+//! `--before-cutover` hook's writes travel in a pre-copy round, and a failing
+//! hook stops migrate unfenced.
 
 use daffe_e2e::hosts::{TwoHosts, test_image};
 use std::time::{Duration, Instant};
@@ -89,4 +91,171 @@ fn strict_mode_refuses_a_writer_faster_than_the_link_unfenced_and_the_app_keeps_
         "stat",
     );
     assert_ne!(before, after, "the app no longer writes to its volume");
+}
+
+/// Waits for a line of migrate's stderr containing `needle`.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) if l.contains(needle) => return,
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("migrate's stderr ended before {needle:?}: {e}"),
+        }
+    }
+    panic!("no {needle:?} from migrate within {limit:?}");
+}
+
+/// `sha256sum FILE` inside a throwaway container on the volume.
+fn digest_in(out: std::process::Output) -> String {
+    ok(out, "sha256sum")
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `docker -H A`, for a hook's command line.
+fn docker_cli(h: &TwoHosts) -> String {
+    format!(
+        "docker -H {}",
+        h.docker_a.docker().host().expect("A's socket")
+    )
+}
+
+/// The app's container on host A: idle, holding the volume mounted.
+fn start_app(h: &TwoHosts, volume: &str) -> String {
+    let app = h.container("app");
+    ok(
+        h.docker_a(&[
+            "run",
+            "-d",
+            "--name",
+            &app,
+            "--stop-signal",
+            "KILL",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            &format!("{volume}:/data"),
+            &test_image(),
+            "sh",
+            "-c",
+            "head -c 1048576 /dev/urandom > /data/base; exec sleep 600",
+        ]),
+        "start the app",
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    app
+}
+
+/// The hook as a database checkpoint would be: `docker exec` into the app
+/// on the source host, writing what it held in memory (here: 3 MiB of new
+/// data). It must travel in a pre-copy round, not in the final one.
+#[test]
+fn the_before_cutover_hook_flushes_into_a_pre_copy_round() {
+    const MARKER: u64 = 3 << 20;
+    let h = TwoHosts::start("100mbit");
+    let app = start_app(&h, "marked");
+    let hook = format!(
+        "{} exec {app} sh -c 'head -c {MARKER} /dev/urandom > /data/marker && echo flushed'",
+        docker_cli(&h)
+    );
+    let (child, rx) = h.migrate(
+        "marked",
+        &["--max-downtime", "2s", "--before-cutover", &hook],
+    );
+    wait_line(&rx, "waiting for", Duration::from_secs(300));
+    ok(h.docker_a(&["stop", &app]), "stop the app");
+    let report = h.finish(child);
+    eprintln!("report: {report:#}");
+    let hr = &report["before_cutover"];
+    assert_eq!(hr["exit_status"], 0, "{report:#}");
+    assert_eq!(hr["timed_out"], false);
+    assert!(hr["seconds"].as_f64().unwrap() > 0.0);
+    assert!(hr["command"].as_str().unwrap().contains("/data/marker"));
+    let rounds = report["rounds"].as_array().unwrap();
+    let after: Vec<_> = rounds.iter().filter(|r| r["after_hook"] == true).collect();
+    assert_eq!(
+        after.len(),
+        1,
+        "one pre-copy round after the hook: {report:#}"
+    );
+    assert_eq!(after[0]["final_round"], false);
+    assert!(
+        after[0]["bytes"].as_u64().unwrap() >= MARKER,
+        "the marker did not travel in the round after the hook: {report:#}"
+    );
+    let fin = rounds.last().unwrap();
+    assert_eq!(fin["final_round"], true);
+    assert!(
+        fin["bytes"].as_u64().unwrap() < MARKER,
+        "the marker waited for the final round: {report:#}"
+    );
+    // The destination has it, byte for byte.
+    // A's copy is moved (fenced): read it where it lies.
+    let a_dir = std::path::PathBuf::from(h.a.inspect("marked")["mountpoint"].as_str().unwrap());
+    let want = ok(
+        std::process::Command::new("sha256sum")
+            .arg(a_dir.join("marker"))
+            .output()
+            .unwrap(),
+        "sha256sum on A",
+    );
+    let got = digest_in(h.docker_b(&[
+        "run",
+        "--rm",
+        "--volume-driver",
+        &h.plugin,
+        "-v",
+        "marked:/data",
+        &test_image(),
+        "sha256sum",
+        "/data/marker",
+    ]));
+    assert_eq!(want.split_whitespace().next().unwrap(), got);
+}
+
+/// A hook that fails (`exit 3`) stops migrate before anything is fenced,
+/// with the hook's stderr; the app keeps running and owning its volume.
+#[test]
+fn a_failing_before_cutover_hook_leaves_the_source_unfenced_and_the_app_running() {
+    let h = TwoHosts::start("100mbit");
+    let app = start_app(&h, "refused");
+    let (child, rx) = h.migrate(
+        "refused",
+        &[
+            "--before-cutover",
+            "echo 'the checkpoint failed' >&2; exit 3",
+        ],
+    );
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut said = vec![stdout.clone()];
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(5)) {
+        said.push(l);
+    }
+    let said = said.join("\n");
+    eprintln!("migrate said:\n{said}");
+    assert!(!out.status.success(), "{said}");
+    let err: serde_json::Value = serde_json::from_str(&stdout).expect("a JSON error");
+    let msg = err["error"].as_str().unwrap();
+    assert!(
+        msg.contains("status 3")
+            && msg.contains("the checkpoint failed")
+            && msg.contains("not fenced"),
+        "{msg}"
+    );
+    assert!(!said.contains("waiting for"), "{said}");
+    assert_eq!(h.a.inspect("refused")["status"]["state"], "ready");
+    let running = ok(
+        h.docker_a(&["inspect", "-f", "{{.State.Running}}", &app]),
+        "inspect the app",
+    );
+    assert_eq!(running, "true", "the app stopped");
+    // It still writes to its volume.
+    ok(
+        h.docker_a(&["exec", &app, "sh", "-c", "echo more >> /data/base"]),
+        "write after the refusal",
+    );
 }

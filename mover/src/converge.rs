@@ -187,12 +187,19 @@ pub fn dirty_rate(rounds: &[RoundMeasure]) -> f64 {
 
 /// The estimate after `rounds` (at least one).
 pub fn estimate(rounds: &[RoundMeasure], t: &Targets) -> Estimate {
+    estimate_at_rate(rounds, t, dirty_rate(rounds))
+}
+
+/// The estimate after `rounds` with the dirty rate given: after a
+/// before-cutover hook, whose one-off flush the last round carried, the
+/// steady rate measured before the hook (the final round carries what the
+/// app dirties since, not another flush).
+pub fn estimate_at_rate(rounds: &[RoundMeasure], t: &Targets, rate: f64) -> Estimate {
     let ratio = wire_ratio(rounds);
     let link = t
         .link_rate
         .or_else(|| measured_link(rounds, ratio))
         .unwrap_or(0.0);
-    let rate = dirty_rate(rounds);
     let Some(last) = rounds.last() else {
         return Estimate::default();
     };

@@ -190,7 +190,8 @@ pub fn precopy(
     let mut rounds: Vec<PreCopyRound> = Vec::new();
     let mut round = first_round;
     let mut hook_ran = false;
-    let mut stop: Option<StopReason> = None;
+    // Why pre-copy stopped and the dirty rate measured then, once the hook ran.
+    let mut stop: Option<(StopReason, f64)> = None;
     let mut last_scan_started: Option<Instant>;
     loop {
         let t = Instant::now();
@@ -211,7 +212,23 @@ pub fn precopy(
             wall: t.elapsed(),
         };
         measures.push(m);
-        let decision = converge::decide(&measures, targets);
+        let decision = match stop {
+            // The round after the hook was the last one. It carried the
+            // hook's one-off flush: the final round carries what the app
+            // dirties at its steady rate (the one measured before the hook,
+            // or what changed under this round if more), not another flush.
+            Some((reason, steady_rate)) => {
+                let under = m.bytes_dirty as f64 / m.wall.as_secs_f64().max(1e-3);
+                let estimate =
+                    converge::estimate_at_rate(&measures, targets, steady_rate.max(under));
+                if targets.strict && estimate.downtime > targets.max_downtime {
+                    Decision::Refuse { reason, estimate }
+                } else {
+                    Decision::Stop { reason, estimate }
+                }
+            }
+            None => converge::decide(&measures, targets),
+        };
         let pr = PreCopyRound {
             round,
             bytes_moved: m.bytes_moved,
@@ -238,7 +255,7 @@ pub fn precopy(
             next_round: round,
             last_scan_started,
         };
-        if let Some(reason) = stop {
+        if let Some((reason, _)) = stop {
             // The round after the hook was the last one.
             return match decision {
                 Decision::Refuse { estimate, .. } => Err(PreCopyError::Refused {
@@ -264,7 +281,7 @@ pub fn precopy(
                     .before_last_round(&estimate)
                     .map_err(PreCopyError::Hook)?;
                 hook_ran = true;
-                stop = Some(reason);
+                stop = Some((reason, estimate.dirty_rate));
             }
         }
     }
@@ -343,6 +360,24 @@ mod tests {
         );
         assert!(r.rounds[2].after_hook && !r.rounds[1].after_hook);
         assert_eq!(r.next_round, 4);
+    }
+
+    #[test]
+    fn the_hooks_flush_is_not_taken_for_a_dirty_rate() {
+        // Round 2 fits; the hook flushes 8 MB, which round 3 carries: a
+        // one-off, not 8 MB per round interval from now on.
+        let mut t = Scripted {
+            sizes: vec![2_000_000, 10_000, 8_000_000],
+            log: Vec::new(),
+        };
+        let mut hook_log = Vec::new();
+        let r = precopy(&mut t, &targets(2000, true), 1, &mut Hook(&mut hook_log)).unwrap();
+        assert!(r.hook_ran && r.rounds[2].after_hook);
+        let before = r.rounds[1].estimate;
+        assert!(!r.outpaced, "{:?}", r.estimate);
+        assert_eq!(r.estimate.dirty_rate, before.dirty_rate);
+        assert!(r.estimate.final_bytes < 1_000_000, "{:?}", r.estimate);
+        assert_eq!(r.rounds[2].estimate, r.estimate);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use super::agent::PeerOptions;
 use crate::config::DEFAULT_CONTROL_SOCKET;
 use crate::control::ControlClient;
 use crate::migrate::duration;
+use crate::migrate::hook::BeforeCutover;
 use crate::migrate::orchestrate::{
     DEFAULT_MAX_ROUNDS, Event, MigrateOptions, RemoteAgent, migrate,
 };
@@ -52,6 +53,18 @@ pub struct MigrateArgs {
     /// fenced, the application still running.
     #[arg(long)]
     pub(crate) strict: bool,
+    /// A command run on this host with `sh -c` once pre-copy has converged,
+    /// before the last pre-copy round, so that what it flushes travels
+    /// while the application still runs: a database's checkpoint (e.g.
+    /// `docker exec db psql -U postgres -c CHECKPOINT`). If it fails
+    /// (non-zero exit, or --before-cutover-timeout) migrate stops with its
+    /// stderr; the volume is not fenced and the application keeps running.
+    #[arg(long, value_name = "CMD")]
+    pub(crate) before_cutover: Option<String>,
+    /// Time limit for --before-cutover; past it the command (and what it
+    /// started) is killed and counts as failed.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub(crate) before_cutover_timeout: String,
     /// Pre-copy rounds at most (default 10; 5 with --via-ebs, where each
     /// round is a snapshot).
     #[arg(long)]
@@ -95,13 +108,16 @@ pub fn run(args: MigrateArgs) -> ExitCode {
     let to = args.to.clone().unwrap_or_default();
     let json = args.json;
     let parse = |s: &str| duration::parse(s).map_err(|e| e.to_string());
-    let (max_downtime, unmount_timeout, connect_timeout) = match (
+    let (max_downtime, unmount_timeout, connect_timeout, hook_timeout) = match (
         parse(&args.max_downtime),
         parse(&args.unmount_timeout),
         parse(&args.connect_timeout),
+        parse(&args.before_cutover_timeout),
     ) {
-        (Ok(a), Ok(b), Ok(c)) => (a, b, c),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return super::fail(json, e),
+        (Ok(a), Ok(b), Ok(c), Ok(d)) => (a, b, c, d),
+        (Err(e), _, _, _) | (_, Err(e), _, _) | (_, _, Err(e), _) | (_, _, _, Err(e)) => {
+            return super::fail(json, e);
+        }
     };
     let ep = match args.peer.endpoint() {
         Ok(ep) => ep,
@@ -135,6 +151,10 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         unmount_timeout,
         fence_poll: FENCE_POLL,
         strict: args.strict,
+        before_cutover: args.before_cutover.clone().map(|command| BeforeCutover {
+            command,
+            timeout: hook_timeout,
+        }),
     };
     let bar = ProgressBar::new_spinner();
     bar.set_style(
@@ -200,6 +220,22 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             ),
         ),
         Event::Outpaced(msg) => say(&bar, format!("warning: {msg}")),
+        Event::FlushFailed(msg) => say(
+            &bar,
+            format!("warning: {msg}; the round reads what is on disk"),
+        ),
+        Event::HookStart(cmd) => say(&bar, format!("before-cutover: running `{cmd}`")),
+        Event::HookDone(h) => say(
+            &bar,
+            if h.succeeded() {
+                format!(
+                    "before-cutover: done in {:.1} s; one more pre-copy round",
+                    h.seconds
+                )
+            } else {
+                format!("before-cutover: {}", h.failure())
+            },
+        ),
         Event::WaitingForUnmount => say(
             &bar,
             format!(

@@ -9,6 +9,10 @@
 //! - [`orchestrate`]: the source side's state machine: preflight, pre-copy
 //!   rounds (`mover::net::precopy`, `mover::converge`), cutover, final round, handover, report.
 //! - [`report`]: what a migration did, for humans and `--json`.
+//! - [`flush`]: syncfs on a block volume's mounted filesystem before each
+//!   pre-copy round (the image then holds what the filesystem holds).
+//! - [`hook`]: `--before-cutover CMD`, run before the last pre-copy round
+//!   (bounded; its failure aborts pre-copy unfenced).
 //! - [`ebs`], [`ebs_snapshots`]: `daffe migrate --via-ebs`, to another zone
 //!   through EBS snapshots (sequencing and the daemon's steps; the snapshot
 //!   pushes).
@@ -23,6 +27,8 @@ pub(crate) mod agent;
 pub(crate) mod duration;
 pub(crate) mod ebs;
 pub(crate) mod ebs_snapshots;
+pub(crate) mod flush;
+pub(crate) mod hook;
 pub(crate) mod orchestrate;
 pub(crate) mod report;
 pub(crate) mod wire;

@@ -17,8 +17,11 @@
 //! answer lost, the source stays fenced: rerunning `daffe migrate` finishes
 //! the handover (every step is idempotent), never two owners.
 
+use super::flush::{self, FlushError};
+use super::hook::{self, BeforeCutover, HookReport};
 use super::report::{EstimateReport, Report, RoundReport, millis};
 use super::wire::{PeerReply, PeerRequest};
+use crate::backend::local::holders;
 use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
 use mover::Source;
@@ -63,6 +66,12 @@ pub(crate) enum MigrateError {
          (docker stop) and run daffe migrate again"
     )]
     UnmountTimeout { volume: String, secs: u64 },
+    #[error(
+        "refusing the cutover of {volume}: {holder}. Its image would be stale; stop that \
+         process (or make it leave the mount) and run daffe migrate again. {volume} was not \
+         moved and is not fenced"
+    )]
+    Held { volume: String, holder: String },
     #[error("measuring {path}: {source}")]
     Used {
         path: PathBuf,
@@ -87,6 +96,12 @@ pub(crate) trait SourceHost {
     fn fence(&self, volume: &str, to: &str) -> Result<(), ClientError>;
     fn finish_move(&self, volume: &str, to: &str) -> Result<(), ClientError>;
     fn abort_move(&self, volume: &str) -> Result<(), ClientError>;
+    /// Flushes a block volume's mounted filesystem to its image (before a
+    /// pre-copy round); how long it took, or none when it is not mounted.
+    fn flush(&self, mountpoint: &Path) -> Result<Option<Duration>, FlushError>;
+    /// Who still holds a block volume's filesystem after the unmount (a
+    /// mount namespace, a loop holder); none when it is released everywhere.
+    fn held(&self, image: &Path) -> Option<String>;
 }
 
 impl SourceHost for ControlClient {
@@ -121,6 +136,17 @@ impl SourceHost for ControlClient {
             name: volume.to_owned(),
         })
         .map(drop)
+    }
+    fn flush(&self, mountpoint: &Path) -> Result<Option<Duration>, FlushError> {
+        // Unmounted, the image is already what the filesystem wrote (and a
+        // syncfs there would flush the filesystem holding the directory).
+        if !crate::backend::sys::is_mountpoint(mountpoint) {
+            return Ok(None);
+        }
+        flush::syncfs(mountpoint, flush::FLUSH_LIMIT).map(Some)
+    }
+    fn held(&self, image: &Path) -> Option<String> {
+        holders::describe(&holders::check(image))
     }
 }
 
@@ -186,6 +212,8 @@ pub(crate) struct MigrateOptions {
     pub(crate) fence_poll: Duration,
     /// Refuse the cutover (unfenced) when the estimate exceeds `max_downtime`.
     pub(crate) strict: bool,
+    /// Run before the last pre-copy round (`--before-cutover`).
+    pub(crate) before_cutover: Option<BeforeCutover>,
 }
 
 /// Pre-copy rounds at most unless the operator says otherwise.
@@ -203,6 +231,13 @@ pub(crate) enum Event {
     RoundEnd(RoundReport),
     /// The writes outpace the link: the figures, before the unmount is asked for.
     Outpaced(String),
+    /// A block volume's flush before a round failed or timed out (the round
+    /// goes on with what is on disk).
+    FlushFailed(String),
+    /// The before-cutover hook starts (its command).
+    HookStart(String),
+    /// The before-cutover hook ended (successfully or not).
+    HookDone(HookReport),
     WaitingForUnmount,
     Unmounted,
     Committed,
@@ -251,6 +286,7 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         attempts: r.attempts,
         after_hook: false,
         estimate_ms: None,
+        flush_ms: None,
     }
 }
 
@@ -260,6 +296,10 @@ struct DestRounds<'a, 'e> {
     dest: &'a mut dyn DestHost,
     event: &'a RefCell<&'e mut dyn FnMut(Event)>,
     pushes: &'a RefCell<Vec<RoundPushReport>>,
+    /// A block volume's mountpoint, flushed before each pre-copy round.
+    flush: Option<(&'a dyn SourceHost, &'a Path)>,
+    /// The last flush's time, for the round's report.
+    flush_ms: &'a RefCell<Option<u64>>,
 }
 
 impl RoundTarget for DestRounds<'_, '_> {
@@ -268,6 +308,12 @@ impl RoundTarget for DestRounds<'_, '_> {
         round: u32,
         final_round: bool,
     ) -> Result<RoundPushReport, RoundPushError> {
+        if let (Some((host, mp)), false) = (self.flush, final_round) {
+            match host.flush(mp) {
+                Ok(took) => *self.flush_ms.borrow_mut() = took.map(millis),
+                Err(e) => (self.event.borrow_mut())(Event::FlushFailed(e.to_string())),
+            }
+        }
         (self.event.borrow_mut())(Event::RoundStart { round, final_round });
         let event = self.event;
         let r = self.dest.round(round, final_round, &mut |b| {
@@ -280,13 +326,32 @@ impl RoundTarget for DestRounds<'_, '_> {
 
 /// Each pre-copy round, once the model has seen it, into the report and the
 /// operator's progress.
+/// Runs the before-cutover hook when pre-copy decides to stop.
 struct ReportRounds<'a, 'e> {
     event: &'a RefCell<&'e mut dyn FnMut(Event)>,
     pushes: &'a RefCell<Vec<RoundPushReport>>,
+    flush_ms: &'a RefCell<Option<u64>>,
     rounds: &'a mut Vec<RoundReport>,
+    hook: Option<&'a BeforeCutover>,
+    hook_report: &'a mut Option<HookReport>,
 }
 
 impl PreCopyHooks for ReportRounds<'_, '_> {
+    fn has_before_last_round(&self) -> bool {
+        self.hook.is_some()
+    }
+
+    fn before_last_round(&mut self, _estimate: &mover::converge::Estimate) -> Result<(), String> {
+        let Some(h) = self.hook else { return Ok(()) };
+        (self.event.borrow_mut())(Event::HookStart(h.command.clone()));
+        let r = hook::run(h).map_err(|e| e.to_string())?;
+        (self.event.borrow_mut())(Event::HookDone(r.clone()));
+        let ok = r.succeeded();
+        let failure = r.failure();
+        *self.hook_report = Some(r);
+        if ok { Ok(()) } else { Err(failure) }
+    }
+
     fn round_done(&mut self, p: &PreCopyRound) {
         // A round that never completed (the source changed under every
         // rescan) has no push report: its figures are the loop's.
@@ -305,6 +370,7 @@ impl PreCopyHooks for ReportRounds<'_, '_> {
             },
         };
         rr.after_hook = p.after_hook;
+        rr.flush_ms = self.flush_ms.borrow_mut().take();
         rr.estimate_ms = Some(millis(p.estimate.downtime));
         (self.event.borrow_mut())(Event::RoundEnd(rr.clone()));
         self.rounds.push(rr);
@@ -392,15 +458,21 @@ pub(crate) fn migrate(
             cutover_gap: opts.fence_poll,
         };
         let pushes = RefCell::new(Vec::new());
+        let flush_ms = RefCell::new(None);
         let mut target = DestRounds {
             dest: &mut *dest,
             event: &event,
             pushes: &pushes,
+            flush: paths.mountpoint.as_deref().map(|mp| (host, mp)),
+            flush_ms: &flush_ms,
         };
         let mut hooks = ReportRounds {
             event: &event,
             pushes: &pushes,
+            flush_ms: &flush_ms,
             rounds: &mut report.rounds,
+            hook: opts.before_cutover.as_ref(),
+            hook_report: &mut report.before_cutover,
         };
         match precopy::precopy(&mut target, &targets, 1, &mut hooks) {
             Ok(pr) => {
@@ -452,6 +524,17 @@ pub(crate) fn migrate(
     }
     let t_unmount = Instant::now();
     report.unmount_wait_ms = millis(t_unmount - tw);
+    // Unmounted here is not enough for an image: another mount namespace
+    // may still hold the filesystem, with data the image does not have yet.
+    if paths.mode == TransferMode::Image
+        && let Some(holder) = host.held(&paths.data)
+    {
+        let _ = host.abort_move(vol);
+        return Err(MigrateError::Held {
+            volume: vol.clone(),
+            holder,
+        });
+    }
     event(Event::Unmounted);
 
     // Final round: the source is quiesced, so it cannot be stale; a failure
@@ -515,6 +598,8 @@ mod tests {
         paths: TransferPaths,
         log: RefCell<Vec<String>>,
         mounted_polls: RefCell<u32>,
+        /// Who holds the image after the unmount.
+        holder: Option<String>,
     }
 
     impl FakeHost {
@@ -532,9 +617,11 @@ mod tests {
                     options: BTreeMap::new(),
                     state: state.into(),
                     peer: peer.map(str::to_owned),
+                    mountpoint: None,
                 },
                 log: RefCell::new(vec![]),
                 mounted_polls: RefCell::new(2),
+                holder: None,
             }
         }
         fn log(&self) -> Vec<String> {
@@ -576,6 +663,16 @@ mod tests {
         fn abort_move(&self, _v: &str) -> Result<(), ClientError> {
             self.log.borrow_mut().push("abort".into());
             Ok(())
+        }
+        fn flush(&self, mp: &Path) -> Result<Option<Duration>, FlushError> {
+            self.log
+                .borrow_mut()
+                .push(format!("flush {}", mp.display()));
+            Ok(Some(Duration::from_millis(3)))
+        }
+        fn held(&self, _image: &Path) -> Option<String> {
+            self.log.borrow_mut().push("held?".into());
+            self.holder.clone()
         }
     }
 
@@ -680,6 +777,7 @@ mod tests {
             unmount_timeout: Duration::from_secs(5),
             fence_poll: Duration::from_millis(1),
             strict: false,
+            before_cutover: None,
         }
     }
 
@@ -853,6 +951,127 @@ mod tests {
             .position(|e| matches!(e, Event::WaitingForUnmount))
             .unwrap();
         assert!(said < waiting);
+    }
+
+    #[test]
+    fn the_before_cutover_hook_runs_before_the_last_pre_copy_round_and_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        *host.mounted_polls.borrow_mut() = 0;
+        let marker = d.path().join("hook-ran");
+        // 100 MB, then 30 MB (fits): the hook, one more round, the final.
+        let mut dest = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(5000), Ok(10)]);
+        let mut o = opts();
+        o.before_cutover = Some(BeforeCutover {
+            command: format!("touch {}", marker.display()),
+            timeout: Duration::from_secs(10),
+        });
+        let mut events = vec![];
+        let r = migrate(&host, &mut dest, &o, &mut |e| events.push(e)).unwrap();
+        assert!(marker.exists());
+        let h = r.before_cutover.as_ref().expect("the hook in the report");
+        assert_eq!((h.exit_status, h.timed_out), (Some(0), false));
+        assert!(h.command.starts_with("touch "));
+        let kinds: Vec<(bool, bool)> = r
+            .rounds
+            .iter()
+            .map(|x| (x.after_hook, x.final_round))
+            .collect();
+        assert_eq!(
+            kinds,
+            [(false, false), (false, false), (true, false), (false, true)]
+        );
+        // The hook ran after round 2 ended and before round 3 started.
+        let at = |f: &dyn Fn(&Event) -> bool| events.iter().position(f).unwrap();
+        let hook_at = at(&|e| matches!(e, Event::HookStart(_)));
+        let r2_end = at(&|e| matches!(e, Event::RoundEnd(x) if x.round == 2));
+        let r3_start = at(&|e| matches!(e, Event::RoundStart { round: 3, .. }));
+        assert!(r2_end < hook_at && hook_at < r3_start);
+        assert!(r.render().contains("before-cutover `touch "));
+    }
+
+    #[test]
+    fn a_failing_hook_stops_unfenced_with_its_stderr() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        let mut dest = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(5000)]);
+        let mut o = opts();
+        o.before_cutover = Some(BeforeCutover {
+            command: "echo no checkpoint for you >&2; exit 3".into(),
+            timeout: Duration::from_secs(10),
+        });
+        let err = migrate(&host, &mut dest, &o, &mut |_| {}).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, MigrateError::PreCopy(..)), "{msg}");
+        assert!(
+            msg.contains("before-cutover hook failed")
+                && msg.contains("status 3")
+                && msg.contains("no checkpoint for you")
+                && msg.contains("not fenced"),
+            "{msg}"
+        );
+        assert_eq!(host.log(), vec!["move hostb", "abort"]);
+        assert!(
+            dest.log
+                .iter()
+                .all(|l| !l.ends_with("final=true") && l != "commit")
+        );
+        assert!(!dest.log.contains(&"round 3 final=false".to_string()));
+    }
+
+    #[test]
+    fn a_block_volume_is_flushed_before_each_pre_copy_round_not_the_final_one() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = FakeHost::new(d.path(), "ready", None);
+        host.paths.mountpoint = Some("/vol/data".into());
+        *host.mounted_polls.borrow_mut() = 0;
+        let mut dest = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(2000)]);
+        let r = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap();
+        assert_eq!(
+            host.log(),
+            vec![
+                "move hostb",
+                "flush /vol/data",
+                "flush /vol/data",
+                "fence hostb",
+                "moved hostb"
+            ]
+        );
+        let flushes: Vec<_> = r.rounds.iter().map(|x| x.flush_ms).collect();
+        assert_eq!(flushes, [Some(3), Some(3), None]);
+    }
+
+    #[test]
+    fn an_image_still_held_elsewhere_is_never_moved_and_the_source_is_unfenced() {
+        let d = tempfile::tempdir().unwrap();
+        let mut host = FakeHost::new(d.path(), "ready", None);
+        host.paths.mode = TransferMode::Image;
+        host.paths.data = d.path().join("data/count");
+        host.holder = Some("/dev/loop3 (7:3) is still mounted ... of pid 4242 (sleep)".into());
+        *host.mounted_polls.borrow_mut() = 0;
+        let mut dest1 = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(2000)]);
+        let err = migrate(&host, &mut dest1, &opts(), &mut |_| {}).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, MigrateError::Held { .. }), "{msg}");
+        assert!(
+            msg.contains("pid 4242 (sleep)") && msg.contains("not fenced"),
+            "{msg}"
+        );
+        assert_eq!(
+            host.log(),
+            vec!["move hostb", "fence hostb", "held?", "abort"]
+        );
+        assert!(
+            dest1
+                .log
+                .iter()
+                .all(|l| !l.ends_with("final=true") && l != "commit")
+        );
+        // Released: the same move goes through.
+        host.holder = None;
+        let mut dest2 = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(2000)]);
+        migrate(&host, &mut dest2, &opts(), &mut |_| {}).unwrap();
+        assert!(dest2.log.contains(&"commit".to_string()));
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub(crate) struct RoundReport {
     pub(crate) attempts: u32,
     /// The round ran after the before-cutover hook.
     pub(crate) after_hook: bool,
+    /// A block volume's syncfs before the round (pre-copy rounds while it
+    /// is mounted).
+    pub(crate) flush_ms: Option<u64>,
     /// Estimated final-round time after this round (pre-copy rounds).
     pub(crate) estimate_ms: Option<u64>,
 }
@@ -83,6 +86,8 @@ pub(crate) struct Report {
     pub(crate) estimate: Option<EstimateReport>,
     /// The final round against the estimate, and its composition.
     pub(crate) final_round: Option<FinalRound>,
+    /// The `--before-cutover` command's run, when one was given.
+    pub(crate) before_cutover: Option<super::hook::HookReport>,
     pub(crate) max_downtime_ms: u64,
     pub(crate) total_ms: u64,
     /// From asking for the unmount to seeing it (the operator's part).
@@ -173,6 +178,14 @@ impl Report {
                 human_bytes(f.bytes),
                 human_bytes(f.composition.before_unmount),
                 human_bytes(f.composition.after_unmount),
+            ));
+        }
+        if let Some(h) = &self.before_cutover {
+            s.push_str(&format!(
+                "  before-cutover `{}`: exit {}, {:.1} s\n",
+                h.command,
+                h.exit_status.map_or_else(|| "-".into(), |c| c.to_string()),
+                h.seconds
             ));
         }
         s.push_str(&format!(

@@ -51,6 +51,10 @@ pub(crate) struct TransferPaths {
     /// The other host of a migration (`Moving`/`Fenced`/`Moved` to, `Receiving` from).
     #[serde(default)]
     pub(crate) peer: Option<String>,
+    /// Where a block volume's filesystem is mounted while in use (flushed
+    /// before each pre-copy round so the image holds what it holds).
+    #[serde(default)]
+    pub(crate) mountpoint: Option<PathBuf>,
 }
 
 /// A destination's answer to "could you receive this volume?".
@@ -89,6 +93,7 @@ fn transfer_paths(rec: &VolumeRecord) -> Result<TransferPaths, ServiceError> {
         options: rec.options.clone(),
         state: rec.state.as_str().to_owned(),
         peer: rec.state.peer().map(str::to_owned),
+        mountpoint: matches!(s.format, LocalFormat::Block).then(|| p.data.clone()),
     })
 }
 

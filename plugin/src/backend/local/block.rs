@@ -3,6 +3,7 @@
 //! real size limit, and the image is what block-level transfer moves later.
 
 use super::super::{BackendError, sys};
+use super::holders;
 use super::paths::{LocalPaths, image_path};
 use profiles::{Filesystem, LocalSettings};
 use std::ffi::OsStr;
@@ -98,12 +99,33 @@ pub(crate) fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(),
     .map_err(cmd_err(name))
 }
 
-/// Unmounts (which also frees the autoclear loop device), if mounted.
-pub(crate) fn unmount(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
-    if !sys::is_mountpoint(&p.data) {
-        return Ok(());
+/// Unmounts (which also frees the autoclear loop device), if mounted; then
+/// proves the filesystem is released everywhere. A mount namespace that
+/// still mounts it (a process that unshared while it was mounted) keeps it
+/// alive with its dirty pages and the image stale: that is reported as an
+/// error naming the holder, not counted as unmounted. A loop device left
+/// attached with no mount and no holder is detached (no leak).
+pub(crate) fn unmount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
+    if sys::is_mountpoint(&p.data) {
+        unmount_path(&p.data).map_err(cmd_err(name))?;
     }
-    unmount_path(&p.data).map_err(cmd_err(name))
+    let held = holders::check(&image_path(s, p));
+    if let Some(desc) = holders::describe(&held) {
+        return Err(BackendError::Other {
+            volume: name.to_owned(),
+            message: format!(
+                "unmounted here, but its filesystem is still in use elsewhere: {desc}; its image \
+                 stays stale until that process exits"
+            ),
+        });
+    }
+    for h in held {
+        let dev = format!("/dev/{}", h.device);
+        if let Err(e) = sys::run("losetup", &[OsStr::new("-d"), OsStr::new(&dev)]) {
+            tracing::warn!(volume = name, device = %dev, error = %e, "detaching a loop device left attached");
+        }
+    }
+    Ok(())
 }
 
 fn unmount_path(dir: &Path) -> Result<(), sys::CommandError> {

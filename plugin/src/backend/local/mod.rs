@@ -9,9 +9,12 @@
 //! - this file: [`LocalBackend`].
 //! - [`paths`]: where a local volume's directory, mountpoint and image are.
 //! - [`dir`], [`block`]: the two formats.
+//! - [`holders`]: is a block volume's filesystem released everywhere (no
+//!   other mount namespace, no loop holder)? Unmount and migrate's cutover ask.
 
 pub(crate) mod block;
 pub(crate) mod dir;
+pub(crate) mod holders;
 pub(crate) mod paths;
 
 pub(crate) use paths::LocalPaths;
@@ -52,7 +55,7 @@ impl Backend for LocalBackend {
         let s = local(vol)?;
         let p = LocalPaths::new(vol.name, s);
         if s.format == LocalFormat::Block {
-            block::unmount(vol.name, &p)?;
+            block::unmount(vol.name, s, &p)?;
         }
         match std::fs::remove_dir_all(&p.dir) {
             Ok(()) => Ok(()),
@@ -75,7 +78,7 @@ impl Backend for LocalBackend {
         let s = local(vol)?;
         match s.format {
             LocalFormat::Dir => Ok(()),
-            LocalFormat::Block => block::unmount(vol.name, &LocalPaths::new(vol.name, s)),
+            LocalFormat::Block => block::unmount(vol.name, s, &LocalPaths::new(vol.name, s)),
         }
     }
 

@@ -1,0 +1,229 @@
+//! Live migration of block (`gold`) volumes (issue 11 item 2), between two
+//! hosts on a shaped link: pre-copy rounds see what the filesystem holds
+//! (syncfs before each round), not an image the kernel has not written yet;
+//! an image whose filesystem another mount namespace still holds is never
+//! moved (item 2, holder check).
+
+use daffe_e2e::hosts::{TwoHosts, test_image};
+use std::time::{Duration, Instant};
+
+fn ok(out: std::process::Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Waits for a line of migrate's stderr containing `needle`.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) if l.contains(needle) => return,
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("migrate's stderr ended before {needle:?}: {e}"),
+        }
+    }
+    panic!("no {needle:?} from migrate within {limit:?}");
+}
+
+fn first_word(s: &str) -> String {
+    s.split_whitespace().next().unwrap_or_default().to_owned()
+}
+
+/// A 256 MiB gold volume on A, mounted by an idle app container.
+fn block_volume_in_use(h: &TwoHosts, volume: &str) -> String {
+    ok(
+        h.docker_a(&[
+            "volume",
+            "create",
+            "--driver",
+            &h.plugin,
+            "-o",
+            "size=256M",
+            volume,
+        ]),
+        "create the block volume",
+    );
+    let app = h.container("app");
+    ok(
+        h.docker_a(&[
+            "run",
+            "-d",
+            "--name",
+            &app,
+            "--stop-signal",
+            "KILL",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            &format!("{volume}:/data"),
+            &test_image(),
+            "sleep",
+            "600",
+        ]),
+        "start the app",
+    );
+    app
+}
+
+/// 32 MiB written 5 s before `migrate` starts, with no sync: the kernel
+/// still holds it as dirty pages. The pre-copy rounds carry it (migrate
+/// flushes the filesystem before each), and the final round is small.
+#[test]
+fn data_written_just_before_migrate_travels_in_pre_copy_on_a_block_volume() {
+    const LATE: u64 = 32 << 20;
+    let h = TwoHosts::start("100mbit");
+    let vol = "late@gold";
+    let app = block_volume_in_use(&h, vol);
+    ok(
+        h.docker_a(&[
+            "exec",
+            &app,
+            "sh",
+            "-c",
+            &format!("head -c {LATE} /dev/urandom > /data/late"),
+        ]),
+        "write 32 MiB",
+    );
+    let want = first_word(&ok(
+        h.docker_a(&["exec", &app, "sha256sum", "/data/late"]),
+        "hash on A",
+    ));
+    std::thread::sleep(Duration::from_secs(5));
+    let (child, rx) = h.migrate(vol, &["--max-downtime", "2s"]);
+    wait_line(&rx, "waiting for", Duration::from_secs(300));
+    ok(h.docker_a(&["stop", &app]), "stop the app");
+    let report = h.finish(child);
+    eprintln!("report: {report:#}");
+    assert_eq!(report["mode"], "image");
+    let rounds = report["rounds"].as_array().unwrap();
+    let pre: u64 = rounds
+        .iter()
+        .filter(|r| r["final_round"] == false)
+        .map(|r| r["bytes"].as_u64().unwrap())
+        .sum();
+    assert!(pre >= LATE, "pre-copy carried {pre} bytes: {report:#}");
+    assert!(
+        rounds
+            .iter()
+            .filter(|r| r["final_round"] == false)
+            .all(|r| r["flush_ms"].is_u64()),
+        "a pre-copy round without its flush: {report:#}"
+    );
+    let fin = rounds.last().unwrap();
+    assert_eq!(fin["final_round"], true);
+    assert!(
+        fin["bytes"].as_u64().unwrap() < 4 << 20,
+        "the late data waited for the final round: {report:#}"
+    );
+    let got = first_word(&ok(
+        h.docker_b(&[
+            "run",
+            "--rm",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            &format!("{vol}:/data"),
+            &test_image(),
+            "sha256sum",
+            "/data/late",
+        ]),
+        "hash on B",
+    ));
+    assert_eq!(want, got);
+}
+
+/// A process that unshared its mount namespace while the volume was
+/// mounted keeps the filesystem alive after docker's Unmount, with data
+/// the image does not have yet. migrate refuses the cutover naming it, and
+/// leaves the source unfenced; once it is gone, migrate moves every byte.
+#[test]
+fn a_filesystem_held_by_another_mount_namespace_is_never_moved_stale() {
+    let h = TwoHosts::start("100mbit");
+    let vol = "held@gold";
+    let app = block_volume_in_use(&h, vol);
+    ok(
+        h.docker_a(&[
+            "exec",
+            &app,
+            "sh",
+            "-c",
+            "head -c 8388608 /dev/urandom > /data/before",
+        ]),
+        "write before",
+    );
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "600"])
+        .spawn()
+        .expect("unshare");
+    let pid = holder.id();
+    std::thread::sleep(Duration::from_millis(500));
+    // Written after the holder copied the mount: the same filesystem.
+    ok(
+        h.docker_a(&[
+            "exec",
+            &app,
+            "sh",
+            "-c",
+            "head -c 16777216 /dev/urandom > /data/after",
+        ]),
+        "write after",
+    );
+    let want = ok(
+        h.docker_a(&[
+            "exec",
+            &app,
+            "sh",
+            "-c",
+            "cd /data && sha256sum before after",
+        ]),
+        "hash on A",
+    );
+    let (child, rx) = h.migrate(vol, &["--max-downtime", "2s"]);
+    wait_line(&rx, "waiting for", Duration::from_secs(300));
+    // docker may report the plugin's Unmount error; the container stops anyway.
+    let _ = h.docker_a(&["stop", &app]);
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("first migrate: {stdout}");
+    assert!(!out.status.success(), "moved a held image: {stdout}");
+    assert!(
+        stdout.contains("refusing the cutover")
+            && stdout.contains(&format!("pid {pid} (sleep)"))
+            && stdout.contains("mount namespace"),
+        "{stdout}"
+    );
+    assert_eq!(h.a.inspect(vol)["status"]["state"], "ready", "left fenced");
+    // The Unmount handler said so too, instead of counting it unmounted.
+    assert!(
+        h.a.log("serve").contains(&format!("pid {pid} (sleep)")),
+        "Unmount did not report the holder:\n{}",
+        h.a.log("serve")
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    let (child, _rx) = h.migrate(vol, &["--max-downtime", "2s"]);
+    let report = h.finish(child);
+    eprintln!("report: {report:#}");
+    let got = ok(
+        h.docker_b(&[
+            "run",
+            "--rm",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            &format!("{vol}:/data"),
+            &test_image(),
+            "sh",
+            "-c",
+            "cd /data && sha256sum before after",
+        ]),
+        "hash on B",
+    );
+    assert_eq!(want, got, "B's copy differs");
+}
