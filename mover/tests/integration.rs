@@ -18,6 +18,7 @@ mod live_precopy;
 mod net_protocol;
 #[cfg(feature = "net")]
 mod net_sync;
+mod pages;
 mod partial;
 mod props;
 mod resume;

@@ -146,17 +146,19 @@ fn an_image_round_under_writes_keeps_what_it_moved() {
 #[test]
 fn a_first_round_under_writes_keeps_what_it_moved() {
     // No previous version: dirty ranges of staged files hold zeros, and the
-    // manifest says so.
+    // manifest says so. `a.db` is db-class by name from the start: a name
+    // that says nothing would switch to that class once its in-place
+    // rewrite is seen (`scan::class`), and that round fetches the file whole.
     let d = tempfile::tempdir().unwrap();
     let src = d.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("a"), common::bytes(4 << 20, 1)).unwrap();
+    std::fs::write(src.join("a.db"), common::bytes(4 << 20, 1)).unwrap();
     std::fs::write(src.join("b"), common::bytes(4 << 20, 2)).unwrap();
     let dest = Destination::Tree(d.path().join("dst"));
     let state = d.path().join("state");
     let cache = d.path().join("cache");
     let mut s = scan(&Source::Tree(src.clone()), &cache);
-    page_write(&src.join("a"), 1 << 20, 9);
+    page_write(&src.join("a.db"), 1 << 20, 9);
     let st = round(&dest, &state, &mut s, true).unwrap();
     assert!(st.chunks_dirty >= 1 && st.entries_dirty == 1, "{st:?}");
     assert!(st.bytes_fetched >= 6 << 20, "{st:?}");

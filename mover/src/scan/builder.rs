@@ -4,7 +4,7 @@
 //! are copied from the last manifest, and everything is written in manifest
 //! order to the manifest and the new stat cache.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::os::fd::AsFd;
@@ -23,6 +23,7 @@ use crate::progress::Progress;
 use crate::read_full::{read_full_at, read_full_at_in};
 use crate::statcache::{StatReader, StatRec, StatWriter, now_ns};
 
+use super::class;
 use super::options::{LAST_MANIFEST, LAST_STAT, Scan, ScanError, ScanOptions, ScanStats, io_err};
 
 /// Segment size for parallel chunking of one extent: large enough that the
@@ -180,6 +181,10 @@ pub(super) struct Scanner {
     opts: ScanOptions,
     start_ns: i128,
     cache: Option<Cache>,
+    /// Paths the last scan chunked as pages for their write pattern, and
+    /// this scan's list (`super::class`).
+    paged_prev: HashSet<Vec<u8>>,
+    paged_next: Vec<Vec<u8>>,
     writer: ManifestWriter<BufWriter<File>>,
     statw: StatWriter,
     paths: PathTable,
@@ -203,6 +208,7 @@ impl Scanner {
     ) -> Result<Scanner, ScanError> {
         std::fs::create_dir_all(cache_dir).map_err(io_err(cache_dir.as_os_str().as_bytes()))?;
         let cache = open_cache(cache_dir).filter(|c| use_cache && c.manifest.header().mode == mode);
+        let paged_prev = class::load_paged(cache_dir);
         let mpath = cache_dir.join("next.manifest");
         let f = File::create(&mpath).map_err(io_err(mpath.as_os_str().as_bytes()))?;
         let writer = ManifestWriter::new(
@@ -221,6 +227,8 @@ impl Scanner {
             opts,
             start_ns: now_ns(),
             cache,
+            paged_prev,
+            paged_next: Vec::new(),
             writer,
             statw,
             paths: PathTable::default(),
@@ -269,10 +277,44 @@ impl Scanner {
     }
 
     pub(super) fn cached(&mut self, path: &[u8], st: &FileStat) -> Result<bool, ScanError> {
+        Ok(self.lookup(path, st)?.0)
+    }
+
+    /// Whether the last scan's record proves the entry unchanged (reuse it),
+    /// and that record.
+    pub(super) fn lookup(
+        &mut self,
+        path: &[u8],
+        st: &FileStat,
+    ) -> Result<(bool, Option<StatRec>), ScanError> {
         let Some(c) = self.cache.as_mut() else {
-            return Ok(false);
+            return Ok((false, None));
         };
-        Ok(c.stat.find(path)?.is_some_and(|r| r.unchanged(st)))
+        let rec = c.stat.find(path)?;
+        Ok((rec.as_ref().is_some_and(|r| r.unchanged(st)), rec))
+    }
+
+    /// The chunk class of the regular file at `path` (see [`super::class`]),
+    /// from what the last scan saw of it; listed for the next scan when its
+    /// write pattern decided.
+    pub(super) fn file_class(
+        &mut self,
+        path: &[u8],
+        st: &FileStat,
+        seen: Option<&StatRec>,
+    ) -> ChunkClass {
+        let now = class::Now {
+            dev: st.dev,
+            ino: st.ino,
+            size: st.size,
+            mtime_ns: st.mtime_ns,
+        };
+        let seen = seen.map(|r| class::Seen::of(r, self.paged_prev.contains(path)));
+        let choice = class::choose(path, now, seen);
+        if choice == class::Choice::Paged {
+            self.paged_next.push(path.to_vec());
+        }
+        choice.class()
     }
 
     /// Queues one entry. `file` is the open file for data-carrying entries
@@ -554,6 +596,11 @@ impl Scanner {
         let rn = |a: &str, b: &Path| {
             std::fs::rename(cache_dir.join(a), b).map_err(io_err(b.as_os_str().as_bytes()))
         };
+        // Only a hint (see `super::class`): a list that cannot be written
+        // costs the next round its page-sized chunks, not the scan.
+        if let Err(e) = class::save_paged(cache_dir, &self.paged_next) {
+            tracing::warn!("cannot save the paged-file list: {e}");
+        }
         rn("next.stat", &cache_dir.join(LAST_STAT))?;
         rn("next.manifest", &m)?;
         let header =

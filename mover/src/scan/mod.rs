@@ -13,12 +13,14 @@
 //! - Memory: one pending window of entries and chunk lists; chunk lists are
 //!   streamed to the manifest as segments complete, never held per file.
 //!
-//! Map: `options` (settings, stats, errors, the finished [`Scan`]),
+//! Map: `class` (which chunk class a file gets: its name or its observed
+//! write pattern), `options` (settings, stats, errors, the finished [`Scan`]),
 //! `builder` (the manifest and stat cache being written: the pending queue,
 //! cache reuse, the chunking workers), `walk` (the tree walk and the image
 //! scan that feed it).
 
 mod builder;
+mod class;
 mod options;
 mod walk;
 

@@ -196,7 +196,7 @@ fn scan_tree_with(
             }
             hardlinks.insert((st.dev, st.ino), path.clone());
         }
-        let reuse = s.cached(&path, &st)?;
+        let (reuse, seen) = s.lookup(&path, &st)?;
         let mut e = base_entry(path, kind, &st);
         // xattrs of a symlink or special file, read by name (not followed).
         let link_xattrs = |path: &[u8]| {
@@ -239,7 +239,7 @@ fn scan_tree_with(
             }
             Kind::File => {
                 e.size = st.size;
-                e.class = ChunkClass::for_path(&e.path, st.size).code();
+                e.class = s.file_class(&e.path, &st, seen.as_ref()).code();
                 if reuse {
                     s.add(e, &st, true, None)?;
                 } else {
