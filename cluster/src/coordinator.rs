@@ -60,6 +60,10 @@ pub enum CoordinatorError {
     LeaseGone(LeaseId),
     #[error(transparent)]
     BadKey(#[from] BadComponent),
+    /// etcd refused the request for another reason (bad TLS files, a
+    /// permission, a malformed answer): retrying will not help.
+    #[error("etcd: {0}")]
+    Failed(String),
 }
 
 /// One node's view of the cluster's consistent store.

@@ -15,11 +15,16 @@
 //!   trait; [`memory`] is its faithful double (revisions, leases that expire
 //!   on a manual clock, compare-and-swap), for tests only.
 //!
-//! The etcd client itself is I/O at the edge and lives with the daemon.
+//! - [`etcd`] (feature `etcd`, on by default): the trait over a real etcd;
+//!   [`conformance`] holds the behaviour tests both implementations pass.
 
 pub mod config;
+#[cfg(any(test, feature = "testing"))]
+pub mod conformance;
 pub mod coordinator;
 pub mod epoch;
+#[cfg(feature = "etcd")]
+pub mod etcd;
 pub mod keys;
 pub mod lease;
 #[cfg(any(test, feature = "testing"))]

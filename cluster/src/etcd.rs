@@ -1,0 +1,357 @@
+//! [`Coordinator`] over a real etcd (v3 API, tested against Debian's 3.4),
+//! with the `etcd-client` crate. Each decision is one transaction, as the
+//! trait promises; every call is bounded by the configured timeout, so a
+//! cluster without quorum answers `Unavailable` instead of hanging Docker.
+//!
+//! The client is async (tonic); the daemon's handlers are blocking code on
+//! a bounded pool, so this holds its own small runtime and blocks on it,
+//! as the AWS code does.
+
+use crate::config::EtcdConfig;
+use crate::coordinator::{
+    Claim, Coordinator, CoordinatorError, LeaseId, Owner, Removed, VolumeEntry,
+};
+use crate::epoch::Epoch;
+use crate::keys::Keys;
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KeyValue,
+    PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
+use std::future::Future;
+use std::time::Duration;
+
+/// The etcd client of one node.
+pub struct EtcdCoordinator {
+    keys: Keys,
+    client: Client,
+    timeout: Duration,
+    rt: tokio::runtime::Runtime,
+}
+
+impl std::fmt::Debug for EtcdCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdCoordinator")
+            .field("keys", &self.keys)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EtcdCoordinator {
+    /// Connects to `etcd` for cluster `cluster`; every later call is bounded
+    /// by `timeout`. Fails if no endpoint answers within it.
+    pub fn connect(
+        cluster: &str,
+        etcd: &EtcdConfig,
+        timeout: Duration,
+    ) -> Result<Self, CoordinatorError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("daffe-etcd")
+            .enable_all()
+            .build()
+            .map_err(|e| CoordinatorError::Failed(format!("etcd runtime: {e}")))?;
+        let mut opts = ConnectOptions::new()
+            .with_connect_timeout(timeout)
+            .with_timeout(timeout);
+        if let Some(tls) = tls_options(etcd)? {
+            opts = opts.with_tls(tls);
+        }
+        let endpoints = etcd.endpoints.clone();
+        let client = rt.block_on(async {
+            tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts)))
+                .await
+                .map_err(|_| unavailable("connect", "timed out"))?
+                .map_err(|e| from_etcd("connect", e))
+        })?;
+        let me = Self {
+            keys: Keys::new(cluster),
+            client,
+            timeout,
+            rt,
+        };
+        // A lazy channel connects on first use: prove one member answers.
+        me.call(
+            "status",
+            |mut c| async move { c.status().await.map(|_| ()) },
+        )?;
+        Ok(me)
+    }
+
+    /// Runs one request on a clone of the client (clones share the
+    /// channel), under the time limit.
+    fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, CoordinatorError>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let fut = f(self.client.clone());
+        self.rt.block_on(async {
+            match tokio::time::timeout(self.timeout, fut).await {
+                Ok(r) => r.map_err(|e| from_etcd(what, e)),
+                Err(_) => Err(unavailable(what, "timed out")),
+            }
+        })
+    }
+
+    fn txn(&self, what: &'static str, txn: Txn) -> Result<TxnResponse, CoordinatorError> {
+        self.call(what, |mut c| async move { c.txn(txn).await })
+    }
+
+    fn get_one(
+        &self,
+        what: &'static str,
+        key: String,
+    ) -> Result<Option<KeyValue>, CoordinatorError> {
+        let mut resp = self.call(what, |mut c| async move { c.get(key, None).await })?;
+        Ok(resp.take_kvs().into_iter().next())
+    }
+
+    fn entry(name: &str, kv: &KeyValue) -> VolumeEntry {
+        VolumeEntry {
+            name: name.to_owned(),
+            record: kv.value().to_vec(),
+            created: u64::try_from(kv.create_revision()).unwrap_or(0),
+        }
+    }
+}
+
+fn owner_of(kv: &KeyValue) -> Owner {
+    Owner {
+        node: String::from_utf8_lossy(kv.value()).into_owned(),
+        epoch: Epoch(u64::try_from(kv.mod_revision()).unwrap_or(0)),
+        lease: LeaseId(kv.lease()),
+    }
+}
+
+/// The key-values of the `get` in a transaction's branch.
+fn got(resp: &TxnResponse) -> Option<KeyValue> {
+    resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(mut g) => g.take_kvs().into_iter().next(),
+        _ => None,
+    })
+}
+
+fn revision(resp: &TxnResponse) -> u64 {
+    resp.header()
+        .map_or(0, |h| u64::try_from(h.revision()).unwrap_or(0))
+}
+
+fn tls_options(etcd: &EtcdConfig) -> Result<Option<TlsOptions>, CoordinatorError> {
+    let Some(ca) = &etcd.ca else {
+        return Ok(None);
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| CoordinatorError::Failed(format!("{}: {e}", p.display())))
+    };
+    let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?));
+    if let (Some(cert), Some(key)) = (&etcd.cert, &etcd.key) {
+        tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(Some(tls))
+}
+
+fn unavailable(what: &str, why: &str) -> CoordinatorError {
+    CoordinatorError::Unavailable(format!("{what}: {why}"))
+}
+
+/// etcd's answers, by what the caller can do about them: wait and retry
+/// (no quorum, a timeout, no connection), or not.
+fn from_etcd(what: &str, e: etcd_client::Error) -> CoordinatorError {
+    use tonic::Code;
+    // etcd says "requested lease not found" as a gRPC status (put, revoke)
+    // or through the keep-alive stream's own error.
+    if e.to_string().contains("lease not found") {
+        return CoordinatorError::LeaseGone(LeaseId(0));
+    }
+    match &e {
+        etcd_client::Error::GRpcStatus(s)
+            if matches!(
+                s.code(),
+                Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Aborted
+            ) =>
+        {
+            unavailable(what, s.message())
+        }
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
+            unavailable(what, &e.to_string())
+        }
+        _ => CoordinatorError::Failed(format!("{what}: {e}")),
+    }
+}
+
+/// `LeaseGone` from [`from_etcd`] does not know the lease; put it in.
+fn with_lease(r: CoordinatorError, lease: LeaseId) -> CoordinatorError {
+    match r {
+        CoordinatorError::LeaseGone(_) => CoordinatorError::LeaseGone(lease),
+        other => other,
+    }
+}
+
+impl Coordinator for EtcdCoordinator {
+    fn grant(&self, ttl: Duration) -> Result<LeaseId, CoordinatorError> {
+        let secs = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        let resp = self.call(
+            "grant",
+            |mut c| async move { c.lease_grant(secs, None).await },
+        )?;
+        Ok(LeaseId(resp.id()))
+    }
+
+    fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordinatorError> {
+        let ttl = self
+            .call("keep-alive", |mut c| async move {
+                let (mut keeper, mut stream) = c.lease_keep_alive(lease.0).await?;
+                keeper.keep_alive().await?;
+                Ok(stream.message().await?.map_or(0, |m| m.ttl()))
+            })
+            .map_err(|e| with_lease(e, lease))?;
+        // etcd answers a keep-alive of an unknown lease with TTL 0.
+        if ttl <= 0 {
+            return Err(CoordinatorError::LeaseGone(lease));
+        }
+        Ok(())
+    }
+
+    fn revoke(&self, lease: LeaseId) -> Result<(), CoordinatorError> {
+        self.call("revoke", |mut c| async move {
+            c.lease_revoke(lease.0).await.map(|_| ())
+        })
+        .map_err(|e| with_lease(e, lease))
+    }
+
+    fn create_volume(
+        &self,
+        name: &str,
+        record: &[u8],
+    ) -> Result<(VolumeEntry, bool), CoordinatorError> {
+        let key = self.keys.volume(name)?;
+        let txn = Txn::new()
+            .when([Compare::create_revision(key.clone(), CompareOp::Equal, 0)])
+            .and_then([TxnOp::put(key.clone(), record.to_vec(), None)])
+            .or_else([TxnOp::get(key, None)]);
+        let resp = self.txn("create volume", txn)?;
+        if resp.succeeded() {
+            let rev = revision(&resp);
+            return Ok((
+                VolumeEntry {
+                    name: name.to_owned(),
+                    record: record.to_vec(),
+                    created: rev,
+                },
+                true,
+            ));
+        }
+        match got(&resp) {
+            Some(kv) => Ok((Self::entry(name, &kv), false)),
+            // Created and removed between compare and get cannot happen in
+            // one transaction; a missing record here is etcd misbehaving.
+            None => Err(CoordinatorError::Failed(format!(
+                "create volume {name}: etcd said it exists, then returned nothing"
+            ))),
+        }
+    }
+
+    fn volume(&self, name: &str) -> Result<Option<VolumeEntry>, CoordinatorError> {
+        let key = self.keys.volume(name)?;
+        Ok(self
+            .get_one("get volume", key)?
+            .map(|kv| Self::entry(name, &kv)))
+    }
+
+    fn volumes(&self) -> Result<Vec<VolumeEntry>, CoordinatorError> {
+        let prefix = self.keys.volumes_prefix();
+        let mut resp = self.call("list volumes", |mut c| async move {
+            c.get(prefix, Some(GetOptions::new().with_prefix())).await
+        })?;
+        Ok(resp
+            .take_kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                Some(Self::entry(self.keys.volume_of(key)?, kv))
+            })
+            .collect())
+    }
+
+    fn remove_volume(&self, name: &str) -> Result<Removed, CoordinatorError> {
+        let (key, owner_key) = (self.keys.volume(name)?, self.keys.owner(name)?);
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                owner_key.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::delete(key, None)])
+            .or_else([TxnOp::get(owner_key, None)]);
+        let resp = self.txn("remove volume", txn)?;
+        if !resp.succeeded() {
+            return Ok(match got(&resp) {
+                Some(kv) => Removed::Owned(owner_of(&kv)),
+                None => Removed::Absent,
+            });
+        }
+        let deleted = resp.op_responses().into_iter().any(|r| match r {
+            TxnOpResponse::Delete(d) => d.deleted() > 0,
+            _ => false,
+        });
+        Ok(if deleted {
+            Removed::Removed
+        } else {
+            Removed::Absent
+        })
+    }
+
+    fn owner(&self, volume: &str) -> Result<Option<Owner>, CoordinatorError> {
+        let key = self.keys.owner(volume)?;
+        Ok(self.get_one("get owner", key)?.as_ref().map(owner_of))
+    }
+
+    fn claim(
+        &self,
+        volume: &str,
+        node: &str,
+        lease: LeaseId,
+        handover_from: Option<Epoch>,
+    ) -> Result<Claim, CoordinatorError> {
+        let key = self.keys.owner(volume)?;
+        // etcd compares AND together, so "free, or still the epoch handed
+        // over" is two tries: the handover first, then a free claim if the
+        // owner key turned out to be gone.
+        let mut compares = Vec::new();
+        if let Some(from) = handover_from {
+            let rev = i64::try_from(from.0).unwrap_or(i64::MAX);
+            compares.push(Compare::mod_revision(key.clone(), CompareOp::Equal, rev));
+        }
+        compares.push(Compare::create_revision(key.clone(), CompareOp::Equal, 0));
+        for cmp in compares {
+            let txn = Txn::new()
+                .when([cmp])
+                .and_then([TxnOp::put(
+                    key.clone(),
+                    node.as_bytes().to_vec(),
+                    Some(PutOptions::new().with_lease(lease.0)),
+                )])
+                .or_else([TxnOp::get(key.clone(), None)]);
+            let resp = self.txn("claim", txn).map_err(|e| with_lease(e, lease))?;
+            if resp.succeeded() {
+                return Ok(Claim::Won(Epoch(revision(&resp))));
+            }
+            if let Some(kv) = got(&resp) {
+                return Ok(Claim::Held(owner_of(&kv)));
+            }
+        }
+        Err(CoordinatorError::Failed(format!(
+            "claim {volume}: the owner key was neither free nor held"
+        )))
+    }
+
+    fn release(&self, volume: &str, epoch: Epoch) -> Result<bool, CoordinatorError> {
+        let key = self.keys.owner(volume)?;
+        let rev = i64::try_from(epoch.0).unwrap_or(i64::MAX);
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
+            .and_then([TxnOp::delete(key, None)]);
+        Ok(self.txn("release", txn)?.succeeded())
+    }
+}
