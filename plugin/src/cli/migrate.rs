@@ -59,8 +59,8 @@ pub struct MigrateArgs {
     /// How long the first contact with the destination agent may take (TCP
     /// connect and TLS handshake). An agent not reached by then fails the
     /// command with "cannot reach HOST:PORT (...)"; once reached, a cut link
-    /// is retried for up to 5 minutes.
-    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    /// is retried for up to 5 minutes. Must be above 0.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = duration::positive)]
     pub(crate) connect_timeout: String,
     /// How long to wait for the containers to be stopped at cutover.
     #[arg(long, default_value = "10m")]
