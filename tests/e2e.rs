@@ -24,6 +24,7 @@ mod migrate;
 mod migrate_connect;
 mod migrate_live;
 mod netns_harness;
+mod operator_status;
 mod operator_sync;
 mod postgres_harness;
 mod profiles_endpoint;

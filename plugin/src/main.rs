@@ -28,6 +28,9 @@ enum Command {
     Migrate(cli::migrate::MigrateArgs),
     /// Sync a local tree or image into DST (incremental, atomic, resumable).
     Sync(cli::sync::SyncArgs),
+    /// What the daemon is doing (volumes, mounts, moves, recent errors);
+    /// `--health` checks the daemon or an agent (exit code 0 when healthy).
+    Status(cli::status::StatusArgs),
     /// Write shell completions or man pages (run when packaging).
     #[command(hide = true)]
     Generate(cli::generate::GenerateArgs),
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Agent(a) => cli::agent::run(a),
         Command::Migrate(a) => cli::migrate::run(a),
         Command::Sync(a) => cli::sync::run(a),
+        Command::Status(a) => cli::status::run(a),
         Command::Generate(a) => cli::generate::run(a, Cli::command()),
         Command::Placement(a) => cli::placement::run(a),
     }

@@ -10,6 +10,7 @@ pub mod placement;
 pub mod profiles;
 pub mod serve;
 pub mod snapshot;
+pub mod status;
 pub mod sync;
 pub mod volume;
 
