@@ -26,6 +26,7 @@ mod migrate_live;
 mod netns_harness;
 mod operator_status;
 mod operator_sync;
+mod operator_volume_ls;
 mod postgres_harness;
 mod profiles_endpoint;
 mod restarts;
