@@ -24,6 +24,7 @@ mod migrate;
 mod migrate_connect;
 mod migrate_live;
 mod netns_harness;
+mod operator_exit_codes;
 mod operator_status;
 mod operator_sync;
 mod operator_volume_ls;

@@ -210,5 +210,19 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         Event::Committed => say(&bar, format!("{to} owns {volume} now")),
     });
     bar.finish_and_clear();
-    super::finish_report(json, result, |r| r.render())
+    match result {
+        Ok(r) => super::finish_report::<_, String>(json, Ok(r), |r| r.render()),
+        Err(e) => super::fail_code(json, &e, exit_of(&e)),
+    }
+}
+
+/// The exit code of a failed migration (see `super::exit`).
+fn exit_of(e: &crate::migrate::orchestrate::MigrateError) -> u8 {
+    use crate::migrate::orchestrate::MigrateError as E;
+    match e {
+        E::Daemon(c) => super::exit::of_client(c),
+        E::Peer(_) | E::Push(_) | E::Reply(_) => super::exit::REMOTE,
+        E::UnmountTimeout { .. } => super::exit::IN_USE,
+        _ => super::exit::FAILURE,
+    }
 }

@@ -237,7 +237,7 @@ pub fn run(args: StatusArgs) -> ExitCode {
             println!("{}", render(&v));
             ExitCode::SUCCESS
         }
-        Err(e) => super::fail(args.json, e),
+        Err(e) => super::fail_client(args.json, &e),
     }
 }
 

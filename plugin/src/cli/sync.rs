@@ -249,6 +249,16 @@ fn run_dry(args: &SyncArgs, src: &Source, dst: &Destination, opts: &SyncOptions)
     }
 }
 
+/// A missing source is "not found" (3); anything else 1.
+fn exit_of(e: &mover::SyncError) -> u8 {
+    match e {
+        mover::SyncError::Preflight(mover::preflight::PreflightError::Source {
+            source, ..
+        }) if source.kind() == std::io::ErrorKind::NotFound => super::exit::NOT_FOUND,
+        _ => super::exit::FAILURE,
+    }
+}
+
 /// Runs `daffe sync`.
 pub fn run(args: SyncArgs) -> ExitCode {
     let (src, dst) = if is_image(&args.src) {
@@ -325,7 +335,7 @@ pub fn run(args: SyncArgs) -> ExitCode {
                     args.dst.display()
                 );
             }
-            ExitCode::FAILURE
+            super::exit::code(exit_of(&e))
         }
     }
 }
@@ -384,8 +394,8 @@ mod tests {
             delete,
             dry_run: false,
         };
-        // A missing source creates nothing.
-        assert_eq!(run(args(&src, &dst, false)), ExitCode::FAILURE);
+        // A missing source creates nothing, and is "not found" (3).
+        assert_eq!(run(args(&src, &dst, false)), ExitCode::from(3));
         assert!(!dst.exists());
         assert!(!t.path().join(".dst.daffe-state").exists());
         std::fs::create_dir(&src).expect("mkdir");

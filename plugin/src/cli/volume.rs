@@ -39,6 +39,7 @@ pub(crate) enum VolumeCommand {
     Inspect {
         /// NAME or docker name (NAME@PROFILE).
         name: String,
+        /// Print the record as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -47,7 +48,9 @@ pub(crate) enum VolumeCommand {
     SetProfile {
         /// NAME or docker name (NAME@PROFILE).
         name: String,
+        /// The profile to move it to (see `daffe profiles ls`).
         profile: String,
+        /// Print what changed as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -90,7 +93,7 @@ pub fn run(args: VolumeArgs) -> ExitCode {
     };
     let reply = match ControlClient::new(&args.control_socket).send(&req) {
         Ok(v) => v,
-        Err(e) => return super::fail(json, e),
+        Err(e) => return super::fail_client(json, &e),
     };
     if json {
         super::print_json(&reply);
