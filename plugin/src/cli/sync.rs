@@ -70,6 +70,18 @@ pub(crate) enum VerifyArg {
 
 struct Bar(ProgressBar);
 
+/// Phases with no known total (scan, apply, verify): a spinner with what
+/// was seen so far, never a bar reading "0 B/0 B".
+const SPINNER: &str = "{spinner} {msg} {bytes}";
+/// The copy, against its total: 70 columns at most (fits 80).
+const BAR: &str = "{spinner} {msg:9!} [{bar:24}] {bytes:>10}/{total_bytes:<10} eta {eta:>4}";
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
 impl ProgressSink for Bar {
     fn event(&self, ev: &Progress) {
         match ev {
@@ -79,23 +91,26 @@ impl ProgressSink for Bar {
                     Phase::Scan => ("scanning", 0),
                     Phase::Plan | Phase::Fetch => ("copying", *total_bytes),
                     Phase::Apply => ("applying", 0),
-                    Phase::Verify => ("verifying", 0),
+                    // Counted on its own (it re-reads only what it checks).
+                    Phase::Verify => ("verified", 0),
                     Phase::Done => ("done", 0),
                 };
-                self.0.set_message(name);
+                self.0.set_position(0);
                 if total > 0 {
+                    self.0.set_style(style(BAR));
                     self.0.set_length(total);
-                    self.0.set_position(0);
+                } else {
+                    self.0.set_style(style(SPINNER));
                 }
+                self.0.set_message(name);
             }
             Progress::Scanned {
                 entries,
                 bytes_hashed,
             } => {
-                self.0.set_message(format!(
-                    "scanning: {entries} entries, {} hashed",
-                    human_bytes(*bytes_hashed)
-                ));
+                // Files seen and bytes read so far (the spinner's {bytes}).
+                self.0.set_message(format!("scanning: {entries} entries,"));
+                self.0.set_position(*bytes_hashed);
             }
             Progress::Moved { bytes } | Progress::Verified { bytes } => self.0.inc(*bytes),
             Progress::Warning { message } => self.0.println(format!("warning: {message}")),
@@ -290,13 +305,7 @@ pub fn run(args: SyncArgs) -> ExitCode {
     }
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let pb = ProgressBar::new(0);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {msg:40} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        pb.set_style(style(SPINNER));
         pb.enable_steady_tick(std::time::Duration::from_millis(120));
         pb
     });
@@ -447,5 +456,22 @@ mod tests {
             line.contains("create 1 entries") && line.contains("delete 1"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn progress_templates_parse_and_the_bar_fits_80_columns() {
+        for t in [SPINNER, BAR] {
+            assert!(ProgressStyle::with_template(t).is_ok(), "{t}");
+        }
+        // Fixed parts plus the widest values: "1023.9 MiB" and "99m" (eta).
+        let fixed = BAR
+            .replace("{spinner}", "x")
+            .replace("{msg:9!}", &"m".repeat(9))
+            .replace("{bar:24}", &"=".repeat(24))
+            .replace("{bytes:>10}", &"b".repeat(10))
+            .replace("{total_bytes:<10}", &"t".repeat(10))
+            .replace("{eta:>4}", &"e".repeat(4));
+        assert!(!fixed.contains('{'), "{fixed}");
+        assert!(fixed.len() <= 80, "{} columns: {fixed}", fixed.len());
     }
 }
