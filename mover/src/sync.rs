@@ -83,6 +83,9 @@ pub enum SyncError {
     KindMismatch,
     #[error("{0}")]
     Preflight(#[from] PreflightError),
+    /// A dry run's scratch folder could not be made.
+    #[error("dry run scratch folder: {0}")]
+    Scratch(String),
 }
 
 /// What a sync did: the source's scan beside what its rounds did at the
@@ -141,11 +144,12 @@ fn dirs(
 }
 
 /// What [`sync`] would do, without doing it (a dry run): the source is
-/// scanned first (a bad source fails before anything is created), then
-/// `each` sees every path the round would create, change or delete, and the
-/// totals are returned. Nothing in the destination tree is written; the
-/// destination directory and its state dir are created if missing (the
-/// state dir also holds the source's stat cache by default).
+/// scanned first (a bad source fails before anything is read at the
+/// destination), then `each` sees every path the round would create, change
+/// or delete, and the totals are returned. Nothing is created or written at
+/// the destination, in its state dir or in the source's stat cache: the scan
+/// runs against a copy of that cache (so an unchanged file is not re-read)
+/// in a scratch folder under the system temp dir, removed on return.
 pub fn preview(
     src: &Source,
     dst: &Destination,
@@ -153,18 +157,44 @@ pub fn preview(
     each: &mut dyn FnMut(&Change),
 ) -> Result<Preview, SyncError> {
     let (state, cache) = dirs(src, dst, opts)?;
+    let scratch = tempfile::Builder::new()
+        .prefix("daffe-preview-")
+        .tempdir()
+        .map_err(|e| SyncError::Scratch(e.to_string()))?;
+    let scratch_cache = scratch.path().join("source-cache");
+    copy_files(&cache, &scratch_cache).map_err(|e| {
+        SyncError::Scratch(format!("copy of the stat cache {}: {e}", cache.display()))
+    })?;
     let label = source_label(src);
     let mut sender = Sender::scan(
         src,
-        &cache,
+        &scratch_cache,
         ScanOptions {
             threads: opts.threads.max(1),
             label,
             progress: opts.progress.clone(),
         },
     )?;
-    let rx = Receiver::open(dst, &state)?;
-    Ok(rx.preview(&mut sender, each)?)
+    let rx = Receiver::open_existing(dst, &state)?;
+    Ok(rx.preview(&mut sender, scratch.path(), each)?)
+}
+
+/// Copies the regular files directly in `from` (if it exists) into `to`,
+/// which is created.
+fn copy_files(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    let entries = match std::fs::read_dir(from) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for ent in entries {
+        let ent = ent?;
+        if ent.file_type()?.is_file() {
+            std::fs::copy(ent.path(), to.join(ent.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 /// The manifest label of a source: its last path component.
@@ -278,7 +308,9 @@ mod tests {
         assert_eq!(p.created.entries, 3, "{seen:?}");
         assert_eq!(p.created.bytes, 6000);
         assert!(p.changed.entries == 1 && p.deleted.entries == 0, "{p:?}");
-        assert_eq!(std::fs::read_dir(&dst).unwrap().count(), 0);
+        // Neither the destination nor its state dir was created.
+        assert!(!dst.exists());
+        assert!(!t.path().join(".dst.daffe-state").exists());
 
         sync(&s, &d, &opts).unwrap();
         let unchanged = preview(&s, &d, &opts, &mut |_| {}).unwrap();
@@ -299,6 +331,7 @@ mod tests {
         assert_eq!((p.created.entries, p.created.bytes), (1, 300));
         assert_eq!((p.deleted.entries, p.deleted.bytes), (1, 1000));
         assert_eq!(std::fs::read(dst.join("a")).unwrap().len(), 1000);
+        assert!(!t.path().join(".dst.daffe-state/preview.manifest").exists());
         assert_eq!(std::fs::read(dst.join("d/b")).unwrap().len(), 5000);
 
         // The round then does what the preview said.

@@ -28,6 +28,9 @@ enum Command {
     Migrate(cli::migrate::MigrateArgs),
     /// Sync a local tree or image into DST (incremental, atomic, resumable).
     Sync(cli::sync::SyncArgs),
+    /// What the daemon is doing (volumes, mounts, moves, recent errors);
+    /// `--health` checks the daemon or an agent (exit code 0 when healthy).
+    Status(cli::status::StatusArgs),
     /// Write shell completions or man pages (run when packaging).
     #[command(hide = true)]
     Generate(cli::generate::GenerateArgs),
@@ -45,7 +48,39 @@ fn main() -> std::process::ExitCode {
         Command::Agent(a) => cli::agent::run(a),
         Command::Migrate(a) => cli::migrate::run(a),
         Command::Sync(a) => cli::sync::run(a),
+        Command::Status(a) => cli::status::run(a),
         Command::Generate(a) => cli::generate::run(a, Cli::command()),
         Command::Placement(a) => cli::placement::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every argument of every command says what it is for (issue 13, item
+    /// 12): `--help` never lists a bare flag.
+    #[test]
+    fn every_argument_has_a_description() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if a.is_hide_set() || id == "help" || id == "version" {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "daffe", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without a description: {missing:?}"
+        );
     }
 }

@@ -56,6 +56,24 @@ impl Dest {
         })
     }
 
+    /// Opens the destination and its state dir as they are, creating
+    /// nothing (a dry run): a missing tree has no root and lists as empty,
+    /// a missing state dir as no applied round.
+    pub(super) fn open_existing(
+        dest: &Destination,
+        state_dir: &Path,
+    ) -> Result<Dest, ReceiveError> {
+        let root = match dest {
+            Destination::Tree(p) if p.exists() => Some(Root::open(p)?),
+            Destination::Tree(_) | Destination::Image(_) => None,
+        };
+        Ok(Dest {
+            dest: dest.clone(),
+            state: state_dir.to_path_buf(),
+            root,
+        })
+    }
+
     /// The round in progress: manifest, journal, op streams, pack, stage/.
     pub(super) fn round_dir(&self) -> PathBuf {
         self.state.join("round")

@@ -1,7 +1,9 @@
 //! A dry run: what a round would create, change and delete at the
 //! destination, with sizes, from the same plan a real round executes, and
-//! without writing anything but a scratch copy of the manifest in the state
-//! dir.
+//! without writing anything but a scratch copy of the manifest in a folder
+//! the caller gives (never the destination or its state dir).
+
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -93,14 +95,18 @@ impl Receiver {
     /// manifest is read (no chunk data); the destination is lstat'ed as a
     /// round's validity pass does. A committed round still waiting for its
     /// replay is not replayed: the preview is against the last applied state.
+    /// The source's manifest is received into `scratch` (an existing
+    /// folder), so a receiver opened with [`Receiver::open_existing`] writes
+    /// nothing at the destination.
     pub fn preview(
         &self,
         src: &mut dyn ChunkSource,
+        scratch: &Path,
         each: &mut dyn FnMut(&Change),
     ) -> Result<Preview, ReceiveError> {
         let applied = self.applied_root();
         let validity = validity(&self.d, applied.as_ref(), None, false)?;
-        let incoming = self.receive_manifest(src, applied, "preview.manifest")?;
+        let incoming = self.receive_manifest_at(src, applied, scratch.join("preview.manifest"))?;
         let mut sink = Previewer {
             totals: Preview::default(),
             each,

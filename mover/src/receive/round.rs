@@ -61,6 +61,14 @@ impl Receiver {
         })
     }
 
+    /// Opens the destination and its state dir without creating either:
+    /// for [`Receiver::preview`], which must leave no trace.
+    pub fn open_existing(dest: &Destination, state_dir: &Path) -> Result<Receiver, ReceiveError> {
+        Ok(Receiver {
+            d: Dest::open_existing(dest, state_dir)?,
+        })
+    }
+
     /// Root of the applied manifest, if any round was applied. Read from the
     /// footer of `applied.stat` (written with it, renamed just before it), so
     /// an unchanged round does not decode the manifest once more; the
@@ -296,7 +304,16 @@ impl Receiver {
         applied: Option<ChunkId>,
         name: &str,
     ) -> Result<Incoming, ReceiveError> {
-        let path = self.d.state.join(name);
+        self.receive_manifest_at(src, applied, self.d.state.join(name))
+    }
+
+    /// [`Receiver::receive_manifest`] into any file (a dry run's scratch).
+    pub(super) fn receive_manifest_at(
+        &self,
+        src: &mut dyn ChunkSource,
+        applied: Option<ChunkId>,
+        path: PathBuf,
+    ) -> Result<Incoming, ReceiveError> {
         let base = applied.map(|root| ManifestBase {
             root,
             path: self.d.applied_manifest(),

@@ -14,6 +14,7 @@ pub(crate) mod change;
 pub(crate) mod ebs;
 pub(crate) mod local;
 pub(crate) mod sys;
+pub(crate) mod usage;
 
 use profiles::{BackendKind, Settings};
 use std::collections::BTreeMap;

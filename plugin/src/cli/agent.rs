@@ -36,17 +36,23 @@ pub(crate) enum AgentCommand {
     /// Create a cluster CA and this node's certificate (ca.pem, ca.key,
     /// node.pem, node.key). Keep ca.key here; give other nodes `issue` output.
     Init {
-        #[arg(long, default_value = DEFAULT_TLS_DIR)]
+        /// Directory to create the CA and this node's files in (the same
+        /// folder every other command reads as --tls-dir). Old spelling: --dir.
+        #[arg(long = "tls-dir", alias = "dir", env = "DAFFE_TLS_DIR", default_value = DEFAULT_TLS_DIR)]
         dir: PathBuf,
-        /// This node's name (letters, digits, '.', '-', '_').
-        #[arg(long)]
+        /// This node's name (letters, digits, '.', '-', '_'). Old spelling:
+        /// --name.
+        #[arg(long = "node", alias = "name")]
         name: String,
     },
-    /// Issue a certificate for another node with the CA in --ca-dir.
+    /// Issue a certificate for another node with the CA in --tls-dir.
     Issue {
-        #[arg(long, default_value = DEFAULT_TLS_DIR)]
+        /// Directory with the CA (ca.pem, ca.key), as `init` made it. Old
+        /// spelling: --ca-dir.
+        #[arg(long = "tls-dir", alias = "ca-dir", env = "DAFFE_TLS_DIR", default_value = DEFAULT_TLS_DIR)]
         ca_dir: PathBuf,
-        #[arg(long)]
+        /// The other node's name (letters, digits, '.', '-', '_').
+        #[arg(long = "node", alias = "name")]
         name: String,
         /// Directory to write ca.pem, node.pem, node.key into (copy it to the node).
         #[arg(long)]
@@ -61,7 +67,8 @@ pub(crate) struct PeerOptions {
     #[arg(long, env = "DAFFE_TLS_DIR", default_value = DEFAULT_TLS_DIR)]
     pub(crate) tls_dir: PathBuf,
     /// This node's name in the peer protocol (default: the host name).
-    #[arg(long, env = "DAFFE_NODE_NAME")]
+    /// Old spelling: --name (it read as the volume's name).
+    #[arg(long = "node", alias = "name", env = "DAFFE_NODE_NAME")]
     pub(crate) name: Option<String>,
     /// Bandwidth limit shared by all streams of this process: bytes/s with
     /// K/M/G (binary) or bits with kbit/mbit/gbit, e.g. 10M or 100mbit.

@@ -18,9 +18,15 @@ pub struct GenerateArgs {
 pub(crate) enum GenerateCommand {
     /// Completion scripts for bash (`daffe`), zsh (`_daffe`) and fish
     /// (`daffe.fish`) into DIR, named as each shell looks them up.
-    Completions { dir: PathBuf },
+    Completions {
+        /// Directory to write the scripts into.
+        dir: PathBuf,
+    },
     /// One man page per command (`daffe.1`, `daffe-serve.1`, ...) into DIR.
-    Man { dir: PathBuf },
+    Man {
+        /// Directory to write the pages into.
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -183,13 +183,31 @@ where
         Format::Text => Box::new(
             tracing_subscriber::registry()
                 .with(fmt.with_filter(shown))
-                .with(notes_layer(defer, pending, format, writer)),
+                .with(notes_layer(defer, pending, format, writer))
+                .with(Recent.with_filter(LevelFilter::WARN)),
         ),
         Format::Json => Box::new(
             tracing_subscriber::registry()
                 .with(fmt.json().with_filter(shown))
-                .with(notes_layer(defer, pending, format, writer)),
+                .with(notes_layer(defer, pending, format, writer))
+                .with(Recent.with_filter(LevelFilter::WARN)),
         ),
+    }
+}
+
+/// Keeps daffe's own warnings and errors for `daffe status` (the last few,
+/// see [`crate::control::status`]); the SDK's are noise there.
+struct Recent;
+
+impl<S: Subscriber> Layer<S> for Recent {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if *meta.level() > Level::WARN || is_sdk_target(meta.target()) {
+            return;
+        }
+        let mut text = Text::default();
+        event.record(&mut text);
+        crate::control::status::remember(meta.level().as_str(), one_line(&text.0));
     }
 }
 

@@ -72,8 +72,8 @@ pub struct MigrateArgs {
     /// How long the first contact with the destination agent may take (TCP
     /// connect and TLS handshake). An agent not reached by then fails the
     /// command with "cannot reach HOST:PORT (...)"; once reached, a cut link
-    /// is retried for up to 5 minutes.
-    #[arg(long, default_value = "5s", value_name = "DURATION")]
+    /// is retried for up to 5 minutes. Must be above 0.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = duration::positive)]
     pub(crate) connect_timeout: String,
     /// How long to wait for the containers to be stopped at cutover.
     #[arg(long, default_value = "10m")]
@@ -246,5 +246,19 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         Event::Committed => say(&bar, format!("{to} owns {volume} now")),
     });
     bar.finish_and_clear();
-    super::finish_report(json, result, |r| r.render())
+    match result {
+        Ok(r) => super::finish_report::<_, String>(json, Ok(r), |r| r.render()),
+        Err(e) => super::fail_code(json, &e, exit_of(&e)),
+    }
+}
+
+/// The exit code of a failed migration (see `super::exit`).
+fn exit_of(e: &crate::migrate::orchestrate::MigrateError) -> u8 {
+    use crate::migrate::orchestrate::MigrateError as E;
+    match e {
+        E::Daemon(c) => super::exit::of_client(c),
+        E::Peer(_) | E::Push(_) | E::Reply(_) => super::exit::REMOTE,
+        E::UnmountTimeout { .. } => super::exit::IN_USE,
+        _ => super::exit::FAILURE,
+    }
 }

@@ -31,8 +31,14 @@ pub(crate) struct EbsArgs {
     #[arg(long, requires = "via_ebs")]
     pub(crate) endpoint_url: Option<String>,
     /// With --via-ebs: where snapshot block indexes are kept (default: the
-    /// daemon's `snapshot_state_dir`).
-    #[arg(long, requires = "via_ebs", env = "DAFFE_SNAPSHOT_STATE_DIR")]
+    /// daemon's `snapshot_state_dir`). Old spelling: --state-dir.
+    #[arg(
+        long = "index-dir",
+        alias = "state-dir",
+        value_name = "DIR",
+        requires = "via_ebs",
+        env = "DAFFE_SNAPSHOT_STATE_DIR"
+    )]
     pub(crate) state_dir: Option<PathBuf>,
 }
 

@@ -1,6 +1,7 @@
 //! One module per `daffe` subcommand: its clap argument struct and its `run`.
 
 pub mod agent;
+pub(crate) mod exit;
 pub mod generate;
 pub(crate) mod logging;
 pub mod migrate;
@@ -10,6 +11,7 @@ pub mod placement;
 pub mod profiles;
 pub mod serve;
 pub mod snapshot;
+pub mod status;
 pub mod sync;
 pub mod volume;
 
@@ -31,6 +33,18 @@ pub(crate) fn fail(json: bool, msg: impl std::fmt::Display) -> ExitCode {
     }
     logging::flush_sdk_note();
     ExitCode::FAILURE
+}
+
+/// Like [`fail`], with exit code `code` (see [`exit`]).
+pub(crate) fn fail_code(json: bool, msg: impl std::fmt::Display, code: u8) -> ExitCode {
+    let _ = fail(json, msg);
+    exit::code(code)
+}
+
+/// A failed call to the daemon: not found, in use, unreachable each get
+/// their exit code.
+pub(crate) fn fail_client(json: bool, e: &crate::control::ClientError) -> ExitCode {
+    fail_code(json, e, exit::of_client(e))
 }
 
 /// Prints a JSON value, pretty.

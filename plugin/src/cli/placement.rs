@@ -90,6 +90,7 @@ pub(crate) struct ObserveArgs {
     /// The access log.
     #[arg(long, value_name = "FILE")]
     pub(crate) log: PathBuf,
+    /// The log's line format.
     #[arg(long, value_enum, default_value = "combined")]
     pub(crate) format: Format,
     /// JSON: field with the client IP (dotted path for nested objects).
@@ -108,8 +109,8 @@ pub(crate) struct ObserveArgs {
     pub(crate) mmdb: Option<PathBuf>,
     #[command(flatten)]
     pub(crate) table: TableArgs,
-    /// Directory of the state files (SERVICE.json).
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    /// Directory of the state files (SERVICE.json). Old spelling: --state-dir.
+    #[arg(long = "placement-dir", alias = "state-dir", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub(crate) state_dir: PathBuf,
     /// Keep following the log as it grows (rotation and truncation
     /// handled) until SIGINT/SIGTERM; the state is saved periodically.
@@ -124,6 +125,7 @@ pub(crate) struct ObserveArgs {
     /// Half-life of the "now" rates.
     #[arg(long, default_value = "10m")]
     pub(crate) half_life: String,
+    /// Print JSON on stdout instead of text (for scripts).
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -354,8 +356,9 @@ pub(crate) struct AdviseArgs {
     /// every region of the RTT table).
     #[arg(long, value_delimiter = ',')]
     pub(crate) sites: Vec<String>,
-    /// Directory of `observe`'s state files (SERVICE.json).
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
+    /// Directory of `observe`'s state files (SERVICE.json). Old spelling:
+    /// --state-dir.
+    #[arg(long = "placement-dir", alias = "state-dir", value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
     pub(crate) state_dir: PathBuf,
     #[command(flatten)]
     pub(crate) table: TableArgs,
@@ -370,6 +373,7 @@ pub(crate) struct AdviseArgs {
     /// Decide as of this time (Unix seconds; default: now). For replayed logs.
     #[arg(long)]
     pub(crate) at: Option<f64>,
+    /// Print JSON on stdout instead of text (for scripts).
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -432,6 +436,7 @@ pub(crate) struct SimulateArgs {
     pub(crate) reports: Vec<PathBuf>,
     #[command(flatten)]
     pub(crate) table: TableArgs,
+    /// Print JSON on stdout instead of text (for scripts).
     #[arg(long)]
     pub(crate) json: bool,
 }
@@ -475,6 +480,7 @@ pub(crate) struct ForwardArgs {
     /// How long connections still open after the grace may go on.
     #[arg(long, default_value = "60s")]
     pub(crate) drain: String,
+    /// Print JSON on stdout instead of text (for scripts).
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 #[derive(Debug, Args)]
 pub struct ProfilesArgs {
+    /// The daemon's control socket.
     #[arg(long, global = true, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
     pub(crate) control_socket: PathBuf,
     /// Config file to read when no daemon answers.
@@ -24,6 +25,7 @@ pub struct ProfilesArgs {
 pub(crate) enum ProfilesCommand {
     /// List profiles.
     Ls {
+        /// Print the profiles as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -33,8 +35,11 @@ pub(crate) enum ProfilesCommand {
     /// its [profiles.NAME] table (other profiles in it are ignored) or the
     /// table's keys alone; or JSON (a .json file).
     Set {
+        /// The profile's name.
         name: String,
+        /// The definition: TOML (`[profiles.NAME]` or its keys) or JSON.
         file: PathBuf,
+        /// Print what was re-applied as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -60,7 +65,7 @@ pub fn run(args: ProfilesArgs) -> ExitCode {
             }
             Err(e) => return super::fail(json, e),
         },
-        Err(e) => return super::fail(json, e),
+        Err(e) => return super::fail_client(json, &e),
     };
     if json {
         super::print_json(&reply);

@@ -40,8 +40,9 @@ pub(crate) enum SnapshotCommand {
 /// Options shared by push and pull.
 #[derive(Debug, Args)]
 pub(crate) struct CommonArgs {
-    /// Where block indexes are kept.
-    #[arg(long, default_value = DEFAULT_STATE_DIR, env = "DAFFE_SNAPSHOT_STATE_DIR")]
+    /// Where block indexes are kept. Old spelling: --state-dir (which
+    /// elsewhere means a sync destination's state).
+    #[arg(long = "index-dir", alias = "state-dir", value_name = "DIR", default_value = DEFAULT_STATE_DIR, env = "DAFFE_SNAPSHOT_STATE_DIR")]
     pub(crate) state_dir: PathBuf,
     /// Print a JSON report (or a JSON error) on stdout.
     #[arg(long)]

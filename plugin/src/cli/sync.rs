@@ -1,6 +1,7 @@
 //! `daffe sync SRC DST`: make a local tree or image identical to another,
 //! incrementally (only what DST lacks is copied), with a progress bar on a
-//! terminal and `--json` stats for scripts.
+//! terminal and `--json` stats for scripts. `--dry-run` lists what a run
+//! would create, change and delete, and creates nothing.
 
 use crate::migrate::report::{human_bytes, secs_of_ms};
 use std::io::IsTerminal;
@@ -10,7 +11,10 @@ use std::sync::Arc;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use mover::{Destination, Phase, Progress, ProgressSink, Source, SyncOptions, SyncStats, Verify};
+use mover::{
+    Action, Change, Destination, Phase, Preview, Progress, ProgressSink, Source, SyncOptions,
+    SyncStats, Verify,
+};
 
 /// Sync a local directory tree or image (file or block device) into DST.
 ///
@@ -46,6 +50,11 @@ pub struct SyncArgs {
     /// Later runs into a daffe destination need no flag.
     #[arg(long, visible_alias = "force")]
     pub(crate) delete: bool,
+    /// Print what a run would create, change and delete, with sizes, and
+    /// change nothing: neither DST nor its state dir is created. With
+    /// --json: one object with every change and the totals.
+    #[arg(long, short = 'n')]
+    pub(crate) dry_run: bool,
 }
 
 /// `--verify` values.
@@ -61,6 +70,18 @@ pub(crate) enum VerifyArg {
 
 struct Bar(ProgressBar);
 
+/// Phases with no known total (scan, apply, verify): a spinner with what
+/// was seen so far, never a bar reading "0 B/0 B".
+const SPINNER: &str = "{spinner} {msg} {bytes}";
+/// The copy, against its total: 70 columns at most (fits 80).
+const BAR: &str = "{spinner} {msg:9!} [{bar:24}] {bytes:>10}/{total_bytes:<10} eta {eta:>4}";
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template)
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}
+
 impl ProgressSink for Bar {
     fn event(&self, ev: &Progress) {
         match ev {
@@ -70,23 +91,26 @@ impl ProgressSink for Bar {
                     Phase::Scan => ("scanning", 0),
                     Phase::Plan | Phase::Fetch => ("copying", *total_bytes),
                     Phase::Apply => ("applying", 0),
-                    Phase::Verify => ("verifying", 0),
+                    // Counted on its own (it re-reads only what it checks).
+                    Phase::Verify => ("verified", 0),
                     Phase::Done => ("done", 0),
                 };
-                self.0.set_message(name);
+                self.0.set_position(0);
                 if total > 0 {
+                    self.0.set_style(style(BAR));
                     self.0.set_length(total);
-                    self.0.set_position(0);
+                } else {
+                    self.0.set_style(style(SPINNER));
                 }
+                self.0.set_message(name);
             }
             Progress::Scanned {
                 entries,
                 bytes_hashed,
             } => {
-                self.0.set_message(format!(
-                    "scanning: {entries} entries, {} hashed",
-                    human_bytes(*bytes_hashed)
-                ));
+                // Files seen and bytes read so far (the spinner's {bytes}).
+                self.0.set_message(format!("scanning: {entries} entries,"));
+                self.0.set_position(*bytes_hashed);
             }
             Progress::Moved { bytes } | Progress::Verified { bytes } => self.0.inc(*bytes),
             Progress::Warning { message } => self.0.println(format!("warning: {message}")),
@@ -115,6 +139,141 @@ fn summary(s: &SyncStats) -> String {
     )
 }
 
+/// The word a dry run prints for an action.
+fn action_word(a: Action) -> &'static str {
+    match a {
+        Action::Create => "create",
+        Action::Replace => "replace",
+        Action::Patch => "patch",
+        Action::Metadata => "metadata",
+        Action::Delete => "delete",
+    }
+}
+
+/// The size a dry run shows for a change: the data a run writes for it
+/// (created and changed), the logical size it frees (deleted).
+fn change_bytes(c: &Change) -> u64 {
+    match c.action {
+        Action::Delete => c.size,
+        _ => c.data_bytes,
+    }
+}
+
+/// One dry-run line: action, size, path (`.` for DST itself).
+fn change_line(c: &Change) -> String {
+    let path = c.display_path();
+    format!(
+        "{:<8} {:>10}  {}",
+        action_word(c.action),
+        human_bytes(change_bytes(c)),
+        if path.is_empty() { "." } else { &path }
+    )
+}
+
+/// Logical size of what is at `path` (a directory: everything under it),
+/// read-only: a name no manifest lists has no recorded size, and the
+/// operator deciding on `--delete` wants to see what it holds.
+fn size_on_disk(path: &std::path::Path) -> u64 {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !m.is_dir() {
+        return m.len();
+    }
+    std::fs::read_dir(path)
+        .map(|rd| rd.flatten().map(|e| size_on_disk(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// The dry run's last line.
+fn preview_summary(p: &Preview) -> String {
+    format!(
+        "dry run: would create {} entries ({}), change {} ({}), delete {} ({}); nothing was changed",
+        p.created.entries,
+        human_bytes(p.created.bytes),
+        p.changed.entries,
+        human_bytes(p.changed.bytes),
+        p.deleted.entries,
+        human_bytes(p.deleted.bytes),
+    )
+}
+
+/// A change as JSON (the path as text: a byte array helps no script).
+fn change_json(c: &Change) -> serde_json::Value {
+    serde_json::json!({
+        "action": action_word(c.action),
+        "path": c.display_path(),
+        "size": c.size,
+        "data_bytes": c.data_bytes,
+    })
+}
+
+/// `daffe sync --dry-run`.
+fn run_dry(args: &SyncArgs, src: &Source, dst: &Destination, opts: &SyncOptions) -> ExitCode {
+    let mut changes = Vec::new();
+    let json = args.json;
+    // Names at DST that no manifest lists (a foreign destination's files)
+    // come without a size: measure them (tree destinations only).
+    let mut foreign_bytes = 0;
+    let result = mover::preview(src, dst, opts, &mut |c| {
+        let measured;
+        let c = match (c.action, c.kind.is_none(), dst) {
+            (Action::Delete, true, Destination::Tree(root)) if !c.path.is_empty() => {
+                use std::os::unix::ffi::OsStrExt;
+                let size = size_on_disk(&root.join(std::ffi::OsStr::from_bytes(&c.path)));
+                foreign_bytes += size;
+                measured = Change { size, ..c.clone() };
+                &measured
+            }
+            _ => c,
+        };
+        if json {
+            changes.push(change_json(c));
+        } else {
+            println!("{}", change_line(c));
+        }
+    });
+    let result = result.map(|mut p| {
+        p.deleted.bytes += foreign_bytes;
+        p
+    });
+    match result {
+        Ok(p) if json => {
+            super::print_json(&serde_json::json!({
+                "dry_run": true,
+                "changes": changes,
+                "created": p.created,
+                "changed": p.changed,
+                "deleted": p.deleted,
+            }));
+            ExitCode::SUCCESS
+        }
+        Ok(p) => {
+            println!("{}", preview_summary(&p));
+            ExitCode::SUCCESS
+        }
+        Err(e) if json => super::fail(true, e),
+        Err(e) => {
+            eprintln!(
+                "daffe sync --dry-run {} {}: {e}",
+                args.src.display(),
+                args.dst.display()
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A missing source is "not found" (3); anything else 1.
+fn exit_of(e: &mover::SyncError) -> u8 {
+    match e {
+        mover::SyncError::Preflight(mover::preflight::PreflightError::Source {
+            source, ..
+        }) if source.kind() == std::io::ErrorKind::NotFound => super::exit::NOT_FOUND,
+        _ => super::exit::FAILURE,
+    }
+}
+
 /// Runs `daffe sync`.
 pub fn run(args: SyncArgs) -> ExitCode {
     let (src, dst) = if is_image(&args.src) {
@@ -141,15 +300,12 @@ pub fn run(args: SyncArgs) -> ExitCode {
     if let Some(t) = args.threads {
         opts.threads = t.max(1);
     }
+    if args.dry_run {
+        return run_dry(&args, &src, &dst, &opts);
+    }
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let pb = ProgressBar::new(0);
-        pb.set_style(
-            ProgressStyle::with_template(
-                "{spinner} {msg:40} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-        );
+        pb.set_style(style(SPINNER));
         pb.enable_steady_tick(std::time::Duration::from_millis(120));
         pb
     });
@@ -188,7 +344,7 @@ pub fn run(args: SyncArgs) -> ExitCode {
                     args.dst.display()
                 );
             }
-            ExitCode::FAILURE
+            super::exit::code(exit_of(&e))
         }
     }
 }
@@ -212,6 +368,7 @@ mod tests {
             verify: VerifyArg::Touched,
             threads: Some(1),
             delete: false,
+            dry_run: false,
         };
         assert_eq!(
             run(args(src.clone(), t.path().join("dst"))),
@@ -244,9 +401,10 @@ mod tests {
             verify: VerifyArg::Touched,
             threads: Some(1),
             delete,
+            dry_run: false,
         };
-        // A missing source creates nothing.
-        assert_eq!(run(args(&src, &dst, false)), ExitCode::FAILURE);
+        // A missing source creates nothing, and is "not found" (3).
+        assert_eq!(run(args(&src, &dst, false)), ExitCode::from(3));
         assert!(!dst.exists());
         assert!(!t.path().join(".dst.daffe-state").exists());
         std::fs::create_dir(&src).expect("mkdir");
@@ -268,5 +426,52 @@ mod tests {
             assert_eq!(run(args(&src, &bad, true)), ExitCode::FAILURE);
         }
         assert!(!src.join("inner").exists());
+    }
+
+    #[test]
+    fn dry_run_lines_show_action_size_and_path() {
+        let c = |action, size, data_bytes| Change {
+            action,
+            path: b"d/f".to_vec(),
+            kind: None,
+            size,
+            data_bytes,
+        };
+        assert_eq!(
+            change_line(&c(Action::Delete, 2048, 0)),
+            format!("delete   {:>10}  d/f", human_bytes(2048))
+        );
+        assert_eq!(
+            change_line(&c(Action::Patch, 9000, 100)),
+            format!("patch    {:>10}  d/f", human_bytes(100))
+        );
+        let v = change_json(&c(Action::Create, 5, 5));
+        assert_eq!(v["action"], "create");
+        assert_eq!(v["path"], "d/f");
+        let mut p = Preview::default();
+        p.add(&c(Action::Create, 5, 5));
+        p.add(&c(Action::Delete, 7, 0));
+        let line = preview_summary(&p);
+        assert!(
+            line.contains("create 1 entries") && line.contains("delete 1"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn progress_templates_parse_and_the_bar_fits_80_columns() {
+        for t in [SPINNER, BAR] {
+            assert!(ProgressStyle::with_template(t).is_ok(), "{t}");
+        }
+        // Fixed parts plus the widest values: "1023.9 MiB" and "99m" (eta).
+        let fixed = BAR
+            .replace("{spinner}", "x")
+            .replace("{msg:9!}", &"m".repeat(9))
+            .replace("{bar:24}", &"=".repeat(24))
+            .replace("{bytes:>10}", &"b".repeat(10))
+            .replace("{total_bytes:<10}", &"t".repeat(10))
+            .replace("{eta:>4}", &"e".repeat(4));
+        assert!(!fixed.contains('{'), "{fixed}");
+        assert!(fixed.len() <= 80, "{} columns: {fixed}", fixed.len());
     }
 }

@@ -20,15 +20,26 @@ pub struct VolumeArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum VolumeCommand {
-    /// List volumes.
+    /// List volumes: name, profile, format, size, used space, mounts, state.
     Ls {
+        /// Print the daemon's records as JSON (for scripts).
         #[arg(long)]
         json: bool,
+        /// Print only the volume names (NAME), one a line.
+        #[arg(short, long, conflicts_with_all = ["json", "format"])]
+        quiet: bool,
+        /// One line per volume from a template, as `docker volume ls
+        /// --format`: {{.Name}} {{.DockerName}} {{.Profile}} {{.Format}}
+        /// {{.Size}} {{.Used}} {{.Mounts}} {{.State}}; or `json` for one
+        /// JSON object per line.
+        #[arg(long, value_name = "TEMPLATE", conflicts_with = "json", value_parser = parse_template)]
+        format: Option<String>,
     },
     /// Show one volume: record, settings, mount counts per docker mount ID.
     Inspect {
         /// NAME or docker name (NAME@PROFILE).
         name: String,
+        /// Print the record as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -37,7 +48,9 @@ pub(crate) enum VolumeCommand {
     SetProfile {
         /// NAME or docker name (NAME@PROFILE).
         name: String,
+        /// The profile to move it to (see `daffe profiles ls`).
         profile: String,
+        /// Print what changed as JSON (for scripts).
         #[arg(long)]
         json: bool,
     },
@@ -64,7 +77,7 @@ fn print_change(reply: &Value) {
 
 pub fn run(args: VolumeArgs) -> ExitCode {
     let (req, json) = match &args.command {
-        VolumeCommand::Ls { json } => (ControlRequest::Volumes, *json),
+        VolumeCommand::Ls { json, .. } => (ControlRequest::Volumes, *json),
         VolumeCommand::Inspect { name, json } => {
             let name = name.clone();
             (ControlRequest::Volume { name }, *json)
@@ -80,15 +93,21 @@ pub fn run(args: VolumeArgs) -> ExitCode {
     };
     let reply = match ControlClient::new(&args.control_socket).send(&req) {
         Ok(v) => v,
-        Err(e) => return super::fail(json, e),
+        Err(e) => return super::fail_client(json, &e),
     };
     if json {
         super::print_json(&reply);
         return ExitCode::SUCCESS;
     }
     match args.command {
-        VolumeCommand::Ls { .. } => {
-            print_table(reply.as_array().map(Vec::as_slice).unwrap_or_default())
+        VolumeCommand::Ls { quiet, format, .. } => {
+            let vols = reply.as_array().map(Vec::as_slice).unwrap_or_default();
+            match (quiet, format.as_deref()) {
+                (true, _) => vols.iter().for_each(|v| println!("{}", s(&v["name"]))),
+                (false, Some("json")) => vols.iter().for_each(|v| println!("{}", row_json(v))),
+                (false, Some(t)) => vols.iter().for_each(|v| println!("{}", fill(t, v))),
+                (false, None) => print_table(vols),
+            }
         }
         VolumeCommand::Inspect { .. } => print_one(&reply),
         VolumeCommand::SetProfile { .. } => print_change(&reply),
@@ -104,22 +123,112 @@ fn s(v: &Value) -> String {
     }
 }
 
+/// The template fields of `volume ls --format`, and each one's value.
+const FIELDS: [&str; 8] = [
+    "Name",
+    "DockerName",
+    "Profile",
+    "Format",
+    "Size",
+    "Used",
+    "Mounts",
+    "State",
+];
+
+/// A field of a volume, as text.
+fn field(v: &Value, name: &str) -> String {
+    let st = &v["status"];
+    match name {
+        "Name" => s(&v["name"]),
+        "DockerName" => s(&v["docker_name"]),
+        "Profile" => s(&v["profile"]),
+        "Format" => s(&st["format"]),
+        "Size" => s(&st["size"]),
+        "Used" => s(&st["used"]),
+        "Mounts" => s(&v["mount_count"]),
+        "State" => state(v),
+        _ => String::new(),
+    }
+}
+
+/// The state in words: `ready`, `moving -> hostb`, `receiving <- hosta`;
+/// never the record's JSON.
+fn state(v: &Value) -> String {
+    let name = s(&v["status"]["state"]);
+    // The record's state is a word, or {"moving": {"to": ..}}.
+    let peer = v["state"]
+        .as_object()
+        .and_then(|m| m.values().next())
+        .and_then(|inner| inner.get("to").or_else(|| inner.get("from")))
+        .and_then(Value::as_str);
+    match (peer, name.as_str()) {
+        (Some(p), "receiving") => format!("{name} <- {p}"),
+        (Some(p), _) => format!("{name} -> {p}"),
+        (None, _) => name,
+    }
+}
+
+/// Checks a `--format` template: `json`, or text whose every `{{.Field}}`
+/// is known (a typo is a usage error, not an empty column).
+fn parse_template(t: &str) -> Result<String, String> {
+    if t == "json" {
+        return Ok(t.to_owned());
+    }
+    let mut rest = t;
+    while let Some(i) = rest.find("{{") {
+        let Some(j) = rest[i..].find("}}") else {
+            return Err(format!("unclosed {{{{ in {t:?}"));
+        };
+        let inner = rest[i + 2..i + j].trim();
+        let name = inner.strip_prefix('.').unwrap_or(inner);
+        if !FIELDS.contains(&name) {
+            return Err(format!(
+                "unknown field {inner:?} in {t:?}; fields: {}",
+                FIELDS.map(|f| format!("{{{{.{f}}}}}")).join(" ")
+            ));
+        }
+        rest = &rest[i + j + 2..];
+    }
+    Ok(t.to_owned())
+}
+
+/// Fills a checked template for one volume; `\t` and `\n` as docker does.
+fn fill(t: &str, v: &Value) -> String {
+    let mut out = t.replace("\\t", "\t").replace("\\n", "\n");
+    for f in FIELDS {
+        for pat in [format!("{{{{.{f}}}}}"), format!("{{{{ .{f} }}}}")] {
+            out = out.replace(&pat, &field(v, f));
+        }
+    }
+    out
+}
+
+/// `--format json`: one line per volume with the table's fields.
+fn row_json(v: &Value) -> Value {
+    Value::Object(
+        FIELDS
+            .iter()
+            .map(|f| ((*f).to_owned(), Value::String(field(v, f))))
+            .collect(),
+    )
+}
+
 fn print_table(vols: &[Value]) {
     println!(
-        "{:<32} {:<10} {:<6} {:<9} {:<6} {:<8} DOCKER NAME",
-        "NAME", "PROFILE", "FORMAT", "SIZE", "MOUNTS", "STATE"
+        "{:<32} {:<10} {:<6} {:<9} {:<10} {:<6} {:<16} DOCKER NAME",
+        "NAME", "PROFILE", "FORMAT", "SIZE", "USED", "MOUNTS", "STATE"
     );
     for v in vols {
-        let st = &v["status"];
         println!(
-            "{:<32} {:<10} {:<6} {:<9} {:<6} {:<8} {}",
-            s(&v["name"]),
-            s(&v["profile"]),
-            s(&st["format"]),
-            s(&st["size"]),
-            s(&v["mount_count"]),
-            s(&v["state"]),
-            s(&v["docker_name"]),
+            "{:<32} {:<10} {:<6} {:<9} {:<10} {:<6} {:<16} {}",
+            field(v, "Name"),
+            field(v, "Profile"),
+            field(v, "Format"),
+            field(v, "Size"),
+            field(v, "Used"),
+            field(v, "Mounts"),
+            field(v, "State"),
+            field(v, "DockerName"),
         );
     }
 }
@@ -133,16 +242,59 @@ fn print_one(v: &Value) {
         ("Backend", &v["backend"]),
         ("Format", &st["format"]),
         ("Size", &st["size"]),
-        ("State", &v["state"]),
+        ("Used", &st["used"]),
         ("Mountpoint", &v["mountpoint"]),
         ("Mounts", &v["mount_count"]),
     ] {
         println!("{label:<12} {}", s(value));
     }
+    println!("{:<12} {}", "State", state(v));
     if let Some(ids) = v["mounts"].as_object() {
         for (id, n) in ids {
             println!("  {id} x{n}");
         }
     }
     println!("{:<12} {}", "Settings", v["settings"]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vol(state: Value) -> Value {
+        json!({
+            "name": "db", "docker_name": "db@gold", "profile": "gold",
+            "mount_count": 1, "state": state,
+            "status": {"format": "dir", "size": "10G", "used": "1.5 MiB",
+                       "state": "moving"},
+        })
+    }
+
+    #[test]
+    fn the_state_is_words_never_json() {
+        let v = vol(json!({"moving": {"to": "hostb"}}));
+        assert_eq!(state(&v), "moving -> hostb");
+        let mut r = vol(json!({"receiving": {"from": "hosta"}}));
+        r["status"]["state"] = json!("receiving");
+        assert_eq!(state(&r), "receiving <- hosta");
+        let mut ready = vol(json!("ready"));
+        ready["status"]["state"] = json!("ready");
+        assert_eq!(state(&ready), "ready");
+    }
+
+    #[test]
+    fn templates_fill_known_fields_and_refuse_unknown_ones() {
+        let v = vol(json!({"moving": {"to": "hostb"}}));
+        let t = parse_template("{{.Name}}\\t{{ .Used }} {{.State}}").unwrap();
+        assert_eq!(fill(&t, &v), "db\t1.5 MiB moving -> hostb");
+        assert!(
+            parse_template("{{.Nmae}}")
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        assert!(parse_template("{{.Name").is_err());
+        assert_eq!(parse_template("json").as_deref(), Ok("json"));
+        assert_eq!(row_json(&v)["Used"], "1.5 MiB");
+    }
 }

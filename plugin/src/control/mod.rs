@@ -8,10 +8,13 @@
 //!   blocking pool under its time limit ([`Limits`]), like the VolumeDriver
 //!   handlers; failures carry a typed code.
 //! - [`client`]: the one client, [`ControlClient`].
+//! - [`status`]: `daffe status`'s report and the health answer (pure), and
+//!   the ring of recent warnings and errors the logging layer fills.
 
 pub(crate) mod client;
 pub(crate) mod request;
 pub(crate) mod routes;
+pub(crate) mod status;
 
 #[cfg(test)]
 mod tests;

@@ -10,6 +10,8 @@
 //! | GET | `/v1/configuration/profiles` | [`ControlRequest::Profiles`] |
 //! | POST | `/v1/configuration/profiles` `{"name", ...ProfileDef}` | [`ControlRequest::DefineProfile`] |
 //! | GET | `/v1/volumes` | [`ControlRequest::Volumes`] |
+//! | GET | `/v1/status` | [`ControlRequest::Status`] |
+//! | GET | `/v1/health` | [`ControlRequest::Health`] |
 //! | GET | `/v1/volumes/NAME` | [`ControlRequest::Volume`] |
 //! | POST | `/v1/volumes/NAME/profile` `{"profile"}` | [`ControlRequest::SetProfile`] |
 //! | GET | `/v1/volumes/NAME/transfer` | [`ControlRequest::Transfer`] |
@@ -39,6 +41,11 @@ pub(crate) enum ControlRequest {
     DefineProfile { name: String, def: ProfileDef },
     /// Every volume: record, mountpoint, mount counts.
     Volumes,
+    /// `daffe status`: version, uptime, volumes by state, moves, recent errors.
+    Status,
+    /// Liveness and readiness: 200 when the daemon answers and its record
+    /// store reads.
+    Health,
     /// One volume, by NAME or docker name.
     Volume { name: String },
     /// `daffe volume set-profile`.
@@ -194,6 +201,8 @@ impl ControlRequest {
             ["v1", "configuration", "profiles"] if *method == Method::POST => define(bytes),
             ["v1", "configuration", "profiles"] => only(Method::GET).map(|()| R::Profiles),
             ["v1", "volumes"] => only(Method::GET).map(|()| R::Volumes),
+            ["v1", "status"] => only(Method::GET).map(|()| R::Status),
+            ["v1", "health"] => only(Method::GET).map(|()| R::Health),
             ["v1", "volumes", n] => only(Method::GET).map(|()| R::Volume { name: name(n) }),
             ["v1", "volumes", n, "transfer"] => {
                 only(Method::GET).map(|()| R::Transfer { name: name(n) })
@@ -305,6 +314,8 @@ impl ControlRequest {
                 post("/v1/configuration/profiles".into(), body)
             }
             R::Volumes => get("/v1/volumes".into()),
+            R::Status => get("/v1/status".into()),
+            R::Health => get("/v1/health".into()),
             R::Volume { name } => get(vol(name, "")),
             R::SetProfile { name, profile } => {
                 post(vol(name, "profile"), json!({ "profile": profile }))
@@ -357,6 +368,8 @@ impl ControlRequest {
             R::Profiles => "list profiles",
             R::DefineProfile { .. } => "define profile",
             R::Volumes => "list volumes",
+            R::Status => "status",
+            R::Health => "health",
             R::Volume { .. } => "inspect",
             R::SetProfile { .. } => "set-profile",
             R::Transfer { .. } => "transfer paths",
@@ -383,7 +396,7 @@ impl ControlRequest {
     pub(crate) fn subject(&self) -> &str {
         use ControlRequest as R;
         match self {
-            R::Profiles | R::Volumes => "",
+            R::Profiles | R::Volumes | R::Status | R::Health => "",
             R::DefineProfile { name, .. }
             | R::Volume { name }
             | R::SetProfile { name, .. }
@@ -455,6 +468,8 @@ mod tests {
                 def: silver(),
             },
             R::Volumes,
+            R::Status,
+            R::Health,
             R::Volume { name: n() },
             R::Volume {
                 name: "with space/and%slash".into(),

@@ -7,6 +7,7 @@
 //! "Code": code}` with a 4xx/5xx status (codes: [`ErrorCode`]).
 
 use super::request::{ControlRequest, EbsStep, RequestError};
+use super::status;
 use crate::api::reply::{coded, failure};
 use crate::bounded;
 use crate::server::{Handler, Reply};
@@ -57,6 +58,8 @@ impl Limits {
         match req {
             R::Profiles
             | R::Volumes
+            | R::Status
+            | R::Health
             | R::Volume { .. }
             | R::Transfer { .. }
             | R::Move { .. }
@@ -77,11 +80,23 @@ impl Limits {
 pub(crate) struct ControlApi {
     svc: Arc<VolumeService>,
     limits: Limits,
+    /// For `/v1/status`: made when the daemon starts serving.
+    daemon: Arc<status::Daemon>,
 }
 
 impl ControlApi {
     pub(crate) fn new(svc: Arc<VolumeService>, limits: Limits) -> Self {
-        Self { svc, limits }
+        let daemon = Arc::new(status::Daemon {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            started_secs: status::now_secs(),
+            backend: svc.backend_kind(),
+        });
+        Self {
+            svc,
+            limits,
+            daemon,
+        }
     }
 
     /// Answers one request.
@@ -93,8 +108,8 @@ impl ControlApi {
         tracing::debug!(?req, "control request");
         let limit = self.limits.of(&req);
         let (op, subject) = (req.op(), req.subject().to_owned());
-        let svc = self.svc.clone();
-        bounded::run(op, &subject, limit, move |_| answer(&svc, req))
+        let (svc, daemon) = (self.svc.clone(), self.daemon.clone());
+        bounded::run(op, &subject, limit, move |_| answer(&svc, &daemon, req))
             .await
             .unwrap_or_else(coded)
     }
@@ -122,7 +137,11 @@ fn json(v: impl Serialize) -> Reply {
 }
 
 /// Carries out `req` (on the blocking pool).
-fn answer(svc: &VolumeService, req: ControlRequest) -> Result<Reply, ServiceError> {
+fn answer(
+    svc: &VolumeService,
+    daemon: &status::Daemon,
+    req: ControlRequest,
+) -> Result<Reply, ServiceError> {
     use ControlRequest as R;
     Ok(match req {
         R::Profiles => {
@@ -132,6 +151,23 @@ fn answer(svc: &VolumeService, req: ControlRequest) -> Result<Reply, ServiceErro
         }
         R::DefineProfile { name, def } => defined(&name, &svc.define_profile(&name, def)?),
         R::Volumes => json(svc.views()?),
+        R::Status => json(status::report(
+            daemon,
+            status::now_secs(),
+            &svc.views()?,
+            status::recent(),
+        )),
+        // Healthy: the request got through the pool in time and the record
+        // store reads (a failure replies with its error and a 5xx).
+        R::Health => {
+            let volumes = svc.views()?.len();
+            json(json!({
+                "ok": true,
+                "version": daemon.version,
+                "uptime_secs": status::now_secs().saturating_sub(daemon.started_secs),
+                "volumes": volumes,
+            }))
+        }
         R::Volume { name } => json(svc.inspect(&name)?),
         R::SetProfile { name, profile } => json(svc.set_profile(&name, &profile)?),
         R::Transfer { name } => json(svc.transfer_paths(&name)?),

@@ -120,6 +120,14 @@ impl RoundHandler for AgentHandler {
                     ready_unix_ms: now_unix_ms(),
                 }
             }
+            PeerRequest::Health => PeerReply::Health {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                daemon_error: self
+                    .daemon
+                    .send(&ControlRequest::Health)
+                    .err()
+                    .map(|e| e.to_string()),
+            },
         };
         serde_json::to_vec(&reply).map_err(|e| refused(e.to_string()))
     }

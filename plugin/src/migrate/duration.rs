@@ -23,9 +23,29 @@ pub(crate) fn parse(s: &str) -> Result<Duration, DurationError> {
     Duration::try_from_secs_f64(secs).map_err(|_| DurationError(s.to_owned()))
 }
 
+/// A clap value parser for a duration that must be above zero (a zero
+/// connect timeout would fail every attempt): the text back, checked, so a
+/// bad value is a usage error (exit code 2) before anything runs.
+pub(crate) fn positive(s: &str) -> Result<String, String> {
+    match parse(s) {
+        Ok(d) if d.is_zero() => Err(format!("{s:?} is zero: give a duration above 0 (e.g. 5s)")),
+        Ok(_) => Ok(s.to_owned()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn positive_refuses_zero_and_garbage() {
+        assert_eq!(positive("5s").as_deref(), Ok("5s"));
+        assert_eq!(positive("100ms").as_deref(), Ok("100ms"));
+        for bad in ["0", "0s", "0ms", "0.0m", "five"] {
+            assert!(positive(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn table() {

@@ -21,6 +21,8 @@ pub(crate) enum PeerRequest {
     },
     /// The final round is applied: the destination owns the volume now.
     Commit { volume: String },
+    /// `daffe status --health --agent`: is the agent up, and its daemon?
+    Health,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +33,11 @@ pub(crate) enum PeerReply {
     /// Milliseconds since the Unix epoch when the destination became owner.
     Committed {
         ready_unix_ms: u64,
+    },
+    /// The agent answered; `daemon_error` says why its daemon did not.
+    Health {
+        version: String,
+        daemon_error: Option<String>,
     },
 }
 

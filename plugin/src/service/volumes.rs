@@ -16,7 +16,7 @@
 //!   ([`VolumeService::recover`]).
 
 use super::{ServiceError, VolumeService, in_use, lock, short_id, vref};
-use crate::backend::Status;
+use crate::backend::{Status, usage};
 use crate::bounded::{BoundedError, Fence};
 use crate::state::record::{VolumeRecord, VolumeState};
 use profiles::{LocalFormat, Settings};
@@ -299,6 +299,26 @@ impl VolumeService {
         }
         for (k, v) in self.backend.status(vref(rec)) {
             st.entry(k).or_insert(v);
+        }
+        let how = usage::measure(
+            format,
+            &self.backend.path(vref(rec)),
+            st.get("mounted").and_then(serde_json::Value::as_bool),
+            st.get("image").and_then(serde_json::Value::as_str),
+        );
+        if let Some(u) = how.as_ref().and_then(usage::used) {
+            // A number for scripts, a size for people (`volume inspect`).
+            st.insert("used_bytes".into(), u.bytes.into());
+            let human = crate::migrate::report::human_bytes(u.bytes);
+            st.insert(
+                "used".into(),
+                if u.partial {
+                    format!(">= {human}")
+                } else {
+                    human
+                }
+                .into(),
+            );
         }
         st
     }

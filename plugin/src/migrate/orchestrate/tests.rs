@@ -145,6 +145,10 @@ impl DestHost for FakeDest {
                     Ok(PeerReply::Committed { ready_unix_ms: 1 })
                 }
             }
+            PeerRequest::Health => Ok(PeerReply::Health {
+                version: "test".into(),
+                daemon_error: None,
+            }),
         }
     }
     fn set_source(&mut self, target: &str, _s: Source, _c: PathBuf) {
