@@ -23,6 +23,7 @@ mod managed_plugin;
 mod migrate;
 mod migrate_connect;
 mod migrate_live;
+mod migrate_postgres;
 mod netns_harness;
 mod postgres_harness;
 mod profiles_endpoint;
