@@ -11,8 +11,22 @@
 #     the wire (veth counters, both directions, both tools measured the same way)
 #  3. `daffe migrate` of a 1 GiB dir volume while a container appends 1 MB/s:
 #     cutover downtime, total time, bytes moved vs used bytes
+#  4. PostgreSQL 15 (Debian's packages) on a daffe volume, pgbench (scale 30,
+#     4 clients) at each --rate of PG_RATES ("max": unthrottled) on each
+#     profile of PG_PROFILES, moved with `daffe migrate` while pgbench runs:
+#     daffe's downtime beside its estimate, the application's downtime
+#     (pg_ctl stop -m fast on A to queries answered on B), per-round bytes and
+#     convergence, pgbench latency/TPS during pre-copy vs before migrate, and
+#     the moved database checked (ledger, pg_amcheck, pg_checksums).
+#     Unthrottled runs first try `--strict` (it must refuse, unfenced).
+# Usage: bench/migrate.sh [--short] [WORKDIR]. --short is CI-sized: step 4
+# only (unless STEPS is set), scale 5, rates 500 and max, 5 s baselines.
+# DAFFE_BIN=PATH uses that daffe binary instead of building one (e.g. the
+# test build's target/debug/daffe; say so beside the results).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SHORT=0
+if [ "${1:-}" = --short ]; then SHORT=1; shift; fi
 W=${1:-/var/tmp/daffe-bench-net}
 RATE=${RATE:-100mbit}
 IMAGE=${DAFFE_TEST_IMAGE:-daffe-test/busybox:latest}
@@ -26,25 +40,33 @@ BUILD=${BUILD:-release}
 # Step 1 keeps both destinations as they were after it in $W/r1; STEPS=2 alone
 # restores them from there (and refreshes daffe's source cache with an
 # unchanged round) so the incremental round can be rerun without step 1.
-STEPS=${STEPS:-1 2 3}
+if [ "$SHORT" = 1 ]; then STEPS=${STEPS:-4}; else STEPS=${STEPS:-1 2 3 4}; fi
+has() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 if [ "$BUILD" = release ]; then OUT=release; else OUT=debug; fi
-cargo build --profile "$BUILD" -q -p mover --example netpeer
-case " $STEPS " in *" 3 "*) cargo build --profile "$BUILD" -q -p daffe-plugin --bin daffe ;; esac
+if has 1 || has 2; then cargo build --profile "$BUILD" -q -p mover --example netpeer; fi
+if [ -z "${DAFFE_BIN:-}" ] && { has 3 || has 4; }; then cargo build --profile "$BUILD" -q -p daffe-plugin --bin daffe; fi
 NP=$CARGO_TARGET_DIR/$OUT/examples/netpeer
-DAFFE=$CARGO_TARGET_DIR/$OUT/daffe
+DAFFE=${DAFFE_BIN:-$CARGO_TARGET_DIR/$OUT/daffe}
 
 ID=$$
 NA=dbna$ID NB=dbnb$ID VA=vba$ID VB=vbb$ID
 A=10.231.0.1 B=10.231.0.2
 PLUGIN=daffe-bench$ID
 PIDS=()
+PGDATA_UP=()
+PGBIN=/usr/lib/postgresql/15/bin
+asPG() { setpriv --reuid postgres --regid postgres --init-groups -- env HOME=/ LC_ALL=C "$@"; }
+pg_ctl_as() { (cd / && asPG $PGBIN/pg_ctl "$@"); }
 cleanup() {
   set +e
   docker rm -f "$PLUGIN-writer" >/dev/null 2>&1
+  for d in "${PGDATA_UP[@]}"; do pg_ctl_as stop -m immediate -D "$d" >/dev/null 2>&1; done
   for v in $(docker volume ls -q --filter "driver=$PLUGIN"); do docker volume rm -f "$v" >/dev/null 2>&1; done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
   sleep 1
   rm -f "/run/docker/plugins/$PLUGIN.sock"
+  # Block volumes still loop-mounted under the daemons' data roots.
+  awk -v r="$W/mig/" 'index($2, r) == 1 {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l
   ip netns del "$NA" 2>/dev/null; ip netns del "$NB" 2>/dev/null
 }
 trap cleanup EXIT
@@ -68,15 +90,14 @@ drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
 
 mkdir -p "$W"
-if [ ! -f "$W/src/.complete" ]; then
+if { has 1 || has 2; } && [ ! -f "$W/src/.complete" ]; then
   rm -rf "$W/src"
   python3 bench/mover_corpus.py make "$W/src"
   touch "$W/src/.complete"
 fi
-has() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 R=$W/results; rm -rf "$R" "$W/ours" "$W/rs" "$W/cache" "$W/tls" "$W/work"; mkdir -p "$R" "$W/ours" "$W/rs"
 # Work on a copy so `mutate` never touches the cached corpus.
-cp -a --reflink=auto "$W/src" "$W/work"
+if has 1 || has 2; then cp -a --reflink=auto "$W/src" "$W/work"; fi
 if ! has 1 && has 2; then
   [ -d "$W/r1/ours" ] || { echo "STEPS=2 needs $W/r1 from an earlier step 1" >&2; exit 1; }
   rm -rf "$W/ours" "$W/rs"
@@ -85,6 +106,7 @@ fi
 sleep 2
 
 echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), link $RATE"
+if has 1 || has 2; then
 # Receivers: rsync daemon and daffe's agent, both in B.
 cat > "$W/rsyncd.conf" <<EOC
 [bench]
@@ -102,6 +124,7 @@ nsenter --net=/var/run/netns/$NB -- env ROUND_STATS=1 $NP receive $B:7451 "$W/tl
 AGENT=$!
 PIDS+=($AGENT)
 sleep 1
+fi
 
 run_daffe() { # round
   local w0 t0 t1 w1
@@ -145,8 +168,13 @@ if [ -n "${RECV_PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" || true; fi
 drop; run_rsync incr
 fi
 
-if has 3; then
-echo "== 3. daffe migrate: 1 GiB dir volume, writer appending 1 MB/s"
+# Two daffe hosts for steps 3 and 4: A's daemon in the root namespaces
+# (serving the host's dockerd), B's daemon and agent in namespace B (its
+# mounts are in the root mount namespace, so B's PostgreSQL runs from here).
+hosts_up=0
+start_hosts() {
+[ "$hosts_up" = 1 ] && return
+hosts_up=1
 mkdir -p "$W/mig/a" "$W/mig/b"
 rm -rf "$W/mig/a/"* "$W/mig/b/"*
 $DAFFE serve --socket "/run/docker/plugins/$PLUGIN.sock" --control-socket "$W/mig/a/control.sock" \
@@ -161,6 +189,11 @@ nsenter --net=/var/run/netns/$NB -- $DAFFE agent --listen $B:7450 --name hostb -
   --control-socket "$W/mig/b/control.sock" 2> "$R/agent-b.log" &
 PIDS+=($!)
 for _ in $(seq 100); do [ -S "$W/mig/a/control.sock" ] && [ -S "$W/mig/b/control.sock" ] && break; sleep 0.1; done
+}
+
+if has 3; then
+echo "== 3. daffe migrate: 1 GiB dir volume, writer appending 1 MB/s"
+start_hosts
 docker run --rm --volume-driver "$PLUGIN" -v big:/data "$IMAGE" sh -c \
   'for i in 1 2 3 4 5 6 7 8; do head -c 134217728 /dev/urandom > /data/f$i; done'
 docker run -d --name "$PLUGIN-writer" --volume-driver "$PLUGIN" -v big:/data "$IMAGE" sh -c \
@@ -175,6 +208,116 @@ until grep -q "waiting for" "$R/migrate.err" 2>/dev/null; do
 done
 docker stop -t 1 "$PLUGIN-writer" > /dev/null
 wait $MIG
+fi
+
+if has 4; then
+echo "== 4. daffe migrate: PostgreSQL under pgbench"
+if [ "$SHORT" = 1 ]; then
+  PG_SCALE=${PG_SCALE:-5} PG_RATES=${PG_RATES:-500 max} PG_BASE_SECS=${PG_BASE_SECS:-5}
+else
+  PG_SCALE=${PG_SCALE:-30} PG_RATES=${PG_RATES:-250 500 1000 2000 max} PG_BASE_SECS=${PG_BASE_SECS:-20}
+fi
+PG_PROFILES=${PG_PROFILES:-default gold}
+PG_BLOCK_SIZE=${PG_BLOCK_SIZE:-4G}
+PG_STRICT=${PG_STRICT:-1}
+start_hosts
+plug() { # SOCKET ENDPOINT JSON: one VolumeDriver call, as dockerd makes it
+  local out
+  out=$(curl -sS -0 --unix-socket "$1" -X POST -d "$3" "http://daffe$2")
+  [ -z "$(jq -r '.Err // ""' <<<"$out")" ] || { echo "$2 $3: $out" >&2; return 1; }
+  echo "$out"
+}
+# Lets postgres walk to DIR (the data roots are 0700 root): o+x on each
+# ancestor that lacks it, nothing more.
+walkable() { local p; p=$(dirname "$1"); while [ "$p" != / ]; do find "$p" -maxdepth 0 ! -perm -o+x -exec chmod o+x {} +; p=$(dirname "$p"); done; }
+RUN=$W/pgrun; mkdir -p "$RUN"; chown postgres: "$RUN"; chmod 0700 "$RUN"; walkable "$RUN"
+pgstart() { # DATADIR LOG
+  chown -R postgres: "$1"; chmod 0700 "$1"; walkable "$1"
+  # The server writes its log as postgres.
+  touch "$2"; chown postgres: "$2"; walkable "$2"
+  pg_ctl_as start -w -t 300 -D "$1" -l "$2" -o "-c listen_addresses='' -k $RUN -p 5432" > /dev/null
+  PGDATA_UP+=("$1")
+}
+psql_() { (cd / && asPG $PGBIN/psql -h "$RUN" -U postgres -X -q -A -t -v ON_ERROR_STOP=1 -d postgres -c "$1"); }
+# The template cluster: initdb with checksums, pgbench -i at the scale; each
+# case starts from a copy of it.
+TPL=$W/pgtpl-$PG_SCALE
+if [ ! -f "$TPL/.complete" ]; then
+  rm -rf "$TPL"; mkdir -p "$TPL/pg"; chown -R postgres: "$TPL"; walkable "$TPL/pg"
+  (cd / && asPG $PGBIN/initdb --data-checksums --auth=trust --no-locale -E UTF8 -U postgres -D "$TPL/pg" > /dev/null)
+  pgstart "$TPL/pg" "$R/pg-template.log"
+  (cd / && asPG $PGBIN/pgbench -h "$RUN" -U postgres -i -q -s "$PG_SCALE" postgres) 2> "$R/pgbench-init.log"
+  pg_ctl_as stop -w -m fast -D "$TPL/pg" > /dev/null
+  touch "$TPL/.complete"
+fi
+echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, load $(cut -d' ' -f1-3 /proc/loadavg); scale $PG_SCALE ($(du -sm "$TPL/pg" | cut -f1) MiB), rates: $PG_RATES, profiles: $PG_PROFILES"
+
+pgcase() { # PROFILE RATE STRICT(0|1)
+  local profile=$1 rate=$2 strict=$3 c vol mp mpb ratearg="" t0 tm tw tstop tup mig rc
+  c=pg-$profile-$rate; [ "$strict" = 1 ] && c=$c-strict
+  vol=pg$profile${rate}s$strict@$profile
+  # Block volumes get room for the tables and max_wal_size (1 GB) of WAL.
+  local opts="{}"; [ "$profile" = default ] || opts="{\"size\":\"$PG_BLOCK_SIZE\"}"
+  mp=$(plug "/run/docker/plugins/$PLUGIN.sock" /VolumeDriver.Create "{\"Name\":\"$vol\",\"Opts\":$opts}" >/dev/null &&
+       plug "/run/docker/plugins/$PLUGIN.sock" /VolumeDriver.Mount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" | jq -r .Mountpoint)
+  cp -a "$TPL/pg" "$mp/pg"
+  sync
+  pgstart "$mp/pg" "$R/$c.pg-a.log"
+  [ "$rate" = max ] || ratearg="--rate $rate"
+  t0=$(now)
+  (cd / && asPG $PGBIN/pgbench -h "$RUN" -U postgres -n -P 1 -c 4 -j 2 -T 100000 $ratearg postgres) \
+    > "$R/$c.pgbench.out" 2> "$R/$c.pgbench.err" &
+  local bench=$!
+  sleep "$PG_BASE_SECS"
+  # What --before-cutover CMD will do once migrate has it (issue 11, item 4).
+  psql_ CHECKPOINT
+  tm=$(now)
+  local extra=(--max-downtime 2s)
+  [ "$strict" = 1 ] && extra+=(--strict)
+  ( inA $DAFFE migrate "$vol" --to $B --name hosta --tls-dir "$W/mig/a/tls" \
+      --control-socket "$W/mig/a/control.sock" --json "${extra[@]}" > "$R/$c.migrate.json" 2> "$R/$c.migrate.err" ) &
+  mig=$!
+  while ! grep -q "waiting for" "$R/$c.migrate.err" 2>/dev/null && kill -0 $mig 2>/dev/null; do sleep 0.1; done
+  tw=$(now)
+  if ! grep -q "waiting for" "$R/$c.migrate.err"; then
+    # Refused (strict) or failed before the cutover: the app still runs there.
+    rc=0; wait $mig || rc=$?
+    psql_ "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgbench'" > /dev/null
+    wait $bench || true
+    pg_ctl_as stop -w -m fast -D "$mp/pg" > /dev/null
+    echo "{\"case\":\"$c\",\"profile\":\"$profile\",\"rate\":\"$rate\",\"strict\":$strict,\"rc\":$rc,\"t0\":$t0,\"tm\":$tm,\"tw\":$tw}" >> "$R/pg.jsonl"
+    plug "/run/docker/plugins/$PLUGIN.sock" /VolumeDriver.Unmount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" > /dev/null
+    return
+  fi
+  # The cutover, in the order migrate asks for it: stop the server, release
+  # the volume.
+  tstop=$(now)
+  pg_ctl_as stop -w -t 300 -m fast -D "$mp/pg" > /dev/null
+  wait $bench || true
+  plug "/run/docker/plugins/$PLUGIN.sock" /VolumeDriver.Unmount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" > /dev/null
+  rc=0; wait $mig || rc=$?
+  [ "$rc" = 0 ] || { echo "migrate failed ($rc):"; tail -5 "$R/$c.migrate.err"; cat "$R/$c.migrate.json"; exit 1; }
+  mpb=$(plug "$W/mig/b/plugin.sock" /VolumeDriver.Mount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" | jq -r .Mountpoint)
+  pgstart "$mpb/pg" "$R/$c.pg-b.log"
+  psql_ "SELECT 1" > /dev/null
+  tup=$(now)
+  # The moved database: its books, its indexes, its checksums.
+  local books
+  books=$(psql_ "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta),0) FROM pgbench_history) AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta),0) FROM pgbench_history), (SELECT count(*) FROM pgbench_history)")
+  (cd / && asPG $PGBIN/pg_amcheck -h "$RUN" -U postgres --all --install-missing --heapallindexed) > "$R/$c.amcheck" 2>&1 && amcheck=true || amcheck=false
+  pg_ctl_as stop -w -m fast -D "$mpb/pg" > /dev/null
+  (cd / && asPG $PGBIN/pg_checksums --check -D "$mpb/pg") > "$R/$c.checksums" 2>&1 && checks=true || checks=false
+  plug "$W/mig/b/plugin.sock" /VolumeDriver.Unmount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" > /dev/null
+  echo "{\"case\":\"$c\",\"profile\":\"$profile\",\"rate\":\"$rate\",\"strict\":$strict,\"rc\":$rc,\"t0\":$t0,\"tm\":$tm,\"tw\":$tw,\"tstop\":$tstop,\"tup\":$tup,\"books\":\"$books\",\"amcheck\":$amcheck,\"checksums\":$checks}" >> "$R/pg.jsonl"
+}
+for profile in $PG_PROFILES; do
+  for rate in $PG_RATES; do
+    if [ "$rate" = max ] && [ "$PG_STRICT" = 1 ]; then
+      echo "-- $profile, rate $rate, --strict"; pgcase "$profile" "$rate" 1
+    fi
+    echo "-- $profile, rate $rate"; pgcase "$profile" "$rate" 0
+  done
+done
 fi
 
 python3 - "$R" <<'PY'
@@ -206,7 +349,60 @@ if os.path.exists(f"{R}/migrate.json"):
     ("1 GiB volume: bytes moved / used bytes", f"{mig['bytes_moved']/mig['used_bytes']:.3f} ({mig['bytes_moved']/2**20:.0f} / {mig['used_bytes']/2**20:.0f} MiB; wire {mig['wire_bytes']/2**20:.0f} MiB)", "-"),
     ("1 GiB volume: rounds (data/transfer)", rounds, "-"),
 ]
-print("\n| what | measured | target |\n|---|---|---|")
+if rows:
+    print("\n| what | measured | target |\n|---|---|---|")
 for r in rows:
     print(f"| {r[0]} | {r[1]} | {r[2]} |")
+
+# Step 4: one row per PostgreSQL case.
+if os.path.exists(f"{R}/pg.jsonl"):
+    def progress(c):
+        out = []
+        for l in open(f"{R}/{c}.pgbench.err"):
+            m = re.match(r"progress: ([\d.]+) s, ([\d.]+) tps, lat ([\d.]+) ms.*?(?:lag ([\d.]+) ms)?$", l.strip())
+            if m:
+                # (at, tps, latency, latency less schedule lag): with --rate,
+                # pgbench counts latency from the scheduled start, so a
+                # client that fell behind carries its lag in every latency.
+                at, tps, lat, lag = m.groups()
+                out.append((float(at), float(tps), float(lat), float(lat) - float(lag or 0)))
+        return out
+    def mean(xs):
+        return sum(xs) / len(xs) if xs else float("nan")
+    print("\n| profile | rate | daffe downtime (est.) | est./actual | app downtime | rounds MiB (F: final) | pre-copy round k / round k-1 | cutover | pgbench latency before -> during pre-copy | TPS before -> during | checks |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for line in open(f"{R}/pg.jsonl"):
+        k = json.loads(line)
+        c = k["case"]
+        p = progress(c)
+        base = [x for x in p if 1 < x[0] <= k["tm"] - k["t0"]]
+        pre = [x for x in p if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]
+        lat = (f"{mean([x[2] for x in base]):.2f} -> {mean([x[2] for x in pre]):.2f} ms (x{mean([x[2] for x in pre])/mean([x[2] for x in base]):.2f}); "
+               f"less lag {mean([x[3] for x in base]):.2f} -> {mean([x[3] for x in pre]):.2f} ms (x{mean([x[3] for x in pre])/mean([x[3] for x in base]):.2f})")
+        tps = f"{mean([x[1] for x in base]):.0f} -> {mean([x[1] for x in pre]):.0f} (x{mean([x[1] for x in pre])/mean([x[1] for x in base]):.2f})"
+        rate = k["rate"] + (" --strict" if k["strict"] else "")
+        if "tstop" not in k:
+            try:
+                said = json.load(open(f"{R}/{c}.migrate.json")).get("error", "")
+            except ValueError:
+                said = open(f"{R}/{c}.migrate.err").read().strip().splitlines()[-1:]
+            print(f"| {k['profile']} | {rate} | refused (exit {k['rc']}) | - | - | - | - | {said} | {lat} | {tps} | - |")
+            continue
+        mig = json.load(open(f"{R}/{c}.migrate.json"))
+        est = (mig.get("estimate") or {})
+        dr = est.get("dirty_rate", 0)
+        rs = mig["rounds"]
+        rounds = ", ".join(f"{r['bytes']/2**20:.1f}{'F' if r['final_round'] else ('p' if r['partial'] else '')}" for r in rs)
+        # Round over round (pre-copy rounds only). daffe's dirty rate is
+        # itself a round's payload over the previous round's time, so "a
+        # round / what was dirtied since the previous scan" by daffe's own
+        # figures is 1 by construction; this ratio is what can be measured.
+        conv = [r["bytes"] / q["bytes"] for q, r in zip(rs, rs[1:]) if not r["final_round"] and q["bytes"]]
+        convs = ", ".join(f"{x:.2f}" for x in conv) or "-"
+        ratio = f"{est['downtime_ms']/mig['downtime_ms']:.2f}" if est and mig["downtime_ms"] else "-"
+        fr = mig.get("final_round") or {}
+        comp = fr.get("composition", {})
+        cut = f"{mig['cutover_reason']}; dirty {dr/1e6:.1f} MB/s, link {est.get('link_rate',0)/1e6:.1f} MB/s; final {fr.get('bytes',0)/2**20:.1f} MiB (est. {fr.get('estimated_bytes',0)/2**20:.1f})"
+        checks = f"books {k['books']}; amcheck {'ok' if k['amcheck'] else 'FAIL'}; checksums {'ok' if k['checksums'] else 'FAIL'}"
+        print(f"| {k['profile']} | {rate} | {mig['downtime_ms']} ms ({est.get('downtime_ms','-')} ms) | {ratio} | {(k['tup']-k['tstop'])*1000:.0f} ms | {rounds} | {convs} | {cut} | {lat} | {tps} | {checks} |")
 PY

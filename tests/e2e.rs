@@ -24,6 +24,7 @@ mod migrate;
 mod migrate_block;
 mod migrate_connect;
 mod migrate_live;
+mod migrate_postgres;
 mod netns_harness;
 mod operator_exit_codes;
 mod operator_status;
