@@ -19,6 +19,7 @@ mod ebs_snapshot;
 mod ebs_volumes;
 mod flocker_profiles;
 mod hardening;
+mod hardening_control;
 mod managed_plugin;
 mod migrate;
 mod migrate_connect;

@@ -29,6 +29,8 @@ pub(crate) fn create(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<()
         volume: name.to_owned(),
         message: "a block volume needs a size".into(),
     })?;
+    // A directory already there that daffe did not make is refused.
+    super::claim::claim(name, p)?;
     private_dirs(name, p)?;
     let img = image_path(s, p);
     let file =
