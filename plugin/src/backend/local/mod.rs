@@ -59,6 +59,18 @@ impl Backend for LocalBackend {
         if !p.dir.exists() {
             return Ok(());
         }
+        // Never delete through a live mount (issue 12, finding 14): a
+        // filesystem still mounted at the data directory is not ours to empty.
+        if let Some(dev) = super::mountpoint::mounted_at(&p.data) {
+            return Err(BackendError::Other {
+                volume: vol.name.to_owned(),
+                message: format!(
+                    "not removing {}: device {dev} is still mounted at {}",
+                    p.dir.display(),
+                    p.data.display()
+                ),
+            });
+        }
         // Never delete what daffe did not make (issue 12, finding 10): the
         // record goes, the directory stays, and the log says where.
         if !claim::is_ours(&p) {
