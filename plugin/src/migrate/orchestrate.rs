@@ -355,6 +355,28 @@ pub(crate) fn migrate(
         ..Default::default()
     };
 
+    // A rerun after a commit whose reply was lost (issue 12, finding 6): if
+    // the destination owns the volume, received from this host, the
+    // handover happened; only marking it moved here is left. Asking first
+    // also keeps the rerun from any round into the volume it now owns.
+    if resume_cutover
+        && let PeerReply::CommitStatus { committed: true } =
+            dest.request(&PeerRequest::CommitStatus {
+                volume: paths.docker_name.clone(),
+            })?
+    {
+        report.cutover_reason = "resumed: the destination already owned it".into();
+        event(Event::Committed);
+        host.finish_move(vol, to)
+            .map_err(|e| MigrateError::Handover {
+                volume: vol.clone(),
+                to: to.clone(),
+                source: Box::new(MigrateError::Daemon(e)),
+            })?;
+        report.total_ms = millis(t0.elapsed());
+        return Ok(report);
+    }
+
     // 1. Preflight, then the destination makes (or finds) the volume.
     match dest.request(&PeerRequest::Preflight {
         volume: paths.docker_name.clone(),
@@ -532,6 +554,7 @@ mod tests {
                     options: BTreeMap::new(),
                     state: state.into(),
                     peer: peer.map(str::to_owned),
+                    received_from: None,
                 },
                 log: RefCell::new(vec![]),
                 mounted_polls: RefCell::new(2),
@@ -586,6 +609,12 @@ mod tests {
         dirty: VecDeque<u64>,
         log: Vec<String>,
         commit_fails: bool,
+        /// The commit lands (the destination owns the volume) but its
+        /// reply is lost on the way back.
+        commit_reply_lost: bool,
+        /// The destination owns the volume, from this source: from then on
+        /// it refuses to receive it again, as the real one does (409).
+        committed: bool,
     }
 
     /// A round over a 1 GB/s link: it takes (really: the model measures
@@ -612,6 +641,13 @@ mod tests {
     impl DestHost for FakeDest {
         fn request(&mut self, req: &PeerRequest) -> Result<PeerReply, MigrateError> {
             match req {
+                PeerRequest::Preflight { .. } | PeerRequest::Prepare { .. } if self.committed => {
+                    self.log.push("refused: exists".into());
+                    Err(MigrateError::Reply(
+                        "409: volume \"counter\" already exists as docker volume \"counter@gold\""
+                            .into(),
+                    ))
+                }
                 PeerRequest::Preflight { need_bytes, .. } => {
                     self.log.push("preflight".into());
                     Ok(PeerReply::Preflight(ReceiveCheck {
@@ -627,8 +663,18 @@ mod tests {
                     self.log.push("prepare".into());
                     Ok(PeerReply::Prepared)
                 }
+                PeerRequest::CommitStatus { .. } => {
+                    self.log.push("commit status".into());
+                    Ok(PeerReply::CommitStatus {
+                        committed: self.committed,
+                    })
+                }
                 PeerRequest::Commit { .. } => {
                     self.log.push("commit".into());
+                    if self.commit_reply_lost {
+                        self.committed = true;
+                        return Err(MigrateError::Reply("link cut".into()));
+                    }
                     if self.commit_fails {
                         Err(MigrateError::Reply("link cut".into()))
                     } else {
@@ -689,6 +735,8 @@ mod tests {
             dirty: VecDeque::new(),
             log: vec![],
             commit_fails: false,
+            commit_reply_lost: false,
+            committed: false,
         }
     }
 
@@ -774,6 +822,37 @@ mod tests {
         assert_eq!(r.rounds.len(), 1);
         assert!(r.rounds[0].final_round);
         assert_eq!(host2.log(), vec!["fence hostb", "moved hostb"]);
+    }
+
+    /// Issue 12, finding 6: the commit landed (the destination owns the
+    /// volume) but its reply was lost. The rerun met 409 at the destination
+    /// and left the source fenced for ever; it must see that this source
+    /// already handed the volume over, and only mark it moved.
+    #[test]
+    fn finding_06_a_rerun_after_a_lost_commit_reply_finishes() {
+        let d = tempfile::tempdir().unwrap();
+        let host = FakeHost::new(d.path(), "ready", None);
+        let mut dest = dest(vec![Ok(1000)]);
+        dest.commit_reply_lost = true;
+        let err = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap_err();
+        assert!(matches!(err, MigrateError::Handover { .. }), "{err}");
+        assert!(dest.committed);
+        let first_run = dest.log.len();
+
+        let host2 = FakeHost::new(d.path(), "fenced", Some("hostb"));
+        *host2.mounted_polls.borrow_mut() = 0;
+        let r = migrate(&host2, &mut dest, &opts(), &mut |_| {})
+            .unwrap_or_else(|e| panic!("the rerun failed: {e}; dest saw {:?}", dest.log));
+        assert_eq!(host2.log(), vec!["moved hostb"]);
+        // No round and no second commit into the volume the destination owns.
+        let rerun = &dest.log[first_run..];
+        assert!(
+            rerun
+                .iter()
+                .all(|l| !l.starts_with("round") && l != "commit"),
+            "{rerun:?}"
+        );
+        assert!(r.rounds.is_empty());
     }
 
     #[test]

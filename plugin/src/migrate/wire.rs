@@ -21,6 +21,9 @@ pub(crate) enum PeerRequest {
     },
     /// The final round is applied: the destination owns the volume now.
     Commit { volume: String },
+    /// Does the destination own the volume, received from this source? A
+    /// rerun after a commit whose reply was lost asks before anything else.
+    CommitStatus { volume: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +34,10 @@ pub(crate) enum PeerReply {
     /// Milliseconds since the Unix epoch when the destination became owner.
     Committed {
         ready_unix_ms: u64,
+    },
+    /// `true`: the destination owns the volume, received from the asker.
+    CommitStatus {
+        committed: bool,
     },
 }
 

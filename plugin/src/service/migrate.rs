@@ -51,6 +51,10 @@ pub(crate) struct TransferPaths {
     /// The other host of a migration (`Moving`/`Fenced`/`Moved` to, `Receiving` from).
     #[serde(default)]
     pub(crate) peer: Option<String>,
+    /// The host a `ready` volume was received from (see
+    /// `VolumeRecord::received_from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) received_from: Option<String>,
 }
 
 /// A destination's answer to "could you receive this volume?".
@@ -89,6 +93,7 @@ fn transfer_paths(rec: &VolumeRecord) -> Result<TransferPaths, ServiceError> {
         options: rec.options.clone(),
         state: rec.state.as_str().to_owned(),
         peer: rec.state.peer().map(str::to_owned),
+        received_from: rec.received_from.clone(),
     })
 }
 
@@ -355,10 +360,12 @@ impl VolumeService {
     /// mountable. Repeating it is fine (the source may retry the handover).
     pub(crate) fn take_ownership(&self, docker_name: &str) -> Result<VolumeView, ServiceError> {
         self.change_state(docker_name, |rec| match &rec.state {
-            VolumeState::Receiving { .. } | VolumeState::Ready => {
+            VolumeState::Receiving { from } => {
+                rec.received_from = Some(from.clone());
                 rec.state = VolumeState::Ready;
                 Ok(())
             }
+            VolumeState::Ready => Ok(()),
             _ => Err(wrong_state(rec, "take_ownership", "receiving")),
         })
     }

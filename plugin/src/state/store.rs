@@ -283,6 +283,7 @@ pub(super) mod tests {
             created_at: 1,
             state: VolumeState::Ready,
             mounts: Mounts::default(),
+            received_from: None,
         }
     }
 
