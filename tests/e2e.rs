@@ -19,6 +19,8 @@ mod ebs_snapshot;
 mod ebs_volumes;
 mod flocker_profiles;
 mod hardening;
+mod hardening_control;
+mod hardening_mounts;
 mod managed_plugin;
 mod migrate;
 mod migrate_block;

@@ -14,6 +14,8 @@
 //! - [`control`]: the control socket. The API, every route as a value:
 //!   `control/request.rs`; the one router, each route bounded:
 //!   `control/routes.rs`; the one client: `control/client.rs`.
+//! - [`peer`]: who may use the control socket (root, `--socket-group`), by
+//!   `SO_PEERCRED`.
 //! - [`bounded`]: blocking work on tokio's blocking pool under a time limit,
 //!   with commit-or-abandon (both sockets' handlers use it).
 //! - [`service`]: volume semantics (idempotent create, mount multiset,
@@ -40,6 +42,7 @@ pub mod cli;
 mod config;
 mod control;
 mod migrate;
+mod peer;
 mod server;
 mod service;
 mod state;

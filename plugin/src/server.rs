@@ -7,6 +7,7 @@
 //! shutdown it stops accepting, asks open connections to finish their current
 //! request, and waits for them (bounded by [`DRAIN_LIMIT`]).
 
+use crate::peer::{PeerPolicy, peer_of};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
@@ -113,6 +114,15 @@ pub(crate) enum ServerError {
 /// by a crashed daemon: connecting to it is refused), but never one a live
 /// process serves.
 pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    bind_with_group(path, None)
+}
+
+/// Like [`bind`]; with a group, the socket is 0660 and owned by that group
+/// (`--socket-group`: non-root members may use the control socket).
+pub(crate) fn bind_with_group(
+    path: &Path,
+    group: Option<u32>,
+) -> Result<UnixListener, ServerError> {
     let io = |what| {
         move |source| ServerError::Io {
             path: path.to_owned(),
@@ -138,8 +148,13 @@ pub(crate) fn bind(path: &Path) -> Result<UnixListener, ServerError> {
     let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp).map_err(io("binding"))?;
-    let placed = std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))
-        .map_err(io("setting its mode"))
+    let mode = if group.is_some() { 0o660 } else { 0o600 };
+    let placed = std::os::unix::fs::chown(&tmp, None, group)
+        .map_err(io("setting its group"))
+        .and_then(|()| {
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))
+                .map_err(io("setting its mode"))
+        })
         .and_then(|()| std::fs::rename(&tmp, path).map_err(io("renaming into place")));
     if let Err(e) = placed {
         let _ = std::fs::remove_file(&tmp);
@@ -153,6 +168,17 @@ pub(crate) async fn serve<H: Handler>(
     listener: UnixListener,
     handler: Arc<H>,
     shutdown: impl Future<Output = ()>,
+) {
+    serve_checked(listener, handler, shutdown, None).await;
+}
+
+/// Like [`serve`]; with a policy, a peer it refuses (by `SO_PEERCRED`) gets
+/// 403 and the reason for every request, and the handler never runs.
+pub(crate) async fn serve_checked<H: Handler>(
+    listener: UnixListener,
+    handler: Arc<H>,
+    shutdown: impl Future<Output = ()>,
+    policy: Option<PeerPolicy>,
 ) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut conns = JoinSet::new();
@@ -170,12 +196,25 @@ pub(crate) async fn serve<H: Handler>(
                         continue;
                     }
                 };
+                let refusal: Option<Arc<str>> = policy.and_then(|p| match peer_of(&stream) {
+                    Ok(peer) => p.refusal(&peer).map(|r| {
+                        tracing::warn!(uid = peer.uid, gid = peer.gid, pid = ?peer.pid, "control connection refused");
+                        r.into()
+                    }),
+                    Err(e) => Some(format!("cannot read the peer's credentials: {e}").into()),
+                });
                 let handler = handler.clone();
                 let mut stop = stop_rx.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let handler = handler.clone();
-                        async move { Ok::<_, std::convert::Infallible>(respond(&*handler, req).await) }
+                        let refusal = refusal.clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(match refusal {
+                                Some(r) => refuse(&r),
+                                None => respond(&*handler, req).await,
+                            })
+                        }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc);
@@ -205,6 +244,11 @@ pub(crate) async fn serve<H: Handler>(
     }
 }
 
+/// The reply to every request of a peer the policy refuses.
+fn refuse(reason: &str) -> Response<Full<Bytes>> {
+    to_response(&Reply::error(StatusCode::FORBIDDEN, reason))
+}
+
 async fn respond<H: Handler>(handler: &H, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
     let reply = match Limited::new(body, MAX_BODY).collect().await {
@@ -218,6 +262,10 @@ async fn respond<H: Handler>(handler: &H, req: Request<Incoming>) -> Response<Fu
             format!("reading the request body: {e}"),
         ),
     };
+    to_response(&reply)
+}
+
+fn to_response(reply: &Reply) -> Response<Full<Bytes>> {
     let body = reply.to_bytes();
     Response::builder()
         .status(reply.status)

@@ -13,6 +13,7 @@
 pub(crate) mod change;
 pub(crate) mod ebs;
 pub(crate) mod local;
+pub(crate) mod mountpoint;
 pub(crate) mod sys;
 pub(crate) mod usage;
 

@@ -1,5 +1,5 @@
 //! Thin wrappers over the system tools the local backends use (mkfs.ext4,
-//! mount, umount) and over /proc/self/mountinfo.
+//! mount, umount).
 //!
 //! util-linux `mount -o loop` finds a free loop device, attaches the image
 //! with autoclear, and mounts, in one step that cleans up after itself on
@@ -77,62 +77,16 @@ pub(crate) fn output(program: &str, args: &[&std::ffi::OsStr]) -> Result<String,
     })
 }
 
-/// Whether something is mounted exactly at `dir` (in this mount namespace).
+/// Whether something is mounted exactly at `dir` (in this mount namespace),
+/// by device and mount IDs (see [`super::mountpoint`]), never by comparing
+/// path strings, which a symlink above `dir` defeats.
 pub(crate) fn is_mountpoint(dir: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    mountinfo_has(&info, dir)
-}
-
-/// Pure part of [`is_mountpoint`]: field 5 of each mountinfo line is the mount
-/// point, with space, tab, newline and backslash octal-escaped.
-fn mountinfo_has(info: &str, dir: &Path) -> bool {
-    let want = dir.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape(mp) == want)
-}
-
-fn unescape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
-            out.push(char::from(v));
-            i += 4;
-        } else {
-            out.push(char::from(b[i]));
-            i += 1;
-        }
-    }
-    out
+    super::mountpoint::mounted_at(dir).is_some()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn finds_mountpoints_in_mountinfo() {
-        let info = "22 1 8:1 / / rw - ext4 /dev/vda rw\n\
-                    40 22 7:0 / /var/lib/daffe/local/gold/db/data rw - ext4 /dev/loop0 rw\n\
-                    41 22 7:1 / /srv/with\\040space rw - ext4 /dev/loop1 rw\n";
-        assert!(mountinfo_has(
-            info,
-            Path::new("/var/lib/daffe/local/gold/db/data")
-        ));
-        assert!(mountinfo_has(info, Path::new("/srv/with space")));
-        assert!(!mountinfo_has(
-            info,
-            Path::new("/var/lib/daffe/local/gold/db")
-        ));
-    }
 
     #[test]
     fn failed_commands_report_stderr() {

@@ -22,6 +22,10 @@ pub struct ServeArgs {
     /// Control socket for the daffe CLI.
     #[arg(long, env = "DAFFE_CONTROL_SOCKET")]
     pub(crate) control_socket: Option<PathBuf>,
+    /// Group (name or gid) whose members may use the control socket besides
+    /// root: the socket becomes 0660 with that group. Default: root only (0600).
+    #[arg(long, env = "DAFFE_SOCKET_GROUP")]
+    pub(crate) socket_group: Option<String>,
     /// State and default volume roots.
     #[arg(long, env = "DAFFE_DATA_ROOT")]
     pub(crate) data_root: Option<PathBuf>,
@@ -39,6 +43,10 @@ enum ServeError {
     Recover(#[from] crate::service::ServiceError),
     #[error(transparent)]
     Server(#[from] server::ServerError),
+    #[error(transparent)]
+    Root(#[from] crate::state::roots::RootOutside),
+    #[error(transparent)]
+    Peer(#[from] crate::peer::PeerError),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("making the data root {} private: {source}", path.display())]
@@ -76,10 +84,16 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         path: cfg.data_root.clone(),
         source,
     })?;
+    let socket_group = args
+        .socket_group
+        .as_deref()
+        .map(crate::peer::resolve_group)
+        .transpose()?;
     let records = Records::open(&cfg.store_path())?;
     let storage = backend::open(cfg.backend, &cfg.aws, &cfg.data_root)?;
     let mut svc = VolumeService::new(records, storage, cfg.catalog.clone(), cfg.data_root.clone());
     svc.persist_profiles(&cfg.data_root.join("state"))?;
+    crate::state::roots::check_catalog(&svc.catalog(), &cfg.data_root)?;
     let svc = Arc::new(svc);
     svc.recover()?;
     // Records for volumes the storage has and the store lacks (EBS: tagged
@@ -101,7 +115,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .map_err(ServeError::Runtime)?;
     let result = rt.block_on(async {
         let driver_listener = server::bind(&cfg.socket)?;
-        let control_listener = match server::bind(&cfg.control_socket) {
+        let control_listener = match server::bind_with_group(&cfg.control_socket, socket_group) {
             Ok(l) => l,
             Err(e) => {
                 let _ = std::fs::remove_file(&cfg.socket);
@@ -127,10 +141,15 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
             Arc::new(DriverApi::new(svc.clone(), Limits::default())),
             stopped(stop_rx.clone()),
         ));
-        let control = tokio::spawn(server::serve(
+        // dockerd (root) is the VolumeDriver socket's only client; the
+        // control socket checks every peer (issue 12, finding 10).
+        let control = tokio::spawn(server::serve_checked(
             control_listener,
             Arc::new(ControlApi::new(svc.clone(), control::Limits::default())),
             stopped(stop_rx),
+            Some(crate::peer::PeerPolicy {
+                group: socket_group,
+            }),
         ));
         shutdown_signal().await;
         tracing::info!("shutting down");

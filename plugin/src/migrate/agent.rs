@@ -65,6 +65,12 @@ impl AgentHandler {
     }
 }
 
+/// Whether this host owns the volume, received from `peer` (a commit of
+/// `peer`'s already happened).
+fn committed_by(p: &TransferPaths, peer: &str) -> bool {
+    p.state == "ready" && p.received_from.as_deref() == Some(peer)
+}
+
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -102,12 +108,28 @@ impl RoundHandler for AgentHandler {
                     .map_err(daemon_error)?;
                 PeerReply::Prepared
             }
+            PeerRequest::CommitStatus { volume } => {
+                let committed =
+                    match self
+                        .daemon
+                        .send_as::<TransferPaths>(&ControlRequest::Transfer {
+                            name: volume.clone(),
+                        }) {
+                        Ok(p) => committed_by(&p, &peer.node),
+                        Err(e) if e.code() == Some(crate::service::ErrorCode::NotFound) => false,
+                        Err(e) => return Err(daemon_error(e)),
+                    };
+                PeerReply::CommitStatus { committed }
+            }
             PeerRequest::Commit { volume } => {
                 let p = self.transfer_paths(&volume)?;
-                if p.state != "receiving" && p.state != "ready" {
+                if p.state != "receiving" && !committed_by(&p, &peer.node) {
                     return Err(refused(format!(
-                        "volume {volume} is {} here; nothing to commit",
-                        p.state
+                        "volume {volume} is {} here{}; nothing to commit",
+                        p.state,
+                        p.received_from
+                            .as_deref()
+                            .map_or_else(String::new, |f| format!(" (received from {f})"))
                     )));
                 }
                 self.daemon

@@ -421,6 +421,28 @@ pub(crate) fn migrate(
         ..Default::default()
     };
 
+    // A rerun after a commit whose reply was lost (issue 12, finding 6): if
+    // the destination owns the volume, received from this host, the
+    // handover happened; only marking it moved here is left. Asking first
+    // also keeps the rerun from any round into the volume it now owns.
+    if resume_cutover
+        && let PeerReply::CommitStatus { committed: true } =
+            dest.request(&PeerRequest::CommitStatus {
+                volume: paths.docker_name.clone(),
+            })?
+    {
+        report.cutover_reason = "resumed: the destination already owned it".into();
+        event(Event::Committed);
+        host.finish_move(vol, to)
+            .map_err(|e| MigrateError::Handover {
+                volume: vol.clone(),
+                to: to.clone(),
+                source: Box::new(MigrateError::Daemon(e)),
+            })?;
+        report.total_ms = millis(t0.elapsed());
+        return Ok(report);
+    }
+
     // 1. Preflight, then the destination makes (or finds) the volume.
     match dest.request(&PeerRequest::Preflight {
         volume: paths.docker_name.clone(),

@@ -23,6 +23,9 @@ pub(crate) enum PeerRequest {
     Commit { volume: String },
     /// `daffe status --health --agent`: is the agent up, and its daemon?
     Health,
+    /// Does the destination own the volume, received from this source? A
+    /// rerun after a commit whose reply was lost asks before anything else.
+    CommitStatus { volume: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -38,6 +41,10 @@ pub(crate) enum PeerReply {
     Health {
         version: String,
         daemon_error: Option<String>,
+    },
+    /// `true`: the destination owns the volume, received from the asker.
+    CommitStatus {
+        committed: bool,
     },
 }
 

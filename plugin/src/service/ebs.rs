@@ -87,6 +87,7 @@ impl VolumeService {
                 created_at: f.created_at.unwrap_or_else(now_secs),
                 state: VolumeState::Ready,
                 mounts: Mounts::default(),
+                received_from: None,
             };
             self.records.put(&rec)?;
             tracing::info!(volume = %rec.docker_name, id = %f.storage_id, "record rebuilt from the storage");

@@ -55,6 +55,10 @@ pub(crate) struct TransferPaths {
     /// before each pre-copy round so the image holds what it holds).
     #[serde(default)]
     pub(crate) mountpoint: Option<PathBuf>,
+    /// The host a `ready` volume was received from (see
+    /// `VolumeRecord::received_from`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) received_from: Option<String>,
 }
 
 /// A destination's answer to "could you receive this volume?".
@@ -94,6 +98,7 @@ fn transfer_paths(rec: &VolumeRecord) -> Result<TransferPaths, ServiceError> {
         state: rec.state.as_str().to_owned(),
         peer: rec.state.peer().map(str::to_owned),
         mountpoint: matches!(s.format, LocalFormat::Block).then(|| p.data.clone()),
+        received_from: rec.received_from.clone(),
     })
 }
 
@@ -360,10 +365,12 @@ impl VolumeService {
     /// mountable. Repeating it is fine (the source may retry the handover).
     pub(crate) fn take_ownership(&self, docker_name: &str) -> Result<VolumeView, ServiceError> {
         self.change_state(docker_name, |rec| match &rec.state {
-            VolumeState::Receiving { .. } | VolumeState::Ready => {
+            VolumeState::Receiving { from } => {
+                rec.received_from = Some(from.clone());
                 rec.state = VolumeState::Ready;
                 Ok(())
             }
+            VolumeState::Ready => Ok(()),
             _ => Err(wrong_state(rec, "take_ownership", "receiving")),
         })
     }

@@ -165,6 +165,7 @@ impl VolumeService {
             created_at: now_secs(),
             state,
             mounts: Mounts::default(),
+            received_from: None,
         })
     }
 

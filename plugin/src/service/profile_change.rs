@@ -172,6 +172,13 @@ impl VolumeService {
         def: ProfileDef,
     ) -> Result<DefineReport, ServiceError> {
         const OP: &str = "define profile";
+        crate::state::roots::check_def(name, &def, &self.data_root).map_err(|e| {
+            ServiceError::Refused {
+                op: OP,
+                name: name.to_owned(),
+                reason: e.to_string(),
+            }
+        })?;
         let mut writer = self.catalog.writer();
         let candidate = writer.candidate(name, def.clone())?;
         self.check_default_size(&candidate, name)?;

@@ -10,10 +10,12 @@
 //!   folder (only [`Records`] holds one).
 //! - [`catalog`]: the profile catalog, changed at run time through the
 //!   control API and persisted beside the store.
+//! - [`roots`]: local profile roots stay under the data root.
 
 pub(crate) mod catalog;
 pub(crate) mod record;
 mod records;
+pub(crate) mod roots;
 mod store;
 
 pub(crate) use records::Records;

@@ -36,6 +36,11 @@ pub(crate) struct VolumeRecord {
     /// Mount multiset: how many times each docker mount ID holds the volume.
     #[serde(default)]
     pub(crate) mounts: Mounts,
+    /// The host this copy was received from, once it took ownership: a
+    /// source whose commit reply was lost asks, on its rerun, whether the
+    /// handover happened (issue 12, finding 6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) received_from: Option<String>,
 }
 
 impl VolumeRecord {

@@ -8,6 +8,14 @@
 //! redb also locks the file, so a second daemon on the same data root fails
 //! at open instead of corrupting it.
 //!
+//! A failed write (the disk full) makes redb refuse every later call until
+//! the database is closed and opened again (`PreviousIo`): one `ENOSPC`
+//! wedged the daemon until a restart (issue 12, finding 7). The store
+//! reopens itself after such an error: the request that met it fails, and
+//! later ones work again as soon as the space is back. Committed data is
+//! safe either way (copy-on-write commits; a reopen recovers to the last
+//! one).
+//!
 //! JSON rather than a binary encoding: records are small, and an operator or
 //! a newer daemon can read them; unknown-field-tolerant decoding keeps old
 //! records loadable.
@@ -15,6 +23,7 @@
 use super::record::VolumeRecord;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
+use std::sync::{RwLock, RwLockReadGuard};
 
 const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
 
@@ -38,6 +47,15 @@ pub(crate) enum StoreError {
         #[source]
         source: Box<redb::Error>,
     },
+    #[error(
+        "state store {path} is closed after an I/O error and cannot be opened again yet \
+         (is the disk full?): {source}"
+    )]
+    Reopen {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
     #[error("state store {path}: record {name:?} cannot be read: {source}")]
     Decode {
         path: PathBuf,
@@ -49,8 +67,36 @@ pub(crate) enum StoreError {
 /// The volume store: redb serialises writers and lets readers run
 /// concurrently with them. Only [`super::Records`] holds one.
 pub(super) struct Store {
-    db: Database,
+    /// `None` after an I/O error closed it and the reopen failed too; the
+    /// next call tries again.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
+}
+
+/// Errors after which redb must be closed and opened again.
+fn needs_reopen(e: &redb::Error) -> bool {
+    matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+/// Opens (or creates) the database file, telling a lock held by another
+/// process apart.
+fn create(path: &Path) -> Result<Database, StoreError> {
+    Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+            path: path.to_owned(),
+        },
+        e => StoreError::Db {
+            path: path.to_owned(),
+            source: Box::new(e.into()),
+        },
+    })
+}
+
+fn closed(path: &Path) -> impl FnOnce() -> StoreError + '_ {
+    move || StoreError::Reopen {
+        path: path.to_owned(),
+        source: Box::new(redb::Error::DatabaseClosed),
+    }
 }
 
 impl Store {
@@ -62,17 +108,9 @@ impl Store {
                 source,
             })?;
         }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
-                path: path.to_owned(),
-            },
-            e => StoreError::Db {
-                path: path.to_owned(),
-                source: Box::new(e.into()),
-            },
-        })?;
+        let db = create(path)?;
         let store = Self {
-            db,
+            db: RwLock::new(Some(db)),
             path: path.to_owned(),
         };
         // Create the table up front so readers never meet a missing table.
@@ -84,10 +122,54 @@ impl Store {
     }
 
     fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e = e.into();
+        if needs_reopen(&e) {
+            self.reopen();
+        }
         StoreError::Db {
             path: self.path.clone(),
-            source: Box::new(e.into()),
+            source: Box::new(e),
         }
+    }
+
+    /// Closes the database and opens it again; on failure it stays closed
+    /// and [`Store::db`] retries.
+    fn reopen(&self) {
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        // Close first: redb locks the file, a second open in this process
+        // would be refused.
+        drop(db.take());
+        match create(&self.path) {
+            Ok(d) => {
+                tracing::warn!(store = %self.path.display(), "state store reopened after an I/O error");
+                *db = Some(d);
+            }
+            Err(e) => {
+                tracing::warn!(store = %self.path.display(), error = %e, "state store cannot be reopened yet");
+            }
+        }
+    }
+
+    /// The open database, reopening it first if an earlier error closed it.
+    fn db(&self) -> Result<RwLockReadGuard<'_, Option<Database>>, StoreError> {
+        for _ in 0..2 {
+            let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+            if db.is_some() {
+                return Ok(db);
+            }
+            drop(db);
+            let mut w = self.db.write().unwrap_or_else(|p| p.into_inner());
+            if w.is_none() {
+                *w = Some(create(&self.path).map_err(|e| match e {
+                    StoreError::Db { path, source } => StoreError::Reopen { path, source },
+                    e => e,
+                })?);
+            }
+        }
+        Err(StoreError::Reopen {
+            path: self.path.clone(),
+            source: Box::new(redb::Error::DatabaseClosed),
+        })
     }
 
     fn decode(&self, name: &str, bytes: &[u8]) -> Result<VolumeRecord, StoreError> {
@@ -102,34 +184,59 @@ impl Store {
         &self,
         f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
-        {
-            let mut table = txn.open_table(VOLUMES).map_err(|e| self.db_err(e))?;
-            f(&mut table).map_err(|e| self.db_err(e))?;
-        }
-        txn.commit().map_err(|e| self.db_err(e))
+        let result = {
+            let guard = self.db()?;
+            let db = guard.as_ref().ok_or_else(closed(&self.path))?;
+            db.begin_write().map_err(redb::Error::from).and_then(|txn| {
+                txn.open_table(VOLUMES)
+                    .map_err(redb::Error::from)
+                    .and_then(|mut table| f(&mut table))?;
+                txn.commit().map_err(redb::Error::from)
+            })
+        };
+        // The guard is gone: a reopen can take the lock.
+        result.map_err(|e| self.db_err(e))
     }
 
     /// The record of NAME, if any.
     pub(super) fn get(&self, name: &str) -> Result<Option<VolumeRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(VOLUMES).map_err(|e| self.db_err(e))?;
-        match table.get(name).map_err(|e| self.db_err(e))? {
-            Some(v) => self.decode(name, v.value()).map(Some),
+        let bytes = {
+            let guard = self.db()?;
+            let db = guard.as_ref().ok_or_else(closed(&self.path))?;
+            db.begin_read()
+                .map_err(redb::Error::from)
+                .and_then(|txn| txn.open_table(VOLUMES).map_err(redb::Error::from))
+                .and_then(|table| Ok(table.get(name)?.map(|v| v.value().to_vec())))
+        };
+        match bytes.map_err(|e| self.db_err(e))? {
+            Some(v) => self.decode(name, &v).map(Some),
             None => Ok(None),
         }
     }
 
     /// Every record, ordered by NAME.
     pub(super) fn list(&self) -> Result<Vec<VolumeRecord>, StoreError> {
-        let txn = self.db.begin_read().map_err(|e| self.db_err(e))?;
-        let table = txn.open_table(VOLUMES).map_err(|e| self.db_err(e))?;
-        let mut out = Vec::new();
-        for entry in table.iter().map_err(|e| self.db_err(e))? {
-            let (k, v) = entry.map_err(|e| self.db_err(e))?;
-            out.push(self.decode(k.value(), v.value())?);
-        }
-        Ok(out)
+        let pairs = {
+            let guard = self.db()?;
+            let db = guard.as_ref().ok_or_else(closed(&self.path))?;
+            db.begin_read()
+                .map_err(redb::Error::from)
+                .and_then(|txn| txn.open_table(VOLUMES).map_err(redb::Error::from))
+                .and_then(|table| {
+                    table
+                        .iter()?
+                        .map(|entry| {
+                            let (k, v) = entry?;
+                            Ok((k.value().to_owned(), v.value().to_vec()))
+                        })
+                        .collect::<Result<Vec<_>, redb::Error>>()
+                })
+        };
+        pairs
+            .map_err(|e| self.db_err(e))?
+            .iter()
+            .map(|(k, v)| self.decode(k, v))
+            .collect()
     }
 
     /// Writes `rec` (insert or replace), durably.
@@ -176,6 +283,7 @@ pub(super) mod tests {
             created_at: 1,
             state: VolumeState::Ready,
             mounts: Mounts::default(),
+            received_from: None,
         }
     }
 
@@ -208,6 +316,66 @@ pub(super) mod tests {
         let path = dir.path().join(STORE_FILE);
         let _s = Store::open(&path).unwrap();
         assert!(matches!(Store::open(&path), Err(StoreError::Locked { .. })));
+    }
+
+    /// Issue 12, finding 7: one failed write on a full disk made redb refuse
+    /// every later call (`PreviousIo`) until the daemon restarted. The
+    /// write that meets the full disk fails; once there is room again, the
+    /// store works without a restart, and what was committed is kept.
+    #[test]
+    fn finding_07_a_full_disk_fails_one_write_and_the_store_recovers() {
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("small");
+        std::fs::create_dir(&mnt).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a small tmpfs (the tests run as root)"
+        );
+        let _unmount = Unmount(mnt.clone());
+        let path = mnt.join(STORE_FILE);
+        let s = Store::open(&path).unwrap();
+        s.put(&record("before")).unwrap();
+
+        // Fill what is left of the filesystem.
+        let filler = mnt.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![7u8; 64 << 10];
+            while f.write_all(&chunk).is_ok() {}
+        }
+        let mut failed = None;
+        for i in 0..64 {
+            let mut r = record(&format!("big{i}"));
+            r.options.insert("pad".into(), "x".repeat(32 << 10));
+            if let Err(e) = s.put(&r) {
+                failed = Some(e);
+                break;
+            }
+        }
+        let err = failed.expect("the full disk never failed a write");
+        assert!(matches!(err, StoreError::Db { .. }), "{err}");
+
+        std::fs::remove_file(&filler).unwrap();
+        s.put(&record("after"))
+            .unwrap_or_else(|e| panic!("the store stayed wedged after the space came back: {e}"));
+        assert!(s.get("before").unwrap().is_some());
+        assert!(s.get("after").unwrap().is_some());
+        assert!(s.list().unwrap().len() >= 2);
     }
 
     /// Role switch for the crash test: when this variable names a store

@@ -2,7 +2,7 @@
 //! Create and loop-mounted at the volume's first Mount. The filesystem gives a
 //! real size limit, and the image is what block-level transfer moves later.
 
-use super::super::{BackendError, sys};
+use super::super::{BackendError, mountpoint, sys};
 use super::holders;
 use super::paths::{LocalPaths, image_path};
 use profiles::{Filesystem, LocalSettings};
@@ -30,6 +30,8 @@ pub(crate) fn create(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<()
         volume: name.to_owned(),
         message: "a block volume needs a size".into(),
     })?;
+    // A directory already there that daffe did not make is refused.
+    super::claim::claim(name, p)?;
     private_dirs(name, p)?;
     let img = image_path(s, p);
     let file =
@@ -70,13 +72,32 @@ pub(crate) fn create(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<()
 }
 
 /// Loop-mounts the image on the data directory, unless it already is (a
-/// crash between the mount and the count's commit leaves it mounted).
+/// crash between the mount and the count's commit leaves it mounted). A
+/// mount found there is reused only if it is this image's loop device: a
+/// stale mount of anything else (an earlier life of the data root) is
+/// refused, never served as the volume (issue 12, finding 14).
 pub(crate) fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
-    if sys::is_mountpoint(&p.data) {
-        return Ok(());
+    let img = image_path(s, p);
+    if let Some(dev) = mountpoint::mounted_at(&p.data) {
+        if mountpoint::is_loop_of(dev, &img) {
+            return Ok(());
+        }
+        return Err(BackendError::Other {
+            volume: name.to_owned(),
+            message: format!(
+                "{} has device {dev} mounted ({}), which is not this volume's image {}; \
+                 unmount it (umount {}) and retry",
+                p.data.display(),
+                mountpoint::loop_backing_file(dev).map_or_else(
+                    || "not a loop device over a file".to_owned(),
+                    |b| format!("backed by {}", b.display())
+                ),
+                img.display(),
+                p.data.display()
+            ),
+        });
     }
     private_dirs(name, p)?;
-    let img = image_path(s, p);
     if !img.exists() {
         return Err(BackendError::Other {
             volume: name.to_owned(),
@@ -99,15 +120,32 @@ pub(crate) fn mount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(),
     .map_err(cmd_err(name))
 }
 
-/// Unmounts (which also frees the autoclear loop device), if mounted; then
-/// proves the filesystem is released everywhere. A mount namespace that
-/// still mounts it (a process that unshared while it was mounted) keeps it
-/// alive with its dirty pages and the image stale: that is reported as an
-/// error naming the holder, not counted as unmounted. A loop device left
-/// attached with no mount and no holder is detached (no leak).
+/// Most mounts stacked at one mountpoint that unmount takes off (an older
+/// daffe, whose path check a symlinked data root defeated, stacked one per
+/// Mount); more means something else keeps mounting there.
+const MAX_STACKED: usize = 16;
+
+/// Unmounts (which also frees the autoclear loop device) every mount
+/// stacked at the data directory; then proves the filesystem is released
+/// everywhere. A mount namespace that still mounts it (a process that
+/// unshared while it was mounted) keeps it alive with its dirty pages and
+/// the image stale: that is reported as an error naming the holder, not
+/// counted as unmounted. A loop device left attached with no mount and no
+/// holder is detached (no leak).
 pub(crate) fn unmount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(), BackendError> {
-    if sys::is_mountpoint(&p.data) {
+    let mut left = MAX_STACKED;
+    while mountpoint::mounted_at(&p.data).is_some() {
+        if left == 0 {
+            return Err(BackendError::Other {
+                volume: name.to_owned(),
+                message: format!(
+                    "{} is still mounted after {MAX_STACKED} unmounts",
+                    p.data.display()
+                ),
+            });
+        }
         unmount_path(&p.data).map_err(cmd_err(name))?;
+        left -= 1;
     }
     let held = holders::check(&image_path(s, p));
     if let Some(desc) = holders::describe(&held) {

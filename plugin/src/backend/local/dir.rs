@@ -2,6 +2,7 @@
 
 use super::super::BackendError;
 use super::super::sys;
+use super::claim;
 use super::paths::LocalPaths;
 use std::os::unix::fs::PermissionsExt;
 
@@ -13,10 +14,15 @@ use std::os::unix::fs::PermissionsExt;
 /// so host users still cannot reach it.
 const NEW_DIR_MODE: u32 = 0o755;
 
-/// Makes `ROOT/NAME` private (0700, tightened if an older daffe made it
-/// 0755) and the data directory inside it.
+/// Makes `ROOT/NAME` (private, with daffe's marker: a directory already
+/// there that daffe did not make is refused, see [`claim`]) and the data
+/// directory inside it.
 pub(crate) fn create(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
-    sys::private_dir(&p.dir).map_err(|e| BackendError::io(name, "creating", &p.dir, e))?;
+    claim::claim(name, p)?;
+    make_data(name, p)
+}
+
+fn make_data(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
     if p.data.is_dir() {
         return Ok(());
     }
@@ -25,7 +31,12 @@ pub(crate) fn create(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
         .map_err(|e| BackendError::io(name, "setting the mode of", &p.data, e))
 }
 
-/// Recreates the directory if someone deleted it, so docker can still bind it.
+/// Recreates the directory if someone deleted it, so docker can still bind
+/// it. A volume made by an older daffe (no marker) is used as it is.
 pub(crate) fn mount(name: &str, p: &LocalPaths) -> Result<(), BackendError> {
+    if p.dir.is_dir() {
+        sys::private_dir(&p.dir).map_err(|e| BackendError::io(name, "creating", &p.dir, e))?;
+        return make_data(name, p);
+    }
     create(name, p)
 }

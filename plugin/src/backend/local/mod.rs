@@ -9,10 +9,12 @@
 //! - this file: [`LocalBackend`].
 //! - [`paths`]: where a local volume's directory, mountpoint and image are.
 //! - [`dir`], [`block`]: the two formats.
+//! - [`claim`]: the marker that says daffe made a volume's directory.
 //! - [`holders`]: is a block volume's filesystem released everywhere (no
 //!   other mount namespace, no loop holder)? Unmount and migrate's cutover ask.
 
 pub(crate) mod block;
+pub(crate) mod claim;
 pub(crate) mod dir;
 pub(crate) mod holders;
 pub(crate) mod paths;
@@ -56,6 +58,32 @@ impl Backend for LocalBackend {
         let p = LocalPaths::new(vol.name, s);
         if s.format == LocalFormat::Block {
             block::unmount(vol.name, s, &p)?;
+        }
+        if !p.dir.exists() {
+            return Ok(());
+        }
+        // Never delete through a live mount (issue 12, finding 14): a
+        // filesystem still mounted at the data directory is not ours to empty.
+        if let Some(dev) = super::mountpoint::mounted_at(&p.data) {
+            return Err(BackendError::Other {
+                volume: vol.name.to_owned(),
+                message: format!(
+                    "not removing {}: device {dev} is still mounted at {}",
+                    p.dir.display(),
+                    p.data.display()
+                ),
+            });
+        }
+        // Never delete what daffe did not make (issue 12, finding 10): the
+        // record goes, the directory stays, and the log says where.
+        if !claim::is_ours(&p) {
+            tracing::warn!(
+                volume = vol.name,
+                dir = %p.dir.display(),
+                "not deleting the volume's directory: daffe did not make it (no {} marker)",
+                claim::MARKER
+            );
+            return Ok(());
         }
         match std::fs::remove_dir_all(&p.dir) {
             Ok(()) => Ok(()),
@@ -138,6 +166,33 @@ mod tests {
         b.remove(vol).unwrap();
         assert!(!root.path().join("local/default/db").exists());
         b.remove(vol).unwrap(); // idempotent
+    }
+
+    /// Issue 12, finding 10: Create adopted a directory already at the
+    /// volume's place, and Remove then deleted it.
+    #[test]
+    fn finding_10_create_never_adopts_and_remove_never_deletes_a_foreign_directory() {
+        let root = tempfile::tempdir().unwrap();
+        let settings = Settings::Local(LocalSettings {
+            root: root.path().join("local/default"),
+            format: LocalFormat::Dir,
+            size: None,
+            filesystem: None,
+        });
+        let vol = VolumeRef {
+            name: "victim",
+            settings: &settings,
+            profile: "default",
+            docker_name: "victim",
+        };
+        let theirs = root.path().join("local/default/victim/data");
+        std::fs::create_dir_all(&theirs).unwrap();
+        std::fs::write(theirs.join("precious"), b"x").unwrap();
+        let b = LocalBackend;
+        let err = b.create(vol).expect_err("a foreign directory was adopted");
+        assert!(err.to_string().contains("daffe did not make it"), "{err}");
+        b.remove(vol).unwrap();
+        assert!(theirs.join("precious").exists(), "Remove deleted it");
     }
 
     #[test]

@@ -31,6 +31,7 @@ impl FakeHost {
                 state: state.into(),
                 peer: peer.map(str::to_owned),
                 mountpoint: None,
+                received_from: None,
             },
             log: RefCell::new(vec![]),
             mounted_polls: RefCell::new(2),
@@ -96,6 +97,12 @@ struct FakeDest {
     dirty: VecDeque<u64>,
     log: Vec<String>,
     commit_fails: bool,
+    /// The commit lands (the destination owns the volume) but its
+    /// reply is lost on the way back.
+    commit_reply_lost: bool,
+    /// The destination owns the volume, from this source: from then on
+    /// it refuses to receive it again, as the real one does (409).
+    committed: bool,
 }
 
 /// A round over a 1 GB/s link: it takes (really: the model measures
@@ -122,6 +129,13 @@ fn push_report(bytes: u64, dirty: u64) -> RoundPushReport {
 impl DestHost for FakeDest {
     fn request(&mut self, req: &PeerRequest) -> Result<PeerReply, MigrateError> {
         match req {
+            PeerRequest::Preflight { .. } | PeerRequest::Prepare { .. } if self.committed => {
+                self.log.push("refused: exists".into());
+                Err(MigrateError::Reply(
+                    "409: volume \"counter\" already exists as docker volume \"counter@gold\""
+                        .into(),
+                ))
+            }
             PeerRequest::Preflight { need_bytes, .. } => {
                 self.log.push("preflight".into());
                 Ok(PeerReply::Preflight(ReceiveCheck {
@@ -137,8 +151,18 @@ impl DestHost for FakeDest {
                 self.log.push("prepare".into());
                 Ok(PeerReply::Prepared)
             }
+            PeerRequest::CommitStatus { .. } => {
+                self.log.push("commit status".into());
+                Ok(PeerReply::CommitStatus {
+                    committed: self.committed,
+                })
+            }
             PeerRequest::Commit { .. } => {
                 self.log.push("commit".into());
+                if self.commit_reply_lost {
+                    self.committed = true;
+                    return Err(MigrateError::Reply("link cut".into()));
+                }
                 if self.commit_fails {
                     Err(MigrateError::Reply("link cut".into()))
                 } else {
@@ -204,6 +228,8 @@ fn dest(rounds: Vec<Result<u64, &'static str>>) -> FakeDest {
         dirty: VecDeque::new(),
         log: vec![],
         commit_fails: false,
+        commit_reply_lost: false,
+        committed: false,
     }
 }
 
@@ -289,6 +315,37 @@ fn a_lost_commit_keeps_the_source_fenced_and_a_rerun_finishes() {
     assert_eq!(r.rounds.len(), 1);
     assert!(r.rounds[0].final_round);
     assert_eq!(host2.log(), vec!["fence hostb", "moved hostb"]);
+}
+
+/// Issue 12, finding 6: the commit landed (the destination owns the
+/// volume) but its reply was lost. The rerun met 409 at the destination
+/// and left the source fenced for ever; it must see that this source
+/// already handed the volume over, and only mark it moved.
+#[test]
+fn finding_06_a_rerun_after_a_lost_commit_reply_finishes() {
+    let d = tempfile::tempdir().unwrap();
+    let host = FakeHost::new(d.path(), "ready", None);
+    let mut dest = dest(vec![Ok(1000)]);
+    dest.commit_reply_lost = true;
+    let err = migrate(&host, &mut dest, &opts(), &mut |_| {}).unwrap_err();
+    assert!(matches!(err, MigrateError::Handover { .. }), "{err}");
+    assert!(dest.committed);
+    let first_run = dest.log.len();
+
+    let host2 = FakeHost::new(d.path(), "fenced", Some("hostb"));
+    *host2.mounted_polls.borrow_mut() = 0;
+    let r = migrate(&host2, &mut dest, &opts(), &mut |_| {})
+        .unwrap_or_else(|e| panic!("the rerun failed: {e}; dest saw {:?}", dest.log));
+    assert_eq!(host2.log(), vec!["moved hostb"]);
+    // No round and no second commit into the volume the destination owns.
+    let rerun = &dest.log[first_run..];
+    assert!(
+        rerun
+            .iter()
+            .all(|l| !l.starts_with("round") && l != "commit"),
+        "{rerun:?}"
+    );
+    assert!(r.rounds.is_empty());
 }
 
 #[test]
