@@ -47,7 +47,7 @@ fn data_bin_rewritten_in_pages_moves_about_the_pages() {
     let (s, d) = (Source::Tree(src.clone()), Destination::Tree(dst.clone()));
     let run = || sync(&s, &d, &opts(t.path())).unwrap();
     let first = run();
-    assert_eq!(first.files_staged, 1, "{first:#?}");
+    assert_eq!(first.rounds.files_staged, 1, "{first:#?}");
 
     // Round 1 after a page rewrite: the same inode at the same size with a
     // new mtime is seen, so the file is now cut as pages. Every chunk id is
@@ -57,11 +57,11 @@ fn data_bin_rewritten_in_pages_moves_about_the_pages() {
     let changed = rewrite_pages(&file, 1, 1_000_000_100_000_000_000);
     let r1 = run();
     assert_same_tree(&src, &dst);
-    assert_eq!(r1.files_patched, 1, "{r1:#?}");
+    assert_eq!(r1.rounds.files_patched, 1, "{r1:#?}");
     assert!(
-        r1.bytes_written <= 2 * changed,
+        r1.rounds.bytes_written <= 2 * changed,
         "written {} for {changed} changed: {r1:#?}",
-        r1.bytes_written
+        r1.rounds.bytes_written
     );
 
     // Round 2: cut as pages again, so the destination fetches only the
@@ -70,16 +70,16 @@ fn data_bin_rewritten_in_pages_moves_about_the_pages() {
     let changed = rewrite_pages(&file, 2, 1_000_000_200_000_000_000);
     let r2 = run();
     assert_same_tree(&src, &dst);
-    assert_eq!(r2.files_patched, 1, "{r2:#?}");
+    assert_eq!(r2.rounds.files_patched, 1, "{r2:#?}");
     assert!(
-        r2.bytes_written <= 2 * changed,
+        r2.rounds.bytes_written <= 2 * changed,
         "written {} for {changed} changed: {r2:#?}",
-        r2.bytes_written
+        r2.rounds.bytes_written
     );
     assert!(
-        r2.bytes_fetched <= SIZE as u64 / 8,
+        r2.rounds.bytes_fetched <= SIZE as u64 / 8,
         "fetched {} of {SIZE} for {changed} changed: {r2:#?}",
-        r2.bytes_fetched
+        r2.rounds.bytes_fetched
     );
 
     // Round 3: the class sticks when the file grows (a database extends
@@ -91,8 +91,8 @@ fn data_bin_rewritten_in_pages_moves_about_the_pages() {
     let r3 = run();
     assert_same_tree(&src, &dst);
     assert!(
-        r3.bytes_fetched <= (1 << 20) + (64 << 10),
+        r3.rounds.bytes_fetched <= (1 << 20) + (64 << 10),
         "fetched {} for a 1 MiB append: {r3:#?}",
-        r3.bytes_fetched
+        r3.rounds.bytes_fetched
     );
 }
