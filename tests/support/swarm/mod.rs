@@ -263,7 +263,7 @@ impl Swarm {
                     // /run/containerd: containerd's shims keep their
                     // sockets there whatever the state directory; a tmpfs
                     // of the node's own makes them vanish with the node.
-                    &format!(
+                    format!(
                         r#"{} && mount --bind "$1" /run/docker/plugins && mkdir -p /run/containerd && mount -t tmpfs -o mode=0711 daffe-node /run/containerd && hostname "$2" && exec sleep infinity"#,
                         crate::netns::DROP_INHERITED_LOOP_MOUNTS
                     )
