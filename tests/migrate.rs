@@ -3,7 +3,7 @@
 //! and (on B) agent. Needs root, dockerd, iproute2 and tc: missing ones fail
 //! the tests, they never skip.
 
-use daffe_e2e::hosts::{TwoHosts, daffe_bin, test_image};
+use daffe_e2e::hosts::{TwoHosts, daffe_bin, ok, test_image, wait_line};
 use daffe_e2e::netns::ADDR_B;
 use std::path::Path;
 use std::process::Command;
@@ -68,30 +68,6 @@ fn wait_http(f: impl Fn() -> Result<String, String>) -> String {
             }
         }
     }
-}
-
-fn ok(out: std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Waits for a line of migrate's stderr containing `needle`.
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Duration) {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) if l.contains(needle) => return,
-            Ok(_) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(e) => panic!("migrate ended before {needle:?}: {e}"),
-        }
-    }
-    panic!("no {needle:?} from migrate within {limit:?}");
 }
 
 #[test]

@@ -4,31 +4,8 @@
 //! an image whose filesystem another mount namespace still holds is never
 //! moved (item 2, holder check).
 
-use daffe_e2e::hosts::{TwoHosts, test_image};
-use std::time::{Duration, Instant};
-
-fn ok(out: std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-/// Waits for a line of migrate's stderr containing `needle`.
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Duration) {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) if l.contains(needle) => return,
-            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(e) => panic!("migrate's stderr ended before {needle:?}: {e}"),
-        }
-    }
-    panic!("no {needle:?} from migrate within {limit:?}");
-}
+use daffe_e2e::hosts::{TwoHosts, ok, test_image, wait_line};
+use std::time::Duration;
 
 fn first_word(s: &str) -> String {
     s.split_whitespace().next().unwrap_or_default().to_owned()

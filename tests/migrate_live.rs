@@ -4,18 +4,8 @@
 //! `--before-cutover` hook's writes travel in a pre-copy round, and a failing
 //! hook stops migrate unfenced.
 
-use daffe_e2e::hosts::{TwoHosts, test_image};
+use daffe_e2e::hosts::{TwoHosts, ok, test_image, wait_line};
 use std::time::{Duration, Instant};
-
-fn ok(out: std::process::Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 #[test]
 fn strict_mode_refuses_a_writer_faster_than_the_link_unfenced_and_the_app_keeps_running() {
@@ -91,19 +81,6 @@ fn strict_mode_refuses_a_writer_faster_than_the_link_unfenced_and_the_app_keeps_
         "stat",
     );
     assert_ne!(before, after, "the app no longer writes to its volume");
-}
-
-/// Waits for a line of migrate's stderr containing `needle`.
-fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str, limit: Duration) {
-    let t = Instant::now();
-    while t.elapsed() < limit {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(l) if l.contains(needle) => return,
-            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(e) => panic!("migrate's stderr ended before {needle:?}: {e}"),
-        }
-    }
-    panic!("no {needle:?} from migrate within {limit:?}");
 }
 
 /// `sha256sum FILE` inside a throwaway container on the volume.

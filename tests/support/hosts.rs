@@ -392,3 +392,29 @@ impl Drop for TwoHosts {
         crate::plugin::unmount_under(self.dir.path());
     }
 }
+
+/// The stdout of a command that must succeed; panics with `what`, its
+/// stdout and stderr otherwise.
+pub fn ok(out: Output, what: &str) -> String {
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Waits for a line of `daffe migrate`'s stderr (from
+/// [`TwoHosts::migrate`]'s receiver) that contains `needle`.
+pub fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, limit: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < limit {
+        match rx.recv_timeout(Duration::from_millis(200)) {
+            Ok(l) if l.contains(needle) => return,
+            Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(e) => panic!("migrate's stderr ended before {needle:?}: {e}"),
+        }
+    }
+    panic!("no {needle:?} from migrate within {limit:?}");
+}
