@@ -23,7 +23,7 @@ pub fn create_is_once_and_remove_waits_for_the_owner(c: &dyn Coordinator, prefix
     assert_eq!(c.volume(&db).unwrap().as_ref(), Some(&first));
     assert!(c.volumes().unwrap().iter().any(|v| v.name == db));
     let lease = c.grant(TTL).unwrap();
-    let Claim::Won(epoch) = c.claim(&db, "a", lease, None).unwrap() else {
+    let Claim::Won(epoch, _) = c.claim(&db, "a", lease, None).unwrap() else {
         panic!("a free volume was not won")
     };
     match c.remove_volume(&db).unwrap() {
@@ -46,7 +46,7 @@ pub fn create_is_once_and_remove_waits_for_the_owner(c: &dyn Coordinator, prefix
 pub fn one_claim_wins_and_handover_needs_the_current_epoch(c: &dyn Coordinator, prefix: &str) {
     let db = format!("{prefix}db");
     let (la, lb) = (c.grant(TTL).unwrap(), c.grant(TTL).unwrap());
-    let Claim::Won(e1) = c.claim(&db, "a", la, None).unwrap() else {
+    let Claim::Won(e1, _) = c.claim(&db, "a", la, None).unwrap() else {
         panic!("a free volume was not won")
     };
     let Claim::Held(owner) = c.claim(&db, "b", lb, None).unwrap() else {
@@ -63,7 +63,7 @@ pub fn one_claim_wins_and_handover_needs_the_current_epoch(c: &dyn Coordinator, 
         ),
         "a handover from an old epoch must fail"
     );
-    let Claim::Won(e2) = c.claim(&db, "b", lb, Some(e1)).unwrap() else {
+    let Claim::Won(e2, _) = c.claim(&db, "b", lb, Some(e1)).unwrap() else {
         panic!("a handover from the current epoch must win")
     };
     assert!(e2 > e1, "{e2} after {e1}");
@@ -74,7 +74,7 @@ pub fn one_claim_wins_and_handover_needs_the_current_epoch(c: &dyn Coordinator, 
     assert!(c.release(&db, e2).unwrap());
     assert_eq!(c.owner(&db).unwrap(), None);
     // A handover whose owner already left is a free claim.
-    let Claim::Won(e3) = c.claim(&db, "a", la, Some(e2)).unwrap() else {
+    let Claim::Won(e3, _) = c.claim(&db, "a", la, Some(e2)).unwrap() else {
         panic!("a free volume was not won by a handover claim")
     };
     assert!(e3 > e2);
@@ -93,7 +93,7 @@ pub fn an_expired_lease_frees_the_volume(
     let db = format!("{prefix}db");
     let la = c.grant(TTL).unwrap();
     let lb = c.grant(Duration::from_secs(60)).unwrap();
-    let Claim::Won(ea) = c.claim(&db, "a", la, None).unwrap() else {
+    let Claim::Won(ea, _) = c.claim(&db, "a", la, None).unwrap() else {
         panic!("a free volume was not won")
     };
     c.keep_alive(la).unwrap();
@@ -120,7 +120,7 @@ pub fn an_expired_lease_frees_the_volume(
         ),
         "a claim under an expired lease must fail"
     );
-    let Claim::Won(eb) = c.claim(&db, "b", lb, None).unwrap() else {
+    let Claim::Won(eb, _) = c.claim(&db, "b", lb, None).unwrap() else {
         panic!("the freed volume was not won")
     };
     let mut standby = Fence::new();
@@ -130,4 +130,62 @@ pub fn an_expired_lease_frees_the_volume(
         "the old owner's epoch must be fenced"
     );
     c.revoke(lb).unwrap();
+}
+
+/// Every claim names who owned the volume before (read in the same
+/// transaction), and the last writer outlives its owner's lease: that is how
+/// a node learns its copy is stale. Nodes are listed while their lease lives.
+pub fn the_last_writer_outlives_the_owner_and_nodes_live_with_their_lease(
+    c: &dyn Coordinator,
+    prefix: &str,
+) {
+    let db = format!("{prefix}db");
+    let (na, nb) = (format!("{prefix}a"), format!("{prefix}b"));
+    let (la, lb) = (c.grant(TTL).unwrap(), c.grant(TTL).unwrap());
+    c.register_node(&na, b"10.0.0.1:7443", la).unwrap();
+    c.register_node(&nb, b"10.0.0.2:7443", lb).unwrap();
+    let listed = c.nodes().unwrap();
+    assert!(
+        listed.contains(&(na.clone(), b"10.0.0.1:7443".to_vec())),
+        "{listed:?}"
+    );
+    assert!(listed.iter().any(|(n, _)| *n == nb));
+    assert_eq!(c.writer(&db).unwrap(), None);
+    let Claim::Won(e1, before) = c.claim(&db, &na, la, None).unwrap() else {
+        panic!("a free volume was not won")
+    };
+    assert_eq!(before, None, "a volume never owned has no writer");
+    let w = c
+        .writer(&db)
+        .unwrap()
+        .expect("the claim records its writer");
+    assert_eq!((w.node.as_str(), w.epoch), (na.as_str(), e1));
+    assert!(c.release(&db, e1).unwrap());
+    assert_eq!(
+        c.writer(&db).unwrap().map(|w| w.epoch),
+        Some(e1),
+        "release keeps the last writer"
+    );
+    let Claim::Won(e2, before) = c.claim(&db, &nb, lb, None).unwrap() else {
+        panic!("a released volume was not won")
+    };
+    let before = before.expect("the previous writer");
+    assert_eq!((before.node.as_str(), before.epoch), (na.as_str(), e1));
+    // The owner's lease goes; its last write stays on record.
+    c.revoke(lb).unwrap();
+    assert_eq!(c.owner(&db).unwrap(), None);
+    let w = c
+        .writer(&db)
+        .unwrap()
+        .expect("the writer outlives the lease");
+    assert_eq!((w.node.as_str(), w.epoch), (nb.as_str(), e2));
+    assert!(
+        !c.nodes().unwrap().iter().any(|(n, _)| *n == nb),
+        "a node whose lease is gone is still listed"
+    );
+    // Remove takes the writer record with the volume.
+    c.create_volume(&db, b"gold").unwrap();
+    assert_eq!(c.remove_volume(&db).unwrap(), Removed::Removed);
+    assert_eq!(c.writer(&db).unwrap(), None);
+    c.revoke(la).unwrap();
 }

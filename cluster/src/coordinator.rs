@@ -32,11 +32,22 @@ pub struct VolumeEntry {
     pub created: u64,
 }
 
+/// The node that owned a volume last, and the epoch it owned it at. A copy
+/// written at any other epoch is stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Writer {
+    pub node: String,
+    pub epoch: Epoch,
+}
+
 /// The outcome of [`Coordinator::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// This node owns the volume from this epoch on.
-    Won(Epoch),
+    /// This node owns the volume from this epoch on. The second field is
+    /// who owned it before (read in the same transaction), `None` for a
+    /// volume never owned: the claimer's copy is current only if that was
+    /// itself at the epoch its copy was last written at.
+    Won(Epoch, Option<Writer>),
     /// Another owner (or a newer ownership of this node) stands.
     Held(Owner),
 }
@@ -85,7 +96,7 @@ pub trait Coordinator: Send + Sync {
     ) -> Result<(VolumeEntry, bool), CoordinatorError>;
     fn volume(&self, name: &str) -> Result<Option<VolumeEntry>, CoordinatorError>;
     fn volumes(&self) -> Result<Vec<VolumeEntry>, CoordinatorError>;
-    /// Removes the record (and nothing else) only if no node owns it.
+    /// Removes the record (and its last-writer record) only if no node owns it.
     fn remove_volume(&self, name: &str) -> Result<Removed, CoordinatorError>;
 
     fn owner(&self, volume: &str) -> Result<Option<Owner>, CoordinatorError>;
@@ -100,5 +111,18 @@ pub trait Coordinator: Send + Sync {
         handover_from: Option<Epoch>,
     ) -> Result<Claim, CoordinatorError>;
     /// Gives ownership up if `epoch` is still current; false if it was not.
+    /// The last-writer record stays.
     fn release(&self, volume: &str, epoch: Epoch) -> Result<bool, CoordinatorError>;
+    /// Who owned `volume` last (kept after the owner's lease is gone).
+    fn writer(&self, volume: &str) -> Result<Option<Writer>, CoordinatorError>;
+
+    /// Announces this node (its agent address, ...) under its lease.
+    fn register_node(
+        &self,
+        node: &str,
+        info: &[u8],
+        lease: LeaseId,
+    ) -> Result<(), CoordinatorError>;
+    /// The nodes whose lease is alive, with what they announced.
+    fn nodes(&self) -> Result<Vec<(String, Vec<u8>)>, CoordinatorError>;
 }

@@ -9,7 +9,7 @@
 
 use crate::config::EtcdConfig;
 use crate::coordinator::{
-    Claim, Coordinator, CoordinatorError, LeaseId, Owner, Removed, VolumeEntry,
+    Claim, Coordinator, CoordinatorError, LeaseId, Owner, Removed, VolumeEntry, Writer,
 };
 use crate::epoch::Epoch;
 use crate::keys::Keys;
@@ -113,6 +113,13 @@ impl EtcdCoordinator {
             record: kv.value().to_vec(),
             created: u64::try_from(kv.create_revision()).unwrap_or(0),
         }
+    }
+}
+
+fn writer_of(kv: &KeyValue) -> Writer {
+    Writer {
+        node: String::from_utf8_lossy(kv.value()).into_owned(),
+        epoch: Epoch(u64::try_from(kv.mod_revision()).unwrap_or(0)),
     }
 }
 
@@ -276,13 +283,14 @@ impl Coordinator for EtcdCoordinator {
 
     fn remove_volume(&self, name: &str) -> Result<Removed, CoordinatorError> {
         let (key, owner_key) = (self.keys.volume(name)?, self.keys.owner(name)?);
+        let writer_key = self.keys.writer(name)?;
         let txn = Txn::new()
             .when([Compare::create_revision(
                 owner_key.clone(),
                 CompareOp::Equal,
                 0,
             )])
-            .and_then([TxnOp::delete(key, None)])
+            .and_then([TxnOp::delete(key, None), TxnOp::delete(writer_key, None)])
             .or_else([TxnOp::get(owner_key, None)]);
         let resp = self.txn("remove volume", txn)?;
         if !resp.succeeded() {
@@ -291,10 +299,15 @@ impl Coordinator for EtcdCoordinator {
                 None => Removed::Absent,
             });
         }
-        let deleted = resp.op_responses().into_iter().any(|r| match r {
-            TxnOpResponse::Delete(d) => d.deleted() > 0,
-            _ => false,
-        });
+        // The first delete is the catalogue record's.
+        let deleted = resp
+            .op_responses()
+            .into_iter()
+            .next()
+            .is_some_and(|r| match r {
+                TxnOpResponse::Delete(d) => d.deleted() > 0,
+                _ => false,
+            });
         Ok(if deleted {
             Removed::Removed
         } else {
@@ -314,7 +327,7 @@ impl Coordinator for EtcdCoordinator {
         lease: LeaseId,
         handover_from: Option<Epoch>,
     ) -> Result<Claim, CoordinatorError> {
-        let key = self.keys.owner(volume)?;
+        let (key, writer_key) = (self.keys.owner(volume)?, self.keys.writer(volume)?);
         // etcd compares AND together, so "free, or still the epoch handed
         // over" is two tries: the handover first, then a free claim if the
         // owner key turned out to be gone.
@@ -327,15 +340,21 @@ impl Coordinator for EtcdCoordinator {
         for cmp in compares {
             let txn = Txn::new()
                 .when([cmp])
-                .and_then([TxnOp::put(
-                    key.clone(),
-                    node.as_bytes().to_vec(),
-                    Some(PutOptions::new().with_lease(lease.0)),
-                )])
+                // Ops run in order: the get sees the writer before this claim.
+                .and_then([
+                    TxnOp::get(writer_key.clone(), None),
+                    TxnOp::put(
+                        key.clone(),
+                        node.as_bytes().to_vec(),
+                        Some(PutOptions::new().with_lease(lease.0)),
+                    ),
+                    TxnOp::put(writer_key.clone(), node.as_bytes().to_vec(), None),
+                ])
                 .or_else([TxnOp::get(key.clone(), None)]);
             let resp = self.txn("claim", txn).map_err(|e| with_lease(e, lease))?;
             if resp.succeeded() {
-                return Ok(Claim::Won(Epoch(revision(&resp))));
+                let previous = got(&resp).as_ref().map(writer_of);
+                return Ok(Claim::Won(Epoch(revision(&resp)), previous));
             }
             if let Some(kv) = got(&resp) {
                 return Ok(Claim::Held(owner_of(&kv)));
@@ -353,5 +372,41 @@ impl Coordinator for EtcdCoordinator {
             .when([Compare::mod_revision(key.clone(), CompareOp::Equal, rev)])
             .and_then([TxnOp::delete(key, None)]);
         Ok(self.txn("release", txn)?.succeeded())
+    }
+
+    fn writer(&self, volume: &str) -> Result<Option<Writer>, CoordinatorError> {
+        let key = self.keys.writer(volume)?;
+        Ok(self.get_one("get writer", key)?.as_ref().map(writer_of))
+    }
+
+    fn register_node(
+        &self,
+        node: &str,
+        info: &[u8],
+        lease: LeaseId,
+    ) -> Result<(), CoordinatorError> {
+        let key = self.keys.node(node)?;
+        let value = info.to_vec();
+        self.call("register node", |mut c| async move {
+            c.put(key, value, Some(PutOptions::new().with_lease(lease.0)))
+                .await
+                .map(|_| ())
+        })
+        .map_err(|e| with_lease(e, lease))
+    }
+
+    fn nodes(&self) -> Result<Vec<(String, Vec<u8>)>, CoordinatorError> {
+        let prefix = self.keys.nodes_prefix();
+        let mut resp = self.call("list nodes", |mut c| async move {
+            c.get(prefix, Some(GetOptions::new().with_prefix())).await
+        })?;
+        Ok(resp
+            .take_kvs()
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                Some((self.keys.node_of(key)?.to_owned(), kv.value().to_vec()))
+            })
+            .collect())
     }
 }

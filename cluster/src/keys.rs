@@ -5,6 +5,10 @@
 //!   who created it). No lease: a volume outlives every node.
 //! - `/daffe/CLUSTER/owners/VOLUME`: the owning node, attached to that
 //!   node's lease. Its mod revision is the volume's epoch.
+//! - `/daffe/CLUSTER/writers/VOLUME`: the node that owned the volume last
+//!   and the epoch it owned it at, written with every ownership and kept when
+//!   the lease goes: a node whose copy was last written at another epoch
+//!   holds a stale copy and must not serve it.
 //! - `/daffe/CLUSTER/nodes/NODE`: a live node and its agent address,
 //!   attached to the node's lease (gone when the node is).
 
@@ -40,6 +44,10 @@ impl Keys {
         format!("{}owners/", self.root)
     }
 
+    pub fn writers_prefix(&self) -> String {
+        format!("{}writers/", self.root)
+    }
+
     pub fn nodes_prefix(&self) -> String {
         format!("{}nodes/", self.root)
     }
@@ -58,6 +66,20 @@ impl Keys {
             self.owners_prefix(),
             component("volume", volume)?
         ))
+    }
+
+    pub fn writer(&self, volume: &str) -> Result<String, BadComponent> {
+        Ok(format!(
+            "{}{}",
+            self.writers_prefix(),
+            component("volume", volume)?
+        ))
+    }
+
+    /// The node a node key names; `None` for any other key.
+    pub fn node_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let name = key.strip_prefix(self.nodes_prefix().as_str())?;
+        component("node", name).ok()
     }
 
     pub fn node(&self, node: &str) -> Result<String, BadComponent> {
@@ -100,6 +122,10 @@ mod tests {
         assert_eq!(v, "/daffe/prod/volumes/db.data_1");
         assert_eq!(k.owner("db").unwrap(), "/daffe/prod/owners/db");
         assert_eq!(k.node("swnode1").unwrap(), "/daffe/prod/nodes/swnode1");
+        assert_eq!(k.writer("db").unwrap(), "/daffe/prod/writers/db");
+        assert_eq!(k.node_of("/daffe/prod/nodes/swnode1"), Some("swnode1"));
+        assert_eq!(k.node_of("/daffe/prod/owners/swnode1"), None);
+        assert_eq!(k.volume_of("/daffe/prod/writers/db"), None);
         assert_eq!(k.volume_of(&v), Some("db.data_1"));
         assert_eq!(k.volume_of("/daffe/prod/owners/db"), Some("db"));
         // Another cluster's key, a node key, a nested key: not a volume here.
@@ -116,7 +142,7 @@ mod tests {
         for bad in ["", "../owners/db", "a/b", "a\nb"] {
             let err = k.volume(bad).unwrap_err();
             assert_eq!(err.name, bad);
-            assert!(k.owner(bad).is_err() && k.node(bad).is_err());
+            assert!(k.owner(bad).is_err() && k.node(bad).is_err() && k.writer(bad).is_err());
         }
     }
 }

@@ -31,6 +31,8 @@ pub mod lease;
 pub mod memory;
 
 pub use config::{ClusterConfig, ConfigError};
-pub use coordinator::{Claim, Coordinator, CoordinatorError, LeaseId, Owner, Removed, VolumeEntry};
+pub use coordinator::{
+    Claim, Coordinator, CoordinatorError, LeaseId, Owner, Removed, VolumeEntry, Writer,
+};
 pub use epoch::{Admitted, Epoch, Fence, StaleEpoch};
 pub use lease::{LeaseRule, Standing};

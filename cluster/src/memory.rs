@@ -6,7 +6,7 @@
 //! several nodes share one etcd cluster.
 
 use crate::coordinator::{
-    Claim, Coordinator, CoordinatorError, LeaseId, Owner, Removed, VolumeEntry,
+    Claim, Coordinator, CoordinatorError, LeaseId, Owner, Removed, VolumeEntry, Writer,
 };
 use crate::epoch::Epoch;
 use crate::keys::Keys;
@@ -35,18 +35,25 @@ struct Store {
 
 impl Store {
     fn put(&mut self, key: String, value: Vec<u8>, lease: Option<i64>) -> u64 {
+        self.put_all(vec![(key, value, lease)])
+    }
+
+    /// Several puts in one transaction: one new revision for all, as etcd.
+    fn put_all(&mut self, puts: Vec<(String, Vec<u8>, Option<i64>)>) -> u64 {
         self.revision += 1;
         let rev = self.revision;
-        let create_rev = self.kv.get(&key).map_or(rev, |k| k.create_rev);
-        self.kv.insert(
-            key,
-            Kv {
-                value,
-                create_rev,
-                mod_rev: rev,
-                lease,
-            },
-        );
+        for (key, value, lease) in puts {
+            let create_rev = self.kv.get(&key).map_or(rev, |k| k.create_rev);
+            self.kv.insert(
+                key,
+                Kv {
+                    value,
+                    create_rev,
+                    mod_rev: rev,
+                    lease,
+                },
+            );
+        }
         rev
     }
 
@@ -147,6 +154,14 @@ impl MemoryCoordinator {
         }
     }
 
+    fn writer_of(s: &Store, key: &str) -> Option<Writer> {
+        let kv = s.kv.get(key)?;
+        Some(Writer {
+            node: String::from_utf8_lossy(&kv.value).into_owned(),
+            epoch: Epoch(kv.mod_rev),
+        })
+    }
+
     fn owner_of(s: &Store, key: &str) -> Option<Owner> {
         let kv = s.kv.get(key)?;
         Some(Owner {
@@ -218,10 +233,12 @@ impl Coordinator for MemoryCoordinator {
 
     fn remove_volume(&self, name: &str) -> Result<Removed, CoordinatorError> {
         let (key, owner_key) = (self.keys.volume(name)?, self.keys.owner(name)?);
+        let writer_key = self.keys.writer(name)?;
         let mut s = self.lock()?;
         if let Some(owner) = Self::owner_of(&s, &owner_key) {
             return Ok(Removed::Owned(owner));
         }
+        s.kv.remove(&writer_key);
         Ok(if s.delete(&key) {
             Removed::Removed
         } else {
@@ -242,7 +259,7 @@ impl Coordinator for MemoryCoordinator {
         lease: LeaseId,
         handover_from: Option<Epoch>,
     ) -> Result<Claim, CoordinatorError> {
-        let key = self.keys.owner(volume)?;
+        let (key, writer_key) = (self.keys.owner(volume)?, self.keys.writer(volume)?);
         let mut s = self.lock()?;
         match (Self::owner_of(&s, &key), handover_from) {
             (None, _) => {}
@@ -251,8 +268,41 @@ impl Coordinator for MemoryCoordinator {
         }
         // As etcd: the lease is checked only by the put it is attached to.
         s.live_lease(lease)?;
-        let rev = s.put(key, node.as_bytes().to_vec(), Some(lease.0));
-        Ok(Claim::Won(Epoch(rev)))
+        let previous = Self::writer_of(&s, &writer_key);
+        let rev = s.put_all(vec![
+            (key, node.as_bytes().to_vec(), Some(lease.0)),
+            (writer_key, node.as_bytes().to_vec(), None),
+        ]);
+        Ok(Claim::Won(Epoch(rev), previous))
+    }
+
+    fn writer(&self, volume: &str) -> Result<Option<Writer>, CoordinatorError> {
+        let key = self.keys.writer(volume)?;
+        let s = self.lock()?;
+        Ok(Self::writer_of(&s, &key))
+    }
+
+    fn register_node(
+        &self,
+        node: &str,
+        info: &[u8],
+        lease: LeaseId,
+    ) -> Result<(), CoordinatorError> {
+        let key = self.keys.node(node)?;
+        let mut s = self.lock()?;
+        s.live_lease(lease)?;
+        s.put(key, info.to_vec(), Some(lease.0));
+        Ok(())
+    }
+
+    fn nodes(&self) -> Result<Vec<(String, Vec<u8>)>, CoordinatorError> {
+        let prefix = self.keys.nodes_prefix();
+        let s = self.lock()?;
+        Ok(s.kv
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .filter_map(|(k, kv)| Some((self.keys.node_of(k)?.to_owned(), kv.value.clone())))
+            .collect())
     }
 
     fn release(&self, volume: &str, epoch: Epoch) -> Result<bool, CoordinatorError> {
@@ -280,6 +330,7 @@ mod tests {
         c::create_is_once_and_remove_waits_for_the_owner(&etcd, "t1-");
         c::one_claim_wins_and_handover_needs_the_current_epoch(&etcd, "t2-");
         c::an_expired_lease_frees_the_volume(&etcd, "t3-", &|d| etcd.advance(d));
+        c::the_last_writer_outlives_the_owner_and_nodes_live_with_their_lease(&etcd, "t4-");
     }
 
     #[test]
@@ -329,7 +380,7 @@ mod tests {
             let rule = LeaseRule::new(TTL, Duration::from_secs(2));
             let la = etcd.grant(TTL).unwrap();
             let mut acked_sent = etcd.now_ms();
-            let Claim::Won(_) = etcd.claim("db", "a", la, None).unwrap() else { panic!() };
+            let Claim::Won(_, _) = etcd.claim("db", "a", la, None).unwrap() else { panic!() };
             let lb = etcd.grant(Duration::from_secs(3_600)).unwrap();
             // (arrives at etcd, reply back at the owner, sent), in ms, of
             // every keep-alive not lost.
@@ -363,7 +414,7 @@ mod tests {
                 {
                     fenced_at = Some(now);
                 }
-                if let Claim::Won(_) = etcd.claim("db", "b", lb, None).unwrap() {
+                if let Claim::Won(_, _) = etcd.claim("db", "b", lb, None).unwrap() {
                     prop_assert!(
                         fenced_at.is_some_and(|f| f < now),
                         "b won at {now} ms while a could still write (fenced at {fenced_at:?})"

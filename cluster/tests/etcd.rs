@@ -108,6 +108,7 @@ fn behaves_as_the_double() {
     conformance::create_is_once_and_remove_waits_for_the_owner(&c, "t1-");
     conformance::one_claim_wins_and_handover_needs_the_current_epoch(&c, "t2-");
     conformance::an_expired_lease_frees_the_volume(&c, "t3-", &std::thread::sleep);
+    conformance::the_last_writer_outlives_the_owner_and_nodes_live_with_their_lease(&c, "t4-");
 }
 
 #[test]
