@@ -18,14 +18,15 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 # node namespace. protobuf-compiler: the etcd client crate compiles etcd's
 # .proto files at build time and needs protoc plus the well-known types
 # (google/protobuf/descriptor.proto) from libprotobuf-dev, which protoc only
-# recommends (and we install without recommends).
+# recommends (and we install without recommends). xfsprogs: xfs_io shuts a
+# fenced block volume's filesystem down in cluster mode (ext4 and XFS).
 # debootstrap makes the clean root the Debian package test installs into;
 # binutils strips the packaged binary; systemd's systemd-analyze checks the
 # units.
 DAFFE_PACKAGES=(docker.io docker-compose containerd runc rsync casync e2fsprogs busybox-static
     python3-venv iproute2 attr acl util-linux kmod time jq curl bc procps
     postgresql-15 postgresql-client-15 postgresql-contrib
-    etcd-server etcd-client protobuf-compiler libprotobuf-dev
+    etcd-server etcd-client protobuf-compiler libprotobuf-dev xfsprogs
     debootstrap binutils systemd)
 
 need_root() { [ "$(id -u)" = 0 ] || die "run as root (the plugin mounts filesystems and talks to dockerd)"; }

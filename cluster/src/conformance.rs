@@ -155,10 +155,9 @@ pub fn the_last_writer_outlives_the_owner_and_nodes_live_with_their_lease(
         panic!("a free volume was not won")
     };
     assert_eq!(before, None, "a volume never owned has no writer");
-    let w = c
-        .writer(&db)
-        .unwrap()
-        .expect("the claim records its writer");
+    assert_eq!(c.writer(&db).unwrap(), None, "a claim alone writes nothing");
+    assert!(c.record_writer(&db, &na, e1).unwrap());
+    let w = c.writer(&db).unwrap().expect("the recorded writer");
     assert_eq!((w.node.as_str(), w.epoch), (na.as_str(), e1));
     assert!(c.release(&db, e1).unwrap());
     assert_eq!(
@@ -171,6 +170,16 @@ pub fn the_last_writer_outlives_the_owner_and_nodes_live_with_their_lease(
     };
     let before = before.expect("the previous writer");
     assert_eq!((before.node.as_str(), before.epoch), (na.as_str(), e1));
+    assert!(
+        !c.record_writer(&db, &na, e1).unwrap(),
+        "an old owner recorded itself as the writer"
+    );
+    assert!(c.record_writer(&db, &nb, e2).unwrap());
+    assert!(
+        !c.record_writer(&db, &na, e1).unwrap(),
+        "an old owner recorded itself as the writer"
+    );
+    assert!(c.record_writer(&db, &nb, e2).unwrap());
     // The owner's lease goes; its last write stays on record.
     c.revoke(lb).unwrap();
     assert_eq!(c.owner(&db).unwrap(), None);

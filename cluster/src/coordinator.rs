@@ -32,21 +32,39 @@ pub struct VolumeEntry {
     pub created: u64,
 }
 
-/// The node that owned a volume last, and the epoch it owned it at. A copy
-/// written at any other epoch is stale.
+/// The node that wrote a volume last, and the epoch it owned it at. A copy
+/// written at any other epoch is stale. Stored as `NODE@EPOCH`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Writer {
     pub node: String,
     pub epoch: Epoch,
 }
 
+impl Writer {
+    pub fn encode(&self) -> Vec<u8> {
+        format!("{}@{}", self.node, self.epoch.0).into_bytes()
+    }
+
+    /// `None` for a value no daffe wrote.
+    pub fn decode(bytes: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(bytes).ok()?;
+        let (node, epoch) = s.rsplit_once('@')?;
+        Some(Self {
+            node: node.to_owned(),
+            epoch: Epoch(epoch.parse().ok()?),
+        })
+    }
+}
+
 /// The outcome of [`Coordinator::claim`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
     /// This node owns the volume from this epoch on. The second field is
-    /// who owned it before (read in the same transaction), `None` for a
-    /// volume never owned: the claimer's copy is current only if that was
-    /// itself at the epoch its copy was last written at.
+    /// the last writer (read in the same transaction), `None` for a volume
+    /// never written: the claimer's copy is current only if that was itself
+    /// at the epoch its copy was last written at. The claimer records
+    /// itself as the writer ([`Coordinator::record_writer`]) only once it
+    /// knows its copy is current, so a refused stale claim changes nothing.
     Won(Epoch, Option<Writer>),
     /// Another owner (or a newer ownership of this node) stands.
     Held(Owner),
@@ -113,8 +131,16 @@ pub trait Coordinator: Send + Sync {
     /// Gives ownership up if `epoch` is still current; false if it was not.
     /// The last-writer record stays.
     fn release(&self, volume: &str, epoch: Epoch) -> Result<bool, CoordinatorError>;
-    /// Who owned `volume` last (kept after the owner's lease is gone).
+    /// Who wrote `volume` last (kept after the owner's lease is gone).
     fn writer(&self, volume: &str) -> Result<Option<Writer>, CoordinatorError>;
+    /// Records `node` as the writer at `epoch`, if `epoch` is still the
+    /// owner's; false if it is not (ownership already lost).
+    fn record_writer(
+        &self,
+        volume: &str,
+        node: &str,
+        epoch: Epoch,
+    ) -> Result<bool, CoordinatorError>;
 
     /// Announces this node (its agent address, ...) under its lease.
     fn register_node(

@@ -116,13 +116,6 @@ impl EtcdCoordinator {
     }
 }
 
-fn writer_of(kv: &KeyValue) -> Writer {
-    Writer {
-        node: String::from_utf8_lossy(kv.value()).into_owned(),
-        epoch: Epoch(u64::try_from(kv.mod_revision()).unwrap_or(0)),
-    }
-}
-
 fn owner_of(kv: &KeyValue) -> Owner {
     Owner {
         node: String::from_utf8_lossy(kv.value()).into_owned(),
@@ -340,7 +333,6 @@ impl Coordinator for EtcdCoordinator {
         for cmp in compares {
             let txn = Txn::new()
                 .when([cmp])
-                // Ops run in order: the get sees the writer before this claim.
                 .and_then([
                     TxnOp::get(writer_key.clone(), None),
                     TxnOp::put(
@@ -348,12 +340,11 @@ impl Coordinator for EtcdCoordinator {
                         node.as_bytes().to_vec(),
                         Some(PutOptions::new().with_lease(lease.0)),
                     ),
-                    TxnOp::put(writer_key.clone(), node.as_bytes().to_vec(), None),
                 ])
                 .or_else([TxnOp::get(key.clone(), None)]);
             let resp = self.txn("claim", txn).map_err(|e| with_lease(e, lease))?;
             if resp.succeeded() {
-                let previous = got(&resp).as_ref().map(writer_of);
+                let previous = got(&resp).and_then(|kv| Writer::decode(kv.value()));
                 return Ok(Claim::Won(Epoch(revision(&resp)), previous));
             }
             if let Some(kv) = got(&resp) {
@@ -376,7 +367,27 @@ impl Coordinator for EtcdCoordinator {
 
     fn writer(&self, volume: &str) -> Result<Option<Writer>, CoordinatorError> {
         let key = self.keys.writer(volume)?;
-        Ok(self.get_one("get writer", key)?.as_ref().map(writer_of))
+        Ok(self
+            .get_one("get writer", key)?
+            .and_then(|kv| Writer::decode(kv.value())))
+    }
+
+    fn record_writer(
+        &self,
+        volume: &str,
+        node: &str,
+        epoch: Epoch,
+    ) -> Result<bool, CoordinatorError> {
+        let (key, writer_key) = (self.keys.owner(volume)?, self.keys.writer(volume)?);
+        let rev = i64::try_from(epoch.0).unwrap_or(i64::MAX);
+        let w = Writer {
+            node: node.to_owned(),
+            epoch,
+        };
+        let txn = Txn::new()
+            .when([Compare::mod_revision(key, CompareOp::Equal, rev)])
+            .and_then([TxnOp::put(writer_key, w.encode(), None)]);
+        Ok(self.txn("record writer", txn)?.succeeded())
     }
 
     fn register_node(

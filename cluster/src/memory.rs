@@ -35,25 +35,18 @@ struct Store {
 
 impl Store {
     fn put(&mut self, key: String, value: Vec<u8>, lease: Option<i64>) -> u64 {
-        self.put_all(vec![(key, value, lease)])
-    }
-
-    /// Several puts in one transaction: one new revision for all, as etcd.
-    fn put_all(&mut self, puts: Vec<(String, Vec<u8>, Option<i64>)>) -> u64 {
         self.revision += 1;
         let rev = self.revision;
-        for (key, value, lease) in puts {
-            let create_rev = self.kv.get(&key).map_or(rev, |k| k.create_rev);
-            self.kv.insert(
-                key,
-                Kv {
-                    value,
-                    create_rev,
-                    mod_rev: rev,
-                    lease,
-                },
-            );
-        }
+        let create_rev = self.kv.get(&key).map_or(rev, |k| k.create_rev);
+        self.kv.insert(
+            key,
+            Kv {
+                value,
+                create_rev,
+                mod_rev: rev,
+                lease,
+            },
+        );
         rev
     }
 
@@ -155,11 +148,7 @@ impl MemoryCoordinator {
     }
 
     fn writer_of(s: &Store, key: &str) -> Option<Writer> {
-        let kv = s.kv.get(key)?;
-        Some(Writer {
-            node: String::from_utf8_lossy(&kv.value).into_owned(),
-            epoch: Epoch(kv.mod_rev),
-        })
+        Writer::decode(&s.kv.get(key)?.value)
     }
 
     fn owner_of(s: &Store, key: &str) -> Option<Owner> {
@@ -269,11 +258,29 @@ impl Coordinator for MemoryCoordinator {
         // As etcd: the lease is checked only by the put it is attached to.
         s.live_lease(lease)?;
         let previous = Self::writer_of(&s, &writer_key);
-        let rev = s.put_all(vec![
-            (key, node.as_bytes().to_vec(), Some(lease.0)),
-            (writer_key, node.as_bytes().to_vec(), None),
-        ]);
+        let rev = s.put(key, node.as_bytes().to_vec(), Some(lease.0));
         Ok(Claim::Won(Epoch(rev), previous))
+    }
+
+    fn record_writer(
+        &self,
+        volume: &str,
+        node: &str,
+        epoch: Epoch,
+    ) -> Result<bool, CoordinatorError> {
+        let (key, writer_key) = (self.keys.owner(volume)?, self.keys.writer(volume)?);
+        let mut s = self.lock()?;
+        match Self::owner_of(&s, &key) {
+            Some(cur) if cur.epoch == epoch => {
+                let w = Writer {
+                    node: node.to_owned(),
+                    epoch,
+                };
+                s.put(writer_key, w.encode(), None);
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     fn writer(&self, volume: &str) -> Result<Option<Writer>, CoordinatorError> {

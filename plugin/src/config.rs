@@ -12,9 +12,16 @@
 //! [profiles.silver.local]                      # see profiles::Catalog
 //! format = "block"
 //! default_size = "5G"
+//! [cluster]                                    # cluster mode; see cluster::config
+//! name = "prod"
+//! node = "swnode1"
+//! agent = "10.0.0.1:7443"
+//! [cluster.etcd]
+//! endpoints = ["http://10.0.0.1:2379"]
 //! ```
 
 use crate::backend::ebs::EbsConfig;
+use cluster::ClusterConfig;
 use profiles::{BackendKind, Catalog, CatalogError};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
@@ -34,6 +41,7 @@ struct File {
     data_root: Option<PathBuf>,
     backend: Option<BackendKind>,
     aws: Option<EbsConfig>,
+    cluster: Option<ClusterConfig>,
     /// Parsed by [`Catalog::from_config_toml`].
     #[serde(default)]
     #[allow(dead_code)]
@@ -50,6 +58,8 @@ pub(crate) struct Config {
     /// `[aws]`: the EBS backend's and the migration commands' AWS settings.
     pub(crate) aws: EbsConfig,
     pub(crate) catalog: Catalog,
+    /// `[cluster]`: cluster mode. `None`: a single host, as before.
+    pub(crate) cluster: Option<ClusterConfig>,
     /// The file read, if any.
     pub(crate) source: Option<PathBuf>,
 }
@@ -65,6 +75,11 @@ pub(crate) enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {source}")]
     Profiles { path: PathBuf, source: CatalogError },
+    #[error("config {path}: {source}")]
+    Cluster {
+        path: PathBuf,
+        source: cluster::ConfigError,
+    },
     #[error("config {path}: {key} must be an absolute path, not {value}")]
     Relative {
         path: PathBuf,
@@ -82,6 +97,7 @@ impl Default for Config {
             backend: BackendKind::Local,
             aws: EbsConfig::default(),
             catalog: Catalog::builtin(),
+            cluster: None,
             source: None,
         }
     }
@@ -120,8 +136,15 @@ impl Config {
             backend: file.backend.unwrap_or(d.backend),
             aws: file.aws.unwrap_or_default(),
             catalog,
+            cluster: file.cluster,
             source: Some(path.to_owned()),
         };
+        if let Some(c) = &cfg.cluster {
+            c.validate().map_err(|source| ConfigError::Cluster {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
         for (key, value) in [
             ("socket", &cfg.socket),
             ("control_socket", &cfg.control_socket),
@@ -170,6 +193,14 @@ mod tests {
         assert_eq!(c.backend, BackendKind::Ebs);
         assert_eq!(c.catalog.names().to_string(), "default, gold, silver");
         assert_eq!(c.store_path(), Path::new("/srv/daffe/state/daffe.redb"));
+        assert_eq!(c.cluster, None);
+        let with = format!(
+            "{text}\n[cluster]\nname = \"prod\"\nnode = \"n1\"\nagent = \"10.0.0.1:7443\"\n[cluster.etcd]\nendpoints = [\"http://10.0.0.1:2379\"]\n"
+        );
+        let c = Config::parse(&with, Path::new("t.toml")).unwrap();
+        let cl = c.cluster.expect("[cluster] parsed");
+        assert_eq!((cl.name.as_str(), cl.node.as_str()), ("prod", "n1"));
+        assert_eq!(cl.lease_ttl, 10);
     }
 
     #[test]
@@ -187,6 +218,11 @@ mod tests {
             ("backend = \"nfs\"", "unknown variant"),
             ("[aws]\nzone = \"x\"", "unknown field"),
             ("data_root = \"rel\"", "data_root must be an absolute path"),
+            (
+                "[cluster]\nname = \"p\"\nnode = \"a\"\nagent = \"x\"\n[cluster.etcd]\nendpoints = [\"http://127.0.0.1:2379\"]",
+                "not HOST:PORT",
+            ),
+            ("[cluster]\nname = \"p\"", "missing field"),
             (
                 "[profiles.x.local]\nformat = \"tape\"",
                 "invalid profiles config",

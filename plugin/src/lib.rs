@@ -29,6 +29,9 @@
 //!   instance's identity.
 //! - [`migrate`]: moving a volume to another host or zone (`daffe migrate`,
 //!   `daffe agent`): the source's state machine, the agent, the EBS sequence.
+//! - [`clustering`]: cluster mode (`[cluster]`): this node's etcd lease,
+//!   ownership and epochs, the fence watchdog; the rules are the `cluster`
+//!   crate's.
 //! - [`config`]: `daffe serve` configuration; [`time`]: RFC 3339 times.
 //!
 //! No module imports one that imports it back (no import cycles); test
@@ -39,6 +42,7 @@ mod aws;
 mod backend;
 mod bounded;
 pub mod cli;
+mod clustering;
 mod config;
 mod control;
 mod migrate;

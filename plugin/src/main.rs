@@ -34,6 +34,8 @@ enum Command {
     /// Write shell completions or man pages (run when packaging).
     #[command(hide = true)]
     Generate(cli::generate::GenerateArgs),
+    /// Cluster mode (`[cluster]`): nodes, volumes, owners and epochs.
+    Cluster(cli::cluster::ClusterArgs),
     /// Follow the clients: observe where requests come from, advise where
     /// to serve them, simulate a circadian day, forward the old address.
     Placement(cli::placement::PlacementArgs),
@@ -51,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Status(a) => cli::status::run(a),
         Command::Generate(a) => cli::generate::run(a, Cli::command()),
         Command::Placement(a) => cli::placement::run(a),
+        Command::Cluster(a) => cli::cluster::run(a),
     }
 }
 

@@ -18,7 +18,7 @@ pub(crate) type ListCache = std::sync::Mutex<Option<(u64, bytes::Bytes)>>;
 
 fn list(svc: &VolumeService, cache: &ListCache) -> Reply {
     let generation = svc.generation();
-    {
+    if let Some(generation) = generation {
         let c = cache.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((g, bytes)) = &*c
             && *g == generation
@@ -26,6 +26,16 @@ fn list(svc: &VolumeService, cache: &ListCache) -> Reply {
             return Reply::raw(bytes.clone());
         }
     }
+    list_reply(svc.list(), generation, cache)
+}
+
+/// List's reply, kept in the cache under `generation` when there is one
+/// (none in cluster mode, where other nodes change the catalogue).
+fn list_reply(
+    listed: Result<Vec<(String, std::path::PathBuf)>, crate::service::ServiceError>,
+    generation: Option<u64>,
+    cache: &ListCache,
+) -> Reply {
     #[derive(serde::Serialize)]
     struct Entry<'a> {
         #[serde(rename = "Name")]
@@ -40,7 +50,7 @@ fn list(svc: &VolumeService, cache: &ListCache) -> Reply {
         #[serde(rename = "Err")]
         err: &'a str,
     }
-    match svc.list() {
+    match listed {
         Ok(vs) => {
             let body = ListReply {
                 volumes: vs
@@ -50,7 +60,10 @@ fn list(svc: &VolumeService, cache: &ListCache) -> Reply {
                 err: "",
             };
             let bytes = bytes::Bytes::from(serde_json::to_vec(&body).unwrap_or_default());
-            *cache.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, bytes.clone()));
+            if let Some(generation) = generation {
+                *cache.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((generation, bytes.clone()));
+            }
             Reply::raw(bytes)
         }
         Err(e) => Reply::from(e),
@@ -90,6 +103,23 @@ pub(crate) async fn handle(
             bounded::run("unmount", &n, limits.fast, move |_| svc.unmount(&name, &id))
                 .await
                 .map(|()| Reply::ok(json!({})))
+        }
+        // Cluster mode: these ask etcd (bounded), off the async threads.
+        Request::Path { name } if svc.cluster().is_some() => {
+            let n = name.clone();
+            bounded::run("path", &n, limits.fast, move |_| svc.path(&name))
+                .await
+                .map(|p| Reply::ok(json!({ "Mountpoint": p })))
+        }
+        Request::Get { name } if svc.cluster().is_some() => {
+            let n = name.clone();
+            bounded::run("get", &n, limits.fast, move |_| svc.get_clustered(&name))
+                .await
+                .map(|v| Reply::ok(json!({ "Volume": volume_json(&v) })))
+        }
+        Request::List if svc.cluster().is_some() => {
+            let listed = bounded::run("list", "", limits.fast, move |_| svc.list()).await;
+            return list_reply(listed, None, list_cache);
         }
         // Path, Get and List read the store only (microseconds, no volume
         // lock), so they run inline: Get's latency is dockerd's Create latency.

@@ -1,6 +1,7 @@
 //! One module per `daffe` subcommand: its clap argument struct and its `run`.
 
 pub mod agent;
+pub mod cluster;
 pub(crate) mod exit;
 pub mod generate;
 pub(crate) mod logging;

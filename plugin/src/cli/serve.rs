@@ -47,6 +47,10 @@ enum ServeError {
     Root(#[from] crate::state::roots::RootOutside),
     #[error(transparent)]
     Peer(#[from] crate::peer::PeerError),
+    #[error("cluster mode: {0}")]
+    Cluster(#[from] crate::clustering::ClusterError),
+    #[error("cluster mode: starting the fence watchdog: {0}")]
+    Watchdog(std::io::Error),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
     #[error("making the data root {} private: {source}", path.display())]
@@ -94,8 +98,12 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let mut svc = VolumeService::new(records, storage, cfg.catalog.clone(), cfg.data_root.clone());
     svc.persist_profiles(&cfg.data_root.join("state"))?;
     crate::state::roots::check_catalog(&svc.catalog(), &cfg.data_root)?;
+    if let Some(c) = &cfg.cluster {
+        svc.set_cluster(join(c, &cfg.data_root)?);
+    }
     let svc = Arc::new(svc);
     svc.recover()?;
+    svc.join_cluster()?;
     // Records for volumes the storage has and the store lacks (EBS: tagged
     // for this host). A failure (AWS unreachable) must not keep the daemon
     // from serving the volumes it knows: dockerd forgets volumes whose
@@ -171,6 +179,23 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // Volumes stay mounted across a daemon stop on purpose: running
     // containers keep using them, and the persisted counts pick up after.
     result
+}
+
+/// Cluster mode: the fence watchdog first (so a heartbeat never goes
+/// unwatched), then etcd, this node's lease, and the keeper thread.
+fn join(
+    c: &cluster::ClusterConfig,
+    data_root: &std::path::Path,
+) -> Result<Arc<crate::clustering::ClusterNode>, ServeError> {
+    use crate::clustering::{ClusterNode, ETCD_TIMEOUT, fencing};
+    let heartbeat = data_root.join("state").join("fence.json");
+    fencing::start_watchdog(&heartbeat).map_err(ServeError::Watchdog)?;
+    let etcd = cluster::etcd::EtcdCoordinator::connect(&c.name, &c.etcd, ETCD_TIMEOUT)
+        .map_err(crate::clustering::ClusterError::from)?;
+    let node = ClusterNode::start(c.clone(), Arc::new(etcd), heartbeat)?;
+    node.spawn_keeper();
+    tracing::info!(cluster = %c.name, node = %c.node, agent = %c.agent, "cluster mode");
+    Ok(node)
 }
 
 /// SIGTERM (systemd, dockerd stopping a managed plugin) or SIGINT.

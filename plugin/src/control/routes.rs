@@ -60,6 +60,7 @@ impl Limits {
             | R::Volumes
             | R::Status
             | R::Health
+            | R::Cluster
             | R::Volume { .. }
             | R::Transfer { .. }
             | R::Move { .. }
@@ -168,6 +169,17 @@ fn answer(
                 "volumes": volumes,
             }))
         }
+        R::Cluster => match svc.cluster() {
+            Some(c) => json(c.status().map_err(ServiceError::from)?),
+            None => {
+                return Err(ServiceError::Refused {
+                    op: "cluster status",
+                    name: String::new(),
+                    reason: "this daemon is not in cluster mode (no [cluster] in its config)"
+                        .into(),
+                });
+            }
+        },
         R::Volume { name } => json(svc.inspect(&name)?),
         R::SetProfile { name, profile } => json(svc.set_profile(&name, &profile)?),
         R::Transfer { name } => json(svc.transfer_paths(&name)?),

@@ -88,6 +88,7 @@ impl VolumeService {
                 state: VolumeState::Ready,
                 mounts: Mounts::default(),
                 received_from: None,
+                cluster: None,
             };
             self.records.put(&rec)?;
             tracing::info!(volume = %rec.docker_name, id = %f.storage_id, "record rebuilt from the storage");

@@ -6,6 +6,7 @@
 
 use crate::backend::BackendError;
 use crate::bounded::BoundedError;
+use crate::clustering::ClusterError;
 use crate::state::StoreError;
 use crate::state::catalog::CatalogStoreError;
 use profiles::{CatalogError, RequestError, ResolveError};
@@ -70,6 +71,8 @@ pub(crate) enum ServiceError {
     Catalog(#[from] CatalogError),
     #[error(transparent)]
     CatalogStore(#[from] CatalogStoreError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     #[error("{op} of volume {name:?}: internal error: {message}")]
     Internal {
         op: &'static str,
@@ -117,6 +120,14 @@ impl ServiceError {
             E::NotMountable { moved: false, .. } => ErrorCode::NotMountable,
             E::Migration { .. } | E::Refused { .. } => ErrorCode::Refused,
             E::Bounded(BoundedError::Timeout { .. }) => ErrorCode::Timeout,
+            E::Cluster(ClusterError::Owned { .. } | ClusterError::OwnedElsewhere { .. }) => {
+                ErrorCode::InUse
+            }
+            E::Cluster(ClusterError::Stale { .. } | ClusterError::Fenced) => {
+                ErrorCode::NotMountable
+            }
+            E::Cluster(ClusterError::Record(_)) => ErrorCode::Refused,
+            E::Cluster(ClusterError::Etcd(_)) => ErrorCode::Failed,
             E::Store(_)
             | E::Backend(_)
             | E::CatalogStore(_)

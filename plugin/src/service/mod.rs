@@ -14,6 +14,8 @@
 //! - [`ebs`]: records rebuilt from EBS at start; the EBS zone-migration
 //!   steps.
 //! - [`profile_change`]: set-profile and profile definitions.
+//! - [`clustered`]: what cluster mode adds to Docker's semantics (the
+//!   cluster-wide catalogue, ownership at Mount); nothing without `[cluster]`.
 //!
 //! Every record write goes through [`Records`], which keeps List's cache
 //! right; nothing here holds the store itself.
@@ -25,6 +27,7 @@
 //! - Operations on one volume run one at a time (a per-NAME lock); different
 //!   volumes proceed in parallel.
 
+mod clustered;
 pub(crate) mod ebs;
 mod error;
 pub(crate) mod migrate;
@@ -39,6 +42,7 @@ pub(crate) use volumes::{VolumeInfo, VolumeView};
 
 use crate::backend::ebs::EbsBackend;
 use crate::backend::{Backend, Storage, VolumeRef};
+use crate::clustering::ClusterNode;
 use crate::state::Records;
 use crate::state::catalog::SharedCatalog;
 use crate::state::record::{Mounts, VolumeRecord, VolumeState};
@@ -57,6 +61,8 @@ pub(crate) struct VolumeService {
     catalog: SharedCatalog,
     data_root: PathBuf,
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Cluster mode (`[cluster]`); `None`: a single host.
+    cluster: Option<Arc<ClusterNode>>,
 }
 
 /// Locks a std mutex, ignoring poisoning: the data behind these locks is
@@ -79,7 +85,17 @@ impl VolumeService {
             catalog: SharedCatalog::new(catalog),
             data_root,
             locks: Mutex::new(HashMap::new()),
+            cluster: None,
         }
+    }
+
+    /// Turns cluster mode on (once, at start, before serving).
+    pub(crate) fn set_cluster(&mut self, node: Arc<ClusterNode>) {
+        self.cluster = Some(node);
+    }
+
+    pub(crate) fn cluster(&self) -> Option<&Arc<ClusterNode>> {
+        self.cluster.as_ref()
     }
 
     /// The profiles now (a snapshot: a later definition does not change it).
@@ -101,9 +117,10 @@ impl VolumeService {
     }
 
     /// Counts record writes; equal values mean nothing changed between
-    /// (List's cache is keyed by it).
-    pub(crate) fn generation(&self) -> u64 {
-        self.records.generation()
+    /// (List's cache is keyed by it). `None` in cluster mode: other nodes
+    /// change the catalogue without this node's records moving.
+    pub(crate) fn generation(&self) -> Option<u64> {
+        self.cluster.is_none().then(|| self.records.generation())
     }
 
     fn volume_lock(&self, name: &str) -> Arc<Mutex<()>> {
@@ -166,6 +183,7 @@ impl VolumeService {
             state,
             mounts: Mounts::default(),
             received_from: None,
+            cluster: None,
         })
     }
 

@@ -18,7 +18,7 @@
 use super::{ServiceError, VolumeService, in_use, lock, short_id, vref};
 use crate::backend::{Status, usage};
 use crate::bounded::{BoundedError, Fence};
-use crate::state::record::{VolumeRecord, VolumeState};
+use crate::state::record::{ClusterFacts, VolumeRecord, VolumeState};
 use profiles::{LocalFormat, Settings};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -67,22 +67,55 @@ impl VolumeService {
         let req = self.catalog.request(docker_name, opts)?;
         let vlock = self.volume_lock(&req.name);
         let _g = lock(&vlock);
+        // Cluster mode: the catalogue decides first (one volume cluster-wide).
+        let catalogued = self.catalogue_create(&req, opts)?;
         if let Some(mut existing) = self.records.get(&req.name)? {
-            if existing.profile == req.profile {
-                // docker now holds this name too: record the handle.
-                if !existing.knows(docker_name) {
-                    existing.aliases.insert(docker_name.to_owned());
-                    self.records.put(&existing)?;
+            let facts = existing.cluster.as_ref().map(|f| f.created);
+            match (catalogued, facts) {
+                // A copy of an earlier volume of this name, removed elsewhere
+                // and made again: not this volume's data.
+                (Some(now), Some(was)) if now != was => {
+                    if !existing.mounts.is_empty() {
+                        return Err(in_use(&existing));
+                    }
+                    tracing::warn!(volume = %existing.docker_name, "dropping the copy of an earlier volume of this name");
+                    self.backend.remove(vref(&existing))?;
+                    self.records.delete(&existing.name)?;
                 }
-                return Ok(());
+                _ if existing.profile == req.profile => {
+                    let mut changed = false;
+                    // A volume made before cluster mode joins the catalogue.
+                    if let (Some(now), None) = (catalogued, facts) {
+                        existing.cluster = Some(ClusterFacts {
+                            created: now,
+                            epoch: None,
+                        });
+                        changed = true;
+                    }
+                    // docker now holds this name too: record the handle.
+                    if !existing.knows(docker_name) {
+                        existing.aliases.insert(docker_name.to_owned());
+                        changed = true;
+                    }
+                    if changed {
+                        self.records.put(&existing)?;
+                    }
+                    return Ok(());
+                }
+                _ => {
+                    return Err(ServiceError::Exists {
+                        name: req.name,
+                        existing: existing.docker_name,
+                        profile: existing.profile,
+                    });
+                }
             }
-            return Err(ServiceError::Exists {
-                name: req.name,
-                existing: existing.docker_name,
-                profile: existing.profile,
-            });
         }
         let mut rec = self.new_record(req, opts, VolumeState::Creating)?;
+        rec.cluster = catalogued.map(|created| ClusterFacts {
+            created,
+            epoch: None,
+        });
         self.create_storage(&rec, |_| Ok(()))?;
         rec.state = VolumeState::Ready;
         self.records.put(&rec)?;
@@ -91,6 +124,11 @@ impl VolumeService {
     }
 
     pub(crate) fn remove(&self, docker_name: &str) -> Result<(), ServiceError> {
+        if self.cluster.is_some()
+            && matches!(self.find(docker_name), Err(ServiceError::NotFound(_)))
+        {
+            return self.remove_uncopied(docker_name);
+        }
         self.locked(docker_name, |mut rec| {
             if !rec.mounts.is_empty() {
                 return Err(in_use(&rec));
@@ -108,7 +146,9 @@ impl VolumeService {
                 tracing::info!(volume = %rec.name, name = docker_name, "docker name dropped; the volume stays for its other names");
                 return Ok(());
             }
-            // Storage first: if that fails the record stays, and a retry finds it.
+            // The catalogue first (cluster mode): refused while a node owns it.
+            self.catalogue_remove(&rec.name)?;
+            // Storage next: if that fails the record stays, and a retry finds it.
             self.backend.remove(vref(&rec))?;
             self.records.delete(&rec.name)?;
             tracing::info!(volume = %rec.docker_name, "removed");
@@ -143,15 +183,26 @@ impl VolumeService {
                 });
             }
             let first = rec.mounts.is_empty();
+            self.claim_for_mount(&mut rec, first)?;
             let path = if first {
-                self.backend.mount(vref(&rec))?
+                match self.backend.mount(vref(&rec)) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        self.release_ownership(&rec.name);
+                        return Err(e.into());
+                    }
+                }
             } else {
                 self.backend.path(vref(&rec))
             };
             rec.mounts.add(id);
             let undo = |rec: &VolumeRecord| {
-                if first && let Err(e) = self.backend.unmount(vref(rec)) {
-                    tracing::error!(volume = %rec.docker_name, error = %e, "rolling back a mount");
+                if first {
+                    if let Err(e) = self.backend.unmount(vref(rec)) {
+                        tracing::error!(volume = %rec.docker_name, error = %e, "rolling back a mount");
+                    } else {
+                        self.release_ownership(&rec.name);
+                    }
                 }
             };
             if !fence.try_commit() {
@@ -180,6 +231,8 @@ impl VolumeService {
             self.records.put(&rec)?;
             if last {
                 self.backend.unmount(vref(&rec))?;
+                // Unmounted here: another node may own it now.
+                self.release_ownership(&rec.name);
             }
             tracing::info!(volume = %rec.docker_name, id = short_id(id), total = rec.mounts.total(), "unmounted");
             Ok(())
@@ -218,6 +271,9 @@ impl VolumeService {
     /// Docker names and mountpoints: all List needs. Read afresh; the
     /// VolumeDriver List caches its reply by [`VolumeService::generation`].
     pub(crate) fn list(&self) -> Result<Vec<(String, PathBuf)>, ServiceError> {
+        if let Some(c) = &self.cluster {
+            return self.list_clustered(c);
+        }
         Ok(self
             .records
             .list()?

@@ -41,6 +41,22 @@ pub(crate) struct VolumeRecord {
     /// handover happened (issue 12, finding 6).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) received_from: Option<String>,
+    /// Cluster mode only (issue 14): which catalogue volume this copy is of,
+    /// and how old it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) cluster: Option<ClusterFacts>,
+}
+
+/// A copy's place in the cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ClusterFacts {
+    /// The catalogue record's create revision: a volume removed and made
+    /// again under the same name is another volume, and this copy is not of it.
+    pub(crate) created: u64,
+    /// The epoch this node last owned (wrote) the volume at; a copy whose
+    /// epoch is not the volume's last writer's is stale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) epoch: Option<u64>,
 }
 
 impl VolumeRecord {

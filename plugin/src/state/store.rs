@@ -284,6 +284,7 @@ pub(super) mod tests {
             state: VolumeState::Ready,
             mounts: Mounts::default(),
             received_from: None,
+            cluster: None,
         }
     }
 

@@ -1,0 +1,131 @@
+//! `daffe cluster`: cluster mode from the command line. `status` lists the
+//! nodes alive in etcd, every volume with its owner, epoch and last writer,
+//! and this node's lease, as text or `--json`. `fence-watch` is the
+//! watchdog `daffe serve` starts (hidden: not for people).
+
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::control::{ControlClient, ControlRequest};
+use clap::{Args, Subcommand};
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub(crate) command: ClusterCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClusterCommand {
+    /// Nodes, volumes, owners, epochs and this node's lease.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+        control_socket: PathBuf,
+        /// Print JSON on stdout instead of text (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The fence watchdog (started by `daffe serve` in cluster mode).
+    #[command(hide = true)]
+    FenceWatch {
+        /// The heartbeat file the daemon writes.
+        file: PathBuf,
+    },
+}
+
+pub fn run(args: ClusterArgs) -> ExitCode {
+    match args.command {
+        ClusterCommand::Status {
+            control_socket,
+            json,
+        } => match ControlClient::new(&control_socket).send(&ControlRequest::Cluster) {
+            Ok(v) if json => {
+                super::print_json(&v);
+                ExitCode::SUCCESS
+            }
+            Ok(v) => {
+                print!("{}", render(&v));
+                ExitCode::SUCCESS
+            }
+            Err(e) => super::fail(json, e),
+        },
+        ClusterCommand::FenceWatch { file } => {
+            super::init_logging();
+            crate::clustering::fencing::watch(&file);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        v => v.to_string(),
+    }
+}
+
+/// The status as text (pure: the JSON the daemon sent).
+fn render(v: &Value) -> String {
+    let mut out = format!(
+        "cluster {} node {}: lease {} {}\n",
+        text(&v["cluster"]),
+        text(&v["node"]),
+        text(&v["lease"]),
+        if v["fenced"] == Value::Bool(true) {
+            "FENCED (owns nothing until it re-claims)".to_owned()
+        } else {
+            format!(
+                "writable for {} ms",
+                v["writable_for_ms"].as_u64().unwrap_or(0)
+            )
+        }
+    );
+    out.push_str("NODE             AGENT                  VERSION\n");
+    for n in v["nodes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<16} {:<22} {}\n",
+            text(&n["name"]),
+            text(&n["agent"]),
+            text(&n["version"])
+        ));
+    }
+    out.push_str("VOLUME               PROFILE  OWNER            EPOCH  LAST WRITER@EPOCH\n");
+    for x in v["volumes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "{:<20} {:<8} {:<16} {:<6} {}@{}\n",
+            text(&x["name"]),
+            text(&x["profile"]),
+            text(&x["owner"]),
+            text(&x["epoch"]),
+            text(&x["last_writer"]),
+            text(&x["last_epoch"]),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn renders_nodes_volumes_and_a_fenced_node() {
+        let v = json!({
+            "cluster": "prod", "node": "n1", "lease": 7, "fenced": false, "writable_for_ms": 6000,
+            "nodes": [{"name": "n1", "agent": "10.0.0.1:7443", "version": "0.1.0"}],
+            "volumes": [{"name": "db", "profile": "gold", "owner": "n1", "epoch": 12,
+                         "last_writer": "n1", "last_epoch": 12}],
+        });
+        let t = render(&v);
+        assert!(t.contains("lease 7 writable for 6000 ms"), "{t}");
+        assert!(t.contains("10.0.0.1:7443"), "{t}");
+        assert!(t.contains("db") && t.contains("n1@12"), "{t}");
+        let fenced = render(&json!({"fenced": true, "nodes": [], "volumes": []}));
+        assert!(fenced.contains("FENCED"), "{fenced}");
+        assert!(t.lines().all(|l| l.len() <= 80), "{t}");
+    }
+}
