@@ -132,27 +132,32 @@ pub(crate) fn start_watchdog(file: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The watchdog's loop (`daffe fence-watch FILE`): never returns while the
-/// file exists; returns when it is removed (the daemon left cluster mode).
+/// The watchdog's loop (`daffe cluster fence-watch FILE`). It runs until
+/// killed: a missing file (not written yet, or being replaced) means
+/// nothing new to fence.
 pub(crate) fn watch(path: &Path) {
+    watch_with(path, shut_down, || false);
+}
+
+/// [`watch`] with the shutdown and the stop condition given (tests).
+pub(crate) fn watch_with(
+    path: &Path,
+    mut shut: impl FnMut(&Path) -> Result<(), String>,
+    stop: impl Fn() -> bool,
+) {
     let mut done: Vec<PathBuf> = Vec::new();
     let mut last: Option<Heartbeat> = None;
-    loop {
-        match read(path) {
-            Some(hb) => {
-                // A newer heartbeat (a later deadline) starts a new term:
-                // what was shut before stays shut, and is not retried.
-                last = Some(hb);
-            }
-            None if !path.exists() => return,
-            // Being replaced: keep the last reading.
-            None => {}
+    while !stop() {
+        // A newer heartbeat (a later deadline) starts a new term: what was
+        // shut before stays shut, and is not retried.
+        if let Some(hb) = read(path) {
+            last = Some(hb);
         }
         if let Some(hb) = &last
             && let Verdict::Fence(mounts) = hb.verdict(boot_ms(), &done)
         {
             for m in mounts {
-                match shut_down(&m) {
+                match shut(&m) {
                     Ok(()) => {
                         tracing::error!(mount = %m.display(), "lease deadline passed without renewal: filesystem shut down (fenced)")
                     }
@@ -190,6 +195,60 @@ mod tests {
             mounts: vec![],
         };
         assert_eq!(none.verdict(10, &[]), Verdict::Safe);
+    }
+
+    /// The watchdog starts before the daemon's first heartbeat, and must
+    /// still be watching when the deadline of a later one passes.
+    #[test]
+    fn the_watchdog_waits_for_a_heartbeat_then_fences_at_its_deadline() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("hb.json");
+        let shut = Arc::new(Mutex::new(Vec::<PathBuf>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let watcher = {
+            let (p, shut, stop) = (p.clone(), shut.clone(), stop.clone());
+            std::thread::spawn(move || {
+                watch_with(
+                    &p,
+                    |m| {
+                        shut.lock().unwrap().push(m.to_owned());
+                        Ok(())
+                    },
+                    || stop.load(Ordering::SeqCst),
+                )
+            })
+        };
+        std::thread::sleep(WATCH_EVERY * 3);
+        let until = boot_ms() + 500;
+        write(
+            &p,
+            &Heartbeat {
+                writable_until_ms: until,
+                mounts: vec!["/v/a".into()],
+            },
+        )
+        .unwrap();
+        std::thread::sleep(WATCH_EVERY * 2);
+        assert!(
+            shut.lock().unwrap().is_empty(),
+            "fenced before the deadline"
+        );
+        let t = std::time::Instant::now();
+        while shut.lock().unwrap().is_empty() {
+            assert!(t.elapsed() < Duration::from_secs(3), "never fenced");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(boot_ms() >= until);
+        std::thread::sleep(WATCH_EVERY * 3);
+        stop.store(true, Ordering::SeqCst);
+        watcher.join().unwrap();
+        assert_eq!(
+            *shut.lock().unwrap(),
+            vec![PathBuf::from("/v/a")],
+            "fenced once"
+        );
     }
 
     #[test]

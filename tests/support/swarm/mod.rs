@@ -28,10 +28,12 @@
 //! ends any other way (a panic in a shared swarm, an abort, a kill), which is
 //! what makes [`shared`] safe.
 
+mod daffe;
 mod node;
 mod services;
 mod teardown;
 
+pub use daffe::{CLUSTER, Lease};
 pub use node::Node;
 use node::stop_child;
 pub use services::{Task, parse_tasks};

@@ -1,0 +1,252 @@
+//! Cluster mode on a real three-manager Swarm with a 3-member etcd (issue
+//! 14): one daffe per node, `[cluster]` in each config.
+//!
+//! - Three nodes creating the same volume at once make one volume; every
+//!   node's engine lists and finds every volume; Remove is refused while
+//!   another node mounts the volume, and then removes it everywhere.
+//! - kill -9 of the owner's dockerd and daffe: its container keeps running
+//!   (containerd-shim), and the fence watchdog shuts the block volume's
+//!   filesystem down within the lease time; when Swarm reschedules the task
+//!   elsewhere, that node's copy is stale and is refused, never served.
+
+use daffe_e2e::docker::test_image;
+use daffe_e2e::swarm::{self, CLUSTER, Lease};
+use std::time::{Duration, Instant};
+
+const SCHEDULE_LIMIT: Duration = Duration::from_secs(60);
+
+fn etcd_keys(s: &daffe_e2e::swarm::Swarm, prefix: &str) -> Vec<String> {
+    let out = s.etcd.as_ref().unwrap().etcdctl(
+        0,
+        &[
+            "get",
+            "--prefix",
+            "--keys-only",
+            &format!("/daffe/{CLUSTER}/{prefix}"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn one_volume_for_three_concurrent_creates_listed_on_every_node_removed_only_unmounted() {
+    let mut s = swarm::shared();
+    for n in 1..=3 {
+        s.start_daffe(n, Lease::default());
+    }
+    // The same name on all three engines at once.
+    std::thread::scope(|sc| {
+        for n in 0..3 {
+            let d = s.nodes[n].docker();
+            sc.spawn(move || d.ok(&["volume", "create", "-d", "daffe", "shared@gold"]));
+        }
+    });
+    let ours = |s: &daffe_e2e::swarm::Swarm| -> Vec<String> {
+        etcd_keys(s, "volumes/")
+            .into_iter()
+            .filter(|k| k.ends_with("/shared") || k.ends_with("/only1"))
+            .collect()
+    };
+    assert_eq!(
+        ours(&s),
+        vec![format!("/daffe/{CLUSTER}/volumes/shared")],
+        "three creates made more than one volume"
+    );
+    // A volume made on node 1 only is known on every node (List and Get).
+    s.nodes[0]
+        .docker()
+        .ok(&["volume", "create", "-d", "daffe", "only1"]);
+    for n in 0..3 {
+        let names = s.nodes[n].docker().volume_names("daffe");
+        for want in ["shared@gold", "only1"] {
+            assert!(names.iter().any(|v| v == want), "node {}: {names:?}", n + 1);
+        }
+    }
+    let st = s.nodes[2].docker().volume_inspect("only1");
+    assert_eq!(st["Status"]["profile"], "default", "{st}");
+    let status = s.cluster_status(1);
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 3, "{status}");
+    let listed: Vec<_> = status["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        listed.contains(&"shared".to_owned()) && listed.contains(&"only1".to_owned()),
+        "{status}"
+    );
+
+    // Node 1 mounts it: Remove on node 2 is refused, naming node 1.
+    let image = test_image();
+    let c = s.nodes[0].docker().ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "-v",
+        "shared@gold:/data",
+        &image,
+        "sh",
+        "-c",
+        "echo one > /data/f; sleep 600",
+    ]);
+    let st = s.cluster_status(2);
+    let vol = st["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "shared")
+        .cloned()
+        .unwrap();
+    assert_eq!(vol["owner"], "swnode1", "{st}");
+    let err = s.nodes[1].docker().fails(&["volume", "rm", "shared@gold"]);
+    assert!(err.contains("in use on node swnode1"), "{err}");
+    assert_eq!(ours(&s).len(), 2);
+    // Unmounted on node 1: node 2's Remove removes it everywhere.
+    s.nodes[0].docker().ok(&["rm", "-f", &c]);
+    let t = Instant::now();
+    loop {
+        let out = s.nodes[1].docker().run(&["volume", "rm", "shared@gold"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "remove after the unmount: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(ours(&s), vec![format!("/daffe/{CLUSTER}/volumes/only1")]);
+    let names = s.nodes[2].docker().volume_names("daffe");
+    assert!(!names.iter().any(|v| v == "shared@gold"), "{names:?}");
+    s.nodes[0].docker().ok(&["volume", "rm", "only1"]);
+    s.reset();
+}
+
+#[test]
+fn a_killed_owner_is_fenced_and_its_stale_copy_is_never_served_elsewhere() {
+    let mut s = swarm::shared();
+    let lease = Lease::default();
+    for n in 1..=3 {
+        s.start_daffe(n, lease);
+    }
+    // Node 3 (not the raft leader, node 1) owns the volume.
+    let script =
+        "trap 'exit 0' TERM; i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.2; done";
+    s.create_service(
+        "fenced",
+        3,
+        &[
+            "--mount",
+            "type=volume,source=fdb@gold,target=/data,volume-driver=daffe,volume-nocopy=true",
+        ],
+        &test_image(),
+        &["sh", "-c", script],
+    );
+    let on3 = s.wait_running("fenced", 3, SCHEDULE_LIMIT);
+    let t = Instant::now();
+    while s.nodes[2]
+        .docker()
+        .run(&["exec", &on3, "sh", "-c", "test $(wc -l < /data/log) -ge 3"])
+        .status
+        .code()
+        != Some(0)
+    {
+        assert!(t.elapsed() < Duration::from_secs(20), "not counting");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mp = s.nodes[2].docker().volume_inspect("fdb@gold")["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Swarm may reschedule to node 2 only (a constraint node 3 still meets
+    // does not move the running task).
+    s.manager().ok(&[
+        "service",
+        "update",
+        "--detach",
+        "--constraint-rm",
+        "node.labels.daffe.node==swnode3",
+        "--constraint-add",
+        "node.labels.daffe.node!=swnode1",
+        "fenced",
+    ]);
+
+    let killed = Instant::now();
+    s.kill_node(3);
+    // The orphan container still runs; the watchdog must stop its writes
+    // within the lease time.
+    let probe = format!("echo x >> {mp}/probe");
+    let fenced_after = loop {
+        let out = s.nodes[2]
+            .enter("sh")
+            .args(["-c", &probe])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("Input/output error"), "{err}");
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(lease.ttl_secs + 2),
+            "node 3 still writes its volume {:?} after its daffe died",
+            killed.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    eprintln!(
+        "fenced {:.2} s after kill -9 (lease {} s, margin {} ms)",
+        fenced_after.as_secs_f64(),
+        lease.ttl_secs,
+        lease.margin_ms
+    );
+    assert!(fenced_after < Duration::from_secs(lease.ttl_secs));
+    // Swarm reschedules on node 2; node 2's copy never saw node 3's writes.
+    let t = Instant::now();
+    let refused = loop {
+        let tasks = s.tasks("fenced");
+        if let Some(task) = tasks
+            .iter()
+            .find(|t| t.node == "swnode2" && t.error.contains("stale"))
+        {
+            break task.error.clone();
+        }
+        assert!(
+            !tasks
+                .iter()
+                .any(|t| t.node == "swnode2" && t.current.starts_with("Running")),
+            "node 2 runs the task on a stale copy: {tasks:?}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_secs(150),
+            "no refused task on node 2: {tasks:?}\n{}",
+            s.nodes[1].log("daffe")
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert!(refused.contains("swnode3"), "{refused}");
+    let w = s.etcd.as_ref().unwrap().etcdctl(
+        0,
+        &[
+            "get",
+            "--print-value-only",
+            &format!("/daffe/{CLUSTER}/writers/fdb"),
+        ],
+    );
+    let writer = String::from_utf8_lossy(&w.stdout);
+    assert!(writer.starts_with("swnode3@"), "{writer}");
+    s.remove_service("fenced");
+    s.reset();
+}
