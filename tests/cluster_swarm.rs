@@ -8,6 +8,11 @@
 //!   (containerd-shim), and the fence watchdog shuts the block volume's
 //!   filesystem down within the lease time; when Swarm reschedules the task
 //!   elsewhere, that node's copy is stale and is refused, never served.
+//! - A cut link: the partitioned owner stops writing within its lease, the
+//!   others see the volume free after it, and the node rejoins unfenced
+//!   (its old copy stays fenced).
+//! - etcd: one member down changes nothing; two down, no mount anywhere
+//!   gets ownership, and the owner stops writing within its lease.
 
 use daffe_e2e::docker::test_image;
 use daffe_e2e::swarm::{self, CLUSTER, Lease};
@@ -109,6 +114,9 @@ fn one_volume_for_three_concurrent_creates_listed_on_every_node_removed_only_unm
         .cloned()
         .unwrap();
     assert_eq!(vol["owner"], "swnode1", "{st}");
+    let here = s.nodes[0].docker().volume_inspect("shared@gold")["Status"]["cluster"].clone();
+    assert_eq!(here["node"], "swnode1", "{here}");
+    assert_eq!(here["owned_here"], vol["epoch"], "{here}");
     let err = s.nodes[1].docker().fails(&["volume", "rm", "shared@gold"]);
     assert!(err.contains("in use on node swnode1"), "{err}");
     assert_eq!(ours(&s).len(), 2);
@@ -248,5 +256,167 @@ fn a_killed_owner_is_fenced_and_its_stale_copy_is_never_served_elsewhere() {
     let writer = String::from_utf8_lossy(&w.stdout);
     assert!(writer.starts_with("swnode3@"), "{writer}");
     s.remove_service("fenced");
+    s.reset();
+}
+
+/// Polls `echo x >> MP/probe` on node `n` until it fails with EIO (the
+/// filesystem shut down); returns how long that took, or panics after `limit`.
+fn wait_fenced(s: &daffe_e2e::swarm::Swarm, n: usize, mp: &str, limit: Duration) -> Duration {
+    let probe = format!("echo x >> {mp}/probe");
+    let t = Instant::now();
+    loop {
+        let out = s.nodes[n - 1]
+            .enter("sh")
+            .args(["-c", &probe])
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("Input/output error"), "{err}");
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < limit,
+            "node {n} still writes {mp} after {:?}:\n{}",
+            t.elapsed(),
+            s.nodes[n - 1].log("daffe")
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A container writing `vol` on node `n` (plain `docker run`: what Swarm
+/// does after a cut is not what these tests look at); returns its id and
+/// the volume's mountpoint there.
+fn writer(s: &daffe_e2e::swarm::Swarm, n: usize, vol: &str) -> (String, String) {
+    let d = s.nodes[n - 1].docker();
+    let c = d.ok(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--volume-driver",
+        "daffe",
+        "-v",
+        &format!("{vol}:/data"),
+        &test_image(),
+        "sh",
+        "-c",
+        "while :; do date >> /data/log; sleep 0.2; done",
+    ]);
+    let mp = d.volume_inspect(vol)["Mountpoint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (c, mp)
+}
+
+fn owner_of(s: &daffe_e2e::swarm::Swarm, via: usize, vol: &str) -> serde_json::Value {
+    let st = s.cluster_status(via);
+    st["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == vol)
+        .map(|v| v["owner"].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_partitioned_owner_stops_writing_within_its_lease_and_rejoins_unfenced() {
+    let mut s = swarm::shared();
+    let lease = Lease::default();
+    for n in 1..=3 {
+        s.start_daffe(n, lease);
+    }
+    let (c, mp) = writer(&s, 3, "part@gold");
+    assert_eq!(owner_of(&s, 1, "part"), "swnode3");
+    s.cut(3);
+    let after = wait_fenced(&s, 3, &mp, Duration::from_secs(lease.ttl_secs));
+    eprintln!(
+        "partitioned owner fenced {:.2} s after the cut",
+        after.as_secs_f64()
+    );
+    // The rest of the cluster sees the volume free once the lease is gone.
+    let t = Instant::now();
+    while owner_of(&s, 1, "part") != serde_json::Value::Null {
+        assert!(
+            t.elapsed() < Duration::from_secs(lease.ttl_secs + 5),
+            "node 3's ownership outlived its lease"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    s.restore(3);
+    // Back on the network, node 3 starts a new term (it may claim again),
+    // but the copy under the running container stays fenced.
+    let t = Instant::now();
+    while s.cluster_status(3)["fenced"] != serde_json::Value::Bool(false) {
+        assert!(t.elapsed() < Duration::from_secs(20), "node 3 stays fenced");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    wait_fenced(&s, 3, &mp, Duration::from_secs(1));
+    s.nodes[2].docker().ok(&["rm", "-f", &c]);
+    s.reset();
+}
+
+#[test]
+fn one_etcd_member_down_changes_nothing_two_down_no_owner_is_made_and_owners_fence() {
+    let mut s = swarm::shared();
+    let lease = Lease::default();
+    for n in 1..=3 {
+        s.start_daffe(n, lease);
+    }
+    s.nodes[1]
+        .docker()
+        .ok(&["volume", "create", "-d", "daffe", "quorum2"]);
+    s.etcd.as_mut().unwrap().kill_member(2);
+    // One member down: create, mount and ownership work as before.
+    let (c1, mp) = writer(&s, 1, "quorum1@gold");
+    assert_eq!(owner_of(&s, 1, "quorum1"), "swnode1");
+    std::thread::sleep(Duration::from_secs(lease.ttl_secs + 1));
+    let probe = s.nodes[0]
+        .enter("sh")
+        .args(["-c", &format!("echo x >> {mp}/probe")])
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "fenced with a quorum up");
+    // Two members down: no quorum. No new owner anywhere (bounded, clear),
+    // and the existing owner stops writing within its lease.
+    s.etcd.as_mut().unwrap().kill_member(1);
+    // etcd renews leases on the leader without consensus, so the last
+    // member may renew until it notices it lost quorum (its election
+    // timeout, about a second, plus the renewal then in flight); the owner
+    // counts its lease from the last renewal acknowledged.
+    let after = wait_fenced(&s, 1, &mp, Duration::from_secs(lease.ttl_secs + 3));
+    eprintln!(
+        "owner fenced {:.2} s after quorum was lost (lease {} s)",
+        after.as_secs_f64(),
+        lease.ttl_secs
+    );
+    let t = Instant::now();
+    let out = s.nodes[1].docker().run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--volume-driver",
+        "daffe",
+        "-v",
+        "quorum2:/data",
+        &test_image(),
+        "true",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a mount without quorum succeeded:\n{}",
+        s.nodes[1].log("daffe")
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("etcd") || err.contains("fenced"),
+        "a mount without quorum: {err}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
+    s.nodes[0].docker().ok(&["rm", "-f", &c1]);
     s.reset();
 }

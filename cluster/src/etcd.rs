@@ -18,12 +18,27 @@ use etcd_client::{
     PutOptions, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 /// The etcd client of one node.
+///
+/// One client per endpoint, tried in turn, rather than one client balancing
+/// over all: a member that is dead or cut off (its HTTP/2 connection looks
+/// alive until a keep-alive ping fails) would otherwise take its share of
+/// requests with it until they time out, and "one member down changes
+/// nothing" would not hold. Each call tries the endpoint that answered last
+/// first, and moves on after its share of the time limit. Every write daffe
+/// makes is a compare-and-swap, so one that timed out but landed is seen by
+/// its retry (a create finds the record, a claim finds itself owner).
 pub struct EtcdCoordinator {
     keys: Keys,
-    client: Client,
+    endpoints: Vec<String>,
+    clients: Mutex<Vec<Option<Client>>>,
+    /// The endpoint that answered last.
+    current: AtomicUsize,
+    opts: ConnectOptions,
     timeout: Duration,
     rt: tokio::runtime::Runtime,
 }
@@ -32,10 +47,16 @@ impl std::fmt::Debug for EtcdCoordinator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdCoordinator")
             .field("keys", &self.keys)
+            .field("endpoints", &self.endpoints)
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
+
+/// The least time one endpoint gets before the next is tried.
+const MIN_SHARE: Duration = Duration::from_secs(1);
+/// Between two rounds over the endpoints.
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
 
 impl EtcdCoordinator {
     /// Connects to `etcd` for cluster `cluster`; every later call is bounded
@@ -51,26 +72,24 @@ impl EtcdCoordinator {
             .enable_all()
             .build()
             .map_err(|e| CoordinatorError::Failed(format!("etcd runtime: {e}")))?;
+        // Pings find a dead connection within about two seconds.
         let mut opts = ConnectOptions::new()
-            .with_connect_timeout(timeout)
-            .with_timeout(timeout);
+            .with_connect_timeout(MIN_SHARE)
+            .with_keep_alive(Duration::from_secs(1), Duration::from_secs(1))
+            .with_keep_alive_while_idle(true);
         if let Some(tls) = tls_options(etcd)? {
             opts = opts.with_tls(tls);
         }
-        let endpoints = etcd.endpoints.clone();
-        let client = rt.block_on(async {
-            tokio::time::timeout(timeout, Client::connect(endpoints, Some(opts)))
-                .await
-                .map_err(|_| unavailable("connect", "timed out"))?
-                .map_err(|e| from_etcd("connect", e))
-        })?;
         let me = Self {
             keys: Keys::new(cluster),
-            client,
+            clients: Mutex::new(vec![None; etcd.endpoints.len()]),
+            endpoints: etcd.endpoints.clone(),
+            current: AtomicUsize::new(0),
+            opts,
             timeout,
             rt,
         };
-        // A lazy channel connects on first use: prove one member answers.
+        // Prove one member answers.
         me.call(
             "status",
             |mut c| async move { c.status().await.map(|_| ()) },
@@ -78,24 +97,84 @@ impl EtcdCoordinator {
         Ok(me)
     }
 
-    /// Runs one request on a clone of the client (clones share the
-    /// channel), under the time limit.
+    /// The client of endpoint `idx`, connected within `limit` if it is not yet.
+    fn client(&self, idx: usize, limit: Duration) -> Result<Client, CoordinatorError> {
+        if let Some(c) = self.lock_clients()[idx].clone() {
+            return Ok(c);
+        }
+        let endpoint = self.endpoints[idx].clone();
+        let opts = self.opts.clone().with_connect_timeout(limit);
+        let client = self.rt.block_on(async {
+            tokio::time::timeout(limit, Client::connect([endpoint], Some(opts)))
+                .await
+                .map_err(|_| unavailable("connect", "timed out"))?
+                .map_err(|e| from_etcd("connect", e))
+        })?;
+        self.lock_clients()[idx] = Some(client.clone());
+        Ok(client)
+    }
+
+    fn lock_clients(&self) -> std::sync::MutexGuard<'_, Vec<Option<Client>>> {
+        self.clients.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs one request, on the endpoint that answered last, then on the
+    /// others in turn, all within the time limit. Only "unavailable" answers
+    /// move on; any other answer is etcd's and final.
     fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, CoordinatorError>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let fut = f(self.client.clone());
-        self.rt.block_on(async {
-            match tokio::time::timeout(self.timeout, fut).await {
-                Ok(r) => r.map_err(|e| from_etcd(what, e)),
-                Err(_) => Err(unavailable(what, "timed out")),
+        let n = self.endpoints.len();
+        let deadline = Instant::now() + self.timeout;
+        let mut last = unavailable(what, "no endpoint");
+        // Rounds over the endpoints until the limit: an election after the
+        // leader died answers "no leader" from every member for a moment.
+        loop {
+            let first = self.current.load(Ordering::Relaxed);
+            for i in 0..n {
+                let idx = (first + i) % n;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(last);
+                }
+                let tries_left = u32::try_from(n - i).unwrap_or(u32::MAX);
+                let share = (left / tries_left).max(MIN_SHARE).min(left);
+                let client = match self.client(idx, share) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        last = e;
+                        continue;
+                    }
+                };
+                let share = share.min(deadline.saturating_duration_since(Instant::now()));
+                match self
+                    .rt
+                    .block_on(async { tokio::time::timeout(share, f(client)).await })
+                {
+                    Ok(Ok(v)) => {
+                        self.current.store(idx, Ordering::Relaxed);
+                        return Ok(v);
+                    }
+                    Ok(Err(e)) => match from_etcd(what, e) {
+                        e @ CoordinatorError::Unavailable(_) => last = e,
+                        other => return Err(other),
+                    },
+                    Err(_) => {
+                        last = unavailable(what, &format!("{} timed out", self.endpoints[idx]))
+                    }
+                }
             }
-        })
+            std::thread::sleep(RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now())));
+        }
     }
 
     fn txn(&self, what: &'static str, txn: Txn) -> Result<TxnResponse, CoordinatorError> {
-        self.call(what, |mut c| async move { c.txn(txn).await })
+        self.call(what, |mut c| {
+            let txn = txn.clone();
+            async move { c.txn(txn).await }
+        })
     }
 
     fn get_one(
@@ -103,7 +182,10 @@ impl EtcdCoordinator {
         what: &'static str,
         key: String,
     ) -> Result<Option<KeyValue>, CoordinatorError> {
-        let mut resp = self.call(what, |mut c| async move { c.get(key, None).await })?;
+        let mut resp = self.call(what, |mut c| {
+            let key = key.clone();
+            async move { c.get(key, None).await }
+        })?;
         Ok(resp.take_kvs().into_iter().next())
     }
 
@@ -175,6 +257,13 @@ fn from_etcd(what: &str, e: etcd_client::Error) -> CoordinatorError {
         }
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => {
             unavailable(what, &e.to_string())
+        }
+        // A connection that broke under a request (the member died): tonic
+        // reports it as an Unknown status whose message is "transport error".
+        etcd_client::Error::GRpcStatus(s)
+            if s.code() == Code::Unknown && s.message().contains("transport error") =>
+        {
+            unavailable(what, s.message())
         }
         _ => CoordinatorError::Failed(format!("{what}: {e}")),
     }
@@ -261,8 +350,9 @@ impl Coordinator for EtcdCoordinator {
 
     fn volumes(&self) -> Result<Vec<VolumeEntry>, CoordinatorError> {
         let prefix = self.keys.volumes_prefix();
-        let mut resp = self.call("list volumes", |mut c| async move {
-            c.get(prefix, Some(GetOptions::new().with_prefix())).await
+        let mut resp = self.call("list volumes", |mut c| {
+            let prefix = prefix.clone();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
         })?;
         Ok(resp
             .take_kvs()
@@ -398,18 +488,22 @@ impl Coordinator for EtcdCoordinator {
     ) -> Result<(), CoordinatorError> {
         let key = self.keys.node(node)?;
         let value = info.to_vec();
-        self.call("register node", |mut c| async move {
-            c.put(key, value, Some(PutOptions::new().with_lease(lease.0)))
-                .await
-                .map(|_| ())
+        self.call("register node", |mut c| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                c.put(key, value, Some(PutOptions::new().with_lease(lease.0)))
+                    .await
+                    .map(|_| ())
+            }
         })
         .map_err(|e| with_lease(e, lease))
     }
 
     fn nodes(&self) -> Result<Vec<(String, Vec<u8>)>, CoordinatorError> {
         let prefix = self.keys.nodes_prefix();
-        let mut resp = self.call("list nodes", |mut c| async move {
-            c.get(prefix, Some(GetOptions::new().with_prefix())).await
+        let mut resp = self.call("list nodes", |mut c| {
+            let prefix = prefix.clone();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
         })?;
         Ok(resp
             .take_kvs()

@@ -165,3 +165,55 @@ fn a_dead_etcd_answers_unavailable_within_the_limit() {
         t0.elapsed()
     );
 }
+
+/// A member that is down (first in the list, and the one that answered
+/// last) costs a call at most its share of the limit; the live member
+/// answers, and later calls go to it first.
+#[test]
+fn a_dead_endpoint_in_the_list_changes_nothing() {
+    let etcd = Etcd::start();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let cfg = EtcdConfig {
+        endpoints: vec![dead, etcd.client.clone()],
+        ca: None,
+        cert: None,
+        key: None,
+    };
+    let t0 = Instant::now();
+    let c = EtcdCoordinator::connect("prod", &cfg, TIMEOUT).unwrap();
+    assert!(t0.elapsed() < TIMEOUT, "{:?}", t0.elapsed());
+    conformance::create_is_once_and_remove_waits_for_the_owner(&c, "dead-");
+    let t1 = Instant::now();
+    for _ in 0..20 {
+        c.volumes().unwrap();
+    }
+    assert!(
+        t1.elapsed() < Duration::from_secs(1),
+        "calls keep trying the dead member: {:?}",
+        t1.elapsed()
+    );
+}
+
+/// The member that answered last dies: the next call moves on to another
+/// member at once. (Two single-member clusters stand in for two members:
+/// this is about the client's failover, not about what they hold.)
+#[test]
+fn a_member_that_dies_after_answering_is_passed_over() {
+    let mut first = Etcd::start();
+    let second = Etcd::start();
+    let cfg = EtcdConfig {
+        endpoints: vec![first.client.clone(), second.client.clone()],
+        ca: None,
+        cert: None,
+        key: None,
+    };
+    let c = EtcdCoordinator::connect("prod", &cfg, TIMEOUT).unwrap();
+    c.create_volume("on-first", b"x").unwrap();
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    let t0 = Instant::now();
+    let listed = c.volumes().expect("the second member answers");
+    assert!(listed.is_empty(), "answered by the dead member? {listed:?}");
+    assert!(t0.elapsed() < TIMEOUT, "{:?}", t0.elapsed());
+    c.create_volume("on-second", b"x").unwrap();
+}

@@ -32,8 +32,13 @@ pub(crate) const WATCH_EVERY: Duration = Duration::from_millis(100);
 pub(crate) struct Heartbeat {
     /// CLOCK_BOOTTIME milliseconds until which writes are safe.
     pub(crate) writable_until_ms: u64,
-    /// Mounted filesystems of owned block volumes.
+    /// Mounted filesystems of owned block volumes: shut at the deadline.
     pub(crate) mounts: Vec<PathBuf>,
+    /// Filesystems of volumes this node lost while mounted: shut now, and
+    /// kept listed (so a new heartbeat never hides them from the watchdog)
+    /// until they are unmounted.
+    #[serde(default)]
+    pub(crate) fenced: Vec<PathBuf>,
 }
 
 /// The watchdog's decision for one reading.
@@ -46,20 +51,25 @@ pub(crate) enum Verdict {
 
 impl Heartbeat {
     pub(crate) fn verdict(&self, now_ms: u64, done: &[PathBuf]) -> Verdict {
-        if now_ms < self.writable_until_ms {
-            return Verdict::Safe;
+        let due = now_ms >= self.writable_until_ms;
+        let mut left: Vec<PathBuf> = Vec::new();
+        let listed = self.fenced.iter().chain(self.mounts.iter().filter(|_| due));
+        for m in listed {
+            if !done.contains(m) && !left.contains(m) {
+                left.push(m.clone());
+            }
         }
-        let left: Vec<_> = self
-            .mounts
-            .iter()
-            .filter(|m| !done.contains(m))
-            .cloned()
-            .collect();
         if left.is_empty() {
             Verdict::Safe
         } else {
             Verdict::Fence(left)
         }
+    }
+
+    /// Whether `m` is still listed at all (a path no longer listed was
+    /// unmounted: a later mount there is a new filesystem, to be fenced anew).
+    fn lists(&self, m: &Path) -> bool {
+        self.mounts.iter().chain(&self.fenced).any(|x| x == m)
     }
 }
 
@@ -148,9 +158,9 @@ pub(crate) fn watch_with(
     let mut done: Vec<PathBuf> = Vec::new();
     let mut last: Option<Heartbeat> = None;
     while !stop() {
-        // A newer heartbeat (a later deadline) starts a new term: what was
-        // shut before stays shut, and is not retried.
+        // What was shut stays shut and is not retried while it is listed.
         if let Some(hb) = read(path) {
+            done.retain(|m| hb.lists(m));
             last = Some(hb);
         }
         if let Some(hb) = &last
@@ -180,6 +190,7 @@ mod tests {
         let hb = Heartbeat {
             writable_until_ms: 1_000,
             mounts: vec![a.clone(), b.clone()],
+            fenced: vec![],
         };
         let cases = [
             (999, vec![], Verdict::Safe),
@@ -193,8 +204,17 @@ mod tests {
         let none = Heartbeat {
             writable_until_ms: 0,
             mounts: vec![],
+            fenced: vec![],
         };
         assert_eq!(none.verdict(10, &[]), Verdict::Safe);
+        // A lost volume is shut at once, whatever the deadline, and once.
+        let lost = Heartbeat {
+            writable_until_ms: u64::MAX,
+            mounts: vec![a.clone()],
+            fenced: vec![b.clone()],
+        };
+        assert_eq!(lost.verdict(10, &[]), Verdict::Fence(vec![b.clone()]));
+        assert_eq!(lost.verdict(10, &[b.clone()]), Verdict::Safe);
     }
 
     /// The watchdog starts before the daemon's first heartbeat, and must
@@ -227,6 +247,7 @@ mod tests {
             &Heartbeat {
                 writable_until_ms: until,
                 mounts: vec!["/v/a".into()],
+                fenced: vec![],
             },
         )
         .unwrap();
@@ -259,6 +280,7 @@ mod tests {
         let hb = Heartbeat {
             writable_until_ms: 42,
             mounts: vec!["/m".into()],
+            fenced: vec![],
         };
         write(&p, &hb).unwrap();
         assert_eq!(read(&p), Some(hb));

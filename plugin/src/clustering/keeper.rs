@@ -40,8 +40,7 @@ impl ClusterNode {
                 && let Standing::MustFence { since_ms } =
                     self.rule.standing(term.acked_sent_ms, now)
             {
-                term.fenced = true;
-                let lost: Vec<_> = std::mem::take(&mut term.owned).into_keys().collect();
+                let lost = term.fence();
                 self.beat(&term);
                 tracing::error!(
                     volumes = %lost.join(", "),
@@ -77,10 +76,9 @@ impl ClusterNode {
                 {
                     let mut term = lock(&self.term);
                     if !term.fenced {
-                        term.fenced = true;
-                        term.owned.clear();
+                        let lost = term.fence();
                         self.beat(&term);
-                        tracing::error!("the lease is gone: fenced");
+                        tracing::error!(volumes = %lost.join(", "), "the lease is gone: fenced");
                     }
                 }
                 self.new_term(None);

@@ -87,6 +87,24 @@ struct Term {
     /// Owned volumes: their epoch and, for a block volume, the mounted
     /// filesystem the watchdog shuts down at the deadline.
     owned: BTreeMap<String, (Epoch, Option<PathBuf>)>,
+    /// Block filesystems of volumes lost while mounted (fenced), until their
+    /// last Unmount here; they outlive a term.
+    fenced_mounts: BTreeMap<String, PathBuf>,
+}
+
+impl Term {
+    /// Fences: every owned volume is lost; its filesystem is to be shut.
+    fn fence(&mut self) -> Vec<String> {
+        self.fenced = true;
+        let lost = std::mem::take(&mut self.owned);
+        let names = lost.keys().cloned().collect();
+        for (v, (_, m)) in lost {
+            if let Some(m) = m {
+                self.fenced_mounts.insert(v, m);
+            }
+        }
+        names
+    }
 }
 
 pub(crate) struct ClusterNode {
@@ -138,6 +156,7 @@ impl ClusterNode {
                 last_sent_ms: sent,
                 fenced: false,
                 owned: BTreeMap::new(),
+                fenced_mounts: BTreeMap::new(),
             }),
             heartbeat,
             started: Instant::now(),
@@ -177,6 +196,7 @@ impl ClusterNode {
                 self.rule.writable_until(term.acked_sent_ms)
             },
             mounts: term.owned.values().filter_map(|(_, m)| m.clone()).collect(),
+            fenced: term.fenced_mounts.values().cloned().collect(),
         };
         if let Err(e) = fencing::write(&self.heartbeat, &hb) {
             tracing::error!(file = %self.heartbeat.display(), error = %e, "writing the fence heartbeat");
@@ -280,6 +300,8 @@ impl ClusterNode {
         let owned = {
             let mut term = lock(&self.term);
             let owned = term.owned.remove(volume);
+            // Unmounted: a fenced filesystem of it is gone too.
+            term.fenced_mounts.remove(volume);
             self.beat(&term);
             owned
         };

@@ -104,6 +104,11 @@ fn a_node_past_its_lease_deadline_is_fenced_and_claims_nothing() {
     );
     let hb = fencing::read(&dir.path().join("a.json")).unwrap();
     assert_eq!(hb.writable_until_ms, 0, "the watchdog must fence now");
+    assert_eq!(
+        hb.fenced,
+        vec![PathBuf::from("/v/db")],
+        "the lost volume's filesystem must stay listed"
+    );
     etcd.set_unavailable(false);
     assert!(matches!(
         a.claim("db", None, None, Duration::ZERO),
@@ -116,4 +121,14 @@ fn a_node_past_its_lease_deadline_is_fenced_and_claims_nothing() {
     }
     let st = a.status().unwrap();
     assert!(!st.fenced, "{st:?}");
+    // A new term keeps the lost filesystem shut until it is unmounted.
+    let hb = fencing::read(&dir.path().join("a.json")).unwrap();
+    assert_eq!(hb.fenced, vec![PathBuf::from("/v/db")]);
+    a.release("db");
+    assert!(
+        fencing::read(&dir.path().join("a.json"))
+            .unwrap()
+            .fenced
+            .is_empty()
+    );
 }

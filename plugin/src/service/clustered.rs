@@ -80,10 +80,20 @@ impl VolumeService {
     /// Get in cluster mode: this node's copy if it is current, else the
     /// catalogue's volume, whose (empty) copy is made here first.
     pub(crate) fn get_clustered(&self, docker_name: &str) -> Result<VolumeInfo, ServiceError> {
-        if let Ok(rec) = self.find(docker_name)
-            && self.is_current(&rec)?
-        {
-            return self.get_recording(docker_name);
+        if let Ok(rec) = self.find(docker_name) {
+            match self.is_current(&rec) {
+                Ok(true) => return self.get_recording(docker_name),
+                Ok(false) => {}
+                // etcd unreachable: answer from this node's copy. A Get that
+                // failed would make dockerd forget the volume, and a later
+                // `-v NAME:/path` quietly make a `local` one of that name.
+                // Mount still needs etcd.
+                Err(ServiceError::Cluster(ClusterError::Etcd(e))) => {
+                    tracing::warn!(volume = %rec.name, error = %e, "etcd unreachable: Get answered from this node's copy");
+                    return self.get_recording(docker_name);
+                }
+                Err(e) => return Err(e),
+            }
         }
         let not_found = || ServiceError::NotFound(docker_name.to_owned());
         let parsed = VolumeName::parse(docker_name).map_err(|_| not_found())?;

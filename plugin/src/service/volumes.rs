@@ -353,6 +353,19 @@ impl VolumeService {
                 serde_json::to_value(&rec.options).unwrap_or_default(),
             );
         }
+        if let (Some(c), Some(f)) = (&self.cluster, &rec.cluster) {
+            // This node's view (no etcd call: Get stays quick);
+            // `daffe cluster status` asks etcd.
+            st.insert(
+                "cluster".into(),
+                serde_json::json!({
+                    "node": c.node(),
+                    "owned_here": c.owned(&rec.name).map(|e| e.0),
+                    "copy_epoch": f.epoch,
+                    "catalogued": f.created,
+                }),
+            );
+        }
         for (k, v) in self.backend.status(vref(rec)) {
             st.entry(k).or_insert(v);
         }

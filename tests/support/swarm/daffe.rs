@@ -96,7 +96,8 @@ impl Swarm {
         let out = self.daffe(n, &["cluster", "status", "--json"]);
         assert!(
             out.status.success(),
-            "cluster status on node {n}: {}",
+            "cluster status on node {n}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         serde_json::from_slice(&out.stdout).expect("cluster status JSON")
