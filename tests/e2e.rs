@@ -29,6 +29,7 @@ mod migrate_live;
 mod migrate_postgres;
 mod netns_harness;
 mod operator_exit_codes;
+mod operator_progress;
 mod operator_status;
 mod operator_sync;
 mod operator_volume_ls;
