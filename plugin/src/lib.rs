@@ -41,6 +41,7 @@ mod bounded;
 pub mod cli;
 mod config;
 mod control;
+mod metrics;
 mod migrate;
 mod peer;
 mod server;

@@ -207,6 +207,7 @@ impl<S: Subscriber> Layer<S> for Recent {
         }
         let mut text = Text::default();
         event.record(&mut text);
+        crate::metrics::daemon().log_event(meta.level().as_str());
         crate::control::status::remember(meta.level().as_str(), one_line(&text.0));
     }
 }

@@ -12,6 +12,7 @@
 //! | GET | `/v1/volumes` | [`ControlRequest::Volumes`] |
 //! | GET | `/v1/status` | [`ControlRequest::Status`] |
 //! | GET | `/v1/health` | [`ControlRequest::Health`] |
+//! | GET | `/metrics` (Prometheus' usual path) | [`ControlRequest::Metrics`] |
 //! | GET | `/v1/volumes/NAME` | [`ControlRequest::Volume`] |
 //! | POST | `/v1/volumes/NAME/profile` `{"profile"}` | [`ControlRequest::SetProfile`] |
 //! | GET | `/v1/volumes/NAME/transfer` | [`ControlRequest::Transfer`] |
@@ -46,6 +47,8 @@ pub(crate) enum ControlRequest {
     /// Liveness and readiness: 200 when the daemon answers and its record
     /// store reads.
     Health,
+    /// Prometheus metrics, in the text format (`crate::metrics`).
+    Metrics,
     /// One volume, by NAME or docker name.
     Volume { name: String },
     /// `daffe volume set-profile`.
@@ -203,6 +206,7 @@ impl ControlRequest {
             ["v1", "volumes"] => only(Method::GET).map(|()| R::Volumes),
             ["v1", "status"] => only(Method::GET).map(|()| R::Status),
             ["v1", "health"] => only(Method::GET).map(|()| R::Health),
+            ["metrics"] => only(Method::GET).map(|()| R::Metrics),
             ["v1", "volumes", n] => only(Method::GET).map(|()| R::Volume { name: name(n) }),
             ["v1", "volumes", n, "transfer"] => {
                 only(Method::GET).map(|()| R::Transfer { name: name(n) })
@@ -316,6 +320,7 @@ impl ControlRequest {
             R::Volumes => get("/v1/volumes".into()),
             R::Status => get("/v1/status".into()),
             R::Health => get("/v1/health".into()),
+            R::Metrics => get("/metrics".into()),
             R::Volume { name } => get(vol(name, "")),
             R::SetProfile { name, profile } => {
                 post(vol(name, "profile"), json!({ "profile": profile }))
@@ -370,6 +375,7 @@ impl ControlRequest {
             R::Volumes => "list volumes",
             R::Status => "status",
             R::Health => "health",
+            R::Metrics => "metrics",
             R::Volume { .. } => "inspect",
             R::SetProfile { .. } => "set-profile",
             R::Transfer { .. } => "transfer paths",
@@ -396,7 +402,7 @@ impl ControlRequest {
     pub(crate) fn subject(&self) -> &str {
         use ControlRequest as R;
         match self {
-            R::Profiles | R::Volumes | R::Status | R::Health => "",
+            R::Profiles | R::Volumes | R::Status | R::Health | R::Metrics => "",
             R::DefineProfile { name, .. }
             | R::Volume { name }
             | R::SetProfile { name, .. }
@@ -470,6 +476,7 @@ mod tests {
             R::Volumes,
             R::Status,
             R::Health,
+            R::Metrics,
             R::Volume { name: n() },
             R::Volume {
                 name: "with space/and%slash".into(),
