@@ -130,7 +130,20 @@ pub struct ManifestBase {
 /// round behind, or two after a round that went stale).
 const SENT_KEPT: usize = 4;
 
-/// What to sync from or to: a directory tree or a byte image.
+/// What to sync from: a directory tree or a byte image. Its counterpart at
+/// the other end is a [`crate::Destination`] of the same kind.
+///
+/// ```
+/// use mover::{Destination, Source, SyncOptions, sync};
+///
+/// let t = tempfile::tempdir()?;
+/// let img = t.path().join("disk.img");
+/// std::fs::write(&img, vec![7u8; 100_000])?;
+/// let copy = t.path().join("copy.img");
+/// sync(&Source::Image(img), &Destination::Image(copy.clone()), &SyncOptions::default())?;
+/// assert_eq!(std::fs::read(copy)?, vec![7u8; 100_000]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Source {
     /// A directory (a `dir` volume).

@@ -45,6 +45,7 @@ pub mod cli;
 mod clustering;
 mod config;
 mod control;
+mod metrics;
 mod migrate;
 mod peer;
 mod server;

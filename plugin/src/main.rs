@@ -7,6 +7,8 @@ use daffe_plugin::cli;
 #[derive(Parser)]
 #[command(name = "daffe", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    global: cli::output::GlobalArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,8 +43,24 @@ enum Command {
     Placement(cli::placement::PlacementArgs),
 }
 
+impl Command {
+    /// `--json-progress` was given (the commands that stream progress).
+    fn json_progress(&self) -> bool {
+        match self {
+            Command::Sync(a) => a.json_progress,
+            Command::Migrate(a) => a.json_progress,
+            Command::Snapshot(a) => a.json_progress(),
+            _ => false,
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
-    match Cli::parse().command {
+    let parsed = Cli::parse();
+    if let Err(code) = cli::start(parsed.global, parsed.command.json_progress()) {
+        return code;
+    }
+    match parsed.command {
         Command::Serve(a) => cli::serve::run(a),
         Command::Volume(a) => cli::volume::run(a),
         Command::Profiles(a) => cli::profiles::run(a),

@@ -70,6 +70,25 @@ impl Reply {
     }
 
     /// The bytes to send.
+    /// A reply that is not JSON: `body` sent as is with `content_type`
+    /// (the metrics' text format). The content type rides in `body`, which
+    /// a raw reply does not otherwise use.
+    pub(crate) fn text(content_type: &'static str, body: String) -> Self {
+        Self {
+            status: StatusCode::OK,
+            body: Value::String(content_type.to_owned()),
+            raw: Some(body.into()),
+        }
+    }
+
+    /// The reply's content type: Docker's plugin JSON unless [`Reply::text`].
+    pub(crate) fn content_type(&self) -> &str {
+        match (&self.raw, &self.body) {
+            (Some(_), Value::String(ct)) => ct,
+            _ => "application/vnd.docker.plugins.v1.2+json",
+        }
+    }
+
     pub(crate) fn to_bytes(&self) -> bytes::Bytes {
         match &self.raw {
             Some(b) => b.clone(),
@@ -269,7 +288,7 @@ fn to_response(reply: &Reply) -> Response<Full<Bytes>> {
     let body = reply.to_bytes();
     Response::builder()
         .status(reply.status)
-        .header("Content-Type", "application/vnd.docker.plugins.v1.2+json")
+        .header("Content-Type", reply.content_type())
         .body(Full::new(body))
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
 }

@@ -50,18 +50,27 @@ impl DriverApi {
         }
     }
 
-    /// Answers one POST to `path` with `body`.
+    /// Answers one POST to `path` with `body`, counted and timed in the
+    /// metrics (`crate::metrics`).
     pub(crate) async fn handle(&self, path: &str, body: &[u8]) -> Reply {
+        let started = std::time::Instant::now();
         let req = match Request::parse(path, body) {
             Ok(r) => r,
-            Err(e) => return Reply::from(e),
+            Err(e) => {
+                let reply = Reply::from(e);
+                crate::metrics::daemon().driver_call("unknown", reply.status, started.elapsed());
+                return reply;
+            }
         };
         tracing::debug!(?req, "request");
-        match req {
+        let endpoint = req.endpoint();
+        let reply = match req {
             Request::Activate => plugin::activate(),
             Request::Capabilities => plugin::capabilities(),
             other => volume::handle(&self.svc, self.limits, &self.list_cache, other).await,
-        }
+        };
+        crate::metrics::daemon().driver_call(endpoint, reply.status, started.elapsed());
+        reply
     }
 }
 

@@ -64,6 +64,22 @@ struct MountBody {
 }
 
 impl Request {
+    /// The endpoint's name without its `VolumeDriver.` prefix (`Create`,
+    /// `Mount`, ...): the metrics' `endpoint` label.
+    pub(crate) fn endpoint(&self) -> &'static str {
+        match self {
+            Self::Activate => "Activate",
+            Self::Capabilities => "Capabilities",
+            Self::Create { .. } => "Create",
+            Self::Remove { .. } => "Remove",
+            Self::Mount { .. } => "Mount",
+            Self::Unmount { .. } => "Unmount",
+            Self::Path { .. } => "Path",
+            Self::Get { .. } => "Get",
+            Self::List => "List",
+        }
+    }
+
     pub(crate) fn parse(path: &str, body: &[u8]) -> Result<Self, ParseError> {
         fn json<'a, T: Deserialize<'a>>(endpoint: &str, body: &'a [u8]) -> Result<T, ParseError> {
             serde_json::from_slice(body).map_err(|e| ParseError::Body {

@@ -121,6 +121,8 @@ pub(crate) struct RunArgs {
     pub(crate) checkpoint: profiles::ByteSize,
     #[command(flatten)]
     pub(crate) peer: PeerOptions,
+    #[command(flatten)]
+    pub(crate) metrics: super::serve::MetricsArgs,
 }
 
 pub fn run(args: AgentArgs) -> ExitCode {
@@ -167,6 +169,11 @@ fn serve(args: RunArgs) -> ExitCode {
         Ok(l) => l,
         Err(e) => return super::fail(false, format!("cannot listen on {}: {e}", args.listen)),
     };
+    // The receiving side's bytes and rounds (no volume gauges: those are
+    // the daemon's).
+    if let Err(e) = args.metrics.start(Arc::new(|| {})) {
+        return super::fail(false, e);
+    }
     let mut handler = AgentHandler::new(ControlClient::new(&args.control_socket));
     handler.checkpoint_bytes = args.checkpoint.bytes().max(1);
     let handler = Arc::new(handler);

@@ -15,6 +15,8 @@ use crate::service::ErrorCode;
 use std::process::ExitCode;
 
 pub(crate) const FAILURE: u8 = 1;
+/// clap's own code for a usage error; used where daffe finds one itself.
+pub(crate) const USAGE: u8 = 2;
 pub(crate) const NOT_FOUND: u8 = 3;
 pub(crate) const IN_USE: u8 = 4;
 pub(crate) const REMOTE: u8 = 5;

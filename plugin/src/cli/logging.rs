@@ -207,6 +207,7 @@ impl<S: Subscriber> Layer<S> for Recent {
         }
         let mut text = Text::default();
         event.record(&mut text);
+        crate::metrics::daemon().log_event(meta.level().as_str());
         crate::control::status::remember(meta.level().as_str(), one_line(&text.0));
     }
 }
@@ -234,25 +235,31 @@ where
 }
 
 /// Logs to stderr; `DAFFE_LOG` (or `RUST_LOG`) takes a tracing filter,
-/// default `info`; `DAFFE_LOG_FORMAT` is `text` (default) or `json`.
-pub(crate) fn init() {
+/// default `info`, overridden by `-q`/`-v` (see [`super::output`]);
+/// `DAFFE_LOG_FORMAT` is `text` (default) or `json`. `json_lines` forces
+/// JSON (with `--json-progress`, every line on stderr is one JSON object).
+/// The first call sets logging up; later ones do nothing.
+pub(crate) fn init(json_lines: bool) {
     use std::io::IsTerminal;
-    let filter = std::env::var("DAFFE_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".into());
-    let (format, problem) = match parse_format(std::env::var("DAFFE_LOG_FORMAT").ok().as_deref()) {
-        Ok(f) => (f, None),
-        Err(e) => (Format::Text, Some(e)),
-    };
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let pending = Arc::new(Mutex::new(Pending::default()));
-    let subscriber = build(&filter, format, ansi, std::io::stderr, pending.clone());
-    if tracing::subscriber::set_global_default(subscriber).is_ok() {
-        let _ = INSTALLED.set(Installed { pending, format });
-    }
-    if let Some(p) = problem {
-        tracing::warn!("{p}");
-    }
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = super::output::process_log_filter();
+        let (format, problem) =
+            match parse_format(std::env::var("DAFFE_LOG_FORMAT").ok().as_deref()) {
+                Ok(f) => (f, None),
+                Err(e) => (Format::Text, Some(e)),
+            };
+        let format = if json_lines { Format::Json } else { format };
+        let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        let pending = Arc::new(Mutex::new(Pending::default()));
+        let subscriber = build(&filter, format, ansi, std::io::stderr, pending.clone());
+        if tracing::subscriber::set_global_default(subscriber).is_ok() {
+            let _ = INSTALLED.set(Installed { pending, format });
+        }
+        if let Some(p) = problem {
+            tracing::warn!("{p}");
+        }
+    });
 }
 
 /// Writes the held-back SDK warning, if any, to stderr: called right after a

@@ -9,6 +9,7 @@
 //! through snapshots instead (see `super::migrate_ebs`).
 
 use super::agent::PeerOptions;
+use super::progress_json::JsonLines;
 use crate::config::DEFAULT_CONTROL_SOCKET;
 use crate::control::ControlClient;
 use crate::migrate::duration;
@@ -81,6 +82,10 @@ pub struct MigrateArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Stream progress and round events on stderr as JSON, one object per
+    /// line (README, "Progress for scripts"); stdout is unchanged.
+    #[arg(long)]
+    pub json_progress: bool,
     /// The local daemon's control socket.
     #[arg(long, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
     pub(crate) control_socket: PathBuf,
@@ -100,6 +105,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             max_rounds: args.max_rounds,
             unmount_timeout: &args.unmount_timeout,
             json: args.json,
+            json_progress: args.json_progress,
             control_socket: &args.control_socket,
             ebs: &args.ebs,
         });
@@ -156,14 +162,26 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             timeout: hook_timeout,
         }),
     };
-    let bar = ProgressBar::new_spinner();
+    let quiet = super::output::quiet();
+    let stream = args
+        .json_progress
+        .then(|| JsonLines::new("migrate", "bytes"));
+    let bar = if quiet || stream.is_some() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new_spinner()
+    };
     bar.set_style(
         ProgressStyle::with_template("{spinner} {msg} {bytes} ({bytes_per_sec})")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
     );
     // Lines the operator (or a script reading stderr) acts on are printed
-    // whether or not stderr is a terminal; the bar only draws on one.
+    // whether or not stderr is a terminal; the bar only draws on one. `-q`
+    // and `--json-progress` print none of them.
     let say = |bar: &ProgressBar, line: String| {
+        if quiet || stream.is_some() {
+            return;
+        }
         if bar.is_hidden() {
             eprintln!("{line}");
         } else {
@@ -171,84 +189,143 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         }
     };
     let volume = args.volume.clone();
-    let result = migrate(&daemon, &mut dest, &opts, &mut |ev| match ev {
-        Event::Preflight(c) => say(
-            &bar,
-            format!(
-                "{}: destination {} has profile {} and {} bytes free{}",
-                volume,
-                to,
-                c.profile,
-                c.free_bytes,
-                if c.resuming {
-                    " (resuming an earlier transfer)"
-                } else {
-                    ""
-                }
-            ),
-        ),
-        Event::RoundStart { round, final_round } => {
-            bar.set_position(0);
-            bar.set_message(format!(
-                "round {round} ({})",
-                if final_round { "final" } else { "pre-copy" }
-            ));
-            bar.enable_steady_tick(Duration::from_millis(200));
+    let result = migrate(&daemon, &mut dest, &opts, &mut |ev| {
+        if let Some(s) = &stream {
+            stream_event(s, &ev);
         }
-        Event::Bytes(b) => bar.inc(b),
-        Event::RoundEnd(r) => say(
-            &bar,
-            format!(
-                "round {} ({}): {} bytes changed, {} on the wire, scan {} ms, transfer {} ms{}{}",
-                r.round,
-                if r.final_round { "final" } else { "pre-copy" },
-                r.bytes,
-                r.wire_bytes,
-                r.scan_ms,
-                r.transfer_ms,
-                if r.partial {
+        match ev {
+            Event::Preflight(c) => say(
+                &bar,
+                format!(
+                    "{}: destination {} has profile {} and {} bytes free{}",
+                    volume,
+                    to,
+                    c.profile,
+                    c.free_bytes,
+                    if c.resuming {
+                        " (resuming an earlier transfer)"
+                    } else {
+                        ""
+                    }
+                ),
+            ),
+            Event::RoundStart { round, final_round } => {
+                bar.set_position(0);
+                bar.set_message(format!(
+                    "round {round} ({})",
+                    if final_round { "final" } else { "pre-copy" }
+                ));
+                if !bar.is_hidden() {
+                    bar.enable_steady_tick(Duration::from_millis(200));
+                }
+            }
+            Event::Bytes(b) => bar.inc(b),
+            Event::RoundEnd(r) => say(
+                &bar,
+                format!(
+                    "round {} ({}): {} bytes changed, {} on the wire, scan {} ms, transfer {} ms{}{}",
+                    r.round,
+                    if r.final_round { "final" } else { "pre-copy" },
+                    r.bytes,
+                    r.wire_bytes,
+                    r.scan_ms,
+                    r.transfer_ms,
+                    if r.partial {
+                        format!(
+                            " (partial: {} bytes changed under it, sent next round)",
+                            r.bytes_dirty
+                        )
+                    } else {
+                        String::new()
+                    },
+                    r.estimate_ms
+                        .map(|e| format!(", final round estimated at {e} ms"))
+                        .unwrap_or_default()
+                ),
+            ),
+            Event::Outpaced(msg) => say(&bar, format!("warning: {msg}")),
+            Event::FlushFailed(msg) => say(
+                &bar,
+                format!("warning: {msg}; the round reads what is on disk"),
+            ),
+            Event::HookStart(cmd) => say(&bar, format!("before-cutover: running `{cmd}`")),
+            Event::HookDone(h) => say(
+                &bar,
+                if h.succeeded() {
                     format!(
-                        " (partial: {} bytes changed under it, sent next round)",
-                        r.bytes_dirty
+                        "before-cutover: done in {:.1} s; one more pre-copy round",
+                        h.seconds
                     )
                 } else {
-                    String::new()
+                    format!("before-cutover: {}", h.failure())
                 },
-                r.estimate_ms
-                    .map(|e| format!(", final round estimated at {e} ms"))
-                    .unwrap_or_default()
             ),
-        ),
-        Event::Outpaced(msg) => say(&bar, format!("warning: {msg}")),
-        Event::FlushFailed(msg) => say(
-            &bar,
-            format!("warning: {msg}; the round reads what is on disk"),
-        ),
-        Event::HookStart(cmd) => say(&bar, format!("before-cutover: running `{cmd}`")),
-        Event::HookDone(h) => say(
-            &bar,
-            if h.succeeded() {
+            Event::WaitingForUnmount => say(
+                &bar,
                 format!(
-                    "before-cutover: done in {:.1} s; one more pre-copy round",
-                    h.seconds
-                )
-            } else {
-                format!("before-cutover: {}", h.failure())
-            },
-        ),
-        Event::WaitingForUnmount => say(
-            &bar,
-            format!(
-                "waiting for {volume} to be unmounted: stop the containers using it (docker stop)"
+                    "waiting for {volume} to be unmounted: stop the containers using it (docker stop)"
+                ),
             ),
-        ),
-        Event::Unmounted => say(&bar, format!("{volume} unmounted and fenced; final round")),
-        Event::Committed => say(&bar, format!("{to} owns {volume} now")),
+            Event::Unmounted => say(&bar, format!("{volume} unmounted and fenced; final round")),
+            Event::Committed => say(&bar, format!("{to} owns {volume} now")),
+        }
     });
     bar.finish_and_clear();
+    if let Some(s) = &stream {
+        s.finish();
+    }
     match result {
+        Ok(_) if quiet && !json => ExitCode::SUCCESS,
         Ok(r) => super::finish_report::<_, String>(json, Ok(r), |r| r.render()),
         Err(e) => super::fail_code(json, &e, exit_of(&e)),
+    }
+}
+
+/// A migration event on the `--json-progress` stream: bytes count against
+/// the round (the `progress` events), the rest are events of their own.
+fn stream_event(s: &JsonLines, ev: &Event) {
+    use serde_json::json;
+    match ev {
+        Event::Preflight(c) => s.emit(
+            "preflight",
+            json!({ "profile": c.profile, "free_bytes": c.free_bytes, "resuming": c.resuming }),
+        ),
+        Event::RoundStart { round, final_round } => s.with(|t, now| {
+            let mut out = t.begin(now, if *final_round { "final" } else { "pre-copy" }, 0);
+            out.push(t.event(
+                now,
+                "round_start",
+                json!({ "round": round, "final": final_round }),
+            ));
+            out
+        }),
+        Event::Bytes(b) => s.with(|t, now| t.advance(now, *b).into_iter().collect()),
+        Event::RoundEnd(r) => s.with(|t, now| {
+            let mut out: Vec<_> = t.flush(now).into_iter().collect();
+            out.push(t.event(
+                now,
+                "round_end",
+                serde_json::to_value(r).unwrap_or_default(),
+            ));
+            out
+        }),
+        Event::Outpaced(m) => s.emit("warning", json!({ "message": m })),
+        Event::FlushFailed(m) => s.emit(
+            "warning",
+            json!({ "message": format!("{m}; the round reads what is on disk") }),
+        ),
+        Event::HookStart(cmd) => s.emit("hook_start", json!({ "command": cmd })),
+        Event::HookDone(h) => s.emit(
+            "hook_done",
+            json!({
+                "ok": h.succeeded(),
+                "seconds": h.seconds,
+                "failure": (!h.succeeded()).then(|| h.failure()),
+            }),
+        ),
+        Event::WaitingForUnmount => s.emit("waiting_for_unmount", json!({})),
+        Event::Unmounted => s.emit("unmounted", json!({})),
+        Event::Committed => s.emit("committed", json!({})),
     }
 }
 

@@ -5,6 +5,7 @@
 //! daemon's `[aws]` config (from the volume's facts), so the snapshots are
 //! pushed where the daemon will look for them; flags override.
 
+use super::progress_json::JsonLines;
 use crate::control::ControlClient;
 use crate::migrate::duration;
 use crate::migrate::ebs::{
@@ -53,6 +54,7 @@ pub(crate) struct ViaEbs<'a> {
     pub(crate) max_rounds: Option<u32>,
     pub(crate) unmount_timeout: &'a str,
     pub(crate) json: bool,
+    pub(crate) json_progress: bool,
     pub(crate) control_socket: &'a Path,
     pub(crate) ebs: &'a EbsArgs,
 }
@@ -120,25 +122,65 @@ pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
     };
     let volume = args.volume.to_owned();
     // Progress lines go to stderr whether or not it is a terminal: the
-    // operator acts on "waiting for ... unmounted".
+    // operator acts on "waiting for ... unmounted". `-q` drops them;
+    // `--json-progress` streams them as JSON events instead.
+    let quiet = super::output::quiet();
+    let stream = args
+        .json_progress
+        .then(|| JsonLines::new("migrate", "blocks"));
+    let say = |event: &str, fields: serde_json::Value, line: String| match &stream {
+        Some(s) => s.emit(event, fields),
+        None if quiet => {}
+        None => eprintln!("{line}"),
+    };
+    use serde_json::json;
     let result = migrate_ebs(&steps, &mut pusher, &opts, &mut |ev| match ev {
-        EbsEvent::Preflight(f) => eprintln!(
-            "{volume}: EBS volume {} in {}, {} GiB; moving to {zone}",
-            f.volume_id, f.zone, f.size_gib
+        EbsEvent::Preflight(f) => say(
+            "preflight",
+            json!({ "volume_id": f.volume_id, "zone": f.zone, "size_gib": f.size_gib, "to_zone": zone }),
+            format!(
+                "{volume}: EBS volume {} in {}, {} GiB; moving to {zone}",
+                f.volume_id, f.zone, f.size_gib
+            ),
         ),
-        EbsEvent::RoundStart { round, final_round } => eprintln!(
-            "round {round} ({}): pushing a snapshot",
-            if final_round { "final" } else { "pre-copy" }
+        EbsEvent::RoundStart { round, final_round } => say(
+            "round_start",
+            json!({ "round": round, "final": final_round }),
+            format!(
+                "round {round} ({}): pushing a snapshot",
+                if final_round { "final" } else { "pre-copy" }
+            ),
         ),
-        EbsEvent::RoundEnd(r) => eprintln!("{}", r.line()),
-        EbsEvent::NoPreCopy => {
-            eprintln!("{volume} is not attached here (not mounted): no pre-copy, one final round")
-        }
-        EbsEvent::WaitingForUnmount => eprintln!(
-            "waiting for {volume} to be unmounted: stop the containers using it (docker stop)"
+        EbsEvent::RoundEnd(r) => say(
+            "round_end",
+            serde_json::to_value(r).unwrap_or_default(),
+            r.line(),
         ),
-        EbsEvent::Fenced => eprintln!("{volume} fenced (Mount refused); final round"),
-        EbsEvent::Copied { volume_id } => eprintln!("{volume_id} created in {zone}"),
+        EbsEvent::NoPreCopy => say(
+            "no_pre_copy",
+            json!({}),
+            format!("{volume} is not attached here (not mounted): no pre-copy, one final round"),
+        ),
+        EbsEvent::WaitingForUnmount => say(
+            "waiting_for_unmount",
+            json!({}),
+            format!(
+                "waiting for {volume} to be unmounted: stop the containers using it (docker stop)"
+            ),
+        ),
+        EbsEvent::Fenced => say(
+            "unmounted",
+            json!({}),
+            format!("{volume} fenced (Mount refused); final round"),
+        ),
+        EbsEvent::Copied { volume_id } => say(
+            "copied",
+            json!({ "volume_id": volume_id, "zone": zone }),
+            format!("{volume_id} created in {zone}"),
+        ),
     });
+    if quiet && !json && result.is_ok() {
+        return ExitCode::SUCCESS;
+    }
     super::finish_report(json, result, |r| r.render())
 }

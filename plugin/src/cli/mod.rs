@@ -8,8 +8,10 @@ pub(crate) mod logging;
 pub mod migrate;
 pub(crate) mod migrate_ebs;
 pub(crate) mod notify;
+pub mod output;
 pub mod placement;
 pub mod profiles;
+pub(crate) mod progress_json;
 pub mod serve;
 pub mod snapshot;
 pub mod status;
@@ -19,9 +21,25 @@ pub mod volume;
 use std::process::ExitCode;
 
 /// Logs to stderr (see [`logging`]): `DAFFE_LOG` (or `RUST_LOG`) takes a
-/// tracing filter, default `info`; `DAFFE_LOG_FORMAT=json` for JSON lines.
+/// tracing filter, default `info` (`-q`/`-v` override it);
+/// `DAFFE_LOG_FORMAT=json` for JSON lines. Idempotent.
 pub(crate) fn init_logging() {
-    logging::init();
+    logging::init(false);
+}
+
+/// Sets up what every command shares: the `-q`/`-v` flags and logging.
+/// `main` calls it once, before the subcommand runs; `json_lines` is the
+/// subcommand's `--json-progress`.
+pub fn start(global: output::GlobalArgs, json_lines: bool) -> Result<(), ExitCode> {
+    // clap checks a conflict between global flags only where both were
+    // written (`daffe -q sync -v` passes it).
+    if global.quiet && global.verbose > 0 {
+        eprintln!("error: -q/--quiet and -v/--verbose cannot be used together");
+        return Err(exit::code(exit::USAGE));
+    }
+    output::set(global);
+    logging::init(json_lines);
+    Ok(())
 }
 
 /// Prints an error as text on stderr, or as `{"error": ...}` on stdout with

@@ -29,6 +29,52 @@ pub struct ServeArgs {
     /// State and default volume roots.
     #[arg(long, env = "DAFFE_DATA_ROOT")]
     pub(crate) data_root: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) metrics: MetricsArgs,
+}
+
+/// Where Prometheus metrics are served besides the control socket's
+/// `GET /metrics` (`serve` and `agent`).
+#[derive(Debug, Args)]
+pub(crate) struct MetricsArgs {
+    /// Also serve `GET /metrics` over plain HTTP on this IP:PORT (e.g.
+    /// 127.0.0.1:9450). Off by default; a loopback address unless
+    /// --metrics-public.
+    #[arg(long, env = "DAFFE_METRICS_ADDR", value_name = "IP:PORT")]
+    pub(crate) metrics_addr: Option<String>,
+    /// Allow a --metrics-addr that is not loopback (the metrics have no
+    /// authentication).
+    #[arg(long, requires = "metrics_addr")]
+    pub(crate) metrics_public: bool,
+}
+
+impl MetricsArgs {
+    /// Binds and serves the metrics if asked; `refresh` updates the gauges
+    /// before each scrape. A bad or busy address is an error: an operator
+    /// who asked for metrics must not find out from a silent scrape failure.
+    pub(crate) fn start(
+        &self,
+        refresh: Arc<dyn Fn() + Send + Sync>,
+    ) -> Result<Option<std::net::SocketAddr>, String> {
+        let Some(addr) = &self.metrics_addr else {
+            return Ok(None);
+        };
+        let addr =
+            crate::metrics::http::check(addr, self.metrics_public).map_err(|e| e.to_string())?;
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("--metrics-addr {addr}: cannot listen: {e}"))?;
+        let bound = listener.local_addr().unwrap_or(addr);
+        crate::metrics::http::spawn(
+            listener,
+            crate::metrics::http::Source {
+                metrics: crate::metrics::daemon(),
+                refresh,
+            },
+        )
+        .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+        tracing::info!(addr = %bound, "serving metrics");
+        Ok(Some(bound))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +99,8 @@ enum ServeError {
     Watchdog(std::io::Error),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("{0}")]
+    Metrics(String),
     #[error("making the data root {} private: {source}", path.display())]
     DataRoot {
         path: std::path::PathBuf,
@@ -117,6 +165,14 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
             tracing::warn!(error = %e, "rebuilding records from the storage failed; serving the known volumes")
         }
     }
+    let for_metrics = svc.clone();
+    args.metrics
+        .start(Arc::new(move || {
+            if let Ok(views) = for_metrics.views() {
+                crate::metrics::daemon().set_volumes(&views);
+            }
+        }))
+        .map_err(ServeError::Metrics)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

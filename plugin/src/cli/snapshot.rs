@@ -6,6 +6,7 @@
 //! indexes. Credentials and region come from the standard AWS chain;
 //! `--region` and `--endpoint-url` override them.
 
+use super::progress_json::JsonLines;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mover::aws::AwsOptions;
@@ -25,6 +26,16 @@ use std::process::ExitCode;
 pub struct SnapshotArgs {
     #[command(subcommand)]
     pub(crate) command: SnapshotCommand,
+}
+
+impl SnapshotArgs {
+    /// `--json-progress` was given.
+    pub fn json_progress(&self) -> bool {
+        match &self.command {
+            SnapshotCommand::Push(a) => a.common.json_progress,
+            SnapshotCommand::Pull(a) => a.common.json_progress,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -47,6 +58,10 @@ pub(crate) struct CommonArgs {
     /// Print a JSON report (or a JSON error) on stdout.
     #[arg(long)]
     pub(crate) json: bool,
+    /// Stream progress (blocks per phase) on stderr as JSON, one object per
+    /// line (README, "Progress for scripts"); stdout is unchanged.
+    #[arg(long)]
+    pub(crate) json_progress: bool,
     /// AWS region (default: the standard AWS chain).
     #[arg(long)]
     pub(crate) region: Option<String>,
@@ -139,7 +154,10 @@ fn finish<R: Serialize, E>(
             ExitCode::SUCCESS
         }
         Ok(r) => {
-            println!("{}", text(&r));
+            let line = text(&r);
+            if !line.is_empty() {
+                println!("{line}");
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(json, failure(&e)),
@@ -180,15 +198,24 @@ fn transfer(c: &CommonArgs) -> TransferOptions {
     }
 }
 
-/// A progress bar on stderr, shown only on a terminal and without --json.
-struct Bar(Option<ProgressBar>);
+/// Progress: a bar on stderr, shown only on a terminal and without --json
+/// or -q; or the `--json-progress` stream.
+struct Bar(Option<ProgressBar>, Option<JsonLines>);
 
 impl Bar {
-    fn new(json: bool) -> Self {
-        Self((!json && std::io::stderr().is_terminal()).then(ProgressBar::hidden))
+    fn new(c: &CommonArgs, command: &'static str) -> Self {
+        if c.json_progress {
+            return Self(None, Some(JsonLines::new(command, "blocks")));
+        }
+        let shown = !c.json && !super::output::quiet() && std::io::stderr().is_terminal();
+        Self(shown.then(ProgressBar::hidden), None)
     }
     fn sink(&self) -> &dyn BlockProgress {
-        if self.0.is_some() { self } else { &NoProgress }
+        match (&self.0, &self.1) {
+            (_, Some(stream)) => stream,
+            (Some(_), None) => self,
+            (None, None) => &NoProgress,
+        }
     }
 }
 
@@ -236,13 +263,18 @@ fn run_push(a: PushArgs) -> ExitCode {
         )],
         transfer: transfer(&a.common),
     };
-    let bar = Bar::new(json);
+    let bar = Bar::new(&a.common, "snapshot-push");
     let store = IndexStore::new(&a.common.state_dir);
+    let quiet = super::output::quiet();
     finish(
         json,
         push(&api, &store, &a.source, &opts, bar.sink()),
         |e| Failure::new(e.to_string(), e.snapshot_id(), e.aws_code()),
         |r| {
+            if quiet {
+                // The one thing a script needs, as `docker ... -q` prints ids.
+                return r.snapshot_id.clone();
+            }
             format!(
                 "{}: {} blocks uploaded ({} zero), {} skipped, {} MiB in {:.1} s, {} retries",
                 r.snapshot_id,
@@ -267,13 +299,17 @@ fn run_pull(a: PullArgs) -> ExitCode {
         base: a.base,
         transfer: transfer(&a.common),
     };
-    let bar = Bar::new(json);
+    let bar = Bar::new(&a.common, "snapshot-pull");
     let store = IndexStore::new(&a.common.state_dir);
+    let quiet = super::output::quiet();
     finish(
         json,
         pull(&api, &store, &a.snapshot, &a.dest, &opts, bar.sink()),
         |e| Failure::new(e.to_string(), e.snapshot_id(), e.aws_code()),
         |r| {
+            if quiet {
+                return String::new();
+            }
             format!(
                 "{} -> {}: {} blocks written, {} zeroed, {} MiB in {:.1} s, {} retries",
                 r.snapshot_id,

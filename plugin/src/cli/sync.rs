@@ -55,6 +55,10 @@ pub struct SyncArgs {
     /// --json: one object with every change and the totals.
     #[arg(long, short = 'n')]
     pub(crate) dry_run: bool,
+    /// Stream progress on stderr as JSON, one object per line (see README,
+    /// "Progress for scripts"); stdout is unchanged.
+    #[arg(long)]
+    pub json_progress: bool,
 }
 
 /// `--verify` values.
@@ -300,21 +304,34 @@ pub fn run(args: SyncArgs) -> ExitCode {
     if let Some(t) = args.threads {
         opts.threads = t.max(1);
     }
+    tracing::debug!(src = %args.src.display(), dst = %args.dst.display(),
+        threads = opts.threads, allow_foreign = opts.allow_foreign, "sync");
     if args.dry_run {
         return run_dry(&args, &src, &dst, &opts);
     }
-    let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
-        let pb = ProgressBar::new(0);
-        pb.set_style(style(SPINNER));
-        pb.enable_steady_tick(std::time::Duration::from_millis(120));
-        pb
-    });
+    let quiet = super::output::quiet();
+    let stream = args
+        .json_progress
+        .then(|| Arc::new(super::progress_json::JsonLines::new("sync", "bytes")));
+    if let Some(s) = &stream {
+        opts.progress = s.clone();
+    }
+    let bar =
+        (stream.is_none() && !quiet && !args.json && std::io::stderr().is_terminal()).then(|| {
+            let pb = ProgressBar::new(0);
+            pb.set_style(style(SPINNER));
+            pb.enable_steady_tick(std::time::Duration::from_millis(120));
+            pb
+        });
     if let Some(pb) = &bar {
         opts.progress = Arc::new(Bar(pb.clone()));
     }
     let result = mover::sync(&src, &dst, &opts);
     if let Some(pb) = &bar {
         pb.finish_and_clear();
+    }
+    if let Some(s) = &stream {
+        s.finish();
     }
     match result {
         Ok(stats) => {
@@ -326,7 +343,7 @@ pub fn run(args: SyncArgs) -> ExitCode {
                         return ExitCode::FAILURE;
                     }
                 }
-            } else {
+            } else if !quiet {
                 for s in &stats.rounds.skipped {
                     eprintln!("warning: {}: {} not copied: {}", s.path, s.what, s.reason);
                 }
@@ -369,6 +386,7 @@ mod tests {
             threads: Some(1),
             delete: false,
             dry_run: false,
+            json_progress: false,
         };
         assert_eq!(
             run(args(src.clone(), t.path().join("dst"))),
@@ -402,6 +420,7 @@ mod tests {
             threads: Some(1),
             delete,
             dry_run: false,
+            json_progress: false,
         };
         // A missing source creates nothing, and is "not found" (3).
         assert_eq!(run(args(&src, &dst, false)), ExitCode::from(3));

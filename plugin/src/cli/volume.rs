@@ -25,9 +25,6 @@ pub(crate) enum VolumeCommand {
         /// Print the daemon's records as JSON (for scripts).
         #[arg(long)]
         json: bool,
-        /// Print only the volume names (NAME), one a line.
-        #[arg(short, long, conflicts_with_all = ["json", "format"])]
-        quiet: bool,
         /// One line per volume from a template, as `docker volume ls
         /// --format`: {{.Name}} {{.DockerName}} {{.Profile}} {{.Format}}
         /// {{.Size}} {{.Used}} {{.Mounts}} {{.State}}; or `json` for one
@@ -100,7 +97,10 @@ pub fn run(args: VolumeArgs) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     match args.command {
-        VolumeCommand::Ls { quiet, format, .. } => {
+        VolumeCommand::Ls { format, .. } => {
+            // The global -q: names only (NAME), one a line, as `docker
+            // volume ls -q`; --format wins over it.
+            let quiet = super::output::quiet() && format.is_none();
             let vols = reply.as_array().map(Vec::as_slice).unwrap_or_default();
             match (quiet, format.as_deref()) {
                 (true, _) => vols.iter().for_each(|v| println!("{}", s(&v["name"]))),
@@ -110,6 +110,7 @@ pub fn run(args: VolumeArgs) -> ExitCode {
             }
         }
         VolumeCommand::Inspect { .. } => print_one(&reply),
+        VolumeCommand::SetProfile { .. } if super::output::quiet() => {}
         VolumeCommand::SetProfile { .. } => print_change(&reply),
     }
     ExitCode::SUCCESS

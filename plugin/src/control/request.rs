@@ -13,6 +13,7 @@
 //! | GET | `/v1/status` | [`ControlRequest::Status`] |
 //! | GET | `/v1/health` | [`ControlRequest::Health`] |
 //! | GET | `/v1/cluster` | [`ControlRequest::Cluster`] |
+//! | GET | `/metrics` (Prometheus' usual path) | [`ControlRequest::Metrics`] |
 //! | GET | `/v1/volumes/NAME` | [`ControlRequest::Volume`] |
 //! | POST | `/v1/volumes/NAME/profile` `{"profile"}` | [`ControlRequest::SetProfile`] |
 //! | GET | `/v1/volumes/NAME/transfer` | [`ControlRequest::Transfer`] |
@@ -49,6 +50,8 @@ pub(crate) enum ControlRequest {
     Health,
     /// `daffe cluster status`: nodes, volumes, owners, epochs (cluster mode).
     Cluster,
+    /// Prometheus metrics, in the text format (`crate::metrics`).
+    Metrics,
     /// One volume, by NAME or docker name.
     Volume { name: String },
     /// `daffe volume set-profile`.
@@ -207,6 +210,7 @@ impl ControlRequest {
             ["v1", "status"] => only(Method::GET).map(|()| R::Status),
             ["v1", "health"] => only(Method::GET).map(|()| R::Health),
             ["v1", "cluster"] => only(Method::GET).map(|()| R::Cluster),
+            ["metrics"] => only(Method::GET).map(|()| R::Metrics),
             ["v1", "volumes", n] => only(Method::GET).map(|()| R::Volume { name: name(n) }),
             ["v1", "volumes", n, "transfer"] => {
                 only(Method::GET).map(|()| R::Transfer { name: name(n) })
@@ -321,6 +325,7 @@ impl ControlRequest {
             R::Status => get("/v1/status".into()),
             R::Health => get("/v1/health".into()),
             R::Cluster => get("/v1/cluster".into()),
+            R::Metrics => get("/metrics".into()),
             R::Volume { name } => get(vol(name, "")),
             R::SetProfile { name, profile } => {
                 post(vol(name, "profile"), json!({ "profile": profile }))
@@ -376,6 +381,7 @@ impl ControlRequest {
             R::Status => "status",
             R::Health => "health",
             R::Cluster => "cluster status",
+            R::Metrics => "metrics",
             R::Volume { .. } => "inspect",
             R::SetProfile { .. } => "set-profile",
             R::Transfer { .. } => "transfer paths",
@@ -402,7 +408,7 @@ impl ControlRequest {
     pub(crate) fn subject(&self) -> &str {
         use ControlRequest as R;
         match self {
-            R::Profiles | R::Volumes | R::Status | R::Health | R::Cluster => "",
+            R::Profiles | R::Volumes | R::Status | R::Health | R::Cluster | R::Metrics => "",
             R::DefineProfile { name, .. }
             | R::Volume { name }
             | R::SetProfile { name, .. }
@@ -477,6 +483,7 @@ mod tests {
             R::Status,
             R::Health,
             R::Cluster,
+            R::Metrics,
             R::Volume { name: n() },
             R::Volume {
                 name: "with space/and%slash".into(),

@@ -61,6 +61,7 @@ impl Limits {
             | R::Status
             | R::Health
             | R::Cluster
+            | R::Metrics
             | R::Volume { .. }
             | R::Transfer { .. }
             | R::Move { .. }
@@ -110,9 +111,11 @@ impl ControlApi {
         let limit = self.limits.of(&req);
         let (op, subject) = (req.op(), req.subject().to_owned());
         let (svc, daemon) = (self.svc.clone(), self.daemon.clone());
-        bounded::run(op, &subject, limit, move |_| answer(&svc, &daemon, req))
+        let reply = bounded::run(op, &subject, limit, move |_| answer(&svc, &daemon, req))
             .await
-            .unwrap_or_else(coded)
+            .unwrap_or_else(coded);
+        crate::metrics::daemon().control_call(op, reply.status);
+        reply
     }
 }
 
@@ -180,13 +183,30 @@ fn answer(
                 });
             }
         },
+        R::Metrics => {
+            let m = crate::metrics::daemon();
+            m.set_volumes(&svc.views()?);
+            Reply::text(crate::metrics::CONTENT_TYPE, m.render())
+        }
         R::Volume { name } => json(svc.inspect(&name)?),
         R::SetProfile { name, profile } => json(svc.set_profile(&name, &profile)?),
         R::Transfer { name } => json(svc.transfer_paths(&name)?),
         R::Move { name, to } => json(svc.begin_move(&name, &to)?),
-        R::Fence { name, to } => json(svc.fence(&name, &to)?),
-        R::FinishMove { name, to } => json(svc.finish_move(&name, &to)?),
-        R::AbortMove { name } => json(svc.abort_move(&name)?),
+        R::Fence { name, to } => {
+            let r = svc.fence(&name, &to)?;
+            crate::metrics::daemon().fenced(&name, std::time::Instant::now());
+            json(r)
+        }
+        R::FinishMove { name, to } => {
+            let r = svc.finish_move(&name, &to)?;
+            crate::metrics::daemon().move_ended(&name, true, std::time::Instant::now());
+            json(r)
+        }
+        R::AbortMove { name } => {
+            let r = svc.abort_move(&name)?;
+            crate::metrics::daemon().move_ended(&name, false, std::time::Instant::now());
+            json(r)
+        }
         R::Own { name } => json(svc.take_ownership(&name)?),
         R::CheckReceive {
             volume,
@@ -200,8 +220,16 @@ fn answer(
         } => json(svc.prepare_receive(&volume, &options, &from)?),
         R::EbsFacts { name } => json(svc.ebs_facts(&name)?),
         R::Ebs { name, step } => match step {
-            EbsStep::Fence { zone } => json(svc.ebs_fence(&name, &zone)?),
-            EbsStep::Unfence => json(svc.ebs_unfence(&name)?),
+            EbsStep::Fence { zone } => {
+                let r = svc.ebs_fence(&name, &zone)?;
+                crate::metrics::daemon().fenced(&name, std::time::Instant::now());
+                json(r)
+            }
+            EbsStep::Unfence => {
+                let r = svc.ebs_unfence(&name)?;
+                crate::metrics::daemon().move_ended(&name, false, std::time::Instant::now());
+                json(r)
+            }
             EbsStep::Attach => json(json!({ "device": svc.ebs_attach(&name)? })),
             EbsStep::Detach => {
                 svc.ebs_detach(&name)?;
@@ -210,7 +238,11 @@ fn answer(
             EbsStep::Copy { snapshot_id, zone } => {
                 json(json!({ "volume_id": svc.ebs_copy(&name, &snapshot_id, &zone)? }))
             }
-            EbsStep::Moved { zone, volume_id } => json(svc.ebs_moved(&name, &zone, &volume_id)?),
+            EbsStep::Moved { zone, volume_id } => {
+                let r = svc.ebs_moved(&name, &zone, &volume_id)?;
+                crate::metrics::daemon().move_ended(&name, true, std::time::Instant::now());
+                json(r)
+            }
         },
     })
 }

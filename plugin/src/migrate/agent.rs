@@ -199,7 +199,14 @@ impl RoundHandler for AgentHandler {
         };
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,
             from = %peer.node, "receiving round");
-        let summary = receive_round(&dest, &paths.state_dir, source, &opts)?;
+        let summary = receive_round(&dest, &paths.state_dir, source, &opts).inspect_err(|_| {
+            crate::metrics::daemon().round_ended(false);
+        })?;
+        crate::metrics::daemon().round_received(
+            summary.bytes_fetched,
+            summary.bytes_written,
+            std::time::Duration::from_millis(summary.duration_ms),
+        );
         tracing::info!(volume = %req.target, round = req.round, bytes = summary.bytes_fetched,
             ms = summary.duration_ms, "round applied");
         Ok(summary)

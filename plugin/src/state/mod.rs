@@ -11,8 +11,11 @@
 //! - [`catalog`]: the profile catalog, changed at run time through the
 //!   control API and persisted beside the store.
 //! - [`roots`]: local profile roots stay under the data root.
+//! - [`format`]: the store's format version, and what opening an older or a
+//!   newer store does.
 
 pub(crate) mod catalog;
+pub(crate) mod format;
 pub(crate) mod record;
 mod records;
 pub(crate) mod roots;

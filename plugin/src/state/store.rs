@@ -18,8 +18,11 @@
 //!
 //! JSON rather than a binary encoding: records are small, and an operator or
 //! a newer daemon can read them; unknown-field-tolerant decoding keeps old
-//! records loadable.
+//! records loadable. The store's format version lives beside the records
+//! (see [`super::format`]): an older store is brought up to date at open, a
+//! newer one refused untouched.
 
+use super::format::{self, FORMAT, FORMAT_KEY, META, Open};
 use super::record::VolumeRecord;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use std::path::{Path, PathBuf};
@@ -56,6 +59,16 @@ pub(crate) enum StoreError {
         #[source]
         source: Box<redb::Error>,
     },
+    #[error(
+        "state store {path} has format version {found}, newer than this daffe reads (up to \
+         {known}): it was written by a newer daffe; run that one, or restore the copy of the \
+         state directory made before the upgrade (packaging/UPGRADING.md). Nothing was changed."
+    )]
+    Newer {
+        path: PathBuf,
+        found: u64,
+        known: u64,
+    },
     #[error("state store {path}: record {name:?} cannot be read: {source}")]
     Decode {
         path: PathBuf,
@@ -76,6 +89,23 @@ pub(super) struct Store {
 /// Errors after which redb must be closed and opened again.
 fn needs_reopen(e: &redb::Error) -> bool {
     matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo)
+}
+
+/// The store's format version (`None` when it has no marker: version 0, or
+/// a new file), and whether it holds the volumes table (a new file does not).
+fn read_format(db: &Database) -> Result<(Option<u64>, bool), redb::Error> {
+    let txn = db.begin_read()?;
+    let has_volumes = match txn.open_table(VOLUMES) {
+        Ok(_) => true,
+        Err(redb::TableError::TableDoesNotExist(_)) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let table = match txn.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok((None, has_volumes)),
+        Err(e) => return Err(e.into()),
+    };
+    Ok((table.get(FORMAT_KEY)?.map(|v| v.value()), has_volumes))
 }
 
 /// Opens (or creates) the database file, telling a lock held by another
@@ -109,6 +139,21 @@ impl Store {
             })?;
         }
         let db = create(path)?;
+        let db_err = |e: redb::Error| StoreError::Db {
+            path: path.to_owned(),
+            source: Box::new(e),
+        };
+        // The version first, in a read transaction: a newer store is
+        // refused before this daffe writes anything into it.
+        let (found, existed) = read_format(&db).map_err(db_err)?;
+        let step = format::open(found);
+        if let Open::Newer { found } = step {
+            return Err(StoreError::Newer {
+                path: path.to_owned(),
+                found,
+                known: FORMAT,
+            });
+        }
         let store = Self {
             db: RwLock::new(Some(db)),
             path: path.to_owned(),
@@ -118,7 +163,30 @@ impl Store {
             let _ = t;
             Ok(())
         })?;
+        if let Open::Upgrade { from } = step {
+            store.write_format()?;
+            if existed {
+                tracing::info!(store = %path.display(), from, to = FORMAT, "state store format upgraded");
+            }
+        }
         Ok(store)
+    }
+
+    /// Marks the store as [`FORMAT`].
+    fn write_format(&self) -> Result<(), StoreError> {
+        let result = {
+            let guard = self.db()?;
+            let db = guard.as_ref().ok_or_else(closed(&self.path))?;
+            db.begin_write().map_err(redb::Error::from).and_then(|txn| {
+                txn.open_table(META)
+                    .map_err(redb::Error::from)
+                    .and_then(|mut t| {
+                        t.insert(FORMAT_KEY, FORMAT).map(|_| ()).map_err(Into::into)
+                    })?;
+                txn.commit().map_err(redb::Error::from)
+            })
+        };
+        result.map_err(|e| self.db_err(e))
     }
 
     fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {

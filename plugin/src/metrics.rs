@@ -1,0 +1,402 @@
+//! Prometheus metrics of the daemon (issue 13, item 8), in the text format
+//! Prometheus scrapes (OpenMetrics, from the `prometheus-client` crate):
+//! `GET /metrics` on the control socket, and on `--metrics-addr` when given
+//! (see [`http`]).
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `daffe_driver_requests_total` | `endpoint`, `result` | VolumeDriver calls (`Create`, `Mount`, ...) by outcome (`ok`, `invalid`, `not_found`, `conflict`, `timeout`, `failed`) |
+//! | `daffe_driver_request_duration_seconds` | `endpoint` | their latency (histogram) |
+//! | `daffe_control_requests_total` | `op`, `result` | control socket requests (the CLI, the agent) |
+//! | `daffe_volumes` | `profile`, `state` | volumes by profile and state, read at each scrape |
+//! | `daffe_volume_mounts` | | mounts over all volumes |
+//! | `daffe_log_events_total` | `level` | warnings and errors the daemon logged |
+//! | `daffe_migration_downtime_seconds` | | from the source's fence to the destination owning the volume (histogram) |
+//! | `daffe_build_info` | `version` | always 1 |
+//!
+//! The mover's bytes and rounds are counted where they move: `daffe agent
+//! --metrics-addr` serves the receiving side's:
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `daffe_received_bytes_total` | `kind` | `fetched` (chunk data that crossed the link), `written` (applied to volumes) |
+//! | `daffe_receive_rounds_total` | `result` | rounds received from peers: `ok`, `failed` |
+//! | `daffe_receive_round_duration_seconds` | | their duration (histogram) |
+//!
+//! One set per process ([`daemon`]): a daemon serves one store.
+
+pub(crate) mod http;
+
+use crate::service::VolumeView;
+use hyper::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// The content type of [`Metrics::render`]'s text.
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Call {
+    endpoint: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Endpoint {
+    endpoint: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Op {
+    op: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VolumeLabels {
+    profile: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Level {
+    level: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Version {
+    version: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+/// Latency buckets: 1 ms to ~33 s by doubling (a List is milliseconds; a
+/// Create that runs mkfs or an EBS attach, tens of seconds).
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+/// The daemon's metrics.
+pub(crate) struct Metrics {
+    registry: Registry,
+    driver_calls: Family<Call, Counter>,
+    driver_seconds: Family<Endpoint, Histogram, fn() -> Histogram>,
+    control_calls: Family<Op, Counter>,
+    volumes: Family<VolumeLabels, Gauge>,
+    mounts: Gauge,
+    log_events: Family<Level, Counter>,
+    downtime: Histogram,
+    /// When each volume was fenced (its downtime began), until it moved.
+    fenced_at: Mutex<HashMap<String, Instant>>,
+    /// Receiving side (the agent): bytes by kind, rounds' durations, peers.
+    received_bytes: Family<Kind, Counter>,
+    round_seconds: Histogram,
+    rounds: Family<Outcome, Counter>,
+}
+
+impl Metrics {
+    /// A fresh set, every metric registered at zero.
+    pub(crate) fn new() -> Self {
+        let mut registry = Registry::with_prefix("daffe");
+        let driver_calls = Family::<Call, Counter>::default();
+        let driver_seconds =
+            Family::<Endpoint, Histogram, fn() -> Histogram>::new_with_constructor(latency);
+        let control_calls = Family::<Op, Counter>::default();
+        let volumes = Family::<VolumeLabels, Gauge>::default();
+        let mounts = Gauge::default();
+        let log_events = Family::<Level, Counter>::default();
+        // 10 ms to ~164 s: a cutover is meant to take seconds.
+        let downtime = Histogram::new(exponential_buckets(0.01, 2.0, 15));
+        let received_bytes = Family::<Kind, Counter>::default();
+        let round_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 18));
+        let rounds = Family::<Outcome, Counter>::default();
+        registry.register(
+            "driver_requests",
+            "VolumeDriver calls by endpoint and result",
+            driver_calls.clone(),
+        );
+        registry.register(
+            "driver_request_duration_seconds",
+            "VolumeDriver call latency by endpoint",
+            driver_seconds.clone(),
+        );
+        registry.register(
+            "control_requests",
+            "Control socket requests by operation and result",
+            control_calls.clone(),
+        );
+        registry.register("volumes", "Volumes by profile and state", volumes.clone());
+        registry.register("volume_mounts", "Mounts over all volumes", mounts.clone());
+        registry.register(
+            "log_events",
+            "Warnings and errors logged, by level",
+            log_events.clone(),
+        );
+        registry.register(
+            "migration_downtime_seconds",
+            "Time from a migrating volume's fence to the destination owning it",
+            downtime.clone(),
+        );
+        registry.register(
+            "received_bytes",
+            "Bytes received from peers by kind (fetched: chunk data on the wire; written: applied to volumes)",
+            received_bytes.clone(),
+        );
+        registry.register(
+            "receive_round_duration_seconds",
+            "Duration of the rounds received from peers",
+            round_seconds.clone(),
+        );
+        registry.register(
+            "receive_rounds",
+            "Rounds received from peers, by result",
+            rounds.clone(),
+        );
+        registry.register(
+            "build",
+            "The running daffe",
+            Info::new(Version {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+            }),
+        );
+        Self {
+            registry,
+            driver_calls,
+            driver_seconds,
+            control_calls,
+            volumes,
+            mounts,
+            log_events,
+            downtime,
+            fenced_at: Mutex::default(),
+            received_bytes,
+            round_seconds,
+            rounds,
+        }
+    }
+
+    /// One VolumeDriver call answered with `status` after `elapsed`.
+    pub(crate) fn driver_call(&self, endpoint: &str, status: StatusCode, elapsed: Duration) {
+        self.driver_calls
+            .get_or_create(&Call {
+                endpoint: endpoint.to_owned(),
+                result: result_of(status).to_owned(),
+            })
+            .inc();
+        self.driver_seconds
+            .get_or_create(&Endpoint {
+                endpoint: endpoint.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// One control request answered with `status`.
+    pub(crate) fn control_call(&self, op: &str, status: StatusCode) {
+        self.control_calls
+            .get_or_create(&Op {
+                op: op.to_owned(),
+                result: result_of(status).to_owned(),
+            })
+            .inc();
+    }
+
+    /// A warning or error was logged (`level`: `WARN`, `ERROR`).
+    pub(crate) fn log_event(&self, level: &str) {
+        self.log_events
+            .get_or_create(&Level {
+                level: level.to_ascii_lowercase(),
+            })
+            .inc();
+    }
+
+    /// `volume` was fenced for its cutover: its downtime starts.
+    pub(crate) fn fenced(&self, volume: &str, now: Instant) {
+        self.fenced_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(volume.to_owned(), now);
+    }
+
+    /// `volume`'s move ended: moved (its downtime is observed) or called
+    /// off (forgotten).
+    pub(crate) fn move_ended(&self, volume: &str, moved: bool, now: Instant) {
+        let began = self
+            .fenced_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(volume);
+        if let (true, Some(t)) = (moved, began) {
+            self.downtime
+                .observe(now.saturating_duration_since(t).as_secs_f64());
+        }
+    }
+
+    /// The volume gauges, from the records as they are now.
+    pub(crate) fn set_volumes(&self, views: &[VolumeView]) {
+        self.volumes.clear();
+        let mut mounts: u64 = 0;
+        for v in views {
+            self.volumes
+                .get_or_create(&VolumeLabels {
+                    profile: v.record.profile.clone(),
+                    state: v.record.state.as_str().to_owned(),
+                })
+                .inc();
+            mounts = mounts.saturating_add(v.mount_count);
+        }
+        self.mounts.set(i64::try_from(mounts).unwrap_or(i64::MAX));
+    }
+
+    /// A received round: `fetched` bytes of chunk data came over the wire,
+    /// `written` were applied, in `elapsed`.
+    pub(crate) fn round_received(&self, fetched: u64, written: u64, elapsed: Duration) {
+        for (kind, n) in [("fetched", fetched), ("written", written)] {
+            self.received_bytes
+                .get_or_create(&Kind {
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n);
+        }
+        self.round_seconds.observe(elapsed.as_secs_f64());
+        self.round_ended(true);
+    }
+
+    /// A received round ended (`ok`: applied; else failed or refused).
+    pub(crate) fn round_ended(&self, ok: bool) {
+        self.rounds
+            .get_or_create(&Outcome {
+                result: if ok { "ok" } else { "failed" }.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The metrics in the text format.
+    pub(crate) fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The process's metrics.
+pub(crate) fn daemon() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// The `result` label of a reply's status.
+pub(crate) fn result_of(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        200..=299 => "ok",
+        400 => "invalid",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method",
+        409 => "conflict",
+        504 => "timeout",
+        _ => "failed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of the sample `name{labels}` in `text`.
+    pub(crate) fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines().find_map(|l| {
+            let (s, v) = l.rsplit_once(' ')?;
+            (s == series).then(|| v.parse().ok()).flatten()
+        })
+    }
+
+    #[test]
+    fn calls_count_by_endpoint_and_result_with_latency() {
+        let m = Metrics::new();
+        let ms = Duration::from_millis(3);
+        m.driver_call("Create", StatusCode::OK, ms);
+        m.driver_call("Create", StatusCode::OK, ms);
+        m.driver_call("Mount", StatusCode::NOT_FOUND, ms);
+        m.control_call("list volumes", StatusCode::OK);
+        m.log_event("WARN");
+        let t = m.render();
+        let s = |series| sample(&t, series);
+        assert_eq!(
+            s(r#"daffe_driver_requests_total{endpoint="Create",result="ok"}"#),
+            Some(2.0),
+            "{t}"
+        );
+        assert_eq!(
+            s(r#"daffe_driver_requests_total{endpoint="Mount",result="not_found"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            s(r#"daffe_driver_request_duration_seconds_count{endpoint="Create"}"#),
+            Some(2.0)
+        );
+        // 3 ms falls in the 4 ms bucket, not the 2 ms one.
+        assert_eq!(
+            s(r#"daffe_driver_request_duration_seconds_bucket{le="0.002",endpoint="Create"}"#),
+            Some(0.0),
+            "{t}"
+        );
+        assert_eq!(
+            s(r#"daffe_driver_request_duration_seconds_bucket{le="0.004",endpoint="Create"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            s(r#"daffe_control_requests_total{op="list volumes",result="ok"}"#),
+            Some(1.0)
+        );
+        assert_eq!(s(r#"daffe_log_events_total{level="warn"}"#), Some(1.0));
+        assert!(t.contains("daffe_build_info{version="), "{t}");
+        assert!(t.ends_with("# EOF\n"), "{t}");
+    }
+
+    #[test]
+    fn downtime_runs_from_fence_to_moved_and_an_abort_is_not_counted() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        m.fenced("a", t0);
+        m.move_ended("a", true, t0 + Duration::from_millis(1500));
+        m.fenced("b", t0);
+        m.move_ended("b", false, t0 + Duration::from_secs(60));
+        // Moved without a fence seen (the daemon restarted): no figure.
+        m.move_ended("c", true, t0 + Duration::from_secs(60));
+        let t = m.render();
+        assert_eq!(
+            sample(&t, "daffe_migration_downtime_seconds_count"),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(
+            sample(&t, "daffe_migration_downtime_seconds_sum"),
+            Some(1.5)
+        );
+    }
+
+    #[test]
+    fn results_name_the_kind_of_failure() {
+        assert_eq!(result_of(StatusCode::OK), "ok");
+        assert_eq!(result_of(StatusCode::CONFLICT), "conflict");
+        assert_eq!(result_of(StatusCode::GATEWAY_TIMEOUT), "timeout");
+        assert_eq!(result_of(StatusCode::BAD_GATEWAY), "failed");
+    }
+}
