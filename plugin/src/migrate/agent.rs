@@ -195,6 +195,16 @@ impl RoundHandler for AgentHandler {
             // Pre-copy rounds keep what they moved when the app outruns
             // them; the final round must be exact.
             precopy: !req.final_round,
+            // A block volume's image is never grown past its size here
+            // (hardening finding 13): the profile made it that long.
+            max_size: match paths.mode {
+                LocalMode::Image => Some(
+                    std::fs::metadata(&paths.data)
+                        .map_err(|e| refused(format!("volume {}'s image: {e}", req.target)))?
+                        .len(),
+                ),
+                LocalMode::Tree => None,
+            },
             ..Default::default()
         };
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,

@@ -22,6 +22,10 @@ use std::path::{Path, PathBuf};
 pub(crate) const RECEIVE_STATE_DIR: &str = ".mover-receive";
 /// Same, for the sending side's stat cache (kept between rounds).
 pub(crate) const SEND_CACHE_DIR: &str = ".mover-send";
+/// Volumes one peer may have in `Receiving` here at once. A host drains
+/// onto another a few volumes at a time; an authenticated peer must not
+/// create volumes without end (hardening finding 13).
+pub(crate) const MAX_RECEIVING_PER_PEER: usize = 32;
 
 /// How a volume's data is moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -352,6 +356,22 @@ impl VolumeService {
                 self.records.put(&existing)?;
             }
             return transfer_paths(&existing);
+        }
+        let from_peer = self
+            .records
+            .list()?
+            .iter()
+            .filter(|r| matches!(&r.state, VolumeState::Receiving { from: f } if f == from))
+            .count();
+        if from_peer >= MAX_RECEIVING_PER_PEER {
+            return Err(ServiceError::Migration {
+                op: "receive",
+                name: docker_name.to_owned(),
+                message: format!(
+                    "{from} is already sending {from_peer} volumes here, the limit \
+                     ({MAX_RECEIVING_PER_PEER}); finish or abort one first"
+                ),
+            });
         }
         let mut rec = self.new_record(req, opts, VolumeState::Creating)?;
         self.create_storage(&rec, blank_for_receive)?;

@@ -104,3 +104,27 @@ fn a_moved_volume_can_come_back() {
     svc.take_ownership("v").unwrap();
     svc.mount("v", "c", &go()).unwrap();
 }
+
+/// Hardening finding 13: a peer could have any number of volumes created
+/// here in `Receiving` (each a directory, a record, for block volumes an
+/// image). Now one peer gets `MAX_RECEIVING_PER_PEER`; another peer, and a
+/// resume of one it already has, are unaffected.
+#[test]
+fn finding_13_one_peer_cannot_receive_volumes_without_end() {
+    use crate::service::migrate::MAX_RECEIVING_PER_PEER;
+    let (_d, svc) = local_service();
+    let opts = BTreeMap::new();
+    for i in 0..MAX_RECEIVING_PER_PEER {
+        svc.prepare_receive(&format!("r{i}"), &opts, "evil")
+            .unwrap();
+    }
+    let err = svc
+        .prepare_receive("one-more", &opts, "evil")
+        .expect_err("a peer received volumes past the limit");
+    assert!(err.to_string().contains("already sending"), "{err}");
+    assert!(svc.find("one-more").is_err(), "the refused volume was made");
+    svc.prepare_receive("r0", &opts, "evil").unwrap();
+    svc.prepare_receive("other", &opts, "good").unwrap();
+    svc.take_ownership("r0").unwrap();
+    svc.prepare_receive("one-more", &opts, "evil").unwrap();
+}
