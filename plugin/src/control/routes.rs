@@ -198,6 +198,7 @@ fn answer(
             EbsStep::Copy { snapshot_id, zone } => {
                 json(json!({ "volume_id": svc.ebs_copy(&name, &snapshot_id, &zone)? }))
             }
+            EbsStep::Discard => json(json!({ "deleted": svc.ebs_discard_copies(&name)? })),
             EbsStep::Moved { zone, volume_id } => json(svc.ebs_moved(&name, &zone, &volume_id)?),
         },
     })
