@@ -20,6 +20,7 @@ mod ebs_volumes;
 mod flocker_profiles;
 mod hardening;
 mod hardening_control;
+mod hardening_lost_commit;
 mod hardening_mounts;
 mod managed_plugin;
 mod migrate;
