@@ -529,7 +529,10 @@ fn finding_11_copies_are_looked_up_before_create_and_discarded_before_unfence() 
         ),
     );
     assert!(r.be.mark_moved("db", "us-east-1b", &second.id).is_err());
-    assert_eq!(r.be.discard_copies("db").unwrap(), std::slice::from_ref(&second.id));
+    assert_eq!(
+        r.be.discard_copies("db").unwrap(),
+        std::slice::from_ref(&second.id)
+    );
     r.be.unfence("db").unwrap();
     r.be.mount(v).unwrap();
     assert!(
