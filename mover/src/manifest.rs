@@ -646,7 +646,11 @@ impl<R: BufRead> ManifestReader<R> {
                             self.invalid(format!("chunk length {len} outside 1..={max_len}"))
                         );
                     }
-                    let end = offset + u64::from(len);
+                    // Checked: a hostile entry of size u64::MAX with an
+                    // extent near it would wrap (issue 12, low finding).
+                    let Some(end) = offset.checked_add(u64::from(len)) else {
+                        return Err(self.invalid(format!("chunk at {offset} overflows")));
+                    };
                     if end > size {
                         return Err(
                             self.invalid(format!("chunk ending at {end} passes size {size}"))
@@ -656,7 +660,7 @@ impl<R: BufRead> ManifestReader<R> {
                         c.next = Some(end);
                     }
                     self.chunks += 1;
-                    self.data_bytes += u64::from(len);
+                    self.data_bytes = self.data_bytes.saturating_add(u64::from(len));
                     return Ok(Some(Item::Chunk(ChunkRef { offset, len, id })));
                 }
                 Record::Trailer(_) if !self.hashing => {
@@ -1153,6 +1157,30 @@ pub(crate) mod tests {
             w.write(&Record::Entry(entry(&long, Kind::File, 0)))
                 .is_err()
         );
+    }
+
+    /// Issue 12, low finding: the reader added a chunk's length to its
+    /// offset unchecked; an entry of size u64::MAX with an extent just
+    /// below it overflowed (a panic in debug builds, a wrapped end that
+    /// passed the size check in release). Now it is an invalid manifest.
+    #[test]
+    fn low_finding_a_chunk_offset_that_overflows_is_refused() {
+        let mut w = ManifestWriter::new(Vec::new(), &Header::new(Mode::Tree, "t")).unwrap();
+        w.write(&Record::Entry(entry(b"", Kind::Dir, 0))).unwrap();
+        w.write(&Record::Entry(entry(b"f", Kind::File, u64::MAX)))
+            .unwrap();
+        w.write(&Record::Extent {
+            offset: u64::MAX - 10,
+        })
+        .unwrap();
+        w.write(&Record::Chunk {
+            len: 100,
+            id: ChunkId::of(b"x"),
+        })
+        .unwrap();
+        let bytes = w.finish().unwrap().0;
+        let err = validate(slice_reader(&bytes)).unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
     }
 
     #[test]

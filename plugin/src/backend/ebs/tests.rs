@@ -549,3 +549,17 @@ fn finding_11_copies_are_looked_up_before_create_and_discarded_before_unfence() 
     assert!(e.contains("the move finished"), "{e}");
     assert_eq!(b.be.discover().unwrap().len(), 1);
 }
+
+/// Hardening (issue 12, low finding): the CreateVolume token was
+/// `daffe-NAME-RANDOM` cut at 64 bytes, so for a long name the random part
+/// was cut off and every Create of that name sent one token: AWS answered
+/// a new Create with the volume of the first (even after it was removed).
+#[test]
+fn low_finding_client_tokens_stay_unique_for_long_names() {
+    let long = "v".repeat(200);
+    let (a, b) = (client_token(&long), client_token(&long));
+    assert_ne!(a, b, "two Creates of one long name share a token");
+    for t in [&a, &b, &client_token("db"), &client_token("é-名前")] {
+        assert!(t.len() <= 64 && t.is_ascii(), "{t}");
+    }
+}
