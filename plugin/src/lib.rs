@@ -41,6 +41,8 @@ mod bounded;
 pub mod cli;
 mod config;
 mod control;
+#[cfg(test)]
+mod hostile_input;
 mod migrate;
 mod peer;
 mod server;
