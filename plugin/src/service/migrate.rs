@@ -9,6 +9,7 @@
 
 use super::{ServiceError, VolumeService, VolumeView, in_use, lock, vref};
 use crate::backend::local::LocalPaths;
+use crate::backend::local::block;
 use crate::backend::local::paths::image_path;
 use crate::state::record::{VolumeRecord, VolumeState};
 use profiles::{LocalFormat, Settings};
@@ -386,6 +387,13 @@ impl VolumeService {
     pub(crate) fn take_ownership(&self, docker_name: &str) -> Result<VolumeView, ServiceError> {
         self.change_state(docker_name, |rec| match &rec.state {
             VolumeState::Receiving { from } => {
+                // A block volume's image came from a peer: checked before
+                // anything mounts it (issue 12, finding 13).
+                if let Settings::Local(s) = &rec.settings
+                    && s.format == LocalFormat::Block
+                {
+                    block::check_received(&rec.docker_name, s, &LocalPaths::new(&rec.name, s))?;
+                }
                 rec.received_from = Some(from.clone());
                 rec.state = VolumeState::Ready;
                 Ok(())
