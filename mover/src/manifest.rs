@@ -20,6 +20,16 @@ pub const VERSION: u16 = 1;
 /// Longest record accepted: an entry with large xattrs (ACLs, SELinux labels)
 /// stays far below; anything longer is a broken or hostile stream.
 const MAX_RECORD: usize = 16 << 20;
+/// Deepest path accepted (components). Linux's `PATH_MAX` (4096 bytes) caps
+/// what ordinary tools can reach at 2048 components; anything deeper is a
+/// hostile tree. The receiver walks each path one component at a time from
+/// the root, so a tree of depth `d` costs it O(d²) work: the cap bounds it
+/// (hardening finding 13).
+pub const MAX_DEPTH: usize = 2048;
+/// Longest path accepted (bytes): 16 times `PATH_MAX`. The reader keeps the
+/// open directories' paths, at most `MAX_DEPTH` prefixes of one path, so
+/// this with [`MAX_DEPTH`] bounds its memory.
+pub const MAX_PATH_LEN: usize = 64 * 1024;
 
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
@@ -241,6 +251,19 @@ pub fn path_is_safe(path: &[u8]) -> bool {
             .all(|c| !c.is_empty() && c != b"." && c != b"..")
 }
 
+/// Why `path` is over [`MAX_PATH_LEN`] or [`MAX_DEPTH`], if it is.
+pub fn path_over_limits(path: &[u8]) -> Option<String> {
+    if path.len() > MAX_PATH_LEN {
+        return Some(format!(
+            "path of {} bytes is over the limit of {MAX_PATH_LEN}",
+            path.len()
+        ));
+    }
+    let depth = path.split(|&c| c == b'/').count();
+    (depth > MAX_DEPTH)
+        .then(|| format!("path {depth} levels deep is over the limit of {MAX_DEPTH}"))
+}
+
 /// The parent of a non-empty path (`""` for top-level names).
 pub fn parent_of(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&c| c == b'/') {
@@ -299,7 +322,18 @@ impl<W: Write> ManifestWriter<W> {
     /// Writes one body record (not the trailer: see [`finish`](Self::finish)).
     pub fn write(&mut self, rec: &Record) -> Result<(), ManifestError> {
         match rec {
-            Record::Entry(_) => self.entries += 1,
+            Record::Entry(e) => {
+                // A tree the receiver would refuse fails here, at the source,
+                // with the path that is too deep.
+                if let Some(why) = path_over_limits(&e.path) {
+                    return Err(ManifestError::Invalid {
+                        index: self.entries,
+                        path: e.display_path(),
+                        why,
+                    });
+                }
+                self.entries += 1;
+            }
             Record::Chunk { len, .. } => {
                 self.chunks += 1;
                 self.data_bytes += u64::from(*len);
@@ -369,7 +403,11 @@ pub struct ManifestReader<R: BufRead> {
     index: u64,
     // validation state
     last_path: Option<Vec<u8>>,
-    dirs: Vec<Vec<u8>>,
+    /// The open directories (the last entry's ancestors, root first), as
+    /// lengths of prefixes of `dir_path`, the deepest of them: memory
+    /// linear in one path's length, not quadratic in the tree's depth.
+    dirs: Vec<usize>,
+    dir_path: Vec<u8>,
     cur: Option<CurEntry>,
     entries: u64,
     chunks: u64,
@@ -424,6 +462,7 @@ impl<R: BufRead> ManifestReader<R> {
             index: 0,
             last_path: None,
             dirs: Vec::new(),
+            dir_path: Vec::new(),
             cur: None,
             entries: 0,
             chunks: 0,
@@ -448,6 +487,7 @@ impl<R: BufRead> ManifestReader<R> {
             index: 0,
             last_path: None,
             dirs: Vec::new(),
+            dir_path: Vec::new(),
             cur: None,
             entries: 0,
             chunks: 0,
@@ -606,7 +646,11 @@ impl<R: BufRead> ManifestReader<R> {
                             self.invalid(format!("chunk length {len} outside 1..={max_len}"))
                         );
                     }
-                    let end = offset + u64::from(len);
+                    // Checked: a hostile entry of size u64::MAX with an
+                    // extent near it would wrap (issue 12, low finding).
+                    let Some(end) = offset.checked_add(u64::from(len)) else {
+                        return Err(self.invalid(format!("chunk at {offset} overflows")));
+                    };
                     if end > size {
                         return Err(
                             self.invalid(format!("chunk ending at {end} passes size {size}"))
@@ -616,7 +660,7 @@ impl<R: BufRead> ManifestReader<R> {
                         c.next = Some(end);
                     }
                     self.chunks += 1;
-                    self.data_bytes += u64::from(len);
+                    self.data_bytes = self.data_bytes.saturating_add(u64::from(len));
                     return Ok(Some(Item::Chunk(ChunkRef { offset, len, id })));
                 }
                 Record::Trailer(_) if !self.hashing => {
@@ -675,10 +719,14 @@ impl<R: BufRead> ManifestReader<R> {
                         if !e.path.is_empty() || e.kind != Kind::Dir {
                             return Err(bad("a tree manifest starts with its root dir".into()));
                         }
-                        self.dirs.push(Vec::new());
+                        self.dirs.push(0);
+                        self.dir_path.clear();
                     } else {
                         if !path_is_safe(&e.path) {
                             return Err(bad("unsafe path".into()));
+                        }
+                        if let Some(why) = path_over_limits(&e.path) {
+                            return Err(bad(why));
                         }
                         if e.kind == Kind::Image {
                             return Err(bad("Image entry in a tree".into()));
@@ -689,8 +737,8 @@ impl<R: BufRead> ManifestReader<R> {
                             return Err(bad("paths out of order or duplicated".into()));
                         }
                         let parent = parent_of(&e.path);
-                        while let Some(top) = self.dirs.last() {
-                            if top.as_slice() == parent {
+                        while let Some(&top) = self.dirs.last() {
+                            if &self.dir_path[..top] == parent {
                                 break;
                             }
                             self.dirs.pop();
@@ -699,7 +747,10 @@ impl<R: BufRead> ManifestReader<R> {
                             return Err(bad("parent directory not listed before it".into()));
                         }
                         if e.kind == Kind::Dir {
-                            self.dirs.push(e.path.clone());
+                            // Its parent is the top, a prefix of it: the
+                            // other prefixes stay prefixes of the new path.
+                            self.dir_path.clone_from(&e.path);
+                            self.dirs.push(e.path.len());
                         }
                         if e.kind == Kind::Hardlink
                             && (!path_is_safe(&e.target)
@@ -1058,6 +1109,78 @@ pub(crate) mod tests {
         for (name, bytes) in cases {
             assert!(validate(slice_reader(&bytes)).is_err(), "{name} accepted");
         }
+    }
+
+    /// Hardening finding 13: a peer's manifest of one directory chain
+    /// 100,000 levels deep was accepted, and cost the reader O(depth²)
+    /// memory (every open directory's full path) and the receiver O(depth²)
+    /// path walks. Now the reader refuses the first entry past the cap.
+    #[test]
+    fn finding_13_a_path_deeper_than_the_cap_is_refused() {
+        // Written record by record: the writer itself refuses such a path.
+        let deep = |depth: usize| -> Vec<u8> {
+            let mut records = vec![
+                postcard::to_stdvec(&Header::new(Mode::Tree, "t")).unwrap(),
+                postcard::to_stdvec(&Record::Entry(entry(b"", Kind::Dir, 0))).unwrap(),
+            ];
+            let mut path = Vec::new();
+            for i in 0..depth {
+                if i > 0 {
+                    path.push(b'/');
+                }
+                path.push(b'd');
+                records
+                    .push(postcard::to_stdvec(&Record::Entry(entry(&path, Kind::Dir, 0))).unwrap());
+            }
+            let mut out = Vec::new();
+            for rec in &records {
+                write_varint(rec.len() as u64, &mut out);
+                out.extend_from_slice(rec);
+            }
+            let trailer = Record::Trailer(Trailer {
+                entries: depth as u64 + 1,
+                chunks: 0,
+                data_bytes: 0,
+                root: ChunkId(*blake3::hash(&out).as_bytes()),
+            });
+            let t = postcard::to_stdvec(&trailer).unwrap();
+            write_varint(t.len() as u64, &mut out);
+            out.extend_from_slice(&t);
+            out
+        };
+        validate(slice_reader(&deep(MAX_DEPTH))).expect("a tree at the cap is fine");
+        let err = validate(slice_reader(&deep(MAX_DEPTH + 1))).unwrap_err();
+        assert!(err.to_string().contains("levels deep"), "{err}");
+        let mut w = ManifestWriter::new(Vec::new(), &Header::new(Mode::Tree, "t")).unwrap();
+        let long = vec![b'x'; MAX_PATH_LEN + 1];
+        assert!(
+            w.write(&Record::Entry(entry(&long, Kind::File, 0)))
+                .is_err()
+        );
+    }
+
+    /// Issue 12, low finding: the reader added a chunk's length to its
+    /// offset unchecked; an entry of size u64::MAX with an extent just
+    /// below it overflowed (a panic in debug builds, a wrapped end that
+    /// passed the size check in release). Now it is an invalid manifest.
+    #[test]
+    fn low_finding_a_chunk_offset_that_overflows_is_refused() {
+        let mut w = ManifestWriter::new(Vec::new(), &Header::new(Mode::Tree, "t")).unwrap();
+        w.write(&Record::Entry(entry(b"", Kind::Dir, 0))).unwrap();
+        w.write(&Record::Entry(entry(b"f", Kind::File, u64::MAX)))
+            .unwrap();
+        w.write(&Record::Extent {
+            offset: u64::MAX - 10,
+        })
+        .unwrap();
+        w.write(&Record::Chunk {
+            len: 100,
+            id: ChunkId::of(b"x"),
+        })
+        .unwrap();
+        let bytes = w.finish().unwrap().0;
+        let err = validate(slice_reader(&bytes)).unwrap_err();
+        assert!(err.to_string().contains("overflows"), "{err}");
     }
 
     #[test]

@@ -257,6 +257,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         checkpoint_bytes: opts.checkpoint_bytes.max(1),
         // A local sync is one exact round (retried when the source moves).
         precopy: false,
+        max_size: None,
     };
     // Finish an interrupted, committed round before reading anything.
     let mut stats = SyncStats::default();

@@ -9,6 +9,7 @@ mod common;
 
 #[cfg(all(feature = "net", feature = "testing"))]
 mod fuzz_corpus;
+mod hardening_limits;
 mod hardening_open;
 mod hardening_vanish;
 mod image;

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::net::serve_agent;
-use mover::net::agent::{PeerInfo, RoundHandler};
+use mover::net::agent::{MAX_SESSIONS_PER_PEER, PeerInfo, RoundHandler};
 use mover::net::bwlimit::WireCounters;
 use mover::net::conn::ConnError;
 use mover::net::identity::{self, NodeFiles};
@@ -546,4 +546,46 @@ fn finding_01_strangers_in_their_handshake_neither_lock_out_peers_nor_stay() {
         "truncated hello still held"
     );
     assert_eq!(s.handler.calls.load(Ordering::SeqCst), 1);
+}
+
+/// Hardening finding 13: one authenticated peer could hold all 64 session
+/// slots (and a thread each). Now it gets `MAX_SESSIONS_PER_PEER`; the next
+/// is told "too many connections" at once, and a closed one frees its place.
+#[test]
+fn finding_13_one_peer_cannot_hold_every_session() {
+    let s = setup();
+    let cfg = tls::client_config(&s.a_files).unwrap();
+    let connect = || {
+        let mut p = Peer::connect(&s.addr, &cfg, &endpoint(true)).unwrap();
+        let r = p.control(b"hi");
+        (p, r)
+    };
+    let mut held = Vec::new();
+    for _ in 0..MAX_SESSIONS_PER_PEER {
+        let (p, r) = connect();
+        assert_eq!(r.unwrap(), b"hello hosta");
+        held.push(p);
+    }
+    let (_extra, r) = connect();
+    let err = r.expect_err("a session over the per-peer limit was served");
+    assert!(err.to_string().contains("too many connections"), "{err}");
+    held.pop().unwrap().bye();
+    // The agent releases the place when its thread sees the Bye.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (p, r) = connect();
+        if r.is_ok() {
+            p.bye();
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was never released"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        s.handler.calls.load(Ordering::SeqCst),
+        MAX_SESSIONS_PER_PEER + 1
+    );
 }

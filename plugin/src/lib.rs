@@ -45,6 +45,8 @@ pub mod cli;
 mod clustering;
 mod config;
 mod control;
+#[cfg(test)]
+mod hostile_input;
 mod metrics;
 mod migrate;
 mod peer;

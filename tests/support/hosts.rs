@@ -228,6 +228,12 @@ impl TwoHosts {
 
     /// (Re)starts B's agent with extra flags (e.g. `--io-timeout 2s`).
     pub fn start_agent(&mut self, extra: &[&str]) {
+        self.start_agent_env(extra, &[]);
+    }
+
+    /// [`TwoHosts::start_agent`] with extra environment variables (the
+    /// agent's test hooks, e.g. `DAFFE_TEST_LOSE_COMMIT_REPLY`).
+    pub fn start_agent_env(&mut self, extra: &[&str], env: &[(&str, &Path)]) {
         self.b.kill_agent();
         self.agent_args = extra.iter().map(|s| s.to_string()).collect();
         let mut cmd = self.link.b.command(daffe_bin());
@@ -240,7 +246,8 @@ impl TwoHosts {
             .arg(self.b.tls_dir())
             .arg("--control-socket")
             .arg(self.b.control_socket())
-            .args(&self.agent_args);
+            .args(&self.agent_args)
+            .envs(env.iter().copied());
         let log = self.b.dir.join(format!("agent-{}.log", crate::unique("")));
         self.b.agent = Some(spawn_logged(cmd, &log));
         // The agent binds at once; give it a moment so the first dial works

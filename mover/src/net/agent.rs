@@ -27,6 +27,12 @@ use super::stream::{self, BoxStream, Endpoint};
 /// A slot is taken only after the TLS handshake and `Hello`: idle or
 /// half-open connections from strangers never hold one.
 const MAX_CONNECTIONS: usize = 64;
+/// Authenticated connections from one peer at once, counted by source
+/// address (which, unlike the name in `Hello`, a peer cannot pick freely): a
+/// migration uses one per volume it moves in parallel plus a control
+/// connection; one peer must not take every slot (hardening finding 13: an
+/// authenticated peer could hold all 64).
+pub const MAX_SESSIONS_PER_PEER: usize = 8;
 /// Connections still in their handshake, from everyone together. Each is a
 /// thread for at most the handshake deadline (see `Endpoint`).
 const MAX_PREAUTH: usize = 64;
@@ -104,6 +110,29 @@ impl TargetLocks {
 struct Slots {
     preauth: Mutex<(usize, HashMap<IpAddr, usize>)>,
     active: AtomicUsize,
+    per_peer: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// Releases a peer's session place on drop.
+struct PeerGuard {
+    slots: Arc<Slots>,
+    ip: IpAddr,
+}
+
+impl Drop for PeerGuard {
+    fn drop(&mut self) {
+        let mut g = self
+            .slots
+            .per_peer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = g.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// Releases a pre-auth place on drop (also when the thread panics).
@@ -145,6 +174,21 @@ impl Slots {
         g.0 += 1;
         *g.1.entry(ip).or_default() += 1;
         Some(PreauthGuard {
+            slots: Arc::clone(self),
+            ip,
+        })
+    }
+
+    /// A session place for the peer at `ip`, if it has fewer than
+    /// [`MAX_SESSIONS_PER_PEER`].
+    fn peer(self: &Arc<Self>, ip: IpAddr) -> Option<PeerGuard> {
+        let mut g = self.per_peer.lock().unwrap_or_else(|p| p.into_inner());
+        let n = g.entry(ip).or_default();
+        if *n >= MAX_SESSIONS_PER_PEER {
+            return None;
+        }
+        *n += 1;
+        Some(PeerGuard {
             slots: Arc::clone(self),
             ip,
         })
@@ -242,6 +286,18 @@ impl Agent {
         let peer = PeerInfo {
             node: conn.peer().node.clone(),
             addr,
+        };
+        let Some(_peer_slot) = self.slots.peer(addr.ip()) else {
+            tracing::warn!(%addr, node = %peer.node, "too many connections from this peer; refusing one");
+            conn.send_error(
+                ErrorCode::Busy,
+                format!(
+                    "too many connections from {} (limit {MAX_SESSIONS_PER_PEER} per peer); \
+                     try again later",
+                    addr.ip()
+                ),
+            );
+            return;
         };
         tracing::info!(%addr, node = %peer.node, "peer connected");
         if let Err(e) = self.session(&mut conn, &peer) {

@@ -38,6 +38,25 @@ pub enum ReceiveError {
     Verify { path: String, why: String },
     #[error("destination block device {path} holds {have} bytes, image needs {need}")]
     DeviceTooSmall { path: String, have: u64, need: u64 },
+    /// The source's data is over the destination's cap
+    /// ([`super::ReceiveOptions::max_size`]).
+    #[error("the source's {what} is {size} bytes, over this destination's limit of {limit}")]
+    OverSize {
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
+    /// The round cannot fit: refused before anything is written.
+    #[error(
+        "destination {path} has {free} bytes free; the round needs at least {need} more \
+         (its {what})"
+    )]
+    NoRoom {
+        path: String,
+        what: &'static str,
+        need: u64,
+        free: u64,
+    },
 }
 
 /// Wraps an I/O error with the (destination-relative) path it concerns.

@@ -55,6 +55,12 @@ pub struct ReceiveOptions {
     /// moved is kept and applied. Off for a final round, which must be
     /// exact (such a chunk fails it with `ReceiveError::Stale`).
     pub precopy: bool,
+    /// Largest the destination may become: a tree's data bytes, an image's
+    /// size (daffe: a block volume's profile size). A manifest over it is
+    /// refused before anything is fetched (hardening finding 13: a peer
+    /// could grow an image past its volume's size). None: no cap beyond
+    /// the free space, which every round checks.
+    pub max_size: Option<u64>,
 }
 
 impl Default for ReceiveOptions {
@@ -64,6 +70,7 @@ impl Default for ReceiveOptions {
             progress: Arc::new(crate::progress::NoProgress),
             checkpoint_bytes: CHECKPOINT_BYTES,
             precopy: false,
+            max_size: None,
         }
     }
 }

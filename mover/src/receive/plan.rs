@@ -37,6 +37,9 @@ pub(crate) struct Validity {
     pub(crate) all_valid: bool,
     /// Chunk records in the applied manifest.
     pub(crate) chunks: u64,
+    /// Data bytes of the applied manifest: what the destination holds
+    /// already (for the free-space check before a round writes).
+    pub(crate) data_bytes: u64,
 }
 
 /// A manifest the plan reads from its start, and again from an entry's

@@ -185,6 +185,12 @@ impl Receiver {
             Some(c) => (c.validity, c.index),
             None => (validity(&self.d, None, None, scrub)?, ChunkIndex::default()),
         };
+        // Refused before a byte is fetched: a round over the cap or that
+        // cannot fit (hardening finding 13).
+        if let Err(e) = self.check_room(&incoming, validity.data_bytes, opts) {
+            let _ = std::fs::remove_file(&incoming.path);
+            return Err(e);
+        }
         // An unchanged round (same root, destination still as we left it)
         // ends here, before anything is written or synced: it only lstats.
         if applied == Some(new_root) && validity.all_valid {
@@ -292,6 +298,46 @@ impl Receiver {
             total_bytes: 0,
         });
         Ok(stats)
+    }
+
+    /// Whether a round with manifest `incoming` may run here: its size
+    /// within `opts.max_size` (an image's size, a tree's data bytes), and
+    /// what it adds to the destination's data (`applied_bytes` now) within
+    /// the free space of the destination's filesystem. A block device
+    /// destination has no free space to check (`DeviceTooSmall` covers it).
+    fn check_room(
+        &self,
+        incoming: &Incoming,
+        applied_bytes: u64,
+        opts: &ReceiveOptions,
+    ) -> Result<(), ReceiveError> {
+        let (what, size) = match self.d.dest {
+            Destination::Tree(_) => ("data", incoming.trailer.data_bytes),
+            Destination::Image(_) => {
+                let mut r = ManifestReader::new(ManifestFile(incoming.path.clone()).open()?)?;
+                ("image size", r.next_entry()?.map_or(0, |e| e.size))
+            }
+        };
+        if let Some(limit) = opts.max_size
+            && size > limit
+        {
+            return Err(ReceiveError::OverSize { what, size, limit });
+        }
+        if self.d.device().is_some() {
+            return Ok(());
+        }
+        let need = incoming.trailer.data_bytes.saturating_sub(applied_bytes);
+        let path = self.d.dest.path();
+        let free = free_bytes(path).map_err(io_err(path.as_os_str().as_bytes()))?;
+        if need > free {
+            return Err(ReceiveError::NoRoom {
+                path: path.display().to_string(),
+                what: "data",
+                need,
+                free,
+            });
+        }
+        Ok(())
     }
 
     /// Step 2: receives this round's manifest into the state dir file `name`
@@ -432,18 +478,82 @@ fn fetch_manifest(
     base: Option<&ManifestBase>,
     to: &Path,
 ) -> Result<bool, ReceiveError> {
+    let dir = to.parent().unwrap_or(to);
+    let free = free_bytes(dir).map_err(io_err(dir.as_os_str().as_bytes()))?;
     let f = File::create(to).map_err(io_err(to.as_os_str().as_bytes()))?;
-    let mut w = BufWriter::with_capacity(1 << 20, f);
+    let mut w = Capped {
+        out: BufWriter::with_capacity(1 << 20, f),
+        left: free / MANIFEST_SHARE_OF_FREE,
+        over: false,
+    };
+    let over = |w: &Capped<_>, e: ReceiveError| {
+        if w.over {
+            ReceiveError::NoRoom {
+                path: dir.display().to_string(),
+                what: "manifest, at most a quarter of the free space",
+                need: free / MANIFEST_SHARE_OF_FREE + 1,
+                free,
+            }
+        } else {
+            e
+        }
+    };
     let via_delta = match base {
         Some(b) => src
             .manifest_since(b, &mut w)
-            .map_err(ReceiveError::Source)?
+            .map_err(|e| over(&w, ReceiveError::Source(e)))?
             .is_some(),
         None => false,
     };
     if !via_delta {
-        src.manifest(&mut w).map_err(ReceiveError::Source)?;
+        w.left = free / MANIFEST_SHARE_OF_FREE;
+        src.manifest(&mut w)
+            .map_err(|e| over(&w, ReceiveError::Source(e)))?;
     }
-    std::io::Write::flush(&mut w).map_err(io_err(b"manifest"))?;
+    std::io::Write::flush(&mut w.out).map_err(io_err(b"manifest"))?;
     Ok(via_delta)
+}
+
+/// A manifest may take at most this share (1/N) of the state directory's
+/// free space: a peer streaming an endless manifest is cut off with room
+/// left for the round's data and everything else on that filesystem.
+const MANIFEST_SHARE_OF_FREE: u64 = 4;
+
+/// A writer that fails once more than `left` bytes came.
+struct Capped<W> {
+    out: W,
+    left: u64,
+    over: bool,
+}
+
+impl<W: std::io::Write> std::io::Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len() as u64;
+        if n > self.left {
+            self.over = true;
+            return Err(std::io::Error::other(
+                "manifest over its share of the free space",
+            ));
+        }
+        self.left -= n;
+        self.out.write(buf).inspect(|&w| self.left += n - w as u64)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Free bytes for an unprivileged write on the filesystem that holds, or
+/// will hold, `path` (an image file is made when the round first writes).
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let mut p = path;
+    loop {
+        match rustix::fs::statvfs(p) {
+            Ok(st) => return Ok(st.f_bavail.saturating_mul(st.f_frsize)),
+            Err(rustix::io::Errno::NOENT) if p.parent().is_some() => {
+                p = p.parent().unwrap_or(p);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -133,6 +133,7 @@ pub(super) fn validity(
         all = false;
     }
     v.all_valid = all;
+    v.data_bytes = r.trailer().map_or(0, |t| t.data_bytes);
     Ok(v)
 }
 

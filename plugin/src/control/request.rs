@@ -22,7 +22,7 @@
 //! | POST | `/v1/receive/check` `{"volume","options","need_bytes"}` | [`ControlRequest::CheckReceive`] |
 //! | POST | `/v1/receive/prepare` `{"volume","options","from"}` | [`ControlRequest::PrepareReceive`] |
 //! | GET | `/v1/volumes/NAME/ebs` | [`ControlRequest::EbsFacts`] |
-//! | POST | `/v1/volumes/NAME/ebs/{fence,unfence,attach,detach,copy,moved}` | [`ControlRequest::Ebs`] |
+//! | POST | `/v1/volumes/NAME/ebs/{fence,unfence,attach,detach,copy,discard,moved}` | [`ControlRequest::Ebs`] |
 //!
 //! NAME is a NAME or a docker name (`db@gold`), percent-encoded as needed.
 //! Bodies are strict: an unknown key is an error, not ignored.
@@ -89,12 +89,23 @@ pub(crate) enum ControlRequest {
 /// The daemon's steps of an EBS zone migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum EbsStep {
-    Fence { zone: String },
+    Fence {
+        zone: String,
+    },
     Unfence,
     Attach,
     Detach,
-    Copy { snapshot_id: String, zone: String },
-    Moved { zone: String, volume_id: String },
+    Copy {
+        snapshot_id: String,
+        zone: String,
+    },
+    /// Deletes every copy a migration made of the volume (before an
+    /// unfence: hardening finding 11).
+    Discard,
+    Moved {
+        zone: String,
+        volume_id: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -252,7 +263,7 @@ impl ControlRequest {
                 "volumes",
                 n,
                 "ebs",
-                step @ ("fence" | "unfence" | "attach" | "detach" | "copy" | "moved"),
+                step @ ("fence" | "unfence" | "attach" | "detach" | "copy" | "discard" | "moved"),
             ] => {
                 only(Method::POST)?;
                 let step = match *step {
@@ -262,6 +273,7 @@ impl ControlRequest {
                     "unfence" => EbsStep::Unfence,
                     "attach" => EbsStep::Attach,
                     "detach" => EbsStep::Detach,
+                    "discard" => EbsStep::Discard,
                     "copy" => {
                         let c: CopyBody = body(bytes)?;
                         EbsStep::Copy {
@@ -359,6 +371,7 @@ impl ControlRequest {
                     EbsStep::Unfence => ("unfence", json!({})),
                     EbsStep::Attach => ("attach", json!({})),
                     EbsStep::Detach => ("detach", json!({})),
+                    EbsStep::Discard => ("discard", json!({})),
                     EbsStep::Copy { snapshot_id, zone } => {
                         ("copy", json!({ "snapshot_id": snapshot_id, "zone": zone }))
                     }
@@ -399,6 +412,7 @@ impl ControlRequest {
                 EbsStep::Attach => "attach",
                 EbsStep::Detach => "detach",
                 EbsStep::Copy { .. } => "copy",
+                EbsStep::Discard => "discard",
                 EbsStep::Moved { .. } => "moved",
             },
         }
@@ -609,6 +623,15 @@ mod tests {
                 R::Ebs {
                     name: "v".into(),
                     step: EbsStep::Attach,
+                },
+            ),
+            (
+                Method::POST,
+                "/v1/volumes/v/ebs/discard",
+                "{}",
+                R::Ebs {
+                    name: "v".into(),
+                    step: EbsStep::Discard,
                 },
             ),
         ];

@@ -238,6 +238,7 @@ fn answer(
             EbsStep::Copy { snapshot_id, zone } => {
                 json(json!({ "volume_id": svc.ebs_copy(&name, &snapshot_id, &zone)? }))
             }
+            EbsStep::Discard => json(json!({ "deleted": svc.ebs_discard_copies(&name)? })),
             EbsStep::Moved { zone, volume_id } => {
                 let r = svc.ebs_moved(&name, &zone, &volume_id)?;
                 crate::metrics::daemon().move_ended(&name, true, std::time::Instant::now());

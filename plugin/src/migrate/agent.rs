@@ -71,6 +71,22 @@ fn committed_by(p: &TransferPaths, peer: &str) -> bool {
     p.state == "ready" && p.received_from.as_deref() == Some(peer)
 }
 
+/// Test hook, built only with the `testing` feature (never in a release
+/// build): when `DAFFE_TEST_LOSE_COMMIT_REPLY` names a file that exists,
+/// the file is removed and this connection is dropped after the commit,
+/// before its reply, as a link cut at that moment would (issue 12, finding
+/// 6, end to end: the agent link is mutual TLS, so no proxy can pick out
+/// the Commit). The panic ends only this connection's thread.
+#[cfg(feature = "testing")]
+fn lose_commit_reply_hook() {
+    if let Some(marker) = std::env::var_os("DAFFE_TEST_LOSE_COMMIT_REPLY")
+        && std::fs::remove_file(&marker).is_ok()
+    {
+        tracing::warn!("test hook: dropping the connection before the commit's reply");
+        std::panic::resume_unwind(Box::new("test hook: commit reply lost"));
+    }
+}
+
 fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -138,6 +154,8 @@ impl RoundHandler for AgentHandler {
                     })
                     .map_err(daemon_error)?;
                 tracing::info!(%volume, from = %peer.node, "volume received; this host owns it now");
+                #[cfg(feature = "testing")]
+                lose_commit_reply_hook();
                 PeerReply::Committed {
                     ready_unix_ms: now_unix_ms(),
                 }
@@ -195,6 +213,16 @@ impl RoundHandler for AgentHandler {
             // Pre-copy rounds keep what they moved when the app outruns
             // them; the final round must be exact.
             precopy: !req.final_round,
+            // A block volume's image is never grown past its size here
+            // (hardening finding 13): the profile made it that long.
+            max_size: match paths.mode {
+                LocalMode::Image => Some(
+                    std::fs::metadata(&paths.data)
+                        .map_err(|e| refused(format!("volume {}'s image: {e}", req.target)))?
+                        .len(),
+                ),
+                LocalMode::Tree => None,
+            },
             ..Default::default()
         };
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,

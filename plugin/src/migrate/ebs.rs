@@ -12,8 +12,11 @@
 //! 3. cutover: fence, retried until nothing mounts it (the operator stops
 //!    the containers), bounded by the unmount timeout; attach, the final
 //!    incremental push, detach.
-//! 4. copy: the new volume in ZONE from the final snapshot, then `moved`.
-//!    Any failure after the fence lifts it, so the volume is usable again.
+//! 4. copy: the new volume in ZONE from the final snapshot (an earlier
+//!    attempt's copy is looked up first), then `moved`. Any failure after
+//!    the fence deletes every copy made, then lifts the fence, so the
+//!    volume is usable again and no host of ZONE adopts a second live copy
+//!    (hardening finding 11); a copy that cannot be deleted keeps the fence.
 //!
 //! The daemon and the snapshot pushes are traits so the sequencing is
 //! tested with fakes (below); the real sides are [`DaemonSteps`] here and
@@ -51,6 +54,8 @@ pub(crate) trait EbsSteps {
     fn detach(&self) -> Result<(), StepError>;
     /// Returns the new volume's id.
     fn copy(&self, snapshot_id: &str, zone: &str) -> Result<String, StepError>;
+    /// Deletes every copy of the volume a migration made; their ids.
+    fn discard_copies(&self) -> Result<Vec<String>, StepError>;
     fn moved(&self, zone: &str, volume_id: &str) -> Result<(), StepError>;
 }
 
@@ -113,6 +118,13 @@ impl EbsSteps for DaemonSteps {
         };
         self.field(step, "volume_id")
     }
+    fn discard_copies(&self) -> Result<Vec<String>, StepError> {
+        let v = self.send(Some(EbsStep::Discard))?;
+        serde_json::from_value(v["deleted"].clone()).map_err(|e| StepError {
+            message: format!("the daemon's reply has no list \"deleted\": {e}"),
+            in_use: false,
+        })
+    }
     fn moved(&self, zone: &str, volume_id: &str) -> Result<(), StepError> {
         let step = EbsStep::Moved {
             zone: zone.to_owned(),
@@ -156,13 +168,20 @@ pub(crate) enum EbsMigrateError {
     UnmountTimeout { volume: String, secs: u64 },
     #[error(
         "{source}; {}",
-        match unfence_error {
-            None => "the fence was lifted and the volume is usable here again".to_owned(),
-            Some(e) => format!("lifting the fence failed too ({e}): run migrate again or unfence it"),
+        match (discard_error, unfence_error) {
+            (Some(e), _) => format!(
+                "deleting the copies made in the new zone failed ({e}), so the volume stays \
+                 fenced (two live copies must never exist): run migrate again, or delete \
+                 the copies tagged daffe:migrated-from and then unfence"
+            ),
+            (None, None) => "its copies were deleted, the fence was lifted and the volume is \
+                             usable here again".to_owned(),
+            (None, Some(e)) => format!("lifting the fence failed too ({e}): run migrate again or unfence it"),
         }
     )]
     AfterFence {
         source: Box<EbsMigrateError>,
+        discard_error: Option<String>,
         unfence_error: Option<String>,
     },
 }
@@ -389,7 +408,7 @@ pub(crate) fn migrate_ebs(
                 step: "marking the volume moved",
                 source: StepError {
                     message: format!(
-                        "{} (volume {new_id} in {} was created and is left in place)",
+                        "{} (volume {new_id} in {} was created)",
                         e.message, opts.to_zone
                     ),
                     in_use: e.in_use,
@@ -400,8 +419,19 @@ pub(crate) fn migrate_ebs(
     let (final_snapshot_id, new_volume_id, downtime) = match after_fence {
         Ok(v) => v,
         Err(e) => {
+            // The copy goes before the fence: a copy left while the source
+            // is live again is a second live volume once a host of the new
+            // zone adopts it (hardening finding 11).
+            if let Err(d) = steps.discard_copies() {
+                return Err(EbsMigrateError::AfterFence {
+                    source: Box::new(e),
+                    discard_error: Some(d.message),
+                    unfence_error: None,
+                });
+            }
             return Err(EbsMigrateError::AfterFence {
                 source: Box::new(e),
+                discard_error: None,
                 unfence_error: steps.unfence().err().map(|e| e.message),
             });
         }
@@ -451,6 +481,8 @@ mod tests {
         device: Option<PathBuf>,
         busy_fences: RefCell<u32>,
         fail_copy: bool,
+        fail_moved: bool,
+        fail_discard: bool,
         calls: RefCell<Vec<String>>,
     }
 
@@ -528,8 +560,24 @@ mod tests {
             }
             Ok("vol-new".into())
         }
+        fn discard_copies(&self) -> Result<Vec<String>, StepError> {
+            self.log("discard");
+            if self.fail_discard {
+                return Err(StepError {
+                    message: "VolumeInUse".into(),
+                    in_use: false,
+                });
+            }
+            Ok(vec!["vol-new".into()])
+        }
         fn moved(&self, zone: &str, volume_id: &str) -> Result<(), StepError> {
             self.log(format!("moved:{zone}:{volume_id}"));
+            if self.fail_moved {
+                return Err(StepError {
+                    message: "RequestLimitExceeded".into(),
+                    in_use: false,
+                });
+            }
             Ok(())
         }
     }
@@ -674,6 +722,7 @@ mod tests {
             matches!(
                 e,
                 EbsMigrateError::AfterFence {
+                    discard_error: None,
                     unfence_error: None,
                     ..
                 }
@@ -685,6 +734,41 @@ mod tests {
         assert!(msg.contains("usable here again"), "{msg}");
         assert_eq!(steps.calls().last().unwrap(), "unfence");
         assert!(!steps.calls().iter().any(|c| c.starts_with("moved")));
+    }
+
+    /// Hardening finding 11: `moved` failing after the copy was made lifted
+    /// the fence and left the copy in the new zone, where a host adopted it:
+    /// two live volumes. Now the copies go first; if they cannot, the fence
+    /// stays.
+    #[test]
+    fn finding_11_a_failed_move_deletes_its_copy_before_unfencing() {
+        let steps = FakeSteps {
+            fail_moved: true,
+            ..Default::default()
+        };
+        let e =
+            migrate_ebs(&steps, &mut FakePusher::new(&[100]), &opts(), &mut |_| {}).unwrap_err();
+        let calls = steps.calls();
+        assert_eq!(
+            calls[calls.len() - 3..],
+            ["moved:us-east-1c:vol-new", "discard", "unfence"],
+            "{calls:?}"
+        );
+        assert!(e.to_string().contains("copies were deleted"), "{e}");
+
+        let steps = FakeSteps {
+            fail_moved: true,
+            fail_discard: true,
+            ..Default::default()
+        };
+        let e =
+            migrate_ebs(&steps, &mut FakePusher::new(&[100]), &opts(), &mut |_| {}).unwrap_err();
+        assert!(
+            !steps.calls().iter().any(|c| c == "unfence"),
+            "unfenced with a copy left: {:?}",
+            steps.calls()
+        );
+        assert!(e.to_string().contains("stays fenced"), "{e}");
     }
 
     #[test]

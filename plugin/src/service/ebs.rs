@@ -230,6 +230,20 @@ impl VolumeService {
         })
     }
 
+    /// A failed move: deletes every copy made of the volume (its copies in
+    /// other zones, which a host there would adopt), so the fence can go
+    /// with one live volume left. Refused once the move finished. Returns
+    /// the deleted volume ids.
+    pub(crate) fn ebs_discard_copies(
+        &self,
+        docker_name: &str,
+    ) -> Result<Vec<String>, ServiceError> {
+        self.with_volume(docker_name, true, |rec| {
+            let be = self.ebs_backend("discard", &rec.docker_name)?;
+            Ok(be.discard_copies(&rec.name).map_err(BackendError::from)?)
+        })
+    }
+
     /// The source is moved for good (Mount refused; Remove deletes it).
     pub(crate) fn ebs_moved(
         &self,

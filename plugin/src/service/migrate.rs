@@ -9,6 +9,7 @@
 
 use super::{ServiceError, VolumeService, VolumeView, in_use, lock, vref};
 use crate::backend::local::LocalPaths;
+use crate::backend::local::block;
 use crate::backend::local::paths::image_path;
 use crate::state::record::{VolumeRecord, VolumeState};
 use profiles::{LocalFormat, Settings};
@@ -22,6 +23,10 @@ use std::path::{Path, PathBuf};
 pub(crate) const RECEIVE_STATE_DIR: &str = ".mover-receive";
 /// Same, for the sending side's stat cache (kept between rounds).
 pub(crate) const SEND_CACHE_DIR: &str = ".mover-send";
+/// Volumes one peer may have in `Receiving` here at once. A host drains
+/// onto another a few volumes at a time; an authenticated peer must not
+/// create volumes without end (hardening finding 13).
+pub(crate) const MAX_RECEIVING_PER_PEER: usize = 32;
 
 /// How a volume's data is moved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +358,22 @@ impl VolumeService {
             }
             return transfer_paths(&existing);
         }
+        let from_peer = self
+            .records
+            .list()?
+            .iter()
+            .filter(|r| matches!(&r.state, VolumeState::Receiving { from: f } if f == from))
+            .count();
+        if from_peer >= MAX_RECEIVING_PER_PEER {
+            return Err(ServiceError::Migration {
+                op: "receive",
+                name: docker_name.to_owned(),
+                message: format!(
+                    "{from} is already sending {from_peer} volumes here, the limit \
+                     ({MAX_RECEIVING_PER_PEER}); finish or abort one first"
+                ),
+            });
+        }
         let mut rec = self.new_record(req, opts, VolumeState::Creating)?;
         self.create_storage(&rec, blank_for_receive)?;
         rec.state = receiving;
@@ -366,6 +387,13 @@ impl VolumeService {
     pub(crate) fn take_ownership(&self, docker_name: &str) -> Result<VolumeView, ServiceError> {
         self.change_state(docker_name, |rec| match &rec.state {
             VolumeState::Receiving { from } => {
+                // A block volume's image came from a peer: checked before
+                // anything mounts it (issue 12, finding 13).
+                if let Settings::Local(s) = &rec.settings
+                    && s.format == LocalFormat::Block
+                {
+                    block::check_received(&rec.docker_name, s, &LocalPaths::new(&rec.name, s))?;
+                }
                 rec.received_from = Some(from.clone());
                 rec.state = VolumeState::Ready;
                 Ok(())

@@ -52,8 +52,19 @@ impl VolumeService {
         for r in self.records.list()? {
             if r.state == VolumeState::Creating {
                 tracing::warn!(volume = %r.docker_name, "removing a volume whose Create was interrupted");
-                self.backend.remove(vref(&r))?;
-                self.records.delete(&r.name)?;
+                // One volume that cannot be cleaned must not keep the daemon
+                // from serving the others (issue 12, low finding): its
+                // record stays `Creating`, retried at the next start or
+                // redone by a Create of that name.
+                if let Err(e) = self
+                    .backend
+                    .remove(vref(&r))
+                    .map_err(ServiceError::from)
+                    .and_then(|()| Ok(self.records.delete(&r.name).map(drop)?))
+                {
+                    tracing::error!(volume = %r.docker_name, error = %e,
+                        "cleaning an interrupted Create failed; serving the other volumes");
+                }
             }
         }
         Ok(())

@@ -255,12 +255,18 @@ impl Store {
         let result = {
             let guard = self.db()?;
             let db = guard.as_ref().ok_or_else(closed(&self.path))?;
-            db.begin_write().map_err(redb::Error::from).and_then(|txn| {
-                txn.open_table(VOLUMES)
-                    .map_err(redb::Error::from)
-                    .and_then(|mut table| f(&mut table))?;
-                txn.commit().map_err(redb::Error::from)
-            })
+            db.begin_write()
+                .map_err(redb::Error::from)
+                .and_then(|mut txn| {
+                    // Explicit, not redb's default: the module's promise (a
+                    // returned call is on disk) must not change with a redb
+                    // upgrade (issue 12, low finding).
+                    txn.set_durability(redb::Durability::Immediate)?;
+                    txn.open_table(VOLUMES)
+                        .map_err(redb::Error::from)
+                        .and_then(|mut table| f(&mut table))?;
+                    txn.commit().map_err(redb::Error::from)
+                })
         };
         // The guard is gone: a reopen can take the lock.
         result.map_err(|e| self.db_err(e))

@@ -209,12 +209,20 @@ fn loop_resolver(
 /// A fresh CreateVolume idempotency token: the same for every retry of one
 /// Create, never reused by another (a name created, removed and created
 /// again must get a new volume).
+/// AWS allows 64 ASCII characters: the random part always fits whole (a
+/// long name once pushed it out, so every Create of that name sent the same
+/// token and got the first volume back), and the name part keeps only
+/// ASCII letters, digits and `-_.` so a cut never splits a character.
 pub(super) fn client_token(name: &str) -> String {
+    const MAX: usize = 64;
+    const FIXED: usize = "daffe-".len() + "-".len() + 16;
     let r: u64 = rand::random();
-    let mut t = format!("daffe-{name}-{r:016x}");
-    // AWS allows 64 ASCII characters.
-    t.truncate(64);
-    t
+    let name: String = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        .take(MAX - FIXED)
+        .collect();
+    format!("daffe-{name}-{r:016x}")
 }
 
 pub(super) fn now_secs() -> u64 {

@@ -487,3 +487,79 @@ fn migration_steps_fence_attach_copy_and_mark_moved() {
     r.be.unfence("x").unwrap();
     r.be.mount(other).unwrap();
 }
+
+/// Hardening finding 11, over the in-memory EC2: a retried copy step made
+/// a second copy, and a move whose `moved` step failed (injected here at its
+/// CreateTags) was unfenced with its copy left in the new zone, where that
+/// zone's host adopted it: two live volumes. Now the copy step looks up
+/// before it creates, and the copies are discarded before the unfence.
+#[test]
+fn finding_11_copies_are_looked_up_before_create_and_discarded_before_unfence() {
+    let r = rig();
+    let s = profile_settings("gold", Some(8));
+    let v = vref("db", "gold", &s);
+    r.be.create(v).unwrap();
+    r.be.fence("db", "us-east-1b").unwrap();
+    r.ec2.add_snapshot("snap-1", 8, true, "completed");
+    r.ec2.add_snapshot("snap-2", 8, true, "completed");
+    let Settings::Ebs(es) = &s else {
+        unreachable!()
+    };
+    let copy = |snap: &str| {
+        r.be.create_in_zone("db", "gold", "db@gold", es, snap, "us-east-1b")
+            .unwrap()
+    };
+    let first = copy("snap-1");
+    // The copy step again (its reply was lost): the same volume.
+    assert_eq!(copy("snap-1").id, first.id);
+    // A rerun with a newer final snapshot: the stale copy goes.
+    let second = copy("snap-2");
+    assert_ne!(second.id, first.id);
+    let b = rig_in("i-b", "us-east-1b", r.ec2.clone());
+    let found = b.be.discover().unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    // Marking the source moved fails, for good.
+    r.ec2.fail_next(
+        "CreateTags",
+        mover::aws::ApiError::new(
+            "CreateTags",
+            ErrorKind::Permanent,
+            "UnauthorizedOperation",
+            "no",
+        ),
+    );
+    assert!(r.be.mark_moved("db", "us-east-1b", &second.id).is_err());
+    assert_eq!(
+        r.be.discard_copies("db").unwrap(),
+        std::slice::from_ref(&second.id)
+    );
+    r.be.unfence("db").unwrap();
+    r.be.mount(v).unwrap();
+    assert!(
+        b.be.discover().unwrap().is_empty(),
+        "zone b still has a copy to adopt"
+    );
+    r.be.unmount(v).unwrap();
+
+    // A finished move is never discarded.
+    r.be.fence("db", "us-east-1b").unwrap();
+    let third = copy("snap-2");
+    r.be.mark_moved("db", "us-east-1b", &third.id).unwrap();
+    let e = r.be.discard_copies("db").unwrap_err().to_string();
+    assert!(e.contains("the move finished"), "{e}");
+    assert_eq!(b.be.discover().unwrap().len(), 1);
+}
+
+/// Hardening (issue 12, low finding): the CreateVolume token was
+/// `daffe-NAME-RANDOM` cut at 64 bytes, so for a long name the random part
+/// was cut off and every Create of that name sent one token: AWS answered
+/// a new Create with the volume of the first (even after it was removed).
+#[test]
+fn low_finding_client_tokens_stay_unique_for_long_names() {
+    let long = "v".repeat(200);
+    let (a, b) = (client_token(&long), client_token(&long));
+    assert_ne!(a, b, "two Creates of one long name share a token");
+    for t in [&a, &b, &client_token("db"), &client_token("é-名前")] {
+        assert!(t.len() <= 64 && t.is_ascii(), "{t}");
+    }
+}

@@ -188,6 +188,21 @@ impl EbsBackend {
                 state: format!("still pending after {} s", wait.secs()),
             });
         }
+        // Look up before create: a copy an earlier attempt made from this
+        // snapshot is the copy; one from an older snapshot is stale and,
+        // left in place, a host of that zone would adopt it (hardening
+        // finding 11).
+        let earlier = self.copies_of(name, &source.id, Some(zone), &d)?;
+        if let Some(v) = earlier
+            .iter()
+            .find(|v| v.snapshot_id.as_deref() == Some(snapshot_id))
+        {
+            tracing::info!(volume = name, copy = %v.id, zone, "an earlier attempt's copy is there; reusing it");
+            return self.wait_available(name, &v.id, self.clock.now(), &d);
+        }
+        for v in &earlier {
+            self.delete_copy(name, &v.id, &d)?;
+        }
         let mut t = tags::for_new(
             &self.scope.cluster,
             None,
@@ -204,6 +219,74 @@ impl EbsBackend {
         })?;
         tracing::info!(volume = name, from = %source.id, to = %v.id, zone, snapshot = snapshot_id, "copy created in another zone");
         self.wait_available(name, &v.id, created, &d)
+    }
+
+    /// The volumes made from NAME's snapshots by migrations (tagged
+    /// `MIGRATED_FROM` its volume id), in `zone` or anywhere.
+    fn copies_of(
+        &self,
+        name: &str,
+        source_id: &str,
+        zone: Option<&str>,
+        d: &Deadline,
+    ) -> Result<Vec<VolumeFacts>, EbsError> {
+        let mut filters = vec![
+            (
+                format!("tag:{}", tags::CLUSTER),
+                vec![self.scope.cluster.clone()],
+            ),
+            (
+                format!("tag:{}", tags::MIGRATED_FROM),
+                vec![source_id.to_owned()],
+            ),
+        ];
+        if let Some(z) = zone {
+            filters.push(("availability-zone".into(), vec![z.to_owned()]));
+        }
+        let found = self.aws(name, Some(source_id), "DescribeVolumes", d, None, || {
+            self.ec2.find_volumes(&filters)
+        })?;
+        Ok(found
+            .into_iter()
+            .filter(|v| v.id != source_id && !matches!(v.state.as_str(), "deleting" | "deleted"))
+            .collect())
+    }
+
+    fn delete_copy(&self, name: &str, id: &str, d: &Deadline) -> Result<(), EbsError> {
+        match self.aws(name, Some(id), "DeleteVolume", d, None, || {
+            self.ec2.delete_volume(id)
+        }) {
+            Err(e) if e.aws_code() == Some("InvalidVolume.NotFound") => Ok(()),
+            r => {
+                r?;
+                tracing::info!(volume = name, copy = id, "a migration's copy deleted");
+                Ok(())
+            }
+        }
+    }
+
+    /// A failed move: deletes every copy of NAME a migration made, before
+    /// its fence is lifted, so a host of the other zone never adopts one
+    /// while the source is live again (hardening finding 11). Refused once
+    /// the source is marked moved (the copy is the volume then). A copy
+    /// already attached somewhere fails to delete: the caller keeps the
+    /// fence. Returns the deleted ids.
+    pub(crate) fn discard_copies(&self, name: &str) -> Result<Vec<String>, EbsError> {
+        let d = self.deadline(COPY_BUDGET);
+        let v = self.require(name, &d)?;
+        if let Some(TagState::Moved { volume_id, zone }) = tags::state_of(&v) {
+            return Err(EbsError::Refused {
+                volume: name.to_owned(),
+                message: format!(
+                    "the move finished: {volume_id} in {zone} is the volume now; nothing to discard"
+                ),
+            });
+        }
+        let copies = self.copies_of(name, &v.id, None, &d)?;
+        for c in &copies {
+            self.delete_copy(name, &c.id, &d)?;
+        }
+        Ok(copies.into_iter().map(|c| c.id).collect())
     }
 
     /// After the copy exists: the source is marked moved for good (Mount

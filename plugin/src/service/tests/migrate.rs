@@ -104,3 +104,53 @@ fn a_moved_volume_can_come_back() {
     svc.take_ownership("v").unwrap();
     svc.mount("v", "c", &go()).unwrap();
 }
+
+/// Hardening finding 13: a peer could have any number of volumes created
+/// here in `Receiving` (each a directory, a record, for block volumes an
+/// image). Now one peer gets `MAX_RECEIVING_PER_PEER`; another peer, and a
+/// resume of one it already has, are unaffected.
+#[test]
+fn finding_13_one_peer_cannot_receive_volumes_without_end() {
+    use crate::service::migrate::MAX_RECEIVING_PER_PEER;
+    let (_d, svc) = local_service();
+    let opts = BTreeMap::new();
+    for i in 0..MAX_RECEIVING_PER_PEER {
+        svc.prepare_receive(&format!("r{i}"), &opts, "evil")
+            .unwrap();
+    }
+    let err = svc
+        .prepare_receive("one-more", &opts, "evil")
+        .expect_err("a peer received volumes past the limit");
+    assert!(err.to_string().contains("already sending"), "{err}");
+    assert!(svc.find("one-more").is_err(), "the refused volume was made");
+    svc.prepare_receive("r0", &opts, "evil").unwrap();
+    svc.prepare_receive("other", &opts, "good").unwrap();
+    svc.take_ownership("r0").unwrap();
+    svc.prepare_receive("one-more", &opts, "evil").unwrap();
+}
+
+/// Issue 12, finding 13: a received ext4 image was mounted without a check,
+/// so a peer's crafted image met the kernel's filesystem code. Now the
+/// handover runs `e2fsck -n -f` first: an image that is no clean filesystem
+/// is refused (the volume stays receiving), a clean one is taken.
+#[test]
+fn finding_13_a_received_image_is_checked_before_it_is_owned() {
+    let (_d, svc) = local_service();
+    let p = svc
+        .prepare_receive("g@gold", &BTreeMap::new(), "hosta")
+        .unwrap();
+    // As received: all holes, no filesystem at all.
+    let err = svc.take_ownership("g@gold").unwrap_err();
+    assert!(err.to_string().contains("filesystem check"), "{err}");
+    assert!(
+        svc.mount("g@gold", "c", &go()).is_err(),
+        "mountable after a failed check"
+    );
+    let st = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(&p.data)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    svc.take_ownership("g@gold").unwrap();
+}

@@ -78,6 +78,8 @@ struct Fake {
     mounted: Mutex<std::collections::HashSet<String>>,
     fail_create: AtomicBool,
     fail_mount: AtomicBool,
+    /// Remove fails for this name.
+    fail_remove: Mutex<Option<String>>,
 }
 
 impl Fake {
@@ -112,6 +114,9 @@ impl Backend for Fake {
     }
     fn remove(&self, v: VolumeRef<'_>) -> Result<(), BackendError> {
         self.log("remove", v.name);
+        if lock(&self.fail_remove).as_deref() == Some(v.name) {
+            return Err(fail(v.name));
+        }
         Ok(())
     }
     fn mount(&self, v: VolumeRef<'_>) -> Result<PathBuf, BackendError> {

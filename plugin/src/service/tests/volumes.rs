@@ -272,3 +272,32 @@ fn remove_drops_one_docker_name_and_the_data_with_the_last() {
     assert_eq!(e.fake.calls(), ["remove v"]);
     assert!(matches!(e.svc.get("v"), Err(ServiceError::NotFound(_))));
 }
+
+/// Issue 12, low finding: `recover()` returned at the first volume it
+/// could not clean, and `serve` exited: one bad volume kept every other
+/// from being served. Now it logs that one and goes on.
+#[test]
+fn low_finding_one_interrupted_create_that_cannot_be_cleaned_does_not_stop_recover() {
+    let e = env();
+    e.svc.create("keep", &no_opts()).unwrap();
+    for name in ["bad", "half"] {
+        let mut rec = e.svc.records.get("keep").unwrap().unwrap();
+        rec.name = name.into();
+        rec.docker_name = name.into();
+        rec.state = VolumeState::Creating;
+        e.svc.records.put(&rec).unwrap();
+    }
+    *e.fake.fail_remove.lock().unwrap() = Some("bad".into());
+    e.fake.calls();
+    e.svc.recover().expect("recover gave up on the daemon");
+    let mut calls = e.fake.calls();
+    calls.sort();
+    assert_eq!(calls, ["remove bad", "remove half"]);
+    assert!(e.svc.records.get("half").unwrap().is_none());
+    assert_eq!(
+        e.svc.records.get("bad").unwrap().unwrap().state,
+        VolumeState::Creating,
+        "kept for the next start"
+    );
+    assert_eq!(e.svc.inspect("keep").unwrap().mount_count, 0);
+}
