@@ -221,6 +221,7 @@ PG_PROFILES=${PG_PROFILES:-default gold}
 PG_BLOCK_SIZE=${PG_BLOCK_SIZE:-4G}
 PG_STRICT=${PG_STRICT:-1}
 PG_HOOK=${PG_HOOK:-1}
+PG_READ_LIMIT=${PG_READ_LIMIT:-}
 start_hosts
 plug() { # SOCKET ENDPOINT JSON: one VolumeDriver call, as dockerd makes it
   local out
@@ -277,6 +278,9 @@ pgcase() { # PROFILE RATE STRICT(0|1)
   # the shutdown checkpoint is small. PG_HOOK=0 measures without it.
   [ "$PG_HOOK" = 1 ] && extra+=(--before-cutover "cd / && setpriv --reuid postgres --regid postgres --init-groups -- env HOME=/ LC_ALL=C $PGBIN/psql -h $RUN -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres -c CHECKPOINT")
   [ "$strict" = 1 ] && extra+=(--strict)
+  # PG_READ_LIMIT=20M: cap daffe's pre-copy reads (issue 11: when pgbench's
+  # latency during pre-copy rises by more than 20%).
+  [ -n "$PG_READ_LIMIT" ] && extra+=(--read-limit "$PG_READ_LIMIT")
   ( inA $DAFFE migrate "$vol" --to $B --name hosta --tls-dir "$W/mig/a/tls" \
       --control-socket "$W/mig/a/control.sock" --json "${extra[@]}" > "$R/$c.migrate.json" 2> "$R/$c.migrate.err" ) &
   mig=$!
