@@ -16,9 +16,12 @@
 //! the application's own downtime (from `pg_ctl stop` to the server on B
 //! accepting queries) and prints both.
 //!
-//! `--before-cutover` (issue 11, item 4) is not in `migrate` yet: the test
-//! runs `CHECKPOINT` itself just before `migrate` starts, so the first round
-//! carries the table files as the server last wrote them.
+//! `migrate --before-cutover "psql -c CHECKPOINT"` (issue 11, item 4):
+//! before the last pre-copy round the server writes its dirty buffers, so
+//! they travel while it still runs and the shutdown checkpoint at the
+//! cutover is small. The downtime is printed beside the estimate; it is
+//! asserted only loosely (CI machines are shared; the targets are measured
+//! by `bench/migrate.sh`, BENCHMARKS.md).
 
 use daffe_e2e::hosts::TwoHosts;
 use daffe_e2e::plugin::call_socket;
@@ -116,11 +119,13 @@ fn move_a_busy_database(profile: &str) -> Value {
     // A few seconds of steady load before the move: the baseline latency.
     std::thread::sleep(Duration::from_secs(4));
     assert!(bench.committed_so_far() > 0, "pgbench makes no progress");
-    // What --before-cutover would do (see the module comment).
-    pg.sql("CHECKPOINT");
     let t_migrate = bench.progress().last().map_or(0.0, |p| p.at);
 
-    let (child, rx) = h.migrate(&volume, &["--max-downtime", "2s"]);
+    let hook = pg.sql_shell("CHECKPOINT");
+    let (child, rx) = h.migrate(
+        &volume,
+        &["--max-downtime", "2s", "--before-cutover", &hook],
+    );
     wait_line(&rx, "waiting for", Duration::from_secs(120));
     // The cutover, in the order migrate asks for it.
     let t_precopy_end = bench.progress().last().map_or(0.0, |p| p.at);
@@ -142,15 +147,21 @@ fn move_a_busy_database(profile: &str) -> Value {
     assert!(moved.checksums() > 0);
     unmount(&h.b.socket, &volume);
 
+    let downtime_ms = report["downtime_ms"].as_u64().expect("downtime_ms");
+    let estimate_ms = report["estimate"]["downtime_ms"].as_u64().unwrap_or(0);
     eprintln!(
         "{profile}: migrate report {report:#}\n\
          pgbench: {} committed, latency before migrate {:?} ms, during pre-copy {:?} ms\n\
-         application downtime (pg_ctl stop on A to queries on B): {} ms; ledger {ledger:?}",
+         application downtime (pg_ctl stop on A to queries on B): {} ms; ledger {ledger:?}\n\
+         {profile}: daffe downtime {downtime_ms} ms, estimate {estimate_ms} ms (est./actual {:.2})",
         run.committed,
         latency_between(&run, 0.0, t_migrate),
         latency_between(&run, t_migrate, t_precopy_end),
         app_downtime.as_millis(),
+        estimate_ms as f64 / downtime_ms.max(1) as f64,
     );
+    // The hook ran, succeeded, and a pre-copy round followed it.
+    assert_eq!(report["before_cutover"]["exit_status"], 0, "{report:#}");
     // The run really was live: pgbench committed through the pre-copy.
     assert!(
         run.progress
@@ -165,7 +176,19 @@ fn move_a_busy_database(profile: &str) -> Value {
         rounds[0]["bytes"].as_u64().unwrap_or(0) > 0,
         "the first round moved nothing: {report:#}"
     );
-    assert!(report["downtime_ms"].as_u64().is_some(), "{report:#}");
+    assert!(
+        rounds
+            .iter()
+            .any(|r| r["after_hook"] == true && r["final_round"] == false),
+        "no pre-copy round after the hook: {report:#}"
+    );
+    // Loose: a shared CI machine. Without the hook the shutdown checkpoint
+    // alone made 5-11 s at this scale (BENCHMARKS.md); a minute means the
+    // cutover is broken, not slow.
+    assert!(
+        downtime_ms < 60_000,
+        "downtime {downtime_ms} ms: {report:#}"
+    );
     report
 }
 

@@ -61,6 +61,7 @@ pub mod sync;
 pub use chunk::{ChunkClass, ChunkId};
 pub use manifest::{ManifestId, ManifestReader, ManifestWriter};
 pub use progress::{Phase, Progress, ProgressSink};
+pub use read_full::ReadCap;
 pub use receive::{
     Action, Change, Checked, Destination, Preview, ReceiveOptions, Receiver, RoundStats, Tally,
     Verify,

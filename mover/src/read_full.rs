@@ -6,6 +6,45 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::rate::RateLimiter;
+
+/// The process's read cap while a [`ReadCap`] lives.
+static READ_CAP: RwLock<Option<Arc<RateLimiter>>> = RwLock::new(None);
+
+/// Caps the bytes this process reads through the read loop while it lives
+/// (issue 11: a live migration's pre-copy reads compete with the
+/// application for the disk and, on a small machine, the CPU; the final
+/// round, after the unmount, is not capped). One at a time: installing
+/// another replaces the cap, and dropping either lifts it.
+#[must_use = "the cap is lifted when this is dropped"]
+pub struct ReadCap(());
+
+impl ReadCap {
+    /// Charges every read to `limiter` until dropped.
+    pub fn install(limiter: Arc<RateLimiter>) -> ReadCap {
+        *READ_CAP.write().unwrap_or_else(PoisonError::into_inner) = Some(limiter);
+        ReadCap(())
+    }
+}
+
+impl Drop for ReadCap {
+    fn drop(&mut self) {
+        *READ_CAP.write().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// Waits until `n` more bytes fit under the cap, if there is one.
+fn charge(n: usize) {
+    let cap = READ_CAP
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
+    if let Some(l) = cap {
+        l.take(n as u64);
+    }
+}
 
 /// Reads into `buf` from `offset` until it is full or the file ends, at most
 /// `piece` bytes per system call; returns the bytes read (less than
@@ -22,7 +61,10 @@ pub(crate) fn read_full_at_in(
         let end = got.saturating_add(piece).min(buf.len());
         match f.read_at(&mut buf[got..end], offset + got as u64) {
             Ok(0) => break,
-            Ok(n) => got += n,
+            Ok(n) => {
+                got += n;
+                charge(n);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -38,7 +80,30 @@ pub(crate) fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
     use std::io::Write;
+    use std::time::Duration;
+
+    #[test]
+    fn reads_under_a_cap_take_their_time_and_none_after_it_is_lifted() {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![1u8; 4 << 20]).unwrap();
+        let clock = Arc::new(ManualClock::default());
+        clock.advance(Duration::from_secs(10));
+        // 1 MiB/s, 256 KiB of burst: 4 MiB cost at least 3.75 s.
+        let lim = Arc::new(RateLimiter::with_clock(1 << 20, 256 << 10, clock.clone()));
+        let t0 = clock.elapsed();
+        let mut buf = vec![0u8; 4 << 20];
+        {
+            let _cap = ReadCap::install(lim);
+            assert_eq!(read_full_at_in(&f, &mut buf, 0, 64 << 10).unwrap(), 4 << 20);
+        }
+        let capped = clock.elapsed() - t0;
+        assert!(capped >= Duration::from_millis(3750), "{capped:?}");
+        let t1 = clock.elapsed();
+        assert_eq!(read_full_at(&f, &mut buf, 0).unwrap(), 4 << 20);
+        assert_eq!(clock.elapsed(), t1, "a lifted cap still charged");
+    }
 
     #[test]
     fn fills_in_pieces_and_stops_at_eof() {

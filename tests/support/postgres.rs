@@ -291,6 +291,29 @@ done"#,
         .arg(sql))
     }
 
+    /// `psql -c SQL` against this server as one `sh -c` line, for a command
+    /// another program runs (`daffe migrate --before-cutover`). Only for a
+    /// server in this process's namespaces: the line has no `nsenter`.
+    pub fn sql_shell(&self, sql: &str) -> String {
+        assert!(
+            self.place.enter.is_empty(),
+            "sql_shell is for a server here"
+        );
+        let mut c = self.place.as_postgres(bin("psql"));
+        self.conn_args(&mut c);
+        c.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", "postgres", "-c"])
+            .arg(sql);
+        let quote = |w: &OsStr| format!("'{}'", w.to_string_lossy().replace('\'', r"'\''"));
+        // `as_postgres` sets HOME and LC_ALL on the Command; a shell line says so.
+        let mut line = String::from("cd / && env HOME=/ LC_ALL=C ");
+        line.push_str(&quote(c.get_program()));
+        for a in c.get_args() {
+            line.push(' ');
+            line.push_str(&quote(a));
+        }
+        line
+    }
+
     fn conn_args(&self, c: &mut Command) {
         c.arg("-h")
             .arg(&self.run_dir)

@@ -14,6 +14,7 @@
 //! - `ops`: the apply ops (an on-disk format).
 //! - `plan`: the round's decisions, pure (no I/O), table-tested.
 //! - `dest`: the destination and its state dir as files.
+//! - `discard`: a finished round's files, removed in the background.
 //! - `apply`: replaying the committed ops.
 //! - `writer`: staged files, pack, op streams, journal checkpoints.
 //! - `verify`: validity before a round; verify and promote after it.
@@ -25,6 +26,7 @@
 
 mod apply;
 mod dest;
+mod discard;
 mod error;
 mod exec;
 mod ops;

@@ -405,6 +405,8 @@ impl Receiver {
         index: &mut ChunkIndex,
     ) -> Result<Leftovers, ReceiveError> {
         let rd = self.d.round_dir();
+        // What an earlier process left to remove (`discard`), meanwhile.
+        drop(super::discard::sweep(&self.d.state));
         let old_round = read_journal(&rd.join("journal"))?;
         let seed_dir = self.d.state.join("seed");
         // Durable chunks of an interrupted round are set over the applied

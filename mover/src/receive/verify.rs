@@ -298,7 +298,9 @@ pub(super) fn promote(
     File::open(&d.state)
         .and_then(|f| f.sync_all())
         .map_err(io_err(b"state dir"))?;
-    std::fs::remove_dir_all(&rd).map_err(io_err(b"round dir"))?;
-    let _ = std::fs::remove_dir_all(d.state.join("seed"));
+    // Removed in the background: a sparse pack's unlink can take seconds
+    // on a busy filesystem, and this is the end of a final round's downtime.
+    super::discard::discard(&d.state, &rd)?;
+    let _ = super::discard::discard(&d.state, &d.state.join("seed"));
     Ok(failures)
 }

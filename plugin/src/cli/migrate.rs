@@ -15,15 +15,17 @@ use crate::control::ControlClient;
 use crate::migrate::duration;
 use crate::migrate::hook::BeforeCutover;
 use crate::migrate::orchestrate::{
-    DEFAULT_MAX_ROUNDS, Event, MigrateOptions, RemoteAgent, migrate,
+    DEFAULT_MAX_ROUNDS, Event, MigrateOptions, RemoteAgent, migrate, read_limiter,
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mover::Source;
+use mover::net::bwlimit::parse_rate;
 use mover::net::rounds::{RoundPushRetry, RoundPusher};
 use mover::net::tls;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -66,6 +68,13 @@ pub struct MigrateArgs {
     /// started) is killed and counts as failed.
     #[arg(long, default_value = "60s", value_name = "DURATION")]
     pub(crate) before_cutover_timeout: String,
+    /// Cap this process's reads of the volume during pre-copy rounds
+    /// (bytes/s with K/M/G, binary, or bits with kbit/mbit/gbit, e.g. 20M),
+    /// so the application keeps its share of the disk and CPU while it
+    /// runs. The final round, after the unmount, is never capped. Default:
+    /// no cap.
+    #[arg(long, value_name = "RATE")]
+    pub(crate) read_limit: Option<String>,
     /// Pre-copy rounds at most (default 10; 5 with --via-ebs, where each
     /// round is a snapshot).
     #[arg(long)]
@@ -133,8 +142,13 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return super::fail(json, format!("{e} (see `daffe agent init`)")),
     };
+    let read_cap = match args.read_limit.as_deref().map(parse_rate).transpose() {
+        Ok(r) => r.filter(|&r| r > 0).map(|r| Arc::new(read_limiter(r))),
+        Err(e) => return super::fail(json, format!("--read-limit: {e}")),
+    };
     let daemon = ControlClient::new(&args.control_socket);
     let mut dest = RemoteAgent {
+        read_cap,
         pusher: RoundPusher {
             addr: to.clone(),
             tls,

@@ -32,9 +32,11 @@ use mover::net::precopy::{
 };
 use mover::net::rounds::{RoundPushError, RoundPushReport, RoundPusher};
 use mover::net::serve::ServeEvent;
+use mover::rate::RateLimiter;
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -167,6 +169,15 @@ pub(crate) trait DestHost {
 /// The real destination: a [`RoundPusher`] to an agent.
 pub(crate) struct RemoteAgent {
     pub(crate) pusher: RoundPusher,
+    /// `--read-limit`: charged by every read of a pre-copy round's scan and
+    /// chunk answers, never by the final round's.
+    pub(crate) read_cap: Option<Arc<RateLimiter>>,
+}
+
+/// The limiter of `--read-limit`: `rate` bytes/s with a quarter second of
+/// burst (the scan reads in pieces of at most a few MiB).
+pub(crate) fn read_limiter(rate: u64) -> RateLimiter {
+    RateLimiter::new(rate, (rate / 4).max(1 << 20))
 }
 
 impl DestHost for RemoteAgent {
@@ -188,6 +199,11 @@ impl DestHost for RemoteAgent {
         final_round: bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<RoundPushReport, RoundPushError> {
+        let _cap = if final_round {
+            None
+        } else {
+            self.read_cap.clone().map(mover::ReadCap::install)
+        };
         self.pusher.push(round, final_round, &mut |ev| {
             if let ServeEvent::ChunkSent { bytes } = ev {
                 progress(bytes)
