@@ -214,7 +214,7 @@ mod tests {
             fenced: vec![b.clone()],
         };
         assert_eq!(lost.verdict(10, &[]), Verdict::Fence(vec![b.clone()]));
-        assert_eq!(lost.verdict(10, &[b.clone()]), Verdict::Safe);
+        assert_eq!(lost.verdict(10, std::slice::from_ref(&b)), Verdict::Safe);
     }
 
     /// The watchdog starts before the daemon's first heartbeat, and must
