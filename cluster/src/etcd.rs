@@ -189,6 +189,19 @@ impl EtcdCoordinator {
         Ok(resp.take_kvs().into_iter().next())
     }
 
+    /// Every key-value under `prefix`.
+    fn get_prefix(
+        &self,
+        what: &'static str,
+        prefix: String,
+    ) -> Result<Vec<KeyValue>, CoordinatorError> {
+        let mut resp = self.call(what, |mut c| {
+            let prefix = prefix.clone();
+            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
+        })?;
+        Ok(resp.take_kvs())
+    }
+
     fn entry(name: &str, kv: &KeyValue) -> VolumeEntry {
         VolumeEntry {
             name: name.to_owned(),
@@ -349,13 +362,8 @@ impl Coordinator for EtcdCoordinator {
     }
 
     fn volumes(&self) -> Result<Vec<VolumeEntry>, CoordinatorError> {
-        let prefix = self.keys.volumes_prefix();
-        let mut resp = self.call("list volumes", |mut c| {
-            let prefix = prefix.clone();
-            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-        })?;
-        Ok(resp
-            .take_kvs()
+        Ok(self
+            .get_prefix("list volumes", self.keys.volumes_prefix())?
             .iter()
             .filter_map(|kv| {
                 let key = kv.key_str().ok()?;
@@ -500,13 +508,8 @@ impl Coordinator for EtcdCoordinator {
     }
 
     fn nodes(&self) -> Result<Vec<(String, Vec<u8>)>, CoordinatorError> {
-        let prefix = self.keys.nodes_prefix();
-        let mut resp = self.call("list nodes", |mut c| {
-            let prefix = prefix.clone();
-            async move { c.get(prefix, Some(GetOptions::new().with_prefix())).await }
-        })?;
-        Ok(resp
-            .take_kvs()
+        Ok(self
+            .get_prefix("list nodes", self.keys.nodes_prefix())?
             .iter()
             .filter_map(|kv| {
                 let key = kv.key_str().ok()?;
