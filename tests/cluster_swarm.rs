@@ -20,6 +20,15 @@ use std::time::{Duration, Instant};
 
 const SCHEDULE_LIMIT: Duration = Duration::from_secs(60);
 
+/// The shared swarm with daffe in cluster mode on every node.
+fn with_daffe(lease: Lease) -> std::sync::MutexGuard<'static, daffe_e2e::swarm::Swarm> {
+    let mut s = swarm::shared();
+    for n in 1..=s.nodes.len() {
+        s.start_daffe(n, lease);
+    }
+    s
+}
+
 fn etcd_keys(s: &daffe_e2e::swarm::Swarm, prefix: &str) -> Vec<String> {
     let out = s.etcd.as_ref().unwrap().etcdctl(
         0,
@@ -44,10 +53,7 @@ fn etcd_keys(s: &daffe_e2e::swarm::Swarm, prefix: &str) -> Vec<String> {
 
 #[test]
 fn one_volume_for_three_concurrent_creates_listed_on_every_node_removed_only_unmounted() {
-    let mut s = swarm::shared();
-    for n in 1..=3 {
-        s.start_daffe(n, Lease::default());
-    }
+    let mut s = with_daffe(Lease::default());
     // The same name on all three engines at once.
     std::thread::scope(|sc| {
         for n in 0..3 {
@@ -144,11 +150,8 @@ fn one_volume_for_three_concurrent_creates_listed_on_every_node_removed_only_unm
 
 #[test]
 fn a_killed_owner_is_fenced_and_its_stale_copy_is_never_served_elsewhere() {
-    let mut s = swarm::shared();
     let lease = Lease::default();
-    for n in 1..=3 {
-        s.start_daffe(n, lease);
-    }
+    let mut s = with_daffe(lease);
     // Node 3 (not the raft leader, node 1) owns the volume.
     let script =
         "trap 'exit 0' TERM; i=0; while :; do i=$((i+1)); echo $i >> /data/log; sleep 0.2; done";
@@ -304,11 +307,8 @@ fn owner_of(s: &daffe_e2e::swarm::Swarm, via: usize, vol: &str) -> serde_json::V
 
 #[test]
 fn a_partitioned_owner_stops_writing_within_its_lease_and_rejoins_unfenced() {
-    let mut s = swarm::shared();
     let lease = Lease::default();
-    for n in 1..=3 {
-        s.start_daffe(n, lease);
-    }
+    let mut s = with_daffe(lease);
     let (c, mp) = writer(&s, 3, "part@gold");
     assert_eq!(owner_of(&s, 1, "part"), "swnode3");
     s.cut(3);
@@ -341,11 +341,8 @@ fn a_partitioned_owner_stops_writing_within_its_lease_and_rejoins_unfenced() {
 
 #[test]
 fn one_etcd_member_down_changes_nothing_two_down_no_owner_is_made_and_owners_fence() {
-    let mut s = swarm::shared();
     let lease = Lease::default();
-    for n in 1..=3 {
-        s.start_daffe(n, lease);
-    }
+    let mut s = with_daffe(lease);
     s.nodes[1]
         .docker()
         .ok(&["volume", "create", "-d", "daffe", "quorum2"]);

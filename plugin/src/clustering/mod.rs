@@ -241,10 +241,9 @@ impl ClusterNode {
                     return self.won(volume, epoch, previous, copy_epoch, mount);
                 }
                 Claim::Held(o) if o.node == self.cfg.node && o.lease == lease => {
-                    lock(&self.term)
-                        .owned
-                        .insert(volume.to_owned(), (o.epoch, mount));
-                    self.beat(&lock(&self.term));
+                    let mut term = lock(&self.term);
+                    term.owned.insert(volume.to_owned(), (o.epoch, mount));
+                    self.beat(&term);
                     return Ok(o.epoch);
                 }
                 Claim::Held(o) => {
