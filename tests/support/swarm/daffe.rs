@@ -93,13 +93,22 @@ impl Swarm {
 
     /// `daffe cluster status --json` from node `n`.
     pub fn cluster_status(&self, n: usize) -> serde_json::Value {
+        self.try_cluster_status(n)
+            .unwrap_or_else(|e| panic!("cluster status on node {n}: {e}"))
+    }
+
+    /// `daffe cluster status --json` from node `n`, or what it printed when
+    /// it failed: a node whose link just came back may find etcd unreachable
+    /// for a moment while its connections are re-made.
+    pub fn try_cluster_status(&self, n: usize) -> Result<serde_json::Value, String> {
         let out = self.daffe(n, &["cluster", "status", "--json"]);
-        assert!(
-            out.status.success(),
-            "cluster status on node {n}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("cluster status JSON")
+        if !out.status.success() {
+            return Err(format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("cluster status JSON: {e}"))
     }
 }
