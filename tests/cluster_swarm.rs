@@ -13,6 +13,10 @@
 //!   (its old copy stays fenced).
 //! - etcd: one member down changes nothing; two down, no mount anywhere
 //!   gets ownership, and the owner stops writing within its lease.
+//! - The data path: a service moved to another node (and back) finds every
+//!   write of the old node there, on a block and a dir volume: the new
+//!   node's stale copy is brought up to date from the last writer's agent
+//!   before its Mount returns.
 
 use daffe_e2e::docker::test_image;
 use daffe_e2e::swarm::{self, CLUSTER, Lease};
@@ -405,5 +409,133 @@ fn one_etcd_member_down_changes_nothing_two_down_no_owner_is_made_and_owners_fen
     );
     assert!(t.elapsed() < Duration::from_secs(60), "{:?}", t.elapsed());
     s.nodes[0].docker().ok(&["rm", "-f", &c1]);
+    s.reset();
+}
+
+/// The writer's log on node `n`'s container `c`: `(index, node)` per line.
+fn read_log(s: &daffe_e2e::swarm::Swarm, n: usize, c: &str, path: &str) -> Vec<(u64, String)> {
+    let out = s.nodes[n - 1].docker().run(&["exec", c, "cat", path]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let (i, node) = l.split_once(' ')?;
+            Some((i.parse().ok()?, node.to_owned()))
+        })
+        .collect()
+}
+
+/// Every index from 1 on, once, in order: nothing lost, nothing twice.
+fn assert_unbroken(log: &[(u64, String)], what: &str) {
+    for (k, (i, _)) in log.iter().enumerate() {
+        assert_eq!(*i, k as u64 + 1, "{what}: line {} is {i}: {log:?}", k + 1);
+    }
+}
+
+/// Waits until node `n`'s container `c` has at least `lines` lines in `path`.
+fn wait_lines(s: &daffe_e2e::swarm::Swarm, n: usize, c: &str, path: &str, lines: usize) {
+    let t = Instant::now();
+    while read_log(s, n, c, path).len() < lines {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{path} on node {n} stays under {lines} lines: {:?}",
+            read_log(s, n, c, path)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_moved_service_finds_every_write_of_the_old_node_on_block_and_dir_volumes() {
+    let mut s = with_daffe(Lease::default());
+    // Each line is "INDEX NODE": an index going on from the last line, so a
+    // lost write is a gap, and a stale (or empty) copy starts again low.
+    let script = "trap 'exit 0' TERM; \
+        for f in /g/log /d/log; do touch $f; done; \
+        i=$(wc -l < /g/log); \
+        while :; do i=$((i+1)); \
+          echo \"$i $WHERE\" >> /g/log; echo \"$i $WHERE\" >> /d/log; \
+          sleep 0.1; done";
+    s.create_service(
+        "mover",
+        1,
+        &[
+            "--env",
+            "WHERE={{.Node.Hostname}}",
+            "--mount",
+            "type=volume,source=mvblock@gold,target=/g,volume-driver=daffe,volume-nocopy=true",
+            "--mount",
+            "type=volume,source=mvdir,target=/d,volume-driver=daffe,volume-nocopy=true",
+        ],
+        &test_image(),
+        &["sh", "-c", script],
+    );
+    let on1 = s.wait_running("mover", 1, SCHEDULE_LIMIT);
+    wait_lines(&s, 1, &on1, "/g/log", 20);
+
+    // Node 1 -> node 2: node 2's copies are empty (made by Get), so stale.
+    let t = Instant::now();
+    s.move_service("mover", 1, 2);
+    let on2 = s.wait_running("mover", 2, SCHEDULE_LIMIT);
+    eprintln!(
+        "moved to node 2: running after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    wait_lines(&s, 2, &on2, "/g/log", 1);
+    std::thread::sleep(Duration::from_secs(1));
+    for path in ["/g/log", "/d/log"] {
+        let log = read_log(&s, 2, &on2, path);
+        assert_unbroken(&log, path);
+        let from1 = log.iter().filter(|(_, n)| n == "swnode1").count();
+        let from2 = log.iter().filter(|(_, n)| n == "swnode2").count();
+        assert!(
+            from1 >= 20,
+            "{path}: node 1's writes are missing on node 2: {log:?}"
+        );
+        assert!(from2 >= 1, "{path}: node 2 does not write: {log:?}");
+        // Node 1's lines all come first: node 2 went on from node 1's last.
+        assert!(
+            log[..from1].iter().all(|(_, n)| n == "swnode1"),
+            "{path}: {log:?}"
+        );
+    }
+    let writer = s.etcd.as_ref().unwrap().etcdctl(
+        0,
+        &[
+            "get",
+            "--print-value-only",
+            &format!("/daffe/{CLUSTER}/writers/mvblock"),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&writer.stdout).starts_with("swnode2@"),
+        "{writer:?}"
+    );
+    wait_lines(
+        &s,
+        2,
+        &on2,
+        "/g/log",
+        read_log(&s, 2, &on2, "/g/log").len() + 10,
+    );
+
+    // And back: node 1's copy was handed over (moved), so stale in its turn.
+    let t = Instant::now();
+    s.move_service("mover", 2, 1);
+    let back = s.wait_running("mover", 1, SCHEDULE_LIMIT);
+    eprintln!(
+        "moved back to node 1: running after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    wait_lines(&s, 1, &back, "/g/log", 1);
+    std::thread::sleep(Duration::from_secs(1));
+    for path in ["/g/log", "/d/log"] {
+        let log = read_log(&s, 1, &back, path);
+        assert_unbroken(&log, path);
+        let nodes: Vec<&str> = log.iter().map(|(_, n)| n.as_str()).collect();
+        let mut runs = nodes.clone();
+        runs.dedup();
+        assert_eq!(runs, ["swnode1", "swnode2", "swnode1"], "{path}: {log:?}");
+    }
+    s.remove_service("mover");
     s.reset();
 }

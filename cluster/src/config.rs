@@ -8,6 +8,8 @@
 //! agent = "10.0.0.1:7443"       # where peers reach this node's agent
 //! lease_ttl = 10                # seconds; the owner's lease in etcd
 //! fence_margin_ms = 2000        # stop writing this long before the lease can expire
+//! tls_dir = "/etc/daffe/agent"  # this node's agent certificate: the daemon dials other
+//!                               # nodes' agents with it to bring a stale copy up to date
 //! [cluster.etcd]
 //! endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
 //! ca = "/etc/daffe/etcd/ca.pem"
@@ -37,6 +39,11 @@ pub struct ClusterConfig {
     pub lease_ttl: u64,
     #[serde(default = "default_margin")]
     pub fence_margin_ms: u64,
+    /// This node's agent certificate folder (`daffe agent init/issue`): the
+    /// daemon dials the last writer's agent with it when a Mount finds its
+    /// copy stale. Its node name must be `node`. Unset: the agent's default.
+    #[serde(default)]
+    pub tls_dir: Option<PathBuf>,
     pub etcd: EtcdConfig,
 }
 

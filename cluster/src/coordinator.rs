@@ -54,6 +54,13 @@ impl Writer {
             epoch: Epoch(epoch.parse().ok()?),
         })
     }
+
+    /// Whether `node`'s copy, last written at `copy_epoch` (its own epoch
+    /// then), holds this last write: the rule that keeps a stale copy from
+    /// being served.
+    pub fn is_copy(&self, node: &str, copy_epoch: Option<Epoch>) -> bool {
+        self.node == node && Some(self.epoch) == copy_epoch
+    }
 }
 
 /// The outcome of [`Coordinator::claim`].
@@ -151,4 +158,29 @@ pub trait Coordinator: Send + Sync {
     ) -> Result<(), CoordinatorError>;
     /// The nodes whose lease is alive, with what they announced.
     fn nodes(&self) -> Result<Vec<(String, Vec<u8>)>, CoordinatorError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writer_round_trips_and_names_the_current_copy() {
+        let w = Writer {
+            node: "swnode-1".into(),
+            epoch: Epoch(42),
+        };
+        assert_eq!(Writer::decode(&w.encode()), Some(w.clone()));
+        assert_eq!(Writer::decode(b"no-epoch"), None);
+        assert_eq!(Writer::decode(b"n@x"), None);
+        // (node, copy epoch, current?)
+        for (node, copy, current) in [
+            ("swnode-1", Some(42), true),
+            ("swnode-1", Some(41), false),
+            ("swnode-1", None, false),
+            ("swnode-2", Some(42), false),
+        ] {
+            assert_eq!(w.is_copy(node, copy.map(Epoch)), current, "{node} {copy:?}");
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use crate::config::DEFAULT_CONTROL_SOCKET;
 use crate::control::ControlClient;
-use crate::migrate::agent::AgentHandler;
+use crate::migrate::agent::{AgentHandler, Outgoing};
 use crate::migrate::duration;
 use clap::{Args, Subcommand};
 use mover::net::agent::Agent;
@@ -176,6 +176,12 @@ fn serve(args: RunArgs) -> ExitCode {
     }
     let mut handler = AgentHandler::new(ControlClient::new(&args.control_socket));
     handler.checkpoint_bytes = args.checkpoint.bytes().max(1);
+    // Cluster mode's handovers: this agent sends a volume to another node's
+    // agent with its own certificate.
+    handler.outgoing = Some(Outgoing {
+        files: args.peer.files(),
+        ep: ep.clone(),
+    });
     let handler = Arc::new(handler);
     let node = ep.hello.node.clone();
     let agent = Arc::new(Agent::new(tls, ep, handler));

@@ -95,6 +95,8 @@ enum ServeError {
     Peer(#[from] crate::peer::PeerError),
     #[error("cluster mode: {0}")]
     Cluster(#[from] crate::clustering::ClusterError),
+    #[error("cluster mode: {0} ([cluster] tls_dir)")]
+    Handover(crate::clustering::handover::HandoverError),
     #[error("cluster mode: starting the fence watchdog: {0}")]
     Watchdog(std::io::Error),
     #[error("starting the runtime: {0}")]
@@ -147,7 +149,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
     svc.persist_profiles(&cfg.data_root.join("state"))?;
     crate::state::roots::check_catalog(&svc.catalog(), &cfg.data_root)?;
     if let Some(c) = &cfg.cluster {
-        svc.set_cluster(join(c, &cfg.data_root)?);
+        svc.set_cluster(join(c, &cfg.data_root)?, handover(c)?);
     }
     let svc = Arc::new(svc);
     svc.recover()?;
@@ -252,6 +254,28 @@ fn join(
     node.spawn_keeper();
     tracing::info!(cluster = %c.name, node = %c.node, agent = %c.agent, "cluster mode");
     Ok(node)
+}
+
+/// Cluster mode: how a Mount brings a stale copy up to date (from the last
+/// writer's agent, dialed with this node's agent certificate). A `tls_dir`
+/// that was set must hold one; without it, the agent's default folder is
+/// tried, and a node with no certificate refuses stale copies instead.
+fn handover(
+    c: &cluster::ClusterConfig,
+) -> Result<Option<Arc<dyn crate::clustering::handover::Handover>>, ServeError> {
+    use crate::clustering::handover::AgentHandover;
+    let dir = c
+        .tls_dir
+        .clone()
+        .unwrap_or_else(|| super::agent::DEFAULT_TLS_DIR.into());
+    match AgentHandover::new(&dir, &c.node) {
+        Ok(h) => Ok(Some(Arc::new(h))),
+        Err(e) if c.tls_dir.is_some() => Err(ServeError::Handover(e)),
+        Err(e) => {
+            tracing::warn!(error = %e, "no agent certificate: a stale copy here is refused, not brought up to date (set [cluster] tls_dir)");
+            Ok(None)
+        }
+    }
 }
 
 /// SIGTERM (systemd, dockerd stopping a managed plugin) or SIGINT.

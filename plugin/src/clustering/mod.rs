@@ -10,10 +10,13 @@
 //!   volume's filesystem down when the lease deadline passes, even with the
 //!   daemon dead;
 //! - [`catalogue`]: what the catalogue record of a volume holds;
+//! - [`handover`]: asking the last writer's agent for the volume when this
+//!   node's copy is stale (the data path);
 //! - [`status`]: `daffe cluster status`.
 
 pub(crate) mod catalogue;
 pub(crate) mod fencing;
+pub(crate) mod handover;
 mod keeper;
 pub(crate) mod status;
 
@@ -48,21 +51,22 @@ pub(crate) enum ClusterError {
         secs: u64,
     },
     #[error(
-        "this node's copy of volume {volume:?} is stale: node {writer} wrote it last (epoch {epoch}); \
-         it is not served here until it is refreshed from that node"
-    )]
-    Stale {
-        volume: String,
-        writer: String,
-        epoch: Epoch,
-    },
-    #[error(
         "volume {volume:?} is in use on node {node} (it owns it, epoch {epoch}); stop its containers there first"
     )]
     OwnedElsewhere {
         volume: String,
         node: String,
         epoch: Epoch,
+    },
+    #[error(
+        "this node's copy of volume {volume:?} is stale: node {writer} wrote it last (epoch {epoch}), \
+         and it could not be brought up to date from there: {reason}"
+    )]
+    NotRefreshed {
+        volume: String,
+        writer: String,
+        epoch: Epoch,
+        reason: String,
     },
     #[error(transparent)]
     Record(#[from] catalogue::RecordError),
@@ -105,6 +109,16 @@ impl Term {
         }
         names
     }
+}
+
+/// What a claim got: see [`ClusterNode::claim_copy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Claimed {
+    /// Owned, and this node's copy is the volume.
+    Current(Epoch),
+    /// Claimed in etcd at `epoch`, but `writer` wrote the volume last: this
+    /// node's copy is stale and not owned until it is brought up to date.
+    Stale { epoch: Epoch, writer: Writer },
 }
 
 pub(crate) struct ClusterNode {
@@ -211,11 +225,9 @@ impl ClusterNode {
         }
     }
 
-    /// Makes this node the owner of `volume` (Mount's first step). Waits, up
-    /// to `wait`, for another owner to let go (Swarm unmounts on the old node
-    /// and mounts here within a second or two; a dead node's lease runs out
-    /// after its TTL). `copy_epoch` is the epoch this node last owned the
-    /// volume at (its copy's age); `mount` the block filesystem to fence.
+    /// [`ClusterNode::claim_copy`], with a stale claim given straight back
+    /// as an error (what a node with no way to refresh its copy does).
+    #[cfg(test)]
     pub(crate) fn claim(
         &self,
         volume: &str,
@@ -223,6 +235,36 @@ impl ClusterNode {
         mount: Option<PathBuf>,
         wait: Duration,
     ) -> Result<Epoch, ClusterError> {
+        match self.claim_copy(volume, copy_epoch, mount, wait)? {
+            Claimed::Current(epoch) => Ok(epoch),
+            Claimed::Stale { epoch, writer } => {
+                self.give_back(volume, epoch);
+                Err(ClusterError::NotRefreshed {
+                    volume: volume.to_owned(),
+                    writer: writer.node,
+                    epoch: writer.epoch,
+                    reason: "refused".into(),
+                })
+            }
+        }
+    }
+
+    /// Makes this node the owner of `volume`. Waits, up to `wait`, for
+    /// another owner to let go (Swarm unmounts on the old node and mounts
+    /// here within a second or two; a dead node's lease runs out after its
+    /// TTL). `copy_epoch` is the epoch of the last write this node's copy
+    /// holds (its age); `mount` the block filesystem to fence.
+    ///
+    /// A stale copy is never served: the claim then stands in etcd (so no
+    /// other node can take the volume while the copy is brought up to date)
+    /// but this node does not own it until [`ClusterNode::adopt`].
+    pub(crate) fn claim_copy(
+        &self,
+        volume: &str,
+        copy_epoch: Option<Epoch>,
+        mount: Option<PathBuf>,
+        wait: Duration,
+    ) -> Result<Claimed, ClusterError> {
         let wait = wait.min(CLAIM_WAIT_MAX);
         let until = Instant::now() + wait;
         loop {
@@ -238,13 +280,18 @@ impl ClusterNode {
             };
             match claim {
                 Claim::Won(epoch, previous) => {
-                    return self.won(volume, epoch, previous, copy_epoch, mount);
+                    if let Some(w) = previous
+                        && !w.is_copy(&self.cfg.node, copy_epoch)
+                    {
+                        return Ok(Claimed::Stale { epoch, writer: w });
+                    }
+                    return self.adopt(volume, epoch, mount).map(Claimed::Current);
                 }
                 Claim::Held(o) if o.node == self.cfg.node && o.lease == lease => {
                     let mut term = lock(&self.term);
                     term.owned.insert(volume.to_owned(), (o.epoch, mount));
                     self.beat(&term);
-                    return Ok(o.epoch);
+                    return Ok(Claimed::Current(o.epoch));
                 }
                 Claim::Held(o) => {
                     if Instant::now() >= until {
@@ -261,28 +308,17 @@ impl ClusterNode {
         }
     }
 
-    fn won(
+    /// This node's copy of `volume`, claimed at `epoch`, is the volume from
+    /// now on: recorded as its last writer, then owned (and fenced at the
+    /// lease deadline). Fails if the claim was lost meanwhile.
+    pub(crate) fn adopt(
         &self,
         volume: &str,
         epoch: Epoch,
-        previous: Option<Writer>,
-        copy_epoch: Option<Epoch>,
         mount: Option<PathBuf>,
     ) -> Result<Epoch, ClusterError> {
-        if let Some(w) = previous
-            && !(w.node == self.cfg.node && Some(w.epoch) == copy_epoch)
-        {
-            // Never serve a stale copy: give the ownership straight back.
-            if let Err(e) = self.coord.release(volume, epoch) {
-                tracing::warn!(volume, error = %e, "releasing a claim over a stale copy");
-            }
-            return Err(ClusterError::Stale {
-                volume: volume.to_owned(),
-                writer: w.node,
-                epoch: w.epoch,
-            });
-        }
-        // From here this node's copy is the volume: say so before writing.
+        // Say so in etcd before writing: a later claimer must see this node
+        // as the writer, or it would serve its own older copy.
         if !self.coord.record_writer(volume, &self.cfg.node, epoch)? {
             return Err(ClusterError::Fenced);
         }
@@ -291,6 +327,25 @@ impl ClusterNode {
         self.beat(&term);
         tracing::info!(volume, %epoch, "owned");
         Ok(epoch)
+    }
+
+    /// Gives back a claim that was never adopted (a stale copy that could
+    /// not be brought up to date). Best effort: the lease frees it anyway.
+    pub(crate) fn give_back(&self, volume: &str, epoch: Epoch) {
+        if let Err(e) = self.coord.release(volume, epoch) {
+            tracing::warn!(volume, error = %e, "giving back a claim over a stale copy");
+        }
+    }
+
+    /// The agent address `node` announced, if its lease is alive.
+    pub(crate) fn agent_of(&self, node: &str) -> Result<Option<String>, ClusterError> {
+        Ok(self
+            .coord
+            .nodes()?
+            .into_iter()
+            .find(|(n, _)| n == node)
+            .and_then(|(_, info)| serde_json::from_slice::<NodeInfo>(&info).ok())
+            .map(|i| i.agent))
     }
 
     /// Gives `volume` up (its last Unmount here). Best effort: if etcd is

@@ -48,7 +48,7 @@ fn one_owner_at_a_time_and_a_stale_copy_is_never_served() {
     );
     // b's copy never had a's writes: refused, and the ownership given back.
     match b.claim("db", None, None, Duration::ZERO) {
-        Err(ClusterError::Stale { writer, epoch, .. }) => {
+        Err(ClusterError::NotRefreshed { writer, epoch, .. }) => {
             assert_eq!((writer.as_str(), epoch), ("a", ea))
         }
         other => panic!("a stale copy served: {other:?}"),
@@ -61,7 +61,7 @@ fn one_owner_at_a_time_and_a_stale_copy_is_never_served() {
     a.release("db");
     assert!(matches!(
         a.claim("db", Some(ea), None, Duration::ZERO),
-        Err(ClusterError::Stale { .. })
+        Err(ClusterError::NotRefreshed { .. })
     ));
 }
 

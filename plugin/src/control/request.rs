@@ -19,6 +19,7 @@
 //! | GET | `/v1/volumes/NAME/transfer` | [`ControlRequest::Transfer`] |
 //! | POST | `/v1/volumes/NAME/{move,fence,moved}` `{"to"}` | [`ControlRequest::Move`], [`ControlRequest::Fence`], [`ControlRequest::FinishMove`] |
 //! | POST | `/v1/volumes/NAME/{abort,own}` | [`ControlRequest::AbortMove`], [`ControlRequest::Own`] |
+//! | POST | `/v1/volumes/NAME/handover` `{"to"}` | [`ControlRequest::Handover`] |
 //! | POST | `/v1/receive/check` `{"volume","options","need_bytes"}` | [`ControlRequest::CheckReceive`] |
 //! | POST | `/v1/receive/prepare` `{"volume","options","from"}` | [`ControlRequest::PrepareReceive`] |
 //! | GET | `/v1/volumes/NAME/ebs` | [`ControlRequest::EbsFacts`] |
@@ -68,6 +69,10 @@ pub(crate) enum ControlRequest {
     AbortMove { name: String },
     /// Destination: the volume is handed over (`Receiving -> Ready`).
     Own { name: String },
+    /// Cluster mode, the last writer's side: may node `to` (which owns the
+    /// volume now, with a stale copy) be sent this node's copy, and where
+    /// is its agent?
+    Handover { name: String, to: String },
     /// Destination: could `volume` be received (profile, room)?
     CheckReceive {
         volume: String,
@@ -233,7 +238,7 @@ impl ControlRequest {
                 "v1",
                 "volumes",
                 n,
-                op @ ("profile" | "move" | "fence" | "moved" | "abort" | "own"),
+                op @ ("profile" | "move" | "fence" | "moved" | "abort" | "own" | "handover"),
             ] => {
                 only(Method::POST)?;
                 let name = name(n);
@@ -255,6 +260,10 @@ impl ControlRequest {
                         to: body::<To>(bytes)?.to,
                     },
                     "abort" => R::AbortMove { name },
+                    "handover" => R::Handover {
+                        name,
+                        to: body::<To>(bytes)?.to,
+                    },
                     _ => R::Own { name },
                 })
             }
@@ -346,6 +355,7 @@ impl ControlRequest {
             R::Move { name, to } => post(vol(name, "move"), json!({ "to": to })),
             R::Fence { name, to } => post(vol(name, "fence"), json!({ "to": to })),
             R::FinishMove { name, to } => post(vol(name, "moved"), json!({ "to": to })),
+            R::Handover { name, to } => post(vol(name, "handover"), json!({ "to": to })),
             R::AbortMove { name } => post(vol(name, "abort"), json!({})),
             R::Own { name } => post(vol(name, "own"), json!({})),
             R::CheckReceive {
@@ -403,6 +413,7 @@ impl ControlRequest {
             R::FinishMove { .. } => "finish_move",
             R::AbortMove { .. } => "abort_move",
             R::Own { .. } => "take_ownership",
+            R::Handover { .. } => "handover",
             R::CheckReceive { .. } => "check receive",
             R::PrepareReceive { .. } => "prepare receive",
             R::EbsFacts { .. } => "ebs facts",
@@ -430,6 +441,7 @@ impl ControlRequest {
             | R::Move { name, .. }
             | R::Fence { name, .. }
             | R::FinishMove { name, .. }
+            | R::Handover { name, .. }
             | R::AbortMove { name }
             | R::Own { name }
             | R::EbsFacts { name }
@@ -521,6 +533,10 @@ mod tests {
             },
             R::AbortMove { name: n() },
             R::Own { name: n() },
+            R::Handover {
+                name: n(),
+                to: "swnode2".into(),
+            },
             R::CheckReceive {
                 volume: n(),
                 options: BTreeMap::from([("size".to_owned(), "2G".to_owned())]),

@@ -69,6 +69,7 @@ impl Limits {
             | R::FinishMove { .. }
             | R::AbortMove { .. }
             | R::Own { .. }
+            | R::Handover { .. }
             | R::CheckReceive { .. }
             | R::PrepareReceive { .. } => self.quick,
             R::SetProfile { .. } | R::EbsFacts { .. } => self.aws,
@@ -197,6 +198,7 @@ fn answer(
             crate::metrics::daemon().fenced(&name, std::time::Instant::now());
             json(r)
         }
+        R::Handover { name, to } => json(svc.handover_plan(&name, &to)?),
         R::FinishMove { name, to } => {
             let r = svc.finish_move(&name, &to)?;
             crate::metrics::daemon().move_ended(&name, true, std::time::Instant::now());

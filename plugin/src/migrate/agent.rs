@@ -6,15 +6,22 @@
 //! `Receiving` from the same peer: an owned (`Ready`) volume is never
 //! written by a peer, whatever it asks.
 
+use super::orchestrate::{self, MigrateOptions, RemoteAgent};
 use super::wire::{PeerReply, PeerRequest};
+use crate::clustering::handover::HandoverPlan;
 use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode as LocalMode, TransferPaths};
 use mover::ReceiveOptions;
 use mover::net::agent::{PeerInfo, RoundHandler};
+use mover::net::identity::NodeFiles;
 use mover::net::message::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
 use mover::net::netsource::NetSource;
-use mover::net::rounds::receive_round;
-use mover::{Destination, Verify};
+use mover::net::rounds::{RoundPushRetry, RoundPusher, receive_round};
+use mover::net::stream::Endpoint;
+use mover::net::tls;
+use mover::{Destination, Source, Verify};
+use std::path::PathBuf;
+use std::time::Duration;
 
 /// Receiver checkpoint interval: after a cut link at most this much is
 /// fetched again (5 s at 100 Mbit/s), for one syncfs per interval.
@@ -25,7 +32,19 @@ pub(crate) struct AgentHandler {
     pub(crate) daemon: ControlClient,
     pub(crate) checkpoint_bytes: u64,
     pub(crate) verify: Verify,
+    /// How this agent dials another node's agent (cluster handovers); none:
+    /// it only receives.
+    pub(crate) outgoing: Option<Outgoing>,
 }
+
+/// This agent's identity for dialing out.
+pub(crate) struct Outgoing {
+    pub(crate) files: NodeFiles,
+    pub(crate) ep: Endpoint,
+}
+
+/// A handover's first contact with the new owner's agent.
+const HANDOVER_CONNECT: Duration = Duration::from_secs(5);
 
 impl AgentHandler {
     pub(crate) fn new(daemon: ControlClient) -> Self {
@@ -33,7 +52,63 @@ impl AgentHandler {
             daemon,
             checkpoint_bytes: CHECKPOINT_BYTES,
             verify: Verify::Touched,
+            outgoing: None,
         }
+    }
+
+    /// Cluster mode: `peer` owns `volume` now and its copy is stale; this
+    /// node wrote it last. The daemon checks both in etcd and names the
+    /// peer's agent; then the volume goes there as `daffe migrate` sends it
+    /// (this node's copy is unmounted, so the first round has it all and
+    /// the final one finds nothing new), and this node marks it moved.
+    fn handover(&self, peer: &PeerInfo, volume: &str) -> Result<PeerReply, WireError> {
+        let Some(out) = &self.outgoing else {
+            return Err(refused(
+                "this agent sends no volumes (no certificate to dial with)",
+            ));
+        };
+        let plan: HandoverPlan = self
+            .daemon
+            .send_as(&ControlRequest::Handover {
+                name: volume.to_owned(),
+                to: peer.node.clone(),
+            })
+            .map_err(daemon_error)?;
+        let tls = tls::client_config(&out.files).map_err(|e| refused(e.to_string()))?;
+        let mut dest = RemoteAgent {
+            read_cap: None,
+            pusher: RoundPusher {
+                addr: plan.agent.clone(),
+                tls,
+                ep: out.ep.clone(),
+                source: Source::Tree(PathBuf::new()),
+                cache_dir: PathBuf::new(),
+                target: volume.to_owned(),
+                scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+                retry: RoundPushRetry {
+                    connect_timeout: HANDOVER_CONNECT,
+                    ..RoundPushRetry::default()
+                },
+            },
+        };
+        let opts = MigrateOptions {
+            volume: volume.to_owned(),
+            to: plan.agent.clone(),
+            max_downtime: Duration::from_secs(1),
+            max_rounds: 1,
+            unmount_timeout: Duration::from_secs(5),
+            fence_poll: Duration::from_millis(50),
+            strict: false,
+            before_cutover: None,
+        };
+        tracing::info!(volume, to = %peer.node, agent = %plan.agent, "handing the volume over");
+        let report = orchestrate::migrate(&self.daemon, &mut dest, &opts, &mut |_| {})
+            .map_err(|e| refused(format!("handing {volume} over to {}: {e}", peer.node)))?;
+        tracing::info!(volume, to = %peer.node, bytes = report.bytes_moved, ms = report.total_ms, "handed over");
+        Ok(PeerReply::HandedOver {
+            bytes: report.bytes_moved,
+            ms: report.total_ms,
+        })
     }
 }
 
@@ -160,6 +235,7 @@ impl RoundHandler for AgentHandler {
                     ready_unix_ms: now_unix_ms(),
                 }
             }
+            PeerRequest::Handover { volume } => self.handover(peer, &volume)?,
             PeerRequest::Health => PeerReply::Health {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 daemon_error: self

@@ -26,6 +26,10 @@ pub(crate) enum PeerRequest {
     /// Does the destination own the volume, received from this source? A
     /// rerun after a commit whose reply was lost asks before anything else.
     CommitStatus { volume: String },
+    /// Cluster mode: the asker owns the volume now but its copy is stale;
+    /// this node wrote it last: send it over (a whole migration to the
+    /// asker's agent). Answered when it is committed there.
+    Handover { volume: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,6 +49,11 @@ pub(crate) enum PeerReply {
     /// `true`: the destination owns the volume, received from the asker.
     CommitStatus {
         committed: bool,
+    },
+    /// The volume was sent and committed on the asker: bytes moved, time.
+    HandedOver {
+        bytes: u64,
+        ms: u64,
     },
 }
 

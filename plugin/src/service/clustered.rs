@@ -17,14 +17,32 @@
 
 use super::{ServiceError, VolumeInfo, VolumeService, vref};
 use crate::clustering::catalogue::CatalogueRecord;
-use crate::clustering::{ClusterError, ClusterNode};
+use crate::clustering::handover::HandoverPlan;
+use crate::clustering::{Claimed, ClusterError, ClusterNode};
 use crate::state::record::{ClusterFacts, VolumeRecord, VolumeState};
-use cluster::{Epoch, Removed};
+use cluster::{Epoch, Removed, Writer};
 use profiles::{LocalFormat, Settings, VolumeName, VolumeRequest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The longest a Mount waits for the last writer to hand a stale copy's
+/// volume over: inside the Mount handler's own limit (100 s), with the
+/// claim's wait before it mostly spent on a dead owner, not a live one.
+const HANDOVER_LIMIT: Duration = Duration::from_secs(80);
+
+/// A stale copy, claimed (in etcd, not yet owned), to be brought up to date
+/// from its last writer before it is mounted.
+#[derive(Debug, Clone)]
+pub(super) struct Refresh {
+    /// The volume's NAME.
+    pub(super) name: String,
+    pub(super) epoch: Epoch,
+    pub(super) writer: Writer,
+    /// The writer's agent, as it announced it.
+    pub(super) agent: String,
+}
 
 impl VolumeService {
     fn node(&self) -> Option<&Arc<ClusterNode>> {
@@ -196,34 +214,261 @@ impl VolumeService {
     }
 
     /// Mount's cluster step on a node's first mount: own the volume, or fail
-    /// (another owner did not let go, a stale copy, this node fenced). On a
-    /// later mount of a volume already mounted here: still owned?
+    /// (another owner did not let go, this node fenced). A stale copy comes
+    /// back as a [`Refresh`] to run (the claim held meanwhile), or, when it
+    /// cannot be brought up to date (the writer's node is gone, no
+    /// certificate to reach it), as an error. On a later mount of a volume
+    /// already mounted here: still owned?
     pub(super) fn claim_for_mount(
         &self,
         rec: &mut VolumeRecord,
         first: bool,
-    ) -> Result<(), ServiceError> {
+    ) -> Result<Option<Refresh>, ServiceError> {
         let Some(c) = self.node() else {
-            return Ok(());
+            return Ok(None);
         };
         if !first {
             return match c.owned(&rec.name) {
-                Some(_) => Ok(()),
+                Some(_) => Ok(None),
                 None => Err(ClusterError::Fenced.into()),
             };
         }
         let copy_epoch = rec.cluster.as_ref().and_then(|f| f.epoch).map(Epoch);
+        let mount = self.fence_mount(rec);
+        // Swarm mounts here a moment after the old node's Unmount; a dead
+        // owner lets go when its lease runs out.
+        let wait = c.config().lease_ttl() + Duration::from_secs(10);
+        match c.claim_copy(&rec.name, copy_epoch, mount, wait)? {
+            Claimed::Current(epoch) => {
+                if matches!(rec.state, VolumeState::Receiving { .. }) {
+                    // Never reached by the rules (a copy is blanked only
+                    // when stale, and a later write is never its own older
+                    // one); an incomplete copy must not be served anyway.
+                    c.release(&rec.name);
+                    return Err(ClusterError::NotRefreshed {
+                        volume: rec.name.clone(),
+                        writer: c.node().to_owned(),
+                        epoch,
+                        reason: "this node's copy is incomplete".into(),
+                    }
+                    .into());
+                }
+                // A copy handed over to a node that never adopted it is
+                // still the last write: it is this node's volume again.
+                if matches!(rec.state, VolumeState::Moved { .. }) {
+                    rec.state = VolumeState::Ready;
+                }
+                rec.cluster.get_or_insert_with(ClusterFacts::default).epoch = Some(epoch.0);
+                Ok(None)
+            }
+            Claimed::Stale { epoch, writer } => {
+                let refuse = |reason: String| -> ServiceError {
+                    c.give_back(&rec.name, epoch);
+                    ClusterError::NotRefreshed {
+                        volume: rec.name.clone(),
+                        writer: writer.node.clone(),
+                        epoch: writer.epoch,
+                        reason,
+                    }
+                    .into()
+                };
+                if self.handover.is_none() {
+                    return Err(refuse(
+                        "this node has no agent certificate to reach it with ([cluster] tls_dir)"
+                            .into(),
+                    ));
+                }
+                if writer.node == c.node() {
+                    return Err(refuse("this node no longer holds that write".into()));
+                }
+                match c.agent_of(&writer.node) {
+                    Ok(Some(agent)) => Ok(Some(Refresh {
+                        name: rec.name.clone(),
+                        epoch,
+                        writer,
+                        agent,
+                    })),
+                    Ok(None) => Err(refuse(format!(
+                        "node {} is not in the cluster now (down, or cut off from etcd)",
+                        writer.node
+                    ))),
+                    Err(e) => Err(refuse(e.to_string())),
+                }
+            }
+        }
+    }
+
+    /// The block filesystem the watchdog shuts down when this node's lease
+    /// runs out while it owns `rec`.
+    fn fence_mount(&self, rec: &VolumeRecord) -> Option<PathBuf> {
         let block = match &rec.settings {
             Settings::Local(l) => l.format == LocalFormat::Block,
             Settings::Ebs(_) => true,
         };
-        let mount = block.then(|| self.backend.path(vref(rec)));
-        // Swarm mounts here a moment after the old node's Unmount; a dead
-        // owner lets go when its lease runs out.
-        let wait = c.config().lease_ttl() + Duration::from_secs(10);
-        let epoch = c.claim(&rec.name, copy_epoch, mount, wait)?;
+        block.then(|| self.backend.path(vref(rec)))
+    }
+
+    /// A Refresh's first step, under the volume's lock: the copy becomes a
+    /// blank one being received from the writer (the receiver knows only
+    /// what its own rounds wrote), and other Mounts of it are refused until
+    /// [`VolumeService::adopt_refreshed`].
+    pub(super) fn begin_refresh(
+        &self,
+        rec: &mut VolumeRecord,
+        r: &Refresh,
+    ) -> Result<(), ServiceError> {
+        super::lock(&self.refreshing).insert(rec.name.clone());
+        let mut start = || -> Result<(), ServiceError> {
+            rec.state = VolumeState::Receiving {
+                from: r.writer.node.clone(),
+            };
+            self.records.put(rec)?;
+            self.backend.remove(vref(rec))?;
+            self.backend.create(vref(rec))?;
+            super::migrate::blank_for_receive(rec)
+        };
+        start().inspect_err(|_| self.end_refresh(&rec.name, Some(r)))
+    }
+
+    /// The Refresh itself, with no lock held (the writer's agent sends the
+    /// volume into this node's agent, which takes the volume's lock).
+    pub(super) fn run_refresh(&self, docker_name: &str, r: &Refresh) -> Result<(), String> {
+        let Some(h) = &self.handover else {
+            return Err("no handover configured".into());
+        };
+        tracing::info!(volume = docker_name, from = %r.writer.node, agent = %r.agent, "stale copy: asking the last writer for the volume");
+        let t = std::time::Instant::now();
+        let res = h
+            .handover(&r.writer.node, &r.agent, docker_name, HANDOVER_LIMIT)
+            .map_err(|e| e.to_string());
+        tracing::info!(
+            volume = docker_name,
+            ms = crate::migrate::report::millis(t.elapsed()),
+            ok = res.is_ok(),
+            "handover ended"
+        );
+        res
+    }
+
+    /// A Refresh's last step, under the volume's lock again: the copy was
+    /// committed here, received from the writer (whatever the reply said:
+    /// a lost reply after the commit is fine), so it is this node's volume
+    /// from now on. Otherwise the claim goes back and the Mount fails.
+    pub(super) fn adopt_refreshed(
+        &self,
+        rec: &mut VolumeRecord,
+        r: &Refresh,
+        outcome: Result<(), String>,
+    ) -> Result<(), ServiceError> {
+        let Some(c) = self.node() else {
+            return Err(ServiceError::Internal {
+                op: "mount",
+                name: rec.name.clone(),
+                message: "a refresh without cluster mode".into(),
+            });
+        };
+        let committed = rec.state == VolumeState::Ready
+            && rec.received_from.as_deref() == Some(r.writer.node.as_str());
+        if !committed {
+            c.give_back(&rec.name, r.epoch);
+            return Err(ClusterError::NotRefreshed {
+                volume: rec.name.clone(),
+                writer: r.writer.node.clone(),
+                epoch: r.writer.epoch,
+                reason: outcome
+                    .err()
+                    .unwrap_or_else(|| "the copy was not committed here".into()),
+            }
+            .into());
+        }
+        if let Err(e) = &outcome {
+            tracing::warn!(volume = %rec.name, error = %e, "the handover's reply was lost, but the copy was committed here");
+        }
+        let epoch = c
+            .adopt(&rec.name, r.epoch, self.fence_mount(rec))
+            .inspect_err(|_| c.give_back(&rec.name, r.epoch))?;
         rec.cluster.get_or_insert_with(ClusterFacts::default).epoch = Some(epoch.0);
+        tracing::info!(volume = %rec.name, from = %r.writer.node, %epoch, "stale copy brought up to date; owned");
         Ok(())
+    }
+
+    /// Other Mounts of the volume may proceed again (the refresh adopted,
+    /// failed, or never started; `r`: its claim is given back if it was
+    /// not adopted).
+    pub(super) fn end_refresh(&self, name: &str, r: Option<&Refresh>) {
+        super::lock(&self.refreshing).remove(name);
+        if let (Some(r), Some(c)) = (r, self.node())
+            && c.owned(name).is_none()
+        {
+            c.give_back(name, r.epoch);
+        }
+    }
+
+    /// Whether a Refresh of `name` runs now.
+    pub(super) fn is_refreshing(&self, name: &str) -> bool {
+        super::lock(&self.refreshing).contains(name)
+    }
+
+    /// The last writer's side of a handover (its agent asks): `to` owns the
+    /// volume now and this node's copy holds the last write, so it may be
+    /// sent there; the answer is `to`'s agent.
+    pub(crate) fn handover_plan(
+        &self,
+        docker_name: &str,
+        to: &str,
+    ) -> Result<HandoverPlan, ServiceError> {
+        let refused = |reason: String| ServiceError::Refused {
+            op: "handover",
+            name: docker_name.to_owned(),
+            reason,
+        };
+        let c = self
+            .node()
+            .ok_or_else(|| refused("this daemon is not in cluster mode".into()))?;
+        self.locked(docker_name, |mut rec| {
+            if !rec.mounts.is_empty() {
+                return Err(super::in_use(&rec));
+            }
+            match c
+                .coordinator()
+                .owner(&rec.name)
+                .map_err(ClusterError::from)?
+            {
+                Some(o) if o.node == to => {}
+                Some(o) => {
+                    return Err(refused(format!(
+                        "node {to} does not own it (node {} does, epoch {})",
+                        o.node, o.epoch
+                    )));
+                }
+                None => return Err(refused(format!("node {to} does not own it (no node does)"))),
+            }
+            let copy = rec.cluster.as_ref().and_then(|f| f.epoch).map(Epoch);
+            match c
+                .coordinator()
+                .writer(&rec.name)
+                .map_err(ClusterError::from)?
+            {
+                Some(w) if w.is_copy(c.node(), copy) => {}
+                Some(w) => {
+                    return Err(refused(format!(
+                        "this node's copy is not the last write (node {} wrote it at epoch {})",
+                        w.node, w.epoch
+                    )));
+                }
+                None => return Err(refused("it was never written".into())),
+            }
+            // Handed over before to a node that never adopted it: this copy
+            // is still the last write, and goes again.
+            if matches!(rec.state, VolumeState::Moved { .. }) {
+                rec.state = VolumeState::Ready;
+                self.records.put(&rec)?;
+            }
+            let agent = c
+                .agent_of(to)?
+                .ok_or_else(|| refused(format!("node {to} is not in the cluster now")))?;
+            Ok(HandoverPlan { agent })
+        })
     }
 
     /// Gives up what [`VolumeService::claim_for_mount`] took (the last
@@ -265,7 +510,11 @@ impl VolumeService {
                 let vlock = self.volume_lock(&rec.name);
                 let _g = super::lock(&vlock);
                 match self.claim_for_mount(&mut rec, true) {
-                    Ok(()) => self.records.put(&rec)?,
+                    Ok(None) => self.records.put(&rec)?,
+                    Ok(Some(r)) => {
+                        c.give_back(&rec.name, r.epoch);
+                        tracing::error!(volume = %rec.docker_name, writer = %r.writer.node, "mounted here, but node {} wrote it last", r.writer.node);
+                    }
                     Err(e) => {
                         tracing::error!(volume = %rec.docker_name, error = %e, "mounted here but not owned")
                     }

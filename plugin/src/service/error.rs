@@ -123,7 +123,7 @@ impl ServiceError {
             E::Cluster(ClusterError::Owned { .. } | ClusterError::OwnedElsewhere { .. }) => {
                 ErrorCode::InUse
             }
-            E::Cluster(ClusterError::Stale { .. } | ClusterError::Fenced) => {
+            E::Cluster(ClusterError::NotRefreshed { .. } | ClusterError::Fenced) => {
                 ErrorCode::NotMountable
             }
             E::Cluster(ClusterError::Record(_)) => ErrorCode::Refused,

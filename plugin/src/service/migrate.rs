@@ -128,7 +128,7 @@ fn free_bytes(path: &Path) -> Result<u64, std::io::Error> {
 /// extents and punches only what its own earlier rounds wrote, so anything
 /// `mkfs` (or an older copy) left where the source has holes would survive.
 /// A tree is blank already when freshly created.
-fn blank_for_receive(rec: &VolumeRecord) -> Result<(), ServiceError> {
+pub(super) fn blank_for_receive(rec: &VolumeRecord) -> Result<(), ServiceError> {
     let paths = transfer_paths(rec)?;
     let blank = || -> std::io::Result<()> {
         if paths.mode == TransferMode::Image {

@@ -43,11 +43,12 @@ pub(crate) use volumes::{VolumeInfo, VolumeView};
 use crate::backend::ebs::EbsBackend;
 use crate::backend::{Backend, Storage, VolumeRef};
 use crate::clustering::ClusterNode;
+use crate::clustering::handover::Handover;
 use crate::state::Records;
 use crate::state::catalog::SharedCatalog;
 use crate::state::record::{Mounts, VolumeRecord, VolumeState};
 use profiles::{Catalog, VolumeName, VolumeRequest};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -63,6 +64,12 @@ pub(crate) struct VolumeService {
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     /// Cluster mode (`[cluster]`); `None`: a single host.
     cluster: Option<Arc<ClusterNode>>,
+    /// Cluster mode: how a stale copy is brought up to date from the last
+    /// writer (its agent); `None`: a stale copy is refused.
+    handover: Option<Arc<dyn Handover>>,
+    /// Volumes whose copy is being brought up to date here now: their copy
+    /// is incomplete, so another Mount of them is refused meanwhile.
+    refreshing: Mutex<BTreeSet<String>>,
 }
 
 /// Locks a std mutex, ignoring poisoning: the data behind these locks is
@@ -86,12 +93,20 @@ impl VolumeService {
             data_root,
             locks: Mutex::new(HashMap::new()),
             cluster: None,
+            handover: None,
+            refreshing: Mutex::new(BTreeSet::new()),
         }
     }
 
-    /// Turns cluster mode on (once, at start, before serving).
-    pub(crate) fn set_cluster(&mut self, node: Arc<ClusterNode>) {
+    /// Turns cluster mode on (once, at start, before serving); `handover`
+    /// brings stale copies up to date (none: they are refused).
+    pub(crate) fn set_cluster(
+        &mut self,
+        node: Arc<ClusterNode>,
+        handover: Option<Arc<dyn Handover>>,
+    ) {
         self.cluster = Some(node);
+        self.handover = handover;
     }
 
     pub(crate) fn cluster(&self) -> Option<&Arc<ClusterNode>> {

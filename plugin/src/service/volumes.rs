@@ -15,6 +15,7 @@
 //! - A Create cut off by a crash is rolled back at the next start
 //!   ([`VolumeService::recover`]).
 
+use super::clustered::Refresh;
 use super::{ServiceError, VolumeService, in_use, lock, short_id, vref};
 use crate::backend::{Status, usage};
 use crate::bounded::{BoundedError, Fence};
@@ -23,6 +24,13 @@ use profiles::{LocalFormat, Settings};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+/// What one pass of Mount came to.
+enum MountStep {
+    Mounted(PathBuf),
+    /// Cluster mode: the copy is stale and claimed; bring it up to date.
+    Refresh(Refresh),
+}
 
 /// What Get and List report for a volume.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -175,6 +183,36 @@ impl VolumeService {
         id: &str,
         fence: &Fence,
     ) -> Result<PathBuf, ServiceError> {
+        match self.mount_step(docker_name, id, fence, None)? {
+            MountStep::Mounted(p) => Ok(p),
+            // Cluster mode, a stale copy: brought up to date from the last
+            // writer with no lock held (its agent sends into this node's
+            // agent), then mounted under the lock again.
+            MountStep::Refresh(r) => {
+                let outcome = self.run_refresh(docker_name, &r);
+                let res = self.mount_step(docker_name, id, fence, Some((&r, outcome)));
+                self.end_refresh(&r.name, Some(&r));
+                match res? {
+                    MountStep::Mounted(p) => Ok(p),
+                    MountStep::Refresh(_) => Err(ServiceError::Internal {
+                        op: "mount",
+                        name: docker_name.to_owned(),
+                        message: "a second refresh".into(),
+                    }),
+                }
+            }
+        }
+    }
+
+    /// One pass of Mount under the volume's lock. `refreshed`: the second
+    /// pass, after a refresh (and how it went).
+    fn mount_step(
+        &self,
+        docker_name: &str,
+        id: &str,
+        fence: &Fence,
+        refreshed: Option<(&Refresh, Result<(), String>)>,
+    ) -> Result<MountStep, ServiceError> {
         self.locked(docker_name, |mut rec| {
             let timeout = |rec: VolumeRecord| {
                 ServiceError::from(BoundedError::Timeout {
@@ -186,15 +224,38 @@ impl VolumeService {
             if fence.is_abandoned() {
                 return Err(timeout(rec));
             }
-            if let Some(reason) = rec.state.mount_refusal() {
-                return Err(ServiceError::NotMountable {
-                    moved: matches!(rec.state, VolumeState::Moved { .. }),
-                    docker_name: rec.docker_name,
-                    reason,
-                });
-            }
             let first = rec.mounts.is_empty();
-            self.claim_for_mount(&mut rec, first)?;
+            if let Some((r, outcome)) = refreshed {
+                self.adopt_refreshed(&mut rec, r, outcome)?;
+            } else {
+                if self.is_refreshing(&rec.name) {
+                    return Err(ServiceError::NotMountable {
+                        moved: false,
+                        docker_name: rec.docker_name,
+                        reason: "its copy here is being brought up to date; try again".into(),
+                    });
+                }
+                // In cluster mode a copy moved away (or left half-received)
+                // is only a stale copy: the claim decides.
+                let stale_copy = self.cluster().is_some()
+                    && matches!(
+                        rec.state,
+                        VolumeState::Moved { .. } | VolumeState::Receiving { .. }
+                    );
+                if let Some(reason) = rec.state.mount_refusal()
+                    && !stale_copy
+                {
+                    return Err(ServiceError::NotMountable {
+                        moved: matches!(rec.state, VolumeState::Moved { .. }),
+                        docker_name: rec.docker_name,
+                        reason,
+                    });
+                }
+                if let Some(r) = self.claim_for_mount(&mut rec, first)? {
+                    self.begin_refresh(&mut rec, &r)?;
+                    return Ok(MountStep::Refresh(r));
+                }
+            }
             let path = if first {
                 match self.backend.mount(vref(&rec)) {
                     Ok(p) => p,
@@ -225,7 +286,7 @@ impl VolumeService {
                 return Err(e.into());
             }
             tracing::info!(volume = %rec.docker_name, id = short_id(id), total = rec.mounts.total(), "mounted");
-            Ok(path)
+            Ok(MountStep::Mounted(path))
         })
     }
 

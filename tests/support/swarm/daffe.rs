@@ -36,6 +36,40 @@ impl Swarm {
         self.daffe_dir(n).join("control.sock")
     }
 
+    /// Node `n`'s agent certificate folder: node 1's holds the cluster CA,
+    /// which issues the others' (made once per swarm).
+    fn agent_dir(&self, n: usize) -> PathBuf {
+        self.daffe_dir(n).join("agent")
+    }
+
+    fn ensure_agent_certs(&self, n: usize) {
+        let dir = self.agent_dir(n);
+        if dir.join("node.pem").exists() {
+            return;
+        }
+        let ca = self.agent_dir(1);
+        if !ca.join("ca.key").exists() {
+            std::fs::create_dir_all(self.daffe_dir(1)).unwrap();
+            let out = std::process::Command::new(daffe_bin())
+                .args(["agent", "init", "--tls-dir"])
+                .arg(&ca)
+                .args(["--node", &self.nodes[0].name])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "agent init: {out:?}");
+        }
+        if n > 1 {
+            let out = std::process::Command::new(daffe_bin())
+                .args(["agent", "issue", "--tls-dir"])
+                .arg(&ca)
+                .args(["--node", &self.nodes[n - 1].name, "--out"])
+                .arg(&dir)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "agent issue: {out:?}");
+        }
+    }
+
     /// Starts daffe in cluster mode on node `n`, waits until it serves, and
     /// makes the node's engine look the plugin up (FIELD-NOTES' discovery
     /// trap: the scheduler only uses a plugin its engine already knows).
@@ -48,12 +82,14 @@ impl Swarm {
             .split(',')
             .map(|e| format!("{e:?}"))
             .collect();
+        self.ensure_agent_certs(n);
         let node = &self.nodes[n - 1];
         let config = format!(
             "socket = {socket:?}\ncontrol_socket = {control:?}\ndata_root = {data:?}\n\
              [cluster]\nname = \"{CLUSTER}\"\nnode = \"{name}\"\nagent = \"{addr}:7443\"\n\
-             lease_ttl = {ttl}\nfence_margin_ms = {margin}\n\
+             lease_ttl = {ttl}\nfence_margin_ms = {margin}\ntls_dir = {tls:?}\n\
              [cluster.etcd]\nendpoints = [{eps}]\n",
+            tls = self.agent_dir(n),
             socket = node.plugin_socket("daffe"),
             control = self.daffe_control(n),
             data = dir.join("data"),
@@ -80,6 +116,17 @@ impl Swarm {
             std::thread::sleep(Duration::from_millis(100));
         }
         assert!(control.exists());
+        // The node's agent: receives handovers into this daemon and sends
+        // them from it (the data path of a stale copy).
+        let mut agent = self.nodes[n - 1].enter(daffe_bin());
+        agent
+            .args(["agent", "--listen", &format!("{}:7443", node_addr(n))])
+            .arg("--tls-dir")
+            .arg(self.agent_dir(n))
+            .args(["--node", &self.nodes[n - 1].name])
+            .arg("--control-socket")
+            .arg(&control);
+        self.nodes[n - 1].spawn("agent", agent);
         self.nodes[n - 1].docker().ok(&["volume", "ls"]);
     }
 

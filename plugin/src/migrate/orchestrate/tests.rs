@@ -173,6 +173,9 @@ impl DestHost for FakeDest {
                 version: "test".into(),
                 daemon_error: None,
             }),
+            PeerRequest::Handover { .. } => Err(MigrateError::Reply(
+                "a migration never asks for a handover".into(),
+            )),
         }
     }
     fn set_source(&mut self, target: &str, _s: Source, _c: PathBuf) {
