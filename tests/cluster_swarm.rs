@@ -536,6 +536,53 @@ fn a_moved_service_finds_every_write_of_the_old_node_on_block_and_dir_volumes() 
         runs.dedup();
         assert_eq!(runs, ["swnode1", "swnode2", "swnode1"], "{path}: {log:?}");
     }
+    let before = read_log(&s, 1, &back, "/d/log");
     s.remove_service("mover");
+
+    // `daffe volume move`, asked on node 2, for a volume no service runs:
+    // node 3 gets node 1's copy (refused while the task still stops).
+    let t = Instant::now();
+    let moved = loop {
+        let out = s.daffe(2, &["volume", "move", "mvdir", "--to", "swnode3", "--json"]);
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+        }
+        let err = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("swnode1"), "{err}");
+        assert!(t.elapsed() < Duration::from_secs(30), "{err}");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(moved["node"], "swnode3", "{moved}");
+    assert_eq!(moved["from"], "swnode1", "{moved}");
+    let out = s.nodes[2].docker().ok(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "-v",
+        "mvdir:/d",
+        &test_image(),
+        "cat",
+        "/d/log",
+    ]);
+    let on3: Vec<&str> = out.lines().collect();
+    assert!(
+        on3.len() >= before.len().max(1),
+        "{} lines on node 3",
+        on3.len()
+    );
+    let writer = s.etcd.as_ref().unwrap().etcdctl(
+        0,
+        &[
+            "get",
+            "--print-value-only",
+            &format!("/daffe/{CLUSTER}/writers/mvdir"),
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&writer.stdout).starts_with("swnode3@"),
+        "{writer:?}"
+    );
     s.reset();
 }

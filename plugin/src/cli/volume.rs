@@ -51,6 +51,21 @@ pub(crate) enum VolumeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Cluster mode: move a volume that no service runs on to node NODE.
+    /// NODE's copy is brought up to date from the node that wrote it last
+    /// (over the agents); the volume stays unmounted, and its next Mount on
+    /// NODE needs no copy. Refused at once while a node has it mounted
+    /// (move the service instead: Swarm brings the data along).
+    Move {
+        /// NAME or docker name (NAME@PROFILE).
+        name: String,
+        /// The cluster node to move it to (its `[cluster] node` name).
+        #[arg(long = "to", value_name = "NODE")]
+        to: String,
+        /// Print the result as JSON (for scripts).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Prints set-profile's reply.
@@ -87,6 +102,10 @@ pub fn run(args: VolumeArgs) -> ExitCode {
             let (name, profile) = (name.clone(), profile.clone());
             (ControlRequest::SetProfile { name, profile }, *json)
         }
+        VolumeCommand::Move { name, to, json } => {
+            let (name, node) = (name.clone(), to.clone());
+            (ControlRequest::MoveTo { name, node }, *json)
+        }
     };
     let reply = match ControlClient::new(&args.control_socket).send(&req) {
         Ok(v) => v,
@@ -112,6 +131,20 @@ pub fn run(args: VolumeArgs) -> ExitCode {
         VolumeCommand::Inspect { .. } => print_one(&reply),
         VolumeCommand::SetProfile { .. } if super::output::quiet() => {}
         VolumeCommand::SetProfile { .. } => print_change(&reply),
+        VolumeCommand::Move { .. } if super::output::quiet() => {}
+        VolumeCommand::Move { .. } => match &reply["from"] {
+            Value::String(from) => println!(
+                "{}: moved from {from} to {} in {:.1} s",
+                s(&reply["volume"]),
+                s(&reply["node"]),
+                reply["ms"].as_u64().unwrap_or(0) as f64 / 1000.0
+            ),
+            _ => println!(
+                "{}: {} holds its latest copy already",
+                s(&reply["volume"]),
+                s(&reply["node"])
+            ),
+        },
     }
     ExitCode::SUCCESS
 }

@@ -31,6 +31,18 @@ pub(crate) struct HandoverPlan {
     pub(crate) agent: String,
 }
 
+/// What `daffe volume move` did (the pulling daemon's answer, also over the
+/// agents' protocol when another node pulled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PullReport {
+    pub(crate) volume: String,
+    /// The node that holds the volume's latest copy now.
+    pub(crate) node: String,
+    /// The node it came from; none: that node's copy was the latest already.
+    pub(crate) from: Option<String>,
+    pub(crate) ms: u64,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HandoverError {
     #[error("reaching node {node}'s agent at {agent}: {message}")]
@@ -45,7 +57,7 @@ pub(crate) enum HandoverError {
     Identity { dir: String, message: String },
 }
 
-/// Asks the writer's agent to send this node its copy of a volume.
+/// Asks other nodes' agents for volumes.
 pub(crate) trait Handover: Send + Sync {
     /// Returns once node `node` (agent at `agent`) sent `docker_name` to this
     /// node's agent and it was committed here, or failed; within `limit`.
@@ -56,6 +68,16 @@ pub(crate) trait Handover: Send + Sync {
         docker_name: &str,
         limit: Duration,
     ) -> Result<(), HandoverError>;
+
+    /// `daffe volume move --to NODE`: asks node `node` (agent at `agent`)
+    /// to make its copy of `docker_name` the latest; within `limit`.
+    fn pull(
+        &self,
+        node: &str,
+        agent: &str,
+        docker_name: &str,
+        limit: Duration,
+    ) -> Result<PullReport, HandoverError>;
 }
 
 /// [`Handover`] over the agents' protocol.
@@ -88,6 +110,38 @@ impl AgentHandover {
     }
 }
 
+impl AgentHandover {
+    /// One request to `node`'s agent and its reply, within `limit`.
+    fn ask(
+        &self,
+        node: &str,
+        agent: &str,
+        req: &PeerRequest,
+        limit: Duration,
+    ) -> Result<PeerReply, HandoverError> {
+        let reach = |message: String| HandoverError::Reach {
+            node: node.to_owned(),
+            agent: agent.to_owned(),
+            message,
+        };
+        let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
+        let mut ep = Endpoint::new(&self.node);
+        // The reply comes when the whole of the work is done.
+        ep.io_timeout = limit;
+        let mut peer = Peer::connect_within(agent, &tls, &ep, CONNECT.min(limit))
+            .map_err(|e| reach(e.to_string()))?;
+        let body = serde_json::to_vec(req).map_err(|e| reach(e.to_string()))?;
+        let failed = |message: String| HandoverError::Failed {
+            node: node.to_owned(),
+            message,
+        };
+        let reply = peer.control(&body).map_err(|e| failed(e.to_string()))?;
+        peer.bye();
+        serde_json::from_slice::<PeerReply>(&reply)
+            .map_err(|e| failed(format!("unreadable reply: {e}")))
+    }
+}
+
 impl Handover for AgentHandover {
     fn handover(
         &self,
@@ -96,31 +150,34 @@ impl Handover for AgentHandover {
         docker_name: &str,
         limit: Duration,
     ) -> Result<(), HandoverError> {
-        let reach = |message: String| HandoverError::Reach {
-            node: node.to_owned(),
-            agent: agent.to_owned(),
-            message,
-        };
-        let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
-        let mut ep = Endpoint::new(&self.node);
-        // The reply comes when the whole handover is done.
-        ep.io_timeout = limit;
-        let mut peer = Peer::connect_within(agent, &tls, &ep, CONNECT.min(limit))
-            .map_err(|e| reach(e.to_string()))?;
-        let body = serde_json::to_vec(&PeerRequest::Handover {
+        let req = PeerRequest::Handover {
             volume: docker_name.to_owned(),
-        })
-        .map_err(|e| reach(e.to_string()))?;
-        let failed = |message: String| HandoverError::Failed {
-            node: node.to_owned(),
-            message,
         };
-        let reply = peer.control(&body).map_err(|e| failed(e.to_string()))?;
-        peer.bye();
-        match serde_json::from_slice::<PeerReply>(&reply) {
-            Ok(PeerReply::HandedOver { .. }) => Ok(()),
-            Ok(other) => Err(failed(format!("unexpected reply {other:?}"))),
-            Err(e) => Err(failed(format!("unreadable reply: {e}"))),
+        match self.ask(node, agent, &req, limit)? {
+            PeerReply::HandedOver { .. } => Ok(()),
+            other => Err(HandoverError::Failed {
+                node: node.to_owned(),
+                message: format!("unexpected reply {other:?}"),
+            }),
+        }
+    }
+
+    fn pull(
+        &self,
+        node: &str,
+        agent: &str,
+        docker_name: &str,
+        limit: Duration,
+    ) -> Result<PullReport, HandoverError> {
+        let req = PeerRequest::Pull {
+            volume: docker_name.to_owned(),
+        };
+        match self.ask(node, agent, &req, limit)? {
+            PeerReply::Pulled(r) => Ok(r),
+            other => Err(HandoverError::Failed {
+                node: node.to_owned(),
+                message: format!("unexpected reply {other:?}"),
+            }),
         }
     }
 }

@@ -41,7 +41,7 @@ pub(crate) enum ClusterError {
     #[error(transparent)]
     Etcd(#[from] CoordinatorError),
     #[error(
-        "volume {volume:?} is owned by node {node} (epoch {epoch}), which did not let go within {secs} s; \
+        "volume {volume:?} is owned by node {node} ({epoch}), which did not let go within {secs} s; \
          stop its container there, or wait for that node's lease to run out"
     )]
     Owned {
@@ -51,7 +51,7 @@ pub(crate) enum ClusterError {
         secs: u64,
     },
     #[error(
-        "volume {volume:?} is in use on node {node} (it owns it, epoch {epoch}); stop its containers there first"
+        "volume {volume:?} is in use on node {node} (it owns it, {epoch}); stop its containers there first"
     )]
     OwnedElsewhere {
         volume: String,
@@ -59,7 +59,7 @@ pub(crate) enum ClusterError {
         epoch: Epoch,
     },
     #[error(
-        "this node's copy of volume {volume:?} is stale: node {writer} wrote it last (epoch {epoch}), \
+        "this node's copy of volume {volume:?} is stale: node {writer} wrote it last ({epoch}), \
          and it could not be brought up to date from there: {reason}"
     )]
     NotRefreshed {

@@ -20,6 +20,8 @@
 //! | POST | `/v1/volumes/NAME/{move,fence,moved}` `{"to"}` | [`ControlRequest::Move`], [`ControlRequest::Fence`], [`ControlRequest::FinishMove`] |
 //! | POST | `/v1/volumes/NAME/{abort,own}` | [`ControlRequest::AbortMove`], [`ControlRequest::Own`] |
 //! | POST | `/v1/volumes/NAME/handover` `{"to"}` | [`ControlRequest::Handover`] |
+//! | POST | `/v1/volumes/NAME/pull` | [`ControlRequest::Pull`] |
+//! | POST | `/v1/volumes/NAME/move-to` `{"node"}` | [`ControlRequest::MoveTo`] |
 //! | POST | `/v1/receive/check` `{"volume","options","need_bytes"}` | [`ControlRequest::CheckReceive`] |
 //! | POST | `/v1/receive/prepare` `{"volume","options","from"}` | [`ControlRequest::PrepareReceive`] |
 //! | GET | `/v1/volumes/NAME/ebs` | [`ControlRequest::EbsFacts`] |
@@ -73,6 +75,11 @@ pub(crate) enum ControlRequest {
     /// volume now, with a stale copy) be sent this node's copy, and where
     /// is its agent?
     Handover { name: String, to: String },
+    /// Cluster mode: make this node's copy the latest, unmounted
+    /// (`daffe volume move --to THIS-NODE`).
+    Pull { name: String },
+    /// Cluster mode: `daffe volume move VOLUME --to NODE`, from any node.
+    MoveTo { name: String, node: String },
     /// Destination: could `volume` be received (profile, room)?
     CheckReceive {
         volume: String,
@@ -127,6 +134,12 @@ pub(crate) enum RequestError {
 #[serde(deny_unknown_fields)]
 struct To {
     to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeBody {
+    node: String,
 }
 
 #[derive(Deserialize)]
@@ -238,7 +251,8 @@ impl ControlRequest {
                 "v1",
                 "volumes",
                 n,
-                op @ ("profile" | "move" | "fence" | "moved" | "abort" | "own" | "handover"),
+                op @ ("profile" | "move" | "fence" | "moved" | "abort" | "own" | "handover"
+                | "pull" | "move-to"),
             ] => {
                 only(Method::POST)?;
                 let name = name(n);
@@ -263,6 +277,11 @@ impl ControlRequest {
                     "handover" => R::Handover {
                         name,
                         to: body::<To>(bytes)?.to,
+                    },
+                    "pull" => R::Pull { name },
+                    "move-to" => R::MoveTo {
+                        name,
+                        node: body::<NodeBody>(bytes)?.node,
                     },
                     _ => R::Own { name },
                 })
@@ -356,6 +375,8 @@ impl ControlRequest {
             R::Fence { name, to } => post(vol(name, "fence"), json!({ "to": to })),
             R::FinishMove { name, to } => post(vol(name, "moved"), json!({ "to": to })),
             R::Handover { name, to } => post(vol(name, "handover"), json!({ "to": to })),
+            R::Pull { name } => post(vol(name, "pull"), json!({})),
+            R::MoveTo { name, node } => post(vol(name, "move-to"), json!({ "node": node })),
             R::AbortMove { name } => post(vol(name, "abort"), json!({})),
             R::Own { name } => post(vol(name, "own"), json!({})),
             R::CheckReceive {
@@ -414,6 +435,8 @@ impl ControlRequest {
             R::AbortMove { .. } => "abort_move",
             R::Own { .. } => "take_ownership",
             R::Handover { .. } => "handover",
+            R::Pull { .. } => "pull",
+            R::MoveTo { .. } => "volume move",
             R::CheckReceive { .. } => "check receive",
             R::PrepareReceive { .. } => "prepare receive",
             R::EbsFacts { .. } => "ebs facts",
@@ -442,6 +465,8 @@ impl ControlRequest {
             | R::Fence { name, .. }
             | R::FinishMove { name, .. }
             | R::Handover { name, .. }
+            | R::Pull { name }
+            | R::MoveTo { name, .. }
             | R::AbortMove { name }
             | R::Own { name }
             | R::EbsFacts { name }
@@ -536,6 +561,11 @@ mod tests {
             R::Handover {
                 name: n(),
                 to: "swnode2".into(),
+            },
+            R::Pull { name: n() },
+            R::MoveTo {
+                name: n(),
+                node: "swnode3".into(),
             },
             R::CheckReceive {
                 volume: n(),

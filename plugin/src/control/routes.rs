@@ -73,8 +73,10 @@ impl Limits {
             | R::CheckReceive { .. }
             | R::PrepareReceive { .. } => self.quick,
             R::SetProfile { .. } | R::EbsFacts { .. } => self.aws,
-            R::Ebs { .. } => self.ebs_step,
-            R::DefineProfile { .. } => self.define,
+            // A pull's handover is bounded at 80 s inside it; a move asked of
+            // another node waits for that node's pull.
+            R::Ebs { .. } | R::Pull { .. } => self.ebs_step,
+            R::DefineProfile { .. } | R::MoveTo { .. } => self.define,
         }
     }
 }
@@ -199,6 +201,8 @@ fn answer(
             json(r)
         }
         R::Handover { name, to } => json(svc.handover_plan(&name, &to)?),
+        R::Pull { name } => json(svc.pull(&name)?),
+        R::MoveTo { name, node } => json(svc.move_to(&name, &node)?),
         R::FinishMove { name, to } => {
             let r = svc.finish_move(&name, &to)?;
             crate::metrics::daemon().move_ended(&name, true, std::time::Instant::now());

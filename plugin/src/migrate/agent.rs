@@ -236,6 +236,11 @@ impl RoundHandler for AgentHandler {
                 }
             }
             PeerRequest::Handover { volume } => self.handover(peer, &volume)?,
+            PeerRequest::Pull { volume } => PeerReply::Pulled(
+                self.daemon
+                    .send_as(&ControlRequest::Pull { name: volume })
+                    .map_err(daemon_error)?,
+            ),
             PeerRequest::Health => PeerReply::Health {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 daemon_error: self

@@ -1,6 +1,7 @@
 //! What `daffe migrate` asks the destination's agent (JSON in the peer
 //! protocol's `Control` messages; the mover carries them, opaque).
 
+use crate::clustering::handover::PullReport;
 use crate::service::migrate::ReceiveCheck;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -30,6 +31,9 @@ pub(crate) enum PeerRequest {
     /// this node wrote it last: send it over (a whole migration to the
     /// asker's agent). Answered when it is committed there.
     Handover { volume: String },
+    /// Cluster mode, `daffe volume move --to THIS-NODE` run elsewhere: make
+    /// this node's copy the latest (its daemon pulls it from the last writer).
+    Pull { volume: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +59,7 @@ pub(crate) enum PeerReply {
         bytes: u64,
         ms: u64,
     },
+    Pulled(PullReport),
 }
 
 #[cfg(test)]

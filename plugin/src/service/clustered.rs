@@ -17,7 +17,7 @@
 
 use super::{ServiceError, VolumeInfo, VolumeService, vref};
 use crate::clustering::catalogue::CatalogueRecord;
-use crate::clustering::handover::HandoverPlan;
+use crate::clustering::handover::{HandoverPlan, PullReport};
 use crate::clustering::{Claimed, ClusterError, ClusterNode};
 use crate::state::record::{ClusterFacts, VolumeRecord, VolumeState};
 use cluster::{Epoch, Removed, Writer};
@@ -31,6 +31,10 @@ use std::time::Duration;
 /// volume over: inside the Mount handler's own limit (100 s), with the
 /// claim's wait before it mostly spent on a dead owner, not a live one.
 const HANDOVER_LIMIT: Duration = Duration::from_secs(80);
+
+/// The longest `daffe volume move` waits for another node's pull (its own
+/// handover limit and the steps around it).
+const PULL_LIMIT: Duration = Duration::from_secs(95);
 
 /// A stale copy, claimed (in etcd, not yet owned), to be brought up to date
 /// from its last writer before it is mounted.
@@ -224,6 +228,22 @@ impl VolumeService {
         rec: &mut VolumeRecord,
         first: bool,
     ) -> Result<Option<Refresh>, ServiceError> {
+        // Swarm mounts here a moment after the old node's Unmount; a dead
+        // owner lets go when its lease runs out.
+        let wait = self.node().map_or(Duration::ZERO, |c| {
+            c.config().lease_ttl() + Duration::from_secs(10)
+        });
+        self.claim_copy_here(rec, first, wait)
+    }
+
+    /// [`VolumeService::claim_for_mount`], waiting at most `wait` for
+    /// another owner to let go.
+    fn claim_copy_here(
+        &self,
+        rec: &mut VolumeRecord,
+        first: bool,
+        wait: Duration,
+    ) -> Result<Option<Refresh>, ServiceError> {
         let Some(c) = self.node() else {
             return Ok(None);
         };
@@ -235,9 +255,6 @@ impl VolumeService {
         }
         let copy_epoch = rec.cluster.as_ref().and_then(|f| f.epoch).map(Epoch);
         let mount = self.fence_mount(rec);
-        // Swarm mounts here a moment after the old node's Unmount; a dead
-        // owner lets go when its lease runs out.
-        let wait = c.config().lease_ttl() + Duration::from_secs(10);
         match c.claim_copy(&rec.name, copy_epoch, mount, wait)? {
             Claimed::Current(epoch) => {
                 if matches!(rec.state, VolumeState::Receiving { .. }) {
@@ -409,6 +426,101 @@ impl VolumeService {
         super::lock(&self.refreshing).contains(name)
     }
 
+    /// `daffe volume move VOLUME --to THIS-NODE`: makes this node's copy
+    /// the volume (brought up to date from the last writer when stale),
+    /// without mounting it; ownership is given up again at the end. Refused
+    /// at once while another node owns the volume (a running service: Swarm
+    /// moves it, not this command).
+    pub(crate) fn pull(&self, docker_name: &str) -> Result<PullReport, ServiceError> {
+        let Some(c) = self.node() else {
+            return Err(ServiceError::Refused {
+                op: "volume move",
+                name: docker_name.to_owned(),
+                reason: "this daemon is not in cluster mode (no [cluster] in its config)".into(),
+            });
+        };
+        // This node's copy of the catalogue's volume (made empty if absent).
+        self.get_clustered(docker_name)?;
+        let t = std::time::Instant::now();
+        let refresh = self.locked(docker_name, |mut rec| {
+            if !rec.mounts.is_empty() {
+                return Ok(None);
+            }
+            if self.is_refreshing(&rec.name) {
+                return Err(ServiceError::NotMountable {
+                    moved: false,
+                    docker_name: rec.docker_name,
+                    reason: "its copy here is being brought up to date; try again".into(),
+                });
+            }
+            match self.claim_copy_here(&mut rec, true, Duration::ZERO)? {
+                None => {
+                    self.records.put(&rec)?;
+                    self.release_ownership(&rec.name);
+                    Ok(None)
+                }
+                Some(r) => {
+                    self.begin_refresh(&mut rec, &r)?;
+                    Ok(Some(r))
+                }
+            }
+        })?;
+        let Some(r) = refresh else {
+            return Ok(PullReport {
+                volume: docker_name.to_owned(),
+                node: c.node().to_owned(),
+                from: None,
+                ms: crate::migrate::report::millis(t.elapsed()),
+            });
+        };
+        let outcome = self.run_refresh(docker_name, &r);
+        let res = self.locked(docker_name, |mut rec| {
+            self.adopt_refreshed(&mut rec, &r, outcome)?;
+            self.records.put(&rec)?;
+            self.release_ownership(&rec.name);
+            Ok(())
+        });
+        self.end_refresh(&r.name, Some(&r));
+        res?;
+        Ok(PullReport {
+            volume: docker_name.to_owned(),
+            node: c.node().to_owned(),
+            from: Some(r.writer.node),
+            ms: crate::migrate::report::millis(t.elapsed()),
+        })
+    }
+
+    /// `daffe volume move VOLUME --to NODE`, from any node: here, or asked
+    /// of `node`'s agent.
+    pub(crate) fn move_to(
+        &self,
+        docker_name: &str,
+        node: &str,
+    ) -> Result<PullReport, ServiceError> {
+        let refused = |reason: String| ServiceError::Refused {
+            op: "volume move",
+            name: docker_name.to_owned(),
+            reason,
+        };
+        let c = self.node().ok_or_else(|| {
+            refused("this daemon is not in cluster mode (no [cluster] in its config)".into())
+        })?;
+        if node == c.node() {
+            return self.pull(docker_name);
+        }
+        let h = self.handover.as_ref().ok_or_else(|| {
+            refused(
+                "this node has no agent certificate to reach other nodes with ([cluster] tls_dir)"
+                    .into(),
+            )
+        })?;
+        let agent = c
+            .agent_of(node)?
+            .ok_or_else(|| refused(format!("node {node} is not in the cluster now")))?;
+        h.pull(node, &agent, docker_name, PULL_LIMIT)
+            .map_err(|e| refused(e.to_string()))
+    }
+
     /// The last writer's side of a handover (its agent asks): `to` owns the
     /// volume now and this node's copy holds the last write, so it may be
     /// sent there; the answer is `to`'s agent.
@@ -437,7 +549,7 @@ impl VolumeService {
                 Some(o) if o.node == to => {}
                 Some(o) => {
                     return Err(refused(format!(
-                        "node {to} does not own it (node {} does, epoch {})",
+                        "node {to} does not own it (node {} does, {})",
                         o.node, o.epoch
                     )));
                 }
@@ -452,7 +564,7 @@ impl VolumeService {
                 Some(w) if w.is_copy(c.node(), copy) => {}
                 Some(w) => {
                     return Err(refused(format!(
-                        "this node's copy is not the last write (node {} wrote it at epoch {})",
+                        "this node's copy is not the last write (node {} wrote it at {})",
                         w.node, w.epoch
                     )));
                 }

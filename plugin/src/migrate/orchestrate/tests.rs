@@ -173,7 +173,7 @@ impl DestHost for FakeDest {
                 version: "test".into(),
                 daemon_error: None,
             }),
-            PeerRequest::Handover { .. } => Err(MigrateError::Reply(
+            PeerRequest::Handover { .. } | PeerRequest::Pull { .. } => Err(MigrateError::Reply(
                 "a migration never asks for a handover".into(),
             )),
         }

@@ -1,9 +1,11 @@
 //! The service's tests, by part: [`volumes`] (Docker's semantics, over a
 //! fake backend), [`migrate`] (host-to-host migration states, over the
 //! local backend), [`ebs`] and [`profile_change`] (over the EBS backend and the
-//! in-memory EC2), and [`list`]: List's cache is right after every write,
+//! in-memory EC2), [`clustered`] (cluster mode's data path over the
+//! in-memory etcd), and [`list`]: List's cache is right after every write,
 //! whichever part made it.
 
+mod clustered;
 mod ebs;
 mod list;
 mod migrate;
