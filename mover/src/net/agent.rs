@@ -48,6 +48,7 @@ const ACCEPT_POLL: Duration = Duration::from_millis(50);
 pub struct PeerInfo {
     /// The node name from the peer's `Hello` (for logs and ownership records).
     pub node: String,
+    /// The peer's address.
     pub addr: SocketAddr,
 }
 
@@ -204,7 +205,72 @@ impl Slots {
     }
 }
 
-/// An agent: TLS config, endpoint options, handler.
+/// The network receiver: accepts peers over mutual TLS and hands their
+/// requests to a [`RoundHandler`], which receives each round into a
+/// destination of its choosing (usually with [`receive_round`]).
+///
+/// A receiver, and a [`RoundPusher`] sending it a tree:
+///
+/// ```
+/// use std::net::TcpListener;
+/// use std::sync::Arc;
+/// use std::sync::atomic::AtomicBool;
+/// use mover::net::{
+///     Agent, Endpoint, NetSource, PeerInfo, RoundHandler, RoundPusher, RoundRequest,
+///     RoundSummary, WireError, identity, receive_round, tls,
+/// };
+/// use mover::{Destination, ReceiveOptions, Source};
+///
+/// /// Receives every target as a tree under one folder.
+/// struct Under(std::path::PathBuf);
+///
+/// impl RoundHandler for Under {
+///     fn control(&self, _: &PeerInfo, body: &[u8]) -> Result<Vec<u8>, WireError> {
+///         Ok(body.to_vec())
+///     }
+///     fn round(
+///         &self,
+///         _: &PeerInfo,
+///         req: &RoundRequest,
+///         source: &mut NetSource<'_>,
+///     ) -> Result<RoundSummary, WireError> {
+///         let dest = Destination::Tree(self.0.join(&req.target));
+///         let state = self.0.join(".state").join(&req.target);
+///         receive_round(&dest, &state, source, &ReceiveOptions::default())
+///     }
+/// }
+///
+/// let d = tempfile::tempdir()?;
+/// // A cluster CA with this node's certificate, then the sender's.
+/// let receiver = identity::init(&d.path().join("b"), "b")?;
+/// let sender = identity::issue(&d.path().join("b"), "a", &d.path().join("a"))?;
+/// let agent = Arc::new(Agent::new(
+///     tls::server_config(&receiver)?,
+///     Endpoint::new("b"),
+///     Arc::new(Under(d.path().join("received"))),
+/// ));
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?.to_string();
+/// std::thread::spawn(move || agent.serve(listener, &AtomicBool::new(false)));
+///
+/// std::fs::create_dir_all(d.path().join("src"))?;
+/// std::fs::write(d.path().join("src/f"), b"hello")?;
+/// let pusher = RoundPusher::new(
+///     addr,
+///     tls::client_config(&sender)?,
+///     Endpoint::new("a"),
+///     Source::Tree(d.path().join("src")),
+///     d.path().join("cache"),
+///     "vol",
+/// );
+/// let report = pusher.push(1, true, &mut |_| {})?;
+/// assert_eq!(report.summary.bytes_fetched, 5);
+/// assert_eq!(std::fs::read(d.path().join("received/vol/f"))?, b"hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// [`receive_round`]: crate::net::receive_round
+/// [`RoundPusher`]: crate::net::RoundPusher
 pub struct Agent {
     tls: Arc<ServerConfig>,
     ep: Endpoint,
@@ -223,6 +289,7 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
+    /// An agent serving with `tls` (from [`crate::net::tls::server_config`]), as `ep`, handing requests to `handler`.
     pub fn new(tls: Arc<ServerConfig>, ep: Endpoint, handler: Arc<dyn RoundHandler>) -> Self {
         let busy_wait = ep.io_timeout + Duration::from_secs(5);
         Agent {

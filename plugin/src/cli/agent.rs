@@ -7,11 +7,11 @@ use crate::control::ControlClient;
 use crate::migrate::agent::AgentHandler;
 use crate::migrate::duration;
 use clap::{Args, Subcommand};
-use mover::net::agent::Agent;
-use mover::net::bwlimit::{bandwidth_limiter, parse_rate};
+use mover::net::Agent;
+use mover::net::Endpoint;
 use mover::net::identity::{self, NodeFiles};
-use mover::net::stream::Endpoint;
 use mover::net::tls;
+use mover::net::{bandwidth_limiter, parse_rate};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Where `init` puts, and every command looks for, the node's TLS files.
 pub(crate) const DEFAULT_TLS_DIR: &str = "/etc/daffe/agent";
-/// The agents' port (see `mover::net::stream::DEFAULT_PORT`).
+/// The agents' port (see `mover::net::DEFAULT_PORT`).
 pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:7450";
 
 #[derive(Debug, Args)]

@@ -10,10 +10,10 @@ use super::wire::{PeerReply, PeerRequest};
 use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode as LocalMode, TransferPaths};
 use mover::ReceiveOptions;
-use mover::net::agent::{PeerInfo, RoundHandler};
-use mover::net::message::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
-use mover::net::netsource::NetSource;
-use mover::net::rounds::receive_round;
+use mover::net::NetSource;
+use mover::net::receive_round;
+use mover::net::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
+use mover::net::{PeerInfo, RoundHandler};
 use mover::{Destination, Verify};
 
 /// Receiver checkpoint interval: after a cut link at most this much is
@@ -207,24 +207,22 @@ impl RoundHandler for AgentHandler {
                 });
             }
         };
-        let opts = ReceiveOptions {
-            verify: self.verify,
-            checkpoint_bytes: self.checkpoint_bytes,
+        let opts = ReceiveOptions::default()
+            .with_verify(self.verify)
+            .with_checkpoint_bytes(self.checkpoint_bytes)
             // Pre-copy rounds keep what they moved when the app outruns
             // them; the final round must be exact.
-            precopy: !req.final_round,
+            .with_precopy(!req.final_round)
             // A block volume's image is never grown past its size here
             // (hardening finding 13): the profile made it that long.
-            max_size: match paths.mode {
+            .with_max_size(match paths.mode {
                 LocalMode::Image => Some(
                     std::fs::metadata(&paths.data)
                         .map_err(|e| refused(format!("volume {}'s image: {e}", req.target)))?
                         .len(),
                 ),
                 LocalMode::Tree => None,
-            },
-            ..Default::default()
-        };
+            });
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,
             from = %peer.node, "receiving round");
         let summary = receive_round(&dest, &paths.state_dir, source, &opts).inspect_err(|_| {
