@@ -52,6 +52,60 @@ pub struct PeerInfo {
     pub addr: SocketAddr,
 }
 
+/// Why an agent turned a connection away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Too many connections were in their handshake (from everyone, or from
+    /// this address).
+    Handshake,
+    /// The TLS handshake or `Hello` failed: not a peer of this cluster, or
+    /// not a daffe agent.
+    Unauthenticated,
+    /// Every session slot was taken.
+    Busy,
+    /// This peer already had [`MAX_SESSIONS_PER_PEER`] sessions.
+    PeerBusy,
+}
+
+impl Refusal {
+    /// A short name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Handshake => "handshake_full",
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::Busy => "busy",
+            Refusal::PeerBusy => "peer_busy",
+        }
+    }
+}
+
+/// Told about an agent's connections as they come and go (daffe's plugin
+/// counts them in its metrics). Called on the connection's thread: keep it
+/// cheap. Every method does nothing unless implemented.
+pub trait ConnObserver: Send + Sync {
+    /// A peer authenticated and got a session.
+    fn accepted(&self, _peer: &PeerInfo) {}
+    /// A connection from `addr` was turned away.
+    fn refused(&self, _addr: SocketAddr, _why: Refusal) {}
+    /// An accepted session ended (however it ended).
+    fn closed(&self, _peer: &PeerInfo) {}
+}
+
+/// No observer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+impl ConnObserver for NoObserver {}
+
+/// Tells the observer a session ended, on drop.
+struct Closed<'a>(&'a dyn ConnObserver, &'a PeerInfo);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0.closed(self.1);
+    }
+}
+
 /// What the agent does with authenticated requests.
 pub trait RoundHandler: Send + Sync {
     /// An application request (opaque bytes), answered with bytes or an error.
@@ -280,6 +334,7 @@ pub struct Agent {
     /// How long a round waits for an earlier round on the same target: a bit
     /// more than the socket timeout, after which the earlier one has failed.
     busy_wait: Duration,
+    observer: Arc<dyn ConnObserver>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -299,7 +354,15 @@ impl Agent {
             locks: TargetLocks::default(),
             slots: Arc::default(),
             busy_wait,
+            observer: Arc::new(NoObserver),
         }
+    }
+
+    /// Tells `observer` about every connection accepted, refused and closed.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn ConnObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Accepts connections until `shutdown` is set. Each runs on its own thread.
@@ -311,6 +374,7 @@ impl Agent {
                     tcp.set_nonblocking(false)?;
                     let Some(preauth) = self.slots.preauth(addr.ip()) else {
                         tracing::warn!(%addr, "too many connections in their handshake; dropping one");
+                        self.observer.refused(addr, Refusal::Handshake);
                         continue;
                     };
                     let me = Arc::clone(self);
@@ -339,11 +403,13 @@ impl Agent {
             Err(e) => {
                 // Unauthenticated or not a daffe peer: it got nothing from us.
                 tracing::warn!(%addr, error = %e, "peer refused");
+                self.observer.refused(addr, Refusal::Unauthenticated);
                 return;
             }
         };
         let Some(_slot) = self.slots.active() else {
             tracing::warn!(%addr, "too many peer connections; refusing one");
+            self.observer.refused(addr, Refusal::Busy);
             conn.send_error(
                 ErrorCode::Busy,
                 "too many peer connections; try again later",
@@ -356,6 +422,7 @@ impl Agent {
         };
         let Some(_peer_slot) = self.slots.peer(addr.ip()) else {
             tracing::warn!(%addr, node = %peer.node, "too many connections from this peer; refusing one");
+            self.observer.refused(addr, Refusal::PeerBusy);
             conn.send_error(
                 ErrorCode::Busy,
                 format!(
@@ -367,6 +434,9 @@ impl Agent {
             return;
         };
         tracing::info!(%addr, node = %peer.node, "peer connected");
+        self.observer.accepted(&peer);
+        // Told on drop: also when the handler panics.
+        let _closed = Closed(self.observer.as_ref(), &peer);
         if let Err(e) = self.session(&mut conn, &peer) {
             match e {
                 ConnError::Frame(FrameError::Closed) => {}

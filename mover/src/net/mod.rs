@@ -51,7 +51,9 @@ pub mod message;
 #[doc(hidden)]
 pub mod serve;
 
-pub use agent::{Agent, MAX_SESSIONS_PER_PEER, PeerInfo, RoundHandler};
+pub use agent::{
+    Agent, ConnObserver, MAX_SESSIONS_PER_PEER, NoObserver, PeerInfo, Refusal, RoundHandler,
+};
 pub use bwlimit::{bandwidth_limiter, parse_rate};
 pub use conn::ConnError;
 pub use identity::NodeFiles;

@@ -130,6 +130,10 @@ pub struct RoundStats {
     pub deleted: u64,
     /// Chunks listed in the manifest.
     pub chunks_total: u64,
+    /// Data bytes the manifest lists: the source as the sender's scan saw
+    /// it (what the round compared against the destination).
+    #[serde(default)]
+    pub manifest_bytes: u64,
     /// Chunks fetched from the source.
     pub chunks_new: u64,
     /// Chunk placements served locally (already in place, or copied from

@@ -158,6 +158,7 @@ impl Receiver {
             stats.root = c.root.to_hex();
             stats.entries = c.validity.valid.len() as u64;
             stats.chunks_total = c.validity.chunks;
+            stats.manifest_bytes = c.validity.data_bytes;
             stats.plan_ms = millis(t0.elapsed());
             return Ok(stats);
         }
@@ -173,6 +174,7 @@ impl Receiver {
         let new_root = incoming.trailer.root;
         stats.root = new_root.to_hex();
         stats.chunks_total = incoming.trailer.chunks;
+        stats.manifest_bytes = incoming.trailer.data_bytes;
         // 3 (joined). Which applied entries are intact, and their chunks.
         let checked = match (checked, running.map(|h| h.join())) {
             (Some(c), _) => Some(c),

@@ -7,10 +7,10 @@ use crate::control::ControlClient;
 use crate::migrate::agent::AgentHandler;
 use crate::migrate::duration;
 use clap::{Args, Subcommand};
-use mover::net::Agent;
 use mover::net::Endpoint;
 use mover::net::identity::{self, NodeFiles};
 use mover::net::tls;
+use mover::net::{Agent, ConnObserver, PeerInfo, Refusal};
 use mover::net::{bandwidth_limiter, parse_rate};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -178,7 +178,7 @@ fn serve(args: RunArgs) -> ExitCode {
     handler.checkpoint_bytes = args.checkpoint.bytes().max(1);
     let handler = Arc::new(handler);
     let node = ep.hello.node.clone();
-    let agent = Arc::new(Agent::new(tls, ep, handler));
+    let agent = Arc::new(Agent::new(tls, ep, handler).with_observer(Arc::new(Counted)));
     let shutdown = Arc::new(AtomicBool::new(false));
     if let Err(e) = watch_signals(shutdown.clone()) {
         return super::fail(false, format!("cannot watch signals: {e}"));
@@ -218,4 +218,20 @@ fn watch_signals(flag: Arc<AtomicBool>) -> std::io::Result<()> {
             })
         })?;
     Ok(())
+}
+
+/// Counts the agent's connections in the process's metrics
+/// (`--metrics-addr`).
+struct Counted;
+
+impl ConnObserver for Counted {
+    fn accepted(&self, _peer: &PeerInfo) {
+        crate::metrics::daemon().connection(None);
+    }
+    fn refused(&self, _addr: std::net::SocketAddr, why: Refusal) {
+        crate::metrics::daemon().connection(Some(why.as_str()));
+    }
+    fn closed(&self, _peer: &PeerInfo) {
+        crate::metrics::daemon().connection_closed();
+    }
 }

@@ -11,7 +11,6 @@ use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode as LocalMode, TransferPaths};
 use mover::ReceiveOptions;
 use mover::net::NetSource;
-use mover::net::receive_round;
 use mover::net::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
 use mover::net::{PeerInfo, RoundHandler};
 use mover::{Destination, Verify};
@@ -225,13 +224,18 @@ impl RoundHandler for AgentHandler {
             });
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,
             from = %peer.node, "receiving round");
-        let summary = receive_round(&dest, &paths.state_dir, source, &opts).inspect_err(|_| {
-            crate::metrics::daemon().round_ended(false);
-        })?;
+        // `receive_round`, keeping the round's own stats for the metrics.
+        let t = std::time::Instant::now();
+        let stats = mover::Receiver::open(&dest, &paths.state_dir)
+            .and_then(|mut rx| rx.run_round(source, &opts))
+            .map_err(mover::net::wire_error)
+            .inspect_err(|_| crate::metrics::daemon().round_ended(false))?;
+        let summary = mover::net::summary(&stats, t.elapsed());
         crate::metrics::daemon().round_received(
+            stats.manifest_bytes,
             summary.bytes_fetched,
             summary.bytes_written,
-            std::time::Duration::from_millis(summary.duration_ms),
+            t.elapsed(),
         );
         tracing::info!(volume = %req.target, round = req.round, bytes = summary.bytes_fetched,
             ms = summary.duration_ms, "round applied");
