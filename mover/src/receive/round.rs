@@ -407,9 +407,11 @@ impl Receiver {
         index: &mut ChunkIndex,
     ) -> Result<Leftovers, ReceiveError> {
         let rd = self.d.round_dir();
+        // First: a journal of a newer daffe stops the round before
+        // anything here is touched.
+        let old_round = read_journal(&rd.join("journal"))?;
         // What an earlier process left to remove (`discard`), meanwhile.
         drop(super::discard::sweep(&self.d.state));
-        let old_round = read_journal(&rd.join("journal"))?;
         let seed_dir = self.d.state.join("seed");
         // Durable chunks of an interrupted round are set over the applied
         // tree's locations (`set` replaces what `validity` added).
@@ -455,6 +457,7 @@ impl Receiver {
         }
         std::fs::create_dir_all(rd.join("stage")).map_err(io_err(b"round dir"))?;
         let mut j = FramedWriter::open(&rd.join("journal"), true)?;
+        j.push(&JRec::Version(crate::journal::JOURNAL_VERSION))?;
         j.push(&JRec::Begin { root })?;
         j.flush(true)?;
         Ok(left)
