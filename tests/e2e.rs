@@ -33,6 +33,7 @@ mod migrate_postgres;
 mod netns_harness;
 mod operator_exit_codes;
 mod operator_metrics;
+mod operator_metrics_moves;
 mod operator_migrate_progress;
 mod operator_progress;
 mod operator_status;

@@ -1,7 +1,9 @@
 //! `daffe migrate` between two hosts, for the operator surface (issue 13):
 //! a volume still mounted past `--unmount-timeout` ends with exit code 4
 //! ("in use", README "Exit codes"), the container untouched; and
-//! `--json-progress` streams the migration's events as JSON lines.
+//! `--json-progress` streams the migration's events as JSON lines, in a
+//! failed migration and in one that completes (whose report is the one a
+//! migration without the flag prints).
 
 use daffe_e2e::hosts::{TwoHosts, ok, test_image};
 use serde_json::Value;
@@ -96,4 +98,75 @@ fn still_mounted_past_the_unmount_timeout_is_exit_code_4_with_a_json_event_strea
     );
     assert_eq!(running, "true");
     assert!(h.a.inspect("held")["mount_count"].as_u64().unwrap() >= 1);
+}
+
+/// Writes `bytes` of random data into volume `name` on A (a container that
+/// exits: the volume is left unmounted).
+fn fill(h: &TwoHosts, name: &str, bytes: u64) {
+    ok(
+        h.docker_a(&[
+            "run",
+            "--rm",
+            "--volume-driver",
+            &h.plugin,
+            "-v",
+            &format!("{name}:/data"),
+            &test_image(),
+            "sh",
+            "-c",
+            &format!("head -c {bytes} /dev/urandom > /data/f"),
+        ]),
+        "fill the volume",
+    );
+}
+
+#[test]
+fn a_completed_migration_streams_json_lines_and_keeps_its_report() {
+    let h = TwoHosts::start("100mbit");
+    fill(&h, "plain", 2_000_000);
+    fill(&h, "streamed", 2_000_000);
+
+    let (child, rx) = h.migrate("plain", &[]);
+    let plain = h.finish(child);
+    drop(rx);
+    let (child, rx) = h.migrate("streamed", &["--json-progress"]);
+    let streamed = h.finish(child);
+    let lines: Vec<String> = rx.iter().collect();
+
+    // stdout: the report, with the same keys and the same kind of figures
+    // as without the flag.
+    let keys = |v: &Value| v.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(keys(&plain), keys(&streamed), "{plain}\n{streamed}");
+    assert_eq!(plain["mode"], streamed["mode"]);
+    for r in [&plain, &streamed] {
+        assert!(r["bytes_moved"].as_u64().unwrap() >= 2_000_000, "{r}");
+        assert!(!r["rounds"].as_array().unwrap().is_empty(), "{r}");
+    }
+
+    // stderr: every line JSON; events of migrate from preflight to the
+    // commit, log lines as JSON objects with a level.
+    let values: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}")))
+        .collect();
+    assert!(
+        values
+            .iter()
+            .all(|v| v["event"].is_string() || v["level"].is_string()),
+        "{values:#?}"
+    );
+    let events: Vec<&str> = values.iter().filter_map(|v| v["event"].as_str()).collect();
+    for want in ["preflight", "round_start", "round_end", "committed"] {
+        assert!(events.contains(&want), "no {want} event: {events:?}");
+    }
+    assert_eq!(events.first(), Some(&"preflight"), "{events:?}");
+    assert!(
+        values
+            .iter()
+            .filter(|v| v["event"].is_string())
+            .all(|v| v["command"] == "migrate" && v["elapsed_ms"].is_u64()),
+        "{values:#?}"
+    );
+    // The volume moved: B has it, A does not serve it any more.
+    assert!(h.b.inspect("streamed")["name"].is_string());
 }

@@ -198,3 +198,108 @@ fn verbose_raises_the_log_level_and_conflicts_with_quiet() {
     let out = daffe(&["-q", "sync", "-v"], &[&src, &t.path().join("c")]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// Runs `daffe snapshot ARGS --json [--json-progress]` against moto;
+/// returns the output.
+fn snapshot(moto: &daffe_e2e::moto::Moto, state: &Path, args: &[&str], progress: bool) -> Output {
+    let mut c = Command::new(daffe_bin());
+    c.arg("snapshot")
+        .args(args)
+        .args(["--json", "--endpoint-url", &moto.url, "--state-dir"])
+        .arg(state)
+        .envs(moto.env())
+        .env_remove("DAFFE_LOG")
+        .env_remove("RUST_LOG")
+        .env_remove("DAFFE_LOG_FORMAT");
+    if progress {
+        c.arg("--json-progress");
+    }
+    c.output().unwrap()
+}
+
+/// The report without what differs between two runs of the same operation
+/// (its snapshot id, timings and the index path).
+fn stable(mut r: Value) -> Value {
+    for k in [
+        "snapshot_id",
+        "duration_secs",
+        "index_path",
+        "base",
+        "parent",
+    ] {
+        r.as_object_mut().unwrap().remove(k);
+    }
+    r
+}
+
+/// `snapshot push` and `pull` with `--json-progress` (issue 13, item 13):
+/// every line of stdout and stderr parses as JSON, the progress counts every
+/// block, and the report is the one a run without the flag prints.
+#[test]
+fn snapshot_push_and_pull_stream_json_progress_and_keep_their_result() {
+    let moto = daffe_e2e::moto::Moto::start();
+    moto.reset();
+    let t = tempfile::tempdir().unwrap();
+    let state = t.path().join("state");
+    // 4 MiB: 8 blocks of 512 KiB, all data.
+    let img = t.path().join("src.img");
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let data: Vec<u8> = (0..4 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.to_le_bytes()[0]
+        })
+        .collect();
+    std::fs::write(&img, &data).unwrap();
+    let img_s = img.to_str().unwrap();
+
+    let plain = snapshot(&moto, &state, &["push", img_s], false);
+    assert!(plain.status.success(), "{plain:?}");
+    let out = snapshot(&moto, &state, &["push", img_s], true);
+    assert!(out.status.success(), "{out:?}");
+    let (r1, r2) = (lines(&plain.stdout), lines(&out.stdout));
+    assert_eq!(r2.len(), 1, "stdout is the one report: {r2:?}");
+    assert_eq!(stable(r1[0].clone()), stable(r2[0].clone()));
+    assert_eq!(r2[0]["blocks_uploaded"], 8, "{}", r2[0]);
+    let snap = r2[0]["snapshot_id"].as_str().unwrap().to_owned();
+    check_block_events(&lines(&out.stderr), "snapshot-push", 8);
+
+    let (a, b) = (t.path().join("a.img"), t.path().join("b.img"));
+    let plain = snapshot(&moto, &state, &["pull", &snap, a.to_str().unwrap()], false);
+    assert!(plain.status.success(), "{plain:?}");
+    let out = snapshot(&moto, &state, &["pull", &snap, b.to_str().unwrap()], true);
+    assert!(out.status.success(), "{out:?}");
+    let (r1, r2) = (lines(&plain.stdout), lines(&out.stdout));
+    assert_eq!(r2.len(), 1, "stdout is the one report: {r2:?}");
+    assert_eq!(stable(r1[0].clone()), stable(r2[0].clone()));
+    assert_eq!(r2[0]["blocks_written"], 8, "{}", r2[0]);
+    assert_eq!(std::fs::read(&b).unwrap(), data);
+    check_block_events(&lines(&out.stderr), "snapshot-pull", 8);
+}
+
+/// A block operation's stderr: JSON lines only (events or log lines), every
+/// event of `command`, a phase that counts to `blocks`.
+fn check_block_events(values: &[Value], command: &str, blocks: u64) {
+    assert!(!values.is_empty(), "no progress at all");
+    for v in values {
+        assert!(
+            v["event"].is_string() || v["level"].is_string(),
+            "neither an event nor a log line: {v}"
+        );
+    }
+    let events: Vec<&Value> = values.iter().filter(|e| e["event"].is_string()).collect();
+    assert!(
+        events.iter().all(|e| e["command"] == command
+            && e["elapsed_ms"].is_u64()
+            && (e["event"] != "phase" || e["unit"] == "blocks")),
+        "{events:#?}"
+    );
+    assert!(
+        events.iter().any(|e| e["event"] == "progress"
+            && e["done"].as_u64() == Some(blocks)
+            && e["total"].as_u64() == Some(blocks)),
+        "no phase counted {blocks} of {blocks} blocks: {events:#?}"
+    );
+}

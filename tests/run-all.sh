@@ -19,6 +19,10 @@ log "cargo fmt --check"
 cargo fmt --all -- --check
 log "cargo clippy -D warnings"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The mover's API docs: every public item documented (#![warn(missing_docs)]
+# in mover/src/lib.rs, an error here), no broken intra-doc links.
+log "cargo doc mover -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -p mover --features net,aws
 # The tests must leave the host's engine as they found them (each test plugin
 # runs on a private engine); measured around the whole suite.
 engine_before=$(volume_ls_seconds)

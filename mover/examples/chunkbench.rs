@@ -12,7 +12,12 @@ use std::time::Instant;
 use mover::chunk::{ChunkClass, chunk_segment};
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    run(&std::env::args().skip(1).collect::<Vec<_>>());
+}
+
+/// The example's body, for `main` and for the test below (`cargo test`
+/// runs it: `test = true` in Cargo.toml).
+fn run(args: &[String]) {
     match args.first().map(String::as_str) {
         Some("tree") => {
             // Scan a tree with a stat cache kept in CACHE (as rounds do).
@@ -115,4 +120,26 @@ fn pseudo_random(len: usize) -> Vec<u8> {
     }
     v.truncate(len);
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_runs_each_mode() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("f");
+        std::fs::write(&file, pseudo_random(3 << 20)).unwrap();
+        let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        run(&s(&["mem", "2"]));
+        run(&s(&["file", file.to_str().unwrap()]));
+        let cache = d.path().join("cache");
+        run(&s(&[
+            "tree",
+            d.path().to_str().unwrap(),
+            cache.to_str().unwrap(),
+        ]));
+        assert!(cache.exists(), "the tree scan keeps its stat cache");
+    }
 }

@@ -11,6 +11,12 @@ fn main() -> std::io::Result<()> {
         eprintln!("usage: fuzz_seeds CORPUS_DIR (writes CORPUS_DIR/<target>/seed-<name>)");
         std::process::exit(2);
     };
+    run(&dir)
+}
+
+/// The example's body, for `main` and for the test below (`cargo test`
+/// runs it: `test = true` in Cargo.toml).
+fn run(dir: &std::path::Path) -> std::io::Result<()> {
     for (target, name, bytes) in mover::fuzzing::seeds() {
         let d = dir.join(target);
         std::fs::create_dir_all(&d)?;
@@ -19,4 +25,17 @@ fn main() -> std::io::Result<()> {
         println!("{} ({} bytes)", p.display(), bytes.len());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_example_writes_a_seed_per_target() {
+        let d = tempfile::tempdir().unwrap();
+        super::run(d.path()).unwrap();
+        for (target, _) in mover::fuzzing::TARGETS {
+            let n = std::fs::read_dir(d.path().join(target)).map_or(0, Iterator::count);
+            assert!(n > 0, "no seed for {target}");
+        }
+    }
 }

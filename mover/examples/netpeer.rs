@@ -15,14 +15,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use mover::net::agent::{Agent, PeerInfo, RoundHandler};
-use mover::net::bwlimit::{bandwidth_limiter, parse_rate};
+use mover::net::Endpoint;
+use mover::net::NetSource;
 use mover::net::identity::{self, NodeFiles};
-use mover::net::message::{RoundRequest, RoundSummary, TransferMode, WireError};
-use mover::net::netsource::NetSource;
-use mover::net::rounds::{RoundPushRetry, RoundPusher, receive_round, summary, wire_error};
-use mover::net::stream::Endpoint;
 use mover::net::tls;
+use mover::net::{Agent, PeerInfo, RoundHandler};
+use mover::net::{RoundPusher, receive_round, summary, wire_error};
+use mover::net::{RoundRequest, RoundSummary, TransferMode, WireError};
+use mover::net::{bandwidth_limiter, parse_rate};
 use mover::{Destination, ReceiveOptions, Receiver, Source};
 
 struct Base(PathBuf);
@@ -69,7 +69,12 @@ fn endpoint(name: &str) -> Endpoint {
 }
 
 fn main() {
-    let a: Vec<String> = std::env::args().skip(1).collect();
+    run(&std::env::args().skip(1).collect::<Vec<_>>());
+}
+
+/// The example's body, for `main` and for the test below (`cargo test`
+/// runs it: `test = true` in Cargo.toml).
+fn run(a: &[String]) {
     let s = |i: usize| a.get(i).cloned().unwrap_or_else(|| usage());
     match s(0).as_str() {
         "init" => {
@@ -96,16 +101,14 @@ fn main() {
                 "image" => Source::Image(path),
                 _ => usage(),
             };
-            let p = RoundPusher {
-                addr: s(1),
-                tls: tls::client_config(&files).expect("tls"),
-                ep: endpoint("sender"),
+            let p = RoundPusher::new(
+                s(1),
+                tls::client_config(&files).expect("tls"),
+                endpoint("sender"),
                 source,
-                target: s(5),
-                cache_dir: PathBuf::from(s(6)),
-                scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-                retry: RoundPushRetry::default(),
-            };
+                PathBuf::from(s(6)),
+                s(5),
+            );
             let round: u32 = s(7).parse().unwrap_or_else(|_| usage());
             let r = p.push(round, false, &mut |_| {}).expect("push");
             println!(
@@ -131,4 +134,52 @@ fn usage() -> ! {
          push ADDR TLS tree|image PATH TARGET CACHE ROUND"
     );
     std::process::exit(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The README's walk-through: a CA and two nodes, an agent receiving
+    /// under a base folder, a pushed tree that arrives whole.
+    #[test]
+    fn the_example_pushes_a_tree_to_its_agent() {
+        let d = tempfile::tempdir().unwrap();
+        let p = |n: &str| d.path().join(n).display().to_string();
+        let s = |v: &[&str]| v.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+        run(&s(&["init", &p("a"), "a"]));
+        run(&s(&["issue", &p("a"), "b", &p("b")]));
+        // A free port: bind, read it, let go.
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string();
+        let receive = s(&["receive", &addr, &p("b"), &p("base")]);
+        // The agent serves until the test process ends.
+        std::thread::spawn(move || run(&receive));
+        std::fs::create_dir_all(d.path().join("src/sub")).unwrap();
+        std::fs::write(d.path().join("src/sub/f"), vec![9u8; 200_000]).unwrap();
+        let push = s(&[
+            "push",
+            &addr,
+            &p("a"),
+            "tree",
+            &p("src"),
+            "vol",
+            &p("cache"),
+            "1",
+        ]);
+        let t = std::time::Instant::now();
+        // The agent may not listen yet: the push's first contact is one try.
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(t.elapsed().as_secs() < 10, "the agent never listened");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        run(&push);
+        assert_eq!(
+            std::fs::read(d.path().join("base/vol/sub/f")).unwrap(),
+            vec![9u8; 200_000]
+        );
+    }
 }

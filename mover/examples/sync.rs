@@ -11,7 +11,13 @@ use std::process::ExitCode;
 use mover::{Destination, Source, SyncOptions, Verify, sync};
 
 fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+    run(std::env::args().skip(1))
+}
+
+/// The example's body, for `main` and for the test below (`cargo test`
+/// runs it: `test = true` in Cargo.toml).
+fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
+    let mut args = args.into_iter();
     let mut pos = Vec::new();
     let mut image = false;
     let mut opts = SyncOptions::default();
@@ -52,5 +58,38 @@ fn main() -> ExitCode {
             eprintln!("sync failed: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_example_syncs_a_tree_twice() {
+        let d = tempfile::tempdir().unwrap();
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        std::fs::write(src.join("sub/f"), vec![7u8; 300_000]).unwrap();
+        let args = |extra: &[&str]| {
+            let mut v = vec![src.display().to_string(), dst.display().to_string()];
+            v.extend(extra.iter().map(|s| (*s).to_owned()));
+            v
+        };
+        assert_eq!(run(args(&[])), ExitCode::SUCCESS);
+        assert_eq!(
+            std::fs::read(dst.join("sub/f")).unwrap(),
+            vec![7u8; 300_000]
+        );
+        std::fs::write(src.join("g"), b"new").unwrap();
+        assert_eq!(run(args(&["--verify", "all"])), ExitCode::SUCCESS);
+        assert_eq!(std::fs::read(dst.join("g")).unwrap(), b"new");
+        // A destination that is a file: the example reports the failure.
+        let file = d.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert_eq!(
+            run([src.display().to_string(), file.display().to_string()]),
+            ExitCode::FAILURE
+        );
     }
 }

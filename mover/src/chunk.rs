@@ -2,7 +2,7 @@
 //! file) and the buffer-reusing chunk loops.
 //!
 //! Cut points come from fastcdc 5.0.0 `v2020` (normalisation level 1); ids are
-//! blake3 hashes. Long inputs are cut as two halves at once ([`lockstep`]),
+//! blake3 hashes. Long inputs are cut as two halves at once (`lockstep`),
 //! with exactly the serial cut points. Everything here is pure: it works over
 //! slices or any `Read`. The golden vectors in the tests pin the cut points: a
 //! fastcdc upgrade that moves them fails a test instead of silently breaking

@@ -1,6 +1,6 @@
 //! Time as the mover's waiting logic sees it: the one [`Clock`] trait that
 //! the rate limiter, the retry layer and their callers take, so their
-//! arithmetic is tested on virtual time ([`ManualClock`], feature
+//! arithmetic is tested on virtual time (`ManualClock`, feature
 //! `testing`) without sleeping.
 
 use std::time::{Duration, Instant};
@@ -13,7 +13,9 @@ pub fn millis(d: Duration) -> u64 {
 
 /// A time source that can also wait.
 pub trait Clock: Send + Sync {
+    /// The current instant.
     fn now(&self) -> Instant;
+    /// Waits `d` (a virtual clock advances instead).
     fn sleep(&self, d: Duration);
 }
 

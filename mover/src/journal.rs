@@ -11,6 +11,11 @@
 //!
 //! Op streams (`ops.*` files) use the same framing; they are written during
 //! planning and made durable before the commit record.
+//!
+//! A journal starts with a `Version` record ([`JOURNAL_VERSION`]); one
+//! without it was written before the marker (version 1, the same records)
+//! and reads as it is. A journal of a newer version is refused before
+//! anything is replayed: its round is finished by the daffe that wrote it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Read, Write};
@@ -20,9 +25,19 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::chunk::ChunkId;
 
+/// The round journal's format version, its first record. 1: the records
+/// below (a journal without the record is version 1 too).
+pub const JOURNAL_VERSION: u32 = 1;
+
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
+    #[error(
+        "journal {path} has format version {version}, newer than this daffe reads (up to \
+         {JOURNAL_VERSION}): finish the interrupted round with the daffe that wrote it (run the \
+         same sync or migrate again) before downgrading. Nothing was changed."
+    )]
+    Newer { path: PathBuf, version: u32 },
     #[error("journal {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("journal {path}: cannot encode: {source}")]
@@ -50,6 +65,10 @@ pub(crate) enum JRec {
     Durable(Vec<(Stored, u32, ChunkId)>),
     /// Ops are durable; apply them.
     Commit,
+    /// The journal's format version: the first record of every journal
+    /// written since the marker (last variant: postcard numbers variants in
+    /// order, so adding it left the others' encoding as it was).
+    Version(u32),
 }
 
 /// Appends framed records to a file.
@@ -212,6 +231,13 @@ pub fn read_journal(path: &Path) -> Result<JournalState, JournalError> {
     };
     while let Some(rec) = r.next::<JRec>() {
         match rec {
+            JRec::Version(version) if version > JOURNAL_VERSION => {
+                return Err(JournalError::Newer {
+                    path: path.to_path_buf(),
+                    version,
+                });
+            }
+            JRec::Version(_) => {}
             JRec::Begin { root } => st.root = Some(root),
             JRec::Durable(v) => st.durable.extend(v),
             JRec::Commit => st.committed = true,
@@ -223,6 +249,66 @@ pub fn read_journal(path: &Path) -> Result<JournalState, JournalError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A journal as daffe wrote it before the version marker: the same
+    /// framing and records, no `Version` record.
+    fn unversioned(p: &Path, root: ChunkId) {
+        let mut w = FramedWriter::open(p, true).unwrap();
+        w.push(&JRec::Begin { root }).unwrap();
+        w.push(&JRec::Durable(vec![(Stored::Pack { offset: 0 }, 5, root)]))
+            .unwrap();
+        w.push(&JRec::Commit).unwrap();
+        w.flush(true).unwrap();
+    }
+
+    #[test]
+    fn records_keep_the_encoding_of_journals_written_before_the_marker() {
+        // postcard writes a variant's index first: the marker's variant was
+        // added last so these stay what older journals hold.
+        let root = ChunkId::of(b"r");
+        assert_eq!(postcard::to_stdvec(&JRec::Begin { root }).unwrap()[0], 0);
+        assert_eq!(postcard::to_stdvec(&JRec::Durable(vec![])).unwrap(), [1, 0]);
+        assert_eq!(postcard::to_stdvec(&JRec::Commit).unwrap(), [2]);
+        assert_eq!(postcard::to_stdvec(&JRec::Version(1)).unwrap(), [3, 1]);
+    }
+
+    #[test]
+    fn a_journal_without_a_version_reads_as_version_1() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j");
+        let root = ChunkId::of(b"r");
+        unversioned(&p, root);
+        let st = read_journal(&p).unwrap();
+        assert!(st.committed);
+        assert_eq!(st.root, Some(root));
+        assert_eq!(st.durable.len(), 1);
+    }
+
+    #[test]
+    fn a_journal_of_a_newer_version_is_refused_naming_file_and_version() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("j");
+        let root = ChunkId::of(b"r");
+        let mut w = FramedWriter::open(&p, true).unwrap();
+        w.push(&JRec::Version(JOURNAL_VERSION + 1)).unwrap();
+        w.push(&JRec::Begin { root }).unwrap();
+        w.push(&JRec::Commit).unwrap();
+        w.flush(true).unwrap();
+        let before = std::fs::read(&p).unwrap();
+        let e = read_journal(&p).unwrap_err();
+        assert!(matches!(e, JournalError::Newer { version: 2, .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(msg.contains(&p.display().to_string()), "{msg}");
+        assert!(msg.contains("version 2"), "{msg}");
+        assert!(msg.contains("Nothing was changed"), "{msg}");
+        assert_eq!(std::fs::read(&p).unwrap(), before);
+        // The current version reads.
+        let mut w = FramedWriter::open(&p, true).unwrap();
+        w.push(&JRec::Version(JOURNAL_VERSION)).unwrap();
+        w.push(&JRec::Begin { root }).unwrap();
+        w.flush(true).unwrap();
+        assert_eq!(read_journal(&p).unwrap().root, Some(root));
+    }
 
     #[test]
     fn torn_tail_is_ignored() {

@@ -1,70 +1,88 @@
 //! daffe's data mover: make a destination identical to a source while sending
 //! only what the destination lacks, round after round.
 //!
-//! Map of the crate (see `DESIGN.md` for the contract between the modules):
-//! - [`sync`]: the entry points: [`sync()`] and its dry run [`preview()`],
-//!   [`Source`], [`Destination`], [`SyncOptions`], [`SyncStats`].
-//! - [`chunk`]: chunk ids, chunker classes, chunk loops.
-//! - [`manifest`]: the streamed manifest format, reader and writer
-//!   (`manifest_delta`: a manifest sent as a delta against an earlier one).
-//! - [`scan`] / [`source`]: the source side ([`Sender`]) and the
-//!   [`ChunkSource`] trait transports implement.
-//! - [`receive`]: the destination side ([`Receiver`]): one atomic round,
-//!   planned by a pure plan and carried out by its executor.
-//! - [`journal`], [`statcache`], [`fsmeta`], [`safe_path`] (and the
-//!   destination's chunk index): the pieces the receiver and the scanner
-//!   stand on.
-//! - [`preflight`]: what `sync` checks before touching anything (source there,
-//!   no overlap, no foreign destination overwritten unless asked).
-//! - [`progress`]: progress events and sinks.
-//! - [`clock`], [`rate`], [`retry`]: the one clock, rate limiter and retry
-//!   layer every waiting part uses.
-//! - [`aws`]: what every AWS client shares (call errors; with feature `aws`,
-//!   SDK config and error conversion).
-//! - [`snapshot`]: the EBS snapshot target (push/pull of images,
-//!   per-snapshot block index).
-//! - [`net`] (feature `net`): moving volumes between hosts (peer protocol,
-//!   mutual TLS, bandwidth limit, the agent and the dialer).
+//! The API (see `README.md`, "Stability", for what may change):
+//! - [`sync()`] a [`Source`] into a [`Destination`] with [`SyncOptions`],
+//!   getting [`SyncStats`] back, or [`preview()`] what it would do; errors are
+//!   [`SyncError`].
+//! - [`progress`]: progress events ([`Progress`]) and sinks ([`ProgressSink`]).
+//! - The two ends of a round, for a transport of your own: [`Sender`] (the
+//!   source side, which implements [`ChunkSource`]) and [`Receiver`] (the
+//!   destination side, [`ReceiveOptions`], [`RoundStats`]).
+//! - `net` (feature `net`): moving volumes between hosts over mutual TLS:
+//!   the receiving agent (`net::Agent`) and the sender (`net::RoundPusher`).
+//! - [`snapshot`]: push and pull of images as EBS snapshots (the AWS client
+//!   with feature `aws`).
+//! - [`aws`], [`retry`], [`clock`]: the AWS call errors and SDK config, the
+//!   retry policy, and the clock the waiting parts use.
+//!
+//! Everything else is internal (`pub(crate)`, or `#[doc(hidden)]` where
+//! daffe's plugin or this crate's integration tests reach in); `DESIGN.md`
+//! maps it: the manifest format, the scanner, the receive round's plan and
+//! executor, the journal and stat caches, the convergence model.
 //!
 //! Features: `net` (the network side: rustls, rcgen, zstd), `aws` (the AWS
 //! SDK implementation of the EBS target), `testing` (test doubles: an
 //! in-memory EBS endpoint, a virtual clock, the `fuzzing` harnesses).
 
+#![warn(missing_docs)]
+
+mod builder;
+
+// The API: documented, linted by `missing_docs`, covered by the semver notes
+// in README.md. Everything an embedder needs is re-exported below or lives
+// in one of these modules.
 pub mod aws;
-pub mod chunk;
-pub(crate) mod chunk_index;
 pub mod clock;
-pub mod converge;
-pub mod fsmeta;
-// Fuzz harnesses and seed inputs for `fuzz/` and the corpus replay test.
-#[cfg(feature = "testing")]
-pub mod fuzzing;
-pub mod journal;
-pub mod manifest;
-pub(crate) mod manifest_delta;
 #[cfg(feature = "net")]
 pub mod net;
-pub mod preflight;
 pub mod progress;
-pub mod rate;
-mod read_full;
-pub mod receive;
-pub mod regular_file;
 pub mod retry;
-pub mod safe_path;
-pub mod scan;
 pub mod snapshot;
-pub mod source;
+
+// Internals. `pub(crate)` unless daffe's plugin or this crate's own
+// integration tests (which see only `pub`) reach into them; those are
+// `#[doc(hidden)]`: no part of the API, free to change in any release.
+#[doc(hidden)]
+pub mod chunk;
+pub(crate) mod chunk_index;
+#[doc(hidden)]
+pub mod converge;
+#[doc(hidden)]
+pub mod fsmeta;
+pub(crate) mod manifest_delta;
+pub(crate) mod preflight;
+mod read_full;
+pub(crate) mod receive;
+pub(crate) mod safe_path;
+pub(crate) mod source;
+pub(crate) mod sync;
+// Fuzz harnesses and seed inputs for `fuzz/` and the corpus replay test.
+#[cfg(feature = "testing")]
+#[doc(hidden)]
+pub mod fuzzing;
+#[doc(hidden)]
+pub mod journal;
+#[doc(hidden)]
+pub mod manifest;
+#[doc(hidden)]
+pub mod rate;
+#[doc(hidden)]
+pub mod regular_file;
+#[doc(hidden)]
+pub mod scan;
+#[doc(hidden)]
 pub mod statcache;
-pub mod sync;
 
 pub use chunk::{ChunkClass, ChunkId};
-pub use manifest::{ManifestId, ManifestReader, ManifestWriter};
+pub use manifest::ManifestId;
+pub use preflight::PreflightError;
 pub use progress::{Phase, Progress, ProgressSink};
 pub use read_full::ReadCap;
 pub use receive::{
-    Action, Change, Checked, Destination, Preview, ReceiveOptions, Receiver, RoundStats, Tally,
-    Verify,
+    Action, Change, Checked, Destination, Preview, ReceiveError, ReceiveOptions, Receiver,
+    RoundStats, Tally, Verify,
 };
-pub use source::{ChunkSource, ManifestBase, Sender, Source, Want};
+pub use scan::{ScanError, ScanStats};
+pub use source::{ChunkSource, ManifestBase, Sender, Sink, SinkError, Source, SourceError, Want};
 pub use sync::{SyncError, SyncOptions, SyncStats, preview, sync};

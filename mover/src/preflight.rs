@@ -22,34 +22,63 @@ use crate::source::Source;
 /// Why a sync was refused before it started. Nothing was created or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
+    /// The source cannot be read.
     #[error("source {}: {source}", path.display())]
-    Source { path: PathBuf, source: io::Error },
+    Source {
+        /// The source.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A tree sync whose source is not a directory.
     #[error("source {} is not a directory", .0.display())]
     NotATree(PathBuf),
+    /// An image sync whose source is not a regular file or block device.
     #[error("source {} is not a regular file or block device", .0.display())]
     NotAnImage(PathBuf),
+    /// The destination cannot be checked.
     #[error("destination {}: {source}", path.display())]
-    Destination { path: PathBuf, source: io::Error },
+    Destination {
+        /// The destination.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// The source is the destination.
     #[error("source and destination are the same: {}", .0.display())]
     Same(PathBuf),
+    /// The destination lies inside the source.
     #[error(
         "destination {} is inside the source {}: every run would copy the last one again",
         dst.display(),
         src.display()
     )]
-    DestinationInsideSource { src: PathBuf, dst: PathBuf },
+    DestinationInsideSource {
+        /// The source.
+        src: PathBuf,
+        /// The destination.
+        dst: PathBuf,
+    },
+    /// The source lies inside the destination.
     #[error(
         "source {} is inside the destination {}: the sync would delete it",
         src.display(),
         dst.display()
     )]
-    SourceInsideDestination { src: PathBuf, dst: PathBuf },
+    SourceInsideDestination {
+        /// The source.
+        src: PathBuf,
+        /// The destination.
+        dst: PathBuf,
+    },
+    /// A non-empty directory daffe never synced to (see `SyncOptions::allow_foreign`).
     #[error(
         "destination {} is not empty and daffe has not synced to it before: its files that the \
          source lacks would be deleted (pass --delete to allow that)",
         .0.display()
     )]
     ForeignDestination(PathBuf),
+    /// A non-empty image daffe never synced to (see `SyncOptions::allow_foreign`).
     #[error(
         "destination {} is an existing image that daffe has not synced to before: it would be \
          overwritten (pass --delete to allow that)",

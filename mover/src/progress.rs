@@ -32,16 +32,35 @@ pub enum Phase {
 pub enum Progress {
     /// A new phase starts. `total_bytes` is known for Fetch (bytes to fetch
     /// or copy) and Verify.
-    Phase { phase: Phase, total_bytes: u64 },
+    Phase {
+        /// The phase.
+        phase: Phase,
+        /// Its total, 0 when unknown.
+        total_bytes: u64,
+    },
     /// The scan looked at more entries / read more data.
-    Scanned { entries: u64, bytes_hashed: u64 },
+    Scanned {
+        /// Entries seen so far.
+        entries: u64,
+        /// Bytes read and hashed so far.
+        bytes_hashed: u64,
+    },
     /// Bytes of chunk data made available at the destination (fetched or
     /// copied locally) since the last event.
-    Moved { bytes: u64 },
+    Moved {
+        /// How many.
+        bytes: u64,
+    },
     /// Bytes verified since the last event.
-    Verified { bytes: u64 },
+    Verified {
+        /// How many.
+        bytes: u64,
+    },
     /// Something was left out (a socket, an xattr the kernel refused).
-    Warning { message: String },
+    Warning {
+        /// What, and why.
+        message: String,
+    },
 }
 
 /// Receives progress events.

@@ -61,6 +61,7 @@ impl std::fmt::Display for ErrorKind {
 
 /// How an error may be retried.
 pub trait Retryable {
+    /// How the retry layer treats this error.
     fn retry_kind(&self) -> ErrorKind;
 }
 
@@ -73,6 +74,7 @@ pub struct RetryPolicy {
     pub deadline: Option<Duration>,
     /// First backoff step; each retry doubles it, up to `max_delay`.
     pub base_delay: Duration,
+    /// Longest pause between two attempts.
     pub max_delay: Duration,
     /// Equal jitter on each step (see [`RetryPolicy::delay`]), so workers
     /// that failed together do not retry in step.
@@ -179,7 +181,9 @@ impl<'c> Attempts<'c> {
 /// A call that failed for good.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Exhausted<E> {
+    /// The last error.
     pub error: E,
+    /// Attempts made.
     pub attempts: u32,
 }
 
@@ -201,6 +205,7 @@ impl std::fmt::Debug for Retrier<'_> {
 }
 
 impl<'c> Retrier<'c> {
+    /// A retrier applying `policy`, waiting on `clock`.
     pub fn new(policy: RetryPolicy, clock: &'c dyn Clock) -> Self {
         Self {
             policy,
@@ -209,6 +214,7 @@ impl<'c> Retrier<'c> {
         }
     }
 
+    /// The clock it waits on.
     pub fn clock(&self) -> &'c dyn Clock {
         self.clock
     }

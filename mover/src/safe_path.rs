@@ -71,11 +71,6 @@ impl Root {
         self.fd.as_fd()
     }
 
-    /// The root's path (for messages).
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     fn err(&self, rel: &[u8], e: rustix::io::Errno) -> SafePathError {
         SafePathError::Open {
             root: self.path.clone(),

@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use rustix::fs::Mode;
@@ -42,18 +41,26 @@ pub type Sink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), SinkError> + 'a;
 /// Errors of a chunk source.
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
+    /// Reading the source failed.
     #[error("reading {path:?} for chunk at {offset}: {source}")]
     Read {
+        /// The file.
         path: String,
+        /// Where in it.
         offset: u64,
+        /// The I/O error.
         source: io::Error,
     },
+    /// A want named an entry the manifest does not have.
     #[error("want names entry {0}, which has no data in the manifest")]
     UnknownEntry(u32),
+    /// The manifest could not be read or sent.
     #[error("source manifest: {0}")]
     Manifest(io::Error),
+    /// The receiver stopped the fetch.
     #[error("receiver stopped the fetch: {0}")]
     Sink(SinkError),
+    /// The transport failed.
     #[error("source transport: {0}")]
     Transport(String),
 }
@@ -101,7 +108,7 @@ pub trait ChunkSource {
     }
 
     /// Sending side: writes this round's manifest as a delta (see
-    /// [`crate::manifest_delta`]) against the earlier manifest with root
+    /// `manifest_delta`) against the earlier manifest with root
     /// `base`, if this source still has it. `Ok(None)`: it does not, and
     /// nothing was written.
     fn manifest_delta(
@@ -121,7 +128,9 @@ pub trait ChunkSource {
 /// A manifest the receiver holds (the one it applied last).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ManifestBase {
+    /// The earlier manifest's root.
     pub root: ManifestId,
+    /// Where it is.
     pub path: PathBuf,
 }
 
@@ -427,9 +436,4 @@ fn gone(e: &io::Error) -> bool {
                 || c == rustix::io::Errno::ISDIR.raw_os_error()
                 || c == rustix::io::Errno::NOTDIR.raw_os_error()
         )
-}
-
-/// For error messages.
-pub fn lossy(p: &Path) -> String {
-    String::from_utf8_lossy(p.as_os_str().as_bytes()).into_owned()
 }

@@ -22,6 +22,7 @@ pub use crate::source::Source;
 
 /// Settings for [`sync`].
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct SyncOptions {
     /// Destination state dir (must be on the destination's filesystem).
     /// Default: `.NAME.daffe-state` beside the destination.
@@ -40,7 +41,7 @@ pub struct SyncOptions {
     pub checkpoint_bytes: u64,
     /// Accept a destination daffe has not synced to before that is not empty:
     /// what the source lacks is deleted there (`daffe sync --delete`). Off by
-    /// default: see [`crate::preflight`].
+    /// default: see [`crate::PreflightError::ForeignDestination`].
     pub allow_foreign: bool,
 }
 
@@ -59,6 +60,17 @@ impl Default for SyncOptions {
     }
 }
 
+crate::builder::setters!(SyncOptions {
+    with_state_dir => state_dir: Option<PathBuf>,
+    with_cache_dir => cache_dir: Option<PathBuf>,
+    with_verify => verify: Verify,
+    with_threads => threads: usize,
+    with_progress => progress: Arc<dyn ProgressSink>,
+    with_retries => retries: u32,
+    with_checkpoint_bytes => checkpoint_bytes: u64,
+    with_allow_foreign => allow_foreign: bool,
+});
+
 impl std::fmt::Debug for SyncOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SyncOptions")
@@ -75,12 +87,16 @@ impl std::fmt::Debug for SyncOptions {
 /// Errors of [`sync`].
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
+    /// The source could not be scanned.
     #[error("scan: {0}")]
     Scan(#[from] ScanError),
+    /// The destination could not receive the round.
     #[error("receive: {0}")]
     Receive(#[from] ReceiveError),
+    /// A tree into an image or an image into a tree.
     #[error("source and destination kinds differ (tree vs image)")]
     KindMismatch,
+    /// A check before the sync refused it; nothing was created.
     #[error("{0}")]
     Preflight(#[from] PreflightError),
     /// A dry run's scratch folder could not be made.
@@ -91,10 +107,12 @@ pub enum SyncError {
 /// What a sync did: the source's scan beside what its rounds did at the
 /// destination (summed over the attempts; the manifest is the last one's).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SyncStats {
     /// The destination's side, in the same terms as one network round.
     #[serde(flatten)]
     pub rounds: RoundStats,
+    /// Files in the source.
     pub files: u64,
     /// Logical size of all files scanned.
     pub bytes_scanned: u64,
@@ -104,7 +122,9 @@ pub struct SyncStats {
     pub entries_reused: u64,
     /// Rounds redone because the source changed during the sync.
     pub stale_retries: u32,
+    /// The last scan, in milliseconds.
     pub scan_ms: u64,
+    /// The whole sync, in milliseconds.
     pub duration_ms: u64,
 }
 

@@ -7,9 +7,9 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use mover::receive::ReceiveError;
-use mover::source::{Sink, SourceError};
+use mover::ReceiveError;
 use mover::{ChunkSource, Destination, ManifestId, ReceiveOptions, Receiver, Source, Want};
+use mover::{Sink, SourceError};
 
 use crate::common;
 
@@ -51,10 +51,7 @@ fn round(
     src: &mut dyn ChunkSource,
     max_size: Option<u64>,
 ) -> Result<mover::RoundStats, ReceiveError> {
-    let opts = ReceiveOptions {
-        max_size,
-        ..Default::default()
-    };
+    let opts = ReceiveOptions::default().with_max_size(max_size);
     Receiver::open(dest, state)?.run_round(src, &opts)
 }
 

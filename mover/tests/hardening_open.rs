@@ -27,10 +27,7 @@ fn swapped_round(make: fn(&Path)) -> RoundStats {
         std::fs::remove_file(src.join("f")).unwrap();
         make(&src.join("f"));
         let dest = Destination::Tree(d.path().join("dst"));
-        let opts = ReceiveOptions {
-            precopy: true,
-            ..Default::default()
-        };
+        let opts = ReceiveOptions::default().with_precopy(true);
         let r = Receiver::open(&dest, &d.path().join("state"))
             .and_then(|mut r| r.run_round(&mut s, &opts));
         let _ = tx.send(r.map_err(|e| e.to_string()));

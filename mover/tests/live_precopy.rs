@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use mover::Source;
-use mover::net::rounds::RoundPusher;
+use mover::net::RoundPusher;
 
 /// The agent receives rounds not marked final as pre-copy rounds, as the
 /// plugin's agent does; a pre-copy round must not need a rescan any more.

@@ -10,20 +10,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::net::serve_agent;
-use mover::net::agent::{MAX_SESSIONS_PER_PEER, PeerInfo, RoundHandler};
+use mover::net::ConnError;
+use mover::net::Endpoint;
+use mover::net::NetSource;
+use mover::net::Peer;
 use mover::net::bwlimit::WireCounters;
-use mover::net::conn::ConnError;
 use mover::net::identity::{self, NodeFiles};
 use mover::net::message::{
     ChunkHeader, Codec, ErrorCode, Message, RoundRequest, RoundSummary, TransferMode, WireError,
     WireWant,
 };
-use mover::net::netsource::NetSource;
-use mover::net::peer::Peer;
 use mover::net::serve::ChunkSink;
-use mover::net::stream::Endpoint;
 use mover::net::tls;
-use mover::{ChunkId, ChunkSource, Want, source::SourceError};
+use mover::net::{MAX_SESSIONS_PER_PEER, PeerInfo, RoundHandler};
+use mover::{ChunkId, ChunkSource, SourceError, Want};
 
 /// A source of `n` chunks; its "manifest" is the postcard list of wants.
 struct FakeSource {

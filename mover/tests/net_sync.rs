@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use crate::common;
 use crate::common::net::Net;
+use mover::SourceError;
 use mover::chunk::ChunkRef;
 use mover::manifest::{Entry, Header, Kind, ManifestWriter, Mode};
+use mover::net::RoundPusher;
 use mover::net::message::{RoundRequest, TransferMode};
-use mover::net::rounds::RoundPusher;
 use mover::net::serve::{ChunkSink, ServeEvent};
-use mover::source::SourceError;
 use mover::{ChunkId, ChunkSource, Source, Want};
 
 fn make_tree(root: &Path) {

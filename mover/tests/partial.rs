@@ -12,7 +12,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use mover::receive::ReceiveError;
+use mover::ReceiveError;
 use mover::{Destination, ReceiveOptions, Receiver, RoundStats, Sender, Source};
 
 fn round(
@@ -21,10 +21,7 @@ fn round(
     sender: &mut Sender,
     precopy: bool,
 ) -> Result<RoundStats, ReceiveError> {
-    let opts = ReceiveOptions {
-        precopy,
-        ..Default::default()
-    };
+    let opts = ReceiveOptions::default().with_precopy(precopy);
     Receiver::open(dest, state)?.run_round(sender, &opts)
 }
 

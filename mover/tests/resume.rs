@@ -169,3 +169,42 @@ fn kill_after_commit() {
 fn kill_during_verify() {
     kill_and_resume("verify");
 }
+
+/// A journal frame as `journal.rs` writes it: `len (u32 LE) | blake3[..8] |
+/// postcard body`.
+fn journal_frame(body: &[u8]) -> Vec<u8> {
+    let mut f = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+    f.extend_from_slice(&blake3::hash(body).as_bytes()[..8]);
+    f.extend_from_slice(body);
+    f
+}
+
+/// An interrupted round left by a newer daffe (journal version 2, committed)
+/// is not replayed: the sync stops with an error naming the journal and its
+/// version, and neither the destination nor the journal changes.
+#[test]
+fn a_round_journal_of_a_newer_version_is_refused_and_nothing_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a"), bytes(100_000, 1)).unwrap();
+    let (s, t) = (Source::Tree(src.clone()), Destination::Tree(dst.clone()));
+    sync(&s, &t, &opts(d.path())).unwrap();
+    std::fs::write(src.join("a"), bytes(100_000, 2)).unwrap();
+    let round = d.path().join("state/round");
+    std::fs::create_dir_all(&round).unwrap();
+    // postcard: variant 3 (`Version`) with 2; variant 2 (`Commit`).
+    let mut journal = journal_frame(&[3, 2]);
+    journal.extend(journal_frame(&[2]));
+    std::fs::write(round.join("journal"), &journal).unwrap();
+    let before = snapshot(&dst);
+
+    let e = sync(&s, &t, &opts(d.path())).unwrap_err().to_string();
+    assert!(e.contains("format version 2"), "{e}");
+    assert!(
+        e.contains(&round.join("journal").display().to_string()),
+        "{e}"
+    );
+    assert_eq!(snapshot(&dst), before, "the destination changed");
+    assert_eq!(std::fs::read(round.join("journal")).unwrap(), journal);
+}

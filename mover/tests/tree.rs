@@ -338,7 +338,8 @@ fn refresh_applied_stat(state: &Path, dst: &Path) {
         .root;
     let mut r = StatReader::open(&state.join("applied.stat"), &root).unwrap();
     let mut mr =
-        mover::ManifestReader::new(std::io::BufReader::new(File::open(&m).unwrap())).unwrap();
+        mover::manifest::ManifestReader::new(std::io::BufReader::new(File::open(&m).unwrap()))
+            .unwrap();
     let tmp = state.join("applied.stat.tmp");
     let mut w = StatWriter::create(&tmp).unwrap();
     while let Some(e) = mr.next_entry().unwrap() {

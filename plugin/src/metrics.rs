@@ -19,9 +19,19 @@
 //!
 //! | metric | labels | what |
 //! |---|---|---|
-//! | `daffe_received_bytes_total` | `kind` | `fetched` (chunk data that crossed the link), `written` (applied to volumes) |
+//! | `daffe_received_bytes_total` | `kind` | `scanned` (the data the sender's scan listed in the round's manifest), `fetched` (chunk data that crossed the link), `written` (applied to volumes) |
 //! | `daffe_receive_rounds_total` | `result` | rounds received from peers: `ok`, `failed` |
 //! | `daffe_receive_round_duration_seconds` | | their duration (histogram) |
+//! | `daffe_agent_connections_total` | `result` | peer connections: `accepted`, or refused: `unauthenticated`, `busy`, `peer_busy`, `handshake_full` |
+//! | `daffe_agent_connections_active` | | sessions open now |
+//!
+//! The EBS backend's EC2 calls (`daffe serve` on the EBS backend), counted
+//! at the retry layer's edge (`backend/ebs/backend.rs`):
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `daffe_aws_calls_total` | `operation`, `result` | every attempt: `ok`, or the error's kind (`throttled`, `transient`, `not_found`, `permanent`) |
+//! | `daffe_aws_retries_total` | `operation` | attempts after the first |
 //!
 //! One set per process ([`daemon`]): a daemon serves one store.
 
@@ -86,6 +96,17 @@ struct Kind {
     kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AwsCall {
+    operation: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Operation {
+    operation: String,
+}
+
 /// Latency buckets: 1 ms to ~33 s by doubling (a List is milliseconds; a
 /// Create that runs mkfs or an EBS attach, tens of seconds).
 fn latency() -> Histogram {
@@ -108,6 +129,12 @@ pub(crate) struct Metrics {
     received_bytes: Family<Kind, Counter>,
     round_seconds: Histogram,
     rounds: Family<Outcome, Counter>,
+    /// The agent's peer connections.
+    connections: Family<Outcome, Counter>,
+    connections_active: Gauge,
+    /// EC2 calls by attempt, and retries.
+    aws_calls: Family<AwsCall, Counter>,
+    aws_retries: Family<Operation, Counter>,
 }
 
 impl Metrics {
@@ -126,6 +153,10 @@ impl Metrics {
         let received_bytes = Family::<Kind, Counter>::default();
         let round_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 18));
         let rounds = Family::<Outcome, Counter>::default();
+        let connections = Family::<Outcome, Counter>::default();
+        let connections_active = Gauge::default();
+        let aws_calls = Family::<AwsCall, Counter>::default();
+        let aws_retries = Family::<Operation, Counter>::default();
         registry.register(
             "driver_requests",
             "VolumeDriver calls by endpoint and result",
@@ -155,7 +186,7 @@ impl Metrics {
         );
         registry.register(
             "received_bytes",
-            "Bytes received from peers by kind (fetched: chunk data on the wire; written: applied to volumes)",
+            "Bytes of received rounds by kind (scanned: data the round's manifest lists; fetched: chunk data on the wire; written: applied to volumes)",
             received_bytes.clone(),
         );
         registry.register(
@@ -167,6 +198,26 @@ impl Metrics {
             "receive_rounds",
             "Rounds received from peers, by result",
             rounds.clone(),
+        );
+        registry.register(
+            "agent_connections",
+            "Peer connections to the agent: accepted, or refused and why",
+            connections.clone(),
+        );
+        registry.register(
+            "agent_connections_active",
+            "Peer sessions open now",
+            connections_active.clone(),
+        );
+        registry.register(
+            "aws_calls",
+            "AWS API calls, every attempt, by operation and result",
+            aws_calls.clone(),
+        );
+        registry.register(
+            "aws_retries",
+            "AWS API attempts after the first, by operation",
+            aws_retries.clone(),
         );
         registry.register(
             "build",
@@ -188,6 +239,10 @@ impl Metrics {
             received_bytes,
             round_seconds,
             rounds,
+            connections,
+            connections_active,
+            aws_calls,
+            aws_retries,
         }
     }
 
@@ -263,10 +318,21 @@ impl Metrics {
         self.mounts.set(i64::try_from(mounts).unwrap_or(i64::MAX));
     }
 
-    /// A received round: `fetched` bytes of chunk data came over the wire,
-    /// `written` were applied, in `elapsed`.
-    pub(crate) fn round_received(&self, fetched: u64, written: u64, elapsed: Duration) {
-        for (kind, n) in [("fetched", fetched), ("written", written)] {
+    /// A received round: its manifest listed `scanned` bytes of data,
+    /// `fetched` bytes of chunk data came over the wire, `written` were
+    /// applied, in `elapsed`.
+    pub(crate) fn round_received(
+        &self,
+        scanned: u64,
+        fetched: u64,
+        written: u64,
+        elapsed: Duration,
+    ) {
+        for (kind, n) in [
+            ("scanned", scanned),
+            ("fetched", fetched),
+            ("written", written),
+        ] {
             self.received_bytes
                 .get_or_create(&Kind {
                     kind: kind.to_owned(),
@@ -284,6 +350,45 @@ impl Metrics {
                 result: if ok { "ok" } else { "failed" }.to_owned(),
             })
             .inc();
+    }
+
+    /// A peer connection accepted (`None`) or refused (`Some(why)`).
+    pub(crate) fn connection(&self, refused: Option<&str>) {
+        self.connections
+            .get_or_create(&Outcome {
+                result: refused.unwrap_or("accepted").to_owned(),
+            })
+            .inc();
+        if refused.is_none() {
+            self.connections_active.inc();
+        }
+    }
+
+    /// An accepted peer session ended.
+    pub(crate) fn connection_closed(&self) {
+        self.connections_active.dec();
+    }
+
+    /// One attempt of the AWS call `operation`: `result` is `ok` or the
+    /// error's kind.
+    pub(crate) fn aws_attempt(&self, operation: &str, result: &str) {
+        self.aws_calls
+            .get_or_create(&AwsCall {
+                operation: operation.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// `n` retries of `operation` (attempts after its first).
+    pub(crate) fn aws_retried(&self, operation: &str, n: u64) {
+        if n > 0 {
+            self.aws_retries
+                .get_or_create(&Operation {
+                    operation: operation.to_owned(),
+                })
+                .inc_by(n);
+        }
     }
 
     /// The metrics in the text format.
@@ -390,6 +495,46 @@ mod tests {
             sample(&t, "daffe_migration_downtime_seconds_sum"),
             Some(1.5)
         );
+    }
+
+    #[test]
+    fn agent_connections_and_aws_calls_count_by_result() {
+        let m = Metrics::new();
+        m.connection(None);
+        m.connection(None);
+        m.connection(Some("unauthenticated"));
+        m.connection_closed();
+        m.aws_attempt("CreateVolume", "throttled");
+        m.aws_attempt("CreateVolume", "ok");
+        m.aws_retried("CreateVolume", 1);
+        m.aws_retried("DescribeVolumes", 0);
+        let t = m.render();
+        let s = |series| sample(&t, series);
+        assert_eq!(
+            s(r#"daffe_agent_connections_total{result="accepted"}"#),
+            Some(2.0),
+            "{t}"
+        );
+        assert_eq!(
+            s(r#"daffe_agent_connections_total{result="unauthenticated"}"#),
+            Some(1.0)
+        );
+        assert_eq!(s("daffe_agent_connections_active"), Some(1.0), "{t}");
+        assert_eq!(
+            s(r#"daffe_aws_calls_total{operation="CreateVolume",result="ok"}"#),
+            Some(1.0),
+            "{t}"
+        );
+        assert_eq!(
+            s(r#"daffe_aws_calls_total{operation="CreateVolume",result="throttled"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            s(r#"daffe_aws_retries_total{operation="CreateVolume"}"#),
+            Some(1.0)
+        );
+        // No retries: no series.
+        assert!(!t.contains(r#"operation="DescribeVolumes""#), "{t}");
     }
 
     #[test]

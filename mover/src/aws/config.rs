@@ -22,6 +22,7 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Overrides on top of the standard chain.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AwsOptions {
     /// Region; `None`: AWS_REGION / profile / IMDS.
     pub region: Option<String>,
@@ -32,12 +33,21 @@ pub struct AwsOptions {
     pub call_timeout: Option<Duration>,
 }
 
+crate::builder::setters!(AwsOptions {
+    with_region => region: Option<String>,
+    with_endpoint_url => endpoint_url: Option<String>,
+    with_call_timeout => call_timeout: Option<Duration>,
+});
+
 #[derive(Debug, thiserror::Error)]
+/// Errors setting up the AWS SDK client.
 pub enum AwsConfigError {
+    /// No region in the options, the environment or the profile.
     #[error(
         "no AWS region: set --region, AWS_REGION, or a region in the AWS profile (or run on EC2)"
     )]
     NoRegion,
+    /// The SDK's async runtime could not start.
     #[error("cannot start the AWS client runtime: {0}")]
     Runtime(#[source] std::io::Error),
 }

@@ -11,7 +11,7 @@ mod config;
 mod sdk_error;
 
 #[cfg(feature = "aws")]
-pub use config::{AwsConfigError, AwsOptions, load_sdk_config};
+pub use config::{AwsConfigError, AwsOptions, CALL_TIMEOUT, load_sdk_config};
 #[cfg(feature = "aws")]
 pub use sdk_error::{classify_code, from_sdk_error};
 
@@ -21,14 +21,18 @@ use crate::retry::{ErrorKind, Retryable};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{op}: {code}: {message}")]
 pub struct ApiError {
+    /// The operation (`CreateVolume`, `PutSnapshotBlock`, ...).
     pub op: &'static str,
+    /// How the retry layer treats it.
     pub kind: ErrorKind,
     /// AWS error code (`ValidationException`), or `HTTP 500` when the reply had none.
     pub code: String,
+    /// AWS's message.
     pub message: String,
 }
 
 impl ApiError {
+    /// An error of `op`, classified as `kind`.
     pub fn new(
         op: &'static str,
         kind: ErrorKind,

@@ -48,7 +48,62 @@ const ACCEPT_POLL: Duration = Duration::from_millis(50);
 pub struct PeerInfo {
     /// The node name from the peer's `Hello` (for logs and ownership records).
     pub node: String,
+    /// The peer's address.
     pub addr: SocketAddr,
+}
+
+/// Why an agent turned a connection away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// Too many connections were in their handshake (from everyone, or from
+    /// this address).
+    Handshake,
+    /// The TLS handshake or `Hello` failed: not a peer of this cluster, or
+    /// not a daffe agent.
+    Unauthenticated,
+    /// Every session slot was taken.
+    Busy,
+    /// This peer already had [`MAX_SESSIONS_PER_PEER`] sessions.
+    PeerBusy,
+}
+
+impl Refusal {
+    /// A short name, for logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Refusal::Handshake => "handshake_full",
+            Refusal::Unauthenticated => "unauthenticated",
+            Refusal::Busy => "busy",
+            Refusal::PeerBusy => "peer_busy",
+        }
+    }
+}
+
+/// Told about an agent's connections as they come and go (daffe's plugin
+/// counts them in its metrics). Called on the connection's thread: keep it
+/// cheap. Every method does nothing unless implemented.
+pub trait ConnObserver: Send + Sync {
+    /// A peer authenticated and got a session.
+    fn accepted(&self, _peer: &PeerInfo) {}
+    /// A connection from `addr` was turned away.
+    fn refused(&self, _addr: SocketAddr, _why: Refusal) {}
+    /// An accepted session ended (however it ended).
+    fn closed(&self, _peer: &PeerInfo) {}
+}
+
+/// No observer.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoObserver;
+impl ConnObserver for NoObserver {}
+
+/// Tells the observer a session ended, on drop.
+struct Closed<'a>(&'a dyn ConnObserver, &'a PeerInfo);
+
+impl Drop for Closed<'_> {
+    fn drop(&mut self) {
+        self.0.closed(self.1);
+    }
 }
 
 /// What the agent does with authenticated requests.
@@ -204,7 +259,72 @@ impl Slots {
     }
 }
 
-/// An agent: TLS config, endpoint options, handler.
+/// The network receiver: accepts peers over mutual TLS and hands their
+/// requests to a [`RoundHandler`], which receives each round into a
+/// destination of its choosing (usually with [`receive_round`]).
+///
+/// A receiver, and a [`RoundPusher`] sending it a tree:
+///
+/// ```
+/// use std::net::TcpListener;
+/// use std::sync::Arc;
+/// use std::sync::atomic::AtomicBool;
+/// use mover::net::{
+///     Agent, Endpoint, NetSource, PeerInfo, RoundHandler, RoundPusher, RoundRequest,
+///     RoundSummary, WireError, identity, receive_round, tls,
+/// };
+/// use mover::{Destination, ReceiveOptions, Source};
+///
+/// /// Receives every target as a tree under one folder.
+/// struct Under(std::path::PathBuf);
+///
+/// impl RoundHandler for Under {
+///     fn control(&self, _: &PeerInfo, body: &[u8]) -> Result<Vec<u8>, WireError> {
+///         Ok(body.to_vec())
+///     }
+///     fn round(
+///         &self,
+///         _: &PeerInfo,
+///         req: &RoundRequest,
+///         source: &mut NetSource<'_>,
+///     ) -> Result<RoundSummary, WireError> {
+///         let dest = Destination::Tree(self.0.join(&req.target));
+///         let state = self.0.join(".state").join(&req.target);
+///         receive_round(&dest, &state, source, &ReceiveOptions::default())
+///     }
+/// }
+///
+/// let d = tempfile::tempdir()?;
+/// // A cluster CA with this node's certificate, then the sender's.
+/// let receiver = identity::init(&d.path().join("b"), "b")?;
+/// let sender = identity::issue(&d.path().join("b"), "a", &d.path().join("a"))?;
+/// let agent = Arc::new(Agent::new(
+///     tls::server_config(&receiver)?,
+///     Endpoint::new("b"),
+///     Arc::new(Under(d.path().join("received"))),
+/// ));
+/// let listener = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = listener.local_addr()?.to_string();
+/// std::thread::spawn(move || agent.serve(listener, &AtomicBool::new(false)));
+///
+/// std::fs::create_dir_all(d.path().join("src"))?;
+/// std::fs::write(d.path().join("src/f"), b"hello")?;
+/// let pusher = RoundPusher::new(
+///     addr,
+///     tls::client_config(&sender)?,
+///     Endpoint::new("a"),
+///     Source::Tree(d.path().join("src")),
+///     d.path().join("cache"),
+///     "vol",
+/// );
+/// let report = pusher.push(1, true, &mut |_| {})?;
+/// assert_eq!(report.summary.bytes_fetched, 5);
+/// assert_eq!(std::fs::read(d.path().join("received/vol/f"))?, b"hello");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// [`receive_round`]: crate::net::receive_round
+/// [`RoundPusher`]: crate::net::RoundPusher
 pub struct Agent {
     tls: Arc<ServerConfig>,
     ep: Endpoint,
@@ -214,6 +334,7 @@ pub struct Agent {
     /// How long a round waits for an earlier round on the same target: a bit
     /// more than the socket timeout, after which the earlier one has failed.
     busy_wait: Duration,
+    observer: Arc<dyn ConnObserver>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -223,6 +344,7 @@ impl std::fmt::Debug for Agent {
 }
 
 impl Agent {
+    /// An agent serving with `tls` (from [`crate::net::tls::server_config`]), as `ep`, handing requests to `handler`.
     pub fn new(tls: Arc<ServerConfig>, ep: Endpoint, handler: Arc<dyn RoundHandler>) -> Self {
         let busy_wait = ep.io_timeout + Duration::from_secs(5);
         Agent {
@@ -232,7 +354,15 @@ impl Agent {
             locks: TargetLocks::default(),
             slots: Arc::default(),
             busy_wait,
+            observer: Arc::new(NoObserver),
         }
+    }
+
+    /// Tells `observer` about every connection accepted, refused and closed.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn ConnObserver>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Accepts connections until `shutdown` is set. Each runs on its own thread.
@@ -244,6 +374,7 @@ impl Agent {
                     tcp.set_nonblocking(false)?;
                     let Some(preauth) = self.slots.preauth(addr.ip()) else {
                         tracing::warn!(%addr, "too many connections in their handshake; dropping one");
+                        self.observer.refused(addr, Refusal::Handshake);
                         continue;
                     };
                     let me = Arc::clone(self);
@@ -272,11 +403,13 @@ impl Agent {
             Err(e) => {
                 // Unauthenticated or not a daffe peer: it got nothing from us.
                 tracing::warn!(%addr, error = %e, "peer refused");
+                self.observer.refused(addr, Refusal::Unauthenticated);
                 return;
             }
         };
         let Some(_slot) = self.slots.active() else {
             tracing::warn!(%addr, "too many peer connections; refusing one");
+            self.observer.refused(addr, Refusal::Busy);
             conn.send_error(
                 ErrorCode::Busy,
                 "too many peer connections; try again later",
@@ -289,6 +422,7 @@ impl Agent {
         };
         let Some(_peer_slot) = self.slots.peer(addr.ip()) else {
             tracing::warn!(%addr, node = %peer.node, "too many connections from this peer; refusing one");
+            self.observer.refused(addr, Refusal::PeerBusy);
             conn.send_error(
                 ErrorCode::Busy,
                 format!(
@@ -300,6 +434,9 @@ impl Agent {
             return;
         };
         tracing::info!(%addr, node = %peer.node, "peer connected");
+        self.observer.accepted(&peer);
+        // Told on drop: also when the handler panics.
+        let _closed = Closed(self.observer.as_ref(), &peer);
         if let Err(e) = self.session(&mut conn, &peer) {
             match e {
                 ConnError::Frame(FrameError::Closed) => {}

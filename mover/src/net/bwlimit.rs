@@ -64,7 +64,7 @@ pub fn parse_rate(s: &str) -> Result<u64, RateError> {
 }
 
 /// The process's bandwidth limit: the crate's rate limiter charged in bytes,
-/// with a burst of [`BURST`] worth of bytes (at least one TLS record).
+/// with a burst of `BURST` (100 ms) worth of bytes (at least one TLS record).
 pub fn bandwidth_limiter(bytes_per_sec: u64) -> RateLimiter {
     bandwidth_limiter_on(bytes_per_sec, Arc::new(SystemClock))
 }

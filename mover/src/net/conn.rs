@@ -14,30 +14,48 @@ use super::message::{
 /// Errors on an established (or establishing) connection.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
+    /// Framing failed (closed, timed out, oversized frame).
     #[error(transparent)]
     Frame(#[from] FrameError),
+    /// The peer sent a message that does not decode.
     #[error("peer sent a bad message: {0}")]
     Message(#[from] MessageError),
+    /// A compressed chunk did not decompress.
     #[error("chunk payload: {0}")]
     Compress(#[from] CompressError),
+    /// The peer's `Hello` is not daffe's.
     #[error("peer is not a daffe agent (bad magic in Hello)")]
     BadMagic,
+    /// The two ends share no protocol version.
     #[error(
         "no common protocol version: we speak {ours_min}-{ours_max}, peer {theirs_min}-{theirs_max}"
     )]
     Version {
+        /// Oldest version this end speaks.
         ours_min: u16,
+        /// Newest version this end speaks.
         ours_max: u16,
+        /// Oldest version the peer speaks.
         theirs_min: u16,
+        /// Newest version the peer speaks.
         theirs_max: u16,
     },
+    /// The peer broke the protocol.
     #[error("protocol violation: expected {expected}, got {got}")]
     Unexpected {
+        /// What was expected.
         expected: &'static str,
+        /// What came.
         got: &'static str,
     },
+    /// The peer reported an error.
     #[error("peer {node} reported: {}", .error.message)]
-    Remote { node: String, error: WireError },
+    Remote {
+        /// The peer's node name.
+        node: String,
+        /// Its error.
+        error: WireError,
+    },
 }
 
 impl ConnError {

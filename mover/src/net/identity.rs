@@ -30,23 +30,36 @@ const CA_YEARS: i32 = 20;
 /// Node certificate lifetime.
 const NODE_YEARS: i32 = 5;
 
+/// The cluster CA's certificate, in a node's TLS folder.
 pub const CA_CERT: &str = "ca.pem";
+/// The cluster CA's private key (only on the node that made the CA).
 pub const CA_KEY: &str = "ca.key";
+/// The node's certificate.
 pub const NODE_CERT: &str = "node.pem";
+/// The node's private key.
 pub const NODE_KEY: &str = "node.key";
 
 /// Errors creating or issuing certificates.
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
+    /// rcgen could not make a key or certificate.
     #[error("certificate generation failed: {0}")]
     Cert(#[from] rcgen::Error),
+    /// Reading or writing a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A key file is already there: never overwritten.
     #[error("{path} already exists; refusing to overwrite a key (remove it first)")]
-    Exists { path: PathBuf },
+    Exists {
+        /// The file found.
+        path: PathBuf,
+    },
+    /// The node name is not 1-64 letters, digits, `.`, `-`, `_`.
     #[error("node name {0:?} must be 1-64 characters of letters, digits, '.', '-', '_'")]
     BadName(String),
 }
@@ -54,8 +67,11 @@ pub enum IdentityError {
 /// The files a node needs for mutual TLS.
 #[derive(Debug, Clone)]
 pub struct NodeFiles {
+    /// The cluster CA's certificate.
     pub ca: PathBuf,
+    /// The node's certificate.
     pub cert: PathBuf,
+    /// The node's private key.
     pub key: PathBuf,
 }
 

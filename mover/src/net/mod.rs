@@ -26,18 +26,43 @@
 //! The dialer is the *source* of a volume; the acceptor (the agent) receives
 //! and drives each round (receiver-driven, as in `DESIGN.md`).
 
-pub mod agent;
-pub mod bwlimit;
-pub(crate) mod compress;
-pub mod conn;
-pub(crate) mod frame;
+// The API: the receiving agent and the sending dialer, their round
+// summaries and errors, the node identity and TLS configurations, the
+// pre-copy loop. Re-exported here from the modules that implement them.
 pub mod identity;
-pub mod message;
-pub mod netsource;
-pub(crate) mod patch;
-pub mod peer;
 pub mod precopy;
-pub mod rounds;
-pub mod serve;
-pub mod stream;
 pub mod tls;
+
+pub(crate) mod agent;
+pub(crate) mod compress;
+pub(crate) mod conn;
+pub(crate) mod frame;
+pub(crate) mod netsource;
+pub(crate) mod patch;
+pub(crate) mod peer;
+pub(crate) mod rounds;
+pub(crate) mod stream;
+// Internals this crate's protocol tests and the fuzz harnesses reach into:
+// no part of the API.
+#[doc(hidden)]
+pub mod bwlimit;
+#[doc(hidden)]
+pub mod message;
+#[doc(hidden)]
+pub mod serve;
+
+pub use agent::{
+    Agent, ConnObserver, MAX_SESSIONS_PER_PEER, NoObserver, PeerInfo, Refusal, RoundHandler,
+};
+pub use bwlimit::{bandwidth_limiter, parse_rate};
+pub use conn::ConnError;
+pub use identity::NodeFiles;
+pub use message::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
+pub use netsource::NetSource;
+pub use peer::Peer;
+pub use rounds::{
+    RoundPushError, RoundPushReport, RoundPushRetry, RoundPusher, receive_round, summary,
+    unreachable_reason, wire_error,
+};
+pub use serve::ServeEvent;
+pub use stream::{DEFAULT_PORT, Endpoint, with_default_port};

@@ -130,6 +130,7 @@ impl std::fmt::Debug for NetSource<'_> {
 }
 
 impl<'c> NetSource<'c> {
+    /// The source at the other end of `conn`, which has just received a `StartRound`.
     pub fn new(conn: &'c mut Conn<BoxStream>) -> Self {
         NetSource {
             conn,
@@ -139,6 +140,7 @@ impl<'c> NetSource<'c> {
         }
     }
 
+    /// Caps the manifest the peer may send, in bytes (default: 1 GiB).
     pub fn with_max_manifest(mut self, max: u64) -> Self {
         self.max_manifest = max;
         self

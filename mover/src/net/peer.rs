@@ -54,6 +54,7 @@ impl Peer {
         })
     }
 
+    /// The agent's address, as dialled.
     pub fn addr(&self) -> &str {
         &self.addr
     }
@@ -63,6 +64,7 @@ impl Peer {
         &self.conn.peer().node
     }
 
+    /// Whether chunks go zstd-compressed on this connection.
     pub fn compression(&self) -> bool {
         self.conn.compression()
     }

@@ -66,6 +66,7 @@ impl PreCopyHooks for NoHooks {}
 /// One pre-copy round in the report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PreCopyRound {
+    /// The round number (1-based).
     pub round: u32,
     /// Payload applied at the destination (kept even when the round was
     /// partial).
@@ -76,10 +77,15 @@ pub struct PreCopyRound {
     pub entries_dirty: u64,
     /// The source changed under the round (it still applied the rest).
     pub partial: bool,
+    /// Bytes on the wire (TLS included, all attempts).
     pub wire_bytes: u64,
+    /// The source's scan, in milliseconds.
     pub scan_ms: u64,
+    /// From the first request to the receiver's `RoundDone`, in milliseconds.
     pub transfer_ms: u64,
+    /// The whole round, in milliseconds.
     pub wall_ms: u64,
+    /// Connections it took (1: no link was cut).
     pub attempts: u32,
     /// The round ran after the before-cutover hook.
     pub after_hook: bool,
@@ -90,7 +96,9 @@ pub struct PreCopyRound {
 /// What pre-copy did and why it stopped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PreCopyReport {
+    /// Every pre-copy round, in order.
     pub rounds: Vec<PreCopyRound>,
+    /// Why pre-copy stopped.
     pub reason: StopReason,
     /// The estimate when pre-copy stopped: the final round's expected
     /// payload and downtime, and the rates they come from.
@@ -98,6 +106,7 @@ pub struct PreCopyReport {
     /// The source dirties data faster than the link carries it (the
     /// estimate has the figures; see [`PreCopyReport::outpaced_message`]).
     pub outpaced: bool,
+    /// The before-cutover hook ran.
     pub hook_ran: bool,
     /// The number the final round should carry.
     pub next_round: u32,
@@ -148,9 +157,13 @@ impl PreCopyReport {
 /// The final round, for the report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinalRound {
+    /// Payload the final round moved.
     pub bytes: u64,
+    /// Its bytes on the wire.
     pub wire_bytes: u64,
+    /// Payload the model expected it to move.
     pub estimated_bytes: u64,
+    /// Downtime the model expected, in milliseconds.
     pub estimated_downtime_ms: u64,
     /// Bytes dirtied before the unmount request vs after (from the dirty
     /// rate).
@@ -160,10 +173,13 @@ pub struct FinalRound {
 /// Errors of pre-copy. None of them fences anything.
 #[derive(Debug, thiserror::Error)]
 pub enum PreCopyError {
+    /// A round could not be pushed.
     #[error(transparent)]
     Push(#[from] RoundPushError),
+    /// The before-cutover hook failed (its message).
     #[error("the before-cutover hook failed: {0}")]
     Hook(String),
+    /// Strict mode: the estimated downtime is over the target; no cutover.
     #[error(
         "strict mode: the estimated downtime {:.1} s exceeds the target {:.1} s ({}; the source \
          dirties {:.1} MB/s, the link carries {:.1} MB/s); not cutting over",
@@ -172,7 +188,9 @@ pub enum PreCopyError {
         .report.estimate.link_rate / 1e6
     )]
     Refused {
+        /// What pre-copy did.
         report: Box<PreCopyReport>,
+        /// The downtime target.
         max_downtime: Duration,
     },
 }

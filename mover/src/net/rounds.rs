@@ -89,6 +89,7 @@ pub const FIRST_CONTACT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How the dialer retries a round.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RoundPushRetry {
     /// Reconnecting after a cut link or a restarted agent.
     pub reconnect: RetryPolicy,
@@ -114,6 +115,12 @@ impl Default for RoundPushRetry {
         }
     }
 }
+
+crate::builder::setters!(RoundPushRetry {
+    with_reconnect => reconnect: RetryPolicy,
+    with_stale_rescans => stale_rescans: u32,
+    with_connect_timeout => connect_timeout: Duration,
+});
 
 /// Why a first contact failed in words an operator acts on, or `None` when
 /// the agent was reached and said no (a certificate of another CA, another
@@ -152,28 +159,47 @@ pub fn unreachable_reason(e: &StreamError, timeout: Duration) -> Option<String> 
 /// Errors pushing a round.
 #[derive(Debug, thiserror::Error)]
 pub enum RoundPushError {
+    /// The source could not be scanned.
     #[error("scanning {path}: {source}")]
-    Scan { path: String, source: ScanError },
+    Scan {
+        /// The source.
+        path: String,
+        /// Why.
+        source: ScanError,
+    },
+    /// Connecting to the agent failed (after it had answered once).
     #[error("connecting: {0}")]
     Connect(#[from] StreamError),
+    /// The agent was never reached within the connect timeout.
     #[error("cannot reach {addr} ({reason})")]
     Unreachable {
+        /// The agent's address.
         addr: String,
+        /// Why, in words an operator acts on.
         reason: String,
         // Boxed: the variant would otherwise make every Result of this type
         // large (clippy::result_large_err).
+        /// The connect error.
         source: Box<StreamError>,
     },
+    /// The round failed (the receiver refused it, or the link broke for good).
     #[error("round {round} into {target}: {source}")]
     Round {
+        /// The agent's target.
         target: String,
+        /// The round number.
         round: u32,
+        /// Why.
         source: ServeError,
     },
+    /// The source kept changing under every rescan.
     #[error("round {round} into {target}: the source kept changing under {rescans} rescans")]
     StillStale {
+        /// The agent's target.
         target: String,
+        /// The round number.
         round: u32,
+        /// Rescans made.
         rescans: u32,
     },
 }
@@ -188,31 +214,80 @@ impl RoundPushError {
 
 /// What one pushed round did.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct RoundPushReport {
+    /// The receiver's summary of the round.
     pub summary: RoundSummary,
+    /// The source's scan.
     pub scan: ScanStats,
+    /// How long the scan took.
     pub scan_time: Duration,
     /// From the round's first request to the receiver's `RoundDone` (last attempt).
     pub transfer_time: Duration,
     /// Wire bytes sent and received by this push (TLS included, all attempts).
     pub wire_sent: u64,
+    /// Wire bytes received (see `wire_sent`).
     pub wire_received: u64,
+    /// Connections it took (1: no link was cut).
     pub attempts: u32,
+    /// Rescans after the source changed under a scan.
     pub rescans: u32,
 }
 
-/// Pushes rounds of one source to one agent target.
+/// Pushes rounds of one source to one agent target: the network sender.
+///
+/// Made with [`RoundPusher::new`] and the `with_*` setters; [`push`](Self::push)
+/// runs one round (scan, then send what the agent asks for), reconnecting
+/// after a cut link and rescanning after a stale scan under [`RoundPushRetry`].
+#[non_exhaustive]
 pub struct RoundPusher {
+    /// The agent's `HOST:PORT`.
     pub addr: String,
+    /// This node's client TLS configuration ([`crate::net::tls::client_config`]).
     pub tls: Arc<ClientConfig>,
+    /// This end's name, timeouts and bandwidth limit.
     pub ep: Endpoint,
+    /// What to send.
     pub source: Source,
     /// The sender's stat cache (kept between rounds: unchanged files are not re-read).
     pub cache_dir: PathBuf,
+    /// The name the agent's [`RoundHandler`](crate::net::RoundHandler) resolves
+    /// to a destination.
     pub target: String,
+    /// Threads that chunk the source (default: available cores).
     pub scan_threads: usize,
+    /// Reconnects, rescans and the first-contact timeout.
     pub retry: RoundPushRetry,
 }
+
+impl RoundPusher {
+    /// A pusher of `source` to `target` at the agent `addr`, with the
+    /// defaults: as many scan threads as cores, [`RoundPushRetry::default`].
+    pub fn new(
+        addr: impl Into<String>,
+        tls: Arc<ClientConfig>,
+        ep: Endpoint,
+        source: Source,
+        cache_dir: impl Into<PathBuf>,
+        target: impl Into<String>,
+    ) -> Self {
+        RoundPusher {
+            addr: addr.into(),
+            tls,
+            ep,
+            source,
+            cache_dir: cache_dir.into(),
+            target: target.into(),
+            scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            retry: RoundPushRetry::default(),
+        }
+    }
+}
+
+crate::builder::setters!(RoundPusher {
+    with_scan_threads => scan_threads: usize,
+    with_retry => retry: RoundPushRetry,
+});
 
 impl std::fmt::Debug for RoundPusher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -63,6 +63,7 @@ impl StreamError {
 /// What one side brings to every connection.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
+    /// What this end offers in its `Hello` (its node name, zstd).
     pub hello: HelloOptions,
     /// The process-wide bandwidth limit, if any.
     pub bucket: Option<Arc<RateLimiter>>,

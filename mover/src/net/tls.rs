@@ -18,12 +18,24 @@ use super::identity::{AGENT_NAME, NodeFiles};
 /// Errors loading keys and certificates or building a TLS configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A PEM file could not be read or parsed.
     #[error("{path}: {message}")]
-    Pem { path: PathBuf, message: String },
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A certificate file holds no certificate.
     #[error("{path}: holds no certificate")]
-    NoCert { path: PathBuf },
+    NoCert {
+        /// The file.
+        path: PathBuf,
+    },
+    /// rustls refused the configuration.
     #[error("TLS configuration refused: {0}")]
     Config(#[from] rustls::Error),
+    /// The client certificate verifier could not be built.
     #[error("client certificate verifier: {0}")]
     Verifier(#[from] rustls::server::VerifierBuilderError),
 }

@@ -11,39 +11,76 @@ use crate::statcache::StatCacheError;
 /// Errors of a receiver round.
 #[derive(Debug, thiserror::Error)]
 pub enum ReceiveError {
+    /// A file operation failed.
     #[error("destination {path}: {source}")]
     Io {
+        /// What it was on.
         path: String,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// A path from the manifest is not safe to write.
     #[error(transparent)]
     SafePath(#[from] SafePathError),
+    /// Reading or setting file metadata failed.
     #[error(transparent)]
     Meta(#[from] FsMetaError),
+    /// The manifest is damaged or invalid.
     #[error("manifest: {0}")]
     Manifest(#[from] ManifestError),
+    /// A stat cache could not be read or written.
     #[error(transparent)]
     StatCache(#[from] StatCacheError),
+    /// The round journal failed, or is of a newer version.
     #[error(transparent)]
     Journal(#[from] JournalError),
+    /// The source failed.
     #[error("source: {0}")]
     Source(SourceError),
     /// The source's data no longer matches its manifest (it changed since
     /// the scan): what arrived so far is durable; rescan and rerun.
     #[error("source changed since its scan: {path:?} at offset {offset}; rescan and rerun")]
-    Stale { path: String, offset: u64 },
+    Stale {
+        /// The file.
+        path: String,
+        /// Where in it.
+        offset: u64,
+    },
+    /// The manifest is of the other kind than the destination.
     #[error("manifest mode {got:?} does not fit destination {dest}")]
-    ModeMismatch { got: manifest::Mode, dest: String },
+    ModeMismatch {
+        /// The manifest's kind.
+        got: manifest::Mode,
+        /// The destination.
+        dest: String,
+    },
+    /// Data read back differs from what was written.
     #[error("verification failed: {path:?}: {why}")]
-    Verify { path: String, why: String },
+    Verify {
+        /// The file.
+        path: String,
+        /// How.
+        why: String,
+    },
+    /// A block device smaller than the image.
     #[error("destination block device {path} holds {have} bytes, image needs {need}")]
-    DeviceTooSmall { path: String, have: u64, need: u64 },
+    DeviceTooSmall {
+        /// The device.
+        path: String,
+        /// Its size.
+        have: u64,
+        /// The image's size.
+        need: u64,
+    },
     /// The source's data is over the destination's cap
     /// ([`super::ReceiveOptions::max_size`]).
     #[error("the source's {what} is {size} bytes, over this destination's limit of {limit}")]
     OverSize {
+        /// What is over the limit.
         what: &'static str,
+        /// Its size.
         size: u64,
+        /// The limit.
         limit: u64,
     },
     /// The round cannot fit: refused before anything is written.
@@ -52,9 +89,13 @@ pub enum ReceiveError {
          (its {what})"
     )]
     NoRoom {
+        /// Where.
         path: String,
+        /// What needs the room.
         what: &'static str,
+        /// Bytes needed.
         need: u64,
+        /// Bytes free.
         free: u64,
     },
 }

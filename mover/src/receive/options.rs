@@ -13,7 +13,30 @@ use crate::progress::ProgressSink;
 /// much; larger means fewer filesystem syncs (each one waits for writeback).
 pub const CHECKPOINT_BYTES: u64 = 512 << 20;
 
-/// Where the receiver writes.
+/// Where the receiver writes: the counterpart of a [`crate::Source`] of the
+/// same kind. Its state (journal, manifest, caches) lives in a folder beside
+/// it unless [`crate::SyncOptions::state_dir`] names another.
+///
+/// A tree made identical to its source, then kept so: what the source no
+/// longer has is deleted there too.
+///
+/// ```
+/// use mover::{Destination, Source, SyncOptions, sync};
+///
+/// let d = tempfile::tempdir()?;
+/// let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+/// std::fs::create_dir_all(&src)?;
+/// std::fs::write(src.join("a"), b"one")?;
+/// std::fs::write(src.join("b"), b"two")?;
+/// let opts = SyncOptions::default().with_state_dir(Some(d.path().join("state")));
+/// sync(&Source::Tree(src.clone()), &Destination::Tree(dst.clone()), &opts)?;
+/// std::fs::remove_file(src.join("b"))?;
+/// let stats = sync(&Source::Tree(src), &Destination::Tree(dst.clone()), &opts)?;
+/// assert_eq!(stats.rounds.deleted, 1);
+/// assert_eq!(std::fs::read(dst.join("a"))?, b"one");
+/// assert!(!dst.join("b").exists());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Destination {
     /// A directory (created if missing).
@@ -45,9 +68,13 @@ pub enum Verify {
 
 /// Receiver settings.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ReceiveOptions {
+    /// What to re-read after applying.
     pub verify: Verify,
+    /// Progress events.
     pub progress: Arc<dyn ProgressSink>,
+    /// Bytes written between durability checkpoints (default 512 MiB).
     pub checkpoint_bytes: u64,
     /// A pre-copy round: the app still writes, so a chunk that changed at
     /// the source since its scan marks its range dirty (sent again next
@@ -75,20 +102,38 @@ impl Default for ReceiveOptions {
     }
 }
 
+crate::builder::setters!(ReceiveOptions {
+    with_verify => verify: Verify,
+    with_progress => progress: Arc<dyn ProgressSink>,
+    with_checkpoint_bytes => checkpoint_bytes: u64,
+    with_precopy => precopy: bool,
+    with_max_size => max_size: Option<u64>,
+});
+
 /// What a round did at the destination.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RoundStats {
     /// Root of the manifest now applied.
     pub root: String,
     /// A committed round found at start and replayed.
     pub recovered: bool,
+    /// Entries in the manifest.
     pub entries: u64,
+    /// Files written anew (staged, then renamed into place).
     pub files_staged: u64,
+    /// Files patched in place.
     pub files_patched: u64,
+    /// Entries whose metadata alone changed.
     pub meta_only: u64,
+    /// Entries deleted.
     pub deleted: u64,
     /// Chunks listed in the manifest.
     pub chunks_total: u64,
+    /// Data bytes the manifest lists: the source as the sender's scan saw
+    /// it (what the round compared against the destination).
+    #[serde(default)]
+    pub manifest_bytes: u64,
     /// Chunks fetched from the source.
     pub chunks_new: u64,
     /// Chunk placements served locally (already in place, or copied from
@@ -100,20 +145,27 @@ pub struct RoundStats {
     pub bytes_reused: u64,
     /// Data bytes written (staged files, pack, in-place patches).
     pub bytes_written: u64,
+    /// Bytes read back to verify.
     pub bytes_verified: u64,
     /// Chunks the source changed under this (pre-copy) round: their ranges
     /// keep older bytes and go again next round. Nonzero = a partial round.
     #[serde(default)]
     pub chunks_dirty: u64,
+    /// Bytes in those chunks.
     #[serde(default)]
     pub bytes_dirty: u64,
     /// Entries with at least one dirty range.
     #[serde(default)]
     pub entries_dirty: u64,
+    /// What was left out (sockets, refused xattrs).
     pub skipped: Vec<Skip>,
+    /// Planning, in milliseconds.
     pub plan_ms: u64,
+    /// Fetching and writing, in milliseconds.
     pub fetch_ms: u64,
+    /// Applying, in milliseconds.
     pub apply_ms: u64,
+    /// Verifying, in milliseconds.
     pub verify_ms: u64,
 }
 

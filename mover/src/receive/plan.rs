@@ -117,7 +117,9 @@ pub enum Action {
 /// One path a round changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Change {
+    /// What happens to it.
     pub action: Action,
+    /// Its path in the tree (bytes: names need not be UTF-8).
     pub path: Vec<u8>,
     /// The entry's kind (the applied one for a delete). `None`: a name at
     /// the destination that no manifest lists.

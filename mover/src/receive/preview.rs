@@ -19,7 +19,9 @@ use crate::source::ChunkSource;
 
 /// Entries and bytes of one kind of change.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Tally {
+    /// Entries.
     pub entries: u64,
     /// Created and changed: data bytes the round would write (chunks not
     /// already in place). Deleted: the deleted entries' logical sizes.
@@ -28,10 +30,13 @@ pub struct Tally {
 
 /// What a round would do, counted (see [`Receiver::preview`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
 pub struct Preview {
+    /// What would be created.
     pub created: Tally,
     /// Replaced, patched in place, or metadata only.
     pub changed: Tally,
+    /// What would be deleted.
     pub deleted: Tally,
 }
 

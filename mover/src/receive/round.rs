@@ -158,6 +158,7 @@ impl Receiver {
             stats.root = c.root.to_hex();
             stats.entries = c.validity.valid.len() as u64;
             stats.chunks_total = c.validity.chunks;
+            stats.manifest_bytes = c.validity.data_bytes;
             stats.plan_ms = millis(t0.elapsed());
             return Ok(stats);
         }
@@ -173,6 +174,7 @@ impl Receiver {
         let new_root = incoming.trailer.root;
         stats.root = new_root.to_hex();
         stats.chunks_total = incoming.trailer.chunks;
+        stats.manifest_bytes = incoming.trailer.data_bytes;
         // 3 (joined). Which applied entries are intact, and their chunks.
         let checked = match (checked, running.map(|h| h.join())) {
             (Some(c), _) => Some(c),
@@ -405,9 +407,11 @@ impl Receiver {
         index: &mut ChunkIndex,
     ) -> Result<Leftovers, ReceiveError> {
         let rd = self.d.round_dir();
+        // First: a journal of a newer daffe stops the round before
+        // anything here is touched.
+        let old_round = read_journal(&rd.join("journal"))?;
         // What an earlier process left to remove (`discard`), meanwhile.
         drop(super::discard::sweep(&self.d.state));
-        let old_round = read_journal(&rd.join("journal"))?;
         let seed_dir = self.d.state.join("seed");
         // Durable chunks of an interrupted round are set over the applied
         // tree's locations (`set` replaces what `validity` added).
@@ -453,6 +457,7 @@ impl Receiver {
         }
         std::fs::create_dir_all(rd.join("stage")).map_err(io_err(b"round dir"))?;
         let mut j = FramedWriter::open(&rd.join("journal"), true)?;
+        j.push(&JRec::Version(crate::journal::JOURNAL_VERSION))?;
         j.push(&JRec::Begin { root })?;
         j.flush(true)?;
         Ok(left)

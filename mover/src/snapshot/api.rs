@@ -14,6 +14,7 @@ use crate::aws::ApiError;
 /// deliberately not here: blocks are 524288 bytes, whatever a server says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Started {
+    /// The new snapshot.
     pub snapshot_id: String,
     /// `BlockSize` as the server reported it, kept only to warn about it.
     pub reported_block_size: Option<i64>,
@@ -22,23 +23,31 @@ pub struct Started {
 /// One block listed by ListSnapshotBlocks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedBlock {
+    /// The block index in the snapshot.
     pub index: u64,
+    /// The token `GetSnapshotBlock` needs for it.
     pub token: String,
 }
 
 /// One page of ListSnapshotBlocks.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BlockPage {
+    /// The blocks of this page.
     pub blocks: Vec<ListedBlock>,
+    /// The snapshot's volume size, when the reply says.
     pub volume_gib: Option<u64>,
+    /// The token of the next page; `None`: the last page.
     pub next_token: Option<String>,
 }
 
 /// A block as GetSnapshotBlock returned it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchedBlock {
+    /// The block's bytes.
     pub data: Vec<u8>,
+    /// Its checksum as AWS sent it (base64).
     pub checksum: Option<String>,
+    /// The checksum algorithm AWS named (`SHA256`).
     pub checksum_algorithm: Option<String>,
 }
 

@@ -32,8 +32,11 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/daffe/snapshots";
 /// The content of one snapshot, block by block.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlockIndex {
+    /// The snapshot it describes.
     pub snapshot_id: String,
+    /// The snapshot it was pushed against, for an incremental one.
     pub parent: Option<String>,
+    /// The snapshot's volume size.
     pub volume_gib: u64,
     /// Bytes of the source (image or device) the snapshot was made from; a pull
     /// restores exactly this many bytes.
@@ -43,25 +46,50 @@ pub struct BlockIndex {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Errors of the block index store.
 pub enum IndexError {
+    /// A snapshot id that is not `snap-` and hex (it names a file).
     #[error("snapshot id {id:?} is not a plausible EBS snapshot id (letters, digits, '-', '_')")]
-    BadId { id: String },
+    BadId {
+        /// The id.
+        id: String,
+    },
+    /// Reading or writing an index file failed.
     #[error("block index of {id} at {path}: {source}")]
     Io {
+        /// The snapshot.
         id: String,
+        /// The index file.
         path: PathBuf,
+        /// The I/O error.
         source: io::Error,
     },
+    /// An index file that does not decode.
     #[error("block index of {id} at {path} is damaged or not an index ({why})")]
     Corrupt {
+        /// The snapshot.
         id: String,
+        /// The index file.
         path: PathBuf,
+        /// What is wrong.
         why: String,
     },
+    /// Blocks were added out of order.
     #[error("blocks must be added in ascending order: {index} after {last}")]
-    Order { index: u64, last: u64 },
+    Order {
+        /// The block added.
+        index: u64,
+        /// The block before it.
+        last: u64,
+    },
+    /// A block past the volume's end.
     #[error("block {index} is past the {volume_gib} GiB volume")]
-    OutOfRange { index: u64, volume_gib: u64 },
+    OutOfRange {
+        /// The block.
+        index: u64,
+        /// The volume's size.
+        volume_gib: u64,
+    },
 }
 
 impl BlockIndex {
@@ -212,10 +240,12 @@ pub struct IndexStore {
 }
 
 impl IndexStore {
+    /// A store of indexes in `dir` (created on the first save).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
 
+    /// Its folder.
     pub fn dir(&self) -> &Path {
         &self.dir
     }

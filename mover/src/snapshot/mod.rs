@@ -23,26 +23,32 @@
 //! which blocks of a live image changed since the last push. Hashing every
 //! block against the parent's index can.
 
+// The API: `push`, `pull`, their options and reports, the block index
+// store, and the `SnapshotApi` seam (with the AWS SDK client behind feature
+// `aws`). The modules themselves are internal.
 pub mod api;
 #[cfg(feature = "aws")]
 pub mod aws;
-pub mod block;
+pub(crate) mod block;
 pub(crate) mod diff;
 pub(crate) mod image;
-pub mod index;
+pub(crate) mod index;
+// The in-memory endpoint other crates' tests use: no part of the API.
 #[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
 pub mod memory;
-pub mod pull;
-pub mod push;
-pub mod rules;
-pub mod transfer;
+pub(crate) mod pull;
+pub(crate) mod push;
+pub(crate) mod rules;
+pub(crate) mod transfer;
 
 pub use api::SnapshotApi;
-pub use block::BLOCK_SIZE;
-pub use index::{BlockIndex, DEFAULT_STATE_DIR, IndexStore};
+pub use block::{BLOCK_SIZE, BlockHash};
+pub use index::{BlockIndex, DEFAULT_STATE_DIR, IndexError, IndexStore};
 pub use pull::{PullError, PullOptions, PullReport, pull};
 pub use push::{PushError, PushOptions, PushReport, push};
-pub use transfer::TransferOptions;
+pub use rules::{RuleError, StartRequest};
+pub use transfer::{DEFAULT_CONCURRENCY, DEFAULT_REQUESTS_PER_SEC, TransferOptions};
 
 #[cfg(test)]
 mod tests;

@@ -32,16 +32,26 @@ use std::time::Instant;
 
 /// What to pull.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct PullOptions {
     /// Snapshot the destination holds now; only the differences are written.
     pub base: Option<String>,
+    /// How to talk to the endpoint.
     pub transfer: TransferOptions,
 }
 
+crate::builder::setters!(PullOptions {
+    with_base => base: Option<String>,
+    with_transfer => transfer: TransferOptions,
+});
+
 /// What a pull did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct PullReport {
+    /// The snapshot pulled.
     pub snapshot_id: String,
+    /// The snapshot the destination held before, if the pull was incremental.
     pub base: Option<String>,
     /// Bytes the destination holds now.
     pub bytes: u64,
@@ -51,8 +61,11 @@ pub struct PullReport {
     pub blocks_written: u64,
     /// Blocks made into holes (zero in the target, data in the base).
     pub blocks_zeroed: u64,
+    /// Bytes written to the destination.
     pub bytes_written: u64,
+    /// Retries made by the retry layer.
     pub retries: u64,
+    /// Duration of the pull.
     pub duration_secs: f64,
     /// False when the snapshot was not pushed from this state dir and its
     /// index was rebuilt from the listing.
@@ -60,64 +73,108 @@ pub struct PullReport {
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Errors of [`pull`](fn@crate::snapshot::pull).
 pub enum PullError {
+    /// The destination could not be opened, written or sized.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The block index store failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The base snapshot's index is not in the store.
     #[error(
         "no block index for snapshot {snapshot_id} in {dir}: an incremental pull needs the indexes \
          of the snapshot and of the base (push or pull them with this state dir first)"
     )]
-    NoIndex { snapshot_id: String, dir: PathBuf },
+    NoIndex {
+        /// The base snapshot.
+        snapshot_id: String,
+        /// The store's folder.
+        dir: PathBuf,
+    },
+    /// The destination does not hold the base snapshot (its size differs).
     #[error(
         "{path} is {size} bytes but base snapshot {base} is {base_bytes}: the destination does \
          not hold the base; pull without --base"
     )]
     BaseMismatch {
+        /// The destination.
         path: PathBuf,
+        /// Its size.
         size: u64,
+        /// The base snapshot.
         base: String,
+        /// The base's size.
         base_bytes: u64,
     },
+    /// Listing the snapshot's blocks failed.
     #[error(
         "snapshot {snapshot_id}: ListSnapshotBlocks failed after {attempts} attempt(s): {source}"
     )]
     List {
+        /// The snapshot.
         snapshot_id: String,
+        /// Attempts made.
         attempts: u32,
+        /// The last error.
         source: ApiError,
     },
+    /// Fetching a block failed.
     #[error(
         "snapshot {snapshot_id}: GetSnapshotBlock of block {block} failed after {attempts} attempt(s): {source}"
     )]
     Get {
+        /// The snapshot.
         snapshot_id: String,
+        /// The block.
         block: u64,
+        /// Attempts made.
         attempts: u32,
+        /// The last error.
         source: ApiError,
     },
+    /// A block the listing named did not come.
     #[error(
         "snapshot {snapshot_id}: block {block} holds data by our index but no snapshot in its lineage lists it"
     )]
-    MissingBlock { snapshot_id: String, block: u64 },
+    MissingBlock {
+        /// The snapshot.
+        snapshot_id: String,
+        /// The block.
+        block: u64,
+    },
+    /// A fetched block broke AWS's rules.
     #[error("snapshot {snapshot_id}: {source}")]
     Verify {
+        /// The snapshot.
         snapshot_id: String,
+        /// The rule.
         source: RuleError,
     },
+    /// A block came without a checksum.
     #[error("snapshot {snapshot_id}: block {block} has no checksum in the reply")]
-    NoChecksum { snapshot_id: String, block: u64 },
+    NoChecksum {
+        /// The snapshot.
+        snapshot_id: String,
+        /// The block.
+        block: u64,
+    },
+    /// A block does not match its checksum.
     #[error("snapshot {snapshot_id}: block {block} hashes to {got:?}, our index says {want:?}")]
     Mismatch {
+        /// The snapshot.
         snapshot_id: String,
+        /// The block.
         block: u64,
+        /// The checksum AWS sent.
         want: BlockHash,
+        /// The checksum of the bytes received.
         got: BlockHash,
     },
 }
 
 impl PullError {
+    /// The snapshot the error is about, if any.
     pub fn snapshot_id(&self) -> Option<&str> {
         match self {
             Self::NoIndex { snapshot_id, .. }
@@ -132,6 +189,7 @@ impl PullError {
         }
     }
 
+    /// The AWS error code, for an AWS error.
     pub fn aws_code(&self) -> Option<&str> {
         match self {
             Self::List { source, .. } | Self::Get { source, .. } => Some(&source.code),

@@ -35,22 +35,42 @@ pub const SNAPSHOT_TIMEOUT_MINUTES: u32 = 60;
 
 /// What to push.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct PushOptions {
     /// Parent snapshot, for an incremental push; its index must be in the store.
     pub parent: Option<String>,
+    /// Encrypt the snapshot (only without a parent: a child inherits its parent's encryption).
     pub encrypted: bool,
+    /// The KMS key to encrypt with (AWS's default key when `None`).
     pub kms_key_arn: Option<String>,
+    /// The snapshot's description.
     pub description: Option<String>,
+    /// The snapshot's tags.
     pub tags: Vec<(String, String)>,
+    /// How to talk to the endpoint.
     pub transfer: TransferOptions,
 }
 
+crate::builder::setters!(PushOptions {
+    with_parent => parent: Option<String>,
+    with_encrypted => encrypted: bool,
+    with_kms_key_arn => kms_key_arn: Option<String>,
+    with_description => description: Option<String>,
+    with_tags => tags: Vec<(String, String)>,
+    with_transfer => transfer: TransferOptions,
+});
+
 /// What a push did.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
 pub struct PushReport {
+    /// The snapshot made.
     pub snapshot_id: String,
+    /// Its parent, for an incremental push.
     pub parent: Option<String>,
+    /// Its volume size.
     pub volume_gib: u64,
+    /// The source's size.
     pub source_bytes: u64,
     /// Blocks read and hashed from the source (holes are not read).
     pub blocks_read: u64,
@@ -60,47 +80,81 @@ pub struct PushReport {
     pub zero_blocks_uploaded: u64,
     /// Blocks of the volume not sent (unchanged, or zero in a full snapshot).
     pub blocks_skipped: u64,
+    /// Block bytes sent.
     pub bytes_uploaded: u64,
     /// Retries made by the retry layer (throttling, 5xx, not-yet-visible).
     pub retries: u64,
+    /// Duration of the push.
     pub duration_secs: f64,
+    /// Where the snapshot's block index was saved.
     pub index_path: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
+/// Errors of [`push`](fn@crate::snapshot::push).
 pub enum PushError {
+    /// The source could not be opened or read.
     #[error(transparent)]
     Image(#[from] ImageError),
+    /// The block index store failed.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The request would break AWS's rules.
     #[error("refused before any request: {0}")]
     Rule(#[from] RuleError),
+    /// The parent snapshot's index is not in the store.
     #[error(
         "no block index for parent snapshot {parent} in {dir}: an incremental push needs the \
          parent's index (push the parent from this state dir, or push a full snapshot)"
     )]
-    NoParentIndex { parent: String, dir: PathBuf },
+    NoParentIndex {
+        /// The parent.
+        parent: String,
+        /// The store's folder.
+        dir: PathBuf,
+    },
+    /// StartSnapshot failed.
     #[error("StartSnapshot failed after {attempts} attempt(s): {source}")]
-    Start { attempts: u32, source: ApiError },
+    Start {
+        /// Attempts made.
+        attempts: u32,
+        /// The last error.
+        source: ApiError,
+    },
+    /// PutSnapshotBlock failed.
     #[error(
         "snapshot {snapshot_id}: PutSnapshotBlock of block {block} failed after {attempts} attempt(s): {source}"
     )]
     Put {
+        /// The snapshot.
         snapshot_id: String,
+        /// The block.
         block: u64,
+        /// Attempts made.
         attempts: u32,
+        /// The last error.
         source: ApiError,
     },
+    /// CompleteSnapshot failed.
     #[error(
         "snapshot {snapshot_id}: CompleteSnapshot failed after {attempts} attempt(s): {source}"
     )]
     Complete {
+        /// The snapshot.
         snapshot_id: String,
+        /// Attempts made.
         attempts: u32,
+        /// The last error.
         source: ApiError,
     },
+    /// The completed snapshot ended in a state other than completed.
     #[error("snapshot {snapshot_id}: CompleteSnapshot reported status {status}")]
-    Status { snapshot_id: String, status: String },
+    Status {
+        /// The snapshot.
+        snapshot_id: String,
+        /// Its status.
+        status: String,
+    },
 }
 
 impl PushError {

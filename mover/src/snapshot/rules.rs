@@ -14,45 +14,82 @@ use super::block::{BLOCK_SIZE, BLOCKS_PER_GIB, BlockHash, MAX_VOLUME_GIB};
 pub struct StartRequest {
     /// Volume size in GiB.
     pub volume_gib: u64,
+    /// The parent snapshot, for an incremental snapshot.
     pub parent: Option<String>,
+    /// Encrypt the snapshot.
     pub encrypted: bool,
+    /// The KMS key to encrypt with.
     pub kms_key_arn: Option<String>,
+    /// The description.
     pub description: Option<String>,
     /// Makes a retried StartSnapshot return the same snapshot instead of a second one.
     pub client_token: Option<String>,
     /// Minutes of inactivity after which AWS cancels the pending snapshot.
     pub timeout_minutes: Option<u32>,
+    /// The tags.
     pub tags: Vec<(String, String)>,
 }
 
 /// A request that AWS would refuse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RuleError {
+    /// Encrypted was asked with a parent (a child inherits its encryption).
     #[error(
         "a snapshot with a parent ({parent}) cannot also set Encrypted: AWS refuses ParentSnapshotId \
          together with Encrypted (a child inherits its parent's encryption)"
     )]
-    ParentWithEncrypted { parent: String },
+    ParentWithEncrypted {
+        /// The parent.
+        parent: String,
+    },
+    /// A KMS key without encryption.
     #[error("a KMS key ({key}) needs Encrypted")]
-    KmsWithoutEncryption { key: String },
+    KmsWithoutEncryption {
+        /// The key.
+        key: String,
+    },
+    /// A volume size AWS does not take.
     #[error("volume size {gib} GiB is outside EBS's 1-{MAX_VOLUME_GIB} GiB")]
-    VolumeSize { gib: u64 },
+    VolumeSize {
+        /// The size.
+        gib: u64,
+    },
+    /// A block past the volume's end.
     #[error("block {index} is outside a {volume_gib} GiB volume ({blocks} blocks)")]
     BlockOutOfRange {
+        /// The block.
         index: u64,
+        /// The volume's size.
         volume_gib: u64,
+        /// Blocks the volume has.
         blocks: u64,
     },
+    /// A block that is not 512 KiB.
     #[error("block {index} is {len} bytes; EBS blocks are always {BLOCK_SIZE}")]
-    BlockLength { index: u64, len: usize },
+    BlockLength {
+        /// The block.
+        index: u64,
+        /// Its length.
+        len: usize,
+    },
+    /// A block does not match its checksum.
     #[error("block {index}: checksum {got} does not match the data (SHA-256 {want})")]
     Checksum {
+        /// The block.
         index: u64,
+        /// The checksum of the bytes.
         got: String,
+        /// The checksum given.
         want: String,
     },
+    /// A checksum algorithm other than SHA256.
     #[error("block {index}: checksum algorithm {got:?}, expected SHA256")]
-    ChecksumAlgorithm { index: u64, got: Option<String> },
+    ChecksumAlgorithm {
+        /// The block.
+        index: u64,
+        /// The algorithm named.
+        got: Option<String>,
+    },
 }
 
 /// Checks a StartSnapshot request.

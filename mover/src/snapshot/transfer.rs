@@ -23,14 +23,27 @@ pub const DEFAULT_CONCURRENCY: usize = 64;
 
 /// How a push or pull talks to the endpoint.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct TransferOptions {
+    /// Block requests in flight.
     pub concurrency: usize,
     /// Cap on block requests per second for this snapshot (0: none).
     pub requests_per_sec: u32,
+    /// Requests allowed at once above the rate.
     pub burst: u32,
+    /// The retry policy of every call.
     pub retry: RetryPolicy,
+    /// The clock the rate limiter and the retries wait on.
     pub clock: Arc<dyn Clock>,
 }
+
+crate::builder::setters!(TransferOptions {
+    with_concurrency => concurrency: usize,
+    with_requests_per_sec => requests_per_sec: u32,
+    with_burst => burst: u32,
+    with_retry => retry: RetryPolicy,
+    with_clock => clock: Arc<dyn Clock>,
+});
 
 impl std::fmt::Debug for TransferOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

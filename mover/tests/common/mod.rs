@@ -244,11 +244,9 @@ pub fn write_sparse(p: &Path, size: u64, data: &[(u64, usize)], seed: u64) {
 
 /// Options that keep state and caches inside a test dir.
 pub fn opts(base: &Path) -> mover::SyncOptions {
-    mover::SyncOptions {
-        state_dir: Some(base.join("state")),
-        cache_dir: Some(base.join("cache")),
-        ..Default::default()
-    }
+    mover::SyncOptions::default()
+        .with_state_dir(Some(base.join("state")))
+        .with_cache_dir(Some(base.join("cache")))
 }
 
 /// Attaches `backing` to a free loop device; returns the device's path.

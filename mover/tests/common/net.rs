@@ -9,14 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mover::net::agent::{Agent, PeerInfo, RoundHandler};
+use mover::net::Endpoint;
+use mover::net::NetSource;
+use mover::net::Peer;
 use mover::net::identity::{self, NodeFiles};
-use mover::net::message::{RoundRequest, RoundSummary, TransferMode, WireError};
-use mover::net::netsource::NetSource;
-use mover::net::peer::Peer;
-use mover::net::rounds::{RoundPushRetry, RoundPusher, receive_round};
-use mover::net::stream::Endpoint;
 use mover::net::tls;
+use mover::net::{Agent, PeerInfo, RoundHandler};
+use mover::net::{RoundPushRetry, RoundPusher, receive_round};
+use mover::net::{RoundRequest, RoundSummary, TransferMode, WireError};
 use mover::retry::RetryPolicy;
 use mover::{Destination, ReceiveOptions, Source};
 
@@ -50,11 +50,9 @@ impl RoundHandler for DirHandler {
         req: &RoundRequest,
         source: &mut NetSource<'_>,
     ) -> Result<RoundSummary, WireError> {
-        let opts = ReceiveOptions {
-            checkpoint_bytes: self.checkpoint_bytes,
-            precopy: self.precopy_rounds && !req.final_round,
-            ..Default::default()
-        };
+        let opts = ReceiveOptions::default()
+            .with_checkpoint_bytes(self.checkpoint_bytes)
+            .with_precopy(self.precopy_rounds && !req.final_round);
         let state = self.base.join("state").join(&req.target);
         receive_round(&self.dest(req), &state, source, &opts).inspect_err(|e| {
             self.errors.lock().unwrap().push(e.message.clone());
@@ -135,22 +133,19 @@ impl Net {
     pub fn pusher(&self, source: Source, target: &str) -> RoundPusher {
         let mut ep = Endpoint::new("hosta");
         ep.io_timeout = Duration::from_secs(10);
-        RoundPusher {
-            addr: self.addr.clone(),
-            tls: tls::client_config(&self.a).unwrap(),
+        RoundPusher::new(
+            self.addr.clone(),
+            tls::client_config(&self.a).unwrap(),
             ep,
             source,
-            cache_dir: self.dir.path().join("a-cache").join(target),
-            target: target.into(),
-            scan_threads: 2,
-            retry: RoundPushRetry {
-                reconnect: RetryPolicy {
-                    deadline: Some(Duration::from_secs(20)),
-                    ..RetryPolicy::RECONNECT
-                },
-                ..RoundPushRetry::default()
-            },
-        }
+            self.dir.path().join("a-cache").join(target),
+            target,
+        )
+        .with_scan_threads(2)
+        .with_retry(RoundPushRetry::default().with_reconnect(RetryPolicy {
+            deadline: Some(Duration::from_secs(20)),
+            ..RetryPolicy::RECONNECT
+        }))
     }
 
     pub fn peer(&self) -> Peer {

@@ -7,11 +7,11 @@ use crate::control::ControlClient;
 use crate::migrate::agent::{AgentHandler, Outgoing};
 use crate::migrate::duration;
 use clap::{Args, Subcommand};
-use mover::net::agent::Agent;
-use mover::net::bwlimit::{bandwidth_limiter, parse_rate};
+use mover::net::Endpoint;
 use mover::net::identity::{self, NodeFiles};
-use mover::net::stream::Endpoint;
 use mover::net::tls;
+use mover::net::{Agent, ConnObserver, PeerInfo, Refusal};
+use mover::net::{bandwidth_limiter, parse_rate};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Where `init` puts, and every command looks for, the node's TLS files.
 pub(crate) const DEFAULT_TLS_DIR: &str = "/etc/daffe/agent";
-/// The agents' port (see `mover::net::stream::DEFAULT_PORT`).
+/// The agents' port (see `mover::net::DEFAULT_PORT`).
 pub(crate) const DEFAULT_LISTEN: &str = "0.0.0.0:7450";
 
 #[derive(Debug, Args)]
@@ -184,7 +184,7 @@ fn serve(args: RunArgs) -> ExitCode {
     });
     let handler = Arc::new(handler);
     let node = ep.hello.node.clone();
-    let agent = Arc::new(Agent::new(tls, ep, handler));
+    let agent = Arc::new(Agent::new(tls, ep, handler).with_observer(Arc::new(Counted)));
     let shutdown = Arc::new(AtomicBool::new(false));
     if let Err(e) = watch_signals(shutdown.clone()) {
         return super::fail(false, format!("cannot watch signals: {e}"));
@@ -224,4 +224,20 @@ fn watch_signals(flag: Arc<AtomicBool>) -> std::io::Result<()> {
             })
         })?;
     Ok(())
+}
+
+/// Counts the agent's connections in the process's metrics
+/// (`--metrics-addr`).
+struct Counted;
+
+impl ConnObserver for Counted {
+    fn accepted(&self, _peer: &PeerInfo) {
+        crate::metrics::daemon().connection(None);
+    }
+    fn refused(&self, _addr: std::net::SocketAddr, why: Refusal) {
+        crate::metrics::daemon().connection(Some(why.as_str()));
+    }
+    fn closed(&self, _peer: &PeerInfo) {
+        crate::metrics::daemon().connection_closed();
+    }
 }

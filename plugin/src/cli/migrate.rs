@@ -20,9 +20,9 @@ use crate::migrate::orchestrate::{
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use mover::Source;
-use mover::net::bwlimit::parse_rate;
-use mover::net::rounds::{RoundPushRetry, RoundPusher};
+use mover::net::parse_rate;
 use mover::net::tls;
+use mover::net::{RoundPushRetry, RoundPusher};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -149,19 +149,15 @@ pub fn run(args: MigrateArgs) -> ExitCode {
     let daemon = ControlClient::new(&args.control_socket);
     let mut dest = RemoteAgent {
         read_cap,
-        pusher: RoundPusher {
-            addr: to.clone(),
+        pusher: RoundPusher::new(
+            to.clone(),
             tls,
             ep,
-            source: Source::Tree(PathBuf::new()),
-            cache_dir: PathBuf::new(),
-            target: args.volume.clone(),
-            scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-            retry: RoundPushRetry {
-                connect_timeout,
-                ..RoundPushRetry::default()
-            },
-        },
+            Source::Tree(PathBuf::new()),
+            PathBuf::new(),
+            args.volume.clone(),
+        )
+        .with_retry(RoundPushRetry::default().with_connect_timeout(connect_timeout)),
     };
     let opts = MigrateOptions {
         volume: args.volume.clone(),

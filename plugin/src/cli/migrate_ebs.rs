@@ -76,15 +76,16 @@ pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
         Ok(f) => f,
         Err(e) => return super::fail(json, format!("{}: {e}", args.volume)),
     };
-    let api = match AwsSnapshotApi::connect(&AwsOptions {
-        region: args.ebs.region.clone().or(facts.aws.region.clone()),
-        endpoint_url: args
-            .ebs
-            .endpoint_url
-            .clone()
-            .or(facts.aws.endpoint_url.clone()),
-        call_timeout: None,
-    }) {
+    let api = match AwsSnapshotApi::connect(
+        &AwsOptions::default()
+            .with_region(args.ebs.region.clone().or(facts.aws.region.clone()))
+            .with_endpoint_url(
+                args.ebs
+                    .endpoint_url
+                    .clone()
+                    .or(facts.aws.endpoint_url.clone()),
+            ),
+    ) {
         Ok(a) => a,
         Err(e) => return super::fail(json, e),
     };
@@ -96,20 +97,18 @@ pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
     let mut pusher = AwsPusher {
         api,
         store: IndexStore::new(&state_dir),
-        opts: PushOptions {
-            description: Some(format!("daffe migrate {} to {zone}", args.volume)),
+        opts: PushOptions::default()
+            .with_description(Some(format!("daffe migrate {} to {zone}", args.volume)))
             // AWS tag values are at most 256 characters.
-            tags: vec![(
+            .with_tags(vec![(
                 "daffe:source".into(),
                 facts.docker_name.chars().take(256).collect(),
-            )],
+            )])
             // Children inherit the parent's encryption; the full round is
             // encrypted like the volume (AWS's default key unless named).
-            encrypted: facts.encrypted,
-            kms_key_arn: facts.kms_key_id.clone(),
-            transfer: TransferOptions::default(),
-            parent: None,
-        },
+            .with_encrypted(facts.encrypted)
+            .with_kms_key_arn(facts.kms_key_id.clone())
+            .with_transfer(TransferOptions::default()),
         progress: &NoProgress,
     };
     let opts = EbsMigrateOptions {

@@ -69,10 +69,10 @@ pub(crate) struct CommonArgs {
     #[arg(long)]
     pub(crate) endpoint_url: Option<String>,
     /// Block requests in flight at once.
-    #[arg(long, default_value_t = mover::snapshot::transfer::DEFAULT_CONCURRENCY)]
+    #[arg(long, default_value_t = mover::snapshot::DEFAULT_CONCURRENCY)]
     pub(crate) concurrency: usize,
     /// Cap on block requests per second (AWS allows about 1000 per snapshot).
-    #[arg(long, default_value_t = mover::snapshot::transfer::DEFAULT_REQUESTS_PER_SEC)]
+    #[arg(long, default_value_t = mover::snapshot::DEFAULT_REQUESTS_PER_SEC)]
     pub(crate) max_rate: u32,
     /// Attempts per request before giving up on throttling or server errors.
     #[arg(long, default_value_t = mover::retry::DEFAULT_MAX_ATTEMPTS)]
@@ -178,24 +178,22 @@ fn fail(json: bool, f: Failure) -> ExitCode {
 }
 
 fn connect(c: &CommonArgs) -> Result<AwsSnapshotApi, Failure> {
-    AwsSnapshotApi::connect(&AwsOptions {
-        region: c.region.clone(),
-        endpoint_url: c.endpoint_url.clone(),
-        call_timeout: None,
-    })
+    AwsSnapshotApi::connect(
+        &AwsOptions::default()
+            .with_region(c.region.clone())
+            .with_endpoint_url(c.endpoint_url.clone()),
+    )
     .map_err(|e| Failure::new(e.to_string(), None, None))
 }
 
 fn transfer(c: &CommonArgs) -> TransferOptions {
-    TransferOptions {
-        concurrency: c.concurrency,
-        requests_per_sec: c.max_rate,
-        retry: RetryPolicy {
+    TransferOptions::default()
+        .with_concurrency(c.concurrency)
+        .with_requests_per_sec(c.max_rate)
+        .with_retry(RetryPolicy {
             max_attempts: c.max_attempts.max(1),
             ..RetryPolicy::default()
-        },
-        ..TransferOptions::default()
-    }
+        })
 }
 
 /// Progress: a bar on stderr, shown only on a terminal and without --json
@@ -251,18 +249,17 @@ fn run_push(a: PushArgs) -> ExitCode {
         Ok(api) => api,
         Err(f) => return fail(json, f),
     };
-    let opts = PushOptions {
-        parent: a.parent,
-        encrypted: a.encrypted,
-        kms_key_arn: a.kms_key_arn,
-        description: a.description,
+    let opts = PushOptions::default()
+        .with_parent(a.parent)
+        .with_encrypted(a.encrypted)
+        .with_kms_key_arn(a.kms_key_arn)
+        .with_description(a.description)
         // AWS tag values are at most 256 characters.
-        tags: vec![(
+        .with_tags(vec![(
             "daffe:source".into(),
             a.source.display().to_string().chars().take(256).collect(),
-        )],
-        transfer: transfer(&a.common),
-    };
+        )])
+        .with_transfer(transfer(&a.common));
     let bar = Bar::new(&a.common, "snapshot-push");
     let store = IndexStore::new(&a.common.state_dir);
     let quiet = super::output::quiet();
@@ -295,10 +292,9 @@ fn run_pull(a: PullArgs) -> ExitCode {
         Ok(api) => api,
         Err(f) => return fail(json, f),
     };
-    let opts = PullOptions {
-        base: a.base,
-        transfer: transfer(&a.common),
-    };
+    let opts = PullOptions::default()
+        .with_base(a.base)
+        .with_transfer(transfer(&a.common));
     let bar = Bar::new(&a.common, "snapshot-pull");
     let store = IndexStore::new(&a.common.state_dir);
     let quiet = super::output::quiet();

@@ -11,7 +11,7 @@ use crate::control::{ControlClient, ControlRequest};
 use crate::migrate::duration;
 use crate::migrate::wire::{PeerReply, PeerRequest};
 use clap::Args;
-use mover::net::peer::Peer;
+use mover::net::Peer;
 use mover::net::tls;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -152,10 +152,10 @@ fn agent_health(args: &StatusArgs, addr: &str) -> Result<Value, String> {
     let client =
         tls::client_config(&opts.files()).map_err(|e| format!("{e} (see `daffe agent init`)"))?;
     let mut peer = Peer::connect_within(addr, &client, &ep, timeout).map_err(|e| {
-        match mover::net::rounds::unreachable_reason(&e, timeout) {
+        match mover::net::unreachable_reason(&e, timeout) {
             Some(reason) => format!(
                 "cannot reach {} ({reason})",
-                mover::net::stream::with_default_port(addr)
+                mover::net::with_default_port(addr)
             ),
             None => e.to_string(),
         }

@@ -271,9 +271,11 @@ fn run_dry(args: &SyncArgs, src: &Source, dst: &Destination, opts: &SyncOptions)
 /// A missing source is "not found" (3); anything else 1.
 fn exit_of(e: &mover::SyncError) -> u8 {
     match e {
-        mover::SyncError::Preflight(mover::preflight::PreflightError::Source {
-            source, ..
-        }) if source.kind() == std::io::ErrorKind::NotFound => super::exit::NOT_FOUND,
+        mover::SyncError::Preflight(mover::PreflightError::Source { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            super::exit::NOT_FOUND
+        }
         _ => super::exit::FAILURE,
     }
 }
@@ -291,16 +293,14 @@ pub fn run(args: SyncArgs) -> ExitCode {
             Destination::Tree(args.dst.clone()),
         )
     };
-    let mut opts = SyncOptions {
-        state_dir: args.state_dir.clone(),
-        verify: match args.verify {
+    let mut opts = SyncOptions::default()
+        .with_state_dir(args.state_dir.clone())
+        .with_verify(match args.verify {
             VerifyArg::None => Verify::None,
             VerifyArg::Touched => Verify::Touched,
             VerifyArg::All => Verify::All,
-        },
-        allow_foreign: args.delete,
-        ..SyncOptions::default()
-    };
+        })
+        .with_allow_foreign(args.delete);
     if let Some(t) = args.threads {
         opts.threads = t.max(1);
     }

@@ -12,10 +12,8 @@
 //! - [`HandoverPlan`]: what A's daemon answers its agent.
 
 use crate::migrate::wire::{PeerReply, PeerRequest};
-use mover::net::identity::NodeFiles;
-use mover::net::peer::Peer;
-use mover::net::stream::Endpoint;
 use mover::net::tls;
+use mover::net::{Endpoint, NodeFiles, Peer};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Duration;

@@ -12,13 +12,11 @@ use crate::clustering::handover::HandoverPlan;
 use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode as LocalMode, TransferPaths};
 use mover::ReceiveOptions;
-use mover::net::agent::{PeerInfo, RoundHandler};
-use mover::net::identity::NodeFiles;
-use mover::net::message::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
-use mover::net::netsource::NetSource;
-use mover::net::rounds::{RoundPushRetry, RoundPusher, receive_round};
-use mover::net::stream::Endpoint;
+use mover::net::NetSource;
 use mover::net::tls;
+use mover::net::{Endpoint, NodeFiles, RoundPushRetry, RoundPusher};
+use mover::net::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};
+use mover::net::{PeerInfo, RoundHandler};
 use mover::{Destination, Source, Verify};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -77,19 +75,15 @@ impl AgentHandler {
         let tls = tls::client_config(&out.files).map_err(|e| refused(e.to_string()))?;
         let mut dest = RemoteAgent {
             read_cap: None,
-            pusher: RoundPusher {
-                addr: plan.agent.clone(),
+            pusher: RoundPusher::new(
+                plan.agent.clone(),
                 tls,
-                ep: out.ep.clone(),
-                source: Source::Tree(PathBuf::new()),
-                cache_dir: PathBuf::new(),
-                target: volume.to_owned(),
-                scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
-                retry: RoundPushRetry {
-                    connect_timeout: HANDOVER_CONNECT,
-                    ..RoundPushRetry::default()
-                },
-            },
+                out.ep.clone(),
+                Source::Tree(PathBuf::new()),
+                PathBuf::new(),
+                volume,
+            )
+            .with_retry(RoundPushRetry::default().with_connect_timeout(HANDOVER_CONNECT)),
         };
         let opts = MigrateOptions {
             volume: volume.to_owned(),
@@ -288,33 +282,36 @@ impl RoundHandler for AgentHandler {
                 });
             }
         };
-        let opts = ReceiveOptions {
-            verify: self.verify,
-            checkpoint_bytes: self.checkpoint_bytes,
+        let opts = ReceiveOptions::default()
+            .with_verify(self.verify)
+            .with_checkpoint_bytes(self.checkpoint_bytes)
             // Pre-copy rounds keep what they moved when the app outruns
             // them; the final round must be exact.
-            precopy: !req.final_round,
+            .with_precopy(!req.final_round)
             // A block volume's image is never grown past its size here
             // (hardening finding 13): the profile made it that long.
-            max_size: match paths.mode {
+            .with_max_size(match paths.mode {
                 LocalMode::Image => Some(
                     std::fs::metadata(&paths.data)
                         .map_err(|e| refused(format!("volume {}'s image: {e}", req.target)))?
                         .len(),
                 ),
                 LocalMode::Tree => None,
-            },
-            ..Default::default()
-        };
+            });
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,
             from = %peer.node, "receiving round");
-        let summary = receive_round(&dest, &paths.state_dir, source, &opts).inspect_err(|_| {
-            crate::metrics::daemon().round_ended(false);
-        })?;
+        // `receive_round`, keeping the round's own stats for the metrics.
+        let t = std::time::Instant::now();
+        let stats = mover::Receiver::open(&dest, &paths.state_dir)
+            .and_then(|mut rx| rx.run_round(source, &opts))
+            .map_err(mover::net::wire_error)
+            .inspect_err(|_| crate::metrics::daemon().round_ended(false))?;
+        let summary = mover::net::summary(&stats, t.elapsed());
         crate::metrics::daemon().round_received(
+            stats.manifest_bytes,
             summary.bytes_fetched,
             summary.bytes_written,
-            std::time::Duration::from_millis(summary.duration_ms),
+            t.elapsed(),
         );
         tracing::info!(volume = %req.target, round = req.round, bytes = summary.bytes_fetched,
             ms = summary.duration_ms, "round applied");

@@ -603,20 +603,18 @@ mod tests {
                 .push((device.to_owned(), parent.map(str::to_owned)));
             let n = self.pushes.len();
             let blocks = self.blocks.pop_front().unwrap_or(0);
-            Ok(PushReport {
-                snapshot_id: format!("snap-{n}"),
-                parent: parent.map(str::to_owned),
-                volume_gib: 1,
-                source_bytes: 1 << 30,
-                blocks_read: blocks,
-                blocks_uploaded: blocks,
-                zero_blocks_uploaded: 0,
-                blocks_skipped: 2048 - blocks,
-                bytes_uploaded: blocks * 512 * 1024,
-                retries: 0,
-                duration_secs: 0.1,
-                index_path: PathBuf::new(),
-            })
+            // PushReport is #[non_exhaustive]: filled in from its Default.
+            let mut r = PushReport::default();
+            r.snapshot_id = format!("snap-{n}");
+            r.parent = parent.map(str::to_owned);
+            r.volume_gib = 1;
+            r.source_bytes = 1 << 30;
+            r.blocks_read = blocks;
+            r.blocks_uploaded = blocks;
+            r.blocks_skipped = 2048 - blocks;
+            r.bytes_uploaded = blocks * 512 * 1024;
+            r.duration_secs = 0.1;
+            Ok(r)
         }
     }
 

@@ -20,10 +20,7 @@ pub(crate) struct AwsPusher<'a> {
 
 impl Pusher for AwsPusher<'_> {
     fn push(&mut self, device: &Path, parent: Option<&str>) -> Result<PushReport, PushError> {
-        let mut opts = PushOptions {
-            parent: parent.map(str::to_owned),
-            ..self.opts.clone()
-        };
+        let mut opts = self.opts.clone().with_parent(parent.map(str::to_owned));
         // AWS refuses Encrypted with a parent: a child inherits its
         // parent's encryption, so only the full round asks for it.
         if opts.parent.is_some() {

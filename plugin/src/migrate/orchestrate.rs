@@ -26,12 +26,12 @@ use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
 use mover::Source;
 use mover::converge::Targets;
-use mover::net::conn::ConnError;
+use mover::net::ConnError;
+use mover::net::ServeEvent;
 use mover::net::precopy::{
     self, PreCopyError, PreCopyHooks, PreCopyReport, PreCopyRound, RoundTarget,
 };
-use mover::net::rounds::{RoundPushError, RoundPushReport, RoundPusher};
-use mover::net::serve::ServeEvent;
+use mover::net::{RoundPushError, RoundPushReport, RoundPusher};
 use mover::rate::RateLimiter;
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;

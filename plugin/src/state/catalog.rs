@@ -21,6 +21,12 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 /// The file under the state directory.
 pub(crate) const PROFILES_FILE: &str = "profiles.json";
 
+/// The file's format version, its `format` field. 1: `{"format": 1,
+/// "profiles": {NAME: definition}}`. A file without the field was written
+/// before the marker (version 0, the same `profiles` map) and reads as it
+/// is; a newer version is refused at start, before anything is written.
+pub(crate) const PROFILES_FORMAT: u32 = 1;
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CatalogStoreError {
     #[error("profiles file {path}: {source}")]
@@ -32,13 +38,31 @@ pub(crate) enum CatalogStoreError {
     Parse { path: PathBuf, message: String },
     #[error("profiles file {path}: {source}")]
     Profile { path: PathBuf, source: CatalogError },
+    #[error(
+        "profiles file {path} has format version {version}, newer than this daffe reads (up to \
+         {PROFILES_FORMAT}): run the daffe that wrote it, or restore the state directory saved \
+         before the upgrade (packaging/UPGRADING.md). Nothing was changed."
+    )]
+    Newer { path: PathBuf, version: u64 },
 }
 
 /// The file's content: profiles defined through the API, by name.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Overrides {
+    /// [`PROFILES_FORMAT`]; 0 when absent (a file from before the marker).
+    #[serde(default)]
+    format: u32,
     profiles: BTreeMap<String, ProfileDef>,
+}
+
+/// The version alone, read before the rest: a newer file may hold fields
+/// this daffe does not know, which `Overrides` refuses with a less useful
+/// message.
+#[derive(Deserialize)]
+struct Marker {
+    #[serde(default)]
+    format: u64,
 }
 
 pub(crate) struct SharedCatalog {
@@ -80,11 +104,21 @@ impl SharedCatalog {
         let path = state_dir.join(PROFILES_FILE);
         let overrides = match std::fs::read(&path) {
             Ok(bytes) => {
-                serde_json::from_slice::<Overrides>(&bytes)
-                    .map_err(|e| CatalogStoreError::Parse {
+                let parse = |e: serde_json::Error| CatalogStoreError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                };
+                let version = serde_json::from_slice::<Marker>(&bytes)
+                    .map_err(parse)?
+                    .format;
+                if version > u64::from(PROFILES_FORMAT) {
+                    return Err(CatalogStoreError::Newer {
                         path: path.clone(),
-                        message: e.to_string(),
-                    })?
+                        version,
+                    });
+                }
+                serde_json::from_slice::<Overrides>(&bytes)
+                    .map_err(parse)?
                     .profiles
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -179,6 +213,7 @@ fn save(path: &Path, profiles: &BTreeMap<String, ProfileDef>) -> Result<(), Cata
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let body = serde_json::to_vec_pretty(&Overrides {
+        format: PROFILES_FORMAT,
         profiles: profiles.clone(),
     })
     .map_err(|e| CatalogStoreError::Parse {
@@ -232,6 +267,55 @@ mod tests {
         let bad: ProfileDef =
             serde_json::from_value(serde_json::json!({"description": "x"})).unwrap();
         assert!(again.writer().candidate("x", bad).is_err());
+    }
+
+    /// A `profiles.json` as daffe wrote it before the format marker.
+    const UNVERSIONED: &str = r#"{
+  "profiles": {
+    "silver": {
+      "description": "between",
+      "local": {"format": "dir"},
+      "ebs": {"type": "gp3", "throughput": 250}
+    }
+  }
+}"#;
+
+    #[test]
+    fn a_file_without_a_version_loads_and_the_next_save_marks_it() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join(PROFILES_FILE);
+        std::fs::write(&path, UNVERSIONED).unwrap();
+        let sc = SharedCatalog::open(Catalog::builtin(), t.path()).unwrap();
+        assert_eq!(sc.snapshot().get("silver").unwrap().def, silver());
+        // Opening rewrites nothing.
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), UNVERSIONED);
+        {
+            let mut w = sc.writer();
+            let cand = w.candidate("bronze", silver()).unwrap();
+            w.commit("bronze", silver(), cand).unwrap();
+        }
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(v["format"], PROFILES_FORMAT);
+        assert!(v["profiles"]["silver"].is_object(), "{v}");
+    }
+
+    #[test]
+    fn a_newer_version_is_refused_naming_file_and_version_and_nothing_changes() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join(PROFILES_FILE);
+        // A newer daffe may add fields this one does not know.
+        let newer = r#"{"format": 2, "profiles": {}, "placement": {}}"#;
+        std::fs::write(&path, newer).unwrap();
+        let e = SharedCatalog::open(Catalog::builtin(), t.path()).unwrap_err();
+        assert!(
+            matches!(e, CatalogStoreError::Newer { version: 2, .. }),
+            "{e:?}"
+        );
+        let msg = e.to_string();
+        assert!(msg.contains(&path.display().to_string()), "{msg}");
+        assert!(msg.contains("format version 2"), "{msg}");
+        assert!(msg.contains("Nothing was changed"), "{msg}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), newer);
     }
 
     #[test]

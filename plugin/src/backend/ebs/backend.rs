@@ -78,6 +78,16 @@ pub(crate) const EC2_RETRY: RetryPolicy = RetryPolicy {
     ..RetryPolicy::AWS
 };
 
+/// The `result` label of a failed AWS attempt.
+fn aws_result(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Throttled => "throttled",
+        ErrorKind::Transient => "transient",
+        ErrorKind::NotFound => "not_found",
+        ErrorKind::Permanent => "permanent",
+    }
+}
+
 /// Attach names, in AWS's recommended range for Linux EBS volumes. On Nitro
 /// the name only has to be unique per instance; 21 volumes per host is
 /// within every instance type's attachment limit.
@@ -313,24 +323,28 @@ impl EbsBackend {
     ) -> Result<T, EbsError> {
         let retrier = Retrier::new(EC2_RETRY, self.clock.as_ref());
         let what = || format!("{op} {}", volume_id.unwrap_or(volume));
-        retrier
-            .run(&what, new_since, || {
-                if d.passed() {
-                    return Err(ApiError::new(
-                        op,
-                        ErrorKind::Permanent,
-                        "DeadlineExceeded",
-                        format!("the operation's {} s budget is spent", d.secs()),
-                    ));
-                }
-                f()
-            })
-            .map_err(|Exhausted { error, attempts }| EbsError::Aws {
-                volume: volume.to_owned(),
-                volume_id: volume_id.map(str::to_owned),
-                attempts,
-                source: error,
-            })
+        let metrics = crate::metrics::daemon();
+        let result = retrier.run(&what, new_since, || {
+            if d.passed() {
+                return Err(ApiError::new(
+                    op,
+                    ErrorKind::Permanent,
+                    "DeadlineExceeded",
+                    format!("the operation's {} s budget is spent", d.secs()),
+                ));
+            }
+            // Every attempt that reached AWS, by its outcome.
+            let r = f();
+            metrics.aws_attempt(op, r.as_ref().map_or_else(|e| aws_result(e.kind), |_| "ok"));
+            r
+        });
+        metrics.aws_retried(op, retrier.retries());
+        result.map_err(|Exhausted { error, attempts }| EbsError::Aws {
+            volume: volume.to_owned(),
+            volume_id: volume_id.map(str::to_owned),
+            attempts,
+            source: error,
+        })
     }
 
     pub(crate) fn cached_id(&self, name: &str) -> Option<String> {

@@ -54,11 +54,9 @@ impl EbsConfig {
 
     /// SDK overrides for EC2 and EBS clients.
     pub(crate) fn aws_options(&self) -> AwsOptions {
-        AwsOptions {
-            region: self.region.clone(),
-            endpoint_url: self.endpoint_url.clone(),
-            call_timeout: None,
-        }
+        AwsOptions::default()
+            .with_region(self.region.clone())
+            .with_endpoint_url(self.endpoint_url.clone())
     }
 
     /// The loop stand-in's backing files (tests).

@@ -1,7 +1,7 @@
 //! The orchestrator against doubles of the local daemon and the agent.
 
 use super::*;
-use mover::net::message::RoundSummary;
+use mover::net::RoundSummary;
 use mover::scan::ScanStats;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
@@ -110,20 +110,19 @@ struct FakeDest {
 fn push_report(bytes: u64, dirty: u64) -> RoundPushReport {
     let transfer = Duration::from_micros(bytes / 1000);
     std::thread::sleep(transfer);
-    RoundPushReport {
-        summary: RoundSummary {
-            bytes_fetched: bytes,
-            bytes_dirty: dirty,
-            ..Default::default()
-        },
-        scan: ScanStats::default(),
-        scan_time: Duration::from_millis(10),
-        transfer_time: transfer,
-        wire_sent: bytes,
-        wire_received: 0,
-        attempts: 1,
-        rescans: 0,
-    }
+    // RoundPushReport is #[non_exhaustive]: filled in from its Default.
+    let mut r = RoundPushReport::default();
+    r.summary = RoundSummary {
+        bytes_fetched: bytes,
+        bytes_dirty: dirty,
+        ..Default::default()
+    };
+    r.scan = ScanStats::default();
+    r.scan_time = Duration::from_millis(10);
+    r.transfer_time = transfer;
+    r.wire_sent = bytes;
+    r.attempts = 1;
+    r
 }
 
 impl DestHost for FakeDest {
