@@ -227,6 +227,9 @@ impl RoundHandler for AgentHandler {
         };
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,
             from = %peer.node, "receiving round");
+        // A pre-copy round is received in the background of whatever this
+        // host runs (`super::priority`); the final round is downtime.
+        let _background = (!req.final_round).then(super::priority::Background::enter);
         let summary = receive_round(&dest, &paths.state_dir, source, &opts).inspect_err(|_| {
             crate::metrics::daemon().round_ended(false);
         })?;
