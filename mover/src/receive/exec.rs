@@ -30,10 +30,9 @@ use super::ops::Op;
 use super::options::{ReceiveOptions, RoundStats};
 use super::pages;
 use super::plan::{Counts, PlanSink};
-use super::writer::{Target, Writer};
+use super::writer::{Finished, Target, Writer};
 use crate::chunk::{ChunkId, ChunkRef};
 use crate::chunk_index::{ChunkIndex, Loc, read_verified};
-use crate::journal::FramedWriter;
 use crate::manifest::{Entry, PathTable};
 use crate::progress::Progress;
 use crate::read_full::read_full_at;
@@ -82,8 +81,8 @@ pub(super) struct Local<'a> {
 
 /// What the execution left for the commit.
 pub(super) struct Executed {
-    /// The round's journal, for the commit record.
-    pub(super) journal: FramedWriter,
+    /// The round's writer, for the commit.
+    pub(super) writer: Finished,
     /// New-manifest entries whose data this round staged (verified after).
     pub(super) touched: Vec<u32>,
     pub(super) fetch_time: Duration,
@@ -167,7 +166,7 @@ impl<'a> Executor<'a> {
         self.stats.chunks_reused += counts.in_place;
         self.flush_window()?;
         Ok(Executed {
-            journal: self.writer.finish()?,
+            writer: self.writer.finish()?,
             touched: self.touched,
             fetch_time: self.fetch_time,
             dirty: self.dirty,

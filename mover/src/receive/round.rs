@@ -255,13 +255,10 @@ impl Receiver {
             );
         }
 
-        // 7. Commit: ops and data are on disk (the last checkpoint synced
-        //    the filesystem; this sync covers the op streams), so the commit
-        //    record makes the round happen.
-        self.d.sync_fs()?;
-        let mut journal = done.journal;
-        journal.push(&JRec::Commit)?;
-        journal.flush(true)?;
+        // 7. Commit: one sync makes the data, the op streams and the files
+        //    above durable; then the commit record (with the last `Durable`
+        //    records) makes the round happen.
+        done.writer.commit(&self.d)?;
 
         // 8. Apply.
         let t1 = Instant::now();

@@ -226,14 +226,43 @@ impl<'a> Writer<'a> {
         Ok(())
     }
 
-    /// The last checkpoint, then the op streams written out (made durable
-    /// by the commit's `syncfs`); returns the journal for the commit record.
-    pub(super) fn finish(mut self) -> Result<FramedWriter, ReceiveError> {
-        self.checkpoint()?;
+    /// The op streams written out; returns the journal and the chunks
+    /// written since the last checkpoint. Nothing is synced here: the round
+    /// writes a few more files before its commit, and one `syncfs` then
+    /// covers them, these streams and this data ([`Finished::commit`]). A
+    /// last checkpoint and the commit each had one: a `syncfs` flushes the
+    /// whole filesystem, other writers' data too, and in a final round it
+    /// is downtime.
+    pub(super) fn finish(mut self) -> Result<Finished, ReceiveError> {
         for o in &mut self.ops {
             o.flush(false)?;
         }
-        Ok(self.journal)
+        Ok(Finished {
+            journal: self.journal,
+            durable: self.durable,
+        })
+    }
+}
+
+/// A round's writer after the plan: what its commit needs.
+pub(super) struct Finished {
+    journal: FramedWriter,
+    /// Chunks written since the last checkpoint (not yet said durable).
+    durable: Vec<(Stored, u32, ChunkId)>,
+}
+
+impl Finished {
+    /// The commit: everything the round dir holds made durable (one
+    /// `syncfs`), then the last chunks' `Durable` records and the commit
+    /// record in one journal flush.
+    pub(super) fn commit(mut self, dest: &Dest) -> Result<(), ReceiveError> {
+        dest.sync_fs()?;
+        for part in self.durable.chunks(DURABLE_PER_RECORD) {
+            self.journal.push(&JRec::Durable(part.to_vec()))?;
+        }
+        self.journal.push(&JRec::Commit)?;
+        self.journal.flush(true)?;
+        Ok(())
     }
 }
 

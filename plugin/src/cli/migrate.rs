@@ -75,6 +75,13 @@ pub struct MigrateArgs {
     /// no cap.
     #[arg(long, value_name = "RATE")]
     pub(crate) read_limit: Option<String>,
+    /// CPU and I/O priority of pre-copy rounds on this host: `low` (nice
+    /// 19 and the idle I/O class, so the application's own work goes
+    /// first and pre-copy takes what is left) or `normal`. The final round
+    /// always runs at normal priority. The destination's agent receives
+    /// pre-copy rounds at low priority either way.
+    #[arg(long, value_enum, default_value_t = PrecopyPriority::Low)]
+    pub(crate) precopy_priority: PrecopyPriority,
     /// Pre-copy rounds at most (default 10; 5 with --via-ebs, where each
     /// round is a snapshot).
     #[arg(long)]
@@ -100,6 +107,13 @@ pub struct MigrateArgs {
     pub(crate) control_socket: PathBuf,
     #[command(flatten)]
     pub(crate) peer: PeerOptions,
+}
+
+/// `--precopy-priority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum PrecopyPriority {
+    Low,
+    Normal,
 }
 
 /// Pause between looks at the mount count at cutover: the downtime is
@@ -149,6 +163,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
     let daemon = ControlClient::new(&args.control_socket);
     let mut dest = RemoteAgent {
         read_cap,
+        background: args.precopy_priority == PrecopyPriority::Low,
         pusher: RoundPusher::new(
             to.clone(),
             tls,

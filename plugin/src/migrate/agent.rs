@@ -75,6 +75,8 @@ impl AgentHandler {
         let tls = tls::client_config(&out.files).map_err(|e| refused(e.to_string()))?;
         let mut dest = RemoteAgent {
             read_cap: None,
+            // A Mount waits for it, the application stopped: full speed.
+            background: false,
             pusher: RoundPusher::new(
                 plan.agent.clone(),
                 tls,
@@ -301,6 +303,9 @@ impl RoundHandler for AgentHandler {
         tracing::info!(volume = %req.target, round = req.round, final_round = req.final_round,
             from = %peer.node, "receiving round");
         // `receive_round`, keeping the round's own stats for the metrics.
+        // A pre-copy round is received in the background of whatever this
+        // host runs (`super::priority`); the final round is downtime.
+        let _background = (!req.final_round).then(super::priority::Background::enter);
         let t = std::time::Instant::now();
         let stats = mover::Receiver::open(&dest, &paths.state_dir)
             .and_then(|mut rx| rx.run_round(source, &opts))

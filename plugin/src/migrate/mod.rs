@@ -17,6 +17,8 @@
 //!   through EBS snapshots (sequencing and the daemon's steps; the snapshot
 //!   pushes).
 //! - [`duration`]: `2s`, `500ms`, `10m` on the command line.
+//! - [`priority`]: pre-copy rounds at the lowest CPU priority and in the
+//!   idle I/O class, at both ends (`--precopy-priority`).
 //!
 //! Who stops the application: the operator (`docker stop`), on the source
 //! host, when `migrate` says it waits for the unmount. The plugin never calls
@@ -30,5 +32,6 @@ pub(crate) mod ebs_snapshots;
 pub(crate) mod flush;
 pub(crate) mod hook;
 pub(crate) mod orchestrate;
+pub(crate) mod priority;
 pub(crate) mod report;
 pub(crate) mod wire;

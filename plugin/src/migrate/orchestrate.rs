@@ -172,6 +172,9 @@ pub(crate) struct RemoteAgent {
     /// `--read-limit`: charged by every read of a pre-copy round's scan and
     /// chunk answers, never by the final round's.
     pub(crate) read_cap: Option<Arc<RateLimiter>>,
+    /// Pre-copy rounds run in the background (`--precopy-priority low`,
+    /// the default; see `super::priority`); the final round never does.
+    pub(crate) background: bool,
 }
 
 /// The limiter of `--read-limit`: `rate` bytes/s with a quarter second of
@@ -204,6 +207,8 @@ impl DestHost for RemoteAgent {
         } else {
             self.read_cap.clone().map(mover::ReadCap::install)
         };
+        let _background =
+            (self.background && !final_round).then(super::priority::Background::enter);
         self.pusher.push(round, final_round, &mut |ev| {
             if let ServeEvent::ChunkSent { bytes } = ev {
                 progress(bytes)
