@@ -6,12 +6,30 @@
 //! harnesses are the plugin's own (`plugin/src/fuzz_harness.rs`, which the
 //! plugin's tests replay the corpora through on stable).
 //!
-//! Nothing here is a copy of plugin code, with one exception: `ReceiveCheck`
-//! (in `service/migrate.rs`, which drags the whole service in) is a stand-in
-//! so `migrate/wire.rs` compiles. The target fuzzes `PeerRequest`, which
-//! does not contain it; `PeerReply` (which does) is checked by the plugin's
-//! stable replay with the real type.
+//! Nothing here is a copy of plugin code, with two stand-ins so the files
+//! compile: `ReceiveCheck` (in `service/migrate.rs`, which drags the whole
+//! service in; the target fuzzes `PeerRequest`, which does not contain it,
+//! and `PeerReply`, which does, is checked by the plugin's stable replay with
+//! the real type), and `mover::aws::AwsOptions` (behind mover's `aws`
+//! feature, i.e. the AWS SDK; only `EbsConfig::aws_options` builds one, no
+//! decoder).
 #![allow(dead_code, unused_imports, unreachable_pub)]
+
+// `use mover::aws::AwsOptions` in backend/ebs/config.rs resolves here (the
+// real mover is the dependency `mover_lib`).
+extern crate self as mover;
+// Everything else of `mover::` is the real mover (the glob yields to `aws`).
+pub use mover_lib::*;
+
+pub mod aws {
+    /// Stand-in for `mover::aws::AwsOptions` (see the crate's doc).
+    #[derive(Debug, Clone, Default, PartialEq, Eq)]
+    pub struct AwsOptions {
+        pub region: Option<String>,
+        pub endpoint_url: Option<String>,
+        pub call_timeout: Option<std::time::Duration>,
+    }
+}
 
 #[path = "../../plugin/src/api/request.rs"]
 mod api_request;
