@@ -23,6 +23,7 @@ mod hardening;
 mod hardening_control;
 mod hardening_lost_commit;
 mod hardening_mounts;
+mod hardening_plugin_torture;
 mod hardening_torture;
 mod managed_plugin;
 mod migrate;

@@ -1,5 +1,5 @@
 #![no_main]
-//! Fuzz target `message`: see `mover::fuzzing::message` for the input layout and
+//! Fuzz target `message`: see `mover_lib::fuzzing::message` for the input layout and
 //! what it checks.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mover::fuzzing::message(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_lib::fuzzing::message(data));

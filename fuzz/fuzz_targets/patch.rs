@@ -1,5 +1,5 @@
 #![no_main]
-//! Fuzz target `patch`: see `mover::fuzzing::patch` for the input layout and
+//! Fuzz target `patch`: see `mover_lib::fuzzing::patch` for the input layout and
 //! what it checks.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mover::fuzzing::patch(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_lib::fuzzing::patch(data));

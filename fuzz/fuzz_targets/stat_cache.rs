@@ -1,5 +1,5 @@
 #![no_main]
-//! Fuzz target `stat_cache`: see `mover::fuzzing::stat_cache` for the input layout and
+//! Fuzz target `stat_cache`: see `mover_lib::fuzzing::stat_cache` for the input layout and
 //! what it checks.
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| mover::fuzzing::stat_cache(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mover_lib::fuzzing::stat_cache(data));

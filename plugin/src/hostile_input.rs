@@ -6,9 +6,10 @@
 //! trip on) from a fixed-seed generator: the same cases every run, so a
 //! failure reproduces. A panic fails the test; an `Err` is the right answer.
 //!
-//! This is the stable, in-CI part. The mover's decoders have cargo-fuzz
-//! targets under `fuzz/`; these run in `cargo test` because a libFuzzer
-//! build of the plugin drags the AWS SDK through a nightly build.
+//! This is the stable, in-CI part. The coverage-guided part is the
+//! `plugin_*` cargo-fuzz targets under `fuzz/` (`bench/fuzz.sh`), which run
+//! the harnesses of `fuzz_harness.rs`; the corpora they keep are checked in
+//! and replayed here through the same harnesses.
 
 use crate::api::request::Request;
 use crate::config::Config;
@@ -183,5 +184,132 @@ fn volume_names_never_panic() {
     let seeds: &[&[u8]] = &[b"db@gold", b"a-b_c.d@x", b"v", b"@", b"x@y@z"];
     hammer(seeds, |b| {
         let _ = profiles::VolumeName::parse(&text(b));
+    });
+}
+
+/// A fuzz harness: bytes in, a panic on a bug.
+type Harness = fn(&[u8]);
+
+/// The `plugin_*` fuzz targets and their harnesses (`fuzz/fuzz_targets/`).
+const FUZZ_TARGETS: &[(&str, Harness)] = &[
+    (
+        "plugin_volume_driver",
+        crate::fuzz_harness::volume_driver_request,
+    ),
+    ("plugin_control", crate::fuzz_harness::control_request),
+    ("plugin_config", crate::fuzz_harness::config),
+    ("plugin_volume_name", crate::fuzz_harness::volume_name),
+    ("plugin_volume_record", crate::fuzz_harness::volume_record),
+    (
+        "plugin_catalogue_record",
+        crate::fuzz_harness::catalogue_record,
+    ),
+    ("plugin_peer_request", crate::fuzz_harness::peer_request),
+];
+
+fn fuzz_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz")
+}
+
+/// Every file of `fuzz/corpus/TARGET/`, sorted.
+fn corpus(target: &str) -> Vec<(String, Vec<u8>)> {
+    let dir = fuzz_dir().join("corpus").join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus {} missing: {e}", dir.display()))
+        .map(|e| e.expect("corpus entry").path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "corpus {} is empty", dir.display());
+    files
+        .into_iter()
+        .map(|f| {
+            let name = f.file_name().map(|n| n.to_string_lossy().into_owned());
+            (
+                name.unwrap_or_default(),
+                std::fs::read(&f).expect("read corpus file"),
+            )
+        })
+        .collect()
+}
+
+/// The checked-in corpora (seeds, what the fuzzer kept, every crasher
+/// found so far) through the fuzz targets' own harnesses: a regression of
+/// anything libFuzzer found fails `cargo test`, on stable.
+#[test]
+fn plugin_fuzz_corpora_replay_without_a_panic() {
+    let mut total = 0;
+    for &(target, harness) in FUZZ_TARGETS {
+        for (name, bytes) in corpus(target) {
+            let r = std::panic::catch_unwind(|| harness(&bytes));
+            assert!(r.is_ok(), "{target}: corpus file {name} panicked");
+            total += 1;
+        }
+        let t = fuzz_dir().join("fuzz_targets").join(format!("{target}.rs"));
+        assert!(t.is_file(), "no fuzz target {}", t.display());
+    }
+    assert!(total >= FUZZ_TARGETS.len());
+}
+
+/// The seeds (`seed-*`) are real, valid inputs, so the fuzzer starts past
+/// the framing; `bad-*` files are kept invalid ones.
+#[test]
+fn plugin_fuzz_seeds_are_accepted_by_their_decoders() {
+    for &(target, _) in FUZZ_TARGETS {
+        for (name, bytes) in corpus(target)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with("seed-"))
+        {
+            let (line, body) = match bytes.iter().position(|&c| c == b'\n') {
+                Some(i) => (text(&bytes[..i]), &bytes[i + 1..]),
+                None => (text(&bytes), &bytes[bytes.len()..]),
+            };
+            let ok = match target {
+                "plugin_volume_driver" => Request::parse(&line, body).is_ok(),
+                "plugin_control" => {
+                    let (m, p) = line.split_once(' ').expect("METHOD PATH");
+                    let m = Method::from_bytes(m.as_bytes()).expect("method");
+                    ControlRequest::parse(&m, p, body).is_ok()
+                }
+                "plugin_config" => Config::parse(&text(&bytes), Path::new("seed.toml")).is_ok(),
+                "plugin_volume_name" => profiles::VolumeName::parse(&text(&bytes)).is_ok(),
+                "plugin_volume_record" => {
+                    serde_json::from_slice::<crate::state::record::VolumeRecord>(&bytes).is_ok()
+                }
+                "plugin_catalogue_record" => {
+                    crate::clustering::catalogue::CatalogueRecord::decode("s", &bytes).is_ok()
+                }
+                "plugin_peer_request" => {
+                    serde_json::from_slice::<crate::migrate::wire::PeerRequest>(&bytes).is_ok()
+                }
+                _ => panic!("no seed check for {target}"),
+            };
+            assert!(ok, "{target}: seed {name} is not accepted by its decoder");
+        }
+    }
+}
+
+/// What the destination's agent answers a migration source: the fuzz
+/// crate has a stand-in for `ReceiveCheck` (see `fuzz/src/lib.rs`), so the
+/// replies are checked here, with the real type.
+#[test]
+fn peer_replies_never_panic() {
+    let seeds: &[&[u8]] = &[
+        br#"{"reply":"preflight","docker_name":"v@gold","profile":"gold","root":"/d","free_bytes":5,"need_bytes":4,"resuming":false}"#,
+        br#"{"reply":"committed","ready_unix_ms":1700000000000}"#,
+        br#"{"reply":"health","version":"0.1.0","daemon_error":null}"#,
+        br#"{"reply":"commit_status","committed":true}"#,
+        br#"{"reply":"prepared"}"#,
+    ];
+    for seed in seeds {
+        serde_json::from_slice::<crate::migrate::wire::PeerReply>(seed).expect("seed decodes");
+    }
+    hammer(seeds, |b| {
+        if let Ok(r) = serde_json::from_slice::<crate::migrate::wire::PeerReply>(b) {
+            let back = serde_json::to_vec(&r).expect("encodes");
+            assert_eq!(
+                serde_json::from_slice::<crate::migrate::wire::PeerReply>(&back).ok(),
+                Some(r)
+            );
+        }
     });
 }

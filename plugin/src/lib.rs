@@ -46,6 +46,8 @@ mod clustering;
 mod config;
 mod control;
 #[cfg(test)]
+mod fuzz_harness;
+#[cfg(test)]
 mod hostile_input;
 mod metrics;
 mod migrate;

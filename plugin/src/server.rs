@@ -32,6 +32,20 @@ const MAX_BODY: usize = 1 << 20;
 /// answered by dockerd's retry against the restarted daemon.
 pub(crate) const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
+/// A request's head (its line and headers) must arrive within this, and an
+/// idle kept-alive connection is closed after it (issue 12, low finding):
+/// without it, a local client that connects and sends nothing, or a byte a
+/// minute, held a task and a descriptor for ever. dockerd and the CLI send
+/// a request at once.
+pub(crate) const HEADER_LIMIT: Duration = Duration::from_secs(10);
+
+/// A request's body must arrive within this (it is at most [`MAX_BODY`]).
+pub(crate) const BODY_LIMIT: Duration = Duration::from_secs(10);
+
+/// Largest request head: a VolumeDriver or control request has a line and a
+/// handful of short headers.
+const MAX_HEADER: usize = 64 << 10;
+
 /// A JSON reply: a status and a body (`{"Err": ...}` for failures).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Reply {
@@ -236,6 +250,10 @@ pub(crate) async fn serve_checked<H: Handler>(
                         }
                     });
                     let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(hyper_util::rt::TokioTimer::new())
+                        .header_read_timeout(HEADER_LIMIT)
+                        .max_buf_size(MAX_HEADER.max(8192))
+                        .max_header_size(MAX_HEADER)
                         .serve_connection(TokioIo::new(stream), svc);
                     tokio::pin!(conn);
                     tokio::select! {
@@ -270,13 +288,21 @@ fn refuse(reason: &str) -> Response<Full<Bytes>> {
 
 async fn respond<H: Handler>(handler: &H, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let (parts, body) = req.into_parts();
-    let reply = match Limited::new(body, MAX_BODY).collect().await {
-        Ok(b) => {
+    let read = tokio::time::timeout(BODY_LIMIT, Limited::new(body, MAX_BODY).collect());
+    let reply = match read.await {
+        Err(_) => Reply::error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s",
+                BODY_LIMIT.as_secs()
+            ),
+        ),
+        Ok(Ok(b)) => {
             handler
                 .call(&parts.method, parts.uri.path(), b.to_bytes())
                 .await
         }
-        Err(e) => Reply::error(
+        Ok(Err(e)) => Reply::error(
             StatusCode::BAD_REQUEST,
             format!("reading the request body: {e}"),
         ),
@@ -317,5 +343,100 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [std::ffi::OsString::from("s.sock")]);
+    }
+
+    struct Echo;
+    impl Handler for Echo {
+        async fn call(&self, _: &Method, path: &str, _: Bytes) -> Reply {
+            Reply::ok(json!({ "path": path }))
+        }
+    }
+
+    /// A served socket in a temp dir (stopped when the guard drops).
+    async fn served() -> (tempfile::TempDir, PathBuf, tokio::sync::oneshot::Sender<()>) {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("s.sock");
+        let l = bind(&p).unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(serve(l, Arc::new(Echo), async {
+            let _ = rx.await;
+        }));
+        (t, p, tx)
+    }
+
+    /// Reads until the server closes; how long that took, or `None` if it
+    /// did not within `wait`.
+    async fn closed_within(s: &mut tokio::net::UnixStream, wait: Duration) -> Option<Duration> {
+        use tokio::io::AsyncReadExt;
+        let t = std::time::Instant::now();
+        let mut buf = Vec::new();
+        tokio::time::timeout(wait, s.read_to_end(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        Some(t.elapsed())
+    }
+
+    /// Issue 12, low finding: a client that connects and sends nothing, half
+    /// a request head, or nothing after its first request, is cut off; a
+    /// slow body is answered 408. (Before: all were held for ever.)
+    #[tokio::test]
+    async fn idle_and_slow_clients_are_cut_off() {
+        use tokio::io::AsyncWriteExt;
+        let (_t, p, _stop) = served().await;
+        let wait = HEADER_LIMIT + Duration::from_secs(5);
+
+        let mut silent = tokio::net::UnixStream::connect(&p).await.unwrap();
+        let mut half = tokio::net::UnixStream::connect(&p).await.unwrap();
+        half.write_all(b"POST /VolumeDriver.List HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut idle = tokio::net::UnixStream::connect(&p).await.unwrap();
+        idle.write_all(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut slow_body = tokio::net::UnixStream::connect(&p).await.unwrap();
+        slow_body
+            .write_all(b"POST /b HTTP/1.0\r\nHost: x\r\nContent-Length: 10\r\n\r\n{")
+            .await
+            .unwrap();
+
+        let (a, b, c, d) = tokio::join!(
+            closed_within(&mut silent, wait),
+            closed_within(&mut half, wait),
+            closed_within(&mut idle, wait),
+            async {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::new();
+                tokio::time::timeout(wait + BODY_LIMIT, slow_body.read_to_end(&mut buf))
+                    .await
+                    .ok()
+                    .map(|_| String::from_utf8_lossy(&buf).into_owned())
+            }
+        );
+        assert!(
+            a.is_some(),
+            "a silent connection is still open after {wait:?}"
+        );
+        assert!(
+            b.is_some(),
+            "half a request head is still held after {wait:?}"
+        );
+        assert!(
+            c.is_some(),
+            "an idle kept-alive connection is still open after {wait:?}"
+        );
+        let d = d.expect("a body that never ends is still waited for");
+        assert!(d.starts_with("HTTP/1.0 408"), "{d}");
+
+        // A normal request is unaffected.
+        let mut ok = tokio::net::UnixStream::connect(&p).await.unwrap();
+        ok.write_all(b"POST /c HTTP/1.0\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+            .await
+            .unwrap();
+        use tokio::io::AsyncReadExt;
+        let mut buf = Vec::new();
+        ok.read_to_end(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf).contains("\"path\":\"/c\""));
     }
 }

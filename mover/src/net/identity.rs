@@ -26,9 +26,14 @@ pub const AGENT_NAME: &str = "daffe-agent";
 /// would need an X.509 parser to read it back from `ca.pem`).
 const CA_COMMON_NAME: &str = "daffe agent CA";
 /// CA lifetime: long, since rotating it means re-issuing every node.
-const CA_YEARS: i32 = 20;
-/// Node certificate lifetime.
-const NODE_YEARS: i32 = 5;
+const CA_DAYS: u64 = 20 * 365;
+/// Node certificate lifetime (issue 12, low finding: there is no revocation
+/// list, so a stolen node key is good until its certificate ends; it was 5
+/// years). A node is re-issued with `daffe agent issue` before then
+/// (SECURITY.md, "Node certificates").
+pub const NODE_DAYS: u64 = 397;
+/// How far back a certificate starts: clock skew between hosts.
+const SKEW_DAYS: u64 = 1;
 
 /// The cluster CA's certificate, in a node's TLS folder.
 pub const CA_CERT: &str = "ca.pem";
@@ -92,20 +97,40 @@ fn ca_params() -> Result<CertificateParams, IdentityError> {
         .push(DnType::CommonName, CA_COMMON_NAME);
     p.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    set_validity(&mut p, CA_YEARS);
+    set_validity(&mut p, CA_DAYS);
     Ok(p)
 }
 
-fn set_validity(p: &mut CertificateParams, years: i32) {
-    let secs = SystemTime::now()
+fn set_validity(p: &mut CertificateParams, days: u64) {
+    let today = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
+        .map(|d| d.as_secs() / 86_400)
         .unwrap_or(0);
-    // Calendar precision is not needed: start a year back (clock skew between
-    // hosts), end `years` ahead.
-    let year = 1970 + i32::try_from(secs / 31_556_952).unwrap_or(0);
-    p.not_before = rcgen::date_time_ymd(year - 1, 1, 1);
-    p.not_after = rcgen::date_time_ymd(year + years, 1, 1);
+    let date = |day: u64| {
+        let (y, m, d) = civil_from_days(day);
+        rcgen::date_time_ymd(y, m, d)
+    };
+    p.not_before = date(today.saturating_sub(SKEW_DAYS));
+    p.not_after = date(today + days);
+}
+
+/// The calendar date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days after the epoch).
+fn civil_from_days(days: u64) -> (i32, u8, u8) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (
+        i32::try_from(y).unwrap_or(i32::MAX),
+        u8::try_from(m).unwrap_or(1),
+        u8::try_from(d).unwrap_or(1),
+    )
 }
 
 fn check_name(name: &str) -> Result<(), IdentityError> {
@@ -150,17 +175,25 @@ fn read(path: &Path) -> Result<String, IdentityError> {
     })
 }
 
+/// Makes `dir` (and missing parents) private to its owner (0700); a
+/// directory that is already there is used as it is. `daffe agent issue
+/// --out /etc/daffe` must not chmod a directory other software owns (issue
+/// 12, low finding): the keys in it are 0600 files of their own.
 fn make_dir(dir: &Path) -> Result<(), IdentityError> {
-    fs::create_dir_all(dir).map_err(|source| IdentityError::Io {
+    use std::os::unix::fs::DirBuilderExt;
+    let io = |source| IdentityError::Io {
         path: dir.to_path_buf(),
         source,
-    })?;
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|source| {
-        IdentityError::Io {
-            path: dir.to_path_buf(),
-            source,
-        }
-    })
+    };
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        fs::create_dir_all(parent).map_err(io)?;
+    }
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        // Ours: 0700 whatever the umask left of it.
+        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(io(e)),
+    }
 }
 
 /// Creates a new cluster CA in `dir` (`ca.pem`, `ca.key`), and a certificate
@@ -192,7 +225,7 @@ pub fn issue(ca_dir: &Path, node_name: &str, out_dir: &Path) -> Result<NodeFiles
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
     p.use_authority_key_identifier_extension = true;
-    set_validity(&mut p, NODE_YEARS);
+    set_validity(&mut p, NODE_DAYS);
     let key = KeyPair::generate()?;
     let cert = p.signed_by(&key, &issuer)?;
 
@@ -224,6 +257,87 @@ mod tests {
             !d.path().join("b").join(CA_KEY).exists(),
             "CA key stays home"
         );
+    }
+
+    /// notBefore and notAfter of a PEM certificate, as seconds since the
+    /// epoch: the first two UTCTimes of the DER (rcgen writes UTCTime up to
+    /// 2049).
+    fn validity(pem: &str) -> (i64, i64) {
+        use base64::Engine;
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        let times: Vec<i64> = der
+            .windows(15)
+            .filter(|w| w[0] == 0x17 && w[1] == 13 && w[14] == b'Z')
+            .map(|w| {
+                let n = |i: usize| i64::from((w[i] - b'0') * 10 + (w[i + 1] - b'0'));
+                let (y, mo, d) = (2000 + n(2), n(4), n(6));
+                // Days from civil (Hinnant), for 2000..2049.
+                let (y2, m2) = if mo <= 2 {
+                    (y - 1, mo + 9)
+                } else {
+                    (y, mo - 3)
+                };
+                let days =
+                    365 * y2 + y2 / 4 - y2 / 100 + y2 / 400 + (153 * m2 + 2) / 5 + d - 1 - 719_468;
+                days * 86_400 + n(8) * 3600 + n(10) * 60 + n(12)
+            })
+            .take(2)
+            .collect();
+        (times[0], times[1])
+    }
+
+    /// Issue 12, low finding: no revocation, so a node certificate's
+    /// lifetime bounds a stolen key's use. It was 5 years (from the start of
+    /// the year before); now [`NODE_DAYS`] from today (a day back for skew).
+    #[test]
+    fn node_certificates_are_short_lived_and_dated_from_today() {
+        let d = tempfile::tempdir().unwrap();
+        let files = init(d.path(), "hosta").unwrap();
+        let now = i64::try_from(
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
+        let (from, until) = validity(&read(&files.cert).unwrap());
+        let day = 86_400;
+        let nd = i64::try_from(NODE_DAYS).unwrap();
+        assert!(
+            (now - 2 * day..=now - day + day).contains(&from),
+            "notBefore {from}, now {now}"
+        );
+        assert!(
+            (now + (nd - 1) * day..=now + (nd + 1) * day).contains(&until),
+            "notAfter {until}: {} days from now",
+            (until - now) / day
+        );
+        let (_, ca_until) = validity(&read(&d.path().join(CA_CERT)).unwrap());
+        assert!(ca_until > now + 19 * 365 * day, "the CA stays long-lived");
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_454), (2026, 1, 1));
+        assert_eq!(civil_from_days(11_016), (2000, 2, 29));
+    }
+
+    #[test]
+    fn issue_into_an_existing_directory_leaves_its_mode_alone() {
+        let d = tempfile::tempdir().unwrap();
+        init(&d.path().join("ca"), "hosta").unwrap();
+        let shared = d.path().join("etc");
+        fs::create_dir(&shared).unwrap();
+        fs::set_permissions(&shared, fs::Permissions::from_mode(0o755)).unwrap();
+        let files = issue(&d.path().join("ca"), "hostb", &shared).unwrap();
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&shared), 0o755, "an existing directory keeps its mode");
+        assert_eq!(mode(&files.key), 0o600);
+        let fresh = d.path().join("new").join("tls");
+        issue(&d.path().join("ca"), "hostc", &fresh).unwrap();
+        assert_eq!(mode(&fresh), 0o700, "a directory issue makes is private");
+        fs::write(d.path().join("file"), "x").unwrap();
+        assert!(issue(&d.path().join("ca"), "hostd", &d.path().join("file")).is_err());
     }
 
     #[test]

@@ -177,21 +177,48 @@ pub(super) fn special_meta(
     skips: &mut Vec<Skip>,
 ) -> Result<(), ReceiveError> {
     if e.kind != Kind::Symlink {
-        rustix::fs::chownat(
+        // fchmodat has no working AT_SYMLINK_NOFOLLOW (rustix refuses it):
+        // by name it would follow a symlink swapped in for the node out of
+        // the destination (issue 12, low finding). So: hold the node itself
+        // (O_PATH, no follow), check it is the kind the manifest says, and
+        // change that inode (through /proc/self/fd, as glibc does).
+        let node = rustix::fs::openat(
             dir,
             name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(errno(&e.path))?;
+        let kind = rustix::fs::FileType::from_raw_mode(
+            rustix::fs::fstat(&node).map_err(errno(&e.path))?.st_mode,
+        );
+        let expected = match e.kind {
+            Kind::Fifo => rustix::fs::FileType::Fifo,
+            Kind::CharDev => rustix::fs::FileType::CharacterDevice,
+            Kind::BlockDev => rustix::fs::FileType::BlockDevice,
+            _ => kind,
+        };
+        if kind != expected {
+            // ELOOP for a symlink, as O_NOFOLLOW says it; EEXIST for another
+            // kind of file in its place.
+            let e2 = if kind == rustix::fs::FileType::Symlink {
+                rustix::io::Errno::LOOP
+            } else {
+                rustix::io::Errno::EXIST
+            };
+            return Err(errno(&e.path)(e2));
+        }
+        rustix::fs::chownat(
+            &node,
+            "",
             Some(rustix::fs::Uid::from_raw(e.uid)),
             Some(rustix::fs::Gid::from_raw(e.gid)),
-            AtFlags::SYMLINK_NOFOLLOW,
+            AtFlags::EMPTY_PATH,
         )
         .map_err(errno(&e.path))?;
-        rustix::fs::chmodat(
-            dir,
-            name,
-            Mode::from_raw_mode(e.mode as _),
-            AtFlags::empty(),
-        )
-        .map_err(errno(&e.path))?;
+        let proc_path = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&node));
+        rustix::fs::chmod(proc_path.as_str(), Mode::from_raw_mode(e.mode as _))
+            .map_err(errno(&e.path))?;
     }
     fsmeta::apply_link(dir, name, e, skips)?;
     Ok(())
@@ -321,5 +348,53 @@ fn remove_at(dir: BorrowedFd<'_>, name: &OsStr, path: &[u8]) -> Result<(), Recei
             Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
             Err(e) => Err(errno(path)(e)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode_of(p: &std::path::Path) -> u32 {
+        std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// Issue 12, low finding: the metadata of a FIFO or device node is set
+    /// by name; a symlink swapped in for it must not carry the chmod out of
+    /// the destination.
+    #[test]
+    fn special_meta_never_follows_a_symlink_swapped_in() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, "host file").unwrap();
+        std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let dest = d.path().join("dest");
+        std::fs::create_dir(&dest).unwrap();
+        std::os::unix::fs::symlink(&outside, dest.join("fifo")).unwrap();
+        let mut e = crate::manifest::tests::entry(b"fifo", Kind::Fifo, 0);
+        (e.uid, e.gid) = (
+            rustix::process::getuid().as_raw(),
+            rustix::process::getgid().as_raw(),
+        );
+        e.mode = 0o4777;
+        let dir = File::open(&dest).unwrap();
+        let r = special_meta(dir.as_fd(), OsStr::new("fifo"), &e, &mut Vec::new());
+        assert!(r.is_err(), "a symlink where a FIFO should be is refused");
+        assert_eq!(mode_of(&outside), 0o600, "the file outside kept its mode");
+
+        // The real thing still gets its mode.
+        std::fs::remove_file(dest.join("fifo")).unwrap();
+        rustix::fs::mknodat(
+            &dir,
+            "fifo",
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        e.mode = 0o640;
+        special_meta(dir.as_fd(), OsStr::new("fifo"), &e, &mut Vec::new()).unwrap();
+        assert_eq!(mode_of(&dest.join("fifo")), 0o640);
     }
 }

@@ -54,12 +54,20 @@ pub(crate) struct VolumeView {
 }
 
 impl VolumeService {
-    /// Finishes what a crash interrupted: volumes still `Creating` were never
-    /// reported to docker as created, so their storage and record go.
+    /// Finishes what a crash interrupted (issue 12, crash torture):
+    /// - volumes still `Creating` (a Create never answered, or a Remove
+    ///   whose storage was going) lose their storage and record;
+    /// - a local block volume that no mount ID holds is unmounted, its loop
+    ///   device freed: a kill between the mount and the count's commit, or
+    ///   between the count's commit and the unmount, left it mounted for
+    ///   nobody.
     pub(crate) fn recover(&self) -> Result<(), ServiceError> {
         for r in self.records.list()? {
+            if r.state != VolumeState::Creating && r.mounts.is_empty() {
+                self.release_stale_mount(&r);
+            }
             if r.state == VolumeState::Creating {
-                tracing::warn!(volume = %r.docker_name, "removing a volume whose Create was interrupted");
+                tracing::warn!(volume = %r.docker_name, "removing a volume whose Create (or Remove) was interrupted");
                 // One volume that cannot be cleaned must not keep the daemon
                 // from serving the others (issue 12, low finding): its
                 // record stays `Creating`, retried at the next start or
@@ -76,6 +84,28 @@ impl VolumeService {
             }
         }
         Ok(())
+    }
+
+    /// Unmounts a local block volume whose record holds no mount (see
+    /// [`VolumeService::recover`]); a failure is logged, the daemon serves on.
+    fn release_stale_mount(&self, r: &VolumeRecord) {
+        let Settings::Local(s) = &r.settings else {
+            return;
+        };
+        if s.format != LocalFormat::Block {
+            return;
+        }
+        let mounted =
+            self.backend.status(vref(r)).get("mounted") == Some(&serde_json::Value::Bool(true));
+        match self.backend.unmount(vref(r)) {
+            Ok(()) if mounted => {
+                tracing::warn!(volume = %r.docker_name, "unmounted a volume no mount holds (an interrupted Mount or Unmount)");
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(volume = %r.docker_name, error = %e, "a volume no mount holds cannot be unmounted; serving the others");
+            }
+        }
     }
 
     pub(crate) fn create(
@@ -168,7 +198,19 @@ impl VolumeService {
             // The catalogue first (cluster mode): refused while a node owns it.
             self.catalogue_remove(&rec.name)?;
             // Storage next: if that fails the record stays, and a retry finds it.
-            self.backend.remove(vref(&rec))?;
+            // While it goes the record says `Creating` (storage not whole): a
+            // kill -9 from here on leaves a record that recover() finishes,
+            // never a `ready` volume without its storage (issue 12, crash
+            // torture found that one).
+            let was = std::mem::replace(&mut rec.state, VolumeState::Creating);
+            self.records.put(&rec)?;
+            if let Err(e) = self.backend.remove(vref(&rec)) {
+                rec.state = was;
+                if let Err(e2) = self.records.put(&rec) {
+                    tracing::error!(volume = %rec.docker_name, error = %e2, "restoring the state of a volume whose Remove failed");
+                }
+                return Err(e.into());
+            }
             self.records.delete(&rec.name)?;
             tracing::info!(volume = %rec.docker_name, "removed");
             Ok(())

@@ -16,6 +16,14 @@
 //! safe either way (copy-on-write commits; a reopen recovers to the last
 //! one).
 //!
+//! Room for the state itself: the state directory usually shares its
+//! filesystem with the volumes, which a container can fill. The store keeps
+//! a reserve beside it ([`RESERVE_FILE`], [`RESERVE_BYTES`] allocated with
+//! `fallocate`); a write that meets a full disk releases the reserve and is
+//! retried, so Create, Mount, Unmount and Remove (the way out of a full disk)
+//! keep being recorded. The reserve is made again once there is room (at
+//! open, and after a successful write, at most every [`REARM_EVERY`]).
+//!
 //! JSON rather than a binary encoding: records are small, and an operator or
 //! a newer daemon can read them; unknown-field-tolerant decoding keeps old
 //! records loadable. The store's format version lives beside the records
@@ -32,6 +40,16 @@ const VOLUMES: TableDefinition<&str, &[u8]> = TableDefinition::new("volumes");
 
 /// File name of the store inside the state directory.
 pub(crate) const STORE_FILE: &str = "daffe.redb";
+
+/// The reserve's file name, beside the store.
+pub(crate) const RESERVE_FILE: &str = "daffe.reserve";
+
+/// Space held for the store (issue 12, finding 7): thousands of records'
+/// worth of redb pages. Released when the disk is full, made again later.
+pub(crate) const RESERVE_BYTES: u64 = 16 << 20;
+
+/// How often a missing reserve is tried again after a write.
+const REARM_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StoreError {
@@ -84,6 +102,26 @@ pub(super) struct Store {
     /// next call tries again.
     db: RwLock<Option<Database>>,
     path: PathBuf,
+    /// When the reserve was last found missing and tried again (`None`: it
+    /// is in place).
+    reserve_tried: std::sync::Mutex<Option<std::time::Instant>>,
+    reserve_bytes: u64,
+    rearm_every: std::time::Duration,
+}
+
+/// Whether `e` is the disk being full.
+fn is_full(e: &StoreError) -> bool {
+    let (StoreError::Db { source, .. } | StoreError::Reopen { source, .. }) = e else {
+        return false;
+    };
+    match &**source {
+        redb::Error::Io(io) => {
+            io.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error())
+                || io.kind() == std::io::ErrorKind::StorageFull
+                || io.kind() == std::io::ErrorKind::QuotaExceeded
+        }
+        _ => false,
+    }
 }
 
 /// Errors after which redb must be closed and opened again.
@@ -157,7 +195,11 @@ impl Store {
         let store = Self {
             db: RwLock::new(Some(db)),
             path: path.to_owned(),
+            reserve_tried: std::sync::Mutex::new(None),
+            reserve_bytes: RESERVE_BYTES,
+            rearm_every: REARM_EVERY,
         };
+        store.arm_reserve();
         // Create the table up front so readers never meet a missing table.
         store.write(|t| {
             let _ = t;
@@ -248,9 +290,80 @@ impl Store {
         })
     }
 
+    fn reserve_path(&self) -> PathBuf {
+        self.path.with_file_name(RESERVE_FILE)
+    }
+
+    /// Makes the reserve if it is missing (or short); a disk too full for it
+    /// leaves it missing, tried again later.
+    fn arm_reserve(&self) {
+        let path = self.reserve_path();
+        let made = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .and_then(|f| {
+                rustix::fs::fallocate(
+                    &f,
+                    rustix::fs::FallocateFlags::empty(),
+                    0,
+                    self.reserve_bytes,
+                )?;
+                f.sync_all()
+            });
+        let mut tried = self.reserve_tried.lock().unwrap_or_else(|p| p.into_inner());
+        match made {
+            Ok(()) => *tried = None,
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                *tried = Some(std::time::Instant::now());
+                tracing::warn!(reserve = %path.display(), error = %e,
+                    "no room for the state store's reserve; tried again later");
+            }
+        }
+    }
+
+    /// Gives the reserve's space back to the filesystem; whether there was
+    /// one to give.
+    fn release_reserve(&self) -> bool {
+        let path = self.reserve_path();
+        let released = std::fs::remove_file(&path).is_ok();
+        *self.reserve_tried.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some(std::time::Instant::now());
+        if released {
+            tracing::warn!(reserve = %path.display(), bytes = self.reserve_bytes,
+                "the disk is full: released the state store's reserve so the state can still be written; free space on this filesystem");
+        }
+        released
+    }
+
+    /// One write transaction; on a full disk, once more after releasing the
+    /// reserve. A missing reserve is made again after a write that worked.
     fn write(
         &self,
-        f: impl FnOnce(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::Error>,
+        mut f: impl FnMut(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::Error>,
+    ) -> Result<(), StoreError> {
+        let r = match self.write_once(&mut f) {
+            Err(e) if is_full(&e) && self.release_reserve() => self.write_once(&mut f),
+            r => r,
+        };
+        if r.is_ok() {
+            let due = self
+                .reserve_tried
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some_and(|t| t.elapsed() >= self.rearm_every);
+            if due {
+                self.arm_reserve();
+            }
+        }
+        r
+    }
+
+    fn write_once(
+        &self,
+        f: &mut impl FnMut(&mut redb::Table<&str, &[u8]>) -> Result<(), redb::Error>,
     ) -> Result<(), StoreError> {
         let result = {
             let guard = self.db()?;
@@ -451,6 +564,66 @@ pub(super) mod tests {
         assert!(s.get("before").unwrap().is_some());
         assert!(s.get("after").unwrap().is_some());
         assert!(s.list().unwrap().len() >= 2);
+    }
+
+    /// Issue 12, finding 7 (second point): the state shares its filesystem
+    /// with the volumes. A volume filling the disk must not stop the daemon
+    /// from recording what it does (a Remove is how an operator gets out):
+    /// the writes go on from the reserve, which comes back once there is
+    /// room. (Before: the first write on the full disk failed.)
+    #[test]
+    fn finding_07_the_state_is_written_on_a_full_disk_from_its_reserve() {
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let mnt = dir.path().join("small");
+        std::fs::create_dir(&mnt).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap();
+        assert!(
+            st.success(),
+            "mounting a small tmpfs (the tests run as root)"
+        );
+        let _unmount = Unmount(mnt.clone());
+        let path = mnt.join("state").join(STORE_FILE);
+        let reserve = mnt.join("state").join(RESERVE_FILE);
+        let mut s = Store::open(&path).unwrap();
+        s.rearm_every = std::time::Duration::ZERO;
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), RESERVE_BYTES);
+        s.put(&record("before")).unwrap();
+
+        // A volume fills the filesystem.
+        let filler = mnt.join("volume-data");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let chunk = vec![7u8; 64 << 10];
+            while f.write_all(&chunk).is_ok() {}
+        }
+        for i in 0..20 {
+            let mut r = record(&format!("big{i}"));
+            r.options.insert("pad".into(), "x".repeat(16 << 10));
+            s.put(&r)
+                .unwrap_or_else(|e| panic!("write {i} on the full disk failed: {e}"));
+        }
+        assert!(s.delete("big0").unwrap(), "a Remove is recorded too");
+        assert!(!reserve.exists(), "the reserve was given up for the state");
+
+        // Room again: the next write makes the reserve again.
+        std::fs::remove_file(&filler).unwrap();
+        s.put(&record("after")).unwrap();
+        assert_eq!(std::fs::metadata(&reserve).unwrap().len(), RESERVE_BYTES);
+        assert_eq!(s.list().unwrap().len(), 21);
     }
 
     /// Role switch for the crash test: when this variable names a store
