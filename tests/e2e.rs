@@ -11,6 +11,7 @@
 
 mod bad_names;
 mod block_volumes;
+mod cluster_bench;
 mod cluster_swarm;
 mod compose;
 mod concurrency;
