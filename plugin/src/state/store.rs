@@ -506,34 +506,48 @@ pub(super) mod tests {
         assert!(matches!(Store::open(&path), Err(StoreError::Locked { .. })));
     }
 
+    /// A tmpfs of `size` (the tests run as root), unmounted on drop: a disk
+    /// that fills.
+    struct SmallFs {
+        _dir: tempfile::TempDir,
+        path: PathBuf,
+    }
+
+    impl SmallFs {
+        fn mount(size: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("small");
+            std::fs::create_dir(&path).unwrap();
+            let st = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(&path)
+                .status()
+                .unwrap();
+            assert!(
+                st.success(),
+                "mounting a small tmpfs (the tests run as root)"
+            );
+            Self { _dir: dir, path }
+        }
+    }
+
+    impl Drop for SmallFs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.path)
+                .status();
+        }
+    }
+
     /// Issue 12, finding 7: one failed write on a full disk made redb refuse
     /// every later call (`PreviousIo`) until the daemon restarted. The
     /// write that meets the full disk fails; once there is room again, the
     /// store works without a restart, and what was committed is kept.
     #[test]
     fn finding_07_a_full_disk_fails_one_write_and_the_store_recovers() {
-        struct Unmount(PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("small");
-        std::fs::create_dir(&mnt).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-            .arg(&mnt)
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "mounting a small tmpfs (the tests run as root)"
-        );
-        let _unmount = Unmount(mnt.clone());
+        let small = SmallFs::mount("4m");
+        let mnt = small.path.clone();
         let path = mnt.join(STORE_FILE);
         let s = Store::open(&path).unwrap();
         s.put(&record("before")).unwrap();
@@ -573,28 +587,8 @@ pub(super) mod tests {
     /// room. (Before: the first write on the full disk failed.)
     #[test]
     fn finding_07_the_state_is_written_on_a_full_disk_from_its_reserve() {
-        struct Unmount(PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount")
-                    .arg("-l")
-                    .arg(&self.0)
-                    .status();
-            }
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let mnt = dir.path().join("small");
-        std::fs::create_dir(&mnt).unwrap();
-        let st = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=32m", "tmpfs"])
-            .arg(&mnt)
-            .status()
-            .unwrap();
-        assert!(
-            st.success(),
-            "mounting a small tmpfs (the tests run as root)"
-        );
-        let _unmount = Unmount(mnt.clone());
+        let small = SmallFs::mount("32m");
+        let mnt = small.path.clone();
         let path = mnt.join("state").join(STORE_FILE);
         let reserve = mnt.join("state").join(RESERVE_FILE);
         let mut s = Store::open(&path).unwrap();

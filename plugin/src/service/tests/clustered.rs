@@ -203,15 +203,20 @@ fn writer(c: &Cluster, volume: &str) -> String {
     w.node
 }
 
-#[test]
-fn a_stale_copy_is_brought_up_to_date_from_the_last_writer_and_back() {
-    let c = cluster();
+/// Volume `v`, written on a ("one"), unmounted there; b has its empty copy
+/// (made by Get, as dockerd's Get before a Mount makes it).
+fn written_on_a(c: &Cluster) {
     c.a.create("v", &BTreeMap::new()).unwrap();
     let mp = c.a.mount("v", "c1", &go()).unwrap();
     write(&mp, "one", "from a");
     c.a.unmount("v", "c1").unwrap();
-    // Node b's copy is made empty by Get, as dockerd's Get before Mount does.
     c.b.get_clustered("v").unwrap();
+}
+
+#[test]
+fn a_stale_copy_is_brought_up_to_date_from_the_last_writer_and_back() {
+    let c = cluster();
+    written_on_a(&c);
     let mp_b = c.b.mount("v", "c2", &go()).unwrap();
     assert_eq!(read(&mp_b, "one").as_deref(), Some("from a"));
     assert_eq!(writer(&c, "v"), "b");
@@ -239,11 +244,7 @@ fn a_stale_copy_is_brought_up_to_date_from_the_last_writer_and_back() {
 #[test]
 fn a_lost_reply_after_the_commit_still_adopts_the_copy() {
     let c = cluster();
-    c.a.create("v", &BTreeMap::new()).unwrap();
-    let mp = c.a.mount("v", "c1", &go()).unwrap();
-    write(&mp, "one", "from a");
-    c.a.unmount("v", "c1").unwrap();
-    c.b.get_clustered("v").unwrap();
+    written_on_a(&c);
     *super::lock(&c.nodes.fail) = Some(FailAt::Reply);
     let mp_b = c.b.mount("v", "c2", &go()).unwrap();
     assert_eq!(read(&mp_b, "one").as_deref(), Some("from a"));
@@ -254,11 +255,7 @@ fn a_lost_reply_after_the_commit_still_adopts_the_copy() {
 fn a_failed_handover_serves_nothing_gives_the_claim_back_and_the_next_mount_retries() {
     for fail in [FailAt::Reach, FailAt::Copy] {
         let c = cluster();
-        c.a.create("v", &BTreeMap::new()).unwrap();
-        let mp = c.a.mount("v", "c1", &go()).unwrap();
-        write(&mp, "one", "from a");
-        c.a.unmount("v", "c1").unwrap();
-        c.b.get_clustered("v").unwrap();
+        written_on_a(&c);
         *super::lock(&c.nodes.fail) = Some(fail);
         let err = c.b.mount("v", "c2", &go()).unwrap_err();
         assert!(
