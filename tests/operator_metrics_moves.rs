@@ -5,7 +5,7 @@
 //! after an EBS volume create against moto, the daemon counted its EC2
 //! calls by operation and result.
 
-use daffe_e2e::hosts::{TwoHosts, ok, test_image};
+use daffe_e2e::hosts::TwoHosts;
 use daffe_e2e::moto::Moto;
 use daffe_e2e::plugin::Plugin;
 use std::io::{Read, Write};
@@ -43,21 +43,7 @@ fn a_migration_moves_the_agents_counters_by_what_its_report_says() {
     let agent = || h.curl_b("http://127.0.0.1:9464/metrics");
     let before = agent();
     let a_before = scrape_socket(&h.a.control_socket());
-    ok(
-        h.docker_a(&[
-            "run",
-            "--rm",
-            "--volume-driver",
-            &h.plugin,
-            "-v",
-            "counted:/data",
-            &test_image(),
-            "sh",
-            "-c",
-            "head -c 3000000 /dev/urandom > /data/f",
-        ]),
-        "fill the volume",
-    );
+    h.write_on_a("counted", "head -c 3000000 /dev/urandom > /data/f");
     let (child, _rx) = h.migrate("counted", &[]);
     let report = h.finish(child);
     let rounds = report["rounds"].as_array().unwrap().len() as f64;

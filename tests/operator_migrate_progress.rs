@@ -103,21 +103,7 @@ fn still_mounted_past_the_unmount_timeout_is_exit_code_4_with_a_json_event_strea
 /// Writes `bytes` of random data into volume `name` on A (a container that
 /// exits: the volume is left unmounted).
 fn fill(h: &TwoHosts, name: &str, bytes: u64) {
-    ok(
-        h.docker_a(&[
-            "run",
-            "--rm",
-            "--volume-driver",
-            &h.plugin,
-            "-v",
-            &format!("{name}:/data"),
-            &test_image(),
-            "sh",
-            "-c",
-            &format!("head -c {bytes} /dev/urandom > /data/f"),
-        ]),
-        "fill the volume",
-    );
+    h.write_on_a(name, &format!("head -c {bytes} /dev/urandom > /data/f"));
 }
 
 #[test]

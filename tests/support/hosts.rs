@@ -326,6 +326,27 @@ impl TwoHosts {
             .expect("docker -H A")
     }
 
+    /// Runs `sh -c SCRIPT` in a container on host A with volume `name`
+    /// (this plugin's) at /data, and waits for it: the volume is left
+    /// written and unmounted. Panics with the output if it fails.
+    pub fn write_on_a(&self, name: &str, script: &str) {
+        ok(
+            self.docker_a(&[
+                "run",
+                "--rm",
+                "--volume-driver",
+                &self.plugin,
+                "-v",
+                &format!("{name}:/data"),
+                &crate::docker::test_image(),
+                "sh",
+                "-c",
+                script,
+            ]),
+            &format!("writing volume {name} on A"),
+        );
+    }
+
     /// `docker ARGS` on host B.
     pub fn docker_b(&self, args: &[&str]) -> Output {
         self.docker_b
