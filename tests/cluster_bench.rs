@@ -7,6 +7,10 @@
 //! returned on node 2, from the daemons' logs). `local` loses the data (a
 //! new, empty volume on node 2); daffe's copy must carry every line.
 //!
+//! gold keeps a warm standby on node 2 (the first other node): the move
+//! waits until it is warm, as a planned move would, so the handover sends
+//! only what changed since its last round.
+//!
 //! CI runs it small (`DAFFE_BENCH_DATA_MB`, default 8 MiB written before
 //! the move); `bench/cluster.sh` runs it full-size and records the table.
 
@@ -85,7 +89,38 @@ struct Measure {
     before: usize,
 }
 
-fn run_case(s: &Swarm, name: &str, mount: &str, data_mb: u64) -> Measure {
+/// Node 1's standby of `volume` on node 2, once warm: a round completed
+/// after the data was written, the data there at most `MAX_LAG` old. The
+/// move is a planned one: an operator moves a service whose standby keeps
+/// up (`daffe cluster status` says so), not one still in its first copy.
+fn wait_warm(s: &Swarm, volume: &str) -> (f64, serde_json::Value) {
+    const MAX_LAG_MS: u64 = 15_000;
+    let t = Instant::now();
+    loop {
+        let st = s.try_cluster_status(1).unwrap_or_default();
+        let sb = st["volumes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["name"] == volume)
+            .and_then(|v| v["standbys"].get(0).cloned());
+        if let Some(x) = &sb
+            && x["node"] == "swnode2"
+            && x["rounds"].as_u64().unwrap_or(0) >= 2
+            && x["error"].is_null()
+            && x["lag_ms"].as_u64().is_some_and(|l| l <= MAX_LAG_MS)
+        {
+            return (t.elapsed().as_secs_f64(), x.clone());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(900),
+            "{volume}: the standby on node 2 never caught up: {sb:?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn run_case(s: &Swarm, name: &str, mount: &str, data_mb: u64, warm: Option<&str>) -> Measure {
     let script = format!(
         "trap 'exit 0' TERM; \
          [ -f /data/blob ] || head -c {data_mb}m /dev/urandom > /data/blob; \
@@ -105,6 +140,10 @@ fn run_case(s: &Swarm, name: &str, mount: &str, data_mb: u64) -> Measure {
     while lines(s, 1, &on1) < 30 {
         assert!(t.elapsed() < Duration::from_secs(60), "{name} not counting");
         std::thread::sleep(Duration::from_millis(200));
+    }
+    if let Some(volume) = warm {
+        let (secs, sb) = wait_warm(s, volume);
+        println!("{volume}: standby on node 2 warm after {secs:.1} s: {sb}");
     }
     let before = lines(s, 1, &on1);
     let t0 = Instant::now();
@@ -143,6 +182,7 @@ fn a_planned_move_side_by_side_with_the_local_driver() {
         "benchlocal",
         "type=volume,source=benchlocal,target=/data",
         data_mb,
+        None,
     );
     let vol = format!("benchgold{data_mb}");
     let daffe = run_case(
@@ -153,7 +193,11 @@ fn a_planned_move_side_by_side_with_the_local_driver() {
              volume-nocopy=true,volume-opt=size={size}"
         ),
         data_mb,
+        Some(&vol),
     );
+    let handed = s.nodes[1].docker().volume_inspect(&format!("{vol}@gold"))["Status"]["cluster"]
+        ["last_handover"]
+        .clone();
     let share = match (
         last_event(&s, 1, &format!("{vol}@gold"), "unmounted"),
         last_event(&s, 2, &format!("{vol}@gold"), " mounted"),
@@ -179,6 +223,7 @@ fn a_planned_move_side_by_side_with_the_local_driver() {
         daffe.carried,
         daffe.before
     );
+    println!("handover into node 2's standby: {handed}");
     println!(
         "targets: unavailable <= local + 1 s: {:.2} vs {:.2} ({}); daffe's share <= 1 s: {}",
         daffe.unavailable,

@@ -586,3 +586,105 @@ fn a_moved_service_finds_every_write_of_the_old_node_on_block_and_dir_volumes() 
     );
     s.reset();
 }
+
+/// Node `n`'s view of `vol`'s standbys (`cluster status` on the owner).
+fn standbys(s: &daffe_e2e::swarm::Swarm, n: usize, vol: &str) -> Vec<serde_json::Value> {
+    let st = s.cluster_status(n);
+    st["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == vol)
+        .and_then(|v| v["standbys"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_planned_move_into_a_warm_standby_sends_only_the_last_delta() {
+    const BIG_MIB: u64 = 48;
+    let mut s = with_daffe(Lease::default());
+    // 48 MiB written once at the start (incompressible), then a line every
+    // 100 ms: "INDEX NODE", so a lost write is a gap.
+    let script = format!(
+        "trap 'exit 0' TERM; touch /g/log; \
+         [ -f /g/big ] || dd if=/dev/urandom of=/g/big bs=1M count={BIG_MIB} 2>/dev/null; \
+         i=$(wc -l < /g/log); \
+         while :; do i=$((i+1)); echo \"$i $WHERE\" >> /g/log; sleep 0.1; done"
+    );
+    s.create_service(
+        "warm",
+        1,
+        &[
+            "--env",
+            "WHERE={{.Node.Hostname}}",
+            "--mount",
+            "type=volume,source=wblock@gold,target=/g,volume-driver=daffe,volume-nocopy=true",
+        ],
+        &test_image(),
+        &["sh", "-c", &script],
+    );
+    let on1 = s.wait_running("warm", 1, SCHEDULE_LIMIT);
+    wait_lines(&s, 1, &on1, "/g/log", 5);
+
+    // gold keeps one standby: node 1, the owner, streams rounds to node 2
+    // (the first other node by name). Warm: two rounds done, the last one
+    // carrying only the appended lines.
+    let t = Instant::now();
+    let warm = loop {
+        let sb = standbys(&s, 1, "wblock");
+        if let Some(x) = sb.first()
+            && x["node"] == "swnode2"
+            && x["rounds"].as_u64().unwrap_or(0) >= 2
+            && x["error"].is_null()
+            && x["last_round_bytes"].as_u64().unwrap_or(u64::MAX) < 4 << 20
+        {
+            break x.clone();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(150),
+            "node 2 never became a warm standby: {sb:?}\n{}",
+            s.nodes[0].log("daffe")
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    eprintln!(
+        "warm standby after {:.1} s: {warm}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(warm["lag_ms"].as_u64().unwrap() < 30_000, "{warm}");
+    let there = s.nodes[1].docker().volume_inspect("wblock@gold")["Status"].clone();
+    assert_eq!(there["state"], "receiving", "{there}");
+
+    // The planned move: only what changed since the last round crosses.
+    let t = Instant::now();
+    s.move_service("warm", 1, 2);
+    let on2 = s.wait_running("warm", 2, SCHEDULE_LIMIT);
+    eprintln!(
+        "moved to node 2: running after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    wait_lines(&s, 2, &on2, "/g/log", 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let log = read_log(&s, 2, &on2, "/g/log");
+    assert_unbroken(&log, "/g/log");
+    assert!(log.iter().any(|(_, n)| n == "swnode1"), "{log:?}");
+    assert!(log.iter().any(|(_, n)| n == "swnode2"), "{log:?}");
+    let size = s.nodes[1]
+        .docker()
+        .ok(&["exec", &on2, "wc", "-c", "/g/big"]);
+    assert!(
+        size.trim_start().starts_with(&(BIG_MIB << 20).to_string()),
+        "{size}"
+    );
+    let cl = s.nodes[1].docker().volume_inspect("wblock@gold")["Status"]["cluster"].clone();
+    let last = &cl["last_handover"];
+    eprintln!("handover into the standby: {last}");
+    assert_eq!(last["from"], "swnode1", "{cl}");
+    let bytes = last["bytes"].as_u64().unwrap();
+    assert!(
+        bytes < 4 << 20,
+        "the handover carried {bytes} bytes for a {BIG_MIB} MiB volume with a warm standby"
+    );
+    s.remove_service("warm");
+    s.reset();
+}

@@ -45,6 +45,19 @@ pub struct ProfileDef {
     pub local: Option<LocalSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ebs: Option<EbsSpec>,
+    /// Cluster mode: how many other nodes keep a warm standby copy, fed by
+    /// the owner's pre-copy rounds, so a planned move sends only the last
+    /// delta (issue 14). Ignored without `[cluster]`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub standbys: u32,
+}
+
+/// More standbys than this is a typo, not a plan (each one is a full copy
+/// and a stream of rounds from the owner).
+pub const MAX_STANDBYS: u32 = 4;
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A validated profile.
@@ -78,6 +91,8 @@ pub enum CatalogError {
     RemoveBuiltin(String),
     #[error("invalid profiles config: {0}")]
     Config(String),
+    #[error("profile {profile:?}: standbys = {standbys} is over the limit of {MAX_STANDBYS}")]
+    Standbys { profile: String, standbys: u32 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -259,6 +274,12 @@ fn validate_def(name: &str, def: &ProfileDef) -> Result<(), CatalogError> {
     if def.local.is_none() && def.ebs.is_none() {
         return Err(CatalogError::NoBackend(name.to_owned()));
     }
+    if def.standbys > MAX_STANDBYS {
+        return Err(CatalogError::Standbys {
+            profile: name.to_owned(),
+            standbys: def.standbys,
+        });
+    }
     if let Some(l) = &def.local {
         l.validate().map_err(|source| CatalogError::Local {
             profile: name.to_owned(),
@@ -298,6 +319,7 @@ fn builtin_defs() -> [(&'static str, ProfileDef); 2] {
                     default_size: ByteSize(10 * GIB),
                     keep_on_remove: false,
                 }),
+                standbys: 0,
             },
         ),
         (
@@ -323,6 +345,7 @@ fn builtin_defs() -> [(&'static str, ProfileDef); 2] {
                     default_size: ByteSize(10 * GIB),
                     keep_on_remove: false,
                 }),
+                standbys: 1,
             },
         ),
     ]
@@ -490,6 +513,22 @@ mod tests {
     }
 
     #[test]
+    fn gold_keeps_one_standby_and_a_config_may_ask_for_more() {
+        let cat = Catalog::builtin();
+        assert_eq!(cat.get("gold").unwrap().def.standbys, 1);
+        assert_eq!(cat.get(DEFAULT_PROFILE).unwrap().def.standbys, 0);
+        let cat = Catalog::from_config_toml(
+            "[profiles.ha]\nstandbys = 2\n[profiles.ha.local]\nformat = \"dir\"\n",
+        )
+        .unwrap();
+        assert_eq!(cat.get("ha").unwrap().def.standbys, 2);
+        // Zero is the default and is not written out (older readers of
+        // profiles.json never see the key).
+        let json = serde_json::to_value(&cat.get(DEFAULT_PROFILE).unwrap().def).unwrap();
+        assert!(json.get("standbys").is_none(), "{json}");
+    }
+
+    #[test]
     fn bad_configs_are_refused_with_the_reason() {
         let cases = [
             (
@@ -516,6 +555,10 @@ mod tests {
             (
                 "[profiles.x.local]\nformat = \"dir\"\ndefault_size = \"1G\"\n",
                 "cannot enforce a size",
+            ),
+            (
+                "[profiles.x]\nstandbys = 9\n[profiles.x.local]\nformat = \"dir\"\n",
+                "standbys = 9 is over the limit of 4",
             ),
         ];
         for (text, want) in cases {

@@ -103,6 +103,24 @@ fn render(v: &Value) -> String {
             text(&x["last_writer"]),
             text(&x["last_epoch"]),
         ));
+        // Known on the owner only (it sends the rounds).
+        for s in x["standbys"].as_array().into_iter().flatten() {
+            let lag = match s["lag_ms"].as_u64() {
+                Some(ms) => format!(
+                    "lag {:.1} s, last round {}",
+                    ms as f64 / 1000.0,
+                    crate::migrate::report::human_bytes(
+                        s["last_round_bytes"].as_u64().unwrap_or(0)
+                    )
+                ),
+                None => "no round yet".into(),
+            };
+            let error = s["error"]
+                .as_str()
+                .map(|e| format!(", error: {}", e.chars().take(40).collect::<String>()))
+                .unwrap_or_default();
+            out.push_str(&format!("  standby {}: {lag}{error}\n", text(&s["node"])));
+        }
     }
     out
 }
@@ -118,12 +136,25 @@ mod tests {
             "cluster": "prod", "node": "n1", "lease": 7, "fenced": false, "writable_for_ms": 6000,
             "nodes": [{"name": "n1", "agent": "10.0.0.1:7443", "version": "0.1.0"}],
             "volumes": [{"name": "db", "profile": "gold", "owner": "n1", "epoch": 12,
-                         "last_writer": "n1", "last_epoch": 12}],
+                         "last_writer": "n1", "last_epoch": 12,
+                         "standbys": [{"node": "n2", "lag_ms": 5300, "last_round_bytes": 2048,
+                                       "lag_bytes": 0, "rounds": 9, "error": null},
+                                      {"node": "n3", "lag_ms": null, "last_round_bytes": 0,
+                                       "lag_bytes": 0, "rounds": 0,
+                                       "error": "reaching node n3's agent at 10.0.0.3:7443: connection refused"}]}],
         });
         let t = render(&v);
         assert!(t.contains("lease 7 writable for 6000 ms"), "{t}");
         assert!(t.contains("10.0.0.1:7443"), "{t}");
         assert!(t.contains("db") && t.contains("n1@12"), "{t}");
+        assert!(
+            t.contains("standby n2: lag 5.3 s, last round 2.0 KiB"),
+            "{t}"
+        );
+        assert!(
+            t.contains("standby n3: no round yet, error: reaching"),
+            "{t}"
+        );
         let fenced = render(&json!({"fenced": true, "nodes": [], "volumes": []}));
         assert!(fenced.contains("FENCED"), "{fenced}");
         assert!(t.lines().all(|l| l.len() <= 80), "{t}");

@@ -186,6 +186,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             command,
             timeout: hook_timeout,
         }),
+        precopy: true,
     };
     let quiet = super::output::quiet();
     let stream = args

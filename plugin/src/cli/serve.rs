@@ -149,11 +149,22 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
     svc.persist_profiles(&cfg.data_root.join("state"))?;
     crate::state::roots::check_catalog(&svc.catalog(), &cfg.data_root)?;
     if let Some(c) = &cfg.cluster {
-        svc.set_cluster(join(c, &cfg.data_root)?, handover(c)?);
+        let h = handover(c)?;
+        if h.is_some() {
+            // The same certificate dials standbys; AgentHandover just read it.
+            match crate::clustering::standby::AgentStandby::new(&tls_dir(c), &c.node) {
+                Ok(s) => svc.set_standby(Arc::new(s)),
+                Err(e) => tracing::warn!(error = %e, "no standbys will be kept"),
+            }
+        }
+        svc.set_cluster(join(c, &cfg.data_root)?, h);
     }
     let svc = Arc::new(svc);
     svc.recover()?;
     svc.join_cluster()?;
+    if cfg.cluster.is_some() {
+        start_standby_rounds(svc.clone());
+    }
     // Records for volumes the storage has and the store lacks (EBS: tagged
     // for this host). A failure (AWS unreachable) must not keep the daemon
     // from serving the volumes it knows: dockerd forgets volumes whose
@@ -264,17 +275,37 @@ fn handover(
     c: &cluster::ClusterConfig,
 ) -> Result<Option<Arc<dyn crate::clustering::handover::Handover>>, ServeError> {
     use crate::clustering::handover::AgentHandover;
-    let dir = c
-        .tls_dir
-        .clone()
-        .unwrap_or_else(|| super::agent::DEFAULT_TLS_DIR.into());
-    match AgentHandover::new(&dir, &c.node) {
+    match AgentHandover::new(&tls_dir(c), &c.node) {
         Ok(h) => Ok(Some(Arc::new(h))),
         Err(e) if c.tls_dir.is_some() => Err(ServeError::Handover(e)),
         Err(e) => {
             tracing::warn!(error = %e, "no agent certificate: a stale copy here is refused, not brought up to date (set [cluster] tls_dir)");
             Ok(None)
         }
+    }
+}
+
+/// This node's agent certificate folder: `[cluster] tls_dir`, or the agent's default.
+fn tls_dir(c: &cluster::ClusterConfig) -> std::path::PathBuf {
+    c.tls_dir
+        .clone()
+        .unwrap_or_else(|| super::agent::DEFAULT_TLS_DIR.into())
+}
+
+/// Cluster mode: the owner's standby rounds, on a thread of their own (they
+/// read and hash whole volumes; never on the sockets' threads). Each pass
+/// starts `ROUND_INTERVAL` after the last one ended.
+fn start_standby_rounds(svc: Arc<VolumeService>) {
+    let spawned = std::thread::Builder::new()
+        .name("standby-rounds".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(crate::clustering::standby::ROUND_INTERVAL);
+                svc.standby_tick();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the standby rounds; no standbys will be kept");
     }
 }
 

@@ -29,6 +29,16 @@ pub(crate) struct HandoverPlan {
     pub(crate) agent: String,
 }
 
+/// What a handover carried, as the writer's agent reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Handed {
+    /// Bytes that crossed (what the asker's copy lacked: the whole volume
+    /// into a blank copy, the last delta into a warm standby).
+    pub(crate) bytes: u64,
+    /// The writer's side, from its plan to the commit.
+    pub(crate) ms: u64,
+}
+
 /// What `daffe volume move` did (the pulling daemon's answer, also over the
 /// agents' protocol when another node pulled).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,7 +75,7 @@ pub(crate) trait Handover: Send + Sync {
         agent: &str,
         docker_name: &str,
         limit: Duration,
-    ) -> Result<(), HandoverError>;
+    ) -> Result<Handed, HandoverError>;
 
     /// `daffe volume move --to NODE`: asks node `node` (agent at `agent`)
     /// to make its copy of `docker_name` the latest; within `limit`.
@@ -147,12 +157,12 @@ impl Handover for AgentHandover {
         agent: &str,
         docker_name: &str,
         limit: Duration,
-    ) -> Result<(), HandoverError> {
+    ) -> Result<Handed, HandoverError> {
         let req = PeerRequest::Handover {
             volume: docker_name.to_owned(),
         };
         match self.ask(node, agent, &req, limit)? {
-            PeerReply::HandedOver { .. } => Ok(()),
+            PeerReply::HandedOver { bytes, ms } => Ok(Handed { bytes, ms }),
             other => Err(HandoverError::Failed {
                 node: node.to_owned(),
                 message: format!("unexpected reply {other:?}"),

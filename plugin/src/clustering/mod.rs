@@ -12,12 +12,14 @@
 //! - [`catalogue`]: what the catalogue record of a volume holds;
 //! - [`handover`]: asking the last writer's agent for the volume when this
 //!   node's copy is stale (the data path);
+//! - [`standby`]: warm standbys: which nodes, one round to one, their lag;
 //! - [`status`]: `daffe cluster status`.
 
 pub(crate) mod catalogue;
 pub(crate) mod fencing;
 pub(crate) mod handover;
 mod keeper;
+pub(crate) mod standby;
 pub(crate) mod status;
 
 use cluster::{Claim, ClusterConfig, Coordinator, CoordinatorError, Epoch, LeaseId, LeaseRule};

@@ -37,8 +37,9 @@ pub(crate) struct VolumeRow {
     /// Who owned it last, and at which epoch (a copy of another epoch is stale).
     pub(crate) last_writer: Option<String>,
     pub(crate) last_epoch: Option<u64>,
-    /// Standby copies and their lag: none are kept yet (issue 14).
-    pub(crate) standbys: Vec<String>,
+    /// Standby copies and their lag, as the owner knows them (filled in by
+    /// the daemon on the owner; empty elsewhere).
+    pub(crate) standbys: Vec<super::standby::StandbyLag>,
 }
 
 impl ClusterNode {

@@ -21,6 +21,7 @@
 //! | POST | `/v1/volumes/NAME/{abort,own}` | [`ControlRequest::AbortMove`], [`ControlRequest::Own`] |
 //! | POST | `/v1/volumes/NAME/handover` `{"to"}` | [`ControlRequest::Handover`] |
 //! | POST | `/v1/volumes/NAME/pull` | [`ControlRequest::Pull`] |
+//! | POST | `/v1/volumes/NAME/standby` `{"from","epoch"}` | [`ControlRequest::Standby`] |
 //! | POST | `/v1/volumes/NAME/move-to` `{"node"}` | [`ControlRequest::MoveTo`] |
 //! | POST | `/v1/receive/check` `{"volume","options","need_bytes"}` | [`ControlRequest::CheckReceive`] |
 //! | POST | `/v1/receive/prepare` `{"volume","options","from"}` | [`ControlRequest::PrepareReceive`] |
@@ -78,6 +79,13 @@ pub(crate) enum ControlRequest {
     /// Cluster mode: make this node's copy the latest, unmounted
     /// (`daffe volume move --to THIS-NODE`).
     Pull { name: String },
+    /// Cluster mode, a standby's side: node `from`, owner at `epoch`,
+    /// streams pre-copy rounds of the volume into this node's copy.
+    Standby {
+        name: String,
+        from: String,
+        epoch: u64,
+    },
     /// Cluster mode: `daffe volume move VOLUME --to NODE`, from any node.
     MoveTo { name: String, node: String },
     /// Destination: could `volume` be received (profile, room)?
@@ -134,6 +142,13 @@ pub(crate) enum RequestError {
 #[serde(deny_unknown_fields)]
 struct To {
     to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StandbyBody {
+    from: String,
+    epoch: u64,
 }
 
 #[derive(Deserialize)]
@@ -252,7 +267,7 @@ impl ControlRequest {
                 "volumes",
                 n,
                 op @ ("profile" | "move" | "fence" | "moved" | "abort" | "own" | "handover"
-                | "pull" | "move-to"),
+                | "pull" | "move-to" | "standby"),
             ] => {
                 only(Method::POST)?;
                 let name = name(n);
@@ -279,6 +294,14 @@ impl ControlRequest {
                         to: body::<To>(bytes)?.to,
                     },
                     "pull" => R::Pull { name },
+                    "standby" => {
+                        let b = body::<StandbyBody>(bytes)?;
+                        R::Standby {
+                            name,
+                            from: b.from,
+                            epoch: b.epoch,
+                        }
+                    }
                     "move-to" => R::MoveTo {
                         name,
                         node: body::<NodeBody>(bytes)?.node,
@@ -376,6 +399,10 @@ impl ControlRequest {
             R::FinishMove { name, to } => post(vol(name, "moved"), json!({ "to": to })),
             R::Handover { name, to } => post(vol(name, "handover"), json!({ "to": to })),
             R::Pull { name } => post(vol(name, "pull"), json!({})),
+            R::Standby { name, from, epoch } => post(
+                vol(name, "standby"),
+                json!({ "from": from, "epoch": epoch }),
+            ),
             R::MoveTo { name, node } => post(vol(name, "move-to"), json!({ "node": node })),
             R::AbortMove { name } => post(vol(name, "abort"), json!({})),
             R::Own { name } => post(vol(name, "own"), json!({})),
@@ -436,6 +463,7 @@ impl ControlRequest {
             R::Own { .. } => "take_ownership",
             R::Handover { .. } => "handover",
             R::Pull { .. } => "pull",
+            R::Standby { .. } => "standby",
             R::MoveTo { .. } => "volume move",
             R::CheckReceive { .. } => "check receive",
             R::PrepareReceive { .. } => "prepare receive",
@@ -466,6 +494,7 @@ impl ControlRequest {
             | R::FinishMove { name, .. }
             | R::Handover { name, .. }
             | R::Pull { name }
+            | R::Standby { name, .. }
             | R::MoveTo { name, .. }
             | R::AbortMove { name }
             | R::Own { name }
@@ -563,6 +592,11 @@ mod tests {
                 to: "swnode2".into(),
             },
             R::Pull { name: n() },
+            R::Standby {
+                name: n(),
+                from: "swnode1".into(),
+                epoch: 42,
+            },
             R::MoveTo {
                 name: n(),
                 node: "swnode3".into(),

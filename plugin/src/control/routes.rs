@@ -70,6 +70,7 @@ impl Limits {
             | R::AbortMove { .. }
             | R::Own { .. }
             | R::Handover { .. }
+            | R::Standby { .. }
             | R::CheckReceive { .. }
             | R::PrepareReceive { .. } => self.quick,
             R::SetProfile { .. } | R::EbsFacts { .. } => self.aws,
@@ -176,7 +177,13 @@ fn answer(
             }))
         }
         R::Cluster => match svc.cluster() {
-            Some(c) => json(c.status().map_err(ServiceError::from)?),
+            Some(c) => {
+                let mut st = c.status().map_err(ServiceError::from)?;
+                for v in &mut st.volumes {
+                    v.standbys = svc.standby_lags(&v.name);
+                }
+                json(st)
+            }
             None => {
                 return Err(ServiceError::Refused {
                     op: "cluster status",
@@ -202,6 +209,7 @@ fn answer(
         }
         R::Handover { name, to } => json(svc.handover_plan(&name, &to)?),
         R::Pull { name } => json(svc.pull(&name)?),
+        R::Standby { name, from, epoch } => json(svc.accept_standby(&name, &from, epoch)?),
         R::MoveTo { name, node } => json(svc.move_to(&name, &node)?),
         R::FinishMove { name, to } => {
             let r = svc.finish_move(&name, &to)?;

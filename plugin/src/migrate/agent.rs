@@ -96,6 +96,9 @@ impl AgentHandler {
             fence_poll: Duration::from_millis(50),
             strict: false,
             before_cutover: None,
+            // Unmounted here: one exact round carries what the asker's copy
+            // (a warm standby, or blank) lacks.
+            precopy: false,
         };
         tracing::info!(volume, to = %peer.node, agent = %plan.agent, "handing the volume over");
         let report = orchestrate::migrate(&self.daemon, &mut dest, &opts, &mut |_| {})
@@ -237,6 +240,16 @@ impl RoundHandler for AgentHandler {
                     .send_as(&ControlRequest::Pull { name: volume })
                     .map_err(daemon_error)?,
             ),
+            PeerRequest::Standby { volume, epoch } => {
+                self.daemon
+                    .send(&ControlRequest::Standby {
+                        name: volume,
+                        from: peer.node.clone(),
+                        epoch,
+                    })
+                    .map_err(daemon_error)?;
+                PeerReply::Standby
+            }
             PeerRequest::Health => PeerReply::Health {
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 daemon_error: self

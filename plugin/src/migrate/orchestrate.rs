@@ -235,6 +235,11 @@ pub(crate) struct MigrateOptions {
     pub(crate) strict: bool,
     /// Run before the last pre-copy round (`--before-cutover`).
     pub(crate) before_cutover: Option<BeforeCutover>,
+    /// Pre-copy rounds first. A cluster handover sends a volume that is
+    /// already unmounted (nothing changes under it), often into a warm
+    /// standby: the final round alone carries what the standby lacks, and
+    /// a pre-copy round would only scan the volume a second time.
+    pub(crate) precopy: bool,
 }
 
 /// Pre-copy rounds at most unless the operator says otherwise.
@@ -490,6 +495,9 @@ pub(crate) fn migrate(
     let event = RefCell::new(event);
     if resume_cutover {
         report.cutover_reason = "resumed".into();
+    } else if !opts.precopy {
+        host.begin_move(vol, to)?;
+        report.cutover_reason = "final round only (the volume was not in use)".into();
     } else {
         host.begin_move(vol, to)?;
         let targets = Targets {

@@ -34,6 +34,10 @@ pub(crate) enum PeerRequest {
     /// Cluster mode, `daffe volume move --to THIS-NODE` run elsewhere: make
     /// this node's copy the latest (its daemon pulls it from the last writer).
     Pull { volume: String },
+    /// Cluster mode: the asker owns the volume at `epoch` and will stream
+    /// pre-copy rounds into this node's copy, a warm standby (never
+    /// committed by those rounds; a handover commits it).
+    Standby { volume: String, epoch: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +64,8 @@ pub(crate) enum PeerReply {
         ms: u64,
     },
     Pulled(PullReport),
+    /// This node's copy receives the asker's rounds now.
+    Standby,
 }
 
 #[cfg(test)]

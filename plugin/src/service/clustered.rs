@@ -36,6 +36,21 @@ const HANDOVER_LIMIT: Duration = Duration::from_secs(80);
 /// handover limit and the steps around it).
 const PULL_LIMIT: Duration = Duration::from_secs(95);
 
+/// The longest a handover waits for a standby round of the volume still in
+/// flight from this node (started before the Unmount): once the standby is
+/// warm a round carries seconds of writes.
+const STANDBY_SEND_WAIT: Duration = Duration::from_secs(30);
+
+/// The last handover into a copy here, for inspect: a move into a warm
+/// standby carries only the last delta, into a blank copy the whole volume.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct LastHandover {
+    pub(crate) from: String,
+    pub(crate) bytes: u64,
+    /// From the request to the commit, as this node waited for it.
+    pub(crate) ms: u64,
+}
+
 /// A stale copy, claimed (in etcd, not yet owned), to be brought up to date
 /// from its last writer before it is mounted.
 #[derive(Debug, Clone)]
@@ -325,10 +340,13 @@ impl VolumeService {
         block.then(|| self.backend.path(vref(rec)))
     }
 
-    /// A Refresh's first step, under the volume's lock: the copy becomes a
-    /// blank one being received from the writer (the receiver knows only
-    /// what its own rounds wrote), and other Mounts of it are refused until
-    /// [`VolumeService::adopt_refreshed`].
+    /// A Refresh's first step, under the volume's lock: the copy becomes
+    /// one being received from the writer, and other Mounts of it are
+    /// refused until [`VolumeService::adopt_refreshed`]. A warm standby of
+    /// the writer's (already receiving its rounds) is kept as it is, so the
+    /// handover sends only what changed since its last round; any other
+    /// copy starts blank (the receiver knows only what its own rounds
+    /// wrote).
     pub(super) fn begin_refresh(
         &self,
         rec: &mut VolumeRecord,
@@ -336,9 +354,14 @@ impl VolumeService {
     ) -> Result<(), ServiceError> {
         super::lock(&self.refreshing).insert(rec.name.clone());
         let mut start = || -> Result<(), ServiceError> {
-            rec.state = VolumeState::Receiving {
+            let receiving = VolumeState::Receiving {
                 from: r.writer.node.clone(),
             };
+            if rec.state == receiving {
+                tracing::info!(volume = %rec.name, from = %r.writer.node, "warm standby: only the last delta comes");
+                return Ok(());
+            }
+            rec.state = receiving;
             self.records.put(rec)?;
             self.backend.remove(vref(rec))?;
             self.backend.create(vref(rec))?;
@@ -358,13 +381,29 @@ impl VolumeService {
         let res = h
             .handover(&r.writer.node, &r.agent, docker_name, HANDOVER_LIMIT)
             .map_err(|e| e.to_string());
+        let ms = crate::migrate::report::millis(t.elapsed());
         tracing::info!(
             volume = docker_name,
-            ms = crate::migrate::report::millis(t.elapsed()),
+            ms,
+            bytes = res.as_ref().map_or(0, |h| h.bytes),
             ok = res.is_ok(),
             "handover ended"
         );
-        res
+        let handed = res?;
+        super::lock(&self.handed).insert(
+            r.name.clone(),
+            LastHandover {
+                from: r.writer.node.clone(),
+                bytes: handed.bytes,
+                ms,
+            },
+        );
+        Ok(())
+    }
+
+    /// The last handover into this node's copy of `name` (since the start).
+    pub(super) fn last_handover(&self, name: &str) -> Option<LastHandover> {
+        super::lock(&self.handed).get(name).cloned()
     }
 
     /// A Refresh's last step, under the volume's lock again: the copy was
@@ -537,6 +576,10 @@ impl VolumeService {
         let c = self
             .node()
             .ok_or_else(|| refused("this daemon is not in cluster mode".into()))?;
+        // One sender per receiver: a standby round started before the
+        // Unmount ends first (none starts after it: not owned any more).
+        let name = self.find(docker_name)?.name;
+        self.wait_standby_sends(&name, STANDBY_SEND_WAIT)?;
         self.locked(docker_name, |mut rec| {
             if !rec.mounts.is_empty() {
                 return Err(super::in_use(&rec));

@@ -79,7 +79,7 @@ pub(crate) struct ReceiveCheck {
     pub(crate) resuming: bool,
 }
 
-fn transfer_paths(rec: &VolumeRecord) -> Result<TransferPaths, ServiceError> {
+pub(super) fn transfer_paths(rec: &VolumeRecord) -> Result<TransferPaths, ServiceError> {
     let Settings::Local(s) = &rec.settings else {
         return Err(ServiceError::Migration {
             op: "migrate",

@@ -16,6 +16,8 @@
 //! - [`profile_change`]: set-profile and profile definitions.
 //! - [`clustered`]: what cluster mode adds to Docker's semantics (the
 //!   cluster-wide catalogue, ownership at Mount); nothing without `[cluster]`.
+//! - [`standby`]: cluster mode's warm standbys (the owner's rounds, a
+//!   standby's acceptance, one sender per volume).
 //!
 //! Every record write goes through [`Records`], which keeps List's cache
 //! right; nothing here holds the store itself.
@@ -32,6 +34,7 @@ pub(crate) mod ebs;
 mod error;
 pub(crate) mod migrate;
 pub(crate) mod profile_change;
+mod standby;
 mod volumes;
 
 #[cfg(test)]
@@ -44,13 +47,14 @@ use crate::backend::ebs::EbsBackend;
 use crate::backend::{Backend, Storage, VolumeRef};
 use crate::clustering::ClusterNode;
 use crate::clustering::handover::Handover;
+use crate::clustering::standby::{Lags, StandbyLink};
 use crate::state::Records;
 use crate::state::catalog::SharedCatalog;
 use crate::state::record::{Mounts, VolumeRecord, VolumeState};
 use profiles::{Catalog, VolumeName, VolumeRequest};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 pub(crate) struct VolumeService {
     /// The one way records are read and written.
@@ -70,6 +74,16 @@ pub(crate) struct VolumeService {
     /// Volumes whose copy is being brought up to date here now: their copy
     /// is incomplete, so another Mount of them is refused meanwhile.
     refreshing: Mutex<BTreeSet<String>>,
+    /// Cluster mode: how this node, owner, sends rounds to standbys; `None`:
+    /// it keeps none (no agent certificate).
+    standby: Option<Arc<dyn StandbyLink>>,
+    /// What this node knows of its volumes' standbys.
+    lags: Lags,
+    /// Volumes with a standby round in flight from here, and its end.
+    standby_sends: Mutex<BTreeSet<String>>,
+    standby_sent: Condvar,
+    /// The last handover into each copy here (inspect shows it).
+    handed: Mutex<BTreeMap<String, clustered::LastHandover>>,
 }
 
 /// Locks a std mutex, ignoring poisoning: the data behind these locks is
@@ -95,6 +109,11 @@ impl VolumeService {
             cluster: None,
             handover: None,
             refreshing: Mutex::new(BTreeSet::new()),
+            standby: None,
+            lags: Lags::default(),
+            standby_sends: Mutex::new(BTreeSet::new()),
+            standby_sent: Condvar::new(),
+            handed: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -107,6 +126,12 @@ impl VolumeService {
     ) {
         self.cluster = Some(node);
         self.handover = handover;
+    }
+
+    /// Cluster mode: streams standby rounds through `link` (once, at
+    /// start, before serving).
+    pub(crate) fn set_standby(&mut self, link: Arc<dyn StandbyLink>) {
+        self.standby = Some(link);
     }
 
     pub(crate) fn cluster(&self) -> Option<&Arc<ClusterNode>> {

@@ -477,6 +477,10 @@ impl VolumeService {
                     "owned_here": c.owned(&rec.name).map(|e| e.0),
                     "copy_epoch": f.epoch,
                     "catalogued": f.created,
+                    // The owner's view of its standbys (lag since the start
+                    // of each one's last complete round).
+                    "standbys": self.standby_lags(&rec.name),
+                    "last_handover": self.last_handover(&rec.name),
                 }),
             );
         }

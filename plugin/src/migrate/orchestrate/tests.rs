@@ -172,7 +172,9 @@ impl DestHost for FakeDest {
                 version: "test".into(),
                 daemon_error: None,
             }),
-            PeerRequest::Handover { .. } | PeerRequest::Pull { .. } => Err(MigrateError::Reply(
+            PeerRequest::Handover { .. }
+            | PeerRequest::Pull { .. }
+            | PeerRequest::Standby { .. } => Err(MigrateError::Reply(
                 "a migration never asks for a handover".into(),
             )),
         }
@@ -221,6 +223,7 @@ fn opts() -> MigrateOptions {
         fence_poll: Duration::from_millis(1),
         strict: false,
         before_cutover: None,
+        precopy: true,
     }
 }
 
@@ -283,6 +286,35 @@ fn rounds_converge_then_cutover_fences_final_round_commits_and_marks_moved() {
     );
     assert!(events.iter().any(|e| matches!(e, Event::WaitingForUnmount)));
     assert!(r.used_bytes > 0);
+}
+
+#[test]
+fn a_handover_without_pre_copy_sends_one_exact_round_into_the_standby() {
+    let d = tempfile::tempdir().unwrap();
+    let host = FakeHost::new(d.path(), "ready", None);
+    // What the standby lacks: one final round, no scan before it.
+    let mut dest = dest(vec![Ok(4096)]);
+    let o = MigrateOptions {
+        precopy: false,
+        ..opts()
+    };
+    let r = migrate(&host, &mut dest, &o, &mut |_| {}).unwrap();
+    assert_eq!(r.rounds.len(), 1);
+    assert!(r.rounds[0].final_round);
+    assert_eq!(r.bytes_moved, 4096);
+    assert!(r.cutover_reason.starts_with("final round only"), "{r:?}");
+    assert_eq!(
+        dest.log,
+        vec![
+            "preflight",
+            "prepare",
+            "source counter@gold",
+            "round 1 final=true",
+            "commit"
+        ]
+    );
+    assert_eq!(host.log().first().unwrap(), "move hostb");
+    assert_eq!(host.log().last().unwrap(), "moved hostb");
 }
 
 #[test]

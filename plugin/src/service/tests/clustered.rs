@@ -3,11 +3,14 @@
 //! writer, through a [`Handover`] double that does what the two agents do
 //! (the writer's daemon plans it, the volume moves as `daffe migrate` moves
 //! it: begin, fence, receive, commit, moved; a failure before the commit
-//! aborts the move), with failures injected at its steps.
+//! aborts the move), with failures injected at its steps. Warm standbys go
+//! through a [`StandbyLink`] double that does what a standby round does
+//! (the standby's daemon accepts, the changed files go into its copy).
 
 use super::go;
 use crate::clustering::ClusterNode;
-use crate::clustering::handover::{Handover, HandoverError, PullReport};
+use crate::clustering::handover::{Handed, Handover, HandoverError, PullReport};
+use crate::clustering::standby::{RoundFigures, StandbyError, StandbyLink};
 use crate::service::{ErrorCode, ServiceError, VolumeService};
 use cluster::ClusterConfig;
 use cluster::memory::MemoryCoordinator;
@@ -34,6 +37,8 @@ struct Nodes {
     fail: Mutex<Option<FailAt>>,
     /// Handovers asked for: (asker, writer, volume).
     asked: Mutex<Vec<(String, String, String)>>,
+    /// Bytes each handover copied (what the asker's copy lacked).
+    handed: Mutex<Vec<u64>>,
 }
 
 impl Nodes {
@@ -48,17 +53,21 @@ struct Agents {
     nodes: Arc<Nodes>,
 }
 
-fn copy_tree(from: &Path, to: &Path) {
+/// Copies the files of `from` that `to` lacks or holds otherwise, as a
+/// round does; the bytes copied.
+fn copy_tree(from: &Path, to: &Path) -> u64 {
     std::fs::create_dir_all(to).unwrap();
+    let mut copied = 0;
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
         let dest = to.join(e.file_name());
         if e.file_type().unwrap().is_dir() {
-            copy_tree(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
+            copied += copy_tree(&e.path(), &dest);
+        } else if std::fs::read(e.path()).ok() != std::fs::read(&dest).ok() {
+            copied += std::fs::copy(e.path(), dest).unwrap();
         }
     }
+    copied
 }
 
 impl Handover for Agents {
@@ -68,7 +77,7 @@ impl Handover for Agents {
         agent: &str,
         docker_name: &str,
         _limit: Duration,
-    ) -> Result<(), HandoverError> {
+    ) -> Result<Handed, HandoverError> {
         super::lock(&self.nodes.asked).push((
             self.me.clone(),
             node.to_owned(),
@@ -103,13 +112,17 @@ impl Handover for Agents {
             writer.abort_move(docker_name).unwrap();
             return Err(failed("link cut mid-round".into()));
         }
-        copy_tree(&src.data, &dst.data);
+        let copied = copy_tree(&src.data, &dst.data);
+        super::lock(&self.nodes.handed).push(copied);
         asker.take_ownership(docker_name).unwrap();
         writer.finish_move(docker_name, &plan.agent).unwrap();
         if fail == Some(FailAt::Reply) {
             return Err(failed("connection reset before the reply".into()));
         }
-        Ok(())
+        Ok(Handed {
+            bytes: copied,
+            ms: 1,
+        })
     }
 
     fn pull(
@@ -128,6 +141,38 @@ impl Handover for Agents {
             })
     }
 }
+
+/// One standby round as the two agents do it: the standby's daemon
+/// accepts (checking etcd), then what changed goes into its copy.
+impl StandbyLink for Agents {
+    fn round(
+        &self,
+        node: &str,
+        _agent: &str,
+        docker_name: &str,
+        epoch: cluster::Epoch,
+        source: mover::Source,
+        _cache_dir: &Path,
+    ) -> Result<RoundFigures, StandbyError> {
+        let standby = self.nodes.service(node);
+        standby
+            .accept_standby(docker_name, &self.me, epoch.0)
+            .map_err(|e| StandbyError::Refused {
+                node: node.to_owned(),
+                message: e.to_string(),
+            })?;
+        let dst = standby.transfer_paths(docker_name).unwrap();
+        let bytes = copy_tree(source.path(), &dst.data);
+        Ok(RoundFigures {
+            bytes,
+            bytes_dirty: 0,
+            ms: 1,
+        })
+    }
+}
+
+/// The built-in profiles and `ha`: a dir volume with one standby.
+const HA: &str = "[profiles.ha]\nstandbys = 1\n[profiles.ha.local]\nformat = \"dir\"\n";
 
 fn cfg(node: &str) -> ClusterConfig {
     toml::from_str(&format!(
@@ -157,18 +202,17 @@ fn node(
     let mut svc = VolumeService::new(
         super::records(&root),
         backend,
-        profiles::Catalog::builtin(),
+        profiles::Catalog::from_config_toml(HA).unwrap(),
         root.clone(),
     );
     let cn =
         ClusterNode::start(cfg(name), Arc::new(etcd.clone()), root.join("fence.json")).unwrap();
-    svc.set_cluster(
-        cn,
-        Some(Arc::new(Agents {
-            me: name.to_owned(),
-            nodes: nodes.clone(),
-        })),
-    );
+    let agents = Arc::new(Agents {
+        me: name.to_owned(),
+        nodes: nodes.clone(),
+    });
+    svc.set_cluster(cn, Some(agents.clone()));
+    svc.set_standby(agents);
     let svc = Arc::new(svc);
     super::lock(&nodes.services).insert(name.to_owned(), Arc::downgrade(&svc));
     svc
@@ -337,4 +381,99 @@ fn volume_move_pulls_to_the_named_node_from_any_node_and_refuses_a_mounted_volum
             .contains("node nowhere is not in the cluster"),
         "{err}"
     );
+}
+
+#[test]
+fn a_move_into_a_warm_standby_sends_only_what_changed_since_its_last_round() {
+    let c = cluster();
+    c.a.create("v@ha", &BTreeMap::new()).unwrap();
+    c.b.get_clustered("v@ha").unwrap();
+    let mp = c.a.mount("v@ha", "c1", &go()).unwrap();
+    let big = "x".repeat(100_000);
+    write(&mp, "big", &big);
+    // The owner's pass: b (the only other node) gets a round.
+    c.a.standby_tick();
+    let lags = c.a.standby_lags("v");
+    assert_eq!(lags.len(), 1, "{lags:?}");
+    assert_eq!(
+        (
+            lags[0].node.as_str(),
+            lags[0].rounds,
+            lags[0].last_round_bytes
+        ),
+        ("b", 1, 100_000)
+    );
+    assert!(
+        lags[0].lag_ms.is_some() && lags[0].error.is_none(),
+        "{lags:?}"
+    );
+    // A second pass with nothing new carries nothing.
+    c.a.standby_tick();
+    assert_eq!(c.a.standby_lags("v")[0].last_round_bytes, 0);
+    // Written after the last round, then the task stops on a.
+    write(&mp, "small", "0123456789");
+    c.a.unmount("v@ha", "c1").unwrap();
+    // b's Mount: its copy is a's standby, kept; only the delta comes.
+    let mp_b = c.b.mount("v@ha", "c2", &go()).unwrap();
+    assert_eq!(*super::lock(&c.nodes.handed), [10]);
+    let last = c.b.last_handover("v").unwrap();
+    assert_eq!((last.from.as_str(), last.bytes), ("a", 10));
+    assert_eq!(read(&mp_b, "big").as_deref(), Some(big.as_str()));
+    assert_eq!(read(&mp_b, "small").as_deref(), Some("0123456789"));
+    assert_eq!(writer(&c, "v"), "b");
+    // a owns nothing now: its pass sends nothing and forgets its standbys.
+    c.a.standby_tick();
+    assert!(c.a.standby_lags("v").is_empty());
+    // b, the owner now, streams to a, whose copy was mounted there (not
+    // fed by rounds): it starts blank and gets everything once.
+    write(&mp_b, "three", "from b");
+    c.b.standby_tick();
+    let lags = c.b.standby_lags("v");
+    assert_eq!(
+        (lags[0].node.as_str(), lags[0].rounds),
+        ("a", 1),
+        "{lags:?}"
+    );
+    assert_eq!(lags[0].last_round_bytes, 100_000 + 10 + 6);
+}
+
+#[test]
+fn a_standby_is_fed_only_by_the_owner_at_its_epoch_and_never_while_in_use() {
+    use cluster::Coordinator;
+    let c = cluster();
+    c.a.create("v@ha", &BTreeMap::new()).unwrap();
+    c.b.get_clustered("v@ha").unwrap();
+    // Nobody owns it yet: no node may feed a standby of it.
+    let err = c.b.accept_standby("v@ha", "a", 1).unwrap_err();
+    assert!(err.to_string().contains("no node does"), "{err}");
+    c.a.mount("v@ha", "c1", &go()).unwrap();
+    let epoch = c.etcd.owner("v").unwrap().unwrap().epoch.0;
+    // Another node naming itself, or the owner at an older epoch.
+    let err = c.b.accept_standby("v@ha", "mallory", epoch).unwrap_err();
+    assert!(
+        err.to_string().contains("node mallory does not own it"),
+        "{err}"
+    );
+    let err = c.b.accept_standby("v@ha", "a", epoch - 1).unwrap_err();
+    assert!(
+        err.to_string().contains(&format!("at epoch {}", epoch - 1)),
+        "{err}"
+    );
+    // A node is never its own standby.
+    let err = c.a.accept_standby("v@ha", "a", epoch).unwrap_err();
+    assert!(err.to_string().contains("never its own standby"), "{err}");
+    // The owner at its epoch: accepted, and again (idempotent).
+    c.b.accept_standby("v@ha", "a", epoch).unwrap();
+    c.b.accept_standby("v@ha", "a", epoch).unwrap();
+    let p = c.b.transfer_paths("v@ha").unwrap();
+    assert_eq!(
+        (p.state.as_str(), p.peer.as_deref()),
+        ("receiving", Some("a"))
+    );
+    // A standby round into a profile with no standbys is never sent.
+    c.a.create("plain", &BTreeMap::new()).unwrap();
+    c.a.mount("plain", "c2", &go()).unwrap();
+    c.a.standby_tick();
+    assert!(c.a.standby_lags("plain").is_empty());
+    assert_eq!(c.a.standby_lags("v").len(), 1);
 }

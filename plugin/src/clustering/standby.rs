@@ -1,0 +1,336 @@
+//! Warm standbys (issue 14): while a node owns a volume whose profile asks
+//! for `standbys = N`, it streams pre-copy rounds of it to N other live
+//! nodes, so that when the volume moves to one of them the handover sends
+//! only what changed since the last round.
+//!
+//! - [`pick`]: which nodes hold a volume's standbys (pure);
+//! - [`StandbyLink`]: one round to one standby, a remote behind a trait
+//!   (the service tests use a double); [`AgentStandby`] is the real one,
+//!   over the agents' mutual TLS with this node's agent certificate;
+//! - [`Lags`]: what the owner knows of each standby (the age of the data it
+//!   holds, the last round's bytes, the last error), for `cluster status`
+//!   and inspect.
+//!
+//! A standby copy is a copy in state `Receiving { from: owner }` whose
+//! receiver index survives between rounds; it is never mounted nor served
+//! until a handover's final round and commit make it the volume.
+
+use crate::migrate::wire::{PeerReply, PeerRequest};
+use cluster::Epoch;
+use mover::Source;
+use mover::net::tls;
+use mover::net::{Endpoint, NodeFiles, Peer, RoundPushRetry, RoundPusher};
+use mover::rate::RateLimiter;
+use mover::retry::RetryPolicy;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How often the owner sends each standby a round (the next starts this
+/// long after the last ended). Data age lost on failover is about twice it.
+pub(crate) const ROUND_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Standby rounds share the link with the application's clients: at most
+/// this many bytes per second leave the owner for all its standbys (100
+/// Mbit/s links here: about half of one).
+pub(crate) const BANDWIDTH: u64 = 6 << 20;
+
+/// A standby that does not answer this soon is skipped until the next tick.
+const CONNECT: Duration = Duration::from_secs(5);
+
+/// The first `n` live nodes other than `me`, in name order: every owner of a
+/// volume picks the same standbys, so a volume that moves back and forth
+/// between two nodes keeps its standby on the other one.
+pub(crate) fn pick<'a>(
+    me: &str,
+    live: &'a [(String, String)],
+    n: u32,
+) -> Vec<&'a (String, String)> {
+    let mut others: Vec<&(String, String)> = live.iter().filter(|(name, _)| name != me).collect();
+    others.sort_by(|a, b| a.0.cmp(&b.0));
+    others.truncate(n as usize);
+    others
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StandbyError {
+    #[error("reaching node {node}'s agent at {agent}: {message}")]
+    Reach {
+        node: String,
+        agent: String,
+        message: String,
+    },
+    #[error("node {node} refused to keep a standby: {message}")]
+    Refused { node: String, message: String },
+    #[error("round to node {node}: {message}")]
+    Round { node: String, message: String },
+    #[error("this node's agent certificate in {dir}: {message}")]
+    Identity { dir: String, message: String },
+}
+
+/// What one standby round did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct RoundFigures {
+    /// Bytes the standby fetched (what was new to it).
+    pub(crate) bytes: u64,
+    /// Bytes that changed again during the round (they go in the next one).
+    pub(crate) bytes_dirty: u64,
+    pub(crate) ms: u64,
+}
+
+/// One standby round, from this node (the owner) to another node.
+pub(crate) trait StandbyLink: Send + Sync {
+    /// Asks `node` (agent at `agent`) to keep a standby of `docker_name`
+    /// fed by this node, owner at `epoch`, then sends it one pre-copy round
+    /// of `source` (the sender's stat cache in `cache_dir`).
+    fn round(
+        &self,
+        node: &str,
+        agent: &str,
+        docker_name: &str,
+        epoch: Epoch,
+        source: Source,
+        cache_dir: &Path,
+    ) -> Result<RoundFigures, StandbyError>;
+}
+
+/// [`StandbyLink`] over the agents' protocol.
+pub(crate) struct AgentStandby {
+    files: NodeFiles,
+    dir: String,
+    node: String,
+    /// Shared by every standby round of this daemon.
+    bucket: Arc<RateLimiter>,
+}
+
+impl AgentStandby {
+    pub(crate) fn new(dir: &Path, node: &str) -> Result<Self, StandbyError> {
+        let me = Self {
+            files: NodeFiles::in_dir(dir),
+            dir: dir.display().to_string(),
+            node: node.to_owned(),
+            bucket: Arc::new(RateLimiter::new(BANDWIDTH, BANDWIDTH / 4)),
+        };
+        tls::client_config(&me.files).map_err(|e| me.identity(e))?;
+        Ok(me)
+    }
+
+    fn identity(&self, e: impl std::fmt::Display) -> StandbyError {
+        StandbyError::Identity {
+            dir: self.dir.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl StandbyLink for AgentStandby {
+    fn round(
+        &self,
+        node: &str,
+        agent: &str,
+        docker_name: &str,
+        epoch: Epoch,
+        source: Source,
+        cache_dir: &Path,
+    ) -> Result<RoundFigures, StandbyError> {
+        let t = Instant::now();
+        let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
+        let mut ep = Endpoint::new(&self.node);
+        ep.bucket = Some(self.bucket.clone());
+        let reach = |message: String| StandbyError::Reach {
+            node: node.to_owned(),
+            agent: agent.to_owned(),
+            message,
+        };
+        let mut peer =
+            Peer::connect_within(agent, &tls, &ep, CONNECT).map_err(|e| reach(e.to_string()))?;
+        let req = PeerRequest::Standby {
+            volume: docker_name.to_owned(),
+            epoch: epoch.0,
+        };
+        let body = serde_json::to_vec(&req).map_err(|e| reach(e.to_string()))?;
+        let refused = |message: String| StandbyError::Refused {
+            node: node.to_owned(),
+            message,
+        };
+        let reply = peer.control(&body).map_err(|e| refused(e.to_string()))?;
+        peer.bye();
+        match serde_json::from_slice::<PeerReply>(&reply) {
+            Ok(PeerReply::Standby) => {}
+            Ok(other) => return Err(refused(format!("unexpected reply {other:?}"))),
+            Err(e) => return Err(refused(format!("unreadable reply: {e}"))),
+        }
+        // A standby round is never worth waiting minutes for: a cut link
+        // is retried briefly, then the next tick tries again.
+        let mut reconnect = RetryPolicy::RECONNECT;
+        reconnect.deadline = Some(Duration::from_secs(20));
+        let pusher = RoundPusher::new(agent, tls, ep, source, cache_dir, docker_name)
+            // One scan thread: the application runs on the other cores.
+            .with_scan_threads(1)
+            .with_retry(
+                RoundPushRetry::default()
+                    .with_connect_timeout(CONNECT)
+                    .with_reconnect(reconnect),
+            );
+        let _background = crate::migrate::priority::Background::enter();
+        let r = pusher
+            .push(1, false, &mut |_| {})
+            .map_err(|e| StandbyError::Round {
+                node: node.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(RoundFigures {
+            bytes: r.summary.bytes_fetched,
+            bytes_dirty: r.summary.bytes_dirty,
+            ms: crate::migrate::report::millis(t.elapsed()),
+        })
+    }
+}
+
+/// What the owner knows of one standby, as `cluster status` and inspect
+/// show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct StandbyLag {
+    pub(crate) node: String,
+    /// The standby holds the volume as it was at most this long ago (from
+    /// the start of its last complete round); none: no round completed yet.
+    pub(crate) lag_ms: Option<u64>,
+    /// Bytes the last complete round carried.
+    pub(crate) last_round_bytes: u64,
+    /// Bytes that changed during it (not yet on the standby).
+    pub(crate) lag_bytes: u64,
+    pub(crate) rounds: u64,
+    /// The last round's error, if it failed.
+    pub(crate) error: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Entry {
+    lag: StandbyLag,
+    /// When the last complete round started.
+    synced_at: Option<Instant>,
+}
+
+/// Every standby's lag, per volume (the owner's view).
+#[derive(Debug, Default)]
+pub(crate) struct Lags {
+    by_volume: Mutex<BTreeMap<String, BTreeMap<String, Entry>>>,
+}
+
+impl Lags {
+    pub(crate) fn round_ok(&self, volume: &str, node: &str, started: Instant, r: &RoundFigures) {
+        let mut m = super::lock(&self.by_volume);
+        let e = m
+            .entry(volume.to_owned())
+            .or_default()
+            .entry(node.to_owned())
+            .or_default();
+        e.lag.node = node.to_owned();
+        e.lag.last_round_bytes = r.bytes;
+        e.lag.lag_bytes = r.bytes_dirty;
+        e.lag.rounds += 1;
+        e.lag.error = None;
+        e.synced_at = Some(started);
+    }
+
+    pub(crate) fn round_failed(&self, volume: &str, node: &str, error: String) {
+        let mut m = super::lock(&self.by_volume);
+        let e = m
+            .entry(volume.to_owned())
+            .or_default()
+            .entry(node.to_owned())
+            .or_default();
+        e.lag.node = node.to_owned();
+        e.lag.error = Some(error);
+    }
+
+    /// This node no longer streams `volume` (not owned here any more).
+    pub(crate) fn forget(&self, volume: &str) {
+        super::lock(&self.by_volume).remove(volume);
+    }
+
+    /// Standbys no longer picked (a node left, the profile changed).
+    pub(crate) fn keep_only(&self, volume: &str, nodes: &[&str]) {
+        if let Some(m) = super::lock(&self.by_volume).get_mut(volume) {
+            m.retain(|n, _| nodes.contains(&n.as_str()));
+        }
+    }
+
+    /// The standbys of `volume`, with their lag now.
+    pub(crate) fn of(&self, volume: &str) -> Vec<StandbyLag> {
+        let m = super::lock(&self.by_volume);
+        m.get(volume)
+            .map(|s| {
+                s.values()
+                    .map(|e| {
+                        let mut l = e.lag.clone();
+                        l.lag_ms = e
+                            .synced_at
+                            .map(|t| crate::migrate::report::millis(t.elapsed()));
+                        l
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Volumes with standbys known here.
+    pub(crate) fn volumes(&self) -> Vec<String> {
+        super::lock(&self.by_volume).keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(names: &[&str]) -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|n| (n.to_string(), format!("{n}:7450")))
+            .collect()
+    }
+
+    #[test]
+    fn standbys_are_the_first_other_nodes_by_name() {
+        let l = live(&["swnode3", "swnode1", "swnode2"]);
+        let names =
+            |v: Vec<&(String, String)>| v.into_iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        assert_eq!(names(pick("swnode1", &l, 1)), ["swnode2"]);
+        assert_eq!(names(pick("swnode2", &l, 1)), ["swnode1"]);
+        assert_eq!(names(pick("swnode3", &l, 2)), ["swnode1", "swnode2"]);
+        // More asked than there are other nodes: all of them, never itself.
+        assert_eq!(names(pick("swnode1", &l, 4)), ["swnode2", "swnode3"]);
+        assert!(pick("swnode1", &l, 0).is_empty());
+        assert!(pick("solo", &live(&["solo"]), 1).is_empty());
+    }
+
+    #[test]
+    fn lag_counts_from_the_start_of_the_last_complete_round() {
+        let lags = Lags::default();
+        let started = Instant::now() - Duration::from_millis(1500);
+        let fig = RoundFigures {
+            bytes: 4096,
+            bytes_dirty: 512,
+            ms: 700,
+        };
+        lags.round_ok("db", "swnode2", started, &fig);
+        let l = &lags.of("db")[0];
+        assert!(l.lag_ms.unwrap() >= 1500, "{l:?}");
+        assert_eq!((l.last_round_bytes, l.lag_bytes, l.rounds), (4096, 512, 1));
+        // A failed round keeps the age of the last good one, and says why.
+        lags.round_failed("db", "swnode2", "link cut".into());
+        let l = &lags.of("db")[0];
+        assert!(l.lag_ms.unwrap() >= 1500);
+        assert_eq!(l.error.as_deref(), Some("link cut"));
+        // A node that never completed a round has no age at all.
+        lags.round_failed("db", "swnode3", "refused".into());
+        assert_eq!(lags.of("db")[1].lag_ms, None);
+        lags.keep_only("db", &["swnode3"]);
+        assert_eq!(lags.of("db").len(), 1);
+        lags.forget("db");
+        assert!(lags.of("db").is_empty());
+    }
+}
