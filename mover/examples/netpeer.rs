@@ -57,8 +57,10 @@ impl RoundHandler for Base {
     }
 }
 
-fn endpoint(name: &str) -> Endpoint {
-    let mut ep = Endpoint::new(name);
+/// This node's endpoint, named as its certificate names it (a peer whose
+/// `Hello` says another name is refused).
+fn endpoint(files: &NodeFiles) -> Endpoint {
+    let mut ep = Endpoint::new(&identity::node_name(files).expect("node certificate"));
     ep.hello.zstd = std::env::var_os("NOZSTD").is_none();
     if let Ok(r) = std::env::var("BWLIMIT") {
         ep.bucket = Some(Arc::new(bandwidth_limiter(
@@ -87,7 +89,7 @@ fn run(a: &[String]) {
             let files = NodeFiles::in_dir(&PathBuf::from(s(2)));
             let agent = Arc::new(Agent::new(
                 tls::server_config(&files).expect("tls"),
-                endpoint("receiver"),
+                endpoint(&files),
                 Arc::new(Base(PathBuf::from(s(3)))),
             ));
             let l = TcpListener::bind(s(1)).expect("listen");
@@ -104,7 +106,7 @@ fn run(a: &[String]) {
             let p = RoundPusher::new(
                 s(1),
                 tls::client_config(&files).expect("tls"),
-                endpoint("sender"),
+                endpoint(&files),
                 source,
                 PathBuf::from(s(6)),
                 s(5),

@@ -524,6 +524,7 @@ fn net_seeds(
             mode: TransferMode::Tree,
             round: 1,
             final_round: false,
+            token: String::new(),
         }),
         Message::GetManifest,
         Message::GetManifestSince { base: [9; 32] },

@@ -203,6 +203,7 @@ fn request(target: &str) -> RoundRequest {
         mode: TransferMode::Tree,
         round: 1,
         final_round: false,
+        token: String::new(),
     }
 }
 
@@ -588,4 +589,72 @@ fn finding_13_one_peer_cannot_hold_every_session() {
         s.handler.calls.load(Ordering::SeqCst),
         MAX_SESSIONS_PER_PEER + 1
     );
+}
+
+/// Issue 12, finding 5: the agent took the peer's name from its `Hello`, so
+/// any node of the cluster could speak as another (commit its receive, take
+/// a handover meant for it). Now the name is the one the peer's certificate
+/// carries; a `Hello` naming anyone else is refused before any handler runs.
+#[test]
+fn finding_05_a_hello_naming_another_node_than_the_certificate_is_refused() {
+    let s = setup();
+    let cfg = tls::client_config(&s.a_files).unwrap();
+    // A valid certificate for hosta, a Hello saying "hostb" (the agent's
+    // own name) or a third node's.
+    for lie in ["hostb", "owner-node"] {
+        let mut ep = endpoint(true);
+        ep.hello.node = lie.into();
+        let refused = match Peer::connect(&s.addr, &cfg, &ep) {
+            Err(e) => e.to_string(),
+            Ok(mut p) => p
+                .control(b"hi")
+                .expect_err("a peer lying in its Hello was served")
+                .to_string(),
+        };
+        assert!(
+            refused.contains("certificate names hosta"),
+            "{lie}: {refused}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.handler.calls.load(Ordering::SeqCst), 0, "no handler ran");
+    // The truth gets through, and the handler sees the certificate's name.
+    let mut p = Peer::connect(&s.addr, &cfg, &endpoint(true)).unwrap();
+    assert_eq!(p.control(b"hi").unwrap(), b"hello hosta");
+}
+
+/// Finding 5, the dialing side: a dialer that expects node X gets X or an
+/// error, even from an agent of the same cluster; and an agent whose own
+/// `Hello` lies about its name is refused by the dialer.
+#[test]
+fn finding_05_a_dialer_pins_the_node_it_dialled() {
+    let s = setup();
+    let cfg = tls::client_config(&s.a_files).unwrap();
+    let err = Peer::connect(&s.addr, &cfg, &endpoint(true).expecting("hostc")).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("node hostb") && text.contains("not hostc"),
+        "{text}"
+    );
+    assert!(!err.retryable(), "a wrong node stays wrong: {text}");
+    let mut p = Peer::connect(&s.addr, &cfg, &endpoint(true).expecting("hostb")).unwrap();
+    assert_eq!(p.node(), "hostb");
+    assert_eq!(p.control(b"hi").unwrap(), b"hello hosta");
+    p.bye();
+
+    // An agent holding hostb's certificate that says it is "hostc".
+    let dir = tempfile::tempdir().unwrap();
+    identity::init(&dir.path().join("ca"), "hostx").unwrap();
+    let liar_files =
+        identity::issue(&dir.path().join("ca"), "hostb", &dir.path().join("b")).unwrap();
+    let me = identity::issue(&dir.path().join("ca"), "hosta", &dir.path().join("a")).unwrap();
+    let mut ep = Endpoint::new("hostc");
+    ep.io_timeout = Duration::from_secs(5);
+    let handler = Arc::new(MemHandler::default());
+    let (addr, shutdown) = serve_agent(&liar_files, ep, handler.clone());
+    let err = Peer::connect(&addr, &tls::client_config(&me).unwrap(), &endpoint(true))
+        .expect_err("an agent lying in its Hello was trusted");
+    assert!(err.to_string().contains("certificate names hostb"), "{err}");
+    shutdown.store(true, Ordering::SeqCst);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 0);
 }

@@ -308,6 +308,7 @@ fn refused(net: &Net, t: &str, mode: TransferMode, mut src: Hostile) -> String {
         mode,
         round: 1,
         final_round: false,
+        token: String::new(),
     };
     let r = peer.push_round(&req, &mut src, &mut |_| {});
     assert!(r.is_err(), "hostile round into {t} was accepted");
@@ -388,6 +389,7 @@ fn symlink_tricks_are_refused() {
                 mode: TransferMode::Tree,
                 round: 1,
                 final_round: false,
+                token: String::new(),
             },
             &mut h,
             &mut |_| {},
@@ -476,6 +478,7 @@ fn a_cut_round_resumes_and_resends_only_what_was_not_stored() {
             mode: TransferMode::Tree,
             round: 1,
             final_round: false,
+            token: String::new(),
         };
         assert!(peer.push_round(&req, &mut cut, &mut |_| {}).is_err());
     }

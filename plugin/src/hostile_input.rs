@@ -298,7 +298,7 @@ fn peer_replies_never_panic() {
         br#"{"reply":"committed","ready_unix_ms":1700000000000}"#,
         br#"{"reply":"health","version":"0.1.0","daemon_error":null}"#,
         br#"{"reply":"commit_status","committed":true}"#,
-        br#"{"reply":"prepared"}"#,
+        br#"{"reply":"prepared","token":"0123456789abcdef0123456789abcdef"}"#,
     ];
     for seed in seeds {
         serde_json::from_slice::<crate::migrate::wire::PeerReply>(seed).expect("seed decodes");

@@ -46,7 +46,9 @@ const ACCEPT_POLL: Duration = Duration::from_millis(50);
 /// Who is talking to us.
 #[derive(Debug, Clone)]
 pub struct PeerInfo {
-    /// The node name from the peer's `Hello` (for logs and ownership records).
+    /// The peer's node name, as its verified certificate carries it (its
+    /// `Hello` must say the same; see `stream::handshake`): what ownership
+    /// records and checks use (issue 12, finding 5).
     pub node: String,
     /// The peer's address.
     pub addr: SocketAddr,

@@ -156,7 +156,9 @@ impl<S: Read + Write> Conn<S> {
         self.peer.features & feature::MANIFEST_DELTA != 0
     }
 
-    /// The peer's `Hello` (its node name is for logs: identity is the TLS certificate).
+    /// The peer's `Hello`. Over TLS (`stream::dial`, `stream::accept`) its
+    /// node is the name the peer's verified certificate carries: a `Hello`
+    /// naming another node fails the handshake (issue 12, finding 5).
     pub fn peer(&self) -> &Hello {
         &self.peer
     }

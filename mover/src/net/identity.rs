@@ -5,7 +5,10 @@
 //! Trust model: every node holding a certificate of the cluster CA may push to
 //! and receive from every other (one trust domain, like an SSH key shared by an
 //! operator's hosts). Every node certificate names [`AGENT_NAME`] as its DNS
-//! name, so peers are addressed by IP or any host name without re-issuing.
+//! name, so peers are addressed by IP or any host name without re-issuing,
+//! and the node's own name as its subject's common name: that name, read
+//! back by [`node_name`] and checked on every connection, is the peer's
+//! identity (issue 12, finding 5), whatever its `Hello` says.
 //! The CA key stays on the host where it was made; nodes get `ca.pem`,
 //! `node.pem` and `node.key` only.
 
@@ -67,6 +70,22 @@ pub enum IdentityError {
     /// The node name is not 1-64 letters, digits, `.`, `-`, `_`.
     #[error("node name {0:?} must be 1-64 characters of letters, digits, '.', '-', '_'")]
     BadName(String),
+    /// A certificate file could not be read as PEM.
+    #[error("{path}: {message}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// The node certificate names no node (see `certname`).
+    #[error("{path}: {source}")]
+    NodeName {
+        /// The certificate file.
+        path: PathBuf,
+        /// Why.
+        source: super::certname::CertNameError,
+    },
 }
 
 /// The files a node needs for mutual TLS.
@@ -89,6 +108,21 @@ impl NodeFiles {
             key: dir.join(NODE_KEY),
         }
     }
+}
+
+/// The node name this node's certificate carries (its subject's common
+/// name): the name peers know it by, and so the one its `Hello` must say.
+pub fn node_name(files: &NodeFiles) -> Result<String, IdentityError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_file(&files.cert).map_err(|e| IdentityError::Pem {
+        path: files.cert.clone(),
+        message: e.to_string(),
+    })?;
+    super::certname::node_name_of(&der).map_err(|source| IdentityError::NodeName {
+        path: files.cert.clone(),
+        source,
+    })
 }
 
 fn ca_params() -> Result<CertificateParams, IdentityError> {
@@ -134,11 +168,7 @@ fn civil_from_days(days: u64) -> (i32, u8, u8) {
 }
 
 fn check_name(name: &str) -> Result<(), IdentityError> {
-    let ok = (1..=64).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
-    if ok {
+    if super::certname::is_node_name(name) {
         Ok(())
     } else {
         Err(IdentityError::BadName(name.to_string()))
@@ -253,6 +283,9 @@ mod tests {
             assert_eq!(mode, 0o600, "{}", f.display());
         }
         assert_eq!(read(&a.ca).unwrap(), read(&b.ca).unwrap());
+        // Each certificate names its node (finding 5: the peer's identity).
+        assert_eq!(node_name(&a).unwrap(), "hosta");
+        assert_eq!(node_name(&b).unwrap(), "hostb");
         assert!(
             !d.path().join("b").join(CA_KEY).exists(),
             "CA key stays home"

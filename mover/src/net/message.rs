@@ -1,4 +1,4 @@
-//! The peer protocol's messages (version 2) and their encoding in frames.
+//! The peer protocol's messages (version 3) and their encoding in frames.
 //!
 //! Each message is one frame whose kind byte says which message it is. Small
 //! messages carry a postcard body; bulk payloads (manifest bytes, chunk data)
@@ -13,7 +13,10 @@ use serde::{Deserialize, Serialize};
 /// apart from an old daffe.
 pub const MAGIC: [u8; 8] = *b"DAFFENET";
 /// The protocol version this build speaks. Bump on any change of a message.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: `RoundRequest::token`, and a peer's `Hello` must name the node its
+/// certificate names (issue 12, finding 5). A version-2 peer is refused with
+/// "no common protocol version" rather than half understood.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Longest chunk we send or accept. The mover's largest chunker class max is
 /// 4 MiB; this is the frame budget for one chunk (see `frame::MAX_FRAME`).
 pub const MAX_CHUNK_LEN: u32 = 8 * 1024 * 1024;
@@ -22,6 +25,8 @@ pub const MAX_CHUNK_LEN: u32 = 8 * 1024 * 1024;
 pub const MAX_WANTS_PER_BATCH: usize = 16_384;
 /// Longest round target (a volume name or label) and node name.
 pub const MAX_NAME_LEN: usize = 1024;
+/// Longest migration token in a `RoundRequest` (daffe's are 32 hex digits).
+pub const MAX_TOKEN_LEN: usize = 256;
 
 /// Feature bits announced in `Hello`; a feature is used only when both sides have it.
 pub mod feature {
@@ -41,7 +46,8 @@ pub struct Hello {
     pub magic: [u8; 8],
     pub min_version: u16,
     pub max_version: u16,
-    /// The sender's node name, for logs and reports (identity comes from TLS).
+    /// The sender's node name: the one its certificate carries (protocol 3
+    /// checks it; a `Hello` naming another node is refused).
     pub node: String,
     pub features: u32,
 }
@@ -65,6 +71,11 @@ pub struct RoundRequest {
     pub round: u32,
     /// The source is quiesced: this round makes the destination final.
     pub final_round: bool,
+    /// The migration's token (protocol 3): what the acceptor's handler
+    /// handed out when the migration was prepared, so a round from any other
+    /// run (another node, or a stale process of the same one) is refused.
+    /// The mover carries it; the handler checks it. Empty: none.
+    pub token: String,
 }
 
 /// One positional request: bytes `[offset, offset + len)` of manifest entry
@@ -318,6 +329,7 @@ impl Message {
             kind::START_ROUND => {
                 let r: RoundRequest = take_all(body, "StartRound")?;
                 check_len("round target", r.target.len(), MAX_NAME_LEN)?;
+                check_len("round token", r.token.len(), MAX_TOKEN_LEN)?;
                 Message::StartRound(r)
             }
             kind::GET_MANIFEST => empty(body, "GetManifest", Message::GetManifest)?,
@@ -459,6 +471,7 @@ mod tests {
                 mode: TransferMode::Image,
                 round: 2,
                 final_round: true,
+                token: "0123abcd".into(),
             }),
             Message::GetManifest,
             Message::ManifestData(vec![0, 1, 2]),
@@ -561,6 +574,17 @@ mod tests {
             mode: TransferMode::Tree,
             round: 1,
             final_round: false,
+            token: String::new(),
+        };
+        let body = postcard::to_stdvec(&r).unwrap();
+        assert!(matches!(
+            Message::decode(kind::START_ROUND, &body),
+            Err(MessageError::OverLimit { .. })
+        ));
+        let r = RoundRequest {
+            target: "v".into(),
+            token: "t".repeat(MAX_TOKEN_LEN + 1),
+            ..r
         };
         let body = postcard::to_stdvec(&r).unwrap();
         assert!(matches!(

@@ -9,6 +9,7 @@
 //! - `bwlimit`: one rate limiter per process (`crate::rate`), charged in
 //!   bytes by every socket; `--bwlimit` parsing.
 //! - `identity`: the cluster CA and node certificates (rcgen).
+//! - `certname`: the node name a certificate carries (its subject's CN).
 //! - `tls`: rustls mutual-TLS configurations.
 //! - `conn`: a connection: `Hello` exchange, send/receive messages and chunks.
 //! - `stream`: TCP + bandwidth limit + TLS, dial and accept.
@@ -34,6 +35,7 @@ pub mod precopy;
 pub mod tls;
 
 pub(crate) mod agent;
+pub(crate) mod certname;
 pub(crate) mod compress;
 pub(crate) mod conn;
 pub(crate) mod frame;
@@ -55,6 +57,7 @@ pub use agent::{
     Agent, ConnObserver, MAX_SESSIONS_PER_PEER, NoObserver, PeerInfo, Refusal, RoundHandler,
 };
 pub use bwlimit::{bandwidth_limiter, parse_rate};
+pub use certname::{CertNameError, node_name_of};
 pub use conn::ConnError;
 pub use identity::NodeFiles;
 pub use message::{ErrorCode, RoundRequest, RoundSummary, TransferMode, WireError};

@@ -59,7 +59,7 @@ impl Peer {
         &self.addr
     }
 
-    /// The agent's node name.
+    /// The agent's node name, as its certificate carries it.
     pub fn node(&self) -> &str {
         &self.conn.peer().node
     }

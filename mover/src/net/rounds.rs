@@ -258,6 +258,9 @@ pub struct RoundPusher {
     pub scan_threads: usize,
     /// Reconnects, rescans and the first-contact timeout.
     pub retry: RoundPushRetry,
+    /// The migration's token, sent in every round ([`RoundRequest::token`]):
+    /// what the agent's handler handed out when the migration was prepared.
+    pub token: String,
 }
 
 impl RoundPusher {
@@ -280,6 +283,7 @@ impl RoundPusher {
             target: target.into(),
             scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             retry: RoundPushRetry::default(),
+            token: String::new(),
         }
     }
 }
@@ -287,6 +291,7 @@ impl RoundPusher {
 crate::builder::setters!(RoundPusher {
     with_scan_threads => scan_threads: usize,
     with_retry => retry: RoundPushRetry,
+    with_token => token: String,
 });
 
 impl std::fmt::Debug for RoundPusher {
@@ -368,6 +373,7 @@ impl RoundPusher {
             mode,
             round,
             final_round,
+            token: self.token.clone(),
         };
         let sent0 = self.ep.counters.sent();
         let recv0 = self.ep.counters.received();

@@ -15,6 +15,7 @@ use rustls::{
 
 use super::bwlimit::{Throttled, WireCounters};
 use super::conn::{Conn, ConnError, HelloOptions};
+use super::message::ErrorCode;
 use super::tls::agent_server_name;
 use crate::rate::RateLimiter;
 
@@ -46,6 +47,10 @@ pub enum StreamError {
     Protocol { addr: String, source: ConnError },
     #[error("{addr}: TLS setup: {source}")]
     Rustls { addr: String, source: rustls::Error },
+    /// The peer's certificate names no node, names another node than its
+    /// `Hello`, or (dialing) another node than the one expected.
+    #[error("{addr}: {message}")]
+    Identity { addr: String, message: String },
 }
 
 impl StreamError {
@@ -76,6 +81,11 @@ pub struct Endpoint {
     /// fit in this: a peer that trickles bytes (slowloris) or stops halfway
     /// is cut off, whatever the per-read timeout.
     pub handshake_timeout: Duration,
+    /// Dialing: the node the agent's certificate must name (pinning: an
+    /// agent of the same cluster at the wrong address is refused). `None`:
+    /// any node of the cluster CA (`daffe migrate --to ADDR`, which knows
+    /// only an address). Ignored when accepting.
+    pub peer_node: Option<String>,
 }
 
 impl Endpoint {
@@ -91,6 +101,16 @@ impl Endpoint {
             counters: Arc::new(WireCounters::default()),
             io_timeout: Duration::from_secs(60),
             handshake_timeout: HANDSHAKE_TIMEOUT,
+            peer_node: None,
+        }
+    }
+
+    /// The same, dialing only an agent whose certificate names `node`.
+    #[must_use]
+    pub fn expecting(&self, node: &str) -> Self {
+        Endpoint {
+            peer_node: Some(node.to_string()),
+            ..self.clone()
         }
     }
 }
@@ -152,18 +172,24 @@ pub fn dial(
             source,
         }
     })?;
-    handshake(tcp, tls_conn, ep, addr.to_string())
+    handshake(tcp, tls_conn, ep, addr.to_string(), ep.peer_node.as_deref())
 }
 
 /// The TLS handshake, then the `Hello` exchange, all within
 /// [`Endpoint::handshake_timeout`]. Their bytes are counted but not charged to
 /// the bandwidth limit: an unauthenticated peer must not slow the
 /// authenticated ones down (the bucket is set once the `Hello`s are done).
+///
+/// The peer's identity is the node name its verified certificate carries:
+/// its `Hello` must say the same, and a dialer that `expect`s a node gets
+/// that node or an error (issue 12, finding 5). The returned connection's
+/// [`Conn::peer`] node is therefore the certificate's.
 fn handshake<C, S>(
     tcp: TcpStream,
     mut tls_conn: C,
     ep: &Endpoint,
     addr: String,
+    expect: Option<&str>,
 ) -> Result<Conn<BoxStream>, StreamError>
 where
     C: DerefMut<Target = ConnectionCommon<S>> + Send + 'static,
@@ -197,6 +223,28 @@ where
         until(sock.get_ref(), ep, deadline).map_err(tls_err)?;
         tls_conn.write_tls(&mut sock).map_err(tls_err)?;
     }
+    let identity = |message: String| StreamError::Identity {
+        addr: addr.clone(),
+        message,
+    };
+    // Verified by rustls against the cluster CA by now (both ways: the
+    // acceptor requires a client certificate).
+    let certified = tls_conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .ok_or_else(|| identity("the peer presented no certificate".into()))
+        .and_then(|der| {
+            super::certname::node_name_of(der)
+                .map_err(|e| identity(format!("the peer's certificate: {e}")))
+        })?;
+    if let Some(want) = expect
+        && want != certified
+    {
+        // Said before any Hello: nothing of ours reaches the wrong node.
+        return Err(identity(format!(
+            "the agent there is node {certified} (its certificate says so), not {want}"
+        )));
+    }
     until(sock.get_ref(), ep, deadline).map_err(tls_err)?;
     let mut conn =
         Conn::handshake(StreamOwned::new(tls_conn, sock), &ep.hello).map_err(|source| {
@@ -205,10 +253,47 @@ where
                 source,
             }
         })?;
+    if conn.peer().node != certified {
+        let message = format!(
+            "the peer's Hello names node {:?} but its certificate names {certified}",
+            conn.peer().node
+        );
+        conn.send_error(
+            ErrorCode::Refused,
+            format!(
+                "refused: your Hello names node {:?} but your certificate names {certified} \
+                 (give the certificate's name, or issue a certificate for this name)",
+                conn.peer().node
+            ),
+        );
+        linger(conn.stream_mut().sock.get_ref(), deadline);
+        return Err(identity(message));
+    }
     let sock = &mut conn.stream_mut().sock;
     tcp_setup(sock.get_ref(), ep).map_err(|source| StreamError::Connect { addr, source })?;
     sock.set_bucket(ep.bucket.clone());
     Ok(conn.map_stream(|s| Box::new(s) as BoxStream))
+}
+
+/// Closes our side of a refused connection so that the peer reads the
+/// error just sent rather than a reset: half-close, then drain what it had
+/// sent already until it closes too (or the handshake deadline). Closing
+/// with unread bytes would make the kernel reset the connection, and a
+/// reset may overtake the error.
+fn linger(tcp: &TcpStream, deadline: Instant) {
+    let _ = tcp.shutdown(std::net::Shutdown::Write);
+    let mut buf = [0u8; 4096];
+    let mut rd = tcp;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || tcp.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match rd.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// Socket timeouts for the next step of a handshake that must end by
@@ -246,7 +331,7 @@ pub fn accept(
         addr: addr.clone(),
         source,
     })?;
-    handshake(tcp, tls_conn, ep, addr)
+    handshake(tcp, tls_conn, ep, addr, None)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 //! TLS 1.3 only, ring provider. The acceptor requires a client certificate
 //! chaining to the cluster CA (an unauthenticated peer fails the handshake and
 //! never reaches a handler); the dialer checks the acceptor's certificate the
-//! same way, against the name [`super::identity::AGENT_NAME`].
+//! same way, against the name [`super::identity::AGENT_NAME`]. Which node a
+//! verified peer is (its certificate's CN) is checked after the handshake, in
+//! `stream::handshake`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

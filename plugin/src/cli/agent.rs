@@ -66,8 +66,9 @@ pub(crate) struct PeerOptions {
     /// Directory with ca.pem, node.pem, node.key (see `daffe agent init`).
     #[arg(long, env = "DAFFE_TLS_DIR", default_value = DEFAULT_TLS_DIR)]
     pub(crate) tls_dir: PathBuf,
-    /// This node's name in the peer protocol (default: the host name).
-    /// Old spelling: --name (it read as the volume's name).
+    /// This node's name in the peer protocol: the one its certificate
+    /// (node.pem) names, which is the default; a different name is refused
+    /// (peers know a node by its certificate). Old spelling: --name.
     #[arg(long = "node", alias = "name", env = "DAFFE_NODE_NAME")]
     pub(crate) name: Option<String>,
     /// Bandwidth limit shared by all streams of this process: bytes/s with
@@ -83,12 +84,22 @@ pub(crate) struct PeerOptions {
 }
 
 impl PeerOptions {
-    pub(crate) fn node_name(&self) -> String {
-        self.name.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_owned())
-                .unwrap_or_else(|_| "daffe-node".into())
-        })
+    /// This node's name: the one its certificate carries (issue 12,
+    /// finding 5: a peer's identity is its certificate's name, and a `Hello`
+    /// naming another node is refused, so `--node` can only repeat it).
+    pub(crate) fn node_name(&self) -> Result<String, String> {
+        let files = self.files();
+        let certified = identity::node_name(&files)
+            .map_err(|e| format!("{e} (see `daffe agent init` / `daffe agent issue`)"))?;
+        match &self.name {
+            Some(n) if *n != certified => Err(format!(
+                "--node {n}, but the certificate {} names node {certified}: peers know a node \
+                 by its certificate; give --node {certified} (or none), or issue a \
+                 certificate for {n} with `daffe agent issue --node {n}`",
+                files.cert.display()
+            )),
+            _ => Ok(certified),
+        }
     }
 
     pub(crate) fn files(&self) -> NodeFiles {
@@ -96,7 +107,7 @@ impl PeerOptions {
     }
 
     pub(crate) fn endpoint(&self) -> Result<Endpoint, String> {
-        let mut ep = Endpoint::new(&self.node_name());
+        let mut ep = Endpoint::new(&self.node_name()?);
         ep.hello.zstd = !self.no_compress;
         ep.io_timeout = duration::parse(&self.io_timeout).map_err(|e| e.to_string())?;
         if let Some(r) = &self.bwlimit {

@@ -12,6 +12,7 @@
 //! - [`HandoverPlan`]: what A's daemon answers its agent.
 
 use crate::migrate::wire::{PeerReply, PeerRequest};
+use mover::net::identity;
 use mover::net::tls;
 use mover::net::{Endpoint, NodeFiles, Peer};
 use serde::{Deserialize, Serialize};
@@ -107,6 +108,15 @@ impl AgentHandover {
             node: node.to_owned(),
         };
         tls::client_config(&me.files).map_err(|e| me.identity(e))?;
+        // Peers know this node by its certificate's name (issue 12, finding
+        // 5): one naming another node would be refused at every handover.
+        let certified = identity::node_name(&me.files).map_err(|e| me.identity(e))?;
+        if certified != node {
+            return Err(me.identity(format!(
+                "the certificate names node {certified}, not this node ({node}); issue one \
+                 for {node} with `daffe agent issue --node {node}`"
+            )));
+        }
         Ok(me)
     }
 
@@ -133,7 +143,8 @@ impl AgentHandover {
             message,
         };
         let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
-        let mut ep = Endpoint::new(&self.node);
+        // Pinned: the agent there must be `node` by its certificate.
+        let mut ep = Endpoint::new(&self.node).expecting(node);
         // The reply comes when the whole of the work is done.
         ep.io_timeout = limit;
         let mut peer = Peer::connect_within(agent, &tls, &ep, CONNECT.min(limit))

@@ -3,10 +3,14 @@
 //! its storage with the mover, and takes ownership at commit.
 //!
 //! A round is accepted only into a volume this daemon holds in state
-//! `Receiving` from the same peer: an owned (`Ready`) volume is never
-//! written by a peer, whatever it asks.
+//! `Receiving` from the same peer, with the token its prepare gave: an owned
+//! (`Ready`) volume is never written by a peer, whatever it asks. The peer
+//! is the node its certificate names (`PeerInfo::node`, checked by the
+//! mover against its `Hello`: issue 12, finding 5), so one node can neither
+//! take over, feed, nor commit another's receive.
 
 use super::orchestrate::{self, MigrateOptions, RemoteAgent};
+use super::token;
 use super::wire::{PeerReply, PeerRequest};
 use crate::clustering::handover::HandoverPlan;
 use crate::control::{ClientError, ControlClient, ControlRequest};
@@ -77,10 +81,12 @@ impl AgentHandler {
             read_cap: None,
             // A Mount waits for it, the application stopped: full speed.
             background: false,
+            // The asker's agent must be the asker: its certificate names
+            // the node that owns the volume (pinned on dial).
             pusher: RoundPusher::new(
                 plan.agent.clone(),
                 tls,
-                out.ep.clone(),
+                out.ep.expecting(&peer.node),
                 Source::Tree(PathBuf::new()),
                 PathBuf::new(),
                 volume,
@@ -139,6 +145,26 @@ impl AgentHandler {
     }
 }
 
+/// A volume in `Receiving` takes rounds and its commit only from the node
+/// that prepared it (by certificate), with the token that prepare gave.
+fn receiving_from(
+    p: &TransferPaths,
+    volume: &str,
+    peer: &str,
+    token: &str,
+) -> Result<(), WireError> {
+    match p.peer.as_deref() {
+        Some(from) if from == peer => {}
+        from => {
+            return Err(refused(format!(
+                "volume {volume} is being received from {}, not from {peer}",
+                from.unwrap_or("no node")
+            )));
+        }
+    }
+    token::check(&p.state_dir, token).map_err(|e| refused(format!("volume {volume}: {e}")))
+}
+
 /// Whether this host owns the volume, received from `peer` (a commit of
 /// `peer`'s already happened).
 fn committed_by(p: &TransferPaths, peer: &str) -> bool {
@@ -189,14 +215,20 @@ impl RoundHandler for AgentHandler {
                     .map_err(daemon_error)?,
             ),
             PeerRequest::Prepare { volume, options } => {
-                self.daemon
-                    .send(&ControlRequest::PrepareReceive {
-                        volume,
+                // The daemon refuses a volume another node is sending here.
+                let paths: TransferPaths = self
+                    .daemon
+                    .send_as(&ControlRequest::PrepareReceive {
+                        volume: volume.clone(),
                         options,
                         from: peer.node.clone(),
                     })
                     .map_err(daemon_error)?;
-                PeerReply::Prepared
+                // A new run of the same node's migration supersedes the
+                // last: its token replaces the old one.
+                let token = token::issue(&paths.state_dir)
+                    .map_err(|e| refused(format!("volume {volume}: {e}")))?;
+                PeerReply::Prepared { token }
             }
             PeerRequest::CommitStatus { volume } => {
                 let committed =
@@ -211,9 +243,11 @@ impl RoundHandler for AgentHandler {
                     };
                 PeerReply::CommitStatus { committed }
             }
-            PeerRequest::Commit { volume } => {
+            PeerRequest::Commit { volume, token } => {
                 let p = self.transfer_paths(&volume)?;
-                if p.state != "receiving" && !committed_by(&p, &peer.node) {
+                if p.state == "receiving" {
+                    receiving_from(&p, &volume, &peer.node, &token)?;
+                } else if !committed_by(&p, &peer.node) {
                     return Err(refused(format!(
                         "volume {volume} is {} here{}; nothing to commit",
                         p.state,
@@ -276,14 +310,7 @@ impl RoundHandler for AgentHandler {
                 req.target, paths.state
             )));
         }
-        if let Some(from) = &paths.peer
-            && *from != peer.node
-        {
-            return Err(refused(format!(
-                "volume {} is being received from {from}, not from {}",
-                req.target, peer.node
-            )));
-        }
+        receiving_from(&paths, &req.target, &peer.node, &req.token)?;
         let dest = match (paths.mode, req.mode) {
             (LocalMode::Tree, TransferMode::Tree) => Destination::Tree(paths.data.clone()),
             (LocalMode::Image, TransferMode::Image) => Destination::Image(paths.data.clone()),
@@ -336,3 +363,6 @@ impl RoundHandler for AgentHandler {
         Ok(summary)
     }
 }
+
+#[cfg(test)]
+mod tests;

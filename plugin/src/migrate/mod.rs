@@ -17,6 +17,8 @@
 //!   through EBS snapshots (sequencing and the daemon's steps; the snapshot
 //!   pushes).
 //! - [`duration`]: `2s`, `500ms`, `10m` on the command line.
+//! - [`token`]: the per-migration token the agent hands out at prepare and
+//!   checks on every round and the commit.
 //! - [`priority`]: pre-copy rounds at the lowest CPU priority and in the
 //!   idle I/O class, at both ends (`--precopy-priority`).
 //!
@@ -34,4 +36,5 @@ pub(crate) mod hook;
 pub(crate) mod orchestrate;
 pub(crate) mod priority;
 pub(crate) mod report;
+pub(crate) mod token;
 pub(crate) mod wire;

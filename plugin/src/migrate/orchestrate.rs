@@ -155,8 +155,9 @@ impl SourceHost for ControlClient {
 /// The destination's agent, as the orchestrator sees it.
 pub(crate) trait DestHost {
     fn request(&mut self, req: &PeerRequest) -> Result<PeerReply, MigrateError>;
-    /// Sets what rounds send (known after the local lookup).
-    fn set_source(&mut self, target: &str, source: Source, cache_dir: PathBuf);
+    /// Sets what rounds send (known after the local lookup), and the token
+    /// the destination's prepare gave (every round carries it).
+    fn set_source(&mut self, target: &str, source: Source, cache_dir: PathBuf, token: &str);
     fn round(
         &mut self,
         round: u32,
@@ -191,7 +192,8 @@ impl DestHost for RemoteAgent {
         peer.bye();
         serde_json::from_slice(&reply).map_err(|e| MigrateError::Reply(e.to_string()))
     }
-    fn set_source(&mut self, target: &str, source: Source, cache_dir: PathBuf) {
+    fn set_source(&mut self, target: &str, source: Source, cache_dir: PathBuf, token: &str) {
+        self.pusher.token = token.to_owned();
         self.pusher.target = target.to_owned();
         self.pusher.source = source;
         self.pusher.cache_dir = cache_dir;
@@ -478,15 +480,20 @@ pub(crate) fn migrate(
         PeerReply::Preflight(check) => event(Event::Preflight(check)),
         other => return Err(MigrateError::Reply(format!("{other:?}"))),
     }
-    dest.request(&PeerRequest::Prepare {
+    // The destination's token for this run: rounds and the commit carry it
+    // (issue 12, finding 5: a stale run's are refused).
+    let token = match dest.request(&PeerRequest::Prepare {
         volume: paths.docker_name.clone(),
         options: paths.options.clone(),
-    })?;
+    })? {
+        PeerReply::Prepared { token } => token,
+        other => return Err(MigrateError::Reply(format!("{other:?}"))),
+    };
     let source = match paths.mode {
         TransferMode::Tree => Source::Tree(paths.data.clone()),
         TransferMode::Image => Source::Image(paths.data.clone()),
     };
-    dest.set_source(&paths.docker_name, source, paths.cache_dir.clone());
+    dest.set_source(&paths.docker_name, source, paths.cache_dir.clone(), &token);
 
     // 2. Pre-copy, through mover's loop and convergence model: rounds under
     // writes are partial but kept (the agent receives with `precopy`).
@@ -618,6 +625,7 @@ pub(crate) fn migrate(
     };
     match dest.request(&PeerRequest::Commit {
         volume: paths.docker_name.clone(),
+        token,
     }) {
         Ok(PeerReply::Committed { .. }) => {}
         Ok(other) => return Err(handover(MigrateError::Reply(format!("{other:?}")))),

@@ -21,7 +21,8 @@ pub(crate) enum PeerRequest {
         options: BTreeMap<String, String>,
     },
     /// The final round is applied: the destination owns the volume now.
-    Commit { volume: String },
+    /// `token`: what `Prepared` gave this run (a stale run is refused).
+    Commit { volume: String, token: String },
     /// `daffe status --health --agent`: is the agent up, and its daemon?
     Health,
     /// Does the destination own the volume, received from this source? A
@@ -44,7 +45,10 @@ pub(crate) enum PeerRequest {
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub(crate) enum PeerReply {
     Preflight(ReceiveCheck),
-    Prepared,
+    /// The volume is receiving; rounds and the commit carry `token`.
+    Prepared {
+        token: String,
+    },
     /// Milliseconds since the Unix epoch when the destination became owner.
     Committed {
         ready_unix_ms: u64,
@@ -76,9 +80,10 @@ mod tests {
     fn requests_are_tagged_json() {
         let r = PeerRequest::Commit {
             volume: "counter@gold".into(),
+            token: "ab".into(),
         };
         let s = serde_json::to_string(&r).unwrap();
-        assert_eq!(s, r#"{"op":"commit","volume":"counter@gold"}"#);
+        assert_eq!(s, r#"{"op":"commit","volume":"counter@gold","token":"ab"}"#);
         assert_eq!(serde_json::from_str::<PeerRequest>(&s).unwrap(), r);
         assert!(serde_json::from_str::<PeerRequest>(r#"{"op":"rm -rf"}"#).is_err());
     }

@@ -344,6 +344,21 @@ impl VolumeService {
                     profile: existing.profile,
                 });
             }
+            // Another node's receive is its own: resumed by it, never taken
+            // over (issue 12, finding 5; `from` is the asker's certificate
+            // name). Removing the volume here ends it.
+            if let VolumeState::Receiving { from: other } = &existing.state
+                && other != from
+            {
+                return Err(ServiceError::Migration {
+                    op: "receive",
+                    name: docker_name.to_owned(),
+                    message: format!(
+                        "it is being received from {other}, not from {from}: only {other} \
+                         may resume it (remove the volume here to end that receive)"
+                    ),
+                });
+            }
             if let VolumeState::Moved { .. } = existing.state {
                 // Our old copy of a volume that moved away and now comes
                 // back: start from blank storage (the receiver only knows

@@ -103,6 +103,10 @@ struct FakeDest {
     /// The destination owns the volume, from this source: from then on
     /// it refuses to receive it again, as the real one does (409).
     committed: bool,
+    /// Prepares answered (each gave token `token-N`).
+    prepared: u32,
+    /// The token rounds carry (`set_source`).
+    token: String,
 }
 
 /// A round over a 1 GB/s link: it takes (really: the model measures
@@ -148,7 +152,11 @@ impl DestHost for FakeDest {
             }
             PeerRequest::Prepare { .. } => {
                 self.log.push("prepare".into());
-                Ok(PeerReply::Prepared)
+                // A new token per prepare, as the agent makes one.
+                self.prepared += 1;
+                Ok(PeerReply::Prepared {
+                    token: format!("token-{}", self.prepared),
+                })
             }
             PeerRequest::CommitStatus { .. } => {
                 self.log.push("commit status".into());
@@ -156,8 +164,11 @@ impl DestHost for FakeDest {
                     committed: self.committed,
                 })
             }
-            PeerRequest::Commit { .. } => {
+            PeerRequest::Commit { token, .. } => {
                 self.log.push("commit".into());
+                // The commit carries this run's token, as its rounds do.
+                assert_eq!(*token, format!("token-{}", self.prepared));
+                assert_eq!(self.token, *token, "rounds and commit share the token");
                 if self.commit_reply_lost {
                     self.committed = true;
                     return Err(MigrateError::Reply("link cut".into()));
@@ -179,7 +190,8 @@ impl DestHost for FakeDest {
             )),
         }
     }
-    fn set_source(&mut self, target: &str, _s: Source, _c: PathBuf) {
+    fn set_source(&mut self, target: &str, _s: Source, _c: PathBuf, token: &str) {
+        self.token = token.to_owned();
         self.log.push(format!("source {target}"));
     }
     fn round(
@@ -235,6 +247,8 @@ fn dest(rounds: Vec<Result<u64, &'static str>>) -> FakeDest {
         commit_fails: false,
         commit_reply_lost: false,
         committed: false,
+        prepared: 0,
+        token: String::new(),
     }
 }
 
