@@ -137,7 +137,8 @@ impl StandbyLink for AgentStandby {
     ) -> Result<RoundFigures, StandbyError> {
         let t = Instant::now();
         let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
-        let mut ep = Endpoint::new(&self.node);
+        // The standby must be the node etcd named (finding 5: pinned).
+        let mut ep = Endpoint::new(&self.node).expecting(node);
         ep.bucket = Some(self.bucket.clone());
         let reach = |message: String| StandbyError::Reach {
             node: node.to_owned(),
@@ -157,11 +158,11 @@ impl StandbyLink for AgentStandby {
         };
         let reply = peer.control(&body).map_err(|e| refused(e.to_string()))?;
         peer.bye();
-        match serde_json::from_slice::<PeerReply>(&reply) {
-            Ok(PeerReply::Standby) => {}
+        let token = match serde_json::from_slice::<PeerReply>(&reply) {
+            Ok(PeerReply::Standby { token }) => token,
             Ok(other) => return Err(refused(format!("unexpected reply {other:?}"))),
             Err(e) => return Err(refused(format!("unreadable reply: {e}"))),
-        }
+        };
         // A standby round is never worth waiting minutes for: a cut link
         // is retried briefly, then the next tick tries again.
         let mut reconnect = RetryPolicy::RECONNECT;
@@ -169,6 +170,7 @@ impl StandbyLink for AgentStandby {
         let pusher = RoundPusher::new(agent, tls, ep, source, cache_dir, docker_name)
             // One scan thread: the application runs on the other cores.
             .with_scan_threads(1)
+            .with_token(token)
             .with_retry(
                 RoundPushRetry::default()
                     .with_connect_timeout(CONNECT)

@@ -277,12 +277,17 @@ impl RoundHandler for AgentHandler {
             PeerRequest::Standby { volume, epoch } => {
                 self.daemon
                     .send(&ControlRequest::Standby {
-                        name: volume,
+                        name: volume.clone(),
                         from: peer.node.clone(),
                         epoch,
                     })
                     .map_err(daemon_error)?;
-                PeerReply::Standby
+                // Each standby round is its own run: a handover's Prepare
+                // (or the next round) supersedes it.
+                let paths = self.transfer_paths(&volume)?;
+                let token = token::issue(&paths.state_dir)
+                    .map_err(|e| refused(format!("volume {volume}: {e}")))?;
+                PeerReply::Standby { token }
             }
             PeerRequest::Health => PeerReply::Health {
                 version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -68,8 +68,9 @@ pub(crate) enum PeerReply {
         ms: u64,
     },
     Pulled(PullReport),
-    /// This node's copy receives the asker's rounds now.
-    Standby,
+    /// This node's copy receives the asker's rounds now; `token` goes in
+    /// the round that follows (as `Prepared`'s does in a migration).
+    Standby { token: String },
 }
 
 #[cfg(test)]
