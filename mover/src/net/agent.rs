@@ -45,6 +45,7 @@ const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
 /// Who is talking to us.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PeerInfo {
     /// The node name from the peer's `Hello` (for logs and ownership records).
     pub node: String,

@@ -46,6 +46,7 @@ pub(super) fn io_err(path: &[u8]) -> impl FnOnce(std::io::Error) -> ScanError + 
 
 /// What the scan read and decided.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ScanStats {
     /// Entries in the manifest.
     pub entries: u64,

@@ -190,10 +190,7 @@ fn transfer(c: &CommonArgs) -> TransferOptions {
     TransferOptions::default()
         .with_concurrency(c.concurrency)
         .with_requests_per_sec(c.max_rate)
-        .with_retry(RetryPolicy {
-            max_attempts: c.max_attempts.max(1),
-            ..RetryPolicy::default()
-        })
+        .with_retry(RetryPolicy::default().with_max_attempts(c.max_attempts.max(1)))
 }
 
 /// Progress: a bar on stderr, shown only on a terminal and without --json

@@ -2,8 +2,7 @@
 //! the unmount on the source to "ready" on the destination), for the
 //! operator's screen and for `--json`.
 
-use mover::converge::Estimate;
-use mover::net::precopy::FinalRound;
+use mover::net::precopy::{Estimate, FinalRound};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -32,9 +31,14 @@ impl EstimateReport {
     }
 }
 
-/// A rate in whole bytes per second (saturating; NaN is 0).
+/// A rate in whole bytes per second (saturating; NaN and negatives are 0).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "`as` from f64 saturates (NaN gives 0); the rate is rounded first"
+)]
 fn rate(r: f64) -> u64 {
-    mover::converge::f64_to_u64(r.round())
+    r.round() as u64
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
