@@ -296,6 +296,8 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         round,
         final_round,
         bytes: r.summary.bytes_fetched,
+        bytes_scanned: r.scan.bytes_scanned,
+        bytes_written: r.summary.bytes_written,
         bytes_dirty: r.summary.bytes_dirty,
         partial: r.summary.bytes_dirty > 0,
         wire_bytes: r.wire_sent + r.wire_received,

@@ -48,6 +48,11 @@ pub(crate) struct RoundReport {
     /// Chunk payload the destination fetched (changed data), kept even when
     /// the round was partial.
     pub(crate) bytes: u64,
+    /// Data the source's scan listed (logical bytes; the daemon's
+    /// `daffe_cli_bytes_total{kind="scanned"}`).
+    pub(crate) bytes_scanned: u64,
+    /// Data the destination wrote.
+    pub(crate) bytes_written: u64,
     /// Bytes the source changed under the round: they go again next round.
     pub(crate) bytes_dirty: u64,
     /// The source changed under the round; what it moved is kept.
