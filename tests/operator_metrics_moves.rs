@@ -261,7 +261,7 @@ fn snapshot_and_sync_reports_reach_the_daemons_metrics() {
         delta(r#"daffe_cli_bytes_total{command="snapshot_push",kind="fetched"}"#),
         n(&r, "bytes_uploaded")
     );
-    assert_eq!(n(&r, "bytes_uploaded"), (3 * 512 << 10) as f64, "{r}");
+    assert_eq!(n(&r, "bytes_uploaded"), (3 * (512 << 10)) as f64, "{r}");
     // Start, 3 blocks, complete, at least: every attempt is counted.
     assert!(n(&r, "calls") >= 5.0, "{r}");
     assert_eq!(
@@ -281,7 +281,7 @@ fn snapshot_and_sync_reports_reach_the_daemons_metrics() {
         delta(r#"daffe_cli_bytes_total{command="snapshot_pull",kind="written"}"#),
         n(&q, "bytes_written")
     );
-    assert!(n(&q, "bytes_written") >= (3 * 512 << 10) as f64, "{q}");
+    assert!(n(&q, "bytes_written") >= (3 * (512 << 10)) as f64, "{q}");
     assert_eq!(
         delta(r#"daffe_cli_aws_calls_total{command="snapshot_pull"}"#),
         n(&q, "calls")
