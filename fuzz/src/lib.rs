@@ -43,6 +43,8 @@ mod control_request;
 mod ebs_config;
 #[path = "../../plugin/src/fuzz_harness.rs"]
 pub mod harness;
+#[path = "../../plugin/src/metrics/run.rs"]
+mod metrics_run;
 #[path = "../../plugin/src/migrate/wire.rs"]
 mod migrate_wire;
 #[path = "../../plugin/src/state/record.rs"]
@@ -64,6 +66,9 @@ mod config {
 }
 mod control {
     pub(crate) use crate::control_request::ControlRequest;
+}
+mod metrics {
+    pub(crate) use crate::metrics_run as run;
 }
 mod migrate {
     pub(crate) use crate::migrate_wire as wire;

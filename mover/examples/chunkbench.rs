@@ -9,7 +9,7 @@
 
 use std::time::Instant;
 
-use mover::chunk::{ChunkClass, chunk_segment};
+use mover::internals::chunk::{ChunkClass, chunk_segment};
 
 fn main() {
     run(&std::env::args().skip(1).collect::<Vec<_>>());
@@ -24,7 +24,7 @@ fn run(args: &[String]) {
             let path = std::path::PathBuf::from(args.get(1).expect("chunkbench tree PATH CACHE"));
             let cache = std::path::PathBuf::from(args.get(2).expect("chunkbench tree PATH CACHE"));
             let t = Instant::now();
-            let s = mover::scan::scan_tree(&path, &cache, scan_options()).expect("scan");
+            let s = mover::internals::scan::scan_tree(&path, &cache, scan_options()).expect("scan");
             println!(
                 "{{\"entries\": {}, \"reused\": {}, \"bytes_hashed\": {}, \"seconds\": {:.3}}}",
                 s.stats.entries,
@@ -37,7 +37,8 @@ fn run(args: &[String]) {
             let path = std::path::PathBuf::from(args.get(1).expect("chunkbench file PATH"));
             let cache = tempfile_dir();
             let t = Instant::now();
-            let s = mover::scan::scan_image(&path, &cache, scan_options()).expect("scan");
+            let s =
+                mover::internals::scan::scan_image(&path, &cache, scan_options()).expect("scan");
             let secs = t.elapsed().as_secs_f64();
             let _ = std::fs::remove_dir_all(&cache);
             println!(
@@ -101,8 +102,8 @@ fn tempfile_dir() -> std::path::PathBuf {
 }
 
 /// The scanner's settings in a round: all cores, no progress display.
-fn scan_options() -> mover::scan::ScanOptions {
-    mover::scan::ScanOptions {
+fn scan_options() -> mover::internals::scan::ScanOptions {
+    mover::internals::scan::ScanOptions {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         label: String::new(),
         progress: std::sync::Arc::new(mover::progress::NoProgress),

@@ -83,7 +83,7 @@ pub enum ChunkError {
 /// `u8` code) so a receiver can check chunk lengths against the class maximum.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ChunkClass {
-    /// Files no larger than [`SMALL_MAX`]: the whole file is one chunk, so the
+    /// Files no larger than `SMALL_MAX` (64 KiB): the whole file is one chunk, so the
     /// many-small-files case pays no CDC cost and one id names the file.
     Small,
     /// Random-rewrite files (databases, block images): small chunks so that a

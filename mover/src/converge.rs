@@ -50,9 +50,12 @@ pub struct RoundMeasure {
     pub wall: Duration,
 }
 
-/// The operator's targets.
+/// The operator's targets. `#[non_exhaustive]`: [`Targets::new`], then the
+/// `with_*` setters.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Targets {
+    /// The downtime the final round should fit in.
     pub max_downtime: Duration,
     /// Pre-copy rounds at most (the final round not counted).
     pub max_rounds: u32,
@@ -67,8 +70,29 @@ pub struct Targets {
     pub cutover_gap: Duration,
 }
 
+impl Targets {
+    /// `max_downtime` within at most `max_rounds` pre-copy rounds; not
+    /// strict, the link rate measured, no cutover gap.
+    pub fn new(max_downtime: Duration, max_rounds: u32) -> Self {
+        Targets {
+            max_downtime,
+            max_rounds,
+            strict: false,
+            link_rate: None,
+            cutover_gap: Duration::ZERO,
+        }
+    }
+}
+
+crate::builder::setters!(Targets {
+    with_strict => strict: bool,
+    with_link_rate => link_rate: Option<f64>,
+    with_cutover_gap => cutover_gap: Duration,
+});
+
 /// The model's view after some rounds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Estimate {
     /// Unique bytes dirtied per second at the source (latest interval).
     pub dirty_rate: f64,
@@ -339,6 +363,7 @@ fn shrinking(three: &[RoundMeasure]) -> bool {
 
 /// How the final round's bytes split around the unmount request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Composition {
     /// Dirtied between the last pre-copy round's scan and the unmount
     /// request (the app was running: a hook such as a checkpoint lands here).

@@ -16,14 +16,16 @@
 //! - [`aws`], [`retry`], [`clock`]: the AWS call errors and SDK config, the
 //!   retry policy, and the clock the waiting parts use.
 //!
-//! Everything else is internal (`pub(crate)`, or `#[doc(hidden)]` where
-//! daffe's plugin or this crate's integration tests reach in); `DESIGN.md`
-//! maps it: the manifest format, the scanner, the receive round's plan and
-//! executor, the journal and stat caches, the convergence model.
+//! Everything else is internal (`pub(crate)`); `DESIGN.md` maps it: the
+//! manifest format, the scanner, the receive round's plan and executor, the
+//! journal and stat caches, the convergence model. This crate's own
+//! integration tests and examples see some of it through `internals`
+//! (feature `testing` only, no part of the API).
 //!
 //! Features: `net` (the network side: rustls, rcgen, zstd), `aws` (the AWS
 //! SDK implementation of the EBS target), `testing` (test doubles: an
-//! in-memory EBS endpoint, a virtual clock, the `fuzzing` harnesses).
+//! in-memory EBS endpoint, a virtual clock, the `fuzzing` harnesses, and
+//! `internals`).
 
 #![warn(missing_docs)]
 
@@ -40,16 +42,17 @@ pub mod progress;
 pub mod retry;
 pub mod snapshot;
 
-// Internals. `pub(crate)` unless daffe's plugin or this crate's own
-// integration tests (which see only `pub`) reach into them; those are
-// `#[doc(hidden)]`: no part of the API, free to change in any release.
-#[doc(hidden)]
-pub mod chunk;
+// Internals: `pub(crate)`. daffe's plugin reaches them only through the
+// re-exports below and the API modules; this crate's integration tests and
+// examples through `internals` (feature `testing`), which is why their docs
+// are linted only without that feature (with it, every `pub` item of theirs
+// is reachable, the way an unstable test hook is).
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod chunk;
 pub(crate) mod chunk_index;
-#[doc(hidden)]
-pub mod converge;
-#[doc(hidden)]
-pub mod fsmeta;
+pub(crate) mod converge;
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod fsmeta;
 pub(crate) mod manifest_delta;
 pub(crate) mod preflight;
 mod read_full;
@@ -61,23 +64,69 @@ pub(crate) mod sync;
 #[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod journal;
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod manifest;
+pub(crate) mod rate;
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod regular_file;
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod scan;
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod statcache;
+
+/// Internals this crate's own integration tests (`tests/`) and examples
+/// reach into: the manifest and stat-cache formats, the scanner, the
+/// chunker, the journal, the wire messages. **Unstable**: feature `testing`
+/// only, no part of the API, changed without notice in any release; an
+/// embedder uses the crate root and the API modules instead.
+#[cfg(feature = "testing")]
 #[doc(hidden)]
-pub mod journal;
-#[doc(hidden)]
-pub mod manifest;
-#[doc(hidden)]
-pub mod rate;
-#[doc(hidden)]
-pub mod regular_file;
-#[doc(hidden)]
-pub mod scan;
-#[doc(hidden)]
-pub mod statcache;
+pub mod internals {
+    /// Content-defined chunking (`crate::chunk`).
+    pub mod chunk {
+        pub use crate::chunk::*;
+    }
+    /// File metadata reads (`crate::fsmeta`).
+    pub mod fsmeta {
+        pub use crate::fsmeta::*;
+    }
+    /// The resume journal (`crate::journal`).
+    pub mod journal {
+        pub use crate::journal::*;
+    }
+    /// The manifest format (`crate::manifest`).
+    pub mod manifest {
+        pub use crate::manifest::*;
+    }
+    /// Opening regular files safely (`crate::regular_file`).
+    pub mod regular_file {
+        pub use crate::regular_file::*;
+    }
+    /// The scanner (`crate::scan`).
+    pub mod scan {
+        pub use crate::scan::*;
+    }
+    /// The stat cache format (`crate::statcache`).
+    pub mod statcache {
+        pub use crate::statcache::*;
+    }
+    /// The wire protocol's messages, the serving side of a round, and the
+    /// wire counters (`crate::net::{message, serve, bwlimit}`).
+    #[cfg(feature = "net")]
+    pub mod net {
+        pub use crate::net::bwlimit::*;
+        pub use crate::net::message::*;
+        pub use crate::net::serve::*;
+    }
+}
 
 pub use chunk::{ChunkClass, ChunkId};
 pub use manifest::ManifestId;
 pub use preflight::PreflightError;
 pub use progress::{Phase, Progress, ProgressSink};
+pub use rate::RateLimiter;
 pub use read_full::ReadCap;
 pub use receive::{
     Action, Change, Checked, Destination, Preview, ReceiveError, ReceiveOptions, Receiver,

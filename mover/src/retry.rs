@@ -66,7 +66,23 @@ pub trait Retryable {
 }
 
 /// Backoff parameters and bounds.
+///
+/// `#[non_exhaustive]`: start from [`RetryPolicy::AWS`],
+/// [`RetryPolicy::RECONNECT`] or `Default`, and change what you need with
+/// the `const` `with_*` setters (usable in a `const`):
+///
+/// ```
+/// use mover::retry::RetryPolicy;
+/// use std::time::Duration;
+///
+/// const EC2: RetryPolicy = RetryPolicy::AWS
+///     .with_max_attempts(6)
+///     .with_base_delay(Duration::from_millis(250));
+/// assert_eq!(EC2.max_attempts, 6);
+/// assert_eq!(EC2.max_delay, RetryPolicy::AWS.max_delay);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RetryPolicy {
     /// Attempts per call, first included.
     pub max_attempts: u32,
@@ -120,6 +136,48 @@ impl RetryPolicy {
         }
         let half = step / 2;
         half + half.mul_f64(rand::random::<f64>())
+    }
+
+    /// Sets [`max_attempts`](Self::max_attempts).
+    #[must_use]
+    pub const fn with_max_attempts(mut self, value: u32) -> Self {
+        self.max_attempts = value;
+        self
+    }
+
+    /// Sets [`deadline`](Self::deadline).
+    #[must_use]
+    pub const fn with_deadline(mut self, value: Option<Duration>) -> Self {
+        self.deadline = value;
+        self
+    }
+
+    /// Sets [`base_delay`](Self::base_delay).
+    #[must_use]
+    pub const fn with_base_delay(mut self, value: Duration) -> Self {
+        self.base_delay = value;
+        self
+    }
+
+    /// Sets [`max_delay`](Self::max_delay).
+    #[must_use]
+    pub const fn with_max_delay(mut self, value: Duration) -> Self {
+        self.max_delay = value;
+        self
+    }
+
+    /// Sets [`jitter`](Self::jitter).
+    #[must_use]
+    pub const fn with_jitter(mut self, value: bool) -> Self {
+        self.jitter = value;
+        self
+    }
+
+    /// Sets [`not_found_window`](Self::not_found_window).
+    #[must_use]
+    pub const fn with_not_found_window(mut self, value: Duration) -> Self {
+        self.not_found_window = value;
+        self
     }
 }
 
@@ -193,6 +251,8 @@ pub struct Retrier<'c> {
     policy: RetryPolicy,
     clock: &'c dyn Clock,
     retries: AtomicU64,
+    /// Every attempt of every call (first tries and retries).
+    calls: AtomicU64,
 }
 
 impl std::fmt::Debug for Retrier<'_> {
@@ -200,6 +260,7 @@ impl std::fmt::Debug for Retrier<'_> {
         f.debug_struct("Retrier")
             .field("policy", &self.policy)
             .field("retries", &self.retries)
+            .field("calls", &self.calls)
             .finish_non_exhaustive()
     }
 }
@@ -211,6 +272,7 @@ impl<'c> Retrier<'c> {
             policy,
             clock,
             retries: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
         }
     }
 
@@ -224,6 +286,11 @@ impl<'c> Retrier<'c> {
         self.retries.load(Ordering::Relaxed)
     }
 
+    /// Attempts made so far by all calls, first tries included.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::Relaxed)
+    }
+
     /// Runs `f` until it succeeds, fails permanently, or the policy gives up.
     /// `new_since`: when the resource was created, if "not found" may mean
     /// "not visible yet".
@@ -235,6 +302,7 @@ impl<'c> Retrier<'c> {
     ) -> Result<T, Exhausted<E>> {
         let mut attempts = Attempts::new(self.policy, self.clock, new_since);
         loop {
+            self.calls.fetch_add(1, Ordering::Relaxed);
             let error = match f() {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
@@ -293,6 +361,8 @@ mod tests {
         });
         assert_eq!(out, Ok(4));
         assert_eq!(r.retries(), 3);
+        // Every attempt is a call: the first try and the three retries.
+        assert_eq!(r.calls(), 4);
         let sleeps = clock.sleeps();
         // Each delay is at least half its exponential step and at most the step.
         for (i, d) in sleeps.iter().enumerate() {

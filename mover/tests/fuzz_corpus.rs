@@ -46,11 +46,11 @@ fn every_target_has_a_corpus_and_a_fuzz_target() {
 fn seeds_are_accepted_by_their_decoders() {
     for (target, name, bytes) in mover::fuzzing::seeds() {
         if target == "manifest" {
-            mover::manifest::validate(mover::manifest::slice_reader(&bytes))
+            mover::internals::manifest::validate(mover::internals::manifest::slice_reader(&bytes))
                 .unwrap_or_else(|e| panic!("seed {name} is not a valid manifest: {e}"));
         }
         if target == "message" {
-            mover::net::message::Message::decode(bytes[0], &bytes[1..])
+            mover::internals::net::Message::decode(bytes[0], &bytes[1..])
                 .unwrap_or_else(|e| panic!("seed {name} is not a valid message: {e}"));
         }
     }

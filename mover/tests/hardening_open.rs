@@ -4,7 +4,7 @@
 //! the copy. The entry is reported dirty and goes again next round. (A
 //! device swapped in here is caught by the receiver's check either way; the
 //! device case that mattered, the scanner hashing it into the manifest, is
-//! tested at the open helper, `mover::regular_file`.)
+//! tested at the open helper, `mover::internals::regular_file`.)
 
 use crate::common::{self, scan_sender as scan};
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mover::scan::ScanOptions;
+use mover::internals::scan::ScanOptions;
 use mover::{Sender, Source};
 
 fn churn(src: &Path, stop: &AtomicBool) {

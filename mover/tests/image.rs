@@ -21,7 +21,7 @@ fn image_sync(base: &Path, src: &Path, dst: &Path) -> mover::SyncStats {
 fn extents(p: &Path) -> Vec<(u64, u64)> {
     let f = fs::File::open(p).unwrap();
     let len = f.metadata().unwrap().len();
-    mover::fsmeta::data_extents(std::os::fd::AsFd::as_fd(&f), len, b"").unwrap()
+    mover::internals::fsmeta::data_extents(std::os::fd::AsFd::as_fd(&f), len, b"").unwrap()
 }
 
 #[test]

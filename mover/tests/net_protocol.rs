@@ -10,17 +10,17 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::common::net::serve_agent;
+use mover::internals::net::ChunkSink;
+use mover::internals::net::WireCounters;
+use mover::internals::net::{
+    ChunkHeader, Codec, ErrorCode, Message, RoundRequest, RoundSummary, TransferMode, WireError,
+    WireWant,
+};
 use mover::net::ConnError;
 use mover::net::Endpoint;
 use mover::net::NetSource;
 use mover::net::Peer;
-use mover::net::bwlimit::WireCounters;
 use mover::net::identity::{self, NodeFiles};
-use mover::net::message::{
-    ChunkHeader, Codec, ErrorCode, Message, RoundRequest, RoundSummary, TransferMode, WireError,
-    WireWant,
-};
-use mover::net::serve::ChunkSink;
 use mover::net::tls;
 use mover::net::{MAX_SESSIONS_PER_PEER, PeerInfo, RoundHandler};
 use mover::{ChunkId, ChunkSource, SourceError, Want};
@@ -134,11 +134,9 @@ impl RoundHandler for MemHandler {
                     .lock()
                     .unwrap()
                     .insert(req.target.clone(), chunks);
-                Ok(RoundSummary {
-                    chunks_new: n,
-                    bytes_fetched: fetched,
-                    ..Default::default()
-                })
+                Ok(RoundSummary::default()
+                    .with_chunks_new(n)
+                    .with_bytes_fetched(fetched))
             }
             Err(message) => {
                 self.errors.lock().unwrap().push(message.clone());

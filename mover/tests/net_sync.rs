@@ -15,11 +15,11 @@ use std::time::Duration;
 use crate::common;
 use crate::common::net::Net;
 use mover::SourceError;
-use mover::chunk::ChunkRef;
-use mover::manifest::{Entry, Header, Kind, ManifestWriter, Mode};
+use mover::internals::chunk::ChunkRef;
+use mover::internals::manifest::{Entry, Header, Kind, ManifestWriter, Mode};
+use mover::internals::net::{ChunkSink, ServeEvent};
+use mover::internals::net::{RoundRequest, TransferMode};
 use mover::net::RoundPusher;
-use mover::net::message::{RoundRequest, TransferMode};
-use mover::net::serve::{ChunkSink, ServeEvent};
 use mover::{ChunkId, ChunkSource, Source, Want};
 
 fn make_tree(root: &Path) {
@@ -459,7 +459,7 @@ fn a_cut_round_resumes_and_resends_only_what_was_not_stored() {
     let sender = mover::Sender::scan(
         &Source::Tree(src.clone()),
         &net.dir.path().join("cut-cache"),
-        mover::scan::ScanOptions {
+        mover::internals::scan::ScanOptions {
             threads: 2,
             label: "big".into(),
             progress: Arc::new(mover::progress::NoProgress),

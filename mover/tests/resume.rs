@@ -94,7 +94,7 @@ fn corpus(src: &Path) {
 }
 
 fn durable_bytes(state: &Path) -> u64 {
-    let j = mover::journal::read_journal(&state.join("round/journal")).unwrap();
+    let j = mover::internals::journal::read_journal(&state.join("round/journal")).unwrap();
     j.durable.iter().map(|(_, len, _)| u64::from(*len)).sum()
 }
 

@@ -331,22 +331,24 @@ fn corrupted_stored_chunk_is_detected_and_refetched() {
 
 /// Test hook: pretend the destination's current stat is what we last wrote.
 fn refresh_applied_stat(state: &Path, dst: &Path) {
-    use mover::statcache::{StatReader, StatRec, StatWriter};
+    use mover::internals::statcache::{StatReader, StatRec, StatWriter};
     let m = state.join("applied.manifest");
-    let root = mover::manifest::validate(std::io::BufReader::new(File::open(&m).unwrap()))
-        .unwrap()
-        .root;
+    let root =
+        mover::internals::manifest::validate(std::io::BufReader::new(File::open(&m).unwrap()))
+            .unwrap()
+            .root;
     let mut r = StatReader::open(&state.join("applied.stat"), &root).unwrap();
-    let mut mr =
-        mover::manifest::ManifestReader::new(std::io::BufReader::new(File::open(&m).unwrap()))
-            .unwrap();
+    let mut mr = mover::internals::manifest::ManifestReader::new(std::io::BufReader::new(
+        File::open(&m).unwrap(),
+    ))
+    .unwrap();
     let tmp = state.join("applied.stat.tmp");
     let mut w = StatWriter::create(&tmp).unwrap();
     while let Some(e) = mr.next_entry().unwrap() {
         let _ = r.find(&e.path).unwrap();
         let p = join(dst, &e.path);
         let f = File::open(&p).unwrap();
-        let st = mover::fsmeta::stat_fd(std::os::fd::AsFd::as_fd(&f), b"").unwrap();
+        let st = mover::internals::fsmeta::stat_fd(std::os::fd::AsFd::as_fd(&f), b"").unwrap();
         let mut rec = StatRec::new(&e.path, &st, i128::MIN / 2);
         rec.racy = false;
         w.push(&rec).unwrap();

@@ -12,6 +12,7 @@
 //! | `daffe_volume_mounts` | | mounts over all volumes |
 //! | `daffe_log_events_total` | `level` | warnings and errors the daemon logged |
 //! | `daffe_migration_downtime_seconds` | | from the source's fence to the destination owning the volume (histogram) |
+//! | `daffe_migration_last_downtime_seconds` | `volume` | the last move's downtime: the daemon's own figure (fence to moved), then the one `daffe migrate`'s report gives (unmount to owned), which arrives after it |
 //! | `daffe_build_info` | `version` | always 1 |
 //!
 //! The mover's bytes and rounds are counted where they move: `daffe agent
@@ -33,9 +34,22 @@
 //! | `daffe_aws_calls_total` | `operation`, `result` | every attempt: `ok`, or the error's kind (`throttled`, `transient`, `not_found`, `permanent`) |
 //! | `daffe_aws_retries_total` | `operation` | attempts after the first |
 //!
+//! The short-lived commands (`daffe migrate`, `daffe sync`, `daffe snapshot
+//! push/pull`) post their final report ([`run::RunReport`]) to the daemon ([`report`], `POST
+//! /v1/reports` on the control socket), which counts it here:
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `daffe_cli_runs_total` | `command` | reports received: `migrate`, `sync`, `snapshot_push`, `snapshot_pull` |
+//! | `daffe_cli_bytes_total` | `command`, `kind` | `scanned` (the source as scanned), `fetched` (what crossed: chunk payload, EBS blocks), `written` (at the destination) |
+//! | `daffe_cli_round_duration_seconds` | `command` | each round (a migration's pre-copy and final rounds; a sync or a snapshot transfer is one) (histogram) |
+//! | `daffe_cli_aws_calls_total`, `daffe_cli_aws_retries_total` | `command` | the snapshot commands' EBS API calls (every attempt) and retries |
+//!
 //! One set per process ([`daemon`]): a daemon serves one store.
 
 pub(crate) mod http;
+pub(crate) mod report;
+pub(crate) mod run;
 
 use crate::service::VolumeView;
 use hyper::StatusCode;
@@ -46,7 +60,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::Registry;
+use run::RunReport;
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -107,6 +123,28 @@ struct Operation {
     operation: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Volume {
+    volume: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Cmd {
+    command: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CmdKind {
+    command: String,
+    kind: String,
+}
+
+/// Round durations: 10 ms to ~22 min by doubling (a sync of an unchanged
+/// tree is milliseconds; a first copy of a large volume, many minutes).
+fn round_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.01, 2.0, 18))
+}
+
 /// Latency buckets: 1 ms to ~33 s by doubling (a List is milliseconds; a
 /// Create that runs mkfs or an EBS attach, tens of seconds).
 fn latency() -> Histogram {
@@ -123,6 +161,14 @@ pub(crate) struct Metrics {
     mounts: Gauge,
     log_events: Family<Level, Counter>,
     downtime: Histogram,
+    /// Each volume's last downtime, in seconds.
+    last_downtime: Family<Volume, Gauge<f64, AtomicU64>>,
+    /// The short-lived commands' reports (`report`).
+    cli_runs: Family<Cmd, Counter>,
+    cli_bytes: Family<CmdKind, Counter>,
+    cli_round_seconds: Family<Cmd, Histogram, fn() -> Histogram>,
+    cli_aws_calls: Family<Cmd, Counter>,
+    cli_aws_retries: Family<Cmd, Counter>,
     /// When each volume was fenced (its downtime began), until it moved.
     fenced_at: Mutex<HashMap<String, Instant>>,
     /// Receiving side (the agent): bytes by kind, rounds' durations, peers.
@@ -150,6 +196,13 @@ impl Metrics {
         let log_events = Family::<Level, Counter>::default();
         // 10 ms to ~164 s: a cutover is meant to take seconds.
         let downtime = Histogram::new(exponential_buckets(0.01, 2.0, 15));
+        let last_downtime = Family::<Volume, Gauge<f64, AtomicU64>>::default();
+        let cli_runs = Family::<Cmd, Counter>::default();
+        let cli_bytes = Family::<CmdKind, Counter>::default();
+        let cli_round_seconds =
+            Family::<Cmd, Histogram, fn() -> Histogram>::new_with_constructor(round_buckets);
+        let cli_aws_calls = Family::<Cmd, Counter>::default();
+        let cli_aws_retries = Family::<Cmd, Counter>::default();
         let received_bytes = Family::<Kind, Counter>::default();
         let round_seconds = Histogram::new(exponential_buckets(0.01, 2.0, 18));
         let rounds = Family::<Outcome, Counter>::default();
@@ -183,6 +236,36 @@ impl Metrics {
             "migration_downtime_seconds",
             "Time from a migrating volume's fence to the destination owning it",
             downtime.clone(),
+        );
+        registry.register(
+            "migration_last_downtime_seconds",
+            "The last move's downtime, by volume",
+            last_downtime.clone(),
+        );
+        registry.register(
+            "cli_runs",
+            "Reports of short-lived commands (migrate, sync, snapshot push/pull), by command",
+            cli_runs.clone(),
+        );
+        registry.register(
+            "cli_bytes",
+            "Bytes the short-lived commands moved, by command and kind (scanned, fetched, written)",
+            cli_bytes.clone(),
+        );
+        registry.register(
+            "cli_round_duration_seconds",
+            "Duration of the short-lived commands' rounds, by command",
+            cli_round_seconds.clone(),
+        );
+        registry.register(
+            "cli_aws_calls",
+            "AWS API calls of the short-lived commands, every attempt, by command",
+            cli_aws_calls.clone(),
+        );
+        registry.register(
+            "cli_aws_retries",
+            "AWS API retries of the short-lived commands, by command",
+            cli_aws_retries.clone(),
         );
         registry.register(
             "received_bytes",
@@ -235,6 +318,12 @@ impl Metrics {
             mounts,
             log_events,
             downtime,
+            last_downtime,
+            cli_runs,
+            cli_bytes,
+            cli_round_seconds,
+            cli_aws_calls,
+            cli_aws_retries,
             fenced_at: Mutex::default(),
             received_bytes,
             round_seconds,
@@ -297,8 +386,56 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .remove(volume);
         if let (true, Some(t)) = (moved, began) {
-            self.downtime
-                .observe(now.saturating_duration_since(t).as_secs_f64());
+            let secs = now.saturating_duration_since(t).as_secs_f64();
+            self.downtime.observe(secs);
+            self.set_last_downtime(volume, secs);
+        }
+    }
+
+    fn set_last_downtime(&self, volume: &str, secs: f64) {
+        self.last_downtime
+            .get_or_create(&Volume {
+                volume: volume.to_owned(),
+            })
+            .set(secs);
+    }
+
+    /// A short-lived command's final report (checked by the caller with
+    /// [`RunReport::check`]).
+    pub(crate) fn run_report(&self, r: &RunReport) {
+        let command = r.command.as_str().to_owned();
+        let cmd = Cmd {
+            command: command.clone(),
+        };
+        self.cli_runs.get_or_create(&cmd).inc();
+        for (kind, n) in [
+            ("scanned", r.bytes_scanned),
+            ("fetched", r.bytes_fetched),
+            ("written", r.bytes_written),
+        ] {
+            self.cli_bytes
+                .get_or_create(&CmdKind {
+                    command: command.clone(),
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n);
+        }
+        let rounds = self.cli_round_seconds.get_or_create(&cmd);
+        for ms in &r.round_ms {
+            rounds.observe(Duration::from_millis(*ms).as_secs_f64());
+        }
+        drop(rounds);
+        if r.aws_calls > 0 || r.aws_retries > 0 {
+            self.cli_aws_calls.get_or_create(&cmd).inc_by(r.aws_calls);
+            self.cli_aws_retries
+                .get_or_create(&cmd)
+                .inc_by(r.aws_retries);
+        }
+        // The histogram has the daemon's own fence-to-moved figure; the
+        // report's (unmount to owned, what the operator was shown) replaces
+        // the last one.
+        if let (Some(v), Some(ms)) = (&r.volume, r.downtime_ms) {
+            self.set_last_downtime(v, Duration::from_millis(ms).as_secs_f64());
         }
     }
 
@@ -494,6 +631,81 @@ mod tests {
         assert_eq!(
             sample(&t, "daffe_migration_downtime_seconds_sum"),
             Some(1.5)
+        );
+    }
+
+    #[test]
+    fn a_command_report_adds_its_figures_and_sets_the_last_downtime() {
+        let m = Metrics::new();
+        let t0 = Instant::now();
+        m.fenced("db", t0);
+        m.move_ended("db", true, t0 + Duration::from_millis(700));
+        let s0 = m.render();
+        assert_eq!(
+            sample(&s0, r#"daffe_migration_last_downtime_seconds{volume="db"}"#),
+            Some(0.7),
+            "{s0}"
+        );
+        let r: RunReport = serde_json::from_value(serde_json::json!({
+            "command": "migrate", "volume": "db", "bytes_scanned": 3000,
+            "bytes_fetched": 1000, "bytes_written": 900, "round_ms": [1500, 500],
+            "downtime_ms": 850,
+        }))
+        .unwrap();
+        m.run_report(&r);
+        m.run_report(&r);
+        let push: RunReport = serde_json::from_value(serde_json::json!({
+            "command": "snapshot_push", "bytes_scanned": 10, "bytes_fetched": 5,
+            "round_ms": [40], "aws_calls": 12, "aws_retries": 2,
+        }))
+        .unwrap();
+        m.run_report(&push);
+        let t = m.render();
+        let s = |series| sample(&t, series);
+        assert_eq!(
+            s(r#"daffe_cli_runs_total{command="migrate"}"#),
+            Some(2.0),
+            "{t}"
+        );
+        assert_eq!(
+            s(r#"daffe_cli_bytes_total{command="migrate",kind="fetched"}"#),
+            Some(2000.0)
+        );
+        assert_eq!(
+            s(r#"daffe_cli_bytes_total{command="migrate",kind="scanned"}"#),
+            Some(6000.0)
+        );
+        assert_eq!(
+            s(r#"daffe_cli_bytes_total{command="migrate",kind="written"}"#),
+            Some(1800.0)
+        );
+        assert_eq!(
+            s(r#"daffe_cli_round_duration_seconds_count{command="migrate"}"#),
+            Some(4.0)
+        );
+        assert_eq!(
+            s(r#"daffe_cli_round_duration_seconds_sum{command="migrate"}"#),
+            Some(4.0)
+        );
+        // The report's downtime replaces the daemon's own; the histogram
+        // keeps one observation (the daemon's).
+        assert_eq!(
+            s(r#"daffe_migration_last_downtime_seconds{volume="db"}"#),
+            Some(0.85)
+        );
+        assert_eq!(s("daffe_migration_downtime_seconds_count"), Some(1.0));
+        assert_eq!(
+            s(r#"daffe_cli_aws_calls_total{command="snapshot_push"}"#),
+            Some(12.0)
+        );
+        assert_eq!(
+            s(r#"daffe_cli_aws_retries_total{command="snapshot_push"}"#),
+            Some(2.0)
+        );
+        // A command without AWS calls has no AWS series.
+        assert!(
+            !t.contains(r#"daffe_cli_aws_calls_total{command="migrate"}"#),
+            "{t}"
         );
     }
 

@@ -45,6 +45,7 @@ const ACCEPT_POLL: Duration = Duration::from_millis(50);
 
 /// Who is talking to us.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PeerInfo {
     /// The peer's node name, as its verified certificate carries it (its
     /// `Hello` must say the same; see `stream::handshake`): what ownership

@@ -56,7 +56,9 @@ pub struct Hello {
 /// (`block` volumes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransferMode {
+    /// A directory tree.
     Tree,
+    /// A byte image (a block volume's file or device).
     Image,
 }
 
@@ -66,6 +68,7 @@ pub enum TransferMode {
 pub struct RoundRequest {
     /// What the acceptor receives into, in its own terms (daffe: the volume name).
     pub target: String,
+    /// Tree or image.
     pub mode: TransferMode,
     /// 1-based round number, for reports.
     pub round: u32,
@@ -118,23 +121,46 @@ pub struct ChunkHeader {
 }
 
 /// Acceptor -> dialer at the end of a round: what the receiver did.
+/// `#[non_exhaustive]`: a [`RoundHandler`](crate::net::RoundHandler) of
+/// one's own builds it from `Default` with the `with_*` setters.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct RoundSummary {
+    /// Entries the round's manifest listed.
     pub files: u64,
+    /// Chunks the manifest referenced.
     pub chunks_total: u64,
+    /// Of those, chunks fetched from the sender.
     pub chunks_new: u64,
+    /// Of those, chunks the receiver already held.
     pub chunks_reused: u64,
     /// Chunk payload received (uncompressed): the round's dirty data.
     pub bytes_fetched: u64,
+    /// Bytes written to the destination.
     pub bytes_written: u64,
     /// Entries that changed at the source while being sent (their changed
     /// ranges kept at their old version this round; pre-copy rounds only).
     pub stale: u64,
+    /// The applied manifest's root hash.
     pub root: [u8; 32],
+    /// The round's duration at the receiver, in milliseconds.
     pub duration_ms: u64,
     /// Bytes of those ranges (version 2): they go again next round.
     pub bytes_dirty: u64,
 }
+
+crate::builder::setters!(RoundSummary {
+    with_files => files: u64,
+    with_chunks_total => chunks_total: u64,
+    with_chunks_new => chunks_new: u64,
+    with_chunks_reused => chunks_reused: u64,
+    with_bytes_fetched => bytes_fetched: u64,
+    with_bytes_written => bytes_written: u64,
+    with_stale => stale: u64,
+    with_root => root: [u8; 32],
+    with_duration_ms => duration_ms: u64,
+    with_bytes_dirty => bytes_dirty: u64,
+});
 
 /// Why a request failed. `Busy` and `Transient` are worth a retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,6 +179,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Worth a retry (`Busy`, `Transient`, `Stale`).
     pub fn retryable(self) -> bool {
         matches!(
             self,
@@ -161,9 +188,12 @@ impl ErrorCode {
     }
 }
 
+/// A request's failure, as it crosses the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireError {
+    /// What kind of failure (whether a retry can help).
     pub code: ErrorCode,
+    /// The peer's words.
     pub message: String,
 }
 

@@ -44,14 +44,14 @@ pub(crate) mod patch;
 pub(crate) mod peer;
 pub(crate) mod rounds;
 pub(crate) mod stream;
-// Internals this crate's protocol tests and the fuzz harnesses reach into:
-// no part of the API.
-#[doc(hidden)]
-pub mod bwlimit;
-#[doc(hidden)]
-pub mod message;
-#[doc(hidden)]
-pub mod serve;
+// Internals (this crate's protocol tests see them through
+// `crate::internals::net`, feature `testing`).
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod bwlimit;
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod message;
+#[cfg_attr(feature = "testing", allow(missing_docs))]
+pub(crate) mod serve;
 
 pub use agent::{
     Agent, ConnObserver, MAX_SESSIONS_PER_PEER, NoObserver, PeerInfo, Refusal, RoundHandler,

@@ -1,7 +1,7 @@
 //! The pre-copy loop of a live migration, for embedders (daffe's
 //! `migrate`): rounds while the app runs, each one keeping what it moved
 //! (the receiver marks what the source changed under it dirty, see
-//! `receive::partial`), until [`crate::converge`] says to stop; then the
+//! `receive::partial`), until the convergence model (its [`Targets`] and [`Estimate`]) says to stop; then the
 //! caller unmounts and runs the final round.
 //!
 //! The loop only decides and measures. Where rounds go is a
@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 
 use super::rounds::{RoundPushError, RoundPushReport, RoundPusher};
 use crate::clock::millis;
-use crate::converge::{self, Composition, Decision, Estimate, RoundMeasure, StopReason, Targets};
+use crate::converge::{self, Decision, RoundMeasure};
+// The convergence model's targets and figures are part of this API.
+pub use crate::converge::{Composition, Estimate, StopReason, Targets};
 
 /// Where rounds go.
 pub trait RoundTarget {
@@ -65,6 +67,7 @@ impl PreCopyHooks for NoHooks {}
 
 /// One pre-copy round in the report.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PreCopyRound {
     /// The round number (1-based).
     pub round: u32,
@@ -95,6 +98,7 @@ pub struct PreCopyRound {
 
 /// What pre-copy did and why it stopped.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct PreCopyReport {
     /// Every pre-copy round, in order.
     pub rounds: Vec<PreCopyRound>,
@@ -156,6 +160,7 @@ impl PreCopyReport {
 
 /// The final round, for the report.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct FinalRound {
     /// Payload the final round moved.
     pub bytes: u64,

@@ -63,8 +63,16 @@ impl ServeError {
 /// Events for a progress display on the sending side.
 #[derive(Debug, Clone, Copy)]
 pub enum ServeEvent {
-    ManifestSent { bytes: u64 },
-    ChunkSent { bytes: u64 },
+    /// Manifest bytes sent.
+    ManifestSent {
+        /// How many.
+        bytes: u64,
+    },
+    /// Chunk payload sent.
+    ChunkSent {
+        /// How many.
+        bytes: u64,
+    },
 }
 
 /// Writes manifest bytes as `ManifestData` frames.

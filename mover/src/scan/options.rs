@@ -14,21 +14,30 @@ use crate::statcache::StatCacheError;
 /// Errors of this module.
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
+    /// Reading the source failed.
     #[error("scanning {path:?}: {source}")]
     Io {
+        /// The file or folder.
         path: String,
+        /// The system's error.
         source: std::io::Error,
     },
+    /// A file's metadata could not be read.
     #[error(transparent)]
     Meta(#[from] FsMetaError),
+    /// A manifest failed (the one written, or the last one reused).
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    /// The stat cache failed (read or written).
     #[error(transparent)]
     StatCache(#[from] StatCacheError),
+    /// A tree source that is not a directory.
     #[error("source {0}: not a directory")]
     NotADir(PathBuf),
+    /// An image source that is neither a regular file nor a block device.
     #[error("source {0}: not a regular file or block device")]
     NotAnImage(PathBuf),
+    /// A chunking thread panicked.
     #[error("scan worker thread died")]
     Worker,
     /// The last scan's cache is unusable (torn, foreign): the scan is redone
@@ -46,6 +55,7 @@ pub(super) fn io_err(path: &[u8]) -> impl FnOnce(std::io::Error) -> ScanError + 
 
 /// What the scan read and decided.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ScanStats {
     /// Entries in the manifest.
     pub entries: u64,

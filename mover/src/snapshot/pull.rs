@@ -65,6 +65,8 @@ pub struct PullReport {
     pub bytes_written: u64,
     /// Retries made by the retry layer.
     pub retries: u64,
+    /// AWS API calls made, every attempt (first tries and retries).
+    pub calls: u64,
     /// Duration of the pull.
     pub duration_secs: f64,
     /// False when the snapshot was not pushed from this state dir and its
@@ -430,6 +432,7 @@ pub fn pull(
         blocks_zeroed: zeroed.into_inner(),
         bytes_written: bytes_written.into_inner(),
         retries: retrier.retries(),
+        calls: retrier.calls(),
         duration_secs: t0.elapsed().as_secs_f64(),
         index_known,
     })

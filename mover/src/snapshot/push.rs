@@ -84,6 +84,8 @@ pub struct PushReport {
     pub bytes_uploaded: u64,
     /// Retries made by the retry layer (throttling, 5xx, not-yet-visible).
     pub retries: u64,
+    /// AWS API calls made, every attempt (first tries and retries).
+    pub calls: u64,
     /// Duration of the push.
     pub duration_secs: f64,
     /// Where the snapshot's block index was saved.
@@ -367,6 +369,7 @@ pub fn push(
         blocks_skipped: volume_blocks - blocks_uploaded,
         bytes_uploaded: blocks_uploaded * BLOCK_BYTES,
         retries: retrier.retries(),
+        calls: retrier.calls(),
         duration_secs: t0.elapsed().as_secs_f64(),
         index_path,
     })

@@ -345,6 +345,8 @@ fn a_snapshot_not_visible_yet_is_waited_for() {
     fx.ebs.hide_new_snapshots(3);
     let r = push(&fx.ebs, &fx.store, &src, &push_opts(None), &NoProgress).unwrap();
     assert_eq!(r.retries, 3);
+    // The report's call count is every request the endpoint saw, retries in.
+    assert_eq!(r.calls, fx.ebs.calls().len() as u64);
 }
 
 /// Corrupts the data of one block on the way back.

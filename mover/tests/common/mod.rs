@@ -13,7 +13,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use mover::fsmeta;
+use mover::internals::fsmeta;
 
 /// Everything that must match between source and destination.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -270,7 +270,7 @@ pub fn scan_sender(src: &mover::Source, cache: &Path) -> mover::Sender {
     mover::Sender::scan(
         src,
         cache,
-        mover::scan::ScanOptions {
+        mover::internals::scan::ScanOptions {
             threads: 2,
             label: "t".into(),
             progress: std::sync::Arc::new(mover::progress::NoProgress),

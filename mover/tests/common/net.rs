@@ -142,10 +142,11 @@ impl Net {
             target,
         )
         .with_scan_threads(2)
-        .with_retry(RoundPushRetry::default().with_reconnect(RetryPolicy {
-            deadline: Some(Duration::from_secs(20)),
-            ..RetryPolicy::RECONNECT
-        }))
+        .with_retry(
+            RoundPushRetry::default().with_reconnect(
+                RetryPolicy::RECONNECT.with_deadline(Some(Duration::from_secs(20))),
+            ),
+        )
     }
 
     pub fn peer(&self) -> Peer {

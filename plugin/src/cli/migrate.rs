@@ -12,6 +12,7 @@ use super::agent::PeerOptions;
 use super::progress_json::JsonLines;
 use crate::config::DEFAULT_CONTROL_SOCKET;
 use crate::control::ControlClient;
+use crate::metrics::report::RunReport;
 use crate::migrate::duration;
 use crate::migrate::hook::BeforeCutover;
 use crate::migrate::orchestrate::{
@@ -299,6 +300,9 @@ pub fn run(args: MigrateArgs) -> ExitCode {
     bar.finish_and_clear();
     if let Some(s) = &stream {
         s.finish();
+    }
+    if let Ok(r) = &result {
+        crate::metrics::report::post(&args.control_socket, RunReport::of_migrate(r));
     }
     match result {
         Ok(_) if quiet && !json => ExitCode::SUCCESS,

@@ -7,6 +7,8 @@
 //! `--region` and `--endpoint-url` override them.
 
 use super::progress_json::JsonLines;
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::metrics::report::RunReport;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use mover::aws::AwsOptions;
@@ -77,6 +79,11 @@ pub(crate) struct CommonArgs {
     /// Attempts per request before giving up on throttling or server errors.
     #[arg(long, default_value_t = mover::retry::DEFAULT_MAX_ATTEMPTS)]
     pub(crate) max_attempts: u32,
+    /// The local daemon's control socket: the run's figures (bytes, AWS
+    /// calls and retries) go to its metrics (nothing happens when no daemon
+    /// runs here).
+    #[arg(long, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub(crate) control_socket: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -190,10 +197,7 @@ fn transfer(c: &CommonArgs) -> TransferOptions {
     TransferOptions::default()
         .with_concurrency(c.concurrency)
         .with_requests_per_sec(c.max_rate)
-        .with_retry(RetryPolicy {
-            max_attempts: c.max_attempts.max(1),
-            ..RetryPolicy::default()
-        })
+        .with_retry(RetryPolicy::default().with_max_attempts(c.max_attempts.max(1)))
 }
 
 /// Progress: a bar on stderr, shown only on a terminal and without --json
@@ -263,9 +267,13 @@ fn run_push(a: PushArgs) -> ExitCode {
     let bar = Bar::new(&a.common, "snapshot-push");
     let store = IndexStore::new(&a.common.state_dir);
     let quiet = super::output::quiet();
+    let result = push(&api, &store, &a.source, &opts, bar.sink());
+    if let Ok(r) = &result {
+        crate::metrics::report::post(&a.common.control_socket, RunReport::of_push(r));
+    }
     finish(
         json,
-        push(&api, &store, &a.source, &opts, bar.sink()),
+        result,
         |e| Failure::new(e.to_string(), e.snapshot_id(), e.aws_code()),
         |r| {
             if quiet {
@@ -298,9 +306,13 @@ fn run_pull(a: PullArgs) -> ExitCode {
     let bar = Bar::new(&a.common, "snapshot-pull");
     let store = IndexStore::new(&a.common.state_dir);
     let quiet = super::output::quiet();
+    let result = pull(&api, &store, &a.snapshot, &a.dest, &opts, bar.sink());
+    if let Ok(r) = &result {
+        crate::metrics::report::post(&a.common.control_socket, RunReport::of_pull(r));
+    }
     finish(
         json,
-        pull(&api, &store, &a.snapshot, &a.dest, &opts, bar.sink()),
+        result,
         |e| Failure::new(e.to_string(), e.snapshot_id(), e.aws_code()),
         |r| {
             if quiet {

@@ -3,6 +3,8 @@
 //! terminal and `--json` stats for scripts. `--dry-run` lists what a run
 //! would create, change and delete, and creates nothing.
 
+use crate::config::DEFAULT_CONTROL_SOCKET;
+use crate::metrics::report::RunReport;
 use crate::migrate::report::{human_bytes, secs_of_ms};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -59,6 +61,10 @@ pub struct SyncArgs {
     /// "Progress for scripts"); stdout is unchanged.
     #[arg(long)]
     pub json_progress: bool,
+    /// The local daemon's control socket: the run's figures go to its
+    /// metrics (nothing happens when no daemon runs here).
+    #[arg(long, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
+    pub(crate) control_socket: PathBuf,
 }
 
 /// `--verify` values.
@@ -333,6 +339,9 @@ pub fn run(args: SyncArgs) -> ExitCode {
     if let Some(s) = &stream {
         s.finish();
     }
+    if let Ok(stats) = &result {
+        crate::metrics::report::post(&args.control_socket, RunReport::of_sync(stats));
+    }
     match result {
         Ok(stats) => {
             if args.json {
@@ -387,6 +396,7 @@ mod tests {
             delete: false,
             dry_run: false,
             json_progress: false,
+            control_socket: PathBuf::from("/nonexistent/daffe-control.sock"),
         };
         assert_eq!(
             run(args(src.clone(), t.path().join("dst"))),
@@ -421,6 +431,7 @@ mod tests {
             delete,
             dry_run: false,
             json_progress: false,
+            control_socket: PathBuf::from("/nonexistent/daffe-control.sock"),
         };
         // A missing source creates nothing, and is "not found" (3).
         assert_eq!(run(args(&src, &dst, false)), ExitCode::from(3));

@@ -14,6 +14,7 @@
 //! | GET | `/v1/health` | [`ControlRequest::Health`] |
 //! | GET | `/v1/cluster` | [`ControlRequest::Cluster`] |
 //! | GET | `/metrics` (Prometheus' usual path) | [`ControlRequest::Metrics`] |
+//! | POST | `/v1/reports` `{"command", ...RunReport}` | [`ControlRequest::Report`] |
 //! | GET | `/v1/volumes/NAME` | [`ControlRequest::Volume`] |
 //! | POST | `/v1/volumes/NAME/profile` `{"profile"}` | [`ControlRequest::SetProfile`] |
 //! | GET | `/v1/volumes/NAME/transfer` | [`ControlRequest::Transfer`] |
@@ -31,6 +32,7 @@
 //! NAME is a NAME or a docker name (`db@gold`), percent-encoded as needed.
 //! Bodies are strict: an unknown key is an error, not ignored.
 
+use crate::metrics::run::RunReport;
 use hyper::Method;
 use profiles::ProfileDef;
 use serde::Deserialize;
@@ -56,6 +58,9 @@ pub(crate) enum ControlRequest {
     Cluster,
     /// Prometheus metrics, in the text format (`crate::metrics`).
     Metrics,
+    /// A short-lived command's final figures, for the metrics
+    /// (`crate::metrics::report`).
+    Report(RunReport),
     /// One volume, by NAME or docker name.
     Volume { name: String },
     /// `daffe volume set-profile`.
@@ -255,6 +260,12 @@ impl ControlRequest {
             ["v1", "health"] => only(Method::GET).map(|()| R::Health),
             ["v1", "cluster"] => only(Method::GET).map(|()| R::Cluster),
             ["metrics"] => only(Method::GET).map(|()| R::Metrics),
+            ["v1", "reports"] => {
+                only(Method::POST)?;
+                let r: RunReport = body(bytes)?;
+                r.check().map_err(RequestError::Body)?;
+                Ok(R::Report(r))
+            }
             ["v1", "volumes", n] => only(Method::GET).map(|()| R::Volume { name: name(n) }),
             ["v1", "volumes", n, "transfer"] => {
                 only(Method::GET).map(|()| R::Transfer { name: name(n) })
@@ -389,6 +400,10 @@ impl ControlRequest {
             R::Health => get("/v1/health".into()),
             R::Cluster => get("/v1/cluster".into()),
             R::Metrics => get("/metrics".into()),
+            R::Report(r) => post(
+                "/v1/reports".into(),
+                serde_json::to_value(r).unwrap_or_else(|_| json!({})),
+            ),
             R::Volume { name } => get(vol(name, "")),
             R::SetProfile { name, profile } => {
                 post(vol(name, "profile"), json!({ "profile": profile }))
@@ -453,6 +468,7 @@ impl ControlRequest {
             R::Health => "health",
             R::Cluster => "cluster status",
             R::Metrics => "metrics",
+            R::Report(_) => "report",
             R::Volume { .. } => "inspect",
             R::SetProfile { .. } => "set-profile",
             R::Transfer { .. } => "transfer paths",
@@ -485,6 +501,7 @@ impl ControlRequest {
         use ControlRequest as R;
         match self {
             R::Profiles | R::Volumes | R::Status | R::Health | R::Cluster | R::Metrics => "",
+            R::Report(r) => r.volume.as_deref().unwrap_or(""),
             R::DefineProfile { name, .. }
             | R::Volume { name }
             | R::SetProfile { name, .. }
@@ -564,6 +581,13 @@ mod tests {
             R::Health,
             R::Cluster,
             R::Metrics,
+            R::Report(
+                serde_json::from_value(json!({"command": "migrate", "volume": "db@gold",
+                    "bytes_scanned": 3, "bytes_fetched": 2, "bytes_written": 1,
+                    "round_ms": [5, 6], "downtime_ms": 7}))
+                .unwrap(),
+            ),
+            R::Report(serde_json::from_value(json!({"command": "snapshot_pull"})).unwrap()),
             R::Volume { name: n() },
             R::Volume {
                 name: "with space/and%slash".into(),
@@ -789,6 +813,19 @@ mod tests {
                 "/v1/receive/check",
                 "not json",
                 "bad request body",
+            ),
+            (Method::GET, "/v1/reports", "", "method GET not allowed"),
+            (
+                Method::POST,
+                "/v1/reports",
+                r#"{"command":"sync","rounds":3}"#,
+                "unknown field `rounds`",
+            ),
+            (
+                Method::POST,
+                "/v1/reports",
+                r#"{"command":"migrate","volume":""}"#,
+                "not a volume name",
             ),
             (
                 Method::POST,

@@ -62,6 +62,7 @@ impl Limits {
             | R::Health
             | R::Cluster
             | R::Metrics
+            | R::Report(_)
             | R::Volume { .. }
             | R::Transfer { .. }
             | R::Move { .. }
@@ -197,6 +198,10 @@ fn answer(
             let m = crate::metrics::daemon();
             m.set_volumes(&svc.views()?);
             Reply::text(crate::metrics::CONTENT_TYPE, m.render())
+        }
+        R::Report(r) => {
+            crate::metrics::daemon().run_report(&r);
+            json(json!({}))
         }
         R::Volume { name } => json(svc.inspect(&name)?),
         R::SetProfile { name, profile } => json(svc.set_profile(&name, &profile)?),

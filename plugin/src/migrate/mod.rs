@@ -7,7 +7,7 @@
 //! - [`agent`]: the agent's request handler: receives rounds into the local
 //!   daemon's storage.
 //! - [`orchestrate`]: the source side's state machine: preflight, pre-copy
-//!   rounds (`mover::net::precopy`, `mover::converge`), cutover, final round, handover, report.
+//!   rounds (`mover::net::precopy` and its convergence model), cutover, final round, handover, report.
 //! - [`report`]: what a migration did, for humans and `--json`.
 //! - [`flush`]: syncfs on a block volume's mounted filesystem before each
 //!   pre-copy round (the image then holds what the filesystem holds).

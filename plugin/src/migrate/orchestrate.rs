@@ -5,7 +5,7 @@
 //!    reachable and authenticated), has the profile and the room.
 //! 2. Pre-copy rounds while the volume stays mounted and in use:
 //!    [`mover::net::precopy`] runs them (partial rounds are kept) until
-//!    [`mover::converge`] says cut over, or, in strict mode, refuses (then
+//!    the convergence model (`mover::net::precopy::Estimate`) says cut over, or, in strict mode, refuses (then
 //!    nothing is fenced and the application keeps running).
 //! 3. Cutover: wait until nothing mounts the volume (the operator stops the
 //!    container; see `mod.rs`), fencing it in the same locked step; final
@@ -24,15 +24,14 @@ use super::wire::{PeerReply, PeerRequest};
 use crate::backend::local::holders;
 use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
+use mover::RateLimiter;
 use mover::Source;
-use mover::converge::Targets;
 use mover::net::ConnError;
 use mover::net::ServeEvent;
 use mover::net::precopy::{
-    self, PreCopyError, PreCopyHooks, PreCopyReport, PreCopyRound, RoundTarget,
+    self, PreCopyError, PreCopyHooks, PreCopyReport, PreCopyRound, RoundTarget, Targets,
 };
 use mover::net::{RoundPushError, RoundPushReport, RoundPusher};
-use mover::rate::RateLimiter;
 use std::cell::RefCell;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -304,6 +303,8 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         round,
         final_round,
         bytes: r.summary.bytes_fetched,
+        bytes_scanned: r.scan.bytes_scanned,
+        bytes_written: r.summary.bytes_written,
         bytes_dirty: r.summary.bytes_dirty,
         partial: r.summary.bytes_dirty > 0,
         wire_bytes: r.wire_sent + r.wire_received,
@@ -369,7 +370,10 @@ impl PreCopyHooks for ReportRounds<'_, '_> {
         self.hook.is_some()
     }
 
-    fn before_last_round(&mut self, _estimate: &mover::converge::Estimate) -> Result<(), String> {
+    fn before_last_round(
+        &mut self,
+        _estimate: &mover::net::precopy::Estimate,
+    ) -> Result<(), String> {
         let Some(h) = self.hook else { return Ok(()) };
         (self.event.borrow_mut())(Event::HookStart(h.command.clone()));
         let r = hook::run(h).map_err(|e| e.to_string())?;
@@ -507,14 +511,10 @@ pub(crate) fn migrate(
         report.cutover_reason = "final round only (the volume was not in use)".into();
     } else {
         host.begin_move(vol, to)?;
-        let targets = Targets {
-            max_downtime: opts.max_downtime,
-            max_rounds: opts.max_rounds,
-            strict: opts.strict,
-            link_rate: None,
+        let targets = Targets::new(opts.max_downtime, opts.max_rounds)
+            .with_strict(opts.strict)
             // The unmount is seen within a poll of the operator's stop.
-            cutover_gap: opts.fence_poll,
-        };
+            .with_cutover_gap(opts.fence_poll);
         let pushes = RefCell::new(Vec::new());
         let flush_ms = RefCell::new(None);
         let mut target = DestRounds {

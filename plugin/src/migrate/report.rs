@@ -2,8 +2,7 @@
 //! the unmount on the source to "ready" on the destination), for the
 //! operator's screen and for `--json`.
 
-use mover::converge::Estimate;
-use mover::net::precopy::FinalRound;
+use mover::net::precopy::{Estimate, FinalRound};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -32,9 +31,14 @@ impl EstimateReport {
     }
 }
 
-/// A rate in whole bytes per second (saturating; NaN is 0).
+/// A rate in whole bytes per second (saturating; NaN and negatives are 0).
+#[allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "`as` from f64 saturates (NaN gives 0); the rate is rounded first"
+)]
 fn rate(r: f64) -> u64 {
-    mover::converge::f64_to_u64(r.round())
+    r.round() as u64
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -44,6 +48,11 @@ pub(crate) struct RoundReport {
     /// Chunk payload the destination fetched (changed data), kept even when
     /// the round was partial.
     pub(crate) bytes: u64,
+    /// Data the source's scan listed (logical bytes; the daemon's
+    /// `daffe_cli_bytes_total{kind="scanned"}`).
+    pub(crate) bytes_scanned: u64,
+    /// Data the destination wrote.
+    pub(crate) bytes_written: u64,
     /// Bytes the source changed under the round: they go again next round.
     pub(crate) bytes_dirty: u64,
     /// The source changed under the round; what it moved is kept.

@@ -70,13 +70,11 @@ pub(crate) const COPY_BUDGET: Duration = Duration::from_secs(90);
 /// at most ~10 s of waiting, which a 45-90 s budget absorbs; "not found" is
 /// retried for 30 s after a CreateVolume (EC2's eventual consistency is
 /// seconds, not the minutes EBS snapshots take).
-pub(crate) const EC2_RETRY: RetryPolicy = RetryPolicy {
-    max_attempts: 6,
-    base_delay: Duration::from_millis(250),
-    max_delay: Duration::from_secs(4),
-    not_found_window: Duration::from_secs(30),
-    ..RetryPolicy::AWS
-};
+pub(crate) const EC2_RETRY: RetryPolicy = RetryPolicy::AWS
+    .with_max_attempts(6)
+    .with_base_delay(Duration::from_millis(250))
+    .with_max_delay(Duration::from_secs(4))
+    .with_not_found_window(Duration::from_secs(30));
 
 /// The `result` label of a failed AWS attempt.
 fn aws_result(kind: ErrorKind) -> &'static str {

@@ -1,8 +1,8 @@
 //! The orchestrator against doubles of the local daemon and the agent.
 
 use super::*;
+use mover::ScanStats;
 use mover::net::RoundSummary;
-use mover::scan::ScanStats;
 use std::cell::RefCell;
 use std::collections::{BTreeMap, VecDeque};
 
@@ -116,11 +116,9 @@ fn push_report(bytes: u64, dirty: u64) -> RoundPushReport {
     std::thread::sleep(transfer);
     // RoundPushReport is #[non_exhaustive]: filled in from its Default.
     let mut r = RoundPushReport::default();
-    r.summary = RoundSummary {
-        bytes_fetched: bytes,
-        bytes_dirty: dirty,
-        ..Default::default()
-    };
+    r.summary = RoundSummary::default()
+        .with_bytes_fetched(bytes)
+        .with_bytes_dirty(dirty);
     r.scan = ScanStats::default();
     r.scan_time = Duration::from_millis(10);
     r.transfer_time = transfer;
@@ -213,7 +211,7 @@ impl DestHost for FakeDest {
             }),
             Err(_) => Err(RoundPushError::Scan {
                 path: "/x".into(),
-                source: mover::scan::ScanError::Io {
+                source: mover::ScanError::Io {
                     path: "/x".into(),
                     source: std::io::Error::other("disk on fire"),
                 },
