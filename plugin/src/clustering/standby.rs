@@ -20,7 +20,7 @@ use cluster::Epoch;
 use mover::Source;
 use mover::net::tls;
 use mover::net::{Endpoint, NodeFiles, Peer, RoundPushRetry, RoundPusher};
-use mover::rate::RateLimiter;
+use mover::RateLimiter;
 use mover::retry::RetryPolicy;
 use serde::Serialize;
 use std::collections::BTreeMap;
