@@ -290,8 +290,8 @@ fn follow_moves_the_counter_to_its_clients_and_the_old_address_keeps_answering()
     let t = Instant::now();
     loop {
         let out = clients[0]
-            .command("busybox")
-            .args(["wget", "-q", "-O", "-", "-T", "5"])
+            .command("curl")
+            .args(["-sf", "-m", "5"])
             .arg(format!("http://{}:{PORT}/cgi-bin/count?t=0", node_addr(1)))
             .output()
             .unwrap();
@@ -300,7 +300,8 @@ fn follow_moves_the_counter_to_its_clients_and_the_old_address_keeps_answering()
         }
         assert!(
             t.elapsed() < Duration::from_secs(30),
-            "counter not answering: {out:?}"
+            "counter not answering: {out:?}\ntasks: {:?}",
+            s.tasks(SERVICE)
         );
         std::thread::sleep(Duration::from_millis(300));
     }
