@@ -521,7 +521,7 @@ fn follow_moves_the_counter_to_its_clients_and_the_old_address_keeps_answering()
         .max()
         .unwrap_or(0);
     assert!(
-        max as usize >= ok.len(),
+        max >= u64::try_from(ok.len()).unwrap(),
         "increments lost: highest count {max} for {} answered requests\n{summary}",
         ok.len()
     );
