@@ -1,8 +1,8 @@
-//! How a decision becomes a move. `daffe follow` (with cluster mode) will
-//! give an [`Actuator`] that updates a Swarm service's placement, or one
-//! that runs `daffe migrate` and restarts the container on two hosts; this
-//! crate only defines the seam and the dry run, and the step that ties an
-//! advice, the state and an actuator together.
+//! How a decision becomes a move. `daffe follow` gives an [`Actuator`] that
+//! updates a Swarm service's placement (`plugin/src/follow/swarm.rs`); one
+//! that runs `daffe migrate` and restarts the container on two hosts is not
+//! built. This crate defines the seam and the dry run, and the step that
+//! ties an advice, the state and an actuator together.
 
 use crate::advise::Advice;
 use crate::rule::Action;

@@ -15,9 +15,14 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
-/// A new node that does not answer within this long will not: the client
-/// gets a closed connection (and retries) rather than hang.
+/// A new node that does not answer (or refuses) for this long will not:
+/// the client gets a closed connection (and retries) rather than hang.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often a refused connection to the new node is tried again: a
+/// service that starts listening is found within this, at 10 tries a
+/// second per waiting client.
+const RETRY_REFUSED: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone)]
 pub struct ForwardOptions {
@@ -53,8 +58,23 @@ pub struct ForwardReport {
     pub accept_errors: u64,
 }
 
+/// Connects to the new node, trying again while it refuses: during a
+/// move the new node's service starts a few seconds after the old one
+/// stopped, and a client held that long (within the caller's timeout)
+/// beats a client refused. Other errors (no route) end at once.
+async fn connect_retrying(to: &str) -> std::io::Result<TcpStream> {
+    loop {
+        match TcpStream::connect(to).await {
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                tokio::time::sleep(RETRY_REFUSED).await;
+            }
+            r => return r,
+        }
+    }
+}
+
 async fn relay(mut client: TcpStream, opts: Arc<ForwardOptions>, c: Arc<Counters>) {
-    let upstream = tokio::time::timeout(opts.connect_timeout, TcpStream::connect(&opts.to)).await;
+    let upstream = tokio::time::timeout(opts.connect_timeout, connect_retrying(&opts.to)).await;
     let mut upstream = match upstream {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -227,7 +247,10 @@ mod tests {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let fwd = tokio::spawn(forward(
             l,
-            opts(dead, Duration::from_millis(200)),
+            ForwardOptions {
+                connect_timeout: Duration::from_millis(300),
+                ..opts(dead, Duration::from_millis(200))
+            },
             async {
                 let _ = stop_rx.await;
             },

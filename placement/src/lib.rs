@@ -14,7 +14,8 @@
 //!   [`latency`] (request-weighted mean and percentiles), [`cost`] (a
 //!   move's downtime and bytes, fitted from `daffe migrate --json`).
 //! - decide: [`dp`] (cheapest site sequence), [`rule`] (the move rule),
-//!   [`advise`] (the `advise` report), [`actuator`] (how `follow` will act).
+//!   [`advise`] (the `advise` report), [`actuator`] (the seam `daffe follow`
+//!   acts through; its Swarm actuator is `plugin/src/follow/`).
 //! - simulate: [`scenario`], [`sim`] (four policies compared), [`plot`].
 //! - keep clients connected: [`forward`] (TCP forwarder for a grace period).
 

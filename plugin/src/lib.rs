@@ -32,6 +32,8 @@
 //! - [`clustering`]: cluster mode (`[cluster]`): this node's etcd lease,
 //!   ownership and epochs, the fence watchdog; the rules are the `cluster`
 //!   crate's.
+//! - [`follow`]: `daffe follow` acting on placement's decisions: the Swarm
+//!   actuator (engine API behind a trait), forwarding after a move.
 //! - [`config`]: `daffe serve` configuration; [`time`]: RFC 3339 times.
 //!
 //! No module imports one that imports it back (no import cycles); test
@@ -45,6 +47,7 @@ pub mod cli;
 mod clustering;
 mod config;
 mod control;
+mod follow;
 #[cfg(test)]
 mod fuzz_harness;
 #[cfg(test)]

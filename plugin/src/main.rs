@@ -41,6 +41,9 @@ enum Command {
     /// Follow the clients: observe where requests come from, advise where
     /// to serve them, simulate a circadian day, forward the old address.
     Placement(cli::placement::PlacementArgs),
+    /// Act on placement's advice: move a Swarm service to its clients'
+    /// region (or --dry-run), and forward the old node's port after a move.
+    Follow(cli::follow::FollowArgs),
 }
 
 impl Command {
@@ -72,6 +75,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(a) => cli::generate::run(a, Cli::command()),
         Command::Placement(a) => cli::placement::run(a),
         Command::Cluster(a) => cli::cluster::run(a),
+        Command::Follow(a) => cli::follow::run(a),
     }
 }
 

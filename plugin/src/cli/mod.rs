@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod cluster;
 pub(crate) mod exit;
+pub mod follow;
 pub mod generate;
 pub(crate) mod logging;
 pub mod migrate;

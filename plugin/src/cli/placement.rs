@@ -11,6 +11,8 @@
 //!   and writes SVG plots.
 //! - `forward` relays the old node's port to the new node for a grace
 //!   period after a move.
+//! - `where SERVICE` says which node (address, region) a Swarm service's
+//!   task is on now.
 
 use crate::migrate::duration;
 use clap::{Args, Subcommand, ValueEnum};
@@ -52,6 +54,9 @@ pub(crate) enum PlacementCommand {
     /// After a move: relay the old address to the new node for a grace
     /// period, then refuse new connections and let open ones finish.
     Forward(ForwardArgs),
+    /// Where a Swarm service runs now: node, address, region (for a DNS
+    /// or load-balancer updater).
+    Where(WhereArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -71,7 +76,7 @@ pub(crate) struct TableArgs {
 }
 
 impl TableArgs {
-    fn table(&self) -> Result<RttTable, String> {
+    pub(crate) fn table(&self) -> Result<RttTable, String> {
         let mut t = RttTable::builtin().map_err(|e| e.to_string())?;
         if let Some(p) = &self.rtt {
             let text = std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?;
@@ -139,13 +144,13 @@ impl Locator for NoLocator {
     }
 }
 
-fn now_s() -> f64 {
+pub(crate) fn now_s() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
-fn state_path(dir: &Path, service: &str) -> Result<PathBuf, String> {
+pub(crate) fn state_path(dir: &Path, service: &str) -> Result<PathBuf, String> {
     let ok = !service.is_empty()
         && service.len() <= 128
         && service
@@ -297,7 +302,7 @@ fn bytes(s: &str, what: &str) -> Result<f64, String> {
 }
 
 impl MoveArgs {
-    fn model(&self) -> Result<MoveModel, String> {
+    pub(crate) fn model(&self) -> Result<MoveModel, String> {
         let secs = |s: &str| {
             duration::parse(s)
                 .map(|d| d.as_secs_f64())
@@ -378,7 +383,7 @@ pub(crate) struct AdviseArgs {
     pub(crate) json: bool,
 }
 
-fn read_rule(p: &Option<PathBuf>) -> Result<RuleConfig, String> {
+pub(crate) fn read_rule(p: &Option<PathBuf>) -> Result<RuleConfig, String> {
     let Some(p) = p else {
         return Ok(RuleConfig::default());
     };
@@ -520,6 +525,44 @@ fn do_forward(a: &ForwardArgs) -> Result<forward::ForwardReport, String> {
     })
 }
 
+#[derive(Debug, Args)]
+pub(crate) struct WhereArgs {
+    /// The Swarm service.
+    pub(crate) service: String,
+    /// A Swarm manager's engine socket.
+    #[arg(long, value_name = "SOCKET", default_value = crate::follow::engine::DEFAULT_ENGINE)]
+    pub(crate) engine: PathBuf,
+    /// The node label that holds a node's region.
+    #[arg(long, default_value = "region")]
+    pub(crate) region_label: String,
+    /// Print JSON on stdout instead of text (for scripts).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+fn do_where(a: &WhereArgs) -> Result<crate::follow::swarm::Placed, String> {
+    let api = crate::follow::engine::EngineClient::new(&a.engine);
+    crate::follow::swarm::locate(&api, &a.service, &a.region_label)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "no task of {} is placed on a node now (pending?)",
+                a.service
+            )
+        })
+}
+
+fn render_where(p: &crate::follow::swarm::Placed) -> String {
+    format!(
+        "{} runs on {} ({}), region {}, task {}\n",
+        p.service,
+        p.node,
+        p.addr,
+        p.region.as_deref().unwrap_or("(no label)"),
+        p.state
+    )
+}
+
 pub fn run(args: PlacementArgs) -> ExitCode {
     super::init_logging();
     match args.command {
@@ -544,6 +587,7 @@ pub fn run(args: PlacementArgs) -> ExitCode {
             }
             s
         }),
+        PlacementCommand::Where(a) => super::finish_report(a.json, do_where(&a), render_where),
         PlacementCommand::Forward(a) => super::finish_report(a.json, do_forward(&a), |r| {
             format!(
                 "forwarded {} connections ({} relayed, {} could not reach the new node, {} cut at the drain limit)\n",

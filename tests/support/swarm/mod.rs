@@ -28,11 +28,13 @@
 //! ends any other way (a panic in a shared swarm, an abort, a kill), which is
 //! what makes [`shared`] safe.
 
+mod clients;
 mod daffe;
 mod node;
 mod services;
 mod teardown;
 
+pub use clients::Client;
 pub use daffe::{CLUSTER, Lease};
 pub use node::Node;
 use node::stop_child;
