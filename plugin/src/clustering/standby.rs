@@ -17,10 +17,10 @@
 
 use crate::migrate::wire::{PeerReply, PeerRequest};
 use cluster::Epoch;
+use mover::RateLimiter;
 use mover::Source;
 use mover::net::tls;
 use mover::net::{Endpoint, NodeFiles, Peer, RoundPushRetry, RoundPusher};
-use mover::RateLimiter;
 use mover::retry::RetryPolicy;
 use serde::Serialize;
 use std::collections::BTreeMap;

@@ -70,7 +70,9 @@ pub(crate) enum PeerReply {
     Pulled(PullReport),
     /// This node's copy receives the asker's rounds now; `token` goes in
     /// the round that follows (as `Prepared`'s does in a migration).
-    Standby { token: String },
+    Standby {
+        token: String,
+    },
 }
 
 #[cfg(test)]
