@@ -59,3 +59,4 @@ mod server;
 mod service;
 mod state;
 mod time;
+mod unix_http;

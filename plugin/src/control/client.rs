@@ -11,11 +11,8 @@
 use super::request::ControlRequest;
 use super::routes::Limits;
 use crate::service::ErrorCode;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyperlocal::{UnixClientExt, UnixConnector};
+use crate::unix_http::UnixHttpError;
+use hyper::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -123,37 +120,18 @@ async fn call(
     body: Option<&Value>,
     limit: Duration,
 ) -> Result<Value, ClientError> {
-    let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
-    let connect = |message: String| ClientError::Connect {
-        socket: socket.to_owned(),
-        message,
-    };
-    let body = body.map(|b| b.to_string()).unwrap_or_default();
-    let req = Request::builder()
-        .method(method)
-        .uri(hyperlocal::Uri::new(socket, path))
-        .body(Full::new(Bytes::from(body)))
-        .map_err(|e| connect(e.to_string()))?;
-    let fut = async {
-        let resp = client.request(req).await.map_err(|e| {
-            connect(std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string()))
-        })?;
-        let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| connect(e.to_string()))?
-            .to_bytes();
-        Ok::<_, ClientError>((status, bytes))
-    };
-    let (status, bytes) =
-        tokio::time::timeout(limit, fut)
-            .await
-            .map_err(|_| ClientError::Timeout {
+    let (status, bytes) = crate::unix_http::request(socket, method, path, body, limit)
+        .await
+        .map_err(|e| match e {
+            UnixHttpError::Connect(message) => ClientError::Connect {
+                socket: socket.to_owned(),
+                message,
+            },
+            UnixHttpError::Timeout => ClientError::Timeout {
                 socket: socket.to_owned(),
                 secs: limit.as_secs(),
-            })??;
+            },
+        })?;
     let value: Value = serde_json::from_slice(&bytes).map_err(|source| ClientError::Json {
         socket: socket.to_owned(),
         source,

@@ -9,11 +9,8 @@
 //! stays a `serde_json::Value`: an update must send back every field the
 //! engine gave, including those this code does not know.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Method, Request, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyperlocal::{UnixClientExt, UnixConnector};
+use crate::unix_http::UnixHttpError;
+use hyper::{Method, StatusCode};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -252,45 +249,20 @@ impl EngineClient {
                 message: e.to_string(),
             })?;
         rt.block_on(async {
-            let connect = |message: String| EngineError::Connect {
-                socket: self.socket.clone(),
-                message,
-            };
-            let client: Client<UnixConnector, Full<Bytes>> = Client::unix();
-            let mut req = Request::builder()
-                .method(method)
-                .uri(hyperlocal::Uri::new(&self.socket, path));
-            if body.is_some() {
-                req = req.header("Content-Type", "application/json");
-            }
-            let req = req
-                .body(Full::new(Bytes::from(
-                    body.map(Value::to_string).unwrap_or_default(),
-                )))
-                .map_err(|e| connect(e.to_string()))?;
-            let fut = async {
-                let resp = client.request(req).await.map_err(|e| {
-                    connect(
-                        std::error::Error::source(&e)
-                            .map_or_else(|| e.to_string(), |s| s.to_string()),
-                    )
-                })?;
-                let status = resp.status();
-                let bytes = resp
-                    .into_body()
-                    .collect()
+            let (status, bytes) =
+                crate::unix_http::request(&self.socket, method, path, body, CALL_LIMIT)
                     .await
-                    .map_err(|e| connect(e.to_string()))?
-                    .to_bytes();
-                Ok::<_, EngineError>((status, bytes))
-            };
-            let (status, bytes) = tokio::time::timeout(CALL_LIMIT, fut).await.map_err(|_| {
-                EngineError::Timeout {
-                    socket: self.socket.clone(),
-                    what: what.clone(),
-                    secs: CALL_LIMIT.as_secs(),
-                }
-            })??;
+                    .map_err(|e| match e {
+                        UnixHttpError::Connect(message) => EngineError::Connect {
+                            socket: self.socket.clone(),
+                            message,
+                        },
+                        UnixHttpError::Timeout => EngineError::Timeout {
+                            socket: self.socket.clone(),
+                            what: what.clone(),
+                            secs: CALL_LIMIT.as_secs(),
+                        },
+                    })?;
             let value: Value = if bytes.is_empty() {
                 Value::Null
             } else {
