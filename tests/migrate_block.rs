@@ -133,8 +133,17 @@ fn a_filesystem_held_by_another_mount_namespace_is_never_moved_stale() {
         ]),
         "write before",
     );
+    // Holds this volume's mount only (sh execs sleep: same pid): a copy of
+    // another test's block volume would make that test's move refuse.
+    // The plugin mounts NAME@PROFILE at DATA/local/PROFILE/NAME/data.
+    let (name, profile) = vol.split_once('@').unwrap();
+    let keep = format!("/{profile}/{name}/");
     let mut holder = std::process::Command::new("unshare")
-        .args(["-m", "--propagation", "private", "sleep", "600"])
+        .args(["-m", "--propagation", "private", "sh", "-c"])
+        .arg(format!(
+            "{} && exec sleep 600",
+            daffe_e2e::netns::drop_inherited_loop_mounts_except(&keep)
+        ))
         .spawn()
         .expect("unshare");
     let pid = holder.id();

@@ -219,7 +219,12 @@ impl PrivateMountNs {
     fn new(ns: &Netns) -> Self {
         let holder = ns
             .command("unshare")
-            .args(["-m", "--propagation", "private", "sleep", "600"])
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            // Copies of other tests' block volumes would make their moves refuse.
+            .arg(format!(
+                "{} && exec sleep 600",
+                daffe_e2e::netns::DROP_INHERITED_LOOP_MOUNTS
+            ))
             .stdin(Stdio::null())
             .spawn()
             .expect("unshare");

@@ -273,7 +273,12 @@ impl PrivateDockerd {
             // and without it the two fight over docker0.)
             .args(["-m", "-n", "--propagation", "slave", "sh", "-c"])
             // lo up: containers with `--network host` serve on 127.0.0.1.
-            .arg(r#"mount --bind "$0" /run/docker/plugins && ip link set lo up && exec "$@""#)
+            // The host's root is private here, so slave propagation does not
+            // drop other tests' block volumes: drop them (netns.rs says why).
+            .arg(format!(
+                r#"{} && mount --bind "$0" /run/docker/plugins && ip link set lo up && exec "$@""#,
+                crate::netns::DROP_INHERITED_LOOP_MOUNTS
+            ))
             .arg(self.plugins_dir())
             .arg("dockerd")
             .arg("--data-root")

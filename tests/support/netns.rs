@@ -31,6 +31,21 @@ pub const DROP_INHERITED_LOOP_MOUNTS: &str = "findmnt -rn -o TARGET,SOURCE | \
      awk '$2 ~ /^\\/dev\\/loop/ {print $1}' | sort -r | \
      while read -r m; do umount -l \"$m\" 2>/dev/null || true; done";
 
+/// [`DROP_INHERITED_LOOP_MOUNTS`] but for the copies whose mount point
+/// contains `keep`: a test's deliberate holder of one volume must hold that
+/// volume only, never the block volumes of the tests running beside it.
+pub fn drop_inherited_loop_mounts_except(keep: &str) -> String {
+    assert!(
+        !keep.contains(['\'', '"', '\\', ' ']),
+        "keep is spliced into shell: {keep:?}"
+    );
+    format!(
+        "findmnt -rn -o TARGET,SOURCE | \
+         awk -v keep='{keep}' '$2 ~ /^\\/dev\\/loop/ && index($1, keep) == 0 {{print $1}}' | \
+         sort -r | while read -r m; do umount -l \"$m\" 2>/dev/null || true; done"
+    )
+}
+
 /// Address of host A on the link.
 pub const ADDR_A: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
 /// Address of host B on the link.
