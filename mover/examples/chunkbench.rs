@@ -107,6 +107,7 @@ fn scan_options() -> mover::internals::scan::ScanOptions {
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
         label: String::new(),
         progress: std::sync::Arc::new(mover::progress::NoProgress),
+        changes: None,
     }
 }
 

@@ -213,6 +213,7 @@ pub fn preview(
             threads: opts.threads.max(1),
             label,
             progress: opts.progress.clone(),
+            changes: None,
         },
     )?;
     let rx = Receiver::open_existing(dst, &state)?;
@@ -305,6 +306,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
                 threads: opts.threads.max(1),
                 label: label.clone(),
                 progress: opts.progress.clone(),
+                changes: None,
             },
         )?;
         stats.scan_ms += millis(ts.elapsed());

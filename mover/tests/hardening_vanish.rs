@@ -48,6 +48,7 @@ fn finding_09_entries_vanishing_mid_scan_are_gone_not_errors() {
                 threads: 2,
                 label: "t".into(),
                 progress: Arc::new(mover::progress::NoProgress),
+                changes: None,
             },
         );
         scans += 1;

@@ -463,6 +463,7 @@ fn a_cut_round_resumes_and_resends_only_what_was_not_stored() {
             threads: 2,
             label: "big".into(),
             progress: Arc::new(mover::progress::NoProgress),
+            changes: None,
         },
     )
     .unwrap();

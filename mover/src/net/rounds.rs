@@ -261,6 +261,9 @@ pub struct RoundPusher {
     /// The migration's token, sent in every round ([`RoundRequest::token`]):
     /// what the agent's handler handed out when the migration was prepared.
     pub token: String,
+    /// Who tracks the writes to an image source between this cache's
+    /// scans ([`crate::ImageChanges`]); `None`: a changed image is re-read whole.
+    pub changes: Option<Arc<dyn crate::scan::ImageChanges>>,
 }
 
 impl RoundPusher {
@@ -284,6 +287,7 @@ impl RoundPusher {
             scan_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             retry: RoundPushRetry::default(),
             token: String::new(),
+            changes: None,
         }
     }
 }
@@ -292,6 +296,7 @@ crate::builder::setters!(RoundPusher {
     with_scan_threads => scan_threads: usize,
     with_retry => retry: RoundPushRetry,
     with_token => token: String,
+    with_changes => changes: Option<Arc<dyn crate::scan::ImageChanges>>,
 });
 
 impl std::fmt::Debug for RoundPusher {
@@ -314,6 +319,7 @@ impl RoundPusher {
                 threads: self.scan_threads.max(1),
                 label: self.target.clone(),
                 progress: Arc::new(crate::progress::NoProgress),
+                changes: self.changes.clone(),
             },
         )
         .map_err(|source| RoundPushError::Scan {

@@ -569,6 +569,78 @@ impl Scanner {
         Ok(())
     }
 
+    /// An image written only in `dirty` (normalized, vouched for by an
+    /// [`super::changes::ImageChanges`]) since the last scan: that scan's
+    /// chunks where nothing was written, the touched ones re-read in place,
+    /// new pieces where writes filled holes (see `super::changes`). False,
+    /// having written nothing, where the cache holds no image of this
+    /// identity and size (`seen`: its stat record): the caller scans it whole.
+    pub(super) fn add_patched(
+        &mut self,
+        entry: Entry,
+        st: &FileStat,
+        seen: Option<&StatRec>,
+        file: &File,
+        dirty: &[(u64, u64)],
+    ) -> Result<bool, ScanError> {
+        assert!(
+            self.queue.is_empty() && self.entry_index == 0,
+            "an image is the only entry"
+        );
+        if !seen.is_some_and(|r| r.dev == st.dev && r.ino == st.ino && r.size == st.size) {
+            return Ok(false);
+        }
+        let Some(cache) = self.cache.as_mut() else {
+            return Ok(false);
+        };
+        let bad = |e: ManifestError| ScanError::Cache(e.to_string());
+        match cache.manifest.next_entry().map_err(bad)? {
+            Some(old) if old.path == entry.path && old.kind == entry.kind => {}
+            _ => return Ok(false),
+        }
+        let mut old = Vec::new();
+        while let Some(c) = cache.manifest.next_chunk().map_err(bad)? {
+            old.push(c);
+        }
+        let pieces = super::changes::plan(&old, dirty, entry.size);
+        self.stats.entries += 1;
+        self.stats.files += 1;
+        self.stats.bytes_scanned += entry.size;
+        let stat = StatRec::new(&entry.path, st, self.start_ns);
+        let path = entry.path.clone();
+        self.writer.write(&Record::Entry(entry))?;
+        let mut buf = vec![0u8; ChunkClass::Db.max_len() as usize];
+        let mut last_end = None;
+        for p in pieces {
+            let c = match p {
+                super::changes::Piece::Keep(c) => c,
+                super::changes::Piece::Read { offset, len } => {
+                    let want = &mut buf[..len as usize];
+                    let got = read_full_at(file, want, offset).map_err(io_err(&path))?;
+                    if got < want.len() {
+                        // Shrunk under the scan: the next round sees its size.
+                        want[got..].fill(0);
+                    }
+                    self.stats.bytes_hashed += len as u64;
+                    ChunkRef {
+                        offset,
+                        len,
+                        id: ChunkId::of(want),
+                    }
+                }
+            };
+            write_chunk(&mut self.writer, c, &mut last_end)?;
+        }
+        self.paths.push(self.entry_index, &path);
+        self.entry_index += 1;
+        self.statw.push(&stat)?;
+        self.opts.progress.event(&Progress::Scanned {
+            entries: self.stats.entries,
+            bytes_hashed: self.stats.bytes_hashed,
+        });
+        Ok(true)
+    }
+
     pub(super) fn finish(mut self, cache_dir: &Path) -> Result<Scan, ScanError> {
         while !self.queue.is_empty() {
             self.flush()?;

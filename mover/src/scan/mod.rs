@@ -20,9 +20,11 @@
 //! scan that feed it).
 
 mod builder;
+mod changes;
 mod class;
 mod options;
 mod walk;
 
+pub use changes::{ImageChanges, PendingChanges};
 pub use options::{LAST_MANIFEST, Scan, ScanError, ScanOptions, ScanStats};
 pub use walk::{image_size, scan_image, scan_tree};

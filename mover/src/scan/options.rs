@@ -80,6 +80,10 @@ pub struct ScanOptions {
     pub label: String,
     /// Progress sink.
     pub progress: Arc<dyn ProgressSink>,
+    /// Where the writes to an image source since this cache's last scan
+    /// are tracked (`super::changes`); `None`: an image changed at all is
+    /// read whole. Trees ignore it.
+    pub changes: Option<Arc<dyn super::changes::ImageChanges>>,
 }
 
 /// A finished scan: the manifest on disk and what the sender needs to answer

@@ -302,9 +302,18 @@ pub fn image_size(f: &File, st: &FileStat) -> std::io::Result<u64> {
 
 /// Scans the image (regular file or block device) at `path`.
 pub fn scan_image(path: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
-    with_cache_fallback(cache_dir, opts, |opts, use_cache| {
-        scan_image_with(path, cache_dir, opts, use_cache)
-    })
+    // Taken before the image is opened: writes completing after this go to
+    // the tracker's next answer.
+    let tracker = opts.changes.clone();
+    let pending = tracker.as_ref().map(|t| t.pending());
+    let dirty = pending.as_ref().and_then(|p| p.ranges.as_deref());
+    let scan = with_cache_fallback(cache_dir, opts, |opts, use_cache| {
+        scan_image_with(path, cache_dir, opts, use_cache, dirty)
+    })?;
+    if let (Some(t), Some(p)) = (tracker, pending) {
+        t.scanned(p.mark);
+    }
+    Ok(scan)
 }
 
 fn scan_image_with(
@@ -312,6 +321,7 @@ fn scan_image_with(
     cache_dir: &Path,
     opts: ScanOptions,
     use_cache: bool,
+    dirty: Option<&[(u64, u64)]>,
 ) -> Result<Scan, ScanError> {
     let f = File::open(path).map_err(io_err(path.as_os_str().as_bytes()))?;
     let st = fsmeta::stat_fd(f.as_fd(), b"")?;
@@ -322,10 +332,24 @@ fn scan_image_with(
     let mut st2 = st;
     st2.size = image_size(&f, &st).map_err(io_err(path.as_os_str().as_bytes()))?;
     // A device's timestamps say nothing about its contents: always read it.
-    let reuse = st.kind == StatKind::File && s.cached(b"", &st2)?;
+    let (unchanged, seen) = s.lookup(b"", &st2)?;
+    let reuse = st.kind == StatKind::File && unchanged;
     let mut e = base_entry(Vec::new(), Kind::Image, &st2);
     e.size = st2.size;
     e.class = ChunkClass::Db.code();
+    if !reuse
+        && st.kind == StatKind::File
+        && let Some(d) = dirty
+        && s.add_patched(
+            e.clone(),
+            &st2,
+            seen.as_ref(),
+            &f,
+            &super::changes::normalize(d, st2.size),
+        )?
+    {
+        return s.finish(cache_dir);
+    }
     s.add(e, &st2, reuse, if reuse { None } else { Some(f) })?;
     s.finish(cache_dir)
 }

@@ -274,6 +274,7 @@ pub fn scan_sender(src: &mover::Source, cache: &Path) -> mover::Sender {
             threads: 2,
             label: "t".into(),
             progress: std::sync::Arc::new(mover::progress::NoProgress),
+            changes: None,
         },
     )
     .unwrap()

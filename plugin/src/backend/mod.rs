@@ -76,6 +76,17 @@ pub(crate) trait Backend: Send + Sync {
     /// Facts for `docker volume inspect`; cheap (no remote calls).
     fn status(&self, vol: VolumeRef<'_>) -> Status;
 
+    /// Who knows where the volume's image was written since a scan into
+    /// `cache_dir` (local block volumes: `local::writes`); `None`: a changed
+    /// image is read whole.
+    fn image_changes(
+        &self,
+        _vol: VolumeRef<'_>,
+        _cache_dir: &std::path::Path,
+    ) -> Option<std::sync::Arc<dyn mover::ImageChanges>> {
+        None
+    }
+
     /// Volumes the storage holds for this host (rebuilding records from
     /// the storage); local storage has nothing to report.
     fn discover(&self) -> Result<Vec<Discovered>, BackendError> {

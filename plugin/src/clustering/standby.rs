@@ -93,6 +93,7 @@ pub(crate) trait StandbyLink: Send + Sync {
         epoch: Epoch,
         source: Source,
         cache_dir: &Path,
+        changes: Option<Arc<dyn mover::ImageChanges>>,
     ) -> Result<RoundFigures, StandbyError>;
 }
 
@@ -134,6 +135,7 @@ impl StandbyLink for AgentStandby {
         epoch: Epoch,
         source: Source,
         cache_dir: &Path,
+        changes: Option<Arc<dyn mover::ImageChanges>>,
     ) -> Result<RoundFigures, StandbyError> {
         let t = Instant::now();
         let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
@@ -170,6 +172,8 @@ impl StandbyLink for AgentStandby {
         let pusher = RoundPusher::new(agent, tls, ep, source, cache_dir, docker_name)
             // One scan thread: the application runs on the other cores.
             .with_scan_threads(1)
+            // A block image: only what was written since the last round.
+            .with_changes(changes)
             .with_token(token)
             .with_retry(
                 RoundPushRetry::default()

@@ -110,6 +110,8 @@ impl VolumeService {
                     epoch,
                     source.clone(),
                     &paths.cache_dir,
+                    self.backend
+                        .image_changes(super::vref(&rec), &paths.cache_dir),
                 );
                 self.end_standby_send(&rec.name);
                 match r {

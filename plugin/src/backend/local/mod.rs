@@ -12,12 +12,15 @@
 //! - [`claim`]: the marker that says daffe made a volume's directory.
 //! - [`holders`]: is a block volume's filesystem released everywhere (no
 //!   other mount namespace, no loop holder)? Unmount and migrate's cutover ask.
+//! - [`writes`]: where a mounted block volume was written (the kernel's
+//!   block tracepoint), so scans of its image read only that.
 
 pub(crate) mod block;
 pub(crate) mod claim;
 pub(crate) mod dir;
 pub(crate) mod holders;
 pub(crate) mod paths;
+pub(crate) mod writes;
 
 pub(crate) use paths::LocalPaths;
 
@@ -58,6 +61,7 @@ impl Backend for LocalBackend {
         let p = LocalPaths::new(vol.name, s);
         if s.format == LocalFormat::Block {
             block::unmount(vol.name, s, &p)?;
+            writes::WRITE_LOGS.forget(&image_path(s, &p));
         }
         if !p.dir.exists() {
             return Ok(());
@@ -97,7 +101,12 @@ impl Backend for LocalBackend {
         let p = LocalPaths::new(vol.name, s);
         match s.format {
             LocalFormat::Dir => dir::mount(vol.name, &p)?,
-            LocalFormat::Block => block::mount(vol.name, s, &p)?,
+            LocalFormat::Block => {
+                block::mount(vol.name, s, &p)?;
+                if let Some(dev) = super::mountpoint::mounted_at(&p.data) {
+                    writes::WRITE_LOGS.mounted(&image_path(s, &p), dev);
+                }
+            }
         }
         Ok(p.data)
     }
@@ -106,8 +115,28 @@ impl Backend for LocalBackend {
         let s = local(vol)?;
         match s.format {
             LocalFormat::Dir => Ok(()),
-            LocalFormat::Block => block::unmount(vol.name, s, &LocalPaths::new(vol.name, s)),
+            LocalFormat::Block => {
+                let p = LocalPaths::new(vol.name, s);
+                block::unmount(vol.name, s, &p)?;
+                // Only once released everywhere: a filesystem still held
+                // elsewhere keeps writing, and keeps being recorded.
+                writes::WRITE_LOGS.unmounted(&image_path(s, &p));
+                Ok(())
+            }
         }
+    }
+
+    fn image_changes(
+        &self,
+        vol: VolumeRef<'_>,
+        cache_dir: &std::path::Path,
+    ) -> Option<std::sync::Arc<dyn mover::ImageChanges>> {
+        let s = local(vol).ok()?;
+        if s.format != LocalFormat::Block {
+            return None;
+        }
+        let p = LocalPaths::new(vol.name, s);
+        Some(writes::WRITE_LOGS.changes(&image_path(s, &p), cache_dir))
     }
 
     fn path(&self, vol: VolumeRef<'_>) -> PathBuf {

@@ -153,6 +153,7 @@ impl StandbyLink for Agents {
         epoch: cluster::Epoch,
         source: mover::Source,
         _cache_dir: &Path,
+        _changes: Option<std::sync::Arc<dyn mover::ImageChanges>>,
     ) -> Result<RoundFigures, StandbyError> {
         let standby = self.nodes.service(node);
         standby
