@@ -97,6 +97,14 @@ fn data_written_just_before_migrate_travels_in_pre_copy_on_a_block_volume() {
         fin["bytes"].as_u64().unwrap() < 4 << 20,
         "the late data waited for the final round: {report:#}"
     );
+    // The first round reads the image's data; later ones only what the
+    // daemon saw written since (the block tracepoint), not the 32 MiB again.
+    let read = |r: &serde_json::Value| r["bytes_read"].as_u64().unwrap();
+    assert!(read(&rounds[0]) >= LATE, "{report:#}");
+    assert!(
+        read(fin) < 8 << 20,
+        "the final round re-read the image: {report:#}"
+    );
     let got = first_word(&ok(
         h.docker_b(&[
             "run",

@@ -250,12 +250,13 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             Event::RoundEnd(r) => say(
                 &bar,
                 format!(
-                    "round {} ({}): {} bytes changed, {} on the wire, scan {} ms, transfer {} ms{}{}",
+                    "round {} ({}): {} bytes changed, {} on the wire, scan {} ms ({} bytes read), transfer {} ms{}{}",
                     r.round,
                     if r.final_round { "final" } else { "pre-copy" },
                     r.bytes,
                     r.wire_bytes,
                     r.scan_ms,
+                    r.bytes_read,
                     r.transfer_ms,
                     if r.partial {
                         format!(

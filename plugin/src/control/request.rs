@@ -24,6 +24,8 @@
 //! | POST | `/v1/volumes/NAME/pull` | [`ControlRequest::Pull`] |
 //! | POST | `/v1/volumes/NAME/standby` `{"from","epoch"}` | [`ControlRequest::Standby`] |
 //! | POST | `/v1/volumes/NAME/move-to` `{"node"}` | [`ControlRequest::MoveTo`] |
+//! | POST | `/v1/volumes/NAME/changes` `{"cache"}` | [`ControlRequest::Changes`] |
+//! | POST | `/v1/volumes/NAME/scanned` `{"cache","mark"}` | [`ControlRequest::Scanned`] |
 //! | POST | `/v1/receive/check` `{"volume","options","need_bytes"}` | [`ControlRequest::CheckReceive`] |
 //! | POST | `/v1/receive/prepare` `{"volume","options","from"}` | [`ControlRequest::PrepareReceive`] |
 //! | GET | `/v1/volumes/NAME/ebs` | [`ControlRequest::EbsFacts`] |
@@ -93,6 +95,15 @@ pub(crate) enum ControlRequest {
     },
     /// Cluster mode: `daffe volume move VOLUME --to NODE`, from any node.
     MoveTo { name: String, node: String },
+    /// A block volume's image: where it was written since the last saved
+    /// scan into the source cache `cache` (`backend::local::writes`).
+    Changes { name: String, cache: String },
+    /// The scan that took `mark` from [`ControlRequest::Changes`] is saved.
+    Scanned {
+        name: String,
+        cache: String,
+        mark: u64,
+    },
     /// Destination: could `volume` be received (profile, room)?
     CheckReceive {
         volume: String,
@@ -147,6 +158,19 @@ pub(crate) enum RequestError {
 #[serde(deny_unknown_fields)]
 struct To {
     to: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheBody {
+    cache: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScannedBody {
+    cache: String,
+    mark: u64,
 }
 
 #[derive(Deserialize)]
@@ -278,7 +302,7 @@ impl ControlRequest {
                 "volumes",
                 n,
                 op @ ("profile" | "move" | "fence" | "moved" | "abort" | "own" | "handover"
-                | "pull" | "move-to" | "standby"),
+                | "pull" | "move-to" | "standby" | "changes" | "scanned"),
             ] => {
                 only(Method::POST)?;
                 let name = name(n);
@@ -317,6 +341,18 @@ impl ControlRequest {
                         name,
                         node: body::<NodeBody>(bytes)?.node,
                     },
+                    "changes" => R::Changes {
+                        name,
+                        cache: body::<CacheBody>(bytes)?.cache,
+                    },
+                    "scanned" => {
+                        let b = body::<ScannedBody>(bytes)?;
+                        R::Scanned {
+                            name,
+                            cache: b.cache,
+                            mark: b.mark,
+                        }
+                    }
                     _ => R::Own { name },
                 })
             }
@@ -419,6 +455,11 @@ impl ControlRequest {
                 json!({ "from": from, "epoch": epoch }),
             ),
             R::MoveTo { name, node } => post(vol(name, "move-to"), json!({ "node": node })),
+            R::Changes { name, cache } => post(vol(name, "changes"), json!({ "cache": cache })),
+            R::Scanned { name, cache, mark } => post(
+                vol(name, "scanned"),
+                json!({ "cache": cache, "mark": mark }),
+            ),
             R::AbortMove { name } => post(vol(name, "abort"), json!({})),
             R::Own { name } => post(vol(name, "own"), json!({})),
             R::CheckReceive {
@@ -481,6 +522,8 @@ impl ControlRequest {
             R::Pull { .. } => "pull",
             R::Standby { .. } => "standby",
             R::MoveTo { .. } => "volume move",
+            R::Changes { .. } => "image changes",
+            R::Scanned { .. } => "image scanned",
             R::CheckReceive { .. } => "check receive",
             R::PrepareReceive { .. } => "prepare receive",
             R::EbsFacts { .. } => "ebs facts",
@@ -513,6 +556,8 @@ impl ControlRequest {
             | R::Pull { name }
             | R::Standby { name, .. }
             | R::MoveTo { name, .. }
+            | R::Changes { name, .. }
+            | R::Scanned { name, .. }
             | R::AbortMove { name }
             | R::Own { name }
             | R::EbsFacts { name }
@@ -624,6 +669,15 @@ mod tests {
             R::MoveTo {
                 name: n(),
                 node: "swnode3".into(),
+            },
+            R::Changes {
+                name: n(),
+                cache: "/var/lib/daffe/cache/db".into(),
+            },
+            R::Scanned {
+                name: n(),
+                cache: "/var/lib/daffe/cache/db".into(),
+                mark: 7,
             },
             R::CheckReceive {
                 volume: n(),

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use hyper::{Method, StatusCode};
 use serde::Serialize;
 use serde_json::json;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,6 +73,8 @@ impl Limits {
             | R::Own { .. }
             | R::Handover { .. }
             | R::Standby { .. }
+            | R::Changes { .. }
+            | R::Scanned { .. }
             | R::CheckReceive { .. }
             | R::PrepareReceive { .. } => self.quick,
             R::SetProfile { .. } | R::EbsFacts { .. } => self.aws,
@@ -216,6 +219,11 @@ fn answer(
         R::Pull { name } => json(svc.pull(&name)?),
         R::Standby { name, from, epoch } => json(svc.accept_standby(&name, &from, epoch)?),
         R::MoveTo { name, node } => json(svc.move_to(&name, &node)?),
+        R::Changes { name, cache } => json(svc.image_changes_pending(&name, Path::new(&cache))?),
+        R::Scanned { name, cache, mark } => {
+            svc.image_changes_scanned(&name, Path::new(&cache), mark)?;
+            json(serde_json::json!({}))
+        }
         R::FinishMove { name, to } => {
             let r = svc.finish_move(&name, &to)?;
             crate::metrics::daemon().move_ended(&name, true, std::time::Instant::now());

@@ -28,6 +28,7 @@
 //! volume in the same locked step that sees it reach zero.
 
 pub(crate) mod agent;
+pub(crate) mod changes;
 pub(crate) mod duration;
 pub(crate) mod ebs;
 pub(crate) mod ebs_snapshots;

@@ -24,6 +24,7 @@ use super::wire::{PeerReply, PeerRequest};
 use crate::backend::local::holders;
 use crate::control::{ClientError, ControlClient, ControlRequest};
 use crate::service::migrate::{ReceiveCheck, TransferMode, TransferPaths};
+use mover::ImageChanges;
 use mover::RateLimiter;
 use mover::Source;
 use mover::net::ConnError;
@@ -103,6 +104,9 @@ pub(crate) trait SourceHost {
     /// Who still holds a block volume's filesystem after the unmount (a
     /// mount namespace, a loop holder); none when it is released everywhere.
     fn held(&self, image: &Path) -> Option<String>;
+    /// Who knows where a block volume's image was written between scans
+    /// into `cache_dir` (the daemon); none: a changed image is read whole.
+    fn image_changes(&self, volume: &str, cache_dir: &Path) -> Option<Arc<dyn ImageChanges>>;
 }
 
 impl SourceHost for ControlClient {
@@ -149,6 +153,13 @@ impl SourceHost for ControlClient {
     fn held(&self, image: &Path) -> Option<String> {
         holders::describe(&holders::check(image))
     }
+    fn image_changes(&self, volume: &str, cache_dir: &Path) -> Option<Arc<dyn ImageChanges>> {
+        Some(Arc::new(super::changes::DaemonChanges::new(
+            self.clone(),
+            volume,
+            cache_dir,
+        )))
+    }
 }
 
 /// The destination's agent, as the orchestrator sees it.
@@ -156,7 +167,14 @@ pub(crate) trait DestHost {
     fn request(&mut self, req: &PeerRequest) -> Result<PeerReply, MigrateError>;
     /// Sets what rounds send (known after the local lookup), and the token
     /// the destination's prepare gave (every round carries it).
-    fn set_source(&mut self, target: &str, source: Source, cache_dir: PathBuf, token: &str);
+    fn set_source(
+        &mut self,
+        target: &str,
+        source: Source,
+        cache_dir: PathBuf,
+        token: &str,
+        changes: Option<Arc<dyn ImageChanges>>,
+    );
     fn round(
         &mut self,
         round: u32,
@@ -191,7 +209,15 @@ impl DestHost for RemoteAgent {
         peer.bye();
         serde_json::from_slice(&reply).map_err(|e| MigrateError::Reply(e.to_string()))
     }
-    fn set_source(&mut self, target: &str, source: Source, cache_dir: PathBuf, token: &str) {
+    fn set_source(
+        &mut self,
+        target: &str,
+        source: Source,
+        cache_dir: PathBuf,
+        token: &str,
+        changes: Option<Arc<dyn ImageChanges>>,
+    ) {
+        self.pusher.changes = changes;
         self.pusher.token = token.to_owned();
         self.pusher.target = target.to_owned();
         self.pusher.source = source;
@@ -304,6 +330,7 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         final_round,
         bytes: r.summary.bytes_fetched,
         bytes_scanned: r.scan.bytes_scanned,
+        bytes_read: r.scan.bytes_hashed,
         bytes_written: r.summary.bytes_written,
         bytes_dirty: r.summary.bytes_dirty,
         partial: r.summary.bytes_dirty > 0,
@@ -493,11 +520,22 @@ pub(crate) fn migrate(
         PeerReply::Prepared { token } => token,
         other => return Err(MigrateError::Reply(format!("{other:?}"))),
     };
-    let source = match paths.mode {
-        TransferMode::Tree => Source::Tree(paths.data.clone()),
-        TransferMode::Image => Source::Image(paths.data.clone()),
+    let (source, changes) = match paths.mode {
+        TransferMode::Tree => (Source::Tree(paths.data.clone()), None),
+        // Rounds after the first, and the final one, read only what the
+        // daemon saw written (`backend::local::writes`).
+        TransferMode::Image => (
+            Source::Image(paths.data.clone()),
+            host.image_changes(&paths.docker_name, &paths.cache_dir),
+        ),
     };
-    dest.set_source(&paths.docker_name, source, paths.cache_dir.clone(), &token);
+    dest.set_source(
+        &paths.docker_name,
+        source,
+        paths.cache_dir.clone(),
+        &token,
+        changes,
+    );
 
     // 2. Pre-copy, through mover's loop and convergence model: rounds under
     // writes are partial but kept (the agent receives with `precopy`).

@@ -51,6 +51,10 @@ pub(crate) struct RoundReport {
     /// Data the source's scan listed (logical bytes; the daemon's
     /// `daffe_cli_bytes_total{kind="scanned"}`).
     pub(crate) bytes_scanned: u64,
+    /// Data the source's scan read and hashed: a whole changed file or
+    /// image, or of a tracked block image only what was written since the
+    /// last scan (`backend::local::writes`).
+    pub(crate) bytes_read: u64,
     /// Data the destination wrote.
     pub(crate) bytes_written: u64,
     /// Bytes the source changed under the round: they go again next round.

@@ -38,6 +38,13 @@ pub(crate) enum TransferMode {
     Image,
 }
 
+/// The control API's answer to `changes` ([`mover::PendingChanges`] as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ChangesReply {
+    pub(crate) mark: u64,
+    pub(crate) ranges: Option<Vec<(u64, u64)>>,
+}
+
 /// Where the mover reads or writes a volume, on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct TransferPaths {
@@ -188,6 +195,45 @@ impl VolumeService {
     /// Where the mover finds this volume.
     pub(crate) fn transfer_paths(&self, docker_name: &str) -> Result<TransferPaths, ServiceError> {
         transfer_paths(&self.find(docker_name)?)
+    }
+
+    /// Where the volume's image was written since the last saved scan into
+    /// `cache` (the control API's `changes`: `daffe migrate` and the
+    /// handover scan in another process than the daemon that tracks it).
+    /// `ranges: null` for volumes without tracking: read the image whole.
+    pub(crate) fn image_changes_pending(
+        &self,
+        docker_name: &str,
+        cache: &Path,
+    ) -> Result<ChangesReply, ServiceError> {
+        let rec = self.find(docker_name)?;
+        Ok(match self.backend.image_changes(super::vref(&rec), cache) {
+            Some(t) => {
+                let p = t.pending();
+                ChangesReply {
+                    mark: p.mark,
+                    ranges: p.ranges,
+                }
+            }
+            None => ChangesReply {
+                mark: 0,
+                ranges: None,
+            },
+        })
+    }
+
+    /// The scan that took `mark` from [`Self::image_changes_pending`] is saved.
+    pub(crate) fn image_changes_scanned(
+        &self,
+        docker_name: &str,
+        cache: &Path,
+        mark: u64,
+    ) -> Result<(), ServiceError> {
+        let rec = self.find(docker_name)?;
+        if let Some(t) = self.backend.image_changes(super::vref(&rec), cache) {
+            t.scanned(mark);
+        }
+        Ok(())
     }
 
     /// Source: pre-copy to `to` starts. The volume stays mountable.

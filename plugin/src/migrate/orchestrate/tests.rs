@@ -88,6 +88,13 @@ impl SourceHost for FakeHost {
         self.log.borrow_mut().push("held?".into());
         self.holder.clone()
     }
+    fn image_changes(
+        &self,
+        _volume: &str,
+        _cache_dir: &Path,
+    ) -> Option<std::sync::Arc<dyn mover::ImageChanges>> {
+        None
+    }
 }
 
 /// An agent double: scripted round outcomes (dirty bytes), a commit result.
@@ -188,7 +195,14 @@ impl DestHost for FakeDest {
             )),
         }
     }
-    fn set_source(&mut self, target: &str, _s: Source, _c: PathBuf, token: &str) {
+    fn set_source(
+        &mut self,
+        target: &str,
+        _s: Source,
+        _c: PathBuf,
+        token: &str,
+        _changes: Option<std::sync::Arc<dyn mover::ImageChanges>>,
+    ) {
         self.token = token.to_owned();
         self.log.push(format!("source {target}"));
     }
