@@ -159,6 +159,12 @@ fn a_volume_moves_to_another_zone_through_snapshots() {
         "{xml}"
     );
 
+    // The copy was filled when it was created (the loop stand-in's file is
+    // there before any host attaches it), so deleting the snapshots lost
+    // nothing.
+    let copy_file = loop_dir.path().join(format!("{new_id}.img"));
+    assert!(copy_file.exists(), "{} missing", copy_file.display());
+
     // The source is moved: Mount refuses and says where it went.
     let err = p
         .docker
