@@ -408,9 +408,8 @@ fn run(
         on(EbsEvent::RoundStart { round, final_round });
         let r = pusher
             .push(device, parent.as_deref())
-            .map_err(|source| {
+            .inspect_err(|source| {
                 stray.clone_from(&source.snapshot_id().map(str::to_owned));
-                source
             })
             .map_err(|source| EbsMigrateError::Push {
                 volume: vol.to_owned(),
@@ -992,7 +991,7 @@ mod tests {
         assert_eq!(r.snapshots.deleted, ["snap-1", "snap-2", "snap-3"]);
         assert!(r.snapshots.kept.is_empty() && r.snapshots.warnings.is_empty());
         assert_eq!(ec2.snapshot_ids(), ["snap-operator", "snap-other-cluster"]);
-        assert_eq!(seen, [r.snapshots.clone()]);
+        assert_eq!(seen, std::slice::from_ref(&r.snapshots));
         assert!(
             r.render().contains("snapshots: 3 deleted"),
             "{}",
