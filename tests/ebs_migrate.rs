@@ -1,10 +1,12 @@
 //! `daffe migrate VOLUME --via-ebs --to-zone ZONE` through the plugin against
 //! moto: the volume's device is pushed as EBS snapshots, a new volume is
 //! created in ZONE from the final snapshot, and the source refuses Mount
-//! ("moved"). Every EC2 fact is read back from moto itself.
+//! ("moved"). Every EC2 fact is read back from moto itself, including that
+//! the migration deleted its snapshots (and nothing else) once the copy
+//! held the data (hardening finding 11).
 
 use daffe_e2e::docker::test_image;
-use daffe_e2e::moto::{Moto, xml_value as one};
+use daffe_e2e::moto::{Moto, xml_value as one, xml_values};
 use daffe_e2e::plugin::{Plugin, daffe_bin};
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -22,11 +24,37 @@ fn host_in(moto: &Moto, zone: &str) -> Plugin {
     Plugin::start_with_env(Some(&config), moto.env())
 }
 
+/// Like [`host_in`], with the loop stand-in's files in `loop_dir`: hosts
+/// sharing it share the volumes' data, as EC2 instances share EBS. A copy
+/// is filled there when it is created, so the host that adopts it reads
+/// it after the snapshots are gone.
+fn host_sharing(moto: &Moto, zone: &str, loop_dir: &std::path::Path) -> Plugin {
+    let (instance, zone) = moto.run_instance(zone);
+    // ebs_config ends in the [aws] table, where loop_dir belongs.
+    let config = moto.ebs_config(&instance, &zone)
+        + &format!("loop_dir = {:?}\n", loop_dir.display().to_string());
+    Plugin::start_with_env(Some(&config), moto.env())
+}
+
+/// The ids of the snapshots daffe migrations made (tag `daffe:migration`).
+fn migration_snapshots(moto: &Moto) -> Vec<String> {
+    let xml = moto.ec2(
+        "DescribeSnapshots",
+        &[
+            ("Filter.1.Name", "tag-key"),
+            ("Filter.1.Value.1", "daffe:migration"),
+        ],
+    );
+    xml_values(&xml, "snapshotId")
+}
+
 #[test]
 fn a_volume_moves_to_another_zone_through_snapshots() {
     let moto = Moto::start();
     moto.reset();
-    let p = setup(&moto);
+    // Declared first, dropped last: the plugins release their loops first.
+    let loop_dir = tempfile::tempdir().unwrap();
+    let p = host_sharing(&moto, "us-east-1b", loop_dir.path());
     let driver = format!("--volume-driver={}", p.name);
     let img = test_image();
 
@@ -51,6 +79,19 @@ fn a_volume_moves_to_another_zone_through_snapshots() {
         "-c",
         "echo kept > /data/state.txt",
     ]);
+
+    // An operator's own snapshot, tagged with the volume's name as daffe's
+    // are, but not made by a migration: it must survive the move.
+    let xml = moto.ec2(
+        "CreateSnapshot",
+        &[
+            ("VolumeId", source_id.as_str()),
+            ("TagSpecification.1.ResourceType", "snapshot"),
+            ("TagSpecification.1.Tag.1.Key", "daffe:source"),
+            ("TagSpecification.1.Tag.1.Value", "db@gold"),
+        ],
+    );
+    let foreign = one(&xml, "snapshotId");
 
     // Block indexes in a temporary state dir, not the host's.
     let state = tempfile::tempdir().unwrap();
@@ -92,6 +133,20 @@ fn a_volume_moves_to_another_zone_through_snapshots() {
         "{report}"
     );
     assert!(stderr.contains("fenced"), "{stderr}");
+    // Its snapshots are gone, by EC2's own account; the operator's stays.
+    assert_eq!(
+        report["snapshots"]["deleted"].as_array().unwrap().len(),
+        rounds.len(),
+        "{report}"
+    );
+    assert_eq!(
+        report["snapshots"]["warnings"],
+        serde_json::json!([]),
+        "{report}"
+    );
+    assert_eq!(migration_snapshots(&moto), Vec::<String>::new());
+    let xml = moto.ec2("DescribeSnapshots", &[("SnapshotId.1", foreign.as_str())]);
+    assert_eq!(one(&xml, "snapshotId"), foreign, "{xml}");
 
     // The new volume, as EC2 sees it: in the new zone, from the final snapshot.
     let new_id = report["new_volume_id"].as_str().unwrap();
@@ -104,6 +159,12 @@ fn a_volume_moves_to_another_zone_through_snapshots() {
         "{xml}"
     );
 
+    // The copy was filled when it was created (the loop stand-in's file is
+    // there before any host attaches it), so deleting the snapshots lost
+    // nothing.
+    let copy_file = loop_dir.path().join(format!("{new_id}.img"));
+    assert!(copy_file.exists(), "{} missing", copy_file.display());
+
     // The source is moved: Mount refuses and says where it went.
     let err = p
         .docker
@@ -111,11 +172,12 @@ fn a_volume_moves_to_another_zone_through_snapshots() {
     assert!(err.contains("moved"), "{err}");
 
     // A host in the target zone adopts the copy (tags: this cluster, this
-    // zone, unclaimed) and reads the data back, hydrated from the snapshot.
+    // zone, unclaimed) and reads the data back: the copy's, the snapshots
+    // being deleted.
     // Docker holds one volume per name, so the source host lets go first.
     p.docker.ok(&["volume", "rm", "db@gold"]);
     drop(p);
-    let b = host_in(&moto, "us-east-1c");
+    let b = host_sharing(&moto, "us-east-1c", loop_dir.path());
     // Asked of daffe, not `docker volume inspect`: without a driver, docker
     // would ask every plugin it ever saw, dead test plugins included.
     let v = b.inspect("db@gold");
@@ -175,6 +237,8 @@ fn a_mounted_volume_is_pre_copied_then_moved_once_its_container_stops() {
             "--json",
             "--max-rounds",
             "3",
+            "--keep-snapshots",
+            "1",
             "--unmount-timeout",
             "2m",
             "--state-dir",
@@ -222,6 +286,22 @@ fn a_mounted_volume_is_pre_copied_then_moved_once_its_container_stops() {
     let last = rounds.last().unwrap();
     assert_eq!(last["final_round"], true, "{report}");
     assert_eq!(last["snapshot_id"], report["final_snapshot_id"], "{report}");
+    // --keep-snapshots 1: the final snapshot stays, the pre-copy ones go.
+    assert_eq!(
+        report["snapshots"]["kept"],
+        serde_json::json!([report["final_snapshot_id"]]),
+        "{report}"
+    );
+    assert_eq!(
+        report["snapshots"]["deleted"].as_array().unwrap().len(),
+        rounds.len() - 1,
+        "{report}"
+    );
+    assert_eq!(
+        migration_snapshots(&moto),
+        [report["final_snapshot_id"].as_str().unwrap()],
+        "{report}"
+    );
 
     let xml = moto.ec2(
         "DescribeVolumes",

@@ -213,3 +213,97 @@ fn ebs_volumes_follow_their_profile_and_the_mount_lifecycle() {
     p.docker.ok(&["volume", "rm", "db@gold"]);
     assert!(!all_volume_ids(&moto).contains(&db));
 }
+
+/// The ids of the live volumes moto has tagged `daffe:name` = `name`.
+fn volumes_named(moto: &Moto, name: &str) -> Vec<String> {
+    let xml = moto.ec2(
+        "DescribeVolumes",
+        &[
+            ("Filter.1.Name", "tag:daffe:name"),
+            ("Filter.1.Value.1", name),
+        ],
+    );
+    xml_values(&xml, "volumeId")
+}
+
+/// Torture: kill -9 of the daemon while its CreateVolume is on the wire.
+/// EC2 creates the volume after the daemon died; the restart finds the
+/// interrupted Create (its journal) and rolls it back by the volume's tags,
+/// and Docker's repeated Create makes the volume again: one volume, never
+/// an orphan.
+#[test]
+fn a_daemon_killed_during_create_leaves_no_orphan_volume() {
+    use daffe_e2e::fault_proxy::FaultProxy;
+    use std::sync::{Mutex, mpsc};
+    use std::time::{Duration, Instant};
+
+    let moto = Moto::start();
+    moto.reset();
+    let (tx, rx) = mpsc::channel::<()>();
+    let tx = Mutex::new(tx);
+    let proxy = FaultProxy::start(moto.port, move |seen| {
+        if seen.action.as_deref() == Some("CreateVolume") {
+            let _ = tx.lock().unwrap().send(());
+            // Held until the daemon is dead, then forwarded: EC2 makes a
+            // volume nobody is waiting for.
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        None
+    });
+    let (instance, zone) = moto.run_instance("us-east-1b");
+    let config = moto
+        .ebs_config(&instance, &zone)
+        .replace(&moto.url, &proxy.url);
+    let mut p = Plugin::start_with_env(Some(&config), moto.env());
+    let create = serde_json::json!({ "Name": "crash@gold", "Opts": {} });
+
+    let socket = p.socket();
+    let body = create.to_string();
+    let client = std::thread::spawn(move || {
+        daffe_e2e::plugin::call_socket(&socket, "POST", "/VolumeDriver.Create", &body)
+    });
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("the daemon never sent CreateVolume");
+    p.kill9();
+    // The client sees the daemon die (an error, or a panic on the reset).
+    let _ = client.join();
+
+    // The held CreateVolume reaches EC2 after the daemon died.
+    let t = Instant::now();
+    while volumes_named(&moto, "crash").is_empty() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no volume was created"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let made = volumes_named(&moto, "crash");
+    assert_eq!(made.len(), 1, "{made:?}");
+
+    p.start_again();
+    // Docker repeats a Create it got no answer for.
+    let (status, reply) = p.call("/VolumeDriver.Create", &create);
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["Err"].as_str().unwrap_or("").is_empty(), "{reply}");
+    let now = volumes_named(&moto, "crash");
+    assert_eq!(now.len(), 1, "a second volume: {now:?}\n{}", p.log());
+    let v = p.inspect("crash@gold");
+    assert!(v.to_string().contains(&now[0]), "{v}");
+    // The volume EC2 made for the dead daemon is that one (adopted) or
+    // gone (the restart rolls an interrupted Create back): no orphan.
+    let all = xml_values(&moto.ec2("DescribeVolumes", &[]), "volumeId");
+    assert!(
+        made[0] == now[0] || !all.contains(&made[0]),
+        "{} left behind: {all:?}",
+        made[0]
+    );
+
+    // And Remove deletes it: nothing left behind.
+    let (status, reply) = p.call(
+        "/VolumeDriver.Remove",
+        &serde_json::json!({ "Name": "crash@gold" }),
+    );
+    assert_eq!(status, 200, "{reply}");
+    assert!(reply["Err"].as_str().unwrap_or("").is_empty(), "{reply}");
+    assert_eq!(volumes_named(&moto, "crash"), Vec::<String>::new());
+}

@@ -33,6 +33,8 @@ pub struct Seen {
     pub body_sha256: String,
     /// Status the proxy answered itself, if it did.
     pub injected: Option<u16>,
+    /// The `Action=` of a query-protocol body (EC2: `CreateVolume`, ...).
+    pub action: Option<String>,
 }
 
 impl Seen {
@@ -245,6 +247,7 @@ fn serve(
         body_len: req.body.len(),
         body_sha256: base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&req.body)),
         injected: None,
+        action: query_action(&req.body),
     };
     let injected = decide(&record);
     record.injected = injected.as_ref().map(|i| i.status);
@@ -317,4 +320,13 @@ fn forward(req: &Request, upstream: u16) -> io::Result<Vec<u8>> {
     let mut bytes = out.into_bytes();
     bytes.extend_from_slice(&reply[split + 4..]);
     Ok(bytes)
+}
+
+/// `Action=X` of a form-encoded query-protocol body.
+fn query_action(body: &[u8]) -> Option<String> {
+    std::str::from_utf8(body)
+        .ok()?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("Action="))
+        .map(str::to_owned)
 }

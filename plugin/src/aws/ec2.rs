@@ -1,6 +1,7 @@
 //! The EC2 calls of the EBS backend, as a trait: create (with tags, or from a
-//! snapshot), describe, attach, detach, delete, modify, tag, and describe a
-//! snapshot (to wait for "completed").
+//! snapshot), describe, attach, detach, delete, modify, tag; describe a
+//! snapshot (to wait for "completed"), find snapshots by tag and delete one
+//! (a migration's snapshots, once the move is done).
 //!
 //! Calls are blocking (the backend runs on the blocking pool) and one call is
 //! one attempt: errors are `ApiError`s whose kind the one retry layer
@@ -101,6 +102,16 @@ pub(crate) struct SnapshotFacts {
     pub(crate) state: String,
     pub(crate) volume_size_gib: u64,
     pub(crate) encrypted: bool,
+    pub(crate) tags: BTreeMap<String, String>,
+    /// StartTime, seconds since the epoch (0 if EC2 gave none): orders a
+    /// volume's migration snapshots, newest kept.
+    pub(crate) start_time: i64,
+}
+
+impl SnapshotFacts {
+    pub(crate) fn tag(&self, key: &str) -> Option<&str> {
+        self.tags.get(key).map(String::as_str)
+    }
 }
 
 /// The EC2 API, as the EBS backend uses it.
@@ -140,6 +151,15 @@ pub(crate) trait Ec2Api: Send + Sync {
 
     /// DescribeSnapshots of one snapshot.
     fn describe_snapshot(&self, snapshot_id: &str) -> Result<SnapshotFacts, ApiError>;
+
+    /// DescribeSnapshots of this account's own snapshots (OwnerIds=self)
+    /// with filters (`tag:KEY`, `tag-key`, `status`), all pages.
+    fn find_snapshots(&self, filters: &[Filter]) -> Result<Vec<SnapshotFacts>, ApiError>;
+
+    /// DeleteSnapshot: `InvalidSnapshot.NotFound` if unknown; refused while
+    /// the snapshot is still `pending`. Volumes created from it keep their
+    /// data (EBS copies what they need at creation).
+    fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), ApiError>;
 }
 
 /// The profile type of an AWS `VolumeType` string.

@@ -194,15 +194,38 @@ impl MemoryEc2 {
 
     /// A snapshot as if made with the EBS direct APIs.
     pub(crate) fn add_snapshot(&self, id: &str, size_gib: u64, encrypted: bool, state: &str) {
-        self.st().snapshots.insert(
+        self.add_tagged_snapshot(id, state, &[]);
+        if let Some(s) = self.st().snapshots.get_mut(id) {
+            s.volume_size_gib = size_gib;
+            s.encrypted = encrypted;
+        }
+    }
+
+    /// A 1 GiB snapshot with tags; each one starts a second after the one
+    /// before (StartTime orders them).
+    pub(crate) fn add_tagged_snapshot(&self, id: &str, state: &str, tags: &[(&str, &str)]) {
+        let mut st = self.st();
+        st.next_id += 1;
+        let start_time = 1_700_000_000 + i64::try_from(st.next_id).unwrap_or(i64::MAX / 2);
+        st.snapshots.insert(
             id.to_owned(),
             SnapshotFacts {
                 id: id.to_owned(),
                 state: state.to_owned(),
-                volume_size_gib: size_gib,
-                encrypted,
+                volume_size_gib: 1,
+                encrypted: false,
+                tags: tags
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                start_time,
             },
         );
+    }
+
+    /// Every snapshot id.
+    pub(crate) fn snapshot_ids(&self) -> Vec<String> {
+        self.st().snapshots.keys().cloned().collect()
     }
 
     pub(crate) fn set_snapshot_state(&self, id: &str, state: &str) {
@@ -289,6 +312,28 @@ fn matches(v: &VolumeFacts, (name, values): &Filter) -> bool {
             None => false,
         },
     }
+}
+
+fn snapshot_matches(s: &SnapshotFacts, (name, values): &Filter) -> bool {
+    let any = |x: &str| values.iter().any(|v| v == x);
+    match name.as_str() {
+        "snapshot-id" => any(&s.id),
+        "status" => any(&s.state),
+        "tag-key" => s.tags.keys().any(|k| any(k)),
+        n => match n.strip_prefix("tag:") {
+            Some(key) => s.tags.get(key).is_some_and(|x| any(x)),
+            None => false,
+        },
+    }
+}
+
+fn snapshot_not_found(op: &'static str, id: &str) -> ApiError {
+    err(
+        op,
+        ErrorKind::NotFound,
+        "InvalidSnapshot.NotFound",
+        format!("The snapshot '{id}' does not exist."),
+    )
 }
 
 impl Ec2Api for MemoryEc2 {
@@ -610,14 +655,43 @@ impl Ec2Api for MemoryEc2 {
     fn describe_snapshot(&self, snapshot_id: &str) -> Result<SnapshotFacts, ApiError> {
         const OP: &str = "DescribeSnapshots";
         let st = self.enter(OP, snapshot_id)?;
-        st.snapshots.get(snapshot_id).cloned().ok_or_else(|| {
-            err(
+        st.snapshots
+            .get(snapshot_id)
+            .cloned()
+            .ok_or_else(|| snapshot_not_found(OP, snapshot_id))
+    }
+
+    fn find_snapshots(&self, filters: &[Filter]) -> Result<Vec<SnapshotFacts>, ApiError> {
+        const OP: &str = "DescribeSnapshots";
+        let st = self.enter(OP, "filters")?;
+        Ok(st
+            .snapshots
+            .values()
+            .filter(|s| filters.iter().all(|f| snapshot_matches(s, f)))
+            .cloned()
+            .collect())
+    }
+
+    fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), ApiError> {
+        const OP: &str = "DeleteSnapshot";
+        let mut st = self.enter(OP, snapshot_id)?;
+        let snap = st
+            .snapshots
+            .get(snapshot_id)
+            .ok_or_else(|| snapshot_not_found(OP, snapshot_id))?;
+        // A snapshot still being written (StartSnapshot without
+        // CompleteSnapshot, or CreateSnapshot in progress) is refused.
+        if snap.state == "pending" {
+            return Err(bad(
                 OP,
-                ErrorKind::NotFound,
-                "InvalidSnapshot.NotFound",
-                format!("The snapshot '{snapshot_id}' does not exist."),
-            )
-        })
+                "IncorrectState",
+                format!("The snapshot '{snapshot_id}' is pending; it cannot be deleted yet."),
+            ));
+        }
+        // Volumes created from it keep their data and their SnapshotId: EBS
+        // made what they need theirs at creation.
+        st.snapshots.remove(snapshot_id);
+        Ok(())
     }
 }
 
@@ -641,6 +715,50 @@ mod tests {
             client_token: token.into(),
             ..NewVolume::default()
         }
+    }
+
+    #[test]
+    fn snapshots_are_found_by_tag_and_deleted_by_the_rules() {
+        let ec2 = MemoryEc2::new();
+        ec2.add_tagged_snapshot("snap-a", "completed", &[("daffe:migration", "m1")]);
+        ec2.add_tagged_snapshot("snap-b", "pending", &[("daffe:migration", "m1")]);
+        ec2.add_tagged_snapshot("snap-x", "completed", &[("owner", "someone")]);
+        let found = ec2
+            .find_snapshots(&[("tag:daffe:migration".into(), vec!["m1".into()])])
+            .unwrap();
+        let ids: Vec<_> = found.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["snap-a", "snap-b"]);
+        assert!(found[0].start_time < found[1].start_time, "{found:?}");
+        assert_eq!(found[0].tag("daffe:migration"), Some("m1"));
+        let keyed = ec2
+            .find_snapshots(&[("tag-key".into(), vec!["owner".into()])])
+            .unwrap();
+        assert_eq!(keyed.len(), 1);
+
+        // A volume made from a snapshot outlives it, SnapshotId and all.
+        let mut from = gp3("us-east-1a", "t1");
+        from.snapshot_id = Some("snap-a".into());
+        let v = ec2.create_volume(&from).unwrap();
+        ec2.delete_snapshot("snap-a").unwrap();
+        let v = ec2.describe_volume(&v.id).unwrap();
+        assert_eq!(v.snapshot_id.as_deref(), Some("snap-a"));
+        assert_eq!(v.state, "available");
+        let e = ec2.delete_snapshot("snap-a").unwrap_err();
+        assert_eq!(e.code, "InvalidSnapshot.NotFound");
+        assert_eq!(e.kind, ErrorKind::NotFound);
+        assert_eq!(
+            ec2.describe_snapshot("snap-a").unwrap_err().code,
+            "InvalidSnapshot.NotFound"
+        );
+
+        // Pending: refused, still there; completed: deletable.
+        let e = ec2.delete_snapshot("snap-b").unwrap_err();
+        assert_eq!(e.code, "IncorrectState");
+        assert_eq!(e.kind, ErrorKind::Permanent);
+        assert!(ec2.snapshot_ids().contains(&"snap-b".to_owned()));
+        ec2.set_snapshot_state("snap-b", "completed");
+        ec2.delete_snapshot("snap-b").unwrap();
+        assert_eq!(ec2.snapshot_ids(), ["snap-x"]);
     }
 
     #[test]

@@ -16,6 +16,8 @@ const RUNTIME_THREADS: usize = 1;
 /// DescribeVolumes page size: large pages, few calls (AWS allows up to 500
 /// with filters).
 const PAGE: i32 = 500;
+/// DescribeSnapshots page size (AWS allows 5 to 1000).
+const SNAPSHOT_PAGE: i32 = 1000;
 /// Per-call timeout for EC2: the control plane answers in well under a
 /// second; 10 s bounds a hung call so the plugin's handler budgets hold
 /// (see `backend::ebs` for the budgets).
@@ -354,14 +356,67 @@ impl Ec2Api for SdkEc2 {
                 format!("the snapshot '{snapshot_id}' does not exist"),
             )
         })?;
-        Ok(SnapshotFacts {
-            id: s.snapshot_id().unwrap_or(snapshot_id).to_owned(),
-            state: s.state().map_or("", |s| s.as_str()).to_owned(),
-            volume_size_gib: s
-                .volume_size()
-                .and_then(|v| u64::try_from(v).ok())
-                .unwrap_or(0),
-            encrypted: s.encrypted().unwrap_or(false),
-        })
+        Ok(snapshot_of(s, snapshot_id))
+    }
+
+    fn find_snapshots(&self, filters: &[Filter]) -> Result<Vec<SnapshotFacts>, ApiError> {
+        const OP: &str = "DescribeSnapshots";
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            // Own snapshots only: without OwnerIds, DescribeSnapshots also
+            // lists every public snapshot AWS has.
+            let mut call = self
+                .client
+                .describe_snapshots()
+                .owner_ids("self")
+                .max_results(SNAPSHOT_PAGE)
+                .set_next_token(token.take());
+            for (name, values) in filters {
+                call = call.filters(
+                    t::Filter::builder()
+                        .name(name)
+                        .set_values(Some(values.clone()))
+                        .build(),
+                );
+            }
+            let page = self
+                .rt
+                .block_on(call.send())
+                .map_err(|e| from_sdk_error(OP, e))?;
+            out.extend(page.snapshots().iter().map(|s| snapshot_of(s, "")));
+            match page.next_token() {
+                Some(t) if !t.is_empty() => token = Some(t.to_owned()),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    fn delete_snapshot(&self, snapshot_id: &str) -> Result<(), ApiError> {
+        const OP: &str = "DeleteSnapshot";
+        self.rt
+            .block_on(
+                self.client
+                    .delete_snapshot()
+                    .snapshot_id(snapshot_id)
+                    .send(),
+            )
+            .map_err(|e| from_sdk_error(OP, e))?;
+        Ok(())
+    }
+}
+
+/// A DescribeSnapshots entry; `id` stands in if the reply has none.
+fn snapshot_of(s: &t::Snapshot, id: &str) -> SnapshotFacts {
+    SnapshotFacts {
+        id: s.snapshot_id().unwrap_or(id).to_owned(),
+        state: s.state().map_or("", |s| s.as_str()).to_owned(),
+        volume_size_gib: s
+            .volume_size()
+            .and_then(|v| u64::try_from(v).ok())
+            .unwrap_or(0),
+        encrypted: s.encrypted().unwrap_or(false),
+        tags: tags_of(s.tags()),
+        start_time: s.start_time().map_or(0, |t| t.secs()),
     }
 }

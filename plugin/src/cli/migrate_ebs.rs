@@ -6,16 +6,21 @@
 //! pushed where the daemon will look for them; flags override.
 
 use super::progress_json::JsonLines;
+use crate::aws::ec2_sdk::SdkEc2;
 use crate::control::ControlClient;
 use crate::migrate::duration;
 use crate::migrate::ebs::{
-    DEFAULT_MAX_ROUNDS, DaemonSteps, EbsEvent, EbsMigrateOptions, EbsSteps, SMALL_ROUND_BLOCKS,
-    migrate_ebs,
+    DEFAULT_KEEP_SNAPSHOTS, DEFAULT_MAX_ROUNDS, DaemonSteps, EbsEvent, EbsMigrateOptions, EbsSteps,
+    SMALL_ROUND_BLOCKS, cleanup_line, migrate_ebs,
 };
-use crate::migrate::ebs_snapshots::AwsPusher;
+use crate::migrate::ebs_snapshots::{
+    AwsPusher, CLUSTER_TAG, Ec2Cleaner, MIGRATION_TAG, SOURCE_TAG,
+};
 use clap::Args;
 use mover::aws::AwsOptions;
+use mover::clock::SystemClock;
 use mover::progress::NoProgress;
+use mover::retry::{Retrier, RetryPolicy};
 use mover::snapshot::aws::AwsSnapshotApi;
 use mover::snapshot::{IndexStore, PushOptions, TransferOptions};
 use std::path::{Path, PathBuf};
@@ -41,6 +46,19 @@ pub(crate) struct EbsArgs {
         env = "DAFFE_SNAPSHOT_STATE_DIR"
     )]
     pub(crate) state_dir: Option<PathBuf>,
+    /// With --via-ebs: after a move, keep the N newest snapshots daffe
+    /// migrations made of this volume (this move's final one first);
+    /// the rest, and every other snapshot this move pushed, are deleted.
+    /// Default 0: the source volume stays (marked moved) until `docker
+    /// volume rm`, and it, not a snapshot, is the way back.
+    #[arg(
+        long,
+        value_name = "N",
+        requires = "via_ebs",
+        env = "DAFFE_KEEP_SNAPSHOTS",
+        default_value_t = DEFAULT_KEEP_SNAPSHOTS
+    )]
+    pub(crate) keep_snapshots: u32,
 }
 
 /// Pause between fence attempts while the containers are still running.
@@ -76,19 +94,38 @@ pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
         Ok(f) => f,
         Err(e) => return super::fail(json, format!("{}: {e}", args.volume)),
     };
-    let api = match AwsSnapshotApi::connect(
-        &AwsOptions::default()
-            .with_region(args.ebs.region.clone().or(facts.aws.region.clone()))
-            .with_endpoint_url(
-                args.ebs
-                    .endpoint_url
-                    .clone()
-                    .or(facts.aws.endpoint_url.clone()),
-            ),
-    ) {
+    let aws = AwsOptions::default()
+        .with_region(args.ebs.region.clone().or(facts.aws.region.clone()))
+        .with_endpoint_url(
+            args.ebs
+                .endpoint_url
+                .clone()
+                .or(facts.aws.endpoint_url.clone()),
+        );
+    let api = match AwsSnapshotApi::connect(&aws) {
         Ok(a) => a,
         Err(e) => return super::fail(json, e),
     };
+    // EC2, for deleting the migration's snapshots when it is done.
+    let ec2 = match SdkEc2::connect(&aws) {
+        Ok(c) => c,
+        Err(e) => return super::fail(json, e),
+    };
+    let retrier = Retrier::new(RetryPolicy::default(), &SystemClock);
+    let cleaner = Ec2Cleaner {
+        ec2: &ec2,
+        retrier: &retrier,
+        source: tag_value(&facts.docker_name),
+        cluster: tag_value(&facts.aws.cluster),
+    };
+    // Unique per run: the source volume and the start, to the millisecond.
+    let migration_id = format!(
+        "{}-{}",
+        facts.volume_id,
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis())
+    );
     let state_dir = args
         .ebs
         .state_dir
@@ -99,11 +136,12 @@ pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
         store: IndexStore::new(&state_dir),
         opts: PushOptions::default()
             .with_description(Some(format!("daffe migrate {} to {zone}", args.volume)))
-            // AWS tag values are at most 256 characters.
-            .with_tags(vec![(
-                "daffe:source".into(),
-                facts.docker_name.chars().take(256).collect(),
-            )])
+            // What the cleanup checks before it deletes one.
+            .with_tags(vec![
+                (SOURCE_TAG.into(), cleaner.source.clone()),
+                (CLUSTER_TAG.into(), cleaner.cluster.clone()),
+                (MIGRATION_TAG.into(), migration_id.clone()),
+            ])
             // Children inherit the parent's encryption; the full round is
             // encrypted like the volume (AWS's default key unless named).
             .with_encrypted(facts.encrypted)
@@ -113,6 +151,8 @@ pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
     };
     let opts = EbsMigrateOptions {
         volume: args.volume.to_owned(),
+        migration_id,
+        keep_snapshots: args.ebs.keep_snapshots,
         to_zone: zone.clone(),
         max_rounds: args.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS).max(1),
         small_round_blocks: SMALL_ROUND_BLOCKS,
@@ -133,7 +173,7 @@ pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
         None => eprintln!("{line}"),
     };
     use serde_json::json;
-    let result = migrate_ebs(&steps, &mut pusher, &opts, &mut |ev| match ev {
+    let result = migrate_ebs(&steps, &mut pusher, &cleaner, &opts, &mut |ev| match ev {
         EbsEvent::Preflight(f) => say(
             "preflight",
             json!({ "volume_id": f.volume_id, "zone": f.zone, "size_gib": f.size_gib, "to_zone": zone }),
@@ -177,9 +217,27 @@ pub(crate) fn run(args: &ViaEbs<'_>) -> ExitCode {
             json!({ "volume_id": volume_id, "zone": zone }),
             format!("{volume_id} created in {zone}"),
         ),
+        EbsEvent::Cleaned(c) => {
+            say(
+                "snapshots",
+                serde_json::to_value(c).unwrap_or_default(),
+                cleanup_line(c),
+            );
+            // Warnings reach stderr even with -q: a snapshot left bills.
+            if stream.is_none() {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
+            }
+        }
     });
     if quiet && !json && result.is_ok() {
         return ExitCode::SUCCESS;
     }
     super::finish_report(json, result, |r| r.render())
+}
+
+/// AWS tag values are at most 256 characters.
+fn tag_value(s: &str) -> String {
+    s.chars().take(256).collect()
 }

@@ -17,11 +17,17 @@
 //!    the fence deletes every copy made, then lifts the fence, so the
 //!    volume is usable again and no host of ZONE adopts a second live copy
 //!    (hardening finding 11); a copy that cannot be deleted keeps the fence.
+//! 5. snapshots: every snapshot the migration pushed is deleted (after a
+//!    move, keeping the newest `keep_snapshots` of the volume's migration
+//!    snapshots; after a failure, once its copies are gone), each checked
+//!    to carry this migration's tags first (`super::ebs_snapshots`). A
+//!    failed delete is a warning in the report, never a failed move.
 //!
 //! The daemon and the snapshot pushes are traits so the sequencing is
 //! tested with fakes (below); the real sides are [`DaemonSteps`] here and
 //! `super::ebs_snapshots`.
 
+use super::ebs_snapshots::{Cleanup, SnapshotCleaner, clean_up};
 use crate::control::{ControlClient, ControlRequest, EbsStep};
 use crate::service::ebs::EbsFacts;
 use mover::snapshot::{PushError, PushReport};
@@ -35,6 +41,13 @@ pub(crate) const SMALL_ROUND_BLOCKS: u64 = 64;
 
 /// Pre-copy rounds at most, by default.
 pub(crate) const DEFAULT_MAX_ROUNDS: u32 = 5;
+
+/// Migration snapshots kept per volume after a move, by default: none. The
+/// source volume stays (marked moved) until `docker volume rm`, so it, not
+/// a snapshot, is the way back; daffe never reads the snapshots again (a
+/// later move pushes a full round from the new volume), and each one bills
+/// for its blocks until deleted.
+pub(crate) const DEFAULT_KEEP_SNAPSHOTS: u32 = 0;
 
 /// A failed daemon step, as the daemon client reports it.
 #[derive(Debug, thiserror::Error)]
@@ -233,6 +246,8 @@ pub(crate) struct EbsReport {
     /// From the fence to the new volume's creation: the time the volume
     /// could be used nowhere.
     pub(crate) downtime_secs: f64,
+    /// The migration's snapshots: deleted, kept, warnings.
+    pub(crate) snapshots: Cleanup,
 }
 
 impl EbsReport {
@@ -253,13 +268,34 @@ impl EbsReport {
             "  {} bytes in {:.1} s, downtime {:.1} s\n",
             self.bytes, self.total_secs, self.downtime_secs
         );
+        s += &format!("  {}\n", cleanup_line(&self.snapshots));
+        for w in &self.snapshots.warnings {
+            s += &format!("  warning: {w}\n");
+        }
         s
     }
+}
+
+/// `snapshots: 3 deleted, 1 kept (snap-...)`
+pub(crate) fn cleanup_line(c: &Cleanup) -> String {
+    let mut s = format!("snapshots: {} deleted", c.deleted.len());
+    if !c.kept.is_empty() {
+        s += &format!(", {} kept ({})", c.kept.len(), c.kept.join(", "));
+    }
+    if !c.warnings.is_empty() {
+        s += &format!(", {} warnings", c.warnings.len());
+    }
+    s
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct EbsMigrateOptions {
     pub(crate) volume: String,
+    /// Tags this migration's snapshots (`daffe:migration`): only they are
+    /// deleted as this migration's.
+    pub(crate) migration_id: String,
+    /// Migration snapshots of the volume kept after a move (newest first).
+    pub(crate) keep_snapshots: u32,
     pub(crate) to_zone: String,
     pub(crate) max_rounds: u32,
     pub(crate) small_round_blocks: u64,
@@ -284,14 +320,62 @@ pub(crate) enum EbsEvent<'a> {
     Copied {
         volume_id: &'a str,
     },
+    /// The migration's snapshots were dealt with (also after a failure).
+    Cleaned(&'a Cleanup),
 }
 
 /// Runs the migration; see the module comment for the sequence.
 pub(crate) fn migrate_ebs(
     steps: &dyn EbsSteps,
     pusher: &mut dyn Pusher,
+    cleaner: &dyn SnapshotCleaner,
     opts: &EbsMigrateOptions,
     on: &mut dyn FnMut(EbsEvent<'_>),
+) -> Result<EbsReport, EbsMigrateError> {
+    let mut rounds = Vec::new();
+    let mut stray = None;
+    let result = run(steps, pusher, opts, on, &mut rounds, &mut stray);
+    let mut made: Vec<String> = rounds.iter().map(|r| r.snapshot_id.clone()).collect();
+    // A failed push's own snapshot (NoParentIndex names a parent: had).
+    made.extend(stray.filter(|s| !made.contains(s)));
+    let mut report = match result {
+        Ok(r) => r,
+        // A copy that could not be deleted may still be filling from the
+        // snapshots, and the volume stays fenced for a rerun: keep them.
+        Err(
+            e @ EbsMigrateError::AfterFence {
+                discard_error: Some(_),
+                ..
+            },
+        ) => return Err(e),
+        Err(e) => {
+            if !made.is_empty() {
+                let c = clean_up(cleaner, &opts.migration_id, &made, None, 0);
+                on(EbsEvent::Cleaned(&c));
+            }
+            return Err(e);
+        }
+    };
+    report.snapshots = clean_up(
+        cleaner,
+        &opts.migration_id,
+        &made,
+        Some(&report.final_snapshot_id),
+        opts.keep_snapshots,
+    );
+    on(EbsEvent::Cleaned(&report.snapshots));
+    Ok(report)
+}
+
+/// Steps 1 to 4; the rounds pushed (and the snapshot of a failed push) are
+/// left in `rounds` and `stray` whatever the outcome.
+fn run(
+    steps: &dyn EbsSteps,
+    pusher: &mut dyn Pusher,
+    opts: &EbsMigrateOptions,
+    on: &mut dyn FnMut(EbsEvent<'_>),
+    rounds: &mut Vec<Round>,
+    stray: &mut Option<String>,
 ) -> Result<EbsReport, EbsMigrateError> {
     let started = Instant::now();
     let vol = opts.volume.as_str();
@@ -313,18 +397,20 @@ pub(crate) fn migrate_ebs(
     }
     on(EbsEvent::Preflight(&facts));
 
-    let mut rounds: Vec<Round> = Vec::new();
-    let push_round = |pusher: &mut dyn Pusher,
-                      rounds: &mut Vec<Round>,
-                      device: &Path,
-                      final_round: bool,
-                      on: &mut dyn FnMut(EbsEvent<'_>)|
+    let mut push_round = |pusher: &mut dyn Pusher,
+                          rounds: &mut Vec<Round>,
+                          device: &Path,
+                          final_round: bool,
+                          on: &mut dyn FnMut(EbsEvent<'_>)|
      -> Result<(), EbsMigrateError> {
         let round = count(rounds) + 1;
         let parent = rounds.last().map(|r| r.snapshot_id.clone());
         on(EbsEvent::RoundStart { round, final_round });
         let r = pusher
             .push(device, parent.as_deref())
+            .inspect_err(|source| {
+                stray.clone_from(&source.snapshot_id().map(str::to_owned));
+            })
             .map_err(|source| EbsMigrateError::Push {
                 volume: vol.to_owned(),
                 round,
@@ -349,9 +435,9 @@ pub(crate) fn migrate_ebs(
     // Pre-copy, only from a device attached for a running container.
     match &facts.device {
         Some(dev) => {
-            while count(&rounds) < opts.max_rounds.max(1) {
-                push_round(pusher, &mut rounds, dev, false, on)?;
-                if converged(&rounds, opts.small_round_blocks) {
+            while count(rounds) < opts.max_rounds.max(1) {
+                push_round(pusher, rounds, dev, false, on)?;
+                if converged(rounds, opts.small_round_blocks) {
                     break;
                 }
             }
@@ -387,7 +473,7 @@ pub(crate) fn migrate_ebs(
 
     let after_fence = (|| {
         let dev = steps.attach().map_err(step("attach"))?;
-        let pushed = push_round(pusher, &mut rounds, &dev, true, on);
+        let pushed = push_round(pusher, rounds, &dev, true, on);
         // Detach even after a failed push: the volume goes back to Mount.
         let detached = steps.detach().map_err(step("detach"));
         pushed?;
@@ -444,9 +530,10 @@ pub(crate) fn migrate_ebs(
         new_volume_id,
         final_snapshot_id,
         bytes: rounds.iter().map(|r| r.bytes).sum(),
-        rounds,
+        rounds: rounds.clone(),
         total_secs: started.elapsed().as_secs_f64(),
         downtime_secs: downtime.as_secs_f64(),
+        snapshots: Cleanup::default(),
     })
 }
 
@@ -470,9 +557,18 @@ fn converged(rounds: &[Round], small: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::aws::ec2_memory::MemoryEc2;
     use crate::backend::ebs::AwsSide;
+    use crate::migrate::ebs_snapshots::{CLUSTER_TAG, Ec2Cleaner, MIGRATION_TAG, SOURCE_TAG};
+    use mover::aws::ApiError;
+    use mover::clock::SystemClock;
+    use mover::retry::{ErrorKind, Retrier, RetryPolicy};
     use std::cell::RefCell;
     use std::collections::VecDeque;
+    use std::sync::Arc;
+
+    /// This migration's id in the tests.
+    const MIGRATION: &str = "vol-src-1";
 
     /// The daemon: records the steps called; the fence answers "in use"
     /// `busy_fences` times first.
@@ -582,19 +678,36 @@ mod tests {
         }
     }
 
-    /// Pushes that upload the given block counts in turn.
+    /// Pushes that upload the given block counts in turn, each a snapshot
+    /// tagged as the CLI tags them in the EC2 double; push `fail_at` (1-based)
+    /// fails with its snapshot left `pending`.
     struct FakePusher {
         blocks: VecDeque<u64>,
         pushes: Vec<(PathBuf, Option<String>)>,
+        ec2: Arc<MemoryEc2>,
+        fail_at: Option<usize>,
     }
 
     impl FakePusher {
         fn new(blocks: &[u64]) -> Self {
+            Self::with(blocks, Arc::new(MemoryEc2::new()))
+        }
+        fn with(blocks: &[u64], ec2: Arc<MemoryEc2>) -> Self {
             Self {
                 blocks: blocks.iter().copied().collect(),
                 pushes: Vec::new(),
+                ec2,
+                fail_at: None,
             }
         }
+    }
+
+    fn ours() -> [(&'static str, &'static str); 3] {
+        [
+            (MIGRATION_TAG, MIGRATION),
+            (SOURCE_TAG, "db@gold"),
+            (CLUSTER_TAG, "default"),
+        ]
     }
 
     impl Pusher for FakePusher {
@@ -602,6 +715,23 @@ mod tests {
             self.pushes
                 .push((device.to_owned(), parent.map(str::to_owned)));
             let n = self.pushes.len();
+            if self.fail_at == Some(n) {
+                self.ec2
+                    .add_tagged_snapshot(&format!("snap-{n}"), "pending", &ours());
+                return Err(PushError::Put {
+                    snapshot_id: format!("snap-{n}"),
+                    block: 7,
+                    attempts: 10,
+                    source: ApiError::new(
+                        "PutSnapshotBlock",
+                        ErrorKind::Throttled,
+                        "ThrottlingException",
+                        "slow down",
+                    ),
+                });
+            }
+            self.ec2
+                .add_tagged_snapshot(&format!("snap-{n}"), "completed", &ours());
             let blocks = self.blocks.pop_front().unwrap_or(0);
             // PushReport is #[non_exhaustive]: filled in from its Default.
             let mut r = PushReport::default();
@@ -621,12 +751,37 @@ mod tests {
     fn opts() -> EbsMigrateOptions {
         EbsMigrateOptions {
             volume: "db@gold".into(),
+            migration_id: MIGRATION.into(),
+            keep_snapshots: 0,
             to_zone: "us-east-1c".into(),
             max_rounds: 5,
             small_round_blocks: SMALL_ROUND_BLOCKS,
             unmount_timeout: Duration::from_secs(5),
             fence_poll: Duration::from_millis(1),
         }
+    }
+
+    /// A policy that does not wait: the double's faults are permanent.
+    fn retrier() -> Retrier<'static> {
+        Retrier::new(RetryPolicy::default(), &SystemClock)
+    }
+
+    /// `migrate_ebs` with a cleaner over the pusher's EC2 double.
+    fn go(
+        steps: &FakeSteps,
+        pusher: &mut FakePusher,
+        o: &EbsMigrateOptions,
+        on: &mut dyn FnMut(EbsEvent<'_>),
+    ) -> Result<EbsReport, EbsMigrateError> {
+        let ec2 = pusher.ec2.clone();
+        let retrier = retrier();
+        let cleaner = Ec2Cleaner {
+            ec2: ec2.as_ref(),
+            retrier: &retrier,
+            source: "db@gold".into(),
+            cluster: "default".into(),
+        };
+        migrate_ebs(steps, pusher, &cleaner, o, on)
     }
 
     #[test]
@@ -639,7 +794,7 @@ mod tests {
         // Full 1000, then 300, then 400 (not shrinking: stop), final 50.
         let mut pusher = FakePusher::new(&[1000, 300, 400, 50]);
         let mut waited = 0;
-        let report = migrate_ebs(&steps, &mut pusher, &opts(), &mut |e| {
+        let report = go(&steps, &mut pusher, &opts(), &mut |e| {
             if matches!(e, EbsEvent::WaitingForUnmount) {
                 waited += 1;
             }
@@ -686,7 +841,7 @@ mod tests {
             ..Default::default()
         };
         let mut pusher = FakePusher::new(&[1000, 500, 10, 5]);
-        let r = migrate_ebs(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap();
+        let r = go(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap();
         assert_eq!(r.rounds.len(), 4, "3 pre-copy (the third is small) + final");
 
         let mut pusher = FakePusher::new(&[1000, 900, 800, 700, 600, 500]);
@@ -694,7 +849,7 @@ mod tests {
             max_rounds: 2,
             ..opts()
         };
-        let r = migrate_ebs(&steps, &mut pusher, &o, &mut |_| {}).unwrap();
+        let r = go(&steps, &mut pusher, &o, &mut |_| {}).unwrap();
         assert_eq!(r.rounds.len(), 3, "2 pre-copy + final");
     }
 
@@ -702,7 +857,7 @@ mod tests {
     fn an_unmounted_volume_gets_one_full_push_after_the_fence() {
         let steps = FakeSteps::default();
         let mut pusher = FakePusher::new(&[100]);
-        let r = migrate_ebs(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap();
+        let r = go(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap();
         assert_eq!(pusher.pushes, [(PathBuf::from("/dev/attached"), None)]);
         assert_eq!(r.rounds.len(), 1);
         assert!(r.rounds[0].final_round);
@@ -715,7 +870,7 @@ mod tests {
             ..Default::default()
         };
         let mut pusher = FakePusher::new(&[100]);
-        let e = migrate_ebs(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap_err();
+        let e = go(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap_err();
         assert!(
             matches!(
                 e,
@@ -744,8 +899,7 @@ mod tests {
             fail_moved: true,
             ..Default::default()
         };
-        let e =
-            migrate_ebs(&steps, &mut FakePusher::new(&[100]), &opts(), &mut |_| {}).unwrap_err();
+        let e = go(&steps, &mut FakePusher::new(&[100]), &opts(), &mut |_| {}).unwrap_err();
         let calls = steps.calls();
         assert_eq!(
             calls[calls.len() - 3..],
@@ -759,8 +913,7 @@ mod tests {
             fail_discard: true,
             ..Default::default()
         };
-        let e =
-            migrate_ebs(&steps, &mut FakePusher::new(&[100]), &opts(), &mut |_| {}).unwrap_err();
+        let e = go(&steps, &mut FakePusher::new(&[100]), &opts(), &mut |_| {}).unwrap_err();
         assert!(
             !steps.calls().iter().any(|c| c == "unfence"),
             "unfenced with a copy left: {:?}",
@@ -776,7 +929,7 @@ mod tests {
             to_zone: "us-east-1a".into(),
             ..opts()
         };
-        let e = migrate_ebs(&steps, &mut FakePusher::new(&[]), &o, &mut |_| {}).unwrap_err();
+        let e = go(&steps, &mut FakePusher::new(&[]), &o, &mut |_| {}).unwrap_err();
         assert!(matches!(e, EbsMigrateError::SameZone { .. }), "{e}");
 
         let steps = FakeSteps {
@@ -787,7 +940,7 @@ mod tests {
             unmount_timeout: Duration::from_millis(20),
             ..opts()
         };
-        let e = migrate_ebs(&steps, &mut FakePusher::new(&[]), &o, &mut |_| {}).unwrap_err();
+        let e = go(&steps, &mut FakePusher::new(&[]), &o, &mut |_| {}).unwrap_err();
         assert!(matches!(e, EbsMigrateError::UnmountTimeout { .. }), "{e}");
         assert!(
             !steps
@@ -795,5 +948,228 @@ mod tests {
                 .iter()
                 .any(|c| c == "unfence" || c == "attach")
         );
+    }
+
+    /// Events of kind Cleaned, as (deleted, kept, warnings) counts.
+    fn cleaned(events: &[Cleanup]) -> Vec<(usize, usize, usize)> {
+        events
+            .iter()
+            .map(|c| (c.deleted.len(), c.kept.len(), c.warnings.len()))
+            .collect()
+    }
+
+    /// Finding 11, last point: a move leaves none of its snapshots behind,
+    /// and touches no snapshot it did not make, even one tagged with the
+    /// volume's name.
+    #[test]
+    fn finding_11_a_move_deletes_its_snapshots_and_nothing_else() {
+        let ec2 = Arc::new(MemoryEc2::new());
+        // An operator's snapshot of the volume (no migration tag), and one
+        // of another cluster's same-named volume.
+        ec2.add_tagged_snapshot("snap-operator", "completed", &[(SOURCE_TAG, "db@gold")]);
+        ec2.add_tagged_snapshot(
+            "snap-other-cluster",
+            "completed",
+            &[
+                (MIGRATION_TAG, "vol-x-1"),
+                (SOURCE_TAG, "db@gold"),
+                (CLUSTER_TAG, "blue"),
+            ],
+        );
+        let steps = FakeSteps {
+            device: Some(PathBuf::from("/dev/live")),
+            ..Default::default()
+        };
+        let mut pusher = FakePusher::with(&[1000, 10, 5], ec2.clone());
+        let mut seen = Vec::new();
+        let r = go(&steps, &mut pusher, &opts(), &mut |e| {
+            if let EbsEvent::Cleaned(c) = e {
+                seen.push(c.clone());
+            }
+        })
+        .unwrap();
+        assert_eq!(r.snapshots.deleted, ["snap-1", "snap-2", "snap-3"]);
+        assert!(r.snapshots.kept.is_empty() && r.snapshots.warnings.is_empty());
+        assert_eq!(ec2.snapshot_ids(), ["snap-operator", "snap-other-cluster"]);
+        assert_eq!(seen, std::slice::from_ref(&r.snapshots));
+        assert!(
+            r.render().contains("snapshots: 3 deleted"),
+            "{}",
+            r.render()
+        );
+        // The cleanup comes after the copy is made and marked moved.
+        assert_eq!(steps.calls().last().unwrap(), "moved:us-east-1c:vol-new");
+    }
+
+    #[test]
+    fn keep_snapshots_keeps_the_newest_of_the_volumes_migrations() {
+        let ec2 = Arc::new(MemoryEc2::new());
+        let earlier = |m: &'static str| {
+            [
+                (MIGRATION_TAG, m),
+                (SOURCE_TAG, "db@gold"),
+                (CLUSTER_TAG, "default"),
+            ]
+        };
+        ec2.add_tagged_snapshot("snap-old", "completed", &earlier("vol-a-1"));
+        ec2.add_tagged_snapshot("snap-older-move", "completed", &earlier("vol-b-2"));
+        ec2.add_tagged_snapshot("snap-other", "completed", &[(SOURCE_TAG, "web@gold")]);
+        let o = EbsMigrateOptions {
+            keep_snapshots: 2,
+            ..opts()
+        };
+        let steps = FakeSteps {
+            device: Some(PathBuf::from("/dev/live")),
+            ..Default::default()
+        };
+        let mut pusher = FakePusher::with(&[1000, 10, 5], ec2.clone());
+        let r = go(&steps, &mut pusher, &o, &mut |_| {}).unwrap();
+        // Kept: this move's final snapshot, then the newest earlier one.
+        assert_eq!(r.snapshots.kept, ["snap-3", "snap-older-move"]);
+        assert_eq!(r.snapshots.deleted, ["snap-1", "snap-2", "snap-old"]);
+        assert_eq!(
+            ec2.snapshot_ids(),
+            ["snap-3", "snap-older-move", "snap-other"]
+        );
+
+        // keep 1: only the final one of the newest move stays.
+        let ec2 = Arc::new(MemoryEc2::new());
+        ec2.add_tagged_snapshot("snap-old", "completed", &earlier("vol-a-1"));
+        let o = EbsMigrateOptions {
+            keep_snapshots: 1,
+            ..opts()
+        };
+        let mut pusher = FakePusher::with(&[100], ec2.clone());
+        let r = go(&FakeSteps::default(), &mut pusher, &o, &mut |_| {}).unwrap();
+        assert_eq!(r.snapshots.kept, ["snap-1"]);
+        assert_eq!(ec2.snapshot_ids(), ["snap-1"]);
+    }
+
+    #[test]
+    fn a_failed_delete_is_a_warning_and_the_move_stands() {
+        let ec2 = Arc::new(MemoryEc2::new());
+        ec2.fail_next(
+            "DeleteSnapshot",
+            ApiError::new(
+                "DeleteSnapshot",
+                ErrorKind::Permanent,
+                "UnauthorizedOperation",
+                "not allowed",
+            ),
+        );
+        let steps = FakeSteps {
+            device: Some(PathBuf::from("/dev/live")),
+            ..Default::default()
+        };
+        let mut pusher = FakePusher::with(&[1000, 10, 5], ec2.clone());
+        let r = go(&steps, &mut pusher, &opts(), &mut |_| {}).unwrap();
+        assert_eq!(r.new_volume_id, "vol-new");
+        assert_eq!(r.snapshots.deleted, ["snap-2", "snap-3"]);
+        assert_eq!(r.snapshots.warnings.len(), 1, "{:?}", r.snapshots);
+        assert!(
+            r.snapshots.warnings[0].contains("snap-1")
+                && r.snapshots.warnings[0].contains("UnauthorizedOperation"),
+            "{:?}",
+            r.snapshots
+        );
+        assert_eq!(ec2.snapshot_ids(), ["snap-1"]);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["snapshots"]["warnings"].as_array().unwrap().len(), 1);
+        assert!(
+            r.render().contains("warning: deleting snap-1"),
+            "{}",
+            r.render()
+        );
+    }
+
+    #[test]
+    fn a_failed_move_deletes_its_snapshots_once_its_copy_is_gone() {
+        // The push of round 2 fails: its pending snapshot cannot go yet
+        // (a warning), round 1's does; the error is the push's.
+        let ec2 = Arc::new(MemoryEc2::new());
+        let steps = FakeSteps {
+            device: Some(PathBuf::from("/dev/live")),
+            ..Default::default()
+        };
+        let mut pusher = FakePusher::with(&[1000, 500], ec2.clone());
+        pusher.fail_at = Some(2);
+        let mut seen = Vec::new();
+        let e = go(&steps, &mut pusher, &opts(), &mut |e| {
+            if let EbsEvent::Cleaned(c) = e {
+                seen.push(c.clone());
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(e, EbsMigrateError::Push { round: 2, .. }), "{e}");
+        assert_eq!(cleaned(&seen), [(1, 0, 1)], "{seen:?}");
+        assert!(seen[0].warnings[0].contains("IncorrectState"), "{seen:?}");
+        assert_eq!(ec2.snapshot_ids(), ["snap-2"]);
+
+        // `moved` fails: the copy is deleted, then the snapshots, then the
+        // fence is lifted.
+        let ec2 = Arc::new(MemoryEc2::new());
+        let steps = FakeSteps {
+            fail_moved: true,
+            ..Default::default()
+        };
+        let mut pusher = FakePusher::with(&[100], ec2.clone());
+        let mut seen = Vec::new();
+        go(&steps, &mut pusher, &opts(), &mut |e| {
+            if let EbsEvent::Cleaned(c) = e {
+                seen.push(c.clone());
+            }
+        })
+        .unwrap_err();
+        assert_eq!(cleaned(&seen), [(1, 0, 0)]);
+        assert!(ec2.snapshot_ids().is_empty());
+
+        // The copy could not be deleted: the volume stays fenced and the
+        // snapshots stay with it (the copy may still be filling from them).
+        let ec2 = Arc::new(MemoryEc2::new());
+        let steps = FakeSteps {
+            fail_moved: true,
+            fail_discard: true,
+            ..Default::default()
+        };
+        let mut pusher = FakePusher::with(&[100], ec2.clone());
+        let mut seen = Vec::new();
+        go(&steps, &mut pusher, &opts(), &mut |e| {
+            if let EbsEvent::Cleaned(c) = e {
+                seen.push(c.clone());
+            }
+        })
+        .unwrap_err();
+        assert!(seen.is_empty());
+        assert_eq!(ec2.snapshot_ids(), ["snap-1"]);
+    }
+
+    #[test]
+    fn a_snapshot_of_another_migration_is_never_deleted_as_this_ones() {
+        // Same volume and cluster, another migration's id: `delete_ours`
+        // with this migration's id leaves it.
+        let ec2 = MemoryEc2::new();
+        ec2.add_tagged_snapshot(
+            "snap-9",
+            "completed",
+            &[
+                (MIGRATION_TAG, "vol-src-0"),
+                (SOURCE_TAG, "db@gold"),
+                (CLUSTER_TAG, "default"),
+            ],
+        );
+        let retrier = retrier();
+        let cleaner = Ec2Cleaner {
+            ec2: &ec2,
+            retrier: &retrier,
+            source: "db@gold".into(),
+            cluster: "default".into(),
+        };
+        let c = clean_up(&cleaner, MIGRATION, &["snap-9".into()], None, 0);
+        assert!(c.deleted.is_empty(), "{c:?}");
+        assert!(c.warnings[0].contains("not this one"), "{c:?}");
+        // Already gone: nothing to report.
+        let c = clean_up(&cleaner, MIGRATION, &["snap-none".into()], None, 0);
+        assert_eq!(c, Cleanup::default());
+        assert_eq!(ec2.snapshot_ids(), ["snap-9"]);
     }
 }

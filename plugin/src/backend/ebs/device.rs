@@ -73,6 +73,13 @@ pub(crate) trait DeviceResolver: Send + Sync {
 
     /// After DeleteVolume: drop whatever stood in for the volume.
     fn forget(&self, volume_id: &str) -> Result<(), DeviceError>;
+
+    /// After CreateVolume from a snapshot, once `available`: nothing for
+    /// EBS (the volume holds the snapshot's data from then on, even if the
+    /// snapshot is deleted); a stand-in copies the data in now.
+    fn created(&self, _vol: &VolumeFacts) -> Result<(), DeviceError> {
+        Ok(())
+    }
 }
 
 /// `vol-0123` -> `vol0123`: the NVMe serial of an EBS volume.

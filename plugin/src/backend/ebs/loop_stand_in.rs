@@ -7,8 +7,12 @@
 //! the EC2 side (attach, detach, delete) goes to moto.
 //!
 //! A volume created from a snapshot gets its file filled from the snapshot
-//! the first time it is attached (what EBS does lazily), through a
-//! [`Hydrate`] function (the EBS direct-API pull).
+//! as soon as the daemon that created it sees it `available`
+//! ([`DeviceResolver::created`]), through a [`Hydrate`] function (the EBS
+//! direct-API pull): EBS loads lazily, but a volume keeps its data once
+//! created, so the snapshot may be deleted right after (what a migration
+//! does). A volume first seen at attach (created by someone else) is filled
+//! then. Hosts that share a volume's data share `loop_dir`.
 
 use super::super::{BackendError, sys};
 use super::config::EbsConfig;
@@ -175,6 +179,13 @@ impl DeviceResolver for LoopResolver {
         Ok(())
     }
 
+    fn created(&self, vol: &VolumeFacts) -> Result<(), DeviceError> {
+        if vol.snapshot_id.is_none() {
+            return Ok(());
+        }
+        self.prepare(vol, &self.file_of(&vol.id))
+    }
+
     fn forget(&self, volume_id: &str) -> Result<(), DeviceError> {
         self.release(volume_id)?;
         let file = self.file_of(volume_id);
@@ -221,9 +232,20 @@ mod tests {
             ..VolumeFacts::default()
         };
         let file = r.file_of("vol-1");
-        r.prepare(&vol, &file).unwrap();
+        // Filled at creation (the snapshot may go right after), not again
+        // at attach.
+        r.created(&vol).unwrap();
+        assert!(file.exists());
         r.prepare(&vol, &file).unwrap();
         assert_eq!(*calls.lock().unwrap(), ["snap-1"], "hydrated once");
+        // A volume not made from a snapshot has nothing to fill yet.
+        let blank = VolumeFacts {
+            id: "vol-2".into(),
+            size_gib: 1,
+            ..VolumeFacts::default()
+        };
+        r.created(&blank).unwrap();
+        assert!(!r.file_of("vol-2").exists());
         let meta = std::fs::metadata(&file).unwrap();
         assert_eq!(meta.len(), 2 * GIB);
         use std::os::unix::fs::MetadataExt;

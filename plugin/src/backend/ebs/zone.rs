@@ -198,7 +198,8 @@ impl EbsBackend {
             .find(|v| v.snapshot_id.as_deref() == Some(snapshot_id))
         {
             tracing::info!(volume = name, copy = %v.id, zone, "an earlier attempt's copy is there; reusing it");
-            return self.wait_available(name, &v.id, self.clock.now(), &d);
+            let v = self.wait_available(name, &v.id, self.clock.now(), &d)?;
+            return self.filled(name, v);
         }
         for v in &earlier {
             self.delete_copy(name, &v.id, &d)?;
@@ -218,7 +219,21 @@ impl EbsBackend {
             self.ec2.create_volume(&req)
         })?;
         tracing::info!(volume = name, from = %source.id, to = %v.id, zone, snapshot = snapshot_id, "copy created in another zone");
-        self.wait_available(name, &v.id, created, &d)
+        let v = self.wait_available(name, &v.id, created, &d)?;
+        self.filled(name, v)
+    }
+
+    /// The copy holds the snapshot's data (a no-op on EBS; the loop
+    /// stand-in copies it in), so the migration may delete its snapshots.
+    fn filled(&self, name: &str, v: VolumeFacts) -> Result<VolumeFacts, EbsError> {
+        match self.resolver.created(&v) {
+            Ok(()) => Ok(v),
+            Err(source) => Err(EbsError::Device {
+                volume: name.to_owned(),
+                volume_id: Some(v.id),
+                source,
+            }),
+        }
     }
 
     /// The volumes made from NAME's snapshots by migrations (tagged
