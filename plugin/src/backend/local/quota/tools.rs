@@ -189,4 +189,20 @@ mod tests {
         .unwrap();
         assert_eq!(big.len(), 1_000_000);
     }
+
+    /// The real `xfs_io` (xfsprogs, which block volumes need anyway): a
+    /// plain directory reads as project 0; a set project reads back, or,
+    /// where the filesystem has no project ids, the set fails loudly.
+    #[test]
+    fn xfs_io_sets_and_reads_a_project_or_reports_the_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(QuotaTools.project_of(dir.path()).unwrap(), 0);
+        match QuotaTools.set_project(dir.path(), FIRST_TEST_ID) {
+            Ok(()) => assert_eq!(QuotaTools.project_of(dir.path()).unwrap(), FIRST_TEST_ID),
+            Err(e) => assert!(e.to_string().contains("chproj"), "{e}"),
+        }
+        assert!(QuotaTools.project_of(&dir.path().join("gone")).is_err());
+    }
+
+    const FIRST_TEST_ID: u32 = pure::FIRST_ID;
 }
