@@ -16,6 +16,7 @@ mod cluster_swarm;
 mod compose;
 mod concurrency;
 mod deb_package;
+mod dir_quota;
 mod ebs_migrate;
 mod ebs_snapshot;
 mod ebs_volumes;

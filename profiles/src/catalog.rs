@@ -354,6 +354,7 @@ fn builtin_defs() -> [(&'static str, ProfileDef); 2] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::size::MIB;
     use std::path::PathBuf;
 
     fn req(name: &str, profile: &str, size: Option<u64>) -> VolumeRequest {
@@ -379,6 +380,17 @@ mod tests {
                     root: PathBuf::from("/var/lib/daffe/local/default"),
                     format: LocalFormat::Dir,
                     size: None,
+                    filesystem: None,
+                }),
+            ),
+            (
+                "default",
+                Some(64 * MIB),
+                BackendKind::Local,
+                Settings::Local(LocalSettings {
+                    root: PathBuf::from("/var/lib/daffe/local/default"),
+                    format: LocalFormat::Dir,
+                    size: Some(ByteSize(64 * MIB)),
                     filesystem: None,
                 }),
             ),
@@ -435,10 +447,15 @@ mod tests {
     fn unmeetable_requests_are_refused() {
         let cat = Catalog::builtin();
         let data = Path::new("/var/lib/daffe");
+        // A dir volume's size is a project quota's limit now (issue 12,
+        // finding 7); only a uselessly small one is refused here.
         let err = cat
-            .resolve(&req("v", "default", Some(GIB)), BackendKind::Local, data)
+            .resolve(&req("v", "default", Some(1000)), BackendKind::Local, data)
             .unwrap_err();
-        assert!(err.to_string().contains("cannot enforce a size"), "{err}");
+        assert!(
+            err.to_string().contains("below the smallest size limit"),
+            "{err}"
+        );
         let err = cat
             .resolve(&req("v", "gold", Some(GIB)), BackendKind::Ebs, data)
             .unwrap_err();
@@ -554,7 +571,7 @@ mod tests {
             ),
             (
                 "[profiles.x.local]\nformat = \"dir\"\ndefault_size = \"1G\"\n",
-                "cannot enforce a size",
+                "never by default",
             ),
             (
                 "[profiles.x]\nstandbys = 9\n[profiles.x.local]\nformat = \"dir\"\n",

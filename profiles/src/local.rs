@@ -1,6 +1,6 @@
 //! What a profile means on local storage: where volumes live, whether they are
-//! plain directories (`dir`) or size-limited filesystem images (`block`), and
-//! which filesystem the images get.
+//! plain directories (`dir`, optionally size-limited by a project quota) or
+//! size-limited filesystem images (`block`), and which filesystem the images get.
 
 use crate::size::{ByteSize, GIB, MIB, TIB};
 use serde::{Deserialize, Serialize};
@@ -12,6 +12,9 @@ pub const MIN_BLOCK_SIZE: ByteSize = ByteSize(16 * MIB);
 /// Largest block volume: ext4's maximum file size with 4 KiB blocks (the image
 /// is a sparse file on the host's filesystem).
 pub const MAX_BLOCK_SIZE: ByteSize = ByteSize(16 * TIB);
+/// Smallest size limit of a `dir` volume: the quota counts the directory
+/// itself and every file's blocks; below 1 MiB nothing useful fits.
+pub const MIN_DIR_SIZE: ByteSize = ByteSize(MIB);
 /// Block size when neither the request nor the profile gives one.
 pub const FALLBACK_BLOCK_SIZE: ByteSize = ByteSize(GIB);
 
@@ -19,7 +22,9 @@ pub const FALLBACK_BLOCK_SIZE: ByteSize = ByteSize(GIB);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LocalFormat {
-    /// A directory; no size limit; synced file by file.
+    /// A directory; synced file by file. No size limit unless the request
+    /// gives one (`-o size`), which the plugin enforces with a project quota
+    /// on the directory (issue 12, finding 7).
     Dir,
     /// A sparse image file formatted at Create and loop-mounted on first Mount;
     /// a real size limit; synced block by block.
@@ -67,7 +72,8 @@ fn default_fs() -> Filesystem {
 pub struct LocalSettings {
     pub root: PathBuf,
     pub format: LocalFormat,
-    /// Image size in bytes (`block` only).
+    /// Image size in bytes (`block`), or the project quota's limit (`dir`,
+    /// `None`: unlimited).
     pub size: Option<ByteSize>,
     /// Filesystem of the image (`block` only).
     pub filesystem: Option<Filesystem>,
@@ -76,17 +82,17 @@ pub struct LocalSettings {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LocalError {
     #[error(
-        "profile {profile:?} stores volumes as directories, which cannot enforce a size; \
-         drop the size option or use a profile with format \"block\""
-    )]
-    SizeOnDir { profile: String },
-    #[error(
         "size {size} is outside what a block volume can be ({MIN_BLOCK_SIZE}-{MAX_BLOCK_SIZE})"
     )]
     SizeOutOfRange { size: ByteSize },
     #[error("root {0:?} must be an absolute path")]
     RelativeRoot(PathBuf),
-    #[error("a default_size is set but format is \"dir\", which cannot enforce a size")]
+    #[error("size {size} is below the smallest size limit of a dir volume ({MIN_DIR_SIZE})")]
+    DirSizeTooSmall { size: ByteSize },
+    #[error(
+        "a default_size is set but format is \"dir\": a dir volume is limited only when \
+         its request asks (-o size, a project quota), never by default"
+    )]
     DefaultSizeOnDir,
 }
 
@@ -119,17 +125,21 @@ impl LocalSpec {
             .clone()
             .unwrap_or_else(|| data_root.join("local").join(profile));
         match self.format {
-            LocalFormat::Dir => match size {
-                Some(_) => Err(LocalError::SizeOnDir {
-                    profile: profile.to_owned(),
-                }),
-                None => Ok(LocalSettings {
+            LocalFormat::Dir => {
+                // Whether the filesystem can enforce it is the backend's to
+                // find out at Create (project quotas): this crate does no I/O.
+                if let Some(size) = size
+                    && size < MIN_DIR_SIZE
+                {
+                    return Err(LocalError::DirSizeTooSmall { size });
+                }
+                Ok(LocalSettings {
                     root,
                     format: LocalFormat::Dir,
-                    size: None,
+                    size,
                     filesystem: None,
-                }),
-            },
+                })
+            }
             LocalFormat::Block => {
                 let size = size.or(self.default_size).unwrap_or(FALLBACK_BLOCK_SIZE);
                 check_block_size(size)?;
@@ -190,7 +200,7 @@ mod tests {
     }
 
     #[test]
-    fn dir_refuses_sizes() {
+    fn dir_sizes_are_limits_of_at_least_one_mib() {
         let dir = LocalSpec {
             root: Some("/srv/vols".into()),
             format: LocalFormat::Dir,
@@ -203,10 +213,14 @@ mod tests {
             (s.root.as_path(), s.format, s.size),
             (Path::new("/srv/vols"), LocalFormat::Dir, None)
         );
+        let s = dir.settings("default", Some(ByteSize(GIB)), data).unwrap();
+        assert_eq!((s.format, s.size), (LocalFormat::Dir, Some(ByteSize(GIB))));
+        let s = dir.settings("default", Some(MIN_DIR_SIZE), data).unwrap();
+        assert_eq!(s.size, Some(MIN_DIR_SIZE));
         assert_eq!(
-            dir.settings("default", Some(ByteSize(GIB)), data),
-            Err(LocalError::SizeOnDir {
-                profile: "default".into()
+            dir.settings("default", Some(ByteSize(MIB - 1)), data),
+            Err(LocalError::DirSizeTooSmall {
+                size: ByteSize(MIB - 1)
             })
         );
     }

@@ -59,6 +59,12 @@ pub(crate) trait Backend: Send + Sync {
     /// Makes the storage (directory; sparse image + mkfs; EBS CreateVolume).
     fn create(&self, vol: VolumeRef<'_>) -> Result<(), BackendError>;
 
+    /// Whether `create` could make this volume here, asked before work
+    /// that needs it (a migration checks before sending); no changes.
+    fn check_create(&self, _vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        Ok(())
+    }
+
     /// Deletes the storage and its data; unmounts first if still mounted.
     fn remove(&self, vol: VolumeRef<'_>) -> Result<(), BackendError>;
 
@@ -203,7 +209,7 @@ pub(crate) fn open(
     data_root: &Path,
 ) -> Result<Storage, BackendError> {
     match kind {
-        BackendKind::Local => Ok(Storage::plain(Arc::new(local::LocalBackend))),
+        BackendKind::Local => Ok(Storage::plain(Arc::new(local::LocalBackend::new()))),
         BackendKind::Ebs => Ok(Storage::ebs(Arc::new(ebs::EbsBackend::open(
             aws, data_root,
         )?))),

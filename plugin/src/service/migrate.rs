@@ -8,6 +8,7 @@
 //! never wait on it): the operator, or `daffe migrate`, stops the containers.
 
 use super::{ServiceError, VolumeService, VolumeView, in_use, lock, vref};
+use crate::backend::VolumeRef;
 use crate::backend::local::LocalPaths;
 use crate::backend::local::block;
 use crate::backend::local::paths::image_path;
@@ -317,6 +318,14 @@ impl VolumeService {
                 message: "this host's backend cannot receive volumes".into(),
             });
         };
+        // A sized dir volume needs project quotas here too (issue 12,
+        // finding 7): refused before the source sends anything.
+        self.backend.check_create(VolumeRef {
+            name: &req.name,
+            settings: &settings,
+            profile: &req.profile,
+            docker_name,
+        })?;
         let mut resuming = false;
         if let Some(existing) = self.records.get(&req.name)? {
             match &existing.state {

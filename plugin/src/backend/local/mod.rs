@@ -14,12 +14,15 @@
 //!   other mount namespace, no loop holder)? Unmount and migrate's cutover ask.
 //! - [`writes`]: where a mounted block volume was written (the kernel's
 //!   block tracepoint), so scans of its image read only that.
+//! - [`quota`]: a `dir` volume's size limit, a project quota on its
+//!   directory (issue 12, finding 7).
 
 pub(crate) mod block;
 pub(crate) mod claim;
 pub(crate) mod dir;
 pub(crate) mod holders;
 pub(crate) mod paths;
+pub(crate) mod quota;
 pub(crate) mod writes;
 
 pub(crate) use paths::LocalPaths;
@@ -28,8 +31,25 @@ use super::{Backend, BackendError, Status, VolumeRef};
 use paths::image_path;
 use profiles::{BackendKind, LocalFormat, LocalSettings, Settings};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-pub(crate) struct LocalBackend;
+pub(crate) struct LocalBackend {
+    /// Project quotas, for `dir` volumes with a size.
+    quotas: Arc<dyn quota::ProjectQuotas>,
+}
+
+impl LocalBackend {
+    /// The backend over the host's real quota tools.
+    pub(crate) fn new() -> Self {
+        Self::with_quotas(Arc::new(quota::tools::QuotaTools))
+    }
+
+    pub(crate) fn with_quotas(quotas: Arc<dyn quota::ProjectQuotas>) -> Self {
+        Self { quotas }
+    }
+}
+
+use dir::quota_err;
 
 fn local<'a>(vol: VolumeRef<'a>) -> Result<&'a LocalSettings, BackendError> {
     match vol.settings {
@@ -50,10 +70,24 @@ impl Backend for LocalBackend {
     fn create(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
         let s = local(vol)?;
         let p = LocalPaths::new(vol.name, s);
-        match s.format {
-            LocalFormat::Dir => dir::create(vol.name, &p),
-            LocalFormat::Block => block::create(vol.name, s, &p),
+        match (s.format, s.size) {
+            (LocalFormat::Dir, None) => dir::create(vol.name, &p),
+            (LocalFormat::Dir, Some(size)) => {
+                dir::create_limited(vol.name, &p, self.quotas.as_ref(), size.bytes())
+            }
+            (LocalFormat::Block, _) => block::create(vol.name, s, &p),
         }
+    }
+
+    /// A sized dir volume needs a filesystem that enforces project quotas:
+    /// asked before a migration sends anything here.
+    fn check_create(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        let s = local(vol)?;
+        if let (LocalFormat::Dir, Some(_)) = (s.format, s.size) {
+            let p = LocalPaths::new(vol.name, s);
+            quota::check(self.quotas.as_ref(), &p.dir).map_err(quota_err(vol.name))?;
+        }
+        Ok(())
     }
 
     fn remove(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
@@ -89,18 +123,43 @@ impl Backend for LocalBackend {
             );
             return Ok(());
         }
+        // A sized dir volume's project, read before its directory goes.
+        let project = match (s.format, s.size) {
+            (LocalFormat::Dir, Some(_)) => {
+                quota::project(self.quotas.as_ref(), &p.data).map_err(quota_err(vol.name))?
+            }
+            _ => None,
+        };
         match std::fs::remove_dir_all(&p.dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(BackendError::io(vol.name, "removing", &p.dir, e)),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(BackendError::io(vol.name, "removing", &p.dir, e)),
         }
+        // Cleared only once the files are gone: until then the limit holds.
+        // A failure here leaves an unused id with a limit (nothing is
+        // charged to it), logged; the volume itself is gone.
+        if let Some((fs, id)) = project
+            && let Err(e) = quota::release(self.quotas.as_ref(), &fs, id)
+        {
+            tracing::warn!(
+                volume = vol.name,
+                project = id,
+                "clearing the size limit: {e}"
+            );
+        }
+        Ok(())
     }
 
     fn mount(&self, vol: VolumeRef<'_>) -> Result<PathBuf, BackendError> {
         let s = local(vol)?;
         let p = LocalPaths::new(vol.name, s);
         match s.format {
-            LocalFormat::Dir => dir::mount(vol.name, &p)?,
+            LocalFormat::Dir => match s.size {
+                None => dir::mount(vol.name, &p)?,
+                Some(size) => {
+                    dir::mount_limited(vol.name, &p, self.quotas.as_ref(), size.bytes())?;
+                }
+            },
             LocalFormat::Block => {
                 block::mount(vol.name, s, &p)?;
                 if let Some(dev) = super::mountpoint::mounted_at(&p.data) {
@@ -160,6 +219,21 @@ impl Backend for LocalBackend {
             );
             st.insert("mounted".into(), super::sys::is_mountpoint(&p.data).into());
         }
+        if let (LocalFormat::Dir, Some(size)) = (s.format, s.size) {
+            st.insert("size_limit".into(), size.bytes().into());
+            match quota::status(self.quotas.as_ref(), &p.data) {
+                Ok(Some((id, u))) => {
+                    st.insert("quota_project".into(), id.into());
+                    st.insert("size_used".into(), u.used.into());
+                }
+                Ok(None) => {
+                    st.insert("quota_error".into(), "the directory has no project".into());
+                }
+                Err(e) => {
+                    st.insert("quota_error".into(), e.to_string().into());
+                }
+            }
+        }
         st
     }
 }
@@ -183,7 +257,7 @@ mod tests {
             profile: "default",
             docker_name: "db",
         };
-        let b = LocalBackend;
+        let b = LocalBackend::new();
         b.create(vol).unwrap();
         b.create(vol).unwrap(); // idempotent
         let mp = b.mount(vol).unwrap();
@@ -217,11 +291,71 @@ mod tests {
         let theirs = root.path().join("local/default/victim/data");
         std::fs::create_dir_all(&theirs).unwrap();
         std::fs::write(theirs.join("precious"), b"x").unwrap();
-        let b = LocalBackend;
+        let b = LocalBackend::new();
         let err = b.create(vol).expect_err("a foreign directory was adopted");
         assert!(err.to_string().contains("daffe did not make it"), "{err}");
         b.remove(vol).unwrap();
         assert!(theirs.join("precious").exists(), "Remove deleted it");
+    }
+
+    /// Issue 12, finding 7: a dir volume with a size gets a project quota;
+    /// Inspect shows it, Remove frees it; a filesystem without enforced
+    /// project quotas refuses the volume before anything is made.
+    #[test]
+    fn finding_7_sized_dir_volumes_get_a_project_quota_or_are_refused() {
+        use quota::ProjectQuotas;
+        use quota::fake::FakeQuotas;
+        use quota::pure::ProjectState;
+        let root = tempfile::tempdir().unwrap();
+        let settings = Settings::Local(LocalSettings {
+            root: root.path().join("local/default"),
+            format: LocalFormat::Dir,
+            size: Some(profiles::ByteSize(64 << 20)),
+            filesystem: None,
+        });
+        let vol = VolumeRef {
+            name: "tenant",
+            settings: &settings,
+            profile: "default",
+            docker_name: "tenant",
+        };
+        let q = Arc::new(FakeQuotas::new(ProjectState::Enforced));
+        let b = LocalBackend::with_quotas(q.clone());
+        b.create(vol).unwrap();
+        b.check_create(vol).unwrap();
+        let dir = root.path().join("local/default/tenant");
+        let data = dir.join("data");
+        let id = q.project_of(&data).unwrap();
+        assert_ne!(id, 0);
+        assert_eq!(q.project_of(&dir).unwrap(), 0, "daffe's own files stay out");
+        assert_eq!(q.limit_of(id), 64 << 20);
+        b.create(vol).unwrap(); // idempotent: same id
+        assert_eq!(q.project_of(&data).unwrap(), id);
+        // A Mount after data/ was deleted never hands out an unlimited one.
+        std::fs::remove_dir(&data).unwrap();
+        q.forget_dir(&data);
+        b.mount(vol).unwrap();
+        let id2 = q.project_of(&data).unwrap();
+        assert_ne!(id2, 0);
+        assert_eq!(q.limit_of(id2), 64 << 20);
+        let id = id2;
+        let st = b.status(vol);
+        assert_eq!(st["size_limit"], 64 << 20);
+        assert_eq!(st["quota_project"], id);
+        assert!(st["size_used"].as_u64().unwrap() > 0, "{st:?}");
+        b.remove(vol).unwrap();
+        assert!(!dir.exists());
+        assert_eq!(q.limit_of(id), 0, "remove frees the quota");
+
+        let off = Arc::new(FakeQuotas::new(ProjectState::Off));
+        let b = LocalBackend::with_quotas(off.clone());
+        let err = b.create(vol).unwrap_err().to_string();
+        assert!(
+            err.contains("cannot enforce a size") && err.contains("prjquota"),
+            "{err}"
+        );
+        assert!(!dir.exists(), "nothing made");
+        assert!(off.calls().is_empty(), "{:?}", off.calls());
     }
 
     #[test]
@@ -242,7 +376,7 @@ mod tests {
             docker_name: "db",
         };
         assert!(matches!(
-            LocalBackend.create(vol),
+            LocalBackend::new().create(vol),
             Err(BackendError::WrongBackend { .. })
         ));
     }

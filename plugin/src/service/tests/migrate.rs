@@ -76,6 +76,32 @@ fn check_receive_wants_the_profile_and_room() {
     assert!(ok.free_bytes > 0 && !ok.resuming);
 }
 
+/// Issue 12, finding 7: a sized dir volume is refused before anything is
+/// sent where this host's filesystem cannot enforce its limit (the real
+/// local backend on the test's temporary directory).
+#[test]
+fn a_sized_dir_volume_is_refused_before_sending_where_quotas_are_off() {
+    use crate::backend::local::quota::{ProjectQuotas, pure::ProjectState, tools::QuotaTools};
+    let (d, svc) = local_service();
+    let opts: BTreeMap<String, String> = [("size".to_owned(), "16M".to_owned())].into();
+    let enforced = QuotaTools.filesystem(d.path()).unwrap().project == ProjectState::Enforced;
+    let checked = svc.check_receive("q", &opts, 1);
+    if enforced {
+        checked.unwrap();
+        return;
+    }
+    let err = checked.unwrap_err().to_string();
+    assert!(
+        err.contains("cannot enforce a size on a dir volume"),
+        "{err}"
+    );
+    let err = svc.prepare_receive("q", &opts, "hosta").unwrap_err();
+    assert!(err.to_string().contains("cannot enforce a size"), "{err}");
+    assert!(svc.list().unwrap().is_empty(), "nothing recorded");
+    // Unsized, the same volume is received as before.
+    svc.check_receive("q", &BTreeMap::new(), 1).unwrap();
+}
+
 #[test]
 fn a_received_block_image_starts_as_all_holes() {
     use std::os::unix::fs::MetadataExt;

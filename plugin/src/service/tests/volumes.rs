@@ -50,11 +50,11 @@ fn invalid_names_are_refused_before_any_work() {
     }
     let err = e
         .svc
-        .create("db", &[("size".to_owned(), "1G".to_owned())].into())
+        .create("db", &[("size".to_owned(), "512K".to_owned())].into())
         .unwrap_err();
     assert!(
         matches!(err, ServiceError::Resolve(_)),
-        "size on a dir profile: {err}"
+        "a dir volume's size under its 1M minimum: {err}"
     );
     assert!(e.fake.calls().is_empty());
     assert!(e.svc.list().unwrap().is_empty());
