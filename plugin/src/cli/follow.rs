@@ -591,8 +591,8 @@ impl HostForward<'_> {
     fn step(&mut self, s: Step) {
         let Some(fwd) = &mut self.fwd else { return };
         let e = match s {
-            Step::SourceStopped { from, to } if from == self.me => KeepEvent::ForwardTo(to),
-            Step::SourceStopped { .. } => return,
+            Step::SourceStopping { from, to } if from == self.me => KeepEvent::ForwardTo(to),
+            Step::SourceStopping { .. } => return,
             Step::DestinationStarting { to } if to != self.me => return,
             Step::DestinationStarting { .. } | Step::SourceRestarting => KeepEvent::Stop,
         };

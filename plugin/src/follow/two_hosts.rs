@@ -104,10 +104,13 @@ impl Plan {
 /// What happens during a move, for the caller (the forwarder).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Step {
-    /// The source container (in region `from`) stopped: its port is free,
-    /// and the service will answer at `to` (not yet: it starts after the
-    /// final round).
-    SourceStopped { from: String, to: Placed },
+    /// The source container (in region `from`) is being stopped: its port
+    /// frees when it exits, and the service will answer at `to` (not yet:
+    /// it starts after the final round). Said before the stop, so that a
+    /// forwarder takes the port the moment the kernel frees it, not after
+    /// the engine's cleanup (the volume's unmount), which takes longer
+    /// than a client's retry may wait.
+    SourceStopping { from: String, to: Placed },
     /// The container is about to start in region `to` (a forwarder there
     /// must free the port first).
     DestinationStarting { to: String },
@@ -281,14 +284,11 @@ impl TwoHostActuator<'_> {
             .mover
             .migrate(&p.volume, &src.spec, &dst.spec, &mut || {
                 if stopped.is_none() {
-                    let r = src.engine.stop(&source.id, STOP_GRACE);
-                    if r.is_ok() {
-                        on_step(Step::SourceStopped {
-                            from: p.from.clone(),
-                            to: to_placed.clone(),
-                        });
-                    }
-                    stopped = Some(r);
+                    on_step(Step::SourceStopping {
+                        from: p.from.clone(),
+                        to: to_placed.clone(),
+                    });
+                    stopped = Some(src.engine.stop(&source.id, STOP_GRACE));
                 }
             });
         let report = match result {
@@ -316,8 +316,10 @@ impl TwoHostActuator<'_> {
                     ));
                 }
                 // Before the handover: migrate gave the volume back.
-                let restarted = if matches!(stopped, Some(Ok(()))) {
+                if stopped.is_some() {
                     (self.on_step)(Step::SourceRestarting);
+                }
+                let restarted = if matches!(stopped, Some(Ok(()))) {
                     match src.engine.start(&source.id) {
                         Ok(()) => format!(
                             "{} started again, volume {} unchanged",

@@ -86,7 +86,7 @@ fn a_move_stops_the_source_at_the_unmount_and_starts_the_same_container_there() 
     assert_eq!(b.calls(), vec!["create counter", "start counter"]);
     assert_eq!(mover.owner, "eu");
     assert!(
-        matches!(&steps[..], [Step::SourceStopped { from, to }, Step::DestinationStarting { to: t }]
+        matches!(&steps[..], [Step::SourceStopping { from, to }, Step::DestinationStarting { to: t }]
             if from == "us" && to.addr == "10.0.0.2" && t == "eu"),
         "{steps:?}"
     );
@@ -234,7 +234,7 @@ fn a_failed_migration_gives_the_container_back_to_the_source() {
     // A forwarder on the port goes before the container comes back.
     assert!(matches!(
         &steps[..],
-        [Step::SourceStopped { .. }, Step::SourceRestarting]
+        [Step::SourceStopping { .. }, Step::SourceRestarting]
     ));
 }
 
