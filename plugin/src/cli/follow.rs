@@ -72,36 +72,14 @@ pub struct FollowArgs {
     /// (decisions only: with --dry-run).
     #[arg(long, conflicts_with = "hosts")]
     pub(crate) region: Option<String>,
-    /// Two-host mode (no Swarm), once per host:
-    /// REGION=agent=HOST[:PORT],engine=SOCKET,control=SOCKET[,tls-dir=DIR][,addr=ADDR]:
-    /// the host's daffe agent, its Docker engine's socket, its daffe
-    /// daemon's control socket (paths here; a remote host's forwarded, e.g.
-    /// `ssh -L`), the certificate it presents as a source (default
-    /// --tls-dir) and where clients reach it (default the agent's host).
-    /// A move migrates the container's daffe volume (pre-copy while it
-    /// runs), stops it on the source at the cutover, and creates and starts
-    /// the same container on the destination.
-    #[arg(long = "host", value_name = "REGION=agent=..,engine=..,control=..")]
-    pub(crate) hosts: Vec<HostSpec>,
-    /// Two-host mode: the container (default: the service's name).
-    #[arg(long, requires = "hosts")]
-    pub(crate) container: Option<String>,
-    /// Two-host mode: which of the container's plugin volumes moves (when
-    /// it has more than one).
-    #[arg(long, requires = "hosts")]
-    pub(crate) volume: Option<String>,
-    /// Two-host mode: `daffe migrate --connect-timeout`.
-    #[arg(long, default_value = "5s", requires = "hosts")]
-    pub(crate) connect_timeout: String,
-    /// Two-host mode: the certificates (ca.pem, node.pem, node.key) a source
-    /// host presents when its --host names no tls-dir.
-    #[arg(long, env = "DAFFE_TLS_DIR", requires = "hosts")]
-    pub(crate) tls_dir: Option<PathBuf>,
     /// Regions a move may go to (comma-separated; default: the regions of
     /// the swarm's schedulable nodes, or in standalone mode every region of
     /// the RTT table).
     #[arg(long, value_delimiter = ',')]
     pub(crate) sites: Vec<String>,
+    /// Two-host mode (boxed: it would make every subcommand's value as big).
+    #[command(flatten)]
+    pub(crate) two: Box<HostArgs>,
     /// Say what would be done; change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -159,6 +137,36 @@ pub struct FollowArgs {
     /// Print JSON lines on stdout instead of text (for scripts).
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// Two-host mode's flags (no Swarm).
+#[derive(Debug, Args)]
+pub(crate) struct HostArgs {
+    /// Two-host mode (no Swarm), once per host:
+    /// REGION=agent=HOST[:PORT],engine=SOCKET,control=SOCKET[,tls-dir=DIR][,addr=ADDR]:
+    /// the host's daffe agent, its Docker engine's socket, its daffe
+    /// daemon's control socket (paths here; a remote host's forwarded, e.g.
+    /// `ssh -L`), the certificate it presents as a source (default
+    /// --tls-dir) and where clients reach it (default the agent's host).
+    /// A move migrates the container's daffe volume (pre-copy while it
+    /// runs), stops it on the source at the cutover, and creates and starts
+    /// the same container on the destination.
+    #[arg(long = "host", value_name = "REGION=agent=..,engine=..,control=..")]
+    pub(crate) hosts: Vec<HostSpec>,
+    /// Two-host mode: the container (default: the service's name).
+    #[arg(long, requires = "hosts")]
+    pub(crate) container: Option<String>,
+    /// Two-host mode: which of the container's plugin volumes moves (when
+    /// it has more than one).
+    #[arg(long, requires = "hosts")]
+    pub(crate) volume: Option<String>,
+    /// Two-host mode: `daffe migrate --connect-timeout`.
+    #[arg(long, default_value = "5s", requires = "hosts")]
+    pub(crate) connect_timeout: String,
+    /// Two-host mode: the certificates (ca.pem, node.pem, node.key) a source
+    /// host presents when its --host names no tls-dir.
+    #[arg(long, env = "DAFFE_TLS_DIR", requires = "hosts")]
+    pub(crate) tls_dir: Option<PathBuf>,
 }
 
 /// The moves `follow` made for a service.
@@ -281,7 +289,7 @@ fn tick(a: &FollowArgs, api: &dyn SwarmApi) -> Result<TickReport, String> {
 }
 
 fn container_of(a: &FollowArgs) -> &str {
-    a.container.as_deref().unwrap_or(&a.service)
+    a.two.container.as_deref().unwrap_or(&a.service)
 }
 
 /// One decision and, if it says move, the move.
@@ -377,7 +385,7 @@ fn tick_in(a: &FollowArgs, mode: Mode<'_>) -> Result<TickReport, String> {
         if let (Ok(Some(Outcome::DryRun(said))), Mode::Hosts { hosts, .. }, Action::Move { to }) =
             (&r, &mode, &advice.decision.action)
         {
-            let plan = match two_hosts::plan(hosts, container_of(a), a.volume.as_deref(), to) {
+            let plan = match two_hosts::plan(hosts, container_of(a), a.two.volume.as_deref(), to) {
                 Ok(p) => format!("plan: {}", p.render()),
                 Err(e) => format!("the move would be refused: {e}"),
             };
@@ -406,7 +414,7 @@ fn tick_in(a: &FollowArgs, mode: Mode<'_>) -> Result<TickReport, String> {
                 let mut th = TwoHostActuator {
                     hosts,
                     container: container_of(a).to_owned(),
-                    volume: a.volume.clone(),
+                    volume: a.two.volume.clone(),
                     mover,
                     on_step,
                     last: None,
@@ -631,8 +639,8 @@ fn follow_hosts(
     keep_opts: Option<KeepOptions>,
     interval: Duration,
 ) -> Result<ExitCode, String> {
-    hosts::check(&a.hosts).map_err(|e| e.to_string())?;
-    let regions: Vec<&str> = a.hosts.iter().map(|h| h.region.as_str()).collect();
+    hosts::check(&a.two.hosts).map_err(|e| e.to_string())?;
+    let regions: Vec<&str> = a.two.hosts.iter().map(|h| h.region.as_str()).collect();
     if a.forward_only {
         return Err("--forward-only is for Swarm mode; in two-host mode the follow that moves the container forwards (on the host named by --node)".into());
     }
@@ -650,11 +658,13 @@ fn follow_hosts(
         (None, None) => String::new(),
     };
     let engines: Vec<EngineClient> = a
+        .two
         .hosts
         .iter()
         .map(|h| EngineClient::new(&h.engine))
         .collect();
     let hs: Vec<Host<'_>> = a
+        .two
         .hosts
         .iter()
         .zip(&engines)
@@ -664,13 +674,13 @@ fn follow_hosts(
         })
         .collect();
     let mut mover = RealMover {
-        tls_dir: a.tls_dir.clone(),
+        tls_dir: a.two.tls_dir.clone(),
         // The move model's downtime target is migrate's (`--max-downtime`).
         max_downtime: dur(
             a.moves.max_downtime.as_deref().unwrap_or("2s"),
             "max-downtime",
         )?,
-        connect_timeout: dur(&a.connect_timeout, "connect-timeout")?,
+        connect_timeout: dur(&a.two.connect_timeout, "connect-timeout")?,
         unmount_timeout: two_hosts::UNMOUNT_LIMIT,
     };
     let mut hf = HostForward {
@@ -769,7 +779,7 @@ fn follow(a: &FollowArgs) -> Result<ExitCode, String> {
             stop.store(true, Ordering::Relaxed);
         });
     }
-    if !a.hosts.is_empty() {
+    if !a.two.hosts.is_empty() {
         return follow_hosts(a, &rt, &stop, keep_opts, interval);
     }
     let api = EngineClient::new(&a.engine);
@@ -990,7 +1000,8 @@ mod tests {
         a_eng.run("web", "busybox", &[("counter@gold", "daffe")]);
         let b_eng = FakeEngine::with_image("busybox");
         let hosts_of = |a: &FollowArgs| -> Vec<Host<'_>> {
-            a.hosts
+            a.two
+                .hosts
                 .iter()
                 .zip([
                     &a_eng as &dyn crate::follow::containers::ContainerApi,
