@@ -21,6 +21,7 @@ mod ebs_migrate;
 mod ebs_snapshot;
 mod ebs_volumes;
 mod flocker_profiles;
+mod follow_hosts;
 mod follow_swarm;
 mod hardening;
 mod hardening_control;

@@ -1,7 +1,7 @@
 //! How a decision becomes a move. `daffe follow` gives an [`Actuator`] that
-//! updates a Swarm service's placement (`plugin/src/follow/swarm.rs`); one
-//! that runs `daffe migrate` and restarts the container on two hosts is not
-//! built. This crate defines the seam and the dry run, and the step that
+//! updates a Swarm service's placement (`plugin/src/follow/swarm.rs`), and
+//! one that runs `daffe migrate` and moves the container between two hosts
+//! (`plugin/src/follow/two_hosts.rs`). This crate defines the seam and the dry run, and the step that
 //! ties an advice, the state and an actuator together.
 
 use crate::advise::Advice;

@@ -10,19 +10,32 @@
 //! its decisions, the others with `--forward-only`), since each old node
 //! listens on its own address.
 //!
+//! Two-host mode (no Swarm): `--host REGION=agent=...,engine=...,control=...`
+//! once per host (`follow::hosts`). The service is a container (`--container`,
+//! default SERVICE) that runs on one of them; a move is `daffe migrate` of its
+//! daffe volume with pre-copy while it runs, the container stopped on the
+//! source at the cutover and created and started on the destination
+//! (`follow::two_hosts`). With `--forward-port`, the host named by `--node`
+//! (this one, where `follow` runs) forwards the port from the moment its
+//! container stops, holding clients until the new host answers.
+//!
 //! The moves made are kept in `SERVICE.follow.json` beside observe's state
 //! (observe rewrites its own file and would drop them); the rule's minimum
 //! stay and daily budget count them.
 
 use super::placement::{DEFAULT_STATE_DIR, MoveArgs, TableArgs, now_s, read_rule, state_path};
 use crate::follow::engine::{DEFAULT_ENGINE, EngineClient, SwarmApi};
+use crate::follow::hosts::{self, HostSpec};
 use crate::follow::keep::{Forwarders, KeepEvent, KeepOptions, KeepReport, Keeper};
+use crate::follow::migrate::RealMover;
 use crate::follow::swarm::{self, Done, SwarmActuator, Wait};
+use crate::follow::two_hosts::{self, Host, Mover, Step, TwoHostActuator};
 use crate::migrate::duration;
 use clap::{Args, ValueEnum};
-use placement::actuator::{self, Actuator, DryRun, Outcome};
+use placement::actuator::{self, DryRun, Outcome};
 use placement::advise;
 use placement::rates::DemandConfig;
+use placement::rule::Action;
 use placement::state::{self, MoveEvent};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -55,14 +68,18 @@ pub struct FollowArgs {
     /// The node label that holds a node's region.
     #[arg(long, default_value = "region")]
     pub(crate) region_label: String,
-    /// Standalone mode (no Swarm): the region serving the service now.
-    #[arg(long)]
+    /// Standalone mode (no Swarm): the region serving the service now
+    /// (decisions only: with --dry-run).
+    #[arg(long, conflicts_with = "hosts")]
     pub(crate) region: Option<String>,
     /// Regions a move may go to (comma-separated; default: the regions of
     /// the swarm's schedulable nodes, or in standalone mode every region of
     /// the RTT table).
     #[arg(long, value_delimiter = ',')]
     pub(crate) sites: Vec<String>,
+    /// Two-host mode (boxed: it would make every subcommand's value as big).
+    #[command(flatten)]
+    pub(crate) two: Box<HostArgs>,
     /// Say what would be done; change nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
@@ -96,7 +113,9 @@ pub struct FollowArgs {
     /// Only watch and forward (nodes other than the one that decides).
     #[arg(long, requires = "forward_port")]
     pub(crate) forward_only: bool,
-    /// This node's name in the swarm (default: the hostname).
+    /// This node's name in the swarm (default: the hostname); in two-host
+    /// mode, the region of the host this `follow` runs on (it forwards when
+    /// the container leaves it).
     #[arg(long)]
     pub(crate) node: Option<String>,
     /// The address the forwarder listens on.
@@ -118,6 +137,36 @@ pub struct FollowArgs {
     /// Print JSON lines on stdout instead of text (for scripts).
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// Two-host mode's flags (no Swarm).
+#[derive(Debug, Args)]
+pub(crate) struct HostArgs {
+    /// Two-host mode (no Swarm), once per host:
+    /// REGION=agent=HOST[:PORT],engine=SOCKET,control=SOCKET[,tls-dir=DIR][,addr=ADDR]:
+    /// the host's daffe agent, its Docker engine's socket, its daffe
+    /// daemon's control socket (paths here; a remote host's forwarded, e.g.
+    /// `ssh -L`), the certificate it presents as a source (default
+    /// --tls-dir) and where clients reach it (default the agent's host).
+    /// A move migrates the container's daffe volume (pre-copy while it
+    /// runs), stops it on the source at the cutover, and creates and starts
+    /// the same container on the destination.
+    #[arg(long = "host", value_name = "REGION=agent=..,engine=..,control=..")]
+    pub(crate) hosts: Vec<HostSpec>,
+    /// Two-host mode: the container (default: the service's name).
+    #[arg(long, requires = "hosts")]
+    pub(crate) container: Option<String>,
+    /// Two-host mode: which of the container's plugin volumes moves (when
+    /// it has more than one).
+    #[arg(long, requires = "hosts")]
+    pub(crate) volume: Option<String>,
+    /// Two-host mode: `daffe migrate --connect-timeout`.
+    #[arg(long, default_value = "5s", requires = "hosts")]
+    pub(crate) connect_timeout: String,
+    /// Two-host mode: the certificates (ca.pem, node.pem, node.key) a source
+    /// host presents when its --host names no tls-dir.
+    #[arg(long, env = "DAFFE_TLS_DIR", requires = "hosts")]
+    pub(crate) tls_dir: Option<PathBuf>,
 }
 
 /// The moves `follow` made for a service.
@@ -224,8 +273,27 @@ fn dur(s: &str, what: &str) -> Result<Duration, String> {
     duration::parse(s).map_err(|e| format!("--{what}: {e}"))
 }
 
-/// One decision and, if it says move, the move.
+/// Where the service is and how it moves.
+enum Mode<'a> {
+    Swarm(&'a dyn SwarmApi),
+    Hosts {
+        hosts: &'a [Host<'a>],
+        mover: &'a mut dyn Mover,
+        on_step: &'a mut dyn FnMut(Step),
+    },
+}
+
+/// One decision and, if it says move, the move (Swarm mode).
 fn tick(a: &FollowArgs, api: &dyn SwarmApi) -> Result<TickReport, String> {
+    tick_in(a, Mode::Swarm(api))
+}
+
+fn container_of(a: &FollowArgs) -> &str {
+    a.two.container.as_deref().unwrap_or(&a.service)
+}
+
+/// One decision and, if it says move, the move.
+fn tick_in(a: &FollowArgs, mode: Mode<'_>) -> Result<TickReport, String> {
     let table = a.table.table()?;
     let rule = read_rule(&a.rule)?;
     let model = a.moves.model()?;
@@ -242,8 +310,17 @@ fn tick(a: &FollowArgs, api: &dyn SwarmApi) -> Result<TickReport, String> {
     let mpath = moves_path(&a.state_dir, &a.service)?;
     let mut log = load_moves(&mpath, &a.service)?;
     st.moves.clone_from(&log.moves);
-    let (current, sites) = match &a.region {
-        Some(r) => (
+    let (current, sites) = match (&a.region, &mode) {
+        (None, Mode::Hosts { hosts, .. }) => {
+            let (i, _) = two_hosts::locate(hosts, container_of(a))?;
+            let sites = if a.sites.is_empty() {
+                hosts.iter().map(|h| h.spec.region.clone()).collect()
+            } else {
+                a.sites.clone()
+            };
+            (hosts[i].spec.region.clone(), sites)
+        }
+        (Some(r), _) => (
             r.clone(),
             if a.sites.is_empty() {
                 table.names().to_vec()
@@ -251,8 +328,8 @@ fn tick(a: &FollowArgs, api: &dyn SwarmApi) -> Result<TickReport, String> {
                 a.sites.clone()
             },
         ),
-        None => {
-            let here = swarm::locate(api, &a.service, &a.region_label)
+        (None, Mode::Swarm(api)) => {
+            let here = swarm::locate(*api, &a.service, &a.region_label)
                 .map_err(|e| e.to_string())?
                 .ok_or_else(|| format!("no task of {} is placed on a node now", a.service))?;
             let region = here.region.ok_or_else(|| {
@@ -297,17 +374,58 @@ fn tick(a: &FollowArgs, api: &dyn SwarmApi) -> Result<TickReport, String> {
         error: None,
     };
     let mut dry = DryRun::default();
-    let mut sw = SwarmActuator {
-        api,
-        label: a.region_label.clone(),
-        wait: Wait {
-            limit: dur(&a.wait, "wait")?,
-            ..Wait::default()
-        },
-        last: None,
+    let wait = Wait {
+        limit: dur(&a.wait, "wait")?,
+        ..Wait::default()
     };
-    let act: &mut dyn Actuator = if a.dry_run { &mut dry } else { &mut sw };
-    match actuator::follow_step(&advice, &mut st, act) {
+    let mut last = None;
+    let stepped = if a.dry_run {
+        let r = actuator::follow_step(&advice, &mut st, &mut dry);
+        // Two-host mode says what the move would do, or why it would be refused.
+        if let (Ok(Some(Outcome::DryRun(said))), Mode::Hosts { hosts, .. }, Action::Move { to }) =
+            (&r, &mode, &advice.decision.action)
+        {
+            let plan = match two_hosts::plan(hosts, container_of(a), a.two.volume.as_deref(), to) {
+                Ok(p) => format!("plan: {}", p.render()),
+                Err(e) => format!("the move would be refused: {e}"),
+            };
+            Ok(Some(Outcome::DryRun(format!("{said}; {plan}"))))
+        } else {
+            r
+        }
+    } else {
+        match mode {
+            Mode::Swarm(api) => {
+                let mut sw = SwarmActuator {
+                    api,
+                    label: a.region_label.clone(),
+                    wait,
+                    last: None,
+                };
+                let r = actuator::follow_step(&advice, &mut st, &mut sw);
+                last = sw.last.take();
+                r
+            }
+            Mode::Hosts {
+                hosts,
+                mover,
+                on_step,
+            } => {
+                let mut th = TwoHostActuator {
+                    hosts,
+                    container: container_of(a).to_owned(),
+                    volume: a.two.volume.clone(),
+                    mover,
+                    on_step,
+                    last: None,
+                };
+                let r = actuator::follow_step(&advice, &mut st, &mut th);
+                last = th.last.take();
+                r
+            }
+        }
+    };
+    match stepped {
         Ok(None) => {}
         Ok(Some(Outcome::DryRun(s))) => {
             report.outcome = "dry-run";
@@ -315,7 +433,7 @@ fn tick(a: &FollowArgs, api: &dyn SwarmApi) -> Result<TickReport, String> {
         }
         Ok(Some(Outcome::Moved)) => {
             report.outcome = "moved";
-            report.moved = sw.last.take();
+            report.moved = last;
             log.moves = st.moves;
             save_moves(&mpath, &log)?;
         }
@@ -469,10 +587,156 @@ fn sleep_unless(stop: &AtomicBool, d: Duration) {
     }
 }
 
+/// Two-host mode's forwarder: started when the container stops on this
+/// host (`--node`), stopped before a container starts here again.
+struct HostForward<'a> {
+    fwd: Option<Forwarders>,
+    me: &'a str,
+    json: bool,
+}
+
+impl HostForward<'_> {
+    fn step(&mut self, s: Step) {
+        let Some(fwd) = &mut self.fwd else { return };
+        let e = match s {
+            Step::SourceStopping { from, to } if from == self.me => KeepEvent::ForwardTo(to),
+            Step::SourceStopping { .. } => return,
+            Step::DestinationStarting { to } if to != self.me => return,
+            Step::DestinationStarting { .. } | Step::SourceRestarting => KeepEvent::Stop,
+        };
+        if e == KeepEvent::Stop && !fwd.active() {
+            return;
+        }
+        announce(self.json, &e);
+        if let Some(r) = fwd.apply(e) {
+            print_forward(self.json, r);
+        }
+    }
+
+    fn finished(&mut self) {
+        if let Some(r) = self.fwd.as_mut().and_then(Forwarders::finished) {
+            print_forward(self.json, r);
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.fwd.as_ref().is_some_and(Forwarders::active)
+    }
+
+    fn stop(&mut self) {
+        if let Some(r) = self.fwd.as_mut().and_then(Forwarders::stop) {
+            print_forward(self.json, r);
+        }
+    }
+}
+
+/// Two-host mode: decide and move every `interval` (or `--once`), with
+/// the forwarder of this host.
+fn follow_hosts(
+    a: &FollowArgs,
+    rt: &tokio::runtime::Runtime,
+    stop: &AtomicBool,
+    keep_opts: Option<KeepOptions>,
+    interval: Duration,
+) -> Result<ExitCode, String> {
+    hosts::check(&a.two.hosts).map_err(|e| e.to_string())?;
+    let regions: Vec<&str> = a.two.hosts.iter().map(|h| h.region.as_str()).collect();
+    if a.forward_only {
+        return Err("--forward-only is for Swarm mode; in two-host mode the follow that moves the container forwards (on the host named by --node)".into());
+    }
+    let me = match (&a.node, &keep_opts) {
+        (Some(n), _) if !regions.contains(&n.as_str()) => {
+            return Err(format!(
+                "--node {n} is not the region of a --host ({})",
+                regions.join(", ")
+            ));
+        }
+        (Some(n), _) => n.clone(),
+        (None, Some(_)) => {
+            return Err("--forward-port in two-host mode needs --node REGION: the host this follow runs on, whose address it forwards".into());
+        }
+        (None, None) => String::new(),
+    };
+    let engines: Vec<EngineClient> = a
+        .two
+        .hosts
+        .iter()
+        .map(|h| EngineClient::new(&h.engine))
+        .collect();
+    let hs: Vec<Host<'_>> = a
+        .two
+        .hosts
+        .iter()
+        .zip(&engines)
+        .map(|(spec, engine)| Host {
+            spec: spec.clone(),
+            engine,
+        })
+        .collect();
+    let mut mover = RealMover {
+        tls_dir: a.two.tls_dir.clone(),
+        // The move model's downtime target is migrate's (`--max-downtime`).
+        max_downtime: dur(
+            a.moves.max_downtime.as_deref().unwrap_or("2s"),
+            "max-downtime",
+        )?,
+        connect_timeout: dur(&a.two.connect_timeout, "connect-timeout")?,
+        unmount_timeout: two_hosts::UNMOUNT_LIMIT,
+    };
+    let mut hf = HostForward {
+        fwd: keep_opts.map(|o| Forwarders::new(rt.handle().clone(), o)),
+        me: &me,
+        json: a.json,
+    };
+    loop {
+        let r = tick_in(
+            a,
+            Mode::Hosts {
+                hosts: &hs,
+                mover: &mut mover,
+                on_step: &mut |s| hf.step(s),
+            },
+        );
+        match r {
+            Ok(r) if a.once => {
+                print_line(a.json, &r, render_tick);
+                // Forward for the grace (or until stopped), then exit.
+                while hf.active() && !stop.load(Ordering::Relaxed) {
+                    hf.finished();
+                    sleep_unless(stop, Duration::from_millis(200));
+                }
+                hf.stop();
+                return Ok(if r.outcome == "failed" {
+                    ExitCode::FAILURE
+                } else {
+                    ExitCode::SUCCESS
+                });
+            }
+            Ok(r) => print_line(a.json, &r, render_tick),
+            Err(e) if a.once => {
+                hf.stop();
+                return Err(e);
+            }
+            Err(e) => print_line(a.json, &serde_json::json!({ "error": &e }), |_| {
+                format!("daffe follow: {e}\n")
+            }),
+        }
+        let t = std::time::Instant::now();
+        while t.elapsed() < interval && !stop.load(Ordering::Relaxed) {
+            hf.finished();
+            sleep_unless(stop, Duration::from_millis(200).min(interval));
+        }
+        if stop.load(Ordering::Relaxed) {
+            hf.stop();
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+}
+
 fn follow(a: &FollowArgs) -> Result<ExitCode, String> {
     if a.region.is_some() && !a.dry_run {
         return Err(
-            "standalone mode (--region) can only --dry-run: the two-host actuator (daffe migrate and restarting the container) is not built yet; in a swarm, label the nodes and leave out --region".into(),
+            "standalone mode (--region) can only --dry-run; to move a container between hosts without Swarm, name them with --host (two-host mode); in a swarm, label the nodes and leave out --region".into(),
         );
     }
     if a.region.is_some() && a.forward_port.is_some() {
@@ -514,6 +778,9 @@ fn follow(a: &FollowArgs) -> Result<ExitCode, String> {
             }
             stop.store(true, Ordering::Relaxed);
         });
+    }
+    if !a.two.hosts.is_empty() {
+        return follow_hosts(a, &rt, &stop, keep_opts, interval);
     }
     let api = EngineClient::new(&a.engine);
     let me = this_node(a);
@@ -716,7 +983,147 @@ mod tests {
         assert!(render_tick(&r).contains("would move"));
         // Acting in standalone mode is refused, clearly.
         let e = follow(&args(dir.path(), &["--region", "us-east-1", "--once"])).unwrap_err();
-        assert!(e.contains("two-host actuator"), "{e}");
+        assert!(e.contains("name them with --host"), "{e}");
+    }
+
+    const HOST_US: &str =
+        "us-east-1=agent=10.0.0.1:7450,engine=/run/a.sock,control=/run/a/control.sock";
+    const HOST_EU: &str =
+        "eu-west-1=agent=10.0.0.2:7450,engine=/run/b.sock,control=/run/b/control.sock";
+
+    #[test]
+    fn two_host_mode_moves_the_container_to_its_clients_and_a_dry_run_prints_the_plan() {
+        use crate::follow::fake_hosts::{Ending, FakeEngine, FakeMover};
+        let dir = tempfile::tempdir().unwrap();
+        observed(dir.path());
+        let a_eng = FakeEngine::default();
+        a_eng.run("web", "busybox", &[("counter@gold", "daffe")]);
+        let b_eng = FakeEngine::with_image("busybox");
+        let hosts_of = |a: &FollowArgs| -> Vec<Host<'_>> {
+            a.two
+                .hosts
+                .iter()
+                .zip([
+                    &a_eng as &dyn crate::follow::containers::ContainerApi,
+                    &b_eng,
+                ])
+                .map(|(spec, engine)| Host {
+                    spec: spec.clone(),
+                    engine,
+                })
+                .collect()
+        };
+        let mut mover = FakeMover {
+            engines: vec![("us-east-1", &a_eng), ("eu-west-1", &b_eng)],
+            owner: "us-east-1".into(),
+            ending: Ending::Completes,
+            runs: 0,
+        };
+        let dry = args(
+            dir.path(),
+            &[
+                "--host",
+                HOST_US,
+                "--host",
+                HOST_EU,
+                "--container",
+                "web",
+                "--dry-run",
+            ],
+        );
+        let hs = hosts_of(&dry);
+        let r = tick_in(
+            &dry,
+            Mode::Hosts {
+                hosts: &hs,
+                mover: &mut mover,
+                on_step: &mut |_| {},
+            },
+        )
+        .unwrap();
+        assert_eq!(r.outcome, "dry-run");
+        let said = r.said.unwrap();
+        assert!(
+            said.contains("would move counter from us-east-1 to eu-west-1"),
+            "{said}"
+        );
+        assert!(
+            said.contains("plan: migrate volume counter@gold (daffe) from us-east-1 to eu-west-1 (agent 10.0.0.2:7450)"),
+            "{said}"
+        );
+        assert_eq!(mover.runs, 0);
+        assert!(a_eng.calls().is_empty());
+
+        let a = args(
+            dir.path(),
+            &["--host", HOST_US, "--host", HOST_EU, "--container", "web"],
+        );
+        let hs = hosts_of(&a);
+        let mut steps = 0;
+        let r = tick_in(
+            &a,
+            Mode::Hosts {
+                hosts: &hs,
+                mover: &mut mover,
+                on_step: &mut |_| steps += 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(r.outcome, "moved", "{r:?}");
+        let done = r.moved.as_ref().unwrap();
+        assert_eq!(done.to.addr, "10.0.0.2");
+        assert!(render_tick(&r).contains("moved to eu-west-1 (10.0.0.2)"));
+        assert!(b_eng.running("web") && !a_eng.running("web"));
+        assert_eq!(steps, 2);
+        let log = load_moves(&moves_path(dir.path(), "counter").unwrap(), "counter").unwrap();
+        assert_eq!(log.moves.len(), 1);
+        // The next decision finds it there and stays.
+        let r = tick_in(
+            &a,
+            Mode::Hosts {
+                hosts: &hs,
+                mover: &mut mover,
+                on_step: &mut |_| {},
+            },
+        )
+        .unwrap();
+        assert_eq!((r.outcome, r.current.as_str()), ("stay", "eu-west-1"));
+        assert_eq!(mover.runs, 1);
+    }
+
+    #[test]
+    fn two_host_mode_refuses_bad_hosts_and_flags_fast() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |extra: &[&str]| follow(&args(dir.path(), extra)).unwrap_err();
+        assert!(run(&["--host", HOST_US]).contains("at least two --host"));
+        assert!(run(&["--host", HOST_US, "--host", HOST_US]).contains("given by two --host"));
+        let e = run(&[
+            "--host",
+            HOST_US,
+            "--host",
+            HOST_EU,
+            "--forward-port",
+            "8080",
+        ]);
+        assert!(e.contains("needs --node REGION"), "{e}");
+        let e = run(&[
+            "--host", HOST_US, "--host", HOST_EU, "--node", "ap", "--once",
+        ]);
+        assert!(e.contains("--node ap is not the region of a --host"), "{e}");
+        // Engines that are not there: said with the region, at once.
+        let t = std::time::Instant::now();
+        observed(dir.path());
+        let e = run(&["--host", HOST_US, "--host", HOST_EU, "--once"]);
+        assert!(
+            e.contains("us-east-1: cannot reach the Docker engine at /run/a.sock"),
+            "{e}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(5));
+        // Parse errors are clap's, naming the flag's form.
+        let bad = Cli::try_parse_from(["follow", "x", "--host", "us=engine=/e"]);
+        assert!(bad.is_err());
+        let bad = Cli::try_parse_from(["follow", "x", "--host", HOST_US, "--region", "us"]);
+        assert!(bad.is_err(), "--region conflicts with --host");
     }
 
     #[test]

@@ -239,7 +239,24 @@ impl EngineClient {
     }
 
     /// One call; the reply's JSON (Null for an empty body), or the refusal.
-    fn call(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, EngineError> {
+    pub(crate) fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, EngineError> {
+        self.call_within(method, path, body, CALL_LIMIT)
+    }
+
+    /// [`Self::call`] with its own limit (a container's stop waits out its
+    /// grace before the engine answers).
+    pub(crate) fn call_within(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        limit: Duration,
+    ) -> Result<Value, EngineError> {
         let what = format!("{method} {}", path.split('?').next().unwrap_or(path));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -250,7 +267,7 @@ impl EngineClient {
             })?;
         rt.block_on(async {
             let (status, bytes) =
-                crate::unix_http::request(&self.socket, method, path, body, CALL_LIMIT)
+                crate::unix_http::request(&self.socket, method, path, body, limit)
                     .await
                     .map_err(|e| match e {
                         UnixHttpError::Connect(message) => EngineError::Connect {
@@ -260,7 +277,7 @@ impl EngineClient {
                         UnixHttpError::Timeout => EngineError::Timeout {
                             socket: self.socket.clone(),
                             what: what.clone(),
-                            secs: CALL_LIMIT.as_secs(),
+                            secs: limit.as_secs(),
                         },
                     })?;
             let value: Value = if bytes.is_empty() {

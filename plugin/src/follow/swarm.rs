@@ -101,6 +101,9 @@ pub(crate) struct Done {
     pub from: Option<Placed>,
     pub to: Placed,
     pub took_s: f64,
+    /// Two-host mode: the migration's report (`daffe migrate --json`'s).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migrate: Option<serde_json::Value>,
 }
 
 /// Moves a Swarm service by its region constraint.
@@ -153,6 +156,7 @@ impl SwarmActuator<'_> {
                         from,
                         to: p,
                         took_s: started.elapsed().as_secs_f64(),
+                        migrate: None,
                     });
                 }
                 Ok(_) => {}
