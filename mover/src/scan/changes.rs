@@ -140,6 +140,12 @@ mod tests {
     use super::*;
     use crate::chunk::ChunkId;
 
+    type Span = (u64, u64);
+    /// Ranges in, image size, ranges out.
+    type NormalizeCase<'a> = (&'a [Span], u64, &'a [Span]);
+    /// What the double's `pending` answers: a mark and the ranges.
+    type Script = (u64, Option<Vec<Span>>);
+
     fn c(offset: u64, len: u32) -> ChunkRef {
         ChunkRef {
             offset,
@@ -154,7 +160,7 @@ mod tests {
 
     #[test]
     fn normalize_sorts_merges_and_clips() {
-        let cases: &[(&[(u64, u64)], u64, &[(u64, u64)])] = &[
+        let cases: &[NormalizeCase] = &[
             (&[], 100, &[]),
             (&[(10, 20), (0, 5)], 100, &[(0, 5), (10, 20)]),
             (&[(0, 10), (10, 20)], 100, &[(0, 20)]),
@@ -171,7 +177,7 @@ mod tests {
     fn plans_keep_clean_chunks_and_reread_touched_ones() {
         let old = [c(0, 4096), c(4096, 8192), c(12288, 4096)];
         let size = 16384;
-        let cases: &[(&[(u64, u64)], Vec<Piece>)] = &[
+        let cases: &[(&[Span], Vec<Piece>)] = &[
             (
                 &[],
                 vec![
@@ -289,7 +295,7 @@ mod tests {
     /// A tracker double: the ranges the test says it wrote.
     #[derive(Default)]
     struct Told {
-        ranges: std::sync::Mutex<(u64, Option<Vec<(u64, u64)>>)>,
+        ranges: std::sync::Mutex<Script>,
         scanned: std::sync::Mutex<Vec<u64>>,
     }
 

@@ -80,20 +80,29 @@ pub(crate) struct RoundFigures {
     pub(crate) ms: u64,
 }
 
+/// What a standby round sends from here.
+pub(crate) struct Sending<'a> {
+    /// The volume's tree or image.
+    pub(crate) source: Source,
+    /// The sender's stat cache (kept between rounds).
+    pub(crate) cache_dir: &'a Path,
+    /// Who tracks where a block image was written between this cache's
+    /// scans (`crate::backend::local::writes`); none: read it whole.
+    pub(crate) changes: Option<Arc<dyn mover::ImageChanges>>,
+}
+
 /// One standby round, from this node (the owner) to another node.
 pub(crate) trait StandbyLink: Send + Sync {
     /// Asks `node` (agent at `agent`) to keep a standby of `docker_name`
     /// fed by this node, owner at `epoch`, then sends it one pre-copy round
-    /// of `source` (the sender's stat cache in `cache_dir`).
+    /// of what `sending` says.
     fn round(
         &self,
         node: &str,
         agent: &str,
         docker_name: &str,
         epoch: Epoch,
-        source: Source,
-        cache_dir: &Path,
-        changes: Option<Arc<dyn mover::ImageChanges>>,
+        sending: Sending<'_>,
     ) -> Result<RoundFigures, StandbyError>;
 }
 
@@ -133,10 +142,13 @@ impl StandbyLink for AgentStandby {
         agent: &str,
         docker_name: &str,
         epoch: Epoch,
-        source: Source,
-        cache_dir: &Path,
-        changes: Option<Arc<dyn mover::ImageChanges>>,
+        sending: Sending<'_>,
     ) -> Result<RoundFigures, StandbyError> {
+        let Sending {
+            source,
+            cache_dir,
+            changes,
+        } = sending;
         let t = Instant::now();
         let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
         // The standby must be the node etcd named (finding 5: pinned).

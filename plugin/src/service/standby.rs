@@ -108,10 +108,13 @@ impl VolumeService {
                     agent,
                     &rec.docker_name,
                     epoch,
-                    source.clone(),
-                    &paths.cache_dir,
-                    self.backend
-                        .image_changes(super::vref(&rec), &paths.cache_dir),
+                    standby::Sending {
+                        source: source.clone(),
+                        cache_dir: &paths.cache_dir,
+                        changes: self
+                            .backend
+                            .image_changes(super::vref(&rec), &paths.cache_dir),
+                    },
                 );
                 self.end_standby_send(&rec.name);
                 match r {

@@ -182,7 +182,7 @@ impl Session {
         }
         let pipe = std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
             .open(dir.join("trace_pipe"))?;
         let dropped = dropped(&dir)?;
         Ok(Session {
@@ -594,7 +594,7 @@ mod tests {
         t.scanned(p1.mark);
         // 1 MiB in a new file, and a page rewritten in an old one.
         let data: Vec<u8> = (0..1u32 << 20)
-            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[2])
             .collect();
         std::fs::write(mnt.join("new"), &data).unwrap();
         sync(&mnt);

@@ -10,7 +10,7 @@
 use super::go;
 use crate::clustering::ClusterNode;
 use crate::clustering::handover::{Handed, Handover, HandoverError, PullReport};
-use crate::clustering::standby::{RoundFigures, StandbyError, StandbyLink};
+use crate::clustering::standby::{RoundFigures, Sending, StandbyError, StandbyLink};
 use crate::service::{ErrorCode, ServiceError, VolumeService};
 use cluster::ClusterConfig;
 use cluster::memory::MemoryCoordinator;
@@ -151,10 +151,9 @@ impl StandbyLink for Agents {
         _agent: &str,
         docker_name: &str,
         epoch: cluster::Epoch,
-        source: mover::Source,
-        _cache_dir: &Path,
-        _changes: Option<std::sync::Arc<dyn mover::ImageChanges>>,
+        sending: Sending<'_>,
     ) -> Result<RoundFigures, StandbyError> {
+        let source = sending.source;
         let standby = self.nodes.service(node);
         standby
             .accept_standby(docker_name, &self.me, epoch.0)
