@@ -24,6 +24,7 @@
 //! container is kept, stopped.
 
 use daffe_e2e::docker::test_image;
+use daffe_e2e::hosts::{counter_script, must, spawn_logged, stop};
 use daffe_e2e::netns::{ADDR_A, ADDR_B, Link, Netns, NsDockerd};
 use daffe_e2e::plugin::{daffe_bin, unmount_under};
 use std::io::Write;
@@ -35,40 +36,6 @@ use std::time::{Duration, Instant};
 
 const US: &str = "us-east-1";
 const EU: &str = "eu-west-1";
-
-fn must(out: Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what} failed: {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
-    let f = std::fs::File::create(log).unwrap();
-    cmd.stdin(Stdio::null())
-        .stdout(f.try_clone().unwrap())
-        .stderr(f)
-        .env("DAFFE_LOG", "info")
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
-}
-
-fn stop(c: &mut Option<Child>) {
-    if let Some(mut c) = c.take() {
-        let _ = Command::new("kill").arg(c.id().to_string()).status();
-        let t = Instant::now();
-        while c.try_wait().ok().flatten().is_none() {
-            if t.elapsed() > Duration::from_secs(10) {
-                let _ = c.kill();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 /// One host: its engine (in its namespace), daemon and agent.
 struct Host {
@@ -316,22 +283,6 @@ impl Drop for Setup {
     }
 }
 
-/// The counter, listening on every address of its host's namespace.
-fn counter_script(port: u16) -> String {
-    format!(
-        r#"mkdir -p /www/cgi-bin
-cat > /www/cgi-bin/count <<'EOS'
-#!/bin/sh
-n=$(cat /data/count 2>/dev/null || echo 0)
-n=$((n+1))
-echo $n > /data/count.tmp && mv /data/count.tmp /data/count && sync
-printf 'Content-Type: text/plain\r\n\r\n%s\n' "$n"
-EOS
-chmod +x /www/cgi-bin/count
-exec httpd -f -p {port} -h /www"#
-    )
-}
-
 fn get(ns: &Path, url: &str) -> Result<u64, String> {
     let out = Command::new("nsenter")
         .arg(format!("--net={}", ns.display()))
@@ -495,7 +446,8 @@ fn follow_moves_the_counter_between_two_hosts_and_the_forwarder_keeps_the_old_ad
             &test_image(),
             "sh",
             "-c",
-            &counter_script(port),
+            // Every address of its host's namespace.
+            &counter_script(None, &port.to_string()),
         ]),
         "start the counter on A",
     );

@@ -3,30 +3,13 @@
 //! and (on B) agent. Needs root, dockerd, iproute2 and tc: missing ones fail
 //! the tests, they never skip.
 
-use daffe_e2e::hosts::{TwoHosts, daffe_bin, ok, test_image, wait_line};
+use daffe_e2e::hosts::{TwoHosts, counter_script, daffe_bin, ok, test_image, wait_line};
 use daffe_e2e::netns::ADDR_B;
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-
-/// The thesis' web counter: busybox httpd with a CGI script that keeps its
-/// count in /data/count (written to a temp file, renamed, synced).
-fn counter_script(label: &str, port: u16) -> String {
-    format!(
-        r#"mkdir -p /www/cgi-bin
-cat > /www/cgi-bin/count <<'EOS'
-#!/bin/sh
-n=$(cat /data/count 2>/dev/null || echo 0)
-n=$((n+1))
-echo $n > /data/count.tmp && mv /data/count.tmp /data/count && sync
-printf 'Content-Type: text/plain\r\n\r\n{label}: %s\n' "$n"
-EOS
-chmod +x /www/cgi-bin/count
-exec httpd -f -p 127.0.0.1:{port} -h /www"#
-    )
-}
 
 /// A port for the counter on A (free on the root namespace; A's engine has
 /// a network namespace of its own, where it is free too).
@@ -91,7 +74,7 @@ fn the_web_counter_keeps_its_count_across_hosts() {
             &image,
             "sh",
             "-c",
-            &counter_script("A", port),
+            &counter_script(Some("A"), &format!("127.0.0.1:{port}")),
         ]),
         "start counter on A",
     );
@@ -163,7 +146,7 @@ fn the_web_counter_keeps_its_count_across_hosts() {
             &image,
             "sh",
             "-c",
-            &counter_script("B", port),
+            &counter_script(Some("B"), &format!("127.0.0.1:{port}")),
         ]),
         "start counter on B",
     );

@@ -41,8 +41,9 @@ enum Command {
     /// Follow the clients: observe where requests come from, advise where
     /// to serve them, simulate a circadian day, forward the old address.
     Placement(cli::placement::PlacementArgs),
-    /// Act on placement's advice: move a Swarm service to its clients'
-    /// region (or --dry-run), and forward the old node's port after a move.
+    /// Act on placement's advice: move a Swarm service, or a container
+    /// between two hosts (--host), to its clients' region (or --dry-run),
+    /// and forward the old address's port after a move.
     Follow(cli::follow::FollowArgs),
 }
 

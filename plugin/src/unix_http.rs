@@ -11,6 +11,20 @@ use serde_json::Value;
 use std::path::Path;
 use std::time::Duration;
 
+/// Escapes everything but unreserved characters (RFC 3986), for a path
+/// segment or a query value of a request (volume, container and service
+/// names, a JSON filter).
+pub(crate) fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(c).to_string()
+            }
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
+}
+
 /// Why a request got no reply.
 #[derive(Debug)]
 pub(crate) enum UnixHttpError {

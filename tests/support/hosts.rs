@@ -25,7 +25,28 @@ pub use crate::plugin::daffe_bin;
 
 pub use crate::docker::test_image;
 
-fn must(out: Output, what: &str) -> String {
+/// The thesis' web counter: busybox httpd on `listen` (`PORT` or
+/// `ADDR:PORT`) with a CGI script that keeps its count in /data/count
+/// (written to a temp file, renamed, synced) and answers `LABEL: N`, or
+/// just `N` without a label.
+pub fn counter_script(label: Option<&str>, listen: &str) -> String {
+    let prefix = label.map(|l| format!("{l}: ")).unwrap_or_default();
+    format!(
+        r#"mkdir -p /www/cgi-bin
+cat > /www/cgi-bin/count <<'EOS'
+#!/bin/sh
+n=$(cat /data/count 2>/dev/null || echo 0)
+n=$((n+1))
+echo $n > /data/count.tmp && mv /data/count.tmp /data/count && sync
+printf 'Content-Type: text/plain\r\n\r\n{prefix}%s\n' "$n"
+EOS
+chmod +x /www/cgi-bin/count
+exec httpd -f -p {listen} -h /www"#
+    )
+}
+
+/// The trimmed stdout of a command that must have succeeded.
+pub fn must(out: Output, what: &str) -> String {
     assert!(
         out.status.success(),
         "{what} failed: {}\nstdout: {}\nstderr: {}",
@@ -36,7 +57,8 @@ fn must(out: Output, what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_owned()
 }
 
-fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
+/// Starts `cmd` with stdout and stderr in `log` (info logging).
+pub fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
     let f = std::fs::File::create(log).unwrap();
     cmd.stdin(Stdio::null())
         .stdout(f.try_clone().unwrap())
@@ -46,7 +68,8 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Child {
         .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"))
 }
 
-fn stop(child: &mut Option<Child>) {
+/// SIGTERM, then SIGKILL after 10 s; waits for the exit.
+pub fn stop(child: &mut Option<Child>) {
     if let Some(mut c) = child.take() {
         let _ = Command::new("kill").arg(c.id().to_string()).status();
         let t = Instant::now();

@@ -35,6 +35,7 @@
 //! Bodies are strict: an unknown key is an error, not ignored.
 
 use crate::metrics::run::RunReport;
+use crate::unix_http::percent_encode;
 use hyper::Method;
 use profiles::ProfileDef;
 use serde::Deserialize;
@@ -587,18 +588,6 @@ pub(crate) fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Escapes everything but unreserved characters, for building request paths.
-pub(crate) fn percent_encode(s: &str) -> String {
-    s.bytes()
-        .map(|c| match c {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(c).to_string()
-            }
-            _ => format!("%{c:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]

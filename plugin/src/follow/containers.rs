@@ -13,6 +13,7 @@
 //! fields (device paths, cgroup parents, a pid file) stay behind.
 
 use super::engine::{EngineClient, EngineError};
+use crate::unix_http::percent_encode;
 use serde_json::{Map, Value};
 use std::time::Duration;
 
@@ -150,21 +151,9 @@ pub(crate) fn recreate_body(inspect: &Value) -> Value {
     Value::Object(body)
 }
 
-/// Percent-encodes a path segment or query value.
-fn escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 impl ContainerApi for EngineClient {
     fn inspect(&self, name: &str) -> Result<Option<ContainerInfo>, EngineError> {
-        let path = format!("/containers/{}/json", escape(name));
+        let path = format!("/containers/{}/json", percent_encode(name));
         match self.call(hyper::Method::GET, &path, None) {
             Err(EngineError::Refused { status: 404, .. }) => Ok(None),
             r => parse_container(&r?).map(Some),
@@ -182,7 +171,11 @@ impl ContainerApi for EngineClient {
     }
 
     fn stop(&self, id: &str, grace: Duration) -> Result<(), EngineError> {
-        let path = format!("/containers/{}/stop?t={}", escape(id), grace.as_secs());
+        let path = format!(
+            "/containers/{}/stop?t={}",
+            percent_encode(id),
+            grace.as_secs()
+        );
         // The engine answers once the container exited: the grace, then
         // the kill, within the usual call limit past it.
         match self.call_within(
@@ -198,12 +191,12 @@ impl ContainerApi for EngineClient {
     }
 
     fn remove(&self, id: &str) -> Result<(), EngineError> {
-        let path = format!("/containers/{}", escape(id));
+        let path = format!("/containers/{}", percent_encode(id));
         self.call(hyper::Method::DELETE, &path, None).map(drop)
     }
 
     fn create(&self, name: &str, body: &Value) -> Result<String, EngineError> {
-        let path = format!("/containers/create?name={}", escape(name));
+        let path = format!("/containers/create?name={}", percent_encode(name));
         let v = self.call(hyper::Method::POST, &path, Some(body))?;
         v["Id"]
             .as_str()
@@ -212,7 +205,7 @@ impl ContainerApi for EngineClient {
     }
 
     fn start(&self, id: &str) -> Result<(), EngineError> {
-        let path = format!("/containers/{}/start", escape(id));
+        let path = format!("/containers/{}/start", percent_encode(id));
         match self.call(hyper::Method::POST, &path, None) {
             Err(EngineError::Refused { status: 304, .. }) | Ok(_) => Ok(()),
             Err(e) => Err(e),
@@ -288,6 +281,6 @@ mod tests {
             .inspect("counter")
             .unwrap_err();
         assert!(e.to_string().contains("gone.sock"), "{e}");
-        assert_eq!(escape("a b/c"), "a%20b%2Fc");
+        assert_eq!(percent_encode("a b/c"), "a%20b%2Fc");
     }
 }

@@ -9,7 +9,7 @@
 //! stays a `serde_json::Value`: an update must send back every field the
 //! engine gave, including those this code does not know.
 
-use crate::unix_http::UnixHttpError;
+use crate::unix_http::{UnixHttpError, percent_encode};
 use hyper::{Method, StatusCode};
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -219,18 +219,6 @@ pub(crate) struct EngineClient {
     socket: PathBuf,
 }
 
-/// Percent-encodes a query value (the `filters` JSON).
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 impl EngineClient {
     pub(crate) fn new(socket: &Path) -> Self {
         Self {
@@ -306,7 +294,7 @@ impl SwarmApi for EngineClient {
     }
 
     fn service(&self, name: &str) -> Result<ServiceInfo, EngineError> {
-        let path = format!("/services/{}", query_escape(name));
+        let path = format!("/services/{}", percent_encode(name));
         match self.call(Method::GET, &path, None) {
             Err(EngineError::Refused { status, .. })
                 if status == StatusCode::NOT_FOUND.as_u16() =>
@@ -318,13 +306,13 @@ impl SwarmApi for EngineClient {
     }
 
     fn update_service(&self, id: &str, version: u64, spec: &Value) -> Result<(), EngineError> {
-        let path = format!("/services/{}/update?version={version}", query_escape(id));
+        let path = format!("/services/{}/update?version={version}", percent_encode(id));
         self.call(Method::POST, &path, Some(spec)).map(|_| ())
     }
 
     fn tasks(&self, service: &str) -> Result<Vec<TaskInfo>, EngineError> {
         let filters = serde_json::json!({ "service": { service: true } }).to_string();
-        let path = format!("/tasks?filters={}", query_escape(&filters));
+        let path = format!("/tasks?filters={}", percent_encode(&filters));
         let tasks = parse_tasks(&self.call(Method::GET, &path, None)?)?;
         Ok(tasks)
     }
@@ -410,7 +398,7 @@ mod tests {
         assert_eq!(t[0].node_id, "n2");
         assert_eq!(t[0].state, "starting");
         assert_eq!(t[1].error, "boom");
-        assert_eq!(query_escape("{\"a\":1}"), "%7B%22a%22%3A1%7D");
+        assert_eq!(percent_encode("{\"a\":1}"), "%7B%22a%22%3A1%7D");
         assert_eq!(host_of("10.0.0.1:2377"), "10.0.0.1");
         assert_eq!(host_of("[fd00::1]:2377"), "fd00::1");
     }
