@@ -146,7 +146,9 @@ fn coarsen(v: &[(u64, u64)]) -> Vec<(u64, u64)> {
 struct Session {
     dev: Device,
     dir: PathBuf,
-    pipe: std::fs::File,
+    /// `None` only inside `drop`: the pipe must close before the instance's
+    /// rmdir, which the kernel refuses (EBUSY) while a reader holds it.
+    pipe: Option<std::fs::File>,
     carry: String,
     /// Dropped events counted by the kernel when the session began.
     dropped: u64,
@@ -188,7 +190,7 @@ impl Session {
         Ok(Session {
             dev,
             dir,
-            pipe,
+            pipe: Some(pipe),
             carry: String::new(),
             dropped,
         })
@@ -199,8 +201,11 @@ impl Session {
     fn drain(&mut self) -> std::io::Result<Vec<(u64, u64)>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 64 * 1024];
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Err(std::io::Error::other("the session is closing"));
+        };
         loop {
-            match self.pipe.read(&mut buf) {
+            match pipe.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
                     self.carry.push_str(&String::from_utf8_lossy(&buf[..n]));
@@ -233,6 +238,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         let _ = disable(&self.dir);
+        drop(self.pipe.take());
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
@@ -622,6 +628,12 @@ mod tests {
         assert!(total < 8 << 20, "{total} bytes marked for 1 MiB written");
         drop(guard);
         logs.unmounted(&img);
+        // The instance (2 MiB of kernel buffers) is gone with the session.
+        let inst = tracefs()
+            .unwrap()
+            .join("instances")
+            .join(format!("daffe-{}-{}", dev.major, dev.minor));
+        assert!(!inst.exists(), "{} left behind", inst.display());
     }
 
     fn mover_total(r: &[(u64, u64)]) -> u64 {
