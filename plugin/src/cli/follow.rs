@@ -23,7 +23,9 @@
 //! (observe rewrites its own file and would drop them); the rule's minimum
 //! stay and daily budget count them.
 
-use super::placement::{DEFAULT_STATE_DIR, MoveArgs, TableArgs, now_s, read_rule, state_path};
+use super::placement::{
+    DEFAULT_STATE_DIR, ForwardWindow, MoveArgs, TableArgs, now_s, read_rule, state_path,
+};
 use crate::follow::engine::{DEFAULT_ENGINE, EngineClient, SwarmApi};
 use crate::follow::hosts::{self, HostSpec};
 use crate::follow::keep::{Forwarders, KeepEvent, KeepOptions, KeepReport, Keeper};
@@ -121,16 +123,8 @@ pub struct FollowArgs {
     /// The address the forwarder listens on.
     #[arg(long, default_value = "0.0.0.0")]
     pub(crate) forward_listen: String,
-    /// How long the old node forwards after a move.
-    #[arg(long, default_value = "10m")]
-    pub(crate) grace: String,
-    /// How long forwarded connections may go on after the grace.
-    #[arg(long, default_value = "60s")]
-    pub(crate) drain: String,
-    /// How long a client of the old address is held while the new node
-    /// does not answer yet (the move's downtime) before it is closed.
-    #[arg(long, default_value = "30s")]
-    pub(crate) hold: String,
+    #[command(flatten)]
+    pub(crate) window: ForwardWindow,
     /// How often the forwarding watch looks where the task is.
     #[arg(long, default_value = "500ms")]
     pub(crate) watch: String,
@@ -746,14 +740,17 @@ fn follow(a: &FollowArgs) -> Result<ExitCode, String> {
     }
     let interval = dur(&a.interval, "interval")?;
     let keep_opts = match a.forward_port {
-        Some(port) => Some(KeepOptions {
-            listen: format!("{}:{port}", a.forward_listen),
-            port,
-            grace: dur(&a.grace, "grace")?,
-            drain: dur(&a.drain, "drain")?,
-            connect_timeout: dur(&a.hold, "hold")?,
-            // The old task's stop grace (Docker's default 10 s) and more.
-            bind_for: Duration::from_secs(30),
+        Some(port) => Some({
+            let w = a.window.parse()?;
+            KeepOptions {
+                listen: format!("{}:{port}", a.forward_listen),
+                port,
+                grace: w.grace,
+                drain: w.drain,
+                connect_timeout: w.hold,
+                // The old task's stop grace (Docker's default 10 s) and more.
+                bind_for: Duration::from_secs(30),
+            }
         }),
         None => None,
     };

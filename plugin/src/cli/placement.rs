@@ -479,20 +479,50 @@ pub(crate) struct ForwardArgs {
     /// The new node's address.
     #[arg(long)]
     pub(crate) to: String,
-    /// How long to keep accepting (then new connections are refused).
-    #[arg(long)]
-    pub(crate) grace: String,
-    /// How long connections still open after the grace may go on.
-    #[arg(long, default_value = "60s")]
-    pub(crate) drain: String,
+    #[command(flatten)]
+    pub(crate) window: ForwardWindow,
     /// Print JSON on stdout instead of text (for scripts).
     #[arg(long)]
     pub(crate) json: bool,
 }
 
+/// How an old node forwards after a move: one set of flags for `placement
+/// forward` and `follow --forward-port`, so the two read and default alike.
+#[derive(Debug, Args)]
+pub(crate) struct ForwardWindow {
+    /// How long the old node forwards after a move (then new connections
+    /// are refused).
+    #[arg(long, default_value = "10m")]
+    pub(crate) grace: String,
+    /// How long forwarded connections may go on after the grace.
+    #[arg(long, default_value = "60s")]
+    pub(crate) drain: String,
+    /// How long a client of the old address is held while the new node
+    /// does not answer yet (the move's downtime) before it is closed.
+    #[arg(long, default_value = "30s")]
+    pub(crate) hold: String,
+}
+
+/// [`ForwardWindow`] parsed.
+pub(crate) struct Window {
+    pub(crate) grace: std::time::Duration,
+    pub(crate) drain: std::time::Duration,
+    pub(crate) hold: std::time::Duration,
+}
+
+impl ForwardWindow {
+    pub(crate) fn parse(&self) -> Result<Window, String> {
+        let dur = |s: &str, flag: &str| duration::parse(s).map_err(|e| format!("--{flag}: {e}"));
+        Ok(Window {
+            grace: dur(&self.grace, "grace")?,
+            drain: dur(&self.drain, "drain")?,
+            hold: dur(&self.hold, "hold")?,
+        })
+    }
+}
+
 fn do_forward(a: &ForwardArgs) -> Result<forward::ForwardReport, String> {
-    let dur = |s: &str| duration::parse(s).map_err(|e| e.to_string());
-    let (grace, drain) = (dur(&a.grace)?, dur(&a.drain)?);
+    let Window { grace, drain, hold } = a.window.parse()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -514,7 +544,7 @@ fn do_forward(a: &ForwardArgs) -> Result<forward::ForwardReport, String> {
         let opts = forward::ForwardOptions {
             to: a.to.clone(),
             drain,
-            connect_timeout: forward::CONNECT_TIMEOUT,
+            connect_timeout: hold,
         };
         tracing::info!(listen = %a.listen, to = %a.to, grace = ?grace, "forwarding");
         let to = a.to.clone();
@@ -527,7 +557,8 @@ fn do_forward(a: &ForwardArgs) -> Result<forward::ForwardReport, String> {
 
 #[derive(Debug, Args)]
 pub(crate) struct WhereArgs {
-    /// The Swarm service.
+    /// The service: a Swarm service, or in two-host mode (`--host`) the
+    /// service name `follow` was given.
     pub(crate) service: String,
     /// A Swarm manager's engine socket.
     #[arg(long, value_name = "SOCKET", default_value = crate::follow::engine::DEFAULT_ENGINE)]
@@ -535,12 +566,38 @@ pub(crate) struct WhereArgs {
     /// The node label that holds a node's region.
     #[arg(long, default_value = "region")]
     pub(crate) region_label: String,
+    /// Two-host mode (no Swarm): the hosts, as `daffe follow --host` names
+    /// them; the answer is the one whose engine runs the container.
+    #[arg(long = "host", value_name = "REGION=agent=..,engine=..,control=..")]
+    pub(crate) hosts: Vec<crate::follow::hosts::HostSpec>,
+    /// Two-host mode: the container (default: the service's name).
+    #[arg(long, requires = "hosts")]
+    pub(crate) container: Option<String>,
     /// Print JSON on stdout instead of text (for scripts).
     #[arg(long)]
     pub(crate) json: bool,
 }
 
 fn do_where(a: &WhereArgs) -> Result<crate::follow::swarm::Placed, String> {
+    if !a.hosts.is_empty() {
+        crate::follow::hosts::check(&a.hosts).map_err(|e| e.to_string())?;
+        let engines: Vec<_> = a
+            .hosts
+            .iter()
+            .map(|h| crate::follow::engine::EngineClient::new(&h.engine))
+            .collect();
+        let hosts: Vec<_> = a
+            .hosts
+            .iter()
+            .zip(&engines)
+            .map(|(spec, engine)| crate::follow::two_hosts::Host {
+                spec: spec.clone(),
+                engine,
+            })
+            .collect();
+        let container = a.container.as_deref().unwrap_or(&a.service);
+        return crate::follow::two_hosts::where_is(&hosts, &a.service, container);
+    }
     let api = crate::follow::engine::EngineClient::new(&a.engine);
     crate::follow::swarm::locate(&api, &a.service, &a.region_label)
         .map_err(|e| e.to_string())?

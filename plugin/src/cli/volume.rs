@@ -247,10 +247,24 @@ fn row_json(v: &Value) -> Value {
     )
 }
 
+/// The table's columns, in order (the README lists them: a test keeps the
+/// two alike).
+const COLUMNS: [&str; 8] = [
+    "NAME",
+    "PROFILE",
+    "FORMAT",
+    "SIZE",
+    "USED",
+    "MOUNTS",
+    "STATE",
+    "DOCKER NAME",
+];
+
 fn print_table(vols: &[Value]) {
+    let c = COLUMNS;
     println!(
-        "{:<32} {:<10} {:<6} {:<9} {:<10} {:<6} {:<16} DOCKER NAME",
-        "NAME", "PROFILE", "FORMAT", "SIZE", "USED", "MOUNTS", "STATE"
+        "{:<32} {:<10} {:<6} {:<9} {:<10} {:<6} {:<16} {}",
+        c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
     );
     for v in vols {
         println!(
@@ -295,6 +309,35 @@ fn print_one(v: &Value) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// README.md's `volume ls` lines name the table's columns and the
+    /// `--format` fields as the code has them.
+    #[test]
+    fn the_readme_lists_the_columns_and_fields_volume_ls_has() {
+        let readme = include_str!("../../../README.md");
+        let line = |needle: &str| {
+            readme
+                .lines()
+                .find(|l| l.starts_with("daffe volume ls") && l.contains(needle))
+                .unwrap_or_else(|| panic!("README has no `daffe volume ls ... {needle}` line"))
+        };
+        let columns = line("[--json]")
+            .split_once('#')
+            .unwrap()
+            .1
+            .trim()
+            .to_owned();
+        let want: Vec<String> = COLUMNS.iter().map(|c| c.to_lowercase()).collect();
+        assert_eq!(columns, want.join(", "), "README's volume ls columns");
+        let fields = line("--format").split_once("fields:").unwrap().1;
+        let fields: Vec<&str> = fields
+            .split(';')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        assert_eq!(fields, FIELDS, "README's volume ls --format fields");
+    }
 
     fn vol(state: Value) -> Value {
         json!({

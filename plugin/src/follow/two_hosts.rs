@@ -164,6 +164,19 @@ pub(crate) fn locate<'h>(
     }
 }
 
+/// `placement where` in two-host mode: the host whose engine runs
+/// `container`, with the address clients reach it at (`addr=`). Between
+/// the source's stop and the destination's start no host runs it: that is
+/// an error naming the hosts, as for a Swarm service with no placed task.
+pub(crate) fn where_is(
+    hosts: &[Host<'_>],
+    service: &str,
+    container: &str,
+) -> Result<Placed, String> {
+    let (i, _) = locate(hosts, container)?;
+    Ok(placed(service, &hosts[i].spec, "running"))
+}
+
 /// Checks a move of `container` to `to` and says what it would do.
 /// `volume`: which of its volumes, when it has more than one.
 pub(crate) fn plan(

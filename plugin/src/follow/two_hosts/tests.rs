@@ -278,3 +278,30 @@ fn a_destination_that_will_not_start_is_said_with_each_host_s_state() {
     assert!(a.exists("counter"), "the source container is never removed");
     assert!(b.exists("counter") && !b.running("counter"));
 }
+
+#[test]
+fn where_is_the_host_that_runs_the_container_with_its_client_address() {
+    let (a, b) = two();
+    let hs = hosts(&a, &b);
+    let p = where_is(&hs, "web", "counter").unwrap();
+    assert_eq!(
+        (p.service.as_str(), p.node.as_str(), p.addr.as_str()),
+        ("web", "us", "10.0.0.1")
+    );
+    assert_eq!(
+        (p.region.as_deref(), p.state.as_str()),
+        (Some("us"), "running")
+    );
+    // Stopped on A, not yet started on B (mid-move): no host, said so.
+    a.stop(&a.inspect("counter").unwrap().unwrap().id, Duration::ZERO)
+        .unwrap();
+    let e = where_is(&hs, "web", "counter").unwrap_err();
+    assert!(e.contains("runs on none of the hosts (us, eu)"), "{e}");
+    // Then running on B only.
+    b.run("counter", IMAGE, &[("counter@gold", "daffe")]);
+    assert_eq!(where_is(&hs, "web", "counter").unwrap().addr, "10.0.0.2");
+    // Running on both: which one serves? Refused, naming both.
+    a.start(&a.inspect("counter").unwrap().unwrap().id).unwrap();
+    let e = where_is(&hs, "web", "counter").unwrap_err();
+    assert!(e.contains("runs on us and eu"), "{e}");
+}
