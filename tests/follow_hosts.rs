@@ -489,6 +489,44 @@ fn round_trip(volume: &str) {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // The latency model from RTTs measured between the hosts (each host to
+    // the other's agent, into one file): one pair, measured twice.
+    let rtt = s.dir.path().join("rtt.toml");
+    for (ns, from, to) in [
+        (&s.link.a, US, format!("{EU}={ADDR_B}:7450")),
+        (&s.link.b, EU, format!("{US}={ADDR_A}:7450")),
+    ] {
+        let out = ns
+            .command(daffe_bin())
+            .args(["placement", "rtt", "--from", from, "--to", &to])
+            .args(["--samples", "5", "--json", "--out"])
+            .arg(&rtt)
+            .output()
+            .unwrap();
+        let r: serde_json::Value = serde_json::from_str(&must(out, "placement rtt")).unwrap();
+        let p50 = r["pairs"][0]["p50_ms"].as_f64().unwrap();
+        assert!(p50 > 0.0 && p50 < 50.0, "{r:#}");
+        assert_eq!(r["usable"], true, "{r:#}");
+    }
+    let table = std::fs::read_to_string(&rtt).unwrap();
+    assert_eq!(table.matches("[[pair]]").count(), 1, "{table}");
+    let refused = s
+        .link
+        .a
+        .command(daffe_bin())
+        .args(["placement", "rtt", "--from", US, "--to"])
+        .arg(format!("{EU}={ADDR_B}:1"))
+        .arg("--out")
+        .arg(&rtt)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && said.contains("cannot reach eu-west-1"),
+        "{said}"
+    );
+    assert_eq!(std::fs::read_to_string(&rtt).unwrap(), table);
+
     // Half an hour of us-east-1: the counter is where its clients are.
     s.demand(US, 0, 1800, 5);
     let dry = s.follow(&s.link.a, &["--dry-run"]);

@@ -10,7 +10,8 @@
 //!   an `.mmdb`), [`rates`] (decayed rates, daily profile, forecast),
 //!   [`tail`] (follow a growing, rotating log), [`state`] (what `observe`
 //!   keeps between runs, written atomically).
-//! - model: [`rtt`] (inter-region round trips, built-in cloudping table),
+//! - model: [`rtt`] (inter-region round trips, built-in cloudping table;
+//!   [`rtt_probe`]: pairs measured between nodes, written as its file),
 //!   [`latency`] (request-weighted mean and percentiles), [`cost`] (a
 //!   move's downtime and bytes, fitted from `daffe migrate --json`).
 //! - decide: [`dp`] (cheapest site sequence), [`rule`] (the move rule),
@@ -30,6 +31,7 @@ pub mod logline;
 pub mod plot;
 pub mod rates;
 pub mod rtt;
+pub mod rtt_probe;
 pub mod rule;
 pub mod scenario;
 pub mod sim;

@@ -162,27 +162,33 @@ pub fn load(path: &Path, service: &str) -> Result<Option<ServiceState>, StateErr
 
 /// Replaces the state file atomically.
 pub fn save(path: &Path, state: &ServiceState) -> Result<(), StateError> {
-    let io = |source| StateError::Io {
+    let body = serde_json::to_vec(state).map_err(|source| StateError::Json {
         path: path.to_owned(),
         source,
-    };
+    })?;
+    replace_file(path, &body).map_err(|source| StateError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Replaces `path` with `body` atomically: written to a temporary file
+/// beside it, fsynced, renamed, the folder fsynced. A crash leaves the old
+/// file or the new one, never half of either.
+pub fn replace_file(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io)?;
+    std::fs::create_dir_all(dir)?;
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let body = serde_json::to_vec(state).map_err(|source| StateError::Json {
-        path: path.to_owned(),
-        source,
-    })?;
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&body)?;
+        f.write_all(body)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(dir)?.sync_all()
@@ -190,7 +196,7 @@ pub fn save(path: &Path, state: &ServiceState) -> Result<(), StateError> {
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(io)
+    result
 }
 
 #[cfg(test)]

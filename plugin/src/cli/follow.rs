@@ -197,22 +197,11 @@ fn load_moves(path: &Path, service: &str) -> Result<MoveLog, String> {
     }
 }
 
-/// Written to a temporary file, fsynced, renamed: a crash keeps the old
-/// log or the new one (a lost move would let the rule move again early).
+/// Replaced atomically: a crash keeps the old log or the new one (a lost
+/// move would let the rule move again early).
 fn save_moves(path: &Path, log: &MoveLog) -> Result<(), String> {
-    let err = |e: std::io::Error| format!("{}: {e}", path.display());
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(err)?;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let body = serde_json::to_vec(log).map_err(|e| e.to_string())?;
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
-    f.write_all(&body)
-        .and_then(|()| f.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(err)
+    placement::state::replace_file(path, &body).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// One decision, as printed.

@@ -11,6 +11,7 @@ pub(crate) mod migrate_ebs;
 pub(crate) mod notify;
 pub mod output;
 pub mod placement;
+pub(crate) mod placement_rtt;
 pub mod profiles;
 pub(crate) mod progress_json;
 pub mod serve;

@@ -54,9 +54,13 @@ pub(crate) enum PlacementCommand {
     /// After a move: relay the old address to the new node for a grace
     /// period, then refuse new connections and let open ones finish.
     Forward(ForwardArgs),
-    /// Where a Swarm service runs now: node, address, region (for a DNS
-    /// or load-balancer updater).
+    /// Where a service runs now: node, address, region (for a DNS or
+    /// load-balancer updater); a Swarm service, or two-host mode's
+    /// container (--host).
     Where(WhereArgs),
+    /// Measure round trips from this node to other nodes' agents and add
+    /// them to an RTT table file (for --rtt).
+    Rtt(super::placement_rtt::RttArgs),
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -645,6 +649,11 @@ pub fn run(args: PlacementArgs) -> ExitCode {
             s
         }),
         PlacementCommand::Where(a) => super::finish_report(a.json, do_where(&a), render_where),
+        PlacementCommand::Rtt(a) => super::finish_report(
+            a.json,
+            super::placement_rtt::run(&a),
+            super::placement_rtt::render,
+        ),
         PlacementCommand::Forward(a) => super::finish_report(a.json, do_forward(&a), |r| {
             format!(
                 "forwarded {} connections ({} relayed, {} could not reach the new node, {} cut at the drain limit)\n",
