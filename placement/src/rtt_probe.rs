@@ -30,14 +30,15 @@ pub fn summarize(samples: &[Duration]) -> Option<Rtt> {
     }
     let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1e3).collect();
     ms.sort_by(f64::total_cmp);
-    let rank = |q: f64| {
-        let i = (q * ms.len() as f64).ceil() as usize;
+    // Nearest rank: the smallest sample with at least `pct`% at or below.
+    let rank = |pct: usize| {
+        let i = (pct * ms.len()).div_ceil(100);
         let v = ms[i.clamp(1, ms.len()) - 1];
         ((v * 1e3).round() / 1e3).max(0.001)
     };
     Some(Rtt {
-        p50_ms: rank(0.5),
-        p90_ms: rank(0.9),
+        p50_ms: rank(50),
+        p90_ms: rank(90),
     })
 }
 
@@ -103,7 +104,8 @@ mod tests {
 
     #[test]
     fn percentiles_are_nearest_rank_and_never_zero() {
-        let table: &[(&[f64], Option<(f64, f64)>)] = &[
+        type Row<'a> = (&'a [f64], Option<(f64, f64)>);
+        let table: &[Row] = &[
             (&[], None),
             (&[3.0], Some((3.0, 3.0))),
             (&[5.0, 1.0, 2.0, 4.0, 3.0], Some((3.0, 5.0))),

@@ -130,7 +130,7 @@ pub(crate) fn run_with(a: &RttArgs, probe: &mut dyn Probe) -> Result<RttReport, 
                 }
             }
         }
-        if samples.len() as u32 != a.samples {
+        if u32::try_from(samples.len()).ok() != Some(a.samples) {
             continue;
         }
         let rtt = rtt_probe::summarize(&samples).expect("at least one sample");
