@@ -10,6 +10,7 @@
 //! fence_margin_ms = 2000        # stop writing this long before the lease can expire
 //! tls_dir = "/etc/daffe/agent"  # this node's agent certificate: the daemon dials other
 //!                               # nodes' agents with it to bring a stale copy up to date
+//! labels = { zone = "b" }       # what profiles' `standby_label` asks of standby nodes
 //! [cluster.etcd]
 //! endpoints = ["https://10.0.0.1:2379", "https://10.0.0.2:2379"]
 //! ca = "/etc/daffe/etcd/ca.pem"
@@ -18,6 +19,7 @@
 //! ```
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -44,6 +46,10 @@ pub struct ClusterConfig {
     /// copy stale. Its node name must be `node`. Unset: the agent's default.
     #[serde(default)]
     pub tls_dir: Option<PathBuf>,
+    /// This node's labels (e.g. `zone = "b"`), announced with it: a
+    /// profile's `standby_label` picks standby nodes by them.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub etcd: EtcdConfig,
 }
 
@@ -81,6 +87,8 @@ pub enum ConfigError {
         "[cluster] fence_margin_ms: {margin} ms must be above 0 and below half the lease ({half} ms), or the owner either never fences in time or fences itself when healthy"
     )]
     BadMargin { margin: u64, half: u64 },
+    #[error("[cluster] labels: {0}")]
+    BadLabel(crate::label::LabelError),
     #[error("[cluster.etcd] endpoints: at least one is needed")]
     NoEndpoints,
     #[error("[cluster.etcd] endpoint {0:?}: must be http://HOST:PORT or https://HOST:PORT")]
@@ -106,6 +114,9 @@ impl ClusterConfig {
         }
         if !is_host_port(&self.agent) {
             return Err(ConfigError::BadAgent(self.agent.clone()));
+        }
+        for (k, v) in &self.labels {
+            crate::label::check(k, v).map_err(ConfigError::BadLabel)?;
         }
         if !(MIN_LEASE_TTL_SECS..=MAX_LEASE_TTL_SECS).contains(&self.lease_ttl) {
             return Err(ConfigError::BadTtl(self.lease_ttl));
@@ -222,6 +233,14 @@ mod tests {
         assert_eq!(c.lease_ttl(), Duration::from_secs(10));
         assert_eq!(c.fence_margin(), Duration::from_secs(2));
         assert_eq!(c.etcd.endpoints.len(), 2);
+        assert!(c.labels.is_empty());
+        let c = parse(&GOOD.replacen(
+            "name = \"prod\"",
+            "name = \"prod\"\nlabels = { zone = \"b\", rack = \"R7\" }",
+            1,
+        ))
+        .unwrap();
+        assert_eq!(c.labels["zone"], "b");
     }
 
     #[test]
@@ -284,6 +303,16 @@ mod tests {
                 r#"name = "prod""#,
                 "name = \"prod\"\nnmae = \"x\"",
                 "unknown field",
+            ),
+            (
+                r#"name = "prod""#,
+                "name = \"prod\"\nlabels = { Zone = \"b\" }",
+                "[cluster] labels: label \"Zone=b\"",
+            ),
+            (
+                r#"name = "prod""#,
+                "name = \"prod\"\nlabels = { zone = \"b c\" }",
+                "expected KEY=VALUE",
             ),
         ];
         for (from, to, want) in cases {

@@ -6,6 +6,8 @@
 //! - [`config`]: the `[cluster]` table (cluster name, this node, etcd
 //!   endpoints and TLS, lease TTL), validated.
 //! - [`keys`]: the etcd key layout, one prefix per cluster.
+//! - [`label`]: node labels (`[cluster] labels`) and the `KEY=VALUE` a
+//!   profile's `standby_label` asks of its standbys' nodes.
 //! - [`epoch`]: ownership epochs. The owner key's etcd revision is the
 //!   fencing token; [`epoch::Fence`] refuses anything older than the highest
 //!   epoch seen per volume.
@@ -26,6 +28,7 @@ pub mod epoch;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod keys;
+pub mod label;
 pub mod lease;
 #[cfg(any(test, feature = "testing"))]
 pub mod memory;

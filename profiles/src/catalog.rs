@@ -50,6 +50,19 @@ pub struct ProfileDef {
     /// delta (issue 14). Ignored without `[cluster]`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub standbys: u32,
+    /// Cluster mode: only nodes carrying this label (`KEY=VALUE`, a node's
+    /// `[cluster] labels`, e.g. `zone=b`) hold this profile's standbys.
+    /// Unset: any other live node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby_label: Option<String>,
+}
+
+impl ProfileDef {
+    /// `standby_label`, parsed (the catalog refuses a bad one, so `None`
+    /// here means unset).
+    pub fn standby_label(&self) -> Option<cluster::label::NodeLabel> {
+        self.standby_label.as_deref().and_then(|l| l.parse().ok())
+    }
 }
 
 /// More standbys than this is a typo, not a plan (each one is a full copy
@@ -93,6 +106,11 @@ pub enum CatalogError {
     Config(String),
     #[error("profile {profile:?}: standbys = {standbys} is over the limit of {MAX_STANDBYS}")]
     Standbys { profile: String, standbys: u32 },
+    #[error("profile {profile:?}: standby_label: {source}")]
+    StandbyLabel {
+        profile: String,
+        source: cluster::label::LabelError,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -280,6 +298,13 @@ fn validate_def(name: &str, def: &ProfileDef) -> Result<(), CatalogError> {
             standbys: def.standbys,
         });
     }
+    if let Some(l) = &def.standby_label {
+        l.parse::<cluster::label::NodeLabel>()
+            .map_err(|source| CatalogError::StandbyLabel {
+                profile: name.to_owned(),
+                source,
+            })?;
+    }
     if let Some(l) = &def.local {
         l.validate().map_err(|source| CatalogError::Local {
             profile: name.to_owned(),
@@ -320,6 +345,7 @@ fn builtin_defs() -> [(&'static str, ProfileDef); 2] {
                     keep_on_remove: false,
                 }),
                 standbys: 0,
+                standby_label: None,
             },
         ),
         (
@@ -346,6 +372,7 @@ fn builtin_defs() -> [(&'static str, ProfileDef); 2] {
                     keep_on_remove: false,
                 }),
                 standbys: 1,
+                standby_label: None,
             },
         ),
     ]
@@ -543,6 +570,14 @@ mod tests {
         // profiles.json never see the key).
         let json = serde_json::to_value(&cat.get(DEFAULT_PROFILE).unwrap().def).unwrap();
         assert!(json.get("standbys").is_none(), "{json}");
+        assert!(json.get("standby_label").is_none(), "{json}");
+        let cat = Catalog::from_config_toml(
+            "[profiles.ha]\nstandbys = 1\nstandby_label = \"zone=b\"\n[profiles.ha.local]\nformat = \"dir\"\n",
+        )
+        .unwrap();
+        let l = cat.get("ha").unwrap().def.standby_label().unwrap();
+        assert_eq!((l.key.as_str(), l.value.as_str()), ("zone", "b"));
+        assert_eq!(cat.get("gold").unwrap().def.standby_label(), None);
     }
 
     #[test]
@@ -576,6 +611,10 @@ mod tests {
             (
                 "[profiles.x]\nstandbys = 9\n[profiles.x.local]\nformat = \"dir\"\n",
                 "standbys = 9 is over the limit of 4",
+            ),
+            (
+                "[profiles.x]\nstandbys = 1\nstandby_label = \"zone\"\n[profiles.x.local]\nformat = \"dir\"\n",
+                "profile \"x\": standby_label: label \"zone\": expected KEY=VALUE",
             ),
         ];
         for (text, want) in cases {

@@ -150,6 +150,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct NodeInfo {
     pub(crate) agent: String,
     pub(crate) version: String,
+    /// `[cluster] labels` (absent from older nodes' records: none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) labels: BTreeMap<String, String>,
 }
 
 impl ClusterNode {
@@ -198,6 +201,7 @@ impl ClusterNode {
         let info = NodeInfo {
             agent: self.cfg.agent.clone(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            labels: self.cfg.labels.clone(),
         };
         let bytes = serde_json::to_vec(&info).unwrap_or_default();
         Ok(self.coord.register_node(&self.cfg.node, &bytes, lease)?)

@@ -54,6 +54,19 @@ pub(crate) fn pick<'a>(
     others
 }
 
+/// The live nodes (name, record) that may hold a standby of a profile
+/// asking for `label` (all of them without one), as `pick` takes them:
+/// (name, agent).
+pub(crate) fn eligible(
+    live: &[(String, super::NodeInfo)],
+    label: Option<&cluster::label::NodeLabel>,
+) -> Vec<(String, String)> {
+    live.iter()
+        .filter(|(_, info)| label.is_none_or(|l| l.matches(&info.labels)))
+        .map(|(name, info)| (name.clone(), info.agent.clone()))
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StandbyError {
     #[error("reaching node {node}'s agent at {agent}: {message}")]
@@ -309,6 +322,39 @@ mod tests {
             .iter()
             .map(|n| (n.to_string(), format!("{n}:7450")))
             .collect()
+    }
+
+    #[test]
+    fn a_profile_s_label_keeps_standbys_on_the_nodes_that_carry_it() {
+        let node = |name: &str, zone: Option<&str>| {
+            (
+                name.to_owned(),
+                super::super::NodeInfo {
+                    agent: format!("{name}:7443"),
+                    version: String::new(),
+                    labels: zone
+                        .map(|z| [("zone".to_owned(), z.to_owned())].into())
+                        .unwrap_or_default(),
+                },
+            )
+        };
+        let live = [
+            node("a", Some("a")),
+            node("b", None),
+            node("c", Some("b")),
+            node("d", Some("b")),
+        ];
+        let names = |v: Vec<(String, String)>| v.into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        assert_eq!(names(eligible(&live, None)), ["a", "b", "c", "d"]);
+        let zone_b: cluster::label::NodeLabel = "zone=b".parse().unwrap();
+        let e = eligible(&live, Some(&zone_b));
+        assert_eq!(names(e.clone()), ["c", "d"]);
+        // The owner in zone b itself: the other labelled node only.
+        let picked: Vec<&str> = pick("c", &e, 1).iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(picked, ["d"]);
+        // No node carries it: no standby (the lag table stays empty).
+        let zone_z: cluster::label::NodeLabel = "zone=z".parse().unwrap();
+        assert!(eligible(&live, Some(&zone_z)).is_empty());
     }
 
     #[test]

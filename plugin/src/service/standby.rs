@@ -35,13 +35,13 @@ impl VolumeService {
                 self.lags.forget(&v);
             }
         }
-        let live: Vec<(String, String)> = match c.coordinator().nodes() {
+        let live: Vec<(String, NodeInfo)> = match c.coordinator().nodes() {
             Ok(n) => n
                 .into_iter()
                 .filter_map(|(name, b)| {
                     serde_json::from_slice::<NodeInfo>(&b)
                         .ok()
-                        .map(|i| (name, i.agent))
+                        .map(|i| (name, i))
                 })
                 .collect(),
             Err(e) => {
@@ -61,7 +61,8 @@ impl VolumeService {
             let Some(epoch) = c.owned(&rec.name) else {
                 continue;
             };
-            let wanted = catalog.get(&rec.profile).map_or(0, |p| p.def.standbys);
+            let profile = catalog.get(&rec.profile);
+            let wanted = profile.map_or(0, |p| p.def.standbys);
             // EBS volumes move by snapshot, not by rounds.
             if wanted == 0
                 || rec.state != VolumeState::Ready
@@ -70,7 +71,9 @@ impl VolumeService {
                 self.lags.forget(&rec.name);
                 continue;
             }
-            let picked = standby::pick(c.node(), &live, wanted);
+            let label = profile.and_then(|p| p.def.standby_label());
+            let eligible = standby::eligible(&live, label.as_ref());
+            let picked = standby::pick(c.node(), &eligible, wanted);
             let names: Vec<&str> = picked.iter().map(|(n, _)| n.as_str()).collect();
             self.lags.keep_only(&rec.name, &names);
             let paths = match super::migrate::transfer_paths(&rec) {
