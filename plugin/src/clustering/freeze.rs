@@ -4,19 +4,28 @@
 //! A standby copy is only worth taking over if it holds an image the
 //! filesystem could have been unmounted as. `fsfreeze -f` (FIFREEZE) flushes
 //! the journal and blocks every writer, so the image read while frozen is
-//! exactly such an image. With the kernel-tracked writes the scan reads only
-//! what was written since the last round, so the freeze lasts milliseconds;
-//! the data is sent after the thaw, and the standby's round is exact (a chunk
-//! that changed since the scan fails the round instead of mixing two states).
+//! exactly such an image.
 //!
-//! The freeze must never outlive the scan: [`Frozen`] thaws when dropped
-//! (also on an error or a panic, by unwinding), and a marker file per frozen
+//! The freeze covers the scan and the send of a small round (what was
+//! written since the last one, the kernel-tracked writes read alone), not
+//! just the scan: the thaw itself rewrites the superblock (ext4 sets its
+//! needs_recovery flag again), so a chunk scanned frozen and read after the
+//! thaw always differs, and the exact round fails (measured on the Swarm:
+//! every such round failed). A round too big for that is sent unfrozen,
+//! unsealed (`clustering::standby`).
+//!
+//! The freeze is bounded: [`Frozen`] thaws when dropped (also on an error
+//! or a panic, by unwinding), a watchdog thread thaws it at its limit
+//! whatever the round does (the round then fails its exact check if
+//! anything changed, and commits nothing), and a marker file per frozen
 //! volume lets the next daemon start thaw what a killed daemon left frozen
 //! ([`thaw_left`]). The commands run through `fsfreeze` (the crate forbids
 //! `unsafe`, and so a raw ioctl), each bounded by `timeout`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The longest `fsfreeze -f` may take (it syncs first: the standby tick
@@ -38,13 +47,34 @@ pub(crate) enum FreezeError {
     },
 }
 
-/// A frozen filesystem; thawed when dropped.
+/// A frozen filesystem; thawed when dropped, or by its watchdog at its
+/// limit.
 #[derive(Debug)]
 pub(crate) struct Frozen {
     mountpoint: PathBuf,
     marker: PathBuf,
     at: Instant,
-    thawed: bool,
+    /// Thawed already (by [`Frozen::thaw`] or the watchdog), and when.
+    thawed: Arc<Mutex<Option<Instant>>>,
+    /// Dropped at the thaw: wakes the watchdog, which then ends.
+    wake: Option<mpsc::Sender<()>>,
+}
+
+/// Thaws `mountpoint` unless `thawed` says it is already; the marker goes
+/// with a thaw that worked.
+fn thaw_once(
+    mountpoint: &Path,
+    marker: &Path,
+    thawed: &Mutex<Option<Instant>>,
+) -> Result<(), String> {
+    let mut t = thawed.lock().unwrap_or_else(|e| e.into_inner());
+    if t.is_some() {
+        return Ok(());
+    }
+    fsfreeze("-u", mountpoint, FREEZE_LIMIT)?;
+    *t = Some(Instant::now());
+    let _ = std::fs::remove_file(marker);
+    Ok(())
 }
 
 fn fsfreeze(flag: &str, mountpoint: &Path, limit: Duration) -> Result<(), String> {
@@ -79,10 +109,14 @@ fn marker_of(markers: &Path, mountpoint: &Path) -> PathBuf {
     markers.join(format!("{name}.frozen"))
 }
 
-/// Freezes the filesystem mounted at `mountpoint`, leaving a marker in
-/// `markers` (written first: a daemon killed between the two thaws a
-/// filesystem that was never frozen, which is harmless).
-pub(crate) fn freeze(mountpoint: &Path, markers: &Path) -> Result<Frozen, FreezeError> {
+/// Freezes the filesystem mounted at `mountpoint` for at most `max`,
+/// leaving a marker in `markers` (written first: a daemon killed between the
+/// two thaws a filesystem that was never frozen, which is harmless).
+pub(crate) fn freeze(
+    mountpoint: &Path,
+    markers: &Path,
+    max: Duration,
+) -> Result<Frozen, FreezeError> {
     // FIFREEZE freezes whatever filesystem holds the path: never anything
     // but the volume's own mount.
     if !crate::backend::sys::is_mountpoint(mountpoint) {
@@ -112,44 +146,55 @@ pub(crate) fn freeze(mountpoint: &Path, markers: &Path) -> Result<Frozen, Freeze
             message,
         });
     }
+    let thawed = Arc::new(Mutex::new(None));
+    let (wake, woken) = mpsc::channel::<()>();
+    {
+        let (mp, mk, th) = (mountpoint.to_owned(), marker.clone(), thawed.clone());
+        std::thread::spawn(move || {
+            if woken.recv_timeout(max) == Err(RecvTimeoutError::Timeout) {
+                match thaw_once(&mp, &mk, &th) {
+                    Ok(()) => {
+                        tracing::warn!(mountpoint = %mp.display(), limit_ms = max.as_millis() as u64, "freeze limit reached: thawed")
+                    }
+                    Err(e) => {
+                        tracing::error!(mountpoint = %mp.display(), error = %e, "thawing a frozen volume at its limit")
+                    }
+                }
+            }
+        });
+    }
     Ok(Frozen {
         mountpoint: mountpoint.to_owned(),
         marker,
         at,
-        thawed: false,
+        thawed,
+        wake: Some(wake),
     })
 }
 
 impl Frozen {
-    /// Thaws now; how long the filesystem stayed frozen.
+    /// Thaws now (if the watchdog did not); how long the filesystem stayed
+    /// frozen.
     pub(crate) fn thaw(mut self) -> Result<Duration, FreezeError> {
-        self.thawed = true;
-        let r = fsfreeze("-u", &self.mountpoint, FREEZE_LIMIT);
-        let held = self.at.elapsed();
+        let r = thaw_once(&self.mountpoint, &self.marker, &self.thawed);
+        self.wake.take();
         // The marker stays if the thaw failed: the next start retries it.
         r.map_err(|message| FreezeError::Command {
             what: "-u",
             mountpoint: self.mountpoint.display().to_string(),
             message,
         })?;
-        let _ = std::fs::remove_file(&self.marker);
-        Ok(held)
+        let t = self.thawed.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(t.map_or_else(|| self.at.elapsed(), |at| at - self.at))
     }
 }
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        if self.thawed {
-            return;
+        if let Err(e) = thaw_once(&self.mountpoint, &self.marker, &self.thawed) {
+            tracing::error!(mountpoint = %self.mountpoint.display(), error = %e, "thawing a frozen volume");
         }
-        match fsfreeze("-u", &self.mountpoint, FREEZE_LIMIT) {
-            Ok(()) => {
-                let _ = std::fs::remove_file(&self.marker);
-            }
-            Err(e) => {
-                tracing::error!(mountpoint = %self.mountpoint.display(), error = %e, "thawing a frozen volume")
-            }
-        }
+        self.wake.take();
     }
 }
 
@@ -198,7 +243,7 @@ mod tests {
         let markers = dir.path().join("frozen");
         // Not a mountpoint (it would freeze the filesystem holding it):
         // refused before fsfreeze, nothing stays behind.
-        let err = freeze(dir.path(), &markers).unwrap_err();
+        let err = freeze(dir.path(), &markers, Duration::from_secs(1)).unwrap_err();
         assert!(err.to_string().contains("not a mountpoint"), "{err}");
         assert!(!markers.exists());
         // A killed daemon's marker: thawed (here: refused, not frozen) and gone.

@@ -224,6 +224,69 @@ impl AgentStandby {
     }
 }
 
+impl AgentStandby {
+    /// One round of `scanned`: the Standby request carrying its mark, then
+    /// the round itself (exact or pre-copy, as the scan says).
+    #[allow(clippy::too_many_arguments)]
+    fn send_round(
+        &self,
+        node: &str,
+        agent: &str,
+        docker_name: &str,
+        epoch: Epoch,
+        peers: (Peer, Peer),
+        scanned: &mut Scanned,
+    ) -> Result<mover::net::RoundSummary, StandbyError> {
+        let (mut peer, mut round_peer) = peers;
+        // Unfrozen work runs in the background of the application; frozen,
+        // the application waits for it.
+        let _background = scanned
+            .frozen
+            .is_none()
+            .then(crate::migrate::priority::Background::enter);
+        let reach = |message: String| StandbyError::Reach {
+            node: node.to_owned(),
+            agent: agent.to_owned(),
+            message,
+        };
+        let refused = |message: String| StandbyError::Refused {
+            node: node.to_owned(),
+            message,
+        };
+        // The standby keeps the mark before the round can commit.
+        let req = PeerRequest::Standby {
+            volume: docker_name.to_owned(),
+            epoch: epoch.0,
+            mark: Some(scanned.mark.clone()),
+        };
+        let body = serde_json::to_vec(&req).map_err(|e| reach(e.to_string()))?;
+        let reply = peer.control(&body).map_err(|e| refused(e.to_string()))?;
+        peer.bye();
+        let token = match serde_json::from_slice::<PeerReply>(&reply) {
+            Ok(PeerReply::Standby { token }) => token,
+            Ok(other) => return Err(refused(format!("unexpected reply {other:?}"))),
+            Err(e) => return Err(refused(format!("unreadable reply: {e}"))),
+        };
+        let req = RoundRequest {
+            target: docker_name.to_owned(),
+            mode: scanned.mode,
+            round: 1,
+            // Exact: a chunk changed since the scan fails the round, which
+            // then commits nothing (the standby keeps its last round whole).
+            final_round: scanned.exact,
+            token,
+        };
+        let summary = round_peer
+            .push_round(&req, &mut scanned.sender, &mut |_| {})
+            .map_err(|e| StandbyError::Round {
+                node: node.to_owned(),
+                message: e.to_string(),
+            })?;
+        round_peer.bye();
+        Ok(summary)
+    }
+}
+
 impl StandbyLink for AgentStandby {
     fn round(
         &self,
@@ -240,90 +303,119 @@ impl StandbyLink for AgentStandby {
             freeze,
         } = sending;
         let t = Instant::now();
-        let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
         // The standby must be the node etcd named (finding 5: pinned).
         let mut ep = Endpoint::new(&self.node).expecting(node);
         ep.bucket = Some(self.bucket.clone());
-        let reach = |message: String| StandbyError::Reach {
+        let scan_err = |e: mover::ScanError| StandbyError::Round {
             node: node.to_owned(),
-            agent: agent.to_owned(),
-            message,
+            message: format!("scan: {e}"),
         };
-        let round_err = |message: String| StandbyError::Round {
-            node: node.to_owned(),
-            message,
+        // Both sessions (the mark's, the round's) before any freeze: their
+        // TLS handshakes do not hold the application's writes.
+        let connect = || -> Result<(Peer, Peer), StandbyError> {
+            let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
+            let reach = |e: &dyn std::fmt::Display| StandbyError::Reach {
+                node: node.to_owned(),
+                agent: agent.to_owned(),
+                message: e.to_string(),
+            };
+            Ok((
+                Peer::connect_within(agent, &tls, &ep, CONNECT).map_err(|e| reach(&e))?,
+                Peer::connect_within(agent, &tls, &ep, CONNECT).map_err(|e| reach(&e))?,
+            ))
         };
-        let _background = crate::migrate::priority::Background::enter();
-        // 1. The scan, with a block volume's filesystem frozen: only the
-        // writes since the last scan are read, then it thaws at once.
-        let (scan, mark, freeze_ms) = scan_marked(&source, cache_dir, docker_name, changes, freeze);
-        let mut sender = scan.map_err(|e| round_err(format!("scan: {e}")))?;
-        // 2. The standby keeps the mark before the round can commit.
-        let mut peer =
-            Peer::connect_within(agent, &tls, &ep, CONNECT).map_err(|e| reach(e.to_string()))?;
-        let req = PeerRequest::Standby {
-            volume: docker_name.to_owned(),
-            epoch: epoch.0,
-            mark: Some(mark.clone()),
+        let mut bytes = 0;
+        let peers = connect()?;
+        let mut scanned = scan_for_round(
+            &source,
+            cache_dir,
+            docker_name,
+            changes.clone(),
+            freeze.clone(),
+        )
+        .map_err(scan_err)?;
+        let peers = if scanned.too_big {
+            // Too much to send frozen: sent unfrozen first (unsealed), then
+            // at once the few writes made meanwhile, frozen.
+            let first = self.send_round(node, agent, docker_name, epoch, peers, &mut scanned)?;
+            bytes += first.bytes_fetched;
+            let peers = connect()?;
+            scanned = scan_for_round(&source, cache_dir, docker_name, changes, freeze)
+                .map_err(scan_err)?;
+            peers
+        } else {
+            peers
         };
-        let body = serde_json::to_vec(&req).map_err(|e| reach(e.to_string()))?;
-        let refused = |message: String| StandbyError::Refused {
-            node: node.to_owned(),
-            message,
-        };
-        let reply = peer.control(&body).map_err(|e| refused(e.to_string()))?;
-        peer.bye();
-        let token = match serde_json::from_slice::<PeerReply>(&reply) {
-            Ok(PeerReply::Standby { token }) => token,
-            Ok(other) => return Err(refused(format!("unexpected reply {other:?}"))),
-            Err(e) => return Err(refused(format!("unreadable reply: {e}"))),
-        };
-        // 3. The round, exact: a chunk changed since the scan fails it (the
-        // standby keeps its last round whole; the next tick scans again).
-        let req = RoundRequest {
-            target: docker_name.to_owned(),
-            mode: match source {
-                Source::Tree(_) => TransferMode::Tree,
-                Source::Image(_) => TransferMode::Image,
-            },
-            round: 1,
-            final_round: true,
-            token,
-        };
-        let mut peer =
-            Peer::connect_within(agent, &tls, &ep, CONNECT).map_err(|e| reach(e.to_string()))?;
-        let summary = peer
-            .push_round(&req, &mut sender, &mut |_| {})
-            .map_err(|e| round_err(e.to_string()))?;
-        peer.bye();
+        let r = self.send_round(node, agent, docker_name, epoch, peers, &mut scanned);
+        let freeze_ms = scanned.thaw();
+        let summary = r?;
         Ok(RoundFigures {
-            bytes: summary.bytes_fetched,
+            bytes: bytes + summary.bytes_fetched,
             bytes_dirty: summary.bytes_dirty,
             ms: crate::migrate::report::millis(t.elapsed()),
-            sealed: mark.sealed,
+            sealed: scanned.mark.sealed,
             freeze_ms,
         })
     }
 }
 
-/// Scans `source` for a standby round; with `freeze` (a block volume's
-/// mountpoint and the freeze markers' dir) the scan runs frozen and the
-/// round is sealed. A freeze that fails leaves an unsealed round, said so in
-/// the mark and logged. Returns the scan, its mark and the freeze's length.
-pub(crate) fn scan_marked(
+/// The longest a sealed round holds the application's writes: past it the
+/// watchdog thaws (the round then fails if anything changed).
+const FREEZE_MAX: Duration = Duration::from_secs(2);
+
+/// A scan read more than this (written since the last round): not sent
+/// frozen (at [`BANDWIDTH`] it would hold the writers for over half a
+/// second); a pre-copy round goes first.
+const SEAL_MAX_BYTES: u64 = 4 << 20;
+
+/// A scan for a standby round, and how the round goes.
+pub(crate) struct Scanned {
+    pub(crate) sender: Sender,
+    pub(crate) mark: RoundMark,
+    /// The round is exact (sealed, or a dir volume's).
+    pub(crate) exact: bool,
+    pub(crate) mode: TransferMode,
+    /// Scanned frozen but too much to send so: thawed, unsealed.
+    pub(crate) too_big: bool,
+    /// Still frozen: the round goes now, then [`Scanned::thaw`].
+    frozen: Option<super::freeze::Frozen>,
+}
+
+impl Scanned {
+    /// Thaws (if still frozen); how long the filesystem stayed frozen.
+    pub(crate) fn thaw(&mut self) -> Option<u64> {
+        let f = self.frozen.take()?;
+        match f.thaw() {
+            Ok(held) => Some(crate::migrate::report::millis(held)),
+            Err(e) => {
+                tracing::error!(error = %e, "standby round: thaw failed");
+                None
+            }
+        }
+    }
+}
+
+/// Scans `source` for a standby round. With `freeze` (a block volume's
+/// mountpoint and the freeze markers' dir) the scan runs frozen, and when
+/// it read little the filesystem stays frozen through the round: sealed. A
+/// freeze that fails leaves an unsealed round, logged.
+pub(crate) fn scan_for_round(
     source: &Source,
     cache_dir: &Path,
     label: &str,
     changes: Option<Arc<dyn mover::ImageChanges>>,
     freeze: Option<(PathBuf, PathBuf)>,
-) -> (Result<Sender, mover::ScanError>, RoundMark, Option<u64>) {
+) -> Result<Scanned, mover::ScanError> {
     let at_unix_ms = now_unix_ms();
-    let frozen = freeze.and_then(|(mp, markers)| {
-        super::freeze::freeze(&mp, &markers)
+    let mut frozen = freeze.and_then(|(mp, markers)| {
+        super::freeze::freeze(&mp, &markers, FREEZE_MAX)
             .inspect_err(|e| tracing::warn!(volume = label, error = %e, "standby round: not frozen, so not sealed"))
             .ok()
     });
-    let scan = Sender::scan(
+    let _background = frozen
+        .is_none()
+        .then(crate::migrate::priority::Background::enter);
+    let sender = Sender::scan(
         source,
         cache_dir,
         mover::ScanOptions {
@@ -333,28 +425,29 @@ pub(crate) fn scan_marked(
             progress: Arc::new(mover::progress::NoProgress),
             changes,
         },
-    );
-    let (sealed, freeze_ms) = match frozen.map(super::freeze::Frozen::thaw) {
-        Some(Ok(held)) => (true, Some(crate::migrate::report::millis(held))),
-        Some(Err(e)) => {
-            tracing::error!(volume = label, error = %e, "standby round: thaw failed");
-            (false, None)
-        }
-        None => (false, None),
-    };
-    let root = scan
-        .as_ref()
-        .map(|s| s.manifest_id().to_hex())
-        .unwrap_or_default();
-    (
-        scan,
-        RoundMark {
+    )?;
+    let too_big = frozen.is_some() && sender.stats().bytes_hashed > SEAL_MAX_BYTES;
+    if too_big {
+        frozen.take();
+    }
+    let sealed = frozen.is_some();
+    let exact = sealed || matches!(source, Source::Tree(_));
+    let root = sender.manifest_id().to_hex();
+    Ok(Scanned {
+        sender,
+        mark: RoundMark {
             root,
             at_unix_ms,
             sealed,
         },
-        freeze_ms,
-    )
+        exact,
+        mode: match source {
+            Source::Tree(_) => TransferMode::Tree,
+            Source::Image(_) => TransferMode::Image,
+        },
+        too_big,
+        frozen,
+    })
 }
 
 /// What the owner knows of one standby, as `cluster status` and inspect

@@ -55,7 +55,13 @@ pub(crate) struct LastTakeover {
     pub(crate) round_at_unix_ms: u64,
     /// When the round's mark reached this node, Unix ms by its clock.
     pub(crate) mark_received_unix_ms: u64,
-    /// Data age lost: the takeover's time minus the round's.
+    /// When this node found the writer gone (its lease expired: its keys
+    /// went), Unix ms: the writer stopped writing before it (fence margin).
+    pub(crate) writer_gone_unix_ms: u64,
+    /// Data age of the copy when served: the takeover's time minus the
+    /// round's (it counts the wait for the lease and for Swarm's
+    /// rescheduling too; the data the dead owner wrote and lost spans at
+    /// most `writer_gone_unix_ms - round_at_unix_ms`).
     pub(crate) rpo_ms: u64,
     /// From the Mount's start (its wait for the dead owner's lease included).
     pub(crate) takeover_ms: u64,
@@ -146,6 +152,11 @@ impl VolumeService {
                     tracing::warn!(volume = %rec.name, error = %e, "standby round: flush failed; sending what the image holds");
                 }
                 let started = Instant::now();
+                let warm = self
+                    .lags
+                    .of(&rec.name)
+                    .iter()
+                    .any(|l| l.node == *node && l.rounds > 0 && l.error.is_none());
                 let r = link.round(
                     node,
                     agent,
@@ -157,11 +168,14 @@ impl VolumeService {
                         changes: self
                             .backend
                             .image_changes(super::vref(&rec), &paths.cache_dir),
-                        // A mounted block volume's scan runs frozen: sealed.
+                        // A mounted block volume's scan runs frozen (the
+                        // round is sealed) once the standby holds a round:
+                        // the first carries the whole image, unfrozen.
                         freeze: paths
                             .mountpoint
                             .as_ref()
                             .filter(|mp| crate::backend::sys::is_mountpoint(mp))
+                            .filter(|_| warm)
                             .map(|mp| (mp.clone(), self.freeze_markers())),
                     },
                 );
@@ -359,6 +373,7 @@ impl VolumeService {
         writer: &Writer,
         started: Instant,
     ) -> Result<LastTakeover, String> {
+        let gone = standby::now_unix_ms();
         match &rec.state {
             VolumeState::Receiving { from } if *from == writer.node => {}
             VolumeState::Receiving { from } => {
@@ -439,6 +454,7 @@ impl VolumeService {
             sealed: m.mark.sealed,
             round_at_unix_ms: m.mark.at_unix_ms,
             mark_received_unix_ms: m.received_unix_ms,
+            writer_gone_unix_ms: gone,
             rpo_ms: now.saturating_sub(m.mark.at_unix_ms),
             takeover_ms: crate::migrate::report::millis(started.elapsed()),
             at_unix_ms: now,

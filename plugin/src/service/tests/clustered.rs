@@ -171,9 +171,9 @@ impl StandbyLink for Agents {
             node: node.to_owned(),
             message,
         };
-        let (scan, mark, freeze_ms) =
-            standby::scan_marked(&source, cache_dir, docker_name, changes, freeze);
-        let mut sender = scan.map_err(|e| failed(e.to_string()))?;
+        let mut scanned = standby::scan_for_round(&source, cache_dir, docker_name, changes, freeze)
+            .map_err(|e| failed(e.to_string()))?;
+        let mark = scanned.mark.clone();
         let standby = self.nodes.service(node);
         let mark = (!*super::lock(&self.nodes.unmarked)).then_some(mark);
         standby
@@ -187,15 +187,16 @@ impl StandbyLink for Agents {
             TransferMode::Tree => mover::Destination::Tree(dst.data.clone()),
             TransferMode::Image => mover::Destination::Image(dst.data.clone()),
         };
-        let opts = mover::ReceiveOptions::default().with_precopy(false);
+        let opts = mover::ReceiveOptions::default().with_precopy(!scanned.exact);
         let mut rx = mover::Receiver::open(&dest, &dst.state_dir).unwrap();
         let stats = if *super::lock(&self.nodes.die_mid_round) {
-            let mut dying = DiesMidRound(&mut sender);
+            let mut dying = DiesMidRound(&mut scanned.sender);
             rx.run_round(&mut dying, &opts)
         } else {
-            rx.run_round(&mut sender, &opts)
+            rx.run_round(&mut scanned.sender, &opts)
         }
         .map_err(|e| failed(e.to_string()))?;
+        let freeze_ms = scanned.thaw();
         Ok(RoundFigures {
             bytes: stats.bytes_fetched,
             bytes_dirty: stats.bytes_dirty,
