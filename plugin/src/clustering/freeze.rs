@@ -154,7 +154,7 @@ pub(crate) fn freeze(
             if woken.recv_timeout(max) == Err(RecvTimeoutError::Timeout) {
                 match thaw_once(&mp, &mk, &th) {
                     Ok(()) => {
-                        tracing::warn!(mountpoint = %mp.display(), limit_ms = max.as_millis() as u64, "freeze limit reached: thawed")
+                        tracing::warn!(mountpoint = %mp.display(), limit_ms = crate::migrate::report::millis(max), "freeze limit reached: thawed")
                     }
                     Err(e) => {
                         tracing::error!(mountpoint = %mp.display(), error = %e, "thawing a frozen volume at its limit")

@@ -163,7 +163,7 @@ pub(crate) fn remember_mark(state_dir: &Path, m: KeptMark) -> std::io::Result<()
 pub(crate) fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+        .map_or(0, crate::migrate::report::millis)
 }
 
 /// What a standby round sends from here.
