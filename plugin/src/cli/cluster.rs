@@ -121,6 +121,18 @@ fn render(v: &Value) -> String {
                 .unwrap_or_default();
             out.push_str(&format!("  standby {}: {lag}{error}\n", text(&s["node"])));
         }
+        // Known on the node that took the volume over from its standby.
+        let t = &x["last_takeover"];
+        if t.is_object() {
+            out.push_str(&format!(
+                "  took over from {}@{}: data age {:.1} s, in {} ms, {}\n",
+                text(&t["from"]),
+                text(&t["from_epoch"]),
+                t["rpo_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                text(&t["takeover_ms"]),
+                text(&t["checked"]),
+            ));
+        }
     }
     out
 }
@@ -141,7 +153,9 @@ mod tests {
                                        "lag_bytes": 0, "rounds": 9, "error": null},
                                       {"node": "n3", "lag_ms": null, "last_round_bytes": 0,
                                        "lag_bytes": 0, "rounds": 0,
-                                       "error": "reaching node n3's agent at 10.0.0.3:7443: connection refused"}]}],
+                                       "error": "reaching node n3's agent at 10.0.0.3:7443: connection refused"}],
+                         "last_takeover": {"from": "n3", "from_epoch": 8, "epoch": 12, "rpo_ms": 20028,
+                                           "takeover_ms": 7, "checked": "e2fsck -n -f: clean"}}],
         });
         let t = render(&v);
         assert!(t.contains("lease 7 writable for 6000 ms"), "{t}");
@@ -153,6 +167,10 @@ mod tests {
         );
         assert!(
             t.contains("standby n3: no round yet, error: reaching"),
+            "{t}"
+        );
+        assert!(
+            t.contains("took over from n3@8: data age 20.0 s, in 7 ms, e2fsck -n -f: clean"),
             "{t}"
         );
         let fenced = render(&json!({"fenced": true, "nodes": [], "volumes": []}));

@@ -13,10 +13,12 @@
 //! - [`handover`]: asking the last writer's agent for the volume when this
 //!   node's copy is stale (the data path);
 //! - [`standby`]: warm standbys: which nodes, one round to one, their lag;
+//! - [`freeze`]: a block volume frozen for a sealed standby round's scan;
 //! - [`status`]: `daffe cluster status`.
 
 pub(crate) mod catalogue;
 pub(crate) mod fencing;
+pub(crate) mod freeze;
 pub(crate) mod handover;
 mod keeper;
 pub(crate) mod standby;

@@ -13,18 +13,40 @@
 //!
 //! A standby copy is a copy in state `Receiving { from: owner }` whose
 //! receiver index survives between rounds; it is never mounted nor served
-//! until a handover's final round and commit make it the volume.
+//! until a handover's final round and commit make it the volume, or, when
+//! the owner died, a takeover (`crate::service::standby`) finds that its last
+//! committed round is one the owner marked.
+//!
+//! Failover safety, the round's side ([`RoundMark`]):
+//! - the owner scans first (a block volume with its filesystem frozen:
+//!   `super::freeze`), then tells the standby, in the Standby request, the
+//!   root of that scan's manifest, its time by the owner's clock and whether
+//!   it was frozen; the standby keeps the last few marks beside its receiver
+//!   state ([`remember_mark`]);
+//! - the round is sent exact (`final_round`: the receiver's pre-copy
+//!   leniency is off), so a chunk that changed after the thaw fails the
+//!   round instead of committing a mix of two states;
+//! - the mover's receiver commits a round atomically (nothing touches the
+//!   image before its commit record; after it, a replay finishes it), and
+//!   its applied root names exactly what the destination holds.
+//!
+//! So at takeover: the receiver recovered, its applied root equal to a mark
+//! of the last writer at the writer's epoch means the copy is byte for byte
+//! that scan. A round half-sent when the owner died never committed, so the
+//! copy is still the previous round (a redo log, not an undo log: nothing
+//! of an uncommitted round was ever written to the image, so there is
+//! nothing to roll back).
 
 use crate::migrate::wire::{PeerReply, PeerRequest};
 use cluster::Epoch;
 use mover::RateLimiter;
+use mover::Sender;
 use mover::Source;
 use mover::net::tls;
-use mover::net::{Endpoint, NodeFiles, Peer, RoundPushRetry, RoundPusher};
-use mover::retry::RetryPolicy;
-use serde::Serialize;
+use mover::net::{Endpoint, NodeFiles, Peer, RoundRequest, TransferMode};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,6 +113,70 @@ pub(crate) struct RoundFigures {
     /// Bytes that changed again during the round (they go in the next one).
     pub(crate) bytes_dirty: u64,
     pub(crate) ms: u64,
+    /// The scan ran with the filesystem frozen (a block volume's round).
+    pub(crate) sealed: bool,
+    /// How long the filesystem stayed frozen.
+    pub(crate) freeze_ms: Option<u64>,
+}
+
+/// What the owner tells a standby of the round that follows (sent in the
+/// Standby request, before the round's data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RoundMark {
+    /// The root of the manifest the owner scanned (hex): the round, once
+    /// committed, leaves exactly this on the standby.
+    pub(crate) root: String,
+    /// When the scan started (the freeze, for a sealed round), Unix ms by
+    /// the owner's clock.
+    pub(crate) at_unix_ms: u64,
+    /// The scan ran with the filesystem frozen: a consistent image.
+    pub(crate) sealed: bool,
+}
+
+/// A mark as the standby keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct KeptMark {
+    pub(crate) from: String,
+    pub(crate) epoch: u64,
+    pub(crate) mark: RoundMark,
+    /// When it arrived, Unix ms by the standby's clock.
+    pub(crate) received_unix_ms: u64,
+}
+
+/// The standby's marks file, in its receiver state dir (so a copy blanked
+/// for another owner loses its marks with its receiver state).
+const MARKS_FILE: &str = "standby-marks.json";
+/// Marks kept: the last round's, and the one before it (the round in
+/// flight when the owner died never committed).
+const MARKS_KEPT: usize = 4;
+
+/// The marks kept in `state_dir`, oldest first.
+pub(crate) fn read_marks(state_dir: &Path) -> Vec<KeptMark> {
+    std::fs::read(state_dir.join(MARKS_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Keeps `m` (durably, before the round it announces can commit).
+pub(crate) fn remember_mark(state_dir: &Path, m: KeptMark) -> std::io::Result<()> {
+    let mut marks = read_marks(state_dir);
+    marks.push(m);
+    let extra = marks.len().saturating_sub(MARKS_KEPT);
+    marks.drain(..extra);
+    std::fs::create_dir_all(state_dir)?;
+    let tmp = state_dir.join(format!("{MARKS_FILE}.tmp"));
+    let f = std::fs::File::create(&tmp)?;
+    serde_json::to_writer(&f, &marks).map_err(std::io::Error::other)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, state_dir.join(MARKS_FILE))?;
+    std::fs::File::open(state_dir)?.sync_all()
+}
+
+pub(crate) fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, crate::migrate::report::millis)
 }
 
 /// What a standby round sends from here.
@@ -102,6 +188,9 @@ pub(crate) struct Sending<'a> {
     /// Who tracks where a block image was written between this cache's
     /// scans (`crate::backend::local::writes`); none: read it whole.
     pub(crate) changes: Option<Arc<dyn mover::ImageChanges>>,
+    /// A block volume's mounted filesystem, frozen during the scan (the
+    /// round is then sealed), and where the freeze markers go.
+    pub(crate) freeze: Option<(PathBuf, PathBuf)>,
 }
 
 /// One standby round, from this node (the owner) to another node.
@@ -148,6 +237,69 @@ impl AgentStandby {
     }
 }
 
+impl AgentStandby {
+    /// One round of `scanned`: the Standby request carrying its mark, then
+    /// the round itself (exact or pre-copy, as the scan says).
+    #[allow(clippy::too_many_arguments)]
+    fn send_round(
+        &self,
+        node: &str,
+        agent: &str,
+        docker_name: &str,
+        epoch: Epoch,
+        peers: (Peer, Peer),
+        scanned: &mut Scanned,
+    ) -> Result<mover::net::RoundSummary, StandbyError> {
+        let (mut peer, mut round_peer) = peers;
+        // Unfrozen work runs in the background of the application; frozen,
+        // the application waits for it.
+        let _background = scanned
+            .frozen
+            .is_none()
+            .then(crate::migrate::priority::Background::enter);
+        let reach = |message: String| StandbyError::Reach {
+            node: node.to_owned(),
+            agent: agent.to_owned(),
+            message,
+        };
+        let refused = |message: String| StandbyError::Refused {
+            node: node.to_owned(),
+            message,
+        };
+        // The standby keeps the mark before the round can commit.
+        let req = PeerRequest::Standby {
+            volume: docker_name.to_owned(),
+            epoch: epoch.0,
+            mark: Some(scanned.mark.clone()),
+        };
+        let body = serde_json::to_vec(&req).map_err(|e| reach(e.to_string()))?;
+        let reply = peer.control(&body).map_err(|e| refused(e.to_string()))?;
+        peer.bye();
+        let token = match serde_json::from_slice::<PeerReply>(&reply) {
+            Ok(PeerReply::Standby { token }) => token,
+            Ok(other) => return Err(refused(format!("unexpected reply {other:?}"))),
+            Err(e) => return Err(refused(format!("unreadable reply: {e}"))),
+        };
+        let req = RoundRequest {
+            target: docker_name.to_owned(),
+            mode: scanned.mode,
+            round: 1,
+            // Exact: a chunk changed since the scan fails the round, which
+            // then commits nothing (the standby keeps its last round whole).
+            final_round: scanned.exact,
+            token,
+        };
+        let summary = round_peer
+            .push_round(&req, &mut scanned.sender, &mut |_| {})
+            .map_err(|e| StandbyError::Round {
+                node: node.to_owned(),
+                message: e.to_string(),
+            })?;
+        round_peer.bye();
+        Ok(summary)
+    }
+}
+
 impl StandbyLink for AgentStandby {
     fn round(
         &self,
@@ -161,63 +313,154 @@ impl StandbyLink for AgentStandby {
             source,
             cache_dir,
             changes,
+            freeze,
         } = sending;
         let t = Instant::now();
-        let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
         // The standby must be the node etcd named (finding 5: pinned).
         let mut ep = Endpoint::new(&self.node).expecting(node);
         ep.bucket = Some(self.bucket.clone());
-        let reach = |message: String| StandbyError::Reach {
+        let scan_err = |e: mover::ScanError| StandbyError::Round {
             node: node.to_owned(),
-            agent: agent.to_owned(),
-            message,
+            message: format!("scan: {e}"),
         };
-        let mut peer =
-            Peer::connect_within(agent, &tls, &ep, CONNECT).map_err(|e| reach(e.to_string()))?;
-        let req = PeerRequest::Standby {
-            volume: docker_name.to_owned(),
-            epoch: epoch.0,
-        };
-        let body = serde_json::to_vec(&req).map_err(|e| reach(e.to_string()))?;
-        let refused = |message: String| StandbyError::Refused {
-            node: node.to_owned(),
-            message,
-        };
-        let reply = peer.control(&body).map_err(|e| refused(e.to_string()))?;
-        peer.bye();
-        let token = match serde_json::from_slice::<PeerReply>(&reply) {
-            Ok(PeerReply::Standby { token }) => token,
-            Ok(other) => return Err(refused(format!("unexpected reply {other:?}"))),
-            Err(e) => return Err(refused(format!("unreadable reply: {e}"))),
-        };
-        // A standby round is never worth waiting minutes for: a cut link
-        // is retried briefly, then the next tick tries again.
-        let mut reconnect = RetryPolicy::RECONNECT;
-        reconnect.deadline = Some(Duration::from_secs(20));
-        let pusher = RoundPusher::new(agent, tls, ep, source, cache_dir, docker_name)
-            // One scan thread: the application runs on the other cores.
-            .with_scan_threads(1)
-            // A block image: only what was written since the last round.
-            .with_changes(changes)
-            .with_token(token)
-            .with_retry(
-                RoundPushRetry::default()
-                    .with_connect_timeout(CONNECT)
-                    .with_reconnect(reconnect),
-            );
-        let _background = crate::migrate::priority::Background::enter();
-        let r = pusher
-            .push(1, false, &mut |_| {})
-            .map_err(|e| StandbyError::Round {
+        // Both sessions (the mark's, the round's) before any freeze: their
+        // TLS handshakes do not hold the application's writes.
+        let connect = || -> Result<(Peer, Peer), StandbyError> {
+            let tls = tls::client_config(&self.files).map_err(|e| self.identity(e))?;
+            let reach = |e: &dyn std::fmt::Display| StandbyError::Reach {
                 node: node.to_owned(),
+                agent: agent.to_owned(),
                 message: e.to_string(),
-            })?;
+            };
+            Ok((
+                Peer::connect_within(agent, &tls, &ep, CONNECT).map_err(|e| reach(&e))?,
+                Peer::connect_within(agent, &tls, &ep, CONNECT).map_err(|e| reach(&e))?,
+            ))
+        };
+        let mut bytes = 0;
+        let peers = connect()?;
+        let mut scanned = scan_for_round(
+            &source,
+            cache_dir,
+            docker_name,
+            changes.clone(),
+            freeze.clone(),
+        )
+        .map_err(scan_err)?;
+        let peers = if scanned.too_big {
+            // Too much to send frozen: sent unfrozen first (unsealed), then
+            // at once the few writes made meanwhile, frozen.
+            let first = self.send_round(node, agent, docker_name, epoch, peers, &mut scanned)?;
+            bytes += first.bytes_fetched;
+            let peers = connect()?;
+            scanned = scan_for_round(&source, cache_dir, docker_name, changes, freeze)
+                .map_err(scan_err)?;
+            peers
+        } else {
+            peers
+        };
+        let r = self.send_round(node, agent, docker_name, epoch, peers, &mut scanned);
+        let freeze_ms = scanned.thaw();
+        let summary = r?;
         Ok(RoundFigures {
-            bytes: r.summary.bytes_fetched,
-            bytes_dirty: r.summary.bytes_dirty,
+            bytes: bytes + summary.bytes_fetched,
+            bytes_dirty: summary.bytes_dirty,
             ms: crate::migrate::report::millis(t.elapsed()),
+            sealed: scanned.mark.sealed,
+            freeze_ms,
         })
     }
+}
+
+/// The longest a sealed round holds the application's writes: past it the
+/// watchdog thaws (the round then fails if anything changed).
+const FREEZE_MAX: Duration = Duration::from_secs(2);
+
+/// A scan read more than this (written since the last round): not sent
+/// frozen (at [`BANDWIDTH`] it would hold the writers for over half a
+/// second); a pre-copy round goes first.
+const SEAL_MAX_BYTES: u64 = 4 << 20;
+
+/// A scan for a standby round, and how the round goes.
+pub(crate) struct Scanned {
+    pub(crate) sender: Sender,
+    pub(crate) mark: RoundMark,
+    /// The round is exact (sealed, or a dir volume's).
+    pub(crate) exact: bool,
+    pub(crate) mode: TransferMode,
+    /// Scanned frozen but too much to send so: thawed, unsealed.
+    pub(crate) too_big: bool,
+    /// Still frozen: the round goes now, then [`Scanned::thaw`].
+    frozen: Option<super::freeze::Frozen>,
+}
+
+impl Scanned {
+    /// Thaws (if still frozen); how long the filesystem stayed frozen.
+    pub(crate) fn thaw(&mut self) -> Option<u64> {
+        let f = self.frozen.take()?;
+        match f.thaw() {
+            Ok(held) => Some(crate::migrate::report::millis(held)),
+            Err(e) => {
+                tracing::error!(error = %e, "standby round: thaw failed");
+                None
+            }
+        }
+    }
+}
+
+/// Scans `source` for a standby round. With `freeze` (a block volume's
+/// mountpoint and the freeze markers' dir) the scan runs frozen, and when
+/// it read little the filesystem stays frozen through the round: sealed. A
+/// freeze that fails leaves an unsealed round, logged.
+pub(crate) fn scan_for_round(
+    source: &Source,
+    cache_dir: &Path,
+    label: &str,
+    changes: Option<Arc<dyn mover::ImageChanges>>,
+    freeze: Option<(PathBuf, PathBuf)>,
+) -> Result<Scanned, mover::ScanError> {
+    let at_unix_ms = now_unix_ms();
+    let mut frozen = freeze.and_then(|(mp, markers)| {
+        super::freeze::freeze(&mp, &markers, FREEZE_MAX)
+            .inspect_err(|e| tracing::warn!(volume = label, error = %e, "standby round: not frozen, so not sealed"))
+            .ok()
+    });
+    let _background = frozen
+        .is_none()
+        .then(crate::migrate::priority::Background::enter);
+    let sender = Sender::scan(
+        source,
+        cache_dir,
+        mover::ScanOptions {
+            // One scan thread: the application runs on the other cores.
+            threads: 1,
+            label: label.to_owned(),
+            progress: Arc::new(mover::progress::NoProgress),
+            changes,
+        },
+    )?;
+    let too_big = frozen.is_some() && sender.stats().bytes_hashed > SEAL_MAX_BYTES;
+    if too_big {
+        frozen.take();
+    }
+    let sealed = frozen.is_some();
+    let exact = sealed || matches!(source, Source::Tree(_));
+    let root = sender.manifest_id().to_hex();
+    Ok(Scanned {
+        sender,
+        mark: RoundMark {
+            root,
+            at_unix_ms,
+            sealed,
+        },
+        exact,
+        mode: match source {
+            Source::Tree(_) => TransferMode::Tree,
+            Source::Image(_) => TransferMode::Image,
+        },
+        too_big,
+        frozen,
+    })
 }
 
 /// What the owner knows of one standby, as `cluster status` and inspect
@@ -235,6 +478,13 @@ pub(crate) struct StandbyLag {
     pub(crate) rounds: u64,
     /// The last round's error, if it failed.
     pub(crate) error: Option<String>,
+    /// The last complete round was sealed (scanned with the filesystem
+    /// frozen): the standby can take over from it.
+    pub(crate) sealed: bool,
+    /// How long the last sealed round's freeze held the writers, and the
+    /// longest since this node streams the volume.
+    pub(crate) freeze_ms: Option<u64>,
+    pub(crate) max_freeze_ms: u64,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -263,6 +513,9 @@ impl Lags {
         e.lag.lag_bytes = r.bytes_dirty;
         e.lag.rounds += 1;
         e.lag.error = None;
+        e.lag.sealed = r.sealed;
+        e.lag.freeze_ms = r.freeze_ms;
+        e.lag.max_freeze_ms = e.lag.max_freeze_ms.max(r.freeze_ms.unwrap_or(0));
         e.synced_at = Some(started);
     }
 
@@ -379,11 +632,17 @@ mod tests {
             bytes: 4096,
             bytes_dirty: 512,
             ms: 700,
+            sealed: true,
+            freeze_ms: Some(12),
         };
         lags.round_ok("db", "swnode2", started, &fig);
         let l = &lags.of("db")[0];
         assert!(l.lag_ms.unwrap() >= 1500, "{l:?}");
         assert_eq!((l.last_round_bytes, l.lag_bytes, l.rounds), (4096, 512, 1));
+        assert_eq!(
+            (l.sealed, l.freeze_ms, l.max_freeze_ms),
+            (true, Some(12), 12)
+        );
         // A failed round keeps the age of the last good one, and says why.
         lags.round_failed("db", "swnode2", "link cut".into());
         let l = &lags.of("db")[0];

@@ -40,6 +40,9 @@ pub(crate) struct VolumeRow {
     /// Standby copies and their lag, as the owner knows them (filled in by
     /// the daemon on the owner; empty elsewhere).
     pub(crate) standbys: Vec<super::standby::StandbyLag>,
+    /// This node's last failover takeover of the volume (filled in by the
+    /// daemon of the node that took it over).
+    pub(crate) last_takeover: Option<crate::service::LastTakeover>,
 }
 
 impl ClusterNode {
@@ -75,6 +78,7 @@ impl ClusterNode {
                 last_writer: writer.as_ref().map(|w| w.node.clone()),
                 last_epoch: writer.map(|w| w.epoch.0),
                 standbys: Vec::new(),
+                last_takeover: None,
                 name: entry.name,
             });
         }

@@ -22,7 +22,7 @@
 //! | POST | `/v1/volumes/NAME/{abort,own}` | [`ControlRequest::AbortMove`], [`ControlRequest::Own`] |
 //! | POST | `/v1/volumes/NAME/handover` `{"to"}` | [`ControlRequest::Handover`] |
 //! | POST | `/v1/volumes/NAME/pull` | [`ControlRequest::Pull`] |
-//! | POST | `/v1/volumes/NAME/standby` `{"from","epoch"}` | [`ControlRequest::Standby`] |
+//! | POST | `/v1/volumes/NAME/standby` `{"from","epoch","mark"?}` | [`ControlRequest::Standby`] |
 //! | POST | `/v1/volumes/NAME/move-to` `{"node"}` | [`ControlRequest::MoveTo`] |
 //! | POST | `/v1/volumes/NAME/changes` `{"cache"}` | [`ControlRequest::Changes`] |
 //! | POST | `/v1/volumes/NAME/scanned` `{"cache","mark"}` | [`ControlRequest::Scanned`] |
@@ -93,6 +93,8 @@ pub(crate) enum ControlRequest {
         name: String,
         from: String,
         epoch: u64,
+        /// What the round that follows leaves there (failover checks it).
+        mark: Option<crate::clustering::standby::RoundMark>,
     },
     /// Cluster mode: `daffe volume move VOLUME --to NODE`, from any node.
     MoveTo { name: String, node: String },
@@ -179,6 +181,8 @@ struct ScannedBody {
 struct StandbyBody {
     from: String,
     epoch: u64,
+    #[serde(default)]
+    mark: Option<crate::clustering::standby::RoundMark>,
 }
 
 #[derive(Deserialize)]
@@ -336,6 +340,7 @@ impl ControlRequest {
                             name,
                             from: b.from,
                             epoch: b.epoch,
+                            mark: b.mark,
                         }
                     }
                     "move-to" => R::MoveTo {
@@ -451,9 +456,14 @@ impl ControlRequest {
             R::FinishMove { name, to } => post(vol(name, "moved"), json!({ "to": to })),
             R::Handover { name, to } => post(vol(name, "handover"), json!({ "to": to })),
             R::Pull { name } => post(vol(name, "pull"), json!({})),
-            R::Standby { name, from, epoch } => post(
+            R::Standby {
+                name,
+                from,
+                epoch,
+                mark,
+            } => post(
                 vol(name, "standby"),
-                json!({ "from": from, "epoch": epoch }),
+                json!({ "from": from, "epoch": epoch, "mark": mark }),
             ),
             R::MoveTo { name, node } => post(vol(name, "move-to"), json!({ "node": node })),
             R::Changes { name, cache } => post(vol(name, "changes"), json!({ "cache": cache })),
@@ -654,6 +664,11 @@ mod tests {
                 name: n(),
                 from: "swnode1".into(),
                 epoch: 42,
+                mark: Some(crate::clustering::standby::RoundMark {
+                    root: "ab".repeat(32),
+                    at_unix_ms: 1_700_000_000_000,
+                    sealed: true,
+                }),
             },
             R::MoveTo {
                 name: n(),

@@ -185,6 +185,7 @@ fn answer(
                 let mut st = c.status().map_err(ServiceError::from)?;
                 for v in &mut st.volumes {
                     v.standbys = svc.standby_lags(&v.name);
+                    v.last_takeover = svc.last_takeover(&v.name);
                 }
                 json(st)
             }
@@ -217,7 +218,12 @@ fn answer(
         }
         R::Handover { name, to } => json(svc.handover_plan(&name, &to)?),
         R::Pull { name } => json(svc.pull(&name)?),
-        R::Standby { name, from, epoch } => json(svc.accept_standby(&name, &from, epoch)?),
+        R::Standby {
+            name,
+            from,
+            epoch,
+            mark,
+        } => json(svc.accept_standby(&name, &from, epoch, mark)?),
         R::MoveTo { name, node } => json(svc.move_to(&name, &node)?),
         R::Changes { name, cache } => json(svc.image_changes_pending(&name, Path::new(&cache))?),
         R::Scanned { name, cache, mark } => {

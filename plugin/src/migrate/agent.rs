@@ -274,12 +274,17 @@ impl RoundHandler for AgentHandler {
                     .send_as(&ControlRequest::Pull { name: volume })
                     .map_err(daemon_error)?,
             ),
-            PeerRequest::Standby { volume, epoch } => {
+            PeerRequest::Standby {
+                volume,
+                epoch,
+                mark,
+            } => {
                 self.daemon
                     .send(&ControlRequest::Standby {
                         name: volume.clone(),
                         from: peer.node.clone(),
                         epoch,
+                        mark,
                     })
                     .map_err(daemon_error)?;
                 // Each standby round is its own run: a handover's Prepare

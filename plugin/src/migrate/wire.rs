@@ -37,8 +37,14 @@ pub(crate) enum PeerRequest {
     Pull { volume: String },
     /// Cluster mode: the asker owns the volume at `epoch` and will stream
     /// pre-copy rounds into this node's copy, a warm standby (never
-    /// committed by those rounds; a handover commits it).
-    Standby { volume: String, epoch: u64 },
+    /// committed by those rounds; a handover commits it). `mark`: what the
+    /// round that follows will leave there (failover checks it).
+    Standby {
+        volume: String,
+        epoch: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mark: Option<crate::clustering::standby::RoundMark>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -245,19 +245,22 @@ impl VolumeService {
     ) -> Result<Option<Refresh>, ServiceError> {
         // Swarm mounts here a moment after the old node's Unmount; a dead
         // owner lets go when its lease runs out.
+        let started = std::time::Instant::now();
         let wait = self.node().map_or(Duration::ZERO, |c| {
             c.config().lease_ttl() + Duration::from_secs(10)
         });
-        self.claim_copy_here(rec, first, wait)
+        self.claim_copy_here(rec, first, wait, started)
     }
 
     /// [`VolumeService::claim_for_mount`], waiting at most `wait` for
-    /// another owner to let go.
+    /// another owner to let go. `started`: when the Mount (or move) began,
+    /// for a failover's takeover time.
     fn claim_copy_here(
         &self,
         rec: &mut VolumeRecord,
         first: bool,
         wait: Duration,
+        started: std::time::Instant,
     ) -> Result<Option<Refresh>, ServiceError> {
         let Some(c) = self.node() else {
             return Ok(None);
@@ -294,10 +297,11 @@ impl VolumeService {
                 Ok(None)
             }
             Claimed::Stale { epoch, writer } => {
+                let volume = rec.name.clone();
                 let refuse = |reason: String| -> ServiceError {
-                    c.give_back(&rec.name, epoch);
+                    c.give_back(&volume, epoch);
                     ClusterError::NotRefreshed {
-                        volume: rec.name.clone(),
+                        volume: volume.clone(),
                         writer: writer.node.clone(),
                         epoch: writer.epoch,
                         reason,
@@ -320,10 +324,30 @@ impl VolumeService {
                         writer,
                         agent,
                     })),
-                    Ok(None) => Err(refuse(format!(
-                        "node {} is not in the cluster now (down, or cut off from etcd)",
-                        writer.node
-                    ))),
+                    // The writer's lease ran out (its node key went with
+                    // it, and this claim won): failover, if this node's
+                    // copy is its standby holding a round it marked.
+                    Ok(None) => {
+                        let gone = format!(
+                            "node {} is not in the cluster now (down, or cut off from etcd)",
+                            writer.node
+                        );
+                        match self.take_over(rec, epoch, &writer, started) {
+                            Ok(t) => {
+                                let adopted = c
+                                    .adopt(&rec.name, epoch, self.fence_mount(rec))
+                                    .inspect_err(|_| c.give_back(&rec.name, epoch))?;
+                                rec.cluster.get_or_insert_with(ClusterFacts::default).epoch =
+                                    Some(adopted.0);
+                                self.records.put(rec)?;
+                                self.took_over(&rec.name, t);
+                                Ok(None)
+                            }
+                            Err(why) => Err(refuse(format!(
+                                "{gone}, and this node cannot take over from its copy: {why}"
+                            ))),
+                        }
+                    }
                     Err(e) => Err(refuse(e.to_string())),
                 }
             }
@@ -492,7 +516,7 @@ impl VolumeService {
                     reason: "its copy here is being brought up to date; try again".into(),
                 });
             }
-            match self.claim_copy_here(&mut rec, true, Duration::ZERO)? {
+            match self.claim_copy_here(&mut rec, true, Duration::ZERO, t)? {
                 None => {
                     self.records.put(&rec)?;
                     self.release_ownership(&rec.name);
@@ -641,6 +665,8 @@ impl VolumeService {
         let Some(c) = self.node() else {
             return Ok(());
         };
+        // A run killed during a sealed round's scan left that volume frozen.
+        crate::clustering::freeze::thaw_left(&self.freeze_markers());
         let mut seen = BTreeSet::new();
         for mut rec in self.records.list()? {
             seen.insert(rec.name.clone());

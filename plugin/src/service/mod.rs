@@ -41,6 +41,7 @@ mod volumes;
 pub(crate) mod tests;
 
 pub(crate) use error::{ErrorCode, ServiceError};
+pub(crate) use standby::LastTakeover;
 pub(crate) use volumes::{VolumeInfo, VolumeView};
 
 use crate::backend::ebs::EbsBackend;
@@ -84,6 +85,8 @@ pub(crate) struct VolumeService {
     standby_sent: Condvar,
     /// The last handover into each copy here (inspect shows it).
     handed: Mutex<BTreeMap<String, clustered::LastHandover>>,
+    /// The last failover takeover of each copy here (inspect shows it).
+    taken: Mutex<BTreeMap<String, LastTakeover>>,
 }
 
 /// Locks a std mutex, ignoring poisoning: the data behind these locks is
@@ -114,6 +117,7 @@ impl VolumeService {
             standby_sends: Mutex::new(BTreeSet::new()),
             standby_sent: Condvar::new(),
             handed: Mutex::new(BTreeMap::new()),
+            taken: Mutex::new(BTreeMap::new()),
         }
     }
 

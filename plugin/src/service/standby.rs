@@ -11,15 +11,64 @@
 //! - Between the two, one sender at a time per volume: a handover waits for
 //!   a standby round in flight ([`VolumeService::wait_standby_sends`]); two
 //!   senders into one receiver index would each undo the other's rounds.
+//! - Failover ([`VolumeService::take_over`]): the owner died (its lease ran
+//!   out), this node claimed the volume, and its copy is the dead owner's
+//!   standby. It is served only if its last committed round is one the
+//!   owner marked at the epoch of the last write (`clustering::standby`
+//!   says why that is exact), sealed for a block volume, and a block image
+//!   passes `e2fsck -n -f` / `xfs_repair -n -f`. Otherwise the Mount fails,
+//!   saying why, and the copy is kept as it is.
+//!   - A block volume's copy is then the image as it was frozen by the
+//!     owner at the mark's time: what a crash of the owner at that moment
+//!     would have left, with the journal flushed.
+//!   - A dir volume's copy is each file as the owner's scan read it (no
+//!     freeze: files read at different moments of the scan, a file written
+//!     during the scan's read of it may be torn, as a copy of a running
+//!     application's files is). Its rounds are exact too: a file that
+//!     changed between the scan and the send fails the round, so no file
+//!     mixes two rounds.
+//!   - Data age lost (RPO): now minus the mark's time, by the owner's clock
+//!     as it sent it (the nodes' clocks are assumed NTP-close; the standby's
+//!     own receive time is kept beside it).
 
 use super::{ServiceError, VolumeService};
-use crate::clustering::standby::{self, StandbyLag};
+use crate::clustering::standby::{self, KeptMark, RoundMark, StandbyLag};
 use crate::clustering::{ClusterError, NodeInfo};
-use crate::state::record::{ClusterFacts, VolumeState};
-use cluster::Epoch;
+use crate::state::record::{ClusterFacts, VolumeRecord, VolumeState};
+use cluster::{Epoch, Writer};
 use mover::Source;
-use profiles::{Settings, VolumeName};
+use profiles::{LocalFormat, Settings, VolumeName};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// A failover into this node's standby copy, for inspect and `cluster status`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct LastTakeover {
+    /// The dead owner, and the epoch it last wrote at.
+    pub(crate) from: String,
+    pub(crate) from_epoch: u64,
+    /// This node's epoch since.
+    pub(crate) epoch: u64,
+    /// The round taken over was scanned with the filesystem frozen.
+    pub(crate) sealed: bool,
+    /// The round's scan (its freeze), Unix ms by the owner's clock.
+    pub(crate) round_at_unix_ms: u64,
+    /// When the round's mark reached this node, Unix ms by its clock.
+    pub(crate) mark_received_unix_ms: u64,
+    /// When this node found the writer gone (its lease expired: its keys
+    /// went), Unix ms: the writer stopped writing before it (fence margin).
+    pub(crate) writer_gone_unix_ms: u64,
+    /// Data age of the copy when served: the takeover's time minus the
+    /// round's (it counts the wait for the lease and for Swarm's
+    /// rescheduling too; the data the dead owner wrote and lost spans at
+    /// most `writer_gone_unix_ms - round_at_unix_ms`).
+    pub(crate) rpo_ms: u64,
+    /// From the Mount's start (its wait for the dead owner's lease included).
+    pub(crate) takeover_ms: u64,
+    pub(crate) at_unix_ms: u64,
+    /// The check the copy passed before it was served.
+    pub(crate) checked: String,
+}
 
 impl VolumeService {
     /// One pass of the owner's side: a round to each standby of each volume
@@ -106,6 +155,11 @@ impl VolumeService {
                     tracing::warn!(volume = %rec.name, error = %e, "standby round: flush failed; sending what the image holds");
                 }
                 let started = Instant::now();
+                let warm = self
+                    .lags
+                    .of(&rec.name)
+                    .iter()
+                    .any(|l| l.node == *node && l.rounds > 0 && l.error.is_none());
                 let r = link.round(
                     node,
                     agent,
@@ -117,12 +171,21 @@ impl VolumeService {
                         changes: self
                             .backend
                             .image_changes(super::vref(&rec), &paths.cache_dir),
+                        // A mounted block volume's scan runs frozen (the
+                        // round is sealed) once the standby holds a round:
+                        // the first carries the whole image, unfrozen.
+                        freeze: paths
+                            .mountpoint
+                            .as_ref()
+                            .filter(|mp| crate::backend::sys::is_mountpoint(mp))
+                            .filter(|_| warm)
+                            .map(|mp| (mp.clone(), self.freeze_markers())),
                     },
                 );
                 self.end_standby_send(&rec.name);
                 match r {
                     Ok(f) => {
-                        tracing::debug!(volume = %rec.name, standby = %node, bytes = f.bytes, ms = f.ms, "standby round");
+                        tracing::debug!(volume = %rec.name, standby = %node, bytes = f.bytes, ms = f.ms, sealed = f.sealed, freeze_ms = ?f.freeze_ms, "standby round");
                         self.lags.round_ok(&rec.name, node, started, &f);
                     }
                     Err(e) => {
@@ -185,11 +248,14 @@ impl VolumeService {
     /// stream rounds into this node's copy. Refused unless etcd says `from`
     /// owns it at that epoch now, and this node's copy is neither in use,
     /// owned, being brought up to date, nor the volume's last write.
+    /// `mark`: what the round that follows will leave here, kept (durably,
+    /// before that round can commit) for a takeover to check.
     pub(crate) fn accept_standby(
         &self,
         docker_name: &str,
         from: &str,
         epoch: u64,
+        mark: Option<RoundMark>,
     ) -> Result<(), ServiceError> {
         let refused = |reason: String| ServiceError::Refused {
             op: "standby",
@@ -226,9 +292,26 @@ impl VolumeService {
         let receiving = VolumeState::Receiving {
             from: from.to_owned(),
         };
+        let keep = |rec: &VolumeRecord| -> Result<(), ServiceError> {
+            let Some(mark) = &mark else {
+                return Ok(());
+            };
+            let paths = super::migrate::transfer_paths(rec)?;
+            let kept = KeptMark {
+                from: from.to_owned(),
+                epoch,
+                mark: mark.clone(),
+                received_unix_ms: standby::now_unix_ms(),
+            };
+            standby::remember_mark(&paths.state_dir, kept).map_err(|e| ServiceError::Migration {
+                op: "standby",
+                name: rec.docker_name.clone(),
+                message: format!("keeping the round's mark: {e}"),
+            })
+        };
         self.locked(docker_name, |mut rec| {
             if rec.state == receiving {
-                return Ok(());
+                return keep(&rec);
             }
             if !rec.mounts.is_empty() {
                 return Err(super::in_use(&rec));
@@ -266,7 +349,130 @@ impl VolumeService {
             self.backend.create(super::vref(&rec))?;
             super::migrate::blank_for_receive(&rec)?;
             tracing::info!(volume = %rec.name, from, epoch, "standby copy: receiving the owner's rounds");
-            Ok(())
+            keep(&rec)
         })
+    }
+
+    /// Where a freeze of a volume leaves its marker (`clustering::freeze`).
+    pub(super) fn freeze_markers(&self) -> PathBuf {
+        self.data_root.join(".daffe-frozen")
+    }
+
+    /// The last failover into this node's copy of `name` (since the start).
+    pub(crate) fn last_takeover(&self, name: &str) -> Option<LastTakeover> {
+        super::lock(&self.taken).get(name).cloned()
+    }
+
+    /// Failover, under the volume's lock: this node claimed `rec` (at
+    /// `epoch`) after its last writer `writer` died, and its copy is to be
+    /// served only if it is that writer's standby holding a round the
+    /// writer marked at its epoch (see the module's doc). On success the
+    /// copy is Ready and the caller adopts it; on failure the reason, and
+    /// the copy is left as it is.
+    pub(super) fn take_over(
+        &self,
+        rec: &mut VolumeRecord,
+        epoch: Epoch,
+        writer: &Writer,
+        started: Instant,
+    ) -> Result<LastTakeover, String> {
+        let gone = standby::now_unix_ms();
+        match &rec.state {
+            VolumeState::Receiving { from } if *from == writer.node => {}
+            VolumeState::Receiving { from } => {
+                return Err(format!(
+                    "this node's copy is a standby of node {from}, not of node {}",
+                    writer.node
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "this node holds no standby copy of it (its copy here is {})",
+                    other.as_str()
+                ));
+            }
+        }
+        let block = matches!(&rec.settings, Settings::Local(l) if l.format == LocalFormat::Block);
+        let paths = super::migrate::transfer_paths(rec).map_err(|e| e.to_string())?;
+        let dest = match paths.mode {
+            super::migrate::TransferMode::Tree => mover::Destination::Tree(paths.data.clone()),
+            super::migrate::TransferMode::Image => mover::Destination::Image(paths.data.clone()),
+        };
+        // A round committed but not wholly applied (this node died during
+        // it) is finished first; one never committed never touched the copy.
+        let root = mover::Receiver::open(&dest, &paths.state_dir)
+            .and_then(|mut rx| {
+                rx.recover(&mover::ReceiveOptions::default())?;
+                Ok(rx.applied_root())
+            })
+            .map_err(|e| format!("its receiver state: {e}"))?
+            .ok_or("no standby round ever completed here")?
+            .to_hex();
+        let marks = standby::read_marks(&paths.state_dir);
+        let Some(m) = marks
+            .iter()
+            .rev()
+            .find(|m| m.from == writer.node && m.epoch == writer.epoch.0 && m.mark.root == root)
+        else {
+            if let Some(old) = marks
+                .iter()
+                .rev()
+                .find(|m| m.from == writer.node && m.mark.root == root)
+            {
+                return Err(format!(
+                    "its last round is of node {}'s epoch {}, but the last write is of {}                      (written since, never sent here)",
+                    writer.node, old.epoch, writer.epoch
+                ));
+            }
+            return Err(format!(
+                "its last committed round is none that node {} announced at {}                  (an unmarked round, or none since that epoch began)",
+                writer.node, writer.epoch
+            ));
+        };
+        let checked = if block {
+            if !m.mark.sealed {
+                return Err(
+                    "its last round was not sealed (the owner could not freeze the filesystem for its scan)"
+                        .into(),
+                );
+            }
+            let Settings::Local(s) = &rec.settings else {
+                return Err("not a local volume".into());
+            };
+            let p = crate::backend::local::paths::LocalPaths::new(&rec.name, s);
+            crate::backend::local::block::check_received(&rec.docker_name, s, &p)
+                .map_err(|e| e.to_string())?;
+            match s.filesystem.unwrap_or(profiles::Filesystem::Ext4) {
+                profiles::Filesystem::Ext4 => "e2fsck -n -f: clean",
+                profiles::Filesystem::Xfs => "xfs_repair -n -f: clean",
+            }
+        } else {
+            "dir volume: each file as the owner's scan read it"
+        };
+        let now = standby::now_unix_ms();
+        let t = LastTakeover {
+            from: writer.node.clone(),
+            from_epoch: writer.epoch.0,
+            epoch: epoch.0,
+            sealed: m.mark.sealed,
+            round_at_unix_ms: m.mark.at_unix_ms,
+            mark_received_unix_ms: m.received_unix_ms,
+            writer_gone_unix_ms: gone,
+            rpo_ms: now.saturating_sub(m.mark.at_unix_ms),
+            takeover_ms: crate::migrate::report::millis(started.elapsed()),
+            at_unix_ms: now,
+            checked: checked.to_owned(),
+        };
+        rec.state = VolumeState::Ready;
+        rec.received_from = Some(writer.node.clone());
+        Ok(t)
+    }
+
+    /// Records a takeover done (after the adopt), for inspect.
+    pub(super) fn took_over(&self, name: &str, t: LastTakeover) {
+        tracing::warn!(volume = name, from = %t.from, epoch = t.epoch, rpo_ms = t.rpo_ms,
+            takeover_ms = t.takeover_ms, sealed = t.sealed, checked = %t.checked,
+            "failover: took the volume over from this node's standby copy");
+        super::lock(&self.taken).insert(name.to_owned(), t);
     }
 }

@@ -481,6 +481,9 @@ impl VolumeService {
                     // of each one's last complete round).
                     "standbys": self.standby_lags(&rec.name),
                     "last_handover": self.last_handover(&rec.name),
+                    // A failover from a standby copy: data age lost (RPO)
+                    // and the time from the Mount's start.
+                    "last_takeover": self.last_takeover(&rec.name),
                 }),
             );
         }

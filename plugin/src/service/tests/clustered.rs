@@ -10,7 +10,8 @@
 use super::go;
 use crate::clustering::ClusterNode;
 use crate::clustering::handover::{Handed, Handover, HandoverError, PullReport};
-use crate::clustering::standby::{RoundFigures, Sending, StandbyError, StandbyLink};
+use crate::clustering::standby::{self, RoundFigures, Sending, StandbyError, StandbyLink};
+use crate::service::migrate::TransferMode;
 use crate::service::{ErrorCode, ServiceError, VolumeService};
 use cluster::ClusterConfig;
 use cluster::memory::MemoryCoordinator;
@@ -39,6 +40,10 @@ struct Nodes {
     asked: Mutex<Vec<(String, String, String)>>,
     /// Bytes each handover copied (what the asker's copy lacked).
     handed: Mutex<Vec<u64>>,
+    /// Standby rounds: the owner dies mid-round (failover tests).
+    die_mid_round: Mutex<bool>,
+    /// Standby rounds are sent without a mark (an owner of an older version).
+    unmarked: Mutex<bool>,
 }
 
 impl Nodes {
@@ -142,8 +147,11 @@ impl Handover for Agents {
     }
 }
 
-/// One standby round as the two agents do it: the standby's daemon
-/// accepts (checking etcd), then what changed goes into its copy.
+/// One standby round as the two agents do it, with the real scan and the
+/// real receiver: the owner scans (marked), the standby's daemon accepts
+/// (checking etcd) and keeps the mark, then the round is received exact
+/// into its copy. `Nodes::die_mid_round`: the owner dies after sending part
+/// of the round's chunks (the receiver holds them, uncommitted).
 impl StandbyLink for Agents {
     fn round(
         &self,
@@ -153,21 +161,73 @@ impl StandbyLink for Agents {
         epoch: cluster::Epoch,
         sending: Sending<'_>,
     ) -> Result<RoundFigures, StandbyError> {
-        let source = sending.source;
+        let Sending {
+            source,
+            cache_dir,
+            changes,
+            freeze,
+        } = sending;
+        let failed = |message: String| StandbyError::Round {
+            node: node.to_owned(),
+            message,
+        };
+        let mut scanned = standby::scan_for_round(&source, cache_dir, docker_name, changes, freeze)
+            .map_err(|e| failed(e.to_string()))?;
+        let mark = scanned.mark.clone();
         let standby = self.nodes.service(node);
+        let mark = (!*super::lock(&self.nodes.unmarked)).then_some(mark);
         standby
-            .accept_standby(docker_name, &self.me, epoch.0)
+            .accept_standby(docker_name, &self.me, epoch.0, mark.clone())
             .map_err(|e| StandbyError::Refused {
                 node: node.to_owned(),
                 message: e.to_string(),
             })?;
         let dst = standby.transfer_paths(docker_name).unwrap();
-        let bytes = copy_tree(source.path(), &dst.data);
+        let dest = match dst.mode {
+            TransferMode::Tree => mover::Destination::Tree(dst.data.clone()),
+            TransferMode::Image => mover::Destination::Image(dst.data.clone()),
+        };
+        let opts = mover::ReceiveOptions::default().with_precopy(!scanned.exact);
+        let mut rx = mover::Receiver::open(&dest, &dst.state_dir).unwrap();
+        let stats = if *super::lock(&self.nodes.die_mid_round) {
+            let mut dying = DiesMidRound(&mut scanned.sender);
+            rx.run_round(&mut dying, &opts)
+        } else {
+            rx.run_round(&mut scanned.sender, &opts)
+        }
+        .map_err(|e| failed(e.to_string()))?;
+        let freeze_ms = scanned.thaw();
         Ok(RoundFigures {
-            bytes,
-            bytes_dirty: 0,
+            bytes: stats.bytes_fetched,
+            bytes_dirty: stats.bytes_dirty,
             ms: 1,
+            sealed: mark.is_some_and(|m| m.sealed),
+            freeze_ms,
         })
+    }
+}
+
+/// A source whose owner dies during the fetch: the first half of the first
+/// batch of chunks arrives, then the link is gone.
+struct DiesMidRound<'a>(&'a mut mover::Sender);
+
+impl mover::ChunkSource for DiesMidRound<'_> {
+    fn manifest(
+        &mut self,
+        out: &mut dyn std::io::Write,
+    ) -> Result<mover::ManifestId, mover::SourceError> {
+        self.0.manifest(out)
+    }
+
+    fn fetch(
+        &mut self,
+        wants: &[mover::Want],
+        sink: &mut mover::Sink<'_>,
+    ) -> Result<(), mover::SourceError> {
+        self.0.fetch(&wants[..wants.len() / 2], sink)?;
+        Err(mover::SourceError::Transport(
+            "the owner was killed mid-round".into(),
+        ))
     }
 }
 
@@ -256,6 +316,8 @@ fn written_on_a(c: &Cluster) {
     c.a.unmount("v", "c1").unwrap();
     c.b.get_clustered("v").unwrap();
 }
+
+mod failover;
 
 #[test]
 fn a_stale_copy_is_brought_up_to_date_from_the_last_writer_and_back() {
@@ -444,27 +506,31 @@ fn a_standby_is_fed_only_by_the_owner_at_its_epoch_and_never_while_in_use() {
     c.a.create("v@ha", &BTreeMap::new()).unwrap();
     c.b.get_clustered("v@ha").unwrap();
     // Nobody owns it yet: no node may feed a standby of it.
-    let err = c.b.accept_standby("v@ha", "a", 1).unwrap_err();
+    let err = c.b.accept_standby("v@ha", "a", 1, None).unwrap_err();
     assert!(err.to_string().contains("no node does"), "{err}");
     c.a.mount("v@ha", "c1", &go()).unwrap();
     let epoch = c.etcd.owner("v").unwrap().unwrap().epoch.0;
     // Another node naming itself, or the owner at an older epoch.
-    let err = c.b.accept_standby("v@ha", "mallory", epoch).unwrap_err();
+    let err =
+        c.b.accept_standby("v@ha", "mallory", epoch, None)
+            .unwrap_err();
     assert!(
         err.to_string().contains("node mallory does not own it"),
         "{err}"
     );
-    let err = c.b.accept_standby("v@ha", "a", epoch - 1).unwrap_err();
+    let err =
+        c.b.accept_standby("v@ha", "a", epoch - 1, None)
+            .unwrap_err();
     assert!(
         err.to_string().contains(&format!("at epoch {}", epoch - 1)),
         "{err}"
     );
     // A node is never its own standby.
-    let err = c.a.accept_standby("v@ha", "a", epoch).unwrap_err();
+    let err = c.a.accept_standby("v@ha", "a", epoch, None).unwrap_err();
     assert!(err.to_string().contains("never its own standby"), "{err}");
     // The owner at its epoch: accepted, and again (idempotent).
-    c.b.accept_standby("v@ha", "a", epoch).unwrap();
-    c.b.accept_standby("v@ha", "a", epoch).unwrap();
+    c.b.accept_standby("v@ha", "a", epoch, None).unwrap();
+    c.b.accept_standby("v@ha", "a", epoch, None).unwrap();
     let p = c.b.transfer_paths("v@ha").unwrap();
     assert_eq!(
         (p.state.as_str(), p.peer.as_deref()),
