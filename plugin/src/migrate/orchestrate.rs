@@ -19,7 +19,7 @@
 
 use super::flush::{self, FlushError};
 use super::hook::{self, BeforeCutover, HookReport};
-use super::report::{EstimateReport, Report, RoundReport, millis};
+use super::report::{CutoverPhases, EstimateReport, Report, RoundReport, millis};
 use super::wire::{PeerReply, PeerRequest};
 use crate::backend::local::holders;
 use crate::control::{ClientError, ControlClient, ControlRequest};
@@ -631,6 +631,7 @@ pub(crate) fn migrate(
             holder,
         });
     }
+    let t_final = Instant::now();
     event(Event::Unmounted);
 
     // Final round: the source is quiesced, so it cannot be stale; a failure
@@ -656,6 +657,7 @@ pub(crate) fn migrate(
     }
 
     // Handover. From here on the source stays fenced whatever happens.
+    let t_commit = Instant::now();
     let handover = |e: MigrateError| MigrateError::Handover {
         volume: vol.clone(),
         to: to.clone(),
@@ -675,6 +677,11 @@ pub(crate) fn migrate(
         .map_err(|e| handover(MigrateError::Daemon(e)))?;
 
     report.downtime_ms = millis(t_ready - t_unmount);
+    report.cutover = Some(CutoverPhases {
+        held_check_ms: millis(t_final - t_unmount),
+        final_round_ms: millis(t_commit - t_final),
+        commit_ms: millis(t_ready - t_commit),
+    });
     report.bytes_moved = report.rounds.iter().map(|r| r.bytes).sum();
     report.wire_bytes = report.rounds.iter().map(|r| r.wire_bytes).sum();
     report.total_ms = millis(t0.elapsed());
