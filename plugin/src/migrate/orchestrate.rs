@@ -342,6 +342,7 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         bytes: r.summary.bytes_fetched,
         bytes_scanned: r.scan.bytes_scanned,
         bytes_read: r.scan.bytes_hashed,
+        bytes_tracked: r.scan.bytes_tracked,
         bytes_written: r.summary.bytes_written,
         bytes_dirty: r.summary.bytes_dirty,
         partial: r.summary.bytes_dirty > 0,

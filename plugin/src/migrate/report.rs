@@ -55,6 +55,10 @@ pub(crate) struct RoundReport {
     /// image, or of a tracked block image only what was written since the
     /// last scan (`backend::local::writes`).
     pub(crate) bytes_read: u64,
+    /// Of a tracked block image: the bytes the kernel saw written since the
+    /// previous round's scan (what was dirtied, 4 KiB pages, before any
+    /// rounding to chunks); 0 when the image was read whole.
+    pub(crate) bytes_tracked: u64,
     /// Data the destination wrote.
     pub(crate) bytes_written: u64,
     /// Bytes the source changed under the round: they go again next round.
