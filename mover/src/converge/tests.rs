@@ -109,6 +109,14 @@ fn decisions() {
         (&[(1000, 0), (5, 0)], 2000, true, "stop:fits"),
         // One round never fits, however small: no rate yet.
         (&[(1, 0)], 60_000, false, "continue"),
+        // Fits, but only just (est. 0.92 s for 1 s: 9.6 MB at 12.5 MB/s
+        // + 0.15 s) while the rounds still shrink: one more round.
+        (&[(1000, 0), (95, 0)], 1000, false, "continue"),
+        // The same estimate comfortably within the target: cut over.
+        (&[(1000, 0), (95, 0)], 1200, false, "stop:fits"),
+        // Just under the target, but nearly all of it the round's fixed
+        // cost (0.15 s of 0.18 s): another round would not shrink it.
+        (&[(1000, 0), (1, 0)], 180, false, "stop:fits"),
         // Back to back, a plateau means writes at link speed.
         (
             &[(1000, 0), (60, 0), (58, 0), (57, 0)],
