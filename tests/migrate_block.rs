@@ -297,11 +297,12 @@ fn a_busy_gold_volume_moves_with_rounds_that_read_only_what_was_written() {
         "round 1 read {}",
         read(&rounds[0])
     );
-    // The writer adds ~1 MiB a second; a later round re-reads that (and the
-    // filesystem's metadata), never the 64 MiB of `base` again.
+    // The writer adds ~1 MiB a second; a later round re-reads that, the
+    // filesystem's metadata and ext4's lazy init of a new filesystem's inode
+    // tables (22 MiB in round 2 of a run), never the 64 MiB of `base` again.
     for r in &rounds[1..] {
         assert!(
-            read(r) < 24 << 20,
+            read(r) < 48 << 20,
             "round {} re-read the image ({} bytes): {report:#}",
             r["round"],
             read(r)
