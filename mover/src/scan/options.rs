@@ -69,6 +69,12 @@ pub struct ScanStats {
     pub entries_reused: u64,
     /// Sockets left out.
     pub sockets_skipped: u64,
+    /// Bytes a write tracker reported written since the last scan, for an
+    /// image scanned from them ([`super::changes::ImageChanges`]; 0 when the
+    /// image was read whole): what the source dirtied between two rounds,
+    /// measured apart from what the round then moved.
+    #[serde(default)]
+    pub bytes_tracked: u64,
 }
 
 /// Scan settings.

@@ -340,15 +340,13 @@ fn scan_image_with(
     if !reuse
         && st.kind == StatKind::File
         && let Some(d) = dirty
-        && s.add_patched(
-            e.clone(),
-            &st2,
-            seen.as_ref(),
-            &f,
-            &super::changes::normalize(d, st2.size),
-        )?
     {
-        return s.finish(cache_dir);
+        let ranges = super::changes::normalize(d, st2.size);
+        if s.add_patched(e.clone(), &st2, seen.as_ref(), &f, &ranges)? {
+            let mut scan = s.finish(cache_dir)?;
+            scan.stats.bytes_tracked = ranges.iter().map(|(a, b)| b - a).sum();
+            return Ok(scan);
+        }
     }
     s.add(e, &st2, reuse, if reuse { None } else { Some(f) })?;
     s.finish(cache_dir)

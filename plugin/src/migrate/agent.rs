@@ -368,8 +368,11 @@ impl RoundHandler for AgentHandler {
             summary.bytes_written,
             t.elapsed(),
         );
+        // The receiver's phases: where a final round's downtime goes here.
         tracing::info!(volume = %req.target, round = req.round, bytes = summary.bytes_fetched,
-            ms = summary.duration_ms, "round applied");
+            ms = summary.duration_ms, plan_ms = stats.plan_ms, fetch_ms = stats.fetch_ms,
+            apply_ms = stats.apply_ms, verify_ms = stats.verify_ms,
+            bytes_verified = stats.bytes_verified, "round applied");
         Ok(summary)
     }
 }

@@ -55,6 +55,10 @@ pub(crate) struct RoundReport {
     /// image, or of a tracked block image only what was written since the
     /// last scan (`backend::local::writes`).
     pub(crate) bytes_read: u64,
+    /// Of a tracked block image: the bytes the kernel saw written since the
+    /// previous round's scan (what was dirtied, 4 KiB pages, before any
+    /// rounding to chunks); 0 when the image was read whole.
+    pub(crate) bytes_tracked: u64,
     /// Data the destination wrote.
     pub(crate) bytes_written: u64,
     /// Bytes the source changed under the round: they go again next round.
@@ -107,6 +111,21 @@ pub(crate) struct Report {
     pub(crate) unmount_wait_ms: u64,
     /// From the unmount on the source to the destination owning the volume.
     pub(crate) downtime_ms: u64,
+    /// Where the downtime went (none when a rerun resumed a cutover).
+    pub(crate) cutover: Option<CutoverPhases>,
+}
+
+/// The downtime's phases, in order: they add up to `downtime_ms` (the
+/// final round's own scan and transfer are in its round report).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub(crate) struct CutoverPhases {
+    /// Proving no other mount namespace or loop holder keeps the image's
+    /// filesystem (block volumes).
+    pub(crate) held_check_ms: u64,
+    /// The final round, from its start to the destination's last reply.
+    pub(crate) final_round_ms: u64,
+    /// The destination taking ownership.
+    pub(crate) commit_ms: u64,
 }
 
 /// Milliseconds of `d`, for reports (saturating: no report spans 584

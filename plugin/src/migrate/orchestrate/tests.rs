@@ -232,6 +232,9 @@ impl DestHost for FakeDest {
             }),
         }
     }
+    fn foreground(&mut self) {
+        self.log.push("foreground".into());
+    }
     fn compression(&self) -> bool {
         true
     }
@@ -522,6 +525,11 @@ fn the_before_cutover_hook_runs_before_the_last_pre_copy_round_and_is_reported()
     let r3_start = at(&|e| matches!(e, Event::RoundStart { round: 3, .. }));
     assert!(r2_end < hook_at && hook_at < r3_start);
     assert!(r.render().contains("before-cutover `touch "));
+    // The round after the hook, the last before the unmount, runs in the
+    // foreground; the rounds before it stay in the background.
+    let at = |s: &str| dest.log.iter().position(|l| l == s).unwrap();
+    assert!(at("round 2 final=false") < at("foreground"));
+    assert!(at("foreground") < at("round 3 final=false"));
 }
 
 #[test]
