@@ -160,6 +160,7 @@ impl Session {
         let dir = root
             .join("instances")
             .join(format!("daffe-{}-{}", dev.major, dev.minor));
+        sweep_detached(&root);
         // A leftover of an earlier daemon: its events are not ours to trust.
         if dir.exists() {
             let _ = disable(&dir);
@@ -259,6 +260,34 @@ fn dropped(dir: &Path) -> std::io::Result<u64> {
             .sum::<u64>();
     }
     Ok(n)
+}
+
+/// Removes the instances of loop devices no longer attached: a daemon
+/// killed with its volumes mounted (kill -9, a fenced node) leaves its
+/// instances, 2 MiB of kernel buffers each, until that loop number is
+/// mounted again. A detached device serves no volume of any daemon here,
+/// so no other daemon's tracking is touched.
+fn sweep_detached(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root.join("instances")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((major, minor)) = name.strip_prefix("daffe-").and_then(|r| r.split_once('-'))
+        else {
+            continue;
+        };
+        // Loop devices only (major 7): their attachment shows in sysfs.
+        if major != "7" || minor.parse::<u32>().is_err() {
+            continue;
+        }
+        if !Path::new(&format!("/sys/dev/block/7:{minor}/loop")).exists() {
+            let _ = disable(&e.path());
+            if std::fs::remove_dir(e.path()).is_ok() {
+                tracing::info!(instance = %name, "removed the write tracking of a detached loop device");
+            }
+        }
+    }
 }
 
 /// tracefs's root, mounted at its usual place if it is not yet.
@@ -634,6 +663,26 @@ mod tests {
             .join("instances")
             .join(format!("daffe-{}-{}", dev.major, dev.minor));
         assert!(!inst.exists(), "{} left behind", inst.display());
+    }
+
+    /// A killed daemon's instance of a loop device that is detached now is
+    /// removed by the next session; an attached device's is kept.
+    #[test]
+    fn instances_of_detached_loop_devices_are_swept() {
+        let root = tracefs().unwrap();
+        let free = (200..4000u32)
+            .find(|m| !Path::new(&format!("/sys/dev/block/7:{m}")).exists())
+            .expect("a free loop minor");
+        let stale = root.join("instances").join(format!("daffe-7-{free}"));
+        std::fs::create_dir(&stale).unwrap();
+        let other = root.join("instances").join("not-daffe-7-1");
+        std::fs::create_dir(&other).unwrap();
+        sweep_detached(&root);
+        let (stale_left, other_left) = (stale.exists(), other.exists());
+        let _ = std::fs::remove_dir(&other);
+        let _ = std::fs::remove_dir(&stale);
+        assert!(!stale_left, "{} kept", stale.display());
+        assert!(other_left, "an instance not ours was removed");
     }
 
     fn mover_total(r: &[(u64, u64)]) -> u64 {
