@@ -50,6 +50,18 @@ fn block_volume_in_use(h: &TwoHosts, volume: &str) -> String {
 /// 32 MiB written 5 s before `migrate` starts, with no sync: the kernel
 /// still holds it as dirty pages. The pre-copy rounds carry it (migrate
 /// flushes the filesystem before each), and the final round is small.
+/// `daffe migrate VOL --max-downtime 2s`, the container `app` stopped when
+/// migrate waits for the unmount; the image-mode report.
+fn migrate_stopping(h: &TwoHosts, vol: &str, app: &str) -> serde_json::Value {
+    let (child, rx) = h.migrate(vol, &["--max-downtime", "2s"]);
+    wait_line(&rx, "waiting for", Duration::from_secs(300));
+    ok(h.docker_a(&["stop", app]), "stop the app");
+    let report = h.finish(child);
+    eprintln!("report: {report:#}");
+    assert_eq!(report["mode"], "image");
+    report
+}
+
 #[test]
 fn data_written_just_before_migrate_travels_in_pre_copy_on_a_block_volume() {
     const LATE: u64 = 32 << 20;
@@ -71,12 +83,7 @@ fn data_written_just_before_migrate_travels_in_pre_copy_on_a_block_volume() {
         "hash on A",
     ));
     std::thread::sleep(Duration::from_secs(5));
-    let (child, rx) = h.migrate(vol, &["--max-downtime", "2s"]);
-    wait_line(&rx, "waiting for", Duration::from_secs(300));
-    ok(h.docker_a(&["stop", &app]), "stop the app");
-    let report = h.finish(child);
-    eprintln!("report: {report:#}");
-    assert_eq!(report["mode"], "image");
+    let report = migrate_stopping(&h, vol, &app);
     let rounds = report["rounds"].as_array().unwrap();
     let pre: u64 = rounds
         .iter()
@@ -283,12 +290,7 @@ fn a_busy_gold_volume_moves_with_rounds_that_read_only_what_was_written() {
         "start the writer",
     );
     std::thread::sleep(Duration::from_secs(2));
-    let (child, rx) = h.migrate(vol, &["--max-downtime", "2s"]);
-    wait_line(&rx, "waiting for", Duration::from_secs(300));
-    ok(h.docker_a(&["stop", &writer]), "stop the writer");
-    let report = h.finish(child);
-    eprintln!("report: {report:#}");
-    assert_eq!(report["mode"], "image");
+    let report = migrate_stopping(&h, vol, &writer);
     let rounds = report["rounds"].as_array().unwrap();
     assert!(rounds.len() >= 2, "{report:#}");
     let read = |r: &serde_json::Value| r["bytes_read"].as_u64().unwrap();
