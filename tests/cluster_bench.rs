@@ -89,6 +89,30 @@ struct Measure {
     before: usize,
 }
 
+/// Node 1's first standby of `volume`, as its `cluster status` lists it.
+fn standby_of(s: &Swarm, volume: &str) -> Option<serde_json::Value> {
+    let st = s.try_cluster_status(1).unwrap_or_default();
+    st["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == volume)
+        .and_then(|v| v["standbys"].get(0).cloned())
+}
+
+/// Starts service `name` (one task, on node 1) running `sh -c script` with
+/// `mount`; its container there.
+fn start_on_node1(s: &Swarm, name: &str, mount: &str, script: &str) -> String {
+    s.create_service(
+        name,
+        1,
+        &["--mount", mount],
+        &test_image(),
+        &["sh", "-c", script],
+    );
+    s.wait_running(name, 1, SCHEDULE_LIMIT)
+}
+
 /// Node 1's standby of `volume` on node 2, once warm: a round completed
 /// after the data was written, the data there at most `MAX_LAG` old. The
 /// move is a planned one: an operator moves a service whose standby keeps
@@ -97,13 +121,7 @@ fn wait_warm(s: &Swarm, volume: &str) -> (f64, serde_json::Value) {
     const MAX_LAG_MS: u64 = 15_000;
     let t = Instant::now();
     loop {
-        let st = s.try_cluster_status(1).unwrap_or_default();
-        let sb = st["volumes"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|v| v["name"] == volume)
-            .and_then(|v| v["standbys"].get(0).cloned());
+        let sb = standby_of(s, volume);
         if let Some(x) = &sb
             && x["node"] == "swnode2"
             && x["rounds"].as_u64().unwrap_or(0) >= 2
@@ -123,22 +141,28 @@ fn wait_warm(s: &Swarm, volume: &str) -> (f64, serde_json::Value) {
 fn run_case(s: &Swarm, name: &str, mount: &str, data_mb: u64, warm: Option<&str>) -> Measure {
     let script = format!(
         "trap 'exit 0' TERM; \
-         [ -f /data/blob ] || head -c {data_mb}m /dev/urandom > /data/blob; \
+         [ -f /data/blob ] || (head -c {data_mb}m /dev/urandom > /data/blob.tmp && \
+           mv /data/blob.tmp /data/blob) & \
          i=$(cat /data/log 2>/dev/null | wc -l); \
          while :; do i=$((i+1)); echo $i >> /data/log; \
            head -c 102400 /dev/urandom >> /data/w; sleep 0.1; done"
     );
-    s.create_service(
-        name,
-        1,
-        &["--mount", mount],
-        &test_image(),
-        &["sh", "-c", &script],
-    );
-    let on1 = s.wait_running(name, 1, SCHEDULE_LIMIT);
+    let on1 = start_on_node1(s, name, mount, &script);
     let t = Instant::now();
-    while lines(s, 1, &on1) < 30 {
-        assert!(t.elapsed() < Duration::from_secs(60), "{name} not counting");
+    // Counting, and the data written (in the background: on the new node
+    // `local` writes it again, which must not delay its counter).
+    let has_blob = || {
+        s.nodes[0]
+            .docker()
+            .run(&["exec", &on1, "test", "-f", "/data/blob"])
+            .status
+            .success()
+    };
+    while lines(s, 1, &on1) < 30 || !has_blob() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{name} not counting or writing"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     if let Some(volume) = warm {
@@ -246,5 +270,99 @@ fn a_planned_move_side_by_side_with_the_local_driver() {
         daffe.before
     );
     assert!(local.carried < local.before, "local carried data?");
+    s.reset();
+}
+
+/// Every node's extra config for the throughput case: `solo`, gold's
+/// local definition without a standby (the "without" side).
+const SOLO: &str = "[profiles.solo]\nstandbys = 0\n\
+    [profiles.solo.local]\nformat = \"block\"\ndefault_size = \"1G\"\n";
+
+/// MiB a writer on node 1 wrote in `secs` s into a volume mounted as
+/// `mount`: new random data in 8 MiB files (16 kept, rewritten in turn),
+/// each synced, as fast as it can; timed only once `warm` (a standby
+/// streaming rounds) holds, when given.
+fn write_rate(s: &Swarm, name: &str, mount: &str, secs: u64, warm: Option<&str>) -> f64 {
+    let script = format!(
+        "trap 'exit 0' TERM; echo $$ > /data/ready; \
+         while [ ! -f /data/go ]; do sleep 0.1; done; \
+         end=$(( $(date +%s) + {secs} )); n=0; \
+         while [ $(date +%s) -lt $end ]; do \
+           dd if=/dev/urandom of=/data/tmp bs=1M count=8 conv=fsync 2>/dev/null && \
+           mv /data/tmp /data/f$((n % 16)); n=$((n+1)); done; \
+         echo $((n * 8)) > /data/result; while :; do sleep 1; done"
+    );
+    let on1 = start_on_node1(s, name, mount, &script);
+    let d = s.nodes[0].docker();
+    if let Some(volume) = warm {
+        // Some data first, so the standby's rounds have something to carry.
+        d.ok(&[
+            "exec",
+            &on1,
+            "sh",
+            "-c",
+            "head -c 16m /dev/urandom > /data/seed",
+        ]);
+        let (w, sb) = wait_warm(s, volume);
+        println!("{volume}: standby on node 2 warm after {w:.1} s: {sb}");
+    }
+    d.ok(&["exec", &on1, "touch", "/data/go"]);
+    let t = Instant::now();
+    let mib = loop {
+        let out = d.run(&["exec", &on1, "cat", "/data/result"]);
+        if let Ok(v) = String::from_utf8_lossy(&out.stdout).trim().parse::<f64>() {
+            break v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs + 60),
+            "{name}: the writer never finished"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if let Some(volume) = warm {
+        let sb = standby_of(s, volume);
+        println!("{volume}: standby after the writer: {sb:?}");
+    }
+    s.remove_service(name);
+    mib / secs as f64
+}
+
+/// Issue 14's "standby replication cost to the app": a writer's throughput
+/// on a gold volume whose owner streams rounds to a standby, against the
+/// same block volume without one, on the same node, links shaped as above.
+#[test]
+fn writer_throughput_with_a_standby_side_by_side_without() {
+    let secs = env_u64("DAFFE_BENCH_WRITE_SECS", 15);
+    let rate = std::env::var("DAFFE_BENCH_RATE").unwrap_or_else(|_| "100mbit".into());
+    let mut s = swarm::shared();
+    for n in 1..=s.nodes.len() {
+        s.start_daffe_with(n, Lease::default(), SOLO);
+        s.shape(n, &rate);
+    }
+    let flags = "target=/data,volume-driver=daffe,volume-nocopy=true";
+    let without = write_rate(
+        &s,
+        "wsolo",
+        &format!("type=volume,source=wsolo@solo,{flags}"),
+        secs,
+        None,
+    );
+    let with = write_rate(
+        &s,
+        "wgold",
+        &format!("type=volume,source=wgold@gold,{flags}"),
+        secs,
+        Some("wgold"),
+    );
+    let ratio = with / without;
+    println!(
+        "\nwriter throughput, {secs} s of 8 MiB synced files, links {rate}: \
+         without a standby {without:.1} MiB/s, with one {with:.1} MiB/s: \
+         {:.0}% (target >= 90%: {})",
+        ratio * 100.0,
+        if ratio >= 0.9 { "met" } else { "missed" }
+    );
+    // What the measure stands on: both writers wrote.
+    assert!(without > 0.0 && with > 0.0, "{without} {with}");
     s.reset();
 }

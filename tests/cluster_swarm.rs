@@ -726,17 +726,32 @@ fn unix_ms() -> u64 {
     .unwrap()
 }
 
+/// Node `n`'s config for the failover test: nodes 1 and 3 (where the
+/// service may run) are zone a, node 2 zone b, and gold keeps its standby
+/// in zone a (gold redefined whole, as an operator would).
+fn zoned(n: usize) -> String {
+    let zone = if n == 2 { "b" } else { "a" };
+    format!(
+        "[cluster.labels]\nzone = \"{zone}\"\n\
+         [profiles.gold]\nstandbys = 1\nstandby_label = \"zone=a\"\n\
+         [profiles.gold.local]\nformat = \"block\"\ndefault_size = \"1G\"\n"
+    )
+}
+
 #[test]
-fn a_killed_owners_standby_takes_over_from_its_last_sealed_round() {
+fn a_killed_owners_standby_takes_over_from_its_last_sealed_round_and_it_rejoins_as_a_standby() {
     let lease = Lease::default();
-    let mut s = with_daffe(lease);
+    let mut s = swarm::shared();
+    for n in 1..=s.nodes.len() {
+        s.start_daffe_with(n, lease, &zoned(n));
+    }
     // "INDEX NODE" every 200 ms, the index going on from the last line: a
     // lost write inside what is there is a gap, a garbled line breaks the
     // count.
     let script = "trap 'exit 0' TERM; touch /g/log; i=$(wc -l < /g/log); \
         while :; do i=$((i+1)); echo \"$i $WHERE\" >> /g/log; sleep 0.2; done";
-    // Node 3 owns it; gold keeps one standby: node 1, the first other node
-    // by name. When node 3 dies Swarm may reschedule on node 1 only.
+    // Node 3 owns it; gold keeps one standby in zone a: node 1. When node 3
+    // dies Swarm may reschedule on node 1 only.
     s.create_service(
         "failover",
         3,
@@ -851,6 +866,40 @@ fn a_killed_owners_standby_takes_over_from_its_last_sealed_round() {
         .unwrap();
     assert_eq!(row["owner"], "swnode1", "{row}");
     assert_eq!(row["last_takeover"]["from"], "swnode3", "{row}");
+    // While node 3 is down, zone a has no other node: no standby.
+    assert!(standbys(&s, 1, "fover").is_empty());
+
+    // Node 3 comes back: its engine (whose restart kills the orphan
+    // container; the plugin is down, so Docker's Unmount never reaches it),
+    // then its daffe. Its copy, with the lines written after the last
+    // round, is stale: never served; once nothing holds it, it is node 1's
+    // standby, fed from node 1's writes.
+    let t = Instant::now();
+    s.node(3).start_dockerd();
+    s.start_daffe_with(3, lease, &zoned(3));
+    // Zone a's only other node: the first standby listed is node 3.
+    let back = wait_sealed_standby(&s, 1, "fover", 2);
+    assert_eq!(back["node"], "swnode3", "{back}");
+    eprintln!(
+        "node 3 back as node 1's standby {:.1} s after its engine restarted: {back}",
+        t.elapsed().as_secs_f64()
+    );
+    assert!(back["lag_ms"].as_u64().unwrap() < 30_000, "{back}");
+    let there = s.nodes[2].docker().volume_inspect("fover@gold")["Status"].clone();
+    assert_eq!(there["state"], "receiving", "{there}");
+    // Either way is right: its start dropped the dead container's count,
+    // or Docker's Unmount reached it late.
+    eprintln!(
+        "node 3's count of the dead container's mount went {}",
+        if s.nodes[2]
+            .log("daffe")
+            .contains("their mounts are no longer counted")
+        {
+            "at its daffe's start"
+        } else {
+            "with Docker's Unmount"
+        }
+    );
     s.remove_service("failover");
     s.reset();
 }

@@ -76,6 +76,18 @@ pub(crate) trait Backend: Send + Sync {
     /// volume that is not mounted is success.
     fn unmount(&self, vol: VolumeRef<'_>) -> Result<(), BackendError>;
 
+    /// After a run of this daemon was killed with the volume mounted:
+    /// unmounts what that run left mounted here, and proves that nothing
+    /// else holds the volume any more (the containers that mounted it are
+    /// gone). `Ok` only then; the error says what still holds it, or that
+    /// this backend cannot tell.
+    fn release_left(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        Err(BackendError::Other {
+            volume: vol.name.to_owned(),
+            message: format!("the {} backend cannot prove a volume released", self.kind()),
+        })
+    }
+
     /// Where the volume is (or will be) mounted; no I/O.
     fn path(&self, vol: VolumeRef<'_>) -> PathBuf;
 

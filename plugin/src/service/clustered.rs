@@ -658,6 +658,42 @@ impl VolumeService {
         }
     }
 
+    /// The last write of `rec`'s volume, when another node made it after
+    /// this node's copy (a failover while this node was down): this copy is
+    /// never served again. `None` when it is this node's, or etcd cannot
+    /// say now (the claim path decides then).
+    fn written_elsewhere(&self, c: &ClusterNode, rec: &VolumeRecord) -> Option<Writer> {
+        let copy = rec.cluster.as_ref().and_then(|f| f.epoch).map(Epoch);
+        c.coordinator()
+            .writer(&rec.name)
+            .ok()
+            .flatten()
+            .filter(|w| w.node != c.node() && !w.is_copy(c.node(), copy))
+    }
+
+    /// At start: `rec` still counts the mounts of containers from before
+    /// this daemon was killed, but node `w` wrote the volume since. Docker
+    /// never sends their Unmount when its engine restarted first (the
+    /// plugin was down then). Once nothing holds the copy (those containers
+    /// are gone; the backend proves it), the count goes, so the copy can
+    /// become the new owner's standby; while one still holds it, the count
+    /// stays until Docker's Unmount. Never re-claimed: a later Mount here
+    /// brings the copy up to date from `w` first, or is refused.
+    fn drop_stale_mounts(&self, rec: &mut VolumeRecord, w: &Writer) -> Result<(), ServiceError> {
+        match self.backend.release_left(vref(rec)) {
+            Ok(()) => {
+                let dropped = rec.mounts.total();
+                rec.mounts = Default::default();
+                self.records.put(rec)?;
+                tracing::warn!(volume = %rec.docker_name, writer = %w.node, epoch = %w.epoch, dropped, "stale copy: node {} wrote it since; the containers that mounted it here are gone, so their mounts are no longer counted", w.node);
+            }
+            Err(e) => {
+                tracing::warn!(volume = %rec.docker_name, writer = %w.node, error = %e, "stale copy still in use here; it counts its mounts until Docker unmounts them");
+            }
+        }
+        Ok(())
+    }
+
     /// At start in cluster mode: catalogue the volumes made before it, and
     /// re-claim those still mounted (a daemon restart under running
     /// containers: the previous run's owner keys are handed over).
@@ -690,6 +726,10 @@ impl VolumeService {
             if !rec.mounts.is_empty() {
                 let vlock = self.volume_lock(&rec.name);
                 let _g = super::lock(&vlock);
+                if let Some(w) = self.written_elsewhere(c, &rec) {
+                    self.drop_stale_mounts(&mut rec, &w)?;
+                    continue;
+                }
                 match self.claim_for_mount(&mut rec, true) {
                     Ok(None) => self.records.put(&rec)?,
                     Ok(Some(r)) => {

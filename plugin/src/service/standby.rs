@@ -420,12 +420,14 @@ impl VolumeService {
                 .find(|m| m.from == writer.node && m.mark.root == root)
             {
                 return Err(format!(
-                    "its last round is of node {}'s epoch {}, but the last write is of {}                      (written since, never sent here)",
+                    "its last round is of node {}'s epoch {}, but the last write is of {} \
+                     (written since, never sent here)",
                     writer.node, old.epoch, writer.epoch
                 ));
             }
             return Err(format!(
-                "its last committed round is none that node {} announced at {}                  (an unmarked round, or none since that epoch began)",
+                "its last committed round is none that node {} announced at {} \
+                     (an unmarked round, or none since that epoch began)",
                 writer.node, writer.epoch
             ));
         };

@@ -74,6 +74,12 @@ impl Swarm {
     /// makes the node's engine look the plugin up (FIELD-NOTES' discovery
     /// trap: the scheduler only uses a plugin its engine already knows).
     pub fn start_daffe(&mut self, n: usize, lease: Lease) {
+        self.start_daffe_with(n, lease, "");
+    }
+
+    /// [`Swarm::start_daffe`] with `extra` appended to the node's config
+    /// (tables only: `[cluster.labels]`, `[profiles.NAME]`).
+    pub fn start_daffe_with(&mut self, n: usize, lease: Lease, extra: &str) {
         let dir = self.daffe_dir(n);
         std::fs::create_dir_all(&dir).unwrap();
         let etcd = self.etcd.as_ref().expect("a swarm with etcd");
@@ -100,7 +106,7 @@ impl Swarm {
             eps = endpoints.join(", "),
         );
         let cfg = dir.join("daffe.toml");
-        std::fs::write(&cfg, config).unwrap();
+        std::fs::write(&cfg, config + extra).unwrap();
         let mut cmd = node.enter(daffe_bin());
         cmd.arg("serve").arg("--config").arg(&cfg);
         let node = &mut self.nodes[n - 1];

@@ -47,6 +47,16 @@ impl Held {
     }
 }
 
+impl fmt::Display for NsHolder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} in mount namespace {} of pid {} ({})",
+            self.mountpoint, self.mnt_ns, self.pid, self.comm
+        )
+    }
+}
+
 impl fmt::Display for Held {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -57,12 +67,7 @@ impl fmt::Display for Held {
         let mut parts: Vec<String> = self
             .namespaces
             .iter()
-            .map(|h| {
-                format!(
-                    "mounted at {} in mount namespace {} of pid {} ({})",
-                    h.mountpoint, h.mnt_ns, h.pid, h.comm
-                )
-            })
+            .map(|h| format!("mounted at {h}"))
             .collect();
         if !self.block_holders.is_empty() {
             parts.push(format!("held by {}", self.block_holders.join(", ")));
@@ -81,6 +86,61 @@ pub(crate) fn mounts_of(mountinfo: &str, dev: DevNum) -> Vec<String> {
             let d = parse_dev(f.nth(2)?)?;
             let mp = f.nth(1)?;
             (d == dev).then(|| unescape(mp))
+        })
+        .collect()
+}
+
+/// Where `dir` (absolute, no `..`) lies in its filesystem, by our own
+/// `mountinfo`: the device of the mount holding it (the longest mount point
+/// that is a whole-component prefix of it) and its path from that
+/// filesystem's root (the mount's root joined with the rest of `dir`).
+pub(crate) fn fs_path_of(mountinfo: &str, dir: &str) -> Option<(DevNum, String)> {
+    let mut best: Option<(usize, DevNum, String)> = None;
+    for l in mountinfo.lines() {
+        let f: Vec<&str> = l.split(' ').collect();
+        let (Some(dev), Some(root), Some(mp)) =
+            (f.get(2).and_then(|d| parse_dev(d)), f.get(3), f.get(4))
+        else {
+            continue;
+        };
+        let (root, mp) = (unescape(root), unescape(mp));
+        let rest = if mp == "/" {
+            Some(dir.trim_start_matches('/'))
+        } else {
+            dir.strip_prefix(mp.as_str())
+                .filter(|r| r.is_empty() || r.starts_with('/'))
+                .map(|r| r.trim_start_matches('/'))
+        };
+        let Some(rest) = rest else { continue };
+        // The last of equal mount points is the one on top.
+        if best.as_ref().is_none_or(|(len, _, _)| mp.len() >= *len) {
+            let path = match (root.trim_end_matches('/'), rest) {
+                ("", "") => "/".to_owned(),
+                (r, "") => r.to_owned(),
+                (r, rest) => format!("{r}/{rest}"),
+            };
+            best = Some((mp.len(), dev, path));
+        }
+    }
+    best.map(|(_, dev, path)| (dev, path))
+}
+
+/// Mount points in one `mountinfo` that show `fs_path` of device `dev`, or
+/// a directory under it: bind mounts of that directory (a container's
+/// volume mount is one).
+pub(crate) fn binds_of(mountinfo: &str, dev: DevNum, fs_path: &str) -> Vec<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let d = parse_dev(f.get(2)?)?;
+            let root = unescape(f.get(3)?);
+            let mp = f.get(4)?;
+            let under = root == fs_path
+                || root
+                    .strip_prefix(fs_path)
+                    .is_some_and(|r| r.starts_with('/'));
+            (d == dev && under).then(|| unescape(mp))
         })
         .collect()
 }
@@ -209,6 +269,31 @@ pub(crate) fn check(image: &Path) -> Vec<Held> {
         .collect()
 }
 
+/// The mount namespaces that bind-mount the directory `dir` (a dir
+/// volume's data) or a directory under it, one entry per namespace. Empty:
+/// no container (nor anything else) still has it mounted. `None`: where
+/// `dir` lies cannot be read from our own `mountinfo`, so nothing is
+/// proven.
+pub(crate) fn check_dir(dir: &Path) -> Option<Vec<NsHolder>> {
+    let ours = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let (dev, fs_path) = fs_path_of(&ours, &dir.to_string_lossy())?;
+    Some(
+        namespaces()
+            .into_iter()
+            .filter_map(|(mnt_ns, pid)| {
+                let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+                let mp = binds_of(&info, dev, &fs_path).into_iter().next()?;
+                Some(NsHolder {
+                    pid,
+                    comm: comm(pid),
+                    mnt_ns,
+                    mountpoint: mp,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// What holds `image`'s filesystem, for an error message; `None` when it is
 /// released everywhere.
 pub(crate) fn describe(held: &[Held]) -> Option<String> {
@@ -249,6 +334,94 @@ mod tests {
         }
         // Short or garbled lines are skipped, not misread.
         assert!(mounts_of("1 2 7:3\n\nx y z:w / /a\n", (7, 3)).is_empty());
+    }
+
+    #[test]
+    fn a_directory_is_found_in_its_filesystem_through_the_mount_holding_it() {
+        let ours = "\
+22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 22 254:16 / /var/lib/daffe rw,relatime - ext4 /dev/vdb rw
+31 22 254:16 /srv /srv rw,relatime - ext4 /dev/vdb rw
+32 30 7:3 / /var/lib/daffe/local/gold/db/data rw - ext4 /dev/loop3 rw
+33 22 0:40 /sub /mnt/with\\040space rw - btrfs /dev/vdc rw
+";
+        let table: &[(&str, Option<(DevNum, &str)>)] = &[
+            ("/etc/x", Some(((254, 0), "/etc/x"))),
+            ("/var/lib/daffe", Some(((254, 16), "/"))),
+            (
+                "/var/lib/daffe/local/default/v/data",
+                Some(((254, 16), "/local/default/v/data")),
+            ),
+            // A name that only starts like a mount point is not under it.
+            ("/var/lib/daffe2/v", Some(((254, 0), "/var/lib/daffe2/v"))),
+            ("/srv/a/b", Some(((254, 16), "/srv/a/b"))),
+            ("/var/lib/daffe/local/gold/db/data/x", Some(((7, 3), "/x"))),
+            ("/mnt/with space/d", Some(((0, 40), "/sub/d"))),
+            ("/", Some(((254, 0), "/"))),
+        ];
+        for (dir, want) in table {
+            let got = fs_path_of(ours, dir);
+            assert_eq!(got.as_ref().map(|(d, p)| (*d, p.as_str())), *want, "{dir}");
+        }
+        assert_eq!(fs_path_of("", "/x"), None);
+    }
+
+    #[test]
+    fn binds_of_a_directory_are_its_mounts_in_a_containers_namespace() {
+        // A container's namespace: its rootfs (overlay), the volume's
+        // directory bound at /data, a file under it bound at /etc/x, another
+        // volume whose name starts the same, and the device's root.
+        let theirs = "\
+500 400 0:77 / / rw - overlay overlay rw
+501 500 254:16 /local/default/v/data /data rw - ext4 /dev/vdb rw
+502 500 254:16 /local/default/v/data/conf /etc/x rw - ext4 /dev/vdb rw
+503 500 254:16 /local/default/v/data2 /other rw - ext4 /dev/vdb rw
+504 500 254:16 / /host rw - ext4 /dev/vdb rw
+505 500 254:0 /local/default/v/data /wrongdev rw - ext4 /dev/vda rw
+";
+        assert_eq!(
+            binds_of(theirs, (254, 16), "/local/default/v/data"),
+            ["/data", "/etc/x"]
+        );
+        assert!(binds_of(theirs, (254, 16), "/local/default/w/data").is_empty());
+        assert!(binds_of("1 2 x / /a\n", (254, 16), "/").is_empty());
+    }
+
+    /// Root: a directory bound in another mount namespace (as a container's
+    /// volume mount is) is held, by that namespace's process, until it exits.
+    #[test]
+    fn a_directory_bound_in_another_namespace_is_held_until_that_namespace_goes() {
+        let d = tempfile::tempdir().unwrap();
+        let (data, target) = (d.path().join("data"), d.path().join("t"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&target).unwrap();
+        assert_eq!(check_dir(&data).map(|h| h.len()), Some(0));
+        let mut c = std::process::Command::new("unshare")
+            .args(["-m", "--propagation", "private", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {} {} && exec sleep 60",
+                data.display(),
+                target.display()
+            ))
+            .spawn()
+            .unwrap();
+        let t = std::time::Instant::now();
+        let held = loop {
+            let h = check_dir(&data).unwrap();
+            if !h.is_empty() {
+                break h;
+            }
+            assert!(t.elapsed().as_secs() < 10, "never seen held");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        assert_eq!(held.len(), 1, "{held:?}");
+        assert_eq!(held[0].pid, c.id(), "{held:?}");
+        assert_eq!(held[0].mountpoint, target.display().to_string());
+        // Its sibling is not held, nor the parent the bind is under.
+        assert_eq!(check_dir(&target).map(|h| h.len()), Some(0));
+        c.kill().unwrap();
+        c.wait().unwrap();
+        assert_eq!(check_dir(&data).map(|h| h.len()), Some(0));
     }
 
     #[test]

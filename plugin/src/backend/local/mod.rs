@@ -205,6 +205,34 @@ impl Backend for LocalBackend {
         }
     }
 
+    fn release_left(&self, vol: VolumeRef<'_>) -> Result<(), BackendError> {
+        let s = local(vol)?;
+        match s.format {
+            // Unmounts, then checks every loop device and namespace.
+            LocalFormat::Block => self.unmount(vol),
+            LocalFormat::Dir => {
+                let p = LocalPaths::new(vol.name, s);
+                let held = |message: String| BackendError::Other {
+                    volume: vol.name.to_owned(),
+                    message,
+                };
+                match holders::check_dir(&p.data) {
+                    Some(h) if h.is_empty() => Ok(()),
+                    Some(h) => Err(held(format!(
+                        "its directory is still mounted: {}",
+                        h.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ))),
+                    None => Err(held(
+                        "where its directory lies cannot be read from /proc/self/mountinfo".into(),
+                    )),
+                }
+            }
+        }
+    }
+
     fn status(&self, vol: VolumeRef<'_>) -> Status {
         let mut st = Status::new();
         let Settings::Local(s) = vol.settings else {
