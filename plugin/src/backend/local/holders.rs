@@ -76,17 +76,34 @@ impl fmt::Display for Held {
     }
 }
 
-/// Mount points of `dev` in one `mountinfo` (fields: id, parent, major:minor,
-/// root, mount point, ...; the mount point octal-escaped).
-pub(crate) fn mounts_of(mountinfo: &str, dev: DevNum) -> Vec<String> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split(' ');
-            let d = parse_dev(f.nth(2)?)?;
-            let mp = f.nth(1)?;
-            (d == dev).then(|| unescape(mp))
+/// One `mountinfo` line's fields this module uses (fields: id, parent,
+/// major:minor, root, mount point, ...; root and mount point
+/// octal-escaped). Short or garbled lines are skipped, not misread.
+struct MountLine {
+    dev: DevNum,
+    root: String,
+    mountpoint: String,
+}
+
+fn mount_lines(mountinfo: &str) -> impl Iterator<Item = MountLine> + '_ {
+    mountinfo.lines().filter_map(|l| {
+        let mut f = l.split(' ');
+        let dev = parse_dev(f.nth(2)?)?;
+        let root = unescape(f.next()?);
+        let mountpoint = unescape(f.next()?);
+        Some(MountLine {
+            dev,
+            root,
+            mountpoint,
         })
+    })
+}
+
+/// Mount points of `dev` in one `mountinfo`.
+pub(crate) fn mounts_of(mountinfo: &str, dev: DevNum) -> Vec<String> {
+    mount_lines(mountinfo)
+        .filter(|m| m.dev == dev)
+        .map(|m| m.mountpoint)
         .collect()
 }
 
@@ -96,14 +113,12 @@ pub(crate) fn mounts_of(mountinfo: &str, dev: DevNum) -> Vec<String> {
 /// filesystem's root (the mount's root joined with the rest of `dir`).
 pub(crate) fn fs_path_of(mountinfo: &str, dir: &str) -> Option<(DevNum, String)> {
     let mut best: Option<(usize, DevNum, String)> = None;
-    for l in mountinfo.lines() {
-        let f: Vec<&str> = l.split(' ').collect();
-        let (Some(dev), Some(root), Some(mp)) =
-            (f.get(2).and_then(|d| parse_dev(d)), f.get(3), f.get(4))
-        else {
-            continue;
-        };
-        let (root, mp) = (unescape(root), unescape(mp));
+    for MountLine {
+        dev,
+        root,
+        mountpoint: mp,
+    } in mount_lines(mountinfo)
+    {
         let rest = if mp == "/" {
             Some(dir.trim_start_matches('/'))
         } else {
@@ -129,19 +144,15 @@ pub(crate) fn fs_path_of(mountinfo: &str, dir: &str) -> Option<(DevNum, String)>
 /// a directory under it: bind mounts of that directory (a container's
 /// volume mount is one).
 pub(crate) fn binds_of(mountinfo: &str, dev: DevNum, fs_path: &str) -> Vec<String> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            let d = parse_dev(f.get(2)?)?;
-            let root = unescape(f.get(3)?);
-            let mp = f.get(4)?;
-            let under = root == fs_path
-                || root
-                    .strip_prefix(fs_path)
-                    .is_some_and(|r| r.starts_with('/'));
-            (d == dev && under).then(|| unescape(mp))
+    mount_lines(mountinfo)
+        .filter(|m| {
+            m.dev == dev
+                && (m.root == fs_path
+                    || m.root
+                        .strip_prefix(fs_path)
+                        .is_some_and(|r| r.starts_with('/')))
         })
+        .map(|m| m.mountpoint)
         .collect()
 }
 
@@ -246,19 +257,7 @@ pub(crate) fn check(image: &Path) -> Vec<Held> {
                             .collect()
                     })
                     .unwrap_or_default();
-            let namespaces = nss
-                .iter()
-                .filter_map(|&(mnt_ns, pid)| {
-                    let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
-                    let mp = mounts_of(&info, dev).into_iter().next()?;
-                    Some(NsHolder {
-                        pid,
-                        comm: comm(pid),
-                        mnt_ns,
-                        mountpoint: mp,
-                    })
-                })
-                .collect();
+            let namespaces = showing(&nss, |info| mounts_of(info, dev));
             Held {
                 device,
                 dev,
@@ -277,21 +276,24 @@ pub(crate) fn check(image: &Path) -> Vec<Held> {
 pub(crate) fn check_dir(dir: &Path) -> Option<Vec<NsHolder>> {
     let ours = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     let (dev, fs_path) = fs_path_of(&ours, &dir.to_string_lossy())?;
-    Some(
-        namespaces()
-            .into_iter()
-            .filter_map(|(mnt_ns, pid)| {
-                let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
-                let mp = binds_of(&info, dev, &fs_path).into_iter().next()?;
-                Some(NsHolder {
-                    pid,
-                    comm: comm(pid),
-                    mnt_ns,
-                    mountpoint: mp,
-                })
+    Some(showing(&namespaces(), |info| binds_of(info, dev, &fs_path)))
+}
+
+/// The namespaces of `nss` whose `mountinfo` `find` finds a mount point in,
+/// each named by its process and the first such mount point.
+fn showing(nss: &[(u64, u32)], find: impl Fn(&str) -> Vec<String>) -> Vec<NsHolder> {
+    nss.iter()
+        .filter_map(|&(mnt_ns, pid)| {
+            let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
+            let mp = find(&info).into_iter().next()?;
+            Some(NsHolder {
+                pid,
+                comm: comm(pid),
+                mnt_ns,
+                mountpoint: mp,
             })
-            .collect(),
-    )
+        })
+        .collect()
 }
 
 /// What holds `image`'s filesystem, for an error message; `None` when it is

@@ -168,7 +168,7 @@ fn the_dead_owner_back_never_serves_its_copy_and_its_rounds_are_refused() {
         c.etcd.owner("v").unwrap().unwrap()
     };
     assert_eq!(owner.node, "b");
-    let (dir, etcd, nodes, a2, b) = restart_a(c);
+    let Cluster { a: a2, b, .. } = &restart_a(c);
     assert!(a2.cluster().unwrap().owned("v").is_none());
     // A round of a's old epoch is refused on b: b owns it at a newer one.
     let err = b
@@ -181,34 +181,31 @@ fn the_dead_owner_back_never_serves_its_copy_and_its_rounds_are_refused() {
     let mp = a2.mount("v@ha", "c5", &go()).unwrap();
     assert_eq!(read(&mp, "from-b").as_deref(), Some("b"));
     assert_eq!(read(&mp, "two"), None);
-    drop((dir, etcd, nodes));
 }
 
 /// a's daemon starts again (a new lease) on the same data, after b took
-/// the volume over. a's copy (with "two", never sent) still counts the
-/// mount of its container, which its engine's restart killed without an
-/// Unmount (the plugin was down).
-fn restart_a(
-    c: Cluster,
-) -> (
-    tempfile::TempDir,
-    cluster::memory::MemoryCoordinator,
-    Arc<super::Nodes>,
-    Arc<VolumeService>,
-    Arc<VolumeService>,
-) {
+/// the volume over: the cluster with a's new service. a's copy (with "two",
+/// never sent) still counts the mount of its container, which its engine's
+/// restart killed without an Unmount (the plugin was down).
+fn restart_a(c: Cluster) -> Cluster {
+    assert_eq!(mounts(&c.a), 1);
     let Cluster {
-        _dir: dir,
+        _dir,
         etcd,
         nodes,
         a,
         b,
     } = c;
-    assert_eq!(mounts(&a), 1);
     drop(a);
-    let a2: Arc<VolumeService> = node(dir.path(), "a", &etcd, &nodes);
-    a2.join_cluster().unwrap();
-    (dir, etcd, nodes, a2, b)
+    let a: Arc<VolumeService> = node(_dir.path(), "a", &etcd, &nodes);
+    a.join_cluster().unwrap();
+    Cluster {
+        _dir,
+        etcd,
+        nodes,
+        a,
+        b,
+    }
 }
 
 fn mounts(svc: &VolumeService) -> u64 {
@@ -218,11 +215,11 @@ fn mounts(svc: &VolumeService) -> u64 {
 #[test]
 fn the_dead_owner_back_becomes_the_new_owners_standby_once_nothing_mounts_its_copy() {
     let c = taken_over_by_b();
-    let (_dir, _etcd, _nodes, a2, b) = restart_a(c);
+    let Cluster { a: a2, b, .. } = &restart_a(c);
     // Nothing mounts a's directory now: the count went at start, and the
     // copy is b's standby at b's next round (b's first other node).
     let p = a2.transfer_paths("v@ha").unwrap();
-    assert_eq!((mounts(&a2), p.state.as_str()), (0, "ready"));
+    assert_eq!((mounts(a2), p.state.as_str()), (0, "ready"));
     b.standby_tick();
     let lag = &b.standby_lags("v")[0];
     assert_eq!((lag.node.as_str(), lag.rounds), ("a", 1), "{lag:?}");
