@@ -22,6 +22,7 @@
 #     Unthrottled runs first try `--strict` (it must refuse, unfenced).
 # Usage: bench/migrate.sh [--short] [WORKDIR]. --short is CI-sized: step 4
 # only (unless STEPS is set), scale 5, rates 500 and max, 5 s baselines.
+# B_TMPFS=1 puts host B's data root on a tmpfs (see start_hosts).
 # DAFFE_BIN=PATH uses that daffe binary instead of building one (e.g. the
 # test build's target/debug/daffe; say so beside the results).
 set -euo pipefail
@@ -194,6 +195,13 @@ start_hosts() {
 hosts_up=1
 mkdir -p "$W/mig/a" "$W/mig/b"
 rm -rf "$W/mig/a/"* "$W/mig/b/"*
+# B_TMPFS=1: host B's data root on a tmpfs, standing in for the other
+# machine's own disk. Both hosts share this VM's one disk, so B's writes and
+# syncs queue behind (and ahead of) A's database's WAL fsyncs: a cost to the
+# application a real move to another machine does not have. Cleanup unmounts it.
+if [ "${B_TMPFS:-0}" = 1 ]; then
+  mkdir -p "$W/mig/b/data"; mount -t tmpfs -o size=12g,mode=0700 tmpfs "$W/mig/b/data"
+fi
 # A's data root is a shared mount: a block volume's loop mount made there
 # by A's plugin (root mount namespace) propagates into the private engine's
 # namespace (a slave copy, see start_engine), so step 3's containers write

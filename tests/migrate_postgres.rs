@@ -196,6 +196,15 @@ fn move_a_busy_database(profile: &str) -> Value {
 fn a_busy_postgres_on_a_default_volume_moves_whole() {
     let r = move_a_busy_database("default");
     assert_eq!(r["mode"], "tree", "{r:#}");
+    // The daemon traced where the tables were written (ext4 data root, as
+    // here): rounds after the base read only those pages of changed files.
+    let rounds = r["rounds"].as_array().expect("rounds");
+    assert!(
+        rounds[1..]
+            .iter()
+            .any(|r| r["bytes_tracked"].as_u64().unwrap_or(0) > 0),
+        "no round read from tracked writes: {r:#}"
+    );
 }
 
 #[test]

@@ -132,6 +132,6 @@ pub use receive::{
     Action, Change, Checked, Destination, Preview, ReceiveError, ReceiveOptions, Receiver,
     RoundStats, Tally, Verify,
 };
-pub use scan::{ImageChanges, PendingChanges, ScanError, ScanOptions, ScanStats};
+pub use scan::{FileChanges, ImageChanges, PendingChanges, ScanError, ScanOptions, ScanStats};
 pub use source::{ChunkSource, ManifestBase, Sender, Sink, SinkError, Source, SourceError, Want};
 pub use sync::{SyncError, SyncOptions, SyncStats, preview, sync};

@@ -77,6 +77,9 @@ enum PState {
     /// A small file read and hashed inline (one chunk, no worker round trip:
     /// for small files the hand-off costs more than the hashing).
     Ready(Option<ChunkRef>),
+    /// A file written only in these ranges since the last scan (tracked):
+    /// written from the last manifest's chunks when it reaches the head.
+    Patched { file: File, dirty: Vec<(u64, u64)> },
     Chunking {
         file: Arc<File>,
         extents: Vec<(u64, u64)>,
@@ -503,6 +506,17 @@ impl Scanner {
                     self.statw.push(&head.stat)?;
                     continue;
                 }
+                PState::Patched { .. } => {
+                    let mut head = self.queue.pop_front().expect("front exists");
+                    self.base_seq += 1;
+                    let PState::Patched { file, dirty } =
+                        std::mem::replace(&mut head.state, PState::Plain { reuse: false })
+                    else {
+                        unreachable!("matched above")
+                    };
+                    self.write_patched(head, &file, &dirty)?;
+                    continue;
+                }
                 PState::Chunking { .. } => advance_chunking(head, &mut self.writer)?,
             };
             if !done {
@@ -533,31 +547,13 @@ impl Scanner {
         let idx = self.entry_index;
         self.entry_index += 1;
         if reuse {
+            let old = self.cached_entry(&p.entry)?;
+            self.writer.write(&Record::Entry(old))?;
             let cache = self.cache.as_mut().expect("reuse implies a cache");
             let bad = |e: ManifestError| ScanError::Cache(e.to_string());
-            let old = loop {
-                match cache.manifest.next_entry().map_err(bad)? {
-                    Some(e) if crate::manifest::path_cmp(&e.path, &p.entry.path).is_lt() => {
-                        continue;
-                    }
-                    other => break other,
-                }
-            };
-            match old {
-                Some(old) if old.path == p.entry.path && old.kind == p.entry.kind => {
-                    self.writer.write(&Record::Entry(old))?;
-                    let mut last_end = None;
-                    while let Some(c) = cache.manifest.next_chunk().map_err(bad)? {
-                        write_chunk(&mut self.writer, c, &mut last_end)?;
-                    }
-                }
-                _ => {
-                    // The stat cache names an entry its manifest lacks.
-                    return Err(ScanError::Cache(format!(
-                        "{} missing from the last manifest",
-                        p.entry.display_path()
-                    )));
-                }
+            let mut last_end = None;
+            while let Some(c) = cache.manifest.next_chunk().map_err(bad)? {
+                write_chunk(&mut self.writer, c, &mut last_end)?;
             }
         } else {
             self.writer.write(&Record::Entry(p.entry.clone()))?;
@@ -566,6 +562,141 @@ impl Scanner {
             self.paths.push(idx, &p.entry.path);
         }
         self.statw.push(&p.stat)?;
+        Ok(())
+    }
+
+    /// The last manifest's entry for `entry`'s path and kind, its cursor
+    /// left on that entry's chunks. A cache error when it lacks one: the
+    /// stat cache named an entry its manifest does not have.
+    fn cached_entry(&mut self, entry: &Entry) -> Result<Entry, ScanError> {
+        let cache = self.cache.as_mut().expect("reuse implies a cache");
+        let bad = |e: ManifestError| ScanError::Cache(e.to_string());
+        let old = loop {
+            match cache.manifest.next_entry().map_err(bad)? {
+                Some(e) if crate::manifest::path_cmp(&e.path, &entry.path).is_lt() => {
+                    continue;
+                }
+                other => break other,
+            }
+        };
+        match old {
+            Some(old) if old.path == entry.path && old.kind == entry.kind => Ok(old),
+            _ => Err(ScanError::Cache(format!(
+                "{} missing from the last manifest",
+                entry.display_path()
+            ))),
+        }
+    }
+
+    /// A tree's file written only in `dirty` (normalized, vouched for by a
+    /// tracker's [`super::changes::FileChanges`]) since the last scan, which
+    /// read it with the same identity and no larger: queued in order like
+    /// any entry, written by [`Self::write_patched`].
+    pub(super) fn add_patched_file(
+        &mut self,
+        entry: Entry,
+        st: &FileStat,
+        file: File,
+        dirty: Vec<(u64, u64)>,
+    ) -> Result<(), ScanError> {
+        self.stats.entries += 1;
+        self.stats.files += 1;
+        self.stats.bytes_scanned += entry.size;
+        self.stats.bytes_tracked += dirty.iter().map(|(a, b)| b - a).sum::<u64>();
+        let stat = StatRec::new(&entry.path, st, self.start_ns);
+        self.queue.push_back(Pending {
+            entry,
+            stat,
+            state: PState::Patched { file, dirty },
+        });
+        self.flush()?;
+        while self.queue.len() > MAX_PENDING {
+            self.wait_one()?;
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Writes a patched file at the head of the queue: the last scan's
+    /// chunks where nothing was written, the rest re-read. The entry keeps
+    /// the last scan's chunk class, which its kept chunks were cut in.
+    fn write_patched(
+        &mut self,
+        mut p: Pending,
+        file: &File,
+        dirty: &[(u64, u64)],
+    ) -> Result<(), ScanError> {
+        if self.cache.is_none() {
+            return Err(ScanError::Cache(
+                "a patched file without a last manifest".into(),
+            ));
+        }
+        let old = self.cached_entry(&p.entry)?;
+        p.entry.class = old.class;
+        let cache = self.cache.as_mut().expect("checked above");
+        let bad = |e: ManifestError| ScanError::Cache(e.to_string());
+        let mut chunks = Vec::new();
+        while let Some(c) = cache.manifest.next_chunk().map_err(bad)? {
+            chunks.push(c);
+        }
+        self.writer.write(&Record::Entry(p.entry.clone()))?;
+        let size = p.entry.size;
+        self.write_pieces(&p.entry.path, file, &chunks, dirty, size)?;
+        // Re-stat after reading, as for a file read whole.
+        let after = fsmeta::stat_fd(file.as_fd(), &p.entry.path)?;
+        if after.size != p.stat.size
+            || after.mtime_ns != p.stat.mtime_ns
+            || after.ctime_ns != p.stat.ctime_ns
+        {
+            p.stat.racy = true;
+        }
+        self.paths.push(self.entry_index, &p.entry.path);
+        self.entry_index += 1;
+        self.statw.push(&p.stat)?;
+        Ok(())
+    }
+
+    /// The chunks of a file of `size` bytes whose last scan gave `old`,
+    /// written only in `dirty` since: kept where nothing was written,
+    /// re-read and hashed where something was (see `super::changes::plan`).
+    fn write_pieces(
+        &mut self,
+        path: &[u8],
+        file: &File,
+        old: &[ChunkRef],
+        dirty: &[(u64, u64)],
+        size: u64,
+    ) -> Result<(), ScanError> {
+        let pieces = super::changes::plan(old, dirty, size);
+        // A touched chunk is re-read with its old boundaries (up to its
+        // class's max); new pieces are at most the db max.
+        let longest = old.iter().map(|c| c.len).max().unwrap_or(0);
+        let mut buf = vec![0u8; longest.max(ChunkClass::Db.max_len()) as usize];
+        let mut last_end = None;
+        for p in pieces {
+            let c = match p {
+                super::changes::Piece::Keep(c) => c,
+                super::changes::Piece::Read { offset, len } => {
+                    let want = &mut buf[..len as usize];
+                    let got = read_full_at(file, want, offset).map_err(io_err(path))?;
+                    if got < want.len() {
+                        // Shrunk under the scan: the next round sees its size.
+                        want[got..].fill(0);
+                    }
+                    self.stats.bytes_hashed += u64::from(len);
+                    ChunkRef {
+                        offset,
+                        len,
+                        id: ChunkId::of(want),
+                    }
+                }
+            };
+            write_chunk(&mut self.writer, c, &mut last_end)?;
+        }
+        self.opts.progress.event(&Progress::Scanned {
+            entries: self.stats.entries,
+            bytes_hashed: self.stats.bytes_hashed,
+        });
         Ok(())
     }
 
@@ -602,42 +733,16 @@ impl Scanner {
         while let Some(c) = cache.manifest.next_chunk().map_err(bad)? {
             old.push(c);
         }
-        let pieces = super::changes::plan(&old, dirty, entry.size);
         self.stats.entries += 1;
         self.stats.files += 1;
         self.stats.bytes_scanned += entry.size;
         let stat = StatRec::new(&entry.path, st, self.start_ns);
-        let path = entry.path.clone();
+        let (path, size) = (entry.path.clone(), entry.size);
         self.writer.write(&Record::Entry(entry))?;
-        let mut buf = vec![0u8; ChunkClass::Db.max_len() as usize];
-        let mut last_end = None;
-        for p in pieces {
-            let c = match p {
-                super::changes::Piece::Keep(c) => c,
-                super::changes::Piece::Read { offset, len } => {
-                    let want = &mut buf[..len as usize];
-                    let got = read_full_at(file, want, offset).map_err(io_err(&path))?;
-                    if got < want.len() {
-                        // Shrunk under the scan: the next round sees its size.
-                        want[got..].fill(0);
-                    }
-                    self.stats.bytes_hashed += len as u64;
-                    ChunkRef {
-                        offset,
-                        len,
-                        id: ChunkId::of(want),
-                    }
-                }
-            };
-            write_chunk(&mut self.writer, c, &mut last_end)?;
-        }
+        self.write_pieces(&path, file, &old, dirty, size)?;
         self.paths.push(self.entry_index, &path);
         self.entry_index += 1;
         self.statw.push(&stat)?;
-        self.opts.progress.event(&Progress::Scanned {
-            entries: self.stats.entries,
-            bytes_hashed: self.stats.bytes_hashed,
-        });
         Ok(true)
     }
 

@@ -1,5 +1,6 @@
-//! Writes to an image tracked by someone else, so that a scan reads only
-//! what changed since the last one instead of the whole image.
+//! Writes to an image, or to a tree's files, tracked by someone else, so
+//! that a scan reads only what changed since the last one instead of the
+//! whole image or every changed file whole.
 //!
 //! An image's timestamps say only *that* it changed, never *where*: without
 //! help every scan after a write re-reads and re-hashes all of it (a 1 GiB
@@ -14,8 +15,19 @@
 //! image is rewritten in place, never shifted, so fixed boundaries lose
 //! nothing, and correctness needs only that every byte written since the
 //! last scan is inside a reported range.
+//!
+//! A tree's files are the same once told apart by inode ([`FileChanges`]):
+//! a database's table file is rewritten in place in pages, and the tracker
+//! (the plugin's `dir_writes`, from the filesystem's write tracepoints)
+//! says which pages. A file the tracker cannot vouch for (recreated,
+//! truncated, memory-mapped, on another filesystem) is read whole, as is
+//! any whose modification time moved while no write to it was seen.
+
+use std::collections::HashMap;
 
 use crate::chunk::{ChunkClass, ChunkRef};
+use crate::fsmeta::FileStat;
+use crate::statcache::StatRec;
 
 /// The writes to an image since its last scan, as a tracker reports them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +39,49 @@ pub struct PendingChanges {
     /// `None` when the tracker cannot vouch for them (it started after that
     /// scan, or lost events): the scan then reads the whole image.
     pub ranges: Option<Vec<(u64, u64)>>,
+    /// For a tree: its files' writes since the last saved scan, or `None`
+    /// when the tracker cannot vouch for them (every changed file is read
+    /// whole, as without a tracker). Image trackers leave it `None`.
+    pub files: Option<FileChanges>,
+}
+
+/// The writes to a tree's files since its last saved scan, by inode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileChanges {
+    /// The filesystem (`st_dev`) the inodes are on: a file on any other is
+    /// read whole.
+    pub dev: u64,
+    /// Inode -> byte ranges `[start, end)` written; `None`: read the file
+    /// whole (created or freed, truncated, shifted, memory-mapped). An
+    /// inode not listed had no data written through the traced paths.
+    pub written: HashMap<u64, Option<Vec<(u64, u64)>>>,
+}
+
+impl FileChanges {
+    /// The ranges to re-read of a regular file whose stat changed since the
+    /// last scan (`seen`), normalized; `None`: read it whole. Only files
+    /// the last scan read as more than one small chunk, with the same
+    /// identity and no smaller, are patched (a shrink, a new inode or a
+    /// small file costs little whole).
+    pub(crate) fn dirty(&self, now: &FileStat, seen: Option<&StatRec>) -> Option<Vec<(u64, u64)>> {
+        let seen = seen?;
+        if now.dev != self.dev
+            || seen.dev != now.dev
+            || seen.ino != now.ino
+            || seen.size <= crate::chunk::SMALL_MAX
+            || now.size < seen.size
+        {
+            return None;
+        }
+        match self.written.get(&now.ino) {
+            Some(Some(r)) => Some(normalize(r, now.size)),
+            Some(None) => None,
+            // Data changes move the modification time; one that moved with
+            // no write seen came some way the tracker does not see.
+            None if now.mtime_ns == seen.mtime_ns && now.size == seen.size => Some(Vec::new()),
+            None => None,
+        }
+    }
 }
 
 /// A tracker of the writes to one image source, kept per source cache
@@ -296,6 +351,7 @@ mod tests {
     #[derive(Default)]
     struct Told {
         ranges: std::sync::Mutex<Script>,
+        files: std::sync::Mutex<Option<FileChanges>>,
         scanned: std::sync::Mutex<Vec<u64>>,
     }
 
@@ -305,6 +361,7 @@ mod tests {
             PendingChanges {
                 mark: g.0,
                 ranges: g.1.clone(),
+                files: self.files.lock().unwrap().clone(),
             }
         }
         fn scanned(&self, mark: u64) {
@@ -388,5 +445,223 @@ mod tests {
         let s3 = crate::scan::scan_image(&img, &cache, opts()).unwrap();
         assert!(s3.stats.bytes_hashed >= 4 * mib);
         chunks_match_the_file(&s3, &img);
+    }
+
+    fn stat(dev: u64, ino: u64, size: u64, mtime_ns: i128) -> FileStat {
+        FileStat {
+            kind: crate::fsmeta::StatKind::File,
+            perm: 0o644,
+            uid: 0,
+            gid: 0,
+            size,
+            mtime_ns,
+            ctime_ns: mtime_ns,
+            dev,
+            ino,
+            nlink: 1,
+            rdev: 0,
+            blocks: size / 512,
+        }
+    }
+
+    #[test]
+    fn a_changed_file_is_patched_only_when_the_tracker_vouches_for_all_of_it() {
+        let big = 1 << 20;
+        let mut written = HashMap::new();
+        written.insert(5, Some(vec![(100, 200), (0, 50)]));
+        written.insert(6, None);
+        let fc = FileChanges { dev: 9, written };
+        let was = |ino, size, mtime| StatRec::new(b"f", &stat(9, ino, size, mtime), 0);
+        type Row = (&'static str, FileStat, Option<StatRec>, Option<Vec<Span>>);
+        let rows: Vec<Row> = vec![
+            (
+                "written",
+                stat(9, 5, big, 2),
+                Some(was(5, big, 1)),
+                Some(vec![(0, 50), (100, 200)]),
+            ),
+            (
+                "grown by writes",
+                stat(9, 5, big + 10, 2),
+                Some(was(5, big, 1)),
+                Some(vec![(0, 50), (100, 200)]),
+            ),
+            ("shrunk", stat(9, 5, big - 1, 2), Some(was(5, big, 1)), None),
+            (
+                "told to read whole",
+                stat(9, 6, big, 2),
+                Some(was(6, big, 1)),
+                None,
+            ),
+            (
+                "another inode at the path",
+                stat(9, 5, big, 2),
+                Some(was(4, big, 1)),
+                None,
+            ),
+            (
+                "another filesystem",
+                stat(8, 5, big, 2),
+                Some(was(5, big, 1)),
+                None,
+            ),
+            ("never scanned", stat(9, 5, big, 2), None, None),
+            (
+                "small last time",
+                stat(9, 5, big, 2),
+                Some(was(5, 4096, 1)),
+                None,
+            ),
+            (
+                "metadata only",
+                stat(9, 7, big, 1),
+                Some(was(7, big, 1)),
+                Some(vec![]),
+            ),
+            (
+                "modified, no write seen",
+                stat(9, 7, big, 2),
+                Some(was(7, big, 1)),
+                None,
+            ),
+            (
+                "grown, no write seen",
+                stat(9, 7, big + 1, 1),
+                Some(was(7, big, 1)),
+                None,
+            ),
+        ];
+        for (what, now, seen, want) in rows {
+            assert_eq!(fc.dirty(&now, seen.as_ref()), want, "{what}");
+        }
+    }
+
+    /// Every regular file under `root` is exactly what the scan's manifest
+    /// says: each chunk's hash matches the bytes there, and the bytes no
+    /// chunk covers are zeros (holes).
+    fn manifest_matches_the_tree(scan: &crate::scan::Scan, root: &std::path::Path) {
+        use crate::manifest::{Item, Kind, ManifestReader};
+        use std::os::unix::ffi::OsStrExt;
+        let mut r = ManifestReader::new(std::io::BufReader::new(
+            std::fs::File::open(&scan.manifest).unwrap(),
+        ))
+        .unwrap();
+        let mut cur: Option<(Vec<u8>, Vec<u8>)> = None; // (file bytes, rebuilt)
+        let check = |c: &mut Option<(Vec<u8>, Vec<u8>)>| {
+            if let Some((want, got)) = c.take() {
+                assert!(want == got, "a file differs from its manifest");
+            }
+        };
+        while let Some(item) = r.next().unwrap() {
+            match item {
+                Item::Entry(e) => {
+                    check(&mut cur);
+                    if e.kind == Kind::File {
+                        let p = root.join(std::ffi::OsStr::from_bytes(&e.path));
+                        let bytes = std::fs::read(p).unwrap();
+                        assert_eq!(bytes.len() as u64, e.size);
+                        let zeros = vec![0u8; bytes.len()];
+                        cur = Some((bytes, zeros));
+                    }
+                }
+                Item::Chunk(c) => {
+                    let (want, got) = cur.as_mut().expect("a chunk of a file");
+                    let (a, b) = (
+                        usize::try_from(c.offset).unwrap(),
+                        usize::try_from(c.end()).unwrap(),
+                    );
+                    assert_eq!(ChunkId::of(&want[a..b]), c.id, "chunk at {a} is stale");
+                    got[a..b].copy_from_slice(&want[a..b]);
+                }
+            }
+        }
+        check(&mut cur);
+    }
+
+    #[test]
+    fn a_tracked_tree_rereads_only_the_pages_written_and_files_it_cannot_vouch_for() {
+        use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+        use std::sync::Arc;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("tree");
+        let cache = d.path().join("cache");
+        std::fs::create_dir(&root).unwrap();
+        let mib = 1u64 << 20;
+        let data =
+            |seed: u64| -> Vec<u8> { (0..4 * mib).map(|i| ((i * seed) % 251) as u8).collect() };
+        for (name, seed) in [("table.db", 7), ("index", 11), ("meta", 13), ("log", 17)] {
+            std::fs::write(root.join(name), data(seed)).unwrap();
+        }
+        std::fs::write(root.join("small"), b"tiny").unwrap();
+        let told = Arc::new(Told::default());
+        let opts = || crate::scan::ScanOptions {
+            threads: 2,
+            label: "t".into(),
+            progress: Arc::new(crate::progress::NoProgress),
+            changes: Some(told.clone()),
+        };
+        let s1 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
+        assert_eq!(*told.scanned.lock().unwrap(), vec![0]);
+        manifest_matches_the_tree(&s1, &root);
+        // Past the racy window of the first scan's timestamps.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+
+        let ino = |n: &str| std::fs::metadata(root.join(n)).unwrap().ino();
+        let dev = std::fs::metadata(&root).unwrap().dev();
+        // table.db (page-sized chunks): two pages rewritten in place and
+        // 100 KiB appended (told);
+        // index: rewritten everywhere but the tracker says "whole";
+        // meta: chmod only (not told, same mtime): nothing read;
+        // log: replaced by another file at the same path (new inode).
+        let table = std::fs::OpenOptions::new()
+            .write(true)
+            .open(root.join("table.db"))
+            .unwrap();
+        table.write_all_at(&[0xaa; 8192], mib + 8192).unwrap();
+        table.write_all_at(&[0xbb; 8192], 3 * mib).unwrap();
+        table.write_all_at(&[0xcc; 100 * 1024], 4 * mib).unwrap();
+        std::fs::write(root.join("index"), data(19)).unwrap();
+        std::fs::set_permissions(root.join("meta"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
+        std::fs::write(root.join("log.new"), data(23)).unwrap();
+        std::fs::rename(root.join("log.new"), root.join("log")).unwrap();
+        let mut written = HashMap::new();
+        written.insert(
+            ino("table.db"),
+            Some(vec![
+                (mib + 8192, mib + 16384),
+                (3 * mib, 3 * mib + 8192),
+                (4 * mib, 4 * mib + 100 * 1024),
+            ]),
+        );
+        written.insert(ino("index"), None);
+        *told.files.lock().unwrap() = Some(FileChanges { dev, written });
+        *told.ranges.lock().unwrap() = (1, None);
+        let s2 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
+        assert_eq!(*told.scanned.lock().unwrap(), vec![0, 1]);
+        manifest_matches_the_tree(&s2, &root);
+        // index and log whole (8 MiB); table: the chunks around the two
+        // pages (at most 64 KiB each, and a neighbour where a page straddles
+        // two) and the appended 100 KiB.
+        let whole = 8 * mib;
+        assert!(
+            s2.stats.bytes_hashed >= whole,
+            "read {}",
+            s2.stats.bytes_hashed
+        );
+        assert!(
+            s2.stats.bytes_hashed <= whole + 4 * 64 * 1024 + 100 * 1024,
+            "read {} bytes",
+            s2.stats.bytes_hashed
+        );
+        assert_eq!(s2.stats.bytes_tracked, 2 * 8192 + 100 * 1024);
+
+        // The tracker lost track: every changed file is read whole again.
+        table.write_all_at(&[0x11; 10], 0).unwrap();
+        *told.files.lock().unwrap() = None;
+        *told.ranges.lock().unwrap() = (2, None);
+        let s3 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
+        assert!(s3.stats.bytes_hashed >= 4 * mib);
+        manifest_matches_the_tree(&s3, &root);
     }
 }

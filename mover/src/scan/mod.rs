@@ -25,6 +25,6 @@ mod class;
 mod options;
 mod walk;
 
-pub use changes::{ImageChanges, PendingChanges};
+pub use changes::{FileChanges, ImageChanges, PendingChanges};
 pub use options::{LAST_MANIFEST, Scan, ScanError, ScanOptions, ScanStats};
 pub use walk::{image_size, scan_image, scan_tree};

@@ -70,9 +70,10 @@ pub struct ScanStats {
     /// Sockets left out.
     pub sockets_skipped: u64,
     /// Bytes a write tracker reported written since the last scan, for an
-    /// image scanned from them ([`super::changes::ImageChanges`]; 0 when the
-    /// image was read whole): what the source dirtied between two rounds,
-    /// measured apart from what the round then moved.
+    /// image or a tree's files scanned from them
+    /// ([`super::changes::ImageChanges`]; 0 for what was read whole): what
+    /// the source dirtied between two rounds, measured apart from what the
+    /// round then moved.
     #[serde(default)]
     pub bytes_tracked: u64,
 }
@@ -86,9 +87,9 @@ pub struct ScanOptions {
     pub label: String,
     /// Progress sink.
     pub progress: Arc<dyn ProgressSink>,
-    /// Where the writes to an image source since this cache's last scan
-    /// are tracked (`super::changes`); `None`: an image changed at all is
-    /// read whole. Trees ignore it.
+    /// Where the writes to the source since this cache's last scan are
+    /// tracked (`super::changes`); `None`: an image changed at all is read
+    /// whole, as is a tree's changed file.
     pub changes: Option<Arc<dyn super::changes::ImageChanges>>,
 }
 

@@ -87,10 +87,23 @@ fn join_path(dir: &[u8], name: &[u8]) -> Vec<u8> {
 
 /// Scans the tree at `root` into `CACHE/last.manifest`, using and refreshing
 /// the stat cache in `cache_dir`.
+///
+/// With a tracker ([`ScanOptions::changes`]) that vouches for the tree's
+/// files, a changed file is read only where it was written (see
+/// [`super::changes::FileChanges`]).
 pub fn scan_tree(root: &Path, cache_dir: &Path, opts: ScanOptions) -> Result<Scan, ScanError> {
-    with_cache_fallback(cache_dir, opts, |opts, use_cache| {
-        scan_tree_with(root, cache_dir, opts, use_cache)
-    })
+    // Taken before the walk: writes completing after this go to the
+    // tracker's next answer.
+    let tracker = opts.changes.clone();
+    let pending = tracker.as_ref().map(|t| t.pending());
+    let files = pending.as_ref().and_then(|p| p.files.as_ref());
+    let scan = with_cache_fallback(cache_dir, opts, |opts, use_cache| {
+        scan_tree_with(root, cache_dir, opts, use_cache, files)
+    })?;
+    if let (Some(t), Some(p)) = (tracker, pending) {
+        t.scanned(p.mark);
+    }
+    Ok(scan)
 }
 
 /// Runs a scan with the source cache, and again without it if the cache
@@ -117,6 +130,7 @@ fn scan_tree_with(
     cache_dir: &Path,
     opts: ScanOptions,
     use_cache: bool,
+    files: Option<&super::changes::FileChanges>,
 ) -> Result<Scan, ScanError> {
     let rootfd = rustix::fs::open(
         root,
@@ -263,7 +277,10 @@ fn scan_tree_with(
                         &e.path,
                         st
                     );
-                    s.add(e, &st, false, Some(File::from(fd)))?;
+                    match files.and_then(|f| f.dirty(&st, seen.as_ref())) {
+                        Some(dirty) => s.add_patched_file(e, &st, File::from(fd), dirty)?,
+                        None => s.add(e, &st, false, Some(File::from(fd)))?,
+                    }
                 }
             }
             Kind::Symlink => {

@@ -94,10 +94,11 @@ pub(crate) trait Backend: Send + Sync {
     /// Facts for `docker volume inspect`; cheap (no remote calls).
     fn status(&self, vol: VolumeRef<'_>) -> Status;
 
-    /// Who knows where the volume's image was written since a scan into
-    /// `cache_dir` (local block volumes: `local::writes`); `None`: a changed
-    /// image is read whole.
-    fn image_changes(
+    /// Who knows where the volume was written since a scan into
+    /// `cache_dir` (local block volumes' images: `local::writes`; local dir
+    /// volumes' files on ext4: `local::dir_writes`); `None`: a changed image
+    /// or file is read whole.
+    fn write_changes(
         &self,
         _vol: VolumeRef<'_>,
         _cache_dir: &std::path::Path,

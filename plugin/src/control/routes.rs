@@ -225,9 +225,9 @@ fn answer(
             mark,
         } => json(svc.accept_standby(&name, &from, epoch, mark)?),
         R::MoveTo { name, node } => json(svc.move_to(&name, &node)?),
-        R::Changes { name, cache } => json(svc.image_changes_pending(&name, Path::new(&cache))?),
+        R::Changes { name, cache } => json(svc.write_changes_pending(&name, Path::new(&cache))?),
         R::Scanned { name, cache, mark } => {
-            svc.image_changes_scanned(&name, Path::new(&cache), mark)?;
+            svc.write_changes_scanned(&name, Path::new(&cache), mark)?;
             json(serde_json::json!({}))
         }
         R::FinishMove { name, to } => {

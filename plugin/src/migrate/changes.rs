@@ -34,15 +34,13 @@ impl ImageChanges for DaemonChanges {
                 name: self.volume.clone(),
                 cache: self.cache.clone(),
             }) {
-            Ok(r) => PendingChanges {
-                mark: r.mark,
-                ranges: r.ranges,
-            },
+            Ok(r) => r.into(),
             Err(e) => {
                 tracing::warn!(volume = %self.volume, error = %e, "cannot ask the daemon where the image was written; reading it whole");
                 PendingChanges {
                     mark: 0,
                     ranges: None,
+                    files: None,
                 }
             }
         }

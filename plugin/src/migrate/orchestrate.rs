@@ -106,7 +106,7 @@ pub(crate) trait SourceHost {
     fn held(&self, image: &Path) -> Option<String>;
     /// Who knows where a block volume's image was written between scans
     /// into `cache_dir` (the daemon); none: a changed image is read whole.
-    fn image_changes(&self, volume: &str, cache_dir: &Path) -> Option<Arc<dyn ImageChanges>>;
+    fn write_changes(&self, volume: &str, cache_dir: &Path) -> Option<Arc<dyn ImageChanges>>;
 }
 
 impl SourceHost for ControlClient {
@@ -153,7 +153,7 @@ impl SourceHost for ControlClient {
     fn held(&self, image: &Path) -> Option<String> {
         holders::describe(&holders::check(image))
     }
-    fn image_changes(&self, volume: &str, cache_dir: &Path) -> Option<Arc<dyn ImageChanges>> {
+    fn write_changes(&self, volume: &str, cache_dir: &Path) -> Option<Arc<dyn ImageChanges>> {
         Some(Arc::new(super::changes::DaemonChanges::new(
             self.clone(),
             volume,
@@ -540,15 +540,14 @@ pub(crate) fn migrate(
         PeerReply::Prepared { token } => token,
         other => return Err(MigrateError::Reply(format!("{other:?}"))),
     };
-    let (source, changes) = match paths.mode {
-        TransferMode::Tree => (Source::Tree(paths.data.clone()), None),
-        // Rounds after the first, and the final one, read only what the
-        // daemon saw written (`backend::local::writes`).
-        TransferMode::Image => (
-            Source::Image(paths.data.clone()),
-            host.image_changes(&paths.docker_name, &paths.cache_dir),
-        ),
+    // Rounds after the first, and the final one, read only what the daemon
+    // saw written (`backend::local::writes` for an image, `dir_writes` for
+    // a tree's files).
+    let source = match paths.mode {
+        TransferMode::Tree => Source::Tree(paths.data.clone()),
+        TransferMode::Image => Source::Image(paths.data.clone()),
     };
+    let changes = host.write_changes(&paths.docker_name, &paths.cache_dir);
     dest.set_source(
         &paths.docker_name,
         source,

@@ -44,6 +44,46 @@ pub(crate) enum TransferMode {
 pub(crate) struct ChangesReply {
     pub(crate) mark: u64,
     pub(crate) ranges: Option<Vec<(u64, u64)>>,
+    /// A dir volume's files ([`mover::FileChanges`]); absent from a daemon
+    /// older than dir tracking: changed files are read whole.
+    #[serde(default)]
+    pub(crate) files: Option<FilesReply>,
+}
+
+/// [`mover::FileChanges`] as JSON: (inode, ranges or null for "whole").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FilesReply {
+    pub(crate) dev: u64,
+    pub(crate) written: Vec<InodeWrites>,
+}
+
+/// One inode's written ranges, `None`: read the file whole.
+pub(crate) type InodeWrites = (u64, Option<Vec<(u64, u64)>>);
+
+impl From<mover::PendingChanges> for ChangesReply {
+    fn from(p: mover::PendingChanges) -> Self {
+        ChangesReply {
+            mark: p.mark,
+            ranges: p.ranges,
+            files: p.files.map(|f| FilesReply {
+                dev: f.dev,
+                written: f.written.into_iter().collect(),
+            }),
+        }
+    }
+}
+
+impl From<ChangesReply> for mover::PendingChanges {
+    fn from(r: ChangesReply) -> Self {
+        mover::PendingChanges {
+            mark: r.mark,
+            ranges: r.ranges,
+            files: r.files.map(|f| mover::FileChanges {
+                dev: f.dev,
+                written: f.written.into_iter().collect(),
+            }),
+        }
+    }
 }
 
 /// Where the mover reads or writes a volume, on this host.
@@ -202,36 +242,31 @@ impl VolumeService {
     /// `cache` (the control API's `changes`: `daffe migrate` and the
     /// handover scan in another process than the daemon that tracks it).
     /// `ranges: null` for volumes without tracking: read the image whole.
-    pub(crate) fn image_changes_pending(
+    pub(crate) fn write_changes_pending(
         &self,
         docker_name: &str,
         cache: &Path,
     ) -> Result<ChangesReply, ServiceError> {
         let rec = self.find(docker_name)?;
-        Ok(match self.backend.image_changes(super::vref(&rec), cache) {
-            Some(t) => {
-                let p = t.pending();
-                ChangesReply {
-                    mark: p.mark,
-                    ranges: p.ranges,
-                }
-            }
+        Ok(match self.backend.write_changes(super::vref(&rec), cache) {
+            Some(t) => t.pending().into(),
             None => ChangesReply {
                 mark: 0,
                 ranges: None,
+                files: None,
             },
         })
     }
 
-    /// The scan that took `mark` from [`Self::image_changes_pending`] is saved.
-    pub(crate) fn image_changes_scanned(
+    /// The scan that took `mark` from [`Self::write_changes_pending`] is saved.
+    pub(crate) fn write_changes_scanned(
         &self,
         docker_name: &str,
         cache: &Path,
         mark: u64,
     ) -> Result<(), ServiceError> {
         let rec = self.find(docker_name)?;
-        if let Some(t) = self.backend.image_changes(super::vref(&rec), cache) {
+        if let Some(t) = self.backend.write_changes(super::vref(&rec), cache) {
             t.scanned(mark);
         }
         Ok(())

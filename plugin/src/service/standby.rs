@@ -170,7 +170,7 @@ impl VolumeService {
                         cache_dir: &paths.cache_dir,
                         changes: self
                             .backend
-                            .image_changes(super::vref(&rec), &paths.cache_dir),
+                            .write_changes(super::vref(&rec), &paths.cache_dir),
                         // A mounted block volume's scan runs frozen (the
                         // round is sealed) once the standby holds a round:
                         // the first carries the whole image, unfrozen.

@@ -14,15 +14,21 @@
 //!   other mount namespace, no loop holder)? Unmount and migrate's cutover ask.
 //! - [`writes`]: where a mounted block volume was written (the kernel's
 //!   block tracepoint), so scans of its image read only that.
+//! - [`dir_writes`]: where a dir volume's files were written (ext4's write
+//!   tracepoints, parsed by [`file_writes`]), so scans read only that.
+//! - [`tracefs`]: the tracefs instance both trackers record in.
 //! - [`quota`]: a `dir` volume's size limit, a project quota on its
 //!   directory (issue 12, finding 7).
 
 pub(crate) mod block;
 pub(crate) mod claim;
 pub(crate) mod dir;
+pub(crate) mod dir_writes;
+pub(crate) mod file_writes;
 pub(crate) mod holders;
 pub(crate) mod paths;
 pub(crate) mod quota;
+pub(crate) mod tracefs;
 pub(crate) mod writes;
 
 pub(crate) use paths::LocalPaths;
@@ -185,17 +191,17 @@ impl Backend for LocalBackend {
         }
     }
 
-    fn image_changes(
+    fn write_changes(
         &self,
         vol: VolumeRef<'_>,
         cache_dir: &std::path::Path,
     ) -> Option<std::sync::Arc<dyn mover::ImageChanges>> {
         let s = local(vol).ok()?;
-        if s.format != LocalFormat::Block {
-            return None;
-        }
         let p = LocalPaths::new(vol.name, s);
-        Some(writes::WRITE_LOGS.changes(&image_path(s, &p), cache_dir))
+        match s.format {
+            LocalFormat::Block => Some(writes::WRITE_LOGS.changes(&image_path(s, &p), cache_dir)),
+            LocalFormat::Dir => dir_writes::DIR_WRITES.changes(&p.data, cache_dir),
+        }
     }
 
     fn path(&self, vol: VolumeRef<'_>) -> PathBuf {

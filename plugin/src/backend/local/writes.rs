@@ -26,16 +26,13 @@
 //!   the drain thread (thin I/O).
 
 use super::super::mountpoint::Device;
+use super::tracefs;
 use mover::{ImageChanges, PendingChanges};
 use std::collections::HashMap;
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
-/// Where tracefs is, or is mounted by us if absent (root, once).
-const TRACEFS: &str = "/sys/kernel/tracing";
 /// Per-CPU buffer of one volume's instance. An event takes about 60 bytes:
 /// 1 MiB holds some 15,000 writes per CPU, seconds of a busy database
 /// between two drains 250 ms apart.
@@ -110,7 +107,11 @@ impl Consumer {
                 .collect();
             coarsen_if_big(all)
         });
-        PendingChanges { mark, ranges }
+        PendingChanges {
+            mark,
+            ranges,
+            files: None,
+        }
     }
 
     fn scanned(&mut self, mark: u64) {
@@ -126,7 +127,7 @@ fn coarsen_if_big(v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
 }
 
 /// The 1 MiB cells the ranges touch, merged.
-fn coarsen(v: &[(u64, u64)]) -> Vec<(u64, u64)> {
+pub(super) fn coarsen(v: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut cells: Vec<(u64, u64)> = v
         .iter()
         .map(|&(s, e)| (s / COARSE * COARSE, e.next_multiple_of(COARSE)))
@@ -145,121 +146,33 @@ fn coarsen(v: &[(u64, u64)]) -> Vec<(u64, u64)> {
 /// A volume's tracefs instance while its loop device is attached.
 struct Session {
     dev: Device,
-    dir: PathBuf,
-    /// `None` only inside `drop`: the pipe must close before the instance's
-    /// rmdir, which the kernel refuses (EBUSY) while a reader holds it.
-    pipe: Option<std::fs::File>,
-    carry: String,
-    /// Dropped events counted by the kernel when the session began.
-    dropped: u64,
+    trace: tracefs::Session,
 }
 
 impl Session {
     fn start(dev: Device) -> std::io::Result<Session> {
-        let root = tracefs()?;
-        let dir = root
-            .join("instances")
-            .join(format!("daffe-{}-{}", dev.major, dev.minor));
-        sweep_detached(&root);
-        // A leftover of an earlier daemon: its events are not ours to trust.
-        if dir.exists() {
-            let _ = disable(&dir);
-            let _ = std::fs::remove_dir(&dir);
-        }
-        std::fs::create_dir(&dir)?;
-        let setup = || -> std::io::Result<()> {
-            std::fs::write(dir.join("buffer_size_kb"), BUFFER_KB.to_string())?;
-            // Full buffer: drop new events and count them, never overwrite
-            // old ones silently.
-            std::fs::write(dir.join("options/overwrite"), "0")?;
-            let ev = dir.join("events/block/block_rq_complete");
-            let code = (u64::from(dev.major) << 20) | u64::from(dev.minor);
-            std::fs::write(ev.join("filter"), format!("dev == {code}"))?;
-            std::fs::write(ev.join("enable"), "1")?;
-            std::fs::write(dir.join("tracing_on"), "1")
-        };
-        if let Err(e) = setup() {
-            let _ = disable(&dir);
-            let _ = std::fs::remove_dir(&dir);
-            return Err(e);
-        }
-        let pipe = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
-            .open(dir.join("trace_pipe"))?;
-        let dropped = dropped(&dir)?;
-        Ok(Session {
-            dev,
-            dir,
-            pipe: Some(pipe),
-            carry: String::new(),
-            dropped,
-        })
+        sweep_detached(&tracefs::root()?);
+        let code = (u64::from(dev.major) << 20) | u64::from(dev.minor);
+        let trace = tracefs::Session::start(
+            &format!("daffe-{}-{}", dev.major, dev.minor),
+            &[("block/block_rq_complete", format!("dev == {code}"))],
+            BUFFER_KB,
+        )?;
+        Ok(Session { dev, trace })
     }
 
     /// The writes recorded since the last drain; an error if any may be
     /// missing (events dropped, the instance switched off or gone).
     fn drain(&mut self) -> std::io::Result<Vec<(u64, u64)>> {
         let mut out = Vec::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        let Some(pipe) = self.pipe.as_mut() else {
-            return Err(std::io::Error::other("the session is closing"));
-        };
-        loop {
-            match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => {
-                    self.carry.push_str(&String::from_utf8_lossy(&buf[..n]));
-                    let end = self.carry.rfind('\n').map_or(0, |i| i + 1);
-                    for line in self.carry[..end].lines() {
-                        if let Some(r) = parse_event(line, self.dev) {
-                            out.push(r);
-                        }
-                    }
-                    self.carry.drain(..end);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        let dev = self.dev;
+        self.trace.drain(|line| {
+            if let Some(r) = parse_event(line, dev) {
+                out.push(r);
             }
-        }
-        let on = std::fs::read_to_string(self.dir.join("events/block/block_rq_complete/enable"))?;
-        if on.trim() != "1" {
-            return Err(std::io::Error::other("the tracepoint was switched off"));
-        }
-        if dropped(&self.dir)? != self.dropped {
-            return Err(std::io::Error::other(
-                "the kernel dropped write events (buffer full)",
-            ));
-        }
+        })?;
         Ok(out)
     }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = disable(&self.dir);
-        drop(self.pipe.take());
-        let _ = std::fs::remove_dir(&self.dir);
-    }
-}
-
-fn disable(dir: &Path) -> std::io::Result<()> {
-    std::fs::write(dir.join("events/block/block_rq_complete/enable"), "0")
-}
-
-/// Events the kernel dropped in the instance, summed over CPUs.
-fn dropped(dir: &Path) -> std::io::Result<u64> {
-    let mut n = 0;
-    for e in std::fs::read_dir(dir.join("per_cpu"))? {
-        let stats = std::fs::read_to_string(e?.path().join("stats"))?;
-        n += stats
-            .lines()
-            .filter_map(|l| l.strip_prefix("dropped events:"))
-            .filter_map(|v| v.trim().parse::<u64>().ok())
-            .sum::<u64>();
-    }
-    Ok(n)
 }
 
 /// Removes the instances of loop devices no longer attached: a daemon
@@ -282,38 +195,11 @@ fn sweep_detached(root: &Path) {
             continue;
         }
         if !Path::new(&format!("/sys/dev/block/7:{minor}/loop")).exists() {
-            let _ = disable(&e.path());
+            let _ = tracefs::disable(&e.path());
             if std::fs::remove_dir(e.path()).is_ok() {
                 tracing::info!(instance = %name, "removed the write tracking of a detached loop device");
             }
         }
-    }
-}
-
-/// tracefs's root, mounted at its usual place if it is not yet.
-fn tracefs() -> std::io::Result<PathBuf> {
-    let root = PathBuf::from(TRACEFS);
-    if root.join("instances").is_dir() {
-        return Ok(root);
-    }
-    let debug = PathBuf::from("/sys/kernel/debug/tracing");
-    if debug.join("instances").is_dir() {
-        return Ok(debug);
-    }
-    super::super::sys::run(
-        "mount",
-        &[
-            std::ffi::OsStr::new("-t"),
-            std::ffi::OsStr::new("tracefs"),
-            std::ffi::OsStr::new("nodev"),
-            root.as_os_str(),
-        ],
-    )
-    .map_err(|e| std::io::Error::other(e.to_string()))?;
-    if root.join("instances").is_dir() {
-        Ok(root)
-    } else {
-        Err(std::io::Error::other("tracefs has no instances directory"))
     }
 }
 
@@ -658,7 +544,7 @@ mod tests {
         drop(guard);
         logs.unmounted(&img);
         // The instance (2 MiB of kernel buffers) is gone with the session.
-        let inst = tracefs()
+        let inst = tracefs::root()
             .unwrap()
             .join("instances")
             .join(format!("daffe-{}-{}", dev.major, dev.minor));
@@ -669,7 +555,7 @@ mod tests {
     /// removed by the next session; an attached device's is kept.
     #[test]
     fn instances_of_detached_loop_devices_are_swept() {
-        let root = tracefs().unwrap();
+        let root = tracefs::root().unwrap();
         let free = (200..4000u32)
             .find(|m| !Path::new(&format!("/sys/dev/block/7:{m}")).exists())
             .expect("a free loop minor");

@@ -88,7 +88,7 @@ impl SourceHost for FakeHost {
         self.log.borrow_mut().push("held?".into());
         self.holder.clone()
     }
-    fn image_changes(
+    fn write_changes(
         &self,
         _volume: &str,
         _cache_dir: &Path,

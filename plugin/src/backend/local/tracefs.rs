@@ -1,0 +1,170 @@
+//! A tracefs instance of our own: some tracepoints, each with a filter,
+//! recorded into private per-CPU buffers and drained through its
+//! `trace_pipe`. The write trackers (`writes` for block volumes,
+//! `dir_writes` for dir volumes) each run their sessions on it.
+//!
+//! A session vouches for nothing it might have missed: a full buffer drops
+//! new events and counts them (never overwrites old ones silently), and a
+//! drain that finds any dropped, or an event switched off, or the instance
+//! gone, is an error the tracker turns into "read it whole".
+
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+/// Where tracefs is, or is mounted by us if absent (root, once).
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// One instance (`instances/NAME`) while it records.
+pub(crate) struct Session {
+    dir: PathBuf,
+    /// `system/event` of every tracepoint enabled.
+    events: Vec<String>,
+    /// `None` only inside `drop`: the pipe must close before the instance's
+    /// rmdir, which the kernel refuses (EBUSY) while a reader holds it.
+    pipe: Option<std::fs::File>,
+    carry: String,
+    /// Dropped events counted by the kernel when the session began.
+    dropped: u64,
+}
+
+impl Session {
+    /// Records `events` (`(system/event, filter)`) in a new instance
+    /// `name` with `buffer_kb` per CPU. A leftover instance of that name
+    /// (an earlier daemon's) is removed first: its events are not ours.
+    pub(crate) fn start(
+        name: &str,
+        events: &[(&str, String)],
+        buffer_kb: u32,
+    ) -> std::io::Result<Session> {
+        let root = root()?;
+        let dir = root.join("instances").join(name);
+        if dir.exists() {
+            let _ = disable(&dir);
+            let _ = std::fs::remove_dir(&dir);
+        }
+        std::fs::create_dir(&dir)?;
+        let setup = || -> std::io::Result<()> {
+            std::fs::write(dir.join("buffer_size_kb"), buffer_kb.to_string())?;
+            // Full buffer: drop new events and count them.
+            std::fs::write(dir.join("options/overwrite"), "0")?;
+            for (event, filter) in events {
+                let ev = dir.join("events").join(event);
+                std::fs::write(ev.join("filter"), filter)?;
+                std::fs::write(ev.join("enable"), "1")?;
+            }
+            std::fs::write(dir.join("tracing_on"), "1")
+        };
+        if let Err(e) = setup() {
+            let _ = disable(&dir);
+            let _ = std::fs::remove_dir(&dir);
+            return Err(e);
+        }
+        let pipe = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
+            .open(dir.join("trace_pipe"))?;
+        let dropped = dropped(&dir)?;
+        Ok(Session {
+            dir,
+            events: events.iter().map(|(e, _)| (*e).to_owned()).collect(),
+            pipe: Some(pipe),
+            carry: String::new(),
+            dropped,
+        })
+    }
+
+    /// Hands every whole line recorded since the last drain to `each`; an
+    /// error if any may be missing (events dropped, an event switched off,
+    /// the instance gone).
+    pub(crate) fn drain(&mut self, mut each: impl FnMut(&str)) -> std::io::Result<()> {
+        let mut buf = vec![0u8; 64 * 1024];
+        let Some(pipe) = self.pipe.as_mut() else {
+            return Err(std::io::Error::other("the session is closing"));
+        };
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    self.carry.push_str(&String::from_utf8_lossy(&buf[..n]));
+                    let end = self.carry.rfind('\n').map_or(0, |i| i + 1);
+                    for line in self.carry[..end].lines() {
+                        each(line);
+                    }
+                    self.carry.drain(..end);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for event in &self.events {
+            let on = std::fs::read_to_string(self.dir.join("events").join(event).join("enable"))?;
+            if on.trim() != "1" {
+                return Err(std::io::Error::other(format!(
+                    "the tracepoint {event} was switched off"
+                )));
+            }
+        }
+        if dropped(&self.dir)? != self.dropped {
+            return Err(std::io::Error::other(
+                "the kernel dropped write events (buffer full)",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = disable(&self.dir);
+        drop(self.pipe.take());
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Switches off every event of an instance.
+pub(crate) fn disable(dir: &Path) -> std::io::Result<()> {
+    std::fs::write(dir.join("events/enable"), "0")
+}
+
+/// Events the kernel dropped in the instance, summed over CPUs.
+fn dropped(dir: &Path) -> std::io::Result<u64> {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir.join("per_cpu"))? {
+        let stats = std::fs::read_to_string(e?.path().join("stats"))?;
+        n += stats
+            .lines()
+            .filter_map(|l| l.strip_prefix("dropped events:"))
+            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(n)
+}
+
+/// tracefs's root, mounted at its usual place if it is not yet.
+pub(crate) fn root() -> std::io::Result<PathBuf> {
+    let root = PathBuf::from(TRACEFS);
+    if root.join("instances").is_dir() {
+        return Ok(root);
+    }
+    let debug = PathBuf::from("/sys/kernel/debug/tracing");
+    if debug.join("instances").is_dir() {
+        return Ok(debug);
+    }
+    super::super::sys::run(
+        "mount",
+        &[
+            std::ffi::OsStr::new("-t"),
+            std::ffi::OsStr::new("tracefs"),
+            std::ffi::OsStr::new("nodev"),
+            root.as_os_str(),
+        ],
+    )
+    .map_err(|e| std::io::Error::other(e.to_string()))?;
+    if root.join("instances").is_dir() {
+        Ok(root)
+    } else {
+        Err(std::io::Error::other("tracefs has no instances directory"))
+    }
+}
