@@ -397,3 +397,33 @@ fn the_fixed_cost_comes_from_the_rounds_after_the_first() {
     let one = estimate(&rounds[..1], &targets(1000));
     assert!(one.downtime >= ms(2475), "{:?}", one.downtime);
 }
+
+#[test]
+fn a_catch_up_round_is_taken_only_when_much_shorter() {
+    let mib = 1u64 << 20;
+    let r = |moved: u64, scan_ms: u64, transfer_ms: u64, wall_ms: u64| RoundMeasure {
+        bytes_moved: moved,
+        bytes_dirty: 0,
+        wire_bytes: moved / 10,
+        scan: ms(scan_ms),
+        transfer: ms(transfer_ms),
+        wall: ms(wall_ms),
+    };
+    // (last round, steady dirty rate B/s, another round?)
+    let rows: &[(RoundMeasure, f64, bool)] = &[
+        // The PostgreSQL hook round (scale 30, rate 500): 397 MB in 6.3 s,
+        // 24.5 MB/s dirtied meanwhile: ~2.7 s more, under half.
+        (r(397_000_000, 467, 5850, 6317), 24.5e6, true),
+        // A writer as fast as the round moves: no shorter.
+        (r(100 * mib, 100, 1000, 1100), 95e6, false),
+        // Just over half.
+        (r(100 * mib, 0, 1000, 1000), 53e6, false),
+        // Too small a round to measure a rate from.
+        (r(1000, 0, 10, 10), 1.0, false),
+        // A long scan alone is over half of the round.
+        (r(100 * mib, 600, 400, 1000), 1.0, false),
+    ];
+    for (i, (last, steady, want)) in rows.iter().enumerate() {
+        assert_eq!(catch_up_shrinks(last, *steady), *want, "row {i}");
+    }
+}

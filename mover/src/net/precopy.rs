@@ -215,6 +215,11 @@ pub fn precopy(
     let mut hook_ran = false;
     // Why pre-copy stopped and the dirty rate measured then, once the hook ran.
     let mut stop: Option<(StopReason, f64)> = None;
+    // Catch-up rounds run so far, and whether another one follows: the
+    // estimate after the hook's round (or a catch-up round) is over the
+    // target and one more round would be much shorter.
+    let mut catch_ups = 0;
+    let mut catch_up = false;
     let mut last_scan_started: Option<Instant>;
     loop {
         let t = Instant::now();
@@ -243,8 +248,14 @@ pub fn precopy(
             // once, written at shutdown (`converge::estimate_after_hook`).
             Some((reason, steady_rate)) => {
                 let under = m.bytes_dirty as f64 / m.wall.as_secs_f64().max(1e-3);
-                let estimate =
-                    converge::estimate_after_hook(&measures, targets, steady_rate.max(under));
+                let steady = steady_rate.max(under);
+                let estimate = converge::estimate_after_hook(&measures, targets, steady);
+                // A catch-up round (the hook again, then a round): what the
+                // app dirtied while the last round ran goes now, not in the
+                // final round, when another round is much shorter.
+                catch_up = estimate.downtime > targets.max_downtime
+                    && catch_ups < converge::MAX_CATCH_UP
+                    && converge::catch_up_shrinks(&m, steady);
                 if targets.strict && estimate.downtime > targets.max_downtime {
                     Decision::Refuse { reason, estimate }
                 } else {
@@ -280,7 +291,15 @@ pub fn precopy(
             last_scan_started,
         };
         if let Some((reason, _)) = stop {
-            // The round after the hook was the last one.
+            if catch_up {
+                catch_ups += 1;
+                hooks
+                    .before_last_round(&decision.estimate())
+                    .map_err(PreCopyError::Hook)?;
+                continue;
+            }
+            // The round after the hook (or its last catch-up round) was the
+            // last one.
             return match decision {
                 Decision::Refuse { estimate, .. } => Err(PreCopyError::Refused {
                     report: Box::new(report(reason, estimate, rounds)),
@@ -408,6 +427,38 @@ mod tests {
         );
         assert!(r.estimate.downtime > before.downtime, "{:?}", r.estimate);
         assert_eq!(r.rounds[2].estimate, r.estimate);
+    }
+
+    #[test]
+    fn a_long_hook_round_is_followed_by_at_most_two_catch_up_rounds() {
+        // Round 3 carries a 40 MB flush in 4 s: the estimate (the flush
+        // again at shutdown) is over 2 s. What the app dirtied during those
+        // 4 s goes in catch-up rounds, the hook again before each: rounds 4
+        // and 5 (30 MB each: still over), then no more.
+        let sizes = vec![2_000_000, 10_000, 40_000_000, 30_000_000, 30_000_000, 1_000];
+        for strict in [false, true] {
+            let mut t = Scripted {
+                sizes: sizes.clone(),
+                log: Vec::new(),
+            };
+            let mut hook_log = Vec::new();
+            let r = precopy(&mut t, &targets(2000, strict), 1, &mut Hook(&mut hook_log));
+            assert_eq!(hook_log, ["hook"; 3], "before round 3 and each catch-up");
+            assert_eq!(t.log.len(), 5, "{:?}", t.log);
+            match r {
+                Ok(r) => {
+                    assert!(!strict);
+                    assert_eq!(r.next_round, 6);
+                    assert!(r.rounds[2..].iter().all(|r| r.after_hook));
+                    assert!(r.estimate.downtime > Duration::from_secs(2), "{r:?}");
+                }
+                Err(PreCopyError::Refused { report, .. }) => {
+                    assert!(strict, "refused only in strict mode");
+                    assert_eq!(report.next_round, 6);
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[test]

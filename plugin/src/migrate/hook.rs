@@ -38,7 +38,11 @@ pub(crate) struct HookReport {
     /// The signal that ended it, if one did.
     pub(crate) signal: Option<i32>,
     pub(crate) timed_out: bool,
+    /// Of the last run.
     pub(crate) seconds: f64,
+    /// How many times it ran: once before the last pre-copy round, and
+    /// again before each catch-up round (README, "Databases").
+    pub(crate) runs: u32,
     /// The last bytes of its stderr (lossy UTF-8).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub(crate) stderr: String,
@@ -160,6 +164,7 @@ pub(crate) fn run(hook: &BeforeCutover) -> Result<HookReport, HookError> {
         timed_out,
         seconds: (seconds * 1000.0).round() / 1000.0,
         stderr,
+        runs: 1,
     })
 }
 

@@ -422,7 +422,8 @@ impl PreCopyHooks for ReportRounds<'_, '_> {
     ) -> Result<(), String> {
         let Some(h) = self.hook else { return Ok(()) };
         (self.event.borrow_mut())(Event::HookStart(h.command.clone()));
-        let r = hook::run(h).map_err(|e| e.to_string())?;
+        let mut r = hook::run(h).map_err(|e| e.to_string())?;
+        r.runs += self.hook_report.as_ref().map_or(0, |earlier| earlier.runs);
         (self.event.borrow_mut())(Event::HookDone(r.clone()));
         let ok = r.succeeded();
         let failure = r.failure();
