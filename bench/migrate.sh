@@ -23,6 +23,10 @@
 # Usage: bench/migrate.sh [--short] [WORKDIR]. --short is CI-sized: step 4
 # only (unless STEPS is set), scale 5, rates 500 and max, 5 s baselines.
 # B_TMPFS=1 puts host B's data root on a tmpfs (see start_hosts).
+# SPLIT_CPUS=1 runs host A (this script, its databases, pgbench, A's daemon
+# and migrate) on CPU 0 and host B's daemon and agent on CPU 1: two
+# machines' CPUs, not one shared pair (with B_TMPFS=1, what the move costs
+# the application on its own host).
 # DAFFE_BIN=PATH uses that daffe binary instead of building one (e.g. the
 # test build's target/debug/daffe; say so beside the results).
 set -euo pipefail
@@ -193,6 +197,8 @@ hosts_up=0
 start_hosts() {
 [ "$hosts_up" = 1 ] && return
 hosts_up=1
+# Host A is this script and everything it starts from here on.
+[ "${SPLIT_CPUS:-0}" = 1 ] && taskset -pc 0 $$ > /dev/null
 mkdir -p "$W/mig/a" "$W/mig/b"
 rm -rf "$W/mig/a/"* "$W/mig/b/"*
 # B_TMPFS=1: host B's data root on a tmpfs, standing in for the other
@@ -221,6 +227,10 @@ $DAFFE agent issue --ca-dir "$W/mig/a/tls" --name hostb --out "$W/mig/b/tls" > /
 nsenter --net=/var/run/netns/$NB -- $DAFFE agent --listen $B:7450 --name hostb --tls-dir "$W/mig/b/tls" \
   --control-socket "$W/mig/b/control.sock" 2> "$R/agent-b.log" &
 PIDS+=($!)
+if [ "${SPLIT_CPUS:-0}" = 1 ]; then
+  # B's daemon and agent (the last two started in namespace B).
+  taskset -a -pc 1 "${PIDS[-1]}" > /dev/null; taskset -a -pc 1 "${PIDS[-2]}" > /dev/null
+fi
 for _ in $(seq 100); do [ -S "$W/mig/a/control.sock" ] && [ -S "$W/mig/b/control.sock" ] && break; sleep 0.1; done
 }
 
