@@ -152,13 +152,18 @@ fn the_before_cutover_hook_flushes_into_a_pre_copy_round() {
     assert!(hr["seconds"].as_f64().unwrap() > 0.0);
     assert!(hr["command"].as_str().unwrap().contains("/data/marker"));
     let rounds = report["rounds"].as_array().unwrap();
-    let after: Vec<_> = rounds.iter().filter(|r| r["after_hook"] == true).collect();
-    assert_eq!(
-        after.len(),
-        1,
-        "one pre-copy round after the hook: {report:#}"
+    // One pre-copy round after the hook, or (a slow machine, where the
+    // estimate after it is over 2 s) catch-up rounds too, the hook again
+    // before each: every one of them before the final round.
+    let after: Vec<_> = rounds
+        .iter()
+        .filter(|r| r["after_hook"] == true && r["final_round"] == false)
+        .collect();
+    assert!(
+        !after.is_empty(),
+        "no pre-copy round after the hook: {report:#}"
     );
-    assert_eq!(after[0]["final_round"], false);
+    assert_eq!(hr["runs"].as_u64(), Some(after.len() as u64), "{report:#}");
     assert!(
         after[0]["bytes"].as_u64().unwrap() >= MARKER,
         "the marker did not travel in the round after the hook: {report:#}"

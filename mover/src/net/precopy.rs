@@ -137,6 +137,26 @@ impl PreCopyReport {
         })
     }
 
+    /// What to tell the operator before the unmount is asked for: the
+    /// source outpaces the link ([`Self::outpaced_message`]), or else the
+    /// estimate is over `max_downtime` (a cutover that goes ahead anyway:
+    /// `--strict` would have refused). `None` when the estimate fits.
+    pub fn cutover_warning(&self, max_downtime: Duration) -> Option<String> {
+        let e = &self.estimate;
+        self.outpaced_message().or_else(|| {
+            (e.downtime > max_downtime).then(|| {
+                format!(
+                    "expect about {:.1} s of downtime, over the {:.1} s asked ({} MB in the                      final round; the source dirties {:.1} MB/s, the link carries {:.1} MB/s)",
+                    e.downtime.as_secs_f64(),
+                    max_downtime.as_secs_f64(),
+                    e.final_bytes / 1_000_000,
+                    e.dirty_rate / 1e6,
+                    e.link_rate / 1e6,
+                )
+            })
+        })
+    }
+
     /// The final round's account: its bytes against the estimate, and how
     /// they split around the unmount request (`unmount_requested`: when the
     /// embedder asked for it).
@@ -451,6 +471,12 @@ mod tests {
                     assert_eq!(r.next_round, 6);
                     assert!(r.rounds[2..].iter().all(|r| r.after_hook));
                     assert!(r.estimate.downtime > Duration::from_secs(2), "{r:?}");
+                    // Going ahead over the target is said before the unmount.
+                    let w = r
+                        .cutover_warning(Duration::from_secs(2))
+                        .expect("a warning");
+                    assert!(w.contains("over the 2.0 s asked"), "{w}");
+                    assert_eq!(r.cutover_warning(Duration::from_secs(60)), None);
                 }
                 Err(PreCopyError::Refused { report, .. }) => {
                     assert!(strict, "refused only in strict mode");

@@ -604,17 +604,22 @@ impl Scanner {
         self.stats.bytes_scanned += entry.size;
         self.stats.bytes_tracked += dirty.iter().map(|(a, b)| b - a).sum::<u64>();
         let stat = StatRec::new(&entry.path, st, self.start_ns);
+        // Written at once, after what is queued before it: a patched file's
+        // descriptor is never held in the queue (a database has thousands of
+        // files; queued behind one large file being chunked, each would keep
+        // one open).
+        while !self.queue.is_empty() {
+            self.flush()?;
+            if !self.queue.is_empty() {
+                self.wait_one()?;
+            }
+        }
         self.queue.push_back(Pending {
             entry,
             stat,
             state: PState::Patched { file, dirty },
         });
-        self.flush()?;
-        while self.queue.len() > MAX_PENDING {
-            self.wait_one()?;
-            self.flush()?;
-        }
-        Ok(())
+        self.flush()
     }
 
     /// Writes a patched file at the head of the queue: the last scan's

@@ -271,7 +271,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
                         .unwrap_or_default()
                 ),
             ),
-            Event::Outpaced(msg) => say(&bar, format!("warning: {msg}")),
+            Event::CutoverWarning(msg) => say(&bar, format!("warning: {msg}")),
             Event::FlushFailed(msg) => say(
                 &bar,
                 format!("warning: {msg}; the round reads what is on disk"),
@@ -340,7 +340,7 @@ fn stream_event(s: &JsonLines, ev: &Event) {
             ));
             out
         }),
-        Event::Outpaced(m) => s.emit("warning", json!({ "message": m })),
+        Event::CutoverWarning(m) => s.emit("warning", json!({ "message": m })),
         Event::FlushFailed(m) => s.emit(
             "warning",
             json!({ "message": format!("{m}; the round reads what is on disk") }),

@@ -293,8 +293,9 @@ pub(crate) enum Event {
     },
     Bytes(u64),
     RoundEnd(RoundReport),
-    /// The writes outpace the link: the figures, before the unmount is asked for.
-    Outpaced(String),
+    /// The writes outpace the link, or the estimate is over the target: the
+    /// figures, before the unmount is asked for.
+    CutoverWarning(String),
     /// A block volume's flush before a round failed or timed out (the round
     /// goes on with what is on disk).
     FlushFailed(String),
@@ -614,8 +615,8 @@ pub(crate) fn migrate(
         report.estimate = Some(EstimateReport::of(&pr.estimate, pr.outpaced));
         // Said before the unmount is asked for: the operator decides with
         // the figures in hand.
-        if let Some(msg) = pr.outpaced_message() {
-            event(Event::Outpaced(msg));
+        if let Some(msg) = pr.cutover_warning(opts.max_downtime) {
+            event(Event::CutoverWarning(msg));
         }
     }
 

@@ -481,7 +481,7 @@ fn outpacing_writes_are_said_before_the_unmount_is_asked_for() {
     assert!(r.estimate.as_ref().unwrap().outpaced);
     let said = events
         .iter()
-        .position(|e| matches!(e, Event::Outpaced(m) if m.contains("MB/s")))
+        .position(|e| matches!(e, Event::CutoverWarning(m) if m.contains("MB/s")))
         .expect("an outpaced warning");
     let waiting = events
         .iter()
