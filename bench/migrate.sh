@@ -49,7 +49,7 @@ BUILD=${BUILD:-release}
 if [ "$SHORT" = 1 ]; then STEPS=${STEPS:-4}; else STEPS=${STEPS:-1 2 3 4}; fi
 has() { case " $STEPS " in *" $1 "*) return 0 ;; esac; return 1; }
 if [ "$BUILD" = release ]; then OUT=release; else OUT=debug; fi
-if has 1 || has 2; then cargo build --profile "$BUILD" -q -p mover --example netpeer; fi
+if has 1 || has 2; then cargo build --profile "$BUILD" -q -p mover --features net --example netpeer; fi
 if [ -z "${DAFFE_BIN:-}" ] && { has 3 || has 4; }; then cargo build --profile "$BUILD" -q -p daffe-plugin --bin daffe; fi
 NP=$CARGO_TARGET_DIR/$OUT/examples/netpeer
 DAFFE=${DAFFE_BIN:-$CARGO_TARGET_DIR/$OUT/daffe}
