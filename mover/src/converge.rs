@@ -242,6 +242,26 @@ pub fn estimate_at_rate(rounds: &[RoundMeasure], t: &Targets, rate: f64) -> Esti
     // round's (it carries the volume), so its residue is ~0 by
     // construction, and taken as the minimum it hid a cost every later
     // round paid (1 GiB gold volume: estimate 339 ms, actual 986 ms).
+    let fixed = fixed_cost(rounds, link, ratio);
+    let carry = if link > 0.0 {
+        final_bytes as f64 / link
+    } else {
+        0.0
+    };
+    Estimate {
+        dirty_rate: rate,
+        link_rate: link,
+        wire_ratio: ratio,
+        final_bytes,
+        downtime: last.scan + Duration::from_secs_f64(fixed + carry),
+    }
+}
+
+/// A round's fixed cost in seconds (see [`estimate_at_rate`]): the smallest
+/// residue of a transfer beyond its bytes at the link's rate, over the
+/// rounds after the first when there are some; the last round's transfer
+/// when no link rate is known.
+fn fixed_cost(rounds: &[RoundMeasure], link: f64, ratio: f64) -> f64 {
     let later = if rounds.len() > 1 {
         &rounds[1..]
     } else {
@@ -255,22 +275,10 @@ pub fn estimate_at_rate(rounds: &[RoundMeasure], t: &Targets, rate: f64) -> Esti
             (r.transfer.as_secs_f64() - carry).max(0.0)
         })
         .fold(f64::INFINITY, f64::min);
-    let fixed = if fixed.is_finite() {
+    if fixed.is_finite() {
         fixed
     } else {
-        last.transfer.as_secs_f64()
-    };
-    let carry = if link > 0.0 {
-        final_bytes as f64 / link
-    } else {
-        0.0
-    };
-    Estimate {
-        dirty_rate: rate,
-        link_rate: link,
-        wire_ratio: ratio,
-        final_bytes,
-        downtime: last.scan + Duration::from_secs_f64(fixed + carry),
+        rounds.last().map_or(0.0, |r| r.transfer.as_secs_f64())
     }
 }
 
@@ -322,6 +330,39 @@ pub fn estimate_after_hook(rounds: &[RoundMeasure], t: &Targets, steady_rate: f6
     }
 }
 
+/// The estimate after a catch-up round (the last of `rounds`; the hook ran
+/// again before it, see [`catch_up_shrinks`]). Beyond what the app's files
+/// took in at `steady_rate` while the round before it ran, that round
+/// carried the hook's flush of what the app's buffers took in meanwhile: a
+/// rate of buffer dirtying. Over the last round's own time, that is what the
+/// app flushes at shutdown, and the final round carries it with the files'
+/// steady writes, at the pace the last round moved its payload (sped up:
+/// the app has stopped), after the fixed cost of a round. Not the hook
+/// round's model ([`estimate_after_hook`]: the whole flush again), which
+/// after a catch-up counts the buffers of the long hook round: 1.5-1.7x the
+/// actual downtime at PostgreSQL rates 250 and 500 (`tests.rs`, `CATCH_UP`).
+pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate: f64) -> Estimate {
+    let steady = estimate_at_rate(rounds, t, steady_rate);
+    let [.., prev, last] = rounds else {
+        return steady;
+    };
+    let prev_s = prev.wall.as_secs_f64().max(1e-3);
+    let flush = (last.bytes_moved as f64 - steady_rate * prev_s).max(0.0);
+    let shutdown = flush / prev_s * last.wall.as_secs_f64();
+    let final_bytes = steady.final_bytes as f64 + shutdown;
+    let Some(rate) = apply_rate(last).or((steady.link_rate > 0.0).then_some(steady.link_rate))
+    else {
+        return steady;
+    };
+    let fixed = fixed_cost(rounds, steady.link_rate, steady.wire_ratio);
+    Estimate {
+        final_bytes: f64_to_u64(final_bytes.round()),
+        downtime: last.scan
+            + Duration::from_secs_f64(fixed + final_bytes / (rate * FINAL_ROUND_SPEEDUP)),
+        ..steady
+    }
+}
+
 /// Whether one more pre-copy round after `last` (the hook's round, or a
 /// catch-up round after it) would take at most [`CATCH_UP_SHRINK`] of its
 /// time: it carries what the app dirtied at `steady_rate` during `last`,
@@ -341,8 +382,12 @@ pub fn catch_up_shrinks(last: &RoundMeasure, steady_rate: f64) -> bool {
 }
 
 /// A catch-up round must be predicted to take at most this share of the
-/// round before it (see [`catch_up_shrinks`]).
-pub const CATCH_UP_SHRINK: f64 = 0.5;
+/// round before it (see [`catch_up_shrinks`]): the final round carries what
+/// the app dirties over the last round's time, so a shorter round is a
+/// smaller final one. At 0.5, a PostgreSQL hook round of 6.5 s with 24-40
+/// MB/s dirtied under it got no catch-up (predicted 3.0-4.1 s) and the final
+/// round carried 254 MB (3.3 s of downtime; 0.95-1.2 s with catch-ups).
+pub const CATCH_UP_SHRINK: f64 = 0.8;
 
 /// At most this many catch-up rounds after the hook's round.
 pub const MAX_CATCH_UP: usize = 2;

@@ -416,14 +416,119 @@ fn a_catch_up_round_is_taken_only_when_much_shorter() {
         (r(397_000_000, 467, 5850, 6317), 24.5e6, true),
         // A writer as fast as the round moves: no shorter.
         (r(100 * mib, 100, 1000, 1100), 95e6, false),
-        // Just over half.
-        (r(100 * mib, 0, 1000, 1000), 53e6, false),
+        // Just over the share.
+        (r(100 * mib, 0, 1000, 1000), 90e6, false),
+        // Under it.
+        (r(100 * mib, 0, 1000, 1000), 75e6, true),
         // Too small a round to measure a rate from.
         (r(1000, 0, 10, 10), 1.0, false),
-        // A long scan alone is over half of the round.
-        (r(100 * mib, 600, 400, 1000), 1.0, false),
+        // A long scan alone is over the share of the round.
+        (r(100 * mib, 850, 150, 1000), 1.0, false),
     ];
     for (i, (last, steady, want)) in rows.iter().enumerate() {
         assert_eq!(catch_up_shrinks(last, *steady), *want, "row {i}");
+    }
+}
+
+/// Rounds of the stop-26 sweep (`bench/migrate.sh`, PostgreSQL scale 30,
+/// BENCHMARKS.md): per case, the pre-copy rounds as (bytes moved, wire
+/// bytes, scan ms, transfer ms), the last one a catch-up round; the steady
+/// dirty rate pre-copy measured; the final round's bytes and the downtime.
+type CatchUpCase = (&'static str, &'static [(u64, u64, u64, u64)], f64, u64, u64);
+const CATCH_UP: &[CatchUpCase] = &[
+    (
+        "default, rate 250",
+        &[
+            (865_954_302, 63_429_963, 1091, 8582),
+            (25_208_409, 3_564_173, 42, 501),
+            (301_017_013, 14_660_521, 189, 4440),
+            (86_367_428, 3_880_458, 109, 973),
+        ],
+        2_604_865.0,
+        25_503_258,
+        440,
+    ),
+    (
+        "default, rate 500",
+        &[
+            (815_720_174, 68_468_984, 1623, 10454),
+            (228_408_112, 9_002_121, 154, 2984),
+            (78_741_915, 2_686_471, 108, 1011),
+            (402_307_284, 23_232_086, 537, 5763),
+            (205_654_299, 8_943_860, 215, 2227),
+        ],
+        24_736_033.0,
+        78_699_936,
+        950,
+    ),
+    (
+        "gold, rate 250",
+        &[
+            (882_516_360, 69_781_777, 1610, 9388),
+            (29_765_586, 5_291_792, 51, 715),
+            (306_089_982, 9_906_296, 194, 3490),
+            (83_188_889, 4_384_910, 75, 1058),
+        ],
+        2_701_069.0,
+        29_585_934,
+        606,
+    ),
+    (
+        "gold, rate 500",
+        &[
+            (738_889_190, 75_734_926, 2068, 10999),
+            (246_503_557, 14_085_554, 161, 3922),
+            (94_257_896, 4_054_563, 103, 1450),
+            (354_549_152, 14_353_586, 256, 4266),
+            (177_560_548, 9_079_490, 137, 2396),
+        ],
+        22_640_296.0,
+        105_168_022,
+        1439,
+    ),
+    (
+        "gold, rate 2000",
+        &[
+            (715_752_423, 85_208_956, 2668, 12427),
+            (293_566_680, 19_318_950, 327, 5587),
+            (157_468_371, 6_646_566, 150, 2323),
+            (83_216_908, 3_357_322, 112, 1548),
+            (52_212_905, 2_505_910, 136, 1055),
+            (369_337_715, 14_285_179, 214, 4331),
+            (282_235_088, 13_130_810, 204, 4236),
+        ],
+        29_170_326.0,
+        242_406_212,
+        2655,
+    ),
+];
+
+#[test]
+fn after_a_catch_up_round_the_estimate_is_within_half_of_the_measured_downtime() {
+    for (case, rows, steady, final_bytes, downtime_ms) in CATCH_UP {
+        let rounds: Vec<RoundMeasure> = rows
+            .iter()
+            .map(|&(moved, wire, scan, transfer)| RoundMeasure {
+                bytes_moved: moved,
+                bytes_dirty: 0,
+                wire_bytes: wire,
+                scan: ms(scan),
+                transfer: ms(transfer),
+                // The report has no gap between rounds: scan + transfer.
+                wall: ms(scan + transfer),
+            })
+            .collect();
+        let t = Targets::new(Duration::from_secs(2), 10);
+        let e = estimate_after_catch_up(&rounds, &t, *steady);
+        let bytes = e.final_bytes as f64 / *final_bytes as f64;
+        let time = e.downtime.as_secs_f64() * 1000.0 / *downtime_ms as f64;
+        assert!(
+            (0.7..=1.3).contains(&bytes),
+            "{case}: final bytes est./actual {bytes:.2}"
+        );
+        assert!(
+            (0.5..=1.5).contains(&time),
+            "{case}: downtime est./actual {time:.2} ({e:?})"
+        );
     }
 }

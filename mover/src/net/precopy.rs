@@ -269,7 +269,11 @@ pub fn precopy(
             Some((reason, steady_rate)) => {
                 let under = m.bytes_dirty as f64 / m.wall.as_secs_f64().max(1e-3);
                 let steady = steady_rate.max(under);
-                let estimate = converge::estimate_after_hook(&measures, targets, steady);
+                let estimate = if catch_ups == 0 {
+                    converge::estimate_after_hook(&measures, targets, steady)
+                } else {
+                    converge::estimate_after_catch_up(&measures, targets, steady)
+                };
                 // A catch-up round (the hook again, then a round): what the
                 // app dirtied while the last round ran goes now, not in the
                 // final round, when another round is much shorter.
@@ -454,8 +458,9 @@ mod tests {
         // Round 3 carries a 40 MB flush in 4 s: the estimate (the flush
         // again at shutdown) is over 2 s. What the app dirtied during those
         // 4 s goes in catch-up rounds, the hook again before each: rounds 4
-        // and 5 (30 MB each: still over), then no more.
-        let sizes = vec![2_000_000, 10_000, 40_000_000, 30_000_000, 30_000_000, 1_000];
+        // and 5 (40 MB each: the app's buffers fill as fast as before, so
+        // shutdown would flush as much: still over), then no more.
+        let sizes = vec![2_000_000, 10_000, 40_000_000, 40_000_000, 40_000_000, 1_000];
         for strict in [false, true] {
             let mut t = Scripted {
                 sizes: sizes.clone(),
