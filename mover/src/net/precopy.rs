@@ -146,7 +146,8 @@ impl PreCopyReport {
         self.outpaced_message().or_else(|| {
             (e.downtime > max_downtime).then(|| {
                 format!(
-                    "expect about {:.1} s of downtime, over the {:.1} s asked ({} MB in the                      final round; the source dirties {:.1} MB/s, the link carries {:.1} MB/s)",
+                    "expect about {:.1} s of downtime, over the {:.1} s asked ({} MB in the \
+                     final round; the source dirties {:.1} MB/s, the link carries {:.1} MB/s)",
                     e.downtime.as_secs_f64(),
                     max_downtime.as_secs_f64(),
                     e.final_bytes / 1_000_000,
@@ -481,6 +482,7 @@ mod tests {
                         .cutover_warning(Duration::from_secs(2))
                         .expect("a warning");
                     assert!(w.contains("over the 2.0 s asked"), "{w}");
+                    assert!(!w.contains("  "), "{w}");
                     assert_eq!(r.cutover_warning(Duration::from_secs(60)), None);
                 }
                 Err(PreCopyError::Refused { report, .. }) => {
