@@ -536,48 +536,6 @@ mod tests {
         }
     }
 
-    /// Every regular file under `root` is exactly what the scan's manifest
-    /// says: each chunk's hash matches the bytes there, and the bytes no
-    /// chunk covers are zeros (holes).
-    fn manifest_matches_the_tree(scan: &crate::scan::Scan, root: &std::path::Path) {
-        use crate::manifest::{Item, Kind, ManifestReader};
-        use std::os::unix::ffi::OsStrExt;
-        let mut r = ManifestReader::new(std::io::BufReader::new(
-            std::fs::File::open(&scan.manifest).unwrap(),
-        ))
-        .unwrap();
-        let mut cur: Option<(Vec<u8>, Vec<u8>)> = None; // (file bytes, rebuilt)
-        let check = |c: &mut Option<(Vec<u8>, Vec<u8>)>| {
-            if let Some((want, got)) = c.take() {
-                assert!(want == got, "a file differs from its manifest");
-            }
-        };
-        while let Some(item) = r.next().unwrap() {
-            match item {
-                Item::Entry(e) => {
-                    check(&mut cur);
-                    if e.kind == Kind::File {
-                        let p = root.join(std::ffi::OsStr::from_bytes(&e.path));
-                        let bytes = std::fs::read(p).unwrap();
-                        assert_eq!(bytes.len() as u64, e.size);
-                        let zeros = vec![0u8; bytes.len()];
-                        cur = Some((bytes, zeros));
-                    }
-                }
-                Item::Chunk(c) => {
-                    let (want, got) = cur.as_mut().expect("a chunk of a file");
-                    let (a, b) = (
-                        usize::try_from(c.offset).unwrap(),
-                        usize::try_from(c.end()).unwrap(),
-                    );
-                    assert_eq!(ChunkId::of(&want[a..b]), c.id, "chunk at {a} is stale");
-                    got[a..b].copy_from_slice(&want[a..b]);
-                }
-            }
-        }
-        check(&mut cur);
-    }
-
     #[test]
     fn a_tracked_tree_rereads_only_the_pages_written_and_files_it_cannot_vouch_for() {
         use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -602,7 +560,7 @@ mod tests {
         };
         let s1 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
         assert_eq!(*told.scanned.lock().unwrap(), vec![0]);
-        manifest_matches_the_tree(&s1, &root);
+        crate::scan::manifest_matches_the_tree(&s1, &root);
         // Past the racy window of the first scan's timestamps.
         std::thread::sleep(std::time::Duration::from_millis(50));
 
@@ -639,7 +597,7 @@ mod tests {
         *told.ranges.lock().unwrap() = (1, None);
         let s2 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
         assert_eq!(*told.scanned.lock().unwrap(), vec![0, 1]);
-        manifest_matches_the_tree(&s2, &root);
+        crate::scan::manifest_matches_the_tree(&s2, &root);
         // index and log whole (8 MiB); table: the chunks around the two
         // pages (at most 64 KiB each, and a neighbour where a page straddles
         // two) and the appended 100 KiB.
@@ -662,6 +620,6 @@ mod tests {
         *told.ranges.lock().unwrap() = (2, None);
         let s3 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
         assert!(s3.stats.bytes_hashed >= 4 * mib);
-        manifest_matches_the_tree(&s3, &root);
+        crate::scan::manifest_matches_the_tree(&s3, &root);
     }
 }

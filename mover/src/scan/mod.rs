@@ -17,14 +17,18 @@
 //! write pattern), `options` (settings, stats, errors, the finished [`Scan`]),
 //! `builder` (the manifest and stat cache being written: the pending queue,
 //! cache reuse, the chunking workers), `walk` (the tree walk and the image
-//! scan that feed it).
+//! scan that feed it), `check` (tests only: a manifest against its tree).
 
 mod builder;
 mod changes;
+#[cfg(any(test, feature = "testing"))]
+mod check;
 mod class;
 mod options;
 mod walk;
 
 pub use changes::{FileChanges, ImageChanges, PendingChanges};
+#[cfg(any(test, feature = "testing"))]
+pub use check::manifest_matches_the_tree;
 pub use options::{LAST_MANIFEST, Scan, ScanError, ScanOptions, ScanStats};
 pub use walk::{image_size, scan_image, scan_tree};

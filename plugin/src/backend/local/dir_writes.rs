@@ -331,22 +331,12 @@ impl DirWrites {
 
     fn start_drainer(self: &Arc<Self>) {
         let me = Arc::clone(self);
-        self.drainer.get_or_init(move || {
-            let spawned = std::thread::Builder::new()
-                .name("dir-write-drain".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(DRAIN_EVERY);
-                        let mut logs = me.lock();
-                        // Nobody asked for long: stop recording, forget.
-                        logs.retain(|_, l| l.asked.elapsed() < IDLE);
-                        for log in logs.values_mut() {
-                            log.drain();
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "cannot start the dir-write drain thread");
+        tracefs::drain_every(&self.drainer, "dir-write-drain", DRAIN_EVERY, move || {
+            let mut logs = me.lock();
+            // Nobody asked for long: stop recording, forget.
+            logs.retain(|_, l| l.asked.elapsed() < IDLE);
+            for log in logs.values_mut() {
+                log.drain();
             }
         });
     }

@@ -123,6 +123,30 @@ impl Drop for Session {
     }
 }
 
+/// Starts, once per `once`, a thread named `name` that calls `drain` every
+/// `every`: a tracker's sessions are drained between scans too, so their
+/// kernel buffers do not fill while nobody asks.
+pub(crate) fn drain_every(
+    once: &std::sync::OnceLock<()>,
+    name: &str,
+    every: std::time::Duration,
+    mut drain: impl FnMut() + Send + 'static,
+) {
+    once.get_or_init(|| {
+        let spawned = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(every);
+                    drain();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, thread = name, "cannot start a write-tracking drain thread");
+        }
+    });
+}
+
 /// Switches off every event of an instance.
 pub(crate) fn disable(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("events/enable"), "0")

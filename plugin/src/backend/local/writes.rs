@@ -284,20 +284,9 @@ impl WriteLogs {
             log.session = session;
         }
         let me = Arc::clone(self);
-        self.drainer.get_or_init(move || {
-            let spawned = std::thread::Builder::new()
-                .name("write-log-drain".into())
-                .spawn(move || {
-                    loop {
-                        std::thread::sleep(DRAIN_EVERY);
-                        let mut logs = me.lock();
-                        for (image, log) in logs.iter_mut() {
-                            log.drain(image);
-                        }
-                    }
-                });
-            if let Err(e) = spawned {
-                tracing::warn!(error = %e, "cannot start the write-log drain thread");
+        tracefs::drain_every(&self.drainer, "write-log-drain", DRAIN_EVERY, move || {
+            for (image, log) in me.lock().iter_mut() {
+                log.drain(image);
             }
         });
     }

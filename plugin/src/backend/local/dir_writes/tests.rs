@@ -131,53 +131,6 @@ impl Drop for Ext4 {
     }
 }
 
-/// Every regular file under `root` is what the scan's manifest says: each
-/// chunk's hash matches the bytes there, bytes no chunk covers are zeros.
-fn manifest_matches_the_tree(scan: &mover::internals::scan::Scan, root: &Path) {
-    use mover::internals::chunk::ChunkId;
-    use mover::internals::manifest::{Item, Kind, ManifestReader};
-    use std::os::unix::ffi::OsStrExt;
-    let mut r = ManifestReader::new(std::io::BufReader::new(
-        std::fs::File::open(&scan.manifest).unwrap(),
-    ))
-    .unwrap();
-    let mut cur: Option<(Vec<u8>, Vec<u8>, Vec<u8>)> = None;
-    let check = |c: &mut Option<(Vec<u8>, Vec<u8>, Vec<u8>)>| {
-        if let Some((path, want, got)) = c.take() {
-            let first = want.iter().zip(&got).position(|(a, b)| a != b);
-            assert!(
-                first.is_none(),
-                "{} differs from its manifest at byte {first:?}",
-                String::from_utf8_lossy(&path)
-            );
-        }
-    };
-    while let Some(item) = r.next().unwrap() {
-        match item {
-            Item::Entry(e) => {
-                check(&mut cur);
-                if e.kind == Kind::File {
-                    let bytes =
-                        std::fs::read(root.join(std::ffi::OsStr::from_bytes(&e.path))).unwrap();
-                    assert_eq!(bytes.len() as u64, e.size);
-                    let zeros = vec![0u8; bytes.len()];
-                    cur = Some((e.path.clone(), bytes, zeros));
-                }
-            }
-            Item::Chunk(c) => {
-                let (_, want, got) = cur.as_mut().expect("a chunk of a file");
-                let (a, b) = (
-                    usize::try_from(c.offset).unwrap(),
-                    usize::try_from(c.end()).unwrap(),
-                );
-                assert_eq!(ChunkId::of(&want[a..b]), c.id, "chunk at {a} is stale");
-                got[a..b].copy_from_slice(&want[a..b]);
-            }
-        }
-    }
-    check(&mut cur);
-}
-
 /// The real kernel (root, as CI is): a tree on ext4 changed every way a
 /// program changes files (pwrite in place, append, truncate and regrow,
 /// delete and recreate, rename over, mmap, direct I/O, punch a hole),
@@ -211,7 +164,7 @@ fn every_way_of_writing_a_file_ends_in_a_manifest_that_matches_the_tree() {
         changes: Some(t.clone()),
     };
     let s = mover::internals::scan::scan_tree(&root, &cache, opts()).unwrap();
-    manifest_matches_the_tree(&s, &root);
+    mover::internals::scan::manifest_matches_the_tree(&s, &root);
     let open = |n: &str| {
         std::fs::OpenOptions::new()
             .read(true)
@@ -228,7 +181,7 @@ fn every_way_of_writing_a_file_ends_in_a_manifest_that_matches_the_tree() {
     f.write_all_at(&[0xa2; 8192], 3 * mib).unwrap();
     f.write_all_at(&[0xa3; 8192], 4 * mib).unwrap();
     let s = mover::internals::scan::scan_tree(&root, &cache, opts()).unwrap();
-    manifest_matches_the_tree(&s, &root);
+    mover::internals::scan::manifest_matches_the_tree(&s, &root);
     assert_eq!(s.stats.bytes_tracked, 3 * 8192, "{:?}", s.stats);
     assert!(s.stats.bytes_hashed <= 5 * 64 * 1024, "{:?}", s.stats);
 
@@ -245,7 +198,7 @@ fn every_way_of_writing_a_file_ends_in_a_manifest_that_matches_the_tree() {
     std::fs::write(root.join("w.new"), data(41, 4 * mib)).unwrap();
     std::fs::rename(root.join("w.new"), root.join("w.db")).unwrap();
     let s = mover::internals::scan::scan_tree(&root, &cache, opts()).unwrap();
-    manifest_matches_the_tree(&s, &root);
+    mover::internals::scan::manifest_matches_the_tree(&s, &root);
 
     // 3. Written through a shared mapping (no write event), then a page
     //    through pwrite too; a hole punched; a direct write.
@@ -269,13 +222,13 @@ fn every_way_of_writing_a_file_ends_in_a_manifest_that_matches_the_tree() {
     let aligned = Aligned([0xd1; 8192]);
     d.write_all_at(&aligned.0, 2 * mib).unwrap();
     let s = mover::internals::scan::scan_tree(&root, &cache, opts()).unwrap();
-    manifest_matches_the_tree(&s, &root);
+    mover::internals::scan::manifest_matches_the_tree(&s, &root);
 
     // 4. The mapping written again, nothing else: still read (mapped files
     //    are read whole for the session's life).
     map.write(3 << 20, &[0xc3; 10]);
     let s = mover::internals::scan::scan_tree(&root, &cache, opts()).unwrap();
-    manifest_matches_the_tree(&s, &root);
+    mover::internals::scan::manifest_matches_the_tree(&s, &root);
     drop(map);
 }
 
