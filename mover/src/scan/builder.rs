@@ -646,7 +646,22 @@ impl Scanner {
         }
         self.writer.write(&Record::Entry(p.entry.clone()))?;
         let size = p.entry.size;
-        self.write_pieces(&p.entry.path, file, &chunks, dirty, size)?;
+        let class = p.entry.chunk_class();
+        match chunks.last() {
+            // Grown past its last chunk (a log, a file appended to): the
+            // new bytes are cut from the last chunk's start with the file's
+            // class, as a whole read cuts them, so a later round that reads
+            // the file whole (its tracker lost events) finds every chunk.
+            // Pieces cut at fixed offsets would all be new to it.
+            Some(last) if size > last.end() && class != ChunkClass::Small => {
+                let from = last.offset;
+                let head = &chunks[..chunks.len() - 1];
+                let mut last_end = None;
+                self.write_pieces(&p.entry.path, file, head, dirty, from, &mut last_end)?;
+                self.write_grown(&p.entry.path, file, from, size, class, &mut last_end)?;
+            }
+            _ => self.write_pieces(&p.entry.path, file, &chunks, dirty, size, &mut None)?,
+        }
         // Re-stat after reading, as for a file read whole.
         let after = fsmeta::stat_fd(file.as_fd(), &p.entry.path)?;
         if after.size != p.stat.size
@@ -671,13 +686,13 @@ impl Scanner {
         old: &[ChunkRef],
         dirty: &[(u64, u64)],
         size: u64,
+        last_end: &mut Option<u64>,
     ) -> Result<(), ScanError> {
         let pieces = super::changes::plan(old, dirty, size);
         // A touched chunk is re-read with its old boundaries (up to its
         // class's max); new pieces are at most the db max.
         let longest = old.iter().map(|c| c.len).max().unwrap_or(0);
         let mut buf = vec![0u8; longest.max(ChunkClass::Db.max_len()) as usize];
-        let mut last_end = None;
         for p in pieces {
             let c = match p {
                 super::changes::Piece::Keep(c) => c,
@@ -696,7 +711,54 @@ impl Scanner {
                     }
                 }
             };
-            write_chunk(&mut self.writer, c, &mut last_end)?;
+            write_chunk(&mut self.writer, c, last_end)?;
+        }
+        self.opts.progress.event(&Progress::Scanned {
+            entries: self.stats.entries,
+            bytes_hashed: self.stats.bytes_hashed,
+        });
+        Ok(())
+    }
+
+    /// The chunks of `[from, size)` of a file that grew, `from` being the
+    /// start of its last scan's last chunk (a cut of that scan): each data
+    /// extent from there cut with `class` as a whole read cuts it, a
+    /// segment at a time (the undecided end of one is read again with the
+    /// next).
+    fn write_grown(
+        &mut self,
+        path: &[u8],
+        file: &File,
+        from: u64,
+        size: u64,
+        class: ChunkClass,
+        last_end: &mut Option<u64>,
+    ) -> Result<(), ScanError> {
+        let chunker = class.chunker();
+        let mut buf = Vec::new();
+        for (s, e) in fsmeta::data_extents(file.as_fd(), size, path)? {
+            let mut at = s.max(from);
+            while at < e {
+                #[allow(clippy::cast_possible_truncation, reason = "at most SEGMENT")]
+                let want = (e - at).min(SEGMENT) as usize;
+                buf.resize(want, 0);
+                let got = read_full_at(file, &mut buf, at).map_err(io_err(path))?;
+                self.stats.bytes_hashed += got as u64;
+                // Short: it shrank under the scan, which re-stats it after
+                // (racy: read whole next round); what was read is kept.
+                let at_end = got < want || at + want as u64 == e;
+                let chunks = chunk_segment(&chunker, &buf[..got], at, at_end);
+                if chunks.is_empty() {
+                    break;
+                }
+                for c in chunks {
+                    at = c.end();
+                    write_chunk(&mut self.writer, c, last_end)?;
+                }
+                if got < want {
+                    break;
+                }
+            }
         }
         self.opts.progress.event(&Progress::Scanned {
             entries: self.stats.entries,
@@ -744,7 +806,7 @@ impl Scanner {
         let stat = StatRec::new(&entry.path, st, self.start_ns);
         let (path, size) = (entry.path.clone(), entry.size);
         self.writer.write(&Record::Entry(entry))?;
-        self.write_pieces(&path, file, &old, dirty, size)?;
+        self.write_pieces(&path, file, &old, dirty, size, &mut None)?;
         self.paths.push(self.entry_index, &path);
         self.entry_index += 1;
         self.statw.push(&stat)?;

@@ -4,7 +4,8 @@
 //! whose final round re-read every changed table file whole).
 //!
 //! Dir volumes share the data root's filesystem, so one tracefs instance
-//! per filesystem (`instances/daffe-fs-MAJ-MIN`) records the events
+//! per filesystem and daemon (`instances/daffe-fs-MAJ-MIN-PID-RANDOM`;
+//! a dead daemon's is swept, a live one's is never touched) records the events
 //! `file_writes` parses, filtered to that filesystem's device. It starts
 //! when a scan first asks about a volume on it and stops after
 //! [`IDLE`] without questions. A drain thread (and every scan, first) moves
@@ -204,6 +205,26 @@ fn mapped_now(dev: Device) -> HashSet<u64> {
     out
 }
 
+/// The start of every dir tracker's instance name.
+const INSTANCE_PREFIX: &str = "daffe-fs-";
+
+/// A new session's instance name, `daffe-fs-MAJ-MIN-PID-RANDOM`: one per
+/// daemon and session. Several daemons may track one filesystem (Swarm
+/// nodes on one host, tests side by side); a shared name would let each
+/// start switch the other's events off (a safe fallback to whole reads,
+/// but slow). The random part keeps daemons in different PID namespaces
+/// (a managed plugin is PID 1 in its own) apart.
+fn instance_name(dev: Device) -> String {
+    use std::hash::{BuildHasher, RandomState};
+    let random = RandomState::new().hash_one(Instant::now()) & 0xffff_ffff;
+    format!(
+        "{INSTANCE_PREFIX}{}-{}-{}-{random:08x}",
+        dev.major,
+        dev.minor,
+        std::process::id()
+    )
+}
+
 /// One filesystem's log: its session while recording, the caches' changes.
 struct FsLog {
     dev: Device,
@@ -223,7 +244,8 @@ impl FsLog {
             .iter()
             .map(|e| (*e, file_writes::filter(e, self.dev)))
             .collect();
-        let name = format!("daffe-fs-{}-{}", self.dev.major, self.dev.minor);
+        let name = instance_name(self.dev);
+        tracefs::sweep_unheld(INSTANCE_PREFIX, &name);
         match tracefs::Session::start(&name, &events, BUFFER_KB) {
             Ok(s) => {
                 self.session = Some(s);

@@ -44,6 +44,19 @@ impl Session {
             let _ = std::fs::remove_dir(&dir);
         }
         std::fs::create_dir(&dir)?;
+        // The pipe first: an instance whose pipe is held is never swept by
+        // another daemon ([`sweep_unheld`]), and the window before is a mkdir.
+        let pipe = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
+            .open(dir.join("trace_pipe"))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                return Err(e);
+            }
+        };
         let setup = || -> std::io::Result<()> {
             std::fs::write(dir.join("buffer_size_kb"), buffer_kb.to_string())?;
             // Full buffer: drop new events and count them.
@@ -57,13 +70,10 @@ impl Session {
         };
         if let Err(e) = setup() {
             let _ = disable(&dir);
+            drop(pipe);
             let _ = std::fs::remove_dir(&dir);
             return Err(e);
         }
-        let pipe = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
-            .open(dir.join("trace_pipe"))?;
         let dropped = dropped(&dir)?;
         Ok(Session {
             dir,
@@ -147,6 +157,26 @@ pub(crate) fn drain_every(
     });
 }
 
+/// Removes every instance named `prefix...` but `ours` that no process
+/// reads: a dead daemon's (kill -9 leaves its instance and its buffers).
+/// The kernel refuses (EBUSY) to remove an instance whose `trace_pipe` is
+/// open, so another live daemon's session is never touched, nor its events
+/// switched off.
+pub(crate) fn sweep_unheld(prefix: &str, ours: &str) {
+    let Ok(root) = root() else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(root.join("instances")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(prefix) && name != ours && std::fs::remove_dir(e.path()).is_ok() {
+            tracing::info!(instance = %name, "removed a dead daemon's write tracking");
+        }
+    }
+}
+
 /// Switches off every event of an instance.
 pub(crate) fn disable(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("events/enable"), "0")
@@ -190,5 +220,33 @@ pub(crate) fn root() -> std::io::Result<PathBuf> {
         Ok(root)
     } else {
         Err(std::io::Error::other("tracefs has no instances directory"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A live session's instance survives another daemon's sweep with its
+    /// events still on; a dead daemon's (nobody reads it) is removed.
+    #[test]
+    fn a_sweep_removes_dead_instances_and_never_touches_a_live_one() {
+        let prefix = format!("daffe-sweeptest-{}-", std::process::id());
+        let events = [("ext4/ext4_da_write_end", "dev == 0".to_owned())];
+        let live = Session::start(&format!("{prefix}live"), &events, 64).unwrap();
+        let dead = root()
+            .unwrap()
+            .join("instances")
+            .join(format!("{prefix}dead"));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("events/ext4/ext4_da_write_end/enable"), "1").unwrap();
+        sweep_unheld(&prefix, &format!("{prefix}ours"));
+        let dead_left = dead.exists();
+        let _ = std::fs::remove_dir(&dead);
+        assert!(!dead_left, "{} kept", dead.display());
+        assert!(live.dir.exists(), "a live session's instance was removed");
+        let mut live = live;
+        live.drain(|_| {})
+            .expect("the live session's events are still on");
     }
 }

@@ -232,6 +232,50 @@ fn every_way_of_writing_a_file_ends_in_a_manifest_that_matches_the_tree() {
     drop(map);
 }
 
+/// Two daemons tracking one filesystem (Swarm nodes on one host, tests
+/// side by side): the second's start leaves the first's session recording,
+/// so the first still reads only what was written.
+#[test]
+fn a_second_daemon_on_the_filesystem_leaves_the_first_one_tracking() {
+    use std::os::unix::fs::FileExt;
+    let fs = Ext4::new();
+    let mib = 1u64 << 20;
+    let trees: Vec<(PathBuf, PathBuf)> = ["a", "b"]
+        .iter()
+        .map(|n| {
+            let root = fs.mnt.join(n);
+            std::fs::create_dir(&root).unwrap();
+            std::fs::write(root.join("t.db"), vec![7u8; 4 << 20]).unwrap();
+            (root, fs.mnt.join(format!("{n}.cache")))
+        })
+        .collect();
+    let scan = |logs: &Arc<DirWrites>, (root, cache): &(PathBuf, PathBuf)| {
+        let t = logs.changes(root, cache).expect("ext4 is tracked");
+        let opts = mover::ScanOptions {
+            threads: 2,
+            label: "t".into(),
+            progress: Arc::new(mover::progress::NoProgress),
+            changes: Some(t),
+        };
+        let s = mover::internals::scan::scan_tree(root, cache, opts).unwrap();
+        mover::internals::scan::manifest_matches_the_tree(&s, root);
+        s
+    };
+    let (first, second): (Arc<DirWrites>, Arc<DirWrites>) = (Arc::default(), Arc::default());
+    scan(&first, &trees[0]);
+    std::thread::sleep(Duration::from_millis(20));
+    // The second daemon starts recording the same filesystem.
+    scan(&second, &trees[1]);
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(trees[0].0.join("t.db"))
+        .unwrap();
+    f.write_all_at(&[0xa1; 8192], mib).unwrap();
+    let s = scan(&first, &trees[0]);
+    assert_eq!(s.stats.bytes_tracked, 8192, "{:?}", s.stats);
+    assert!(s.stats.bytes_hashed <= 2 * 64 * 1024, "{:?}", s.stats);
+}
+
 #[repr(align(4096))]
 struct Aligned([u8; 8192]);
 
