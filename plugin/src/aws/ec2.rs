@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 /// `attachment.instance-id`, ...) and the values any of which may match.
 pub(crate) type Filter = (String, Vec<String>);
 
-/// CreateVolume parameters.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+/// CreateVolume parameters (kept on disk until the volume is removed: the
+/// EBS backend's `create_record`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct NewVolume {
     pub(crate) zone: String,
     pub(crate) size_gib: u64,

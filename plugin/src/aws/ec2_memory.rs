@@ -47,6 +47,10 @@ struct State {
     invisible: u32,
     faults: HashMap<&'static str, VecDeque<ApiError>>,
     calls: Vec<String>,
+    /// Deleted volumes, kept for their client tokens: EC2 answers a
+    /// CreateVolume repeated with the token of a deleted volume with that
+    /// volume (`deleted`), and makes no new one.
+    deleted: Vec<Vol>,
 }
 
 /// The double.
@@ -343,6 +347,7 @@ impl Ec2Api for MemoryEc2 {
         if let Some(v) = st
             .volumes
             .values()
+            .chain(&st.deleted)
             .find(|v| !req.client_token.is_empty() && v.client_token == req.client_token)
         {
             if v.request != *req {
@@ -576,7 +581,10 @@ impl Ec2Api for MemoryEc2 {
                 ),
             ));
         }
-        st.volumes.remove(volume_id);
+        if let Some(mut v) = st.volumes.remove(volume_id) {
+            v.facts.state = "deleted".into();
+            st.deleted.push(v);
+        }
         Ok(())
     }
 
@@ -759,6 +767,20 @@ mod tests {
         ec2.set_snapshot_state("snap-b", "completed");
         ec2.delete_snapshot("snap-b").unwrap();
         assert_eq!(ec2.snapshot_ids(), ["snap-x"]);
+    }
+
+    #[test]
+    fn a_deleted_volumes_token_gets_that_volume_back_and_no_new_one() {
+        let ec2 = MemoryEc2::new();
+        let v = ec2.create_volume(&gp3("us-east-1a", "t1")).unwrap();
+        ec2.describe_volume(&v.id).unwrap();
+        ec2.delete_volume(&v.id).unwrap();
+        let again = ec2.create_volume(&gp3("us-east-1a", "t1")).unwrap();
+        assert_eq!(
+            (again.id.as_str(), again.state.as_str()),
+            (v.id.as_str(), "deleted")
+        );
+        assert!(ec2.volume_ids().is_empty());
     }
 
     #[test]

@@ -30,6 +30,7 @@
 use super::super::change::SettingsChange;
 use super::super::{Backend, BackendError, Discovered, Status, VolumeIoError, VolumeRef};
 use super::config::{EbsConfig, ResolverKind};
+use super::create_record;
 use super::device::{DeviceResolver, NvmeResolver};
 use super::error::EbsError;
 use super::fs::{Filesystems, SystemFs};
@@ -453,16 +454,98 @@ impl EbsBackend {
             now_secs(),
         );
         let req = new_volume(vol.name, s, &self.scope.zone, None, t);
+        let path = create_record::path(&self.mount_root, vol.name);
+        if let Some(old) = create_record::load(&path) {
+            // An earlier Create of this name whose volume the tag search
+            // does not show: the same volume again if it asked for the same
+            // one, else that one goes first.
+            if let Some(v) = self.recorded(vol.name, &old, &d)? {
+                if old.matches(&req) {
+                    tracing::info!(volume = vol.name, volume_id = %v.id, "EBS volume of an interrupted Create found by its request; adopting it");
+                    self.save_record(vol.name, &path, &old.request, Some(&v.id))?;
+                    self.remember(vol.name, &v.id);
+                    self.wait_available(vol.name, &v.id, self.clock.now(), &d)?;
+                    return Ok(());
+                }
+                self.discard(vol.name, &v, &d)?;
+            }
+        }
+        // Saved before the call: a crash while it is in flight leaves the
+        // request (and its token) for the rollback.
+        self.save_record(vol.name, &path, &req, None)?;
         let created = self.clock.now();
         let v = self.aws(vol.name, None, "CreateVolume", &d, None, || {
             self.ec2.create_volume(&req)
         })?;
         self.remember(vol.name, &v.id);
+        self.save_record(vol.name, &path, &req, Some(&v.id))?;
         tracing::info!(volume = vol.name, volume_id = %v.id, zone = %v.zone,
             r#type = %req.volume_type, size_gib = req.size_gib, iops = ?req.iops,
             throughput = ?req.throughput, encrypted = req.encrypted, "EBS volume created");
         self.wait_available(vol.name, &v.id, created, &d)?;
         Ok(())
+    }
+
+    fn save_record(
+        &self,
+        name: &str,
+        path: &Path,
+        request: &NewVolume,
+        volume_id: Option<&str>,
+    ) -> Result<(), EbsError> {
+        let rec = create_record::CreateRecord {
+            request: request.clone(),
+            volume_id: volume_id.map(str::to_owned),
+        };
+        create_record::save(path, &rec).map_err(|source| {
+            EbsError::Io(VolumeIoError {
+                volume: name.to_owned(),
+                what: "saving its create request in",
+                path: path.to_owned(),
+                source,
+            })
+        })
+    }
+
+    /// The volume an earlier Create of `name` made or may have made, where
+    /// the tag search shows none (see `create_record`): by the id saved,
+    /// else by sending its request again (same token: the same volume, made
+    /// now at the latest). `None`: it is gone, or never was.
+    fn recorded(
+        &self,
+        name: &str,
+        rec: &create_record::CreateRecord,
+        d: &Deadline,
+    ) -> Result<Option<VolumeFacts>, EbsError> {
+        let v = match &rec.volume_id {
+            Some(id) => match self.aws(name, Some(id), "DescribeVolumes", d, None, || {
+                self.ec2.describe_volume(id)
+            }) {
+                Ok(v) => v,
+                Err(e) if e.aws_code() == Some("InvalidVolume.NotFound") => return Ok(None),
+                Err(e) => return Err(e),
+            },
+            None => self.aws(name, None, "CreateVolume", d, None, || {
+                self.ec2.create_volume(&rec.request)
+            })?,
+        };
+        if matches!(v.state.as_str(), "deleting" | "deleted") {
+            return Ok(None);
+        }
+        Ok(Some(v))
+    }
+
+    /// Deletes the volume of an earlier Create that asked for another one
+    /// (it never served, nothing on it): once `available`, as EC2 requires.
+    fn discard(&self, name: &str, v: &VolumeFacts, d: &Deadline) -> Result<(), EbsError> {
+        tracing::warn!(volume = name, volume_id = %v.id, "deleting the EBS volume of an interrupted Create that asked for other settings");
+        self.wait_available(name, &v.id, self.clock.now(), d)?;
+        match self.aws(name, Some(&v.id), "DeleteVolume", d, None, || {
+            self.ec2.delete_volume(&v.id)
+        }) {
+            Err(e) if e.aws_code() != Some("InvalidVolume.NotFound") => Err(e),
+            _ => Ok(()),
+        }
     }
 
     fn mount_volume(&self, vol: &VolumeRef<'_>) -> Result<PathBuf, EbsError> {
@@ -584,8 +667,21 @@ impl EbsBackend {
     fn remove_volume(&self, vol: &VolumeRef<'_>, s: &EbsSettings) -> Result<(), EbsError> {
         let d = self.deadline(UNMOUNT_BUDGET);
         self.unmount_volume(vol.name, &d)?;
-        let Some(v) = self.lookup(vol.name, &d)? else {
-            return Ok(());
+        let record = create_record::path(&self.mount_root, vol.name);
+        let v = match self.lookup(vol.name, &d)? {
+            Some(v) => v,
+            // Not seen by tag: a volume an interrupted Create made (or whose
+            // request is still on its way) is found by its request.
+            None => match create_record::load(&record) {
+                Some(rec) => match self.recorded(vol.name, &rec, &d)? {
+                    Some(v) => self.wait_available(vol.name, &v.id, self.clock.now(), &d)?,
+                    None => {
+                        let _ = std::fs::remove_dir_all(self.mount_root.join(vol.name));
+                        return Ok(());
+                    }
+                },
+                None => return Ok(()),
+            },
         };
         if let Some(TagState::Fenced { zone }) = tags::state_of(&v) {
             return Err(EbsError::NotUsable {

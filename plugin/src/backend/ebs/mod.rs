@@ -5,6 +5,8 @@
 //! - [`attach`]: attach and detach, waits over AWS's attachment states.
 //! - [`zone`]: the steps of `daffe migrate --via-ebs` (fence, attach for
 //!   reading, copy into another zone, mark moved).
+//! - [`create_record`]: what a Create sent, so that a rollback finds the
+//!   volume a lost CreateVolume answer made.
 //! - [`rebuild`]: records rebuilt from tagged volumes at start.
 //! - [`tags`]: the `daffe:*` tags and what is read back from them.
 //! - [`device`]: which block device an attached volume is (NVMe serials).
@@ -20,6 +22,7 @@
 mod attach;
 pub(crate) mod backend;
 pub(crate) mod config;
+mod create_record;
 pub(crate) mod device;
 pub(crate) mod error;
 pub(crate) mod fs;

@@ -563,3 +563,75 @@ fn low_finding_client_tokens_stay_unique_for_long_names() {
         assert!(t.len() <= 64 && t.is_ascii(), "{t}");
     }
 }
+
+/// What an interrupted Create left: its request, saved as Create saves it
+/// before calling EC2 (the caller sends it to EC2 when it landed).
+fn interrupted_create(r: &Rig, name: &str, profile: &str) -> NewVolume {
+    use super::create_record::{self, CreateRecord};
+    let Settings::Ebs(e) = profile_settings(profile, None) else {
+        unreachable!()
+    };
+    let t = tags::for_new("c1", Some(ME), name, profile, name, 1);
+    let req = new_volume(name, &e, ZONE, None, t);
+    let dir = r.be.mountpoint(name).parent().unwrap().to_owned();
+    let rec = CreateRecord {
+        request: req.clone(),
+        volume_id: None,
+    };
+    create_record::save(&dir.join(create_record::FILE), &rec).unwrap();
+    req
+}
+
+/// Crash safety (issue 12): the rollback of a Create whose CreateVolume
+/// answer was lost (kill -9) deletes the volume EC2 made, though the tag
+/// search cannot see it yet; and a CreateVolume that reaches EC2 only after
+/// the rollback makes no volume (the rollback sent it first, same token).
+#[test]
+fn an_interrupted_create_rolled_back_leaves_no_ebs_volume_whenever_its_request_lands() {
+    let r = rig();
+    let s = profile_settings("default", None);
+    // Landed before the rollback, invisible to the tag search.
+    let req = interrupted_create(&r, "db", "default");
+    r.ec2.set_invisible(3);
+    let made = r.ec2.create_volume(&req).unwrap();
+    r.be.remove(vref("db", "default", &s)).unwrap();
+    assert!(
+        r.ec2.peek(&made.id).is_none(),
+        "the landed volume was deleted"
+    );
+    assert!(r.ec2.volume_ids().is_empty());
+    assert!(!r.be.mountpoint("db").parent().unwrap().exists());
+
+    // Landing after the rollback: EC2 answers with the deleted volume.
+    let req = interrupted_create(&r, "web", "default");
+    r.be.remove(vref("web", "default", &s)).unwrap();
+    let late = r.ec2.create_volume(&req).unwrap();
+    assert_eq!(late.state, "deleted");
+    assert!(r.ec2.volume_ids().is_empty(), "{:?}", r.ec2.volume_ids());
+}
+
+/// A Create repeated after the crash adopts the volume the first one made
+/// (its request's token), or deletes it first when it asked for other
+/// settings: never two volumes for one name.
+#[test]
+fn a_create_repeated_after_a_crash_adopts_or_replaces_the_interrupted_ones_volume() {
+    let r = rig();
+    let req = interrupted_create(&r, "db", "default");
+    r.ec2.set_invisible(3);
+    let made = r.ec2.create_volume(&req).unwrap();
+    let s = profile_settings("default", None);
+    r.be.create(vref("db", "default", &s)).unwrap();
+    assert_eq!(r.ec2.volume_ids(), std::slice::from_ref(&made.id));
+
+    let req = interrupted_create(&r, "web", "default");
+    let made = r.ec2.create_volume(&req).unwrap();
+    let gold = profile_settings("gold", Some(20));
+    r.be.create(vref("web", "gold", &gold)).unwrap();
+    assert!(
+        r.ec2.peek(&made.id).is_none(),
+        "the default-profile volume went"
+    );
+    let now = r.volume_of("web");
+    assert_eq!(now.volume_type, "io2");
+    assert_eq!(r.ec2.volume_ids().len(), 2);
+}
