@@ -504,9 +504,16 @@ const CATCH_UP: &[CatchUpCase] = &[
     ),
 ];
 
-#[test]
-fn after_a_catch_up_round_the_estimate_is_within_half_of_the_measured_downtime() {
-    for (case, rows, steady, final_bytes, downtime_ms) in CATCH_UP {
+/// Checks `estimate` on each sweep case against its measured final round:
+/// the bytes within `bytes_ok`, the downtime within half (issue 11's bar).
+/// The ratios, for the log.
+fn check_sweep(
+    cases: &[CatchUpCase],
+    estimate: fn(&[RoundMeasure], &Targets, f64) -> Estimate,
+    bytes_ok: std::ops::RangeInclusive<f64>,
+) -> String {
+    let mut out = Vec::new();
+    for (case, rows, steady, final_bytes, downtime_ms) in cases {
         let rounds: Vec<RoundMeasure> = rows
             .iter()
             .map(|&(moved, wire, scan, transfer)| RoundMeasure {
@@ -520,11 +527,12 @@ fn after_a_catch_up_round_the_estimate_is_within_half_of_the_measured_downtime()
             })
             .collect();
         let t = Targets::new(Duration::from_secs(2), 10);
-        let e = estimate_after_catch_up(&rounds, &t, *steady);
+        let e = estimate(&rounds, &t, *steady);
         let bytes = e.final_bytes as f64 / *final_bytes as f64;
         let time = e.downtime.as_secs_f64() * 1000.0 / *downtime_ms as f64;
+        out.push(format!("{case}: {time:.2} (bytes {bytes:.2})"));
         assert!(
-            (0.7..=1.3).contains(&bytes),
+            bytes_ok.contains(&bytes),
             "{case}: final bytes est./actual {bytes:.2}"
         );
         assert!(
@@ -532,6 +540,13 @@ fn after_a_catch_up_round_the_estimate_is_within_half_of_the_measured_downtime()
             "{case}: downtime est./actual {time:.2} ({e:?})"
         );
     }
+    out.join(", ")
+}
+
+#[test]
+fn after_a_catch_up_round_the_estimate_is_within_half_of_the_measured_downtime() {
+    let ratios = check_sweep(CATCH_UP, estimate_after_catch_up, 0.7..=1.3);
+    eprintln!("est./actual: {ratios}");
 }
 
 /// The stop-26 sweep's runs with one hook round and no catch-up (the rates
@@ -619,34 +634,8 @@ const HOOK: &[CatchUpCase] = &[
 
 #[test]
 fn after_the_hook_round_the_estimate_is_within_half_of_the_measured_downtime() {
-    let mut out = Vec::new();
-    for (case, rows, steady, final_bytes, downtime_ms) in HOOK {
-        let rounds: Vec<RoundMeasure> = rows
-            .iter()
-            .map(|&(moved, wire, scan, transfer)| RoundMeasure {
-                bytes_moved: moved,
-                bytes_dirty: 0,
-                wire_bytes: wire,
-                scan: ms(scan),
-                transfer: ms(transfer),
-                wall: ms(scan + transfer),
-            })
-            .collect();
-        let t = Targets::new(Duration::from_secs(2), 10);
-        let e = estimate_after_hook(&rounds, &t, *steady);
-        let bytes = e.final_bytes as f64 / *final_bytes as f64;
-        let time = e.downtime.as_secs_f64() * 1000.0 / *downtime_ms as f64;
-        out.push(format!("{case}: {time:.2} (bytes {bytes:.2})"));
-        // The steady rate over the hook's round overshoots when the
-        // checkpoint slowed the app (unthrottled on default: 1.31).
-        assert!(
-            (0.6..=1.4).contains(&bytes),
-            "{case}: final bytes est./actual {bytes:.2}"
-        );
-        assert!(
-            (0.5..=1.5).contains(&time),
-            "{case}: downtime est./actual {time:.2} ({e:?})"
-        );
-    }
-    eprintln!("est./actual: {}", out.join(", "));
+    // Bytes: the steady rate over the hook's round overshoots when the
+    // checkpoint slowed the app (unthrottled on default: 1.31).
+    let ratios = check_sweep(HOOK, estimate_after_hook, 0.6..=1.4);
+    eprintln!("est./actual: {ratios}");
 }

@@ -369,6 +369,16 @@ mod tests {
         }
     }
 
+    /// Scan options asking `told` (`threads` workers).
+    fn told_opts(told: &std::sync::Arc<Told>, threads: usize) -> crate::scan::ScanOptions {
+        crate::scan::ScanOptions {
+            threads,
+            label: "t".into(),
+            progress: std::sync::Arc::new(crate::progress::NoProgress),
+            changes: Some(told.clone()),
+        }
+    }
+
     /// The chunks a scan's manifest lists for the image, each checked
     /// against the bytes the file holds there now.
     fn chunks_match_the_file(scan: &crate::scan::Scan, img: &std::path::Path) -> Vec<ChunkRef> {
@@ -405,12 +415,7 @@ mod tests {
         let data: Vec<u8> = (0..4 * mib).map(|i| (i * 7 % 251) as u8).collect();
         f.write_all_at(&data, 2 * mib).unwrap();
         let told = Arc::new(Told::default());
-        let opts = || crate::scan::ScanOptions {
-            threads: 1,
-            label: "t".into(),
-            progress: Arc::new(crate::progress::NoProgress),
-            changes: Some(told.clone()),
-        };
+        let opts = || told_opts(&told, 1);
         // The tracker cannot vouch yet: a full scan, then `scanned`.
         let s1 = crate::scan::scan_image(&img, &cache, opts()).unwrap();
         assert_eq!(s1.stats.bytes_hashed, 4 * mib);
@@ -552,12 +557,7 @@ mod tests {
         }
         std::fs::write(root.join("small"), b"tiny").unwrap();
         let told = Arc::new(Told::default());
-        let opts = || crate::scan::ScanOptions {
-            threads: 2,
-            label: "t".into(),
-            progress: Arc::new(crate::progress::NoProgress),
-            changes: Some(told.clone()),
-        };
+        let opts = || told_opts(&told, 2);
         let s1 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
         assert_eq!(*told.scanned.lock().unwrap(), vec![0]);
         crate::scan::manifest_matches_the_tree(&s1, &root);
@@ -648,12 +648,7 @@ mod tests {
         };
         std::fs::write(&log, random(3 * mib)).unwrap();
         let told = Arc::new(Told::default());
-        let opts = || crate::scan::ScanOptions {
-            threads: 2,
-            label: "t".into(),
-            progress: Arc::new(crate::progress::NoProgress),
-            changes: Some(told.clone()),
-        };
+        let opts = || told_opts(&told, 2);
         crate::scan::scan_tree(&root, &cache, opts()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let append = |bytes: &[u8]| {
