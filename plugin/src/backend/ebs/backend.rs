@@ -510,7 +510,8 @@ impl EbsBackend {
     /// The volume an earlier Create of `name` made or may have made, where
     /// the tag search shows none (see `create_record`): by the id saved,
     /// else by sending its request again (same token: the same volume, made
-    /// now at the latest). `None`: it is gone, or never was.
+    /// now at the latest). `None`: it is gone, never was, or is not this
+    /// host's to touch (released, or taken by another host since).
     fn recorded(
         &self,
         name: &str,
@@ -529,7 +530,19 @@ impl EbsBackend {
                 self.ec2.create_volume(&rec.request)
             })?,
         };
-        if matches!(v.state.as_str(), "deleting" | "deleted") {
+        // Only what the tag search would take as ours, had it seen it: this
+        // name, cluster and zone, not released, not another host's (the
+        // record stays here when the volume moves to another host).
+        let ours = v.tag(tags::NAME) == Some(name)
+            && v.tag(tags::CLUSTER) == Some(self.scope.cluster.as_str())
+            && v.zone == self.scope.zone
+            && matches!(
+                tags::pick(&self.scope, std::slice::from_ref(&v)),
+                Ok(Some(_))
+            );
+        if !ours {
+            tracing::info!(volume = name, volume_id = %v.id, state = %v.state,
+                "the volume of an earlier Create is not this host's now; leaving it");
             return Ok(None);
         }
         Ok(Some(v))

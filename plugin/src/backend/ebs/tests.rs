@@ -635,3 +635,39 @@ fn a_create_repeated_after_a_crash_adopts_or_replaces_the_interrupted_ones_volum
     assert_eq!(now.volume_type, "io2");
     assert_eq!(r.ec2.volume_ids().len(), 2);
 }
+
+/// The create record stays on a host whose volume went to another host
+/// (its `daffe:host` tag says so): a Remove of the name here leaves that
+/// volume alone, as the tag search does.
+#[test]
+fn a_create_record_never_reaches_a_volume_another_host_took() {
+    let r = rig();
+    let s = profile_settings("default", None);
+    let v = vref("db", "default", &s);
+    r.be.create(v).unwrap();
+    let id = r.volume_of("db").id;
+    let other = [(tags::HOST.to_owned(), "i-0other".to_owned())]
+        .into_iter()
+        .collect();
+    r.ec2.create_tags(&id, &other).unwrap();
+    // This host's daemon restarted: no id cached, the record on disk.
+    let mount_root =
+        r.be.mountpoint("db")
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+    let restarted = EbsBackend::new(Parts {
+        ec2: r.ec2.clone(),
+        resolver: r.resolver.clone(),
+        fs: r.fs.clone(),
+        clock: r.clock.clone(),
+        scope: r.be.scope.clone(),
+        mount_root,
+        side: r.be.side().clone(),
+    });
+    restarted.remove(v).unwrap();
+    let left = r.ec2.peek(&id).expect("another host's volume is kept");
+    assert_eq!(left.tags[tags::HOST], "i-0other");
+}
