@@ -34,7 +34,8 @@
 //!   crate's.
 //! - [`follow`]: `daffe follow` acting on placement's decisions: the Swarm
 //!   actuator (engine API behind a trait), forwarding after a move.
-//! - [`config`]: `daffe serve` configuration; [`time`]: RFC 3339 times.
+//! - [`config`]: `daffe serve` configuration; [`time`]: RFC 3339 times;
+//!   [`durable`]: the crash-safe replace of a small state file.
 //!
 //! No module imports one that imports it back (no import cycles); test
 //! doubles are compiled for tests only, or with the `testing` feature for
@@ -47,6 +48,7 @@ pub mod cli;
 mod clustering;
 mod config;
 mod control;
+mod durable;
 mod follow;
 #[cfg(test)]
 mod fuzz_harness;

@@ -37,7 +37,7 @@
 //! of an uncommitted round was ever written to the image, so there is
 //! nothing to roll back).
 
-use crate::migrate::wire::{PeerReply, PeerRequest};
+use crate::migrate::wire::{PeerReply, PeerRequest, RoundMark};
 use cluster::Epoch;
 use mover::RateLimiter;
 use mover::Sender;
@@ -119,20 +119,6 @@ pub(crate) struct RoundFigures {
     pub(crate) freeze_ms: Option<u64>,
 }
 
-/// What the owner tells a standby of the round that follows (sent in the
-/// Standby request, before the round's data).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct RoundMark {
-    /// The root of the manifest the owner scanned (hex): the round, once
-    /// committed, leaves exactly this on the standby.
-    pub(crate) root: String,
-    /// When the scan started (the freeze, for a sealed round), Unix ms by
-    /// the owner's clock.
-    pub(crate) at_unix_ms: u64,
-    /// The scan ran with the filesystem frozen: a consistent image.
-    pub(crate) sealed: bool,
-}
-
 /// A mark as the standby keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct KeptMark {
@@ -164,13 +150,8 @@ pub(crate) fn remember_mark(state_dir: &Path, m: KeptMark) -> std::io::Result<()
     marks.push(m);
     let extra = marks.len().saturating_sub(MARKS_KEPT);
     marks.drain(..extra);
-    std::fs::create_dir_all(state_dir)?;
-    let tmp = state_dir.join(format!("{MARKS_FILE}.tmp"));
-    let f = std::fs::File::create(&tmp)?;
-    serde_json::to_writer(&f, &marks).map_err(std::io::Error::other)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, state_dir.join(MARKS_FILE))?;
-    std::fs::File::open(state_dir)?.sync_all()
+    let body = serde_json::to_vec(&marks).map_err(std::io::Error::other)?;
+    crate::durable::replace(&state_dir.join(MARKS_FILE), &body, 0o600)
 }
 
 pub(crate) fn now_unix_ms() -> u64 {

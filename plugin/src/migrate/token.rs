@@ -10,8 +10,6 @@
 //! as the partial copy does, and survives an agent restart.
 
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// The token's file in the receive state directory.
@@ -49,20 +47,9 @@ pub(crate) fn issue(state_dir: &Path) -> Result<String, TokenError> {
     fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     let bytes: [u8; TOKEN_BYTES] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    // Written whole, then renamed over the old one: a crash leaves one or
-    // the other, never half a token.
-    let tmp = state_dir.join(format!("{TOKEN_FILE}.tmp"));
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(token.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
+    // A crash leaves the old token or the new one, never half a token.
     let path = state_dir.join(TOKEN_FILE);
-    fs::rename(&tmp, &path).map_err(io(&path))?;
+    crate::durable::replace(&path, token.as_bytes(), 0o600).map_err(io(&path))?;
     Ok(token)
 }
 

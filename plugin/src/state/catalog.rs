@@ -14,7 +14,6 @@ use profiles::{
 };
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -208,10 +207,8 @@ impl Writer<'_> {
     }
 }
 
-/// Atomic replace: temp file, fsync, rename, fsync the directory.
+/// Replaces the overrides file durably (`durable::replace`).
 fn save(path: &Path, profiles: &BTreeMap<String, ProfileDef>) -> Result<(), CatalogStoreError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
     let body = serde_json::to_vec_pretty(&Overrides {
         format: PROFILES_FORMAT,
         profiles: profiles.clone(),
@@ -220,16 +217,7 @@ fn save(path: &Path, profiles: &BTreeMap<String, ProfileDef>) -> Result<(), Cata
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(&body)
-        .and_then(|()| f.sync_all())
-        .map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))?;
-    Ok(())
+    crate::durable::replace(path, &body, 0o600).map_err(io_err(path))
 }
 
 #[cfg(test)]

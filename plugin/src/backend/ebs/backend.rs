@@ -365,12 +365,9 @@ impl EbsBackend {
             match self.aws(name, Some(&id), "DescribeVolumes", d, None, || {
                 self.ec2.describe_volume(&id)
             }) {
-                Ok(v)
-                    if !matches!(v.state.as_str(), "deleting" | "deleted")
-                        && tags::state_of(&v) != Some(TagState::Released) =>
-                {
-                    return Ok(Some(v));
-                }
+                // Not ours any more (released, or taken by another host
+                // since it was cached): the tag search decides.
+                Ok(v) if tags::is_ours(&self.scope, name, &v) => return Ok(Some(v)),
                 Ok(_) => {}
                 Err(e) if e.aws_code() == Some("InvalidVolume.NotFound") => {}
                 Err(e) => return Err(e),
@@ -530,17 +527,9 @@ impl EbsBackend {
                 self.ec2.create_volume(&rec.request)
             })?,
         };
-        // Only what the tag search would take as ours, had it seen it: this
-        // name, cluster and zone, not released, not another host's (the
+        // Only what the tag search would take as ours, had it seen it (the
         // record stays here when the volume moves to another host).
-        let ours = v.tag(tags::NAME) == Some(name)
-            && v.tag(tags::CLUSTER) == Some(self.scope.cluster.as_str())
-            && v.zone == self.scope.zone
-            && matches!(
-                tags::pick(&self.scope, std::slice::from_ref(&v)),
-                Ok(Some(_))
-            );
-        if !ours {
+        if !tags::is_ours(&self.scope, name, &v) {
             tracing::info!(volume = name, volume_id = %v.id, state = %v.state,
                 "the volume of an earlier Create is not this host's now; leaving it");
             return Ok(None);

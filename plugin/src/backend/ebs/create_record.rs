@@ -17,7 +17,6 @@
 
 use crate::aws::NewVolume;
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The file's name in the volume's directory.
@@ -85,16 +84,8 @@ pub(super) fn load(path: &Path) -> Option<CreateRecord> {
 /// directory) before the call it describes: a crash leaves the old record
 /// or the new one, never half of one.
 pub(super) fn save(path: &Path, rec: &CreateRecord) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .ok_or_else(|| std::io::Error::other("a create record path has no directory"))?;
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+    let body = serde_json::to_vec_pretty(rec).map_err(std::io::Error::other)?;
+    crate::durable::replace(path, &body, 0o600)
 }
 
 #[cfg(test)]

@@ -146,19 +146,33 @@ pub(crate) fn state_of(v: &VolumeFacts) -> Option<TagState> {
     v.tag(STATE).map(TagState::parse)
 }
 
-/// Of the volumes found by name, the one this host uses: not released,
-/// owned by this host or unclaimed (a released volume was given up, and
-/// another host's volume is not ours even in our zone).
+/// Whether this host may use `v`: not released, owned by this host or
+/// unclaimed (a released volume was given up, and another host's volume is
+/// not ours even in our zone), and not being deleted.
+fn usable_here(scope: &Scope, v: &VolumeFacts) -> bool {
+    state_of(v) != Some(TagState::Released)
+        && v.tag(HOST).is_none_or(|h| h == scope.instance_id)
+        && !matches!(v.state.as_str(), "deleting" | "deleted")
+}
+
+/// Whether `v` is the volume this host uses for `name`, as the tag search
+/// and [`pick`] would take it: this name, cluster and zone, and usable
+/// here. A volume reached by an id (a cached one, or one a create record
+/// saved) must pass this too: it may have moved to another host since.
+pub(crate) fn is_ours(scope: &Scope, name: &str, v: &VolumeFacts) -> bool {
+    v.tag(NAME) == Some(name)
+        && v.tag(CLUSTER) == Some(scope.cluster.as_str())
+        && v.zone == scope.zone
+        && usable_here(scope, v)
+}
+
+/// Of the volumes found by name, the one this host uses (see
+/// [`usable_here`]); more than one is an error the operator must settle.
 pub(crate) fn pick<'a>(
     scope: &Scope,
     found: &'a [VolumeFacts],
 ) -> Result<Option<&'a VolumeFacts>, Vec<&'a VolumeFacts>> {
-    let mine: Vec<&VolumeFacts> = found
-        .iter()
-        .filter(|v| state_of(v) != Some(TagState::Released))
-        .filter(|v| v.tag(HOST).is_none_or(|h| h == scope.instance_id))
-        .filter(|v| !matches!(v.state.as_str(), "deleting" | "deleted"))
-        .collect();
+    let mine: Vec<&VolumeFacts> = found.iter().filter(|v| usable_here(scope, v)).collect();
     match mine.as_slice() {
         [] => Ok(None),
         [one] => Ok(Some(one)),
@@ -347,6 +361,39 @@ mod tests {
         assert!(pick(&s, &found[..2]).unwrap().is_none());
         let two = vec![vol("x", &[(NAME, "a")]), vol("y", &[(NAME, "a")])];
         assert_eq!(pick(&s, &two).unwrap_err().len(), 2);
+    }
+
+    /// What a volume reached by id (a cached one, a create record's) must
+    /// be for this host to use it as `a`: one row per way it is not.
+    #[test]
+    fn is_ours_takes_only_what_the_tag_search_would() {
+        let s = scope();
+        let mine = [(NAME, "a"), (CLUSTER, "c1"), (HOST, "i-me")];
+        let with = |extra: &[(&'static str, &'static str)]| {
+            let mut t: Vec<(&str, &str)> = mine.to_vec();
+            for (k, v) in extra {
+                t.retain(|(tk, _)| tk != k);
+                t.push((k, v));
+            }
+            vol("v", &t)
+        };
+        let mut other_zone = with(&[]);
+        other_zone.zone = "us-east-1b".into();
+        let mut deleting = with(&[]);
+        deleting.state = "deleting".into();
+        let unclaimed = vol("v", &[(NAME, "a"), (CLUSTER, "c1")]);
+        for (v, ours, why) in [
+            (with(&[]), true, "this host's"),
+            (unclaimed, true, "unclaimed, in scope"),
+            (with(&[(NAME, "b")]), false, "another name"),
+            (with(&[(CLUSTER, "c2")]), false, "another cluster"),
+            (other_zone, false, "another zone"),
+            (with(&[(HOST, "i-other")]), false, "another host's"),
+            (with(&[(STATE, "released")]), false, "released"),
+            (deleting, false, "being deleted"),
+        ] {
+            assert_eq!(is_ours(&s, "a", &v), ours, "{why}");
+        }
     }
 
     #[test]

@@ -199,7 +199,9 @@ fn volumes_attached_elsewhere_or_in_another_zone_are_refused() {
     let e = r.be.remove(v).unwrap_err().to_string();
     assert!(e.contains("attached to instance i-other"), "{e}");
 
-    // A volume of another zone (created there, tagged for us).
+    // A volume of another zone (created there, tagged for us), even with
+    // its id cached here, is not this host's: not found in this zone, and
+    // never attached.
     let b = rig_in(ME, "us-east-1b", r.ec2.clone());
     b.be.create(vref("other", "default", &s)).unwrap();
     let vb = b.volume_of("other");
@@ -208,9 +210,14 @@ fn volumes_attached_elsewhere_or_in_another_zone_are_refused() {
         r.be.mount(vref("other", "default", &s))
             .unwrap_err()
             .to_string();
+    assert!(e.contains("zone us-east-1a"), "{e}");
+    assert!(r.ec2.peek(&vb.id).unwrap().attachments.is_empty());
+    // attach's own check, for the zone move's steps that reach it by id.
+    let d = super::wait::Deadline::new(r.clock.clone(), Duration::from_secs(5));
+    let e = r.be.attach("other", &vb, &d);
     assert!(
-        e.contains("is in us-east-1b") && e.contains("us-east-1a"),
-        "{e}"
+        e.unwrap_err().to_string().contains("is in us-east-1b"),
+        "attach refuses another zone's volume"
     );
 }
 
@@ -668,6 +675,34 @@ fn a_create_record_never_reaches_a_volume_another_host_took() {
         side: r.be.side().clone(),
     });
     restarted.remove(v).unwrap();
+    let left = r.ec2.peek(&id).expect("another host's volume is kept");
+    assert_eq!(left.tags[tags::HOST], "i-0other");
+}
+
+/// The id cached when this host made a volume stays cached after another
+/// host takes the volume (its `daffe:host` tag says so): a Remove here must
+/// leave that volume alone, as the tag search would, and so must a Mount.
+#[test]
+fn a_cached_id_never_reaches_a_volume_another_host_took() {
+    let r = rig();
+    let s = profile_settings("default", None);
+    let v = vref("db", "default", &s);
+    r.be.create(v).unwrap();
+    let id = r.volume_of("db").id;
+    let other = [(tags::HOST.to_owned(), "i-0other".to_owned())]
+        .into_iter()
+        .collect();
+    r.ec2.create_tags(&id, &other).unwrap();
+    assert_eq!(r.be.cached_id("db").as_deref(), Some(id.as_str()));
+    assert!(
+        r.be.mount(v).is_err(),
+        "another host's volume is not mounted here"
+    );
+    assert!(
+        r.ec2.peek(&id).unwrap().attachment_to(ME).is_none(),
+        "nor attached here"
+    );
+    r.be.remove(v).unwrap();
     let left = r.ec2.peek(&id).expect("another host's volume is kept");
     assert_eq!(left.tags[tags::HOST], "i-0other");
 }
