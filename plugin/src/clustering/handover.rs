@@ -11,7 +11,7 @@
 //!   node's agent certificate;
 //! - [`HandoverPlan`]: what A's daemon answers its agent.
 
-use crate::migrate::wire::{PeerReply, PeerRequest};
+use crate::migrate::wire::{PeerReply, PeerRequest, PullReport};
 use mover::net::identity;
 use mover::net::tls;
 use mover::net::{Endpoint, NodeFiles, Peer};
@@ -37,18 +37,6 @@ pub(crate) struct Handed {
     /// into a blank copy, the last delta into a warm standby).
     pub(crate) bytes: u64,
     /// The writer's side, from its plan to the commit.
-    pub(crate) ms: u64,
-}
-
-/// What `daffe volume move` did (the pulling daemon's answer, also over the
-/// agents' protocol when another node pulled).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct PullReport {
-    pub(crate) volume: String,
-    /// The node that holds the volume's latest copy now.
-    pub(crate) node: String,
-    /// The node it came from; none: that node's copy was the latest already.
-    pub(crate) from: Option<String>,
     pub(crate) ms: u64,
 }
 

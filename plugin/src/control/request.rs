@@ -94,7 +94,7 @@ pub(crate) enum ControlRequest {
         from: String,
         epoch: u64,
         /// What the round that follows leaves there (failover checks it).
-        mark: Option<crate::clustering::standby::RoundMark>,
+        mark: Option<crate::migrate::wire::RoundMark>,
     },
     /// Cluster mode: `daffe volume move VOLUME --to NODE`, from any node.
     MoveTo { name: String, node: String },
@@ -182,7 +182,7 @@ struct StandbyBody {
     from: String,
     epoch: u64,
     #[serde(default)]
-    mark: Option<crate::clustering::standby::RoundMark>,
+    mark: Option<crate::migrate::wire::RoundMark>,
 }
 
 #[derive(Deserialize)]
@@ -664,7 +664,7 @@ mod tests {
                 name: n(),
                 from: "swnode1".into(),
                 epoch: 42,
-                mark: Some(crate::clustering::standby::RoundMark {
+                mark: Some(crate::migrate::wire::RoundMark {
                     root: "ab".repeat(32),
                     at_unix_ms: 1_700_000_000_000,
                     sealed: true,

@@ -1,10 +1,36 @@
-//! What `daffe migrate` asks the destination's agent (JSON in the peer
-//! protocol's `Control` messages; the mover carries them, opaque).
+//! What `daffe migrate` asks the destination's agent, and what cluster
+//! nodes' agents tell each other (standby rounds' marks, pulls): JSON in the
+//! peer protocol's `Control` messages; the mover carries them, opaque.
 
-use crate::clustering::handover::PullReport;
 use crate::service::migrate::ReceiveCheck;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// What a cluster owner tells a standby of the round that follows (sent in the
+/// Standby request, before the round's data).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RoundMark {
+    /// The root of the manifest the owner scanned (hex): the round, once
+    /// committed, leaves exactly this on the standby.
+    pub(crate) root: String,
+    /// When the scan started (the freeze, for a sealed round), Unix ms by
+    /// the owner's clock.
+    pub(crate) at_unix_ms: u64,
+    /// The scan ran with the filesystem frozen: a consistent image.
+    pub(crate) sealed: bool,
+}
+
+/// What `daffe volume move` did (the pulling daemon's answer, also over the
+/// agents' protocol when another node pulled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PullReport {
+    pub(crate) volume: String,
+    /// The node that holds the volume's latest copy now.
+    pub(crate) node: String,
+    /// The node it came from; none: that node's copy was the latest already.
+    pub(crate) from: Option<String>,
+    pub(crate) ms: u64,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -43,7 +69,7 @@ pub(crate) enum PeerRequest {
         volume: String,
         epoch: u64,
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        mark: Option<crate::clustering::standby::RoundMark>,
+        mark: Option<RoundMark>,
     },
 }
 

@@ -17,8 +17,9 @@
 
 use super::{ServiceError, VolumeInfo, VolumeService, vref};
 use crate::clustering::catalogue::CatalogueRecord;
-use crate::clustering::handover::{HandoverPlan, PullReport};
+use crate::clustering::handover::HandoverPlan;
 use crate::clustering::{Claimed, ClusterError, ClusterNode};
+use crate::migrate::wire::PullReport;
 use crate::state::record::{ClusterFacts, VolumeRecord, VolumeState};
 use cluster::{Epoch, Removed, Writer};
 use profiles::{LocalFormat, Settings, VolumeName, VolumeRequest};

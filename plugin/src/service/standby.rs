@@ -32,8 +32,9 @@
 //!     own receive time is kept beside it).
 
 use super::{ServiceError, VolumeService};
-use crate::clustering::standby::{self, KeptMark, RoundMark, StandbyLag};
+use crate::clustering::standby::{self, KeptMark, StandbyLag};
 use crate::clustering::{ClusterError, NodeInfo};
+use crate::migrate::wire::RoundMark;
 use crate::state::record::{ClusterFacts, VolumeRecord, VolumeState};
 use cluster::{Epoch, Writer};
 use mover::Source;

@@ -9,8 +9,9 @@
 
 use super::go;
 use crate::clustering::ClusterNode;
-use crate::clustering::handover::{Handed, Handover, HandoverError, PullReport};
+use crate::clustering::handover::{Handed, Handover, HandoverError};
 use crate::clustering::standby::{self, RoundFigures, Sending, StandbyError, StandbyLink};
+use crate::migrate::wire::PullReport;
 use crate::service::migrate::TransferMode;
 use crate::service::{ErrorCode, ServiceError, VolumeService};
 use cluster::ClusterConfig;
