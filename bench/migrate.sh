@@ -437,6 +437,8 @@ for profile in ("default", "gold"):
         rows.append((f"1 GiB {profile} volume: downtime phases", f"held check {ph['held_check_ms']} ms, final round {ph['final_round_ms']} ms, commit {ph['commit_ms']} ms", "-"))
     conv = ", ".join(f"{r['round']}{'F' if r['final_round'] else ''}:{r['bytes']/r['bytes_tracked']:.2f}" for r in mig["rounds"][1:] if r.get("bytes_tracked"))
     rows.append((f"1 GiB {profile} volume: round moved / written since the previous scan (tracked)", conv or "- (not tracked)", "<= 1.25"))
+    carr = ", ".join(f"{r['round']}{'F' if r['final_round'] else ''}:{r.get('bytes_carried', 0)/r['bytes_tracked']:.2f}" for r in mig["rounds"][1:] if r.get("bytes_tracked"))
+    rows.append((f"1 GiB {profile} volume: round carried (patches as sent) / written since the previous scan", carr or "- (not tracked)", "<= 1.25"))
 if rows:
     print("\n| what | measured | target |\n|---|---|---|")
 for r in rows:
@@ -493,6 +495,11 @@ if os.path.exists(f"{R}/pg.jsonl"):
         tr = [r["bytes"] / r["bytes_tracked"] for r in rs[1:] if not r["final_round"] and r.get("bytes_tracked")]
         if tr:
             convs += "; vs written: " + ", ".join(f"{x:.2f}" for x in tr)
+        # The same with what the link carried (a page patch counts its
+        # pages, not the chunk it rebuilt; before compression).
+        tc = [r.get("bytes_carried", 0) / r["bytes_tracked"] for r in rs[1:] if not r["final_round"] and r.get("bytes_tracked")]
+        if tc:
+            convs += "; carried vs written: " + ", ".join(f"{x:.2f}" for x in tc)
         ph = mig.get("cutover") or {}
         if ph:
             convs += f"; downtime: held {ph['held_check_ms']} + final {ph['final_round_ms']} + commit {ph['commit_ms']} ms"

@@ -87,7 +87,9 @@ fn rewritten_pages_travel_as_patches_not_whole_chunks() {
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("app.db"), common::bytes(16 << 20, 11)).unwrap();
     let pusher = net.pusher(Source::Tree(src.clone()), "pages");
-    pusher.push(1, false, &mut |_| {}).unwrap();
+    let r1 = pusher.push(1, false, &mut |_| {}).unwrap();
+    // Nothing to patch in a first round: every chunk goes whole.
+    assert_eq!(r1.carried, r1.summary.bytes_fetched);
 
     // 32 pages rewritten in place, 4 KiB aligned, spread over the file.
     let db = std::fs::OpenOptions::new()
@@ -114,6 +116,13 @@ fn rewritten_pages_travel_as_patches_not_whole_chunks() {
         "sent {} for {} rebuilt",
         r.wire_sent,
         r.summary.bytes_fetched
+    );
+    // What the round carried counts the patches (the 32 pages and the
+    // patches' own headers), not the chunks they rebuilt.
+    assert!(
+        (32 * 4096..32 * (4096 + 256)).contains(&r.carried),
+        "carried {} for 32 pages",
+        r.carried
     );
     assert_eq!(net.errors(), "");
 }

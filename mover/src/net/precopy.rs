@@ -76,6 +76,10 @@ pub struct PreCopyRound {
     pub bytes_moved: u64,
     /// Bytes the source changed under the round: sent again next round.
     pub bytes_dirty: u64,
+    /// Chunk bytes the link carried before compression: a chunk sent as a
+    /// patch of the destination's older bytes counts the patch
+    /// ([`RoundPushReport::carried`]).
+    pub bytes_carried: u64,
     /// Entries with such bytes.
     pub entries_dirty: u64,
     /// The source changed under the round (it still applied the rest).
@@ -293,6 +297,7 @@ pub fn precopy(
             round,
             bytes_moved: m.bytes_moved,
             bytes_dirty: m.bytes_dirty,
+            bytes_carried: r.carried,
             entries_dirty: r.summary.stale,
             partial: r.summary.bytes_dirty > 0,
             wire_bytes: m.wire_bytes,

@@ -232,6 +232,11 @@ pub struct RoundPushReport {
     pub attempts: u32,
     /// Rescans after the source changed under a scan.
     pub rescans: u32,
+    /// Chunk bytes the link carried before compression, all attempts: a
+    /// chunk sent as a patch counts the patch, not the chunk
+    /// ([`ServeEvent::ChunkSent`]). What the round moved, beside
+    /// `summary.bytes_fetched`, the chunks it rebuilt.
+    pub carried: u64,
 }
 
 /// Pushes rounds of one source to one agent target: the network sender.
@@ -393,7 +398,14 @@ impl RoundPusher {
             report.attempts += 1;
             let mut peer = self.connect()?;
             let t = Instant::now();
-            match peer.push_round(&req, &mut sender, progress) {
+            let carried = &mut report.carried;
+            let mut count = |ev: ServeEvent| {
+                if let ServeEvent::ChunkSent { carried: c, .. } = ev {
+                    *carried += c;
+                }
+                progress(ev);
+            };
+            match peer.push_round(&req, &mut sender, &mut count) {
                 Ok(summary) => {
                     report.transfer_time = t.elapsed();
                     report.summary = summary;

@@ -70,8 +70,12 @@ pub enum ServeEvent {
     },
     /// Chunk payload sent.
     ChunkSent {
-        /// How many.
+        /// How many: the chunk's length.
         bytes: u64,
+        /// What the link carried for it before compression: the patch's
+        /// length when it went as a patch of the receiver's older bytes
+        /// (pages rewritten in place), else the chunk's.
+        carried: u64,
     },
 }
 
@@ -204,6 +208,7 @@ fn serve_fetch(
             Ok(()) => {
                 progress(ServeEvent::ChunkSent {
                     bytes: data.len() as u64,
+                    carried: if patched { p.len() } else { data.len() } as u64,
                 });
                 Ok(())
             }

@@ -250,10 +250,11 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             Event::RoundEnd(r) => say(
                 &bar,
                 format!(
-                    "round {} ({}): {} bytes changed, {} on the wire, scan {} ms ({} bytes read), transfer {} ms{}{}",
+                    "round {} ({}): {} bytes changed ({} carried, patches of pages counted as sent), {} on the wire, scan {} ms ({} bytes read), transfer {} ms{}{}",
                     r.round,
                     if r.final_round { "final" } else { "pre-copy" },
                     r.bytes,
+                    r.bytes_carried,
                     r.wire_bytes,
                     r.scan_ms,
                     r.bytes_read,

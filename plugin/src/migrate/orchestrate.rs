@@ -241,7 +241,7 @@ impl DestHost for RemoteAgent {
         let _background =
             (self.background && !final_round).then(super::priority::Background::enter);
         self.pusher.push(round, final_round, &mut |ev| {
-            if let ServeEvent::ChunkSent { bytes } = ev {
+            if let ServeEvent::ChunkSent { bytes, .. } = ev {
                 progress(bytes)
             }
         })
@@ -344,6 +344,7 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         bytes_scanned: r.scan.bytes_scanned,
         bytes_read: r.scan.bytes_hashed,
         bytes_tracked: r.scan.bytes_tracked,
+        bytes_carried: r.carried,
         bytes_written: r.summary.bytes_written,
         bytes_dirty: r.summary.bytes_dirty,
         partial: r.summary.bytes_dirty > 0,
@@ -442,6 +443,7 @@ impl PreCopyHooks for ReportRounds<'_, '_> {
                 round: p.round,
                 bytes: p.bytes_moved,
                 bytes_dirty: p.bytes_dirty,
+                bytes_carried: p.bytes_carried,
                 partial: p.partial,
                 wire_bytes: p.wire_bytes,
                 scan_ms: p.scan_ms,
