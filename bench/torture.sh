@@ -21,14 +21,18 @@
 #
 # Environment: DAFFE (default target/debug/daffe), TORTURE_DIR (default a
 # mktemp dir; removed at the end unless KEEP=1).
-# What it does not cover yet: kills between two journal writes picked by a
-# failpoint (here the moment is random).
+# Every other run crashes at a journal write instead of being killed
+# (DAFFE_FAILPOINT, mover/src/failpoint.rs): right after a journal flush, or
+# in one with half its records written (a torn tail). The daffe binary must
+# have the `testing` feature (the test build does; a release build does not).
 set -euo pipefail
 
 if [ "${1:-}" = plugin ]; then
     cd "$(dirname "$0")/.."
     export DAFFE_PLUGIN_TORTURE=${2:-1000}
-    export DAFFE_BIN=${DAFFE:-${CARGO_TARGET_DIR:-target}/debug/daffe}
+    # Absolute: cargo runs the test binary from tests/, not from here.
+    DAFFE_BIN=$(realpath "${DAFFE:-${CARGO_TARGET_DIR:-target}/debug/daffe}")
+    export DAFFE_BIN
     export DAFFE_TEST_IMAGE=${DAFFE_TEST_IMAGE:-daffe-test/busybox:latest}
     exec cargo test --locked --workspace --test e2e -- --exact \
         hardening_plugin_torture::kill_9_during_create_mount_unmount_remove_keeps_the_state_true \
@@ -70,16 +74,58 @@ make_tree
 killed=0
 finished=0
 t0=$(date +%s)
+# The kill lands at a uniform moment within a run's length: WINDOW_MS, at
+# first 2.5 s (the first copy of the tree takes longer: it is cut early and
+# resumed), then the length of the last run that finished before its kill.
+# A fixed window let most incremental runs (~0.1-0.3 s at 256 MB on an idle
+# machine) finish first: 25 kills in 200 runs.
+window_ms=2500
+# Every other run crashes at a journal write instead (mover/src/failpoint.rs,
+# in builds with the `testing` feature such as the test build): right after
+# its 1st-3rd journal flush (between two journal writes), or in it with only
+# half of the buffered records written (a torn tail).
+crashed=0
+asked=0
 for n in $(seq 1 "$ITER"); do
     churn "$n"
+    case $((n % 4)) in
+        1) fp="journal:$((1 + RANDOM % 3))" ;;
+        3) fp="journal:$((1 + RANDOM % 3)):torn" ;;
+        *) fp="" ;;
+    esac
+    if [ -n "$fp" ]; then
+        asked=$((asked + 1))
+        rc=0
+        # Waited for by a subshell whose stderr is dropped (bash's "Aborted"
+        # line); the `exit` keeps bash from exec-ing the command in it.
+        (DAFFE_FAILPOINT=$fp "$DAFFE" sync --json "$SRC" "$DST" >/dev/null 2>"$DIR/last.err"; exit $?) 2>/dev/null || rc=$?
+        case $rc in
+            0) finished=$((finished + 1)) ;;
+            134) crashed=$((crashed + 1)) ;;
+            *) echo "FAIL: run $n ($fp) exited $rc: $(tail -n 3 "$DIR/last.err")" >&2; exit 1 ;;
+        esac
+        continue
+    fi
+    start_ns=$(date +%s%N)
     "$DAFFE" sync --json "$SRC" "$DST" >/dev/null 2>"$DIR/last.err" &
     pid=$!
-    # 20 ms to ~2.5 s (a 64 MB sync takes ~2 s here): early (scan, manifest),
-    # mid-fetch, at commit, in apply, or after it finished.
-    sleep "$(awk -v r=$RANDOM 'BEGIN { printf "%.3f", 0.02 + (r % 2500) / 1000 }')"
-    if kill -9 "$pid" 2>/dev/null; then killed=$((killed + 1)); else finished=$((finished + 1)); fi
-    wait "$pid" 2>/dev/null || true
+    delay_ms=$((10 + (RANDOM * 32768 + RANDOM) % window_ms))
+    sleep "$(awk -v ms=$delay_ms 'BEGIN { printf "%.3f", ms / 1000 }')"
+    if kill -9 "$pid" 2>/dev/null; then
+        killed=$((killed + 1))
+        wait "$pid" 2>/dev/null || true
+    else
+        finished=$((finished + 1))
+        wait "$pid" 2>/dev/null || true
+        window_ms=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+        [ "$window_ms" -ge 20 ] || window_ms=20
+    fi
 done
+
+if [ "$asked" -gt 0 ] && [ "$crashed" -eq 0 ]; then
+    echo "FAIL: no journal crash point fired in $asked runs (a daffe built without the testing feature?)" >&2
+    exit 1
+fi
 
 # The last run finishes; DST must equal SRC, and the state must reopen.
 "$DAFFE" sync --json "$SRC" "$DST" >"$DIR/final.json"
@@ -93,6 +139,6 @@ if [ "$fetched" != 0 ]; then
     echo "FAIL: an unchanged source re-fetched $fetched bytes" >&2
     exit 1
 fi
-echo "ok: $ITER runs ($killed killed by SIGKILL, $finished finished first), ${MB} MB tree," \
+echo "ok: $ITER runs ($killed killed by SIGKILL, $crashed crashed at a journal write, $finished finished first; last kill window ${window_ms} ms), ${MB} MB tree," \
     "identical after the last run, nothing re-fetched by a rerun; $(($(date +%s) - t0)) s"
 [ "${KEEP:-0}" = 1 ] || rm -rf "$DIR"

@@ -1,7 +1,9 @@
 //! Issue 12, crash torture, the short version CI runs: `bench/torture.sh`
 //! with 8 runs of a 32 MB tree, each `daffe sync` killed with SIGKILL at a
-//! random point; the destination must then equal the source and a rerun
-//! fetch nothing. The full size (200 x 256 MB) is the script's default.
+//! random point or crashed at a journal write (after a flush, or in one with
+//! a torn tail: `DAFFE_FAILPOINT`, the test build's crash points; the script
+//! fails if none fired); the destination must then equal the source and a
+//! rerun fetch nothing. The full size (200 x 256 MB) is the script's default.
 
 use daffe_e2e::hosts::daffe_bin;
 use std::process::Command;

@@ -131,6 +131,15 @@ impl FramedWriter {
 
     /// Flushes, and fsyncs when `durable`.
     pub fn flush(&mut self, durable: bool) -> Result<(), JournalError> {
+        #[cfg(feature = "testing")]
+        let crash = crate::failpoint::journal_flush();
+        #[cfg(feature = "testing")]
+        if crash == crate::failpoint::JournalCrash::Torn {
+            let half = self.out.buffer()[..self.out.buffer().len() / 2].to_vec();
+            let _ = self.out.get_mut().write_all(&half);
+            let _ = self.out.get_ref().sync_data();
+            std::process::abort();
+        }
         let io = |source| JournalError::Io {
             path: self.path.clone(),
             source,
@@ -144,6 +153,10 @@ impl FramedWriter {
                     path: self.path.clone(),
                     source,
                 })?;
+        }
+        #[cfg(feature = "testing")]
+        if crash == crate::failpoint::JournalCrash::After {
+            std::process::abort();
         }
         Ok(())
     }

@@ -62,6 +62,8 @@ pub(crate) mod source;
 pub(crate) mod sync;
 // Fuzz harnesses and seed inputs for `fuzz/` and the corpus replay test.
 #[cfg(feature = "testing")]
+mod failpoint;
+#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
 #[cfg_attr(feature = "testing", allow(missing_docs))]
