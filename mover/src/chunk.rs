@@ -9,7 +9,7 @@
 //! dedup across rounds.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io;
 
 use fastcdc::v2020::{self, Normalization};
 use serde::{Deserialize, Serialize};
@@ -378,8 +378,9 @@ impl ChunkRef {
 /// `emit` for every chunk in order. `buf` is reused across calls (it grows to
 /// `2 * max` once): no allocation per chunk. Returns the bytes read, which is
 /// less than `len` when the input ended early (the caller decides whether a
-/// shrinking file is an error).
-pub fn chunk_reader<R: Read, E: From<ChunkError>>(
+/// shrinking file is an error). Tests and the testing feature only.
+#[cfg(any(test, feature = "testing"))]
+pub fn chunk_reader<R: io::Read, E: From<ChunkError>>(
     mut r: R,
     chunker: &Chunker,
     base: u64,
@@ -484,6 +485,7 @@ impl<C: Span> SegmentJoin<C> {
     }
 
     /// Offset where the next chunk of the serial sequence starts.
+    #[cfg(any(test, feature = "testing"))]
     pub fn position(&self) -> u64 {
         self.next
     }
@@ -661,7 +663,7 @@ mod tests {
             let chunker = ChunkClass::Db.chunker();
             let want: Vec<(usize, usize)> = serial(&chunker, &data);
             struct Trickle<'a> { d: &'a [u8], step: usize }
-            impl Read for Trickle<'_> {
+            impl io::Read for Trickle<'_> {
                 fn read(&mut self, b: &mut [u8]) -> io::Result<usize> {
                     let n = self.step.min(b.len()).min(self.d.len());
                     b[..n].copy_from_slice(&self.d[..n]);

@@ -50,6 +50,8 @@ pub mod snapshot;
 #[cfg_attr(feature = "testing", allow(missing_docs))]
 pub(crate) mod chunk;
 pub(crate) mod chunk_index;
+// Pre-copy's model: only the network rounds use it.
+#[cfg(feature = "net")]
 pub(crate) mod converge;
 #[cfg_attr(feature = "testing", allow(missing_docs))]
 pub(crate) mod fsmeta;

@@ -348,7 +348,9 @@ impl<W: Write> ManifestWriter<W> {
     }
 
     /// Writes an entry followed by its chunk list (extents derived from
-    /// chunk contiguity: a gap starts a new extent).
+    /// chunk contiguity: a gap starts a new extent). Tests and the testing
+    /// feature only (the scanner writes extents itself).
+    #[cfg(any(test, feature = "testing"))]
     pub fn write_entry(&mut self, e: &Entry, chunks: &[ChunkRef]) -> Result<(), ManifestError> {
         self.write(&Record::Entry(e.clone()))?;
         let mut end = None;
@@ -878,17 +880,20 @@ impl PathTable {
     }
 
     /// Number of paths.
+    #[cfg(any(test, feature = "testing"))]
     pub fn len(&self) -> usize {
         self.index.len()
     }
 
     /// Whether there are none.
+    #[cfg(any(test, feature = "testing"))]
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
 }
 
 /// A reader over a byte slice that implements `BufRead` (tests, small inputs).
+#[cfg(any(test, feature = "testing"))]
 pub fn slice_reader(b: &[u8]) -> io::BufReader<&[u8]> {
     io::BufReader::new(b)
 }

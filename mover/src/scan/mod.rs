@@ -30,5 +30,5 @@ mod walk;
 pub use changes::{FileChanges, ImageChanges, PendingChanges};
 #[cfg(any(test, feature = "testing"))]
 pub use check::manifest_matches_the_tree;
-pub use options::{LAST_MANIFEST, Scan, ScanError, ScanOptions, ScanStats};
+pub use options::{Scan, ScanError, ScanOptions, ScanStats};
 pub use walk::{image_size, scan_image, scan_tree};
