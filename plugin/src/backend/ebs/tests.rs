@@ -643,20 +643,32 @@ fn a_create_repeated_after_a_crash_adopts_or_replaces_the_interrupted_ones_volum
     assert_eq!(r.ec2.volume_ids().len(), 2);
 }
 
-/// The create record stays on a host whose volume went to another host
-/// (its `daffe:host` tag says so): a Remove of the name here leaves that
-/// volume alone, as the tag search does.
-#[test]
-fn a_create_record_never_reaches_a_volume_another_host_took() {
-    let r = rig();
-    let s = profile_settings("default", None);
-    let v = vref("db", "default", &s);
-    r.be.create(v).unwrap();
+/// Makes volume "db" here, then gives it to another host the way a move
+/// does (its `daffe:host` tag); returns its id.
+fn made_here_then_taken(r: &Rig, s: &Settings) -> String {
+    r.be.create(vref("db", "default", s)).unwrap();
     let id = r.volume_of("db").id;
     let other = [(tags::HOST.to_owned(), "i-0other".to_owned())]
         .into_iter()
         .collect();
     r.ec2.create_tags(&id, &other).unwrap();
+    id
+}
+
+fn assert_kept_for_the_other_host(r: &Rig, id: &str) {
+    let left = r.ec2.peek(id).expect("another host's volume is kept");
+    assert_eq!(left.tags[tags::HOST], "i-0other");
+    assert!(left.attachment_to(ME).is_none(), "and never attached here");
+}
+
+/// The create record stays on a host whose volume went to another host:
+/// a Remove of the name here leaves that volume alone, as the tag search
+/// does.
+#[test]
+fn a_create_record_never_reaches_a_volume_another_host_took() {
+    let r = rig();
+    let s = profile_settings("default", None);
+    let id = made_here_then_taken(&r, &s);
     // This host's daemon restarted: no id cached, the record on disk.
     let mount_root =
         r.be.mountpoint("db")
@@ -674,35 +686,24 @@ fn a_create_record_never_reaches_a_volume_another_host_took() {
         mount_root,
         side: r.be.side().clone(),
     });
-    restarted.remove(v).unwrap();
-    let left = r.ec2.peek(&id).expect("another host's volume is kept");
-    assert_eq!(left.tags[tags::HOST], "i-0other");
+    restarted.remove(vref("db", "default", &s)).unwrap();
+    assert_kept_for_the_other_host(&r, &id);
 }
 
 /// The id cached when this host made a volume stays cached after another
-/// host takes the volume (its `daffe:host` tag says so): a Remove here must
-/// leave that volume alone, as the tag search would, and so must a Mount.
+/// host takes the volume: a Mount or Remove here must leave that volume
+/// alone, as the tag search would.
 #[test]
 fn a_cached_id_never_reaches_a_volume_another_host_took() {
     let r = rig();
     let s = profile_settings("default", None);
-    let v = vref("db", "default", &s);
-    r.be.create(v).unwrap();
-    let id = r.volume_of("db").id;
-    let other = [(tags::HOST.to_owned(), "i-0other".to_owned())]
-        .into_iter()
-        .collect();
-    r.ec2.create_tags(&id, &other).unwrap();
+    let id = made_here_then_taken(&r, &s);
     assert_eq!(r.be.cached_id("db").as_deref(), Some(id.as_str()));
+    let v = vref("db", "default", &s);
     assert!(
         r.be.mount(v).is_err(),
         "another host's volume is not mounted here"
     );
-    assert!(
-        r.ec2.peek(&id).unwrap().attachment_to(ME).is_none(),
-        "nor attached here"
-    );
     r.be.remove(v).unwrap();
-    let left = r.ec2.peek(&id).expect("another host's volume is kept");
-    assert_eq!(left.tags[tags::HOST], "i-0other");
+    assert_kept_for_the_other_host(&r, &id);
 }
