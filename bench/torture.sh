@@ -74,11 +74,11 @@ make_tree
 killed=0
 finished=0
 t0=$(date +%s)
-# The kill lands at a uniform moment within a run's length: WINDOW_MS, at
+# The kill lands at a uniform moment within a run's length: window_ms, at
 # first 2.5 s (the first copy of the tree takes longer: it is cut early and
 # resumed), then the length of the last run that finished before its kill.
-# A fixed window let most incremental runs (~0.1-0.3 s at 256 MB on an idle
-# machine) finish first: 25 kills in 200 runs.
+# A fixed 20 ms-2.5 s window let most incremental runs (~0.1-0.7 s at 256 MB
+# here) finish first: 25 kills in 200 runs.
 window_ms=2500
 # Every other run crashes at a journal write instead (mover/src/failpoint.rs,
 # in builds with the `testing` feature such as the test build): right after

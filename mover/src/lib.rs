@@ -64,10 +64,11 @@ pub(crate) mod source;
 pub(crate) mod sync;
 // Fuzz harnesses and seed inputs for `fuzz/` and the corpus replay test.
 #[cfg(feature = "testing")]
-mod failpoint;
-#[cfg(feature = "testing")]
 #[doc(hidden)]
 pub mod fuzzing;
+// Crash points for the crash torture (`DAFFE_FAILPOINT`).
+#[cfg(feature = "testing")]
+mod failpoint;
 #[cfg_attr(feature = "testing", allow(missing_docs))]
 pub(crate) mod journal;
 #[cfg_attr(feature = "testing", allow(missing_docs))]

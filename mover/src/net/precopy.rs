@@ -77,7 +77,8 @@ pub struct PreCopyRound {
     /// Bytes the source changed under the round: sent again next round.
     pub bytes_dirty: u64,
     /// Chunk bytes the link carried before compression: a chunk sent as a
-    /// patch of the destination's older bytes counts the patch
+    /// patch of the destination's older bytes counts the patch; chunks the
+    /// receiver dropped as changed under the round count too
     /// ([`RoundPushReport::carried`]).
     pub bytes_carried: u64,
     /// Entries with such bytes.

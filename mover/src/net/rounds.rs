@@ -235,7 +235,10 @@ pub struct RoundPushReport {
     /// Chunk bytes the link carried before compression, all attempts: a
     /// chunk sent as a patch counts the patch, not the chunk
     /// ([`ServeEvent::ChunkSent`]). What the round moved, beside
-    /// `summary.bytes_fetched`, the chunks it rebuilt.
+    /// `summary.bytes_fetched`, the chunks it rebuilt: it also counts what
+    /// the receiver dropped (chunks the source changed between scan and
+    /// send, `summary.bytes_dirty`; a patch that did not rebuild, sent
+    /// again whole).
     pub carried: u64,
 }
 

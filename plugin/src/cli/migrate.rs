@@ -250,7 +250,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             Event::RoundEnd(r) => say(
                 &bar,
                 format!(
-                    "round {} ({}): {} bytes changed ({} carried, patches of pages counted as sent), {} on the wire, scan {} ms ({} bytes read), transfer {} ms{}{}",
+                    "round {} ({}): {} bytes changed ({} carried before compression), {} on the wire, scan {} ms ({} bytes read), transfer {} ms{}{}",
                     r.round,
                     if r.final_round { "final" } else { "pre-copy" },
                     r.bytes,

@@ -59,10 +59,11 @@ pub(crate) struct RoundReport {
     /// previous round's scan (what was dirtied, 4 KiB pages, before any
     /// rounding to chunks); 0 when the image was read whole.
     pub(crate) bytes_tracked: u64,
-    /// What the link carried of `bytes` before compression: a chunk sent as
-    /// a patch of the destination's older bytes (pages rewritten in place)
-    /// counts the patch, not the chunk. Against `bytes_tracked`, what a
-    /// round moved for what was written.
+    /// What the link carried before compression: a chunk sent as a patch of
+    /// the destination's older bytes (pages rewritten in place) counts the
+    /// patch, not the chunk; chunks dropped as changed under the round
+    /// (`bytes_dirty`) count too. Against `bytes_tracked`, what a round
+    /// moved for what was written.
     pub(crate) bytes_carried: u64,
     /// Data the destination wrote.
     pub(crate) bytes_written: u64,
