@@ -520,8 +520,14 @@ impl<M: StoredManifest> Planner<'_, '_, M> {
         let single = same.is_some_and(|o| o.single);
         // A file rewritten in place (same size: a database's pages) is
         // patched however much of it changed by chunk: its chunks then go
-        // as the 4 KiB pages that differ (`super::pages`), not whole.
-        if device.is_some() || (single && (changed * 2 < e.size.max(1) || size_same)) {
+        // as the 4 KiB pages that differ (`super::pages`), not whole. So is
+        // one that also grew: a table under updates gets new pages at its
+        // end while its old ones are rewritten, and most of its chunks
+        // change in a pre-copy round (staged, they all went whole: issue
+        // 11, PostgreSQL on a dir volume). Only a file that shrank and
+        // changed mostly is staged anew.
+        let grew_or_same = same.is_some_and(|o| o.entry.size <= e.size);
+        if device.is_some() || (single && (changed * 2 < e.size.max(1) || grew_or_same)) {
             let old_at = same.map(|o| o.pos);
             let old_size = same.filter(|_| old_usable).map(|o| o.entry.size);
             let written = self.patch(d, old_at, old_size)?;
