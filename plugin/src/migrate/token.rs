@@ -40,16 +40,13 @@ pub(crate) enum TokenError {
 /// Makes a new token for the receive whose state is in `state_dir` (which
 /// replaces any earlier run's) and returns it.
 pub(crate) fn issue(state_dir: &Path) -> Result<String, TokenError> {
-    let io = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| TokenError::Io { path, source }
-    };
-    fs::create_dir_all(state_dir).map_err(io(state_dir))?;
     let bytes: [u8; TOKEN_BYTES] = rand::random();
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     // A crash leaves the old token or the new one, never half a token.
     let path = state_dir.join(TOKEN_FILE);
-    crate::durable::replace(&path, token.as_bytes(), 0o600).map_err(io(&path))?;
+    // `replace` makes the state dir when it is missing.
+    crate::durable::replace(&path, token.as_bytes(), 0o600)
+        .map_err(|source| TokenError::Io { path, source })?;
     Ok(token)
 }
 
