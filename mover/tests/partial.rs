@@ -167,3 +167,32 @@ fn a_first_round_under_writes_keeps_what_it_moved() {
     );
     common::assert_same_tree(&src, dest.path());
 }
+
+#[test]
+fn a_staged_range_the_source_outran_keeps_the_bytes_that_arrived() {
+    // What arrived for a dirty range is the source's newer version of it:
+    // a staged file keeps that, not zeros, so the next round patches
+    // against bytes a page behind instead of sending the range whole.
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a.db"), common::bytes(4 << 20, 1)).unwrap();
+    let dest = Destination::Tree(d.path().join("dst"));
+    let state = d.path().join("state");
+    let mut s = scan(&Source::Tree(src.clone()), &d.path().join("cache"));
+    page_write(&src.join("a.db"), 1 << 20, 9);
+    let st = round(&dest, &state, &mut s, true).unwrap();
+    assert!(st.chunks_dirty >= 1, "{st:?}");
+    // Nothing changed after the fetch: the destination is the source's
+    // file, the page written after the scan included.
+    let (got, want) = (
+        std::fs::read(dest.path().join("a.db")).unwrap(),
+        std::fs::read(src.join("a.db")).unwrap(),
+    );
+    let page = (1 << 20)..(1 << 20) + 4096;
+    assert!(
+        got[page.clone()] == want[page],
+        "the dirty page arrived and stayed"
+    );
+    assert!(got == want, "the whole file is the source's");
+}

@@ -464,7 +464,7 @@ impl Agent {
                         );
                         return Ok(());
                     };
-                    let mut source = NetSource::new(conn);
+                    let mut source = NetSource::new(conn).with_precopy(!req.final_round);
                     match self.handler.round(peer, &req, &mut source) {
                         Ok(summary) => conn.send(&Message::RoundDone(summary))?,
                         Err(e) => {

@@ -116,6 +116,8 @@ enum ManifestSink<'o> {
 pub struct NetSource<'c> {
     conn: &'c mut Conn<BoxStream>,
     max_manifest: u64,
+    /// A pre-copy round ([`NetSource::with_precopy`]).
+    precopy: bool,
     buf: Vec<u8>,
     /// Chunk payload received (after decompression).
     pub bytes_fetched: u64,
@@ -135,6 +137,7 @@ impl<'c> NetSource<'c> {
         NetSource {
             conn,
             max_manifest: DEFAULT_MAX_MANIFEST,
+            precopy: false,
             buf: Vec::new(),
             bytes_fetched: 0,
         }
@@ -143,6 +146,18 @@ impl<'c> NetSource<'c> {
     /// Caps the manifest the peer may send, in bytes (default: 1 GiB).
     pub fn with_max_manifest(mut self, max: u64) -> Self {
         self.max_manifest = max;
+        self
+    }
+
+    /// A pre-copy round: a patch that applies but rebuilds other bytes than
+    /// its want's id is the source's newer version of the range (it changed
+    /// since its scan), handed to the sink as it is, which keeps or drops
+    /// it as a changed chunk. Fetching it again whole, as an exact round
+    /// does (there a mismatch can only be a stale base or a block-sum
+    /// collision), would carry the range twice for the same changed bytes.
+    #[must_use]
+    pub fn with_precopy(mut self, precopy: bool) -> Self {
+        self.precopy = precopy;
         self
     }
 
@@ -368,7 +383,7 @@ impl<'c> NetSource<'c> {
                                         &mut buf,
                                     )
                                     .is_ok()
-                                        && ChunkId::of(&buf).0 == want.id
+                                        && (self.precopy || ChunkId::of(&buf).0 == want.id)
                                 })
                         }
                         None => self
@@ -508,6 +523,45 @@ mod tests {
         assert_eq!((got[0].0, got[1].0), (1, 0));
         assert_eq!(new0.0, wants[0].id);
         drop(t.join().unwrap());
+    }
+
+    #[test]
+    fn in_a_precopy_round_a_patch_that_rebuilds_other_bytes_is_not_fetched_again() {
+        // The source changed the range since its scan: the patch carries its
+        // newer version, which goes to the sink (to keep or drop as changed)
+        // instead of crossing the link a second time whole.
+        let (mut rx, mut tx) = pair();
+        let old = vec![7u8; 3 * patch::BLOCK];
+        let mut scanned = old.clone();
+        scanned[5000] = 1;
+        let mut newer = scanned.clone();
+        newer[9000] = 2;
+        let wants = [want(&scanned)];
+        let sent = newer.clone();
+        let t = std::thread::spawn(move || {
+            let Message::FetchPatched(pw) = tx.recv().unwrap() else {
+                panic!("expected FetchPatched")
+            };
+            let mut p = Vec::new();
+            assert!(patch::encode(&sent, 0, &pw[0].sums, &mut p));
+            tx.send_patch(0, &p).unwrap();
+            tx.send(&Message::FetchEnd).unwrap();
+            // A second fetch would be the next message; the receiver
+            // hanging up is what must come. Hang up either way.
+            tx.recv().map(|m| m.name())
+        });
+        let mut src = NetSource::new(&mut rx).with_precopy(true);
+        let mut got = Vec::new();
+        src.fetch_patched(&wants, &[Some(old)], &mut |i, d| {
+            got.push((i, d.to_vec()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, vec![(0, newer)], "the rebuilt newer bytes, once");
+        // Nothing more was asked: the sender's end sees the receiver hang up.
+        drop(rx);
+        let next = t.join().unwrap();
+        assert!(next.is_err(), "no second fetch: {next:?}");
     }
 
     #[test]
