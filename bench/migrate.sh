@@ -289,6 +289,7 @@ PG_BLOCK_SIZE=${PG_BLOCK_SIZE:-4G}
 PG_STRICT=${PG_STRICT:-1}
 PG_HOOK=${PG_HOOK:-1}
 PG_READ_LIMIT=${PG_READ_LIMIT:-}
+PG_FIRST_READ_LIMIT=${PG_FIRST_READ_LIMIT:-}
 PG_PRIORITY=${PG_PRIORITY:-}
 start_hosts
 plug() { # SOCKET ENDPOINT JSON: one VolumeDriver call, as dockerd makes it
@@ -349,6 +350,8 @@ pgcase() { # PROFILE RATE STRICT(0|1)
   # PG_READ_LIMIT=20M: cap daffe's pre-copy reads (issue 11: when pgbench's
   # latency during pre-copy rises by more than 20%).
   [ -n "$PG_READ_LIMIT" ] && extra+=(--read-limit "$PG_READ_LIMIT")
+  # PG_FIRST_READ_LIMIT=20M: the same cap on the first (bulk) round only.
+  [ -n "$PG_FIRST_READ_LIMIT" ] && extra+=(--first-round-read-limit "$PG_FIRST_READ_LIMIT")
   # PG_PRIORITY=normal: pre-copy at normal CPU/I/O priority on host A
   # (default low: nice 19, idle I/O class; issue 11, pgbench's latency).
   [ -n "$PG_PRIORITY" ] && extra+=(--precopy-priority "$PG_PRIORITY")

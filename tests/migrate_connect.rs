@@ -100,3 +100,20 @@ fn a_listener_that_never_answers_tls_fails_within_the_connect_timeout() {
     assert!(took < Duration::from_secs(8), "{took:?}: {err}");
     assert_eq!(p.inspect("vol")["status"]["state"], "ready");
 }
+
+#[test]
+fn a_bad_read_limit_fails_at_once_naming_its_flag() {
+    let (p, tls) = setup();
+    for flag in ["--read-limit", "--first-round-read-limit"] {
+        let (out, took) = migrate(&p, &tls, "127.0.0.1:1", &[flag, "fast"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(&format!("{flag}: ")), "{flag}: {err}");
+        assert!(
+            !err.contains("cannot reach"),
+            "checked before dialing: {err}"
+        );
+        assert!(took < Duration::from_secs(3), "{took:?}: {err}");
+    }
+    assert_eq!(p.inspect("vol")["status"]["state"], "ready");
+}

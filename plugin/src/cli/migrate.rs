@@ -16,7 +16,7 @@ use crate::metrics::report::RunReport;
 use crate::migrate::duration;
 use crate::migrate::hook::BeforeCutover;
 use crate::migrate::orchestrate::{
-    DEFAULT_MAX_ROUNDS, Event, MigrateOptions, RemoteAgent, migrate, read_limiter,
+    DEFAULT_MAX_ROUNDS, Event, MigrateOptions, ReadCaps, RemoteAgent, migrate, read_limiter,
 };
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -76,6 +76,14 @@ pub struct MigrateArgs {
     /// no cap.
     #[arg(long, value_name = "RATE")]
     pub(crate) read_limit: Option<String>,
+    /// Cap this process's reads during the first pre-copy round only, in
+    /// place of --read-limit there (same units). The first round reads the
+    /// whole volume, which is most of what a move costs the running
+    /// application; the rounds after it read only what changed and run at
+    /// --read-limit (default: uncapped), so pre-copy still catches up
+    /// with the writes. Default: no cap.
+    #[arg(long, value_name = "RATE")]
+    pub(crate) first_round_read_limit: Option<String>,
     /// CPU and I/O priority of pre-copy rounds on this host: `low` (nice
     /// 19 and the idle I/O class, so the application's own work goes
     /// first and pre-copy takes what is left) or `normal`. The final round
@@ -157,13 +165,20 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         Ok(t) => t,
         Err(e) => return super::fail(json, format!("{e} (see `daffe agent init`)")),
     };
-    let read_cap = match args.read_limit.as_deref().map(parse_rate).transpose() {
-        Ok(r) => r.filter(|&r| r > 0).map(|r| Arc::new(read_limiter(r))),
-        Err(e) => return super::fail(json, format!("--read-limit: {e}")),
+    let cap = |flag: &str, v: &Option<String>| match v.as_deref().map(parse_rate).transpose() {
+        Ok(r) => Ok(r.filter(|&r| r > 0).map(|r| Arc::new(read_limiter(r)))),
+        Err(e) => Err(format!("{flag}: {e}")),
+    };
+    let read_caps = match (
+        cap("--read-limit", &args.read_limit),
+        cap("--first-round-read-limit", &args.first_round_read_limit),
+    ) {
+        (Ok(all), Ok(first)) => ReadCaps { all, first },
+        (Err(e), _) | (_, Err(e)) => return super::fail(json, e),
     };
     let daemon = ControlClient::new(&args.control_socket);
     let mut dest = RemoteAgent {
-        read_cap,
+        read_caps,
         background: args.precopy_priority == PrecopyPriority::Low,
         pusher: RoundPusher::new(
             to.clone(),

@@ -9,7 +9,7 @@ use super::two_hosts::{Mover, MoverError};
 use crate::cli::agent::{DEFAULT_TLS_DIR, PeerOptions};
 use crate::control::ControlClient;
 use crate::migrate::orchestrate::{
-    DEFAULT_MAX_ROUNDS, Event, MigrateOptions, RemoteAgent, migrate,
+    DEFAULT_MAX_ROUNDS, Event, MigrateOptions, ReadCaps, RemoteAgent, migrate,
 };
 use crate::migrate::report::Report;
 use mover::Source;
@@ -57,7 +57,7 @@ impl Mover for RealMover {
         })?;
         let daemon = ControlClient::new(&from.control);
         let mut dest = RemoteAgent {
-            read_cap: None,
+            read_caps: ReadCaps::default(),
             background: true,
             pusher: RoundPusher::new(
                 to.agent.clone(),

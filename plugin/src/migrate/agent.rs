@@ -9,7 +9,7 @@
 //! mover against its `Hello`: issue 12, finding 5), so one node can neither
 //! take over, feed, nor commit another's receive.
 
-use super::orchestrate::{self, MigrateOptions, RemoteAgent};
+use super::orchestrate::{self, MigrateOptions, ReadCaps, RemoteAgent};
 use super::token;
 use super::wire::{PeerReply, PeerRequest};
 use crate::clustering::handover::HandoverPlan;
@@ -78,7 +78,7 @@ impl AgentHandler {
             .map_err(daemon_error)?;
         let tls = tls::client_config(&out.files).map_err(|e| refused(e.to_string()))?;
         let mut dest = RemoteAgent {
-            read_cap: None,
+            read_caps: ReadCaps::default(),
             // A Mount waits for it, the application stopped: full speed.
             background: false,
             // The asker's agent must be the asker: its certificate names

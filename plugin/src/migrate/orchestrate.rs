@@ -191,9 +191,10 @@ pub(crate) trait DestHost {
 /// The real destination: a [`RoundPusher`] to an agent.
 pub(crate) struct RemoteAgent {
     pub(crate) pusher: RoundPusher,
-    /// `--read-limit`: charged by every read of a pre-copy round's scan and
-    /// chunk answers, never by the final round's.
-    pub(crate) read_cap: Option<Arc<RateLimiter>>,
+    /// `--read-limit` and `--first-round-read-limit`: charged by the reads
+    /// of pre-copy rounds' scans and chunk answers, never by the final
+    /// round's.
+    pub(crate) read_caps: ReadCaps,
     /// Pre-copy rounds run in the background (`--precopy-priority low`,
     /// the default; see `super::priority`); the final round never does.
     pub(crate) background: bool,
@@ -203,6 +204,32 @@ pub(crate) struct RemoteAgent {
 /// burst (the scan reads in pieces of at most a few MiB).
 pub(crate) fn read_limiter(rate: u64) -> RateLimiter {
     RateLimiter::new(rate, (rate / 4).max(1 << 20))
+}
+
+/// Which read cap a round runs under.
+#[derive(Clone, Default)]
+pub(crate) struct ReadCaps {
+    /// `--read-limit`: every pre-copy round.
+    pub(crate) all: Option<Arc<RateLimiter>>,
+    /// `--first-round-read-limit`: the first round instead. It reads the
+    /// whole volume (the bulk of what the move costs the application);
+    /// the rounds after it read only what changed, and a cap there slows
+    /// the convergence that bounds the downtime (BENCHMARKS.md: a 20M cap
+    /// on every round kept pgbench's latency, and cost 5.3 s of downtime).
+    pub(crate) first: Option<Arc<RateLimiter>>,
+}
+
+impl ReadCaps {
+    /// The cap for round `round` (1-based); none for the final round.
+    pub(crate) fn for_round(&self, round: u32, final_round: bool) -> Option<Arc<RateLimiter>> {
+        if final_round {
+            return None;
+        }
+        match (round, &self.first) {
+            (1, Some(first)) => Some(first.clone()),
+            _ => self.all.clone(),
+        }
+    }
 }
 
 impl DestHost for RemoteAgent {
@@ -233,11 +260,10 @@ impl DestHost for RemoteAgent {
         final_round: bool,
         progress: &mut dyn FnMut(u64),
     ) -> Result<RoundPushReport, RoundPushError> {
-        let _cap = if final_round {
-            None
-        } else {
-            self.read_cap.clone().map(mover::ReadCap::install)
-        };
+        let _cap = self
+            .read_caps
+            .for_round(round, final_round)
+            .map(mover::ReadCap::install);
         let _background =
             (self.background && !final_round).then(super::priority::Background::enter);
         self.pusher.push(round, final_round, &mut |ev| {

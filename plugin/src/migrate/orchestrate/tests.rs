@@ -641,3 +641,50 @@ fn moved_and_foreign_states_are_refused_before_anything_happens() {
     assert!(matches!(err, MigrateError::Busy { .. }), "{err}");
     assert!(dest.log.is_empty());
 }
+
+#[test]
+fn the_first_round_cap_replaces_the_cap_in_round_one_only_and_no_final_round_is_capped() {
+    let (all, first) = (
+        Arc::new(read_limiter(1 << 20)),
+        Arc::new(read_limiter(2 << 20)),
+    );
+    let name = |c: Option<Arc<RateLimiter>>| match c {
+        None => "none",
+        Some(c) if Arc::ptr_eq(&c, &all) => "all",
+        Some(c) if Arc::ptr_eq(&c, &first) => "first",
+        Some(_) => "other",
+    };
+    let both = ReadCaps {
+        all: Some(all.clone()),
+        first: Some(first.clone()),
+    };
+    let only_first = ReadCaps {
+        all: None,
+        first: Some(first.clone()),
+    };
+    let only_all = ReadCaps {
+        all: Some(all.clone()),
+        first: None,
+    };
+    // (caps, round, final round, expected)
+    let cases = [
+        (&both, 1, false, "first"),
+        (&both, 2, false, "all"),
+        (&both, 7, false, "all"),
+        (&both, 1, true, "none"),
+        (&both, 3, true, "none"),
+        (&only_first, 1, false, "first"),
+        (&only_first, 2, false, "none"),
+        (&only_all, 1, false, "all"),
+        (&only_all, 2, false, "all"),
+        (&only_all, 2, true, "none"),
+        (&ReadCaps::default(), 1, false, "none"),
+    ];
+    for (caps, round, fin, want) in cases {
+        assert_eq!(
+            name(caps.for_round(round, fin)),
+            want,
+            "round {round}, final {fin}"
+        );
+    }
+}
