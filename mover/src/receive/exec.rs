@@ -362,7 +362,7 @@ impl<'a> Executor<'a> {
         &mut self,
         w: &Want,
         dests: &[Target],
-        arrived: Option<&[u8]>,
+        arrived: Option<(&[u8], ChunkId)>,
     ) -> Result<(), ReceiveError> {
         if !self.opts.precopy {
             return Err(ReceiveError::Stale {
@@ -374,16 +374,15 @@ impl<'a> Executor<'a> {
         self.local.index.remove(&w.id);
         self.stats.chunks_dirty += 1;
         self.stats.bytes_dirty += u64::from(w.len);
-        // Hashed here, by us: the id names what the destination will hold
-        // whatever the peer meant it to be (the final round is exact).
-        let kept = arrived.map(|d| (d, ChunkId::of(d)));
+        // `arrived`'s id was hashed by us: it names what the destination
+        // will hold whatever the peer meant (the final round is exact).
         for t in dests {
             match *t {
                 Target::Stage { entry, offset } => {
                     // Without arrived bytes: zeros, written (not left a
                     // hole) so that a resumed attempt's bytes cannot linger.
                     let zeros;
-                    let (bytes, holds) = match kept {
+                    let (bytes, holds) = match arrived {
                         Some(k) => k,
                         None => {
                             zeros = vec![0u8; w.len as usize];
@@ -452,8 +451,10 @@ impl<'a> Executor<'a> {
         let r = {
             let mut sink = |k: usize, data: &[u8]| -> Result<(), SinkError> {
                 let w = &wants[k];
-                if data.len() != w.len as usize || ChunkId::of(data) != w.id {
-                    let kept = (data.len() == w.len as usize).then_some(data);
+                // Hashed once: a mismatch keeps these bytes under this id.
+                let id = (data.len() == w.len as usize).then(|| ChunkId::of(data));
+                if id != Some(w.id) {
+                    let kept = id.map(|id| (data, id));
                     if let Err(e) = self.mismatch(w, &dests[k], kept) {
                         failure = Some(e);
                         return Err("chunk does not match its id".into());
