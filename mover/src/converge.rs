@@ -325,9 +325,10 @@ pub fn estimate_after_hook(rounds: &[RoundMeasure], t: &Targets, steady_rate: f6
     if flush < LINK_SAMPLE_MIN_BYTES.max(last.bytes_moved / 10) {
         return steady;
     }
+    let fixed = FINAL_FIXED.as_secs_f64();
     let best = rounds
         .iter()
-        .filter_map(apply_rate)
+        .filter_map(|r| net_rate(r, fixed))
         .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
     let Some(rate) = best.or((steady.link_rate > 0.0).then_some(steady.link_rate)) else {
         return steady;
@@ -335,10 +336,44 @@ pub fn estimate_after_hook(rounds: &[RoundMeasure], t: &Targets, steady_rate: f6
     let final_bytes = flush.max(steady.final_bytes);
     Estimate {
         final_bytes,
-        downtime: last.scan
-            + Duration::from_secs_f64(final_bytes as f64 / (rate * FINAL_ROUND_SPEEDUP)),
+        downtime: final_scan(rounds)
+            + Duration::from_secs_f64(fixed + final_bytes as f64 / (rate * FINAL_ROUND_SPEEDUP)),
         ..steady
     }
+}
+
+/// The fixed cost of a final round after a hook, and of the rounds it is
+/// compared with: connection, manifest, the receiver's plan over the whole
+/// manifest, syncs and commit. A constant, measured, not derived from the
+/// rounds: after a hook the rounds are bound by applying pages (reading
+/// bases, patching, verifying), and neither their residue beyond the link's
+/// rate ([`fixed_cost`]: 0.5 s in the stop-29 runs, where whole final
+/// rounds of 51-55 MB took 0.5-0.6 s; ~0 at rate 250, where the first
+/// round's wire rate was the scan's, not the link's) nor any other split of
+/// their time tells it apart. Over the PostgreSQL sweeps of
+/// `converge/tests.rs` (stops 26 and 29, pgbench scale 30, ~16,500 chunks)
+/// a term of 0.15-0.25 s put every case within 0.7-1.3 of its downtime;
+/// without one, final rounds of 25-30 MB came out at 0.5 (their ~0.45 s of
+/// downtime is mostly this).
+pub const FINAL_FIXED: Duration = Duration::from_millis(200);
+
+/// Payload bytes per second a round moved beyond `fixed` seconds of fixed
+/// cost: the pace of its bytes alone. None for a round too small to say.
+fn net_rate(r: &RoundMeasure, fixed: f64) -> Option<f64> {
+    let t = (r.transfer.as_secs_f64() - fixed).max(r.transfer.as_secs_f64() / 2.0);
+    apply_rate(r).map(|_| r.bytes_moved as f64 / t)
+}
+
+/// How long the final round's scan is expected to take: the shortest scan
+/// of the rounds after the first (the first walks a cold volume), not the
+/// last round's. The final scan runs with the app stopped; the hook's
+/// round scans beside the checkpoint it caused, the slowest of all
+/// (PostgreSQL unthrottled on default, stop-29 sweep: 1575 ms for the hook
+/// round's scan, 354 ms for the final round's; the shortest later scan was
+/// 129 ms).
+fn final_scan(rounds: &[RoundMeasure]) -> Duration {
+    let later = rounds.get(1..).filter(|l| !l.is_empty()).unwrap_or(rounds);
+    later.iter().map(|r| r.scan).min().unwrap_or_default()
 }
 
 /// The estimate after a catch-up round (the last of `rounds`; the hook ran
@@ -361,14 +396,14 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
     let flush = (last.bytes_moved as f64 - steady_rate * prev_s).max(0.0);
     let shutdown = flush / prev_s * last.wall.as_secs_f64();
     let final_bytes = steady.final_bytes as f64 + shutdown;
-    let Some(rate) = apply_rate(last).or((steady.link_rate > 0.0).then_some(steady.link_rate))
+    let fixed = FINAL_FIXED.as_secs_f64();
+    let Some(rate) = net_rate(last, fixed).or((steady.link_rate > 0.0).then_some(steady.link_rate))
     else {
         return steady;
     };
-    let fixed = fixed_cost(rounds, steady.link_rate, steady.wire_ratio);
     Estimate {
         final_bytes: f64_to_u64(final_bytes.round()),
-        downtime: last.scan
+        downtime: final_scan(rounds)
             + Duration::from_secs_f64(fixed + final_bytes / (rate * FINAL_ROUND_SPEEDUP)),
         ..steady
     }
