@@ -57,7 +57,7 @@ fn run(args: &[String]) {
                 let cpu0 = thread_cpu();
                 // The scanner's own chunk loop (`chunk_segment`), over one
                 // segment spanning the whole buffer.
-                let chunks = chunk_segment(&chunker, &data, 0, true);
+                let chunks = chunk_segment(&chunker, &data, 0, true, u64::MAX);
                 let n = chunks.len();
                 let x = chunks.iter().fold(0u8, |x, c| x ^ c.id.0[0]);
                 let secs = t.elapsed().as_secs_f64();

@@ -30,10 +30,12 @@ use super::options::{LAST_MANIFEST, LAST_STAT, Scan, ScanError, ScanOptions, Sca
 /// resync overhead at segment starts (a few chunks) is noise, small enough
 /// that two workers' buffers stay a few tens of MiB.
 const SEGMENT: u64 = 16 << 20;
-/// Extra bytes a worker chunks past its segment end, in class maxima, so its
-/// cut sequence meets the next segment's (they almost always meet within a
-/// few chunks; when not, the joiner chunks the gap itself).
-const LOOKAHEAD_MAXES: u64 = 4;
+/// Extra bytes a worker reads past its segment end, in class maxima: enough
+/// to finish the chunk that straddles the end and the one after it, the
+/// last it keeps (`chunk_segment`). The next segment's list almost always
+/// has a cut where one of them ends; when not, the joiner chunks the gap
+/// itself.
+const LOOKAHEAD_MAXES: u64 = 2;
 /// Bytes per read syscall. Far below a segment on purpose: on a cold page
 /// cache, `dd` here spends 1.2 s of system time reading 1 GiB in 16 MiB
 /// blocks and 0.14 s in 128 KiB ones (small sequential reads ride the
@@ -52,6 +54,9 @@ struct Job {
     part: usize,
     file: Arc<File>,
     seg: u64,
+    /// The segment's end: chunks starting from here on are the next
+    /// segment's.
+    seg_end: u64,
     read_end: u64,
     ext_end: u64,
     class: ChunkClass,
@@ -135,7 +140,8 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
                 }]
             }
         } else {
-            chunk_segment(&j.class.chunker(), &buf[..got], j.seg, at_end)
+            let keep = if at_end { u64::MAX } else { j.seg_end };
+            chunk_segment(&j.class.chunker(), &buf[..got], j.seg, at_end, keep)
         };
         if results
             .send(JobResult {
@@ -409,6 +415,7 @@ impl Scanner {
                             part: parts.len(),
                             file: file.clone(),
                             seg,
+                            seg_end,
                             read_end,
                             ext_end: e,
                             class,
@@ -747,7 +754,7 @@ impl Scanner {
                 // Short: it shrank under the scan, which re-stats it after
                 // (racy: read whole next round); what was read is kept.
                 let at_end = got < want || at + want as u64 == e;
-                let chunks = chunk_segment(&chunker, &buf[..got], at, at_end);
+                let chunks = chunk_segment(&chunker, &buf[..got], at, at_end, u64::MAX);
                 if chunks.is_empty() {
                     break;
                 }
