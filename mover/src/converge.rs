@@ -296,9 +296,10 @@ fn fixed_cost(rounds: &[RoundMeasure], link: f64, ratio: f64) -> f64 {
 /// command that writes a file) makes this an overestimate by at most its
 /// size, on the side strict mode can afford.
 ///
-/// Those bytes are converted to time at the best rate any round moved its
-/// own payload ([`apply_rate`]), sped up by [`FINAL_ROUND_SPEEDUP`], not
-/// at the link's: a flush is pages scattered over the data files, and a
+/// Those bytes are converted to time at the best pace any round moved its
+/// own payload beyond [`FINAL_FIXED`] (`net_rate`), sped up by
+/// [`FINAL_ROUND_SPEEDUP`], not at the link's, after the shortest later
+/// scan (`final_scan`) and that fixed cost: a flush is pages scattered over the data files, and a
 /// round of them costs reading the bases, patching and verifying at both
 /// ends far more than carrying the few bytes that differ (the PostgreSQL
 /// runs: 3-8 MB on the wire for 54-96 MB of changed chunks). The link
@@ -358,10 +359,14 @@ pub fn estimate_after_hook(rounds: &[RoundMeasure], t: &Targets, steady_rate: f6
 pub const FINAL_FIXED: Duration = Duration::from_millis(200);
 
 /// Payload bytes per second a round moved beyond `fixed` seconds of fixed
-/// cost: the pace of its bytes alone. None for a round too small to say.
+/// cost: the pace of its bytes alone. None for a round too small to say,
+/// or too short: one whose transfer is mostly the fixed cost would give its
+/// bytes any pace at all.
 fn net_rate(r: &RoundMeasure, fixed: f64) -> Option<f64> {
-    let t = (r.transfer.as_secs_f64() - fixed).max(r.transfer.as_secs_f64() / 2.0);
-    apply_rate(r).map(|_| r.bytes_moved as f64 / t)
+    let t = r.transfer.as_secs_f64();
+    apply_rate(r)
+        .filter(|_| t >= 2.0 * fixed)
+        .map(|_| r.bytes_moved as f64 / (t - fixed))
 }
 
 /// How long the final round's scan is expected to take: the shortest scan
@@ -382,8 +387,12 @@ fn final_scan(rounds: &[RoundMeasure]) -> Duration {
 /// carried the hook's flush of what the app's buffers took in meanwhile: a
 /// rate of buffer dirtying. Over the last round's own time, that is what the
 /// app flushes at shutdown, and the final round carries it with the files'
-/// steady writes, at the pace the last round moved its payload (sped up:
-/// the app has stopped), after the fixed cost of a round. Not the hook
+/// steady writes, at the pace the last round moved its payload beyond
+/// [`FINAL_FIXED`] (sped up: the app has stopped), after the shortest
+/// later scan and that fixed cost. (The rounds' residue beyond the link's
+/// rate as the fixed cost, on top of the last round's whole pace, counted
+/// the apply time twice: 1.54x the downtime at rate 500 on default in the
+/// stop-29 sweep, `tests.rs`, `CATCH_UP`.) Not the hook
 /// round's model ([`estimate_after_hook`]: the whole flush again), which
 /// after a catch-up counts the buffers of the long hook round: 1.5-1.7x the
 /// actual downtime at PostgreSQL rates 250 and 500 (`tests.rs`, `CATCH_UP`).

@@ -352,7 +352,7 @@ fn the_flush_goes_at_the_best_rounds_rate_not_the_links() {
     let fixed = FINAL_FIXED.as_secs_f64();
     let best = rounds
         .iter()
-        .filter(|r| apply_rate(r).is_some())
+        .filter(|r| apply_rate(r).is_some() && r.transfer.as_secs_f64() >= 2.0 * fixed)
         .map(|r| r.bytes_moved as f64 / (r.transfer.as_secs_f64() - fixed))
         .fold(0.0, f64::max);
     let scan = rounds[1..].iter().map(|r| r.scan).min().unwrap();
