@@ -757,7 +757,8 @@ mod tests {
                 // lookahead let the worker cut.
                 let keep = if end == len || keep_all { u64::MAX } else { (s + seg) as u64 };
                 let list = chunk_segment(&chunker, &data[s..end], s as u64, end == len, keep);
-                prop_assert!(list.iter().all(|c| c.id == ChunkId::of(&data[c.offset as usize..c.end() as usize])));
+                let at = |o: u64| usize::try_from(o).unwrap();
+                prop_assert!(list.iter().all(|c| c.id == ChunkId::of(&data[at(c.offset)..at(c.end())])));
                 join.push(list, &mut serial_fn, &mut |c| { got.push(c); Ok(()) }).unwrap();
                 s += seg;
             }
