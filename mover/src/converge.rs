@@ -312,18 +312,8 @@ fn fixed_cost(rounds: &[RoundMeasure], link: f64, ratio: f64) -> f64 {
 /// rate's bytes, when more, go at that rate too: they are the same pages.
 pub fn estimate_after_hook(rounds: &[RoundMeasure], t: &Targets, steady_rate: f64) -> Estimate {
     let steady = estimate_at_rate(rounds, t, steady_rate);
-    let (flush, last) = match rounds {
-        [.., prev, last] => {
-            let expected = steady_rate * prev.wall.as_secs_f64();
-            (
-                f64_to_u64((last.bytes_moved as f64 - expected).max(0.0).round()),
-                last,
-            )
-        }
-        _ => return steady,
-    };
-    // No flush to speak of: the hook's round was an ordinary one.
-    if flush < LINK_SAMPLE_MIN_BYTES.max(last.bytes_moved / 10) {
+    let flush = hook_flush(rounds, steady_rate);
+    if flush == 0 {
         return steady;
     }
     let fixed = FINAL_FIXED.as_secs_f64();
@@ -340,6 +330,31 @@ pub fn estimate_after_hook(rounds: &[RoundMeasure], t: &Targets, steady_rate: f6
         downtime: final_scan(rounds)
             + Duration::from_secs_f64(fixed + final_bytes as f64 / (rate * FINAL_ROUND_SPEEDUP)),
         ..steady
+    }
+}
+
+/// What the hook's round (the last of `rounds`) carried beyond the app's
+/// steady writes since the previous scan: the hook's flush. 0 when that is
+/// too little to tell from an ordinary round.
+///
+/// It says how full the app's buffers were at the hook, not how fast they
+/// fill again before shutdown: at PostgreSQL rate 500 (stop-30 sweep) a
+/// 340 MB flush was followed by a final round of 118 MB, at rate 1000 a
+/// 372 MB flush by 244 MB, and unthrottled by as much again (443 MB). So
+/// pre-copy always takes one catch-up round after such a round when it
+/// would be shorter ([`catch_up_shrinks`]), which measures the refill
+/// ([`estimate_after_catch_up`]), and [`estimate_after_hook`] (the flush
+/// again) stays for when it would not.
+pub fn hook_flush(rounds: &[RoundMeasure], steady_rate: f64) -> u64 {
+    let [.., prev, last] = rounds else {
+        return 0;
+    };
+    let expected = steady_rate * prev.wall.as_secs_f64();
+    let flush = f64_to_u64((last.bytes_moved as f64 - expected).max(0.0).round());
+    if flush < LINK_SAMPLE_MIN_BYTES.max(last.bytes_moved / 10) {
+        0
+    } else {
+        flush
     }
 }
 

@@ -621,6 +621,58 @@ const CATCH_UP: &[CatchUpCase] = &[
         51_256_616,
         578,
     ),
+    // Stop 30 sweep (release build, idle machine; BENCHMARKS.md "Issue 11,
+    // stop 30").
+    (
+        "s30 gold-1000",
+        &[
+            (746_498_205, 78_988_855, 608, 7711),
+            (182_269_225, 8_191_139, 283, 2375),
+            (120_598_542, 4_741_476, 91, 1296),
+            (373_683_928, 14_631_163, 196, 3516),
+            (248_469_851, 12_544_555, 226, 2350),
+        ],
+        42_920_548.0,
+        158_882_448,
+        1195,
+    ),
+    (
+        "s30 gold-500",
+        &[
+            (772_740_706, 75_497_445, 701, 8658),
+            (92_272_762, 5_662_031, 162, 1232),
+            (360_294_227, 13_905_368, 181, 2724),
+            (130_738_239, 6_817_538, 111, 1304),
+        ],
+        9_818_670.0,
+        64_427_398,
+        729,
+    ),
+    (
+        "s30 gold-max-strict",
+        &[
+            (715_119_501, 85_167_131, 831, 8568),
+            (196_012_971, 7_057_664, 234, 2214),
+            (91_416_042, 3_421_404, 123, 1017),
+            (366_034_277, 14_279_376, 235, 3076),
+            (215_869_982, 9_754_935, 117, 1931),
+        ],
+        34_449_406.0,
+        177_789_416,
+        1267,
+    ),
+    (
+        "s30 gold-max",
+        &[
+            (726_062_182, 84_379_249, 804, 8460),
+            (197_169_934, 7_365_188, 247, 1593),
+            (381_870_676, 15_312_823, 249, 2998),
+            (222_467_941, 10_094_169, 157, 2302),
+        ],
+        20_656_569.0,
+        168_490_537,
+        1172,
+    ),
 ];
 
 /// Checks `estimate` on each sweep case against its measured final round:
@@ -770,7 +822,82 @@ const HOOK: &[CatchUpCase] = &[
         459_018_978,
         3695,
     ),
+    // Stop 30 sweep (release build, idle machine; BENCHMARKS.md "Issue 11,
+    // stop 30").
+    (
+        "s30 default-max",
+        &[
+            (726_648_952, 73_578_257, 988, 9253),
+            (260_388_493, 8_578_101, 196, 2499),
+            (164_187_810, 5_920_187, 175, 1916),
+            (136_951_735, 5_077_103, 205, 1274),
+            (427_905_648, 21_573_128, 544, 5924),
+        ],
+        63_420_458.0,
+        443_174_232,
+        3146,
+    ),
 ];
+
+/// Stop-30 runs whose hook round carried a flush and had no catch-up round
+/// after it: their estimates fit the target, and catch-up rounds were then
+/// taken only over it. The flush-again estimate was 1.85 and 1.22 of the
+/// downtime (final rounds of a third and two thirds of the flush). A
+/// catch-up round is now taken after such a round whenever it shrinks, so
+/// their last pre-copy round would have been a catch-up round.
+const HOOK_FLUSH_UNDER_TARGET: &[CatchUpCase] = &[
+    (
+        "s30 default-500",
+        &[
+            (859_963_712, 67_661_640, 807, 6451),
+            (121_159_194, 3_158_147, 91, 838),
+            (355_888_622, 12_687_231, 352, 2924),
+        ],
+        16_605_374.0,
+        118_142_345,
+        904,
+    ),
+    (
+        "s30 default-1000",
+        &[
+            (781_050_773, 69_145_185, 621, 6696),
+            (200_795_832, 5_474_946, 159, 1271),
+            (410_780_327, 17_203_670, 374, 3259),
+        ],
+        27_325_930.0,
+        243_676_250,
+        1550,
+    ),
+];
+
+#[test]
+fn a_hook_round_with_a_flush_is_followed_by_a_catch_up_round_that_shrinks() {
+    let rounds = |rows: &[(u64, u64, u64, u64)]| -> Vec<RoundMeasure> {
+        rows.iter()
+            .map(|&(moved, wire, scan, transfer)| RoundMeasure {
+                bytes_moved: moved,
+                bytes_dirty: 0,
+                wire_bytes: wire,
+                scan: ms(scan),
+                transfer: ms(transfer),
+                wall: ms(scan + transfer),
+            })
+            .collect()
+    };
+    for (case, rows, steady, _, _) in HOOK_FLUSH_UNDER_TARGET {
+        let r = rounds(rows);
+        assert!(hook_flush(&r, *steady) > 100_000_000, "{case}");
+        assert!(catch_up_shrinks(r.last().unwrap(), *steady), "{case}");
+    }
+    // Unthrottled, another round would not be much shorter: the flush-again
+    // estimate stands (and was 0.91 of the downtime).
+    let (case, rows, steady, _, _) = HOOK.iter().find(|c| c.0 == "s30 default-max").unwrap();
+    let r = rounds(rows);
+    assert!(hook_flush(&r, *steady) > 100_000_000, "{case}");
+    assert!(!catch_up_shrinks(r.last().unwrap(), *steady), "{case}");
+    // An ordinary round after the hook carried none.
+    assert_eq!(hook_flush(&r[..r.len() - 1], *steady), 0, "{case}");
+}
 
 #[test]
 fn after_the_hook_round_the_estimate_is_within_half_of_the_measured_downtime() {

@@ -282,8 +282,14 @@ pub fn precopy(
                 };
                 // A catch-up round (the hook again, then a round): what the
                 // app dirtied while the last round ran goes now, not in the
-                // final round, when another round is much shorter.
-                catch_up = estimate.downtime > targets.max_downtime
+                // final round, when another round is much shorter. Always
+                // one after a hook round that carried a flush: that flush
+                // says how full the app's buffers were, not how fast they
+                // fill again, and only a second one measures it
+                // (`converge::hook_flush`).
+                let first_after_flush =
+                    catch_ups == 0 && converge::hook_flush(&measures, steady) > 0;
+                catch_up = (estimate.downtime > targets.max_downtime || first_after_flush)
                     && catch_ups < converge::MAX_CATCH_UP
                     && converge::catch_up_shrinks(&m, steady);
                 if targets.strict && estimate.downtime > targets.max_downtime {
@@ -440,24 +446,28 @@ mod tests {
     fn the_hooks_flush_is_not_taken_for_a_dirty_rate_but_expected_once_more() {
         // Round 2 fits; the hook flushes 8 MB, which round 3 carries: not
         // 8 MB per round interval from now on, but once more at shutdown
-        // (what a database's buffers hold again by then).
+        // (what a database's buffers hold again by then) as far as round 3
+        // can tell. A catch-up round (4) then measures the refill: nothing
+        // moved, so the final estimate drops back.
         let mut t = Scripted {
             sizes: vec![2_000_000, 10_000, 8_000_000],
             log: Vec::new(),
         };
         let mut hook_log = Vec::new();
         let r = precopy(&mut t, &targets(2000, true), 1, &mut Hook(&mut hook_log)).unwrap();
-        assert!(r.hook_ran && r.rounds[2].after_hook);
+        assert!(r.hook_ran && r.rounds[2].after_hook && r.rounds[3].after_hook);
+        assert_eq!(hook_log.len(), 2);
         let before = r.rounds[1].estimate;
+        let hook = r.rounds[2].estimate;
         assert!(!r.outpaced, "{:?}", r.estimate);
-        assert_eq!(r.estimate.dirty_rate, before.dirty_rate);
+        assert_eq!(hook.dirty_rate, before.dirty_rate);
         assert!(
-            (7_000_000..=8_000_000).contains(&r.estimate.final_bytes),
-            "{:?}",
-            r.estimate
+            (7_000_000..=8_000_000).contains(&hook.final_bytes),
+            "{hook:?}"
         );
-        assert!(r.estimate.downtime > before.downtime, "{:?}", r.estimate);
-        assert_eq!(r.rounds[2].estimate, r.estimate);
+        assert!(hook.downtime > before.downtime, "{hook:?}");
+        assert!(r.estimate.final_bytes < 1_000_000, "{:?}", r.estimate);
+        assert_eq!(r.rounds[3].estimate, r.estimate);
     }
 
     #[test]
@@ -498,6 +508,24 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+
+    #[test]
+    fn a_flush_under_the_target_still_gets_one_catch_up_round() {
+        // Round 3 (after the hook) carries a 20 MB flush; its estimate is
+        // far under a 60 s target. One catch-up round measures how fast the
+        // app's buffers fill again (the hook once more, round 4); round 4
+        // is ordinary, so no second one.
+        let mut t = Scripted {
+            sizes: vec![2_000_000, 10_000, 20_000_000, 10_000, 1_000],
+            log: Vec::new(),
+        };
+        let mut hook_log = Vec::new();
+        let r = precopy(&mut t, &targets(60_000, false), 1, &mut Hook(&mut hook_log)).unwrap();
+        assert_eq!(hook_log, ["hook"; 2], "before round 3 and the catch-up");
+        assert_eq!(t.log.len(), 4, "{:?}", t.log);
+        assert_eq!(r.next_round, 5);
+        assert!(r.estimate.downtime < Duration::from_secs(60), "{r:?}");
     }
 
     #[test]
