@@ -675,6 +675,21 @@ const CATCH_UP: &[CatchUpCase] = &[
     ),
 ];
 
+/// A sweep case's rounds as the model sees them.
+fn sweep_rounds(rows: &[(u64, u64, u64, u64)]) -> Vec<RoundMeasure> {
+    rows.iter()
+        .map(|&(moved, wire, scan, transfer)| RoundMeasure {
+            bytes_moved: moved,
+            bytes_dirty: 0,
+            wire_bytes: wire,
+            scan: ms(scan),
+            transfer: ms(transfer),
+            // The report has no gap between rounds: scan + transfer.
+            wall: ms(scan + transfer),
+        })
+        .collect()
+}
+
 /// Checks `estimate` on each sweep case against its measured final round:
 /// the bytes within `bytes_ok`, the downtime within half (issue 11's bar).
 /// The ratios, for the log.
@@ -686,18 +701,7 @@ fn check_sweep(
     let mut out = Vec::new();
     let mut bad = Vec::new();
     for (case, rows, steady, final_bytes, downtime_ms) in cases {
-        let rounds: Vec<RoundMeasure> = rows
-            .iter()
-            .map(|&(moved, wire, scan, transfer)| RoundMeasure {
-                bytes_moved: moved,
-                bytes_dirty: 0,
-                wire_bytes: wire,
-                scan: ms(scan),
-                transfer: ms(transfer),
-                // The report has no gap between rounds: scan + transfer.
-                wall: ms(scan + transfer),
-            })
-            .collect();
+        let rounds = sweep_rounds(rows);
         let t = Targets::new(Duration::from_secs(2), 10);
         let e = estimate(&rounds, &t, *steady);
         let bytes = e.final_bytes as f64 / *final_bytes as f64;
@@ -872,27 +876,15 @@ const HOOK_FLUSH_UNDER_TARGET: &[CatchUpCase] = &[
 
 #[test]
 fn a_hook_round_with_a_flush_is_followed_by_a_catch_up_round_that_shrinks() {
-    let rounds = |rows: &[(u64, u64, u64, u64)]| -> Vec<RoundMeasure> {
-        rows.iter()
-            .map(|&(moved, wire, scan, transfer)| RoundMeasure {
-                bytes_moved: moved,
-                bytes_dirty: 0,
-                wire_bytes: wire,
-                scan: ms(scan),
-                transfer: ms(transfer),
-                wall: ms(scan + transfer),
-            })
-            .collect()
-    };
     for (case, rows, steady, _, _) in HOOK_FLUSH_UNDER_TARGET {
-        let r = rounds(rows);
+        let r = sweep_rounds(rows);
         assert!(hook_flush(&r, *steady) > 100_000_000, "{case}");
         assert!(catch_up_shrinks(r.last().unwrap(), *steady), "{case}");
     }
     // Unthrottled, another round would not be much shorter: the flush-again
     // estimate stands (and was 0.91 of the downtime).
     let (case, rows, steady, _, _) = HOOK.iter().find(|c| c.0 == "s30 default-max").unwrap();
-    let r = rounds(rows);
+    let r = sweep_rounds(rows);
     assert!(hook_flush(&r, *steady) > 100_000_000, "{case}");
     assert!(!catch_up_shrinks(r.last().unwrap(), *steady), "{case}");
     // An ordinary round after the hook carried none.
