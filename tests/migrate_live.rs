@@ -152,9 +152,10 @@ fn the_before_cutover_hook_flushes_into_a_pre_copy_round() {
     assert!(hr["seconds"].as_f64().unwrap() > 0.0);
     assert!(hr["command"].as_str().unwrap().contains("/data/marker"));
     let rounds = report["rounds"].as_array().unwrap();
-    // One pre-copy round after the hook, or (a slow machine, where the
-    // estimate after it is over 2 s) catch-up rounds too, the hook again
-    // before each: every one of them before the final round.
+    // The pre-copy round after the hook, then (its 3 MiB are a flush) a
+    // catch-up round that runs the hook again, and on a slow machine (the
+    // estimate still over 2 s) one more: every one of them before the final
+    // round.
     let after: Vec<_> = rounds
         .iter()
         .filter(|r| r["after_hook"] == true && r["final_round"] == false)
