@@ -299,9 +299,10 @@ fn fixed_cost(rounds: &[RoundMeasure], link: f64, ratio: f64) -> f64 {
 /// Those bytes are converted to time at the best pace any round moved its
 /// own payload beyond [`FINAL_FIXED`] (`net_rate`), sped up by
 /// [`FINAL_ROUND_SPEEDUP`], not at the link's, after the shortest later
-/// scan (`final_scan`) and that fixed cost: a flush is pages scattered over the data files, and a
-/// round of them costs reading the bases, patching and verifying at both
-/// ends far more than carrying the few bytes that differ (the PostgreSQL
+/// scan (`final_scan`) and that fixed cost: a flush is pages scattered
+/// over the data files, and a round of them costs reading the bases,
+/// patching and verifying at both ends far more than carrying the few
+/// bytes that differ (the PostgreSQL
 /// runs: 3-8 MB on the wire for 54-96 MB of changed chunks). The link
 /// rate, measured over the first round's whole files, says nothing about
 /// that cost: on it the estimate was 1.4-2x the actual downtime. The best
