@@ -3,6 +3,7 @@
 # SIZE_MIB (default 128) MiB file named data.bin, 1% of its 4 KiB pages
 # rewritten in place, synced locally by daffe's mover and by rsync.
 # Usage: bench/mover_pages.sh [WORKDIR]   (root: drops caches before each run)
+#   SYNC_BIN=PATH  use this build of examples/sync instead of building one
 #
 # Per run (RUNS, default 3; medians printed):
 #  - first transfer into an empty destination: mover vs `rsync -a`
@@ -17,8 +18,13 @@ W=${1:-/var/tmp/daffe-bench-pages}
 SIZE_MIB=${SIZE_MIB:-128}
 RUNS=${RUNS:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/daffe-target-mover}
-cargo build --release -q -p mover --example sync
-SYNC=$CARGO_TARGET_DIR/release/examples/sync
+# SYNC_BIN: a prebuilt `examples/sync` (an A/B of two builds); else built here.
+if [ -n "${SYNC_BIN:-}" ]; then
+  SYNC=$SYNC_BIN
+else
+  cargo build --release -q -p mover --example sync
+  SYNC=$CARGO_TARGET_DIR/release/examples/sync
+fi
 mkdir -p "$W"; R=$W/results; rm -rf "$R"; mkdir -p "$R"
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 t() { local out=$1; shift; /usr/bin/time -f "%e" -o "$out" "$@"; }

@@ -416,15 +416,77 @@ impl ChunkSource for Sender {
         Some(self.scan.trailer.root)
     }
 
+    /// Reads ahead on a second thread: while the receiver hashes and writes
+    /// one chunk of a file, the next ones are read (a local round's fetch is
+    /// a loop of read, hash, write on one core otherwise). Per run of wants
+    /// in one file, so no more than one file is open.
     fn fetch(&mut self, wants: &[Want], sink: &mut Sink<'_>) -> Result<(), SourceError> {
         let mut buf = Vec::new();
-        for (i, w) in wants.iter().enumerate() {
-            self.read_chunk(w, &mut buf)?;
-            sink(i, &buf).map_err(SourceError::Sink)?;
+        let mut i = 0;
+        while i < wants.len() {
+            let entry = wants[i].entry;
+            let run = wants[i..].iter().take_while(|w| w.entry == entry).count();
+            let path =
+                String::from_utf8_lossy(self.scan.paths.get(entry).unwrap_or(b"")).into_owned();
+            match self.file(entry)? {
+                Some(f) if run >= 2 => read_ahead(f, &wants[i..i + run], i, &path, sink)?,
+                _ => {
+                    for (k, w) in wants[i..i + run].iter().enumerate() {
+                        self.read_chunk(w, &mut buf)?;
+                        sink(i + k, &buf).map_err(SourceError::Sink)?;
+                    }
+                }
+            }
+            i += run;
         }
         Ok(())
     }
 }
+
+/// Reads `wants` (all of file `f`, the first being want `first` of the
+/// window) on a scoped thread a few chunks ahead of `sink`, which gets them
+/// in order, each as [`Sender::read_chunk`] would give it.
+fn read_ahead(
+    f: &File,
+    wants: &[Want],
+    first: usize,
+    path: &str,
+    sink: &mut Sink<'_>,
+) -> Result<(), SourceError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD);
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            for w in wants {
+                let mut buf = spare_rx.try_recv().unwrap_or_default();
+                buf.resize(w.len as usize, 0);
+                let r = read_full_at(f, &mut buf, w.offset).map(|got| {
+                    buf.truncate(got);
+                    buf
+                });
+                let failed = r.is_err();
+                // A closed channel: the receiver stopped (its error wins).
+                if tx.send(r).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        // One result per want, in order, until the first error.
+        for (k, r) in rx.into_iter().enumerate() {
+            let buf = r.map_err(|source| SourceError::Read {
+                path: path.to_owned(),
+                offset: wants[k].offset,
+                source,
+            })?;
+            sink(first + k, &buf).map_err(SourceError::Sink)?;
+            let _ = spare_tx.send(buf);
+        }
+        Ok(())
+    })
+}
+
+/// Chunks a local fetch reads ahead of the receiver.
+const READ_AHEAD: usize = 4;
 
 /// An open error that means the scanned entry is no longer there as a
 /// file: deleted, renamed away, or replaced by a symlink or a directory.

@@ -110,6 +110,12 @@ impl Dest {
     pub(super) fn sync_fs(&self) -> Result<(), ReceiveError> {
         let f = File::open(&self.state).map_err(io_err(self.state.as_os_str().as_bytes()))?;
         rustix::fs::syncfs(&f).map_err(|e| io_err(self.state.as_os_str().as_bytes())(e.into()))?;
+        self.sync_image()
+    }
+
+    /// The image file's data, for an image destination that is a file; the
+    /// rest of [`Dest::sync_fs`].
+    pub(super) fn sync_image(&self) -> Result<(), ReceiveError> {
         if let (None, Destination::Image(p)) = (&self.root, &self.dest) {
             match File::open(p) {
                 Ok(img) => img.sync_data().map_err(io_err(p.as_os_str().as_bytes()))?,

@@ -16,6 +16,7 @@
 //! - `dest`: the destination and its state dir as files.
 //! - `discard`: a finished round's files, removed in the background.
 //! - `apply`: replaying the committed ops.
+//! - `writeback`: the disk written while the round writes (early `syncfs`).
 //! - `writer`: staged files, pack, op streams, journal checkpoints.
 //! - `verify`: validity before a round; verify and promote after it.
 //! - `exec`: the plan's executor (local copies, fetch windows).
@@ -37,6 +38,7 @@ mod plan;
 mod preview;
 mod round;
 mod verify;
+mod writeback;
 mod writer;
 
 pub use dest::default_state_dir;

@@ -96,8 +96,9 @@ impl Receiver {
         });
         let mut stats = RoundStats::default();
         apply(&self.d, &mut stats)?;
+        let written = Instant::now();
         self.d.sync_fs()?;
-        promote(&self.d, None, &mut stats, opts)?;
+        promote(&self.d, None, written, &mut stats, opts)?;
         Ok(true)
     }
 
@@ -267,6 +268,7 @@ impl Receiver {
             total_bytes: 0,
         });
         apply(&self.d, &mut stats)?;
+        let written = Instant::now();
         stats.apply_ms = millis(t1.elapsed());
 
         // 9. Verify and promote. The applied data must be durable before the
@@ -283,7 +285,7 @@ impl Receiver {
             touched: &done.touched,
             all: opts.verify == Verify::All,
         });
-        let failures = promote(&self.d, recheck, &mut stats, opts)?;
+        let failures = promote(&self.d, recheck, written, &mut stats, opts)?;
         stats.verify_ms = millis(t2.elapsed());
         if !failures.is_empty() {
             return Err(ReceiveError::Verify {

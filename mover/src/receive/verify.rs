@@ -9,15 +9,16 @@
 //!   a fresh `applied.stat`, re-reads what the round wrote, and makes the
 //!   round's manifest the applied one.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::dest::{Dest, ManifestFile};
 use super::error::{ReceiveError, io_err};
 use super::options::{ReceiveOptions, RoundStats};
 use super::plan::{StoredManifest, Validity};
-use crate::chunk::ChunkId;
+use crate::chunk::{ChunkId, ChunkRef};
 use crate::chunk_index::{ChunkIndex, Loc, read_verified};
 use crate::fsmeta::{self, StatKind};
 use crate::manifest::{Entry, Item, Kind, ManifestError, ManifestReader};
@@ -28,8 +29,12 @@ use crate::statcache::{StatReader, StatRec, StatWriter};
 /// write before the destination's stats are recorded: any later change
 /// behind our back then gets a different ctime than the one recorded here
 /// (no racy entries at the destination). Coarse filesystem timestamps tick
-/// every few milliseconds.
+/// every few milliseconds. Counted from the last write, so the time spent
+/// syncing and re-reading since is not waited again.
 const CLOCK_TICK: Duration = Duration::from_millis(20);
+
+/// Entries (each maybe with an open file) kept while the clock tick passes.
+const PENDING_MAX: usize = 64;
 
 /// The destination as [`Receiver::check`](super::Receiver::check) found it:
 /// which applied entries are intact and where their chunks are.
@@ -146,13 +151,86 @@ pub(super) struct Recheck<'a> {
     pub(super) all: bool,
 }
 
-/// The entry being checked: its open file (data re-read), its new stat
-/// record, and whether it still matches.
+/// The entry being checked: its open file (data re-read), whether it is
+/// verified, and whether its chunks matched so far.
 struct Current {
     entry: Entry,
     file: Option<File>,
-    rec: Option<StatRec>,
+    verify: bool,
     good: bool,
+    /// Chunks read but not yet re-read ([`Current::check_batch`]).
+    batch: Vec<ChunkRef>,
+    batch_bytes: u64,
+}
+
+/// Bytes of an entry's chunks re-read together: the batch is split over
+/// the cores (hashing is most of a verify's time once the data is cached).
+const BATCH_BYTES: u64 = 8 << 20;
+/// A smaller batch is re-read on this thread (a thread costs more).
+const SPLIT_BYTES: u64 = 1 << 20;
+
+impl Current {
+    /// Re-reads the batched chunks (on up to `workers` threads) and counts
+    /// them; the first that does not match makes the entry bad.
+    fn check_batch(
+        &mut self,
+        workers: usize,
+        stats: &mut RoundStats,
+        opts: &ReceiveOptions,
+    ) -> Result<(), ReceiveError> {
+        let batch = std::mem::take(&mut self.batch);
+        let bytes = std::mem::take(&mut self.batch_bytes);
+        let Some(f) = &self.file else {
+            return Ok(());
+        };
+        if batch.is_empty() || !self.good {
+            return Ok(());
+        }
+        let n = if bytes < SPLIT_BYTES {
+            1
+        } else {
+            workers.max(1)
+        };
+        // Worker k re-reads chunks k, k + n, ...: the first bad one of each.
+        let run = |k: usize| -> std::io::Result<Option<ChunkRef>> {
+            let mut buf = Vec::new();
+            for c in batch.iter().skip(k).step_by(n) {
+                if !read_verified(f, c.offset, c.len, &c.id, &mut buf)? {
+                    return Ok(Some(*c));
+                }
+            }
+            Ok(None)
+        };
+        let results: Vec<std::io::Result<Option<ChunkRef>>> = std::thread::scope(|s| {
+            let run = &run;
+            let others: Vec<_> = (1..n).map(|k| s.spawn(move || run(k))).collect();
+            let mut all = vec![run(0)];
+            all.extend(others.into_iter().map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(std::io::Error::other("verify thread panicked")))
+            }));
+            all
+        });
+        let path = self.entry.path.clone();
+        let mut bad: Option<ChunkRef> = None;
+        for r in results {
+            if let Some(c) = r.map_err(io_err(&path))? {
+                bad = Some(bad.map_or(c, |b| if c.offset < b.offset { c } else { b }));
+            }
+        }
+        if let Some(c) = bad {
+            tracing::error!(
+                "verify: {} chunk at {} does not match {}",
+                self.entry.display_path(),
+                c.offset,
+                c.id
+            );
+            self.good = false;
+        }
+        stats.bytes_verified += bytes;
+        opts.progress.event(&Progress::Verified { bytes });
+        Ok(())
+    }
 }
 
 /// Makes the round's manifest the applied one, with a fresh stat cache.
@@ -160,9 +238,11 @@ struct Current {
 /// verified in the same pass: metadata against the manifest, data chunk
 /// by chunk. An entry that fails gets no stat record, so the next round
 /// treats it as changed and repairs it; the failures are returned.
+/// `written`: when the destination was last written (its apply's end).
 pub(super) fn promote(
     d: &Dest,
     check: Option<Recheck<'_>>,
+    written: Instant,
     stats: &mut RoundStats,
     opts: &ReceiveOptions,
 ) -> Result<Vec<String>, ReceiveError> {
@@ -171,7 +251,11 @@ pub(super) fn promote(
     }
     let rd = d.round_dir();
     let m = rd.join("manifest");
-    std::thread::sleep(CLOCK_TICK);
+    // An entry's stat is taken once the clock tick since the last write
+    // has passed; entries that end before are kept (a few) until it has. In
+    // a big round the chunks' re-read covers the tick and nothing waits.
+    let ready = written + CLOCK_TICK;
+    let mut pending: VecDeque<Current> = VecDeque::new();
     let stat_new = d.state.join("applied.stat.new");
     let mut w = StatWriter::create(&stat_new)?;
     let mut r = ManifestReader::new(ManifestFile(m.clone()).open()?)?;
@@ -180,28 +264,77 @@ pub(super) fn promote(
         all: false,
     });
     let checking = check.is_some();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let mut failures = Vec::new();
     let mut idx = 0u32;
     let mut ti = 0usize;
-    let mut buf = Vec::new();
     let mut cur: Option<Current> = None;
-    let finish = |cur: &mut Option<Current>,
-                  w: &mut StatWriter,
-                  failures: &mut Vec<String>|
-     -> Result<(), ReceiveError> {
-        if let Some(c) = cur.take() {
-            match (c.rec, c.good) {
-                (Some(rec), true) => w.push(&rec)?,
-                (_, false) => failures.push(c.entry.display_path()),
-                _ => {}
+    let record =
+        |c: Current, w: &mut StatWriter, failures: &mut Vec<String>| -> Result<(), ReceiveError> {
+            let e = &c.entry;
+            let st = match &c.file {
+                Some(f) => fsmeta::stat_fd(f.as_fd(), &e.path).ok().map(|mut st| {
+                    if st.kind == StatKind::BlockDev {
+                        st.size = crate::scan::image_size(f, &st).unwrap_or(0);
+                    }
+                    st
+                }),
+                None => d.stat(&e.path),
+            };
+            let mut good = c.good;
+            if c.verify {
+                let meta = match &st {
+                    None => false,
+                    Some(st) if st.kind == StatKind::BlockDev => st.size >= e.size,
+                    Some(st) => {
+                        fsmeta::meta_matches(st, e) && (!e.kind.has_data() || st.size == e.size)
+                    }
+                };
+                if !meta {
+                    tracing::error!(
+                        "verify: {} does not match the manifest: {st:?}",
+                        e.display_path()
+                    );
+                }
+                good &= meta;
             }
+            match st {
+                _ if !good => failures.push(e.display_path()),
+                Some(st) => {
+                    let mut rec = StatRec::new(&e.path, &st, i128::MIN / 2);
+                    rec.racy = false;
+                    w.push(&rec)?;
+                }
+                None => {}
+            }
+            Ok(())
+        };
+    // The entries ended so far, recorded in order once the tick has passed
+    // (`last`: the pass is over, so wait for it).
+    let settle = |pending: &mut VecDeque<Current>,
+                  w: &mut StatWriter,
+                  failures: &mut Vec<String>,
+                  last: bool|
+     -> Result<(), ReceiveError> {
+        if let Some(wait) = ready.checked_duration_since(Instant::now()) {
+            if !last && pending.len() < PENDING_MAX {
+                return Ok(());
+            }
+            std::thread::sleep(wait);
+        }
+        while let Some(c) = pending.pop_front() {
+            record(c, w, failures)?;
         }
         Ok(())
     };
     while let Some(item) = r.next()? {
         match item {
             Item::Entry(e) => {
-                finish(&mut cur, &mut w, &mut failures)?;
+                if let Some(c) = &mut cur {
+                    c.check_batch(workers, stats, opts)?;
+                }
+                pending.extend(cur.take());
+                settle(&mut pending, &mut w, &mut failures, false)?;
                 let this = idx;
                 idx += 1;
                 while ti < touched.len() && touched[ti] < this {
@@ -209,82 +342,43 @@ pub(super) fn promote(
                 }
                 let verify = checking
                     && ((ti < touched.len() && touched[ti] == this) || (all && e.kind.has_data()));
-                let mut file = None;
-                let st = if verify && e.kind.has_data() {
+                // A verified entry that cannot be opened fails (no stat).
+                let (file, good) = if verify && e.kind.has_data() {
                     match d.open_entry_ro(&e.path) {
-                        Ok(f) => {
-                            let st = fsmeta::stat_fd(f.as_fd(), &e.path).ok().map(|mut st| {
-                                if st.kind == StatKind::BlockDev {
-                                    st.size = crate::scan::image_size(&f, &st).unwrap_or(0);
-                                }
-                                st
-                            });
-                            file = Some(f);
-                            st
-                        }
-                        Err(_) => None,
+                        Ok(f) => (Some(f), true),
+                        Err(_) => (None, false),
                     }
                 } else {
-                    d.stat(&e.path)
+                    (None, true)
                 };
-                let mut good = true;
-                if verify {
-                    good = match &st {
-                        None => false,
-                        Some(st) if st.kind == StatKind::BlockDev => st.size >= e.size,
-                        Some(st) => {
-                            fsmeta::meta_matches(st, &e)
-                                && (!e.kind.has_data() || st.size == e.size)
-                        }
-                    };
-                    if !good {
-                        tracing::error!(
-                            "verify: {} does not match the manifest: {st:?}",
-                            e.display_path()
-                        );
-                    }
-                }
-                let rec = st.map(|st| {
-                    let mut rec = StatRec::new(&e.path, &st, i128::MIN / 2);
-                    rec.racy = false;
-                    rec
-                });
                 cur = Some(Current {
                     entry: e,
                     file,
-                    rec,
+                    verify,
                     good,
+                    batch: Vec::new(),
+                    batch_bytes: 0,
                 });
             }
             Item::Chunk(c) => {
-                if let Some(Current {
-                    entry,
-                    file: Some(f),
-                    good,
-                    ..
-                }) = &mut cur
-                    && *good
+                if let Some(cur) = &mut cur
+                    && cur.file.is_some()
+                    && cur.good
                 {
-                    if !read_verified(f, c.offset, c.len, &c.id, &mut buf)
-                        .map_err(io_err(&entry.path))?
-                    {
-                        tracing::error!(
-                            "verify: {} chunk at {} does not match {}",
-                            entry.display_path(),
-                            c.offset,
-                            c.id
-                        );
-                        *good = false;
+                    cur.batch.push(c);
+                    cur.batch_bytes += u64::from(c.len);
+                    if cur.batch_bytes >= BATCH_BYTES {
+                        cur.check_batch(workers, stats, opts)?;
                     }
-                    stats.bytes_verified += u64::from(c.len);
-                    opts.progress.event(&Progress::Verified {
-                        bytes: u64::from(c.len),
-                    });
                 }
             }
         }
     }
-    finish(&mut cur, &mut w, &mut failures)?;
+    if let Some(c) = &mut cur {
+        c.check_batch(workers, stats, opts)?;
+    }
+    pending.extend(cur.take());
+    settle(&mut pending, &mut w, &mut failures, true)?;
     let root = r
         .trailer()
         .map(|t| t.root)
@@ -303,4 +397,116 @@ pub(super) fn promote(
     super::discard::discard(&d.state, &rd)?;
     let _ = super::discard::discard(&d.state, &d.state.join("seed"));
     Ok(failures)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileExt;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::manifest::Kind;
+    use crate::progress::NoProgress;
+
+    /// A file of `n` chunks of `len` bytes each, and those chunks' refs.
+    fn chunked_file(dir: &std::path::Path, n: u32, len: u32) -> (File, Vec<ChunkRef>) {
+        let p = dir.join("f");
+        let mut data = Vec::new();
+        let mut refs = Vec::new();
+        for i in 0..n {
+            let chunk: Vec<u8> = (0..len)
+                .map(|b| (b.to_le_bytes()[0]) ^ (i.to_le_bytes()[0]).wrapping_mul(31))
+                .collect();
+            refs.push(ChunkRef {
+                offset: u64::from(i * len),
+                len,
+                id: ChunkId::of(&chunk),
+            });
+            data.extend_from_slice(&chunk);
+        }
+        std::fs::write(&p, &data).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&p)
+            .unwrap();
+        (f, refs)
+    }
+
+    fn current(f: File, refs: &[ChunkRef]) -> Current {
+        Current {
+            entry: Entry {
+                path: b"f".to_vec(),
+                kind: Kind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                mtime_ns: 0,
+                size: 0,
+                rdev: 0,
+                target: Vec::new(),
+                xattrs: Vec::new(),
+                class: 0,
+            },
+            file: Some(f),
+            verify: true,
+            good: true,
+            batch: refs.to_vec(),
+            batch_bytes: refs.iter().map(|c| u64::from(c.len)).sum(),
+        }
+    }
+
+    fn opts() -> ReceiveOptions {
+        ReceiveOptions {
+            progress: Arc::new(NoProgress),
+            ..ReceiveOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_split_over_threads_finds_a_bad_chunk_in_any_part() {
+        // 16 chunks of 256 KiB: 4 MiB, above SPLIT_BYTES, so 2 and 3 workers
+        // each take a share; the bad chunk lands in every worker's share in
+        // turn (chunk k goes to worker k % n).
+        for workers in [1, 2, 3] {
+            for bad in [0u32, 1, 2, 15] {
+                let t = tempfile::tempdir().unwrap();
+                let (f, refs) = chunked_file(t.path(), 16, 256 << 10);
+                f.write_all_at(b"X", u64::from(bad * (256 << 10)) + 7)
+                    .unwrap();
+                let mut c = current(f, &refs);
+                let mut stats = RoundStats::default();
+                c.check_batch(workers, &mut stats, &opts()).unwrap();
+                assert!(!c.good, "workers {workers}, bad chunk {bad} not found");
+                assert!(c.batch.is_empty() && c.batch_bytes == 0);
+            }
+        }
+    }
+
+    #[test]
+    fn an_intact_batch_stays_good_and_is_counted_once() {
+        for workers in [1, 2, 4] {
+            let t = tempfile::tempdir().unwrap();
+            let (f, refs) = chunked_file(t.path(), 16, 256 << 10);
+            let mut c = current(f, &refs);
+            let mut stats = RoundStats::default();
+            c.check_batch(workers, &mut stats, &opts()).unwrap();
+            assert!(c.good, "workers {workers}");
+            assert_eq!(stats.bytes_verified, 4 << 20);
+            // An empty batch afterwards changes nothing.
+            c.check_batch(workers, &mut stats, &opts()).unwrap();
+            assert_eq!(stats.bytes_verified, 4 << 20);
+        }
+    }
+
+    #[test]
+    fn a_short_file_fails_the_batch() {
+        let t = tempfile::tempdir().unwrap();
+        let (f, refs) = chunked_file(t.path(), 8, 256 << 10);
+        f.set_len(7 * (256 << 10) + 100).unwrap();
+        let mut c = current(f, &refs);
+        c.check_batch(2, &mut RoundStats::default(), &opts())
+            .unwrap();
+        assert!(!c.good);
+    }
 }

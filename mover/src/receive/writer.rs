@@ -17,6 +17,7 @@ use super::apply::special_meta;
 use super::dest::Dest;
 use super::error::{ReceiveError, errno, io_err};
 use super::ops::{Op, STREAMS};
+use super::writeback::Writeback;
 use crate::chunk::{ChunkId, ChunkRef};
 use crate::chunk_index::Loc;
 use crate::fsmeta::{self, Skip};
@@ -66,6 +67,8 @@ pub(super) struct Writer<'a> {
     checkpoint_bytes: u64,
     journal: FramedWriter,
     ops: Vec<FramedWriter>,
+    /// Early writeback of what this writer writes (see `writeback`).
+    writeback: Writeback,
 }
 
 impl<'a> Writer<'a> {
@@ -92,6 +95,7 @@ impl<'a> Writer<'a> {
                 .iter()
                 .map(|n| FramedWriter::open(&rd.join(n), true))
                 .collect::<Result<_, _>>()?,
+            writeback: Writeback::start(&dest.state),
         })
     }
 
@@ -136,13 +140,16 @@ impl<'a> Writer<'a> {
     ) -> Result<(), ReceiveError> {
         match t {
             Target::Stage { entry, offset } => {
-                let f = self.stage_file(entry)?;
+                self.stage_file(entry)?;
+                let f = &self.stage_files[&entry];
                 f.write_all_at(data, offset).map_err(io_err(b"stage"))?;
+                self.writeback.wrote(data.len() as u64, f);
             }
             Target::Pack { offset } => {
                 self.pack
                     .write_all_at(data, offset)
                     .map_err(io_err(b"pack"))?;
+                self.writeback.wrote(data.len() as u64, &self.pack);
             }
         }
         self.durable.push((t.stored(), c.len, c.id));
@@ -173,6 +180,7 @@ impl<'a> Writer<'a> {
             n += u64::from(len);
         }
         self.since_checkpoint += n;
+        self.writeback.wrote(n, &self.pack);
         Ok(n)
     }
 
@@ -216,7 +224,7 @@ impl<'a> Writer<'a> {
         if self.durable.is_empty() {
             return Ok(());
         }
-        self.dest.sync_fs()?;
+        synced(self.dest, self.writeback.check())?;
         let recs = std::mem::take(&mut self.durable);
         for part in recs.chunks(DURABLE_PER_RECORD) {
             self.journal.push(&JRec::Durable(part.to_vec()))?;
@@ -240,6 +248,7 @@ impl<'a> Writer<'a> {
         Ok(Finished {
             journal: self.journal,
             durable: self.durable,
+            writeback: self.writeback,
         })
     }
 }
@@ -249,6 +258,7 @@ pub(super) struct Finished {
     journal: FramedWriter,
     /// Chunks written since the last checkpoint (not yet said durable).
     durable: Vec<(Stored, u32, ChunkId)>,
+    writeback: Writeback,
 }
 
 impl Finished {
@@ -256,13 +266,26 @@ impl Finished {
     /// `syncfs`), then the last chunks' `Durable` records and the commit
     /// record in one journal flush.
     pub(super) fn commit(mut self, dest: &Dest) -> Result<(), ReceiveError> {
-        dest.sync_fs()?;
+        // Most of the data went to disk while the round wrote: this waits
+        // for the rest and the files written since.
+        synced(dest, self.writeback.finish())?;
         for part in self.durable.chunks(DURABLE_PER_RECORD) {
             self.journal.push(&JRec::Durable(part.to_vec()))?;
         }
         self.journal.push(&JRec::Commit)?;
         self.journal.flush(true)?;
         Ok(())
+    }
+}
+
+/// Completes a sync of the state dir's filesystem that `wb` (the writeback,
+/// whose handle has seen every writeback error since the round started)
+/// did or could not do, and syncs an image destination's own data.
+fn synced(dest: &Dest, wb: std::io::Result<bool>) -> Result<(), ReceiveError> {
+    match wb {
+        Ok(true) => dest.sync_image(),
+        Ok(false) => dest.sync_fs(),
+        Err(e) => Err(io_err(b"writeback")(e)),
     }
 }
 
