@@ -595,6 +595,12 @@ impl Scanner {
         }
     }
 
+    /// Bytes a write tracker saw written to a file read whole
+    /// ([`super::changes::FileChanges::written_bytes`]).
+    pub(super) fn count_tracked(&mut self, bytes: u64) {
+        self.stats.bytes_tracked += bytes;
+    }
+
     /// A tree's file written only in `dirty` (normalized, vouched for by a
     /// tracker's [`super::changes::FileChanges`]) since the last scan, which
     /// read it with the same identity and no larger: queued in order like

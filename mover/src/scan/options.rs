@@ -70,10 +70,10 @@ pub struct ScanStats {
     /// Sockets left out.
     pub sockets_skipped: u64,
     /// Bytes a write tracker reported written since the last scan, for an
-    /// image or a tree's files scanned from them
-    /// ([`super::changes::ImageChanges`]; 0 for what was read whole): what
-    /// the source dirtied between two rounds, measured apart from what the
-    /// round then moved.
+    /// image or a tree's files ([`super::changes::ImageChanges`]; a file
+    /// read whole counts what the tracker saw written to it, all of it if
+    /// created; an image read whole, 0): what the source dirtied between
+    /// two rounds, measured apart from what the round then moved.
     #[serde(default)]
     pub bytes_tracked: u64,
 }

@@ -279,7 +279,12 @@ fn scan_tree_with(
                     );
                     match files.and_then(|f| f.dirty(&st, seen.as_ref())) {
                         Some(dirty) => s.add_patched_file(e, &st, File::from(fd), dirty)?,
-                        None => s.add(e, &st, false, Some(File::from(fd)))?,
+                        None => {
+                            if let Some(f) = files {
+                                s.count_tracked(f.written_bytes(&st));
+                            }
+                            s.add(e, &st, false, Some(File::from(fd)))?
+                        }
                     }
                 }
             }

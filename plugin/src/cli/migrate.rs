@@ -84,12 +84,17 @@ pub struct MigrateArgs {
     /// with the writes. Default: no cap.
     #[arg(long, value_name = "RATE")]
     pub(crate) first_round_read_limit: Option<String>,
-    /// CPU and I/O priority of pre-copy rounds on this host: `low` (nice
-    /// 19 and the idle I/O class, so the application's own work goes
-    /// first and pre-copy takes what is left) or `normal`. The final round
-    /// always runs at normal priority. The destination's agent receives
-    /// pre-copy rounds at low priority either way.
-    #[arg(long, value_enum, default_value_t = PrecopyPriority::Low)]
+    /// CPU and I/O priority of pre-copy rounds on this host. `idle` (the
+    /// default): as `low`, and the whole `migrate` process runs in a cgroup
+    /// with cpu.idle=1 during pre-copy, so the application's threads go
+    /// first even from another cgroup or session (cgroup v1 cpu controller,
+    /// root; elsewhere as `low`). If the application leaves pre-copy almost
+    /// no CPU there for 10 s, `migrate` says so and leaves the group for
+    /// the rest of the move. `low`: nice 19 and the idle I/O class, which
+    /// only rank pre-copy among its own scheduler group. `normal`: neither.
+    /// The final round always runs at normal priority. The destination's
+    /// agent receives pre-copy rounds at nice 19 either way.
+    #[arg(long, value_enum, default_value_t = PrecopyPriority::Idle)]
     pub(crate) precopy_priority: PrecopyPriority,
     /// Pre-copy rounds at most (default 10; 5 with --via-ebs, where each
     /// round is a snapshot).
@@ -121,6 +126,7 @@ pub struct MigrateArgs {
 /// `--precopy-priority`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum PrecopyPriority {
+    Idle,
     Low,
     Normal,
 }
@@ -179,7 +185,9 @@ pub fn run(args: MigrateArgs) -> ExitCode {
     let daemon = ControlClient::new(&args.control_socket);
     let mut dest = RemoteAgent {
         read_caps,
-        background: args.precopy_priority == PrecopyPriority::Low,
+        background: args.precopy_priority != PrecopyPriority::Normal,
+        idle: (args.precopy_priority == PrecopyPriority::Idle)
+            .then(crate::migrate::idle_group::IdlePolicy::default),
         pusher: RoundPusher::new(
             to.clone(),
             tls,

@@ -59,6 +59,9 @@ impl Mover for RealMover {
         let mut dest = RemoteAgent {
             read_caps: ReadCaps::default(),
             background: true,
+            // The follow controller is a daemon: its other work must not go
+            // idle with the round (nice and the idle I/O class only).
+            idle: None,
             pusher: RoundPusher::new(
                 to.agent.clone(),
                 tls,

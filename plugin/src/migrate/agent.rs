@@ -81,6 +81,7 @@ impl AgentHandler {
             read_caps: ReadCaps::default(),
             // A Mount waits for it, the application stopped: full speed.
             background: false,
+            idle: None,
             // The asker's agent must be the asker: its certificate names
             // the node that owns the volume (pinned on dial).
             pusher: RoundPusher::new(

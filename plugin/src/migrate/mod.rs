@@ -21,6 +21,8 @@
 //!   checks on every round and the commit.
 //! - [`priority`]: pre-copy rounds at the lowest CPU priority and in the
 //!   idle I/O class, at both ends (`--precopy-priority`).
+//! - [`idle_group`]: `--precopy-priority idle`: the `migrate` process in a
+//!   cpu.idle cgroup during pre-copy, leaving it when it starves there.
 //!
 //! Who stops the application: the operator (`docker stop`), on the source
 //! host, when `migrate` says it waits for the unmount. The plugin never calls
@@ -34,6 +36,7 @@ pub(crate) mod ebs;
 pub(crate) mod ebs_snapshots;
 pub(crate) mod flush;
 pub(crate) mod hook;
+pub(crate) mod idle_group;
 pub(crate) mod orchestrate;
 pub(crate) mod priority;
 pub(crate) mod report;

@@ -195,9 +195,14 @@ pub(crate) struct RemoteAgent {
     /// of pre-copy rounds' scans and chunk answers, never by the final
     /// round's.
     pub(crate) read_caps: ReadCaps,
-    /// Pre-copy rounds run in the background (`--precopy-priority low`,
-    /// the default; see `super::priority`); the final round never does.
+    /// Pre-copy rounds run in the background (`--precopy-priority low`
+    /// or `idle`; see `super::priority`); the final round never does.
     pub(crate) background: bool,
+    /// `--precopy-priority idle` (the default): background rounds also run
+    /// with this whole process in the cpu.idle cgroup until it starves
+    /// there (`super::idle_group`). `None` in a daemon, whose other work
+    /// must not go idle with it.
+    pub(crate) idle: Option<super::idle_group::IdlePolicy>,
 }
 
 /// The limiter of `--read-limit`: `rate` bytes/s with a quarter second of
@@ -266,6 +271,10 @@ impl DestHost for RemoteAgent {
             .map(mover::ReadCap::install);
         let _background =
             (self.background && !final_round).then(super::priority::Background::enter);
+        let _idle = match &self.idle {
+            Some(policy) if self.background && !final_round => policy.enter(),
+            _ => None,
+        };
         self.pusher.push(round, final_round, &mut |ev| {
             if let ServeEvent::ChunkSent { bytes, .. } = ev {
                 progress(bytes)

@@ -1,0 +1,437 @@
+//! `--precopy-priority idle` (the default of `daffe migrate`): while a
+//! pre-copy round runs, the whole `migrate` process runs in a cpu cgroup
+//! with `cpu.idle = 1`, the group-level SCHED_IDLE: any non-idle task's
+//! wakeup preempts it, so the application runs as if pre-copy were not
+//! there and pre-copy takes the CPU the application leaves.
+//!
+//! Why a cgroup and not only nice (`super::priority`): a nice value ranks a
+//! thread only among the threads of its own scheduler group, and the
+//! application is in another (a container's cgroup; or another session's
+//! autogroup, as PostgreSQL started by `pg_ctl` is). Groups share the CPU
+//! equally whatever their threads' nice values (BENCHMARKS.md, issue 11,
+//! stop 32: pgbench's latency x2.55 beside a nice-19 burner in another
+//! autogroup, x0.80 beside the same burner in a `cpu.idle` cgroup).
+//!
+//! Why the whole process and not the round's thread: the sender's threads
+//! are not all started by the round (connection and read-ahead workers
+//! outlive it or predate it). A thread left outside keeps competing, and a
+//! pool thread left inside would run the final round, the downtime, at idle
+//! priority. v1's `cgroup.procs` moves every thread at once, both ways.
+//!
+//! The price: an application that saturates the CPU leaves an idle group
+//! nothing, and pre-copy would never end (seen at stop 32: round 1 took
+//! 102 s and round 2 104 s under unthrottled pgbench). So a watchdog
+//! measures, from the threads' scheduler statistics, how much CPU the
+//! process got against how long its threads stood runnable: when it got
+//! less than [`STARVED_SHARE`] of one CPU while its threads stood runnable
+//! at least half the time, for [`STARVED_WINDOWS`] windows in a row, the process
+//! leaves the group for the rest of the move (it keeps nice 19 and the idle
+//! I/O class) and says so.
+//!
+//! Only the cgroup v1 `cpu` controller is used (it lets a process make a
+//! group beside its own); on a cgroup-v2-only host nothing is moved and
+//! pre-copy is niced only (README, "Nice is not enough", says how an
+//! operator runs `migrate` in an idle cgroup there).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The cpu cgroup (v1 controller, under its mount) pre-copy runs in, with
+/// `cpu.idle = 1`; made on first use, shared by every move on the host.
+pub(crate) const IDLE_GROUP: &str = "daffe-precopy";
+
+/// How long one look of the watchdog spans.
+pub(crate) const WINDOW: Duration = Duration::from_secs(5);
+
+/// Starved: less than this share of one CPU in a window...
+pub(crate) const STARVED_SHARE: f64 = 0.10;
+
+/// ...for this many windows in a row (10 s: pre-copy of a busy app's volume
+/// takes minutes, and a short burst of the app must not end the idle run).
+pub(crate) const STARVED_WINDOWS: u32 = 2;
+
+/// Whether the moves of this `migrate` left the idle group for good, shared
+/// by the rounds: once starved, later rounds do not go back in.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct IdlePolicy {
+    starved: Arc<AtomicBool>,
+}
+
+impl IdlePolicy {
+    /// This process into the idle group for one round, or `None` where that
+    /// cannot be done (no v1 cpu controller, no cpu.idle, not root) or the
+    /// process starved there in an earlier round.
+    pub(crate) fn enter(&self) -> Option<IdleProcess> {
+        if self.starved.load(Ordering::Relaxed) {
+            return None;
+        }
+        match IdleProcess::enter(std::process::id(), self.starved.clone()) {
+            Ok(p) => Some(p),
+            Err(why) => {
+                tracing::debug!("pre-copy is niced only: {why}");
+                None
+            }
+        }
+    }
+}
+
+/// A process in [`IDLE_GROUP`] until dropped, watched for starvation.
+pub(crate) struct IdleProcess {
+    pid: u32,
+    /// `cgroup.procs` of the group the process was in.
+    back: PathBuf,
+    stop: Option<mpsc::Sender<()>>,
+    watchdog: Option<std::thread::JoinHandle<()>>,
+    starved: Arc<AtomicBool>,
+}
+
+impl IdleProcess {
+    /// Moves process `pid` (every thread of it) into the idle group and
+    /// starts its watchdog; on starvation the watchdog moves it back and
+    /// sets `starved`.
+    pub(crate) fn enter(pid: u32, starved: Arc<AtomicBool>) -> Result<IdleProcess, String> {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+            .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+        let root = cpu_controller_v1(&mountinfo).ok_or("no cgroup v1 cpu controller")?;
+        let cgroup_file = format!("/proc/{pid}/cgroup");
+        let cgroup =
+            std::fs::read_to_string(&cgroup_file).map_err(|e| format!("{cgroup_file}: {e}"))?;
+        let before = cpu_group_v1(&cgroup).ok_or("the process has no v1 cpu group")?;
+        let back = root
+            .join(before.trim_start_matches('/'))
+            .join("cgroup.procs");
+        let idle = root.join(IDLE_GROUP);
+        if let Err(e) = std::fs::create_dir(&idle)
+            && e.kind() != std::io::ErrorKind::AlreadyExists
+        {
+            return Err(format!("{}: {e}", idle.display()));
+        }
+        // A kernel without cpu.idle (before 5.15) has no such file: the group
+        // would then be one more equal-weight group, no better than none.
+        write(&idle.join("cpu.idle"), "1")?;
+        write(&idle.join("cgroup.procs"), &pid.to_string())?;
+        let (stop, stopped) = mpsc::channel();
+        let watch = (pid, back.clone(), starved.clone());
+        let watchdog = std::thread::Builder::new()
+            .name("precopy-idle-watch".into())
+            .spawn(move || watch_for_starvation(watch.0, &watch.1, &watch.2, &stopped))
+            .map_err(|e| format!("watchdog thread: {e}"));
+        let watchdog = match watchdog {
+            Ok(w) => w,
+            Err(e) => {
+                // Unwatched, the idle group could starve pre-copy for ever.
+                let _ = write(&back, &pid.to_string());
+                return Err(e);
+            }
+        };
+        Ok(IdleProcess {
+            pid,
+            back,
+            stop: Some(stop),
+            watchdog: Some(watchdog),
+            starved,
+        })
+    }
+}
+
+impl Drop for IdleProcess {
+    fn drop(&mut self) {
+        // The watchdog first, so that it cannot act after the move back.
+        drop(self.stop.take());
+        if let Some(w) = self.watchdog.take() {
+            let _ = w.join();
+        }
+        if !self.starved.load(Ordering::Relaxed)
+            && let Err(e) = write(&self.back, &self.pid.to_string())
+        {
+            tracing::warn!("process {} stays in the idle cgroup: {e}", self.pid);
+        }
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<(), String> {
+    std::fs::write(path, value).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The watchdog's loop: a look every [`WINDOW`] until told to stop (the
+/// sender dropped) or the process starved (then it is moved back).
+fn watch_for_starvation(pid: u32, back: &Path, starved: &AtomicBool, stop: &mpsc::Receiver<()>) {
+    let mut meter = Starvation::default();
+    let mut last = thread_times(pid);
+    let mut at = std::time::Instant::now();
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(WINDOW) {
+        let now = thread_times(pid);
+        let elapsed = at.elapsed();
+        at = std::time::Instant::now();
+        let (run, wait) = deltas(&last, &now);
+        last = now;
+        if meter.observe(elapsed, run, wait) {
+            // Moved back before it is said, so whoever sees the flag sees
+            // the process out.
+            let moved = write(back, &pid.to_string());
+            starved.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                got = format!(
+                    "{:.0}% of a CPU",
+                    100.0 * run.as_secs_f64() / elapsed.as_secs_f64()
+                ),
+                moved_back = moved.is_ok(),
+                "pre-copy starved in the idle cgroup (the application uses all the CPU): \
+                 it leaves the group for the rest of the move and runs at nice 19"
+            );
+            return;
+        }
+    }
+}
+
+/// Per thread id: (time on a CPU, time runnable on a run queue), in ns,
+/// from `/proc/PID/task/TID/schedstat`. Threads that cannot be read (ended
+/// meanwhile) are left out.
+fn thread_times(pid: u32) -> HashMap<u32, (u64, u64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return HashMap::new();
+    };
+    dir.filter_map(|e| {
+        let e = e.ok()?;
+        let tid = e.file_name().to_str()?.parse().ok()?;
+        let text = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
+        Some((tid, parse_schedstat(&text)?))
+    })
+    .collect()
+}
+
+/// `schedstat`'s first two fields: run and wait ns.
+fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
+    let mut f = text.split_ascii_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+/// Run and wait time the process's threads added between two looks: a
+/// thread in both counts its growth, a new thread all it has (it started
+/// within the window); a thread gone is left out.
+fn deltas(
+    before: &HashMap<u32, (u64, u64)>,
+    now: &HashMap<u32, (u64, u64)>,
+) -> (Duration, Duration) {
+    let (mut run, mut wait) = (0u64, 0u64);
+    for (tid, &(r, w)) in now {
+        let (r0, w0) = before.get(tid).copied().unwrap_or((0, 0));
+        run += r.saturating_sub(r0);
+        wait += w.saturating_sub(w0);
+    }
+    (Duration::from_nanos(run), Duration::from_nanos(wait))
+}
+
+/// The starvation rule (module doc), fed one window at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Starvation {
+    in_a_row: u32,
+}
+
+impl Starvation {
+    /// One window: `run` on a CPU and `wait` runnable, summed over the
+    /// threads, in `elapsed`. True once starved.
+    pub(crate) fn observe(&mut self, elapsed: Duration, run: Duration, wait: Duration) -> bool {
+        // Little CPU while sleeping (a read cap, the disk, the link) is not
+        // starvation; little CPU while standing runnable is.
+        // Runnable at least half the window, summed over the threads: not
+        // all of it, as a task's own wait does not count every moment its
+        // group waits at the level above (one thread starved by a burner
+        // showed 4.1 s of wait in 5 s, and 16 ms on a CPU).
+        let starved_window =
+            run.as_secs_f64() < STARVED_SHARE * elapsed.as_secs_f64() && wait * 2 >= elapsed;
+        self.in_a_row = if starved_window { self.in_a_row + 1 } else { 0 };
+        self.in_a_row >= STARVED_WINDOWS
+    }
+}
+
+/// Where the cgroup v1 `cpu` controller is mounted, from mountinfo text.
+fn cpu_controller_v1(mountinfo: &str) -> Option<PathBuf> {
+    crate::backend::local::quota::pure::parse_mountinfo(mountinfo)
+        .into_iter()
+        .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "cpu"))
+        .map(|m| m.mountpoint)
+}
+
+/// The cgroup path under the v1 `cpu` controller, from `/proc/PID/cgroup`
+/// text (`ID:CONTROLLERS:PATH` lines).
+fn cpu_group_v1(cgroup: &str) -> Option<&str> {
+    cgroup.lines().find_map(|line| {
+        let mut f = line.splitn(3, ':');
+        let (_, controllers, path) = (f.next()?, f.next()?, f.next()?);
+        controllers.split(',').any(|c| c == "cpu").then_some(path)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: fn(u64) -> Duration = Duration::from_secs;
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    /// (run, wait) in one 5 s window, and whether starved after it.
+    type Window = (Duration, Duration, bool);
+
+    #[test]
+    fn starvation_needs_little_cpu_while_runnable_for_two_windows() {
+        let table: [(&str, &[Window]); 7] = [
+            (
+                "starved twice",
+                &[(MS(100), S(9), false), (MS(50), S(10), true)],
+            ),
+            // Half a CPU beside the app: slowed, not starved.
+            ("a fair share", &[(S(2), S(8), false), (S(2), S(8), false)]),
+            // Sleeping on a read cap or the link: little CPU, no waiting.
+            (
+                "sleeping",
+                &[(MS(50), MS(10), false), (MS(50), MS(10), false)],
+            ),
+            (
+                "a burst of the app in between",
+                &[
+                    (MS(10), S(5), false),
+                    (S(3), S(1), false),
+                    (MS(10), S(5), false),
+                ],
+            ),
+            // Waiting, but less than half the window.
+            (
+                "short waits",
+                &[(MS(100), S(2), false), (MS(100), S(2), false)],
+            ),
+            (
+                "waits of half the window",
+                &[(MS(100), MS(2500), false), (MS(100), MS(2500), true)],
+            ),
+            (
+                "starved later",
+                &[
+                    (S(4), S(1), false),
+                    (MS(400), S(6), false),
+                    (MS(10), S(10), true),
+                ],
+            ),
+        ];
+        for (case, windows) in table {
+            let mut m = Starvation::default();
+            for (i, &(run, wait, want)) in windows.iter().enumerate() {
+                assert_eq!(m.observe(WINDOW, run, wait), want, "{case}, window {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn deltas_count_growth_new_threads_and_drop_gone_ones() {
+        let before = HashMap::from([(1, (100, 50)), (2, (500, 500)), (3, (7, 7))]);
+        // 1 grew, 2 ended, 4 is new, 3 reads lower (restarted id): 0.
+        let now = HashMap::from([(1, (160, 90)), (4, (30, 20)), (3, (1, 1))]);
+        assert_eq!(
+            deltas(&before, &now),
+            (Duration::from_nanos(90), Duration::from_nanos(60))
+        );
+        assert_eq!(parse_schedstat("123 456 7\n"), Some((123, 456)));
+        assert_eq!(parse_schedstat("123\n"), None);
+    }
+
+    #[test]
+    fn the_cpu_controller_is_found_in_mountinfo_and_the_group_in_proc_cgroup() {
+        let hybrid = "\
+25 1 0:22 / /sys/fs/cgroup rw - tmpfs tmpfs rw,mode=755
+26 25 0:23 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+27 25 0:24 / /sys/fs/cgroup/cpuacct rw - cgroup cgroup rw,cpuacct
+";
+        let joint = "30 25 0:26 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n";
+        let v2 = "31 1 0:27 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
+        let cpuset_only = "28 25 0:25 / /sys/fs/cgroup/cpuset rw - cgroup cgroup rw,cpuset\n";
+        let table: [(&str, Option<&str>); 5] = [
+            (hybrid, Some("/sys/fs/cgroup/cpu")),
+            (joint, Some("/sys/fs/cgroup/cpu,cpuacct")),
+            (v2, None),
+            (cpuset_only, None),
+            ("", None),
+        ];
+        for (text, want) in table {
+            assert_eq!(cpu_controller_v1(text), want.map(PathBuf::from), "{text:?}");
+        }
+        let groups: [(&str, Option<&str>); 5] = [
+            (
+                "2:cpuacct:/\n1:cpu:/daffe-precopy\n0::/\n",
+                Some("/daffe-precopy"),
+            ),
+            (
+                "4:cpu,cpuacct:/system.slice/docker.service\n",
+                Some("/system.slice/docker.service"),
+            ),
+            ("3:cpuset:/\n2:cpuacct:/x\n", None),
+            ("0::/user.slice\n", None),
+            ("9:name=systemd:/\n1:cpu:/a:b\n", Some("/a:b")),
+        ];
+        for (text, want) in groups {
+            assert_eq!(cpu_group_v1(text), want, "{text:?}");
+        }
+    }
+
+    /// A CPU burner pinned to CPU 0 (`taskset`), as a child process.
+    fn burner() -> std::process::Child {
+        std::process::Command::new("taskset")
+            .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+            .spawn()
+            .expect("taskset (util-linux) and sh")
+    }
+
+    fn cpu_group_of(pid: u32) -> String {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+        cpu_group_v1(&text).unwrap().to_owned()
+    }
+
+    /// The real kernel: a process moved into the idle group beside a
+    /// normal one that wants the same CPU gets (almost) nothing; the
+    /// watchdog sees it and moves it back; a process left there unstarved
+    /// is moved back on drop. Needs root and the v1 cpu controller (CI has
+    /// both; a v2-only host has nothing to test: the module doc).
+    #[test]
+    fn a_starved_process_leaves_the_idle_group_and_a_fed_one_returns_on_drop() {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+        if cpu_controller_v1(&mountinfo).is_none() {
+            assert!(
+                Path::new("/sys/fs/cgroup/cgroup.controllers").exists(),
+                "neither a v1 cpu controller nor cgroup v2"
+            );
+            return;
+        }
+        let idle = format!("/{IDLE_GROUP}");
+
+        // Fed: moved in, every thread with it, and back on drop.
+        let mut fed = burner();
+        let before = cpu_group_of(fed.id());
+        let starved = Arc::new(AtomicBool::new(false));
+        let g = IdleProcess::enter(fed.id(), starved.clone()).expect("root is needed here");
+        assert_eq!(cpu_group_of(fed.id()), idle);
+        drop(g);
+        assert_eq!(cpu_group_of(fed.id()), before);
+        assert!(!starved.load(Ordering::Relaxed));
+
+        // Starved: its competitor (not idle) on the same CPU takes it all.
+        let mut starving = burner();
+        let starved = Arc::new(AtomicBool::new(false));
+        let g = IdleProcess::enter(starving.id(), starved.clone()).unwrap();
+        assert_eq!(cpu_group_of(starving.id()), idle);
+        let deadline = std::time::Instant::now() + WINDOW * (STARVED_WINDOWS + 4);
+        while !starved.load(Ordering::Relaxed) && std::time::Instant::now() < deadline {
+            std::thread::sleep(MS(200));
+        }
+        let (got_out, group) = (starved.load(Ordering::Relaxed), cpu_group_of(starving.id()));
+        drop(g);
+        for c in [&mut fed, &mut starving] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(got_out, "the watchdog did not see the starvation");
+        assert_eq!(group, before, "moved back by the watchdog");
+    }
+}
