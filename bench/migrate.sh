@@ -27,6 +27,8 @@
 # and migrate) on CPU 0 and host B's daemon and agent on CPU 1: two
 # machines' CPUs, not one shared pair (with B_TMPFS=1, what the move costs
 # the application on its own host).
+# B_RPS=1 (with SPLIT_CPUS=1) also steers host B's network receive
+# processing to CPU 1 (RPS on B's veth).
 # DAFFE_BIN=PATH uses that daffe binary instead of building one (e.g. the
 # test build's target/debug/daffe; say so beside the results).
 set -euo pipefail
@@ -230,6 +232,12 @@ PIDS+=($!)
 if [ "${SPLIT_CPUS:-0}" = 1 ]; then
   # B's daemon and agent (the last two started in namespace B).
   taskset -a -pc 1 "${PIDS[-1]}" > /dev/null; taskset -a -pc 1 "${PIDS[-2]}" > /dev/null
+  # B_RPS=1: B's network receive on B's CPU too. A veth delivers a packet in
+  # the sender's softirq, so B's TCP receive work would otherwise run on
+  # CPU 0, beside A's database: a cost another machine would not put there.
+  if [ "${B_RPS:-0}" = 1 ]; then
+    ip netns exec $NB sh -c "echo 2 > /sys/class/net/$VB/queues/rx-0/rps_cpus"
+  fi
 fi
 for _ in $(seq 100); do [ -S "$W/mig/a/control.sock" ] && [ -S "$W/mig/b/control.sock" ] && break; sleep 0.1; done
 }
@@ -352,8 +360,9 @@ pgcase() { # PROFILE RATE STRICT(0|1)
   [ -n "$PG_READ_LIMIT" ] && extra+=(--read-limit "$PG_READ_LIMIT")
   # PG_FIRST_READ_LIMIT=20M: the same cap on the first (bulk) round only.
   [ -n "$PG_FIRST_READ_LIMIT" ] && extra+=(--first-round-read-limit "$PG_FIRST_READ_LIMIT")
-  # PG_PRIORITY=normal: pre-copy at normal CPU/I/O priority on host A
-  # (default low: nice 19, idle I/O class; issue 11, pgbench's latency).
+  # PG_PRIORITY=low|normal: pre-copy at nice 19 only, or normal priority, on
+  # host A (default idle: the migrate process in a cpu.idle cgroup while
+  # pre-copy runs; issue 11, pgbench's latency).
   [ -n "$PG_PRIORITY" ] && extra+=(--precopy-priority "$PG_PRIORITY")
   ( inA $DAFFE migrate "$vol" --to $B --name hosta --tls-dir "$W/mig/a/tls" \
       --control-socket "$W/mig/a/control.sock" --json "${extra[@]}" > "$R/$c.migrate.json" 2> "$R/$c.migrate.err" ) &

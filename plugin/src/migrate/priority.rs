@@ -2,9 +2,12 @@
 //! (issue 11: the app should barely notice the pre-copy). While a
 //! [`Background`] guard lives, the thread that made it, and every thread it
 //! starts, runs at the lowest CPU priority (nice 19) and in the
-//! idle I/O class: the application's reads, writes and CPU go first, and
-//! pre-copy takes what is left. On an idle machine that is everything, so
-//! rounds are as fast as before; on a busy one they slow down instead of
+//! idle I/O class. That ranks pre-copy below the other threads of its own
+//! scheduler group only: an application in another cgroup or session still
+//! shares the CPU with it equally. `super::idle_group` is what puts the
+//! `migrate` process below the application; the agent and the daemons,
+//! which have other work, get this guard alone. On an idle machine either
+//! leaves rounds as fast as before; on a busy one they slow down instead of
 //! the application (the convergence model measures the rounds it gets).
 //!
 //! The final round, after the unmount, runs at normal priority: nothing of
