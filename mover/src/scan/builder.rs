@@ -615,7 +615,7 @@ impl Scanner {
         self.stats.entries += 1;
         self.stats.files += 1;
         self.stats.bytes_scanned += entry.size;
-        self.stats.bytes_tracked += dirty.iter().map(|(a, b)| b - a).sum::<u64>();
+        self.stats.bytes_tracked += super::changes::ranges_len(&dirty);
         let stat = StatRec::new(&entry.path, st, self.start_ns);
         // Written at once, after what is queued before it: a patched file's
         // descriptor is never held in the queue (a database has thousands of

@@ -95,7 +95,7 @@ impl FileChanges {
             return 0;
         }
         match self.written.get(&now.ino) {
-            Some(Some(r)) => normalize(r, now.size).iter().map(|(a, b)| b - a).sum(),
+            Some(Some(r)) => ranges_len(&normalize(r, now.size)),
             Some(None) => now.size,
             None => 0,
         }
@@ -125,6 +125,12 @@ pub(crate) enum Piece {
     /// Read and hash `[offset, offset + len)` (a chunk a write touched,
     /// with its old boundaries, or a new piece where a write filled a hole).
     Read { offset: u64, len: u32 },
+}
+
+/// Bytes in `ranges` (`[start, end)` pairs, as [`normalize`] leaves them:
+/// no overlaps).
+pub(crate) fn ranges_len(ranges: &[(u64, u64)]) -> u64 {
+    ranges.iter().map(|(a, b)| b - a).sum()
 }
 
 /// Sorted, merged ranges clipped to `[0, size)`; empty ones dropped.

@@ -366,7 +366,7 @@ fn scan_image_with(
         let ranges = super::changes::normalize(d, st2.size);
         if s.add_patched(e.clone(), &st2, seen.as_ref(), &f, &ranges)? {
             let mut scan = s.finish(cache_dir)?;
-            scan.stats.bytes_tracked = ranges.iter().map(|(a, b)| b - a).sum();
+            scan.stats.bytes_tracked = super::changes::ranges_len(&ranges);
             return Ok(scan);
         }
     }

@@ -45,14 +45,14 @@ use std::time::Duration;
 pub(crate) const IDLE_GROUP: &str = "daffe-precopy";
 
 /// How long one look of the watchdog spans.
-pub(crate) const WINDOW: Duration = Duration::from_secs(5);
+const WINDOW: Duration = Duration::from_secs(5);
 
 /// Starved: less than this share of one CPU in a window...
-pub(crate) const STARVED_SHARE: f64 = 0.10;
+const STARVED_SHARE: f64 = 0.10;
 
 /// ...for this many windows in a row (10 s: pre-copy of a busy app's volume
 /// takes minutes, and a short burst of the app must not end the idle run).
-pub(crate) const STARVED_WINDOWS: u32 = 2;
+const STARVED_WINDOWS: u32 = 2;
 
 /// Whether the moves of this `migrate` left the idle group for good, shared
 /// by the rounds: once starved, later rounds do not go back in.
@@ -115,10 +115,10 @@ impl IdleProcess {
         write(&idle.join("cpu.idle"), "1")?;
         write(&idle.join("cgroup.procs"), &pid.to_string())?;
         let (stop, stopped) = mpsc::channel();
-        let watch = (pid, back.clone(), starved.clone());
+        let (back_w, starved_w) = (back.clone(), starved.clone());
         let watchdog = std::thread::Builder::new()
             .name("precopy-idle-watch".into())
-            .spawn(move || watch_for_starvation(watch.0, &watch.1, &watch.2, &stopped))
+            .spawn(move || watch_for_starvation(pid, &back_w, &starved_w, &stopped))
             .map_err(|e| format!("watchdog thread: {e}"));
         let watchdog = match watchdog {
             Ok(w) => w,
@@ -228,14 +228,14 @@ fn deltas(
 
 /// The starvation rule (module doc), fed one window at a time.
 #[derive(Debug, Default)]
-pub(crate) struct Starvation {
+struct Starvation {
     in_a_row: u32,
 }
 
 impl Starvation {
     /// One window: `run` on a CPU and `wait` runnable, summed over the
     /// threads, in `elapsed`. True once starved.
-    pub(crate) fn observe(&mut self, elapsed: Duration, run: Duration, wait: Duration) -> bool {
+    fn observe(&mut self, elapsed: Duration, run: Duration, wait: Duration) -> bool {
         // Little CPU while sleeping (a read cap, the disk, the link) is not
         // starvation; little CPU while standing runnable is.
         // Runnable at least half the window, summed over the threads: not

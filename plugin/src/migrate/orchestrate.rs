@@ -269,12 +269,13 @@ impl DestHost for RemoteAgent {
             .read_caps
             .for_round(round, final_round)
             .map(mover::ReadCap::install);
-        let _background =
-            (self.background && !final_round).then(super::priority::Background::enter);
-        let _idle = match &self.idle {
-            Some(policy) if self.background && !final_round => policy.enter(),
-            _ => None,
-        };
+        let background = self.background && !final_round;
+        let _background = background.then(super::priority::Background::enter);
+        let _idle = self
+            .idle
+            .as_ref()
+            .filter(|_| background)
+            .and_then(|p| p.enter());
         self.pusher.push(round, final_round, &mut |ev| {
             if let ServeEvent::ChunkSent { bytes, .. } = ev {
                 progress(bytes)
