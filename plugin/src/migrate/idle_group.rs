@@ -62,6 +62,11 @@ pub(crate) struct IdlePolicy {
 }
 
 impl IdlePolicy {
+    /// Whether the watchdog took the process out of the group for good.
+    pub(crate) fn starved(&self) -> bool {
+        self.starved.load(Ordering::Relaxed)
+    }
+
     /// This process into the idle group for one round, or `None` where that
     /// cannot be done (no v1 cpu controller, no cpu.idle, not root) or the
     /// process starved there in an earlier round.
@@ -376,10 +381,13 @@ mod tests {
         }
     }
 
-    /// A CPU burner pinned to CPU 0 (`taskset`), as a child process.
+    /// A CPU burner pinned to CPU 0 (`taskset`), as a child process in a
+    /// session of its own: its own autogroup at nice 0, whatever the
+    /// caller's (a test run from a shell whose autogroup was niced would
+    /// otherwise give the competitor too little weight to starve anyone).
     fn burner() -> std::process::Child {
-        std::process::Command::new("taskset")
-            .args(["-c", "0", "sh", "-c", "while :; do :; done"])
+        std::process::Command::new("setsid")
+            .args(["taskset", "-c", "0", "sh", "-c", "while :; do :; done"])
             .spawn()
             .expect("taskset (util-linux) and sh")
     }
