@@ -4,6 +4,11 @@
 # rewritten in place, synced locally by daffe's mover and by rsync.
 # Usage: bench/mover_pages.sh [WORKDIR]   (root: drops caches before each run)
 #   SYNC_BIN=PATH  use this build of examples/sync instead of building one
+#   DAFFE_BIN=PATH the file lives in a `dir` volume of a `daffe serve` started
+#                  here, and "mover" is `daffe sync` of the volume's directory,
+#                  which asks the daemon where the file was written; a second
+#                  `daffe sync` with no daemon to ask ("mover, no tracker")
+#                  runs beside it, into its own destination
 #
 # Per run (RUNS, default 3; medians printed):
 #  - first transfer into an empty destination: mover vs `rsync -a`
@@ -21,11 +26,28 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/daffe-target-mover}
 # SYNC_BIN: a prebuilt `examples/sync` (an A/B of two builds); else built here.
 if [ -n "${SYNC_BIN:-}" ]; then
   SYNC=$SYNC_BIN
-else
+elif [ -z "${DAFFE_BIN:-}" ]; then
   cargo build --release -q -p mover --example sync
   SYNC=$CARGO_TARGET_DIR/release/examples/sync
 fi
 mkdir -p "$W"; R=$W/results; rm -rf "$R"; mkdir -p "$R"
+SRC=$W/src
+if [ -n "${DAFFE_BIN:-}" ]; then
+  # The file in a dir volume: the daemon traces where it is written.
+  pkill -f "serve --socket $W/plugin.sock" || true
+  rm -rf "$W/vols" "$W/plugin.sock" "$W/control.sock"
+  "$DAFFE_BIN" serve --socket "$W/plugin.sock" --control-socket "$W/control.sock" \
+    --data-root "$W/vols" 2> "$R/serve.log" &
+  SERVE=$!
+  trap 'kill $SERVE 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do [ -S "$W/control.sock" ] && break; sleep 0.1; done
+  out=$(curl -sS -0 --unix-socket "$W/plugin.sock" -X POST -d '{"Name":"pages"}' http://daffe/VolumeDriver.Create)
+  [ "$(jq -r '.Err // ""' <<<"$out")" = "" ] || { echo "create: $out" >&2; exit 1; }
+  SRC=$(DAFFE_CONTROL_SOCKET=$W/control.sock "$DAFFE_BIN" volume inspect pages --json | jq -r .mountpoint)
+  SYNC="env DAFFE_CONTROL_SOCKET=$W/control.sock $DAFFE_BIN sync"
+  PLAIN="env DAFFE_CONTROL_SOCKET=$W/no-daemon.sock $DAFFE_BIN sync"
+  echo "== daffe sync of the dir volume's directory $SRC (daemon: $DAFFE_BIN)"
+fi
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 t() { local out=$1; shift; /usr/bin/time -f "%e" -o "$out" "$@"; }
 python3 - "$W/pristine.bin" "$SIZE_MIB" <<'PY'
@@ -39,17 +61,19 @@ if not (os.path.exists(p) and os.path.getsize(p) == mib << 20):
 PY
 echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); ${SIZE_MIB} MiB data.bin, 1% pages"
 for run in $(seq 1 "$RUNS"); do
-  rm -rf "$W/src" "$W/ours" "$W/.ours.daffe-state" "$W/rsi" "$W/rsp"
-  mkdir -p "$W/src"; cp "$W/pristine.bin" "$W/src/data.bin"
+  rm -rf "$W/ours" "$W/.ours.daffe-state" "$W/plain" "$W/.plain.daffe-state" "$W/rsi" "$W/rsp"
+  [ -n "${DAFFE_BIN:-}" ] || { rm -rf "$SRC"; mkdir -p "$SRC"; }
+  rm -f "$SRC/data.bin"; cp "$W/pristine.bin" "$SRC/data.bin"
   sleep 2  # out of the racy-timestamp window
-  drop; t "$R/first-ours-$run" "$SYNC" --json "$W/src" "$W/ours" > "$R/first-ours-$run.json"
-  drop; t "$R/first-rsync-$run" rsync -a "$W/src/" "$W/rsi/"
+  drop; t "$R/first-ours-$run" $SYNC --json "$SRC" "$W/ours" > "$R/first-ours-$run.json"
+  [ -z "${PLAIN:-}" ] || { drop; $PLAIN --json "$SRC" "$W/plain" > /dev/null; }
+  drop; t "$R/first-rsync-$run" rsync -a "$SRC/" "$W/rsi/"
   cp -a "$W/rsi" "$W/rsp"
   # Two rewrite rounds: in the first the mover sees the write pattern
   # (same inode and size, new mtime) and switches the file to page-sized
   # chunks, so no chunk id matches that once; the second is the steady state.
   for k in 1 2; do
-    python3 - "$W/src/data.bin" "$((run * 10 + k))" <<'PY'
+    python3 - "$SRC/data.bin" "$((run * 10 + k))" <<'PY'
 import os, random, sys
 p, seed = sys.argv[1], int(sys.argv[2])
 rng = random.Random(100 + seed)
@@ -59,11 +83,15 @@ with open(p, "r+b") as f:
         f.seek(pg * 4096); f.write(rng.randbytes(4096))
 PY
     sleep 2
-    drop; t "$R/incr$k-ours-$run" "$SYNC" --json "$W/src" "$W/ours" > "$R/incr$k-ours-$run.json"
-    drop; t "$R/incr$k-rsi-$run" rsync -a --inplace --no-whole-file --stats "$W/src/" "$W/rsi/" > "$R/incr$k-rsi-$run.txt"
-    drop; t "$R/incr$k-rsp-$run" rsync -a --no-whole-file --stats "$W/src/" "$W/rsp/" > "$R/incr$k-rsp-$run.txt"
-    cmp "$W/src/data.bin" "$W/ours/data.bin"
-    cmp "$W/src/data.bin" "$W/rsi/data.bin"
+    drop; t "$R/incr$k-ours-$run" $SYNC --json "$SRC" "$W/ours" > "$R/incr$k-ours-$run.json"
+    if [ -n "${PLAIN:-}" ]; then
+      drop; t "$R/incr$k-plain-$run" $PLAIN --json "$SRC" "$W/plain" > "$R/incr$k-plain-$run.json"
+      cmp "$SRC/data.bin" "$W/plain/data.bin"
+    fi
+    drop; t "$R/incr$k-rsi-$run" rsync -a --inplace --no-whole-file --stats "$SRC/" "$W/rsi/" > "$R/incr$k-rsi-$run.txt"
+    drop; t "$R/incr$k-rsp-$run" rsync -a --no-whole-file --stats "$SRC/" "$W/rsp/" > "$R/incr$k-rsp-$run.txt"
+    cmp "$SRC/data.bin" "$W/ours/data.bin"
+    cmp "$SRC/data.bin" "$W/rsi/data.bin"
   done
 done
 python3 - "$R" "$RUNS" <<'PY'
@@ -85,4 +113,10 @@ for k, what in ((1, "incremental 1 (class switch)"), (2, "incremental 2 (steady)
     print(f"| {what}: mover / rsync --no-whole-file time | {io/ip:.2f} ({io:.2f}s vs {ip:.2f}s) | <= 0.5 |")
     print(f"| {what}: mover fetched / rsync --inplace sent | {fetched/si:.2f} ({fetched/M:.2f} MiB vs {si/M:.2f} MiB; plain rsync sent {sp/M:.2f} MiB) | <= 1 |")
     print(f"| {what}: mover bytes written at the destination | {written/M:.2f} MiB | - |")
+    print(f"| {what}: mover bytes read and hashed at the source | {st.median(o['bytes_hashed'] for o in ours)/M:.2f} MiB | - |")
+    try:
+        ipl = tm(f"incr{k}-plain")
+        print(f"| {what}: mover, no tracker / rsync --inplace --no-whole-file time | {ipl/ii:.2f} ({ipl:.2f}s vs {ii:.2f}s) | - |")
+    except FileNotFoundError:
+        pass
 PY

@@ -2,9 +2,10 @@
 //! create, change and delete, with sizes, and leaves every byte where it
 //! was: no destination, no state dir, no changed file. And
 //! `migrate --connect-timeout 0` is a usage error, not a command that fails
-//! every attempt.
+//! every attempt. And `daffe sync` of a dir volume's directory reads a
+//! rewritten file only where the daemon saw it written (issue 11).
 
-use daffe_e2e::plugin::daffe_bin;
+use daffe_e2e::plugin::{Plugin, daffe_bin};
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -131,4 +132,69 @@ fn a_zero_connect_timeout_is_a_usage_error() {
             "{err}"
         );
     }
+}
+
+/// Rewrites `n` 4 KiB pages of `file` in place, spread over it.
+fn rewrite_pages(file: &Path, n: u64, seed: u8) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+    let stride = f.metadata().unwrap().len() / n;
+    for i in 0..n {
+        f.write_all_at(&[seed ^ i.to_le_bytes()[0]; 4096], i * stride + 4096)
+            .unwrap();
+    }
+}
+
+#[test]
+fn sync_of_a_dir_volume_reads_only_where_the_daemon_saw_writes() {
+    let p = Plugin::start();
+    let (code, reply) = p.call(
+        "/VolumeDriver.Create",
+        &serde_json::json!({"Name": "pages"}),
+    );
+    assert_eq!(code, 200, "{reply}");
+    let vol = std::path::PathBuf::from(p.inspect("pages")["mountpoint"].as_str().unwrap());
+    let file = vol.join("data.bin");
+    let data: Vec<u8> = (0..16u32 << 20)
+        .map(|i| i.wrapping_mul(2_654_435_761).to_le_bytes()[2])
+        .collect();
+    std::fs::write(&file, data).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let dst = t.path().join("copy");
+    let sync = |socket: &Path| -> serde_json::Value {
+        let out = Command::new(daffe_bin())
+            .args(["sync", "--json"])
+            .arg(&vol)
+            .arg(&dst)
+            .env("DAFFE_CONTROL_SOCKET", socket)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            std::fs::read(dst.join("data.bin")).unwrap(),
+            std::fs::read(&file).unwrap()
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let hashed = |v: &serde_json::Value| v["bytes_hashed"].as_u64().unwrap();
+    let daemon = p.control_socket();
+    let pause = || std::thread::sleep(std::time::Duration::from_millis(2100));
+
+    // The first sync reads all of it (the tracker starts with it).
+    assert_eq!(hashed(&sync(&daemon)), 16 << 20);
+    // 64 scattered pages: the file switches to page-sized chunks (read
+    // whole once, as without the daemon).
+    pause();
+    rewrite_pages(&file, 64, 1);
+    assert_eq!(hashed(&sync(&daemon)), 16 << 20);
+    // Then only the chunks around the pages written are read.
+    pause();
+    rewrite_pages(&file, 64, 2);
+    let v = sync(&daemon);
+    assert!(hashed(&v) <= 64 * (64 << 10), "{v:#}");
+    assert!(hashed(&v) >= 64 * 4096, "{v:#}");
+    // The same change with no daemon to ask: the whole file.
+    pause();
+    rewrite_pages(&file, 64, 3);
+    assert_eq!(hashed(&sync(&t.path().join("no-daemon.sock"))), 16 << 20);
 }

@@ -139,4 +139,4 @@ pub use receive::{
 };
 pub use scan::{FileChanges, ImageChanges, PendingChanges, ScanError, ScanOptions, ScanStats};
 pub use source::{ChunkSource, ManifestBase, Sender, Sink, SinkError, Source, SourceError, Want};
-pub use sync::{SyncError, SyncOptions, SyncStats, preview, sync};
+pub use sync::{SyncError, SyncOptions, SyncStats, preview, source_cache_dir, sync};

@@ -43,6 +43,13 @@ pub struct SyncOptions {
     /// what the source lacks is deleted there (`daffe sync --delete`). Off by
     /// default: see [`crate::PreflightError::ForeignDestination`].
     pub allow_foreign: bool,
+    /// Where the source was written since the cache's last scan (a tracker
+    /// such as the daffe daemon's, keyed by [`source_cache_dir`]): a
+    /// changed file is then read only where it was written, an image only
+    /// where it was written. `None` (the default): every changed file or
+    /// image is read whole. A dry run never uses it (it would tell the
+    /// tracker that a scan it throws away was saved).
+    pub changes: Option<Arc<dyn crate::scan::ImageChanges>>,
 }
 
 impl Default for SyncOptions {
@@ -56,6 +63,7 @@ impl Default for SyncOptions {
             retries: 3,
             checkpoint_bytes: receive::CHECKPOINT_BYTES,
             allow_foreign: false,
+            changes: None,
         }
     }
 }
@@ -69,6 +77,7 @@ crate::builder::setters!(SyncOptions {
     with_retries => retries: u32,
     with_checkpoint_bytes => checkpoint_bytes: u64,
     with_allow_foreign => allow_foreign: bool,
+    with_changes => changes: Option<Arc<dyn crate::scan::ImageChanges>>,
 });
 
 impl std::fmt::Debug for SyncOptions {
@@ -80,6 +89,7 @@ impl std::fmt::Debug for SyncOptions {
             .field("threads", &self.threads)
             .field("retries", &self.retries)
             .field("allow_foreign", &self.allow_foreign)
+            .field("changes", &self.changes.is_some())
             .finish()
     }
 }
@@ -156,11 +166,21 @@ fn dirs(
         .clone()
         .unwrap_or_else(|| receive::default_state_dir(dst.path()));
     preflight::check(src, dst, &state, opts.allow_foreign)?;
-    let cache = opts
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| state.join("source-cache"));
+    let cache = source_cache_dir(dst, opts);
     Ok((state, cache))
+}
+
+/// The source's stat cache dir a [`sync`] into `dst` with `opts` uses:
+/// [`SyncOptions::cache_dir`], else `source-cache` in the state dir. A
+/// write tracker's "since the last scan" is per cache, so its caller names
+/// the cache with this.
+pub fn source_cache_dir(dst: &Destination, opts: &SyncOptions) -> PathBuf {
+    opts.cache_dir.clone().unwrap_or_else(|| {
+        opts.state_dir
+            .clone()
+            .unwrap_or_else(|| receive::default_state_dir(dst.path()))
+            .join("source-cache")
+    })
 }
 
 /// What [`sync`] would do, without doing it (a dry run): the source is
@@ -306,7 +326,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
                 threads: opts.threads.max(1),
                 label: label.clone(),
                 progress: opts.progress.clone(),
-                changes: None,
+                changes: opts.changes.clone(),
             },
         )?;
         stats.scan_ms += millis(ts.elapsed());
@@ -405,5 +425,109 @@ mod tests {
         assert_eq!(st.rounds.deleted, 1);
         assert_eq!((st.rounds.files_staged, st.rounds.files_patched), (1, 1));
         assert_eq!(std::fs::read(dst.join("d/b")).unwrap().len(), 7000);
+    }
+
+    /// A tracker that reports what the test tells it, and counts the saves.
+    struct Tracker {
+        files: std::sync::Mutex<Option<crate::FileChanges>>,
+        saved: std::sync::atomic::AtomicU64,
+    }
+
+    impl crate::ImageChanges for Tracker {
+        fn pending(&self) -> crate::PendingChanges {
+            crate::PendingChanges {
+                mark: 7,
+                ranges: None,
+                files: self.files.lock().unwrap().clone(),
+            }
+        }
+        fn scanned(&self, mark: u64) {
+            assert_eq!(mark, 7);
+            self.saved.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_tracker_makes_the_round_read_only_what_was_written() {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        let file = src.join("data.bin");
+        write(&file, 4 << 20, 13);
+        let tracker = Arc::new(Tracker {
+            files: std::sync::Mutex::new(None),
+            saved: Default::default(),
+        });
+        let (s, d) = (Source::Tree(src.clone()), Destination::Tree(dst.clone()));
+        let opts = SyncOptions::default().with_changes(Some(tracker.clone()));
+        // The tracker cannot vouch yet: the file is read whole.
+        assert_eq!(sync(&s, &d, &opts).unwrap().bytes_hashed, 4 << 20);
+        assert_eq!(tracker.saved.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+        // Rewrite two pages in place, out of the racy window.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&[0xa5; 4096], 1 << 20).unwrap();
+        f.write_all_at(&[0x5a; 4096], 3 << 20).unwrap();
+        drop(f);
+        let m = std::fs::metadata(&file).unwrap();
+        let told = |ranges: Vec<(u64, u64)>| crate::FileChanges {
+            dev: m.dev(),
+            written: [(m.ino(), Some(ranges))].into(),
+        };
+        *tracker.files.lock().unwrap() = Some(told(vec![
+            (1 << 20, (1 << 20) + 4096),
+            (3 << 20, (3 << 20) + 4096),
+        ]));
+        let st = sync(&s, &d, &opts).unwrap();
+        // The two chunks the pages fall in (1 MiB each in this class), not
+        // the four of the file; the destination writes only the pages.
+        assert_eq!(st.bytes_hashed, 2 << 20, "{st:?}");
+        assert_eq!(st.rounds.bytes_written, 8192, "{st:?}");
+        assert_eq!(
+            std::fs::read(dst.join("data.bin")).unwrap(),
+            std::fs::read(&file).unwrap()
+        );
+        assert_eq!(tracker.saved.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+        // Pages scattered over the file: it switches to page-sized chunks
+        // (read whole once, in the new class), then is patched in them.
+        let scatter = |seed: u8| {
+            std::thread::sleep(std::time::Duration::from_millis(2100));
+            let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+            let pages: Vec<u64> = (0..16).map(|i| i * (256 << 10) + 8192).collect();
+            for &p in &pages {
+                f.write_all_at(&[seed; 4096], p).unwrap();
+            }
+            *tracker.files.lock().unwrap() =
+                Some(told(pages.iter().map(|&p| (p, p + 4096)).collect()));
+        };
+        scatter(1);
+        let st = sync(&s, &d, &opts).unwrap();
+        assert_eq!(st.bytes_hashed, 4 << 20, "the switch round: {st:?}");
+        scatter(2);
+        let st = sync(&s, &d, &opts).unwrap();
+        assert!(
+            st.bytes_hashed <= 16 * (64 << 10),
+            "patched in pages: {st:?}"
+        );
+        assert_eq!(
+            std::fs::read(dst.join("data.bin")).unwrap(),
+            std::fs::read(&file).unwrap()
+        );
+
+        // Without the tracker the same change costs the whole file: the
+        // figures above are the tracker's doing.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(&[0x33; 4096], 2 << 20).unwrap();
+        drop(f);
+        let plain = SyncOptions::default();
+        assert_eq!(sync(&s, &d, &plain).unwrap().bytes_hashed, 4 << 20);
+        assert_eq!(
+            std::fs::read(dst.join("data.bin")).unwrap(),
+            std::fs::read(&file).unwrap()
+        );
     }
 }

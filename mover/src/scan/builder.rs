@@ -326,6 +326,22 @@ impl Scanner {
         choice.class()
     }
 
+    /// Whether `path`, just given its class by [`Self::file_class`], was
+    /// listed as paged for the first time (its last chunks were cut in
+    /// another class).
+    pub(super) fn newly_paged(&self, path: &[u8]) -> bool {
+        self.paged_next.last().is_some_and(|p| p == path) && !self.paged_prev.contains(path)
+    }
+
+    /// Takes back [`Self::file_class`]'s listing of `path` as paged: it is
+    /// patched in the class its last chunks were cut in, and the next scan
+    /// decides again.
+    pub(super) fn unlist_paged(&mut self, path: &[u8]) {
+        if self.paged_next.last().is_some_and(|p| p == path) {
+            self.paged_next.pop();
+        }
+    }
+
     /// Queues one entry. `file` is the open file for data-carrying entries
     /// that must be read.
     pub(super) fn add(

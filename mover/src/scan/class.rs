@@ -99,6 +99,21 @@ pub fn choose(path: &[u8], now: Now, seen: Option<Seen>) -> Choice {
     }
 }
 
+/// Whether a file the tracker says was written at `dirty` (normalized
+/// ranges), first seen rewritten in place this scan, should switch to the
+/// `db` class now. Switching reads it whole once and makes every chunk id
+/// new (the round in which a file without a tracker switches costs that
+/// too); staying patches it in its `Default` chunks, one re-read chunk
+/// (~256 KiB) per written range. Switch when staying would re-read half the
+/// file or more: scattered pages (a database named `data.bin`: 1% of its
+/// pages is 327 ranges of a 128 MiB file, ~82 MB of chunks) switch; a
+/// sequential write (a PostgreSQL WAL segment, preallocated, then filled in
+/// place: one range per round) stays.
+pub fn switch_to_pages(dirty: &[(u64, u64)], size: u64) -> bool {
+    let (_, avg, _) = ChunkClass::Default.sizes();
+    (dirty.len() as u64).saturating_mul(u64::from(avg)) >= size / 2
+}
+
 /// The paths the last scan listed as paged (empty when there is no list or
 /// it cannot be read: only a hint).
 pub(super) fn load_paged(cache_dir: &Path) -> HashSet<Vec<u8>> {
@@ -148,6 +163,32 @@ mod tests {
             mtime_ns,
             paged,
         })
+    }
+
+    #[test]
+    fn a_tracked_file_switches_to_pages_when_its_writes_are_scattered() {
+        let pages = |n: u64, stride: u64| -> Vec<(u64, u64)> {
+            (0..n).map(|i| (i * stride, i * stride + 4096)).collect()
+        };
+        type Ranges = Vec<(u64, u64)>;
+        // (written ranges, file size, switch)
+        let table: &[(Ranges, u64, bool)] = &[
+            // 1% of a 128 MiB file's pages, scattered: ~82 MB of chunks.
+            (pages(327, 400 * 1024), 128 * MIB, true),
+            // 1% of 1 GiB.
+            (pages(2621, 400 * 1024), 1024 * MIB, true),
+            // A WAL segment filled in place: one range.
+            (vec![(0, 9 * MIB)], 16 * MIB, false),
+            // A few pages of a large file: patch them in place.
+            (pages(100, 4 * MIB), 1024 * MIB, false),
+            // At the line: 256 ranges of 256 KiB chunks = half of 128 MiB.
+            (pages(256, 400 * 1024), 128 * MIB, true),
+            (pages(255, 400 * 1024), 128 * MIB, false),
+            (Vec::new(), 128 * MIB, false),
+        ];
+        for (i, (dirty, size, want)) in table.iter().enumerate() {
+            assert_eq!(switch_to_pages(dirty, *size), *want, "row {i}");
+        }
     }
 
     #[test]

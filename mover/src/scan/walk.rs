@@ -277,7 +277,22 @@ fn scan_tree_with(
                         &e.path,
                         st
                     );
-                    match files.and_then(|f| f.dirty(&st, seen.as_ref())) {
+                    let dirty = files.and_then(|f| f.dirty(&st, seen.as_ref()));
+                    // First seen rewritten in place: a patch keeps the last
+                    // scan's (larger) chunks; scattered pages switch to the
+                    // page class now, read whole once (`class::switch_to_pages`).
+                    let dirty = match dirty {
+                        Some(d) if s.newly_paged(&e.path) => {
+                            if super::class::switch_to_pages(&d, st.size) {
+                                None
+                            } else {
+                                s.unlist_paged(&e.path);
+                                Some(d)
+                            }
+                        }
+                        d => d,
+                    };
+                    match dirty {
                         Some(dirty) => s.add_patched_file(e, &st, File::from(fd), dirty)?,
                         None => {
                             if let Some(f) = files {

@@ -19,6 +19,7 @@ pub mod snapshot;
 pub mod status;
 pub mod sync;
 pub mod volume;
+pub(crate) mod volume_tracker;
 
 use std::process::ExitCode;
 

@@ -25,7 +25,9 @@ use mover::{
 /// sparse holes. Images (SRC a regular file or block device) keep their
 /// holes. Each run is atomic: DST is the old state or the new one, never half;
 /// an interrupted run resumes where its data was durably stored. A second run
-/// copies only what changed.
+/// copies only what changed; from a `dir` volume's directory (`docker volume
+/// inspect -f '{{.Mountpoint}}' NAME`), with the daemon running, it reads a
+/// changed file only where the daemon saw it written.
 #[derive(Debug, Args)]
 pub struct SyncArgs {
     /// Source: a directory, or an image file / block device.
@@ -62,7 +64,9 @@ pub struct SyncArgs {
     #[arg(long)]
     pub json_progress: bool,
     /// The local daemon's control socket: the run's figures go to its
-    /// metrics (nothing happens when no daemon runs here).
+    /// metrics, and when SRC is a `dir` volume's directory the daemon says
+    /// where its files were written since the last sync (a changed file is
+    /// then read only there). Nothing happens when no daemon runs here.
     #[arg(long, env = "DAFFE_CONTROL_SOCKET", default_value = DEFAULT_CONTROL_SOCKET)]
     pub(crate) control_socket: PathBuf,
 }
@@ -315,6 +319,12 @@ pub fn run(args: SyncArgs) -> ExitCode {
     if args.dry_run {
         return run_dry(&args, &src, &dst, &opts);
     }
+    let tracked = super::volume_tracker::for_source(&src, &dst, &opts, &args.control_socket)
+        .map(|(volume, tracker)| {
+            tracing::debug!(%volume, "the daemon tracks this volume's writes: changed files are read where written");
+            opts.changes = Some(tracker);
+            volume
+        });
     let quiet = super::output::quiet();
     let stream = args
         .json_progress
@@ -357,6 +367,9 @@ pub fn run(args: SyncArgs) -> ExitCode {
                     eprintln!("warning: {}: {} not copied: {}", s.path, s.what, s.reason);
                 }
                 println!("{}", summary(&stats));
+                if let Some(v) = &tracked {
+                    println!("(volume {v}: files read where the daemon saw them written)");
+                }
             }
             ExitCode::SUCCESS
         }
