@@ -77,6 +77,54 @@ pub(crate) fn read_full_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<
     read_full_at_in(f, buf, offset, usize::MAX)
 }
 
+/// [`read_full_at`] for a chunk answer, whose bytes this round's scan read
+/// (and was charged for) unless its file was unchanged: what the page cache
+/// still holds comes free of the cap, the rest is read and charged as any
+/// read. Without it a capped first round paid the cap
+/// twice for the same bytes, once to hash them and once to send them (a
+/// 900 MB database at `--first-round-read-limit 20M`: 86 s instead of 43;
+/// BENCHMARKS.md, stop 33); the cap is there for the disk, and a page-cache
+/// hit costs the disk nothing. On a volume larger than memory the scan's
+/// pages are gone by the time they are asked for, and are charged again.
+pub(crate) fn reread_full_at(f: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    if !capped() {
+        return read_full_at(f, buf, offset);
+    }
+    let cached = read_cached_at(f, buf, offset);
+    if cached == buf.len() {
+        return Ok(cached);
+    }
+    Ok(cached + read_full_at(f, &mut buf[cached..], offset + cached as u64)?)
+}
+
+/// Whether a cap is installed.
+fn capped() -> bool {
+    READ_CAP
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .is_some()
+}
+
+/// Fills `buf` from `offset` with what the page cache holds (`RWF_NOWAIT`:
+/// the kernel answers `EAGAIN` instead of going to the disk), stopping at
+/// the first byte it does not hold, at end of file, or on any error (the
+/// caller reads the rest the usual way: a kernel or filesystem without
+/// `RWF_NOWAIT` only loses the discount).
+fn read_cached_at(f: &File, buf: &mut [u8], offset: u64) -> usize {
+    use rustix::io::{Errno, ReadWriteFlags};
+    let mut got = 0usize;
+    while got < buf.len() {
+        let mut iov = [io::IoSliceMut::new(&mut buf[got..])];
+        match rustix::io::preadv2(f, &mut iov, offset + got as u64, ReadWriteFlags::NOWAIT) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(Errno::INTR) => {}
+            Err(_) => break,
+        }
+    }
+    got
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,6 +151,38 @@ mod tests {
         let t1 = clock.elapsed();
         assert_eq!(read_full_at(&f, &mut buf, 0).unwrap(), 4 << 20);
         assert_eq!(clock.elapsed(), t1, "a lifted cap still charged");
+    }
+
+    #[test]
+    fn a_reread_takes_from_the_page_cache_only_what_it_holds() {
+        use std::os::fd::AsFd;
+        // On the source tree's filesystem, not a tmpfs /tmp, whose pages
+        // cannot be dropped (an unnamed O_TMPFILE: nothing is left behind).
+        let mut f = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let data: Vec<u8> = (0..4u32 << 20).map(|i| i.to_le_bytes()[1]).collect();
+        f.write_all(&data).unwrap();
+        let mut buf = vec![0u8; 4 << 20];
+
+        // Just written: all in the page cache, so all free under a cap.
+        assert_eq!(read_cached_at(&f, &mut buf, 0), 4 << 20);
+        assert_eq!(buf, data);
+
+        // Written back, then dropped: the cache holds none of it (the
+        // kernel may read a little ahead by itself, never all).
+        f.sync_all().unwrap();
+        rustix::fs::fadvise(f.as_fd(), 0, None, rustix::fs::Advice::DontNeed).unwrap();
+        buf.fill(0);
+        assert!(read_cached_at(&f, &mut buf, 0) < 1 << 20);
+        // The re-read gets it all the same (the rest read, and charged).
+        buf.fill(0);
+        assert_eq!(reread_full_at(&f, &mut buf, 0).unwrap(), 4 << 20);
+        assert_eq!(buf, data);
+
+        // Past the end: what there is.
+        let mut tail = vec![0u8; 8192];
+        assert_eq!(reread_full_at(&f, &mut tail, (4 << 20) - 100).unwrap(), 100);
+        assert_eq!(&tail[..100], &data[data.len() - 100..]);
+        assert_eq!(read_cached_at(&f, &mut tail, 4 << 20), 0);
     }
 
     #[test]

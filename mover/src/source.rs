@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
 use crate::manifest::{ManifestId, Mode as MMode};
-use crate::read_full::read_full_at;
+use crate::read_full::reread_full_at;
 use crate::regular_file;
 use crate::safe_path::Root;
 use crate::scan::{self, Scan, ScanError, ScanOptions, ScanStats};
@@ -338,7 +338,7 @@ impl Sender {
             buf.clear();
             return Ok(());
         };
-        let got = read_full_at(f, buf, w.offset).map_err(|source| {
+        let got = reread_full_at(f, buf, w.offset).map_err(|source| {
             let path = self.scan.paths.get(w.entry).unwrap_or(b"");
             SourceError::Read {
                 path: String::from_utf8_lossy(path).into_owned(),
@@ -460,7 +460,7 @@ fn read_ahead(
             for w in wants {
                 let mut buf = spare_rx.try_recv().unwrap_or_default();
                 buf.resize(w.len as usize, 0);
-                let r = read_full_at(f, &mut buf, w.offset).map(|got| {
+                let r = reread_full_at(f, &mut buf, w.offset).map(|got| {
                     buf.truncate(got);
                     buf
                 });

@@ -72,8 +72,9 @@ pub struct MigrateArgs {
     /// Cap this process's reads of the volume during pre-copy rounds
     /// (bytes/s with K/M/G, binary, or bits with kbit/mbit/gbit, e.g. 20M),
     /// so the application keeps its share of the disk and CPU while it
-    /// runs. The final round, after the unmount, is never capped. Default:
-    /// no cap.
+    /// runs: the scans' reads, and the chunks sent that the page cache no
+    /// longer holds. The final round, after the unmount, is never capped.
+    /// Default: no cap.
     #[arg(long, value_name = "RATE")]
     pub(crate) read_limit: Option<String>,
     /// Cap this process's reads during the first pre-copy round only, in

@@ -192,8 +192,8 @@ pub(crate) trait DestHost {
 pub(crate) struct RemoteAgent {
     pub(crate) pusher: RoundPusher,
     /// `--read-limit` and `--first-round-read-limit`: charged by the reads
-    /// of pre-copy rounds' scans and chunk answers, never by the final
-    /// round's.
+    /// of pre-copy rounds' scans and chunk answers (an answer only for what
+    /// the page cache no longer holds), never by the final round's.
     pub(crate) read_caps: ReadCaps,
     /// Pre-copy rounds run in the background (`--precopy-priority low`
     /// or `idle`; see `super::priority`); the final round never does.
@@ -290,8 +290,9 @@ impl DestHost for RemoteAgent {
         // (PostgreSQL's CHECKPOINT: 362 MB of pages) took 14.7 s, and the
         // 200 MB the database dirtied meanwhile went in the final round
         // (5.3 s of downtime; live8's run, BENCHMARKS.md).
-        // WIP (stop 33): in the idle cgroup the round gets every CPU the
-        // application leaves, and the watchdog ends starvation; try keeping it.
+        // In the idle cgroup the round gets every CPU the application
+        // leaves, and the watchdog ends starvation, so it stays there (its
+        // latency cost fell from x2.0-2.4 to x1.3; BENCHMARKS.md, stop 33).
         // Once starved there, the round goes at normal priority as before
         // (at nice 19 it would lag the writes: live8).
         if self.idle.as_ref().is_none_or(|p| p.starved()) {
