@@ -381,3 +381,30 @@ fn torn_source_cache_means_a_full_rescan_not_a_failure() {
         "the scan should have re-read everything: {s:#?}"
     );
 }
+
+/// Found by `props::random_trees_and_edit_scripts` (CI, stop 34): a block
+/// the source holds allocated but zero (a write past the end cut back by a
+/// truncate, then the file grown again) over a hole of the destination's
+/// copy. The destination's old bytes there read as zeros too, so the page
+/// patch found no page to write and left the hole: same bytes, another
+/// layout. A range the destination holds a hole in is never a patch base.
+#[test]
+fn allocated_zeros_over_a_destination_hole_are_written() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+    fs::create_dir_all(&src).unwrap();
+    let p = src.join("f");
+    let (hole, len) = (1_958_790u64, 52_063usize);
+    write_sparse(&p, hole + len as u64 + 8192, &[(hole, len)], hole);
+    run(t.path(), &src, &dst);
+    assert_same_tree(&src, &dst);
+
+    let f = fs::OpenOptions::new().write(true).open(&p).unwrap();
+    f.write_all_at(&[7u8; 1739], 63_219).unwrap();
+    f.write_all_at(&[9u8; 1612], 115_447).unwrap();
+    f.set_len(63_198).unwrap();
+    f.set_len(84_614).unwrap();
+    drop(f);
+    run(t.path(), &src, &dst);
+    assert_same_tree(&src, &dst);
+}

@@ -346,6 +346,13 @@ impl<'a> Executor<'a> {
             .map(|(r, w)| {
                 let (path, len) = r?;
                 let f = files.get(&path)?.as_ref()?;
+                // A hole reads as zeros, so a page the source holds
+                // allocated but zero would match it and stay a hole here:
+                // same bytes, another layout. No base over a hole.
+                let next_hole = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(w.offset)).ok()?;
+                if next_hole < w.offset + u64::from(len) {
+                    return None;
+                }
                 let mut buf = vec![0u8; len as usize];
                 let got = read_full_at(f, &mut buf, w.offset).ok()?;
                 (got == buf.len()).then_some(buf)
