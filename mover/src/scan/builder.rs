@@ -722,7 +722,9 @@ impl Scanner {
         // class's max); new pieces are at most the db max.
         let longest = old.iter().map(|c| c.len).max().unwrap_or(0);
         let mut buf = vec![0u8; longest.max(ChunkClass::Db.max_len()) as usize];
-        for p in pieces {
+        let mut ahead = ReadAhead::default();
+        for (i, &p) in pieces.iter().enumerate() {
+            ahead.advise(file, &pieces, i);
             let c = match p {
                 super::changes::Piece::Keep(c) => c,
                 super::changes::Piece::Read { offset, len } => {
@@ -893,6 +895,46 @@ impl Scanner {
 
 /// Writes a chunk record, preceded by an extent record when it does not
 /// continue the previous chunk.
+/// Asks the kernel ahead for the pieces a patched scan re-reads: one cold
+/// random read at a time, 1% of a 128 MiB file's pages (~330 chunks) took
+/// ~55 ms to re-read; asked for together they go to the disk as one deep
+/// queue. A window of [`READ_AHEAD_BYTES`], not all of them: under a read
+/// cap (pre-copy) the reads the kernel starts early are charged only when
+/// the scan takes them, so the window bounds how far they run ahead.
+#[derive(Default)]
+struct ReadAhead {
+    /// The next piece not yet advised.
+    next: usize,
+    /// Bytes advised and not yet read.
+    pending: u64,
+}
+
+const READ_AHEAD_BYTES: u64 = 8 << 20;
+
+impl ReadAhead {
+    /// Before piece `at` is read: advise up to the window ahead of it.
+    fn advise(&mut self, file: &File, pieces: &[super::changes::Piece], at: usize) {
+        use super::changes::Piece;
+        self.next = self.next.max(at);
+        while self.next < pieces.len() && self.pending < READ_AHEAD_BYTES {
+            if let Piece::Read { offset, len } = pieces[self.next] {
+                let _ = rustix::fs::fadvise(
+                    file,
+                    offset,
+                    std::num::NonZeroU64::new(u64::from(len)),
+                    rustix::fs::Advice::WillNeed,
+                );
+                self.pending += u64::from(len);
+            }
+            self.next += 1;
+        }
+        // Piece `at` is read now: it leaves the window.
+        if let Some(Piece::Read { len, .. }) = pieces.get(at) {
+            self.pending = self.pending.saturating_sub(u64::from(*len));
+        }
+    }
+}
+
 fn write_chunk<W: std::io::Write>(
     w: &mut ManifestWriter<W>,
     c: ChunkRef,
@@ -1010,5 +1052,48 @@ fn finish_extent(
             Ok(())
         }
         other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::changes::Piece;
+    use super::*;
+
+    #[test]
+    fn read_ahead_keeps_a_bounded_window_of_the_pieces_to_read() {
+        let f = tempfile::tempfile().unwrap();
+        let keep = |offset| {
+            Piece::Keep(ChunkRef {
+                offset,
+                len: 1,
+                id: ChunkId::of(b""),
+            })
+        };
+        let read = |offset: u64, len: u32| Piece::Read { offset, len };
+        const M: u32 = 1 << 20;
+        let pieces = [
+            read(0, 3 * M),
+            keep(1),
+            read(4 << 20, 3 * M),
+            read(8 << 20, 3 * M),
+            keep(2),
+            read(12 << 20, M),
+            read(16 << 20, 3 * M),
+        ];
+        let mut a = ReadAhead::default();
+        let mut ahead_of_first = 0;
+        for i in 0..pieces.len() {
+            a.advise(&f, &pieces, i);
+            assert!(a.next > i, "piece {i} read before it was advised");
+            assert!(a.pending < READ_AHEAD_BYTES + u64::from(3 * M), "{i}");
+            if i == 0 {
+                ahead_of_first = a.next;
+            }
+        }
+        // The window ran ahead of the reads, not to the end at once, and
+        // every piece read left it.
+        assert_eq!(ahead_of_first, 4);
+        assert_eq!((a.next, a.pending), (pieces.len(), 0));
     }
 }
