@@ -10,6 +10,19 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::rate::RateLimiter;
 
+/// Asks the kernel to start reading `len` bytes of `f` at `offset` now,
+/// so that a later read finds them in the page cache (many ranges advised
+/// before they are read make one deep queue instead of one cold random read
+/// at a time). Only a hint: a file that cannot take it is read as usual.
+pub(crate) fn will_need(f: &File, offset: u64, len: u64) {
+    let _ = rustix::fs::fadvise(
+        f,
+        offset,
+        std::num::NonZeroU64::new(len),
+        rustix::fs::Advice::WillNeed,
+    );
+}
+
 /// The process's read cap while a [`ReadCap`] lives.
 static READ_CAP: RwLock<Option<Arc<RateLimiter>>> = RwLock::new(None);
 

@@ -42,7 +42,7 @@ use crate::chunk::{ChunkId, ChunkRef};
 use crate::chunk_index::{ChunkIndex, Loc, read_verified};
 use crate::manifest::{Entry, PathTable};
 use crate::progress::Progress;
-use crate::read_full::read_full_at;
+use crate::read_full::{read_full_at, will_need};
 use crate::source::{ChunkSource, SinkError, Want};
 
 /// Wants per fetch window (bounded memory; a network source pipelines a
@@ -62,6 +62,31 @@ struct Window {
     /// bytes exist. A remote source then sends only what differs.
     bases: Vec<Option<(Vec<u8>, u32)>>,
     bytes: u64,
+}
+
+/// A window's patch bases: per want, the destination's previous bytes of
+/// the range (None: no base) and the holes among them (chunk-relative).
+/// A hole reads as zeros: the base still serves the source's page diff,
+/// and the hole's pages are written where the source holds data.
+struct Bases {
+    bytes: Vec<Option<Vec<u8>>>,
+    holes: Vec<Vec<(u32, u32)>>,
+}
+
+/// One want's base (see [`Bases`]).
+#[derive(Clone, Copy)]
+struct Base<'a> {
+    old: &'a [u8],
+    holes: &'a [(u32, u32)],
+}
+
+impl Bases {
+    fn get(&self, k: usize) -> Option<Base<'_>> {
+        Some(Base {
+            old: self.bytes[k].as_deref()?,
+            holes: &self.holes[k],
+        })
+    }
 }
 
 /// A range a pre-copy round could not fill because the source changed: what
@@ -317,8 +342,9 @@ impl<'a> Executor<'a> {
     }
 
     /// The previous bytes of the window's patched ranges (None when there is
-    /// none). A base that cannot be read is simply not offered.
-    fn read_bases(&mut self, wants: &[Want]) -> Option<Vec<Option<Vec<u8>>>> {
+    /// none), and where each lies over a hole. A base that cannot be read is
+    /// simply not offered.
+    fn read_bases(&mut self, wants: &[Want]) -> Option<Bases> {
         let refs = std::mem::take(&mut self.window.bases);
         if refs.iter().all(Option::is_none) {
             return None;
@@ -332,33 +358,24 @@ impl<'a> Executor<'a> {
                 .entry(path.clone())
                 .or_insert_with(|| self.dest.open_entry_ro(path).ok());
             if let Some(f) = f {
-                let _ = rustix::fs::fadvise(
-                    &*f,
-                    w.offset,
-                    std::num::NonZeroU64::new(u64::from(*len)),
-                    rustix::fs::Advice::WillNeed,
-                );
+                will_need(f, w.offset, u64::from(*len));
             }
         }
-        let out = refs
+        let mut holes = vec![Vec::new(); refs.len()];
+        let bytes = refs
             .into_iter()
             .zip(wants)
-            .map(|(r, w)| {
+            .zip(&mut holes)
+            .map(|((r, w), holes)| {
                 let (path, len) = r?;
                 let f = files.get(&path)?.as_ref()?;
-                // A hole reads as zeros, so a page the source holds
-                // allocated but zero would match it and stay a hole here:
-                // same bytes, another layout. No base over a hole.
-                let next_hole = rustix::fs::seek(f, rustix::fs::SeekFrom::Hole(w.offset)).ok()?;
-                if next_hole < w.offset + u64::from(len) {
-                    return None;
-                }
                 let mut buf = vec![0u8; len as usize];
                 let got = read_full_at(f, &mut buf, w.offset).ok()?;
+                *holes = pages::holes_in(f, w.offset, &buf);
                 (got == buf.len()).then_some(buf)
             })
             .collect();
-        Some(out)
+        Some(Bases { bytes, holes })
     }
 
     /// A chunk that does not match its want: the source changed since its
@@ -468,7 +485,7 @@ impl<'a> Executor<'a> {
                     }
                     return Ok(());
                 }
-                let base = bases.as_ref().and_then(|b| b[k].as_deref());
+                let base = bases.as_ref().and_then(|b| b.get(k));
                 if let Err(e) = self.arrived(w, &dests[k], data, base) {
                     failure = Some(e);
                     return Err("write failed".into());
@@ -476,7 +493,7 @@ impl<'a> Executor<'a> {
                 Ok(())
             };
             match &bases {
-                Some(b) => src.fetch_with_bases(&wants, b, &mut sink),
+                Some(b) => src.fetch_with_bases(&wants, &b.bytes, &mut sink),
                 None => src.fetch(&wants, &mut sink),
             }
         };
@@ -491,14 +508,15 @@ impl<'a> Executor<'a> {
     }
 
     /// A verified chunk arrived for `w`: write it wherever it is needed.
-    /// A patch whose previous bytes (`base`) differ in few pages stores
-    /// only those pages (`super::pages`).
+    /// A patch whose previous bytes (`base`: bytes, and where they lie over
+    /// a hole) differ in few pages stores only those pages, and the pages
+    /// over a hole (`super::pages`).
     fn arrived(
         &mut self,
         w: &Want,
         dests: &[Target],
         data: &[u8],
-        base: Option<&[u8]>,
+        base: Option<Base<'_>>,
     ) -> Result<(), ReceiveError> {
         let c = ChunkRef {
             offset: w.offset,
@@ -510,10 +528,10 @@ impl<'a> Executor<'a> {
         self.opts.progress.event(&Progress::Moved {
             bytes: data.len() as u64,
         });
-        if let ([Target::Pack { offset: pack }], Some(old)) = (dests, base)
+        if let ([Target::Pack { offset: pack }], Some(Base { old, holes })) = (dests, base)
             && old.len() == data.len()
         {
-            let pages = pages::diff_pages(w.offset, data, old);
+            let pages = pages::with_holes(pages::diff_pages(w.offset, data, old), holes);
             if 2 * pages::covered(&pages) <= data.len() as u64 {
                 self.stats.bytes_written += self.writer.write_pages(*pack, data, &pages)?;
                 // The pack does not hold the whole chunk: not a source.

@@ -13,7 +13,10 @@
 //! the same bytes, so it stays idempotent.
 
 use std::collections::HashMap;
+use std::fs::File;
 use std::path::Path;
+
+use rustix::fs::SeekFrom;
 
 use super::error::ReceiveError;
 use crate::journal::{FramedReader, FramedWriter};
@@ -50,6 +53,57 @@ pub(super) fn diff_pages(offset: u64, new: &[u8], old: &[u8]) -> Vec<(u32, u32)>
 /// Bytes a page list covers.
 pub(super) fn covered(pages: &[(u32, u32)]) -> u64 {
     pages.iter().map(|&(_, l)| u64::from(l)).sum()
+}
+
+/// `pages` (sorted, disjoint) together with `holes` (chunk-relative ranges
+/// where the destination's copy is a hole): sorted, overlaps and neighbours
+/// merged. A hole reads as zeros, so a page the source holds allocated but
+/// zero matches it; written, it is allocated here too (same bytes, same
+/// layout).
+pub(super) fn with_holes(pages: Vec<(u32, u32)>, holes: &[(u32, u32)]) -> Vec<(u32, u32)> {
+    if holes.is_empty() {
+        return pages;
+    }
+    let mut all = pages;
+    all.extend_from_slice(holes);
+    all.sort_unstable();
+    let mut out: Vec<(u32, u32)> = Vec::with_capacity(all.len());
+    for (o, l) in all {
+        match out.last_mut() {
+            Some((s, sl)) if o <= *s + *sl => *sl = (*sl).max(o + l - *s),
+            _ => out.push((o, l)),
+        }
+    }
+    out
+}
+
+/// The pages of `old` (the destination's bytes of a chunk at file offset
+/// `offset` in `f`) that lie over a hole, relative to `offset`, merged. Only
+/// an all-zero page can be a hole, and only such a page is asked about, at
+/// its start (`SEEK_DATA` answers at once where there is data; `SEEK_HOLE`
+/// walks tmpfs page by page to the next hole, over a millisecond per call
+/// in a 400 MB file). A page the kernel cannot answer for counts as a hole:
+/// written, it costs a page; left, it could stay one.
+pub(super) fn holes_in(f: &File, offset: u64, old: &[u8]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut a = 0usize;
+    while a < old.len() {
+        let at = offset + a as u64;
+        #[allow(clippy::cast_possible_truncation, reason = "at most PAGE")]
+        let b = (a + (PAGE - at % PAGE) as usize).min(old.len());
+        let hole = old[a..b].iter().all(|&x| x == 0)
+            && !matches!(rustix::fs::seek(f, SeekFrom::Data(at)), Ok(d) if d == at);
+        if hole {
+            #[allow(clippy::cast_possible_truncation, reason = "a chunk is < 4 GiB")]
+            let (pa, pb) = (a as u32, b as u32);
+            match out.last_mut() {
+                Some((s, l)) if *s + *l == pa => *l += pb - pa,
+                _ => out.push((pa, pb - pa)),
+            }
+        }
+        a = b;
+    }
+    out
 }
 
 /// Writes (replacing) the round dir's page-patch list; none removes it.
@@ -104,6 +158,68 @@ mod tests {
         // The tail page is cut at the chunk's end.
         new[19_999] = 2;
         assert_eq!(diff_pages(1000, &new, &old).last(), Some(&(19_480, 520)));
+    }
+
+    #[test]
+    fn hole_pages_join_the_differing_pages() {
+        type Row = (
+            &'static [(u32, u32)],
+            &'static [(u32, u32)],
+            &'static [(u32, u32)],
+        );
+        let table: &[Row] = &[
+            (&[(0, 4096)], &[], &[(0, 4096)]),
+            (&[], &[(4096, 8192)], &[(4096, 8192)]),
+            // Disjoint: sorted.
+            (
+                &[(16_384, 4096)],
+                &[(0, 4096)],
+                &[(0, 4096), (16_384, 4096)],
+            ),
+            // Neighbours and overlaps merge.
+            (&[(0, 4096)], &[(4096, 4096)], &[(0, 8192)]),
+            (
+                &[(0, 8192), (20_000, 100)],
+                &[(4096, 12_288)],
+                &[(0, 16_384), (20_000, 100)],
+            ),
+            (&[(4096, 4096)], &[(0, 20_000)], &[(0, 20_000)]),
+        ];
+        for (i, (pages, holes, want)) in table.iter().enumerate() {
+            assert_eq!(with_holes(pages.to_vec(), holes), want.to_vec(), "row {i}");
+        }
+    }
+
+    #[test]
+    fn holes_are_the_zero_pages_without_data() {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("f");
+        let f = File::create(&p).unwrap();
+        // Data at [64K, 128K) (its second half allocated zeros) and
+        // [256K, 260K); holes elsewhere, to 512K.
+        f.write_all_at(&[1u8; 32_768], 65_536).unwrap();
+        f.write_all_at(&[0u8; 32_768], 98_304).unwrap();
+        f.write_all_at(&[2u8; 4096], 262_144).unwrap();
+        f.set_len(524_288).unwrap();
+        f.sync_all().unwrap();
+        let f = File::open(&p).unwrap();
+        let read = |offset: u64, len: usize| {
+            let mut b = vec![0u8; len];
+            f.read_exact_at(&mut b, offset).unwrap();
+            b
+        };
+        assert_eq!(
+            holes_in(&f, 0, &read(0, 524_288)),
+            vec![(0, 65_536), (131_072, 131_072), (266_240, 258_048)]
+        );
+        // Cut at the range's edges, partial pages included.
+        assert_eq!(
+            holes_in(&f, 70_000, &read(70_000, 100_000)),
+            vec![(61_072, 38_928)]
+        );
+        assert!(holes_in(&f, 65_536, &read(65_536, 65_536)).is_empty());
+        assert_eq!(holes_in(&f, 1000, &read(1000, 5000)), vec![(0, 5000)]);
     }
 
     #[test]

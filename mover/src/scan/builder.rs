@@ -114,12 +114,7 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
         // Both workers read one file at different offsets through one open
         // file description, which the kernel's sequential readahead takes
         // for random access: ask for the whole segment up front instead.
-        let _ = rustix::fs::fadvise(
-            &*j.file,
-            j.seg,
-            std::num::NonZeroU64::new(want as u64),
-            rustix::fs::Advice::WillNeed,
-        );
+        crate::read_full::will_need(&j.file, j.seg, want as u64);
         buf.resize(want, 0);
         let (got, error) = match read_full_at_in(&j.file, &mut buf, j.seg, READ_PIECE) {
             Ok(got) => (got, None),
@@ -918,12 +913,7 @@ impl ReadAhead {
         self.next = self.next.max(at);
         while self.next < pieces.len() && self.pending < READ_AHEAD_BYTES {
             if let Piece::Read { offset, len } = pieces[self.next] {
-                let _ = rustix::fs::fadvise(
-                    file,
-                    offset,
-                    std::num::NonZeroU64::new(u64::from(len)),
-                    rustix::fs::Advice::WillNeed,
-                );
+                crate::read_full::will_need(file, offset, u64::from(len));
                 self.pending += u64::from(len);
             }
             self.next += 1;
