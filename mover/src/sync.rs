@@ -161,13 +161,24 @@ fn dirs(
     ) {
         return Err(SyncError::KindMismatch);
     }
-    let state = opts
-        .state_dir
-        .clone()
-        .unwrap_or_else(|| receive::default_state_dir(dst.path()));
+    let state = state_dir(dst, opts);
     preflight::check(src, dst, &state, opts.allow_foreign)?;
-    let cache = source_cache_dir(dst, opts);
+    let cache = cache_dir_in(&state, opts);
     Ok((state, cache))
+}
+
+/// The state dir a [`sync`] into `dst` with `opts` uses.
+fn state_dir(dst: &Destination, opts: &SyncOptions) -> PathBuf {
+    opts.state_dir
+        .clone()
+        .unwrap_or_else(|| receive::default_state_dir(dst.path()))
+}
+
+/// [`SyncOptions::cache_dir`], else `source-cache` in `state`.
+fn cache_dir_in(state: &std::path::Path, opts: &SyncOptions) -> PathBuf {
+    opts.cache_dir
+        .clone()
+        .unwrap_or_else(|| state.join("source-cache"))
 }
 
 /// The source's stat cache dir a [`sync`] into `dst` with `opts` uses:
@@ -175,12 +186,7 @@ fn dirs(
 /// write tracker's "since the last scan" is per cache, so its caller names
 /// the cache with this.
 pub fn source_cache_dir(dst: &Destination, opts: &SyncOptions) -> PathBuf {
-    opts.cache_dir.clone().unwrap_or_else(|| {
-        opts.state_dir
-            .clone()
-            .unwrap_or_else(|| receive::default_state_dir(dst.path()))
-            .join("source-cache")
-    })
+    cache_dir_in(&state_dir(dst, opts), opts)
 }
 
 /// What [`sync`] would do, without doing it (a dry run): the source is

@@ -181,6 +181,14 @@ fn open_cache(dir: &Path) -> Option<Cache> {
     Some(Cache { stat, manifest })
 }
 
+/// What [`Scanner::file_class`] chose for a regular file.
+pub(super) struct ClassPick {
+    pub(super) class: ChunkClass,
+    /// Cut as pages for the first time: its last chunks were cut in another
+    /// class (the walk may still patch them, `class::switch_to_pages`).
+    pub(super) newly_paged: bool,
+}
+
 pub(super) struct Scanner {
     opts: ScanOptions,
     start_ns: i128,
@@ -306,32 +314,31 @@ impl Scanner {
         path: &[u8],
         st: &FileStat,
         seen: Option<&StatRec>,
-    ) -> ChunkClass {
+    ) -> ClassPick {
         let now = class::Now {
             dev: st.dev,
             ino: st.ino,
             size: st.size,
             mtime_ns: st.mtime_ns,
         };
-        let seen = seen.map(|r| class::Seen::of(r, self.paged_prev.contains(path)));
+        let listed = self.paged_prev.contains(path);
+        let seen = seen.map(|r| class::Seen::of(r, listed));
         let choice = class::choose(path, now, seen);
-        if choice == class::Choice::Paged {
+        let paged = choice == class::Choice::Paged;
+        if paged {
             self.paged_next.push(path.to_vec());
         }
-        choice.class()
+        ClassPick {
+            class: choice.class(),
+            newly_paged: paged && !listed,
+        }
     }
 
-    /// Whether `path`, just given its class by [`Self::file_class`], was
-    /// listed as paged for the first time (its last chunks were cut in
-    /// another class).
-    pub(super) fn newly_paged(&self, path: &[u8]) -> bool {
-        self.paged_next.last().is_some_and(|p| p == path) && !self.paged_prev.contains(path)
-    }
-
-    /// Takes back [`Self::file_class`]'s listing of `path` as paged: it is
-    /// patched in the class its last chunks were cut in, and the next scan
-    /// decides again.
+    /// Takes back [`Self::file_class`]'s listing of `path` as newly paged
+    /// (the last listed): it is patched in the class its last chunks were
+    /// cut in, and the next scan decides again.
     pub(super) fn unlist_paged(&mut self, path: &[u8]) {
+        debug_assert_eq!(self.paged_next.last().map(Vec::as_slice), Some(path));
         if self.paged_next.last().is_some_and(|p| p == path) {
             self.paged_next.pop();
         }

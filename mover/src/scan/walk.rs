@@ -253,7 +253,8 @@ fn scan_tree_with(
             }
             Kind::File => {
                 e.size = st.size;
-                e.class = s.file_class(&e.path, &st, seen.as_ref()).code();
+                let pick = s.file_class(&e.path, &st, seen.as_ref());
+                e.class = pick.class.code();
                 if reuse {
                     s.add(e, &st, true, None)?;
                 } else {
@@ -282,7 +283,7 @@ fn scan_tree_with(
                     // scan's (larger) chunks; scattered pages switch to the
                     // page class now, read whole once (`class::switch_to_pages`).
                     let dirty = match dirty {
-                        Some(d) if s.newly_paged(&e.path) => {
+                        Some(d) if pick.newly_paged => {
                             if super::class::switch_to_pages(&d, st.size) {
                                 None
                             } else {
