@@ -28,10 +28,24 @@ use crate::statcache::{StatReader, StatRec, StatWriter};
 /// How long the filesystem clock is given to move past the round's last
 /// write before the destination's stats are recorded: any later change
 /// behind our back then gets a different ctime than the one recorded here
-/// (no racy entries at the destination). Coarse filesystem timestamps tick
-/// every few milliseconds. Counted from the last write, so the time spent
-/// syncing and re-reading since is not waited again.
-const CLOCK_TICK: Duration = Duration::from_millis(20);
+/// (no racy entries at the destination). File timestamps come from the
+/// kernel's coarse clock, which ticks once a jiffy
+/// (`clock_getres(CLOCK_REALTIME_COARSE)`: 4 ms at HZ=250): two ticks, the
+/// second for one that lands late, within [2 ms, 20 ms]. (A filesystem whose
+/// own timestamps are coarser, FAT's 2 s, is not covered; nor was it by the
+/// fixed 20 ms this replaced.) Counted from the last write, so the time
+/// spent syncing and re-reading since is not waited again.
+fn clock_tick() -> Duration {
+    let res = rustix::time::clock_getres(rustix::time::ClockId::RealtimeCoarse);
+    let jiffy = u64::try_from(res.tv_sec)
+        .ok()
+        .and_then(|s| s.checked_mul(1_000_000_000))
+        .and_then(|ns| ns.checked_add(u64::try_from(res.tv_nsec).ok()?))
+        .map_or(MAX_TICK, Duration::from_nanos);
+    (2 * jiffy).clamp(MIN_TICK, MAX_TICK)
+}
+const MIN_TICK: Duration = Duration::from_millis(2);
+const MAX_TICK: Duration = Duration::from_millis(20);
 
 /// Entries (each maybe with an open file) kept while the clock tick passes.
 const PENDING_MAX: usize = 64;
@@ -254,7 +268,7 @@ pub(super) fn promote(
     // An entry's stat is taken once the clock tick since the last write
     // has passed; entries that end before are kept (a few) until it has. In
     // a big round the chunks' re-read covers the tick and nothing waits.
-    let ready = written + CLOCK_TICK;
+    let ready = written + clock_tick();
     let mut pending: VecDeque<Current> = VecDeque::new();
     let stat_new = d.state.join("applied.stat.new");
     let mut w = StatWriter::create(&stat_new)?;
