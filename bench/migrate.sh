@@ -299,6 +299,11 @@ PG_HOOK=${PG_HOOK:-1}
 PG_READ_LIMIT=${PG_READ_LIMIT:-}
 PG_FIRST_READ_LIMIT=${PG_FIRST_READ_LIMIT:-}
 PG_PRIORITY=${PG_PRIORITY:-}
+# PG_CONTROL=SECS: before each case, the same database, profile and rate
+# with no migration for PG_BASE_SECS + SECS (issue 11: pgbench's latency
+# during pre-copy "beside the same without migration"; a fresh copy's
+# latency drifts as it ages, so the case's own first seconds are not that).
+PG_CONTROL=${PG_CONTROL:-}
 start_hosts
 plug() { # SOCKET ENDPOINT JSON: one VolumeDriver call, as dockerd makes it
   local out
@@ -331,17 +336,33 @@ if [ ! -f "$TPL/.complete" ]; then
 fi
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, load $(cut -d' ' -f1-3 /proc/loadavg); scale $PG_SCALE ($(du -sm "$TPL/pg" | cut -f1) MiB), rates: $PG_RATES, profiles: $PG_PROFILES"
 
+pgfresh() { # VOLUME PROFILE LOG: a new volume holding a copy of the template, its server up; sets MP
+  # Block volumes get room for the tables and max_wal_size (1 GB) of WAL.
+  local opts="{}"; [ "$2" = default ] || opts="{\"size\":\"$PG_BLOCK_SIZE\"}"
+  MP=$(plug "$PLUGIN_SOCK" /VolumeDriver.Create "{\"Name\":\"$1\",\"Opts\":$opts}" >/dev/null &&
+       plug "$PLUGIN_SOCK" /VolumeDriver.Mount "{\"Name\":\"$1\",\"ID\":\"bench\"}" | jq -r .Mountpoint)
+  cp -a "$TPL/pg" "$MP/pg"
+  sync
+  pgstart "$MP/pg" "$3"
+}
+pgcontrol() { # PROFILE RATE: pgbench on a fresh copy, no migration
+  local profile=$1 rate=$2 c=ctl-$1-$2 vol ratearg="" t0
+  vol=ctl$profile$rate@$profile
+  pgfresh "$vol" "$profile" "$R/$c.pg-a.log"
+  [ "$rate" = max ] || ratearg="--rate $rate"
+  t0=$(now)
+  (cd / && asPG $PGBIN/pgbench -h "$RUN" -U postgres -n -P 1 -c 4 -j 2 -T $((PG_BASE_SECS + PG_CONTROL)) $ratearg postgres) \
+    > "$R/$c.pgbench.out" 2> "$R/$c.pgbench.err" || true
+  pg_ctl_as stop -w -m fast -D "$MP/pg" > /dev/null
+  plug "$PLUGIN_SOCK" /VolumeDriver.Unmount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" > /dev/null
+  plug "$PLUGIN_SOCK" /VolumeDriver.Remove "{\"Name\":\"$vol\"}" > /dev/null
+  echo "{\"profile\":\"$profile\",\"rate\":\"$rate\",\"t0\":$t0,\"base\":$PG_BASE_SECS}" >> "$R/ctl.jsonl"
+}
 pgcase() { # PROFILE RATE STRICT(0|1)
   local profile=$1 rate=$2 strict=$3 c vol mp mpb ratearg="" t0 tm tw tstop tup mig rc
   c=pg-$profile-$rate; [ "$strict" = 1 ] && c=$c-strict
   vol=pg$profile${rate}s$strict@$profile
-  # Block volumes get room for the tables and max_wal_size (1 GB) of WAL.
-  local opts="{}"; [ "$profile" = default ] || opts="{\"size\":\"$PG_BLOCK_SIZE\"}"
-  mp=$(plug "$PLUGIN_SOCK" /VolumeDriver.Create "{\"Name\":\"$vol\",\"Opts\":$opts}" >/dev/null &&
-       plug "$PLUGIN_SOCK" /VolumeDriver.Mount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" | jq -r .Mountpoint)
-  cp -a "$TPL/pg" "$mp/pg"
-  sync
-  pgstart "$mp/pg" "$R/$c.pg-a.log"
+  pgfresh "$vol" "$profile" "$R/$c.pg-a.log"; mp=$MP
   [ "$rate" = max ] || ratearg="--rate $rate"
   t0=$(now)
   (cd / && asPG $PGBIN/pgbench -h "$RUN" -U postgres -n -P 1 -c 4 -j 2 -T 100000 $ratearg postgres) \
@@ -405,6 +426,7 @@ for profile in $PG_PROFILES; do
     if [ "$rate" = max ] && [ "$PG_STRICT" = 1 ]; then
       echo "-- $profile, rate $rate, --strict"; pgcase "$profile" "$rate" 1
     fi
+    [ -n "$PG_CONTROL" ] && { echo "-- $profile, rate $rate, no migration ($((PG_BASE_SECS + PG_CONTROL)) s)"; pgcontrol "$profile" "$rate"; }
     echo "-- $profile, rate $rate"; pgcase "$profile" "$rate" 0
   done
 done
@@ -474,6 +496,11 @@ if os.path.exists(f"{R}/pg.jsonl"):
     print("\n| profile | rate | daffe downtime (est.) | est./actual | app downtime | rounds MiB (F: final) | pre-copy round k / round k-1 | cutover | pgbench latency before -> during pre-copy | TPS before -> during | checks |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     targets = []
+    controls, controls_out = {}, []
+    if os.path.exists(f"{R}/ctl.jsonl"):
+        for line in open(f"{R}/ctl.jsonl"):
+            k = json.loads(line)
+            controls[(k["profile"], k["rate"])] = k
     for line in open(f"{R}/pg.jsonl"):
         k = json.loads(line)
         c = k["case"]
@@ -524,6 +551,15 @@ if os.path.exists(f"{R}/pg.jsonl"):
         hook = mig.get("before_cutover")
         e_a = est["downtime_ms"] / mig["downtime_ms"] if est and mig["downtime_ms"] else float("nan")
         lat_x = mean([x[3] for x in pre]) / mean([x[3] for x in base])
+        # The control (PG_CONTROL): the same seconds of a run without
+        # migration, over its own first seconds, and this case's pre-copy
+        # over those same seconds of the control.
+        ctl = controls.get((k["profile"], k["rate"]))
+        if ctl:
+            cp = progress(f"ctl-{k['profile']}-{k['rate']}")
+            cb = [x[3] for x in cp if 1 < x[0] <= ctl["base"]]
+            cw = [x[3] for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]
+            controls_out.append((k["profile"], rate, mean(cb), mean(cw), mean([x[3] for x in base]), mean([x[3] for x in pre])))
         targets.append((k["profile"], rate, mig["downtime_ms"], e_a, lat_x,
                         f"{hook['seconds']:.1f} s, exit {hook['exit_status']}" if hook else "no hook"))
     # Against issue 11's targets: downtime <= 2 s (moonshot 1 s) at rate
@@ -535,4 +571,9 @@ if os.path.exists(f"{R}/pg.jsonl"):
         for prof, rate, down, e_a, lat_x, hook in targets:
             ok = lambda c: "met" if c else "missed"
             print(f"| {prof} | {rate} | {down/2000:.2f} ({ok(down <= 2000)}) | {e_a:.2f} ({ok(0.5 <= e_a <= 1.5)}) | {lat_x:.2f} ({ok(lat_x <= 1.2)}) | {hook} |")
+    if controls_out:
+        print("\n| profile | rate | no migration: first seconds -> the pre-copy's seconds (drift) | migrate run: before -> during pre-copy | during pre-copy / same seconds without migration (target <= 1.2) |")
+        print("|---|---|---|---|---|")
+        for prof, rate, cb, cw, b, d in controls_out:
+            print(f"| {prof} | {rate} | {cb:.2f} -> {cw:.2f} ms (x{cw/cb:.2f}) | {b:.2f} -> {d:.2f} ms (x{d/b:.2f}) | x{d/cw:.2f} |")
 PY

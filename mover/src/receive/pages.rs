@@ -31,13 +31,24 @@ pub(super) const PAGES_FILE: &str = "pages";
 /// neighbours merged.
 pub(super) fn diff_pages(offset: u64, new: &[u8], old: &[u8]) -> Vec<(u32, u32)> {
     debug_assert_eq!(new.len(), old.len());
+    pages_where(offset, new.len(), |a, b| new[a..b] != old[a..b])
+}
+
+/// The pages of a chunk of `len` bytes at file offset `offset` for which
+/// `pick(start, end)` (chunk-relative) holds: file-aligned (the first and
+/// last cut at the chunk's edges), neighbours merged.
+fn pages_where(
+    offset: u64,
+    len: usize,
+    mut pick: impl FnMut(usize, usize) -> bool,
+) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::new();
     let mut a = 0usize;
-    while a < new.len() {
+    while a < len {
         let to_boundary = PAGE - (offset + a as u64) % PAGE;
         #[allow(clippy::cast_possible_truncation, reason = "at most PAGE")]
-        let b = (a + to_boundary as usize).min(new.len());
-        if new[a..b] != old[a..b] {
+        let b = (a + to_boundary as usize).min(len);
+        if pick(a, b) {
             #[allow(clippy::cast_possible_truncation, reason = "a chunk is < 4 GiB")]
             let (pa, pb) = (a as u32, b as u32);
             match out.last_mut() {
@@ -85,25 +96,11 @@ pub(super) fn with_holes(pages: Vec<(u32, u32)>, holes: &[(u32, u32)]) -> Vec<(u
 /// in a 400 MB file). A page the kernel cannot answer for counts as a hole:
 /// written, it costs a page; left, it could stay one.
 pub(super) fn holes_in(f: &File, offset: u64, old: &[u8]) -> Vec<(u32, u32)> {
-    let mut out: Vec<(u32, u32)> = Vec::new();
-    let mut a = 0usize;
-    while a < old.len() {
+    pages_where(offset, old.len(), |a, b| {
         let at = offset + a as u64;
-        #[allow(clippy::cast_possible_truncation, reason = "at most PAGE")]
-        let b = (a + (PAGE - at % PAGE) as usize).min(old.len());
-        let hole = old[a..b].iter().all(|&x| x == 0)
-            && !matches!(rustix::fs::seek(f, SeekFrom::Data(at)), Ok(d) if d == at);
-        if hole {
-            #[allow(clippy::cast_possible_truncation, reason = "a chunk is < 4 GiB")]
-            let (pa, pb) = (a as u32, b as u32);
-            match out.last_mut() {
-                Some((s, l)) if *s + *l == pa => *l += pb - pa,
-                _ => out.push((pa, pb - pa)),
-            }
-        }
-        a = b;
-    }
-    out
+        old[a..b].iter().all(|&x| x == 0)
+            && !matches!(rustix::fs::seek(f, SeekFrom::Data(at)), Ok(d) if d == at)
+    })
 }
 
 /// Writes (replacing) the round dir's page-patch list; none removes it.
