@@ -17,7 +17,8 @@
 #     profile of PG_PROFILES, moved with `daffe migrate` while pgbench runs:
 #     daffe's downtime beside its estimate, the application's downtime
 #     (pg_ctl stop -m fast on A to queries answered on B), per-round bytes and
-#     convergence, pgbench latency/TPS during pre-copy vs before migrate, and
+#     convergence, pgbench latency/TPS during pre-copy vs before migrate (and,
+#     with PG_CONTROL=SECS, vs the same seconds of a run without migration), and
 #     the moved database checked (ledger, pg_amcheck, pg_checksums).
 #     Unthrottled runs first try `--strict` (it must refuse, unfenced).
 # Usage: bench/migrate.sh [--short] [WORKDIR]. --short is CI-sized: step 4
