@@ -371,8 +371,11 @@ impl<'a> Executor<'a> {
                 let f = files.get(&path)?.as_ref()?;
                 let mut buf = vec![0u8; len as usize];
                 let got = read_full_at(f, &mut buf, w.offset).ok()?;
+                if got != buf.len() {
+                    return None;
+                }
                 *holes = pages::holes_in(f, w.offset, &buf);
-                (got == buf.len()).then_some(buf)
+                Some(buf)
             })
             .collect();
         Some(Bases { bytes, holes })

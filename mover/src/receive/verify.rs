@@ -37,12 +37,10 @@ use crate::statcache::{StatReader, StatRec, StatWriter};
 /// spent syncing and re-reading since is not waited again.
 fn clock_tick() -> Duration {
     let res = rustix::time::clock_getres(rustix::time::ClockId::RealtimeCoarse);
-    let jiffy = u64::try_from(res.tv_sec)
-        .ok()
-        .and_then(|s| s.checked_mul(1_000_000_000))
-        .and_then(|ns| ns.checked_add(u64::try_from(res.tv_nsec).ok()?))
-        .map_or(MAX_TICK, Duration::from_nanos);
-    (2 * jiffy).clamp(MIN_TICK, MAX_TICK)
+    match (u64::try_from(res.tv_sec), u32::try_from(res.tv_nsec)) {
+        (Ok(s), Ok(ns)) => (2 * Duration::new(s, ns)).clamp(MIN_TICK, MAX_TICK),
+        _ => MAX_TICK,
+    }
 }
 const MIN_TICK: Duration = Duration::from_millis(2);
 const MAX_TICK: Duration = Duration::from_millis(20);

@@ -20,7 +20,7 @@ use crate::manifest::{
     Entry, Header, ManifestError, ManifestReader, ManifestWriter, Mode as MMode, PathTable, Record,
 };
 use crate::progress::Progress;
-use crate::read_full::{read_full_at, read_full_at_in};
+use crate::read_full::{read_full_at, read_full_at_in, will_need};
 use crate::statcache::{StatReader, StatRec, StatWriter, now_ns};
 
 use super::class;
@@ -114,7 +114,7 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
         // Both workers read one file at different offsets through one open
         // file description, which the kernel's sequential readahead takes
         // for random access: ask for the whole segment up front instead.
-        crate::read_full::will_need(&j.file, j.seg, want as u64);
+        will_need(&j.file, j.seg, want as u64);
         buf.resize(want, 0);
         let (got, error) = match read_full_at_in(&j.file, &mut buf, j.seg, READ_PIECE) {
             Ok(got) => (got, None),
@@ -920,7 +920,7 @@ impl ReadAhead {
         self.next = self.next.max(at);
         while self.next < pieces.len() && self.pending < READ_AHEAD_BYTES {
             if let Piece::Read { offset, len } = pieces[self.next] {
-                crate::read_full::will_need(file, offset, u64::from(len));
+                will_need(file, offset, u64::from(len));
                 self.pending += u64::from(len);
             }
             self.next += 1;
