@@ -197,4 +197,46 @@ fn sync_of_a_dir_volume_reads_only_where_the_daemon_saw_writes() {
     pause();
     rewrite_pages(&file, 64, 3);
     assert_eq!(hashed(&sync(&t.path().join("no-daemon.sock"))), 16 << 20);
+
+    // The daemon's tracefs instance (`daffe-fs-MAJ-MIN-PID-RANDOM`) records
+    // every write of the filesystem. A killed daemon's stays until the next
+    // daemon starts; a stopped daemon removes its own.
+    let mut p = p;
+    let first = p.pid();
+    assert!(
+        !tracking_of(first).is_empty(),
+        "the daemon tracks the volume"
+    );
+    p.kill9();
+    assert!(!tracking_of(first).is_empty(), "kill -9 runs no cleanup");
+    p.start_again();
+    assert!(
+        tracking_of(first).is_empty(),
+        "a killed daemon's tracking outlived the next start: {:?}",
+        tracking_of(first)
+    );
+    sync(&daemon);
+    let second = p.pid();
+    assert!(!tracking_of(second).is_empty(), "the new daemon tracks");
+    p.stop();
+    assert!(
+        tracking_of(second).is_empty(),
+        "a stopped daemon left its tracking: {:?}",
+        tracking_of(second)
+    );
+}
+
+/// The dir write tracker's tracefs instances of the daemon with `pid`.
+fn tracking_of(pid: u32) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/sys/kernel/tracing/instances") else {
+        panic!("tracefs is needed (root, as CI is)");
+    };
+    entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.strip_prefix("daffe-fs-")
+                .is_some_and(|r| r.split('-').nth(2) == Some(pid.to_string().as_str()))
+        })
+        .collect()
 }

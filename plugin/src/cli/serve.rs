@@ -143,6 +143,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .as_deref()
         .map(crate::peer::resolve_group)
         .transpose()?;
+    crate::backend::local::sweep_dead_tracking();
     let records = Records::open(&cfg.store_path())?;
     let storage = backend::open(cfg.backend, &cfg.aws, &cfg.data_root)?;
     let mut svc = VolumeService::new(records, storage, cfg.catalog.clone(), cfg.data_root.clone());
@@ -245,6 +246,7 @@ fn serve(args: ServeArgs) -> Result<(), ServeError> {
     // exit: its volume's state is whatever was last committed, which the
     // next start trusts.
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    crate::backend::local::stop_tracking();
     // Volumes stay mounted across a daemon stop on purpose: running
     // containers keep using them, and the persisted counts pick up after.
     result

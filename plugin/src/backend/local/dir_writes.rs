@@ -206,7 +206,7 @@ fn mapped_now(dev: Device) -> HashSet<u64> {
 }
 
 /// The start of every dir tracker's instance name.
-const INSTANCE_PREFIX: &str = "daffe-fs-";
+pub(crate) const INSTANCE_PREFIX: &str = "daffe-fs-";
 
 /// A new session's instance name, `daffe-fs-MAJ-MIN-PID-RANDOM`: one per
 /// daemon and session. Several daemons may track one filesystem (Swarm
@@ -349,6 +349,13 @@ impl DirWrites {
             st_dev: st.st_dev,
             cache: cache_dir.to_path_buf(),
         }))
+    }
+
+    /// The daemon stops: every filesystem's session ends (its instance
+    /// removed). A static is never dropped, so without this each stop left
+    /// its instance recording until the next daemon's start swept it.
+    pub(crate) fn stop_all(&self) {
+        self.lock().clear();
     }
 
     fn start_drainer(self: &Arc<Self>) {

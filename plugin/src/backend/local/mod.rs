@@ -57,6 +57,30 @@ impl LocalBackend {
 
 use dir::quota_err;
 
+/// At the daemon's stop: ends both trackers' sessions, so a clean stop
+/// leaves no tracefs instance behind (a killed daemon's are swept by
+/// [`sweep_dead_tracking`] at the next start).
+pub(crate) fn stop_tracking() {
+    dir_writes::DIR_WRITES.stop_all();
+    writes::WRITE_LOGS.stop_all();
+}
+
+/// At the daemon's start: removes the write tracking a killed daemon left
+/// (kill -9, OOM, a node fenced mid-step). Its tracefs instances keep their
+/// events on, so every write of their filesystem still passes a filter into
+/// 2 MiB per CPU of kernel buffers, until a later session on the same
+/// filesystem or loop device happens to sweep them. Only instances nobody
+/// reads (a dir tracker's) or of detached loop devices (a block tracker's)
+/// go: another live daemon's tracking is never touched. tracefs is not
+/// mounted for this: if it is absent, nobody left anything there.
+pub(crate) fn sweep_dead_tracking() {
+    if let Some(root) = tracefs::mounted_root() {
+        // No live instance of ours is named "": nothing to spare.
+        tracefs::sweep_unheld_in(&root, dir_writes::INSTANCE_PREFIX, "");
+        writes::sweep_detached(&root);
+    }
+}
+
 fn local<'a>(vol: VolumeRef<'a>) -> Result<&'a LocalSettings, BackendError> {
     match vol.settings {
         Settings::Local(s) => Ok(s),
@@ -275,6 +299,45 @@ impl Backend for LocalBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a killed daemon left recording goes at the next daemon's start,
+    /// before any scan asks: an unheld dir tracker's instance with its
+    /// events on, and a detached loop device's. A live session stays on.
+    #[test]
+    fn the_daemons_start_sweeps_a_dead_daemons_tracking_and_spares_a_live_one() {
+        let root = tracefs::root().expect("tracefs (root, as CI is)");
+        let tag = format!("{}-{:x}", std::process::id(), rand_tag());
+        let dead = root
+            .join("instances")
+            .join(format!("{}dead-{tag}", dir_writes::INSTANCE_PREFIX));
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("events/ext4/ext4_da_write_end/enable"), "1").unwrap();
+        let free = (200..4000u32)
+            .find(|m| !std::path::Path::new(&format!("/sys/dev/block/7:{m}")).exists())
+            .expect("a free loop minor");
+        let detached = root.join("instances").join(format!("daffe-7-{free}"));
+        std::fs::create_dir(&detached).unwrap();
+        let events = [("ext4/ext4_da_write_end", "dev == 0".to_owned())];
+        let mut live = tracefs::Session::start(
+            &format!("{}live-{tag}", dir_writes::INSTANCE_PREFIX),
+            &events,
+            64,
+        )
+        .unwrap();
+        sweep_dead_tracking();
+        let (dead_left, detached_left) = (dead.exists(), detached.exists());
+        let _ = std::fs::remove_dir(&dead);
+        let _ = std::fs::remove_dir(&detached);
+        assert!(!dead_left, "{} kept", dead.display());
+        assert!(!detached_left, "{} kept", detached.display());
+        live.drain(|_| {})
+            .expect("the live session's instance and events are still there");
+    }
+
+    fn rand_tag() -> u64 {
+        use std::hash::{BuildHasher, RandomState};
+        RandomState::new().hash_one(std::time::Instant::now())
+    }
 
     #[test]
     fn dir_volumes_live_under_their_root_and_remove_deletes_data() {

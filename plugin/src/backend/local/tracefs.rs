@@ -43,18 +43,24 @@ impl Session {
             let _ = disable(&dir);
             let _ = std::fs::remove_dir(&dir);
         }
-        std::fs::create_dir(&dir)?;
         // The pipe first: an instance whose pipe is held is never swept by
-        // another daemon ([`sweep_unheld`]), and the window before is a mkdir.
-        let pipe = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
-            .open(dir.join("trace_pipe"))
-        {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = std::fs::remove_dir(&dir);
-                return Err(e);
+        // another daemon ([`sweep_unheld`]). In the window before (a mkdir)
+        // a daemon starting or tracking beside us may sweep ours: made again.
+        let mut tries = 0;
+        let pipe = loop {
+            tries += 1;
+            std::fs::create_dir(&dir)?;
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed())
+                .open(dir.join("trace_pipe"))
+            {
+                Ok(p) => break p,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && tries < 3 => {}
+                Err(e) => {
+                    let _ = std::fs::remove_dir(&dir);
+                    return Err(e);
+                }
             }
         };
         let setup = || -> std::io::Result<()> {
@@ -163,9 +169,13 @@ pub(crate) fn drain_every(
 /// open, so another live daemon's session is never touched, nor its events
 /// switched off.
 pub(crate) fn sweep_unheld(prefix: &str, ours: &str) {
-    let Ok(root) = root() else {
-        return;
-    };
+    if let Ok(root) = root() {
+        sweep_unheld_in(&root, prefix, ours);
+    }
+}
+
+/// [`sweep_unheld`] under a known tracefs root.
+pub(crate) fn sweep_unheld_in(root: &Path, prefix: &str, ours: &str) {
     let Ok(entries) = std::fs::read_dir(root.join("instances")) else {
         return;
     };
@@ -196,16 +206,20 @@ fn dropped(dir: &Path) -> std::io::Result<u64> {
     Ok(n)
 }
 
+/// tracefs's root if it is mounted (at its usual place or under debugfs).
+pub(crate) fn mounted_root() -> Option<PathBuf> {
+    [TRACEFS, "/sys/kernel/debug/tracing"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|r| r.join("instances").is_dir())
+}
+
 /// tracefs's root, mounted at its usual place if it is not yet.
 pub(crate) fn root() -> std::io::Result<PathBuf> {
-    let root = PathBuf::from(TRACEFS);
-    if root.join("instances").is_dir() {
+    if let Some(root) = mounted_root() {
         return Ok(root);
     }
-    let debug = PathBuf::from("/sys/kernel/debug/tracing");
-    if debug.join("instances").is_dir() {
-        return Ok(debug);
-    }
+    let root = PathBuf::from(TRACEFS);
     super::super::sys::run(
         "mount",
         &[

@@ -180,7 +180,7 @@ impl Session {
 /// instances, 2 MiB of kernel buffers each, until that loop number is
 /// mounted again. A detached device serves no volume of any daemon here,
 /// so no other daemon's tracking is touched.
-fn sweep_detached(root: &Path) {
+pub(crate) fn sweep_detached(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root.join("instances")) else {
         return;
     };
@@ -289,6 +289,12 @@ impl WriteLogs {
                 log.drain(image);
             }
         });
+    }
+
+    /// The daemon stops: every session ends (its instance removed), as a
+    /// restarted daemon trusts none of them anyway.
+    pub(crate) fn stop_all(&self) {
+        self.lock().clear();
     }
 
     /// The image was unmounted (its loop device gone, every write in the
