@@ -306,15 +306,13 @@ mod tests {
     #[test]
     fn the_daemons_start_sweeps_a_dead_daemons_tracking_and_spares_a_live_one() {
         let root = tracefs::root().expect("tracefs (root, as CI is)");
-        let tag = format!("{}-{:x}", std::process::id(), rand_tag());
+        let tag = std::process::id();
         let dead = root
             .join("instances")
             .join(format!("{}dead-{tag}", dir_writes::INSTANCE_PREFIX));
         std::fs::create_dir(&dead).unwrap();
         std::fs::write(dead.join("events/ext4/ext4_da_write_end/enable"), "1").unwrap();
-        let free = (200..4000u32)
-            .find(|m| !std::path::Path::new(&format!("/sys/dev/block/7:{m}")).exists())
-            .expect("a free loop minor");
+        let free = writes::tests::free_loop_minor(3000);
         let detached = root.join("instances").join(format!("daffe-7-{free}"));
         std::fs::create_dir(&detached).unwrap();
         let events = [("ext4/ext4_da_write_end", "dev == 0".to_owned())];
@@ -332,11 +330,6 @@ mod tests {
         assert!(!detached_left, "{} kept", detached.display());
         live.drain(|_| {})
             .expect("the live session's instance and events are still there");
-    }
-
-    fn rand_tag() -> u64 {
-        use std::hash::{BuildHasher, RandomState};
-        RandomState::new().hash_one(std::time::Instant::now())
     }
 
     #[test]

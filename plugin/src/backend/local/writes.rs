@@ -363,7 +363,7 @@ impl ImageChanges for Tracked {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     const LOOP1: Device = Device { major: 7, minor: 1 };
@@ -551,9 +551,7 @@ mod tests {
     #[test]
     fn instances_of_detached_loop_devices_are_swept() {
         let root = tracefs::root().unwrap();
-        let free = (200..4000u32)
-            .find(|m| !Path::new(&format!("/sys/dev/block/7:{m}")).exists())
-            .expect("a free loop minor");
+        let free = free_loop_minor(200);
         let stale = root.join("instances").join(format!("daffe-7-{free}"));
         std::fs::create_dir(&stale).unwrap();
         let other = root.join("instances").join("not-daffe-7-1");
@@ -564,6 +562,14 @@ mod tests {
         let _ = std::fs::remove_dir(&stale);
         assert!(!stale_left, "{} kept", stale.display());
         assert!(other_left, "an instance not ours was removed");
+    }
+
+    /// A loop minor from `from` on that no device is attached at. Tests
+    /// running side by side start apart: each makes `daffe-7-MINOR`.
+    pub(in crate::backend::local) fn free_loop_minor(from: u32) -> u32 {
+        (from..from + 2000)
+            .find(|m| !Path::new(&format!("/sys/dev/block/7:{m}")).exists())
+            .expect("a free loop minor")
     }
 
     fn mover_total(r: &[(u64, u64)]) -> u64 {
