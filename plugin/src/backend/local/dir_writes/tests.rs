@@ -156,6 +156,7 @@ fn every_way_of_writing_a_file_ends_in_a_manifest_that_matches_the_tree() {
         std::fs::write(root.join(name), data(i as u64 * 2 + 3, 4 * mib)).unwrap();
     }
     let logs: Arc<DirWrites> = Arc::default();
+    let _stop = StopAtEnd(logs.clone());
     let t = logs.changes(&root, &cache).expect("ext4 is tracked");
     let opts = || mover::ScanOptions {
         threads: 2,
@@ -262,6 +263,7 @@ fn a_second_daemon_on_the_filesystem_leaves_the_first_one_tracking() {
         s
     };
     let (first, second): (Arc<DirWrites>, Arc<DirWrites>) = (Arc::default(), Arc::default());
+    let _stop = (StopAtEnd(first.clone()), StopAtEnd(second.clone()));
     scan(&first, &trees[0]);
     std::thread::sleep(Duration::from_millis(20));
     // The second daemon starts recording the same filesystem.
@@ -278,6 +280,17 @@ fn a_second_daemon_on_the_filesystem_leaves_the_first_one_tracking() {
 
 #[repr(align(4096))]
 struct Aligned([u8; 8192]);
+
+/// Ends a test's tracker sessions when the test ends, a panic included: its
+/// drain thread keeps the `DirWrites` alive for the process's life, and the
+/// sessions' tracefs instances with it.
+struct StopAtEnd(Arc<DirWrites>);
+
+impl Drop for StopAtEnd {
+    fn drop(&mut self) {
+        self.0.stop_all();
+    }
+}
 
 /// A shared writable mapping of a file, held by a `python3` child (the
 /// workspace forbids unsafe code, `mmap` included).
