@@ -42,6 +42,8 @@ use std::sync::Arc;
 pub(crate) struct LocalBackend {
     /// Project quotas, for `dir` volumes with a size.
     quotas: Arc<dyn quota::ProjectQuotas>,
+    #[cfg(test)]
+    _live: test_tracking::Live,
 }
 
 impl LocalBackend {
@@ -51,7 +53,43 @@ impl LocalBackend {
     }
 
     pub(crate) fn with_quotas(quotas: Arc<dyn quota::ProjectQuotas>) -> Self {
-        Self { quotas }
+        Self {
+            quotas,
+            #[cfg(test)]
+            _live: test_tracking::Live::new(),
+        }
+    }
+}
+
+/// A test process has no daemon stop to end the trackers' sessions (they
+/// live in statics, never dropped), and exits with their tracefs instances
+/// still recording its filesystem. So in tests the last backend dropped
+/// ends them, as `serve` does at its stop.
+#[cfg(test)]
+mod test_tracking {
+    use std::sync::Mutex;
+
+    /// Backends alive. The lock is held across the stop, so a backend made
+    /// meanwhile waits, and starts its sessions only after it.
+    static LIVE: Mutex<usize> = Mutex::new(0);
+
+    pub(super) struct Live;
+
+    impl Live {
+        pub(super) fn new() -> Self {
+            *LIVE.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+            Live
+        }
+    }
+
+    impl Drop for Live {
+        fn drop(&mut self) {
+            let mut n = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+            *n -= 1;
+            if *n == 0 {
+                super::stop_tracking();
+            }
+        }
     }
 }
 
