@@ -10,21 +10,57 @@ and transfer times (a round scans, then sends); the preflight and the hook are
 not counted, so the placement is good to a second or two (in the stop-33 runs the
 rounds' sum was within 1 s of migrate's pre-copy time). The BENCHMARKS.md issue
 11 stop-33 per-second figures come from this script.
+
+With a control run beside it (PG_CONTROL: ctl-PROFILE-RATE.pgbench.err, pgbench
+without migration on a fresh copy), also the latency of each phase of pre-copy
+over the control's same seconds from pgbench's start: round 1's scan, round 1's
+transfer, the rounds after it, and the whole (stop 37: the phases cost unlike).
 """
 import json
+import os
 import re
 import sys
+
+PAT = re.compile(r"progress: ([\d.]+) s, ([\d.]+) tps, lat ([\d.]+) ms.*?(?:lag ([\d.]+) ms)?$")
+
+
+def progress(path):
+    """(second, latency less schedule lag in ms) of each `-P 1` line."""
+    out = []
+    for line in open(path):
+        m = PAT.match(line.strip())
+        if m:
+            out.append((float(m[1]), float(m[3]) - float(m[4] or 0)))
+    return out
+
+
+def against_control(results, case, tm, tw, rounds):
+    """Each phase's latency over the control's same seconds, or None."""
+    _, profile, rate = case.split("-")[:3]
+    ctl = f"{results}/ctl-{profile}-{rate}.pgbench.err"
+    if not os.path.exists(ctl):
+        return None
+    run = {round(t): v for t, v in progress(f"{results}/{case}.pgbench.err")}
+    base = {round(t): v for t, v in progress(ctl)}
+    r1 = rounds[0]
+    scanned = tm + ((r1.get("flush_ms") or 0) + r1["scan_ms"]) / 1000
+    sent = scanned + r1["transfer_ms"] / 1000
+    out = []
+    for name, lo, hi in (("round 1 scan", tm, scanned), ("round 1 transfer", scanned, sent),
+                         ("later rounds", sent, tw), ("all of pre-copy", tm, tw)):
+        secs = [s for s in run if lo < s <= hi and s in base]
+        if secs:
+            x = sum(run[s] for s in secs) / sum(base[s] for s in secs)
+            out.append(f"{name} x{x:.2f} ({len(secs)} s)")
+        else:
+            out.append(f"{name} - (the control is shorter)")
+    return "; ".join(out)
 
 
 def main(results, case):
     runs = [json.loads(l) for l in open(f"{results}/pg.jsonl")]
     k = [r for r in runs if r["case"] == case][-1]
-    prog = []
-    pat = re.compile(r"progress: ([\d.]+) s, ([\d.]+) tps, lat ([\d.]+) ms.*?(?:lag ([\d.]+) ms)?$")
-    for line in open(f"{results}/{case}.pgbench.err"):
-        m = pat.match(line.strip())
-        if m:
-            prog.append((float(m[1]), float(m[3]) - float(m[4] or 0)))
+    prog = progress(f"{results}/{case}.pgbench.err")
     tm = k["tm"] - k["t0"]
     base = [v for t, v in prog if 1 < t <= tm]
     if not base:
@@ -32,7 +68,8 @@ def main(results, case):
     b = sum(base) / len(base)
     print(f"before migrate: {b:.2f} ms")
     at = tm
-    for r in json.load(open(f"{results}/{case}.migrate.json"))["rounds"]:
+    rounds = json.load(open(f"{results}/{case}.migrate.json"))["rounds"]
+    for r in rounds:
         if r["final_round"]:
             break
         d = ((r.get("flush_ms") or 0) + r["scan_ms"] + r["transfer_ms"]) / 1000
@@ -41,6 +78,10 @@ def main(results, case):
             per_s = " ".join(f"{v / b:.1f}" for v in seg)
             print(f"round {r['round']}: {d:.1f} s, x{sum(seg) / len(seg) / b:.2f}; per s: {per_s}")
         at += d
+    if "tw" in k:
+        vs = against_control(results, case, tm, k["tw"] - k["t0"], rounds)
+        if vs:
+            print(f"over the control's same seconds: {vs}")
 
 
 if __name__ == "__main__":
