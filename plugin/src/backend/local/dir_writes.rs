@@ -359,8 +359,7 @@ impl DirWrites {
     }
 
     fn start_drainer(self: &Arc<Self>) {
-        let me = Arc::clone(self);
-        tracefs::drain_every(&self.drainer, "dir-write-drain", DRAIN_EVERY, move || {
+        tracefs::drain_every(self, &self.drainer, "dir-write-drain", DRAIN_EVERY, |me| {
             let mut logs = me.lock();
             // Nobody asked for long: stop recording, forget.
             logs.retain(|_, l| l.asked.elapsed() < IDLE);

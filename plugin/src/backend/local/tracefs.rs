@@ -139,22 +139,30 @@ impl Drop for Session {
     }
 }
 
-/// Starts, once per `once`, a thread named `name` that calls `drain` every
-/// `every`: a tracker's sessions are drained between scans too, so their
-/// kernel buffers do not fill while nobody asks.
-pub(crate) fn drain_every(
+/// Starts, once per `once`, a thread named `name` that calls `drain` on
+/// `owner` every `every`: a tracker's sessions are drained between scans
+/// too, so their kernel buffers do not fill while nobody asks. The thread
+/// holds the tracker weakly and ends once it is dropped: a tracker's drop
+/// ends its sessions (their instances removed), which a thread holding it
+/// for ever would prevent for every tracker but the daemon's static.
+pub(crate) fn drain_every<T: Send + Sync + 'static>(
+    owner: &std::sync::Arc<T>,
     once: &std::sync::OnceLock<()>,
     name: &str,
     every: std::time::Duration,
-    mut drain: impl FnMut() + Send + 'static,
+    drain: impl Fn(&T) + Send + 'static,
 ) {
     once.get_or_init(|| {
+        let weak = std::sync::Arc::downgrade(owner);
         let spawned = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
                 loop {
                     std::thread::sleep(every);
-                    drain();
+                    let Some(owner) = weak.upgrade() else {
+                        return;
+                    };
+                    drain(&owner);
                 }
             });
         if let Err(e) = spawned {

@@ -283,8 +283,7 @@ impl WriteLogs {
             log.lose_all();
             log.session = session;
         }
-        let me = Arc::clone(self);
-        tracefs::drain_every(&self.drainer, "write-log-drain", DRAIN_EVERY, move || {
+        tracefs::drain_every(self, &self.drainer, "write-log-drain", DRAIN_EVERY, |me| {
             for (image, log) in me.lock().iter_mut() {
                 log.drain(image);
             }

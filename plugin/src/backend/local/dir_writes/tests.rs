@@ -156,7 +156,6 @@ fn every_way_of_writing_a_file_ends_in_a_manifest_that_matches_the_tree() {
         std::fs::write(root.join(name), data(i as u64 * 2 + 3, 4 * mib)).unwrap();
     }
     let logs: Arc<DirWrites> = Arc::default();
-    let _stop = StopAtEnd(logs.clone());
     let t = logs.changes(&root, &cache).expect("ext4 is tracked");
     let opts = || mover::ScanOptions {
         threads: 2,
@@ -263,7 +262,6 @@ fn a_second_daemon_on_the_filesystem_leaves_the_first_one_tracking() {
         s
     };
     let (first, second): (Arc<DirWrites>, Arc<DirWrites>) = (Arc::default(), Arc::default());
-    let _stop = (StopAtEnd(first.clone()), StopAtEnd(second.clone()));
     scan(&first, &trees[0]);
     std::thread::sleep(Duration::from_millis(20));
     // The second daemon starts recording the same filesystem.
@@ -281,15 +279,56 @@ fn a_second_daemon_on_the_filesystem_leaves_the_first_one_tracking() {
 #[repr(align(4096))]
 struct Aligned([u8; 8192]);
 
-/// Ends a test's tracker sessions when the test ends, a panic included: its
-/// drain thread keeps the `DirWrites` alive for the process's life, and the
-/// sessions' tracefs instances with it.
-struct StopAtEnd(Arc<DirWrites>);
-
-impl Drop for StopAtEnd {
-    fn drop(&mut self) {
-        self.0.stop_all();
+/// A tracker dropped ends its sessions: its drain thread holds it weakly
+/// and lets it go, so the instance recording the filesystem is removed
+/// (a thread holding it for ever left every test's instance recording
+/// until the process ended, and a dropped tracker's for the daemon's life).
+#[test]
+fn a_dropped_tracker_removes_its_instance() {
+    let fs = Ext4::new();
+    let root = fs.mnt.join("data");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("t.db"), vec![7u8; 1 << 20]).unwrap();
+    let st = rustix::fs::stat(&root).unwrap();
+    let ours = format!(
+        "{INSTANCE_PREFIX}{}-{}-{}-",
+        rustix::fs::major(st.st_dev),
+        rustix::fs::minor(st.st_dev),
+        std::process::id()
+    );
+    let instances = || -> Vec<String> {
+        std::fs::read_dir(tracefs::root().unwrap().join("instances"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&ours))
+            .collect()
+    };
+    let logs: Arc<DirWrites> = Arc::default();
+    let t = logs
+        .changes(&root, &fs.mnt.join("cache"))
+        .expect("ext4 is tracked");
+    let opts = mover::ScanOptions {
+        threads: 1,
+        label: "t".into(),
+        progress: Arc::new(mover::progress::NoProgress),
+        changes: Some(t),
+    };
+    mover::internals::scan::scan_tree(&root, &fs.mnt.join("cache"), opts).unwrap();
+    // Past a drain or two: the thread has held the tracker.
+    std::thread::sleep(DRAIN_EVERY * 3);
+    let live = instances();
+    assert_eq!(live.len(), 1, "one session recording: {live:?}");
+    drop(logs);
+    let deadline = Instant::now() + DRAIN_EVERY * 8;
+    while !instances().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(DRAIN_EVERY / 5);
     }
+    assert_eq!(
+        instances(),
+        Vec::<String>::new(),
+        "the dropped tracker's instance is gone"
+    );
 }
 
 /// A shared writable mapping of a file, held by a `python3` child (the
