@@ -21,6 +21,10 @@
 #     with PG_CONTROL=SECS, vs the same seconds of a run without migration), and
 #     the moved database checked (ledger, pg_amcheck, pg_checksums).
 #     Unthrottled runs first try `--strict` (it must refuse, unfenced).
+#     PG_AA=SECS (with PG_CONTROL) makes each case an A/A run: no migrate,
+#     a wait of SECS, the hook twice (PG_AA_GAP apart) as pre-copy runs it,
+#     then a refusal; its latency beside its control is the comparison's own
+#     spread and the hook's own cost.
 # Usage: bench/migrate.sh [--short] [WORKDIR]. --short is CI-sized: step 4
 # only (unless STEPS is set), scale 5, rates 500 and max, 5 s baselines.
 # B_TMPFS=1 puts host B's data root on a tmpfs (see start_hosts).
@@ -305,6 +309,8 @@ PG_PRIORITY=${PG_PRIORITY:-}
 # during pre-copy "beside the same without migration"; a fresh copy's
 # latency drifts as it ages, so the case's own first seconds are not that).
 PG_CONTROL=${PG_CONTROL:-}
+# PG_AA=SECS (with PG_CONTROL): an A/A run, no migration (see pgcase).
+PG_AA=${PG_AA:-}
 start_hosts
 plug() { # SOCKET ENDPOINT JSON: one VolumeDriver call, as dockerd makes it
   local out
@@ -375,7 +381,8 @@ pgcase() { # PROFILE RATE STRICT(0|1)
   # The operator's procedure (issue 11, item 4): CHECKPOINT before the last
   # pre-copy round, so the server's dirty buffers travel while it runs and
   # the shutdown checkpoint is small. PG_HOOK=0 measures without it.
-  [ "$PG_HOOK" = 1 ] && extra+=(--before-cutover "cd / && setpriv --reuid postgres --regid postgres --init-groups -- env HOME=/ LC_ALL=C $PGBIN/psql -h $RUN -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres -c CHECKPOINT")
+  local hook="cd / && setpriv --reuid postgres --regid postgres --init-groups -- env HOME=/ LC_ALL=C $PGBIN/psql -h $RUN -U postgres -X -q -v ON_ERROR_STOP=1 -d postgres -c CHECKPOINT"
+  [ "$PG_HOOK" = 1 ] && extra+=(--before-cutover "$hook")
   [ "$strict" = 1 ] && extra+=(--strict)
   # PG_READ_LIMIT=20M: cap daffe's pre-copy reads (issue 11: when pgbench's
   # latency during pre-copy rises by more than 20%).
@@ -386,8 +393,20 @@ pgcase() { # PROFILE RATE STRICT(0|1)
   # host A (default idle: the migrate process in a cpu.idle cgroup while
   # pre-copy runs; issue 11, pgbench's latency).
   [ -n "$PG_PRIORITY" ] && extra+=(--precopy-priority "$PG_PRIORITY")
-  ( inA $DAFFE migrate "$vol" --to $B --name hosta --tls-dir "$W/mig/a/tls" \
-      --control-socket "$W/mig/a/control.sock" --json "${extra[@]}" > "$R/$c.migrate.json" 2> "$R/$c.migrate.err" ) &
+  if [ -n "$PG_AA" ]; then
+    # A/A (PG_AA=SECS): no migration; in its place a wait as long as
+    # pre-copy's first rounds, then (PG_HOOK=1) the hook twice, as the real
+    # move runs it before the last pre-copy round and its catch-up
+    # (PG_AA_GAP apart), then a refusal. The case against its control then
+    # says how far the comparison moves by itself, and what the hook's
+    # checkpoint costs the app without any of daffe's rounds.
+    ( sleep "$PG_AA"
+      [ "$PG_HOOK" = 1 ] && { sh -c "$hook"; sleep "${PG_AA_GAP:-2.6}"; sh -c "$hook"; sleep 1; }
+      echo '{"error":"A/A: no migration"}'; exit 3 ) > "$R/$c.migrate.json" 2> "$R/$c.migrate.err" &
+  else
+    ( inA $DAFFE migrate "$vol" --to $B --name hosta --tls-dir "$W/mig/a/tls" \
+        --control-socket "$W/mig/a/control.sock" --json "${extra[@]}" > "$R/$c.migrate.json" 2> "$R/$c.migrate.err" ) &
+  fi
   mig=$!
   while ! grep -q "waiting for" "$R/$c.migrate.err" 2>/dev/null && kill -0 $mig 2>/dev/null; do sleep 0.1; done
   tw=$(now)
