@@ -531,6 +531,16 @@ if os.path.exists(f"{R}/pg.jsonl"):
                f"less lag {mean([x[3] for x in base]):.2f} -> {mean([x[3] for x in pre]):.2f} ms (x{mean([x[3] for x in pre])/mean([x[3] for x in base]):.2f})")
         tps = f"{mean([x[1] for x in base]):.0f} -> {mean([x[1] for x in pre]):.0f} (x{mean([x[1] for x in pre])/mean([x[1] for x in base]):.2f})"
         rate = k["rate"] + (" --strict" if k["strict"] else "")
+        # The control (PG_CONTROL): the same seconds of a run without
+        # migration, over its own first seconds, and this case's pre-copy
+        # over those same seconds of the control (a refused or A/A case
+        # too: its seconds up to the refusal).
+        ctl = controls.get((k["profile"], k["rate"]))
+        if ctl:
+            cp = progress(f"ctl-{k['profile']}-{k['rate']}")
+            cb = [x[3] for x in cp if 1 < x[0] <= ctl["base"]]
+            cw = [x[3] for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]
+            controls_out.append((k["profile"], rate, mean(cb), mean(cw), mean([x[3] for x in base]), mean([x[3] for x in pre])))
         if "tstop" not in k:
             try:
                 said = json.load(open(f"{R}/{c}.migrate.json")).get("error", "")
@@ -571,15 +581,6 @@ if os.path.exists(f"{R}/pg.jsonl"):
         hook = mig.get("before_cutover")
         e_a = est["downtime_ms"] / mig["downtime_ms"] if est and mig["downtime_ms"] else float("nan")
         lat_x = mean([x[3] for x in pre]) / mean([x[3] for x in base])
-        # The control (PG_CONTROL): the same seconds of a run without
-        # migration, over its own first seconds, and this case's pre-copy
-        # over those same seconds of the control.
-        ctl = controls.get((k["profile"], k["rate"]))
-        if ctl:
-            cp = progress(f"ctl-{k['profile']}-{k['rate']}")
-            cb = [x[3] for x in cp if 1 < x[0] <= ctl["base"]]
-            cw = [x[3] for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]
-            controls_out.append((k["profile"], rate, mean(cb), mean(cw), mean([x[3] for x in base]), mean([x[3] for x in pre])))
         targets.append((k["profile"], rate, mig["downtime_ms"], e_a, lat_x,
                         f"{hook['seconds']:.1f} s, exit {hook['exit_status']}" if hook else "no hook"))
     # Against issue 11's targets: downtime <= 2 s (moonshot 1 s) at rate
