@@ -217,8 +217,14 @@ pub(crate) const INSTANCE_PREFIX: &str = "daffe-fs-";
 fn instance_name(dev: Device) -> String {
     use std::hash::{BuildHasher, RandomState};
     let random = RandomState::new().hash_one(Instant::now()) & 0xffff_ffff;
+    format!("{}{random:08x}", own_instance_prefix(dev))
+}
+
+/// What every session of this process on `dev` is named from,
+/// `daffe-fs-MAJ-MIN-PID-`.
+fn own_instance_prefix(dev: Device) -> String {
     format!(
-        "{INSTANCE_PREFIX}{}-{}-{}-{random:08x}",
+        "{INSTANCE_PREFIX}{}-{}-{}-",
         dev.major,
         dev.minor,
         std::process::id()

@@ -250,14 +250,7 @@ fn a_second_daemon_on_the_filesystem_leaves_the_first_one_tracking() {
         })
         .collect();
     let scan = |logs: &Arc<DirWrites>, (root, cache): &(PathBuf, PathBuf)| {
-        let t = logs.changes(root, cache).expect("ext4 is tracked");
-        let opts = mover::ScanOptions {
-            threads: 2,
-            label: "t".into(),
-            progress: Arc::new(mover::progress::NoProgress),
-            changes: Some(t),
-        };
-        let s = mover::internals::scan::scan_tree(root, cache, opts).unwrap();
+        let s = mover::internals::scan::scan_tree(root, cache, tracked(logs, root, cache)).unwrap();
         mover::internals::scan::manifest_matches_the_tree(&s, root);
         s
     };
@@ -279,6 +272,17 @@ fn a_second_daemon_on_the_filesystem_leaves_the_first_one_tracking() {
 #[repr(align(4096))]
 struct Aligned([u8; 8192]);
 
+/// Options for a scan of `root` into `cache` that asks `logs` what was
+/// written.
+fn tracked(logs: &Arc<DirWrites>, root: &Path, cache: &Path) -> mover::ScanOptions {
+    mover::ScanOptions {
+        threads: 2,
+        label: "t".into(),
+        progress: Arc::new(mover::progress::NoProgress),
+        changes: Some(logs.changes(root, cache).expect("ext4 is tracked")),
+    }
+}
+
 /// A tracker dropped ends its sessions: its drain thread holds it weakly
 /// and lets it go, so the instance recording the filesystem is removed
 /// (a thread holding it for ever left every test's instance recording
@@ -290,12 +294,10 @@ fn a_dropped_tracker_removes_its_instance() {
     std::fs::create_dir(&root).unwrap();
     std::fs::write(root.join("t.db"), vec![7u8; 1 << 20]).unwrap();
     let st = rustix::fs::stat(&root).unwrap();
-    let ours = format!(
-        "{INSTANCE_PREFIX}{}-{}-{}-",
-        rustix::fs::major(st.st_dev),
-        rustix::fs::minor(st.st_dev),
-        std::process::id()
-    );
+    let ours = own_instance_prefix(Device {
+        major: rustix::fs::major(st.st_dev),
+        minor: rustix::fs::minor(st.st_dev),
+    });
     let instances = || -> Vec<String> {
         std::fs::read_dir(tracefs::root().unwrap().join("instances"))
             .unwrap()
@@ -305,16 +307,8 @@ fn a_dropped_tracker_removes_its_instance() {
             .collect()
     };
     let logs: Arc<DirWrites> = Arc::default();
-    let t = logs
-        .changes(&root, &fs.mnt.join("cache"))
-        .expect("ext4 is tracked");
-    let opts = mover::ScanOptions {
-        threads: 1,
-        label: "t".into(),
-        progress: Arc::new(mover::progress::NoProgress),
-        changes: Some(t),
-    };
-    mover::internals::scan::scan_tree(&root, &fs.mnt.join("cache"), opts).unwrap();
+    let cache = fs.mnt.join("cache");
+    mover::internals::scan::scan_tree(&root, &cache, tracked(&logs, &root, &cache)).unwrap();
     // Past a drain or two: the thread has held the tracker.
     std::thread::sleep(DRAIN_EVERY * 3);
     let live = instances();
