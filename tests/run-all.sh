@@ -36,6 +36,7 @@ log "cargo test (unit, property, end-to-end)"
 # --no-fail-fast: one failing suite must not hide the others' results.
 status=0
 cargo test --locked --workspace --no-fail-fast "$@" || status=$?
+sweep_tracking_left_by_tests
 check_engine_as_found "$engine_before" || status=1
 [ "$status" = 0 ] || exit "$status"
 log "all tests passed"

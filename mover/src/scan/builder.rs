@@ -755,7 +755,8 @@ impl Scanner {
         last_end: &mut Option<u64>,
     ) -> Result<(), ScanError> {
         use super::changes::Piece;
-        /// What one planned piece reads: `spans[first..end]`.
+        /// What is done with one planned piece; the spans it reads are the
+        /// next ones of `spans`, in order.
         enum Work {
             Keep(ChunkRef),
             Whole {
