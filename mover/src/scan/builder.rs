@@ -70,7 +70,7 @@ struct JobResult {
     seq: u64,
     part: usize,
     chunks: Vec<ChunkRef>,
-    cvs: Vec<(ChunkId, Box<[pagehash::Cv]>)>,
+    cvs: Vec<(ChunkId, Vec<pagehash::Cv>)>,
     read: u64,
     short: bool,
     error: Option<std::io::Error>,
@@ -152,7 +152,7 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
                 .map(|c| {
                     let at = (c.offset - j.seg) as usize;
                     let data = &buf[at..at + c.len as usize];
-                    (c.id, pagehash::piece_cvs(data).into())
+                    (c.id, pagehash::piece_cvs(data))
                 })
                 .collect()
         } else {
@@ -526,7 +526,7 @@ impl Scanner {
             return Err(io_err(&p.entry.path)(e));
         }
         for (id, cvs) in r.cvs {
-            self.cvs_next.insert(id, cvs);
+            self.cvs_next.insert(id, &cvs);
         }
         if let PState::Chunking { parts, shrunk, .. } = &mut p.state {
             parts[r.part].list = Some(r.chunks);
@@ -830,7 +830,7 @@ impl Scanner {
                     let id = if pagehash::has_pieces(len) {
                         let cvs = pagehash::piece_cvs(data);
                         let id = pagehash::root(&cvs, u64::from(len));
-                        self.cvs_next.insert(id, cvs.into());
+                        self.cvs_next.insert(id, &cvs);
                         id
                     } else {
                         ChunkId::of(data)
@@ -846,7 +846,7 @@ impl Scanner {
                         debug_assert_eq!(end - first, n.div_ceil(pagehash::PIECE_USIZE));
                     }
                     let id = pagehash::root(&cvs, u64::from(old.len));
-                    self.cvs_next.insert(id, cvs.into());
+                    self.cvs_next.insert(id, &cvs);
                     ChunkRef { id, ..old }
                 }
             };

@@ -131,42 +131,73 @@ pub(crate) fn span(c: ChunkRef, first: usize, end: usize) -> (u64, u32) {
 }
 
 /// Chaining values by chunk id: the last scan's (read) and this scan's
-/// (being built).
+/// (being built). Flat, not a map of boxes: a 1 GiB image has tens of
+/// thousands of chunks, every kept chunk's values are carried over and the
+/// store is saved whole each scan; an allocation (or a tree search) per
+/// chunk cost more than the pieces it spared reading.
 #[derive(Default)]
 pub(super) struct Store {
-    map: HashMap<ChunkId, Box<[ChainingValue]>>,
+    /// (id, first value in `cvs`, count), in the order inserted.
+    index: Vec<(ChunkId, u32, u16)>,
+    /// Id prefix -> position in `index`. Of two ids sharing a prefix the
+    /// second has no hint (read whole: never a wrong id).
+    by_prefix: HashMap<u64, u32>,
+    cvs: Vec<ChainingValue>,
 }
 
+/// Leads the saved file (and names its layout).
+const MAGIC: &[u8; 8] = b"dfpcv\x00\x00\x02";
+/// Bytes of one index record: id, first, count.
+const RECORD: usize = 32 + 4 + 2;
+
 impl Store {
+    fn find(&self, id: &ChunkId) -> Option<&[ChainingValue]> {
+        let &pos = self.by_prefix.get(&id.prefix())?;
+        let (rid, first, n) = self.index[pos as usize];
+        (rid == *id).then(|| &self.cvs[first as usize..first as usize + usize::from(n)])
+    }
+
     /// The values of `id` (a chunk of `len` bytes) if they are there and
     /// rebuild it; anything else is no hint.
     pub(super) fn get(&self, id: &ChunkId, len: u32) -> Option<&[ChainingValue]> {
-        let cvs = self.map.get(id)?;
+        let cvs = self.find(id)?;
         (has_pieces(len) && cvs.len() == pieces(len) && root(cvs, u64::from(len)) == *id)
-            .then_some(&**cvs)
+            .then_some(cvs)
     }
 
-    pub(super) fn insert(&mut self, id: ChunkId, cvs: Box<[ChainingValue]>) {
-        self.map.insert(id, cvs);
+    pub(super) fn insert(&mut self, id: ChunkId, cvs: &[ChainingValue]) {
+        let (Ok(pos), Ok(first), Ok(n)) = (
+            u32::try_from(self.index.len()),
+            u32::try_from(self.cvs.len()),
+            u16::try_from(cvs.len()),
+        ) else {
+            return; // beyond any volume's chunks: no hint
+        };
+        if let std::collections::hash_map::Entry::Vacant(e) = self.by_prefix.entry(id.prefix()) {
+            e.insert(pos);
+            self.index.push((id, first, n));
+            self.cvs.extend_from_slice(cvs);
+        }
     }
 
     /// Carries `id`'s values over from `prev` (a chunk kept as it was).
     pub(super) fn keep(&mut self, prev: &Store, id: &ChunkId) {
-        if let Some(cvs) = prev.map.get(id) {
-            self.map.entry(*id).or_insert_with(|| cvs.clone());
+        if let Some(cvs) = prev.find(id) {
+            self.insert(*id, cvs);
         }
     }
 
     #[cfg(test)]
     pub(super) fn len(&self) -> usize {
-        self.map.len()
+        self.index.len()
     }
 
     /// The store saved in `dir`; empty when there is none or it cannot be
     /// read (only a hint).
     pub(super) fn load(dir: &Path) -> Store {
         std::fs::read(dir.join(FILE))
-            .map(|b| Store::decode(&b))
+            .ok()
+            .and_then(|b| Store::decode(&b))
             .unwrap_or_default()
     }
 
@@ -174,55 +205,55 @@ impl Store {
     /// leaves the old file or the new one); an empty store removes it.
     pub(super) fn save(&self, dir: &Path) -> std::io::Result<()> {
         let p = dir.join(FILE);
-        if self.map.is_empty() {
+        if self.index.is_empty() {
             return match std::fs::remove_file(&p) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
                 _ => Ok(()),
             };
         }
         let tmp = dir.join("page-hashes.next");
-        let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp)?);
-        w.write_all(&self.encode())?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
+        w.write_all(MAGIC)?;
+        #[allow(
+            clippy::cast_possible_truncation,
+            reason = "at most u32 records, see insert"
+        )]
+        w.write_all(&(self.index.len() as u32).to_le_bytes())?;
+        for (id, first, n) in &self.index {
+            w.write_all(&id.0)?;
+            w.write_all(&first.to_le_bytes())?;
+            w.write_all(&n.to_le_bytes())?;
+        }
+        w.write_all(self.cvs.as_flattened())?;
         w.into_inner().map_err(|e| e.into_error())?;
         std::fs::rename(&tmp, &p)
     }
 
-    /// Records of id (32 bytes), piece count (u32 LE), the values.
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        for (id, cvs) in &self.map {
-            out.extend_from_slice(&id.0);
-            #[allow(
-                clippy::cast_possible_truncation,
-                reason = "pieces of one chunk (at most 256)"
-            )]
-            out.extend_from_slice(&(cvs.len() as u32).to_le_bytes());
-            for cv in cvs.iter() {
-                out.extend_from_slice(cv);
-            }
+    /// `None` unless the file is whole: every record's values inside it
+    /// (each is checked against its id again on use).
+    fn decode(b: &[u8]) -> Option<Store> {
+        let rest = b.strip_prefix(MAGIC)?;
+        let n = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        let (idx, vals) = rest[4..].split_at_checked(n.checked_mul(RECORD)?)?;
+        if vals.len() % 32 != 0 {
+            return None;
         }
-        out
-    }
-
-    /// The records of `b` up to the first that does not parse (a torn
-    /// file keeps its whole records; each is checked again on use).
-    fn decode(mut b: &[u8]) -> Store {
-        let mut map = HashMap::new();
-        while b.len() >= 36 {
-            let mut id = [0u8; 32];
-            id.copy_from_slice(&b[..32]);
-            let n = u32::from_le_bytes(b[32..36].try_into().expect("4 bytes")) as usize;
-            let Some(need) = n.checked_mul(32).filter(|&x| x <= b.len() - 36) else {
-                break;
-            };
-            let cvs = b[36..36 + need]
-                .chunks_exact(32)
-                .map(|c| c.try_into().expect("32 bytes"))
-                .collect();
-            map.insert(ChunkId(id), cvs);
-            b = &b[36 + need..];
+        let mut s = Store {
+            index: Vec::with_capacity(n),
+            by_prefix: HashMap::with_capacity(n),
+            cvs: Vec::new(),
+        };
+        let all: Vec<ChainingValue> = vals
+            .chunks_exact(32)
+            .map(|c| c.try_into().expect("32 bytes"))
+            .collect();
+        for r in idx.chunks_exact(RECORD) {
+            let id = ChunkId(r[..32].try_into().expect("32 bytes"));
+            let first = u32::from_le_bytes(r[32..36].try_into().expect("4 bytes")) as usize;
+            let count = usize::from(u16::from_le_bytes(r[36..38].try_into().expect("2 bytes")));
+            s.insert(id, all.get(first..first.checked_add(count)?)?);
         }
-        Store { map }
+        Some(s)
     }
 }
 
@@ -305,21 +336,30 @@ mod tests {
         let b = bytes(9000, 5);
         let (ia, ib) = (ChunkId::of(&a), ChunkId::of(&b));
         let mut s = Store::default();
-        s.insert(ia, piece_cvs(&a).into());
+        s.insert(ia, &piece_cvs(&a));
         // Values that do not rebuild their id are stored but never given.
-        s.insert(ib, piece_cvs(&a).into());
+        s.insert(ib, &piece_cvs(&a));
+        // A chunk kept twice (two files alike) is saved once.
+        s.insert(ia, &piece_cvs(&a));
         s.save(d.path()).unwrap();
         let l = Store::load(d.path());
         assert_eq!(l.len(), 2);
-        assert!(l.get(&ia, 20000).is_some());
+        assert_eq!(l.get(&ia, 20000), Some(&piece_cvs(&a)[..]));
         // (A length is in its last piece's value: one id has one length,
         // and values for another piece count are never given.)
         assert!(l.get(&ia, 16000).is_none(), "another piece count");
         assert!(l.get(&ib, 9000).is_none(), "values of another chunk");
-        // A torn file keeps its whole records; garbage is no store.
+        assert!(l.get(&ChunkId::of(b"x"), 9000).is_none(), "not there");
+        // Carried over by `keep`, what is not there is not made up.
+        let mut next = Store::default();
+        next.keep(&l, &ia);
+        next.keep(&l, &ChunkId::of(b"x"));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next.get(&ia, 20000), Some(&piece_cvs(&a)[..]));
+        // A torn or foreign file is no store.
         let full = std::fs::read(d.path().join(FILE)).unwrap();
         std::fs::write(d.path().join(FILE), &full[..full.len() - 1]).unwrap();
-        assert_eq!(Store::load(d.path()).len(), 1);
+        assert_eq!(Store::load(d.path()).len(), 0);
         std::fs::write(d.path().join(FILE), [0xffu8; 40]).unwrap();
         assert_eq!(Store::load(d.path()).len(), 0);
         // An empty store removes the file.
