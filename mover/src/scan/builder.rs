@@ -25,7 +25,6 @@ use crate::statcache::{StatReader, StatRec, StatWriter, now_ns};
 
 use super::class;
 use super::options::{LAST_MANIFEST, LAST_STAT, Scan, ScanError, ScanOptions, ScanStats, io_err};
-use super::pagehash;
 
 /// Segment size for parallel chunking of one extent: large enough that the
 /// resync overhead at segment starts (a few chunks) is noise, small enough
@@ -61,16 +60,12 @@ struct Job {
     read_end: u64,
     ext_end: u64,
     class: ChunkClass,
-    /// Also the piece hashes of the chunks cut (a tracked scan: the next
-    /// one may patch them, `super::pagehash`).
-    page_cvs: bool,
 }
 
 struct JobResult {
     seq: u64,
     part: usize,
     chunks: Vec<ChunkRef>,
-    cvs: Vec<(ChunkId, Vec<pagehash::Cv>)>,
     read: u64,
     short: bool,
     error: Option<std::io::Error>,
@@ -143,27 +138,11 @@ fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
             let keep = if at_end { u64::MAX } else { j.seg_end };
             chunk_segment(&j.class.chunker(), &buf[..got], j.seg, at_end, keep)
         };
-        // Hashed a second time, in pieces: only in a tracked scan, which
-        // pre-copy paces far below the hashing rate.
-        let cvs = if j.page_cvs {
-            chunks
-                .iter()
-                .filter(|c| pagehash::has_pieces(c.len))
-                .map(|c| {
-                    let at = (c.offset - j.seg) as usize;
-                    let data = &buf[at..at + c.len as usize];
-                    (c.id, pagehash::piece_cvs(data))
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
         if results
             .send(JobResult {
                 seq: j.seq,
                 part: j.part,
                 chunks,
-                cvs,
                 read: got as u64,
                 short,
                 error,
@@ -218,10 +197,6 @@ pub(super) struct Scanner {
     /// this scan's list (`super::class`).
     paged_prev: HashSet<Vec<u8>>,
     paged_next: Vec<Vec<u8>>,
-    /// Piece hashes of the chunks the last scan hashed (read) and of this
-    /// scan's (kept for the next: `super::pagehash`).
-    cvs_prev: pagehash::Store,
-    cvs_next: pagehash::Store,
     writer: ManifestWriter<BufWriter<File>>,
     statw: StatWriter,
     paths: PathTable,
@@ -266,8 +241,6 @@ impl Scanner {
             cache,
             paged_prev,
             paged_next: Vec::new(),
-            cvs_prev: pagehash::Store::load(cache_dir),
-            cvs_next: pagehash::Store::default(),
             writer,
             statw,
             paths: PathTable::default(),
@@ -406,7 +379,6 @@ impl Scanner {
                     fsmeta::data_extents(f.as_fd(), entry.size, &entry.path)?
                 };
                 let class = entry.chunk_class();
-                let page_cvs = self.opts.changes.is_some() && class != ChunkClass::Small;
                 if class == ChunkClass::Small && extents.len() <= 1 {
                     let mut chunk = None;
                     if let Some(&(s0, e0)) = extents.first() {
@@ -465,7 +437,6 @@ impl Scanner {
                             read_end,
                             ext_end: e,
                             class,
-                            page_cvs,
                         });
                         parts.push(Part { ext: i, list: None });
                         seg = seg_end;
@@ -524,9 +495,6 @@ impl Scanner {
         let p = &mut self.queue[idx];
         if let Some(e) = r.error {
             return Err(io_err(&p.entry.path)(e));
-        }
-        for (id, cvs) in r.cvs {
-            self.cvs_next.insert(id, &cvs);
         }
         if let PState::Chunking { parts, shrunk, .. } = &mut p.state {
             parts[r.part].list = Some(r.chunks);
@@ -741,10 +709,7 @@ impl Scanner {
 
     /// The chunks of a file of `size` bytes whose last scan gave `old`,
     /// written only in `dirty` since: kept where nothing was written,
-    /// hashed again where something was (see `super::changes::plan`): from
-    /// its written pieces where the last scan kept the chunk's piece hashes
-    /// (`super::pagehash`), else read whole (and its piece hashes kept for
-    /// the next scan).
+    /// re-read and hashed where something was (see `super::changes::plan`).
     fn write_pieces(
         &mut self,
         path: &[u8],
@@ -754,100 +719,29 @@ impl Scanner {
         size: u64,
         last_end: &mut Option<u64>,
     ) -> Result<(), ScanError> {
-        use super::changes::Piece;
-        /// What is done with one planned piece; the spans it reads are the
-        /// next ones of `spans`, in order.
-        enum Work {
-            Keep(ChunkRef),
-            Whole {
-                offset: u64,
-                len: u32,
-            },
-            Patch {
-                old: ChunkRef,
-                cvs: Vec<pagehash::Cv>,
-                runs: Vec<(usize, usize)>,
-            },
-        }
-        let plan = super::changes::plan(old, dirty, size);
-        let mut spans: Vec<(u64, u32)> = Vec::new();
-        let work: Vec<Work> = plan
-            .into_iter()
-            .map(|p| match p {
-                Piece::Keep(c) => Work::Keep(c),
-                Piece::Touched(c) => match self.cvs_prev.get(&c.id, c.len) {
-                    Some(cvs) => {
-                        let runs = pagehash::touched(c.offset, c.len, dirty);
-                        spans.extend(runs.iter().map(|&(a, b)| pagehash::span(c, a, b)));
-                        Work::Patch {
-                            old: c,
-                            cvs: cvs.to_vec(),
-                            runs,
-                        }
-                    }
-                    None => {
-                        spans.push((c.offset, c.len));
-                        Work::Whole {
-                            offset: c.offset,
-                            len: c.len,
-                        }
-                    }
-                },
-                Piece::Read { offset, len } => {
-                    spans.push((offset, len));
-                    Work::Whole { offset, len }
-                }
-            })
-            .collect();
+        let pieces = super::changes::plan(old, dirty, size);
         // A touched chunk is re-read with its old boundaries (up to its
         // class's max); new pieces are at most the db max.
         let longest = old.iter().map(|c| c.len).max().unwrap_or(0);
         let mut buf = vec![0u8; longest.max(ChunkClass::Db.max_len()) as usize];
         let mut ahead = ReadAhead::default();
-        let mut at = 0; // the next span
-        // Reads span `at` into the front of `buf`, zero-filled past what the
-        // file still holds (shrunk under the scan: the next round sees its
-        // size).
-        let mut read_span = |s: &mut Self, buf: &mut [u8], at: &mut usize| {
-            ahead.advise(file, &spans, *at);
-            let (offset, len) = spans[*at];
-            *at += 1;
-            let want = &mut buf[..len as usize];
-            let got = read_full_at(file, want, offset).map_err(io_err(path))?;
-            want[got..].fill(0);
-            s.stats.bytes_hashed += u64::from(len);
-            Ok::<_, ScanError>(len as usize)
-        };
-        for w in work {
-            let c = match w {
-                Work::Keep(c) => {
-                    self.cvs_next.keep(&self.cvs_prev, &c.id);
-                    c
-                }
-                Work::Whole { offset, len } => {
-                    let n = read_span(self, &mut buf, &mut at)?;
-                    let data = &buf[..n];
-                    let id = if pagehash::has_pieces(len) {
-                        let cvs = pagehash::piece_cvs(data);
-                        let id = pagehash::root(&cvs, u64::from(len));
-                        self.cvs_next.insert(id, &cvs);
-                        id
-                    } else {
-                        ChunkId::of(data)
-                    };
-                    ChunkRef { offset, len, id }
-                }
-                Work::Patch { old, mut cvs, runs } => {
-                    for (first, end) in runs {
-                        let n = read_span(self, &mut buf, &mut at)?;
-                        for (i, piece) in buf[..n].chunks(pagehash::PIECE_USIZE).enumerate() {
-                            cvs[first + i] = pagehash::piece_cv(first + i, piece);
-                        }
-                        debug_assert_eq!(end - first, n.div_ceil(pagehash::PIECE_USIZE));
+        for (i, &p) in pieces.iter().enumerate() {
+            ahead.advise(file, &pieces, i);
+            let c = match p {
+                super::changes::Piece::Keep(c) => c,
+                super::changes::Piece::Read { offset, len } => {
+                    let want = &mut buf[..len as usize];
+                    let got = read_full_at(file, want, offset).map_err(io_err(path))?;
+                    if got < want.len() {
+                        // Shrunk under the scan: the next round sees its size.
+                        want[got..].fill(0);
                     }
-                    let id = pagehash::root(&cvs, u64::from(old.len));
-                    self.cvs_next.insert(id, &cvs);
-                    ChunkRef { id, ..old }
+                    self.stats.bytes_hashed += u64::from(len);
+                    ChunkRef {
+                        offset,
+                        len,
+                        id: ChunkId::of(want),
+                    }
                 }
             };
             write_chunk(&mut self.writer, c, last_end)?;
@@ -984,11 +878,6 @@ impl Scanner {
         if let Err(e) = class::save_paged(cache_dir, &self.paged_next) {
             tracing::warn!("cannot save the paged-file list: {e}");
         }
-        // Also only a hint: without it the next round reads touched chunks
-        // whole.
-        if let Err(e) = self.cvs_next.save(cache_dir) {
-            tracing::warn!("cannot save the chunks' piece hashes: {e}");
-        }
         rn("next.stat", &cache_dir.join(LAST_STAT))?;
         rn("next.manifest", &m)?;
         let header =
@@ -1008,7 +897,7 @@ impl Scanner {
 
 /// Writes a chunk record, preceded by an extent record when it does not
 /// continue the previous chunk.
-/// Asks the kernel ahead for the spans a patched scan re-reads: one cold
+/// Asks the kernel ahead for the pieces a patched scan re-reads: one cold
 /// random read at a time, 1% of a 128 MiB file's pages (~330 chunks) took
 /// ~55 ms to re-read; asked for together they go to the disk as one deep
 /// queue. A window of [`READ_AHEAD_BYTES`], not all of them: under a read
@@ -1016,7 +905,7 @@ impl Scanner {
 /// the scan takes them, so the window bounds how far they run ahead.
 #[derive(Default)]
 struct ReadAhead {
-    /// The next span not yet advised.
+    /// The next piece not yet advised.
     next: usize,
     /// Bytes advised and not yet read.
     pending: u64,
@@ -1025,19 +914,20 @@ struct ReadAhead {
 const READ_AHEAD_BYTES: u64 = 8 << 20;
 
 impl ReadAhead {
-    /// Before span `at` (offset, length) is read: advise up to the window
-    /// ahead of it.
-    fn advise(&mut self, file: &File, spans: &[(u64, u32)], at: usize) {
+    /// Before piece `at` is read: advise up to the window ahead of it.
+    fn advise(&mut self, file: &File, pieces: &[super::changes::Piece], at: usize) {
+        use super::changes::Piece;
         self.next = self.next.max(at);
-        while self.next < spans.len() && self.pending < READ_AHEAD_BYTES {
-            let (offset, len) = spans[self.next];
-            will_need(file, offset, u64::from(len));
-            self.pending += u64::from(len);
+        while self.next < pieces.len() && self.pending < READ_AHEAD_BYTES {
+            if let Piece::Read { offset, len } = pieces[self.next] {
+                will_need(file, offset, u64::from(len));
+                self.pending += u64::from(len);
+            }
             self.next += 1;
         }
-        // Span `at` is read now: it leaves the window.
-        if let Some(&(_, len)) = spans.get(at) {
-            self.pending = self.pending.saturating_sub(u64::from(len));
+        // Piece `at` is read now: it leaves the window.
+        if let Some(Piece::Read { len, .. }) = pieces.get(at) {
+            self.pending = self.pending.saturating_sub(u64::from(*len));
         }
     }
 }
@@ -1164,32 +1054,43 @@ fn finish_extent(
 
 #[cfg(test)]
 mod tests {
+    use super::super::changes::Piece;
     use super::*;
 
     #[test]
-    fn read_ahead_keeps_a_bounded_window_of_the_spans_to_read() {
+    fn read_ahead_keeps_a_bounded_window_of_the_pieces_to_read() {
         let f = tempfile::tempfile().unwrap();
+        let keep = |offset| {
+            Piece::Keep(ChunkRef {
+                offset,
+                len: 1,
+                id: ChunkId::of(b""),
+            })
+        };
+        let read = |offset: u64, len: u32| Piece::Read { offset, len };
         const M: u32 = 1 << 20;
-        let spans = [
-            (0, 3 * M),
-            (4 << 20, 3 * M),
-            (8 << 20, 3 * M),
-            (12 << 20, M),
-            (16 << 20, 3 * M),
+        let pieces = [
+            read(0, 3 * M),
+            keep(1),
+            read(4 << 20, 3 * M),
+            read(8 << 20, 3 * M),
+            keep(2),
+            read(12 << 20, M),
+            read(16 << 20, 3 * M),
         ];
         let mut a = ReadAhead::default();
         let mut ahead_of_first = 0;
-        for i in 0..spans.len() {
-            a.advise(&f, &spans, i);
-            assert!(a.next > i, "span {i} read before it was advised");
+        for i in 0..pieces.len() {
+            a.advise(&f, &pieces, i);
+            assert!(a.next > i, "piece {i} read before it was advised");
             assert!(a.pending < READ_AHEAD_BYTES + u64::from(3 * M), "{i}");
             if i == 0 {
                 ahead_of_first = a.next;
             }
         }
         // The window ran ahead of the reads, not to the end at once, and
-        // every span read left it.
-        assert_eq!(ahead_of_first, 3);
-        assert_eq!((a.next, a.pending), (spans.len(), 0));
+        // every piece read left it.
+        assert_eq!(ahead_of_first, 4);
+        assert_eq!((a.next, a.pending), (pieces.len(), 0));
     }
 }

@@ -122,12 +122,8 @@ pub trait ImageChanges: Send + Sync {
 pub(crate) enum Piece {
     /// Nothing written in it since the last scan: the chunk as it was.
     Keep(ChunkRef),
-    /// A chunk a write touched: hashed again with its old boundaries (only
-    /// its written pieces where the last scan kept its piece hashes,
-    /// `super::pagehash`).
-    Touched(ChunkRef),
-    /// Read and hash `[offset, offset + len)`: a new piece where a write
-    /// filled a hole.
+    /// Read and hash `[offset, offset + len)` (a chunk a write touched,
+    /// with its old boundaries, or a new piece where a write filled a hole).
     Read { offset: u64, len: u32 },
 }
 
@@ -180,7 +176,6 @@ pub(crate) fn plan(old: &[ChunkRef], dirty: &[(u64, u64)], size: u64) -> Vec<Pie
             let e = dirty[i].1.min(to).next_multiple_of(PAGE).min(to);
             let mut p = s.max(match out.last() {
                 Some(Piece::Read { offset, len }) => offset + u64::from(*len),
-                Some(Piece::Touched(c)) => c.end(),
                 _ => s,
             });
             while p < e {
@@ -204,7 +199,10 @@ pub(crate) fn plan(old: &[ChunkRef], dirty: &[(u64, u64)], size: u64) -> Vec<Pie
         }
         let touched = d < dirty.len() && dirty[d].0 < c.end();
         out.push(if touched {
-            Piece::Touched(*c)
+            Piece::Read {
+                offset: c.offset,
+                len: c.len,
+            }
         } else {
             Piece::Keep(*c)
         });
@@ -239,10 +237,6 @@ mod tests {
         Piece::Read { offset, len }
     }
 
-    fn touched(c: ChunkRef) -> Piece {
-        Piece::Touched(c)
-    }
-
     #[test]
     fn normalize_sorts_merges_and_clips() {
         let cases: &[NormalizeCase] = &[
@@ -273,16 +267,16 @@ mod tests {
             ),
             (
                 &[(5000, 5001)],
-                vec![Piece::Keep(old[0]), touched(old[1]), Piece::Keep(old[2])],
+                vec![Piece::Keep(old[0]), read(4096, 8192), Piece::Keep(old[2])],
             ),
             // A range ending exactly at a chunk's start leaves it clean.
             (
                 &[(0, 4096)],
-                vec![touched(old[0]), Piece::Keep(old[1]), Piece::Keep(old[2])],
+                vec![read(0, 4096), Piece::Keep(old[1]), Piece::Keep(old[2])],
             ),
             (
                 &[(4000, 13000)],
-                vec![touched(old[0]), touched(old[1]), touched(old[2])],
+                vec![read(0, 4096), read(4096, 8192), read(12288, 4096)],
             ),
         ];
         for (dirty, want) in cases {
@@ -303,7 +297,7 @@ mod tests {
             plan(&old, &dirty, size),
             vec![
                 read(0, 4096),
-                touched(old[0]),
+                read(64 * k, 4096),
                 read(68 * k, 2048 + 2048),
                 read(120 * k, 8192),
                 read(128 * k, 12288),
@@ -312,8 +306,7 @@ mod tests {
     }
 
     /// Property: the plan covers every old chunk and every dirty byte, in
-    /// order, without overlap, re-reads every chunk a write touched and
-    /// only those as touched.
+    /// order, without overlap, and re-reads every chunk a write touched.
     #[test]
     fn plans_cover_everything_written_without_overlap() {
         let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
@@ -342,7 +335,7 @@ mod tests {
             let dirty = normalize(&raw, size);
             let pieces = plan(&old, &dirty, size);
             let span = |p: &Piece| match p {
-                Piece::Keep(c) | Piece::Touched(c) => (c.offset, c.end()),
+                Piece::Keep(c) => (c.offset, c.end()),
                 Piece::Read { offset, len } => (*offset, offset + u64::from(*len)),
             };
             let mut end = 0;
@@ -350,21 +343,13 @@ mod tests {
                 let (s, e) = span(p);
                 assert!(s >= end && e > s && e <= size, "{p:?} after {end}");
                 end = e;
-                match p {
-                    Piece::Keep(ch) => assert!(
+                if let Piece::Keep(ch) = p {
+                    assert!(
                         !dirty
                             .iter()
                             .any(|&(ds, de)| ds < ch.end() && ch.offset < de),
                         "kept a written chunk {ch:?}"
-                    ),
-                    Piece::Touched(ch) => assert!(
-                        old.contains(ch)
-                            && dirty
-                                .iter()
-                                .any(|&(ds, de)| ds < ch.end() && ch.offset < de),
-                        "touched an unwritten or unknown chunk {ch:?}"
-                    ),
-                    Piece::Read { .. } => {}
+                    );
                 }
             }
             for ch in &old {
@@ -489,93 +474,6 @@ mod tests {
         let s3 = crate::scan::scan_image(&img, &cache, opts()).unwrap();
         assert!(s3.stats.bytes_hashed >= 4 * mib);
         chunks_match_the_file(&s3, &img);
-    }
-
-    /// Pieces, not chunks: a tracked scan keeps every chunk's piece hashes
-    /// (`super::super::pagehash`), so the next one reads only the 4 KiB
-    /// pieces a write touched, in chunks cut by a whole read or rebuilt by a
-    /// patch; a damaged hint file costs whole chunks, never a wrong id.
-    #[test]
-    fn a_tracked_image_rereads_only_the_written_pieces_of_its_chunks() {
-        use std::os::unix::fs::FileExt;
-        use std::sync::Arc;
-        let d = tempfile::tempdir().unwrap();
-        let img = d.path().join("img");
-        let cache = d.path().join("cache");
-        let f = std::fs::File::create(&img).unwrap();
-        let mib = 1u64 << 20;
-        f.set_len(8 * mib).unwrap();
-        let mut x = 0x2545_f491_4f6c_dd1d_u64;
-        let data: Vec<u8> = (0..4 * mib)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24).to_le_bytes()[0]
-            })
-            .collect();
-        f.write_all_at(&data, mib).unwrap();
-        let told = Arc::new(Told::default());
-        let opts = || told_opts(&told, 2);
-        let s1 = crate::scan::scan_image(&img, &cache, opts()).unwrap();
-        assert_eq!(s1.stats.bytes_hashed, 4 * mib);
-        let before = chunks_match_the_file(&s1, &img);
-        assert!(
-            before.iter().filter(|c| c.len > 8192).count() > 50,
-            "few long chunks"
-        );
-
-        // Database pages: 8 KiB, aligned to the image, not to the chunks.
-        let pages = [mib + 40960, 2 * mib + 8192, 3 * mib + 12288 * 7];
-        let write = |round: u8| {
-            let mut ranges = Vec::new();
-            for &p in &pages {
-                f.write_all_at(&[round; 8192], p).unwrap();
-                ranges.push((p, p + 8192));
-            }
-            *told.ranges.lock().unwrap() = (u64::from(round), Some(ranges));
-        };
-        // An 8 KiB page touches at most three of a chunk's pieces (two
-        // where it straddles two chunks).
-        for round in 1..=2u8 {
-            write(round);
-            let s = crate::scan::scan_image(&img, &cache, opts()).unwrap();
-            assert!(
-                s.stats.bytes_hashed <= 3 * 3 * 4096,
-                "round {round} read {} bytes",
-                s.stats.bytes_hashed
-            );
-            let after = chunks_match_the_file(&s, &img);
-            assert_eq!(
-                after.iter().map(|c| (c.offset, c.len)).collect::<Vec<_>>(),
-                before.iter().map(|c| (c.offset, c.len)).collect::<Vec<_>>()
-            );
-        }
-
-        // A damaged hint: the touched chunks are read whole, ids right.
-        let hints = cache.join(super::super::pagehash::FILE);
-        let mut b = std::fs::read(&hints).unwrap();
-        for i in (40..b.len()).step_by(97) {
-            b[i] ^= 0x5a;
-        }
-        std::fs::write(&hints, &b).unwrap();
-        write(3);
-        let s = crate::scan::scan_image(&img, &cache, opts()).unwrap();
-        assert!(
-            s.stats.bytes_hashed > 3 * 3 * 4096,
-            "read {}",
-            s.stats.bytes_hashed
-        );
-        chunks_match_the_file(&s, &img);
-        // ... and kept again for the next.
-        write(4);
-        let s = crate::scan::scan_image(&img, &cache, opts()).unwrap();
-        assert!(
-            s.stats.bytes_hashed <= 3 * 3 * 4096,
-            "read {}",
-            s.stats.bytes_hashed
-        );
-        chunks_match_the_file(&s, &img);
     }
 
     fn stat(dev: u64, ino: u64, size: u64, mtime_ns: i128) -> FileStat {

@@ -16,9 +16,7 @@
 //! Map: `class` (which chunk class a file gets: its name or its observed
 //! write pattern), `options` (settings, stats, errors, the finished [`Scan`]),
 //! `builder` (the manifest and stat cache being written: the pending queue,
-//! cache reuse, the chunking workers), `changes` (writes tracked by someone
-//! else: which chunks a scan keeps and which it hashes again), `pagehash`
-//! (a touched chunk's id rebuilt from its written pages), `walk` (the tree walk and the image
+//! cache reuse, the chunking workers), `walk` (the tree walk and the image
 //! scan that feed it), `check` (tests only: a manifest against its tree).
 
 mod builder;
@@ -27,7 +25,6 @@ mod changes;
 mod check;
 mod class;
 mod options;
-mod pagehash;
 mod walk;
 
 pub use changes::{FileChanges, ImageChanges, PendingChanges};
