@@ -175,18 +175,15 @@ check_engine_as_found() {
 
 # Removes the write trackers' tracefs instances (`daffe-*`) that tests'
 # daemons left: one killed with -9 cannot remove its own, and the next
-# daemon's start sweeps those no live daemon holds, but none starts after
-# the last test (a block tracker left behind records its loop device's
-# writes until someone does). Only when no daffe process runs; says how many.
+# daemon's start sweeps those no live daemon holds
+# (`tracefs::sweep_unheld`), but none starts after the last test (a block
+# tracker left behind records its loop device's writes until someone does).
+# The same rule as that sweep: rmdir only; the kernel refuses an instance a
+# live daemon holds open (EBUSY), so it is left as it is. Says how many.
 sweep_tracking_left_by_tests() {
-    local root d n=0
-    pgrep -x daffe >/dev/null && return 0
-    for root in /sys/kernel/tracing /sys/kernel/debug/tracing; do
-        for d in "$root"/instances/daffe-*; do
-            [ -d "$d" ] || continue
-            echo 0 > "$d/events/enable" 2>/dev/null || true
-            rmdir "$d" 2>/dev/null && n=$((n + 1))
-        done
+    local d n=0
+    for d in /sys/kernel/tracing/instances/daffe-* /sys/kernel/debug/tracing/instances/daffe-*; do
+        [ -d "$d" ] && rmdir "$d" 2>/dev/null && n=$((n + 1))
     done
     [ "$n" = 0 ] || log "removed $n tracefs instance(s) left by test daemons killed mid-run"
 }
