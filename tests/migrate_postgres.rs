@@ -162,6 +162,9 @@ fn move_a_busy_database(profile: &str) -> Value {
     );
     // The hook ran, succeeded, and a pre-copy round followed it.
     assert_eq!(report["before_cutover"]["exit_status"], 0, "{report:#}");
+    // With the hook given, no warning that it is missing (`app_data`; the
+    // warning itself: `bench/migrate.sh` with `PG_HOOK=0`).
+    assert_eq!(report["warnings"], json!([]), "{report:#}");
     // The run really was live: pgbench committed through the pre-copy.
     assert!(
         run.progress

@@ -50,6 +50,14 @@ pub struct RoundMeasure {
     pub wire_bytes: u64,
     /// Scan time at the source.
     pub scan: Duration,
+    /// Of `scan`, the time spent reading and hashing data (`ScanStats::
+    /// read_time`); zero when not measured (the whole scan then counts as
+    /// fixed, see `final_scan`).
+    #[serde(default)]
+    pub scan_read: Duration,
+    /// Bytes the scan read and hashed.
+    #[serde(default)]
+    pub bytes_read: u64,
     /// From the round's first request to the receiver's answer.
     pub transfer: Duration,
     /// From the start of the round's scan to the start of the next scan.
@@ -328,7 +336,7 @@ pub fn estimate_after_hook(rounds: &[RoundMeasure], t: &Targets, steady_rate: f6
     let final_bytes = flush.max(steady.final_bytes);
     Estimate {
         final_bytes,
-        downtime: final_scan(rounds)
+        downtime: final_scan(rounds, final_bytes as f64)
             + Duration::from_secs_f64(fixed + final_bytes as f64 / (rate * FINAL_ROUND_SPEEDUP)),
         ..steady
     }
@@ -385,17 +393,53 @@ fn net_rate(r: &RoundMeasure, fixed: f64) -> Option<f64> {
         .map(|_| r.bytes_moved as f64 / (t - fixed))
 }
 
-/// How long the final round's scan is expected to take: the shortest scan
-/// of the rounds after the first (the first walks a cold volume), not the
-/// last round's. The final scan runs with the app stopped; the hook's
-/// round scans beside the checkpoint it caused, the slowest of all
-/// (PostgreSQL unthrottled on default, stop-29 sweep: 1575 ms for the hook
-/// round's scan, 354 ms for the final round's; the shortest later scan was
-/// 129 ms).
-fn final_scan(rounds: &[RoundMeasure]) -> Duration {
+/// How long the final round's scan is expected to take, for a final round
+/// of `final_bytes`: the shortest of the rounds after the first (the first
+/// walks a cold volume), each as [`scan_for`] scales it, not the last
+/// round's. The final scan runs with the app stopped; the hook's round
+/// scans beside the checkpoint it caused, the slowest of all (PostgreSQL
+/// unthrottled on default, stop-29 sweep: 1575 ms for the hook round's
+/// scan, 354 ms for the final round's; the shortest later scan was 129
+/// ms).
+fn final_scan(rounds: &[RoundMeasure], final_bytes: f64) -> Duration {
     let later = rounds.get(1..).filter(|l| !l.is_empty()).unwrap_or(rounds);
-    later.iter().map(|r| r.scan).min().unwrap_or_default()
+    later
+        .iter()
+        .map(|r| scan_for(r, final_bytes))
+        .min()
+        .unwrap_or_default()
 }
+
+/// A scan of `final_bytes` of payload, from round `r`'s: its walk (the
+/// scan less its reads: entries, the manifest's chunks, which do not
+/// shrink with the payload) and its reads scaled by `final_bytes` over
+/// the round's payload. Taken unscaled when the reads were not measured,
+/// the round is too small to scale from, or its scan read more than
+/// [`SCALED_READ_MAX`] times what it moved (a round whose reads say little
+/// about its payload: on gold, the round after the first re-reads whole
+/// chunks around pages written back unchanged, 600 MB read for 65 MB
+/// moved).
+///
+/// Why: the shortest later scan alone, unscaled, ran 1.3-2x the final
+/// scan's time on default (stop 38: 142-197 ms against 45-113 ms), and
+/// put two estimates past 1.5x the downtime (stop 37, 1.51 and 1.52). The
+/// scale alone, without a walk, would make a tree of many small files
+/// with a small final round all but free to scan.
+fn scan_for(r: &RoundMeasure, final_bytes: f64) -> Duration {
+    let moved = r.bytes_moved as f64;
+    if r.scan_read.is_zero()
+        || r.bytes_moved < LINK_SAMPLE_MIN_BYTES
+        || r.bytes_read as f64 > SCALED_READ_MAX * moved
+    {
+        return r.scan;
+    }
+    let read = r.scan_read.min(r.scan);
+    (r.scan - read) + read.mul_f64(final_bytes / moved)
+}
+
+/// A round whose scan read more than this many times its payload is taken
+/// unscaled by [`scan_for`].
+pub const SCALED_READ_MAX: f64 = 2.0;
 
 /// The estimate after a catch-up round (the last of `rounds`; the hook ran
 /// again before it, see [`catch_up_shrinks`]). Beyond what the app's files
@@ -428,7 +472,7 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
     };
     Estimate {
         final_bytes: f64_to_u64(final_bytes.round()),
-        downtime: final_scan(rounds)
+        downtime: final_scan(rounds, final_bytes)
             + Duration::from_secs_f64(fixed + final_bytes / (rate * FINAL_ROUND_SPEEDUP)),
         ..steady
     }

@@ -22,6 +22,7 @@ fn round(moved: u64, dirty: u64, link: u64) -> RoundMeasure {
         scan: ms(100),
         transfer,
         wall: ms(100) + transfer,
+        ..Default::default()
     }
 }
 
@@ -152,6 +153,7 @@ fn a_plateau_under_the_link_rate_is_not_converging() {
         scan: Duration::from_secs(8),
         transfer: Duration::from_secs_f64(20.0 * MB as f64 / 12.5e6),
         wall: Duration::from_secs(10),
+        ..Default::default()
     };
     let d = decide(&[r, r, r], &targets(100));
     assert!(
@@ -305,6 +307,7 @@ fn measured_rounds(rows: &[Row]) -> Vec<RoundMeasure> {
             scan: ms(scan),
             transfer: ms(transfer),
             wall: ms(scan + transfer),
+            ..Default::default()
         })
         .collect()
 }
@@ -391,6 +394,7 @@ fn the_fixed_cost_comes_from_the_rounds_after_the_first() {
         scan: ms(scan),
         transfer: ms(transfer),
         wall: ms(wall),
+        ..Default::default()
     };
     let rounds = [
         r(1_078_263_808, 1_083_617_052, 2475, 95_469, 98_006),
@@ -415,6 +419,7 @@ fn a_catch_up_round_is_taken_only_when_much_shorter() {
         scan: ms(scan_ms),
         transfer: ms(transfer_ms),
         wall: ms(wall_ms),
+        ..Default::default()
     };
     // (last round, steady dirty rate B/s, another round?)
     let rows: &[(RoundMeasure, f64, bool)] = &[
@@ -686,6 +691,7 @@ fn sweep_rounds(rows: &[(u64, u64, u64, u64)]) -> Vec<RoundMeasure> {
             transfer: ms(transfer),
             // The report has no gap between rounds: scan + transfer.
             wall: ms(scan + transfer),
+            ..Default::default()
         })
         .collect()
 }
@@ -897,4 +903,205 @@ fn after_the_hook_round_the_estimate_is_within_half_of_the_measured_downtime() {
     // checkpoint slowed the app (unthrottled on default: 1.31).
     let ratios = check_sweep(HOOK, estimate_after_hook, 0.6..=1.4);
     eprintln!("est./actual: {ratios}");
+}
+
+#[test]
+fn the_final_scan_keeps_the_walk_and_scales_the_reads_to_the_final_bytes() {
+    let r = |moved: u64, read: u64, scan_ms: u64, read_ms: u64| RoundMeasure {
+        bytes_moved: moved,
+        bytes_read: read,
+        scan: ms(scan_ms),
+        scan_read: ms(read_ms),
+        transfer: ms(2000),
+        wall: ms(2000 + scan_ms),
+        ..Default::default()
+    };
+    let f = 35.0 * MB as f64;
+    // (round, final bytes, expected scan ms)
+    let rows: &[(RoundMeasure, f64, u64)] = &[
+        // A hook round on gold (stop 39's shape): 350 MB moved, 364 MB
+        // read in 170 of its 212 ms: 42 ms of walk + a tenth of the reads.
+        (r(350 * MB, 364 * MB, 212, 170), f, 59),
+        // The reads not measured (older reports): the whole scan.
+        (r(350 * MB, 364 * MB, 212, 0), f, 212),
+        // Read nine times what it moved: its reads say little of its bytes.
+        (r(65 * MB, 600 * MB, 440, 400), f, 440),
+        // Too small a round to scale from.
+        (r(MB / 2, MB / 2, 80, 40), f, 80),
+        // A final round larger than the round: the reads grow with it.
+        (r(10 * MB, 10 * MB, 60, 20), f, 110),
+        // All walk (a tree of many small files, little read): the walk stays.
+        (r(2 * MB, 2 * MB, 150, 5), 1.0, 145),
+    ];
+    for (i, (round, bytes, want)) in rows.iter().enumerate() {
+        let got = scan_for(round, *bytes);
+        assert!(
+            got.as_millis().abs_diff(u128::from(*want)) <= 1,
+            "row {i}: {got:?}, want {want} ms"
+        );
+    }
+    // The final scan is the shortest of the later rounds' (never the
+    // first's: it walks a cold volume).
+    let rounds = [
+        r(900 * MB, 900 * MB, 100, 90),
+        r(350 * MB, 364 * MB, 212, 170),
+        r(90 * MB, 97 * MB, 94, 60),
+    ];
+    // Round 3: 34 ms of walk + 60 ms x 35/90.
+    assert_eq!(final_scan(&rounds, f).as_millis(), 57);
+}
+
+/// Stop-40 runs with the scan's reads measured apart (`scan_read`;
+/// `bench/migrate.sh` step 4, PostgreSQL scale 30 at rate 500, CHECKPOINT
+/// through the hook, `PG_FIRST_READ_LIMIT=20M`, split CPUs, test build;
+/// BENCHMARKS.md "Issue 11, stop 40"): per case the pre-copy rounds as
+/// (bytes moved, wire bytes, scan ms, transfer ms, of the scan reading ms,
+/// bytes read), the last a catch-up round; the steady rate; the final
+/// round's bytes, its scan's ms, and the downtime.
+type SplitCase = (
+    &'static str,
+    &'static [(u64, u64, u64, u64, u64, u64)],
+    f64,
+    u64,
+    u64,
+    u64,
+);
+const SPLIT: &[SplitCase] = &[
+    (
+        "s40 default-500 #1",
+        &[
+            (492_876_832, 72_150_379, 42839, 6629, 42692, 901_962_998),
+            (119_591_630, 3_410_840, 392, 888, 286, 591_534_692),
+            (384_788_830, 15_334_619, 738, 2971, 689, 651_214_671),
+            (143_927_716, 6_360_015, 152, 983, 105, 154_547_161),
+        ],
+        2_632_540.0,
+        63_745_048,
+        93,
+        679,
+    ),
+    (
+        "s40 gold-500 #1",
+        &[
+            (515_042_315, 82_261_245, 43109, 7527, 43040, 908_742_656),
+            (63_273_049, 3_592_189, 414, 501, 305, 599_697_404),
+            (351_681_909, 13_200_282, 268, 2177, 191, 365_070_223),
+            (89_682_772, 3_997_540, 87, 655, 45, 97_075_977),
+        ],
+        1_247_625.0,
+        36_300_835,
+        84,
+        434,
+    ),
+    (
+        "s40 default-500 #2",
+        &[
+            (492_905_689, 72_151_392, 42830, 6729, 42729, 901_962_999),
+            (119_832_873, 3_438_266, 358, 796, 282, 593_298_132),
+            (384_076_081, 15_263_302, 759, 2680, 678, 651_558_411),
+            (138_016_215, 6_008_634, 161, 941, 113, 148_639_907),
+        ],
+        2_705_145.0,
+        64_434_425,
+        90,
+        697,
+    ),
+    (
+        "s40 gold-500 #2",
+        &[
+            (520_359_903, 82_296_486, 43137, 7555, 43048, 908_746_752),
+            (67_269_710, 3_612_535, 421, 577, 310, 602_045_735),
+            (352_724_006, 13_332_972, 304, 2232, 203, 367_156_141),
+            (98_085_285, 4_282_953, 93, 683, 45, 105_426_351),
+        ],
+        1_325_568.0,
+        37_097_047,
+        58,
+        510,
+    ),
+    // `PG_FIRST_READ_LIMIT=10M`, the setting where stop 37's two misses
+    // were (est./actual 1.51 and 1.52): the unsplit scan made these 1.30
+    // and 1.33.
+    (
+        "s40 default-500 cap10 #1",
+        &[
+            (432_065_659, 74_734_540, 85883, 6887, 85660, 902_069_495),
+            (121_598_672, 3_834_132, 429, 842, 340, 711_835_493),
+            (373_750_609, 14_250_507, 938, 2831, 867, 738_414_110),
+            (131_735_094, 5_167_321, 156, 830, 101, 140_286_385),
+        ],
+        4_098_497.0,
+        40_640_032,
+        47,
+        364,
+    ),
+    (
+        "s40 default-500 cap10 #2",
+        &[
+            (433_794_085, 74_625_361, 85870, 6814, 85612, 902_020_343),
+            (122_844_750, 3_757_220, 411, 695, 330, 713_274_448),
+            (370_782_077, 14_141_285, 837, 2571, 757, 735_295_133),
+            (119_791_981, 4_621_051, 135, 731, 86, 127_464_606),
+        ],
+        3_599_866.0,
+        37_189_149,
+        43,
+        339,
+    ),
+];
+
+#[test]
+fn with_the_reads_measured_the_final_scan_and_the_downtime_are_estimated_within_half() {
+    let mut out = Vec::new();
+    // Sums of |ln(estimated / measured final scan)|: split, unsplit.
+    let mut miss = (0.0, 0.0);
+    for (case, rows, steady, final_bytes, final_scan_ms, downtime_ms) in SPLIT {
+        let rounds: Vec<RoundMeasure> = rows
+            .iter()
+            .map(
+                |&(moved, wire, scan, transfer, read, bytes_read)| RoundMeasure {
+                    bytes_moved: moved,
+                    wire_bytes: wire,
+                    scan: ms(scan),
+                    scan_read: ms(read),
+                    bytes_read,
+                    transfer: ms(transfer),
+                    wall: ms(scan + transfer),
+                    ..Default::default()
+                },
+            )
+            .collect();
+        let t = Targets::new(Duration::from_secs(2), 10);
+        let e = estimate_after_catch_up(&rounds, &t, *steady);
+        let time = e.downtime.as_secs_f64() * 1000.0 / *downtime_ms as f64;
+        // The final scan, for the bytes the model expects and for the
+        // bytes that came: the walk kept, the reads scaled.
+        let scan = |bytes: f64| final_scan(&rounds, bytes).as_secs_f64() * 1000.0;
+        let expected = scan(e.final_bytes as f64) / *final_scan_ms as f64;
+        let came = scan(*final_bytes as f64) / *final_scan_ms as f64;
+        // Unsplit (the reads not measured), the whole shortest later scan.
+        let unsplit: Vec<RoundMeasure> = rounds
+            .iter()
+            .map(|r| RoundMeasure {
+                scan_read: Duration::ZERO,
+                ..*r
+            })
+            .collect();
+        let whole = final_scan(&unsplit, *final_bytes as f64).as_secs_f64() * 1000.0
+            / *final_scan_ms as f64;
+        out.push(format!(
+            "{case}: downtime {time:.2}, final scan {expected:.2} ({came:.2} for the bytes that \
+             came; unsplit {whole:.2})"
+        ));
+        assert!((0.5..=1.5).contains(&time), "{}", out.join("\n"));
+        // Pre-copy walks beside the app (in the idle group), the final
+        // round alone: the walk too can be faster then (cap10 #1: 33 ms
+        // against 55 ms), or slower (gold #1: 56 ms against 42). Within 2x
+        // either way, and nearer than unsplit over the table.
+        assert!((0.5..=2.0).contains(&came), "{}", out.join("\n"));
+        miss.0 += came.ln().abs();
+        miss.1 += whole.ln().abs();
+    }
+    eprintln!("{}", out.join("\n"));
+    assert!(miss.0 < miss.1 / 2.0, "split {miss:?}\n{}", out.join("\n"));
 }

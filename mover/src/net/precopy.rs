@@ -262,6 +262,8 @@ pub fn precopy(
             bytes_dirty: r.summary.bytes_dirty,
             wire_bytes: r.wire_sent + r.wire_received,
             scan: r.scan_time,
+            scan_read: r.scan.read_time,
+            bytes_read: r.scan.bytes_hashed,
             transfer: r.transfer_time,
             wall: t.elapsed(),
         };

@@ -11,6 +11,7 @@ use std::os::fd::AsFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender, unbounded};
 
@@ -387,6 +388,7 @@ impl Scanner {
                             reason = "a small file: at most SMALL_MAX"
                         )]
                         let mut buf = vec![0u8; (e0 - s0) as usize];
+                        let t = Instant::now();
                         let got = read_full_at(&f, &mut buf, s0).map_err(io_err(&entry.path))?;
                         self.stats.bytes_hashed += got as u64;
                         if got > 0 {
@@ -398,6 +400,7 @@ impl Scanner {
                                 id: ChunkId::of(&buf[..got]),
                             });
                         }
+                        self.stats.read_time += t.elapsed();
                     }
                     let mut stat = stat;
                     let after = fsmeta::stat_fd(f.as_fd(), &entry.path)?;
@@ -480,7 +483,9 @@ impl Scanner {
     }
 
     fn wait_one(&mut self) -> Result<(), ScanError> {
+        let t = Instant::now();
         let r = self.results.recv().map_err(|_| ScanError::Worker)?;
+        self.stats.read_time += t.elapsed();
         self.in_flight -= 1;
         self.stats.bytes_hashed += r.read;
         self.opts.progress.event(&Progress::Scanned {
@@ -730,6 +735,7 @@ impl Scanner {
             let c = match p {
                 super::changes::Piece::Keep(c) => c,
                 super::changes::Piece::Read { offset, len } => {
+                    let t = Instant::now();
                     let want = &mut buf[..len as usize];
                     let got = read_full_at(file, want, offset).map_err(io_err(path))?;
                     if got < want.len() {
@@ -737,11 +743,9 @@ impl Scanner {
                         want[got..].fill(0);
                     }
                     self.stats.bytes_hashed += u64::from(len);
-                    ChunkRef {
-                        offset,
-                        len,
-                        id: ChunkId::of(want),
-                    }
+                    let id = ChunkId::of(want);
+                    self.stats.read_time += t.elapsed();
+                    ChunkRef { offset, len, id }
                 }
             };
             write_chunk(&mut self.writer, c, last_end)?;
@@ -775,12 +779,14 @@ impl Scanner {
                 #[allow(clippy::cast_possible_truncation, reason = "at most SEGMENT")]
                 let want = (e - at).min(SEGMENT) as usize;
                 buf.resize(want, 0);
+                let t = Instant::now();
                 let got = read_full_at(file, &mut buf, at).map_err(io_err(path))?;
                 self.stats.bytes_hashed += got as u64;
                 // Short: it shrank under the scan, which re-stats it after
                 // (racy: read whole next round); what was read is kept.
                 let at_end = got < want || at + want as u64 == e;
                 let chunks = chunk_segment(&chunker, &buf[..got], at, at_end, u64::MAX);
+                self.stats.read_time += t.elapsed();
                 if chunks.is_empty() {
                     break;
                 }

@@ -441,8 +441,16 @@ mod tests {
         let told = Arc::new(Told::default());
         let opts = || told_opts(&told, 1);
         // The tracker cannot vouch yet: a full scan, then `scanned`.
+        let t = std::time::Instant::now();
         let s1 = crate::scan::scan_image(&img, &cache, opts()).unwrap();
+        let took = t.elapsed();
         assert_eq!(s1.stats.bytes_hashed, 4 * mib);
+        // The reads' part of the scan's time, within it.
+        assert!(
+            s1.stats.read_time > std::time::Duration::ZERO && s1.stats.read_time <= took,
+            "{:?} of {took:?}",
+            s1.stats.read_time
+        );
         assert_eq!(*told.scanned.lock().unwrap(), vec![0]);
         let before = chunks_match_the_file(&s1, &img);
 
@@ -462,6 +470,8 @@ mod tests {
             "read {} bytes",
             s2.stats.bytes_hashed
         );
+        // The patched reads are timed too.
+        assert!(s2.stats.read_time > std::time::Duration::ZERO);
         assert_eq!(*told.scanned.lock().unwrap(), vec![0, 1]);
         let after = chunks_match_the_file(&s2, &img);
         // Same boundaries in the data; one new piece in the hole.

@@ -76,6 +76,14 @@ pub struct ScanStats {
     /// two rounds, measured apart from what the round then moved.
     #[serde(default)]
     pub bytes_tracked: u64,
+    /// Of the scan's time, the part spent reading and hashing data (the
+    /// scanning thread's reads, and its waits for the chunking workers'):
+    /// what grows with the bytes read. The rest is the walk and the
+    /// manifest, which grow with the volume's entries and chunks. The
+    /// convergence model scales only this part to the final round's bytes
+    /// (`crate::converge`).
+    #[serde(default)]
+    pub read_time: std::time::Duration,
 }
 
 /// Scan settings.

@@ -274,7 +274,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             Event::RoundEnd(r) => say(
                 &bar,
                 format!(
-                    "round {} ({}): {} bytes changed ({} carried before compression), {} on the wire, scan {} ms ({} bytes read), transfer {} ms{}{}",
+                    "round {} ({}): {} bytes changed ({} carried before compression), {} on the wire, scan {} ms ({} bytes read in {} ms), transfer {} ms{}{}",
                     r.round,
                     if r.final_round { "final" } else { "pre-copy" },
                     r.bytes,
@@ -282,6 +282,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
                     r.wire_bytes,
                     r.scan_ms,
                     r.bytes_read,
+                    r.scan_read_ms,
                     r.transfer_ms,
                     if r.partial {
                         format!(
@@ -296,7 +297,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
                         .unwrap_or_default()
                 ),
             ),
-            Event::CutoverWarning(msg) => say(&bar, format!("warning: {msg}")),
+            Event::CutoverWarning(msg) | Event::NoHook(msg) => say(&bar, format!("warning: {msg}")),
             Event::FlushFailed(msg) => say(
                 &bar,
                 format!("warning: {msg}; the round reads what is on disk"),
@@ -365,7 +366,7 @@ fn stream_event(s: &JsonLines, ev: &Event) {
             ));
             out
         }),
-        Event::CutoverWarning(m) => s.emit("warning", json!({ "message": m })),
+        Event::CutoverWarning(m) | Event::NoHook(m) => s.emit("warning", json!({ "message": m })),
         Event::FlushFailed(m) => s.emit(
             "warning",
             json!({ "message": format!("{m}; the round reads what is on disk") }),

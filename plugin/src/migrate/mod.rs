@@ -13,6 +13,8 @@
 //!   pre-copy round (the image then holds what the filesystem holds).
 //! - [`hook`]: `--before-cutover CMD`, run before the last pre-copy round
 //!   (bounded; its failure aborts pre-copy unfenced).
+//! - [`app_data`]: which database's files a volume holds, to warn before
+//!   pre-copy when no hook was given for it.
 //! - [`ebs`], [`ebs_snapshots`]: `daffe migrate --via-ebs`, to another zone
 //!   through EBS snapshots (sequencing and the daemon's steps; the snapshot
 //!   pushes).
@@ -30,6 +32,7 @@
 //! volume in the same locked step that sees it reach zero.
 
 pub(crate) mod agent;
+pub(crate) mod app_data;
 pub(crate) mod changes;
 pub(crate) mod duration;
 pub(crate) mod ebs;

@@ -17,6 +17,7 @@
 //! answer lost, the source stays fenced: rerunning `daffe migrate` finishes
 //! the handover (every step is idempotent), never two owners.
 
+use super::app_data;
 use super::flush::{self, FlushError};
 use super::hook::{self, BeforeCutover, HookReport};
 use super::report::{CutoverPhases, EstimateReport, Report, RoundReport, millis};
@@ -339,6 +340,9 @@ pub(crate) enum Event {
     /// The writes outpace the link, or the estimate is over the target: the
     /// figures, before the unmount is asked for.
     CutoverWarning(String),
+    /// The volume holds a database and no before-cutover hook was given
+    /// (`super::app_data`): said before pre-copy starts.
+    NoHook(String),
     /// A block volume's flush before a round failed or timed out (the round
     /// goes on with what is on disk).
     FlushFailed(String),
@@ -395,6 +399,7 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         chunks_new: r.summary.chunks_new,
         chunks_total: r.summary.chunks_total,
         scan_ms: millis(r.scan_time),
+        scan_read_ms: millis(r.scan.read_time),
         transfer_ms: millis(r.transfer_time),
         attempts: r.attempts,
         after_hook: false,
@@ -602,6 +607,20 @@ pub(crate) fn migrate(
         &token,
         changes,
     );
+
+    // A database moved without a hook pays its buffers as downtime, unseen
+    // by the estimate: said now, while stopping costs nothing.
+    if opts.precopy && !resume_cutover && opts.before_cutover.is_none() {
+        let root = match paths.mode {
+            TransferMode::Tree => Some(paths.data.as_path()),
+            TransferMode::Image => paths.mountpoint.as_deref(),
+        };
+        if let Some(found) = root.and_then(app_data::find) {
+            let msg = app_data::advice(vol, &found);
+            report.warnings.push(msg.clone());
+            event(Event::NoHook(msg));
+        }
+    }
 
     // 2. Pre-copy, through mover's loop and convergence model: rounds under
     // writes are partial but kept (the agent receives with `precopy`).

@@ -76,6 +76,10 @@ pub(crate) struct RoundReport {
     pub(crate) chunks_new: u64,
     pub(crate) chunks_total: u64,
     pub(crate) scan_ms: u64,
+    /// Of `scan_ms`, reading and hashing `bytes_read`; the rest is the walk
+    /// and the manifest (what the estimate does not scale with the final
+    /// round's bytes, `mover::converge`).
+    pub(crate) scan_read_ms: u64,
     pub(crate) transfer_ms: u64,
     /// Connection attempts (more than 1: the link was cut and resumed).
     pub(crate) attempts: u32,
@@ -119,6 +123,9 @@ pub(crate) struct Report {
     pub(crate) downtime_ms: u64,
     /// Where the downtime went (none when a rerun resumed a cutover).
     pub(crate) cutover: Option<CutoverPhases>,
+    /// What `migrate` warned about before pre-copy (a database moved
+    /// without a before-cutover hook).
+    pub(crate) warnings: Vec<String>,
 }
 
 /// The downtime's phases, in order: they add up to `downtime_ms` (the
@@ -225,6 +232,9 @@ impl Report {
                 h.exit_status.map_or_else(|| "-".into(), |c| c.to_string()),
                 h.seconds
             ));
+        }
+        for w in &self.warnings {
+            s.push_str(&format!("  warning: {w}\n"));
         }
         s.push_str(&format!(
             "  total {:.1} s, waited {:.1} s for the unmount, downtime {} ms (target {} ms)\n",

@@ -688,3 +688,52 @@ fn the_first_round_cap_replaces_the_cap_in_round_one_only_and_no_final_round_is_
         );
     }
 }
+
+#[test]
+fn a_database_moved_without_a_hook_is_warned_of_before_pre_copy_and_in_the_report() {
+    let d = tempfile::tempdir().unwrap();
+    let host = FakeHost::new(d.path(), "ready", None);
+    *host.mounted_polls.borrow_mut() = 0;
+    // PostgreSQL's data directory one level below the volume's root.
+    std::fs::create_dir_all(d.path().join("data/pg/global")).unwrap();
+    std::fs::write(d.path().join("data/pg/PG_VERSION"), "15\n").unwrap();
+    let mut dest1 = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(2000)]);
+    let mut events = vec![];
+    let r = migrate(&host, &mut dest1, &opts(), &mut |e| events.push(e)).unwrap();
+    let warned = events
+        .iter()
+        .position(
+            |e| matches!(e, Event::NoHook(m) if m.contains("PostgreSQL") && m.contains("in pg")),
+        )
+        .expect("a warning that names the database");
+    let round1 = events
+        .iter()
+        .position(|e| matches!(e, Event::RoundStart { round: 1, .. }))
+        .unwrap();
+    assert!(warned < round1, "said before pre-copy starts");
+    assert_eq!(r.warnings.len(), 1);
+    assert!(
+        r.render()
+            .contains("warning: counter@gold holds a PostgreSQL")
+    );
+
+    // With a hook, or a volume that holds no database: no warning.
+    let mut o = opts();
+    o.before_cutover = Some(BeforeCutover {
+        command: "true".into(),
+        timeout: Duration::from_secs(10),
+    });
+    let host = FakeHost::new(d.path(), "ready", None);
+    *host.mounted_polls.borrow_mut() = 0;
+    let mut dest2 = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(5000), Ok(10)]);
+    let mut events = vec![];
+    let r = migrate(&host, &mut dest2, &o, &mut |e| events.push(e)).unwrap();
+    assert!(r.warnings.is_empty());
+    assert!(!events.iter().any(|e| matches!(e, Event::NoHook(_))));
+    std::fs::remove_dir_all(d.path().join("data/pg")).unwrap();
+    let host = FakeHost::new(d.path(), "ready", None);
+    *host.mounted_polls.borrow_mut() = 0;
+    let mut dest3 = dest(vec![Ok(100_000_000), Ok(30_000_000), Ok(2000)]);
+    let r = migrate(&host, &mut dest3, &opts(), &mut |_| {}).unwrap();
+    assert!(r.warnings.is_empty());
+}
