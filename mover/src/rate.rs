@@ -68,10 +68,11 @@ impl RateLimiter {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
 
-    /// Charges `units`; sleeps as long as the charge lies beyond the burst.
-    pub fn take(&self, units: u64) {
+    /// Charges `units`; sleeps as long as the charge lies beyond the burst,
+    /// and returns how long that was.
+    pub fn take(&self, units: u64) -> Duration {
         if self.rate == 0 {
-            return;
+            return Duration::ZERO;
         }
         let wait = {
             // A poisoned lock only means another thread panicked between two
@@ -85,6 +86,7 @@ impl RateLimiter {
         if !wait.is_zero() {
             self.clock.sleep(wait);
         }
+        wait
     }
 }
 

@@ -263,6 +263,7 @@ pub fn precopy(
             wire_bytes: r.wire_sent + r.wire_received,
             scan: r.scan_time,
             scan_read: r.scan.read_time,
+            scan_paced: r.scan.paced_time,
             bytes_read: r.scan.bytes_hashed,
             transfer: r.transfer_time,
             wall: t.elapsed(),

@@ -210,6 +210,9 @@ pub(super) struct Scanner {
     results: Receiver<JobResult>,
     threads: Vec<std::thread::JoinHandle<()>>,
     entry_index: u32,
+    /// The process's read-cap waits when the scan began
+    /// (`crate::read_full::paced`).
+    paced0: std::time::Duration,
 }
 
 impl Scanner {
@@ -237,6 +240,7 @@ impl Scanner {
             threads.push(std::thread::spawn(move || worker(jrx, rtx)));
         }
         Ok(Scanner {
+            paced0: crate::read_full::paced(),
             opts,
             start_ns: now_ns(),
             cache,
@@ -863,6 +867,11 @@ impl Scanner {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+        // Summed over threads: the workers' waits can overlap, and only what
+        // the scanning thread waited through is in `read_time`.
+        self.stats.paced_time = crate::read_full::paced()
+            .saturating_sub(self.paced0)
+            .min(self.stats.read_time);
         // Read the rest of the last manifest: its root is checked at its end,
         // so what was reused from it is proven intact.
         if let Some(c) = self.cache.as_mut() {

@@ -426,6 +426,38 @@ mod tests {
     }
 
     #[test]
+    fn a_scan_under_a_read_cap_counts_the_cap_s_waits_apart() {
+        use std::os::unix::fs::FileExt;
+        use std::sync::Arc;
+        let d = tempfile::tempdir().unwrap();
+        let img = d.path().join("img");
+        let f = std::fs::File::create(&img).unwrap();
+        let data: Vec<u8> = (0..2u32 << 20).map(|i| (i * 7 % 251) as u8).collect();
+        f.write_all_at(&data, 0).unwrap();
+        let told = Arc::new(Told::default());
+        let _one = crate::read_full::CAP_TESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // 8 MiB/s with 256 KiB of burst: ~0.22 s of the scan is the cap's.
+        let lim = Arc::new(crate::RateLimiter::new(8 << 20, 256 << 10));
+        let s = {
+            let _cap = crate::ReadCap::install(lim);
+            crate::scan::scan_image(&img, &d.path().join("cache"), told_opts(&told, 1)).unwrap()
+        };
+        let st = &s.stats;
+        assert!(
+            st.paced_time >= std::time::Duration::from_millis(150) && st.paced_time <= st.read_time,
+            "paced {:?} of {:?} reading",
+            st.paced_time,
+            st.read_time
+        );
+        // Uncapped, nothing waits.
+        let s =
+            crate::scan::scan_image(&img, &d.path().join("cache2"), told_opts(&told, 1)).unwrap();
+        assert!(s.stats.paced_time < std::time::Duration::from_millis(50));
+    }
+
+    #[test]
     fn a_tracked_image_is_rescanned_only_where_it_was_written() {
         use std::os::unix::fs::FileExt;
         use std::sync::Arc;

@@ -84,6 +84,10 @@ pub struct ScanStats {
     /// (`crate::converge`).
     #[serde(default)]
     pub read_time: std::time::Duration,
+    /// Of `read_time`, the time the reads waited for a read cap
+    /// (`migrate --read-limit`): the final round, uncapped, does not wait.
+    #[serde(default)]
+    pub paced_time: std::time::Duration,
 }
 
 /// Scan settings.

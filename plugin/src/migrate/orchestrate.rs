@@ -400,6 +400,7 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         chunks_total: r.summary.chunks_total,
         scan_ms: millis(r.scan_time),
         scan_read_ms: millis(r.scan.read_time),
+        scan_paced_ms: millis(r.scan.paced_time),
         transfer_ms: millis(r.transfer_time),
         attempts: r.attempts,
         after_hook: false,

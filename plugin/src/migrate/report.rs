@@ -80,6 +80,8 @@ pub(crate) struct RoundReport {
     /// and the manifest (what the estimate does not scale with the final
     /// round's bytes, `mover::converge`).
     pub(crate) scan_read_ms: u64,
+    /// Of `scan_read_ms`, waiting for the read cap (`--read-limit`).
+    pub(crate) scan_paced_ms: u64,
     pub(crate) transfer_ms: u64,
     /// Connection attempts (more than 1: the link was cut and resumed).
     pub(crate) attempts: u32,
