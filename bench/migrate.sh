@@ -439,6 +439,9 @@ pgcase() { # PROFILE RATE STRICT(0|1)
   pg_ctl_as stop -w -m fast -D "$mpb/pg" > /dev/null
   (cd / && asPG $PGBIN/pg_checksums --check -D "$mpb/pg") > "$R/$c.checksums" 2>&1 && checks=true || checks=false
   plug "$W/mig/b/plugin.sock" /VolumeDriver.Unmount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" > /dev/null
+  # Checked: the moved copy goes, so a sweep's ten databases do not fill B
+  # (B_TMPFS=1: 12 GiB; a sweep once failed its ninth move on ENOSPC).
+  plug "$W/mig/b/plugin.sock" /VolumeDriver.Remove "{\"Name\":\"$vol\"}" > /dev/null
   echo "{\"case\":\"$c\",\"profile\":\"$profile\",\"rate\":\"$rate\",\"strict\":$strict,\"rc\":$rc,\"t0\":$t0,\"tm\":$tm,\"tw\":$tw,\"tstop\":$tstop,\"tup\":$tup,\"books\":\"$books\",\"amcheck\":$amcheck,\"checksums\":$checks}" >> "$R/pg.jsonl"
 }
 for profile in $PG_PROFILES; do

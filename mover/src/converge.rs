@@ -64,6 +64,12 @@ pub struct RoundMeasure {
     pub scan_paced: Duration,
     /// From the round's first request to the receiver's answer.
     pub transfer: Duration,
+    /// Of `transfer`, the time the source's threads stood runnable without
+    /// a CPU, summed over them (`crate::ThreadTimes`); `None` when not
+    /// measured (older reports, no `/proc`). The final round, with the
+    /// application stopped, does not wait (see `final_pace`).
+    #[serde(default)]
+    pub transfer_wait: Option<Duration>,
     /// From the start of the round's scan to the start of the next scan.
     pub wall: Duration,
 }
@@ -309,8 +315,8 @@ fn fixed_cost(rounds: &[RoundMeasure], link: f64, ratio: f64) -> f64 {
 /// size, on the side strict mode can afford.
 ///
 /// Those bytes are converted to time at the best pace any round moved its
-/// own payload beyond [`FINAL_FIXED`] (`net_rate`), sped up by
-/// [`FINAL_ROUND_SPEEDUP`], not at the link's, after the shortest later
+/// own payload beyond [`FINAL_FIXED`] and its waits for a CPU
+/// (`final_pace`), not at the link's, after the shortest later
 /// scan (`final_scan`) and that fixed cost: a flush is pages scattered
 /// over the data files, and a round of them costs reading the bases,
 /// patching and verifying at both ends far more than carrying the few
@@ -326,24 +332,35 @@ fn fixed_cost(rounds: &[RoundMeasure], link: f64, ratio: f64) -> f64 {
 pub fn estimate_after_hook(rounds: &[RoundMeasure], t: &Targets, steady_rate: f64) -> Estimate {
     let steady = estimate_at_rate(rounds, t, steady_rate);
     let flush = hook_flush(rounds, steady_rate);
-    if flush == 0 {
-        return steady;
-    }
     let fixed = FINAL_FIXED.as_secs_f64();
     let best = rounds
         .iter()
-        .filter_map(|r| net_rate(r, fixed))
+        .filter_map(|r| final_pace(r, fixed))
         .fold(None, |m: Option<f64>, r| Some(m.map_or(r, |m| m.max(r))));
-    let Some(rate) = best.or((steady.link_rate > 0.0).then_some(steady.link_rate)) else {
+    let link = link_pace(&steady);
+    let Some(rate) = best.or(link) else {
         return steady;
     };
     let final_bytes = flush.max(steady.final_bytes);
-    Estimate {
+    let paced = Estimate {
         final_bytes,
         downtime: final_scan(rounds, final_bytes as f64)
-            + Duration::from_secs_f64(fixed + final_bytes as f64 / (rate * FINAL_ROUND_SPEEDUP)),
+            + Duration::from_secs_f64(fixed + final_bytes as f64 / rate),
         ..steady
+    };
+    // No flush told apart from the app's steady writes: the steady
+    // estimate, unless the rounds' own pace makes the final round shorter.
+    // Each errs long where the other holds: the steady one takes the last
+    // round's scan and the link rate with the rounds' waits for a CPU in
+    // them (PostgreSQL at rate 2000 on one core, stop 41: its hook round
+    // scanned for 6.6 s beside the checkpoint and the rounds carried 29
+    // MB/s, so 31.2 s for 4.9 s measured; paced, 5.0 s), and the paced one
+    // a fixed cost fitted on a large database, too much for a small quiet
+    // volume.
+    if flush == 0 && paced.downtime >= steady.downtime {
+        return steady;
     }
+    paced
 }
 
 /// What the hook's round (the last of `rounds`) carried beyond the app's
@@ -386,15 +403,59 @@ pub fn hook_flush(rounds: &[RoundMeasure], steady_rate: f64) -> u64 {
 /// downtime is mostly this).
 pub const FINAL_FIXED: Duration = Duration::from_millis(200);
 
-/// Payload bytes per second a round moved beyond `fixed` seconds of fixed
-/// cost: the pace of its bytes alone. None for a round too small to say,
-/// or too short: one whose transfer is mostly the fixed cost would give its
-/// bytes any pace at all.
-fn net_rate(r: &RoundMeasure, fixed: f64) -> Option<f64> {
+/// Payload bytes per second the final round is expected to move, from
+/// round `r`'s pace beyond `fixed` seconds of fixed cost, sped up by the
+/// larger of [`FINAL_ROUND_SPEEDUP`] and what the round's waits for a CPU
+/// slowed it by (its transfer over the transfer without them, [`unwaited`]).
+/// None for a round too small to say, or too short: one whose transfer is
+/// mostly the fixed cost would give its bytes any pace at all.
+///
+/// Why the larger: the constant was fitted on rounds that waited for a
+/// fifth of their transfer or less (PostgreSQL up to rate 1000), where it
+/// holds (the final round went 1.0-1.5x their pace); a round that waited
+/// for most of its transfer beside an application that keeps the CPU busy
+/// goes that much faster alone (`STARVED` in `tests.rs`). Taken without its
+/// waits and not sped up further, a lightly loaded round put the estimate
+/// at 1.28-1.39 of the downtime at rate 250, where the constant gave
+/// 0.86-1.08.
+fn final_pace(r: &RoundMeasure, fixed: f64) -> Option<f64> {
     let t = r.transfer.as_secs_f64();
+    let speedup = FINAL_ROUND_SPEEDUP.max(t / unwaited(r).max(1e-9));
     apply_rate(r)
         .filter(|_| t >= 2.0 * fixed)
-        .map(|_| r.bytes_moved as f64 / (t - fixed))
+        .map(|_| speedup * r.bytes_moved as f64 / (t - fixed))
+}
+
+/// A round's transfer in seconds, less the time the source's threads stood
+/// runnable without a CPU (`transfer_wait`, none when not measured), at most
+/// [`WAIT_SHARE_MAX`] of it.
+///
+/// Why: pre-copy runs in an idle cpu group (`--precopy-priority idle`), and
+/// an application that keeps the CPU busy leaves its rounds little of it;
+/// the final round runs with the application stopped. PostgreSQL at pgbench
+/// rate 2000 and unthrottled, one core (stop 41, `tests.rs`, `STARVED`): the
+/// pre-copy rounds moved 24-110 MB/s, the final round 144-186 MB/s, and the
+/// rounds' threads stood waiting for 40-80% of their transfers. Sped up by
+/// the constant alone, those rounds made the estimate 1.6-1.9x the
+/// downtime.
+///
+/// The cap: the waits are summed over the threads, and two threads waiting
+/// at once count twice, though the round lost that time once.
+fn unwaited(r: &RoundMeasure) -> f64 {
+    let t = r.transfer.as_secs_f64();
+    let w = r.transfer_wait.unwrap_or_default().as_secs_f64();
+    t - w.min(t * WAIT_SHARE_MAX)
+}
+
+/// At most this share of a round's transfer is taken out as waits for a
+/// CPU by [`unwaited`]: its pace is raised at most 4x.
+pub const WAIT_SHARE_MAX: f64 = 0.75;
+
+/// The final round's pace from the link's rate, when no round says more
+/// (too small to measure a pace): sped up as a round that waited little
+/// ([`final_pace`]).
+fn link_pace(steady: &Estimate) -> Option<f64> {
+    (steady.link_rate > 0.0).then_some(steady.link_rate * FINAL_ROUND_SPEEDUP)
 }
 
 /// How long the final round's scan is expected to take, for a final round
@@ -459,7 +520,7 @@ pub const SCALED_READ_MAX: f64 = 2.0;
 /// rate of buffer dirtying. Over the last round's own time, that is what the
 /// app flushes at shutdown, and the final round carries it with the files'
 /// steady writes, at the pace the last round moved its payload beyond
-/// [`FINAL_FIXED`] (sped up: the app has stopped), after the shortest
+/// [`FINAL_FIXED`] and its waits for a CPU (`final_pace`: the app has stopped), after the shortest
 /// later scan and that fixed cost. (The rounds' residue beyond the link's
 /// rate as the fixed cost, on top of the last round's whole pace, counted
 /// the apply time twice: 1.54x the downtime at rate 500 on default in the
@@ -477,14 +538,14 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
     let shutdown = flush / prev_s * last.wall.as_secs_f64();
     let final_bytes = steady.final_bytes as f64 + shutdown;
     let fixed = FINAL_FIXED.as_secs_f64();
-    let Some(rate) = net_rate(last, fixed).or((steady.link_rate > 0.0).then_some(steady.link_rate))
-    else {
+    let link = link_pace(&steady);
+    let Some(rate) = final_pace(last, fixed).or(link) else {
         return steady;
     };
     Estimate {
         final_bytes: f64_to_u64(final_bytes.round()),
         downtime: final_scan(rounds, final_bytes)
-            + Duration::from_secs_f64(fixed + final_bytes / (rate * FINAL_ROUND_SPEEDUP)),
+            + Duration::from_secs_f64(fixed + final_bytes / rate),
         ..steady
     }
 }
@@ -524,7 +585,9 @@ pub const MAX_CATCH_UP: usize = 2;
 /// PostgreSQL runs of `converge/tests.rs` (`MEASURED`) the final round went
 /// 1.2-1.45x faster per byte than the hook's round (on a machine shared
 /// with other builds, where the app's share is a fraction of the load; an
-/// app alone on its host would free more). The middle of that range.
+/// app alone on its host would free more). The middle of that range. A
+/// round that waited for a CPU longer than that is sped up by its waits
+/// instead (`final_pace`).
 pub const FINAL_ROUND_SPEEDUP: f64 = 1.3;
 
 /// Payload bytes per second a round moved end to end: its bytes over its

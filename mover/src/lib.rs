@@ -80,6 +80,7 @@ pub(crate) mod regular_file;
 pub(crate) mod scan;
 #[cfg_attr(feature = "testing", allow(missing_docs))]
 pub(crate) mod statcache;
+pub(crate) mod thread_times;
 
 /// Internals this crate's own integration tests (`tests/`) and examples
 /// reach into: the manifest and stat-cache formats, the scanner, the
@@ -140,3 +141,4 @@ pub use receive::{
 pub use scan::{FileChanges, ImageChanges, PendingChanges, ScanError, ScanOptions, ScanStats};
 pub use source::{ChunkSource, ManifestBase, Sender, Sink, SinkError, Source, SourceError, Want};
 pub use sync::{SyncError, SyncOptions, SyncStats, preview, source_cache_dir, sync};
+pub use thread_times::{CpuTimes, ThreadTimes};

@@ -266,6 +266,7 @@ pub fn precopy(
             scan_paced: r.scan.paced_time,
             bytes_read: r.scan.bytes_hashed,
             transfer: r.transfer_time,
+            transfer_wait: r.transfer_cpu.map(|c| c.wait),
             wall: t.elapsed(),
         };
         measures.push(m);

@@ -23,6 +23,7 @@ use crate::receive::{Destination, ReceiveError, ReceiveOptions, Receiver, RoundS
 use crate::retry::{Attempts, ErrorKind, RetryPolicy};
 use crate::scan::{ScanError, ScanOptions, ScanStats};
 use crate::source::{Sender, Source, SourceError};
+use crate::{CpuTimes, ThreadTimes};
 
 /// Receives one round into `dest` (state in `state_dir`) from `source`.
 pub fn receive_round(
@@ -224,6 +225,13 @@ pub struct RoundPushReport {
     pub scan_time: Duration,
     /// From the round's first request to the receiver's `RoundDone` (last attempt).
     pub transfer_time: Duration,
+    /// Of `transfer_time`, this process's threads' time on a CPU and
+    /// standing runnable without one, summed over the threads
+    /// ([`ThreadTimes`]; threads that ended before the round's end
+    /// are not in it); `None` where `/proc` could not tell. A pre-copy
+    /// round in an idle cpu group beside a busy application waits most of
+    /// its transfer; the final round does not.
+    pub transfer_cpu: Option<CpuTimes>,
     /// Wire bytes sent and received by this push (TLS included, all attempts).
     pub wire_sent: u64,
     /// Wire bytes received (see `wire_sent`).
@@ -401,6 +409,7 @@ impl RoundPusher {
             report.attempts += 1;
             let mut peer = self.connect()?;
             let t = Instant::now();
+            let threads = ThreadTimes::of_self();
             let carried = &mut report.carried;
             let mut count = |ev: ServeEvent| {
                 if let ServeEvent::ChunkSent { carried: c, .. } = ev {
@@ -411,6 +420,9 @@ impl RoundPusher {
             match peer.push_round(&req, &mut sender, &mut count) {
                 Ok(summary) => {
                     report.transfer_time = t.elapsed();
+                    let now = ThreadTimes::of_self();
+                    report.transfer_cpu =
+                        (!threads.is_empty() && !now.is_empty()).then(|| now.since(&threads));
                     report.summary = summary;
                     peer.bye();
                     report.wire_sent = self.ep.counters.sent() - sent0;

@@ -52,6 +52,12 @@ pub struct MigrateArgs {
     /// than this, or until rounds stop converging.
     #[arg(long, default_value = "2s")]
     pub(crate) max_downtime: String,
+    /// How long stopping the application is expected to take, from
+    /// migrate's request to the volume's unmount (e.g. `docker stop`). The
+    /// application writes meanwhile and the final round carries that, so
+    /// the estimate counts it; set it to what your stop takes.
+    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    pub(crate) stop_time: String,
     /// Refuse the cutover when the estimated downtime exceeds
     /// --max-downtime: exit non-zero with the figures, the volume not
     /// fenced, the application still running.
@@ -164,6 +170,10 @@ pub fn run(args: MigrateArgs) -> ExitCode {
             return super::fail(json, e);
         }
     };
+    let stop_time = match parse(&args.stop_time) {
+        Ok(t) => t,
+        Err(e) => return super::fail(json, format!("--stop-time: {e}")),
+    };
     let ep = match args.peer.endpoint() {
         Ok(ep) => ep,
         Err(e) => return super::fail(json, e),
@@ -206,6 +216,7 @@ pub fn run(args: MigrateArgs) -> ExitCode {
         max_rounds: args.max_rounds.unwrap_or(DEFAULT_MAX_ROUNDS).max(1),
         unmount_timeout,
         fence_poll: FENCE_POLL,
+        stop_time,
         strict: args.strict,
         before_cutover: args.before_cutover.clone().map(|command| BeforeCutover {
             command,

@@ -9,7 +9,7 @@ use super::two_hosts::{Mover, MoverError};
 use crate::cli::agent::{DEFAULT_TLS_DIR, PeerOptions};
 use crate::control::ControlClient;
 use crate::migrate::orchestrate::{
-    DEFAULT_MAX_ROUNDS, Event, MigrateOptions, ReadCaps, RemoteAgent, migrate,
+    DEFAULT_MAX_ROUNDS, DEFAULT_STOP_TIME, Event, MigrateOptions, ReadCaps, RemoteAgent, migrate,
 };
 use crate::migrate::report::Report;
 use mover::Source;
@@ -79,6 +79,7 @@ impl Mover for RealMover {
             max_rounds: DEFAULT_MAX_ROUNDS,
             unmount_timeout: self.unmount_timeout,
             fence_poll: FENCE_POLL,
+            stop_time: DEFAULT_STOP_TIME,
             strict: false,
             before_cutover: None,
             precopy: true,

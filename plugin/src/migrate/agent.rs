@@ -101,6 +101,8 @@ impl AgentHandler {
             max_rounds: 1,
             unmount_timeout: Duration::from_secs(5),
             fence_poll: Duration::from_millis(50),
+            // Unmounted already: nothing is written before the round.
+            stop_time: Duration::ZERO,
             strict: false,
             before_cutover: None,
             // Unmounted here: one exact round carries what the asker's copy

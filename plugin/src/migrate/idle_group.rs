@@ -33,12 +33,13 @@
 //! pre-copy is niced only (README, "Nice is not enough", says how an
 //! operator runs `migrate` in an idle cgroup there).
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use mover::{CpuTimes, ThreadTimes};
 
 /// The cpu cgroup (v1 controller, under its mount) pre-copy runs in, with
 /// `cpu.idle = 1`; made on first use, shared by every move on the host.
@@ -166,13 +167,13 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
 /// sender dropped) or the process starved (then it is moved back).
 fn watch_for_starvation(pid: u32, back: &Path, starved: &AtomicBool, stop: &mpsc::Receiver<()>) {
     let mut meter = Starvation::default();
-    let mut last = thread_times(pid);
+    let mut last = ThreadTimes::of(pid);
     let mut at = std::time::Instant::now();
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(WINDOW) {
-        let now = thread_times(pid);
+        let now = ThreadTimes::of(pid);
         let elapsed = at.elapsed();
         at = std::time::Instant::now();
-        let (run, wait) = deltas(&last, &now);
+        let CpuTimes { run, wait } = now.since(&last);
         last = now;
         if meter.observe(elapsed, run, wait) {
             // Moved back before it is said, so whoever sees the flag sees
@@ -191,44 +192,6 @@ fn watch_for_starvation(pid: u32, back: &Path, starved: &AtomicBool, stop: &mpsc
             return;
         }
     }
-}
-
-/// Per thread id: (time on a CPU, time runnable on a run queue), in ns,
-/// from `/proc/PID/task/TID/schedstat`. Threads that cannot be read (ended
-/// meanwhile) are left out.
-fn thread_times(pid: u32) -> HashMap<u32, (u64, u64)> {
-    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return HashMap::new();
-    };
-    dir.filter_map(|e| {
-        let e = e.ok()?;
-        let tid = e.file_name().to_str()?.parse().ok()?;
-        let text = std::fs::read_to_string(e.path().join("schedstat")).ok()?;
-        Some((tid, parse_schedstat(&text)?))
-    })
-    .collect()
-}
-
-/// `schedstat`'s first two fields: run and wait ns.
-fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
-    let mut f = text.split_ascii_whitespace();
-    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
-}
-
-/// Run and wait time the process's threads added between two looks: a
-/// thread in both counts its growth, a new thread all it has (it started
-/// within the window); a thread gone is left out.
-fn deltas(
-    before: &HashMap<u32, (u64, u64)>,
-    now: &HashMap<u32, (u64, u64)>,
-) -> (Duration, Duration) {
-    let (mut run, mut wait) = (0u64, 0u64);
-    for (tid, &(r, w)) in now {
-        let (r0, w0) = before.get(tid).copied().unwrap_or((0, 0));
-        run += r.saturating_sub(r0);
-        wait += w.saturating_sub(w0);
-    }
-    (Duration::from_nanos(run), Duration::from_nanos(wait))
 }
 
 /// The starvation rule (module doc), fed one window at a time.
@@ -328,19 +291,6 @@ mod tests {
                 assert_eq!(m.observe(WINDOW, run, wait), want, "{case}, window {i}");
             }
         }
-    }
-
-    #[test]
-    fn deltas_count_growth_new_threads_and_drop_gone_ones() {
-        let before = HashMap::from([(1, (100, 50)), (2, (500, 500)), (3, (7, 7))]);
-        // 1 grew, 2 ended, 4 is new, 3 reads lower (restarted id): 0.
-        let now = HashMap::from([(1, (160, 90)), (4, (30, 20)), (3, (1, 1))]);
-        assert_eq!(
-            deltas(&before, &now),
-            (Duration::from_nanos(90), Duration::from_nanos(60))
-        );
-        assert_eq!(parse_schedstat("123 456 7\n"), Some((123, 456)));
-        assert_eq!(parse_schedstat("123\n"), None);
     }
 
     #[test]

@@ -313,6 +313,10 @@ pub(crate) struct MigrateOptions {
     pub(crate) unmount_timeout: Duration,
     /// How often the unmount is looked for: bounds the downtime measurement error.
     pub(crate) fence_poll: Duration,
+    /// How long the operator's stop is expected to take, from the request
+    /// to the unmount (`--stop-time`): the application writes meanwhile, and
+    /// the final round carries it.
+    pub(crate) stop_time: Duration,
     /// Refuse the cutover (unfenced) when the estimate exceeds `max_downtime`.
     pub(crate) strict: bool,
     /// Run before the last pre-copy round (`--before-cutover`).
@@ -326,6 +330,15 @@ pub(crate) struct MigrateOptions {
 
 /// Pre-copy rounds at most unless the operator says otherwise.
 pub(crate) const DEFAULT_MAX_ROUNDS: u32 = 10;
+
+/// The stop the estimate expects unless told otherwise (`--stop-time`):
+/// what it takes to stop a container and release its volume. Measured
+/// (BENCHMARKS.md, issue 11, stop 41): `docker stop` of a writer's container
+/// 1.1-1.2 s, `pg_ctl stop -m fast` then the unmount 0.2-0.9 s. Without it
+/// the estimate expected the final round to carry what the app dirtied up
+/// to the request only: a 1 MB/s writer's final round came out at twice its
+/// estimate (est./actual 0.53 and 0.66, default and gold).
+pub(crate) const DEFAULT_STOP_TIME: Duration = Duration::from_secs(1);
 
 /// Progress, for a bar or a log.
 #[derive(Debug, Clone)]
@@ -402,6 +415,8 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         scan_read_ms: millis(r.scan.read_time),
         scan_paced_ms: millis(r.scan.paced_time),
         transfer_ms: millis(r.transfer_time),
+        transfer_run_ms: r.transfer_cpu.map(|c| millis(c.run)),
+        transfer_wait_ms: r.transfer_cpu.map(|c| millis(c.wait)),
         attempts: r.attempts,
         after_hook: false,
         estimate_ms: None,
@@ -637,8 +652,9 @@ pub(crate) fn migrate(
         host.begin_move(vol, to)?;
         let targets = Targets::new(opts.max_downtime, opts.max_rounds)
             .with_strict(opts.strict)
-            // The unmount is seen within a poll of the operator's stop.
-            .with_cutover_gap(opts.fence_poll);
+            // From the last round to the final round's scan: the operator's
+            // stop, then the unmount seen within a poll.
+            .with_cutover_gap(opts.stop_time + opts.fence_poll);
         let pushes = RefCell::new(Vec::new());
         let flush_ms = RefCell::new(None);
         let hook_ran = std::cell::Cell::new(false);

@@ -83,6 +83,14 @@ pub(crate) struct RoundReport {
     /// Of `scan_read_ms`, waiting for the read cap (`--read-limit`).
     pub(crate) scan_paced_ms: u64,
     pub(crate) transfer_ms: u64,
+    /// Of `transfer_ms`, summed over this process's threads: time on a CPU,
+    /// and time standing runnable without one (a round in the idle cpu group
+    /// beside a busy application waits; what the estimate takes out of the
+    /// rounds' pace, `mover::converge`). Absent where `/proc` could not tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transfer_run_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) transfer_wait_ms: Option<u64>,
     /// Connection attempts (more than 1: the link was cut and resumed).
     pub(crate) attempts: u32,
     /// The round ran after the before-cutover hook.
