@@ -420,10 +420,11 @@ pub const FINAL_FIXED: Duration = Duration::from_millis(200);
 /// 0.86-1.08.
 fn final_pace(r: &RoundMeasure, fixed: f64) -> Option<f64> {
     let t = r.transfer.as_secs_f64();
-    let speedup = FINAL_ROUND_SPEEDUP.max(t / unwaited(r).max(1e-9));
-    apply_rate(r)
-        .filter(|_| t >= 2.0 * fixed)
-        .map(|_| speedup * r.bytes_moved as f64 / (t - fixed))
+    apply_rate(r).filter(|_| t >= 2.0 * fixed).map(|_| {
+        // `unwaited` keeps at least a quarter of a nonzero transfer.
+        let speedup = FINAL_ROUND_SPEEDUP.max(t / unwaited(r));
+        speedup * r.bytes_moved as f64 / (t - fixed)
+    })
 }
 
 /// A round's transfer in seconds, less the time the source's threads stood
@@ -520,8 +521,8 @@ pub const SCALED_READ_MAX: f64 = 2.0;
 /// rate of buffer dirtying. Over the last round's own time, that is what the
 /// app flushes at shutdown, and the final round carries it with the files'
 /// steady writes, at the pace the last round moved its payload beyond
-/// [`FINAL_FIXED`] and its waits for a CPU (`final_pace`: the app has stopped), after the shortest
-/// later scan and that fixed cost. (The rounds' residue beyond the link's
+/// [`FINAL_FIXED`] and its waits for a CPU (`final_pace`: the app has
+/// stopped), after the shortest later scan and that fixed cost. (The rounds' residue beyond the link's
 /// rate as the fixed cost, on top of the last round's whole pace, counted
 /// the apply time twice: 1.54x the downtime at rate 500 on default in the
 /// stop-29 sweep, `tests.rs`, `CATCH_UP`.) Not the hook
