@@ -10,7 +10,10 @@
 //! with the application stopped and does not wait (`converge::final_pace`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 
 /// One look at a process's threads: per thread id, (ns on a CPU, ns
 /// runnable on a run queue).
@@ -18,7 +21,7 @@ use std::time::Duration;
 pub struct ThreadTimes(HashMap<u32, (u64, u64)>);
 
 /// Time on a CPU and time standing runnable, summed over threads.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CpuTimes {
     /// On a CPU.
     pub run: Duration,
@@ -78,6 +81,57 @@ impl ThreadTimes {
     }
 }
 
+impl std::ops::Add for CpuTimes {
+    type Output = CpuTimes;
+    fn add(self, o: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            run: self.run + o.run,
+            wait: self.wait + o.wait,
+        }
+    }
+}
+
+/// The calling thread's (ns on a CPU, ns runnable) now; `None` without
+/// `/proc`.
+pub(crate) fn this_thread() -> Option<(u64, u64)> {
+    parse_schedstat(&std::fs::read_to_string("/proc/thread-self/schedstat").ok()?)
+}
+
+/// Threads' times added up as each finishes its part, for work done by
+/// threads that end before anyone could look at them from outside (the
+/// scan's chunking workers: [`ThreadTimes::since`] loses an ended thread).
+/// Each thread takes [`this_thread`] when it starts and hands it to
+/// [`add_since`](Self::add_since) when done.
+#[derive(Debug, Default)]
+pub(crate) struct CpuTally {
+    run: AtomicU64,
+    wait: AtomicU64,
+    /// A thread could not read its times: the total would be short.
+    missed: AtomicBool,
+}
+
+impl CpuTally {
+    /// Adds what the calling thread ran and waited since `start` (its
+    /// [`this_thread`] then).
+    pub(crate) fn add_since(&self, start: Option<(u64, u64)>) {
+        match (start, this_thread()) {
+            (Some((r0, w0)), Some((r, w))) => {
+                self.run.fetch_add(r.saturating_sub(r0), Ordering::Relaxed);
+                self.wait.fetch_add(w.saturating_sub(w0), Ordering::Relaxed);
+            }
+            _ => self.missed.store(true, Ordering::Relaxed),
+        }
+    }
+
+    /// The sum, `None` if a thread could not tell.
+    pub(crate) fn total(&self) -> Option<CpuTimes> {
+        (!self.missed.load(Ordering::Relaxed)).then(|| CpuTimes {
+            run: Duration::from_nanos(self.run.load(Ordering::Relaxed)),
+            wait: Duration::from_nanos(self.wait.load(Ordering::Relaxed)),
+        })
+    }
+}
+
 /// `schedstat`'s first two fields: run and wait ns.
 fn parse_schedstat(text: &str) -> Option<(u64, u64)> {
     let mut f = text.split_ascii_whitespace();
@@ -118,5 +172,46 @@ mod tests {
         assert!(d.run >= Duration::from_millis(10), "{d:?}");
         assert!(ThreadTimes::of(u32::MAX).is_empty());
         assert!(!ThreadTimes::of_self().is_empty());
+    }
+
+    #[test]
+    fn a_tally_counts_threads_that_have_ended() {
+        let tally = std::sync::Arc::new(CpuTally::default());
+        let spin = |tally: &CpuTally| {
+            let start = this_thread();
+            let mut x = 0u64;
+            let t = std::time::Instant::now();
+            while t.elapsed() < Duration::from_millis(30) {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+            }
+            tally.add_since(start);
+        };
+        let threads: Vec<_> = (0..2)
+            .map(|_| {
+                let tally = tally.clone();
+                std::thread::spawn(move || spin(&tally))
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // Both ended; each ran ~30 ms (on a CPU or waiting for one).
+        let total = tally.total().unwrap();
+        assert!(
+            total.run + total.wait >= Duration::from_millis(50),
+            "{total:?}"
+        );
+        assert!(total.run >= Duration::from_millis(10), "{total:?}");
+        // A thread that could not read its start leaves the total unknown.
+        tally.add_since(None);
+        assert_eq!(tally.total(), None);
+        let sum = CpuTimes {
+            run: Duration::from_millis(1),
+            wait: Duration::from_millis(2),
+        } + CpuTimes {
+            run: Duration::from_millis(3),
+            wait: Duration::from_millis(4),
+        };
+        assert_eq!((sum.run.as_millis(), sum.wait.as_millis()), (4, 6));
     }
 }

@@ -264,6 +264,7 @@ pub fn precopy(
             scan: r.scan_time,
             scan_read: r.scan.read_time,
             scan_paced: r.scan.paced_time,
+            scan_wait: r.scan_cpu.map(|c| c.wait),
             bytes_read: r.scan.bytes_hashed,
             transfer: r.transfer_time,
             transfer_wait: r.transfer_cpu.map(|c| c.wait),

@@ -221,8 +221,13 @@ pub struct RoundPushReport {
     pub summary: RoundSummary,
     /// The source's scan.
     pub scan: ScanStats,
-    /// How long the scan took.
+    /// How long the scan took (all scans, after rescans).
     pub scan_time: Duration,
+    /// Of `scan_time`, the scans' threads' time on a CPU and standing
+    /// runnable without one ([`ScanStats::cpu`], summed over the scans);
+    /// `None` where `/proc` could not tell. Like the transfer, a pre-copy
+    /// scan beside a busy application waits; the final one does not.
+    pub scan_cpu: Option<CpuTimes>,
     /// From the round's first request to the receiver's `RoundDone` (last attempt).
     pub transfer_time: Duration,
     /// Of `transfer_time`, this process's threads' time on a CPU and
@@ -405,6 +410,7 @@ impl RoundPusher {
         let (mut sender, scan_time) = self.scan()?;
         report.scan_time = scan_time;
         report.scan = sender.stats().clone();
+        report.scan_cpu = report.scan.cpu;
         loop {
             report.attempts += 1;
             let mut peer = self.connect()?;
@@ -446,6 +452,7 @@ impl RoundPusher {
                         sender = s;
                         report.scan_time += t;
                         report.scan = sender.stats().clone();
+                        report.scan_cpu = report.scan_cpu.zip(report.scan.cpu).map(|(a, b)| a + b);
                         continue;
                     }
                     let Some(pause) = retries.failed(retry_kind(e.retryable())) else {

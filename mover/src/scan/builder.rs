@@ -23,6 +23,7 @@ use crate::manifest::{
 use crate::progress::Progress;
 use crate::read_full::{read_full_at, read_full_at_in, will_need};
 use crate::statcache::{StatReader, StatRec, StatWriter, now_ns};
+use crate::thread_times::{self, CpuTally};
 
 use super::class;
 use super::options::{LAST_MANIFEST, LAST_STAT, Scan, ScanError, ScanOptions, ScanStats, io_err};
@@ -104,11 +105,18 @@ struct Pending {
     state: PState,
 }
 
+/// A chunking worker: its jobs, then its CPU times into the scan's tally.
+fn worker(jobs: Receiver<Job>, results: Sender<JobResult>, cpu: &CpuTally) {
+    let start = thread_times::this_thread();
+    worker_jobs(jobs, results);
+    cpu.add_since(start);
+}
+
 #[allow(
     clippy::cast_possible_truncation,
     reason = "a job reads one segment plus lookahead (tens of MiB); a small file's extent is at most SMALL_MAX"
 )]
-fn worker(jobs: Receiver<Job>, results: Sender<JobResult>) {
+fn worker_jobs(jobs: Receiver<Job>, results: Sender<JobResult>) {
     let mut buf = Vec::new();
     while let Ok(j) = jobs.recv() {
         let want = (j.read_end - j.seg) as usize;
@@ -213,6 +221,11 @@ pub(super) struct Scanner {
     /// The process's read-cap waits when the scan began
     /// (`crate::read_full::paced`).
     paced0: std::time::Duration,
+    /// The scan's threads' CPU times ([`ScanStats::cpu`]): the workers add
+    /// theirs as they end, the scanning thread its own from `cpu0` at the
+    /// end of [`finish`](Self::finish).
+    cpu: Arc<CpuTally>,
+    cpu0: Option<(u64, u64)>,
 }
 
 impl Scanner {
@@ -234,12 +247,15 @@ impl Scanner {
         let statw = StatWriter::create(&cache_dir.join("next.stat"))?;
         let (jtx, jrx) = unbounded::<Job>();
         let (rtx, rrx) = unbounded::<JobResult>();
+        let cpu = Arc::new(CpuTally::default());
         let mut threads = Vec::new();
         for _ in 0..opts.threads.max(1) {
-            let (jrx, rtx) = (jrx.clone(), rtx.clone());
-            threads.push(std::thread::spawn(move || worker(jrx, rtx)));
+            let (jrx, rtx, cpu) = (jrx.clone(), rtx.clone(), cpu.clone());
+            threads.push(std::thread::spawn(move || worker(jrx, rtx, &cpu)));
         }
         Ok(Scanner {
+            cpu,
+            cpu0: thread_times::this_thread(),
             paced0: crate::read_full::paced(),
             opts,
             start_ns: now_ns(),
@@ -899,6 +915,8 @@ impl Scanner {
             ManifestReader::new(BufReader::new(File::open(&m).map_err(io_err(b"manifest"))?))?
                 .header()
                 .clone();
+        self.cpu.add_since(self.cpu0);
+        self.stats.cpu = self.cpu.total();
         Ok(Scan {
             manifest: m,
             header,
@@ -1071,6 +1089,34 @@ fn finish_extent(
 mod tests {
     use super::super::changes::Piece;
     use super::*;
+
+    #[test]
+    fn the_scan_counts_its_workers_cpu_after_they_ended() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir(&root).unwrap();
+        // Big enough that the workers, not the scanning thread, chunk it.
+        let data: Vec<u8> = (0..24u64 << 20)
+            .map(|i| ((i * 2_654_435_761) >> 13).to_le_bytes()[0])
+            .collect();
+        std::fs::write(root.join("data.bin"), &data).unwrap();
+        let opts = ScanOptions {
+            threads: 2,
+            label: "t".into(),
+            progress: Arc::new(crate::progress::NoProgress),
+            changes: None,
+        };
+        let this0 = thread_times::this_thread().unwrap();
+        let s = super::super::scan_tree(&root, &d.path().join("cache"), opts).unwrap();
+        let this = thread_times::this_thread().unwrap();
+        assert!(s.stats.bytes_hashed >= 24 << 20);
+        let cpu = s.stats.cpu.expect("/proc tells");
+        // The scanning thread mostly waited on the workers' results: what
+        // the scan ran beyond it is theirs, though they have ended.
+        let own = std::time::Duration::from_nanos(this.0 - this0.0);
+        assert!(cpu.run > own, "scan {cpu:?}, scanning thread ran {own:?}");
+        assert!(cpu.run >= std::time::Duration::from_millis(5), "{cpu:?}");
+    }
 
     #[test]
     fn read_ahead_keeps_a_bounded_window_of_the_pieces_to_read() {

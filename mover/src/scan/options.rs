@@ -88,6 +88,14 @@ pub struct ScanStats {
     /// (`migrate --read-limit`): the final round, uncapped, does not wait.
     #[serde(default)]
     pub paced_time: std::time::Duration,
+    /// The scan's threads (the scanning thread and the chunking workers),
+    /// summed: time on a CPU and time standing runnable without one
+    /// ([`crate::CpuTimes`]); `None` where `/proc` could not tell. A
+    /// pre-copy scan in an idle cpu group beside a busy application waits
+    /// through much of its walk and reads; the final round's, with the
+    /// application stopped, does not (`crate::converge`).
+    #[serde(default)]
+    pub cpu: Option<crate::CpuTimes>,
 }
 
 /// Scan settings.

@@ -414,6 +414,8 @@ fn round_report(round: u32, final_round: bool, r: &RoundPushReport) -> RoundRepo
         scan_ms: millis(r.scan_time),
         scan_read_ms: millis(r.scan.read_time),
         scan_paced_ms: millis(r.scan.paced_time),
+        scan_run_ms: r.scan_cpu.map(|c| millis(c.run)),
+        scan_wait_ms: r.scan_cpu.map(|c| millis(c.wait)),
         transfer_ms: millis(r.transfer_time),
         transfer_run_ms: r.transfer_cpu.map(|c| millis(c.run)),
         transfer_wait_ms: r.transfer_cpu.map(|c| millis(c.wait)),

@@ -82,6 +82,14 @@ pub(crate) struct RoundReport {
     pub(crate) scan_read_ms: u64,
     /// Of `scan_read_ms`, waiting for the read cap (`--read-limit`).
     pub(crate) scan_paced_ms: u64,
+    /// Of `scan_ms`, summed over the scan's threads: time on a CPU, and
+    /// time standing runnable without one (as `transfer_run_ms` and
+    /// `transfer_wait_ms` for the transfer; the estimate takes the waits
+    /// out of the final scan's time). Absent where `/proc` could not tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) scan_run_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) scan_wait_ms: Option<u64>,
     pub(crate) transfer_ms: u64,
     /// Of `transfer_ms`, summed over this process's threads: time on a CPU,
     /// and time standing runnable without one (a round in the idle cpu group
