@@ -50,18 +50,23 @@ pub struct MigrateArgs {
     /// Downtime target: pre-copy continues until the final round is
     /// expected (from the measured dirty rate and link rate) to take less
     /// than this, or until rounds stop converging.
-    #[arg(long, default_value = "2s")]
+    #[arg(long, default_value = "2s", conflicts_with = "via_ebs")]
     pub(crate) max_downtime: String,
     /// How long stopping the application is expected to take, from
     /// migrate's request to the volume's unmount (e.g. `docker stop`). The
     /// application writes meanwhile and the final round carries that, so
     /// the estimate counts it; set it to what your stop takes.
-    #[arg(long, default_value = "1s", value_name = "DURATION")]
+    #[arg(
+        long,
+        default_value = "1s",
+        value_name = "DURATION",
+        conflicts_with = "via_ebs"
+    )]
     pub(crate) stop_time: String,
     /// Refuse the cutover when the estimated downtime exceeds
     /// --max-downtime: exit non-zero with the figures, the volume not
     /// fenced, the application still running.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "via_ebs")]
     pub(crate) strict: bool,
     /// A command run on this host with `sh -c` once pre-copy has converged,
     /// before the last pre-copy round, so that what it flushes travels
@@ -69,11 +74,16 @@ pub struct MigrateArgs {
     /// `docker exec db psql -U postgres -c CHECKPOINT`). If it fails
     /// (non-zero exit, or --before-cutover-timeout) migrate stops with its
     /// stderr; the volume is not fenced and the application keeps running.
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", conflicts_with = "via_ebs")]
     pub(crate) before_cutover: Option<String>,
     /// Time limit for --before-cutover; past it the command (and what it
     /// started) is killed and counts as failed.
-    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    #[arg(
+        long,
+        default_value = "60s",
+        value_name = "DURATION",
+        conflicts_with = "via_ebs"
+    )]
     pub(crate) before_cutover_timeout: String,
     /// Cap this process's reads of the volume during pre-copy rounds
     /// (bytes/s with K/M/G, binary, or bits with kbit/mbit/gbit, e.g. 20M),
@@ -81,7 +91,7 @@ pub struct MigrateArgs {
     /// runs: the scans' reads, and the chunks sent that the page cache no
     /// longer holds. The final round, after the unmount, is never capped.
     /// Default: no cap.
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", conflicts_with = "via_ebs")]
     pub(crate) read_limit: Option<String>,
     /// Cap this process's reads during the first pre-copy round only, in
     /// place of --read-limit there (same units). The first round reads the
@@ -89,7 +99,7 @@ pub struct MigrateArgs {
     /// application; the rounds after it read only what changed and run at
     /// --read-limit (default: uncapped), so pre-copy still catches up
     /// with the writes. Default: no cap.
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", conflicts_with = "via_ebs")]
     pub(crate) first_round_read_limit: Option<String>,
     /// CPU and I/O priority of pre-copy rounds on this host. `idle` (the
     /// default): as `low`, and the whole `migrate` process runs in a cgroup
@@ -101,7 +111,7 @@ pub struct MigrateArgs {
     /// only rank pre-copy among its own scheduler group. `normal`: neither.
     /// The final round always runs at normal priority. The destination's
     /// agent receives pre-copy rounds at nice 19 either way.
-    #[arg(long, value_enum, default_value_t = PrecopyPriority::Idle)]
+    #[arg(long, value_enum, default_value_t = PrecopyPriority::Idle, conflicts_with = "via_ebs")]
     pub(crate) precopy_priority: PrecopyPriority,
     /// Pre-copy rounds at most (default 10; 5 with --via-ebs, where each
     /// round is a snapshot).
@@ -111,7 +121,13 @@ pub struct MigrateArgs {
     /// connect and TLS handshake). An agent not reached by then fails the
     /// command with "cannot reach HOST:PORT (...)"; once reached, a cut link
     /// is retried for up to 5 minutes. Must be above 0.
-    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = duration::positive)]
+    #[arg(
+        long,
+        default_value = "5s",
+        value_name = "DURATION",
+        value_parser = duration::positive,
+        conflicts_with = "via_ebs"
+    )]
     pub(crate) connect_timeout: String,
     /// How long to wait for the containers to be stopped at cutover.
     #[arg(long, default_value = "10m")]
@@ -405,5 +421,49 @@ fn exit_of(e: &crate::migrate::orchestrate::MigrateError) -> u8 {
         E::Peer(_) | E::Push(_) | E::Reply(_) => super::exit::REMOTE,
         E::UnmountTimeout { .. } => super::exit::IN_USE,
         _ => super::exit::FAILURE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: MigrateArgs,
+    }
+
+    #[test]
+    fn flags_a_move_through_ebs_snapshots_would_ignore_are_refused_with_it() {
+        let ebs = ["migrate", "v", "--via-ebs", "--to-zone", "us-east-1b"];
+        assert!(Cli::try_parse_from(ebs).unwrap().a.via_ebs);
+        for extra in [
+            &["--max-downtime", "1s"][..],
+            &["--stop-time", "3s"],
+            &["--strict"],
+            &["--before-cutover", "true"],
+            &["--before-cutover-timeout", "5s"],
+            &["--read-limit", "20M"],
+            &["--first-round-read-limit", "20M"],
+            &["--precopy-priority", "low"],
+            &["--connect-timeout", "2s"],
+        ] {
+            let err = Cli::try_parse_from(ebs.iter().chain(extra))
+                .err()
+                .unwrap_or_else(|| panic!("{extra:?} accepted with --via-ebs"));
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{extra:?}"
+            );
+            // And each is taken by a move to an agent.
+            let agent = ["migrate", "v", "--to", "host-b"];
+            assert!(
+                Cli::try_parse_from(agent.iter().chain(extra)).is_ok(),
+                "{extra:?}"
+            );
+        }
     }
 }
