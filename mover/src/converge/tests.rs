@@ -1448,29 +1448,18 @@ fn rounds_that_waited_for_a_cpu_are_taken_without_their_waits() {
         let rounds: Vec<RoundMeasure> = rows
             .iter()
             .map(
-                |&(moved, wire, scan, transfer, wait, read, bytes_read, paced)| RoundMeasure {
-                    bytes_moved: moved,
-                    wire_bytes: wire,
-                    scan: ms(scan),
-                    scan_read: ms(read),
-                    scan_paced: ms(paced),
-                    bytes_read,
-                    transfer: ms(transfer),
-                    transfer_wait: Some(ms(wait)),
-                    wall: ms(scan + transfer),
-                    ..Default::default()
+                |&(moved, wire, scan, transfer, wait, read, bytes_read, paced)| {
+                    starved_round((
+                        moved, wire, scan, transfer, wait, read, bytes_read, paced, 0,
+                    ))
                 },
             )
+            .map(|r| RoundMeasure {
+                scan_wait: None,
+                ..r
+            })
             .collect();
-        let est = |rounds: &[RoundMeasure], gap: Duration| {
-            let t = Targets::new(Duration::from_secs(2), 10).with_cutover_gap(gap);
-            let e = if *hooks == 1 {
-                estimate_after_hook(rounds, &t, *steady)
-            } else {
-                estimate_after_catch_up(rounds, &t, *steady)
-            };
-            e.downtime.as_secs_f64() * 1000.0
-        };
+        let est = |rounds: &[RoundMeasure], gap| replay_ms(*hooks, rounds, *steady, gap);
         // The waits not measured, and the old 20 ms gap: the model before
         // this stop (the rounds' walls are their scan and transfer here, so
         // not to the millisecond of the binary's own estimate).
@@ -1847,45 +1836,58 @@ const SCAN_STARVED: &[ScanStarvedCase] = &[
     ),
 ];
 
-/// [`SCAN_STARVED`]'s rounds, with the scans' waits or without them.
-fn scan_starved_rounds(rows: &[ScanRow], scan_waits: bool) -> Vec<RoundMeasure> {
-    rows.iter()
-        .map(
-            |&(moved, wire, scan, transfer, wait, read, bytes_read, paced, scan_wait)| {
-                RoundMeasure {
-                    bytes_moved: moved,
-                    wire_bytes: wire,
-                    scan: ms(scan),
-                    scan_read: ms(read),
-                    scan_paced: ms(paced),
-                    scan_wait: scan_waits.then(|| ms(scan_wait)),
-                    bytes_read,
-                    transfer: ms(transfer),
-                    transfer_wait: Some(ms(wait)),
-                    wall: ms(scan + transfer),
-                    ..Default::default()
-                }
-            },
-        )
-        .collect()
+/// A replayed run's round from its row ([`ScanRow`]: payload, wire bytes,
+/// scan, transfer and its waits, reads, bytes read, paced reads, scan waits;
+/// times in ms); its wall is its scan and transfer.
+fn starved_round(row: ScanRow) -> RoundMeasure {
+    let (moved, wire, scan, transfer, wait, read, bytes_read, paced, scan_wait) = row;
+    RoundMeasure {
+        bytes_moved: moved,
+        wire_bytes: wire,
+        scan: ms(scan),
+        scan_read: ms(read),
+        scan_paced: ms(paced),
+        scan_wait: Some(ms(scan_wait)),
+        bytes_read,
+        transfer: ms(transfer),
+        transfer_wait: Some(ms(wait)),
+        wall: ms(scan + transfer),
+        ..Default::default()
+    }
+}
+
+/// The downtime in ms the model estimates after a replayed run's rounds:
+/// after the hook's round (`hooks` 1) or after catch-up rounds.
+fn replay_ms(hooks: usize, rounds: &[RoundMeasure], steady: f64, gap: Duration) -> f64 {
+    let t = Targets::new(Duration::from_secs(2), 10).with_cutover_gap(gap);
+    let e = if hooks == 1 {
+        estimate_after_hook(rounds, &t, steady)
+    } else {
+        estimate_after_catch_up(rounds, &t, steady)
+    };
+    e.downtime.as_secs_f64() * 1000.0
 }
 
 #[test]
 fn scans_that_waited_for_a_cpu_are_taken_without_their_waits() {
     let est = |hooks: usize, rounds: &[RoundMeasure], steady: f64| {
-        let t = Targets::new(Duration::from_secs(2), 10).with_cutover_gap(ms(1020));
-        let e = if hooks == 1 {
-            estimate_after_hook(rounds, &t, steady)
-        } else {
-            estimate_after_catch_up(rounds, &t, steady)
-        };
-        e.downtime.as_secs_f64() * 1000.0
+        replay_ms(hooks, rounds, steady, ms(1020))
+    };
+    // The rounds with the scans' waits, and without them.
+    let rounds = |rows: &[ScanRow], scan_waits: bool| -> Vec<RoundMeasure> {
+        rows.iter()
+            .map(|&row| starved_round(row))
+            .map(|r| RoundMeasure {
+                scan_wait: r.scan_wait.filter(|_| scan_waits),
+                ..r
+            })
+            .collect()
     };
     let mut out = Vec::new();
     let (mut now_ok, mut gold_gain) = (true, 0.0);
     for (case, hooks, rows, steady, binary_ms, downtime_ms) in SCAN_STARVED {
-        let now = est(*hooks, &scan_starved_rounds(rows, true), *steady);
-        let was = est(*hooks, &scan_starved_rounds(rows, false), *steady);
+        let now = est(*hooks, &rounds(rows, true), *steady);
+        let was = est(*hooks, &rounds(rows, false), *steady);
         // The walls here are scan plus transfer (the binary's also hold the
         // flush and the hook): the replay is near the binary's, not equal.
         assert!(
