@@ -1,4 +1,4 @@
-//! Thin wrappers over the system tools the local backends use (mkfs.ext4,
+//! Thin wrappers over the system tools the backends use (mkfs.ext4,
 //! mount, umount).
 //!
 //! util-linux `mount -o loop` finds a free loop device, attaches the image
@@ -10,6 +10,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// Options on every filesystem daffe mounts. A volume's content comes from
 /// containers (which may `mknod` and `chmod u+s` as root inside) and from
@@ -77,6 +78,35 @@ pub(crate) fn output(program: &str, args: &[&std::ffi::OsStr]) -> Result<String,
     })
 }
 
+/// How long an unmount retries a mount the kernel calls busy. A process that
+/// has just ended may hold it for some milliseconds more: `pg_ctl stop -w`
+/// returns once the server has removed its pid file, before the server
+/// process is gone (its working directory is the data directory). The
+/// Unmount right after it failed "target is busy" 12 ms after the server's
+/// last log line, and `migrate` then refused its cutover (BENCHMARKS.md,
+/// issue 11, stop 43). Bounded, as every handler Docker waits for is; a
+/// mount still busy after it fails as before.
+pub(crate) const UNMOUNT_BUSY_WAIT: Duration = Duration::from_secs(2);
+const BUSY_POLL: Duration = Duration::from_millis(20);
+
+/// `umount DIR`, retried while the kernel calls the mount busy, for at
+/// most [`UNMOUNT_BUSY_WAIT`].
+pub(crate) fn unmount(dir: &Path) -> Result<(), CommandError> {
+    let until = Instant::now() + UNMOUNT_BUSY_WAIT;
+    loop {
+        match run("umount", &[dir.as_os_str()]) {
+            Err(e) if is_busy(&e) && Instant::now() < until => std::thread::sleep(BUSY_POLL),
+            done => return done,
+        }
+    }
+}
+
+/// Pure: whether `umount` failed because the mount is in use (util-linux
+/// says "target is busy"; exit status 32 covers every mount failure).
+fn is_busy(e: &CommandError) -> bool {
+    matches!(e, CommandError::Failed { stderr, .. } if stderr.contains("busy"))
+}
+
 /// Whether something is mounted exactly at `dir` (in this mount namespace),
 /// by device and mount IDs (see [`super::mountpoint`]), never by comparing
 /// path strings, which a symlink above `dir` defeats.
@@ -87,6 +117,31 @@ pub(crate) fn is_mountpoint(dir: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn only_a_busy_mount_is_retried() {
+        let failed = |stderr: &str| CommandError::Failed {
+            command: "umount /v".into(),
+            status: std::process::ExitStatus::from_raw(32 << 8),
+            stderr: stderr.into(),
+        };
+        let cases = [
+            (failed("umount: /v: target is busy."), true),
+            (failed("umount: /v: not mounted."), false),
+            (failed("umount: /v: must be superuser to unmount."), false),
+            (
+                CommandError::Spawn {
+                    program: "umount".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                },
+                false,
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(is_busy(&e), want, "{e}");
+        }
+    }
 
     #[test]
     fn failed_commands_report_stderr() {

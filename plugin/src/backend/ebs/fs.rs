@@ -73,7 +73,8 @@ impl Filesystems for SystemFs {
     }
 
     fn unmount(&self, mountpoint: &Path) -> Result<(), CommandError> {
-        sys::run("umount", &[mountpoint.as_os_str()])
+        // Retried while busy, as a block volume's (`sys::unmount`).
+        sys::unmount(mountpoint)
     }
 
     fn is_mounted(&self, mountpoint: &Path) -> bool {

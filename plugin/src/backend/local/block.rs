@@ -7,7 +7,6 @@ use super::holders;
 use super::paths::{LocalPaths, image_path};
 use profiles::{Filesystem, LocalSettings};
 use std::ffi::OsStr;
-use std::path::Path;
 
 /// `ROOT/NAME` private (0700, tightened if an older daffe made it 0755), the
 /// mountpoint inside it.
@@ -168,7 +167,7 @@ pub(crate) fn unmount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(
                 ),
             });
         }
-        unmount_path(&p.data).map_err(cmd_err(name))?;
+        sys::unmount(&p.data).map_err(cmd_err(name))?;
         left -= 1;
     }
     let held = holders::check(&image_path(s, p));
@@ -188,8 +187,4 @@ pub(crate) fn unmount(name: &str, s: &LocalSettings, p: &LocalPaths) -> Result<(
         }
     }
     Ok(())
-}
-
-fn unmount_path(dir: &Path) -> Result<(), sys::CommandError> {
-    sys::run("umount", &[dir.as_os_str()])
 }

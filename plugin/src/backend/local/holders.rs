@@ -26,6 +26,10 @@ pub(crate) struct NsHolder {
     /// The mount namespace's inode (as in `/proc/PID/ns/mnt -> mnt:[INODE]`).
     pub(crate) mnt_ns: u64,
     pub(crate) mountpoint: String,
+    /// The namespace is this process's own: the unmount here failed or has
+    /// not happened, and any process of the host may be what uses it (the
+    /// first process found in it, often pid 1 or 2, says nothing).
+    pub(crate) own: bool,
 }
 
 /// A loop device backing the image that is not released.
@@ -49,6 +53,14 @@ impl Held {
 
 impl fmt::Display for NsHolder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.own {
+            return write!(
+                f,
+                "{} in this host's own mount namespace (not unmounted here: a process still \
+                 uses it; `fuser -vm {}` names it)",
+                self.mountpoint, self.mountpoint
+            );
+        }
         write!(
             f,
             "{} in mount namespace {} of pid {} ({})",
@@ -282,6 +294,9 @@ pub(crate) fn check_dir(dir: &Path) -> Option<Vec<NsHolder>> {
 /// The namespaces of `nss` whose `mountinfo` `find` finds a mount point in,
 /// each named by its process and the first such mount point.
 fn showing(nss: &[(u64, u32)], find: impl Fn(&str) -> Vec<String>) -> Vec<NsHolder> {
+    let own = std::fs::read_link("/proc/self/ns/mnt")
+        .ok()
+        .and_then(|l| parse_ns_link(&l.to_string_lossy()));
     nss.iter()
         .filter_map(|&(mnt_ns, pid)| {
             let info = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).ok()?;
@@ -291,6 +306,7 @@ fn showing(nss: &[(u64, u32)], find: impl Fn(&str) -> Vec<String>) -> Vec<NsHold
                 comm: comm(pid),
                 mnt_ns,
                 mountpoint: mp,
+                own: own == Some(mnt_ns),
             })
         })
         .collect()
@@ -448,6 +464,7 @@ mod tests {
                 comm: "sleep".into(),
                 mnt_ns: 4026532999,
                 mountpoint: "/var/lib/daffe/local/gold/db/data".into(),
+                own: false,
             }],
         };
         let msg = describe(std::slice::from_ref(&h)).unwrap();
@@ -455,6 +472,19 @@ mod tests {
             msg.contains("/dev/loop3 (7:3)")
                 && msg.contains("pid 4242 (sleep)")
                 && msg.contains("mount namespace 4026532999"),
+            "{msg}"
+        );
+        // Still mounted in our own namespace: the first process found there
+        // (kthreadd, stop 43) is not named as the holder.
+        let mut here = h.clone();
+        here.namespaces[0].own = true;
+        here.namespaces[0].pid = 2;
+        here.namespaces[0].comm = "kthreadd".into();
+        let msg = describe(&[here]).unwrap();
+        assert!(
+            msg.contains("this host's own mount namespace")
+                && msg.contains("fuser -vm /var/lib/daffe/local/gold/db/data")
+                && !msg.contains("kthreadd"),
             "{msg}"
         );
         // Attached but neither mounted nor held: released (autoclear pending).

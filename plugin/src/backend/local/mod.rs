@@ -370,6 +370,62 @@ mod tests {
             .expect("the live session's instance and events are still there");
     }
 
+    /// A process that ends just after the application's stop (as the
+    /// PostgreSQL server does after `pg_ctl stop -w` returns) holds a block
+    /// volume's mount a moment longer: Unmount waits for it, up to
+    /// `sys::UNMOUNT_BUSY_WAIT`; a mount still held after that fails as busy and
+    /// stays mounted.
+    #[test]
+    fn a_block_unmount_waits_for_a_holder_that_is_ending() {
+        use std::time::{Duration, Instant};
+        let root = tempfile::tempdir().unwrap();
+        let settings = Settings::Local(LocalSettings {
+            root: root.path().join("local/gold"),
+            format: LocalFormat::Block,
+            size: Some(profiles::ByteSize(32 << 20)),
+            filesystem: Some(profiles::Filesystem::Ext4),
+        });
+        let vol = VolumeRef {
+            name: "busy",
+            settings: &settings,
+            profile: "gold",
+            docker_name: "busy",
+        };
+        let b = LocalBackend::new();
+        b.create(vol).unwrap();
+        let mp = b.mount(vol).unwrap();
+        // Its working directory in the volume holds the mount until it ends.
+        let hold = |secs: &str| {
+            std::process::Command::new("sleep")
+                .arg(secs)
+                .current_dir(&mp)
+                .spawn()
+                .unwrap()
+        };
+        let mut ending = hold("0.3");
+        let t = Instant::now();
+        let r = b.unmount(vol);
+        let took = t.elapsed();
+        ending.wait().unwrap();
+        r.expect("the unmount did not wait for a holder that ended 0.3 s in");
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        assert!(super::super::mountpoint::mounted_at(&mp).is_none());
+
+        b.mount(vol).unwrap();
+        let mut holder = hold("30");
+        let t = Instant::now();
+        let r = b.unmount(vol);
+        let took = t.elapsed();
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+        let err = r.expect_err("a mount held throughout was unmounted");
+        assert!(err.to_string().contains("busy"), "{err}");
+        assert!(took >= super::super::sys::UNMOUNT_BUSY_WAIT, "{took:?}");
+        assert!(super::super::mountpoint::mounted_at(&mp).is_some());
+        b.unmount(vol).unwrap();
+        b.remove(vol).unwrap();
+    }
+
     #[test]
     fn dir_volumes_live_under_their_root_and_remove_deletes_data() {
         let root = tempfile::tempdir().unwrap();

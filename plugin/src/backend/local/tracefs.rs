@@ -26,12 +26,16 @@ pub(crate) struct Session {
     carry: String,
     /// Dropped events counted by the kernel when the session began.
     dropped: u64,
+    /// The per-CPU buffer size asked for, while the instance still has the
+    /// kernel's default (see [`Session::resize`]).
+    resize_to: Option<u32>,
 }
 
 impl Session {
     /// Records `events` (`(system/event, filter)`) in a new instance
-    /// `name` with `buffer_kb` per CPU. A leftover instance of that name
-    /// (an earlier daemon's) is removed first: its events are not ours.
+    /// `name`, whose buffers become `buffer_kb` per CPU at the first
+    /// [`Session::resize`]. A leftover instance of that name (an earlier
+    /// daemon's) is removed first: its events are not ours.
     pub(crate) fn start(
         name: &str,
         events: &[(&str, String)],
@@ -64,7 +68,6 @@ impl Session {
             }
         };
         let setup = || -> std::io::Result<()> {
-            std::fs::write(dir.join("buffer_size_kb"), buffer_kb.to_string())?;
             // Full buffer: drop new events and count them.
             std::fs::write(dir.join("options/overwrite"), "0")?;
             for (event, filter) in events {
@@ -81,13 +84,32 @@ impl Session {
             return Err(e);
         }
         let dropped = dropped(&dir)?;
+        let now = std::fs::read_to_string(dir.join("buffer_size_kb"))?;
         Ok(Session {
             dir,
             events: events.iter().map(|(e, _)| (*e).to_owned()).collect(),
             pipe: Some(pipe),
             carry: String::new(),
             dropped,
+            resize_to: (size_kb(&now) != Some(buffer_kb)).then_some(buffer_kb),
         })
+    }
+
+    /// Gives the instance the buffer size [`Session::start`] was asked
+    /// for, once; the trackers' drain threads call it. Not done in `start`:
+    /// any resize waits for the kernel (an RCU grace period, 5-14 ms here),
+    /// and `start` runs on the path of a Mount or of the first scan that
+    /// asks (a 128 MiB first `daffe sync` takes ~0.25 s). A new instance
+    /// records meanwhile in the kernel's default buffers (1410 KiB per CPU
+    /// on Linux 6.18), and the kernel resizes them while they record. A
+    /// failed resize leaves the default size: a buffer that then fills is
+    /// seen as dropped events, as always.
+    pub(crate) fn resize(&mut self) {
+        if let Some(kb) = self.resize_to.take()
+            && let Err(e) = std::fs::write(self.dir.join("buffer_size_kb"), kb.to_string())
+        {
+            tracing::debug!(instance = %self.dir.display(), error = %e, "cannot resize the write tracking's buffers; keeping the kernel's default");
+        }
     }
 
     /// Hands every whole line recorded since the last drain to `each`; an
@@ -200,6 +222,12 @@ pub(crate) fn disable(dir: &Path) -> std::io::Result<()> {
     std::fs::write(dir.join("events/enable"), "0")
 }
 
+/// Pure: the per-CPU size in `buffer_size_kb`'s text (`1410`, or `7
+/// (expanded: 1408)` for a buffer not yet allocated).
+fn size_kb(text: &str) -> Option<u32> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
 /// Events the kernel dropped in the instance, summed over CPUs.
 fn dropped(dir: &Path) -> std::io::Result<u64> {
     let mut n = 0;
@@ -270,5 +298,44 @@ mod tests {
         let mut live = live;
         live.drain(|_| {})
             .expect("the live session's events are still on");
+    }
+
+    #[test]
+    fn a_buffer_size_reads_with_or_without_its_expansion() {
+        for (text, want) in [
+            ("1410\n", Some(1410)),
+            ("7 (expanded: 1408)\n", Some(7)),
+            ("X\n", None),
+            ("", None),
+        ] {
+            assert_eq!(size_kb(text), want, "{text:?}");
+        }
+    }
+
+    /// The buffers keep the kernel's size until the drain thread resizes
+    /// them, and the events recorded before and during the resize drain
+    /// whole.
+    #[test]
+    fn the_buffers_are_resized_by_the_first_resize_not_at_start() {
+        let name = format!("daffe-resizetest-{}", std::process::id());
+        let events = [("ext4/ext4_da_write_end", "dev == 0".to_owned())];
+        let size = |s: &Session| {
+            size_kb(&std::fs::read_to_string(s.dir.join("buffer_size_kb")).unwrap()).unwrap()
+        };
+        let mut s = Session::start(&name, &events, 4096).unwrap();
+        let before = size(&s);
+        assert!(before < 4096, "start resized the buffers ({before} KiB)");
+        s.resize();
+        // The kernel rounds up to whole pages (2048 reads back as 2051).
+        let after = size(&s);
+        assert!((4096..4096 + 64).contains(&after), "{after} KiB");
+        s.resize();
+        assert_eq!(size(&s), after, "the second resize changed it");
+        s.drain(|_| {})
+            .expect("the session records after its resize");
+        // Asked for the size it already has: nothing to do.
+        drop(s);
+        let s = Session::start(&name, &events, before).unwrap();
+        assert_eq!(s.resize_to, None);
     }
 }

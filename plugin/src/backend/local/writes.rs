@@ -35,7 +35,8 @@ use std::time::Duration;
 
 /// Per-CPU buffer of one volume's instance. An event takes about 60 bytes:
 /// 1 MiB holds some 15,000 writes per CPU, seconds of a busy database
-/// between two drains 250 ms apart.
+/// between two drains 250 ms apart. Set by the first drain, not at the
+/// Mount (`tracefs::Session::resize`).
 const BUFFER_KB: u32 = 1024;
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// More ranges than this per cache are coarsened to 1 MiB cells (memory
@@ -285,6 +286,10 @@ impl WriteLogs {
         }
         tracefs::drain_every(self, &self.drainer, "write-log-drain", DRAIN_EVERY, |me| {
             for (image, log) in me.lock().iter_mut() {
+                // Off the Mount's path (`tracefs::Session::resize`).
+                if let Some(s) = log.session.as_mut() {
+                    s.trace.resize();
+                }
                 log.drain(image);
             }
         });
