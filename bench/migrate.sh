@@ -32,6 +32,9 @@
 # and migrate) on CPU 0 and host B's daemon and agent on CPU 1: two
 # machines' CPUs, not one shared pair (with B_TMPFS=1, what the move costs
 # the application on its own host).
+# SPLIT_CPUS=1 also keeps A's kernel threads (workqueue workers, the loop
+# devices' and journals' threads) on CPU 0 while it runs (A_KTHREADS=0: left
+# floating, as before stop 43; see start_hosts).
 # B_RPS=1 (with SPLIT_CPUS=1) also steers host B's network receive
 # processing to CPU 1 (RPS on B's veth).
 # DAFFE_BIN=PATH uses that daffe binary instead of building one (e.g. the
@@ -77,6 +80,7 @@ ESOCK=/run/daffe-bench$ID.sock
 EPID=
 edocker() { docker -H "unix://$ESOCK" "$@"; }
 PIDS=()
+WQ_MASK_WAS=
 PGDATA_UP=()
 PGBIN=/usr/lib/postgresql/15/bin
 asPG() { setpriv --reuid postgres --regid postgres --init-groups -- env HOME=/ LC_ALL=C "$@"; }
@@ -97,6 +101,7 @@ cleanup() {
   # Block volumes still loop-mounted under the daemons' data roots.
   awk -v r="$W/mig/" 'index($2, r) == 1 {print $2}' /proc/self/mounts | sort -r | xargs -r -n1 umount -l
   ip netns del "$NA" 2>/dev/null; ip netns del "$NB" 2>/dev/null
+  [ -z "$WQ_MASK_WAS" ] || echo "$WQ_MASK_WAS" > /sys/devices/virtual/workqueue/cpumask
 }
 trap cleanup EXIT
 inA() { nsenter --net=/var/run/netns/$NA -- "$@"; }
@@ -237,6 +242,23 @@ PIDS+=($!)
 if [ "${SPLIT_CPUS:-0}" = 1 ]; then
   # B's daemon and agent (the last two started in namespace B).
   taskset -a -pc 1 "${PIDS[-1]}" > /dev/null; taskset -a -pc 1 "${PIDS[-2]}" > /dev/null
+  # A's kernel threads on A's CPU too (A_KTHREADS=0 leaves them floating):
+  # the unbound workqueues' workers (the loop device's, writeback) and the
+  # journals' and loop devices' threads serve A's database. Floating, they
+  # ran on CPU 1 too, behind B's kernel work (receiving and applying a
+  # round: 40-47% system time there), which another machine would not put
+  # in their way: gold's round-1 transfer cost pgbench x1.41-2.54 against
+  # its control with them floating, x1.09-1.16 with them on CPU 0 (stop 43).
+  if [ "${A_KTHREADS:-1}" = 1 ]; then
+    WQ_MASK_WAS=$(cat /sys/devices/virtual/workqueue/cpumask)
+    echo 1 > /sys/devices/virtual/workqueue/cpumask
+    # New ones (a volume's loop device and journal) as they appear.
+    ( while :; do
+        for k in $(pgrep '^(jbd2|loop|kworker/u)'); do taskset -pc 0 "$k" > /dev/null 2>&1; done
+        sleep 0.5
+      done ) &
+    PIDS+=($!)
+  fi
   # B_RPS=1: B's network receive on B's CPU too. A veth delivers a packet in
   # the sender's softirq, so B's TCP receive work would otherwise run on
   # CPU 0, beside A's database: a cost another machine would not put there.
