@@ -312,9 +312,9 @@ mod tests {
         }
     }
 
-    /// The buffers keep the kernel's size until the drain thread resizes
-    /// them, and the events recorded before and during the resize drain
-    /// whole.
+    /// The buffers keep the kernel's size until the first resize (the
+    /// drain thread's), which happens once, and the session still drains
+    /// cleanly (no event switched off, none dropped) after it.
     #[test]
     fn the_buffers_are_resized_by_the_first_resize_not_at_start() {
         let name = format!("daffe-resizetest-{}", std::process::id());
