@@ -32,8 +32,8 @@
 # and migrate) on CPU 0 and host B's daemon and agent on CPU 1: two
 # machines' CPUs, not one shared pair (with B_TMPFS=1, what the move costs
 # the application on its own host).
-# SPLIT_CPUS=1 also keeps A's kernel threads (workqueue workers, the loop
-# devices' and journals' threads) on CPU 0 while it runs (A_KTHREADS=0: left
+# SPLIT_CPUS=1 also keeps A's kernel threads (workqueue workers, the
+# journals' threads) on CPU 0 while it runs (A_KTHREADS=0: left
 # floating, as before stop 43; see start_hosts).
 # B_RPS=1 (with SPLIT_CPUS=1) also steers host B's network receive
 # processing to CPU 1 (RPS on B's veth).
@@ -244,17 +244,19 @@ if [ "${SPLIT_CPUS:-0}" = 1 ]; then
   taskset -a -pc 1 "${PIDS[-1]}" > /dev/null; taskset -a -pc 1 "${PIDS[-2]}" > /dev/null
   # A's kernel threads on A's CPU too (A_KTHREADS=0 leaves them floating):
   # the unbound workqueues' workers (the loop device's, writeback) and the
-  # journals' and loop devices' threads serve A's database. Floating, they
+  # journals' threads serve A's database. Floating, they
   # ran on CPU 1 too, behind B's kernel work (receiving and applying a
   # round: 40-47% system time there), which another machine would not put
   # in their way: gold's round-1 transfer cost pgbench x1.41-2.54 against
   # its control with them floating, x1.09-1.16 with them on CPU 0 (stop 43).
   if [ "${A_KTHREADS:-1}" = 1 ]; then
+    # Workqueue workers (a loop device's I/O, writeback) follow this mask;
+    # the kernel refuses taskset on them.
     WQ_MASK_WAS=$(cat /sys/devices/virtual/workqueue/cpumask)
     echo 1 > /sys/devices/virtual/workqueue/cpumask
-    # New ones (a volume's loop device and journal) as they appear.
+    # The journals' threads, a new one per mounted volume, as they appear.
     ( while :; do
-        for k in $(pgrep '^(jbd2|loop|kworker/u)'); do taskset -pc 0 "$k" > /dev/null 2>&1; done
+        for k in $(pgrep '^jbd2/'); do taskset -pc 0 "$k" > /dev/null 2>&1; done
         sleep 0.5
       done ) &
     PIDS+=($!)
