@@ -567,7 +567,8 @@ if os.path.exists(f"{R}/pg.jsonl"):
             cp = progress(f"ctl-{k['profile']}-{k['rate']}")
             cb = [x[3] for x in cp if 1 < x[0] <= ctl["base"]]
             cw = [x[3] for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]
-            controls_out.append((k["profile"], rate, mean(cb), mean(cw), mean([x[3] for x in base]), mean([x[3] for x in pre])))
+            controls_out.append((k["profile"], rate, mean(cb), mean(cw), mean([x[3] for x in base]), mean([x[3] for x in pre]),
+                                 mean([x[1] for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]), mean([x[1] for x in pre])))
         if "tstop" not in k:
             try:
                 said = json.load(open(f"{R}/{c}.migrate.json")).get("error", "")
@@ -622,6 +623,12 @@ if os.path.exists(f"{R}/pg.jsonl"):
     if controls_out:
         print("\n| profile | rate | no migration: first seconds -> the pre-copy's seconds (drift) | migrate run: before -> during pre-copy | during pre-copy / same seconds without migration (target <= 1.2) |")
         print("|---|---|---|---|---|")
-        for prof, rate, cb, cw, b, d in controls_out:
+        for prof, rate, cb, cw, b, d, _, _ in controls_out:
             print(f"| {prof} | {rate} | {cb:.2f} -> {cw:.2f} ms (x{cw/cb:.2f}) | {b:.2f} -> {d:.2f} ms (x{d/b:.2f}) | x{d/cw:.2f} |")
+        # Throughput over the same seconds: what pre-copy costs an
+        # unthrottled database (issue 11: cap daffe's reads if over 20%).
+        print("\n| profile | rate | TPS during pre-copy | same seconds without migration | ratio (target >= 0.8) |")
+        print("|---|---|---|---|---|")
+        for prof, rate, _, _, _, _, ct, t in controls_out:
+            print(f"| {prof} | {rate} | {t:.0f} | {ct:.0f} | x{t/ct:.2f} |")
 PY

@@ -106,8 +106,9 @@ pub struct MigrateArgs {
     /// with cpu.idle=1 during pre-copy, so the application's threads go
     /// first even from another cgroup or session (cgroup v1 cpu controller,
     /// root; elsewhere as `low`). If the application leaves pre-copy almost
-    /// no CPU there for 10 s, `migrate` says so and leaves the group for
-    /// the rest of the move. `low`: nice 19 and the idle I/O class, which
+    /// no CPU there for 10 s, `migrate` says so and runs the rest of the
+    /// pre-copy in a low-weight cgroup (about a tenth of a CPU the
+    /// application wants). `low`: nice 19 and the idle I/O class, which
     /// only rank pre-copy among its own scheduler group. `normal`: neither.
     /// The final round always runs at normal priority. The destination's
     /// agent receives pre-copy rounds at nice 19 either way.

@@ -25,8 +25,16 @@
 //! process got against how long its threads stood runnable: when it got
 //! less than [`STARVED_SHARE`] of one CPU while its threads stood runnable
 //! at least half the time, for [`STARVED_WINDOWS`] windows in a row, the process
-//! leaves the group for the rest of the move (it keeps nice 19 and the idle
-//! I/O class) and says so.
+//! moves to [`LOW_GROUP`] for the rest of the move's pre-copy and says so.
+//!
+//! Why a low-weight group and not back where it came from: there the
+//! process shares a contended CPU equally with the application's group, and
+//! an unthrottled PostgreSQL lost 16-22% of its TPS to pre-copy (BENCHMARKS.md,
+//! issue 11, stop 44; the issue asks for at most 20%). In [`LOW_GROUP`]
+//! (`cpu.shares` [`LOW_SHARES`]) pre-copy gets about a tenth of a CPU the
+//! application wants, and all of one it leaves: it still ends, and the
+//! application keeps nine tenths. Each round moves back on its end, so the
+//! final round never runs there.
 //!
 //! Only the cgroup v1 `cpu` controller is used (it lets a process make a
 //! group beside its own); on a cgroup-v2-only host nothing is moved and
@@ -44,6 +52,15 @@ use mover::{CpuTimes, ThreadTimes};
 /// The cpu cgroup (v1 controller, under its mount) pre-copy runs in, with
 /// `cpu.idle = 1`; made on first use, shared by every move on the host.
 pub(crate) const IDLE_GROUP: &str = "daffe-precopy";
+
+/// The cpu cgroup (v1) a starved pre-copy runs in: a normal group with a
+/// small weight (module doc), beside [`IDLE_GROUP`].
+pub(crate) const LOW_GROUP: &str = "daffe-precopy-low";
+
+/// `cpu.shares` of [`LOW_GROUP`]: against a group of the default weight
+/// (1024) that wants the same CPU, 114 / (114 + 1024) = 10% of it, the share
+/// below which the watchdog calls pre-copy starved.
+const LOW_SHARES: u32 = 114;
 
 /// How long one look of the watchdog spans.
 const WINDOW: Duration = Duration::from_secs(5);
@@ -68,14 +85,17 @@ impl IdlePolicy {
         self.starved.load(Ordering::Relaxed)
     }
 
-    /// This process into the idle group for one round, or `None` where that
-    /// cannot be done (no v1 cpu controller, no cpu.idle, not root) or the
-    /// process starved there in an earlier round.
+    /// This process into the idle group for one round (into [`LOW_GROUP`]
+    /// once it starved there in an earlier round), or `None` where that
+    /// cannot be done (no v1 cpu controller, no cpu.idle, not root).
     pub(crate) fn enter(&self) -> Option<IdleProcess> {
-        if self.starved.load(Ordering::Relaxed) {
-            return None;
-        }
-        match IdleProcess::enter(std::process::id(), self.starved.clone()) {
+        let pid = std::process::id();
+        let entered = if self.starved.load(Ordering::Relaxed) {
+            IdleProcess::enter_low(pid)
+        } else {
+            IdleProcess::enter(pid, self.starved.clone())
+        };
+        match entered {
             Ok(p) => Some(p),
             Err(why) => {
                 tracing::debug!("pre-copy is niced only: {why}");
@@ -85,37 +105,23 @@ impl IdlePolicy {
     }
 }
 
-/// A process in [`IDLE_GROUP`] until dropped, watched for starvation.
+/// A process in [`IDLE_GROUP`] (watched for starvation) or in [`LOW_GROUP`]
+/// until dropped.
 pub(crate) struct IdleProcess {
     pid: u32,
     /// `cgroup.procs` of the group the process was in.
     back: PathBuf,
     stop: Option<mpsc::Sender<()>>,
     watchdog: Option<std::thread::JoinHandle<()>>,
-    starved: Arc<AtomicBool>,
 }
 
 impl IdleProcess {
     /// Moves process `pid` (every thread of it) into the idle group and
-    /// starts its watchdog; on starvation the watchdog moves it back and
-    /// sets `starved`.
+    /// starts its watchdog; on starvation the watchdog moves it to
+    /// [`LOW_GROUP`] (back, if that cannot be made) and sets `starved`.
     pub(crate) fn enter(pid: u32, starved: Arc<AtomicBool>) -> Result<IdleProcess, String> {
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-        let root = cpu_controller_v1(&mountinfo).ok_or("no cgroup v1 cpu controller")?;
-        let cgroup_file = format!("/proc/{pid}/cgroup");
-        let cgroup =
-            std::fs::read_to_string(&cgroup_file).map_err(|e| format!("{cgroup_file}: {e}"))?;
-        let before = cpu_group_v1(&cgroup).ok_or("the process has no v1 cpu group")?;
-        let back = root
-            .join(before.trim_start_matches('/'))
-            .join("cgroup.procs");
-        let idle = root.join(IDLE_GROUP);
-        if let Err(e) = std::fs::create_dir(&idle)
-            && e.kind() != std::io::ErrorKind::AlreadyExists
-        {
-            return Err(format!("{}: {e}", idle.display()));
-        }
+        let (root, back) = groups(pid)?;
+        let idle = make_group(&root, IDLE_GROUP)?;
         // A kernel without cpu.idle (before 5.15) has no such file: the group
         // would then be one more equal-weight group, no better than none.
         write(&idle.join("cpu.idle"), "1")?;
@@ -124,7 +130,7 @@ impl IdleProcess {
         let (back_w, starved_w) = (back.clone(), starved.clone());
         let watchdog = std::thread::Builder::new()
             .name("precopy-idle-watch".into())
-            .spawn(move || watch_for_starvation(pid, &back_w, &starved_w, &stopped))
+            .spawn(move || watch_for_starvation(pid, &root, &back_w, &starved_w, &stopped))
             .map_err(|e| format!("watchdog thread: {e}"));
         let watchdog = match watchdog {
             Ok(w) => w,
@@ -139,9 +145,56 @@ impl IdleProcess {
             back,
             stop: Some(stop),
             watchdog: Some(watchdog),
-            starved,
         })
     }
+
+    /// Moves process `pid` into [`LOW_GROUP`] (a round after pre-copy
+    /// starved in the idle group), unwatched: it cannot starve there.
+    pub(crate) fn enter_low(pid: u32) -> Result<IdleProcess, String> {
+        let (root, back) = groups(pid)?;
+        write(&low_group(&root)?.join("cgroup.procs"), &pid.to_string())?;
+        Ok(IdleProcess {
+            pid,
+            back,
+            stop: None,
+            watchdog: None,
+        })
+    }
+}
+
+/// The v1 cpu controller's mount and the `cgroup.procs` of process `pid`'s
+/// group under it.
+fn groups(pid: u32) -> Result<(PathBuf, PathBuf), String> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let root = cpu_controller_v1(&mountinfo).ok_or("no cgroup v1 cpu controller")?;
+    let cgroup_file = format!("/proc/{pid}/cgroup");
+    let cgroup =
+        std::fs::read_to_string(&cgroup_file).map_err(|e| format!("{cgroup_file}: {e}"))?;
+    let before = cpu_group_v1(&cgroup).ok_or("the process has no v1 cpu group")?;
+    let back = root
+        .join(before.trim_start_matches('/'))
+        .join("cgroup.procs");
+    Ok((root, back))
+}
+
+/// Group `name` under the controller's mount `root`, made if missing.
+fn make_group(root: &Path, name: &str) -> Result<PathBuf, String> {
+    let group = root.join(name);
+    if let Err(e) = std::fs::create_dir(&group)
+        && e.kind() != std::io::ErrorKind::AlreadyExists
+    {
+        return Err(format!("{}: {e}", group.display()));
+    }
+    Ok(group)
+}
+
+/// [`LOW_GROUP`], made if missing, with its weight set (each time: whoever
+/// made it, it must not run pre-copy at another weight).
+fn low_group(root: &Path) -> Result<PathBuf, String> {
+    let low = make_group(root, LOW_GROUP)?;
+    write(&low.join("cpu.shares"), &LOW_SHARES.to_string())?;
+    Ok(low)
 }
 
 impl Drop for IdleProcess {
@@ -151,10 +204,10 @@ impl Drop for IdleProcess {
         if let Some(w) = self.watchdog.take() {
             let _ = w.join();
         }
-        if !self.starved.load(Ordering::Relaxed)
-            && let Err(e) = write(&self.back, &self.pid.to_string())
-        {
-            tracing::warn!("process {} stays in the idle cgroup: {e}", self.pid);
+        // Back from either group (the final round, the downtime, must run
+        // where the process came from).
+        if let Err(e) = write(&self.back, &self.pid.to_string()) {
+            tracing::warn!("process {} stays in a pre-copy cgroup: {e}", self.pid);
         }
     }
 }
@@ -164,8 +217,15 @@ fn write(path: &Path, value: &str) -> Result<(), String> {
 }
 
 /// The watchdog's loop: a look every [`WINDOW`] until told to stop (the
-/// sender dropped) or the process starved (then it is moved back).
-fn watch_for_starvation(pid: u32, back: &Path, starved: &AtomicBool, stop: &mpsc::Receiver<()>) {
+/// sender dropped) or the process starved (then it is moved to
+/// [`LOW_GROUP`] under `root`, or `back` if that group cannot be made).
+fn watch_for_starvation(
+    pid: u32,
+    root: &Path,
+    back: &Path,
+    starved: &AtomicBool,
+    stop: &mpsc::Receiver<()>,
+) {
     let mut meter = Starvation::default();
     let mut last = ThreadTimes::of(pid);
     let mut at = std::time::Instant::now();
@@ -176,19 +236,34 @@ fn watch_for_starvation(pid: u32, back: &Path, starved: &AtomicBool, stop: &mpsc
         let CpuTimes { run, wait } = now.since(&last);
         last = now;
         if meter.observe(elapsed, run, wait) {
-            // Moved back before it is said, so whoever sees the flag sees
-            // the process out.
-            let moved = write(back, &pid.to_string());
+            // Moved before it is said, so whoever sees the flag sees the
+            // process out of the idle group.
+            let pid_s = pid.to_string();
+            let to_low = low_group(root).and_then(|low| write(&low.join("cgroup.procs"), &pid_s));
+            let moved = match &to_low {
+                Ok(()) => Ok(()),
+                Err(_) => write(back, &pid_s),
+            };
             starved.store(true, Ordering::Relaxed);
-            tracing::warn!(
-                got = format!(
-                    "{:.0}% of a CPU",
-                    100.0 * run.as_secs_f64() / elapsed.as_secs_f64()
-                ),
-                moved_back = moved.is_ok(),
-                "pre-copy starved in the idle cgroup (the application uses all the CPU): \
-                 it leaves the group for the rest of the move and runs at nice 19"
+            let got = format!(
+                "{:.0}% of a CPU",
+                100.0 * run.as_secs_f64() / elapsed.as_secs_f64()
             );
+            match to_low {
+                Ok(()) => tracing::warn!(
+                    got,
+                    "pre-copy starved in the idle cgroup (the application uses all the CPU): \
+                     for the rest of the move it runs in the cgroup {LOW_GROUP}, at about a \
+                     tenth of a CPU the application wants"
+                ),
+                Err(why) => tracing::warn!(
+                    got,
+                    moved_back = moved.is_ok(),
+                    "pre-copy starved in the idle cgroup (the application uses all the CPU), \
+                     and {LOW_GROUP} cannot be used ({why}): it leaves the group for the rest \
+                     of the move and runs at nice 19"
+                ),
+            }
             return;
         }
     }
@@ -347,13 +422,26 @@ mod tests {
         cpu_group_v1(&text).unwrap().to_owned()
     }
 
+    /// CPU time (user + system) of process `pid` so far, in clock ticks.
+    fn cpu_ticks(pid: u32) -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // Fields after the command's closing parenthesis: utime and stime
+        // are the 12th and 13th of them.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    }
+
     /// The real kernel: a process moved into the idle group beside a
     /// normal one that wants the same CPU gets (almost) nothing; the
-    /// watchdog sees it and moves it back; a process left there unstarved
-    /// is moved back on drop. Needs root and the v1 cpu controller (CI has
-    /// both; a v2-only host has nothing to test: the module doc).
+    /// watchdog sees it and moves it to the low-weight group, where it
+    /// gets a small share of that CPU and not nothing; back on drop; the
+    /// next round goes to the low group straight away. A process left in
+    /// the idle group unstarved is moved back on drop. Needs root and the
+    /// v1 cpu controller (CI has both; a v2-only host has nothing to test:
+    /// the module doc).
     #[test]
-    fn a_starved_process_leaves_the_idle_group_and_a_fed_one_returns_on_drop() {
+    fn a_starved_process_goes_to_the_low_group_and_a_fed_one_returns_on_drop() {
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
         if cpu_controller_v1(&mountinfo).is_none() {
             assert!(
@@ -362,7 +450,7 @@ mod tests {
             );
             return;
         }
-        let idle = format!("/{IDLE_GROUP}");
+        let (idle, low) = (format!("/{IDLE_GROUP}"), format!("/{LOW_GROUP}"));
 
         // Fed: moved in, every thread with it, and back on drop.
         let mut fed = burner();
@@ -384,12 +472,44 @@ mod tests {
             std::thread::sleep(MS(200));
         }
         let (got_out, group) = (starved.load(Ordering::Relaxed), cpu_group_of(starving.id()));
+        // In the low group, beside `fed` (at the default weight, on the same
+        // CPU): a share near LOW_SHARES / (LOW_SHARES + 1024) = 10%. Bounds
+        // wide enough for a busy CI machine, narrow enough to tell it from
+        // an equal share (50%) and from starvation (~0-3%).
+        let (a0, b0) = (cpu_ticks(starving.id()), cpu_ticks(fed.id()));
+        std::thread::sleep(S(3));
+        let (a, b) = (cpu_ticks(starving.id()) - a0, cpu_ticks(fed.id()) - b0);
         drop(g);
+        let after_drop = cpu_group_of(starving.id());
+        // A later round of the same move: to the low group at once.
+        let g = IdleProcess::enter_low(starving.id()).unwrap();
+        let next_round = cpu_group_of(starving.id());
+        drop(g);
+        let after_next = cpu_group_of(starving.id());
         for c in [&mut fed, &mut starving] {
             let _ = c.kill();
             let _ = c.wait();
         }
         assert!(got_out, "the watchdog did not see the starvation");
-        assert_eq!(group, before, "moved back by the watchdog");
+        assert_eq!(group, low, "moved to the low group by the watchdog");
+        #[allow(clippy::cast_precision_loss, reason = "clock ticks of seconds")]
+        let share = a as f64 / (a + b).max(1) as f64;
+        assert!(
+            (0.04..0.25).contains(&share),
+            "share of the low group: {share:.2} ({a} vs {b} ticks)"
+        );
+        assert_eq!(after_drop, before, "back on drop");
+        assert_eq!(next_round, low);
+        assert_eq!(after_next, before);
+        assert_eq!(
+            std::fs::read_to_string(
+                Path::new(&cpu_controller_v1(&mountinfo).unwrap())
+                    .join(LOW_GROUP)
+                    .join("cpu.shares")
+            )
+            .unwrap()
+            .trim(),
+            LOW_SHARES.to_string()
+        );
     }
 }

@@ -24,7 +24,8 @@
 //! - [`priority`]: pre-copy rounds at the lowest CPU priority and in the
 //!   idle I/O class, at both ends (`--precopy-priority`).
 //! - [`idle_group`]: `--precopy-priority idle`: the `migrate` process in a
-//!   cpu.idle cgroup during pre-copy, leaving it when it starves there.
+//!   cpu.idle cgroup during pre-copy, and in a low-weight one once it
+//!   starves there.
 //!
 //! Who stops the application: the operator (`docker stop`), on the source
 //! host, when `migrate` says it waits for the unmount. The plugin never calls

@@ -295,7 +295,8 @@ impl DestHost for RemoteAgent {
         // leaves, and the watchdog ends starvation, so it stays there (its
         // latency cost fell from x2.0-2.4 to x1.3; BENCHMARKS.md, stop 33).
         // Once starved there, the round goes at normal priority as before
-        // (at nice 19 it would lag the writes: live8).
+        // (at nice 19, or with the low group's tenth of a CPU, it would lag
+        // the writes: live8).
         if self.idle.as_ref().is_none_or(|p| p.starved()) {
             self.background = false;
         }
