@@ -566,9 +566,9 @@ if os.path.exists(f"{R}/pg.jsonl"):
         if ctl:
             cp = progress(f"ctl-{k['profile']}-{k['rate']}")
             cb = [x[3] for x in cp if 1 < x[0] <= ctl["base"]]
-            cw = [x[3] for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]
-            controls_out.append((k["profile"], rate, mean(cb), mean(cw), mean([x[3] for x in base]), mean([x[3] for x in pre]),
-                                 mean([x[1] for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]), mean([x[1] for x in pre])))
+            cpre = [x for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]
+            controls_out.append((k["profile"], rate, mean(cb), mean([x[3] for x in cpre]), mean([x[3] for x in base]), mean([x[3] for x in pre]),
+                                 mean([x[1] for x in cpre]), mean([x[1] for x in pre])))
         if "tstop" not in k:
             try:
                 said = json.load(open(f"{R}/{c}.migrate.json")).get("error", "")

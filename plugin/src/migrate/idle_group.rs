@@ -422,16 +422,6 @@ mod tests {
         cpu_group_v1(&text).unwrap().to_owned()
     }
 
-    /// CPU time (user + system) of process `pid` so far, in clock ticks.
-    fn cpu_ticks(pid: u32) -> u64 {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-        // Fields after the command's closing parenthesis: utime and stime
-        // are the 12th and 13th of them.
-        let rest = &stat[stat.rfind(')').unwrap() + 2..];
-        let f: Vec<&str> = rest.split(' ').collect();
-        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
-    }
-
     /// The real kernel: a process moved into the idle group beside a
     /// normal one that wants the same CPU gets (almost) nothing; the
     /// watchdog sees it and moves it to the low-weight group, where it
@@ -476,9 +466,10 @@ mod tests {
         // CPU): a share near LOW_SHARES / (LOW_SHARES + 1024) = 10%. Bounds
         // wide enough for a busy CI machine, narrow enough to tell it from
         // an equal share (50%) and from starvation (~0-3%).
-        let (a0, b0) = (cpu_ticks(starving.id()), cpu_ticks(fed.id()));
+        let (a0, b0) = (ThreadTimes::of(starving.id()), ThreadTimes::of(fed.id()));
         std::thread::sleep(S(3));
-        let (a, b) = (cpu_ticks(starving.id()) - a0, cpu_ticks(fed.id()) - b0);
+        let a = ThreadTimes::of(starving.id()).since(&a0).run;
+        let b = ThreadTimes::of(fed.id()).since(&b0).run;
         drop(g);
         let after_drop = cpu_group_of(starving.id());
         // A later round of the same move: to the low group at once.
@@ -492,11 +483,10 @@ mod tests {
         }
         assert!(got_out, "the watchdog did not see the starvation");
         assert_eq!(group, low, "moved to the low group by the watchdog");
-        #[allow(clippy::cast_precision_loss, reason = "clock ticks of seconds")]
-        let share = a as f64 / (a + b).max(1) as f64;
+        let share = a.as_secs_f64() / (a + b).as_secs_f64().max(1e-9);
         assert!(
             (0.04..0.25).contains(&share),
-            "share of the low group: {share:.2} ({a} vs {b} ticks)"
+            "share of the low group: {share:.2} ({a:?} vs {b:?} on a CPU)"
         );
         assert_eq!(after_drop, before, "back on drop");
         assert_eq!(next_round, low);
