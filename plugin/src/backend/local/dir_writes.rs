@@ -36,8 +36,8 @@ use std::time::{Duration, Instant};
 
 /// Per-CPU buffer of a filesystem's instance: every buffered write of the
 /// filesystem is an event (~90 bytes), 2 MiB holds some 20,000 per CPU
-/// between two drains 250 ms apart. Set by the first drain, not on the
-/// first scan's path (`tracefs::Session::resize`).
+/// between two drains 250 ms apart. Set before the session records
+/// (`tracefs::Session::start`).
 const BUFFER_KB: u32 = 2048;
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// A filesystem nobody asked about for this long stops being recorded.
@@ -371,10 +371,6 @@ impl DirWrites {
             // Nobody asked for long: stop recording, forget.
             logs.retain(|_, l| l.asked.elapsed() < IDLE);
             for log in logs.values_mut() {
-                // Off the first scan's path (`tracefs::Session::resize`).
-                if let Some(s) = log.session.as_mut() {
-                    s.resize();
-                }
                 log.drain();
             }
         });

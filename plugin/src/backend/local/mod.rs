@@ -108,14 +108,14 @@ pub(crate) fn stop_tracking() {
 /// events on, so every write of their filesystem still passes a filter into
 /// 2 MiB per CPU of kernel buffers, until a later session on the same
 /// filesystem or loop device happens to sweep them. Only instances nobody
-/// reads (a dir tracker's) or of detached loop devices (a block tracker's)
-/// go: another live daemon's tracking is never touched. tracefs is not
+/// reads go (every live session holds its `trace_pipe`, dir and block
+/// trackers alike): another live daemon's tracking is never touched. tracefs is not
 /// mounted for this: if it is absent, nobody left anything there.
 pub(crate) fn sweep_dead_tracking() {
     if let Some(root) = tracefs::mounted_root() {
         // No live instance of ours is named "": nothing to spare.
         tracefs::sweep_unheld_in(&root, dir_writes::INSTANCE_PREFIX, "");
-        writes::sweep_detached(&root);
+        writes::sweep_unheld(&root);
     }
 }
 

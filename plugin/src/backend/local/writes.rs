@@ -6,7 +6,8 @@
 //! Every write the filesystem makes to its loop device ends in
 //! `block:block_rq_complete` once the loop driver has written it to the
 //! image file. While a volume is mounted, a tracefs instance of its own
-//! (`instances/daffe-loopN`) records that event for its device only; a
+//! (`instances/daffe-MAJOR-MINOR-PID-N`, see [`instance_name`]) records
+//! that event for its device only; a
 //! drain thread (and every scan, first) moves the events into per-cache
 //! range lists. The completion event, not the queue event: a range is
 //! recorded only once its bytes are in the image, so a scan that starts
@@ -35,8 +36,8 @@ use std::time::Duration;
 
 /// Per-CPU buffer of one volume's instance. An event takes about 60 bytes:
 /// 1 MiB holds some 15,000 writes per CPU, seconds of a busy database
-/// between two drains 250 ms apart. Set by the first drain, not at the
-/// Mount (`tracefs::Session::resize`).
+/// between two drains 250 ms apart. The kernel's default (1410 KiB on
+/// Linux 6.18) is kept when larger (`tracefs::Session::start`).
 const BUFFER_KB: u32 = 1024;
 const DRAIN_EVERY: Duration = Duration::from_millis(250);
 /// More ranges than this per cache are coarsened to 1 MiB cells (memory
@@ -152,10 +153,10 @@ struct Session {
 
 impl Session {
     fn start(dev: Device) -> std::io::Result<Session> {
-        sweep_detached(&tracefs::root()?);
+        sweep_unheld(&tracefs::root()?);
         let code = (u64::from(dev.major) << 20) | u64::from(dev.minor);
         let trace = tracefs::Session::start(
-            &format!("daffe-{}-{}", dev.major, dev.minor),
+            &instance_name(dev),
             &[("block/block_rq_complete", format!("dev == {code}"))],
             BUFFER_KB,
         )?;
@@ -176,30 +177,55 @@ impl Session {
     }
 }
 
-/// Removes the instances of loop devices no longer attached: a daemon
-/// killed with its volumes mounted (kill -9, a fenced node) leaves its
-/// instances, 2 MiB of kernel buffers each, until that loop number is
-/// mounted again. A detached device serves no volume of any daemon here,
-/// so no other daemon's tracking is touched.
-pub(crate) fn sweep_detached(root: &Path) {
+/// A new session's instance: `daffe-MAJOR-MINOR-PID-N`, never the name of
+/// another session, live or ending.
+///
+/// Why not one name per device: a loop device is detached at Unmount
+/// before its session ends, and a Mount beside it may take the same loop
+/// number at once. Under one name per device the new session found the
+/// ending one's instance (held: it could neither remove it nor make its
+/// own, so it went untracked), or the ending one switched off the events
+/// of the new one made under its name (its tracking lost). Both are safe
+/// (the scan reads the whole image) but slow, and tests that mount loop
+/// devices side by side meet them: `mount -o loop` takes the lowest free
+/// number.
+fn instance_name(dev: Device) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "daffe-{}-{}-{}-{n}",
+        dev.major,
+        dev.minor,
+        std::process::id()
+    )
+}
+
+/// Pure: whether `name` is a block volume's instance, this version's
+/// (`daffe-MAJOR-MINOR-PID-N`) or an earlier one's (`daffe-MAJOR-MINOR`).
+/// A dir tracker's (`daffe-fs-...`) is not.
+fn is_block_instance(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("daffe-") else {
+        return false;
+    };
+    let parts: Vec<&str> = rest.split('-').collect();
+    matches!(parts.len(), 2 | 4) && parts.iter().all(|p| p.parse::<u32>().is_ok())
+}
+
+/// Removes the block volumes' instances that no process reads: a killed
+/// daemon's (kill -9, a fenced node) keeps its events on, 1 MiB of kernel
+/// buffers per CPU, for as long as its loop device stays attached. A live
+/// session holds its `trace_pipe` from the instance's making to its end,
+/// and the kernel refuses (EBUSY) to remove an instance whose pipe is
+/// held, so no live daemon's tracking is touched (nor its events switched
+/// off: nothing here opens a file in an instance).
+pub(crate) fn sweep_unheld(root: &Path) {
     let Ok(entries) = std::fs::read_dir(root.join("instances")) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        let Some((major, minor)) = name.strip_prefix("daffe-").and_then(|r| r.split_once('-'))
-        else {
-            continue;
-        };
-        // Loop devices only (major 7): their attachment shows in sysfs.
-        if major != "7" || minor.parse::<u32>().is_err() {
-            continue;
-        }
-        if !Path::new(&format!("/sys/dev/block/7:{minor}/loop")).exists() {
-            let _ = tracefs::disable(&e.path());
-            if std::fs::remove_dir(e.path()).is_ok() {
-                tracing::info!(instance = %name, "removed the write tracking of a detached loop device");
-            }
+        if is_block_instance(&name) && std::fs::remove_dir(e.path()).is_ok() {
+            tracing::info!(instance = %name, "removed a dead daemon's write tracking of a block volume");
         }
     }
 }
@@ -286,10 +312,6 @@ impl WriteLogs {
         }
         tracefs::drain_every(self, &self.drainer, "write-log-drain", DRAIN_EVERY, |me| {
             for (image, log) in me.lock().iter_mut() {
-                // Off the Mount's path (`tracefs::Session::resize`).
-                if let Some(s) = log.session.as_mut() {
-                    s.trace.resize();
-                }
                 log.drain(image);
             }
         });
@@ -543,33 +565,80 @@ pub(super) mod tests {
         drop(guard);
         logs.unmounted(&img);
         // The instance (2 MiB of kernel buffers) is gone with the session.
-        let inst = tracefs::root()
+        let ours = format!("daffe-{}-{}-{}-", dev.major, dev.minor, std::process::id());
+        let left: Vec<String> = std::fs::read_dir(tracefs::root().unwrap().join("instances"))
             .unwrap()
-            .join("instances")
-            .join(format!("daffe-{}-{}", dev.major, dev.minor));
-        assert!(!inst.exists(), "{} left behind", inst.display());
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(&ours))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
     }
 
-    /// A killed daemon's instance of a loop device that is detached now is
-    /// removed by the next session; an attached device's is kept.
     #[test]
-    fn instances_of_detached_loop_devices_are_swept() {
+    fn block_instance_names_are_told_from_others() {
+        for (name, want) in [
+            ("daffe-7-3-4242-0", true),
+            ("daffe-7-3", true),
+            ("daffe-259-12-1-18", true),
+            ("daffe-fs-2049-4242-1-", false),
+            ("daffe-7", false),
+            ("daffe-7-3-4242", false),
+            ("daffe-7-x-4242-0", false),
+            ("not-daffe-7-3", false),
+            ("daffe-7-3-4242-0-1", false),
+        ] {
+            assert_eq!(is_block_instance(name), want, "{name}");
+        }
+        let dev = Device { major: 7, minor: 3 };
+        let (a, b) = (instance_name(dev), instance_name(dev));
+        assert_ne!(a, b, "two sessions of one device share an instance");
+        assert!(is_block_instance(&a), "{a}");
+    }
+
+    /// A killed daemon's block instances (this version's names and an
+    /// earlier one's) are removed by the next sweep; a live session's, on
+    /// the same loop number, stays on, as does an instance not ours.
+    #[test]
+    fn unheld_block_instances_are_swept_and_a_live_one_kept() {
         let root = tracefs::root().unwrap();
         let free = free_loop_minor(200);
-        let stale = root.join("instances").join(format!("daffe-7-{free}"));
-        std::fs::create_dir(&stale).unwrap();
-        let other = root.join("instances").join("not-daffe-7-1");
+        let inst = |n: &str| root.join("instances").join(n);
+        let stale = [
+            inst(&format!("daffe-7-{free}")),
+            inst(&format!("daffe-7-{free}-1-1")),
+        ];
+        for d in &stale {
+            std::fs::create_dir(d).unwrap();
+        }
+        let other = inst(&format!("not-daffe-7-{free}"));
         std::fs::create_dir(&other).unwrap();
-        sweep_detached(&root);
-        let (stale_left, other_left) = (stale.exists(), other.exists());
+        let dev = Device {
+            major: 7,
+            minor: free,
+        };
+        let code = (7u64 << 20) | u64::from(free);
+        let mut live = tracefs::Session::start(
+            &instance_name(dev),
+            &[("block/block_rq_complete", format!("dev == {code}"))],
+            64,
+        )
+        .unwrap();
+        sweep_unheld(&root);
+        let left: Vec<bool> = stale.iter().map(|d| d.exists()).collect();
+        let other_left = other.exists();
         let _ = std::fs::remove_dir(&other);
-        let _ = std::fs::remove_dir(&stale);
-        assert!(!stale_left, "{} kept", stale.display());
+        for d in &stale {
+            let _ = std::fs::remove_dir(d);
+        }
+        assert_eq!(left, [false, false], "{stale:?}");
         assert!(other_left, "an instance not ours was removed");
+        live.drain(|_| {})
+            .expect("the live session's instance and events are still there");
     }
 
     /// A loop minor from `from` on that no device is attached at. Tests
-    /// running side by side start apart: each makes `daffe-7-MINOR`.
+    /// running side by side start apart: each makes instances of `7:MINOR`.
     pub(in crate::backend::local) fn free_loop_minor(from: u32) -> u32 {
         (from..from + 2000)
             .find(|m| !Path::new(&format!("/sys/dev/block/7:{m}")).exists())
