@@ -27,8 +27,11 @@ pub use crate::docker::test_image;
 
 /// The thesis' web counter: busybox httpd on `listen` (`PORT` or
 /// `ADDR:PORT`) with a CGI script that keeps its count in /data/count
-/// (written to a temp file, renamed, synced) and answers `LABEL: N`, or
-/// just `N` without a label.
+/// (written to a temp file, renamed, its filesystem synced) and answers
+/// `LABEL: N`, or just `N` without a label. `sync -f /data`, not `sync`: a
+/// whole-system sync waits for every other test's writes, and took a
+/// request past its client's timeout in CI while a 1 GiB writer ran beside
+/// it.
 pub fn counter_script(label: Option<&str>, listen: &str) -> String {
     let prefix = label.map(|l| format!("{l}: ")).unwrap_or_default();
     format!(
@@ -37,7 +40,7 @@ cat > /www/cgi-bin/count <<'EOS'
 #!/bin/sh
 n=$(cat /data/count 2>/dev/null || echo 0)
 n=$((n+1))
-echo $n > /data/count.tmp && mv /data/count.tmp /data/count && sync
+echo $n > /data/count.tmp && mv /data/count.tmp /data/count && sync -f /data
 printf 'Content-Type: text/plain\r\n\r\n{prefix}%s\n' "$n"
 EOS
 chmod +x /www/cgi-bin/count
