@@ -253,15 +253,16 @@ fn watch_for_starvation(
                 Ok(()) => tracing::warn!(
                     got,
                     "pre-copy starved in the idle cgroup (the application uses all the CPU): \
-                     for the rest of the move it runs in the cgroup {LOW_GROUP}, at about a \
-                     tenth of a CPU the application wants"
+                     its later pre-copy rounds run in the cgroup {LOW_GROUP}, at about a \
+                     tenth of a CPU the application wants (the hook's round and the final \
+                     round at normal priority)"
                 ),
                 Err(why) => tracing::warn!(
                     got,
                     moved_back = moved.is_ok(),
                     "pre-copy starved in the idle cgroup (the application uses all the CPU), \
-                     and {LOW_GROUP} cannot be used ({why}): it leaves the group for the rest \
-                     of the move and runs at nice 19"
+                     and {LOW_GROUP} cannot be used ({why}): its later pre-copy rounds run \
+                     outside the group at nice 19"
                 ),
             }
             return;
