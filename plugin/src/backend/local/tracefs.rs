@@ -198,12 +198,20 @@ pub(crate) fn sweep_unheld(prefix: &str, ours: &str) {
 
 /// [`sweep_unheld`] under a known tracefs root.
 pub(crate) fn sweep_unheld_in(root: &Path, prefix: &str, ours: &str) {
+    sweep_unheld_where(root, |name| name.starts_with(prefix) && name != ours);
+}
+
+/// Removes every instance under `root` whose name `sweeps` and that no
+/// process reads (the kernel refuses the rmdir while a `trace_pipe` is
+/// open). Only an rmdir: no file in an instance is opened, so a live one
+/// is neither switched off nor kept from its own removal.
+pub(crate) fn sweep_unheld_where(root: &Path, sweeps: impl Fn(&str) -> bool) {
     let Ok(entries) = std::fs::read_dir(root.join("instances")) else {
         return;
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(prefix) && name != ours && std::fs::remove_dir(e.path()).is_ok() {
+        if sweeps(&name) && std::fs::remove_dir(e.path()).is_ok() {
             tracing::info!(instance = %name, "removed a dead daemon's write tracking");
         }
     }

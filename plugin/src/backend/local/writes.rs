@@ -216,18 +216,10 @@ fn is_block_instance(name: &str) -> bool {
 /// buffers per CPU, for as long as its loop device stays attached. A live
 /// session holds its `trace_pipe` from the instance's making to its end,
 /// and the kernel refuses (EBUSY) to remove an instance whose pipe is
-/// held, so no live daemon's tracking is touched (nor its events switched
-/// off: nothing here opens a file in an instance).
+/// held, so no live daemon's tracking is touched
+/// ([`tracefs::sweep_unheld_where`]).
 pub(crate) fn sweep_unheld(root: &Path) {
-    let Ok(entries) = std::fs::read_dir(root.join("instances")) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if is_block_instance(&name) && std::fs::remove_dir(e.path()).is_ok() {
-            tracing::info!(instance = %name, "removed a dead daemon's write tracking of a block volume");
-        }
-    }
+    tracefs::sweep_unheld_where(root, is_block_instance);
 }
 
 /// One image's log: the session while mounted, the caches' pending ranges.
