@@ -728,6 +728,46 @@ fn check_sweep(
     out.join(", ")
 }
 
+/// Stop 44, gold unthrottled (BENCHMARKS.md): the last catch-up round
+/// waited for the CPU in the low-weight group and took 15 s where the one
+/// before it took 9 s. Its flush scaled by 15/9 made the final round 987 MB
+/// (546 MB came) and the estimate 2.44x the downtime. What the app's
+/// buffers take in does not grow with the time a round waited for a CPU:
+/// a page dirtied twice is flushed once. So a longer round's flush is taken
+/// as it is, and a shorter one's scaled down.
+#[test]
+fn a_catch_up_round_longer_than_the_one_before_is_not_scaled_up() {
+    let steady = 16e6;
+    let round = |moved: f64, secs: f64| RoundMeasure {
+        bytes_moved: f64_to_u64(moved),
+        wire_bytes: f64_to_u64(moved / 10.0),
+        scan: ms(800),
+        transfer: Duration::from_secs_f64(secs) - ms(800),
+        wall: Duration::from_secs_f64(secs),
+        ..Default::default()
+    };
+    let t = Targets::new(Duration::from_secs(2), 10).with_cutover_gap(ms(1020));
+    let final_bytes = |last_secs: f64| {
+        let rounds = [
+            round(420e6, 44.0),
+            round(350e6, 25.0),
+            round(530e6, 12.0),
+            round(400e6, 9.0),
+            round(550e6, last_secs),
+        ];
+        estimate_after_catch_up(&rounds, &t, steady).final_bytes as f64
+    };
+    let flush = 550e6 - steady * 9.0;
+    for (last_secs, want) in [
+        (15.0, steady * 16.02 + flush),
+        (9.0, steady * 10.02 + flush),
+        (6.0, steady * 7.02 + flush * 6.0 / 9.0),
+    ] {
+        let got = final_bytes(last_secs);
+        assert!((got - want).abs() <= 1.0, "{last_secs} s: {got} != {want}");
+    }
+}
+
 #[test]
 fn after_a_catch_up_round_the_estimate_is_within_half_of_the_measured_downtime() {
     let ratios = check_sweep(CATCH_UP, estimate_after_catch_up, 0.7..=1.3);
@@ -1471,9 +1511,16 @@ fn rounds_that_waited_for_a_cpu_are_taken_without_their_waits() {
             })
             .collect();
         let before = est(&unmeasured, ms(20));
-        if let Some(binary_ms) = binary_ms {
+        // The binary scaled a catch-up round's flush up when that round was
+        // the longer (stop 46 no longer does): that case's replay is not the
+        // binary's.
+        let scaled_up = *hooks > 1 && rounds[rounds.len() - 1].wall > rounds[rounds.len() - 2].wall;
+        if scaled_up {
+            assert_eq!(*case, "gold-2000", "another case was scaled up");
+        }
+        if let Some(binary_ms) = binary_ms.filter(|_| !scaled_up) {
             assert!(
-                (before / *binary_ms as f64 - 1.0).abs() < 0.05,
+                (before / binary_ms as f64 - 1.0).abs() < 0.05,
                 "{case}: replayed {before:.0} ms, the binary said {binary_ms}"
             );
         }
@@ -1908,4 +1955,192 @@ fn scans_that_waited_for_a_cpu_are_taken_without_their_waits() {
     // On gold, where the scans waited longest, the waits taken out bring
     // the estimates nearer the downtime.
     assert!(gold_gain > 0.0, "{gold_gain}\n{}", out.join("\n"));
+}
+
+/// Stops 45 and 46: `bench/migrate.sh` step 4, PostgreSQL unthrottled
+/// (`PG_RATES=max B_TMPFS=1 SPLIT_CPUS=1 B_RPS=1 PG_FIRST_READ_LIMIT=20M`,
+/// test builds), as [`SCAN_STARVED`]. The watchdog moved pre-copy to the
+/// low-weight group in round 1, and its later rounds before the hook took
+/// 23-43 s each. Stop 45's rows, as BENCHMARKS.md kept them, lack the
+/// reads (each of its scans is taken unscaled).
+const LOW_GROUP: &[ScanStarvedCase] = &[
+    (
+        "s45 gold-max",
+        3,
+        &[
+            (408276140, 89285691, 43438, 43554, 35355, 0, 0, 0, 12194),
+            (331796027, 42231442, 820, 26286, 20947, 0, 0, 0, 495),
+            (412006803, 44301189, 777, 31068, 24913, 0, 0, 0, 403),
+            (358519458, 43617921, 727, 29074, 22819, 0, 0, 0, 435),
+            (530212865, 46091279, 1269, 11582, 7404, 0, 0, 0, 866),
+            (499155323, 26400847, 897, 9057, 5800, 0, 0, 0, 610),
+            (465489249, 22381701, 828, 7959, 5078, 0, 0, 0, 596),
+        ],
+        11167368.0,
+        2963,
+        2771,
+    ),
+    (
+        "s45 default-max",
+        3,
+        &[
+            (414846866, 78927236, 46947, 34966, 27297, 0, 0, 0, 17681),
+            (378726205, 59005168, 2651, 31594, 25529, 0, 0, 0, 2621),
+            (347475754, 54904783, 2199, 33626, 26953, 0, 0, 0, 2351),
+            (486588669, 47704485, 3344, 13724, 6113, 0, 0, 0, 2832),
+            (748456909, 53862995, 1569, 10920, 6323, 0, 0, 0, 1222),
+            (557382729, 30040237, 932, 7988, 4685, 0, 0, 0, 693),
+        ],
+        10498451.0,
+        2743,
+        2137,
+    ),
+    (
+        "s46a gold-max",
+        3,
+        &[
+            (
+                420253861, 89565835, 43567, 48781, 39591, 43183, 912855040, 33813, 12390,
+            ),
+            (
+                365025696, 47482059, 885, 27761, 22345, 620, 789186946, 0, 529,
+            ),
+            (
+                456859050, 50361089, 834, 35299, 28328, 548, 743436298, 0, 471,
+            ),
+            (
+                260345643, 44378978, 878, 30963, 24795, 476, 598027990, 0, 474,
+            ),
+            (
+                239159645, 42561759, 688, 29581, 23988, 393, 520051290, 0, 348,
+            ),
+            (
+                145907159, 36665798, 656, 29865, 24575, 433, 469093634, 0, 374,
+            ),
+            (
+                510662823, 46194723, 1180, 11402, 7455, 752, 581582060, 0, 812,
+            ),
+            (490051943, 28121496, 917, 9400, 6060, 685, 525137153, 0, 687),
+            (462231551, 23338362, 891, 8494, 5423, 616, 484654300, 0, 628),
+        ],
+        10303928.0,
+        3205,
+        3105,
+    ),
+    (
+        "s46a default-max",
+        3,
+        &[
+            (
+                414395107, 78759676, 46938, 36319, 28873, 45519, 906411254, 34104, 17987,
+            ),
+            (
+                308353493, 52399009, 2256, 29559, 23718, 1895, 791442459, 0, 2193,
+            ),
+            (
+                395273711, 56234648, 2830, 38223, 30351, 2543, 785649501, 0, 3051,
+            ),
+            (
+                146077809, 47976043, 1498, 38517, 31185, 1266, 582634096, 0, 1316,
+            ),
+            (
+                121976112, 47728420, 4988, 36138, 28565, 4598, 1043463277, 0, 5202,
+            ),
+            (
+                283932308, 53342442, 1333, 36250, 28839, 975, 660537401, 0, 1044,
+            ),
+            (
+                833927339, 79604155, 3353, 14338, 7681, 3163, 1416161363, 0, 2795,
+            ),
+            (
+                596128663, 37529412, 1215, 10045, 6104, 1072, 614972607, 0, 882,
+            ),
+            (456570387, 19892917, 685, 6683, 4080, 549, 466823626, 0, 474),
+        ],
+        9820966.0,
+        2072,
+        2001,
+    ),
+    (
+        "s46b default-max",
+        3,
+        &[
+            (
+                415779398, 78566739, 46668, 38013, 30143, 45644, 906255607, 33829, 18171,
+            ),
+            (
+                221862772, 47573509, 2039, 28635, 22389, 1676, 727188607, 0, 1961,
+            ),
+            (
+                410600933, 55814749, 2878, 32189, 25535, 2611, 796416985, 0, 3002,
+            ),
+            (
+                194122025, 45373575, 1573, 34304, 27631, 1382, 587826461, 0, 1495,
+            ),
+            (
+                139932743, 48565519, 4645, 34810, 26058, 4297, 1069108811, 0, 5145,
+            ),
+            (
+                239116195, 49113449, 1187, 33302, 26424, 901, 575100953, 0, 995,
+            ),
+            (
+                774561385, 72154199, 4078, 15392, 8288, 3760, 1347484363, 0, 3295,
+            ),
+            (
+                590799135, 37098020, 1101, 9723, 6168, 953, 623332609, 0, 835,
+            ),
+            (422834704, 18189555, 611, 7305, 4423, 493, 432256478, 0, 412),
+        ],
+        9532217.0,
+        2473,
+        2090,
+    ),
+    (
+        "s46b gold-max",
+        3,
+        &[
+            (
+                377341941, 89237596, 43427, 44363, 35400, 43217, 912441344, 33442, 12133,
+            ),
+            (
+                328741106, 39110042, 970, 25353, 19355, 751, 771269948, 0, 670,
+            ),
+            (
+                411013030, 36230784, 768, 22602, 17229, 496, 602353387, 0, 362,
+            ),
+            (
+                380884742, 38115667, 725, 25836, 19953, 493, 627061512, 0, 395,
+            ),
+            (
+                536865660, 39750198, 1300, 11250, 7073, 817, 568354466, 0, 966,
+            ),
+            (485134937, 25196433, 943, 9181, 5909, 661, 521535196, 0, 648),
+            (461494979, 22190585, 937, 7915, 4906, 665, 489000581, 0, 716),
+        ],
+        16087393.0,
+        3102,
+        2691,
+    ),
+];
+
+#[test]
+fn after_rounds_in_the_low_weight_group_the_estimate_is_within_half() {
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (case, hooks, rows, steady, binary_ms, downtime_ms) in LOW_GROUP {
+        let rounds: Vec<RoundMeasure> = rows.iter().map(|&row| starved_round(row)).collect();
+        let now = replay_ms(*hooks, &rounds, *steady, ms(1020));
+        // As in `scans_that_waited_for_a_cpu_are_taken_without_their_waits`:
+        // near the binary's, not equal (no catch-up round here was the
+        // longer, so stop 46's change leaves these as they were).
+        assert!(
+            (now / *binary_ms as f64 - 1.0).abs() < 0.1,
+            "{case}: replayed {now:.0} ms, the binary said {binary_ms}"
+        );
+        let ratio = now / *downtime_ms as f64;
+        out.push(format!("{case}: est./actual {ratio:.2}"));
+        ok &= (0.5..=1.5).contains(&ratio);
+    }
+    eprintln!("{}", out.join("\n"));
+    assert!(ok, "{}", out.join("\n"));
 }
