@@ -6,7 +6,7 @@
 //! Every write the filesystem makes to its loop device ends in
 //! `block:block_rq_complete` once the loop driver has written it to the
 //! image file. While a volume is mounted, a tracefs instance of its own
-//! (`instances/daffe-MAJOR-MINOR-PID-N`, see [`instance_name`]) records
+//! (`instances/daffe-MAJOR-MINOR-PID-N-RANDOM`, see [`instance_name`]) records
 //! that event for its device only; a
 //! drain thread (and every scan, first) moves the events into per-cache
 //! range lists. The completion event, not the queue event: a range is
@@ -177,8 +177,8 @@ impl Session {
     }
 }
 
-/// A new session's instance: `daffe-MAJOR-MINOR-PID-N`, never the name of
-/// another session, live or ending.
+/// A new session's instance: `daffe-MAJOR-MINOR-PID-N-RANDOM`, never the
+/// name of another session, live or ending.
 ///
 /// Why not one name per device: a loop device is detached at Unmount
 /// before its session ends, and a Mount beside it may take the same loop
@@ -189,11 +189,17 @@ impl Session {
 /// (the scan reads the whole image) but slow, and tests that mount loop
 /// devices side by side meet them: `mount -o loop` takes the lowest free
 /// number.
+///
+/// The random part: two managed plugins on one host are each PID 1 in
+/// their own namespace, and their counters may agree (as the dir tracker's
+/// names, `dir_writes::instance_name`).
 fn instance_name(dev: Device) -> String {
+    use std::hash::{BuildHasher, RandomState};
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let random = RandomState::new().hash_one((n, std::time::Instant::now())) & 0xffff_ffff;
     format!(
-        "daffe-{}-{}-{}-{n}",
+        "daffe-{}-{}-{}-{n}-{random:08x}",
         dev.major,
         dev.minor,
         std::process::id()
@@ -201,14 +207,22 @@ fn instance_name(dev: Device) -> String {
 }
 
 /// Pure: whether `name` is a block volume's instance, this version's
-/// (`daffe-MAJOR-MINOR-PID-N`) or an earlier one's (`daffe-MAJOR-MINOR`).
-/// A dir tracker's (`daffe-fs-...`) is not.
+/// (`daffe-MAJOR-MINOR-PID-N-RANDOM`, the last part 8 hex digits) or an
+/// earlier one's (`daffe-MAJOR-MINOR-PID-N`, `daffe-MAJOR-MINOR`). A dir
+/// tracker's (`daffe-fs-...`) is not.
 fn is_block_instance(name: &str) -> bool {
     let Some(rest) = name.strip_prefix("daffe-") else {
         return false;
     };
     let parts: Vec<&str> = rest.split('-').collect();
-    matches!(parts.len(), 2 | 4) && parts.iter().all(|p| p.parse::<u32>().is_ok())
+    let decimal = |p: &[&str]| p.iter().all(|p| p.parse::<u32>().is_ok());
+    match parts.as_slice() {
+        [_, _] | [_, _, _, _] => decimal(&parts),
+        [numbers @ .., random] if numbers.len() == 4 => {
+            decimal(numbers) && random.len() == 8 && random.bytes().all(|b| b.is_ascii_hexdigit())
+        }
+        _ => false,
+    }
 }
 
 /// Removes the block volumes' instances that no process reads: a killed
@@ -578,7 +592,11 @@ pub(super) mod tests {
             ("daffe-7-3-4242", false),
             ("daffe-7-x-4242-0", false),
             ("not-daffe-7-3", false),
+            ("daffe-7-3-4242-0-0badf00d", true),
             ("daffe-7-3-4242-0-1", false),
+            ("daffe-7-3-4242-0-0badf00x", false),
+            ("daffe-7-3-4242-0-0badf00d-1", false),
+            ("daffe-fs-7-3-4242-0badf00d", false),
         ] {
             assert_eq!(is_block_instance(name), want, "{name}");
         }
@@ -599,6 +617,7 @@ pub(super) mod tests {
         let stale = [
             inst(&format!("daffe-7-{free}")),
             inst(&format!("daffe-7-{free}-1-1")),
+            inst(&format!("daffe-7-{free}-1-2-0badf00d")),
         ];
         for d in &stale {
             std::fs::create_dir(d).unwrap();
@@ -623,7 +642,7 @@ pub(super) mod tests {
         for d in &stale {
             let _ = std::fs::remove_dir(d);
         }
-        assert_eq!(left, [false, false], "{stale:?}");
+        assert_eq!(left, [false; 3], "{stale:?}");
         assert!(other_left, "an instance not ours was removed");
         live.drain(|_| {})
             .expect("the live session's instance and events are still there");
