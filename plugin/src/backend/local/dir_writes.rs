@@ -216,9 +216,7 @@ pub(crate) const INSTANCE_PREFIX: &str = "daffe-fs-";
 /// but slow). The random part keeps daemons in different PID namespaces
 /// (a managed plugin is PID 1 in its own) apart.
 fn instance_name(dev: Device) -> String {
-    use std::hash::{BuildHasher, RandomState};
-    let random = RandomState::new().hash_one(Instant::now()) & 0xffff_ffff;
-    format!("{}{random:08x}", own_instance_prefix(dev))
+    format!("{}{}", own_instance_prefix(dev), tracefs::name_nonce())
 }
 
 /// What every session of this process on `dev` is named from,

@@ -220,6 +220,16 @@ pub(crate) fn sweep_unheld_in(root: &Path, prefix: &str, ours: &str) {
     sweep_unheld_where(root, |name| name.starts_with(prefix) && name != ours);
 }
 
+/// 8 hex digits that differ between calls and processes, for an
+/// instance's name: daemons in other PID namespaces (a managed plugin is
+/// PID 1 in its own) may share a PID and a counter.
+pub(crate) fn name_nonce() -> String {
+    use std::hash::{BuildHasher, RandomState};
+    // `RandomState` is seeded per process and advanced per instance.
+    let random = RandomState::new().hash_one(std::time::Instant::now()) & 0xffff_ffff;
+    format!("{random:08x}")
+}
+
 /// Removes every instance under `root` whose name `sweeps` and that no
 /// process reads (the kernel refuses the rmdir while a `trace_pipe` is
 /// open). Only an rmdir: no file in an instance is opened, so a live one

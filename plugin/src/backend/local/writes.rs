@@ -194,15 +194,14 @@ impl Session {
 /// their own namespace, and their counters may agree (as the dir tracker's
 /// names, `dir_writes::instance_name`).
 fn instance_name(dev: Device) -> String {
-    use std::hash::{BuildHasher, RandomState};
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let random = RandomState::new().hash_one((n, std::time::Instant::now())) & 0xffff_ffff;
     format!(
-        "daffe-{}-{}-{}-{n}-{random:08x}",
+        "daffe-{}-{}-{}-{n}-{}",
         dev.major,
         dev.minor,
-        std::process::id()
+        std::process::id(),
+        tracefs::name_nonce()
     )
 }
 
