@@ -124,9 +124,12 @@ impl Header {
     /// this build cuts (same chunker, version and sizes): otherwise dedup
     /// across the two would silently fail.
     pub fn same_chunking(&self, other: &Header) -> bool {
+        // One table may be the other's first classes (a build before a class
+        // was added): the classes both list must cut alike.
+        let common = self.classes.len().min(other.classes.len());
         self.chunker == other.chunker
             && self.chunker_version == other.chunker_version
-            && self.classes == other.classes
+            && self.classes[..common] == other.classes[..common]
     }
 }
 
@@ -452,7 +455,10 @@ impl<R: BufRead> ManifestReader<R> {
                 header.version
             )));
         }
-        if header.classes.len() != ChunkClass::ALL.len() {
+        // A build before `db-small` lists three classes: its manifests
+        // (a destination's last round, a scan cache) still read, and a
+        // class code past its table is refused per entry.
+        if header.classes.is_empty() || header.classes.len() > ChunkClass::ALL.len() {
             return Err(ManifestError::Header("unexpected chunk class table".into()));
         }
         Ok(ManifestReader {
@@ -708,6 +714,7 @@ impl<R: BufRead> ManifestReader<R> {
             why,
         };
         let class = ChunkClass::from_code(e.class)
+            .filter(|_| usize::from(e.class) < self.header.classes.len())
             .ok_or_else(|| bad(format!("unknown chunk class {}", e.class)))?;
         if self.hashing {
             match self.header.mode {
@@ -1001,6 +1008,50 @@ pub(crate) mod tests {
             w.write_entry(e, &cs).unwrap();
         }
         w.finish().unwrap().0
+    }
+
+    /// A manifest of a build before `db-small` (three classes in its
+    /// header): it still reads, its chunks still match ours, and an entry
+    /// naming a class past its table is refused.
+    #[test]
+    fn a_manifest_with_the_older_class_table_reads_and_matches() {
+        let mut old = Header::new(Mode::Tree, "t");
+        old.classes.truncate(3);
+        assert!(old.same_chunking(&Header::new(Mode::Tree, "t")));
+        assert!(Header::new(Mode::Tree, "t").same_chunking(&old));
+        let mut resized = old.clone();
+        resized.classes[1].avg *= 2;
+        assert!(!resized.same_chunking(&Header::new(Mode::Tree, "t")));
+
+        let write = |class: ChunkClass| {
+            let mut w = ManifestWriter::new(Vec::new(), &old).unwrap();
+            w.write_entry(&entry(b"", Kind::Dir, 0), &[]).unwrap();
+            let mut f = entry(b"f", Kind::File, 4096);
+            f.class = class.code();
+            let id = ChunkId::of(b"z");
+            let c = ChunkRef {
+                offset: 0,
+                len: 4096,
+                id,
+            };
+            w.write_entry(&f, &[c]).unwrap();
+            w.finish().unwrap().0
+        };
+        let read_all = |bytes: &[u8]| -> Result<usize, ManifestError> {
+            let mut r = ManifestReader::new(slice_reader(bytes))?;
+            let mut n = 0;
+            while r.next()?.is_some() {
+                n += 1;
+            }
+            Ok(n)
+        };
+        assert!(read_all(&write(ChunkClass::Db)).is_ok());
+        let err = read_all(&write(ChunkClass::DbSmall)).unwrap_err();
+        assert!(err.to_string().contains("unknown chunk class 3"), "{err}");
+        let mut none = old.clone();
+        none.classes.clear();
+        let w = ManifestWriter::new(Vec::new(), &none).unwrap();
+        assert!(ManifestReader::new(slice_reader(&w.finish().unwrap().0)).is_err());
     }
 
     #[test]

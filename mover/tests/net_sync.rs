@@ -103,7 +103,9 @@ fn rewritten_pages_travel_as_patches_not_whole_chunks() {
     std::thread::sleep(Duration::from_millis(2100));
     let r = pusher.push(2, false, &mut |_| {}).unwrap();
     common::assert_same_tree(&src, &net.dst("pages"));
-    // Whole chunks (db class, 16 KiB average) are what was rebuilt...
+    // Whole chunks (db-small class, 4 KiB average: two or three per page,
+    // as a page straddles chunks and the cut points near it move) are what
+    // was rebuilt...
     assert!(
         r.summary.bytes_fetched >= 32 * 8192,
         "{}",
@@ -112,7 +114,7 @@ fn rewritten_pages_travel_as_patches_not_whole_chunks() {
     // ...but the wire carried the pages: 32 x 4 KiB (patch blocks follow the
     // file's pages), plus framing and the manifest delta.
     assert!(
-        r.wire_sent < 32 * 4096 + (32 << 10) && r.wire_sent * 5 < r.summary.bytes_fetched,
+        r.wire_sent < 32 * 4096 + (32 << 10) && r.wire_sent * 3 < r.summary.bytes_fetched * 2,
         "sent {} for {} rebuilt",
         r.wire_sent,
         r.summary.bytes_fetched

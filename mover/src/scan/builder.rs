@@ -345,7 +345,7 @@ impl Scanner {
         let listed = self.paged_prev.contains(path);
         let seen = seen.map(|r| class::Seen::of(r, listed));
         let choice = class::choose(path, now, seen);
-        let paged = choice == class::Choice::Paged;
+        let paged = matches!(choice, class::Choice::Paged(_));
         if paged {
             self.paged_next.push(path.to_vec());
         }
@@ -703,6 +703,10 @@ impl Scanner {
         self.writer.write(&Record::Entry(p.entry.clone()))?;
         let size = p.entry.size;
         let class = p.entry.chunk_class();
+        // New pieces (where writes filled holes) are cut at most the db
+        // class's max, or the file's own class max where that is shorter
+        // (`db-small`): the receiver holds each chunk to its entry's class.
+        let max = class.max_len().min(ChunkClass::Db.max_len());
         match chunks.last() {
             // Grown past its last chunk (a log, a file appended to): the
             // new bytes are cut from the last chunk's start with the file's
@@ -713,10 +717,14 @@ impl Scanner {
                 let from = last.offset;
                 let head = &chunks[..chunks.len() - 1];
                 let mut last_end = None;
-                self.write_pieces(&p.entry.path, file, head, dirty, from, &mut last_end)?;
+                let pieces = super::changes::plan(head, dirty, from, max);
+                self.write_pieces(&p.entry.path, file, &pieces, &mut last_end)?;
                 self.write_grown(&p.entry.path, file, from, size, class, &mut last_end)?;
             }
-            _ => self.write_pieces(&p.entry.path, file, &chunks, dirty, size, &mut None)?,
+            _ => {
+                let pieces = super::changes::plan(&chunks, dirty, size, max);
+                self.write_pieces(&p.entry.path, file, &pieces, &mut None)?
+            }
         }
         // Re-stat after reading, as for a file read whole.
         let after = fsmeta::stat_fd(file.as_fd(), &p.entry.path)?;
@@ -732,26 +740,26 @@ impl Scanner {
         Ok(())
     }
 
-    /// The chunks of a file of `size` bytes whose last scan gave `old`,
-    /// written only in `dirty` since: kept where nothing was written,
-    /// re-read and hashed where something was (see `super::changes::plan`).
+    /// The chunks of a file whose last scan's chunks and writes since gave
+    /// `pieces` (`super::changes::plan`): kept where nothing was written,
+    /// re-read and hashed where something was.
     fn write_pieces(
         &mut self,
         path: &[u8],
         file: &File,
-        old: &[ChunkRef],
-        dirty: &[(u64, u64)],
-        size: u64,
+        pieces: &[super::changes::Piece],
         last_end: &mut Option<u64>,
     ) -> Result<(), ScanError> {
-        let pieces = super::changes::plan(old, dirty, size);
         // A touched chunk is re-read with its old boundaries (up to its
-        // class's max); new pieces are at most the db max.
-        let longest = old.iter().map(|c| c.len).max().unwrap_or(0);
-        let mut buf = vec![0u8; longest.max(ChunkClass::Db.max_len()) as usize];
+        // class's max); new pieces are at most the max the plan was given.
+        let longest = pieces.iter().map(|p| match p {
+            super::changes::Piece::Read { len, .. } => *len,
+            super::changes::Piece::Keep(_) => 0,
+        });
+        let mut buf = vec![0u8; longest.max().unwrap_or(0) as usize];
         let mut ahead = ReadAhead::default();
         for (i, &p) in pieces.iter().enumerate() {
-            ahead.advise(file, &pieces, i);
+            ahead.advise(file, pieces, i);
             let c = match p {
                 super::changes::Piece::Keep(c) => c,
                 super::changes::Piece::Read { offset, len } => {
@@ -865,7 +873,9 @@ impl Scanner {
         let stat = StatRec::new(&entry.path, st, self.start_ns);
         let (path, size) = (entry.path.clone(), entry.size);
         self.writer.write(&Record::Entry(entry))?;
-        self.write_pieces(&path, file, &old, dirty, size, &mut None)?;
+        // An image is cut in the db class (`walk::scan_image`).
+        let pieces = super::changes::plan(&old, dirty, size, ChunkClass::Db.max_len());
+        self.write_pieces(&path, file, &pieces, &mut None)?;
         self.paths.push(self.entry_index, &path);
         self.entry_index += 1;
         self.statw.push(&stat)?;

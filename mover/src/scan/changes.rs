@@ -25,7 +25,7 @@
 
 use std::collections::HashMap;
 
-use crate::chunk::{ChunkClass, ChunkRef};
+use crate::chunk::ChunkRef;
 use crate::fsmeta::FileStat;
 use crate::statcache::StatRec;
 
@@ -158,9 +158,10 @@ const PAGE: u64 = 4096;
 /// The pieces of an image of `size` bytes whose last scan gave `old`
 /// (sorted, non-overlapping chunks; gaps between them are holes) after
 /// writes to `dirty` (normalized). Covers every old chunk and every dirty
-/// byte; pieces are sorted and never overlap.
-pub(crate) fn plan(old: &[ChunkRef], dirty: &[(u64, u64)], size: u64) -> Vec<Piece> {
-    let max = u64::from(ChunkClass::Db.max_len());
+/// byte; pieces are sorted and never overlap. New pieces are at most `max`
+/// (the file's class maximum, which the receiver holds each chunk to).
+pub(crate) fn plan(old: &[ChunkRef], dirty: &[(u64, u64)], size: u64, max: u32) -> Vec<Piece> {
+    let max = u64::from(max);
     let mut out = Vec::with_capacity(old.len());
     let mut d = 0; // first dirty range that may still matter
     let mut pos = 0u64; // everything before is planned
@@ -180,7 +181,7 @@ pub(crate) fn plan(old: &[ChunkRef], dirty: &[(u64, u64)], size: u64) -> Vec<Pie
             });
             while p < e {
                 let q = ((p / max + 1) * max).min(e);
-                #[allow(clippy::cast_possible_truncation, reason = "at most the db max")]
+                #[allow(clippy::cast_possible_truncation, reason = "at most `max`, a u32")]
                 out.push(Piece::Read {
                     offset: p,
                     len: (q - p) as u32,
@@ -237,6 +238,8 @@ mod tests {
         Piece::Read { offset, len }
     }
 
+    const DB_MAX: u32 = 64 * 1024;
+
     #[test]
     fn normalize_sorts_merges_and_clips() {
         let cases: &[NormalizeCase] = &[
@@ -280,7 +283,7 @@ mod tests {
             ),
         ];
         for (dirty, want) in cases {
-            assert_eq!(plan(&old, dirty, size), *want, "{dirty:?}");
+            assert_eq!(plan(&old, dirty, size, DB_MAX), *want, "{dirty:?}");
         }
     }
 
@@ -294,7 +297,7 @@ mod tests {
         // spanning two 64 KiB cells in the tail hole.
         let dirty = normalize(&[(1, 2), (66 * k, 70 * k), (120 * k, 140 * k)], size);
         assert_eq!(
-            plan(&old, &dirty, size),
+            plan(&old, &dirty, size, DB_MAX),
             vec![
                 read(0, 4096),
                 read(64 * k, 4096),
@@ -333,7 +336,9 @@ mod tests {
                 })
                 .collect();
             let dirty = normalize(&raw, size);
-            let pieces = plan(&old, &dirty, size);
+            // The db class's max, or db-small's, below some old chunks.
+            let max = [DB_MAX, 16 * 1024][usize::from(next(2) == 0)];
+            let pieces = plan(&old, &dirty, size, max);
             let span = |p: &Piece| match p {
                 Piece::Keep(c) => (c.offset, c.end()),
                 Piece::Read { offset, len } => (*offset, offset + u64::from(*len)),
@@ -343,6 +348,10 @@ mod tests {
                 let (s, e) = span(p);
                 assert!(s >= end && e > s && e <= size, "{p:?} after {end}");
                 end = e;
+                // A new piece (no old chunk's span) is within the class max.
+                if !old.iter().any(|ch| (ch.offset, ch.end()) == (s, e)) {
+                    assert!(e - s <= u64::from(max), "{p:?} over {max}");
+                }
                 if let Piece::Keep(ch) = p {
                     assert!(
                         !dirty

@@ -1,16 +1,18 @@
 //! Which chunk class a file gets (issue 11, item 5): its name, or the write
 //! pattern the last scan observed. A file rewritten in place in small pages
-//! (a database whatever its name, e.g. `data.bin`) is cut with the `db`
-//! class's small chunks, so a rewritten 4 KiB page costs a 16 KiB chunk
-//! instead of a 256 KiB one at the source, on the wire and at the
-//! destination.
+//! (a database whatever its name, e.g. `data.bin`) is cut with a page
+//! class's small chunks (`db-small`, 4 KiB on average, up to 256 MiB;
+//! `db`, 16 KiB, past it: [`ChunkClass::for_pages`]), so a rewritten 4 KiB
+//! page costs a small chunk instead of a 256 KiB one at the source, on the
+//! wire and at the destination.
 //!
 //! The evidence is the source's stat cache: the same inode at the same size
 //! with a new mtime was written inside, not replaced or appended. That is
 //! known before the file is read, so the choice costs nothing. Once chosen,
 //! the class sticks (the `paged` list beside the stat cache): a database
 //! also grows, and flipping classes would make every chunk of the file new
-//! for one round. The class is only a performance choice: any class gives
+//! for one round (a page file growing past 256 MiB flips once, from
+//! `db-small` to `db`, when it is next read whole). The class is only a performance choice: any class gives
 //! the same bytes, so a lost or stale list costs one slower round, never
 //! wrong data.
 //!
@@ -65,15 +67,16 @@ pub struct Now {
 pub enum Choice {
     /// From its size and name alone ([`ChunkClass::for_path`]).
     ByName(ChunkClass),
-    /// `db` because it was rewritten in place, or was before: list it.
-    Paged,
+    /// A page class ([`ChunkClass::for_pages`]) because it was rewritten in
+    /// place, or was before: list it.
+    Paged(ChunkClass),
 }
 
 impl Choice {
     pub fn class(self) -> ChunkClass {
         match self {
             Choice::ByName(c) => c,
-            Choice::Paged => ChunkClass::Db,
+            Choice::Paged(c) => c,
         }
     }
 }
@@ -93,7 +96,7 @@ pub fn choose(path: &[u8], now: Now, seen: Option<Seen>) -> Choice {
     let same_inode = s.dev == now.dev && s.ino == now.ino;
     let rewritten_inside = same_inode && s.size == now.size && s.mtime_ns != now.mtime_ns;
     if (same_inode && s.paged) || rewritten_inside {
-        Choice::Paged
+        Choice::Paged(ChunkClass::for_pages(now.size))
     } else {
         Choice::ByName(by_name)
     }
@@ -193,7 +196,7 @@ mod tests {
 
     #[test]
     fn the_write_pattern_decides_for_names_that_say_nothing() {
-        use ChunkClass::{Db, Default, Small};
+        use ChunkClass::{Db, DbSmall, Default, Small};
         let p = b"dir/data.bin";
         // (what the last scan saw, the file now, the class, listed as paged)
         let table: &[(Option<Seen>, Now, ChunkClass, bool)] = &[
@@ -207,7 +210,14 @@ mod tests {
                 false,
             ),
             // Same inode, same size, new mtime: rewritten in place.
-            (seen(7, 128 * MIB, 10, false), now(128 * MIB, 11), Db, true),
+            (
+                seen(7, 128 * MIB, 10, false),
+                now(128 * MIB, 11),
+                DbSmall,
+                true,
+            ),
+            // Past 256 MiB, the db class's larger chunks.
+            (seen(7, 300 * MIB, 10, false), now(300 * MIB, 11), Db, true),
             // Grown (appended): not a page pattern...
             (
                 seen(7, 100 * MIB, 10, false),
@@ -215,9 +225,21 @@ mod tests {
                 Default,
                 false,
             ),
-            // ...unless it was paged before: the class sticks.
-            (seen(7, 100 * MIB, 10, true), now(128 * MIB, 11), Db, true),
-            (seen(7, 128 * MIB, 10, true), now(128 * MIB, 10), Db, true),
+            // ...unless it was paged before: a page class sticks (which
+            // one follows the size).
+            (
+                seen(7, 100 * MIB, 10, true),
+                now(128 * MIB, 11),
+                DbSmall,
+                true,
+            ),
+            (
+                seen(7, 128 * MIB, 10, true),
+                now(128 * MIB, 10),
+                DbSmall,
+                true,
+            ),
+            (seen(7, 200 * MIB, 10, true), now(300 * MIB, 11), Db, true),
             // Replaced by another inode (written whole, renamed over).
             (
                 seen(8, 128 * MIB, 10, false),
@@ -238,16 +260,18 @@ mod tests {
         for (i, &(s, n, class, paged)) in table.iter().enumerate() {
             let c = choose(p, n, s);
             assert_eq!(c.class(), class, "row {i}: {s:?} -> {n:?}");
-            assert_eq!(c == Choice::Paged, paged, "row {i}: {c:?}");
+            assert_eq!(matches!(c, Choice::Paged(_)), paged, "row {i}: {c:?}");
         }
     }
 
     #[test]
     fn a_database_name_still_decides_alone() {
+        let c = choose(b"pg/base/5/16396", now(400 * MIB, 1), None);
+        assert_eq!(c, Choice::ByName(ChunkClass::Db));
         let c = choose(b"pg/base/5/16396", now(128 * MIB, 1), None);
-        assert_eq!(c, Choice::ByName(ChunkClass::Db));
+        assert_eq!(c, Choice::ByName(ChunkClass::DbSmall));
         let c = choose(b"x.sqlite", now(MIB, 2), seen(7, 2 * MIB, 1, false));
-        assert_eq!(c, Choice::ByName(ChunkClass::Db));
+        assert_eq!(c, Choice::ByName(ChunkClass::DbSmall));
     }
 
     #[test]
