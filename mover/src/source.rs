@@ -444,8 +444,13 @@ impl ChunkSource for Sender {
 }
 
 /// Reads `wants` (all of file `f`, the first being want `first` of the
-/// window) on a scoped thread a few chunks ahead of `sink`, which gets them
-/// in order, each as [`Sender::read_chunk`] would give it.
+/// window) on a scoped thread a few reads ahead of `sink`, which gets them
+/// in order, each as [`Sender::read_chunk`] would give it. Wants that follow
+/// each other in the file are read together, up to [`BATCH`] bytes: a
+/// `db-small` file's chunks are 4 KiB on average, and a read, a wake-up of
+/// the other thread and a buffer per chunk cost more than the chunk's own
+/// hash and write (a 128 MiB file's first transfer: 300 ms of fetch against
+/// 190 ms for the same bytes in `db` chunks).
 fn read_ahead(
     f: &File,
     wants: &[Want],
@@ -453,14 +458,22 @@ fn read_ahead(
     path: &str,
     sink: &mut Sink<'_>,
 ) -> Result<(), SourceError> {
+    let batches = batches(wants);
     let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD);
     let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::scope(|s| {
+        let todo = &batches;
         s.spawn(move || {
-            for w in wants {
+            for &(a, b) in todo {
+                let (start, end) = (wants[a].offset, wants[b - 1].offset);
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    reason = "at most BATCH or one chunk"
+                )]
+                let len = (end + u64::from(wants[b - 1].len) - start) as usize;
                 let mut buf = spare_rx.try_recv().unwrap_or_default();
-                buf.resize(w.len as usize, 0);
-                let r = reread_full_at(f, &mut buf, w.offset).map(|got| {
+                buf.resize(len, 0);
+                let r = reread_full_at(f, &mut buf, start).map(|got| {
                     buf.truncate(got);
                     buf
                 });
@@ -471,22 +484,54 @@ fn read_ahead(
                 }
             }
         });
-        // One result per want, in order, until the first error.
-        for (k, r) in rx.into_iter().enumerate() {
+        // One result per batch, in order, until the first error; each want
+        // gets its part (short, or empty, where the file ended early).
+        for (r, &(a, b)) in rx.into_iter().zip(&batches) {
             let buf = r.map_err(|source| SourceError::Read {
                 path: path.to_owned(),
-                offset: wants[k].offset,
+                offset: wants[a].offset,
                 source,
             })?;
-            sink(first + k, &buf).map_err(SourceError::Sink)?;
+            let start = wants[a].offset;
+            for (k, w) in wants.iter().enumerate().take(b).skip(a) {
+                #[allow(clippy::cast_possible_truncation, reason = "within the batch")]
+                let from = ((w.offset - start) as usize).min(buf.len());
+                let to = (from + w.len as usize).min(buf.len());
+                sink(first + k, &buf[from..to]).map_err(SourceError::Sink)?;
+            }
             let _ = spare_tx.send(buf);
         }
         Ok(())
     })
 }
 
-/// Chunks a local fetch reads ahead of the receiver.
+/// The wants read together (`[a, b)` ranges of indices): runs that follow
+/// each other in the file without a gap, of at most [`BATCH`] bytes (a
+/// chunk longer than that alone).
+fn batches(wants: &[Want]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut a = 0;
+    while a < wants.len() {
+        let mut end = wants[a].offset + u64::from(wants[a].len);
+        let mut b = a + 1;
+        while b < wants.len()
+            && wants[b].offset == end
+            && end + u64::from(wants[b].len) - wants[a].offset <= BATCH
+        {
+            end += u64::from(wants[b].len);
+            b += 1;
+        }
+        out.push((a, b));
+        a = b;
+    }
+    out
+}
+
+/// Reads a local fetch keeps ahead of the receiver.
 const READ_AHEAD: usize = 4;
+
+/// Bytes of neighbouring wants read at once.
+const BATCH: u64 = 256 * 1024;
 
 /// An open error that means the scanned entry is no longer there as a
 /// file: deleted, renamed away, or replaced by a symlink or a directory.
@@ -498,4 +543,48 @@ fn gone(e: &io::Error) -> bool {
                 || c == rustix::io::Errno::ISDIR.raw_os_error()
                 || c == rustix::io::Errno::NOTDIR.raw_os_error()
         )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn w(offset: u64, len: u32) -> Want {
+        Want {
+            entry: 0,
+            offset,
+            len,
+            id: ChunkId::of(&offset.to_le_bytes()),
+        }
+    }
+
+    #[test]
+    fn neighbouring_wants_are_read_together_up_to_the_batch() {
+        type Case = (Vec<Want>, Vec<(usize, usize)>);
+        let k = 1024u32;
+        let cases: Vec<Case> = vec![
+            (vec![], vec![]),
+            (vec![w(0, 4 * k)], vec![(0, 1)]),
+            // Neighbours, then a gap (a chunk the receiver already has).
+            (
+                vec![w(0, 4 * k), w(4096, 2 * k), w(16384, k)],
+                vec![(0, 2), (2, 3)],
+            ),
+            // A batch stops before it would pass 256 KiB.
+            (
+                (0..65).map(|i| w(i * 4096, 4 * k)).collect(),
+                vec![(0, 64), (64, 65)],
+            ),
+            // A chunk longer than the batch is read alone.
+            (
+                vec![w(0, 1024 * k), w(1 << 20, 4 * k)],
+                vec![(0, 1), (1, 2)],
+            ),
+            // Out of file order: never joined.
+            (vec![w(4096, 4 * k), w(0, 4 * k)], vec![(0, 1), (1, 2)]),
+        ];
+        for (wants, want) in cases {
+            assert_eq!(batches(&wants), want, "{wants:?}");
+        }
+    }
 }

@@ -23,6 +23,7 @@ use crate::chunk_index::{ChunkIndex, Loc, read_verified};
 use crate::fsmeta::{self, StatKind};
 use crate::manifest::{Entry, Item, Kind, ManifestError, ManifestReader};
 use crate::progress::Progress;
+use crate::read_full::read_full_at;
 use crate::statcache::{StatReader, StatRec, StatWriter};
 
 /// How long the filesystem clock is given to move past the round's last
@@ -203,12 +204,32 @@ impl Current {
         } else {
             workers.max(1)
         };
-        // Worker k re-reads chunks k, k + n, ...: the first bad one of each.
+        // Worker k re-reads the k-th of n runs of the batch, neighbouring
+        // chunks a read of up to READ_SPAN at a time (a `db-small` file's
+        // chunks are 4 KiB on average: a read each cost more than their
+        // hashes): the first bad chunk of each.
+        let per = batch.len().div_ceil(n);
         let run = |k: usize| -> std::io::Result<Option<ChunkRef>> {
             let mut buf = Vec::new();
-            for c in batch.iter().skip(k).step_by(n) {
-                if !read_verified(f, c.offset, c.len, &c.id, &mut buf)? {
-                    return Ok(Some(*c));
+            let mine = batch
+                .get(k * per..((k + 1) * per).min(batch.len()))
+                .unwrap_or(&[]);
+            for span in spans(mine) {
+                let (first, last) = (span[0], span[span.len() - 1]);
+                #[allow(
+                    clippy::cast_possible_truncation,
+                    reason = "at most READ_SPAN or one chunk"
+                )]
+                let len = (last.end() - first.offset) as usize;
+                buf.resize(len, 0);
+                let got = read_full_at(f, &mut buf, first.offset)?;
+                for c in span {
+                    #[allow(clippy::cast_possible_truncation, reason = "within the span")]
+                    let from = (c.offset - first.offset) as usize;
+                    let to = from + c.len as usize;
+                    if to > got || ChunkId::of(&buf[from..to]) != c.id {
+                        return Ok(Some(*c));
+                    }
                 }
             }
             Ok(None)
@@ -243,6 +264,28 @@ impl Current {
         opts.progress.event(&Progress::Verified { bytes });
         Ok(())
     }
+}
+
+/// Bytes of neighbouring chunks the verify reads at once.
+const READ_SPAN: u64 = 256 * 1024;
+
+/// `chunks` (in file order) cut into runs of neighbours (each starting where
+/// the last ended) of at most [`READ_SPAN`] bytes, a longer chunk alone.
+fn spans(chunks: &[ChunkRef]) -> impl Iterator<Item = &[ChunkRef]> {
+    let mut rest = chunks;
+    std::iter::from_fn(move || {
+        let first = rest.first()?;
+        let mut n = 1;
+        while n < rest.len()
+            && rest[n].offset == rest[n - 1].end()
+            && rest[n].end() - first.offset <= READ_SPAN
+        {
+            n += 1;
+        }
+        let (span, tail) = rest.split_at(n);
+        rest = tail;
+        Some(span)
+    })
 }
 
 /// Makes the round's manifest the applied one, with a fresh stat cache.
@@ -478,8 +521,8 @@ mod tests {
     #[test]
     fn a_batch_split_over_threads_finds_a_bad_chunk_in_any_part() {
         // 16 chunks of 256 KiB: 4 MiB, above SPLIT_BYTES, so 2 and 3 workers
-        // each take a share; the bad chunk lands in every worker's share in
-        // turn (chunk k goes to worker k % n).
+        // each take a share; the bad chunk lands in the first and the last
+        // worker's share (worker k takes the k-th run of chunks).
         for workers in [1, 2, 3] {
             for bad in [0u32, 1, 2, 15] {
                 let t = tempfile::tempdir().unwrap();
@@ -492,6 +535,57 @@ mod tests {
                 assert!(!c.good, "workers {workers}, bad chunk {bad} not found");
                 assert!(c.batch.is_empty() && c.batch_bytes == 0);
             }
+        }
+    }
+
+    /// `db-small` chunks (here 3000 bytes) are re-read a span of neighbours
+    /// at a time: a bad byte anywhere in a span, or past a short file's
+    /// end, still fails the entry.
+    #[test]
+    fn small_chunks_are_read_in_spans_and_a_bad_one_is_found() {
+        for workers in [1, 2, 3] {
+            for bad in [0u32, 86, 87, 500, 1399] {
+                let t = tempfile::tempdir().unwrap();
+                let (f, refs) = chunked_file(t.path(), 1400, 3000);
+                f.write_all_at(b"X", u64::from(bad * 3000) + 2999).unwrap();
+                let mut c = current(f, &refs);
+                c.check_batch(workers, &mut RoundStats::default(), &opts())
+                    .unwrap();
+                assert!(!c.good, "workers {workers}, bad chunk {bad} not found");
+            }
+            let t = tempfile::tempdir().unwrap();
+            let (f, refs) = chunked_file(t.path(), 1400, 3000);
+            let mut c = current(f.try_clone().unwrap(), &refs);
+            c.check_batch(workers, &mut RoundStats::default(), &opts())
+                .unwrap();
+            assert!(c.good, "workers {workers}");
+            f.set_len(1400 * 3000 - 1).unwrap();
+            let mut c = current(f, &refs);
+            c.check_batch(workers, &mut RoundStats::default(), &opts())
+                .unwrap();
+            assert!(!c.good, "workers {workers}: a short file");
+        }
+    }
+
+    #[test]
+    fn spans_join_neighbours_up_to_the_read_span() {
+        let c = |offset: u64, len: u32| ChunkRef {
+            offset,
+            len,
+            id: ChunkId::of(b""),
+        };
+        let k = 1024u32;
+        let cases: Vec<(Vec<ChunkRef>, Vec<usize>)> = vec![
+            (vec![], vec![]),
+            (vec![c(0, 4 * k)], vec![1]),
+            // A gap (a chunk not re-read) ends a span.
+            (vec![c(0, 4 * k), c(4096, k), c(8192, k)], vec![2, 1]),
+            ((0..65).map(|i| c(i * 4096, 4 * k)).collect(), vec![64, 1]),
+            (vec![c(0, 1024 * k), c(1 << 20, k)], vec![1, 1]),
+        ];
+        for (chunks, want) in cases {
+            let got: Vec<usize> = spans(&chunks).map(<[ChunkRef]>::len).collect();
+            assert_eq!(got, want, "{chunks:?}");
         }
     }
 
