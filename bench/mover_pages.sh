@@ -2,6 +2,8 @@
 # Page rewrites in a file with no database name (issue 11, item 5): a
 # SIZE_MIB (default 128) MiB file named data.bin, 1% of its 4 KiB pages
 # rewritten in place, synced locally by daffe's mover and by rsync.
+# NAME=app.db names the file (a database name: page-sized chunks from the
+# first transfer on, where data.bin gets them from its first rewrite).
 # Usage: bench/mover_pages.sh [WORKDIR]   (root: drops caches before each run)
 #   SYNC_BIN=PATH  use this build of examples/sync instead of building one
 #   DAFFE_BIN=PATH the file lives in a `dir` volume of a `daffe serve` started
@@ -22,6 +24,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 W=${1:-/var/tmp/daffe-bench-pages}
 SIZE_MIB=${SIZE_MIB:-128}
+NAME=${NAME:-data.bin}
 RUNS=${RUNS:-3}
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/var/tmp/daffe-target-mover}
 # SYNC_BIN: a prebuilt `examples/sync` (an A/B of two builds); else built here.
@@ -60,11 +63,11 @@ if not (os.path.exists(p) and os.path.getsize(p) == mib << 20):
         for _ in range(mib):
             f.write(rng.randbytes(1 << 20))
 PY
-echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); ${SIZE_MIB} MiB data.bin, 1% pages"
+echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); ${SIZE_MIB} MiB $NAME, 1% pages"
 for run in $(seq 1 "$RUNS"); do
   rm -rf "$W/ours" "$W/.ours.daffe-state" "$W/plain" "$W/.plain.daffe-state" "$W/rsi" "$W/rsp"
   [ -n "${DAFFE_BIN:-}" ] || { rm -rf "$SRC"; mkdir -p "$SRC"; }
-  rm -f "$SRC/data.bin"; cp "$W/pristine.bin" "$SRC/data.bin"
+  rm -f "$SRC/$NAME"; cp "$W/pristine.bin" "$SRC/$NAME"
   sleep 2  # out of the racy-timestamp window
   drop; t "$R/first-ours-$run" $SYNC --json "$SRC" "$W/ours" > "$R/first-ours-$run.json"
   [ -z "${PLAIN:-}" ] || { drop; $PLAIN --json "$SRC" "$W/plain" > /dev/null; }
@@ -74,7 +77,7 @@ for run in $(seq 1 "$RUNS"); do
   # (same inode and size, new mtime) and switches the file to page-sized
   # chunks, so no chunk id matches that once; the second is the steady state.
   for k in 1 2; do
-    python3 - "$SRC/data.bin" "$((run * 10 + k))" <<'PY'
+    python3 - "$SRC/$NAME" "$((run * 10 + k))" <<'PY'
 import os, random, sys
 p, seed = sys.argv[1], int(sys.argv[2])
 rng = random.Random(100 + seed)
@@ -87,17 +90,17 @@ PY
     drop; t "$R/incr$k-ours-$run" $SYNC --json "$SRC" "$W/ours" > "$R/incr$k-ours-$run.json"
     if [ -n "${PLAIN:-}" ]; then
       drop; t "$R/incr$k-plain-$run" $PLAIN --json "$SRC" "$W/plain" > "$R/incr$k-plain-$run.json"
-      cmp "$SRC/data.bin" "$W/plain/data.bin"
+      cmp "$SRC/$NAME" "$W/plain/$NAME"
     fi
     drop; t "$R/incr$k-rsi-$run" rsync -a --inplace --no-whole-file --stats "$SRC/" "$W/rsi/" > "$R/incr$k-rsi-$run.txt"
     drop; t "$R/incr$k-rsp-$run" rsync -a --no-whole-file --stats "$SRC/" "$W/rsp/" > "$R/incr$k-rsp-$run.txt"
-    cmp "$SRC/data.bin" "$W/ours/data.bin"
-    cmp "$SRC/data.bin" "$W/rsi/data.bin"
+    cmp "$SRC/$NAME" "$W/ours/$NAME"
+    cmp "$SRC/$NAME" "$W/rsi/$NAME"
   done
 done
-python3 - "$R" "$RUNS" <<'PY'
+python3 - "$R" "$RUNS" "$NAME" <<'PY'
 import json, re, statistics as st, sys
-R, n = sys.argv[1], int(sys.argv[2])
+R, n, name = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 tm = lambda k: st.median(float(open(f"{R}/{k}-{i}").read().split()[-1]) for i in range(1, n + 1))
 stat = lambda k, what: st.median(int(re.search(what + r": ([\d,]+)", open(f"{R}/{k}-{i}.txt").read()).group(1).replace(",", "")) for i in range(1, n + 1))
 sent = lambda k: stat(k, "Total bytes sent")
@@ -105,7 +108,8 @@ fo, fr = tm("first-ours"), tm("first-rsync")
 M = 2**20
 print("| what | measured | target |\n|---|---|---|")
 print(f"| first transfer: mover / rsync -a time | {fo/fr:.2f} ({fo:.2f}s vs {fr:.2f}s) | <= 1.05 |")
-for k, what in ((1, "incremental 1 (class switch)"), (2, "incremental 2 (steady)")):
+first = "incremental 1 (class switch)" if name == "data.bin" else "incremental 1"
+for k, what in ((1, first), (2, "incremental 2 (steady)")):
     ours = [json.load(open(f"{R}/incr{k}-ours-{i}.json")) for i in range(1, n + 1)]
     fetched = st.median(o["bytes_fetched"] for o in ours)
     written = st.median(o["bytes_written"] for o in ours)
