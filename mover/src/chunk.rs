@@ -709,33 +709,26 @@ mod tests {
 
     #[test]
     fn classes_follow_paths_and_sizes() {
-        assert_eq!(ChunkClass::for_path(b"a/b.txt", 10), ChunkClass::Small);
-        assert_eq!(ChunkClass::for_path(b"data/x.db", 1 << 30), ChunkClass::Db);
-        assert_eq!(
-            ChunkClass::for_path(b"pg/base/16384/2619", 1 << 20),
-            ChunkClass::DbSmall
-        );
-        assert_eq!(
-            ChunkClass::for_path(b"pg/base/16384/2619", 1 << 30),
-            ChunkClass::Db
-        );
-        assert_eq!(
-            ChunkClass::for_path(b"ibdata1", 1 << 20),
-            ChunkClass::DbSmall
-        );
-        assert_eq!(
-            ChunkClass::for_path(b"a.sqlite3", 1 << 20),
-            ChunkClass::DbSmall
-        );
+        use ChunkClass::{Db, DbSmall, Default, Small};
+        // (path, size, class)
+        let table: &[(&[u8], u64, ChunkClass)] = &[
+            (b"a/b.txt", 10, Small),
+            (b"data/x.db", 1 << 30, Db),
+            (b"pg/base/16384/2619", 1 << 20, DbSmall),
+            (b"pg/base/16384/2619", 1 << 30, Db),
+            (b"ibdata1", 1 << 20, DbSmall),
+            (b"a.sqlite3", 1 << 20, DbSmall),
+            (b"log/app.log", 1 << 20, Default),
+        ];
+        for &(path, size, class) in table {
+            let got = ChunkClass::for_path(path, size);
+            assert_eq!(got, class, "{}", String::from_utf8_lossy(path));
+        }
         // The line between the two page classes, and the small files.
         assert_eq!(ChunkClass::for_pages(DB_SMALL_MAX), ChunkClass::DbSmall);
         assert_eq!(ChunkClass::for_pages(DB_SMALL_MAX + 1), ChunkClass::Db);
         assert_eq!(ChunkClass::for_pages(SMALL_MAX), ChunkClass::Small);
         assert_eq!(ChunkClass::for_pages(SMALL_MAX + 1), ChunkClass::DbSmall);
-        assert_eq!(
-            ChunkClass::for_path(b"log/app.log", 1 << 20),
-            ChunkClass::Default
-        );
         for c in ChunkClass::ALL {
             assert_eq!(ChunkClass::from_code(c.code()), Some(c));
         }
