@@ -93,7 +93,7 @@ pub enum ChunkClass {
     Db,
     /// Everything else: larger chunks, fewer manifest records and index entries.
     Default,
-    /// Random-rewrite files of at most [`DB_SMALL_MAX`] (not block images):
+    /// Random-rewrite files of at most 256 MiB (`DB_SMALL_MAX`; not block images):
     /// 4 KiB average chunks. A page rewritten in a `Db` chunk costs the
     /// whole chunk, ~27 KiB on average (a random page lands in a long chunk
     /// more often than in a short one); rsync's block is the square root of
