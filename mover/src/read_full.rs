@@ -136,6 +136,36 @@ pub(crate) fn reread_full_at(f: &File, buf: &mut [u8], offset: u64) -> io::Resul
     Ok(cached + read_full_at(f, &mut buf[cached..], offset + cached as u64)?)
 }
 
+/// Bytes of neighbouring ranges read at once where a file's small chunks
+/// are read one after another (the local fetch, the verify): a read per
+/// 4 KiB chunk costs more than its hash.
+pub(crate) const JOINED_READ: u64 = 256 * 1024;
+
+/// `items` cut into runs (`[a, b)` index ranges) of neighbours, each starting
+/// where the one before it ended (`range`: an item's offset and length), of
+/// at most [`JOINED_READ`] bytes; an item longer than that is a run alone.
+pub(crate) fn neighbour_runs<'a, T>(
+    items: &'a [T],
+    range: impl Fn(&T) -> (u64, u32) + 'a,
+) -> impl Iterator<Item = std::ops::Range<usize>> + 'a {
+    let mut a = 0;
+    std::iter::from_fn(move || {
+        let (start, len) = range(items.get(a)?);
+        let mut end = start + u64::from(len);
+        let mut b = a + 1;
+        while let Some((o, l)) = items.get(b).map(&range) {
+            if o != end || o + u64::from(l) - start > JOINED_READ {
+                break;
+            }
+            end += u64::from(l);
+            b += 1;
+        }
+        let run = a..b;
+        a = b;
+        Some(run)
+    })
+}
+
 /// Whether a cap is installed.
 fn capped() -> bool {
     READ_CAP

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::chunk::ChunkId;
 use crate::manifest::{ManifestId, Mode as MMode};
-use crate::read_full::reread_full_at;
+use crate::read_full::{neighbour_runs, reread_full_at};
 use crate::regular_file;
 use crate::safe_path::Root;
 use crate::scan::{self, Scan, ScanError, ScanOptions, ScanStats};
@@ -446,10 +446,10 @@ impl ChunkSource for Sender {
 /// Reads `wants` (all of file `f`, the first being want `first` of the
 /// window) on a scoped thread a few reads ahead of `sink`, which gets them
 /// in order, each as [`Sender::read_chunk`] would give it. Wants that follow
-/// each other in the file are read together, up to [`BATCH`] bytes: a
-/// `db-small` file's chunks are 4 KiB on average, and a read, a wake-up of
-/// the other thread and a buffer per chunk cost more than the chunk's own
-/// hash and write (a 128 MiB file's first transfer: 300 ms of fetch against
+/// each other in the file are read together ([`batches`]): a `db-small`
+/// file's chunks are 4 KiB on average, and a read, a wake-up of the other
+/// thread and a buffer per chunk cost more than the chunk's own hash and
+/// write (a 128 MiB file's first transfer: 300 ms of fetch against
 /// 190 ms for the same bytes in `db` chunks).
 fn read_ahead(
     f: &File,
@@ -468,7 +468,7 @@ fn read_ahead(
                 let (start, end) = (wants[a].offset, wants[b - 1].offset);
                 #[allow(
                     clippy::cast_possible_truncation,
-                    reason = "at most BATCH or one chunk"
+                    reason = "at most JOINED_READ or one chunk"
                 )]
                 let len = (end + u64::from(wants[b - 1].len) - start) as usize;
                 let mut buf = spare_rx.try_recv().unwrap_or_default();
@@ -505,33 +505,16 @@ fn read_ahead(
     })
 }
 
-/// The wants read together (`[a, b)` ranges of indices): runs that follow
-/// each other in the file without a gap, of at most [`BATCH`] bytes (a
-/// chunk longer than that alone).
+/// The wants read together (`[a, b)` ranges of indices): neighbours in the
+/// file, up to `read_full::JOINED_READ` bytes (`read_full::neighbour_runs`).
 fn batches(wants: &[Want]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut a = 0;
-    while a < wants.len() {
-        let mut end = wants[a].offset + u64::from(wants[a].len);
-        let mut b = a + 1;
-        while b < wants.len()
-            && wants[b].offset == end
-            && end + u64::from(wants[b].len) - wants[a].offset <= BATCH
-        {
-            end += u64::from(wants[b].len);
-            b += 1;
-        }
-        out.push((a, b));
-        a = b;
-    }
-    out
+    neighbour_runs(wants, |w| (w.offset, w.len))
+        .map(|r| (r.start, r.end))
+        .collect()
 }
 
 /// Reads a local fetch keeps ahead of the receiver.
 const READ_AHEAD: usize = 4;
-
-/// Bytes of neighbouring wants read at once.
-const BATCH: u64 = 256 * 1024;
 
 /// An open error that means the scanned entry is no longer there as a
 /// file: deleted, renamed away, or replaced by a symlink or a directory.

@@ -23,7 +23,7 @@ use crate::chunk_index::{ChunkIndex, Loc, read_verified};
 use crate::fsmeta::{self, StatKind};
 use crate::manifest::{Entry, Item, Kind, ManifestError, ManifestReader};
 use crate::progress::Progress;
-use crate::read_full::read_full_at;
+use crate::read_full::{neighbour_runs, read_full_at};
 use crate::statcache::{StatReader, StatRec, StatWriter};
 
 /// How long the filesystem clock is given to move past the round's last
@@ -205,7 +205,7 @@ impl Current {
             workers.max(1)
         };
         // Worker k re-reads the k-th of n runs of the batch, neighbouring
-        // chunks a read of up to READ_SPAN at a time (a `db-small` file's
+        // chunks a read of up to `JOINED_READ` at a time (a `db-small` file's
         // chunks are 4 KiB on average: a read each cost more than their
         // hashes): the first bad chunk of each.
         let per = batch.len().div_ceil(n);
@@ -218,7 +218,7 @@ impl Current {
                 let (first, last) = (span[0], span[span.len() - 1]);
                 #[allow(
                     clippy::cast_possible_truncation,
-                    reason = "at most READ_SPAN or one chunk"
+                    reason = "at most JOINED_READ or one chunk"
                 )]
                 let len = (last.end() - first.offset) as usize;
                 buf.resize(len, 0);
@@ -266,26 +266,10 @@ impl Current {
     }
 }
 
-/// Bytes of neighbouring chunks the verify reads at once.
-const READ_SPAN: u64 = 256 * 1024;
-
-/// `chunks` (in file order) cut into runs of neighbours (each starting where
-/// the last ended) of at most [`READ_SPAN`] bytes, a longer chunk alone.
+/// `chunks` (in file order) cut into runs of neighbours read at once
+/// (`read_full::neighbour_runs`).
 fn spans(chunks: &[ChunkRef]) -> impl Iterator<Item = &[ChunkRef]> {
-    let mut rest = chunks;
-    std::iter::from_fn(move || {
-        let first = rest.first()?;
-        let mut n = 1;
-        while n < rest.len()
-            && rest[n].offset == rest[n - 1].end()
-            && rest[n].end() - first.offset <= READ_SPAN
-        {
-            n += 1;
-        }
-        let (span, tail) = rest.split_at(n);
-        rest = tail;
-        Some(span)
-    })
+    neighbour_runs(chunks, |c| (c.offset, c.len)).map(|r| &chunks[r])
 }
 
 /// Makes the round's manifest the applied one, with a fresh stat cache.
