@@ -139,6 +139,8 @@ pub use receive::{
     RoundStats, Tally, Verify,
 };
 pub use scan::{FileChanges, ImageChanges, PendingChanges, ScanError, ScanOptions, ScanStats};
-pub use source::{ChunkSource, ManifestBase, Sender, Sink, SinkError, Source, SourceError, Want};
+pub use source::{
+    Arrived, ChunkSource, ManifestBase, Sender, Sink, SinkError, Source, SourceError, Want,
+};
 pub use sync::{SyncError, SyncOptions, SyncStats, preview, source_cache_dir, sync};
 pub use thread_times::{CpuTimes, ThreadTimes};

@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rustix::fs::Mode;
 use serde::{Deserialize, Serialize};
@@ -35,8 +36,50 @@ pub struct Want {
 /// Error a sink returns to stop a fetch.
 pub type SinkError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Receives each wanted chunk: (index in the wants slice, bytes).
-pub type Sink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), SinkError> + 'a;
+/// Receives each wanted chunk: (index in the wants slice, its bytes).
+pub type Sink<'a> = dyn FnMut(usize, Arrived<'_>) -> Result<(), SinkError> + 'a;
+
+/// A want's bytes as the source delivered them, and their BLAKE3 id if the
+/// source already hashed them. No constructor takes an id: one is only ever
+/// computed from these bytes (by [`Arrived::id`], or by [`Sender`]'s reading
+/// thread, see [`Sender::hash_while_reading`]), so a receiver that checks
+/// `id()` against the want checks the bytes, whichever thread hashed them.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrived<'a> {
+    data: &'a [u8],
+    id: Option<ChunkId>,
+}
+
+impl<'a> Arrived<'a> {
+    /// Bytes not hashed yet.
+    pub fn new(data: &'a [u8]) -> Self {
+        Arrived { data, id: None }
+    }
+
+    /// The bytes.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// Their BLAKE3 id (hashed now unless the source already did).
+    pub fn id(&self) -> ChunkId {
+        self.id.unwrap_or_else(|| ChunkId::of(self.data))
+    }
+}
+
+impl std::ops::Deref for Arrived<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.data
+    }
+}
+
+impl<'a> From<&'a [u8]> for Arrived<'a> {
+    fn from(data: &'a [u8]) -> Self {
+        Arrived::new(data)
+    }
+}
 
 /// Errors of a chunk source.
 #[derive(Debug, thiserror::Error)]
@@ -176,6 +219,7 @@ pub struct Sender {
     scan: Scan,
     root: Option<Root>,
     open: Option<(u32, File)>,
+    hash_while_reading: bool,
 }
 
 impl std::fmt::Debug for Sender {
@@ -205,7 +249,18 @@ impl Sender {
             scan,
             root,
             open: None,
+            hash_while_reading: false,
         })
+    }
+
+    /// Has [`ChunkSource::fetch`]'s reading thread also hash what it reads
+    /// (each [`Arrived`] then carries its id). For a receiver in the same
+    /// process, which checks every chunk against its id: its own thread
+    /// hashed and wrote each chunk in turn, and the hash was a third of a
+    /// local first transfer's fetch. Off by default: a sender serving the
+    /// network has no use for the ids, and its CPU is the application's.
+    pub fn hash_while_reading(&mut self, on: bool) {
+        self.hash_while_reading = on;
     }
 
     /// The manifest's root hash.
@@ -428,12 +483,15 @@ impl ChunkSource for Sender {
             let run = wants[i..].iter().take_while(|w| w.entry == entry).count();
             let path =
                 String::from_utf8_lossy(self.scan.paths.get(entry).unwrap_or(b"")).into_owned();
+            let hash = self.hash_while_reading;
             match self.file(entry)? {
-                Some(f) if run >= 2 => read_ahead(f, &wants[i..i + run], i, &path, sink)?,
+                Some(f) if run >= 2 => {
+                    read_ahead(f, &wants[i..i + run], i, hash, &path, sink)?;
+                }
                 _ => {
                     for (k, w) in wants[i..i + run].iter().enumerate() {
                         self.read_chunk(w, &mut buf)?;
-                        sink(i + k, &buf).map_err(SourceError::Sink)?;
+                        sink(i + k, Arrived::new(&buf)).map_err(SourceError::Sink)?;
                     }
                 }
             }
@@ -445,39 +503,53 @@ impl ChunkSource for Sender {
 
 /// Reads `wants` (all of file `f`, the first being want `first` of the
 /// window) on a scoped thread a few reads ahead of `sink`, which gets them
-/// in order, each as [`Sender::read_chunk`] would give it. Wants that follow
-/// each other in the file are read together ([`batches`]): a `db-small`
-/// file's chunks are 4 KiB on average, and a read, a wake-up of the other
-/// thread and a buffer per chunk cost more than the chunk's own hash and
-/// write (a 128 MiB file's first transfer: 300 ms of fetch against
-/// 190 ms for the same bytes in `db` chunks).
+/// in order, each as [`Sender::read_chunk`] would give it, and hashed there
+/// too if `hash`. Wants that follow each other in the file are read
+/// together ([`batches`]): a `db-small` file's chunks are 4 KiB on average,
+/// and a read, a wake-up of the other thread and a buffer per chunk cost
+/// more than the chunk's own hash and write (a 128 MiB file's first
+/// transfer: 300 ms of fetch against 190 ms for the same bytes in `db`
+/// chunks).
 fn read_ahead(
     f: &File,
     wants: &[Want],
     first: usize,
+    hash: bool,
     path: &str,
     sink: &mut Sink<'_>,
 ) -> Result<(), SourceError> {
     let batches = batches(wants);
-    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<Vec<u8>>>(READ_AHEAD);
-    let (spare_tx, spare_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<io::Result<ReadBatch>>(READ_AHEAD);
+    let (spare_tx, spare_rx) = std::sync::mpsc::channel::<ReadBatch>();
+    // Batches sent and not yet taken by the receiver.
+    let queued = AtomicUsize::new(0);
     std::thread::scope(|s| {
-        let todo = &batches;
+        let (todo, queued) = (&batches, &queued);
         s.spawn(move || {
             for &(a, b) in todo {
-                let (start, end) = (wants[a].offset, wants[b - 1].offset);
+                let start = wants[a].offset;
                 #[allow(
                     clippy::cast_possible_truncation,
                     reason = "at most JOINED_READ or one chunk"
                 )]
-                let len = (end + u64::from(wants[b - 1].len) - start) as usize;
-                let mut buf = spare_rx.try_recv().unwrap_or_default();
-                buf.resize(len, 0);
-                let r = reread_full_at(f, &mut buf, start).map(|got| {
-                    buf.truncate(got);
-                    buf
+                let len = (wants[b - 1].offset + u64::from(wants[b - 1].len) - start) as usize;
+                let mut read = spare_rx.try_recv().unwrap_or_default();
+                read.buf.resize(len, 0);
+                let r = reread_full_at(f, &mut read.buf, start).map(|got| {
+                    read.buf.truncate(got);
+                    read.ids.clear();
+                    // Hashed here unless the receiver is idle, waiting for
+                    // this batch: it then hashes it while the next is read
+                    // (4 KiB chunks hash at a third of the speed of long
+                    // ones, and this thread would be the slower of the two).
+                    if hash && queued.load(Ordering::Relaxed) > 0 {
+                        let parts = wants[a..b].iter().map(|w| part(&read.buf, start, w));
+                        read.ids.extend(parts.map(|r| ChunkId::of(&read.buf[r])));
+                    }
+                    read
                 });
                 let failed = r.is_err();
+                queued.fetch_add(1, Ordering::Relaxed);
                 // A closed channel: the receiver stopped (its error wins).
                 if tx.send(r).is_err() || failed {
                     break;
@@ -487,22 +559,41 @@ fn read_ahead(
         // One result per batch, in order, until the first error; each want
         // gets its part (short, or empty, where the file ended early).
         for (r, &(a, b)) in rx.into_iter().zip(&batches) {
-            let buf = r.map_err(|source| SourceError::Read {
+            queued.fetch_sub(1, Ordering::Relaxed);
+            let read = r.map_err(|source| SourceError::Read {
                 path: path.to_owned(),
                 offset: wants[a].offset,
                 source,
             })?;
             let start = wants[a].offset;
             for (k, w) in wants.iter().enumerate().take(b).skip(a) {
-                #[allow(clippy::cast_possible_truncation, reason = "within the batch")]
-                let from = ((w.offset - start) as usize).min(buf.len());
-                let to = (from + w.len as usize).min(buf.len());
-                sink(first + k, &buf[from..to]).map_err(SourceError::Sink)?;
+                let arrived = Arrived {
+                    data: &read.buf[part(&read.buf, start, w)],
+                    // Hashed from these very bytes on the reading thread.
+                    id: read.ids.get(k - a).copied(),
+                };
+                sink(first + k, arrived).map_err(SourceError::Sink)?;
             }
-            let _ = spare_tx.send(buf);
+            let _ = spare_tx.send(read);
         }
         Ok(())
     })
+}
+
+/// One batch as the reading thread hands it over: the bytes from its first
+/// want's offset, and each want's id if it hashed them.
+#[derive(Default)]
+struct ReadBatch {
+    buf: Vec<u8>,
+    ids: Vec<ChunkId>,
+}
+
+/// Where want `w`'s bytes lie in `buf`, read from file offset `start`
+/// (short, or empty, where the file ended early).
+fn part(buf: &[u8], start: u64, w: &Want) -> std::ops::Range<usize> {
+    #[allow(clippy::cast_possible_truncation, reason = "within the batch")]
+    let from = ((w.offset - start) as usize).min(buf.len());
+    from..(from + w.len as usize).min(buf.len())
 }
 
 /// The wants read together (`[a, b)` ranges of indices): neighbours in the
@@ -538,6 +629,56 @@ mod tests {
             offset,
             len,
             id: ChunkId::of(&offset.to_le_bytes()),
+        }
+    }
+
+    /// Whichever thread hashed a chunk (the reader, or the receiver when the
+    /// reader left it), its id is the hash of the bytes delivered, also
+    /// where the file changed after its scan, and short at its end; a sender
+    /// not asked to hash leaves every id to the receiver.
+    #[test]
+    fn ids_hashed_while_reading_name_the_bytes_delivered() {
+        let t = tempfile::tempdir().unwrap();
+        let img = t.path().join("img");
+        let mut data: Vec<u8> = (0..(1u32 << 20) - 5000)
+            .map(|i| (i * 31 / 7).to_le_bytes()[0])
+            .collect();
+        std::fs::write(&img, &data).unwrap();
+        let opts = ScanOptions {
+            threads: 1,
+            label: String::new(),
+            progress: std::sync::Arc::new(crate::progress::NoProgress),
+            changes: None,
+        };
+        let src = Source::Image(img.clone());
+        for hash in [true, false] {
+            let mut s = Sender::scan(&src, &t.path().join("cache"), opts.clone()).unwrap();
+            s.hash_while_reading(hash);
+            // Changed after the scan; the last want runs past the end.
+            data[300_000..300_100].fill(0xee);
+            std::fs::write(&img, &data).unwrap();
+            let wants: Vec<Want> = (0..65).map(|i| w(i * 16384, 16384)).collect();
+            let mut seen = 0;
+            let mut hashed = 0;
+            s.fetch(&wants, &mut |i, a| {
+                assert_eq!(i, seen, "in order");
+                seen += 1;
+                let at = usize::try_from(wants[i].offset).unwrap();
+                let end = (at + 16384).min(data.len());
+                assert!(a.data() == &data[at.min(end)..end], "want {i}'s bytes");
+                assert_eq!(a.id(), ChunkId::of(a.data()), "want {i}'s id");
+                hashed += usize::from(a.id.is_some());
+                // A slow receiver: the reader gets ahead, and hashes.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen, 65);
+            if hash {
+                assert!(hashed > 0, "the reader hashed none");
+            } else {
+                assert_eq!(hashed, 0, "hashed without being asked");
+            }
         }
     }
 

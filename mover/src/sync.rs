@@ -336,6 +336,9 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
             },
         )?;
         stats.scan_ms += millis(ts.elapsed());
+        // The receiver is in this process: hashing on the reading thread
+        // takes the hash off the thread that writes.
+        sender.hash_while_reading(true);
         for s in sender.skipped() {
             stats.rounds.skipped.push(s.clone());
         }

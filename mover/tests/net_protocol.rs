@@ -71,7 +71,7 @@ impl ChunkSource for FakeSource {
     }
     fn fetch(&mut self, wants: &[Want], sink: &mut ChunkSink<'_>) -> Result<(), SourceError> {
         for (i, w) in wants.iter().enumerate() {
-            sink(i, &self.chunks[w.entry as usize]).map_err(SourceError::Sink)?;
+            sink(i, self.chunks[w.entry as usize][..].into()).map_err(SourceError::Sink)?;
         }
         Ok(())
     }
@@ -98,7 +98,7 @@ impl MemHandler {
         let mut got = Vec::new();
         source
             .fetch_wire(&wants, &mut |i, data| {
-                if *blake3::hash(data).as_bytes() != wants[i].id {
+                if *blake3::hash(&data).as_bytes() != wants[i].id {
                     return Err(format!("chunk {i} fails its id").into());
                 }
                 got.push(data.to_vec());

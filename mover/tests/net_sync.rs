@@ -274,7 +274,7 @@ impl ChunkSource for Hostile {
                 .get(&(w.entry, w.offset))
                 .cloned()
                 .unwrap_or_default();
-            sink(i, &d).map_err(SourceError::Sink)?;
+            sink(i, d[..].into()).map_err(SourceError::Sink)?;
         }
         Ok(())
     }

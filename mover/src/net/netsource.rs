@@ -13,7 +13,7 @@ use super::serve::{BoxError, ChunkSink};
 use super::stream::BoxStream;
 use crate::chunk::ChunkId;
 use crate::manifest_delta::DeltaApplier;
-use crate::source::{ChunkSource, ManifestBase, SourceError, Want};
+use crate::source::{Arrived, ChunkSource, ManifestBase, SourceError, Want};
 
 /// Chunk bytes asked for per `Fetch`: one request-response per 16 MiB keeps
 /// the link busy (a 100 Mbit/s link needs 1.3 s for it, against a sub-ms
@@ -400,7 +400,7 @@ impl<'c> NetSource<'c> {
                     };
                     let r = if rebuilt {
                         self.bytes_fetched += buf.len() as u64;
-                        sink(base + next, &buf).map_err(NetSourceError::Sink)
+                        sink(base + next, Arrived::new(&buf)).map_err(NetSourceError::Sink)
                     } else {
                         if let Some((_, redo)) = patched.as_mut() {
                             redo.push(base + next);

@@ -13,8 +13,8 @@ use crate::source::{ChunkSource, SourceError, Want};
 
 /// Errors of sinks crossing this layer (the mover's `SinkError`).
 pub type BoxError = crate::source::SinkError;
-/// Receives the bytes of want `i` of a fetch, in order.
-pub type ChunkSink<'a> = dyn FnMut(usize, &[u8]) -> Result<(), BoxError> + 'a;
+/// Receives the bytes of want `i` of a fetch, in order (the mover's `Sink`).
+pub type ChunkSink<'a> = crate::source::Sink<'a>;
 
 impl From<WireWant> for Want {
     fn from(w: WireWant) -> Want {
@@ -189,7 +189,8 @@ fn serve_fetch(
 ) -> Result<(), ServeError> {
     let mut link: Option<ConnError> = None;
     let mut p = Vec::new();
-    let r = source.fetch(wants, &mut |i, data| {
+    let r = source.fetch(wants, &mut |i, a| {
+        let data = a.data();
         #[allow(
             clippy::cast_possible_truncation,
             reason = "i < wants.len() <= MAX_WANTS_PER_BATCH"

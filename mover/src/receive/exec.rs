@@ -43,7 +43,7 @@ use crate::chunk_index::{ChunkIndex, Loc, read_verified};
 use crate::manifest::{Entry, PathTable};
 use crate::progress::Progress;
 use crate::read_full::{read_full_at, will_need};
-use crate::source::{ChunkSource, SinkError, Want};
+use crate::source::{Arrived, ChunkSource, SinkError, Want};
 
 /// Wants per fetch window (bounded memory; a network source pipelines a
 /// window as one batch).
@@ -476,10 +476,11 @@ impl<'a> Executor<'a> {
         };
         let mut failure: Option<ReceiveError> = None;
         let r = {
-            let mut sink = |k: usize, data: &[u8]| -> Result<(), SinkError> {
-                let w = &wants[k];
-                // Hashed once: a mismatch keeps these bytes under this id.
-                let id = (data.len() == w.len as usize).then(|| ChunkId::of(data));
+            let mut sink = |k: usize, a: Arrived<'_>| -> Result<(), SinkError> {
+                let (w, data) = (&wants[k], a.data());
+                // Hashed once (maybe by the source's reading thread, from
+                // these bytes): a mismatch keeps these bytes under this id.
+                let id = (data.len() == w.len as usize).then(|| a.id());
                 if id != Some(w.id) {
                     let kept = id.map(|id| (data, id));
                     if let Err(e) = self.mismatch(w, &dests[k], kept) {
