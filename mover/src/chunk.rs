@@ -15,6 +15,7 @@ use fastcdc::v2020::{self, Normalization};
 use serde::{Deserialize, Serialize};
 
 mod lockstep;
+pub(crate) mod many;
 
 /// The chunker recorded in every manifest header.
 pub const CHUNKER_NAME: &str = "fastcdc-v2020";
@@ -613,21 +614,24 @@ pub fn chunk_segment(
     at_end: bool,
     keep_before: u64,
 ) -> Vec<ChunkRef> {
+    // Cut first, then hash the kept chunks together (`many`: short chunks
+    // hashed one at a time leave most SIMD lanes idle).
     let mut chunks = chunker.chunks(data, seg, at_end, &|offset, bytes: &[u8]| ChunkRef {
         offset,
         len: bytes.len() as u32,
-        // Past `keep_before`, hashed below if kept.
-        id: if offset < keep_before {
-            ChunkId::of(bytes)
-        } else {
-            ChunkId([0; 32])
-        },
+        id: ChunkId([0; 32]),
     });
     let kept = chunks.partition_point(|c| c.offset < keep_before) + 1;
     chunks.truncate(kept);
-    if let Some(c) = chunks.last_mut().filter(|c| c.offset >= keep_before) {
-        let at = usize::try_from(c.offset - seg).expect("a chunk of `data`");
-        c.id = ChunkId::of(&data[at..at + c.len as usize]);
+    let at = |c: &ChunkRef| usize::try_from(c.offset - seg).expect("a chunk of `data`");
+    let bytes: Vec<&[u8]> = chunks
+        .iter()
+        .map(|c| &data[at(c)..at(c) + c.len as usize])
+        .collect();
+    let mut ids = Vec::with_capacity(chunks.len());
+    many::ids_of(&bytes, &mut ids);
+    for (c, id) in chunks.iter_mut().zip(ids) {
+        c.id = id;
     }
     chunks
 }

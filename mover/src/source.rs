@@ -543,8 +543,11 @@ fn read_ahead(
                     // (4 KiB chunks hash at a third of the speed of long
                     // ones, and this thread would be the slower of the two).
                     if hash && queued.load(Ordering::Relaxed) > 0 {
-                        let parts = wants[a..b].iter().map(|w| part(&read.buf, start, w));
-                        read.ids.extend(parts.map(|r| ChunkId::of(&read.buf[r])));
+                        let parts: Vec<&[u8]> = wants[a..b]
+                            .iter()
+                            .map(|w| &read.buf[part(&read.buf, start, w)])
+                            .collect();
+                        crate::chunk::many::ids_of(&parts, &mut read.ids);
                     }
                     read
                 });

@@ -18,7 +18,7 @@ use super::dest::{Dest, ManifestFile};
 use super::error::{ReceiveError, io_err};
 use super::options::{ReceiveOptions, RoundStats};
 use super::plan::{StoredManifest, Validity};
-use crate::chunk::{ChunkId, ChunkRef};
+use crate::chunk::{ChunkId, ChunkRef, many};
 use crate::chunk_index::{ChunkIndex, Loc, read_verified};
 use crate::fsmeta::{self, StatKind};
 use crate::manifest::{Entry, Item, Kind, ManifestError, ManifestReader};
@@ -210,10 +210,15 @@ impl Current {
         // hashes): the first bad chunk of each.
         let per = batch.len().div_ceil(n);
         let run = |k: usize| -> std::io::Result<Option<ChunkRef>> {
-            let mut buf = Vec::new();
             let mine = batch
                 .get(k * per..((k + 1) * per).min(batch.len()))
                 .unwrap_or(&[]);
+            // Every span read one after the other into one buffer (at most
+            // this worker's share of the batch), then all of its chunks
+            // hashed together (`chunk::many`: short ones fill SIMD lanes
+            // only when hashed across chunks).
+            let mut buf = Vec::new();
+            let mut at = Vec::with_capacity(mine.len());
             for span in spans(mine) {
                 let (first, last) = (span[0], span[span.len() - 1]);
                 #[allow(
@@ -221,18 +226,25 @@ impl Current {
                     reason = "at most JOINED_READ or one chunk"
                 )]
                 let len = (last.end() - first.offset) as usize;
-                buf.resize(len, 0);
-                let got = read_full_at(f, &mut buf, first.offset)?;
+                let start = buf.len();
+                buf.resize(start + len, 0);
+                let got = read_full_at(f, &mut buf[start..], first.offset)?;
                 for c in span {
                     #[allow(clippy::cast_possible_truncation, reason = "within the span")]
-                    let from = (c.offset - first.offset) as usize;
-                    let to = from + c.len as usize;
-                    if to > got || ChunkId::of(&buf[from..to]) != c.id {
-                        return Ok(Some(*c));
-                    }
+                    let from = ((c.offset - first.offset) as usize).min(got);
+                    at.push(start + from..start + (from + c.len as usize).min(got));
                 }
             }
-            Ok(None)
+            let parts: Vec<&[u8]> = at.into_iter().map(|r| &buf[r]).collect();
+            let mut ids = Vec::with_capacity(parts.len());
+            many::ids_of(&parts, &mut ids);
+            // A short one (the file ended early) cannot match.
+            Ok(mine
+                .iter()
+                .zip(&parts)
+                .zip(&ids)
+                .find(|((c, p), id)| p.len() != c.len as usize || **id != c.id)
+                .map(|((c, _), _)| *c))
         };
         let results: Vec<std::io::Result<Option<ChunkRef>>> = std::thread::scope(|s| {
             let run = &run;
