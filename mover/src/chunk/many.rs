@@ -60,7 +60,12 @@ const ALONE: usize = 16 * CHUNK;
 
 /// The ids of `inputs`, in order, appended to `out`: `ChunkId::of` of each.
 pub fn ids_of(inputs: &[&[u8]], out: &mut Vec<ChunkId>) {
-    let platform = Platform::detect();
+    ids_on(Platform::detect(), inputs, out);
+}
+
+/// [`ids_of`] with `platform`'s SIMD (the tests run every one this CPU has:
+/// `hash_many`'s lane count differs between them).
+fn ids_on(platform: Platform, inputs: &[&[u8]], out: &mut Vec<ChunkId>) {
     let mut rest = inputs;
     while !rest.is_empty() {
         // The short inputs up to the next long one, at most a group of them.
@@ -310,12 +315,37 @@ mod tests {
         .to_vec();
         let inputs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(s, &l)| bytes(l, s)).collect();
         let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-        let mut got = Vec::new();
-        ids_of(&refs, &mut got);
-        assert_eq!(got.len(), inputs.len());
-        for (d, id) in inputs.iter().zip(&got) {
-            assert_eq!(*id, ChunkId::of(d), "{} bytes", d.len());
+        for p in platforms() {
+            let mut got = Vec::new();
+            ids_on(p, &refs, &mut got);
+            assert_eq!(got.len(), inputs.len());
+            for (d, id) in inputs.iter().zip(&got) {
+                assert_eq!(*id, ChunkId::of(d), "{} bytes, {p:?}", d.len());
+            }
         }
+    }
+
+    /// The portable implementation, the one `ids_of` picks here (AVX-512 on
+    /// the CI machine), and on x86 every older one this CPU can run.
+    fn platforms() -> Vec<Platform> {
+        let mut all = vec![Platform::portable(), Platform::detect()];
+        #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+        all.extend(
+            [Platform::sse2(), Platform::sse41(), Platform::avx2()]
+                .into_iter()
+                .flatten(),
+        );
+        all
+    }
+
+    /// On x86 (where CI runs) the tests above run 1, 4, 8 and (AVX-512) 16
+    /// lanes.
+    #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
+    #[test]
+    fn the_tests_cover_more_than_one_lane_count() {
+        let lanes: std::collections::BTreeSet<usize> =
+            platforms().iter().map(Platform::simd_degree).collect();
+        assert!(lanes.len() >= 3, "{lanes:?}");
     }
 
     /// More inputs than a group, with long ones (hashed alone) between.
@@ -326,10 +356,12 @@ mod tests {
             .collect();
         let inputs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(s, &l)| bytes(l, s)).collect();
         let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-        let mut got = Vec::new();
-        ids_of(&refs, &mut got);
         let want: Vec<ChunkId> = inputs.iter().map(|d| ChunkId::of(d)).collect();
-        assert!(got == want, "{} inputs", inputs.len());
+        for p in platforms() {
+            let mut got = Vec::new();
+            ids_on(p, &refs, &mut got);
+            assert!(got == want, "{} inputs, {p:?}", inputs.len());
+        }
     }
 
     proptest! {
@@ -342,12 +374,14 @@ mod tests {
         ) {
             let inputs: Vec<Vec<u8>> = lens.iter().enumerate().map(|(s, &l)| bytes(l, s)).collect();
             let refs: Vec<&[u8]> = inputs.iter().map(Vec::as_slice).collect();
-            let mut got = vec![ChunkId::of(b"kept")];
-            ids_of(&refs, &mut got);
-            prop_assert_eq!(got.len(), inputs.len() + 1);
-            prop_assert_eq!(got[0], ChunkId::of(b"kept"), "appended, not replaced");
-            for (d, id) in inputs.iter().zip(&got[1..]) {
-                prop_assert_eq!(*id, ChunkId::of(d), "{} bytes", d.len());
+            for p in platforms() {
+                let mut got = vec![ChunkId::of(b"kept")];
+                ids_on(p, &refs, &mut got);
+                prop_assert_eq!(got.len(), inputs.len() + 1);
+                prop_assert_eq!(got[0], ChunkId::of(b"kept"), "appended, not replaced");
+                for (d, id) in inputs.iter().zip(&got[1..]) {
+                    prop_assert_eq!(*id, ChunkId::of(d), "{} bytes, {:?}", d.len(), p);
+                }
             }
         }
     }
