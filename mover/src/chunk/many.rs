@@ -54,8 +54,7 @@ const IV: [u32; 8] = [
 /// block count fill the lanes, with scratch space of about 200 bytes each.
 const GROUP: usize = 4096;
 /// Inputs this long or longer are hashed alone, by `blake3::hash`: they fill
-/// the lanes with their own chunks (16 with AVX-512), and it hashes their
-/// parent nodes in SIMD too, which this module does not.
+/// the lanes with their own chunks (16 with AVX-512) and parent nodes.
 const ALONE: usize = 16 * CHUNK;
 
 /// The ids of `inputs`, in order, appended to `out`: `ChunkId::of` of each.

@@ -236,10 +236,9 @@ impl Current {
                 let parts: Vec<&[u8]> = span.iter().map(part).collect();
                 ids.clear();
                 many::ids_of(&parts, &mut ids);
-                let all = span.iter().zip(&parts).zip(&ids);
-                if let Some(((c, _), _)) = all
-                    .into_iter()
-                    .find(|((c, p), id)| p.len() != c.len as usize || **id != c.id)
+                let mut all = span.iter().zip(&parts).zip(&ids);
+                if let Some(((c, _), _)) =
+                    all.find(|((c, p), id)| p.len() != c.len as usize || **id != c.id)
                 {
                     return Ok(Some(*c));
                 }

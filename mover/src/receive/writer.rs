@@ -185,10 +185,7 @@ impl<'a> Writer<'a> {
                     (g.entry, g.offset) = (entry, offset);
                     g.buf.extend_from_slice(data);
                 } else {
-                    self.open_stage(entry)?;
-                    let f = &self.stage_files[&entry];
-                    f.write_all_at(data, offset).map_err(io_err(b"stage"))?;
-                    self.writeback.wrote(data.len() as u64, f);
+                    self.write_stage(entry, offset, data)?;
                 }
             }
             Target::Pack { offset } => {
@@ -212,13 +209,19 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         let (entry, offset) = (self.gathered.entry, self.gathered.offset);
+        let mut buf = std::mem::take(&mut self.gathered.buf);
+        let r = self.write_stage(entry, offset, &buf);
+        buf.clear();
+        self.gathered.buf = buf;
+        r
+    }
+
+    /// Writes `data` into staged file `entry` at `offset`.
+    fn write_stage(&mut self, entry: u32, offset: u64, data: &[u8]) -> Result<(), ReceiveError> {
         self.open_stage(entry)?;
         let f = &self.stage_files[&entry];
-        let r = f.write_all_at(&self.gathered.buf, offset);
-        let n = self.gathered.buf.len() as u64;
-        self.gathered.buf.clear();
-        r.map_err(io_err(b"stage"))?;
-        self.writeback.wrote(n, f);
+        f.write_all_at(data, offset).map_err(io_err(b"stage"))?;
+        self.writeback.wrote(data.len() as u64, f);
         Ok(())
     }
 
