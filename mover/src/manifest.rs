@@ -287,10 +287,133 @@ pub(crate) fn write_varint(mut v: u64, out: &mut Vec<u8>) {
     }
 }
 
+/// The root's hasher, fed a record at a time. A record is a few dozen
+/// bytes, and blake3 fed such pieces compresses one 64-byte block at a
+/// time; gathered into [`ROOT_BATCH`] bytes it hashes whole chunks across
+/// its SIMD lanes. The same bytes in the same order: the same root. With
+/// the hand-written chunk records below, reading a 25,000-chunk manifest
+/// (a 128 MiB database file) went from 3.0 to 1.1-1.5 ms, and a round
+/// reads manifests several times over: the scan the last one, the receiver
+/// the new one to validate it, the plan both side by side.
+pub(crate) struct RootHasher {
+    hasher: blake3::Hasher,
+    pending: Vec<u8>,
+}
+
+/// Bytes gathered before they are hashed (see [`RootHasher`]).
+const ROOT_BATCH: usize = 64 * 1024;
+
+impl RootHasher {
+    fn new() -> Self {
+        RootHasher {
+            hasher: blake3::Hasher::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        if self.pending.len() + bytes.len() > ROOT_BATCH {
+            self.hasher.update(&self.pending);
+            self.pending.clear();
+        }
+        if bytes.len() >= ROOT_BATCH {
+            self.hasher.update(bytes);
+        } else {
+            if self.pending.capacity() == 0 {
+                self.pending.reserve_exact(ROOT_BATCH);
+            }
+            self.pending.extend_from_slice(bytes);
+        }
+    }
+
+    /// A record as it is framed: its length as a varint, then its body.
+    fn record(&mut self, body: &[u8]) {
+        let mut pre = [0u8; 10];
+        let mut n = 0;
+        let mut v = body.len() as u64;
+        loop {
+            #[allow(clippy::cast_possible_truncation, reason = "the low 7 bits")]
+            let b = (v & 0x7f) as u8;
+            v >>= 7;
+            pre[n] = if v == 0 { b } else { b | 0x80 };
+            n += 1;
+            if v == 0 {
+                break;
+            }
+        }
+        self.update(&pre[..n]);
+        self.update(body);
+    }
+
+    fn finalize(&mut self) -> ChunkId {
+        self.hasher.update(&self.pending);
+        self.pending.clear();
+        ChunkId(*self.hasher.finalize().as_bytes())
+    }
+}
+
+/// Postcard's variant index of [`Record::Chunk`] (its third variant).
+const CHUNK_TAG: u8 = 2;
+
+/// A chunk record's body as postcard writes it (and its length): the
+/// variant index, the length as a varint, the id's 32 bytes. Written by hand for the scan's
+/// tens of thousands of chunk records (serde's tuple of 32 `u8`s goes byte
+/// by byte); `tests::chunk_records_encode_and_decode_as_postcard_does`
+/// holds it to postcard.
+fn encode_chunk(len: u32, id: &ChunkId) -> ([u8; CHUNK_BODY_MAX], usize) {
+    let mut body = [0u8; CHUNK_BODY_MAX];
+    body[0] = CHUNK_TAG;
+    let mut n = 1;
+    let mut v = len;
+    while v >= 0x80 {
+        #[allow(clippy::cast_possible_truncation, reason = "the low 7 bits")]
+        let low = (v & 0x7f) as u8;
+        body[n] = low | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    #[allow(clippy::cast_possible_truncation, reason = "below 0x80")]
+    let last = v as u8;
+    body[n] = last;
+    n += 1;
+    body[n..n + 32].copy_from_slice(&id.0);
+    (body, n + 32)
+}
+
+/// The longest chunk record body: a tag, a 5-byte varint, an id.
+const CHUNK_BODY_MAX: usize = 1 + 5 + 32;
+
+/// The chunk record in `body` when it is one in the canonical form
+/// [`encode_chunk`] writes, else `None` (and postcard decides: another
+/// record, or an error).
+fn decode_chunk(body: &[u8]) -> Option<Record> {
+    let (&tag, rest) = body.split_first()?;
+    if tag != CHUNK_TAG {
+        return None;
+    }
+    // At most four varint bytes (lengths below 2^28: a chunk is a few MiB
+    // at most), the last nonzero unless it is the only one: the form
+    // `encode_chunk` writes. Postcard also takes padded varints; it reads
+    // those itself.
+    let n = rest.iter().take(4).position(|b| b & 0x80 == 0)? + 1;
+    if n > 1 && rest[n - 1] == 0 {
+        return None;
+    }
+    let len = rest[..n]
+        .iter()
+        .rev()
+        .fold(0u32, |v, b| (v << 7) | u32::from(b & 0x7f));
+    let id: [u8; 32] = rest[n..].try_into().ok()?;
+    Some(Record::Chunk {
+        len,
+        id: ChunkId(id),
+    })
+}
+
 /// Streams records to a `Write`, hashing every byte for the root.
 pub struct ManifestWriter<W: Write> {
     out: W,
-    hasher: blake3::Hasher,
+    hasher: RootHasher,
     buf: Vec<u8>,
     entries: u64,
     chunks: u64,
@@ -302,7 +425,7 @@ impl<W: Write> ManifestWriter<W> {
     pub fn new(out: W, header: &Header) -> Result<Self, ManifestError> {
         let mut w = ManifestWriter {
             out,
-            hasher: blake3::Hasher::new(),
+            hasher: RootHasher::new(),
             buf: Vec::with_capacity(256),
             entries: 0,
             chunks: 0,
@@ -346,6 +469,10 @@ impl<W: Write> ManifestWriter<W> {
                 return Err(ManifestError::Header("trailer written by finish()".into()));
             }
         }
+        if let Record::Chunk { len, id } = rec {
+            let (body, n) = encode_chunk(*len, id);
+            return self.put(&body[..n]);
+        }
         let body = postcard::to_stdvec(rec).map_err(ManifestError::Encode)?;
         self.put(&body)
     }
@@ -376,7 +503,7 @@ impl<W: Write> ManifestWriter<W> {
             entries: self.entries,
             chunks: self.chunks,
             data_bytes: self.data_bytes,
-            root: ChunkId(*self.hasher.finalize().as_bytes()),
+            root: self.hasher.finalize(),
         };
         let body = postcard::to_stdvec(&Record::Trailer(trailer.clone()))
             .map_err(ManifestError::Encode)?;
@@ -401,7 +528,7 @@ pub enum Item {
 /// Reads and validates a manifest record by record.
 pub struct ManifestReader<R: BufRead> {
     inp: R,
-    hasher: blake3::Hasher,
+    hasher: RootHasher,
     hashing: bool,
     header: Header,
     buf: Vec<u8>,
@@ -436,7 +563,7 @@ struct CurEntry {
 impl<R: BufRead> ManifestReader<R> {
     /// Reads and checks the header.
     pub fn new(mut inp: R) -> Result<Self, ManifestError> {
-        let mut hasher = blake3::Hasher::new();
+        let mut hasher = RootHasher::new();
         let mut buf = Vec::new();
         let mut pos = 0;
         if !read_record(&mut inp, &mut buf, Some(&mut hasher), &mut pos)? {
@@ -488,7 +615,7 @@ impl<R: BufRead> ManifestReader<R> {
     pub fn resume_at(inp: R, header: Header, pos: u64) -> Self {
         ManifestReader {
             inp,
-            hasher: blake3::Hasher::new(),
+            hasher: RootHasher::new(),
             hashing: false,
             header,
             buf: Vec::new(),
@@ -587,16 +714,17 @@ impl<R: BufRead> ManifestReader<R> {
                 return Err(ManifestError::Truncated(self.index));
             }
             self.index += 1;
-            let rec: Record =
-                postcard::from_bytes(&self.buf).map_err(|source| ManifestError::Decode {
-                    index: self.index,
-                    source,
-                })?;
+            let rec: Record = match decode_chunk(&self.buf) {
+                Some(rec) => rec,
+                None => {
+                    postcard::from_bytes(&self.buf).map_err(|source| ManifestError::Decode {
+                        index: self.index,
+                        source,
+                    })?
+                }
+            };
             if !matches!(rec, Record::Trailer(_)) && self.hashing {
-                let mut pre = Vec::with_capacity(10);
-                write_varint(self.buf.len() as u64, &mut pre);
-                self.hasher.update(&pre);
-                self.hasher.update(&self.buf);
+                self.hasher.record(&self.buf);
             }
             match rec {
                 Record::Entry(e) => {
@@ -682,7 +810,7 @@ impl<R: BufRead> ManifestReader<R> {
                 }
                 Record::Trailer(t) => {
                     self.finish_entry()?;
-                    let actual = ChunkId(*self.hasher.finalize().as_bytes());
+                    let actual = self.hasher.finalize();
                     if t.root != actual {
                         return Err(ManifestError::RootMismatch {
                             claimed: t.root,
@@ -796,7 +924,7 @@ fn unreachable_item() -> Result<Option<ChunkRef>, ManifestError> {
 pub(crate) fn read_record<R: BufRead>(
     inp: &mut R,
     buf: &mut Vec<u8>,
-    hasher: Option<&mut blake3::Hasher>,
+    hasher: Option<&mut RootHasher>,
     pos: &mut u64,
 ) -> Result<bool, ManifestError> {
     let mut len: u64 = 0;
@@ -1254,5 +1382,71 @@ pub(crate) mod tests {
         assert_eq!(t.get(3), Some(&b"x/y"[..]));
         assert_eq!(t.get(9), Some(&b"z"[..]));
         assert_eq!(t.get(4), None);
+    }
+
+    /// The hand-written chunk record is postcard's, both ways: every
+    /// length's encoding is postcard's, and whatever bytes the decoder
+    /// takes, postcard reads the same record from them.
+    #[test]
+    fn chunk_records_encode_and_decode_as_postcard_does() {
+        let id = ChunkId(std::array::from_fn(|i| (i * 37 + 5).to_le_bytes()[0]));
+        for len in [
+            0,
+            1,
+            127,
+            128,
+            4096,
+            16383,
+            16384,
+            (1 << 21) - 1,
+            1 << 21,
+            (1 << 28) - 1,
+            1 << 28,
+            u32::MAX,
+        ] {
+            let rec = Record::Chunk { len, id };
+            let (body, n) = encode_chunk(len, &id);
+            let want = postcard::to_stdvec(&rec).unwrap();
+            assert_eq!(&body[..n], &want[..], "len {len}");
+            // Four varint bytes and fewer are decoded here, longer ones by
+            // postcard.
+            let short = len < 1 << 28;
+            assert_eq!(decode_chunk(&want), short.then(|| rec.clone()), "len {len}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn what_the_chunk_decoder_takes_postcard_reads_alike(
+            tag in proptest::prop_oneof![proptest::strategy::Just(CHUNK_TAG), proptest::num::u8::ANY],
+            varint in proptest::collection::vec(proptest::num::u8::ANY, 0..7),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 28..36),
+        ) {
+            let mut body = vec![tag];
+            body.extend_from_slice(&varint);
+            body.extend_from_slice(&tail);
+            if let Some(rec) = decode_chunk(&body) {
+                proptest::prop_assert_eq!(postcard::from_bytes::<Record>(&body).ok(), Some(rec));
+            }
+        }
+
+        /// Records fed to the root's hasher one at a time, in any sizes
+        /// (some past its batch), hash as the framed bytes hashed whole.
+        #[test]
+        fn the_root_hasher_hashes_the_framed_records(
+            lens in proptest::collection::vec(
+                proptest::prop_oneof![0usize..64, 60_000usize..140_000],
+                0..12,
+            ),
+        ) {
+            let (mut h, mut framed) = (RootHasher::new(), Vec::new());
+            for (i, len) in lens.iter().enumerate() {
+                let body: Vec<u8> = (0..*len).map(|j| (i * 31 + j * 7).to_le_bytes()[0]).collect();
+                h.record(&body);
+                write_varint(body.len() as u64, &mut framed);
+                framed.extend_from_slice(&body);
+            }
+            proptest::prop_assert_eq!(h.finalize(), ChunkId(*blake3::hash(&framed).as_bytes()));
+        }
     }
 }
