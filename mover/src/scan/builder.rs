@@ -84,9 +84,15 @@ enum PState {
     /// A small file read and hashed inline (one chunk, no worker round trip:
     /// for small files the hand-off costs more than the hashing).
     Ready(Option<ChunkRef>),
-    /// A file written only in these ranges since the last scan (tracked):
-    /// written from the last manifest's chunks when it reaches the head.
-    Patched { file: File, dirty: Vec<(u64, u64)> },
+    /// A file written only in these ranges since the last scan (tracked),
+    /// or rewritten in place with no tracker to say where (`guessed`: the
+    /// whole file re-read at its last chunks' boundaries): written from the
+    /// last manifest's chunks when it reaches the head.
+    Patched {
+        file: File,
+        dirty: Vec<(u64, u64)>,
+        guessed: bool,
+    },
     Chunking {
         file: Arc<File>,
         extents: Vec<(u64, u64)>,
@@ -559,12 +565,15 @@ impl Scanner {
                 PState::Patched { .. } => {
                     let mut head = self.queue.pop_front().expect("front exists");
                     self.base_seq += 1;
-                    let PState::Patched { file, dirty } =
-                        std::mem::replace(&mut head.state, PState::Plain { reuse: false })
+                    let PState::Patched {
+                        file,
+                        dirty,
+                        guessed,
+                    } = std::mem::replace(&mut head.state, PState::Plain { reuse: false })
                     else {
                         unreachable!("matched above")
                     };
-                    self.write_patched(head, &file, &dirty)?;
+                    self.write_patched(head, &file, &dirty, guessed)?;
                     continue;
                 }
                 PState::Chunking { .. } => advance_chunking(head, &mut self.writer)?,
@@ -646,19 +655,25 @@ impl Scanner {
 
     /// A tree's file written only in `dirty` (normalized, vouched for by a
     /// tracker's [`super::changes::FileChanges`]) since the last scan, which
-    /// read it with the same identity and no larger: queued in order like
-    /// any entry, written by [`Self::write_patched`].
+    /// read it with the same identity and no larger, or (`guessed`, no
+    /// tracker: `dirty` is all of it) rewritten in place: queued in order
+    /// like any entry, written by [`Self::write_patched`].
     pub(super) fn add_patched_file(
         &mut self,
         entry: Entry,
         st: &FileStat,
         file: File,
         dirty: Vec<(u64, u64)>,
+        guessed: bool,
     ) -> Result<(), ScanError> {
         self.stats.entries += 1;
         self.stats.files += 1;
         self.stats.bytes_scanned += entry.size;
-        self.stats.bytes_tracked += super::changes::ranges_len(&dirty);
+        if guessed {
+            self.stats.files_rehashed += 1;
+        } else {
+            self.stats.bytes_tracked += super::changes::ranges_len(&dirty);
+        }
         let stat = StatRec::new(&entry.path, st, self.start_ns);
         // Written at once, after what is queued before it: a patched file's
         // descriptor is never held in the queue (a database has thousands of
@@ -673,7 +688,11 @@ impl Scanner {
         self.queue.push_back(Pending {
             entry,
             stat,
-            state: PState::Patched { file, dirty },
+            state: PState::Patched {
+                file,
+                dirty,
+                guessed,
+            },
         });
         self.flush()
     }
@@ -681,17 +700,27 @@ impl Scanner {
     /// Writes a patched file at the head of the queue: the last scan's
     /// chunks where nothing was written, the rest re-read. The entry keeps
     /// the last scan's chunk class, which its kept chunks were cut in.
+    ///
+    /// A `guessed` file (rewritten in place, no tracker: `dirty` is all of
+    /// it) is cut anew as a whole read cuts it when the guess does not
+    /// hold: its class changed since its last chunks were cut, or more than
+    /// [`GUESS_CHANGED_MAX`] of its old chunks' bytes changed in the first
+    /// [`PIECE_WINDOW`] pieces (content shifted, e.g. written anew over
+    /// itself: old boundaries would make every chunk after the shift new,
+    /// where content-defined cuts find them again).
     fn write_patched(
         &mut self,
         mut p: Pending,
         file: &File,
         dirty: &[(u64, u64)],
+        guessed: bool,
     ) -> Result<(), ScanError> {
         if self.cache.is_none() {
             return Err(ScanError::Cache(
                 "a patched file without a last manifest".into(),
             ));
         }
+        let picked = p.entry.chunk_class();
         let old = self.cached_entry(&p.entry)?;
         p.entry.class = old.class;
         let cache = self.cache.as_mut().expect("checked above");
@@ -700,30 +729,63 @@ impl Scanner {
         while let Some(c) = cache.manifest.next_chunk().map_err(bad)? {
             chunks.push(c);
         }
-        self.writer.write(&Record::Entry(p.entry.clone()))?;
         let size = p.entry.size;
         let class = p.entry.chunk_class();
         // New pieces (where writes filled holes) are cut at most the db
         // class's max, or the file's own class max where that is shorter
         // (`db-small`): the receiver holds each chunk to its entry's class.
         let max = class.max_len().min(ChunkClass::Db.max_len());
-        match chunks.last() {
-            // Grown past its last chunk (a log, a file appended to): the
-            // new bytes are cut from the last chunk's start with the file's
-            // class, as a whole read cuts them, so a later round that reads
-            // the file whole (its tracker lost events) finds every chunk.
-            // Pieces cut at fixed offsets would all be new to it.
-            Some(last) if size > last.end() && class != ChunkClass::Small => {
-                let from = last.offset;
-                let head = &chunks[..chunks.len() - 1];
-                let mut last_end = None;
-                let pieces = super::changes::plan(head, dirty, from, max);
-                self.write_pieces(&p.entry.path, file, &pieces, &mut last_end)?;
-                self.write_grown(&p.entry.path, file, from, size, class, &mut last_end)?;
+        // Grown past its last chunk (a log, a file appended to): the new
+        // bytes are cut from the last chunk's start with the file's class,
+        // as a whole read cuts them, so a later round that reads the file
+        // whole (its tracker lost events) finds every chunk. Pieces cut at
+        // fixed offsets would all be new to it.
+        let grown_from = match chunks.last() {
+            Some(last) if size > last.end() && class != ChunkClass::Small => Some(last.offset),
+            _ => None,
+        };
+        let (head, end) = match grown_from {
+            Some(from) => (&chunks[..chunks.len() - 1], from),
+            None => (&chunks[..], size),
+        };
+        let keep_cuts = !guessed || class == picked;
+        let pieces = if keep_cuts {
+            super::changes::plan(head, dirty, end, max)
+        } else {
+            Vec::new()
+        };
+        // Hashed and written a window at a time (the ids of one window in
+        // memory, not the whole file's); a guess is judged on the first.
+        let mut windows = pieces.chunks(PIECE_WINDOW);
+        let first = if keep_cuts {
+            let refs = self.hash_pieces(&p.entry.path, file, windows.next().unwrap_or_default())?;
+            let upto = refs.last().map_or(0, ChunkRef::end);
+            let old = &head[..head.partition_point(|c| c.offset < upto)];
+            (!guessed || guess_holds(old, &refs)).then_some(refs)
+        } else {
+            None
+        };
+        let mut last_end = None;
+        match first {
+            Some(refs) => {
+                self.writer.write(&Record::Entry(p.entry.clone()))?;
+                for c in refs {
+                    write_chunk(&mut self.writer, c, &mut last_end)?;
+                }
+                for w in windows {
+                    for c in self.hash_pieces(&p.entry.path, file, w)? {
+                        write_chunk(&mut self.writer, c, &mut last_end)?;
+                    }
+                }
+                if let Some(from) = grown_from {
+                    self.write_grown(&p.entry.path, file, from, size, class, &mut last_end)?;
+                }
             }
-            _ => {
-                let pieces = super::changes::plan(&chunks, dirty, size, max);
-                self.write_pieces(&p.entry.path, file, &pieces, &mut None)?
+            None => {
+                p.entry.class = picked.code();
+                self.stats.guesses_missed += 1;
+                self.writer.write(&Record::Entry(p.entry.clone()))?;
+                self.write_grown(&p.entry.path, file, 0, size, picked, &mut last_end)?;
             }
         }
         // Re-stat after reading, as for a file read whole.
@@ -742,47 +804,23 @@ impl Scanner {
 
     /// The chunks of a file whose last scan's chunks and writes since gave
     /// `pieces` (`super::changes::plan`): kept where nothing was written,
-    /// re-read and hashed where something was.
-    fn write_pieces(
+    /// re-read and hashed where something was (`super::pieces`).
+    fn hash_pieces(
         &mut self,
         path: &[u8],
         file: &File,
         pieces: &[super::changes::Piece],
-        last_end: &mut Option<u64>,
-    ) -> Result<(), ScanError> {
-        // A touched chunk is re-read with its old boundaries (up to its
-        // class's max); new pieces are at most the max the plan was given.
-        let longest = pieces.iter().map(|p| match p {
-            super::changes::Piece::Read { len, .. } => *len,
-            super::changes::Piece::Keep(_) => 0,
-        });
-        let mut buf = vec![0u8; longest.max().unwrap_or(0) as usize];
-        let mut ahead = ReadAhead::default();
-        for (i, &p) in pieces.iter().enumerate() {
-            ahead.advise(file, pieces, i);
-            let c = match p {
-                super::changes::Piece::Keep(c) => c,
-                super::changes::Piece::Read { offset, len } => {
-                    let t = Instant::now();
-                    let want = &mut buf[..len as usize];
-                    let got = read_full_at(file, want, offset).map_err(io_err(path))?;
-                    if got < want.len() {
-                        // Shrunk under the scan: the next round sees its size.
-                        want[got..].fill(0);
-                    }
-                    self.stats.bytes_hashed += u64::from(len);
-                    let id = ChunkId::of(want);
-                    self.stats.read_time += t.elapsed();
-                    ChunkRef { offset, len, id }
-                }
-            };
-            write_chunk(&mut self.writer, c, last_end)?;
-        }
+    ) -> Result<Vec<ChunkRef>, ScanError> {
+        let t = Instant::now();
+        let (chunks, read) = super::pieces::hash_pieces(file, pieces, self.opts.threads, &self.cpu)
+            .map_err(io_err(path))?;
+        self.stats.bytes_hashed += read;
+        self.stats.read_time += t.elapsed();
         self.opts.progress.event(&Progress::Scanned {
             entries: self.stats.entries,
             bytes_hashed: self.stats.bytes_hashed,
         });
-        Ok(())
+        Ok(chunks)
     }
 
     /// The chunks of `[from, size)` of a file that grew, `from` being the
@@ -875,7 +913,10 @@ impl Scanner {
         self.writer.write(&Record::Entry(entry))?;
         // An image is cut in the db class (`walk::scan_image`).
         let pieces = super::changes::plan(&old, dirty, size, ChunkClass::Db.max_len());
-        self.write_pieces(&path, file, &pieces, &mut None)?;
+        let mut last_end = None;
+        for c in self.hash_pieces(&path, file, &pieces)? {
+            write_chunk(&mut self.writer, c, &mut last_end)?;
+        }
         self.paths.push(self.entry_index, &path);
         self.entry_index += 1;
         self.statw.push(&stat)?;
@@ -938,43 +979,37 @@ impl Scanner {
     }
 }
 
-/// Writes a chunk record, preceded by an extent record when it does not
-/// continue the previous chunk.
-/// Asks the kernel ahead for the pieces a patched scan re-reads: one cold
-/// random read at a time, 1% of a 128 MiB file's pages (~330 chunks) took
-/// ~55 ms to re-read; asked for together they go to the disk as one deep
-/// queue. A window of [`READ_AHEAD_BYTES`], not all of them: under a read
-/// cap (pre-copy) the reads the kernel starts early are charged only when
-/// the scan takes them, so the window bounds how far they run ahead.
-#[derive(Default)]
-struct ReadAhead {
-    /// The next piece not yet advised.
-    next: usize,
-    /// Bytes advised and not yet read.
-    pending: u64,
-}
+/// Pieces of a patched file hashed and written at a time
+/// (`Scanner::write_patched`): about 256 MiB of `db-small` chunks. A few
+/// under test, so the tests' files span many windows.
+const PIECE_WINDOW: usize = if cfg!(test) { 64 } else { 1 << 16 };
 
-const READ_AHEAD_BYTES: u64 = 8 << 20;
+/// At most this share of a guessed file's old chunks' bytes may have
+/// changed for its old boundaries to be kept (`Scanner::write_patched`). A
+/// database between two rounds rewrites a few percent of its pages; a file
+/// written anew from its start changes all of them.
+pub(super) const GUESS_CHANGED_MAX: f64 = 0.25;
 
-impl ReadAhead {
-    /// Before piece `at` is read: advise up to the window ahead of it.
-    fn advise(&mut self, file: &File, pieces: &[super::changes::Piece], at: usize) {
-        use super::changes::Piece;
-        self.next = self.next.max(at);
-        while self.next < pieces.len() && self.pending < READ_AHEAD_BYTES {
-            if let Piece::Read { offset, len } = pieces[self.next] {
-                will_need(file, offset, u64::from(len));
-                self.pending += u64::from(len);
-            }
-            self.next += 1;
-        }
-        // Piece `at` is read now: it leaves the window.
-        if let Some(Piece::Read { len, .. }) = pieces.get(at) {
-            self.pending = self.pending.saturating_sub(u64::from(*len));
+/// Whether `old` chunks (sorted) re-hashed at their boundaries as `new`
+/// (the plan's pieces: the same chunks, in order, and pieces cut where the
+/// old ones left gaps) changed at most [`GUESS_CHANGED_MAX`] of their bytes.
+fn guess_holds(old: &[ChunkRef], new: &[ChunkRef]) -> bool {
+    let total: u64 = old.iter().map(|c| u64::from(c.len)).sum();
+    let mut kept = 0u64;
+    let mut new = new.iter().peekable();
+    for o in old {
+        while new.next_if(|n| n.offset < o.offset).is_some() {}
+        if new.peek().is_some_and(|n| *n == o) {
+            kept += u64::from(o.len);
         }
     }
+    #[allow(clippy::cast_precision_loss, reason = "a share")]
+    let changed = (total - kept) as f64 / total.max(1) as f64;
+    changed <= GUESS_CHANGED_MAX
 }
 
+/// Writes a chunk record, preceded by an extent record when it does not
+/// continue the previous chunk.
 fn write_chunk<W: std::io::Write>(
     w: &mut ManifestWriter<W>,
     c: ChunkRef,
@@ -1097,7 +1132,6 @@ fn finish_extent(
 
 #[cfg(test)]
 mod tests {
-    use super::super::changes::Piece;
     use super::*;
 
     #[test]
@@ -1126,42 +1160,5 @@ mod tests {
         let own = std::time::Duration::from_nanos(this.0 - this0.0);
         assert!(cpu.run > own, "scan {cpu:?}, scanning thread ran {own:?}");
         assert!(cpu.run >= std::time::Duration::from_millis(5), "{cpu:?}");
-    }
-
-    #[test]
-    fn read_ahead_keeps_a_bounded_window_of_the_pieces_to_read() {
-        let f = tempfile::tempfile().unwrap();
-        let keep = |offset| {
-            Piece::Keep(ChunkRef {
-                offset,
-                len: 1,
-                id: ChunkId::of(b""),
-            })
-        };
-        let read = |offset: u64, len: u32| Piece::Read { offset, len };
-        const M: u32 = 1 << 20;
-        let pieces = [
-            read(0, 3 * M),
-            keep(1),
-            read(4 << 20, 3 * M),
-            read(8 << 20, 3 * M),
-            keep(2),
-            read(12 << 20, M),
-            read(16 << 20, 3 * M),
-        ];
-        let mut a = ReadAhead::default();
-        let mut ahead_of_first = 0;
-        for i in 0..pieces.len() {
-            a.advise(&f, &pieces, i);
-            assert!(a.next > i, "piece {i} read before it was advised");
-            assert!(a.pending < READ_AHEAD_BYTES + u64::from(3 * M), "{i}");
-            if i == 0 {
-                ahead_of_first = a.next;
-            }
-        }
-        // The window ran ahead of the reads, not to the end at once, and
-        // every piece read left it.
-        assert_eq!(ahead_of_first, 4);
-        assert_eq!((a.next, a.pending), (pieces.len(), 0));
     }
 }

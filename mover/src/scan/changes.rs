@@ -64,15 +64,10 @@ impl FileChanges {
     /// identity and no smaller, are patched (a shrink, a new inode or a
     /// small file costs little whole).
     pub(crate) fn dirty(&self, now: &FileStat, seen: Option<&StatRec>) -> Option<Vec<(u64, u64)>> {
-        let seen = seen?;
-        if now.dev != self.dev
-            || seen.dev != now.dev
-            || seen.ino != now.ino
-            || seen.size <= crate::chunk::SMALL_MAX
-            || now.size < seen.size
-        {
+        if now.dev != self.dev || !same_file_no_smaller(now, seen) {
             return None;
         }
+        let seen = seen?;
         match self.written.get(&now.ino) {
             Some(Some(r)) => Some(normalize(r, now.size)),
             Some(None) => None,
@@ -100,6 +95,30 @@ impl FileChanges {
             None => 0,
         }
     }
+}
+
+/// Whether a changed file is the one the last scan read (`seen`), no
+/// smaller, and was more than one small chunk then: its last chunks'
+/// boundaries still mean something (a shrink, a new inode or a small file
+/// costs little read whole).
+fn same_file_no_smaller(now: &FileStat, seen: Option<&StatRec>) -> bool {
+    seen.is_some_and(|seen| {
+        seen.dev == now.dev
+            && seen.ino == now.ino
+            && seen.size > crate::chunk::SMALL_MAX
+            && now.size >= seen.size
+    })
+}
+
+/// Whether a changed file with no tracker to say where it was written is
+/// re-read at its last chunks' boundaries rather than cut anew: the same
+/// file, no smaller ([`same_file_no_smaller`]), and dense (no holes, as a
+/// database's files are: re-read whole, a sparse file's holes would be read
+/// as zeros where a whole read skips them). Every byte is read either way;
+/// only the cuts differ, and the scan cuts anew where the old ones do not
+/// hold (`Scanner::write_patched`).
+pub(crate) fn rehashable(now: &FileStat, seen: Option<&StatRec>) -> bool {
+    same_file_no_smaller(now, seen) && now.blocks.saturating_mul(512) >= now.size
 }
 
 /// A tracker of the writes to one image source, kept per source cache
@@ -761,5 +780,121 @@ mod tests {
         let whole = chunks_match_the_file(&s3, &log);
         assert!(whole.len() > 4, "{} chunks", whole.len());
         assert_eq!(whole[..whole.len() - 1], patched[..patched.len() - 1]);
+    }
+
+    /// The chunks a scan's manifest lists for the entry at `path`.
+    fn chunks_of(scan: &crate::scan::Scan, path: &[u8]) -> Vec<ChunkRef> {
+        use crate::manifest::{Item, ManifestReader};
+        let mut r = ManifestReader::new(std::io::BufReader::new(
+            std::fs::File::open(&scan.manifest).unwrap(),
+        ))
+        .unwrap();
+        let (mut out, mut cur) = (Vec::new(), false);
+        while let Some(item) = r.next().unwrap() {
+            match item {
+                Item::Entry(e) => cur = e.path == path,
+                Item::Chunk(c) if cur => out.push(c),
+                Item::Chunk(_) => {}
+            }
+        }
+        out
+    }
+
+    /// No tracker: a file rewritten in place is re-read at its last cuts
+    /// (and what it grew by cut from its last chunk on), a file written
+    /// anew over itself with its content shifted is cut anew, and a sparse
+    /// file is read whole as before. Every manifest matches its tree.
+    #[test]
+    fn an_untracked_file_rewritten_in_place_is_rehashed_at_its_last_cuts() {
+        use std::os::unix::fs::FileExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("tree");
+        let cache = d.path().join("cache");
+        std::fs::create_dir(&root).unwrap();
+        let mib = 1u64 << 20;
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut random = |n: u64| -> Vec<u8> {
+            (0..n)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x.to_le_bytes()[0]
+                })
+                .collect()
+        };
+        let (table, shifted, sparse) = (
+            root.join("table.db"),
+            root.join("data.bin"),
+            root.join("sparse"),
+        );
+        std::fs::write(&table, random(4 * mib)).unwrap();
+        let before = random(4 * mib);
+        std::fs::write(&shifted, &before).unwrap();
+        let f = std::fs::File::create(&sparse).unwrap();
+        f.write_all_at(&random(mib), 0).unwrap();
+        f.write_all_at(&random(mib), 3 * mib).unwrap();
+        f.set_len(5 * mib).unwrap();
+        let opts = || crate::scan::ScanOptions {
+            threads: 2,
+            label: "t".into(),
+            progress: std::sync::Arc::new(crate::progress::NoProgress),
+            changes: None,
+        };
+        let s1 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
+        crate::scan::manifest_matches_the_tree(&s1, &root);
+        // (The next scan replaces the cache's manifest.)
+        let c1 = chunks_of(&s1, b"table.db");
+        let d1 = chunks_of(&s1, b"data.bin");
+        // Past the racy window of the first scan's timestamps.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+
+        // table.db: three pages rewritten, 100 KiB appended; data.bin: 100
+        // bytes put before its content, same inode; sparse: a page.
+        let t = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&table)
+            .unwrap();
+        for at in [0, mib + 8192, 3 * mib + 4096] {
+            t.write_all_at(&random(4096), at).unwrap();
+        }
+        t.write_all_at(&random(100 * 1024), 4 * mib).unwrap();
+        let mut after = random(100);
+        after.extend_from_slice(&before);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&shifted)
+            .unwrap()
+            .write_all_at(&after, 0)
+            .unwrap();
+        f.write_all_at(&random(4096), 8192).unwrap();
+        let s2 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
+        crate::scan::manifest_matches_the_tree(&s2, &root);
+        assert_eq!(
+            (s2.stats.files_rehashed, s2.stats.guesses_missed),
+            (2, 1),
+            "table.db and data.bin re-read at their cuts; data.bin's did not hold"
+        );
+        assert_eq!(s2.stats.bytes_tracked, 0);
+        // table.db: every cut of the first scan but its last chunk's end
+        // (what it grew by is cut from there), and the pages' chunks new.
+        let c2 = chunks_of(&s2, b"table.db");
+        let cuts = |c: &[ChunkRef]| c.iter().map(|c| (c.offset, c.len)).collect::<Vec<_>>();
+        assert_eq!(cuts(&c1[..c1.len() - 1]), cuts(&c2[..c1.len() - 1]));
+        let changed = c1[..c1.len() - 1]
+            .iter()
+            .zip(&c2)
+            .filter(|(a, b)| a.id != b.id)
+            .count();
+        assert!((3..=6).contains(&changed), "{changed} chunks changed");
+        // data.bin: cut as a scan without a cache cuts it.
+        let shifted_chunks = chunks_of(&s2, b"data.bin");
+        let fresh = crate::scan::scan_tree(&root, &d.path().join("fresh"), opts()).unwrap();
+        assert_eq!(shifted_chunks, chunks_of(&fresh, b"data.bin"));
+        // Read: table.db and sparse's data whole; data.bin up to its last
+        // chunk at the old cuts, then whole.
+        let last = u64::from(d1.last().unwrap().len);
+        let want = (4 * mib + 100 * 1024) + 2 * mib + (4 * mib - last) + (4 * mib + 100);
+        assert_eq!(s2.stats.bytes_hashed, want);
     }
 }

@@ -16,7 +16,8 @@
 //! Map: `class` (which chunk class a file gets: its name or its observed
 //! write pattern), `options` (settings, stats, errors, the finished [`Scan`]),
 //! `builder` (the manifest and stat cache being written: the pending queue,
-//! cache reuse, the chunking workers), `walk` (the tree walk and the image
+//! cache reuse, the chunking workers), `pieces` (a patched file's pieces
+//! re-read and hashed in batches across threads), `walk` (the tree walk and the image
 //! scan that feed it), `check` (tests only: a manifest against its tree).
 
 mod builder;
@@ -25,6 +26,7 @@ mod changes;
 mod check;
 mod class;
 mod options;
+mod pieces;
 mod walk;
 
 pub use changes::{FileChanges, ImageChanges, PendingChanges};

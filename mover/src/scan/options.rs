@@ -76,6 +76,17 @@ pub struct ScanStats {
     /// two rounds, measured apart from what the round then moved.
     #[serde(default)]
     pub bytes_tracked: u64,
+    /// Changed files re-read whole at their last scan's chunk boundaries,
+    /// with no tracker to say where they were written: rewritten in place
+    /// (same inode, no smaller), so hashing the old chunks again finds the
+    /// unchanged ones without a content-defined cut (`super::walk`).
+    #[serde(default)]
+    pub files_rehashed: u64,
+    /// Of `files_rehashed`, those whose old boundaries did not hold (their
+    /// class changed, or most of their bytes did): cut anew as a whole read
+    /// cuts them.
+    #[serde(default)]
+    pub guesses_missed: u64,
     /// Of the scan's time, the part spent reading and hashing data (the
     /// scanning thread's reads, and its waits for the chunking workers'):
     /// what grows with the bytes read. The rest is the walk and the

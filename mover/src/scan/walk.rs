@@ -293,8 +293,25 @@ fn scan_tree_with(
                         }
                         d => d,
                     };
+                    // No tracker: a file rewritten in place (a database's
+                    // table) is re-read at its last chunks' boundaries,
+                    // which finds the unchanged ones without a
+                    // content-defined cut (a 128 MiB database file's scan,
+                    // page cache warm: 92 -> 44 ms).
+                    let (dirty, guessed) = match dirty {
+                        Some(d) => (Some(d), false),
+                        None if files.is_none()
+                            && !pick.newly_paged
+                            && super::changes::rehashable(&st, seen.as_ref()) =>
+                        {
+                            (Some(vec![(0, st.size)]), true)
+                        }
+                        None => (None, false),
+                    };
                     match dirty {
-                        Some(dirty) => s.add_patched_file(e, &st, File::from(fd), dirty)?,
+                        Some(dirty) => {
+                            s.add_patched_file(e, &st, File::from(fd), dirty, guessed)?
+                        }
                         None => {
                             if let Some(f) = files {
                                 s.count_tracked(f.written_bytes(&st));
