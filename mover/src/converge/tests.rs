@@ -752,7 +752,10 @@ fn a_catch_up_round_longer_than_the_one_before_is_not_scaled_up() {
             round(420e6, 44.0),
             round(350e6, 25.0),
             round(530e6, 12.0),
-            round(400e6, 9.0),
+            // More than the last: pre-copy still converges, so the floor
+            // of rounds that stopped shrinking (`not_converging_floor`)
+            // does not apply.
+            round(700e6, 9.0),
             round(550e6, last_secs),
         ];
         estimate_after_catch_up(&rounds, &t, steady).final_bytes as f64
@@ -1957,12 +1960,17 @@ fn scans_that_waited_for_a_cpu_are_taken_without_their_waits() {
     assert!(gold_gain > 0.0, "{gold_gain}\n{}", out.join("\n"));
 }
 
-/// Stops 45 and 46: `bench/migrate.sh` step 4, PostgreSQL unthrottled
+/// Stops 45 to 48: `bench/migrate.sh` step 4, PostgreSQL unthrottled
 /// (`PG_RATES=max B_TMPFS=1 SPLIT_CPUS=1 B_RPS=1 PG_FIRST_READ_LIMIT=20M`,
 /// test builds), as [`SCAN_STARVED`]. The watchdog moved pre-copy to the
 /// low-weight group in round 1, and its later rounds before the hook took
-/// 23-43 s each. Stop 45's rows, as BENCHMARKS.md kept them, lack the
-/// reads (each of its scans is taken unscaled).
+/// 23-43 s each (stops 45-46) or 10-45 s (47-48). Stop 45's rows, as
+/// BENCHMARKS.md kept them, lack the reads (each of its scans is taken
+/// unscaled). Stops 47 and 48 (`s47-old`: stop 46's build in the same
+/// minutes) underestimate (0.62-0.86): a catch-up round much shorter than
+/// the hook's round, whose flush scaled to its length leaves out part of
+/// what the database writes again in the last seconds; one run of stop 48
+/// whose report was overwritten came out at 0.40 (BENCHMARKS.md).
 const LOW_GROUP: &[ScanStarvedCase] = &[
     (
         "s45 gold-max",
@@ -2121,26 +2129,214 @@ const LOW_GROUP: &[ScanStarvedCase] = &[
         3102,
         2691,
     ),
+    (
+        "s47a default-max",
+        2,
+        &[
+            (
+                438172907, 80034299, 45967, 25620, 20622, 44860, 904813767, 33636, 17395,
+            ),
+            (
+                233834043, 33764177, 2766, 20634, 16472, 2236, 723683109, 0, 2499,
+            ),
+            (
+                168132166, 26965098, 1241, 16589, 13127, 980, 470487433, 0, 1080,
+            ),
+            (
+                251143187, 24685568, 1216, 9752, 6746, 814, 438275193, 0, 1031,
+            ),
+            (
+                504401966, 30092998, 3863, 10175, 4385, 3597, 1074734437, 0, 3014,
+            ),
+            (
+                485781727, 20581840, 1212, 5719, 3249, 927, 503854579, 0, 899,
+            ),
+        ],
+        15279871.0,
+        1656,
+        2151,
+    ),
+    (
+        "s47b default-max",
+        2,
+        &[
+            (
+                437362856, 80706209, 47621, 23902, 19196, 46637, 905387222, 33901, 18560,
+            ),
+            (
+                241063675, 37878449, 2027, 20310, 16188, 1618, 721159505, 0, 1761,
+            ),
+            (
+                182573374, 29862661, 1122, 18599, 15184, 810, 489432657, 0, 993,
+            ),
+            (
+                342195401, 42878699, 2104, 21088, 16944, 1802, 669220388, 0, 2101,
+            ),
+            (
+                557944905, 40500955, 3215, 10525, 4038, 3038, 1374438507, 0, 2729,
+            ),
+            (545186511, 25637258, 899, 5556, 3030, 770, 575013962, 0, 642),
+        ],
+        17298879.0,
+        1572,
+        2464,
+    ),
+    (
+        "s47-old default-max",
+        3,
+        &[
+            (
+                415303812, 78262105, 49150, 43316, 34923, 47394, 905493719, 34187, 20234,
+            ),
+            (
+                228848997, 48244137, 2256, 34623, 27774, 1830, 754047015, 0, 2079,
+            ),
+            (
+                413715658, 57713878, 3643, 40549, 32425, 3414, 803054390, 0, 3737,
+            ),
+            (
+                226359036, 52771412, 1527, 37953, 30760, 1272, 622193180, 0, 1526,
+            ),
+            (
+                99691648, 46754264, 3880, 44071, 34246, 3612, 1030142332, 0, 3972,
+            ),
+            (
+                395407583, 65693265, 1248, 45716, 37082, 1009, 770994050, 0, 963,
+            ),
+            (
+                866821033, 89532644, 3746, 16562, 8071, 3509, 1478039226, 0, 3157,
+            ),
+            (
+                616184837, 38722824, 1181, 9636, 5749, 1017, 642050009, 0, 909,
+            ),
+            (
+                220296800, 30058326, 1238, 8080, 5257, 1033, 524345641, 0, 1002,
+            ),
+        ],
+        31741075.0,
+        4490,
+        5213,
+    ),
+    (
+        "s48 default-max",
+        2,
+        &[
+            (
+                435925750, 80698362, 47448, 22754, 18087, 46626, 905673943, 32959, 19141,
+            ),
+            (
+                274868656, 38494779, 1902, 18768, 14555, 1576, 711309842, 0, 1578,
+            ),
+            (
+                166095701, 28241441, 1029, 17157, 13768, 836, 485174774, 0, 842,
+            ),
+            (
+                341031922, 42888137, 2227, 22406, 17965, 1931, 659696894, 0, 2228,
+            ),
+            (
+                579771313, 42409508, 4644, 11365, 4529, 4410, 1375739636, 0, 3755,
+            ),
+            (
+                545717547, 25933209, 1002, 5714, 3022, 872, 573349898, 0, 769,
+            ),
+        ],
+        18704642.0,
+        1510,
+        2457,
+    ),
+    (
+        "s49 default-max",
+        2,
+        &[
+            (
+                439472199, 80877313, 47790, 25707, 20587, 45679, 905936087, 33299, 19941,
+            ),
+            (
+                244772890, 38896197, 2051, 18548, 14662, 1783, 709884567, 0, 2008,
+            ),
+            (
+                173439573, 26405617, 1094, 16363, 13023, 887, 462067273, 0, 856,
+            ),
+            (
+                321620851, 37309637, 2178, 19933, 15790, 2020, 603542489, 0, 1957,
+            ),
+            (
+                588310401, 40457816, 3586, 11120, 4394, 3482, 1340933852, 0, 3017,
+            ),
+            (547443023, 27260862, 940, 5842, 3242, 838, 585609013, 0, 645),
+        ],
+        18345641.0,
+        1607,
+        2456,
+    ),
+    (
+        "s49 gold-max",
+        3,
+        &[
+            (
+                435403949, 88287870, 43580, 18692, 15184, 43363, 912637952, 33476, 12522,
+            ),
+            (
+                330771973, 28977258, 1821, 14819, 11021, 832, 702552415, 0, 736,
+            ),
+            (
+                300187391, 20309808, 636, 11762, 9156, 473, 458584581, 0, 376,
+            ),
+            (
+                240699632, 18248916, 426, 13377, 10613, 349, 427228578, 0, 250,
+            ),
+            (510547357, 28026386, 931, 6598, 3932, 740, 519823409, 0, 683),
+            (412996434, 16511953, 830, 5479, 3411, 734, 435682401, 0, 623),
+            (376580049, 14729790, 814, 5352, 3401, 653, 385879603, 0, 657),
+        ],
+        18848512.0,
+        2329,
+        2227,
+    ),
 ];
 
 #[test]
 fn after_rounds_in_the_low_weight_group_the_estimate_is_within_half() {
     let mut out = Vec::new();
     let mut ok = true;
+    let mut floored = Vec::new();
     for (case, hooks, rows, steady, binary_ms, downtime_ms) in LOW_GROUP {
         let rounds: Vec<RoundMeasure> = rows.iter().map(|&row| starved_round(row)).collect();
         let now = replay_ms(*hooks, &rounds, *steady, ms(1020));
         // As in `scans_that_waited_for_a_cpu_are_taken_without_their_waits`:
         // near the binary's, not equal (no catch-up round here was the
-        // longer, so stop 46's change leaves these as they were).
-        assert!(
-            (now / *binary_ms as f64 - 1.0).abs() < 0.1,
-            "{case}: replayed {now:.0} ms, the binary said {binary_ms}"
-        );
+        // longer, so stop 46's change leaves these as they were), except
+        // where the floor of rounds that stopped shrinking decides: the
+        // builds of stops 45-49 had none.
+        let [.., prev, last] = &rounds[..] else {
+            unreachable!("every case has rounds")
+        };
+        let floor = not_converging_floor(prev, last);
+        let t = Targets::new(Duration::from_secs(2), 10).with_cutover_gap(ms(1020));
+        let e = estimate_after_catch_up(&rounds, &t, *steady);
+        if floor > 0.0 && (e.final_bytes as f64 - floor).abs() < 1.0 {
+            floored.push(*case);
+        } else {
+            assert!(
+                (now / *binary_ms as f64 - 1.0).abs() < 0.1,
+                "{case}: replayed {now:.0} ms, the binary said {binary_ms}"
+            );
+        }
         let ratio = now / *downtime_ms as f64;
         out.push(format!("{case}: est./actual {ratio:.2}"));
         ok &= (0.5..=1.5).contains(&ratio);
+        // Without the floor these came out at 0.62-0.77.
+        ok &= floored.last() != Some(case) || (0.85..=1.15).contains(&ratio);
     }
+    assert_eq!(
+        floored,
+        [
+            "s47a default-max",
+            "s47b default-max",
+            "s48 default-max",
+            "s49 default-max"
+        ]
+    );
     eprintln!("{}", out.join("\n"));
     assert!(ok, "{}", out.join("\n"));
 }
