@@ -11,6 +11,10 @@
 #                  which asks the daemon where the file was written; a second
 #                  `daffe sync` with no daemon to ask ("mover, no tracker")
 #                  runs beside it, into its own destination
+#   WARM=1         keep the page cache between runs (only `sync`): the files
+#                  of a live database are in memory; by default every run
+#                  starts with the caches dropped (bench/mover_steady_ab.sh:
+#                  several builds' steady rounds in turn, warm)
 #
 # Per run (RUNS, default 3; medians printed):
 #  - first transfer into an empty destination: mover vs `rsync -a`
@@ -52,7 +56,13 @@ if [ -n "${DAFFE_BIN:-}" ]; then
   PLAIN="env DAFFE_CONTROL_SOCKET=$W/no-daemon.sock $DAFFE_BIN sync"
   echo "== daffe sync of the dir volume's directory $SRC (daemon: $DAFFE_BIN)"
 fi
-drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+if [ -n "${WARM:-}" ]; then
+  drop() { sync; }
+  CACHES="page cache kept (WARM=1)"
+else
+  drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
+  CACHES="caches dropped before every run"
+fi
 t() { local out=$1; shift; /usr/bin/time -f "%e" -o "$out" "$@"; }
 python3 - "$W/pristine.bin" "$SIZE_MIB" <<'PY'
 import os, random, sys
@@ -63,7 +73,7 @@ if not (os.path.exists(p) and os.path.getsize(p) == mib << 20):
         for _ in range(mib):
             f.write(rng.randbytes(1 << 20))
 PY
-echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); ${SIZE_MIB} MiB $NAME, 1% pages"
+echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); ${SIZE_MIB} MiB $NAME, 1% pages; $CACHES"
 for run in $(seq 1 "$RUNS"); do
   rm -rf "$W/ours" "$W/.ours.daffe-state" "$W/plain" "$W/.plain.daffe-state" "$W/rsi" "$W/rsp"
   [ -n "${DAFFE_BIN:-}" ] || { rm -rf "$SRC"; mkdir -p "$SRC"; }
