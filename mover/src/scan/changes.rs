@@ -732,16 +732,7 @@ mod tests {
         let log = root.join("log");
         let mib = 1usize << 20;
         let mut x = 0x2545_f491_4f6c_dd1d_u64;
-        let mut random = |n: usize| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x >> 24).to_le_bytes()[0]
-                })
-                .collect()
-        };
+        let mut random = |n: usize| xorshift_bytes(&mut x, n);
         std::fs::write(&log, random(3 * mib)).unwrap();
         let told = Arc::new(Told::default());
         let opts = || told_opts(&told, 2);
@@ -782,6 +773,18 @@ mod tests {
         assert_eq!(whole[..whole.len() - 1], patched[..patched.len() - 1]);
     }
 
+    /// `n` pseudo-random bytes from a xorshift64 generator's `state`.
+    fn xorshift_bytes(state: &mut u64, n: usize) -> Vec<u8> {
+        (0..n)
+            .map(|_| {
+                *state ^= *state << 13;
+                *state ^= *state >> 7;
+                *state ^= *state << 17;
+                (*state >> 24).to_le_bytes()[0]
+            })
+            .collect()
+    }
+
     /// The chunks a scan's manifest lists for the entry at `path`.
     fn chunks_of(scan: &crate::scan::Scan, path: &[u8]) -> Vec<ChunkRef> {
         use crate::manifest::{Item, ManifestReader};
@@ -813,16 +816,7 @@ mod tests {
         std::fs::create_dir(&root).unwrap();
         let mib = 1u64 << 20;
         let mut x = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut random = |n: u64| -> Vec<u8> {
-            (0..n)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    x.to_le_bytes()[0]
-                })
-                .collect()
-        };
+        let mut random = |n: u64| xorshift_bytes(&mut x, usize::try_from(n).unwrap());
         let (table, shifted, sparse) = (
             root.join("table.db"),
             root.join("data.bin"),
