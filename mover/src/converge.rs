@@ -608,12 +608,11 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
 /// 0.94-1.07; of the other replayed runs, only one (rate 1000, 0.94 ->
 /// 1.00) changes.
 pub fn not_converging_floor(prev: &RoundMeasure, last: &RoundMeasure) -> f64 {
-    let size = |r: &RoundMeasure| (r.bytes_moved + r.bytes_dirty) as f64;
-    let shrink = size(last) / size(prev).max(1.0);
+    let shrink = round_size(last) / round_size(prev).max(1.0);
     if shrink < SHRINK_RATIO {
         return 0.0;
     }
-    NOT_CONVERGING_FLOOR * size(last) * shrink.min(1.0)
+    NOT_CONVERGING_FLOOR * round_size(last) * shrink.min(1.0)
 }
 
 /// The share of a catch-up round that did not shrink the final round is
@@ -713,19 +712,24 @@ pub fn decide(rounds: &[RoundMeasure], t: &Targets) -> Decision {
     }
 }
 
+/// A round's size as the shrink tests take it: what it moved and what it
+/// left dirty (which the next round moves).
+fn round_size(r: &RoundMeasure) -> f64 {
+    (r.bytes_moved + r.bytes_dirty) as f64
+}
+
 /// Whether the last of two rounds moved (with what it left dirty) less
 /// than [`SHRINK_RATIO`] of the one before.
 fn last_shrank(two: &[RoundMeasure]) -> bool {
-    let size = |r: &RoundMeasure| (r.bytes_moved + r.bytes_dirty) as f64;
-    matches!(two, [a, b] if size(b) < SHRINK_RATIO * size(a))
+    matches!(two, [a, b] if round_size(b) < SHRINK_RATIO * round_size(a))
 }
 
 /// Whether the later of three rounds still shrink: each moves (with what it
 /// left dirty) less than [`SHRINK_RATIO`] of the one before, or little.
 fn shrinking(three: &[RoundMeasure]) -> bool {
-    let size = |r: &RoundMeasure| (r.bytes_moved + r.bytes_dirty) as f64;
     three.windows(2).any(|w| {
-        size(&w[1]) < SHRINK_RATIO * size(&w[0]) || size(&w[1]) < LINK_SAMPLE_MIN_BYTES as f64
+        round_size(&w[1]) < SHRINK_RATIO * round_size(&w[0])
+            || round_size(&w[1]) < LINK_SAMPLE_MIN_BYTES as f64
     })
 }
 

@@ -275,15 +275,25 @@ pub fn parent_of(path: &[u8]) -> &[u8] {
     }
 }
 
-pub(crate) fn write_varint(mut v: u64, out: &mut Vec<u8>) {
+pub(crate) fn write_varint(v: u64, out: &mut Vec<u8>) {
+    let (bytes, n) = varint(v);
+    out.extend_from_slice(&bytes[..n]);
+}
+
+/// `v` as a LEB128 varint (postcard's and the record framing's), on the
+/// stack: the bytes and how many of them are used.
+fn varint(mut v: u64) -> ([u8; 10], usize) {
+    let mut out = [0u8; 10];
+    let mut n = 0;
     loop {
+        #[allow(clippy::cast_possible_truncation, reason = "the low 7 bits")]
         let b = (v & 0x7f) as u8;
         v >>= 7;
+        out[n] = if v == 0 { b } else { b | 0x80 };
+        n += 1;
         if v == 0 {
-            out.push(b);
-            return;
+            return (out, n);
         }
-        out.push(b | 0x80);
     }
 }
 
@@ -328,19 +338,7 @@ impl RootHasher {
 
     /// A record as it is framed: its length as a varint, then its body.
     fn record(&mut self, body: &[u8]) {
-        let mut pre = [0u8; 10];
-        let mut n = 0;
-        let mut v = body.len() as u64;
-        loop {
-            #[allow(clippy::cast_possible_truncation, reason = "the low 7 bits")]
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            pre[n] = if v == 0 { b } else { b | 0x80 };
-            n += 1;
-            if v == 0 {
-                break;
-            }
-        }
+        let (pre, n) = varint(body.len() as u64);
         self.update(&pre[..n]);
         self.update(body);
     }
@@ -363,21 +361,10 @@ const CHUNK_TAG: u8 = 2;
 fn encode_chunk(len: u32, id: &ChunkId) -> ([u8; CHUNK_BODY_MAX], usize) {
     let mut body = [0u8; CHUNK_BODY_MAX];
     body[0] = CHUNK_TAG;
-    let mut n = 1;
-    let mut v = len;
-    while v >= 0x80 {
-        #[allow(clippy::cast_possible_truncation, reason = "the low 7 bits")]
-        let low = (v & 0x7f) as u8;
-        body[n] = low | 0x80;
-        v >>= 7;
-        n += 1;
-    }
-    #[allow(clippy::cast_possible_truncation, reason = "below 0x80")]
-    let last = v as u8;
-    body[n] = last;
-    n += 1;
-    body[n..n + 32].copy_from_slice(&id.0);
-    (body, n + 32)
+    let (v, n) = varint(u64::from(len));
+    body[1..=n].copy_from_slice(&v[..n]);
+    body[1 + n..1 + n + 32].copy_from_slice(&id.0);
+    (body, 1 + n + 32)
 }
 
 /// The longest chunk record body: a tag, a 5-byte varint, an id.
