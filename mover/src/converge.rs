@@ -544,7 +544,8 @@ pub const SCALED_READ_MAX: f64 = 2.0;
 /// The estimate after a catch-up round (the last of `rounds`; the hook ran
 /// again before it, see [`catch_up_shrinks`]). Beyond what the app's files
 /// took in at `steady_rate` while the round before it ran, that round
-/// carried the hook's flush of what the app's buffers took in meanwhile.
+/// carried (of its own bytes, [`own_bytes`]: not what the round before it
+/// left dirty, which the final round does not carry again) the hook's flush of what the app's buffers took in meanwhile.
 /// Scaled to the last round's own time, that is what the app flushes at
 /// shutdown, and the final round carries it with the files' steady writes.
 /// Scaled down when the last round was shorter, never up: a round can be
@@ -572,9 +573,9 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
         return steady;
     };
     let prev_s = prev.wall.as_secs_f64().max(1e-3);
-    let flush = (last.bytes_moved as f64 - steady_rate * prev_s).max(0.0);
+    let flush = (own_bytes(prev, last) - steady_rate * prev_s).max(0.0);
     let shutdown = flush * (last.wall.as_secs_f64() / prev_s).min(1.0);
-    let final_bytes = (steady.final_bytes as f64 + shutdown).max(not_converging_floor(prev, last));
+    let final_bytes = (steady.final_bytes as f64 + shutdown).max(not_converging_floor(rounds));
     let fixed = FINAL_FIXED.as_secs_f64();
     let link = link_pace(&steady);
     let Some(rate) = final_pace(last, fixed).or(link) else {
@@ -589,9 +590,11 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
 }
 
 /// The least a final round is expected to carry after a catch-up round
-/// (`last`) that moved, with what it left dirty, at least [`SHRINK_RATIO`]
-/// of the round before it (`prev`): [`NOT_CONVERGING_FLOOR`] of its size,
-/// scaled down by how much it shrank. 0 when it shrank more.
+/// (the last of `rounds`) whose own bytes ([`own_bytes`]: what it moved
+/// beyond the round before it's leftovers, with what it left dirty) were at
+/// least [`SHRINK_RATIO`] of the round before it (what that one moved and
+/// left dirty): [`NOT_CONVERGING_FLOOR`] of its own bytes, scaled down by
+/// how much it shrank. 0 when it shrank more.
 ///
 /// Why: rounds that stop shrinking mean the application dirties as fast as
 /// pre-copy carries, and each interval fills to about a round's size
@@ -605,14 +608,31 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
 /// round's bytes where the scaled flush said 0.5, and the estimate came out
 /// at 0.62-0.77 of the downtime (one run whose report was lost: 0.40, with
 /// a final round of 1.2 times its catch-up round's bytes). With the floor,
-/// 0.94-1.07; of the other replayed runs, only one (rate 1000, 0.94 ->
-/// 1.00) changes.
-pub fn not_converging_floor(prev: &RoundMeasure, last: &RoundMeasure) -> f64 {
-    let shrink = round_size(last) / round_size(prev).max(1.0);
+/// 0.90-1.07.
+///
+/// The last round's own bytes, not all it moved: a catch-up round also
+/// carries what the source rewrote under the round before it (the hook's
+/// checkpoint still writing), and the final round repeats none of that.
+/// Counted whole, a first catch-up round that left 188 MB dirty and a
+/// second that moved them with 404 MB of its own looked as if they had not
+/// shrunk (624 -> 592 MB), and the floor made the final round 450 MB where
+/// 353 MB came: 1.62x the downtime (stop 49, `s49c default-max`).
+pub fn not_converging_floor(rounds: &[RoundMeasure]) -> f64 {
+    let [.., prev, last] = rounds else {
+        return 0.0;
+    };
+    let own = own_bytes(prev, last);
+    let shrink = own / round_size(prev).max(1.0);
     if shrink < SHRINK_RATIO {
         return 0.0;
     }
-    NOT_CONVERGING_FLOOR * round_size(last) * shrink.min(1.0)
+    NOT_CONVERGING_FLOOR * own * shrink.min(1.0)
+}
+
+/// What round `last` moved beyond what the round before it (`prev`) left
+/// dirty, with what `last` left dirty itself (the next round moves it).
+fn own_bytes(prev: &RoundMeasure, last: &RoundMeasure) -> f64 {
+    (last.bytes_moved.saturating_sub(prev.bytes_dirty) + last.bytes_dirty) as f64
 }
 
 /// The share of a catch-up round that did not shrink the final round is
