@@ -4,10 +4,11 @@
 # (an A/B on a noisy disk: each round of the loop runs every contender once).
 # Each round first rewrites 1% of the file's 4 KiB pages in place. The page
 # cache is kept (a live database's files are in memory): this measures CPU,
-# not the disk; bench/mover_pages.sh measures cold and warm rounds of one
-# build against rsync.
+# not the disk; COLD=1 drops the caches before each contender's round
+# instead (the disk's reads then count). bench/mover_pages.sh measures
+# cold and warm rounds of one build against rsync.
 # Usage: bench/mover_steady_ab.sh RUNS SYNC_BIN...   (SIZE_MIB, default 128;
-#   NAME, default app.db; WORK, default /var/tmp/daffe-bench-steady)
+#   NAME, default app.db; WORK, default /var/tmp/daffe-bench-steady; COLD)
 # Prints per contender: the median wall time (and each run's), and for the
 # mover builds the median scan/plan/fetch/apply/verify/total ms of --json.
 set -euo pipefail
@@ -47,6 +48,7 @@ for _ in $(seq "$RUNS"); do
     # rsync's quick check compares whole seconds: a rewrite within the
     # second of its last run would be skipped.
     sleep 1
+    if [ -n "${COLD:-}" ]; then echo 3 > /proc/sys/vm/drop_caches; fi
     if [ "$b" = rsync ]; then
       /usr/bin/time -f %e -o t rsync -a --inplace --no-whole-file "src$i/" "dst$i/"
       echo "rsync $(cat t)"

@@ -2,7 +2,7 @@
 //! `--image`) and print the stats as JSON.
 //!
 //! ```text
-//! cargo run --release -p mover --example sync -- SRC DST [--image] [--state-dir DIR] [--verify none|touched|all]
+//! cargo run --release -p mover --example sync -- SRC DST [--image] [--state-dir DIR] [--verify none|touched|all] [--threads N]
 //! ```
 
 use std::path::PathBuf;
@@ -27,6 +27,11 @@ fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
             // Stats are always printed as JSON; accepted for `daffe sync` parity.
             "--json" => {}
             "--state-dir" => opts.state_dir = args.next().map(PathBuf::from),
+            "--threads" => {
+                if let Some(n) = args.next().and_then(|n| n.parse().ok()) {
+                    opts.threads = n;
+                }
+            }
             "--verify" => {
                 opts.verify = match args.next().as_deref() {
                     Some("none") => Verify::None,
@@ -38,7 +43,7 @@ fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
         }
     }
     let [src, dst] = <[PathBuf; 2]>::try_from(pos).unwrap_or_else(|_| {
-        eprintln!("usage: sync SRC DST [--image] [--state-dir DIR] [--verify none|touched|all]");
+        eprintln!("usage: sync SRC DST [--image] [--state-dir DIR] [--verify none|touched|all] [--threads N]");
         std::process::exit(2)
     });
     let (s, d) = if image {
