@@ -544,8 +544,9 @@ pub const SCALED_READ_MAX: f64 = 2.0;
 /// The estimate after a catch-up round (the last of `rounds`; the hook ran
 /// again before it, see [`catch_up_shrinks`]). Beyond what the app's files
 /// took in at `steady_rate` while the round before it ran, that round
-/// carried (of its own bytes, [`own_bytes`]: not what the round before it
-/// left dirty, which the final round does not carry again) the hook's flush of what the app's buffers took in meanwhile.
+/// carried the hook's flush of what the app's buffers took in meanwhile
+/// (of its own bytes, [`own_bytes`]: not what the round before it left
+/// dirty, which the final round does not carry again).
 /// Scaled to the last round's own time, that is what the app flushes at
 /// shutdown, and the final round carries it with the files' steady writes.
 /// Scaled down when the last round was shorter, never up: a round can be
@@ -590,11 +591,10 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
 }
 
 /// The least a final round is expected to carry after a catch-up round
-/// (the last of `rounds`) whose own bytes ([`own_bytes`]: what it moved
-/// beyond the round before it's leftovers, with what it left dirty) were at
-/// least [`SHRINK_RATIO`] of the round before it (what that one moved and
-/// left dirty): [`NOT_CONVERGING_FLOOR`] of its own bytes, scaled down by
-/// how much it shrank. 0 when it shrank more.
+/// (the last of `rounds`) whose own bytes ([`own_bytes`]) were at least
+/// [`SHRINK_RATIO`] of the round before it (what that one moved and left
+/// dirty): [`NOT_CONVERGING_FLOOR`] of its own bytes, scaled down by how
+/// much it shrank. 0 when it shrank more.
 ///
 /// Why: rounds that stop shrinking mean the application dirties as fast as
 /// pre-copy carries, and each interval fills to about a round's size
@@ -610,13 +610,10 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
 /// a final round of 1.2 times its catch-up round's bytes). With the floor,
 /// 0.90-1.07.
 ///
-/// The last round's own bytes, not all it moved: a catch-up round also
-/// carries what the source rewrote under the round before it (the hook's
-/// checkpoint still writing), and the final round repeats none of that.
-/// Counted whole, a first catch-up round that left 188 MB dirty and a
-/// second that moved them with 404 MB of its own looked as if they had not
-/// shrunk (624 -> 592 MB), and the floor made the final round 450 MB where
-/// 353 MB came: 1.62x the downtime (stop 49, `s49c default-max`).
+/// Its own bytes, not all it moved: what the round before it left dirty
+/// would make a round that shrank look as if it had not (stop 49, `s49c
+/// default-max`: 624 -> 592 MB moved and left dirty, of which 188 MB the
+/// first round's leftovers; 611 -> 404 MB of their own).
 pub fn not_converging_floor(rounds: &[RoundMeasure]) -> f64 {
     let [.., prev, last] = rounds else {
         return 0.0;
@@ -631,6 +628,13 @@ pub fn not_converging_floor(rounds: &[RoundMeasure]) -> f64 {
 
 /// What round `last` moved beyond what the round before it (`prev`) left
 /// dirty, with what `last` left dirty itself (the next round moves it).
+///
+/// Why: a catch-up round also carries what the source rewrote under the
+/// round before it (the hook's checkpoint still writing), and the final
+/// round repeats none of that. Taken whole, a second catch-up round that
+/// moved 592 MB, 188 MB of them the first one's leftovers, made its flush
+/// 504 MB and the final round's estimate 556 MB where 353 MB came: 1.62x
+/// the downtime (stop 49, `s49c default-max`; 1.15 with its own bytes).
 fn own_bytes(prev: &RoundMeasure, last: &RoundMeasure) -> f64 {
     (last.bytes_moved.saturating_sub(prev.bytes_dirty) + last.bytes_dirty) as f64
 }
