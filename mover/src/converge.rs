@@ -612,8 +612,8 @@ pub fn estimate_after_catch_up(rounds: &[RoundMeasure], t: &Targets, steady_rate
 ///
 /// Its own bytes, not all it moved: what the round before it left dirty
 /// would make a round that shrank look as if it had not (stop 49, `s49c
-/// default-max`: 624 -> 592 MB moved and left dirty, of which 188 MB the
-/// first round's leftovers; 611 -> 404 MB of their own).
+/// default-max`: the round before moved and left dirty 624 MB, the last
+/// moved 592 MB, 188 MB of them that round's leftovers: 404 MB of its own).
 pub fn not_converging_floor(rounds: &[RoundMeasure]) -> f64 {
     let [.., prev, last] = rounds else {
         return 0.0;

@@ -2480,9 +2480,9 @@ const LOW_GROUP_DIRTY: &[(&str, &[u64])] = &[
 ];
 
 /// [`LOW_GROUP`] runs whose build's model of a catch-up round differs from
-/// this one where the replay tells (stop 49's took all a catch-up round
-/// moved, the round before it's leftovers too, [`own_bytes`]): their
-/// replay is not compared with what the binary said.
+/// this one where the replay tells: stop 49's took all a catch-up round
+/// moved, the leftovers of the round before it too (this one takes its
+/// [`own_bytes`]). Their replay is not compared with what the binary said.
 const OTHER_MODEL: &[&str] = &[
     "s49b default-max",
     "s49b gold-max",
