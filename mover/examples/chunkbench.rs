@@ -108,6 +108,7 @@ fn scan_options() -> mover::internals::scan::ScanOptions {
         label: String::new(),
         progress: std::sync::Arc::new(mover::progress::NoProgress),
         changes: None,
+        copy_into: None,
     }
 }
 

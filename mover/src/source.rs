@@ -166,6 +166,16 @@ pub trait ChunkSource {
     /// Delivers the bytes of every want to `sink(index, bytes)`, in order.
     /// The receiver verifies them; a source need not.
     fn fetch(&mut self, wants: &[Want], sink: &mut Sink<'_>) -> Result<(), SourceError>;
+
+    /// The files this round's scan copied into the receiver's scan-copy
+    /// dir as it hashed them (`ScanOptions::copy_into`), taken once: the
+    /// receiver stages each as it is, without asking for its chunks. Only a
+    /// [`Sender`] in the receiver's own process has any: the copies are
+    /// its own writes, from the buffers its scan hashed. The receiver still
+    /// verifies every staged file after apply.
+    fn take_scan_copies(&mut self) -> Vec<scan::ScanCopy> {
+        Vec::new()
+    }
 }
 
 /// A manifest the receiver holds (the one it applied last).
@@ -407,6 +417,10 @@ impl Sender {
 }
 
 impl ChunkSource for Sender {
+    fn take_scan_copies(&mut self) -> Vec<scan::ScanCopy> {
+        std::mem::take(&mut self.scan.copies)
+    }
+
     fn manifest(&mut self, out: &mut dyn Write) -> Result<ManifestId, SourceError> {
         let mut f = BufReader::new(File::open(&self.scan.manifest).map_err(SourceError::Manifest)?);
         let mut buf = vec![0u8; 256 * 1024];
@@ -652,6 +666,7 @@ mod tests {
             label: String::new(),
             progress: std::sync::Arc::new(crate::progress::NoProgress),
             changes: None,
+            copy_into: None,
         };
         let src = Source::Image(img.clone());
         for hash in [true, false] {

@@ -240,6 +240,7 @@ pub fn preview(
             label,
             progress: opts.progress.clone(),
             changes: None,
+            copy_into: None,
         },
     )?;
     let rx = Receiver::open_existing(dst, &state)?;
@@ -262,6 +263,28 @@ fn copy_files(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<(
         }
     }
     Ok(())
+}
+
+/// Whether `dst` is an image on a block device.
+fn is_device(dst: &Destination) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    matches!(dst, Destination::Image(p)
+        if std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device()))
+}
+
+/// A folder of scratch files, removed with what it holds when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn clear(&self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        self.clear();
+    }
 }
 
 /// The manifest label of a source: its last path component.
@@ -318,8 +341,18 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
         let (dst, state) = (dst.clone(), state.clone());
         std::thread::spawn(move || Receiver::open(&dst, &state)?.check(scrub))
     });
+    // Into an empty destination the scan copies the large files it reads
+    // into the state dir, and the round stages those copies instead of
+    // reading the files again (`crate::scan::ScanCopy`). Not into a device,
+    // which is patched in place.
+    let copies = (rx.applied_root().is_none() && !is_device(dst))
+        .then(|| ScratchDir(receive::scan_copy_dir(&state)));
     let mut attempt = 0;
     loop {
+        if let Some(c) = &copies {
+            // An earlier attempt's copies that were not taken.
+            c.clear();
+        }
         opts.progress.event(&Progress::Phase {
             phase: Phase::Scan,
             total_bytes: 0,
@@ -333,6 +366,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
                 label: label.clone(),
                 progress: opts.progress.clone(),
                 changes: opts.changes.clone(),
+                copy_into: copies.as_ref().map(|c| c.0.clone()),
             },
         )?;
         stats.scan_ms += millis(ts.elapsed());
@@ -434,6 +468,98 @@ mod tests {
         assert_eq!(st.rounds.deleted, 1);
         assert_eq!((st.rounds.files_staged, st.rounds.files_patched), (1, 1));
         assert_eq!(std::fs::read(dst.join("d/b")).unwrap().len(), 7000);
+    }
+
+    #[test]
+    fn a_first_sync_stages_the_scans_copies_of_the_files_that_held_still() {
+        use std::os::unix::fs::FileExt;
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        let big: Vec<u8> = crate::chunk::tests::golden_input(3 << 20, 7);
+        std::fs::write(src.join("big.bin"), &big).unwrap();
+        // The same bytes again: every chunk a duplicate of big.bin's.
+        std::fs::write(src.join("dup.bin"), &big).unwrap();
+        // Sparse: data, a hole, data, a hole at the end.
+        let sparse = std::fs::File::create(src.join("sparse.bin")).unwrap();
+        sparse.write_all_at(&big[..1 << 20], 0).unwrap();
+        sparse
+            .write_all_at(&big[1 << 20..(3 << 19)], 3 << 19)
+            .unwrap();
+        sparse.set_len(4 << 20).unwrap();
+        drop(sparse);
+        write(&src.join("small.txt"), 1000, 3);
+        // Out of the racy window: their timestamps prove them unchanged.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        // Written just now: its timestamps prove nothing, so no copy.
+        let fresh = crate::chunk::tests::golden_input(2 << 20, 11);
+        std::fs::write(src.join("fresh.bin"), &fresh).unwrap();
+        let (s, d) = (Source::Tree(src.clone()), Destination::Tree(dst.clone()));
+        let st = sync(&s, &d, &SyncOptions::default()).unwrap();
+        let copied = 2 * (3 << 20) + (1 << 20) + (1 << 19);
+        assert_eq!(st.rounds.bytes_scan_copied, copied, "{st:?}");
+        assert_eq!(st.rounds.bytes_fetched, copied + 1000 + (2 << 20), "{st:?}");
+        for f in ["big.bin", "dup.bin", "sparse.bin", "small.txt", "fresh.bin"] {
+            assert!(
+                std::fs::read(dst.join(f)).unwrap() == std::fs::read(src.join(f)).unwrap(),
+                "{f}"
+            );
+        }
+        let state = t.path().join(".dst.daffe-state");
+        assert!(!receive::scan_copy_dir(&state).exists(), "no copy left");
+        // The destination is now ours: the next round copies nothing.
+        std::fs::write(src.join("fresh.bin"), &fresh[1..]).unwrap();
+        let again = sync(&s, &d, &SyncOptions::default()).unwrap();
+        assert_eq!(again.rounds.bytes_scan_copied, 0, "{again:?}");
+        assert!(!receive::scan_copy_dir(&state).exists());
+        assert_eq!(
+            std::fs::read(dst.join("fresh.bin")).unwrap(),
+            std::fs::read(src.join("fresh.bin")).unwrap()
+        );
+    }
+
+    /// Writes into a file when the scan reports its first bytes hashed.
+    struct WriteWhileScanned {
+        file: PathBuf,
+        done: std::sync::atomic::AtomicBool,
+    }
+
+    impl ProgressSink for WriteWhileScanned {
+        fn event(&self, ev: &Progress) {
+            use std::os::unix::fs::FileExt;
+            if let Progress::Scanned { bytes_hashed, .. } = ev
+                && *bytes_hashed > 0
+                && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                let f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&self.file)
+                    .unwrap();
+                f.write_all_at(b"moved", 20 << 20).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_file_written_while_the_scan_reads_it_keeps_no_copy() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        // Two scan segments: the write comes after the first is hashed,
+        // before the file's second stat.
+        let file = src.join("db.bin");
+        std::fs::write(&file, crate::chunk::tests::golden_input(24 << 20, 3)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        let sink = Arc::new(WriteWhileScanned {
+            file: file.clone(),
+            done: Default::default(),
+        });
+        let opts = SyncOptions::default().with_progress(sink.clone());
+        let (s, d) = (Source::Tree(src.clone()), Destination::Tree(dst.clone()));
+        let st = sync(&s, &d, &opts).unwrap();
+        assert!(sink.done.load(std::sync::atomic::Ordering::SeqCst));
+        assert_eq!(st.rounds.bytes_scan_copied, 0, "{st:?}");
+        assert!(std::fs::read(dst.join("db.bin")).unwrap() == std::fs::read(&file).unwrap());
     }
 
     /// A tracker that reports what the test tells it, and counts the saves.

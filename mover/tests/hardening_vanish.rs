@@ -49,6 +49,7 @@ fn finding_09_entries_vanishing_mid_scan_are_gone_not_errors() {
                 label: "t".into(),
                 progress: Arc::new(mover::progress::NoProgress),
                 changes: None,
+                copy_into: None,
             },
         );
         scans += 1;

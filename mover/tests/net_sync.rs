@@ -475,6 +475,7 @@ fn a_cut_round_resumes_and_resends_only_what_was_not_stored() {
             label: "big".into(),
             progress: Arc::new(mover::progress::NoProgress),
             changes: None,
+            copy_into: None,
         },
     )
     .unwrap();

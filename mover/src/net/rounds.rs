@@ -341,6 +341,7 @@ impl RoundPusher {
                 label: self.target.clone(),
                 progress: Arc::new(crate::progress::NoProgress),
                 changes: self.changes.clone(),
+                copy_into: None,
             },
         )
         .map_err(|source| RoundPushError::Scan {

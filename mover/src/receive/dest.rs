@@ -30,6 +30,13 @@ pub fn default_state_dir(dest: &Path) -> PathBuf {
     dest.parent().unwrap_or(Path::new(".")).join(s)
 }
 
+/// Where a local sync's scan copies the files it reads into an empty
+/// destination (`ScanOptions::copy_into`): in the state dir, so that a copy
+/// is renamed into the round's stage dir, on the same filesystem.
+pub(crate) fn scan_copy_dir(state: &Path) -> PathBuf {
+    state.join("scan-copy")
+}
+
 /// The destination and its state dir.
 pub(super) struct Dest {
     pub(super) dest: Destination,

@@ -26,7 +26,7 @@
 //!   hot ranges a second time whole: PostgreSQL's round 2 on gold carried 2x
 //!   what was written since round 1's scan, `bench/migrate.sh`.)
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -110,6 +110,10 @@ pub(super) struct Local<'a> {
     pub(super) applied: &'a PathTable,
     /// Files of an interrupted round's durable chunks (`Loc::Seed` numbers them).
     pub(super) seeds: Vec<PathBuf>,
+    /// Entries whose staged file is already whole: the source's scan copied
+    /// them as it hashed them (`crate::scan::ScanCopy`), on handles opened
+    /// before their first byte was written.
+    pub(super) copied: HashMap<u32, File>,
 }
 
 /// What the execution left for the commit.
@@ -156,6 +160,8 @@ pub(super) struct Executor<'a> {
     dirty: Vec<Dirty>,
     skip_patches: Vec<u64>,
     page_patches: Vec<(u64, Vec<(u32, u32)>)>,
+    /// Entries staged from the source's scan copies (see [`Local::copied`]).
+    copied: HashSet<u32>,
 }
 
 impl<'a> Executor<'a> {
@@ -163,15 +169,18 @@ impl<'a> Executor<'a> {
         dest: &'a Dest,
         opts: &'a ReceiveOptions,
         src: &'a mut dyn ChunkSource,
-        local: Local<'a>,
+        mut local: Local<'a>,
         stats: &'a mut RoundStats,
     ) -> Result<Self, ReceiveError> {
+        let mut writer = Writer::open(dest, opts.checkpoint_bytes)?;
+        let copied = local.copied.keys().copied().collect();
+        writer.sync_with_round(local.copied.drain().map(|(_, f)| f));
         Ok(Executor {
             dest,
             opts,
             src: Some(src),
             local,
-            writer: Writer::open(dest, opts.checkpoint_bytes)?,
+            writer,
             stats,
             window: Window::default(),
             window_full: false,
@@ -187,7 +196,27 @@ impl<'a> Executor<'a> {
             dirty: Vec::new(),
             skip_patches: Vec::new(),
             page_patches: Vec::new(),
+            copied,
         })
+    }
+
+    /// Chunk `c` of an entry the source's scan copied: already in its
+    /// staged file, as hashed. Counted as fetched (it came from the source
+    /// this round), and a local source for the round's later duplicates.
+    fn copied_chunk(&mut self, entry: u32, c: ChunkRef) {
+        let t = Target::Stage {
+            entry,
+            offset: c.offset,
+        };
+        self.local.index.add(&c.id, t.loc(), c.len);
+        self.writer.written_before(t, &c);
+        self.stats.chunks_new += 1;
+        self.stats.bytes_fetched += u64::from(c.len);
+        self.stats.bytes_scan_copied += u64::from(c.len);
+        self.stats.bytes_written += u64::from(c.len);
+        self.opts.progress.event(&Progress::Moved {
+            bytes: u64::from(c.len),
+        });
     }
 
     /// After the plan: the plan's counts go into the stats, the last window
@@ -574,6 +603,10 @@ impl PlanSink for Executor<'_> {
     }
 
     fn stage_chunk(&mut self, entry: u32, c: ChunkRef) -> Result<(), ReceiveError> {
+        if self.copied.contains(&entry) {
+            self.copied_chunk(entry, c);
+            return Ok(());
+        }
         let target = Target::Stage {
             entry,
             offset: c.offset,

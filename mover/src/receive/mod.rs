@@ -38,10 +38,11 @@ mod plan;
 mod preview;
 mod round;
 mod verify;
-mod writeback;
+pub(crate) mod writeback;
 mod writer;
 
 pub use dest::default_state_dir;
+pub(crate) use dest::scan_copy_dir;
 pub use error::ReceiveError;
 pub use options::{CHECKPOINT_BYTES, Destination, ReceiveOptions, RoundStats, Verify};
 pub use plan::{Action, Change};

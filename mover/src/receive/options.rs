@@ -143,6 +143,11 @@ pub struct RoundStats {
     pub bytes_fetched: u64,
     /// Bytes copied from data already at the destination.
     pub bytes_reused: u64,
+    /// Of `bytes_fetched`, those a local sync's scan wrote into the
+    /// destination's state dir as it read them (`crate::scan::ScanCopy`):
+    /// not read from the source a second time.
+    #[serde(default)]
+    pub bytes_scan_copied: u64,
     /// Data bytes written (staged files, pack, in-place patches).
     pub bytes_written: u64,
     /// Bytes read back to verify.
@@ -185,6 +190,7 @@ impl RoundStats {
         self.chunks_reused += r.chunks_reused;
         self.bytes_fetched += r.bytes_fetched;
         self.bytes_reused += r.bytes_reused;
+        self.bytes_scan_copied += r.bytes_scan_copied;
         self.bytes_written += r.bytes_written;
         self.bytes_verified += r.bytes_verified;
         self.chunks_dirty += r.chunks_dirty;

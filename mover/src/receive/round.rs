@@ -4,6 +4,7 @@
 //! executor), 7 commit, 8 apply, 9 verify and promote. Each step lives in
 //! its own module; this one only sequences them and keeps the round dir.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, BufWriter};
 use std::os::unix::ffi::OsStrExt;
@@ -25,6 +26,7 @@ use crate::clock::millis;
 use crate::journal::{FramedWriter, JRec, Stored, read_journal};
 use crate::manifest::{self, ManifestReader};
 use crate::progress::{Phase, Progress};
+use crate::scan::ScanCopy;
 use crate::source::{ChunkSource, ManifestBase};
 
 /// The destination side of a sync.
@@ -146,6 +148,9 @@ impl Receiver {
             stats.recovered = true;
         }
         let t0 = Instant::now();
+        // Files the source's scan copied into our state dir (a local first
+        // transfer): staged as they are, their bytes already on our disk.
+        let copies = src.take_scan_copies();
         let scrub = opts.verify == Verify::All;
         let applied = self.applied_root();
         // A replayed round changed the tree after the check looked.
@@ -190,7 +195,13 @@ impl Receiver {
         };
         // Refused before a byte is fetched: a round over the cap or that
         // cannot fit (hardening finding 13).
-        if let Err(e) = self.check_room(&incoming, validity.data_bytes, opts) {
+        let copied_bytes = copies
+            .iter()
+            .filter_map(|c| rustix::fs::fstat(&c.file).ok())
+            .map(|st| u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512))
+            .sum::<u64>();
+        let held = validity.data_bytes.saturating_add(copied_bytes);
+        if let Err(e) = self.check_room(&incoming, held, opts) {
             let _ = std::fs::remove_file(&incoming.path);
             return Err(e);
         }
@@ -221,6 +232,7 @@ impl Receiver {
             index,
             applied: &validity.paths,
             seeds: left.seeds,
+            copied: self.adopt_copies(copies),
         };
         let mut exec = Executor::new(&self.d, opts, src, local, &mut stats)?;
         let counts = plan(
@@ -303,13 +315,14 @@ impl Receiver {
 
     /// Whether a round with manifest `incoming` may run here: its size
     /// within `opts.max_size` (an image's size, a tree's data bytes), and
-    /// what it adds to the destination's data (`applied_bytes` now) within
-    /// the free space of the destination's filesystem. A block device
+    /// what it adds to the data the destination holds (`held`: the applied
+    /// tree's, and the scan copies' already written in the state dir)
+    /// within the free space of the destination's filesystem. A block device
     /// destination has no free space to check (`DeviceTooSmall` covers it).
     fn check_room(
         &self,
         incoming: &Incoming,
-        applied_bytes: u64,
+        held: u64,
         opts: &ReceiveOptions,
     ) -> Result<(), ReceiveError> {
         let (what, size) = match self.d.dest {
@@ -327,7 +340,7 @@ impl Receiver {
         if self.d.device().is_some() {
             return Ok(());
         }
-        let need = incoming.trailer.data_bytes.saturating_sub(applied_bytes);
+        let need = incoming.trailer.data_bytes.saturating_sub(held);
         let path = self.d.dest.path();
         let free = free_bytes(path).map_err(io_err(path.as_os_str().as_bytes()))?;
         if need > free {
@@ -460,6 +473,32 @@ impl Receiver {
         j.push(&JRec::Begin { root })?;
         j.flush(true)?;
         Ok(left)
+    }
+
+    /// Moves the source's scan copies into the stage dir as the staged
+    /// files of their entries. A copy that is not where the scan left it,
+    /// or not the file its handle names, is left out (and fetched).
+    fn adopt_copies(&self, copies: Vec<ScanCopy>) -> HashMap<u32, File> {
+        let (from, to) = (
+            super::dest::scan_copy_dir(&self.d.state),
+            self.d.stage_dir(),
+        );
+        let mut adopted = HashMap::new();
+        for c in copies {
+            let name = c.entry.to_string();
+            let at = to.join(&name);
+            let same = std::fs::rename(from.join(&name), &at).is_ok()
+                && match (rustix::fs::fstat(&c.file), rustix::fs::lstat(&at)) {
+                    (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+                    _ => false,
+                };
+            if same {
+                adopted.insert(c.entry, c.file);
+            } else {
+                let _ = std::fs::remove_file(&at);
+            }
+        }
+        adopted
     }
 
     /// Ends a round that changes nothing: an interrupted, uncommitted round

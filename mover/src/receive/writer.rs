@@ -77,6 +77,12 @@ pub(super) struct Writer<'a> {
     /// Bytes for a staged file not written yet (see [`GATHER`]). Every
     /// other use of a staged file or of the journal writes them first.
     gathered: Gathered,
+    /// Staged files written before the round began (the source's scan
+    /// copies), synced on these handles at the next checkpoint or the
+    /// commit: they were opened before the copies' first byte, so they
+    /// report any writeback error the state dir's handle, opened later,
+    /// might not.
+    unsynced: Vec<File>,
 }
 
 /// Neighbouring chunks of staged file `entry` from `offset`, gathered.
@@ -124,7 +130,27 @@ impl<'a> Writer<'a> {
                 .collect::<Result<_, _>>()?,
             writeback: Writeback::start(&dest.state),
             gathered: Gathered::default(),
+            unsynced: Vec::new(),
         })
+    }
+
+    /// Staged files written before the round began, to be synced with it.
+    pub(super) fn sync_with_round(&mut self, files: impl IntoIterator<Item = File>) {
+        self.unsynced.extend(files);
+    }
+
+    /// Chunk `c` is at `t` already (written before the round began, see
+    /// [`Writer::sync_with_round`]): durable, and said so, with the rest.
+    pub(super) fn written_before(&mut self, t: Target, c: &ChunkRef) {
+        self.durable.push((t.stored(), c.len, c.id));
+    }
+
+    /// Syncs the files written before the round began.
+    fn sync_unsynced(&mut self) -> Result<(), ReceiveError> {
+        for f in self.unsynced.drain(..) {
+            f.sync_data().map_err(io_err(b"stage"))?;
+        }
+        Ok(())
     }
 
     /// Appends an op to its stream.
@@ -290,6 +316,7 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         self.write_gathered()?;
+        self.sync_unsynced()?;
         synced(self.dest, self.writeback.check())?;
         let recs = std::mem::take(&mut self.durable);
         for part in recs.chunks(DURABLE_PER_RECORD) {
@@ -316,6 +343,7 @@ impl<'a> Writer<'a> {
             journal: self.journal,
             durable: self.durable,
             writeback: self.writeback,
+            unsynced: self.unsynced,
         })
     }
 }
@@ -326,6 +354,8 @@ pub(super) struct Finished {
     /// Chunks written since the last checkpoint (not yet said durable).
     durable: Vec<(Stored, u32, ChunkId)>,
     writeback: Writeback,
+    /// See [`Writer::sync_with_round`].
+    unsynced: Vec<File>,
 }
 
 impl Finished {
@@ -335,6 +365,9 @@ impl Finished {
     pub(super) fn commit(mut self, dest: &Dest) -> Result<(), ReceiveError> {
         // Most of the data went to disk while the round wrote: this waits
         // for the rest and the files written since.
+        for f in self.unsynced.drain(..) {
+            f.sync_data().map_err(io_err(b"stage"))?;
+        }
         synced(dest, self.writeback.finish())?;
         for part in self.durable.chunks(DURABLE_PER_RECORD) {
             self.journal.push(&JRec::Durable(part.to_vec()))?;

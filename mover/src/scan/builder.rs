@@ -26,7 +26,9 @@ use crate::statcache::{StatReader, StatRec, StatWriter, now_ns};
 use crate::thread_times::{self, CpuTally};
 
 use super::class;
+use super::copy::{COPY_MIN, Copying, ScanCopy};
 use super::options::{LAST_MANIFEST, LAST_STAT, Scan, ScanError, ScanOptions, ScanStats, io_err};
+use crate::receive::writeback::Writeback;
 
 /// Segment size for parallel chunking of one extent: large enough that the
 /// resync overhead at segment starts (a few chunks) is noise, small enough
@@ -62,6 +64,8 @@ struct Job {
     read_end: u64,
     ext_end: u64,
     class: ChunkClass,
+    /// Where the segment's bytes are copied as they are read (`super::copy`).
+    copy: Option<Arc<Copying>>,
 }
 
 struct JobResult {
@@ -102,6 +106,8 @@ enum PState {
         entry_written: bool,
         last_end: Option<u64>,
         shrunk: bool,
+        /// The copy being written as the file is read (`super::copy`).
+        copy: Option<Arc<Copying>>,
     },
 }
 
@@ -137,6 +143,11 @@ fn worker_jobs(jobs: Receiver<Job>, results: Sender<JobResult>) {
         };
         let short = got < want;
         let at_end = j.read_end == j.ext_end || short;
+        if let Some(c) = &j.copy {
+            // The segment only: its lookahead is the next segment's to copy.
+            let seg_len = usize::try_from(j.seg_end - j.seg).unwrap_or(usize::MAX);
+            c.write(&buf[..got.min(seg_len)], j.seg);
+        }
         let chunks = if j.class == ChunkClass::Small {
             // Small files (<= SMALL_MAX) are one chunk per extent.
             let data = &buf[..got];
@@ -232,6 +243,10 @@ pub(super) struct Scanner {
     /// end of [`finish`](Self::finish).
     cpu: Arc<CpuTally>,
     cpu0: Option<(u64, u64)>,
+    /// The copies of files read unchanged ([`ScanOptions::copy_into`]).
+    copies: Vec<ScanCopy>,
+    /// Their early writeback: the commit's sync then finds little left.
+    copy_writeback: Option<Writeback>,
 }
 
 impl Scanner {
@@ -251,6 +266,10 @@ impl Scanner {
             &Header::new(mode, &opts.label),
         )?;
         let statw = StatWriter::create(&cache_dir.join("next.stat"))?;
+        if let Some(dir) = &opts.copy_into {
+            std::fs::create_dir_all(dir).map_err(io_err(dir.as_os_str().as_bytes()))?;
+        }
+        let opts_copy_dir = opts.copy_into.clone();
         let (jtx, jrx) = unbounded::<Job>();
         let (rtx, rrx) = unbounded::<JobResult>();
         let cpu = Arc::new(CpuTally::default());
@@ -280,6 +299,8 @@ impl Scanner {
             results: rrx,
             threads,
             entry_index: 0,
+            copies: Vec::new(),
+            copy_writeback: opts_copy_dir.as_deref().map(Writeback::start),
         })
     }
 
@@ -445,6 +466,20 @@ impl Scanner {
                     return Ok(());
                 }
                 let file = Arc::new(f);
+                // Only a file whose timestamps can prove it unchanged after
+                // the read is worth copying (`super::copy`); a device's say
+                // nothing about its contents.
+                let copy = match &self.opts.copy_into {
+                    Some(dir)
+                        if st.kind == StatKind::File
+                            && !stat.racy
+                            && entry.size >= COPY_MIN
+                            && !extents.is_empty() =>
+                    {
+                        Copying::create(dir, seq, entry.size).map(Arc::new)
+                    }
+                    _ => None,
+                };
                 let look = LOOKAHEAD_MAXES * u64::from(class.max_len());
                 let mut parts = Vec::new();
                 let mut jobs = Vec::new();
@@ -466,6 +501,7 @@ impl Scanner {
                             read_end,
                             ext_end: e,
                             class,
+                            copy: copy.clone(),
                         });
                         parts.push(Part { ext: i, list: None });
                         seg = seg_end;
@@ -480,6 +516,7 @@ impl Scanner {
                     entry_written: false,
                     last_end: None,
                     shrunk: false,
+                    copy,
                 };
                 self.queue.push_back(Pending { entry, stat, state });
                 for j in jobs {
@@ -527,10 +564,19 @@ impl Scanner {
         if let Some(e) = r.error {
             return Err(io_err(&p.entry.path)(e));
         }
-        if let PState::Chunking { parts, shrunk, .. } = &mut p.state {
+        if let PState::Chunking {
+            parts,
+            shrunk,
+            copy,
+            ..
+        } = &mut p.state
+        {
             parts[r.part].list = Some(r.chunks);
             if r.short {
                 *shrunk = true;
+            }
+            if let (Some(c), Some(wb)) = (copy, self.copy_writeback.as_mut()) {
+                wb.wrote(r.read, c.writeback_handle());
             }
         }
         Ok(())
@@ -583,7 +629,10 @@ impl Scanner {
             }
             let mut head = self.queue.pop_front().expect("front exists");
             self.base_seq += 1;
-            if let PState::Chunking { file, shrunk, .. } = &head.state {
+            if let PState::Chunking {
+                file, shrunk, copy, ..
+            } = &head.state
+            {
                 // Re-stat after reading: a file that changed while read is
                 // marked racy so the next round reads it again.
                 let after = fsmeta::stat_fd(file.as_fd(), &head.entry.path)?;
@@ -593,6 +642,14 @@ impl Scanner {
                     || after.ctime_ns != head.stat.ctime_ns
                 {
                     head.stat.racy = true;
+                }
+                // Its copy holds what was hashed only if nothing moved.
+                match (copy, &self.opts.copy_into) {
+                    (Some(c), Some(dir)) if !head.stat.racy => {
+                        self.copies.extend(c.keep(dir, self.entry_index));
+                    }
+                    (Some(c), _) => c.discard(),
+                    (None, _) => {}
                 }
             }
             self.paths.push(self.entry_index, &head.entry.path);
@@ -975,6 +1032,7 @@ impl Scanner {
             paths: self.paths,
             stats: self.stats,
             skipped: self.skipped,
+            copies: self.copies,
         })
     }
 }
@@ -1040,6 +1098,7 @@ fn advance_chunking(
         entry_written,
         last_end,
         shrunk,
+        copy: _,
     } = &mut p.state
     else {
         return Ok(true);
@@ -1149,6 +1208,7 @@ mod tests {
             label: "t".into(),
             progress: Arc::new(crate::progress::NoProgress),
             changes: None,
+            copy_into: None,
         };
         let this0 = thread_times::this_thread().unwrap();
         let s = super::super::scan_tree(&root, &d.path().join("cache"), opts).unwrap();

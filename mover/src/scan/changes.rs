@@ -428,6 +428,7 @@ mod tests {
             label: "t".into(),
             progress: std::sync::Arc::new(crate::progress::NoProgress),
             changes: Some(told.clone()),
+            copy_into: None,
         }
     }
 
@@ -834,6 +835,7 @@ mod tests {
             label: "t".into(),
             progress: std::sync::Arc::new(crate::progress::NoProgress),
             changes: None,
+            copy_into: None,
         };
         let s1 = crate::scan::scan_tree(&root, &cache, opts()).unwrap();
         crate::scan::manifest_matches_the_tree(&s1, &root);

@@ -25,6 +25,7 @@ mod changes;
 #[cfg(any(test, feature = "testing"))]
 mod check;
 mod class;
+mod copy;
 mod options;
 mod pieces;
 mod walk;
@@ -32,5 +33,6 @@ mod walk;
 pub use changes::{FileChanges, ImageChanges, PendingChanges};
 #[cfg(any(test, feature = "testing"))]
 pub use check::manifest_matches_the_tree;
+pub use copy::ScanCopy;
 pub use options::{Scan, ScanError, ScanOptions, ScanStats};
 pub use walk::{image_size, scan_image, scan_tree};

@@ -122,6 +122,11 @@ pub struct ScanOptions {
     /// tracked (`super::changes`); `None`: an image changed at all is read
     /// whole, as is a tree's changed file.
     pub changes: Option<Arc<dyn super::changes::ImageChanges>>,
+    /// Where to copy the data of large files as it is read (a local
+    /// [`crate::sync`] into an empty destination: the scan's bytes are
+    /// written as they are hashed, and the round takes the copies instead
+    /// of reading every file again; see `super::copy`). `None`: no copies.
+    pub copy_into: Option<PathBuf>,
 }
 
 /// A finished scan: the manifest on disk and what the sender needs to answer
@@ -136,6 +141,10 @@ pub struct Scan {
     pub paths: PathTable,
     pub stats: ScanStats,
     pub skipped: Vec<Skip>,
+    /// Files whose data the scan copied ([`ScanOptions::copy_into`]),
+    /// unchanged while it read them: each copy holds exactly the bytes
+    /// hashed into the manifest.
+    pub copies: Vec<super::copy::ScanCopy>,
 }
 
 /// Names of the cache files in the source's cache dir.

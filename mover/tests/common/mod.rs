@@ -275,6 +275,7 @@ pub fn scan_sender(src: &mover::Source, cache: &Path) -> mover::Sender {
             label: "t".into(),
             progress: std::sync::Arc::new(mover::progress::NoProgress),
             changes: None,
+            copy_into: None,
         },
     )
     .unwrap()

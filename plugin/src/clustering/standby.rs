@@ -418,6 +418,7 @@ pub(crate) fn scan_for_round(
             label: label.to_owned(),
             progress: Arc::new(mover::progress::NoProgress),
             changes,
+            copy_into: None,
         },
     )?;
     let too_big = frozen.is_some() && sender.stats().bytes_hashed > SEAL_MAX_BYTES;

@@ -162,6 +162,7 @@ fn every_way_of_writing_a_file_ends_in_a_manifest_that_matches_the_tree() {
         label: "t".into(),
         progress: Arc::new(mover::progress::NoProgress),
         changes: Some(t.clone()),
+        copy_into: None,
     };
     let s = mover::internals::scan::scan_tree(&root, &cache, opts()).unwrap();
     mover::internals::scan::manifest_matches_the_tree(&s, &root);
@@ -280,6 +281,7 @@ fn tracked(logs: &Arc<DirWrites>, root: &Path, cache: &Path) -> mover::ScanOptio
         label: "t".into(),
         progress: Arc::new(mover::progress::NoProgress),
         changes: Some(logs.changes(root, cache).expect("ext4 is tracked")),
+        copy_into: None,
     }
 }
 
