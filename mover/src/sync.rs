@@ -562,6 +562,64 @@ mod tests {
         assert!(std::fs::read(dst.join("db.bin")).unwrap() == std::fs::read(&file).unwrap());
     }
 
+    /// Swaps a file for another of the same size, mode and mtime (a new
+    /// inode) once the round says it verifies: after apply.
+    struct SwapAtVerify {
+        file: PathBuf,
+        done: std::sync::atomic::AtomicBool,
+    }
+
+    impl ProgressSink for SwapAtVerify {
+        fn event(&self, ev: &Progress) {
+            if matches!(
+                ev,
+                Progress::Phase {
+                    phase: Phase::Verify,
+                    ..
+                }
+            ) && !self.done.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                let mut bytes = std::fs::read(&self.file).unwrap();
+                bytes[1000] ^= 1;
+                let m = std::fs::metadata(&self.file).unwrap();
+                let tmp = self.file.with_extension("swap");
+                std::fs::write(&tmp, &bytes).unwrap();
+                std::fs::set_permissions(&tmp, m.permissions()).unwrap();
+                let f = std::fs::File::options().write(true).open(&tmp).unwrap();
+                f.set_modified(m.modified().unwrap()).unwrap();
+                drop(f);
+                std::fs::rename(&tmp, &self.file).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn a_placed_file_that_is_not_the_staged_one_re_read_fails_the_verify() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dst) = (t.path().join("src"), t.path().join("dst"));
+        std::fs::create_dir_all(&src).unwrap();
+        std::fs::write(
+            src.join("f.bin"),
+            crate::chunk::tests::golden_input(1 << 20, 5),
+        )
+        .unwrap();
+        let sink = Arc::new(SwapAtVerify {
+            file: dst.join("f.bin"),
+            done: Default::default(),
+        });
+        let (s, d) = (Source::Tree(src.clone()), Destination::Tree(dst.clone()));
+        let err = sync(&s, &d, &SyncOptions::default().with_progress(sink.clone())).unwrap_err();
+        assert!(
+            matches!(&err, SyncError::Receive(ReceiveError::Verify { path, .. }) if path == "f.bin"),
+            "{err}"
+        );
+        // The next round repairs it.
+        sync(&s, &d, &SyncOptions::default()).unwrap();
+        assert!(
+            std::fs::read(dst.join("f.bin")).unwrap() == std::fs::read(src.join("f.bin")).unwrap()
+        );
+    }
+
     /// A tracker that reports what the test tells it, and counts the saves.
     struct Tracker {
         files: std::sync::Mutex<Option<crate::FileChanges>>,

@@ -64,7 +64,15 @@ fn child_entry() {
                 ..
             },
         ) => die(),
-        ("verify", Progress::Verified { .. }) => die(),
+        (
+            "verify",
+            Progress::Phase {
+                phase: Phase::Verify,
+                ..
+            },
+        ) => die(),
+        // The staged files' re-read, which runs beside the commit.
+        ("reread", Progress::Verified { .. }) => die(),
         _ => {}
     };
     let mut o = opts(base);
@@ -146,6 +154,13 @@ fn kill_and_resume(point: &str) {
             assert!(s.rounds.recovered, "committed round not replayed: {s:#?}");
             assert_eq!(s.rounds.bytes_fetched, 0, "{s:#?}");
         }
+        // Killed before or after the commit record, whichever came first.
+        "reread" if s.rounds.recovered => assert_eq!(s.rounds.bytes_fetched, 0, "{s:#?}"),
+        "reread" => assert_eq!(
+            s.rounds.bytes_fetched,
+            total - durable,
+            "rerun fetched more than what was missing: {s:#?}"
+        ),
         _ => unreachable!(),
     }
 }
@@ -168,6 +183,11 @@ fn kill_after_commit() {
 #[test]
 fn kill_during_verify() {
     kill_and_resume("verify");
+}
+
+#[test]
+fn kill_during_the_staged_re_read() {
+    kill_and_resume("reread");
 }
 
 /// A journal frame as `journal.rs` writes it: `len (u32 LE) | blake3[..8] |

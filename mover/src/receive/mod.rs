@@ -38,7 +38,7 @@ mod plan;
 mod preview;
 mod round;
 mod verify;
-pub(crate) mod writeback;
+mod writeback;
 mod writer;
 
 pub use dest::default_state_dir;

@@ -19,7 +19,7 @@ use super::options::{Destination, ReceiveOptions, RoundStats, Verify};
 use super::pages;
 use super::partial;
 use super::plan::{PlanInput, StoredManifest, plan};
-use super::verify::{Checked, Recheck, promote, validity};
+use super::verify::{Checked, Recheck, promote, validity, verify_staged};
 use crate::chunk::ChunkId;
 use crate::chunk_index::{ChunkIndex, Loc};
 use crate::clock::millis;
@@ -270,8 +270,27 @@ impl Receiver {
 
         // 7. Commit: one sync makes the data, the op streams and the files
         //    above durable; then the commit record (with the last `Durable`
-        //    records) makes the round happen.
-        done.writer.commit(&self.d)?;
+        //    records) makes the round happen. Meanwhile 9 (data): the
+        //    staged files are re-read, on the CPU while the sync waits for
+        //    the disk.
+        let verifying = opts.verify != Verify::None;
+        let tv = Instant::now();
+        let (committed, staged) = std::thread::scope(|s| {
+            let check = verifying.then(|| s.spawn(|| verify_staged(&rd, &done.touched, opts)));
+            let committed = done.writer.commit(&self.d);
+            (committed, check.map(|h| (h.join(), tv.elapsed())))
+        });
+        committed?;
+        let staged = match staged {
+            Some((Ok(r), took)) => {
+                let (checks, bytes) = r?;
+                stats.bytes_verified += bytes;
+                stats.verify_ms += millis(took);
+                Some(checks)
+            }
+            // The thread panicked: promote re-reads them after apply.
+            Some((Err(_), _)) | None => None,
+        };
 
         // 8. Apply.
         let t1 = Instant::now();
@@ -296,9 +315,10 @@ impl Receiver {
         let recheck = (opts.verify != Verify::None).then_some(Recheck {
             touched: &done.touched,
             all: opts.verify == Verify::All,
+            staged: staged.as_ref(),
         });
         let failures = promote(&self.d, recheck, written, &mut stats, opts)?;
-        stats.verify_ms = millis(t2.elapsed());
+        stats.verify_ms += millis(t2.elapsed());
         if !failures.is_empty() {
             return Err(ReceiveError::Verify {
                 path: failures.join(", "),

@@ -10,11 +10,6 @@
 //! files: other writers on the filesystem (a host's other volumes) keep
 //! the kernel's pace.
 //!
-//! The scan's copies of a local first transfer (`crate::scan::ScanCopy`)
-//! are written back the same way while the scan writes them, through a
-//! handle of their own: the round's `fdatasync` of each copy, on the handle
-//! opened before its first write, still reports any error.
-//!
 //! Advisory for durability: what a crash keeps is still decided by the
 //! checkpoints' and the commit's own syncs and journal records. It does
 //! carry errors: the thread's file handle is opened when the round starts,
@@ -34,10 +29,10 @@ use std::thread::JoinHandle;
 /// Bytes written between two requests for writeback: large enough that the
 /// syncs (each also commits the filesystem's journal) stay few, small
 /// enough that the disk starts early in a round of a few hundred MiB.
-pub(crate) const EVERY: u64 = 16 << 20;
+pub(super) const EVERY: u64 = 16 << 20;
 
 /// The writeback thread of one round's writer.
-pub(crate) struct Writeback {
+pub(super) struct Writeback {
     /// Files to write back; `None` once finished.
     tx: Option<SyncSender<File>>,
     thread: Option<JoinHandle<()>>,
@@ -52,7 +47,7 @@ impl Writeback {
     /// Starts the thread for the filesystem holding `state`. If the dir or
     /// the thread cannot be had, the round runs without early writeback
     /// (as before it existed); its own syncs then report the problem.
-    pub(crate) fn start(state: &Path) -> Self {
+    pub(super) fn start(state: &Path) -> Self {
         let mut w = Writeback {
             tx: None,
             thread: None,
@@ -87,7 +82,7 @@ impl Writeback {
 
     /// `n` more bytes were written, the last into `f`: every [`EVERY`],
     /// `f` is handed to the thread (a second handle on the same file).
-    pub(crate) fn wrote(&mut self, n: u64, f: &File) {
+    pub(super) fn wrote(&mut self, n: u64, f: &File) {
         self.since += n;
         if self.since < EVERY {
             return;

@@ -28,7 +28,6 @@ use crate::thread_times::{self, CpuTally};
 use super::class;
 use super::copy::{COPY_MIN, Copying, ScanCopy};
 use super::options::{LAST_MANIFEST, LAST_STAT, Scan, ScanError, ScanOptions, ScanStats, io_err};
-use crate::receive::writeback::Writeback;
 
 /// Segment size for parallel chunking of one extent: large enough that the
 /// resync overhead at segment starts (a few chunks) is noise, small enough
@@ -245,8 +244,6 @@ pub(super) struct Scanner {
     cpu0: Option<(u64, u64)>,
     /// The copies of files read unchanged ([`ScanOptions::copy_into`]).
     copies: Vec<ScanCopy>,
-    /// Their early writeback: the commit's sync then finds little left.
-    copy_writeback: Option<Writeback>,
 }
 
 impl Scanner {
@@ -269,7 +266,6 @@ impl Scanner {
         if let Some(dir) = &opts.copy_into {
             std::fs::create_dir_all(dir).map_err(io_err(dir.as_os_str().as_bytes()))?;
         }
-        let opts_copy_dir = opts.copy_into.clone();
         let (jtx, jrx) = unbounded::<Job>();
         let (rtx, rrx) = unbounded::<JobResult>();
         let cpu = Arc::new(CpuTally::default());
@@ -300,7 +296,6 @@ impl Scanner {
             threads,
             entry_index: 0,
             copies: Vec::new(),
-            copy_writeback: opts_copy_dir.as_deref().map(Writeback::start),
         })
     }
 
@@ -564,19 +559,10 @@ impl Scanner {
         if let Some(e) = r.error {
             return Err(io_err(&p.entry.path)(e));
         }
-        if let PState::Chunking {
-            parts,
-            shrunk,
-            copy,
-            ..
-        } = &mut p.state
-        {
+        if let PState::Chunking { parts, shrunk, .. } = &mut p.state {
             parts[r.part].list = Some(r.chunks);
             if r.short {
                 *shrunk = true;
-            }
-            if let (Some(c), Some(wb)) = (copy, self.copy_writeback.as_mut()) {
-                wb.wrote(r.read, c.writeback_handle());
             }
         }
         Ok(())

@@ -38,10 +38,6 @@ pub struct ScanCopy {
 /// A copy being written by the chunking workers.
 pub(super) struct Copying {
     file: File,
-    /// A second open of the copy, for early writeback
-    /// (`crate::receive::writeback`): a sync on it reports an error to it
-    /// alone, so `file`'s sync in the round still sees every one.
-    wb: File,
     path: PathBuf,
     failed: AtomicBool,
 }
@@ -59,12 +55,10 @@ impl Copying {
             .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
             .open(&path)
-            .and_then(|f| f.set_len(size).map(|()| f))
-            .and_then(|f| File::open(&path).map(|wb| (f, wb)));
+            .and_then(|f| f.set_len(size).map(|()| f));
         match made {
-            Ok((file, wb)) => Some(Copying {
+            Ok(file) => Some(Copying {
                 file,
-                wb,
                 path,
                 failed: AtomicBool::new(false),
             }),
@@ -85,11 +79,6 @@ impl Copying {
             tracing::debug!("scan copy {}: {e}", self.path.display());
             self.failed.store(true, Ordering::Relaxed);
         }
-    }
-
-    /// The handle for early writeback (see [`Copying::wb`]).
-    pub(super) fn writeback_handle(&self) -> &File {
-        &self.wb
     }
 
     /// The copy of a file read unchanged, renamed to `dir/<entry>`; None
