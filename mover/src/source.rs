@@ -172,7 +172,7 @@ pub trait ChunkSource {
     /// receiver stages each as it is, without asking for its chunks. Only a
     /// [`Sender`] in the receiver's own process has any: the copies are
     /// its own writes, from the buffers its scan hashed. The receiver still
-    /// verifies every staged file after apply.
+    /// re-reads every staged file against the manifest (its verify).
     fn take_scan_copies(&mut self) -> Vec<scan::ScanCopy> {
         Vec::new()
     }

@@ -145,14 +145,6 @@ impl<'a> Writer<'a> {
         self.durable.push((t.stored(), c.len, c.id));
     }
 
-    /// Syncs the files written before the round began.
-    fn sync_unsynced(&mut self) -> Result<(), ReceiveError> {
-        for f in self.unsynced.drain(..) {
-            f.sync_data().map_err(io_err(b"stage"))?;
-        }
-        Ok(())
-    }
-
     /// Appends an op to its stream.
     pub(super) fn op(&mut self, op: &Op) -> Result<(), ReceiveError> {
         Ok(self.ops[op.stream()].push(op)?)
@@ -316,7 +308,7 @@ impl<'a> Writer<'a> {
             return Ok(());
         }
         self.write_gathered()?;
-        self.sync_unsynced()?;
+        sync_data(&mut self.unsynced)?;
         synced(self.dest, self.writeback.check())?;
         let recs = std::mem::take(&mut self.durable);
         for part in recs.chunks(DURABLE_PER_RECORD) {
@@ -365,9 +357,7 @@ impl Finished {
     pub(super) fn commit(mut self, dest: &Dest) -> Result<(), ReceiveError> {
         // Most of the data went to disk while the round wrote: this waits
         // for the rest and the files written since.
-        for f in self.unsynced.drain(..) {
-            f.sync_data().map_err(io_err(b"stage"))?;
-        }
+        sync_data(&mut self.unsynced)?;
         synced(dest, self.writeback.finish())?;
         for part in self.durable.chunks(DURABLE_PER_RECORD) {
             self.journal.push(&JRec::Durable(part.to_vec()))?;
@@ -376,6 +366,15 @@ impl Finished {
         self.journal.flush(true)?;
         Ok(())
     }
+}
+
+/// Syncs the staged files written before the round began (see
+/// [`Writer::sync_with_round`]), each once.
+fn sync_data(files: &mut Vec<File>) -> Result<(), ReceiveError> {
+    for f in files.drain(..) {
+        f.sync_data().map_err(io_err(b"stage"))?;
+    }
+    Ok(())
 }
 
 /// Completes a sync of the state dir's filesystem that `wb` (the writeback,

@@ -12,8 +12,8 @@
 //! read would have moved them. A file that fails it (or whose copy could not
 //! be written) keeps no copy: the round fetches and checks it as before, and
 //! a final round whose source moved still stops there
-//! (`ReceiveError::Stale`). The verify after apply re-reads a copied file
-//! like any staged one.
+//! (`ReceiveError::Stale`). The round's verify re-reads a copied file like
+//! any staged one.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
