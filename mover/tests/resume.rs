@@ -1,6 +1,8 @@
 //! Interrupt and resume: a child process runs a sync and is killed with
 //! SIGKILL at several points (during the scan, mid-fetch after some
-//! checkpoints, right after the commit, during verification). A rerun must
+//! checkpoints, while staging the scan's copies of a first transfer, during
+//! the staged files' re-read beside the commit, right after the commit,
+//! during verification). A rerun must
 //! complete, leave the destination equal to the source, and fetch only what
 //! the killed run had not durably stored.
 //!
@@ -73,6 +75,12 @@ fn child_entry() {
         ) => die(),
         // The staged files' re-read, which runs beside the commit.
         ("reread", Progress::Verified { .. }) => die(),
+        // Midway through the chunks of files the scan copied (no fetch).
+        ("copied", Progress::Moved { bytes })
+            if moved.fetch_add(*bytes, Ordering::Relaxed) + bytes > 20 << 20 =>
+        {
+            die()
+        }
         _ => {}
     };
     let mut o = opts(base);
@@ -110,6 +118,10 @@ fn kill_and_resume(point: &str) {
     let t = tempfile::tempdir().unwrap();
     let base = t.path();
     corpus(&base.join("src"));
+    if point == "copied" {
+        // Out of the racy window: the scan copies the large files.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+    }
     let status = Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
@@ -128,6 +140,11 @@ fn kill_and_resume(point: &str) {
         "child was not killed at {point}: {status:?}"
     );
     let durable = durable_bytes(&base.join("state"));
+    if point == "copied" {
+        // Killed after big.db's copy (entry 1) was staged whole.
+        let staged = std::fs::metadata(base.join("state/round/stage/1")).unwrap();
+        assert_eq!(staged.len(), 40 << 20);
+    }
     let total =
         40u64 * (1 << 20) + (8 << 20) + (0..2000u64).map(|i| 2000 + (i % 7) * 1000).sum::<u64>();
     let s = sync(
@@ -153,6 +170,13 @@ fn kill_and_resume(point: &str) {
         "apply" | "verify" => {
             assert!(s.rounds.recovered, "committed round not replayed: {s:#?}");
             assert_eq!(s.rounds.bytes_fetched, 0, "{s:#?}");
+        }
+        // The killed run's scan finished (its cache vouches for every
+        // file, so the rerun reads none and copies none) and its staged
+        // copies had no durable record yet: fetched like any lost chunk.
+        "copied" => {
+            assert_eq!(s.rounds.bytes_scan_copied, 0, "{s:#?}");
+            assert_eq!(s.rounds.bytes_fetched, total - durable, "{s:#?}");
         }
         // Killed before or after the commit record, whichever came first.
         "reread" if s.rounds.recovered => assert_eq!(s.rounds.bytes_fetched, 0, "{s:#?}"),
@@ -188,6 +212,11 @@ fn kill_during_verify() {
 #[test]
 fn kill_during_the_staged_re_read() {
     kill_and_resume("reread");
+}
+
+#[test]
+fn kill_while_staging_the_scans_copies() {
+    kill_and_resume("copied");
 }
 
 /// A journal frame as `journal.rs` writes it: `len (u32 LE) | blake3[..8] |

@@ -507,11 +507,15 @@ impl Receiver {
         for c in copies {
             let name = c.entry.to_string();
             let at = to.join(&name);
-            let same = std::fs::rename(from.join(&name), &at).is_ok()
-                && match (rustix::fs::fstat(&c.file), rustix::fs::lstat(&at)) {
-                    (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
-                    _ => false,
-                };
+            // A missing copy leaves `at` alone: an interrupted attempt at
+            // this round may have durable chunks there.
+            if std::fs::rename(from.join(&name), &at).is_err() {
+                continue;
+            }
+            let same = match (rustix::fs::fstat(&c.file), rustix::fs::lstat(&at)) {
+                (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+                _ => false,
+            };
             if same {
                 adopted.insert(c.entry, c.file);
             } else {
