@@ -275,21 +275,27 @@ impl Receiver {
         //    the disk.
         let verifying = opts.verify != Verify::None;
         let tv = Instant::now();
+        // Its bytes are reported in the verify phase, after apply: a
+        // progress consumer counts an event in the phase it arrives in.
+        let quiet = ReceiveOptions {
+            progress: std::sync::Arc::new(crate::progress::NoProgress),
+            ..opts.clone()
+        };
         let (committed, staged) = std::thread::scope(|s| {
-            let check = verifying.then(|| s.spawn(|| verify_staged(&rd, &done.touched, opts)));
+            let check = verifying.then(|| s.spawn(|| verify_staged(&rd, &done.touched, &quiet)));
             let committed = done.writer.commit(&self.d);
             (committed, check.map(|h| (h.join(), tv.elapsed())))
         });
         committed?;
-        let staged = match staged {
+        let (staged, staged_bytes) = match staged {
             Some((Ok(r), took)) => {
                 let (checks, bytes) = r?;
                 stats.bytes_verified += bytes;
                 stats.verify_ms += millis(took);
-                Some(checks)
+                (Some(checks), bytes)
             }
             // The thread panicked: promote re-reads them after apply.
-            Some((Err(_), _)) | None => None,
+            Some((Err(_), _)) | None => (None, 0),
         };
 
         // 8. Apply.
@@ -311,6 +317,11 @@ impl Receiver {
                 phase: Phase::Verify,
                 total_bytes: 0,
             });
+            if staged_bytes > 0 {
+                opts.progress.event(&Progress::Verified {
+                    bytes: staged_bytes,
+                });
+            }
         }
         let recheck = (opts.verify != Verify::None).then_some(Recheck {
             touched: &done.touched,
