@@ -266,12 +266,6 @@ fn copy_files(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<(
 }
 
 /// Whether `dst` is an image on a block device.
-fn is_device(dst: &Destination) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    matches!(dst, Destination::Image(p)
-        if std::fs::metadata(p).is_ok_and(|m| m.file_type().is_block_device()))
-}
-
 /// A folder of scratch files, removed with what it holds when dropped.
 struct ScratchDir(PathBuf);
 
@@ -345,7 +339,7 @@ pub fn sync(src: &Source, dst: &Destination, opts: &SyncOptions) -> Result<SyncS
     // into the state dir, and the round stages those copies instead of
     // reading the files again (`crate::scan::ScanCopy`). Not into a device,
     // which is patched in place.
-    let copies = (rx.applied_root().is_none() && !is_device(dst))
+    let copies = (rx.applied_root().is_none() && !rx.is_device())
         .then(|| ScratchDir(receive::scan_copy_dir(&state)));
     let mut attempt = 0;
     loop {

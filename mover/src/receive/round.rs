@@ -71,6 +71,11 @@ impl Receiver {
         })
     }
 
+    /// The destination is a block device: patched in place, never staged.
+    pub(crate) fn is_device(&self) -> bool {
+        self.d.device().is_some()
+    }
+
     /// Root of the applied manifest, if any round was applied. Read from the
     /// footer of `applied.stat` (written with it, renamed just before it), so
     /// an unchanged round does not decode the manifest once more; the

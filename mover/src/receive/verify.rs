@@ -178,6 +178,12 @@ pub(super) struct StagedCheck {
     good: bool,
 }
 
+/// Threads re-reading chunks, the same for `promote` and the staged
+/// re-read (the two run one after the other, never together).
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
+}
+
 /// Step 9's data re-read, done on the staged files before apply (while the
 /// commit's sync waits for the disk: the two took turns, and a first
 /// transfer's sync and re-read each took about 50 ms of 128 MiB): every
@@ -197,7 +203,7 @@ pub(super) fn verify_staged(
     if touched.is_empty() {
         return Ok((checks, 0));
     }
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let workers = workers();
     let mut r = ManifestReader::new(ManifestFile(round.join("manifest")).open()?)?;
     let stage = round.join("stage");
     let (mut idx, mut ti) = (0u32, 0usize);
@@ -208,19 +214,20 @@ pub(super) fn verify_staged(
                 return Ok(());
             };
             c.check_batch(workers, stats, opts)?;
+            // A stage file that cannot be stat'ed matches no inode: it fails.
             let st = c.file.as_ref().and_then(|f| rustix::fs::fstat(f).ok());
-            let check = match st {
-                Some(st) => StagedCheck {
-                    dev: st.st_dev,
-                    ino: st.st_ino,
-                    good: c.good,
-                },
-                None => StagedCheck {
+            let check = st.map_or(
+                StagedCheck {
                     dev: 0,
                     ino: 0,
                     good: false,
                 },
-            };
+                |st| StagedCheck {
+                    dev: st.st_dev,
+                    ino: st.st_ino,
+                    good: c.good,
+                },
+            );
             checks.insert(i, check);
             Ok(())
         };
@@ -425,7 +432,7 @@ pub(super) fn promote(
         staged: None,
     });
     let checking = check.is_some();
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let workers = workers();
     let mut failures = Vec::new();
     let mut idx = 0u32;
     let mut ti = 0usize;
