@@ -166,8 +166,9 @@ pub(crate) fn neighbour_runs<'a, T>(
     })
 }
 
-/// Whether a cap is installed.
-fn capped() -> bool {
+/// Whether a cap is installed (reads are paced: nothing should read ahead
+/// of them).
+pub(crate) fn capped() -> bool {
     READ_CAP
         .read()
         .unwrap_or_else(PoisonError::into_inner)
