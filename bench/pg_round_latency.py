@@ -15,7 +15,13 @@ With a control run beside it (PG_CONTROL: ctl-PROFILE-RATE.pgbench.err, pgbench
 without migration on a fresh copy), also the latency of each phase of pre-copy
 over the control's same seconds from pgbench's start: round 1's scan, round 1's
 transfer, the rounds after it, and the whole (stop 37: the phases cost unlike).
+The before-cutover hook's CHECKPOINT is PostgreSQL writing its whole buffer pool
+at once, which the control never does: the seconds it ran (from the server's log,
+"checkpoint starting: immediate" to "checkpoint complete") are also given apart,
+and the whole less them, which is what daffe's own reads and sends cost
+(stop 52: a 122 MiB CHECKPOINT was one second at x4.9).
 """
+import datetime
 import json
 import os
 import re
@@ -34,7 +40,23 @@ def progress(path):
     return out
 
 
-def against_control(results, case, tm, tw, rounds):
+def checkpoints(log, t0):
+    """pgbench seconds (from t0, epoch seconds) that an immediate CHECKPOINT overlaps."""
+    secs, start = set(), None
+    for line in open(log):
+        if "checkpoint starting: immediate" in line or "checkpoint complete" in line:
+            at = datetime.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S.%f")
+            t = at.replace(tzinfo=datetime.timezone.utc).timestamp() - t0
+            if "starting" in line:
+                start = t
+            elif start is not None:
+                # pgbench's line for second N covers (N-1, N].
+                secs.update(range(int(start) + 1, int(t) + 2))
+                start = None
+    return secs
+
+
+def against_control(results, case, tm, tw, rounds, hook_secs=frozenset()):
     """Each phase's latency over the control's same seconds, or None."""
     _, profile, rate = case.split("-")[:3]
     ctl = f"{results}/ctl-{profile}-{rate}.pgbench.err"
@@ -47,8 +69,14 @@ def against_control(results, case, tm, tw, rounds):
     sent = scanned + r1["transfer_ms"] / 1000
     out = []
     for name, lo, hi in (("round 1 scan", tm, scanned), ("round 1 transfer", scanned, sent),
-                         ("later rounds", sent, tw), ("all of pre-copy", tm, tw)):
+                         ("later rounds", sent, tw), ("all of pre-copy", tm, tw),
+                         ("the hook's CHECKPOINT seconds", tm, tw),
+                         ("all of pre-copy less those", tm, tw)):
         secs = [s for s in run if lo < s <= hi and s in base]
+        if name.startswith("the hook"):
+            secs = [s for s in secs if s in hook_secs]
+        elif name.endswith("less those"):
+            secs = [s for s in secs if s not in hook_secs]
         if secs:
             x = sum(run[s] for s in secs) / sum(base[s] for s in secs)
             out.append(f"{name} x{x:.2f} ({len(secs)} s)")
@@ -79,7 +107,9 @@ def main(results, case):
             print(f"round {r['round']}: {d:.1f} s, x{sum(seg) / len(seg) / b:.2f}; per s: {per_s}")
         at += d
     if "tw" in k:
-        vs = against_control(results, case, tm, k["tw"] - k["t0"], rounds)
+        log = f"{results}/{case}.pg-a.log"
+        hook = checkpoints(log, k["t0"]) if os.path.exists(log) else set()
+        vs = against_control(results, case, tm, k["tw"] - k["t0"], rounds, hook)
         if vs:
             print(f"over the control's same seconds: {vs}")
 
