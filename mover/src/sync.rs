@@ -265,7 +265,6 @@ fn copy_files(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<(
     Ok(())
 }
 
-/// Whether `dst` is an image on a block device.
 /// A folder of scratch files, removed with what it holds when dropped.
 struct ScratchDir(PathBuf);
 
