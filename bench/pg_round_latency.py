@@ -68,18 +68,19 @@ def against_control(results, case, tm, tw, rounds, hook_secs=frozenset()):
     scanned = tm + ((r1.get("flush_ms") or 0) + r1["scan_ms"]) / 1000
     sent = scanned + r1["transfer_ms"] / 1000
     out = []
-    for name, lo, hi in (("round 1 scan", tm, scanned), ("round 1 transfer", scanned, sent),
-                         ("later rounds", sent, tw), ("all of pre-copy", tm, tw),
-                         ("the hook's CHECKPOINT seconds", tm, tw),
-                         ("all of pre-copy less those", tm, tw)):
-        secs = [s for s in run if lo < s <= hi and s in base]
-        if name.startswith("the hook"):
-            secs = [s for s in secs if s in hook_secs]
-        elif name.endswith("less those"):
-            secs = [s for s in secs if s not in hook_secs]
+    # The last field: None takes every second, True only the hook's, False all but those.
+    for name, lo, hi, hook in (("round 1 scan", tm, scanned, None),
+                               ("round 1 transfer", scanned, sent, None),
+                               ("later rounds", sent, tw, None), ("all of pre-copy", tm, tw, None),
+                               ("the hook's CHECKPOINT seconds", tm, tw, True),
+                               ("all of pre-copy less those", tm, tw, False)):
+        secs = [s for s in run
+                if lo < s <= hi and s in base and (hook is None or (s in hook_secs) == hook)]
         if secs:
             x = sum(run[s] for s in secs) / sum(base[s] for s in secs)
             out.append(f"{name} x{x:.2f} ({len(secs)} s)")
+        elif hook:
+            out.append(f"{name} - (none within the control's seconds)")
         else:
             out.append(f"{name} - (the control is shorter)")
     return "; ".join(out)
