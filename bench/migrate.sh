@@ -122,6 +122,23 @@ done
 wire() { ip -n $NA -s -j link show $VA | python3 -c 'import json,sys; s=json.load(sys.stdin)[0]["stats64"]; print(s["tx"]["bytes"]+s["rx"]["bytes"])'; }
 drop() { sync; echo 3 > /proc/sys/vm/drop_caches; }
 now() { date +%s.%N; }
+# Waits that poll without a fork. Host A's CPU is the database's: a `grep`
+# and a `sleep` forked ten times a second through pre-copy kept that CPU
+# busier than in the control by some 50 ms a second, a load the control
+# never had (stop 53; alone, beside PostgreSQL, it lowered the mean latency:
+# a busy CPU wakes sooner than an idle one).
+exec {NAP}<> <(:)
+nap() { read -r -t "$1" -u "$NAP" _ || true; }
+# The hypervisor's time (steal) as [steal, all] jiffies of all CPUs, for its
+# share between two reads: stop 53 saw 0-11% of CPU 0's seconds taken, a
+# minute apart, and an A/A run (no migration) at x1.64 over its control.
+cpustat() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print "[" $9 "," t "]"}' /proc/stat; }
+has_line() { # FILE TEXT: a line of FILE holds TEXT
+  local l
+  [ -f "$1" ] || return 1
+  while IFS= read -r l || [ -n "$l" ]; do [[ $l == *"$2"* ]] && return 0; done < "$1"
+  return 1
+}
 
 mkdir -p "$W"
 if { has 1 || has 2; } && [ ! -f "$W/src/.complete" ]; then
@@ -304,9 +321,9 @@ sleep 2
 ( inA $DAFFE migrate "$vol" --to $B --name hosta --tls-dir "$W/mig/a/tls" \
     --control-socket "$W/mig/a/control.sock" --max-downtime 1s --json > "$R/migrate-$profile.json" 2> "$R/migrate-$profile.err" ) &
 MIG=$!
-until grep -q "waiting for" "$R/migrate-$profile.err" 2>/dev/null; do
+until has_line "$R/migrate-$profile.err" "waiting for"; do
   kill -0 $MIG 2>/dev/null || { cat "$R/migrate-$profile.err"; exit 1; }
-  sleep 0.2
+  nap 0.2
 done
 edocker stop -t 1 "$PLUGIN-writer" > /dev/null
 edocker rm "$PLUGIN-writer" > /dev/null
@@ -377,20 +394,21 @@ pgfresh() { # VOLUME PROFILE LOG: a new volume holding a copy of the template, i
   pgstart "$MP/pg" "$3"
 }
 pgcontrol() { # PROFILE RATE: pgbench on a fresh copy, no migration
-  local profile=$1 rate=$2 c=ctl-$1-$2 vol ratearg="" t0
+  local profile=$1 rate=$2 c=ctl-$1-$2 vol ratearg="" t0 s0
   vol=ctl$profile$rate@$profile
   pgfresh "$vol" "$profile" "$R/$c.pg-a.log"
   [ "$rate" = max ] || ratearg="--rate $rate"
-  t0=$(now)
+  t0=$(now); s0=$(cpustat)
   (cd / && asPG $PGBIN/pgbench -h "$RUN" -U postgres -n -P 1 -c 4 -j 2 -T $((PG_BASE_SECS + PG_CONTROL)) $ratearg postgres) \
     > "$R/$c.pgbench.out" 2> "$R/$c.pgbench.err" || true
+  s0="[$s0,$(cpustat)]"
   pg_ctl_as stop -w -m fast -D "$MP/pg" > /dev/null
   plug "$PLUGIN_SOCK" /VolumeDriver.Unmount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" > /dev/null
   plug "$PLUGIN_SOCK" /VolumeDriver.Remove "{\"Name\":\"$vol\"}" > /dev/null
-  echo "{\"profile\":\"$profile\",\"rate\":\"$rate\",\"t0\":$t0,\"base\":$PG_BASE_SECS}" >> "$R/ctl.jsonl"
+  echo "{\"profile\":\"$profile\",\"rate\":\"$rate\",\"t0\":$t0,\"base\":$PG_BASE_SECS,\"steal\":$s0}" >> "$R/ctl.jsonl"
 }
 pgcase() { # PROFILE RATE STRICT(0|1)
-  local profile=$1 rate=$2 strict=$3 c vol mp mpb ratearg="" t0 tm tw tstop tup mig rc
+  local profile=$1 rate=$2 strict=$3 c vol mp mpb ratearg="" t0 tm tw tstop tup mig rc sm
   c=pg-$profile-$rate; [ "$strict" = 1 ] && c=$c-strict
   vol=pg$profile${rate}s$strict@$profile
   pgfresh "$vol" "$profile" "$R/$c.pg-a.log"; mp=$MP
@@ -400,7 +418,7 @@ pgcase() { # PROFILE RATE STRICT(0|1)
     > "$R/$c.pgbench.out" 2> "$R/$c.pgbench.err" &
   local bench=$!
   sleep "$PG_BASE_SECS"
-  tm=$(now)
+  tm=$(now); sm=$(cpustat)
   local extra=(--max-downtime 2s)
   # The operator's procedure (issue 11, item 4): CHECKPOINT before the last
   # pre-copy round, so the server's dirty buffers travel while it runs and
@@ -432,15 +450,15 @@ pgcase() { # PROFILE RATE STRICT(0|1)
         --control-socket "$W/mig/a/control.sock" --json "${extra[@]}" > "$R/$c.migrate.json" 2> "$R/$c.migrate.err" ) &
   fi
   mig=$!
-  while ! grep -q "waiting for" "$R/$c.migrate.err" 2>/dev/null && kill -0 $mig 2>/dev/null; do sleep 0.1; done
-  tw=$(now)
-  if ! grep -q "waiting for" "$R/$c.migrate.err"; then
+  while ! has_line "$R/$c.migrate.err" "waiting for" && kill -0 $mig 2>/dev/null; do nap 0.1; done
+  tw=$(now); sm="[$sm,$(cpustat)]"
+  if ! has_line "$R/$c.migrate.err" "waiting for"; then
     # Refused (strict) or failed before the cutover: the app still runs there.
     rc=0; wait $mig || rc=$?
     psql_ "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'pgbench'" > /dev/null
     wait $bench || true
     pg_ctl_as stop -w -m fast -D "$mp/pg" > /dev/null
-    echo "{\"case\":\"$c\",\"profile\":\"$profile\",\"rate\":\"$rate\",\"strict\":$strict,\"rc\":$rc,\"t0\":$t0,\"tm\":$tm,\"tw\":$tw}" >> "$R/pg.jsonl"
+    echo "{\"case\":\"$c\",\"profile\":\"$profile\",\"rate\":\"$rate\",\"strict\":$strict,\"rc\":$rc,\"t0\":$t0,\"tm\":$tm,\"tw\":$tw,\"steal\":$sm}" >> "$R/pg.jsonl"
     plug "$PLUGIN_SOCK" /VolumeDriver.Unmount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" > /dev/null
     return
   fi
@@ -466,7 +484,7 @@ pgcase() { # PROFILE RATE STRICT(0|1)
   # Checked: the moved copy goes, so a sweep's ten databases do not fill B
   # (B_TMPFS=1: 12 GiB; a sweep once failed its ninth move on ENOSPC).
   plug "$W/mig/b/plugin.sock" /VolumeDriver.Remove "{\"Name\":\"$vol\"}" > /dev/null
-  echo "{\"case\":\"$c\",\"profile\":\"$profile\",\"rate\":\"$rate\",\"strict\":$strict,\"rc\":$rc,\"t0\":$t0,\"tm\":$tm,\"tw\":$tw,\"tstop\":$tstop,\"tup\":$tup,\"books\":\"$books\",\"amcheck\":$amcheck,\"checksums\":$checks}" >> "$R/pg.jsonl"
+  echo "{\"case\":\"$c\",\"profile\":\"$profile\",\"rate\":\"$rate\",\"strict\":$strict,\"rc\":$rc,\"t0\":$t0,\"tm\":$tm,\"tw\":$tw,\"steal\":$sm,\"tstop\":$tstop,\"tup\":$tup,\"books\":\"$books\",\"amcheck\":$amcheck,\"checksums\":$checks}" >> "$R/pg.jsonl"
 }
 for profile in $PG_PROFILES; do
   for rate in $PG_RATES; do
@@ -540,6 +558,12 @@ if os.path.exists(f"{R}/pg.jsonl"):
         return out
     def mean(xs):
         return sum(xs) / len(xs) if xs else float("nan")
+    def steal(k):
+        """The hypervisor's share of the CPUs between a run's two reads."""
+        if "steal" not in k:
+            return "-"
+        (s0, t0), (s1, t1) = k["steal"]
+        return f"{100 * (s1 - s0) / max(t1 - t0, 1):.1f}%"
     print("\n| profile | rate | daffe downtime (est.) | est./actual | app downtime | rounds MiB (F: final) | pre-copy round k / round k-1 | cutover | pgbench latency before -> during pre-copy | TPS before -> during | checks |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     targets = []
@@ -568,7 +592,8 @@ if os.path.exists(f"{R}/pg.jsonl"):
             cb = [x[3] for x in cp if 1 < x[0] <= ctl["base"]]
             cpre = [x for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]
             controls_out.append((k["profile"], rate, mean(cb), mean([x[3] for x in cpre]), mean([x[3] for x in base]), mean([x[3] for x in pre]),
-                                 mean([x[1] for x in cpre]), mean([x[1] for x in pre])))
+                                 mean([x[1] for x in cpre]), mean([x[1] for x in pre]),
+                                 f"{steal(ctl)} / {steal(k)}"))
         if "tstop" not in k:
             try:
                 said = json.load(open(f"{R}/{c}.migrate.json")).get("error", "")
@@ -621,14 +646,14 @@ if os.path.exists(f"{R}/pg.jsonl"):
             ok = lambda c: "met" if c else "missed"
             print(f"| {prof} | {rate} | {down/2000:.2f} ({ok(down <= 2000)}) | {e_a:.2f} ({ok(0.5 <= e_a <= 1.5)}) | {lat_x:.2f} ({ok(lat_x <= 1.2)}) | {hook} |")
     if controls_out:
-        print("\n| profile | rate | no migration: first seconds -> the pre-copy's seconds (drift) | migrate run: before -> during pre-copy | during pre-copy / same seconds without migration (target <= 1.2) |")
-        print("|---|---|---|---|---|")
-        for prof, rate, cb, cw, b, d, _, _ in controls_out:
-            print(f"| {prof} | {rate} | {cb:.2f} -> {cw:.2f} ms (x{cw/cb:.2f}) | {b:.2f} -> {d:.2f} ms (x{d/b:.2f}) | x{d/cw:.2f} |")
+        print("\n| profile | rate | no migration: first seconds -> the pre-copy's seconds (drift) | migrate run: before -> during pre-copy | during pre-copy / same seconds without migration (target <= 1.2) | CPU taken by the hypervisor (steal): the control's run / pre-copy |")
+        print("|---|---|---|---|---|---|")
+        for prof, rate, cb, cw, b, d, _, _, st in controls_out:
+            print(f"| {prof} | {rate} | {cb:.2f} -> {cw:.2f} ms (x{cw/cb:.2f}) | {b:.2f} -> {d:.2f} ms (x{d/b:.2f}) | x{d/cw:.2f} | {st} |")
         # Throughput over the same seconds: what pre-copy costs an
         # unthrottled database (issue 11: cap daffe's reads if over 20%).
         print("\n| profile | rate | TPS during pre-copy | same seconds without migration | ratio (target >= 0.8) |")
         print("|---|---|---|---|---|")
-        for prof, rate, _, _, _, _, ct, t in controls_out:
+        for prof, rate, _, _, _, _, ct, t, _ in controls_out:
             print(f"| {prof} | {rate} | {t:.0f} | {ct:.0f} | x{t/ct:.2f} |")
 PY
