@@ -131,7 +131,7 @@ exec {NAP}<> <(:)
 nap() { read -r -t "$1" -u "$NAP" _ || true; }
 # The hypervisor's time (steal) as [steal, all] jiffies of all CPUs, for its
 # share between two reads: stop 53 saw 0-11% of CPU 0's seconds taken, a
-# minute apart, and an A/A run (no migration) at x1.64 over its control.
+# minute apart, and A/A runs (no migration) at x0.62-1.64 of their controls.
 cpustat() { awk '/^cpu / {t = 0; for (i = 2; i <= NF; i++) t += $i; print "[" $9 "," t "]"}' /proc/stat; }
 has_line() { # FILE TEXT: a line of FILE holds TEXT
   local l
