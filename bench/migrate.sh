@@ -394,18 +394,18 @@ pgfresh() { # VOLUME PROFILE LOG: a new volume holding a copy of the template, i
   pgstart "$MP/pg" "$3"
 }
 pgcontrol() { # PROFILE RATE: pgbench on a fresh copy, no migration
-  local profile=$1 rate=$2 c=ctl-$1-$2 vol ratearg="" t0 s0
+  local profile=$1 rate=$2 c=ctl-$1-$2 vol ratearg="" t0 s0 steal
   vol=ctl$profile$rate@$profile
   pgfresh "$vol" "$profile" "$R/$c.pg-a.log"
   [ "$rate" = max ] || ratearg="--rate $rate"
   t0=$(now); s0=$(cpustat)
   (cd / && asPG $PGBIN/pgbench -h "$RUN" -U postgres -n -P 1 -c 4 -j 2 -T $((PG_BASE_SECS + PG_CONTROL)) $ratearg postgres) \
     > "$R/$c.pgbench.out" 2> "$R/$c.pgbench.err" || true
-  s0="[$s0,$(cpustat)]"
+  steal="[$s0,$(cpustat)]"
   pg_ctl_as stop -w -m fast -D "$MP/pg" > /dev/null
   plug "$PLUGIN_SOCK" /VolumeDriver.Unmount "{\"Name\":\"$vol\",\"ID\":\"bench\"}" > /dev/null
   plug "$PLUGIN_SOCK" /VolumeDriver.Remove "{\"Name\":\"$vol\"}" > /dev/null
-  echo "{\"profile\":\"$profile\",\"rate\":\"$rate\",\"t0\":$t0,\"base\":$PG_BASE_SECS,\"steal\":$s0}" >> "$R/ctl.jsonl"
+  echo "{\"profile\":\"$profile\",\"rate\":\"$rate\",\"t0\":$t0,\"base\":$PG_BASE_SECS,\"steal\":$steal}" >> "$R/ctl.jsonl"
 }
 pgcase() { # PROFILE RATE STRICT(0|1)
   local profile=$1 rate=$2 strict=$3 c vol mp mpb ratearg="" t0 tm tw tstop tup mig rc sm
@@ -498,7 +498,7 @@ done
 fi
 
 python3 - "$R" <<'PY'
-import json, os, re, sys
+import collections, json, os, re, sys
 R = sys.argv[1]
 m = lambda n: [float(x) for x in open(f"{R}/{n}.m").read().split()]
 rows = []
@@ -558,6 +558,10 @@ if os.path.exists(f"{R}/pg.jsonl"):
         return out
     def mean(xs):
         return sum(xs) / len(xs) if xs else float("nan")
+    # A case beside its control: latency less lag (ms) over the control's
+    # first seconds and its pre-copy seconds, the case's before and during
+    # pre-copy; TPS over the pre-copy seconds; the steal of both.
+    Compared = collections.namedtuple("Compared", "prof rate ctl_base ctl_pre base pre ctl_tps tps steal")
     def steal(k):
         """The hypervisor's share of the CPUs between a run's two reads."""
         if "steal" not in k:
@@ -591,9 +595,9 @@ if os.path.exists(f"{R}/pg.jsonl"):
             cp = progress(f"ctl-{k['profile']}-{k['rate']}")
             cb = [x[3] for x in cp if 1 < x[0] <= ctl["base"]]
             cpre = [x for x in cp if k["tm"] - k["t0"] < x[0] <= k["tw"] - k["t0"]]
-            controls_out.append((k["profile"], rate, mean(cb), mean([x[3] for x in cpre]), mean([x[3] for x in base]), mean([x[3] for x in pre]),
-                                 mean([x[1] for x in cpre]), mean([x[1] for x in pre]),
-                                 f"{steal(ctl)} / {steal(k)}"))
+            controls_out.append(Compared(k["profile"], rate, mean(cb), mean([x[3] for x in cpre]), mean([x[3] for x in base]),
+                                         mean([x[3] for x in pre]), mean([x[1] for x in cpre]), mean([x[1] for x in pre]),
+                                         f"{steal(ctl)} / {steal(k)}"))
         if "tstop" not in k:
             try:
                 said = json.load(open(f"{R}/{c}.migrate.json")).get("error", "")
@@ -648,12 +652,12 @@ if os.path.exists(f"{R}/pg.jsonl"):
     if controls_out:
         print("\n| profile | rate | no migration: first seconds -> the pre-copy's seconds (drift) | migrate run: before -> during pre-copy | during pre-copy / same seconds without migration (target <= 1.2) | CPU taken by the hypervisor (steal): the control's run / pre-copy |")
         print("|---|---|---|---|---|---|")
-        for prof, rate, cb, cw, b, d, _, _, st in controls_out:
-            print(f"| {prof} | {rate} | {cb:.2f} -> {cw:.2f} ms (x{cw/cb:.2f}) | {b:.2f} -> {d:.2f} ms (x{d/b:.2f}) | x{d/cw:.2f} | {st} |")
+        for c in controls_out:
+            print(f"| {c.prof} | {c.rate} | {c.ctl_base:.2f} -> {c.ctl_pre:.2f} ms (x{c.ctl_pre/c.ctl_base:.2f}) | {c.base:.2f} -> {c.pre:.2f} ms (x{c.pre/c.base:.2f}) | x{c.pre/c.ctl_pre:.2f} | {c.steal} |")
         # Throughput over the same seconds: what pre-copy costs an
         # unthrottled database (issue 11: cap daffe's reads if over 20%).
         print("\n| profile | rate | TPS during pre-copy | same seconds without migration | ratio (target >= 0.8) |")
         print("|---|---|---|---|---|")
-        for prof, rate, _, _, _, _, ct, t, _ in controls_out:
-            print(f"| {prof} | {rate} | {t:.0f} | {ct:.0f} | x{t/ct:.2f} |")
+        for c in controls_out:
+            print(f"| {c.prof} | {c.rate} | {c.tps:.0f} | {c.ctl_tps:.0f} | x{c.tps/c.ctl_tps:.2f} |")
 PY
