@@ -168,7 +168,7 @@ mod tests {
         let start = this_thread().expect("/proc/thread-self/schedstat").0;
         let t = std::time::Instant::now();
         let mut x = 0u64;
-        while this_thread().unwrap().0 - start < cpu.as_nanos() as u64 {
+        while Duration::from_nanos(this_thread().unwrap().0 - start) < cpu {
             for _ in 0..10_000 {
                 x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
             }
