@@ -167,11 +167,8 @@ run_all_tests_in_tracks() {
     done
     for track in "${E2E_SWARM_TRACKS[@]}"; do
         logs+=("$(mktemp /tmp/daffe-track.XXXXXX)")
-        # --workspace, not -p daffe-e2e: features are unified over the
-        # packages selected, so -p rebuilt half the dependencies with
-        # another feature set, holding the build lock the others wait on.
         # shellcheck disable=SC2086 # a track is a list of filters
-        cargo test --locked --workspace --test e2e --no-fail-fast -- --test-threads=1 $track \
+        cargo test --locked -p daffe-e2e --test e2e --no-fail-fast -- --test-threads=1 $track \
             >"${logs[-1]}" 2>&1 &
         pids+=($!)
     done
