@@ -147,41 +147,6 @@ build_tests() {
     [ -x "$DAFFE_BIN" ] || die "no binary at $DAFFE_BIN"
 }
 
-# The e2e tests that share one swarm (`daffe_e2e::swarm::shared`) take its
-# lock one at a time, and they are most of the suite's time (~1870 of the
-# e2e binary's ~2130 s at stop 54). In one process, libtest starts tests in
-# name order on two threads, and these modules sit side by side in that
-# order: both threads would wait on the one lock for half an hour while the
-# rest of the suite waited its turn. So they run as two processes of their
-# own, each forming its own swarm (swarms are isolated: their switch and
-# nodes live in namespaces named by a unique id), beside a third with
-# everything else. Each process takes one test at a time: three at once on
-# CI's two CPUs, about as many as one process on two threads ran before.
-# A test that takes the shared swarm from a module not listed here still
-# passes; it only forms one more swarm in the third process.
-E2E_SWARM_TRACKS=("cluster_swarm::" "cluster_bench:: follow_swarm:: swarm_harness::")
-run_all_tests_in_tracks() {
-    local skip=() pids=() logs=() track i status=0
-    for track in "${E2E_SWARM_TRACKS[@]}"; do
-        for i in $track; do skip+=(--skip "$i"); done
-    done
-    for track in "${E2E_SWARM_TRACKS[@]}"; do
-        logs+=("$(mktemp /tmp/daffe-track.XXXXXX)")
-        # shellcheck disable=SC2086 # a track is a list of filters
-        cargo test --locked -p daffe-e2e --test e2e --no-fail-fast -- --test-threads=1 $track \
-            >"${logs[-1]}" 2>&1 &
-        pids+=($!)
-    done
-    cargo test --locked --workspace --no-fail-fast -- --test-threads=1 "${skip[@]}" || status=$?
-    for i in "${!pids[@]}"; do
-        wait "${pids[$i]}" || status=$?
-        log "e2e track ${E2E_SWARM_TRACKS[$i]} (its own process, alongside the above)"
-        cat "${logs[$i]}"
-        rm -f "${logs[$i]}"
-    done
-    return "$status"
-}
-
 # Seconds `docker volume ls` takes on the default engine. A healthy engine
 # answers in about 10 ms; each legacy plugin dockerd has used and lost costs
 # its 15 s retry window (dockerd keeps them until it restarts).

@@ -35,12 +35,7 @@ engine_before=$(volume_ls_seconds)
 log "cargo test (unit, property, end-to-end)"
 # --no-fail-fast: one failing suite must not hide the others' results.
 status=0
-if [ $# -gt 0 ]; then
-    # A caller's own selection runs as asked, in one process.
-    cargo test --locked --workspace --no-fail-fast "$@" || status=$?
-else
-    run_all_tests_in_tracks || status=$?
-fi
+cargo test --locked --workspace --no-fail-fast "$@" || status=$?
 sweep_tracking_left_by_tests
 check_engine_as_found "$engine_before" || status=1
 [ "$status" = 0 ] || exit "$status"
